@@ -1,0 +1,1 @@
+//! Looker API 4.0 client (being written).

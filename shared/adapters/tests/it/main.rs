@@ -1,0 +1,3 @@
+//! Integration tests of the adapters, linked into one binary.
+
+mod looker;

@@ -1,0 +1,140 @@
+//! The envelope: one versioned, serde-tagged type for everything that travels on a queue.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Idempotency key of one event (Okta `data.events[].uuid`, CloudTrail `eventID`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EnvelopeId(pub String);
+
+impl fmt::Display for EnvelopeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Okta,
+    /// Hand-made events (e.g. `gatehouse plan` on a canonical event, tests).
+    Manual,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Okta => "okta",
+            Source::Manual => "manual",
+        }
+    }
+}
+
+/// The person (or service account) an event is about.
+///
+/// `key` is stable and unique per source (the IdP's own user id); it orders and dedupes work per
+/// subject. `email` is how the person is found in Looker.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Subject {
+    pub key: String,
+    pub email: Option<String>,
+    pub display_name: Option<String>,
+}
+
+/// What happened, normalized across identity providers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum IdentityEvent {
+    UserCreated,
+    UserActivated,
+    /// Reactivation after a suspension.
+    UserUnsuspended,
+    UserDeactivated,
+    UserSuspended,
+    UserDeleted,
+    ProfileUpdated,
+    GroupMemberAdded { group: GroupRef },
+    GroupMemberRemoved { group: GroupRef },
+    /// Accepted and counted, but Gatehouse does not act on it.
+    Ignored { event_type: String },
+}
+
+impl IdentityEvent {
+    /// A stable short name, used in logs, metrics and the ledger.
+    pub fn kind(&self) -> &str {
+        match self {
+            IdentityEvent::UserCreated => "user_created",
+            IdentityEvent::UserActivated => "user_activated",
+            IdentityEvent::UserUnsuspended => "user_unsuspended",
+            IdentityEvent::UserDeactivated => "user_deactivated",
+            IdentityEvent::UserSuspended => "user_suspended",
+            IdentityEvent::UserDeleted => "user_deleted",
+            IdentityEvent::ProfileUpdated => "profile_updated",
+            IdentityEvent::GroupMemberAdded { .. } => "group_member_added",
+            IdentityEvent::GroupMemberRemoved { .. } => "group_member_removed",
+            IdentityEvent::Ignored { .. } => "ignored",
+        }
+    }
+
+    pub fn is_actionable(&self) -> bool {
+        !matches!(self, IdentityEvent::Ignored { .. })
+    }
+}
+
+/// An IdP group: its id at the IdP and its display name (what policies match on).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct GroupRef {
+    pub id: String,
+    pub name: String,
+}
+
+/// Profile facts carried by the event itself (IdP attribute name → value).
+pub type Profile = std::collections::BTreeMap<String, String>;
+
+/// Everything that travels on a queue. `version` lets readers reject what they do not understand.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u32,
+    pub id: EnvelopeId,
+    pub source: Source,
+    pub subject: Subject,
+    /// When the IdP says the change happened; orders events per subject.
+    pub occurred_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub event: IdentityEvent,
+    /// Profile facts the event carried (may be empty).
+    #[serde(default)]
+    pub profile: Profile,
+    /// The IdP's own event type, verbatim (e.g. `user.lifecycle.deactivate`).
+    pub source_event_type: String,
+    /// The raw event, kept for audit.
+    pub raw: serde_json::Value,
+}
+
+impl Envelope {
+    pub const VERSION: u32 = 1;
+
+    pub fn to_json(&self) -> String {
+        // Serializing plain data with string keys cannot fail.
+        serde_json::to_string(self).expect("envelope serializes")
+    }
+
+    pub fn from_json(s: &str) -> Result<Self, EnvelopeDecodeError> {
+        let env: Envelope = serde_json::from_str(s).map_err(EnvelopeDecodeError::Json)?;
+        if env.version != Self::VERSION {
+            return Err(EnvelopeDecodeError::Version(env.version));
+        }
+        Ok(env)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeDecodeError {
+    #[error("envelope is not valid json for this version: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("envelope version {0} is not supported (this build reads version 1)")]
+    Version(u32),
+}

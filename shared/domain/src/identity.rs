@@ -1,0 +1,248 @@
+//! The directory record of one person, folded from events.
+//!
+//! Delivery is at-least-once and unordered, so every fact carries the stamp (occurred-at, envelope
+//! id) of the event that set it, and an event only changes a fact whose stamp is older: the record
+//! is a last-writer-wins map per field. Folding the same events in any order, any number of times,
+//! gives the same record — an older event never undoes a newer one.
+
+use crate::envelope::{Envelope, EnvelopeId, IdentityEvent};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Orders facts: the event's time, then its id to break ties deterministically.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Stamp {
+    pub at: DateTime<Utc>,
+    pub id: EnvelopeId,
+}
+
+impl Stamp {
+    pub fn of(env: &Envelope) -> Self {
+        Stamp { at: env.occurred_at, id: env.id.clone() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Seen only through non-lifecycle events (e.g. a group membership).
+    Unknown,
+    Active,
+    Suspended,
+    Deactivated,
+    Deleted,
+}
+
+impl Status {
+    /// Whether the person should have access at all.
+    pub fn is_offboarded(self) -> bool {
+        matches!(self, Status::Suspended | Status::Deactivated | Status::Deleted)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamped<T> {
+    pub value: T,
+    pub stamp: Stamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub name: String,
+    pub member: bool,
+    pub stamp: Stamp,
+}
+
+/// One person as the directory knows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub key: String,
+    pub status: Status,
+    pub status_stamp: Option<Stamp>,
+    /// IdP profile attributes (`email`, `login`, `displayName`, `firstName`, ...).
+    pub profile: BTreeMap<String, Stamped<String>>,
+    /// IdP group id → membership (kept after removal, so an older add cannot resurrect it).
+    pub groups: BTreeMap<String, Membership>,
+}
+
+/// What folding one event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FoldOutcome {
+    /// At least one fact changed.
+    Changed,
+    /// Every fact the event speaks of is already as it says (e.g. a replay).
+    Unchanged,
+    /// The event is older than the facts it speaks of; it changed nothing.
+    Stale,
+}
+
+impl Identity {
+    pub fn new(key: impl Into<String>) -> Self {
+        Identity {
+            key: key.into(),
+            status: Status::Unknown,
+            status_stamp: None,
+            profile: BTreeMap::new(),
+            groups: BTreeMap::new(),
+        }
+    }
+
+    pub fn email(&self) -> Option<&str> {
+        self.profile.get("email").map(|s| s.value.as_str())
+    }
+
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.profile.get(name).map(|s| s.value.as_str())
+    }
+
+    /// Names of the IdP groups the person is a member of now.
+    pub fn group_names(&self) -> impl Iterator<Item = &str> {
+        self.groups.values().filter(|m| m.member).map(|m| m.name.as_str())
+    }
+
+    pub fn is_member(&self, group: &str) -> bool {
+        self.groups.iter().any(|(id, m)| m.member && (m.name == group || id == group))
+    }
+
+    /// Fold one envelope into the record (last writer wins per fact).
+    pub fn fold(&mut self, env: &Envelope) -> FoldOutcome {
+        let stamp = Stamp::of(env);
+        let mut changed = false;
+        let mut stale = false;
+
+        for (name, value) in &env.profile {
+            match self.profile.get(name) {
+                Some(cur) if cur.stamp >= stamp => stale |= cur.stamp > stamp && cur.value != *value,
+                Some(cur) if cur.value == *value => {
+                    // Same value, newer stamp: keep the newer stamp so later stale checks hold.
+                    self.profile.insert(name.clone(), Stamped { value: value.clone(), stamp: stamp.clone() });
+                }
+                _ => {
+                    self.profile.insert(name.clone(), Stamped { value: value.clone(), stamp: stamp.clone() });
+                    changed = true;
+                }
+            }
+        }
+
+        let status = match &env.event {
+            IdentityEvent::UserCreated | IdentityEvent::UserActivated | IdentityEvent::UserUnsuspended => {
+                Some(Status::Active)
+            }
+            IdentityEvent::UserSuspended => Some(Status::Suspended),
+            IdentityEvent::UserDeactivated => Some(Status::Deactivated),
+            IdentityEvent::UserDeleted => Some(Status::Deleted),
+            _ => None,
+        };
+        if let Some(status) = status {
+            match &self.status_stamp {
+                Some(cur) if *cur >= stamp => stale |= *cur > stamp && self.status != status,
+                _ => {
+                    changed |= self.status != status;
+                    self.status = status;
+                    self.status_stamp = Some(stamp.clone());
+                }
+            }
+        }
+
+        let membership = match &env.event {
+            IdentityEvent::GroupMemberAdded { group } => Some((group, true)),
+            IdentityEvent::GroupMemberRemoved { group } => Some((group, false)),
+            _ => None,
+        };
+        if let Some((group, member)) = membership {
+            match self.groups.get(&group.id) {
+                Some(cur) if cur.stamp >= stamp => stale |= cur.stamp > stamp && cur.member != member,
+                cur => {
+                    changed |= cur.map(|c| c.member != member || c.name != group.name).unwrap_or(true);
+                    self.groups.insert(
+                        group.id.clone(),
+                        Membership { name: group.name.clone(), member, stamp: stamp.clone() },
+                    );
+                }
+            }
+        }
+
+        if changed {
+            FoldOutcome::Changed
+        } else if stale {
+            FoldOutcome::Stale
+        } else {
+            FoldOutcome::Unchanged
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{GroupRef, Profile, Source, Subject};
+    use proptest::prelude::*;
+
+    fn env(id: &str, secs: i64, event: IdentityEvent) -> Envelope {
+        Envelope {
+            version: 1,
+            id: EnvelopeId(id.into()),
+            source: Source::Manual,
+            subject: Subject { key: "k".into(), email: Some("a@b.c".into()), display_name: None },
+            occurred_at: DateTime::from_timestamp(secs, 0).unwrap(),
+            received_at: DateTime::from_timestamp(0, 0).unwrap(),
+            event,
+            profile: Profile::from([("email".to_string(), "a@b.c".to_string())]),
+            source_event_type: "test".into(),
+            raw: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn older_activate_does_not_undo_newer_deactivate() {
+        let mut id = Identity::new("k");
+        assert_eq!(id.fold(&env("2", 20, IdentityEvent::UserDeactivated)), FoldOutcome::Changed);
+        assert_eq!(id.fold(&env("1", 10, IdentityEvent::UserActivated)), FoldOutcome::Stale);
+        assert_eq!(id.status, Status::Deactivated);
+    }
+
+    #[test]
+    fn replay_is_unchanged() {
+        let mut id = Identity::new("k");
+        let e = env("1", 10, IdentityEvent::UserActivated);
+        assert_eq!(id.fold(&e), FoldOutcome::Changed);
+        assert_eq!(id.fold(&e), FoldOutcome::Unchanged);
+    }
+
+    fn arb_event() -> impl Strategy<Value = IdentityEvent> {
+        let g = prop_oneof![Just("g1"), Just("g2")]
+            .prop_map(|g| GroupRef { id: g.to_string(), name: g.to_uppercase() });
+        prop_oneof![
+            Just(IdentityEvent::UserActivated),
+            Just(IdentityEvent::UserDeactivated),
+            Just(IdentityEvent::UserSuspended),
+            g.clone().prop_map(|group| IdentityEvent::GroupMemberAdded { group }),
+            g.prop_map(|group| IdentityEvent::GroupMemberRemoved { group }),
+        ]
+    }
+
+    proptest! {
+        /// The record depends only on the set of events, never on delivery order or duplicates.
+        #[test]
+        fn fold_is_order_and_duplicate_insensitive(
+            events in prop::collection::vec((0i64..50, arb_event()), 1..25),
+            seed in any::<u64>(),
+        ) {
+            let envs: Vec<Envelope> = events.iter().enumerate()
+                .map(|(i, (t, e))| env(&format!("e{i}"), *t, e.clone())).collect();
+            let mut in_order = Identity::new("k");
+            for e in &envs { in_order.fold(e); }
+            // a deterministic shuffle with duplicates
+            let mut shuffled: Vec<&Envelope> = envs.iter().chain(envs.iter().step_by(2)).collect();
+            let mut s = seed;
+            for i in (1..shuffled.len()).rev() {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                shuffled.swap(i, (s >> 33) as usize % (i + 1));
+            }
+            let mut other = Identity::new("k");
+            for e in shuffled { other.fold(e); }
+            prop_assert_eq!(in_order, other);
+        }
+    }
+}

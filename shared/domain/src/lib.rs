@@ -1,0 +1,18 @@
+//! Pure core of Gatehouse. Nothing in this crate performs I/O: parsing, policy evaluation and
+//! planning are functions of their inputs, so they are unit- and property-tested without servers.
+//!
+//! - [`envelope`]: the one type that travels on every queue.
+//! - [`okta`]: Okta Event Hook bodies → envelopes.
+//! - [`identity`]: the directory record of one person, folded from events (last writer wins per field).
+//! - [`policy`]: policy-as-code and its pure evaluation into a desired Looker state.
+//! - [`looker`]: Looker's model as Gatehouse sees it, and the operations a plan is made of.
+//! - [`plan`]: the diff from actual to desired state.
+//! - [`ports`]: traits the adapters implement (queue, state, Looker).
+
+pub mod envelope;
+pub mod identity;
+pub mod looker;
+pub mod okta;
+pub mod plan;
+pub mod policy;
+pub mod ports;

@@ -1,0 +1,258 @@
+//! Okta Event Hook bodies (`com.okta.event_hook`) → envelopes.
+//!
+//! Each `data.events[]` entry becomes one envelope keyed by the event's own `uuid`; the body's
+//! `eventId` only names the delivery, so a redelivered body yields the same envelope ids.
+//! Okta adds fields without versioning and sends `null` for many objects, so only the fields
+//! Gatehouse needs are read and everything else is tolerated.
+
+use crate::envelope::{Envelope, EnvelopeId, GroupRef, IdentityEvent, Profile, Source, Subject};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Why a body is not an Okta event hook delivery Gatehouse can accept.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OktaParseError {
+    #[error("body is not valid json: {0}")]
+    Json(String),
+    #[error("not an okta event hook body: {0}")]
+    NotAHook(String),
+    #[error("data.events[{index}] is invalid: {reason}")]
+    Event { index: usize, reason: String },
+}
+
+#[derive(Deserialize)]
+struct HookBody {
+    #[serde(rename = "eventType")]
+    event_type: Option<String>,
+    data: Option<HookData>,
+}
+
+#[derive(Deserialize)]
+struct HookData {
+    events: Option<Vec<Value>>,
+}
+
+#[derive(Deserialize)]
+struct RawEvent {
+    uuid: Option<String>,
+    published: Option<String>,
+    #[serde(rename = "eventType")]
+    event_type: Option<String>,
+    #[serde(default)]
+    outcome: Option<RawOutcome>,
+    #[serde(default)]
+    actor: Option<RawActor>,
+    #[serde(default)]
+    target: Option<Vec<RawActor>>,
+}
+
+#[derive(Deserialize)]
+struct RawOutcome {
+    result: Option<String>,
+}
+
+#[derive(Deserialize, Clone)]
+struct RawActor {
+    id: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(rename = "alternateId")]
+    alternate_id: Option<String>,
+    #[serde(rename = "displayName")]
+    display_name: Option<String>,
+}
+
+/// Parse a whole hook body. Either every event parses, or the body is rejected with the reason:
+/// Okta does not retry 4xx answers, and a partially accepted body would lose events silently.
+pub fn parse_hook_body(body: &[u8], received_at: DateTime<Utc>) -> Result<Vec<Envelope>, OktaParseError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| OktaParseError::Json(e.to_string()))?;
+    let hook: HookBody = serde_json::from_value(value.clone())
+        .map_err(|e| OktaParseError::NotAHook(e.to_string()))?;
+    match hook.event_type.as_deref() {
+        Some("com.okta.event_hook") => {}
+        Some(other) => {
+            return Err(OktaParseError::NotAHook(format!(
+                "top-level eventType is {other:?}, expected \"com.okta.event_hook\""
+            )));
+        }
+        None => {
+            return Err(OktaParseError::NotAHook(
+                "missing top-level eventType \"com.okta.event_hook\"".into(),
+            ));
+        }
+    }
+    let events = hook
+        .data
+        .and_then(|d| d.events)
+        .ok_or_else(|| OktaParseError::NotAHook("missing data.events array".into()))?;
+    let raw_events = value
+        .get("data")
+        .and_then(|d| d.get("events"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    events
+        .into_iter()
+        .zip(raw_events)
+        .enumerate()
+        .map(|(index, (event, raw))| {
+            parse_event(event, raw, received_at).map_err(|reason| OktaParseError::Event { index, reason })
+        })
+        .collect()
+}
+
+/// Parse one `data.events[]` element (an Okta System Log event object).
+pub fn parse_event(event: Value, raw: Value, received_at: DateTime<Utc>) -> Result<Envelope, String> {
+    let ev: RawEvent = serde_json::from_value(event).map_err(|e| format!("not an okta log event: {e}"))?;
+    let uuid = ev.uuid.filter(|u| !u.is_empty()).ok_or("missing uuid")?;
+    let event_type = ev.event_type.filter(|t| !t.is_empty()).ok_or("missing eventType")?;
+    let published = ev.published.ok_or("missing published")?;
+    let occurred_at = DateTime::parse_from_rfc3339(&published)
+        .map_err(|e| format!("published {published:?} is not an RFC 3339 time: {e}"))?
+        .with_timezone(&Utc);
+    let targets = ev.target.unwrap_or_default();
+    let user_target = targets.iter().find(|t| t.kind.as_deref() == Some("User")).cloned();
+    let group_target = targets.iter().find(|t| t.kind.as_deref() == Some("UserGroup")).cloned();
+    let succeeded = ev
+        .outcome
+        .and_then(|o| o.result)
+        .map(|r| r.eq_ignore_ascii_case("success"))
+        .unwrap_or(true);
+
+    let mapped = map_event_type(&event_type, group_target.as_ref());
+    let (subject, profile, event) = match (user_target, mapped) {
+        (Some(user), Mapped::Act(event)) if succeeded => {
+            let (subject, profile) = subject_from(&user)?;
+            (subject, profile, event)
+        }
+        (user, mapped) => {
+            // Not acted on: keep who it was about (the user target, else the actor) for audit.
+            let why = match mapped {
+                Mapped::Act(_) if !succeeded => format!("{event_type} (outcome not SUCCESS)"),
+                Mapped::Act(_) => format!("{event_type} (no User target)"),
+                Mapped::Ignore => event_type.clone(),
+            };
+            let who = user.or(ev.actor);
+            let subject = who
+                .as_ref()
+                .and_then(|w| subject_from(w).ok())
+                .map(|(s, _)| s)
+                .unwrap_or_else(|| Subject { key: "okta:unknown".into(), email: None, display_name: None });
+            (subject, Profile::new(), IdentityEvent::Ignored { event_type: why })
+        }
+    };
+    Ok(Envelope {
+        version: Envelope::VERSION,
+        id: EnvelopeId(uuid),
+        source: Source::Okta,
+        subject,
+        occurred_at,
+        received_at,
+        event,
+        profile,
+        source_event_type: event_type,
+        raw,
+    })
+}
+
+enum Mapped {
+    Act(IdentityEvent),
+    Ignore,
+}
+
+fn map_event_type(event_type: &str, group: Option<&RawActor>) -> Mapped {
+    let group_ref = || {
+        group.and_then(|g| {
+            Some(GroupRef {
+                id: g.id.clone()?,
+                name: g.display_name.clone().unwrap_or_else(|| g.id.clone().unwrap_or_default()),
+            })
+        })
+    };
+    let event = match event_type {
+        "user.lifecycle.create" => IdentityEvent::UserCreated,
+        "user.lifecycle.activate" | "user.lifecycle.reactivate" => IdentityEvent::UserActivated,
+        "user.lifecycle.unsuspend" => IdentityEvent::UserUnsuspended,
+        "user.lifecycle.deactivate" => IdentityEvent::UserDeactivated,
+        "user.lifecycle.suspend" => IdentityEvent::UserSuspended,
+        "user.lifecycle.delete.initiated" => IdentityEvent::UserDeleted,
+        "user.account.update_profile" => IdentityEvent::ProfileUpdated,
+        "group.user_membership.add" => match group_ref() {
+            Some(group) => IdentityEvent::GroupMemberAdded { group },
+            None => return Mapped::Ignore,
+        },
+        "group.user_membership.remove" => match group_ref() {
+            Some(group) => IdentityEvent::GroupMemberRemoved { group },
+            None => return Mapped::Ignore,
+        },
+        _ => return Mapped::Ignore,
+    };
+    Mapped::Act(event)
+}
+
+fn subject_from(user: &RawActor) -> Result<(Subject, Profile), String> {
+    let id = user.id.clone().filter(|i| !i.is_empty()).ok_or("User target without id")?;
+    let email = user.alternate_id.clone().filter(|a| a.contains('@'));
+    let display_name = user.display_name.clone().filter(|d| !d.is_empty());
+    let mut profile = Profile::new();
+    if let Some(login) = &user.alternate_id {
+        profile.insert("login".into(), login.clone());
+    }
+    if let Some(email) = &email {
+        profile.insert("email".into(), email.clone());
+    }
+    if let Some(name) = &display_name {
+        profile.insert("displayName".into(), name.clone());
+        let mut parts = name.splitn(2, ' ');
+        if let (Some(first), Some(last)) = (parts.next(), parts.next()) {
+            profile.insert("firstName".into(), first.to_string());
+            profile.insert("lastName".into(), last.trim().to_string());
+        }
+    }
+    Ok((Subject { key: format!("okta:{id}"), email, display_name }, profile))
+}
+
+/// The answer to Okta's one-time verification `GET`: `{"verification": "<challenge>"}`.
+pub fn verification_response(challenge: &str) -> Value {
+    serde_json::json!({ "verification": challenge })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn rejects_non_hook_bodies_with_reason() {
+        let err = parse_hook_body(br#"{"uuid":"x"}"#, now()).unwrap_err();
+        assert!(matches!(err, OktaParseError::NotAHook(_)), "{err}");
+        let err = parse_hook_body(b"{nope", now()).unwrap_err();
+        assert!(matches!(err, OktaParseError::Json(_)));
+        let err = parse_hook_body(br#"{"eventType":"other"}"#, now()).unwrap_err();
+        assert!(err.to_string().contains("com.okta.event_hook"));
+    }
+
+    #[test]
+    fn bad_event_names_its_index() {
+        let body = br#"{"eventType":"com.okta.event_hook","data":{"events":[
+            {"uuid":"a","published":"2024-01-01T00:00:00Z","eventType":"x"},
+            {"uuid":"b","eventType":"x"}]}}"#;
+        let err = parse_hook_body(body, now()).unwrap_err();
+        assert_eq!(err, OktaParseError::Event { index: 1, reason: "missing published".into() });
+    }
+
+    #[test]
+    fn failed_outcome_is_not_acted_on() {
+        let body = br#"{"eventType":"com.okta.event_hook","data":{"events":[
+            {"uuid":"a","published":"2024-01-01T00:00:00Z","eventType":"user.lifecycle.deactivate",
+             "outcome":{"result":"FAILURE"},
+             "target":[{"id":"00u1","type":"User","alternateId":"a@b.c","displayName":"A B"}]}]}}"#;
+        let envs = parse_hook_body(body, now()).unwrap();
+        assert!(!envs[0].event.is_actionable());
+        assert_eq!(envs[0].subject.key, "okta:00u1");
+    }
+}

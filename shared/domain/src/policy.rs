@@ -1,0 +1,287 @@
+//! Policy as code: one file maps IdP groups and profile attributes to Looker groups, roles and
+//! user-attribute values, and says what offboarding does. [`evaluate`] is a pure function of
+//! (policy, identity) → desired state.
+
+use crate::identity::Identity;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The policy file (TOML). See `examples/policy.toml` for a documented example.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default)]
+    pub onboarding: Onboarding,
+    #[serde(default)]
+    pub offboarding: Offboarding,
+    /// Group/role/attribute grants, each under a name that the ledger cites.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<Rule>,
+    /// IdP profile attribute → Looker user attribute (row-level security).
+    #[serde(default, rename = "attribute")]
+    pub attributes: Vec<AttributeMapping>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Onboarding {
+    /// Create a Looker user (with email credentials) when none exists.
+    #[serde(default = "yes")]
+    pub create_users: bool,
+}
+
+impl Default for Onboarding {
+    fn default() -> Self {
+        Onboarding { create_users: true }
+    }
+}
+
+/// What happens when a person is suspended, deactivated or deleted at the IdP.
+/// The default offboards fully.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Offboarding {
+    #[serde(default = "yes")]
+    pub disable: bool,
+    #[serde(default = "yes")]
+    pub revoke_sessions: bool,
+    #[serde(default = "yes")]
+    pub revoke_api_keys: bool,
+    #[serde(default = "yes")]
+    pub remove_managed_groups: bool,
+    /// Delete the Looker user this many days after offboarding; absent = never.
+    #[serde(default)]
+    pub delete_after_days: Option<u32>,
+}
+
+impl Default for Offboarding {
+    fn default() -> Self {
+        Offboarding {
+            disable: true,
+            revoke_sessions: true,
+            revoke_api_keys: true,
+            remove_managed_groups: true,
+            delete_after_days: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub name: String,
+    pub when: Condition,
+    #[serde(default)]
+    pub looker_groups: Vec<String>,
+    #[serde(default)]
+    pub looker_roles: Vec<String>,
+    /// Looker user attribute name → value.
+    #[serde(default)]
+    pub looker_attributes: BTreeMap<String, String>,
+}
+
+/// When a rule applies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Condition {
+    /// Every active person.
+    Everyone,
+    /// Member of the IdP group with this name (or id).
+    IdpGroup(String),
+    /// The IdP profile attribute equals the value.
+    Attribute { name: String, equals: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributeMapping {
+    pub idp_attribute: String,
+    pub looker_attribute: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy is not valid: {0}")]
+    Parse(String),
+    #[error("policy is not valid: {0}")]
+    Invalid(String),
+}
+
+impl Policy {
+    pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
+        let policy: Policy = toml::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))?;
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    fn validate(&self) -> Result<(), PolicyError> {
+        let mut names = BTreeSet::new();
+        for rule in &self.rules {
+            if rule.name.trim().is_empty() {
+                return Err(PolicyError::Invalid("a rule has an empty name".into()));
+            }
+            if !names.insert(rule.name.as_str()) {
+                return Err(PolicyError::Invalid(format!("rule name {:?} is used twice", rule.name)));
+            }
+        }
+        let mut targets = BTreeSet::new();
+        for m in &self.attributes {
+            if !targets.insert(m.looker_attribute.as_str()) {
+                return Err(PolicyError::Invalid(format!(
+                    "looker attribute {:?} is mapped twice",
+                    m.looker_attribute
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Looker groups the policy manages: only these are ever added or removed.
+    pub fn managed_groups(&self) -> BTreeSet<String> {
+        self.rules.iter().flat_map(|r| r.looker_groups.iter().cloned()).collect()
+    }
+
+    pub fn managed_roles(&self) -> BTreeSet<String> {
+        self.rules.iter().flat_map(|r| r.looker_roles.iter().cloned()).collect()
+    }
+
+    pub fn managed_attributes(&self) -> BTreeSet<String> {
+        self.rules
+            .iter()
+            .flat_map(|r| r.looker_attributes.keys().cloned())
+            .chain(self.attributes.iter().map(|m| m.looker_attribute.clone()))
+            .collect()
+    }
+}
+
+/// The name of the policy element a desired fact comes from (cited in the ledger).
+pub type RuleName = String;
+
+/// What Looker should look like for one person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredLooker {
+    pub email: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub presence: Presence,
+    /// Looker group name → rule that grants it.
+    pub groups: BTreeMap<String, RuleName>,
+    pub roles: BTreeMap<String, RuleName>,
+    /// Looker attribute name → (value, rule).
+    pub attributes: BTreeMap<String, (String, RuleName)>,
+    pub managed_groups: BTreeSet<String>,
+    pub managed_roles: BTreeSet<String>,
+    pub managed_attributes: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Presence {
+    /// Exists (created if missing and allowed) and enabled.
+    Active { create: bool },
+    /// Offboarded: what to revoke.
+    Offboarded {
+        disable: bool,
+        revoke_sessions: bool,
+        revoke_api_keys: bool,
+        delete_after_days: Option<u32>,
+    },
+}
+
+impl DesiredLooker {
+    /// A stable fingerprint: equal fingerprints mean nothing new to converge.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let json = serde_json::to_vec(self).expect("desired state serializes");
+        let digest = Sha256::digest(json);
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Rule names used for facts that come from the offboarding section rather than a `[[rule]]`.
+pub mod rules {
+    pub const OFFBOARD_DISABLE: &str = "offboarding.disable";
+    pub const OFFBOARD_SESSIONS: &str = "offboarding.revoke_sessions";
+    pub const OFFBOARD_API_KEYS: &str = "offboarding.revoke_api_keys";
+    pub const OFFBOARD_GROUPS: &str = "offboarding.remove_managed_groups";
+    pub const OFFBOARD_DELETE: &str = "offboarding.delete_after_days";
+    pub const ONBOARD_CREATE: &str = "onboarding.create_users";
+    pub const ONBOARD_ENABLE: &str = "onboarding.enable";
+    pub const UNMANAGED: &str = "policy.unmanaged";
+}
+
+/// Evaluate the policy for one person. Pure.
+pub fn evaluate(policy: &Policy, identity: &Identity) -> DesiredLooker {
+    let managed_groups = policy.managed_groups();
+    let managed_roles = policy.managed_roles();
+    let managed_attributes = policy.managed_attributes();
+    let mut groups = BTreeMap::new();
+    let mut roles = BTreeMap::new();
+    let mut attributes = BTreeMap::new();
+
+    let presence = if identity.status.is_offboarded() {
+        let o = &policy.offboarding;
+        Presence::Offboarded {
+            disable: o.disable,
+            revoke_sessions: o.revoke_sessions,
+            revoke_api_keys: o.revoke_api_keys,
+            delete_after_days: o.delete_after_days,
+        }
+    } else {
+        for rule in &policy.rules {
+            if !applies(&rule.when, identity) {
+                continue;
+            }
+            for g in &rule.looker_groups {
+                groups.entry(g.clone()).or_insert_with(|| rule.name.clone());
+            }
+            for r in &rule.looker_roles {
+                roles.entry(r.clone()).or_insert_with(|| rule.name.clone());
+            }
+            for (k, v) in &rule.looker_attributes {
+                attributes.entry(k.clone()).or_insert_with(|| (v.clone(), rule.name.clone()));
+            }
+        }
+        for m in &policy.attributes {
+            if let Some(v) = identity.attribute(&m.idp_attribute) {
+                attributes
+                    .entry(m.looker_attribute.clone())
+                    .or_insert_with(|| (v.to_string(), format!("attribute.{}", m.idp_attribute)));
+            }
+        }
+        Presence::Active { create: policy.onboarding.create_users }
+    };
+
+    let offboarded_keeping_groups =
+        matches!(presence, Presence::Offboarded { .. }) && !policy.offboarding.remove_managed_groups;
+    DesiredLooker {
+        email: identity.email().map(str::to_string),
+        first_name: identity.attribute("firstName").map(str::to_string),
+        last_name: identity.attribute("lastName").map(str::to_string),
+        presence,
+        groups,
+        roles,
+        attributes,
+        managed_groups: if offboarded_keeping_groups { BTreeSet::new() } else { managed_groups },
+        // While offboarded, roles and attributes are left as they are (the user is disabled).
+        managed_roles: if identity.status.is_offboarded() { BTreeSet::new() } else { managed_roles },
+        managed_attributes: if identity.status.is_offboarded() {
+            BTreeSet::new()
+        } else {
+            managed_attributes
+        },
+    }
+}
+
+fn applies(cond: &Condition, identity: &Identity) -> bool {
+    match cond {
+        Condition::Everyone => true,
+        Condition::IdpGroup(g) => identity.is_member(g),
+        Condition::Attribute { name, equals } => identity.attribute(name) == Some(equals.as_str()),
+    }
+}
+

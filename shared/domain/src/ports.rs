@@ -1,0 +1,154 @@
+//! Ports: what the engine needs from the outside world. Adapters implement them (SQLite today;
+//! SQS, Pub/Sub and PostgreSQL plug in behind the same traits).
+
+use crate::envelope::{Envelope, EnvelopeId};
+use crate::identity::Identity;
+use crate::looker::{Catalog, HttpCall, LookerError, LookerOp, LookerUser, ReadNeeds, UserRef};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::time::Duration;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A queue or state backend failed. The cause chain is kept.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}")]
+pub struct BackendError {
+    pub context: &'static str,
+    #[source]
+    pub source: BoxError,
+}
+
+impl BackendError {
+    pub fn new(context: &'static str, source: impl Into<BoxError>) -> Self {
+        BackendError { context, source: source.into() }
+    }
+}
+
+/// One message handed out by a queue. The body is decoded by the consumer, so a message that is
+/// not a valid envelope can still be dead-lettered with its reason.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Backend handle used to ack/release this delivery (SQS receipt handle, row id, ack id).
+    pub receipt: String,
+    /// 1 on first delivery.
+    pub attempt: u32,
+    pub body: String,
+}
+
+/// Producer side: durable publish. Returns only once every envelope is durably stored.
+pub trait QueueProducer: Send + Sync {
+    fn publish(&self, batch: &[Envelope]) -> impl Future<Output = Result<(), BackendError>> + Send;
+}
+
+/// Consumer side. At-least-once: a delivery that is neither acked nor released comes back after
+/// the visibility timeout.
+pub trait QueueConsumer: Send + Sync {
+    fn receive(
+        &self,
+        max: usize,
+        visibility: Duration,
+    ) -> impl Future<Output = Result<Vec<Delivery>, BackendError>> + Send;
+    /// Done: remove for good.
+    fn ack(&self, delivery: &Delivery) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Give back for another attempt after `delay`.
+    fn release(&self, delivery: &Delivery, delay: Duration) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Move to the dead-letter store with the reason.
+    fn dead_letter(&self, delivery: &Delivery, reason: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
+}
+
+/// What the store keeps per subject.
+#[derive(Debug, Clone)]
+pub struct SubjectState {
+    pub identity: Identity,
+    /// Fingerprint of the desired state last converged in Looker (see `DesiredLooker::fingerprint`).
+    pub converged: Option<String>,
+}
+
+/// A deletion scheduled by the offboarding policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledDeletion {
+    pub subject: String,
+    pub email: String,
+    pub due_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeletionChange {
+    Keep,
+    Schedule(ScheduledDeletion),
+    Cancel,
+}
+
+/// Everything one processed envelope changes in the state store, written in one transaction.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub envelope_id: EnvelopeId,
+    pub identity: Identity,
+    pub converged: Option<String>,
+    pub deletion: DeletionChange,
+}
+
+/// One row of the append-only ledger: a write call (or, in dry run, a planned call).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub at: DateTime<Utc>,
+    pub envelope_id: String,
+    pub subject: String,
+    pub event: String,
+    pub rule: String,
+    pub call: HttpCall,
+    /// `200`, `204`, `dry_run`, `429`, `error: ...`
+    pub status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerRow {
+    pub seq: i64,
+    #[serde(flatten)]
+    pub entry: LedgerEntry,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub attempts: u32,
+    pub reason: String,
+    pub body: String,
+}
+
+pub trait StateStore: Send + Sync {
+    fn is_processed(&self, id: &EnvelopeId) -> impl Future<Output = Result<bool, BackendError>> + Send;
+    fn load_subject(&self, key: &str) -> impl Future<Output = Result<Option<SubjectState>, BackendError>> + Send;
+    /// Record that an envelope's effects are done, atomically with the identity it produced.
+    fn commit(&self, outcome: Outcome) -> impl Future<Output = Result<(), BackendError>> + Send;
+    fn append_ledger(&self, entries: &[LedgerEntry]) -> impl Future<Output = Result<(), BackendError>> + Send;
+    fn ledger_since(
+        &self,
+        since: Option<DateTime<Utc>>,
+    ) -> impl Future<Output = Result<Vec<LedgerRow>, BackendError>> + Send;
+    fn due_deletions(
+        &self,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<ScheduledDeletion>, BackendError>> + Send;
+    fn finish_deletion(&self, subject: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
+}
+
+/// The Looker API as the engine uses it. Reads are batched to the fewest calls; `execute`
+/// performs exactly one write call (no retries: the engine owns the retry policy).
+pub trait LookerPort: Send + Sync {
+    fn catalog(&self) -> impl Future<Output = Result<Catalog, LookerError>> + Send;
+    fn find_user(
+        &self,
+        email: &str,
+        needs: &ReadNeeds,
+    ) -> impl Future<Output = Result<Option<LookerUser>, LookerError>> + Send;
+    /// Perform one write. For `CreateUser` returns the new user's id.
+    fn execute(
+        &self,
+        user: &UserRef,
+        op: &LookerOp,
+    ) -> impl Future<Output = Result<Option<String>, LookerError>> + Send;
+}
