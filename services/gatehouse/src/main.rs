@@ -1,1 +1,180 @@
-fn main(){}
+//! `gatehouse`: run everything in one process, preview plans, read the ledger and dead letters.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gatehouse_domain::okta;
+use gatehouse_domain::ports::StateStore;
+use gatehouse_platform::config::Config;
+use gatehouse_runtime::app::{self, AppError, Components};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "gatehouse", version, about = "Keeps Looker access in step with the identity provider")]
+struct Cli {
+    /// TOML configuration file; without it, built-in defaults plus GATEHOUSE_* variables apply.
+    #[arg(long, short, global = true, env = "GATEHOUSE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the ingress and the processor in one process over the embedded SQLite queue.
+    Standalone,
+    /// Print the exact Looker calls an event would cause, changing nothing.
+    Plan {
+        /// An Okta event hook body (JSON).
+        #[arg(long)]
+        event: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read the ledger of write calls.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Inspect dead-lettered messages.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Write ledger rows as JSON lines to standard output.
+    Export {
+        /// Only rows at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters (id, time, attempts, reason).
+    List,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match Config::load(cli.config.as_deref(), |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gatehouse: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    gatehouse_platform::telemetry::init_logging(&cfg.log);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gatehouse: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.command, cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = e.downcast_ref::<AppError>().map(AppError::exit_code).unwrap_or(1);
+            eprintln!("gatehouse: {e:#}");
+            ExitCode::from(code as u8)
+        }
+    }
+}
+
+async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Standalone => {
+            let running = app::start(&cfg, Components { ingress: true, processor: true }).await?;
+            eprintln!(
+                "gatehouse standalone listening on http://{} ({})",
+                running.addr,
+                if running.dry_run { "dry-run: no Looker configured" } else { "live" }
+            );
+            running.until(gatehouse_platform::shutdown::os_signal()).await;
+            Ok(())
+        }
+        Command::Plan { event, json } => plan(&cfg, &event, json).await,
+        Command::Audit { command: AuditCommand::Export { since } } => {
+            let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
+            let rows = store.ledger_since(since).await?;
+            let mut out = std::io::stdout().lock();
+            for row in rows {
+                writeln!(out, "{}", serde_json::to_string(&row)?)?;
+            }
+            Ok(())
+        }
+        Command::Dlq { command: DlqCommand::List } => {
+            let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
+            let mut out = std::io::stdout().lock();
+            for d in store.dead_letters().await? {
+                writeln!(out, "{}\t{}\tattempts={}\t{}", d.id, d.at.to_rfc3339(), d.attempts, d.reason)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn plan(cfg: &Config, event: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let body = std::fs::read(event).with_context(|| format!("cannot read {}", event.display()))?;
+    let envelopes = okta::parse_hook_body(&body, chrono::Utc::now())
+        .with_context(|| format!("{} is not a supported event", event.display()))?;
+    let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
+    let engine = app::engine(cfg, store)?;
+    let mut reports = Vec::new();
+    let mut out = std::io::stdout().lock();
+    for env in &envelopes {
+        if !env.event.is_actionable() {
+            if json {
+                reports.push(serde_json::json!({
+                    "envelope_id": env.id, "event_type": env.source_event_type, "subject": env.subject.key,
+                    "ignored": true, "steps": [], "notes": ["Gatehouse does not act on this event"],
+                }));
+            } else {
+                writeln!(out, "{} {} ({}): ignored, no calls", env.id, env.source_event_type, env.subject.key)?;
+            }
+            continue;
+        }
+        let r = engine.plan(env).await?;
+        if json {
+            let steps: Vec<_> = r
+                .plan
+                .steps
+                .iter()
+                .map(|s| {
+                    let call = s.op.http(&r.plan.user);
+                    serde_json::json!({
+                        "rule": s.rule, "method": call.method, "path": format!("/api/4.0{}", call.path),
+                        "body": call.body,
+                    })
+                })
+                .collect();
+            reports.push(serde_json::json!({
+                "envelope_id": env.id, "event_type": env.source_event_type, "subject": env.subject.key,
+                "email": r.desired.email, "stale": r.stale, "dry_run": engine.is_dry_run(),
+                "steps": steps, "notes": r.plan.notes,
+            }));
+        } else {
+            writeln!(
+                out,
+                "{} {} for {} ({}){}:",
+                env.id,
+                env.source_event_type,
+                r.desired.email.as_deref().unwrap_or("<no email>"),
+                env.subject.key,
+                if r.stale { " [older than what is known: changes nothing]" } else { "" }
+            )?;
+            write!(out, "{}", r.plan.render_text())?;
+        }
+    }
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&reports)?)?;
+    }
+    Ok(())
+}

@@ -2,3 +2,4 @@
 //! embedded SQLite queue.
 
 pub mod looker;
+pub mod sqlite;

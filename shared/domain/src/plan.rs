@@ -262,3 +262,170 @@ impl Builder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::looker::LookerUser;
+    use crate::policy::DesiredLooker;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn catalog() -> Catalog {
+        Catalog {
+            groups: BTreeMap::from([("G1".into(), "1".into()), ("G2".into(), "2".into()), ("Other".into(), "9".into())]),
+            roles: BTreeMap::from([("R1".into(), "11".into()), ("R2".into(), "12".into()), ("Admin".into(), "19".into())]),
+            user_attributes: BTreeMap::from([("a1".into(), "21".into()), ("a2".into(), "22".into())]),
+        }
+    }
+
+    fn desired(presence: Presence, groups: &[&str], roles: &[&str], attrs: &[(&str, &str)]) -> DesiredLooker {
+        DesiredLooker {
+            email: Some("p@x.io".into()),
+            first_name: Some("P".into()),
+            last_name: Some("X".into()),
+            presence,
+            groups: groups.iter().map(|g| (g.to_string(), "r".to_string())).collect(),
+            roles: roles.iter().map(|g| (g.to_string(), "r".to_string())).collect(),
+            attributes: attrs.iter().map(|(k, v)| (k.to_string(), (v.to_string(), "r".to_string()))).collect(),
+            managed_groups: ["G1", "G2"].iter().map(|s| s.to_string()).collect(),
+            managed_roles: ["R1", "R2"].iter().map(|s| s.to_string()).collect(),
+            managed_attributes: ["a1", "a2"].iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn offboard() -> Presence {
+        Presence::Offboarded { disable: true, revoke_sessions: true, revoke_api_keys: true, delete_after_days: None }
+    }
+
+    /// Apply a plan to a model of the Looker user, as Looker would.
+    fn simulate(mut u: Option<LookerUser>, plan: &Plan) -> Option<LookerUser> {
+        for s in &plan.steps {
+            let id = |n: &Named| n.id.clone().unwrap();
+            match &s.op {
+                LookerOp::CreateUser { .. } => {
+                    u = Some(LookerUser {
+                        id: "new".into(),
+                        is_disabled: false,
+                        email: None,
+                        group_ids: Default::default(),
+                        session_ids: vec![],
+                        api3_key_ids: vec![],
+                        direct_role_ids: Some(Default::default()),
+                        user_attribute_values: Some(Default::default()),
+                    })
+                }
+                op => {
+                    let u = u.as_mut().expect("op on a user that exists");
+                    match op {
+                        LookerOp::CreateEmailCredentials { email } => u.email = Some(email.clone()),
+                        LookerOp::SetDisabled { disabled } => u.is_disabled = *disabled,
+                        LookerOp::DeleteSession { session_id } => u.session_ids.retain(|s| s != session_id),
+                        LookerOp::DeleteApiKey { key_id } => u.api3_key_ids.retain(|k| k != key_id),
+                        LookerOp::AddToGroup { group } => assert!(u.group_ids.insert(id(group)), "add is never a no-op"),
+                        LookerOp::RemoveFromGroup { group } => assert!(u.group_ids.remove(&id(group)), "remove is never a no-op"),
+                        LookerOp::SetRoles { roles } => u.direct_role_ids = Some(roles.iter().map(id).collect()),
+                        LookerOp::SetAttribute { attribute, value } => {
+                            u.user_attribute_values.as_mut().unwrap().insert(id(attribute), value.clone());
+                        }
+                        LookerOp::DeleteAttribute { attribute } => {
+                            u.user_attribute_values.as_mut().unwrap().remove(&id(attribute));
+                        }
+                        other => panic!("unexpected op {other:?} in an online plan"),
+                    }
+                }
+            }
+        }
+        u
+    }
+
+    fn arb_user() -> impl Strategy<Value = Option<LookerUser>> {
+        let ids = |pool: &'static [&'static str]| prop::collection::btree_set(prop::sample::select(pool), 0..pool.len());
+        prop::option::of((
+            any::<bool>(),
+            ids(&["1", "2", "9"]),
+            ids(&["11", "12", "19"]),
+            prop::collection::btree_map(prop::sample::select(&["21", "22"][..]), prop_oneof![Just("x"), Just("y")], 0..2),
+            0usize..3,
+            0usize..3,
+        ))
+        .prop_map(|o| {
+            o.map(|(dis, g, r, a, s, k)| LookerUser {
+                id: "u1".into(),
+                is_disabled: dis,
+                email: Some("p@x.io".into()),
+                group_ids: g.into_iter().map(str::to_string).collect(),
+                session_ids: (0..s).map(|i| format!("s{i}")).collect(),
+                api3_key_ids: (0..k).map(|i| format!("k{i}")).collect(),
+                direct_role_ids: Some(r.into_iter().map(str::to_string).collect()),
+                user_attribute_values: Some(a.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            })
+        })
+    }
+
+    fn actual(u: &Option<LookerUser>) -> Actual {
+        u.clone().map(Actual::Present).unwrap_or(Actual::Absent)
+    }
+
+    proptest! {
+        /// Applying a plan converges: the next plan is empty, and nothing unmanaged was touched.
+        #[test]
+        fn plan_converges_and_leaves_unmanaged_alone(
+            user in arb_user(),
+            off in any::<bool>(),
+            groups in prop::sample::subsequence(vec!["G1", "G2"], 0..=2),
+            roles in prop::sample::subsequence(vec!["R1", "R2"], 0..=2),
+            a1 in prop::option::of(prop_oneof![Just("x"), Just("z")]),
+        ) {
+            let attrs: Vec<(&str, &str)> = a1.map(|v| vec![("a1", v)]).unwrap_or_default();
+            let d = if off { desired(offboard(), &[], &[], &[]) } else { desired(Presence::Active { create: true }, &groups, &roles, &attrs) };
+            let cat = catalog();
+            let plan = diff(&d, &actual(&user), Some(&cat));
+            let after = simulate(user.clone(), &plan);
+            let again = diff(&d, &actual(&after), Some(&cat));
+            prop_assert!(again.steps.is_empty(), "second plan not empty: {:?}", again.steps);
+            if let (Some(before), Some(after)) = (&user, &after) {
+                prop_assert_eq!(before.group_ids.contains("9"), after.group_ids.contains("9"), "unmanaged group touched");
+                let r = |u: &LookerUser| u.direct_role_ids.as_ref().unwrap().contains("19");
+                prop_assert_eq!(r(before), r(after), "unmanaged role touched");
+            }
+            if off {
+                if let Some(a) = &after {
+                    prop_assert!(a.is_disabled && a.session_ids.is_empty() && a.api3_key_ids.is_empty());
+                    prop_assert!(!a.group_ids.contains("1") && !a.group_ids.contains("2"));
+                }
+                prop_assert!(plan.steps.iter().all(|s| s.op.is_revoking()), "offboarding only revokes");
+            }
+        }
+    }
+
+    #[test]
+    fn offline_offboarding_lists_every_revocation() {
+        let d = desired(offboard(), &[], &[], &[]);
+        let plan = diff(&d, &Actual::Unknown, None);
+        let text = plan.render_text();
+        assert!(text.contains("PATCH /api/4.0/users/{id of p@x.io} {\"is_disabled\":true}"), "{text}");
+        assert!(text.contains("DELETE /api/4.0/users/{id of p@x.io}/sessions/{each}"), "{text}");
+        assert!(text.contains("DELETE /api/4.0/users/{id of p@x.io}/credentials_api3/{each}"), "{text}");
+        assert!(text.contains("DELETE /api/4.0/groups/{id of G1}/users/{id of p@x.io}"), "{text}");
+    }
+
+    #[test]
+    fn missing_looker_group_is_a_note_not_a_call() {
+        let mut d = desired(Presence::Active { create: true }, &["G3"], &[], &[]);
+        d.managed_groups.insert("G3".into());
+        let plan = diff(&d, &Actual::Absent, Some(&catalog()));
+        assert!(plan.notes.iter().any(|n| n.contains("\"G3\"")), "{:?}", plan.notes);
+        assert!(!plan.steps.iter().any(|s| matches!(s.op, LookerOp::AddToGroup { .. })));
+    }
+
+    #[test]
+    fn absent_user_is_created_first_with_email_credentials() {
+        let d = desired(Presence::Active { create: true }, &["G1"], &["R1"], &[("a1", "x")]);
+        let plan = diff(&d, &Actual::Absent, Some(&catalog()));
+        let (create, rest) = plan.phases();
+        assert!(create.is_some());
+        assert!(rest.iter().any(|s| s.op == LookerOp::CreateEmailCredentials { email: "p@x.io".into() }));
+        assert_eq!(plan.user, UserRef::New);
+    }
+}

@@ -285,3 +285,142 @@ fn applies(cond: &Condition, identity: &Identity) -> bool {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Envelope, EnvelopeId, GroupRef, IdentityEvent, Profile, Source, Subject};
+    use chrono::DateTime;
+    use proptest::prelude::*;
+
+    #[test]
+    fn example_policy_parses() {
+        let p = Policy::from_toml(include_str!("../../../examples/policy.toml")).unwrap();
+        assert!(p.managed_groups().contains("Engineers"));
+        assert_eq!(p.offboarding.delete_after_days, Some(30));
+    }
+
+    #[test]
+    fn default_policy_offboards_fully_and_maps_nothing() {
+        let p = Policy::from_toml("").unwrap();
+        assert_eq!(p, Policy::default());
+        assert_eq!(p.offboarding, Offboarding::default());
+        assert!(p.offboarding.disable && p.offboarding.revoke_sessions && p.offboarding.revoke_api_keys);
+        assert!(p.managed_groups().is_empty());
+    }
+
+    #[test]
+    fn unknown_key_and_duplicate_rule_are_rejected() {
+        let e = Policy::from_toml("[offboarding]\ndisabel = true\n").unwrap_err();
+        assert!(e.to_string().contains("disabel"), "{e}");
+        let e = Policy::from_toml(
+            "[[rule]]\nname='a'\nwhen='everyone'\n[[rule]]\nname='a'\nwhen='everyone'\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("used twice"), "{e}");
+    }
+
+    const GROUPS: [&str; 4] = ["Engineering", "Finance", "Sales", "Ops"];
+
+    fn policy() -> Policy {
+        Policy::from_toml(
+            r#"
+            [[rule]]
+            name = "eng"
+            when = { idp_group = "Engineering" }
+            looker_groups = ["Engineers"]
+            looker_roles = ["Developer"]
+            [[rule]]
+            name = "fin"
+            when = { idp_group = "Finance" }
+            looker_groups = ["Finance Analysts", "Engineers"]
+            looker_attributes = { team = "finance" }
+            [[rule]]
+            name = "sales-region"
+            when = { attribute = { name = "region", equals = "emea" } }
+            looker_attributes = { region = "EMEA" }
+            [[attribute]]
+            idp_attribute = "email"
+            looker_attribute = "email_rls"
+            "#,
+        )
+        .unwrap()
+    }
+
+    fn identity(status: IdentityEvent, groups: &[usize], region: Option<&str>) -> Identity {
+        let mut id = Identity::new("k");
+        let mut n = 0;
+        let mut fold = |event: IdentityEvent, profile: Profile| {
+            n += 1;
+            id.fold(&Envelope {
+                version: 1,
+                id: EnvelopeId(format!("e{n}")),
+                source: Source::Manual,
+                subject: Subject { key: "k".into(), email: None, display_name: None },
+                occurred_at: DateTime::from_timestamp(n, 0).unwrap(),
+                received_at: DateTime::from_timestamp(0, 0).unwrap(),
+                event,
+                profile,
+                source_event_type: "t".into(),
+                raw: serde_json::Value::Null,
+            });
+        };
+        let mut profile = Profile::from([("email".to_string(), "p@x.io".to_string())]);
+        if let Some(r) = region {
+            profile.insert("region".into(), r.into());
+        }
+        fold(status, profile);
+        for &g in groups {
+            let group = GroupRef { id: format!("id-{g}"), name: GROUPS[g].into() };
+            fold(IdentityEvent::GroupMemberAdded { group }, Profile::new());
+        }
+        id
+    }
+
+    fn arb_status() -> impl Strategy<Value = IdentityEvent> {
+        prop_oneof![
+            Just(IdentityEvent::UserActivated),
+            Just(IdentityEvent::UserCreated),
+            Just(IdentityEvent::UserSuspended),
+            Just(IdentityEvent::UserDeactivated),
+            Just(IdentityEvent::UserDeleted),
+        ]
+    }
+
+    proptest! {
+        /// Only managed objects are ever desired, and the grant follows the rules exactly.
+        #[test]
+        fn desired_follows_rules(
+            status in arb_status(),
+            groups in prop::collection::btree_set(0usize..4, 0..4),
+            region in prop::option::of(prop_oneof![Just("emea"), Just("amer")]),
+        ) {
+            let p = policy();
+            let groups: Vec<usize> = groups.into_iter().collect();
+            let id = identity(status, &groups, region);
+            let d = evaluate(&p, &id);
+            prop_assert_eq!(&d, &evaluate(&p, &id), "evaluation is deterministic");
+            for g in d.groups.keys() { prop_assert!(p.managed_groups().contains(g)); }
+            for r in d.roles.keys() { prop_assert!(p.managed_roles().contains(r)); }
+            for a in d.attributes.keys() { prop_assert!(p.managed_attributes().contains(a)); }
+            let eng = groups.contains(&0);
+            let fin = groups.contains(&1);
+            if id.status.is_offboarded() {
+                prop_assert!(matches!(d.presence, Presence::Offboarded { disable: true, revoke_sessions: true, revoke_api_keys: true, .. }), "default offboarding is full");
+                prop_assert!(d.groups.is_empty() && d.roles.is_empty() && d.attributes.is_empty());
+                prop_assert_eq!(d.managed_groups, p.managed_groups(), "offboarding removes every managed group");
+            } else {
+                prop_assert_eq!(d.groups.contains_key("Engineers"), eng || fin);
+                prop_assert_eq!(d.groups.contains_key("Finance Analysts"), fin);
+                prop_assert_eq!(d.roles.contains_key("Developer"), eng);
+                prop_assert_eq!(d.attributes.get("team").map(|v| v.0.as_str()), fin.then_some("finance"));
+                prop_assert_eq!(d.attributes.get("region").map(|v| v.0.as_str()), (region == Some("emea")).then_some("EMEA"));
+                prop_assert_eq!(d.attributes.get("email_rls").map(|v| v.0.as_str()), Some("p@x.io"));
+                // the rule cited is one that grants it
+                if let Some(rule) = d.groups.get("Engineers") {
+                    prop_assert!((rule == "eng" && eng) || (rule == "fin" && fin));
+                }
+            }
+        }
+    }
+}

@@ -85,7 +85,8 @@ pub enum DeletionChange {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub envelope_id: EnvelopeId,
-    pub identity: Identity,
+    /// `None` when the envelope changed no identity (an event Gatehouse does not act on).
+    pub identity: Option<Identity>,
     pub converged: Option<String>,
     pub deletion: DeletionChange,
 }

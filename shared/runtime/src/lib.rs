@@ -1,1 +1,8 @@
-pub fn _x(){}
+//! The parts every Gatehouse binary is assembled from: the ingress router ([`ingress`]), the
+//! processor ([`engine`] decides and applies, [`worker`] drives it from the queue) and the wiring
+//! from configuration ([`app`]).
+
+pub mod app;
+pub mod engine;
+pub mod ingress;
+pub mod worker;

@@ -1,0 +1,431 @@
+//! Configuration: a TOML file (optional) plus `GATEHOUSE_*` environment overrides. The
+//! environment is injected as a lookup function, so tests never set real variables. Every error
+//! names the field (or variable) at fault; binaries exit 64 on it.
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where the embedded SQLite database lives.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Policy file (TOML). Without one, the built-in default policy applies: full offboarding,
+    /// no group mappings.
+    #[serde(default)]
+    pub policy: Option<PathBuf>,
+    #[serde(default)]
+    pub okta: OktaConfig,
+    #[serde(default)]
+    pub looker: LookerSection,
+    #[serde(default)]
+    pub processor: ProcessorConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OktaConfig {
+    /// The value Okta sends in the `Authorization` header (set when registering the hook).
+    #[serde(default)]
+    pub hook_secret: Option<SecretString>,
+    /// Larger bodies are refused with 413.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+impl Default for OktaConfig {
+    fn default() -> Self {
+        OktaConfig { hook_secret: None, max_body_bytes: default_max_body() }
+    }
+}
+
+/// Looker connection. All of `url`, `client_id`, `client_secret` or none (dry-run mode).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookerSection {
+    /// Instance base URL, e.g. `https://example.cloud.looker.com`; calls go to `{url}/api/4.0/...`.
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret: Option<SecretString>,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long names → ids of groups, roles and user attributes are cached.
+    #[serde(default = "default_catalog_ttl", with = "humantime_serde")]
+    pub catalog_ttl: Duration,
+}
+
+impl Default for LookerSection {
+    fn default() -> Self {
+        LookerSection {
+            url: None,
+            client_id: None,
+            client_secret: None,
+            timeout: default_timeout(),
+            catalog_ttl: default_catalog_ttl(),
+        }
+    }
+}
+
+/// A complete Looker connection (validated).
+#[derive(Debug, Clone)]
+pub struct LookerConnection {
+    pub url: String,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub timeout: Duration,
+    pub catalog_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorConfig {
+    /// Envelopes processed at once (always at most one per subject).
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Deliveries of one message before it goes to the dead-letter table.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// A claimed message comes back after this long if the processor dies.
+    #[serde(default = "default_visibility", with = "humantime_serde")]
+    pub visibility_timeout: Duration,
+    /// Retries of one Looker call on 429/5xx, inside one delivery.
+    #[serde(default = "default_call_retries")]
+    pub call_retries: usize,
+    #[serde(default = "default_retry_min", with = "humantime_serde")]
+    pub retry_min_delay: Duration,
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub retry_max_delay: Duration,
+    /// Idle wait between empty polls of the embedded queue.
+    #[serde(default = "default_poll", with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        ProcessorConfig {
+            workers: default_workers(),
+            max_attempts: default_max_attempts(),
+            visibility_timeout: default_visibility(),
+            call_retries: default_call_retries(),
+            retry_min_delay: default_retry_min(),
+            retry_max_delay: default_retry_max(),
+            poll_interval: default_poll(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `gatehouse=debug`; `RUST_LOG` wins when set.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::default(), level: default_level() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_max_body() -> usize {
+    256 * 1024
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_catalog_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_workers() -> usize {
+    8
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_visibility() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_call_retries() -> usize {
+    4
+}
+fn default_retry_min() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_poll() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_level() -> String {
+    "info".into()
+}
+
+/// A configuration error; `field` is the TOML path or environment variable at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {field}: {message}")]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError { field: field.into(), message: message.into() }
+    }
+}
+
+/// The environment variables Gatehouse reads (documented in the README).
+pub const ENV_VARS: &[&str] = &[
+    "GATEHOUSE_LISTEN",
+    "GATEHOUSE_DATA_DIR",
+    "GATEHOUSE_POLICY",
+    "GATEHOUSE_OKTA_HOOK_SECRET",
+    "GATEHOUSE_LOOKER_URL",
+    "GATEHOUSE_LOOKER_CLIENT_ID",
+    "GATEHOUSE_LOOKER_CLIENT_SECRET",
+    "GATEHOUSE_LOG_FORMAT",
+];
+
+impl Config {
+    /// Built-in defaults (what `gatehouse standalone` runs on without `--config`).
+    pub fn defaults() -> Self {
+        toml::from_str("").expect("empty config uses defaults")
+    }
+
+    /// Load `path` (if any), then apply environment overrides from `env`, then validate.
+    pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError::new(p.display().to_string(), format!("cannot read: {e}")))?;
+                Self::from_toml(&text, p)?
+            }
+            None => Self::defaults(),
+        };
+        cfg.apply_env(env)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let field = field_of(&e, text).unwrap_or_else(|| path.display().to_string());
+            ConfigError::new(field, e.message().to_string())
+        })
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = env("GATEHOUSE_LISTEN") {
+            self.listen = v
+                .parse()
+                .map_err(|e| ConfigError::new("GATEHOUSE_LISTEN", format!("{v:?} is not an address: {e}")))?;
+        }
+        if let Some(v) = env("GATEHOUSE_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env("GATEHOUSE_POLICY") {
+            self.policy = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("GATEHOUSE_OKTA_HOOK_SECRET") {
+            self.okta.hook_secret = Some(SecretString::from(v));
+        }
+        if let Some(v) = env("GATEHOUSE_LOOKER_URL") {
+            self.looker.url = Some(v);
+        }
+        if let Some(v) = env("GATEHOUSE_LOOKER_CLIENT_ID") {
+            self.looker.client_id = Some(v);
+        }
+        if let Some(v) = env("GATEHOUSE_LOOKER_CLIENT_SECRET") {
+            self.looker.client_secret = Some(SecretString::from(v));
+        }
+        if let Some(v) = env("GATEHOUSE_LOG_FORMAT") {
+            self.log.format = match v.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => return Err(ConfigError::new("GATEHOUSE_LOG_FORMAT", format!("{v:?} is not text or json"))),
+            };
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.looker_connection()?;
+        if let Some(url) = &self.looker.url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::new("looker.url", format!("{url:?} is not an http(s) URL")));
+        }
+        if self.processor.workers == 0 {
+            return Err(ConfigError::new("processor.workers", "must be at least 1"));
+        }
+        if self.processor.max_attempts == 0 {
+            return Err(ConfigError::new("processor.max_attempts", "must be at least 1"));
+        }
+        if self.okta.max_body_bytes < 1024 {
+            return Err(ConfigError::new("okta.max_body_bytes", "must be at least 1024"));
+        }
+        if let Some(p) = &self.policy
+            && !p.is_file()
+        {
+            return Err(ConfigError::new("policy", format!("{} is not a readable file", p.display())));
+        }
+        Ok(())
+    }
+
+    /// The Looker connection, or `None` for dry-run mode. Partial settings are an error.
+    pub fn looker_connection(&self) -> Result<Option<LookerConnection>, ConfigError> {
+        let l = &self.looker;
+        match (&l.url, &l.client_id, &l.client_secret) {
+            (None, None, None) => Ok(None),
+            (Some(url), Some(id), Some(secret)) => Ok(Some(LookerConnection {
+                url: url.trim_end_matches('/').to_string(),
+                client_id: id.clone(),
+                client_secret: secret.clone(),
+                timeout: l.timeout,
+                catalog_ttl: l.catalog_ttl,
+            })),
+            _ => {
+                let missing = [
+                    ("looker.url (GATEHOUSE_LOOKER_URL)", l.url.is_none()),
+                    ("looker.client_id (GATEHOUSE_LOOKER_CLIENT_ID)", l.client_id.is_none()),
+                    ("looker.client_secret (GATEHOUSE_LOOKER_CLIENT_SECRET)", l.client_secret.is_none()),
+                ];
+                let field = missing.iter().find(|(_, m)| *m).map(|(f, _)| *f).unwrap_or("looker");
+                Err(ConfigError::new(field, "is missing: set all of url, client_id and client_secret, or none for dry-run mode"))
+            }
+        }
+    }
+}
+
+/// Best effort: turn a toml error's byte span into the dotted key it sits under.
+fn field_of(e: &toml::de::Error, text: &str) -> Option<String> {
+    let span = e.span()?;
+    let before = &text[..span.start.min(text.len())];
+    let mut table = String::new();
+    for line in before.lines() {
+        let l = line.trim();
+        if l.starts_with('[') && l.ends_with(']') {
+            table = l.trim_matches(|c| c == '[' || c == ']').to_string();
+        }
+    }
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let rest = &text[line_start..];
+    let key = rest.split(['=', '\n']).next().unwrap_or("").trim();
+    let key = if key.starts_with('[') || key.is_empty() { None } else { Some(key) };
+    match (table.is_empty(), key) {
+        (true, Some(k)) => Some(k.to_string()),
+        (false, Some(k)) => Some(format!("{table}.{k}")),
+        (false, None) => Some(table),
+        (true, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_are_dry_run_on_loopback() {
+        let cfg = Config::load(None, env(&[])).unwrap();
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:8080");
+        assert!(cfg.looker_connection().unwrap().is_none());
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        let f = write("listen = \"127.0.0.1:9000\"\n[okta]\nhook_secret = \"file\"\n");
+        let cfg = Config::load(
+            Some(f.path()),
+            env(&[
+                ("GATEHOUSE_LISTEN", "127.0.0.1:9100"),
+                ("GATEHOUSE_OKTA_HOOK_SECRET", "from-env"),
+                ("GATEHOUSE_LOOKER_URL", "https://x.looker.com/"),
+                ("GATEHOUSE_LOOKER_CLIENT_ID", "id"),
+                ("GATEHOUSE_LOOKER_CLIENT_SECRET", "s3cret"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.listen.port(), 9100);
+        assert_eq!(cfg.okta.hook_secret.as_ref().unwrap().expose_secret(), "from-env");
+        let l = cfg.looker_connection().unwrap().unwrap();
+        assert_eq!(l.url, "https://x.looker.com");
+        assert!(!format!("{l:?}").contains("s3cret"), "secret must not reach Debug output");
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let f = write("[processor]\nworkerz = 3\n");
+        let e = Config::load(Some(f.path()), env(&[])).unwrap_err();
+        assert_eq!(e.field, "processor.workerz", "{e}");
+        assert!(e.to_string().contains("workerz"));
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let f = write("[processor]\nworkers = \"many\"\n");
+        let e = Config::load(Some(f.path()), env(&[])).unwrap_err();
+        assert_eq!(e.field, "processor.workers", "{e}");
+    }
+
+    #[test]
+    fn partial_looker_names_the_missing_field() {
+        let e = Config::load(None, env(&[("GATEHOUSE_LOOKER_URL", "https://x")])).unwrap_err();
+        assert!(e.field.starts_with("looker.client_id"), "{e}");
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable() {
+        let e = Config::load(None, env(&[("GATEHOUSE_LISTEN", "nope")])).unwrap_err();
+        assert_eq!(e.field, "GATEHOUSE_LISTEN");
+    }
+
+    #[test]
+    fn missing_policy_file_is_named() {
+        let e = Config::load(None, env(&[("GATEHOUSE_POLICY", "/no/such/policy.toml")])).unwrap_err();
+        assert_eq!(e.field, "policy");
+    }
+}

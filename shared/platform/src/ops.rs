@@ -1,0 +1,42 @@
+//! `/healthz`, `/readyz` and `/metrics`, mounted by every service.
+
+use crate::telemetry::metrics_handle;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// Answers whether the service can do its work now (e.g. its database answers).
+pub type ReadyCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+pub fn router(ready: ReadyCheck) -> Router {
+    let handle = metrics_handle();
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    if ready().await {
+                        (StatusCode::OK, "ready\n").into_response()
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let handle = handle.clone();
+                async move {
+                    handle.run_upkeep();
+                    ([("content-type", "text/plain; version=0.0.4")], handle.render())
+                }
+            }),
+        )
+}

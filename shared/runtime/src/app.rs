@@ -1,0 +1,196 @@
+//! Wiring from configuration: the same assembly serves `gatehouse standalone` (ingress +
+//! processor in one process), `gatehouse-ingress` and `gatehouse-processor`.
+
+use crate::engine::{Engine, RetryPolicy};
+use crate::ingress::{self, IngressConfig};
+use crate::worker::{Worker, WorkerConfig};
+use gatehouse_adapters::looker::{LookerClient, LookerConfig};
+use gatehouse_adapters::sqlite::Sqlite;
+use gatehouse_domain::looker::LookerError;
+use gatehouse_domain::policy::{Policy, PolicyError};
+use gatehouse_domain::ports::BackendError;
+use gatehouse_platform::config::{Config, ConfigError};
+use gatehouse_platform::ops;
+use gatehouse_platform::shutdown::{Shutdown, ShutdownTrigger};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("policy file {path}: {source}")]
+    Policy { path: String, source: PolicyError },
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("looker client: {0}")]
+    Looker(#[from] LookerError),
+}
+
+impl AppError {
+    /// Exit code for binaries: 64 (EX_USAGE) for bad configuration, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AppError::Config(_) | AppError::Policy { .. } => 64,
+            _ => 1,
+        }
+    }
+}
+
+/// The policy file, or the built-in default (full offboarding, no group mappings).
+pub fn load_policy(cfg: &Config) -> Result<Policy, AppError> {
+    let Some(path) = &cfg.policy else { return Ok(Policy::default()) };
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| AppError::Policy {
+        path: shown.clone(),
+        source: PolicyError::Parse(format!("cannot read: {e}")),
+    })?;
+    Policy::from_toml(&text).map_err(|source| AppError::Policy { path: shown, source })
+}
+
+/// The Looker client, or `None` (dry-run mode) when no Looker is configured.
+pub fn looker_client(cfg: &Config) -> Result<Option<LookerClient>, AppError> {
+    cfg.looker_connection()?
+        .map(|c| {
+            LookerClient::new(LookerConfig {
+                base_url: c.url,
+                client_id: c.client_id,
+                client_secret: c.client_secret,
+                timeout: c.timeout,
+                catalog_ttl: c.catalog_ttl,
+            })
+        })
+        .transpose()
+        .map_err(AppError::from)
+}
+
+pub type AppEngine = Engine<Sqlite, LookerClient>;
+
+pub fn engine(cfg: &Config, store: Sqlite) -> Result<AppEngine, AppError> {
+    let policy = Arc::new(load_policy(cfg)?);
+    let looker = looker_client(cfg)?;
+    let p = &cfg.processor;
+    Ok(Engine::new(
+        store,
+        looker,
+        policy,
+        RetryPolicy { retries: p.call_retries, min_delay: p.retry_min_delay, max_delay: p.retry_max_delay },
+    ))
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Components {
+    pub ingress: bool,
+    pub processor: bool,
+}
+
+/// A running service. Dropping it does not stop it; call [`Running::stop`].
+pub struct Running {
+    pub addr: SocketAddr,
+    pub store: Sqlite,
+    pub dry_run: bool,
+    trigger: ShutdownTrigger,
+    shutdown: Shutdown,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stop accepting requests, finish in-flight work, close the database.
+    pub async fn stop(self) {
+        self.trigger.trigger();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.store.close().await;
+    }
+
+    /// Run until `signal` resolves, then stop gracefully.
+    pub async fn until(self, signal: impl std::future::Future<Output = ()>) {
+        let shutdown = self.shutdown.clone();
+        tokio::select! {
+            _ = signal => tracing::info!("shutdown requested"),
+            _ = shutdown.wait() => {}
+        }
+        self.stop().await;
+    }
+}
+
+/// Validate everything (config, policy, Looker settings, database), bind the port, then start.
+pub async fn start(cfg: &Config, components: Components) -> Result<Running, AppError> {
+    let store = Sqlite::open(&cfg.data_dir).await?;
+    let engine = Arc::new(engine(cfg, store.clone())?);
+    let dry_run = engine.is_dry_run();
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| AppError::Bind { addr: cfg.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| AppError::Bind { addr: cfg.listen, source })?;
+    let (trigger, shutdown) = Shutdown::new();
+
+    let ready_store = store.clone();
+    let mut app = ops::router(Arc::new(move || {
+        let s = ready_store.clone();
+        Box::pin(async move { s.ping().await })
+    }));
+    if components.ingress {
+        app = app.merge(ingress::router(
+            store.clone(),
+            IngressConfig { okta_secret: cfg.okta.hook_secret.clone(), max_body_bytes: cfg.okta.max_body_bytes },
+        ));
+    }
+    let mut tasks = Vec::new();
+    let server_shutdown = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move { server_shutdown.wait().await });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "http server failed");
+        }
+    }));
+    if components.processor {
+        let p = &cfg.processor;
+        let worker = Worker::new(
+            store.clone(),
+            engine.clone(),
+            WorkerConfig {
+                concurrency: p.workers,
+                max_attempts: p.max_attempts,
+                visibility_timeout: p.visibility_timeout,
+                poll_interval: p.poll_interval,
+                sweep_interval: Duration::from_secs(60),
+            },
+        );
+        let s = shutdown.clone();
+        tasks.push(tokio::spawn(worker.run(s)));
+    }
+    let lag_store = store.clone();
+    let s = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            if let Ok(lag) = lag_store.queue_lag_seconds().await {
+                metrics::gauge!("gatehouse_queue_lag_seconds", "queue" => "embedded").set(lag);
+            }
+            if let Ok(depth) = lag_store.queue_depth().await {
+                metrics::gauge!("gatehouse_queue_depth", "queue" => "embedded").set(depth as f64);
+            }
+            tokio::select! {
+                _ = s.wait() => break,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+    }));
+    tracing::info!(
+        %addr,
+        data_dir = %cfg.data_dir.display(),
+        dry_run,
+        ingress = components.ingress,
+        processor = components.processor,
+        "gatehouse started"
+    );
+    if dry_run {
+        tracing::warn!("no Looker configured: dry-run mode, plans go to the ledger and no call is made");
+    }
+    Ok(Running { addr, store, dry_run, trigger, shutdown, tasks })
+}

@@ -1,0 +1,377 @@
+//! The processor's decision and effect for one envelope:
+//! dedupe → fold into the directory → policy → (skip if already converged) → read Looker → plan
+//! → apply → ledger → commit. Only after `commit` may the queue message be acked.
+
+use backon::{ExponentialBuilder, Retryable};
+use chrono::{DateTime, Utc};
+use futures::future::join_all;
+use gatehouse_domain::envelope::Envelope;
+use gatehouse_domain::identity::{FoldOutcome, Identity};
+use gatehouse_domain::looker::{ErrorKind, LookerError, LookerOp, Method, ReadNeeds, UserRef};
+use gatehouse_domain::plan::{self, Actual, Plan, Step};
+use gatehouse_domain::policy::{self, DesiredLooker, Policy, Presence};
+use gatehouse_domain::ports::{
+    BackendError, DeletionChange, LedgerEntry, LookerPort, Outcome, ScheduledDeletion, StateStore,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Retry policy for one Looker call within one delivery.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub retries: usize,
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_max_times(self.retries)
+            .with_jitter()
+    }
+}
+
+/// What handling one envelope came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    /// Already processed (a redelivery or replay): nothing done, no call made.
+    Duplicate,
+    /// An event type Gatehouse does not act on.
+    Ignored,
+    /// The desired state is the one already converged: no call made.
+    NoOp { stale: bool },
+    /// Calls were made (possibly zero writes, if Looker was already right).
+    Applied { writes: usize },
+    /// No Looker configured: the plan was recorded in the ledger, nothing sent.
+    DryRun { planned: usize },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Looker(#[from] LookerError),
+}
+
+impl ProcessError {
+    /// Retrying this delivery later cannot help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, ProcessError::Looker(e) if matches!(e.kind, ErrorKind::Permanent | ErrorKind::Conflict))
+    }
+
+    /// The server asked for a delay.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProcessError::Looker(e) => e.retry_after,
+            ProcessError::Backend(_) => None,
+        }
+    }
+}
+
+/// A plan together with what it was computed from (for `gatehouse plan`).
+#[derive(Debug, Clone)]
+pub struct PlanReport {
+    pub identity: Identity,
+    pub desired: DesiredLooker,
+    pub plan: Plan,
+    pub stale: bool,
+}
+
+pub struct Engine<S, L> {
+    store: S,
+    looker: Option<L>,
+    policy: Arc<Policy>,
+    retry: RetryPolicy,
+}
+
+impl<S: StateStore, L: LookerPort> Engine<S, L> {
+    pub fn new(store: S, looker: Option<L>, policy: Arc<Policy>, retry: RetryPolicy) -> Self {
+        Engine { store, looker, policy, retry }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn is_dry_run(&self) -> bool {
+        self.looker.is_none()
+    }
+
+    /// Compute the plan for an envelope without changing anything (reads Looker when configured).
+    pub async fn plan(&self, env: &Envelope) -> Result<PlanReport, ProcessError> {
+        let mut identity = match self.store.load_subject(&env.subject.key).await? {
+            Some(s) => s.identity,
+            None => Identity::new(&env.subject.key),
+        };
+        let stale = identity.fold(env) == FoldOutcome::Stale;
+        let desired = policy::evaluate(&self.policy, &identity);
+        let plan = self.compute_plan(&desired).await?;
+        Ok(PlanReport { identity, desired, plan, stale })
+    }
+
+    async fn compute_plan(&self, desired: &DesiredLooker) -> Result<Plan, ProcessError> {
+        let Some(looker) = &self.looker else {
+            return Ok(plan::diff(desired, &Actual::Unknown, None));
+        };
+        let catalog = (|| looker.catalog()).retry(self.retry.backoff()).when(LookerError::is_retryable).adjust(honour_retry_after).await?;
+        let actual = match &desired.email {
+            None => Actual::Absent,
+            Some(email) => {
+                let needs = plan::read_needs(desired, &catalog);
+                let found = (|| looker.find_user(email, &needs))
+                    .retry(self.retry.backoff())
+                    .when(LookerError::is_retryable)
+                    .adjust(honour_retry_after)
+                    .await?;
+                found.map(Actual::Present).unwrap_or(Actual::Absent)
+            }
+        };
+        Ok(plan::diff(desired, &actual, Some(&catalog)))
+    }
+
+    /// Process one envelope. `Ok` means its effects and ledger rows are recorded and the message
+    /// may be acked; `Err` means it must be retried (or dead-lettered).
+    pub async fn handle(&self, env: &Envelope) -> Result<Handled, ProcessError> {
+        if self.store.is_processed(&env.id).await? {
+            return Ok(Handled::Duplicate);
+        }
+        if !env.event.is_actionable() {
+            self.store
+                .commit(Outcome {
+                    envelope_id: env.id.clone(),
+                    identity: None,
+                    converged: None,
+                    deletion: DeletionChange::Keep,
+                })
+                .await?;
+            return Ok(Handled::Ignored);
+        }
+        let (mut identity, converged) = match self.store.load_subject(&env.subject.key).await? {
+            Some(s) => (s.identity, s.converged),
+            None => (Identity::new(&env.subject.key), None),
+        };
+        let fold = identity.fold(env);
+        let desired = policy::evaluate(&self.policy, &identity);
+        let fingerprint = desired.fingerprint();
+        if self.looker.is_some() && converged.as_deref() == Some(fingerprint.as_str()) {
+            self.store
+                .commit(Outcome {
+                    envelope_id: env.id.clone(),
+                    identity: Some(identity),
+                    converged,
+                    deletion: DeletionChange::Keep,
+                })
+                .await?;
+            return Ok(Handled::NoOp { stale: fold == FoldOutcome::Stale });
+        }
+
+        let plan = self.compute_plan(&desired).await?;
+        let deletion = deletion_change(&desired, &identity, env.occurred_at);
+        let result = match &self.looker {
+            None => {
+                let entries: Vec<LedgerEntry> = plan
+                    .steps
+                    .iter()
+                    .map(|s| ledger_entry(env, s, &plan.user, "dry_run".into()))
+                    .collect();
+                self.store.append_ledger(&entries).await?;
+                Handled::DryRun { planned: entries.len() }
+            }
+            Some(looker) => Handled::Applied { writes: self.apply(looker, env, &plan).await? },
+        };
+        for note in &plan.notes {
+            tracing::info!(envelope_id = %env.id, subject = %env.subject.key, note = %note, "plan note");
+        }
+        self.store
+            .commit(Outcome {
+                envelope_id: env.id.clone(),
+                identity: Some(identity),
+                converged: self.looker.as_ref().map(|_| fingerprint),
+                deletion,
+            })
+            .await?;
+        Ok(result)
+    }
+
+    /// Apply a plan: the create call first (others need its id), then every other call at once.
+    /// Each attempt of each call gets a ledger row.
+    async fn apply(&self, looker: &L, env: &Envelope, plan: &Plan) -> Result<usize, ProcessError> {
+        let (create, rest) = plan.phases();
+        let mut user = plan.user.clone();
+        let mut writes = 0;
+        if let Some(step) = create {
+            let id = self.call(looker, env, &user, step).await?;
+            writes += 1;
+            match id {
+                Some(id) => user = UserRef::Id(id),
+                None => {
+                    return Err(LookerError {
+                        kind: ErrorKind::Permanent,
+                        status: None,
+                        message: "create user returned no id".into(),
+                        retry_after: None,
+                    }
+                    .into());
+                }
+            }
+        }
+        let results = join_all(rest.iter().map(|step| self.call(looker, env, &user, step))).await;
+        let mut first_error = None;
+        for r in results {
+            match r {
+                Ok(_) => writes += 1,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(writes),
+        }
+    }
+
+    /// One write call with retries; a 404 on a delete means it is already gone (convergent).
+    async fn call(
+        &self,
+        looker: &L,
+        env: &Envelope,
+        user: &UserRef,
+        step: &Step,
+    ) -> Result<Option<String>, ProcessError> {
+        let call = step.op.http(user);
+        let attempt = || async {
+            let r = looker.execute(user, &step.op).await;
+            let status = match &r {
+                Ok(_) => "ok".to_string(),
+                Err(e) if e.kind == ErrorKind::NotFound && call.method == Method::Delete => {
+                    "404 already gone".to_string()
+                }
+                Err(e) => e.status.map(|s| s.to_string()).unwrap_or_else(|| format!("error: {:?}", e.kind)),
+            };
+            let entry = ledger_entry(env, step, user, status);
+            if let Err(e) = self.store.append_ledger(&[entry]).await {
+                tracing::error!(error = %e, "ledger append failed");
+                return Err(CallError::Ledger(e));
+            }
+            match r {
+                Err(e) if e.kind == ErrorKind::NotFound && call.method == Method::Delete => Ok(None),
+                other => other.map_err(CallError::Looker),
+            }
+        };
+        let out = attempt
+            .retry(self.retry.backoff())
+            .when(|e: &CallError| matches!(e, CallError::Looker(l) if l.is_retryable()))
+            .adjust(|e: &CallError, d| match e {
+                CallError::Looker(l) => honour_retry_after(l, d),
+                CallError::Ledger(_) => d,
+            })
+            .notify(|e, d| tracing::warn!(error = %e, retry_in = ?d, call = %call, "looker call failed; retrying"))
+            .await;
+        match out {
+            Ok(id) => Ok(id),
+            Err(CallError::Looker(e)) => Err(e.into()),
+            Err(CallError::Ledger(e)) => Err(e.into()),
+        }
+    }
+
+    /// Delete users whose offboarding grace period is over (policy `delete_after_days`).
+    pub async fn sweep_deletions(&self, now: DateTime<Utc>) -> Result<usize, ProcessError> {
+        let due = self.store.due_deletions(now).await?;
+        let mut done = 0;
+        for d in due {
+            let step = Step { op: LookerOp::DeleteUser, rule: policy::rules::OFFBOARD_DELETE.into() };
+            let env_id = format!("scheduled-deletion:{}", d.subject);
+            match &self.looker {
+                None => {
+                    let entry = LedgerEntry {
+                        at: Utc::now(),
+                        envelope_id: env_id,
+                        subject: d.subject.clone(),
+                        event: "scheduled_deletion".into(),
+                        rule: step.rule.clone(),
+                        call: step.op.http(&UserRef::Email(d.email.clone())),
+                        status: "dry_run".into(),
+                    };
+                    self.store.append_ledger(&[entry]).await?;
+                }
+                Some(looker) => {
+                    let no_needs = ReadNeeds::default();
+                    let user = (|| looker.find_user(&d.email, &no_needs))
+                        .retry(self.retry.backoff())
+                        .when(LookerError::is_retryable)
+                        .adjust(honour_retry_after)
+                        .await?;
+                    // Only a user that is still disabled is deleted: a reactivated one is kept.
+                    if let Some(u) = user.filter(|u| u.is_disabled) {
+                        let env = scheduled_envelope(&d, &env_id);
+                        self.call(looker, &env, &UserRef::Id(u.id.clone()), &step).await?;
+                    }
+                }
+            }
+            self.store.finish_deletion(&d.subject).await?;
+            done += 1;
+        }
+        Ok(done)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error(transparent)]
+    Looker(LookerError),
+    #[error(transparent)]
+    Ledger(BackendError),
+}
+
+/// Sleep at least what a 429's `Retry-After` asks; stop when the backoff is exhausted.
+fn honour_retry_after(e: &LookerError, d: Option<Duration>) -> Option<Duration> {
+    d.map(|d| e.retry_after.map_or(d, |r| r.max(d)))
+}
+
+fn ledger_entry(env: &Envelope, step: &Step, user: &UserRef, status: String) -> LedgerEntry {
+    LedgerEntry {
+        at: Utc::now(),
+        envelope_id: env.id.0.clone(),
+        subject: env.subject.key.clone(),
+        event: env.source_event_type.clone(),
+        rule: step.rule.clone(),
+        call: step.op.http(user),
+        status,
+    }
+}
+
+fn deletion_change(desired: &DesiredLooker, identity: &Identity, at: DateTime<Utc>) -> DeletionChange {
+    match (&desired.presence, &desired.email) {
+        (Presence::Offboarded { delete_after_days: Some(days), .. }, Some(email)) => {
+            DeletionChange::Schedule(ScheduledDeletion {
+                subject: identity.key.clone(),
+                email: email.clone(),
+                due_at: at + chrono::Duration::days(i64::from(*days)),
+            })
+        }
+        (Presence::Active { .. }, _) => DeletionChange::Cancel,
+        _ => DeletionChange::Keep,
+    }
+}
+
+/// A stand-in envelope so scheduled deletions are ledgered like event-driven calls.
+fn scheduled_envelope(d: &ScheduledDeletion, id: &str) -> Envelope {
+    use gatehouse_domain::envelope::{EnvelopeId, IdentityEvent, Source, Subject};
+    Envelope {
+        version: Envelope::VERSION,
+        id: EnvelopeId(id.to_string()),
+        source: Source::Manual,
+        subject: Subject { key: d.subject.clone(), email: Some(d.email.clone()), display_name: None },
+        occurred_at: d.due_at,
+        received_at: Utc::now(),
+        event: IdentityEvent::UserDeleted,
+        profile: Default::default(),
+        source_event_type: "scheduled_deletion".into(),
+        raw: serde_json::Value::Null,
+    }
+}

@@ -1,0 +1,124 @@
+//! HTTP intake. A request is answered 2xx only after every envelope it carries is durably
+//! enqueued; a request that fails authentication, is too large or malformed enqueues nothing.
+
+use axum::body::{to_bytes, Body};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::Utc;
+use gatehouse_domain::okta;
+use gatehouse_domain::ports::QueueProducer;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+pub struct IngressConfig {
+    pub okta_secret: Option<SecretString>,
+    pub max_body_bytes: usize,
+}
+
+struct Ingress<Q> {
+    queue: Q,
+    cfg: IngressConfig,
+}
+
+/// The ingress routes (`/hooks/...`). Mount next to `gatehouse_platform::ops::router`.
+pub fn router<Q: QueueProducer + 'static>(queue: Q, cfg: IngressConfig) -> Router {
+    let state = Arc::new(Ingress { queue, cfg });
+    Router::new().route("/hooks/okta", get(okta_verify::<Q>).post(okta_hook::<Q>)).with_state(state)
+}
+
+/// `{"error": ..., "detail": ...}` with a status.
+pub fn error(status: StatusCode, error: &str, detail: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": error, "detail": detail.into() }))).into_response()
+}
+
+impl<Q> Ingress<Q> {
+    /// Constant-time check of Okta's shared secret (sent verbatim in `Authorization`).
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), Response> {
+        let Some(secret) = &self.cfg.okta_secret else {
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_configured",
+                "no okta hook secret is configured (okta.hook_secret or GATEHOUSE_OKTA_HOOK_SECRET)",
+            ));
+        };
+        let given = headers.get("authorization").map(|v| v.as_bytes()).unwrap_or_default();
+        if bool::from(given.ct_eq(secret.expose_secret().as_bytes())) {
+            Ok(())
+        } else {
+            metrics::counter!("gatehouse_ingress_rejected_total", "source" => "okta", "reason" => "unauthorized")
+                .increment(1);
+            Err(error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong Authorization header"))
+        }
+    }
+}
+
+async fn okta_verify<Q>(State(ing): State<Arc<Ingress<Q>>>, headers: HeaderMap) -> Response {
+    if let Err(r) = ing.authorize(&headers) {
+        return r;
+    }
+    match headers.get("x-okta-verification-challenge").and_then(|v| v.to_str().ok()) {
+        Some(challenge) => Json(okta::verification_response(challenge)).into_response(),
+        None => error(StatusCode::BAD_REQUEST, "bad_request", "missing x-okta-verification-challenge header"),
+    }
+}
+
+async fn okta_hook<Q: QueueProducer>(
+    State(ing): State<Arc<Ingress<Q>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(r) = ing.authorize(&headers) {
+        return r;
+    }
+    let limit = ing.cfg.max_body_bytes;
+    let too_large = || {
+        metrics::counter!("gatehouse_ingress_rejected_total", "source" => "okta", "reason" => "too_large")
+            .increment(1);
+        error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("body exceeds {limit} bytes"))
+    };
+    let declared = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return too_large();
+    }
+    let bytes = match to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => return too_large(),
+    };
+    let envelopes = match okta::parse_hook_body(&bytes, Utc::now()) {
+        Ok(e) => e,
+        Err(e) => {
+            metrics::counter!("gatehouse_ingress_rejected_total", "source" => "okta", "reason" => "malformed")
+                .increment(1);
+            return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
+        }
+    };
+    if let Err(e) = ing.queue.publish(&envelopes).await {
+        tracing::error!(error = %e, source = ?std::error::Error::source(&e), "enqueue failed; okta will retry");
+        return error(StatusCode::SERVICE_UNAVAILABLE, "enqueue_failed", "the event could not be stored; retry");
+    }
+    let mut ignored = 0;
+    for env in &envelopes {
+        let actionable = env.event.is_actionable();
+        ignored += usize::from(!actionable);
+        metrics::counter!(
+            "gatehouse_events_received_total",
+            "source" => "okta",
+            "event_type" => env.source_event_type.clone(),
+            "actionable" => if actionable { "true" } else { "false" },
+        )
+        .increment(1);
+        tracing::info!(
+            envelope_id = %env.id, subject = %env.subject.key, event_type = %env.source_event_type,
+            actionable, "event enqueued"
+        );
+    }
+    Json(json!({ "enqueued": envelopes.len(), "ignored": ignored })).into_response()
+}

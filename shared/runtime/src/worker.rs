@@ -1,0 +1,194 @@
+//! Drives the engine from a queue: claim, process (at most one message per subject at a time),
+//! then ack; release with backoff on transient failure; dead-letter poison messages with the
+//! reason. `run_once` is the step tests drive without sleeping.
+
+use crate::engine::{Engine, Handled, ProcessError};
+use chrono::Utc;
+use gatehouse_domain::envelope::Envelope;
+use gatehouse_domain::ports::{Delivery, LookerPort, QueueConsumer, StateStore};
+use gatehouse_platform::shutdown::Shutdown;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub visibility_timeout: Duration,
+    pub poll_interval: Duration,
+    /// How often due deletions are swept.
+    pub sweep_interval: Duration,
+}
+
+/// What became of one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    Acked(Handled),
+    Released { delay: Duration },
+    DeadLettered { reason: String },
+}
+
+pub struct Worker<Q, S, L> {
+    queue: Q,
+    engine: Arc<Engine<S, L>>,
+    cfg: WorkerConfig,
+}
+
+impl<Q, S, L> Worker<Q, S, L>
+where
+    Q: QueueConsumer + Clone + 'static,
+    S: StateStore + 'static,
+    L: LookerPort + 'static,
+{
+    pub fn new(queue: Q, engine: Arc<Engine<S, L>>, cfg: WorkerConfig) -> Self {
+        Worker { queue, engine, cfg }
+    }
+
+    /// Claim one batch and process it to the end. Returns what became of each delivery.
+    pub async fn run_once(&self) -> Result<Vec<Disposition>, ProcessError> {
+        let batch = self.queue.receive(self.cfg.concurrency, self.cfg.visibility_timeout).await?;
+        let mut set = JoinSet::new();
+        for d in batch {
+            set.spawn(process(self.queue.clone(), self.engine.clone(), self.cfg.clone(), d));
+        }
+        let mut out = Vec::new();
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(Ok(disp)) => out.push(disp),
+                Ok(Err(e)) => return Err(e),
+                Err(join) => tracing::error!(error = %join, "processing task panicked"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Run until shutdown: keep up to `concurrency` deliveries in flight; in-flight work is
+    /// finished (not abandoned) when shutdown is requested.
+    pub async fn run(self, shutdown: Shutdown) {
+        let mut set: JoinSet<Result<Disposition, ProcessError>> = JoinSet::new();
+        let mut last_sweep: Option<tokio::time::Instant> = None;
+        loop {
+            if shutdown.is_triggered() {
+                break;
+            }
+            if last_sweep.is_none_or(|t| t.elapsed() >= self.cfg.sweep_interval) {
+                last_sweep = Some(tokio::time::Instant::now());
+                match self.engine.sweep_deletions(Utc::now()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "scheduled deletions done"),
+                    Err(e) => tracing::warn!(error = %e, "scheduled deletions failed; will retry"),
+                }
+            }
+            let free = self.cfg.concurrency.saturating_sub(set.len());
+            let received = if free > 0 {
+                match self.queue.receive(free, self.cfg.visibility_timeout).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(error = %e, "queue receive failed");
+                        Vec::new()
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            let got = received.len();
+            for d in received {
+                set.spawn(process(self.queue.clone(), self.engine.clone(), self.cfg.clone(), d));
+            }
+            if got == 0 || set.len() >= self.cfg.concurrency {
+                // Wait for a slot, new work, or shutdown.
+                tokio::select! {
+                    _ = shutdown.wait() => {}
+                    Some(r) = set.join_next(), if !set.is_empty() => log_result(r),
+                    _ = tokio::time::sleep(self.cfg.poll_interval), if set.len() < self.cfg.concurrency => {}
+                }
+            }
+            while let Some(r) = set.try_join_next() {
+                log_result(r);
+            }
+        }
+        // Finish what was claimed: its effects and acks are recorded before we exit.
+        while let Some(r) = set.join_next().await {
+            log_result(r);
+        }
+    }
+}
+
+fn log_result(r: Result<Result<Disposition, ProcessError>, tokio::task::JoinError>) {
+    match r {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "queue operation failed; the message will come back"),
+        Err(e) => tracing::error!(error = %e, "processing task panicked"),
+    }
+}
+
+async fn process<Q, S, L>(
+    queue: Q,
+    engine: Arc<Engine<S, L>>,
+    cfg: WorkerConfig,
+    d: Delivery,
+) -> Result<Disposition, ProcessError>
+where
+    Q: QueueConsumer,
+    S: StateStore,
+    L: LookerPort,
+{
+    let env = match Envelope::from_json(&d.body) {
+        Ok(e) => e,
+        Err(e) => {
+            let reason = format!("not a valid envelope: {e}");
+            tracing::warn!(receipt = %d.receipt, reason = %reason, "dead-lettering poison message");
+            queue.dead_letter(&d, &reason).await?;
+            metrics::counter!("gatehouse_events_failed_total", "reason" => "poison").increment(1);
+            return Ok(Disposition::DeadLettered { reason });
+        }
+    };
+    let span = tracing::info_span!(
+        "process",
+        envelope_id = %env.id,
+        subject = %env.subject.key,
+        event_type = %env.source_event_type,
+        messaging.system = "gatehouse-embedded",
+        messaging.message.id = %env.id,
+        messaging.delivery_attempt = d.attempt,
+    );
+    async move {
+        let started = tokio::time::Instant::now();
+        match engine.handle(&env).await {
+            Ok(handled) => {
+                queue.ack(&d).await?;
+                let outcome = match &handled {
+                    Handled::Duplicate => "duplicate",
+                    Handled::Ignored => "ignored",
+                    Handled::NoOp { stale: true } => "stale",
+                    Handled::NoOp { stale: false } => "noop",
+                    Handled::Applied { .. } => "applied",
+                    Handled::DryRun { .. } => "dry_run",
+                };
+                metrics::counter!("gatehouse_events_processed_total", "outcome" => outcome).increment(1);
+                metrics::histogram!("gatehouse_event_processing_seconds").record(started.elapsed().as_secs_f64());
+                tracing::info!(outcome, ?handled, "processed");
+                Ok(Disposition::Acked(handled))
+            }
+            Err(e) if e.is_permanent() || d.attempt >= cfg.max_attempts => {
+                let reason = format!("after {} attempt(s): {e}", d.attempt);
+                tracing::warn!(reason = %reason, "dead-lettering");
+                queue.dead_letter(&d, &reason).await?;
+                metrics::counter!("gatehouse_events_failed_total", "reason" => "dead_lettered").increment(1);
+                Ok(Disposition::DeadLettered { reason })
+            }
+            Err(e) => {
+                let backoff = Duration::from_millis(250u64.saturating_mul(1 << d.attempt.min(10)));
+                let delay = e.retry_after().map_or(backoff, |r| r.max(backoff));
+                tracing::warn!(error = %e, retry_in = ?delay, "processing failed; will retry");
+                queue.release(&d, delay).await?;
+                metrics::counter!("gatehouse_events_failed_total", "reason" => "retried").increment(1);
+                Ok(Disposition::Released { delay })
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
