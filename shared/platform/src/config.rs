@@ -110,6 +110,9 @@ pub struct ProcessorConfig {
     /// Idle wait between empty polls of the embedded queue.
     #[serde(default = "default_poll", with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How often Looker users past their offboarding grace period are looked for and deleted.
+    #[serde(default = "default_sweep", with = "humantime_serde")]
+    pub deletion_sweep_interval: Duration,
 }
 
 impl Default for ProcessorConfig {
@@ -122,6 +125,7 @@ impl Default for ProcessorConfig {
             retry_min_delay: default_retry_min(),
             retry_max_delay: default_retry_max(),
             poll_interval: default_poll(),
+            deletion_sweep_interval: default_sweep(),
         }
     }
 }
@@ -186,6 +190,9 @@ fn default_retry_max() -> Duration {
 }
 fn default_poll() -> Duration {
     Duration::from_millis(100)
+}
+fn default_sweep() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_level() -> String {
     "info".into()

@@ -159,7 +159,7 @@ pub async fn start(cfg: &Config, components: Components) -> Result<Running, AppE
                 max_attempts: p.max_attempts,
                 visibility_timeout: p.visibility_timeout,
                 poll_interval: p.poll_interval,
-                sweep_interval: Duration::from_secs(60),
+                sweep_interval: p.deletion_sweep_interval,
             },
         );
         let s = shutdown.clone();

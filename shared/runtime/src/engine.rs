@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use gatehouse_domain::envelope::Envelope;
 use gatehouse_domain::identity::{FoldOutcome, Identity};
-use gatehouse_domain::looker::{ErrorKind, LookerError, LookerOp, Method, ReadNeeds, UserRef};
+use gatehouse_domain::looker::{Catalog, ErrorKind, LookerError, LookerOp, LookerUser, Method, ReadNeeds, UserRef};
 use gatehouse_domain::plan::{self, Actual, Plan, Step};
 use gatehouse_domain::policy::{self, DesiredLooker, Policy, Presence};
 use gatehouse_domain::ports::{
@@ -117,20 +117,36 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let Some(looker) = &self.looker else {
             return Ok(plan::diff(desired, &Actual::Unknown, None));
         };
-        let catalog = (|| looker.catalog()).retry(self.retry.backoff()).when(LookerError::is_retryable).adjust(honour_retry_after).await?;
-        let actual = match &desired.email {
-            None => Actual::Absent,
-            Some(email) => {
-                let needs = plan::read_needs(desired, &catalog);
-                let found = (|| looker.find_user(email, &needs))
-                    .retry(self.retry.backoff())
-                    .when(LookerError::is_retryable)
-                    .adjust(honour_retry_after)
-                    .await?;
-                found.map(Actual::Present).unwrap_or(Actual::Absent)
+        let (catalog, found) = match (&desired.email, &desired.presence) {
+            (None, _) => (self.read_catalog(looker).await?, None),
+            // Offboarding needs nothing from the catalog to read the user: both reads at once,
+            // so a cold start is login → (catalog ∥ search) → revocations.
+            (Some(email), Presence::Offboarded { .. }) => {
+                let no_needs = ReadNeeds::default();
+                let (c, f) = futures::join!(self.read_catalog(looker), self.read_user(looker, email, &no_needs));
+                (c?, f?)
+            }
+            (Some(email), Presence::Active { .. }) => {
+                let c = self.read_catalog(looker).await?;
+                let needs = plan::read_needs(desired, &c);
+                let f = self.read_user(looker, email, &needs).await?;
+                (c, f)
             }
         };
+        let actual = found.map(Actual::Present).unwrap_or(Actual::Absent);
         Ok(plan::diff(desired, &actual, Some(&catalog)))
+    }
+
+    async fn read_catalog(&self, looker: &L) -> Result<Catalog, LookerError> {
+        (|| looker.catalog()).retry(self.retry.backoff()).when(LookerError::is_retryable).adjust(honour_retry_after).await
+    }
+
+    async fn read_user(&self, looker: &L, email: &str, needs: &ReadNeeds) -> Result<Option<LookerUser>, LookerError> {
+        (|| looker.find_user(email, needs))
+            .retry(self.retry.backoff())
+            .when(LookerError::is_retryable)
+            .adjust(honour_retry_after)
+            .await
     }
 
     /// Process one envelope. `Ok` means its effects and ledger rows are recorded and the message
@@ -170,7 +186,8 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         }
 
         let plan = self.compute_plan(&desired).await?;
-        let deletion = deletion_change(&desired, &identity, env.occurred_at);
+        // The grace period runs from when Gatehouse offboarded the person, never from an old event time.
+        let deletion = deletion_change(&desired, &identity, Utc::now());
         let result = match &self.looker {
             None => {
                 let entries: Vec<LedgerEntry> = plan
@@ -300,12 +317,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                     self.store.append_ledger(&[entry]).await?;
                 }
                 Some(looker) => {
-                    let no_needs = ReadNeeds::default();
-                    let user = (|| looker.find_user(&d.email, &no_needs))
-                        .retry(self.retry.backoff())
-                        .when(LookerError::is_retryable)
-                        .adjust(honour_retry_after)
-                        .await?;
+                    let user = self.read_user(looker, &d.email, &ReadNeeds::default()).await?;
                     // Only a user that is still disabled is deleted: a reactivated one is kept.
                     if let Some(u) = user.filter(|u| u.is_disabled) {
                         let env = scheduled_envelope(&d, &env_id);
