@@ -1,1 +1,934 @@
-//! Looker API 4.0 client (being written).
+//! Looker API 4.0 client: the [`LookerPort`] the engine reads and writes Looker through.
+//!
+//! * Authentication: `POST /login` with the API3 `client_id`/`client_secret` in a form body; the
+//!   token is reused until shortly before `expires_in`, one login at a time; a 401 on any call
+//!   triggers one re-login and one retry of that call.
+//! * Reads are batched: `find_user` is one `GET /users/search` (plus, only when the plan needs
+//!   them, the direct roles and the user-set attribute values, fetched concurrently); `catalog`
+//!   is three concurrent list calls, cached for `catalog_ttl`.
+//! * `execute` performs exactly the call `LookerOp::http` renders, so a printed plan and the
+//!   client cannot disagree. No retries here: the engine owns the retry policy.
+//! * Every failure is classified once into an [`ErrorKind`]; messages come from Looker's
+//!   `Error.message` and never contain the client secret or the access token.
+//! * Every HTTP call increments `gatehouse_looker_calls_total{method, endpoint, status}` where
+//!   `endpoint` is the templated path (`/users/{id}/sessions/{id}`).
+
+use gatehouse_domain::looker::{
+    Catalog, ErrorKind, LookerError, LookerOp, LookerUser, Method, ReadNeeds, UserRef,
+};
+use gatehouse_domain::ports::LookerPort;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+/// The `fields` of the one search call `find_user` makes.
+pub const SEARCH_FIELDS: &str = "id,email,is_disabled,group_ids,credentials_api3,sessions,credentials_email";
+const API_PREFIX: &str = "/api/4.0";
+const METRIC_CALLS: &str = "gatehouse_looker_calls_total";
+/// Longest Looker error message kept in a [`LookerError`].
+const MAX_MESSAGE: usize = 500;
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_catalog_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// How to reach one Looker instance.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookerConfig {
+    /// Instance base URL, e.g. `https://example.cloud.looker.com` (the client calls
+    /// `{base_url}/api/4.0/...`; a trailing `/api/4.0` is tolerated).
+    pub base_url: String,
+    /// API3 client id (not secret: it names the key).
+    pub client_id: String,
+    pub client_secret: SecretString,
+    /// Per-request timeout (connect + response); zero disables it.
+    #[serde(with = "humantime_serde", default = "default_timeout")]
+    pub timeout: Duration,
+    /// How long `catalog()` answers from its cache; zero disables the cache.
+    #[serde(with = "humantime_serde", default = "default_catalog_ttl")]
+    pub catalog_ttl: Duration,
+}
+
+impl fmt::Debug for LookerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LookerConfig")
+            .field("base_url", &self.base_url)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .field("timeout", &self.timeout)
+            .field("catalog_ttl", &self.catalog_ttl)
+            .finish()
+    }
+}
+
+/// The access token and how long to use it.
+struct Token {
+    value: SecretString,
+    fresh_until: Instant,
+}
+
+#[derive(Default)]
+struct TokenSlot {
+    token: Option<Token>,
+    /// Bumped on every login, so concurrent 401s invalidate a token only once.
+    generation: u64,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    /// `{base_url}/api/4.0`
+    api: String,
+    base_url: String,
+    client_id: String,
+    client_secret: SecretString,
+    catalog_ttl: Duration,
+    token: Mutex<TokenSlot>,
+    catalog: Mutex<Option<(Instant, Catalog)>>,
+}
+
+/// Looker API 4.0 client. Cheap to clone (shared token and catalog cache).
+#[derive(Clone)]
+pub struct LookerClient {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for LookerClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LookerClient")
+            .field("base_url", &self.inner.base_url)
+            .field("client_id", &self.inner.client_id)
+            .field("client_secret", &"[redacted]")
+            .field("catalog_ttl", &self.inner.catalog_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+fn err(kind: ErrorKind, status: Option<u16>, message: impl Into<String>) -> LookerError {
+    LookerError {
+        kind,
+        status,
+        message: message.into(),
+        retry_after: None,
+    }
+}
+
+fn permanent(message: impl Into<String>) -> LookerError {
+    err(ErrorKind::Permanent, None, message)
+}
+
+/// A 2xx answer whose body does not match the spec.
+fn bad_body(endpoint: &str, e: impl fmt::Display) -> LookerError {
+    permanent(format!("unexpected response body from {endpoint}: {e}"))
+}
+
+impl LookerClient {
+    /// Validates the config and builds the HTTP client. Does no I/O (login happens on first use).
+    pub fn new(cfg: LookerConfig) -> Result<Self, LookerError> {
+        let mut base = cfg.base_url.trim().trim_end_matches('/').to_owned();
+        if let Some(stripped) = base.strip_suffix(API_PREFIX) {
+            base = stripped.to_owned();
+        }
+        let url = reqwest::Url::parse(&base)
+            .map_err(|e| permanent(format!("invalid looker base_url {base:?}: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.query().is_some() {
+            return Err(permanent(format!(
+                "invalid looker base_url {base:?}: expected http(s)://host[/path]"
+            )));
+        }
+        if cfg.client_id.trim().is_empty() || cfg.client_secret.expose_secret().is_empty() {
+            return Err(permanent("looker client_id and client_secret must not be empty"));
+        }
+        let mut builder =
+            reqwest::Client::builder().user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")));
+        if !cfg.timeout.is_zero() {
+            builder = builder
+                .timeout(cfg.timeout)
+                .connect_timeout(cfg.timeout.min(Duration::from_secs(10)));
+        }
+        let http = builder
+            .build()
+            .map_err(|e| permanent(format!("cannot build http client: {}", chain(&e))))?;
+        Ok(LookerClient {
+            inner: Arc::new(Inner {
+                http,
+                api: format!("{base}{API_PREFIX}"),
+                base_url: base,
+                client_id: cfg.client_id,
+                client_secret: cfg.client_secret,
+                catalog_ttl: cfg.catalog_ttl,
+                token: Mutex::new(TokenSlot::default()),
+                catalog: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// A live token and the login generation it came from. Holding the slot's lock across the
+    /// login makes concurrent callers wait for one login instead of each logging in.
+    async fn token(&self) -> Result<(SecretString, u64), LookerError> {
+        let mut slot = self.inner.token.lock().await;
+        if let Some(t) = &slot.token
+            && Instant::now() < t.fresh_until
+        {
+            return Ok((t.value.clone(), slot.generation));
+        }
+        let token = self.login().await?;
+        let value = token.value.clone();
+        slot.token = Some(token);
+        slot.generation += 1;
+        Ok((value, slot.generation))
+    }
+
+    /// Forgets the token of `generation` (a 401 said it is dead), unless a newer one replaced it.
+    async fn invalidate(&self, generation: u64) {
+        let mut slot = self.inner.token.lock().await;
+        if slot.generation == generation {
+            slot.token = None;
+        }
+    }
+
+    async fn login(&self) -> Result<Token, LookerError> {
+        #[derive(Deserialize)]
+        struct AccessToken {
+            access_token: String,
+            #[serde(default)]
+            token_type: Option<String>,
+            expires_in: i64,
+        }
+        let form = [
+            ("client_id", self.inner.client_id.as_str()),
+            ("client_secret", self.inner.client_secret.expose_secret()),
+        ];
+        let rb = self
+            .inner
+            .http
+            .post(format!("{}/login", self.inner.api))
+            .form(&form);
+        let bytes = self
+            .send(Method::Post, "/login", rb, None)
+            .await
+            .map_err(|mut e| {
+                // Looker answers bad credentials with 404 (or 400): for a login that means the
+                // credentials are wrong, not that something is missing.
+                if matches!(e.status, Some(400 | 401 | 403 | 404)) {
+                    e.kind = ErrorKind::Unauthorized;
+                }
+                e.message = format!("login failed: {}", e.message);
+                e
+            })?;
+        let t: AccessToken = serde_json::from_slice(&bytes).map_err(|e| bad_body("/login", e))?;
+        if t.access_token.is_empty() {
+            return Err(bad_body("/login", "empty access_token"));
+        }
+        if let Some(tt) = &t.token_type
+            && !tt.eq_ignore_ascii_case("bearer")
+        {
+            return Err(bad_body("/login", format!("token_type {tt:?}")));
+        }
+        tracing::debug!(expires_in = t.expires_in, "looker login");
+        Ok(Token {
+            value: SecretString::from(t.access_token),
+            fresh_until: Instant::now() + use_for(t.expires_in),
+        })
+    }
+
+    /// One authenticated call; on 401, one re-login and one retry.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&serde_json::Value>,
+    ) -> Result<Vec<u8>, LookerError> {
+        let (token, generation) = self.token().await?;
+        match self.call_with(&token, method, path, query, body).await {
+            Err(e) if e.status == Some(401) => {
+                tracing::debug!(endpoint = %endpoint_template(path), "looker answered 401, logging in again");
+                self.invalidate(generation).await;
+                let (token, _) = self.token().await?;
+                self.call_with(&token, method, path, query, body).await
+            }
+            other => other,
+        }
+    }
+
+    async fn call_with(
+        &self,
+        token: &SecretString,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&serde_json::Value>,
+    ) -> Result<Vec<u8>, LookerError> {
+        let mut auth = reqwest::header::HeaderValue::try_from(format!("token {}", token.expose_secret()))
+            .map_err(|_| permanent("access token is not a valid header value"))?;
+        auth.set_sensitive(true);
+        let mut rb = self
+            .inner
+            .http
+            .request(reqwest_method(method), format!("{}{path}", self.inner.api))
+            .header(reqwest::header::AUTHORIZATION, auth);
+        if !query.is_empty() {
+            rb = rb.query(query);
+        }
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        self.send(method, path, rb, Some(token)).await
+    }
+
+    /// Sends, counts and classifies. `token` is redacted from error messages.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        rb: reqwest::RequestBuilder,
+        token: Option<&SecretString>,
+    ) -> Result<Vec<u8>, LookerError> {
+        let endpoint = endpoint_template(path);
+        let resp = match rb.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let label = if e.is_timeout() {
+                    "timeout"
+                } else if e.is_connect() {
+                    "connect_error"
+                } else {
+                    "error"
+                };
+                count(method, &endpoint, label.to_owned());
+                tracing::debug!(%method, %endpoint, status = label, "looker call failed");
+                return Err(self.redact(transport_error(e), token));
+            }
+        };
+        let status = resp.status().as_u16();
+        count(method, &endpoint, status.to_string());
+        tracing::debug!(%method, %endpoint, status, "looker call");
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| self.redact(transport_error(e), token))?;
+        if (200..300).contains(&status) {
+            Ok(bytes.to_vec())
+        } else {
+            Err(self.redact(classify(status, &bytes, retry_after), token))
+        }
+    }
+
+    fn redact(&self, mut e: LookerError, token: Option<&SecretString>) -> LookerError {
+        let secret = self.inner.client_secret.expose_secret();
+        if !secret.is_empty() {
+            e.message = e.message.replace(secret, "[redacted]");
+        }
+        if let Some(t) = token.map(ExposeSecret::expose_secret).filter(|t| !t.is_empty()) {
+            e.message = e.message.replace(t, "[redacted]");
+        }
+        e
+    }
+
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T, LookerError> {
+        let bytes = self.call(Method::Get, path, query, None).await?;
+        serde_json::from_slice(&bytes).map_err(|e| bad_body(&endpoint_template(path), e))
+    }
+
+    async fn named(&self, path: &str) -> Result<BTreeMap<String, String>, LookerError> {
+        #[derive(Deserialize)]
+        struct NamedItem {
+            id: String,
+            #[serde(default)]
+            name: Option<String>,
+        }
+        let items: Vec<NamedItem> = self.get_json(path, &[("fields", "id,name")]).await?;
+        Ok(items.into_iter().filter_map(|i| Some((i.name?, i.id))).collect())
+    }
+
+    async fn direct_roles(&self, user_id: &str) -> Result<BTreeSet<String>, LookerError> {
+        #[derive(Deserialize)]
+        struct RoleId {
+            id: String,
+        }
+        let path = format!("/users/{user_id}/roles");
+        let roles: Vec<RoleId> = self
+            .get_json(&path, &[("direct_association_only", "true"), ("fields", "id")])
+            .await?;
+        Ok(roles.into_iter().map(|r| r.id).collect())
+    }
+
+    async fn user_set_attributes(
+        &self,
+        user_id: &str,
+        attribute_ids: &[String],
+    ) -> Result<BTreeMap<String, String>, LookerError> {
+        #[derive(Deserialize)]
+        struct AttrValue {
+            #[serde(default)]
+            user_attribute_id: Option<String>,
+            #[serde(default)]
+            value: Option<String>,
+            #[serde(default)]
+            source: Option<String>,
+        }
+        let path = format!("/users/{user_id}/attribute_values");
+        let ids = attribute_ids.join(",");
+        let values: Vec<AttrValue> = self
+            .get_json(
+                &path,
+                &[
+                    ("user_attribute_ids", &ids),
+                    ("fields", "user_attribute_id,value,source"),
+                ],
+            )
+            .await?;
+        Ok(values
+            .into_iter()
+            .filter(|v| v.source.as_deref() == Some("user"))
+            .filter_map(|v| {
+                let id = v.user_attribute_id?;
+                attribute_ids
+                    .contains(&id)
+                    .then(|| (id, v.value.unwrap_or_default()))
+            })
+            .collect())
+    }
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct EmailOnly {
+    #[serde(default)]
+    email: Option<String>,
+}
+
+/// A `User` as `SEARCH_FIELDS` returns it.
+#[derive(Deserialize)]
+struct SearchUser {
+    id: String,
+    #[serde(default)]
+    email: Option<String>,
+    is_disabled: bool,
+    #[serde(default)]
+    group_ids: Option<Vec<String>>,
+    #[serde(default)]
+    credentials_api3: Option<Vec<IdOnly>>,
+    #[serde(default)]
+    sessions: Option<Vec<IdOnly>>,
+    #[serde(default)]
+    credentials_email: Option<EmailOnly>,
+}
+
+impl SearchUser {
+    fn has_email(&self, wanted: &str) -> bool {
+        let same = |e: &str| e.to_lowercase() == wanted;
+        self.email.as_deref().is_some_and(same)
+            || self
+                .credentials_email
+                .as_ref()
+                .and_then(|c| c.email.as_deref())
+                .is_some_and(same)
+    }
+}
+
+impl LookerPort for LookerClient {
+    async fn catalog(&self) -> Result<Catalog, LookerError> {
+        let ttl = self.inner.catalog_ttl;
+        // Held across the fetch: concurrent callers share one fetch.
+        let mut cache = self.inner.catalog.lock().await;
+        if let Some((at, c)) = &*cache
+            && at.elapsed() < ttl
+        {
+            return Ok(c.clone());
+        }
+        let (groups, roles, user_attributes) = tokio::try_join!(
+            self.named("/groups"),
+            self.named("/roles"),
+            self.named("/user_attributes")
+        )?;
+        let catalog = Catalog {
+            groups,
+            roles,
+            user_attributes,
+        };
+        *cache = (!ttl.is_zero()).then(|| (Instant::now(), catalog.clone()));
+        Ok(catalog)
+    }
+
+    async fn find_user(&self, email: &str, needs: &ReadNeeds) -> Result<Option<LookerUser>, LookerError> {
+        let escaped = escape_like(email);
+        let found: Vec<SearchUser> = self
+            .get_json("/users/search", &[("email", &escaped), ("fields", SEARCH_FIELDS)])
+            .await?;
+        let wanted = email.to_lowercase();
+        let mut matching = found.into_iter().filter(|u| u.has_email(&wanted));
+        let Some(u) = matching.next() else { return Ok(None) };
+        if matching.next().is_some() {
+            tracing::warn!(user_id = %u.id, "several looker users share one email; using the first");
+        }
+        check_segment(&u.id).map_err(|m| bad_body("/users/search", m))?;
+        let roles = async {
+            match needs.direct_roles {
+                true => self.direct_roles(&u.id).await.map(Some),
+                false => Ok(None),
+            }
+        };
+        let attributes = async {
+            match needs.attribute_ids.is_empty() {
+                true => Ok(None),
+                false => self
+                    .user_set_attributes(&u.id, &needs.attribute_ids)
+                    .await
+                    .map(Some),
+            }
+        };
+        let (direct_role_ids, user_attribute_values) = tokio::try_join!(roles, attributes)?;
+        let email = u
+            .email
+            .clone()
+            .or_else(|| u.credentials_email.as_ref().and_then(|c| c.email.clone()));
+        Ok(Some(LookerUser {
+            id: u.id,
+            is_disabled: u.is_disabled,
+            email,
+            group_ids: u.group_ids.unwrap_or_default().into_iter().collect(),
+            session_ids: u.sessions.unwrap_or_default().into_iter().map(|s| s.id).collect(),
+            api3_key_ids: u
+                .credentials_api3
+                .unwrap_or_default()
+                .into_iter()
+                .map(|k| k.id)
+                .collect(),
+            direct_role_ids,
+            user_attribute_values,
+        }))
+    }
+
+    async fn execute(&self, user: &UserRef, op: &LookerOp) -> Result<Option<String>, LookerError> {
+        if matches!(op, LookerOp::DeleteEverySession | LookerOp::DeleteEveryApiKey) {
+            return Err(permanent("delete-every operations exist only in offline plans"));
+        }
+        let creates = matches!(op, LookerOp::CreateUser { .. });
+        if !creates && !matches!(user, UserRef::Id(_)) {
+            return Err(permanent(
+                "the user of this operation is not resolved to a looker id",
+            ));
+        }
+        let call = op.http(user);
+        check_path(&call.path)?;
+        let endpoint = endpoint_template(&call.path);
+        let bytes = self
+            .call(call.method, &call.path, &[], call.body.as_ref())
+            .await?;
+        // What the spec says a 2xx answers; a body that does not match is a Permanent error.
+        let expect_array = match op {
+            LookerOp::CreateUser { .. } => {
+                let created: IdOnly = serde_json::from_slice(&bytes).map_err(|e| bad_body(&endpoint, e))?;
+                check_segment(&created.id).map_err(|m| bad_body(&endpoint, m))?;
+                return Ok(Some(created.id));
+            }
+            // `Role[]`
+            LookerOp::SetRoles { .. } => true,
+            // `CredentialsEmail`, `User`, `User`, `UserAttributeWithValue`
+            LookerOp::CreateEmailCredentials { .. }
+            | LookerOp::SetDisabled { .. }
+            | LookerOp::AddToGroup { .. }
+            | LookerOp::SetAttribute { .. } => false,
+            // 204 No Content (any body is ignored).
+            _ => return Ok(None),
+        };
+        let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad_body(&endpoint, e))?;
+        match (expect_array, body.is_array(), body.is_object()) {
+            (true, true, _) | (false, _, true) => Ok(None),
+            (true, ..) => Err(bad_body(&endpoint, "expected an array of roles")),
+            (false, ..) => Err(bad_body(&endpoint, "expected an object")),
+        }
+    }
+}
+
+/// How long a token with this `expires_in` (seconds) is used: until a tenth of its lifetime (at
+/// most a minute) before Looker would reject it.
+fn use_for(expires_in: i64) -> Duration {
+    let lifetime = Duration::from_secs(u64::try_from(expires_in).unwrap_or(0));
+    lifetime - (lifetime / 10).min(Duration::from_secs(60))
+}
+
+fn reqwest_method(m: Method) -> reqwest::Method {
+    match m {
+        Method::Get => reqwest::Method::GET,
+        Method::Post => reqwest::Method::POST,
+        Method::Put => reqwest::Method::PUT,
+        Method::Patch => reqwest::Method::PATCH,
+        Method::Delete => reqwest::Method::DELETE,
+    }
+}
+
+fn count(method: Method, endpoint: &str, status: String) {
+    metrics::counter!(
+        METRIC_CALLS,
+        "method" => method.to_string(),
+        "endpoint" => endpoint.to_owned(),
+        "status" => status
+    )
+    .increment(1);
+}
+
+/// Path segments that are API words, not ids.
+const LITERAL_SEGMENTS: &[&str] = &[
+    "login",
+    "logout",
+    "user",
+    "users",
+    "search",
+    "credential",
+    "credentials_email",
+    "credentials_api3",
+    "sessions",
+    "roles",
+    "groups",
+    "attribute_values",
+    "user_attributes",
+];
+
+/// `/users/42/sessions/7` → `/users/{id}/sessions/{id}` (bounded metric label cardinality).
+pub fn endpoint_template(path: &str) -> String {
+    let mut out = String::new();
+    for seg in path.split('/').skip(1) {
+        out.push('/');
+        out.push_str(if LITERAL_SEGMENTS.contains(&seg) {
+            seg
+        } else {
+            "{id}"
+        });
+    }
+    if out.is_empty() { "/".to_owned() } else { out }
+}
+
+/// Escapes Looker's search wildcards so the pattern matches only the literal text: `\` → `\\`,
+/// `%` → `\%`, `_` → `\_`.
+pub fn escape_like(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 4);
+    for c in s.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// An id that is safe to put in a path segment as is.
+fn check_segment(seg: &str) -> Result<(), String> {
+    if !seg.is_empty()
+        && seg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        Ok(())
+    } else {
+        Err(format!("{seg:?} is not a valid looker id"))
+    }
+}
+
+/// Refuses paths with unresolved placeholders (`{id of ...}`) or unsafe ids.
+fn check_path(path: &str) -> Result<(), LookerError> {
+    if path.contains('{') {
+        return Err(permanent(format!(
+            "operation references something not resolved to a looker id: {path}"
+        )));
+    }
+    path.split('/')
+        .skip(1)
+        .try_for_each(check_segment)
+        .map_err(permanent)
+}
+
+/// `Retry-After`: delay-seconds or an HTTP date (RFC 9110).
+pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    Some(
+        (at.with_timezone(&chrono::Utc) - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Looker's `Error` / `ValidationError` bodies.
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    errors: Option<Vec<ErrorDetail>>,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    #[serde(default)]
+    field: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+fn looker_message(status: u16, body: &[u8]) -> String {
+    let Ok(e) = serde_json::from_slice::<ErrorBody>(body) else {
+        return format!("http {status} without a looker error body");
+    };
+    let mut msg = e.message.unwrap_or_else(|| format!("http {status}"));
+    let details: Vec<String> = e
+        .errors
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| {
+            let field = d.field.unwrap_or_default();
+            match (d.code, d.message) {
+                (_, Some(m)) => format!("{field}: {m}"),
+                (Some(c), None) => format!("{field}: {c}"),
+                (None, None) => field,
+            }
+        })
+        .collect();
+    if !details.is_empty() {
+        msg = format!("{msg} ({})", details.join("; "));
+    }
+    if msg.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE;
+        while !msg.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        msg.truncate(cut);
+        msg.push('…');
+    }
+    msg
+}
+
+/// The one place a Looker HTTP status becomes an [`ErrorKind`].
+pub fn classify_status(status: u16) -> ErrorKind {
+    match status {
+        429 => ErrorKind::Throttled,
+        500..=599 => ErrorKind::Transient,
+        401 | 403 => ErrorKind::Unauthorized,
+        404 => ErrorKind::NotFound,
+        409 => ErrorKind::Conflict,
+        _ => ErrorKind::Permanent,
+    }
+}
+
+fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> LookerError {
+    let kind = classify_status(status);
+    LookerError {
+        kind,
+        status: Some(status),
+        message: looker_message(status, body),
+        retry_after: if matches!(kind, ErrorKind::Throttled | ErrorKind::Transient) {
+            retry_after
+        } else {
+            None
+        },
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Timeouts, connection and body errors are transient; a request that cannot be built or a
+/// body that cannot be decoded is permanent. The URL (it may carry an email) is left out.
+fn transport_error(e: reqwest::Error) -> LookerError {
+    let (kind, what) = if e.is_timeout() {
+        (ErrorKind::Transient, "timed out")
+    } else if e.is_connect() {
+        (ErrorKind::Transient, "connection failed")
+    } else if e.is_decode() {
+        (ErrorKind::Permanent, "cannot decode looker response")
+    } else if e.is_builder() {
+        (ErrorKind::Permanent, "cannot build looker request")
+    } else {
+        (ErrorKind::Transient, "request failed")
+    };
+    err(kind, None, format!("{what}: {}", chain(&e.without_url())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatehouse_domain::looker::Named;
+
+    #[test]
+    fn endpoints_are_templated() {
+        assert_eq!(
+            endpoint_template("/users/42/sessions/7"),
+            "/users/{id}/sessions/{id}"
+        );
+        assert_eq!(endpoint_template("/users/search"), "/users/search");
+        assert_eq!(endpoint_template("/groups/3/users/9"), "/groups/{id}/users/{id}");
+        assert_eq!(
+            endpoint_template("/users/5/attribute_values/8"),
+            "/users/{id}/attribute_values/{id}"
+        );
+        assert_eq!(endpoint_template("/login"), "/login");
+    }
+
+    #[test]
+    fn like_wildcards_are_escaped() {
+        assert_eq!(escape_like("a_b%c@x.com"), r"a\_b\%c@x.com");
+        assert_eq!(escape_like(r"back\slash@x.com"), r"back\\slash@x.com");
+        assert_eq!(escape_like("plain@x.com"), "plain@x.com");
+    }
+
+    #[test]
+    fn retry_after_seconds_and_http_date() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .map(|d| d.with_timezone(&chrono::Utc))
+            .unwrap_or_default();
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Thu, 01 Jan 2026 00:00:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 31 Dec 2025 23:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-3", now), None);
+    }
+
+    #[test]
+    fn statuses_are_classified_once() {
+        assert_eq!(classify_status(429), ErrorKind::Throttled);
+        for s in [500, 502, 503, 504] {
+            assert_eq!(classify_status(s), ErrorKind::Transient);
+        }
+        assert_eq!(classify_status(401), ErrorKind::Unauthorized);
+        assert_eq!(classify_status(403), ErrorKind::Unauthorized);
+        assert_eq!(classify_status(404), ErrorKind::NotFound);
+        assert_eq!(classify_status(409), ErrorKind::Conflict);
+        for s in [400, 405, 422, 302] {
+            assert_eq!(classify_status(s), ErrorKind::Permanent);
+        }
+        let e = classify(
+            429,
+            br#"{"message":"slow down","documentation_url":"x"}"#,
+            Some(Duration::from_secs(2)),
+        );
+        assert_eq!(
+            (e.kind, e.status, e.message.as_str()),
+            (ErrorKind::Throttled, Some(429), "slow down")
+        );
+        assert_eq!(e.retry_after, Some(Duration::from_secs(2)));
+        let e = classify(404, b"<html>", Some(Duration::from_secs(2)));
+        assert_eq!(e.retry_after, None);
+        assert_eq!(e.message, "http 404 without a looker error body");
+        let v = br#"{"message":"Validation Failed","errors":[{"field":"email","code":"invalid","message":"bad email"}],"documentation_url":"x"}"#;
+        assert_eq!(
+            classify(422, v, None).message,
+            "Validation Failed (email: bad email)"
+        );
+    }
+
+    #[test]
+    fn unresolved_or_unsafe_paths_are_refused() {
+        let op = LookerOp::AddToGroup {
+            group: Named {
+                name: "eng".into(),
+                id: None,
+            },
+        };
+        assert!(check_path(&op.http(&UserRef::Id("1".into())).path).is_err());
+        assert!(check_path(&LookerOp::DeleteUser.http(&UserRef::New).path).is_err());
+        assert!(check_path(&LookerOp::DeleteUser.http(&UserRef::Id("..".into())).path).is_err());
+        assert!(check_path(&LookerOp::DeleteUser.http(&UserRef::Id("1?x=1".into())).path).is_err());
+        assert!(check_path(&LookerOp::DeleteUser.http(&UserRef::Id("42".into())).path).is_ok());
+    }
+
+    #[test]
+    fn tokens_are_renewed_before_they_expire() {
+        assert_eq!(use_for(3600), Duration::from_secs(3540));
+        assert_eq!(use_for(100), Duration::from_secs(90));
+        assert_eq!(use_for(0), Duration::ZERO);
+        assert_eq!(use_for(-5), Duration::ZERO);
+    }
+
+    #[test]
+    fn debug_hides_the_secret() {
+        let cfg = LookerConfig {
+            base_url: "https://looker.example.com/".into(),
+            client_id: "id".into(),
+            client_secret: SecretString::from("hunter2-secret".to_owned()),
+            timeout: Duration::from_secs(5),
+            catalog_ttl: Duration::from_secs(60),
+        };
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+        let client = LookerClient::new(cfg).unwrap_or_else(|e| panic!("{e}"));
+        let dbg = format!("{client:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert_eq!(client.inner.api, "https://looker.example.com/api/4.0");
+    }
+
+    #[test]
+    fn config_is_validated() {
+        let cfg = |base: &str, secret: &str| LookerConfig {
+            base_url: base.into(),
+            client_id: "id".into(),
+            client_secret: SecretString::from(secret.to_owned()),
+            timeout: Duration::from_secs(5),
+            catalog_ttl: Duration::ZERO,
+        };
+        assert!(LookerClient::new(cfg("ftp://x", "s")).is_err());
+        assert!(LookerClient::new(cfg("not a url", "s")).is_err());
+        assert!(LookerClient::new(cfg("https://x", "")).is_err());
+        let c = LookerClient::new(cfg("https://x/api/4.0", "s")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.inner.api, "https://x/api/4.0");
+    }
+
+    #[test]
+    fn config_deserializes_with_humantime() {
+        let cfg: LookerConfig = serde_json::from_value(serde_json::json!({
+            "base_url": "https://x", "client_id": "id", "client_secret": "s", "timeout": "2s"
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.timeout, Duration::from_secs(2));
+        assert_eq!(cfg.catalog_ttl, Duration::from_secs(300));
+        assert!(
+            serde_json::from_value::<LookerConfig>(serde_json::json!({
+                "base_url": "https://x", "client_id": "id", "client_secret": "s", "typo": 1
+            }))
+            .is_err()
+        );
+    }
+}

@@ -42,7 +42,8 @@ fn now_ms() -> i64 {
 impl Sqlite {
     /// Open (creating if needed) `gatehouse.db` in `data_dir` and apply migrations.
     pub async fn open(data_dir: &Path) -> Result<Self, BackendError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| BackendError::new("cannot create the data directory", e))?;
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| BackendError::new("cannot create the data directory", e))?;
         let opts = SqliteConnectOptions::new()
             .filename(data_dir.join("gatehouse.db"))
             .create_if_missing(true)
@@ -55,7 +56,10 @@ impl Sqlite {
             .connect_with(opts)
             .await
             .map_err(err("cannot open the sqlite database"))?;
-        MIGRATOR.run(&pool).await.map_err(|e| BackendError::new("cannot migrate the sqlite database", e))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| BackendError::new("cannot migrate the sqlite database", e))?;
         Ok(Sqlite { pool })
     }
 
@@ -75,7 +79,9 @@ impl Sqlite {
             .await
             .map(|r| r.get(0))
             .map_err(err("cannot read the queue lag"))?;
-        Ok(oldest.map(|o| (now_ms() - o).max(0) as f64 / 1000.0).unwrap_or(0.0))
+        Ok(oldest
+            .map(|o| (now_ms() - o).max(0) as f64 / 1000.0)
+            .unwrap_or(0.0))
     }
 
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, BackendError> {
@@ -109,7 +115,10 @@ impl Sqlite {
 fn parse_receipt(receipt: &str) -> Result<(i64, i64), BackendError> {
     let bad = || BackendError::new("malformed embedded-queue receipt", receipt.to_string());
     let (seq, attempt) = receipt.split_once(':').ok_or_else(bad)?;
-    Ok((seq.parse().map_err(|_| bad())?, attempt.parse().map_err(|_| bad())?))
+    Ok((
+        seq.parse().map_err(|_| bad())?,
+        attempt.parse().map_err(|_| bad())?,
+    ))
 }
 
 impl QueueProducer for Sqlite {
@@ -166,7 +175,11 @@ impl QueueConsumer for Sqlite {
             .map(|r| {
                 let seq: i64 = r.get(0);
                 let attempts: i64 = r.get(1);
-                Delivery { receipt: format!("{seq}:{attempts}"), attempt: attempts as u32, body: r.get(2) }
+                Delivery {
+                    receipt: format!("{seq}:{attempts}"),
+                    attempt: attempts as u32,
+                    body: r.get(2),
+                }
             })
             .collect())
     }
@@ -195,7 +208,11 @@ impl QueueConsumer for Sqlite {
 
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), BackendError> {
         let (seq, _) = parse_receipt(&delivery.receipt)?;
-        let mut tx = self.pool.begin().await.map_err(err("cannot begin dead-lettering"))?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(err("cannot begin dead-lettering"))?;
         sqlx::query("INSERT INTO dead_letters (at, attempts, reason, body) VALUES (?, ?, ?, ?)")
             .bind(ts(Utc::now()))
             .bind(delivery.attempt as i64)
@@ -232,7 +249,10 @@ impl StateStore for Sqlite {
         row.map(|r| {
             let identity: Identity = serde_json::from_str(r.get::<&str, _>(0))
                 .map_err(|e| BackendError::new("stored identity is not valid json", e))?;
-            Ok(SubjectState { identity, converged: r.get(1) })
+            Ok(SubjectState {
+                identity,
+                converged: r.get(1),
+            })
         })
         .transpose()
     }
@@ -249,8 +269,8 @@ impl StateStore for Sqlite {
         let Some(identity) = &outcome.identity else {
             return tx.commit().await.map_err(err("cannot commit"));
         };
-        let json =
-            serde_json::to_string(identity).map_err(|e| BackendError::new("cannot serialize the identity", e))?;
+        let json = serde_json::to_string(identity)
+            .map_err(|e| BackendError::new("cannot serialize the identity", e))?;
         sqlx::query(
             "INSERT INTO subjects (key, identity, converged, updated_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (key) DO UPDATE SET identity = ?2, converged = ?3, updated_at = ?4",
@@ -288,9 +308,14 @@ impl StateStore for Sqlite {
     }
 
     async fn append_ledger(&self, entries: &[LedgerEntry]) -> Result<(), BackendError> {
-        let mut tx = self.pool.begin().await.map_err(err("cannot begin ledger append"))?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(err("cannot begin ledger append"))?;
         for e in entries {
-            let call = serde_json::to_string(&e.call).map_err(|e| BackendError::new("cannot serialize call", e))?;
+            let call =
+                serde_json::to_string(&e.call).map_err(|e| BackendError::new("cannot serialize call", e))?;
             sqlx::query(
                 "INSERT INTO ledger (at, envelope_id, subject, event, rule, call, status)
                  VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -339,14 +364,19 @@ impl StateStore for Sqlite {
     }
 
     async fn due_deletions(&self, now: DateTime<Utc>) -> Result<Vec<ScheduledDeletion>, BackendError> {
-        let rows = sqlx::query("SELECT subject, email, due_at FROM deletions WHERE due_at <= ? ORDER BY due_at")
-            .bind(ts(now))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(err("cannot read scheduled deletions"))?;
+        let rows =
+            sqlx::query("SELECT subject, email, due_at FROM deletions WHERE due_at <= ? ORDER BY due_at")
+                .bind(ts(now))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(err("cannot read scheduled deletions"))?;
         rows.iter()
             .map(|r| {
-                Ok(ScheduledDeletion { subject: r.get(0), email: r.get(1), due_at: parse_ts(r.get::<&str, _>(2))? })
+                Ok(ScheduledDeletion {
+                    subject: r.get(0),
+                    email: r.get(1),
+                    due_at: parse_ts(r.get::<&str, _>(2))?,
+                })
             })
             .collect()
     }

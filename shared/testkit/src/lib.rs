@@ -1,1 +1,8 @@
-pub fn _x(){}
+//! Test kit for Gatehouse (dev-dependency only): fakes of the outside world that tests and the
+//! bench run on loopback.
+//!
+//! * [`looker_fake`]: a stateful fake of the Looker API 4.0 (`FakeLooker`).
+
+pub mod looker_fake;
+
+pub use looker_fake::{FakeLooker, RecordedCall, UserView};
