@@ -1,6 +1,6 @@
 //! The ingress: Okta verification, authentication, limits, and "200 only after durable enqueue".
 
-use gatehouse_e2e::{okta_fixture, spawn_app, Options, OKTA_SECRET};
+use gatehouse_e2e::{OKTA_SECRET, Options, okta_fixture, spawn_app};
 
 #[tokio::test]
 async fn verification_challenge_is_echoed() {
@@ -9,7 +9,10 @@ async fn verification_challenge_is_echoed() {
         .http
         .get(format!("{}/hooks/okta", app.base))
         .header("authorization", OKTA_SECRET)
-        .header("x-okta-verification-challenge", "CmOdYsRmVtZcw5pGx2PjWcDaJ1HVpA0y3ZcIxOHd")
+        .header(
+            "x-okta-verification-challenge",
+            "CmOdYsRmVtZcw5pGx2PjWcDaJ1HVpA0y3ZcIxOHd",
+        )
         .send()
         .await
         .unwrap();
@@ -26,7 +29,10 @@ async fn wrong_or_missing_secret_is_401_and_enqueues_nothing() {
     let app = spawn_app(Options::default()).await;
     let body = okta_fixture("event-hook.user.lifecycle.deactivate.constructed.json");
     for auth in [None, Some("wrong"), Some(""), Some("test-okta-secret-but-longer")] {
-        let mut req = app.http.post(format!("{}/hooks/okta", app.base)).body(body.clone());
+        let mut req = app
+            .http
+            .post(format!("{}/hooks/okta", app.base))
+            .body(body.clone());
         if let Some(a) = auth {
             req = req.header("authorization", a);
         }
@@ -56,18 +62,35 @@ async fn oversized_and_malformed_bodies_are_rejected() {
     assert_eq!(r.status(), 413);
     // chunked, so there is no content-length to check up front: the limit applies while reading
     assert_eq!(chunked_post(&app.base, &vec![b' '; 300 * 1024]).await, 413);
-    assert_eq!(chunked_post(&app.base, b"{}").await, 400, "a small chunked body is read");
+    assert_eq!(
+        chunked_post(&app.base, b"{}").await,
+        400,
+        "a small chunked body is read"
+    );
 
-    let r = app.post_okta(b"{\"eventType\": \"com.okta.event_hook\", \"data\": ").await;
+    let r = app
+        .post_okta(b"{\"eventType\": \"com.okta.event_hook\", \"data\": ")
+        .await;
     assert_eq!(r.status(), 400);
     let err: serde_json::Value = r.json().await.unwrap();
     assert_eq!(err["error"], "bad_request");
-    assert!(err["detail"].as_str().unwrap().contains("not valid json"), "{err}");
+    assert!(
+        err["detail"].as_str().unwrap().contains("not valid json"),
+        "{err}"
+    );
 
-    let r = app.post_okta(&okta_fixture("logevent.user.lifecycle.deactivate.docs.json")).await;
+    let r = app
+        .post_okta(&okta_fixture("logevent.user.lifecycle.deactivate.docs.json"))
+        .await;
     assert_eq!(r.status(), 400);
     let err: serde_json::Value = r.json().await.unwrap();
-    assert!(err["detail"].as_str().unwrap().contains("not an okta event hook body"), "{err}");
+    assert!(
+        err["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not an okta event hook body"),
+        "{err}"
+    );
     assert_eq!(app.store.queue_depth().await.unwrap(), 0);
     app.stop().await;
 }
@@ -94,13 +117,18 @@ async fn chunked_post(base: &str, body: &[u8]) -> u16 {
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf).await;
     let text = String::from_utf8_lossy(&buf);
-    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test]
 async fn unknown_event_types_are_accepted_and_counted() {
     let app = spawn_app(Options::default()).await;
-    let r = app.post_okta(&okta_fixture("event-hook.user.session.start.docs.json")).await;
+    let r = app
+        .post_okta(&okta_fixture("event-hook.user.session.start.docs.json"))
+        .await;
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["ignored"], 1);
@@ -119,7 +147,12 @@ async fn unknown_event_types_are_accepted_and_counted() {
 #[tokio::test]
 async fn health_ready_and_metrics_answer() {
     let app = spawn_app(Options::default()).await;
-    for (path, code) in [("/healthz", 200), ("/readyz", 200), ("/metrics", 200), ("/nope", 404)] {
+    for (path, code) in [
+        ("/healthz", 200),
+        ("/readyz", 200),
+        ("/metrics", 200),
+        ("/nope", 404),
+    ] {
         let r = app.http.get(format!("{}{path}", app.base)).send().await.unwrap();
         assert_eq!(r.status().as_u16(), code, "{path}");
     }

@@ -1,6 +1,6 @@
 //! Onboarding and offboarding end to end, through HTTP, against the fake Looker.
 
-use gatehouse_e2e::{example_policy, okta_fixture, seed_catalog, spawn_app, wait_until, Options};
+use gatehouse_e2e::{Options, example_policy, okta_fixture, seed_catalog, spawn_app, wait_until};
 use gatehouse_testkit::FakeLooker;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -28,8 +28,12 @@ async fn deactivate_disables_and_revokes_everything_in_one_concurrent_plan() {
     let other = fake.add_user("jane@example.com", "Jane", "Roe");
     let other_session = fake.add_session(&other);
     fake.set_latency(Duration::from_millis(30));
-    let app = spawn_app(Options { looker: Some(fake.clone()), policy: Some(example_policy()), ..Default::default() })
-        .await;
+    let app = spawn_app(Options {
+        looker: Some(fake.clone()),
+        policy: Some(example_policy()),
+        ..Default::default()
+    })
+    .await;
 
     app.deliver(&okta_fixture(DEACTIVATE)).await;
 
@@ -37,12 +41,20 @@ async fn deactivate_disables_and_revokes_everything_in_one_concurrent_plan() {
     assert!(u.is_disabled);
     assert!(u.session_ids.is_empty(), "sessions left: {:?}", u.session_ids);
     assert!(u.api3_key_ids.is_empty(), "API3 keys left: {:?}", u.api3_key_ids);
-    assert_eq!(u.group_ids, set(&[&c.unmanaged]), "only the unmanaged group is kept");
+    assert_eq!(
+        u.group_ids,
+        set(&[&c.unmanaged]),
+        "only the unmanaged group is kept"
+    );
     assert_eq!(fake.user(&other).unwrap().session_ids, vec![other_session]);
 
     let calls = fake.calls();
     let writes: Vec<_> = calls.iter().filter(|c| c.is_write).collect();
-    assert_eq!(writes.len(), 7, "1 disable + 2 sessions + 2 keys + 2 managed groups: {writes:#?}");
+    assert_eq!(
+        writes.len(),
+        7,
+        "1 disable + 2 sessions + 2 keys + 2 managed groups: {writes:#?}"
+    );
     // Independent calls are issued concurrently: every write started before any write finished.
     let last_start = writes.iter().map(|w| w.started_at).max().unwrap();
     let first_finish = writes.iter().map(|w| w.finished_at).min().unwrap();
@@ -51,8 +63,13 @@ async fn deactivate_disables_and_revokes_everything_in_one_concurrent_plan() {
     let search = calls.iter().find(|c| c.path == "/users/search").unwrap();
     let login = calls.iter().find(|c| c.path == "/login").unwrap();
     assert!(login.finished_at <= search.started_at);
-    assert!(calls.iter().filter(|c| !c.is_write && c.path != "/login").all(|r| r.started_at < login.finished_at + Duration::from_millis(25)),
-        "catalog reads and the search run side by side");
+    assert!(
+        calls
+            .iter()
+            .filter(|c| !c.is_write && c.path != "/login")
+            .all(|r| r.started_at < login.finished_at + Duration::from_millis(25)),
+        "catalog reads and the search run side by side"
+    );
     assert!(writes.iter().all(|w| w.started_at >= search.finished_at));
 
     // The ledger has one row per write call, citing the event and the rule.
@@ -72,18 +89,37 @@ async fn deactivate_disables_and_revokes_everything_in_one_concurrent_plan() {
 async fn onboarding_converges_and_replays_and_noops_cost_zero_calls() {
     let fake = FakeLooker::start().await;
     let c = seed_catalog(&fake);
-    let app = spawn_app(Options { looker: Some(fake.clone()), policy: Some(example_policy()), ..Default::default() })
-        .await;
+    let app = spawn_app(Options {
+        looker: Some(fake.clone()),
+        policy: Some(example_policy()),
+        ..Default::default()
+    })
+    .await;
 
     app.deliver(&okta_fixture(BATCH)).await;
-    let u = fake.user_by_email("isaac.brock@example.com").expect("user created");
+    let u = fake
+        .user_by_email("isaac.brock@example.com")
+        .expect("user created");
     assert!(!u.is_disabled);
-    assert_eq!((u.first_name.as_deref(), u.last_name.as_deref()), (Some("Isaac"), Some("Brock")));
+    assert_eq!(
+        (u.first_name.as_deref(), u.last_name.as_deref()),
+        (Some("Isaac"), Some("Brock"))
+    );
     assert_eq!(u.group_ids, set(&[&c.engineers]));
     assert_eq!(u.direct_role_ids, set(&[&c.viewer, &c.developer]));
-    assert_eq!(u.attribute_values.get(&c.team).map(String::as_str), Some("engineering"));
-    assert_eq!(u.attribute_values.get(&c.email_rls).map(String::as_str), Some("isaac.brock@example.com"));
-    assert_eq!(app.ledger().await.len(), fake.write_calls(), "one ledger row per write call");
+    assert_eq!(
+        u.attribute_values.get(&c.team).map(String::as_str),
+        Some("engineering")
+    );
+    assert_eq!(
+        u.attribute_values.get(&c.email_rls).map(String::as_str),
+        Some("isaac.brock@example.com")
+    );
+    assert_eq!(
+        app.ledger().await.len(),
+        fake.write_calls(),
+        "one ledger row per write call"
+    );
 
     // Replay the same body (same event uuids): zero further calls of any kind.
     let before = fake.calls().len();
@@ -91,25 +127,47 @@ async fn onboarding_converges_and_replays_and_noops_cost_zero_calls() {
     assert_eq!(fake.calls().len(), before, "a replay makes no call");
 
     // A new event that changes nothing the policy cares about: zero calls.
-    app.deliver(&okta_fixture("event-hook.user.account.update_profile.constructed.json")).await;
+    app.deliver(&okta_fixture(
+        "event-hook.user.account.update_profile.constructed.json",
+    ))
+    .await;
     assert_eq!(fake.calls().len(), before, "a no-op event makes no call");
 
     // Leaving the IdP group removes exactly what it granted.
     let writes = fake.write_calls();
-    app.deliver(&okta_fixture("event-hook.group.user_membership.remove.constructed.json")).await;
+    app.deliver(&okta_fixture(
+        "event-hook.group.user_membership.remove.constructed.json",
+    ))
+    .await;
     let u = fake.user_by_email("isaac.brock@example.com").unwrap();
     assert!(u.group_ids.is_empty());
     assert_eq!(u.direct_role_ids, set(&[&c.viewer]));
     assert_eq!(u.attribute_values.get(&c.team), None);
-    assert_eq!(fake.write_calls() - writes, 3, "remove group, set roles, clear attribute");
+    assert_eq!(
+        fake.write_calls() - writes,
+        3,
+        "remove group, set roles, clear attribute"
+    );
     app.stop().await;
 
     // A fresh Gatehouse (no memory) against a Looker already as desired: reads only, zero writes.
-    let fresh = spawn_app(Options { looker: Some(fake.clone()), policy: Some(example_policy()), ..Default::default() })
-        .await;
+    let fresh = spawn_app(Options {
+        looker: Some(fake.clone()),
+        policy: Some(example_policy()),
+        ..Default::default()
+    })
+    .await;
     let writes = fake.write_calls();
-    fresh.deliver(&okta_fixture("event-hook.user.lifecycle.activate.constructed.json")).await;
-    fresh.deliver(&okta_fixture("event-hook.group.user_membership.remove.constructed.json")).await;
+    fresh
+        .deliver(&okta_fixture(
+            "event-hook.user.lifecycle.activate.constructed.json",
+        ))
+        .await;
+    fresh
+        .deliver(&okta_fixture(
+            "event-hook.group.user_membership.remove.constructed.json",
+        ))
+        .await;
     assert_eq!(fake.write_calls(), writes, "state already as desired: no write");
     assert!(fresh.ledger().await.is_empty());
     fresh.stop().await;
@@ -121,31 +179,62 @@ async fn an_older_activate_delivered_late_does_not_re_enable() {
     seed_catalog(&fake);
     let uid = fake.add_user("isaac.brock@example.com", "Isaac", "Brock");
     fake.add_session(&uid);
-    let app = spawn_app(Options { looker: Some(fake.clone()), policy: Some(example_policy()), ..Default::default() })
-        .await;
+    let app = spawn_app(Options {
+        looker: Some(fake.clone()),
+        policy: Some(example_policy()),
+        ..Default::default()
+    })
+    .await;
     // suspend happened 2024-05-03; the activate (2024-05-01) arrives afterwards
-    app.deliver(&okta_fixture("event-hook.user.lifecycle.suspend.constructed.json")).await;
+    app.deliver(&okta_fixture(
+        "event-hook.user.lifecycle.suspend.constructed.json",
+    ))
+    .await;
     assert!(fake.user(&uid).unwrap().is_disabled);
     let writes = fake.write_calls();
-    app.deliver(&okta_fixture("event-hook.user.lifecycle.activate.constructed.json")).await;
+    app.deliver(&okta_fixture(
+        "event-hook.user.lifecycle.activate.constructed.json",
+    ))
+    .await;
     let u = fake.user(&uid).unwrap();
     assert!(u.is_disabled, "an older activate re-enabled the user");
     assert_eq!(fake.write_calls(), writes, "the stale event made no write");
     let m = app.metrics().await;
-    assert!(m.lines().any(|l| l.starts_with("gatehouse_events_processed_total") && l.contains("outcome=\"stale\"")), "{m}");
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("gatehouse_events_processed_total") && l.contains("outcome=\"stale\"")),
+        "{m}"
+    );
     app.stop().await;
 }
 
 #[tokio::test]
 async fn without_looker_plans_go_to_the_ledger_and_nothing_is_sent() {
-    let app = spawn_app(Options { policy: Some(example_policy()), ..Default::default() }).await;
+    let app = spawn_app(Options {
+        policy: Some(example_policy()),
+        ..Default::default()
+    })
+    .await;
     app.deliver(&okta_fixture(DEACTIVATE)).await;
     let ledger = app.ledger().await;
     let calls: Vec<String> = ledger.iter().map(|r| r.entry.call.to_string()).collect();
     assert!(ledger.iter().all(|r| r.entry.status == "dry_run"));
-    assert!(calls.iter().any(|c| c == "PATCH /api/4.0/users/{id of john.doe@example.com} {\"is_disabled\":true}"), "{calls:#?}");
-    assert!(calls.iter().any(|c| c.starts_with("DELETE /api/4.0/users/{id of john.doe@example.com}/sessions/")));
-    assert!(calls.iter().any(|c| c.starts_with("DELETE /api/4.0/users/{id of john.doe@example.com}/credentials_api3/")));
+    assert!(
+        calls
+            .iter()
+            .any(|c| c == "PATCH /api/4.0/users/{id of john.doe@example.com} {\"is_disabled\":true}"),
+        "{calls:#?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("DELETE /api/4.0/users/{id of john.doe@example.com}/sessions/"))
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("DELETE /api/4.0/users/{id of john.doe@example.com}/credentials_api3/"))
+    );
     app.stop().await;
 }
 
@@ -155,11 +244,22 @@ async fn offboarded_users_are_deleted_after_the_grace_period_unless_reactivated(
     seed_catalog(&fake);
     let john = fake.add_user("john.doe@example.com", "John", "Doe");
     let policy = "[offboarding]\ndelete_after_days = 0\n";
-    let app = spawn_app(Options { looker: Some(fake.clone()), policy: Some(policy.into()), ..Default::default() }).await;
+    let app = spawn_app(Options {
+        looker: Some(fake.clone()),
+        policy: Some(policy.into()),
+        ..Default::default()
+    })
+    .await;
     app.deliver(&okta_fixture(DEACTIVATE)).await;
     wait_until("john deleted", || async { fake.user(&john).is_none() }).await;
     let rows = app.ledger().await;
-    let delete = rows.iter().find(|r| r.entry.rule == "offboarding.delete_after_days").unwrap();
-    assert_eq!(delete.entry.call.to_string(), format!("DELETE /api/4.0/users/{john}"));
+    let delete = rows
+        .iter()
+        .find(|r| r.entry.rule == "offboarding.delete_after_days")
+        .unwrap();
+    assert_eq!(
+        delete.entry.call.to_string(),
+        format!("DELETE /api/4.0/users/{john}")
+    );
     app.stop().await;
 }

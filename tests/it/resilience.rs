@@ -1,6 +1,6 @@
 //! Faults: throttling and server errors from Looker, poison messages, retries and dead letters.
 
-use gatehouse_e2e::{example_policy, okta_fixture, seed_catalog, spawn_app, Options};
+use gatehouse_e2e::{Options, example_policy, okta_fixture, seed_catalog, spawn_app};
 use gatehouse_testkit::FakeLooker;
 
 #[tokio::test]
@@ -22,8 +22,14 @@ async fn twenty_percent_429_and_5xx_still_converge_and_every_write_is_ledgered()
         ..Default::default()
     })
     .await;
-    app.deliver(&okta_fixture("event-hook.batch.create-activate-groupadd.constructed.json")).await;
-    app.deliver(&okta_fixture("event-hook.user.lifecycle.deactivate.constructed.json")).await;
+    app.deliver(&okta_fixture(
+        "event-hook.batch.create-activate-groupadd.constructed.json",
+    ))
+    .await;
+    app.deliver(&okta_fixture(
+        "event-hook.user.lifecycle.deactivate.constructed.json",
+    ))
+    .await;
 
     let faults = fake.calls().iter().filter(|c| c.fault_injected).count();
     assert!(faults > 0, "the fake injected no fault");
@@ -37,8 +43,15 @@ async fn twenty_percent_429_and_5xx_still_converge_and_every_write_is_ledgered()
     // Every write the fake received, faulted or not, has its ledger row with the status answered.
     let ledger = app.ledger().await;
     assert_eq!(ledger.len(), fake.write_calls());
-    let faulted_writes = fake.calls().iter().filter(|c| c.is_write && c.fault_injected).count();
-    let failed_rows = ledger.iter().filter(|r| ["429", "500", "503"].contains(&r.entry.status.as_str())).count();
+    let faulted_writes = fake
+        .calls()
+        .iter()
+        .filter(|c| c.is_write && c.fault_injected)
+        .count();
+    let failed_rows = ledger
+        .iter()
+        .filter(|r| ["429", "500", "503"].contains(&r.entry.status.as_str()))
+        .count();
     assert_eq!(failed_rows, faulted_writes);
     app.stop().await;
 }
@@ -57,13 +70,19 @@ async fn a_message_that_keeps_failing_is_dead_lettered_with_the_reason() {
         ..Default::default()
     })
     .await;
-    app.deliver(&okta_fixture("event-hook.user.lifecycle.deactivate.constructed.json")).await;
+    app.deliver(&okta_fixture(
+        "event-hook.user.lifecycle.deactivate.constructed.json",
+    ))
+    .await;
     let dlq = app.store.dead_letters().await.unwrap();
     assert_eq!(dlq.len(), 1);
     assert_eq!(dlq[0].attempts, 2);
     assert!(dlq[0].reason.contains("after 2 attempt(s)"), "{}", dlq[0].reason);
     assert!(dlq[0].reason.contains("500"), "{}", dlq[0].reason);
-    assert!(dlq[0].body.contains("ab62c0bc-2837-11eb-9823-9fb8f750c5a9"), "the message itself is kept");
+    assert!(
+        dlq[0].body.contains("ab62c0bc-2837-11eb-9823-9fb8f750c5a9"),
+        "the message itself is kept"
+    );
     app.stop().await;
 }
 
@@ -86,17 +105,38 @@ async fn a_restart_resumes_from_the_durable_queue() {
         ..Default::default()
     })
     .await;
-    let r = app.post_okta(&okta_fixture("event-hook.user.lifecycle.deactivate.constructed.json")).await;
+    let r = app
+        .post_okta(&okta_fixture(
+            "event-hook.user.lifecycle.deactivate.constructed.json",
+        ))
+        .await;
     assert_eq!(r.status(), 200);
     app.stop().await;
-    assert_eq!(gatehouse_adapters::sqlite::Sqlite::open(&data_dir).await.unwrap().queue_depth().await.unwrap(), 1);
+    assert_eq!(
+        gatehouse_adapters::sqlite::Sqlite::open(&data_dir)
+            .await
+            .unwrap()
+            .queue_depth()
+            .await
+            .unwrap(),
+        1
+    );
     assert!(!fake.user(&john).unwrap().is_disabled);
 
     // Looker is back; a new process on the same data directory finishes the work.
     fake.set_fault_rate(0.0, 1);
-    let again = spawn_app(Options { looker: Some(fake.clone()), data_dir: Some(data_dir), ..Default::default() }).await;
+    let again = spawn_app(Options {
+        looker: Some(fake.clone()),
+        data_dir: Some(data_dir),
+        ..Default::default()
+    })
+    .await;
     again.drained().await;
-    assert!(again.store.dead_letters().await.unwrap().is_empty(), "{:?}", again.store.dead_letters().await);
+    assert!(
+        again.store.dead_letters().await.unwrap().is_empty(),
+        "{:?}",
+        again.store.dead_letters().await
+    );
     let u = fake.user(&john).unwrap();
     assert!(u.is_disabled && u.session_ids.is_empty());
     again.stop().await;

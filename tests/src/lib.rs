@@ -35,7 +35,14 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { looker: None, policy: None, max_attempts: 5, workers: 8, call_retries: 6, data_dir: None }
+        Options {
+            looker: None,
+            policy: None,
+            max_attempts: 5,
+            workers: 8,
+            call_retries: 6,
+            data_dir: None,
+        }
     }
 }
 
@@ -77,7 +84,15 @@ pub async fn spawn_app(opts: Options) -> TestApp {
     let cfg_path = dir.path().join("gatehouse.toml");
     std::fs::write(&cfg_path, toml).unwrap();
     let cfg = Config::load(Some(&cfg_path), |_| None).expect("test config is valid");
-    let running = app::start(&cfg, Components { ingress: true, processor: true }).await.expect("app starts");
+    let running = app::start(
+        &cfg,
+        Components {
+            ingress: true,
+            processor: true,
+        },
+    )
+    .await
+    .expect("app starts");
     TestApp {
         base: format!("http://{}", running.addr),
         http: reqwest::Client::new(),
@@ -122,7 +137,14 @@ impl TestApp {
     }
 
     pub async fn metrics(&self) -> String {
-        self.http.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap()
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     pub async fn stop(mut self) {

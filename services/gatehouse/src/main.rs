@@ -11,7 +11,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "gatehouse", version, about = "Keeps Looker access in step with the identity provider")]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "Keeps Looker access in step with the identity provider"
+)]
 struct Cli {
     /// TOML configuration file; without it, built-in defaults plus GATEHOUSE_* variables apply.
     #[arg(long, short, global = true, env = "GATEHOUSE_CONFIG")]
@@ -91,17 +95,30 @@ fn main() -> ExitCode {
 async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
     match command {
         Command::Standalone => {
-            let running = app::start(&cfg, Components { ingress: true, processor: true }).await?;
+            let running = app::start(
+                &cfg,
+                Components {
+                    ingress: true,
+                    processor: true,
+                },
+            )
+            .await?;
             eprintln!(
                 "gatehouse standalone listening on http://{} ({})",
                 running.addr,
-                if running.dry_run { "dry-run: no Looker configured" } else { "live" }
+                if running.dry_run {
+                    "dry-run: no Looker configured"
+                } else {
+                    "live"
+                }
             );
             running.until(gatehouse_platform::shutdown::os_signal()).await;
             Ok(())
         }
         Command::Plan { event, json } => plan(&cfg, &event, json).await,
-        Command::Audit { command: AuditCommand::Export { since } } => {
+        Command::Audit {
+            command: AuditCommand::Export { since },
+        } => {
             let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
             let rows = store.ledger_since(since).await?;
             let mut out = std::io::stdout().lock();
@@ -110,11 +127,20 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Dlq { command: DlqCommand::List } => {
+        Command::Dlq {
+            command: DlqCommand::List,
+        } => {
             let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
             let mut out = std::io::stdout().lock();
             for d in store.dead_letters().await? {
-                writeln!(out, "{}\t{}\tattempts={}\t{}", d.id, d.at.to_rfc3339(), d.attempts, d.reason)?;
+                writeln!(
+                    out,
+                    "{}\t{}\tattempts={}\t{}",
+                    d.id,
+                    d.at.to_rfc3339(),
+                    d.attempts,
+                    d.reason
+                )?;
             }
             Ok(())
         }
@@ -137,7 +163,11 @@ async fn plan(cfg: &Config, event: &std::path::Path, json: bool) -> anyhow::Resu
                     "ignored": true, "steps": [], "notes": ["Gatehouse does not act on this event"],
                 }));
             } else {
-                writeln!(out, "{} {} ({}): ignored, no calls", env.id, env.source_event_type, env.subject.key)?;
+                writeln!(
+                    out,
+                    "{} {} ({}): ignored, no calls",
+                    env.id, env.source_event_type, env.subject.key
+                )?;
             }
             continue;
         }
@@ -168,7 +198,11 @@ async fn plan(cfg: &Config, event: &std::path::Path, json: bool) -> anyhow::Resu
                 env.source_event_type,
                 r.desired.email.as_deref().unwrap_or("<no email>"),
                 env.subject.key,
-                if r.stale { " [older than what is known: changes nothing]" } else { "" }
+                if r.stale {
+                    " [older than what is known: changes nothing]"
+                } else {
+                    ""
+                }
             )?;
             write!(out, "{}", r.plan.render_text())?;
         }

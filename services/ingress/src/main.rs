@@ -25,7 +25,15 @@ async fn main() -> ExitCode {
         }
     };
     gatehouse_platform::telemetry::init_logging(&cfg.log);
-    match app::start(&cfg, Components { ingress: true, processor: false }).await {
+    match app::start(
+        &cfg,
+        Components {
+            ingress: true,
+            processor: false,
+        },
+    )
+    .await
+    {
         Ok(running) => {
             running.until(gatehouse_platform::shutdown::os_signal()).await;
             ExitCode::SUCCESS

@@ -56,10 +56,16 @@ pub enum IdentityEvent {
     UserSuspended,
     UserDeleted,
     ProfileUpdated,
-    GroupMemberAdded { group: GroupRef },
-    GroupMemberRemoved { group: GroupRef },
+    GroupMemberAdded {
+        group: GroupRef,
+    },
+    GroupMemberRemoved {
+        group: GroupRef,
+    },
     /// Accepted and counted, but Gatehouse does not act on it.
-    Ignored { event_type: String },
+    Ignored {
+        event_type: String,
+    },
 }
 
 impl IdentityEvent {

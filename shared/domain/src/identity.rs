@@ -19,7 +19,10 @@ pub struct Stamp {
 
 impl Stamp {
     pub fn of(env: &Envelope) -> Self {
-        Stamp { at: env.occurred_at, id: env.id.clone() }
+        Stamp {
+            at: env.occurred_at,
+            id: env.id.clone(),
+        }
     }
 }
 
@@ -102,7 +105,9 @@ impl Identity {
     }
 
     pub fn is_member(&self, group: &str) -> bool {
-        self.groups.iter().any(|(id, m)| m.member && (m.name == group || id == group))
+        self.groups
+            .iter()
+            .any(|(id, m)| m.member && (m.name == group || id == group))
     }
 
     /// Fold one envelope into the record (last writer wins per fact).
@@ -116,10 +121,22 @@ impl Identity {
                 Some(cur) if cur.stamp >= stamp => stale |= cur.stamp > stamp && cur.value != *value,
                 Some(cur) if cur.value == *value => {
                     // Same value, newer stamp: keep the newer stamp so later stale checks hold.
-                    self.profile.insert(name.clone(), Stamped { value: value.clone(), stamp: stamp.clone() });
+                    self.profile.insert(
+                        name.clone(),
+                        Stamped {
+                            value: value.clone(),
+                            stamp: stamp.clone(),
+                        },
+                    );
                 }
                 _ => {
-                    self.profile.insert(name.clone(), Stamped { value: value.clone(), stamp: stamp.clone() });
+                    self.profile.insert(
+                        name.clone(),
+                        Stamped {
+                            value: value.clone(),
+                            stamp: stamp.clone(),
+                        },
+                    );
                     changed = true;
                 }
             }
@@ -154,10 +171,16 @@ impl Identity {
             match self.groups.get(&group.id) {
                 Some(cur) if cur.stamp >= stamp => stale |= cur.stamp > stamp && cur.member != member,
                 cur => {
-                    changed |= cur.map(|c| c.member != member || c.name != group.name).unwrap_or(true);
+                    changed |= cur
+                        .map(|c| c.member != member || c.name != group.name)
+                        .unwrap_or(true);
                     self.groups.insert(
                         group.id.clone(),
-                        Membership { name: group.name.clone(), member, stamp: stamp.clone() },
+                        Membership {
+                            name: group.name.clone(),
+                            member,
+                            stamp: stamp.clone(),
+                        },
                     );
                 }
             }
@@ -184,7 +207,11 @@ mod tests {
             version: 1,
             id: EnvelopeId(id.into()),
             source: Source::Manual,
-            subject: Subject { key: "k".into(), email: Some("a@b.c".into()), display_name: None },
+            subject: Subject {
+                key: "k".into(),
+                email: Some("a@b.c".into()),
+                display_name: None,
+            },
             occurred_at: DateTime::from_timestamp(secs, 0).unwrap(),
             received_at: DateTime::from_timestamp(0, 0).unwrap(),
             event,
@@ -197,8 +224,14 @@ mod tests {
     #[test]
     fn older_activate_does_not_undo_newer_deactivate() {
         let mut id = Identity::new("k");
-        assert_eq!(id.fold(&env("2", 20, IdentityEvent::UserDeactivated)), FoldOutcome::Changed);
-        assert_eq!(id.fold(&env("1", 10, IdentityEvent::UserActivated)), FoldOutcome::Stale);
+        assert_eq!(
+            id.fold(&env("2", 20, IdentityEvent::UserDeactivated)),
+            FoldOutcome::Changed
+        );
+        assert_eq!(
+            id.fold(&env("1", 10, IdentityEvent::UserActivated)),
+            FoldOutcome::Stale
+        );
         assert_eq!(id.status, Status::Deactivated);
     }
 
@@ -211,13 +244,16 @@ mod tests {
     }
 
     fn arb_event() -> impl Strategy<Value = IdentityEvent> {
-        let g = prop_oneof![Just("g1"), Just("g2")]
-            .prop_map(|g| GroupRef { id: g.to_string(), name: g.to_uppercase() });
+        let g = prop_oneof![Just("g1"), Just("g2")].prop_map(|g| GroupRef {
+            id: g.to_string(),
+            name: g.to_uppercase(),
+        });
         prop_oneof![
             Just(IdentityEvent::UserActivated),
             Just(IdentityEvent::UserDeactivated),
             Just(IdentityEvent::UserSuspended),
-            g.clone().prop_map(|group| IdentityEvent::GroupMemberAdded { group }),
+            g.clone()
+                .prop_map(|group| IdentityEvent::GroupMemberAdded { group }),
             g.prop_map(|group| IdentityEvent::GroupMemberRemoved { group }),
         ]
     }

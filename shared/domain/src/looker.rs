@@ -79,20 +79,42 @@ impl UserRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum LookerOp {
-    CreateUser { first_name: Option<String>, last_name: Option<String> },
-    CreateEmailCredentials { email: String },
-    SetDisabled { disabled: bool },
-    DeleteSession { session_id: String },
-    DeleteApiKey { key_id: String },
+    CreateUser {
+        first_name: Option<String>,
+        last_name: Option<String>,
+    },
+    CreateEmailCredentials {
+        email: String,
+    },
+    SetDisabled {
+        disabled: bool,
+    },
+    DeleteSession {
+        session_id: String,
+    },
+    DeleteApiKey {
+        key_id: String,
+    },
     /// Offline dry run only: the sessions are not known.
     DeleteEverySession,
     /// Offline dry run only: the keys are not known.
     DeleteEveryApiKey,
-    AddToGroup { group: Named },
-    RemoveFromGroup { group: Named },
-    SetRoles { roles: Vec<Named> },
-    SetAttribute { attribute: Named, value: String },
-    DeleteAttribute { attribute: Named },
+    AddToGroup {
+        group: Named,
+    },
+    RemoveFromGroup {
+        group: Named,
+    },
+    SetRoles {
+        roles: Vec<Named>,
+    },
+    SetAttribute {
+        attribute: Named,
+        value: String,
+    },
+    DeleteAttribute {
+        attribute: Named,
+    },
     DeleteUser,
 }
 
@@ -115,7 +137,10 @@ impl LookerOp {
     pub fn http(&self, user: &UserRef) -> HttpCall {
         let u = user.path_part();
         let (method, path, body) = match self {
-            LookerOp::CreateUser { first_name, last_name } => {
+            LookerOp::CreateUser {
+                first_name,
+                last_name,
+            } => {
                 let mut body = serde_json::Map::new();
                 if let Some(f) = first_name {
                     body.insert("first_name".into(), f.clone().into());
@@ -123,7 +148,11 @@ impl LookerOp {
                 if let Some(l) = last_name {
                     body.insert("last_name".into(), l.clone().into());
                 }
-                (Method::Post, "/users".to_string(), Some(serde_json::Value::Object(body)))
+                (
+                    Method::Post,
+                    "/users".to_string(),
+                    Some(serde_json::Value::Object(body)),
+                )
             }
             LookerOp::CreateEmailCredentials { email } => (
                 Method::Post,
@@ -139,33 +168,43 @@ impl LookerOp {
                 (Method::Delete, format!("/users/{u}/sessions/{session_id}"), None)
             }
             LookerOp::DeleteEverySession => (Method::Delete, format!("/users/{u}/sessions/{{each}}"), None),
-            LookerOp::DeleteApiKey { key_id } => {
-                (Method::Delete, format!("/users/{u}/credentials_api3/{key_id}"), None)
-            }
-            LookerOp::DeleteEveryApiKey => {
-                (Method::Delete, format!("/users/{u}/credentials_api3/{{each}}"), None)
-            }
+            LookerOp::DeleteApiKey { key_id } => (
+                Method::Delete,
+                format!("/users/{u}/credentials_api3/{key_id}"),
+                None,
+            ),
+            LookerOp::DeleteEveryApiKey => (
+                Method::Delete,
+                format!("/users/{u}/credentials_api3/{{each}}"),
+                None,
+            ),
             LookerOp::AddToGroup { group } => (
                 Method::Post,
                 format!("/groups/{}/users", group.path_part()),
                 Some(serde_json::json!({ "user_id": u })),
             ),
-            LookerOp::RemoveFromGroup { group } => {
-                (Method::Delete, format!("/groups/{}/users/{u}", group.path_part()), None)
-            }
+            LookerOp::RemoveFromGroup { group } => (
+                Method::Delete,
+                format!("/groups/{}/users/{u}", group.path_part()),
+                None,
+            ),
             LookerOp::SetRoles { roles } => (
                 Method::Put,
                 format!("/users/{u}/roles"),
-                Some(serde_json::Value::Array(roles.iter().map(|r| r.path_part().into()).collect())),
+                Some(serde_json::Value::Array(
+                    roles.iter().map(|r| r.path_part().into()).collect(),
+                )),
             ),
             LookerOp::SetAttribute { attribute, value } => (
                 Method::Patch,
                 format!("/users/{u}/attribute_values/{}", attribute.path_part()),
                 Some(serde_json::json!({ "value": value })),
             ),
-            LookerOp::DeleteAttribute { attribute } => {
-                (Method::Delete, format!("/users/{u}/attribute_values/{}", attribute.path_part()), None)
-            }
+            LookerOp::DeleteAttribute { attribute } => (
+                Method::Delete,
+                format!("/users/{u}/attribute_values/{}", attribute.path_part()),
+                None,
+            ),
             LookerOp::DeleteUser => (Method::Delete, format!("/users/{u}"), None),
         };
         HttpCall { method, path, body }

@@ -67,8 +67,8 @@ struct RawActor {
 /// Okta does not retry 4xx answers, and a partially accepted body would lose events silently.
 pub fn parse_hook_body(body: &[u8], received_at: DateTime<Utc>) -> Result<Vec<Envelope>, OktaParseError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| OktaParseError::Json(e.to_string()))?;
-    let hook: HookBody = serde_json::from_value(value.clone())
-        .map_err(|e| OktaParseError::NotAHook(e.to_string()))?;
+    let hook: HookBody =
+        serde_json::from_value(value.clone()).map_err(|e| OktaParseError::NotAHook(e.to_string()))?;
     match hook.event_type.as_deref() {
         Some("com.okta.event_hook") => {}
         Some(other) => {
@@ -106,14 +106,23 @@ pub fn parse_hook_body(body: &[u8], received_at: DateTime<Utc>) -> Result<Vec<En
 pub fn parse_event(event: Value, raw: Value, received_at: DateTime<Utc>) -> Result<Envelope, String> {
     let ev: RawEvent = serde_json::from_value(event).map_err(|e| format!("not an okta log event: {e}"))?;
     let uuid = ev.uuid.filter(|u| !u.is_empty()).ok_or("missing uuid")?;
-    let event_type = ev.event_type.filter(|t| !t.is_empty()).ok_or("missing eventType")?;
+    let event_type = ev
+        .event_type
+        .filter(|t| !t.is_empty())
+        .ok_or("missing eventType")?;
     let published = ev.published.ok_or("missing published")?;
     let occurred_at = DateTime::parse_from_rfc3339(&published)
         .map_err(|e| format!("published {published:?} is not an RFC 3339 time: {e}"))?
         .with_timezone(&Utc);
     let targets = ev.target.unwrap_or_default();
-    let user_target = targets.iter().find(|t| t.kind.as_deref() == Some("User")).cloned();
-    let group_target = targets.iter().find(|t| t.kind.as_deref() == Some("UserGroup")).cloned();
+    let user_target = targets
+        .iter()
+        .find(|t| t.kind.as_deref() == Some("User"))
+        .cloned();
+    let group_target = targets
+        .iter()
+        .find(|t| t.kind.as_deref() == Some("UserGroup"))
+        .cloned();
     let succeeded = ev
         .outcome
         .and_then(|o| o.result)
@@ -138,8 +147,16 @@ pub fn parse_event(event: Value, raw: Value, received_at: DateTime<Utc>) -> Resu
                 .as_ref()
                 .and_then(|w| subject_from(w).ok())
                 .map(|(s, _)| s)
-                .unwrap_or_else(|| Subject { key: "okta:unknown".into(), email: None, display_name: None });
-            (subject, Profile::new(), IdentityEvent::Ignored { event_type: why })
+                .unwrap_or_else(|| Subject {
+                    key: "okta:unknown".into(),
+                    email: None,
+                    display_name: None,
+                });
+            (
+                subject,
+                Profile::new(),
+                IdentityEvent::Ignored { event_type: why },
+            )
         }
     };
     Ok(Envelope {
@@ -166,7 +183,10 @@ fn map_event_type(event_type: &str, group: Option<&RawActor>) -> Mapped {
         group.and_then(|g| {
             Some(GroupRef {
                 id: g.id.clone()?,
-                name: g.display_name.clone().unwrap_or_else(|| g.id.clone().unwrap_or_default()),
+                name: g
+                    .display_name
+                    .clone()
+                    .unwrap_or_else(|| g.id.clone().unwrap_or_default()),
             })
         })
     };
@@ -192,7 +212,11 @@ fn map_event_type(event_type: &str, group: Option<&RawActor>) -> Mapped {
 }
 
 fn subject_from(user: &RawActor) -> Result<(Subject, Profile), String> {
-    let id = user.id.clone().filter(|i| !i.is_empty()).ok_or("User target without id")?;
+    let id = user
+        .id
+        .clone()
+        .filter(|i| !i.is_empty())
+        .ok_or("User target without id")?;
     let email = user.alternate_id.clone().filter(|a| a.contains('@'));
     let display_name = user.display_name.clone().filter(|d| !d.is_empty());
     let mut profile = Profile::new();
@@ -210,7 +234,14 @@ fn subject_from(user: &RawActor) -> Result<(Subject, Profile), String> {
             profile.insert("lastName".into(), last.trim().to_string());
         }
     }
-    Ok((Subject { key: format!("okta:{id}"), email, display_name }, profile))
+    Ok((
+        Subject {
+            key: format!("okta:{id}"),
+            email,
+            display_name,
+        },
+        profile,
+    ))
 }
 
 /// The answer to Okta's one-time verification `GET`: `{"verification": "<challenge>"}`.
@@ -223,7 +254,9 @@ mod tests {
     use super::*;
 
     fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     #[test]
@@ -242,7 +275,13 @@ mod tests {
             {"uuid":"a","published":"2024-01-01T00:00:00Z","eventType":"x"},
             {"uuid":"b","eventType":"x"}]}}"#;
         let err = parse_hook_body(body, now()).unwrap_err();
-        assert_eq!(err, OktaParseError::Event { index: 1, reason: "missing published".into() });
+        assert_eq!(
+            err,
+            OktaParseError::Event {
+                index: 1,
+                reason: "missing published".into()
+            }
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! A replayed or no-op event yields an empty plan. Pure.
 
 use crate::looker::{Catalog, LookerOp, LookerUser, Named, ReadNeeds, UserRef};
-use crate::policy::{rules, DesiredLooker, Presence, RuleName};
+use crate::policy::{DesiredLooker, Presence, RuleName, rules};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -39,8 +39,15 @@ impl Plan {
     /// The create call (if any) must finish first: every other call needs the new user's id.
     /// The rest are independent and may run concurrently.
     pub fn phases(&self) -> (Option<&Step>, Vec<&Step>) {
-        let create = self.steps.iter().find(|s| matches!(s.op, LookerOp::CreateUser { .. }));
-        let rest = self.steps.iter().filter(|s| !matches!(s.op, LookerOp::CreateUser { .. })).collect();
+        let create = self
+            .steps
+            .iter()
+            .find(|s| matches!(s.op, LookerOp::CreateUser { .. }));
+        let rest = self
+            .steps
+            .iter()
+            .filter(|s| !matches!(s.op, LookerOp::CreateUser { .. }))
+            .collect();
         (create, rest)
     }
 
@@ -79,10 +86,19 @@ pub fn read_needs(desired: &DesiredLooker, catalog: &Catalog) -> ReadNeeds {
 
 /// Diff desired against actual. `catalog` is `None` only in an offline dry run.
 pub fn diff(desired: &DesiredLooker, actual: &Actual, catalog: Option<&Catalog>) -> Plan {
-    let mut b = Builder { steps: Vec::new(), notes: Vec::new(), offline: catalog.is_none() };
+    let mut b = Builder {
+        steps: Vec::new(),
+        notes: Vec::new(),
+        offline: catalog.is_none(),
+    };
     let Some(email) = desired.email.clone() else {
-        b.notes.push("the identity has no email, so its Looker user cannot be found".into());
-        return Plan { user: UserRef::Email(String::new()), steps: b.steps, notes: b.notes };
+        b.notes
+            .push("the identity has no email, so its Looker user cannot be found".into());
+        return Plan {
+            user: UserRef::Email(String::new()),
+            steps: b.steps,
+            notes: b.notes,
+        };
     };
     let empty = Catalog::default();
     let cat = catalog.unwrap_or(&empty);
@@ -94,14 +110,21 @@ pub fn diff(desired: &DesiredLooker, actual: &Actual, catalog: Option<&Catalog>)
     };
 
     match &desired.presence {
-        Presence::Offboarded { disable, revoke_sessions, revoke_api_keys, delete_after_days } => {
+        Presence::Offboarded {
+            disable,
+            revoke_sessions,
+            revoke_api_keys,
+            delete_after_days,
+        } => {
             let groups: Vec<Named> = desired
                 .managed_groups
                 .iter()
                 .filter_map(|g| b.resolve("group", &cat.groups, g))
                 .collect();
             match actual {
-                Actual::Absent => b.notes.push(format!("no Looker user has the email {email}; nothing to revoke")),
+                Actual::Absent => b
+                    .notes
+                    .push(format!("no Looker user has the email {email}; nothing to revoke")),
                 Actual::Unknown => {
                     if *disable {
                         b.push(LookerOp::SetDisabled { disabled: true }, rules::OFFBOARD_DISABLE);
@@ -122,12 +145,20 @@ pub fn diff(desired: &DesiredLooker, actual: &Actual, catalog: Option<&Catalog>)
                     }
                     if *revoke_sessions {
                         for s in &u.session_ids {
-                            b.push(LookerOp::DeleteSession { session_id: s.clone() }, rules::OFFBOARD_SESSIONS);
+                            b.push(
+                                LookerOp::DeleteSession {
+                                    session_id: s.clone(),
+                                },
+                                rules::OFFBOARD_SESSIONS,
+                            );
                         }
                     }
                     if *revoke_api_keys {
                         for k in &u.api3_key_ids {
-                            b.push(LookerOp::DeleteApiKey { key_id: k.clone() }, rules::OFFBOARD_API_KEYS);
+                            b.push(
+                                LookerOp::DeleteApiKey { key_id: k.clone() },
+                                rules::OFFBOARD_API_KEYS,
+                            );
                         }
                     }
                     for g in groups {
@@ -138,7 +169,9 @@ pub fn diff(desired: &DesiredLooker, actual: &Actual, catalog: Option<&Catalog>)
                 }
             }
             if let Some(days) = delete_after_days {
-                b.notes.push(format!("the Looker user is deleted {days} days after offboarding unless reactivated"));
+                b.notes.push(format!(
+                    "the Looker user is deleted {days} days after offboarding unless reactivated"
+                ));
             }
         }
         Presence::Active { create } => {
@@ -147,7 +180,11 @@ pub fn diff(desired: &DesiredLooker, actual: &Actual, catalog: Option<&Catalog>)
                     b.notes.push(format!(
                         "no Looker user has the email {email} and onboarding.create_users is false"
                     ));
-                    return Plan { user, steps: b.steps, notes: b.notes };
+                    return Plan {
+                        user,
+                        steps: b.steps,
+                        notes: b.notes,
+                    };
                 }
                 Actual::Absent => {
                     b.push(
@@ -157,7 +194,10 @@ pub fn diff(desired: &DesiredLooker, actual: &Actual, catalog: Option<&Catalog>)
                         },
                         rules::ONBOARD_CREATE,
                     );
-                    b.push(LookerOp::CreateEmailCredentials { email: email.clone() }, rules::ONBOARD_CREATE);
+                    b.push(
+                        LookerOp::CreateEmailCredentials { email: email.clone() },
+                        rules::ONBOARD_CREATE,
+                    );
                     None
                 }
                 Actual::Unknown => None,
@@ -171,7 +211,9 @@ pub fn diff(desired: &DesiredLooker, actual: &Actual, catalog: Option<&Catalog>)
 
             // Groups: add what a rule grants, remove managed groups no rule grants.
             for g in &desired.managed_groups {
-                let Some(n) = b.resolve("group", &cat.groups, g) else { continue };
+                let Some(n) = b.resolve("group", &cat.groups, g) else {
+                    continue;
+                };
                 let has = present.map(|u| n.id.as_ref().is_some_and(|id| u.group_ids.contains(id)));
                 match (desired.groups.get(g), has) {
                     (Some(rule), Some(false) | None) => b.push(LookerOp::AddToGroup { group: n }, rule),
@@ -187,13 +229,24 @@ pub fn diff(desired: &DesiredLooker, actual: &Actual, catalog: Option<&Catalog>)
                     .keys()
                     .filter_map(|r| b.resolve("role", &cat.roles, r))
                     .collect();
-                let rule = desired.roles.values().next().cloned().unwrap_or_else(|| rules::UNMANAGED.into());
+                let rule = desired
+                    .roles
+                    .values()
+                    .next()
+                    .cloned()
+                    .unwrap_or_else(|| rules::UNMANAGED.into());
                 match present.and_then(|u| u.direct_role_ids.as_ref()) {
                     Some(direct) => {
-                        let managed_ids: BTreeSet<&String> =
-                            desired.managed_roles.iter().filter_map(|r| cat.roles.get(r)).collect();
-                        let mut target: BTreeSet<String> =
-                            direct.iter().filter(|id| !managed_ids.contains(id)).cloned().collect();
+                        let managed_ids: BTreeSet<&String> = desired
+                            .managed_roles
+                            .iter()
+                            .filter_map(|r| cat.roles.get(r))
+                            .collect();
+                        let mut target: BTreeSet<String> = direct
+                            .iter()
+                            .filter(|id| !managed_ids.contains(id))
+                            .cloned()
+                            .collect();
                         target.extend(wanted.iter().filter_map(|n| n.id.clone()));
                         if &target != direct {
                             let roles = target
@@ -219,24 +272,38 @@ pub fn diff(desired: &DesiredLooker, actual: &Actual, catalog: Option<&Catalog>)
             // User attributes: set the user's own value where it differs; clear managed ones no
             // rule sets.
             for a in &desired.managed_attributes {
-                let Some(n) = b.resolve("user attribute", &cat.user_attributes, a) else { continue };
+                let Some(n) = b.resolve("user attribute", &cat.user_attributes, a) else {
+                    continue;
+                };
                 let current = present
                     .and_then(|u| u.user_attribute_values.as_ref())
                     .and_then(|vals| n.id.as_ref().and_then(|id| vals.get(id)));
                 match desired.attributes.get(a) {
-                    Some((value, rule)) if current != Some(value) => {
-                        b.push(LookerOp::SetAttribute { attribute: n, value: value.clone() }, rule)
+                    Some((value, rule)) if current != Some(value) => b.push(
+                        LookerOp::SetAttribute {
+                            attribute: n,
+                            value: value.clone(),
+                        },
+                        rule,
+                    ),
+                    None if current.is_some() => {
+                        b.push(LookerOp::DeleteAttribute { attribute: n }, rules::UNMANAGED)
                     }
-                    None if current.is_some() => b.push(LookerOp::DeleteAttribute { attribute: n }, rules::UNMANAGED),
                     _ => {}
                 }
             }
         }
     }
     if matches!(actual, Actual::Unknown) {
-        b.notes.push("no Looker is configured: current state unknown, so this lists every call that may apply".into());
+        b.notes.push(
+            "no Looker is configured: current state unknown, so this lists every call that may apply".into(),
+        );
     }
-    Plan { user, steps: b.steps, notes: b.notes }
+    Plan {
+        user,
+        steps: b.steps,
+        notes: b.notes,
+    }
 }
 
 struct Builder {
@@ -247,15 +314,27 @@ struct Builder {
 
 impl Builder {
     fn push(&mut self, op: LookerOp, rule: &str) {
-        self.steps.push(Step { op, rule: rule.to_string() });
+        self.steps.push(Step {
+            op,
+            rule: rule.to_string(),
+        });
     }
 
     /// Resolve a policy name to a Looker id; a name Looker does not have is skipped with a note
     /// (Gatehouse never creates groups, roles or attributes).
-    fn resolve(&mut self, kind: &str, map: &std::collections::BTreeMap<String, String>, name: &str) -> Option<Named> {
-        let n = Named { name: name.to_string(), id: map.get(name).cloned() };
+    fn resolve(
+        &mut self,
+        kind: &str,
+        map: &std::collections::BTreeMap<String, String>,
+        name: &str,
+    ) -> Option<Named> {
+        let n = Named {
+            name: name.to_string(),
+            id: map.get(name).cloned(),
+        };
         if !self.offline && n.id.is_none() {
-            self.notes.push(format!("looker has no {kind} named {name:?}; skipped"));
+            self.notes
+                .push(format!("looker has no {kind} named {name:?}; skipped"));
             None
         } else {
             Some(n)
@@ -273,8 +352,16 @@ mod tests {
 
     fn catalog() -> Catalog {
         Catalog {
-            groups: BTreeMap::from([("G1".into(), "1".into()), ("G2".into(), "2".into()), ("Other".into(), "9".into())]),
-            roles: BTreeMap::from([("R1".into(), "11".into()), ("R2".into(), "12".into()), ("Admin".into(), "19".into())]),
+            groups: BTreeMap::from([
+                ("G1".into(), "1".into()),
+                ("G2".into(), "2".into()),
+                ("Other".into(), "9".into()),
+            ]),
+            roles: BTreeMap::from([
+                ("R1".into(), "11".into()),
+                ("R2".into(), "12".into()),
+                ("Admin".into(), "19".into()),
+            ]),
             user_attributes: BTreeMap::from([("a1".into(), "21".into()), ("a2".into(), "22".into())]),
         }
     }
@@ -287,7 +374,10 @@ mod tests {
             presence,
             groups: groups.iter().map(|g| (g.to_string(), "r".to_string())).collect(),
             roles: roles.iter().map(|g| (g.to_string(), "r".to_string())).collect(),
-            attributes: attrs.iter().map(|(k, v)| (k.to_string(), (v.to_string(), "r".to_string()))).collect(),
+            attributes: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), (v.to_string(), "r".to_string())))
+                .collect(),
             managed_groups: ["G1", "G2"].iter().map(|s| s.to_string()).collect(),
             managed_roles: ["R1", "R2"].iter().map(|s| s.to_string()).collect(),
             managed_attributes: ["a1", "a2"].iter().map(|s| s.to_string()).collect(),
@@ -295,7 +385,12 @@ mod tests {
     }
 
     fn offboard() -> Presence {
-        Presence::Offboarded { disable: true, revoke_sessions: true, revoke_api_keys: true, delete_after_days: None }
+        Presence::Offboarded {
+            disable: true,
+            revoke_sessions: true,
+            revoke_api_keys: true,
+            delete_after_days: None,
+        }
     }
 
     /// Apply a plan to a model of the Looker user, as Looker would.
@@ -322,11 +417,20 @@ mod tests {
                         LookerOp::SetDisabled { disabled } => u.is_disabled = *disabled,
                         LookerOp::DeleteSession { session_id } => u.session_ids.retain(|s| s != session_id),
                         LookerOp::DeleteApiKey { key_id } => u.api3_key_ids.retain(|k| k != key_id),
-                        LookerOp::AddToGroup { group } => assert!(u.group_ids.insert(id(group)), "add is never a no-op"),
-                        LookerOp::RemoveFromGroup { group } => assert!(u.group_ids.remove(&id(group)), "remove is never a no-op"),
-                        LookerOp::SetRoles { roles } => u.direct_role_ids = Some(roles.iter().map(id).collect()),
+                        LookerOp::AddToGroup { group } => {
+                            assert!(u.group_ids.insert(id(group)), "add is never a no-op")
+                        }
+                        LookerOp::RemoveFromGroup { group } => {
+                            assert!(u.group_ids.remove(&id(group)), "remove is never a no-op")
+                        }
+                        LookerOp::SetRoles { roles } => {
+                            u.direct_role_ids = Some(roles.iter().map(id).collect())
+                        }
                         LookerOp::SetAttribute { attribute, value } => {
-                            u.user_attribute_values.as_mut().unwrap().insert(id(attribute), value.clone());
+                            u.user_attribute_values
+                                .as_mut()
+                                .unwrap()
+                                .insert(id(attribute), value.clone());
                         }
                         LookerOp::DeleteAttribute { attribute } => {
                             u.user_attribute_values.as_mut().unwrap().remove(&id(attribute));
@@ -340,12 +444,18 @@ mod tests {
     }
 
     fn arb_user() -> impl Strategy<Value = Option<LookerUser>> {
-        let ids = |pool: &'static [&'static str]| prop::collection::btree_set(prop::sample::select(pool), 0..pool.len());
+        let ids = |pool: &'static [&'static str]| {
+            prop::collection::btree_set(prop::sample::select(pool), 0..pool.len())
+        };
         prop::option::of((
             any::<bool>(),
             ids(&["1", "2", "9"]),
             ids(&["11", "12", "19"]),
-            prop::collection::btree_map(prop::sample::select(&["21", "22"][..]), prop_oneof![Just("x"), Just("y")], 0..2),
+            prop::collection::btree_map(
+                prop::sample::select(&["21", "22"][..]),
+                prop_oneof![Just("x"), Just("y")],
+                0..2,
+            ),
             0usize..3,
             0usize..3,
         ))
@@ -358,7 +468,11 @@ mod tests {
                 session_ids: (0..s).map(|i| format!("s{i}")).collect(),
                 api3_key_ids: (0..k).map(|i| format!("k{i}")).collect(),
                 direct_role_ids: Some(r.into_iter().map(str::to_string).collect()),
-                user_attribute_values: Some(a.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                user_attribute_values: Some(
+                    a.into_iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
             })
         })
     }
@@ -404,10 +518,22 @@ mod tests {
         let d = desired(offboard(), &[], &[], &[]);
         let plan = diff(&d, &Actual::Unknown, None);
         let text = plan.render_text();
-        assert!(text.contains("PATCH /api/4.0/users/{id of p@x.io} {\"is_disabled\":true}"), "{text}");
-        assert!(text.contains("DELETE /api/4.0/users/{id of p@x.io}/sessions/{each}"), "{text}");
-        assert!(text.contains("DELETE /api/4.0/users/{id of p@x.io}/credentials_api3/{each}"), "{text}");
-        assert!(text.contains("DELETE /api/4.0/groups/{id of G1}/users/{id of p@x.io}"), "{text}");
+        assert!(
+            text.contains("PATCH /api/4.0/users/{id of p@x.io} {\"is_disabled\":true}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("DELETE /api/4.0/users/{id of p@x.io}/sessions/{each}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("DELETE /api/4.0/users/{id of p@x.io}/credentials_api3/{each}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("DELETE /api/4.0/groups/{id of G1}/users/{id of p@x.io}"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -415,17 +541,34 @@ mod tests {
         let mut d = desired(Presence::Active { create: true }, &["G3"], &[], &[]);
         d.managed_groups.insert("G3".into());
         let plan = diff(&d, &Actual::Absent, Some(&catalog()));
-        assert!(plan.notes.iter().any(|n| n.contains("\"G3\"")), "{:?}", plan.notes);
-        assert!(!plan.steps.iter().any(|s| matches!(s.op, LookerOp::AddToGroup { .. })));
+        assert!(
+            plan.notes.iter().any(|n| n.contains("\"G3\"")),
+            "{:?}",
+            plan.notes
+        );
+        assert!(
+            !plan
+                .steps
+                .iter()
+                .any(|s| matches!(s.op, LookerOp::AddToGroup { .. }))
+        );
     }
 
     #[test]
     fn absent_user_is_created_first_with_email_credentials() {
-        let d = desired(Presence::Active { create: true }, &["G1"], &["R1"], &[("a1", "x")]);
+        let d = desired(
+            Presence::Active { create: true },
+            &["G1"],
+            &["R1"],
+            &[("a1", "x")],
+        );
         let plan = diff(&d, &Actual::Absent, Some(&catalog()));
         let (create, rest) = plan.phases();
         assert!(create.is_some());
-        assert!(rest.iter().any(|s| s.op == LookerOp::CreateEmailCredentials { email: "p@x.io".into() }));
+        assert!(rest.iter().any(|s| s.op
+            == LookerOp::CreateEmailCredentials {
+                email: "p@x.io".into()
+            }));
         assert_eq!(plan.user, UserRef::New);
     }
 }

@@ -125,7 +125,10 @@ impl Policy {
                 return Err(PolicyError::Invalid("a rule has an empty name".into()));
             }
             if !names.insert(rule.name.as_str()) {
-                return Err(PolicyError::Invalid(format!("rule name {:?} is used twice", rule.name)));
+                return Err(PolicyError::Invalid(format!(
+                    "rule name {:?} is used twice",
+                    rule.name
+                )));
             }
         }
         let mut targets = BTreeSet::new();
@@ -142,11 +145,17 @@ impl Policy {
 
     /// Looker groups the policy manages: only these are ever added or removed.
     pub fn managed_groups(&self) -> BTreeSet<String> {
-        self.rules.iter().flat_map(|r| r.looker_groups.iter().cloned()).collect()
+        self.rules
+            .iter()
+            .flat_map(|r| r.looker_groups.iter().cloned())
+            .collect()
     }
 
     pub fn managed_roles(&self) -> BTreeSet<String> {
-        self.rules.iter().flat_map(|r| r.looker_roles.iter().cloned()).collect()
+        self.rules
+            .iter()
+            .flat_map(|r| r.looker_roles.iter().cloned())
+            .collect()
     }
 
     pub fn managed_attributes(&self) -> BTreeSet<String> {
@@ -243,7 +252,9 @@ pub fn evaluate(policy: &Policy, identity: &Identity) -> DesiredLooker {
                 roles.entry(r.clone()).or_insert_with(|| rule.name.clone());
             }
             for (k, v) in &rule.looker_attributes {
-                attributes.entry(k.clone()).or_insert_with(|| (v.clone(), rule.name.clone()));
+                attributes
+                    .entry(k.clone())
+                    .or_insert_with(|| (v.clone(), rule.name.clone()));
             }
         }
         for m in &policy.attributes {
@@ -253,7 +264,9 @@ pub fn evaluate(policy: &Policy, identity: &Identity) -> DesiredLooker {
                     .or_insert_with(|| (v.to_string(), format!("attribute.{}", m.idp_attribute)));
             }
         }
-        Presence::Active { create: policy.onboarding.create_users }
+        Presence::Active {
+            create: policy.onboarding.create_users,
+        }
     };
 
     let offboarded_keeping_groups =
@@ -266,9 +279,17 @@ pub fn evaluate(policy: &Policy, identity: &Identity) -> DesiredLooker {
         groups,
         roles,
         attributes,
-        managed_groups: if offboarded_keeping_groups { BTreeSet::new() } else { managed_groups },
+        managed_groups: if offboarded_keeping_groups {
+            BTreeSet::new()
+        } else {
+            managed_groups
+        },
         // While offboarded, roles and attributes are left as they are (the user is disabled).
-        managed_roles: if identity.status.is_offboarded() { BTreeSet::new() } else { managed_roles },
+        managed_roles: if identity.status.is_offboarded() {
+            BTreeSet::new()
+        } else {
+            managed_roles
+        },
         managed_attributes: if identity.status.is_offboarded() {
             BTreeSet::new()
         } else {
@@ -284,7 +305,6 @@ fn applies(cond: &Condition, identity: &Identity) -> bool {
         Condition::Attribute { name, equals } => identity.attribute(name) == Some(equals.as_str()),
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -313,10 +333,9 @@ mod tests {
     fn unknown_key_and_duplicate_rule_are_rejected() {
         let e = Policy::from_toml("[offboarding]\ndisabel = true\n").unwrap_err();
         assert!(e.to_string().contains("disabel"), "{e}");
-        let e = Policy::from_toml(
-            "[[rule]]\nname='a'\nwhen='everyone'\n[[rule]]\nname='a'\nwhen='everyone'\n",
-        )
-        .unwrap_err();
+        let e =
+            Policy::from_toml("[[rule]]\nname='a'\nwhen='everyone'\n[[rule]]\nname='a'\nwhen='everyone'\n")
+                .unwrap_err();
         assert!(e.to_string().contains("used twice"), "{e}");
     }
 
@@ -356,7 +375,11 @@ mod tests {
                 version: 1,
                 id: EnvelopeId(format!("e{n}")),
                 source: Source::Manual,
-                subject: Subject { key: "k".into(), email: None, display_name: None },
+                subject: Subject {
+                    key: "k".into(),
+                    email: None,
+                    display_name: None,
+                },
                 occurred_at: DateTime::from_timestamp(n, 0).unwrap(),
                 received_at: DateTime::from_timestamp(0, 0).unwrap(),
                 event,
@@ -371,7 +394,10 @@ mod tests {
         }
         fold(status, profile);
         for &g in groups {
-            let group = GroupRef { id: format!("id-{g}"), name: GROUPS[g].into() };
+            let group = GroupRef {
+                id: format!("id-{g}"),
+                name: GROUPS[g].into(),
+            };
             fold(IdentityEvent::GroupMemberAdded { group }, Profile::new());
         }
         id

@@ -22,7 +22,10 @@ pub struct BackendError {
 
 impl BackendError {
     pub fn new(context: &'static str, source: impl Into<BoxError>) -> Self {
-        BackendError { context, source: source.into() }
+        BackendError {
+            context,
+            source: source.into(),
+        }
     }
 }
 
@@ -53,9 +56,17 @@ pub trait QueueConsumer: Send + Sync {
     /// Done: remove for good.
     fn ack(&self, delivery: &Delivery) -> impl Future<Output = Result<(), BackendError>> + Send;
     /// Give back for another attempt after `delay`.
-    fn release(&self, delivery: &Delivery, delay: Duration) -> impl Future<Output = Result<(), BackendError>> + Send;
+    fn release(
+        &self,
+        delivery: &Delivery,
+        delay: Duration,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
     /// Move to the dead-letter store with the reason.
-    fn dead_letter(&self, delivery: &Delivery, reason: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
+    fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
 }
 
 /// What the store keeps per subject.
@@ -122,10 +133,14 @@ pub struct DeadLetter {
 
 pub trait StateStore: Send + Sync {
     fn is_processed(&self, id: &EnvelopeId) -> impl Future<Output = Result<bool, BackendError>> + Send;
-    fn load_subject(&self, key: &str) -> impl Future<Output = Result<Option<SubjectState>, BackendError>> + Send;
+    fn load_subject(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<SubjectState>, BackendError>> + Send;
     /// Record that an envelope's effects are done, atomically with the identity it produced.
     fn commit(&self, outcome: Outcome) -> impl Future<Output = Result<(), BackendError>> + Send;
-    fn append_ledger(&self, entries: &[LedgerEntry]) -> impl Future<Output = Result<(), BackendError>> + Send;
+    fn append_ledger(&self, entries: &[LedgerEntry])
+    -> impl Future<Output = Result<(), BackendError>> + Send;
     fn ledger_since(
         &self,
         since: Option<DateTime<Utc>>,

@@ -44,7 +44,10 @@ pub struct OktaConfig {
 
 impl Default for OktaConfig {
     fn default() -> Self {
-        OktaConfig { hook_secret: None, max_body_bytes: default_max_body() }
+        OktaConfig {
+            hook_secret: None,
+            max_body_bytes: default_max_body(),
+        }
     }
 }
 
@@ -143,7 +146,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::default(), level: default_level() }
+        LogConfig {
+            format: LogFormat::default(),
+            level: default_level(),
+        }
     }
 }
 
@@ -208,7 +214,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { field: field.into(), message: message.into() }
+        ConfigError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -280,7 +289,12 @@ impl Config {
             self.log.format = match v.as_str() {
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,
-                _ => return Err(ConfigError::new("GATEHOUSE_LOG_FORMAT", format!("{v:?} is not text or json"))),
+                _ => {
+                    return Err(ConfigError::new(
+                        "GATEHOUSE_LOG_FORMAT",
+                        format!("{v:?} is not text or json"),
+                    ));
+                }
             };
         }
         Ok(())
@@ -291,7 +305,10 @@ impl Config {
         if let Some(url) = &self.looker.url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
-            return Err(ConfigError::new("looker.url", format!("{url:?} is not an http(s) URL")));
+            return Err(ConfigError::new(
+                "looker.url",
+                format!("{url:?} is not an http(s) URL"),
+            ));
         }
         if self.processor.workers == 0 {
             return Err(ConfigError::new("processor.workers", "must be at least 1"));
@@ -305,7 +322,10 @@ impl Config {
         if let Some(p) = &self.policy
             && !p.is_file()
         {
-            return Err(ConfigError::new("policy", format!("{} is not a readable file", p.display())));
+            return Err(ConfigError::new(
+                "policy",
+                format!("{} is not a readable file", p.display()),
+            ));
         }
         Ok(())
     }
@@ -325,11 +345,24 @@ impl Config {
             _ => {
                 let missing = [
                     ("looker.url (GATEHOUSE_LOOKER_URL)", l.url.is_none()),
-                    ("looker.client_id (GATEHOUSE_LOOKER_CLIENT_ID)", l.client_id.is_none()),
-                    ("looker.client_secret (GATEHOUSE_LOOKER_CLIENT_SECRET)", l.client_secret.is_none()),
+                    (
+                        "looker.client_id (GATEHOUSE_LOOKER_CLIENT_ID)",
+                        l.client_id.is_none(),
+                    ),
+                    (
+                        "looker.client_secret (GATEHOUSE_LOOKER_CLIENT_SECRET)",
+                        l.client_secret.is_none(),
+                    ),
                 ];
-                let field = missing.iter().find(|(_, m)| *m).map(|(f, _)| *f).unwrap_or("looker");
-                Err(ConfigError::new(field, "is missing: set all of url, client_id and client_secret, or none for dry-run mode"))
+                let field = missing
+                    .iter()
+                    .find(|(_, m)| *m)
+                    .map(|(f, _)| *f)
+                    .unwrap_or("looker");
+                Err(ConfigError::new(
+                    field,
+                    "is missing: set all of url, client_id and client_secret, or none for dry-run mode",
+                ))
             }
         }
     }
@@ -349,7 +382,11 @@ fn field_of(e: &toml::de::Error, text: &str) -> Option<String> {
     let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
     let rest = &text[line_start..];
     let key = rest.split(['=', '\n']).next().unwrap_or("").trim();
-    let key = if key.starts_with('[') || key.is_empty() { None } else { Some(key) };
+    let key = if key.starts_with('[') || key.is_empty() {
+        None
+    } else {
+        Some(key)
+    };
     match (table.is_empty(), key) {
         (true, Some(k)) => Some(k.to_string()),
         (false, Some(k)) => Some(format!("{table}.{k}")),
@@ -365,7 +402,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -400,7 +440,10 @@ mod tests {
         assert_eq!(cfg.okta.hook_secret.as_ref().unwrap().expose_secret(), "from-env");
         let l = cfg.looker_connection().unwrap().unwrap();
         assert_eq!(l.url, "https://x.looker.com");
-        assert!(!format!("{l:?}").contains("s3cret"), "secret must not reach Debug output");
+        assert!(
+            !format!("{l:?}").contains("s3cret"),
+            "secret must not reach Debug output"
+        );
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! `/healthz`, `/readyz` and `/metrics`, mounted by every service.
 
 use crate::telemetry::metrics_handle;
+use axum::Router;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;

@@ -26,7 +26,10 @@ pub enum AppError {
     #[error(transparent)]
     Backend(#[from] BackendError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("looker client: {0}")]
     Looker(#[from] LookerError),
 }
@@ -43,7 +46,9 @@ impl AppError {
 
 /// The policy file, or the built-in default (full offboarding, no group mappings).
 pub fn load_policy(cfg: &Config) -> Result<Policy, AppError> {
-    let Some(path) = &cfg.policy else { return Ok(Policy::default()) };
+    let Some(path) = &cfg.policy else {
+        return Ok(Policy::default());
+    };
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| AppError::Policy {
         path: shown.clone(),
@@ -78,7 +83,11 @@ pub fn engine(cfg: &Config, store: Sqlite) -> Result<AppEngine, AppError> {
         store,
         looker,
         policy,
-        RetryPolicy { retries: p.call_retries, min_delay: p.retry_min_delay, max_delay: p.retry_max_delay },
+        RetryPolicy {
+            retries: p.call_retries,
+            min_delay: p.retry_min_delay,
+            max_delay: p.retry_max_delay,
+        },
     ))
 }
 
@@ -126,8 +135,14 @@ pub async fn start(cfg: &Config, components: Components) -> Result<Running, AppE
     let dry_run = engine.is_dry_run();
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
-        .map_err(|source| AppError::Bind { addr: cfg.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| AppError::Bind { addr: cfg.listen, source })?;
+        .map_err(|source| AppError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| AppError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
     let (trigger, shutdown) = Shutdown::new();
 
     let ready_store = store.clone();
@@ -138,13 +153,17 @@ pub async fn start(cfg: &Config, components: Components) -> Result<Running, AppE
     if components.ingress {
         app = app.merge(ingress::router(
             store.clone(),
-            IngressConfig { okta_secret: cfg.okta.hook_secret.clone(), max_body_bytes: cfg.okta.max_body_bytes },
+            IngressConfig {
+                okta_secret: cfg.okta.hook_secret.clone(),
+                max_body_bytes: cfg.okta.max_body_bytes,
+            },
         ));
     }
     let mut tasks = Vec::new();
     let server_shutdown = shutdown.clone();
     tasks.push(tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move { server_shutdown.wait().await });
+        let serve =
+            axum::serve(listener, app).with_graceful_shutdown(async move { server_shutdown.wait().await });
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "http server failed");
         }
@@ -192,5 +211,12 @@ pub async fn start(cfg: &Config, components: Components) -> Result<Running, AppE
     if dry_run {
         tracing::warn!("no Looker configured: dry-run mode, plans go to the ledger and no call is made");
     }
-    Ok(Running { addr, store, dry_run, trigger, shutdown, tasks })
+    Ok(Running {
+        addr,
+        store,
+        dry_run,
+        trigger,
+        shutdown,
+        tasks,
+    })
 }

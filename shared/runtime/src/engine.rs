@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use gatehouse_domain::envelope::Envelope;
 use gatehouse_domain::identity::{FoldOutcome, Identity};
-use gatehouse_domain::looker::{Catalog, ErrorKind, LookerError, LookerOp, LookerUser, Method, ReadNeeds, UserRef};
+use gatehouse_domain::looker::{
+    Catalog, ErrorKind, LookerError, LookerOp, LookerUser, Method, ReadNeeds, UserRef,
+};
 use gatehouse_domain::plan::{self, Actual, Plan, Step};
 use gatehouse_domain::policy::{self, DesiredLooker, Policy, Presence};
 use gatehouse_domain::ports::{
@@ -90,7 +92,12 @@ pub struct Engine<S, L> {
 
 impl<S: StateStore, L: LookerPort> Engine<S, L> {
     pub fn new(store: S, looker: Option<L>, policy: Arc<Policy>, retry: RetryPolicy) -> Self {
-        Engine { store, looker, policy, retry }
+        Engine {
+            store,
+            looker,
+            policy,
+            retry,
+        }
     }
 
     pub fn store(&self) -> &S {
@@ -110,7 +117,12 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let stale = identity.fold(env) == FoldOutcome::Stale;
         let desired = policy::evaluate(&self.policy, &identity);
         let plan = self.compute_plan(&desired).await?;
-        Ok(PlanReport { identity, desired, plan, stale })
+        Ok(PlanReport {
+            identity,
+            desired,
+            plan,
+            stale,
+        })
     }
 
     async fn compute_plan(&self, desired: &DesiredLooker) -> Result<Plan, ProcessError> {
@@ -123,7 +135,10 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             // so a cold start is login → (catalog ∥ search) → revocations.
             (Some(email), Presence::Offboarded { .. }) => {
                 let no_needs = ReadNeeds::default();
-                let (c, f) = futures::join!(self.read_catalog(looker), self.read_user(looker, email, &no_needs));
+                let (c, f) = futures::join!(
+                    self.read_catalog(looker),
+                    self.read_user(looker, email, &no_needs)
+                );
                 (c?, f?)
             }
             (Some(email), Presence::Active { .. }) => {
@@ -138,13 +153,24 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
     }
 
     async fn read_catalog(&self, looker: &L) -> Result<Catalog, LookerError> {
-        (|| looker.catalog()).retry(self.retry.backoff()).when(LookerError::is_retryable).adjust(honour_retry_after).await
-    }
-
-    async fn read_user(&self, looker: &L, email: &str, needs: &ReadNeeds) -> Result<Option<LookerUser>, LookerError> {
-        (|| looker.find_user(email, needs))
+        (|| looker.catalog())
             .retry(self.retry.backoff())
             .when(LookerError::is_retryable)
+            .adjust(honour_retry_after)
+            .await
+    }
+
+    async fn read_user(
+        &self,
+        looker: &L,
+        email: &str,
+        needs: &ReadNeeds,
+    ) -> Result<Option<LookerUser>, LookerError> {
+        // A NotFound here means the user vanished between the search and a follow-up read: a
+        // fresh search settles it.
+        (|| looker.find_user(email, needs))
+            .retry(self.retry.backoff())
+            .when(|e: &LookerError| e.is_retryable() || e.kind == ErrorKind::NotFound)
             .adjust(honour_retry_after)
             .await
     }
@@ -182,7 +208,9 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                     deletion: DeletionChange::Keep,
                 })
                 .await?;
-            return Ok(Handled::NoOp { stale: fold == FoldOutcome::Stale });
+            return Ok(Handled::NoOp {
+                stale: fold == FoldOutcome::Stale,
+            });
         }
 
         let plan = self.compute_plan(&desired).await?;
@@ -196,9 +224,13 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                     .map(|s| ledger_entry(env, s, &plan.user, "dry_run".into()))
                     .collect();
                 self.store.append_ledger(&entries).await?;
-                Handled::DryRun { planned: entries.len() }
+                Handled::DryRun {
+                    planned: entries.len(),
+                }
             }
-            Some(looker) => Handled::Applied { writes: self.apply(looker, env, &plan).await? },
+            Some(looker) => Handled::Applied {
+                writes: self.apply(looker, env, &plan).await?,
+            },
         };
         for note in &plan.notes {
             tracing::info!(envelope_id = %env.id, subject = %env.subject.key, note = %note, "plan note");
@@ -268,7 +300,10 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                 Err(e) if e.kind == ErrorKind::NotFound && call.method == Method::Delete => {
                     "404 already gone".to_string()
                 }
-                Err(e) => e.status.map(|s| s.to_string()).unwrap_or_else(|| format!("error: {:?}", e.kind)),
+                Err(e) => e
+                    .status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| format!("error: {:?}", e.kind)),
             };
             let entry = ledger_entry(env, step, user, status);
             if let Err(e) = self.store.append_ledger(&[entry]).await {
@@ -301,7 +336,10 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let due = self.store.due_deletions(now).await?;
         let mut done = 0;
         for d in due {
-            let step = Step { op: LookerOp::DeleteUser, rule: policy::rules::OFFBOARD_DELETE.into() };
+            let step = Step {
+                op: LookerOp::DeleteUser,
+                rule: policy::rules::OFFBOARD_DELETE.into(),
+            };
             let env_id = format!("scheduled-deletion:{}", d.subject);
             match &self.looker {
                 None => {
@@ -359,13 +397,17 @@ fn ledger_entry(env: &Envelope, step: &Step, user: &UserRef, status: String) -> 
 
 fn deletion_change(desired: &DesiredLooker, identity: &Identity, at: DateTime<Utc>) -> DeletionChange {
     match (&desired.presence, &desired.email) {
-        (Presence::Offboarded { delete_after_days: Some(days), .. }, Some(email)) => {
-            DeletionChange::Schedule(ScheduledDeletion {
-                subject: identity.key.clone(),
-                email: email.clone(),
-                due_at: at + chrono::Duration::days(i64::from(*days)),
-            })
-        }
+        (
+            Presence::Offboarded {
+                delete_after_days: Some(days),
+                ..
+            },
+            Some(email),
+        ) => DeletionChange::Schedule(ScheduledDeletion {
+            subject: identity.key.clone(),
+            email: email.clone(),
+            due_at: at + chrono::Duration::days(i64::from(*days)),
+        }),
         (Presence::Active { .. }, _) => DeletionChange::Cancel,
         _ => DeletionChange::Keep,
     }
@@ -378,7 +420,11 @@ fn scheduled_envelope(d: &ScheduledDeletion, id: &str) -> Envelope {
         version: Envelope::VERSION,
         id: EnvelopeId(id.to_string()),
         source: Source::Manual,
-        subject: Subject { key: d.subject.clone(), email: Some(d.email.clone()), display_name: None },
+        subject: Subject {
+            key: d.subject.clone(),
+            email: Some(d.email.clone()),
+            display_name: None,
+        },
         occurred_at: d.due_at,
         received_at: Utc::now(),
         event: IdentityEvent::UserDeleted,

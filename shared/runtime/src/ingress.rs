@@ -1,7 +1,7 @@
 //! HTTP intake. A request is answered 2xx only after every envelope it carries is durably
 //! enqueued; a request that fails authentication, is too large or malformed enqueues nothing.
 
-use axum::body::{to_bytes, Body};
+use axum::body::{Body, to_bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -28,7 +28,9 @@ struct Ingress<Q> {
 /// The ingress routes (`/hooks/...`). Mount next to `gatehouse_platform::ops::router`.
 pub fn router<Q: QueueProducer + 'static>(queue: Q, cfg: IngressConfig) -> Router {
     let state = Arc::new(Ingress { queue, cfg });
-    Router::new().route("/hooks/okta", get(okta_verify::<Q>).post(okta_hook::<Q>)).with_state(state)
+    Router::new()
+        .route("/hooks/okta", get(okta_verify::<Q>).post(okta_hook::<Q>))
+        .with_state(state)
 }
 
 /// `{"error": ..., "detail": ...}` with a status.
@@ -37,33 +39,48 @@ pub fn error(status: StatusCode, error: &str, detail: impl Into<String>) -> Resp
 }
 
 impl<Q> Ingress<Q> {
-    /// Constant-time check of Okta's shared secret (sent verbatim in `Authorization`).
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), Response> {
+    /// Constant-time check of Okta's shared secret (sent verbatim in `Authorization`); `Some` is
+    /// the rejection to send.
+    fn reject_unauthorized(&self, headers: &HeaderMap) -> Option<Response> {
         let Some(secret) = &self.cfg.okta_secret else {
-            return Err(error(
+            return Some(error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_configured",
                 "no okta hook secret is configured (okta.hook_secret or GATEHOUSE_OKTA_HOOK_SECRET)",
             ));
         };
-        let given = headers.get("authorization").map(|v| v.as_bytes()).unwrap_or_default();
+        let given = headers
+            .get("authorization")
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
         if bool::from(given.ct_eq(secret.expose_secret().as_bytes())) {
-            Ok(())
+            None
         } else {
             metrics::counter!("gatehouse_ingress_rejected_total", "source" => "okta", "reason" => "unauthorized")
                 .increment(1);
-            Err(error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong Authorization header"))
+            Some(error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong Authorization header",
+            ))
         }
     }
 }
 
 async fn okta_verify<Q>(State(ing): State<Arc<Ingress<Q>>>, headers: HeaderMap) -> Response {
-    if let Err(r) = ing.authorize(&headers) {
+    if let Some(r) = ing.reject_unauthorized(&headers) {
         return r;
     }
-    match headers.get("x-okta-verification-challenge").and_then(|v| v.to_str().ok()) {
+    match headers
+        .get("x-okta-verification-challenge")
+        .and_then(|v| v.to_str().ok())
+    {
         Some(challenge) => Json(okta::verification_response(challenge)).into_response(),
-        None => error(StatusCode::BAD_REQUEST, "bad_request", "missing x-okta-verification-challenge header"),
+        None => error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "missing x-okta-verification-challenge header",
+        ),
     }
 }
 
@@ -72,14 +89,18 @@ async fn okta_hook<Q: QueueProducer>(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Err(r) = ing.authorize(&headers) {
+    if let Some(r) = ing.reject_unauthorized(&headers) {
         return r;
     }
     let limit = ing.cfg.max_body_bytes;
     let too_large = || {
         metrics::counter!("gatehouse_ingress_rejected_total", "source" => "okta", "reason" => "too_large")
             .increment(1);
-        error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("body exceeds {limit} bytes"))
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("body exceeds {limit} bytes"),
+        )
     };
     let declared = headers
         .get("content-length")
@@ -102,7 +123,11 @@ async fn okta_hook<Q: QueueProducer>(
     };
     if let Err(e) = ing.queue.publish(&envelopes).await {
         tracing::error!(error = %e, source = ?std::error::Error::source(&e), "enqueue failed; okta will retry");
-        return error(StatusCode::SERVICE_UNAVAILABLE, "enqueue_failed", "the event could not be stored; retry");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "enqueue_failed",
+            "the event could not be stored; retry",
+        );
     }
     let mut ignored = 0;
     for env in &envelopes {

@@ -48,10 +48,18 @@ where
 
     /// Claim one batch and process it to the end. Returns what became of each delivery.
     pub async fn run_once(&self) -> Result<Vec<Disposition>, ProcessError> {
-        let batch = self.queue.receive(self.cfg.concurrency, self.cfg.visibility_timeout).await?;
+        let batch = self
+            .queue
+            .receive(self.cfg.concurrency, self.cfg.visibility_timeout)
+            .await?;
         let mut set = JoinSet::new();
         for d in batch {
-            set.spawn(process(self.queue.clone(), self.engine.clone(), self.cfg.clone(), d));
+            set.spawn(process(
+                self.queue.clone(),
+                self.engine.clone(),
+                self.cfg.clone(),
+                d,
+            ));
         }
         let mut out = Vec::new();
         while let Some(r) = set.join_next().await {
@@ -95,7 +103,12 @@ where
             };
             let got = received.len();
             for d in received {
-                set.spawn(process(self.queue.clone(), self.engine.clone(), self.cfg.clone(), d));
+                set.spawn(process(
+                    self.queue.clone(),
+                    self.engine.clone(),
+                    self.cfg.clone(),
+                    d,
+                ));
             }
             if got == 0 || set.len() >= self.cfg.concurrency {
                 // Wait for a slot, new work, or shutdown.
@@ -168,7 +181,8 @@ where
                     Handled::DryRun { .. } => "dry_run",
                 };
                 metrics::counter!("gatehouse_events_processed_total", "outcome" => outcome).increment(1);
-                metrics::histogram!("gatehouse_event_processing_seconds").record(started.elapsed().as_secs_f64());
+                metrics::histogram!("gatehouse_event_processing_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 tracing::info!(outcome, ?handled, "processed");
                 Ok(Disposition::Acked(handled))
             }
