@@ -200,7 +200,14 @@ pub fn diff(desired: &DesiredLooker, actual: &Actual, catalog: Option<&Catalog>)
                     );
                     None
                 }
-                Actual::Unknown => None,
+                Actual::Unknown => {
+                    if *create {
+                        b.notes.push(format!(
+                            "if no Looker user has the email {email}, one is created first (POST /api/4.0/users, then its email credentials)"
+                        ));
+                    }
+                    None
+                }
                 Actual::Present(u) => {
                     if u.is_disabled {
                         b.push(LookerOp::SetDisabled { disabled: false }, rules::ONBOARD_ENABLE);

@@ -25,7 +25,10 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -43,15 +46,26 @@ fn a_bad_config_exits_64_and_names_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "[processor]\nworkers = \"lots\"\n").unwrap();
-    let o = bin().args(["--config", cfg.to_str().unwrap(), "standalone"]).output().unwrap();
+    let o = bin()
+        .args(["--config", cfg.to_str().unwrap(), "standalone"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(64));
     assert!(text(&o).1.contains("processor.workers"), "{}", text(&o).1);
 
-    let o = bin().arg("standalone").env("GATEHOUSE_LOOKER_URL", "https://x.example").output().unwrap();
+    let o = bin()
+        .arg("standalone")
+        .env("GATEHOUSE_LOOKER_URL", "https://x.example")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(64));
     assert!(text(&o).1.contains("looker.client_id"), "{}", text(&o).1);
 
-    let o = bin().arg("standalone").env("GATEHOUSE_POLICY", dir.path().join("none.toml")).output().unwrap();
+    let o = bin()
+        .arg("standalone")
+        .env("GATEHOUSE_POLICY", dir.path().join("none.toml"))
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(64));
     assert!(text(&o).1.contains("policy"), "{}", text(&o).1);
 }
@@ -83,16 +97,27 @@ fn plan_in_dry_run_prints_every_call_that_may_apply() {
         .unwrap();
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    assert!(out.contains("PATCH /api/4.0/users/{id of john.doe@example.com} {\"is_disabled\":true}"), "{out}");
+    assert!(
+        out.contains("PATCH /api/4.0/users/{id of john.doe@example.com} {\"is_disabled\":true}"),
+        "{out}"
+    );
     assert!(out.contains("# rule: offboarding.revoke_sessions"), "{out}");
     assert!(out.contains("no Looker is configured"), "{out}");
 }
 
 #[test]
 fn plan_for_a_non_event_file_is_a_clear_error() {
-    let o = bin().args(["plan", "--event"]).arg(fixture("event-hook-verification.response.json")).output().unwrap();
+    let o = bin()
+        .args(["plan", "--event"])
+        .arg(fixture("event-hook-verification.response.json"))
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).1.contains("not an okta event hook body"), "{}", text(&o).1);
+    assert!(
+        text(&o).1.contains("not an okta event hook body"),
+        "{}",
+        text(&o).1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,11 +140,22 @@ async fn plan_json_reads_looker_and_changes_nothing() {
         .unwrap();
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    assert!(!out.contains(fake.client_secret()) && !err.contains(fake.client_secret()), "secret printed");
+    assert!(
+        !out.contains(fake.client_secret()) && !err.contains(fake.client_secret()),
+        "secret printed"
+    );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let steps = v[0]["steps"].as_array().unwrap();
-    let calls: Vec<String> =
-        steps.iter().map(|s| format!("{} {}", s["method"].as_str().unwrap(), s["path"].as_str().unwrap())).collect();
+    let calls: Vec<String> = steps
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}",
+                s["method"].as_str().unwrap(),
+                s["path"].as_str().unwrap()
+            )
+        })
+        .collect();
     assert_eq!(
         calls,
         vec![
@@ -151,12 +187,27 @@ async fn standalone_accepts_a_hook_records_the_plan_and_stops_on_sigterm() {
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while http.get(format!("{base}/readyz")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
-        assert!(tokio::time::Instant::now() < deadline, "standalone did not become ready");
+    while http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "standalone did not become ready"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let body = std::fs::read(fixture("event-hook.user.lifecycle.deactivate.constructed.json")).unwrap();
-    let r = http.post(format!("{base}/hooks/okta")).header("authorization", "s3cret-hook").body(body).send().await.unwrap();
+    let r = http
+        .post(format!("{base}/hooks/okta"))
+        .header("authorization", "s3cret-hook")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
     // The dry-run plan reaches the ledger; `gatehouse audit export` shows it.
@@ -174,14 +225,32 @@ async fn standalone_accepts_a_hook_records_the_plan_and_stops_on_sigterm() {
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
             .collect();
     }
-    assert!(rows.iter().all(|r| r["status"] == "dry_run" && r["envelope_id"] == "ab62c0bc-2837-11eb-9823-9fb8f750c5a9"));
+    assert!(
+        rows.iter()
+            .all(|r| r["status"] == "dry_run" && r["envelope_id"] == "ab62c0bc-2837-11eb-9823-9fb8f750c5a9")
+    );
 
     let pid = child.id().unwrap().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.unwrap().unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "exit after SIGTERM: {status:?}");
     let mut err = String::new();
     use tokio::io::AsyncReadExt;
-    child.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
     assert!(!err.contains("s3cret-hook"), "the hook secret reached the logs");
 }

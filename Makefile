@@ -1,0 +1,30 @@
+# Gatehouse. The README documents `make run` and `make test`; the rest are for contributors.
+CARGO ?= cargo
+
+.PHONY: run test bench lint fmt build clean
+
+## run: build and start `gatehouse standalone` on 127.0.0.1:8080 with the example config (dry run)
+run:
+	$(CARGO) run --quiet -p gatehouse -- --config examples/gatehouse.toml standalone
+
+## test: every test in the workspace (unit, integration, end to end); starts what it needs itself
+test:
+	$(CARGO) test --workspace --locked
+
+## bench: offboarding latency and Looker calls per scenario -> bench/results.md and bench/results.json
+bench:
+	$(CARGO) bench --locked -p gatehouse-e2e --bench offboarding
+
+## lint: formatting and clippy, as CI runs them
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+build:
+	$(CARGO) build --workspace --locked
+
+clean:
+	$(CARGO) clean
