@@ -27,7 +27,8 @@ async fn deactivate_disables_and_revokes_everything_in_one_concurrent_plan() {
     // another person's access is not touched
     let other = fake.add_user("jane@example.com", "Jane", "Roe");
     let other_session = fake.add_session(&other);
-    fake.set_latency(Duration::from_millis(30));
+    // Every call takes 100 ms, so overlapping recorded times can only come from concurrency.
+    fake.set_latency(Duration::from_millis(100));
     let app = spawn_app(Options {
         looker: Some(fake.clone()),
         policy: Some(example_policy()),
@@ -63,12 +64,16 @@ async fn deactivate_disables_and_revokes_everything_in_one_concurrent_plan() {
     let search = calls.iter().find(|c| c.path == "/users/search").unwrap();
     let login = calls.iter().find(|c| c.path == "/login").unwrap();
     assert!(login.finished_at <= search.started_at);
+    let catalog_reads: Vec<_> = calls
+        .iter()
+        .filter(|c| ["/groups", "/roles", "/user_attributes"].contains(&c.path.as_str()))
+        .collect();
+    assert_eq!(catalog_reads.len(), 3);
     assert!(
-        calls
+        catalog_reads
             .iter()
-            .filter(|c| !c.is_write && c.path != "/login")
-            .all(|r| r.started_at < login.finished_at + Duration::from_millis(25)),
-        "catalog reads and the search run side by side"
+            .all(|r| search.started_at < r.finished_at && r.started_at < search.finished_at),
+        "catalog reads and the user search run side by side"
     );
     assert!(writes.iter().all(|w| w.started_at >= search.finished_at));
 
@@ -125,6 +130,16 @@ async fn onboarding_converges_and_replays_and_noops_cost_zero_calls() {
     let before = fake.calls().len();
     app.deliver(&okta_fixture(BATCH)).await;
     assert_eq!(fake.calls().len(), before, "a replay makes no call");
+    let m = app.metrics().await;
+    let dupes: f64 = m
+        .lines()
+        .find(|l| l.starts_with("gatehouse_events_processed_total") && l.contains("outcome=\"duplicate\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        dupes >= 3.0,
+        "the three replayed events were recognised as duplicates: {dupes}"
+    );
 
     // A new event that changes nothing the policy cares about: zero calls.
     app.deliver(&okta_fixture(
@@ -239,7 +254,7 @@ async fn without_looker_plans_go_to_the_ledger_and_nothing_is_sent() {
 }
 
 #[tokio::test]
-async fn offboarded_users_are_deleted_after_the_grace_period_unless_reactivated() {
+async fn offboarded_users_are_deleted_after_the_grace_period() {
     let fake = FakeLooker::start().await;
     seed_catalog(&fake);
     let john = fake.add_user("john.doe@example.com", "John", "Doe");
@@ -252,6 +267,14 @@ async fn offboarded_users_are_deleted_after_the_grace_period_unless_reactivated(
     .await;
     app.deliver(&okta_fixture(DEACTIVATE)).await;
     wait_until("john deleted", || async { fake.user(&john).is_none() }).await;
+    // the ledger row follows the call's answer
+    wait_until("deletion ledgered", || async {
+        app.ledger()
+            .await
+            .iter()
+            .any(|r| r.entry.rule == "offboarding.delete_after_days")
+    })
+    .await;
     let rows = app.ledger().await;
     let delete = rows
         .iter()

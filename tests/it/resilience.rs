@@ -141,3 +141,63 @@ async fn a_restart_resumes_from_the_durable_queue() {
     assert!(u.is_disabled && u.session_ids.is_empty());
     again.stop().await;
 }
+
+#[tokio::test]
+async fn a_429_retry_after_is_honoured() {
+    let fake = FakeLooker::start().await;
+    seed_catalog(&fake);
+    let john = fake.add_user("john.doe@example.com", "John", "Doe");
+    let app = spawn_app(Options {
+        looker: Some(fake.clone()),
+        ..Default::default()
+    })
+    .await;
+    // Warm up (login, catalog) so the throttled call is the disable write itself.
+    app.deliver(&okta_fixture(
+        "event-hook.user.lifecycle.activate.constructed.json",
+    ))
+    .await;
+    fake.set_retry_after_secs(1);
+    fake.fail_next(429, 1);
+    app.deliver(&okta_fixture(
+        "event-hook.user.lifecycle.deactivate.constructed.json",
+    ))
+    .await;
+    assert!(fake.user(&john).unwrap().is_disabled);
+    let calls = fake.calls();
+    let throttled = calls
+        .iter()
+        .position(|c| c.status == 429)
+        .expect("a 429 was answered");
+    let t = &calls[throttled];
+    let retry = calls[throttled + 1..]
+        .iter()
+        .find(|c| c.method == t.method && c.path == t.path)
+        .expect("the throttled call was retried");
+    // The engine's own backoff is at most 50 ms here; only Retry-After explains a 1 s gap.
+    assert!(
+        retry.started_at >= t.finished_at + std::time::Duration::from_secs(1),
+        "retried {:?} after the 429",
+        retry.started_at - t.finished_at
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_poison_message_is_dead_lettered_not_retried() {
+    let app = spawn_app(Options::default()).await;
+    app.store
+        .enqueue_raw("poison-1", "okta:x", "{\"not\": \"an envelope\"}")
+        .await
+        .unwrap();
+    app.drained().await;
+    let dlq = app.store.dead_letters().await.unwrap();
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].attempts, 1, "not retried");
+    assert!(
+        dlq[0].reason.starts_with("not a valid envelope"),
+        "{}",
+        dlq[0].reason
+    );
+    app.stop().await;
+}

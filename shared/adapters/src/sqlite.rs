@@ -63,6 +63,26 @@ impl Sqlite {
         Ok(Sqlite { pool })
     }
 
+    /// Enqueue a raw message body as-is (dead-letter redrive; tests of poison handling). The
+    /// body is not checked: a consumer that cannot decode it dead-letters it with the reason.
+    pub async fn enqueue_raw(&self, id: &str, subject: &str, body: &str) -> Result<(), BackendError> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO queue (envelope_id, subject, occurred_at, body, visible_at, enqueued_at)
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (envelope_id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(subject)
+        .bind(ts(Utc::now()))
+        .bind(body)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(err("cannot enqueue"))?;
+        Ok(())
+    }
+
     /// Messages waiting or in flight on the embedded queue.
     pub async fn queue_depth(&self) -> Result<i64, BackendError> {
         sqlx::query("SELECT COUNT(*) FROM queue")
@@ -162,7 +182,7 @@ impl QueueConsumer for Sqlite {
                            OR (o.occurred_at, o.seq) < (q.occurred_at, q.seq)))
                 ORDER BY q.occurred_at, q.seq
                 LIMIT ?3)
-             RETURNING seq, attempts, body",
+             RETURNING seq, attempts, body, occurred_at",
         )
         .bind(until)
         .bind(now)
@@ -170,6 +190,11 @@ impl QueueConsumer for Sqlite {
         .fetch_all(&self.pool)
         .await
         .map_err(err("cannot receive from the embedded queue"))?;
+        // RETURNING has no defined order: hand work out oldest first.
+        let mut rows = rows;
+        rows.sort_by(|a, b| {
+            (a.get::<&str, _>(3), a.get::<i64, _>(0)).cmp(&(b.get::<&str, _>(3), b.get::<i64, _>(0)))
+        });
         Ok(rows
             .iter()
             .map(|r| {

@@ -433,3 +433,61 @@ fn scheduled_envelope(d: &ScheduledDeletion, id: &str) -> Envelope {
         raw: serde_json::Value::Null,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatehouse_domain::policy::Offboarding;
+
+    fn desired(presence: Presence) -> DesiredLooker {
+        DesiredLooker {
+            email: Some("a@b.c".into()),
+            first_name: None,
+            last_name: None,
+            presence,
+            groups: Default::default(),
+            roles: Default::default(),
+            attributes: Default::default(),
+            managed_groups: Default::default(),
+            managed_roles: Default::default(),
+            managed_attributes: Default::default(),
+        }
+    }
+
+    #[test]
+    fn offboarding_schedules_deletion_and_reactivation_cancels_it() {
+        let now = Utc::now();
+        let o = Offboarding {
+            delete_after_days: Some(30),
+            ..Offboarding::default()
+        };
+        let off = Presence::Offboarded {
+            disable: o.disable,
+            revoke_sessions: o.revoke_sessions,
+            revoke_api_keys: o.revoke_api_keys,
+            delete_after_days: o.delete_after_days,
+        };
+        match deletion_change(&desired(off), &Identity::new("k"), now) {
+            DeletionChange::Schedule(d) => assert_eq!(d.due_at, now + chrono::Duration::days(30)),
+            other => panic!("{other:?}"),
+        }
+        let never = Presence::Offboarded {
+            disable: true,
+            revoke_sessions: true,
+            revoke_api_keys: true,
+            delete_after_days: None,
+        };
+        assert_eq!(
+            deletion_change(&desired(never), &Identity::new("k"), now),
+            DeletionChange::Keep
+        );
+        assert_eq!(
+            deletion_change(
+                &desired(Presence::Active { create: true }),
+                &Identity::new("k"),
+                now
+            ),
+            DeletionChange::Cancel
+        );
+    }
+}
