@@ -1,6 +1,10 @@
 //! End-to-end tests: Okta hook over HTTP → embedded queue → processor → fake Looker → ledger.
 
 mod fixtures;
+mod generic;
+mod google;
+mod graph;
 mod ingress;
 mod lifecycle;
 mod resilience;
+mod scim;

@@ -1,5 +1,7 @@
 //! Real I/O behind the domain's ports: the Looker API client, the SQLite state store and the
-//! embedded SQLite queue.
+//! embedded SQLite queue, the SCIM directory and the Graph subscription store.
 
+pub mod graph_state;
 pub mod looker;
+pub mod scim_store;
 pub mod sqlite;

@@ -122,6 +122,11 @@ impl Sqlite {
             .collect()
     }
 
+    /// The pool, for store modules of this crate (SCIM directory, Graph subscriptions).
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// Whether the database answers (for `/readyz`).
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()

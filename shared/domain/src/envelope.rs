@@ -20,6 +20,14 @@ impl fmt::Display for EnvelopeId {
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     Okta,
+    /// SCIM 2.0 provisioning into Gatehouse's own directory (`/scim/v2`).
+    Scim,
+    /// Microsoft Graph change notifications (Entra ID).
+    Graph,
+    /// Google Workspace Admin SDK Reports push notifications.
+    GoogleWorkspace,
+    /// Standard Webhooks generic intake (`/hooks/generic`).
+    Generic,
     /// Hand-made events (e.g. `gatehouse plan` on a canonical event, tests).
     Manual,
 }
@@ -28,6 +36,10 @@ impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Okta => "okta",
+            Source::Scim => "scim",
+            Source::Graph => "graph",
+            Source::GoogleWorkspace => "google_workspace",
+            Source::Generic => "generic",
             Source::Manual => "manual",
         }
     }

@@ -16,3 +16,4 @@ pub mod okta;
 pub mod plan;
 pub mod policy;
 pub mod ports;
+pub mod scim_filter;

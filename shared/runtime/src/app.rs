@@ -2,7 +2,7 @@
 //! processor in one process), `gatehouse-ingress` and `gatehouse-processor`.
 
 use crate::engine::{Engine, RetryPolicy};
-use crate::ingress::{self, IngressConfig};
+use crate::ingress::{self, Deps};
 use crate::worker::{Worker, WorkerConfig};
 use gatehouse_adapters::looker::{LookerClient, LookerConfig};
 use gatehouse_adapters::sqlite::Sqlite;
@@ -150,14 +150,13 @@ pub async fn start(cfg: &Config, components: Components) -> Result<Running, AppE
         let s = ready_store.clone();
         Box::pin(async move { s.ping().await })
     }));
+    let deps = Deps {
+        queue: store.clone(),
+        store: store.clone(),
+        config: Arc::new(cfg.clone()),
+    };
     if components.ingress {
-        app = app.merge(ingress::router(
-            store.clone(),
-            IngressConfig {
-                okta_secret: cfg.okta.hook_secret.clone(),
-                max_body_bytes: cfg.okta.max_body_bytes,
-            },
-        ));
+        app = app.merge(ingress::router(&deps));
     }
     let mut tasks = Vec::new();
     let server_shutdown = shutdown.clone();
@@ -168,6 +167,9 @@ pub async fn start(cfg: &Config, components: Components) -> Result<Running, AppE
             tracing::error!(error = %e, "http server failed");
         }
     }));
+    if components.ingress {
+        tasks.extend(ingress::spawn_tasks(&deps, &shutdown));
+    }
     if components.processor {
         let p = &cfg.processor;
         let worker = Worker::new(

@@ -3,6 +3,7 @@
 //!
 //! * [`looker_fake`]: a stateful fake of the Looker API 4.0 (`FakeLooker`).
 
+pub mod graph_fake;
 pub mod looker_fake;
 
 pub use looker_fake::{FakeLooker, RecordedCall, UserView};

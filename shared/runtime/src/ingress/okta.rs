@@ -1,6 +1,6 @@
-//! HTTP intake. A request is answered 2xx only after every envelope it carries is durably
-//! enqueued; a request that fails authentication, is too large or malformed enqueues nothing.
+//! Okta Event Hooks at `/hooks/okta`.
 
+use super::{Deps, error};
 use axum::body::{Body, to_bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -15,9 +15,9 @@ use serde_json::json;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
-pub struct IngressConfig {
-    pub okta_secret: Option<SecretString>,
-    pub max_body_bytes: usize,
+struct IngressConfig {
+    okta_secret: Option<SecretString>,
+    max_body_bytes: usize,
 }
 
 struct Ingress<Q> {
@@ -25,17 +25,18 @@ struct Ingress<Q> {
     cfg: IngressConfig,
 }
 
-/// The ingress routes (`/hooks/...`). Mount next to `gatehouse_platform::ops::router`.
-pub fn router<Q: QueueProducer + 'static>(queue: Q, cfg: IngressConfig) -> Router {
-    let state = Arc::new(Ingress { queue, cfg });
+pub fn router<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Router {
+    let cfg = IngressConfig {
+        okta_secret: deps.config.okta.hook_secret.clone(),
+        max_body_bytes: deps.config.okta.max_body_bytes,
+    };
+    let state = Arc::new(Ingress {
+        queue: deps.queue.clone(),
+        cfg,
+    });
     Router::new()
         .route("/hooks/okta", get(okta_verify::<Q>).post(okta_hook::<Q>))
         .with_state(state)
-}
-
-/// `{"error": ..., "detail": ...}` with a status.
-pub fn error(status: StatusCode, error: &str, detail: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": error, "detail": detail.into() }))).into_response()
 }
 
 impl<Q> Ingress<Q> {

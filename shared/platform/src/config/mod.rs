@@ -2,6 +2,16 @@
 //! environment is injected as a lookup function, so tests never set real variables. Every error
 //! names the field (or variable) at fault; binaries exit 64 on it.
 
+mod generic;
+mod google;
+mod graph;
+mod scim;
+
+pub use generic::GenericConfig;
+pub use google::GoogleConfig;
+pub use graph::GraphConfig;
+pub use scim::ScimConfig;
+
 use secrecy::SecretString;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -29,6 +39,18 @@ pub struct Config {
     pub processor: ProcessorConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// SCIM 2.0 server at `/scim/v2`.
+    #[serde(default)]
+    pub scim: ScimConfig,
+    /// Microsoft Graph change notifications at `/hooks/graph`.
+    #[serde(default)]
+    pub graph: GraphConfig,
+    /// Google Workspace Reports push at `/hooks/google`.
+    #[serde(default)]
+    pub google: GoogleConfig,
+    /// Standard Webhooks generic intake at `/hooks/generic`.
+    #[serde(default)]
+    pub generic: GenericConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -213,7 +235,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError {
             field: field.into(),
             message: message.into(),
@@ -262,6 +284,10 @@ impl Config {
     }
 
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        self.scim.apply_env(&env)?;
+        self.graph.apply_env(&env)?;
+        self.google.apply_env(&env)?;
+        self.generic.apply_env(&env)?;
         if let Some(v) = env("GATEHOUSE_LISTEN") {
             self.listen = v
                 .parse()
@@ -302,6 +328,10 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.looker_connection()?;
+        self.scim.validate()?;
+        self.graph.validate()?;
+        self.google.validate()?;
+        self.generic.validate()?;
         if let Some(url) = &self.looker.url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {

@@ -1,0 +1,1 @@
+//! Microsoft Graph subscription state (being written).

@@ -1,0 +1,1 @@
+//! SCIM directory and outbox on SQLite (being written).

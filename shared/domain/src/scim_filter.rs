@@ -1,0 +1,1 @@
+//! SCIM 2.0 filter and PATCH path parser and evaluator (being written).

@@ -1,0 +1,1 @@
+//! A stateful fake of Microsoft Graph (being written).

@@ -1,0 +1,1 @@
+//! generic intake end to end (being written).

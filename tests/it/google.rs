@@ -1,0 +1,1 @@
+//! google intake end to end (being written).

@@ -1,0 +1,1 @@
+//! graph intake end to end (being written).

@@ -1,0 +1,1 @@
+//! scim intake end to end (being written).
