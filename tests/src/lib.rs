@@ -31,6 +31,8 @@ pub struct Options {
     pub call_retries: usize,
     /// Reuse a data directory (to restart on the same state).
     pub data_dir: Option<PathBuf>,
+    /// Appended to the generated config file (e.g. a `[scim]` or `[graph]` section).
+    pub extra_toml: String,
 }
 
 impl Default for Options {
@@ -81,6 +83,8 @@ pub async fn spawn_app(opts: Options) -> TestApp {
             fake.client_secret()
         ));
     }
+    toml.push('\n');
+    toml.push_str(&opts.extra_toml);
     let cfg_path = dir.path().join("gatehouse.toml");
     std::fs::write(&cfg_path, toml).unwrap();
     let cfg = Config::load(Some(&cfg_path), |_| None).expect("test config is valid");

@@ -10,6 +10,9 @@
 //! - [`ports`]: traits the adapters implement (queue, state, Looker).
 
 pub mod envelope;
+pub mod generic;
+pub mod google;
+pub mod graph;
 pub mod identity;
 pub mod looker;
 pub mod okta;

@@ -1,0 +1,1 @@
+//! generic payloads → envelopes (being written).

@@ -1,0 +1,1 @@
+//! google payloads → envelopes (being written).

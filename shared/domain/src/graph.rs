@@ -1,0 +1,1 @@
+//! graph payloads → envelopes (being written).

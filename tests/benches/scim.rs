@@ -1,0 +1,2 @@
+//! SCIM benchmark (being written).
+fn main() {}
