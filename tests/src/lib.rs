@@ -44,6 +44,7 @@ impl Default for Options {
             workers: 8,
             call_retries: 6,
             data_dir: None,
+            extra_toml: String::new(),
         }
     }
 }
