@@ -1,8 +1,7 @@
-//! `gatehouse-ingress`: verifies webhooks and durably enqueues them. Thin: parses config, wires.
+//! `gatehouse-ingress`: verifies webhooks and durably enqueues them. Thin: parses arguments, the rest is `gatehouse_runtime::app`.
 
 use clap::Parser;
-use gatehouse_platform::config::Config;
-use gatehouse_runtime::app::{self, Components};
+use gatehouse_runtime::app::{Components, service_main};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -17,30 +16,13 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let cfg = match Config::load(cli.config.as_deref(), |k| std::env::var(k).ok()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("gatehouse-ingress: {e}");
-            return ExitCode::from(64);
-        }
-    };
-    gatehouse_platform::telemetry::init_logging(&cfg.log);
-    match app::start(
-        &cfg,
+    service_main(
+        "gatehouse-ingress",
+        cli.config.as_deref(),
         Components {
             ingress: true,
             processor: false,
         },
     )
     .await
-    {
-        Ok(running) => {
-            running.until(gatehouse_platform::shutdown::os_signal()).await;
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("gatehouse-ingress: {e}");
-            ExitCode::from(e.exit_code() as u8)
-        }
-    }
 }

@@ -1,8 +1,7 @@
-//! `gatehouse-processor`: applies queued events to Looker. Thin: parses config, wires.
+//! `gatehouse-processor`: applies queued events to Looker. Thin: parses arguments, the rest is `gatehouse_runtime::app`.
 
 use clap::Parser;
-use gatehouse_platform::config::Config;
-use gatehouse_runtime::app::{self, Components};
+use gatehouse_runtime::app::{Components, service_main};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -17,30 +16,13 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let cfg = match Config::load(cli.config.as_deref(), |k| std::env::var(k).ok()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("gatehouse-processor: {e}");
-            return ExitCode::from(64);
-        }
-    };
-    gatehouse_platform::telemetry::init_logging(&cfg.log);
-    match app::start(
-        &cfg,
+    service_main(
+        "gatehouse-processor",
+        cli.config.as_deref(),
         Components {
             ingress: false,
             processor: true,
         },
     )
     .await
-    {
-        Ok(running) => {
-            running.until(gatehouse_platform::shutdown::os_signal()).await;
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("gatehouse-processor: {e}");
-            ExitCode::from(e.exit_code() as u8)
-        }
-    }
 }

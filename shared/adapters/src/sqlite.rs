@@ -66,21 +66,8 @@ impl Sqlite {
     /// Enqueue a raw message body as-is (dead-letter redrive; tests of poison handling). The
     /// body is not checked: a consumer that cannot decode it dead-letters it with the reason.
     pub async fn enqueue_raw(&self, id: &str, subject: &str, body: &str) -> Result<(), BackendError> {
-        let now = now_ms();
-        sqlx::query(
-            "INSERT INTO queue (envelope_id, subject, occurred_at, body, visible_at, enqueued_at)
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (envelope_id) DO NOTHING",
-        )
-        .bind(id)
-        .bind(subject)
-        .bind(ts(Utc::now()))
-        .bind(body)
-        .bind(now)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(err("cannot enqueue"))?;
-        Ok(())
+        let mut conn = self.pool.acquire().await.map_err(err("cannot enqueue"))?;
+        insert_message(&mut conn, id, subject, &ts(Utc::now()), body, now_ms()).await
     }
 
     /// Messages waiting or in flight on the embedded queue.
@@ -137,6 +124,31 @@ impl Sqlite {
     }
 }
 
+/// One queue row; a message whose id is already queued is left as it is.
+async fn insert_message(
+    conn: &mut sqlx::SqliteConnection,
+    id: &str,
+    subject: &str,
+    occurred_at: &str,
+    body: &str,
+    now: i64,
+) -> Result<(), BackendError> {
+    sqlx::query(
+        "INSERT INTO queue (envelope_id, subject, occurred_at, body, visible_at, enqueued_at)
+         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (envelope_id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(subject)
+    .bind(occurred_at)
+    .bind(body)
+    .bind(now)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map_err(err("cannot enqueue"))?;
+    Ok(())
+}
+
 fn parse_receipt(receipt: &str) -> Result<(i64, i64), BackendError> {
     let bad = || BackendError::new("malformed embedded-queue receipt", receipt.to_string());
     let (seq, attempt) = receipt.split_once(':').ok_or_else(bad)?;
@@ -151,19 +163,15 @@ impl QueueProducer for Sqlite {
         let mut tx = self.pool.begin().await.map_err(err("cannot begin enqueue"))?;
         let now = now_ms();
         for env in batch {
-            sqlx::query(
-                "INSERT INTO queue (envelope_id, subject, occurred_at, body, visible_at, enqueued_at)
-                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (envelope_id) DO NOTHING",
+            insert_message(
+                &mut tx,
+                &env.id.0,
+                &env.subject.key,
+                &ts(env.occurred_at),
+                &env.to_json(),
+                now,
             )
-            .bind(&env.id.0)
-            .bind(&env.subject.key)
-            .bind(ts(env.occurred_at))
-            .bind(env.to_json())
-            .bind(now)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(err("cannot enqueue"))?;
+            .await?;
         }
         tx.commit().await.map_err(err("cannot commit enqueue"))
     }

@@ -222,3 +222,30 @@ pub async fn start(cfg: &Config, components: Components) -> Result<Running, AppE
         tasks,
     })
 }
+
+/// The whole `main` of a service binary: load config (exit 64 if bad), log, start, run until
+/// SIGINT/SIGTERM, stop gracefully.
+pub async fn service_main(
+    name: &str,
+    config: Option<&std::path::Path>,
+    components: Components,
+) -> std::process::ExitCode {
+    let cfg = match Config::load(config, |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return std::process::ExitCode::from(64);
+        }
+    };
+    gatehouse_platform::telemetry::init_logging(&cfg.log);
+    match start(&cfg, components).await {
+        Ok(running) => {
+            running.until(gatehouse_platform::shutdown::os_signal()).await;
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
