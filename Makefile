@@ -11,9 +11,10 @@ run:
 test:
 	$(CARGO) test --workspace --locked
 
-## bench: offboarding latency and Looker calls per scenario -> bench/results.md and bench/results.json
+## bench: offboarding latency and Looker calls per scenario -> bench/results.md; SCIM throughput -> bench/scim.md
 bench:
 	$(CARGO) bench --locked -p gatehouse-e2e --bench offboarding
+	$(CARGO) bench --locked -p gatehouse-e2e --bench scim
 
 ## lint: formatting and clippy, as CI runs them
 lint:

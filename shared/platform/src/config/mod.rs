@@ -245,6 +245,7 @@ impl ConfigError {
 
 /// The environment variables Gatehouse reads (documented in the README).
 pub const ENV_VARS: &[&str] = &[
+    "GATEHOUSE_CONFIG",
     "GATEHOUSE_LISTEN",
     "GATEHOUSE_DATA_DIR",
     "GATEHOUSE_POLICY",
@@ -253,6 +254,13 @@ pub const ENV_VARS: &[&str] = &[
     "GATEHOUSE_LOOKER_CLIENT_ID",
     "GATEHOUSE_LOOKER_CLIENT_SECRET",
     "GATEHOUSE_LOG_FORMAT",
+    "GATEHOUSE_SCIM_TOKEN",
+    "GATEHOUSE_GRAPH_CLIENT_STATE",
+    "GATEHOUSE_GRAPH_TENANT_ID",
+    "GATEHOUSE_GRAPH_CLIENT_ID",
+    "GATEHOUSE_GRAPH_CLIENT_SECRET",
+    "GATEHOUSE_GOOGLE_CHANNEL_TOKEN",
+    "GATEHOUSE_GENERIC_SECRET",
 ];
 
 impl Config {
@@ -443,6 +451,28 @@ mod tests {
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(f.path(), text).unwrap();
         f
+    }
+
+    /// Every variable the loader reads is in `ENV_VARS`, and the README documents each one.
+    #[test]
+    fn every_environment_variable_is_listed_and_documented() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut read = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir(dir.join("src/config")).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            for part in text.split('"').skip(1).step_by(2) {
+                if part.starts_with("GATEHOUSE_") && part.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+                {
+                    read.insert(part.to_string());
+                }
+            }
+        }
+        let listed: std::collections::BTreeSet<String> = ENV_VARS.iter().map(|s| s.to_string()).collect();
+        let missing: Vec<_> = read.difference(&listed).collect();
+        assert!(missing.is_empty(), "read but not in ENV_VARS: {missing:?}");
+        let readme = std::fs::read_to_string(dir.join("../../README.md")).unwrap();
+        let undocumented: Vec<_> = ENV_VARS.iter().filter(|v| !readme.contains(*v)).collect();
+        assert!(undocumented.is_empty(), "not in the README: {undocumented:?}");
     }
 
     #[test]
