@@ -6,7 +6,7 @@
 //! Envelope ids derive from `webhook-id`, so a replay within the window is harmless downstream.
 
 use super::{Deps, error};
-use axum::body::{Body, Bytes, to_bytes};
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -196,8 +196,7 @@ fn build<Q: QueueProducer + 'static>(
 }
 
 fn rejected(reason: &'static str) {
-    metrics::counter!("gatehouse_ingress_rejected_total", "source" => SOURCE, "reason" => reason)
-        .increment(1);
+    super::count_rejection(SOURCE, reason);
 }
 
 async fn hook<Q: QueueProducer>(
@@ -212,25 +211,9 @@ async fn hook<Q: QueueProducer>(
             "no generic webhook secret is configured (generic.secrets or GATEHOUSE_GENERIC_SECRET)",
         );
     }
-    let limit = intake.max_body_bytes;
-    let too_large = || {
-        rejected("too_large");
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("body exceeds {limit} bytes"),
-        )
-    };
-    let declared = headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return too_large();
-    }
-    let bytes = match to_bytes(body, limit).await {
+    let bytes = match super::read_body(SOURCE, &headers, body, intake.max_body_bytes).await {
         Ok(b) => b,
-        Err(_) => return too_large(),
+        Err(r) => return *r,
     };
 
     let now = (intake.now)();
@@ -291,27 +274,11 @@ async fn hook<Q: QueueProducer>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingress::test_support::MemQueue;
+    use axum::body::to_bytes;
     use axum::http::Request;
-    use gatehouse_domain::envelope::{Envelope, IdentityEvent, Source};
-    use gatehouse_domain::ports::BackendError;
-    use std::sync::Mutex;
+    use gatehouse_domain::envelope::{IdentityEvent, Source};
     use tower::ServiceExt;
-
-    #[derive(Clone, Default)]
-    struct MemQueue {
-        published: Arc<Mutex<Vec<Envelope>>>,
-        fail: bool,
-    }
-
-    impl QueueProducer for MemQueue {
-        async fn publish(&self, batch: &[Envelope]) -> Result<(), BackendError> {
-            if self.fail {
-                return Err(BackendError::new("disk full", "test"));
-            }
-            self.published.lock().unwrap().extend_from_slice(batch);
-            Ok(())
-        }
-    }
 
     /// The Standard Webhooks specification's published test vector.
     const SPEC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

@@ -7,7 +7,7 @@
 //! is one Reports API activity, parsed by `gatehouse_domain::google`.
 
 use super::{Deps, error};
-use axum::body::{Body, to_bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -63,8 +63,7 @@ fn build<Q: QueueProducer + 'static>(
 }
 
 fn rejected(reason: &'static str) {
-    metrics::counter!("gatehouse_ingress_rejected_total", "source" => SOURCE, "reason" => reason)
-        .increment(1);
+    super::count_rejection(SOURCE, reason);
 }
 
 /// Whether `given` equals any token; every token is compared, in constant time each.
@@ -101,25 +100,9 @@ async fn notification<Q: QueueProducer>(
         );
     }
 
-    let limit = intake.max_body_bytes;
-    let too_large = || {
-        rejected("too_large");
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("body exceeds {limit} bytes"),
-        )
-    };
-    let declared = headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return too_large();
-    }
-    let bytes = match to_bytes(body, limit).await {
+    let bytes = match super::read_body(SOURCE, &headers, body, intake.max_body_bytes).await {
         Ok(b) => b,
-        Err(_) => return too_large(),
+        Err(r) => return *r,
     };
 
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -186,29 +169,13 @@ async fn notification<Q: QueueProducer>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingress::test_support::MemQueue;
+    use axum::body::to_bytes;
     use axum::http::Request;
-    use gatehouse_domain::envelope::{Envelope, IdentityEvent, Source};
-    use gatehouse_domain::ports::BackendError;
-    use std::sync::Mutex;
+    use gatehouse_domain::envelope::{IdentityEvent, Source};
     use tower::ServiceExt;
 
     /// An in-memory queue that records what is published, or fails every publish.
-    #[derive(Clone, Default)]
-    struct MemQueue {
-        published: Arc<Mutex<Vec<Envelope>>>,
-        fail: bool,
-    }
-
-    impl QueueProducer for MemQueue {
-        async fn publish(&self, batch: &[Envelope]) -> Result<(), BackendError> {
-            if self.fail {
-                return Err(BackendError::new("disk full", "test"));
-            }
-            self.published.lock().unwrap().extend_from_slice(batch);
-            Ok(())
-        }
-    }
-
     const TOKEN: &str = "245t1234tt83trrt333";
     const BODY: &[u8] = include_bytes!(
         "../../../../../shared/fixtures/google-workspace/reports.push.admin.CREATE_USER.body.docs.json"

@@ -8,7 +8,8 @@ pub mod graph;
 pub mod okta;
 pub mod scim;
 
-use axum::http::StatusCode;
+use axum::body::{Body, Bytes, to_bytes};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use gatehouse_adapters::sqlite::Sqlite;
@@ -52,4 +53,60 @@ pub fn spawn_tasks<Q: QueueProducer + Clone + 'static>(
 /// `{"error": ..., "detail": ...}` with a status.
 pub fn error(status: StatusCode, error: &str, detail: impl Into<String>) -> Response {
     (status, Json(json!({ "error": error, "detail": detail.into() }))).into_response()
+}
+
+/// Count a refused request (`gatehouse_ingress_rejected_total{source,reason}`).
+pub fn count_rejection(source: &'static str, reason: &'static str) {
+    metrics::counter!("gatehouse_ingress_rejected_total", "source" => source, "reason" => reason)
+        .increment(1);
+}
+
+/// Read a body of at most `limit` bytes: refused up front by `Content-Length`, or while reading
+/// a chunked body. A refusal is counted and answered 413.
+pub async fn read_body(
+    source: &'static str,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, Box<Response>> {
+    let too_large = || {
+        count_rejection(source, "too_large");
+        Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("body exceeds {limit} bytes"),
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    to_bytes(body, limit).await.map_err(|_| too_large())
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use gatehouse_domain::envelope::Envelope;
+    use gatehouse_domain::ports::{BackendError, QueueProducer};
+    use std::sync::{Arc, Mutex};
+
+    /// An in-memory queue for router tests; `fail` makes every publish fail.
+    #[derive(Clone, Default)]
+    pub struct MemQueue {
+        pub published: Arc<Mutex<Vec<Envelope>>>,
+        pub fail: bool,
+    }
+
+    impl QueueProducer for MemQueue {
+        async fn publish(&self, batch: &[Envelope]) -> Result<(), BackendError> {
+            if self.fail {
+                return Err(BackendError::new("disk full", "test"));
+            }
+            self.published.lock().unwrap().extend_from_slice(batch);
+            Ok(())
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! Okta Event Hooks at `/hooks/okta`.
 
 use super::{Deps, error};
-use axum::body::{Body, to_bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -57,8 +57,7 @@ impl<Q> Ingress<Q> {
         if bool::from(given.ct_eq(secret.expose_secret().as_bytes())) {
             None
         } else {
-            metrics::counter!("gatehouse_ingress_rejected_total", "source" => "okta", "reason" => "unauthorized")
-                .increment(1);
+            super::count_rejection("okta", "unauthorized");
             Some(error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -93,32 +92,14 @@ async fn okta_hook<Q: QueueProducer>(
     if let Some(r) = ing.reject_unauthorized(&headers) {
         return r;
     }
-    let limit = ing.cfg.max_body_bytes;
-    let too_large = || {
-        metrics::counter!("gatehouse_ingress_rejected_total", "source" => "okta", "reason" => "too_large")
-            .increment(1);
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("body exceeds {limit} bytes"),
-        )
-    };
-    let declared = headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return too_large();
-    }
-    let bytes = match to_bytes(body, limit).await {
+    let bytes = match super::read_body("okta", &headers, body, ing.cfg.max_body_bytes).await {
         Ok(b) => b,
-        Err(_) => return too_large(),
+        Err(r) => return *r,
     };
     let envelopes = match okta::parse_hook_body(&bytes, Utc::now()) {
         Ok(e) => e,
         Err(e) => {
-            metrics::counter!("gatehouse_ingress_rejected_total", "source" => "okta", "reason" => "malformed")
-                .increment(1);
+            super::count_rejection("okta", "malformed");
             return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
         }
     };

@@ -17,7 +17,7 @@ pub use service::{GraphService, GraphServiceError, RenewReport};
 
 use super::{Deps, error};
 use axum::Router;
-use axum::body::{Body, to_bytes};
+use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -64,8 +64,7 @@ pub fn router<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Router {
 }
 
 fn reject(status: StatusCode, reason: &'static str, code: &str, detail: impl Into<String>) -> Response {
-    metrics::counter!("gatehouse_ingress_rejected_total", "source" => "graph", "reason" => reason)
-        .increment(1);
+    crate::ingress::count_rejection("graph", reason);
     error(status, code, detail)
 }
 
@@ -89,25 +88,9 @@ async fn graph_hook(
     if let Some(token) = query.get("validationToken") {
         return validation(token);
     }
-    let limit = ing.max_body_bytes;
-    let too_large = || {
-        reject(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            "payload_too_large",
-            format!("body exceeds {limit} bytes"),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return too_large();
-    }
-    let bytes = match to_bytes(body, limit).await {
+    let bytes = match crate::ingress::read_body("graph", &headers, body, ing.max_body_bytes).await {
         Ok(b) => b,
-        Err(_) => return too_large(),
+        Err(r) => return *r,
     };
     let now = Utc::now();
     let notifications = match graph::parse_collection(&bytes) {
