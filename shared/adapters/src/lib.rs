@@ -3,5 +3,7 @@
 
 pub mod graph_state;
 pub mod looker;
+pub mod pubsub;
 pub mod scim_store;
 pub mod sqlite;
+pub mod sqs;

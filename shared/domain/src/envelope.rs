@@ -28,6 +28,10 @@ pub enum Source {
     GoogleWorkspace,
     /// Standard Webhooks generic intake (`/hooks/generic`).
     Generic,
+    /// AWS CloudTrail events delivered by EventBridge to SQS.
+    AwsCloudTrail,
+    /// GCP Cloud Audit Logs (log sink → Pub/Sub) and Secret Manager notifications.
+    GcpAudit,
     /// Hand-made events (e.g. `gatehouse plan` on a canonical event, tests).
     Manual,
 }
@@ -40,6 +44,8 @@ impl Source {
             Source::Graph => "graph",
             Source::GoogleWorkspace => "google_workspace",
             Source::Generic => "generic",
+            Source::AwsCloudTrail => "aws_cloudtrail",
+            Source::GcpAudit => "gcp_audit",
             Source::Manual => "manual",
         }
     }
@@ -74,6 +80,18 @@ pub enum IdentityEvent {
     GroupMemberRemoved {
         group: GroupRef,
     },
+    /// A cloud IAM change made outside Gatehouse to this subject: reconcile it.
+    CloudDrift {
+        provider: String,
+        action: String,
+    },
+    /// A credential of this subject was created outside Gatehouse, or its store asks for
+    /// rotation: a request for the rotator (or an alert).
+    RotationRequested {
+        provider: String,
+        reason: String,
+        secret: Option<String>,
+    },
     /// Accepted and counted, but Gatehouse does not act on it.
     Ignored {
         event_type: String,
@@ -93,6 +111,8 @@ impl IdentityEvent {
             IdentityEvent::ProfileUpdated => "profile_updated",
             IdentityEvent::GroupMemberAdded { .. } => "group_member_added",
             IdentityEvent::GroupMemberRemoved { .. } => "group_member_removed",
+            IdentityEvent::CloudDrift { .. } => "cloud_drift",
+            IdentityEvent::RotationRequested { .. } => "rotation_requested",
             IdentityEvent::Ignored { .. } => "ignored",
         }
     }

@@ -131,6 +131,16 @@ pub struct DeadLetter {
     pub body: String,
 }
 
+/// A request for the rotator (see `IdentityEvent::RotationRequested`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationRequest {
+    pub envelope_id: String,
+    pub subject: String,
+    pub provider: String,
+    pub reason: String,
+    pub secret: Option<String>,
+}
+
 pub trait StateStore: Send + Sync {
     fn is_processed(&self, id: &EnvelopeId) -> impl Future<Output = Result<bool, BackendError>> + Send;
     fn load_subject(
@@ -150,6 +160,13 @@ pub trait StateStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<ScheduledDeletion>, BackendError>> + Send;
     fn finish_deletion(&self, subject: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Record a rotation request and mark its envelope processed, in one transaction.
+    fn request_rotation(
+        &self,
+        request: &RotationRequest,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Rotation requests not yet handled, oldest first.
+    fn pending_rotations(&self) -> impl Future<Output = Result<Vec<RotationRequest>, BackendError>> + Send;
 }
 
 /// The Looker API as the engine uses it. Reads are batched to the fewest calls; `execute`

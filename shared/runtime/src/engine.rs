@@ -5,7 +5,7 @@
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
-use gatehouse_domain::envelope::Envelope;
+use gatehouse_domain::envelope::{Envelope, IdentityEvent};
 use gatehouse_domain::identity::{FoldOutcome, Identity};
 use gatehouse_domain::looker::{
     Catalog, ErrorKind, LookerError, LookerOp, LookerUser, Method, ReadNeeds, UserRef,
@@ -13,7 +13,8 @@ use gatehouse_domain::looker::{
 use gatehouse_domain::plan::{self, Actual, Plan, Step};
 use gatehouse_domain::policy::{self, DesiredLooker, Policy, Presence};
 use gatehouse_domain::ports::{
-    BackendError, DeletionChange, LedgerEntry, LookerPort, Outcome, ScheduledDeletion, StateStore,
+    BackendError, DeletionChange, LedgerEntry, LookerPort, Outcome, RotationRequest, ScheduledDeletion,
+    StateStore,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +50,8 @@ pub enum Handled {
     Applied { writes: usize },
     /// No Looker configured: the plan was recorded in the ledger, nothing sent.
     DryRun { planned: usize },
+    /// Recorded for the rotator.
+    RotationRequested,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +184,27 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         if self.store.is_processed(&env.id).await? {
             return Ok(Handled::Duplicate);
         }
+        if let IdentityEvent::RotationRequested {
+            provider,
+            reason,
+            secret,
+        } = &env.event
+        {
+            self.store
+                .request_rotation(&RotationRequest {
+                    envelope_id: env.id.0.clone(),
+                    subject: env.subject.key.clone(),
+                    provider: provider.clone(),
+                    reason: reason.clone(),
+                    secret: secret.clone(),
+                })
+                .await?;
+            metrics::counter!("gatehouse_rotation_requests_total", "provider" => provider.clone())
+                .increment(1);
+            tracing::warn!(subject = %env.subject.key, %provider, %reason, "rotation requested");
+            return Ok(Handled::RotationRequested);
+        }
+        let drift = matches!(env.event, IdentityEvent::CloudDrift { .. });
         if !env.event.is_actionable() {
             self.store
                 .commit(Outcome {
@@ -194,12 +218,26 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         }
         let (mut identity, converged) = match self.store.load_subject(&env.subject.key).await? {
             Some(s) => (s.identity, s.converged),
+            // Drift on an identity the directory does not know is not Gatehouse's to undo.
+            None if drift => {
+                self.store
+                    .commit(Outcome {
+                        envelope_id: env.id.clone(),
+                        identity: None,
+                        converged: None,
+                        deletion: DeletionChange::Keep,
+                    })
+                    .await?;
+                return Ok(Handled::Ignored);
+            }
             None => (Identity::new(&env.subject.key), None),
         };
         let fold = identity.fold(env);
         let desired = policy::evaluate(&self.policy, &identity);
         let fingerprint = desired.fingerprint();
-        if self.looker.is_some() && converged.as_deref() == Some(fingerprint.as_str()) {
+        // Drift means the actual state moved under us: read and converge even if the desired
+        // state is the one last converged.
+        if !drift && self.looker.is_some() && converged.as_deref() == Some(fingerprint.as_str()) {
             self.store
                 .commit(Outcome {
                     envelope_id: env.id.clone(),
@@ -415,7 +453,7 @@ fn deletion_change(desired: &DesiredLooker, identity: &Identity, at: DateTime<Ut
 
 /// A stand-in envelope so scheduled deletions are ledgered like event-driven calls.
 fn scheduled_envelope(d: &ScheduledDeletion, id: &str) -> Envelope {
-    use gatehouse_domain::envelope::{EnvelopeId, IdentityEvent, Source, Subject};
+    use gatehouse_domain::envelope::{EnvelopeId, Source, Subject};
     Envelope {
         version: Envelope::VERSION,
         id: EnvelopeId(id.to_string()),

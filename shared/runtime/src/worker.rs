@@ -179,6 +179,7 @@ where
                     Handled::NoOp { stale: false } => "noop",
                     Handled::Applied { .. } => "applied",
                     Handled::DryRun { .. } => "dry_run",
+                    Handled::RotationRequested => "rotation_requested",
                 };
                 metrics::counter!("gatehouse_events_processed_total", "outcome" => outcome).increment(1);
                 metrics::histogram!("gatehouse_event_processing_seconds")

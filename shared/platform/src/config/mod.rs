@@ -5,11 +5,13 @@
 mod generic;
 mod google;
 mod graph;
+mod queue;
 mod scim;
 
 pub use generic::GenericConfig;
 pub use google::GoogleConfig;
 pub use graph::GraphConfig;
+pub use queue::{PubsubConfig, QueueConfig, SqsConfig};
 pub use scim::ScimConfig;
 
 use secrecy::SecretString;
@@ -39,6 +41,9 @@ pub struct Config {
     pub processor: ProcessorConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// The queue between intake and processor: `embedded` (default), `sqs` or `pubsub`.
+    #[serde(default)]
+    pub queue: QueueConfig,
     /// SCIM 2.0 server at `/scim/v2`.
     #[serde(default)]
     pub scim: ScimConfig,
@@ -254,6 +259,12 @@ pub const ENV_VARS: &[&str] = &[
     "GATEHOUSE_LOOKER_CLIENT_ID",
     "GATEHOUSE_LOOKER_CLIENT_SECRET",
     "GATEHOUSE_LOG_FORMAT",
+    "GATEHOUSE_QUEUE",
+    "GATEHOUSE_SQS_QUEUE_URL",
+    "GATEHOUSE_SQS_AUDIT_QUEUE_URL",
+    "GATEHOUSE_PUBSUB_TOPIC",
+    "GATEHOUSE_PUBSUB_SUBSCRIPTION",
+    "GATEHOUSE_PUBSUB_AUDIT_SUBSCRIPTION",
     "GATEHOUSE_SCIM_TOKEN",
     "GATEHOUSE_GRAPH_CLIENT_STATE",
     "GATEHOUSE_GRAPH_TENANT_ID",
@@ -292,6 +303,7 @@ impl Config {
     }
 
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        self.queue.apply_env(&env)?;
         self.scim.apply_env(&env)?;
         self.graph.apply_env(&env)?;
         self.google.apply_env(&env)?;
@@ -336,6 +348,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.looker_connection()?;
+        self.queue.validate()?;
         self.scim.validate()?;
         self.graph.validate()?;
         self.google.validate()?;

@@ -1,0 +1,1 @@
+//! AWS SQS queue backend (being written).

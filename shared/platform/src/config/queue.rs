@@ -1,0 +1,205 @@
+//! `[queue]`: which queue carries envelopes. A tagged enum, so impossible combinations (an SQS
+//! URL on a Pub/Sub queue) cannot be written.
+
+use super::ConfigError;
+use serde::Deserialize;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "backend", rename_all = "snake_case", deny_unknown_fields)]
+pub enum QueueConfig {
+    /// SQLite in the data directory (one process, or several on one machine).
+    #[default]
+    Embedded,
+    /// AWS SQS (standard or FIFO). Credentials and endpoints come from the AWS SDK's standard
+    /// chain (`AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_SQS`, profiles, roles, ...).
+    Sqs(SqsConfig),
+    /// Google Pub/Sub. `PUBSUB_EMULATOR_HOST` points it at an emulator.
+    Pubsub(PubsubConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqsConfig {
+    /// Envelopes from the intakes (FIFO when the URL ends in `.fifo`).
+    pub queue_url: String,
+    /// CloudTrail events delivered by EventBridge ("AWS API Call via CloudTrail").
+    #[serde(default)]
+    pub audit_queue_url: Option<String>,
+    /// Long-poll wait of one receive (at most 20 s).
+    #[serde(default = "default_wait", with = "humantime_serde")]
+    pub wait_time: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PubsubConfig {
+    /// Full topic name `projects/P/topics/T` the intakes publish to.
+    pub topic: String,
+    /// Full subscription name `projects/P/subscriptions/S` the processor pulls from.
+    pub subscription: String,
+    /// Subscription receiving the GCP audit-log sink and Secret Manager notifications.
+    #[serde(default)]
+    pub audit_subscription: Option<String>,
+    /// `host:port` of an emulator (set from `PUBSUB_EMULATOR_HOST`); none = Google's endpoint.
+    #[serde(default)]
+    pub emulator_host: Option<String>,
+}
+
+fn default_wait() -> Duration {
+    Duration::from_secs(20)
+}
+
+impl QueueConfig {
+    /// `GATEHOUSE_QUEUE` picks the backend; the other variables fill its fields.
+    pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(kind) = env("GATEHOUSE_QUEUE") {
+            let same = matches!(
+                (kind.as_str(), &*self),
+                ("embedded", QueueConfig::Embedded)
+                    | ("sqs", QueueConfig::Sqs(_))
+                    | ("pubsub", QueueConfig::Pubsub(_))
+            );
+            if !same {
+                *self = match kind.as_str() {
+                    "embedded" => QueueConfig::Embedded,
+                    "sqs" => QueueConfig::Sqs(SqsConfig {
+                        queue_url: String::new(),
+                        audit_queue_url: None,
+                        wait_time: default_wait(),
+                    }),
+                    "pubsub" => QueueConfig::Pubsub(PubsubConfig {
+                        topic: String::new(),
+                        subscription: String::new(),
+                        audit_subscription: None,
+                        emulator_host: None,
+                    }),
+                    other => {
+                        return Err(ConfigError::new(
+                            "GATEHOUSE_QUEUE",
+                            format!("{other:?} is not one of embedded, sqs, pubsub"),
+                        ));
+                    }
+                };
+            }
+        }
+        match self {
+            QueueConfig::Embedded => {}
+            QueueConfig::Sqs(s) => {
+                if let Some(v) = env("GATEHOUSE_SQS_QUEUE_URL") {
+                    s.queue_url = v;
+                }
+                if let Some(v) = env("GATEHOUSE_SQS_AUDIT_QUEUE_URL") {
+                    s.audit_queue_url = Some(v);
+                }
+            }
+            QueueConfig::Pubsub(p) => {
+                if let Some(v) = env("GATEHOUSE_PUBSUB_TOPIC") {
+                    p.topic = v;
+                }
+                if let Some(v) = env("GATEHOUSE_PUBSUB_SUBSCRIPTION") {
+                    p.subscription = v;
+                }
+                if let Some(v) = env("GATEHOUSE_PUBSUB_AUDIT_SUBSCRIPTION") {
+                    p.audit_subscription = Some(v);
+                }
+                if let Some(v) = env("PUBSUB_EMULATOR_HOST") {
+                    p.emulator_host = Some(v);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self {
+            QueueConfig::Embedded => Ok(()),
+            QueueConfig::Sqs(s) => {
+                if !s.queue_url.starts_with("http") {
+                    return Err(ConfigError::new(
+                        "queue.queue_url (GATEHOUSE_SQS_QUEUE_URL)",
+                        "is required for the sqs backend and must be the queue's URL",
+                    ));
+                }
+                if s.wait_time > Duration::from_secs(20) {
+                    return Err(ConfigError::new(
+                        "queue.wait_time",
+                        "SQS long polls wait at most 20s",
+                    ));
+                }
+                Ok(())
+            }
+            QueueConfig::Pubsub(p) => {
+                if !p.topic.starts_with("projects/") || !p.topic.contains("/topics/") {
+                    return Err(ConfigError::new(
+                        "queue.topic (GATEHOUSE_PUBSUB_TOPIC)",
+                        "is required for the pubsub backend: projects/PROJECT/topics/TOPIC",
+                    ));
+                }
+                if !p.subscription.starts_with("projects/") || !p.subscription.contains("/subscriptions/") {
+                    return Err(ConfigError::new(
+                        "queue.subscription (GATEHOUSE_PUBSUB_SUBSCRIPTION)",
+                        "is required for the pubsub backend: projects/PROJECT/subscriptions/SUB",
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn env_selects_and_fills_the_backend() {
+        let mut q = QueueConfig::default();
+        q.apply_env(&env(&[
+            ("GATEHOUSE_QUEUE", "sqs"),
+            ("GATEHOUSE_SQS_QUEUE_URL", "http://127.0.0.1:5000/1/q.fifo"),
+        ]))
+        .unwrap();
+        q.validate().unwrap();
+        assert!(matches!(&q, QueueConfig::Sqs(s) if s.queue_url.ends_with("q.fifo")));
+
+        let mut q = QueueConfig::default();
+        q.apply_env(&env(&[
+            ("GATEHOUSE_QUEUE", "pubsub"),
+            ("GATEHOUSE_PUBSUB_TOPIC", "projects/p/topics/t"),
+            ("GATEHOUSE_PUBSUB_SUBSCRIPTION", "projects/p/subscriptions/s"),
+            ("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085"),
+        ]))
+        .unwrap();
+        q.validate().unwrap();
+        assert!(matches!(&q, QueueConfig::Pubsub(p) if p.emulator_host.as_deref() == Some("127.0.0.1:8085")));
+    }
+
+    #[test]
+    fn missing_fields_and_unknown_backends_are_named() {
+        let mut q = QueueConfig::default();
+        q.apply_env(&env(&[("GATEHOUSE_QUEUE", "sqs")])).unwrap();
+        assert!(
+            q.validate()
+                .unwrap_err()
+                .field
+                .contains("GATEHOUSE_SQS_QUEUE_URL")
+        );
+        let e = QueueConfig::default()
+            .apply_env(&env(&[("GATEHOUSE_QUEUE", "kafka")]))
+            .unwrap_err();
+        assert_eq!(e.field, "GATEHOUSE_QUEUE");
+        let e = toml::from_str::<QueueConfig>("backend = \"sqs\"\nqueue_url = \"x\"\ntopic = \"t\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("topic"), "{e}");
+    }
+}
