@@ -244,6 +244,18 @@ impl QueueConsumer for Sqlite {
         Ok(())
     }
 
+    async fn extend(&self, delivery: &Delivery, visibility: Duration) -> Result<(), BackendError> {
+        let (seq, attempt) = parse_receipt(&delivery.receipt)?;
+        sqlx::query("UPDATE queue SET visible_at = ? WHERE seq = ? AND attempts = ?")
+            .bind(now_ms() + visibility.as_millis() as i64)
+            .bind(seq)
+            .bind(attempt)
+            .execute(&self.pool)
+            .await
+            .map_err(err("cannot extend visibility"))?;
+        Ok(())
+    }
+
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), BackendError> {
         let (seq, _) = parse_receipt(&delivery.receipt)?;
         let mut tx = self

@@ -67,6 +67,13 @@ pub trait QueueConsumer: Send + Sync {
         delivery: &Delivery,
         reason: &str,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Still working on it: keep it invisible for another `visibility` (SQS visibility
+    /// timeout, Pub/Sub ack deadline).
+    fn extend(
+        &self,
+        delivery: &Delivery,
+        visibility: Duration,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
 }
 
 /// What the store keeps per subject.

@@ -169,7 +169,23 @@ where
     );
     async move {
         let started = tokio::time::Instant::now();
-        match engine.handle(&env).await {
+        // Keep the lease while the work runs, so slow work is not redelivered to another worker.
+        let handled = {
+            let work = engine.handle(&env);
+            tokio::pin!(work);
+            let every = (cfg.visibility_timeout / 2).max(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    r = &mut work => break r,
+                    _ = tokio::time::sleep(every) => {
+                        if let Err(e) = queue.extend(&d, cfg.visibility_timeout).await {
+                            tracing::warn!(error = %e, "could not extend the lease; the message may be redelivered");
+                        }
+                    }
+                }
+            }
+        };
+        match handled {
             Ok(handled) => {
                 queue.ack(&d).await?;
                 let outcome = match &handled {
