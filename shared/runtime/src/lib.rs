@@ -3,6 +3,7 @@
 //! from configuration ([`app`]).
 
 pub mod app;
+pub mod audit;
 pub mod engine;
 pub mod ingress;
 pub mod worker;

@@ -1,0 +1,1 @@
+//! Cloud audit translator (being written).
