@@ -7,9 +7,10 @@ CARGO ?= cargo
 run:
 	$(CARGO) run --quiet -p gatehouse -- --config examples/gatehouse.toml standalone
 
-## test: every test in the workspace (unit, integration, end to end); starts what it needs itself
+## test: every test in the workspace (unit, integration, end to end); starts moto (SQS) and the
+## Pub/Sub emulator on loopback, installing them on first use, and stops them afterwards
 test:
-	$(CARGO) test --workspace --locked
+	scripts/test.sh
 
 ## bench: offboarding latency and Looker calls per scenario -> bench/results.md; SCIM throughput -> bench/scim.md
 bench:

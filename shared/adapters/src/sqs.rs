@@ -1,1 +1,609 @@
-//! AWS SQS queue backend (being written).
+//! AWS SQS queue backend (standard or FIFO; FIFO when the queue URL ends in `.fifo`).
+//!
+//! Publishing uses `SendMessageBatch` in chunks of ten and returns only once every entry is
+//! stored. On a FIFO queue the message group is the subject key and the deduplication id the
+//! envelope id, so one person's events are delivered in order and a replayed envelope is dropped
+//! by SQS within its five-minute window.
+//!
+//! SQS FIFO may return several messages of one group in one receive; the processor works on the
+//! deliveries of a batch in parallel, so this adapter hands out at most one message per group at
+//! a time (like the embedded queue does per subject) and keeps the group's next messages back
+//! until the one in flight is acked or dead-lettered.
+//!
+//! Bodies are handed out as they are (an EventBridge event on the audit queue is not an
+//! envelope): decoding is the consumer's job.
+
+use gatehouse_domain::envelope::Envelope;
+use gatehouse_domain::ports::{BackendError, Delivery, QueueConsumer, QueueProducer};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::{
+    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
+};
+use sha2::{Digest, Sha256};
+use tokio::sync::OnceCell;
+
+/// Message attribute carrying the reason on a dead-lettered message.
+pub const DEAD_LETTER_REASON_ATTRIBUTE: &str = "gatehouse-dead-letter-reason";
+
+/// SQS takes at most ten messages per batch and per receive.
+const BATCH: usize = 10;
+/// Longest visibility timeout SQS accepts (12 hours).
+const MAX_VISIBILITY_SECS: u64 = 43_200;
+/// Longest long-poll wait SQS accepts.
+const MAX_WAIT_SECS: u64 = 20;
+/// Tries of one batch send before publish gives up on the entries still failing.
+const SEND_TRIES: u32 = 3;
+/// Longest message attribute value kept for the dead-letter reason.
+const MAX_REASON_CHARS: usize = 1024;
+/// Message group of the dead letters on a FIFO dead-letter queue.
+const DEAD_LETTER_GROUP: &str = "gatehouse-dead-letters";
+
+/// An SQS queue: producer and consumer. Cheap to clone (clones share the client, the cached
+/// dead-letter queue URL and the FIFO group bookkeeping).
+#[derive(Clone, Debug)]
+pub struct SqsQueue {
+    client: Client,
+    url: Arc<str>,
+    fifo: bool,
+    wait_time: Duration,
+    /// The dead-letter queue URL from the queue's `RedrivePolicy` (`None`: no redrive policy),
+    /// looked up on first use.
+    dlq: Arc<OnceCell<Option<String>>>,
+    groups: Arc<Mutex<Groups>>,
+}
+
+/// FIFO bookkeeping: which group each handed-out delivery belongs to, and the messages of a
+/// group that SQS returned while one of the group was already handed out.
+#[derive(Debug, Default)]
+struct Groups {
+    /// receipt handle -> (message group id, end of its lease), for deliveries handed out and not
+    /// yet settled. A lease that ends unsettled (the consumer gave up without a word) frees its
+    /// group: SQS hands that message out again.
+    in_flight: HashMap<String, (String, Instant)>,
+    /// message group id -> messages received but not yet handed out, in group order.
+    held: HashMap<String, VecDeque<Delivery>>,
+}
+
+impl Groups {
+    /// Forget leases that ended, and the messages held behind them (they time out in SQS too
+    /// and come back in order).
+    fn expire(&mut self, now: Instant) {
+        let expired: Vec<String> = self
+            .in_flight
+            .iter()
+            .filter(|(_, (_, until))| *until <= now)
+            .map(|(receipt, _)| receipt.clone())
+            .collect();
+        for receipt in expired {
+            if let Some((group, _)) = self.in_flight.remove(&receipt) {
+                self.held.remove(&group);
+            }
+        }
+    }
+
+    fn busy(&self, group: &str) -> bool {
+        self.in_flight.values().any(|(g, _)| g == group)
+    }
+}
+
+impl SqsQueue {
+    /// Connect with the AWS SDK's standard chain (`AWS_REGION`, `AWS_ENDPOINT_URL`,
+    /// `AWS_ENDPOINT_URL_SQS`, profiles, web identity, instance roles, ...).
+    pub async fn connect(queue_url: &str, wait_time: Duration) -> Result<Self, BackendError> {
+        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .load()
+            .await;
+        if shared.region().is_none() {
+            return Err(BackendError::new(
+                "cannot connect to sqs",
+                "no aws region is configured (set AWS_REGION or a profile region)",
+            ));
+        }
+        Ok(Self::with_client(Client::new(&shared), queue_url, wait_time))
+    }
+
+    /// Use an already configured client (tests, custom endpoints).
+    pub fn with_client(client: Client, queue_url: &str, wait_time: Duration) -> Self {
+        SqsQueue {
+            client,
+            url: queue_url.into(),
+            fifo: queue_url.ends_with(".fifo"),
+            wait_time,
+            dlq: Arc::new(OnceCell::new()),
+            groups: Arc::new(Mutex::new(Groups::default())),
+        }
+    }
+
+    pub fn queue_url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn is_fifo(&self) -> bool {
+        self.fifo
+    }
+
+    /// Messages waiting plus in flight (`ApproximateNumberOfMessages` +
+    /// `ApproximateNumberOfMessagesNotVisible`): approximate, as SQS says.
+    pub async fn depth(&self) -> Result<u64, BackendError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&*self.url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .map_err(|e| BackendError::new("cannot read the sqs queue depth", e))?;
+        let attrs = out.attributes.unwrap_or_default();
+        let count = |name: &QueueAttributeName| -> Result<u64, BackendError> {
+            attrs.get(name).map_or(Ok(0), |v| {
+                v.parse()
+                    .map_err(|e| BackendError::new("sqs returned a non-numeric queue depth", e))
+            })
+        };
+        Ok(count(&QueueAttributeName::ApproximateNumberOfMessages)?
+            + count(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible)?)
+    }
+
+    /// The dead-letter queue named by the queue's `RedrivePolicy`, looked up once.
+    async fn dead_letter_queue(&self) -> Result<&str, BackendError> {
+        let dlq = self
+            .dlq
+            .get_or_try_init(|| async {
+                let out = self
+                    .client
+                    .get_queue_attributes()
+                    .queue_url(&*self.url)
+                    .attribute_names(QueueAttributeName::RedrivePolicy)
+                    .send()
+                    .await
+                    .map_err(|e| BackendError::new("cannot read the sqs queue's redrive policy", e))?;
+                let Some(policy) = out
+                    .attributes
+                    .unwrap_or_default()
+                    .remove(&QueueAttributeName::RedrivePolicy)
+                else {
+                    return Ok(None);
+                };
+                let arn = dead_letter_target_arn(&policy)?;
+                let (account, name) = parse_queue_arn(&arn)?;
+                let url = self
+                    .client
+                    .get_queue_url()
+                    .queue_name(name)
+                    .queue_owner_aws_account_id(account)
+                    .send()
+                    .await
+                    .map_err(|e| BackendError::new("cannot find the sqs dead-letter queue", e))?
+                    .queue_url
+                    .ok_or_else(|| {
+                        BackendError::new("cannot find the sqs dead-letter queue", "sqs returned no url")
+                    })?;
+                Ok::<_, BackendError>(Some(url))
+            })
+            .await?;
+        dlq.as_deref().ok_or_else(|| {
+            BackendError::new(
+                "cannot dead-letter the message",
+                "the sqs queue has no RedrivePolicy naming a dead-letter queue; configure one",
+            )
+        })
+    }
+
+    async fn change_visibility(
+        &self,
+        receipt: &str,
+        visibility: Duration,
+        context: &'static str,
+    ) -> Result<(), BackendError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&*self.url)
+            .receipt_handle(receipt)
+            .visibility_timeout(secs(visibility, MAX_VISIBILITY_SECS))
+            .send()
+            .await
+            .map_err(|e| BackendError::new(context, e))?;
+        Ok(())
+    }
+
+    async fn delete(&self, receipt: &str, context: &'static str) -> Result<(), BackendError> {
+        self.client
+            .delete_message()
+            .queue_url(&*self.url)
+            .receipt_handle(receipt)
+            .send()
+            .await
+            .map_err(|e| BackendError::new(context, e))?;
+        Ok(())
+    }
+
+    /// A delivery is settled (acked or dead-lettered): its group may hand out its next message.
+    fn settle(&self, receipt: &str) {
+        if self.fifo {
+            self.lock_groups().in_flight.remove(receipt);
+        }
+    }
+
+    fn lock_groups(&self) -> std::sync::MutexGuard<'_, Groups> {
+        // The bookkeeping stays consistent even if a holder panicked: every update is one step.
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// FIFO: held messages whose group has nothing in flight, each re-leased for `visibility`
+    /// before it is handed out (one that timed out meanwhile is dropped: SQS hands it out again).
+    async fn take_held(&self, max: usize, visibility: Duration) -> Vec<Delivery> {
+        let ready: Vec<(String, Delivery)> = {
+            let mut g = self.lock_groups();
+            let now = Instant::now();
+            g.expire(now);
+            let free: Vec<String> = g.held.keys().filter(|k| !g.busy(k)).take(max).cloned().collect();
+            let mut ready = Vec::new();
+            for group in free {
+                if let Some(d) = g.held.get_mut(&group).and_then(VecDeque::pop_front) {
+                    g.in_flight
+                        .insert(d.receipt.clone(), (group.clone(), now + visibility));
+                    ready.push((group, d));
+                }
+            }
+            g.held.retain(|_, q| !q.is_empty());
+            ready
+        };
+        let mut out = Vec::new();
+        for (group, d) in ready {
+            match self
+                .change_visibility(&d.receipt, visibility, "cannot renew a held sqs message")
+                .await
+            {
+                Ok(()) => out.push(d),
+                Err(e) => {
+                    tracing::debug!(error = %e, group = %group, "held sqs message expired; sqs will redeliver its group");
+                    let mut g = self.lock_groups();
+                    g.in_flight.remove(&d.receipt);
+                    // Its successors must not overtake it: drop them too, SQS redelivers them.
+                    g.held.remove(&group);
+                }
+            }
+        }
+        out
+    }
+}
+
+impl QueueProducer for SqsQueue {
+    async fn publish(&self, batch: &[Envelope]) -> Result<(), BackendError> {
+        for chunk in batch.chunks(BATCH) {
+            let mut pending: Vec<SendMessageBatchRequestEntry> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, env)| self.entry(i, env))
+                .collect::<Result<_, _>>()?;
+            let mut tries = 0;
+            while !pending.is_empty() {
+                tries += 1;
+                let out = self
+                    .client
+                    .send_message_batch()
+                    .queue_url(&*self.url)
+                    .set_entries(Some(pending.clone()))
+                    .send()
+                    .await
+                    .map_err(|e| BackendError::new("cannot publish to sqs", e))?;
+                let failed = out.failed;
+                if failed.is_empty() {
+                    break;
+                }
+                let retryable = failed.iter().all(|f| !f.sender_fault);
+                if tries >= SEND_TRIES || !retryable {
+                    let detail = failed
+                        .iter()
+                        .map(|f| {
+                            format!(
+                                "entry {}: {} ({})",
+                                f.id,
+                                f.code,
+                                f.message.as_deref().unwrap_or("no message")
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    return Err(BackendError::new(
+                        "sqs rejected part of a publish batch",
+                        format!("{} of {} entries failed: {detail}", failed.len(), chunk.len()),
+                    ));
+                }
+                tracing::warn!(
+                    failed = failed.len(),
+                    tries,
+                    "sqs rejected part of a batch; retrying those"
+                );
+                let failed_ids: std::collections::HashSet<&str> =
+                    failed.iter().map(|f| f.id.as_str()).collect();
+                pending.retain(|e| failed_ids.contains(e.id()));
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(tries))).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SqsQueue {
+    fn entry(&self, i: usize, env: &Envelope) -> Result<SendMessageBatchRequestEntry, BackendError> {
+        let mut entry = SendMessageBatchRequestEntry::builder()
+            .id(i.to_string())
+            .message_body(env.to_json());
+        if self.fifo {
+            entry = entry
+                .message_group_id(fifo_token(&env.subject.key))
+                .message_deduplication_id(fifo_token(&env.id.0));
+        }
+        entry
+            .build()
+            .map_err(|e| BackendError::new("cannot build an sqs batch entry", e))
+    }
+}
+
+impl QueueConsumer for SqsQueue {
+    /// Long-polls for up to `max` (at most ten) messages. On a FIFO queue at most one message per
+    /// group is handed out at a time; the rest of the group is kept back until it is settled.
+    async fn receive(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, BackendError> {
+        let max = max.clamp(1, BATCH);
+        let mut out = if self.fifo {
+            self.take_held(max, visibility).await
+        } else {
+            Vec::new()
+        };
+        if out.len() >= max {
+            return Ok(out);
+        }
+        // Do not block on a long poll when held work was just handed out.
+        let wait = if out.is_empty() {
+            secs(self.wait_time, MAX_WAIT_SECS)
+        } else {
+            0
+        };
+        let mut req = self
+            .client
+            .receive_message()
+            .queue_url(&*self.url)
+            .max_number_of_messages((max - out.len()) as i32)
+            .wait_time_seconds(wait)
+            .visibility_timeout(secs(visibility, MAX_VISIBILITY_SECS))
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount);
+        if self.fifo {
+            req = req.message_system_attribute_names(MessageSystemAttributeName::MessageGroupId);
+        }
+        let leased_at = Instant::now();
+        let messages = req
+            .send()
+            .await
+            .map_err(|e| BackendError::new("cannot receive from sqs", e))?
+            .messages
+            .unwrap_or_default();
+        let mut groups = self.fifo.then(|| self.lock_groups());
+        if let Some(g) = groups.as_mut() {
+            g.expire(Instant::now());
+        }
+        for m in messages {
+            let attrs = m.attributes.unwrap_or_default();
+            let Some(receipt) = m.receipt_handle else {
+                tracing::warn!(message_id = ?m.message_id, "sqs returned a message without a receipt handle");
+                continue;
+            };
+            let delivery = Delivery {
+                receipt,
+                attempt: attrs
+                    .get(&MessageSystemAttributeName::ApproximateReceiveCount)
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(1),
+                body: m.body.unwrap_or_default(),
+            };
+            let Some(g) = groups.as_mut() else {
+                out.push(delivery);
+                continue;
+            };
+            let group = attrs
+                .get(&MessageSystemAttributeName::MessageGroupId)
+                .cloned()
+                .or(m.message_id)
+                .unwrap_or_else(|| delivery.receipt.clone());
+            if g.busy(&group) || g.held.contains_key(&group) {
+                g.held.entry(group).or_default().push_back(delivery);
+            } else {
+                g.in_flight
+                    .insert(delivery.receipt.clone(), (group, leased_at + visibility));
+                out.push(delivery);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, delivery: &Delivery) -> Result<(), BackendError> {
+        let done = self.delete(&delivery.receipt, "cannot ack the sqs message").await;
+        // Settled either way: a failed delete comes back from SQS after its visibility timeout.
+        self.settle(&delivery.receipt);
+        done
+    }
+
+    async fn release(&self, delivery: &Delivery, delay: Duration) -> Result<(), BackendError> {
+        self.change_visibility(&delivery.receipt, delay, "cannot release the sqs message")
+            .await?;
+        if self.fifo {
+            // The group's later messages must wait for this one: give them back to SQS (which
+            // keeps the group locked while this one is invisible) instead of handing them out.
+            let held = {
+                let mut g = self.lock_groups();
+                let group = g.in_flight.remove(&delivery.receipt);
+                group
+                    .and_then(|(group, _)| g.held.remove(&group))
+                    .unwrap_or_default()
+            };
+            for d in held {
+                if let Err(e) = self
+                    .change_visibility(&d.receipt, Duration::ZERO, "cannot give back a held sqs message")
+                    .await
+                {
+                    tracing::debug!(error = %e, "held sqs message not given back; it times out by itself");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn extend(&self, delivery: &Delivery, visibility: Duration) -> Result<(), BackendError> {
+        let until = Instant::now() + visibility;
+        self.change_visibility(
+            &delivery.receipt,
+            visibility,
+            "cannot extend the sqs message visibility",
+        )
+        .await?;
+        if self.fifo
+            && let Some((_, lease)) = self.lock_groups().in_flight.get_mut(&delivery.receipt)
+        {
+            *lease = until;
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), BackendError> {
+        let dlq = self.dead_letter_queue().await?;
+        let mut reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
+        if reason.trim().is_empty() {
+            reason = "unspecified".into();
+        }
+        let reason_attr = MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(reason)
+            .build()
+            .map_err(|e| BackendError::new("cannot build the dead-letter reason attribute", e))?;
+        let attempts_attr = MessageAttributeValue::builder()
+            .data_type("Number")
+            .string_value(delivery.attempt.to_string())
+            .build()
+            .map_err(|e| BackendError::new("cannot build the dead-letter attempts attribute", e))?;
+        let mut req = self
+            .client
+            .send_message()
+            .queue_url(dlq)
+            .message_body(&delivery.body)
+            .message_attributes(DEAD_LETTER_REASON_ATTRIBUTE, reason_attr)
+            .message_attributes("gatehouse-attempts", attempts_attr);
+        if dlq.ends_with(".fifo") {
+            req = req
+                .message_group_id(DEAD_LETTER_GROUP)
+                .message_deduplication_id(hex_sha256(&delivery.body));
+        }
+        req.send()
+            .await
+            .map_err(|e| BackendError::new("cannot send the message to the sqs dead-letter queue", e))?;
+        let done = self
+            .delete(&delivery.receipt, "cannot remove the dead-lettered sqs message")
+            .await;
+        self.settle(&delivery.receipt);
+        done
+    }
+}
+
+/// Whole seconds for an SQS timeout: rounded up (a sub-second wish is not shortened to zero),
+/// capped at what SQS accepts.
+fn secs(d: Duration, max: u64) -> i32 {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    s.min(max) as i32
+}
+
+/// A FIFO `MessageGroupId` / `MessageDeduplicationId`: the value itself when SQS accepts it (1 to
+/// 128 printable ASCII characters), else its SHA-256 in hex.
+fn fifo_token(value: &str) -> String {
+    let valid = !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
+    if valid {
+        value.to_string()
+    } else {
+        hex_sha256(value)
+    }
+}
+
+fn hex_sha256(value: &str) -> String {
+    Sha256::digest(value.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `deadLetterTargetArn` of a `RedrivePolicy` attribute.
+fn dead_letter_target_arn(policy: &str) -> Result<String, BackendError> {
+    let v: serde_json::Value = serde_json::from_str(policy)
+        .map_err(|e| BackendError::new("the sqs queue's RedrivePolicy is not json", e))?;
+    v.get("deadLetterTargetArn")
+        .and_then(|a| a.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            BackendError::new(
+                "the sqs queue's RedrivePolicy names no dead-letter queue",
+                "deadLetterTargetArn is missing",
+            )
+        })
+}
+
+/// `arn:aws:sqs:REGION:ACCOUNT:NAME` -> (ACCOUNT, NAME).
+fn parse_queue_arn(arn: &str) -> Result<(String, String), BackendError> {
+    let parts: Vec<&str> = arn.split(':').collect();
+    match parts.as_slice() {
+        ["arn", _, "sqs", _, account, name] if !account.is_empty() && !name.is_empty() => {
+            Ok((account.to_string(), name.to_string()))
+        }
+        _ => Err(BackendError::new(
+            "the sqs dead-letter target is not an sqs queue arn",
+            arn.to_string(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_round_up_to_whole_seconds_and_are_capped() {
+        assert_eq!(secs(Duration::ZERO, 20), 0);
+        assert_eq!(secs(Duration::from_millis(1), 20), 1);
+        assert_eq!(secs(Duration::from_millis(1500), 20), 2);
+        assert_eq!(secs(Duration::from_secs(2), 20), 2);
+        assert_eq!(secs(Duration::from_secs(60), 20), 20);
+        assert_eq!(secs(Duration::from_secs(u64::MAX), MAX_VISIBILITY_SECS), 43_200);
+    }
+
+    #[test]
+    fn fifo_tokens_keep_valid_values_and_hash_the_rest() {
+        assert_eq!(fifo_token("okta:00u1abc"), "okta:00u1abc");
+        let long = "x".repeat(129);
+        for bad in [long.as_str(), "has space", "ünïcode", ""] {
+            let t = fifo_token(bad);
+            assert_eq!(t.len(), 64, "{bad:?}");
+            assert!(t.bytes().all(|b| b.is_ascii_hexdigit()));
+        }
+        assert_eq!(fifo_token("has space"), fifo_token("has space"), "stable");
+        assert_ne!(fifo_token("has space"), fifo_token("has  space"));
+        assert_eq!(fifo_token(&"y".repeat(128)), "y".repeat(128));
+    }
+
+    #[test]
+    fn redrive_policy_names_the_dead_letter_queue() {
+        let arn = dead_letter_target_arn(
+            r#"{"deadLetterTargetArn":"arn:aws:sqs:eu-west-1:123456789012:gh-dlq","maxReceiveCount":"5"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            parse_queue_arn(&arn).unwrap(),
+            ("123456789012".to_string(), "gh-dlq".to_string())
+        );
+        assert!(dead_letter_target_arn(r#"{"maxReceiveCount":5}"#).is_err());
+        assert!(dead_letter_target_arn("not json").is_err());
+        assert!(parse_queue_arn("arn:aws:sns:eu-west-1:1:topic").is_err());
+        assert!(parse_queue_arn("arn:aws:sqs:eu-west-1::q").is_err());
+    }
+}

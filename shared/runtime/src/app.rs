@@ -1,15 +1,20 @@
 //! Wiring from configuration: the same assembly serves `gatehouse standalone` (ingress +
 //! processor in one process), `gatehouse-ingress` and `gatehouse-processor`.
 
+use crate::audit::{Kind, Translator, TranslatorConfig};
 use crate::engine::{Engine, RetryPolicy};
 use crate::ingress::{self, Deps};
 use crate::worker::{Worker, WorkerConfig};
+use futures::future::BoxFuture;
 use gatehouse_adapters::looker::{LookerClient, LookerConfig};
+use gatehouse_adapters::pubsub::{PubsubOptions, PubsubQueue};
 use gatehouse_adapters::sqlite::Sqlite;
+use gatehouse_adapters::sqs::SqsQueue;
 use gatehouse_domain::looker::LookerError;
 use gatehouse_domain::policy::{Policy, PolicyError};
 use gatehouse_domain::ports::BackendError;
-use gatehouse_platform::config::{Config, ConfigError};
+use gatehouse_domain::ports::{Delivery, QueueConsumer, QueueProducer};
+use gatehouse_platform::config::{Config, ConfigError, QueueConfig};
 use gatehouse_platform::ops;
 use gatehouse_platform::shutdown::{Shutdown, ShutdownTrigger};
 use std::net::SocketAddr;
@@ -97,6 +102,9 @@ pub struct Components {
     pub processor: bool,
 }
 
+/// Work run once every task has finished.
+type StopHook = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send + Sync>;
+
 /// A running service. Dropping it does not stop it; call [`Running::stop`].
 pub struct Running {
     pub addr: SocketAddr,
@@ -105,6 +113,8 @@ pub struct Running {
     trigger: ShutdownTrigger,
     shutdown: Shutdown,
     tasks: Vec<JoinHandle<()>>,
+    /// Run after every task has finished (e.g. flush a Pub/Sub stream's acks).
+    on_stop: Vec<StopHook>,
 }
 
 impl Running {
@@ -114,7 +124,14 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
+        for hook in self.on_stop {
+            hook().await;
+        }
         self.store.close().await;
+    }
+
+    fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.push(tokio::spawn(task));
     }
 
     /// Run until `signal` resolves, then stop gracefully.
@@ -131,6 +148,58 @@ impl Running {
 /// Validate everything (config, policy, Looker settings, database), bind the port, then start.
 pub async fn start(cfg: &Config, components: Components) -> Result<Running, AppError> {
     let store = Sqlite::open(&cfg.data_dir).await?;
+    let principals = cfg.cloud_audit.gatehouse_principals.clone();
+    match &cfg.queue {
+        QueueConfig::Embedded => start_on(cfg, components, store.clone(), store).await,
+        QueueConfig::Sqs(s) => {
+            let queue = SqsQueue::connect(&s.queue_url, s.wait_time).await?;
+            let mut running = start_on(cfg, components, queue.clone(), store).await?;
+            if let (true, Some(url)) = (components.processor, &s.audit_queue_url) {
+                let audit = SqsQueue::connect(url, s.wait_time).await?;
+                let t = Translator::new(audit, queue, TranslatorConfig::new(Kind::Aws, principals));
+                running.spawn(t.run(running.shutdown.clone()));
+            }
+            Ok(running)
+        }
+        QueueConfig::Pubsub(p) => {
+            let mut opts = PubsubOptions::new(&p.topic, &p.subscription);
+            opts.emulator_host = p.emulator_host.clone();
+            opts.dead_letter_topic = p.dead_letter_topic.clone();
+            let queue = PubsubQueue::connect_with(opts.clone()).await?;
+            let mut running = start_on(cfg, components, queue.clone(), store).await?;
+            let q = queue.clone();
+            running
+                .on_stop
+                .push(Box::new(move || Box::pin(async move { q.shutdown().await })));
+            if let (true, Some(sub)) = (components.processor, &p.audit_subscription) {
+                let audit = PubsubQueue::connect_with(PubsubOptions {
+                    subscription: sub.clone(),
+                    ..opts
+                })
+                .await?;
+                let a = audit.clone();
+                running
+                    .on_stop
+                    .push(Box::new(move || Box::pin(async move { a.shutdown().await })));
+                let input = WithAttributes(audit);
+                let t = Translator::new(input, queue, TranslatorConfig::new(Kind::Gcp, principals));
+                running.spawn(t.run(running.shutdown.clone()));
+            }
+            Ok(running)
+        }
+    }
+}
+
+/// Start on a given queue backend.
+async fn start_on<Q>(
+    cfg: &Config,
+    components: Components,
+    queue: Q,
+    store: Sqlite,
+) -> Result<Running, AppError>
+where
+    Q: QueueProducer + QueueConsumer + Clone + 'static,
+{
     let engine = Arc::new(engine(cfg, store.clone())?);
     let dry_run = engine.is_dry_run();
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -173,7 +242,7 @@ pub async fn start(cfg: &Config, components: Components) -> Result<Running, AppE
     if components.processor {
         let p = &cfg.processor;
         let worker = Worker::new(
-            store.clone(),
+            queue.clone(),
             engine.clone(),
             WorkerConfig {
                 concurrency: p.workers,
@@ -188,7 +257,11 @@ pub async fn start(cfg: &Config, components: Components) -> Result<Running, AppE
     }
     let lag_store = store.clone();
     let s = shutdown.clone();
+    let embedded = matches!(cfg.queue, QueueConfig::Embedded);
     tasks.push(tokio::spawn(async move {
+        if !embedded {
+            return; // SQS and Pub/Sub report their own depth and age
+        }
         loop {
             if let Ok(lag) = lag_store.queue_lag_seconds().await {
                 metrics::gauge!("gatehouse_queue_lag_seconds", "queue" => "embedded").set(lag);
@@ -220,6 +293,7 @@ pub async fn start(cfg: &Config, components: Components) -> Result<Running, AppE
         trigger,
         shutdown,
         tasks,
+        on_stop: Vec::new(),
     })
 }
 
@@ -247,5 +321,39 @@ pub async fn service_main(
             eprintln!("{name}: {e}");
             std::process::ExitCode::from(e.exit_code() as u8)
         }
+    }
+}
+
+/// A Pub/Sub audit subscription whose deliveries carry the message attributes too: the body
+/// becomes the Pub/Sub message shape `{"data": base64, "attributes": {...}}`, which the audit
+/// parser reads (Secret Manager puts `eventType` and `secretId` only in attributes).
+#[derive(Clone)]
+struct WithAttributes(PubsubQueue);
+
+impl QueueConsumer for WithAttributes {
+    async fn receive(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, BackendError> {
+        use base64::Engine as _;
+        let batch = self.0.receive(max, visibility).await?;
+        Ok(batch
+            .into_iter()
+            .map(|mut d| {
+                let attributes = self.0.attributes(&d).unwrap_or_default();
+                let data = base64::engine::general_purpose::STANDARD.encode(d.body.as_bytes());
+                d.body = serde_json::json!({ "data": data, "attributes": attributes }).to_string();
+                d
+            })
+            .collect())
+    }
+    async fn ack(&self, d: &Delivery) -> Result<(), BackendError> {
+        self.0.ack(d).await
+    }
+    async fn release(&self, d: &Delivery, delay: Duration) -> Result<(), BackendError> {
+        self.0.release(d, delay).await
+    }
+    async fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), BackendError> {
+        self.0.dead_letter(d, reason).await
+    }
+    async fn extend(&self, d: &Delivery, visibility: Duration) -> Result<(), BackendError> {
+        self.0.extend(d, visibility).await
     }
 }

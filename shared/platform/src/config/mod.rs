@@ -44,6 +44,9 @@ pub struct Config {
     /// The queue between intake and processor: `embedded` (default), `sqs` or `pubsub`.
     #[serde(default)]
     pub queue: QueueConfig,
+    /// Cloud audit events (CloudTrail, GCP audit logs).
+    #[serde(default)]
+    pub cloud_audit: CloudAuditConfig,
     /// SCIM 2.0 server at `/scim/v2`.
     #[serde(default)]
     pub scim: ScimConfig,
@@ -106,6 +109,16 @@ impl Default for LookerSection {
             catalog_ttl: default_catalog_ttl(),
         }
     }
+}
+
+/// How cloud audit events are read.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudAuditConfig {
+    /// The identities Gatehouse calls AWS/GCP as (role ARNs, principal ids, service-account
+    /// emails): changes they made are not drift. See docs/cloud-audit.md.
+    #[serde(default)]
+    pub gatehouse_principals: Vec<String>,
 }
 
 /// A complete Looker connection (validated).
@@ -265,6 +278,7 @@ pub const ENV_VARS: &[&str] = &[
     "GATEHOUSE_PUBSUB_TOPIC",
     "GATEHOUSE_PUBSUB_SUBSCRIPTION",
     "GATEHOUSE_PUBSUB_AUDIT_SUBSCRIPTION",
+    "GATEHOUSE_AUDIT_PRINCIPALS",
     "GATEHOUSE_SCIM_TOKEN",
     "GATEHOUSE_GRAPH_CLIENT_STATE",
     "GATEHOUSE_GRAPH_TENANT_ID",
@@ -304,6 +318,14 @@ impl Config {
 
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         self.queue.apply_env(&env)?;
+        if let Some(v) = env("GATEHOUSE_AUDIT_PRINCIPALS") {
+            self.cloud_audit.gatehouse_principals = v
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect();
+        }
         self.scim.apply_env(&env)?;
         self.graph.apply_env(&env)?;
         self.google.apply_env(&env)?;

@@ -44,6 +44,9 @@ pub struct PubsubConfig {
     /// `host:port` of an emulator (set from `PUBSUB_EMULATOR_HOST`); none = Google's endpoint.
     #[serde(default)]
     pub emulator_host: Option<String>,
+    /// Topic poison messages are published to, with the reason as an attribute.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
 }
 
 fn default_wait() -> Duration {
@@ -73,6 +76,7 @@ impl QueueConfig {
                         subscription: String::new(),
                         audit_subscription: None,
                         emulator_host: None,
+                        dead_letter_topic: None,
                     }),
                     other => {
                         return Err(ConfigError::new(
