@@ -5,8 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-export MOTO_PORT="${MOTO_PORT:-5000}"
-export PUBSUB_PORT="${PUBSUB_PORT:-8085}"
+# Free loopback ports unless given, so a developer's own servers (or a second run) do not clash.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+export MOTO_PORT="${MOTO_PORT:-$(free_port)}"
+export PUBSUB_PORT="${PUBSUB_PORT:-$(free_port)}"
 
 stop() {
     scripts/pubsub-emulator.sh stop >/dev/null 2>&1 || true
