@@ -12,10 +12,10 @@ run:
 test:
 	scripts/test.sh
 
-## bench: offboarding latency and Looker calls per scenario -> bench/results.md; SCIM throughput -> bench/scim.md
+## bench: offboarding latency -> bench/results.md, SCIM throughput -> bench/scim.md, events/s and
+## peak RSS per queue backend -> bench/queues.md (starts moto and the Pub/Sub emulator)
 bench:
-	$(CARGO) bench --locked -p gatehouse-e2e --bench offboarding
-	$(CARGO) bench --locked -p gatehouse-e2e --bench scim
+	scripts/bench.sh
 
 ## lint: formatting and clippy, as CI runs them
 lint:

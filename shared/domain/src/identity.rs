@@ -116,7 +116,20 @@ impl Identity {
         let mut changed = false;
         let mut stale = false;
 
-        for (name, value) in &env.profile {
+        // The subject's email counts as a profile fact when the event carries none.
+        let subject_email = env
+            .subject
+            .email
+            .as_ref()
+            .filter(|_| !env.profile.contains_key("email"))
+            .map(|e| ("email".to_string(), e.clone()));
+        for (name, value) in env
+            .profile
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .chain(subject_email)
+        {
+            let (name, value) = (&name, &value);
             match self.profile.get(name) {
                 Some(cur) if cur.stamp >= stamp => stale |= cur.stamp > stamp && cur.value != *value,
                 Some(cur) if cur.value == *value => {

@@ -220,7 +220,7 @@ where
         Box::pin(async move { s.ping().await })
     }));
     let deps = Deps {
-        queue: store.clone(),
+        queue: queue.clone(),
         store: store.clone(),
         config: Arc::new(cfg.clone()),
     };

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+mod queues;
+
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
     // Never inherit a developer's real settings.

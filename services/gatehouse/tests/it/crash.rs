@@ -1,0 +1,762 @@
+//! Crash safety through real queues (see docs/crash-test.md): lifecycle events flow through SQS
+//! (moto) or Pub/Sub (the emulator) into `gatehouse standalone` child processes that are killed
+//! with SIGKILL and restarted; at the end the fake Looker must hold exactly the state computed from
+//! the events alone, nothing may be dead-lettered, and no write may have been applied twice.
+
+use super::bin;
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::config::{Builder, Credentials, Region};
+use aws_sdk_sqs::types::QueueAttributeName;
+use chrono::{DateTime, Utc};
+use gatehouse_adapters::pubsub::{PubsubOptions, PubsubQueue};
+use gatehouse_adapters::sqs::SqsQueue;
+use gatehouse_domain::envelope::{Envelope, EnvelopeId, GroupRef, IdentityEvent, Profile, Source, Subject};
+use gatehouse_domain::identity::Identity;
+use gatehouse_domain::policy::{self, Policy, Presence};
+use gatehouse_domain::ports::{QueueConsumer, QueueProducer};
+use gatehouse_testkit::{FakeLooker, RecordedCall};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::Child;
+use tokio::time::Instant;
+
+const POLICY: &str = r#"
+[offboarding]
+disable = true
+revoke_sessions = true
+revoke_api_keys = true
+remove_managed_groups = true
+
+[[rule]]
+name = "everyone"
+when = "everyone"
+looker_roles = ["Viewer"]
+
+[[rule]]
+name = "engineering"
+when = { idp_group = "Engineering" }
+looker_groups = ["Engineers"]
+looker_roles = ["Developer"]
+
+[[rule]]
+name = "finance"
+when = { idp_group = "Finance" }
+looker_groups = ["Finance Analysts"]
+
+[[rule]]
+name = "sales"
+when = { idp_group = "Sales" }
+looker_groups = ["Sales Team"]
+
+[[rule]]
+name = "sales-department"
+when = { attribute = { name = "department", equals = "sales" } }
+looker_roles = ["Sales Viewer"]
+"#;
+
+const IDP_GROUPS: [&str; 3] = ["Engineering", "Finance", "Sales"];
+const LOOKER_GROUPS: [&str; 3] = ["Engineers", "Finance Analysts", "Sales Team"];
+const LOOKER_ROLES: [&str; 3] = ["Viewer", "Developer", "Sales Viewer"];
+const DEPARTMENTS: [&str; 3] = ["engineering", "sales", "operations"];
+
+/// SplitMix64: a tiny deterministic generator, so a failing seed can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            v.swap(i, j);
+        }
+    }
+}
+
+fn seed() -> u64 {
+    std::env::var("GATEHOUSE_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x6a7e_4007)
+}
+
+fn email(user: usize) -> String {
+    format!("user{user:04}@example.com")
+}
+
+/// `users` × `per_user` Okta-like envelopes, strictly increasing in time per user, shuffled
+/// across (and within) users.
+fn generate(rng: &mut Rng, run: &str, users: usize, per_user: usize) -> Vec<Envelope> {
+    let base = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+    let mut out = Vec::with_capacity(users * per_user);
+    for u in 0..users {
+        let mut at = base;
+        for n in 0..per_user {
+            at += chrono::Duration::milliseconds(1 + rng.below(5_000) as i64);
+            let event = if n == 0 {
+                IdentityEvent::UserCreated
+            } else {
+                match rng.below(20) {
+                    0 => IdentityEvent::UserActivated,
+                    1 => IdentityEvent::UserSuspended,
+                    2 => IdentityEvent::UserUnsuspended,
+                    3 => IdentityEvent::UserDeactivated,
+                    4..=6 => IdentityEvent::ProfileUpdated,
+                    7..=13 => IdentityEvent::GroupMemberAdded {
+                        group: group(rng.below(3) as usize),
+                    },
+                    _ => IdentityEvent::GroupMemberRemoved {
+                        group: group(rng.below(3) as usize),
+                    },
+                }
+            };
+            let mut profile = Profile::from([
+                ("email".to_string(), email(u)),
+                ("login".to_string(), email(u)),
+                ("firstName".to_string(), format!("First{u}")),
+                ("lastName".to_string(), format!("Last{u}")),
+            ]);
+            if event == IdentityEvent::ProfileUpdated || n == 0 {
+                let dept = DEPARTMENTS[rng.below(3) as usize];
+                profile.insert("department".into(), dept.into());
+            }
+            let source_event_type = match &event {
+                IdentityEvent::UserCreated => "user.lifecycle.create",
+                IdentityEvent::UserActivated => "user.lifecycle.activate",
+                IdentityEvent::UserSuspended => "user.lifecycle.suspend",
+                IdentityEvent::UserUnsuspended => "user.lifecycle.unsuspend",
+                IdentityEvent::UserDeactivated => "user.lifecycle.deactivate",
+                IdentityEvent::ProfileUpdated => "user.account.update_profile",
+                IdentityEvent::GroupMemberAdded { .. } => "group.user_membership.add",
+                _ => "group.user_membership.remove",
+            };
+            out.push(Envelope {
+                version: Envelope::VERSION,
+                id: EnvelopeId(format!("{run}-{u}-{n}")),
+                source: Source::Okta,
+                subject: Subject {
+                    key: format!("okta:00u{u:06}"),
+                    email: Some(email(u)),
+                    display_name: Some(format!("First{u} Last{u}")),
+                },
+                occurred_at: at,
+                received_at: Utc::now(),
+                event,
+                profile,
+                source_event_type: source_event_type.into(),
+                raw: serde_json::Value::Null,
+            });
+        }
+    }
+    rng.shuffle(&mut out);
+    out
+}
+
+fn group(i: usize) -> GroupRef {
+    GroupRef {
+        id: format!("00g{i}"),
+        name: IDP_GROUPS[i].into(),
+    }
+}
+
+/// What Looker must look like for one email, computed from the events alone.
+#[derive(Debug, PartialEq)]
+enum Expected {
+    /// Exists, enabled, with exactly these managed groups and roles.
+    Active {
+        groups: BTreeSet<String>,
+        roles: BTreeSet<String>,
+    },
+    /// Absent (never created, when every event before the offboarding was processed after it),
+    /// or disabled with no managed group.
+    Offboarded,
+}
+
+fn expected(policy: &Policy, events: &[Envelope]) -> BTreeMap<String, Expected> {
+    let mut identities: BTreeMap<String, Identity> = BTreeMap::new();
+    for env in events {
+        identities
+            .entry(env.subject.key.clone())
+            .or_insert_with(|| Identity::new(&env.subject.key))
+            .fold(env);
+    }
+    identities
+        .values()
+        .map(|identity| {
+            let desired = policy::evaluate(policy, identity);
+            let e = match desired.presence {
+                Presence::Active { .. } => Expected::Active {
+                    groups: desired.groups.keys().cloned().collect(),
+                    roles: desired.roles.keys().cloned().collect(),
+                },
+                Presence::Offboarded { .. } => Expected::Offboarded,
+            };
+            (desired.email.expect("every event carries the email"), e)
+        })
+        .collect()
+}
+
+struct Catalog {
+    group_names: HashMap<String, String>,
+    role_names: HashMap<String, String>,
+}
+
+fn seed_looker(fake: &FakeLooker) -> Catalog {
+    let group_names = LOOKER_GROUPS
+        .iter()
+        .map(|g| (fake.add_group(g), g.to_string()))
+        .collect();
+    let role_names = LOOKER_ROLES
+        .iter()
+        .map(|r| (fake.add_role(r), r.to_string()))
+        .collect();
+    Catalog {
+        group_names,
+        role_names,
+    }
+}
+
+/// Differences between the fake Looker and the expected state (empty = equal).
+fn mismatches(fake: &FakeLooker, catalog: &Catalog, want: &BTreeMap<String, Expected>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (email, e) in want {
+        let user = fake.user_by_email(email);
+        match (e, user) {
+            (Expected::Active { groups, roles }, Some(u)) => {
+                let have_groups: BTreeSet<String> = u
+                    .group_ids
+                    .iter()
+                    .filter_map(|g| catalog.group_names.get(g).cloned())
+                    .collect();
+                let have_roles: BTreeSet<String> = u
+                    .direct_role_ids
+                    .iter()
+                    .filter_map(|r| catalog.role_names.get(r).cloned())
+                    .collect();
+                if u.is_disabled || &have_groups != groups || &have_roles != roles {
+                    out.push(format!(
+                        "{email}: want enabled {groups:?} {roles:?}, have disabled={} {have_groups:?} {have_roles:?}",
+                        u.is_disabled
+                    ));
+                }
+            }
+            (Expected::Active { .. }, None) => out.push(format!("{email}: want active, missing")),
+            (Expected::Offboarded, Some(u)) => {
+                let managed: Vec<_> = u
+                    .group_ids
+                    .iter()
+                    .filter(|g| catalog.group_names.contains_key(*g))
+                    .collect();
+                if !u.is_disabled || !managed.is_empty() {
+                    out.push(format!(
+                        "{email}: want offboarded, have disabled={} managed groups {managed:?}",
+                        u.is_disabled
+                    ));
+                }
+            }
+            (Expected::Offboarded, None) => {}
+        }
+    }
+    out
+}
+
+/// The "no write applied twice" check of docs/crash-test.md, on the fake's own call log.
+fn duplicate_writes(fake: &FakeLooker) -> Vec<String> {
+    #[derive(Default)]
+    struct Model {
+        email: bool,
+        disabled: bool,
+        groups: BTreeSet<String>,
+        roles: BTreeSet<String>,
+    }
+    fn id_of(v: &serde_json::Value) -> String {
+        v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())
+    }
+    let mut users: HashMap<String, Model> = HashMap::new();
+    let mut out = Vec::new();
+    let calls: Vec<RecordedCall> = fake.calls();
+    for c in calls
+        .iter()
+        .filter(|c| c.is_write && (200..300).contains(&c.status))
+    {
+        let parts: Vec<&str> = c.path.trim_start_matches('/').split('/').collect();
+        let body = c.json_body().unwrap_or(serde_json::Value::Null);
+        let what = format!("{} {} {}", c.method, c.path, c.body);
+        match (c.method.as_str(), parts.as_slice()) {
+            ("POST", ["users"]) => {}
+            ("POST", ["users", u, "credentials_email"]) => {
+                let m = users.entry(u.to_string()).or_default();
+                if m.email {
+                    out.push(format!("second email credential: {what}"));
+                }
+                m.email = true;
+            }
+            ("PATCH", ["users", u]) => {
+                if let Some(d) = body.get("is_disabled").and_then(|d| d.as_bool()) {
+                    let m = users.entry(u.to_string()).or_default();
+                    if m.disabled == d {
+                        out.push(format!("no-op write: {what}"));
+                    }
+                    m.disabled = d;
+                }
+            }
+            ("POST", ["groups", g, "users"]) => {
+                let u = body.get("user_id").map(id_of).unwrap_or_default();
+                let m = users.entry(u).or_default();
+                if !m.groups.insert(g.to_string()) {
+                    out.push(format!("repeated group add: {what}"));
+                }
+            }
+            ("DELETE", ["groups", g, "users", u]) => {
+                let m = users.entry(u.to_string()).or_default();
+                if !m.groups.remove(*g) {
+                    out.push(format!("repeated group removal: {what}"));
+                }
+            }
+            ("PUT", ["users", u, "roles"]) => {
+                let roles: BTreeSet<String> = body
+                    .as_array()
+                    .map(|a| a.iter().map(id_of).collect())
+                    .unwrap_or_default();
+                let m = users.entry(u.to_string()).or_default();
+                if m.roles == roles {
+                    out.push(format!("no-op role write: {what}"));
+                }
+                m.roles = roles;
+            }
+            _ => out.push(format!("unexpected write: {what}")),
+        }
+    }
+    // One Looker user per email, none orphaned by a crash between create and credentials.
+    let created = calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.path == "/users" && (200..300).contains(&c.status))
+        .count();
+    let people: Vec<_> = fake
+        .users()
+        .into_iter()
+        .filter(|u| u.id != fake.admin_user_id())
+        .collect();
+    let emails: BTreeSet<_> = people.iter().filter_map(|u| u.email.clone()).collect();
+    if created != people.len() || emails.len() != people.len() {
+        out.push(format!(
+            "{created} users created, {} users in looker, {} distinct emails (a user was created twice \
+             or left without an email)",
+            people.len(),
+            emails.len()
+        ));
+    }
+    out
+}
+
+/// A `gatehouse standalone` child with the given queue settings.
+fn processor(dir: &Path, data: &Path, fake: &FakeLooker, queue_env: &[(&str, String)]) -> Child {
+    let mut cmd = tokio::process::Command::from(bin());
+    cmd.arg("--config")
+        .arg(dir.join("gatehouse.toml"))
+        .arg("standalone")
+        .env("GATEHOUSE_LISTEN", "127.0.0.1:0")
+        .env("GATEHOUSE_DATA_DIR", data)
+        .env("GATEHOUSE_POLICY", dir.join("policy.toml"))
+        .env("GATEHOUSE_LOOKER_URL", fake.base_url())
+        .env("GATEHOUSE_LOOKER_CLIENT_ID", fake.client_id())
+        .env("GATEHOUSE_LOOKER_CLIENT_SECRET", fake.client_secret())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in queue_env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("start gatehouse standalone")
+}
+
+async fn sigkill(child: &mut Child) {
+    child.start_kill().expect("SIGKILL the processor");
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the killed processor exits")
+        .unwrap();
+    assert!(!status.success(), "killed, not exited: {status:?}");
+}
+
+/// Fails the test if a processor died on its own (a crash we did not cause).
+fn still_running(children: &mut [Child]) {
+    for c in children {
+        if let Some(status) = c.try_wait().unwrap() {
+            panic!("a processor exited on its own: {status:?}");
+        }
+    }
+}
+
+fn write_files(dir: &Path, queue_toml: &str) {
+    std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
+    std::fs::write(
+        dir.join("gatehouse.toml"),
+        format!(
+            "[processor]\nvisibility_timeout = \"5s\"\nmax_attempts = 50\nretry_min_delay = \"50ms\"\n\
+             retry_max_delay = \"500ms\"\n\n[queue]\n{queue_toml}"
+        ),
+    )
+    .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQS
+
+fn moto_url() -> String {
+    std::env::var("GATEHOUSE_TEST_MOTO_URL").unwrap_or_else(|_| {
+        panic!(
+            "GATEHOUSE_TEST_MOTO_URL is not set: the crash test needs moto. Run `make test`, or \
+             `scripts/moto.sh start` and GATEHOUSE_TEST_MOTO_URL=http://127.0.0.1:5000 cargo test ..."
+        )
+    })
+}
+
+fn sqs_client() -> Client {
+    let conf = Builder::new()
+        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+        .endpoint_url(moto_url())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+        .build();
+    Client::from_conf(conf)
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// A fresh queue (FIFO or standard) with a dead-letter queue; returns (queue url, dlq url).
+async fn sqs_queues(client: &Client, prefix: &str, fifo: bool) -> (String, String) {
+    let base = unique(prefix);
+    let (suffix, fifo_attr) = if fifo { (".fifo", "true") } else { ("", "false") };
+    let mut dlq_req = client.create_queue().queue_name(format!("{base}-dlq{suffix}"));
+    if fifo {
+        dlq_req = dlq_req.attributes(QueueAttributeName::FifoQueue, fifo_attr);
+    }
+    let dlq = dlq_req.send().await.expect("create dlq").queue_url.unwrap();
+    let arn = client
+        .get_queue_attributes()
+        .queue_url(&dlq)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()
+        .remove(&QueueAttributeName::QueueArn)
+        .unwrap();
+    let redrive = serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": "20"});
+    let mut req = client.create_queue().queue_name(format!("{base}{suffix}"));
+    if fifo {
+        req = req.attributes(QueueAttributeName::FifoQueue, fifo_attr);
+    }
+    let url = req
+        .attributes(QueueAttributeName::VisibilityTimeout, "5")
+        .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
+        .send()
+        .await
+        .expect("create queue")
+        .queue_url
+        .unwrap();
+    (url, dlq)
+}
+
+struct SqsRun {
+    dir: tempfile::TempDir,
+    fake: FakeLooker,
+    catalog: Catalog,
+    want: BTreeMap<String, Expected>,
+    queue: SqsQueue,
+    dlq: SqsQueue,
+    queue_env: Vec<(&'static str, String)>,
+}
+
+async fn sqs_run(prefix: &str, fifo: bool, users: usize, per_user: usize, rng: &mut Rng) -> SqsRun {
+    let client = sqs_client();
+    let (url, dlq_url) = sqs_queues(&client, prefix, fifo).await;
+    let queue = SqsQueue::with_client(client.clone(), &url, Duration::from_secs(1));
+    let dlq = SqsQueue::with_client(client, &dlq_url, Duration::from_secs(1));
+    let fake = FakeLooker::start().await;
+    let catalog = seed_looker(&fake);
+    let events = generate(rng, prefix, users, per_user);
+    let want = expected(&Policy::from_toml(POLICY).unwrap(), &events);
+    let started = Instant::now();
+    for chunk in events.chunks(500) {
+        queue.publish(chunk).await.expect("publish to sqs");
+    }
+    eprintln!(
+        "published {} envelopes to sqs in {:?}",
+        events.len(),
+        started.elapsed()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_files(
+        dir.path(),
+        &format!("backend = \"sqs\"\nqueue_url = \"{url}\"\nwait_time = \"1s\"\n"),
+    );
+    let queue_env = vec![("AWS_ENDPOINT_URL", moto_url())];
+    SqsRun {
+        dir,
+        fake,
+        catalog,
+        want,
+        queue,
+        dlq,
+        queue_env,
+    }
+}
+
+/// Polls until the queue is empty and Looker equals the expected state.
+async fn sqs_converged(run: &SqsRun, children: &mut [Child], deadline: Duration) {
+    let until = Instant::now() + deadline;
+    loop {
+        still_running(children);
+        let depth = run.queue.depth().await.unwrap();
+        let diff = mismatches(&run.fake, &run.catalog, &run.want);
+        if depth == 0 && diff.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "not converged after {deadline:?}: {depth} messages left, {} users differ, e.g. {:?}",
+            diff.len(),
+            diff.iter().take(5).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn assert_no_dead_letters(dlq: &SqsQueue) {
+    assert_eq!(dlq.depth().await.unwrap(), 0, "an event was dead-lettered");
+    let got = dlq.receive(10, Duration::from_secs(1)).await.unwrap();
+    assert!(got.is_empty(), "dead-lettered: {:?}", got[0].body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice() {
+    let mut rng = Rng(seed());
+    let run = sqs_run("crash", false, 40, 25, &mut rng).await;
+    let data = run.dir.path().join("data");
+    let started = Instant::now();
+    for kill in 0..4 {
+        let mut child = processor(run.dir.path(), &data, &run.fake, &run.queue_env);
+        let after = Duration::from_millis(1_000 + rng.below(3_000));
+        tokio::time::sleep(after).await; // the crash point itself, not a wait for work
+        still_running(std::slice::from_mut(&mut child));
+        sigkill(&mut child).await;
+        eprintln!(
+            "kill {kill} after {after:?}: {} looker writes so far",
+            run.fake.write_calls()
+        );
+    }
+    let mut last = [processor(run.dir.path(), &data, &run.fake, &run.queue_env)];
+    sqs_converged(&run, &mut last, Duration::from_secs(300)).await;
+    eprintln!("converged after {:?}", started.elapsed());
+    // Stays converged: nothing left in flight undoes it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        mismatches(&run.fake, &run.catalog, &run.want),
+        Vec::<String>::new()
+    );
+    sigkill(&mut last[0]).await;
+
+    assert_no_dead_letters(&run.dlq).await;
+    let dups = duplicate_writes(&run.fake);
+    assert!(
+        dups.is_empty(),
+        "{} duplicate writes, e.g. {:?}",
+        dups.len(),
+        &dups[..dups.len().min(5)]
+    );
+    assert!(run.want.values().any(|e| matches!(e, Expected::Offboarded)));
+    assert!(
+        run.want
+            .values()
+            .any(|e| matches!(e, Expected::Active { groups, .. } if !groups.is_empty()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_two_processors_on_one_queue_converge_without_duplicate_writes() {
+    let mut rng = Rng(seed() ^ 0x2);
+    let run = sqs_run("pair", true, 50, 10, &mut rng).await;
+    let data = run.dir.path().join("data");
+    let mut both = [
+        processor(run.dir.path(), &data, &run.fake, &run.queue_env),
+        processor(run.dir.path(), &data, &run.fake, &run.queue_env),
+    ];
+    sqs_converged(&run, &mut both, Duration::from_secs(180)).await;
+    for c in &mut both {
+        sigkill(c).await;
+    }
+    assert_no_dead_letters(&run.dlq).await;
+    let dups = duplicate_writes(&run.fake);
+    assert!(
+        dups.is_empty(),
+        "{} duplicate writes, e.g. {:?}",
+        dups.len(),
+        &dups[..dups.len().min(5)]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pub/Sub
+
+const PROJECT: &str = "gatehouse-test";
+
+fn emulator() -> String {
+    std::env::var("GATEHOUSE_TEST_PUBSUB_EMULATOR").unwrap_or_else(|_| {
+        panic!(
+            "GATEHOUSE_TEST_PUBSUB_EMULATOR is not set: run `make test`, or \
+             `scripts/pubsub-emulator.sh start` and GATEHOUSE_TEST_PUBSUB_EMULATOR=127.0.0.1:8085"
+        )
+    })
+}
+
+async fn admin_put(path: &str, body: serde_json::Value) {
+    let (host, port) = emulator()
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_string(), p.to_string()))
+        .unwrap();
+    let port: u16 = port.parse().unwrap();
+    let url = format!("http://{host}:{}/v1/{path}", port + 1);
+    let res = reqwest::Client::new()
+        .put(&url)
+        .json(&body)
+        .send()
+        .await
+        .expect("emulator admin");
+    assert!(
+        res.status().is_success(),
+        "PUT {url}: {}",
+        res.text().await.unwrap_or_default()
+    );
+}
+
+/// A fresh topic and ordered subscription; returns (topic, subscription).
+async fn pubsub_names(prefix: &str) -> (String, String) {
+    let name = unique(prefix);
+    let topic = format!("projects/{PROJECT}/topics/{name}");
+    let sub = format!("projects/{PROJECT}/subscriptions/{name}");
+    admin_put(&topic, serde_json::json!({})).await;
+    admin_put(
+        &sub,
+        serde_json::json!({"topic": topic, "ackDeadlineSeconds": 10, "enableMessageOrdering": true}),
+    )
+    .await;
+    (topic, sub)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice() {
+    let mut rng = Rng(seed() ^ 0x3);
+    let (topic, sub) = pubsub_names("crash").await;
+    let (dlq_topic, dlq_sub) = pubsub_names("crash-dlq").await;
+    let mut opts = PubsubOptions::new(&topic, &sub);
+    opts.emulator_host = Some(emulator());
+    let queue = PubsubQueue::connect_with(opts).await.expect("connect");
+    let mut dlq_opts = PubsubOptions::new(&dlq_topic, &dlq_sub);
+    dlq_opts.emulator_host = Some(emulator());
+    dlq_opts.receive_wait = Duration::from_millis(500);
+    let dlq = PubsubQueue::connect_with(dlq_opts)
+        .await
+        .expect("connect the dlq reader");
+
+    let fake = FakeLooker::start().await;
+    let catalog = seed_looker(&fake);
+    let events = generate(&mut rng, "pcrash", 400, 25);
+    let want = expected(&Policy::from_toml(POLICY).unwrap(), &events);
+    let started = Instant::now();
+    for chunk in events.chunks(500) {
+        queue.publish(chunk).await.expect("publish to pubsub");
+    }
+    eprintln!(
+        "published {} envelopes to pubsub in {:?}",
+        events.len(),
+        started.elapsed()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    write_files(
+        dir.path(),
+        &format!(
+            "backend = \"pubsub\"\ntopic = \"{topic}\"\nsubscription = \"{sub}\"\n\
+             dead_letter_topic = \"{dlq_topic}\"\nemulator_host = \"{}\"\n",
+            emulator()
+        ),
+    );
+    let data = dir.path().join("data");
+    let env = vec![("PUBSUB_EMULATOR_HOST", emulator())];
+    for kill in 0..4 {
+        let mut child = processor(dir.path(), &data, &fake, &env);
+        let after = Duration::from_millis(1_000 + rng.below(3_000));
+        tokio::time::sleep(after).await; // the crash point itself, not a wait for work
+        still_running(std::slice::from_mut(&mut child));
+        sigkill(&mut child).await;
+        eprintln!(
+            "kill {kill} after {after:?}: {} looker writes so far",
+            fake.write_calls()
+        );
+    }
+    let mut last = [processor(dir.path(), &data, &fake, &env)];
+    // Pub/Sub has no depth to read: converged = Looker equals the expected state and stays so
+    // for several ack deadlines while no write happens.
+    let until = Instant::now() + Duration::from_secs(300);
+    let mut quiet_since: Option<(Instant, usize)> = None;
+    loop {
+        still_running(&mut last);
+        let diff = mismatches(&fake, &catalog, &want);
+        let writes = fake.write_calls();
+        if diff.is_empty() {
+            match quiet_since {
+                Some((t, w)) if w == writes => {
+                    if t.elapsed() > Duration::from_secs(12) {
+                        break;
+                    }
+                }
+                _ => quiet_since = Some((Instant::now(), writes)),
+            }
+        } else {
+            quiet_since = None;
+        }
+        assert!(
+            Instant::now() < until,
+            "not converged: {} users differ, e.g. {:?}",
+            diff.len(),
+            diff.iter().take(5).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("converged after {:?}", started.elapsed());
+    sigkill(&mut last[0]).await;
+    let dead = dlq.receive(10, Duration::from_secs(30)).await.unwrap();
+    assert!(dead.is_empty(), "dead-lettered: {:?}", dead[0].body);
+    let dups = duplicate_writes(&fake);
+    assert!(
+        dups.is_empty(),
+        "{} duplicate writes, e.g. {:?}",
+        dups.len(),
+        &dups[..dups.len().min(5)]
+    );
+}
