@@ -166,6 +166,7 @@ async fn eventbridge_events_sent_with_boto3_to_moto_are_processed() {
         &config,
         format!(
             "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n\
+             [okta]\nhook_secret = \"hook-secret\"\n\
              [looker]\nurl = {:?}\nclient_id = {:?}\nclient_secret = {:?}\n\
              [processor]\npoll_interval = \"20ms\"\n\
              [queue]\nbackend = \"sqs\"\nqueue_url = {main:?}\naudit_queue_url = {audit:?}\nwait_time = \"1s\"\n",
@@ -297,6 +298,31 @@ async fn eventbridge_events_sent_with_boto3_to_moto_are_processed() {
             let attrs = r.await.unwrap().attributes.unwrap_or_default();
             attrs.len() == 2 && attrs.values().all(|v| v == "0")
         }
+    })
+    .await;
+    // A webhook accepted by the ingress travels through SQS, not the embedded queue.
+    let john = fake.add_user("john.doe@example.com", "John", "Doe");
+    fake.add_session(&john);
+    let hook = std::fs::read(
+        repo().join("../shared/fixtures/okta/event-hook.user.lifecycle.deactivate.constructed.json"),
+    )
+    .unwrap();
+    let r = http
+        .post(format!("{base}/hooks/okta"))
+        .header("authorization", "hook-secret")
+        .body(hook)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        store.queue_depth().await.unwrap(),
+        0,
+        "the hook went to the embedded queue"
+    );
+    wait_until("john offboarded through sqs", || {
+        let u = fake.user(&john);
+        async move { u.is_some_and(|u| u.is_disabled && u.session_ids.is_empty()) }
     })
     .await;
     store.close().await;
