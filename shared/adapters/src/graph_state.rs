@@ -2,24 +2,10 @@
 //! answers 202), the subscriptions Gatehouse keeps alive, and the last member listing seen per
 //! group. Tables in `migrations/sqlite/0003_graph.sql`.
 
-use crate::sqlite::Sqlite;
-use chrono::{DateTime, SecondsFormat, Utc};
+use crate::sqlite::{Sqlite, err, parse_ts, ts};
+use chrono::{DateTime, Utc};
 use gatehouse_domain::ports::BackendError;
 use sqlx::Row;
-
-fn err(context: &'static str) -> impl FnOnce(sqlx::Error) -> BackendError {
-    move |e| BackendError::new(context, e)
-}
-
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-fn parse_ts(s: &str) -> Result<DateTime<Utc>, BackendError> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| BackendError::new("stored timestamp is not RFC 3339", e))
-}
 
 /// One stored notification waiting to be acted on.
 #[derive(Debug, Clone, PartialEq, Eq)]

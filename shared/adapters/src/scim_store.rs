@@ -6,8 +6,8 @@
 //! change and the envelopes it causes are committed in one transaction (transactional outbox); the
 //! relay then publishes the outbox to the queue and deletes what it published.
 
-use crate::sqlite::Sqlite;
-use chrono::{DateTime, SecondsFormat, Utc};
+use crate::sqlite::{Sqlite, err, parse_ts, ts};
+use chrono::{DateTime, Utc};
 use gatehouse_domain::envelope::Envelope;
 use gatehouse_domain::ports::BackendError;
 use sqlx::Row;
@@ -92,20 +92,6 @@ pub enum ScimStoreError {
     Stale,
     #[error(transparent)]
     Backend(#[from] BackendError),
-}
-
-fn err(context: &'static str) -> impl FnOnce(sqlx::Error) -> BackendError {
-    move |e| BackendError::new(context, e)
-}
-
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-fn parse_ts(s: &str) -> Result<DateTime<Utc>, BackendError> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| BackendError::new("stored scim timestamp is not RFC 3339", e))
 }
 
 fn user_name_key(user_name: &Option<String>) -> Option<String> {

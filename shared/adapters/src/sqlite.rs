@@ -21,15 +21,17 @@ pub struct Sqlite {
     pool: SqlitePool,
 }
 
-fn err(context: &'static str) -> impl FnOnce(sqlx::Error) -> BackendError {
+/// Map a sqlx error to a `BackendError` with context (shared by the store modules).
+pub(crate) fn err(context: &'static str) -> impl FnOnce(sqlx::Error) -> BackendError {
     move |e| BackendError::new(context, e)
 }
 
-fn ts(t: DateTime<Utc>) -> String {
+/// Timestamps are stored as fixed-width RFC 3339 text (milliseconds, `Z`), so they sort.
+pub(crate) fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn parse_ts(s: &str) -> Result<DateTime<Utc>, BackendError> {
+pub(crate) fn parse_ts(s: &str) -> Result<DateTime<Utc>, BackendError> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| BackendError::new("stored timestamp is not RFC 3339", e))
