@@ -256,13 +256,7 @@ async fn hook<Q: QueueProducer>(
         );
     }
     for env in &envelopes {
-        metrics::counter!(
-            "gatehouse_events_received_total",
-            "source" => SOURCE,
-            "event_type" => env.source_event_type.clone(),
-            "actionable" => if env.event.is_actionable() { "true" } else { "false" },
-        )
-        .increment(1);
+        super::count_received(SOURCE, env);
         tracing::info!(
             envelope_id = %env.id, subject = %env.subject.key, event_type = %env.source_event_type,
             webhook_id = verified.webhook_id(), "event enqueued"

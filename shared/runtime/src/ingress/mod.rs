@@ -55,6 +55,22 @@ pub fn error(status: StatusCode, error: &str, detail: impl Into<String>) -> Resp
     (status, Json(json!({ "error": error, "detail": detail.into() }))).into_response()
 }
 
+/// Count accepted envelopes (`gatehouse_events_received_total{source,event_type,actionable}`).
+pub fn count_received(source: &'static str, env: &gatehouse_domain::envelope::Envelope) {
+    let actionable = if env.event.is_actionable() {
+        "true"
+    } else {
+        "false"
+    };
+    metrics::counter!(
+        "gatehouse_events_received_total",
+        "source" => source,
+        "event_type" => env.source_event_type.clone(),
+        "actionable" => actionable,
+    )
+    .increment(1);
+}
+
 /// Count a refused request (`gatehouse_ingress_rejected_total{source,reason}`).
 pub fn count_rejection(source: &'static str, reason: &'static str) {
     metrics::counter!("gatehouse_ingress_rejected_total", "source" => source, "reason" => reason)

@@ -115,13 +115,7 @@ async fn okta_hook<Q: QueueProducer>(
     for env in &envelopes {
         let actionable = env.event.is_actionable();
         ignored += usize::from(!actionable);
-        metrics::counter!(
-            "gatehouse_events_received_total",
-            "source" => "okta",
-            "event_type" => env.source_event_type.clone(),
-            "actionable" => if actionable { "true" } else { "false" },
-        )
-        .increment(1);
+        super::count_received("okta", env);
         tracing::info!(
             envelope_id = %env.id, subject = %env.subject.key, event_type = %env.source_event_type,
             actionable, "event enqueued"
