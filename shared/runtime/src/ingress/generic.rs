@@ -268,11 +268,9 @@ async fn hook<Q: QueueProducer>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingress::test_support::MemQueue;
-    use axum::body::to_bytes;
+    use crate::ingress::test_support::{MemQueue, send};
     use axum::http::Request;
     use gatehouse_domain::envelope::{IdentityEvent, Source};
-    use tower::ServiceExt;
 
     /// The Standard Webhooks specification's published test vector.
     const SPEC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -480,13 +478,6 @@ mod tests {
             r = r.header("webhook-signature", sig);
         }
         r.body(Body::from(body.to_vec())).unwrap()
-    }
-
-    async fn send(app: Router, req: Request<Body>) -> (StatusCode, serde_json::Value) {
-        let resp = app.oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = to_bytes(resp.into_body(), usize::MAX).await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap())
     }
 
     #[tokio::test]

@@ -163,11 +163,9 @@ async fn notification<Q: QueueProducer>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingress::test_support::MemQueue;
-    use axum::body::to_bytes;
+    use crate::ingress::test_support::{MemQueue, send};
     use axum::http::Request;
     use gatehouse_domain::envelope::{IdentityEvent, Source};
-    use tower::ServiceExt;
 
     /// An in-memory queue that records what is published, or fails every publish.
     const TOKEN: &str = "245t1234tt83trrt333";
@@ -202,13 +200,6 @@ mod tests {
             r = r.header("x-goog-resource-state", s);
         }
         r.body(Body::from(body.to_vec())).unwrap()
-    }
-
-    async fn send(app: Router, req: Request<Body>) -> (StatusCode, serde_json::Value) {
-        let resp = app.oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = to_bytes(resp.into_body(), usize::MAX).await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap())
     }
 
     #[tokio::test]

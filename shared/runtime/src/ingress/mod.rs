@@ -105,15 +105,27 @@ pub async fn read_body(
 
 #[cfg(test)]
 pub(crate) mod test_support {
+    use axum::Router;
+    use axum::body::{Body, to_bytes};
+    use axum::http::{Request, StatusCode};
     use gatehouse_domain::envelope::Envelope;
     use gatehouse_domain::ports::{BackendError, QueueProducer};
     use std::sync::{Arc, Mutex};
+    use tower::ServiceExt;
 
     /// An in-memory queue for router tests; `fail` makes every publish fail.
     #[derive(Clone, Default)]
     pub struct MemQueue {
         pub published: Arc<Mutex<Vec<Envelope>>>,
         pub fail: bool,
+    }
+
+    /// Send one request through a router; the status and the JSON body.
+    pub async fn send(app: Router, req: Request<Body>) -> (StatusCode, serde_json::Value) {
+        let resp = app.oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
     }
 
     impl QueueProducer for MemQueue {
