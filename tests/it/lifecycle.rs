@@ -130,16 +130,20 @@ async fn onboarding_converges_and_replays_and_noops_cost_zero_calls() {
     let before = fake.calls().len();
     app.deliver(&okta_fixture(BATCH)).await;
     assert_eq!(fake.calls().len(), before, "a replay makes no call");
-    let m = app.metrics().await;
-    let dupes: f64 = m
-        .lines()
-        .find(|l| l.starts_with("gatehouse_events_processed_total") && l.contains("outcome=\"duplicate\""))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0);
-    assert!(
-        dupes >= 3.0,
-        "the three replayed events were recognised as duplicates: {dupes}"
-    );
+    // The counter is bumped just after the ack that `deliver` waits for: poll for it.
+    wait_until("the three replayed events are counted as duplicates", || async {
+        let dupes: f64 = app
+            .metrics()
+            .await
+            .lines()
+            .find(|l| {
+                l.starts_with("gatehouse_events_processed_total") && l.contains("outcome=\"duplicate\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0);
+        dupes >= 3.0
+    })
+    .await;
 
     // A new event that changes nothing the policy cares about: zero calls.
     app.deliver(&okta_fixture(
@@ -214,12 +218,14 @@ async fn an_older_activate_delivered_late_does_not_re_enable() {
     let u = fake.user(&uid).unwrap();
     assert!(u.is_disabled, "an older activate re-enabled the user");
     assert_eq!(fake.write_calls(), writes, "the stale event made no write");
-    let m = app.metrics().await;
-    assert!(
-        m.lines()
-            .any(|l| l.starts_with("gatehouse_events_processed_total") && l.contains("outcome=\"stale\"")),
-        "{m}"
-    );
+    // The counter is bumped just after the ack that `deliver` waits for: poll for it.
+    wait_until("the stale outcome is counted", || async {
+        app.metrics()
+            .await
+            .lines()
+            .any(|l| l.starts_with("gatehouse_events_processed_total") && l.contains("outcome=\"stale\""))
+    })
+    .await;
     app.stop().await;
 }
 

@@ -79,9 +79,14 @@ impl UserRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum LookerOp {
+    /// `POST /users` with the email credentials in the same body (`User.credentials_email` is
+    /// writable in the 4.0 spec), so a crash can never leave a user without its email — the key
+    /// Gatehouse finds users by.
     CreateUser {
         first_name: Option<String>,
         last_name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        email: Option<String>,
     },
     CreateEmailCredentials {
         email: String,
@@ -140,6 +145,7 @@ impl LookerOp {
             LookerOp::CreateUser {
                 first_name,
                 last_name,
+                email,
             } => {
                 let mut body = serde_json::Map::new();
                 if let Some(f) = first_name {
@@ -147,6 +153,9 @@ impl LookerOp {
                 }
                 if let Some(l) = last_name {
                     body.insert("last_name".into(), l.clone().into());
+                }
+                if let Some(e) = email {
+                    body.insert("credentials_email".into(), serde_json::json!({ "email": e }));
                 }
                 (
                     Method::Post,

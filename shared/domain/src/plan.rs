@@ -191,11 +191,8 @@ pub fn diff(desired: &DesiredLooker, actual: &Actual, catalog: Option<&Catalog>)
                         LookerOp::CreateUser {
                             first_name: desired.first_name.clone(),
                             last_name: desired.last_name.clone(),
+                            email: Some(email.clone()),
                         },
-                        rules::ONBOARD_CREATE,
-                    );
-                    b.push(
-                        LookerOp::CreateEmailCredentials { email: email.clone() },
                         rules::ONBOARD_CREATE,
                     );
                     None
@@ -203,7 +200,7 @@ pub fn diff(desired: &DesiredLooker, actual: &Actual, catalog: Option<&Catalog>)
                 Actual::Unknown => {
                     if *create {
                         b.notes.push(format!(
-                            "if no Looker user has the email {email}, one is created first (POST /api/4.0/users, then its email credentials)"
+                            "if no Looker user has the email {email}, one is created first (POST /api/4.0/users with its email credentials in the same call)"
                         ));
                     }
                     None
@@ -405,11 +402,11 @@ mod tests {
         for s in &plan.steps {
             let id = |n: &Named| n.id.clone().unwrap();
             match &s.op {
-                LookerOp::CreateUser { .. } => {
+                LookerOp::CreateUser { email, .. } => {
                     u = Some(LookerUser {
                         id: "new".into(),
                         is_disabled: false,
-                        email: None,
+                        email: email.clone(),
                         group_ids: Default::default(),
                         session_ids: vec![],
                         api3_key_ids: vec![],
@@ -571,11 +568,14 @@ mod tests {
         );
         let plan = diff(&d, &Actual::Absent, Some(&catalog()));
         let (create, rest) = plan.phases();
-        assert!(create.is_some());
-        assert!(rest.iter().any(|s| s.op
-            == LookerOp::CreateEmailCredentials {
-                email: "p@x.io".into()
-            }));
+        // One call creates the user with its email: no crash can leave a user Gatehouse cannot find.
+        assert!(create.is_some_and(|s| matches!(&s.op,
+            LookerOp::CreateUser { email: Some(e), .. } if e == "p@x.io")));
+        assert!(
+            !rest
+                .iter()
+                .any(|s| matches!(s.op, LookerOp::CreateEmailCredentials { .. }))
+        );
         assert_eq!(plan.user, UserRef::New);
     }
 }

@@ -409,6 +409,7 @@ async fn create_user_then_email_credentials() {
     let op = LookerOp::CreateUser {
         first_name: Some("New".into()),
         last_name: Some("Hire".into()),
+        email: None,
     };
     let new_id = exec(&fake, &c, &UserRef::New, &op)
         .await
@@ -426,6 +427,26 @@ async fn create_user_then_email_credentials() {
     );
     // Again: the email exists → Conflict.
     let e = expect_err(c.execute(&id(&new_id), &op).await);
+    assert_eq!((e.kind, e.status), (ErrorKind::Conflict, Some(409)));
+}
+
+#[tokio::test]
+async fn create_user_with_its_email_in_one_call() {
+    let (fake, c) = warm().await;
+    let op = LookerOp::CreateUser {
+        first_name: Some("One".into()),
+        last_name: Some("Call".into()),
+        email: Some("one.call@x.com".into()),
+    };
+    let new_id = exec(&fake, &c, &UserRef::New, &op)
+        .await
+        .unwrap_or_else(|| panic!("create returns the id"));
+    let v = fake
+        .user_by_email("one.call@x.com")
+        .unwrap_or_else(|| panic!("created with its email"));
+    assert_eq!(v.id, new_id);
+    // The same email again: 409 Conflict, and no second user.
+    let e = expect_err(c.execute(&UserRef::New, &op).await);
     assert_eq!((e.kind, e.status), (ErrorKind::Conflict, Some(409)));
 }
 

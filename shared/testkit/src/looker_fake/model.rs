@@ -1297,11 +1297,40 @@ impl State {
             .ok_or_else(not_found)
     }
 
+    /// `User.credentials_email` is writable in the spec: a create may carry the email
+    /// credentials, applied atomically with the user (a taken email → 409, nothing created).
     fn create_user(&mut self, req: &Request, q: &Query) -> Handled {
-        let body = object_body(req, false)?;
+        let mut body = object_body(req, false)?;
+        let email = match body.remove("credentials_email") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(cred)) => {
+                check_object(&cred, EMAIL_WRITABLE, EMAIL_READ_ONLY)?;
+                let email = cred
+                    .get("email")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| invalid("credentials_email.email", "missing", "email is required"))?;
+                self.check_email_available(email, 0)?;
+                Some(EmailCred {
+                    email: email.to_owned(),
+                    created_at: now_rfc3339(),
+                    forced_password_reset_at_next_login: cred
+                        .get("forced_password_reset_at_next_login")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
+                })
+            }
+            Some(_) => {
+                return Err(invalid(
+                    "credentials_email",
+                    "invalid",
+                    "credentials_email must be an object",
+                ));
+            }
+        };
         check_object(&body, USER_WRITABLE, USER_READ_ONLY)?;
         let id = self.next();
         let mut u = User::new(id);
+        u.email = email;
         apply_user_patch(&mut u, body);
         let v = self.user_json(&u);
         self.users.insert(id, u);
@@ -1970,6 +1999,41 @@ mod tests {
         assert_eq!(
             call(&mut st, &tok, "DELETE", &format!("/users/{u}/sessions/{s}"), None).status,
             404
+        );
+    }
+
+    #[test]
+    fn a_create_may_carry_email_credentials_atomically() {
+        let mut st = state();
+        let tok = token(&mut st);
+        st.add_user(Some("taken@x.com"), "T", "K");
+        let before = st.users.len();
+        let body = json!({"first_name": "N", "credentials_email": {"email": "taken@x.com"}});
+        assert_eq!(call(&mut st, &tok, "POST", "/users", Some(body)).status, 409);
+        let body = json!({"credentials_email": {"email": "new@x.com", "bogus": 1}});
+        assert_eq!(call(&mut st, &tok, "POST", "/users", Some(body)).status, 422);
+        let body = json!({"credentials_email": "new@x.com"});
+        assert_eq!(call(&mut st, &tok, "POST", "/users", Some(body)).status, 422);
+        assert_eq!(st.users.len(), before, "a rejected create creates nothing");
+        let body = json!({"first_name": "N", "credentials_email": {"email": "new@x.com"}});
+        let r = call(&mut st, &tok, "POST", "/users", Some(body));
+        assert_eq!(r.status, 200);
+        let v = st
+            .view_by_email("new@x.com")
+            .unwrap_or_else(|| panic!("created with its email"));
+        assert_eq!(v.first_name.as_deref(), Some("N"));
+        let cred = format!("/users/{}/credentials_email", v.id);
+        assert_eq!(
+            call(
+                &mut st,
+                &tok,
+                "POST",
+                &cred,
+                Some(json!({"email": "again@x.com"}))
+            )
+            .status,
+            409,
+            "the user already has email credentials"
         );
     }
 
