@@ -293,7 +293,7 @@ impl StateStore for Sqlite {
     }
 
     async fn load_subject(&self, key: &str) -> Result<Option<SubjectState>, BackendError> {
-        let row = sqlx::query("SELECT identity, converged FROM subjects WHERE key = ?")
+        let row = sqlx::query("SELECT identity, converged, version FROM subjects WHERE key = ?")
             .bind(key)
             .fetch_optional(&self.pool)
             .await
@@ -304,6 +304,7 @@ impl StateStore for Sqlite {
             Ok(SubjectState {
                 identity,
                 converged: r.get(1),
+                version: r.get(2),
             })
         })
         .transpose()
@@ -323,17 +324,33 @@ impl StateStore for Sqlite {
         };
         let json = serde_json::to_string(identity)
             .map_err(|e| BackendError::new("cannot serialize the identity", e))?;
-        sqlx::query(
-            "INSERT INTO subjects (key, identity, converged, updated_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (key) DO UPDATE SET identity = ?2, converged = ?3, updated_at = ?4",
-        )
-        .bind(&identity.key)
-        .bind(&json)
-        .bind(&outcome.converged)
-        .bind(&now)
+        // Compare-and-set on the version the handler loaded; dropping `tx` on a conflict rolls
+        // back the `processed` row too, so the event is handled again from a fresh load.
+        let written = match outcome.base_version {
+            None => sqlx::query(
+                "INSERT INTO subjects (key, identity, converged, updated_at, version) VALUES (?1, ?2, ?3, ?4, 1)
+                 ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(&identity.key)
+            .bind(&json)
+            .bind(&outcome.converged)
+            .bind(&now),
+            Some(v) => sqlx::query(
+                "UPDATE subjects SET identity = ?2, converged = ?3, updated_at = ?4, version = ?5 + 1
+                 WHERE key = ?1 AND version = ?5",
+            )
+            .bind(&identity.key)
+            .bind(&json)
+            .bind(&outcome.converged)
+            .bind(&now)
+            .bind(v),
+        }
         .execute(&mut *tx)
         .await
         .map_err(err("cannot write the identity"))?;
+        if written.rows_affected() != 1 {
+            return Err(BackendError::subject_changed(&identity.key));
+        }
         match &outcome.deletion {
             DeletionChange::Keep => {}
             DeletionChange::Schedule(d) => {

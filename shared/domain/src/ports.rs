@@ -27,7 +27,26 @@ impl BackendError {
             source: source.into(),
         }
     }
+
+    /// `commit` found that another handler changed the subject since it was loaded.
+    pub fn subject_changed(subject: &str) -> Self {
+        BackendError::new(
+            "the subject changed while this event was handled",
+            SubjectChanged(subject.to_string()),
+        )
+    }
+
+    /// Whether this is the optimistic-concurrency conflict of [`BackendError::subject_changed`]:
+    /// handling the event again from a fresh load resolves it.
+    pub fn is_subject_changed(&self) -> bool {
+        self.source.downcast_ref::<SubjectChanged>().is_some()
+    }
 }
+
+/// The cause of [`BackendError::subject_changed`].
+#[derive(Debug, thiserror::Error)]
+#[error("subject {0} was committed by another handler since it was loaded")]
+pub struct SubjectChanged(pub String);
 
 /// One message handed out by a queue. The body is decoded by the consumer, so a message that is
 /// not a valid envelope can still be dead-lettered with its reason.
@@ -82,6 +101,8 @@ pub struct SubjectState {
     pub identity: Identity,
     /// Fingerprint of the desired state last converged in Looker (see `DesiredLooker::fingerprint`).
     pub converged: Option<String>,
+    /// Bumped by every commit of this subject: `Outcome::base_version` is checked against it.
+    pub version: i64,
 }
 
 /// A deletion scheduled by the offboarding policy.
@@ -107,6 +128,11 @@ pub struct Outcome {
     pub identity: Option<Identity>,
     pub converged: Option<String>,
     pub deletion: DeletionChange,
+    /// The subject's `version` when it was loaded (`None`: it did not exist). When `identity` is
+    /// written, `commit` fails with [`BackendError::subject_changed`] if the stored version is
+    /// not this one any more, so two handlers of one subject (two processes, or an unordered
+    /// queue) can never lose each other's facts: the loser handles its event again.
+    pub base_version: Option<i64>,
 }
 
 /// One row of the append-only ledger: a write call (or, in dry run, a planned call).

@@ -16,6 +16,7 @@ use gatehouse_domain::ports::{
     BackendError, DeletionChange, LedgerEntry, LookerPort, Outcome, RotationRequest, ScheduledDeletion,
     StateStore,
 };
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,6 +92,47 @@ pub struct Engine<S, L> {
     looker: Option<L>,
     policy: Arc<Policy>,
     retry: RetryPolicy,
+    subjects: SubjectLocks,
+}
+
+/// How often one delivery is handled again after losing a commit race before it is released.
+const COMMIT_ATTEMPTS: u32 = 8;
+
+/// One async lock per subject being handled in this process; entries live only while held.
+#[derive(Default)]
+struct SubjectLocks(std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+/// Holds a subject's turn; the map entry goes when the last holder or waiter is done.
+struct SubjectTurn<'a> {
+    locks: &'a SubjectLocks,
+    key: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl SubjectLocks {
+    async fn lock(&self, key: &str) -> SubjectTurn<'_> {
+        let lock = {
+            let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(key.to_string()).or_default().clone()
+        };
+        let guard = lock.lock_owned().await;
+        SubjectTurn {
+            locks: self,
+            key: key.to_string(),
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Drop for SubjectTurn<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.locks.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map holds it: nobody holds or waits for this subject any more.
+        if map.get(&self.key).is_some_and(|l| Arc::strong_count(l) == 1) {
+            map.remove(&self.key);
+        }
+    }
 }
 
 impl<S: StateStore, L: LookerPort> Engine<S, L> {
@@ -100,6 +142,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             looker,
             policy,
             retry,
+            subjects: SubjectLocks::default(),
         }
     }
 
@@ -180,7 +223,28 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
 
     /// Process one envelope. `Ok` means its effects and ledger rows are recorded and the message
     /// may be acked; `Err` means it must be retried (or dead-lettered).
+    ///
+    /// One subject is handled by one task of this process at a time. Another process (or an
+    /// unordered queue racing a redelivery) can still handle the same subject at once: then the
+    /// store refuses the later commit and the event is handled again from a fresh load, so no
+    /// fact is lost and Looker ends as the merged identity wants.
     pub async fn handle(&self, env: &Envelope) -> Result<Handled, ProcessError> {
+        let _turn = self.subjects.lock(&env.subject.key).await;
+        let mut attempt = 1;
+        loop {
+            match self.handle_once(env).await {
+                Err(ProcessError::Backend(e)) if e.is_subject_changed() && attempt < COMMIT_ATTEMPTS => {
+                    tracing::info!(subject = %env.subject.key, envelope_id = %env.id, attempt,
+                        "subject changed by another handler; handling the event again");
+                    metrics::counter!("gatehouse_subject_conflicts_total").increment(1);
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn handle_once(&self, env: &Envelope) -> Result<Handled, ProcessError> {
         if self.store.is_processed(&env.id).await? {
             return Ok(Handled::Duplicate);
         }
@@ -212,12 +276,13 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                     identity: None,
                     converged: None,
                     deletion: DeletionChange::Keep,
+                    base_version: None,
                 })
                 .await?;
             return Ok(Handled::Ignored);
         }
-        let (mut identity, converged) = match self.store.load_subject(&env.subject.key).await? {
-            Some(s) => (s.identity, s.converged),
+        let (mut identity, converged, base_version) = match self.store.load_subject(&env.subject.key).await? {
+            Some(s) => (s.identity, s.converged, Some(s.version)),
             // Drift on an identity the directory does not know is not Gatehouse's to undo.
             None if drift => {
                 self.store
@@ -226,11 +291,12 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                         identity: None,
                         converged: None,
                         deletion: DeletionChange::Keep,
+                        base_version: None,
                     })
                     .await?;
                 return Ok(Handled::Ignored);
             }
-            None => (Identity::new(&env.subject.key), None),
+            None => (Identity::new(&env.subject.key), None, None),
         };
         let fold = identity.fold(env);
         let desired = policy::evaluate(&self.policy, &identity);
@@ -244,6 +310,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                     identity: Some(identity),
                     converged,
                     deletion: DeletionChange::Keep,
+                    base_version,
                 })
                 .await?;
             return Ok(Handled::NoOp {
@@ -279,6 +346,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                 identity: Some(identity),
                 converged: self.looker.as_ref().map(|_| fingerprint),
                 deletion,
+                base_version,
             })
             .await?;
         Ok(result)

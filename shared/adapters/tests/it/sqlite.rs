@@ -143,12 +143,14 @@ async fn commit_records_processed_identity_and_deletions_atomically() {
             email: "a@b.c".into(),
             due_at: due,
         }),
+        base_version: None,
     })
     .await
     .unwrap();
     assert!(db.is_processed(&id).await.unwrap());
     let s = db.load_subject("s1").await.unwrap().unwrap();
     assert_eq!(s.converged.as_deref(), Some("fp"));
+    assert_eq!(s.version, 1);
     assert_eq!(db.due_deletions(due).await.unwrap().len(), 1);
     assert!(
         db.due_deletions(DateTime::from_timestamp(99, 0).unwrap())
@@ -161,6 +163,7 @@ async fn commit_records_processed_identity_and_deletions_atomically() {
         identity: Some(Identity::new("s1")),
         converged: None,
         deletion: DeletionChange::Cancel,
+        base_version: Some(1),
     })
     .await
     .unwrap();
@@ -168,6 +171,35 @@ async fn commit_records_processed_identity_and_deletions_atomically() {
         db.due_deletions(due).await.unwrap().is_empty(),
         "reactivation cancels the deletion"
     );
+}
+
+#[tokio::test]
+async fn a_commit_from_an_outdated_load_is_refused_and_leaves_nothing() {
+    let (_d, db) = open().await;
+    let outcome = |id: &str, base_version, converged: &str| Outcome {
+        envelope_id: EnvelopeId(id.into()),
+        identity: Some(Identity::new("s1")),
+        converged: Some(converged.into()),
+        deletion: DeletionChange::Keep,
+        base_version,
+    };
+    db.commit(outcome("e1", None, "one")).await.unwrap();
+    // A second handler that also saw no subject loses the race to create it.
+    let e = db.commit(outcome("e2", None, "two")).await.unwrap_err();
+    assert!(e.is_subject_changed(), "{e}");
+    // Two handlers that loaded version 1: the first wins, the second is refused.
+    db.commit(outcome("e3", Some(1), "three")).await.unwrap();
+    let e = db.commit(outcome("e4", Some(1), "four")).await.unwrap_err();
+    assert!(e.is_subject_changed(), "{e}");
+    // A refused commit records nothing: neither the envelope nor the identity.
+    for id in ["e2", "e4"] {
+        assert!(!db.is_processed(&EnvelopeId(id.into())).await.unwrap(), "{id}");
+    }
+    let s = db.load_subject("s1").await.unwrap().unwrap();
+    assert_eq!((s.version, s.converged.as_deref()), (2, Some("three")));
+    // Handled again from a fresh load, it goes through.
+    db.commit(outcome("e4", Some(2), "four")).await.unwrap();
+    assert!(db.is_processed(&EnvelopeId("e4".into())).await.unwrap());
 }
 
 #[tokio::test]
