@@ -10,7 +10,7 @@ from typing import Optional
 import pulumi
 
 from . import aws, gcp
-from .settings import Settings, check_keys
+from .settings import Settings, parse_settings
 
 
 @dataclass
@@ -37,14 +37,12 @@ def declare(s: Settings, now: Optional[dt.datetime] = None) -> Stack:
 
 def settings_from_pulumi() -> Settings:
     """Settings from the stack's Pulumi config (`gatehouse:*`, `aws:region`, `gcp:project`)."""
-    own = pulumi.Config("gatehouse")
-    present = [k.split(":", 1)[1] for k in pulumi.runtime.get_config_env() if k.startswith("gatehouse:")]
-    check_keys(present)
-    return Settings.parse(
-        pulumi.get_stack(),
-        get=own.get,
-        other=lambda full: pulumi.Config(full.split(":")[0]).get(full.split(":")[1]),
-    )
+    from pulumi.runtime import config as runtime_config
+
+    keys = {*runtime_config.CONFIG.get(), *runtime_config.get_config_env()}
+    own = {k.split(":", 1)[1]: runtime_config.get_config(k) for k in keys if k.startswith("gatehouse:")}
+    other = {"aws:region": pulumi.Config("aws").get("region"), "gcp:project": pulumi.Config("gcp").get("project")}
+    return parse_settings(pulumi.get_stack(), own, other)
 
 
 def main() -> Stack:

@@ -227,3 +227,10 @@ def _gcp_secret(item: Any) -> GcpSecret:
     if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 3650:
         raise SettingsError("gcpSecrets", f"rotationDays of {name} must be an integer in 1..3650")
     return GcpSecret(name=name, rotation_period_seconds=days * 24 * 3600)
+
+
+def parse_settings(stack: str, own: dict[str, str], other: dict[str, Optional[str]]) -> Settings:
+    """Settings from the `gatehouse:` keys (`own`, without the namespace) and the provider keys
+    `aws:region` / `gcp:project` (`other`); values are text, as `pulumi config set` stores them."""
+    check_keys(list(own))
+    return Settings.parse(stack, get=own.get, other=other.get)
