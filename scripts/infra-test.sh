@@ -21,14 +21,18 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; 
     python3 -m venv "$VENV"
     log="$TOOLS_DIR/infra-venv-install.log"
     if ! "$VENV/bin/pip" install --disable-pip-version-check --quiet -r "$REQS" >"$log" 2>&1; then
-        cat "$log" >&2
-        if grep -qiE "connection|resolve|network|timed out|No matching distribution" "$log"; then
-            echo "infra-test: cannot install the Pulumi SDK: PyPI is unreachable from here (see above)." >&2
-            echo "infra-test: connect to PyPI (or set PIP_INDEX_URL to a mirror) and run again." >&2
+        rm -rf "$VENV"
+        index="${PIP_INDEX_URL:-$(python3 -m pip config get global.index-url 2>/dev/null || echo https://pypi.org/simple)}"
+        if ! python3 - "$index" <<'PY' 2>/dev/null; then
+import sys, urllib.request
+urllib.request.urlopen(sys.argv[1].rstrip("/") + "/pulumi/", timeout=15).read(1)
+PY
+            echo "infra-test: cannot install the Pulumi SDK: the package index $index is unreachable." >&2
+            echo "infra-test: connect to PyPI (or set PIP_INDEX_URL to a reachable mirror) and run again." >&2
         else
+            cat "$log" >&2
             echo "infra-test: pip install -r $REQS failed (log: $log)" >&2
         fi
-        rm -rf "$VENV"
         exit 1
     fi
     echo "$want" >"$STAMP"

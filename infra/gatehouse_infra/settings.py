@@ -40,7 +40,7 @@ class SettingsError(ValueError):
     """A configuration value is missing or invalid; the message names the key."""
 
     def __init__(self, key: str, problem: str):
-        super().__init__(f"gatehouse:{key}: {problem}")
+        super().__init__(f"{key if ':' in key else 'gatehouse:' + key}: {problem}")
         self.key = key
 
 
@@ -152,7 +152,10 @@ class Settings:
         project = get("gcpProject") or other("gcp:project")
         if enable_gcp and not project:
             raise SettingsError("gcpProject", "required when enableGcp is true (or set gcp:project)")
-        region = other("aws:region") or d.aws_region
+        region = other("aws:region")
+        if enable_aws and not region:
+            raise SettingsError("aws:region", "required when enableAws is true (the region of every AWS resource)")
+        region = region or d.aws_region
         user_path = text("awsManagedUserPath", d.aws_managed_user_path, r"/([\w+=,.@-]+/)*")
         if user_path == "/":
             raise SettingsError(

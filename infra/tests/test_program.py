@@ -41,7 +41,7 @@ def test_settings_come_from_the_stack_config(stack_config):
 
 
 def test_a_misspelt_stack_config_key_is_an_error_naming_it(stack_config):
-    stack_config({"gatehouse:maxRecieveCount": "3", "gcp:project": "acme-prod"})
+    stack_config({"gatehouse:maxRecieveCount": "3", "gcp:project": "acme-prod", "aws:region": "us-east-1"})
     with pytest.raises(SettingsError) as e:
         program.settings_from_pulumi()
     assert e.value.key == "maxRecieveCount"

@@ -7,7 +7,9 @@ from gatehouse_infra.settings import GcpSecret, SettingsError, check_keys, parse
 
 
 def parse(own: dict, other: dict | None = None):
-    return parse_settings("prod", own, other if other is not None else {"gcp:project": "acme-prod"})
+    return parse_settings(
+        "prod", own, other if other is not None else {"gcp:project": "acme-prod", "aws:region": "us-east-1"}
+    )
 
 
 def test_defaults_are_prefixed_per_stack_and_sane():
@@ -56,7 +58,8 @@ def test_values_are_read_and_typed():
         ({"gcpSecrets": '[{"name": "k", "days": 7}]'}, None, "gcpSecrets", "unknown field"),
         ({"gcpSecrets": '[{"name": "k", "rotationDays": 0}]'}, None, "gcpSecrets", "1..3650"),
         ({"gcpManagedServiceAccounts": '["someone@gmail.com"]'}, None, "gcpManagedServiceAccounts", "does not match"),
-        ({}, {}, "gcpProject", "required"),
+        ({}, {"aws:region": "us-east-1"}, "gcpProject", "required"),
+        ({}, {"gcp:project": "acme-prod"}, "aws:region", "required"),
         ({"enableAws": "false", "enableGcp": "false"}, None, "enableAws", "nothing to declare"),
         ({"namePrefix": "Gatehouse_Prod"}, None, "namePrefix", "does not match"),
     ],
@@ -65,12 +68,12 @@ def test_bad_values_are_rejected_naming_the_key(own, other, key, words):
     with pytest.raises(SettingsError) as e:
         parse(own, other)
     assert e.value.key == key
-    assert str(e.value).startswith(f"gatehouse:{key}: ")
+    assert str(e.value).startswith(f"{key}: " if ":" in key else f"gatehouse:{key}: ")
     assert words in str(e.value)
 
 
 def test_gcp_may_be_switched_off_and_then_needs_no_project():
-    s = parse({"enableGcp": "false"}, {})
+    s = parse({"enableGcp": "false"}, {"aws:region": "us-east-1"})
     assert s.enable_gcp is False and s.gcp_project is None
 
 
