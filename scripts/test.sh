@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# `make test`: every test, with moto and the Pub/Sub emulator running (scripts/with-servers.sh).
+# `make test`: every test. First the offline infra tests (Pulumi program and Dockerfile; a venv
+# under $GATEHOUSE_TOOLS_DIR on first use), then the Rust workspace with moto and the Pub/Sub
+# emulator running (scripts/with-servers.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/infra-test.sh
 exec scripts/with-servers.sh cargo test --workspace --locked "$@"
