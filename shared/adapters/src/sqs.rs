@@ -12,6 +12,10 @@
 //!
 //! Bodies are handed out as they are (an EventBridge event on the audit queue is not an
 //! envelope): decoding is the consumer's job.
+//!
+//! Acks are deletes, sent as `DeleteMessageBatch`: one task per queue takes the acks waiting at
+//! that moment (up to ten) in one request, so a busy processor makes a tenth of the delete calls
+//! and a lone ack waits for nothing. Each `ack` returns only once its own entry is deleted.
 
 use gatehouse_domain::envelope::Envelope;
 use gatehouse_domain::ports::{BackendError, Delivery, QueueConsumer, QueueProducer};
@@ -22,10 +26,12 @@ use tokio::time::Instant;
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{
-    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+    SendMessageBatchRequestEntry,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
+use tokio::sync::{mpsc, oneshot};
 
 /// Message attribute carrying the reason on a dead-lettered message.
 pub const DEAD_LETTER_REASON_ATTRIBUTE: &str = "gatehouse-dead-letter-reason";
@@ -55,7 +61,12 @@ pub struct SqsQueue {
     /// looked up on first use.
     dlq: Arc<OnceCell<Option<String>>>,
     groups: Arc<Mutex<Groups>>,
+    /// The batching delete task, started by the first ack (see the module docs).
+    deleter: Arc<std::sync::OnceLock<mpsc::UnboundedSender<DeleteRequest>>>,
 }
+
+/// One receipt handle to delete, and where to say how it went.
+type DeleteRequest = (String, oneshot::Sender<Result<(), String>>);
 
 /// FIFO bookkeeping: which group each handed-out delivery belongs to, and the messages of a
 /// group that SQS returned while one of the group was already handed out.
@@ -116,6 +127,7 @@ impl SqsQueue {
             wait_time,
             dlq: Arc::new(OnceCell::new()),
             groups: Arc::new(Mutex::new(Groups::default())),
+            deleter: Arc::new(std::sync::OnceLock::new()),
         }
     }
 
@@ -212,15 +224,21 @@ impl SqsQueue {
         Ok(())
     }
 
+    /// Delete one message through the batching task; returns once SQS answered for it.
     async fn delete(&self, receipt: &str, context: &'static str) -> Result<(), BackendError> {
-        self.client
-            .delete_message()
-            .queue_url(&*self.url)
-            .receipt_handle(receipt)
-            .send()
-            .await
-            .map_err(|e| BackendError::new(context, e))?;
-        Ok(())
+        let tx = self.deleter.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(delete_batches(self.client.clone(), self.url.clone(), rx));
+            tx
+        });
+        let (reply, answer) = oneshot::channel();
+        tx.send((receipt.to_string(), reply))
+            .map_err(|_| BackendError::new(context, "the sqs delete task has stopped"))?;
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(BackendError::new(context, why)),
+            Err(_) => Err(BackendError::new(context, "the sqs delete task has stopped")),
+        }
     }
 
     /// A delivery is settled (acked or dead-lettered): its group may hand out its next message.
@@ -507,6 +525,69 @@ impl QueueConsumer for SqsQueue {
         self.settle(&delivery.receipt);
         done
     }
+}
+
+/// The delete task: every request waiting when it wakes (up to ten) goes in one
+/// `DeleteMessageBatch`; each waiter hears about its own entry. Ends with the last queue clone.
+async fn delete_batches(client: Client, url: Arc<str>, mut rx: mpsc::UnboundedReceiver<DeleteRequest>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let entries: Result<Vec<_>, _> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, (receipt, _))| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(receipt)
+                    .build()
+            })
+            .collect();
+        let sent = match entries {
+            Ok(entries) => client
+                .delete_message_batch()
+                .queue_url(&*url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| error_chain(&e)),
+            Err(e) => Err(error_chain(&e)),
+        };
+        match sent {
+            Ok(out) => {
+                let mut failed: HashMap<String, String> = out
+                    .failed
+                    .into_iter()
+                    .map(|f| (f.id, format!("{}: {}", f.code, f.message.unwrap_or_default())))
+                    .collect();
+                for (i, (_, reply)) in batch.into_iter().enumerate() {
+                    let _ = reply.send(failed.remove(&i.to_string()).map_or(Ok(()), Err));
+                }
+            }
+            Err(why) => {
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(why.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// An error and its causes on one line (the SDK's own `Display` is only the outermost).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// Whole seconds for an SQS timeout: rounded up (a sub-second wish is not shortened to zero),

@@ -13,7 +13,7 @@ use gatehouse_adapters::sqs::SqsQueue;
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, GroupRef, IdentityEvent, Profile, Source, Subject};
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::policy::{self, Policy, Presence};
-use gatehouse_domain::ports::{QueueConsumer, QueueProducer};
+use gatehouse_domain::ports::{QueueConsumer, QueueProducer, StateStore};
 use gatehouse_testkit::{FakeLooker, RecordedCall};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -487,6 +487,7 @@ struct SqsRun {
     fake: FakeLooker,
     catalog: Catalog,
     want: BTreeMap<String, Expected>,
+    events: Vec<Envelope>,
     queue: SqsQueue,
     dlq: SqsQueue,
     queue_env: Vec<(&'static str, String)>,
@@ -501,15 +502,6 @@ async fn sqs_run(prefix: &str, fifo: bool, users: usize, per_user: usize, rng: &
     let catalog = seed_looker(&fake);
     let events = generate(rng, prefix, users, per_user);
     let want = expected(&Policy::from_toml(POLICY).unwrap(), &events);
-    let started = Instant::now();
-    for chunk in events.chunks(500) {
-        queue.publish(chunk).await.expect("publish to sqs");
-    }
-    eprintln!(
-        "published {} envelopes to sqs in {:?}",
-        events.len(),
-        started.elapsed()
-    );
     let dir = tempfile::tempdir().unwrap();
     write_files(
         dir.path(),
@@ -521,10 +513,52 @@ async fn sqs_run(prefix: &str, fifo: bool, users: usize, per_user: usize, rng: &
         fake,
         catalog,
         want,
+        events,
         queue,
         dlq,
         queue_env,
     }
+}
+
+/// Publishes the events in chunks of 100, four chunks at a time, while the test goes on (the
+/// processors are started and killed while events still arrive).
+fn publish_in_background<Q>(queue: Q, events: Vec<Envelope>) -> tokio::task::JoinHandle<Duration>
+where
+    Q: QueueProducer + Clone + 'static,
+{
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let chunks: Vec<Vec<Envelope>> = events.chunks(100).map(<[Envelope]>::to_vec).collect();
+        let mut chunks = chunks.into_iter();
+        loop {
+            let batch: Vec<_> = chunks.by_ref().take(4).collect();
+            if batch.is_empty() {
+                break;
+            }
+            let sent = futures::future::join_all(batch.iter().map(|c| queue.publish(c))).await;
+            for r in sent {
+                r.expect("publish");
+            }
+        }
+        started.elapsed()
+    })
+}
+
+/// Kills: `kills` processors in turn, each SIGKILLed 2–15 s (seeded) after it started, then a
+/// last one that is left running. Returns the last.
+async fn kill_repeatedly(rng: &mut Rng, kills: usize, fake: &FakeLooker, start: impl Fn() -> Child) -> Child {
+    for kill in 0..kills {
+        let mut child = start();
+        let after = Duration::from_millis(2_000 + rng.below(13_000));
+        tokio::time::sleep(after).await; // the crash point itself, not a wait for work
+        still_running(std::slice::from_mut(&mut child));
+        sigkill(&mut child).await;
+        eprintln!(
+            "kill {kill} after {after:?}: {} looker writes so far",
+            fake.write_calls()
+        );
+    }
+    start()
 }
 
 /// Polls until the queue is empty and Looker equals the expected state.
@@ -553,25 +587,63 @@ async fn assert_no_dead_letters(dlq: &SqsQueue) {
     assert!(got.is_empty(), "dead-lettered: {:?}", got[0].body);
 }
 
+/// Every envelope was recorded as processed in the processor's store (read after it is gone).
+async fn assert_all_processed(data: &Path, events: &[Envelope]) {
+    let store = gatehouse_adapters::sqlite::Sqlite::open(data).await.unwrap();
+    let mut missing = Vec::new();
+    for e in events {
+        if !store.is_processed(&e.id).await.unwrap() {
+            missing.push(e.id.0.clone());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} events were never processed, e.g. {:?}",
+        missing.len(),
+        events.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
+fn assert_no_duplicate_writes(fake: &FakeLooker) {
+    let dups = duplicate_writes(fake);
+    assert!(
+        dups.is_empty(),
+        "{} duplicate writes, e.g. {:?}",
+        dups.len(),
+        &dups[..dups.len().min(5)]
+    );
+}
+
+/// The run exercised both outcomes (a generator change that made every user active, say,
+/// would make the test prove less).
+fn assert_mixed(want: &BTreeMap<String, Expected>) {
+    assert!(want.values().any(|e| matches!(e, Expected::Offboarded)));
+    assert!(
+        want.values()
+            .any(|e| matches!(e, Expected::Active { groups, .. } if !groups.is_empty()))
+    );
+}
+
+const CRASH_USERS: usize = 400;
+const CRASH_EVENTS_PER_USER: usize = 25;
+const KILLS: usize = 5;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqs_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice() {
     let mut rng = Rng(seed());
-    let run = sqs_run("crash", false, 40, 25, &mut rng).await;
+    let run = sqs_run("crash", false, CRASH_USERS, CRASH_EVENTS_PER_USER, &mut rng).await;
     let data = run.dir.path().join("data");
     let started = Instant::now();
-    for kill in 0..4 {
-        let mut child = processor(run.dir.path(), &data, &run.fake, &run.queue_env);
-        let after = Duration::from_millis(1_000 + rng.below(3_000));
-        tokio::time::sleep(after).await; // the crash point itself, not a wait for work
-        still_running(std::slice::from_mut(&mut child));
-        sigkill(&mut child).await;
-        eprintln!(
-            "kill {kill} after {after:?}: {} looker writes so far",
-            run.fake.write_calls()
-        );
-    }
-    let mut last = [processor(run.dir.path(), &data, &run.fake, &run.queue_env)];
-    sqs_converged(&run, &mut last, Duration::from_secs(300)).await;
+    let publisher = publish_in_background(run.queue.clone(), run.events.clone());
+    let last = kill_repeatedly(&mut rng, KILLS, &run.fake, || {
+        processor(run.dir.path(), &data, &run.fake, &run.queue_env)
+    })
+    .await;
+    let published = publisher.await.expect("the publisher finished");
+    eprintln!("published {} envelopes to sqs in {published:?}", run.events.len());
+    let mut last = [last];
+    sqs_converged(&run, &mut last, Duration::from_secs(1200)).await;
     eprintln!("converged after {:?}", started.elapsed());
     // Stays converged: nothing left in flight undoes it.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -582,19 +654,9 @@ async fn sqs_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice() 
     sigkill(&mut last[0]).await;
 
     assert_no_dead_letters(&run.dlq).await;
-    let dups = duplicate_writes(&run.fake);
-    assert!(
-        dups.is_empty(),
-        "{} duplicate writes, e.g. {:?}",
-        dups.len(),
-        &dups[..dups.len().min(5)]
-    );
-    assert!(run.want.values().any(|e| matches!(e, Expected::Offboarded)));
-    assert!(
-        run.want
-            .values()
-            .any(|e| matches!(e, Expected::Active { groups, .. } if !groups.is_empty()))
-    );
+    assert_all_processed(&data, &run.events).await;
+    assert_no_duplicate_writes(&run.fake);
+    assert_mixed(&run.want);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -602,22 +664,20 @@ async fn sqs_two_processors_on_one_queue_converge_without_duplicate_writes() {
     let mut rng = Rng(seed() ^ 0x2);
     let run = sqs_run("pair", true, 50, 10, &mut rng).await;
     let data = run.dir.path().join("data");
+    let publisher = publish_in_background(run.queue.clone(), run.events.clone());
     let mut both = [
         processor(run.dir.path(), &data, &run.fake, &run.queue_env),
         processor(run.dir.path(), &data, &run.fake, &run.queue_env),
     ];
-    sqs_converged(&run, &mut both, Duration::from_secs(180)).await;
+    publisher.await.expect("the publisher finished");
+    sqs_converged(&run, &mut both, Duration::from_secs(300)).await;
     for c in &mut both {
         sigkill(c).await;
     }
     assert_no_dead_letters(&run.dlq).await;
-    let dups = duplicate_writes(&run.fake);
-    assert!(
-        dups.is_empty(),
-        "{} duplicate writes, e.g. {:?}",
-        dups.len(),
-        &dups[..dups.len().min(5)]
-    );
+    assert_all_processed(&data, &run.events).await;
+    assert_no_duplicate_writes(&run.fake);
+    assert_mixed(&run.want);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -685,17 +745,9 @@ async fn pubsub_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice
 
     let fake = FakeLooker::start().await;
     let catalog = seed_looker(&fake);
-    let events = generate(&mut rng, "pcrash", 400, 25);
+    let events = generate(&mut rng, "pcrash", CRASH_USERS, CRASH_EVENTS_PER_USER);
     let want = expected(&Policy::from_toml(POLICY).unwrap(), &events);
     let started = Instant::now();
-    for chunk in events.chunks(500) {
-        queue.publish(chunk).await.expect("publish to pubsub");
-    }
-    eprintln!(
-        "published {} envelopes to pubsub in {:?}",
-        events.len(),
-        started.elapsed()
-    );
 
     let dir = tempfile::tempdir().unwrap();
     write_files(
@@ -708,21 +760,17 @@ async fn pubsub_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice
     );
     let data = dir.path().join("data");
     let env = vec![("PUBSUB_EMULATOR_HOST", emulator())];
-    for kill in 0..4 {
-        let mut child = processor(dir.path(), &data, &fake, &env);
-        let after = Duration::from_millis(1_000 + rng.below(3_000));
-        tokio::time::sleep(after).await; // the crash point itself, not a wait for work
-        still_running(std::slice::from_mut(&mut child));
-        sigkill(&mut child).await;
-        eprintln!(
-            "kill {kill} after {after:?}: {} looker writes so far",
-            fake.write_calls()
-        );
-    }
-    let mut last = [processor(dir.path(), &data, &fake, &env)];
+    let publisher = publish_in_background(queue.clone(), events.clone());
+    let last = kill_repeatedly(&mut rng, KILLS, &fake, || {
+        processor(dir.path(), &data, &fake, &env)
+    })
+    .await;
+    let published = publisher.await.expect("the publisher finished");
+    eprintln!("published {} envelopes to pubsub in {published:?}", events.len());
+    let mut last = [last];
     // Pub/Sub has no depth to read: converged = Looker equals the expected state and stays so
     // for several ack deadlines while no write happens.
-    let until = Instant::now() + Duration::from_secs(300);
+    let until = Instant::now() + Duration::from_secs(1200);
     let mut quiet_since: Option<(Instant, usize)> = None;
     loop {
         still_running(&mut last);
@@ -752,11 +800,7 @@ async fn pubsub_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice
     sigkill(&mut last[0]).await;
     let dead = dlq.receive(10, Duration::from_secs(30)).await.unwrap();
     assert!(dead.is_empty(), "dead-lettered: {:?}", dead[0].body);
-    let dups = duplicate_writes(&fake);
-    assert!(
-        dups.is_empty(),
-        "{} duplicate writes, e.g. {:?}",
-        dups.len(),
-        &dups[..dups.len().min(5)]
-    );
+    assert_all_processed(&data, &events).await;
+    assert_no_duplicate_writes(&fake);
+    assert_mixed(&want);
 }

@@ -356,3 +356,63 @@ async fn errors_keep_the_sdk_cause_and_never_the_credentials() {
     assert_eq!(err.context, "cannot receive from sqs");
     assert!(!format!("{err:?}").contains(SECRET));
 }
+
+/// Counts the SQS operations a client sends (from the `X-Amz-Target` header of the JSON protocol).
+#[derive(Debug, Default, Clone)]
+struct CountCalls(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>);
+
+impl aws_sdk_sqs::config::Intercept for CountCalls {
+    fn name(&self) -> &'static str {
+        "CountCalls"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_sqs::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _: &aws_sdk_sqs::config::RuntimeComponents,
+        _: &mut aws_sdk_sqs::config::ConfigBag,
+    ) -> Result<(), aws_sdk_sqs::error::BoxError> {
+        let op = context
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .unwrap_or("?")
+            .trim_start_matches("AmazonSQS.")
+            .to_string();
+        *self.0.lock().unwrap().entry(op).or_default() += 1;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn acks_waiting_together_are_deleted_in_one_batch_each_answered() {
+    let s = setup(false).await;
+    let calls = CountCalls::default();
+    let counted = Client::from_conf(client().config().to_builder().interceptor(calls.clone()).build());
+    let q = SqsQueue::with_client(counted, s.queue.queue_url(), Duration::from_secs(1));
+    let envs: Vec<_> = (0..10)
+        .map(|i| envelope(&format!("e{i}"), &format!("s{i}"), i))
+        .collect();
+    q.publish(&envs).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        got.extend(receive_some(&q, Duration::from_secs(30)).await);
+    }
+    // A delivery whose receipt SQS does not know fails on its own; the others still succeed.
+    let mut bogus = got[0].clone();
+    bogus.receipt = "not-a-receipt-handle".into();
+    let results = futures::future::join_all(got.iter().chain([&bogus]).map(|d| q.ack(d))).await;
+    assert!(results[..10].iter().all(Result::is_ok), "{results:?}");
+    assert!(
+        results[10].is_err(),
+        "an unknown receipt handle is reported, not swallowed"
+    );
+    assert_eq!(q.depth().await.unwrap(), 0, "every acked message is gone");
+    let calls = calls.0.lock().unwrap().clone();
+    assert_eq!(calls.get("DeleteMessage"), None, "{calls:?}");
+    let batches = calls.get("DeleteMessageBatch").copied().unwrap_or(0);
+    assert!(
+        (1..=3).contains(&batches),
+        "11 acks at once take a few batch calls, not 11: {calls:?}"
+    );
+}
