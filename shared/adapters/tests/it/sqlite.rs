@@ -203,3 +203,68 @@ async fn the_ledger_is_append_only() {
     let del = sqlx::query("DELETE FROM ledger").execute(&pool).await;
     assert!(del.unwrap_err().to_string().contains("append-only"));
 }
+
+/// Rows written before the hash chain existed are chained, in order, when the database is opened
+/// with the chain's migration; new rows continue that chain.
+#[tokio::test]
+async fn ledger_rows_from_before_the_chain_are_chained_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("gatehouse.db").display());
+    // The schema as it was before migration 0006: migrations 0001..=0004 only.
+    let old = tempfile::tempdir().unwrap();
+    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    for f in std::fs::read_dir(&migrations).unwrap() {
+        let f = f.unwrap().path();
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        if name.as_str() < "0005" {
+            std::fs::copy(&f, old.path().join(&name)).unwrap();
+        }
+    }
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::migrate::Migrator::new(old.path()).await.unwrap().run(&pool).await.unwrap();
+    for n in 1..=3 {
+        sqlx::query(
+            "INSERT INTO ledger (at, envelope_id, subject, event, rule, call, status)
+             VALUES (?, ?, 's', 'user_deactivated', 'offboarding.disable', ?, 'ok')",
+        )
+        .bind(format!("2025-01-01T00:00:0{n}.000Z"))
+        .bind(format!("old-{n}"))
+        .bind(r#"{"method":"PATCH","path":"/users/1","body":{"is_disabled":true}}"#)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+
+    let db = Sqlite::open(dir.path()).await.unwrap();
+    let ok = gatehouse_domain::ledger_chain::verify_store(&db).await.unwrap().unwrap();
+    assert_eq!(ok.rows, 3);
+    let rows = db.ledger_since(None).await.unwrap();
+    assert_eq!(rows[0].prev_hash, gatehouse_domain::ledger_chain::GENESIS);
+    assert_eq!(rows[2].entry.envelope_id, "old-3");
+    let entry = LedgerEntry {
+        at: DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap(),
+        envelope_id: "new".into(),
+        subject: "s".into(),
+        event: "t".into(),
+        rule: "r".into(),
+        call: HttpCall {
+            method: Method::Delete,
+            path: "/users/1/sessions/2".into(),
+            body: None,
+        },
+        status: "ok".into(),
+    };
+    db.append_ledger(&[entry]).await.unwrap();
+    let rows = db.ledger_since(None).await.unwrap();
+    assert_eq!(rows[3].seq, 4);
+    assert_eq!(rows[3].prev_hash, rows[2].hash);
+    assert_eq!(
+        gatehouse_domain::ledger_chain::verify_store(&db).await.unwrap().unwrap().rows,
+        4
+    );
+    db.close().await;
+    // Opening again changes nothing (the chained rows are final).
+    let db = Sqlite::open(dir.path()).await.unwrap();
+    assert_eq!(db.ledger_since(None).await.unwrap(), rows);
+}
