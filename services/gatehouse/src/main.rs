@@ -152,7 +152,7 @@ async fn plan(cfg: &Config, event: &std::path::Path, json: bool) -> anyhow::Resu
     let envelopes = okta::parse_hook_body(&body, chrono::Utc::now())
         .with_context(|| format!("{} is not a supported event", event.display()))?;
     let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
-    let engine = app::engine(cfg, store)?;
+    let engine = app::engine(cfg, app::open_state(cfg, &store).await?)?;
     let mut reports = Vec::new();
     let mut out = std::io::stdout().lock();
     for env in &envelopes {

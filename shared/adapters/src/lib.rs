@@ -2,6 +2,7 @@
 //! embedded SQLite queue, the PostgreSQL state store, the SCIM directory and the Graph
 //! subscription store, the SQS and Pub/Sub queues and their dead-letter tools.
 
+pub mod dlq;
 pub mod graph_state;
 pub mod looker;
 pub mod postgres;
