@@ -212,6 +212,17 @@ pub async fn start(cfg: &Config, components: Components) -> Result<Running, AppE
     }
 }
 
+/// Start on an already built queue (tests: an SQS client pointed at moto, several replicas on
+/// one queue), with the SQLite database and state store from `cfg`.
+pub async fn start_with_queue<Q>(cfg: &Config, components: Components, queue: Q) -> Result<Running, AppError>
+where
+    Q: QueueProducer + QueueConsumer + Clone + 'static,
+{
+    let store = Sqlite::open(&cfg.data_dir).await?;
+    let state = open_state(cfg, &store).await?;
+    start_on(cfg, components, queue, store, state).await
+}
+
 /// Start on a given queue backend.
 async fn start_on<Q>(
     cfg: &Config,
