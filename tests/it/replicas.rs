@@ -194,7 +194,10 @@ async fn three_replicas_on_one_queue_and_database_apply_every_change_once() {
     for wave in waves() {
         producer.publish(&wave).await.unwrap();
         wait_until("every event of the wave processed by some replica", || {
-            let (state, ids) = (state.clone(), wave.iter().map(|e| e.id.clone()).collect::<Vec<_>>());
+            let (state, ids) = (
+                state.clone(),
+                wave.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+            );
             async move {
                 for id in &ids {
                     if !state.is_processed(id).await.unwrap() {
@@ -241,7 +244,10 @@ async fn three_replicas_on_one_queue_and_database_apply_every_change_once() {
     );
     let ledger = state.ledger_since(None).await.unwrap();
     assert_eq!(ledger.len(), fake.write_calls(), "one ledger row per write call");
-    let ok = ledger_chain::verify_store(&state).await.unwrap().expect("one intact chain");
+    let ok = ledger_chain::verify_store(&state)
+        .await
+        .unwrap()
+        .expect("one intact chain");
     assert_eq!(ok.rows, ledger.len());
 
     for r in replicas {

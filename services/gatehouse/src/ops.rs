@@ -19,12 +19,12 @@ async fn state(cfg: &Config) -> anyhow::Result<AnyState> {
     Ok(match &cfg.state {
         StateConfig::Sqlite => AnyState::Sqlite(Sqlite::open(&cfg.data_dir).await?),
         StateConfig::Postgres(p) => {
-            let url = p
-                .url
-                .as_ref()
-                .ok_or_else(|| {
-                    AppError::Config(ConfigError::new("state.url (GATEHOUSE_DATABASE_URL)", "is required"))
-                })?;
+            let url = p.url.as_ref().ok_or_else(|| {
+                AppError::Config(ConfigError::new(
+                    "state.url (GATEHOUSE_DATABASE_URL)",
+                    "is required",
+                ))
+            })?;
             AnyState::Postgres(Postgres::connect(url, p.max_connections.min(2)).await?)
         }
     })

@@ -53,7 +53,12 @@ impl Redrive {
 /// The embedded queue's dead letters.
 impl Sqlite {
     pub async fn dlq_list(&self) -> Result<Vec<DeadMessage>, BackendError> {
-        Ok(self.dead_letters().await?.into_iter().map(DeadMessage::from).collect())
+        Ok(self
+            .dead_letters()
+            .await?
+            .into_iter()
+            .map(DeadMessage::from)
+            .collect())
     }
 
     /// Redrive one or all dead letters back onto the embedded queue; how many went back.

@@ -85,7 +85,11 @@ fn ledger_row(r: &PgRow) -> Result<LedgerRow, BackendError> {
     })
 }
 
-async fn mark_processed(conn: &mut sqlx::PgConnection, id: &str, now: DateTime<Utc>) -> Result<(), BackendError> {
+async fn mark_processed(
+    conn: &mut sqlx::PgConnection,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), BackendError> {
     sqlx::query(
         "INSERT INTO processed (envelope_id, processed_at) VALUES ($1, $2)
          ON CONFLICT (envelope_id) DO NOTHING",

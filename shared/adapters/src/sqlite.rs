@@ -91,7 +91,10 @@ impl Sqlite {
             .await
             .map_err(err("cannot read unchained ledger rows"))?;
         if rows.is_empty() {
-            return tx.commit().await.map_err(err("cannot commit chaining the ledger"));
+            return tx
+                .commit()
+                .await
+                .map_err(err("cannot commit chaining the ledger"));
         }
         let first: i64 = rows[0].get(0);
         let mut prev: String = sqlx::query(
@@ -118,7 +121,9 @@ impl Sqlite {
             last = row.seq;
         }
         set_head(&mut tx, last, &prev).await?;
-        tx.commit().await.map_err(err("cannot commit chaining the ledger"))
+        tx.commit()
+            .await
+            .map_err(err("cannot commit chaining the ledger"))
     }
 
     /// One dead letter of the embedded queue.

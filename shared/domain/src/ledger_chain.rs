@@ -91,7 +91,11 @@ impl fmt::Display for Verified {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.head {
             None => write!(f, "ledger ok: empty"),
-            Some(h) => write!(f, "ledger ok: {} rows, head seq {} hash {}", self.rows, h.seq, h.hash),
+            Some(h) => write!(
+                f,
+                "ledger ok: {} rows, head seq {} hash {}",
+                self.rows, h.seq, h.hash
+            ),
         }
     }
 }
@@ -203,10 +207,7 @@ mod tests {
             });
             prev = hash;
         }
-        let head = ChainHead {
-            seq: n,
-            hash: prev,
-        };
+        let head = ChainHead { seq: n, hash: prev };
         (rows, head)
     }
 

@@ -74,7 +74,9 @@ async fn audit_verify_passes_on_an_intact_ledger_and_names_the_first_bad_row() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let db = Sqlite::open(&data).await.unwrap();
-    db.append_ledger(&(1..=5).map(entry).collect::<Vec<_>>()).await.unwrap();
+    db.append_ledger(&(1..=5).map(entry).collect::<Vec<_>>())
+        .await
+        .unwrap();
     db.close().await;
 
     let (code, out, err) = run(&data, &["audit", "verify"], &[]);
@@ -88,7 +90,11 @@ async fn audit_verify_passes_on_an_intact_ledger_and_names_the_first_bad_row() {
     assert_eq!(rows.len(), 5);
     assert_eq!(rows[1]["prev_hash"], rows[0]["hash"]);
     assert_eq!(rows[4]["hash"].as_str().unwrap().len(), 64);
-    let (_, since, _) = run(&data, &["audit", "export", "--since", "2023-11-14T22:13:23Z"], &[]);
+    let (_, since, _) = run(
+        &data,
+        &["audit", "export", "--since", "2023-11-14T22:13:23Z"],
+        &[],
+    );
     assert_eq!(since.lines().count(), 3, "{since}");
 
     // Someone with the file edits row 2: verify fails and names it.
@@ -103,7 +109,9 @@ async fn audit_verify_sees_removed_rows() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let db = Sqlite::open(&data).await.unwrap();
-    db.append_ledger(&(1..=5).map(entry).collect::<Vec<_>>()).await.unwrap();
+    db.append_ledger(&(1..=5).map(entry).collect::<Vec<_>>())
+        .await
+        .unwrap();
     db.close().await;
     tamper_sqlite(&data, "DELETE FROM ledger WHERE seq = 3").await;
     let (code, _, err) = run(&data, &["audit", "verify"], &[]);
@@ -111,7 +119,10 @@ async fn audit_verify_sees_removed_rows() {
     assert!(err.contains("before row 4 was removed"), "{err}");
     tamper_sqlite(&data, "DELETE FROM ledger WHERE seq = 5").await;
     let (_, _, err) = run(&data, &["audit", "verify"], &[]);
-    assert!(err.contains("before row 4 was removed"), "still the first bad row: {err}");
+    assert!(
+        err.contains("before row 4 was removed"),
+        "still the first bad row: {err}"
+    );
 }
 
 /// The same commands on PostgreSQL state (`GATEHOUSE_STATE=postgres`); the URL's password never
@@ -122,17 +133,24 @@ async fn audit_export_and_verify_on_postgres() {
     let db = gatehouse_adapters::postgres::Postgres::connect(&url.clone().into(), 2)
         .await
         .unwrap();
-    db.append_ledger(&(1..=4).map(entry).collect::<Vec<_>>()).await.unwrap();
+    db.append_ledger(&(1..=4).map(entry).collect::<Vec<_>>())
+        .await
+        .unwrap();
     db.close().await;
     let dir = tempfile::tempdir().unwrap();
-    let vars = [("GATEHOUSE_STATE", "postgres"), ("GATEHOUSE_DATABASE_URL", url.as_str())];
+    let vars = [
+        ("GATEHOUSE_STATE", "postgres"),
+        ("GATEHOUSE_DATABASE_URL", url.as_str()),
+    ];
     let (code, out, err) = run(dir.path(), &["audit", "verify"], &vars);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with("ledger ok: 4 rows"), "{out}");
     let (_, out, _) = run(dir.path(), &["audit", "export"], &vars);
     assert_eq!(out.lines().count(), 4);
 
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
     sqlx::raw_sql("SET session_replication_role = replica; DELETE FROM ledger WHERE seq = 2")
         .execute(&mut conn)
         .await
@@ -148,10 +166,16 @@ async fn dlq_list_show_and_redrive_on_the_embedded_queue() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let db = Sqlite::open(&data).await.unwrap();
-    db.publish(&[envelope("e1", "s1"), envelope("e2", "s2")]).await.unwrap();
+    db.publish(&[envelope("e1", "s1"), envelope("e2", "s2")])
+        .await
+        .unwrap();
     db.enqueue_raw("raw", "s3", "not json").await.unwrap();
     for d in db.receive(10, Duration::from_secs(60)).await.unwrap() {
-        let reason = if d.body == "not json" { "not a valid envelope" } else { "policy failed" };
+        let reason = if d.body == "not json" {
+            "not a valid envelope"
+        } else {
+            "policy failed"
+        };
         db.dead_letter(&d, reason).await.unwrap();
     }
     assert_eq!(db.queue_depth().await.unwrap(), 0);

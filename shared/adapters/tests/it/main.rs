@@ -5,5 +5,5 @@ mod postgres;
 mod pubsub;
 mod queue_contract;
 mod sqlite;
-mod state_contract;
 mod sqs;
+mod state_contract;

@@ -39,9 +39,13 @@ async fn replicas_migrate_together_and_append_one_chain() {
 async fn connection_errors_never_contain_the_password() {
     let (_db, good) = postgres().await;
     let secret = "hunter2-d0-not-leak";
-    let wrong = good.0.replacen("gatehouse:gatehouse@", &format!("gatehouse:{secret}@"), 1);
+    let wrong = good
+        .0
+        .replacen("gatehouse:gatehouse@", &format!("gatehouse:{secret}@"), 1);
     assert!(wrong.contains(secret));
-    let e = Postgres::connect(&SecretString::from(wrong), 1).await.unwrap_err();
+    let e = Postgres::connect(&SecretString::from(wrong), 1)
+        .await
+        .unwrap_err();
     let shown = format!("{e} {e:?} {:?}", std::error::Error::source(&e));
     assert!(!shown.contains(secret), "{shown}");
     assert!(shown.contains("cannot connect to postgresql"), "{shown}");

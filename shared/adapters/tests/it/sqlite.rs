@@ -221,7 +221,12 @@ async fn ledger_rows_from_before_the_chain_are_chained_on_open() {
         }
     }
     let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-    sqlx::migrate::Migrator::new(old.path()).await.unwrap().run(&pool).await.unwrap();
+    sqlx::migrate::Migrator::new(old.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
     for n in 1..=3 {
         sqlx::query(
             "INSERT INTO ledger (at, envelope_id, subject, event, rule, call, status)
@@ -237,7 +242,10 @@ async fn ledger_rows_from_before_the_chain_are_chained_on_open() {
     pool.close().await;
 
     let db = Sqlite::open(dir.path()).await.unwrap();
-    let ok = gatehouse_domain::ledger_chain::verify_store(&db).await.unwrap().unwrap();
+    let ok = gatehouse_domain::ledger_chain::verify_store(&db)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ok.rows, 3);
     let rows = db.ledger_since(None).await.unwrap();
     assert_eq!(rows[0].prev_hash, gatehouse_domain::ledger_chain::GENESIS);
@@ -260,7 +268,11 @@ async fn ledger_rows_from_before_the_chain_are_chained_on_open() {
     assert_eq!(rows[3].seq, 4);
     assert_eq!(rows[3].prev_hash, rows[2].hash);
     assert_eq!(
-        gatehouse_domain::ledger_chain::verify_store(&db).await.unwrap().unwrap().rows,
+        gatehouse_domain::ledger_chain::verify_store(&db)
+            .await
+            .unwrap()
+            .unwrap()
+            .rows,
         4
     );
     db.close().await;

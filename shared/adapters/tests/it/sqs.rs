@@ -370,7 +370,13 @@ async fn dead_letter_tools_list_and_redrive() {
     let s = setup(false).await;
     let q = s.queue.clone();
     let envs: Vec<_> = (0..3)
-        .map(|i| envelope(&format!("dl-{i}-{}", uuid::Uuid::new_v4().simple()), &format!("s{i}"), i))
+        .map(|i| {
+            envelope(
+                &format!("dl-{i}-{}", uuid::Uuid::new_v4().simple()),
+                &format!("s{i}"),
+                i,
+            )
+        })
         .collect();
     q.publish(&envs[..2]).await.unwrap();
     for (i, d) in receive_n(&q, 2).await.iter().enumerate() {
@@ -383,7 +389,11 @@ async fn dead_letter_tools_list_and_redrive() {
     }
 
     let tools = SqsDeadLetters::new(q.clone(), None).await.unwrap();
-    assert_eq!(tools.dead_letter_queue_url(), s.dlq.url, "found through the RedrivePolicy");
+    assert_eq!(
+        tools.dead_letter_queue_url(),
+        s.dlq.url,
+        "found through the RedrivePolicy"
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let listed = loop {
         let l = tools.list().await.unwrap();
@@ -409,7 +419,10 @@ async fn dead_letter_tools_list_and_redrive() {
     assert_eq!(moved.reason, None, "moved by SQS: no reason recorded");
     assert_eq!(tools.list().await.unwrap().len(), 3, "listing takes nothing away");
 
-    assert_eq!(tools.redrive(&Redrive::One("no-such-id".into())).await.unwrap(), 0);
+    assert_eq!(
+        tools.redrive(&Redrive::One("no-such-id".into())).await.unwrap(),
+        0
+    );
     assert_eq!(tools.redrive(&Redrive::One(first.id.clone())).await.unwrap(), 1);
     let back = receive_n(&q, 1).await;
     assert_eq!(Envelope::from_json(&back[0].body).unwrap().id, envs[0].id);

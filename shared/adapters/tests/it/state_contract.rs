@@ -69,9 +69,13 @@ fn deletion(subject: &str, due_secs: i64) -> ScheduledDeletion {
 pub(crate) async fn dedupe_follows_commit<S: StateStore>(s: S) {
     let id = EnvelopeId("e1".into());
     assert!(!s.is_processed(&id).await.unwrap());
-    s.commit(outcome("e1", None, None, DeletionChange::Keep)).await.unwrap();
+    s.commit(outcome("e1", None, None, DeletionChange::Keep))
+        .await
+        .unwrap();
     assert!(s.is_processed(&id).await.unwrap());
-    s.commit(outcome("e1", None, None, DeletionChange::Keep)).await.unwrap();
+    s.commit(outcome("e1", None, None, DeletionChange::Keep))
+        .await
+        .unwrap();
     assert!(s.is_processed(&id).await.unwrap());
     assert!(!s.is_processed(&EnvelopeId("e2".into())).await.unwrap());
     assert!(s.load_subject("okta:1").await.unwrap().is_none());
@@ -121,7 +125,10 @@ pub(crate) async fn commit_keeps_identity_fingerprint_and_deletions<S: StateStor
             .unwrap()
             .is_empty()
     );
-    let due = s.due_deletions(DateTime::from_timestamp(100, 0).unwrap()).await.unwrap();
+    let due = s
+        .due_deletions(DateTime::from_timestamp(100, 0).unwrap())
+        .await
+        .unwrap();
     assert_eq!(due, vec![deletion("okta:1", 100)]);
 
     s.commit(outcome("e3", Some("okta:1"), None, DeletionChange::Cancel))
@@ -165,7 +172,11 @@ pub(crate) async fn due_deletions_are_claimed<S: StateStore + Clone + 'static>(s
         handed.extend(got.into_iter().map(|d| d.subject));
     }
     let unique: BTreeSet<_> = handed.iter().cloned().collect();
-    assert_eq!(handed.len(), 20, "each due deletion handed out exactly once: {handed:?}");
+    assert_eq!(
+        handed.len(),
+        20,
+        "each due deletion handed out exactly once: {handed:?}"
+    );
     assert_eq!(unique.len(), 20);
     assert!(s.due_deletions(now).await.unwrap().is_empty(), "all claimed");
 
@@ -204,7 +215,10 @@ pub(crate) async fn ledger_round_trips_and_chains<S: StateStore>(s: S) {
     s.append_ledger(&entries[..2]).await.unwrap();
     s.append_ledger(&entries[2..]).await.unwrap();
     let rows = s.ledger_since(None).await.unwrap();
-    assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
     assert_eq!(rows.iter().map(|r| r.entry.clone()).collect::<Vec<_>>(), entries);
     assert_eq!(rows[0].prev_hash, ledger_chain::GENESIS);
     for w in rows.windows(2) {
@@ -274,7 +288,8 @@ async fn broken<S: StateStore>(s: &S) -> ChainBreak {
 /// Changing one field of a row, bypassing the triggers, is named by that row's seq.
 pub(crate) async fn verify_names_an_altered_row<S: StateStore, T: Tamper>(s: S, db: &T) {
     chained(&s, 6).await;
-    db.tamper("UPDATE ledger SET status = '404 already gone' WHERE seq = 3").await;
+    db.tamper("UPDATE ledger SET status = '404 already gone' WHERE seq = 3")
+        .await;
     assert_eq!(broken(&s).await, ChainBreak::Altered { seq: 3 });
 }
 

@@ -117,7 +117,10 @@ mod tests {
         assert!(matches!(s, StateConfig::Sqlite));
         s.apply_env(&env(&[
             ("GATEHOUSE_STATE", "postgres"),
-            ("GATEHOUSE_DATABASE_URL", "postgres://gh:pw-secret@db:5432/gatehouse"),
+            (
+                "GATEHOUSE_DATABASE_URL",
+                "postgres://gh:pw-secret@db:5432/gatehouse",
+            ),
         ]))
         .unwrap();
         s.validate().unwrap();
@@ -129,7 +132,10 @@ mod tests {
             "postgres://gh:pw-secret@db:5432/gatehouse"
         );
         assert_eq!(p.max_connections, 10);
-        assert!(!format!("{s:?}").contains("pw-secret"), "the URL must not reach Debug");
+        assert!(
+            !format!("{s:?}").contains("pw-secret"),
+            "the URL must not reach Debug"
+        );
     }
 
     #[test]
@@ -165,10 +171,12 @@ mod tests {
         assert!(!e.to_string().contains("s3cret"), "{e}");
         let e = toml::from_str::<StateConfig>("backend = \"postgres\"\npool = 3\n").unwrap_err();
         assert!(e.to_string().contains("pool"), "{e}");
-        let e = toml::from_str::<StateConfig>("backend = \"postgres\"\nmax_connections = 0\nurl = \"postgres://h/d\"\n")
-            .unwrap()
-            .validate()
-            .unwrap_err();
+        let e = toml::from_str::<StateConfig>(
+            "backend = \"postgres\"\nmax_connections = 0\nurl = \"postgres://h/d\"\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err();
         assert_eq!(e.field, "state.max_connections");
     }
 }
