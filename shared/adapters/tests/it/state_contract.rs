@@ -41,7 +41,9 @@ pub(crate) fn entry(n: usize) -> LedgerEntry {
         call: HttpCall {
             method: Method::Delete,
             path: format!("/users/{n}/sessions/{n}"),
-            body: (n % 2 == 0).then(|| serde_json::json!({"is_disabled": true, "n": n})),
+            body: n
+                .is_multiple_of(2)
+                .then(|| serde_json::json!({"is_disabled": true, "n": n})),
         },
         status: "ok".into(),
     }
