@@ -51,7 +51,8 @@ start() {
     fi
     install
     mkdir -p "$TOOLS_DIR"
-    nohup "$VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT" >"$LOG" 2>&1 </dev/null &
+    # scripts/moto_server.py: moto_server with a faster (same-behaviour) SQS visibility check.
+    nohup "$VENV/bin/python" "$(dirname "$0")/moto_server.py" -H 127.0.0.1 -p "$PORT" >"$LOG" 2>&1 </dev/null &
     echo $! >"$PIDFILE"
     for _ in $(seq 1 300); do
         if answers; then

@@ -7,5 +7,6 @@ mod google;
 mod graph;
 mod ingress;
 mod lifecycle;
+mod replicas;
 mod resilience;
 mod scim;

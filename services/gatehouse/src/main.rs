@@ -1,9 +1,11 @@
 //! `gatehouse`: run everything in one process, preview plans, read the ledger and dead letters.
 
+mod ops;
+
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
+use gatehouse_adapters::dlq::Redrive;
 use gatehouse_domain::okta;
-use gatehouse_domain::ports::StateStore;
 use gatehouse_platform::config::Config;
 use gatehouse_runtime::app::{self, AppError, Components};
 use std::io::Write;
@@ -37,12 +39,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Read the ledger of write calls.
+    /// Read and verify the hash-chained ledger of write calls.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// Inspect dead-lettered messages.
+    /// Inspect and redrive dead-lettered messages of the configured queue backend.
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
@@ -51,18 +53,35 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Write ledger rows as JSON lines to standard output.
+    /// Write ledger rows (with their chain hashes) as JSON lines to standard output.
     Export {
         /// Only rows at or after this RFC 3339 time.
         #[arg(long)]
         since: Option<chrono::DateTime<chrono::Utc>>,
     },
+    /// Check the hash chain: exit 0 when intact, else name the first altered, removed or
+    /// reordered row and exit 1.
+    Verify,
 }
 
 #[derive(Subcommand)]
 enum DlqCommand {
     /// List dead letters (id, time, attempts, reason).
     List,
+    /// One dead letter with its body, as JSON.
+    Show {
+        /// The id `dlq list` shows.
+        id: String,
+    },
+    /// Put dead letters back on the queue they came from.
+    #[command(group(ArgGroup::new("which").required(true).args(["id", "all"])))]
+    Redrive {
+        /// The id `dlq list` shows.
+        id: Option<String>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -118,31 +137,18 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
         Command::Plan { event, json } => plan(&cfg, &event, json).await,
         Command::Audit {
             command: AuditCommand::Export { since },
-        } => {
-            let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
-            let rows = store.ledger_since(since).await?;
-            let mut out = std::io::stdout().lock();
-            for row in rows {
-                writeln!(out, "{}", serde_json::to_string(&row)?)?;
-            }
-            Ok(())
-        }
-        Command::Dlq {
-            command: DlqCommand::List,
-        } => {
-            let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
-            let mut out = std::io::stdout().lock();
-            for d in store.dead_letters().await? {
-                writeln!(
-                    out,
-                    "{}\t{}\tattempts={}\t{}",
-                    d.id,
-                    d.at.to_rfc3339(),
-                    d.attempts,
-                    d.reason
-                )?;
-            }
-            Ok(())
+        } => ops::audit_export(&cfg, since).await,
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => ops::audit_verify(&cfg).await,
+        Command::Dlq { command } => {
+            let action = match command {
+                DlqCommand::List => ops::DlqAction::List,
+                DlqCommand::Show { id } => ops::DlqAction::Show(id),
+                DlqCommand::Redrive { id: Some(id), .. } => ops::DlqAction::Redrive(Redrive::One(id)),
+                DlqCommand::Redrive { id: None, .. } => ops::DlqAction::Redrive(Redrive::All),
+            };
+            ops::dlq(&cfg, action).await
         }
     }
 }
@@ -152,7 +158,7 @@ async fn plan(cfg: &Config, event: &std::path::Path, json: bool) -> anyhow::Resu
     let envelopes = okta::parse_hook_body(&body, chrono::Utc::now())
         .with_context(|| format!("{} is not a supported event", event.display()))?;
     let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
-    let engine = app::engine(cfg, store)?;
+    let engine = app::engine(cfg, app::open_state(cfg, &store).await?)?;
     let mut reports = Vec::new();
     let mut out = std::io::stdout().lock();
     for env in &envelopes {

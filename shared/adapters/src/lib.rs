@@ -1,9 +1,13 @@
 //! Real I/O behind the domain's ports: the Looker API client, the SQLite state store and the
-//! embedded SQLite queue, the SCIM directory and the Graph subscription store.
+//! embedded SQLite queue, the PostgreSQL state store, the SCIM directory and the Graph
+//! subscription store, the SQS and Pub/Sub queues and their dead-letter tools.
 
+pub mod dlq;
 pub mod graph_state;
 pub mod looker;
+pub mod postgres;
 pub mod pubsub;
 pub mod scim_store;
 pub mod sqlite;
 pub mod sqs;
+pub mod state;

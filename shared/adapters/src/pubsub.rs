@@ -347,6 +347,124 @@ impl PubsubQueue {
     }
 }
 
+/// The dead-letter subscription of a Pub/Sub queue, for `gatehouse dlq`: list, show and redrive
+/// (publish back to the source topic, then ack on the dead-letter subscription).
+///
+/// Pub/Sub has no way to look at messages without pulling them: listing pulls every message
+/// the subscription has (holding them all) and then nacks them, so they stay on it.
+#[derive(Clone, Debug)]
+pub struct PubsubDeadLetters {
+    /// topic = the source topic (redrive publishes there); subscription = the dead letters.
+    reader: PubsubQueue,
+}
+
+impl PubsubDeadLetters {
+    /// `source_topic`: where redriven messages go; `dead_letter_subscription`: a subscription on
+    /// the dead-letter topic.
+    pub async fn connect(
+        source_topic: &str,
+        dead_letter_subscription: &str,
+        emulator_host: Option<&str>,
+    ) -> Result<Self, BackendError> {
+        let mut opts = PubsubOptions::new(source_topic, dead_letter_subscription);
+        opts.emulator_host = emulator_host.map(str::to_string);
+        opts.max_outstanding_messages = 10_000;
+        opts.receive_wait = Duration::from_secs(2);
+        Ok(PubsubDeadLetters {
+            reader: PubsubQueue::connect_with(opts).await?,
+        })
+    }
+
+    /// Pull until nothing more arrives; every delivery stays held.
+    async fn scan(&self) -> Result<Vec<(String, Delivery)>, BackendError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        loop {
+            let got = self.reader.receive(1_000, Duration::from_secs(600)).await?;
+            if got.is_empty() {
+                return Ok(out);
+            }
+            for d in got {
+                let id = self.message_id(&d);
+                if seen.insert(id.clone()) {
+                    out.push((id, d));
+                } else {
+                    // A second copy (redelivered while held): give it back.
+                    self.reader.release(&d, Duration::ZERO).await?;
+                }
+            }
+        }
+    }
+
+    fn message_id(&self, d: &Delivery) -> String {
+        lock(&self.reader.inner.held)
+            .inflight
+            .get(&d.receipt)
+            .map(|h| h.message_id.clone())
+            .unwrap_or_else(|| d.receipt.split('#').next().unwrap_or_default().to_string())
+    }
+
+    fn dead_message(&self, id: &str, d: &Delivery) -> crate::dlq::DeadMessage {
+        let attrs = self.reader.attributes(d).unwrap_or_default();
+        crate::dlq::DeadMessage {
+            id: id.to_string(),
+            at: None,
+            attempts: attrs
+                .get(DEAD_LETTER_ATTEMPTS_ATTRIBUTE)
+                .and_then(|a| a.parse().ok()),
+            reason: attrs.get(DEAD_LETTER_REASON_ATTRIBUTE).cloned(),
+            body: d.body.clone(),
+        }
+    }
+
+    /// Every dead letter (they stay on the subscription).
+    pub async fn list(&self) -> Result<Vec<crate::dlq::DeadMessage>, BackendError> {
+        let held = self.scan().await?;
+        let out = held.iter().map(|(id, d)| self.dead_message(id, d)).collect();
+        for (_, d) in &held {
+            self.reader.release(d, Duration::ZERO).await?;
+        }
+        Ok(out)
+    }
+
+    /// Publish the chosen dead letters to the source topic (an envelope with its ordering key;
+    /// another body as it is, with its original attributes), then ack them on the dead-letter
+    /// subscription. Returns how many went back.
+    pub async fn redrive(&self, which: &crate::dlq::Redrive) -> Result<usize, BackendError> {
+        let held = self.scan().await?;
+        let mut n = 0;
+        for (id, d) in &held {
+            if !which.wants(id) {
+                self.reader.release(d, Duration::ZERO).await?;
+                continue;
+            }
+            match Envelope::from_json(&d.body) {
+                Ok(env) => self.reader.publish(std::slice::from_ref(&env)).await?,
+                Err(_) => {
+                    let attrs: Vec<(String, String)> = self
+                        .reader
+                        .attributes(d)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|(k, _)| !k.starts_with("gatehouse-dead-letter-"))
+                        .collect();
+                    let attrs: Vec<(&str, &str)> =
+                        attrs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                    self.reader.publish_raw(&d.body, &attrs).await?;
+                }
+            }
+            self.reader.ack(d).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Flush acks and nack what is still held. Call before exit.
+    pub async fn shutdown(&self) {
+        self.reader.shutdown().await;
+    }
+}
+
 impl Inner {
     /// Nack every held delivery whose deadline passed; forget stale attempt counts.
     fn reap(&self, now: Instant) -> usize {

@@ -4,9 +4,10 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use gatehouse_domain::envelope::{Envelope, EnvelopeId};
 use gatehouse_domain::identity::Identity;
+use gatehouse_domain::ledger_chain::{self, ChainHead};
 use gatehouse_domain::ports::{
-    BackendError, DeadLetter, DeletionChange, Delivery, LedgerEntry, LedgerRow, Outcome, QueueConsumer,
-    QueueProducer, RotationRequest, ScheduledDeletion, StateStore, SubjectState,
+    BackendError, DELETION_CLAIM, DeadLetter, DeletionChange, Delivery, LedgerEntry, LedgerRow, Outcome,
+    QueueConsumer, QueueProducer, RotationRequest, ScheduledDeletion, StateStore, SubjectState,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -14,6 +15,16 @@ use std::path::Path;
 use std::time::Duration;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// `SELECT` of every ledger column, in the order `ledger_row` reads them, followed by `$rest`.
+macro_rules! ledger_select {
+    ($rest:literal) => {
+        concat!(
+            "SELECT seq, at, envelope_id, subject, event, rule, call, status, prev_hash, hash FROM ledger ",
+            $rest
+        )
+    };
+}
 
 /// One SQLite database holding the embedded queue and the state. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -62,7 +73,104 @@ impl Sqlite {
             .run(&pool)
             .await
             .map_err(|e| BackendError::new("cannot migrate the sqlite database", e))?;
-        Ok(Sqlite { pool })
+        let db = Sqlite { pool };
+        db.chain_legacy_ledger_rows().await?;
+        Ok(db)
+    }
+
+    /// Chain the ledger rows written before the hash chain existed (they have no hash yet), in
+    /// seq order, and set the chain head. A no-op once done.
+    async fn chain_legacy_ledger_rows(&self) -> Result<(), BackendError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err("cannot begin chaining the ledger"))?;
+        let rows = sqlx::query(ledger_select!("WHERE hash IS NULL ORDER BY seq"))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(err("cannot read unchained ledger rows"))?;
+        if rows.is_empty() {
+            return tx
+                .commit()
+                .await
+                .map_err(err("cannot commit chaining the ledger"));
+        }
+        let first: i64 = rows[0].get(0);
+        let mut prev: String = sqlx::query(
+            "SELECT hash FROM ledger WHERE hash IS NOT NULL AND seq < ? ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(first)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(err("cannot read the ledger"))?
+        .map(|r| r.get(0))
+        .unwrap_or_else(|| ledger_chain::GENESIS.to_string());
+        let mut last = first;
+        for r in &rows {
+            let row = ledger_row(r)?;
+            let hash = ledger_chain::row_hash(row.seq, &row.entry, &prev);
+            sqlx::query("UPDATE ledger SET prev_hash = ?, hash = ? WHERE seq = ?")
+                .bind(&prev)
+                .bind(&hash)
+                .bind(row.seq)
+                .execute(&mut *tx)
+                .await
+                .map_err(err("cannot chain a ledger row"))?;
+            prev = hash;
+            last = row.seq;
+        }
+        set_head(&mut tx, last, &prev).await?;
+        tx.commit()
+            .await
+            .map_err(err("cannot commit chaining the ledger"))
+    }
+
+    /// One dead letter of the embedded queue.
+    pub async fn dead_letter_by_id(&self, id: i64) -> Result<Option<DeadLetter>, BackendError> {
+        let row = sqlx::query("SELECT id, at, attempts, reason, body FROM dead_letters WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err("cannot read the dead letter"))?;
+        row.as_ref().map(dead_letter_row).transpose()
+    }
+
+    /// Put a dead letter back on the embedded queue (as a fresh message, attempt 1) and remove
+    /// it from the dead letters, in one transaction. `false` when there is no such dead letter.
+    /// A body that is not an envelope goes back as it is, under its own id, and is dead-lettered
+    /// again by the processor.
+    pub async fn redrive_dead_letter(&self, id: i64) -> Result<bool, BackendError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err("cannot begin the redrive"))?;
+        let Some(row) = sqlx::query("SELECT body FROM dead_letters WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(err("cannot read the dead letter"))?
+        else {
+            return Ok(false);
+        };
+        let body: String = row.get(0);
+        let (envelope_id, subject, occurred_at) = match Envelope::from_json(&body) {
+            Ok(env) => (env.id.0, env.subject.key, ts(env.occurred_at)),
+            Err(_) => (
+                format!("dead-letter:{id}"),
+                format!("dead-letter:{id}"),
+                ts(Utc::now()),
+            ),
+        };
+        insert_message(&mut tx, &envelope_id, &subject, &occurred_at, &body, now_ms()).await?;
+        sqlx::query("DELETE FROM dead_letters WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(err("cannot remove the redriven dead letter"))?;
+        tx.commit().await.map_err(err("cannot commit the redrive"))?;
+        Ok(true)
     }
 
     /// Enqueue a raw message body as-is (dead-letter redrive; tests of poison handling). The
@@ -98,17 +206,7 @@ impl Sqlite {
             .fetch_all(&self.pool)
             .await
             .map_err(err("cannot list dead letters"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(DeadLetter {
-                    id: r.get(0),
-                    at: parse_ts(r.get::<&str, _>(1))?,
-                    attempts: r.get::<i64, _>(2) as u32,
-                    reason: r.get(3),
-                    body: r.get(4),
-                })
-            })
-            .collect()
+        rows.iter().map(dead_letter_row).collect()
     }
 
     /// The pool, for store modules of this crate (SCIM directory, Graph subscriptions).
@@ -124,6 +222,47 @@ impl Sqlite {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+fn dead_letter_row(r: &sqlx::sqlite::SqliteRow) -> Result<DeadLetter, BackendError> {
+    Ok(DeadLetter {
+        id: r.get(0),
+        at: parse_ts(r.get::<&str, _>(1))?,
+        attempts: r.get::<i64, _>(2) as u32,
+        reason: r.get(3),
+        body: r.get(4),
+    })
+}
+
+fn ledger_row(r: &sqlx::sqlite::SqliteRow) -> Result<LedgerRow, BackendError> {
+    Ok(LedgerRow {
+        seq: r.get(0),
+        entry: LedgerEntry {
+            at: parse_ts(r.get::<&str, _>(1))?,
+            envelope_id: r.get(2),
+            subject: r.get(3),
+            event: r.get(4),
+            rule: r.get(5),
+            call: serde_json::from_str(r.get::<&str, _>(6))
+                .map_err(|e| BackendError::new("stored call is not valid json", e))?,
+            status: r.get(7),
+        },
+        prev_hash: r.get::<Option<String>, _>(8).unwrap_or_default(),
+        hash: r.get::<Option<String>, _>(9).unwrap_or_default(),
+    })
+}
+
+async fn set_head(conn: &mut sqlx::SqliteConnection, seq: i64, hash: &str) -> Result<(), BackendError> {
+    sqlx::query(
+        "INSERT INTO ledger_head (id, seq, hash) VALUES (1, ?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET seq = ?1, hash = ?2",
+    )
+    .bind(seq)
+    .bind(hash)
+    .execute(conn)
+    .await
+    .map_err(err("cannot move the ledger chain head"))?;
+    Ok(())
 }
 
 /// One queue row; a message whose id is already queued is left as it is.
@@ -377,18 +516,33 @@ impl StateStore for Sqlite {
     }
 
     async fn append_ledger(&self, entries: &[LedgerEntry]) -> Result<(), BackendError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        // IMMEDIATE: take the write lock before reading the head, so appends form one line.
         let mut tx = self
             .pool
-            .begin()
+            .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(err("cannot begin ledger append"))?;
+        let head = sqlx::query("SELECT seq, hash FROM ledger_head WHERE id = 1")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(err("cannot read the ledger chain head"))?;
+        let (mut seq, mut prev) = match head {
+            Some(r) => (r.get::<i64, _>(0), r.get::<String, _>(1)),
+            None => (0, ledger_chain::GENESIS.to_string()),
+        };
         for e in entries {
+            seq += 1;
+            let hash = ledger_chain::row_hash(seq, e, &prev);
             let call =
                 serde_json::to_string(&e.call).map_err(|e| BackendError::new("cannot serialize call", e))?;
             sqlx::query(
-                "INSERT INTO ledger (at, envelope_id, subject, event, rule, call, status)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO ledger (seq, at, envelope_id, subject, event, rule, call, status, prev_hash, hash)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
+            .bind(seq)
             .bind(ts(e.at))
             .bind(&e.envelope_id)
             .bind(&e.subject)
@@ -396,50 +550,52 @@ impl StateStore for Sqlite {
             .bind(&e.rule)
             .bind(call)
             .bind(&e.status)
+            .bind(&prev)
+            .bind(&hash)
             .execute(&mut *tx)
             .await
             .map_err(err("cannot append to the ledger"))?;
+            prev = hash;
         }
+        set_head(&mut tx, seq, &prev).await?;
         tx.commit().await.map_err(err("cannot commit the ledger"))
+    }
+
+    async fn ledger_head(&self) -> Result<Option<ChainHead>, BackendError> {
+        let row = sqlx::query("SELECT seq, hash FROM ledger_head WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err("cannot read the ledger chain head"))?;
+        Ok(row.map(|r| ChainHead {
+            seq: r.get(0),
+            hash: r.get(1),
+        }))
     }
 
     async fn ledger_since(&self, since: Option<DateTime<Utc>>) -> Result<Vec<LedgerRow>, BackendError> {
         let since = since.map(ts).unwrap_or_default();
-        let rows = sqlx::query(
-            "SELECT seq, at, envelope_id, subject, event, rule, call, status FROM ledger
-             WHERE at >= ? ORDER BY seq",
-        )
-        .bind(since)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(err("cannot read the ledger"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(LedgerRow {
-                    seq: r.get(0),
-                    entry: LedgerEntry {
-                        at: parse_ts(r.get::<&str, _>(1))?,
-                        envelope_id: r.get(2),
-                        subject: r.get(3),
-                        event: r.get(4),
-                        rule: r.get(5),
-                        call: serde_json::from_str(r.get::<&str, _>(6))
-                            .map_err(|e| BackendError::new("stored call is not valid json", e))?,
-                        status: r.get(7),
-                    },
-                })
-            })
-            .collect()
+        let rows = sqlx::query(ledger_select!("WHERE at >= ? ORDER BY seq"))
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("cannot read the ledger"))?;
+        rows.iter().map(ledger_row).collect()
     }
 
     async fn due_deletions(&self, now: DateTime<Utc>) -> Result<Vec<ScheduledDeletion>, BackendError> {
-        let rows =
-            sqlx::query("SELECT subject, email, due_at FROM deletions WHERE due_at <= ? ORDER BY due_at")
-                .bind(ts(now))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(err("cannot read scheduled deletions"))?;
-        rows.iter()
+        let until = now + chrono::Duration::from_std(DELETION_CLAIM).unwrap_or(chrono::Duration::MAX);
+        let rows = sqlx::query(
+            "UPDATE deletions SET claimed_until = ?1
+             WHERE due_at <= ?2 AND (claimed_until IS NULL OR claimed_until <= ?2)
+             RETURNING subject, email, due_at",
+        )
+        .bind(ts(until))
+        .bind(ts(now))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err("cannot claim scheduled deletions"))?;
+        let mut due: Vec<ScheduledDeletion> = rows
+            .iter()
             .map(|r| {
                 Ok(ScheduledDeletion {
                     subject: r.get(0),
@@ -447,7 +603,9 @@ impl StateStore for Sqlite {
                     due_at: parse_ts(r.get::<&str, _>(2))?,
                 })
             })
-            .collect()
+            .collect::<Result<_, BackendError>>()?;
+        due.sort_by(|a, b| (a.due_at, &a.subject).cmp(&(b.due_at, &b.subject)));
+        Ok(due)
     }
 
     async fn request_rotation(&self, r: &RotationRequest) -> Result<(), BackendError> {

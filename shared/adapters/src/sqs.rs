@@ -135,6 +135,16 @@ impl SqsQueue {
         &self.url
     }
 
+    /// The dead-letter queue URL named by the queue's `RedrivePolicy`.
+    pub async fn dead_letter_queue_url(&self) -> Result<String, BackendError> {
+        self.dead_letter_queue().await.map(str::to_string)
+    }
+
+    /// The client this queue uses.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     pub fn is_fifo(&self) -> bool {
         self.fifo
     }
@@ -510,7 +520,7 @@ impl QueueConsumer for SqsQueue {
             .queue_url(dlq)
             .message_body(&delivery.body)
             .message_attributes(DEAD_LETTER_REASON_ATTRIBUTE, reason_attr)
-            .message_attributes("gatehouse-attempts", attempts_attr);
+            .message_attributes(DEAD_LETTER_ATTEMPTS_ATTRIBUTE, attempts_attr);
         if dlq.ends_with(".fifo") {
             req = req
                 .message_group_id(DEAD_LETTER_GROUP)
@@ -588,6 +598,167 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     out
+}
+
+/// How long a message received by the dlq tools stays invisible to others while they look.
+const DLQ_LEASE_SECS: i32 = 30;
+/// Message attribute with the attempt count of a dead letter sent by `dead_letter`.
+const DEAD_LETTER_ATTEMPTS_ATTRIBUTE: &str = "gatehouse-attempts";
+
+/// The dead-letter queue of an SQS queue, for `gatehouse dlq`: list, show and redrive (send back
+/// to the source queue, then delete from the dead-letter queue).
+///
+/// SQS has no way to look at messages without receiving them: listing receives every message
+/// (each invisible for a moment) and then makes them visible again at once. A FIFO dead-letter
+/// queue hands out one message group's messages ten at a time, so a listing of a FIFO
+/// dead-letter queue shows at most ten per group.
+#[derive(Clone, Debug)]
+pub struct SqsDeadLetters {
+    source: SqsQueue,
+    dlq: String,
+}
+
+impl SqsDeadLetters {
+    /// The dead-letter queue `dlq_url`, or the one named by the source queue's `RedrivePolicy`.
+    pub async fn new(source: SqsQueue, dlq_url: Option<String>) -> Result<Self, BackendError> {
+        let dlq = match dlq_url {
+            Some(u) => u,
+            None => source.dead_letter_queue_url().await?,
+        };
+        Ok(SqsDeadLetters { source, dlq })
+    }
+
+    pub fn dead_letter_queue_url(&self) -> &str {
+        &self.dlq
+    }
+
+    /// Receive every message of the dead-letter queue (deduplicated by message id).
+    async fn scan(&self) -> Result<Vec<aws_sdk_sqs::types::Message>, BackendError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        loop {
+            let got = self
+                .source
+                .client
+                .receive_message()
+                .queue_url(&self.dlq)
+                .max_number_of_messages(BATCH as i32)
+                .wait_time_seconds(0)
+                .visibility_timeout(DLQ_LEASE_SECS)
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .message_attribute_names("All")
+                .send()
+                .await
+                .map_err(|e| BackendError::new("cannot read the sqs dead-letter queue", e))?
+                .messages
+                .unwrap_or_default();
+            let before = out.len();
+            for m in got {
+                if seen.insert(m.message_id.clone().unwrap_or_default()) {
+                    out.push(m);
+                }
+            }
+            if out.len() == before {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Make received messages visible again at once.
+    async fn give_back(&self, messages: &[aws_sdk_sqs::types::Message]) {
+        for m in messages {
+            if let Some(r) = &m.receipt_handle
+                && let Err(e) = self
+                    .source
+                    .client
+                    .change_message_visibility()
+                    .queue_url(&self.dlq)
+                    .receipt_handle(r)
+                    .visibility_timeout(0)
+                    .send()
+                    .await
+            {
+                tracing::debug!(error = %e, "dead letter not given back; it reappears after its lease");
+            }
+        }
+    }
+
+    /// Every dead letter, oldest first (messages stay on the dead-letter queue).
+    pub async fn list(&self) -> Result<Vec<crate::dlq::DeadMessage>, BackendError> {
+        let messages = self.scan().await?;
+        self.give_back(&messages).await;
+        let mut out: Vec<_> = messages.iter().map(dead_message).collect();
+        out.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
+        Ok(out)
+    }
+
+    /// Send the chosen dead letters back to the source queue, then delete them from the
+    /// dead-letter queue. Returns how many went back.
+    pub async fn redrive(&self, which: &crate::dlq::Redrive) -> Result<usize, BackendError> {
+        let messages = self.scan().await?;
+        let (chosen, rest): (Vec<_>, Vec<_>) = messages
+            .into_iter()
+            .partition(|m| which.wants(m.message_id.as_deref().unwrap_or_default()));
+        self.give_back(&rest).await;
+        let mut n = 0;
+        for m in &chosen {
+            let body = m.body.clone().unwrap_or_default();
+            let id = m.message_id.clone().unwrap_or_default();
+            let mut req = self
+                .source
+                .client
+                .send_message()
+                .queue_url(&*self.source.url)
+                .message_body(&body);
+            if self.source.fifo {
+                let group = Envelope::from_json(&body)
+                    .map(|e| e.subject.key)
+                    .unwrap_or_else(|_| DEAD_LETTER_GROUP.to_string());
+                // Not the envelope id: SQS would drop a redrive inside its 5-minute dedupe window.
+                req = req
+                    .message_group_id(fifo_token(&group))
+                    .message_deduplication_id(hex_sha256(&format!("redrive:{id}")));
+            }
+            req.send()
+                .await
+                .map_err(|e| BackendError::new("cannot send the dead letter back to the sqs queue", e))?;
+            if let Some(r) = &m.receipt_handle {
+                self.source
+                    .client
+                    .delete_message()
+                    .queue_url(&self.dlq)
+                    .receipt_handle(r)
+                    .send()
+                    .await
+                    .map_err(|e| BackendError::new("cannot delete the redriven dead letter", e))?;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+fn dead_message(m: &aws_sdk_sqs::types::Message) -> crate::dlq::DeadMessage {
+    let attr = |name: &str| {
+        m.message_attributes
+            .as_ref()
+            .and_then(|a| a.get(name))
+            .and_then(|v| v.string_value.clone())
+    };
+    let system = m.attributes.clone().unwrap_or_default();
+    let at = system
+        .get(&MessageSystemAttributeName::SentTimestamp)
+        .and_then(|t| t.parse::<i64>().ok())
+        .and_then(chrono::DateTime::from_timestamp_millis);
+    // Moved by SQS itself (maxReceiveCount): no attribute, the count is the redrive policy's.
+    let attempts = attr(DEAD_LETTER_ATTEMPTS_ATTRIBUTE).and_then(|a| a.parse().ok());
+    crate::dlq::DeadMessage {
+        id: m.message_id.clone().unwrap_or_default(),
+        at,
+        attempts,
+        reason: attr(DEAD_LETTER_REASON_ATTRIBUTE),
+        body: m.body.clone().unwrap_or_default(),
+    }
 }
 
 /// Whole seconds for an SQS timeout: rounded up (a sub-second wish is not shortened to zero),

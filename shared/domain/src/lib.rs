@@ -7,6 +7,7 @@
 //! - [`policy`]: policy-as-code and its pure evaluation into a desired Looker state.
 //! - [`looker`]: Looker's model as Gatehouse sees it, and the operations a plan is made of.
 //! - [`plan`]: the diff from actual to desired state.
+//! - [`ledger_chain`]: the hash chain over the ledger and its verification.
 //! - [`ports`]: traits the adapters implement (queue, state, Looker).
 
 pub mod cloud_audit;
@@ -15,6 +16,7 @@ pub mod generic;
 pub mod google;
 pub mod graph;
 pub mod identity;
+pub mod ledger_chain;
 pub mod looker;
 pub mod okta;
 pub mod plan;

@@ -3,6 +3,7 @@
 
 use crate::envelope::{Envelope, EnvelopeId};
 use crate::identity::Identity;
+use crate::ledger_chain::ChainHead;
 use crate::looker::{Catalog, HttpCall, LookerError, LookerOp, LookerUser, ReadNeeds, UserRef};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -148,11 +149,17 @@ pub struct LedgerEntry {
     pub status: String,
 }
 
+/// A stored ledger row: the entry, its position and its link in the hash chain
+/// (see [`crate::ledger_chain`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerRow {
     pub seq: i64,
     #[serde(flatten)]
     pub entry: LedgerEntry,
+    /// The previous row's `hash` (`ledger_chain::GENESIS` for the first row).
+    pub prev_hash: String,
+    /// SHA-256 of this row's canonical encoding and `prev_hash`.
+    pub hash: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +170,9 @@ pub struct DeadLetter {
     pub reason: String,
     pub body: String,
 }
+
+/// How long a deletion handed out by `StateStore::due_deletions` stays claimed by that caller.
+pub const DELETION_CLAIM: Duration = Duration::from_secs(300);
 
 /// A request for the rotator (see `IdentityEvent::RotationRequested`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,12 +192,17 @@ pub trait StateStore: Send + Sync {
     ) -> impl Future<Output = Result<Option<SubjectState>, BackendError>> + Send;
     /// Record that an envelope's effects are done, atomically with the identity it produced.
     fn commit(&self, outcome: Outcome) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Append rows to the hash-chained ledger, linearly even with several writers.
     fn append_ledger(&self, entries: &[LedgerEntry])
     -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// The chain head: the last row's seq and hash as recorded with every append.
+    fn ledger_head(&self) -> impl Future<Output = Result<Option<ChainHead>, BackendError>> + Send;
     fn ledger_since(
         &self,
         since: Option<DateTime<Utc>>,
     ) -> impl Future<Output = Result<Vec<LedgerRow>, BackendError>> + Send;
+    /// Due deletions, each claimed for the caller until `now + DELETION_CLAIM`: another caller
+    /// (another replica's sweep) does not get it again before then, unless it is finished.
     fn due_deletions(
         &self,
         now: DateTime<Utc>,

@@ -7,14 +7,16 @@ use crate::ingress::{self, Deps};
 use crate::worker::{Worker, WorkerConfig};
 use futures::future::BoxFuture;
 use gatehouse_adapters::looker::{LookerClient, LookerConfig};
+use gatehouse_adapters::postgres::Postgres;
 use gatehouse_adapters::pubsub::{PubsubOptions, PubsubQueue};
 use gatehouse_adapters::sqlite::Sqlite;
 use gatehouse_adapters::sqs::SqsQueue;
+use gatehouse_adapters::state::AnyState;
 use gatehouse_domain::looker::LookerError;
 use gatehouse_domain::policy::{Policy, PolicyError};
 use gatehouse_domain::ports::BackendError;
 use gatehouse_domain::ports::{Delivery, QueueConsumer, QueueProducer};
-use gatehouse_platform::config::{Config, ConfigError, QueueConfig};
+use gatehouse_platform::config::{Config, ConfigError, QueueConfig, StateConfig};
 use gatehouse_platform::ops;
 use gatehouse_platform::shutdown::{Shutdown, ShutdownTrigger};
 use std::net::SocketAddr;
@@ -78,9 +80,23 @@ pub fn looker_client(cfg: &Config) -> Result<Option<LookerClient>, AppError> {
         .map_err(AppError::from)
 }
 
-pub type AppEngine = Engine<Sqlite, LookerClient>;
+pub type AppEngine = Engine<AnyState, LookerClient>;
 
-pub fn engine(cfg: &Config, store: Sqlite) -> Result<AppEngine, AppError> {
+/// The processor's state store as configured: the SQLite database `sqlite` (also the embedded
+/// queue's), or a PostgreSQL pool.
+pub async fn open_state(cfg: &Config, sqlite: &Sqlite) -> Result<AnyState, AppError> {
+    Ok(match &cfg.state {
+        StateConfig::Sqlite => AnyState::Sqlite(sqlite.clone()),
+        StateConfig::Postgres(p) => {
+            let url = p.url.as_ref().ok_or_else(|| {
+                ConfigError::new("state.url (GATEHOUSE_DATABASE_URL)", "is required for postgres")
+            })?;
+            AnyState::Postgres(Postgres::connect(url, p.max_connections).await?)
+        }
+    })
+}
+
+pub fn engine(cfg: &Config, store: AnyState) -> Result<AppEngine, AppError> {
     let policy = Arc::new(load_policy(cfg)?);
     let looker = looker_client(cfg)?;
     let p = &cfg.processor;
@@ -108,7 +124,11 @@ type StopHook = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send + Sync>;
 /// A running service. Dropping it does not stop it; call [`Running::stop`].
 pub struct Running {
     pub addr: SocketAddr,
+    /// The SQLite database: embedded queue, SCIM directory, Graph inbox (and the state when
+    /// `[state]` is `sqlite`).
     pub store: Sqlite,
+    /// The processor's state store (`[state]`).
+    pub state: AnyState,
     pub dry_run: bool,
     trigger: ShutdownTrigger,
     shutdown: Shutdown,
@@ -127,6 +147,7 @@ impl Running {
         for hook in self.on_stop {
             hook().await;
         }
+        self.state.close().await;
         self.store.close().await;
     }
 
@@ -148,12 +169,13 @@ impl Running {
 /// Validate everything (config, policy, Looker settings, database), bind the port, then start.
 pub async fn start(cfg: &Config, components: Components) -> Result<Running, AppError> {
     let store = Sqlite::open(&cfg.data_dir).await?;
+    let state = open_state(cfg, &store).await?;
     let principals = cfg.cloud_audit.gatehouse_principals.clone();
     match &cfg.queue {
-        QueueConfig::Embedded => start_on(cfg, components, store.clone(), store).await,
+        QueueConfig::Embedded => start_on(cfg, components, store.clone(), store, state).await,
         QueueConfig::Sqs(s) => {
             let queue = SqsQueue::connect(&s.queue_url, s.wait_time).await?;
-            let mut running = start_on(cfg, components, queue.clone(), store).await?;
+            let mut running = start_on(cfg, components, queue.clone(), store, state).await?;
             if let (true, Some(url)) = (components.processor, &s.audit_queue_url) {
                 let audit = SqsQueue::connect(url, s.wait_time).await?;
                 let t = Translator::new(audit, queue, TranslatorConfig::new(Kind::Aws, principals));
@@ -166,7 +188,7 @@ pub async fn start(cfg: &Config, components: Components) -> Result<Running, AppE
             opts.emulator_host = p.emulator_host.clone();
             opts.dead_letter_topic = p.dead_letter_topic.clone();
             let queue = PubsubQueue::connect_with(opts.clone()).await?;
-            let mut running = start_on(cfg, components, queue.clone(), store).await?;
+            let mut running = start_on(cfg, components, queue.clone(), store, state).await?;
             let q = queue.clone();
             running
                 .on_stop
@@ -190,17 +212,29 @@ pub async fn start(cfg: &Config, components: Components) -> Result<Running, AppE
     }
 }
 
+/// Start on an already built queue (tests: an SQS client pointed at moto, several replicas on
+/// one queue), with the SQLite database and state store from `cfg`.
+pub async fn start_with_queue<Q>(cfg: &Config, components: Components, queue: Q) -> Result<Running, AppError>
+where
+    Q: QueueProducer + QueueConsumer + Clone + 'static,
+{
+    let store = Sqlite::open(&cfg.data_dir).await?;
+    let state = open_state(cfg, &store).await?;
+    start_on(cfg, components, queue, store, state).await
+}
+
 /// Start on a given queue backend.
 async fn start_on<Q>(
     cfg: &Config,
     components: Components,
     queue: Q,
     store: Sqlite,
+    state: AnyState,
 ) -> Result<Running, AppError>
 where
     Q: QueueProducer + QueueConsumer + Clone + 'static,
 {
-    let engine = Arc::new(engine(cfg, store.clone())?);
+    let engine = Arc::new(engine(cfg, state.clone())?);
     let dry_run = engine.is_dry_run();
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -214,10 +248,10 @@ where
     })?;
     let (trigger, shutdown) = Shutdown::new();
 
-    let ready_store = store.clone();
+    let (ready_store, ready_state) = (store.clone(), state.clone());
     let mut app = ops::router(Arc::new(move || {
-        let s = ready_store.clone();
-        Box::pin(async move { s.ping().await })
+        let (s, st) = (ready_store.clone(), ready_state.clone());
+        Box::pin(async move { s.ping().await && st.ping().await })
     }));
     let deps = Deps {
         queue: queue.clone(),
@@ -278,6 +312,7 @@ where
     tracing::info!(
         %addr,
         data_dir = %cfg.data_dir.display(),
+        state = state.backend(),
         dry_run,
         ingress = components.ingress,
         processor = components.processor,
@@ -289,6 +324,7 @@ where
     Ok(Running {
         addr,
         store,
+        state,
         dry_run,
         trigger,
         shutdown,

@@ -2,8 +2,10 @@
 //! bench run on loopback.
 //!
 //! * [`looker_fake`]: a stateful fake of the Looker API 4.0 (`FakeLooker`).
+//! * [`postgres`]: a fresh database per test on the throwaway PostgreSQL cluster.
 
 pub mod graph_fake;
 pub mod looker_fake;
+pub mod postgres;
 
 pub use looker_fake::{FakeLooker, RecordedCall, UserView};

@@ -5,6 +5,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 mod crash;
+mod ops;
 mod queues;
 
 fn bin() -> Command {

@@ -1,7 +1,9 @@
 //! Integration tests of the adapters, linked into one binary.
 
 mod looker;
+mod postgres;
 mod pubsub;
 mod queue_contract;
 mod sqlite;
 mod sqs;
+mod state_contract;

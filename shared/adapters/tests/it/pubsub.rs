@@ -328,3 +328,89 @@ async fn publish_to_a_missing_topic_fails() {
     assert!(e.to_string().contains("publish"), "{e}");
     q.publish(&[]).await.expect("an empty batch is a no-op");
 }
+
+// ---- dead-letter tools (`gatehouse dlq`) ----
+
+/// List shows what the processor dead-lettered (reason, attempts, body) and leaves it on the
+/// dead-letter subscription; redrive publishes one or all back to the source topic (an envelope
+/// as an envelope, another body with its original attributes) and acks them on the dead letters.
+#[tokio::test]
+async fn dead_letter_tools_list_and_redrive() {
+    use gatehouse_adapters::dlq::Redrive;
+    use gatehouse_adapters::pubsub::PubsubDeadLetters;
+    let (topic, sub) = fresh("q").await;
+    let (dlq_topic, dlq_sub) = fresh("dlq").await;
+    let mut o = options(&topic, &sub);
+    o.dead_letter_topic = Some(dlq_topic.clone());
+    let q = PubsubQueue::connect_with(o).await.unwrap();
+    let env = envelope(&format!("dl-{}", uuid::Uuid::new_v4().simple()), "s1", 1);
+    q.publish(std::slice::from_ref(&env)).await.unwrap();
+    q.publish_raw("not an envelope", &[("origin", "test")])
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let d = receive_one(&q, Duration::from_secs(30), "to dead-letter").await;
+        let reason = if d.body == "not an envelope" {
+            "unparseable"
+        } else {
+            "policy failed"
+        };
+        q.dead_letter(&d, reason).await.unwrap();
+    }
+
+    let tools = PubsubDeadLetters::connect(&topic, &dlq_sub, Some(&emulator()))
+        .await
+        .unwrap();
+    let listed = tools.list().await.unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let good = listed
+        .iter()
+        .find(|m| m.body != "not an envelope")
+        .unwrap()
+        .clone();
+    let raw = listed
+        .iter()
+        .find(|m| m.body == "not an envelope")
+        .unwrap()
+        .clone();
+    assert_eq!(Envelope::from_json(&good.body).unwrap().id, env.id);
+    assert_eq!(good.reason.as_deref(), Some("policy failed"));
+    assert_eq!(good.attempts, Some(1));
+    assert_eq!(raw.reason.as_deref(), Some("unparseable"));
+    assert_eq!(tools.list().await.unwrap().len(), 2, "listing takes nothing away");
+
+    assert_eq!(
+        tools.redrive(&Redrive::One("no-such-id".into())).await.unwrap(),
+        0
+    );
+    assert_eq!(tools.redrive(&Redrive::One(good.id.clone())).await.unwrap(), 1);
+    let back = receive_one(&q, Duration::from_secs(30), "redriven envelope").await;
+    assert_eq!(Envelope::from_json(&back.body).unwrap().id, env.id);
+    let attrs = q.attributes(&back).unwrap();
+    assert_eq!(attrs[ENVELOPE_ID_ATTRIBUTE], env.id.0);
+    assert!(!attrs.contains_key(DEAD_LETTER_REASON_ATTRIBUTE));
+    q.ack(&back).await.unwrap();
+    let left = tools.list().await.unwrap();
+    assert_eq!(
+        left.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+        vec![raw.id.clone()]
+    );
+
+    assert_eq!(tools.redrive(&Redrive::All).await.unwrap(), 1);
+    let back = receive_one(&q, Duration::from_secs(30), "redriven raw body").await;
+    assert_eq!(back.body, "not an envelope");
+    let attrs = q.attributes(&back).unwrap();
+    assert_eq!(
+        attrs.get("origin").map(String::as_str),
+        Some("test"),
+        "original attributes kept"
+    );
+    assert!(
+        !attrs.keys().any(|k| k.starts_with("gatehouse-dead-letter-")),
+        "{attrs:?}"
+    );
+    q.ack(&back).await.unwrap();
+    assert!(tools.list().await.unwrap().is_empty());
+    tools.shutdown().await;
+    q.shutdown().await;
+}

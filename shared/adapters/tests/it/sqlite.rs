@@ -174,35 +174,6 @@ async fn commit_records_processed_identity_and_deletions_atomically() {
 }
 
 #[tokio::test]
-async fn a_commit_from_an_outdated_load_is_refused_and_leaves_nothing() {
-    let (_d, db) = open().await;
-    let outcome = |id: &str, base_version, converged: &str| Outcome {
-        envelope_id: EnvelopeId(id.into()),
-        identity: Some(Identity::new("s1")),
-        converged: Some(converged.into()),
-        deletion: DeletionChange::Keep,
-        base_version,
-    };
-    db.commit(outcome("e1", None, "one")).await.unwrap();
-    // A second handler that also saw no subject loses the race to create it.
-    let e = db.commit(outcome("e2", None, "two")).await.unwrap_err();
-    assert!(e.is_subject_changed(), "{e}");
-    // Two handlers that loaded version 1: the first wins, the second is refused.
-    db.commit(outcome("e3", Some(1), "three")).await.unwrap();
-    let e = db.commit(outcome("e4", Some(1), "four")).await.unwrap_err();
-    assert!(e.is_subject_changed(), "{e}");
-    // A refused commit records nothing: neither the envelope nor the identity.
-    for id in ["e2", "e4"] {
-        assert!(!db.is_processed(&EnvelopeId(id.into())).await.unwrap(), "{id}");
-    }
-    let s = db.load_subject("s1").await.unwrap().unwrap();
-    assert_eq!((s.version, s.converged.as_deref()), (2, Some("three")));
-    // Handled again from a fresh load, it goes through.
-    db.commit(outcome("e4", Some(2), "four")).await.unwrap();
-    assert!(db.is_processed(&EnvelopeId("e4".into())).await.unwrap());
-}
-
-#[tokio::test]
 async fn the_ledger_is_append_only() {
     let (dir, db) = open().await;
     let entry = LedgerEntry {
@@ -234,4 +205,81 @@ async fn the_ledger_is_append_only() {
     assert!(upd.unwrap_err().to_string().contains("append-only"));
     let del = sqlx::query("DELETE FROM ledger").execute(&pool).await;
     assert!(del.unwrap_err().to_string().contains("append-only"));
+}
+
+/// Rows written before the hash chain existed are chained, in order, when the database is opened
+/// with the chain's migration; new rows continue that chain.
+#[tokio::test]
+async fn ledger_rows_from_before_the_chain_are_chained_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("gatehouse.db").display());
+    // The schema as it was before migration 0006: migrations 0001..=0004 only.
+    let old = tempfile::tempdir().unwrap();
+    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    for f in std::fs::read_dir(&migrations).unwrap() {
+        let f = f.unwrap().path();
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        if name.as_str() < "0005" {
+            std::fs::copy(&f, old.path().join(&name)).unwrap();
+        }
+    }
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::migrate::Migrator::new(old.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    for n in 1..=3 {
+        sqlx::query(
+            "INSERT INTO ledger (at, envelope_id, subject, event, rule, call, status)
+             VALUES (?, ?, 's', 'user_deactivated', 'offboarding.disable', ?, 'ok')",
+        )
+        .bind(format!("2025-01-01T00:00:0{n}.000Z"))
+        .bind(format!("old-{n}"))
+        .bind(r#"{"method":"PATCH","path":"/users/1","body":{"is_disabled":true}}"#)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+
+    let db = Sqlite::open(dir.path()).await.unwrap();
+    let ok = gatehouse_domain::ledger_chain::verify_store(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ok.rows, 3);
+    let rows = db.ledger_since(None).await.unwrap();
+    assert_eq!(rows[0].prev_hash, gatehouse_domain::ledger_chain::GENESIS);
+    assert_eq!(rows[2].entry.envelope_id, "old-3");
+    let entry = LedgerEntry {
+        at: DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap(),
+        envelope_id: "new".into(),
+        subject: "s".into(),
+        event: "t".into(),
+        rule: "r".into(),
+        call: HttpCall {
+            method: Method::Delete,
+            path: "/users/1/sessions/2".into(),
+            body: None,
+        },
+        status: "ok".into(),
+    };
+    db.append_ledger(&[entry]).await.unwrap();
+    let rows = db.ledger_since(None).await.unwrap();
+    assert_eq!(rows[3].seq, 4);
+    assert_eq!(rows[3].prev_hash, rows[2].hash);
+    assert_eq!(
+        gatehouse_domain::ledger_chain::verify_store(&db)
+            .await
+            .unwrap()
+            .unwrap()
+            .rows,
+        4
+    );
+    db.close().await;
+    // Opening again changes nothing (the chained rows are final).
+    let db = Sqlite::open(dir.path()).await.unwrap();
+    assert_eq!(db.ledger_since(None).await.unwrap(), rows);
 }

@@ -6,6 +6,7 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{Builder, Credentials, Region};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use gatehouse_adapters::sqs::{DEAD_LETTER_REASON_ATTRIBUTE, SqsQueue};
+use gatehouse_domain::envelope::Envelope;
 use gatehouse_domain::ports::{QueueConsumer, QueueProducer};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -415,4 +416,104 @@ async fn acks_waiting_together_are_deleted_in_one_batch_each_answered() {
         (1..=3).contains(&batches),
         "11 acks at once take a few batch calls, not 11: {calls:?}"
     );
+}
+
+// ---- dead-letter tools (`gatehouse dlq`) ----
+
+/// List shows every dead letter (with the processor's reason, or none when SQS moved it by
+/// itself) without taking it off the dead-letter queue; redrive sends one or all back to the
+/// source queue and removes them from the dead-letter queue.
+#[tokio::test]
+async fn dead_letter_tools_list_and_redrive() {
+    use gatehouse_adapters::dlq::Redrive;
+    use gatehouse_adapters::sqs::SqsDeadLetters;
+    let s = setup(false).await;
+    let q = s.queue.clone();
+    let envs: Vec<_> = (0..3)
+        .map(|i| {
+            envelope(
+                &format!("dl-{i}-{}", uuid::Uuid::new_v4().simple()),
+                &format!("s{i}"),
+                i,
+            )
+        })
+        .collect();
+    q.publish(&envs[..2]).await.unwrap();
+    for (i, d) in receive_n(&q, 2).await.iter().enumerate() {
+        q.dead_letter(d, &format!("policy failed {i}")).await.unwrap();
+    }
+    // The third is moved by SQS itself after MAX_RECEIVES receives without an ack.
+    q.publish(&envs[2..]).await.unwrap();
+    for _ in 0..MAX_RECEIVES {
+        receive_n(&q, 1).await;
+    }
+
+    let tools = SqsDeadLetters::new(q.clone(), None).await.unwrap();
+    assert_eq!(
+        tools.dead_letter_queue_url(),
+        s.dlq.url,
+        "found through the RedrivePolicy"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let listed = loop {
+        let l = tools.list().await.unwrap();
+        if l.len() == 3 {
+            break l;
+        }
+        assert!(l.len() < 3, "{l:?}");
+        assert!(Instant::now() < deadline, "only {} dead letters listed", l.len());
+        // Receiving drives SQS's own move to the dead-letter queue.
+        assert!(q.receive(10, Duration::from_secs(2)).await.unwrap().is_empty());
+    };
+    let by_body = |e: &gatehouse_domain::envelope::Envelope| {
+        listed
+            .iter()
+            .find(|m| Envelope::from_json(&m.body).is_ok_and(|b| b.id == e.id))
+            .unwrap_or_else(|| panic!("{} not listed: {listed:?}", e.id.0))
+            .clone()
+    };
+    let (first, moved) = (by_body(&envs[0]), by_body(&envs[2]));
+    assert_eq!(first.reason.as_deref(), Some("policy failed 0"));
+    assert_eq!(first.attempts, Some(1));
+    assert!(first.at.is_some());
+    assert_eq!(moved.reason, None, "moved by SQS: no reason recorded");
+    assert_eq!(tools.list().await.unwrap().len(), 3, "listing takes nothing away");
+
+    assert_eq!(
+        tools.redrive(&Redrive::One("no-such-id".into())).await.unwrap(),
+        0
+    );
+    assert_eq!(tools.redrive(&Redrive::One(first.id.clone())).await.unwrap(), 1);
+    let back = receive_n(&q, 1).await;
+    assert_eq!(Envelope::from_json(&back[0].body).unwrap().id, envs[0].id);
+    assert_eq!(back[0].attempt, 1, "a fresh message on the source queue");
+    q.ack(&back[0]).await.unwrap();
+    let left = tools.list().await.unwrap();
+    assert_eq!(left.len(), 2);
+    assert!(left.iter().all(|m| m.id != first.id));
+
+    assert_eq!(tools.redrive(&Redrive::All).await.unwrap(), 2);
+    assert!(tools.list().await.unwrap().is_empty());
+    let mut ids: Vec<_> = Vec::new();
+    while ids.len() < 2 {
+        for d in receive_n(&q, 1).await {
+            ids.push(Envelope::from_json(&d.body).unwrap().id.0);
+            q.ack(&d).await.unwrap();
+        }
+    }
+    ids.sort();
+    let mut want = vec![envs[1].id.0.clone(), envs[2].id.0.clone()];
+    want.sort();
+    assert_eq!(ids, want);
+}
+
+/// Receive until at least `n` deliveries arrived (visibility 2 s), or fail after 15 s.
+async fn receive_n(q: &SqsQueue, n: usize) -> Vec<gatehouse_domain::ports::Delivery> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut out = Vec::new();
+    while out.len() < n {
+        assert!(Instant::now() < deadline, "only {} of {n} delivered", out.len());
+        out.extend(q.receive(10, Duration::from_secs(2)).await.unwrap());
+    }
+    out
 }

@@ -7,12 +7,14 @@ mod google;
 mod graph;
 mod queue;
 mod scim;
+mod state;
 
 pub use generic::GenericConfig;
 pub use google::GoogleConfig;
 pub use graph::GraphConfig;
 pub use queue::{PubsubConfig, QueueConfig, SqsConfig};
 pub use scim::ScimConfig;
+pub use state::{PostgresConfig, StateConfig};
 
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -44,6 +46,9 @@ pub struct Config {
     /// The queue between intake and processor: `embedded` (default), `sqs` or `pubsub`.
     #[serde(default)]
     pub queue: QueueConfig,
+    /// The processor's state: `sqlite` (default, in the data directory) or `postgres`.
+    #[serde(default)]
+    pub state: StateConfig,
     /// Cloud audit events (CloudTrail, GCP audit logs).
     #[serde(default)]
     pub cloud_audit: CloudAuditConfig,
@@ -273,6 +278,8 @@ pub const ENV_VARS: &[&str] = &[
     "GATEHOUSE_LOOKER_CLIENT_SECRET",
     "GATEHOUSE_LOG_FORMAT",
     "GATEHOUSE_QUEUE",
+    "GATEHOUSE_STATE",
+    "GATEHOUSE_DATABASE_URL",
     "GATEHOUSE_SQS_QUEUE_URL",
     "GATEHOUSE_SQS_AUDIT_QUEUE_URL",
     "GATEHOUSE_PUBSUB_TOPIC",
@@ -318,6 +325,7 @@ impl Config {
 
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         self.queue.apply_env(&env)?;
+        self.state.apply_env(&env)?;
         if let Some(v) = env("GATEHOUSE_AUDIT_PRINCIPALS") {
             self.cloud_audit.gatehouse_principals = v
                 .split(',')
@@ -371,6 +379,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.looker_connection()?;
         self.queue.validate()?;
+        self.state.validate()?;
         self.scim.validate()?;
         self.graph.validate()?;
         self.google.validate()?;

@@ -29,6 +29,10 @@ pub struct SqsConfig {
     /// Long-poll wait of one receive (at most 20 s).
     #[serde(default = "default_wait", with = "humantime_serde")]
     pub wait_time: Duration,
+    /// The dead-letter queue `gatehouse dlq` works on; default: the one the queue's
+    /// `RedrivePolicy` names.
+    #[serde(default)]
+    pub dead_letter_queue_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -47,6 +51,9 @@ pub struct PubsubConfig {
     /// Topic poison messages are published to, with the reason as an attribute.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// A subscription on the dead-letter topic: what `gatehouse dlq` lists and redrives.
+    #[serde(default)]
+    pub dead_letter_subscription: Option<String>,
 }
 
 fn default_wait() -> Duration {
@@ -70,6 +77,7 @@ impl QueueConfig {
                         queue_url: String::new(),
                         audit_queue_url: None,
                         wait_time: default_wait(),
+                        dead_letter_queue_url: None,
                     }),
                     "pubsub" => QueueConfig::Pubsub(PubsubConfig {
                         topic: String::new(),
@@ -77,6 +85,7 @@ impl QueueConfig {
                         audit_subscription: None,
                         emulator_host: None,
                         dead_letter_topic: None,
+                        dead_letter_subscription: None,
                     }),
                     other => {
                         return Err(ConfigError::new(

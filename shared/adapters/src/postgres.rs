@@ -1,0 +1,350 @@
+//! PostgreSQL state store: the state shared by several processor replicas (dedupe, identities,
+//! fingerprints, the hash-chained ledger, scheduled deletions, rotation requests). Same contract
+//! as the SQLite store (`tests/it/state_contract.rs` runs both); safe with any number of replicas:
+//! every change is one transaction, inserts are `ON CONFLICT`, deletions are claimed with
+//! `FOR UPDATE SKIP LOCKED`, and ledger appends take the chain head's row lock so the chain stays
+//! one line.
+
+use crate::sqlite::err;
+use chrono::{DateTime, Utc};
+use gatehouse_domain::envelope::EnvelopeId;
+use gatehouse_domain::identity::Identity;
+use gatehouse_domain::ledger_chain::{self, ChainHead};
+use gatehouse_domain::ports::{
+    BackendError, DELETION_CLAIM, DeletionChange, LedgerEntry, LedgerRow, Outcome, RotationRequest,
+    ScheduledDeletion, StateStore, SubjectState,
+};
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row};
+use std::str::FromStr;
+use std::time::Duration;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// A pool of connections to one PostgreSQL database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Postgres {
+    pool: PgPool,
+}
+
+/// Timestamps keep millisecond precision, like the SQLite store (and the ledger's hash).
+fn millis(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+}
+
+impl Postgres {
+    /// Connect to `url` (`postgres://user:password@host:port/db`; the password stays secret:
+    /// errors never contain the URL) with at most `max_connections`, and apply migrations
+    /// (sqlx holds an advisory lock while migrating, so replicas may start together).
+    pub async fn connect(url: &SecretString, max_connections: u32) -> Result<Self, BackendError> {
+        let opts = PgConnectOptions::from_str(url.expose_secret()).map_err(|_| {
+            BackendError::new(
+                "cannot connect to postgresql",
+                "the database url is not a valid postgres:// url",
+            )
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts)
+            .await
+            .map_err(err("cannot connect to postgresql"))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| BackendError::new("cannot migrate the postgresql database", e))?;
+        Ok(Postgres { pool })
+    }
+
+    /// Whether the database answers (for `/readyz`).
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn ledger_row(r: &PgRow) -> Result<LedgerRow, BackendError> {
+    Ok(LedgerRow {
+        seq: r.get(0),
+        entry: LedgerEntry {
+            at: r.get(1),
+            envelope_id: r.get(2),
+            subject: r.get(3),
+            event: r.get(4),
+            rule: r.get(5),
+            call: serde_json::from_str(r.get::<&str, _>(6))
+                .map_err(|e| BackendError::new("stored call is not valid json", e))?,
+            status: r.get(7),
+        },
+        prev_hash: r.get(8),
+        hash: r.get(9),
+    })
+}
+
+async fn mark_processed(
+    conn: &mut sqlx::PgConnection,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), BackendError> {
+    sqlx::query(
+        "INSERT INTO processed (envelope_id, processed_at) VALUES ($1, $2)
+         ON CONFLICT (envelope_id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map_err(err("cannot record the processed envelope"))?;
+    Ok(())
+}
+
+impl StateStore for Postgres {
+    async fn is_processed(&self, id: &EnvelopeId) -> Result<bool, BackendError> {
+        let row = sqlx::query("SELECT 1 FROM processed WHERE envelope_id = $1")
+            .bind(&id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err("cannot read the dedupe store"))?;
+        Ok(row.is_some())
+    }
+
+    async fn load_subject(&self, key: &str) -> Result<Option<SubjectState>, BackendError> {
+        let row = sqlx::query("SELECT identity::text, converged, version FROM subjects WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err("cannot read the directory"))?;
+        row.map(|r| {
+            let identity: Identity = serde_json::from_str(r.get::<&str, _>(0))
+                .map_err(|e| BackendError::new("stored identity is not valid json", e))?;
+            Ok(SubjectState {
+                identity,
+                converged: r.get(1),
+                version: r.get(2),
+            })
+        })
+        .transpose()
+    }
+
+    async fn commit(&self, outcome: Outcome) -> Result<(), BackendError> {
+        let now = millis(Utc::now());
+        let mut tx = self.pool.begin().await.map_err(err("cannot begin commit"))?;
+        mark_processed(&mut tx, &outcome.envelope_id.0, now).await?;
+        let Some(identity) = &outcome.identity else {
+            return tx.commit().await.map_err(err("cannot commit"));
+        };
+        let json = serde_json::to_string(identity)
+            .map_err(|e| BackendError::new("cannot serialize the identity", e))?;
+        // Compare-and-set on the version the handler loaded: a conflict rolls the whole
+        // transaction back (processed row too) and the handler handles its event again.
+        let written = match outcome.base_version {
+            None => sqlx::query(
+                "INSERT INTO subjects (key, identity, converged, updated_at, version)
+                 VALUES ($1, $2::jsonb, $3, $4, 1) ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(&identity.key)
+            .bind(&json)
+            .bind(&outcome.converged)
+            .bind(now),
+            Some(v) => sqlx::query(
+                "UPDATE subjects SET identity = $2::jsonb, converged = $3, updated_at = $4, version = $5 + 1
+                 WHERE key = $1 AND version = $5",
+            )
+            .bind(&identity.key)
+            .bind(&json)
+            .bind(&outcome.converged)
+            .bind(now)
+            .bind(v),
+        }
+        .execute(&mut *tx)
+        .await
+        .map_err(err("cannot write the identity"))?;
+        if written.rows_affected() != 1 {
+            return Err(BackendError::subject_changed(&identity.key));
+        }
+        match &outcome.deletion {
+            DeletionChange::Keep => {}
+            DeletionChange::Schedule(d) => {
+                sqlx::query(
+                    "INSERT INTO deletions (subject, email, due_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (subject) DO NOTHING",
+                )
+                .bind(&d.subject)
+                .bind(&d.email)
+                .bind(millis(d.due_at))
+                .execute(&mut *tx)
+                .await
+                .map_err(err("cannot schedule the deletion"))?;
+            }
+            DeletionChange::Cancel => {
+                sqlx::query("DELETE FROM deletions WHERE subject = $1")
+                    .bind(&identity.key)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err("cannot cancel the deletion"))?;
+            }
+        }
+        tx.commit().await.map_err(err("cannot commit"))
+    }
+
+    async fn append_ledger(&self, entries: &[LedgerEntry]) -> Result<(), BackendError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(err("cannot begin ledger append"))?;
+        // The head's row lock makes appends from every replica one line.
+        let head = sqlx::query("SELECT seq, hash FROM ledger_head WHERE id = 1 FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err("cannot lock the ledger chain head"))?;
+        let mut seq: i64 = head.get(0);
+        let mut prev: String = head.get(1);
+        for e in entries {
+            seq += 1;
+            let mut e = e.clone();
+            e.at = millis(e.at);
+            let hash = ledger_chain::row_hash(seq, &e, &prev);
+            let call =
+                serde_json::to_string(&e.call).map_err(|e| BackendError::new("cannot serialize call", e))?;
+            sqlx::query(
+                "INSERT INTO ledger (seq, at, envelope_id, subject, event, rule, call, status, prev_hash, hash)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10)",
+            )
+            .bind(seq)
+            .bind(e.at)
+            .bind(&e.envelope_id)
+            .bind(&e.subject)
+            .bind(&e.event)
+            .bind(&e.rule)
+            .bind(call)
+            .bind(&e.status)
+            .bind(&prev)
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(err("cannot append to the ledger"))?;
+            prev = hash;
+        }
+        sqlx::query("UPDATE ledger_head SET seq = $1, hash = $2 WHERE id = 1")
+            .bind(seq)
+            .bind(&prev)
+            .execute(&mut *tx)
+            .await
+            .map_err(err("cannot move the ledger chain head"))?;
+        tx.commit().await.map_err(err("cannot commit the ledger"))
+    }
+
+    async fn ledger_head(&self) -> Result<Option<ChainHead>, BackendError> {
+        let row = sqlx::query("SELECT seq, hash FROM ledger_head WHERE id = 1 AND seq > 0")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err("cannot read the ledger chain head"))?;
+        Ok(row.map(|r| ChainHead {
+            seq: r.get(0),
+            hash: r.get(1),
+        }))
+    }
+
+    async fn ledger_since(&self, since: Option<DateTime<Utc>>) -> Result<Vec<LedgerRow>, BackendError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, envelope_id, subject, event, rule, call::text, status, prev_hash, hash
+             FROM ledger WHERE $1::timestamptz IS NULL OR at >= $1 ORDER BY seq",
+        )
+        .bind(since.map(millis))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err("cannot read the ledger"))?;
+        rows.iter().map(ledger_row).collect()
+    }
+
+    async fn due_deletions(&self, now: DateTime<Utc>) -> Result<Vec<ScheduledDeletion>, BackendError> {
+        let now = millis(now);
+        let until = now + chrono::Duration::from_std(DELETION_CLAIM).unwrap_or(chrono::Duration::MAX);
+        let rows = sqlx::query(
+            "UPDATE deletions SET claimed_until = $1
+             WHERE subject IN (
+                SELECT subject FROM deletions
+                WHERE due_at <= $2 AND (claimed_until IS NULL OR claimed_until <= $2)
+                FOR UPDATE SKIP LOCKED)
+             RETURNING subject, email, due_at",
+        )
+        .bind(until)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err("cannot claim scheduled deletions"))?;
+        let mut due: Vec<ScheduledDeletion> = rows
+            .iter()
+            .map(|r| ScheduledDeletion {
+                subject: r.get(0),
+                email: r.get(1),
+                due_at: r.get(2),
+            })
+            .collect();
+        due.sort_by(|a, b| (a.due_at, &a.subject).cmp(&(b.due_at, &b.subject)));
+        Ok(due)
+    }
+
+    async fn finish_deletion(&self, subject: &str) -> Result<(), BackendError> {
+        sqlx::query("DELETE FROM deletions WHERE subject = $1")
+            .bind(subject)
+            .execute(&self.pool)
+            .await
+            .map_err(err("cannot finish the deletion"))?;
+        Ok(())
+    }
+
+    async fn request_rotation(&self, r: &RotationRequest) -> Result<(), BackendError> {
+        let now = millis(Utc::now());
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(err("cannot begin rotation request"))?;
+        sqlx::query(
+            "INSERT INTO rotation_requests (at, envelope_id, subject, provider, reason, secret)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (envelope_id) DO NOTHING",
+        )
+        .bind(now)
+        .bind(&r.envelope_id)
+        .bind(&r.subject)
+        .bind(&r.provider)
+        .bind(&r.reason)
+        .bind(&r.secret)
+        .execute(&mut *tx)
+        .await
+        .map_err(err("cannot record the rotation request"))?;
+        mark_processed(&mut tx, &r.envelope_id, now).await?;
+        tx.commit()
+            .await
+            .map_err(err("cannot commit the rotation request"))
+    }
+
+    async fn pending_rotations(&self) -> Result<Vec<RotationRequest>, BackendError> {
+        let rows = sqlx::query(
+            "SELECT envelope_id, subject, provider, reason, secret FROM rotation_requests
+             WHERE handled_at IS NULL ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err("cannot read rotation requests"))?;
+        Ok(rows
+            .iter()
+            .map(|r| RotationRequest {
+                envelope_id: r.get(0),
+                subject: r.get(1),
+                provider: r.get(2),
+                reason: r.get(3),
+                secret: r.get(4),
+            })
+            .collect())
+    }
+}

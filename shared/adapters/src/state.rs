@@ -1,0 +1,87 @@
+//! The state store chosen in configuration: SQLite (one machine) or PostgreSQL (several
+//! replicas). One type, so the engine and the CLI need not be generic over it.
+
+use crate::postgres::Postgres;
+use crate::sqlite::Sqlite;
+use chrono::{DateTime, Utc};
+use gatehouse_domain::envelope::EnvelopeId;
+use gatehouse_domain::ledger_chain::ChainHead;
+use gatehouse_domain::ports::{
+    BackendError, LedgerEntry, LedgerRow, Outcome, RotationRequest, ScheduledDeletion, StateStore,
+    SubjectState,
+};
+
+/// The configured state store. Cheap to clone.
+#[derive(Clone, Debug)]
+pub enum AnyState {
+    Sqlite(Sqlite),
+    Postgres(Postgres),
+}
+
+impl AnyState {
+    /// `sqlite` or `postgres`, for logs.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            AnyState::Sqlite(_) => "sqlite",
+            AnyState::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Whether the database answers (for `/readyz`).
+    pub async fn ping(&self) -> bool {
+        match self {
+            AnyState::Sqlite(s) => s.ping().await,
+            AnyState::Postgres(p) => p.ping().await,
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            AnyState::Sqlite(s) => s.close().await,
+            AnyState::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+/// Forward a `StateStore` call to whichever backend is configured.
+macro_rules! forward {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            AnyState::Sqlite($s) => $call.await,
+            AnyState::Postgres($s) => $call.await,
+        }
+    };
+}
+
+impl StateStore for AnyState {
+    async fn is_processed(&self, id: &EnvelopeId) -> Result<bool, BackendError> {
+        forward!(self, s => s.is_processed(id))
+    }
+    async fn load_subject(&self, key: &str) -> Result<Option<SubjectState>, BackendError> {
+        forward!(self, s => s.load_subject(key))
+    }
+    async fn commit(&self, outcome: Outcome) -> Result<(), BackendError> {
+        forward!(self, s => s.commit(outcome))
+    }
+    async fn append_ledger(&self, entries: &[LedgerEntry]) -> Result<(), BackendError> {
+        forward!(self, s => s.append_ledger(entries))
+    }
+    async fn ledger_head(&self) -> Result<Option<ChainHead>, BackendError> {
+        forward!(self, s => s.ledger_head())
+    }
+    async fn ledger_since(&self, since: Option<DateTime<Utc>>) -> Result<Vec<LedgerRow>, BackendError> {
+        forward!(self, s => s.ledger_since(since))
+    }
+    async fn due_deletions(&self, now: DateTime<Utc>) -> Result<Vec<ScheduledDeletion>, BackendError> {
+        forward!(self, s => s.due_deletions(now))
+    }
+    async fn finish_deletion(&self, subject: &str) -> Result<(), BackendError> {
+        forward!(self, s => s.finish_deletion(subject))
+    }
+    async fn request_rotation(&self, request: &RotationRequest) -> Result<(), BackendError> {
+        forward!(self, s => s.request_rotation(request))
+    }
+    async fn pending_rotations(&self) -> Result<Vec<RotationRequest>, BackendError> {
+        forward!(self, s => s.pending_rotations())
+    }
+}
