@@ -266,17 +266,24 @@ impl<S: RotationStore> Rotator<S> {
         let mut out = Vec::new();
         for (name, d) in &self.secrets {
             let trigger = match (&req.secret, req.provider.as_str()) {
+                (Some(s), "offboarding") => (s == name).then_some("holder_offboarded"),
                 (Some(s), _) => {
-                    let hit = match &d.config.store {
-                        StoreConfig::GcpSecretManager { name } => s == name,
-                        StoreConfig::AwsSecretsManager { secret_id } => {
-                            s == secret_id || s.ends_with(&format!(":secret:{secret_id}")) || s.contains(&format!(":secret:{secret_id}-"))
-                        }
-                    } || s == name;
-                    let why = if req.reason == "SECRET_ROTATE" { "secret_rotate" } else { "secret_event" };
+                    let hit = s == name
+                        || match &d.config.store {
+                            StoreConfig::GcpSecretManager { name } => s == name,
+                            StoreConfig::AwsSecretsManager { secret_id } => {
+                                s == secret_id
+                                    || s.ends_with(&format!(":secret:{secret_id}"))
+                                    || s.contains(&format!(":secret:{secret_id}-"))
+                            }
+                        };
+                    let why = if req.reason == "SECRET_ROTATE" {
+                        "secret_rotate"
+                    } else {
+                        "secret_event"
+                    };
                     hit.then_some(why)
                 }
-                (None, "offboarding") => (req.subject == *name).then_some("holder_offboarded"),
                 (None, _) => {
                     let hit = match &d.config.kind {
                         KindConfig::AwsAccessKey { user_name } => req.subject == format!("aws:iam-user:{user_name}"),

@@ -91,6 +91,8 @@ pub struct Engine<S, L> {
     looker: Option<L>,
     policy: Arc<Policy>,
     retry: RetryPolicy,
+    /// Holder email (lowercase) → declared secrets they hold (rotated when they are offboarded).
+    held_secrets: Arc<std::collections::HashMap<String, Vec<String>>>,
 }
 
 impl<S: StateStore, L: LookerPort> Engine<S, L> {
@@ -100,7 +102,14 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             looker,
             policy,
             retry,
+            held_secrets: Arc::default(),
         }
+    }
+
+    /// Secrets to rotate when a holder is offboarded: email → secret names.
+    pub fn with_secret_holders(mut self, holders: std::collections::HashMap<String, Vec<String>>) -> Self {
+        self.held_secrets = Arc::new(holders);
+        self
     }
 
     pub fn store(&self) -> &S {
@@ -233,6 +242,22 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             None => (Identity::new(&env.subject.key), None),
         };
         let fold = identity.fold(env);
+        // An offboarded holder's secrets are rotated: one request per secret and offboarding
+        // event (keyed by the status stamp, so redeliveries and later events add none).
+        if let (true, Some(stamp), Some(email)) =
+            (identity.status.is_offboarded(), &identity.status_stamp, identity.email())
+        {
+            for secret in self.held_secrets.get(&email.to_lowercase()).into_iter().flatten() {
+                let request = RotationRequest {
+                    envelope_id: format!("offboarding:{}:{secret}", stamp.id.0),
+                    subject: identity.key.clone(),
+                    provider: "offboarding".into(),
+                    reason: "holder offboarded".into(),
+                    secret: Some(secret.clone()),
+                };
+                self.store.request_rotation(&request).await?;
+            }
+        }
         let desired = policy::evaluate(&self.policy, &identity);
         let fingerprint = desired.fingerprint();
         // Drift means the actual state moved under us: read and converge even if the desired

@@ -3,7 +3,9 @@
 //!
 //! * [`looker_fake`]: a stateful fake of the Looker API 4.0 (`FakeLooker`).
 
+pub mod gcp_sa_keys_fake;
 pub mod graph_fake;
 pub mod looker_fake;
+pub mod secret_manager_fake;
 
 pub use looker_fake::{FakeLooker, RecordedCall, UserView};
