@@ -154,6 +154,11 @@ impl<S: RotationStore> Rotator<S> {
         &self.db
     }
 
+    /// Adjust timing after construction (tests shorten the test-step retry delay).
+    pub fn settings_mut(&mut self) -> &mut Settings {
+        &mut self.settings
+    }
+
     pub fn declared(&self, name: &str) -> Option<&Declared> {
         self.secrets.get(name)
     }
