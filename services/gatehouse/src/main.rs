@@ -184,11 +184,7 @@ async fn rotate(cfg: &Config, secret: &str, dry_run: bool) -> anyhow::Result<()>
         None => anyhow::bail!("{secret}: rotation refused"),
     };
     rotator.drive(&id).await?;
-    let r = rotator
-        .store()
-        .get(&id)
-        .await?
-        .context("the rotation vanished")?;
+    let r = rotator.store().get(&id).await?.context("the rotation vanished")?;
     writeln!(
         out,
         "{secret}: rotation {id} {} (new key {}, version {}){}",

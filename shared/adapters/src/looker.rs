@@ -609,7 +609,8 @@ impl LookerClient {
         let path = format!("/users/{user_id}/credentials_api3");
         let body = serde_json::json!({ "purpose": "gatehouse rotation" });
         let bytes = self.call(Method::Post, &path, &[], Some(&body)).await?;
-        let c: Created = serde_json::from_slice(&bytes).map_err(|e| bad_body(&endpoint_template(&path), e))?;
+        let c: Created =
+            serde_json::from_slice(&bytes).map_err(|e| bad_body(&endpoint_template(&path), e))?;
         Ok(NewApi3Key {
             id: c.id,
             client_id: c.client_id,

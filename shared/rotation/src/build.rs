@@ -26,13 +26,18 @@ pub fn settings(cfg: &RotatorConfig) -> Settings {
 
 /// Kinds and stores for every declared secret. `aws` is the SDK configuration (endpoint,
 /// region, credentials); it is loaded from the environment when `None` and some secret needs it.
-pub async fn declared(cfg: &Config, aws: Option<aws_config::SdkConfig>) -> Result<Vec<Declared>, RotationError> {
+pub async fn declared(
+    cfg: &Config,
+    aws: Option<aws_config::SdkConfig>,
+) -> Result<Vec<Declared>, RotationError> {
     let r = &cfg.rotator;
     let needs_aws = r.secrets.iter().any(|s| {
-        matches!(s.kind, KindConfig::AwsAccessKey { .. }) || matches!(s.store, StoreConfig::AwsSecretsManager { .. })
+        matches!(s.kind, KindConfig::AwsAccessKey { .. })
+            || matches!(s.store, StoreConfig::AwsSecretsManager { .. })
     });
     let needs_gcp = r.secrets.iter().any(|s| {
-        matches!(s.kind, KindConfig::GcpServiceAccountKey { .. }) || matches!(s.store, StoreConfig::GcpSecretManager { .. })
+        matches!(s.kind, KindConfig::GcpServiceAccountKey { .. })
+            || matches!(s.store, StoreConfig::GcpSecretManager { .. })
     });
     let aws = match (aws, needs_aws) {
         (Some(a), _) => Some(a),
@@ -48,7 +53,10 @@ pub async fn declared(cfg: &Config, aws: Option<aws_config::SdkConfig>) -> Resul
         let kind: Arc<dyn Kind> = match &s.kind {
             KindConfig::LookerApi3 { user_id } => {
                 let c = looker.as_ref().ok_or_else(|| {
-                    RotationError::permanent(format!("secret {}: looker_api3 needs the [looker] connection", s.name))
+                    RotationError::permanent(format!(
+                        "secret {}: looker_api3 needs the [looker] connection",
+                        s.name
+                    ))
                 })?;
                 let admin = LookerClient::new(LookerConfig {
                     base_url: c.url.clone(),
@@ -61,15 +69,21 @@ pub async fn declared(cfg: &Config, aws: Option<aws_config::SdkConfig>) -> Resul
                 Arc::new(LookerApi3::new(admin, &c.url, user_id, c.timeout))
             }
             KindConfig::AwsAccessKey { user_name } => Arc::new(AwsAccessKey::new(aws_of(&aws)?, user_name)),
-            KindConfig::GcpServiceAccountKey { email } => {
-                Arc::new(GcpServiceAccountKey::new(gcp_of(&gcp)?.clone(), &r.gcp.iam_url, email))
-            }
+            KindConfig::GcpServiceAccountKey { email } => Arc::new(GcpServiceAccountKey::new(
+                gcp_of(&gcp)?.clone(),
+                &r.gcp.iam_url,
+                email,
+            )),
         };
         let store: Arc<dyn SecretStore> = match &s.store {
-            StoreConfig::AwsSecretsManager { secret_id } => Arc::new(AwsSecretsManager::new(aws_of(&aws)?, secret_id)),
-            StoreConfig::GcpSecretManager { name } => {
-                Arc::new(GcpSecretManager::new(gcp_of(&gcp)?.clone(), &r.gcp.secret_manager_url, name))
+            StoreConfig::AwsSecretsManager { secret_id } => {
+                Arc::new(AwsSecretsManager::new(aws_of(&aws)?, secret_id))
             }
+            StoreConfig::GcpSecretManager { name } => Arc::new(GcpSecretManager::new(
+                gcp_of(&gcp)?.clone(),
+                &r.gcp.secret_manager_url,
+                name,
+            )),
         };
         out.push(Declared::new(s.clone(), kind, store));
     }
@@ -77,11 +91,13 @@ pub async fn declared(cfg: &Config, aws: Option<aws_config::SdkConfig>) -> Resul
 }
 
 fn aws_of(a: &Option<aws_config::SdkConfig>) -> Result<&aws_config::SdkConfig, RotationError> {
-    a.as_ref().ok_or_else(|| RotationError::permanent("aws sdk configuration missing"))
+    a.as_ref()
+        .ok_or_else(|| RotationError::permanent("aws sdk configuration missing"))
 }
 
 fn gcp_of(g: &Option<GcpClient>) -> Result<&GcpClient, RotationError> {
-    g.as_ref().ok_or_else(|| RotationError::permanent("gcp client missing"))
+    g.as_ref()
+        .ok_or_else(|| RotationError::permanent("gcp client missing"))
 }
 
 /// The rotator of a configuration over the SQLite database, on the system clock.
@@ -97,5 +113,10 @@ pub async fn rotator_with(
     clock: Arc<dyn Clock>,
 ) -> Result<Rotator<SqliteRotations>, RotationError> {
     let declared = declared(cfg, aws).await?;
-    Ok(Rotator::new(declared, SqliteRotations::new(db), clock, settings(&cfg.rotator)))
+    Ok(Rotator::new(
+        declared,
+        SqliteRotations::new(db),
+        clock,
+        settings(&cfg.rotator),
+    ))
 }

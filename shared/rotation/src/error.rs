@@ -91,8 +91,12 @@ pub fn classify_aws(code: Option<&str>, status: Option<u16>, is_service_error: b
             return ErrorKind::NotFound;
         }
         Some(
-            "InvalidClientTokenId" | "SignatureDoesNotMatch" | "UnrecognizedClientException" | "AccessDenied"
-            | "AccessDeniedException" | "ExpiredToken",
+            "InvalidClientTokenId"
+            | "SignatureDoesNotMatch"
+            | "UnrecognizedClientException"
+            | "AccessDenied"
+            | "AccessDeniedException"
+            | "ExpiredToken",
         ) => return ErrorKind::Unauthorized,
         Some("InternalServiceError" | "InternalFailure" | "ServiceUnavailable" | "ServiceFailure") => {
             return ErrorKind::Transient;
@@ -108,7 +112,10 @@ pub fn classify_aws(code: Option<&str>, status: Option<u16>, is_service_error: b
 }
 
 /// An AWS SDK error → [`RotationError`], with `what` naming the call.
-pub fn aws_error<E>(what: &str, e: aws_sdk_sts::error::SdkError<E, aws_sdk_sts::config::http::HttpResponse>) -> RotationError
+pub fn aws_error<E>(
+    what: &str,
+    e: aws_sdk_sts::error::SdkError<E, aws_sdk_sts::config::http::HttpResponse>,
+) -> RotationError
 where
     E: aws_sdk_sts::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -158,7 +165,10 @@ mod tests {
         assert_eq!(classify_status(404, None), ErrorKind::NotFound);
         assert_eq!(classify_status(401, None), ErrorKind::Unauthorized);
         assert_eq!(classify_status(409, None), ErrorKind::Permanent);
-        assert_eq!(classify_aws(Some("NoSuchEntity"), None, true), ErrorKind::NotFound);
+        assert_eq!(
+            classify_aws(Some("NoSuchEntity"), None, true),
+            ErrorKind::NotFound
+        );
         assert_eq!(
             classify_aws(Some("InvalidClientTokenId"), None, true),
             ErrorKind::Unauthorized
@@ -167,7 +177,10 @@ mod tests {
             classify_aws(Some("ThrottlingException"), None, true),
             ErrorKind::Throttled { retry_after: None }
         );
-        assert_eq!(classify_aws(Some("LimitExceeded"), None, true), ErrorKind::Permanent);
+        assert_eq!(
+            classify_aws(Some("LimitExceeded"), None, true),
+            ErrorKind::Permanent
+        );
         assert_eq!(classify_aws(None, None, false), ErrorKind::Transient);
         assert!(RotationError::new(ErrorKind::Transient, "x").is_retryable());
     }

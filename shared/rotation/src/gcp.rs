@@ -73,7 +73,12 @@ impl GcpClient {
     }
 
     /// One call; `body` is sent as JSON. Answers the response JSON (`{}` when empty).
-    pub async fn call(&self, method: reqwest::Method, url: &str, body: Option<&Value>) -> Result<Value, RotationError> {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, RotationError> {
         let token = self.token().await?;
         let mut rb = self
             .http

@@ -193,7 +193,12 @@ impl<S: RotationStore> Rotator<S> {
     }
 
     /// Start a rotation of `secret` now. `respect_backoff` = false for `gatehouse rotate`.
-    pub async fn start(&self, secret: &str, trigger: &str, respect_backoff: bool) -> Result<Option<Started>, RotatorError> {
+    pub async fn start(
+        &self,
+        secret: &str,
+        trigger: &str,
+        respect_backoff: bool,
+    ) -> Result<Option<Started>, RotatorError> {
         if !self.secrets.contains_key(secret) {
             return Err(RotatorError::UnknownSecret(secret.to_string()));
         }
@@ -222,7 +227,9 @@ impl<S: RotationStore> Rotator<S> {
             match self.drive(&r.id).await {
                 Ok(n) => report.steps += n,
                 Err(RotatorError::Busy(_)) => {}
-                Err(e) => tracing::warn!(secret = %r.secret, rotation = %r.id, error = %e, "rotation step failed"),
+                Err(e) => {
+                    tracing::warn!(secret = %r.secret, rotation = %r.id, error = %e, "rotation step failed")
+                }
             }
         }
         Ok(report)
@@ -246,7 +253,8 @@ impl<S: RotationStore> Rotator<S> {
                 let d = &self.secrets[&name];
                 if trigger == "out_of_band" && d.config.on_out_of_band == OutOfBand::Alert {
                     report.alerted.push(name.clone());
-                    metrics::counter!("gatehouse_rotation_alerts_total", "secret" => name.clone()).increment(1);
+                    metrics::counter!("gatehouse_rotation_alerts_total", "secret" => name.clone())
+                        .increment(1);
                     tracing::warn!(secret = %name, subject = %req.subject, "a key was created outside gatehouse");
                     let mut r = Rotation::new(&name, "out_of_band", self.now());
                     r.id = req.envelope_id.clone();
@@ -291,8 +299,12 @@ impl<S: RotationStore> Rotator<S> {
                 }
                 (None, _) => {
                     let hit = match &d.config.kind {
-                        KindConfig::AwsAccessKey { user_name } => req.subject == format!("aws:iam-user:{user_name}"),
-                        KindConfig::GcpServiceAccountKey { email } => req.subject == format!("gcp:sa:{email}"),
+                        KindConfig::AwsAccessKey { user_name } => {
+                            req.subject == format!("aws:iam-user:{user_name}")
+                        }
+                        KindConfig::GcpServiceAccountKey { email } => {
+                            req.subject == format!("gcp:sa:{email}")
+                        }
                         KindConfig::LookerApi3 { .. } => false,
                     };
                     hit.then_some("out_of_band")
@@ -322,7 +334,9 @@ impl<S: RotationStore> Rotator<S> {
                 self.db.claim_fire(name, None, now).await?;
                 continue;
             };
-            let Ok(next) = cron.find_next_occurrence(&last, false) else { continue };
+            let Ok(next) = cron.find_next_occurrence(&last, false) else {
+                continue;
+            };
             if next <= now && self.db.claim_fire(name, Some(last), next).await? {
                 // Skip occurrences missed while down: one rotation, counted from the latest.
                 let mut latest = next;
@@ -400,12 +414,15 @@ impl<S: RotationStore> Rotator<S> {
     /// leaves the lease to expire, as a real crash would).
     pub async fn step(&self, id: &str) -> Result<StepOutcome, RotatorError> {
         let now = self.now();
-        let lease_until = now + chrono::Duration::from_std(self.settings.lease).unwrap_or(chrono::Duration::MAX);
+        let lease_until =
+            now + chrono::Duration::from_std(self.settings.lease).unwrap_or(chrono::Duration::MAX);
         if !self.db.claim(id, &self.owner, lease_until, now).await? {
             return Err(RotatorError::Busy(id.to_string()));
         }
         let Some(mut r) = self.db.get(id).await? else {
-            return Err(RotatorError::Step(RotationError::permanent(format!("no rotation {id}"))));
+            return Err(RotatorError::Step(RotationError::permanent(format!(
+                "no rotation {id}"
+            ))));
         };
         if r.phase.is_terminal() || r.due_at > now {
             return Ok(StepOutcome::NotDue);
@@ -455,17 +472,29 @@ impl<S: RotationStore> Rotator<S> {
         let bad_credential = before.is_active() && !e.is_retryable();
         tracing::warn!(secret = %r.secret, rotation = %r.id, phase = before.as_str(), error = %e, "rotation step failed");
         metrics::counter!("gatehouse_rotation_failures_total", "secret" => r.secret.clone(),
-            "step" => self.next_action(d, before).name()).increment(1);
+            "step" => self.next_action(d, before).name())
+        .increment(1);
         if bad_credential {
-            self.ledger(r, self.next_action(d, before).name(), Method::Post, &format!("error: {e}"))
-                .await;
+            self.ledger(
+                r,
+                self.next_action(d, before).name(),
+                Method::Post,
+                &format!("error: {e}"),
+            )
+            .await;
             if let Err(cleanup) = self.roll_back(d, r).await {
                 r.attempts += 1;
                 r.error = Some(format!("rollback: {cleanup}"));
                 r.due_at = now + to_chrono(self.backoff(r.attempts));
                 return StepOutcome::Deferred;
             }
-            let failures = self.db.secret_state(&r.secret).await.map(|s| s.failures).unwrap_or(0) + 1;
+            let failures = self
+                .db
+                .secret_state(&r.secret)
+                .await
+                .map(|s| s.failures)
+                .unwrap_or(0)
+                + 1;
             let retry_at = now + to_chrono(self.backoff(failures));
             if let Err(e) = self.db.set_backoff(&r.secret, failures, Some(retry_at)).await {
                 tracing::error!(secret = %r.secret, error = %e, "cannot record the backoff");
@@ -481,8 +510,13 @@ impl<S: RotationStore> Rotator<S> {
         r.error = Some(e.message.clone());
         let delay = e.retry_after().unwrap_or_else(|| self.backoff(r.attempts));
         r.due_at = now + to_chrono(delay);
-        self.ledger(r, self.next_action(d, before).name(), Method::Post, &format!("error: {e}"))
-            .await;
+        self.ledger(
+            r,
+            self.next_action(d, before).name(),
+            Method::Post,
+            &format!("error: {e}"),
+        )
+        .await;
         StepOutcome::Deferred
     }
 
@@ -494,7 +528,10 @@ impl<S: RotationStore> Rotator<S> {
         if let Some(k) = &r.new_key_id {
             d.kind.delete(k).await?;
         }
-        self.fresh.lock().unwrap_or_else(PoisonError::into_inner).remove(&r.id);
+        self.fresh
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&r.id);
         Ok(())
     }
 
@@ -517,10 +554,17 @@ impl<S: RotationStore> Rotator<S> {
     /// The credential created by this rotation: from memory, else from the store (a crashed
     /// `put`). `None`: its secret was lost in a crash.
     async fn new_credential(&self, d: &Declared, r: &mut Rotation) -> Res<Option<Credential>> {
-        if let Some(c) = self.fresh.lock().unwrap_or_else(PoisonError::into_inner).get(&r.id) {
+        if let Some(c) = self
+            .fresh
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&r.id)
+        {
             return Ok(Some(c.clone()));
         }
-        let Some(key) = r.new_key_id.clone() else { return Ok(None) };
+        let Some(key) = r.new_key_id.clone() else {
+            return Ok(None);
+        };
         let parse = d.parse();
         match d.store.find(&r.id, &key, &parse).await? {
             Some(v) => {
@@ -538,8 +582,13 @@ impl<S: RotationStore> Rotator<S> {
     async fn abandon(&self, d: &Declared, r: &mut Rotation) -> Res<()> {
         if let Some(k) = r.new_key_id.take() {
             d.kind.delete(&k).await?;
-            self.ledger(r, "abandon_key", Method::Delete, &format!("deleted key {k}: its secret was lost in a crash"))
-                .await;
+            self.ledger(
+                r,
+                "abandon_key",
+                Method::Delete,
+                &format!("deleted key {k}: its secret was lost in a crash"),
+            )
+            .await;
         }
         r.phase = Phase::Started;
         Ok(())
@@ -565,7 +614,13 @@ impl<S: RotationStore> Rotator<S> {
                 // Orphans of a crash during create: keys that appeared since the snapshot.
                 for k in keys.iter().filter(|k| !before.contains(&k.id)) {
                     d.kind.delete(&k.id).await?;
-                    self.ledger(r, "delete_orphan", Method::Delete, &format!("deleted orphan key {}", k.id)).await;
+                    self.ledger(
+                        r,
+                        "delete_orphan",
+                        Method::Delete,
+                        &format!("deleted orphan key {}", k.id),
+                    )
+                    .await;
                 }
                 let mut keys: Vec<_> = keys.into_iter().filter(|k| before.contains(&k.id)).collect();
                 if let Some(max) = d.kind.max_keys() {
@@ -576,16 +631,28 @@ impl<S: RotationStore> Rotator<S> {
                             .filter(|k| Some(&k.id) != r.old_key_id.as_ref())
                             .min_by_key(|k| (k.active, k.created.clone()))
                             .cloned()
-                            .ok_or_else(|| RotationError::permanent("every key is the current one: no room for a new key"))?;
+                            .ok_or_else(|| {
+                                RotationError::permanent(
+                                    "every key is the current one: no room for a new key",
+                                )
+                            })?;
                         d.kind.delete(&victim.id).await?;
-                        self.ledger(r, "make_room", Method::Delete, &format!("deleted non-current key {}", victim.id))
-                            .await;
+                        self.ledger(
+                            r,
+                            "make_room",
+                            Method::Delete,
+                            &format!("deleted non-current key {}", victim.id),
+                        )
+                        .await;
                         keys.retain(|k| k.id != victim.id);
                     }
                 }
                 let cred = d.kind.create().await?;
                 r.new_key_id = Some(cred.key_id.clone());
-                self.fresh.lock().unwrap_or_else(PoisonError::into_inner).insert(r.id.clone(), cred);
+                self.fresh
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(r.id.clone(), cred);
                 r.phase = Phase::Created;
                 Ok(())
             }
@@ -620,7 +687,9 @@ impl<S: RotationStore> Rotator<S> {
                     // A test that keeps failing means the credential is bad, whatever the cause.
                     return Err(match e.kind {
                         ErrorKind::Throttled { .. } | ErrorKind::Transient => e,
-                        _ => RotationError::new(ErrorKind::Unauthorized, format!("test failed: {}", e.message)),
+                        _ => {
+                            RotationError::new(ErrorKind::Unauthorized, format!("test failed: {}", e.message))
+                        }
                     });
                 }
                 r.phase = Phase::Tested;
@@ -632,7 +701,10 @@ impl<S: RotationStore> Rotator<S> {
                     .clone()
                     .ok_or_else(|| RotationError::permanent("finish without a new version"))?;
                 d.store.promote(&new, r.old_version.as_deref()).await?;
-                self.fresh.lock().unwrap_or_else(PoisonError::into_inner).remove(&r.id);
+                self.fresh
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&r.id);
                 r.phase = Phase::Finished;
                 r.due_at = now + to_chrono(d.config.grace);
                 Ok(())
@@ -699,19 +771,38 @@ impl<S: RotationStore> Rotator<S> {
         };
         let test = "test: use the new credential; on failure roll back (old stays current)".to_string();
         if d.store.stages() {
-            steps.extend([set, test, "finish: move AWSCURRENT to the new version (old → AWSPREVIOUS)".into()]);
+            steps.extend([
+                set,
+                test,
+                "finish: move AWSCURRENT to the new version (old → AWSPREVIOUS)".into(),
+            ]);
         } else {
             steps.extend([test, set, "finish: nothing left to move".into()]);
         }
         let g = humantime_like(d.config.grace);
         match &old {
             Some(k) => {
-                steps.push(format!("after {g}: disable key {k}{}", if store == "gcp_secret_manager" { " and its version" } else { "" }));
-                steps.push(format!("{} later: delete key {k}", humantime_like(d.config.destroy_after)));
+                steps.push(format!(
+                    "after {g}: disable key {k}{}",
+                    if store == "gcp_secret_manager" {
+                        " and its version"
+                    } else {
+                        ""
+                    }
+                ));
+                steps.push(format!(
+                    "{} later: delete key {k}",
+                    humantime_like(d.config.destroy_after)
+                ));
             }
             None => steps.push("no old credential to revoke".into()),
         }
-        out.extend(steps.into_iter().enumerate().map(|(i, s)| format!("  {}. {s}", i + 1)));
+        out.extend(
+            steps
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| format!("  {}. {s}", i + 1)),
+        );
         Ok(out)
     }
 }

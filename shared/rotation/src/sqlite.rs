@@ -138,13 +138,13 @@ impl RotationStore for SqliteRotations {
 
     async fn history(&self, secret: &str) -> Result<Vec<Rotation>, BackendError> {
         sqlx::query(select!("WHERE secret = ? ORDER BY started_at, rowid"))
-        .bind(secret)
-        .fetch_all(self.db.pool())
-        .await
-        .map_err(err("cannot read rotations"))?
-        .iter()
-        .map(row_to_rotation)
-        .collect()
+            .bind(secret)
+            .fetch_all(self.db.pool())
+            .await
+            .map_err(err("cannot read rotations"))?
+            .iter()
+            .map(row_to_rotation)
+            .collect()
     }
 
     async fn due(&self, now: DateTime<Utc>) -> Result<Vec<Rotation>, BackendError> {
@@ -218,12 +218,14 @@ impl RotationStore for SqliteRotations {
     }
 
     async fn release(&self, id: &str, owner: &str) -> Result<(), BackendError> {
-        sqlx::query("UPDATE rotations SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?")
-            .bind(id)
-            .bind(owner)
-            .execute(self.db.pool())
-            .await
-            .map_err(err("cannot release the rotation"))?;
+        sqlx::query(
+            "UPDATE rotations SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?",
+        )
+        .bind(id)
+        .bind(owner)
+        .execute(self.db.pool())
+        .await
+        .map_err(err("cannot release the rotation"))?;
         Ok(())
     }
 
@@ -233,7 +235,9 @@ impl RotationStore for SqliteRotations {
             .fetch_optional(self.db.pool())
             .await
             .map_err(err("cannot read the secret state"))?;
-        let Some(r) = row else { return Ok(SecretState::default()) };
+        let Some(r) = row else {
+            return Ok(SecretState::default());
+        };
         Ok(SecretState {
             last_fire: opt_ts(r.get(0))?,
             failures: r.get::<i64, _>(1) as u32,
@@ -265,13 +269,14 @@ impl RotationStore for SqliteRotations {
         fire: DateTime<Utc>,
     ) -> Result<bool, BackendError> {
         self.ensure_secret(secret).await?;
-        let done = sqlx::query("UPDATE rotation_secrets SET last_fire = ? WHERE secret = ? AND last_fire IS ?")
-            .bind(ts(fire))
-            .bind(secret)
-            .bind(prev.map(ts))
-            .execute(self.db.pool())
-            .await
-            .map_err(err("cannot claim the schedule"))?;
+        let done =
+            sqlx::query("UPDATE rotation_secrets SET last_fire = ? WHERE secret = ? AND last_fire IS ?")
+                .bind(ts(fire))
+                .bind(secret)
+                .bind(prev.map(ts))
+                .execute(self.db.pool())
+                .await
+                .map_err(err("cannot claim the schedule"))?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -295,12 +300,14 @@ impl RotationStore for SqliteRotations {
     }
 
     async fn mark_handled(&self, envelope_id: &str, at: DateTime<Utc>) -> Result<(), BackendError> {
-        sqlx::query("UPDATE rotation_requests SET handled_at = ? WHERE envelope_id = ? AND handled_at IS NULL")
-            .bind(ts(at))
-            .bind(envelope_id)
-            .execute(self.db.pool())
-            .await
-            .map_err(err("cannot mark the rotation request handled"))?;
+        sqlx::query(
+            "UPDATE rotation_requests SET handled_at = ? WHERE envelope_id = ? AND handled_at IS NULL",
+        )
+        .bind(ts(at))
+        .bind(envelope_id)
+        .execute(self.db.pool())
+        .await
+        .map_err(err("cannot mark the rotation request handled"))?;
         Ok(())
     }
 }

@@ -169,7 +169,8 @@ pub trait RotationStore: Send + Sync + 'static {
         prev: Option<DateTime<Utc>>,
         fire: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send;
-    fn append_ledger(&self, entries: &[LedgerEntry]) -> impl Future<Output = Result<(), BackendError>> + Send;
+    fn append_ledger(&self, entries: &[LedgerEntry])
+    -> impl Future<Output = Result<(), BackendError>> + Send;
     /// Ledger rows of rotations (subject `secret:NAME`), oldest first.
     fn ledger(&self) -> impl Future<Output = Result<Vec<LedgerEntry>, BackendError>> + Send;
     /// Rotation requests not yet handled, oldest first.

@@ -244,9 +244,11 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let fold = identity.fold(env);
         // An offboarded holder's secrets are rotated: one request per secret and offboarding
         // event (keyed by the status stamp, so redeliveries and later events add none).
-        if let (true, Some(stamp), Some(email)) =
-            (identity.status.is_offboarded(), &identity.status_stamp, identity.email())
-        {
+        if let (true, Some(stamp), Some(email)) = (
+            identity.status.is_offboarded(),
+            &identity.status_stamp,
+            identity.email(),
+        ) {
             for secret in self.held_secrets.get(&email.to_lowercase()).into_iter().flatten() {
                 let request = RotationRequest {
                     envelope_id: format!("offboarding:{}:{secret}", stamp.id.0),

@@ -63,7 +63,9 @@ pub struct FakeSaKeys {
 
 impl std::fmt::Debug for FakeSaKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FakeSaKeys").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("FakeSaKeys")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -137,7 +139,9 @@ impl FakeSaKeys {
 
     /// Whether a key file would get a token: its key exists, is enabled and matches.
     pub fn can_authenticate(&self, key_file: &str) -> bool {
-        let Ok(v) = serde_json::from_str::<Value>(key_file) else { return false };
+        let Ok(v) = serde_json::from_str::<Value>(key_file) else {
+            return false;
+        };
         let (Some(email), Some(id), Some(pk)) = (
             v["client_email"].as_str(),
             v["private_key_id"].as_str(),
@@ -173,10 +177,16 @@ impl FakeSaKeys {
 
 fn new_key(st: &mut State, email: &str) -> (Key, String) {
     st.seq += 1;
-    let id = format!("{:040x}", u128::from(st.seq) << 64 | u128::from(uuid::Uuid::new_v4().as_u64_pair().0));
+    let id = format!(
+        "{:040x}",
+        u128::from(st.seq) << 64 | u128::from(uuid::Uuid::new_v4().as_u64_pair().0)
+    );
     let key = Key {
         id: id.clone(),
-        private_key: format!("-----BEGIN PRIVATE KEY-----\nfake-{}\n-----END PRIVATE KEY-----\n", uuid::Uuid::new_v4()),
+        private_key: format!(
+            "-----BEGIN PRIVATE KEY-----\nfake-{}\n-----END PRIVATE KEY-----\n",
+            uuid::Uuid::new_v4()
+        ),
         disabled: false,
         created: format!("2026-01-01T00:00:{:02}Z", st.seq % 60),
     };
@@ -191,7 +201,10 @@ fn new_key(st: &mut State, email: &str) -> (Key, String) {
         "token_uri": "https://oauth2.googleapis.com/token",
     })
     .to_string();
-    st.accounts.entry(email.to_string()).or_default().push(key.clone());
+    st.accounts
+        .entry(email.to_string())
+        .or_default()
+        .push(key.clone());
     (key, file)
 }
 
@@ -202,7 +215,8 @@ fn error(status: u16, code: &str, message: &str) -> Response {
     )
         .into_response();
     if status == 429 || status == 503 {
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("0"));
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("0"));
     }
     r
 }
@@ -236,7 +250,11 @@ async fn serve(AxState(state): AxState<Arc<Mutex<State>>>, req: Request) -> Resp
 
 fn handle(st: &mut State, method: &str, path: &str, auth: Option<&str>) -> Response {
     if auth != Some(&format!("Bearer {}", st.token)) {
-        return error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.");
+        return error(
+            401,
+            "UNAUTHENTICATED",
+            "Request had invalid authentication credentials.",
+        );
     }
     if let Some(status) = st.faults.pop_front() {
         return match status {
@@ -255,7 +273,11 @@ fn handle(st: &mut State, method: &str, path: &str, auth: Option<&str>) -> Respo
     let email = segs[0].to_string();
     let project = st.project.clone();
     if !st.accounts.contains_key(&email) {
-        return error(404, "NOT_FOUND", &format!("Service account projects/-/serviceAccounts/{email} not found."));
+        return error(
+            404,
+            "NOT_FOUND",
+            &format!("Service account projects/-/serviceAccounts/{email} not found."),
+        );
     }
     match (method, &segs[1..], action) {
         ("POST", ["keys"], None) => {
@@ -269,16 +291,29 @@ fn handle(st: &mut State, method: &str, path: &str, auth: Option<&str>) -> Respo
             (StatusCode::OK, axum::Json(v)).into_response()
         }
         ("GET", ["keys"], None) => {
-            let keys: Vec<Value> = st.accounts[&email].iter().map(|k| key_json(&project, &email, k)).collect();
+            let keys: Vec<Value> = st.accounts[&email]
+                .iter()
+                .map(|k| key_json(&project, &email, k))
+                .collect();
             (StatusCode::OK, axum::Json(json!({ "keys": keys }))).into_response()
         }
         (m, ["keys", id], act) => {
-            let keys = st.accounts.get_mut(&email).map(std::mem::take).unwrap_or_default();
+            let keys = st
+                .accounts
+                .get_mut(&email)
+                .map(std::mem::take)
+                .unwrap_or_default();
             let mut keys = keys;
             let resp = match keys.iter().position(|k| k.id == *id) {
-                None => error(404, "NOT_FOUND", &format!("Service account key {id} does not exist.")),
+                None => error(
+                    404,
+                    "NOT_FOUND",
+                    &format!("Service account key {id} does not exist."),
+                ),
                 Some(i) => match (m, act) {
-                    ("GET", None) => (StatusCode::OK, axum::Json(key_json(&project, &email, &keys[i]))).into_response(),
+                    ("GET", None) => {
+                        (StatusCode::OK, axum::Json(key_json(&project, &email, &keys[i]))).into_response()
+                    }
                     ("DELETE", None) => {
                         keys.remove(i);
                         (StatusCode::OK, axum::Json(json!({}))).into_response()

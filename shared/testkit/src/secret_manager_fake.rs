@@ -69,7 +69,9 @@ pub struct FakeSecretManager {
 
 impl std::fmt::Debug for FakeSecretManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FakeSecretManager").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("FakeSecretManager")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -82,7 +84,9 @@ impl FakeSecretManager {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("fake secret manager: cannot bind: {e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("fake secret manager: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("fake secret manager: {e}"));
         let state = Arc::new(Mutex::new(State {
             token: format!("ya29.fake-{}", uuid::Uuid::new_v4()),
             secrets: BTreeMap::new(),
@@ -134,14 +138,19 @@ impl FakeSecretManager {
 
     /// Every version of a secret, oldest first.
     pub fn versions(&self, name: &str) -> Vec<FakeVersion> {
-        self.st().secrets.get(name).map(|s| s.versions.clone()).unwrap_or_default()
+        self.st()
+            .secrets
+            .get(name)
+            .map(|s| s.versions.clone())
+            .unwrap_or_default()
     }
 
     /// What `versions/latest:access` answers now: `Some(data)` only if latest is enabled.
     pub fn latest(&self, name: &str) -> Option<String> {
         let st = self.st();
         let v = st.secrets.get(name)?.versions.last()?;
-        (v.state == "ENABLED").then(|| String::from_utf8_lossy(v.data.as_deref().unwrap_or_default()).into_owned())
+        (v.state == "ENABLED")
+            .then(|| String::from_utf8_lossy(v.data.as_deref().unwrap_or_default()).into_owned())
     }
 
     /// Answer the next `count` calls with `status`.
@@ -179,7 +188,8 @@ fn error(status: u16, code: &str, message: &str) -> Response {
     )
         .into_response();
     if status == 429 || status == 503 {
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("0"));
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("0"));
     }
     r
 }
@@ -214,9 +224,20 @@ async fn serve(AxState(state): AxState<Arc<Mutex<State>>>, req: Request) -> Resp
     resp
 }
 
-fn handle(st: &mut State, method: &str, path: &str, query: &str, auth: Option<&str>, body: &[u8]) -> Response {
+fn handle(
+    st: &mut State,
+    method: &str,
+    path: &str,
+    query: &str,
+    auth: Option<&str>,
+    body: &[u8],
+) -> Response {
     if auth != Some(&format!("Bearer {}", st.token)) {
-        return error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.");
+        return error(
+            401,
+            "UNAUTHENTICATED",
+            "Request had invalid authentication credentials.",
+        );
     }
     if let Some(status) = st.faults.pop_front() {
         return match status {
@@ -290,10 +311,18 @@ fn handle(st: &mut State, method: &str, path: &str, query: &str, auth: Option<&s
             };
             let idx = match *vid {
                 "latest" => s.versions.len().checked_sub(1),
-                n => n.parse::<usize>().ok().and_then(|n| n.checked_sub(1)).filter(|i| *i < s.versions.len()),
+                n => n
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|n| n.checked_sub(1))
+                    .filter(|i| *i < s.versions.len()),
             };
             let Some(i) = idx else {
-                return error(404, "NOT_FOUND", &format!("Secret Version [{resource}] not found."));
+                return error(
+                    404,
+                    "NOT_FOUND",
+                    &format!("Secret Version [{resource}] not found."),
+                );
             };
             match (m, act) {
                 ("GET", None) => ok(version_json(&secret, &s.versions[i])),
@@ -303,10 +332,14 @@ fn handle(st: &mut State, method: &str, path: &str, query: &str, auth: Option<&s
                         return error(
                             400,
                             "FAILED_PRECONDITION",
-                            &format!("Secret Version [{secret}/versions/{}] is in {} state.", v.id, v.state),
+                            &format!(
+                                "Secret Version [{secret}/versions/{}] is in {} state.",
+                                v.id, v.state
+                            ),
                         );
                     }
-                    let data = base64::engine::general_purpose::STANDARD.encode(v.data.as_deref().unwrap_or_default());
+                    let data = base64::engine::general_purpose::STANDARD
+                        .encode(v.data.as_deref().unwrap_or_default());
                     ok(json!({ "name": format!("{secret}/versions/{}", v.id), "payload": { "data": data } }))
                 }
                 ("POST", Some(a @ ("enable" | "disable" | "destroy"))) => {

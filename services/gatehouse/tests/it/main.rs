@@ -5,6 +5,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 mod queues;
+mod rotate;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_gatehouse"));

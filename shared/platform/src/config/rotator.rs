@@ -178,11 +178,15 @@ impl RotatorConfig {
                 return Err(ConfigError::new(at("name"), "must be a non-empty word"));
             }
             if !names.insert(s.name.as_str()) {
-                return Err(ConfigError::new(at("name"), format!("{:?} is declared twice", s.name)));
+                return Err(ConfigError::new(
+                    at("name"),
+                    format!("{:?} is declared twice", s.name),
+                ));
             }
             if let Some(cron) = &s.schedule {
-                croner::Cron::from_str(cron)
-                    .map_err(|e| ConfigError::new(at("schedule"), format!("{cron:?} is not a cron pattern: {e}")))?;
+                croner::Cron::from_str(cron).map_err(|e| {
+                    ConfigError::new(at("schedule"), format!("{cron:?} is not a cron pattern: {e}"))
+                })?;
             }
             if s.grace.is_zero() {
                 return Err(ConfigError::new(at("grace"), "must be longer than zero"));
@@ -209,7 +213,10 @@ impl RotatorConfig {
             }
         }
         if self.poll_interval.is_zero() {
-            return Err(ConfigError::new("rotator.poll_interval", "must be longer than zero"));
+            return Err(ConfigError::new(
+                "rotator.poll_interval",
+                "must be longer than zero",
+            ));
         }
         Ok(())
     }
@@ -292,7 +299,10 @@ store = { type = "aws_secrets_manager", secret_id = "gatehouse/looker-etl" }
         })
         .unwrap();
         assert_eq!(cfg.gcp.secret_manager_url, "http://127.0.0.1:1/v1");
-        assert_eq!(cfg.gcp.access_token.as_ref().unwrap().expose_secret(), "ya29.not-for-logs");
+        assert_eq!(
+            cfg.gcp.access_token.as_ref().unwrap().expose_secret(),
+            "ya29.not-for-logs"
+        );
         assert!(!format!("{cfg:?}").contains("not-for-logs"));
     }
 }

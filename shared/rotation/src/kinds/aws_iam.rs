@@ -118,7 +118,10 @@ impl Kind for AwsAccessKey {
             if !arn.ends_with(&format!(":user/{}", self.user_name)) {
                 return Err(RotationError::new(
                     ErrorKind::Unauthorized,
-                    format!("the new key authenticates as {arn:?}, not user {}", self.user_name),
+                    format!(
+                        "the new key authenticates as {arn:?}, not user {}",
+                        self.user_name
+                    ),
                 ));
             }
             Ok(())

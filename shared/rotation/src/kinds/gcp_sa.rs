@@ -32,7 +32,10 @@ impl GcpServiceAccountKey {
     }
 
     fn keys_url(&self) -> String {
-        join(&self.iam_url, &format!("projects/-/serviceAccounts/{}/keys", self.email))
+        join(
+            &self.iam_url,
+            &format!("projects/-/serviceAccounts/{}/keys", self.email),
+        )
     }
 
     fn key_url(&self, key_id: &str) -> String {
@@ -82,7 +85,10 @@ impl Kind for GcpServiceAccountKey {
                 "privateKeyType": "TYPE_GOOGLE_CREDENTIALS_FILE",
                 "keyAlgorithm": "KEY_ALG_RSA_2048",
             });
-            let v = self.client.call(Method::POST, &self.keys_url(), Some(&body)).await?;
+            let v = self
+                .client
+                .call(Method::POST, &self.keys_url(), Some(&body))
+                .await?;
             let data = v["privateKeyData"]
                 .as_str()
                 .ok_or_else(|| RotationError::permanent("gcp create key answered no privateKeyData"))?;
@@ -123,7 +129,10 @@ impl Kind for GcpServiceAccountKey {
                     _ => e,
                 })?;
             if key["disabled"].as_bool().unwrap_or(false) {
-                return Err(RotationError::new(ErrorKind::Unauthorized, "the new key is disabled"));
+                return Err(RotationError::new(
+                    ErrorKind::Unauthorized,
+                    "the new key is disabled",
+                ));
             }
             let now = chrono::Utc::now();
             let within = |f: &str, after: bool| {
@@ -145,13 +154,23 @@ impl Kind for GcpServiceAccountKey {
     fn disable<'a>(&'a self, key_id: &'a str) -> BoxFuture<'a, Res<()>> {
         Box::pin(async move {
             let url = format!("{}:disable", self.key_url(key_id));
-            gone_is_done(self.client.call(Method::POST, &url, Some(&serde_json::json!({}))).await.map(|_| ()))
+            gone_is_done(
+                self.client
+                    .call(Method::POST, &url, Some(&serde_json::json!({})))
+                    .await
+                    .map(|_| ()),
+            )
         })
     }
 
     fn delete<'a>(&'a self, key_id: &'a str) -> BoxFuture<'a, Res<()>> {
         Box::pin(async move {
-            gone_is_done(self.client.call(Method::DELETE, &self.key_url(key_id), None).await.map(|_| ()))
+            gone_is_done(
+                self.client
+                    .call(Method::DELETE, &self.key_url(key_id), None)
+                    .await
+                    .map(|_| ()),
+            )
         })
     }
 

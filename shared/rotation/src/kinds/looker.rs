@@ -94,7 +94,12 @@ impl Kind for LookerApi3 {
             let doc = credential
                 .json()
                 .ok_or_else(|| RotationError::permanent("the credential is not a json document"))?;
-            let field = |f: &str| doc.get(f).and_then(serde_json::Value::as_str).unwrap_or("").to_string();
+            let field = |f: &str| {
+                doc.get(f)
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
             let client = LookerClient::new(LookerConfig {
                 base_url: self.base_url.clone(),
                 client_id: field("client_id"),

@@ -31,7 +31,12 @@ impl AwsSecretsManager {
         }
     }
 
-    async fn get(&self, version_id: Option<&str>, stage: Option<&str>, parse: Parse<'_>) -> Res<Option<StoredVersion>> {
+    async fn get(
+        &self,
+        version_id: Option<&str>,
+        stage: Option<&str>,
+        parse: Parse<'_>,
+    ) -> Res<Option<StoredVersion>> {
         let out = self
             .client
             .get_secret_value()
@@ -125,14 +130,21 @@ impl SecretStore for AwsSecretsManager {
                             return Err(e);
                         }
                     }
-                    put().await.map_err(|e| aws_error("secretsmanager PutSecretValue", e))?
+                    put()
+                        .await
+                        .map_err(|e| aws_error("secretsmanager PutSecretValue", e))?
                 }
             };
             Ok(out.version_id().unwrap_or(token).to_string())
         })
     }
 
-    fn find<'a>(&'a self, token: &'a str, key_id: &'a str, parse: Parse<'a>) -> BoxFuture<'a, Res<Option<StoredVersion>>> {
+    fn find<'a>(
+        &'a self,
+        token: &'a str,
+        key_id: &'a str,
+        parse: Parse<'a>,
+    ) -> BoxFuture<'a, Res<Option<StoredVersion>>> {
         Box::pin(async move {
             Ok(self
                 .get(Some(token), None, parse)
@@ -146,7 +158,8 @@ impl SecretStore for AwsSecretsManager {
             // Read who holds AWSCURRENT now, so a retried promote is a no-op.
             let holder = self.holder_of(CURRENT).await?;
             if holder.as_deref() != Some(new) {
-                self.move_label(CURRENT, Some(new), holder.as_deref().or(old)).await?;
+                self.move_label(CURRENT, Some(new), holder.as_deref().or(old))
+                    .await?;
             }
             if self.holder_of(PENDING).await?.as_deref() == Some(new) {
                 self.move_label(PENDING, None, Some(new)).await?;

@@ -49,7 +49,13 @@ impl GcpSecretManager {
             .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
             .and_then(|b| String::from_utf8(b).ok())
             .ok_or_else(|| RotationError::permanent("gcp access answered no readable payload"))?;
-        let version = v["name"].as_str().unwrap_or("").rsplit('/').next().unwrap_or("").to_string();
+        let version = v["name"]
+            .as_str()
+            .unwrap_or("")
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
         Ok(Some(StoredVersion {
             version,
             credential: parse(SecretString::from(data))?,
@@ -58,7 +64,11 @@ impl GcpSecretManager {
 
     /// `:disable` / `:destroy` with the version's current etag; already done counts as done.
     async fn transition(&self, version: &str, action: &str, done_state: &str) -> Res<()> {
-        let meta = match self.client.call(Method::GET, &self.url(&format!("/versions/{version}")), None).await {
+        let meta = match self
+            .client
+            .call(Method::GET, &self.url(&format!("/versions/{version}")), None)
+            .await
+        {
             Ok(m) => m,
             Err(e) if e.is_not_found() => return Ok(()),
             Err(e) => return Err(e),
@@ -113,14 +123,28 @@ impl SecretStore for GcpSecretManager {
                 }
                 other => other?,
             };
-            Ok(v["name"].as_str().unwrap_or("").rsplit('/').next().unwrap_or("").to_string())
+            Ok(v["name"]
+                .as_str()
+                .unwrap_or("")
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .to_string())
         })
     }
 
-    fn find<'a>(&'a self, _token: &'a str, key_id: &'a str, parse: Parse<'a>) -> BoxFuture<'a, Res<Option<StoredVersion>>> {
+    fn find<'a>(
+        &'a self,
+        _token: &'a str,
+        key_id: &'a str,
+        parse: Parse<'a>,
+    ) -> BoxFuture<'a, Res<Option<StoredVersion>>> {
         Box::pin(async move {
             // A crashed `put` leaves its version as the latest.
-            Ok(self.current(parse).await?.filter(|v| v.credential.key_id == key_id))
+            Ok(self
+                .current(parse)
+                .await?
+                .filter(|v| v.credential.key_id == key_id))
         })
     }
 

@@ -30,7 +30,13 @@ async fn keys(iam: &Iam, user: &str) -> Vec<(String, bool)> {
 
 /// The stored AWSCURRENT key authenticates as the user (moto maps known keys to their user).
 async fn assert_current_works(sdk: &aws_config::SdkConfig, sm: &Sm, secret_id: &str, user: &str) {
-    let v = sm.get_secret_value().secret_id(secret_id).version_stage("AWSCURRENT").send().await.unwrap();
+    let v = sm
+        .get_secret_value()
+        .secret_id(secret_id)
+        .version_stage("AWSCURRENT")
+        .send()
+        .await
+        .unwrap();
     let doc: serde_json::Value = serde_json::from_str(v.secret_string().unwrap()).unwrap();
     let creds = aws_sdk_sts::config::Credentials::new(
         doc["access_key_id"].as_str().unwrap(),
@@ -39,8 +45,19 @@ async fn assert_current_works(sdk: &aws_config::SdkConfig, sm: &Sm, secret_id: &
         None,
         "check",
     );
-    let sts = aws_sdk_sts::Client::from_conf(aws_sdk_sts::config::Builder::from(sdk).credentials_provider(creds).build());
-    let arn = sts.get_caller_identity().send().await.unwrap().arn().unwrap().to_string();
+    let sts = aws_sdk_sts::Client::from_conf(
+        aws_sdk_sts::config::Builder::from(sdk)
+            .credentials_provider(creds)
+            .build(),
+    );
+    let arn = sts
+        .get_caller_identity()
+        .send()
+        .await
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_string();
     assert!(arn.ends_with(&format!(":user/{user}")), "{arn}");
 }
 
@@ -52,11 +69,30 @@ async fn aws_key_rotation_makes_room_without_touching_the_current_key() {
     let user = unique("svc-ci");
     iam.create_user().user_name(&user).send().await.unwrap();
     // The current key is the OLDEST one; a second, newer key was made by hand.
-    let current = iam.create_access_key().user_name(&user).send().await.unwrap().access_key.unwrap();
-    let extra = iam.create_access_key().user_name(&user).send().await.unwrap().access_key.unwrap();
+    let current = iam
+        .create_access_key()
+        .user_name(&user)
+        .send()
+        .await
+        .unwrap()
+        .access_key
+        .unwrap();
+    let extra = iam
+        .create_access_key()
+        .user_name(&user)
+        .send()
+        .await
+        .unwrap()
+        .access_key
+        .unwrap();
     let secret_id = unique("gatehouse/ci");
     let doc = serde_json::json!({ "access_key_id": current.access_key_id(), "secret_access_key": current.secret_access_key() });
-    sm.create_secret().name(&secret_id).secret_string(doc.to_string()).send().await.unwrap();
+    sm.create_secret()
+        .name(&secret_id)
+        .secret_string(doc.to_string())
+        .send()
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(
         dir.path(),
@@ -81,25 +117,49 @@ async fn aws_key_rotation_makes_room_without_touching_the_current_key() {
         .await
         .unwrap();
     let report = r.tick().await.unwrap();
-    assert_eq!(report.started, vec![("ci".to_string(), "out_of_band".to_string())]);
-    assert!(r.store().pending_requests().await.unwrap().is_empty(), "the request is handled");
+    assert_eq!(
+        report.started,
+        vec![("ci".to_string(), "out_of_band".to_string())]
+    );
+    assert!(
+        r.store().pending_requests().await.unwrap().is_empty(),
+        "the request is handled"
+    );
     let row = r.store().history("ci").await.unwrap().pop().unwrap();
     assert_eq!(row.phase, Phase::Finished);
     let new_key = row.new_key_id.clone().unwrap();
     let now = keys(&iam, &user).await;
     let ids: Vec<&str> = now.iter().map(|(k, _)| k.as_str()).collect();
-    assert!(ids.contains(&current.access_key_id()), "the current key is never removed: {now:?}");
-    assert!(!ids.contains(&extra.access_key_id()), "the non-current key made room: {now:?}");
+    assert!(
+        ids.contains(&current.access_key_id()),
+        "the current key is never removed: {now:?}"
+    );
+    assert!(
+        !ids.contains(&extra.access_key_id()),
+        "the non-current key made room: {now:?}"
+    );
     assert!(ids.contains(&new_key.as_str()));
     assert_current_works(&sdk, &sm, &secret_id, &user).await;
-    let v = sm.get_secret_value().secret_id(&secret_id).version_stage("AWSCURRENT").send().await.unwrap();
+    let v = sm
+        .get_secret_value()
+        .secret_id(&secret_id)
+        .version_stage("AWSCURRENT")
+        .send()
+        .await
+        .unwrap();
     assert!(v.secret_string().unwrap().contains(&new_key));
 
-    run_to_done(&r, &row.id, &clock, || assert_current_works(&sdk, &sm, &secret_id, &user)).await;
+    run_to_done(&r, &row.id, &clock, || {
+        assert_current_works(&sdk, &sm, &secret_id, &user)
+    })
+    .await;
     assert_eq!(keys(&iam, &user).await, vec![(new_key.clone(), true)]);
     let ledger = r.store().ledger().await.unwrap();
-    assert!(ledger.iter().any(|e| e.call.path.ends_with("/make_room")
-        && e.status.contains(extra.access_key_id())));
+    assert!(
+        ledger
+            .iter()
+            .any(|e| e.call.path.ends_with("/make_room") && e.status.contains(extra.access_key_id()))
+    );
 }
 
 #[tokio::test]
@@ -109,10 +169,22 @@ async fn after_the_grace_period_the_old_aws_key_is_inactive_then_deleted() {
     let (iam, sm) = (Iam::new(&sdk), Sm::new(&sdk));
     let user = unique("svc-app");
     iam.create_user().user_name(&user).send().await.unwrap();
-    let current = iam.create_access_key().user_name(&user).send().await.unwrap().access_key.unwrap();
+    let current = iam
+        .create_access_key()
+        .user_name(&user)
+        .send()
+        .await
+        .unwrap()
+        .access_key
+        .unwrap();
     let secret_id = unique("gatehouse/app");
     let doc = serde_json::json!({ "access_key_id": current.access_key_id(), "secret_access_key": current.secret_access_key() });
-    sm.create_secret().name(&secret_id).secret_string(doc.to_string()).send().await.unwrap();
+    sm.create_secret()
+        .name(&secret_id)
+        .secret_string(doc.to_string())
+        .send()
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(
         dir.path(),
@@ -124,12 +196,17 @@ async fn after_the_grace_period_the_old_aws_key_is_inactive_then_deleted() {
     );
     let clock = clock();
     let r = support::rotator(&cfg, &clock, Some(sdk.clone())).await;
-    let Some(Started::New(id)) = r.start("app", "manual", false).await.unwrap() else { panic!() };
+    let Some(Started::New(id)) = r.start("app", "manual", false).await.unwrap() else {
+        panic!()
+    };
     r.drive(&id).await.unwrap();
     let new_key = r.store().get(&id).await.unwrap().unwrap().new_key_id.unwrap();
     clock.advance(Duration::from_secs(2 * 3600));
     r.drive(&id).await.unwrap();
-    let mut expect = vec![(current.access_key_id().to_string(), false), (new_key.clone(), true)];
+    let mut expect = vec![
+        (current.access_key_id().to_string(), false),
+        (new_key.clone(), true),
+    ];
     expect.sort();
     assert_eq!(keys(&iam, &user).await, expect, "old key inactive after grace");
     clock.advance(Duration::from_secs(86_400));

@@ -66,7 +66,9 @@ async fn gcp_key_rotation_adds_a_version_then_disables_and_destroys_the_old() {
     let s = setup("alert").await;
     let clock = clock();
     let r = support::rotator(&s.cfg, &clock, None).await;
-    let Some(Started::New(id)) = r.start("export", "manual", false).await.unwrap() else { panic!() };
+    let Some(Started::New(id)) = r.start("export", "manual", false).await.unwrap() else {
+        panic!()
+    };
     r.step(&id).await.unwrap(); // snapshot
     r.step(&id).await.unwrap(); // create
     r.step(&id).await.unwrap(); // test (before the version exists: latest is always tested)
@@ -77,13 +79,26 @@ async fn gcp_key_rotation_adds_a_version_then_disables_and_destroys_the_old() {
     assert_latest_works(&s);
     r.drive(&id).await.unwrap(); // finish
     let row = r.store().get(&id).await.unwrap().unwrap();
-    assert_eq!((row.phase, row.old_version.as_deref(), row.new_version.as_deref()), (Phase::Finished, Some("1"), Some("2")));
+    assert_eq!(
+        (row.phase, row.old_version.as_deref(), row.new_version.as_deref()),
+        (Phase::Finished, Some("1"), Some("2"))
+    );
     let new_key = row.new_key_id.unwrap();
-    assert_eq!(s.iam.keys(SA), vec![(s.old_key.clone(), true), (new_key.clone(), true)]);
+    assert_eq!(
+        s.iam.keys(SA),
+        vec![(s.old_key.clone(), true), (new_key.clone(), true)]
+    );
     clock.advance(Duration::from_secs(3600));
     r.drive(&id).await.unwrap();
-    assert_eq!(states(&s), ["DISABLED", "ENABLED"], "old version disabled after grace");
-    assert_eq!(s.iam.keys(SA), vec![(s.old_key.clone(), false), (new_key.clone(), true)]);
+    assert_eq!(
+        states(&s),
+        ["DISABLED", "ENABLED"],
+        "old version disabled after grace"
+    );
+    assert_eq!(
+        s.iam.keys(SA),
+        vec![(s.old_key.clone(), false), (new_key.clone(), true)]
+    );
     clock.advance(Duration::from_secs(86_400));
     r.drive(&id).await.unwrap();
     assert_eq!(states(&s), ["DESTROYED", "ENABLED"], "destroyed later");
@@ -98,7 +113,9 @@ async fn gcp_crash_after_any_step_resumes_with_exactly_one_new_key() {
         let clock = clock();
         let id = {
             let r = support::rotator(&s.cfg, &clock, None).await;
-            let Some(Started::New(id)) = r.start("export", "manual", false).await.unwrap() else { panic!() };
+            let Some(Started::New(id)) = r.start("export", "manual", false).await.unwrap() else {
+                panic!()
+            };
             for _ in 0..k {
                 let row = r.store().get(&id).await.unwrap().unwrap();
                 if row.due_at > clock.now() {
@@ -115,7 +132,11 @@ async fn gcp_crash_after_any_step_resumes_with_exactly_one_new_key() {
         let keys = s.iam.keys(SA);
         assert_eq!(keys.len(), 1, "k={k}: {keys:?}");
         assert_ne!(keys[0].0, s.old_key, "k={k}");
-        let enabled = s.sm.versions(SECRET).into_iter().filter(|v| v.state == "ENABLED").count();
+        let enabled =
+            s.sm.versions(SECRET)
+                .into_iter()
+                .filter(|v| v.state == "ENABLED")
+                .count();
         assert_eq!(enabled, 1, "k={k}: one readable version");
     }
 }
@@ -134,25 +155,52 @@ async fn requests_secret_rotate_and_out_of_band_rotate_or_alert_and_unknown_is_c
         secret: secret.map(str::to_string),
     };
     // Out of band, configured to alert: no rotation, a ledger row.
-    db.request_rotation(&req("gcp:1", &format!("gcp:sa:{SA}"), "gcp", "service account key created outside gatehouse", None))
-        .await
-        .unwrap();
+    db.request_rotation(&req(
+        "gcp:1",
+        &format!("gcp:sa:{SA}"),
+        "gcp",
+        "service account key created outside gatehouse",
+        None,
+    ))
+    .await
+    .unwrap();
     // A subject no secret is declared for.
-    db.request_rotation(&req("gcp:2", "gcp:sa:other@x.iam.gserviceaccount.com", "gcp", "key", None))
-        .await
-        .unwrap();
+    db.request_rotation(&req(
+        "gcp:2",
+        "gcp:sa:other@x.iam.gserviceaccount.com",
+        "gcp",
+        "key",
+        None,
+    ))
+    .await
+    .unwrap();
     let report = r.tick().await.unwrap();
     assert_eq!(report.alerted, vec!["export".to_string()]);
     assert_eq!(report.unmatched, 1);
     assert!(report.started.is_empty());
     assert!(r.store().history("export").await.unwrap().is_empty());
-    assert!(r.store().ledger().await.unwrap().iter().any(|e| e.status == "alert" && e.envelope_id == "gcp:1"));
+    assert!(
+        r.store()
+            .ledger()
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.status == "alert" && e.envelope_id == "gcp:1")
+    );
     assert!(r.store().pending_requests().await.unwrap().is_empty());
     // SECRET_ROTATE for the secret's name.
-    db.request_rotation(&req("gcp:pubsub:3", SECRET, "gcp", "SECRET_ROTATE", Some(SECRET))).await.unwrap();
+    db.request_rotation(&req("gcp:pubsub:3", SECRET, "gcp", "SECRET_ROTATE", Some(SECRET)))
+        .await
+        .unwrap();
     let report = r.tick().await.unwrap();
-    assert_eq!(report.started, vec![("export".to_string(), "secret_rotate".to_string())]);
-    assert_eq!(r.store().history("export").await.unwrap()[0].phase, Phase::Finished);
+    assert_eq!(
+        report.started,
+        vec![("export".to_string(), "secret_rotate".to_string())]
+    );
+    assert_eq!(
+        r.store().history("export").await.unwrap()[0].phase,
+        Phase::Finished
+    );
     assert_latest_works(&s);
 
     // Same out-of-band event with `rotate`: a rotation.
@@ -160,19 +208,37 @@ async fn requests_secret_rotate_and_out_of_band_rotate_or_alert_and_unknown_is_c
     let r2 = support::rotator(&s2.cfg, &clock, None).await;
     r2.store()
         .db()
-        .request_rotation(&req(&unique("gcp"), &format!("gcp:sa:{SA}"), "gcp", "key created", None))
+        .request_rotation(&req(
+            &unique("gcp"),
+            &format!("gcp:sa:{SA}"),
+            "gcp",
+            "key created",
+            None,
+        ))
         .await
         .unwrap();
     let report = r2.tick().await.unwrap();
-    assert_eq!(report.started, vec![("export".to_string(), "out_of_band".to_string())]);
+    assert_eq!(
+        report.started,
+        vec![("export".to_string(), "out_of_band".to_string())]
+    );
     // An offboarded holder's request (what the engine records).
     r2.store()
         .db()
-        .request_rotation(&req("offboarding:evt-1:export", "okta:00u1", "offboarding", "holder offboarded", Some("export")))
+        .request_rotation(&req(
+            "offboarding:evt-1:export",
+            "okta:00u1",
+            "offboarding",
+            "holder offboarded",
+            Some("export"),
+        ))
         .await
         .unwrap();
     let report = r2.tick().await.unwrap();
-    assert_eq!(report.started, vec![("export".to_string(), "holder_offboarded".to_string())]);
+    assert_eq!(
+        report.started,
+        vec![("export".to_string(), "holder_offboarded".to_string())]
+    );
 }
 
 #[tokio::test]

@@ -80,7 +80,13 @@ async fn stages(sm: &Sm, id: &str) -> BTreeMap<String, Vec<String>> {
 async fn current(sm: &Sm, id: &str) -> serde_json::Value {
     // moto answers a GetSecretValue without a stage from its own default version, not from
     // AWSCURRENT as AWS does: ask for the label explicitly.
-    let v = sm.get_secret_value().secret_id(id).version_stage("AWSCURRENT").send().await.unwrap();
+    let v = sm
+        .get_secret_value()
+        .secret_id(id)
+        .version_stage("AWSCURRENT")
+        .send()
+        .await
+        .unwrap();
     serde_json::from_str(v.secret_string().unwrap()).unwrap()
 }
 
@@ -95,7 +101,11 @@ async fn assert_current_works(s: &Setup) {
         catalog_ttl: Duration::ZERO,
     })
     .unwrap();
-    assert_eq!(client.whoami().await.unwrap(), s.uid, "AWSCURRENT must always log in");
+    assert_eq!(
+        client.whoami().await.unwrap(),
+        s.uid,
+        "AWSCURRENT must always log in"
+    );
 }
 
 fn key_ids(s: &Setup) -> Vec<String> {
@@ -119,12 +129,22 @@ async fn looker_key_rotates_through_aws_staging_labels() {
     }
     assert_eq!(phase(&r, &id).await, Phase::Set);
     let st = stages(&s.sm, &s.secret_id).await;
-    assert_eq!(st[&id], vec!["AWSPENDING".to_string()], "the new version is {id}, pending: {st:?}");
+    assert_eq!(
+        st[&id],
+        vec!["AWSPENDING".to_string()],
+        "the new version is {id}, pending: {st:?}"
+    );
     assert_eq!(st[&old_version], vec!["AWSCURRENT".to_string()]);
     assert_current_works(&s).await;
     // ClientRequestToken = rotation id: a retried put writes the same version once.
     let store = AwsSecretsManager::new(&s.sdk, &s.secret_id);
-    let pending = s.sm.get_secret_value().secret_id(&s.secret_id).version_stage("AWSPENDING").send().await.unwrap();
+    let pending =
+        s.sm.get_secret_value()
+            .secret_id(&s.secret_id)
+            .version_stage("AWSPENDING")
+            .send()
+            .await
+            .unwrap();
     let cred = gatehouse_rotation::Credential::new(
         "x",
         SecretString::from(pending.secret_string().unwrap().to_string()),
@@ -134,7 +154,10 @@ async fn looker_key_rotates_through_aws_staging_labels() {
 
     r.step(&id).await.unwrap(); // test
     assert_eq!(phase(&r, &id).await, Phase::Tested);
-    assert_eq!(stages(&s.sm, &s.secret_id).await[&old_version], vec!["AWSCURRENT".to_string()]);
+    assert_eq!(
+        stages(&s.sm, &s.secret_id).await[&old_version],
+        vec!["AWSCURRENT".to_string()]
+    );
     r.step(&id).await.unwrap(); // finish
     let st = stages(&s.sm, &s.secret_id).await;
     assert_eq!(st[&id], vec!["AWSCURRENT".to_string()], "{st:?}");
@@ -147,18 +170,33 @@ async fn looker_key_rotates_through_aws_staging_labels() {
     // Within the grace period the old key still works and is not deleted.
     clock.advance(Duration::from_secs(59 * 60));
     assert_eq!(r.drive(&id).await.unwrap(), 0);
-    assert!(key_ids(&s).contains(&s.old_key), "old key deleted before the grace period");
+    assert!(
+        key_ids(&s).contains(&s.old_key),
+        "old key deleted before the grace period"
+    );
     clock.advance(Duration::from_secs(60));
     r.drive(&id).await.unwrap();
     assert_eq!(phase(&r, &id).await, Phase::Revoked);
-    assert_eq!(key_ids(&s), vec![new_key.clone()], "the old key is deleted after the grace period");
+    assert_eq!(
+        key_ids(&s),
+        vec![new_key.clone()],
+        "the old key is deleted after the grace period"
+    );
     clock.advance(Duration::from_secs(86_400));
     r.drive(&id).await.unwrap();
     assert_eq!(phase(&r, &id).await, Phase::Done);
     assert_current_works(&s).await;
     let ledger = r.store().ledger().await.unwrap();
-    let steps: Vec<&str> = ledger.iter().map(|e| e.call.path.rsplit('/').next().unwrap()).collect();
-    assert_eq!(steps, ["snapshot", "created", "set", "tested", "finished", "revoked", "done"]);
+    let steps: Vec<&str> = ledger
+        .iter()
+        .map(|e| e.call.path.rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "snapshot", "created", "set", "tested", "finished", "revoked", "done"
+        ]
+    );
 }
 
 /// Stop after step k (drop the rotator: nothing survives but the database and the fakes),
@@ -192,7 +230,11 @@ async fn a_crash_after_any_step_resumes_with_exactly_one_new_key() {
         let keys = key_ids(&s);
         assert_eq!(keys.len(), 1, "k={k}: exactly one key must remain: {keys:?}");
         assert_ne!(keys[0], s.old_key, "k={k}");
-        assert_eq!(current(&s.sm, &s.secret_id).await["key_id"], keys[0].as_str(), "k={k}");
+        assert_eq!(
+            current(&s.sm, &s.secret_id).await["key_id"],
+            keys[0].as_str(),
+            "k={k}"
+        );
     }
 }
 
@@ -215,15 +257,34 @@ async fn a_failed_test_rolls_back_leaves_the_old_key_current_and_backs_off() {
     s.fake.set_disabled(&s.uid, false);
     let row = r.store().get(&id).await.unwrap().unwrap();
     assert_eq!(row.phase, Phase::RolledBack);
-    assert!(row.error.as_deref().unwrap().contains("test failed"), "{:?}", row.error);
+    assert!(
+        row.error.as_deref().unwrap().contains("test failed"),
+        "{:?}",
+        row.error
+    );
     let after = stages(&s.sm, &s.secret_id).await;
-    assert!(after.values().all(|l| !l.contains(&"AWSPENDING".to_string())), "pending removed: {after:?}");
-    let old_version = before.iter().find(|(_, l)| l.contains(&"AWSCURRENT".to_string())).unwrap().0;
-    assert_eq!(after[old_version], vec!["AWSCURRENT".to_string()], "old stays current");
+    assert!(
+        after.values().all(|l| !l.contains(&"AWSPENDING".to_string())),
+        "pending removed: {after:?}"
+    );
+    let old_version = before
+        .iter()
+        .find(|(_, l)| l.contains(&"AWSCURRENT".to_string()))
+        .unwrap()
+        .0;
+    assert_eq!(
+        after[old_version],
+        vec!["AWSCURRENT".to_string()],
+        "old stays current"
+    );
     assert_eq!(key_ids(&s), vec![s.old_key.clone()], "the new key is deleted");
     assert_current_works(&s).await;
     let ledger = r.store().ledger().await.unwrap();
-    assert!(ledger.iter().any(|e| e.status == "rolled_back" && e.envelope_id == id));
+    assert!(
+        ledger
+            .iter()
+            .any(|e| e.status == "rolled_back" && e.envelope_id == id)
+    );
     assert!(ledger.iter().any(|e| e.status.starts_with("error: test failed")));
     let metrics = handle.render();
     assert!(
@@ -241,9 +302,16 @@ async fn a_failed_test_rolls_back_leaves_the_old_key_current_and_backs_off() {
     assert!(r.tick().await.unwrap().started.is_empty());
     clock.advance(Duration::from_secs(60));
     let report = r.tick().await.unwrap();
-    assert_eq!(report.started, vec![("looker-etl".to_string(), "retry".to_string())]);
+    assert_eq!(
+        report.started,
+        vec![("looker-etl".to_string(), "retry".to_string())]
+    );
     let history = r.store().history("looker-etl").await.unwrap();
-    assert_eq!(history.last().unwrap().phase, Phase::Finished, "the retry succeeds");
+    assert_eq!(
+        history.last().unwrap().phase,
+        Phase::Finished,
+        "the retry succeeds"
+    );
     assert_eq!(r.store().secret_state("looker-etl").await.unwrap().failures, 0);
 }
 
@@ -281,15 +349,27 @@ async fn secret_values_never_reach_logs_debug_errors_or_the_ledger() {
     let Some(Started::New(id)) = r.start("looker-etl", "manual", false).await.unwrap() else {
         panic!()
     };
-    run_to_done(&r, &id, &clock, || async { tracing::callsite::rebuild_interest_cache() }).await;
-    let new_secret = current(&s.sm, &s.secret_id).await["client_secret"].as_str().unwrap().to_string();
+    run_to_done(&r, &id, &clock, || async {
+        tracing::callsite::rebuild_interest_cache()
+    })
+    .await;
+    let new_secret = current(&s.sm, &s.secret_id).await["client_secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let Some(Started::New(failing)) = r.start("looker-etl", "manual", false).await.unwrap() else {
         panic!()
     };
     for _ in 0..3 {
         r.step(&failing).await.unwrap();
     }
-    let pending = s.sm.get_secret_value().secret_id(&s.secret_id).version_stage("AWSPENDING").send().await.unwrap();
+    let pending =
+        s.sm.get_secret_value()
+            .secret_id(&s.secret_id)
+            .version_stage("AWSPENDING")
+            .send()
+            .await
+            .unwrap();
     let pending_doc: serde_json::Value = serde_json::from_str(pending.secret_string().unwrap()).unwrap();
     let failing_secret = pending_doc["client_secret"].as_str().unwrap().to_string();
     s.fake.set_disabled(&s.uid, true);
@@ -309,7 +389,13 @@ async fn secret_values_never_reach_logs_debug_errors_or_the_ledger() {
     if let Err(e) = store.find("t", "k", &parse).await {
         seen.push_str(&format!("{e} {e:?}"));
     }
-    for secret in [&s.old_secret, &new_secret, &failing_secret, &AWS_TEST_SECRET.to_string(), &s.fake.client_secret().to_string()] {
+    for secret in [
+        &s.old_secret,
+        &new_secret,
+        &failing_secret,
+        &AWS_TEST_SECRET.to_string(),
+        &s.fake.client_secret().to_string(),
+    ] {
         assert!(!secret.is_empty());
         assert!(!seen.contains(secret.as_str()), "a secret value leaked");
     }
@@ -322,7 +408,10 @@ async fn two_instances_sharing_the_database_rotate_a_secret_once() {
     let a = support::rotator(&s.cfg, &clock, Some(s.sdk.clone())).await;
     let b = support::rotator(&s.cfg, &clock, Some(s.sdk.clone())).await;
     s.fake.reset_calls();
-    let (x, y) = tokio::join!(a.start("looker-etl", "manual", false), b.start("looker-etl", "manual", false));
+    let (x, y) = tokio::join!(
+        a.start("looker-etl", "manual", false),
+        b.start("looker-etl", "manual", false)
+    );
     let (x, y) = (x.unwrap().unwrap(), y.unwrap().unwrap());
     let ids: Vec<&String> = [&x, &y]
         .iter()
@@ -331,7 +420,10 @@ async fn two_instances_sharing_the_database_rotate_a_secret_once() {
         })
         .collect();
     assert_eq!(ids[0], ids[1], "both instances see one rotation");
-    assert_eq!([&x, &y].iter().filter(|s| matches!(s, Started::New(_))).count(), 1);
+    assert_eq!(
+        [&x, &y].iter().filter(|s| matches!(s, Started::New(_))).count(),
+        1
+    );
     let (ra, rb) = tokio::join!(a.tick(), b.tick());
     ra.unwrap();
     rb.unwrap();

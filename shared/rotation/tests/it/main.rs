@@ -2,8 +2,8 @@
 //! (Looker, GCP Secret Manager, GCP IAM keys), crash safety, rollback, triggers, races, and the
 //! scheduler under tokio's paused clock.
 
+mod aws_iam;
 mod gcp;
 mod looker_aws;
-mod aws_iam;
 mod schedule;
 mod support;

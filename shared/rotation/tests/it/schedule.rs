@@ -50,7 +50,11 @@ impl Kind for MemKind {
     fn test<'a>(&'a self, c: &'a Credential) -> BoxFuture<'a, Res<()>> {
         let ok = !self.broken.load(Ordering::SeqCst) && self.keys.lock().unwrap().contains(&c.key_id);
         Box::pin(async move {
-            if ok { Ok(()) } else { Err(RotationError::new(ErrorKind::Unauthorized, "refused")) }
+            if ok {
+                Ok(())
+            } else {
+                Err(RotationError::new(ErrorKind::Unauthorized, "refused"))
+            }
         })
     }
     fn disable<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Res<()>> {
@@ -80,10 +84,22 @@ impl SecretStore for MemStore {
         false
     }
     fn current<'a>(&'a self, parse: Parse<'a>) -> BoxFuture<'a, Res<Option<StoredVersion>>> {
-        let v = self.versions.lock().unwrap().iter().enumerate().last().map(|(i, v)| (i, v.clone()));
+        let v = self
+            .versions
+            .lock()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .last()
+            .map(|(i, v)| (i, v.clone()));
         Box::pin(async move {
-            v.map(|(i, v)| Ok(StoredVersion { version: i.to_string(), credential: parse(SecretString::from(v))? }))
-                .transpose()
+            v.map(|(i, v)| {
+                Ok(StoredVersion {
+                    version: i.to_string(),
+                    credential: parse(SecretString::from(v))?,
+                })
+            })
+            .transpose()
         })
     }
     fn put<'a>(&'a self, _t: &'a str, c: &'a Credential) -> BoxFuture<'a, Res<String>> {
@@ -92,7 +108,12 @@ impl SecretStore for MemStore {
         let n = (v.len() - 1).to_string();
         Box::pin(async move { Ok(n) })
     }
-    fn find<'a>(&'a self, _t: &'a str, _k: &'a str, _p: Parse<'a>) -> BoxFuture<'a, Res<Option<StoredVersion>>> {
+    fn find<'a>(
+        &'a self,
+        _t: &'a str,
+        _k: &'a str,
+        _p: Parse<'a>,
+    ) -> BoxFuture<'a, Res<Option<StoredVersion>>> {
         Box::pin(async { Ok(None) })
     }
     fn promote<'a>(&'a self, _n: &'a str, _o: Option<&'a str>) -> BoxFuture<'a, Res<()>> {
@@ -113,7 +134,9 @@ fn secret(schedule: &str) -> SecretConfig {
     SecretConfig {
         name: "hourly".into(),
         kind: KindConfig::LookerApi3 { user_id: "1".into() },
-        store: StoreConfig::GcpSecretManager { name: "projects/p/secrets/s".into() },
+        store: StoreConfig::GcpSecretManager {
+            name: "projects/p/secrets/s".into(),
+        },
         schedule: Some(schedule.into()),
         grace: Duration::from_secs(600),
         destroy_after: Duration::from_secs(600),
@@ -125,7 +148,11 @@ fn secret(schedule: &str) -> SecretConfig {
 fn rotator(kind: Arc<MemKind>, db: MemoryRotations) -> Rotator<MemoryRotations> {
     let start = Utc.with_ymd_and_hms(2026, 3, 2, 8, 30, 0).unwrap();
     Rotator::new(
-        vec![Declared::new(secret("0 * * * *"), kind, Arc::new(MemStore::default()))],
+        vec![Declared::new(
+            secret("0 * * * *"),
+            kind,
+            Arc::new(MemStore::default()),
+        )],
         db,
         Arc::new(TokioClock::starting_at(start)),
         Settings {
@@ -152,7 +179,10 @@ async fn an_hourly_schedule_rotates_every_hour_without_real_waiting() {
     let history = db.history("hourly").await.unwrap();
     assert_eq!(history.len(), 3, "{history:?}");
     assert!(history.iter().all(|h| h.trigger == "schedule"));
-    let starts: Vec<String> = history.iter().map(|h| h.started_at.format("%H:%M").to_string()).collect();
+    let starts: Vec<String> = history
+        .iter()
+        .map(|h| h.started_at.format("%H:%M").to_string())
+        .collect();
     assert_eq!(starts, ["09:00", "10:00", "11:00"]);
     // Each old key was revoked 10 minutes (grace) after its successor was promoted.
     assert!(history[..2].iter().all(|h| h.phase == Phase::Done));
@@ -181,7 +211,11 @@ async fn a_failing_rotation_backs_off_then_retries() {
         .collect();
     assert_eq!(
         triggers,
-        [("schedule", "09:00".to_string()), ("retry", "09:15".to_string()), ("retry", "09:45".to_string())]
+        [
+            ("schedule", "09:00".to_string()),
+            ("retry", "09:15".to_string()),
+            ("retry", "09:45".to_string())
+        ]
     );
     assert!(history.iter().all(|h| h.phase == Phase::RolledBack));
     assert!(kind.keys.lock().unwrap().is_empty(), "every new key was removed");
@@ -190,7 +224,11 @@ async fn a_failing_rotation_backs_off_then_retries() {
     tokio::time::sleep(Duration::from_secs(3600)).await;
     let history = db.history("hourly").await.unwrap();
     let last = history.last().unwrap();
-    assert_eq!((last.trigger.as_str(), last.phase), ("retry", Phase::Finished), "{history:?}");
+    assert_eq!(
+        (last.trigger.as_str(), last.phase),
+        ("retry", Phase::Finished),
+        "{history:?}"
+    );
     assert_eq!(db.secret_state("hourly").await.unwrap().failures, 0);
     stop_tx.send(()).unwrap();
     task.await.unwrap();

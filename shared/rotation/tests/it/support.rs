@@ -57,7 +57,11 @@ pub async fn db(cfg: &Config) -> Sqlite {
 }
 
 /// A new rotator instance (as after a restart: nothing in memory but the config).
-pub async fn rotator(cfg: &Config, clock: &ManualClock, aws: Option<aws_config::SdkConfig>) -> Rotator<SqliteRotations> {
+pub async fn rotator(
+    cfg: &Config,
+    clock: &ManualClock,
+    aws: Option<aws_config::SdkConfig>,
+) -> Rotator<SqliteRotations> {
     let mut r = gatehouse_rotation::build::rotator_with(cfg, db(cfg).await, aws, Arc::new(clock.clone()))
         .await
         .unwrap();
@@ -78,7 +82,11 @@ where
             return;
         }
         if row.due_at > gatehouse_rotation::Clock::now(clock) {
-            clock.advance((row.due_at - gatehouse_rotation::Clock::now(clock)).to_std().unwrap());
+            clock.advance(
+                (row.due_at - gatehouse_rotation::Clock::now(clock))
+                    .to_std()
+                    .unwrap(),
+            );
         }
         r.step(id).await.unwrap();
         check().await;
