@@ -84,14 +84,8 @@ impl SecretStore for MemStore {
         false
     }
     fn current<'a>(&'a self, parse: Parse<'a>) -> BoxFuture<'a, Res<Option<StoredVersion>>> {
-        let v = self
-            .versions
-            .lock()
-            .unwrap()
-            .iter()
-            .enumerate()
-            .last()
-            .map(|(i, v)| (i, v.clone()));
+        let versions = self.versions.lock().unwrap().clone();
+        let v = versions.last().map(|v| (versions.len() - 1, v.clone()));
         Box::pin(async move {
             v.map(|(i, v)| {
                 Ok(StoredVersion {
