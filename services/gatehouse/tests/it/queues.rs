@@ -240,14 +240,21 @@ async fn eventbridge_events_sent_with_boto3_to_moto_are_processed() {
     assert!(store.load_subject("aws:iam-user:alice").await.unwrap().is_none());
     assert!(store.ledger_since(None).await.unwrap().is_empty());
     assert!(fake.calls().is_empty(), "{:?}", fake.calls());
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The worker counts an envelope just after its commit: poll until the last one is counted.
+    let read_metrics = || async {
+        http.get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    wait_until("both envelopes counted", || async {
+        read_metrics().await.contains("outcome=\"rotation_requested\"")
+    })
+    .await;
+    let metrics = read_metrics().await;
     let processed = |outcome: &str| {
         metrics.lines().any(|l| {
             l.starts_with("gatehouse_events_processed_total")
