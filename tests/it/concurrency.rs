@@ -132,3 +132,40 @@ async fn one_processor_handles_one_subject_at_a_time() {
     let searches = fake.calls().iter().filter(|c| c.path == "/users/search").count();
     assert_eq!(searches, 3, "one user search per handled event, none repeated");
 }
+
+#[tokio::test]
+async fn two_processors_creating_one_person_at_once_make_one_user() {
+    let fake = FakeLooker::start().await;
+    let c = seed_catalog(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Sqlite::open(dir.path()).await.unwrap();
+    let policy = Arc::new(Policy::from_toml(&example_policy()).unwrap());
+    let (a, b) = (
+        processor(&store, &fake, &policy),
+        processor(&store, &fake, &policy),
+    );
+    // Both see no Looker user (each search answers before either create), both create it:
+    // Looker refuses the second (the email is taken) and that handler starts again.
+    fake.set_latency(Duration::from_millis(50));
+    let (e0, e1) = (
+        envelope("e0", 0, IdentityEvent::UserCreated),
+        envelope("e1", 1, added("Engineering")),
+    );
+    let (ra, rb) = tokio::join!(a.handle(&e0), b.handle(&e1));
+    assert!(ra.is_ok() && rb.is_ok(), "{ra:?} {rb:?}");
+    let creates: Vec<u16> = fake
+        .calls()
+        .iter()
+        .filter(|c| c.method == "POST" && c.path == "/users")
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(creates, vec![200, 409], "both tried, Looker took one");
+    let people: Vec<_> = fake
+        .users()
+        .into_iter()
+        .filter(|u| u.id != fake.admin_user_id())
+        .collect();
+    assert_eq!(people.len(), 1, "one Looker user for one person");
+    assert_eq!(people[0].email.as_deref(), Some("ada@example.com"));
+    assert_eq!(people[0].group_ids, BTreeSet::from([c.engineers.clone()]));
+}

@@ -49,6 +49,15 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Rotate a declared secret now (create → set → test → finish); the old credential is
+    /// revoked after its grace period by the running rotator.
+    Rotate {
+        /// The secret's name in `[[rotator.secrets]]`.
+        secret: String,
+        /// Print the steps it would take, changing nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -135,6 +144,7 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plan { event, json } => plan(&cfg, &event, json).await,
+        Command::Rotate { secret, dry_run } => rotate(&cfg, &secret, dry_run).await,
         Command::Audit {
             command: AuditCommand::Export { since },
         } => ops::audit_export(&cfg, since).await,
@@ -150,6 +160,48 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             };
             ops::dlq(&cfg, action).await
         }
+    }
+}
+
+async fn rotate(cfg: &Config, secret: &str, dry_run: bool) -> anyhow::Result<()> {
+    use gatehouse_rotation::{Phase, RotationStore, Started};
+    if cfg.rotator.secret(secret).is_none() {
+        return Err(AppError::Config(gatehouse_platform::config::ConfigError::new(
+            "SECRET",
+            format!("{secret:?} is not declared in [[rotator.secrets]]"),
+        ))
+        .into());
+    }
+    let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
+    let rotator = gatehouse_rotation::build::rotator(cfg, store).await?;
+    let mut out = std::io::stdout().lock();
+    if dry_run {
+        for line in rotator.plan(secret).await? {
+            writeln!(out, "{line}")?;
+        }
+        return Ok(());
+    }
+    let id = match rotator.start(secret, "manual", false).await? {
+        Some(Started::New(id)) => id,
+        Some(Started::AlreadyActive(id)) => {
+            writeln!(out, "{secret}: rotation {id} is already under way; continuing it")?;
+            id
+        }
+        None => anyhow::bail!("{secret}: rotation refused"),
+    };
+    rotator.drive(&id).await?;
+    let r = rotator.store().get(&id).await?.context("the rotation vanished")?;
+    writeln!(
+        out,
+        "{secret}: rotation {id} {} (new key {}, version {}){}",
+        r.phase.as_str(),
+        r.new_key_id.as_deref().unwrap_or("-"),
+        r.new_version.as_deref().unwrap_or("-"),
+        r.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+    )?;
+    match r.phase {
+        Phase::Finished | Phase::Revoked | Phase::Done => Ok(()),
+        _ => anyhow::bail!("{secret}: rotation {id} stopped at {}", r.phase.as_str()),
     }
 }
 

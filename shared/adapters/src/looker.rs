@@ -566,6 +566,80 @@ impl LookerPort for LookerClient {
     }
 }
 
+/// A new API3 key: the only time Looker shows its secret.
+pub struct NewApi3Key {
+    /// The credential's id (`/users/{user_id}/credentials_api3/{id}`).
+    pub id: String,
+    pub client_id: String,
+    pub client_secret: SecretString,
+}
+
+impl fmt::Debug for NewApi3Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewApi3Key")
+            .field("id", &self.id)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .finish()
+    }
+}
+
+/// An API3 key as listed (no secret).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Api3KeyInfo {
+    pub id: String,
+    pub client_id: String,
+    #[serde(default)]
+    pub created_at: Option<String>,
+    #[serde(default)]
+    pub is_disabled: bool,
+}
+
+/// API3 keys of a (service-account) user, for the rotator.
+impl LookerClient {
+    /// `POST /users/{user_id}/credentials_api3`.
+    pub async fn create_api3_key(&self, user_id: &str) -> Result<NewApi3Key, LookerError> {
+        #[derive(Deserialize)]
+        struct Created {
+            id: String,
+            client_id: String,
+            client_secret: String,
+        }
+        check_segment(user_id).map_err(permanent)?;
+        let path = format!("/users/{user_id}/credentials_api3");
+        let body = serde_json::json!({ "purpose": "gatehouse rotation" });
+        let bytes = self.call(Method::Post, &path, &[], Some(&body)).await?;
+        let c: Created =
+            serde_json::from_slice(&bytes).map_err(|e| bad_body(&endpoint_template(&path), e))?;
+        Ok(NewApi3Key {
+            id: c.id,
+            client_id: c.client_id,
+            client_secret: SecretString::from(c.client_secret),
+        })
+    }
+
+    /// `GET /users/{user_id}/credentials_api3`.
+    pub async fn list_api3_keys(&self, user_id: &str) -> Result<Vec<Api3KeyInfo>, LookerError> {
+        check_segment(user_id).map_err(permanent)?;
+        self.get_json(&format!("/users/{user_id}/credentials_api3"), &[])
+            .await
+    }
+
+    /// `DELETE /users/{user_id}/credentials_api3/{key_id}`.
+    pub async fn delete_api3_key(&self, user_id: &str, key_id: &str) -> Result<(), LookerError> {
+        check_segment(user_id).map_err(permanent)?;
+        check_segment(key_id).map_err(permanent)?;
+        let path = format!("/users/{user_id}/credentials_api3/{key_id}");
+        self.call(Method::Delete, &path, &[], None).await.map(|_| ())
+    }
+
+    /// Log in with this client's key and return the id of the user it belongs to (`GET /user`).
+    pub async fn whoami(&self) -> Result<String, LookerError> {
+        let me: IdOnly = self.get_json("/user", &[("fields", "id")]).await?;
+        Ok(me.id)
+    }
+}
+
 /// How long a token with this `expires_in` (seconds) is used: until a tenth of its lifetime (at
 /// most a minute) before Looker would reject it.
 fn use_for(expires_in: i64) -> Duration {

@@ -209,8 +209,8 @@ impl Sqlite {
         rows.iter().map(dead_letter_row).collect()
     }
 
-    /// The pool, for store modules of this crate (SCIM directory, Graph subscriptions).
-    pub(crate) fn pool(&self) -> &SqlitePool {
+    /// The pool, for store modules (SCIM directory, Graph subscriptions, the rotator's state).
+    pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 

@@ -39,6 +39,8 @@ pub enum AppError {
     },
     #[error("looker client: {0}")]
     Looker(#[from] LookerError),
+    #[error("rotator: {0}")]
+    Rotator(#[from] gatehouse_rotation::RotationError),
 }
 
 impl AppError {
@@ -100,6 +102,12 @@ pub fn engine(cfg: &Config, store: AnyState) -> Result<AppEngine, AppError> {
     let policy = Arc::new(load_policy(cfg)?);
     let looker = looker_client(cfg)?;
     let p = &cfg.processor;
+    let mut holders: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for s in &cfg.rotator.secrets {
+        for h in &s.holders {
+            holders.entry(h.to_lowercase()).or_default().push(s.name.clone());
+        }
+    }
     Ok(Engine::new(
         store,
         looker,
@@ -109,13 +117,22 @@ pub fn engine(cfg: &Config, store: AnyState) -> Result<AppEngine, AppError> {
             min_delay: p.retry_min_delay,
             max_delay: p.retry_max_delay,
         },
-    ))
+    )
+    .with_secret_holders(holders))
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct Components {
     pub ingress: bool,
     pub processor: bool,
+}
+
+impl Components {
+    /// `gatehouse standalone` (ingress and processor together) also runs the rotator when
+    /// secrets are declared; the split services leave it to `gatehouse-rotator`.
+    fn rotator(&self, cfg: &Config) -> bool {
+        self.ingress && self.processor && !cfg.rotator.secrets.is_empty()
+    }
 }
 
 /// Work run once every task has finished.
@@ -273,6 +290,11 @@ where
     if components.ingress {
         tasks.extend(ingress::spawn_tasks(&deps, &shutdown));
     }
+    if components.rotator(cfg) {
+        let rotator = gatehouse_rotation::build::rotator(cfg, store.clone()).await?;
+        let s = shutdown.clone();
+        tasks.push(tokio::spawn(async move { rotator.run(s.wait()).await }));
+    }
     if components.processor {
         let p = &cfg.processor;
         let worker = Worker::new(
@@ -316,6 +338,7 @@ where
         dry_run,
         ingress = components.ingress,
         processor = components.processor,
+        rotator = components.rotator(cfg),
         "gatehouse started"
     );
     if dry_run {
@@ -391,5 +414,33 @@ impl QueueConsumer for WithAttributes {
     }
     async fn extend(&self, d: &Delivery, visibility: Duration) -> Result<(), BackendError> {
         self.0.extend(d, visibility).await
+    }
+}
+
+/// The whole `main` of `gatehouse-rotator`: load config (exit 64 if bad), open the database,
+/// run the rotator until SIGINT/SIGTERM.
+pub async fn rotator_main(config: Option<&std::path::Path>) -> std::process::ExitCode {
+    let cfg = match Config::load(config, |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gatehouse-rotator: {e}");
+            return std::process::ExitCode::from(64);
+        }
+    };
+    gatehouse_platform::telemetry::init_logging(&cfg.log);
+    let run = async {
+        let store = Sqlite::open(&cfg.data_dir).await?;
+        let rotator = gatehouse_rotation::build::rotator(&cfg, store.clone()).await?;
+        tracing::info!(secrets = cfg.rotator.secrets.len(), "gatehouse rotator started");
+        rotator.run(gatehouse_platform::shutdown::os_signal()).await;
+        store.close().await;
+        Ok::<(), AppError>(())
+    };
+    match run.await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gatehouse-rotator: {e}");
+            std::process::ExitCode::from(e.exit_code() as u8)
+        }
     }
 }

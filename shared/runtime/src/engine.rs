@@ -61,6 +61,9 @@ pub enum ProcessError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Looker(#[from] LookerError),
+    /// Looker answered 409 to creating the user: another handler created it meanwhile.
+    #[error("the looker user was created by another handler meanwhile: {0}")]
+    CreateRaced(LookerError),
 }
 
 impl ProcessError {
@@ -73,7 +76,17 @@ impl ProcessError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             ProcessError::Looker(e) => e.retry_after,
-            ProcessError::Backend(_) => None,
+            ProcessError::Backend(_) | ProcessError::CreateRaced(_) => None,
+        }
+    }
+
+    /// Another handler of the same person got there first: handling the event again from a
+    /// fresh read resolves it.
+    fn is_race(&self) -> bool {
+        match self {
+            ProcessError::Backend(e) => e.is_subject_changed(),
+            ProcessError::CreateRaced(_) => true,
+            ProcessError::Looker(_) => false,
         }
     }
 }
@@ -93,6 +106,8 @@ pub struct Engine<S, L> {
     policy: Arc<Policy>,
     retry: RetryPolicy,
     subjects: SubjectLocks,
+    /// Holder email (lowercase) → declared secrets they hold (rotated when they are offboarded).
+    held_secrets: Arc<std::collections::HashMap<String, Vec<String>>>,
 }
 
 /// How often one delivery is handled again after losing a commit race before it is released.
@@ -143,7 +158,14 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             policy,
             retry,
             subjects: SubjectLocks::default(),
+            held_secrets: Arc::default(),
         }
+    }
+
+    /// Secrets to rotate when a holder is offboarded: email → secret names.
+    pub fn with_secret_holders(mut self, holders: std::collections::HashMap<String, Vec<String>>) -> Self {
+        self.held_secrets = Arc::new(holders);
+        self
     }
 
     pub fn store(&self) -> &S {
@@ -233,7 +255,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let mut attempt = 1;
         loop {
             match self.handle_once(env).await {
-                Err(ProcessError::Backend(e)) if e.is_subject_changed() && attempt < COMMIT_ATTEMPTS => {
+                Err(e) if e.is_race() && attempt < COMMIT_ATTEMPTS => {
                     tracing::info!(subject = %env.subject.key, envelope_id = %env.id, attempt,
                         "subject changed by another handler; handling the event again");
                     metrics::counter!("gatehouse_subject_conflicts_total").increment(1);
@@ -299,6 +321,24 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             None => (Identity::new(&env.subject.key), None, None),
         };
         let fold = identity.fold(env);
+        // An offboarded holder's secrets are rotated: one request per secret and offboarding
+        // event (keyed by the status stamp, so redeliveries and later events add none).
+        if let (true, Some(stamp), Some(email)) = (
+            identity.status.is_offboarded(),
+            &identity.status_stamp,
+            identity.email(),
+        ) {
+            for secret in self.held_secrets.get(&email.to_lowercase()).into_iter().flatten() {
+                let request = RotationRequest {
+                    envelope_id: format!("offboarding:{}:{secret}", stamp.id.0),
+                    subject: identity.key.clone(),
+                    provider: "offboarding".into(),
+                    reason: "holder offboarded".into(),
+                    secret: Some(secret.clone()),
+                };
+                self.store.request_rotation(&request).await?;
+            }
+        }
         let desired = policy::evaluate(&self.policy, &identity);
         let fingerprint = desired.fingerprint();
         // Drift means the actual state moved under us: read and converge even if the desired
@@ -359,7 +399,12 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let mut user = plan.user.clone();
         let mut writes = 0;
         if let Some(step) = create {
-            let id = self.call(looker, env, &user, step).await?;
+            let id = match self.call(looker, env, &user, step).await {
+                Err(ProcessError::Looker(e)) if e.kind == ErrorKind::Conflict => {
+                    return Err(ProcessError::CreateRaced(e));
+                }
+                other => other?,
+            };
             writes += 1;
             match id {
                 Some(id) => user = UserRef::Id(id),

@@ -4,8 +4,10 @@
 //! * [`looker_fake`]: a stateful fake of the Looker API 4.0 (`FakeLooker`).
 //! * [`postgres`]: a fresh database per test on the throwaway PostgreSQL cluster.
 
+pub mod gcp_sa_keys_fake;
 pub mod graph_fake;
 pub mod looker_fake;
 pub mod postgres;
+pub mod secret_manager_fake;
 
 pub use looker_fake::{FakeLooker, RecordedCall, UserView};

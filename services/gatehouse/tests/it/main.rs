@@ -7,6 +7,7 @@ use std::time::Duration;
 mod crash;
 mod ops;
 mod queues;
+mod rotate;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_gatehouse"));

@@ -6,6 +6,7 @@ mod generic;
 mod google;
 mod graph;
 mod queue;
+mod rotator;
 mod scim;
 mod state;
 
@@ -13,6 +14,10 @@ pub use generic::GenericConfig;
 pub use google::GoogleConfig;
 pub use graph::GraphConfig;
 pub use queue::{PubsubConfig, QueueConfig, SqsConfig};
+pub use rotator::{
+    GCP_IAM_URL, GCP_SECRET_MANAGER_URL, GcpApiConfig, KindConfig, OutOfBand, RotatorConfig, SecretConfig,
+    StoreConfig,
+};
 pub use scim::ScimConfig;
 pub use state::{PostgresConfig, StateConfig};
 
@@ -64,6 +69,9 @@ pub struct Config {
     /// Standard Webhooks generic intake at `/hooks/generic`.
     #[serde(default)]
     pub generic: GenericConfig,
+    /// The rotator's declared secrets.
+    #[serde(default)]
+    pub rotator: RotatorConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -293,6 +301,9 @@ pub const ENV_VARS: &[&str] = &[
     "GATEHOUSE_GRAPH_CLIENT_SECRET",
     "GATEHOUSE_GOOGLE_CHANNEL_TOKEN",
     "GATEHOUSE_GENERIC_SECRET",
+    "GATEHOUSE_GCP_SECRET_MANAGER_URL",
+    "GATEHOUSE_GCP_IAM_URL",
+    "GATEHOUSE_GCP_ACCESS_TOKEN",
 ];
 
 impl Config {
@@ -338,6 +349,7 @@ impl Config {
         self.graph.apply_env(&env)?;
         self.google.apply_env(&env)?;
         self.generic.apply_env(&env)?;
+        self.rotator.apply_env(&env)?;
         if let Some(v) = env("GATEHOUSE_LISTEN") {
             self.listen = v
                 .parse()
@@ -384,6 +396,7 @@ impl Config {
         self.graph.validate()?;
         self.google.validate()?;
         self.generic.validate()?;
+        self.rotator.validate()?;
         if let Some(url) = &self.looker.url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {

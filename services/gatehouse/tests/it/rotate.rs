@@ -1,0 +1,162 @@
+//! `gatehouse rotate SECRET [--dry-run]` against the GCP fakes.
+
+use super::{bin, text};
+use gatehouse_testkit::gcp_sa_keys_fake::FakeSaKeys;
+use gatehouse_testkit::secret_manager_fake::FakeSecretManager;
+
+const SA: &str = "svc-cli@gatehouse-test.iam.gserviceaccount.com";
+const SECRET: &str = "projects/gatehouse-test/secrets/svc-cli-key";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_dry_run_prints_the_plan_and_changes_nothing_then_rotates() {
+    let sm = FakeSecretManager::start().await;
+    let iam = FakeSaKeys::start().await;
+    iam.set_token(&sm.token());
+    iam.add_service_account(SA);
+    let file = iam.add_key(SA);
+    let old_key = iam.keys(SA)[0].0.clone();
+    sm.create_secret(SECRET);
+    sm.add_version(SECRET, &file);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\n[rotator.gcp]\nsecret_manager_url = {:?}\niam_url = {:?}\n\n\
+             [[rotator.secrets]]\nname = \"cli\"\n\
+             kind = {{ type = \"gcp_service_account_key\", email = {SA:?} }}\n\
+             store = {{ type = \"gcp_secret_manager\", name = {SECRET:?} }}\n",
+            dir.path().join("data"),
+            sm.url(),
+            iam.url()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let mut c = tokio::process::Command::from(bin());
+        c.arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .env("GATEHOUSE_GCP_ACCESS_TOKEN", sm.token());
+        c
+    };
+    let o = run(&["rotate", "cli", "--dry-run"]).output().await.unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains(&format!("key {old_key}")), "{out}");
+    assert!(out.contains("1. create"), "{out}");
+    assert_eq!(sm.write_calls(), 0, "dry run changes nothing");
+    assert_eq!(iam.create_calls(), 0);
+    assert!(!out.contains(&sm.token()) && !err.contains(&sm.token()));
+
+    let o = run(&["rotate", "cli"]).output().await.unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(out.contains("finished"), "{out}");
+    assert_eq!(iam.create_calls(), 1);
+    assert_eq!(sm.versions(SECRET).len(), 2);
+    assert!(iam.can_authenticate(&sm.latest(SECRET).unwrap()));
+    let private = serde_json::from_str::<serde_json::Value>(&sm.latest(SECRET).unwrap()).unwrap();
+    let pk = private["private_key"].as_str().unwrap();
+    assert!(
+        !out.contains(pk) && !err.contains(pk),
+        "a secret value was printed"
+    );
+
+    let o = run(&["rotate", "nope"]).output().await.unwrap();
+    assert_eq!(o.status.code(), Some(64));
+}
+
+/// `standalone` with a declared secret: an Okta deactivation of a holder makes the processor
+/// request a rotation and the embedded rotator carries it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offboarding_a_holder_rotates_their_secret_in_standalone() {
+    use std::time::Duration;
+    let sm = FakeSecretManager::start().await;
+    let iam = FakeSaKeys::start().await;
+    iam.set_token(&sm.token());
+    iam.add_service_account(SA);
+    let file = iam.add_key(SA);
+    sm.create_secret(SECRET);
+    sm.add_version(SECRET, &file);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gatehouse.toml");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n[okta]\nhook_secret = \"hook\"\n\
+             [rotator]\npoll_interval = \"100ms\"\n[rotator.gcp]\nsecret_manager_url = {:?}\niam_url = {:?}\n\n\
+             [[rotator.secrets]]\nname = \"held\"\nholders = [\"John.Doe@example.com\"]\n\
+             kind = {{ type = \"gcp_service_account_key\", email = {SA:?} }}\n\
+             store = {{ type = \"gcp_secret_manager\", name = {SECRET:?} }}\n",
+            dir.path().join("data"),
+            sm.url(),
+            iam.url()
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::from(bin())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("standalone")
+        .env("GATEHOUSE_GCP_ACCESS_TOKEN", sm.token())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "standalone did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = std::fs::read(super::fixture(
+        "event-hook.user.lifecycle.deactivate.constructed.json",
+    ))
+    .unwrap();
+    let r = http
+        .post(format!("{base}/hooks/okta"))
+        .header("authorization", "hook")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    while sm.versions(SECRET).len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the holder's secret was not rotated"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(iam.can_authenticate(&sm.latest(SECRET).unwrap()));
+    let o = tokio::process::Command::from(bin())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["audit", "export"])
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.lines()
+            .any(|l| l.contains("\"rule\":\"holder_offboarded\"") && l.contains("secret:held")),
+        "{out}"
+    );
+    child.kill().await.unwrap();
+}

@@ -1,0 +1,187 @@
+//! One error type for every kind and store, classified once into a small [`ErrorKind`].
+
+use gatehouse_domain::ports::BackendError;
+use std::time::Duration;
+
+/// What a caller can do about an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 429 / throttling: retry after the given delay (or the backoff).
+    Throttled { retry_after: Option<Duration> },
+    /// 5xx, timeouts, connection errors: retry with backoff.
+    Transient,
+    /// The object is gone (for a delete this means done).
+    NotFound,
+    /// The credentials were refused (for a test step: the new key does not work).
+    Unauthorized,
+    /// Anything retrying cannot fix.
+    Permanent,
+}
+
+/// A kind, store or state-store failure. Messages are lowercase and never carry a secret value.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct RotationError {
+    pub kind: ErrorKind,
+    pub message: String,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl RotationError {
+    /// An error of `kind` with a message.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        RotationError {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Permanent, message)
+    }
+
+    /// Another try later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.kind, ErrorKind::Throttled { .. } | ErrorKind::Transient)
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.kind == ErrorKind::NotFound
+    }
+
+    /// The server's requested delay, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self.kind {
+            ErrorKind::Throttled { retry_after } => retry_after,
+            _ => None,
+        }
+    }
+}
+
+impl From<BackendError> for RotationError {
+    fn from(e: BackendError) -> Self {
+        RotationError {
+            kind: ErrorKind::Transient,
+            message: format!("state store: {e}"),
+            source: Some(Box::new(e)),
+        }
+    }
+}
+
+/// The one place an HTTP status becomes an [`ErrorKind`] (GCP REST, Looker, AWS HTTP status).
+pub fn classify_status(status: u16, retry_after: Option<Duration>) -> ErrorKind {
+    match status {
+        429 => ErrorKind::Throttled { retry_after },
+        401 | 403 => ErrorKind::Unauthorized,
+        404 => ErrorKind::NotFound,
+        408 | 500..=599 => ErrorKind::Transient,
+        _ => ErrorKind::Permanent,
+    }
+}
+
+/// An AWS SDK error: the service's error code first, then the HTTP status, then the transport.
+pub fn classify_aws(code: Option<&str>, status: Option<u16>, is_service_error: bool) -> ErrorKind {
+    match code {
+        Some("ThrottlingException" | "Throttling" | "TooManyRequestsException" | "RequestLimitExceeded") => {
+            return ErrorKind::Throttled { retry_after: None };
+        }
+        Some("ResourceNotFoundException" | "NoSuchEntity" | "NoSuchEntityException") => {
+            return ErrorKind::NotFound;
+        }
+        Some(
+            "InvalidClientTokenId"
+            | "SignatureDoesNotMatch"
+            | "UnrecognizedClientException"
+            | "AccessDenied"
+            | "AccessDeniedException"
+            | "ExpiredToken",
+        ) => return ErrorKind::Unauthorized,
+        Some("InternalServiceError" | "InternalFailure" | "ServiceUnavailable" | "ServiceFailure") => {
+            return ErrorKind::Transient;
+        }
+        _ => {}
+    }
+    match status {
+        Some(s) => classify_status(s, None),
+        None if is_service_error => ErrorKind::Permanent,
+        // Dispatch failures, timeouts, unreadable responses.
+        None => ErrorKind::Transient,
+    }
+}
+
+/// An AWS SDK error → [`RotationError`], with `what` naming the call.
+pub fn aws_error<E>(
+    what: &str,
+    e: aws_sdk_sts::error::SdkError<E, aws_sdk_sts::config::http::HttpResponse>,
+) -> RotationError
+where
+    E: aws_sdk_sts::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    use aws_sdk_sts::error::SdkError;
+    let (code, message, service) = match &e {
+        SdkError::ServiceError(s) => (
+            s.err().code().map(str::to_string),
+            s.err().message().map(str::to_string),
+            true,
+        ),
+        _ => (None, None, false),
+    };
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let kind = classify_aws(code.as_deref(), status, service);
+    let detail = match (code, message) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), None) => c,
+        _ => chain(&e),
+    };
+    RotationError::new(kind, format!("{what} failed: {detail}"))
+}
+
+/// The cause chain of an error, `: `-joined.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let m = s.to_string();
+        if !out.contains(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_aws_codes_are_classified_once() {
+        let d = Some(Duration::from_secs(3));
+        assert_eq!(classify_status(429, d), ErrorKind::Throttled { retry_after: d });
+        assert_eq!(classify_status(503, None), ErrorKind::Transient);
+        assert_eq!(classify_status(404, None), ErrorKind::NotFound);
+        assert_eq!(classify_status(401, None), ErrorKind::Unauthorized);
+        assert_eq!(classify_status(409, None), ErrorKind::Permanent);
+        assert_eq!(
+            classify_aws(Some("NoSuchEntity"), None, true),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            classify_aws(Some("InvalidClientTokenId"), None, true),
+            ErrorKind::Unauthorized
+        );
+        assert_eq!(
+            classify_aws(Some("ThrottlingException"), None, true),
+            ErrorKind::Throttled { retry_after: None }
+        );
+        assert_eq!(
+            classify_aws(Some("LimitExceeded"), None, true),
+            ErrorKind::Permanent
+        );
+        assert_eq!(classify_aws(None, None, false), ErrorKind::Transient);
+        assert!(RotationError::new(ErrorKind::Transient, "x").is_retryable());
+    }
+}

@@ -1,0 +1,229 @@
+//! Schedules under tokio's paused clock: no real waiting. In-memory kind, store and state.
+
+use chrono::{TimeZone, Utc};
+use futures::future::BoxFuture;
+use gatehouse_platform::config::{KindConfig, OutOfBand, SecretConfig, StoreConfig};
+use gatehouse_rotation::credential::{KeyInfo, StoredVersion};
+use gatehouse_rotation::kinds::{Kind, Res};
+use gatehouse_rotation::memory::MemoryRotations;
+use gatehouse_rotation::stores::SecretStore;
+use gatehouse_rotation::{
+    Credential, Declared, ErrorKind, Phase, RotationError, RotationStore, Rotator, Settings, TokioClock,
+};
+use secrecy::{ExposeSecret, SecretString};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Default)]
+struct MemKind {
+    keys: Mutex<Vec<String>>,
+    seq: AtomicU64,
+    broken: AtomicBool,
+}
+
+impl Kind for MemKind {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+    fn principal(&self) -> &str {
+        "svc"
+    }
+    fn list(&self) -> BoxFuture<'_, Res<Vec<KeyInfo>>> {
+        let keys = self.keys.lock().unwrap().clone();
+        Box::pin(async move {
+            Ok(keys
+                .into_iter()
+                .map(|id| KeyInfo {
+                    created: id.clone(),
+                    id,
+                    active: true,
+                })
+                .collect())
+        })
+    }
+    fn create(&self) -> BoxFuture<'_, Res<Credential>> {
+        let id = format!("k{:04}", self.seq.fetch_add(1, Ordering::SeqCst));
+        self.keys.lock().unwrap().push(id.clone());
+        Box::pin(async move { Ok(Credential::new(id.clone(), SecretString::from(id))) })
+    }
+    fn test<'a>(&'a self, c: &'a Credential) -> BoxFuture<'a, Res<()>> {
+        let ok = !self.broken.load(Ordering::SeqCst) && self.keys.lock().unwrap().contains(&c.key_id);
+        Box::pin(async move {
+            if ok {
+                Ok(())
+            } else {
+                Err(RotationError::new(ErrorKind::Unauthorized, "refused"))
+            }
+        })
+    }
+    fn disable<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Res<()>> {
+        self.delete(id)
+    }
+    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Res<()>> {
+        self.keys.lock().unwrap().retain(|k| k != id);
+        Box::pin(async { Ok(()) })
+    }
+    fn parse(&self, v: SecretString) -> Res<Credential> {
+        Ok(Credential::new(v.expose_secret().to_string(), v))
+    }
+}
+
+#[derive(Default)]
+struct MemStore {
+    versions: Mutex<Vec<String>>,
+}
+
+type Parse<'a> = &'a (dyn Fn(SecretString) -> Res<Credential> + Send + Sync);
+
+impl SecretStore for MemStore {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+    fn stages(&self) -> bool {
+        false
+    }
+    fn current<'a>(&'a self, parse: Parse<'a>) -> BoxFuture<'a, Res<Option<StoredVersion>>> {
+        let versions = self.versions.lock().unwrap().clone();
+        let v = versions.last().map(|v| (versions.len() - 1, v.clone()));
+        Box::pin(async move {
+            v.map(|(i, v)| {
+                Ok(StoredVersion {
+                    version: i.to_string(),
+                    credential: parse(SecretString::from(v))?,
+                })
+            })
+            .transpose()
+        })
+    }
+    fn put<'a>(&'a self, _t: &'a str, c: &'a Credential) -> BoxFuture<'a, Res<String>> {
+        let mut v = self.versions.lock().unwrap();
+        v.push(c.key_id.clone());
+        let n = (v.len() - 1).to_string();
+        Box::pin(async move { Ok(n) })
+    }
+    fn find<'a>(
+        &'a self,
+        _t: &'a str,
+        _k: &'a str,
+        _p: Parse<'a>,
+    ) -> BoxFuture<'a, Res<Option<StoredVersion>>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn promote<'a>(&'a self, _n: &'a str, _o: Option<&'a str>) -> BoxFuture<'a, Res<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn discard<'a>(&'a self, _v: &'a str) -> BoxFuture<'a, Res<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn retire<'a>(&'a self, _v: &'a str) -> BoxFuture<'a, Res<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn destroy<'a>(&'a self, _v: &'a str) -> BoxFuture<'a, Res<()>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn secret(schedule: &str) -> SecretConfig {
+    SecretConfig {
+        name: "hourly".into(),
+        kind: KindConfig::LookerApi3 { user_id: "1".into() },
+        store: StoreConfig::GcpSecretManager {
+            name: "projects/p/secrets/s".into(),
+        },
+        schedule: Some(schedule.into()),
+        grace: Duration::from_secs(600),
+        destroy_after: Duration::from_secs(600),
+        holders: vec![],
+        on_out_of_band: OutOfBand::Alert,
+    }
+}
+
+fn rotator(kind: Arc<MemKind>, db: MemoryRotations) -> Rotator<MemoryRotations> {
+    let start = Utc.with_ymd_and_hms(2026, 3, 2, 8, 30, 0).unwrap();
+    Rotator::new(
+        vec![Declared::new(
+            secret("0 * * * *"),
+            kind,
+            Arc::new(MemStore::default()),
+        )],
+        db,
+        Arc::new(TokioClock::starting_at(start)),
+        Settings {
+            poll_interval: Duration::from_secs(3600 * 24),
+            retry_min_delay: Duration::from_secs(15 * 60),
+            test_delay: Duration::from_secs(1),
+            ..Settings::default()
+        },
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_hourly_schedule_rotates_every_hour_without_real_waiting() {
+    let kind = Arc::new(MemKind::default());
+    let db = MemoryRotations::default();
+    let r = Arc::new(rotator(kind.clone(), db.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn({
+        let r = r.clone();
+        async move { r.run(async { stop_rx.await.unwrap_or(()) }).await }
+    });
+    // 08:30 → 11:45: occurrences at 09:00, 10:00, 11:00.
+    tokio::time::sleep(Duration::from_secs(3 * 3600 + 15 * 60)).await;
+    let history = db.history("hourly").await.unwrap();
+    assert_eq!(history.len(), 3, "{history:?}");
+    assert!(history.iter().all(|h| h.trigger == "schedule"));
+    let starts: Vec<String> = history
+        .iter()
+        .map(|h| h.started_at.format("%H:%M").to_string())
+        .collect();
+    assert_eq!(starts, ["09:00", "10:00", "11:00"]);
+    // Each old key was revoked 10 minutes (grace) after its successor was promoted.
+    assert!(history[..2].iter().all(|h| h.phase == Phase::Done));
+    assert_eq!(kind.keys.lock().unwrap().len(), 1);
+    stop_tx.send(()).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_rotation_backs_off_then_retries() {
+    let kind = Arc::new(MemKind::default());
+    kind.broken.store(true, Ordering::SeqCst);
+    let db = MemoryRotations::default();
+    let r = Arc::new(rotator(kind.clone(), db.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn({
+        let r = r.clone();
+        async move { r.run(async { stop_rx.await.unwrap_or(()) }).await }
+    });
+    // 09:00 fails; retries after 15 min (09:15 fails), then 30 min (09:45 fails).
+    tokio::time::sleep(Duration::from_secs(3600 + 20 * 60)).await;
+    let history = db.history("hourly").await.unwrap();
+    let triggers: Vec<(&str, String)> = history
+        .iter()
+        .map(|h| (h.trigger.as_str(), h.started_at.format("%H:%M").to_string()))
+        .collect();
+    assert_eq!(
+        triggers,
+        [
+            ("schedule", "09:00".to_string()),
+            ("retry", "09:15".to_string()),
+            ("retry", "09:45".to_string())
+        ]
+    );
+    assert!(history.iter().all(|h| h.phase == Phase::RolledBack));
+    assert!(kind.keys.lock().unwrap().is_empty(), "every new key was removed");
+    // Fixed: the next retry (10:45, or the 10:00 schedule during backoff is skipped) succeeds.
+    kind.broken.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let history = db.history("hourly").await.unwrap();
+    let last = history.last().unwrap();
+    assert_eq!(
+        (last.trigger.as_str(), last.phase),
+        ("retry", Phase::Finished),
+        "{history:?}"
+    );
+    assert_eq!(db.secret_state("hourly").await.unwrap().failures, 0);
+    stop_tx.send(()).unwrap();
+    task.await.unwrap();
+}
