@@ -9,6 +9,7 @@
 //! - [`plan`]: the diff from actual to desired state.
 //! - [`ports`]: traits the adapters implement (queue, state, Looker).
 
+pub mod cloud;
 pub mod cloud_audit;
 pub mod envelope;
 pub mod generic;
