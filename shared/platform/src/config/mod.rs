@@ -2,12 +2,14 @@
 //! environment is injected as a lookup function, so tests never set real variables. Every error
 //! names the field (or variable) at fault; binaries exit 64 on it.
 
+mod cloud;
 mod generic;
 mod google;
 mod graph;
 mod queue;
 mod scim;
 
+pub use cloud::{AwsConfig, AwsUserMappingConfig, GcpConfig, GcpTokenSource, Mode, Modes, ReconcileConfig};
 pub use generic::GenericConfig;
 pub use google::GoogleConfig;
 pub use graph::GraphConfig;
@@ -59,6 +61,15 @@ pub struct Config {
     /// Standard Webhooks generic intake at `/hooks/generic`.
     #[serde(default)]
     pub generic: GenericConfig,
+    /// AWS IAM target (off by default).
+    #[serde(default)]
+    pub aws: AwsConfig,
+    /// GCP IAM target (off by default).
+    #[serde(default)]
+    pub gcp: GcpConfig,
+    /// Reconcile schedule and per-target modes.
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -286,6 +297,8 @@ pub const ENV_VARS: &[&str] = &[
     "GATEHOUSE_GRAPH_CLIENT_SECRET",
     "GATEHOUSE_GOOGLE_CHANNEL_TOKEN",
     "GATEHOUSE_GENERIC_SECRET",
+    "GATEHOUSE_GCP_ACCESS_TOKEN",
+    "GATEHOUSE_RECONCILE_SCHEDULE",
 ];
 
 impl Config {
@@ -330,6 +343,8 @@ impl Config {
         self.graph.apply_env(&env)?;
         self.google.apply_env(&env)?;
         self.generic.apply_env(&env)?;
+        self.gcp.apply_env(&env)?;
+        self.reconcile.apply_env(&env)?;
         if let Some(v) = env("GATEHOUSE_LISTEN") {
             self.listen = v
                 .parse()
@@ -375,6 +390,9 @@ impl Config {
         self.graph.validate()?;
         self.google.validate()?;
         self.generic.validate()?;
+        self.aws.validate()?;
+        self.gcp.validate()?;
+        self.reconcile.validate()?;
         if let Some(url) = &self.looker.url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
