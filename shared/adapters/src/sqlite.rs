@@ -5,8 +5,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use gatehouse_domain::envelope::{Envelope, EnvelopeId};
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::ports::{
-    BackendError, DeadLetter, DeletionChange, Delivery, LedgerEntry, LedgerRow, Outcome, QueueConsumer,
-    QueueProducer, RotationRequest, ScheduledDeletion, StateStore, SubjectState,
+    BackendError, DeadLetter, DeletionChange, Delivery, Directory, LedgerEntry, LedgerRow, Outcome,
+    QueueConsumer, QueueProducer, RotationRequest, ScheduledDeletion, StateStore, SubjectState,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -282,6 +282,25 @@ impl QueueConsumer for Sqlite {
     }
 }
 
+impl Directory for Sqlite {
+    async fn subjects(&self) -> Result<Vec<SubjectState>, BackendError> {
+        let rows = sqlx::query("SELECT identity, converged FROM subjects ORDER BY key")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("cannot read the directory"))?;
+        rows.iter()
+            .map(|r| {
+                let identity: Identity = serde_json::from_str(r.get::<&str, _>(0))
+                    .map_err(|e| BackendError::new("stored identity is not valid json", e))?;
+                Ok(SubjectState {
+                    identity,
+                    converged: r.get(1),
+                })
+            })
+            .collect()
+    }
+}
+
 impl StateStore for Sqlite {
     async fn is_processed(&self, id: &EnvelopeId) -> Result<bool, BackendError> {
         let row = sqlx::query("SELECT 1 FROM processed WHERE envelope_id = ?")
@@ -369,8 +388,8 @@ impl StateStore for Sqlite {
             let call =
                 serde_json::to_string(&e.call).map_err(|e| BackendError::new("cannot serialize call", e))?;
             sqlx::query(
-                "INSERT INTO ledger (at, envelope_id, subject, event, rule, call, status)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO ledger (at, envelope_id, subject, event, rule, call, status, target)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(ts(e.at))
             .bind(&e.envelope_id)
@@ -379,6 +398,7 @@ impl StateStore for Sqlite {
             .bind(&e.rule)
             .bind(call)
             .bind(&e.status)
+            .bind(&e.target)
             .execute(&mut *tx)
             .await
             .map_err(err("cannot append to the ledger"))?;
@@ -389,7 +409,7 @@ impl StateStore for Sqlite {
     async fn ledger_since(&self, since: Option<DateTime<Utc>>) -> Result<Vec<LedgerRow>, BackendError> {
         let since = since.map(ts).unwrap_or_default();
         let rows = sqlx::query(
-            "SELECT seq, at, envelope_id, subject, event, rule, call, status FROM ledger
+            "SELECT seq, at, envelope_id, subject, event, rule, call, status, target FROM ledger
              WHERE at >= ? ORDER BY seq",
         )
         .bind(since)
@@ -409,6 +429,7 @@ impl StateStore for Sqlite {
                         call: serde_json::from_str(r.get::<&str, _>(6))
                             .map_err(|e| BackendError::new("stored call is not valid json", e))?,
                         status: r.get(7),
+                        target: r.get(8),
                     },
                 })
             })

@@ -42,6 +42,38 @@ impl Target {
     }
 }
 
+/// A cloud call failed. One adapter per cloud classifies; everyone else matches on `kind`.
+/// Carries no secret: messages come from the API's error message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{} {kind:?}{}: {message}", target.as_str(), status.map(|s| format!(" (http {s})")).unwrap_or_default())]
+pub struct CloudError {
+    pub target: Target,
+    pub kind: crate::looker::ErrorKind,
+    pub status: Option<u16>,
+    pub message: String,
+    pub retry_after: Option<std::time::Duration>,
+}
+
+impl CloudError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            crate::looker::ErrorKind::Throttled | crate::looker::ErrorKind::Transient
+        )
+    }
+
+    /// How the ledger shows this failure (`429`, `404 already gone`, `error: access denied: …`).
+    pub fn ledger_status(&self) -> String {
+        use crate::looker::ErrorKind as K;
+        match (self.kind, self.status) {
+            (K::Unauthorized, _) => format!("error: access denied: {}", self.message),
+            (K::Permanent, _) => format!("error: {}", self.message),
+            (_, Some(s)) => s.to_string(),
+            (k, None) => format!("error: {k:?}"),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // AWS
 // ---------------------------------------------------------------------------------------------

@@ -117,9 +117,17 @@ pub struct LedgerEntry {
     pub subject: String,
     pub event: String,
     pub rule: String,
+    /// Which API the call went to: `looker` (rows written before cloud targets existed),
+    /// `aws` (IAM Query API, `call.body` holds the form parameters) or `gcp`.
+    #[serde(default = "looker_target")]
+    pub target: String,
     pub call: HttpCall,
     /// `200`, `204`, `dry_run`, `429`, `error: ...`
     pub status: String,
+}
+
+fn looker_target() -> String {
+    "looker".into()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +154,12 @@ pub struct RotationRequest {
     pub provider: String,
     pub reason: String,
     pub secret: Option<String>,
+}
+
+/// The directory as a whole, for reconcile (every known person).
+pub trait Directory: Send + Sync {
+    /// Every subject with its identity, in key order.
+    fn subjects(&self) -> impl Future<Output = Result<Vec<SubjectState>, BackendError>> + Send;
 }
 
 pub trait StateStore: Send + Sync {

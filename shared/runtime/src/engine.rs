@@ -387,6 +387,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                         subject: d.subject.clone(),
                         event: "scheduled_deletion".into(),
                         rule: step.rule.clone(),
+                        target: "looker".into(),
                         call: step.op.http(&UserRef::Email(d.email.clone())),
                         status: "dry_run".into(),
                     };
@@ -428,6 +429,7 @@ fn ledger_entry(env: &Envelope, step: &Step, user: &UserRef, status: String) -> 
         subject: env.subject.key.clone(),
         event: env.source_event_type.clone(),
         rule: step.rule.clone(),
+        target: "looker".into(),
         call: step.op.http(user),
         status,
     }

@@ -2,7 +2,9 @@
 //! bench run on loopback.
 //!
 //! * [`looker_fake`]: a stateful fake of the Looker API 4.0 (`FakeLooker`).
+//! * [`gcp_iam_fake`]: getIamPolicy/setIamPolicy of Resource Manager v3, BigQuery and IAM v1.
 
+pub mod gcp_iam_fake;
 pub mod graph_fake;
 pub mod looker_fake;
 

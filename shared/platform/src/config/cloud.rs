@@ -68,7 +68,9 @@ impl Default for GcpConfig {
 pub enum GcpTokenSource {
     #[default]
     Adc,
-    Static { token: SecretString },
+    Static {
+        token: SecretString,
+    },
 }
 
 /// Reconcile: compare directory + policy with what Looker, AWS and GCP hold, and fix or report.
@@ -236,7 +238,10 @@ mod tests {
     fn clouds_are_off_and_reconcile_is_daily_by_default() {
         let cfg = load("", &[]).unwrap();
         assert!(!cfg.aws.enabled && !cfg.gcp.enabled && !cfg.reconcile.scheduled);
-        assert_eq!(cfg.gcp.resource_manager_url, "https://cloudresourcemanager.googleapis.com");
+        assert_eq!(
+            cfg.gcp.resource_manager_url,
+            "https://cloudresourcemanager.googleapis.com"
+        );
         assert_eq!(cfg.reconcile.mode, Modes::default());
         let cron = cfg.reconcile.cron().unwrap();
         let next = cron
@@ -265,7 +270,10 @@ mod tests {
             GcpTokenSource::Static { token } => assert_eq!(token.expose_secret(), "t0ken-from-file"),
             other => panic!("{other:?}"),
         }
-        assert!(!format!("{cfg:?}").contains("t0ken-from-file"), "token reached Debug");
+        assert!(
+            !format!("{cfg:?}").contains("t0ken-from-file"),
+            "token reached Debug"
+        );
     }
 
     #[test]
@@ -294,7 +302,9 @@ mod tests {
             ],
         )
         .unwrap();
-        assert!(matches!(&cfg.gcp.token, GcpTokenSource::Static { token } if token.expose_secret() == "env-t0ken"));
+        assert!(
+            matches!(&cfg.gcp.token, GcpTokenSource::Static { token } if token.expose_secret() == "env-t0ken")
+        );
         assert!(cfg.reconcile.scheduled);
         let e = load("", &[("GATEHOUSE_RECONCILE_SCHEDULE", "nope")]).unwrap_err();
         assert_eq!(e.field, "reconcile.schedule");
