@@ -24,6 +24,15 @@ pub struct AwsIam {
     reads: Arc<AtomicUsize>,
 }
 
+/// Overrides of the SDK's default chain.
+#[derive(Debug, Clone, Default)]
+pub struct AwsConnect {
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+    pub profile: Option<String>,
+    pub credentials_file: Option<std::path::PathBuf>,
+}
+
 /// Page size of every listing (IAM's maximum).
 const PAGE: i32 = 1000;
 
@@ -82,11 +91,27 @@ fn describe<E>(e: &SdkError<E>) -> &'static str {
 }
 
 impl AwsIam {
-    /// From the SDK's default chain (region, credentials); `endpoint_url` overrides the endpoint.
-    pub async fn connect(endpoint_url: Option<&str>) -> Self {
+    /// From the SDK's default chain (region, credentials), with optional overrides.
+    pub async fn connect(o: &AwsConnect) -> Self {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(url) = endpoint_url {
+        if let Some(url) = &o.endpoint_url {
             loader = loader.endpoint_url(url);
+        }
+        if let Some(r) = &o.region {
+            loader = loader.region(aws_config::Region::new(r.clone()));
+        }
+        if let Some(p) = &o.profile {
+            loader = loader.profile_name(p);
+        }
+        if let Some(f) = &o.credentials_file {
+            // The replacement types live in aws-runtime, which aws-config does not re-export.
+            #[allow(deprecated)]
+            use aws_config::profile::profile_file::{ProfileFileKind, ProfileFiles};
+            #[allow(deprecated)]
+            let files = ProfileFiles::builder()
+                .with_file(ProfileFileKind::Credentials, f)
+                .build();
+            loader = loader.profile_files(files);
         }
         let shared = loader.load().await;
         let conf = aws_sdk_iam::config::Builder::from(&shared)

@@ -21,6 +21,15 @@ pub struct AwsConfig {
     /// Endpoint override (e.g. a VPC endpoint or a test server); default: the SDK's.
     #[serde(default)]
     pub endpoint_url: Option<String>,
+    /// Region override; default: the SDK's chain (`AWS_REGION`, profile).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Profile of the shared credentials file to use; default: the SDK's chain.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// A shared credentials file other than `~/.aws/credentials`.
+    #[serde(default)]
+    pub credentials_file: Option<std::path::PathBuf>,
 }
 
 /// `user_mapping = { tag = "KEY" }` (the IAM user whose tag KEY holds the email) or
