@@ -10,14 +10,14 @@ use futures::future::BoxFuture;
 use gatehouse_adapters::aws_iam::{AwsConnect, AwsIam};
 use gatehouse_adapters::gcp_iam::{GcpIam, GcpIamConfig, TokenSource};
 use gatehouse_adapters::looker::{LookerClient, LookerConfig};
-use gatehouse_domain::cloud::AwsUserMapping;
-use gatehouse_domain::ports::Directory;
 use gatehouse_adapters::pubsub::{PubsubOptions, PubsubQueue};
 use gatehouse_adapters::sqlite::Sqlite;
 use gatehouse_adapters::sqs::SqsQueue;
+use gatehouse_domain::cloud::AwsUserMapping;
 use gatehouse_domain::looker::LookerError;
 use gatehouse_domain::policy::{Policy, PolicyError};
 use gatehouse_domain::ports::BackendError;
+use gatehouse_domain::ports::Directory;
 use gatehouse_domain::ports::{Delivery, QueueConsumer, QueueProducer};
 use gatehouse_platform::config::{AwsUserMappingConfig, Config, ConfigError, GcpTokenSource, QueueConfig};
 use gatehouse_platform::ops;
@@ -323,6 +323,39 @@ where
         );
         let s = shutdown.clone();
         tasks.push(tokio::spawn(worker.run(s)));
+    }
+    if components.processor && cfg.reconcile.scheduled {
+        let cron = cfg.reconcile.cron()?;
+        let engine = engine.clone();
+        let dir = store.clone();
+        let s = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let now = chrono::Utc::now();
+                let Ok(next) = cron.find_next_occurrence(&now, false) else {
+                    tracing::error!("reconcile schedule has no next occurrence; scheduled reconcile stops");
+                    return;
+                };
+                let wait = (next - now).to_std().unwrap_or_default();
+                tokio::select! {
+                    _ = s.wait() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                match crate::reconcile::run(&engine, &dir, true, &crate::reconcile::LogProgress).await {
+                    Ok(r) => tracing::info!(
+                        people = r.people,
+                        drift = r.plans.len(),
+                        writes = r.writes,
+                        reported = r.reported,
+                        looker_reads = r.reads.looker,
+                        aws_reads = r.reads.aws,
+                        gcp_reads = r.reads.gcp,
+                        "scheduled reconcile done"
+                    ),
+                    Err(e) => tracing::error!(error = %e, "scheduled reconcile failed"),
+                }
+            }
+        }));
     }
     let lag_store = store.clone();
     let s = shutdown.clone();

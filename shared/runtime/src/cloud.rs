@@ -148,7 +148,10 @@ impl CloudTargets {
 
     /// An offline plan (`gatehouse plan` without cloud access): every call that may apply.
     pub fn offline_plan(desired: &DesiredCloud) -> CloudPlan {
-        let aws = desired.aws.as_ref().map(|d| cloud::diff_aws(d, &AwsActual::Unknown));
+        let aws = desired
+            .aws
+            .as_ref()
+            .map(|d| cloud::diff_aws(d, &AwsActual::Unknown));
         let (gcp, notes) = desired
             .gcp
             .as_ref()
@@ -200,7 +203,11 @@ impl CloudTargets {
         let gcp = async {
             let Some(g) = &self.gcp else { return Ok(0) };
             if !enforce(Target::Gcp) {
-                gcp_reported.extend(plan.gcp.iter().map(|s| entry(ctx, Target::Gcp, &s.rule, s.op.http(), REPORTED)));
+                gcp_reported.extend(
+                    plan.gcp
+                        .iter()
+                        .map(|s| entry(ctx, Target::Gcp, &s.rule, s.op.http(), REPORTED)),
+                );
                 return Ok(0);
             }
             let mut by_resource: BTreeMap<&str, Vec<&GcpStep>> = BTreeMap::new();
@@ -223,7 +230,8 @@ impl CloudTargets {
         reported.extend(gcp_reported);
         if !reported.is_empty() {
             for e in &reported {
-                metrics::counter!("gatehouse_drift_reported_total", "target" => e.target.clone()).increment(1);
+                metrics::counter!("gatehouse_drift_reported_total", "target" => e.target.clone())
+                    .increment(1);
             }
             store.append_ledger(&reported).await?;
         }
@@ -247,7 +255,13 @@ impl CloudTargets {
                     Err(e) => e.ledger_status(),
                 };
                 store
-                    .append_ledger(&[entry(ctx, Target::Aws, &step.rule, step.op.http(&plan.user), &status)])
+                    .append_ledger(&[entry(
+                        ctx,
+                        Target::Aws,
+                        &step.rule,
+                        step.op.http(&plan.user),
+                        &status,
+                    )])
                     .await
                     .map_err(Attempt::Ledger)?;
                 match r {

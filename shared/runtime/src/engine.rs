@@ -170,7 +170,10 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let stale = identity.fold(env) == FoldOutcome::Stale;
         let desired = policy::evaluate(&self.policy, &identity);
         let desired_cloud = self.desired_cloud(&identity);
-        let (plan, cloud) = futures::join!(self.compute_plan(&desired), self.compute_cloud_plan(&desired_cloud));
+        let (plan, cloud) = futures::join!(
+            self.compute_plan(&desired),
+            self.compute_cloud_plan(&desired_cloud)
+        );
         Ok(PlanReport {
             identity,
             desired,
@@ -374,6 +377,82 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         Ok(result)
     }
 
+    /// The Looker catalog (with retries). Only when Looker is configured.
+    pub async fn catalog(&self) -> Result<Catalog, ProcessError> {
+        match &self.looker {
+            Some(l) => Ok(self.read_catalog(l).await?),
+            None => Ok(Catalog::default()),
+        }
+    }
+
+    /// One Looker user search (with retries). `None` without Looker.
+    pub async fn find_user(
+        &self,
+        email: &str,
+        needs: &ReadNeeds,
+    ) -> Result<Option<LookerUser>, ProcessError> {
+        match &self.looker {
+            Some(l) => Ok(self.read_user(l, email, needs).await?),
+            None => Ok(None),
+        }
+    }
+
+    /// Apply one person's reconcile plan: targets in `enforce` mode are written, the others get
+    /// `drift_reported` ledger rows and a metric.
+    pub async fn apply_reconcile(
+        &self,
+        ctx: &Ctx,
+        looker_plan: Option<&Plan>,
+        cloud_plan: &CloudPlan,
+    ) -> Result<AppliedCounts, ProcessError> {
+        let modes = self.cloud.as_ref().map(|c| c.modes).unwrap_or_default();
+        let env = reconcile_envelope(ctx);
+        let mut counts = AppliedCounts::default();
+        let looker_part = async {
+            let Some(plan) = looker_plan.filter(|p| !p.is_empty()) else {
+                return Ok::<_, ProcessError>((0, 0));
+            };
+            match &self.looker {
+                Some(l) if modes.looker == gatehouse_platform::config::Mode::Enforce => {
+                    Ok((self.apply(l, &env, plan).await?, 0))
+                }
+                _ => {
+                    let rows: Vec<LedgerEntry> = plan
+                        .steps
+                        .iter()
+                        .map(|s| ledger_entry(&env, s, &plan.user, crate::cloud::REPORTED.into()))
+                        .collect();
+                    metrics::counter!("gatehouse_drift_reported_total", "target" => "looker")
+                        .increment(rows.len() as u64);
+                    self.store.append_ledger(&rows).await?;
+                    Ok((0, rows.len()))
+                }
+            }
+        };
+        let cloud_part = async {
+            match &self.cloud {
+                Some(c) if !cloud_plan.is_empty() => c.apply(&self.store, ctx, cloud_plan, Some(modes)).await,
+                _ => Ok(0),
+            }
+        };
+        let (l, c) = futures::join!(looker_part, cloud_part);
+        let (lw, lr) = l?;
+        let cw = c?;
+        counts.writes = lw + cw;
+        let enforced = |m: gatehouse_platform::config::Mode| m == gatehouse_platform::config::Mode::Enforce;
+        counts.reported =
+            lr + if enforced(modes.aws) {
+                0
+            } else {
+                cloud_plan.aws.as_ref().map_or(0, |a| a.steps.len())
+            } + if enforced(modes.gcp) {
+                0
+            } else {
+                cloud_plan.gcp.len()
+            };
+        Ok(counts)
+    }
+
     /// Converge one person after a cloud drift event: read every target, plan, and apply to the
     /// targets in `enforce` mode; the others get `drift_reported` ledger rows.
     async fn converge_drift(&self, env: &Envelope, identity: &Identity) -> Result<usize, ProcessError> {
@@ -542,6 +621,34 @@ enum CallError {
     Looker(LookerError),
     #[error(transparent)]
     Ledger(BackendError),
+}
+
+/// Writes made and changes only reported by one reconcile of one person.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppliedCounts {
+    pub writes: usize,
+    pub reported: usize,
+}
+
+/// A stand-in envelope so reconcile writes are ledgered like event-driven calls.
+fn reconcile_envelope(ctx: &Ctx) -> Envelope {
+    use gatehouse_domain::envelope::{EnvelopeId, Source, Subject};
+    Envelope {
+        version: Envelope::VERSION,
+        id: EnvelopeId(ctx.envelope_id.clone()),
+        source: Source::Manual,
+        subject: Subject {
+            key: ctx.subject.clone(),
+            email: None,
+            display_name: None,
+        },
+        occurred_at: Utc::now(),
+        received_at: Utc::now(),
+        event: IdentityEvent::ProfileUpdated,
+        profile: Default::default(),
+        source_event_type: ctx.event.clone(),
+        raw: serde_json::Value::Null,
+    }
 }
 
 /// The ledger context of an envelope's cloud calls.

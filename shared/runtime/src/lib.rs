@@ -7,4 +7,5 @@ pub mod audit;
 pub mod cloud;
 pub mod engine;
 pub mod ingress;
+pub mod reconcile;
 pub mod worker;
