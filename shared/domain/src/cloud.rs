@@ -634,8 +634,23 @@ pub struct DesiredGcp {
     /// `user:EMAIL`.
     pub member: String,
     pub offboarded: bool,
+    /// Grant → rule (serialized as a list of pairs: JSON keys must be strings).
+    #[serde(with = "pairs")]
     pub bindings: BTreeMap<GcpGrant, RuleName>,
     pub managed: BTreeSet<GcpGrant>,
+}
+
+mod pairs {
+    use super::{BTreeMap, GcpGrant, RuleName};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<GcpGrant, RuleName>, s: S) -> Result<S::Ok, S::Error> {
+        m.iter().collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<GcpGrant, RuleName>, D::Error> {
+        Ok(Vec::<(GcpGrant, RuleName)>::deserialize(d)?.into_iter().collect())
+    }
 }
 
 impl DesiredGcp {

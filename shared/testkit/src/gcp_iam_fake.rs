@@ -16,7 +16,7 @@
 //! * Unknown resource → 404 `NOT_FOUND`; no or wrong `Authorization: Bearer` → 401
 //!   `UNAUTHENTICATED`. Errors use Google's `{"error": {"code", "message", "status"}}` shape.
 //! * Faults: [`FakeGcpIam::fail_next`] (429 `RESOURCE_EXHAUSTED` with `Retry-After`, 5xx);
-//!   [`FakeGcpIam::concurrent_write_after_next_get`] makes another writer change a policy right
+//!   [`FakeGcpIam::concurrent_write_after_get`] makes another writer change a policy right
 //!   after Gatehouse read it, so Gatehouse's write carries a stale etag.
 //! * Every request is recorded ([`FakeGcpIam::calls`]).
 //!
@@ -209,14 +209,14 @@ impl FakeGcpIam {
         self.st().retry_after_secs = secs;
     }
 
-    /// Right after the next `getIamPolicy` of `name`, another writer adds `member` to `role`
-    /// (so a write based on that read carries a stale etag and gets 409 ABORTED).
-    pub fn concurrent_write_after_next_get(&self, name: &str, role: &str, member: &str) {
+    /// Right after the `nth` (1-based) next `getIamPolicy` of `name`, another writer adds
+    /// `member` to `role` (so a write based on that read carries a stale etag: 409 ABORTED).
+    pub fn concurrent_write_after_get(&self, name: &str, nth: usize, role: &str, member: &str) {
         self.st()
             .concurrent
             .entry(name.to_string())
             .or_default()
-            .push_back(json!({ "role": role, "member": member }));
+            .push_back(json!({ "after": nth.max(1), "role": role, "member": member }));
     }
 
     pub fn calls(&self) -> Vec<GcpCall> {
@@ -361,7 +361,13 @@ fn handle(st: &mut State, method: &str, path: &str, auth: Option<&str>, body: &s
         "getIamPolicy" => {
             let requested = req["options"]["requestedPolicyVersion"].as_i64().unwrap_or(1);
             let out = view(&st.policies[&resource], requested);
-            if let Some(w) = st.concurrent.get_mut(&resource).and_then(VecDeque::pop_front) {
+            let due = st.concurrent.get_mut(&resource).and_then(|q| {
+                let front = q.front_mut()?;
+                let left = front["after"].as_u64().unwrap_or(1).saturating_sub(1);
+                front["after"] = json!(left);
+                if left == 0 { q.pop_front() } else { None }
+            });
+            if let Some(w) = due {
                 let etag = st.next_etag();
                 if let Some(p) = st.policies.get_mut(&resource) {
                     add_member(

@@ -414,3 +414,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn desired_cloud_serializes_to_json() {
+    let p = policy();
+    let d = evaluate(
+        &p,
+        &identity(IdentityEvent::UserActivated, 0, &["Engineering"]),
+        Some(&mapping()),
+        true,
+        day(1),
+    );
+    let json = serde_json::to_string(&d).unwrap();
+    let back: DesiredCloud = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, d);
+}
