@@ -65,7 +65,7 @@ fn identity(i: usize) -> Identity {
         id: EnvelopeId(format!("e{i}")),
     };
     let mut id = Identity::new(format!("00u{i:07}"));
-    id.status = if i % 50 == 0 {
+    id.status = if i.is_multiple_of(50) {
         Status::Deactivated
     } else {
         Status::Active

@@ -350,7 +350,7 @@ impl AwsIam {
     pub async fn execute(&self, user: &str, op: &AwsIamOp) -> Result<(), CloudError> {
         let c = &self.client;
         let action = op.action();
-        let r = match op {
+        match op {
             AwsIamOp::AddUserToGroup { group } => c
                 .add_user_to_group()
                 .user_name(user)
@@ -419,8 +419,7 @@ impl AwsIam {
                 .await
                 .map(|_| ())
                 .map_err(|e| classify(action, &e)),
-        };
-        r
+        }
     }
 }
 

@@ -272,19 +272,20 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                 .await?;
             return Ok(Handled::Ignored);
         }
-        if drift && let Some(cloud) = &self.cloud {
-            if let Some(state) = cloud.resolve_drift(&env.subject.key).await? {
-                let writes = self.converge_drift(env, &state.identity).await?;
-                self.store
-                    .commit(Outcome {
-                        envelope_id: env.id.clone(),
-                        identity: None,
-                        converged: None,
-                        deletion: DeletionChange::Keep,
-                    })
-                    .await?;
-                return Ok(Handled::Applied { writes });
-            }
+        if drift
+            && let Some(cloud) = &self.cloud
+            && let Some(state) = cloud.resolve_drift(&env.subject.key).await?
+        {
+            let writes = self.converge_drift(env, &state.identity).await?;
+            self.store
+                .commit(Outcome {
+                    envelope_id: env.id.clone(),
+                    identity: None,
+                    converged: None,
+                    deletion: DeletionChange::Keep,
+                })
+                .await?;
+            return Ok(Handled::Applied { writes });
         }
         let (mut identity, converged) = match self.store.load_subject(&env.subject.key).await? {
             Some(s) => (s.identity, s.converged),

@@ -186,6 +186,9 @@ pub struct Report {
     pub reported: usize,
 }
 
+/// One Looker search: lowercased email, the user, read calls it took.
+type Found = (String, Option<LookerUser>, usize);
+
 /// Read everything with the fewest calls.
 pub async fn read_snapshot<S, L>(
     engine: &Engine<S, L>,
@@ -212,7 +215,7 @@ where
                 d.email.map(|e| (e, d.presence, needs))
             })
             .collect();
-        let found: Vec<Result<(String, Option<LookerUser>, usize), ProcessError>> =
+        let found: Vec<Result<Found, ProcessError>> =
             futures::stream::iter(emails.into_iter().map(|(e, _, needs)| async move {
                 let u = engine.find_user(&e, &needs).await?;
                 progress.advance(1);

@@ -297,12 +297,12 @@ fn resource_of(path: &str) -> Option<(String, &str)> {
         return None;
     };
     let segs: Vec<&str> = name.split('/').collect();
-    let ok = match (api, segs.as_slice()) {
-        ("rm", ["projects", _]) => true,
-        ("bq", ["projects", _, "datasets", _]) => true,
-        ("iam", ["projects", _, "serviceAccounts", _]) => true,
-        _ => false,
-    };
+    let ok = matches!(
+        (api, segs.as_slice()),
+        ("rm", ["projects", _])
+            | ("bq", ["projects", _, "datasets", _])
+            | ("iam", ["projects", _, "serviceAccounts", _])
+    );
     ok.then(|| (name.to_string(), verb))
 }
 

@@ -90,7 +90,7 @@ fn old_policy_files_still_parse_and_cloud_is_off() {
     );
     // The example policy names AWS and GCP grants only for engineering; an active person
     // outside it is still managed (their managed groups are read so drift can be undone).
-    assert!(d.gcp.is_some() == !p.managed_gcp_grants().is_empty());
+    assert_eq!(d.gcp.is_some(), !p.managed_gcp_grants().is_empty());
     let bare = Policy::from_toml("[[rule]]\nname='a'\nwhen='everyone'\nlooker_groups=['G']\n").unwrap();
     let d = evaluate(
         &bare,
