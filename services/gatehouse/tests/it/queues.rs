@@ -240,23 +240,29 @@ async fn eventbridge_events_sent_with_boto3_to_moto_are_processed() {
     assert!(store.load_subject("aws:iam-user:alice").await.unwrap().is_none());
     assert!(store.ledger_since(None).await.unwrap().is_empty());
     assert!(fake.calls().is_empty(), "{:?}", fake.calls());
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let processed = |outcome: &str| {
+    let processed = |metrics: &str, outcome: &str| {
         metrics.lines().any(|l| {
             l.starts_with("gatehouse_events_processed_total")
                 && l.contains(&format!("outcome=\"{outcome}\""))
                 && l.ends_with(" 1")
         })
     };
-    assert!(processed("ignored"), "{metrics}");
-    assert!(processed("rotation_requested"), "{metrics}");
+    // The worker counts an envelope just after committing it: poll, do not race it.
+    wait_until("both outcomes counted", || {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let m = http
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            processed(&m, "ignored") && processed(&m, "rotation_requested")
+        }
+    })
+    .await;
 
     // The malformed body lands in the audit queue's DLQ, verbatim, with the reason.
     let mut dead = Vec::new();
