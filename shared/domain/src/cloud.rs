@@ -663,12 +663,23 @@ impl DesiredGcp {
 /// Diff desired against the policies read (resource name → policy). A resource missing from
 /// `actual` is unknown: its possible calls are listed with a note.
 pub fn diff_gcp(desired: &DesiredGcp, actual: &BTreeMap<String, IamPolicy>) -> (Vec<GcpStep>, Vec<String>) {
+    diff_gcp_with(desired, |grant, member| {
+        actual.get(&grant.resource).map(|p| p.has(&grant.role, member))
+    })
+}
+
+/// [`diff_gcp`] over any lookup: `has(grant, member)` is `None` when the resource was not read.
+/// Reconcile passes an index built once for everyone.
+pub fn diff_gcp_with(
+    desired: &DesiredGcp,
+    has: impl Fn(&GcpGrant, &str) -> Option<bool>,
+) -> (Vec<GcpStep>, Vec<String>) {
     let mut steps = Vec::new();
     let mut notes = BTreeSet::new();
     for grant in &desired.managed {
         let want = desired.bindings.get(grant);
-        let has = match actual.get(&grant.resource) {
-            Some(p) => Some(p.has(&grant.role, &desired.member)),
+        let has = match has(grant, &desired.member) {
+            Some(h) => Some(h),
             None => {
                 notes.insert(format!(
                     "{}: policy not read, so this lists every call that may apply",

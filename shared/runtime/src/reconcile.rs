@@ -12,7 +12,7 @@
 //!
 //! [`plan_all`] is the pure part (also what the benchmark measures).
 
-use crate::cloud::{CloudActual, Ctx};
+use crate::cloud::Ctx;
 use crate::engine::{AppliedCounts, Engine, ProcessError};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -26,7 +26,7 @@ use gatehouse_domain::policy::{self, Policy, Presence};
 use gatehouse_domain::ports::{Directory, LookerPort, StateStore};
 use gatehouse_platform::config::Mode;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// What every target holds, as read in one reconcile.
 #[derive(Debug, Clone, Default)]
@@ -87,16 +87,52 @@ pub fn plan_all(
     shape: &CloudShape,
     now: DateTime<Utc>,
 ) -> Vec<SubjectPlan> {
+    let index = Index::of(snapshot);
     identities
         .iter()
-        .map(|id| plan_one(policy, id, snapshot, shape, now))
+        .map(|id| plan_one(policy, id, snapshot, &index, shape, now))
         .collect()
+}
+
+/// Lookups built once per reconcile: IAM user → groups, and (resource, role) → members of the
+/// unconditional binding (lowercase), so each person costs lookups, not scans.
+struct Index<'a> {
+    user_groups: HashMap<&'a str, BTreeSet<String>>,
+    gcp: HashMap<(&'a str, &'a str), HashSet<String>>,
+    gcp_read: HashSet<&'a str>,
+}
+
+impl<'a> Index<'a> {
+    fn of(snap: &'a Snapshot) -> Self {
+        let mut user_groups: HashMap<&str, BTreeSet<String>> = HashMap::new();
+        for (g, members) in &snap.aws_groups {
+            for m in members {
+                user_groups.entry(m.as_str()).or_default().insert(g.clone());
+            }
+        }
+        let mut gcp: HashMap<(&str, &str), HashSet<String>> = HashMap::new();
+        let mut gcp_read = HashSet::new();
+        for (r, p) in snap.gcp.iter().flatten() {
+            gcp_read.insert(r.as_str());
+            for b in p.bindings.iter().filter(|b| b.condition.is_none()) {
+                gcp.entry((r.as_str(), b.role.as_str()))
+                    .or_default()
+                    .extend(b.members.iter().map(|m| m.to_ascii_lowercase()));
+            }
+        }
+        Index {
+            user_groups,
+            gcp,
+            gcp_read,
+        }
+    }
 }
 
 fn plan_one(
     policy: &Policy,
     id: &Identity,
     snap: &Snapshot,
+    index: &Index<'_>,
     shape: &CloudShape,
     now: DateTime<Utc>,
 ) -> SubjectPlan {
@@ -121,12 +157,7 @@ fn plan_one(
                 Some(n) => {
                     let (keys, profile) = snap.aws_credentials.get(&n).cloned().unwrap_or_default();
                     AwsActual::Present(AwsUser {
-                        groups: snap
-                            .aws_groups
-                            .iter()
-                            .filter(|(_, m)| m.contains(&n))
-                            .map(|(g, _)| g.clone())
-                            .collect(),
+                        groups: index.user_groups.get(n.as_str()).cloned().unwrap_or_default(),
                         tags: snap.aws_tags.get(&n).cloned().unwrap_or_default(),
                         access_keys: keys,
                         login_profile: profile,
@@ -137,16 +168,19 @@ fn plan_one(
         }
         _ => AwsActual::Unknown,
     };
-    let actual = CloudActual {
-        aws: aws_actual,
-        gcp: snap.gcp.clone().unwrap_or_default(),
-    };
     let mut cloud = CloudPlan::default();
     if let Some(d) = &dc.aws {
-        cloud.aws = Some(gatehouse_domain::cloud::diff_aws(d, &actual.aws));
+        cloud.aws = Some(gatehouse_domain::cloud::diff_aws(d, &aws_actual));
     }
     if let Some(d) = &dc.gcp {
-        let (steps, notes) = gatehouse_domain::cloud::diff_gcp(d, &actual.gcp);
+        let (steps, notes) = gatehouse_domain::cloud::diff_gcp_with(d, |g, member| {
+            index.gcp_read.contains(g.resource.as_str()).then(|| {
+                index
+                    .gcp
+                    .get(&(g.resource.as_str(), g.role.as_str()))
+                    .is_some_and(|m| m.contains(&member.to_ascii_lowercase()))
+            })
+        });
         cloud.gcp = steps;
         cloud.notes = notes;
     }
