@@ -39,6 +39,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare directory + policy with Looker, AWS IAM and GCP IAM; print the drift (dry run) or
+    /// fix it with --apply (targets in `report` mode are only ledgered).
+    Reconcile {
+        /// Apply the changes (default: dry run, nothing changes).
+        #[arg(long)]
+        apply: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Read and verify the hash-chained ledger of write calls.
     Audit {
         #[command(subcommand)]
@@ -145,6 +155,7 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
         }
         Command::Plan { event, json } => plan(&cfg, &event, json).await,
         Command::Rotate { secret, dry_run } => rotate(&cfg, &secret, dry_run).await,
+        Command::Reconcile { apply, json } => reconcile(&cfg, apply, json).await,
         Command::Audit {
             command: AuditCommand::Export { since },
         } => ops::audit_export(&cfg, since).await,
@@ -210,7 +221,7 @@ async fn plan(cfg: &Config, event: &std::path::Path, json: bool) -> anyhow::Resu
     let envelopes = okta::parse_hook_body(&body, chrono::Utc::now())
         .with_context(|| format!("{} is not a supported event", event.display()))?;
     let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
-    let engine = app::engine(cfg, app::open_state(cfg, &store).await?)?;
+    let engine = app::engine_with_cloud(cfg, app::open_state(cfg, &store).await?).await?;
     let mut reports = Vec::new();
     let mut out = std::io::stdout().lock();
     for env in &envelopes {
@@ -246,7 +257,7 @@ async fn plan(cfg: &Config, event: &std::path::Path, json: bool) -> anyhow::Resu
             reports.push(serde_json::json!({
                 "envelope_id": env.id, "event_type": env.source_event_type, "subject": env.subject.key,
                 "email": r.desired.email, "stale": r.stale, "dry_run": engine.is_dry_run(),
-                "steps": steps, "notes": r.plan.notes,
+                "steps": steps, "notes": r.plan.notes, "cloud": r.cloud,
             }));
         } else {
             writeln!(
@@ -263,10 +274,56 @@ async fn plan(cfg: &Config, event: &std::path::Path, json: bool) -> anyhow::Resu
                 }
             )?;
             write!(out, "{}", r.plan.render_text())?;
+            write!(out, "{}", r.cloud.render_text())?;
         }
     }
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&reports)?)?;
+    }
+    Ok(())
+}
+
+/// A progress bar on a terminal.
+struct Bar(indicatif::ProgressBar);
+
+impl gatehouse_runtime::reconcile::Progress for Bar {
+    fn phase(&self, name: &str, total: usize) {
+        self.0.set_length(total as u64);
+        self.0.set_position(0);
+        self.0.set_message(name.to_string());
+    }
+    fn advance(&self, n: usize) {
+        self.0.inc(n as u64);
+    }
+}
+
+async fn reconcile(cfg: &Config, apply: bool, json: bool) -> anyhow::Result<()> {
+    use gatehouse_runtime::reconcile::{self, LogProgress, Progress};
+    use std::io::IsTerminal;
+    let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
+    let store = app::open_state(cfg, &store).await?;
+    let engine = app::engine_with_cloud(cfg, store.clone()).await?;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:12} {bar:40} {pos}/{len} {elapsed}")
+        {
+            b.set_style(style);
+        }
+        Bar(b)
+    });
+    let progress: &dyn Progress = match &bar {
+        Some(b) => b,
+        None => &LogProgress,
+    };
+    let report = reconcile::run(&engine, &store, apply, progress).await?;
+    if let Some(b) = &bar {
+        b.0.finish_and_clear();
+    }
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        write!(out, "{}", reconcile::render_text(&report))?;
     }
     Ok(())
 }

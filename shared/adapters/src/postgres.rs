@@ -79,6 +79,7 @@ fn ledger_row(r: &PgRow) -> Result<LedgerRow, BackendError> {
             call: serde_json::from_str(r.get::<&str, _>(6))
                 .map_err(|e| BackendError::new("stored call is not valid json", e))?,
             status: r.get(7),
+            target: r.get(10),
         },
         prev_hash: r.get(8),
         hash: r.get(9),
@@ -100,6 +101,26 @@ async fn mark_processed(
     .await
     .map_err(err("cannot record the processed envelope"))?;
     Ok(())
+}
+
+impl gatehouse_domain::ports::Directory for Postgres {
+    async fn subjects(&self) -> Result<Vec<SubjectState>, BackendError> {
+        let rows = sqlx::query("SELECT identity::text, converged, version FROM subjects ORDER BY key")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("cannot read the directory"))?;
+        rows.iter()
+            .map(|r| {
+                let identity: Identity = serde_json::from_str(r.get::<&str, _>(0))
+                    .map_err(|e| BackendError::new("stored identity is not valid json", e))?;
+                Ok(SubjectState {
+                    identity,
+                    converged: r.get(1),
+                    version: r.get(2),
+                })
+            })
+            .collect()
+    }
 }
 
 impl StateStore for Postgres {
@@ -215,8 +236,8 @@ impl StateStore for Postgres {
             let call =
                 serde_json::to_string(&e.call).map_err(|e| BackendError::new("cannot serialize call", e))?;
             sqlx::query(
-                "INSERT INTO ledger (seq, at, envelope_id, subject, event, rule, call, status, prev_hash, hash)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10)",
+                "INSERT INTO ledger (seq, at, envelope_id, subject, event, rule, call, status, prev_hash, hash, target)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11)",
             )
             .bind(seq)
             .bind(e.at)
@@ -228,6 +249,7 @@ impl StateStore for Postgres {
             .bind(&e.status)
             .bind(&prev)
             .bind(&hash)
+            .bind(&e.target)
             .execute(&mut *tx)
             .await
             .map_err(err("cannot append to the ledger"))?;
@@ -255,7 +277,7 @@ impl StateStore for Postgres {
 
     async fn ledger_since(&self, since: Option<DateTime<Utc>>) -> Result<Vec<LedgerRow>, BackendError> {
         let rows = sqlx::query(
-            "SELECT seq, at, envelope_id, subject, event, rule, call::text, status, prev_hash, hash
+            "SELECT seq, at, envelope_id, subject, event, rule, call::text, status, prev_hash, hash, target
              FROM ledger WHERE $1::timestamptz IS NULL OR at >= $1 ORDER BY seq",
         )
         .bind(since.map(millis))

@@ -6,8 +6,8 @@ use gatehouse_domain::envelope::{Envelope, EnvelopeId};
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::ledger_chain::{self, ChainHead};
 use gatehouse_domain::ports::{
-    BackendError, DELETION_CLAIM, DeadLetter, DeletionChange, Delivery, LedgerEntry, LedgerRow, Outcome,
-    QueueConsumer, QueueProducer, RotationRequest, ScheduledDeletion, StateStore, SubjectState,
+    BackendError, DELETION_CLAIM, DeadLetter, DeletionChange, Delivery, Directory, LedgerEntry, LedgerRow,
+    Outcome, QueueConsumer, QueueProducer, RotationRequest, ScheduledDeletion, StateStore, SubjectState,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -20,7 +20,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 macro_rules! ledger_select {
     ($rest:literal) => {
         concat!(
-            "SELECT seq, at, envelope_id, subject, event, rule, call, status, prev_hash, hash FROM ledger ",
+            "SELECT seq, at, envelope_id, subject, event, rule, call, status, prev_hash, hash, target FROM ledger ",
             $rest
         )
     };
@@ -246,6 +246,7 @@ fn ledger_row(r: &sqlx::sqlite::SqliteRow) -> Result<LedgerRow, BackendError> {
             call: serde_json::from_str(r.get::<&str, _>(6))
                 .map_err(|e| BackendError::new("stored call is not valid json", e))?,
             status: r.get(7),
+            target: r.get(10),
         },
         prev_hash: r.get::<Option<String>, _>(8).unwrap_or_default(),
         hash: r.get::<Option<String>, _>(9).unwrap_or_default(),
@@ -421,6 +422,26 @@ impl QueueConsumer for Sqlite {
     }
 }
 
+impl Directory for Sqlite {
+    async fn subjects(&self) -> Result<Vec<SubjectState>, BackendError> {
+        let rows = sqlx::query("SELECT identity, converged, version FROM subjects ORDER BY key")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("cannot read the directory"))?;
+        rows.iter()
+            .map(|r| {
+                let identity: Identity = serde_json::from_str(r.get::<&str, _>(0))
+                    .map_err(|e| BackendError::new("stored identity is not valid json", e))?;
+                Ok(SubjectState {
+                    identity,
+                    converged: r.get(1),
+                    version: r.get(2),
+                })
+            })
+            .collect()
+    }
+}
+
 impl StateStore for Sqlite {
     async fn is_processed(&self, id: &EnvelopeId) -> Result<bool, BackendError> {
         let row = sqlx::query("SELECT 1 FROM processed WHERE envelope_id = ?")
@@ -539,8 +560,8 @@ impl StateStore for Sqlite {
             let call =
                 serde_json::to_string(&e.call).map_err(|e| BackendError::new("cannot serialize call", e))?;
             sqlx::query(
-                "INSERT INTO ledger (seq, at, envelope_id, subject, event, rule, call, status, prev_hash, hash)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO ledger (seq, at, envelope_id, subject, event, rule, call, status, prev_hash, hash, target)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(seq)
             .bind(ts(e.at))
@@ -552,6 +573,7 @@ impl StateStore for Sqlite {
             .bind(&e.status)
             .bind(&prev)
             .bind(&hash)
+            .bind(&e.target)
             .execute(&mut *tx)
             .await
             .map_err(err("cannot append to the ledger"))?;

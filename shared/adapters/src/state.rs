@@ -53,6 +53,12 @@ macro_rules! forward {
     };
 }
 
+impl gatehouse_domain::ports::Directory for AnyState {
+    async fn subjects(&self) -> Result<Vec<SubjectState>, BackendError> {
+        forward!(self, s => gatehouse_domain::ports::Directory::subjects(s))
+    }
+}
+
 impl StateStore for AnyState {
     async fn is_processed(&self, id: &EnvelopeId) -> Result<bool, BackendError> {
         forward!(self, s => s.is_processed(id))

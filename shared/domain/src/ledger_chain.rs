@@ -33,6 +33,7 @@ pub fn canonical(seq: i64, entry: &LedgerEntry, prev_hash: &str) -> String {
         entry.rule,
         call,
         entry.status,
+        entry.target,
         prev_hash,
     ])
     .to_string()
@@ -190,6 +191,7 @@ mod tests {
                 body: Some(serde_json::json!({"is_disabled": true})),
             },
             status: "ok".into(),
+            target: "looker".into(),
         }
     }
 
@@ -236,6 +238,7 @@ mod tests {
             |e| e.call.body = None,
             |e| e.call.method = Method::Delete,
             |e| e.status = "dry_run".into(),
+            |e| e.target = "aws".into(),
         ];
         for edit in edits {
             let mut changed = e.clone();

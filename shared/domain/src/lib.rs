@@ -10,6 +10,7 @@
 //! - [`ledger_chain`]: the hash chain over the ledger and its verification.
 //! - [`ports`]: traits the adapters implement (queue, state, Looker).
 
+pub mod cloud;
 pub mod cloud_audit;
 pub mod envelope;
 pub mod generic;

@@ -20,6 +20,83 @@ pub struct Policy {
     /// IdP profile attribute → Looker user attribute (row-level security).
     #[serde(default, rename = "attribute")]
     pub attributes: Vec<AttributeMapping>,
+    /// What offboarding does in AWS IAM (`[aws.offboarding]`).
+    #[serde(default)]
+    pub aws: AwsPolicy,
+    /// What offboarding does in GCP IAM (`[gcp.offboarding]`).
+    #[serde(default)]
+    pub gcp: GcpPolicy,
+}
+
+/// The `[aws]` section of the policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AwsPolicy {
+    #[serde(default)]
+    pub offboarding: AwsOffboarding,
+}
+
+/// What offboarding does to the person's IAM user. The default closes every door.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsOffboarding {
+    /// Remove the managed IAM groups (those named by a rule); others are left alone.
+    #[serde(default = "yes")]
+    pub remove_groups: bool,
+    /// `UpdateAccessKey Status=Inactive` on every access key.
+    #[serde(default = "yes")]
+    pub deactivate_access_keys: bool,
+    /// Delete the (deactivated) access keys this many days after offboarding; absent = never.
+    #[serde(default)]
+    pub delete_access_keys_after_days: Option<u32>,
+    /// `DeleteLoginProfile`: no more console password.
+    #[serde(default = "yes")]
+    pub delete_login_profile: bool,
+}
+
+impl Default for AwsOffboarding {
+    fn default() -> Self {
+        AwsOffboarding {
+            remove_groups: true,
+            deactivate_access_keys: true,
+            delete_access_keys_after_days: None,
+            delete_login_profile: true,
+        }
+    }
+}
+
+/// The `[gcp]` section of the policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GcpPolicy {
+    #[serde(default)]
+    pub offboarding: GcpOffboarding,
+}
+
+/// What offboarding does to the person's GCP role bindings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcpOffboarding {
+    /// Remove `user:EMAIL` from every managed binding on every resource the policy names.
+    #[serde(default = "yes")]
+    pub remove_bindings: bool,
+}
+
+impl Default for GcpOffboarding {
+    fn default() -> Self {
+        GcpOffboarding {
+            remove_bindings: true,
+        }
+    }
+}
+
+/// One GCP role on one resource. `resource` is `projects/P`, `projects/P/datasets/D` (BigQuery)
+/// or `projects/P/serviceAccounts/EMAIL`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcpGrant {
+    pub resource: String,
+    pub role: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +159,15 @@ pub struct Rule {
     /// Looker user attribute name → value.
     #[serde(default)]
     pub looker_attributes: BTreeMap<String, String>,
+    /// AWS IAM group names the rule grants.
+    #[serde(default)]
+    pub aws_groups: Vec<String>,
+    /// AWS IAM user tags the rule sets (e.g. read by role trust policies as `aws:PrincipalTag/KEY`).
+    #[serde(default)]
+    pub aws_tags: BTreeMap<String, String>,
+    /// GCP role bindings the rule grants to `user:EMAIL`.
+    #[serde(default)]
+    pub gcp_bindings: Vec<GcpGrant>,
 }
 
 /// When a rule applies.
@@ -140,7 +226,55 @@ impl Policy {
                 )));
             }
         }
+        for rule in &self.rules {
+            for g in &rule.gcp_bindings {
+                if crate::cloud::GcpResource::parse(&g.resource).is_none() {
+                    return Err(PolicyError::Invalid(format!(
+                        "rule {:?}: gcp resource {:?} is not projects/P, projects/P/datasets/D or \
+                         projects/P/serviceAccounts/EMAIL",
+                        rule.name, g.resource
+                    )));
+                }
+                if !g.role.starts_with("roles/") && !g.role.starts_with("projects/") {
+                    return Err(PolicyError::Invalid(format!(
+                        "rule {:?}: gcp role {:?} is not roles/NAME or projects/P/roles/NAME",
+                        rule.name, g.role
+                    )));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// AWS IAM groups the policy manages: only these are ever added or removed.
+    pub fn managed_aws_groups(&self) -> BTreeSet<String> {
+        self.rules
+            .iter()
+            .flat_map(|r| r.aws_groups.iter().cloned())
+            .collect()
+    }
+
+    /// AWS IAM user tag keys the policy manages.
+    pub fn managed_aws_tags(&self) -> BTreeSet<String> {
+        self.rules
+            .iter()
+            .flat_map(|r| r.aws_tags.keys().cloned())
+            .collect()
+    }
+
+    /// GCP (resource, role) pairs the policy manages.
+    pub fn managed_gcp_grants(&self) -> BTreeSet<GcpGrant> {
+        self.rules
+            .iter()
+            .flat_map(|r| r.gcp_bindings.iter().cloned())
+            .collect()
+    }
+
+    /// Whether any rule names a cloud target (AWS or GCP).
+    pub fn manages_cloud(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| !r.aws_groups.is_empty() || !r.aws_tags.is_empty() || !r.gcp_bindings.is_empty())
     }
 
     /// Looker groups the policy manages: only these are ever added or removed.
@@ -298,7 +432,7 @@ pub fn evaluate(policy: &Policy, identity: &Identity) -> DesiredLooker {
     }
 }
 
-fn applies(cond: &Condition, identity: &Identity) -> bool {
+pub(crate) fn applies(cond: &Condition, identity: &Identity) -> bool {
     match cond {
         Condition::Everyone => true,
         Condition::IdpGroup(g) => identity.is_member(g),

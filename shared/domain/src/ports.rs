@@ -144,13 +144,22 @@ pub struct LedgerEntry {
     pub subject: String,
     pub event: String,
     pub rule: String,
+    /// Which API the call went to: `looker` (rows written before cloud targets existed),
+    /// `aws` (IAM Query API, `call.body` holds the form parameters) or `gcp`.
+    #[serde(default = "looker_target")]
+    pub target: String,
     pub call: HttpCall,
     /// `200`, `204`, `dry_run`, `429`, `error: ...`
     pub status: String,
 }
 
+fn looker_target() -> String {
+    "looker".into()
+}
+
 /// A stored ledger row: the entry, its position and its link in the hash chain
 /// (see [`crate::ledger_chain`]).
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerRow {
     pub seq: i64,
@@ -182,6 +191,12 @@ pub struct RotationRequest {
     pub provider: String,
     pub reason: String,
     pub secret: Option<String>,
+}
+
+/// The directory as a whole, for reconcile (every known person).
+pub trait Directory: Send + Sync {
+    /// Every subject with its identity, in key order.
+    fn subjects(&self) -> impl Future<Output = Result<Vec<SubjectState>, BackendError>> + Send;
 }
 
 pub trait StateStore: Send + Sync {

@@ -186,6 +186,7 @@ impl<S: RotationStore> Rotator<S> {
             rule: r.trigger.clone(),
             call: ledger_call(&r.secret, step, method, r),
             status: status.to_string(),
+            target: "rotator".into(),
         };
         if let Err(e) = self.db.append_ledger(&[entry]).await {
             tracing::error!(secret = %r.secret, rotation = %r.id, error = %e, "cannot write the ledger");

@@ -2,21 +2,28 @@
 //! processor in one process), `gatehouse-ingress` and `gatehouse-processor`.
 
 use crate::audit::{Kind, Translator, TranslatorConfig};
+use crate::cloud::{AwsTarget, CloudTargets};
 use crate::engine::{Engine, RetryPolicy};
 use crate::ingress::{self, Deps};
 use crate::worker::{Worker, WorkerConfig};
 use futures::future::BoxFuture;
+use gatehouse_adapters::aws_iam::{AwsConnect, AwsIam};
+use gatehouse_adapters::gcp_iam::{GcpIam, GcpIamConfig, TokenSource};
 use gatehouse_adapters::looker::{LookerClient, LookerConfig};
 use gatehouse_adapters::postgres::Postgres;
 use gatehouse_adapters::pubsub::{PubsubOptions, PubsubQueue};
 use gatehouse_adapters::sqlite::Sqlite;
 use gatehouse_adapters::sqs::SqsQueue;
 use gatehouse_adapters::state::AnyState;
+use gatehouse_domain::cloud::AwsUserMapping;
 use gatehouse_domain::looker::LookerError;
 use gatehouse_domain::policy::{Policy, PolicyError};
 use gatehouse_domain::ports::BackendError;
+use gatehouse_domain::ports::Directory;
 use gatehouse_domain::ports::{Delivery, QueueConsumer, QueueProducer};
-use gatehouse_platform::config::{Config, ConfigError, QueueConfig, StateConfig};
+use gatehouse_platform::config::{
+    AwsUserMappingConfig, Config, ConfigError, GcpTokenSource, QueueConfig, StateConfig,
+};
 use gatehouse_platform::ops;
 use gatehouse_platform::shutdown::{Shutdown, ShutdownTrigger};
 use std::net::SocketAddr;
@@ -41,6 +48,8 @@ pub enum AppError {
     Looker(#[from] LookerError),
     #[error("rotator: {0}")]
     Rotator(#[from] gatehouse_rotation::RotationError),
+    #[error("cloud client: {0}")]
+    Cloud(gatehouse_domain::cloud::CloudError),
 }
 
 impl AppError {
@@ -96,6 +105,68 @@ pub async fn open_state(cfg: &Config, sqlite: &Sqlite) -> Result<AnyState, AppEr
             AnyState::Postgres(Postgres::connect(url, p.max_connections).await?)
         }
     })
+}
+
+/// The cloud targets the configuration enables (AWS IAM, GCP IAM), with the reconcile modes.
+pub async fn cloud_targets(cfg: &Config, store: &AnyState) -> Result<CloudTargets, AppError> {
+    let aws = match (&cfg.aws.enabled, &cfg.aws.user_mapping) {
+        (true, Some(m)) => {
+            let iam = AwsIam::connect(&AwsConnect {
+                endpoint_url: cfg.aws.endpoint_url.clone(),
+                region: cfg.aws.region.clone(),
+                profile: cfg.aws.profile.clone(),
+                credentials_file: cfg.aws.credentials_file.clone(),
+            })
+            .await;
+            let mapping = match m {
+                AwsUserMappingConfig::Tag(key) => AwsUserMapping::Tag { key: key.clone() },
+                AwsUserMappingConfig::Template(t) => AwsUserMapping::Template { template: t.clone() },
+            };
+            Some(AwsTarget { iam, mapping })
+        }
+        _ => None,
+    };
+    let gcp = if cfg.gcp.enabled {
+        let token = match &cfg.gcp.token {
+            GcpTokenSource::Static { token } => TokenSource::Static(token.clone()),
+            GcpTokenSource::Adc => GcpIam::adc().map_err(AppError::Cloud)?,
+        };
+        Some(
+            GcpIam::new(GcpIamConfig {
+                resource_manager_url: cfg.gcp.resource_manager_url.clone(),
+                bigquery_url: cfg.gcp.bigquery_url.clone(),
+                iam_url: cfg.gcp.iam_url.clone(),
+                token,
+                timeout: cfg.gcp.timeout,
+            })
+            .map_err(AppError::Cloud)?,
+        )
+    } else {
+        None
+    };
+    let p = &cfg.processor;
+    let dir = store.clone();
+    Ok(CloudTargets {
+        aws,
+        gcp,
+        modes: cfg.reconcile.mode,
+        retry: RetryPolicy {
+            retries: p.call_retries,
+            min_delay: p.retry_min_delay,
+            max_delay: p.retry_max_delay,
+        },
+        conflict_retries: cfg.gcp.conflict_retries,
+        directory: Arc::new(move || {
+            let d = dir.clone();
+            Box::pin(async move { d.subjects().await })
+        }),
+    })
+}
+
+/// The engine with the cloud targets the configuration enables.
+pub async fn engine_with_cloud(cfg: &Config, store: AnyState) -> Result<AppEngine, AppError> {
+    let cloud = cloud_targets(cfg, &store).await?;
+    Ok(engine(cfg, store)?.with_cloud(cloud))
 }
 
 pub fn engine(cfg: &Config, store: AnyState) -> Result<AppEngine, AppError> {
@@ -251,7 +322,7 @@ async fn start_on<Q>(
 where
     Q: QueueProducer + QueueConsumer + Clone + 'static,
 {
-    let engine = Arc::new(engine(cfg, state.clone())?);
+    let engine = Arc::new(engine_with_cloud(cfg, state.clone()).await?);
     let dry_run = engine.is_dry_run();
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -310,6 +381,39 @@ where
         );
         let s = shutdown.clone();
         tasks.push(tokio::spawn(worker.run(s)));
+    }
+    if components.processor && cfg.reconcile.scheduled {
+        let cron = cfg.reconcile.cron()?;
+        let engine = engine.clone();
+        let dir = store.clone();
+        let s = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let now = chrono::Utc::now();
+                let Ok(next) = cron.find_next_occurrence(&now, false) else {
+                    tracing::error!("reconcile schedule has no next occurrence; scheduled reconcile stops");
+                    return;
+                };
+                let wait = (next - now).to_std().unwrap_or_default();
+                tokio::select! {
+                    _ = s.wait() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                match crate::reconcile::run(&engine, &dir, true, &crate::reconcile::LogProgress).await {
+                    Ok(r) => tracing::info!(
+                        people = r.people,
+                        drift = r.plans.len(),
+                        writes = r.writes,
+                        reported = r.reported,
+                        looker_reads = r.reads.looker,
+                        aws_reads = r.reads.aws,
+                        gcp_reads = r.reads.gcp,
+                        "scheduled reconcile done"
+                    ),
+                    Err(e) => tracing::error!(error = %e, "scheduled reconcile failed"),
+                }
+            }
+        }));
     }
     let lag_store = store.clone();
     let s = shutdown.clone();

@@ -2,9 +2,11 @@
 //! dedupe → fold into the directory → policy → (skip if already converged) → read Looker → plan
 //! → apply → ledger → commit. Only after `commit` may the queue message be acked.
 
+use crate::cloud::{CloudTargets, Ctx};
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
+use gatehouse_domain::cloud::{CloudError, CloudPlan, DesiredCloud};
 use gatehouse_domain::envelope::{Envelope, IdentityEvent};
 use gatehouse_domain::identity::{FoldOutcome, Identity};
 use gatehouse_domain::looker::{
@@ -29,7 +31,7 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    fn backoff(&self) -> ExponentialBuilder {
+    pub(crate) fn backoff(&self) -> ExponentialBuilder {
         ExponentialBuilder::default()
             .with_min_delay(self.min_delay)
             .with_max_delay(self.max_delay)
@@ -61,6 +63,8 @@ pub enum ProcessError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Looker(#[from] LookerError),
+    #[error(transparent)]
+    Cloud(#[from] CloudError),
     /// Looker answered 409 to creating the user: another handler created it meanwhile.
     #[error("the looker user was created by another handler meanwhile: {0}")]
     CreateRaced(LookerError),
@@ -69,13 +73,19 @@ pub enum ProcessError {
 impl ProcessError {
     /// Retrying this delivery later cannot help.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, ProcessError::Looker(e) if matches!(e.kind, ErrorKind::Permanent | ErrorKind::Conflict))
+        match self {
+            ProcessError::Looker(e) => matches!(e.kind, ErrorKind::Permanent | ErrorKind::Conflict),
+            // Access denied by a cloud is permanent: the ledger row says so, retrying cannot help.
+            ProcessError::Cloud(e) => matches!(e.kind, ErrorKind::Permanent | ErrorKind::Unauthorized),
+            ProcessError::Backend(_) | ProcessError::CreateRaced(_) => false,
+        }
     }
 
     /// The server asked for a delay.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             ProcessError::Looker(e) => e.retry_after,
+            ProcessError::Cloud(e) => e.retry_after,
             ProcessError::Backend(_) | ProcessError::CreateRaced(_) => None,
         }
     }
@@ -86,7 +96,7 @@ impl ProcessError {
         match self {
             ProcessError::Backend(e) => e.is_subject_changed(),
             ProcessError::CreateRaced(_) => true,
-            ProcessError::Looker(_) => false,
+            ProcessError::Looker(_) | ProcessError::Cloud(_) => false,
         }
     }
 }
@@ -97,6 +107,8 @@ pub struct PlanReport {
     pub identity: Identity,
     pub desired: DesiredLooker,
     pub plan: Plan,
+    /// The AWS and GCP calls (empty when no cloud target is configured).
+    pub cloud: CloudPlan,
     pub stale: bool,
 }
 
@@ -105,6 +117,7 @@ pub struct Engine<S, L> {
     looker: Option<L>,
     policy: Arc<Policy>,
     retry: RetryPolicy,
+    cloud: Option<Arc<CloudTargets>>,
     subjects: SubjectLocks,
     /// Holder email (lowercase) → declared secrets they hold (rotated when they are offboarded).
     held_secrets: Arc<std::collections::HashMap<String, Vec<String>>>,
@@ -157,8 +170,45 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             looker,
             policy,
             retry,
+            cloud: None,
             subjects: SubjectLocks::default(),
             held_secrets: Arc::default(),
+        }
+    }
+
+    /// Add the cloud targets (AWS IAM, GCP IAM) to every plan.
+    pub fn with_cloud(mut self, cloud: CloudTargets) -> Self {
+        self.cloud = (!cloud.is_empty()).then(|| Arc::new(cloud));
+        self
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn looker(&self) -> Option<&L> {
+        self.looker.as_ref()
+    }
+
+    pub fn cloud(&self) -> Option<&CloudTargets> {
+        self.cloud.as_deref()
+    }
+
+    fn desired_cloud(&self, identity: &Identity) -> DesiredCloud {
+        match &self.cloud {
+            Some(c) => c.evaluate(&self.policy, identity, Utc::now()),
+            None => DesiredCloud { aws: None, gcp: None },
+        }
+    }
+
+    /// Read the clouds and plan (nothing when no cloud target is configured).
+    pub async fn compute_cloud_plan(&self, desired: &DesiredCloud) -> Result<CloudPlan, ProcessError> {
+        match &self.cloud {
+            Some(c) if !desired.is_empty() => {
+                let actual = c.read(desired).await?;
+                Ok(c.plan(desired, &actual))
+            }
+            _ => Ok(CloudPlan::default()),
         }
     }
 
@@ -184,16 +234,22 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         };
         let stale = identity.fold(env) == FoldOutcome::Stale;
         let desired = policy::evaluate(&self.policy, &identity);
-        let plan = self.compute_plan(&desired).await?;
+        let desired_cloud = self.desired_cloud(&identity);
+        let (plan, cloud) = futures::join!(
+            self.compute_plan(&desired),
+            self.compute_cloud_plan(&desired_cloud)
+        );
         Ok(PlanReport {
             identity,
             desired,
-            plan,
+            plan: plan?,
+            cloud: cloud?,
             stale,
         })
     }
 
-    async fn compute_plan(&self, desired: &DesiredLooker) -> Result<Plan, ProcessError> {
+    /// The Looker plan for a desired state (reads Looker when configured).
+    pub async fn compute_plan(&self, desired: &DesiredLooker) -> Result<Plan, ProcessError> {
         let Some(looker) = &self.looker else {
             return Ok(plan::diff(desired, &Actual::Unknown, None));
         };
@@ -303,6 +359,22 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                 .await?;
             return Ok(Handled::Ignored);
         }
+        if drift
+            && let Some(cloud) = &self.cloud
+            && let Some(state) = cloud.resolve_drift(&env.subject.key).await?
+        {
+            let writes = self.converge_drift(env, &state.identity).await?;
+            self.store
+                .commit(Outcome {
+                    envelope_id: env.id.clone(),
+                    identity: None,
+                    converged: None,
+                    deletion: DeletionChange::Keep,
+                    base_version: None,
+                })
+                .await?;
+            return Ok(Handled::Applied { writes });
+        }
         let (mut identity, converged, base_version) = match self.store.load_subject(&env.subject.key).await? {
             Some(s) => (s.identity, s.converged, Some(s.version)),
             // Drift on an identity the directory does not know is not Gatehouse's to undo.
@@ -340,10 +412,12 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             }
         }
         let desired = policy::evaluate(&self.policy, &identity);
-        let fingerprint = desired.fingerprint();
+        let desired_cloud = self.desired_cloud(&identity);
+        let fingerprint = fingerprint(&desired, &desired_cloud);
         // Drift means the actual state moved under us: read and converge even if the desired
         // state is the one last converged.
-        if !drift && self.looker.is_some() && converged.as_deref() == Some(fingerprint.as_str()) {
+        let live = self.looker.is_some() || self.cloud.is_some();
+        if !drift && live && converged.as_deref() == Some(fingerprint.as_str()) {
             self.store
                 .commit(Outcome {
                     envelope_id: env.id.clone(),
@@ -358,24 +432,45 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             });
         }
 
-        let plan = self.compute_plan(&desired).await?;
+        // Looker and the clouds are read at once, then written at once.
+        let (plan, cloud_plan) = futures::join!(
+            self.compute_plan(&desired),
+            self.compute_cloud_plan(&desired_cloud)
+        );
+        let (plan, cloud_plan) = (plan?, cloud_plan?);
         // The grace period runs from when Gatehouse offboarded the person, never from an old event time.
         let deletion = deletion_change(&desired, &identity, Utc::now());
-        let result = match &self.looker {
-            None => {
-                let entries: Vec<LedgerEntry> = plan
-                    .steps
-                    .iter()
-                    .map(|s| ledger_entry(env, s, &plan.user, "dry_run".into()))
-                    .collect();
-                self.store.append_ledger(&entries).await?;
-                Handled::DryRun {
-                    planned: entries.len(),
+        let looker_part = async {
+            match &self.looker {
+                None => {
+                    let entries: Vec<LedgerEntry> = plan
+                        .steps
+                        .iter()
+                        .map(|s| ledger_entry(env, s, &plan.user, "dry_run".into()))
+                        .collect();
+                    self.store.append_ledger(&entries).await?;
+                    Ok::<_, ProcessError>((false, entries.len()))
                 }
+                Some(looker) => Ok((true, self.apply(looker, env, &plan).await?)),
             }
-            Some(looker) => Handled::Applied {
-                writes: self.apply(looker, env, &plan).await?,
-            },
+        };
+        let cloud_part = async {
+            match &self.cloud {
+                Some(c) if !cloud_plan.is_empty() => c.apply(&self.store, &ctx(env), &cloud_plan, None).await,
+                _ => Ok(0),
+            }
+        };
+        let (l, c) = futures::join!(looker_part, cloud_part);
+        let ((looker_live, n), cloud_writes) = (l?, c?);
+        for note in &cloud_plan.notes {
+            tracing::info!(envelope_id = %env.id, subject = %env.subject.key, note = %note, "plan note");
+        }
+        let result = if looker_live || self.cloud.is_some() {
+            Handled::Applied {
+                writes: if looker_live { n } else { 0 } + cloud_writes,
+            }
+        } else {
+            Handled::DryRun { planned: n }
         };
         for note in &plan.notes {
             tracing::info!(envelope_id = %env.id, subject = %env.subject.key, note = %note, "plan note");
@@ -384,12 +479,125 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             .commit(Outcome {
                 envelope_id: env.id.clone(),
                 identity: Some(identity),
-                converged: self.looker.as_ref().map(|_| fingerprint),
+                converged: live.then_some(fingerprint),
                 deletion,
                 base_version,
             })
             .await?;
         Ok(result)
+    }
+
+    /// The Looker catalog (with retries). Only when Looker is configured.
+    pub async fn catalog(&self) -> Result<Catalog, ProcessError> {
+        match &self.looker {
+            Some(l) => Ok(self.read_catalog(l).await?),
+            None => Ok(Catalog::default()),
+        }
+    }
+
+    /// One Looker user search (with retries). `None` without Looker.
+    pub async fn find_user(
+        &self,
+        email: &str,
+        needs: &ReadNeeds,
+    ) -> Result<Option<LookerUser>, ProcessError> {
+        match &self.looker {
+            Some(l) => Ok(self.read_user(l, email, needs).await?),
+            None => Ok(None),
+        }
+    }
+
+    /// Apply one person's reconcile plan: targets in `enforce` mode are written, the others get
+    /// `drift_reported` ledger rows and a metric.
+    pub async fn apply_reconcile(
+        &self,
+        ctx: &Ctx,
+        looker_plan: Option<&Plan>,
+        cloud_plan: &CloudPlan,
+    ) -> Result<AppliedCounts, ProcessError> {
+        let modes = self.cloud.as_ref().map(|c| c.modes).unwrap_or_default();
+        let env = reconcile_envelope(ctx);
+        let mut counts = AppliedCounts::default();
+        let looker_part = async {
+            let Some(plan) = looker_plan.filter(|p| !p.is_empty()) else {
+                return Ok::<_, ProcessError>((0, 0));
+            };
+            match &self.looker {
+                Some(l) if modes.looker == gatehouse_platform::config::Mode::Enforce => {
+                    Ok((self.apply(l, &env, plan).await?, 0))
+                }
+                _ => {
+                    let rows: Vec<LedgerEntry> = plan
+                        .steps
+                        .iter()
+                        .map(|s| ledger_entry(&env, s, &plan.user, crate::cloud::REPORTED.into()))
+                        .collect();
+                    metrics::counter!("gatehouse_drift_reported_total", "target" => "looker")
+                        .increment(rows.len() as u64);
+                    self.store.append_ledger(&rows).await?;
+                    Ok((0, rows.len()))
+                }
+            }
+        };
+        let cloud_part = async {
+            match &self.cloud {
+                Some(c) if !cloud_plan.is_empty() => c.apply(&self.store, ctx, cloud_plan, Some(modes)).await,
+                _ => Ok(0),
+            }
+        };
+        let (l, c) = futures::join!(looker_part, cloud_part);
+        let (lw, lr) = l?;
+        let cw = c?;
+        counts.writes = lw + cw;
+        let enforced = |m: gatehouse_platform::config::Mode| m == gatehouse_platform::config::Mode::Enforce;
+        counts.reported =
+            lr + if enforced(modes.aws) {
+                0
+            } else {
+                cloud_plan.aws.as_ref().map_or(0, |a| a.steps.len())
+            } + if enforced(modes.gcp) {
+                0
+            } else {
+                cloud_plan.gcp.len()
+            };
+        Ok(counts)
+    }
+
+    /// Converge one person after a cloud drift event: read every target, plan, and apply to the
+    /// targets in `enforce` mode; the others get `drift_reported` ledger rows.
+    async fn converge_drift(&self, env: &Envelope, identity: &Identity) -> Result<usize, ProcessError> {
+        let Some(cloud) = &self.cloud else { return Ok(0) };
+        let desired = policy::evaluate(&self.policy, identity);
+        let desired_cloud = self.desired_cloud(identity);
+        let (plan, cloud_plan) = futures::join!(
+            self.compute_plan(&desired),
+            self.compute_cloud_plan(&desired_cloud)
+        );
+        let (plan, cloud_plan) = (plan?, cloud_plan?);
+        let ctx = Ctx {
+            envelope_id: env.id.0.clone(),
+            subject: identity.key.clone(),
+            event: env.source_event_type.clone(),
+        };
+        let looker_part = async {
+            match &self.looker {
+                Some(l) if cloud.modes.looker == gatehouse_platform::config::Mode::Enforce => {
+                    self.apply(l, env, &plan).await
+                }
+                _ => {
+                    let rows: Vec<LedgerEntry> = plan
+                        .steps
+                        .iter()
+                        .map(|s| ledger_entry(env, s, &plan.user, crate::cloud::REPORTED.into()))
+                        .collect();
+                    self.store.append_ledger(&rows).await?;
+                    Ok(0)
+                }
+            }
+        };
+        let cloud_part = cloud.apply(&self.store, &ctx, &cloud_plan, Some(cloud.modes));
+        let (l, c) = futures::join!(looker_part, cloud_part);
+        Ok(l? + c?)
     }
 
     /// Apply a plan: the create call first (others need its id), then every other call at once.
@@ -500,6 +708,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                         subject: d.subject.clone(),
                         event: "scheduled_deletion".into(),
                         rule: step.rule.clone(),
+                        target: "looker".into(),
                         call: step.op.http(&UserRef::Email(d.email.clone())),
                         status: "dry_run".into(),
                     };
@@ -529,6 +738,54 @@ enum CallError {
     Ledger(BackendError),
 }
 
+/// Writes made and changes only reported by one reconcile of one person.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppliedCounts {
+    pub writes: usize,
+    pub reported: usize,
+}
+
+/// A stand-in envelope so reconcile writes are ledgered like event-driven calls.
+fn reconcile_envelope(ctx: &Ctx) -> Envelope {
+    use gatehouse_domain::envelope::{EnvelopeId, Source, Subject};
+    Envelope {
+        version: Envelope::VERSION,
+        id: EnvelopeId(ctx.envelope_id.clone()),
+        source: Source::Manual,
+        subject: Subject {
+            key: ctx.subject.clone(),
+            email: None,
+            display_name: None,
+        },
+        occurred_at: Utc::now(),
+        received_at: Utc::now(),
+        event: IdentityEvent::ProfileUpdated,
+        profile: Default::default(),
+        source_event_type: ctx.event.clone(),
+        raw: serde_json::Value::Null,
+    }
+}
+
+/// The ledger context of an envelope's cloud calls.
+fn ctx(env: &Envelope) -> Ctx {
+    Ctx {
+        envelope_id: env.id.0.clone(),
+        subject: env.subject.key.clone(),
+        event: env.source_event_type.clone(),
+    }
+}
+
+/// The converged fingerprint: Looker's alone when no cloud part applies (unchanged from before
+/// cloud targets), else both.
+fn fingerprint(desired: &DesiredLooker, cloud: &DesiredCloud) -> String {
+    if cloud.is_empty() {
+        return desired.fingerprint();
+    }
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(&(desired, cloud)).expect("desired state serializes");
+    Sha256::digest(json).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Sleep at least what a 429's `Retry-After` asks; stop when the backoff is exhausted.
 fn honour_retry_after(e: &LookerError, d: Option<Duration>) -> Option<Duration> {
     d.map(|d| e.retry_after.map_or(d, |r| r.max(d)))
@@ -541,6 +798,7 @@ fn ledger_entry(env: &Envelope, step: &Step, user: &UserRef, status: String) -> 
         subject: env.subject.key.clone(),
         event: env.source_event_type.clone(),
         rule: step.rule.clone(),
+        target: "looker".into(),
         call: step.op.http(user),
         status,
     }

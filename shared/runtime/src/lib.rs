@@ -4,6 +4,8 @@
 
 pub mod app;
 pub mod audit;
+pub mod cloud;
 pub mod engine;
 pub mod ingress;
+pub mod reconcile;
 pub mod worker;

@@ -3,7 +3,10 @@
 //!
 //! * [`looker_fake`]: a stateful fake of the Looker API 4.0 (`FakeLooker`).
 //! * [`postgres`]: a fresh database per test on the throwaway PostgreSQL cluster.
+//! * [`gcp_iam_fake`]: getIamPolicy/setIamPolicy of Resource Manager v3, BigQuery and IAM v1.
+//! * [`secret_manager_fake`], [`gcp_sa_keys_fake`]: GCP Secret Manager and service-account keys.
 
+pub mod gcp_iam_fake;
 pub mod gcp_sa_keys_fake;
 pub mod graph_fake;
 pub mod looker_fake;

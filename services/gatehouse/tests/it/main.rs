@@ -41,7 +41,7 @@ fn help_lists_the_subcommands() {
     let o = bin().arg("--help").output().unwrap();
     assert!(o.status.success());
     let (out, _) = text(&o);
-    for cmd in ["standalone", "plan", "audit", "dlq"] {
+    for cmd in ["standalone", "plan", "reconcile", "audit", "dlq"] {
         assert!(out.contains(cmd), "{cmd} missing from --help:\n{out}");
     }
 }
@@ -258,4 +258,72 @@ async fn standalone_accepts_a_hook_records_the_plan_and_stops_on_sigterm() {
         .await
         .unwrap();
     assert!(!err.contains("s3cret-hook"), "the hook secret reached the logs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_and_reconcile_show_cloud_calls_and_change_nothing() {
+    let gcp = gatehouse_testkit::gcp_iam_fake::FakeGcpIam::start().await;
+    gcp.add_resource(
+        "projects/p1",
+        serde_json::json!([{ "role": "roles/viewer", "members": ["user:john.doe@example.com"] }]),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\nname = \"all\"\nwhen = \"everyone\"\n\
+         gcp_bindings = [{ resource = \"projects/p1\", role = \"roles/viewer\" }]\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\npolicy = {:?}\n{}",
+            dir.path().join("data"),
+            policy,
+            gcp.toml()
+        ),
+    )
+    .unwrap();
+    let o = tokio::process::Command::from(bin())
+        .args(["--config", cfg.to_str().unwrap(), "plan", "--event"])
+        .arg(fixture("event-hook.user.lifecycle.deactivate.constructed.json"))
+        .output()
+        .await
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains(
+            "gcp projects/p1: getIamPolicy → remove user:john.doe@example.com from roles/viewer → setIamPolicy"
+        ),
+        "{out}"
+    );
+    assert!(
+        !out.contains(&gcp.token()) && !err.contains(&gcp.token()),
+        "token printed"
+    );
+    let o = tokio::process::Command::from(bin())
+        .args(["--config", cfg.to_str().unwrap(), "reconcile", "--json"])
+        .output()
+        .await
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["people"].as_u64(), v["applied"].as_bool()),
+        (Some(0), Some(false))
+    );
+    assert_eq!(v["reads"]["gcp"], 1, "{out}");
+    assert_eq!(
+        gcp.count("setIamPolicy"),
+        0,
+        "plan and a dry-run reconcile change nothing"
+    );
+    assert_eq!(
+        gcp.members("projects/p1", "roles/viewer"),
+        vec!["user:john.doe@example.com"]
+    );
 }

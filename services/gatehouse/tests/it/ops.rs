@@ -22,6 +22,7 @@ fn entry(n: i64) -> LedgerEntry {
             body: None,
         },
         status: "ok".into(),
+        target: "looker".into(),
     }
 }
 

@@ -32,7 +32,9 @@ CREATE TABLE ledger (
     call         JSONB NOT NULL,
     status       TEXT NOT NULL,
     prev_hash    TEXT NOT NULL,
-    hash         TEXT NOT NULL
+    hash         TEXT NOT NULL,
+    -- which API the call went to: looker, aws or gcp
+    target       TEXT NOT NULL DEFAULT 'looker'
 );
 CREATE INDEX ledger_at ON ledger (at);
 

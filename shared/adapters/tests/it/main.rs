@@ -1,5 +1,7 @@
 //! Integration tests of the adapters, linked into one binary.
 
+mod aws_iam;
+mod gcp_iam;
 mod looker;
 mod postgres;
 mod pubsub;

@@ -183,6 +183,7 @@ async fn the_ledger_is_append_only() {
         subject: "s".into(),
         event: "t".into(),
         rule: "r".into(),
+        target: "looker".into(),
         call: HttpCall {
             method: Method::Delete,
             path: "/users/1/sessions/2".into(),
@@ -190,10 +191,20 @@ async fn the_ledger_is_append_only() {
         },
         status: "ok".into(),
     };
-    db.append_ledger(&[entry.clone(), entry.clone()]).await.unwrap();
+    let aws = LedgerEntry {
+        target: "aws".into(),
+        ..entry.clone()
+    };
+    db.append_ledger(&[entry.clone(), aws.clone()]).await.unwrap();
     let rows = db.ledger_since(None).await.unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0].entry, entry);
+    assert_eq!(rows[1].entry.target, "aws", "the target column round-trips");
+    // A row exported before cloud targets existed (no `target`) reads as a Looker call.
+    let mut old = serde_json::to_value(&rows[0]).unwrap();
+    old.as_object_mut().unwrap().remove("target");
+    let old: gatehouse_domain::ports::LedgerRow = serde_json::from_value(old).unwrap();
+    assert_eq!(old.entry.target, "looker");
     db.close().await;
     // Even with direct SQL, rows cannot be changed or removed.
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("gatehouse.db").display()))
@@ -265,6 +276,7 @@ async fn ledger_rows_from_before_the_chain_are_chained_on_open() {
             body: None,
         },
         status: "ok".into(),
+        target: "looker".into(),
     };
     db.append_ledger(&[entry]).await.unwrap();
     let rows = db.ledger_since(None).await.unwrap();

@@ -46,6 +46,7 @@ pub(crate) fn entry(n: usize) -> LedgerEntry {
                 .then(|| serde_json::json!({"is_disabled": true, "n": n})),
         },
         status: "ok".into(),
+        target: if n.is_multiple_of(3) { "aws" } else { "looker" }.into(),
     }
 }
 

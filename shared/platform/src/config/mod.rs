@@ -2,6 +2,7 @@
 //! environment is injected as a lookup function, so tests never set real variables. Every error
 //! names the field (or variable) at fault; binaries exit 64 on it.
 
+mod cloud;
 mod generic;
 mod google;
 mod graph;
@@ -10,6 +11,7 @@ mod rotator;
 mod scim;
 mod state;
 
+pub use cloud::{AwsConfig, AwsUserMappingConfig, GcpConfig, GcpTokenSource, Mode, Modes, ReconcileConfig};
 pub use generic::GenericConfig;
 pub use google::GoogleConfig;
 pub use graph::GraphConfig;
@@ -72,6 +74,15 @@ pub struct Config {
     /// The rotator's declared secrets.
     #[serde(default)]
     pub rotator: RotatorConfig,
+    /// AWS IAM target (off by default).
+    #[serde(default)]
+    pub aws: AwsConfig,
+    /// GCP IAM target (off by default).
+    #[serde(default)]
+    pub gcp: GcpConfig,
+    /// Reconcile schedule and per-target modes.
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -304,6 +315,7 @@ pub const ENV_VARS: &[&str] = &[
     "GATEHOUSE_GCP_SECRET_MANAGER_URL",
     "GATEHOUSE_GCP_IAM_URL",
     "GATEHOUSE_GCP_ACCESS_TOKEN",
+    "GATEHOUSE_RECONCILE_SCHEDULE",
 ];
 
 impl Config {
@@ -350,6 +362,8 @@ impl Config {
         self.google.apply_env(&env)?;
         self.generic.apply_env(&env)?;
         self.rotator.apply_env(&env)?;
+        self.gcp.apply_env(&env)?;
+        self.reconcile.apply_env(&env)?;
         if let Some(v) = env("GATEHOUSE_LISTEN") {
             self.listen = v
                 .parse()
@@ -397,6 +411,9 @@ impl Config {
         self.google.validate()?;
         self.generic.validate()?;
         self.rotator.validate()?;
+        self.aws.validate()?;
+        self.gcp.validate()?;
+        self.reconcile.validate()?;
         if let Some(url) = &self.looker.url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {

@@ -1,0 +1,467 @@
+//! AWS IAM through `aws-sdk-iam`: reading one user (groups, tags, access keys, login profile),
+//! the paginated listings reconcile uses, and one write per call. The SDK's own retries are
+//! off: the runtime owns the retry policy. Failures are classified here, once, into
+//! [`CloudError`]: throttling → `Throttled`, `NoSuchEntity` → `NotFound` (a revocation that
+//! finds nothing is already done), `AccessDenied` → `Unauthorized` (permanent).
+
+use aws_sdk_iam::Client;
+use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_iam::types::{StatusType, Tag};
+use gatehouse_domain::cloud::{
+    AwsAccessKey, AwsIamOp, AwsReadNeeds, AwsUser, AwsUserKey, CloudError, Target,
+};
+use gatehouse_domain::looker::ErrorKind;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// The IAM client. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AwsIam {
+    client: Client,
+    /// Tag mapping index: tag value → user name (filled by one listing, refreshed on a miss).
+    tag_index: Arc<Mutex<Option<BTreeMap<String, String>>>>,
+    reads: Arc<AtomicUsize>,
+}
+
+/// Overrides of the SDK's default chain.
+#[derive(Debug, Clone, Default)]
+pub struct AwsConnect {
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+    pub profile: Option<String>,
+    pub credentials_file: Option<std::path::PathBuf>,
+}
+
+/// Page size of every listing (IAM's maximum).
+const PAGE: i32 = 1000;
+
+/// The one place IAM failures are classified.
+pub fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(action: &str, e: &SdkError<E>) -> CloudError {
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let code = e.code().unwrap_or_default();
+    let kind = match (e, code, status) {
+        (SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_), _, _) => {
+            ErrorKind::Transient
+        }
+        (
+            _,
+            "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "TooManyRequestsException",
+            _,
+        )
+        | (_, _, Some(429)) => ErrorKind::Throttled,
+        (_, "NoSuchEntity" | "NoSuchEntityException", _) | (_, _, Some(404)) => ErrorKind::NotFound,
+        (
+            _,
+            "AccessDenied"
+            | "AccessDeniedException"
+            | "UnauthorizedOperation"
+            | "InvalidClientTokenId"
+            | "SignatureDoesNotMatch"
+            | "ExpiredToken",
+            _,
+        )
+        | (_, _, Some(401 | 403)) => ErrorKind::Unauthorized,
+        (_, "ServiceFailure" | "ServiceUnavailable" | "InternalFailure" | "ConcurrentModification", _)
+        | (_, _, Some(500..=599)) => ErrorKind::Transient,
+        _ => ErrorKind::Permanent,
+    };
+    let message = match (e.code(), e.message()) {
+        (Some(c), Some(m)) => format!("{action}: {c}: {m}"),
+        (Some(c), None) => format!("{action}: {c}"),
+        _ => format!("{action}: {}", describe(e)),
+    };
+    CloudError {
+        target: Target::Aws,
+        kind,
+        status,
+        message,
+        retry_after: None,
+    }
+}
+
+fn describe<E>(e: &SdkError<E>) -> &'static str {
+    match e {
+        SdkError::TimeoutError(_) => "timed out",
+        SdkError::DispatchFailure(_) => "cannot reach iam",
+        SdkError::ResponseError(_) => "unreadable response",
+        SdkError::ConstructionFailure(_) => "request could not be built",
+        _ => "service error",
+    }
+}
+
+impl AwsIam {
+    /// From the SDK's default chain (region, credentials), with optional overrides.
+    pub async fn connect(o: &AwsConnect) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(url) = &o.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        if let Some(r) = &o.region {
+            loader = loader.region(aws_config::Region::new(r.clone()));
+        }
+        if let Some(p) = &o.profile {
+            loader = loader.profile_name(p);
+        }
+        if let Some(f) = &o.credentials_file {
+            // The replacement types live in aws-runtime, which aws-config does not re-export.
+            #[allow(deprecated)]
+            use aws_config::profile::profile_file::{ProfileFileKind, ProfileFiles};
+            #[allow(deprecated)]
+            let files = ProfileFiles::builder()
+                .with_file(ProfileFileKind::Credentials, f)
+                .build();
+            loader = loader.profile_files(files);
+        }
+        let shared = loader.load().await;
+        let conf = aws_sdk_iam::config::Builder::from(&shared)
+            .retry_config(aws_sdk_iam::config::retry::RetryConfig::disabled())
+            .build();
+        Self::from_client(Client::from_conf(conf))
+    }
+
+    pub fn from_client(client: Client) -> Self {
+        AwsIam {
+            client,
+            tag_index: Arc::new(Mutex::new(None)),
+            reads: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Read calls made so far (for reconcile statistics and tests).
+    pub fn read_calls(&self) -> usize {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    fn read(&self) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The IAM user name of a person, or `None` when there is no such user.
+    pub async fn resolve(&self, key: &AwsUserKey) -> Result<Option<String>, CloudError> {
+        match key {
+            AwsUserKey::Name(n) => Ok(Some(n.clone())),
+            AwsUserKey::Tag { key, value } => {
+                let cached = self
+                    .tag_index
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .as_ref()
+                    .and_then(|m| m.get(value).cloned());
+                if let Some(name) = cached {
+                    return Ok(Some(name));
+                }
+                let index = self.tag_index_of(key).await?;
+                let found = index.get(value).cloned();
+                *self.tag_index.lock().unwrap_or_else(PoisonError::into_inner) = Some(index);
+                Ok(found)
+            }
+        }
+    }
+
+    /// Tag value → user name for every user carrying `key` (ListUsers + ListUserTags per user).
+    pub async fn tag_index_of(&self, key: &str) -> Result<BTreeMap<String, String>, CloudError> {
+        let mut index = BTreeMap::new();
+        for user in self.list_users().await? {
+            if let Some(v) = self.tags(&user).await?.remove(key) {
+                index.insert(v, user);
+            }
+        }
+        Ok(index)
+    }
+
+    /// Read one user: groups always; tags and credentials when the plan needs them.
+    /// `None` when IAM has no such user.
+    pub async fn read_user(&self, name: &str, needs: AwsReadNeeds) -> Result<Option<AwsUser>, CloudError> {
+        let groups = match self.groups_for_user(name).await {
+            Ok(g) => g,
+            Err(e) if e.kind == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let tags = if needs.tags {
+            self.tags(name).await?
+        } else {
+            BTreeMap::new()
+        };
+        let (access_keys, login_profile) = if needs.credentials {
+            let (k, p) = futures::join!(self.access_keys(name), self.has_login_profile(name));
+            (k?, p?)
+        } else {
+            (Vec::new(), false)
+        };
+        Ok(Some(AwsUser {
+            name: name.to_string(),
+            groups,
+            tags,
+            access_keys,
+            login_profile,
+        }))
+    }
+
+    async fn groups_for_user(&self, name: &str) -> Result<BTreeSet<String>, CloudError> {
+        let mut out = BTreeSet::new();
+        let mut marker = None;
+        loop {
+            self.read();
+            let r = self
+                .client
+                .list_groups_for_user()
+                .user_name(name)
+                .max_items(PAGE)
+                .set_marker(marker)
+                .send()
+                .await
+                .map_err(|e| classify("ListGroupsForUser", &e))?;
+            out.extend(r.groups().iter().map(|g| g.group_name().to_string()));
+            match (r.is_truncated(), r.marker()) {
+                (true, Some(m)) => marker = Some(m.to_string()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// `ListUserTags` (paginated).
+    pub async fn tags(&self, name: &str) -> Result<BTreeMap<String, String>, CloudError> {
+        let mut out = BTreeMap::new();
+        let mut marker = None;
+        loop {
+            self.read();
+            let r = self
+                .client
+                .list_user_tags()
+                .user_name(name)
+                .max_items(PAGE)
+                .set_marker(marker)
+                .send()
+                .await
+                .map_err(|e| classify("ListUserTags", &e))?;
+            out.extend(
+                r.tags()
+                    .iter()
+                    .map(|t| (t.key().to_string(), t.value().to_string())),
+            );
+            match (r.is_truncated(), r.marker()) {
+                (true, Some(m)) => marker = Some(m.to_string()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// `ListAccessKeys`.
+    pub async fn access_keys(&self, name: &str) -> Result<Vec<AwsAccessKey>, CloudError> {
+        let mut out = Vec::new();
+        let mut marker = None;
+        loop {
+            self.read();
+            let r = self
+                .client
+                .list_access_keys()
+                .user_name(name)
+                .max_items(PAGE)
+                .set_marker(marker)
+                .send()
+                .await
+                .map_err(|e| classify("ListAccessKeys", &e))?;
+            out.extend(r.access_key_metadata().iter().filter_map(|k| {
+                Some(AwsAccessKey {
+                    id: k.access_key_id()?.to_string(),
+                    active: k.status() == Some(&StatusType::Active),
+                })
+            }));
+            match (r.is_truncated(), r.marker()) {
+                (true, Some(m)) => marker = Some(m.to_string()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// `GetLoginProfile`: whether the user has a console password.
+    pub async fn has_login_profile(&self, name: &str) -> Result<bool, CloudError> {
+        self.read();
+        match self.client.get_login_profile().user_name(name).send().await {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let e = classify("GetLoginProfile", &e);
+                if e.kind == ErrorKind::NotFound {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Every IAM user name (`ListUsers`, 1,000 per call).
+    pub async fn list_users(&self) -> Result<Vec<String>, CloudError> {
+        let mut out = Vec::new();
+        let mut marker = None;
+        loop {
+            self.read();
+            let r = self
+                .client
+                .list_users()
+                .max_items(PAGE)
+                .set_marker(marker)
+                .send()
+                .await
+                .map_err(|e| classify("ListUsers", &e))?;
+            out.extend(r.users().iter().map(|u| u.user_name().to_string()));
+            match (r.is_truncated(), r.marker()) {
+                (true, Some(m)) => marker = Some(m.to_string()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Members of one group (`GetGroup`, 1,000 per call); `None` when the group does not exist.
+    pub async fn group_members(&self, group: &str) -> Result<Option<Vec<String>>, CloudError> {
+        let mut out = Vec::new();
+        let mut marker = None;
+        loop {
+            self.read();
+            let r = match self
+                .client
+                .get_group()
+                .group_name(group)
+                .max_items(PAGE)
+                .set_marker(marker)
+                .send()
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let e = classify("GetGroup", &e);
+                    return if e.kind == ErrorKind::NotFound {
+                        Ok(None)
+                    } else {
+                        Err(e)
+                    };
+                }
+            };
+            out.extend(r.users().iter().map(|u| u.user_name().to_string()));
+            match (r.is_truncated(), r.marker()) {
+                (true, Some(m)) => marker = Some(m.to_string()),
+                _ => return Ok(Some(out)),
+            }
+        }
+    }
+
+    /// Perform one write (no retry).
+    pub async fn execute(&self, user: &str, op: &AwsIamOp) -> Result<(), CloudError> {
+        let c = &self.client;
+        let action = op.action();
+        match op {
+            AwsIamOp::AddUserToGroup { group } => c
+                .add_user_to_group()
+                .user_name(user)
+                .group_name(group)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| classify(action, &e)),
+            AwsIamOp::RemoveUserFromGroup { group } => c
+                .remove_user_from_group()
+                .user_name(user)
+                .group_name(group)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| classify(action, &e)),
+            AwsIamOp::TagUser { tags } => {
+                let tags: Result<Vec<Tag>, _> = tags
+                    .iter()
+                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                    .collect();
+                let tags = tags.map_err(|e| CloudError {
+                    target: Target::Aws,
+                    kind: ErrorKind::Permanent,
+                    status: None,
+                    message: format!("TagUser: {e}"),
+                    retry_after: None,
+                })?;
+                c.tag_user()
+                    .user_name(user)
+                    .set_tags(Some(tags))
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| classify(action, &e))
+            }
+            AwsIamOp::UntagUser { keys } => c
+                .untag_user()
+                .user_name(user)
+                .set_tag_keys(Some(keys.clone()))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| classify(action, &e)),
+            AwsIamOp::DeactivateAccessKey { key_id } => c
+                .update_access_key()
+                .user_name(user)
+                .access_key_id(key_id)
+                .status(StatusType::Inactive)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| classify(action, &e)),
+            AwsIamOp::DeleteAccessKey { key_id } => c
+                .delete_access_key()
+                .user_name(user)
+                .access_key_id(key_id)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| classify(action, &e)),
+            AwsIamOp::DeleteLoginProfile => c
+                .delete_login_profile()
+                .user_name(user)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| classify(action, &e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_iam::config::http::HttpResponse;
+    use aws_sdk_iam::error::ErrorMetadata;
+    use aws_sdk_iam::operation::add_user_to_group::AddUserToGroupError;
+
+    fn service_error(status: u16, code: &str) -> SdkError<AddUserToGroupError> {
+        let meta = ErrorMetadata::builder().code(code).message("the message").build();
+        let raw = HttpResponse::new(status.try_into().unwrap(), "".into());
+        SdkError::service_error(AddUserToGroupError::generic(meta), raw)
+    }
+
+    #[test]
+    fn iam_errors_are_classified_in_one_place() {
+        for (status, code, kind) in [
+            (400, "Throttling", ErrorKind::Throttled),
+            (404, "NoSuchEntity", ErrorKind::NotFound),
+            (403, "AccessDenied", ErrorKind::Unauthorized),
+            (403, "InvalidClientTokenId", ErrorKind::Unauthorized),
+            (500, "ServiceFailure", ErrorKind::Transient),
+            (409, "LimitExceeded", ErrorKind::Permanent),
+            (400, "ValidationError", ErrorKind::Permanent),
+        ] {
+            let e = classify("AddUserToGroup", &service_error(status, code));
+            assert_eq!(e.kind, kind, "{code}");
+            assert_eq!(e.status, Some(status));
+            assert!(
+                e.message
+                    .starts_with(&format!("AddUserToGroup: {code}: the message")),
+                "{e}"
+            );
+        }
+        let denied = classify("AddUserToGroup", &service_error(403, "AccessDenied"));
+        assert!(!denied.is_retryable());
+        assert!(
+            denied
+                .ledger_status()
+                .starts_with("error: access denied: AddUserToGroup: AccessDenied")
+        );
+    }
+}

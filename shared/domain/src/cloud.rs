@@ -1,0 +1,908 @@
+//! Cloud IAM as Gatehouse sees it: the desired AWS IAM and GCP IAM state of one person (from the
+//! policy), what is read back, the operations a plan is made of, and the diff. Pure.
+//!
+//! Only managed things change: IAM groups and tag keys a rule names, and the unconditional GCP
+//! bindings of (resource, role) pairs a rule names. Every other group, tag, binding, member and
+//! every conditional binding is kept exactly as it is.
+
+use crate::identity::Identity;
+use crate::looker::{HttpCall, Method};
+use crate::policy::{GcpGrant, Policy, RuleName, applies};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+/// Rule names used for cloud facts that come from the offboarding sections.
+pub mod rules {
+    pub const AWS_REMOVE_GROUPS: &str = "aws.offboarding.remove_groups";
+    pub const AWS_DEACTIVATE_KEYS: &str = "aws.offboarding.deactivate_access_keys";
+    pub const AWS_DELETE_KEYS: &str = "aws.offboarding.delete_access_keys_after_days";
+    pub const AWS_LOGIN_PROFILE: &str = "aws.offboarding.delete_login_profile";
+    pub const GCP_REMOVE_BINDINGS: &str = "gcp.offboarding.remove_bindings";
+}
+
+/// A cloud target, as named in the ledger and in reconcile modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    Looker,
+    Aws,
+    Gcp,
+}
+
+impl Target {
+    /// The ledger's `target` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Looker => "looker",
+            Target::Aws => "aws",
+            Target::Gcp => "gcp",
+        }
+    }
+}
+
+/// A cloud call failed. One adapter per cloud classifies; everyone else matches on `kind`.
+/// Carries no secret: messages come from the API's error message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{} {kind:?}{}: {message}", target.as_str(), status.map(|s| format!(" (http {s})")).unwrap_or_default())]
+pub struct CloudError {
+    pub target: Target,
+    pub kind: crate::looker::ErrorKind,
+    pub status: Option<u16>,
+    pub message: String,
+    pub retry_after: Option<std::time::Duration>,
+}
+
+impl CloudError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            crate::looker::ErrorKind::Throttled | crate::looker::ErrorKind::Transient
+        )
+    }
+
+    /// How the ledger shows this failure (`429`, `404 already gone`, `error: access denied: …`).
+    pub fn ledger_status(&self) -> String {
+        use crate::looker::ErrorKind as K;
+        match (self.kind, self.status) {
+            (K::Unauthorized, _) => format!("error: access denied: {}", self.message),
+            (K::Permanent, _) => format!("error: {}", self.message),
+            (_, Some(s)) => s.to_string(),
+            (k, None) => format!("error: {k:?}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AWS
+// ---------------------------------------------------------------------------------------------
+
+/// How an identity maps to its IAM user (explicit, from configuration).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AwsUserMapping {
+    /// The IAM user carrying this tag with the person's email as its value.
+    Tag { key: String },
+    /// An IAM user name made from a template: `{email}`, `{local}` (the email's local part),
+    /// `{login}` (the IdP login attribute).
+    Template { template: String },
+}
+
+impl AwsUserMapping {
+    /// The IAM user key for this identity, or `None` when the identity lacks what the rule needs.
+    pub fn key_for(&self, identity: &Identity) -> Option<AwsUserKey> {
+        let email = identity.email()?;
+        match self {
+            AwsUserMapping::Tag { key } => Some(AwsUserKey::Tag {
+                key: key.clone(),
+                value: email.to_string(),
+            }),
+            AwsUserMapping::Template { template } => {
+                let local = email.split('@').next().unwrap_or(email);
+                let mut name = template.replace("{email}", email).replace("{local}", local);
+                if name.contains("{login}") {
+                    name = name.replace("{login}", identity.attribute("login")?);
+                }
+                Some(AwsUserKey::Name(name))
+            }
+        }
+    }
+}
+
+/// Which IAM user a person is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AwsUserKey {
+    Name(String),
+    Tag { key: String, value: String },
+}
+
+impl AwsUserKey {
+    /// How the plan names the user before it is resolved.
+    pub fn describe(&self) -> String {
+        match self {
+            AwsUserKey::Name(n) => n.clone(),
+            AwsUserKey::Tag { key, value } => format!("{{iam user tagged {key}={value}}}"),
+        }
+    }
+}
+
+/// What to do with the access keys of an offboarded person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyAction {
+    Keep,
+    Deactivate,
+    Delete,
+}
+
+/// What AWS IAM should look like for one person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredAws {
+    pub user: AwsUserKey,
+    pub offboarded: bool,
+    /// IAM group → rule that grants it.
+    pub groups: BTreeMap<String, RuleName>,
+    pub managed_groups: BTreeSet<String>,
+    /// Tag key → (value, rule).
+    pub tags: BTreeMap<String, (String, RuleName)>,
+    pub managed_tags: BTreeSet<String>,
+    pub keys: KeyAction,
+    pub delete_login_profile: bool,
+}
+
+impl DesiredAws {
+    /// What has to be read besides the user's groups.
+    pub fn needs(&self) -> AwsReadNeeds {
+        AwsReadNeeds {
+            tags: !self.managed_tags.is_empty() || matches!(self.user, AwsUserKey::Tag { .. }),
+            credentials: self.offboarded && (self.keys != KeyAction::Keep || self.delete_login_profile),
+        }
+    }
+}
+
+/// Reads a plan needs for one IAM user (fewest calls: credentials only when offboarding).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AwsReadNeeds {
+    pub tags: bool,
+    pub credentials: bool,
+}
+
+/// One access key as `ListAccessKeys` returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AwsAccessKey {
+    pub id: String,
+    pub active: bool,
+}
+
+/// An IAM user as read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AwsUser {
+    pub name: String,
+    pub groups: BTreeSet<String>,
+    pub tags: BTreeMap<String, String>,
+    pub access_keys: Vec<AwsAccessKey>,
+    pub login_profile: bool,
+}
+
+/// What IAM holds for the person, as far as it is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AwsActual {
+    /// AWS is not reachable in this run (offline plan): every call that may apply is listed.
+    Unknown,
+    Absent,
+    Present(AwsUser),
+}
+
+/// One IAM write (Query API, version 2010-05-08).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AwsIamOp {
+    AddUserToGroup {
+        group: String,
+    },
+    RemoveUserFromGroup {
+        group: String,
+    },
+    TagUser {
+        tags: BTreeMap<String, String>,
+    },
+    UntagUser {
+        keys: Vec<String>,
+    },
+    /// `UpdateAccessKey Status=Inactive`; `{each}` in an offline plan.
+    DeactivateAccessKey {
+        key_id: String,
+    },
+    DeleteAccessKey {
+        key_id: String,
+    },
+    DeleteLoginProfile,
+}
+
+impl AwsIamOp {
+    /// The IAM action name.
+    pub fn action(&self) -> &'static str {
+        match self {
+            AwsIamOp::AddUserToGroup { .. } => "AddUserToGroup",
+            AwsIamOp::RemoveUserFromGroup { .. } => "RemoveUserFromGroup",
+            AwsIamOp::TagUser { .. } => "TagUser",
+            AwsIamOp::UntagUser { .. } => "UntagUser",
+            AwsIamOp::DeactivateAccessKey { .. } => "UpdateAccessKey",
+            AwsIamOp::DeleteAccessKey { .. } => "DeleteAccessKey",
+            AwsIamOp::DeleteLoginProfile => "DeleteLoginProfile",
+        }
+    }
+
+    /// Whether this call takes access away.
+    pub fn is_revoking(&self) -> bool {
+        !matches!(self, AwsIamOp::AddUserToGroup { .. } | AwsIamOp::TagUser { .. })
+    }
+
+    /// The exact Query API call (`POST /` with form parameters), as the ledger records it.
+    pub fn http(&self, user: &str) -> HttpCall {
+        let mut params: Vec<(String, String)> = vec![("Action".into(), self.action().into())];
+        match self {
+            AwsIamOp::AddUserToGroup { group } | AwsIamOp::RemoveUserFromGroup { group } => {
+                params.push(("GroupName".into(), group.clone()));
+            }
+            AwsIamOp::TagUser { tags } => {
+                for (i, (k, v)) in tags.iter().enumerate() {
+                    params.push((format!("Tags.member.{}.Key", i + 1), k.clone()));
+                    params.push((format!("Tags.member.{}.Value", i + 1), v.clone()));
+                }
+            }
+            AwsIamOp::UntagUser { keys } => {
+                for (i, k) in keys.iter().enumerate() {
+                    params.push((format!("TagKeys.member.{}", i + 1), k.clone()));
+                }
+            }
+            AwsIamOp::DeactivateAccessKey { key_id } => {
+                params.push(("AccessKeyId".into(), key_id.clone()));
+                params.push(("Status".into(), "Inactive".into()));
+            }
+            AwsIamOp::DeleteAccessKey { key_id } => params.push(("AccessKeyId".into(), key_id.clone())),
+            AwsIamOp::DeleteLoginProfile => {}
+        }
+        params.push(("UserName".into(), user.to_string()));
+        params.push(("Version".into(), "2010-05-08".into()));
+        let body: serde_json::Map<String, serde_json::Value> =
+            params.into_iter().map(|(k, v)| (k, v.into())).collect();
+        HttpCall {
+            method: Method::Post,
+            path: "/".into(),
+            body: Some(serde_json::Value::Object(body)),
+        }
+    }
+
+    /// One line for `gatehouse plan`: `aws iam AddUserToGroup GroupName=x UserName=y`.
+    pub fn render(&self, user: &str) -> String {
+        let call = self.http(user);
+        let mut out = String::from("aws iam");
+        if let Some(serde_json::Value::Object(params)) = &call.body {
+            let _ = write!(out, " {}", self.action());
+            for (k, v) in params {
+                if k != "Action" && k != "Version" {
+                    let _ = write!(out, " {k}={}", v.as_str().unwrap_or_default());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One planned IAM call and the policy element that asks for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AwsStep {
+    pub op: AwsIamOp,
+    pub rule: RuleName,
+}
+
+/// The IAM calls for one person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AwsPlan {
+    /// The IAM user name (or a description when unresolved).
+    pub user: String,
+    pub steps: Vec<AwsStep>,
+    pub notes: Vec<String>,
+}
+
+/// Diff desired against actual for one IAM user.
+pub fn diff_aws(desired: &DesiredAws, actual: &AwsActual) -> AwsPlan {
+    let mut steps = Vec::new();
+    let mut notes = Vec::new();
+    let push = |steps: &mut Vec<AwsStep>, op, rule: &str| {
+        steps.push(AwsStep {
+            op,
+            rule: rule.to_string(),
+        })
+    };
+    let user = match actual {
+        AwsActual::Present(u) => u.name.clone(),
+        _ => desired.user.describe(),
+    };
+    let group_rule = |g: &str| {
+        desired.groups.get(g).cloned().unwrap_or_else(|| {
+            if desired.offboarded {
+                rules::AWS_REMOVE_GROUPS.into()
+            } else {
+                crate::policy::rules::UNMANAGED.into()
+            }
+        })
+    };
+    match actual {
+        AwsActual::Absent => notes.push(format!(
+            "no IAM user is {}; nothing to do (gatehouse never creates IAM users)",
+            desired.user.describe()
+        )),
+        AwsActual::Unknown => {
+            for g in &desired.managed_groups {
+                let op = if desired.groups.contains_key(g) {
+                    AwsIamOp::AddUserToGroup { group: g.clone() }
+                } else {
+                    AwsIamOp::RemoveUserFromGroup { group: g.clone() }
+                };
+                push(&mut steps, op, &group_rule(g));
+            }
+            if !desired.tags.is_empty() {
+                let tags = desired
+                    .tags
+                    .iter()
+                    .map(|(k, (v, _))| (k.clone(), v.clone()))
+                    .collect();
+                let rule = desired
+                    .tags
+                    .values()
+                    .next()
+                    .map(|(_, r)| r.clone())
+                    .unwrap_or_default();
+                push(&mut steps, AwsIamOp::TagUser { tags }, &rule);
+            }
+            if desired.offboarded {
+                let each = "{each}".to_string();
+                match desired.keys {
+                    KeyAction::Keep => {}
+                    KeyAction::Deactivate => push(
+                        &mut steps,
+                        AwsIamOp::DeactivateAccessKey { key_id: each },
+                        rules::AWS_DEACTIVATE_KEYS,
+                    ),
+                    KeyAction::Delete => push(
+                        &mut steps,
+                        AwsIamOp::DeleteAccessKey { key_id: each },
+                        rules::AWS_DELETE_KEYS,
+                    ),
+                }
+                if desired.delete_login_profile {
+                    push(&mut steps, AwsIamOp::DeleteLoginProfile, rules::AWS_LOGIN_PROFILE);
+                }
+            }
+            notes.push(
+                "aws is not configured: current state unknown, so this lists every call that may apply"
+                    .into(),
+            );
+        }
+        AwsActual::Present(u) => {
+            for g in &desired.managed_groups {
+                match (desired.groups.contains_key(g), u.groups.contains(g)) {
+                    (true, false) => push(
+                        &mut steps,
+                        AwsIamOp::AddUserToGroup { group: g.clone() },
+                        &group_rule(g),
+                    ),
+                    (false, true) => push(
+                        &mut steps,
+                        AwsIamOp::RemoveUserFromGroup { group: g.clone() },
+                        &group_rule(g),
+                    ),
+                    _ => {}
+                }
+            }
+            let mut set = BTreeMap::new();
+            let mut set_rule = None;
+            let mut unset = Vec::new();
+            for k in &desired.managed_tags {
+                match (desired.tags.get(k), u.tags.get(k)) {
+                    (Some((v, rule)), cur) if cur != Some(v) => {
+                        set.insert(k.clone(), v.clone());
+                        set_rule.get_or_insert_with(|| rule.clone());
+                    }
+                    (None, Some(_)) => unset.push(k.clone()),
+                    _ => {}
+                }
+            }
+            if !set.is_empty() {
+                push(
+                    &mut steps,
+                    AwsIamOp::TagUser { tags: set },
+                    &set_rule.unwrap_or_default(),
+                );
+            }
+            if !unset.is_empty() {
+                push(
+                    &mut steps,
+                    AwsIamOp::UntagUser { keys: unset },
+                    crate::policy::rules::UNMANAGED,
+                );
+            }
+            if desired.offboarded {
+                for k in &u.access_keys {
+                    match desired.keys {
+                        KeyAction::Deactivate if k.active => push(
+                            &mut steps,
+                            AwsIamOp::DeactivateAccessKey { key_id: k.id.clone() },
+                            rules::AWS_DEACTIVATE_KEYS,
+                        ),
+                        KeyAction::Delete => push(
+                            &mut steps,
+                            AwsIamOp::DeleteAccessKey { key_id: k.id.clone() },
+                            rules::AWS_DELETE_KEYS,
+                        ),
+                        _ => {}
+                    }
+                }
+                if desired.delete_login_profile && u.login_profile {
+                    push(&mut steps, AwsIamOp::DeleteLoginProfile, rules::AWS_LOGIN_PROFILE);
+                }
+            }
+        }
+    }
+    AwsPlan { user, steps, notes }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GCP
+// ---------------------------------------------------------------------------------------------
+
+/// A resource whose IAM policy Gatehouse edits.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum GcpResource {
+    /// Resource Manager v3: `projects/{id}`.
+    Project { project: String },
+    /// BigQuery v2: `projects/{p}/datasets/{d}`.
+    Dataset { project: String, dataset: String },
+    /// IAM v1: `projects/{p}/serviceAccounts/{email}`.
+    ServiceAccount { project: String, email: String },
+}
+
+/// Which Google API serves a resource's IAM policy (each has its own base URL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GcpApi {
+    ResourceManager,
+    BigQuery,
+    Iam,
+}
+
+impl GcpResource {
+    /// Parse `projects/P`, `projects/P/datasets/D` or `projects/P/serviceAccounts/EMAIL`.
+    pub fn parse(name: &str) -> Option<Self> {
+        let parts: Vec<&str> = name.split('/').collect();
+        let ok = |s: &str| !s.is_empty() && !s.contains([':', '?', '#', ' ']);
+        match parts.as_slice() {
+            ["projects", p] if ok(p) => Some(GcpResource::Project {
+                project: p.to_string(),
+            }),
+            ["projects", p, "datasets", d] if ok(p) && ok(d) => Some(GcpResource::Dataset {
+                project: p.to_string(),
+                dataset: d.to_string(),
+            }),
+            ["projects", p, "serviceAccounts", e] if ok(p) && ok(e) => Some(GcpResource::ServiceAccount {
+                project: p.to_string(),
+                email: e.to_string(),
+            }),
+            _ => None,
+        }
+    }
+
+    pub fn api(&self) -> GcpApi {
+        match self {
+            GcpResource::Project { .. } => GcpApi::ResourceManager,
+            GcpResource::Dataset { .. } => GcpApi::BigQuery,
+            GcpResource::ServiceAccount { .. } => GcpApi::Iam,
+        }
+    }
+
+    /// Path below the API's base URL, without the `:getIamPolicy` / `:setIamPolicy` verb.
+    pub fn path(&self) -> String {
+        match self {
+            GcpResource::Project { project } => format!("/v3/projects/{project}"),
+            GcpResource::Dataset { project, dataset } => {
+                format!("/bigquery/v2/projects/{project}/datasets/{dataset}")
+            }
+            GcpResource::ServiceAccount { project, email } => {
+                format!("/v1/projects/{project}/serviceAccounts/{email}")
+            }
+        }
+    }
+}
+
+/// One role binding of an IAM policy. Fields Gatehouse does not know are kept as they are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Binding {
+    pub role: String,
+    #[serde(default)]
+    pub members: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<serde_json::Value>,
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A GCP IAM policy (v3 shape). Unknown fields (`auditConfigs`, ...) round-trip untouched.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IamPolicy {
+    #[serde(default)]
+    pub version: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bindings: Vec<Binding>,
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+impl IamPolicy {
+    /// Whether the unconditional binding of `role` holds `member` (emails compare case-blind).
+    pub fn has(&self, role: &str, member: &str) -> bool {
+        self.bindings
+            .iter()
+            .filter(|b| b.role == role && b.condition.is_none())
+            .any(|b| b.members.iter().any(|m| m.eq_ignore_ascii_case(member)))
+    }
+}
+
+/// One change to one resource's policy: a member added to or removed from the unconditional
+/// binding of a role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum GcpIamOp {
+    AddMember {
+        resource: String,
+        role: String,
+        member: String,
+    },
+    RemoveMember {
+        resource: String,
+        role: String,
+        member: String,
+    },
+}
+
+impl GcpIamOp {
+    pub fn resource(&self) -> &str {
+        match self {
+            GcpIamOp::AddMember { resource, .. } | GcpIamOp::RemoveMember { resource, .. } => resource,
+        }
+    }
+
+    pub fn is_revoking(&self) -> bool {
+        matches!(self, GcpIamOp::RemoveMember { .. })
+    }
+
+    /// The write as the ledger records it: the `setIamPolicy` call and the change it carries.
+    pub fn http(&self) -> HttpCall {
+        let path = GcpResource::parse(self.resource())
+            .map(|r| format!("{}:setIamPolicy", r.path()))
+            .unwrap_or_else(|| format!("/{}:setIamPolicy", self.resource()));
+        let body = match self {
+            GcpIamOp::AddMember { role, member, .. } => {
+                serde_json::json!({ "add": { "role": role, "member": member } })
+            }
+            GcpIamOp::RemoveMember { role, member, .. } => {
+                serde_json::json!({ "remove": { "role": role, "member": member } })
+            }
+        };
+        HttpCall {
+            method: Method::Post,
+            path,
+            body: Some(body),
+        }
+    }
+
+    /// One line for `gatehouse plan`.
+    pub fn render(&self) -> String {
+        match self {
+            GcpIamOp::AddMember {
+                resource,
+                role,
+                member,
+            } => {
+                format!("gcp {resource}: getIamPolicy → add {member} to {role} → setIamPolicy")
+            }
+            GcpIamOp::RemoveMember {
+                resource,
+                role,
+                member,
+            } => {
+                format!("gcp {resource}: getIamPolicy → remove {member} from {role} → setIamPolicy")
+            }
+        }
+    }
+}
+
+/// One planned GCP change and the policy element that asks for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcpStep {
+    pub op: GcpIamOp,
+    pub rule: RuleName,
+}
+
+/// What GCP IAM should look like for one person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredGcp {
+    /// `user:EMAIL`.
+    pub member: String,
+    pub offboarded: bool,
+    /// Grant → rule (serialized as a list of pairs: JSON keys must be strings).
+    #[serde(with = "pairs")]
+    pub bindings: BTreeMap<GcpGrant, RuleName>,
+    pub managed: BTreeSet<GcpGrant>,
+}
+
+mod pairs {
+    use super::{BTreeMap, GcpGrant, RuleName};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<GcpGrant, RuleName>, s: S) -> Result<S::Ok, S::Error> {
+        m.iter().collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<GcpGrant, RuleName>, D::Error> {
+        Ok(Vec::<(GcpGrant, RuleName)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
+impl DesiredGcp {
+    /// The resources whose policies must be read.
+    pub fn resources(&self) -> BTreeSet<String> {
+        self.managed.iter().map(|g| g.resource.clone()).collect()
+    }
+}
+
+/// Diff desired against the policies read (resource name → policy). A resource missing from
+/// `actual` is unknown: its possible calls are listed with a note.
+pub fn diff_gcp(desired: &DesiredGcp, actual: &BTreeMap<String, IamPolicy>) -> (Vec<GcpStep>, Vec<String>) {
+    diff_gcp_with(desired, |grant, member| {
+        actual.get(&grant.resource).map(|p| p.has(&grant.role, member))
+    })
+}
+
+/// [`diff_gcp`] over any lookup: `has(grant, member)` is `None` when the resource was not read.
+/// Reconcile passes an index built once for everyone.
+pub fn diff_gcp_with(
+    desired: &DesiredGcp,
+    has: impl Fn(&GcpGrant, &str) -> Option<bool>,
+) -> (Vec<GcpStep>, Vec<String>) {
+    let mut steps = Vec::new();
+    let mut notes = BTreeSet::new();
+    for grant in &desired.managed {
+        let want = desired.bindings.get(grant);
+        let has = match has(grant, &desired.member) {
+            Some(h) => Some(h),
+            None => {
+                notes.insert(format!(
+                    "{}: policy not read, so this lists every call that may apply",
+                    grant.resource
+                ));
+                None
+            }
+        };
+        let (resource, role, member) = (grant.resource.clone(), grant.role.clone(), desired.member.clone());
+        match (want, has) {
+            (Some(rule), Some(false) | None) => steps.push(GcpStep {
+                op: GcpIamOp::AddMember {
+                    resource,
+                    role,
+                    member,
+                },
+                rule: rule.clone(),
+            }),
+            (None, Some(true) | None) => steps.push(GcpStep {
+                op: GcpIamOp::RemoveMember {
+                    resource,
+                    role,
+                    member,
+                },
+                rule: if desired.offboarded {
+                    rules::GCP_REMOVE_BINDINGS.into()
+                } else {
+                    crate::policy::rules::UNMANAGED.into()
+                },
+            }),
+            _ => {}
+        }
+    }
+    (steps, notes.into_iter().collect())
+}
+
+/// Apply changes to a policy read with `getIamPolicy`. Only the unconditional binding of each
+/// named role is touched; conditional bindings, other roles, other members and unknown fields are
+/// kept. A binding left without members is dropped (as GCP does). Returns whether anything changed.
+pub fn apply_gcp<'a>(policy: &mut IamPolicy, ops: impl IntoIterator<Item = &'a GcpIamOp>) -> bool {
+    let mut changed = false;
+    for op in ops {
+        match op {
+            GcpIamOp::AddMember { role, member, .. } => {
+                if policy.has(role, member) {
+                    continue;
+                }
+                match policy
+                    .bindings
+                    .iter_mut()
+                    .find(|b| b.role == *role && b.condition.is_none())
+                {
+                    Some(b) => b.members.push(member.clone()),
+                    None => policy.bindings.push(Binding {
+                        role: role.clone(),
+                        members: vec![member.clone()],
+                        condition: None,
+                        other: Default::default(),
+                    }),
+                }
+                changed = true;
+            }
+            GcpIamOp::RemoveMember { role, member, .. } => {
+                for b in policy
+                    .bindings
+                    .iter_mut()
+                    .filter(|b| b.role == *role && b.condition.is_none())
+                {
+                    let before = b.members.len();
+                    b.members.retain(|m| !m.eq_ignore_ascii_case(member));
+                    changed |= b.members.len() != before;
+                }
+                policy
+                    .bindings
+                    .retain(|b| !(b.role == *role && b.condition.is_none() && b.members.is_empty()));
+            }
+        }
+    }
+    changed
+}
+
+// ---------------------------------------------------------------------------------------------
+// Both
+// ---------------------------------------------------------------------------------------------
+
+/// What the clouds should look like for one person. A part is `None` when it does not apply
+/// (target not configured, nothing managed, or the person has no email).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredCloud {
+    pub aws: Option<DesiredAws>,
+    pub gcp: Option<DesiredGcp>,
+}
+
+impl DesiredCloud {
+    pub fn is_empty(&self) -> bool {
+        self.aws.is_none() && self.gcp.is_none()
+    }
+}
+
+/// Evaluate the policy's cloud part for one person. Pure. `aws` is the identity mapping (`None`
+/// when AWS is not a target); `gcp` says whether GCP is a target. `now` decides whether the
+/// access-key grace period is over (counted from the offboarding event's time).
+pub fn evaluate(
+    policy: &Policy,
+    identity: &Identity,
+    aws: Option<&AwsUserMapping>,
+    gcp: bool,
+    now: DateTime<Utc>,
+) -> DesiredCloud {
+    let offboarded = identity.status.is_offboarded();
+    let active_rules: Vec<_> = if offboarded {
+        Vec::new()
+    } else {
+        policy
+            .rules
+            .iter()
+            .filter(|r| applies(&r.when, identity))
+            .collect()
+    };
+    let aws = aws.and_then(|m| m.key_for(identity)).and_then(|user| {
+        let managed_groups = policy.managed_aws_groups();
+        let managed_tags = policy.managed_aws_tags();
+        let o = &policy.aws.offboarding;
+        let mut groups = BTreeMap::new();
+        let mut tags = BTreeMap::new();
+        for r in &active_rules {
+            for g in &r.aws_groups {
+                groups.entry(g.clone()).or_insert_with(|| r.name.clone());
+            }
+            for (k, v) in &r.aws_tags {
+                tags.entry(k.clone())
+                    .or_insert_with(|| (v.clone(), r.name.clone()));
+            }
+        }
+        let keys = if !offboarded {
+            KeyAction::Keep
+        } else {
+            let since = identity.status_stamp.as_ref().map(|s| s.at).unwrap_or(now);
+            match o.delete_access_keys_after_days {
+                Some(d) if now >= since + chrono::Duration::days(i64::from(d)) => KeyAction::Delete,
+                _ if o.deactivate_access_keys => KeyAction::Deactivate,
+                _ => KeyAction::Keep,
+            }
+        };
+        let d = DesiredAws {
+            user,
+            offboarded,
+            groups,
+            managed_groups: if offboarded && !o.remove_groups {
+                BTreeSet::new()
+            } else {
+                managed_groups
+            },
+            tags,
+            // While offboarded, tags stay as they are (the keys and groups are what close doors).
+            managed_tags: if offboarded { BTreeSet::new() } else { managed_tags },
+            keys,
+            delete_login_profile: offboarded && o.delete_login_profile,
+        };
+        let nothing = d.managed_groups.is_empty()
+            && d.managed_tags.is_empty()
+            && d.keys == KeyAction::Keep
+            && !d.delete_login_profile;
+        (!nothing).then_some(d)
+    });
+    let gcp = identity.email().filter(|_| gcp).and_then(|email| {
+        let mut managed = policy.managed_gcp_grants();
+        if offboarded && !policy.gcp.offboarding.remove_bindings {
+            managed.clear();
+        }
+        let mut bindings = BTreeMap::new();
+        for r in &active_rules {
+            for g in &r.gcp_bindings {
+                bindings.entry(g.clone()).or_insert_with(|| r.name.clone());
+            }
+        }
+        (!managed.is_empty()).then(|| DesiredGcp {
+            member: format!("user:{}", email.to_ascii_lowercase()),
+            offboarded,
+            bindings,
+            managed,
+        })
+    });
+    DesiredCloud { aws, gcp }
+}
+
+/// The cloud calls for one person.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloudPlan {
+    pub aws: Option<AwsPlan>,
+    pub gcp: Vec<GcpStep>,
+    pub notes: Vec<String>,
+}
+
+impl CloudPlan {
+    pub fn is_empty(&self) -> bool {
+        self.aws.as_ref().is_none_or(|a| a.steps.is_empty()) && self.gcp.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.aws.as_ref().map_or(0, |a| a.steps.len()) + self.gcp.len()
+    }
+
+    /// One exact call per line, with the rule behind it (as `gatehouse plan` prints).
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        if let Some(a) = &self.aws {
+            for s in &a.steps {
+                let _ = writeln!(out, "  {}    # rule: {}", s.op.render(&a.user), s.rule);
+            }
+            for n in &a.notes {
+                let _ = writeln!(out, "  note: {n}");
+            }
+        }
+        for s in &self.gcp {
+            let _ = writeln!(out, "  {}    # rule: {}", s.op.render(), s.rule);
+        }
+        for n in &self.notes {
+            let _ = writeln!(out, "  note: {n}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

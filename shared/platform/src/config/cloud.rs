@@ -1,0 +1,321 @@
+//! `[aws]`, `[gcp]` and `[reconcile]` sections: the cloud IAM targets and the scheduled
+//! reconcile. Both targets are off by default, so existing configurations are unchanged.
+
+use super::ConfigError;
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// AWS IAM as a target (credentials and region come from the AWS SDK's own chain:
+/// `AWS_REGION`, `AWS_ENDPOINT_URL(_IAM)`, profiles, instance roles).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    /// Manage IAM group memberships, tags, access keys and login profiles.
+    #[serde(default)]
+    pub enabled: bool,
+    /// How an identity maps to its IAM user; required when enabled.
+    #[serde(default)]
+    pub user_mapping: Option<AwsUserMappingConfig>,
+    /// Endpoint override (e.g. a VPC endpoint or a test server); default: the SDK's.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// Region override; default: the SDK's chain (`AWS_REGION`, profile).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Profile of the shared credentials file to use; default: the SDK's chain.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// A shared credentials file other than `~/.aws/credentials`.
+    #[serde(default)]
+    pub credentials_file: Option<std::path::PathBuf>,
+}
+
+/// `user_mapping = { tag = "KEY" }` (the IAM user whose tag KEY holds the email) or
+/// `user_mapping = { template = "{local}" }` (`{email}`, `{local}`, `{login}`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum AwsUserMappingConfig {
+    Tag(String),
+    Template(String),
+}
+
+/// GCP IAM as a target. Base URLs are configurable so tests point at a fake.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcpConfig {
+    /// Manage role bindings on the projects, datasets and service accounts the policy names.
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_resource_manager")]
+    pub resource_manager_url: String,
+    #[serde(default = "default_bigquery")]
+    pub bigquery_url: String,
+    #[serde(default = "default_iam")]
+    pub iam_url: String,
+    /// Where the OAuth access token comes from.
+    #[serde(default)]
+    pub token: GcpTokenSource,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Read-modify-write attempts of one policy when another writer wins the etag race.
+    #[serde(default = "default_conflict_retries")]
+    pub conflict_retries: usize,
+}
+
+impl Default for GcpConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("empty gcp section uses defaults")
+    }
+}
+
+/// `[gcp.token] source = "adc"` (Application Default Credentials, the default) or
+/// `source = "static"` with `token` (or `GATEHOUSE_GCP_ACCESS_TOKEN`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
+pub enum GcpTokenSource {
+    #[default]
+    Adc,
+    Static {
+        token: SecretString,
+    },
+}
+
+/// Reconcile: compare directory + policy with what Looker, AWS and GCP hold, and fix or report.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileConfig {
+    /// Run the scheduled reconcile inside the processor.
+    #[serde(default)]
+    pub scheduled: bool,
+    /// Cron expression (5 or 6 fields, UTC); default daily at 03:00.
+    #[serde(default = "default_schedule")]
+    pub schedule: String,
+    /// Per target: `enforce` (revert drift) or `report` (ledger + metric only).
+    #[serde(default)]
+    pub mode: Modes,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            scheduled: false,
+            schedule: default_schedule(),
+            mode: Modes::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Report,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Modes {
+    #[serde(default)]
+    pub looker: Mode,
+    #[serde(default)]
+    pub aws: Mode,
+    #[serde(default)]
+    pub gcp: Mode,
+}
+
+fn default_resource_manager() -> String {
+    "https://cloudresourcemanager.googleapis.com".into()
+}
+fn default_bigquery() -> String {
+    "https://bigquery.googleapis.com".into()
+}
+fn default_iam() -> String {
+    "https://iam.googleapis.com".into()
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_conflict_retries() -> usize {
+    5
+}
+fn default_schedule() -> String {
+    "0 3 * * *".into()
+}
+
+impl AwsConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.enabled && self.user_mapping.is_none() {
+            return Err(ConfigError::new(
+                "aws.user_mapping",
+                "is required when aws is enabled: { tag = \"KEY\" } or { template = \"{local}\" }",
+            ));
+        }
+        match &self.user_mapping {
+            Some(AwsUserMappingConfig::Tag(k)) if k.trim().is_empty() => {
+                Err(ConfigError::new("aws.user_mapping.tag", "is empty"))
+            }
+            Some(AwsUserMappingConfig::Template(t))
+                if !["{email}", "{local}", "{login}"].iter().any(|p| t.contains(p)) =>
+            {
+                Err(ConfigError::new(
+                    "aws.user_mapping.template",
+                    format!("{t:?} names no identity field: use {{email}}, {{local}} or {{login}}"),
+                ))
+            }
+            _ => Ok(()),
+        }?;
+        check_url("aws.endpoint_url", self.endpoint_url.as_deref())
+    }
+}
+
+impl GcpConfig {
+    pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = env("GATEHOUSE_GCP_ACCESS_TOKEN") {
+            if v.trim().is_empty() {
+                return Err(ConfigError::new("GATEHOUSE_GCP_ACCESS_TOKEN", "is empty"));
+            }
+            self.token = GcpTokenSource::Static {
+                token: SecretString::from(v),
+            };
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_url("gcp.resource_manager_url", Some(&self.resource_manager_url))?;
+        check_url("gcp.bigquery_url", Some(&self.bigquery_url))?;
+        check_url("gcp.iam_url", Some(&self.iam_url))?;
+        if self.conflict_retries == 0 {
+            return Err(ConfigError::new("gcp.conflict_retries", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl ReconcileConfig {
+    pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = env("GATEHOUSE_RECONCILE_SCHEDULE") {
+            self.schedule = v;
+            self.scheduled = true;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.cron().map(|_| ())
+    }
+
+    /// The parsed schedule.
+    pub fn cron(&self) -> Result<croner::Cron, ConfigError> {
+        croner::Cron::from_str(&self.schedule).map_err(|e| {
+            ConfigError::new(
+                "reconcile.schedule",
+                format!("{:?} is not a cron expression: {e}", self.schedule),
+            )
+        })
+    }
+}
+
+fn check_url(field: &str, url: Option<&str>) -> Result<(), ConfigError> {
+    match url {
+        Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+            Err(ConfigError::new(field, format!("{u:?} is not an http(s) URL")))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::load(Some(f.path()), move |k| {
+            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn clouds_are_off_and_reconcile_is_daily_by_default() {
+        let cfg = load("", &[]).unwrap();
+        assert!(!cfg.aws.enabled && !cfg.gcp.enabled && !cfg.reconcile.scheduled);
+        assert_eq!(
+            cfg.gcp.resource_manager_url,
+            "https://cloudresourcemanager.googleapis.com"
+        );
+        assert_eq!(cfg.reconcile.mode, Modes::default());
+        let cron = cfg.reconcile.cron().unwrap();
+        let next = cron
+            .find_next_occurrence(&chrono::DateTime::from_timestamp(0, 0).unwrap(), false)
+            .unwrap();
+        assert_eq!(next.to_rfc3339(), "1970-01-01T03:00:00+00:00");
+    }
+
+    #[test]
+    fn full_sections_parse() {
+        let cfg = load(
+            "[aws]\nenabled = true\nuser_mapping = { tag = \"idp-email\" }\n\
+             [gcp]\nenabled = true\nresource_manager_url = \"http://127.0.0.1:1\"\n\
+             [gcp.token]\nsource = \"static\"\ntoken = \"t0ken-from-file\"\n\
+             [reconcile]\nscheduled = true\nschedule = \"*/5 * * * *\"\nmode = { aws = \"report\" }\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.aws.user_mapping,
+            Some(AwsUserMappingConfig::Tag("idp-email".into()))
+        );
+        assert_eq!(cfg.reconcile.mode.aws, Mode::Report);
+        assert_eq!(cfg.reconcile.mode.gcp, Mode::Enforce);
+        match &cfg.gcp.token {
+            GcpTokenSource::Static { token } => assert_eq!(token.expose_secret(), "t0ken-from-file"),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            !format!("{cfg:?}").contains("t0ken-from-file"),
+            "token reached Debug"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = load("[aws]\nenabled = true\n", &[]).unwrap_err();
+        assert_eq!(e.field, "aws.user_mapping", "{e}");
+        let e = load("[aws]\nuser_mapping = { template = \"alice\" }\n", &[]).unwrap_err();
+        assert_eq!(e.field, "aws.user_mapping.template", "{e}");
+        let e = load("[reconcile]\nschedule = \"every day\"\n", &[]).unwrap_err();
+        assert_eq!(e.field, "reconcile.schedule", "{e}");
+        let e = load("[reconcile]\nmode = { aws = \"ignore\" }\n", &[]).unwrap_err();
+        assert!(e.field.starts_with("reconcile"), "{e}");
+        let e = load("[gcp]\niam_url = \"iam.googleapis.com\"\n", &[]).unwrap_err();
+        assert_eq!(e.field, "gcp.iam_url", "{e}");
+        let e = load("[gcp]\nenabeld = true\n", &[]).unwrap_err();
+        assert_eq!(e.field, "gcp.enabeld", "{e}");
+    }
+
+    #[test]
+    fn env_sets_the_token_and_schedule() {
+        let cfg = load(
+            "",
+            &[
+                ("GATEHOUSE_GCP_ACCESS_TOKEN", "env-t0ken"),
+                ("GATEHOUSE_RECONCILE_SCHEDULE", "0 */6 * * *"),
+            ],
+        )
+        .unwrap();
+        assert!(
+            matches!(&cfg.gcp.token, GcpTokenSource::Static { token } if token.expose_secret() == "env-t0ken")
+        );
+        assert!(cfg.reconcile.scheduled);
+        let e = load("", &[("GATEHOUSE_RECONCILE_SCHEDULE", "nope")]).unwrap_err();
+        assert_eq!(e.field, "reconcile.schedule");
+    }
+}

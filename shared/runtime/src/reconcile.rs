@@ -1,0 +1,460 @@
+//! Reconcile: directory + policy (desired) against what Looker, AWS IAM and GCP IAM hold
+//! (actual), with the fewest paginated reads; then print the diff, or apply it (targets in
+//! `enforce` mode) and ledger it (targets in `report` mode: ledger + metric only).
+//!
+//! Reads, for N people, G managed IAM groups and R managed GCP resources:
+//! - AWS: `ListUsers` (N/1000 calls) + `GetGroup` per managed group (G × members/1000) instead of
+//!   `ListGroupsForUser` per person; `ListUserTags` only when tags are managed (or the mapping is
+//!   by tag); `ListAccessKeys` + `GetLoginProfile` only for offboarded people.
+//! - GCP: one `getIamPolicy` per managed resource (R calls), whatever N is.
+//! - Looker: the catalog once, then one user search per person (Looker has no bulk read of
+//!   group memberships, roles and attribute values together).
+//!
+//! [`plan_all`] is the pure part (also what the benchmark measures).
+
+use crate::cloud::Ctx;
+use crate::engine::{AppliedCounts, Engine, ProcessError};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use gatehouse_domain::cloud::{
+    AwsAccessKey, AwsActual, AwsUser, AwsUserKey, AwsUserMapping, CloudPlan, IamPolicy, Target,
+};
+use gatehouse_domain::identity::Identity;
+use gatehouse_domain::looker::{Catalog, LookerUser};
+use gatehouse_domain::plan::{self, Actual, Plan};
+use gatehouse_domain::policy::{self, Policy, Presence};
+use gatehouse_domain::ports::{Directory, LookerPort, StateStore};
+use gatehouse_platform::config::Mode;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// What every target holds, as read in one reconcile.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// `None` when Looker is not configured.
+    pub looker: Option<(Catalog, BTreeMap<String, Option<LookerUser>>)>,
+    /// IAM user names that exist (`None` when AWS is not configured).
+    pub aws_users: Option<BTreeSet<String>>,
+    /// Tag-mapping index: tag value → user name.
+    pub aws_tag_index: BTreeMap<String, String>,
+    /// Managed group → member user names (a group IAM does not have is absent).
+    pub aws_groups: BTreeMap<String, BTreeSet<String>>,
+    pub aws_tags: BTreeMap<String, BTreeMap<String, String>>,
+    pub aws_credentials: BTreeMap<String, (Vec<AwsAccessKey>, bool)>,
+    /// `None` when GCP is not configured.
+    pub gcp: Option<BTreeMap<String, IamPolicy>>,
+}
+
+/// Read calls per target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReadCalls {
+    pub looker: usize,
+    pub aws: usize,
+    pub gcp: usize,
+}
+
+/// The plan for one person.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubjectPlan {
+    pub subject: String,
+    pub email: Option<String>,
+    pub looker: Option<Plan>,
+    pub cloud: CloudPlan,
+}
+
+impl SubjectPlan {
+    pub fn is_empty(&self) -> bool {
+        self.looker.as_ref().is_none_or(Plan::is_empty) && self.cloud.is_empty()
+    }
+
+    pub fn calls(&self) -> usize {
+        self.looker.as_ref().map_or(0, |p| p.steps.len()) + self.cloud.len()
+    }
+}
+
+/// How the cloud part is configured, for the pure planner.
+#[derive(Debug, Clone, Default)]
+pub struct CloudShape {
+    pub aws: Option<AwsUserMapping>,
+    pub gcp: bool,
+}
+
+/// Plan every person against the snapshot. Pure.
+pub fn plan_all(
+    policy: &Policy,
+    identities: &[Identity],
+    snapshot: &Snapshot,
+    shape: &CloudShape,
+    now: DateTime<Utc>,
+) -> Vec<SubjectPlan> {
+    let index = Index::of(snapshot);
+    identities
+        .iter()
+        .map(|id| plan_one(policy, id, snapshot, &index, shape, now))
+        .collect()
+}
+
+/// Lookups built once per reconcile: IAM user → groups, and (resource, role) → members of the
+/// unconditional binding (lowercase), so each person costs lookups, not scans.
+struct Index<'a> {
+    user_groups: HashMap<&'a str, BTreeSet<String>>,
+    gcp: HashMap<(&'a str, &'a str), HashSet<String>>,
+    gcp_read: HashSet<&'a str>,
+}
+
+impl<'a> Index<'a> {
+    fn of(snap: &'a Snapshot) -> Self {
+        let mut user_groups: HashMap<&str, BTreeSet<String>> = HashMap::new();
+        for (g, members) in &snap.aws_groups {
+            for m in members {
+                user_groups.entry(m.as_str()).or_default().insert(g.clone());
+            }
+        }
+        let mut gcp: HashMap<(&str, &str), HashSet<String>> = HashMap::new();
+        let mut gcp_read = HashSet::new();
+        for (r, p) in snap.gcp.iter().flatten() {
+            gcp_read.insert(r.as_str());
+            for b in p.bindings.iter().filter(|b| b.condition.is_none()) {
+                gcp.entry((r.as_str(), b.role.as_str()))
+                    .or_default()
+                    .extend(b.members.iter().map(|m| m.to_ascii_lowercase()));
+            }
+        }
+        Index {
+            user_groups,
+            gcp,
+            gcp_read,
+        }
+    }
+}
+
+fn plan_one(
+    policy: &Policy,
+    id: &Identity,
+    snap: &Snapshot,
+    index: &Index<'_>,
+    shape: &CloudShape,
+    now: DateTime<Utc>,
+) -> SubjectPlan {
+    let desired = policy::evaluate(policy, id);
+    let looker = snap.looker.as_ref().and_then(|(catalog, users)| {
+        let email = desired.email.as_ref()?;
+        let actual = match users.get(&email.to_ascii_lowercase()) {
+            Some(Some(u)) => Actual::Present(u.clone()),
+            _ => Actual::Absent,
+        };
+        Some(plan::diff(&desired, &actual, Some(catalog)))
+    });
+    let dc = gatehouse_domain::cloud::evaluate(policy, id, shape.aws.as_ref(), shape.gcp, now);
+    let aws_actual = match (&dc.aws, &snap.aws_users) {
+        (Some(d), Some(users)) => {
+            let name = match &d.user {
+                AwsUserKey::Name(n) => users.contains(n).then(|| n.clone()),
+                AwsUserKey::Tag { value, .. } => snap.aws_tag_index.get(value).cloned(),
+            };
+            match name {
+                None => AwsActual::Absent,
+                Some(n) => {
+                    let (keys, profile) = snap.aws_credentials.get(&n).cloned().unwrap_or_default();
+                    AwsActual::Present(AwsUser {
+                        groups: index.user_groups.get(n.as_str()).cloned().unwrap_or_default(),
+                        tags: snap.aws_tags.get(&n).cloned().unwrap_or_default(),
+                        access_keys: keys,
+                        login_profile: profile,
+                        name: n,
+                    })
+                }
+            }
+        }
+        _ => AwsActual::Unknown,
+    };
+    let mut cloud = CloudPlan::default();
+    if let Some(d) = &dc.aws {
+        cloud.aws = Some(gatehouse_domain::cloud::diff_aws(d, &aws_actual));
+    }
+    if let Some(d) = &dc.gcp {
+        let (steps, notes) = gatehouse_domain::cloud::diff_gcp_with(d, |g, member| {
+            index.gcp_read.contains(g.resource.as_str()).then(|| {
+                index
+                    .gcp
+                    .get(&(g.resource.as_str(), g.role.as_str()))
+                    .is_some_and(|m| m.contains(&member.to_ascii_lowercase()))
+            })
+        });
+        cloud.gcp = steps;
+        cloud.notes = notes;
+    }
+    SubjectPlan {
+        subject: id.key.clone(),
+        email: desired.email.clone(),
+        looker,
+        cloud,
+    }
+}
+
+/// Progress of a reconcile, reported per person read and per person applied.
+pub trait Progress: Send + Sync {
+    fn phase(&self, name: &str, total: usize);
+    fn advance(&self, n: usize);
+}
+
+/// Structured progress logs (non-terminal runs and the scheduled job).
+pub struct LogProgress;
+
+impl Progress for LogProgress {
+    fn phase(&self, name: &str, total: usize) {
+        tracing::info!(phase = name, total, "reconcile progress");
+    }
+    fn advance(&self, _n: usize) {}
+}
+
+/// What a reconcile came to.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub people: usize,
+    pub reads: ReadCalls,
+    /// Only people with something to change.
+    pub plans: Vec<SubjectPlan>,
+    pub applied: bool,
+    pub writes: usize,
+    pub reported: usize,
+}
+
+/// One Looker search: lowercased email, the user, read calls it took.
+type Found = (String, Option<LookerUser>, usize);
+
+/// Read everything with the fewest calls.
+pub async fn read_snapshot<S, L>(
+    engine: &Engine<S, L>,
+    identities: &[Identity],
+    progress: &dyn Progress,
+) -> Result<(Snapshot, ReadCalls), ProcessError>
+where
+    S: StateStore,
+    L: LookerPort,
+{
+    let mut snap = Snapshot::default();
+    let mut reads = ReadCalls::default();
+    let policy = engine.policy();
+    // Looker: catalog once, then one search per person, 8 at a time.
+    if engine.looker().is_some() {
+        progress.phase("read looker", identities.len());
+        let catalog = engine.catalog().await?;
+        reads.looker += 1;
+        let emails: Vec<(String, Presence, gatehouse_domain::looker::ReadNeeds)> = identities
+            .iter()
+            .filter_map(|id| {
+                let d = policy::evaluate(policy, id);
+                let needs = plan::read_needs(&d, &catalog);
+                d.email.map(|e| (e, d.presence, needs))
+            })
+            .collect();
+        let found: Vec<Result<Found, ProcessError>> =
+            futures::stream::iter(emails.into_iter().map(|(e, _, needs)| async move {
+                let u = engine.find_user(&e, &needs).await?;
+                progress.advance(1);
+                Ok((
+                    e.to_ascii_lowercase(),
+                    u,
+                    1 + usize::from(needs.direct_roles) + needs.attribute_ids.len(),
+                ))
+            }))
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let mut users = BTreeMap::new();
+        for f in found {
+            let (e, u, n) = f?;
+            reads.looker += if u.is_some() { n } else { 1 };
+            users.insert(e, u);
+        }
+        snap.looker = Some((catalog, users));
+    }
+    let Some(cloud) = engine.cloud() else {
+        return Ok((snap, reads));
+    };
+    let now = Utc::now();
+    let desired: Vec<_> = identities
+        .iter()
+        .map(|id| cloud.evaluate(policy, id, now))
+        .collect();
+    if let Some(aws) = &cloud.aws {
+        progress.phase("read aws", policy.managed_aws_groups().len() + 1);
+        let before = aws.iam.read_calls();
+        let users: BTreeSet<String> = aws.iam.list_users().await?.into_iter().collect();
+        if let AwsUserMapping::Tag { key } = &aws.mapping {
+            snap.aws_tag_index = aws.iam.tag_index_of(key).await?;
+        }
+        for g in policy.managed_aws_groups() {
+            if let Some(m) = aws.iam.group_members(&g).await? {
+                snap.aws_groups.insert(g, m.into_iter().collect());
+            }
+            progress.advance(1);
+        }
+        for d in desired.iter().filter_map(|d| d.aws.as_ref()) {
+            let name = match &d.user {
+                AwsUserKey::Name(n) if users.contains(n) => n.clone(),
+                AwsUserKey::Tag { value, .. } if snap.aws_tag_index.contains_key(value) => {
+                    snap.aws_tag_index[value].clone()
+                }
+                _ => continue,
+            };
+            let needs = d.needs();
+            if !d.managed_tags.is_empty() {
+                snap.aws_tags.insert(name.clone(), aws.iam.tags(&name).await?);
+            }
+            if needs.credentials {
+                let keys = aws.iam.access_keys(&name).await?;
+                let profile = aws.iam.has_login_profile(&name).await?;
+                snap.aws_credentials.insert(name, (keys, profile));
+            }
+        }
+        snap.aws_users = Some(users);
+        reads.aws = aws.iam.read_calls() - before;
+    }
+    if let Some(gcp) = &cloud.gcp {
+        let resources: BTreeSet<String> = policy
+            .managed_gcp_grants()
+            .into_iter()
+            .map(|g| g.resource)
+            .collect();
+        progress.phase("read gcp", resources.len());
+        let mut policies = BTreeMap::new();
+        for r in resources {
+            reads.gcp += 1;
+            match gcp.get_policy(&r).await {
+                Ok(p) => {
+                    policies.insert(r, p);
+                }
+                Err(e) if e.kind == gatehouse_domain::looker::ErrorKind::NotFound => {
+                    tracing::warn!(resource = %r, "gcp resource not found; skipped");
+                }
+                Err(e) => return Err(e.into()),
+            }
+            progress.advance(1);
+        }
+        snap.gcp = Some(policies);
+    }
+    Ok((snap, reads))
+}
+
+/// Reconcile everyone: read, plan, and (with `apply`) apply per target mode.
+pub async fn run<S, L>(
+    engine: &Engine<S, L>,
+    directory: &impl Directory,
+    apply: bool,
+    progress: &dyn Progress,
+) -> Result<Report, ProcessError>
+where
+    S: StateStore,
+    L: LookerPort,
+{
+    let identities: Vec<Identity> = directory
+        .subjects()
+        .await?
+        .into_iter()
+        .map(|s| s.identity)
+        .collect();
+    let (snap, reads) = read_snapshot(engine, &identities, progress).await?;
+    let shape = CloudShape {
+        aws: engine
+            .cloud()
+            .and_then(|c| c.aws.as_ref().map(|a| a.mapping.clone())),
+        gcp: engine.cloud().is_some_and(|c| c.gcp.is_some()),
+    };
+    let plans: Vec<SubjectPlan> = plan_all(engine.policy(), &identities, &snap, &shape, Utc::now())
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .collect();
+    let mut report = Report {
+        people: identities.len(),
+        reads,
+        plans,
+        applied: apply,
+        writes: 0,
+        reported: 0,
+    };
+    for (target, n) in [
+        (
+            Target::Looker,
+            report
+                .plans
+                .iter()
+                .map(|p| p.looker.as_ref().map_or(0, |l| l.steps.len()))
+                .sum::<usize>(),
+        ),
+        (
+            Target::Aws,
+            report
+                .plans
+                .iter()
+                .map(|p| p.cloud.aws.as_ref().map_or(0, |a| a.steps.len()))
+                .sum(),
+        ),
+        (Target::Gcp, report.plans.iter().map(|p| p.cloud.gcp.len()).sum()),
+    ] {
+        metrics::gauge!("gatehouse_reconcile_drift", "target" => target.as_str()).set(n as f64);
+    }
+    if !apply {
+        return Ok(report);
+    }
+    progress.phase("apply", report.plans.len());
+    let run_id = format!("reconcile:{}", Utc::now().to_rfc3339());
+    for p in &report.plans {
+        let ctx = Ctx {
+            envelope_id: run_id.clone(),
+            subject: p.subject.clone(),
+            event: "reconcile".into(),
+        };
+        let AppliedCounts { writes, reported } =
+            engine.apply_reconcile(&ctx, p.looker.as_ref(), &p.cloud).await?;
+        report.writes += writes;
+        report.reported += reported;
+        progress.advance(1);
+    }
+    Ok(report)
+}
+
+/// Human-readable report.
+pub fn render_text(r: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "reconcile: {} people; read calls: looker {}, aws {}, gcp {}; {} with drift",
+        r.people,
+        r.reads.looker,
+        r.reads.aws,
+        r.reads.gcp,
+        r.plans.len()
+    );
+    for p in &r.plans {
+        let _ = writeln!(
+            out,
+            "{} ({}):",
+            p.email.as_deref().unwrap_or("<no email>"),
+            p.subject
+        );
+        if let Some(l) = &p.looker
+            && !l.is_empty()
+        {
+            out.push_str(&l.render_text());
+        }
+        out.push_str(&p.cloud.render_text());
+    }
+    if r.applied {
+        let _ = writeln!(out, "applied: {} writes, {} reported only", r.writes, r.reported);
+    } else if !r.plans.is_empty() {
+        let _ = writeln!(out, "dry run: nothing changed (use --apply)");
+    }
+    out
+}
+
+/// The mode of a target (enforce when not configured otherwise).
+pub fn mode_of(modes: &gatehouse_platform::config::Modes, t: Target) -> Mode {
+    match t {
+        Target::Looker => modes.looker,
+        Target::Aws => modes.aws,
+        Target::Gcp => modes.gcp,
+    }
+}
