@@ -361,6 +361,17 @@ fn duplicate_writes(fake: &FakeLooker) -> Vec<String> {
     out
 }
 
+/// Every processor's stderr goes to one file in the run's directory; a processor that dies on
+/// its own has its log printed (see [`still_running`]).
+fn stderr_log(dir: &Path) -> Stdio {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("processors.log"))
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null())
+}
+
 /// A `gatehouse standalone` child with the given queue settings.
 fn processor(dir: &Path, data: &Path, fake: &FakeLooker, queue_env: &[(&str, String)]) -> Child {
     let mut cmd = tokio::process::Command::from(bin());
@@ -378,7 +389,7 @@ fn processor(dir: &Path, data: &Path, fake: &FakeLooker, queue_env: &[(&str, Str
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr_log(dir))
         .kill_on_drop(true);
     for (k, v) in queue_env {
         cmd.env(k, v);
@@ -396,12 +407,22 @@ async fn sigkill(child: &mut Child) {
 }
 
 /// Fails the test if a processor died on its own (a crash we did not cause).
-fn still_running(children: &mut [Child]) {
+fn still_running(children: &mut [Child], dir: &Path) {
     for c in children {
         if let Some(status) = c.try_wait().unwrap() {
-            panic!("a processor exited on its own: {status:?}");
+            panic!(
+                "a processor exited on its own: {status:?}; its log:\n{}",
+                log(dir)
+            );
         }
     }
+}
+
+/// The last lines the processors wrote to stderr.
+fn log(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("processors.log")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 fn write_files(dir: &Path, queue_toml: &str) {
@@ -568,12 +589,18 @@ fn publish_to_sqs_in_background(queue: SqsQueue, events: Vec<Envelope>) -> tokio
 
 /// Kills: `kills` processors in turn, each SIGKILLed 2–15 s (seeded) after it started, then a
 /// last one that is left running. Returns the last.
-async fn kill_repeatedly(rng: &mut Rng, kills: usize, fake: &FakeLooker, start: impl Fn() -> Child) -> Child {
+async fn kill_repeatedly(
+    rng: &mut Rng,
+    kills: usize,
+    fake: &FakeLooker,
+    dir: &Path,
+    start: impl Fn() -> Child,
+) -> Child {
     for kill in 0..kills {
         let mut child = start();
         let after = Duration::from_millis(2_000 + rng.below(13_000));
         tokio::time::sleep(after).await; // the crash point itself, not a wait for work
-        still_running(std::slice::from_mut(&mut child));
+        still_running(std::slice::from_mut(&mut child), dir);
         sigkill(&mut child).await;
         eprintln!(
             "kill {kill} after {after:?}: {} looker writes so far",
@@ -587,7 +614,7 @@ async fn kill_repeatedly(rng: &mut Rng, kills: usize, fake: &FakeLooker, start: 
 async fn sqs_converged(run: &SqsRun, children: &mut [Child], deadline: Duration) {
     let until = Instant::now() + deadline;
     loop {
-        still_running(children);
+        still_running(children, run.dir.path());
         let depth = run.queue.depth().await.unwrap();
         let diff = mismatches(&run.fake, &run.catalog, &run.want);
         if depth == 0 && diff.is_empty() {
@@ -658,7 +685,7 @@ async fn sqs_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice() 
     let data = run.dir.path().join("data");
     let started = Instant::now();
     let publisher = publish_to_sqs_in_background(run.queue.clone(), run.events.clone());
-    let last = kill_repeatedly(&mut rng, KILLS, &run.fake, || {
+    let last = kill_repeatedly(&mut rng, KILLS, &run.fake, run.dir.path(), || {
         processor(run.dir.path(), &data, &run.fake, &run.queue_env)
     })
     .await;
@@ -687,10 +714,20 @@ async fn sqs_two_processors_on_one_queue_converge_without_duplicate_writes() {
     let run = sqs_run("pair", true, 50, 10, &mut rng).await;
     let data = run.dir.path().join("data");
     let publisher = publish_in_background(run.queue.clone(), run.events.clone());
-    let mut both = [
-        processor(run.dir.path(), &data, &run.fake, &run.queue_env),
-        processor(run.dir.path(), &data, &run.fake, &run.queue_env),
-    ];
+    // The second starts once the first has created the database and begun work, so the two
+    // overlap on the queue, not on creating one SQLite file (several replicas at scale use
+    // PostgreSQL: tests/it/replicas.rs).
+    let first = processor(run.dir.path(), &data, &run.fake, &run.queue_env);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while run.fake.write_calls() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first processor did no work: {}",
+            log(run.dir.path())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut both = [first, processor(run.dir.path(), &data, &run.fake, &run.queue_env)];
     publisher.await.expect("the publisher finished");
     sqs_converged(&run, &mut both, Duration::from_secs(300)).await;
     for c in &mut both {
@@ -783,7 +820,7 @@ async fn pubsub_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice
     let data = dir.path().join("data");
     let env = vec![("PUBSUB_EMULATOR_HOST", emulator())];
     let publisher = publish_in_background(queue.clone(), events.clone());
-    let last = kill_repeatedly(&mut rng, KILLS, &fake, || {
+    let last = kill_repeatedly(&mut rng, KILLS, &fake, dir.path(), || {
         processor(dir.path(), &data, &fake, &env)
     })
     .await;
@@ -795,7 +832,7 @@ async fn pubsub_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice
     let until = Instant::now() + Duration::from_secs(1200);
     let mut quiet_since: Option<(Instant, usize)> = None;
     loop {
-        still_running(&mut last);
+        still_running(&mut last, dir.path());
         let diff = mismatches(&fake, &catalog, &want);
         let writes = fake.write_calls();
         if diff.is_empty() {
