@@ -388,17 +388,7 @@ where
         let dir = store.clone();
         let s = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            loop {
-                let now = chrono::Utc::now();
-                let Ok(next) = cron.find_next_occurrence(&now, false) else {
-                    tracing::error!("reconcile schedule has no next occurrence; scheduled reconcile stops");
-                    return;
-                };
-                let wait = (next - now).to_std().unwrap_or_default();
-                tokio::select! {
-                    _ = s.wait() => return,
-                    _ = tokio::time::sleep(wait) => {}
-                }
+            crate::reconcile::run_on_schedule(&cron, chrono::Utc::now, s, || async {
                 match crate::reconcile::run(&engine, &dir, true, &crate::reconcile::LogProgress).await {
                     Ok(r) => tracing::info!(
                         people = r.people,
@@ -412,7 +402,8 @@ where
                     ),
                     Err(e) => tracing::error!(error = %e, "scheduled reconcile failed"),
                 }
-            }
+            })
+            .await
         }));
     }
     let lag_store = store.clone();

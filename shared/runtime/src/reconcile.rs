@@ -458,3 +458,74 @@ pub fn mode_of(modes: &gatehouse_platform::config::Modes, t: Target) -> Mode {
         Target::Gcp => modes.gcp,
     }
 }
+
+/// Run `job` at every occurrence of `cron` until `shutdown` fires. `now` is the wall clock (a
+/// parameter so tests can drive the schedule with tokio's paused clock); waiting uses tokio time.
+/// Each run starts after the previous one ended: a run longer than the period skips the
+/// occurrences it overlapped instead of piling up.
+pub async fn run_on_schedule<F, Fut>(
+    cron: &croner::Cron,
+    now: impl Fn() -> DateTime<Utc>,
+    shutdown: gatehouse_platform::shutdown::Shutdown,
+    mut job: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    loop {
+        let at = now();
+        let Ok(next) = cron.find_next_occurrence(&at, false) else {
+            tracing::error!("reconcile schedule has no next occurrence; scheduled reconcile stops");
+            return;
+        };
+        let wait = (next - at).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        job().await;
+    }
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+    use gatehouse_platform::shutdown::Shutdown;
+    use std::str::FromStr;
+    use std::sync::{Arc, Mutex};
+
+    #[tokio::test(start_paused = true)]
+    async fn the_job_runs_at_each_occurrence_and_stops_on_shutdown() {
+        // 02:30 UTC; the schedule is daily at 03:00.
+        let base = DateTime::parse_from_rfc3339("2026-11-23T02:30:00Z")
+            .unwrap()
+            .to_utc();
+        let started = tokio::time::Instant::now();
+        let clock = move || base + chrono::Duration::from_std(started.elapsed()).unwrap();
+        let cron = croner::Cron::from_str("0 3 * * *").unwrap();
+        let runs: Arc<Mutex<Vec<DateTime<Utc>>>> = Arc::default();
+        let (trigger, shutdown) = Shutdown::new();
+        let seen = runs.clone();
+        let task = tokio::spawn(async move {
+            run_on_schedule(&cron, clock, shutdown, || {
+                let seen = seen.clone();
+                async move { seen.lock().unwrap().push(clock()) }
+            })
+            .await
+        });
+        // Two and a half days of paused time pass in no real time.
+        tokio::time::sleep(std::time::Duration::from_secs(60 * 60 * 60)).await;
+        let at: Vec<String> = runs.lock().unwrap().iter().map(|t| t.to_rfc3339()).collect();
+        assert_eq!(
+            at,
+            [
+                "2026-11-23T03:00:00+00:00",
+                "2026-11-24T03:00:00+00:00",
+                "2026-11-25T03:00:00+00:00"
+            ]
+        );
+        trigger.trigger();
+        task.await.unwrap();
+        assert_eq!(runs.lock().unwrap().len(), 3, "nothing ran after shutdown");
+    }
+}
