@@ -292,3 +292,51 @@ async fn offboarded_users_are_deleted_after_the_grace_period() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_finishes_the_plan_in_flight_and_loses_nothing() {
+    let fake = FakeLooker::start().await;
+    seed_catalog(&fake);
+    let uid = fake.add_user("john.doe@example.com", "John", "Doe");
+    for _ in 0..3 {
+        fake.add_session(&uid);
+    }
+    // Slow enough that the stop below lands while the plan is running.
+    fake.set_latency(Duration::from_millis(300));
+    let data = tempfile::tempdir().unwrap();
+    let app = spawn_app(Options {
+        looker: Some(fake.clone()),
+        policy: Some(example_policy()),
+        data_dir: Some(data.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await;
+    let r = app.post_okta(&okta_fixture(DEACTIVATE)).await;
+    assert_eq!(r.status(), 200);
+    wait_until("the plan is in flight", || async { !fake.calls().is_empty() }).await;
+    assert_eq!(
+        fake.user(&uid).unwrap().session_ids.len(),
+        3,
+        "stopping before the plan is done"
+    );
+    app.stop().await;
+    // `stop` returned only once the plan in flight was finished and its message settled.
+    let u = fake.user(&uid).unwrap();
+    assert!(u.is_disabled && u.session_ids.is_empty(), "{u:?}");
+    let store = gatehouse_adapters::sqlite::Sqlite::open(data.path())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.queue_depth().await.unwrap(),
+        0,
+        "nothing left behind on the queue"
+    );
+    let rows = gatehouse_domain::ports::StateStore::ledger_since(&store, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.len(),
+        fake.write_calls(),
+        "every write of the plan is in the ledger"
+    );
+}
