@@ -43,6 +43,30 @@ fn added(name: &str) -> IdentityEvent {
     }
 }
 
+/// A fake Looker with the example policy's objects, and one shared store.
+struct World {
+    fake: FakeLooker,
+    c: gatehouse_e2e::Seeded,
+    _dir: tempfile::TempDir,
+    store: Sqlite,
+    policy: Arc<Policy>,
+}
+
+async fn world() -> World {
+    let fake = FakeLooker::start().await;
+    let c = seed_catalog(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Sqlite::open(dir.path()).await.unwrap();
+    let policy = Arc::new(Policy::from_toml(&example_policy()).unwrap());
+    World {
+        fake,
+        c,
+        _dir: dir,
+        store,
+        policy,
+    }
+}
+
 /// What a separate processor process has: its own engine and Looker client, the shared store.
 fn processor(store: &Sqlite, fake: &FakeLooker, policy: &Arc<Policy>) -> Engine<Sqlite, LookerClient> {
     let looker = LookerClient::new(LookerConfig {
@@ -63,11 +87,13 @@ fn processor(store: &Sqlite, fake: &FakeLooker, policy: &Arc<Policy>) -> Engine<
 
 #[tokio::test]
 async fn two_processors_on_one_subject_at_once_lose_no_fact() {
-    let fake = FakeLooker::start().await;
-    let c = seed_catalog(&fake);
-    let dir = tempfile::tempdir().unwrap();
-    let store = Sqlite::open(dir.path()).await.unwrap();
-    let policy = Arc::new(Policy::from_toml(&example_policy()).unwrap());
+    let World {
+        fake,
+        c,
+        _dir,
+        store,
+        policy,
+    } = world().await;
     let (a, b) = (
         processor(&store, &fake, &policy),
         processor(&store, &fake, &policy),
@@ -113,11 +139,13 @@ async fn two_processors_on_one_subject_at_once_lose_no_fact() {
 
 #[tokio::test]
 async fn one_processor_handles_one_subject_at_a_time() {
-    let fake = FakeLooker::start().await;
-    seed_catalog(&fake);
-    let dir = tempfile::tempdir().unwrap();
-    let store = Sqlite::open(dir.path()).await.unwrap();
-    let policy = Arc::new(Policy::from_toml(&example_policy()).unwrap());
+    let World {
+        fake,
+        _dir,
+        store,
+        policy,
+        ..
+    } = world().await;
     let a = processor(&store, &fake, &policy);
     a.handle(&envelope("e0", 0, IdentityEvent::UserCreated))
         .await
@@ -135,11 +163,13 @@ async fn one_processor_handles_one_subject_at_a_time() {
 
 #[tokio::test]
 async fn two_processors_creating_one_person_at_once_make_one_user() {
-    let fake = FakeLooker::start().await;
-    let c = seed_catalog(&fake);
-    let dir = tempfile::tempdir().unwrap();
-    let store = Sqlite::open(dir.path()).await.unwrap();
-    let policy = Arc::new(Policy::from_toml(&example_policy()).unwrap());
+    let World {
+        fake,
+        c,
+        _dir,
+        store,
+        policy,
+    } = world().await;
     let (a, b) = (
         processor(&store, &fake, &policy),
         processor(&store, &fake, &policy),

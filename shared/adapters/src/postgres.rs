@@ -8,7 +8,6 @@
 use crate::sqlite::err;
 use chrono::{DateTime, Utc};
 use gatehouse_domain::envelope::EnvelopeId;
-use gatehouse_domain::identity::Identity;
 use gatehouse_domain::ledger_chain::{self, ChainHead};
 use gatehouse_domain::ports::{
     BackendError, DELETION_CLAIM, DeletionChange, LedgerEntry, LedgerRow, Outcome, RotationRequest,
@@ -110,15 +109,7 @@ impl gatehouse_domain::ports::Directory for Postgres {
             .await
             .map_err(err("cannot read the directory"))?;
         rows.iter()
-            .map(|r| {
-                let identity: Identity = serde_json::from_str(r.get::<&str, _>(0))
-                    .map_err(|e| BackendError::new("stored identity is not valid json", e))?;
-                Ok(SubjectState {
-                    identity,
-                    converged: r.get(1),
-                    version: r.get(2),
-                })
-            })
+            .map(|r| crate::sqlite::subject_state(r.get::<&str, _>(0), r.get(1), r.get(2)))
             .collect()
     }
 }
@@ -139,16 +130,8 @@ impl StateStore for Postgres {
             .fetch_optional(&self.pool)
             .await
             .map_err(err("cannot read the directory"))?;
-        row.map(|r| {
-            let identity: Identity = serde_json::from_str(r.get::<&str, _>(0))
-                .map_err(|e| BackendError::new("stored identity is not valid json", e))?;
-            Ok(SubjectState {
-                identity,
-                converged: r.get(1),
-                version: r.get(2),
-            })
-        })
-        .transpose()
+        row.map(|r| crate::sqlite::subject_state(r.get::<&str, _>(0), r.get(1), r.get(2)))
+            .transpose()
     }
 
     async fn commit(&self, outcome: Outcome) -> Result<(), BackendError> {

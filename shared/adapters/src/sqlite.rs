@@ -3,7 +3,6 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use gatehouse_domain::envelope::{Envelope, EnvelopeId};
-use gatehouse_domain::identity::Identity;
 use gatehouse_domain::ledger_chain::{self, ChainHead};
 use gatehouse_domain::ports::{
     BackendError, DELETION_CLAIM, DeadLetter, DeletionChange, Delivery, Directory, LedgerEntry, LedgerRow,
@@ -234,6 +233,20 @@ fn dead_letter_row(r: &sqlx::sqlite::SqliteRow) -> Result<DeadLetter, BackendErr
     })
 }
 
+/// A stored subject from its row: the identity as JSON text, the fingerprint, the version.
+pub(crate) fn subject_state(
+    identity: &str,
+    converged: Option<String>,
+    version: i64,
+) -> Result<SubjectState, BackendError> {
+    Ok(SubjectState {
+        identity: serde_json::from_str(identity)
+            .map_err(|e| BackendError::new("stored identity is not valid json", e))?,
+        converged,
+        version,
+    })
+}
+
 fn ledger_row(r: &sqlx::sqlite::SqliteRow) -> Result<LedgerRow, BackendError> {
     Ok(LedgerRow {
         seq: r.get(0),
@@ -429,15 +442,7 @@ impl Directory for Sqlite {
             .await
             .map_err(err("cannot read the directory"))?;
         rows.iter()
-            .map(|r| {
-                let identity: Identity = serde_json::from_str(r.get::<&str, _>(0))
-                    .map_err(|e| BackendError::new("stored identity is not valid json", e))?;
-                Ok(SubjectState {
-                    identity,
-                    converged: r.get(1),
-                    version: r.get(2),
-                })
-            })
+            .map(|r| subject_state(r.get::<&str, _>(0), r.get(1), r.get(2)))
             .collect()
     }
 }
@@ -458,16 +463,8 @@ impl StateStore for Sqlite {
             .fetch_optional(&self.pool)
             .await
             .map_err(err("cannot read the directory"))?;
-        row.map(|r| {
-            let identity: Identity = serde_json::from_str(r.get::<&str, _>(0))
-                .map_err(|e| BackendError::new("stored identity is not valid json", e))?;
-            Ok(SubjectState {
-                identity,
-                converged: r.get(1),
-                version: r.get(2),
-            })
-        })
-        .transpose()
+        row.map(|r| subject_state(r.get::<&str, _>(0), r.get(1), r.get(2)))
+            .transpose()
     }
 
     async fn commit(&self, outcome: Outcome) -> Result<(), BackendError> {

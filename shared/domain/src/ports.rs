@@ -136,6 +136,20 @@ pub struct Outcome {
     pub base_version: Option<i64>,
 }
 
+impl Outcome {
+    /// The envelope is done and changed no identity (an ignored event, a drift handled
+    /// outside the directory).
+    pub fn processed_only(envelope_id: EnvelopeId) -> Self {
+        Outcome {
+            envelope_id,
+            identity: None,
+            converged: None,
+            deletion: DeletionChange::Keep,
+            base_version: None,
+        }
+    }
+}
+
 /// One row of the append-only ledger: a write call (or, in dry run, a planned call).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerEntry {

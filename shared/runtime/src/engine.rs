@@ -348,15 +348,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         }
         let drift = matches!(env.event, IdentityEvent::CloudDrift { .. });
         if !env.event.is_actionable() {
-            self.store
-                .commit(Outcome {
-                    envelope_id: env.id.clone(),
-                    identity: None,
-                    converged: None,
-                    deletion: DeletionChange::Keep,
-                    base_version: None,
-                })
-                .await?;
+            self.store.commit(Outcome::processed_only(env.id.clone())).await?;
             return Ok(Handled::Ignored);
         }
         if drift
@@ -364,30 +356,14 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             && let Some(state) = cloud.resolve_drift(&env.subject.key).await?
         {
             let writes = self.converge_drift(env, &state.identity).await?;
-            self.store
-                .commit(Outcome {
-                    envelope_id: env.id.clone(),
-                    identity: None,
-                    converged: None,
-                    deletion: DeletionChange::Keep,
-                    base_version: None,
-                })
-                .await?;
+            self.store.commit(Outcome::processed_only(env.id.clone())).await?;
             return Ok(Handled::Applied { writes });
         }
         let (mut identity, converged, base_version) = match self.store.load_subject(&env.subject.key).await? {
             Some(s) => (s.identity, s.converged, Some(s.version)),
             // Drift on an identity the directory does not know is not Gatehouse's to undo.
             None if drift => {
-                self.store
-                    .commit(Outcome {
-                        envelope_id: env.id.clone(),
-                        identity: None,
-                        converged: None,
-                        deletion: DeletionChange::Keep,
-                        base_version: None,
-                    })
-                    .await?;
+                self.store.commit(Outcome::processed_only(env.id.clone())).await?;
                 return Ok(Handled::Ignored);
             }
             None => (Identity::new(&env.subject.key), None, None),
