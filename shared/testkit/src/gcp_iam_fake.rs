@@ -32,7 +32,6 @@ use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use tokio::task::JoinHandle;
 
 /// One request the fake received.
 #[derive(Debug, Clone)]
@@ -74,20 +73,12 @@ impl State {
     }
 }
 
-struct ServerTask(JoinHandle<()>);
-
-impl Drop for ServerTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Handle to a running fake. Cheap to clone; the server stops when the last clone drops.
 #[derive(Clone)]
 pub struct FakeGcpIam {
     state: Arc<Mutex<State>>,
     addr: SocketAddr,
-    _server: Arc<ServerTask>,
+    _server: Arc<crate::server::ServerTask>,
 }
 
 impl std::fmt::Debug for FakeGcpIam {
@@ -104,12 +95,7 @@ impl FakeGcpIam {
     /// # Panics
     /// If the loopback port cannot be bound (a test-only helper).
     pub async fn start() -> FakeGcpIam {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("fake gcp iam: cannot bind 127.0.0.1:0: {e}"));
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("fake gcp iam: no local addr: {e}"));
+        let (listener, addr) = crate::server::bind("fake gcp iam").await;
         let state = Arc::new(Mutex::new(State {
             token: format!("ya29.fake-{}", uuid::Uuid::new_v4()),
             policies: BTreeMap::new(),
@@ -120,15 +106,11 @@ impl FakeGcpIam {
             calls: Vec::new(),
         }));
         let app = axum::Router::new().fallback(serve_one).with_state(state.clone());
-        let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                eprintln!("fake gcp iam: server stopped: {e}");
-            }
-        });
+        let server = crate::server::spawn("fake gcp iam", listener, app);
         FakeGcpIam {
             state,
             addr,
-            _server: Arc::new(ServerTask(task)),
+            _server: server,
         }
     }
 

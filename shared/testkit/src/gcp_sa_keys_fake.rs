@@ -24,7 +24,6 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use tokio::task::JoinHandle;
 
 const MAX_KEYS: usize = 10;
 
@@ -45,20 +44,12 @@ struct State {
     seq: u64,
 }
 
-struct ServerTask(JoinHandle<()>);
-
-impl Drop for ServerTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Handle to a running fake IAM keys API. Cheap to clone.
 #[derive(Clone)]
 pub struct FakeSaKeys {
     state: Arc<Mutex<State>>,
     addr: SocketAddr,
-    _server: Arc<ServerTask>,
+    _server: Arc<crate::server::ServerTask>,
 }
 
 impl std::fmt::Debug for FakeSaKeys {
@@ -75,10 +66,7 @@ impl FakeSaKeys {
     /// # Panics
     /// If the loopback port cannot be bound (a test-only helper).
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("fake iam: cannot bind: {e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("fake iam: {e}"));
+        let (listener, addr) = crate::server::bind("fake iam").await;
         let state = Arc::new(Mutex::new(State {
             token: format!("ya29.fake-{}", uuid::Uuid::new_v4()),
             project: "gatehouse-test".into(),
@@ -88,13 +76,11 @@ impl FakeSaKeys {
             seq: 0,
         }));
         let app = axum::Router::new().fallback(serve).with_state(state.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let server = crate::server::spawn("fake iam", listener, app);
         FakeSaKeys {
             state,
             addr,
-            _server: Arc::new(ServerTask(task)),
+            _server: server,
         }
     }
 

@@ -38,7 +38,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// Graph's ceiling for users/groups subscriptions.
@@ -92,20 +91,12 @@ struct State {
     calls: Vec<GraphCall>,
 }
 
-struct ServerTask(JoinHandle<()>);
-
-impl Drop for ServerTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Handle to a running fake Graph. Cheap to clone; the server stops when the last clone drops.
 #[derive(Clone)]
 pub struct FakeGraph {
     state: Arc<Mutex<State>>,
     addr: SocketAddr,
-    _server: Arc<ServerTask>,
+    _server: Arc<crate::server::ServerTask>,
 }
 
 impl std::fmt::Debug for FakeGraph {
@@ -122,12 +113,7 @@ impl FakeGraph {
     /// # Panics
     /// If the loopback port cannot be bound (a test-only helper).
     pub async fn start() -> FakeGraph {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("fake graph: cannot bind 127.0.0.1:0: {e}"));
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("fake graph: no local addr: {e}"));
+        let (listener, addr) = crate::server::bind("fake graph").await;
         let state = Arc::new(Mutex::new(State {
             base: format!("http://{addr}"),
             tenant_id: "84bd8158-6d4d-4958-8b9f-9d6445542f95".into(),
@@ -144,15 +130,11 @@ impl FakeGraph {
             calls: Vec::new(),
         }));
         let app = axum::Router::new().fallback(serve_one).with_state(state.clone());
-        let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                eprintln!("fake graph: server stopped: {e}");
-            }
-        });
+        let server = crate::server::spawn("fake graph", listener, app);
         FakeGraph {
             state,
             addr,
-            _server: Arc::new(ServerTask(task)),
+            _server: server,
         }
     }
 

@@ -12,5 +12,6 @@ pub mod graph_fake;
 pub mod looker_fake;
 pub mod postgres;
 pub mod secret_manager_fake;
+mod server;
 
 pub use looker_fake::{FakeLooker, RecordedCall, UserView};

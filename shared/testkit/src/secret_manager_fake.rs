@@ -27,7 +27,6 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use tokio::task::JoinHandle;
 
 /// One version as the fake holds it.
 #[derive(Debug, Clone)]
@@ -51,20 +50,12 @@ struct State {
     calls: Vec<(String, String, u16)>,
 }
 
-struct ServerTask(JoinHandle<()>);
-
-impl Drop for ServerTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Handle to a running fake Secret Manager. Cheap to clone.
 #[derive(Clone)]
 pub struct FakeSecretManager {
     state: Arc<Mutex<State>>,
     addr: SocketAddr,
-    _server: Arc<ServerTask>,
+    _server: Arc<crate::server::ServerTask>,
 }
 
 impl std::fmt::Debug for FakeSecretManager {
@@ -81,12 +72,7 @@ impl FakeSecretManager {
     /// # Panics
     /// If the loopback port cannot be bound (a test-only helper).
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("fake secret manager: cannot bind: {e}"));
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("fake secret manager: {e}"));
+        let (listener, addr) = crate::server::bind("fake secret manager").await;
         let state = Arc::new(Mutex::new(State {
             token: format!("ya29.fake-{}", uuid::Uuid::new_v4()),
             secrets: BTreeMap::new(),
@@ -94,13 +80,11 @@ impl FakeSecretManager {
             calls: Vec::new(),
         }));
         let app = axum::Router::new().fallback(serve).with_state(state.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let server = crate::server::spawn("fake secret manager", listener, app);
         FakeSecretManager {
             state,
             addr,
-            _server: Arc::new(ServerTask(task)),
+            _server: server,
         }
     }
 

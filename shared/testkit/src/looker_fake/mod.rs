@@ -49,7 +49,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use model::{ADMIN_EMAIL, ADMIN_ROLE};
@@ -123,14 +122,6 @@ pub struct UserView {
     pub api3_key_ids: Vec<String>,
 }
 
-struct ServerTask(JoinHandle<()>);
-
-impl Drop for ServerTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Handle to a running fake Looker. Cheap to clone; the server stops when the last clone drops.
 #[derive(Clone)]
 pub struct FakeLooker {
@@ -139,7 +130,7 @@ pub struct FakeLooker {
     client_id: String,
     client_secret: String,
     admin_user_id: String,
-    _server: Arc<ServerTask>,
+    _server: Arc<crate::server::ServerTask>,
 }
 
 impl std::fmt::Debug for FakeLooker {
@@ -158,29 +149,20 @@ impl FakeLooker {
     /// # Panics
     /// If the loopback port cannot be bound (a test-only helper).
     pub async fn start() -> FakeLooker {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("fake looker: cannot bind 127.0.0.1:0: {e}"));
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("fake looker: no local addr: {e}"));
+        let (listener, addr) = crate::server::bind("fake looker").await;
         let st = State::new(format!("http://{addr}"));
         let (client_id, client_secret) = (st.admin_client_id.clone(), st.admin_client_secret.clone());
         let admin_user_id = st.admin_user.to_string();
         let state = Arc::new(Mutex::new(st));
         let app = axum::Router::new().fallback(serve_one).with_state(state.clone());
-        let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                eprintln!("fake looker: server stopped: {e}");
-            }
-        });
+        let server = crate::server::spawn("fake looker", listener, app);
         FakeLooker {
             state,
             addr,
             client_id,
             client_secret,
             admin_user_id,
-            _server: Arc::new(ServerTask(task)),
+            _server: server,
         }
     }
 
