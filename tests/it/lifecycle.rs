@@ -226,6 +226,20 @@ async fn an_older_activate_delivered_late_does_not_re_enable() {
             .any(|l| l.starts_with("gatehouse_events_processed_total") && l.contains("outcome=\"stale\""))
     })
     .await;
+    // Per source, and the queue lag of every handled event.
+    let m = app.metrics().await;
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("gatehouse_events_processed_total")
+                && l.contains("source=\"okta\"")
+                && l.contains("outcome=\"stale\"")),
+        "{m}"
+    );
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("gatehouse_event_age_seconds_count{source=\"okta\"}")),
+        "{m}"
+    );
     app.stop().await;
 }
 

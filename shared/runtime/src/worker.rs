@@ -167,8 +167,12 @@ where
         messaging.message.id = %env.id,
         messaging.delivery_attempt = d.attempt,
     );
+    let source = env.source.as_str();
     async move {
         let started = tokio::time::Instant::now();
+        // Queue lag, whatever the backend: from the intake accepting the event to work starting.
+        let age = (Utc::now() - env.received_at).num_milliseconds().max(0) as f64 / 1000.0;
+        metrics::histogram!("gatehouse_event_age_seconds", "source" => source).record(age);
         // Keep the lease while the work runs, so slow work is not redelivered to another worker.
         let handled = {
             let work = engine.handle(&env);
@@ -197,7 +201,8 @@ where
                     Handled::DryRun { .. } => "dry_run",
                     Handled::RotationRequested => "rotation_requested",
                 };
-                metrics::counter!("gatehouse_events_processed_total", "outcome" => outcome).increment(1);
+                metrics::counter!("gatehouse_events_processed_total", "source" => source, "outcome" => outcome)
+                    .increment(1);
                 metrics::histogram!("gatehouse_event_processing_seconds")
                     .record(started.elapsed().as_secs_f64());
                 tracing::info!(outcome, ?handled, "processed");
@@ -207,7 +212,8 @@ where
                 let reason = format!("after {} attempt(s): {e}", d.attempt);
                 tracing::warn!(reason = %reason, "dead-lettering");
                 queue.dead_letter(&d, &reason).await?;
-                metrics::counter!("gatehouse_events_failed_total", "reason" => "dead_lettered").increment(1);
+                metrics::counter!("gatehouse_events_failed_total", "source" => source, "reason" => "dead_lettered")
+                    .increment(1);
                 Ok(Disposition::DeadLettered { reason })
             }
             Err(e) => {
@@ -215,7 +221,8 @@ where
                 let delay = e.retry_after().map_or(backoff, |r| r.max(backoff));
                 tracing::warn!(error = %e, retry_in = ?delay, "processing failed; will retry");
                 queue.release(&d, delay).await?;
-                metrics::counter!("gatehouse_events_failed_total", "reason" => "retried").increment(1);
+                metrics::counter!("gatehouse_events_failed_total", "source" => source, "reason" => "retried")
+                    .increment(1);
                 Ok(Disposition::Released { delay })
             }
         }
