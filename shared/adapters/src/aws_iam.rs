@@ -200,79 +200,67 @@ impl AwsIam {
 
     async fn groups_for_user(&self, name: &str) -> Result<BTreeSet<String>, CloudError> {
         let mut out = BTreeSet::new();
-        let mut marker = None;
-        loop {
+        // One request per page; the SDK's paginator follows `Marker` while `IsTruncated`.
+        let mut pages = self
+            .client
+            .list_groups_for_user()
+            .user_name(name)
+            .max_items(PAGE)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
             self.read();
-            let r = self
-                .client
-                .list_groups_for_user()
-                .user_name(name)
-                .max_items(PAGE)
-                .set_marker(marker)
-                .send()
-                .await
-                .map_err(|e| classify("ListGroupsForUser", &e))?;
+            let r = page.map_err(|e| classify("ListGroupsForUser", &e))?;
             out.extend(r.groups().iter().map(|g| g.group_name().to_string()));
-            match (r.is_truncated(), r.marker()) {
-                (true, Some(m)) => marker = Some(m.to_string()),
-                _ => return Ok(out),
-            }
         }
+        Ok(out)
     }
 
     /// `ListUserTags` (paginated).
     pub async fn tags(&self, name: &str) -> Result<BTreeMap<String, String>, CloudError> {
         let mut out = BTreeMap::new();
-        let mut marker = None;
-        loop {
+        // One request per page; the SDK's paginator follows `Marker` while `IsTruncated`.
+        let mut pages = self
+            .client
+            .list_user_tags()
+            .user_name(name)
+            .max_items(PAGE)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
             self.read();
-            let r = self
-                .client
-                .list_user_tags()
-                .user_name(name)
-                .max_items(PAGE)
-                .set_marker(marker)
-                .send()
-                .await
-                .map_err(|e| classify("ListUserTags", &e))?;
+            let r = page.map_err(|e| classify("ListUserTags", &e))?;
             out.extend(
                 r.tags()
                     .iter()
                     .map(|t| (t.key().to_string(), t.value().to_string())),
             );
-            match (r.is_truncated(), r.marker()) {
-                (true, Some(m)) => marker = Some(m.to_string()),
-                _ => return Ok(out),
-            }
         }
+        Ok(out)
     }
 
     /// `ListAccessKeys`.
     pub async fn access_keys(&self, name: &str) -> Result<Vec<AwsAccessKey>, CloudError> {
         let mut out = Vec::new();
-        let mut marker = None;
-        loop {
+        // One request per page; the SDK's paginator follows `Marker` while `IsTruncated`.
+        let mut pages = self
+            .client
+            .list_access_keys()
+            .user_name(name)
+            .max_items(PAGE)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
             self.read();
-            let r = self
-                .client
-                .list_access_keys()
-                .user_name(name)
-                .max_items(PAGE)
-                .set_marker(marker)
-                .send()
-                .await
-                .map_err(|e| classify("ListAccessKeys", &e))?;
+            let r = page.map_err(|e| classify("ListAccessKeys", &e))?;
             out.extend(r.access_key_metadata().iter().filter_map(|k| {
                 Some(AwsAccessKey {
                     id: k.access_key_id()?.to_string(),
                     active: k.status() == Some(&StatusType::Active),
                 })
             }));
-            match (r.is_truncated(), r.marker()) {
-                (true, Some(m)) => marker = Some(m.to_string()),
-                _ => return Ok(out),
-            }
         }
+        Ok(out)
     }
 
     /// `GetLoginProfile`: whether the user has a console password.
@@ -294,40 +282,29 @@ impl AwsIam {
     /// Every IAM user name (`ListUsers`, 1,000 per call).
     pub async fn list_users(&self) -> Result<Vec<String>, CloudError> {
         let mut out = Vec::new();
-        let mut marker = None;
-        loop {
+        // One request per page; the SDK's paginator follows `Marker` while `IsTruncated`.
+        let mut pages = self.client.list_users().max_items(PAGE).into_paginator().send();
+        while let Some(page) = pages.next().await {
             self.read();
-            let r = self
-                .client
-                .list_users()
-                .max_items(PAGE)
-                .set_marker(marker)
-                .send()
-                .await
-                .map_err(|e| classify("ListUsers", &e))?;
+            let r = page.map_err(|e| classify("ListUsers", &e))?;
             out.extend(r.users().iter().map(|u| u.user_name().to_string()));
-            match (r.is_truncated(), r.marker()) {
-                (true, Some(m)) => marker = Some(m.to_string()),
-                _ => return Ok(out),
-            }
         }
+        Ok(out)
     }
 
     /// Members of one group (`GetGroup`, 1,000 per call); `None` when the group does not exist.
     pub async fn group_members(&self, group: &str) -> Result<Option<Vec<String>>, CloudError> {
         let mut out = Vec::new();
-        let mut marker = None;
-        loop {
+        let mut pages = self
+            .client
+            .get_group()
+            .group_name(group)
+            .max_items(PAGE)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
             self.read();
-            let r = match self
-                .client
-                .get_group()
-                .group_name(group)
-                .max_items(PAGE)
-                .set_marker(marker)
-                .send()
-                .await
-            {
+            let r = match page {
                 Ok(r) => r,
                 Err(e) => {
                     let e = classify("GetGroup", &e);
@@ -339,11 +316,8 @@ impl AwsIam {
                 }
             };
             out.extend(r.users().iter().map(|u| u.user_name().to_string()));
-            match (r.is_truncated(), r.marker()) {
-                (true, Some(m)) => marker = Some(m.to_string()),
-                _ => return Ok(Some(out)),
-            }
         }
+        Ok(Some(out))
     }
 
     /// Perform one write (no retry).
