@@ -9,6 +9,23 @@ mod ops;
 mod queues;
 mod rotate;
 
+/// Poll `{base}/readyz` until it answers 200; panic at `deadline`.
+async fn wait_ready(http: &reqwest::Client, base: &str, deadline: tokio::time::Instant) {
+    while http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "standalone did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
     // Never inherit a developer's real settings.
@@ -192,19 +209,7 @@ async fn standalone_accepts_a_hook_records_the_plan_and_stops_on_sigterm() {
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "standalone did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_ready(&http, &base, deadline).await;
     let body = std::fs::read(fixture("event-hook.user.lifecycle.deactivate.constructed.json")).unwrap();
     let r = http
         .post(format!("{base}/hooks/okta"))

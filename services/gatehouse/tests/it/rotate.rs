@@ -112,19 +112,7 @@ async fn offboarding_a_holder_rotates_their_secret_in_standalone() {
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "standalone did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    super::wait_ready(&http, &base, deadline).await;
     let body = std::fs::read(super::fixture(
         "event-hook.user.lifecycle.deactivate.constructed.json",
     ))
