@@ -1,12 +1,16 @@
 //! Two processors handling one person at once (two processes on one database, or an unordered
 //! queue redelivering while the first delivery still runs) must not lose each other's facts.
 
-use chrono::DateTime;
+use chrono::{DateTime, Utc};
 use gatehouse_adapters::looker::{LookerClient, LookerConfig};
 use gatehouse_adapters::sqlite::Sqlite;
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, GroupRef, IdentityEvent, Profile, Source, Subject};
+use gatehouse_domain::ledger_chain::ChainHead;
 use gatehouse_domain::policy::{self, Policy};
-use gatehouse_domain::ports::StateStore;
+use gatehouse_domain::ports::{
+    BackendError, LedgerEntry, LedgerRow, Outcome, RotationRequest, ScheduledDeletion, StateStore,
+    SubjectState,
+};
 use gatehouse_e2e::{example_policy, seed_catalog};
 use gatehouse_runtime::engine::{Engine, Handled, RetryPolicy};
 use gatehouse_testkit::FakeLooker;
@@ -199,3 +203,127 @@ async fn two_processors_creating_one_person_at_once_make_one_user() {
     assert_eq!(people[0].email.as_deref(), Some("ada@example.com"));
     assert_eq!(people[0].group_ids, BTreeSet::from([c.engineers.clone()]));
 }
+
+/// The shared store, except that one envelope's commits wait until the test lets them through.
+#[derive(Clone)]
+struct HeldCommit {
+    inner: Sqlite,
+    envelope: &'static str,
+    reached: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Semaphore>,
+}
+
+impl StateStore for HeldCommit {
+    async fn is_processed(&self, id: &EnvelopeId) -> Result<bool, BackendError> {
+        self.inner.is_processed(id).await
+    }
+    async fn load_subject(&self, key: &str) -> Result<Option<SubjectState>, BackendError> {
+        self.inner.load_subject(key).await
+    }
+    async fn commit(&self, outcome: Outcome) -> Result<(), BackendError> {
+        if outcome.envelope_id.0 == self.envelope {
+            self.reached.notify_one();
+            self.release.acquire().await.expect("open").forget();
+        }
+        self.inner.commit(outcome).await
+    }
+    async fn append_ledger(&self, entries: &[LedgerEntry]) -> Result<(), BackendError> {
+        self.inner.append_ledger(entries).await
+    }
+    async fn ledger_head(&self) -> Result<Option<ChainHead>, BackendError> {
+        self.inner.ledger_head().await
+    }
+    async fn ledger_since(&self, since: Option<DateTime<Utc>>) -> Result<Vec<LedgerRow>, BackendError> {
+        self.inner.ledger_since(since).await
+    }
+    async fn due_deletions(&self, now: DateTime<Utc>) -> Result<Vec<ScheduledDeletion>, BackendError> {
+        self.inner.due_deletions(now).await
+    }
+    async fn finish_deletion(&self, subject: &str) -> Result<(), BackendError> {
+        self.inner.finish_deletion(subject).await
+    }
+    async fn request_rotation(&self, request: &RotationRequest) -> Result<(), BackendError> {
+        self.inner.request_rotation(request).await
+    }
+    async fn pending_rotations(&self) -> Result<Vec<RotationRequest>, BackendError> {
+        self.inner.pending_rotations().await
+    }
+}
+
+#[tokio::test]
+async fn a_handler_that_lost_the_race_reads_looker_before_calling_it_converged() {
+    let World {
+        fake,
+        c,
+        _dir,
+        store,
+        policy,
+    } = world().await;
+    let a = processor(&store, &fake, &policy);
+    a.handle(&envelope("e0", 0, IdentityEvent::UserCreated))
+        .await
+        .unwrap();
+    a.handle(&envelope("e1", 1, added("Engineering"))).await.unwrap();
+    let converged = fake.user_by_email("ada@example.com").unwrap();
+    assert_eq!(converged.group_ids, BTreeSet::from([c.engineers.clone()]));
+
+    // X handles "removed from Engineering" (t=2) and has written it to Looker, but its commit
+    // waits; meanwhile Y commits "added to Engineering" (t=3), a no-op for the stored state.
+    let held = HeldCommit {
+        inner: store.clone(),
+        envelope: "x",
+        reached: Arc::new(tokio::sync::Notify::new()),
+        release: Arc::new(tokio::sync::Semaphore::new(0)),
+    };
+    let x = {
+        let retry = RetryPolicy {
+            retries: 3,
+            min_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(100),
+        };
+        let looker = LookerClient::new(LookerConfig {
+            base_url: fake.base_url(),
+            client_id: fake.client_id().to_string(),
+            client_secret: fake.client_secret().to_string().into(),
+            timeout: Duration::from_secs(10),
+            catalog_ttl: Duration::from_secs(300),
+        })
+        .unwrap();
+        Engine::new(held.clone(), Some(looker), policy.clone(), retry)
+    };
+    let removed = IdentityEvent::GroupMemberRemoved {
+        group: GroupRef {
+            id: "00g-Engineering".into(),
+            name: "Engineering".into(),
+        },
+    };
+    let x_env = envelope("x", 2, removed);
+    let x_task = tokio::spawn(async move { x.handle(&x_env).await });
+    held.reached.notified().await;
+    assert!(
+        fake.user_by_email("ada@example.com")
+            .unwrap()
+            .group_ids
+            .is_empty(),
+        "X wrote its removal before committing"
+    );
+    let y = processor(&store, &fake, &policy);
+    let ry = y.handle(&envelope("y", 3, added("Engineering"))).await.unwrap();
+    assert!(matches!(ry, Handled::NoOp { .. }), "{ry:?}");
+
+    // X's commit is refused (Y changed the person); handled again, its event is stale and the
+    // desired state is the one Y recorded as converged, but Looker no longer matches it.
+    held.release.add_permits(COMMIT_PERMITS);
+    let rx = x_task.await.unwrap().unwrap();
+    assert!(matches!(rx, Handled::Applied { writes } if writes > 0), "{rx:?}");
+    assert_eq!(
+        fake.user_by_email("ada@example.com").unwrap(),
+        converged,
+        "the newest fact (added at t=3) is what Looker shows"
+    );
+    let s = store.load_subject("okta:00uada").await.unwrap().unwrap();
+    assert!(s.identity.is_member("Engineering"));
+}
+
+/// Enough for every commit attempt X makes.
+const COMMIT_PERMITS: usize = 16;

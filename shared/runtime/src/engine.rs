@@ -310,7 +310,11 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let _turn = self.subjects.lock(&env.subject.key).await;
         let mut attempt = 1;
         loop {
-            match self.handle_once(env).await {
+            // After a lost race Looker may hold the losing attempt's writes, made from a plan the
+            // winner's state no longer wants: the converged shortcut would trust a stale Looker,
+            // so every later attempt reads it.
+            let after_race = attempt > 1;
+            match self.handle_once(env, after_race).await {
                 Err(e) if e.is_race() && attempt < COMMIT_ATTEMPTS => {
                     tracing::info!(subject = %env.subject.key, envelope_id = %env.id, attempt,
                         "subject changed by another handler; handling the event again");
@@ -322,7 +326,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         }
     }
 
-    async fn handle_once(&self, env: &Envelope) -> Result<Handled, ProcessError> {
+    async fn handle_once(&self, env: &Envelope, after_race: bool) -> Result<Handled, ProcessError> {
         if self.store.is_processed(&env.id).await? {
             return Ok(Handled::Duplicate);
         }
@@ -390,10 +394,10 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let desired = policy::evaluate(&self.policy, &identity);
         let desired_cloud = self.desired_cloud(&identity);
         let fingerprint = fingerprint(&desired, &desired_cloud);
-        // Drift means the actual state moved under us: read and converge even if the desired
-        // state is the one last converged.
+        // Drift (or a lost race) means the actual state may have moved under us: read and
+        // converge even if the desired state is the one last converged.
         let live = self.looker.is_some() || self.cloud.is_some();
-        if !drift && live && converged.as_deref() == Some(fingerprint.as_str()) {
+        if !drift && !after_race && live && converged.as_deref() == Some(fingerprint.as_str()) {
             self.store
                 .commit(Outcome {
                     envelope_id: env.id.clone(),
