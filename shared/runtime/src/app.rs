@@ -2,6 +2,7 @@
 //! processor in one process), `gatehouse-ingress` and `gatehouse-processor`.
 
 use crate::audit::{Kind, Translator, TranslatorConfig};
+use crate::budget::Budget;
 use crate::cloud::{AwsTarget, CloudTargets};
 use crate::engine::{Engine, RetryPolicy};
 use crate::ingress::{self, Deps};
@@ -406,6 +407,30 @@ where
             .await
         }));
     }
+    let mut on_stop: Vec<StopHook> = Vec::new();
+    if let (true, Some(quota), Some(client)) = (
+        components.processor,
+        cfg.looker.budget.monthly_call_quota,
+        engine.looker(),
+    ) {
+        let budget = Arc::new(Budget::new(
+            state.clone(),
+            client.meter().clone(),
+            quota,
+            &cfg.looker.budget,
+            Arc::new(chrono::Utc::now),
+        ));
+        let (b, s) = (budget.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move { b.run(s).await }));
+        // After every task has stopped (no call in flight any more): the last calls.
+        on_stop.push(Box::new(move || {
+            Box::pin(async move {
+                if let Err(e) = budget.flush().await {
+                    tracing::error!(error = %e, "cannot store the last looker call count");
+                }
+            })
+        }));
+    }
     let lag_store = store.clone();
     let s = shutdown.clone();
     let embedded = matches!(cfg.queue, QueueConfig::Embedded);
@@ -447,7 +472,7 @@ where
         trigger,
         shutdown,
         tasks,
-        on_stop: Vec::new(),
+        on_stop,
     })
 }
 
