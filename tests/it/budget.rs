@@ -8,6 +8,9 @@ use gatehouse_testkit::FakeLooker;
 
 const DEACTIVATE: &str = "event-hook.user.lifecycle.deactivate.constructed.json";
 const BUDGET: &str = "[looker.budget]\nmonthly_call_quota = 20\nwarning_remaining = 0.5\nflush_interval = \"20ms\"\n";
+/// Flushes only at start and at shutdown (within a test's time).
+const BUDGET_AT_STOP: &str =
+    "[looker.budget]\nmonthly_call_quota = 20\nwarning_remaining = 0.5\nflush_interval = \"1h\"\n";
 
 fn gauge(text: &str, name: &str) -> Option<f64> {
     text.lines()
@@ -17,15 +20,11 @@ fn gauge(text: &str, name: &str) -> Option<f64> {
 
 /// The three gauges as `/metrics` shows them once `calls_month` equals `want`.
 async fn gauges_at(app: &gatehouse_e2e::TestApp, want: f64) -> (f64, f64, f64) {
-    let mut seen = String::new();
-    wait_until("the budget gauges show every call", || {
-        let m = app.metrics();
-        async {
-            seen = m.await;
-            gauge(&seen, "gatehouse_looker_api_calls_month") == Some(want)
-        }
+    wait_until("the budget gauges show every call", || async {
+        gauge(&app.metrics().await, "gatehouse_looker_api_calls_month") == Some(want)
     })
     .await;
+    let seen = app.metrics().await;
     (
         gauge(&seen, "gatehouse_looker_api_calls_month").unwrap(),
         gauge(&seen, "gatehouse_looker_api_budget_remaining").expect("remaining gauge"),
@@ -40,10 +39,13 @@ async fn budget_gauges_on_metrics_count_every_looker_call_and_survive_a_restart(
     let uid = fake.add_user("john.doe@example.com", "John", "Doe");
     fake.add_session(&uid);
     fake.add_user_to_group(&uid, &c.engineers);
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_path_buf();
     let app = spawn_app(Options {
         looker: Some(fake.clone()),
         policy: Some(example_policy()),
-        extra_toml: BUDGET.into(),
+        extra_toml: BUDGET_AT_STOP.into(),
+        data_dir: Some(data_dir.clone()),
         ..Default::default()
     })
     .await;
@@ -52,10 +54,8 @@ async fn budget_gauges_on_metrics_count_every_looker_call_and_survive_a_restart(
     // Login, catalog, search and the writes: every request Looker received counts.
     let made = fake.calls().len() as f64;
     assert!(made >= 5.0, "{made}");
-    let (calls, remaining, low) = gauges_at(&app, made).await;
-    assert_eq!(remaining, 20.0 - calls);
-    assert_eq!(low, if remaining <= 10.0 { 1.0 } else { 0.0 });
-    let data_dir = app.data_dir.clone();
+    let month = call_month(chrono::Utc::now());
+    assert_eq!(app.store.looker_calls(&month).await.unwrap(), 0, "not flushed before the hour");
     app.stop().await;
 
     // A restart on the same database: the month's count is still there, and replaying the
@@ -69,13 +69,15 @@ async fn budget_gauges_on_metrics_count_every_looker_call_and_survive_a_restart(
     })
     .await;
     assert_eq!(
-        app.store.looker_calls(&call_month(chrono::Utc::now())).await.unwrap() as f64,
+        app.store.looker_calls(&month).await.unwrap() as f64,
         made,
-        "the count was flushed to the database at shutdown at the latest"
+        "the count was flushed to the database at shutdown"
     );
     app.deliver(&okta_fixture(DEACTIVATE)).await;
     assert_eq!(fake.calls().len() as f64, made, "a replay makes no call");
-    assert_eq!(gauges_at(&app, made).await.0, made);
+    let (calls, remaining, low) = gauges_at(&app, made).await;
+    assert_eq!(remaining, 20.0 - calls);
+    assert_eq!(low, if remaining <= 10.0 { 1.0 } else { 0.0 });
 
     // Over half of the quota used: the low gauge is set.
     let more = fake.add_user("jane@example.com", "Jane", "Roe");
