@@ -222,9 +222,19 @@ async fn plan(cfg: &Config, event: &std::path::Path, json: bool) -> anyhow::Resu
         .with_context(|| format!("{} is not a supported event", event.display()))?;
     let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
     let engine = app::engine_with_cloud(cfg, app::open_state(cfg, &store).await?).await?;
+    let result = print_plans(&engine, &envelopes, json).await;
+    app::count_looker_calls(cfg, &engine).await;
+    result
+}
+
+async fn print_plans(
+    engine: &app::AppEngine,
+    envelopes: &[gatehouse_domain::envelope::Envelope],
+    json: bool,
+) -> anyhow::Result<()> {
     let mut reports = Vec::new();
     let mut out = std::io::stdout().lock();
-    for env in &envelopes {
+    for env in envelopes {
         if !env.event.is_actionable() {
             if json {
                 reports.push(serde_json::json!({
@@ -315,7 +325,9 @@ async fn reconcile(cfg: &Config, apply: bool, json: bool) -> anyhow::Result<()> 
         Some(b) => b,
         None => &LogProgress,
     };
-    let report = reconcile::run(&engine, &store, apply, progress).await?;
+    let report = reconcile::run(&engine, &store, apply, progress).await;
+    app::count_looker_calls(cfg, &engine).await;
+    let report = report?;
     if let Some(b) = &bar {
         b.0.finish_and_clear();
     }

@@ -94,6 +94,26 @@ pub fn looker_client(cfg: &Config) -> Result<Option<LookerClient>, AppError> {
 
 pub type AppEngine = Engine<AnyState, LookerClient>;
 
+/// One-off commands (`plan`, `reconcile`): add the calls `engine`'s Looker client made to the
+/// month's budget count, once, when a quota is configured. Errors are logged, not returned: the
+/// command's own result matters more than the count.
+pub async fn count_looker_calls(cfg: &Config, engine: &AppEngine) {
+    if let (Some(quota), Some(client)) = (cfg.looker.budget.monthly_call_quota, engine.looker()) {
+        let budget = Budget::new(
+            engine.store().clone(),
+            client.meter().clone(),
+            quota,
+            &cfg.looker.budget,
+            Arc::new(chrono::Utc::now),
+        );
+        match budget.flush().await {
+            Ok(s) => tracing::info!(month = %s.month, calls = s.calls, remaining = s.remaining,
+                "looker admin-api budget"),
+            Err(e) => tracing::warn!(error = %e, "cannot store the looker call count"),
+        }
+    }
+}
+
 /// The processor's state store as configured: the SQLite database `sqlite` (also the embedded
 /// queue's), or a PostgreSQL pool.
 pub async fn open_state(cfg: &Config, sqlite: &Sqlite) -> Result<AnyState, AppError> {
