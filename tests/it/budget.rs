@@ -7,7 +7,8 @@ use gatehouse_e2e::{Options, example_policy, okta_fixture, seed_catalog, spawn_a
 use gatehouse_testkit::FakeLooker;
 
 const DEACTIVATE: &str = "event-hook.user.lifecycle.deactivate.constructed.json";
-const BUDGET: &str = "[looker.budget]\nmonthly_call_quota = 20\nwarning_remaining = 0.5\nflush_interval = \"20ms\"\n";
+const BUDGET: &str =
+    "[looker.budget]\nmonthly_call_quota = 20\nwarning_remaining = 0.5\nflush_interval = \"20ms\"\n";
 /// Flushes only at start and at shutdown (within a test's time).
 const BUDGET_AT_STOP: &str =
     "[looker.budget]\nmonthly_call_quota = 20\nwarning_remaining = 0.5\nflush_interval = \"1h\"\n";
@@ -55,7 +56,11 @@ async fn budget_gauges_on_metrics_count_every_looker_call_and_survive_a_restart(
     let made = fake.calls().len() as f64;
     assert!(made >= 5.0, "{made}");
     let month = call_month(chrono::Utc::now());
-    assert_eq!(app.store.looker_calls(&month).await.unwrap(), 0, "not flushed before the hour");
+    assert_eq!(
+        app.store.looker_calls(&month).await.unwrap(),
+        0,
+        "not flushed before the hour"
+    );
     app.stop().await;
 
     // A restart on the same database: the month's count is still there, and replaying the
@@ -86,7 +91,12 @@ async fn budget_gauges_on_metrics_count_every_looker_call_and_survive_a_restart(
         .replace("john.doe@example.com", "jane@example.com")
         .replace("00u3m90rxKjGQ0G6L1d6", "00u3m90rxKjGQ0G6L1d7");
     let mut body = serde_json::from_str::<serde_json::Value>(&body).unwrap();
-    for (i, e) in body["data"]["events"].as_array_mut().unwrap().iter_mut().enumerate() {
+    for (i, e) in body["data"]["events"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .enumerate()
+    {
         e["uuid"] = serde_json::json!(format!("budget-second-event-{i}"));
     }
     app.deliver(body.to_string().as_bytes()).await;

@@ -1,7 +1,7 @@
 //! End-to-end tests: Okta hook over HTTP → embedded queue → processor → fake Looker → ledger.
 
-mod cloud;
 mod budget;
+mod cloud;
 mod concurrency;
 mod fixtures;
 mod generic;

@@ -166,6 +166,14 @@ impl<S: RotationStore> Rotator<S> {
         &mut self.settings
     }
 
+    /// The meters of the Looker calls the declared kinds make (for the admin-API budget).
+    pub fn looker_meters(&self) -> Vec<gatehouse_adapters::looker::CallMeter> {
+        self.secrets
+            .values()
+            .filter_map(|d| d.kind.call_meter())
+            .collect()
+    }
+
     pub fn declared(&self, name: &str) -> Option<&Declared> {
         self.secrets.get(name)
     }

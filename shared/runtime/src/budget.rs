@@ -57,6 +57,8 @@ struct Seen {
 pub struct Budget<S> {
     store: S,
     meter: CallMeter,
+    /// Further meters (the rotator's Looker kind), taken together with `meter`.
+    more: Vec<CallMeter>,
     quota: u64,
     warning_remaining: f64,
     flush_interval: Duration,
@@ -70,12 +72,24 @@ impl<S: LookerCallCounts> Budget<S> {
         Budget {
             store,
             meter,
+            more: Vec::new(),
             quota,
             warning_remaining: cfg.warning_remaining,
             flush_interval: cfg.flush_interval,
             now,
             seen: Mutex::new(Seen::default()),
         }
+    }
+
+    /// Count `meters` too (other Looker clients of this process, e.g. the rotator's).
+    pub fn with_meters(mut self, meters: impl IntoIterator<Item = CallMeter>) -> Self {
+        self.more.extend(meters);
+        self
+    }
+
+    /// Take the count of every meter (a failed flush gives the sum back to the first).
+    fn take(&self) -> u64 {
+        self.meter.take() + self.more.iter().map(CallMeter::take).sum::<u64>()
     }
 
     fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
@@ -94,7 +108,7 @@ impl<S: LookerCallCounts> Budget<S> {
     pub async fn flush_at(&self, now: DateTime<Utc>) -> Result<BudgetStatus, BackendError> {
         let month = call_month(now);
         let previous = self.seen().month.clone();
-        let mut delta = self.meter.take();
+        let mut delta = self.take();
         let result = async {
             if let Some(prev) = previous.filter(|p| *p != month && delta > 0) {
                 self.store.add_looker_calls(&prev, delta).await?;
@@ -154,7 +168,8 @@ impl<S: LookerCallCounts> Budget<S> {
     pub async fn run(&self, stop: Shutdown) {
         loop {
             if let Err(e) = self.flush().await {
-                tracing::warn!(error = %e, pending = self.meter.pending(), "cannot flush the looker call count");
+                let pending = self.meter.pending() + self.more.iter().map(CallMeter::pending).sum::<u64>();
+                tracing::warn!(error = %e, pending, "cannot flush the looker call count");
             }
             let wait = self.next_wait((self.now)());
             tokio::select! {
@@ -229,7 +244,13 @@ mod tests {
     }
 
     fn budget(store: &MemCounts, meter: &CallMeter, now: DateTime<Utc>) -> Budget<MemCounts> {
-        Budget::new(store.clone(), meter.clone(), 100, &cfg(0.1), Arc::new(move || now))
+        Budget::new(
+            store.clone(),
+            meter.clone(),
+            100,
+            &cfg(0.1),
+            Arc::new(move || now),
+        )
     }
 
     fn calls(meter: &CallMeter, n: usize) {
@@ -298,20 +319,45 @@ mod tests {
             store.add_looker_calls("2026-03", 4).await.unwrap();
             calls(&meter, 1);
             let s = b.flush().await.unwrap();
-            assert_eq!((s.calls, s.remaining, s.low), (90, 10, true), "10 left = 10 % of 100");
+            assert_eq!(
+                (s.calls, s.remaining, s.low),
+                (90, 10, true),
+                "10 left = 10 % of 100"
+            );
             calls(&meter, 3);
             let s = b.flush().await.unwrap();
             assert_eq!((s.calls, s.remaining, s.low), (93, 7, true));
             calls(&meter, 10);
             let s = b.flush().await.unwrap();
-            assert_eq!((s.calls, s.remaining), (103, -3), "over the quota shows as negative");
+            assert_eq!(
+                (s.calls, s.remaining),
+                (103, -3),
+                "over the quota shows as negative"
+            );
         });
         assert_eq!(store.get("2026-03"), 103);
         assert_eq!(meter.pending(), 0);
         assert_eq!(gauge(&text, METRIC_CALLS_MONTH), Some(103.0), "{text}");
         assert_eq!(gauge(&text, METRIC_REMAINING), Some(-3.0), "{text}");
         assert_eq!(gauge(&text, METRIC_LOW), Some(1.0), "{text}");
-        assert_eq!(logs.warnings(), 1, "one warning when it crossed, not one per flush");
+        assert_eq!(
+            logs.warnings(),
+            1,
+            "one warning when it crossed, not one per flush"
+        );
+    }
+
+    #[test]
+    fn every_meter_of_the_process_is_counted() {
+        let (store, meter, logs) = (MemCounts::default(), CallMeter::new(), Logs::default());
+        let rotator = CallMeter::new();
+        let b = budget(&store, &meter, at("2026-03-10T12:00:00Z")).with_meters([rotator.clone()]);
+        observed(&logs, async {
+            calls(&meter, 3);
+            calls(&rotator, 2);
+            assert_eq!(b.flush().await.unwrap().calls, 5);
+        });
+        assert_eq!((meter.pending(), rotator.pending()), (0, 0));
     }
 
     #[test]
@@ -344,7 +390,10 @@ mod tests {
             // Counted before midnight, flushed at the boundary: January's calls.
             calls(&meter, 5);
             let s = b.flush_at(at("2026-02-01T00:00:00Z")).await.unwrap();
-            assert_eq!((s.month.as_str(), s.calls, s.remaining, s.low), ("2026-02", 0, 100, false));
+            assert_eq!(
+                (s.month.as_str(), s.calls, s.remaining, s.low),
+                ("2026-02", 0, 100, false)
+            );
             calls(&meter, 55);
             let s = b.flush_at(at("2026-02-03T08:00:00Z")).await.unwrap();
             assert_eq!((s.month.as_str(), s.calls, s.low), ("2026-02", 55, true));
@@ -373,7 +422,10 @@ mod tests {
             "wakes at the new year"
         );
         assert_eq!(b.next_wait(at("2026-02-10T00:00:00Z")), Duration::from_secs(3600));
-        assert_eq!(next_month_start(at("2028-02-29T10:00:00Z")), at("2028-03-01T00:00:00Z"));
+        assert_eq!(
+            next_month_start(at("2028-02-29T10:00:00Z")),
+            at("2028-03-01T00:00:00Z")
+        );
     }
 
     /// On tokio's paused clock: the loop's flushes land in the right month with no real wait.
@@ -406,7 +458,11 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(7200)).await;
         trigger.trigger();
         task.await.unwrap();
-        assert_eq!(store.get("2026-04"), 7, "counted before midnight, flushed at midnight");
+        assert_eq!(
+            store.get("2026-04"),
+            7,
+            "counted before midnight, flushed at midnight"
+        );
         assert_eq!(store.get("2026-05"), 2);
     }
 

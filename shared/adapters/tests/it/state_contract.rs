@@ -14,8 +14,8 @@ use gatehouse_domain::identity::{Identity, Stamp, Stamped};
 use gatehouse_domain::ledger_chain::{self, ChainBreak};
 use gatehouse_domain::looker::{HttpCall, Method};
 use gatehouse_domain::ports::{
-    DELETION_CLAIM, DeletionChange, LedgerEntry, LookerCallCounts, Outcome, RotationRequest, ScheduledDeletion,
-    StateStore,
+    DELETION_CLAIM, DeletionChange, LedgerEntry, LookerCallCounts, Outcome, RotationRequest,
+    ScheduledDeletion, StateStore,
 };
 use secrecy::SecretString;
 use sqlx::Connection;
@@ -371,7 +371,11 @@ pub(crate) async fn looker_calls_add_up_per_month<S: LookerCallCounts>(s: S) {
     assert_eq!(s.add_looker_calls("2026-01", 5).await.unwrap(), 5);
     assert_eq!(s.add_looker_calls("2026-01", 7).await.unwrap(), 12);
     assert_eq!(s.add_looker_calls("2026-01", 0).await.unwrap(), 12);
-    assert_eq!(s.add_looker_calls("2026-02", 1).await.unwrap(), 1, "a new month starts at 0");
+    assert_eq!(
+        s.add_looker_calls("2026-02", 1).await.unwrap(),
+        1,
+        "a new month starts at 0"
+    );
     assert_eq!(s.looker_calls("2026-01").await.unwrap(), 12);
     assert_eq!(s.looker_calls("2026-02").await.unwrap(), 1);
     assert_eq!(s.looker_calls("2025-12").await.unwrap(), 0);
@@ -390,7 +394,11 @@ pub(crate) async fn concurrent_writers_sum_their_calls<S: LookerCallCounts + Clo
         totals.push(t.await.unwrap());
     }
     let want: u64 = 2 * (0..20).map(|i| 1 + i % 3).sum::<u64>();
-    assert_eq!(totals.iter().max().copied(), Some(want), "the last writer sees every call");
+    assert_eq!(
+        totals.iter().max().copied(),
+        Some(want),
+        "the last writer sees every call"
+    );
     totals.sort_unstable();
     totals.dedup();
     assert_eq!(totals.len(), 40, "every add returned a distinct running total");
@@ -527,7 +535,11 @@ async fn sqlite_looker_calls_survive_a_reopen_and_two_writers_sum() {
     assert_eq!(s.add_looker_calls("2026-01", 40).await.unwrap(), 40);
     s.close().await;
     let reopened = Sqlite::open(dir.path()).await.unwrap();
-    assert_eq!(reopened.looker_calls("2026-01").await.unwrap(), 40, "kept across a reopen");
+    assert_eq!(
+        reopened.looker_calls("2026-01").await.unwrap(),
+        40,
+        "kept across a reopen"
+    );
     let other = Sqlite::open(dir.path()).await.unwrap();
     concurrent_writers_sum_their_calls(reopened.clone(), other).await;
     assert_eq!(reopened.looker_calls("2026-01").await.unwrap(), 40);
@@ -542,7 +554,11 @@ async fn postgres_looker_calls_survive_a_reconnect_and_two_replicas_sum() {
     s.close().await;
     let url = SecretString::from(db.0.clone());
     let reconnected = Postgres::connect(&url, 4).await.unwrap();
-    assert_eq!(reconnected.looker_calls("2026-01").await.unwrap(), 40, "kept across a reconnect");
+    assert_eq!(
+        reconnected.looker_calls("2026-01").await.unwrap(),
+        40,
+        "kept across a reconnect"
+    );
     let other = Postgres::connect(&url, 4).await.unwrap();
     concurrent_writers_sum_their_calls(reconnected.clone(), other).await;
     assert_eq!(reconnected.looker_calls("2026-01").await.unwrap(), 40);

@@ -204,7 +204,10 @@ impl LookerBudgetConfig {
             ));
         }
         if self.flush_interval.is_zero() {
-            return Err(ConfigError::new("looker.budget.flush_interval", "must be more than 0"));
+            return Err(ConfigError::new(
+                "looker.budget.flush_interval",
+                "must be more than 0",
+            ));
         }
         Ok(())
     }
@@ -697,7 +700,9 @@ mod tests {
         let cfg = Config::load(None, env(&[])).unwrap();
         assert_eq!(cfg.looker.budget.monthly_call_quota, None);
         assert_eq!(cfg.looker.budget.warning_remaining, 0.1);
-        let f = write("[looker.budget]\nmonthly_call_quota = 5000\nwarning_remaining = 0.25\nflush_interval = \"5s\"\n");
+        let f = write(
+            "[looker.budget]\nmonthly_call_quota = 5000\nwarning_remaining = 0.25\nflush_interval = \"5s\"\n",
+        );
         let cfg = Config::load(Some(f.path()), env(&[])).unwrap();
         assert_eq!(cfg.looker.budget.monthly_call_quota, Some(5000));
         assert_eq!(cfg.looker.budget.warning_remaining, 0.25);
@@ -720,8 +725,7 @@ mod tests {
         assert_eq!(e.field, "GATEHOUSE_LOOKER_MONTHLY_CALL_QUOTA");
         let e = Config::load(None, env(&[("GATEHOUSE_LOOKER_MONTHLY_CALL_QUOTA", "0")])).unwrap_err();
         assert_eq!(e.field, "looker.budget.monthly_call_quota");
-        let e =
-            Config::load(None, env(&[("GATEHOUSE_LOOKER_BUDGET_WARNING_REMAINING", "1.5")])).unwrap_err();
+        let e = Config::load(None, env(&[("GATEHOUSE_LOOKER_BUDGET_WARNING_REMAINING", "1.5")])).unwrap_err();
         assert_eq!(e.field, "looker.budget.warning_remaining");
         let f = write("[looker.budget]\nmonthly_calls = 3\n");
         let e = Config::load(Some(f.path()), env(&[])).unwrap_err();

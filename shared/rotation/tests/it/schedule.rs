@@ -279,7 +279,11 @@ fn secret_ages_count_from_the_key_or_the_last_rotation_and_never_vanish() {
             const DAY: f64 = 86_400.0;
             r.tick().await.unwrap();
             let first = r.report_ages().await;
-            assert_eq!(first["daily"], 60.0 * DAY, "the key the store holds is 60 days old");
+            assert_eq!(
+                first["daily"],
+                60.0 * DAY,
+                "the key the store holds is 60 days old"
+            );
             assert_eq!(first["empty"], 0.0, "first seen now");
             tokio::time::advance(Duration::from_secs(20 * 60)).await; // 08:50
             r.tick().await.unwrap();
