@@ -1,5 +1,6 @@
 //! End-to-end tests: Okta hook over HTTP → embedded queue → processor → fake Looker → ledger.
 
+mod budget;
 mod cloud;
 mod concurrency;
 mod fixtures;

@@ -175,7 +175,6 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
 }
 
 async fn rotate(cfg: &Config, secret: &str, dry_run: bool) -> anyhow::Result<()> {
-    use gatehouse_rotation::{Phase, RotationStore, Started};
     if cfg.rotator.secret(secret).is_none() {
         return Err(AppError::Config(gatehouse_platform::config::ConfigError::new(
             "SECRET",
@@ -184,7 +183,23 @@ async fn rotate(cfg: &Config, secret: &str, dry_run: bool) -> anyhow::Result<()>
         .into());
     }
     let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
-    let rotator = gatehouse_rotation::build::rotator(cfg, store).await?;
+    let rotator = gatehouse_rotation::build::rotator(cfg, store.clone()).await?;
+    let result = rotate_with(&rotator, secret, dry_run).await;
+    if cfg.looker.budget.monthly_call_quota.is_some() {
+        match app::open_state(cfg, &store).await {
+            Ok(state) => app::count_calls(cfg, state, rotator.looker_meters()).await,
+            Err(e) => tracing::warn!(error = %e, "cannot store the looker call count"),
+        }
+    }
+    result
+}
+
+async fn rotate_with(
+    rotator: &gatehouse_rotation::Rotator<gatehouse_rotation::sqlite::SqliteRotations>,
+    secret: &str,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    use gatehouse_rotation::{Phase, RotationStore, Started};
     let mut out = std::io::stdout().lock();
     if dry_run {
         for line in rotator.plan(secret).await? {
@@ -222,9 +237,19 @@ async fn plan(cfg: &Config, event: &std::path::Path, json: bool) -> anyhow::Resu
         .with_context(|| format!("{} is not a supported event", event.display()))?;
     let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
     let engine = app::engine_with_cloud(cfg, app::open_state(cfg, &store).await?).await?;
+    let result = print_plans(&engine, &envelopes, json).await;
+    app::count_looker_calls(cfg, &engine).await;
+    result
+}
+
+async fn print_plans(
+    engine: &app::AppEngine,
+    envelopes: &[gatehouse_domain::envelope::Envelope],
+    json: bool,
+) -> anyhow::Result<()> {
     let mut reports = Vec::new();
     let mut out = std::io::stdout().lock();
-    for env in &envelopes {
+    for env in envelopes {
         if !env.event.is_actionable() {
             if json {
                 reports.push(serde_json::json!({
@@ -315,7 +340,9 @@ async fn reconcile(cfg: &Config, apply: bool, json: bool) -> anyhow::Result<()> 
         Some(b) => b,
         None => &LogProgress,
     };
-    let report = reconcile::run(&engine, &store, apply, progress).await?;
+    let report = reconcile::run(&engine, &store, apply, progress).await;
+    app::count_looker_calls(cfg, &engine).await;
+    let report = report?;
     if let Some(b) = &bar {
         b.0.finish_and_clear();
     }

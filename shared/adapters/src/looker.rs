@@ -11,7 +11,8 @@
 //! * Every failure is classified once into an [`ErrorKind`]; messages come from Looker's
 //!   `Error.message` and never contain the client secret or the access token.
 //! * Every HTTP call increments `gatehouse_looker_calls_total{method, endpoint, status}` where
-//!   `endpoint` is the templated path (`/users/{id}/sessions/{id}`).
+//!   `endpoint` is the templated path (`/users/{id}/sessions/{id}`), and the client's
+//!   [`CallMeter`] (what the monthly admin-API budget counts; login included).
 
 use gatehouse_domain::looker::{
     Catalog, ErrorKind, LookerError, LookerOp, LookerUser, Method, ReadNeeds, UserRef,
@@ -23,6 +24,7 @@ use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -72,6 +74,39 @@ impl fmt::Debug for LookerConfig {
     }
 }
 
+/// Counts the HTTP requests a [`LookerClient`] sends (every one Looker meters, login included),
+/// in memory: the budget task takes the count now and then and adds it to the state store.
+/// Cheap to clone; clones share the count.
+#[derive(Debug, Clone, Default)]
+pub struct CallMeter(Arc<AtomicU64>);
+
+impl CallMeter {
+    /// A meter at zero.
+    pub fn new() -> Self {
+        CallMeter::default()
+    }
+
+    /// Count one call.
+    pub fn record(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The calls counted since the last `take`, resetting the count to zero.
+    pub fn take(&self) -> u64 {
+        self.0.swap(0, Ordering::AcqRel)
+    }
+
+    /// Put back calls a failed flush could not store, so the next flush adds them.
+    pub fn give_back(&self, calls: u64) {
+        self.0.fetch_add(calls, Ordering::AcqRel);
+    }
+
+    /// The calls counted and not yet taken.
+    pub fn pending(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// The access token and how long to use it.
 struct Token {
     value: SecretString,
@@ -95,6 +130,7 @@ struct Inner {
     catalog_ttl: Duration,
     token: Mutex<TokenSlot>,
     catalog: Mutex<Option<(Instant, Catalog)>>,
+    meter: CallMeter,
 }
 
 /// Looker API 4.0 client. Cheap to clone (shared token and catalog cache).
@@ -134,7 +170,13 @@ fn bad_body(endpoint: &str, e: impl fmt::Display) -> LookerError {
 
 impl LookerClient {
     /// Validates the config and builds the HTTP client. Does no I/O (login happens on first use).
+    /// Its calls are counted on a meter of its own ([`LookerClient::meter`]).
     pub fn new(cfg: LookerConfig) -> Result<Self, LookerError> {
+        Self::with_meter(cfg, CallMeter::new())
+    }
+
+    /// Same as [`LookerClient::new`], counting every call on `meter` (shared with the budget).
+    pub fn with_meter(cfg: LookerConfig, meter: CallMeter) -> Result<Self, LookerError> {
         let mut base = cfg.base_url.trim().trim_end_matches('/').to_owned();
         if let Some(stripped) = base.strip_suffix(API_PREFIX) {
             base = stripped.to_owned();
@@ -169,8 +211,14 @@ impl LookerClient {
                 catalog_ttl: cfg.catalog_ttl,
                 token: Mutex::new(TokenSlot::default()),
                 catalog: Mutex::new(None),
+                meter,
             }),
         })
+    }
+
+    /// The meter this client counts its calls on.
+    pub fn meter(&self) -> &CallMeter {
+        &self.inner.meter
     }
 
     /// A live token and the login generation it came from. Holding the slot's lock across the
@@ -296,6 +344,9 @@ impl LookerClient {
         token: Option<&SecretString>,
     ) -> Result<Vec<u8>, LookerError> {
         let endpoint = endpoint_template(path);
+        // Counted before the outcome is known: a request that timed out may still have been
+        // metered by Looker, so the budget errs on the side of too many.
+        self.inner.meter.record();
         let resp = match rb.send().await {
             Ok(r) => r,
             Err(e) => {

@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use gatehouse_domain::envelope::EnvelopeId;
 use gatehouse_domain::ledger_chain::{self, ChainHead};
 use gatehouse_domain::ports::{
-    BackendError, DELETION_CLAIM, DeletionChange, LedgerEntry, LedgerRow, Outcome, RotationRequest,
-    ScheduledDeletion, StateStore, SubjectState,
+    BackendError, DELETION_CLAIM, DeletionChange, LedgerEntry, LedgerRow, LookerCallCounts, Outcome,
+    RotationRequest, ScheduledDeletion, StateStore, SubjectState,
 };
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -111,6 +111,32 @@ impl gatehouse_domain::ports::Directory for Postgres {
         rows.iter()
             .map(|r| crate::sqlite::subject_state(r.get::<&str, _>(0), r.get(1), r.get(2)))
             .collect()
+    }
+}
+
+impl LookerCallCounts for Postgres {
+    async fn add_looker_calls(&self, month: &str, delta: u64) -> Result<u64, BackendError> {
+        let row = sqlx::query(
+            "INSERT INTO looker_calls (month, calls, updated_at) VALUES ($1, $2, now())
+             ON CONFLICT (month) DO UPDATE SET calls = looker_calls.calls + excluded.calls,
+                                               updated_at = excluded.updated_at
+             RETURNING calls",
+        )
+        .bind(month)
+        .bind(i64::try_from(delta).unwrap_or(i64::MAX))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(err("cannot add to the looker call count"))?;
+        Ok(row.get::<i64, _>(0).max(0) as u64)
+    }
+
+    async fn looker_calls(&self, month: &str) -> Result<u64, BackendError> {
+        let row = sqlx::query("SELECT calls FROM looker_calls WHERE month = $1")
+            .bind(month)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err("cannot read the looker call count"))?;
+        Ok(row.map_or(0, |r| r.get::<i64, _>(0).max(0) as u64))
     }
 }
 

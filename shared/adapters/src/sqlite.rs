@@ -6,7 +6,8 @@ use gatehouse_domain::envelope::{Envelope, EnvelopeId};
 use gatehouse_domain::ledger_chain::{self, ChainHead};
 use gatehouse_domain::ports::{
     BackendError, DELETION_CLAIM, DeadLetter, DeletionChange, Delivery, Directory, LedgerEntry, LedgerRow,
-    Outcome, QueueConsumer, QueueProducer, RotationRequest, ScheduledDeletion, StateStore, SubjectState,
+    LookerCallCounts, Outcome, QueueConsumer, QueueProducer, RotationRequest, ScheduledDeletion, StateStore,
+    SubjectState,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -444,6 +445,33 @@ impl Directory for Sqlite {
         rows.iter()
             .map(|r| subject_state(r.get::<&str, _>(0), r.get(1), r.get(2)))
             .collect()
+    }
+}
+
+impl LookerCallCounts for Sqlite {
+    async fn add_looker_calls(&self, month: &str, delta: u64) -> Result<u64, BackendError> {
+        let row = sqlx::query(
+            "INSERT INTO looker_calls (month, calls, updated_at) VALUES (?, ?, ?)
+             ON CONFLICT (month) DO UPDATE SET calls = looker_calls.calls + excluded.calls,
+                                               updated_at = excluded.updated_at
+             RETURNING calls",
+        )
+        .bind(month)
+        .bind(i64::try_from(delta).unwrap_or(i64::MAX))
+        .bind(ts(Utc::now()))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(err("cannot add to the looker call count"))?;
+        Ok(row.get::<i64, _>(0).max(0) as u64)
+    }
+
+    async fn looker_calls(&self, month: &str) -> Result<u64, BackendError> {
+        let row = sqlx::query("SELECT calls FROM looker_calls WHERE month = ?")
+            .bind(month)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err("cannot read the looker call count"))?;
+        Ok(row.map_or(0, |r| r.get::<i64, _>(0).max(0) as u64))
     }
 }
 

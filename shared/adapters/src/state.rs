@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use gatehouse_domain::envelope::EnvelopeId;
 use gatehouse_domain::ledger_chain::ChainHead;
 use gatehouse_domain::ports::{
-    BackendError, LedgerEntry, LedgerRow, Outcome, RotationRequest, ScheduledDeletion, StateStore,
-    SubjectState,
+    BackendError, LedgerEntry, LedgerRow, LookerCallCounts, Outcome, RotationRequest, ScheduledDeletion,
+    StateStore, SubjectState,
 };
 
 /// The configured state store. Cheap to clone.
@@ -56,6 +56,15 @@ macro_rules! forward {
 impl gatehouse_domain::ports::Directory for AnyState {
     async fn subjects(&self) -> Result<Vec<SubjectState>, BackendError> {
         forward!(self, s => gatehouse_domain::ports::Directory::subjects(s))
+    }
+}
+
+impl LookerCallCounts for AnyState {
+    async fn add_looker_calls(&self, month: &str, delta: u64) -> Result<u64, BackendError> {
+        forward!(self, s => s.add_looker_calls(month, delta))
+    }
+    async fn looker_calls(&self, month: &str) -> Result<u64, BackendError> {
+        forward!(self, s => s.looker_calls(month))
     }
 }
 

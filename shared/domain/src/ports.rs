@@ -246,6 +246,26 @@ pub trait StateStore: Send + Sync {
     fn pending_rotations(&self) -> impl Future<Output = Result<Vec<RotationRequest>, BackendError>> + Send;
 }
 
+/// Looker admin-API calls counted per calendar month (UTC), summed over every process that
+/// shares the state store. Processes count in memory and add their count now and then, so the
+/// hot path never writes to the database.
+pub trait LookerCallCounts: Send + Sync {
+    /// Add `delta` calls to `month` (`YYYY-MM`, UTC) in one atomic `calls = calls + delta`
+    /// upsert and return the month's new total (every writer's calls included).
+    fn add_looker_calls(
+        &self,
+        month: &str,
+        delta: u64,
+    ) -> impl Future<Output = Result<u64, BackendError>> + Send;
+    /// The calls counted for `month` so far (0 when none).
+    fn looker_calls(&self, month: &str) -> impl Future<Output = Result<u64, BackendError>> + Send;
+}
+
+/// The month key of [`LookerCallCounts`]: `YYYY-MM` of `at` in UTC.
+pub fn call_month(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m").to_string()
+}
+
 /// The Looker API as the engine uses it. Reads are batched to the fewest calls; `execute`
 /// performs exactly one write call (no retries: the engine owns the retry policy).
 pub trait LookerPort: Send + Sync {

@@ -23,5 +23,5 @@ pub mod stores;
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use credential::Credential;
 pub use error::{ErrorKind, RotationError};
-pub use rotator::{Declared, Rotator, RotatorError, Settings, StepOutcome, TickReport};
+pub use rotator::{Declared, METRIC_SECRET_AGE, Rotator, RotatorError, Settings, StepOutcome, TickReport};
 pub use state::{Phase, Rotation, RotationStore, Started};

@@ -20,6 +20,9 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+/// Seconds since the current credential of a declared secret came to be (label `secret`).
+pub const METRIC_SECRET_AGE: &str = "gatehouse_secret_age_seconds";
+
 /// One declared secret with its kind and store.
 pub struct Declared {
     pub config: SecretConfig,
@@ -124,6 +127,9 @@ pub struct Rotator<S> {
     /// New credentials created by this process and not yet readable from their store. Lost in a
     /// crash: the key is then deleted and created again.
     fresh: Mutex<HashMap<String, Credential>>,
+    /// Never-rotated secrets: when their current credential was created (the provider's key
+    /// creation time), or when this process first looked if that cannot be read. Read once.
+    unrotated_since: Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
 fn ledger_call(secret: &str, step: &str, method: Method, r: &Rotation) -> HttpCall {
@@ -147,6 +153,7 @@ impl<S: RotationStore> Rotator<S> {
             owner: format!("rotator-{}", uuid::Uuid::new_v4()),
             settings,
             fresh: Mutex::new(HashMap::new()),
+            unrotated_since: Mutex::new(HashMap::new()),
         }
     }
 
@@ -157,6 +164,14 @@ impl<S: RotationStore> Rotator<S> {
     /// Adjust timing after construction (tests shorten the test-step retry delay).
     pub fn settings_mut(&mut self) -> &mut Settings {
         &mut self.settings
+    }
+
+    /// The meters of the Looker calls the declared kinds make (for the admin-API budget).
+    pub fn looker_meters(&self) -> Vec<gatehouse_adapters::looker::CallMeter> {
+        self.secrets
+            .values()
+            .filter_map(|d| d.kind.call_meter())
+            .collect()
     }
 
     pub fn declared(&self, name: &str) -> Option<&Declared> {
@@ -233,7 +248,89 @@ impl<S: RotationStore> Rotator<S> {
                 }
             }
         }
+        self.report_ages().await;
         Ok(report)
+    }
+
+    /// When the credential `secret`'s readers get now came to be:
+    /// * rotated: the start of the last rotation that promoted its credential (create, set,
+    ///   test and finish run back to back, so this is when the key was created, at most the
+    ///   rotation's own duration before it was promoted; it never makes a credential look
+    ///   younger than it is);
+    /// * never rotated by Gatehouse: the creation time the provider lists for the key the store
+    ///   holds; if the store is empty, the key is not listed or the lookup fails, when this
+    ///   process first looked. Either is read once per process.
+    pub async fn current_since(&self, secret: &str) -> Result<DateTime<Utc>, RotatorError> {
+        let d = self
+            .secrets
+            .get(secret)
+            .ok_or_else(|| RotatorError::UnknownSecret(secret.to_string()))?;
+        let history = self.db.history(secret).await?;
+        if let Some(r) = history
+            .iter()
+            .rev()
+            .find(|r| matches!(r.phase, Phase::Finished | Phase::Revoked | Phase::Done))
+        {
+            return Ok(r.started_at);
+        }
+        if let Some(t) = self.unrotated_since_of(secret) {
+            return Ok(t);
+        }
+        let now = self.now();
+        let since = match self.key_created(d).await {
+            Ok(Some(t)) => t,
+            Ok(None) => now,
+            Err(e) => {
+                tracing::warn!(%secret, error = %e,
+                    "cannot read when the current key was created; its age counts from now");
+                now
+            }
+        };
+        Ok(*self
+            .unrotated_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(secret.to_string())
+            .or_insert(since))
+    }
+
+    fn unrotated_since_of(&self, secret: &str) -> Option<DateTime<Utc>> {
+        self.unrotated_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(secret)
+            .copied()
+    }
+
+    /// The provider's creation time of the key the store holds now (RFC 3339), if any.
+    async fn key_created(&self, d: &Declared) -> Res<Option<DateTime<Utc>>> {
+        let parse = d.parse();
+        let Some(current) = d.store.current(&parse).await? else {
+            return Ok(None);
+        };
+        let keys = d.kind.list().await?;
+        Ok(keys
+            .iter()
+            .find(|k| k.id == current.credential.key_id)
+            .and_then(|k| DateTime::parse_from_rfc3339(&k.created).ok())
+            .map(|t| t.with_timezone(&Utc)))
+    }
+
+    /// Set `gatehouse_secret_age_seconds{secret}` for every declared secret (see
+    /// [`Rotator::current_since`]) and return the ages set, in seconds.
+    pub async fn report_ages(&self) -> BTreeMap<String, f64> {
+        let mut ages = BTreeMap::new();
+        for name in self.secrets.keys() {
+            match self.current_since(name).await {
+                Ok(since) => {
+                    let age = (self.now() - since).num_milliseconds().max(0) as f64 / 1000.0;
+                    metrics::gauge!(METRIC_SECRET_AGE, "secret" => name.clone()).set(age);
+                    ages.insert(name.clone(), age);
+                }
+                Err(e) => tracing::warn!(secret = %name, error = %e, "cannot tell the secret's age"),
+            }
+        }
+        ages
     }
 
     /// Match requests to declared secrets and start (or alert on) them.
@@ -461,6 +558,8 @@ impl<S: RotationStore> Rotator<S> {
                 self.db.set_backoff(&r.secret, 0, None).await?;
                 metrics::counter!("gatehouse_rotations_total", "secret" => r.secret.clone(), "outcome" => "rotated")
                     .increment(1);
+                let age = (self.now() - r.started_at).num_milliseconds().max(0) as f64 / 1000.0;
+                metrics::gauge!(METRIC_SECRET_AGE, "secret" => r.secret.clone()).set(age);
             }
         }
         Ok(outcome)

@@ -2,6 +2,7 @@
 //! processor in one process), `gatehouse-ingress` and `gatehouse-processor`.
 
 use crate::audit::{Kind, Translator, TranslatorConfig};
+use crate::budget::Budget;
 use crate::cloud::{AwsTarget, CloudTargets};
 use crate::engine::{Engine, RetryPolicy};
 use crate::ingress::{self, Deps};
@@ -9,7 +10,7 @@ use crate::worker::{Worker, WorkerConfig};
 use futures::future::BoxFuture;
 use gatehouse_adapters::aws_iam::{AwsConnect, AwsIam};
 use gatehouse_adapters::gcp_iam::{GcpIam, GcpIamConfig, TokenSource};
-use gatehouse_adapters::looker::{LookerClient, LookerConfig};
+use gatehouse_adapters::looker::{CallMeter, LookerClient, LookerConfig};
 use gatehouse_adapters::postgres::Postgres;
 use gatehouse_adapters::pubsub::{PubsubOptions, PubsubQueue};
 use gatehouse_adapters::sqlite::Sqlite;
@@ -92,6 +93,36 @@ pub fn looker_client(cfg: &Config) -> Result<Option<LookerClient>, AppError> {
 }
 
 pub type AppEngine = Engine<AnyState, LookerClient>;
+
+/// One-off commands (`plan`, `reconcile`): add the calls `engine`'s Looker client made to the
+/// month's budget count, once, when a quota is configured.
+pub async fn count_looker_calls(cfg: &Config, engine: &AppEngine) {
+    if let Some(client) = engine.looker() {
+        count_calls(cfg, engine.store().clone(), vec![client.meter().clone()]).await;
+    }
+}
+
+/// Add what `meters` counted to the month's budget count in `store`, once, when a quota is
+/// configured. Errors are logged, not returned: the command's own result matters more.
+pub async fn count_calls(cfg: &Config, store: AnyState, meters: Vec<CallMeter>) {
+    let (Some(quota), Some((first, more))) = (cfg.looker.budget.monthly_call_quota, meters.split_first())
+    else {
+        return;
+    };
+    let budget = Budget::new(
+        store,
+        first.clone(),
+        quota,
+        &cfg.looker.budget,
+        Arc::new(chrono::Utc::now),
+    )
+    .with_meters(more.iter().cloned());
+    match budget.flush().await {
+        Ok(s) => tracing::info!(month = %s.month, calls = s.calls, remaining = s.remaining,
+            "looker admin-api budget"),
+        Err(e) => tracing::warn!(error = %e, "cannot store the looker call count"),
+    }
+}
 
 /// The processor's state store as configured: the SQLite database `sqlite` (also the embedded
 /// queue's), or a PostgreSQL pool.
@@ -361,8 +392,10 @@ where
     if components.ingress {
         tasks.extend(ingress::spawn_tasks(&deps, &shutdown));
     }
+    let mut rotator_meters = Vec::new();
     if components.rotator(cfg) {
         let rotator = gatehouse_rotation::build::rotator(cfg, store.clone()).await?;
+        rotator_meters = rotator.looker_meters();
         let s = shutdown.clone();
         tasks.push(tokio::spawn(async move { rotator.run(s.wait()).await }));
     }
@@ -406,6 +439,33 @@ where
             .await
         }));
     }
+    let mut on_stop: Vec<StopHook> = Vec::new();
+    if let (true, Some(quota), Some(client)) = (
+        components.processor,
+        cfg.looker.budget.monthly_call_quota,
+        engine.looker(),
+    ) {
+        let budget = Arc::new(
+            Budget::new(
+                state.clone(),
+                client.meter().clone(),
+                quota,
+                &cfg.looker.budget,
+                Arc::new(chrono::Utc::now),
+            )
+            .with_meters(rotator_meters),
+        );
+        let (b, s) = (budget.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move { b.run(s).await }));
+        // After every task has stopped (no call in flight any more): the last calls.
+        on_stop.push(Box::new(move || {
+            Box::pin(async move {
+                if let Err(e) = budget.flush().await {
+                    tracing::error!(error = %e, "cannot store the last looker call count");
+                }
+            })
+        }));
+    }
     let lag_store = store.clone();
     let s = shutdown.clone();
     let embedded = matches!(cfg.queue, QueueConfig::Embedded);
@@ -447,7 +507,7 @@ where
         trigger,
         shutdown,
         tasks,
-        on_stop: Vec::new(),
+        on_stop,
     })
 }
 
@@ -527,7 +587,32 @@ pub async fn rotator_main(config: Option<&std::path::Path>) -> std::process::Exi
         let store = Sqlite::open(&cfg.data_dir).await?;
         let rotator = gatehouse_rotation::build::rotator(&cfg, store.clone()).await?;
         tracing::info!(secrets = cfg.rotator.secrets.len(), "gatehouse rotator started");
+        // Its Looker calls (API3 kind) count against the budget the processors share.
+        let meters = rotator.looker_meters();
+        let budget = match (cfg.looker.budget.monthly_call_quota, meters.is_empty()) {
+            (Some(_), false) => Some(open_state(&cfg, &store).await?),
+            _ => None,
+        };
+        let (trigger, shutdown) = Shutdown::new();
+        let flusher = budget.clone().map(|state| {
+            let (cfg, meters) = (cfg.clone(), meters.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.wait() => return,
+                        _ = tokio::time::sleep(cfg.looker.budget.flush_interval) => {}
+                    }
+                    count_calls(&cfg, state.clone(), meters.clone()).await;
+                }
+            })
+        });
         rotator.run(gatehouse_platform::shutdown::os_signal()).await;
+        trigger.trigger();
+        if let (Some(task), Some(state)) = (flusher, budget) {
+            let _ = task.await;
+            count_calls(&cfg, state.clone(), meters).await;
+            state.close().await;
+        }
         store.close().await;
         Ok::<(), AppError>(())
     };

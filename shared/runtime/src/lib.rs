@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod budget;
 pub mod cloud;
 pub mod engine;
 pub mod ingress;

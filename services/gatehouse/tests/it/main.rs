@@ -190,6 +190,39 @@ async fn plan_json_reads_looker_and_changes_nothing() {
     assert_eq!(fake.write_calls(), 0, "plan changes nothing");
 }
 
+/// A one-off command's Looker reads count against the month's budget too: `plan` adds them to
+/// the state store before it exits (a process of its own, so nothing else would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_adds_its_looker_calls_to_the_month_budget() {
+    use gatehouse_domain::ports::LookerCallCounts;
+    let fake = gatehouse_testkit::FakeLooker::start().await;
+    fake.add_user("john.doe@example.com", "John", "Doe");
+    let dir = tempfile::tempdir().unwrap();
+    let month = gatehouse_domain::ports::call_month(chrono::Utc::now());
+    for round in 1..=2u64 {
+        let o = tokio::process::Command::from(bin())
+            .args(["plan", "--event"])
+            .arg(fixture("event-hook.user.lifecycle.deactivate.constructed.json"))
+            .env("GATEHOUSE_DATA_DIR", dir.path())
+            .env("GATEHOUSE_LOOKER_URL", fake.base_url())
+            .env("GATEHOUSE_LOOKER_CLIENT_ID", fake.client_id())
+            .env("GATEHOUSE_LOOKER_CLIENT_SECRET", fake.client_secret())
+            .env("GATEHOUSE_LOOKER_MONTHLY_CALL_QUOTA", "1000")
+            .output()
+            .await
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o).1);
+        let db = gatehouse_adapters::sqlite::Sqlite::open(dir.path())
+            .await
+            .unwrap();
+        let counted = db.looker_calls(&month).await.unwrap();
+        db.close().await;
+        let made = fake.calls().len() as u64;
+        assert!(made >= 3 * round, "login, catalog and search each run: {made}");
+        assert_eq!(counted, made, "round {round}: every call of every run is counted");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_accepts_a_hook_records_the_plan_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();

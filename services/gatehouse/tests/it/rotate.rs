@@ -148,3 +148,60 @@ async fn offboarding_a_holder_rotates_their_secret_in_standalone() {
     );
     child.kill().await.unwrap();
 }
+
+/// A Looker API3 rotation's calls (the admin's list/create/delete and the login that tests the
+/// new key) count against the month's Looker budget: `gatehouse rotate` adds them before exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_a_looker_key_counts_its_calls_against_the_budget() {
+    use gatehouse_domain::ports::LookerCallCounts;
+    const LOOKER_SECRET: &str = "projects/gatehouse-test/secrets/looker-etl";
+    let fake = gatehouse_testkit::FakeLooker::start().await;
+    let uid = fake.add_user("etl@example.com", "Etl", "Bot");
+    let old_key = fake.add_api3_key(&uid);
+    let (client_id, old_secret) = fake.api3_credentials(&old_key).unwrap();
+    let sm = FakeSecretManager::start().await;
+    sm.create_secret(LOOKER_SECRET);
+    let doc = serde_json::json!({ "key_id": old_key, "client_id": client_id, "client_secret": old_secret });
+    sm.add_version(LOOKER_SECRET, &doc.to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\n[looker.budget]\nmonthly_call_quota = 1000\n\
+             [rotator.gcp]\nsecret_manager_url = {:?}\n\n\
+             [[rotator.secrets]]\nname = \"looker-etl\"\n\
+             kind = {{ type = \"looker_api3\", user_id = {uid:?} }}\n\
+             store = {{ type = \"gcp_secret_manager\", name = {LOOKER_SECRET:?} }}\n",
+            dir.path().join("data"),
+            sm.url(),
+        ),
+    )
+    .unwrap();
+    let o = tokio::process::Command::from(bin())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["rotate", "looker-etl"])
+        .env("GATEHOUSE_GCP_ACCESS_TOKEN", sm.token())
+        .env("GATEHOUSE_LOOKER_URL", fake.base_url())
+        .env("GATEHOUSE_LOOKER_CLIENT_ID", fake.client_id())
+        .env("GATEHOUSE_LOOKER_CLIENT_SECRET", fake.client_secret())
+        .output()
+        .await
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(out.contains("finished"), "{out}");
+    let made = fake.calls().len() as u64;
+    assert!(made >= 5, "admin login, list, create, test login, whoami: {made}");
+    let db = gatehouse_adapters::sqlite::Sqlite::open(&dir.path().join("data"))
+        .await
+        .unwrap();
+    let month = gatehouse_domain::ports::call_month(chrono::Utc::now());
+    assert_eq!(
+        db.looker_calls(&month).await.unwrap(),
+        made,
+        "every call Looker saw"
+    );
+    db.close().await;
+}

@@ -762,3 +762,26 @@ fn calls_are_counted_with_templated_endpoints() {
     assert!(line("/users/{id}/sessions/{id}", "DELETE", "404"), "{text}");
     assert!(!text.contains("/users/1"), "raw ids leaked into labels: {text}");
 }
+
+/// The meter counts every request the client sends, login, re-login after a 401 and failed
+/// calls included: exactly the calls Looker saw.
+#[tokio::test]
+async fn the_call_meter_counts_every_request_looker_receives() {
+    let fake = FakeLooker::start().await;
+    let meter = gatehouse_adapters::looker::CallMeter::new();
+    let c = LookerClient::with_meter(config(&fake), meter.clone()).unwrap();
+    find(&c, "nobody@x.com").await; // login + search
+    c.catalog().await.unwrap(); // three lists
+    fake.expire_tokens();
+    find(&c, "nobody@x.com").await; // 401, login, search again
+    fake.fail_next(503, 1);
+    let e = expect_err(c.find_user("nobody@x.com", &ReadNeeds::default()).await);
+    assert_eq!(e.status, Some(503), "{e}");
+    let seen = fake.calls().len() as u64;
+    assert_eq!(seen, 9, "{:#?}", fake.calls());
+    assert_eq!(meter.pending(), seen, "one count per request the fake received");
+    assert_eq!(c.meter().take(), seen, "the client's own meter is the shared one");
+    assert_eq!(meter.pending(), 0, "take resets the count");
+    meter.give_back(3);
+    assert_eq!(meter.take(), 3, "a failed flush's calls come back");
+}

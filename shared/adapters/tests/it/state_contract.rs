@@ -14,7 +14,8 @@ use gatehouse_domain::identity::{Identity, Stamp, Stamped};
 use gatehouse_domain::ledger_chain::{self, ChainBreak};
 use gatehouse_domain::looker::{HttpCall, Method};
 use gatehouse_domain::ports::{
-    DELETION_CLAIM, DeletionChange, LedgerEntry, Outcome, RotationRequest, ScheduledDeletion, StateStore,
+    DELETION_CLAIM, DeletionChange, LedgerEntry, LookerCallCounts, Outcome, RotationRequest,
+    ScheduledDeletion, StateStore,
 };
 use secrecy::SecretString;
 use sqlx::Connection;
@@ -363,6 +364,46 @@ pub(crate) async fn verify_names_reordered_rows<S: StateStore, T: Tamper>(s: S, 
     assert_eq!(broken(&s).await, ChainBreak::Altered { seq: 2 });
 }
 
+/// Looker calls add up per month: `add` returns the month's new total, months are separate,
+/// and a month nobody wrote reads 0.
+pub(crate) async fn looker_calls_add_up_per_month<S: LookerCallCounts>(s: S) {
+    assert_eq!(s.looker_calls("2026-01").await.unwrap(), 0);
+    assert_eq!(s.add_looker_calls("2026-01", 5).await.unwrap(), 5);
+    assert_eq!(s.add_looker_calls("2026-01", 7).await.unwrap(), 12);
+    assert_eq!(s.add_looker_calls("2026-01", 0).await.unwrap(), 12);
+    assert_eq!(
+        s.add_looker_calls("2026-02", 1).await.unwrap(),
+        1,
+        "a new month starts at 0"
+    );
+    assert_eq!(s.looker_calls("2026-01").await.unwrap(), 12);
+    assert_eq!(s.looker_calls("2026-02").await.unwrap(), 1);
+    assert_eq!(s.looker_calls("2025-12").await.unwrap(), 0);
+}
+
+/// Two writers (two pools on one database: two replicas) adding at once lose nothing: the
+/// upsert is `calls = calls + delta`, never a read-modify-write.
+pub(crate) async fn concurrent_writers_sum_their_calls<S: LookerCallCounts + Clone + 'static>(a: S, b: S) {
+    let tasks: Vec<_> = [a, b]
+        .into_iter()
+        .flat_map(|s| (0..20).map(move |i| (s.clone(), i)))
+        .map(|(s, i)| tokio::spawn(async move { s.add_looker_calls("2026-03", 1 + i % 3).await.unwrap() }))
+        .collect();
+    let mut totals = Vec::new();
+    for t in tasks {
+        totals.push(t.await.unwrap());
+    }
+    let want: u64 = 2 * (0..20).map(|i| 1 + i % 3).sum::<u64>();
+    assert_eq!(
+        totals.iter().max().copied(),
+        Some(want),
+        "the last writer sees every call"
+    );
+    totals.sort_unstable();
+    totals.dedup();
+    assert_eq!(totals.len(), 40, "every add returned a distinct running total");
+}
+
 // ---- SQLite ----
 
 pub(crate) struct SqliteFile(pub std::path::PathBuf);
@@ -483,4 +524,42 @@ both! {
     verify_altered => |s, db| Box::pin(verify_names_an_altered_row(s, db));
     verify_removed => |s, db| Box::pin(verify_names_a_removed_row(s, db));
     verify_reordered => |s, db| Box::pin(verify_names_reordered_rows(s, db));
+    looker_calls_per_month => |s, _| Box::pin(looker_calls_add_up_per_month(s));
+}
+
+/// The count survives a restart (a reopen of the same file), and two processes opening the
+/// same file add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_looker_calls_survive_a_reopen_and_two_writers_sum() {
+    let (dir, s, _) = sqlite().await;
+    assert_eq!(s.add_looker_calls("2026-01", 40).await.unwrap(), 40);
+    s.close().await;
+    let reopened = Sqlite::open(dir.path()).await.unwrap();
+    assert_eq!(
+        reopened.looker_calls("2026-01").await.unwrap(),
+        40,
+        "kept across a reopen"
+    );
+    let other = Sqlite::open(dir.path()).await.unwrap();
+    concurrent_writers_sum_their_calls(reopened.clone(), other).await;
+    assert_eq!(reopened.looker_calls("2026-01").await.unwrap(), 40);
+}
+
+/// Same on PostgreSQL: a new pool (a restarted replica) reads what the old one added, and two
+/// pools add at once without losing a call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_looker_calls_survive_a_reconnect_and_two_replicas_sum() {
+    let (s, db) = postgres().await;
+    assert_eq!(s.add_looker_calls("2026-01", 40).await.unwrap(), 40);
+    s.close().await;
+    let url = SecretString::from(db.0.clone());
+    let reconnected = Postgres::connect(&url, 4).await.unwrap();
+    assert_eq!(
+        reconnected.looker_calls("2026-01").await.unwrap(),
+        40,
+        "kept across a reconnect"
+    );
+    let other = Postgres::connect(&url, 4).await.unwrap();
+    concurrent_writers_sum_their_calls(reconnected.clone(), other).await;
+    assert_eq!(reconnected.looker_calls("2026-01").await.unwrap(), 40);
 }

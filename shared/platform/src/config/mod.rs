@@ -121,6 +121,9 @@ pub struct LookerSection {
     /// How long names → ids of groups, roles and user attributes are cached.
     #[serde(default = "default_catalog_ttl", with = "humantime_serde")]
     pub catalog_ttl: Duration,
+    /// The monthly admin-API budget (`[looker.budget]`).
+    #[serde(default)]
+    pub budget: LookerBudgetConfig,
 }
 
 impl Default for LookerSection {
@@ -131,7 +134,82 @@ impl Default for LookerSection {
             client_secret: None,
             timeout: default_timeout(),
             catalog_ttl: default_catalog_ttl(),
+            budget: LookerBudgetConfig::default(),
         }
+    }
+}
+
+/// Looker meters admin-API calls per calendar month: Gatehouse counts its own calls (login
+/// included) per UTC month in the state store, summed over every process, and reports what is
+/// left of the quota.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookerBudgetConfig {
+    /// Calls the Looker contract allows per calendar month (UTC). `None`: no budget gauges and
+    /// no count kept.
+    #[serde(default)]
+    pub monthly_call_quota: Option<u64>,
+    /// The budget is low (gauge `gatehouse_looker_api_budget_low` = 1, one warning logged) once
+    /// the calls left are at most this fraction of the quota: 0.1 = the last 10 %.
+    #[serde(default = "default_budget_warning")]
+    pub warning_remaining: f64,
+    /// How often a process adds its in-memory count to the state store and refreshes the
+    /// gauges (and once more at shutdown).
+    #[serde(default = "default_budget_flush", with = "humantime_serde")]
+    pub flush_interval: Duration,
+}
+
+impl Default for LookerBudgetConfig {
+    fn default() -> Self {
+        LookerBudgetConfig {
+            monthly_call_quota: None,
+            warning_remaining: default_budget_warning(),
+            flush_interval: default_budget_flush(),
+        }
+    }
+}
+
+impl LookerBudgetConfig {
+    fn apply_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = env("GATEHOUSE_LOOKER_MONTHLY_CALL_QUOTA") {
+            self.monthly_call_quota = Some(v.trim().parse().map_err(|_| {
+                ConfigError::new(
+                    "GATEHOUSE_LOOKER_MONTHLY_CALL_QUOTA",
+                    format!("{v:?} is not a whole number of calls"),
+                )
+            })?);
+        }
+        if let Some(v) = env("GATEHOUSE_LOOKER_BUDGET_WARNING_REMAINING") {
+            self.warning_remaining = v.trim().parse().map_err(|_| {
+                ConfigError::new(
+                    "GATEHOUSE_LOOKER_BUDGET_WARNING_REMAINING",
+                    format!("{v:?} is not a fraction such as 0.1"),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.monthly_call_quota == Some(0) {
+            return Err(ConfigError::new(
+                "looker.budget.monthly_call_quota",
+                "must be at least 1 (leave it out for no budget)",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.warning_remaining) {
+            return Err(ConfigError::new(
+                "looker.budget.warning_remaining",
+                format!("{} is not a fraction between 0 and 1", self.warning_remaining),
+            ));
+        }
+        if self.flush_interval.is_zero() {
+            return Err(ConfigError::new(
+                "looker.budget.flush_interval",
+                "must be more than 0",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -264,6 +342,12 @@ fn default_poll() -> Duration {
 fn default_sweep() -> Duration {
     Duration::from_secs(60)
 }
+fn default_budget_warning() -> f64 {
+    0.1
+}
+fn default_budget_flush() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_level() -> String {
     "info".into()
 }
@@ -295,6 +379,8 @@ pub const ENV_VARS: &[&str] = &[
     "GATEHOUSE_LOOKER_URL",
     "GATEHOUSE_LOOKER_CLIENT_ID",
     "GATEHOUSE_LOOKER_CLIENT_SECRET",
+    "GATEHOUSE_LOOKER_MONTHLY_CALL_QUOTA",
+    "GATEHOUSE_LOOKER_BUDGET_WARNING_REMAINING",
     "GATEHOUSE_LOG_FORMAT",
     "GATEHOUSE_QUEUE",
     "GATEHOUSE_STATE",
@@ -364,6 +450,7 @@ impl Config {
         self.rotator.apply_env(&env)?;
         self.gcp.apply_env(&env)?;
         self.reconcile.apply_env(&env)?;
+        self.looker.budget.apply_env(&env)?;
         if let Some(v) = env("GATEHOUSE_LISTEN") {
             self.listen = v
                 .parse()
@@ -414,6 +501,7 @@ impl Config {
         self.aws.validate()?;
         self.gcp.validate()?;
         self.reconcile.validate()?;
+        self.looker.budget.validate()?;
         if let Some(url) = &self.looker.url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
@@ -605,6 +693,43 @@ mod tests {
     fn bad_env_value_names_the_variable() {
         let e = Config::load(None, env(&[("GATEHOUSE_LISTEN", "nope")])).unwrap_err();
         assert_eq!(e.field, "GATEHOUSE_LISTEN");
+    }
+
+    #[test]
+    fn looker_budget_is_off_by_default_and_set_from_file_or_env() {
+        let cfg = Config::load(None, env(&[])).unwrap();
+        assert_eq!(cfg.looker.budget.monthly_call_quota, None);
+        assert_eq!(cfg.looker.budget.warning_remaining, 0.1);
+        let f = write(
+            "[looker.budget]\nmonthly_call_quota = 5000\nwarning_remaining = 0.25\nflush_interval = \"5s\"\n",
+        );
+        let cfg = Config::load(Some(f.path()), env(&[])).unwrap();
+        assert_eq!(cfg.looker.budget.monthly_call_quota, Some(5000));
+        assert_eq!(cfg.looker.budget.warning_remaining, 0.25);
+        assert_eq!(cfg.looker.budget.flush_interval, Duration::from_secs(5));
+        let cfg = Config::load(
+            Some(f.path()),
+            env(&[
+                ("GATEHOUSE_LOOKER_MONTHLY_CALL_QUOTA", "100000"),
+                ("GATEHOUSE_LOOKER_BUDGET_WARNING_REMAINING", "0.05"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.looker.budget.monthly_call_quota, Some(100_000));
+        assert_eq!(cfg.looker.budget.warning_remaining, 0.05);
+    }
+
+    #[test]
+    fn bad_looker_budget_names_the_field() {
+        let e = Config::load(None, env(&[("GATEHOUSE_LOOKER_MONTHLY_CALL_QUOTA", "lots")])).unwrap_err();
+        assert_eq!(e.field, "GATEHOUSE_LOOKER_MONTHLY_CALL_QUOTA");
+        let e = Config::load(None, env(&[("GATEHOUSE_LOOKER_MONTHLY_CALL_QUOTA", "0")])).unwrap_err();
+        assert_eq!(e.field, "looker.budget.monthly_call_quota");
+        let e = Config::load(None, env(&[("GATEHOUSE_LOOKER_BUDGET_WARNING_REMAINING", "1.5")])).unwrap_err();
+        assert_eq!(e.field, "looker.budget.warning_remaining");
+        let f = write("[looker.budget]\nmonthly_calls = 3\n");
+        let e = Config::load(Some(f.path()), env(&[])).unwrap_err();
+        assert_eq!(e.field, "looker.budget.monthly_calls", "{e}");
     }
 
     #[test]

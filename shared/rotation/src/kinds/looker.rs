@@ -6,7 +6,7 @@ use super::{Kind, Res, gone_is_done, parse_json_key};
 use crate::credential::{Credential, KeyInfo};
 use crate::error::{ErrorKind, RotationError};
 use futures::future::BoxFuture;
-use gatehouse_adapters::looker::{LookerClient, LookerConfig};
+use gatehouse_adapters::looker::{CallMeter, LookerClient, LookerConfig};
 use gatehouse_domain::looker::{ErrorKind as LookerKind, LookerError};
 use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
@@ -52,6 +52,10 @@ impl Kind for LookerApi3 {
 
     fn principal(&self) -> &str {
         &self.user_id
+    }
+
+    fn call_meter(&self) -> Option<CallMeter> {
+        Some(self.admin.meter().clone())
     }
 
     fn list(&self) -> BoxFuture<'_, Res<Vec<KeyInfo>>> {
@@ -100,13 +104,17 @@ impl Kind for LookerApi3 {
                     .unwrap_or("")
                     .to_string()
             };
-            let client = LookerClient::new(LookerConfig {
-                base_url: self.base_url.clone(),
-                client_id: field("client_id"),
-                client_secret: SecretString::from(field("client_secret")),
-                timeout: self.timeout,
-                catalog_ttl: Duration::ZERO,
-            })
+            // The test login is an API call Looker meters too: same meter as the admin's.
+            let client = LookerClient::with_meter(
+                LookerConfig {
+                    base_url: self.base_url.clone(),
+                    client_id: field("client_id"),
+                    client_secret: SecretString::from(field("client_secret")),
+                    timeout: self.timeout,
+                    catalog_ttl: Duration::ZERO,
+                },
+                self.admin.meter().clone(),
+            )
             .map_err(|e| from_looker("the new key", e))?;
             let me = client
                 .whoami()

@@ -19,6 +19,11 @@ pub trait Kind: Send + Sync {
     fn name(&self) -> &'static str;
     /// The principal the keys belong to (Looker user id, IAM user name, service-account email).
     fn principal(&self) -> &str;
+    /// The meter of the Looker calls this kind makes (they count against the Looker admin-API
+    /// budget); `None` for kinds that do not call Looker.
+    fn call_meter(&self) -> Option<gatehouse_adapters::looker::CallMeter> {
+        None
+    }
     /// How many keys the principal may hold at once (AWS: 2), if limited.
     fn max_keys(&self) -> Option<usize> {
         None

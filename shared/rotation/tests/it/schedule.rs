@@ -20,6 +20,8 @@ struct MemKind {
     keys: Mutex<Vec<String>>,
     seq: AtomicU64,
     broken: AtomicBool,
+    /// Creation times (RFC 3339) of keys made before the test; others list their id.
+    created: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl Kind for MemKind {
@@ -31,11 +33,12 @@ impl Kind for MemKind {
     }
     fn list(&self) -> BoxFuture<'_, Res<Vec<KeyInfo>>> {
         let keys = self.keys.lock().unwrap().clone();
+        let created = self.created.lock().unwrap().clone();
         Box::pin(async move {
             Ok(keys
                 .into_iter()
                 .map(|id| KeyInfo {
-                    created: id.clone(),
+                    created: created.get(&id).cloned().unwrap_or_else(|| id.clone()),
                     id,
                     active: true,
                 })
@@ -226,4 +229,86 @@ async fn a_failing_rotation_backs_off_then_retries() {
     assert_eq!(db.secret_state("hourly").await.unwrap().failures, 0);
     stop_tx.send(()).unwrap();
     task.await.unwrap();
+}
+
+/// `gatehouse_secret_age_seconds{secret}` on a paused clock: a never-rotated secret shows the
+/// age of the key its store holds (as the provider lists it), or, with nothing to go by, the
+/// time since the rotator first looked; after a rotation, the time since that rotation.
+#[test]
+fn secret_ages_count_from_the_key_or_the_last_rotation_and_never_vanish() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let ages = metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let start = Utc.with_ymd_and_hms(2026, 3, 2, 8, 30, 0).unwrap();
+            // "daily": created outside Gatehouse 60 days ago, rotated every day at 09:00.
+            let kind = Arc::new(MemKind::default());
+            kind.keys.lock().unwrap().push("k-old".into());
+            kind.created
+                .lock()
+                .unwrap()
+                .insert("k-old".into(), "2026-01-01T08:30:00Z".into());
+            let store = Arc::new(MemStore::default());
+            store.versions.lock().unwrap().push("k-old".into());
+            let daily = SecretConfig {
+                name: "daily".into(),
+                schedule: Some("0 9 * * *".into()),
+                ..secret("")
+            };
+            // "empty": no schedule, nothing in its store yet.
+            let empty = SecretConfig {
+                name: "empty".into(),
+                schedule: None,
+                ..secret("")
+            };
+            let db = MemoryRotations::default();
+            let r = Rotator::new(
+                vec![
+                    Declared::new(daily, kind.clone(), store),
+                    Declared::new(empty, Arc::new(MemKind::default()), Arc::new(MemStore::default())),
+                ],
+                db.clone(),
+                Arc::new(TokioClock::starting_at(start)),
+                Settings::default(),
+            );
+            const DAY: f64 = 86_400.0;
+            r.tick().await.unwrap();
+            let first = r.report_ages().await;
+            assert_eq!(
+                first["daily"],
+                60.0 * DAY,
+                "the key the store holds is 60 days old"
+            );
+            assert_eq!(first["empty"], 0.0, "first seen now");
+            tokio::time::advance(Duration::from_secs(20 * 60)).await; // 08:50
+            r.tick().await.unwrap();
+            let before = r.report_ages().await;
+            assert_eq!(before["daily"], 60.0 * DAY + 1200.0);
+            assert_eq!(before["empty"], 1200.0, "grows from when it was first seen");
+            tokio::time::advance(Duration::from_secs(10 * 60)).await; // 09:00: rotation
+            let report = r.tick().await.unwrap();
+            assert_eq!(report.started, [("daily".to_string(), "schedule".to_string())]);
+            assert_eq!(db.history("daily").await.unwrap()[0].phase, Phase::Finished);
+            assert_eq!(r.report_ages().await["daily"], 0.0, "a new credential");
+            tokio::time::advance(Duration::from_secs(5 * 3600)).await; // 14:00, old key revoked
+            r.tick().await.unwrap();
+            assert_eq!(db.history("daily").await.unwrap()[0].phase, Phase::Revoked);
+            r.report_ages().await
+        })
+    });
+    assert_eq!(ages["daily"], 5.0 * 3600.0);
+    assert_eq!(ages["empty"], 5.0 * 3600.0 + 1800.0);
+    let text = handle.render();
+    let gauge = |secret: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("gatehouse_secret_age_seconds{{secret=\"{secret}\"}}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert_eq!(gauge("daily"), Some(18_000.0), "{text}");
+    assert_eq!(gauge("empty"), Some(19_800.0), "{text}");
 }
