@@ -183,8 +183,8 @@ async fn rotate(cfg: &Config, secret: &str, dry_run: bool) -> anyhow::Result<()>
         ))
         .into());
     }
-    let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
-    let rotator = gatehouse_rotation::build::rotator(cfg, store).await?;
+    let state = app::open_state_alone(cfg).await?;
+    let rotator = gatehouse_rotation::build::rotator(cfg, state).await?;
     let mut out = std::io::stdout().lock();
     if dry_run {
         for line in rotator.plan(secret).await? {

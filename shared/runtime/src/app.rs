@@ -22,7 +22,7 @@ use gatehouse_domain::ports::BackendError;
 use gatehouse_domain::ports::Directory;
 use gatehouse_domain::ports::{Delivery, QueueConsumer, QueueProducer};
 use gatehouse_platform::config::{
-    AwsUserMappingConfig, Config, ConfigError, GcpTokenSource, QueueConfig, StateConfig,
+    AwsUserMappingConfig, Config, ConfigError, GcpTokenSource, PostgresConfig, QueueConfig, StateConfig,
 };
 use gatehouse_platform::ops;
 use gatehouse_platform::shutdown::{Shutdown, ShutdownTrigger};
@@ -98,13 +98,25 @@ pub type AppEngine = Engine<AnyState, LookerClient>;
 pub async fn open_state(cfg: &Config, sqlite: &Sqlite) -> Result<AnyState, AppError> {
     Ok(match &cfg.state {
         StateConfig::Sqlite => AnyState::Sqlite(sqlite.clone()),
-        StateConfig::Postgres(p) => {
-            let url = p.url.as_ref().ok_or_else(|| {
-                ConfigError::new("state.url (GATEHOUSE_DATABASE_URL)", "is required for postgres")
-            })?;
-            AnyState::Postgres(Postgres::connect(url, p.max_connections).await?)
-        }
+        StateConfig::Postgres(p) => AnyState::Postgres(connect_postgres(p).await?),
     })
+}
+
+/// The state store alone, for what needs nothing else of the data directory (the rotator,
+/// `gatehouse rotate`): PostgreSQL without opening SQLite, else the SQLite database.
+pub async fn open_state_alone(cfg: &Config) -> Result<AnyState, AppError> {
+    Ok(match &cfg.state {
+        StateConfig::Sqlite => AnyState::Sqlite(Sqlite::open(&cfg.data_dir).await?),
+        StateConfig::Postgres(p) => AnyState::Postgres(connect_postgres(p).await?),
+    })
+}
+
+async fn connect_postgres(p: &PostgresConfig) -> Result<Postgres, AppError> {
+    let url = p
+        .url
+        .as_ref()
+        .ok_or_else(|| ConfigError::new("state.url (GATEHOUSE_DATABASE_URL)", "is required for postgres"))?;
+    Ok(Postgres::connect(url, p.max_connections).await?)
 }
 
 /// The cloud targets the configuration enables (AWS IAM, GCP IAM), with the reconcile modes.
@@ -362,7 +374,7 @@ where
         tasks.extend(ingress::spawn_tasks(&deps, &shutdown));
     }
     if components.rotator(cfg) {
-        let rotator = gatehouse_rotation::build::rotator(cfg, store.clone()).await?;
+        let rotator = gatehouse_rotation::build::rotator(cfg, state.clone()).await?;
         let s = shutdown.clone();
         tasks.push(tokio::spawn(async move { rotator.run(s.wait()).await }));
     }
@@ -524,11 +536,11 @@ pub async fn rotator_main(config: Option<&std::path::Path>) -> std::process::Exi
     };
     gatehouse_platform::telemetry::init_logging(&cfg.log);
     let run = async {
-        let store = Sqlite::open(&cfg.data_dir).await?;
-        let rotator = gatehouse_rotation::build::rotator(&cfg, store.clone()).await?;
-        tracing::info!(secrets = cfg.rotator.secrets.len(), "gatehouse rotator started");
+        let state = open_state_alone(&cfg).await?;
+        let rotator = gatehouse_rotation::build::rotator(&cfg, state.clone()).await?;
+        tracing::info!(secrets = cfg.rotator.secrets.len(), state = state.backend(), "gatehouse rotator started");
         rotator.run(gatehouse_platform::shutdown::os_signal()).await;
-        store.close().await;
+        state.close().await;
         Ok::<(), AppError>(())
     };
     match run.await {
