@@ -335,7 +335,10 @@ mod tests {
 
     #[test]
     fn the_active_phases_match_the_unique_index() {
-        let listed: Vec<String> = Phase::ACTIVE.iter().map(|p| format!("'{}'", p.as_str())).collect();
+        let listed: Vec<String> = Phase::ACTIVE
+            .iter()
+            .map(|p| format!("'{}'", p.as_str()))
+            .collect();
         assert_eq!(active!(), format!("({})", listed.join(", ")));
         let migration = include_str!("../../adapters/migrations/postgres/0002_rotations.sql");
         assert!(

@@ -538,7 +538,11 @@ pub async fn rotator_main(config: Option<&std::path::Path>) -> std::process::Exi
     let run = async {
         let state = open_state_alone(&cfg).await?;
         let rotator = gatehouse_rotation::build::rotator(&cfg, state.clone()).await?;
-        tracing::info!(secrets = cfg.rotator.secrets.len(), state = state.backend(), "gatehouse rotator started");
+        tracing::info!(
+            secrets = cfg.rotator.secrets.len(),
+            state = state.backend(),
+            "gatehouse rotator started"
+        );
         rotator.run(gatehouse_platform::shutdown::os_signal()).await;
         state.close().await;
         Ok::<(), AppError>(())

@@ -47,7 +47,11 @@ fn rotation(id: &str, secret: &str, started: i64) -> Rotation {
 async fn put<S: RotationStore>(s: &S, r: &Rotation, phase: Phase) -> Rotation {
     let mut r = r.clone();
     r.phase = phase;
-    assert!(s.claim(&r.id, "writer", t(100_000), t(0)).await.unwrap(), "lease for {}", r.id);
+    assert!(
+        s.claim(&r.id, "writer", t(100_000), t(0)).await.unwrap(),
+        "lease for {}",
+        r.id
+    );
     assert!(s.save(&r, "writer").await.unwrap(), "save of {}", r.id);
     s.release(&r.id, "writer").await.unwrap();
     r
@@ -111,18 +115,33 @@ pub(crate) async fn a_live_lease_is_refused_and_an_expired_one_taken<S: Rotation
     f.a.start(&r).await.unwrap();
     assert!(f.a.claim("r1", "A", t(300), t(0)).await.unwrap());
     assert!(!f.b.claim("r1", "B", t(400), t(100)).await.unwrap(), "live lease");
-    assert!(f.a.claim("r1", "A", t(600), t(200)).await.unwrap(), "the owner renews");
-    assert!(!f.b.claim("r1", "B", t(700), t(400)).await.unwrap(), "renewed lease is live");
+    assert!(
+        f.a.claim("r1", "A", t(600), t(200)).await.unwrap(),
+        "the owner renews"
+    );
+    assert!(
+        !f.b.claim("r1", "B", t(700), t(400)).await.unwrap(),
+        "renewed lease is live"
+    );
     f.b.release("r1", "B").await.unwrap();
     assert!(
         !f.b.claim("r1", "B", t(700), t(401)).await.unwrap(),
         "a non-owner's release frees nothing"
     );
-    assert!(f.b.claim("r1", "B", t(900), t(600)).await.unwrap(), "expired: taken over");
+    assert!(
+        f.b.claim("r1", "B", t(900), t(600)).await.unwrap(),
+        "expired: taken over"
+    );
     assert!(!f.a.claim("r1", "A", t(950), t(650)).await.unwrap(), "now B's");
     f.b.release("r1", "B").await.unwrap();
-    assert!(f.a.claim("r1", "A", t(1000), t(700)).await.unwrap(), "released: free");
-    assert!(!f.a.claim("nope", "A", t(1000), t(700)).await.unwrap(), "no such rotation");
+    assert!(
+        f.a.claim("r1", "A", t(1000), t(700)).await.unwrap(),
+        "released: free"
+    );
+    assert!(
+        !f.a.claim("nope", "A", t(1000), t(700)).await.unwrap(),
+        "no such rotation"
+    );
 
     for n in 0..20 {
         let id = format!("race-{n}");
@@ -131,7 +150,10 @@ pub(crate) async fn a_live_lease_is_refused_and_an_expired_one_taken<S: Rotation
             f.a.claim(&id, "A", t(300), t(0)),
             f.b.claim(&id, "B", t(300), t(0))
         );
-        assert!(x.unwrap() ^ y.unwrap(), "{id}: exactly one instance holds the lease");
+        assert!(
+            x.unwrap() ^ y.unwrap(),
+            "{id}: exactly one instance holds the lease"
+        );
     }
 }
 
@@ -155,7 +177,11 @@ pub(crate) async fn only_the_lease_owner_saves<S: RotationStore>(f: Fixture<S>) 
     assert!(!f.b.save(&next, "B").await.unwrap(), "B does not hold the lease");
     assert_eq!(f.b.get("r1").await.unwrap().unwrap(), r, "unchanged");
     assert!(f.a.save(&next, "A").await.unwrap());
-    assert_eq!(f.b.get("r1").await.unwrap().unwrap(), next, "every field reads back");
+    assert_eq!(
+        f.b.get("r1").await.unwrap().unwrap(),
+        next,
+        "every field reads back"
+    );
 
     // A's lease expires and B takes over: A's late save is fenced off.
     assert!(f.b.claim("r1", "B", t(900), t(301)).await.unwrap());
@@ -187,8 +213,14 @@ pub(crate) async fn claim_fire_is_compare_and_set<S: RotationStore>(f: Fixture<S
         }
         assert_eq!(f.a.secret_state(&secret).await.unwrap().last_fire, Some(t(3600)));
     }
-    assert!(!f.a.claim_fire("s0", None, t(7200)).await.unwrap(), "stale: already fired");
-    assert!(!f.a.claim_fire("s0", Some(t(0)), t(7200)).await.unwrap(), "stale prev");
+    assert!(
+        !f.a.claim_fire("s0", None, t(7200)).await.unwrap(),
+        "stale: already fired"
+    );
+    assert!(
+        !f.a.claim_fire("s0", Some(t(0)), t(7200)).await.unwrap(),
+        "stale prev"
+    );
     assert!(f.b.claim_fire("s0", Some(t(3600)), t(7200)).await.unwrap());
     assert_eq!(f.a.secret_state("s0").await.unwrap().last_fire, Some(t(7200)));
 }
@@ -198,11 +230,18 @@ pub(crate) async fn claim_fire_is_compare_and_set<S: RotationStore>(f: Fixture<S
 pub(crate) async fn history_is_oldest_first<S: RotationStore>(f: Fixture<S>) {
     assert!(f.a.history("x").await.unwrap().is_empty());
     // Started by instances whose clocks disagree: r-late is inserted first.
-    for (id, started) in [("r-late", 200), ("r-early", 100), ("r-tie-1", 300), ("r-tie-2", 300)] {
+    for (id, started) in [
+        ("r-late", 200),
+        ("r-early", 100),
+        ("r-tie-1", 300),
+        ("r-tie-2", 300),
+    ] {
         let r = rotation(id, "x", started);
         assert_eq!(f.a.start(&r).await.unwrap(), Started::New(id.into()));
         put(&f.b, &r, Phase::Done).await;
-        f.a.start(&rotation(&format!("other-{id}"), "y", 0)).await.unwrap();
+        f.a.start(&rotation(&format!("other-{id}"), "y", 0))
+            .await
+            .unwrap();
         put(&f.b, &rotation(&format!("other-{id}"), "y", 0), Phase::Done).await;
     }
     assert_eq!(
@@ -236,7 +275,10 @@ pub(crate) async fn due_and_next_due_skip_terminal_rotations<S: RotationStore>(f
     assert!(f.b.due(t(9)).await.unwrap().is_empty());
     assert_eq!(ids(&f.b.due(t(10)).await.unwrap()), ["early"]);
     assert_eq!(ids(&f.b.due(t(99)).await.unwrap()), ["early", "late"]);
-    assert_eq!(ids(&f.b.due(t(1_000)).await.unwrap()), ["early", "late", "grace", "revoked"]);
+    assert_eq!(
+        ids(&f.b.due(t(1_000)).await.unwrap()),
+        ["early", "late", "grace", "revoked"]
+    );
     assert_eq!(f.b.next_due().await.unwrap(), Some(t(10)));
     put(&f.a, &at("early", "b", 10), Phase::RolledBack).await;
     assert_eq!(f.b.next_due().await.unwrap(), Some(t(50)));
@@ -295,7 +337,10 @@ pub(crate) async fn requests_are_pending_until_handled<S: RotationStore>(f: Fixt
         vec![request(1), request(2), request(3)]
     );
     f.a.mark_handled("env-2", t(10)).await.unwrap();
-    assert_eq!(f.b.pending_requests().await.unwrap(), vec![request(1), request(3)]);
+    assert_eq!(
+        f.b.pending_requests().await.unwrap(),
+        vec![request(1), request(3)]
+    );
     f.b.mark_handled("env-2", t(20)).await.unwrap();
     f.b.mark_handled("env-unknown", t(20)).await.unwrap();
     f.b.mark_handled("env-1", t(20)).await.unwrap();
@@ -404,7 +449,9 @@ async fn sqlite() -> Fixture<SqliteRotations> {
 
 pub(crate) async fn postgres() -> Fixture<PgRotations> {
     let url = SecretString::from(gatehouse_testkit::postgres::fresh_database().await);
-    let a = Postgres::connect(&url, 4).await.expect("connect to the fresh database");
+    let a = Postgres::connect(&url, 4)
+        .await
+        .expect("connect to the fresh database");
     let b = Postgres::connect(&url, 4).await.expect("connect again");
     let processor = a.clone();
     Fixture {
