@@ -321,7 +321,7 @@ fn request(n: usize) -> RotationRequest {
         subject: format!("aws:iam-user:svc-{n}"),
         provider: "aws".into(),
         reason: "SECRET_ROTATE".into(),
-        secret: (n % 2 == 0).then(|| format!("secret-{n}")),
+        secret: n.is_multiple_of(2).then(|| format!("secret-{n}")),
     }
 }
 
