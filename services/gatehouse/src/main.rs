@@ -182,20 +182,18 @@ async fn rotate(cfg: &Config, secret: &str, dry_run: bool) -> anyhow::Result<()>
         ))
         .into());
     }
-    let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
-    let rotator = gatehouse_rotation::build::rotator(cfg, store.clone()).await?;
+    let state = app::open_state_alone(cfg).await?;
+    let rotator = gatehouse_rotation::build::rotator(cfg, state.clone()).await?;
     let result = rotate_with(&rotator, secret, dry_run).await;
     if cfg.looker.budget.monthly_call_quota.is_some() {
-        match app::open_state(cfg, &store).await {
-            Ok(state) => app::count_calls(cfg, state, rotator.looker_meters()).await,
-            Err(e) => tracing::warn!(error = %e, "cannot store the looker call count"),
-        }
+        app::count_calls(cfg, state.clone(), rotator.looker_meters()).await;
     }
+    state.close().await;
     result
 }
 
 async fn rotate_with(
-    rotator: &gatehouse_rotation::Rotator<gatehouse_rotation::sqlite::SqliteRotations>,
+    rotator: &gatehouse_rotation::Rotator<gatehouse_rotation::any::AnyRotations>,
     secret: &str,
     dry_run: bool,
 ) -> anyhow::Result<()> {

@@ -56,6 +56,11 @@ impl Postgres {
         Ok(Postgres { pool })
     }
 
+    /// The pool (for the rotator's tables on the same database).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Whether the database answers (for `/readyz`).
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()

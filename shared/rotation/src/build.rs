@@ -1,15 +1,16 @@
 //! From configuration to a running rotator: one kind and one store per declared secret, over
-//! the SQLite state, with the system clock.
+//! the configured state store (SQLite or PostgreSQL), with the system clock.
 
+use crate::any::AnyRotations;
 use crate::clock::{Clock, SystemClock};
 use crate::error::RotationError;
 use crate::gcp::GcpClient;
 use crate::kinds::{Kind, aws_iam::AwsAccessKey, gcp_sa::GcpServiceAccountKey, looker::LookerApi3};
 use crate::rotator::{Declared, Rotator, Settings};
-use crate::sqlite::SqliteRotations;
+use crate::state::RotationStore;
 use crate::stores::{SecretStore, aws_sm::AwsSecretsManager, gcp_sm::GcpSecretManager};
 use gatehouse_adapters::looker::{LookerClient, LookerConfig};
-use gatehouse_adapters::sqlite::Sqlite;
+use gatehouse_adapters::state::AnyState;
 use gatehouse_platform::config::{Config, KindConfig, RotatorConfig, StoreConfig};
 use std::sync::Arc;
 
@@ -100,23 +101,21 @@ fn gcp_of(g: &Option<GcpClient>) -> Result<&GcpClient, RotationError> {
         .ok_or_else(|| RotationError::permanent("gcp client missing"))
 }
 
-/// The rotator of a configuration over the SQLite database, on the system clock.
-pub async fn rotator(cfg: &Config, db: Sqlite) -> Result<Rotator<SqliteRotations>, RotationError> {
-    rotator_with(cfg, db, None, Arc::new(SystemClock)).await
+/// The rotator of a configuration over the state store `[state]` selects (the processor's:
+/// SQLite, or PostgreSQL shared by several rotator instances), on the system clock.
+pub async fn rotator(cfg: &Config, state: AnyState) -> Result<Rotator<AnyRotations>, RotationError> {
+    let store = AnyRotations::from(state);
+    tracing::debug!(backend = store.backend(), "rotation store");
+    rotator_with(cfg, store, None, Arc::new(SystemClock)).await
 }
 
-/// Same, with an explicit AWS SDK configuration and clock (tests).
-pub async fn rotator_with(
+/// Same over any store, with an explicit AWS SDK configuration and clock (tests).
+pub async fn rotator_with<S: RotationStore>(
     cfg: &Config,
-    db: Sqlite,
+    store: S,
     aws: Option<aws_config::SdkConfig>,
     clock: Arc<dyn Clock>,
-) -> Result<Rotator<SqliteRotations>, RotationError> {
+) -> Result<Rotator<S>, RotationError> {
     let declared = declared(cfg, aws).await?;
-    Ok(Rotator::new(
-        declared,
-        SqliteRotations::new(db),
-        clock,
-        settings(&cfg.rotator),
-    ))
+    Ok(Rotator::new(declared, store, clock, settings(&cfg.rotator)))
 }

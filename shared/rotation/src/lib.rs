@@ -2,12 +2,15 @@
 //! them.
 //!
 //! * [`state`]: the persisted state machine (create → set → test → finish → revoke → destroy)
-//!   and the [`state::RotationStore`] port; [`sqlite`] and [`memory`] implement it.
+//!   and the [`state::RotationStore`] port; [`sqlite`], [`postgres`] and [`memory`] implement it,
+//!   [`any::AnyRotations`] is the one `[state]` selects.
 //! * [`kinds`]: Looker API3 keys, AWS IAM access keys, GCP service-account keys.
 //! * [`stores`]: AWS Secrets Manager (staging labels), GCP Secret Manager (versions).
 //! * [`rotator`]: triggers (schedule, requests, retries), single-flight leases, rollback.
-//! * [`build`]: declared secrets from configuration; [`spawn`](build::spawn) for the services.
+//! * [`build`]: declared secrets from configuration; [`rotator`](build::rotator) over the
+//!   configured state store for the services.
 
+pub mod any;
 pub mod build;
 pub mod clock;
 pub mod credential;
@@ -15,6 +18,7 @@ pub mod error;
 pub mod gcp;
 pub mod kinds;
 pub mod memory;
+pub mod postgres;
 pub mod rotator;
 pub mod sqlite;
 pub mod state;

@@ -53,13 +53,16 @@ impl RotationStore for MemoryRotations {
     }
 
     async fn history(&self, secret: &str) -> Result<Vec<Rotation>, BackendError> {
-        Ok(self
+        let mut all: Vec<Rotation> = self
             .st()
             .rotations
             .iter()
             .filter(|r| r.secret == secret)
             .cloned()
-            .collect())
+            .collect();
+        // Stable: equal start times keep insertion order, like the databases' row order.
+        all.sort_by_key(|r| r.started_at);
+        Ok(all)
     }
 
     async fn due(&self, now: DateTime<Utc>) -> Result<Vec<Rotation>, BackendError> {
@@ -92,6 +95,9 @@ impl RotationStore for MemoryRotations {
         now: DateTime<Utc>,
     ) -> Result<bool, BackendError> {
         let mut st = self.st();
+        if !st.rotations.iter().any(|r| r.id == id) {
+            return Ok(false);
+        }
         match st.leases.get(id) {
             Some((o, u)) if o != owner && *u > now => Ok(false),
             _ => {
@@ -161,7 +167,13 @@ impl RotationStore for MemoryRotations {
     }
 
     async fn ledger(&self) -> Result<Vec<LedgerEntry>, BackendError> {
-        Ok(self.st().ledger.clone())
+        Ok(self
+            .st()
+            .ledger
+            .iter()
+            .filter(|e| e.subject.starts_with("secret:"))
+            .cloned()
+            .collect())
     }
 
     async fn pending_requests(&self) -> Result<Vec<RotationRequest>, BackendError> {

@@ -1,7 +1,7 @@
 //! The persisted rotation: its phases, and the [`RotationStore`] that keeps rotations, the
-//! per-secret schedule/backoff state, the ledger and the rotation requests. SQLite today
-//! ([`crate::sqlite::SqliteRotations`]); an in-memory store serves tests; PostgreSQL can
-//! implement the same trait.
+//! per-secret schedule/backoff state, the ledger and the rotation requests: SQLite
+//! ([`crate::sqlite::SqliteRotations`]), PostgreSQL ([`crate::postgres::PgRotations`]) and an
+//! in-memory store for tests, one contract suite for all three (`tests/it/store_contract.rs`).
 
 use chrono::{DateTime, Utc};
 use gatehouse_domain::ports::{BackendError, LedgerEntry, RotationRequest};

@@ -23,7 +23,7 @@ use gatehouse_domain::ports::BackendError;
 use gatehouse_domain::ports::Directory;
 use gatehouse_domain::ports::{Delivery, QueueConsumer, QueueProducer};
 use gatehouse_platform::config::{
-    AwsUserMappingConfig, Config, ConfigError, GcpTokenSource, QueueConfig, StateConfig,
+    AwsUserMappingConfig, Config, ConfigError, GcpTokenSource, PostgresConfig, QueueConfig, StateConfig,
 };
 use gatehouse_platform::ops;
 use gatehouse_platform::shutdown::{Shutdown, ShutdownTrigger};
@@ -129,13 +129,25 @@ pub async fn count_calls(cfg: &Config, store: AnyState, meters: Vec<CallMeter>) 
 pub async fn open_state(cfg: &Config, sqlite: &Sqlite) -> Result<AnyState, AppError> {
     Ok(match &cfg.state {
         StateConfig::Sqlite => AnyState::Sqlite(sqlite.clone()),
-        StateConfig::Postgres(p) => {
-            let url = p.url.as_ref().ok_or_else(|| {
-                ConfigError::new("state.url (GATEHOUSE_DATABASE_URL)", "is required for postgres")
-            })?;
-            AnyState::Postgres(Postgres::connect(url, p.max_connections).await?)
-        }
+        StateConfig::Postgres(p) => AnyState::Postgres(connect_postgres(p).await?),
     })
+}
+
+/// The state store alone, for what needs nothing else of the data directory (the rotator,
+/// `gatehouse rotate`): PostgreSQL without opening SQLite, else the SQLite database.
+pub async fn open_state_alone(cfg: &Config) -> Result<AnyState, AppError> {
+    Ok(match &cfg.state {
+        StateConfig::Sqlite => AnyState::Sqlite(Sqlite::open(&cfg.data_dir).await?),
+        StateConfig::Postgres(p) => AnyState::Postgres(connect_postgres(p).await?),
+    })
+}
+
+async fn connect_postgres(p: &PostgresConfig) -> Result<Postgres, AppError> {
+    let url = p
+        .url
+        .as_ref()
+        .ok_or_else(|| ConfigError::new("state.url (GATEHOUSE_DATABASE_URL)", "is required for postgres"))?;
+    Ok(Postgres::connect(url, p.max_connections).await?)
 }
 
 /// The cloud targets the configuration enables (AWS IAM, GCP IAM), with the reconcile modes.
@@ -394,7 +406,7 @@ where
     }
     let mut rotator_meters = Vec::new();
     if components.rotator(cfg) {
-        let rotator = gatehouse_rotation::build::rotator(cfg, store.clone()).await?;
+        let rotator = gatehouse_rotation::build::rotator(cfg, state.clone()).await?;
         rotator_meters = rotator.looker_meters();
         let s = shutdown.clone();
         tasks.push(tokio::spawn(async move { rotator.run(s.wait()).await }));
@@ -584,15 +596,16 @@ pub async fn rotator_main(config: Option<&std::path::Path>) -> std::process::Exi
     };
     gatehouse_platform::telemetry::init_logging(&cfg.log);
     let run = async {
-        let store = Sqlite::open(&cfg.data_dir).await?;
-        let rotator = gatehouse_rotation::build::rotator(&cfg, store.clone()).await?;
-        tracing::info!(secrets = cfg.rotator.secrets.len(), "gatehouse rotator started");
+        let state = open_state_alone(&cfg).await?;
+        let rotator = gatehouse_rotation::build::rotator(&cfg, state.clone()).await?;
+        tracing::info!(
+            secrets = cfg.rotator.secrets.len(),
+            state = state.backend(),
+            "gatehouse rotator started"
+        );
         // Its Looker calls (API3 kind) count against the budget the processors share.
         let meters = rotator.looker_meters();
-        let budget = match (cfg.looker.budget.monthly_call_quota, meters.is_empty()) {
-            (Some(_), false) => Some(open_state(&cfg, &store).await?),
-            _ => None,
-        };
+        let budget = (cfg.looker.budget.monthly_call_quota.is_some() && !meters.is_empty()).then(|| state.clone());
         let (trigger, shutdown) = Shutdown::new();
         let flusher = budget.clone().map(|state| {
             let (cfg, meters) = (cfg.clone(), meters.clone());
@@ -610,10 +623,9 @@ pub async fn rotator_main(config: Option<&std::path::Path>) -> std::process::Exi
         trigger.trigger();
         if let (Some(task), Some(state)) = (flusher, budget) {
             let _ = task.await;
-            count_calls(&cfg, state.clone(), meters).await;
-            state.close().await;
+            count_calls(&cfg, state, meters).await;
         }
-        store.close().await;
+        state.close().await;
         Ok::<(), AppError>(())
     };
     match run.await {

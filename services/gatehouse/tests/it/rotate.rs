@@ -1,4 +1,4 @@
-//! `gatehouse rotate SECRET [--dry-run]` against the GCP fakes.
+//! `gatehouse rotate SECRET [--dry-run]` against the GCP fakes, on SQLite and on PostgreSQL state.
 
 use super::{bin, text};
 use gatehouse_testkit::gcp_sa_keys_fake::FakeSaKeys;
@@ -147,6 +147,76 @@ async fn offboarding_a_holder_rotates_their_secret_in_standalone() {
         "{out}"
     );
     child.kill().await.unwrap();
+}
+
+/// With `[state]` on PostgreSQL, `gatehouse rotate` keeps the rotation and its ledger rows in
+/// that database (where the processors write rotation requests and other rotators look), and
+/// opens no SQLite file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_keeps_its_state_in_postgres_when_the_state_is_postgres() {
+    use sqlx::{Connection, Row};
+    let database = gatehouse_testkit::postgres::fresh_database().await;
+    let sm = FakeSecretManager::start().await;
+    let iam = FakeSaKeys::start().await;
+    iam.set_token(&sm.token());
+    iam.add_service_account(SA);
+    let file = iam.add_key(SA);
+    sm.create_secret(SECRET);
+    sm.add_version(SECRET, &file);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {data:?}\n[rotator.gcp]\nsecret_manager_url = {:?}\niam_url = {:?}\n\n\
+             [[rotator.secrets]]\nname = \"cli\"\n\
+             kind = {{ type = \"gcp_service_account_key\", email = {SA:?} }}\n\
+             store = {{ type = \"gcp_secret_manager\", name = {SECRET:?} }}\n",
+            sm.url(),
+            iam.url()
+        ),
+    )
+    .unwrap();
+    let o = tokio::process::Command::from(bin())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["rotate", "cli"])
+        .env("GATEHOUSE_GCP_ACCESS_TOKEN", sm.token())
+        .env("GATEHOUSE_STATE", "postgres")
+        .env("GATEHOUSE_DATABASE_URL", &database)
+        .output()
+        .await
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(out.contains("finished"), "{out}");
+    assert!(iam.can_authenticate(&sm.latest(SECRET).unwrap()));
+    assert!(
+        !data.join("gatehouse.db").exists(),
+        "no sqlite database was opened"
+    );
+
+    let mut db = sqlx::PgConnection::connect(&database).await.unwrap();
+    let rows = sqlx::query("SELECT secret, trigger, phase FROM rotations")
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+    let rows: Vec<(String, String, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert_eq!(rows, vec![("cli".into(), "manual".into(), "finished".into())]);
+    let steps: Vec<String> =
+        sqlx::query("SELECT call->>'path' FROM ledger WHERE subject = 'secret:cli' ORDER BY seq")
+            .fetch_all(&mut db)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+    assert_eq!(
+        steps,
+        ["snapshot", "created", "tested", "set", "finished"].map(|s| format!("/rotation/cli/{s}"))
+    );
+    db.close().await.ok();
 }
 
 /// A Looker API3 rotation's calls (the admin's list/create/delete and the login that tests the

@@ -62,7 +62,8 @@ pub async fn rotator(
     clock: &ManualClock,
     aws: Option<aws_config::SdkConfig>,
 ) -> Rotator<SqliteRotations> {
-    let mut r = gatehouse_rotation::build::rotator_with(cfg, db(cfg).await, aws, Arc::new(clock.clone()))
+    let store = SqliteRotations::new(db(cfg).await);
+    let mut r = gatehouse_rotation::build::rotator_with(cfg, store, aws, Arc::new(clock.clone()))
         .await
         .unwrap();
     r.settings_mut().test_delay = Duration::from_millis(10);
