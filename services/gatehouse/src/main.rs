@@ -207,7 +207,7 @@ async fn rotate_with(
     }
     let id = match rotator.start(secret, "manual", false).await? {
         Some(Started::New(id)) => id,
-        Some(Started::AlreadyActive(id)) => {
+        Some(Started::AlreadyActive(id) | Started::Existed(id)) => {
             writeln!(out, "{secret}: rotation {id} is already under way; continuing it")?;
             id
         }

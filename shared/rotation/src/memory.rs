@@ -32,11 +32,24 @@ impl MemoryRotations {
             st.requests.push((r, false));
         }
     }
+
+    /// Make a handled request pending again: what a second rotator that read the requests just
+    /// before the first marked this one handled still acts on (tests of that race).
+    pub fn reopen_request(&self, envelope_id: &str) {
+        for (r, handled) in self.st().requests.iter_mut() {
+            if r.envelope_id == envelope_id {
+                *handled = false;
+            }
+        }
+    }
 }
 
 impl RotationStore for MemoryRotations {
     async fn start(&self, r: &Rotation) -> Result<Started, BackendError> {
         let mut st = self.st();
+        if st.rotations.iter().any(|x| x.id == r.id) {
+            return Ok(Started::Existed(r.id.clone()));
+        }
         if let Some(a) = st
             .rotations
             .iter()

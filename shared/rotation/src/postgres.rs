@@ -97,9 +97,7 @@ impl RotationStore for PgRotations {
             let inserted = sqlx::query(concat!(
                 "INSERT INTO rotations (id, secret, trigger, phase, due_at, attempts, started_at, updated_at)
                  VALUES ($1, $2, $3, $4, $5, 0, $6, $6)
-                 ON CONFLICT (secret) WHERE phase IN ",
-                active!(),
-                " DO NOTHING RETURNING id"
+                 ON CONFLICT DO NOTHING RETURNING id"
             ))
             .bind(&r.id)
             .bind(&r.secret)
@@ -112,6 +110,16 @@ impl RotationStore for PgRotations {
             .map_err(err("cannot start the rotation"))?;
             if let Some(row) = inserted {
                 return Ok(Started::New(row.get(0)));
+            }
+            // Either conflict: the id (another instance took the same request) or the secret's
+            // one active rotation.
+            let existed = sqlx::query("SELECT 1 FROM rotations WHERE id = $1")
+                .bind(&r.id)
+                .fetch_optional(self.db.pool())
+                .await
+                .map_err(err("cannot read the rotation"))?;
+            if existed.is_some() {
+                return Ok(Started::Existed(r.id.clone()));
             }
             let active = sqlx::query(concat!(
                 "SELECT id FROM rotations WHERE secret = $1 AND phase IN ",

@@ -218,17 +218,26 @@ impl<S: RotationStore> Rotator<S> {
         if !self.secrets.contains_key(secret) {
             return Err(RotatorError::UnknownSecret(secret.to_string()));
         }
-        let now = self.now();
+        self.start_rotation(Rotation::new(secret, trigger, self.now()), respect_backoff)
+            .await
+    }
+
+    /// Start `r` (unless its secret is backing off and `respect_backoff`).
+    async fn start_rotation(
+        &self,
+        r: Rotation,
+        respect_backoff: bool,
+    ) -> Result<Option<Started>, RotatorError> {
         if respect_backoff
-            && let Some(at) = self.db.secret_state(secret).await?.retry_at
-            && at > now
+            && let Some(at) = self.db.secret_state(&r.secret).await?.retry_at
+            && at > r.started_at
         {
             return Ok(None);
         }
-        let started = self.db.start(&Rotation::new(secret, trigger, now)).await?;
+        let started = self.db.start(&r).await?;
         if let Started::New(id) = &started {
-            tracing::info!(%secret, %trigger, rotation = %id, "rotation started");
-            metrics::counter!("gatehouse_rotations_started_total", "secret" => secret.to_string(), "trigger" => trigger.to_string())
+            tracing::info!(secret = %r.secret, trigger = %r.trigger, rotation = %id, "rotation started");
+            metrics::counter!("gatehouse_rotations_started_total", "secret" => r.secret.clone(), "trigger" => r.trigger.clone())
                 .increment(1);
         }
         Ok(Some(started))
@@ -359,9 +368,13 @@ impl<S: RotationStore> Rotator<S> {
                     self.ledger(&r, "out_of_band_key", Method::Post, "alert").await;
                     continue;
                 }
-                match self.start(&name, &trigger, true).await? {
+                // The rotation id comes from the request: another rotator that read the same
+                // request before it was marked handled asks for the same rotation, which the
+                // store starts once, even if it has finished since.
+                let r = Rotation::for_request(&name, &trigger, &req.envelope_id, self.now());
+                match self.start_rotation(r, true).await? {
                     Some(Started::New(_)) => report.started.push((name.clone(), trigger)),
-                    Some(Started::AlreadyActive(_)) => {}
+                    Some(Started::AlreadyActive(_) | Started::Existed(_)) => {}
                     None => deferred = true,
                 }
             }

@@ -108,6 +108,14 @@ impl RotationStore for SqliteRotations {
         match inserted {
             Ok(_) => Ok(Started::New(r.id.clone())),
             Err(e) if is_unique_violation(&e) => {
+                let existed = sqlx::query("SELECT 1 FROM rotations WHERE id = ?")
+                    .bind(&r.id)
+                    .fetch_optional(self.db.pool())
+                    .await
+                    .map_err(err("cannot read the rotation"))?;
+                if existed.is_some() {
+                    return Ok(Started::Existed(r.id.clone()));
+                }
                 let row = sqlx::query(
                     "SELECT id FROM rotations WHERE secret = ?
                      AND phase IN ('started', 'created', 'set', 'tested')",

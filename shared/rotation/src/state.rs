@@ -95,6 +95,24 @@ pub struct Rotation {
 }
 
 impl Rotation {
+    /// The rotation of `secret` for one rotation request: its id is derived from the request's
+    /// envelope id and the secret, so every instance that reads the request asks for the same
+    /// rotation and the store starts it at most once, even after it has finished.
+    pub fn for_request(secret: &str, trigger: &str, request: &str, now: DateTime<Utc>) -> Self {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::new()
+            .chain_update(request.as_bytes())
+            .chain_update([0])
+            .chain_update(secret.as_bytes())
+            .finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        Rotation {
+            id: uuid::Uuid::from_bytes(bytes).to_string(),
+            ..Rotation::new(secret, trigger, now)
+        }
+    }
+
     /// A new rotation, due now.
     pub fn new(secret: &str, trigger: &str, now: DateTime<Utc>) -> Self {
         Rotation {
@@ -122,6 +140,9 @@ pub enum Started {
     New(String),
     /// The secret already has an active rotation (this one).
     AlreadyActive(String),
+    /// A rotation with the asked-for id exists already (another instance took the same
+    /// request): nothing new was started.
+    Existed(String),
 }
 
 /// Per-secret state: the last schedule occurrence claimed and the failure backoff.

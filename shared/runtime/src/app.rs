@@ -605,7 +605,8 @@ pub async fn rotator_main(config: Option<&std::path::Path>) -> std::process::Exi
         );
         // Its Looker calls (API3 kind) count against the budget the processors share.
         let meters = rotator.looker_meters();
-        let budget = (cfg.looker.budget.monthly_call_quota.is_some() && !meters.is_empty()).then(|| state.clone());
+        let budget =
+            (cfg.looker.budget.monthly_call_quota.is_some() && !meters.is_empty()).then(|| state.clone());
         let (trigger, shutdown) = Shutdown::new();
         let flusher = budget.clone().map(|state| {
             let (cfg, meters) = (cfg.clone(), meters.clone());

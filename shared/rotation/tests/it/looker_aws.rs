@@ -416,7 +416,7 @@ async fn two_instances_sharing_the_database_rotate_a_secret_once() {
     let ids: Vec<&String> = [&x, &y]
         .iter()
         .map(|s| match s {
-            Started::New(id) | Started::AlreadyActive(id) => id,
+            Started::New(id) | Started::AlreadyActive(id) | Started::Existed(id) => id,
         })
         .collect();
     assert_eq!(ids[0], ids[1], "both instances see one rotation");

@@ -312,3 +312,43 @@ fn secret_ages_count_from_the_key_or_the_last_rotation_and_never_vanish() {
     assert_eq!(gauge("daily"), Some(18_000.0), "{text}");
     assert_eq!(gauge("empty"), Some(19_800.0), "{text}");
 }
+
+/// Two rotators read one rotation request; the first rotates the secret to the end and marks the
+/// request handled; the second, acting on what it read before that, must not rotate it again.
+#[tokio::test(start_paused = true)]
+async fn a_request_read_twice_rotates_its_secret_once() {
+    let kind = Arc::new(MemKind::default());
+    let db = MemoryRotations::default();
+    let (first, second) = (
+        rotator(kind.clone(), db.clone()),
+        rotator(kind.clone(), db.clone()),
+    );
+    db.add_request(gatehouse_domain::ports::RotationRequest {
+        envelope_id: "evt-1".into(),
+        subject: "secret:hourly".into(),
+        provider: "aws".into(),
+        reason: "SECRET_ROTATE".into(),
+        secret: Some("hourly".into()),
+    });
+    let report = first.tick().await.unwrap();
+    assert_eq!(report.started.len(), 1, "{report:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+    while db.history("hourly").await.unwrap()[0].phase != Phase::Done {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rotation did not finish"
+        );
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        first.tick().await.unwrap();
+    }
+    assert!(db.pending_requests().await.unwrap().is_empty());
+
+    db.reopen_request("evt-1");
+    let report = second.tick().await.unwrap();
+    assert!(report.started.is_empty(), "{report:?}");
+    assert_eq!(db.history("hourly").await.unwrap().len(), 1, "rotated once");
+    assert!(
+        db.pending_requests().await.unwrap().is_empty(),
+        "and marked handled"
+    );
+}

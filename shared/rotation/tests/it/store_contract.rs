@@ -99,7 +99,7 @@ pub(crate) async fn start_while_active_is_refused<S: RotationStore>(f: Fixture<S
         let (x, y) = tokio::join!(f.a.start(&ra), f.b.start(&rb));
         let (x, y) = (x.unwrap(), y.unwrap());
         let named = |s: &Started| match s {
-            Started::New(id) | Started::AlreadyActive(id) => id.clone(),
+            Started::New(id) | Started::AlreadyActive(id) | Started::Existed(id) => id.clone(),
         };
         assert_eq!(named(&x), named(&y), "both name the one rotation of {secret}");
         let new = [&x, &y].iter().filter(|s| matches!(s, Started::New(_))).count();
@@ -384,6 +384,53 @@ pub(crate) async fn ledger_keeps_rotation_rows_in_order<S: RotationStore>(f: Fix
     assert_eq!(f.a.ledger().await.unwrap(), want);
 }
 
+/// A rotation id is started at most once, whatever became of it: the rotation a request asks
+/// for (`Rotation::for_request`) is not started again by an instance that read the request late,
+/// after the first rotation finished or while it runs. Two instances racing one id: one starts it.
+pub(crate) async fn an_id_is_started_once_even_after_it_finished<S: RotationStore>(f: Fixture<S>) {
+    let first = Rotation::for_request("x", "holder_offboarded", "env-1", t(0));
+    assert_eq!(
+        first.id,
+        Rotation::for_request("x", "holder_offboarded", "env-1", t(9)).id,
+        "same request and secret, same id"
+    );
+    assert_ne!(
+        first.id,
+        Rotation::for_request("y", "holder_offboarded", "env-1", t(0)).id
+    );
+    assert_ne!(
+        first.id,
+        Rotation::for_request("x", "holder_offboarded", "env-2", t(0)).id
+    );
+    assert_eq!(f.a.start(&first).await.unwrap(), Started::New(first.id.clone()));
+    assert_eq!(
+        f.b.start(&first).await.unwrap(),
+        Started::Existed(first.id.clone()),
+        "while it runs"
+    );
+    put(&f.a, &first, Phase::Done).await;
+    let late = Rotation::for_request("x", "holder_offboarded", "env-1", t(50));
+    assert_eq!(
+        f.b.start(&late).await.unwrap(),
+        Started::Existed(first.id.clone()),
+        "after it finished"
+    );
+    assert_eq!(f.a.history("x").await.unwrap().len(), 1, "no second rotation");
+    let next = Rotation::for_request("x", "holder_offboarded", "env-2", t(60));
+    assert_eq!(f.b.start(&next).await.unwrap(), Started::New(next.id.clone()));
+
+    for n in 0..20 {
+        let r = Rotation::for_request("race", "secret_event", &format!("env-{n}"), t(n));
+        let (x, y) = tokio::join!(f.a.start(&r), f.b.start(&r));
+        let (x, y) = (x.unwrap(), y.unwrap());
+        let new = [&x, &y].iter().filter(|s| matches!(s, Started::New(_))).count();
+        assert_eq!(new, 1, "{n}: {x:?} {y:?}");
+        let other = if matches!(x, Started::New(_)) { &y } else { &x };
+        assert_eq!(other, &Started::Existed(r.id.clone()), "{n}");
+        put(&f.a, &r, Phase::Done).await;
+    }
+}
+
 /// Instantiate every contract test for the three stores.
 macro_rules! all_stores {
     ($($name:ident,)*) => {
@@ -467,6 +514,7 @@ pub(crate) async fn postgres() -> Fixture<PgRotations> {
 
 all_stores! {
     start_while_active_is_refused,
+    an_id_is_started_once_even_after_it_finished,
     a_live_lease_is_refused_and_an_expired_one_taken,
     only_the_lease_owner_saves,
     claim_fire_is_compare_and_set,
