@@ -94,11 +94,11 @@ impl RotationStore for PgRotations {
     async fn start(&self, r: &Rotation) -> Result<Started, BackendError> {
         // The active rotation a conflict names may end before we read it: then try again.
         for _ in 0..5 {
-            let inserted = sqlx::query(concat!(
+            let inserted = sqlx::query(
                 "INSERT INTO rotations (id, secret, trigger, phase, due_at, attempts, started_at, updated_at)
                  VALUES ($1, $2, $3, $4, $5, 0, $6, $6)
-                 ON CONFLICT DO NOTHING RETURNING id"
-            ))
+                 ON CONFLICT DO NOTHING RETURNING id",
+            )
             .bind(&r.id)
             .bind(&r.secret)
             .bind(&r.trigger)
