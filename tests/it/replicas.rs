@@ -100,6 +100,7 @@ fn event(i: usize, n: i64, event: IdentityEvent) -> Envelope {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     Envelope {
+        trace_parent: None,
         version: Envelope::VERSION,
         id: EnvelopeId(format!("replica-{i}-{n}")),
         source: Source::Manual,

@@ -237,13 +237,14 @@ async fn hook<Q: QueueProducer>(
         }
     };
 
-    let envelopes = match generic::parse_body(&verified.webhook_id, &verified.body, now) {
+    let mut envelopes = match generic::parse_body(&verified.webhook_id, &verified.body, now) {
         Ok(e) => e,
         Err(e) => {
             rejected("malformed");
             return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
         }
     };
+    super::trace_envelopes(&mut envelopes);
     if let Err(e) = intake.queue.publish(&envelopes).await {
         tracing::error!(
             error = %e, source = ?std::error::Error::source(&e), webhook_id = verified.webhook_id(),
@@ -262,6 +263,7 @@ async fn hook<Q: QueueProducer>(
             webhook_id = verified.webhook_id(), "event enqueued"
         );
     }
+    super::record_accepted(envelopes.len());
     Json(json!({ "enqueued": envelopes.len() })).into_response()
 }
 
