@@ -120,9 +120,9 @@ fn main() -> ExitCode {
         }
     };
     // Inside the runtime: the trace exporter's batch task runs on it.
-    let telemetry = match rt.block_on(async {
-        gatehouse_platform::telemetry::init(&cfg.log, &cfg.telemetry, "gatehouse")
-    }) {
+    let telemetry = match rt
+        .block_on(async { gatehouse_platform::telemetry::init(&cfg.log, &cfg.telemetry, "gatehouse") })
+    {
         Ok(t) => t,
         Err(e) => {
             eprintln!("gatehouse: {e}");

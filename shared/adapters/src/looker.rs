@@ -308,7 +308,10 @@ impl LookerClient {
             http.response.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
-        let r = self.send_counted(method, path, rb, token).instrument(span.clone()).await;
+        let r = self
+            .send_counted(method, path, rb, token)
+            .instrument(span.clone())
+            .await;
         if let Err(e) = &r {
             span.record("otel.status_code", "ERROR");
             span.record("error.type", tracing::field::debug(e.kind));

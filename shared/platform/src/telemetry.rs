@@ -8,9 +8,9 @@
 
 use crate::config::{LogConfig, LogFormat, TelemetryConfig};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use opentelemetry::KeyValue;
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-use opentelemetry::KeyValue;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -46,9 +46,25 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
+    /// Build the exporter when `cfg` names an endpoint (see [`tracer_provider`]); install
+    /// nothing. [`init`] is this plus the global subscriber.
+    pub fn new(cfg: &TelemetryConfig, service: &str) -> Result<Telemetry, TelemetryError> {
+        Ok(Telemetry {
+            provider: tracer_provider(cfg, service)?,
+        })
+    }
+
     /// Whether an OTLP exporter was built (an endpoint is configured).
     pub fn is_exporting(&self) -> bool {
         self.provider.is_some()
+    }
+
+    /// The layer exporting Gatehouse's spans, or `None` when traces are off.
+    pub fn layer<S>(&self) -> Option<impl Layer<S> + Send + Sync + 'static>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
+    {
+        self.provider.as_ref().map(otel_layer)
     }
 
     /// Export every finished span still queued, then stop the exporter.
@@ -66,7 +82,10 @@ impl Telemetry {
 
 /// The OTLP tracer provider for `cfg`, or `None` when no endpoint is configured (nothing is
 /// built, nothing is sent). Needs a tokio runtime: the batch processor is a task on it.
-pub fn tracer_provider(cfg: &TelemetryConfig, service: &str) -> Result<Option<SdkTracerProvider>, TelemetryError> {
+pub fn tracer_provider(
+    cfg: &TelemetryConfig,
+    service: &str,
+) -> Result<Option<SdkTracerProvider>, TelemetryError> {
     let Some(url) = cfg.traces_url() else {
         return Ok(None);
     };
@@ -118,8 +137,12 @@ where
 /// Install the global tracing subscriber: logs to stderr (`RUST_LOG` wins over the configured
 /// level) and, when an OTLP endpoint is configured, the trace exporter. `service` is the
 /// default `service.name`. With traces on, call it inside the tokio runtime.
-pub fn init(log: &LogConfig, telemetry: &TelemetryConfig, service: &str) -> Result<Telemetry, TelemetryError> {
-    let provider = tracer_provider(telemetry, service)?;
+pub fn init(
+    log: &LogConfig,
+    telemetry: &TelemetryConfig,
+    service: &str,
+) -> Result<Telemetry, TelemetryError> {
+    let telemetry = Telemetry::new(telemetry, service)?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
     let logs = match log.format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -131,12 +154,11 @@ pub fn init(log: &LogConfig, telemetry: &TelemetryConfig, service: &str) -> Resu
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    let otel = provider.as_ref().map(otel_layer);
     let _ = tracing_subscriber::registry()
         .with(logs.with_filter(filter))
-        .with(otel)
+        .with(telemetry.layer())
         .try_init();
-    Ok(Telemetry { provider })
+    Ok(telemetry)
 }
 
 /// Install the global tracing subscriber for logs only (no traces).
@@ -192,7 +214,11 @@ mod tests {
     fn no_endpoint_builds_no_exporter() {
         // No runtime here: building an exporter would fail with NoRuntime, so `Ok(None)` also
         // shows that nothing was attempted.
-        assert!(tracer_provider(&TelemetryConfig::default(), "t").unwrap().is_none());
+        assert!(
+            tracer_provider(&TelemetryConfig::default(), "t")
+                .unwrap()
+                .is_none()
+        );
         let off = TelemetryConfig {
             otlp_endpoint: Some("http://127.0.0.1:1".into()),
             disabled: true,
@@ -203,7 +229,10 @@ mod tests {
             otlp_endpoint: Some("http://127.0.0.1:1".into()),
             ..TelemetryConfig::default()
         };
-        assert!(matches!(tracer_provider(&on, "t"), Err(TelemetryError::NoRuntime)));
+        assert!(matches!(
+            tracer_provider(&on, "t"),
+            Err(TelemetryError::NoRuntime)
+        ));
     }
 
     #[test]

@@ -22,7 +22,9 @@ use axum::body::{Bytes, to_bytes};
 use axum::extract::{Request, State as AxState};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use prost::Message;
 use std::collections::{BTreeMap, VecDeque};
@@ -174,9 +176,17 @@ async fn answer(state: &Mutex<State>, req: Request) -> Response {
         );
     }
     if req.headers().contains_key(header::CONTENT_ENCODING) {
-        return status(StatusCode::UNSUPPORTED_MEDIA_TYPE, 3, "compressed bodies are not decoded");
+        return status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            3,
+            "compressed bodies are not decoded",
+        );
     }
-    let fault = state.lock().unwrap_or_else(PoisonError::into_inner).faults.pop_front();
+    let fault = state
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .faults
+        .pop_front();
     if let Some(code) = fault {
         let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut r = status(code, 14, "injected fault");
@@ -192,7 +202,13 @@ async fn answer(state: &Mutex<State>, req: Request) -> Response {
     };
     let request = match ExportTraceServiceRequest::decode(body) {
         Ok(r) => r,
-        Err(e) => return status(StatusCode::BAD_REQUEST, 3, &format!("not an ExportTraceServiceRequest: {e}")),
+        Err(e) => {
+            return status(
+                StatusCode::BAD_REQUEST,
+                3,
+                &format!("not an ExportTraceServiceRequest: {e}"),
+            );
+        }
     };
     let mut received = Vec::new();
     for rs in request.resource_spans {
@@ -240,7 +256,10 @@ async fn answer(state: &Mutex<State>, req: Request) -> Response {
         .unwrap_or_else(PoisonError::into_inner)
         .spans
         .extend(received);
-    protobuf(StatusCode::OK, ExportTraceServiceResponse::default().encode_to_vec())
+    protobuf(
+        StatusCode::OK,
+        ExportTraceServiceResponse::default().encode_to_vec(),
+    )
 }
 
 /// `google.rpc.Status`, the body of every OTLP/HTTP error response.
@@ -346,7 +365,10 @@ mod tests {
         let spans = c.spans();
         assert_eq!(spans.len(), 1);
         assert_eq!(spans[0].trace_id, "01".repeat(16));
-        assert_eq!((spans[0].kind.as_str(), spans[0].attr("accepted")), ("server", Some("3")));
+        assert_eq!(
+            (spans[0].kind.as_str(), spans[0].attr("accepted")),
+            ("server", Some("3"))
+        );
         assert_eq!(spans[0].parent_span_id, "");
 
         let (s, body) = post(&c, PROTOBUF, b"\xff\xffgarbage".to_vec()).await;

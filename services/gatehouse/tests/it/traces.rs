@@ -53,7 +53,13 @@ async fn run_standalone(env: &[(&str, String)], done: impl Fn() -> bool) {
 
 async fn stop(child: &mut Child) {
     let pid = child.id().unwrap().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .expect("standalone did not stop after SIGTERM")
@@ -63,7 +69,12 @@ async fn stop(child: &mut Child) {
 
 fn one<'a>(spans: &'a [ReceivedSpan], name: &str) -> &'a ReceivedSpan {
     let found: Vec<_> = spans.iter().filter(|s| s.name == name).collect();
-    assert_eq!(found.len(), 1, "expected one {name:?} span in {:#?}", names(spans));
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one {name:?} span in {:#?}",
+        names(spans)
+    );
     found[0]
 }
 
@@ -101,14 +112,21 @@ async fn one_trace_from_the_hook_to_every_looker_call_without_secrets() {
         ("OTEL_SERVICE_NAME", "gatehouse-e2e".to_string()),
         ("GATEHOUSE_LOOKER_URL", looker.base_url()),
         ("GATEHOUSE_LOOKER_CLIENT_ID", looker.client_id().to_string()),
-        ("GATEHOUSE_LOOKER_CLIENT_SECRET", looker.client_secret().to_string()),
+        (
+            "GATEHOUSE_LOOKER_CLIENT_SECRET",
+            looker.client_secret().to_string(),
+        ),
     ];
     // Disable, delete the session, delete the API3 key.
     run_standalone(&env, || looker.write_calls() >= 3).await;
 
     // The exporter was flushed on SIGTERM: everything is here once the process has exited.
     let spans = collector.spans();
-    assert!(collector.statuses().iter().all(|s| *s == 200), "{:?}", collector.statuses());
+    assert!(
+        collector.statuses().iter().all(|s| *s == 200),
+        "{:?}",
+        collector.statuses()
+    );
     let ingress = one(&spans, "POST /hooks/okta");
     assert_eq!(ingress.kind, "server");
     assert_eq!(ingress.attr("source"), Some("okta"));
@@ -116,13 +134,19 @@ async fn one_trace_from_the_hook_to_every_looker_call_without_secrets() {
     assert_eq!(ingress.attr("http.route"), Some("/hooks/okta"));
     assert_eq!(ingress.attr("http.response.status_code"), Some("200"));
     assert_eq!(ingress.parent_span_id, "", "the intake request starts the trace");
-    assert_eq!(ingress.resource.get("service.name").map(String::as_str), Some("gatehouse-e2e"));
+    assert_eq!(
+        ingress.resource.get("service.name").map(String::as_str),
+        Some("gatehouse-e2e")
+    );
 
     // The processor's span continues the intake's trace through the queue (the envelope's
     // traceparent), with what an operator needs to find the event.
     let process = one(&spans, "process");
     assert_eq!(process.kind, "consumer");
-    assert_eq!((process.trace_id.as_str(), process.parent_span_id.as_str()), (ingress.trace_id.as_str(), ingress.span_id.as_str()));
+    assert_eq!(
+        (process.trace_id.as_str(), process.parent_span_id.as_str()),
+        (ingress.trace_id.as_str(), ingress.span_id.as_str())
+    );
     assert_eq!(process.attr("envelope_id"), Some(ENVELOPE_ID));
     assert_eq!(process.attr("source"), Some("okta"));
     assert_eq!(process.attr("subject"), Some("okta:00u3m90rxKjGQ0G6L1d6"));
@@ -133,7 +157,10 @@ async fn one_trace_from_the_hook_to_every_looker_call_without_secrets() {
     assert_eq!(plan.parent_span_id, process.span_id);
     assert_eq!(apply.parent_span_id, process.span_id);
     assert_eq!(plan.attr("looker_steps"), Some("3"));
-    assert_eq!((apply.attr("writes"), apply.attr("dry_run")), (Some("3"), Some("false")));
+    assert_eq!(
+        (apply.attr("writes"), apply.attr("dry_run")),
+        (Some("3"), Some("false"))
+    );
 
     // Every Looker call is a client span in the trace: reads under `plan`, writes under
     // `apply`, named by method and endpoint template, with the status.
@@ -141,13 +168,21 @@ async fn one_trace_from_the_hook_to_every_looker_call_without_secrets() {
         .iter()
         .filter(|s| s.attributes.contains_key("url.template"))
         .collect();
-    assert_eq!(looker_spans.len(), looker.calls().len(), "one span per Looker call");
+    assert_eq!(
+        looker_spans.len(),
+        looker.calls().len(),
+        "one span per Looker call"
+    );
     for s in &looker_spans {
         assert_eq!(s.kind, "client");
         assert_eq!(s.trace_id, ingress.trace_id, "{} is in another trace", s.name);
         assert_eq!(
             s.name,
-            format!("{} {}", s.attr("http.request.method").unwrap(), s.attr("url.template").unwrap())
+            format!(
+                "{} {}",
+                s.attr("http.request.method").unwrap(),
+                s.attr("url.template").unwrap()
+            )
         );
         let status = s.attr("http.response.status_code").unwrap_or_default();
         assert!(status.starts_with('2'), "{}: {status}", s.name);
@@ -160,7 +195,11 @@ async fn one_trace_from_the_hook_to_every_looker_call_without_secrets() {
         ("DELETE /users/{id}/credentials_api3/{id}", apply),
     ] {
         let s = one(&spans, name);
-        assert!(descends_from(&spans, s, under), "{name} is not under {}", under.name);
+        assert!(
+            descends_from(&spans, s, under),
+            "{name} is not under {}",
+            under.name
+        );
     }
 
     // No secret, token or raw payload in any span: the hook secret, the Looker client secret,
@@ -168,7 +207,13 @@ async fn one_trace_from_the_hook_to_every_looker_call_without_secrets() {
     let tokens: Vec<String> = looker
         .calls()
         .iter()
-        .filter_map(|c| c.authorization.as_deref()?.split_whitespace().nth(1).map(str::to_string))
+        .filter_map(|c| {
+            c.authorization
+                .as_deref()?
+                .split_whitespace()
+                .nth(1)
+                .map(str::to_string)
+        })
         .collect();
     assert!(!tokens.is_empty());
     let mut forbidden = vec![
@@ -180,7 +225,11 @@ async fn one_trace_from_the_hook_to_every_looker_call_without_secrets() {
     for s in &spans {
         let text = s.all_text();
         for f in &forbidden {
-            assert!(!text.contains(f.as_str()), "{} carries a secret or payload: {text}", s.name);
+            assert!(
+                !text.contains(f.as_str()),
+                "{} carries a secret or payload: {text}",
+                s.name
+            );
         }
     }
 }

@@ -78,7 +78,10 @@ impl TelemetryConfig {
             self.otlp_endpoint = Some(v);
             self.otlp_traces_endpoint = None;
         }
-        for var in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
+        for var in [
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ] {
             if let Some(v) = set(var) {
                 if v != "http/protobuf" {
                     return Err(ConfigError::new(
@@ -212,7 +215,9 @@ mod tests {
     #[test]
     fn samplers_and_protocols_are_checked() {
         assert_eq!(
-            resolve(&[("OTEL_TRACES_SAMPLER", "always_off")]).unwrap().sample_ratio,
+            resolve(&[("OTEL_TRACES_SAMPLER", "always_off")])
+                .unwrap()
+                .sample_ratio,
             0.0
         );
         let e = resolve(&[("OTEL_TRACES_SAMPLER", "jaeger_remote")]).unwrap_err();
