@@ -161,12 +161,6 @@ pub fn init(
     Ok(telemetry)
 }
 
-/// Install the global tracing subscriber for logs only (no traces).
-pub fn init_logging(cfg: &LogConfig) {
-    // Without an endpoint no exporter is built, so this cannot fail.
-    let _ = init(cfg, &TelemetryConfig::default(), "gatehouse");
-}
-
 /// The W3C `traceparent` of the current span, when it is exported (traces on and sampled in);
 /// `None` otherwise. Carried in an envelope from the intake to the processor.
 pub fn current_traceparent() -> Option<String> {
