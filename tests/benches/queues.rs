@@ -69,6 +69,7 @@ fn unique(prefix: &str) -> String {
 /// A deactivation of the Looker user `bench{i}@example.com`.
 fn envelope(run: &str, i: usize, at: DateTime<Utc>) -> Envelope {
     Envelope {
+        trace_parent: None,
         version: Envelope::VERSION,
         id: EnvelopeId(format!("{run}-{i}")),
         source: Source::Okta,

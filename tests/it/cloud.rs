@@ -402,6 +402,7 @@ async fn a_cloud_drift_envelope_reconciles_just_that_person() {
     gcp.concurrent_write_after_get(&w.project, 2, "roles/owner", "user:racer@example.com");
 
     let env = Envelope {
+        trace_parent: None,
         version: Envelope::VERSION,
         id: EnvelopeId(format!("gcp:drift-{}", w.run)),
         source: Source::GcpAudit,

@@ -21,6 +21,7 @@ use std::time::Duration;
 fn envelope(id: &str, secs: i64, event: IdentityEvent) -> Envelope {
     let email = "ada@example.com";
     Envelope {
+        trace_parent: None,
         version: Envelope::VERSION,
         id: EnvelopeId(id.into()),
         source: Source::Okta,

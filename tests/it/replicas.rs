@@ -120,6 +120,7 @@ fn event(i: usize, n: i64, event: IdentityEvent) -> Envelope {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     Envelope {
+        trace_parent: None,
         version: Envelope::VERSION,
         id: EnvelopeId(format!("replica-{i}-{n}")),
         source: Source::Manual,
@@ -279,6 +280,7 @@ fn rotation_failed(a: &ServiceAccount) -> Envelope {
         profile: Default::default(),
         source_event_type: "RotationFailed".into(),
         raw: serde_json::Value::Null,
+        trace_parent: None,
     }
 }
 

@@ -112,7 +112,6 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    gatehouse_platform::telemetry::init_logging(&cfg.log);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -120,7 +119,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli.command, cfg)) {
+    // Inside the runtime: the trace exporter's batch task runs on it.
+    let telemetry = match rt
+        .block_on(async { gatehouse_platform::telemetry::init(&cfg.log, &cfg.telemetry, "gatehouse") })
+    {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("gatehouse: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let r = run(cli.command, cfg).await;
+        telemetry.shutdown().await;
+        r
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = e.downcast_ref::<AppError>().map(AppError::exit_code).unwrap_or(1);

@@ -172,6 +172,10 @@ impl AwsIam {
 
     /// Read one user: groups always; tags and credentials when the plan needs them.
     /// `None` when IAM has no such user.
+    #[tracing::instrument(name = "aws.iam", skip_all, fields(
+        otel.name = "read_user", otel.kind = "client", rpc.method = "read_user",
+        tags = needs.tags, credentials = needs.credentials,
+    ))]
     pub async fn read_user(&self, name: &str, needs: AwsReadNeeds) -> Result<Option<AwsUser>, CloudError> {
         let groups = match self.groups_for_user(name).await {
             Ok(g) => g,
@@ -321,6 +325,9 @@ impl AwsIam {
     }
 
     /// Perform one write (no retry).
+    #[tracing::instrument(name = "aws.iam", skip_all, fields(
+        otel.name = op.action(), otel.kind = "client", rpc.method = op.action(),
+    ))]
     pub async fn execute(&self, user: &str, op: &AwsIamOp) -> Result<(), CloudError> {
         let c = &self.client;
         let action = op.action();

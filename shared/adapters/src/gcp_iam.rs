@@ -131,6 +131,7 @@ impl GcpIam {
             err(ErrorKind::Transient, None, format!("{verb} {resource}: {e}"))
         })?;
         let status = resp.status().as_u16();
+        tracing::Span::current().record("http.response.status_code", status);
         let retry_after = resp
             .headers()
             .get(reqwest::header::RETRY_AFTER)
@@ -158,6 +159,10 @@ impl GcpIam {
     }
 
     /// `getIamPolicy` with `options.requestedPolicyVersion: 3` (so conditions come back intact).
+    #[tracing::instrument(name = "gcp.iam", skip_all, fields(
+        otel.name = "getIamPolicy", otel.kind = "client", rpc.method = "getIamPolicy", resource = %resource,
+        http.response.status_code = tracing::field::Empty,
+    ))]
     pub async fn get_policy(&self, resource: &str) -> Result<IamPolicy, CloudError> {
         self.post(
             resource,
@@ -169,6 +174,10 @@ impl GcpIam {
 
     /// `setIamPolicy` with the policy's etag (a concurrent change → `Conflict`). The version is
     /// written as 3, which every policy (with or without conditions) accepts.
+    #[tracing::instrument(name = "gcp.iam", skip_all, fields(
+        otel.name = "setIamPolicy", otel.kind = "client", rpc.method = "setIamPolicy", resource = %resource,
+        http.response.status_code = tracing::field::Empty,
+    ))]
     pub async fn set_policy(&self, resource: &str, policy: &IamPolicy) -> Result<IamPolicy, CloudError> {
         let mut p = policy.clone();
         p.version = 3;

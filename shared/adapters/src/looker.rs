@@ -335,8 +335,40 @@ impl LookerClient {
         self.send(method, path, rb, Some(token)).await
     }
 
-    /// Sends, counts and classifies. `token` is redacted from error messages.
+    /// [`Self::send_counted`] in a client span: method, endpoint template and status only (never
+    /// the query, body, token or secret).
     async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        rb: reqwest::RequestBuilder,
+        token: Option<&SecretString>,
+    ) -> Result<Vec<u8>, LookerError> {
+        use tracing::Instrument;
+        let endpoint = endpoint_template(path);
+        let span = tracing::info_span!(
+            "looker",
+            otel.name = %format!("{method} {endpoint}"),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = %method,
+            url.template = %endpoint,
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        let r = self
+            .send_counted(method, path, rb, token)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &r {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", tracing::field::debug(e.kind));
+        }
+        r
+    }
+
+    /// Sends, counts and classifies. `token` is redacted from error messages.
+    async fn send_counted(
         &self,
         method: Method,
         path: &str,
@@ -363,6 +395,7 @@ impl LookerClient {
             }
         };
         let status = resp.status().as_u16();
+        tracing::Span::current().record("http.response.status_code", status);
         count(method, &endpoint, status.to_string());
         tracing::debug!(%method, %endpoint, status, "looker call");
         let retry_after = resp

@@ -719,6 +719,7 @@ mod tests {
     fn envelope_message_carries_id_attribute_and_subject_ordering_key() {
         use gatehouse_domain::envelope::{EnvelopeId, IdentityEvent, Source, Subject};
         let env = Envelope {
+            trace_parent: None,
             version: Envelope::VERSION,
             id: EnvelopeId("okta:1".into()),
             source: Source::Manual,

@@ -277,6 +277,7 @@ mod tests {
 
     fn envelope(id: &str) -> Envelope {
         Envelope {
+            trace_parent: None,
             version: Envelope::VERSION,
             id: EnvelopeId(id.into()),
             source: Source::Scim,

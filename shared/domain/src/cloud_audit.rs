@@ -222,6 +222,7 @@ fn cloudtrail_envelope(
         (None, None, None) => subject(format!("aws:account:{}", account()), None),
     };
     Ok(Envelope {
+        trace_parent: None,
         version: Envelope::VERSION,
         id: EnvelopeId(format!("aws:{event_id}")),
         source: Source::AwsCloudTrail,
@@ -309,6 +310,7 @@ fn other_eventbridge_envelope(
     let occurred_at = time_of(obj, "time", "time")?;
     let account = str_of(obj, "account").unwrap_or("unknown");
     Ok(Envelope {
+        trace_parent: None,
         version: Envelope::VERSION,
         id: EnvelopeId(format!("aws:event:{id}")),
         source: Source::AwsCloudTrail,
@@ -548,6 +550,7 @@ fn secret_notification(
     }
     raw.insert("data".into(), resource.unwrap_or(Value::Null));
     Ok(Envelope {
+        trace_parent: None,
         version: Envelope::VERSION,
         id: EnvelopeId(id),
         source: Source::GcpAudit,
@@ -575,6 +578,7 @@ fn log_entry(
     let short = method.rsplit('.').next().unwrap_or(&method);
     let resource_name = str_of(payload, "resourceName").unwrap_or("unknown");
     let envelope = |id: String, subject: Subject, event: IdentityEvent| Envelope {
+        trace_parent: None,
         version: Envelope::VERSION,
         id: EnvelopeId(id),
         source: Source::GcpAudit,

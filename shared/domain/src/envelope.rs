@@ -150,6 +150,10 @@ pub struct Envelope {
     pub source_event_type: String,
     /// The raw event, kept for audit.
     pub raw: serde_json::Value,
+    /// W3C `traceparent` of the intake request that enqueued it, so the processor's span joins
+    /// the same trace (OpenTelemetry). Absent when traces are off; never part of identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 impl Envelope {

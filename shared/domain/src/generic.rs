@@ -206,6 +206,7 @@ pub fn parse_event(envelope_id: &str, raw: &Value, received_at: DateTime<Utc>) -
         }
     }
     Ok(Envelope {
+        trace_parent: None,
         version: Envelope::VERSION,
         id: EnvelopeId(envelope_id.to_string()),
         source: Source::Generic,

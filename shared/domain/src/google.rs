@@ -216,6 +216,7 @@ fn parse_event(event: Value, ctx: &EventContext<'_>) -> Result<Envelope, String>
         }
     };
     Ok(Envelope {
+        trace_parent: None,
         version: Envelope::VERSION,
         id: EnvelopeId(ctx.envelope_id.clone()),
         source: Source::GoogleWorkspace,

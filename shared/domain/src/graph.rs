@@ -428,6 +428,7 @@ pub fn user_envelope(
         None => (bare_subject(user_id), Profile::new(), IdentityEvent::UserDeleted),
     };
     Envelope {
+        trace_parent: None,
         version: Envelope::VERSION,
         id: EnvelopeId(format!("graph:{}", n.key())),
         source: Source::Graph,
@@ -465,6 +466,7 @@ pub fn member_envelope(
         )
     };
     Envelope {
+        trace_parent: None,
         version: Envelope::VERSION,
         id: EnvelopeId(format!("graph:{}:{member_id}:{verb}", n.key())),
         source: Source::Graph,
@@ -488,6 +490,7 @@ pub fn reconcile_envelope(run: &str, user: &GraphUser, fetched_at: DateTime<Utc>
         None => IdentityEvent::ProfileUpdated,
     };
     Envelope {
+        trace_parent: None,
         version: Envelope::VERSION,
         id: EnvelopeId(format!("graph:reconcile:{run}:{}", user.id)),
         source: Source::Graph,

@@ -217,6 +217,7 @@ mod tests {
 
     fn env(id: &str, secs: i64, event: IdentityEvent) -> Envelope {
         Envelope {
+            trace_parent: None,
             version: 1,
             id: EnvelopeId(id.into()),
             source: Source::Manual,

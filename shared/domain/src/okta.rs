@@ -160,6 +160,7 @@ pub fn parse_event(event: Value, raw: Value, received_at: DateTime<Utc>) -> Resu
         }
     };
     Ok(Envelope {
+        trace_parent: None,
         version: Envelope::VERSION,
         id: EnvelopeId(uuid),
         source: Source::Okta,

@@ -506,6 +506,7 @@ mod tests {
         let mut fold = |event: IdentityEvent, profile: Profile| {
             n += 1;
             id.fold(&Envelope {
+                trace_parent: None,
                 version: 1,
                 id: EnvelopeId(format!("e{n}")),
                 source: Source::Manual,

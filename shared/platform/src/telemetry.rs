@@ -1,20 +1,186 @@
-//! Logging (tracing, text or JSON) and the Prometheus recorder.
+//! Logging (tracing, text or JSON), OpenTelemetry traces (optional, OTLP/HTTP protobuf) and the
+//! Prometheus recorder.
+//!
+//! Traces are off unless `[telemetry]` (or `OTEL_EXPORTER_OTLP_ENDPOINT`, ...) names an endpoint:
+//! then Gatehouse's own `info` spans (targets `gatehouse*`) go through a batch span processor on
+//! the tokio runtime to `{endpoint}/v1/traces`. [`Telemetry::shutdown`] flushes what is queued.
+//! The log filter (`log.level`, `RUST_LOG`) applies to the logs only.
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{LogConfig, LogFormat, TelemetryConfig};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use opentelemetry::KeyValue;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, Sampler, SdkTracerProvider};
+use std::collections::HashMap;
 use std::sync::OnceLock;
-use tracing_subscriber::EnvFilter;
+use std::time::Duration;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-/// Install the global tracing subscriber. `RUST_LOG` wins over the configured level.
-pub fn init_logging(cfg: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match cfg.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+/// The spans exported: Gatehouse's own crates (`gatehouse_*` targets) at `info` and above.
+const TRACED_TARGETS: &str = "gatehouse";
+/// The W3C trace-context header name, also the key of an envelope's trace parent.
+const TRACEPARENT: &str = "traceparent";
+
+/// Why traces could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("otlp exporter: {0}")]
+    Exporter(String),
+    #[error("otlp exporter needs a running tokio runtime")]
+    NoRuntime,
+}
+
+/// What [`init`] installed. Call [`Telemetry::shutdown`] before exit so queued spans are sent.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Build the exporter when `cfg` names an endpoint (see [`tracer_provider`]); install
+    /// nothing. [`init`] is this plus the global subscriber.
+    pub fn new(cfg: &TelemetryConfig, service: &str) -> Result<Telemetry, TelemetryError> {
+        Ok(Telemetry {
+            provider: tracer_provider(cfg, service)?,
+        })
+    }
+
+    /// Whether an OTLP exporter was built (an endpoint is configured).
+    pub fn is_exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// The layer exporting Gatehouse's spans, or `None` when traces are off.
+    pub fn layer<S>(&self) -> Option<impl Layer<S> + Send + Sync + 'static>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
+    {
+        self.provider.as_ref().map(otel_layer)
+    }
+
+    /// Export every finished span still queued, then stop the exporter.
+    pub async fn shutdown(self) {
+        let Some(provider) = self.provider else { return };
+        // The SDK blocks the calling thread until its batch task (on the runtime) has exported:
+        // wait on a blocking thread so a current-thread runtime can run that task meanwhile.
+        match tokio::task::spawn_blocking(move || provider.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "flushing traces failed"),
+            Err(e) => tracing::warn!(error = %e, "flushing traces panicked"),
+        }
+    }
+}
+
+/// The OTLP tracer provider for `cfg`, or `None` when no endpoint is configured (nothing is
+/// built, nothing is sent). Needs a tokio runtime: the batch processor is a task on it.
+pub fn tracer_provider(
+    cfg: &TelemetryConfig,
+    service: &str,
+) -> Result<Option<SdkTracerProvider>, TelemetryError> {
+    let Some(url) = cfg.traces_url() else {
+        return Ok(None);
     };
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(TelemetryError::NoRuntime);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(url)
+        .with_timeout(cfg.export_timeout)
+        .build()
+        .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+    let batch = BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio)
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                .with_scheduled_delay(Duration::from_secs(2))
+                .with_max_export_timeout(cfg.export_timeout)
+                .build(),
+        )
+        .build();
+    let resource = Resource::builder_empty()
+        .with_service_name(cfg.service_name.clone().unwrap_or_else(|| service.to_string()))
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build();
+    Ok(Some(
+        SdkTracerProvider::builder()
+            .with_span_processor(batch)
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                cfg.sample_ratio,
+            ))))
+            .with_resource(resource)
+            .build(),
+    ))
+}
+
+/// The tracing layer that turns Gatehouse's spans into OpenTelemetry spans of `provider`.
+pub fn otel_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S> + Send + Sync + 'static
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("gatehouse"))
+        .with_location(false)
+        .with_threads(false)
+        .with_filter(Targets::new().with_target(TRACED_TARGETS, tracing::Level::INFO))
+}
+
+/// Install the global tracing subscriber: logs to stderr (`RUST_LOG` wins over the configured
+/// level) and, when an OTLP endpoint is configured, the trace exporter. `service` is the
+/// default `service.name`. With traces on, call it inside the tokio runtime.
+pub fn init(
+    log: &LogConfig,
+    telemetry: &TelemetryConfig,
+    service: &str,
+) -> Result<Telemetry, TelemetryError> {
+    let telemetry = Telemetry::new(telemetry, service)?;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let logs = match log.format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(telemetry.layer())
+        .try_init();
+    Ok(telemetry)
+}
+
+/// The W3C `traceparent` of the current span, when it is exported (traces on and sampled in);
+/// `None` otherwise. Carried in an envelope from the intake to the processor.
+pub fn current_traceparent() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.remove(TRACEPARENT)
+}
+
+/// Make `span` (not yet entered) a child of the remote span a `traceparent` names. A malformed
+/// value or traces being off leaves `span` as it was.
+pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) {
+    let carrier = HashMap::from([(TRACEPARENT.to_string(), traceparent.to_string())]);
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
 }
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -31,4 +197,76 @@ pub fn metrics_handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[test]
+    fn no_endpoint_builds_no_exporter() {
+        // No runtime here: building an exporter would fail with NoRuntime, so `Ok(None)` also
+        // shows that nothing was attempted.
+        assert!(
+            tracer_provider(&TelemetryConfig::default(), "t")
+                .unwrap()
+                .is_none()
+        );
+        let off = TelemetryConfig {
+            otlp_endpoint: Some("http://127.0.0.1:1".into()),
+            disabled: true,
+            ..TelemetryConfig::default()
+        };
+        assert!(tracer_provider(&off, "t").unwrap().is_none());
+        let on = TelemetryConfig {
+            otlp_endpoint: Some("http://127.0.0.1:1".into()),
+            ..TelemetryConfig::default()
+        };
+        assert!(matches!(
+            tracer_provider(&on, "t"),
+            Err(TelemetryError::NoRuntime)
+        ));
+    }
+
+    #[test]
+    fn without_traces_there_is_no_traceparent() {
+        let sub = tracing_subscriber::registry().with(tracing_subscriber::fmt::layer().with_test_writer());
+        tracing::subscriber::with_default(sub, || {
+            let span = tracing::info_span!("ingress");
+            let _g = span.enter();
+            assert_eq!(current_traceparent(), None);
+        });
+    }
+
+    #[test]
+    fn a_traceparent_round_trips_through_a_child_span() {
+        let provider = SdkTracerProvider::builder().build();
+        let sub = tracing_subscriber::registry().with(otel_layer(&provider));
+        tracing::subscriber::with_default(sub, || {
+            let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+            let span = tracing::info_span!(target: "gatehouse_runtime::worker", "process");
+            set_remote_parent(&span, parent);
+            let _g = span.enter();
+            let child = current_traceparent().expect("sampled span has a traceparent");
+            assert!(
+                child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && child.ends_with("-01"),
+                "same trace, new span id: {child}"
+            );
+            assert_ne!(child, parent);
+        });
+    }
+
+    #[test]
+    fn a_malformed_traceparent_starts_a_new_trace() {
+        let provider = SdkTracerProvider::builder().build();
+        let sub = tracing_subscriber::registry().with(otel_layer(&provider));
+        tracing::subscriber::with_default(sub, || {
+            let span = tracing::info_span!(target: "gatehouse_runtime::worker", "process");
+            set_remote_parent(&span, "00-not-a-trace-01");
+            let _g = span.enter();
+            let tp = current_traceparent().expect("a root span of its own");
+            assert_eq!(tp.len(), 55, "{tp}");
+        });
+    }
 }

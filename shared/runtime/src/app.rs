@@ -537,8 +537,14 @@ pub async fn service_main(
             return std::process::ExitCode::from(64);
         }
     };
-    gatehouse_platform::telemetry::init_logging(&cfg.log);
-    match start(&cfg, components).await {
+    let telemetry = match gatehouse_platform::telemetry::init(&cfg.log, &cfg.telemetry, name) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = match start(&cfg, components).await {
         Ok(running) => {
             running.until(gatehouse_platform::shutdown::os_signal()).await;
             std::process::ExitCode::SUCCESS
@@ -547,7 +553,9 @@ pub async fn service_main(
             eprintln!("{name}: {e}");
             std::process::ExitCode::from(e.exit_code() as u8)
         }
-    }
+    };
+    telemetry.shutdown().await;
+    code
 }
 
 /// A Pub/Sub audit subscription whose deliveries carry the message attributes too: the body
@@ -594,7 +602,13 @@ pub async fn rotator_main(config: Option<&std::path::Path>) -> std::process::Exi
             return std::process::ExitCode::from(64);
         }
     };
-    gatehouse_platform::telemetry::init_logging(&cfg.log);
+    let telemetry = match gatehouse_platform::telemetry::init(&cfg.log, &cfg.telemetry, "gatehouse-rotator") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("gatehouse-rotator: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let run = async {
         let state = open_state_alone(&cfg).await?;
         let rotator = gatehouse_rotation::build::rotator(&cfg, state.clone()).await?;
@@ -629,11 +643,13 @@ pub async fn rotator_main(config: Option<&std::path::Path>) -> std::process::Exi
         state.close().await;
         Ok::<(), AppError>(())
     };
-    match run.await {
+    let code = match run.await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gatehouse-rotator: {e}");
             std::process::ExitCode::from(e.exit_code() as u8)
         }
-    }
+    };
+    telemetry.shutdown().await;
+    code
 }

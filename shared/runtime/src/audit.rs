@@ -106,7 +106,7 @@ where
     async fn translate(&self, d: &Delivery, report: &mut TranslateReport) {
         let kind = self.cfg.kind;
         let source = kind.source().as_str();
-        let envelopes = match cloud_audit::parse(
+        let mut envelopes = match cloud_audit::parse(
             kind,
             d.body.as_bytes(),
             Utc::now(),
@@ -127,6 +127,8 @@ where
                 return;
             }
         };
+        // The processor's span joins this translation's trace.
+        crate::ingress::trace_envelopes(&mut envelopes);
         if let Err(e) = self.output.publish(&envelopes).await {
             let delay = backoff(d.attempt);
             tracing::warn!(error = %e, retry_in = ?delay, "publishing audit envelopes failed; will retry");

@@ -21,6 +21,7 @@ use gatehouse_domain::ports::{
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Retry policy for one Looker call within one delivery.
 #[derive(Debug, Clone)]
@@ -413,11 +414,22 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         }
 
         // Looker and the clouds are read at once, then written at once.
-        let (plan, cloud_plan) = futures::join!(
-            self.compute_plan(&desired),
-            self.compute_cloud_plan(&desired_cloud)
+        let plan_span = tracing::info_span!(
+            "plan",
+            looker_steps = tracing::field::Empty,
+            cloud_steps = tracing::field::Empty,
         );
+        let (plan, cloud_plan) = async {
+            futures::join!(
+                self.compute_plan(&desired),
+                self.compute_cloud_plan(&desired_cloud)
+            )
+        }
+        .instrument(plan_span.clone())
+        .await;
         let (plan, cloud_plan) = (plan?, cloud_plan?);
+        plan_span.record("looker_steps", plan.steps.len());
+        plan_span.record("cloud_steps", cloud_plan.len());
         // The grace period runs from when Gatehouse offboarded the person, never from an old event time.
         let deletion = deletion_change(&desired, &identity, Utc::now());
         let looker_part = async {
@@ -440,8 +452,20 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                 _ => Ok(0),
             }
         };
-        let (l, c) = futures::join!(looker_part, cloud_part);
+        let apply_span = tracing::info_span!(
+            "apply",
+            dry_run = self.looker.is_none(),
+            writes = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let (l, c) = async { futures::join!(looker_part, cloud_part) }
+            .instrument(apply_span.clone())
+            .await;
+        if l.is_err() || c.is_err() {
+            apply_span.record("otel.status_code", "ERROR");
+        }
         let ((looker_live, n), cloud_writes) = (l?, c?);
+        apply_span.record("writes", n + cloud_writes);
         for note in &cloud_plan.notes {
             tracing::info!(envelope_id = %env.id, subject = %env.subject.key, note = %note, "plan note");
         }
@@ -729,6 +753,7 @@ pub struct AppliedCounts {
 fn reconcile_envelope(ctx: &Ctx) -> Envelope {
     use gatehouse_domain::envelope::{EnvelopeId, Source, Subject};
     Envelope {
+        trace_parent: None,
         version: Envelope::VERSION,
         id: EnvelopeId(ctx.envelope_id.clone()),
         source: Source::Manual,
@@ -806,6 +831,7 @@ fn deletion_change(desired: &DesiredLooker, identity: &Identity, at: DateTime<Ut
 fn scheduled_envelope(d: &ScheduledDeletion, id: &str) -> Envelope {
     use gatehouse_domain::envelope::{EnvelopeId, Source, Subject};
     Envelope {
+        trace_parent: None,
         version: Envelope::VERSION,
         id: EnvelopeId(id.to_string()),
         source: Source::Manual,

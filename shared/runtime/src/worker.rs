@@ -158,16 +158,24 @@ where
             return Ok(Disposition::DeadLettered { reason });
         }
     };
+    let source = env.source.as_str();
     let span = tracing::info_span!(
         "process",
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
         envelope_id = %env.id,
+        source,
         subject = %env.subject.key,
         event_type = %env.source_event_type,
         messaging.system = "gatehouse-embedded",
         messaging.message.id = %env.id,
         messaging.delivery_attempt = d.attempt,
+        outcome = tracing::field::Empty,
     );
-    let source = env.source.as_str();
+    // The intake's request span is the parent, even across processes (the envelope carries it).
+    if let Some(parent) = &env.trace_parent {
+        gatehouse_platform::telemetry::set_remote_parent(&span, parent);
+    }
     async move {
         let started = tokio::time::Instant::now();
         // Queue lag, whatever the backend: from the intake accepting the event to work starting.
@@ -205,11 +213,15 @@ where
                     .increment(1);
                 metrics::histogram!("gatehouse_event_processing_seconds")
                     .record(started.elapsed().as_secs_f64());
+                tracing::Span::current().record("outcome", outcome);
                 tracing::info!(outcome, ?handled, "processed");
                 Ok(Disposition::Acked(handled))
             }
             Err(e) if e.is_permanent() || d.attempt >= cfg.max_attempts => {
                 let reason = format!("after {} attempt(s): {e}", d.attempt);
+                let span = tracing::Span::current();
+                span.record("outcome", "dead_lettered");
+                span.record("otel.status_code", "ERROR");
                 tracing::warn!(reason = %reason, "dead-lettering");
                 queue.dead_letter(&d, &reason).await?;
                 metrics::counter!("gatehouse_events_failed_total", "source" => source, "reason" => "dead_lettered")
@@ -219,6 +231,7 @@ where
             Err(e) => {
                 let backoff = Duration::from_millis(250u64.saturating_mul(1 << d.attempt.min(10)));
                 let delay = e.retry_after().map_or(backoff, |r| r.max(backoff));
+                tracing::Span::current().record("outcome", "retried");
                 tracing::warn!(error = %e, retry_in = ?delay, "processing failed; will retry");
                 queue.release(&d, delay).await?;
                 metrics::counter!("gatehouse_events_failed_total", "source" => source, "reason" => "retried")

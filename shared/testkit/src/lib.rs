@@ -5,13 +5,16 @@
 //! * [`postgres`]: a fresh database per test on the throwaway PostgreSQL cluster.
 //! * [`gcp_iam_fake`]: getIamPolicy/setIamPolicy of Resource Manager v3, BigQuery and IAM v1.
 //! * [`secret_manager_fake`], [`gcp_sa_keys_fake`]: GCP Secret Manager and service-account keys.
+//! * [`otlp_fake`]: an OpenTelemetry collector's OTLP/HTTP traces receiver (`FakeCollector`).
 
 pub mod gcp_iam_fake;
 pub mod gcp_sa_keys_fake;
 pub mod graph_fake;
 pub mod looker_fake;
+pub mod otlp_fake;
 pub mod postgres;
 pub mod secret_manager_fake;
 mod server;
 
 pub use looker_fake::{FakeLooker, RecordedCall, UserView};
+pub use otlp_fake::{FakeCollector, ReceivedSpan};

@@ -143,6 +143,7 @@ fn generate(rng: &mut Rng, run: &str, users: usize, per_user: usize) -> Vec<Enve
                 _ => "group.user_membership.remove",
             };
             out.push(Envelope {
+                trace_parent: None,
                 version: Envelope::VERSION,
                 id: EnvelopeId(format!("{run}-{u}-{n}")),
                 source: Source::Okta,

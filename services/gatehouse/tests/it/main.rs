@@ -8,6 +8,7 @@ mod crash;
 mod ops;
 mod queues;
 mod rotate;
+mod traces;
 
 /// Poll `{base}/readyz` until it answers 200; panic at `deadline`.
 async fn wait_ready(http: &reqwest::Client, base: &str, deadline: tokio::time::Instant) {
@@ -30,7 +31,7 @@ fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
     // Never inherit a developer's real settings.
     for (k, _) in std::env::vars() {
-        if k.starts_with("GATEHOUSE_") {
+        if k.starts_with("GATEHOUSE_") || k.starts_with("OTEL_") {
             c.env_remove(k);
         }
     }

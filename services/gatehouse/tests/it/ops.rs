@@ -28,6 +28,7 @@ fn entry(n: i64) -> LedgerEntry {
 
 fn envelope(id: &str, subject: &str) -> Envelope {
     Envelope {
+        trace_parent: None,
         version: Envelope::VERSION,
         id: EnvelopeId(id.into()),
         source: Source::Manual,

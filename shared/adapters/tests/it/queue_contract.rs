@@ -50,6 +50,7 @@ pub(crate) trait DeadLetters: Sync {
 /// An envelope for `subject`, with a fresh id unless one is given.
 pub(crate) fn envelope(id: &str, subject: &str, secs: i64) -> Envelope {
     Envelope {
+        trace_parent: None,
         version: Envelope::VERSION,
         id: EnvelopeId(id.into()),
         source: Source::Manual,

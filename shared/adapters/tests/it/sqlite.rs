@@ -12,6 +12,7 @@ use std::time::Duration;
 
 fn env(id: &str, subject: &str, secs: i64) -> Envelope {
     Envelope {
+        trace_parent: None,
         version: Envelope::VERSION,
         id: EnvelopeId(id.into()),
         source: Source::Manual,

@@ -36,6 +36,7 @@ fn identity(status: IdentityEvent, at: i64, groups: &[&str]) -> Identity {
     let mut fold = |event: IdentityEvent, profile: Profile| {
         n += 1;
         id.fold(&Envelope {
+            trace_parent: None,
             version: 1,
             id: EnvelopeId(format!("e{n}")),
             source: Source::Manual,

@@ -10,6 +10,7 @@ mod queue;
 mod rotator;
 mod scim;
 mod state;
+mod telemetry;
 
 pub use cloud::{AwsConfig, AwsUserMappingConfig, GcpConfig, GcpTokenSource, Mode, Modes, ReconcileConfig};
 pub use generic::GenericConfig;
@@ -22,6 +23,7 @@ pub use rotator::{
 };
 pub use scim::ScimConfig;
 pub use state::{PostgresConfig, StateConfig};
+pub use telemetry::{OTEL_ENV_VARS, TelemetryConfig};
 
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -50,6 +52,9 @@ pub struct Config {
     pub processor: ProcessorConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// OpenTelemetry traces (off unless an OTLP endpoint is set).
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// The queue between intake and processor: `embedded` (default), `sqs` or `pubsub`.
     #[serde(default)]
     pub queue: QueueConfig,
@@ -402,6 +407,16 @@ pub const ENV_VARS: &[&str] = &[
     "GATEHOUSE_GCP_IAM_URL",
     "GATEHOUSE_GCP_ACCESS_TOKEN",
     "GATEHOUSE_RECONCILE_SCHEDULE",
+    "GATEHOUSE_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_SERVICE_NAME",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_SDK_DISABLED",
 ];
 
 impl Config {
@@ -451,6 +466,7 @@ impl Config {
         self.gcp.apply_env(&env)?;
         self.reconcile.apply_env(&env)?;
         self.looker.budget.apply_env(&env)?;
+        self.telemetry.apply_env(&env)?;
         if let Some(v) = env("GATEHOUSE_LISTEN") {
             self.listen = v
                 .parse()
@@ -502,6 +518,7 @@ impl Config {
         self.gcp.validate()?;
         self.reconcile.validate()?;
         self.looker.budget.validate()?;
+        self.telemetry.validate()?;
         if let Some(url) = &self.looker.url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
@@ -630,6 +647,7 @@ mod tests {
             }
         }
         let listed: std::collections::BTreeSet<String> = ENV_VARS.iter().map(|s| s.to_string()).collect();
+        read.extend(OTEL_ENV_VARS.iter().map(|s| s.to_string()));
         let missing: Vec<_> = read.difference(&listed).collect();
         assert!(missing.is_empty(), "read but not in ENV_VARS: {missing:?}");
         let readme = std::fs::read_to_string(dir.join("../../README.md")).unwrap();

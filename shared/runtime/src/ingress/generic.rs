@@ -237,13 +237,14 @@ async fn hook<Q: QueueProducer>(
         }
     };
 
-    let envelopes = match generic::parse_body(&verified.webhook_id, &verified.body, now) {
+    let mut envelopes = match generic::parse_body(&verified.webhook_id, &verified.body, now) {
         Ok(e) => e,
         Err(e) => {
             rejected("malformed");
             return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
         }
     };
+    super::trace_envelopes(&mut envelopes);
     if let Err(e) = intake.queue.publish(&envelopes).await {
         tracing::error!(
             error = %e, source = ?std::error::Error::source(&e), webhook_id = verified.webhook_id(),
@@ -262,6 +263,7 @@ async fn hook<Q: QueueProducer>(
             webhook_id = verified.webhook_id(), "event enqueued"
         );
     }
+    super::record_accepted(envelopes.len());
     Json(json!({ "enqueued": envelopes.len() })).into_response()
 }
 
@@ -478,6 +480,67 @@ mod tests {
             r = r.header("webhook-signature", sig);
         }
         r.body(Body::from(body.to_vec())).unwrap()
+    }
+
+    /// The intake request's span is exported with its source and count, and the envelope it
+    /// enqueued carries that span's traceparent (the processor's span becomes its child).
+    #[tokio::test]
+    async fn the_request_span_is_exported_and_its_trace_rides_on_the_envelope() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let collector = gatehouse_testkit::FakeCollector::start().await;
+        let cfg = gatehouse_platform::config::TelemetryConfig {
+            otlp_endpoint: Some(collector.base_url()),
+            ..Default::default()
+        };
+        let telemetry = gatehouse_platform::telemetry::Telemetry::new(&cfg, "test").unwrap();
+        assert!(telemetry.is_exporting());
+        let q = MemQueue::default();
+        {
+            // A current-thread runtime: the subscriber set here sees the whole request.
+            let _g = tracing::subscriber::set_default(tracing_subscriber::registry().with(telemetry.layer()));
+            let app =
+                app(q.clone(), &[SPEC_SECRET]).layer(axum::middleware::from_fn(super::super::trace_request));
+            let (status, body) = send(
+                app,
+                request(Some(SPEC_SECRET), Some("msg_1"), Some(NOW - 10), EVENT),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        telemetry.shutdown().await;
+        let spans = collector.spans();
+        assert_eq!(spans.len(), 1, "{spans:#?}");
+        let s = &spans[0];
+        assert_eq!(s.name, "POST /hooks/generic");
+        assert_eq!(
+            (s.attr("source"), s.attr("accepted"), s.kind.as_str()),
+            (Some("generic"), Some("1"), "server")
+        );
+        assert_eq!(s.resource.get("service.name").map(String::as_str), Some("test"));
+        let published = q.published.lock().unwrap();
+        assert_eq!(
+            published[0].trace_parent.as_deref(),
+            Some(format!("00-{}-{}-01", s.trace_id, s.span_id).as_str())
+        );
+    }
+
+    #[tokio::test]
+    async fn without_traces_the_envelope_carries_no_trace() {
+        let q = MemQueue::default();
+        let app =
+            app(q.clone(), &[SPEC_SECRET]).layer(axum::middleware::from_fn(super::super::trace_request));
+        let (status, _) = send(
+            app,
+            request(Some(SPEC_SECRET), Some("msg_1"), Some(NOW - 10), EVENT),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let published = q.published.lock().unwrap();
+        assert_eq!(published[0].trace_parent, None);
+        assert!(
+            !published[0].to_json().contains("trace_parent"),
+            "the wire form is unchanged"
+        );
     }
 
     #[tokio::test]

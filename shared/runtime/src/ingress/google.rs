@@ -129,13 +129,14 @@ async fn notification<Q: QueueProducer>(
         return Json(json!({ "sync": true, "enqueued": 0 })).into_response();
     }
 
-    let envelopes = match google::parse_activity(&bytes, (intake.now)()) {
+    let mut envelopes = match google::parse_activity(&bytes, (intake.now)()) {
         Ok(e) => e,
         Err(e) => {
             rejected("malformed");
             return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
         }
     };
+    super::trace_envelopes(&mut envelopes);
     if let Err(e) = intake.queue.publish(&envelopes).await {
         tracing::error!(
             error = %e, source = ?std::error::Error::source(&e), channel_id, message_number,
@@ -157,6 +158,7 @@ async fn notification<Q: QueueProducer>(
             actionable, channel_id, message_number, "event enqueued"
         );
     }
+    super::record_accepted(envelopes.len());
     Json(json!({ "enqueued": envelopes.len(), "ignored": ignored })).into_response()
 }
 

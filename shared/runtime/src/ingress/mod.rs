@@ -29,7 +29,8 @@ pub struct Deps<Q> {
     pub config: Arc<Config>,
 }
 
-/// All intake routes. Mount next to `gatehouse_platform::ops::router`.
+/// All intake routes, each request in an `ingress` span. Mount next to
+/// `gatehouse_platform::ops::router`.
 pub fn router<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Router {
     Router::new()
         .merge(okta::router(deps))
@@ -37,6 +38,62 @@ pub fn router<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Router {
         .merge(graph::router(deps))
         .merge(google::router(deps))
         .merge(generic::router(deps))
+        .layer(axum::middleware::from_fn(trace_request))
+}
+
+/// The intake a route belongs to (a span attribute).
+fn source_of(route: &str) -> &'static str {
+    match route {
+        r if r.starts_with("/hooks/okta") => "okta",
+        r if r.starts_with("/scim/") => "scim",
+        r if r.starts_with("/hooks/graph") => "graph",
+        r if r.starts_with("/hooks/google") => "google",
+        r if r.starts_with("/hooks/generic") => "generic",
+        _ => "unknown",
+    }
+}
+
+/// One server span per intake request: method, route template, source, status, and the number
+/// of envelopes accepted (recorded by the handler with [`record_accepted`]). Never headers or bodies.
+async fn trace_request(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().clone();
+    let span = tracing::info_span!(
+        "ingress",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = %route,
+        source = source_of(&route),
+        accepted = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    let status = resp.status().as_u16();
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
+    resp
+}
+
+/// Stamp envelopes with the request span's trace context, so the processor's span joins the
+/// same trace. Call just before publishing.
+pub fn trace_envelopes(envelopes: &mut [gatehouse_domain::envelope::Envelope]) {
+    let parent = gatehouse_platform::telemetry::current_traceparent();
+    for env in envelopes {
+        env.trace_parent.clone_from(&parent);
+    }
+}
+
+/// Record on the request's span how many envelopes it durably enqueued.
+pub fn record_accepted(n: usize) {
+    tracing::Span::current().record("accepted", n);
 }
 
 /// Background work the intakes need (SCIM outbox relay, Graph subscription renewal).

@@ -96,13 +96,14 @@ async fn okta_hook<Q: QueueProducer>(
         Ok(b) => b,
         Err(r) => return *r,
     };
-    let envelopes = match okta::parse_hook_body(&bytes, Utc::now()) {
+    let mut envelopes = match okta::parse_hook_body(&bytes, Utc::now()) {
         Ok(e) => e,
         Err(e) => {
             super::count_rejection("okta", "malformed");
             return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
         }
     };
+    super::trace_envelopes(&mut envelopes);
     if let Err(e) = ing.queue.publish(&envelopes).await {
         tracing::error!(error = %e, source = ?std::error::Error::source(&e), "enqueue failed; okta will retry");
         return error(
@@ -121,5 +122,6 @@ async fn okta_hook<Q: QueueProducer>(
             actionable, "event enqueued"
         );
     }
+    super::record_accepted(envelopes.len());
     Json(json!({ "enqueued": envelopes.len(), "ignored": ignored })).into_response()
 }

@@ -102,6 +102,7 @@ fn envelope(
     raw: Value,
 ) -> Envelope {
     Envelope {
+        trace_parent: None,
         version: Envelope::VERSION,
         id: EnvelopeId(uuid::Uuid::new_v4().to_string()),
         source: Source::Scim,

@@ -890,12 +890,14 @@ impl<Q: QueueProducer + Clone + 'static> Scim<Q> {
 
     /// Commit, count and wake the relay.
     async fn commit(&self, at: DateTime<Utc>, planned: Planned) -> Result<(), ScimStoreError> {
-        let write = ScimWrite {
+        let mut write = ScimWrite {
             at,
             changes: planned.changes,
             outbox: planned.outbox,
         };
+        super::trace_envelopes(&mut write.outbox);
         self.store.scim_write(&write).await?;
+        super::record_accepted(write.outbox.len());
         for env in &write.outbox {
             metrics::counter!(
                 "gatehouse_events_received_total",
