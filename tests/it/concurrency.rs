@@ -73,7 +73,11 @@ async fn world() -> World {
 }
 
 /// What a separate processor process has: its own engine and Looker client, the shared store.
-fn processor(store: &Sqlite, fake: &FakeLooker, policy: &Arc<Policy>) -> Engine<Sqlite, LookerClient> {
+fn processor<S: StateStore + Clone>(
+    store: &S,
+    fake: &FakeLooker,
+    policy: &Arc<Policy>,
+) -> Engine<S, LookerClient> {
     let looker = LookerClient::new(LookerConfig {
         base_url: fake.base_url(),
         client_id: fake.client_id().to_string(),
@@ -276,22 +280,7 @@ async fn a_handler_that_lost_the_race_reads_looker_before_calling_it_converged()
         reached: Arc::new(tokio::sync::Notify::new()),
         release: Arc::new(tokio::sync::Semaphore::new(0)),
     };
-    let x = {
-        let retry = RetryPolicy {
-            retries: 3,
-            min_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(100),
-        };
-        let looker = LookerClient::new(LookerConfig {
-            base_url: fake.base_url(),
-            client_id: fake.client_id().to_string(),
-            client_secret: fake.client_secret().to_string().into(),
-            timeout: Duration::from_secs(10),
-            catalog_ttl: Duration::from_secs(300),
-        })
-        .unwrap();
-        Engine::new(held.clone(), Some(looker), policy.clone(), retry)
-    };
+    let x = processor(&held, &fake, &policy);
     let removed = IdentityEvent::GroupMemberRemoved {
         group: GroupRef {
             id: "00g-Engineering".into(),
