@@ -105,23 +105,30 @@ pub async fn count_looker_calls(cfg: &Config, engine: &AppEngine) {
 /// Add what `meters` counted to the month's budget count in `store`, once, when a quota is
 /// configured. Errors are logged, not returned: the command's own result matters more.
 pub async fn count_calls(cfg: &Config, store: AnyState, meters: Vec<CallMeter>) {
-    let (Some(quota), Some((first, more))) = (cfg.looker.budget.monthly_call_quota, meters.split_first())
-    else {
+    let Some(budget) = budget(cfg, store, &meters) else {
         return;
     };
-    let budget = Budget::new(
-        store,
-        first.clone(),
-        quota,
-        &cfg.looker.budget,
-        Arc::new(chrono::Utc::now),
-    )
-    .with_meters(more.iter().cloned());
     match budget.flush().await {
         Ok(s) => tracing::info!(month = %s.month, calls = s.calls, remaining = s.remaining,
             "looker admin-api budget"),
         Err(e) => tracing::warn!(error = %e, "cannot store the looker call count"),
     }
+}
+
+/// The budget of a process counting `meters` into `store`: `None` without a quota or a meter.
+fn budget(cfg: &Config, store: AnyState, meters: &[CallMeter]) -> Option<Budget<AnyState>> {
+    let quota = cfg.looker.budget.monthly_call_quota?;
+    let (first, more) = meters.split_first()?;
+    Some(
+        Budget::new(
+            store,
+            first.clone(),
+            quota,
+            &cfg.looker.budget,
+            Arc::new(chrono::Utc::now),
+        )
+        .with_meters(more.iter().cloned()),
+    )
 }
 
 /// The processor's state store as configured: the SQLite database `sqlite` (also the embedded
@@ -452,21 +459,15 @@ where
         }));
     }
     let mut on_stop: Vec<StopHook> = Vec::new();
-    if let (true, Some(quota), Some(client)) = (
-        components.processor,
-        cfg.looker.budget.monthly_call_quota,
-        engine.looker(),
-    ) {
-        let budget = Arc::new(
-            Budget::new(
-                state.clone(),
-                client.meter().clone(),
-                quota,
-                &cfg.looker.budget,
-                Arc::new(chrono::Utc::now),
-            )
-            .with_meters(rotator_meters),
-        );
+    // The processor's budget also counts the Looker calls of a rotator in the same process.
+    let processor_meter = engine
+        .looker()
+        .filter(|_| components.processor)
+        .map(|c| c.meter().clone());
+    if let Some(meter) = processor_meter
+        && let Some(budget) = budget(cfg, state.clone(), &[vec![meter], rotator_meters].concat())
+    {
+        let budget = Arc::new(budget);
         let (b, s) = (budget.clone(), shutdown.clone());
         tasks.push(tokio::spawn(async move { b.run(s).await }));
         // After every task has stopped (no call in flight any more): the last calls.
@@ -617,28 +618,21 @@ pub async fn rotator_main(config: Option<&std::path::Path>) -> std::process::Exi
             state = state.backend(),
             "gatehouse rotator started"
         );
-        // Its Looker calls (API3 kind) count against the budget the processors share.
+        // Its Looker calls (API3 kind) count against the budget the processors share: one
+        // budget for the process, flushed like the processor's (one warning a month).
         let meters = rotator.looker_meters();
-        let budget =
-            (cfg.looker.budget.monthly_call_quota.is_some() && !meters.is_empty()).then(|| state.clone());
+        let budget = budget(&cfg, state.clone(), &meters).map(Arc::new);
         let (trigger, shutdown) = Shutdown::new();
-        let flusher = budget.clone().map(|state| {
-            let (cfg, meters) = (cfg.clone(), meters.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = shutdown.wait() => return,
-                        _ = tokio::time::sleep(cfg.looker.budget.flush_interval) => {}
-                    }
-                    count_calls(&cfg, state.clone(), meters.clone()).await;
-                }
-            })
-        });
+        let flusher = budget
+            .clone()
+            .map(|b| tokio::spawn(async move { b.run(shutdown).await }));
         rotator.run(gatehouse_platform::shutdown::os_signal()).await;
         trigger.trigger();
-        if let (Some(task), Some(state)) = (flusher, budget) {
+        if let (Some(task), Some(budget)) = (flusher, budget) {
             let _ = task.await;
-            count_calls(&cfg, state, meters).await;
+            if let Err(e) = budget.flush().await {
+                tracing::error!(error = %e, "cannot store the last looker call count");
+            }
         }
         state.close().await;
         Ok::<(), AppError>(())
