@@ -3,21 +3,18 @@
 #   docker build -t gatehouse .
 #   docker run --rm -p 8080:8080 gatehouse                      # gatehouse standalone
 #   docker run --rm --entrypoint gatehouse-processor gatehouse   # one service on its own
-# Every package under services/ is installed (`cargo install --path` per directory), so a new
-# service (services/rotator) is picked up without editing this file.
+# The builder runs scripts/build-release.sh, the same release build CI runs (`make release`): every
+# package under services/ is built, so a new service is picked up without editing this file.
 
 ARG RUST_VERSION=1
 FROM rust:${RUST_VERSION}-bookworm AS builder
 WORKDIR /src
 COPY . .
+ENV CARGO_TARGET_DIR=/src/target
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    set -eu; \
-    for dir in services/*/; do \
-        cargo install --locked --path "$dir" --root /out --target-dir /src/target; \
-    done; \
-    ls -l /out/bin
+    scripts/build-release.sh /out && ls -l /out/bin
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \

@@ -1,7 +1,7 @@
 # Gatehouse. The README documents `make run` and `make test`; the rest are for contributors.
 CARGO ?= cargo
 
-.PHONY: run test bench lint fmt build clean
+.PHONY: run test bench lint fmt build release image clean
 
 ## run: build and start `gatehouse standalone` on 127.0.0.1:8080 with the example config (dry run)
 run:
@@ -27,6 +27,16 @@ fmt:
 
 build:
 	$(CARGO) build --workspace --locked
+
+## release: every service binary, optimised and stripped of debug info (scripts/build-release.sh,
+## the same build the Dockerfile runs); binaries in $(CARGO_TARGET_DIR or target)/release
+release:
+	scripts/build-release.sh
+
+## image: `docker build` when a container engine answers; without one, runs the Dockerfile's
+## builder commands here and checks every service binary comes out (CI does this)
+image:
+	scripts/image.sh
 
 clean:
 	$(CARGO) clean

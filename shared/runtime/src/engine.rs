@@ -315,7 +315,11 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             // winner's state no longer wants: the converged shortcut would trust a stale Looker,
             // so every later attempt reads it.
             let after_race = attempt > 1;
-            match self.handle_once(env, after_race).await {
+            // Boxed: the whole decide-and-apply future (Looker, AWS and GCP reads and writes,
+            // the store) nests deep enough that rustc's layout query of the worker's future
+            // overflowed its depth limit in release builds of gatehouse-ingress/-processor. One
+            // allocation per attempt cuts the nesting at the engine's boundary.
+            match Box::pin(self.handle_once(env, after_race)).await {
                 Err(e) if e.is_race() && attempt < COMMIT_ATTEMPTS => {
                     tracing::info!(subject = %env.subject.key, envelope_id = %env.id, attempt,
                         "subject changed by another handler; handling the event again");
