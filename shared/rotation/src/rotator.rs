@@ -944,10 +944,19 @@ fn no_room(
     in_grace: &BTreeMap<String, DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> RotationError {
-    match keys.iter().filter_map(|k| in_grace.get(&k.id).map(|t| (&k.id, *t))).min_by_key(|(_, t)| *t) {
+    match keys
+        .iter()
+        .filter_map(|k| in_grace.get(&k.id).map(|t| (&k.id, *t)))
+        .min_by_key(|(_, t)| *t)
+    {
         Some((key, until)) => RotationError::new(
             ErrorKind::Throttled {
-                retry_after: Some((until - now).to_std().unwrap_or_default().max(Duration::from_secs(1))),
+                retry_after: Some(
+                    (until - now)
+                        .to_std()
+                        .unwrap_or_default()
+                        .max(Duration::from_secs(1)),
+                ),
             },
             format!(
                 "no room for a new key until {}: key {key} of the previous rotation is in its grace period",

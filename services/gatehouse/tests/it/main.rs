@@ -315,7 +315,10 @@ async fn standalone_accepts_a_hook_records_the_plan_and_stops_on_sigterm() {
         .read_to_string(&mut err)
         .await
         .unwrap();
-    assert!(!err.contains("s3cret-hook-0123456789"), "the hook secret reached the logs");
+    assert!(
+        !err.contains("s3cret-hook-0123456789"),
+        "the hook secret reached the logs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -115,7 +115,12 @@ mod tests {
         assert_eq!(e.field, "GATEHOUSE_GENERIC_SECRET");
         assert!(!e.to_string().contains("%%%"));
         // Issue 11, finding 1: the spec's shape, whsec_ + 24 to 64 bytes, and never empty.
-        for weak in ["", "whsec_", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_c2Vjb25kIHNlY3JldCBrZXkgaGVyZSE="] {
+        for weak in [
+            "",
+            "whsec_",
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "whsec_c2Vjb25kIHNlY3JldCBrZXkgaGVyZSE=",
+        ] {
             let e = GenericConfig::default()
                 .apply_env(&|_| Some(weak.into()))
                 .unwrap_err();

@@ -87,11 +87,15 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_field_and_never_echo_the_token() {
-        let e = parse("channel_tokens = [\"a-long-enough-token\", \" \"]").validate().unwrap_err();
+        let e = parse("channel_tokens = [\"a-long-enough-token\", \" \"]")
+            .validate()
+            .unwrap_err();
         assert_eq!(e.field, "google.channel_tokens[1]");
         // Issue 11, finding 1: a token of 1 character used to be enough.
         for weak in ["x", "0123456789abcde", "gggggggggggggggggggg"] {
-            let e = parse(&format!("channel_tokens = [{weak:?}]")).validate().unwrap_err();
+            let e = parse(&format!("channel_tokens = [{weak:?}]"))
+                .validate()
+                .unwrap_err();
             assert_eq!(e.field, "google.channel_tokens[0]", "{weak:?}");
             let e = GoogleConfig::default()
                 .apply_env(&|_| Some(weak.to_string()))

@@ -289,7 +289,9 @@ mod tests {
 
     #[test]
     fn client_state_without_credentials_is_named() {
-        let e = parse("client_state = \"x-client-state-0123\"\n").validate().unwrap_err();
+        let e = parse("client_state = \"x-client-state-0123\"\n")
+            .validate()
+            .unwrap_err();
         assert!(e.field.starts_with("graph.tenant_id"), "{e}");
         let e = parse("client_state = \"x-client-state-0123\"\ntenant_id = \"t\"\n")
             .validate()
@@ -312,11 +314,15 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.field, "graph.graph_url");
         let long = "ab".repeat(65);
-        let e = parse(&FULL.replace("cs-s3cret-0123456789", &long)).validate().unwrap_err();
+        let e = parse(&FULL.replace("cs-s3cret-0123456789", &long))
+            .validate()
+            .unwrap_err();
         assert!(e.field.starts_with("graph.client_state"));
         // Issue 11, finding 1: one character was enough.
         for weak in ["", "x", "0123456789abcde", "qqqqqqqqqqqqqqqqqqqq"] {
-            let e = parse(&FULL.replace("cs-s3cret-0123456789", weak)).validate().unwrap_err();
+            let e = parse(&FULL.replace("cs-s3cret-0123456789", weak))
+                .validate()
+                .unwrap_err();
             assert_eq!(e.field, "graph.client_state", "{weak:?}");
             let e = GraphConfig::default()
                 .apply_env(&env(&[("GATEHOUSE_GRAPH_CLIENT_STATE", weak)]))

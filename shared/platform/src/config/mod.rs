@@ -124,9 +124,8 @@ impl IdentityConfig {
             }
             for (i, d) in domains.iter().enumerate() {
                 let d = d.trim();
-                let label_ok = |l: &str| {
-                    !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                };
+                let label_ok =
+                    |l: &str| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
                 if !d.contains('.') || !d.split('.').all(label_ok) {
                     return Err(ConfigError::new(
                         format!("identity.allowed_email_domains[{i}]"),
@@ -762,7 +761,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.listen.port(), 9100);
-        assert_eq!(cfg.okta.hook_secret.as_ref().unwrap().expose_secret(), "okta-secret-from-env");
+        assert_eq!(
+            cfg.okta.hook_secret.as_ref().unwrap().expose_secret(),
+            "okta-secret-from-env"
+        );
         let l = cfg.looker_connection().unwrap().unwrap();
         assert_eq!(l.url, "https://x.looker.com");
         assert!(
@@ -783,7 +785,11 @@ mod tests {
             assert_eq!(e.field, "okta.hook_secret", "{weak:?}: {e}");
             assert!(weak.trim().is_empty() || !e.to_string().contains(weak), "{e}");
         }
-        let cfg = Config::load(None, env(&[("GATEHOUSE_OKTA_HOOK_SECRET", "Okta-hook-s3cret-0123")])).unwrap();
+        let cfg = Config::load(
+            None,
+            env(&[("GATEHOUSE_OKTA_HOOK_SECRET", "Okta-hook-s3cret-0123")]),
+        )
+        .unwrap();
         assert!(cfg.okta.hook_secret.is_some());
     }
 
@@ -796,13 +802,26 @@ mod tests {
         let f = write("[identity]\nallowed_email_domains = [\"Example.COM\", \"corp.example.org\"]\n");
         let cfg = Config::load(Some(f.path()), env(&[])).unwrap();
         assert_eq!(
-            cfg.identity.allowed_domains().unwrap().into_iter().collect::<Vec<_>>(),
+            cfg.identity
+                .allowed_domains()
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
             ["corp.example.org", "example.com"]
         );
         for (text, field) in [
-            ("[identity]\nallowed_email_domains = []\n", "identity.allowed_email_domains"),
-            ("[identity]\nallowed_email_domains = [\"@example.com\"]\n", "identity.allowed_email_domains[0]"),
-            ("[identity]\nallowed_email_domains = [\"example.com\", \"localhost\"]\n", "identity.allowed_email_domains[1]"),
+            (
+                "[identity]\nallowed_email_domains = []\n",
+                "identity.allowed_email_domains",
+            ),
+            (
+                "[identity]\nallowed_email_domains = [\"@example.com\"]\n",
+                "identity.allowed_email_domains[0]",
+            ),
+            (
+                "[identity]\nallowed_email_domains = [\"example.com\", \"localhost\"]\n",
+                "identity.allowed_email_domains[1]",
+            ),
         ] {
             let e = Config::load(Some(write(text).path()), env(&[])).unwrap_err();
             assert_eq!(e.field, field, "{text}: {e}");
@@ -813,7 +832,12 @@ mod tests {
             assert_eq!(e.field, "aws.user_mapping.template", "{e}");
         }
         Config::load(
-            Some(write(&format!("{local}[identity]\nallowed_email_domains = [\"a.com\"]\n")).path()),
+            Some(
+                write(&format!(
+                    "{local}[identity]\nallowed_email_domains = [\"a.com\"]\n"
+                ))
+                .path(),
+            ),
             env(&[]),
         )
         .unwrap();

@@ -204,7 +204,11 @@ mod tests {
         assert_eq!(cfg.tokens.len(), 3);
         assert_eq!(cfg.active_tokens().count(), 2);
         assert_eq!(
-            cfg.tokens[2].expires_at_utc().unwrap().map(|t| t.to_rfc3339()).as_deref(),
+            cfg.tokens[2]
+                .expires_at_utc()
+                .unwrap()
+                .map(|t| t.to_rfc3339())
+                .as_deref(),
             Some("2027-01-01T00:00:00+00:00")
         );
     }
@@ -226,11 +230,19 @@ mod tests {
             ("2020-01-01T01:30+01:30", "2020-01-01T00:00:00+00:00"),
             ("2019-12-31T19:00:00-05:00", "2020-01-01T00:00:00+00:00"),
             ("2020-01-01T00:00:00.25Z", "2020-01-01T00:00:00.250+00:00"),
-            ("2020-01-01T02:00:00.000000001+02:00", "2020-01-01T00:00:00.000000001+00:00"),
+            (
+                "2020-01-01T02:00:00.000000001+02:00",
+                "2020-01-01T00:00:00.000000001+00:00",
+            ),
         ] {
             assert_eq!(expiry(toml_value).as_deref(), Ok(instant), "{toml_value}");
         }
-        for local in ["2020-01-01T00:00:00", "2020-01-01T00:00", "2020-01-01", "00:00:00"] {
+        for local in [
+            "2020-01-01T00:00:00",
+            "2020-01-01T00:00",
+            "2020-01-01",
+            "00:00:00",
+        ] {
             let e = expiry(local).unwrap_err();
             assert!(e.contains("scim.tokens[0].expires_at"), "{local}: {e}");
             assert!(e.contains("offset"), "{local}: {e}");
@@ -242,7 +254,10 @@ mod tests {
     #[test]
     fn weak_tokens_are_refused_from_file_and_env() {
         for weak in ["", "0123456789abcde", "zzzzzzzzzzzzzzzzzzzz"] {
-            let e = parse(&format!("[[tokens]]\nname = \"a\"\ntoken = {weak:?}\nrevoked = true\n")).unwrap_err();
+            let e = parse(&format!(
+                "[[tokens]]\nname = \"a\"\ntoken = {weak:?}\nrevoked = true\n"
+            ))
+            .unwrap_err();
             assert!(e.contains("scim.tokens[0].token"), "{weak:?}: {e}");
             let e = ScimConfig::default()
                 .apply_env(&|k| (k == SCIM_TOKEN_ENV).then(|| weak.to_string()))

@@ -129,7 +129,13 @@ mod tests {
     fn tokens_need_sixteen_characters_and_more_than_one_distinct() {
         check_token("f", &s("0123456789abcdef"), None).unwrap();
         check_token("f", &s("ääääääääääääääää-"), None).unwrap();
-        for weak in ["", " ", "                ", "0123456789abcde", "aaaaaaaaaaaaaaaaaaaaaaaa"] {
+        for weak in [
+            "",
+            " ",
+            "                ",
+            "0123456789abcde",
+            "aaaaaaaaaaaaaaaaaaaaaaaa",
+        ] {
             let e = check_token("okta.hook_secret", &s(weak), None).unwrap_err();
             assert_eq!(e.field, "okta.hook_secret", "{weak:?}");
             if !weak.trim().is_empty() {
@@ -172,7 +178,10 @@ mod tests {
         assert_eq!(base64_decode("QUI=").unwrap(), b"AB");
         assert_eq!(base64_decode("QUI").unwrap(), b"AB");
         assert_eq!(base64_decode("QQ==").unwrap(), b"A");
-        assert_eq!(base64_decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap().len(), 24);
+        assert_eq!(
+            base64_decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap().len(),
+            24
+        );
         for bad in ["", "Q", "QQ=", "QUJD====", "ab$d", "ab-_", "Q==="] {
             assert_eq!(base64_decode(bad), None, "{bad:?}");
         }

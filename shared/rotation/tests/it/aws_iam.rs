@@ -270,21 +270,39 @@ async fn a_new_rotation_never_deletes_a_key_still_in_its_grace_period() {
     r.drive(&id2).await.unwrap();
     let mut both = vec![(k0.clone(), true), (k1.clone(), true)];
     both.sort();
-    assert_eq!(keys(&iam, &user).await, both, "the key in grace was removed early");
+    assert_eq!(
+        keys(&iam, &user).await,
+        both,
+        "the key in grace was removed early"
+    );
     let second_row = r.store().get(&id2).await.unwrap().unwrap();
-    assert_eq!(second_row.phase, Phase::Started, "it waits without creating a key");
-    assert_eq!(second_row.due_at, grace_end, "it waits exactly until the grace period ends");
+    assert_eq!(
+        second_row.phase,
+        Phase::Started,
+        "it waits without creating a key"
+    );
+    assert_eq!(
+        second_row.due_at, grace_end,
+        "it waits exactly until the grace period ends"
+    );
     assert!(
         second_row.error.as_deref().unwrap_or("").contains("grace period"),
         "{:?}",
         second_row.error
     );
     let plan = r.plan("app").await.unwrap().join("\n");
-    assert!(plan.contains("grace period") && !plan.contains(&format!("delete non-current key {k0}")), "{plan}");
+    assert!(
+        plan.contains("grace period") && !plan.contains(&format!("delete non-current key {k0}")),
+        "{plan}"
+    );
     assert_current_works(&sdk, &sm, &secret_id, &user).await;
 
     // Grace over: the first rotation disables K0, the second makes room with it.
-    clock.advance((grace_end - gatehouse_rotation::Clock::now(&clock)).to_std().unwrap());
+    clock.advance(
+        (grace_end - gatehouse_rotation::Clock::now(&clock))
+            .to_std()
+            .unwrap(),
+    );
     r.drive(&id1).await.unwrap();
     assert_eq!(support::phase(&r, &id1).await, Phase::Revoked);
     r.drive(&id2).await.unwrap();

@@ -170,7 +170,11 @@ mod tests {
             for header in [None, Some("")] {
                 let q = MemQueue::default();
                 let (status, body) = send(app(secret, q.clone(), dir.path()).await, post(header)).await;
-                assert_eq!(status, StatusCode::UNAUTHORIZED, "secret {secret:?}, header {header:?}: {body}");
+                assert_eq!(
+                    status,
+                    StatusCode::UNAUTHORIZED,
+                    "secret {secret:?}, header {header:?}: {body}"
+                );
                 assert!(q.published.lock().unwrap().is_empty(), "nothing is enqueued");
             }
         }

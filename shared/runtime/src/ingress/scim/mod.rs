@@ -93,9 +93,7 @@ pub fn router<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Router {
             digest: digest(t.token.expose_secret().as_bytes()),
             // `Config::load` refuses an expiry that is no instant; if one got here anyway the
             // token counts as expired (fail closed), never as one that never expires.
-            expires_at: t
-                .expires_at_utc()
-                .unwrap_or(Some(DateTime::<Utc>::MIN_UTC)),
+            expires_at: t.expires_at_utc().unwrap_or(Some(DateTime::<Utc>::MIN_UTC)),
         })
         .collect();
     let state = Arc::new(Scim {
