@@ -308,7 +308,7 @@ async fn eventbridge_events_sent_with_boto3_to_moto_are_processed() {
     .unwrap();
     let r = http
         .post(format!("{base}/hooks/okta"))
-        .header("authorization", "hook-secret")
+        .header("authorization", "hook-secret-0123456789")
         .body(hook)
         .send()
         .await

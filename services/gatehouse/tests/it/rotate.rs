@@ -119,7 +119,7 @@ async fn offboarding_a_holder_rotates_their_secret_in_standalone() {
     .unwrap();
     let r = http
         .post(format!("{base}/hooks/okta"))
-        .header("authorization", "hook")
+        .header("authorization", "hook-secret-0123456789")
         .body(body)
         .send()
         .await
