@@ -20,13 +20,15 @@ const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:
 const PATCH_OP: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 const ERROR: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
 
+/// The expired token's `expires_at` has no seconds: that form used to be dropped silently, so the
+/// token never expired (issue 11, finding 7).
 fn scim_toml() -> String {
     format!(
         "[scim]\nrelay_interval = \"50ms\"\nmax_body_bytes = 65536\n\
          [[scim.tokens]]\nname = \"okta\"\ntoken = \"{TOKEN}\"\n\
          [[scim.tokens]]\nname = \"entra\"\ntoken = \"{OTHER_TOKEN}\"\n\
          [[scim.tokens]]\nname = \"old\"\ntoken = \"{REVOKED_TOKEN}\"\nrevoked = true\n\
-         [[scim.tokens]]\nname = \"expired\"\ntoken = \"{EXPIRED_TOKEN}\"\nexpires_at = 2020-01-01T00:00:00Z\n"
+         [[scim.tokens]]\nname = \"expired\"\ntoken = \"{EXPIRED_TOKEN}\"\nexpires_at = 2020-01-01T00:00Z\n"
     )
 }
 
