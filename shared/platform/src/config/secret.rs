@@ -92,7 +92,7 @@ fn one_repeated<T: PartialEq>(mut items: impl Iterator<Item = T>) -> bool {
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let data = s.trim_end_matches('=');
     let pad = s.len() - data.len();
-    if data.is_empty() || pad > 2 || (pad > 0 && s.len() % 4 != 0) || data.len() % 4 == 1 {
+    if data.is_empty() || pad > 2 || (pad > 0 && !s.len().is_multiple_of(4)) || data.len() % 4 == 1 {
         return None;
     }
     let value = |b: u8| -> Option<u32> {
