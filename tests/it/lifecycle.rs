@@ -335,7 +335,10 @@ async fn shutdown_finishes_the_plan_in_flight_and_loses_nothing() {
     let at_start = fake.calls().len();
     let r = app.post_okta(&okta_fixture(DEACTIVATE)).await;
     assert_eq!(r.status(), 200);
-    wait_until("the plan is in flight", || async { fake.calls().len() > at_start }).await;
+    wait_until("the plan is in flight", || async {
+        fake.calls().len() > at_start
+    })
+    .await;
     assert_eq!(
         fake.user(&uid).unwrap().session_ids.len(),
         3,
