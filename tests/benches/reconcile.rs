@@ -76,6 +76,7 @@ fn identity(i: usize) -> Identity {
         Stamped {
             value: format!("p{i}@example.com"),
             stamp: stamp.clone(),
+            source: None,
         },
     );
     for g in groups_of(i) {
@@ -85,6 +86,7 @@ fn identity(i: usize) -> Identity {
                 name: format!("G{g}"),
                 member: true,
                 stamp: stamp.clone(),
+                source: None,
             },
         );
     }

@@ -88,7 +88,8 @@ impl World {
         .unwrap();
         format!(
             "[aws]\nenabled = true\nuser_mapping = {{ template = \"{{local}}-{}\" }}\nendpoint_url = {:?}\n\
-             region = \"us-east-1\"\ncredentials_file = {:?}\n{}",
+             region = \"us-east-1\"\ncredentials_file = {:?}\n\
+             [identity]\nallowed_email_domains = [\"example.com\"]\n{}",
             self.run,
             moto_url(),
             creds.display().to_string(),

@@ -11,9 +11,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The Standard Webhooks specification's example secret, and a second one (rotation).
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const NEW_SECRET: &str = "whsec_c2Vjb25kIHNlY3JldCBrZXkgaGVyZSE=";
+const NEW_SECRET: &str = "whsec_c2Vjb25kIHNlY3JldCBrZXkgaGVyZSwgcm90YXRlZCE=";
 /// Configured nowhere.
-const FORGER_SECRET: &str = "whsec_Zm9yZ2VkIGJ5IHNvbWVvbmUgZWxzZQ==";
+const FORGER_SECRET: &str = "whsec_Zm9yZ2VkIGJ5IHNvbWVvbmUgZWxzZSBlbnRpcmVseQ==";
 
 fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64

@@ -35,6 +35,8 @@ async fn deactivate_disables_and_revokes_everything_in_one_concurrent_plan() {
         ..Default::default()
     })
     .await;
+    // The start checked the managed attributes' settings (login, GET /user_attributes).
+    let at_start = fake.calls().len();
 
     app.deliver(&okta_fixture(DEACTIVATE)).await;
 
@@ -64,7 +66,7 @@ async fn deactivate_disables_and_revokes_everything_in_one_concurrent_plan() {
     let search = calls.iter().find(|c| c.path == "/users/search").unwrap();
     let login = calls.iter().find(|c| c.path == "/login").unwrap();
     assert!(login.finished_at <= search.started_at);
-    let catalog_reads: Vec<_> = calls
+    let catalog_reads: Vec<_> = calls[at_start..]
         .iter()
         .filter(|c| ["/groups", "/roles", "/user_attributes"].contains(&c.path.as_str()))
         .collect();
@@ -161,11 +163,15 @@ async fn onboarding_converges_and_replays_and_noops_cost_zero_calls() {
     let u = fake.user_by_email("isaac.brock@example.com").unwrap();
     assert!(u.group_ids.is_empty());
     assert_eq!(u.direct_role_ids, set(&[&c.viewer]));
-    assert_eq!(u.attribute_values.get(&c.team), None);
+    // Row-level security fails closed: no rule sets `team` any more, so it gets its deny value.
+    assert_eq!(
+        u.attribute_values.get(&c.team).map(String::as_str),
+        Some("__none__")
+    );
     assert_eq!(
         fake.write_calls() - writes,
         3,
-        "remove group, set roles, clear attribute"
+        "remove group, set roles, set the deny value"
     );
     app.stop().await;
 
@@ -325,9 +331,14 @@ async fn shutdown_finishes_the_plan_in_flight_and_loses_nothing() {
         ..Default::default()
     })
     .await;
+    // The start checked the managed attributes' settings (login, GET /user_attributes).
+    let at_start = fake.calls().len();
     let r = app.post_okta(&okta_fixture(DEACTIVATE)).await;
     assert_eq!(r.status(), 200);
-    wait_until("the plan is in flight", || async { !fake.calls().is_empty() }).await;
+    wait_until("the plan is in flight", || async {
+        fake.calls().len() > at_start
+    })
+    .await;
     assert_eq!(
         fake.user(&uid).unwrap().session_ids.len(),
         3,

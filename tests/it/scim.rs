@@ -20,13 +20,15 @@ const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:
 const PATCH_OP: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 const ERROR: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
 
+/// The expired token's `expires_at` has no seconds: that form used to be dropped silently, so the
+/// token never expired (issue 11, finding 7).
 fn scim_toml() -> String {
     format!(
         "[scim]\nrelay_interval = \"50ms\"\nmax_body_bytes = 65536\n\
          [[scim.tokens]]\nname = \"okta\"\ntoken = \"{TOKEN}\"\n\
          [[scim.tokens]]\nname = \"entra\"\ntoken = \"{OTHER_TOKEN}\"\n\
          [[scim.tokens]]\nname = \"old\"\ntoken = \"{REVOKED_TOKEN}\"\nrevoked = true\n\
-         [[scim.tokens]]\nname = \"expired\"\ntoken = \"{EXPIRED_TOKEN}\"\nexpires_at = 2020-01-01T00:00:00Z\n"
+         [[scim.tokens]]\nname = \"expired\"\ntoken = \"{EXPIRED_TOKEN}\"\nexpires_at = 2020-01-01T00:00Z\n"
     )
 }
 
@@ -362,7 +364,8 @@ async fn a_change_looker_does_not_care_about_makes_no_looker_call() {
     seed_catalog(&fake);
     let department = fake.add_user_attribute("department");
     let policy = format!(
-        "{}\n[[attribute]]\nidp_attribute = \"department\"\nlooker_attribute = \"department\"\n",
+        "{}\n[[attribute]]\nidp_attribute = \"department\"\nlooker_attribute = \"department\"\n\
+         [attributes.department]\ndeny_value = \"__none__\"\n",
         example_policy()
     );
     let app = app_with(Some(fake.clone()), Some(policy)).await;
@@ -1364,4 +1367,63 @@ async fn every_fixture_exchange_replays() {
     for file in files {
         replay(file).await;
     }
+}
+
+/// Issue 11, finding 3: one SCIM token could name any group. A rule that requires Okta as the
+/// source grants nothing for a SCIM-sourced membership of the same group (the SCIM-sourced rule
+/// shows the membership itself arrived), and a person outside the allowed email domains is not
+/// onboarded at all.
+#[tokio::test]
+async fn a_scim_claim_of_a_group_reserved_to_okta_grants_nothing() {
+    let fake = FakeLooker::start().await;
+    let c = seed_catalog(&fake);
+    let policy = "[[rule]]\nname = \"admins\"\nwhen = { idp_group = \"Admins\", source = \"okta\" }\n\
+                  looker_groups = [\"Engineers\"]\nlooker_roles = [\"Developer\"]\n\
+                  [[rule]]\nname = \"admins-seen-by-scim\"\nwhen = { idp_group = \"Admins\", source = [\"scim\"] }\n\
+                  looker_groups = [\"Finance Analysts\"]\n";
+    let app = spawn_app(Options {
+        looker: Some(fake.clone()),
+        policy: Some(policy.into()),
+        extra_toml: format!(
+            "{}[identity]\nallowed_email_domains = [\"example.com\"]\n",
+            scim_toml()
+        ),
+        ..Default::default()
+    })
+    .await;
+    let eve = post(
+        &app,
+        "/Users",
+        user_body("eve@example.com", "eve@example.com", "Eve", "Ill"),
+    )
+    .await;
+    let mallory = post(
+        &app,
+        "/Users",
+        user_body("mallory@evil.test", "mallory@evil.test", "Mal", "Lory"),
+    )
+    .await;
+    let members: Vec<Value> = [&eve, &mallory]
+        .iter()
+        .map(|u| json!({"value": u.body["id"]}))
+        .collect();
+    post(
+        &app,
+        "/Groups",
+        json!({"schemas": [GROUP], "displayName": "Admins", "members": members}),
+    )
+    .await;
+    settled(&app).await;
+    let u = fake.user_by_email("eve@example.com").expect("eve is onboarded");
+    assert_eq!(
+        u.group_ids,
+        set(&[&c.finance]),
+        "only the scim-sourced rule applies"
+    );
+    assert!(!u.direct_role_ids.contains(&c.developer), "{u:?}");
+    assert!(
+        fake.user_by_email("mallory@evil.test").is_none(),
+        "a domain outside identity.allowed_email_domains is never onboarded"
+    );
+    app.stop().await;
 }

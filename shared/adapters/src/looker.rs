@@ -15,7 +15,7 @@
 //!   [`CallMeter`] (what the monthly admin-API budget counts; login included).
 
 use gatehouse_domain::looker::{
-    Catalog, ErrorKind, LookerError, LookerOp, LookerUser, Method, ReadNeeds, UserRef,
+    Catalog, ErrorKind, LookerError, LookerOp, LookerUser, Method, ReadNeeds, UserAttributeSettings, UserRef,
 };
 use gatehouse_domain::ports::LookerPort;
 use secrecy::{ExposeSecret, SecretString};
@@ -432,6 +432,16 @@ impl LookerClient {
     ) -> Result<T, LookerError> {
         let bytes = self.call(Method::Get, path, query, None).await?;
         serde_json::from_slice(&bytes).map_err(|e| bad_body(&endpoint_template(path), e))
+    }
+
+    /// How every user attribute is set up (`GET /user_attributes`): name, default value and
+    /// whether users can edit their own value. Checked at start for the managed ones.
+    pub async fn user_attribute_settings(&self) -> Result<Vec<UserAttributeSettings>, LookerError> {
+        self.get_json(
+            "/user_attributes",
+            &[("fields", "name,default_value,user_can_edit")],
+        )
+        .await
     }
 
     async fn named(&self, path: &str) -> Result<BTreeMap<String, String>, LookerError> {

@@ -790,7 +790,8 @@ pub fn evaluate(
     now: DateTime<Utc>,
 ) -> DesiredCloud {
     let offboarded = identity.status.is_offboarded();
-    let active_rules: Vec<_> = if offboarded {
+    // Outside the allowed email domains nothing is granted (offboarding still applies).
+    let active_rules: Vec<_> = if offboarded || !policy.email_allowed(identity.email()) {
         Vec::new()
     } else {
         policy

@@ -5,7 +5,7 @@
 //! is a last-writer-wins map per field. Folding the same events in any order, any number of times,
 //! gives the same record — an older event never undoes a newer one.
 
-use crate::envelope::{Envelope, EnvelopeId, IdentityEvent};
+use crate::envelope::{Envelope, EnvelopeId, IdentityEvent, Source};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -48,6 +48,10 @@ impl Status {
 pub struct Stamped<T> {
     pub value: T,
     pub stamp: Stamp,
+    /// The intake that asserted the value (`None`: recorded before sources were kept). Policy
+    /// conditions may require one (`source = "okta"`).
+    #[serde(default)]
+    pub source: Option<Source>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +59,9 @@ pub struct Membership {
     pub name: String,
     pub member: bool,
     pub stamp: Stamp,
+    /// The intake that asserted the membership (see [`Stamped::source`]).
+    #[serde(default)]
+    pub source: Option<Source>,
 }
 
 /// One person as the directory knows them.
@@ -67,6 +74,10 @@ pub struct Identity {
     pub profile: BTreeMap<String, Stamped<String>>,
     /// IdP group id → membership (kept after removal, so an older add cannot resurrect it).
     pub groups: BTreeMap<String, Membership>,
+}
+
+fn asserted_by(source: Option<Source>, allowed: Option<&[Source]>) -> bool {
+    allowed.is_none_or(|allowed| source.is_some_and(|s| allowed.contains(&s)))
 }
 
 /// What folding one event did.
@@ -105,9 +116,22 @@ impl Identity {
     }
 
     pub fn is_member(&self, group: &str) -> bool {
+        self.is_member_by(group, None)
+    }
+
+    /// Member of `group` (name or id), asserted by one of `sources` (`None`: any source).
+    pub fn is_member_by(&self, group: &str, sources: Option<&[Source]>) -> bool {
         self.groups
             .iter()
-            .any(|(id, m)| m.member && (m.name == group || id == group))
+            .any(|(id, m)| m.member && (m.name == group || id == group) && asserted_by(m.source, sources))
+    }
+
+    /// The profile attribute, if asserted by one of `sources` (`None`: any source).
+    pub fn attribute_by(&self, name: &str, sources: Option<&[Source]>) -> Option<&str> {
+        self.profile
+            .get(name)
+            .filter(|s| asserted_by(s.source, sources))
+            .map(|s| s.value.as_str())
     }
 
     /// Fold one envelope into the record (last writer wins per fact).
@@ -132,22 +156,25 @@ impl Identity {
             let (name, value) = (&name, &value);
             match self.profile.get(name) {
                 Some(cur) if cur.stamp >= stamp => stale |= cur.stamp > stamp && cur.value != *value,
-                Some(cur) if cur.value == *value => {
+                Some(cur) if cur.value == *value && cur.source == Some(env.source) => {
                     // Same value, newer stamp: keep the newer stamp so later stale checks hold.
                     self.profile.insert(
                         name.clone(),
                         Stamped {
                             value: value.clone(),
                             stamp: stamp.clone(),
+                            source: Some(env.source),
                         },
                     );
                 }
                 _ => {
+                    // A new value, or the same one now asserted by another source.
                     self.profile.insert(
                         name.clone(),
                         Stamped {
                             value: value.clone(),
                             stamp: stamp.clone(),
+                            source: Some(env.source),
                         },
                     );
                     changed = true;
@@ -185,7 +212,7 @@ impl Identity {
                 Some(cur) if cur.stamp >= stamp => stale |= cur.stamp > stamp && cur.member != member,
                 cur => {
                     changed |= cur
-                        .map(|c| c.member != member || c.name != group.name)
+                        .map(|c| c.member != member || c.name != group.name || c.source != Some(env.source))
                         .unwrap_or(true);
                     self.groups.insert(
                         group.id.clone(),
@@ -193,6 +220,7 @@ impl Identity {
                             name: group.name.clone(),
                             member,
                             stamp: stamp.clone(),
+                            source: Some(env.source),
                         },
                     );
                 }

@@ -23,6 +23,19 @@ pub struct LookerUser {
     pub user_attribute_values: Option<BTreeMap<String, String>>,
 }
 
+/// How a Looker user attribute is set up (`GET /user_attributes`): what decides whether a
+/// managed attribute fails closed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserAttributeSettings {
+    pub name: String,
+    /// What a user with no value of their own (and none from a group) gets.
+    #[serde(default)]
+    pub default_value: Option<String>,
+    /// Users can change their own value.
+    #[serde(default)]
+    pub user_can_edit: bool,
+}
+
 /// Names → ids of the Looker objects a policy names.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {

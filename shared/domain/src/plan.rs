@@ -558,6 +558,81 @@ mod tests {
         );
     }
 
+    /// Issue 11, finding 11: a managed attribute the person has no value for was deleted, so
+    /// Looker's group value or the attribute's default ("all regions") applied. The plan now
+    /// sets the policy's deny value, and never deletes.
+    #[test]
+    fn a_missing_attribute_value_sets_the_deny_value_never_a_delete() {
+        use crate::envelope::{Envelope, EnvelopeId, IdentityEvent, Profile, Source, Subject};
+        use crate::identity::Identity;
+        let policy = crate::policy::Policy::from_toml(
+            "[[rule]]\nname = \"emea\"\nwhen = { idp_group = \"Sales EMEA\" }\nlooker_attributes = { a1 = \"EMEA\" }\n\
+             [attributes.a1]\ndeny_value = \"__none__\"\n",
+        )
+        .unwrap();
+        let mut person = Identity::new("k");
+        person.fold(&Envelope {
+            trace_parent: None,
+            version: 1,
+            id: EnvelopeId("e1".into()),
+            source: Source::Manual,
+            subject: Subject {
+                key: "k".into(),
+                email: Some("p@x.io".into()),
+                display_name: None,
+            },
+            occurred_at: chrono::DateTime::from_timestamp(1, 0).unwrap(),
+            received_at: chrono::DateTime::from_timestamp(1, 0).unwrap(),
+            event: IdentityEvent::UserActivated,
+            profile: Profile::new(),
+            source_event_type: "t".into(),
+            raw: serde_json::Value::Null,
+        });
+        let d = crate::policy::evaluate(&policy, &person);
+        let user = |value: Option<&str>| LookerUser {
+            id: "7".into(),
+            is_disabled: false,
+            email: Some("p@x.io".into()),
+            group_ids: Default::default(),
+            session_ids: vec![],
+            api3_key_ids: vec![],
+            direct_role_ids: Some(Default::default()),
+            user_attribute_values: Some(
+                value
+                    .map(|v| ("21".to_string(), v.to_string()))
+                    .into_iter()
+                    .collect(),
+            ),
+        };
+        for held in [Some("ALL"), None] {
+            let plan = diff(&d, &Actual::Present(user(held)), Some(&catalog()));
+            assert!(
+                !plan
+                    .steps
+                    .iter()
+                    .any(|s| matches!(s.op, LookerOp::DeleteAttribute { .. })),
+                "{held:?}: {plan:?}"
+            );
+            let set: Vec<_> = plan
+                .steps
+                .iter()
+                .filter_map(|s| match &s.op {
+                    LookerOp::SetAttribute { attribute, value } => {
+                        Some((attribute.name.as_str(), value.as_str(), s.rule.as_str()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(
+                set,
+                vec![("a1", "__none__", "attributes.a1.deny_value")],
+                "{held:?}"
+            );
+        }
+        let plan = diff(&d, &Actual::Present(user(Some("__none__"))), Some(&catalog()));
+        assert!(plan.is_empty(), "already denied: nothing to do: {plan:?}");
+    }
+
     #[test]
     fn absent_user_is_created_first_with_email_credentials() {
         let d = desired(

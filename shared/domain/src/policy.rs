@@ -2,6 +2,7 @@
 //! user-attribute values, and says what offboarding does. [`evaluate`] is a pure function of
 //! (policy, identity) → desired state.
 
+use crate::envelope::Source;
 use crate::identity::Identity;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,12 +21,21 @@ pub struct Policy {
     /// IdP profile attribute → Looker user attribute (row-level security).
     #[serde(default, rename = "attribute")]
     pub attributes: Vec<AttributeMapping>,
+    /// Per managed Looker user attribute (`[attributes.NAME]`): what a person the policy gives
+    /// no value gets. Required for every managed attribute: row-level security fails closed.
+    #[serde(default, rename = "attributes")]
+    pub attribute_settings: BTreeMap<String, ManagedAttribute>,
     /// What offboarding does in AWS IAM (`[aws.offboarding]`).
     #[serde(default)]
     pub aws: AwsPolicy,
     /// What offboarding does in GCP IAM (`[gcp.offboarding]`).
     #[serde(default)]
     pub gcp: GcpPolicy,
+    /// Email domains (lowercase) a person must be in to be onboarded or granted anything (Looker
+    /// or cloud); `None`: any domain. Set from the configuration (`[identity]
+    /// allowed_email_domains`), not from the policy file. Offboarding applies to everyone.
+    #[serde(skip)]
+    pub allowed_email_domains: Option<BTreeSet<String>>,
 }
 
 /// The `[aws]` section of the policy.
@@ -168,18 +178,200 @@ pub struct Rule {
     /// GCP role bindings the rule grants to `user:EMAIL`.
     #[serde(default)]
     pub gcp_bindings: Vec<GcpGrant>,
+    /// Precedence when several rules (or attribute mappings) set the same Looker user attribute
+    /// to different values: the applicable one with the highest priority wins. Required (and
+    /// distinct) on each of them; without it such a policy is refused.
+    #[serde(default)]
+    pub priority: Option<i64>,
 }
 
-/// When a rule applies.
+/// When a rule applies: `"everyone"`, `{ idp_group = "NAME" }` or
+/// `{ attribute = { name = "...", equals = "..." } }`. The last two may add
+/// `source = "okta"` (or a list): only a membership or attribute asserted by one of these
+/// intakes counts, so another intake's credential cannot claim the group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "ConditionToml", into = "ConditionToml")]
 pub enum Condition {
     /// Every active person.
     Everyone,
-    /// Member of the IdP group with this name (or id).
-    IdpGroup(String),
-    /// The IdP profile attribute equals the value.
-    Attribute { name: String, equals: String },
+    /// Member of the IdP group with this name (or id), asserted by one of `sources` (any if `None`).
+    IdpGroup { group: String, sources: Option<Sources> },
+    /// The IdP profile attribute equals the value, asserted by one of `sources` (any if `None`).
+    Attribute {
+        name: String,
+        equals: String,
+        sources: Option<Sources>,
+    },
+}
+
+impl Condition {
+    /// A group or attribute condition that any intake may satisfy.
+    pub fn accepts_any_source(&self) -> bool {
+        matches!(
+            self,
+            Condition::IdpGroup { sources: None, .. } | Condition::Attribute { sources: None, .. }
+        )
+    }
+}
+
+/// The intakes allowed to assert a fact: `source = "okta"` or `source = ["okta", "scim"]`
+/// (names as in the envelope: `okta`, `scim`, `graph`, `google_workspace`, `generic`, `manual`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sources(pub Vec<Source>);
+
+impl Sources {
+    pub fn as_slice(&self) -> &[Source] {
+        &self.0
+    }
+}
+
+const SOURCES: [Source; 8] = [
+    Source::Okta,
+    Source::Scim,
+    Source::Graph,
+    Source::GoogleWorkspace,
+    Source::Generic,
+    Source::AwsCloudTrail,
+    Source::GcpAudit,
+    Source::Manual,
+];
+
+impl Serialize for Sources {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.iter().map(|x| x.as_str()).collect::<Vec<_>>().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Sources {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        let names = match OneOrMany::deserialize(d)? {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        };
+        if names.is_empty() {
+            return Err(serde::de::Error::custom("source: name at least one intake"));
+        }
+        names
+            .iter()
+            .map(|n| {
+                SOURCES.into_iter().find(|s| s.as_str() == n).ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "source {n:?} is not one of {}",
+                        SOURCES.map(|s| s.as_str()).join(", ")
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Sources)
+    }
+}
+
+/// The TOML shape of a [`Condition`].
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ConditionToml {
+    Word(String),
+    Table(WhenTable),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WhenTable {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idp_group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    attribute: Option<AttributeEquals>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source: Option<Sources>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttributeEquals {
+    name: String,
+    equals: String,
+}
+
+impl<'de> Deserialize<'de> for ConditionToml {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ConditionToml;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "\"everyone\", { idp_group = \"NAME\" } or { attribute = { name = \"...\", equals = \"...\" } }",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ConditionToml, E> {
+                Ok(ConditionToml::Word(s.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ConditionToml, A::Error> {
+                WhenTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(ConditionToml::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl TryFrom<ConditionToml> for Condition {
+    type Error = String;
+    fn try_from(c: ConditionToml) -> Result<Self, String> {
+        match c {
+            ConditionToml::Word(w) if w == "everyone" => Ok(Condition::Everyone),
+            ConditionToml::Word(w) => Err(format!(
+                "when = {w:?}: the only word is \"everyone\"; otherwise {{ idp_group = ... }} or {{ attribute = ... }}"
+            )),
+            ConditionToml::Table(WhenTable {
+                idp_group: Some(group),
+                attribute: None,
+                source,
+            }) => Ok(Condition::IdpGroup {
+                group,
+                sources: source,
+            }),
+            ConditionToml::Table(WhenTable {
+                idp_group: None,
+                attribute: Some(a),
+                source,
+            }) => Ok(Condition::Attribute {
+                name: a.name,
+                equals: a.equals,
+                sources: source,
+            }),
+            ConditionToml::Table(_) => {
+                Err("when: name exactly one of idp_group or attribute (and optionally source)".into())
+            }
+        }
+    }
+}
+
+impl From<Condition> for ConditionToml {
+    fn from(c: Condition) -> Self {
+        match c {
+            Condition::Everyone => ConditionToml::Word("everyone".into()),
+            Condition::IdpGroup { group, sources } => ConditionToml::Table(WhenTable {
+                idp_group: Some(group),
+                attribute: None,
+                source: sources,
+            }),
+            Condition::Attribute {
+                name,
+                equals,
+                sources,
+            } => ConditionToml::Table(WhenTable {
+                idp_group: None,
+                attribute: Some(AttributeEquals { name, equals }),
+                source: sources,
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +379,34 @@ pub enum Condition {
 pub struct AttributeMapping {
     pub idp_attribute: String,
     pub looker_attribute: String,
+    /// Only a value asserted by one of these intakes is mapped (any if absent).
+    #[serde(default, rename = "source", skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Sources>,
+    /// Precedence against rules setting the same Looker attribute (see [`Rule::priority`]).
+    #[serde(default)]
+    pub priority: Option<i64>,
+}
+
+/// `[attributes.NAME]`: how a managed Looker user attribute fails closed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagedAttribute {
+    /// The value set on a person no rule or mapping gives a value (never a delete, which would
+    /// let Looker's group value or the attribute's default apply). Choose one that matches no
+    /// rows, e.g. `"__none__"`. Looker's own default for the attribute must be empty or this.
+    pub deny_value: String,
+}
+
+/// The rule name cited for a deny value.
+pub fn deny_rule(attribute: &str) -> RuleName {
+    format!("attributes.{attribute}.deny_value")
+}
+
+/// Who sets a Looker attribute: (priority, value if fixed, name for messages).
+struct Setter<'a> {
+    priority: Option<i64>,
+    value: Option<&'a str>,
+    name: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -226,6 +446,7 @@ impl Policy {
                 )));
             }
         }
+        self.validate_attributes()?;
         for rule in &self.rules {
             for g in &rule.gcp_bindings {
                 if crate::cloud::GcpResource::parse(&g.resource).is_none() {
@@ -244,6 +465,118 @@ impl Policy {
             }
         }
         Ok(())
+    }
+
+    /// Row-level security fails closed: every managed Looker attribute has a deny value, and
+    /// an attribute set by several rules/mappings to different values has a precedence.
+    fn validate_attributes(&self) -> Result<(), PolicyError> {
+        let managed = self.managed_attributes();
+        for (name, s) in &self.attribute_settings {
+            if !managed.contains(name) {
+                return Err(PolicyError::Invalid(format!(
+                    "[attributes.{name}]: no rule or mapping sets looker attribute {name:?}"
+                )));
+            }
+            if s.deny_value.trim().is_empty() {
+                return Err(PolicyError::Invalid(format!(
+                    "[attributes.{name}] deny_value is empty: use a value that matches no rows, e.g. \"__none__\""
+                )));
+            }
+        }
+        for name in &managed {
+            if !self.attribute_settings.contains_key(name) {
+                return Err(PolicyError::Invalid(format!(
+                    "looker attribute {name:?} is managed but has no deny value: add [attributes.{name}] \
+                     deny_value = \"...\" (what a person without a value gets; it must match no rows)"
+                )));
+            }
+            let setters = self.setters(name);
+            let values: BTreeSet<Option<&str>> = setters.iter().map(|s| s.value).collect();
+            if setters.len() < 2 || (values.len() == 1 && !values.contains(&None)) {
+                continue;
+            }
+            if let Some(s) = setters.iter().find(|s| s.priority.is_none()) {
+                return Err(PolicyError::Invalid(format!(
+                    "looker attribute {name:?} is set by {} with different values and {} has no \
+                     priority: give each a distinct priority (the highest that applies wins)",
+                    setters
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    s.name
+                )));
+            }
+            let mut seen = BTreeMap::new();
+            for s in &setters {
+                if let Some(other) = seen.insert(s.priority, &s.name) {
+                    return Err(PolicyError::Invalid(format!(
+                        "looker attribute {name:?}: {other} and {} have the same priority {}: \
+                         priorities of rules setting one attribute must differ",
+                        s.name,
+                        s.priority.unwrap_or_default()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn setters(&self, attribute: &str) -> Vec<Setter<'_>> {
+        let rules = self.rules.iter().filter_map(|r| {
+            r.looker_attributes.get(attribute).map(|v| Setter {
+                priority: r.priority,
+                value: Some(v.as_str()),
+                name: format!("rule {:?}", r.name),
+            })
+        });
+        let mappings = self
+            .attributes
+            .iter()
+            .filter(|m| m.looker_attribute == attribute)
+            .map(|m| Setter {
+                priority: m.priority,
+                value: None,
+                name: format!("the mapping of idp attribute {:?}", m.idp_attribute),
+            });
+        rules.chain(mappings).collect()
+    }
+
+    /// Whether a person with this email may be onboarded and granted anything: always when no
+    /// allow-list is set; otherwise only an email whose domain (after the last `@`, any case) is
+    /// listed. No email: not allowed.
+    pub fn email_allowed(&self, email: Option<&str>) -> bool {
+        match &self.allowed_email_domains {
+            None => true,
+            Some(domains) => email
+                .and_then(|e| e.rsplit_once('@'))
+                .is_some_and(|(local, domain)| {
+                    !local.is_empty() && domains.contains(&domain.to_ascii_lowercase())
+                }),
+        }
+    }
+
+    /// Rules and mappings whose group or attribute claim any intake may make (one warning at
+    /// start lists them).
+    pub fn any_source_claims(&self) -> Vec<String> {
+        self.rules
+            .iter()
+            .filter(|r| r.when.accepts_any_source())
+            .map(|r| format!("rule {:?}", r.name))
+            .chain(
+                self.attributes
+                    .iter()
+                    .filter(|m| m.sources.is_none())
+                    .map(|m| format!("attribute mapping {:?}", m.idp_attribute)),
+            )
+            .collect()
+    }
+
+    /// The deny value of a managed Looker attribute.
+    pub fn deny_value(&self, attribute: &str) -> Option<&str> {
+        self.attribute_settings
+            .get(attribute)
+            .map(|s| s.deny_value.as_str())
     }
 
     /// AWS IAM groups the policy manages: only these are ever added or removed.
@@ -299,6 +632,33 @@ impl Policy {
             .chain(self.attributes.iter().map(|m| m.looker_attribute.clone()))
             .collect()
     }
+}
+
+/// What is unsafe about how Looker holds the managed attributes (`held` from
+/// `GET /user_attributes`): a person could edit their own row-level-security value, or a person
+/// without a value would get a default other than the deny value. Empty = safe. Attributes Looker
+/// does not have are left to the plan (it notes and skips them).
+pub fn attribute_problems(policy: &Policy, held: &[crate::looker::UserAttributeSettings]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for name in policy.managed_attributes() {
+        let Some(a) = held.iter().find(|a| a.name == name) else {
+            continue;
+        };
+        if a.user_can_edit {
+            problems.push(format!(
+                "looker user attribute {name:?}: users can edit their own value (user_can_edit is true); \
+                 set its user access to none or view"
+            ));
+        }
+        let deny = policy.deny_value(&name).unwrap_or_default();
+        if let Some(d) = a.default_value.as_deref().filter(|d| !d.is_empty() && *d != deny) {
+            problems.push(format!(
+                "looker user attribute {name:?}: its default value {d:?} applies to anyone without a \
+                 value; make it empty or the deny value {deny:?}"
+            ));
+        }
+    }
+    problems
 }
 
 /// The name of the policy element a desired fact comes from (cited in the ledger).
@@ -364,7 +724,7 @@ pub fn evaluate(policy: &Policy, identity: &Identity) -> DesiredLooker {
     let managed_attributes = policy.managed_attributes();
     let mut groups = BTreeMap::new();
     let mut roles = BTreeMap::new();
-    let mut attributes = BTreeMap::new();
+    let mut attributes: BTreeMap<String, (String, RuleName, Option<i64>)> = BTreeMap::new();
 
     let presence = if identity.status.is_offboarded() {
         let o = &policy.offboarding;
@@ -375,8 +735,10 @@ pub fn evaluate(policy: &Policy, identity: &Identity) -> DesiredLooker {
             delete_after_days: o.delete_after_days,
         }
     } else {
+        // Outside the allowed email domains: no user is created and nothing is granted.
+        let allowed = policy.email_allowed(identity.email());
         for rule in &policy.rules {
-            if !applies(&rule.when, identity) {
+            if !allowed || !applies(&rule.when, identity) {
                 continue;
             }
             for g in &rule.looker_groups {
@@ -386,20 +748,28 @@ pub fn evaluate(policy: &Policy, identity: &Identity) -> DesiredLooker {
                 roles.entry(r.clone()).or_insert_with(|| rule.name.clone());
             }
             for (k, v) in &rule.looker_attributes {
-                attributes
-                    .entry(k.clone())
-                    .or_insert_with(|| (v.clone(), rule.name.clone()));
+                set_attribute(&mut attributes, k, rule.priority, v, &rule.name);
             }
         }
-        for m in &policy.attributes {
-            if let Some(v) = identity.attribute(&m.idp_attribute) {
-                attributes
-                    .entry(m.looker_attribute.clone())
-                    .or_insert_with(|| (v.to_string(), format!("attribute.{}", m.idp_attribute)));
+        for m in policy.attributes.iter().filter(|_| allowed) {
+            if let Some(v) =
+                identity.attribute_by(&m.idp_attribute, m.sources.as_ref().map(Sources::as_slice))
+            {
+                let rule = format!("attribute.{}", m.idp_attribute);
+                set_attribute(&mut attributes, &m.looker_attribute, m.priority, v, &rule);
+            }
+        }
+        // Fail closed: a managed attribute nothing sets gets its deny value, never a delete
+        // (which would let Looker's group value or the attribute's default apply).
+        for a in &managed_attributes {
+            if !attributes.contains_key(a)
+                && let Some(deny) = policy.deny_value(a)
+            {
+                attributes.insert(a.clone(), (deny.to_string(), deny_rule(a), None));
             }
         }
         Presence::Active {
-            create: policy.onboarding.create_users,
+            create: policy.onboarding.create_users && allowed,
         }
     };
 
@@ -412,7 +782,10 @@ pub fn evaluate(policy: &Policy, identity: &Identity) -> DesiredLooker {
         presence,
         groups,
         roles,
-        attributes,
+        attributes: attributes
+            .into_iter()
+            .map(|(k, (v, rule, _))| (k, (v, rule)))
+            .collect(),
         managed_groups: if offboarded_keeping_groups {
             BTreeSet::new()
         } else {
@@ -432,11 +805,37 @@ pub fn evaluate(policy: &Policy, identity: &Identity) -> DesiredLooker {
     }
 }
 
+/// Record `value` for `attribute` unless an applicable setter of higher priority already did
+/// (validation makes priorities distinct wherever values can differ; on a tie the first stays).
+fn set_attribute(
+    attributes: &mut BTreeMap<String, (String, RuleName, Option<i64>)>,
+    attribute: &str,
+    priority: Option<i64>,
+    value: &str,
+    rule: &str,
+) {
+    match attributes.get(attribute) {
+        Some((_, _, held)) if *held >= priority => {}
+        _ => {
+            attributes.insert(
+                attribute.to_string(),
+                (value.to_string(), rule.to_string(), priority),
+            );
+        }
+    }
+}
+
 pub(crate) fn applies(cond: &Condition, identity: &Identity) -> bool {
     match cond {
         Condition::Everyone => true,
-        Condition::IdpGroup(g) => identity.is_member(g),
-        Condition::Attribute { name, equals } => identity.attribute(name) == Some(equals.as_str()),
+        Condition::IdpGroup { group, sources } => {
+            identity.is_member_by(group, sources.as_ref().map(Sources::as_slice))
+        }
+        Condition::Attribute {
+            name,
+            equals,
+            sources,
+        } => identity.attribute_by(name, sources.as_ref().map(Sources::as_slice)) == Some(equals.as_str()),
     }
 }
 
@@ -473,6 +872,309 @@ mod tests {
         assert!(e.to_string().contains("used twice"), "{e}");
     }
 
+    /// Issue 11, finding 11: two rules setting one Looker attribute to different values used to
+    /// let the first win silently. Now the policy must name a precedence.
+    #[test]
+    fn conflicting_attribute_rules_need_distinct_priorities() {
+        let two = |p1: &str, p2: &str, v2: &str| {
+            format!(
+                "[[rule]]\nname = \"eng\"\nwhen = {{ idp_group = \"Engineering\" }}\nlooker_attributes = {{ region = \"emea\" }}\n{p1}\n\
+                 [[rule]]\nname = \"all\"\nwhen = \"everyone\"\nlooker_attributes = {{ region = \"{v2}\" }}\n{p2}\n\
+                 [attributes.region]\ndeny_value = \"__none__\"\n"
+            )
+        };
+        let e = Policy::from_toml(&two("", "", "all")).unwrap_err().to_string();
+        assert!(
+            e.contains("\"region\"")
+                && e.contains("\"eng\"")
+                && e.contains("\"all\"")
+                && e.contains("priority"),
+            "{e}"
+        );
+        let e = Policy::from_toml(&two("priority = 10", "", "all"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rule \"all\" has no priority"), "{e}");
+        let e = Policy::from_toml(&two("priority = 10", "priority = 10", "all"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("same priority 10"), "{e}");
+        // the same value twice is no conflict
+        Policy::from_toml(&two("", "", "emea")).unwrap();
+        // a mapping and a rule conflict too
+        let e = Policy::from_toml(
+            "[[rule]]\nname = \"all\"\nwhen = \"everyone\"\nlooker_attributes = { region = \"all\" }\n\
+             [[attribute]]\nidp_attribute = \"region\"\nlooker_attribute = \"region\"\n\
+             [attributes.region]\ndeny_value = \"__none__\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("mapping of idp attribute \"region\""), "{e}");
+
+        // With priorities, the highest applicable wins, whatever the rule order.
+        for (p_eng, p_all, want_eng) in [(20, 10, "emea"), (10, 20, "all")] {
+            let p = Policy::from_toml(&two(
+                &format!("priority = {p_eng}"),
+                &format!("priority = {p_all}"),
+                "all",
+            ))
+            .unwrap();
+            let eng = identity(IdentityEvent::UserActivated, &[0], None);
+            let other = identity(IdentityEvent::UserActivated, &[1], None);
+            assert_eq!(evaluate(&p, &eng).attributes["region"].0, want_eng);
+            assert_eq!(evaluate(&p, &other).attributes["region"].0, "all");
+        }
+    }
+
+    /// Issue 11, finding 11: a managed attribute without a value was deleted (Looker's default
+    /// or group value then applied). It now needs a deny value, which a person without a value gets.
+    #[test]
+    fn a_managed_attribute_needs_a_deny_value_and_the_person_without_one_gets_it() {
+        let rule = "[[rule]]\nname = \"emea\"\nwhen = { idp_group = \"Sales\" }\nlooker_attributes = { region = \"EMEA\" }\n";
+        let e = Policy::from_toml(rule).unwrap_err().to_string();
+        assert!(
+            e.contains("[attributes.region]") && e.contains("deny_value"),
+            "{e}"
+        );
+        let e = Policy::from_toml(&format!("{rule}[attributes.region]\ndeny_value = \" \"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("empty"), "{e}");
+        let e = Policy::from_toml(&format!(
+            "{rule}[attributes.region]\ndeny_value = \"x\"\n[attributes.regoin]\ndeny_value = \"x\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("regoin"), "{e}");
+        let e =
+            Policy::from_toml("[[attribute]]\nidp_attribute = \"email\"\nlooker_attribute = \"email_rls\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("[attributes.email_rls]"), "{e}");
+
+        let p =
+            Policy::from_toml(&format!("{rule}[attributes.region]\ndeny_value = \"__none__\"\n")).unwrap();
+        let sales = identity(IdentityEvent::UserActivated, &[2], None);
+        let other = identity(IdentityEvent::UserActivated, &[0], None);
+        assert_eq!(
+            evaluate(&p, &sales).attributes["region"],
+            ("EMEA".to_string(), "emea".to_string())
+        );
+        assert_eq!(
+            evaluate(&p, &other).attributes["region"],
+            ("__none__".to_string(), "attributes.region.deny_value".to_string())
+        );
+        let gone = identity(IdentityEvent::UserDeactivated, &[0], None);
+        assert!(
+            evaluate(&p, &gone).attributes.is_empty(),
+            "an offboarded person's values are left alone"
+        );
+    }
+
+    #[test]
+    fn attribute_settings_that_fail_open_are_named() {
+        use crate::looker::UserAttributeSettings as S;
+        let p = policy();
+        let held = |name: &str, default: Option<&str>, edit: bool| S {
+            name: name.into(),
+            default_value: default.map(str::to_string),
+            user_can_edit: edit,
+        };
+        let safe = [
+            held("team", None, false),
+            held("region", Some("__no_region__"), false),
+            held("email_rls", Some(""), false),
+            held("unmanaged", Some("ALL"), true),
+        ];
+        assert!(attribute_problems(&p, &safe).is_empty());
+        assert!(
+            attribute_problems(&p, &[]).is_empty(),
+            "missing attributes are the plan's note"
+        );
+        let unsafe_ = [held("team", None, true), held("region", Some("ALL"), false)];
+        let problems = attribute_problems(&p, &unsafe_);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].contains("\"region\"") && problems[0].contains("\"ALL\""),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].contains("\"team\"") && problems[1].contains("user_can_edit"),
+            "{problems:?}"
+        );
+    }
+
+    fn fold_from(id: &mut Identity, n: i64, source: Source, event: IdentityEvent, profile: Profile) {
+        id.fold(&Envelope {
+            trace_parent: None,
+            version: 1,
+            id: EnvelopeId(format!("s{n}")),
+            source,
+            subject: Subject {
+                key: "k".into(),
+                email: None,
+                display_name: None,
+            },
+            occurred_at: DateTime::from_timestamp(n, 0).unwrap(),
+            received_at: DateTime::from_timestamp(0, 0).unwrap(),
+            event,
+            profile,
+            source_event_type: "t".into(),
+            raw: serde_json::Value::Null,
+        });
+    }
+
+    fn admins(member: bool) -> IdentityEvent {
+        let group = GroupRef {
+            id: "00g-admins".into(),
+            name: "Admins".into(),
+        };
+        if member {
+            IdentityEvent::GroupMemberAdded { group }
+        } else {
+            IdentityEvent::GroupMemberRemoved { group }
+        }
+    }
+
+    const SOURCED: &str = r#"
+        [[rule]]
+        name = "admins"
+        when = { idp_group = "Admins", source = "okta" }
+        looker_groups = ["Looker Admins"]
+        [[rule]]
+        name = "emea"
+        when = { attribute = { name = "region", equals = "emea" }, source = ["okta", "scim"] }
+        looker_groups = ["EMEA"]
+        [[attribute]]
+        idp_attribute = "cost_center"
+        looker_attribute = "cost_center"
+        source = "okta"
+        [attributes.cost_center]
+        deny_value = "__none__"
+    "#;
+
+    /// Issue 11, finding 3: a condition with `source` counts only facts that intake asserted.
+    #[test]
+    fn a_sourced_condition_ignores_claims_from_other_intakes() {
+        let p = Policy::from_toml(SOURCED).unwrap();
+        let person = |source: Source| {
+            let mut id = Identity::new("k");
+            let profile = Profile::from([
+                ("email".to_string(), "p@x.io".to_string()),
+                ("region".to_string(), "emea".to_string()),
+                ("cost_center".to_string(), "cc-7".to_string()),
+            ]);
+            fold_from(&mut id, 1, source, IdentityEvent::UserActivated, profile);
+            fold_from(&mut id, 2, source, admins(true), Profile::new());
+            evaluate(&p, &id)
+        };
+        let okta = person(Source::Okta);
+        assert!(okta.groups.contains_key("Looker Admins") && okta.groups.contains_key("EMEA"));
+        assert_eq!(okta.attributes["cost_center"].0, "cc-7");
+        let scim = person(Source::Scim);
+        assert!(!scim.groups.contains_key("Looker Admins") && scim.groups.contains_key("EMEA"));
+        assert_eq!(scim.attributes["cost_center"].0, "__none__");
+        for s in [Source::GoogleWorkspace, Source::Generic, Source::Graph] {
+            let d = person(s);
+            assert!(d.groups.is_empty(), "{s:?}: {:?}", d.groups);
+            assert_eq!(d.attributes["cost_center"].0, "__none__");
+        }
+        // An Okta membership later re-asserted by Google no longer counts as Okta's.
+        let mut id = Identity::new("k");
+        fold_from(&mut id, 1, Source::Okta, admins(true), Profile::new());
+        assert!(evaluate(&p, &id).groups.contains_key("Looker Admins"));
+        fold_from(&mut id, 2, Source::GoogleWorkspace, admins(true), Profile::new());
+        assert!(!evaluate(&p, &id).groups.contains_key("Looker Admins"));
+        assert_eq!(p.any_source_claims(), Vec::<String>::new());
+        assert_eq!(
+            policy().any_source_claims(),
+            [
+                "rule \"eng\"",
+                "rule \"fin\"",
+                "rule \"sales-region\"",
+                "attribute mapping \"email\""
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_conditions_are_refused_with_a_reason() {
+        for (when, why) in [
+            ("{ idp_group = \"A\", source = \"okat\" }", "okat"),
+            ("{ idp_group = \"A\", source = [] }", "at least one"),
+            (
+                "{ idp_group = \"A\", attribute = { name = \"x\", equals = \"y\" } }",
+                "exactly one",
+            ),
+            ("{ source = \"okta\" }", "exactly one"),
+            ("{ idp_grup = \"A\" }", "idp_grup"),
+            ("\"everybody\"", "everybody"),
+        ] {
+            let e = Policy::from_toml(&format!("[[rule]]\nname = \"r\"\nwhen = {when}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{when}: {e}");
+        }
+        let p = Policy::from_toml("[[rule]]\nname = \"r\"\nwhen = \"everyone\"\n").unwrap();
+        assert_eq!(p.rules[0].when, Condition::Everyone);
+    }
+
+    /// Issue 11, finding 3: outside the allowed email domains no Looker user is created and
+    /// nothing is granted; offboarding still applies.
+    #[test]
+    fn allowed_email_domains_gate_onboarding_and_grants() {
+        let mut p = policy();
+        let id = |email: Option<&str>, status: IdentityEvent| {
+            let mut i = Identity::new("k");
+            let profile = email
+                .map(|e| Profile::from([("email".to_string(), e.to_string())]))
+                .unwrap_or_default();
+            fold_from(&mut i, 1, Source::Okta, status, profile);
+            fold_from(
+                &mut i,
+                2,
+                Source::Okta,
+                IdentityEvent::GroupMemberAdded {
+                    group: GroupRef {
+                        id: "g".into(),
+                        name: "Engineering".into(),
+                    },
+                },
+                Profile::new(),
+            );
+            i
+        };
+        p.allowed_email_domains = Some(["x.io".to_string()].into());
+        for (email, allowed) in [
+            (Some("p@x.io"), true),
+            (Some("P@X.IO"), true),
+            (Some("p@evil.io"), false),
+            (Some("p@x.io.evil"), false),
+            (Some("@x.io"), false),
+            (None, false),
+        ] {
+            let d = evaluate(&p, &id(email, IdentityEvent::UserActivated));
+            assert_eq!(d.presence, Presence::Active { create: allowed }, "{email:?}");
+            assert_eq!(d.groups.contains_key("Engineers"), allowed, "{email:?}");
+            assert_eq!(d.roles.contains_key("Developer"), allowed, "{email:?}");
+            assert!(
+                !d.managed_groups.is_empty(),
+                "managed groups are still removed: {email:?}"
+            );
+            let gone = evaluate(&p, &id(email, IdentityEvent::UserDeactivated));
+            assert!(
+                matches!(gone.presence, Presence::Offboarded { disable: true, .. }),
+                "{email:?}"
+            );
+        }
+        p.allowed_email_domains = None;
+        assert!(
+            evaluate(&p, &id(Some("p@evil.io"), IdentityEvent::UserActivated))
+                .groups
+                .contains_key("Engineers")
+        );
+    }
+
     const GROUPS: [&str; 4] = ["Engineering", "Finance", "Sales", "Ops"];
 
     fn policy() -> Policy {
@@ -495,6 +1197,12 @@ mod tests {
             [[attribute]]
             idp_attribute = "email"
             looker_attribute = "email_rls"
+            [attributes.team]
+            deny_value = "__none__"
+            [attributes.region]
+            deny_value = "__no_region__"
+            [attributes.email_rls]
+            deny_value = "__nobody__"
             "#,
         )
         .unwrap()
@@ -548,7 +1256,45 @@ mod tests {
         ]
     }
 
+    fn arb_source() -> impl Strategy<Value = Source> {
+        prop_oneof![
+            Just(Source::Okta),
+            Just(Source::Scim),
+            Just(Source::GoogleWorkspace),
+            Just(Source::Generic),
+            Just(Source::Graph),
+        ]
+    }
+
     proptest! {
+        /// Whatever events arrive from whichever intakes, in any order, a rule that requires Okta
+        /// grants exactly when the person's latest membership fact is an Okta "add".
+        #[test]
+        fn only_the_named_source_can_grant(
+            events in prop::collection::vec((0i64..30, arb_source(), any::<bool>()), 1..20),
+        ) {
+            let p = Policy::from_toml(SOURCED).unwrap();
+            let mut id = Identity::new("k");
+            for (i, (at, source, member)) in events.iter().enumerate() {
+                id.fold(&Envelope {
+                    trace_parent: None,
+                    version: 1,
+                    id: EnvelopeId(format!("e{i:03}")),
+                    source: *source,
+                    subject: Subject { key: "k".into(), email: None, display_name: None },
+                    occurred_at: DateTime::from_timestamp(*at, 0).unwrap(),
+                    received_at: DateTime::from_timestamp(0, 0).unwrap(),
+                    event: admins(*member),
+                    profile: Profile::new(),
+                    source_event_type: "t".into(),
+                    raw: serde_json::Value::Null,
+                });
+            }
+            let latest = events.iter().enumerate().max_by_key(|(i, (at, _, _))| (*at, format!("e{i:03}"))).map(|(_, e)| e).unwrap();
+            let want = latest.1 == Source::Okta && latest.2;
+            prop_assert_eq!(evaluate(&p, &id).groups.contains_key("Looker Admins"), want);
+        }
+
         /// Only managed objects are ever desired, and the grant follows the rules exactly.
         #[test]
         fn desired_follows_rules(
@@ -574,8 +1320,12 @@ mod tests {
                 prop_assert_eq!(d.groups.contains_key("Engineers"), eng || fin);
                 prop_assert_eq!(d.groups.contains_key("Finance Analysts"), fin);
                 prop_assert_eq!(d.roles.contains_key("Developer"), eng);
-                prop_assert_eq!(d.attributes.get("team").map(|v| v.0.as_str()), fin.then_some("finance"));
-                prop_assert_eq!(d.attributes.get("region").map(|v| v.0.as_str()), (region == Some("emea")).then_some("EMEA"));
+                // every managed attribute has a value: the rule's, else its deny value
+                prop_assert_eq!(d.attributes.get("team").map(|v| v.0.as_str()), Some(if fin { "finance" } else { "__none__" }));
+                prop_assert_eq!(d.attributes.get("region").map(|v| v.0.as_str()), Some(if region == Some("emea") { "EMEA" } else { "__no_region__" }));
+                if !fin {
+                    prop_assert_eq!(d.attributes["team"].1.as_str(), "attributes.team.deny_value");
+                }
                 prop_assert_eq!(d.attributes.get("email_rls").map(|v| v.0.as_str()), Some("p@x.io"));
                 // the rule cited is one that grants it
                 if let Some(rule) = d.groups.get("Engineers") {

@@ -690,6 +690,19 @@ impl<S: RotationStore> Rotator<S> {
         }
     }
 
+    /// Old keys of earlier rotations of `r`'s secret that are still in their grace period
+    /// (promoted away from, not yet revoked), with the end of each grace period.
+    async fn keys_in_grace(&self, r: &Rotation) -> Res<BTreeMap<String, DateTime<Utc>>> {
+        Ok(self
+            .db
+            .history(&r.secret)
+            .await?
+            .into_iter()
+            .filter(|p| p.id != r.id && p.phase == Phase::Finished)
+            .filter_map(|p| p.old_key_id.map(|k| (k, p.due_at)))
+            .collect())
+    }
+
     /// The new key's secret is gone (crash before it reached the store): delete the key and
     /// start over from create.
     async fn abandon(&self, d: &Declared, r: &mut Rotation) -> Res<()> {
@@ -736,19 +749,21 @@ impl<S: RotationStore> Rotator<S> {
                     .await;
                 }
                 let mut keys: Vec<_> = keys.into_iter().filter(|k| before.contains(&k.id)).collect();
-                if let Some(max) = d.kind.max_keys() {
+                if let Some(max) = d.kind.max_keys()
+                    && keys.len() >= max
+                {
+                    let in_grace = self.keys_in_grace(r).await?;
                     while keys.len() >= max {
-                        // Never the current key: an inactive one first, else the oldest.
+                        // Never the current key, never one still in its grace period (readers
+                        // may hold it until then): an inactive one first, else the oldest.
                         let victim = keys
                             .iter()
-                            .filter(|k| Some(&k.id) != r.old_key_id.as_ref())
+                            .filter(|k| Some(&k.id) != r.old_key_id.as_ref() && !in_grace.contains_key(&k.id))
                             .min_by_key(|k| (k.active, k.created.clone()))
-                            .cloned()
-                            .ok_or_else(|| {
-                                RotationError::permanent(
-                                    "every key is the current one: no room for a new key",
-                                )
-                            })?;
+                            .cloned();
+                        let Some(victim) = victim else {
+                            return Err(no_room(&keys, &in_grace, now));
+                        };
                         d.kind.delete(&victim.id).await?;
                         self.ledger(
                             r,
@@ -867,14 +882,16 @@ impl<S: RotationStore> Rotator<S> {
         if let Some(max) = d.kind.max_keys()
             && keys.len() >= max
         {
+            let probe = Rotation::new(secret, "plan", self.now());
+            let in_grace = self.keys_in_grace(&probe).await?;
             let victim = keys
                 .iter()
-                .filter(|k| Some(&k.id) != old.as_ref())
+                .filter(|k| Some(&k.id) != old.as_ref() && !in_grace.contains_key(&k.id))
                 .min_by_key(|k| (k.active, k.created.clone()));
-            out.push(format!(
-                "make room: delete non-current key {}",
-                victim.map(|k| k.id.as_str()).unwrap_or("(none: cannot rotate)")
-            ));
+            out.push(match victim {
+                Some(k) => format!("make room: delete non-current key {}", k.id),
+                None => format!("make room: none yet: {}", no_room(&keys, &in_grace, self.now())),
+            });
         }
         let mut steps = vec![format!("create: a new {kind} for {principal}")];
         let set = if d.store.stages() {
@@ -917,6 +934,36 @@ impl<S: RotationStore> Rotator<S> {
                 .map(|(i, s)| format!("  {}. {s}", i + 1)),
         );
         Ok(out)
+    }
+}
+
+/// Why no key can make room: only the current key and keys in their grace period are left. While
+/// a grace period runs, the step waits for its end (retryable); otherwise nothing can change.
+fn no_room(
+    keys: &[crate::credential::KeyInfo],
+    in_grace: &BTreeMap<String, DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> RotationError {
+    match keys
+        .iter()
+        .filter_map(|k| in_grace.get(&k.id).map(|t| (&k.id, *t)))
+        .min_by_key(|(_, t)| *t)
+    {
+        Some((key, until)) => RotationError::new(
+            ErrorKind::Throttled {
+                retry_after: Some(
+                    (until - now)
+                        .to_std()
+                        .unwrap_or_default()
+                        .max(Duration::from_secs(1)),
+                ),
+            },
+            format!(
+                "no room for a new key until {}: key {key} of the previous rotation is in its grace period",
+                until.to_rfc3339()
+            ),
+        ),
+        None => RotationError::permanent("every key is the current one: no room for a new key"),
     }
 }
 

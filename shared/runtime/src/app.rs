@@ -23,7 +23,8 @@ use gatehouse_domain::ports::BackendError;
 use gatehouse_domain::ports::Directory;
 use gatehouse_domain::ports::{Delivery, QueueConsumer, QueueProducer};
 use gatehouse_platform::config::{
-    AwsUserMappingConfig, Config, ConfigError, GcpTokenSource, PostgresConfig, QueueConfig, StateConfig,
+    AttributeCheck, AwsUserMappingConfig, Config, ConfigError, GcpTokenSource, PostgresConfig, QueueConfig,
+    StateConfig,
 };
 use gatehouse_platform::ops;
 use gatehouse_platform::shutdown::{Shutdown, ShutdownTrigger};
@@ -51,6 +52,11 @@ pub enum AppError {
     Rotator(#[from] gatehouse_rotation::RotationError),
     #[error("cloud client: {0}")]
     Cloud(gatehouse_domain::cloud::CloudError),
+    #[error(
+        "looker user attributes would fail open ([looker] attribute_check = \"warn\" starts anyway): {}",
+        .0.join("; ")
+    )]
+    UnsafeAttributes(Vec<String>),
 }
 
 impl AppError {
@@ -63,17 +69,36 @@ impl AppError {
     }
 }
 
-/// The policy file, or the built-in default (full offboarding, no group mappings).
+/// The policy file, or the built-in default (full offboarding, no group mappings), with the
+/// configuration's email-domain allow-list. Warns once about what any intake may claim.
 pub fn load_policy(cfg: &Config) -> Result<Policy, AppError> {
-    let Some(path) = &cfg.policy else {
-        return Ok(Policy::default());
+    let mut policy = match &cfg.policy {
+        None => Policy::default(),
+        Some(path) => {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|e| AppError::Policy {
+                path: shown.clone(),
+                source: PolicyError::Parse(format!("cannot read: {e}")),
+            })?;
+            Policy::from_toml(&text).map_err(|source| AppError::Policy { path: shown, source })?
+        }
     };
-    let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| AppError::Policy {
-        path: shown.clone(),
-        source: PolicyError::Parse(format!("cannot read: {e}")),
-    })?;
-    Policy::from_toml(&text).map_err(|source| AppError::Policy { path: shown, source })
+    policy.allowed_email_domains = cfg.identity.allowed_domains();
+    if policy.allowed_email_domains.is_none() {
+        tracing::warn!(
+            "identity.allowed_email_domains is not set: people of any email domain may be onboarded \
+             and granted access by any intake; set it to your own domains"
+        );
+    }
+    let open = policy.any_source_claims();
+    if !open.is_empty() {
+        tracing::warn!(
+            rules = %open.join(", "),
+            "these policy rules accept a group or attribute claim from any intake; add source = \"...\" \
+             to their condition to say which intake may assert it"
+        );
+    }
+    Ok(policy)
 }
 
 /// The Looker client, or `None` (dry-run mode) when no Looker is configured.
@@ -211,6 +236,40 @@ pub async fn cloud_targets(cfg: &Config, store: &AnyState) -> Result<CloudTarget
             Box::pin(async move { d.subjects().await })
         }),
     })
+}
+
+/// Row-level security must fail closed in Looker too: each managed user attribute must not be
+/// editable by users, and its default must be empty or the policy's deny value. A problem refuses
+/// the start (or, with `[looker] attribute_check = "warn"`, is logged as an error). If Looker
+/// cannot be read now, a warning is logged and the start goes on (an outage must not stop
+/// offboarding).
+pub async fn check_looker_attributes(cfg: &Config, engine: &AppEngine) -> Result<(), AppError> {
+    let (Some(looker), policy) = (engine.looker(), engine.policy()) else {
+        return Ok(());
+    };
+    if policy.managed_attributes().is_empty() {
+        return Ok(());
+    }
+    let held = match looker.user_attribute_settings().await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read looker user attributes; their settings are not checked");
+            return Ok(());
+        }
+    };
+    let problems = gatehouse_domain::policy::attribute_problems(policy, &held);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    match cfg.looker.attribute_check {
+        AttributeCheck::Refuse => Err(AppError::UnsafeAttributes(problems)),
+        AttributeCheck::Warn => {
+            for problem in &problems {
+                tracing::error!(%problem, "looker user attribute fails open (row-level security)");
+            }
+            Ok(())
+        }
+    }
 }
 
 /// The engine with the cloud targets the configuration enables.
@@ -374,6 +433,9 @@ where
 {
     let engine = Arc::new(engine_with_cloud(cfg, state.clone()).await?);
     let dry_run = engine.is_dry_run();
+    if components.processor {
+        check_looker_attributes(cfg, &engine).await?;
+    }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| AppError::Bind {

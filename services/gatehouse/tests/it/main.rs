@@ -93,6 +93,25 @@ fn a_bad_config_exits_64_and_names_the_field() {
     assert!(text(&o).1.contains("policy"), "{}", text(&o).1);
 }
 
+/// Issue 11, finding 1: an empty Okta secret used to start an intake that accepted hooks with
+/// no `Authorization` at all. Empty or weak, it is a config error naming the variable.
+#[test]
+fn an_empty_or_weak_okta_secret_exits_64_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    for secret in ["", "hook", "ssssssssssssssssssss"] {
+        let o = bin()
+            .arg("standalone")
+            .env("GATEHOUSE_DATA_DIR", dir.path().join("data"))
+            .env("GATEHOUSE_LISTEN", "127.0.0.1:0")
+            .env("GATEHOUSE_OKTA_HOOK_SECRET", secret)
+            .output()
+            .unwrap();
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(64), "{secret:?}: {err}");
+        assert!(err.contains("GATEHOUSE_OKTA_HOOK_SECRET"), "{secret:?}: {err}");
+    }
+}
+
 #[test]
 fn a_bad_policy_exits_64_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
@@ -235,7 +254,7 @@ async fn standalone_accepts_a_hook_records_the_plan_and_stops_on_sigterm() {
         .arg("standalone")
         .env("GATEHOUSE_LISTEN", format!("127.0.0.1:{port}"))
         .env("GATEHOUSE_DATA_DIR", dir.path())
-        .env("GATEHOUSE_OKTA_HOOK_SECRET", "s3cret-hook")
+        .env("GATEHOUSE_OKTA_HOOK_SECRET", "s3cret-hook-0123456789")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -247,7 +266,7 @@ async fn standalone_accepts_a_hook_records_the_plan_and_stops_on_sigterm() {
     let body = std::fs::read(fixture("event-hook.user.lifecycle.deactivate.constructed.json")).unwrap();
     let r = http
         .post(format!("{base}/hooks/okta"))
-        .header("authorization", "s3cret-hook")
+        .header("authorization", "s3cret-hook-0123456789")
         .body(body)
         .send()
         .await
@@ -296,7 +315,10 @@ async fn standalone_accepts_a_hook_records_the_plan_and_stops_on_sigterm() {
         .read_to_string(&mut err)
         .await
         .unwrap();
-    assert!(!err.contains("s3cret-hook"), "the hook secret reached the logs");
+    assert!(
+        !err.contains("s3cret-hook-0123456789"),
+        "the hook secret reached the logs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -166,7 +166,7 @@ async fn eventbridge_events_sent_with_boto3_to_moto_are_processed() {
         &config,
         format!(
             "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n\
-             [okta]\nhook_secret = \"hook-secret\"\n\
+             [okta]\nhook_secret = \"hook-secret-0123456789\"\n\
              [looker]\nurl = {:?}\nclient_id = {:?}\nclient_secret = {:?}\n\
              [processor]\npoll_interval = \"20ms\"\n\
              [queue]\nbackend = \"sqs\"\nqueue_url = {main:?}\naudit_queue_url = {audit:?}\nwait_time = \"1s\"\n",
@@ -308,7 +308,7 @@ async fn eventbridge_events_sent_with_boto3_to_moto_are_processed() {
     .unwrap();
     let r = http
         .post(format!("{base}/hooks/okta"))
-        .header("authorization", "hook-secret")
+        .header("authorization", "hook-secret-0123456789")
         .body(hook)
         .send()
         .await

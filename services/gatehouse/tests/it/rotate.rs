@@ -88,7 +88,7 @@ async fn offboarding_a_holder_rotates_their_secret_in_standalone() {
     std::fs::write(
         &cfg,
         format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n[okta]\nhook_secret = \"hook\"\n\
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n[okta]\nhook_secret = \"hook-secret-0123456789\"\n\
              [rotator]\npoll_interval = \"100ms\"\n[rotator.gcp]\nsecret_manager_url = {:?}\niam_url = {:?}\n\n\
              [[rotator.secrets]]\nname = \"held\"\nholders = [\"John.Doe@example.com\"]\n\
              kind = {{ type = \"gcp_service_account_key\", email = {SA:?} }}\n\
@@ -119,7 +119,7 @@ async fn offboarding_a_holder_rotates_their_secret_in_standalone() {
     .unwrap();
     let r = http
         .post(format!("{base}/hooks/okta"))
-        .header("authorization", "hook")
+        .header("authorization", "hook-secret-0123456789")
         .body(body)
         .send()
         .await

@@ -106,6 +106,7 @@ pub(crate) async fn commit_keeps_identity_fingerprint_and_deletions<S: StateStor
                 at: DateTime::from_timestamp(50, 0).unwrap(),
                 id: EnvelopeId("e1".into()),
             },
+            source: Some(gatehouse_domain::envelope::Source::Okta),
         },
     );
     s.commit(Outcome {

@@ -430,3 +430,33 @@ fn desired_cloud_serializes_to_json() {
     let back: DesiredCloud = serde_json::from_str(&json).unwrap();
     assert_eq!(back, d);
 }
+
+/// Issue 11, finding 3: outside `[identity] allowed_email_domains` no cloud grant is desired
+/// (the managed ones are still removed); offboarding still applies.
+#[test]
+fn no_cloud_grant_outside_the_allowed_email_domains() {
+    let mut p = policy();
+    let pat = identity(IdentityEvent::UserActivated, 0, &["Engineering"]);
+    for (domains, granted) in [(None, true), (Some(["x.io"]), true), (Some(["y.io"]), false)] {
+        p.allowed_email_domains = domains.map(|d| d.iter().map(|s| s.to_string()).collect());
+        let d = evaluate(&p, &pat, Some(&mapping()), true, day(1));
+        let aws = d.aws.expect("aws is managed");
+        let gcp = d.gcp.expect("gcp is managed");
+        assert_eq!(
+            !aws.groups.is_empty() && !aws.tags.is_empty(),
+            granted,
+            "{domains:?}"
+        );
+        assert_eq!(!gcp.bindings.is_empty(), granted, "{domains:?}");
+        assert!(
+            !aws.managed_groups.is_empty() && !gcp.managed.is_empty(),
+            "managed grants are removed"
+        );
+    }
+    let gone = identity(IdentityEvent::UserDeactivated, 0, &["Engineering"]);
+    let d = evaluate(&p, &gone, Some(&mapping()), true, day(1));
+    assert!(
+        d.aws
+            .is_some_and(|a| a.offboarded && a.keys == KeyAction::Deactivate)
+    );
+}

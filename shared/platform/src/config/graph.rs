@@ -1,7 +1,7 @@
 //! `[graph]` configuration section: Microsoft Graph change notifications at `/hooks/graph`.
 
-use super::ConfigError;
-use secrecy::{ExposeSecret, SecretString};
+use super::{ConfigError, check_token};
+use secrecy::SecretString;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -14,7 +14,8 @@ pub const MAX_SUBSCRIPTION_LIFETIME: Duration = Duration::from_secs(41_760 * 60)
 #[serde(deny_unknown_fields)]
 pub struct GraphConfig {
     /// The secret sent as `clientState` when subscribing; every notification must carry it.
-    /// Without it `/hooks/graph` answers 503. Env: `GATEHOUSE_GRAPH_CLIENT_STATE`.
+    /// Without it `/hooks/graph` answers 503. Env: `GATEHOUSE_GRAPH_CLIENT_STATE`. 16 to 128
+    /// characters, not one character repeated.
     #[serde(default)]
     pub client_state: Option<SecretString>,
     /// Entra tenant (directory) id. Env: `GATEHOUSE_GRAPH_TENANT_ID`.
@@ -135,7 +136,9 @@ impl GraphConfig {
     /// Apply `GATEHOUSE_*` overrides for this section.
     pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = env("GATEHOUSE_GRAPH_CLIENT_STATE") {
-            self.client_state = Some(SecretString::from(v));
+            let state = SecretString::from(v);
+            check_token("GATEHOUSE_GRAPH_CLIENT_STATE", &state, Some(MAX_CLIENT_STATE))?;
+            self.client_state = Some(state);
         }
         if let Some(v) = env("GATEHOUSE_GRAPH_CLIENT_SECRET") {
             self.client_secret = Some(SecretString::from(v));
@@ -151,13 +154,8 @@ impl GraphConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(cs) = &self.client_state {
-            let n = cs.expose_secret().chars().count();
-            if n == 0 || n > MAX_CLIENT_STATE {
-                return Err(ConfigError::new(
-                    "graph.client_state (GATEHOUSE_GRAPH_CLIENT_STATE)",
-                    format!("must be 1 to {MAX_CLIENT_STATE} characters"),
-                ));
-            }
+            // 16 to 128 characters (Graph's limit), not one character repeated.
+            check_token("graph.client_state", cs, Some(MAX_CLIENT_STATE))?;
             // Notifications carry only ids: without credentials nothing could be acted on.
             self.credentials()?.ok_or_else(|| {
                 ConfigError::new(
@@ -248,6 +246,7 @@ impl GraphConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
     use std::collections::HashMap;
 
     fn parse(text: &str) -> GraphConfig {
@@ -262,7 +261,7 @@ mod tests {
         move |k| map.get(k).cloned()
     }
 
-    const FULL: &str = "client_state = \"cs-s3cret\"\ntenant_id = \"t\"\nclient_id = \"c\"\n\
+    const FULL: &str = "client_state = \"cs-s3cret-0123456789\"\ntenant_id = \"t\"\nclient_id = \"c\"\n\
                         client_secret = \"graph-s3cret\"\n";
 
     #[test]
@@ -278,21 +277,23 @@ mod tests {
     fn env_sets_the_secrets_and_debug_hides_them() {
         let mut c = parse("tenant_id = \"t\"\nclient_id = \"c\"\n");
         c.apply_env(&env(&[
-            ("GATEHOUSE_GRAPH_CLIENT_STATE", "cs-s3cret"),
+            ("GATEHOUSE_GRAPH_CLIENT_STATE", "cs-s3cret-0123456789"),
             ("GATEHOUSE_GRAPH_CLIENT_SECRET", "graph-s3cret"),
         ]))
         .unwrap();
         c.validate().unwrap();
         let shown = format!("{c:?} {:?}", c.credentials().unwrap());
         assert!(!shown.contains("s3cret"), "{shown}");
-        assert_eq!(c.client_state.unwrap().expose_secret(), "cs-s3cret");
+        assert_eq!(c.client_state.unwrap().expose_secret(), "cs-s3cret-0123456789");
     }
 
     #[test]
     fn client_state_without_credentials_is_named() {
-        let e = parse("client_state = \"x\"\n").validate().unwrap_err();
+        let e = parse("client_state = \"x-client-state-0123\"\n")
+            .validate()
+            .unwrap_err();
         assert!(e.field.starts_with("graph.tenant_id"), "{e}");
-        let e = parse("client_state = \"x\"\ntenant_id = \"t\"\n")
+        let e = parse("client_state = \"x-client-state-0123\"\ntenant_id = \"t\"\n")
             .validate()
             .unwrap_err();
         assert!(e.field.starts_with("graph.client_id"), "{e}");
@@ -312,9 +313,22 @@ mod tests {
             .validate()
             .unwrap_err();
         assert_eq!(e.field, "graph.graph_url");
-        let long = "a".repeat(129);
-        let e = parse(&FULL.replace("cs-s3cret", &long)).validate().unwrap_err();
+        let long = "ab".repeat(65);
+        let e = parse(&FULL.replace("cs-s3cret-0123456789", &long))
+            .validate()
+            .unwrap_err();
         assert!(e.field.starts_with("graph.client_state"));
+        // Issue 11, finding 1: one character was enough.
+        for weak in ["", "x", "0123456789abcde", "qqqqqqqqqqqqqqqqqqqq"] {
+            let e = parse(&FULL.replace("cs-s3cret-0123456789", weak))
+                .validate()
+                .unwrap_err();
+            assert_eq!(e.field, "graph.client_state", "{weak:?}");
+            let e = GraphConfig::default()
+                .apply_env(&env(&[("GATEHOUSE_GRAPH_CLIENT_STATE", weak)]))
+                .unwrap_err();
+            assert_eq!(e.field, "GATEHOUSE_GRAPH_CLIENT_STATE", "{weak:?}");
+        }
         let e = parse("notification_url = \"https://x/hooks/graph\"\n")
             .validate()
             .unwrap_err();

@@ -9,6 +9,7 @@ mod graph;
 mod queue;
 mod rotator;
 mod scim;
+mod secret;
 mod state;
 mod telemetry;
 
@@ -22,6 +23,7 @@ pub use rotator::{
     StoreConfig,
 };
 pub use scim::ScimConfig;
+pub use secret::{MIN_SECRET_CHARS, WHSEC_MAX_BYTES, WHSEC_MIN_BYTES, check_token, check_whsec};
 pub use state::{PostgresConfig, StateConfig};
 pub use telemetry::{OTEL_ENV_VARS, TelemetryConfig};
 
@@ -88,12 +90,72 @@ pub struct Config {
     /// Reconcile schedule and per-target modes.
     #[serde(default)]
     pub reconcile: ReconcileConfig,
+    /// Who may be onboarded and granted anything (`[identity]`).
+    #[serde(default)]
+    pub identity: IdentityConfig,
+}
+
+/// `[identity]`: limits on the people any intake may bring in.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Email domains (e.g. `["example.com"]`, exact, any case) a person must be in to be
+    /// onboarded in Looker or granted anything in Looker, AWS or GCP. Unset: any domain (one
+    /// warning at start says so). Offboarding applies to everyone.
+    #[serde(default)]
+    pub allowed_email_domains: Option<Vec<String>>,
+}
+
+impl IdentityConfig {
+    /// The allow-list, lowercase (`None`: any domain).
+    pub fn allowed_domains(&self) -> Option<std::collections::BTreeSet<String>> {
+        self.allowed_email_domains
+            .as_ref()
+            .map(|d| d.iter().map(|d| d.trim().to_ascii_lowercase()).collect())
+    }
+
+    fn validate(&self, aws: &AwsConfig) -> Result<(), ConfigError> {
+        if let Some(domains) = &self.allowed_email_domains {
+            if domains.is_empty() {
+                return Err(ConfigError::new(
+                    "identity.allowed_email_domains",
+                    "is empty: list at least one domain, or leave it out to allow any",
+                ));
+            }
+            for (i, d) in domains.iter().enumerate() {
+                let d = d.trim();
+                let label_ok =
+                    |l: &str| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+                if !d.contains('.') || !d.split('.').all(label_ok) {
+                    return Err(ConfigError::new(
+                        format!("identity.allowed_email_domains[{i}]"),
+                        format!("{d:?} is not a domain such as example.com"),
+                    ));
+                }
+            }
+        }
+        // `{local}` drops the domain: alice@a.com and alice@b.com would be one IAM user.
+        if let Some(AwsUserMappingConfig::Template(t)) = &aws.user_mapping
+            && t.contains("{local}")
+            && self.allowed_domains().is_none_or(|d| d.len() != 1)
+        {
+            return Err(ConfigError::new(
+                "aws.user_mapping.template",
+                format!(
+                    "{t:?} uses {{local}}, which maps people of different email domains to one IAM user: \
+                     use {{email}} or a tag, or allow exactly one domain in [identity] allowed_email_domains"
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OktaConfig {
-    /// The value Okta sends in the `Authorization` header (set when registering the hook).
+    /// The value Okta sends in the `Authorization` header (set when registering the hook): at
+    /// least 16 characters, not one character repeated.
     #[serde(default)]
     pub hook_secret: Option<SecretString>,
     /// Larger bodies are refused with 413.
@@ -129,6 +191,20 @@ pub struct LookerSection {
     /// The monthly admin-API budget (`[looker.budget]`).
     #[serde(default)]
     pub budget: LookerBudgetConfig,
+    /// At start, each user attribute the policy manages is checked in Looker: users must not
+    /// be able to edit it and its default must be empty or the policy's deny value. `refuse`
+    /// (default): the processor does not start; `warn`: it starts and logs an error per problem.
+    #[serde(default)]
+    pub attribute_check: AttributeCheck,
+}
+
+/// What an unsafe Looker user attribute setting does at start (see [`LookerSection::attribute_check`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttributeCheck {
+    #[default]
+    Refuse,
+    Warn,
 }
 
 impl Default for LookerSection {
@@ -140,6 +216,7 @@ impl Default for LookerSection {
             timeout: default_timeout(),
             catalog_ttl: default_catalog_ttl(),
             budget: LookerBudgetConfig::default(),
+            attribute_check: AttributeCheck::default(),
         }
     }
 }
@@ -479,7 +556,10 @@ impl Config {
             self.policy = Some(PathBuf::from(v));
         }
         if let Some(v) = env("GATEHOUSE_OKTA_HOOK_SECRET") {
-            self.okta.hook_secret = Some(SecretString::from(v));
+            // Empty is refused, never taken as "no authentication".
+            let secret = SecretString::from(v);
+            check_token("GATEHOUSE_OKTA_HOOK_SECRET", &secret, None)?;
+            self.okta.hook_secret = Some(secret);
         }
         if let Some(v) = env("GATEHOUSE_LOOKER_URL") {
             self.looker.url = Some(v);
@@ -506,6 +586,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(secret) = &self.okta.hook_secret {
+            check_token("okta.hook_secret", secret, None)?;
+        }
         self.looker_connection()?;
         self.queue.validate()?;
         self.state.validate()?;
@@ -515,6 +598,7 @@ impl Config {
         self.generic.validate()?;
         self.rotator.validate()?;
         self.aws.validate()?;
+        self.identity.validate(&self.aws)?;
         self.gcp.validate()?;
         self.reconcile.validate()?;
         self.looker.budget.validate()?;
@@ -664,12 +748,12 @@ mod tests {
 
     #[test]
     fn env_overrides_the_file() {
-        let f = write("listen = \"127.0.0.1:9000\"\n[okta]\nhook_secret = \"file\"\n");
+        let f = write("listen = \"127.0.0.1:9000\"\n[okta]\nhook_secret = \"okta-secret-from-the-file\"\n");
         let cfg = Config::load(
             Some(f.path()),
             env(&[
                 ("GATEHOUSE_LISTEN", "127.0.0.1:9100"),
-                ("GATEHOUSE_OKTA_HOOK_SECRET", "from-env"),
+                ("GATEHOUSE_OKTA_HOOK_SECRET", "okta-secret-from-env"),
                 ("GATEHOUSE_LOOKER_URL", "https://x.looker.com/"),
                 ("GATEHOUSE_LOOKER_CLIENT_ID", "id"),
                 ("GATEHOUSE_LOOKER_CLIENT_SECRET", "s3cret"),
@@ -677,13 +761,91 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.listen.port(), 9100);
-        assert_eq!(cfg.okta.hook_secret.as_ref().unwrap().expose_secret(), "from-env");
+        assert_eq!(
+            cfg.okta.hook_secret.as_ref().unwrap().expose_secret(),
+            "okta-secret-from-env"
+        );
         let l = cfg.looker_connection().unwrap().unwrap();
         assert_eq!(l.url, "https://x.looker.com");
         assert!(
             !format!("{l:?}").contains("s3cret"),
             "secret must not reach Debug output"
         );
+    }
+
+    /// An empty or weak Okta secret is a config error naming where it came from, never "no
+    /// authentication" (issue 11, finding 1).
+    #[test]
+    fn weak_or_empty_okta_secret_is_refused() {
+        for weak in ["", "   ", "short-secret", "xxxxxxxxxxxxxxxxxxxxxxxx"] {
+            let e = Config::load(None, env(&[("GATEHOUSE_OKTA_HOOK_SECRET", weak)])).unwrap_err();
+            assert_eq!(e.field, "GATEHOUSE_OKTA_HOOK_SECRET", "{weak:?}: {e}");
+            let f = write(&format!("[okta]\nhook_secret = {weak:?}\n"));
+            let e = Config::load(Some(f.path()), env(&[])).unwrap_err();
+            assert_eq!(e.field, "okta.hook_secret", "{weak:?}: {e}");
+            assert!(weak.trim().is_empty() || !e.to_string().contains(weak), "{e}");
+        }
+        let cfg = Config::load(
+            None,
+            env(&[("GATEHOUSE_OKTA_HOOK_SECRET", "Okta-hook-s3cret-0123")]),
+        )
+        .unwrap();
+        assert!(cfg.okta.hook_secret.is_some());
+    }
+
+    /// Issue 11, finding 3: `{local}` maps alice@a.com and alice@b.com to one IAM user unless
+    /// exactly one email domain is allowed.
+    #[test]
+    fn identity_domains_and_the_aws_local_mapping() {
+        let cfg = Config::load(None, env(&[])).unwrap();
+        assert!(cfg.identity.allowed_domains().is_none(), "unset: any domain");
+        let f = write("[identity]\nallowed_email_domains = [\"Example.COM\", \"corp.example.org\"]\n");
+        let cfg = Config::load(Some(f.path()), env(&[])).unwrap();
+        assert_eq!(
+            cfg.identity
+                .allowed_domains()
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["corp.example.org", "example.com"]
+        );
+        for (text, field) in [
+            (
+                "[identity]\nallowed_email_domains = []\n",
+                "identity.allowed_email_domains",
+            ),
+            (
+                "[identity]\nallowed_email_domains = [\"@example.com\"]\n",
+                "identity.allowed_email_domains[0]",
+            ),
+            (
+                "[identity]\nallowed_email_domains = [\"example.com\", \"localhost\"]\n",
+                "identity.allowed_email_domains[1]",
+            ),
+        ] {
+            let e = Config::load(Some(write(text).path()), env(&[])).unwrap_err();
+            assert_eq!(e.field, field, "{text}: {e}");
+        }
+        let local = "[aws]\nenabled = true\nuser_mapping = { template = \"{local}\" }\n";
+        for identity in ["", "[identity]\nallowed_email_domains = [\"a.com\", \"b.com\"]\n"] {
+            let e = Config::load(Some(write(&format!("{local}{identity}")).path()), env(&[])).unwrap_err();
+            assert_eq!(e.field, "aws.user_mapping.template", "{e}");
+        }
+        Config::load(
+            Some(
+                write(&format!(
+                    "{local}[identity]\nallowed_email_domains = [\"a.com\"]\n"
+                ))
+                .path(),
+            ),
+            env(&[]),
+        )
+        .unwrap();
+        Config::load(
+            Some(write("[aws]\nenabled = true\nuser_mapping = { template = \"{email}\" }\n").path()),
+            env(&[]),
+        )
+        .unwrap();
     }
 
     #[test]

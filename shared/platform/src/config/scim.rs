@@ -15,11 +15,17 @@
 //! expires_at = 2027-01-01T00:00:00Z   # optional: refused with 401 after this instant
 //! ```
 //!
+//! Every token is at least 16 characters and not one character repeated. `expires_at` is a TOML
+//! offset date-time, with or without seconds and fractions (`2027-01-01T00:00Z`,
+//! `2027-01-01T09:30:00.5+02:00`); a local date-time or a bare date names no instant and is
+//! refused at load, as is anything that is not a real instant.
+//!
 //! `GATEHOUSE_SCIM_TOKEN` adds one more token named `env`. With no usable token, `/scim/v2`
 //! answers 503.
 
-use super::ConfigError;
-use secrecy::{ExposeSecret, SecretString};
+use super::{ConfigError, check_token};
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveTime, TimeZone, Utc};
+use secrecy::SecretString;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -60,9 +66,38 @@ pub struct ScimToken {
 }
 
 impl ScimToken {
-    /// Expiry as RFC 3339 text (validated at load to carry a date, a time and an offset).
-    pub fn expires_at_rfc3339(&self) -> Option<String> {
-        self.expires_at.as_ref().map(|d| d.to_string())
+    /// The expiry instant. An error (the reason, without the field) when `expires_at` is not an
+    /// offset date-time or not a real instant; `Config::load` refuses such a configuration.
+    pub fn expires_at_utc(&self) -> Result<Option<DateTime<Utc>>, String> {
+        self.expires_at.as_ref().map(toml_instant).transpose()
+    }
+}
+
+/// A TOML offset date-time as an instant, exactly: seconds and fractions default to zero when
+/// omitted (TOML 1.1). A local date-time, a local date or a local time names no instant.
+fn toml_instant(d: &toml::value::Datetime) -> Result<DateTime<Utc>, String> {
+    const NEEDS: &str = "must be a date-time with an offset, e.g. 2027-01-01T00:00:00Z";
+    let (Some(date), Some(time), Some(offset)) = (d.date, d.time, d.offset) else {
+        return Err(format!("{d} names no instant: {NEEDS}"));
+    };
+    let date = NaiveDate::from_ymd_opt(i32::from(date.year), u32::from(date.month), u32::from(date.day));
+    let time = NaiveTime::from_hms_nano_opt(
+        u32::from(time.hour),
+        u32::from(time.minute),
+        u32::from(time.second.unwrap_or(0)),
+        time.nanosecond.unwrap_or(0),
+    );
+    let offset = match offset {
+        toml::value::Offset::Z => FixedOffset::east_opt(0),
+        toml::value::Offset::Custom { minutes } => FixedOffset::east_opt(i32::from(minutes) * 60),
+    };
+    match (date, time, offset) {
+        (Some(date), Some(time), Some(offset)) => offset
+            .from_local_datetime(&date.and_time(time))
+            .single()
+            .map(|t| t.with_timezone(&Utc))
+            .ok_or_else(|| format!("{d} is not a valid instant")),
+        _ => Err(format!("{d} is not a valid instant: {NEEDS}")),
     }
 }
 
@@ -91,13 +126,12 @@ impl ScimConfig {
     /// Apply `GATEHOUSE_*` overrides for this section.
     pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = env(SCIM_TOKEN_ENV) {
-            if v.trim().is_empty() {
-                return Err(ConfigError::new(SCIM_TOKEN_ENV, "must not be empty"));
-            }
+            let token = SecretString::from(v);
+            check_token(SCIM_TOKEN_ENV, &token, None)?;
             self.tokens.retain(|t| t.name != "env");
             self.tokens.push(ScimToken {
                 name: "env".into(),
-                token: SecretString::from(v),
+                token,
                 revoked: false,
                 expires_at: None,
             });
@@ -127,20 +161,10 @@ impl ScimConfig {
                     format!("{:?} is used by more than one token", t.name),
                 ));
             }
-            if t.token.expose_secret().len() < 16 {
-                return Err(ConfigError::new(
-                    format!("{field}.token"),
-                    "must be at least 16 characters",
-                ));
-            }
-            if let Some(d) = &t.expires_at
-                && (d.date.is_none() || d.time.is_none() || d.offset.is_none())
-            {
-                return Err(ConfigError::new(
-                    format!("{field}.expires_at"),
-                    "must be a date-time with an offset, e.g. 2027-01-01T00:00:00Z",
-                ));
-            }
+            // Revoked tokens are checked too: a weak one should not sit in the file either.
+            check_token(&format!("{field}.token"), &t.token, None)?;
+            t.expires_at_utc()
+                .map_err(|m| ConfigError::new(format!("{field}.expires_at"), m))?;
         }
         Ok(())
     }
@@ -154,6 +178,7 @@ impl ScimConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
 
     fn parse(text: &str) -> Result<ScimConfig, String> {
         let cfg: ScimConfig = toml::from_str(text).map_err(|e| e.to_string())?;
@@ -179,9 +204,66 @@ mod tests {
         assert_eq!(cfg.tokens.len(), 3);
         assert_eq!(cfg.active_tokens().count(), 2);
         assert_eq!(
-            cfg.tokens[2].expires_at_rfc3339().as_deref(),
-            Some("2027-01-01T00:00:00Z")
+            cfg.tokens[2]
+                .expires_at_utc()
+                .unwrap()
+                .map(|t| t.to_rfc3339())
+                .as_deref(),
+            Some("2027-01-01T00:00:00+00:00")
         );
+    }
+
+    /// Every TOML offset date-time form is converted exactly (issue 11, finding 7: without
+    /// seconds the expiry used to be silently dropped); local forms are refused, naming the field.
+    #[test]
+    fn expiry_is_converted_exactly_from_every_toml_form() {
+        let expiry = |value: &str| {
+            parse(&format!(
+                "[[tokens]]\nname = \"a\"\ntoken = \"0123456789abcdef\"\nexpires_at = {value}\n"
+            ))
+            .map(|c| c.tokens[0].expires_at_utc().unwrap().unwrap().to_rfc3339())
+        };
+        for (toml_value, instant) in [
+            ("2020-01-01T00:00Z", "2020-01-01T00:00:00+00:00"),
+            ("2020-01-01T00:00:00Z", "2020-01-01T00:00:00+00:00"),
+            ("2020-01-01 00:00:00z", "2020-01-01T00:00:00+00:00"),
+            ("2020-01-01T01:30+01:30", "2020-01-01T00:00:00+00:00"),
+            ("2019-12-31T19:00:00-05:00", "2020-01-01T00:00:00+00:00"),
+            ("2020-01-01T00:00:00.25Z", "2020-01-01T00:00:00.250+00:00"),
+            (
+                "2020-01-01T02:00:00.000000001+02:00",
+                "2020-01-01T00:00:00.000000001+00:00",
+            ),
+        ] {
+            assert_eq!(expiry(toml_value).as_deref(), Ok(instant), "{toml_value}");
+        }
+        for local in [
+            "2020-01-01T00:00:00",
+            "2020-01-01T00:00",
+            "2020-01-01",
+            "00:00:00",
+        ] {
+            let e = expiry(local).unwrap_err();
+            assert!(e.contains("scim.tokens[0].expires_at"), "{local}: {e}");
+            assert!(e.contains("offset"), "{local}: {e}");
+        }
+        let e = expiry("2020-01-01T23:59:60Z").unwrap_err();
+        assert!(e.contains("scim.tokens[0].expires_at"), "{e}");
+    }
+
+    #[test]
+    fn weak_tokens_are_refused_from_file_and_env() {
+        for weak in ["", "0123456789abcde", "zzzzzzzzzzzzzzzzzzzz"] {
+            let e = parse(&format!(
+                "[[tokens]]\nname = \"a\"\ntoken = {weak:?}\nrevoked = true\n"
+            ))
+            .unwrap_err();
+            assert!(e.contains("scim.tokens[0].token"), "{weak:?}: {e}");
+            let e = ScimConfig::default()
+                .apply_env(&|k| (k == SCIM_TOKEN_ENV).then(|| weak.to_string()))
+                .unwrap_err();
+            assert_eq!(e.field, SCIM_TOKEN_ENV, "{weak:?}");
+        }
     }
 
     #[test]

@@ -213,3 +213,104 @@ async fn after_the_grace_period_the_old_aws_key_is_inactive_then_deleted() {
     r.drive(&id).await.unwrap();
     assert_eq!(keys(&iam, &user).await, vec![(new_key, true)]);
 }
+
+/// Issue 11, finding 12: a rotation that starts while the previous one's old key is still in its
+/// grace period must not delete that key to make room (AWS allows two keys): it waits for the
+/// grace period to end, then makes room with the (now inactive) old key.
+#[tokio::test]
+async fn a_new_rotation_never_deletes_a_key_still_in_its_grace_period() {
+    let _ = moto_url();
+    let sdk = support::sdk().await;
+    let (iam, sm) = (Iam::new(&sdk), Sm::new(&sdk));
+    let user = unique("svc-grace");
+    iam.create_user().user_name(&user).send().await.unwrap();
+    let first = iam
+        .create_access_key()
+        .user_name(&user)
+        .send()
+        .await
+        .unwrap()
+        .access_key
+        .unwrap();
+    let k0 = first.access_key_id().to_string();
+    let secret_id = unique("gatehouse/grace");
+    let doc = serde_json::json!({ "access_key_id": k0, "secret_access_key": first.secret_access_key() });
+    sm.create_secret()
+        .name(&secret_id)
+        .secret_string(doc.to_string())
+        .send()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[[rotator.secrets]]\nname = \"app\"\ngrace = \"2h\"\ndestroy_after = \"1d\"\n\
+             kind = {{ type = \"aws_access_key\", user_name = {user:?} }}\n\
+             store = {{ type = \"aws_secrets_manager\", secret_id = {secret_id:?} }}\n"
+        ),
+    );
+    let clock = clock();
+    let r = support::rotator(&cfg, &clock, Some(sdk.clone())).await;
+    let Some(Started::New(id1)) = r.start("app", "manual", false).await.unwrap() else {
+        panic!("first rotation did not start")
+    };
+    r.drive(&id1).await.unwrap();
+    let first_row = r.store().get(&id1).await.unwrap().unwrap();
+    assert_eq!(first_row.phase, Phase::Finished);
+    let k1 = first_row.new_key_id.clone().unwrap();
+    let grace_end = first_row.due_at;
+
+    // A second rotation inside the first one's grace period: K0 (in grace) and K1 (current)
+    // fill AWS's two slots, and neither may go.
+    clock.advance(Duration::from_secs(600));
+    let Some(Started::New(id2)) = r.start("app", "manual", false).await.unwrap() else {
+        panic!("second rotation did not start")
+    };
+    r.drive(&id2).await.unwrap();
+    let mut both = vec![(k0.clone(), true), (k1.clone(), true)];
+    both.sort();
+    assert_eq!(
+        keys(&iam, &user).await,
+        both,
+        "the key in grace was removed early"
+    );
+    let second_row = r.store().get(&id2).await.unwrap().unwrap();
+    assert_eq!(
+        second_row.phase,
+        Phase::Started,
+        "it waits without creating a key"
+    );
+    assert_eq!(
+        second_row.due_at, grace_end,
+        "it waits exactly until the grace period ends"
+    );
+    assert!(
+        second_row.error.as_deref().unwrap_or("").contains("grace period"),
+        "{:?}",
+        second_row.error
+    );
+    let plan = r.plan("app").await.unwrap().join("\n");
+    assert!(
+        plan.contains("grace period") && !plan.contains(&format!("delete non-current key {k0}")),
+        "{plan}"
+    );
+    assert_current_works(&sdk, &sm, &secret_id, &user).await;
+
+    // Grace over: the first rotation disables K0, the second makes room with it.
+    clock.advance(
+        (grace_end - gatehouse_rotation::Clock::now(&clock))
+            .to_std()
+            .unwrap(),
+    );
+    r.drive(&id1).await.unwrap();
+    assert_eq!(support::phase(&r, &id1).await, Phase::Revoked);
+    r.drive(&id2).await.unwrap();
+    let second_row = r.store().get(&id2).await.unwrap().unwrap();
+    assert_eq!(second_row.phase, Phase::Finished, "{:?}", second_row.error);
+    let k2 = second_row.new_key_id.clone().unwrap();
+    let mut now = vec![(k1.clone(), true), (k2.clone(), true)];
+    now.sort();
+    assert_eq!(keys(&iam, &user).await, now, "the revoked key made room");
+    assert_current_works(&sdk, &sm, &secret_id, &user).await;
+}

@@ -54,7 +54,10 @@ impl<Q> Ingress<Q> {
             .get("authorization")
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        if bool::from(given.ct_eq(secret.expose_secret().as_bytes())) {
+        // An absent or empty header never authenticates: not even against an empty secret
+        // (`Config::load` refuses one; this holds whatever built the router).
+        let matches = bool::from(given.ct_eq(secret.expose_secret().as_bytes()));
+        if matches && !given.is_empty() {
             None
         } else {
             super::count_rejection("okta", "unauthorized");
@@ -124,4 +127,64 @@ async fn okta_hook<Q: QueueProducer>(
     }
     super::record_accepted(envelopes.len());
     Json(json!({ "enqueued": envelopes.len(), "ignored": ignored })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingress::test_support::{MemQueue, send};
+    use axum::http::Request;
+    use gatehouse_adapters::sqlite::Sqlite;
+    use gatehouse_platform::config::Config;
+
+    const BODY: &[u8] = include_bytes!(
+        "../../../../../shared/fixtures/okta/event-hook.user.lifecycle.deactivate.constructed.json"
+    );
+
+    async fn app(secret: &str, queue: MemQueue, dir: &std::path::Path) -> Router {
+        // Built around `Config::load`, which refuses an empty secret: the router must hold
+        // on its own (defence in depth).
+        let mut config = Config::defaults();
+        config.okta.hook_secret = Some(SecretString::from(secret.to_string()));
+        router(&Deps {
+            queue,
+            store: Sqlite::open(dir).await.unwrap(),
+            config: Arc::new(config),
+        })
+    }
+
+    fn post(authorization: Option<&str>) -> Request<Body> {
+        let mut r = Request::post("/hooks/okta").header("content-type", "application/json");
+        if let Some(a) = authorization {
+            r = r.header("authorization", a);
+        }
+        r.body(Body::from(BODY)).unwrap()
+    }
+
+    /// Issue 11, finding 1: with an empty configured secret, a POST without `Authorization`
+    /// planned an offboarding. A missing or empty header is 401 whatever the configuration.
+    #[tokio::test]
+    async fn a_missing_or_empty_authorization_is_401_whatever_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        for secret in ["", "okta-hook-s3cret-0123456789"] {
+            for header in [None, Some("")] {
+                let q = MemQueue::default();
+                let (status, body) = send(app(secret, q.clone(), dir.path()).await, post(header)).await;
+                assert_eq!(
+                    status,
+                    StatusCode::UNAUTHORIZED,
+                    "secret {secret:?}, header {header:?}: {body}"
+                );
+                assert!(q.published.lock().unwrap().is_empty(), "nothing is enqueued");
+            }
+        }
+        let q = MemQueue::default();
+        let (status, body) = send(
+            app("okta-hook-s3cret-0123456789", q.clone(), dir.path()).await,
+            post(Some("okta-hook-s3cret-0123456789")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(q.published.lock().unwrap().len(), 1);
+    }
 }

@@ -242,6 +242,13 @@ impl FakeLooker {
         self.st().add_user_attribute(name)
     }
 
+    /// Looker's "user access" of an attribute: whether users can see / edit their own value
+    /// (`user_can_view`, `user_can_edit` of `GET /user_attributes`). New attributes: view only.
+    pub fn set_user_attribute_access(&self, attr_id: &str, user_can_view: bool, user_can_edit: bool) {
+        self.st()
+            .set_user_attribute_access(attr_id, user_can_view, user_can_edit);
+    }
+
     /// The attribute's default value (reported with `source: "default"`).
     pub fn set_user_attribute_default(&self, attr_id: &str, value: Option<&str>) {
         self.st().set_user_attribute_default(attr_id, value);

@@ -202,6 +202,9 @@ struct Attribute {
     name: String,
     label: String,
     default_value: Option<String>,
+    /// `UserAttribute.user_can_view` / `user_can_edit` (Looker's "user access": none, view, edit).
+    user_can_view: bool,
+    user_can_edit: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -708,9 +711,25 @@ impl State {
                 name: name.to_owned(),
                 label,
                 default_value: None,
+                user_can_view: true,
+                user_can_edit: false,
             },
         );
         id.to_string()
+    }
+
+    pub(crate) fn set_user_attribute_access(
+        &mut self,
+        attr_id: &str,
+        user_can_view: bool,
+        user_can_edit: bool,
+    ) {
+        let a = self.seed_id(attr_id, |s, id| s.attributes.contains_key(&id), "user attribute");
+        if let Some(a) = self.attributes.get_mut(&a) {
+            // Looker: users who can edit a value can see it.
+            a.user_can_view = user_can_view || user_can_edit;
+            a.user_can_edit = user_can_edit;
+        }
     }
 
     pub(crate) fn set_user_attribute_default(&mut self, attr_id: &str, value: Option<&str>) {
@@ -1662,8 +1681,8 @@ impl State {
             "is_system": false,
             "is_permanent": false,
             "value_is_hidden": false,
-            "user_can_view": true,
-            "user_can_edit": true,
+            "user_can_view": a.user_can_view,
+            "user_can_edit": a.user_can_edit,
             "hidden_value_domain_whitelist": null,
             "needed_for_ci_run": false,
             "value_for_ci_run": null,
@@ -1684,7 +1703,7 @@ impl State {
             "rank": null,
             "value": value,
             "user_id": u.id.to_string(),
-            "user_can_edit": true,
+            "user_can_edit": a.user_can_edit,
             "value_is_hidden": false,
             "user_attribute_id": a.id.to_string(),
             "source": source,
@@ -2276,6 +2295,30 @@ mod tests {
 
         let r = get(&mut st, "/user_attributes?fields=id,name");
         assert_eq!(r.body, Some(json!([{"id": a, "name": "region"}])));
+        // The 4.0 `UserAttribute`'s access and default, per attribute.
+        let shown = |st: &mut State| {
+            get(
+                st,
+                "/user_attributes?fields=name,default_value,user_can_view,user_can_edit",
+            )
+            .body
+        };
+        assert_eq!(
+            shown(&mut st),
+            Some(
+                json!([{"name": "region", "default_value": null, "user_can_view": true, "user_can_edit": false}])
+            )
+        );
+        st.set_user_attribute_access(&a, false, true);
+        st.set_user_attribute_default(&a, Some("ALL"));
+        assert_eq!(
+            shown(&mut st),
+            Some(
+                json!([{"name": "region", "default_value": "ALL", "user_can_view": true, "user_can_edit": true}])
+            )
+        );
+        st.set_user_attribute_access(&a, true, false);
+        st.set_user_attribute_default(&a, None);
         let p = format!("/users/{u}/attribute_values/{a}");
         let r = call(&mut st, &tok, "PATCH", &p, Some(json!({"value": "eu"})));
         assert_eq!(

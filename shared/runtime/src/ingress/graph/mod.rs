@@ -176,7 +176,8 @@ fn check(ing: &Intake, expected: &SecretString, ns: &[Notification], now: DateTi
     for (i, n) in ns.iter().enumerate() {
         let given = n.client_state.as_deref().unwrap_or("").as_bytes();
         // Evaluate both so a missing value costs the same as a wrong one.
-        let ok = bool::from(given.ct_eq(expected)) & n.client_state.is_some();
+        // An empty value never matches, even an empty configured one.
+        let ok = bool::from(given.ct_eq(expected)) & !given.is_empty();
         if !ok {
             return Some(reject(
                 StatusCode::UNAUTHORIZED,

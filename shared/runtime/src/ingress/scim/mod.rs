@@ -86,13 +86,14 @@ pub fn router<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Router {
     let cfg = &deps.config.scim;
     let tokens = cfg
         .active_tokens()
+        // An empty token never authenticates, whatever the configuration let through.
+        .filter(|t| !t.token.expose_secret().is_empty())
         .map(|t| Token {
             name: t.name.clone(),
             digest: digest(t.token.expose_secret().as_bytes()),
-            expires_at: t
-                .expires_at_rfc3339()
-                .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
-                .map(|d| d.with_timezone(&Utc)),
+            // `Config::load` refuses an expiry that is no instant; if one got here anyway the
+            // token counts as expired (fail closed), never as one that never expires.
+            expires_at: t.expires_at_utc().unwrap_or(Some(DateTime::<Utc>::MIN_UTC)),
         })
         .collect();
     let state = Arc::new(Scim {
@@ -226,7 +227,7 @@ async fn authenticate<Q: Send + Sync + 'static>(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .filter(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
         .map(|(_, token)| SecretString::from(token.trim().to_string()));
     let unauthorized = |reason: &'static str, detail: &str| {
         let mut r = reject(reason, StatusCode::UNAUTHORIZED, None, detail);
