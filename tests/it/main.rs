@@ -12,3 +12,4 @@ mod lifecycle;
 mod replicas;
 mod resilience;
 mod scim;
+mod trust;
