@@ -79,12 +79,6 @@ async fn an_okta_uuid_naming_a_generic_event_does_not_suppress_it() {
         "2026-01-01T00:00:00Z",
     ))
     .await;
-    assert!(
-        app.store
-            .is_processed(&EnvelopeId("okta:default:generic:msg_x".into()))
-            .await
-            .unwrap()
-    );
 
     // Later the generic sender's correctly signed event `msg_x`: applied, not taken for a replay.
     let body = json!({
@@ -119,6 +113,13 @@ async fn an_okta_uuid_naming_a_generic_event_does_not_suppress_it() {
     assert!(
         fake.user(&jo).unwrap().is_disabled,
         "the signed generic event was dropped as a duplicate of the okta one"
+    );
+    // Both are recorded, each in its own namespace.
+    assert!(
+        app.store
+            .is_processed(&EnvelopeId("okta:default:generic:msg_x".into()))
+            .await
+            .unwrap()
     );
     app.stop().await;
 }
