@@ -35,7 +35,10 @@ fn every_okta_fixture_parses_or_is_rejected_with_reason() {
                     .collect();
                 let ids: Vec<&str> = envs.iter().map(|e| e.id.0.as_str()).collect();
                 let want: Vec<String> = uuids.iter().map(|u| format!("okta:acme:{u}")).collect();
-                assert_eq!(ids, want, "{name}: envelopes are keyed by the org and each event's uuid");
+                assert_eq!(
+                    ids, want,
+                    "{name}: envelopes are keyed by the org and each event's uuid"
+                );
                 for e in &envs {
                     let uuid = e.id.0.strip_prefix("okta:acme:");
                     assert_eq!(e.raw["uuid"].as_str(), uuid, "raw payload kept");

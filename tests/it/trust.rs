@@ -48,7 +48,12 @@ async fn an_okta_activate_dated_2099_does_not_stop_a_later_real_deactivate() {
         fake.user(&uid).unwrap().is_disabled,
         "the future-dated activate kept the person enabled"
     );
-    let subject = app.store.load_subject("okta:00u3m90rxKjGQ0G6L1d6").await.unwrap().unwrap();
+    let subject = app
+        .store
+        .load_subject("okta:00u3m90rxKjGQ0G6L1d6")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(subject.identity.status.is_offboarded());
     // The clamp is counted per source (a closed label set).
     wait_until("the clamp is counted", || async {
@@ -127,9 +132,18 @@ async fn an_okta_uuid_naming_a_generic_event_does_not_suppress_it() {
 #[tokio::test]
 async fn an_okta_uuid_that_is_not_an_id_is_refused_and_enqueues_nothing() {
     let app = spawn_app(Options::default()).await;
-    for uuid in ["a".repeat(257), "tab\there".into(), "new\nline".into(), String::new()] {
+    for uuid in [
+        "a".repeat(257),
+        "tab\there".into(),
+        "new\nline".into(),
+        String::new(),
+    ] {
         let r = app
-            .post_okta(&okta_event(&uuid, "user.lifecycle.deactivate", "2026-01-01T00:00:00Z"))
+            .post_okta(&okta_event(
+                &uuid,
+                "user.lifecycle.deactivate",
+                "2026-01-01T00:00:00Z",
+            ))
             .await;
         assert_eq!(r.status(), 400, "{uuid:?}");
         let answer: Value = r.json().await.unwrap();

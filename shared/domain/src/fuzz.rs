@@ -32,7 +32,9 @@ fn now() -> DateTime<Utc> {
 /// Every JSON file of a handbook fixtures folder, and every object nested in it (a fixture often
 /// wraps the payload in an exchange: `request.body`, `body`, `detail`, `message`, ...).
 fn fixtures(dir: &str) -> Vec<Value> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures").join(dir);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures")
+        .join(dir);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .map(|e| e.unwrap().path())
@@ -79,7 +81,10 @@ samples!(generic_samples, {
         "attributes": {"department": "Finance", "region": "EMEA"}});
     let one = |kind: &str| json!({"type": kind, "occurred_at": "2026-03-01T09:30:00Z", "user": user});
     let mut out: Vec<Value> = generic::EVENT_TYPES.iter().map(|k| one(k)).collect();
-    for v in out.iter_mut().filter(|v| v["type"].as_str().unwrap().starts_with("group.")) {
+    for v in out
+        .iter_mut()
+        .filter(|v| v["type"].as_str().unwrap().starts_with("group."))
+    {
         v["group"] = json!({"id": "00g1", "name": "Finance Analysts"});
     }
     out.push(json!({"events": out.clone()}));
@@ -89,7 +94,11 @@ samples!(generic_samples, {
 /// Envelope ids a source makes start with its own prefix and are visible ascii.
 fn ids_are_namespaced(envs: &[Envelope], prefix: &str) -> Result<(), TestCaseError> {
     for e in envs {
-        prop_assert!(e.id.0.starts_with(prefix), "{} does not start with {prefix}", e.id);
+        prop_assert!(
+            e.id.0.starts_with(prefix),
+            "{} does not start with {prefix}",
+            e.id
+        );
         // The part the payload supplied is an id, not free text.
         let own = e.id.0[prefix.len()..].split(':').next().unwrap_or_default();
         prop_assert!(check_id_part("id", own).is_ok(), "{:?}", e.id);
@@ -102,13 +111,54 @@ fn ids_are_namespaced(envs: &[Envelope], prefix: &str) -> Result<(), TestCaseErr
 /// long `and` chains, or arbitrary text.
 fn filter_text() -> impl Strategy<Value = String> {
     let token = prop::sample::select(vec![
-        "userName", "emails", "emails.value", "name.givenName", "meta.lastModified", "members",
+        "userName",
+        "emails",
+        "emails.value",
+        "name.givenName",
+        "meta.lastModified",
+        "members",
         "urn:ietf:params:scim:schemas:core:2.0:User:userName",
-        "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager.value", "$ref", "id",
-        "eq", "ne", "co", "sw", "ew", "pr", "gt", "ge", "lt", "le", "EQ", "and", "or", "not", "AND",
-        "(", ")", "[", "]", ".", ":", "\"", "\"x\"", "\"a\\\"b\"", "\"\\u0000\"", "\"\\ud800\"",
-        "\"2011-05-13T04:42:34Z\"", "true", "false", "null", "1", "-1.5e3", "1e999", "0x1", " ",
-        "\t", "type eq \"work\"", "value co \"@example.com\"",
+        "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager.value",
+        "$ref",
+        "id",
+        "eq",
+        "ne",
+        "co",
+        "sw",
+        "ew",
+        "pr",
+        "gt",
+        "ge",
+        "lt",
+        "le",
+        "EQ",
+        "and",
+        "or",
+        "not",
+        "AND",
+        "(",
+        ")",
+        "[",
+        "]",
+        ".",
+        ":",
+        "\"",
+        "\"x\"",
+        "\"a\\\"b\"",
+        "\"\\u0000\"",
+        "\"\\ud800\"",
+        "\"2011-05-13T04:42:34Z\"",
+        "true",
+        "false",
+        "null",
+        "1",
+        "-1.5e3",
+        "1e999",
+        "0x1",
+        " ",
+        "\t",
+        "type eq \"work\"",
+        "value co \"@example.com\"",
     ]);
     prop_oneof![
         4 => prop::collection::vec(token.clone(), 1..40).prop_map(|t| t.join(" ")),
@@ -291,12 +341,27 @@ fn sample_envelope() -> String {
 fn the_samples_are_the_real_payloads_and_they_parse() {
     // The structure-aware inputs start from payloads each parser accepts.
     let accepted = |samples: Vec<Value>, parse: &dyn Fn(&[u8]) -> bool| {
-        samples.iter().filter(|s| parse(&serde_json::to_vec(s).unwrap())).count()
+        samples
+            .iter()
+            .filter(|s| parse(&serde_json::to_vec(s).unwrap()))
+            .count()
     };
-    assert!(accepted(okta_samples(), &|b| okta::parse_hook_body("acme", b, now()).is_ok()) >= 5);
+    assert!(
+        accepted(okta_samples(), &|b| okta::parse_hook_body("acme", b, now())
+            .is_ok())
+            >= 5
+    );
     assert!(accepted(google_samples(), &|b| google::parse_activity(b, now()).is_ok()) >= 1);
     assert!(accepted(generic_samples(), &|b| generic::parse_body("m", b, now()).is_ok()) >= 10);
     assert!(accepted(graph_samples(), &|b| graph::parse_collection(b).is_ok()) >= 4);
-    assert!(accepted(aws_samples(), &|b| cloud_audit::parse(Kind::Aws, b, now(), &[]).is_ok()) >= 5);
-    assert!(accepted(gcp_samples(), &|b| cloud_audit::parse(Kind::Gcp, b, now(), &[]).is_ok()) >= 5);
+    assert!(
+        accepted(aws_samples(), &|b| cloud_audit::parse(Kind::Aws, b, now(), &[])
+            .is_ok())
+            >= 5
+    );
+    assert!(
+        accepted(gcp_samples(), &|b| cloud_audit::parse(Kind::Gcp, b, now(), &[])
+            .is_ok())
+            >= 5
+    );
 }

@@ -293,7 +293,9 @@ mod tests {
 
     fn shuffle<T>(v: &mut [T], mut s: u64) {
         for i in (1..v.len()).rev() {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             v.swap(i, (s >> 33) as usize % (i + 1));
         }
     }
@@ -322,7 +324,10 @@ mod tests {
         assert_eq!(old.occurred_at.timestamp(), 10);
         let mut ahead = env("3", 1_000 + SKEW_SECS + 1, IdentityEvent::UserActivated);
         ahead.received_at = DateTime::from_timestamp(1_000, 0).unwrap();
-        assert_eq!(ahead.bound_time(SKEW).map(|t| t.timestamp()), Some(1_000 + SKEW_SECS + 1));
+        assert_eq!(
+            ahead.bound_time(SKEW).map(|t| t.timestamp()),
+            Some(1_000 + SKEW_SECS + 1)
+        );
         assert_eq!(ahead.occurred_at.timestamp(), 1_000);
     }
 

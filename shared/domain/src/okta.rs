@@ -119,7 +119,12 @@ pub fn envelope_id(org: &str, uuid: &str) -> Result<EnvelopeId, String> {
 }
 
 /// Parse one `data.events[]` element (an Okta System Log event object) of `org`.
-pub fn parse_event(org: &str, event: Value, raw: Value, received_at: DateTime<Utc>) -> Result<Envelope, String> {
+pub fn parse_event(
+    org: &str,
+    event: Value,
+    raw: Value,
+    received_at: DateTime<Utc>,
+) -> Result<Envelope, String> {
     let ev: RawEvent = serde_json::from_value(event).map_err(|e| format!("not an okta log event: {e}"))?;
     let uuid = ev.uuid.filter(|u| !u.is_empty()).ok_or("missing uuid")?;
     let id = envelope_id(org, &uuid)?;
@@ -342,7 +347,10 @@ mod tests {
         ] {
             let err = parse_hook_body(ORG, &with_uuid(&uuid), now()).unwrap_err();
             assert!(err.to_string().contains(why), "{uuid:?}: {err}");
-            assert!(err.to_string().starts_with("data.events[0] is invalid: uuid"), "{err}");
+            assert!(
+                err.to_string().starts_with("data.events[0] is invalid: uuid"),
+                "{err}"
+            );
         }
         let long = "a".repeat(257);
         let err = parse_hook_body(ORG, &with_uuid(&long), now()).unwrap_err();

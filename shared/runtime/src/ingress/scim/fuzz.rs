@@ -87,6 +87,16 @@ proptest! {
 fn the_samples_hold_patch_ops_and_resources_the_server_accepts() {
     let s = samples();
     assert!(s.iter().filter(|v| patch::parse(v).is_ok()).count() >= 10);
-    assert!(s.iter().filter(|v| schema::normalize(ScimKind::User, v).is_ok()).count() >= 5);
-    assert!(s.iter().filter(|v| schema::normalize(ScimKind::Group, v).is_ok()).count() >= 5);
+    assert!(
+        s.iter()
+            .filter(|v| schema::normalize(ScimKind::User, v).is_ok())
+            .count()
+            >= 5
+    );
+    assert!(
+        s.iter()
+            .filter(|v| schema::normalize(ScimKind::Group, v).is_ok())
+            .count()
+            >= 5
+    );
 }
