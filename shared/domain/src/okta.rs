@@ -345,7 +345,7 @@ mod tests {
             ("a b", "only visible ascii"),
             ("é", "only visible ascii"),
         ] {
-            let err = parse_hook_body(ORG, &with_uuid(&uuid), now()).unwrap_err();
+            let err = parse_hook_body(ORG, &with_uuid(uuid), now()).unwrap_err();
             assert!(err.to_string().contains(why), "{uuid:?}: {err}");
             assert!(
                 err.to_string().starts_with("data.events[0] is invalid: uuid"),

@@ -104,7 +104,7 @@ pub fn deep_nesting() -> impl Strategy<Value = Vec<u8>> {
         for _ in 0..depth {
             s.push_str(open);
         }
-        s.push_str("1");
+        s.push('1');
         for _ in 0..depth {
             s.push_str(close);
         }
