@@ -189,9 +189,9 @@ proptest! {
     }
 
     #[test]
-    fn standard_webhooks_bodies(body in fz::body(generic_samples()), id in "[!-~]{1,40}") {
-        // The intake parses only bodies whose webhook-id it accepted.
-        prop_assume!(generic::validate_webhook_id(&id).is_ok());
+    fn standard_webhooks_bodies(body in fz::body(generic_samples()), id in "[!-9;-~]{1,40}") {
+        // The intake parses only bodies whose webhook-id it accepted (visible ascii but ':').
+        prop_assert!(generic::validate_webhook_id(&id).is_ok());
         if let Ok(envs) = generic::parse_body(&id, &body, now()) {
             ids_are_namespaced(&envs, "generic:")?;
         }
