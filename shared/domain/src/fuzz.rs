@@ -23,7 +23,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Cases per property in `make test` (each property runs in about a second on a busy machine).
-const CASES: u32 = 128;
+const CASES: u32 = 64;
 
 fn now() -> DateTime<Utc> {
     "2026-03-01T09:30:00Z".parse().unwrap()
