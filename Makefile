@@ -1,7 +1,7 @@
 # Gatehouse. The README documents `make run` and `make test`; the rest are for contributors.
 CARGO ?= cargo
 
-.PHONY: run test bench lint fmt build release image clean
+.PHONY: run test fuzz bench lint fmt build release image clean
 
 ## run: build and start `gatehouse standalone` on 127.0.0.1:8080 with the example config (dry run)
 run:
@@ -11,6 +11,13 @@ run:
 ## Pub/Sub emulator on loopback, installing them on first use, and stops them afterwards
 test:
 	scripts/test.sh
+
+## fuzz: the property-based fuzzing of every parser of outside input (Okta, SCIM, Graph, Google,
+## Standard Webhooks, CloudTrail, GCP audit, Pub/Sub), long: FUZZ_CASES cases per property
+## (`make test` runs the same properties with a few hundred cases each)
+FUZZ_CASES ?= 100000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked -p gatehouse-domain -p gatehouse-runtime --lib -- fuzz
 
 ## bench: offboarding latency -> bench/results.md, SCIM throughput -> bench/scim.md, events/s and
 ## peak RSS per queue backend -> bench/queues.md (starts moto and the Pub/Sub emulator)

@@ -18,7 +18,7 @@ fn every_okta_fixture_parses_or_is_rejected_with_reason() {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         let body = std::fs::read(&path).unwrap();
         let received = "2026-01-01T00:00:00Z".parse().unwrap();
-        match parse_hook_body(&body, received) {
+        match parse_hook_body("acme", &body, received) {
             Ok(envs) => {
                 parsed += 1;
                 assert!(
@@ -34,9 +34,14 @@ fn every_okta_fixture_parses_or_is_rejected_with_reason() {
                     .map(|e| e["uuid"].as_str().unwrap())
                     .collect();
                 let ids: Vec<&str> = envs.iter().map(|e| e.id.0.as_str()).collect();
-                assert_eq!(ids, uuids, "{name}: envelopes are keyed by each event's uuid");
+                let want: Vec<String> = uuids.iter().map(|u| format!("okta:acme:{u}")).collect();
+                assert_eq!(
+                    ids, want,
+                    "{name}: envelopes are keyed by the org and each event's uuid"
+                );
                 for e in &envs {
-                    assert_eq!(e.raw["uuid"].as_str(), Some(e.id.0.as_str()), "raw payload kept");
+                    let uuid = e.id.0.strip_prefix("okta:acme:");
+                    assert_eq!(e.raw["uuid"].as_str(), uuid, "raw payload kept");
                 }
             }
             Err(e) => {
@@ -113,6 +118,7 @@ fn fixture_event_types_map_to_the_right_events() {
     ];
     for (file, kind, subject) in cases {
         let envs = parse_hook_body(
+            "acme",
             &gatehouse_e2e::okta_fixture(file),
             "2026-01-01T00:00:00Z".parse().unwrap(),
         )
@@ -122,6 +128,7 @@ fn fixture_event_types_map_to_the_right_events() {
         assert_eq!(envs[0].subject.key, subject, "{file}");
     }
     let envs = parse_hook_body(
+        "acme",
         &gatehouse_e2e::okta_fixture("event-hook.group.user_membership.add.constructed.json"),
         "2026-01-01T00:00:00Z".parse().unwrap(),
     )

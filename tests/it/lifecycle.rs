@@ -83,7 +83,10 @@ async fn deactivate_disables_and_revokes_everything_in_one_concurrent_plan() {
     let ledger = app.ledger().await;
     assert_eq!(ledger.len(), writes.len());
     for row in &ledger {
-        assert_eq!(row.entry.envelope_id, "ab62c0bc-2837-11eb-9823-9fb8f750c5a9");
+        assert_eq!(
+            row.entry.envelope_id,
+            "okta:default:ab62c0bc-2837-11eb-9823-9fb8f750c5a9"
+        );
         assert_eq!(row.entry.subject, "okta:00u3m90rxKjGQ0G6L1d6");
         assert_eq!(row.entry.event, "user.lifecycle.deactivate");
         assert!(row.entry.rule.starts_with("offboarding."), "{}", row.entry.rule);

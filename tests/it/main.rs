@@ -13,3 +13,4 @@ mod replicas;
 mod resilience;
 mod scim;
 mod trust;
+mod trust_events;

@@ -245,7 +245,7 @@ async fn rotate_with(
 
 async fn plan(cfg: &Config, event: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let body = std::fs::read(event).with_context(|| format!("cannot read {}", event.display()))?;
-    let envelopes = okta::parse_hook_body(&body, chrono::Utc::now())
+    let envelopes = okta::parse_hook_body(&cfg.okta.org, &body, chrono::Utc::now())
         .with_context(|| format!("{} is not a supported event", event.display()))?;
     let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
     let engine = app::engine_with_cloud(cfg, app::open_state(cfg, &store).await?).await?;

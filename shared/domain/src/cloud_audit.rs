@@ -14,7 +14,7 @@
 //! Audit envelopes carry no profile facts: drift is a signal to read and converge, never a fact
 //! about the person, so it cannot overwrite what the IdP said.
 
-use crate::envelope::{Envelope, EnvelopeId, IdentityEvent, Profile, Source, Subject};
+use crate::envelope::{Envelope, EnvelopeId, IdentityEvent, Profile, Source, Subject, check_id_part};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -177,6 +177,7 @@ fn cloudtrail_envelope(
         )));
     }
     let event_id = required(detail, "eventID", "detail.eventID")?;
+    check_id_part("detail.eventID", event_id).map_err(AuditParseError::Invalid)?;
     let event_name = required(detail, "eventName", "detail.eventName")?.to_string();
     let occurred_at = time_of(detail, "eventTime", "detail.eventTime")?;
     let event_source = str_of(detail, "eventSource").unwrap_or_default();
@@ -224,7 +225,9 @@ fn cloudtrail_envelope(
     Ok(Envelope {
         trace_parent: None,
         version: Envelope::VERSION,
-        id: EnvelopeId(format!("aws:{event_id}")),
+        // The log's own id, whichever way the record arrives (EventBridge now, a CloudTrail
+        // lookup later): `aws:cloudtrail:<eventID>`.
+        id: EnvelopeId(format!("aws:cloudtrail:{event_id}")),
         source: Source::AwsCloudTrail,
         subject,
         occurred_at,
@@ -307,12 +310,13 @@ fn other_eventbridge_envelope(
     received_at: DateTime<Utc>,
 ) -> Result<Envelope, AuditParseError> {
     let id = required(obj, "id", "id")?;
+    check_id_part("id", id).map_err(AuditParseError::Invalid)?;
     let occurred_at = time_of(obj, "time", "time")?;
     let account = str_of(obj, "account").unwrap_or("unknown");
     Ok(Envelope {
         trace_parent: None,
         version: Envelope::VERSION,
-        id: EnvelopeId(format!("aws:event:{id}")),
+        id: EnvelopeId(format!("aws:eventbridge:{id}")),
         source: Source::AwsCloudTrail,
         subject: subject(format!("aws:account:{account}"), None),
         occurred_at,
@@ -528,7 +532,10 @@ fn secret_notification(
         ignored(event_type.to_string())
     };
     let id = match &meta.message_id {
-        Some(m) => format!("gcp:pubsub:{m}"),
+        Some(m) => {
+            check_id_part("messageId", m).map_err(AuditParseError::Invalid)?;
+            format!("gcp:pubsub:{m}")
+        }
         None => {
             let mut h = Sha256::new();
             h.update(event_type.as_bytes());
@@ -571,6 +578,7 @@ fn log_entry(
     gatehouse_principals: &[String],
 ) -> Result<Vec<Envelope>, AuditParseError> {
     let insert_id = required(entry, "insertId", "insertId")?;
+    check_id_part("insertId", insert_id).map_err(AuditParseError::Invalid)?;
     let occurred_at = time_of(entry, "timestamp", "timestamp")?;
     let payload = obj_at(entry, "protoPayload")
         .ok_or_else(|| AuditParseError::Invalid("protoPayload is not an object".into()))?;
@@ -590,7 +598,7 @@ fn log_entry(
         source_event_type: method.clone(),
         raw: raw.clone(),
     };
-    let base_id = format!("gcp:{insert_id}");
+    let base_id = format!("gcp:log:{insert_id}");
     let sa = service_account_email(entry, payload);
     let default_subject = || match &sa {
         Some(sa) => subject(format!("gcp:sa:{sa}"), None),
@@ -825,7 +833,7 @@ mod tests {
             (
                 aws!("eventbridge.iam.CreateUser.constructed.json"),
                 one(
-                    "aws:e1d2c3b4-0000-4a5b-8c9d-222222220000",
+                    "aws:cloudtrail:e1d2c3b4-0000-4a5b-8c9d-222222220000",
                     "aws:iam-user:alice",
                     "cloud_drift",
                 ),
@@ -833,7 +841,7 @@ mod tests {
             (
                 aws!("eventbridge.iam.AddUserToGroup.constructed.json"),
                 one(
-                    "aws:e1d2c3b4-0001-4a5b-8c9d-222222220001",
+                    "aws:cloudtrail:e1d2c3b4-0001-4a5b-8c9d-222222220001",
                     "aws:iam-user:alice",
                     "cloud_drift",
                 ),
@@ -841,7 +849,7 @@ mod tests {
             (
                 aws!("eventbridge.iam.CreateAccessKey.constructed.json"),
                 one(
-                    "aws:e1d2c3b4-0002-4a5b-8c9d-222222220002",
+                    "aws:cloudtrail:e1d2c3b4-0002-4a5b-8c9d-222222220002",
                     "aws:iam-user:alice",
                     "rotation_requested",
                 ),
@@ -849,7 +857,7 @@ mod tests {
             (
                 aws!("eventbridge.iam.AttachRolePolicy.constructed.json"),
                 one(
-                    "aws:e1d2c3b4-0003-4a5b-8c9d-222222220003",
+                    "aws:cloudtrail:e1d2c3b4-0003-4a5b-8c9d-222222220003",
                     "aws:iam-role:app-deployer",
                     "cloud_drift",
                 ),
@@ -857,7 +865,7 @@ mod tests {
             (
                 aws!("eventbridge.iam.RemoveUserFromGroup.constructed.json"),
                 one(
-                    "aws:e1d2c3b4-0004-4a5b-8c9d-222222220004",
+                    "aws:cloudtrail:e1d2c3b4-0004-4a5b-8c9d-222222220004",
                     "aws:iam-user:alice",
                     "cloud_drift",
                 ),
@@ -865,7 +873,7 @@ mod tests {
             (
                 aws!("eventbridge.iam.DeleteUser.constructed.json"),
                 one(
-                    "aws:e1d2c3b4-0005-4a5b-8c9d-222222220005",
+                    "aws:cloudtrail:e1d2c3b4-0005-4a5b-8c9d-222222220005",
                     "aws:iam-user:alice",
                     "cloud_drift",
                 ),
@@ -873,7 +881,7 @@ mod tests {
             (
                 aws!("eventbridge.secretsmanager.RotateSecret.constructed.json"),
                 one(
-                    "aws:7b8c9d0e-0000-4f1a-b2c3-444444440001",
+                    "aws:cloudtrail:7b8c9d0e-0000-4f1a-b2c3-444444440001",
                     &format!("aws:secret:{SECRET_ARN}"),
                     "ignored",
                 ),
@@ -881,7 +889,7 @@ mod tests {
             (
                 aws!("eventbridge.secretsmanager.GetSecretValue.constructed.json"),
                 one(
-                    "aws:7b8c9d0e-0000-4f1a-b2c3-444444440002",
+                    "aws:cloudtrail:7b8c9d0e-0000-4f1a-b2c3-444444440002",
                     &format!("aws:secret:{SECRET_ARN}"),
                     "ignored",
                 ),
@@ -889,7 +897,7 @@ mod tests {
             (
                 aws!("eventbridge.secretsmanager.RotationSucceeded.constructed.json"),
                 one(
-                    "aws:8c9d0e1f-0000-4a2b-c3d4-555555550001",
+                    "aws:cloudtrail:8c9d0e1f-0000-4a2b-c3d4-555555550001",
                     &format!("aws:secret:{SECRET_ARN}"),
                     "ignored",
                 ),
@@ -897,7 +905,7 @@ mod tests {
             (
                 aws!("eventbridge.secretsmanager.RotationFailed.docs-detail.json"),
                 one(
-                    "aws:EXAMPLE3-90ab-cdef-fedc-ba987EXAMPLE",
+                    "aws:cloudtrail:EXAMPLE3-90ab-cdef-fedc-ba987EXAMPLE",
                     "aws:secret:arn:aws:secretsmanager:us-east-2:123456789012:secret:MyDatabaseSecret-a1b2c3",
                     "rotation_requested",
                 ),
@@ -905,7 +913,7 @@ mod tests {
             (
                 aws!("eventbridge.envelope.ec2-example.docs.json"),
                 one(
-                    "aws:event:6a7e8feb-b491-4cf7-a9f1-bf3703467718",
+                    "aws:eventbridge:6a7e8feb-b491-4cf7-a9f1-bf3703467718",
                     "aws:account:111122223333",
                     "ignored",
                 ),
@@ -968,7 +976,7 @@ mod tests {
             |id: &str, subject: &str, kind: &'static str| vec![(id.to_string(), subject.to_string(), kind)];
         let set_iam = || {
             one(
-                "gcp:-x1y2z3e4abcd:user:bob@example.com",
+                "gcp:log:-x1y2z3e4abcd:user:bob@example.com",
                 "gcp:user:bob@example.com",
                 "cloud_drift",
             )
@@ -988,24 +996,24 @@ mod tests {
             ),
             (
                 gcp!("logentry.CreateServiceAccountKey.constructed.json"),
-                one("gcp:1a2b3c4d5e6f7", SA, "rotation_requested"),
+                one("gcp:log:1a2b3c4d5e6f7", SA, "rotation_requested"),
             ),
             (
                 gcp!("pubsub.push.logsink.CreateServiceAccountKey.constructed.json"),
-                one("gcp:1a2b3c4d5e6f7", SA, "rotation_requested"),
+                one("gcp:log:1a2b3c4d5e6f7", SA, "rotation_requested"),
             ),
             (
                 gcp!("logentry.DeleteServiceAccountKey.constructed.json"),
-                one("gcp:9z8y7x6w5v4u", SA, "ignored"),
+                one("gcp:log:9z8y7x6w5v4u", SA, "ignored"),
             ),
             (
                 gcp!("pubsub.push.logsink.DeleteServiceAccountKey.constructed.json"),
-                one("gcp:9z8y7x6w5v4u", SA, "ignored"),
+                one("gcp:log:9z8y7x6w5v4u", SA, "ignored"),
             ),
             (
                 gcp!("logentry.pubsub.CreateTopic.google-cloudevents.json"),
                 one(
-                    "gcp:9frck8cf9j",
+                    "gcp:log:9frck8cf9j",
                     "gcp:resource:projects/test-project/topics/test-auditlogs-source",
                     "ignored",
                 ),
@@ -1178,7 +1186,7 @@ mod tests {
         let v: Value = serde_json::from_slice(body).unwrap();
         let inner = v["Messages"][0]["Body"].as_str().unwrap();
         let env = &parse_eventbridge(inner.as_bytes(), now(), &[]).unwrap()[0];
-        assert_eq!(env.id.0, "aws:e1d2c3b4-0000-4a5b-8c9d-222222220000");
+        assert_eq!(env.id.0, "aws:cloudtrail:e1d2c3b4-0000-4a5b-8c9d-222222220000");
         assert_eq!(env.source_event_type, "CreateUser");
 
         let (_, body) = aws!("lambda.sqs-event.eventbridge-iam.constructed.json");
@@ -1198,8 +1206,8 @@ mod tests {
         assert_eq!(
             ids,
             [
-                "aws:e1d2c3b4-0001-4a5b-8c9d-222222220001",
-                "aws:e1d2c3b4-0004-4a5b-8c9d-222222220004"
+                "aws:cloudtrail:e1d2c3b4-0001-4a5b-8c9d-222222220001",
+                "aws:cloudtrail:e1d2c3b4-0004-4a5b-8c9d-222222220004"
             ]
         );
 
@@ -1210,7 +1218,7 @@ mod tests {
         let envs = parse_gcp(&message, now(), &[]).unwrap();
         assert_eq!(
             summary(&envs),
-            [("gcp:1a2b3c4d5e6f7".into(), SA.into(), "rotation_requested")]
+            [("gcp:log:1a2b3c4d5e6f7".into(), SA.into(), "rotation_requested")]
         );
     }
 
@@ -1270,7 +1278,7 @@ mod tests {
         let envs = parse_gcp(body, now(), &["user:admin@example.com".into()]).unwrap();
         assert_eq!(
             summary(&envs),
-            [("gcp:-x1y2z3e4abcd".into(), PROJECT.into(), "ignored")]
+            [("gcp:log:-x1y2z3e4abcd".into(), PROJECT.into(), "ignored")]
         );
         let envs = parse_gcp(body, now(), &["gatehouse@acme.iam.gserviceaccount.com".into()]).unwrap();
         assert_eq!(envs[0].event.kind(), "cloud_drift");
@@ -1361,7 +1369,7 @@ mod tests {
         let envs = parse_gcp_message(entry, &BTreeMap::new(), now(), &[]).unwrap();
         assert_eq!(
             summary(&envs),
-            [("gcp:9z8y7x6w5v4u".into(), SA.into(), "ignored")]
+            [("gcp:log:9z8y7x6w5v4u".into(), SA.into(), "ignored")]
         );
         // SECRET_ROTATE naming no secret cannot be acted on.
         let err = parse_gcp_message(
@@ -1421,12 +1429,12 @@ mod tests {
             summary(&envs),
             [
                 (
-                    "gcp:-x1y2z3e4abcd:serviceAccount:ci@p.iam.gserviceaccount.com".into(),
+                    "gcp:log:-x1y2z3e4abcd:serviceAccount:ci@p.iam.gserviceaccount.com".into(),
                     "gcp:sa:ci@p.iam.gserviceaccount.com".into(),
                     "cloud_drift"
                 ),
                 (
-                    "gcp:-x1y2z3e4abcd:user:carol@example.com".into(),
+                    "gcp:log:-x1y2z3e4abcd:user:carol@example.com".into(),
                     "gcp:user:carol@example.com".into(),
                     "cloud_drift"
                 ),
@@ -1438,7 +1446,7 @@ mod tests {
         let envs = parse_gcp(&serde_json::to_vec(&v).unwrap(), now(), &[]).unwrap();
         assert_eq!(
             summary(&envs),
-            [("gcp:-x1y2z3e4abcd".into(), PROJECT.into(), "ignored")]
+            [("gcp:log:-x1y2z3e4abcd".into(), PROJECT.into(), "ignored")]
         );
     }
 

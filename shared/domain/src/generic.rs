@@ -236,7 +236,7 @@ fn is_plausible_email(e: &str) -> bool {
 pub enum WebhookError {
     #[error("missing {0} header")]
     MissingHeader(&'static str),
-    #[error("webhook-id must be 1 to {MAX_WEBHOOK_ID_LEN} visible ascii characters")]
+    #[error("webhook-id must be 1 to {MAX_WEBHOOK_ID_LEN} visible ascii characters other than ':'")]
     InvalidId,
     #[error("webhook-timestamp must be integer seconds since the unix epoch")]
     MalformedTimestamp,
@@ -248,9 +248,14 @@ pub enum WebhookError {
     NoV1Signature,
 }
 
-/// A `webhook-id` Gatehouse accepts: visible ASCII, no spaces, bounded length.
+/// A `webhook-id` Gatehouse accepts: visible ASCII, no spaces, bounded length, and no `:` — the
+/// separator of envelope ids, so the single event `x:0` cannot take the id of batch `x`'s first
+/// event (`generic:x:0`).
 pub fn validate_webhook_id(id: &str) -> Result<(), WebhookError> {
-    if id.is_empty() || id.len() > MAX_WEBHOOK_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
+    if id.is_empty()
+        || id.len() > MAX_WEBHOOK_ID_LEN
+        || !id.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+    {
         return Err(WebhookError::InvalidId);
     }
     Ok(())
@@ -267,7 +272,9 @@ pub fn parse_timestamp(raw: &str) -> Result<i64, WebhookError> {
 /// Refuse a timestamp more than `tolerance` away from `now`, in either direction.
 pub fn check_timestamp(ts: i64, now: DateTime<Utc>, tolerance: Duration) -> Result<(), WebhookError> {
     let tolerance_secs = tolerance.as_secs();
-    let delta = now.timestamp() - ts;
+    // Saturating: any i64 is a valid argument (a timestamp at the end of the range is refused,
+    // not an overflow).
+    let delta = now.timestamp().saturating_sub(ts).max(-i64::MAX);
     let limit = i64::try_from(tolerance_secs).unwrap_or(i64::MAX);
     if delta > limit {
         Err(WebhookError::TooOld {
@@ -455,6 +462,7 @@ mod tests {
             "has space",
             "tab\t",
             "é",
+            "msg_x:0",
             "x".repeat(MAX_WEBHOOK_ID_LEN + 1).as_str(),
         ] {
             assert_eq!(validate_webhook_id(bad), Err(WebhookError::InvalidId), "{bad:?}");

@@ -126,6 +126,8 @@ pub fn parse_activity(body: &[u8], received_at: DateTime<Utc>) -> Result<Vec<Env
             ));
         }
     };
+    crate::envelope::check_id_part("id.uniqueQualifier", &qualifier)
+        .map_err(GoogleParseError::NotAnActivity)?;
     let application = id.application_name.unwrap_or_else(|| "admin".into());
     let actor_email = activity
         .actor

@@ -300,7 +300,122 @@ mod tests {
         ]
     }
 
+    const SKEW: std::time::Duration = crate::envelope::DEFAULT_MAX_CLOCK_SKEW;
+    const SKEW_SECS: i64 = 300;
+
+    /// An envelope as the processor folds it: its claimed time bounded by its receipt.
+    fn received(id: &str, occurred: i64, received: i64, event: IdentityEvent) -> Envelope {
+        let mut e = env(id, occurred, event);
+        e.received_at = DateTime::from_timestamp(received, 0).unwrap();
+        e.bound_time(SKEW);
+        e
+    }
+
+    fn fold_all<'a>(events: impl IntoIterator<Item = &'a Envelope>) -> Identity {
+        let mut id = Identity::new("k");
+        for e in events {
+            id.fold(e);
+        }
+        id
+    }
+
+    fn shuffle<T>(v: &mut [T], mut s: u64) {
+        for i in (1..v.len()).rev() {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            v.swap(i, (s >> 33) as usize % (i + 1));
+        }
+    }
+
+    #[test]
+    fn an_activate_dated_2099_does_not_outrank_a_later_real_deactivate() {
+        let now = 1_800_000_000;
+        let year_2099 = 4_070_908_800;
+        let forged = received("forged", year_2099, now, IdentityEvent::UserActivated);
+        assert_eq!(forged.occurred_at.timestamp(), now, "clamped to its receipt");
+        let real = received("real", now + 1, now + 2, IdentityEvent::UserDeactivated);
+        for order in [[&forged, &real], [&real, &forged]] {
+            assert_eq!(fold_all(order).status, Status::Deactivated);
+        }
+    }
+
+    #[test]
+    fn claims_within_the_skew_and_in_the_past_are_kept() {
+        let mut e = env("1", 1_000 + SKEW_SECS, IdentityEvent::UserActivated);
+        e.received_at = DateTime::from_timestamp(1_000, 0).unwrap();
+        assert_eq!(e.bound_time(SKEW), None);
+        assert_eq!(e.occurred_at.timestamp(), 1_000 + SKEW_SECS);
+        let mut old = env("2", 10, IdentityEvent::UserActivated);
+        old.received_at = DateTime::from_timestamp(1_000_000, 0).unwrap();
+        assert_eq!(old.bound_time(SKEW), None);
+        assert_eq!(old.occurred_at.timestamp(), 10);
+        let mut ahead = env("3", 1_000 + SKEW_SECS + 1, IdentityEvent::UserActivated);
+        ahead.received_at = DateTime::from_timestamp(1_000, 0).unwrap();
+        assert_eq!(
+            ahead.bound_time(SKEW).map(|t| t.timestamp()),
+            Some(1_000 + SKEW_SECS + 1)
+        );
+        assert_eq!(ahead.occurred_at.timestamp(), 1_000);
+    }
+
     proptest! {
+        /// Honest deliveries (each event's clock within the bound of its receipt, delivered late,
+        /// out of order, twice): the bound changes no time, and any order folds to the record
+        /// folding them in time order gives.
+        #[test]
+        fn honest_out_of_order_deliveries_fold_as_in_order(
+            events in prop::collection::vec((0i64..10_000, -SKEW_SECS..=SKEW_SECS, 0i64..3_600, arb_event()), 1..25),
+            seed in any::<u64>(),
+        ) {
+            // (occurred, clock error of the sender, delivery delay): received = occurred - error + delay
+            let envs: Vec<Envelope> = events.iter().enumerate()
+                .map(|(i, (t, err, delay, e))| received(&format!("e{i}"), *t, t - err + delay, e.clone()))
+                .collect();
+            for (e, (t, ..)) in envs.iter().zip(&events) {
+                prop_assert_eq!(e.occurred_at.timestamp(), *t, "an honest time was changed");
+            }
+            let mut by_time: Vec<&Envelope> = envs.iter().collect();
+            by_time.sort_by_key(|e| Stamp::of(e));
+            let in_order = fold_all(by_time);
+            let mut shuffled: Vec<&Envelope> = envs.iter().chain(envs.iter().step_by(3)).collect();
+            shuffle(&mut shuffled, seed);
+            prop_assert_eq!(in_order, fold_all(shuffled));
+        }
+
+        /// A fact dated beyond the bound (any future up to the year 9999) followed by a real event
+        /// that happened after the forged one arrived: the real event wins, whatever the order
+        /// of delivery, and honest events before and after keep their order.
+        #[test]
+        fn a_future_dated_fact_loses_to_a_later_real_event(
+            received_at in 1_000_000i64..2_000_000_000,
+            ahead in (SKEW_SECS + 1)..250_000_000_000i64,
+            later in 1i64..1_000_000,
+            delay in 0i64..3_600,
+            forged_kind in arb_event(),
+            seed in any::<u64>(),
+        ) {
+            let forged = received("forged", received_at + ahead, received_at, forged_kind.clone());
+            let real_kind = match &forged_kind {
+                IdentityEvent::UserActivated => IdentityEvent::UserDeactivated,
+                IdentityEvent::UserDeactivated | IdentityEvent::UserSuspended => IdentityEvent::UserActivated,
+                IdentityEvent::GroupMemberAdded { group } => IdentityEvent::GroupMemberRemoved { group: group.clone() },
+                IdentityEvent::GroupMemberRemoved { group } => IdentityEvent::GroupMemberAdded { group: group.clone() },
+                other => other.clone(),
+            };
+            let real = received("real", received_at + later, received_at + later + delay, real_kind.clone());
+            let mut order = vec![&forged, &real];
+            shuffle(&mut order, seed);
+            let got = fold_all(order);
+            match &real_kind {
+                IdentityEvent::UserActivated => prop_assert_eq!(got.status, Status::Active),
+                IdentityEvent::UserDeactivated => prop_assert_eq!(got.status, Status::Deactivated),
+                IdentityEvent::GroupMemberAdded { group } => prop_assert!(got.groups[&group.id].member),
+                IdentityEvent::GroupMemberRemoved { group } => prop_assert!(!got.groups[&group.id].member),
+                other => unreachable!("arb_event made {other:?}"),
+            }
+        }
+
         /// The record depends only on the set of events, never on delivery order or duplicates.
         #[test]
         fn fold_is_order_and_duplicate_insensitive(

@@ -13,6 +13,8 @@
 pub mod cloud;
 pub mod cloud_audit;
 pub mod envelope;
+#[cfg(test)]
+mod fuzz;
 pub mod generic;
 pub mod google;
 pub mod graph;

@@ -1,7 +1,9 @@
 //! Okta Event Hook bodies (`com.okta.event_hook`) → envelopes.
 //!
-//! Each `data.events[]` entry becomes one envelope keyed by the event's own `uuid`; the body's
-//! `eventId` only names the delivery, so a redelivered body yields the same envelope ids.
+//! Each `data.events[]` entry becomes one envelope keyed by the event's own `uuid`, namespaced by
+//! the configured org: `okta:<org>:<uuid>` ([`envelope_id`]); the body's `eventId` only names the
+//! delivery, so a redelivered body yields the same envelope ids, and the same event read from the
+//! System Log API ([`parse_event`]) has the same id too.
 //! Okta adds fields without versioning and sends `null` for many objects, so only the fields
 //! Gatehouse needs are read and everything else is tolerated.
 
@@ -65,7 +67,14 @@ struct RawActor {
 
 /// Parse a whole hook body. Either every event parses, or the body is rejected with the reason:
 /// Okta does not retry 4xx answers, and a partially accepted body would lose events silently.
-pub fn parse_hook_body(body: &[u8], received_at: DateTime<Utc>) -> Result<Vec<Envelope>, OktaParseError> {
+///
+/// `org` names the Okta org whose hook secret authenticated the request (`okta.org`): it
+/// namespaces the envelope ids, never a value from the body.
+pub fn parse_hook_body(
+    org: &str,
+    body: &[u8],
+    received_at: DateTime<Utc>,
+) -> Result<Vec<Envelope>, OktaParseError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| OktaParseError::Json(e.to_string()))?;
     let hook: HookBody =
         serde_json::from_value(value.clone()).map_err(|e| OktaParseError::NotAHook(e.to_string()))?;
@@ -97,15 +106,28 @@ pub fn parse_hook_body(body: &[u8], received_at: DateTime<Utc>) -> Result<Vec<En
         .zip(raw_events)
         .enumerate()
         .map(|(index, (event, raw))| {
-            parse_event(event, raw, received_at).map_err(|reason| OktaParseError::Event { index, reason })
+            parse_event(org, event, raw, received_at)
+                .map_err(|reason| OktaParseError::Event { index, reason })
         })
         .collect()
 }
 
-/// Parse one `data.events[]` element (an Okta System Log event object).
-pub fn parse_event(event: Value, raw: Value, received_at: DateTime<Utc>) -> Result<Envelope, String> {
+/// The envelope id of the Okta event `uuid` of `org`: `okta:<org>:<uuid>`, whichever way the event
+/// arrived (event hook or System Log API). The uuid must be 1 to 256 visible ascii characters.
+pub fn envelope_id(org: &str, uuid: &str) -> Result<EnvelopeId, String> {
+    EnvelopeId::namespaced(Source::Okta, org, "uuid", uuid)
+}
+
+/// Parse one `data.events[]` element (an Okta System Log event object) of `org`.
+pub fn parse_event(
+    org: &str,
+    event: Value,
+    raw: Value,
+    received_at: DateTime<Utc>,
+) -> Result<Envelope, String> {
     let ev: RawEvent = serde_json::from_value(event).map_err(|e| format!("not an okta log event: {e}"))?;
     let uuid = ev.uuid.filter(|u| !u.is_empty()).ok_or("missing uuid")?;
+    let id = envelope_id(org, &uuid)?;
     let event_type = ev
         .event_type
         .filter(|t| !t.is_empty())
@@ -162,7 +184,7 @@ pub fn parse_event(event: Value, raw: Value, received_at: DateTime<Utc>) -> Resu
     Ok(Envelope {
         trace_parent: None,
         version: Envelope::VERSION,
-        id: EnvelopeId(uuid),
+        id,
         source: Source::Okta,
         subject,
         occurred_at,
@@ -254,6 +276,8 @@ pub fn verification_response(challenge: &str) -> Value {
 mod tests {
     use super::*;
 
+    const ORG: &str = "acme";
+
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
             .unwrap()
@@ -262,11 +286,11 @@ mod tests {
 
     #[test]
     fn rejects_non_hook_bodies_with_reason() {
-        let err = parse_hook_body(br#"{"uuid":"x"}"#, now()).unwrap_err();
+        let err = parse_hook_body(ORG, br#"{"uuid":"x"}"#, now()).unwrap_err();
         assert!(matches!(err, OktaParseError::NotAHook(_)), "{err}");
-        let err = parse_hook_body(b"{nope", now()).unwrap_err();
+        let err = parse_hook_body(ORG, b"{nope", now()).unwrap_err();
         assert!(matches!(err, OktaParseError::Json(_)));
-        let err = parse_hook_body(br#"{"eventType":"other"}"#, now()).unwrap_err();
+        let err = parse_hook_body(ORG, br#"{"eventType":"other"}"#, now()).unwrap_err();
         assert!(err.to_string().contains("com.okta.event_hook"));
     }
 
@@ -275,7 +299,7 @@ mod tests {
         let body = br#"{"eventType":"com.okta.event_hook","data":{"events":[
             {"uuid":"a","published":"2024-01-01T00:00:00Z","eventType":"x"},
             {"uuid":"b","eventType":"x"}]}}"#;
-        let err = parse_hook_body(body, now()).unwrap_err();
+        let err = parse_hook_body(ORG, body, now()).unwrap_err();
         assert_eq!(
             err,
             OktaParseError::Event {
@@ -291,8 +315,46 @@ mod tests {
             {"uuid":"a","published":"2024-01-01T00:00:00Z","eventType":"user.lifecycle.deactivate",
              "outcome":{"result":"FAILURE"},
              "target":[{"id":"00u1","type":"User","alternateId":"a@b.c","displayName":"A B"}]}]}}"#;
-        let envs = parse_hook_body(body, now()).unwrap();
+        let envs = parse_hook_body(ORG, body, now()).unwrap();
         assert!(!envs[0].event.is_actionable());
         assert_eq!(envs[0].subject.key, "okta:00u1");
+        assert_eq!(envs[0].id.0, "okta:acme:a");
+    }
+
+    fn with_uuid(uuid: &str) -> Vec<u8> {
+        serde_json::json!({"eventType": "com.okta.event_hook", "data": {"events": [
+            {"uuid": uuid, "published": "2024-01-01T00:00:00Z", "eventType": "user.lifecycle.deactivate",
+             "target": [{"id": "00u1", "type": "User", "alternateId": "a@b.c"}]}]}})
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn ids_are_namespaced_by_the_configured_org_not_the_payload() {
+        // A uuid shaped like another source's id stays inside the okta namespace.
+        let envs = parse_hook_body(ORG, &with_uuid("generic:msg_x"), now()).unwrap();
+        assert_eq!(envs[0].id.0, "okta:acme:generic:msg_x");
+        let other_org = parse_hook_body("globex", &with_uuid("generic:msg_x"), now()).unwrap();
+        assert_ne!(envs[0].id, other_org[0].id);
+    }
+
+    #[test]
+    fn malformed_uuids_are_refused_with_the_reason() {
+        for (uuid, why) in [
+            ("a\u{7}b", "only visible ascii"),
+            ("a b", "only visible ascii"),
+            ("é", "only visible ascii"),
+        ] {
+            let err = parse_hook_body(ORG, &with_uuid(uuid), now()).unwrap_err();
+            assert!(err.to_string().contains(why), "{uuid:?}: {err}");
+            assert!(
+                err.to_string().starts_with("data.events[0] is invalid: uuid"),
+                "{err}"
+            );
+        }
+        let long = "a".repeat(257);
+        let err = parse_hook_body(ORG, &with_uuid(&long), now()).unwrap_err();
+        assert!(err.to_string().contains("at most 256"), "{err}");
+        assert!(parse_hook_body(ORG, &with_uuid(&"a".repeat(256)), now()).is_ok());
     }
 }

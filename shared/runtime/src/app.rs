@@ -298,7 +298,8 @@ pub fn engine(cfg: &Config, store: AnyState) -> Result<AppEngine, AppError> {
             max_delay: p.retry_max_delay,
         },
     )
-    .with_secret_holders(holders))
+    .with_secret_holders(holders)
+    .with_max_clock_skew(p.max_clock_skew))
 }
 
 #[derive(Debug, Clone, Copy)]

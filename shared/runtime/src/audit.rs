@@ -331,9 +331,9 @@ mod tests {
         assert_eq!(
             ids(&out),
             [
-                "aws:e1d2c3b4-0000-4a5b-8c9d-222222220000",
-                "aws:e1d2c3b4-0002-4a5b-8c9d-222222220002",
-                "aws:7b8c9d0e-0000-4f1a-b2c3-444444440002"
+                "aws:cloudtrail:e1d2c3b4-0000-4a5b-8c9d-222222220000",
+                "aws:cloudtrail:e1d2c3b4-0002-4a5b-8c9d-222222220002",
+                "aws:cloudtrail:7b8c9d0e-0000-4f1a-b2c3-444444440002"
             ]
         );
         assert_eq!(*input.acked.lock().unwrap(), ["r1", "r2", "r3"]);
@@ -442,7 +442,7 @@ mod tests {
         // Poison is neither acked nor released (so never retried); the good one still went through.
         assert_eq!(*input.acked.lock().unwrap(), ["good"]);
         assert!(input.released.lock().unwrap().is_empty());
-        assert_eq!(ids(&out), ["aws:e1d2c3b4-0005-4a5b-8c9d-222222220005"]);
+        assert_eq!(ids(&out), ["aws:cloudtrail:e1d2c3b4-0005-4a5b-8c9d-222222220005"]);
 
         // A GCP delivery that is not a message Gatehouse reads.
         let (t, input, _) = translator(Kind::Gcp, &[]);
@@ -475,7 +475,7 @@ mod tests {
         input.push("r1", fixture!("aws/eventbridge.iam.CreateUser.constructed.json"));
         let report = t.translate_once().await.unwrap();
         assert_eq!(report.acked, 1);
-        assert_eq!(ids(&out), ["aws:e1d2c3b4-0000-4a5b-8c9d-222222220000"]);
+        assert_eq!(ids(&out), ["aws:cloudtrail:e1d2c3b4-0000-4a5b-8c9d-222222220000"]);
     }
 
     #[tokio::test]
@@ -497,7 +497,7 @@ mod tests {
             .await
             .expect("run returns on shutdown")
             .unwrap();
-        assert_eq!(ids(&out), ["aws:e1d2c3b4-0003-4a5b-8c9d-222222220003"]);
+        assert_eq!(ids(&out), ["aws:cloudtrail:e1d2c3b4-0003-4a5b-8c9d-222222220003"]);
     }
 
     /// Counts counters by their full key (name and labels).

@@ -122,6 +122,8 @@ pub struct Engine<S, L> {
     subjects: SubjectLocks,
     /// Holder email (lowercase) → declared secrets they hold (rotated when they are offboarded).
     held_secrets: Arc<std::collections::HashMap<String, Vec<String>>>,
+    /// How far an event's own time may be ahead of its receipt (`processor.max_clock_skew`).
+    max_clock_skew: Duration,
 }
 
 /// How often one delivery is handled again after losing a commit race before it is released.
@@ -174,7 +176,31 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             cloud: None,
             subjects: SubjectLocks::default(),
             held_secrets: Arc::default(),
+            max_clock_skew: gatehouse_domain::envelope::DEFAULT_MAX_CLOCK_SKEW,
         }
+    }
+
+    /// How far an event's own time may run ahead of its receipt before it is clamped.
+    pub fn with_max_clock_skew(mut self, skew: Duration) -> Self {
+        self.max_clock_skew = skew;
+        self
+    }
+
+    /// The envelope as it is folded: its claimed time bounded by its receipt (one place every
+    /// source passes through). A clamp is logged and counted.
+    fn bounded<'a>(&self, env: &'a Envelope) -> std::borrow::Cow<'a, Envelope> {
+        let at = env.bounded_time(self.max_clock_skew);
+        if at == env.occurred_at {
+            return std::borrow::Cow::Borrowed(env);
+        }
+        tracing::warn!(envelope_id = %env.id, source = env.source.as_str(), subject = %env.subject.key,
+            claimed = %env.occurred_at.to_rfc3339(), received_at = %env.received_at.to_rfc3339(),
+            max_clock_skew = ?self.max_clock_skew,
+            "event time is beyond the allowed clock skew of its receipt; ordered by its receipt instead");
+        metrics::counter!("gatehouse_event_time_clamped_total", "source" => env.source.as_str()).increment(1);
+        let mut bounded = env.clone();
+        bounded.occurred_at = at;
+        std::borrow::Cow::Owned(bounded)
     }
 
     /// Add the cloud targets (AWS IAM, GCP IAM) to every plan.
@@ -229,6 +255,8 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
 
     /// Compute the plan for an envelope without changing anything (reads Looker when configured).
     pub async fn plan(&self, env: &Envelope) -> Result<PlanReport, ProcessError> {
+        let bounded = self.bounded(env);
+        let env: &Envelope = &bounded;
         let mut identity = match self.store.load_subject(&env.subject.key).await? {
             Some(s) => s.identity,
             None => Identity::new(&env.subject.key),
@@ -308,6 +336,8 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
     /// store refuses the later commit and the event is handled again from a fresh load, so no
     /// fact is lost and Looker ends as the merged identity wants.
     pub async fn handle(&self, env: &Envelope) -> Result<Handled, ProcessError> {
+        let bounded = self.bounded(env);
+        let env: &Envelope = &bounded;
         let _turn = self.subjects.lock(&env.subject.key).await;
         let mut attempt = 1;
         loop {

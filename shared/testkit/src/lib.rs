@@ -6,7 +6,9 @@
 //! * [`gcp_iam_fake`]: getIamPolicy/setIamPolicy of Resource Manager v3, BigQuery and IAM v1.
 //! * [`secret_manager_fake`], [`gcp_sa_keys_fake`]: GCP Secret Manager and service-account keys.
 //! * [`otlp_fake`]: an OpenTelemetry collector's OTLP/HTTP traces receiver (`FakeCollector`).
+//! * [`fuzz`]: proptest generators for fuzzing parsers of outside input (bytes, JSON, mutations).
 
+pub mod fuzz;
 pub mod gcp_iam_fake;
 pub mod gcp_sa_keys_fake;
 pub mod graph_fake;

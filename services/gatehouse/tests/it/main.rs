@@ -288,10 +288,8 @@ async fn standalone_accepts_a_hook_records_the_plan_and_stops_on_sigterm() {
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
             .collect();
     }
-    assert!(
-        rows.iter()
-            .all(|r| r["status"] == "dry_run" && r["envelope_id"] == "ab62c0bc-2837-11eb-9823-9fb8f750c5a9")
-    );
+    assert!(rows.iter().all(|r| r["status"] == "dry_run"
+        && r["envelope_id"] == "okta:default:ab62c0bc-2837-11eb-9823-9fb8f750c5a9"));
 
     let pid = child.id().unwrap().to_string();
     assert!(

@@ -226,12 +226,12 @@ async fn eventbridge_events_sent_with_boto3_to_moto_are_processed() {
     assert_eq!(rotations[0].provider, "aws");
     assert_eq!(
         rotations[0].envelope_id,
-        "aws:e1d2c3b4-0002-4a5b-8c9d-222222220002"
+        "aws:cloudtrail:e1d2c3b4-0002-4a5b-8c9d-222222220002"
     );
 
     // AddUserToGroup on alice, an identity no directory told Gatehouse about → drift processed
     // as ignored: recorded as processed, no identity, no ledger row, no Looker call.
-    let drift = EnvelopeId("aws:e1d2c3b4-0001-4a5b-8c9d-222222220001".into());
+    let drift = EnvelopeId("aws:cloudtrail:e1d2c3b4-0001-4a5b-8c9d-222222220001".into());
     wait_until("drift event processed", || {
         let (s, id) = (store.clone(), drift.clone());
         async move { s.is_processed(&id).await.unwrap() }

@@ -11,7 +11,7 @@ use tokio::process::Child;
 use tokio::time::Instant;
 
 const HOOK_SECRET: &str = "s3cret-hook-for-traces";
-const ENVELOPE_ID: &str = "ab62c0bc-2837-11eb-9823-9fb8f750c5a9";
+const ENVELOPE_ID: &str = "okta:default:ab62c0bc-2837-11eb-9823-9fb8f750c5a9";
 
 /// Start standalone with `env`, send the deactivate hook, wait until `done`, stop with SIGTERM.
 async fn run_standalone(env: &[(&str, String)], done: impl Fn() -> bool) {

@@ -202,23 +202,28 @@ impl Filter {
 /// case, values as JSON, and `and`/`or` operands that are themselves `and`/`or` in parentheses.
 impl fmt::Display for Filter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fn operand(f: &mut fmt::Formatter<'_>, filter: &Filter) -> fmt::Result {
-            match filter {
-                Filter::And(..) | Filter::Or(..) => write!(f, "({filter})"),
-                _ => write!(f, "{filter}"),
+        fn operand(f: &mut fmt::Formatter<'_>, filter: &Filter, parens: bool) -> fmt::Result {
+            if parens {
+                write!(f, "({filter})")
+            } else {
+                write!(f, "{filter}")
             }
         }
+        // Parentheses only where precedence (`and` before `or`) and left associativity need
+        // them: a long `a and b and c …` chain prints as it was written, so what the parser
+        // accepted, it reads back (it limits parentheses to 64 levels).
         match self {
             Filter::Compare { path, op, value } => write!(f, "{path} {op} {value}"),
             Filter::Present(path) => write!(f, "{path} pr"),
-            Filter::And(a, b) | Filter::Or(a, b) => {
-                operand(f, a)?;
-                f.write_str(if matches!(self, Filter::And(..)) {
-                    " and "
-                } else {
-                    " or "
-                })?;
-                operand(f, b)
+            Filter::And(a, b) => {
+                operand(f, a, matches!(**a, Filter::Or(..)))?;
+                f.write_str(" and ")?;
+                operand(f, b, matches!(**b, Filter::And(..) | Filter::Or(..)))
+            }
+            Filter::Or(a, b) => {
+                operand(f, a, false)?;
+                f.write_str(" or ")?;
+                operand(f, b, matches!(**b, Filter::Or(..)))
             }
             Filter::Not(inner) => write!(f, "not ({inner})"),
             Filter::ValuePath { path, filter } => write!(f, "{path}[{filter}]"),

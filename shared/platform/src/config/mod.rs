@@ -161,6 +161,11 @@ pub struct OktaConfig {
     /// Larger bodies are refused with 413.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// The Okta org this hook secret belongs to (e.g. `acme` for acme.okta.com): envelope ids are
+    /// `okta:<org>:<uuid>`, namespaced by the org that proved itself, never by the payload.
+    /// 1 to 128 of `A-Z a-z 0-9 . _ -`. Env: `GATEHOUSE_OKTA_ORG`.
+    #[serde(default = "default_okta_org")]
+    pub org: String,
 }
 
 impl Default for OktaConfig {
@@ -168,6 +173,7 @@ impl Default for OktaConfig {
         OktaConfig {
             hook_secret: None,
             max_body_bytes: default_max_body(),
+            org: default_okta_org(),
         }
     }
 }
@@ -340,6 +346,11 @@ pub struct ProcessorConfig {
     /// How often Looker users past their offboarding grace period are looked for and deleted.
     #[serde(default = "default_sweep", with = "humantime_serde")]
     pub deletion_sweep_interval: Duration,
+    /// How far an event's own time (`published`, `occurred_at`, ...) may be ahead of the time
+    /// Gatehouse received it. Beyond it the event is ordered by its receipt time instead, logged
+    /// and counted (`gatehouse_event_time_clamped_total`). At most 1h.
+    #[serde(default = "default_max_clock_skew", with = "humantime_serde")]
+    pub max_clock_skew: Duration,
 }
 
 impl Default for ProcessorConfig {
@@ -353,6 +364,7 @@ impl Default for ProcessorConfig {
             retry_max_delay: default_retry_max(),
             poll_interval: default_poll(),
             deletion_sweep_interval: default_sweep(),
+            max_clock_skew: default_max_clock_skew(),
         }
     }
 }
@@ -424,6 +436,12 @@ fn default_poll() -> Duration {
 fn default_sweep() -> Duration {
     Duration::from_secs(60)
 }
+fn default_max_clock_skew() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+fn default_okta_org() -> String {
+    "default".into()
+}
 fn default_budget_warning() -> f64 {
     0.1
 }
@@ -458,6 +476,7 @@ pub const ENV_VARS: &[&str] = &[
     "GATEHOUSE_DATA_DIR",
     "GATEHOUSE_POLICY",
     "GATEHOUSE_OKTA_HOOK_SECRET",
+    "GATEHOUSE_OKTA_ORG",
     "GATEHOUSE_LOOKER_URL",
     "GATEHOUSE_LOOKER_CLIENT_ID",
     "GATEHOUSE_LOOKER_CLIENT_SECRET",
@@ -555,6 +574,9 @@ impl Config {
         if let Some(v) = env("GATEHOUSE_POLICY") {
             self.policy = Some(PathBuf::from(v));
         }
+        if let Some(v) = env("GATEHOUSE_OKTA_ORG") {
+            self.okta.org = v;
+        }
         if let Some(v) = env("GATEHOUSE_OKTA_HOOK_SECRET") {
             // Empty is refused, never taken as "no authentication".
             let secret = SecretString::from(v);
@@ -616,6 +638,21 @@ impl Config {
         }
         if self.processor.max_attempts == 0 {
             return Err(ConfigError::new("processor.max_attempts", "must be at least 1"));
+        }
+        if self.processor.max_clock_skew > Duration::from_secs(3600) {
+            return Err(ConfigError::new("processor.max_clock_skew", "must be at most 1h"));
+        }
+        let org = &self.okta.org;
+        let org_ok = !org.is_empty()
+            && org.len() <= 128
+            && org
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !org_ok {
+            return Err(ConfigError::new(
+                "okta.org (GATEHOUSE_OKTA_ORG)",
+                "must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' or '-'",
+            ));
         }
         if self.okta.max_body_bytes < 1024 {
             return Err(ConfigError::new("okta.max_body_bytes", "must be at least 1024"));
@@ -910,6 +947,26 @@ mod tests {
         let f = write("[looker.budget]\nmonthly_calls = 3\n");
         let e = Config::load(Some(f.path()), env(&[])).unwrap_err();
         assert_eq!(e.field, "looker.budget.monthly_calls", "{e}");
+    }
+
+    #[test]
+    fn okta_org_and_clock_skew_have_defaults_and_are_checked() {
+        let cfg = Config::load(None, env(&[])).unwrap();
+        assert_eq!(cfg.okta.org, "default");
+        assert_eq!(cfg.processor.max_clock_skew, Duration::from_secs(300));
+        let f = write("[okta]\norg = \"acme.okta.com\"\n[processor]\nmax_clock_skew = \"90s\"\n");
+        let cfg = Config::load(Some(f.path()), env(&[])).unwrap();
+        assert_eq!(cfg.okta.org, "acme.okta.com");
+        assert_eq!(cfg.processor.max_clock_skew, Duration::from_secs(90));
+        let cfg = Config::load(None, env(&[("GATEHOUSE_OKTA_ORG", "globex")])).unwrap();
+        assert_eq!(cfg.okta.org, "globex");
+        for bad in ["", "a:b", "a b", "okta/x"] {
+            let e = Config::load(None, env(&[("GATEHOUSE_OKTA_ORG", bad)])).unwrap_err();
+            assert_eq!(e.field, "okta.org (GATEHOUSE_OKTA_ORG)", "{bad:?}");
+        }
+        let f = write("[processor]\nmax_clock_skew = \"2h\"\n");
+        let e = Config::load(Some(f.path()), env(&[])).unwrap_err();
+        assert_eq!(e.field, "processor.max_clock_skew");
     }
 
     #[test]

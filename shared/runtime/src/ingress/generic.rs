@@ -669,3 +669,74 @@ mod tests {
         assert_eq!(SOURCE, Source::Generic.as_str());
     }
 }
+
+/// Property-based fuzzing of the whole Standard Webhooks request as the intake reads it: headers
+/// (present or not, any text, several signatures), the signature check and then the body, signed
+/// or forged (`make test`: a few hundred cases; `make fuzz`: `PROPTEST_CASES`).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use gatehouse_testkit::fuzz::{self as fz, config};
+    use proptest::prelude::*;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    const NOW: i64 = 1_800_000_000;
+
+    fn canonical() -> Vec<serde_json::Value> {
+        vec![
+            json!({"type": "user.deactivated", "occurred_at": "2026-01-01T00:00:00Z",
+                "user": {"id": "u1", "email": "jo@example.com", "attributes": {"team": "a"}}}),
+            json!({"events": [{"type": "group.member_added", "occurred_at": "2026-01-01T00:00:00Z",
+                "user": {"id": "u1"}, "group": {"id": "g1", "name": "Admins"}}]}),
+        ]
+    }
+
+    fn header_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            fz::nasty_string(),
+            "msg_[A-Za-z0-9]{1,30}",
+            (NOW - 600..NOW + 600).prop_map(|t| t.to_string()),
+            "v1,[A-Za-z0-9+/]{43}=",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config(128))]
+
+        #[test]
+        fn standard_webhooks_requests(
+            id in prop::option::of(header_text()),
+            ts in prop::option::of(header_text()),
+            signature in prop::option::of(prop::collection::vec(header_text(), 0..4).prop_map(|v| v.join(" "))),
+            sign_it in any::<bool>(),
+            body in fz::body(canonical()),
+        ) {
+            let keys = Keys::from_secrets([SECRET]);
+            let mut headers = HeaderMap::new();
+            let mut signature = signature;
+            if sign_it && let (Some(id), Some(ts)) = (&id, &ts) {
+                signature = sign(SECRET, id, ts, &body);
+            }
+            for (name, value) in [
+                (generic::HEADER_ID, &id),
+                (generic::HEADER_TIMESTAMP, &ts),
+                (generic::HEADER_SIGNATURE, &signature),
+            ] {
+                // Header values a client can send at all (no CR, LF or NUL).
+                if let Some(v) = value.as_deref().and_then(|v| axum::http::HeaderValue::from_str(v).ok()) {
+                    headers.insert(name, v);
+                }
+            }
+            let at = DateTime::from_timestamp(NOW, 0).unwrap();
+            match verify(&keys, &headers, Bytes::from(body.clone()), at, Duration::from_secs(300)) {
+                Ok(v) => {
+                    prop_assert!(sign_it, "an unsigned request was verified");
+                    let _ = generic::parse_body(v.webhook_id(), &v.body, at);
+                }
+                Err(Rejection::Unauthorized(_)) => prop_assert!(!sign_it || id.is_none() || ts.is_none()
+                    || headers.get(generic::HEADER_SIGNATURE).is_none()),
+                Err(_) => {}
+            }
+        }
+    }
+}

@@ -17,6 +17,8 @@ use subtle::ConstantTimeEq;
 
 struct IngressConfig {
     okta_secret: Option<SecretString>,
+    /// The org the secret belongs to: namespaces envelope ids.
+    org: String,
     max_body_bytes: usize,
 }
 
@@ -28,6 +30,7 @@ struct Ingress<Q> {
 pub fn router<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Router {
     let cfg = IngressConfig {
         okta_secret: deps.config.okta.hook_secret.clone(),
+        org: deps.config.okta.org.clone(),
         max_body_bytes: deps.config.okta.max_body_bytes,
     };
     let state = Arc::new(Ingress {
@@ -99,7 +102,7 @@ async fn okta_hook<Q: QueueProducer>(
         Ok(b) => b,
         Err(r) => return *r,
     };
-    let mut envelopes = match okta::parse_hook_body(&bytes, Utc::now()) {
+    let mut envelopes = match okta::parse_hook_body(&ing.cfg.org, &bytes, Utc::now()) {
         Ok(e) => e,
         Err(e) => {
             super::count_rejection("okta", "malformed");

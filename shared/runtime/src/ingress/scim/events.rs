@@ -104,7 +104,8 @@ fn envelope(
     Envelope {
         trace_parent: None,
         version: Envelope::VERSION,
-        id: EnvelopeId(uuid::Uuid::new_v4().to_string()),
+        // Made by Gatehouse, never by the client: `scim:<uuid>` (see `EnvelopeId`).
+        id: EnvelopeId(format!("scim:{}", uuid::Uuid::new_v4())),
         source: Source::Scim,
         subject,
         occurred_at: at,

@@ -11,6 +11,8 @@
 #![allow(clippy::result_large_err)]
 
 mod events;
+#[cfg(test)]
+mod fuzz;
 mod patch;
 mod relay;
 mod schema;
