@@ -19,6 +19,7 @@ pub mod graph;
 pub mod identity;
 pub mod ledger_chain;
 pub mod looker;
+pub mod metric_labels;
 pub mod okta;
 pub mod plan;
 pub mod policy;

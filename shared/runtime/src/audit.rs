@@ -147,7 +147,7 @@ where
             metrics::counter!(
                 "gatehouse_events_received_total",
                 "source" => source,
-                "event_type" => env.source_event_type.clone(),
+                "kind" => gatehouse_domain::metric_labels::event_kind(&env.event),
                 "actionable" => if actionable { "true" } else { "false" },
             )
             .increment(1);

@@ -9,6 +9,7 @@ mod graph;
 mod queue;
 mod rotator;
 mod scim;
+mod server;
 mod state;
 mod telemetry;
 
@@ -22,6 +23,7 @@ pub use rotator::{
     StoreConfig,
 };
 pub use scim::ScimConfig;
+pub use server::ServerConfig;
 pub use state::{PostgresConfig, StateConfig};
 pub use telemetry::{OTEL_ENV_VARS, TelemetryConfig};
 
@@ -37,6 +39,13 @@ pub struct Config {
     /// Address the HTTP server listens on.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Address of the admin listener (`/metrics`, `/readyz`, `/healthz`): never the intake
+    /// port; keep it off the public network.
+    #[serde(default = "server::default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// Timeouts and connection limits of the HTTP listeners.
+    #[serde(default)]
+    pub server: ServerConfig,
     /// Where the embedded SQLite database lives.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -378,6 +387,7 @@ impl ConfigError {
 pub const ENV_VARS: &[&str] = &[
     "GATEHOUSE_CONFIG",
     "GATEHOUSE_LISTEN",
+    "GATEHOUSE_ADMIN_LISTEN",
     "GATEHOUSE_DATA_DIR",
     "GATEHOUSE_POLICY",
     "GATEHOUSE_OKTA_HOOK_SECRET",
@@ -472,6 +482,11 @@ impl Config {
                 .parse()
                 .map_err(|e| ConfigError::new("GATEHOUSE_LISTEN", format!("{v:?} is not an address: {e}")))?;
         }
+        if let Some(v) = env("GATEHOUSE_ADMIN_LISTEN") {
+            self.admin_listen = v.parse().map_err(|e| {
+                ConfigError::new("GATEHOUSE_ADMIN_LISTEN", format!("{v:?} is not an address: {e}"))
+            })?;
+        }
         if let Some(v) = env("GATEHOUSE_DATA_DIR") {
             self.data_dir = PathBuf::from(v);
         }
@@ -519,6 +534,13 @@ impl Config {
         self.reconcile.validate()?;
         self.looker.budget.validate()?;
         self.telemetry.validate()?;
+        self.server.validate()?;
+        if self.admin_listen == self.listen && self.listen.port() != 0 {
+            return Err(ConfigError::new(
+                "admin_listen",
+                "must differ from listen: /metrics and /readyz stay off the intake port",
+            ));
+        }
         if let Some(url) = &self.looker.url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {

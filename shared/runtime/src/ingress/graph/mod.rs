@@ -123,7 +123,7 @@ async fn graph_hook(
         let actionable = service::is_stored(n);
         metrics::counter!(
             "gatehouse_graph_notifications_received_total",
-            "kind" => n.kind().to_string(),
+            "kind" => gatehouse_domain::metric_labels::GraphKind::of(n.kind()).as_str(),
             "actionable" => if actionable { "true" } else { "false" },
         )
         .increment(1);

@@ -175,7 +175,7 @@ impl<Q: QueueProducer> GraphService<Q> {
                 metrics::counter!(
                     "gatehouse_events_received_total",
                     "source" => "graph",
-                    "event_type" => env.source_event_type.clone(),
+                    "kind" => gatehouse_domain::metric_labels::event_kind(&env.event),
                     "actionable" => if env.event.is_actionable() { "true" } else { "false" },
                 )
                 .increment(1);

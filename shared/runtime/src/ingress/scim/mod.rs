@@ -902,7 +902,7 @@ impl<Q: QueueProducer + Clone + 'static> Scim<Q> {
             metrics::counter!(
                 "gatehouse_events_received_total",
                 "source" => "scim",
-                "event_type" => env.source_event_type.clone(),
+                "kind" => gatehouse_domain::metric_labels::event_kind(&env.event),
                 "actionable" => "true",
             )
             .increment(1);
