@@ -62,8 +62,10 @@ async fn payload_event_types_and_paths_do_not_become_metric_labels() {
         assert_eq!(resp.status(), 404);
     }
     // A known type still gets its own label.
-    app.deliver(&okta_fixture("event-hook.user.lifecycle.deactivate.constructed.json"))
-        .await;
+    app.deliver(&okta_fixture(
+        "event-hook.user.lifecycle.deactivate.constructed.json",
+    ))
+    .await;
     let m = app.metrics().await;
     assert!(!m.contains("flood"), "a payload event type reached a label");
     assert!(!m.contains("/nope/"), "a raw path reached a label");

@@ -21,7 +21,9 @@ async fn app_with(server_toml: &str) -> TestApp {
 }
 
 async fn connect(app: &TestApp) -> TcpStream {
-    TcpStream::connect(app.base.trim_start_matches("http://")).await.unwrap()
+    TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap()
 }
 
 /// Whether the server closes `s` before `deadline`; with `drip`, one header byte is written
@@ -73,7 +75,10 @@ async fn a_client_dripping_its_headers_is_cut_off() {
     );
     // A client that connects and never writes is cut off too.
     let mut silent = connect(&app).await;
-    assert!(closed_by_server(&mut silent, false, deadline).await, "a silent connection must be closed");
+    assert!(
+        closed_by_server(&mut silent, false, deadline).await,
+        "a silent connection must be closed"
+    );
     app.stop().await;
 }
 
@@ -97,7 +102,10 @@ async fn connections_beyond_the_limit_are_closed_and_the_held_ones_still_work() 
         .unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"), "{buf:?}");
+    assert!(
+        String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"),
+        "{buf:?}"
+    );
     // Once one is closed, a new connection gets a slot again.
     drop(held.remove(0));
     let request = "GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
@@ -167,14 +175,18 @@ async fn a_flooded_intake_answers_429_with_retry_after_and_others_still_get_thro
             assert_eq!(r.status(), 400);
             break;
         }
-        assert!(Instant::now() < deadline, "okta stayed shed after the slow request ended");
+        assert!(
+            Instant::now() < deadline,
+            "okta stayed shed after the slow request ended"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let m = app.metrics().await;
     assert!(
-        m.lines().any(|l| l.starts_with("gatehouse_ingress_rejected_total")
-            && l.contains("source=\"okta\"")
-            && l.contains("reason=\"overloaded\"")),
+        m.lines()
+            .any(|l| l.starts_with("gatehouse_ingress_rejected_total")
+                && l.contains("source=\"okta\"")
+                && l.contains("reason=\"overloaded\"")),
         "{m}"
     );
     app.stop().await;
@@ -203,6 +215,10 @@ async fn a_request_whose_body_never_finishes_is_answered_408() {
             other => panic!("no response before the deadline: {other:?}"),
         }
     }
-    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 408"), "{}", String::from_utf8_lossy(&buf));
+    assert!(
+        String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
     app.stop().await;
 }

@@ -12,6 +12,7 @@
 
 pub mod cloud;
 pub mod cloud_audit;
+pub mod email;
 pub mod envelope;
 pub mod generic;
 pub mod google;

@@ -347,8 +347,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                 })
                 .await?;
             let label = gatehouse_domain::metric_labels::Provider::of(provider).as_str();
-            metrics::counter!("gatehouse_rotation_requests_total", "provider" => label)
-                .increment(1);
+            metrics::counter!("gatehouse_rotation_requests_total", "provider" => label).increment(1);
             tracing::warn!(subject = %env.subject.key, %provider, %reason, "rotation requested");
             return Ok(Handled::RotationRequested);
         }

@@ -45,7 +45,13 @@ impl Limits {
 
 /// Serve `app` on `listener` until `shutdown`, then let in-flight requests finish. `name`
 /// (`intake` or `admin`) labels logs and `gatehouse_http_connections_refused_total`.
-pub async fn serve(name: &'static str, listener: TcpListener, app: Router, limits: Limits, shutdown: Shutdown) {
+pub async fn serve(
+    name: &'static str,
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: Shutdown,
+) {
     let app = app.layer(TimeoutLayer::with_status_code(
         StatusCode::REQUEST_TIMEOUT,
         limits.request_timeout,

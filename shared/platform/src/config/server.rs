@@ -67,20 +67,30 @@ impl ServerConfig {
             if d < min {
                 Err(ConfigError::new(
                     format!("server.{field}"),
-                    format!("must be at least {}", humantime_serde::re::humantime::format_duration(min)),
+                    format!(
+                        "must be at least {}",
+                        humantime_serde::re::humantime::format_duration(min)
+                    ),
                 ))
             } else {
                 Ok(())
             }
         };
-        at_least("header_read_timeout", self.header_read_timeout, Duration::from_millis(10))?;
+        at_least(
+            "header_read_timeout",
+            self.header_read_timeout,
+            Duration::from_millis(10),
+        )?;
         at_least("request_timeout", self.request_timeout, Duration::from_millis(10))?;
         at_least("retry_after", self.retry_after, Duration::from_secs(1))?;
         if self.max_connections == 0 {
             return Err(ConfigError::new("server.max_connections", "must be at least 1"));
         }
         if self.per_source_concurrency == 0 {
-            return Err(ConfigError::new("server.per_source_concurrency", "must be at least 1"));
+            return Err(ConfigError::new(
+                "server.per_source_concurrency",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }

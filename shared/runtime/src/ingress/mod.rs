@@ -51,17 +51,19 @@ fn per_source_limit(source: &'static str, router: Router, max: usize, retry_afte
     let secs = retry_after.as_secs().max(1);
     router.layer(
         tower::ServiceBuilder::new()
-            .layer(axum::error_handling::HandleErrorLayer::new(move |_: tower::BoxError| async move {
-                count_rejection(source, "overloaded");
-                tracing::warn!(source, "intake busy; request shed with 429");
-                let mut resp = error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too_many_requests",
-                    format!("too many concurrent requests to this intake; retry in {secs} s"),
-                );
-                resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
-                resp
-            }))
+            .layer(axum::error_handling::HandleErrorLayer::new(
+                move |_: tower::BoxError| async move {
+                    count_rejection(source, "overloaded");
+                    tracing::warn!(source, "intake busy; request shed with 429");
+                    let mut resp = error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too_many_requests",
+                        format!("too many concurrent requests to this intake; retry in {secs} s"),
+                    );
+                    resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
+                    resp
+                },
+            ))
             .load_shed()
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max)),
     )
@@ -159,6 +161,35 @@ pub fn count_received(source: &'static str, env: &gatehouse_domain::envelope::En
 pub fn count_rejection(source: &'static str, reason: &'static str) {
     metrics::counter!("gatehouse_ingress_rejected_total", "source" => source, "reason" => reason)
         .increment(1);
+}
+
+/// Refuse a request whose events name a subject email outside the email rule
+/// ([`gatehouse_domain::email`]): a control character would forge log lines, a look-alike
+/// would be someone else. `Err` is the 400 to send (counted as `invalid_email`); the detail
+/// says which event and why, never the address.
+pub fn check_emails(
+    source: &'static str,
+    envelopes: &[gatehouse_domain::envelope::Envelope],
+) -> Result<(), Box<Response>> {
+    for (i, env) in envelopes.iter().enumerate() {
+        if let Some(email) = &env.subject.email
+            && let Err(e) = gatehouse_domain::email::validate(email)
+        {
+            count_rejection(source, "invalid_email");
+            tracing::warn!(
+                source,
+                event = i,
+                reason = e.0,
+                "event refused: invalid subject email"
+            );
+            return Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_email",
+                format!("event {i}: subject {e}"),
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Read a body of at most `limit` bytes: refused up front by `Content-Length`, or while reading
