@@ -570,12 +570,12 @@ mod tests {
                     1
                 ),
                 (
-                    "gatehouse_events_received_total{actionable=false,event_type=RotationSucceeded,source=aws_cloudtrail}"
+                    "gatehouse_events_received_total{actionable=false,kind=ignored,source=aws_cloudtrail}"
                         .to_string(),
                     1
                 ),
                 (
-                    "gatehouse_events_received_total{actionable=true,event_type=AddUserToGroup,source=aws_cloudtrail}"
+                    "gatehouse_events_received_total{actionable=true,kind=cloud_drift,source=aws_cloudtrail}"
                         .to_string(),
                     1
                 ),
