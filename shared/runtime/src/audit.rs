@@ -565,10 +565,7 @@ mod tests {
         assert_eq!(
             counts,
             BTreeMap::from([
-                (
-                    "gatehouse_events_failed_total{reason=unparseable}".to_string(),
-                    1
-                ),
+                ("gatehouse_events_failed_total{reason=unparseable}".to_string(), 1),
                 (
                     "gatehouse_events_received_total{actionable=false,kind=ignored,source=aws_cloudtrail}"
                         .to_string(),
