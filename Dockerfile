@@ -25,12 +25,15 @@ RUN apt-get update \
         --shell /usr/sbin/nologin gatehouse
 COPY --from=builder /out/bin/ /usr/local/bin/
 WORKDIR /var/lib/gatehouse
-# Listen on every interface inside the container; state under the non-root user's home.
+# Listen on every interface inside the container; state under the non-root user's home. The
+# admin listener (/healthz, /readyz, /metrics) is on 9090, deliberately not EXPOSEd: give it to
+# the orchestrator's probes and the metrics scraper only, never publish it.
 ENV GATEHOUSE_LISTEN=0.0.0.0:8080 \
+    GATEHOUSE_ADMIN_LISTEN=0.0.0.0:9090 \
     GATEHOUSE_DATA_DIR=/var/lib/gatehouse/data \
     GATEHOUSE_LOG_FORMAT=json
 USER 10001:10001
 EXPOSE 8080
-# No HEALTHCHECK: the slim image has no HTTP client; orchestrators probe GET /healthz and /readyz.
+# No HEALTHCHECK: the slim image has no HTTP client; orchestrators probe GET :9090/healthz and /readyz.
 ENTRYPOINT ["gatehouse"]
 CMD ["standalone"]

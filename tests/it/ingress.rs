@@ -136,7 +136,7 @@ async fn unknown_event_types_are_accepted_and_counted() {
     let m = app.metrics().await;
     assert!(
         m.lines().any(|l| l.starts_with("gatehouse_events_received_total")
-            && l.contains("event_type=\"user.session.start\"")
+            && l.contains("kind=\"ignored\"")
             && l.contains("actionable=\"false\"")),
         "{m}"
     );
@@ -153,7 +153,7 @@ async fn health_ready_and_metrics_answer() {
         ("/metrics", 200),
         ("/nope", 404),
     ] {
-        let r = app.http.get(format!("{}{path}", app.base)).send().await.unwrap();
+        let r = app.http.get(format!("{}{path}", app.admin)).send().await.unwrap();
         assert_eq!(r.status().as_u16(), code, "{path}");
     }
     app.stop().await;

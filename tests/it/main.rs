@@ -1,5 +1,6 @@
 //! End-to-end tests: Okta hook over HTTP → embedded queue → processor → fake Looker → ledger.
 
+mod admin;
 mod budget;
 mod cloud;
 mod concurrency;
@@ -7,6 +8,8 @@ mod fixtures;
 mod generic;
 mod google;
 mod graph;
+mod graph_trust;
+mod http_limits;
 mod ingress;
 mod lifecycle;
 mod replicas;
@@ -14,3 +17,4 @@ mod resilience;
 mod scim;
 mod trust;
 mod trust_events;
+mod scim_names;

@@ -494,7 +494,7 @@ async fn three_processors_and_two_rotators_on_one_queue_and_database_apply_every
     // Every process reads the same configuration but its own data directory.
     let config = |name: &str| {
         let toml = format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\npolicy = {:?}\n\
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\npolicy = {:?}\n\
              [looker]\nurl = {:?}\nclient_id = {:?}\nclient_secret = {:?}\n\
              [processor]\nworkers = 4\npoll_interval = \"20ms\"\nretry_min_delay = \"5ms\"\nretry_max_delay = \"50ms\"\n\
              [queue]\nbackend = \"sqs\"\nqueue_url = {queue_url:?}\nwait_time = \"1s\"\n\

@@ -50,7 +50,10 @@ impl Default for Options {
 }
 
 pub struct TestApp {
+    /// The intake listener.
     pub base: String,
+    /// The admin listener (`/metrics`, `/readyz`).
+    pub admin: String,
     pub http: reqwest::Client,
     pub store: Sqlite,
     pub running: Option<Running>,
@@ -62,7 +65,7 @@ pub async fn spawn_app(opts: Options) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = opts.data_dir.clone().unwrap_or_else(|| dir.path().join("data"));
     let mut toml = format!(
-        "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[okta]\nhook_secret = {:?}\n\
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[okta]\nhook_secret = {:?}\n\
          [processor]\nworkers = {}\nmax_attempts = {}\ncall_retries = {}\n\
          retry_min_delay = \"5ms\"\nretry_max_delay = \"50ms\"\npoll_interval = \"10ms\"\ndeletion_sweep_interval = \"50ms\"\n",
         data_dir.display().to_string(),
@@ -100,6 +103,7 @@ pub async fn spawn_app(opts: Options) -> TestApp {
     .expect("app starts");
     TestApp {
         base: format!("http://{}", running.addr),
+        admin: format!("http://{}", running.admin_addr),
         http: reqwest::Client::new(),
         store: running.store.clone(),
         running: Some(running),
@@ -143,7 +147,7 @@ impl TestApp {
 
     pub async fn metrics(&self) -> String {
         self.http
-            .get(format!("{}/metrics", self.base))
+            .get(format!("{}/metrics", self.admin))
             .send()
             .await
             .unwrap()

@@ -95,7 +95,16 @@ pub enum ScimStoreError {
 }
 
 fn user_name_key(user_name: &Option<String>) -> Option<String> {
-    user_name.as_ref().map(|u| u.to_lowercase())
+    user_name.as_deref().map(uniqueness_key)
+}
+
+/// What `userName` uniqueness compares: NFKC, lower case, NFKC again (lower-casing can leave
+/// text that is not NFKC). Look-alikes that are compatibility equivalents collide, so `Kate`
+/// written with a Kelvin sign (U+212A) cannot squat `kate`, nor `ｋａｔｅ` (full width).
+pub fn uniqueness_key(user_name: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let lower = user_name.nfkc().collect::<String>().to_lowercase();
+    lower.nfkc().collect()
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {

@@ -168,7 +168,7 @@ pub enum IdentityEvent {
 
 impl IdentityEvent {
     /// A stable short name, used in logs, metrics and the ledger.
-    pub fn kind(&self) -> &str {
+    pub fn kind(&self) -> &'static str {
         match self {
             IdentityEvent::UserCreated => "user_created",
             IdentityEvent::UserActivated => "user_activated",

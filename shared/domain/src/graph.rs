@@ -131,10 +131,14 @@ pub fn parse_collection(body: &[u8]) -> Result<Vec<Notification>, GraphParseErro
         .collect()
 }
 
-/// Ids Gatehouse puts into Graph URL paths: GUIDs in practice; anything else is refused.
+/// Ids Gatehouse puts into Graph URL paths: GUIDs in practice; anything else is refused,
+/// above all a path segment with a meaning of its own (`.`, `..`: `/users/..` is not a user).
 pub fn is_safe_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
+        && !id.starts_with('.')
+        && !id.ends_with('.')
+        && !id.contains("..")
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
@@ -160,6 +164,12 @@ impl Notification {
                     .map_err(|e| format!("subscriptionExpirationDateTime {s:?} is not an RFC 3339 time: {e}"))
             })
             .transpose()?;
+        // The shared secret is checked from `client_state` and never kept: `raw` goes to the
+        // inbox, the envelope and the ledger.
+        let mut raw = raw;
+        if let Some(o) = raw.as_object_mut() {
+            o.remove("clientState");
+        }
         let lifecycle_event = n.lifecycle_event.as_deref().map(LifecycleEvent::parse);
         let (target, members_delta) = if lifecycle_event.is_some() {
             (None, Vec::new())
@@ -401,18 +411,17 @@ fn bare_subject(user_id: &str) -> Subject {
 }
 
 /// The envelope for a change of one user. `user` is what Graph returned now (`None`: the user
-/// is gone, 404). `deleted` change types and missing users → `UserDeleted`; otherwise
-/// `accountEnabled` decides (`false` → `UserDeactivated`, `true` → `UserActivated`, absent →
-/// `ProfileUpdated`).
+/// is gone, 404). Only a missing user is `UserDeleted`: a `deleted` change type is a claim the
+/// read confirms or not. Otherwise `accountEnabled` decides (`false` → `UserDeactivated`,
+/// `true` → `UserActivated`, absent → `ProfileUpdated`).
 pub fn user_envelope(
     n: &Notification,
     user_id: &str,
     user: Option<&GraphUser>,
     fetched_at: DateTime<Utc>,
 ) -> Envelope {
-    let deleted = n.change_type.as_deref() == Some("deleted");
     let (subject, profile, event) = match user {
-        Some(u) if !deleted => {
+        Some(u) => {
             let (s, p) = u.subject_and_profile();
             let event = match u.account_enabled {
                 Some(false) => IdentityEvent::UserDeactivated,
@@ -420,10 +429,6 @@ pub fn user_envelope(
                 None => IdentityEvent::ProfileUpdated,
             };
             (s, p, event)
-        }
-        Some(u) => {
-            let (s, p) = u.subject_and_profile();
-            (s, p, IdentityEvent::UserDeleted)
         }
         None => (bare_subject(user_id), Profile::new(), IdentityEvent::UserDeleted),
     };
@@ -523,6 +528,48 @@ mod tests {
         include_str!("../../../../shared/fixtures/entra/graph.notification.messages.docs.json");
 
     const USER_ID: &str = "72b08237-30f1-4fbe-be57-1df593448f7a";
+
+    #[test]
+    fn client_state_is_read_but_never_kept_in_raw() {
+        let n = parse_collection(UPDATED.as_bytes()).unwrap();
+        assert!(n[0].client_state.is_some(), "the intake still sees it to compare");
+        assert!(n[0].raw.get("clientState").is_none(), "{}", n[0].raw);
+        assert!(!n[0].raw.to_string().contains("clientState"));
+        let user = GraphUser {
+            id: USER_ID.into(),
+            odata_type: None,
+            user_principal_name: None,
+            mail: Some("john.doe@example.com".into()),
+            given_name: None,
+            surname: None,
+            display_name: None,
+            account_enabled: Some(true),
+            department: None,
+        };
+        let env = user_envelope(&n[0], USER_ID, Some(&user), now());
+        assert!(!env.raw.to_string().contains("clientState"), "{}", env.raw);
+    }
+
+    #[test]
+    fn dot_segments_and_path_characters_are_not_ids() {
+        for bad in [
+            ".", "..", "...", ".hidden", "a..b", "a.", "a/b", "a%2e", "", "a b", "a?b",
+        ] {
+            assert!(!is_safe_id(bad), "{bad:?}");
+        }
+        for ok in [USER_ID, "a.b", "A-1_2"] {
+            assert!(is_safe_id(ok), "{ok:?}");
+        }
+        for resource in ["Users/..", "Users/.", "Groups/.."] {
+            let body = format!(
+                r#"{{"value":[{{"subscriptionId":"s","changeType":"updated","resource":"{resource}"}}]}}"#
+            );
+            assert!(parse_collection(body.as_bytes()).is_err(), "{resource}");
+        }
+        let body = r#"{"value":[{"subscriptionId":"s","changeType":"updated","resource":"Groups/g1",
+            "resourceData":{"id":"g1","members@delta":[{"id":".."}]}}]}"#;
+        assert!(parse_collection(body.as_bytes()).is_err());
+    }
 
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
@@ -696,6 +743,11 @@ mod tests {
         assert_eq!(
             user_envelope(d, USER_ID, None, now()).event,
             IdentityEvent::UserDeleted
+        );
+        // A `deleted` claim about a user Graph still returns is not a deletion.
+        assert_eq!(
+            user_envelope(d, USER_ID, Some(&user(Some(true))), now()).event,
+            IdentityEvent::UserActivated
         );
     }
 

@@ -12,6 +12,7 @@
 
 pub mod cloud;
 pub mod cloud_audit;
+pub mod email;
 pub mod envelope;
 #[cfg(test)]
 mod fuzz;
@@ -21,6 +22,7 @@ pub mod graph;
 pub mod identity;
 pub mod ledger_chain;
 pub mod looker;
+pub mod metric_labels;
 pub mod okta;
 pub mod plan;
 pub mod policy;

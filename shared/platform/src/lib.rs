@@ -1,5 +1,5 @@
 //! What every Gatehouse service shares: configuration, telemetry, the shutdown signal and the
-//! `/healthz`, `/readyz`, `/metrics` router.
+//! admin router (`/healthz`, `/readyz`, `/metrics`).
 
 pub mod config;
 pub mod ops;

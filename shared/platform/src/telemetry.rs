@@ -17,10 +17,15 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, Sampler, SdkTracerProvider};
 use std::collections::HashMap;
+use std::fmt::{self, Write as _};
 use std::sync::OnceLock;
 use std::time::Duration;
+use tracing::field::Field;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::field::MakeExt;
+use tracing_subscriber::field::delimited::Delimited;
 use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::format::{FieldFn, Writer, debug_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -151,6 +156,7 @@ pub fn init(
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .fmt_fields(escaped_text_fields())
             .with_writer(std::io::stderr)
             .boxed(),
     };
@@ -159,6 +165,50 @@ pub fn init(
         .with(telemetry.layer())
         .try_init();
     Ok(telemetry)
+}
+
+type FieldWriter = fn(&mut Writer<'_>, &Field, &dyn fmt::Debug) -> fmt::Result;
+
+/// The text format's field formatter: the default layout (the message, then `name=value`
+/// separated by spaces) with every control and invisible format character of every value
+/// escaped as `\u{..}`, so a payload string (a SCIM email with a newline, an ANSI sequence, a
+/// bidi override) can neither forge a log line nor hide text. tracing-subscriber itself escapes
+/// only ANSI sequences, and only in the message: `%value` fields were written raw. (JSON logs
+/// are escaped by the JSON encoder.)
+pub fn escaped_text_fields() -> Delimited<&'static str, FieldFn<FieldWriter>> {
+    debug_fn(write_escaped_field as FieldWriter).delimited(" ")
+}
+
+fn write_escaped_field(w: &mut Writer<'_>, field: &Field, value: &dyn fmt::Debug) -> fmt::Result {
+    if field.name() != "message" {
+        write!(w, "{}=", field.name())?;
+    }
+    write!(Escaping(w), "{value:?}")
+}
+
+/// Writes through, escaping what [`needs_escape`] names.
+struct Escaping<'a, 'w>(&'a mut Writer<'w>);
+
+impl fmt::Write for Escaping<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for c in s.chars() {
+            if needs_escape(c) {
+                write!(self.0, "\\u{{{:x}}}", c as u32)?;
+            } else {
+                self.0.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Control characters (C0, DEL, C1) and Unicode format characters that change how text
+/// displays without showing (bidi overrides and isolates, zero-width characters, BOM).
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00ad}' | '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
 }
 
 /// The W3C `traceparent` of the current span, when it is exported (traces on and sampled in);
@@ -202,7 +252,53 @@ pub fn metrics_handle() -> PrometheusHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
     use tracing_subscriber::layer::SubscriberExt;
+
+    /// What a text-format subscriber with our field formatter writes for `f`'s events.
+    fn text_log(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .without_time()
+            .fmt_fields(escaped_text_fields())
+            .with_writer(move || out.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn text_logs_escape_control_and_format_characters_in_every_field() {
+        let email = "eve\n2026-01-01T00:00:00Z  INFO gatehouse: offboarded ceo@example.com";
+        let log = text_log(|| {
+            tracing::info!(email = %email, name = %"a\u{1b}[2Jb\u{202e}c", other = ?"q\r", n = 3, "accepted\u{7}");
+        });
+        assert_eq!(log.matches('\n').count(), 1, "one event, one line: {log:?}");
+        assert!(
+            !log.contains('\u{1b}')
+                && !log.contains('\u{202e}')
+                && !log.contains('\r')
+                && !log.contains('\u{7}'),
+            "{log:?}"
+        );
+        assert!(log.contains("email=eve\\u{a}2026-01-01T00:00:00Z"), "{log:?}");
+        assert!(log.contains("name=a\\u{1b}[2Jb\\u{202e}c"), "{log:?}");
+        assert!(log.contains("accepted\\u{7}"), "{log:?}");
+        assert!(log.contains("n=3") && log.contains("other=\"q\\r\""), "{log:?}");
+    }
 
     #[test]
     fn no_endpoint_builds_no_exporter() {

@@ -348,7 +348,8 @@ impl<S: RotationStore> Rotator<S> {
             let matched = self.match_request(&req);
             if matched.is_empty() {
                 report.unmatched += 1;
-                metrics::counter!("gatehouse_rotation_requests_unmatched_total", "provider" => req.provider.clone())
+                let label = gatehouse_domain::metric_labels::Provider::of(&req.provider).as_str();
+                metrics::counter!("gatehouse_rotation_requests_unmatched_total", "provider" => label)
                     .increment(1);
                 tracing::warn!(subject = %req.subject, provider = %req.provider, reason = %req.reason,
                     "rotation request matches no declared secret");

@@ -6,6 +6,7 @@ use crate::budget::Budget;
 use crate::cloud::{AwsTarget, CloudTargets};
 use crate::engine::{Engine, RetryPolicy};
 use crate::ingress::{self, Deps};
+use crate::server::{self, Limits};
 use crate::worker::{Worker, WorkerConfig};
 use futures::future::BoxFuture;
 use gatehouse_adapters::aws_iam::{AwsConnect, AwsIam};
@@ -321,7 +322,10 @@ type StopHook = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// A running service. Dropping it does not stop it; call [`Running::stop`].
 pub struct Running {
+    /// The intake listener (webhooks, SCIM; `/healthz`).
     pub addr: SocketAddr,
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`).
+    pub admin_addr: SocketAddr,
     /// The SQLite database: embedded queue, SCIM directory, Graph inbox (and the state when
     /// `[state]` is `sqlite`).
     pub store: Sqlite,
@@ -421,6 +425,14 @@ where
     start_on(cfg, components, queue, store, state).await
 }
 
+/// Bind `addr`; the bound address (its port when `addr`'s is 0).
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), AppError> {
+    let bind_error = |source| AppError::Bind { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local))
+}
+
 /// Start on a given queue backend.
 async fn start_on<Q>(
     cfg: &Config,
@@ -437,23 +449,17 @@ where
     if components.processor {
         check_looker_attributes(cfg, &engine).await?;
     }
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| AppError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| AppError::Bind {
-        addr: cfg.listen,
-        source,
-    })?;
+    let (listener, addr) = bind(cfg.listen).await?;
+    let (admin_listener, admin_addr) = bind(cfg.admin_listen).await?;
     let (trigger, shutdown) = Shutdown::new();
 
     let (ready_store, ready_state) = (store.clone(), state.clone());
-    let mut app = ops::router(Arc::new(move || {
+    // `/readyz` and `/metrics` only on the admin listener; the intake port answers `/healthz`.
+    let admin = ops::router(Arc::new(move || {
         let (s, st) = (ready_store.clone(), ready_state.clone());
         Box::pin(async move { s.ping().await && st.ping().await })
     }));
+    let mut app = ops::liveness_router();
     let deps = Deps {
         queue: queue.clone(),
         store: store.clone(),
@@ -462,15 +468,22 @@ where
     if components.ingress {
         app = app.merge(ingress::router(&deps));
     }
-    let mut tasks = Vec::new();
-    let server_shutdown = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        let serve =
-            axum::serve(listener, app).with_graceful_shutdown(async move { server_shutdown.wait().await });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "http server failed");
-        }
-    }));
+    let mut tasks = vec![
+        tokio::spawn(server::serve(
+            "intake",
+            listener,
+            app,
+            Limits::intake(&cfg.server),
+            shutdown.clone(),
+        )),
+        tokio::spawn(server::serve(
+            "admin",
+            admin_listener,
+            admin,
+            Limits::admin(&cfg.server),
+            shutdown.clone(),
+        )),
+    ];
     if components.ingress {
         tasks.extend(ingress::spawn_tasks(&deps, &shutdown));
     }
@@ -564,6 +577,7 @@ where
     }));
     tracing::info!(
         %addr,
+        %admin_addr,
         data_dir = %cfg.data_dir.display(),
         state = state.backend(),
         dry_run,
@@ -577,6 +591,7 @@ where
     }
     Ok(Running {
         addr,
+        admin_addr,
         store,
         state,
         dry_run,

@@ -147,7 +147,7 @@ where
             metrics::counter!(
                 "gatehouse_events_received_total",
                 "source" => source,
-                "event_type" => env.source_event_type.clone(),
+                "kind" => gatehouse_domain::metric_labels::event_kind(&env.event),
                 "actionable" => if actionable { "true" } else { "false" },
             )
             .increment(1);
@@ -565,17 +565,14 @@ mod tests {
         assert_eq!(
             counts,
             BTreeMap::from([
+                ("gatehouse_events_failed_total{reason=unparseable}".to_string(), 1),
                 (
-                    "gatehouse_events_failed_total{reason=unparseable}".to_string(),
-                    1
-                ),
-                (
-                    "gatehouse_events_received_total{actionable=false,event_type=RotationSucceeded,source=aws_cloudtrail}"
+                    "gatehouse_events_received_total{actionable=false,kind=ignored,source=aws_cloudtrail}"
                         .to_string(),
                     1
                 ),
                 (
-                    "gatehouse_events_received_total{actionable=true,event_type=AddUserToGroup,source=aws_cloudtrail}"
+                    "gatehouse_events_received_total{actionable=true,kind=cloud_drift,source=aws_cloudtrail}"
                         .to_string(),
                     1
                 ),

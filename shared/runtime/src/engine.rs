@@ -380,8 +380,8 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                     secret: secret.clone(),
                 })
                 .await?;
-            metrics::counter!("gatehouse_rotation_requests_total", "provider" => provider.clone())
-                .increment(1);
+            let label = gatehouse_domain::metric_labels::Provider::of(provider).as_str();
+            metrics::counter!("gatehouse_rotation_requests_total", "provider" => label).increment(1);
             tracing::warn!(subject = %env.subject.key, %provider, %reason, "rotation requested");
             return Ok(Handled::RotationRequested);
         }

@@ -10,10 +10,16 @@ mod queues;
 mod rotate;
 mod traces;
 
-/// Poll `{base}/readyz` until it answers 200; panic at `deadline`.
-async fn wait_ready(http: &reqwest::Client, base: &str, deadline: tokio::time::Instant) {
+/// A port free right now on loopback.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Poll `{admin}/readyz` (the admin listener) until it answers 200; panic at `deadline`.
+async fn wait_ready(http: &reqwest::Client, admin: &str, deadline: tokio::time::Instant) {
     while http
-        .get(format!("{base}/readyz"))
+        .get(format!("{admin}/readyz"))
         .send()
         .await
         .map(|r| r.status() != 200)
@@ -36,6 +42,8 @@ fn bin() -> Command {
         }
     }
     c.env("RUST_LOG", "warn");
+    // The admin listener's default port would collide between tests running at once.
+    c.env("GATEHOUSE_ADMIN_LISTEN", "127.0.0.1:0");
     c
 }
 
@@ -246,13 +254,11 @@ async fn plan_adds_its_looker_calls_to_the_month_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_accepts_a_hook_records_the_plan_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let (port, admin_port) = (free_port(), free_port());
     let mut child = tokio::process::Command::from(bin())
         .arg("standalone")
         .env("GATEHOUSE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("GATEHOUSE_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
         .env("GATEHOUSE_DATA_DIR", dir.path())
         .env("GATEHOUSE_OKTA_HOOK_SECRET", "s3cret-hook-0123456789")
         .stdout(std::process::Stdio::null())
@@ -262,7 +268,7 @@ async fn standalone_accepts_a_hook_records_the_plan_and_stops_on_sigterm() {
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    wait_ready(&http, &base, deadline).await;
+    wait_ready(&http, &format!("http://127.0.0.1:{admin_port}"), deadline).await;
     let body = std::fs::read(fixture("event-hook.user.lifecycle.deactivate.constructed.json")).unwrap();
     let r = http
         .post(format!("{base}/hooks/okta"))

@@ -157,15 +157,12 @@ async fn eventbridge_events_sent_with_boto3_to_moto_are_processed() {
     let fake = gatehouse_testkit::FakeLooker::start().await;
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let (port, admin_port) = (super::free_port(), super::free_port());
     let config = dir.path().join("gatehouse.toml");
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n\
+            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\ndata_dir = {:?}\n\
              [okta]\nhook_secret = \"hook-secret-0123456789\"\n\
              [looker]\nurl = {:?}\nclient_id = {:?}\nclient_secret = {:?}\n\
              [processor]\npoll_interval = \"20ms\"\n\
@@ -192,8 +189,9 @@ async fn eventbridge_events_sent_with_boto3_to_moto_are_processed() {
         .unwrap();
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
+    let admin = format!("http://127.0.0.1:{admin_port}");
     wait_until("gatehouse ready", || {
-        let r = http.get(format!("{base}/readyz")).send();
+        let r = http.get(format!("{admin}/readyz")).send();
         async move { r.await.map(|r| r.status() == 200).unwrap_or(false) }
     })
     .await;
@@ -249,7 +247,7 @@ async fn eventbridge_events_sent_with_boto3_to_moto_are_processed() {
         })
     };
     wait_until("ignored and rotation_requested counted once each", || {
-        let r = http.get(format!("{base}/metrics")).send();
+        let r = http.get(format!("{admin}/metrics")).send();
         async move {
             let metrics = r.await.unwrap().text().await.unwrap();
             processed(&metrics, "ignored") && processed(&metrics, "rotation_requested")

@@ -81,14 +81,11 @@ async fn offboarding_a_holder_rotates_their_secret_in_standalone() {
     sm.add_version(SECRET, &file);
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gatehouse.toml");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let (port, admin_port) = (super::free_port(), super::free_port());
     std::fs::write(
         &cfg,
         format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n[okta]\nhook_secret = \"hook-secret-0123456789\"\n\
+            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\ndata_dir = {:?}\n[okta]\nhook_secret = \"hook-secret-0123456789\"\n\
              [rotator]\npoll_interval = \"100ms\"\n[rotator.gcp]\nsecret_manager_url = {:?}\niam_url = {:?}\n\n\
              [[rotator.secrets]]\nname = \"held\"\nholders = [\"John.Doe@example.com\"]\n\
              kind = {{ type = \"gcp_service_account_key\", email = {SA:?} }}\n\
@@ -103,6 +100,7 @@ async fn offboarding_a_holder_rotates_their_secret_in_standalone() {
         .arg("--config")
         .arg(&cfg)
         .arg("standalone")
+        .env_remove("GATEHOUSE_ADMIN_LISTEN")
         .env("GATEHOUSE_GCP_ACCESS_TOKEN", sm.token())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -112,7 +110,7 @@ async fn offboarding_a_holder_rotates_their_secret_in_standalone() {
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    super::wait_ready(&http, &base, deadline).await;
+    super::wait_ready(&http, &format!("http://127.0.0.1:{admin_port}"), deadline).await;
     let body = std::fs::read(super::fixture(
         "event-hook.user.lifecycle.deactivate.constructed.json",
     ))

@@ -16,13 +16,11 @@ const ENVELOPE_ID: &str = "okta:default:ab62c0bc-2837-11eb-9823-9fb8f750c5a9";
 /// Start standalone with `env`, send the deactivate hook, wait until `done`, stop with SIGTERM.
 async fn run_standalone(env: &[(&str, String)], done: impl Fn() -> bool) {
     let dir = tempfile::tempdir().unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let (port, admin_port) = (super::free_port(), super::free_port());
     let mut cmd = tokio::process::Command::from(bin());
     cmd.arg("standalone")
         .env("GATEHOUSE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("GATEHOUSE_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
         .env("GATEHOUSE_DATA_DIR", dir.path())
         .env("GATEHOUSE_OKTA_HOOK_SECRET", HOOK_SECRET)
         .stdout(Stdio::null())
@@ -34,7 +32,7 @@ async fn run_standalone(env: &[(&str, String)], done: impl Fn() -> bool) {
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
-    wait_ready(&http, &base, deadline).await;
+    wait_ready(&http, &format!("http://127.0.0.1:{admin_port}"), deadline).await;
     let body = std::fs::read(fixture("event-hook.user.lifecycle.deactivate.constructed.json")).unwrap();
     let r = http
         .post(format!("{base}/hooks/okta"))

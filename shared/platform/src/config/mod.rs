@@ -10,6 +10,7 @@ mod queue;
 mod rotator;
 mod scim;
 mod secret;
+mod server;
 mod state;
 mod telemetry;
 
@@ -24,6 +25,7 @@ pub use rotator::{
 };
 pub use scim::ScimConfig;
 pub use secret::{MIN_SECRET_CHARS, WHSEC_MAX_BYTES, WHSEC_MIN_BYTES, check_token, check_whsec};
+pub use server::ServerConfig;
 pub use state::{PostgresConfig, StateConfig};
 pub use telemetry::{OTEL_ENV_VARS, TelemetryConfig};
 
@@ -39,6 +41,13 @@ pub struct Config {
     /// Address the HTTP server listens on.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Address of the admin listener (`/metrics`, `/readyz`, `/healthz`): never the intake
+    /// port; keep it off the public network.
+    #[serde(default = "server::default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// Timeouts and connection limits of the HTTP listeners.
+    #[serde(default)]
+    pub server: ServerConfig,
     /// Where the embedded SQLite database lives.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -473,6 +482,7 @@ impl ConfigError {
 pub const ENV_VARS: &[&str] = &[
     "GATEHOUSE_CONFIG",
     "GATEHOUSE_LISTEN",
+    "GATEHOUSE_ADMIN_LISTEN",
     "GATEHOUSE_DATA_DIR",
     "GATEHOUSE_POLICY",
     "GATEHOUSE_OKTA_HOOK_SECRET",
@@ -568,6 +578,11 @@ impl Config {
                 .parse()
                 .map_err(|e| ConfigError::new("GATEHOUSE_LISTEN", format!("{v:?} is not an address: {e}")))?;
         }
+        if let Some(v) = env("GATEHOUSE_ADMIN_LISTEN") {
+            self.admin_listen = v.parse().map_err(|e| {
+                ConfigError::new("GATEHOUSE_ADMIN_LISTEN", format!("{v:?} is not an address: {e}"))
+            })?;
+        }
         if let Some(v) = env("GATEHOUSE_DATA_DIR") {
             self.data_dir = PathBuf::from(v);
         }
@@ -625,6 +640,13 @@ impl Config {
         self.reconcile.validate()?;
         self.looker.budget.validate()?;
         self.telemetry.validate()?;
+        self.server.validate()?;
+        if self.admin_listen == self.listen && self.listen.port() != 0 {
+            return Err(ConfigError::new(
+                "admin_listen",
+                "must differ from listen: /metrics and /readyz stay off the intake port",
+            ));
+        }
         if let Some(url) = &self.looker.url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {

@@ -244,6 +244,9 @@ async fn hook<Q: QueueProducer>(
             return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
         }
     };
+    if let Err(r) = super::check_emails(SOURCE, &envelopes) {
+        return *r;
+    }
     super::trace_envelopes(&mut envelopes);
     if let Err(e) = intake.queue.publish(&envelopes).await {
         tracing::error!(

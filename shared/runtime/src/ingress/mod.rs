@@ -18,6 +18,7 @@ use gatehouse_platform::config::Config;
 use gatehouse_platform::shutdown::Shutdown;
 use serde_json::json;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::task::JoinHandle;
 
 /// What every intake may use: the queue to publish to, the state store (SCIM's directory and
@@ -32,13 +33,40 @@ pub struct Deps<Q> {
 /// All intake routes, each request in an `ingress` span. Mount next to
 /// `gatehouse_platform::ops::router`.
 pub fn router<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Router {
+    let s = &deps.config.server;
+    let limit = |source, r| per_source_limit(source, r, s.per_source_concurrency, s.retry_after);
     Router::new()
-        .merge(okta::router(deps))
-        .merge(scim::router(deps))
-        .merge(graph::router(deps))
-        .merge(google::router(deps))
-        .merge(generic::router(deps))
+        .merge(limit("okta", okta::router(deps)))
+        .merge(limit("scim", scim::router(deps)))
+        .merge(limit("graph", graph::router(deps)))
+        .merge(limit("google", google::router(deps)))
+        .merge(limit("generic", generic::router(deps)))
         .layer(axum::middleware::from_fn(trace_request))
+}
+
+/// At most `max` requests of one intake in flight (one semaphore for all its routes); one
+/// more is shed at once with 429 and `Retry-After`, so a flood on one intake leaves the
+/// others their share (tower's `GlobalConcurrencyLimit` + `LoadShed`).
+fn per_source_limit(source: &'static str, router: Router, max: usize, retry_after: Duration) -> Router {
+    let secs = retry_after.as_secs().max(1);
+    router.layer(
+        tower::ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(
+                move |_: tower::BoxError| async move {
+                    count_rejection(source, "overloaded");
+                    tracing::warn!(source, "intake busy; request shed with 429");
+                    let mut resp = error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too_many_requests",
+                        format!("too many concurrent requests to this intake; retry in {secs} s"),
+                    );
+                    resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
+                    resp
+                },
+            ))
+            .load_shed()
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max)),
+    )
 }
 
 /// The intake a route belongs to (a span attribute).
@@ -112,7 +140,8 @@ pub fn error(status: StatusCode, error: &str, detail: impl Into<String>) -> Resp
     (status, Json(json!({ "error": error, "detail": detail.into() }))).into_response()
 }
 
-/// Count accepted envelopes (`gatehouse_events_received_total{source,event_type,actionable}`).
+/// Count accepted envelopes (`gatehouse_events_received_total{source,kind,actionable}`): the
+/// normalized kind, never the payload's own event type (labels come from closed sets).
 pub fn count_received(source: &'static str, env: &gatehouse_domain::envelope::Envelope) {
     let actionable = if env.event.is_actionable() {
         "true"
@@ -122,7 +151,7 @@ pub fn count_received(source: &'static str, env: &gatehouse_domain::envelope::En
     metrics::counter!(
         "gatehouse_events_received_total",
         "source" => source,
-        "event_type" => env.source_event_type.clone(),
+        "kind" => gatehouse_domain::metric_labels::event_kind(&env.event),
         "actionable" => actionable,
     )
     .increment(1);
@@ -132,6 +161,35 @@ pub fn count_received(source: &'static str, env: &gatehouse_domain::envelope::En
 pub fn count_rejection(source: &'static str, reason: &'static str) {
     metrics::counter!("gatehouse_ingress_rejected_total", "source" => source, "reason" => reason)
         .increment(1);
+}
+
+/// Refuse a request whose events name a subject email outside the email rule
+/// ([`gatehouse_domain::email`]): a control character would forge log lines, a look-alike
+/// would be someone else. `Err` is the 400 to send (counted as `invalid_email`); the detail
+/// says which event and why, never the address.
+pub fn check_emails(
+    source: &'static str,
+    envelopes: &[gatehouse_domain::envelope::Envelope],
+) -> Result<(), Box<Response>> {
+    for (i, env) in envelopes.iter().enumerate() {
+        if let Some(email) = &env.subject.email
+            && let Err(e) = gatehouse_domain::email::validate(email)
+        {
+            count_rejection(source, "invalid_email");
+            tracing::warn!(
+                source,
+                event = i,
+                reason = e.0,
+                "event refused: invalid subject email"
+            );
+            return Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_email",
+                format!("event {i}: subject {e}"),
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Read a body of at most `limit` bytes: refused up front by `Content-Length`, or while reading

@@ -109,6 +109,9 @@ async fn okta_hook<Q: QueueProducer>(
             return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
         }
     };
+    if let Err(r) = super::check_emails("okta", &envelopes) {
+        return *r;
+    }
     super::trace_envelopes(&mut envelopes);
     if let Err(e) = ing.queue.publish(&envelopes).await {
         tracing::error!(error = %e, source = ?std::error::Error::source(&e), "enqueue failed; okta will retry");

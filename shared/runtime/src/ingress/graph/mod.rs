@@ -123,7 +123,7 @@ async fn graph_hook(
         let actionable = service::is_stored(n);
         metrics::counter!(
             "gatehouse_graph_notifications_received_total",
-            "kind" => n.kind().to_string(),
+            "kind" => gatehouse_domain::metric_labels::GraphKind::of(n.kind()).as_str(),
             "actionable" => if actionable { "true" } else { "false" },
         )
         .increment(1);
@@ -169,7 +169,7 @@ fn validation(token: &str) -> Response {
         .into_response()
 }
 
-/// Every notification must carry our `clientState` (constant time), come from our tenant, and
+/// Every notification must carry our `clientState` (constant time), name our tenant, and
 /// not belong to a subscription that expired longer ago than Graph retries. `Some` is the answer.
 fn check(ing: &Intake, expected: &SecretString, ns: &[Notification], now: DateTime<Utc>) -> Option<Response> {
     let expected = expected.expose_secret().as_bytes();
@@ -188,14 +188,18 @@ fn check(ing: &Intake, expected: &SecretString, ns: &[Notification], now: DateTi
         }
     }
     for (i, n) in ns.iter().enumerate() {
-        if let (Some(want), Some(got)) = (&ing.tenant_id, &n.tenant_id)
-            && !want.eq_ignore_ascii_case(got)
-        {
+        // Every notification names its tenant, and it is ours (config requires `tenant_id`
+        // with `client_state`; without one nothing matches).
+        let ours = match (&ing.tenant_id, &n.tenant_id) {
+            (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
+            _ => false,
+        };
+        if !ours {
             return Some(reject(
                 StatusCode::FORBIDDEN,
                 "wrong_tenant",
                 "forbidden",
-                format!("value[{i}]: tenantId is not the configured tenant"),
+                format!("value[{i}]: tenantId is missing or is not the configured tenant"),
             ));
         }
         if let Some(exp) = n.subscription_expiration

@@ -154,11 +154,13 @@ impl<Q: QueueProducer> GraphService<Q> {
         }
         match &n.target {
             Some(Target::User(id)) => {
-                let user = if n.change_type.as_deref() == Some("deleted") {
-                    None
-                } else {
-                    self.client.get_user(id).await?
-                };
+                // Always read: a `deleted` is believed only when Graph no longer has the user
+                // (a forged or replayed one would otherwise offboard a person who is there).
+                let user = self.client.get_user(id).await?;
+                if n.change_type.as_deref() == Some("deleted") && user.is_some() {
+                    tracing::warn!(user_id = %id, subscription_id = %n.subscription_id,
+                        "graph notification says deleted but graph still has the user; acting on what graph reads");
+                }
                 let env = user_envelope(n, id, user.as_ref(), Utc::now());
                 self.publish(&[env]).await?;
                 Ok(Outcome::Done(None))
@@ -175,7 +177,7 @@ impl<Q: QueueProducer> GraphService<Q> {
                 metrics::counter!(
                     "gatehouse_events_received_total",
                     "source" => "graph",
-                    "event_type" => env.source_event_type.clone(),
+                    "kind" => gatehouse_domain::metric_labels::event_kind(&env.event),
                     "actionable" => if env.event.is_actionable() { "true" } else { "false" },
                 )
                 .increment(1);
@@ -191,12 +193,12 @@ impl<Q: QueueProducer> GraphService<Q> {
     async fn group(&self, n: &Notification, id: &str) -> Result<Outcome, GraphServiceError> {
         let (before, stored_name) = self.store.graph_group_members(id).await?;
         let before: BTreeSet<String> = before.into_iter().collect();
-        let deleted = n.change_type.as_deref() == Some("deleted");
-        let group = if deleted {
-            None
-        } else {
-            self.client.get_group(id).await?
-        };
+        // Always read: a `deleted` is believed only when Graph no longer has the group.
+        let group = self.client.get_group(id).await?;
+        if n.change_type.as_deref() == Some("deleted") && group.is_some() {
+            tracing::warn!(group_id = %id, subscription_id = %n.subscription_id,
+                "graph notification says deleted but graph still has the group; acting on what graph reads");
+        }
         let now = Utc::now();
         let Some(group) = group else {
             // Gone: everyone we knew as a member is no longer one.
@@ -216,9 +218,21 @@ impl<Q: QueueProducer> GraphService<Q> {
         let mut envs = Vec::new();
         let after: BTreeSet<String>;
         if !n.members_delta.is_empty() {
+            // Each entry is confirmed by the member listing before it is acted on: an added
+            // member must be in it, a removed one must not.
+            let listed = self.client.group_members(id).await?.unwrap_or_default();
             let mut set = before.clone();
             for d in &n.members_delta {
-                let member = self.client.get_user(&d.id).await?;
+                let current = listed.iter().find(|m| m.id == d.id);
+                if current.is_some() == d.removed {
+                    tracing::warn!(group_id = %id, member_id = %d.id, removed = d.removed,
+                        "members@delta entry not confirmed by graph; ignored");
+                    continue;
+                }
+                let member = match current {
+                    Some(m) => Some(m.clone()),
+                    None => self.client.get_user(&d.id).await?,
+                };
                 envs.push(member_envelope(n, &gref, &d.id, member.as_ref(), !d.removed, now));
                 if d.removed {
                     set.remove(&d.id);

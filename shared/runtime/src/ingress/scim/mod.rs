@@ -573,6 +573,40 @@ fn render(rec: &ScimRecord, groups: Option<&GroupsOf>) -> Value {
     Value::Object(map)
 }
 
+/// Longest `userName` accepted (Okta's login limit is 100, Entra's UPN 113; room to spare).
+const MAX_USER_NAME: usize = 256;
+
+/// Refuse a User whose `userName` or an `emails[].value` could forge a log line or a look-alike:
+/// control or invisible format characters, an address outside the email rule. 400 invalidValue.
+fn check_user(body: &Map<String, Value>) -> Result<(), Response> {
+    if let Some(name) = body.get("userName").and_then(Value::as_str) {
+        if name.trim().is_empty() || name.chars().count() > MAX_USER_NAME {
+            return Err(bad_request(
+                "invalidValue",
+                format!("userName must have 1 to {MAX_USER_NAME} characters"),
+            ));
+        }
+        if name
+            .chars()
+            .any(|c| c.is_control() || gatehouse_domain::email::is_format(c))
+        {
+            return Err(bad_request(
+                "invalidValue",
+                "userName contains a control or invisible format character",
+            ));
+        }
+    }
+    let emails = body.get("emails").and_then(Value::as_array);
+    for (i, e) in emails.into_iter().flatten().enumerate() {
+        if let Some(v) = e.get("value").and_then(Value::as_str)
+            && let Err(err) = gatehouse_domain::email::validate(v)
+        {
+            return Err(bad_request("invalidValue", format!("emails[{i}].value: {err}")));
+        }
+    }
+    Ok(())
+}
+
 fn user_name(kind: ScimKind, body: &Map<String, Value>) -> Option<String> {
     match kind {
         ScimKind::User => body.get("userName").and_then(Value::as_str).map(str::to_string),
@@ -827,6 +861,9 @@ impl<Q: QueueProducer + Clone + 'static> Scim<Q> {
         new: Option<&Map<String, Value>>,
         event_type: &str,
     ) -> Result<Planned, Response> {
+        if let (ScimKind::User, Some(body)) = (kind, new) {
+            check_user(body)?;
+        }
         let new_value = new.map(|m| Value::Object(m.clone()));
         let change = match (old, new) {
             (None, Some(body)) => ScimChange::Insert {
@@ -905,7 +942,7 @@ impl<Q: QueueProducer + Clone + 'static> Scim<Q> {
             metrics::counter!(
                 "gatehouse_events_received_total",
                 "source" => "scim",
-                "event_type" => env.source_event_type.clone(),
+                "kind" => gatehouse_domain::metric_labels::event_kind(&env.event),
                 "actionable" => "true",
             )
             .increment(1);
