@@ -573,7 +573,11 @@ async fn three_processors_and_two_rotators_on_one_queue_and_database_apply_every
         &Policy::from_toml(&example_policy()).unwrap(),
         waves().iter().flatten(),
     );
-    assert_eq!(oracle.counts(), (SUBJECTS / 2, SUBJECTS / 2), "active, offboarded");
+    assert_eq!(
+        oracle.counts(),
+        (SUBJECTS / 2, SUBJECTS / 2),
+        "active, offboarded"
+    );
     oracle.assert_mixed();
     oracle.assert_converged(&fake);
     assert_no_duplicate_writes(&fake);

@@ -366,7 +366,11 @@ looker_roles = ["Developer"]
             groups: names(&["Engineers"]),
             roles: names(&["Developer", "Viewer"]),
         };
-        assert_eq!(oracle.get("ada@example.com"), Some(&ada), "t=2 add beats t=1 removal");
+        assert_eq!(
+            oracle.get("ada@example.com"),
+            Some(&ada),
+            "t=2 add beats t=1 removal"
+        );
         assert_eq!(oracle.get("bob@example.com"), Some(&Expected::Offboarded));
         assert_eq!(oracle.counts(), (1, 1));
         let reversed: Vec<Envelope> = events.iter().rev().cloned().collect();
@@ -381,7 +385,10 @@ looker_roles = ["Developer"]
         let hand = fake.add_group("Hand Managed");
         let viewer = fake.add_role("Viewer");
         let developer = fake.add_role("Developer");
-        assert_eq!(oracle.mismatches(&fake), ["ada@example.com: want active, missing"]);
+        assert_eq!(
+            oracle.mismatches(&fake),
+            ["ada@example.com: want active, missing"]
+        );
         let a = fake.add_user("ada@example.com", "Ada", "L");
         fake.add_user_to_group(&a, &engineers);
         fake.add_user_to_group(&a, &hand);
@@ -390,7 +397,10 @@ looker_roles = ["Developer"]
         assert_eq!(diff.len(), 1, "{diff:?}");
         assert!(diff[0].contains("Viewer\"}"), "a role missing: {diff:?}");
         fake.set_direct_roles(&a, &[&viewer, &developer]);
-        assert!(oracle.mismatches(&fake).is_empty(), "unmanaged groups are not compared");
+        assert!(
+            oracle.mismatches(&fake).is_empty(),
+            "unmanaged groups are not compared"
+        );
 
         let b = fake.add_user("bob@example.com", "Bob", "B");
         fake.add_user_to_group(&b, &hand);
