@@ -2,6 +2,7 @@
 # moto (a local AWS SQS) for the SQS tests, on loopback only.
 #   scripts/moto.sh start   install moto on first use, start it, wait until it answers
 #   scripts/moto.sh stop    stop the moto started here
+#   scripts/moto.sh selftest  install moto on first use and test scripts/moto_server.py's fixes
 # Both are idempotent. Needs only python3 with venv and pip.
 #   GATEHOUSE_TOOLS_DIR  where the venv lives (default ~/.cache/gatehouse-tools)
 #   MOTO_PORT            port on 127.0.0.1 (default 5000)
@@ -51,7 +52,8 @@ start() {
     fi
     install
     mkdir -p "$TOOLS_DIR"
-    # scripts/moto_server.py: moto_server with a faster (same-behaviour) SQS visibility check.
+    # scripts/moto_server.py: moto_server with a faster (same-behaviour) SQS visibility check and
+    # deletes that cannot lose a concurrent send.
     nohup "$VENV/bin/python" "$(dirname "$0")/moto_server.py" -H 127.0.0.1 -p "$PORT" >"$LOG" 2>&1 </dev/null &
     echo $! >"$PIDFILE"
     for _ in $(seq 1 300); do
@@ -87,11 +89,17 @@ stop() {
     rm -f "$PIDFILE"
 }
 
+selftest() {
+    install
+    "$VENV/bin/python" "$(dirname "$0")/moto_server_test.py"
+}
+
 case "${1:-}" in
 start) start ;;
 stop) stop ;;
+selftest) selftest ;;
 *)
-    echo "usage: $0 start|stop" >&2
+    echo "usage: $0 start|stop|selftest" >&2
     exit 2
     ;;
 esac

@@ -132,7 +132,9 @@ async fn two_processors_on_one_subject_at_once_lose_no_fact() {
         desired.groups.keys().map(String::as_str).collect::<BTreeSet<_>>(),
         want
     );
-    assert_eq!(s.version, 3, "created, then one commit per event");
+    // Created (1); then each event moved it twice: the fingerprint forgotten before the writes
+    // of the handler that committed it (issue 17), and its commit.
+    assert_eq!(s.version, 5, "created, then one forget and one commit per event");
     // ... and so does Looker.
     let u = fake.user_by_email("ada@example.com").unwrap();
     let have: BTreeSet<&str> = u.group_ids.iter().map(String::as_str).collect();
@@ -225,6 +227,9 @@ impl StateStore for HeldCommit {
     async fn load_subject(&self, key: &str) -> Result<Option<SubjectState>, BackendError> {
         self.inner.load_subject(key).await
     }
+    async fn forget_converged(&self, key: &str, base_version: i64) -> Result<i64, BackendError> {
+        self.inner.forget_converged(key, base_version).await
+    }
     async fn commit(&self, outcome: Outcome) -> Result<(), BackendError> {
         if outcome.envelope_id.0 == self.envelope {
             self.reached.notify_one();
@@ -273,7 +278,9 @@ async fn a_handler_that_lost_the_race_reads_looker_before_calling_it_converged()
     assert_eq!(converged.group_ids, BTreeSet::from([c.engineers.clone()]));
 
     // X handles "removed from Engineering" (t=2) and has written it to Looker, but its commit
-    // waits; meanwhile Y commits "added to Engineering" (t=3), a no-op for the stored state.
+    // waits; meanwhile Y handles "added to Engineering" (t=3), whose desired state is the one
+    // converged before X. X forgot that fingerprint before writing (issue 17), so Y does not
+    // trust it: it reads Looker and puts the group back.
     let held = HeldCommit {
         inner: store.clone(),
         envelope: "x",
@@ -299,13 +306,17 @@ async fn a_handler_that_lost_the_race_reads_looker_before_calling_it_converged()
     );
     let y = processor(&store, &fake, &policy);
     let ry = y.handle(&envelope("y", 3, added("Engineering"))).await.unwrap();
-    assert!(matches!(ry, Handled::NoOp { .. }), "{ry:?}");
+    assert!(matches!(ry, Handled::Applied { writes } if writes > 0), "{ry:?}");
 
     // X's commit is refused (Y changed the person); handled again, its event is stale and the
-    // desired state is the one Y recorded as converged, but Looker no longer matches it.
+    // desired state is the one Y recorded as converged: after the lost race X reads Looker
+    // (and finds nothing left to do) before calling it converged.
     held.release.add_permits(COMMIT_PERMITS);
+    let searches = |fake: &FakeLooker| fake.calls().iter().filter(|c| c.path == "/users/search").count();
+    let before_redo = searches(&fake);
     let rx = x_task.await.unwrap().unwrap();
-    assert!(matches!(rx, Handled::Applied { writes } if writes > 0), "{rx:?}");
+    assert_eq!(rx, Handled::Applied { writes: 0 });
+    assert_eq!(searches(&fake), before_redo + 1, "X read Looker again");
     assert_eq!(
         fake.user_by_email("ada@example.com").unwrap(),
         converged,
@@ -317,3 +328,74 @@ async fn a_handler_that_lost_the_race_reads_looker_before_calling_it_converged()
 
 /// Enough for every commit attempt X makes.
 const COMMIT_PERMITS: usize = 16;
+
+/// Issue 17 (`crash::pubsub_sigkill_at_random_points_...`: "want {Finance Analysts} {Viewer},
+/// have {Engineers, Finance Analysts} {Developer, Viewer}"). A processor is killed after its
+/// Looker writes and before its commit; the stored fingerprint still says "converged" for the
+/// state before those writes. Pub/Sub (and SQS standard) may hand the person's events out of
+/// order, so a newer event that undoes the killed one can be handled before it is redelivered:
+/// its desired state equals the stored fingerprint, so it must not trust it — Looker holds the
+/// killed plan's writes. The kill is the handler's task being dropped at its commit, exactly
+/// where SIGKILL leaves a process that had written to Looker and not yet to the store.
+#[tokio::test]
+async fn writes_of_a_handler_killed_before_its_commit_are_not_trusted_as_converged() {
+    let World {
+        fake,
+        c,
+        _dir,
+        store,
+        policy,
+    } = world().await;
+    let a = processor(&store, &fake, &policy);
+    a.handle(&envelope("e0", 0, IdentityEvent::UserCreated))
+        .await
+        .unwrap();
+    let before = fake.user_by_email("ada@example.com").unwrap();
+    assert!(before.group_ids.is_empty());
+
+    // "Added to Engineering" (t=1) is written to Looker, then the process dies at its commit.
+    let held = HeldCommit {
+        inner: store.clone(),
+        envelope: "killed",
+        reached: Arc::new(tokio::sync::Notify::new()),
+        release: Arc::new(tokio::sync::Semaphore::new(0)),
+    };
+    let killed = processor(&held, &fake, &policy);
+    let added_env = envelope("killed", 1, added("Engineering"));
+    let task = tokio::spawn(async move { killed.handle(&added_env).await });
+    held.reached.notified().await;
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    let half = fake.user_by_email("ada@example.com").unwrap();
+    assert_eq!(
+        half.group_ids,
+        BTreeSet::from([c.engineers.clone()]),
+        "the killed handler wrote before it died"
+    );
+
+    // The next process handles the newer "removed from Engineering" (t=2) first, then the
+    // redelivered "added" (t=1, stale by then).
+    let removed = IdentityEvent::GroupMemberRemoved {
+        group: GroupRef {
+            id: "00g-Engineering".into(),
+            name: "Engineering".into(),
+        },
+    };
+    let b = processor(&store, &fake, &policy);
+    b.handle(&envelope("removed", 2, removed)).await.unwrap();
+    let again = b
+        .handle(&envelope("killed", 1, added("Engineering")))
+        .await
+        .unwrap();
+    assert_eq!(again, Handled::NoOp { stale: true });
+
+    // Looker is what the events want: never in Engineering (the removal is the newer fact).
+    let s = store.load_subject("okta:00uada").await.unwrap().unwrap();
+    assert!(!s.identity.is_member("Engineering"));
+    let after = fake.user_by_email("ada@example.com").unwrap();
+    assert_eq!(
+        (&after.group_ids, &after.direct_role_ids),
+        (&before.group_ids, &before.direct_role_ids),
+        "the killed plan's group and role are undone"
+    );
+}

@@ -561,6 +561,21 @@ impl StateStore for Sqlite {
         tx.commit().await.map_err(err("cannot commit"))
     }
 
+    async fn forget_converged(&self, key: &str, base_version: i64) -> Result<i64, BackendError> {
+        let row = sqlx::query(
+            "UPDATE subjects SET converged = NULL, updated_at = ?3, version = ?2 + 1
+             WHERE key = ?1 AND version = ?2 RETURNING version",
+        )
+        .bind(key)
+        .bind(base_version)
+        .bind(ts(Utc::now()))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(err("cannot forget the converged fingerprint"))?;
+        row.map(|r| r.get::<i64, _>(0))
+            .ok_or_else(|| BackendError::subject_changed(key))
+    }
+
     async fn append_ledger(&self, entries: &[LedgerEntry]) -> Result<(), BackendError> {
         if entries.is_empty() {
             return Ok(());

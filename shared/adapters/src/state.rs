@@ -78,6 +78,9 @@ impl StateStore for AnyState {
     async fn commit(&self, outcome: Outcome) -> Result<(), BackendError> {
         forward!(self, s => s.commit(outcome))
     }
+    async fn forget_converged(&self, key: &str, base_version: i64) -> Result<i64, BackendError> {
+        forward!(self, s => s.forget_converged(key, base_version))
+    }
     async fn append_ledger(&self, entries: &[LedgerEntry]) -> Result<(), BackendError> {
         forward!(self, s => s.append_ledger(entries))
     }

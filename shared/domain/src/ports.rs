@@ -221,6 +221,18 @@ pub trait StateStore: Send + Sync {
     ) -> impl Future<Output = Result<Option<SubjectState>, BackendError>> + Send;
     /// Record that an envelope's effects are done, atomically with the identity it produced.
     fn commit(&self, outcome: Outcome) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Forget the subject's converged fingerprint before writing to Looker or a cloud for it,
+    /// so a handler that dies (or fails) between those writes and its `commit` leaves "not
+    /// known to be converged" behind, never a fingerprint its writes made untrue. A
+    /// compare-and-set on `base_version` (the version the handler loaded) that moves the version
+    /// on, like a commit: a concurrent handler's commit from the older load is refused.
+    /// Returns the new version (the handler's `base_version` from now on);
+    /// [`BackendError::subject_changed`] when the subject is no longer at `base_version`.
+    fn forget_converged(
+        &self,
+        key: &str,
+        base_version: i64,
+    ) -> impl Future<Output = Result<i64, BackendError>> + Send;
     /// Append rows to the hash-chained ledger, linearly even with several writers.
     fn append_ledger(&self, entries: &[LedgerEntry])
     -> impl Future<Output = Result<(), BackendError>> + Send;

@@ -464,6 +464,22 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let (plan, cloud_plan) = (plan?, cloud_plan?);
         plan_span.record("looker_steps", plan.steps.len());
         plan_span.record("cloud_steps", cloud_plan.len());
+        // Issue 17: the stored fingerprint vouches for what Looker and the clouds held at the
+        // last commit, and the writes below make that untrue until this handler commits. Killed
+        // (or failing) in between, it would leave the fingerprint vouching for a state its writes
+        // changed, and a later event that undoes this one (events of a person may be handled in
+        // any order) would find its desired state equal to it and trust it: Looker kept the
+        // half-applied plan for good. So the fingerprint is forgotten before the first write, in
+        // a compare-and-set that moves the version (a concurrent handler's commit from the older
+        // load is refused); whoever handles the person next reads Looker.
+        let writes_ahead =
+            (self.looker.is_some() && !plan.is_empty()) || (self.cloud.is_some() && !cloud_plan.is_empty());
+        let base_version = match base_version {
+            Some(v) if converged.is_some() && writes_ahead => {
+                Some(self.store.forget_converged(&env.subject.key, v).await?)
+            }
+            other => other,
+        };
         // The grace period runs from when Gatehouse offboarded the person, never from an old event time.
         let deletion = deletion_change(&desired, &identity, Utc::now());
         let looker_part = async {

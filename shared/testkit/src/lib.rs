@@ -2,6 +2,8 @@
 //! bench run on loopback.
 //!
 //! * [`looker_fake`]: a stateful fake of the Looker API 4.0 (`FakeLooker`).
+//! * [`oracle`]: what Looker must hold after a set of events, computed from the events alone, and
+//!   the "no write applied twice" check (the crash, replica and soak tests' one definition).
 //! * [`postgres`]: a fresh database per test on the throwaway PostgreSQL cluster.
 //! * [`gcp_iam_fake`]: getIamPolicy/setIamPolicy of Resource Manager v3, BigQuery and IAM v1.
 //! * [`secret_manager_fake`], [`gcp_sa_keys_fake`]: GCP Secret Manager and service-account keys.
@@ -13,6 +15,7 @@ pub mod gcp_iam_fake;
 pub mod gcp_sa_keys_fake;
 pub mod graph_fake;
 pub mod looker_fake;
+pub mod oracle;
 pub mod otlp_fake;
 pub mod postgres;
 pub mod secret_manager_fake;

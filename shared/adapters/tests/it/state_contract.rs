@@ -187,6 +187,31 @@ pub(crate) async fn a_commit_from_an_outdated_load_is_refused<S: StateStore>(s: 
     assert!(s.is_processed(&EnvelopeId("e4".into())).await.unwrap());
 }
 
+/// Before writing for a subject the engine forgets its converged fingerprint (issue 17): a
+/// compare-and-set that moves the version, so the next load sees no fingerprint and a commit
+/// from the load before it is refused; the identity and the processed rows stay as they were.
+pub(crate) async fn forgetting_the_fingerprint_is_a_compare_and_set<S: StateStore>(s: S) {
+    let o = |id: &str, fp: &str| outcome(id, Some("okta:1"), Some(fp), DeletionChange::Keep);
+    s.commit(o("e1", "one")).await.unwrap();
+    let loaded = s.load_subject("okta:1").await.unwrap().unwrap();
+    assert_eq!((loaded.version, loaded.converged.as_deref()), (1, Some("one")));
+    for (key, version) in [("okta:1", 0), ("okta:1", 2), ("okta:nobody", 1)] {
+        let e = s.forget_converged(key, version).await.unwrap_err();
+        assert!(e.is_subject_changed(), "{key} at {version}: {e}");
+    }
+    assert_eq!(s.forget_converged("okta:1", 1).await.unwrap(), 2);
+    let got = s.load_subject("okta:1").await.unwrap().unwrap();
+    assert_eq!((got.version, got.converged.as_deref()), (2, None));
+    assert_eq!(got.identity, loaded.identity);
+    assert!(s.is_processed(&EnvelopeId("e1".into())).await.unwrap());
+    let e = s.commit(based_on(o("e2", "two"), 1)).await.unwrap_err();
+    assert!(e.is_subject_changed(), "a commit from before the forget: {e}");
+    assert!(!s.is_processed(&EnvelopeId("e2".into())).await.unwrap());
+    s.commit(based_on(o("e2", "two"), 2)).await.unwrap();
+    let got = s.load_subject("okta:1").await.unwrap().unwrap();
+    assert_eq!((got.version, got.converged.as_deref()), (3, Some("two")));
+}
+
 /// A due deletion is handed to one caller; another gets it only after the claim lapses, and
 /// never after it is finished. Concurrent sweepers split the due deletions between them.
 pub(crate) async fn due_deletions_are_claimed<S: StateStore + Clone + 'static>(s: S) {
@@ -517,6 +542,7 @@ both! {
     dedupe => |s, _| Box::pin(dedupe_follows_commit(s));
     commit => |s, _| Box::pin(commit_keeps_identity_fingerprint_and_deletions(s));
     stale_commit => |s, _| Box::pin(a_commit_from_an_outdated_load_is_refused(s));
+    forget_converged => |s, _| Box::pin(forgetting_the_fingerprint_is_a_compare_and_set(s));
     deletion_claims => |s, _| Box::pin(due_deletions_are_claimed(s));
     rotation_requests => |s, _| Box::pin(rotation_requests_are_recorded_once(s));
     ledger_chain => |s, _| Box::pin(ledger_round_trips_and_chains(s));

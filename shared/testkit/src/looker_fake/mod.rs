@@ -45,7 +45,7 @@ use axum::extract::{Request, State as AxState};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use model::State;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -320,6 +320,16 @@ impl FakeLooker {
     /// Every user, the seeded admin included, by id.
     pub fn users(&self) -> Vec<UserView> {
         self.st().views()
+    }
+
+    /// Group id → name, every group.
+    pub fn group_names(&self) -> HashMap<String, String> {
+        self.st().group_names()
+    }
+
+    /// Role id → name, every role.
+    pub fn role_names(&self) -> HashMap<String, String> {
+        self.st().role_names()
     }
 
     /// Every request received since the start or the last [`Self::reset_calls`], in the order

@@ -859,6 +859,20 @@ impl State {
             .map(|u| u.id)
     }
 
+    pub(crate) fn group_names(&self) -> std::collections::HashMap<String, String> {
+        self.groups
+            .values()
+            .map(|g| (g.id.to_string(), g.name.clone()))
+            .collect()
+    }
+
+    pub(crate) fn role_names(&self) -> std::collections::HashMap<String, String> {
+        self.roles
+            .values()
+            .map(|r| (r.id.to_string(), r.name.clone()))
+            .collect()
+    }
+
     pub(crate) fn view_by_email(&self, email: &str) -> Option<UserView> {
         self.user_id_by_email(email)
             .and_then(|id| self.users.get(&id))
