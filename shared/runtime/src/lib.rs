@@ -9,4 +9,5 @@ pub mod cloud;
 pub mod engine;
 pub mod ingress;
 pub mod reconcile;
+pub mod targets;
 pub mod worker;

@@ -1,0 +1,6 @@
+//! Integration tests of the runtime, linked into one binary.
+
+mod contract;
+mod real_targets;
+mod toy_target;
+mod toy_target_contract;
