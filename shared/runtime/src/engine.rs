@@ -4,7 +4,7 @@
 
 use crate::cloud::{CloudTargets, Ctx};
 use crate::targets::looker::LookerTarget;
-use crate::targets::{self, Applied, ApplyError, Mode, Run};
+use crate::targets::{self, Applied, ApplyError, Mode, Registered, Run, TargetFailure};
 use chrono::{DateTime, Utc};
 use gatehouse_domain::cloud::{CloudError, CloudPlan, DesiredCloud};
 use gatehouse_domain::envelope::{Envelope, IdentityEvent};
@@ -52,6 +52,18 @@ pub enum ProcessError {
     /// Looker answered 409 to creating the user: another handler created it meanwhile.
     #[error("the looker user was created by another handler meanwhile: {0}")]
     CreateRaced(LookerError),
+    /// A target registered with [`Engine::with_target`] failed.
+    #[error(transparent)]
+    Target(TargetFailure),
+}
+
+impl From<TargetFailure> for ProcessError {
+    fn from(e: TargetFailure) -> Self {
+        match e {
+            TargetFailure::Ledger(e) => ProcessError::Backend(e),
+            other => ProcessError::Target(other),
+        }
+    }
 }
 
 impl ProcessError {
@@ -61,7 +73,10 @@ impl ProcessError {
             ProcessError::Looker(e) => matches!(e.kind, ErrorKind::Permanent | ErrorKind::Conflict),
             // Access denied by a cloud is permanent: the ledger row says so, retrying cannot help.
             ProcessError::Cloud(e) => matches!(e.kind, ErrorKind::Permanent | ErrorKind::Unauthorized),
-            ProcessError::Backend(_) | ProcessError::CreateRaced(_) => false,
+            ProcessError::Target(TargetFailure::Target { kind, .. }) => {
+                matches!(kind, ErrorKind::Permanent | ErrorKind::Unauthorized)
+            }
+            ProcessError::Backend(_) | ProcessError::CreateRaced(_) | ProcessError::Target(_) => false,
         }
     }
 
@@ -70,7 +85,8 @@ impl ProcessError {
         match self {
             ProcessError::Looker(e) => e.retry_after,
             ProcessError::Cloud(e) => e.retry_after,
-            ProcessError::Backend(_) | ProcessError::CreateRaced(_) => None,
+            ProcessError::Target(TargetFailure::Target { retry_after, .. }) => *retry_after,
+            ProcessError::Backend(_) | ProcessError::CreateRaced(_) | ProcessError::Target(_) => None,
         }
     }
 
@@ -80,7 +96,7 @@ impl ProcessError {
         match self {
             ProcessError::Backend(e) => e.is_subject_changed(),
             ProcessError::CreateRaced(_) => true,
-            ProcessError::Looker(_) | ProcessError::Cloud(_) => false,
+            ProcessError::Looker(_) | ProcessError::Cloud(_) | ProcessError::Target(_) => false,
         }
     }
 }
@@ -128,6 +144,8 @@ pub struct Engine<S, L> {
     cloud: Option<Arc<CloudTargets>>,
     /// Sees every step before it is sent (withholds none by default).
     screen: Arc<dyn Screen>,
+    /// Targets registered beside Looker, AWS and GCP ([`Engine::with_target`]).
+    registered: Vec<Arc<dyn Registered<S>>>,
     subjects: SubjectLocks,
     /// Holder email (lowercase) → declared secrets they hold (rotated when they are offboarded).
     held_secrets: Arc<std::collections::HashMap<String, Vec<String>>>,
@@ -182,6 +200,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             retry,
             cloud: None,
             screen: Arc::new(SendAll),
+            registered: Vec::new(),
             subjects: SubjectLocks::default(),
             held_secrets: Arc::default(),
         }
@@ -190,6 +209,13 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
     /// Add the cloud targets (AWS IAM, GCP IAM) to every plan.
     pub fn with_cloud(mut self, cloud: CloudTargets) -> Self {
         self.cloud = (!cloud.is_empty()).then(|| Arc::new(cloud));
+        self
+    }
+
+    /// Add a target: every event reads, plans and applies it beside Looker, AWS and GCP, through
+    /// the same loop (ledger, screen, retries). Reconcile does not read it yet.
+    pub fn with_target(mut self, target: impl Registered<S> + 'static) -> Self {
+        self.registered.push(Arc::new(target));
         self
     }
 
@@ -380,10 +406,16 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         }
         let desired = policy::evaluate(&self.policy, &identity);
         let desired_cloud = self.desired_cloud(&identity);
-        let fingerprint = fingerprint(&desired, &desired_cloud);
+        let now = Utc::now();
+        let desired_registered: Vec<(&str, Option<serde_json::Value>)> = self
+            .registered
+            .iter()
+            .map(|t| (t.name().as_str(), t.desired_json(&self.policy, &identity, now)))
+            .collect();
+        let fingerprint = fingerprint(&desired, &desired_cloud, &desired_registered);
         // Drift (or a lost race) means the actual state may have moved under us: read and
         // converge even if the desired state is the one last converged.
-        let live = self.looker.client().is_some() || self.cloud.is_some();
+        let live = self.looker.client().is_some() || self.cloud.is_some() || !self.registered.is_empty();
         if !drift && !after_race && live && converged.as_deref() == Some(fingerprint.as_str()) {
             self.store
                 .commit(Outcome {
@@ -427,10 +459,23 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             Ok::<_, ProcessError>((live, if live { a.writes } else { a.planned }))
         };
         let cloud_part = async {
-            match &self.cloud {
-                Some(c) => c.apply(&run, &cloud_plan, None).await.map(|a| a.writes),
-                None => Ok(0),
+            let cloud = async {
+                match &self.cloud {
+                    Some(c) => c.apply(&run, &cloud_plan, None).await.map(|a| a.writes),
+                    None => Ok(0),
+                }
+            };
+            let registered = futures::future::join_all(
+                self.registered
+                    .iter()
+                    .map(|t| t.converge(&self.policy, &identity, now, Mode::Apply, &run)),
+            );
+            let (c, r) = futures::join!(cloud, registered);
+            let mut writes = c?;
+            for a in r {
+                writes += a?.writes;
             }
+            Ok::<_, ProcessError>(writes)
         };
         let apply_span = tracing::info_span!(
             "apply",
@@ -449,7 +494,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         for note in &cloud_plan.notes {
             tracing::info!(envelope_id = %env.id, subject = %env.subject.key, note = %note, "plan note");
         }
-        let result = if looker_live || self.cloud.is_some() {
+        let result = if looker_live || self.cloud.is_some() || !self.registered.is_empty() {
             Handled::Applied {
                 writes: if looker_live { n } else { 0 } + cloud_writes,
             }
@@ -601,14 +646,24 @@ fn ctx(env: &Envelope) -> Ctx {
     }
 }
 
-/// The converged fingerprint: Looker's alone when no cloud part applies (unchanged from before
-/// cloud targets), else both.
-fn fingerprint(desired: &DesiredLooker, cloud: &DesiredCloud) -> String {
-    if cloud.is_empty() {
+/// The converged fingerprint: Looker's alone when no other target applies (unchanged from before
+/// cloud targets), else Looker's and the clouds' (unchanged from before registered targets), else
+/// every target's.
+fn fingerprint(
+    desired: &DesiredLooker,
+    cloud: &DesiredCloud,
+    registered: &[(&str, Option<serde_json::Value>)],
+) -> String {
+    if cloud.is_empty() && registered.is_empty() {
         return desired.fingerprint();
     }
     use sha2::{Digest, Sha256};
-    let json = serde_json::to_vec(&(desired, cloud)).expect("desired state serializes");
+    let json = if registered.is_empty() {
+        serde_json::to_vec(&(desired, cloud))
+    } else {
+        serde_json::to_vec(&(desired, cloud, registered))
+    }
+    .expect("desired state serializes");
     Sha256::digest(json).iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -359,3 +359,100 @@ async fn send_batch<T: Target, S: StateStore>(
         }
     }
 }
+
+/// A target registered with the engine beside Looker, AWS and GCP (`Engine::with_target`):
+/// any [`Target`] whose desired state serializes is one. Event-driven: on every event the
+/// engine asks it for the person's desired state (part of the converged fingerprint, so a
+/// replay or no-op still costs zero calls), then reads, plans and applies it through
+/// [`apply`], beside the other targets.
+pub trait Registered<S>: Send + Sync {
+    fn name(&self) -> TargetName;
+    /// The person's desired state as JSON (`None`: nothing to manage for them).
+    fn desired_json(
+        &self,
+        policy: &gatehouse_domain::policy::Policy,
+        identity: &gatehouse_domain::identity::Identity,
+        now: chrono::DateTime<Utc>,
+    ) -> Option<serde_json::Value>;
+    /// Read, plan and apply (or report / dry-run) for one person.
+    fn converge<'a>(
+        &'a self,
+        policy: &'a gatehouse_domain::policy::Policy,
+        identity: &'a gatehouse_domain::identity::Identity,
+        now: chrono::DateTime<Utc>,
+        mode: Mode,
+        run: &'a Run<'a, S>,
+    ) -> futures::future::BoxFuture<'a, Result<Applied, TargetFailure>>;
+}
+
+/// A registered target failed: classified by its [`Failure`], cause kept.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetFailure {
+    #[error("{target} {kind:?}: {source}")]
+    Target {
+        target: TargetName,
+        kind: ErrorKind,
+        retry_after: Option<Duration>,
+        #[source]
+        source: gatehouse_domain::ports::BoxError,
+    },
+    #[error(transparent)]
+    Ledger(BackendError),
+}
+
+impl TargetFailure {
+    fn of<E: Failure>(target: TargetName, e: E) -> Self {
+        TargetFailure::Target {
+            target,
+            kind: e.kind(),
+            retry_after: e.retry_after(),
+            source: Box::new(e),
+        }
+    }
+}
+
+impl<S, T> Registered<S> for T
+where
+    S: StateStore,
+    T: Target,
+    T::Desired: serde::Serialize,
+{
+    fn name(&self) -> TargetName {
+        Target::name(self)
+    }
+
+    fn desired_json(
+        &self,
+        policy: &gatehouse_domain::policy::Policy,
+        identity: &gatehouse_domain::identity::Identity,
+        now: chrono::DateTime<Utc>,
+    ) -> Option<serde_json::Value> {
+        self.desired(policy, identity, now)
+            .map(|d| serde_json::to_value(d).expect("desired state serializes"))
+    }
+
+    fn converge<'a>(
+        &'a self,
+        policy: &'a gatehouse_domain::policy::Policy,
+        identity: &'a gatehouse_domain::identity::Identity,
+        now: chrono::DateTime<Utc>,
+        mode: Mode,
+        run: &'a Run<'a, S>,
+    ) -> futures::future::BoxFuture<'a, Result<Applied, TargetFailure>> {
+        Box::pin(async move {
+            let name = Target::name(self);
+            let Some(desired) = self.desired(policy, identity, now) else {
+                return Ok(Applied::default());
+            };
+            let actual = self
+                .read(&desired)
+                .await
+                .map_err(|e| TargetFailure::of(name, e))?;
+            let plan = self.diff(&desired, &actual);
+            apply(self, &plan, mode, run).await.map_err(|e| match e {
+                ApplyError::Target { error, .. } => TargetFailure::of(name, error),
+                ApplyError::Ledger(e) => TargetFailure::Ledger(e),
+            })
+        })
+    }
+}

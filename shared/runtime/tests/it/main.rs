@@ -2,5 +2,6 @@
 
 mod contract;
 mod real_targets;
+mod registered;
 mod toy_target;
 mod toy_target_contract;

@@ -29,7 +29,7 @@ pub struct WikiTarget {
     pub spaces: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct WikiDesired {
     pub user: String,
     pub spaces: BTreeSet<String>,
