@@ -9,6 +9,7 @@
 //! - [`plan`]: the diff from actual to desired state.
 //! - [`ledger_chain`]: the hash chain over the ledger and its verification.
 //! - [`ports`]: traits the adapters implement (queue, state, Looker).
+//! - [`target`]: the one port every changed system implements (read, diff, send, classify).
 
 pub mod cloud;
 pub mod cloud_audit;
@@ -28,3 +29,4 @@ pub mod plan;
 pub mod policy;
 pub mod ports;
 pub mod scim_filter;
+pub mod target;

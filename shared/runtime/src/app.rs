@@ -3,7 +3,7 @@
 
 use crate::audit::{Kind, Translator, TranslatorConfig};
 use crate::budget::Budget;
-use crate::cloud::{AwsTarget, CloudTargets};
+use crate::cloud::{AwsTarget, CloudTargets, GcpTarget};
 use crate::engine::{Engine, RetryPolicy};
 use crate::ingress::{self, Deps};
 use crate::server::{self, Limits};
@@ -185,6 +185,12 @@ async fn connect_postgres(p: &PostgresConfig) -> Result<Postgres, AppError> {
 
 /// The cloud targets the configuration enables (AWS IAM, GCP IAM), with the reconcile modes.
 pub async fn cloud_targets(cfg: &Config, store: &AnyState) -> Result<CloudTargets, AppError> {
+    let p = &cfg.processor;
+    let retry = RetryPolicy {
+        retries: p.call_retries,
+        min_delay: p.retry_min_delay,
+        max_delay: p.retry_max_delay,
+    };
     let aws = match (&cfg.aws.enabled, &cfg.aws.user_mapping) {
         (true, Some(m)) => {
             let iam = AwsIam::connect(&AwsConnect {
@@ -198,7 +204,11 @@ pub async fn cloud_targets(cfg: &Config, store: &AnyState) -> Result<CloudTarget
                 AwsUserMappingConfig::Tag(key) => AwsUserMapping::Tag { key: key.clone() },
                 AwsUserMappingConfig::Template(t) => AwsUserMapping::Template { template: t.clone() },
             };
-            Some(AwsTarget { iam, mapping })
+            Some(AwsTarget {
+                iam,
+                mapping,
+                retry: retry.clone(),
+            })
         }
         _ => None,
     };
@@ -207,31 +217,27 @@ pub async fn cloud_targets(cfg: &Config, store: &AnyState) -> Result<CloudTarget
             GcpTokenSource::Static { token } => TokenSource::Static(token.clone()),
             GcpTokenSource::Adc => GcpIam::adc().map_err(AppError::Cloud)?,
         };
-        Some(
-            GcpIam::new(GcpIamConfig {
-                resource_manager_url: cfg.gcp.resource_manager_url.clone(),
-                bigquery_url: cfg.gcp.bigquery_url.clone(),
-                iam_url: cfg.gcp.iam_url.clone(),
-                token,
-                timeout: cfg.gcp.timeout,
-            })
-            .map_err(AppError::Cloud)?,
-        )
+        let iam = GcpIam::new(GcpIamConfig {
+            resource_manager_url: cfg.gcp.resource_manager_url.clone(),
+            bigquery_url: cfg.gcp.bigquery_url.clone(),
+            iam_url: cfg.gcp.iam_url.clone(),
+            token,
+            timeout: cfg.gcp.timeout,
+        })
+        .map_err(AppError::Cloud)?;
+        Some(GcpTarget {
+            iam,
+            retry: retry.clone(),
+            conflict_retries: cfg.gcp.conflict_retries,
+        })
     } else {
         None
     };
-    let p = &cfg.processor;
     let dir = store.clone();
     Ok(CloudTargets {
         aws,
         gcp,
         modes: cfg.reconcile.mode,
-        retry: RetryPolicy {
-            retries: p.call_retries,
-            min_delay: p.retry_min_delay,
-            max_delay: p.retry_max_delay,
-        },
-        conflict_retries: cfg.gcp.conflict_retries,
         directory: Arc::new(move || {
             let d = dir.clone();
             Box::pin(async move { d.subjects().await })

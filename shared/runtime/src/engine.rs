@@ -3,43 +3,26 @@
 //! → apply → ledger → commit. Only after `commit` may the queue message be acked.
 
 use crate::cloud::{CloudTargets, Ctx};
-use backon::{ExponentialBuilder, Retryable};
+use crate::targets::looker::LookerTarget;
+use crate::targets::{self, Applied, ApplyError, Mode, Registered, Run, TargetFailure};
 use chrono::{DateTime, Utc};
-use futures::future::join_all;
 use gatehouse_domain::cloud::{CloudError, CloudPlan, DesiredCloud};
 use gatehouse_domain::envelope::{Envelope, IdentityEvent};
 use gatehouse_domain::identity::{FoldOutcome, Identity};
-use gatehouse_domain::looker::{
-    Catalog, ErrorKind, LookerError, LookerOp, LookerUser, Method, ReadNeeds, UserRef,
-};
-use gatehouse_domain::plan::{self, Actual, Plan, Step};
+use gatehouse_domain::looker::{Catalog, ErrorKind, LookerError, LookerOp, LookerUser, ReadNeeds, UserRef};
+use gatehouse_domain::plan::{Plan, Step};
 use gatehouse_domain::policy::{self, DesiredLooker, Policy, Presence};
 use gatehouse_domain::ports::{
-    BackendError, DeletionChange, LedgerEntry, LookerPort, Outcome, RotationRequest, ScheduledDeletion,
-    StateStore,
+    BackendError, DeletionChange, LookerPort, Outcome, RotationRequest, ScheduledDeletion, StateStore,
 };
+use gatehouse_domain::target::{Order, Screen, SendAll, Target as _};
+use gatehouse_platform::config::Mode as ConfigMode;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
-/// Retry policy for one Looker call within one delivery.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    pub retries: usize,
-    pub min_delay: Duration,
-    pub max_delay: Duration,
-}
-
-impl RetryPolicy {
-    pub(crate) fn backoff(&self) -> ExponentialBuilder {
-        ExponentialBuilder::default()
-            .with_min_delay(self.min_delay)
-            .with_max_delay(self.max_delay)
-            .with_max_times(self.retries)
-            .with_jitter()
-    }
-}
+pub use crate::targets::RetryPolicy;
 
 /// What handling one envelope came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +52,18 @@ pub enum ProcessError {
     /// Looker answered 409 to creating the user: another handler created it meanwhile.
     #[error("the looker user was created by another handler meanwhile: {0}")]
     CreateRaced(LookerError),
+    /// A target registered with [`Engine::with_target`] failed.
+    #[error(transparent)]
+    Target(TargetFailure),
+}
+
+impl From<TargetFailure> for ProcessError {
+    fn from(e: TargetFailure) -> Self {
+        match e {
+            TargetFailure::Ledger(e) => ProcessError::Backend(e),
+            other => ProcessError::Target(other),
+        }
+    }
 }
 
 impl ProcessError {
@@ -78,7 +73,10 @@ impl ProcessError {
             ProcessError::Looker(e) => matches!(e.kind, ErrorKind::Permanent | ErrorKind::Conflict),
             // Access denied by a cloud is permanent: the ledger row says so, retrying cannot help.
             ProcessError::Cloud(e) => matches!(e.kind, ErrorKind::Permanent | ErrorKind::Unauthorized),
-            ProcessError::Backend(_) | ProcessError::CreateRaced(_) => false,
+            ProcessError::Target(TargetFailure::Target { kind, .. }) => {
+                matches!(kind, ErrorKind::Permanent | ErrorKind::Unauthorized)
+            }
+            ProcessError::Backend(_) | ProcessError::CreateRaced(_) | ProcessError::Target(_) => false,
         }
     }
 
@@ -87,7 +85,8 @@ impl ProcessError {
         match self {
             ProcessError::Looker(e) => e.retry_after,
             ProcessError::Cloud(e) => e.retry_after,
-            ProcessError::Backend(_) | ProcessError::CreateRaced(_) => None,
+            ProcessError::Target(TargetFailure::Target { retry_after, .. }) => *retry_after,
+            ProcessError::Backend(_) | ProcessError::CreateRaced(_) | ProcessError::Target(_) => None,
         }
     }
 
@@ -97,7 +96,30 @@ impl ProcessError {
         match self {
             ProcessError::Backend(e) => e.is_subject_changed(),
             ProcessError::CreateRaced(_) => true,
-            ProcessError::Looker(_) | ProcessError::Cloud(_) => false,
+            ProcessError::Looker(_) | ProcessError::Cloud(_) | ProcessError::Target(_) => false,
+        }
+    }
+}
+
+impl From<ApplyError<LookerError>> for ProcessError {
+    fn from(e: ApplyError<LookerError>) -> Self {
+        match e {
+            // Looker answered 409 to creating the user: another handler created it meanwhile.
+            ApplyError::Target {
+                error,
+                order: Order::Create,
+            } if error.kind == ErrorKind::Conflict => ProcessError::CreateRaced(error),
+            ApplyError::Target { error, .. } => ProcessError::Looker(error),
+            ApplyError::Ledger(e) => ProcessError::Backend(e),
+        }
+    }
+}
+
+impl From<ApplyError<CloudError>> for ProcessError {
+    fn from(e: ApplyError<CloudError>) -> Self {
+        match e {
+            ApplyError::Target { error, .. } => ProcessError::Cloud(error),
+            ApplyError::Ledger(e) => ProcessError::Backend(e),
         }
     }
 }
@@ -115,10 +137,15 @@ pub struct PlanReport {
 
 pub struct Engine<S, L> {
     store: S,
-    looker: Option<L>,
+    looker: LookerTarget<L>,
     policy: Arc<Policy>,
+    /// Write retries of the apply loop, for every target.
     retry: RetryPolicy,
     cloud: Option<Arc<CloudTargets>>,
+    /// Sees every step before it is sent (withholds none by default).
+    screen: Arc<dyn Screen>,
+    /// Targets registered beside Looker, AWS and GCP ([`Engine::with_target`]).
+    registered: Vec<Arc<dyn Registered<S>>>,
     subjects: SubjectLocks,
     /// Holder email (lowercase) → declared secrets they hold (rotated when they are offboarded).
     held_secrets: Arc<std::collections::HashMap<String, Vec<String>>>,
@@ -170,10 +197,12 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
     pub fn new(store: S, looker: Option<L>, policy: Arc<Policy>, retry: RetryPolicy) -> Self {
         Engine {
             store,
-            looker,
+            looker: LookerTarget::new(looker, retry.clone()),
             policy,
             retry,
             cloud: None,
+            screen: Arc::new(SendAll),
+            registered: Vec::new(),
             subjects: SubjectLocks::default(),
             held_secrets: Arc::default(),
             max_clock_skew: gatehouse_domain::envelope::DEFAULT_MAX_CLOCK_SKEW,
@@ -209,12 +238,40 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         self
     }
 
+    /// Add a target: every event reads, plans and applies it beside Looker, AWS and GCP, through
+    /// the same loop (ledger, screen, retries). Reconcile does not read it yet.
+    pub fn with_target(mut self, target: impl Registered<S> + 'static) -> Self {
+        self.registered.push(Arc::new(target));
+        self
+    }
+
+    /// Show every step to `screen` before it is sent, in every target.
+    pub fn with_screen(mut self, screen: Arc<dyn Screen>) -> Self {
+        self.screen = screen;
+        self
+    }
+
     pub fn policy(&self) -> &Policy {
         &self.policy
     }
 
     pub fn looker(&self) -> Option<&L> {
-        self.looker.as_ref()
+        self.looker.client()
+    }
+
+    /// Looker as a target (the one loop applies its plans).
+    pub fn looker_target(&self) -> &LookerTarget<L> {
+        &self.looker
+    }
+
+    /// How the loop runs for one ledger context.
+    fn run<'a>(&'a self, ctx: &'a Ctx) -> Run<'a, S> {
+        Run {
+            store: &self.store,
+            ctx,
+            retry: &self.retry,
+            screen: &*self.screen,
+        }
     }
 
     pub fn cloud(&self) -> Option<&CloudTargets> {
@@ -250,7 +307,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
     }
 
     pub fn is_dry_run(&self) -> bool {
-        self.looker.is_none()
+        self.looker.client().is_none()
     }
 
     /// Compute the plan for an envelope without changing anything (reads Looker when configured).
@@ -279,53 +336,8 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
 
     /// The Looker plan for a desired state (reads Looker when configured).
     pub async fn compute_plan(&self, desired: &DesiredLooker) -> Result<Plan, ProcessError> {
-        let Some(looker) = &self.looker else {
-            return Ok(plan::diff(desired, &Actual::Unknown, None));
-        };
-        let (catalog, found) = match (&desired.email, &desired.presence) {
-            (None, _) => (self.read_catalog(looker).await?, None),
-            // Offboarding needs nothing from the catalog to read the user: both reads at once,
-            // so a cold start is login → (catalog ∥ search) → revocations.
-            (Some(email), Presence::Offboarded { .. }) => {
-                let no_needs = ReadNeeds::default();
-                let (c, f) = futures::join!(
-                    self.read_catalog(looker),
-                    self.read_user(looker, email, &no_needs)
-                );
-                (c?, f?)
-            }
-            (Some(email), Presence::Active { .. }) => {
-                let c = self.read_catalog(looker).await?;
-                let needs = plan::read_needs(desired, &c);
-                let f = self.read_user(looker, email, &needs).await?;
-                (c, f)
-            }
-        };
-        let actual = found.map(Actual::Present).unwrap_or(Actual::Absent);
-        Ok(plan::diff(desired, &actual, Some(&catalog)))
-    }
-
-    async fn read_catalog(&self, looker: &L) -> Result<Catalog, LookerError> {
-        (|| looker.catalog())
-            .retry(self.retry.backoff())
-            .when(LookerError::is_retryable)
-            .adjust(honour_retry_after)
-            .await
-    }
-
-    async fn read_user(
-        &self,
-        looker: &L,
-        email: &str,
-        needs: &ReadNeeds,
-    ) -> Result<Option<LookerUser>, LookerError> {
-        // A NotFound here means the user vanished between the search and a follow-up read: a
-        // fresh search settles it.
-        (|| looker.find_user(email, needs))
-            .retry(self.retry.backoff())
-            .when(|e: &LookerError| e.is_retryable() || e.kind == ErrorKind::NotFound)
-            .adjust(honour_retry_after)
-            .await
+        let actual = self.looker.read(desired).await?;
+        Ok(self.looker.diff(desired, &actual))
     }
 
     /// Process one envelope. `Ok` means its effects and ledger rows are recorded and the message
@@ -428,10 +440,16 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         }
         let desired = policy::evaluate(&self.policy, &identity);
         let desired_cloud = self.desired_cloud(&identity);
-        let fingerprint = fingerprint(&desired, &desired_cloud);
+        let now = Utc::now();
+        let desired_registered: Vec<(&str, Option<serde_json::Value>)> = self
+            .registered
+            .iter()
+            .map(|t| (t.name().as_str(), t.desired_json(&self.policy, &identity, now)))
+            .collect();
+        let fingerprint = fingerprint(&desired, &desired_cloud, &desired_registered);
         // Drift (or a lost race) means the actual state may have moved under us: read and
         // converge even if the desired state is the one last converged.
-        let live = self.looker.is_some() || self.cloud.is_some();
+        let live = self.looker.client().is_some() || self.cloud.is_some() || !self.registered.is_empty();
         if !drift && !after_race && live && converged.as_deref() == Some(fingerprint.as_str()) {
             self.store
                 .commit(Outcome {
@@ -482,29 +500,36 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         };
         // The grace period runs from when Gatehouse offboarded the person, never from an old event time.
         let deletion = deletion_change(&desired, &identity, Utc::now());
+        let ctx = ctx(env);
+        let run = self.run(&ctx);
         let looker_part = async {
-            match &self.looker {
-                None => {
-                    let entries: Vec<LedgerEntry> = plan
-                        .steps
-                        .iter()
-                        .map(|s| ledger_entry(env, s, &plan.user, "dry_run".into()))
-                        .collect();
-                    self.store.append_ledger(&entries).await?;
-                    Ok::<_, ProcessError>((false, entries.len()))
-                }
-                Some(looker) => Ok((true, self.apply(looker, env, &plan).await?)),
-            }
+            let live = self.looker.client().is_some();
+            let mode = if live { Mode::Apply } else { Mode::DryRun };
+            let a = targets::apply(&self.looker, &plan, mode, &run).await?;
+            Ok::<_, ProcessError>((live, if live { a.writes } else { a.planned }))
         };
         let cloud_part = async {
-            match &self.cloud {
-                Some(c) if !cloud_plan.is_empty() => c.apply(&self.store, &ctx(env), &cloud_plan, None).await,
-                _ => Ok(0),
+            let cloud = async {
+                match &self.cloud {
+                    Some(c) => c.apply(&run, &cloud_plan, None).await.map(|a| a.writes),
+                    None => Ok(0),
+                }
+            };
+            let registered = futures::future::join_all(
+                self.registered
+                    .iter()
+                    .map(|t| t.converge(&self.policy, &identity, now, Mode::Apply, &run)),
+            );
+            let (c, r) = futures::join!(cloud, registered);
+            let mut writes = c?;
+            for a in r {
+                writes += a?.writes;
             }
+            Ok::<_, ProcessError>(writes)
         };
         let apply_span = tracing::info_span!(
             "apply",
-            dry_run = self.looker.is_none(),
+            dry_run = self.looker.client().is_none(),
             writes = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
@@ -519,7 +544,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         for note in &cloud_plan.notes {
             tracing::info!(envelope_id = %env.id, subject = %env.subject.key, note = %note, "plan note");
         }
-        let result = if looker_live || self.cloud.is_some() {
+        let result = if looker_live || self.cloud.is_some() || !self.registered.is_empty() {
             Handled::Applied {
                 writes: if looker_live { n } else { 0 } + cloud_writes,
             }
@@ -543,10 +568,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
 
     /// The Looker catalog (with retries). Only when Looker is configured.
     pub async fn catalog(&self) -> Result<Catalog, ProcessError> {
-        match &self.looker {
-            Some(l) => Ok(self.read_catalog(l).await?),
-            None => Ok(Catalog::default()),
-        }
+        Ok(self.looker.catalog().await?)
     }
 
     /// One Looker user search (with retries). `None` without Looker.
@@ -555,10 +577,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         email: &str,
         needs: &ReadNeeds,
     ) -> Result<Option<LookerUser>, ProcessError> {
-        match &self.looker {
-            Some(l) => Ok(self.read_user(l, email, needs).await?),
-            None => Ok(None),
-        }
+        Ok(self.looker.find_user(email, needs).await?)
     }
 
     /// Apply one person's reconcile plan: targets in `enforce` mode are written, the others get
@@ -570,57 +589,37 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         cloud_plan: &CloudPlan,
     ) -> Result<AppliedCounts, ProcessError> {
         let modes = self.cloud.as_ref().map(|c| c.modes).unwrap_or_default();
-        let env = reconcile_envelope(ctx);
-        let mut counts = AppliedCounts::default();
+        let run = self.run(ctx);
         let looker_part = async {
-            let Some(plan) = looker_plan.filter(|p| !p.is_empty()) else {
-                return Ok::<_, ProcessError>((0, 0));
+            let Some(plan) = looker_plan else {
+                return Ok::<_, ProcessError>(Applied::default());
             };
-            match &self.looker {
-                Some(l) if modes.looker == gatehouse_platform::config::Mode::Enforce => {
-                    Ok((self.apply(l, &env, plan).await?, 0))
-                }
-                _ => {
-                    let rows: Vec<LedgerEntry> = plan
-                        .steps
-                        .iter()
-                        .map(|s| ledger_entry(&env, s, &plan.user, crate::cloud::REPORTED.into()))
-                        .collect();
-                    metrics::counter!("gatehouse_drift_reported_total", "target" => "looker")
-                        .increment(rows.len() as u64);
-                    self.store.append_ledger(&rows).await?;
-                    Ok((0, rows.len()))
-                }
-            }
+            let mode = match self.looker.client() {
+                Some(_) if modes.looker == ConfigMode::Enforce => Mode::Apply,
+                _ => Mode::Report,
+            };
+            Ok(targets::apply(&self.looker, plan, mode, &run).await?)
         };
         let cloud_part = async {
             match &self.cloud {
-                Some(c) if !cloud_plan.is_empty() => c.apply(&self.store, ctx, cloud_plan, Some(modes)).await,
-                _ => Ok(0),
+                Some(c) => c.apply(&run, cloud_plan, Some(modes)).await,
+                None => Ok(Applied::default()),
             }
         };
         let (l, c) = futures::join!(looker_part, cloud_part);
-        let (lw, lr) = l?;
-        let cw = c?;
-        counts.writes = lw + cw;
-        let enforced = |m: gatehouse_platform::config::Mode| m == gatehouse_platform::config::Mode::Enforce;
-        counts.reported =
-            lr + if enforced(modes.aws) {
-                0
-            } else {
-                cloud_plan.aws.as_ref().map_or(0, |a| a.steps.len())
-            } + if enforced(modes.gcp) {
-                0
-            } else {
-                cloud_plan.gcp.len()
-            };
-        Ok(counts)
+        let a = l? + c?;
+        Ok(AppliedCounts {
+            writes: a.writes,
+            reported: a.reported,
+        })
     }
 
     /// Converge one person after a cloud drift event: read every target, plan, and apply to the
     /// targets in `enforce` mode; the others get `drift_reported` ledger rows.
     async fn converge_drift(&self, env: &Envelope, identity: &Identity) -> Result<usize, ProcessError> {
-        let Some(cloud) = &self.cloud else { return Ok(0) };
+        if self.cloud.is_none() {
+            return Ok(0);
+        }
         let desired = policy::evaluate(&self.policy, identity);
         let desired_cloud = self.desired_cloud(identity);
         let (plan, cloud_plan) = futures::join!(
@@ -633,115 +632,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             subject: identity.key.clone(),
             event: env.source_event_type.clone(),
         };
-        let looker_part = async {
-            match &self.looker {
-                Some(l) if cloud.modes.looker == gatehouse_platform::config::Mode::Enforce => {
-                    self.apply(l, env, &plan).await
-                }
-                _ => {
-                    let rows: Vec<LedgerEntry> = plan
-                        .steps
-                        .iter()
-                        .map(|s| ledger_entry(env, s, &plan.user, crate::cloud::REPORTED.into()))
-                        .collect();
-                    self.store.append_ledger(&rows).await?;
-                    Ok(0)
-                }
-            }
-        };
-        let cloud_part = cloud.apply(&self.store, &ctx, &cloud_plan, Some(cloud.modes));
-        let (l, c) = futures::join!(looker_part, cloud_part);
-        Ok(l? + c?)
-    }
-
-    /// Apply a plan: the create call first (others need its id), then every other call at once.
-    /// Each attempt of each call gets a ledger row.
-    async fn apply(&self, looker: &L, env: &Envelope, plan: &Plan) -> Result<usize, ProcessError> {
-        let (create, rest) = plan.phases();
-        let mut user = plan.user.clone();
-        let mut writes = 0;
-        if let Some(step) = create {
-            let id = match self.call(looker, env, &user, step).await {
-                Err(ProcessError::Looker(e)) if e.kind == ErrorKind::Conflict => {
-                    return Err(ProcessError::CreateRaced(e));
-                }
-                other => other?,
-            };
-            writes += 1;
-            match id {
-                Some(id) => user = UserRef::Id(id),
-                None => {
-                    return Err(LookerError {
-                        kind: ErrorKind::Permanent,
-                        status: None,
-                        message: "create user returned no id".into(),
-                        retry_after: None,
-                    }
-                    .into());
-                }
-            }
-        }
-        let results = join_all(rest.iter().map(|step| self.call(looker, env, &user, step))).await;
-        let mut first_error = None;
-        for r in results {
-            match r {
-                Ok(_) => writes += 1,
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(writes),
-        }
-    }
-
-    /// One write call with retries; a 404 on a delete means it is already gone (convergent).
-    async fn call(
-        &self,
-        looker: &L,
-        env: &Envelope,
-        user: &UserRef,
-        step: &Step,
-    ) -> Result<Option<String>, ProcessError> {
-        let call = step.op.http(user);
-        let attempt = || async {
-            let r = looker.execute(user, &step.op).await;
-            let status = match &r {
-                Ok(_) => "ok".to_string(),
-                Err(e) if e.kind == ErrorKind::NotFound && call.method == Method::Delete => {
-                    "404 already gone".to_string()
-                }
-                Err(e) => e
-                    .status
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| format!("error: {:?}", e.kind)),
-            };
-            let entry = ledger_entry(env, step, user, status);
-            if let Err(e) = self.store.append_ledger(&[entry]).await {
-                tracing::error!(error = %e, "ledger append failed");
-                return Err(CallError::Ledger(e));
-            }
-            match r {
-                Err(e) if e.kind == ErrorKind::NotFound && call.method == Method::Delete => Ok(None),
-                other => other.map_err(CallError::Looker),
-            }
-        };
-        let out = attempt
-            .retry(self.retry.backoff())
-            .when(|e: &CallError| matches!(e, CallError::Looker(l) if l.is_retryable()))
-            .adjust(|e: &CallError, d| match e {
-                CallError::Looker(l) => honour_retry_after(l, d),
-                CallError::Ledger(_) => d,
-            })
-            .notify(|e, d| tracing::warn!(error = %e, retry_in = ?d, call = %call, "looker call failed; retrying"))
-            .await;
-        match out {
-            Ok(id) => Ok(id),
-            Err(CallError::Looker(e)) => Err(e.into()),
-            Err(CallError::Ledger(e)) => Err(e.into()),
-        }
+        Ok(self.apply_reconcile(&ctx, Some(&plan), &cloud_plan).await?.writes)
     }
 
     /// Delete users whose offboarding grace period is over (policy `delete_after_days`).
@@ -753,27 +644,32 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                 op: LookerOp::DeleteUser,
                 rule: policy::rules::OFFBOARD_DELETE.into(),
             };
-            let env_id = format!("scheduled-deletion:{}", d.subject);
-            match &self.looker {
+            let ctx = Ctx {
+                envelope_id: format!("scheduled-deletion:{}", d.subject),
+                subject: d.subject.clone(),
+                event: "scheduled_deletion".into(),
+            };
+            let run = self.run(&ctx);
+            let plan = |user| Plan {
+                user,
+                steps: vec![step.clone()],
+                notes: Vec::new(),
+            };
+            match self.looker.client() {
                 None => {
-                    let entry = LedgerEntry {
-                        at: Utc::now(),
-                        envelope_id: env_id,
-                        subject: d.subject.clone(),
-                        event: "scheduled_deletion".into(),
-                        rule: step.rule.clone(),
-                        target: "looker".into(),
-                        call: step.op.http(&UserRef::Email(d.email.clone())),
-                        status: "dry_run".into(),
-                    };
-                    self.store.append_ledger(&[entry]).await?;
+                    targets::apply(
+                        &self.looker,
+                        &plan(UserRef::Email(d.email.clone())),
+                        Mode::DryRun,
+                        &run,
+                    )
+                    .await?;
                 }
-                Some(looker) => {
-                    let user = self.read_user(looker, &d.email, &ReadNeeds::default()).await?;
+                Some(_) => {
+                    let user = self.looker.find_user(&d.email, &ReadNeeds::default()).await?;
                     // Only a user that is still disabled is deleted: a reactivated one is kept.
                     if let Some(u) = user.filter(|u| u.is_disabled) {
-                        let env = scheduled_envelope(&d, &env_id);
-                        self.call(looker, &env, &UserRef::Id(u.id.clone()), &step).await?;
+                        targets::apply(&self.looker, &plan(UserRef::Id(u.id)), Mode::Apply, &run).await?;
                     }
                 }
             }
@@ -784,14 +680,6 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-enum CallError {
-    #[error(transparent)]
-    Looker(LookerError),
-    #[error(transparent)]
-    Ledger(BackendError),
-}
-
 /// Writes made and changes only reported by one reconcile of one person.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AppliedCounts {
@@ -799,29 +687,7 @@ pub struct AppliedCounts {
     pub reported: usize,
 }
 
-/// A stand-in envelope so reconcile writes are ledgered like event-driven calls.
-fn reconcile_envelope(ctx: &Ctx) -> Envelope {
-    use gatehouse_domain::envelope::{EnvelopeId, Source, Subject};
-    Envelope {
-        trace_parent: None,
-        version: Envelope::VERSION,
-        id: EnvelopeId(ctx.envelope_id.clone()),
-        source: Source::Manual,
-        subject: Subject {
-            key: ctx.subject.clone(),
-            email: None,
-            display_name: None,
-        },
-        occurred_at: Utc::now(),
-        received_at: Utc::now(),
-        event: IdentityEvent::ProfileUpdated,
-        profile: Default::default(),
-        source_event_type: ctx.event.clone(),
-        raw: serde_json::Value::Null,
-    }
-}
-
-/// The ledger context of an envelope's cloud calls.
+/// The ledger context of an envelope's calls.
 fn ctx(env: &Envelope) -> Ctx {
     Ctx {
         envelope_id: env.id.0.clone(),
@@ -830,33 +696,25 @@ fn ctx(env: &Envelope) -> Ctx {
     }
 }
 
-/// The converged fingerprint: Looker's alone when no cloud part applies (unchanged from before
-/// cloud targets), else both.
-fn fingerprint(desired: &DesiredLooker, cloud: &DesiredCloud) -> String {
-    if cloud.is_empty() {
+/// The converged fingerprint: Looker's alone when no other target applies (unchanged from before
+/// cloud targets), else Looker's and the clouds' (unchanged from before registered targets), else
+/// every target's.
+fn fingerprint(
+    desired: &DesiredLooker,
+    cloud: &DesiredCloud,
+    registered: &[(&str, Option<serde_json::Value>)],
+) -> String {
+    if cloud.is_empty() && registered.is_empty() {
         return desired.fingerprint();
     }
     use sha2::{Digest, Sha256};
-    let json = serde_json::to_vec(&(desired, cloud)).expect("desired state serializes");
-    Sha256::digest(json).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Sleep at least what a 429's `Retry-After` asks; stop when the backoff is exhausted.
-fn honour_retry_after(e: &LookerError, d: Option<Duration>) -> Option<Duration> {
-    d.map(|d| e.retry_after.map_or(d, |r| r.max(d)))
-}
-
-fn ledger_entry(env: &Envelope, step: &Step, user: &UserRef, status: String) -> LedgerEntry {
-    LedgerEntry {
-        at: Utc::now(),
-        envelope_id: env.id.0.clone(),
-        subject: env.subject.key.clone(),
-        event: env.source_event_type.clone(),
-        rule: step.rule.clone(),
-        target: "looker".into(),
-        call: step.op.http(user),
-        status,
+    let json = if registered.is_empty() {
+        serde_json::to_vec(&(desired, cloud))
+    } else {
+        serde_json::to_vec(&(desired, cloud, registered))
     }
+    .expect("desired state serializes");
+    Sha256::digest(json).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn deletion_change(desired: &DesiredLooker, identity: &Identity, at: DateTime<Utc>) -> DeletionChange {
@@ -874,28 +732,6 @@ fn deletion_change(desired: &DesiredLooker, identity: &Identity, at: DateTime<Ut
         }),
         (Presence::Active { .. }, _) => DeletionChange::Cancel,
         _ => DeletionChange::Keep,
-    }
-}
-
-/// A stand-in envelope so scheduled deletions are ledgered like event-driven calls.
-fn scheduled_envelope(d: &ScheduledDeletion, id: &str) -> Envelope {
-    use gatehouse_domain::envelope::{EnvelopeId, Source, Subject};
-    Envelope {
-        trace_parent: None,
-        version: Envelope::VERSION,
-        id: EnvelopeId(id.to_string()),
-        source: Source::Manual,
-        subject: Subject {
-            key: d.subject.clone(),
-            email: Some(d.email.clone()),
-            display_name: None,
-        },
-        occurred_at: d.due_at,
-        received_at: Utc::now(),
-        event: IdentityEvent::UserDeleted,
-        profile: Default::default(),
-        source_event_type: "scheduled_deletion".into(),
-        raw: serde_json::Value::Null,
     }
 }
 

@@ -10,4 +10,5 @@ pub mod engine;
 pub mod ingress;
 pub mod reconcile;
 pub mod server;
+pub mod targets;
 pub mod worker;

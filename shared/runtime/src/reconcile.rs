@@ -322,7 +322,7 @@ where
         let mut policies = BTreeMap::new();
         for r in resources {
             reads.gcp += 1;
-            match gcp.get_policy(&r).await {
+            match gcp.iam.get_policy(&r).await {
                 Ok(p) => {
                     policies.insert(r, p);
                 }

@@ -1,0 +1,7 @@
+//! Integration tests of the runtime, linked into one binary.
+
+mod contract;
+mod real_targets;
+mod registered;
+mod toy_target;
+mod toy_target_contract;
