@@ -490,8 +490,10 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         // half-applied plan for good. So the fingerprint is forgotten before the first write, in
         // a compare-and-set that moves the version (a concurrent handler's commit from the older
         // load is refused); whoever handles the person next reads Looker.
-        let writes_ahead =
-            (self.looker.is_some() && !plan.is_empty()) || (self.cloud.is_some() && !cloud_plan.is_empty());
+        // (A registered target plans inside its own converge, so one counts as writing.)
+        let writes_ahead = (self.looker.client().is_some() && !plan.is_empty())
+            || (self.cloud.is_some() && !cloud_plan.is_empty())
+            || !self.registered.is_empty();
         let base_version = match base_version {
             Some(v) if converged.is_some() && writes_ahead => {
                 Some(self.store.forget_converged(&env.subject.key, v).await?)
