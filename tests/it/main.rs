@@ -15,6 +15,6 @@ mod lifecycle;
 mod replicas;
 mod resilience;
 mod scim;
+mod scim_names;
 mod trust;
 mod trust_events;
-mod scim_names;
