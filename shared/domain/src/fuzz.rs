@@ -18,7 +18,6 @@ use gatehouse_testkit::fuzz::{self as fz, config};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -29,36 +28,9 @@ fn now() -> DateTime<Utc> {
     "2026-03-01T09:30:00Z".parse().unwrap()
 }
 
-/// Every JSON file of a handbook fixtures folder, and every object nested in it (a fixture often
-/// wraps the payload in an exchange: `request.body`, `body`, `detail`, `message`, ...).
+/// Every object of a handbook fixtures folder (`gatehouse_testkit::fuzz::fixture_objects`).
 fn fixtures(dir: &str) -> Vec<Value> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures")
-        .join(dir);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.sort();
-    let mut out = Vec::new();
-    for f in files {
-        let v: Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
-        collect_objects(&v, &mut out);
-    }
-    assert!(!out.is_empty(), "no samples in {dir}");
-    out
-}
-
-fn collect_objects(v: &Value, out: &mut Vec<Value>) {
-    match v {
-        Value::Object(m) => {
-            out.push(v.clone());
-            m.values().for_each(|x| collect_objects(x, out));
-        }
-        Value::Array(a) => a.iter().for_each(|x| collect_objects(x, out)),
-        _ => {}
-    }
+    gatehouse_testkit::fuzz::fixture_objects(dir)
 }
 
 macro_rules! samples {

@@ -336,6 +336,39 @@ pub fn body(samples: Vec<Value>) -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// Every JSON object in every `.json` file of a handbook fixtures folder (`../shared/fixtures/DIR`
+/// beside the repository), nested ones included: a fixture often wraps the payload in an
+/// exchange (`request.body`, `detail`, `message`, ...). Panics when the folder has none.
+pub fn fixture_objects(dir: &str) -> Vec<Value> {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures")
+        .join(dir);
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let v: Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+        collect_objects(&v, &mut out);
+    }
+    assert!(!out.is_empty(), "no samples in {dir}");
+    out
+}
+
+fn collect_objects(v: &Value, out: &mut Vec<Value>) {
+    match v {
+        Value::Object(m) => {
+            out.push(v.clone());
+            m.values().for_each(|x| collect_objects(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_objects(x, out)),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,6 @@ use gatehouse_adapters::scim_store::ScimKind;
 use gatehouse_testkit::fuzz::{self as fz, config};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 const CASES: u32 = 128;
@@ -18,33 +17,8 @@ const CASES: u32 = 128;
 /// Every object in every SCIM fixture (requests, their bodies, responses, stored resources).
 fn samples() -> Vec<Value> {
     static S: OnceLock<Vec<Value>> = OnceLock::new();
-    S.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/scim");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .collect();
-        files.sort();
-        let mut out = Vec::new();
-        for f in files {
-            let v: Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
-            collect(&v, &mut out);
-        }
-        out
-    })
-    .clone()
-}
-
-fn collect(v: &Value, out: &mut Vec<Value>) {
-    match v {
-        Value::Object(m) => {
-            out.push(v.clone());
-            m.values().for_each(|x| collect(x, out));
-        }
-        Value::Array(a) => a.iter().for_each(|x| collect(x, out)),
-        _ => {}
-    }
+    S.get_or_init(|| gatehouse_testkit::fuzz::fixture_objects("scim"))
+        .clone()
 }
 
 fn kind() -> impl Strategy<Value = ScimKind> {
