@@ -157,6 +157,7 @@ fn recorded(people: &[Identity], p: &Policy) -> Snapshot {
         aws_groups,
         aws_tags: BTreeMap::new(),
         aws_credentials,
+        looker_duplicates: 0,
         gcp: Some(
             gcp.into_iter()
                 .map(|(r, roles)| {

@@ -258,6 +258,12 @@ impl StateStore for HeldCommit {
     async fn pending_rotations(&self) -> Result<Vec<RotationRequest>, BackendError> {
         self.inner.pending_rotations().await
     }
+    async fn account_links(&self, target: &str, person: &str) -> Result<Vec<String>, BackendError> {
+        self.inner.account_links(target, person).await
+    }
+    async fn link_accounts(&self, target: &str, person: &str, accounts: &[String]) -> Result<(), BackendError> {
+        self.inner.link_accounts(target, person, accounts).await
+    }
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ mod google;
 mod graph;
 mod graph_trust;
 mod http_limits;
+mod identity_links;
 mod ingress;
 mod lifecycle;
 mod replicas;

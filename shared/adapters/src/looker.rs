@@ -505,6 +505,48 @@ impl LookerClient {
     }
 }
 
+impl LookerClient {
+    /// A user as read (`SEARCH_FIELDS`) plus the reads the plan needs, fetched concurrently.
+    async fn snapshot(&self, u: SearchUser, needs: &ReadNeeds, endpoint: &str) -> Result<LookerUser, LookerError> {
+        check_segment(&u.id).map_err(|m| bad_body(endpoint, m))?;
+        let roles = async {
+            match needs.direct_roles {
+                true => self.direct_roles(&u.id).await.map(Some),
+                false => Ok(None),
+            }
+        };
+        let attributes = async {
+            match needs.attribute_ids.is_empty() {
+                true => Ok(None),
+                false => self
+                    .user_set_attributes(&u.id, &needs.attribute_ids)
+                    .await
+                    .map(Some),
+            }
+        };
+        let (direct_role_ids, user_attribute_values) = tokio::try_join!(roles, attributes)?;
+        let email = u
+            .email
+            .clone()
+            .or_else(|| u.credentials_email.as_ref().and_then(|c| c.email.clone()));
+        Ok(LookerUser {
+            id: u.id,
+            is_disabled: u.is_disabled,
+            email,
+            group_ids: u.group_ids.unwrap_or_default().into_iter().collect(),
+            session_ids: u.sessions.unwrap_or_default().into_iter().map(|s| s.id).collect(),
+            api3_key_ids: u
+                .credentials_api3
+                .unwrap_or_default()
+                .into_iter()
+                .map(|k| k.id)
+                .collect(),
+            direct_role_ids,
+            user_attribute_values,
+        })
+    }
+}
+
 #[derive(Deserialize)]
 struct IdOnly {
     id: String,
@@ -570,52 +612,36 @@ impl LookerPort for LookerClient {
     }
 
     async fn find_user(&self, email: &str, needs: &ReadNeeds) -> Result<Option<LookerUser>, LookerError> {
+        let mut all = self.find_users(email, needs).await?.into_iter();
+        let first = all.next();
+        if let Some(u) = &first
+            && all.next().is_some()
+        {
+            tracing::warn!(user_id = %u.id, "several looker users share one email; using the first");
+        }
+        Ok(first)
+    }
+
+    async fn find_users(&self, email: &str, needs: &ReadNeeds) -> Result<Vec<LookerUser>, LookerError> {
         let escaped = escape_like(email);
         let found: Vec<SearchUser> = self
             .get_json("/users/search", &[("email", &escaped), ("fields", SEARCH_FIELDS)])
             .await?;
         let wanted = email.to_lowercase();
-        let mut matching = found.into_iter().filter(|u| u.has_email(&wanted));
-        let Some(u) = matching.next() else { return Ok(None) };
-        if matching.next().is_some() {
-            tracing::warn!(user_id = %u.id, "several looker users share one email; using the first");
+        let matching: Vec<SearchUser> = found.into_iter().filter(|u| u.has_email(&wanted)).collect();
+        let reads = matching.into_iter().map(|u| self.snapshot(u, needs, "/users/search"));
+        futures::future::try_join_all(reads).await
+    }
+
+    async fn user(&self, id: &str, needs: &ReadNeeds) -> Result<Option<LookerUser>, LookerError> {
+        // An id that is not one path segment cannot name a Looker user: refused before the wire.
+        check_segment(id).map_err(|m| bad_body("/users/{id}", m))?;
+        let path = format!("/users/{id}");
+        match self.get_json::<SearchUser>(&path, &[("fields", SEARCH_FIELDS)]).await {
+            Ok(u) => self.snapshot(u, needs, "/users/{id}").await.map(Some),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
         }
-        check_segment(&u.id).map_err(|m| bad_body("/users/search", m))?;
-        let roles = async {
-            match needs.direct_roles {
-                true => self.direct_roles(&u.id).await.map(Some),
-                false => Ok(None),
-            }
-        };
-        let attributes = async {
-            match needs.attribute_ids.is_empty() {
-                true => Ok(None),
-                false => self
-                    .user_set_attributes(&u.id, &needs.attribute_ids)
-                    .await
-                    .map(Some),
-            }
-        };
-        let (direct_role_ids, user_attribute_values) = tokio::try_join!(roles, attributes)?;
-        let email = u
-            .email
-            .clone()
-            .or_else(|| u.credentials_email.as_ref().and_then(|c| c.email.clone()));
-        Ok(Some(LookerUser {
-            id: u.id,
-            is_disabled: u.is_disabled,
-            email,
-            group_ids: u.group_ids.unwrap_or_default().into_iter().collect(),
-            session_ids: u.sessions.unwrap_or_default().into_iter().map(|s| s.id).collect(),
-            api3_key_ids: u
-                .credentials_api3
-                .unwrap_or_default()
-                .into_iter()
-                .map(|k| k.id)
-                .collect(),
-            direct_role_ids,
-            user_attribute_values,
-        }))
     }
 
     async fn execute(&self, user: &UserRef, op: &LookerOp) -> Result<Option<String>, LookerError> {
@@ -645,6 +671,7 @@ impl LookerPort for LookerClient {
             LookerOp::SetRoles { .. } => true,
             // `CredentialsEmail`, `User`, `User`, `UserAttributeWithValue`
             LookerOp::CreateEmailCredentials { .. }
+            | LookerOp::UpdateEmail { .. }
             | LookerOp::SetDisabled { .. }
             | LookerOp::AddToGroup { .. }
             | LookerOp::SetAttribute { .. } => false,

@@ -80,7 +80,7 @@ pub enum UserRef {
 }
 
 impl UserRef {
-    fn path_part(&self) -> String {
+    pub fn path_part(&self) -> String {
         match self {
             UserRef::Id(id) => id.clone(),
             UserRef::New => "{id of new user}".into(),
@@ -134,6 +134,11 @@ pub enum LookerOp {
         attribute: Named,
     },
     DeleteUser,
+    /// `PATCH /users/{id}/credentials_email`: the person's email changed (issue 16); the
+    /// linked user follows instead of a second user being created.
+    UpdateEmail {
+        email: String,
+    },
 }
 
 impl LookerOp {
@@ -228,6 +233,11 @@ impl LookerOp {
                 None,
             ),
             LookerOp::DeleteUser => (Method::Delete, format!("/users/{u}"), None),
+            LookerOp::UpdateEmail { email } => (
+                Method::Patch,
+                format!("/users/{u}/credentials_email"),
+                Some(serde_json::json!({ "email": email })),
+            ),
         };
         HttpCall { method, path, body }
     }

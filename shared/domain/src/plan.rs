@@ -29,11 +29,41 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// Things the plan could not do or chose not to, in words (e.g. a group missing in Looker).
     pub notes: Vec<String>,
+    /// Issue 16: how the person resolved to their Looker user(s), and their other accounts.
+    #[serde(default, skip_serializing_if = "Resolution::is_default")]
+    pub resolution: Resolution,
+}
+
+/// How one person resolved in Looker (issue 16): `gatehouse plan` shows it, the engine acts on
+/// its alerts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolution {
+    /// How the plan's user was found, in words (`linked user 101`, `email john@x.io`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub how: Vec<String>,
+    /// Plans for the person's other Looker accounts: offboarding closes every one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub others: Vec<Plan>,
+    /// Other Looker users that look like the person's, not acted on (onboarding, updates).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub duplicates: Vec<String>,
+    /// Why the plan refuses to act (several candidates and no link): an alert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    /// Why an offboarding found no account of a person linked before: an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unresolved: Option<String>,
+}
+
+impl Resolution {
+    fn is_default(&self) -> bool {
+        *self == Resolution::default()
+    }
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.steps.is_empty()
+        self.steps.is_empty() && self.resolution.others.iter().all(Plan::is_empty)
     }
 
     /// The create call (if any) must finish first: every other call needs the new user's id.
@@ -62,6 +92,23 @@ impl Plan {
         }
         for n in &self.notes {
             let _ = writeln!(out, "  note: {n}");
+        }
+        let r = &self.resolution;
+        for h in &r.how {
+            let _ = writeln!(out, "  resolved: {h}");
+        }
+        for d in &r.duplicates {
+            let _ = writeln!(out, "  duplicate: {d}");
+        }
+        if let Some(why) = &r.refused {
+            let _ = writeln!(out, "  refused: {why}");
+        }
+        if let Some(why) = &r.unresolved {
+            let _ = writeln!(out, "  unresolved: {why}");
+        }
+        for o in &r.others {
+            let _ = writeln!(out, "  and the person's other looker user {}:", o.user.path_part());
+            out.push_str(&o.render_text());
         }
         out
     }
@@ -98,6 +145,7 @@ pub fn diff(desired: &DesiredLooker, actual: &Actual, catalog: Option<&Catalog>)
             user: UserRef::Email(String::new()),
             steps: b.steps,
             notes: b.notes,
+            resolution: Resolution::default(),
         };
     };
     let empty = Catalog::default();
@@ -184,6 +232,7 @@ pub fn diff(desired: &DesiredLooker, actual: &Actual, catalog: Option<&Catalog>)
                         user,
                         steps: b.steps,
                         notes: b.notes,
+                        resolution: Resolution::default(),
                     };
                 }
                 Actual::Absent => {
@@ -208,6 +257,10 @@ pub fn diff(desired: &DesiredLooker, actual: &Actual, catalog: Option<&Catalog>)
                 Actual::Present(u) => {
                     if u.is_disabled {
                         b.push(LookerOp::SetDisabled { disabled: false }, rules::ONBOARD_ENABLE);
+                    }
+                    // Issue 16: an email change is a change of this user, never a new one.
+                    if u.email.as_ref().is_some_and(|e| !e.eq_ignore_ascii_case(&email)) {
+                        b.push(LookerOp::UpdateEmail { email: email.clone() }, rules::ONBOARD_EMAIL);
                     }
                     Some(u)
                 }
@@ -307,6 +360,7 @@ pub fn diff(desired: &DesiredLooker, actual: &Actual, catalog: Option<&Catalog>)
         user,
         steps: b.steps,
         notes: b.notes,
+        resolution: Resolution::default(),
     }
 }
 

@@ -714,6 +714,8 @@ pub mod rules {
     pub const OFFBOARD_DELETE: &str = "offboarding.delete_after_days";
     pub const ONBOARD_CREATE: &str = "onboarding.create_users";
     pub const ONBOARD_ENABLE: &str = "onboarding.enable";
+    /// The person's email changed in the directory: their linked Looker user follows (issue 16).
+    pub const ONBOARD_EMAIL: &str = "onboarding.email";
     pub const UNMANAGED: &str = "policy.unmanaged";
 }
 

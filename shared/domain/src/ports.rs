@@ -256,6 +256,23 @@ pub trait StateStore: Send + Sync {
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
     /// Rotation requests not yet handled, oldest first.
     fn pending_rotations(&self) -> impl Future<Output = Result<Vec<RotationRequest>, BackendError>> + Send;
+    /// The accounts `person` (the IdP's stable id, `Subject.key`) was ever linked to in `target`
+    /// (`looker`: user ids; `aws`: IAM user names; `gcp`: members), first linked first. Issue 16:
+    /// a target finds the person by these before anything else, so a new email is not a new
+    /// person.
+    fn account_links(
+        &self,
+        target: &str,
+        person: &str,
+    ) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
+    /// Link `person` to `accounts` in `target` (idempotent; links are never dropped, so "ever
+    /// linked" stays answerable after an account is deleted).
+    fn link_accounts(
+        &self,
+        target: &str,
+        person: &str,
+        accounts: &[String],
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
 }
 
 /// Looker admin-API calls counted per calendar month (UTC), summed over every process that
@@ -285,6 +302,20 @@ pub trait LookerPort: Send + Sync {
     fn find_user(
         &self,
         email: &str,
+        needs: &ReadNeeds,
+    ) -> impl Future<Output = Result<Option<LookerUser>, LookerError>> + Send;
+    /// Every user whose email is `email` in any letter case (one `GET /users/search`), each
+    /// read as `find_user` reads one (issue 16: a person's case variants are all theirs).
+    fn find_users(
+        &self,
+        email: &str,
+        needs: &ReadNeeds,
+    ) -> impl Future<Output = Result<Vec<LookerUser>, LookerError>> + Send;
+    /// One user by id (`GET /users/{user_id}`, issue 16's link), read as `find_user` reads one;
+    /// `None` when Looker has no such user (any more).
+    fn user(
+        &self,
+        id: &str,
         needs: &ReadNeeds,
     ) -> impl Future<Output = Result<Option<LookerUser>, LookerError>> + Send;
     /// Perform one write. For `CreateUser` returns the new user's id.

@@ -4,8 +4,9 @@
 //!
 //! A target says:
 //! - **desired**: what the policy wants it to hold for one person (pure);
-//! - **read**: resolve the person to their account(s) in the target and read what it holds
-//!   (with the client's read retries);
+//! - **read**: resolve the person to their account(s) in the target, their durable [`Link`]
+//!   first, and read what it holds (with the client's read retries); [`Target::linked`] says
+//!   which accounts the loop links to the person;
 //! - **diff**: the plan from actual to desired (pure); [`Target::steps`] lists it in the
 //!   order the loop must keep ([`Order`]: "create before add", "transfer before delete");
 //! - **send**: one write call carrying one step (or, for a read-modify-write target, every step
@@ -162,6 +163,24 @@ impl<E> SendError<E> {
     }
 }
 
+/// Who a read is for (issue 16): the person (the IdP's stable id, `Subject.key`) and the
+/// accounts the state store links them to in this target, first linked first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Link {
+    pub person: String,
+    pub accounts: Vec<String>,
+}
+
+impl Link {
+    /// A person with no link yet.
+    pub fn unlinked(person: impl Into<String>) -> Self {
+        Link {
+            person: person.into(),
+            accounts: Vec::new(),
+        }
+    }
+}
+
 /// One system Gatehouse changes. Implement this (one module) and the processor reads, plans,
 /// applies, reports, screens and ledgers it like every other target.
 pub trait Target: Send + Sync {
@@ -183,10 +202,29 @@ pub trait Target: Send + Sync {
     /// Pure.
     fn desired(&self, policy: &Policy, identity: &Identity, now: DateTime<Utc>) -> Option<Self::Desired>;
 
-    /// Resolve the person to their account in the target and read what it holds, with the
-    /// client's read retries. (Issue 16's durable person → account link is looked up here.)
-    fn read(&self, desired: &Self::Desired)
-    -> impl Future<Output = Result<Self::Actual, Self::Error>> + Send;
+    /// Resolve the person to their account(s) in the target and read what it holds, with the
+    /// client's read retries. `link` names the person and the accounts they were ever linked to
+    /// in this target (issue 16): a target looks those up first, so a new email is not a new
+    /// person; email (or whatever else the target matches on) only finds the link the first
+    /// time.
+    fn read(
+        &self,
+        desired: &Self::Desired,
+        link: &Link,
+    ) -> impl Future<Output = Result<Self::Actual, Self::Error>> + Send;
+
+    /// The accounts `actual` resolved the person to: the loop links them to the person
+    /// ([`Link`]), so the next read finds them whatever the person's email has become. Default:
+    /// none (the target does not link).
+    fn linked(&self, _actual: &Self::Actual) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The link key of an account a [`Order::Create`] step named (linked at once). Default:
+    /// none.
+    fn link_key(&self, _account: &Self::Account) -> Option<String> {
+        None
+    }
 
     /// The plan from `actual` to `desired`. Pure. A converged person has an empty plan.
     fn diff(&self, desired: &Self::Desired, actual: &Self::Actual) -> Self::Plan;

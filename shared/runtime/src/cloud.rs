@@ -7,7 +7,7 @@ use crate::targets::{self, Applied, Mode, Run};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use gatehouse_domain::cloud::{
-    self, AwsActual, AwsUserKey, AwsUserMapping, CloudError, CloudPlan, DesiredCloud, IamPolicy,
+    self, AwsActual, AwsUserKey, AwsUserMapping, CloudPlan, DesiredCloud, IamPolicy,
 };
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::looker::ErrorKind;
@@ -60,18 +60,31 @@ impl CloudTargets {
         )
     }
 
-    /// Read what the clouds hold for one person: the IAM user and every managed GCP resource,
-    /// all at once.
-    pub async fn read(&self, desired: &DesiredCloud) -> Result<CloudActual, CloudError> {
+    /// Read what the clouds hold for one person (`person`: `Subject.key`): the IAM user and
+    /// every managed GCP resource, all at once, each through the person's link (issue 16).
+    /// `persist`: store the links the reads resolved (not in `gatehouse plan`).
+    pub async fn read<S: StateStore>(
+        &self,
+        desired: &DesiredCloud,
+        person: &str,
+        store: &S,
+        persist: bool,
+    ) -> Result<CloudActual, ProcessError> {
         let aws = async {
             match (&self.aws, &desired.aws) {
-                (Some(t), Some(d)) => t.read(d).await,
+                (Some(t), Some(d)) => {
+                    let r = targets::read_linked(t, d, person, store).await?;
+                    if persist {
+                        r.persist(store, t.name()).await?;
+                    }
+                    Ok::<_, ProcessError>(r.actual)
+                }
                 _ => Ok(AwsActual::Unknown),
             }
         };
         let gcp = async {
             match (&self.gcp, &desired.gcp) {
-                (Some(g), Some(d)) => g.read(d).await,
+                (Some(g), Some(d)) => Ok::<_, ProcessError>(targets::read_linked(g, d, person, store).await?.actual),
                 _ => Ok(BTreeMap::new()),
             }
         };

@@ -4,7 +4,7 @@
 
 use crate::cloud::{CloudTargets, Ctx};
 use crate::targets::looker::LookerTarget;
-use crate::targets::{self, Applied, ApplyError, Mode, Registered, Run, TargetFailure};
+use crate::targets::{self, Applied, ApplyError, Mode, ReadError, Registered, Run, TargetFailure};
 use chrono::{DateTime, Utc};
 use gatehouse_domain::cloud::{CloudError, CloudPlan, DesiredCloud};
 use gatehouse_domain::envelope::{Envelope, IdentityEvent};
@@ -15,7 +15,7 @@ use gatehouse_domain::policy::{self, DesiredLooker, Policy, Presence};
 use gatehouse_domain::ports::{
     BackendError, DeletionChange, LookerPort, Outcome, RotationRequest, ScheduledDeletion, StateStore,
 };
-use gatehouse_domain::target::{Order, Screen, SendAll, Target as _};
+use gatehouse_domain::target::{CallOutcome, Order, Screen, SendAll, Target as _, TargetName};
 use gatehouse_platform::config::Mode as ConfigMode;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,6 +55,19 @@ pub enum ProcessError {
     /// A target registered with [`Engine::with_target`] failed.
     #[error(transparent)]
     Target(TargetFailure),
+    /// Issue 16: an offboarding found no account of a person who was linked in the target.
+    /// Permanent: the envelope is dead-lettered with this reason so an operator acts.
+    #[error("unresolved offboarding in {target}: {reason}")]
+    UnresolvedOffboarding { target: TargetName, reason: String },
+}
+
+impl<E: std::error::Error + Into<ProcessError> + 'static> From<ReadError<E>> for ProcessError {
+    fn from(e: ReadError<E>) -> Self {
+        match e {
+            ReadError::Target(e) => e.into(),
+            ReadError::Links(e) => ProcessError::Backend(e),
+        }
+    }
 }
 
 impl From<TargetFailure> for ProcessError {
@@ -76,6 +89,7 @@ impl ProcessError {
             ProcessError::Target(TargetFailure::Target { kind, .. }) => {
                 matches!(kind, ErrorKind::Permanent | ErrorKind::Unauthorized)
             }
+            ProcessError::UnresolvedOffboarding { .. } => true,
             ProcessError::Backend(_) | ProcessError::CreateRaced(_) | ProcessError::Target(_) => false,
         }
     }
@@ -86,7 +100,10 @@ impl ProcessError {
             ProcessError::Looker(e) => e.retry_after,
             ProcessError::Cloud(e) => e.retry_after,
             ProcessError::Target(TargetFailure::Target { retry_after, .. }) => *retry_after,
-            ProcessError::Backend(_) | ProcessError::CreateRaced(_) | ProcessError::Target(_) => None,
+            ProcessError::Backend(_)
+            | ProcessError::CreateRaced(_)
+            | ProcessError::Target(_)
+            | ProcessError::UnresolvedOffboarding { .. } => None,
         }
     }
 
@@ -96,7 +113,10 @@ impl ProcessError {
         match self {
             ProcessError::Backend(e) => e.is_subject_changed(),
             ProcessError::CreateRaced(_) => true,
-            ProcessError::Looker(_) | ProcessError::Cloud(_) | ProcessError::Target(_) => false,
+            ProcessError::Looker(_)
+            | ProcessError::Cloud(_)
+            | ProcessError::Target(_)
+            | ProcessError::UnresolvedOffboarding { .. } => false,
         }
     }
 }
@@ -152,6 +172,9 @@ pub struct Engine<S, L> {
     /// How far an event's own time may be ahead of its receipt (`processor.max_clock_skew`).
     max_clock_skew: Duration,
 }
+
+/// The ledger rule of issue 16's resolution alerts.
+pub const RESOLUTION_RULE: &str = "identity.resolution";
 
 /// How often one delivery is handled again after losing a commit race before it is released.
 const COMMIT_ATTEMPTS: u32 = 8;
@@ -285,11 +308,17 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         }
     }
 
-    /// Read the clouds and plan (nothing when no cloud target is configured).
-    pub async fn compute_cloud_plan(&self, desired: &DesiredCloud) -> Result<CloudPlan, ProcessError> {
+    /// Read the clouds (through the person's links; `persist`: store the links the reads
+    /// resolved) and plan (nothing when no cloud target is configured).
+    pub async fn compute_cloud_plan(
+        &self,
+        person: &str,
+        desired: &DesiredCloud,
+        persist: bool,
+    ) -> Result<CloudPlan, ProcessError> {
         match &self.cloud {
             Some(c) if !desired.is_empty() => {
-                let actual = c.read(desired).await?;
+                let actual = c.read(desired, person, &self.store, persist).await?;
                 Ok(c.plan(desired, &actual))
             }
             _ => Ok(CloudPlan::default()),
@@ -322,8 +351,8 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let desired = policy::evaluate(&self.policy, &identity);
         let desired_cloud = self.desired_cloud(&identity);
         let (plan, cloud) = futures::join!(
-            self.compute_plan(&desired),
-            self.compute_cloud_plan(&desired_cloud)
+            self.compute_plan(&identity.key, &desired, false),
+            self.compute_cloud_plan(&identity.key, &desired_cloud, false)
         );
         Ok(PlanReport {
             identity,
@@ -334,10 +363,80 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         })
     }
 
-    /// The Looker plan for a desired state (reads Looker when configured).
-    pub async fn compute_plan(&self, desired: &DesiredLooker) -> Result<Plan, ProcessError> {
-        let actual = self.looker.read(desired).await?;
-        Ok(self.looker.diff(desired, &actual))
+    /// The Looker plan for one person's desired state (reads Looker when configured, through
+    /// the person's link: issue 16). `persist`: store the links the read resolved (not in
+    /// `gatehouse plan`, which changes nothing).
+    pub async fn compute_plan(
+        &self,
+        person: &str,
+        desired: &DesiredLooker,
+        persist: bool,
+    ) -> Result<Plan, ProcessError> {
+        let read = targets::read_linked(&self.looker, desired, person, &self.store).await?;
+        if persist && self.looker.client().is_some() {
+            read.persist(&self.store, TargetName::LOOKER).await?;
+        }
+        Ok(self.looker.diff(desired, &read.actual))
+    }
+
+    /// Apply a Looker plan and the plans of the person's other accounts it carries (offboarding
+    /// closes every one: issue 16).
+    async fn apply_looker(&self, plan: &Plan, mode: Mode, run: &Run<'_, S>) -> Result<Applied, ProcessError> {
+        let mut a = targets::apply(&self.looker, plan, mode, run).await?;
+        for other in &plan.resolution.others {
+            a = a + targets::apply(&self.looker, other, mode, run).await?;
+        }
+        Ok(a)
+    }
+
+    /// Issue 16's alerts for one person's Looker plan: a refusal to guess between several
+    /// candidate users (WARN + ledger row), and an offboarding that found no account of a person
+    /// linked before (WARN + counter + ledger row + the error that dead-letters the envelope).
+    async fn resolution_alerts(&self, plan: &Plan, run: &Run<'_, S>) -> Result<(), ProcessError> {
+        let looker = TargetName::LOOKER;
+        let search = |email: &str| gatehouse_domain::looker::HttpCall {
+            method: gatehouse_domain::looker::Method::Get,
+            path: format!("/users/search?email={email}"),
+            body: None,
+        };
+        let email = match &plan.user {
+            UserRef::Email(e) => e.clone(),
+            _ => String::new(),
+        };
+        if let Some(reason) = &plan.resolution.refused {
+            tracing::warn!(target_name = %looker, subject = %run.ctx.subject, envelope_id = %run.ctx.envelope_id,
+                %reason, "looker user not resolved; nothing changed");
+            let row = targets::ledger_row(
+                run.ctx,
+                looker,
+                RESOLUTION_RULE,
+                search(&email),
+                &CallOutcome::Withheld { reason: reason.clone() },
+            );
+            self.store.append_ledger(&[row]).await?;
+        }
+        if let Some(reason) = &plan.resolution.unresolved {
+            tracing::warn!(target_name = %looker, subject = %run.ctx.subject, envelope_id = %run.ctx.envelope_id,
+                %reason, "offboarding not resolved: dead-lettering the event for an operator");
+            metrics::counter!("gatehouse_unresolved_offboardings_total", "target" => looker.as_str()).increment(1);
+            let row = targets::ledger_row(
+                run.ctx,
+                looker,
+                RESOLUTION_RULE,
+                search(&email),
+                &CallOutcome::Failed {
+                    kind: ErrorKind::NotFound,
+                    status: None,
+                    detail: Some(format!("unresolved offboarding: {reason}")),
+                },
+            );
+            self.store.append_ledger(&[row]).await?;
+            return Err(ProcessError::UnresolvedOffboarding {
+                target: looker,
+                reason: reason.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Process one envelope. `Ok` means its effects and ledger rows are recorded and the message
@@ -473,8 +572,8 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         );
         let (plan, cloud_plan) = async {
             futures::join!(
-                self.compute_plan(&desired),
-                self.compute_cloud_plan(&desired_cloud)
+                self.compute_plan(&identity.key, &desired, true),
+                self.compute_cloud_plan(&identity.key, &desired_cloud, true)
             )
         }
         .instrument(plan_span.clone())
@@ -507,7 +606,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let looker_part = async {
             let live = self.looker.client().is_some();
             let mode = if live { Mode::Apply } else { Mode::DryRun };
-            let a = targets::apply(&self.looker, &plan, mode, &run).await?;
+            let a = self.apply_looker(&plan, mode, &run).await?;
             Ok::<_, ProcessError>((live, if live { a.writes } else { a.planned }))
         };
         let cloud_part = async {
@@ -556,6 +655,14 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         for note in &plan.notes {
             tracing::info!(envelope_id = %env.id, subject = %env.subject.key, note = %note, "plan note");
         }
+        for d in &plan.resolution.duplicates {
+            tracing::warn!(envelope_id = %env.id, subject = %env.subject.key, duplicate = %d, "duplicate looker user");
+        }
+        // After every target had its turn (an unresolved Looker offboarding must not stop the
+        // clouds'), and before the commit: the envelope is dead-lettered, not marked done.
+        if looker_live {
+            self.resolution_alerts(&plan, &run).await?;
+        }
         self.store
             .commit(Outcome {
                 envelope_id: env.id.clone(),
@@ -582,6 +689,41 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         Ok(self.looker.find_user(email, needs).await?)
     }
 
+    /// Reconcile's read of one person in Looker (issue 16): their linked users first, else the
+    /// users with their email (any case). The links found are stored (an existing install's
+    /// links are backfilled by its next reconcile). Returns the person's user (`None`: none, or
+    /// several candidates and no link: not guessed) and the other users that look like theirs
+    /// (reported as duplicates).
+    pub async fn resolve_looker(
+        &self,
+        person: &str,
+        email: Option<&str>,
+        needs: &ReadNeeds,
+    ) -> Result<(Option<LookerUser>, Vec<LookerUser>), ProcessError> {
+        let looker = TargetName::LOOKER.as_str();
+        let accounts = self.store.account_links(looker, person).await?;
+        let link = gatehouse_domain::target::Link {
+            person: person.to_string(),
+            accounts,
+        };
+        let (found, _gone) = self.looker.resolve(email, &link, needs, false).await?;
+        let linked = found.iter().any(|(u, _)| link.accounts.contains(&u.id));
+        let mut users = found.into_iter().map(|(u, _)| u);
+        let Some(first) = users.next() else {
+            return Ok((None, Vec::new()));
+        };
+        let others: Vec<LookerUser> = users.collect();
+        if !linked && !others.is_empty() {
+            tracing::warn!(subject = %person, candidates = ?std::iter::once(&first).chain(&others).map(|u| &u.id).collect::<Vec<_>>(),
+                "several looker users could be this person and none is linked; not linked, not changed");
+            return Ok((None, std::iter::once(first).chain(others).collect()));
+        }
+        if !link.accounts.contains(&first.id) {
+            self.store.link_accounts(looker, person, &[first.id.clone()]).await?;
+        }
+        Ok((Some(first), others))
+    }
+
     /// Apply one person's reconcile plan: targets in `enforce` mode are written, the others get
     /// `drift_reported` ledger rows and a metric.
     pub async fn apply_reconcile(
@@ -600,7 +742,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                 Some(_) if modes.looker == ConfigMode::Enforce => Mode::Apply,
                 _ => Mode::Report,
             };
-            Ok(targets::apply(&self.looker, plan, mode, &run).await?)
+            self.apply_looker(plan, mode, &run).await
         };
         let cloud_part = async {
             match &self.cloud {
@@ -625,8 +767,8 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let desired = policy::evaluate(&self.policy, identity);
         let desired_cloud = self.desired_cloud(identity);
         let (plan, cloud_plan) = futures::join!(
-            self.compute_plan(&desired),
-            self.compute_cloud_plan(&desired_cloud)
+            self.compute_plan(&identity.key, &desired, true),
+            self.compute_cloud_plan(&identity.key, &desired_cloud, true)
         );
         let (plan, cloud_plan) = (plan?, cloud_plan?);
         let ctx = Ctx {
@@ -656,6 +798,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                 user,
                 steps: vec![step.clone()],
                 notes: Vec::new(),
+                resolution: Default::default(),
             };
             match self.looker.client() {
                 None => {

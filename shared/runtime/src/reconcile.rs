@@ -43,6 +43,8 @@ pub struct Snapshot {
     pub aws_credentials: BTreeMap<String, (Vec<AwsAccessKey>, bool)>,
     /// `None` when GCP is not configured.
     pub gcp: Option<BTreeMap<String, IamPolicy>>,
+    /// Looker users that look like a person's beside the one resolved (issue 16: reported).
+    pub looker_duplicates: usize,
 }
 
 /// Read calls per target.
@@ -218,10 +220,13 @@ pub struct Report {
     pub applied: bool,
     pub writes: usize,
     pub reported: usize,
+    /// Looker users that look like a person's beside the one resolved (issue 16).
+    pub looker_duplicates: usize,
 }
 
-/// One Looker search: lowercased email, the user, read calls it took.
-type Found = (String, Option<LookerUser>, usize);
+/// One Looker read: lowercased email, the person's user, read calls it took, and how many
+/// other users look like theirs.
+type Found = (String, Option<LookerUser>, usize, usize);
 
 /// Read everything with the fewest calls.
 pub async fn read_snapshot<S, L>(
@@ -241,22 +246,28 @@ where
         progress.phase("read looker", identities.len());
         let catalog = engine.catalog().await?;
         reads.looker += 1;
-        let emails: Vec<(String, Presence, gatehouse_domain::looker::ReadNeeds)> = identities
+        let emails: Vec<(String, String, Presence, gatehouse_domain::looker::ReadNeeds)> = identities
             .iter()
             .filter_map(|id| {
                 let d = policy::evaluate(policy, id);
                 let needs = plan::read_needs(&d, &catalog);
-                d.email.map(|e| (e, d.presence, needs))
+                d.email.map(|e| (id.key.clone(), e, d.presence, needs))
             })
             .collect();
+        // Each person through their link first (issue 16), linking whom their email finds.
         let found: Vec<Result<Found, ProcessError>> =
-            futures::stream::iter(emails.into_iter().map(|(e, _, needs)| async move {
-                let u = engine.find_user(&e, &needs).await?;
+            futures::stream::iter(emails.into_iter().map(|(key, e, _, needs)| async move {
+                let (u, others) = engine.resolve_looker(&key, Some(&e), &needs).await?;
+                for o in &others {
+                    tracing::warn!(subject = %key, looker_user = %o.id, "duplicate looker user of one person");
+                    metrics::counter!("gatehouse_reconcile_duplicate_users_total").increment(1);
+                }
                 progress.advance(1);
                 Ok((
                     e.to_ascii_lowercase(),
                     u,
                     1 + usize::from(needs.direct_roles) + needs.attribute_ids.len(),
+                    others.len(),
                 ))
             }))
             .buffer_unordered(8)
@@ -264,8 +275,9 @@ where
             .await;
         let mut users = BTreeMap::new();
         for f in found {
-            let (e, u, n) = f?;
+            let (e, u, n, dups) = f?;
             reads.looker += if u.is_some() { n } else { 1 };
+            snap.looker_duplicates += dups;
             users.insert(e, u);
         }
         snap.looker = Some((catalog, users));
@@ -373,6 +385,7 @@ where
         applied: apply,
         writes: 0,
         reported: 0,
+        looker_duplicates: snap.looker_duplicates,
     };
     for (target, n) in [
         (
@@ -441,6 +454,13 @@ pub fn render_text(r: &Report) -> String {
             out.push_str(&l.render_text());
         }
         out.push_str(&p.cloud.render_text());
+    }
+    if r.looker_duplicates > 0 {
+        let _ = writeln!(
+            out,
+            "looker: {} user(s) look like another user of the same person (see the warnings); not changed",
+            r.looker_duplicates
+        );
     }
     if r.applied {
         let _ = writeln!(out, "applied: {} writes, {} reported only", r.writes, r.reported);

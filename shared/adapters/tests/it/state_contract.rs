@@ -407,6 +407,21 @@ pub(crate) async fn looker_calls_add_up_per_month<S: LookerCallCounts>(s: S) {
     assert_eq!(s.looker_calls("2025-12").await.unwrap(), 0);
 }
 
+/// Issue 16: links are per target and person, idempotent, kept in first-linked order and never
+/// dropped by a later link.
+pub(crate) async fn account_links_are_durable_per_target_and_person<S: StateStore>(s: S) {
+    assert!(s.account_links("looker", "00u1").await.unwrap().is_empty());
+    s.link_accounts("looker", "00u1", &["101".into()]).await.unwrap();
+    s.link_accounts("looker", "00u1", &["101".into(), "7".into()]).await.unwrap();
+    s.link_accounts("looker", "00u1", &[]).await.unwrap();
+    s.link_accounts("aws", "00u1", &["john.doe".into()]).await.unwrap();
+    s.link_accounts("looker", "00u2", &["102".into()]).await.unwrap();
+    assert_eq!(s.account_links("looker", "00u1").await.unwrap(), vec!["101", "7"]);
+    assert_eq!(s.account_links("aws", "00u1").await.unwrap(), vec!["john.doe"]);
+    assert_eq!(s.account_links("looker", "00u2").await.unwrap(), vec!["102"]);
+    assert!(s.account_links("gcp", "00u1").await.unwrap().is_empty());
+}
+
 /// Two writers (two pools on one database: two replicas) adding at once lose nothing: the
 /// upsert is `calls = calls + delta`, never a read-modify-write.
 pub(crate) async fn concurrent_writers_sum_their_calls<S: LookerCallCounts + Clone + 'static>(a: S, b: S) {
@@ -552,6 +567,7 @@ both! {
     verify_removed => |s, db| Box::pin(verify_names_a_removed_row(s, db));
     verify_reordered => |s, db| Box::pin(verify_names_reordered_rows(s, db));
     looker_calls_per_month => |s, _| Box::pin(looker_calls_add_up_per_month(s));
+    account_links => |s, _| Box::pin(account_links_are_durable_per_target_and_person(s));
 }
 
 /// The count survives a restart (a reopen of the same file), and two processes opening the

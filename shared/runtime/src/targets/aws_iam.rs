@@ -9,7 +9,7 @@ use gatehouse_domain::cloud::{self, AwsActual, AwsIamOp, AwsPlan, AwsUserMapping
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::looker::HttpCall;
 use gatehouse_domain::policy::Policy;
-use gatehouse_domain::target::{Order, Planned, SendError, Sent, Target, TargetName};
+use gatehouse_domain::target::{Link, Order, Planned, SendError, Sent, Target, TargetName};
 
 /// AWS as a target: the client, how a person maps to an IAM user, and the read retries.
 #[derive(Clone, Debug)]
@@ -47,16 +47,34 @@ impl Target for AwsTarget {
         cloud::evaluate(policy, identity, Some(&self.mapping), false, now).aws
     }
 
-    async fn read(&self, d: &DesiredAws) -> Result<AwsActual, CloudError> {
+    /// The person is the IAM user the mapping names today. A person linked to another IAM user
+    /// before (the mapping's input changed: a new email) is reported, never silently split:
+    /// the old user keeps what it holds until an operator moves it.
+    async fn read(&self, d: &DesiredAws, link: &Link) -> Result<AwsActual, CloudError> {
         let Some(name) = self.retry(|| self.iam.resolve(&d.user)).await? else {
+            if !link.accounts.is_empty() {
+                tracing::warn!(subject = %link.person, linked = ?link.accounts,
+                    "aws: the person's mapping names no iam user now, but they were linked to one; not split: check the mapping");
+            }
             return Ok(AwsActual::Absent);
         };
+        if link.accounts.iter().any(|a| *a != name) {
+            tracing::warn!(subject = %link.person, iam_user = %name, linked = ?link.accounts,
+                "aws: the person's mapping now names another iam user than the one linked; the old user is not changed: move it by hand");
+        }
         let needs = d.needs();
         Ok(self
             .retry(|| self.iam.read_user(&name, needs))
             .await?
             .map(AwsActual::Present)
             .unwrap_or(AwsActual::Absent))
+    }
+
+    fn linked(&self, actual: &AwsActual) -> Vec<String> {
+        match actual {
+            AwsActual::Present(u) => vec![u.name.clone()],
+            _ => Vec::new(),
+        }
     }
 
     fn diff(&self, desired: &DesiredAws, actual: &AwsActual) -> AwsPlan {

@@ -11,7 +11,7 @@ use gatehouse_domain::cloud::{self, CloudError, DesiredGcp, GcpIamOp, GcpStep, I
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::looker::{ErrorKind, HttpCall};
 use gatehouse_domain::policy::Policy;
-use gatehouse_domain::target::{Order, Planned, SendError, Sent, Target, TargetName};
+use gatehouse_domain::target::{Link, Order, Planned, SendError, Sent, Target, TargetName};
 use std::collections::BTreeMap;
 
 /// GCP as a target: the client, the read retries and how often a concurrently changed policy
@@ -66,7 +66,7 @@ impl Target for GcpTarget {
         cloud::evaluate(policy, identity, None, true, now).gcp
     }
 
-    async fn read(&self, d: &DesiredGcp) -> Result<BTreeMap<String, IamPolicy>, CloudError> {
+    async fn read(&self, d: &DesiredGcp, _link: &Link) -> Result<BTreeMap<String, IamPolicy>, CloudError> {
         let reads = d.resources().into_iter().map(|r| async move {
             let p = retry_read(&self.retry, |_| false, || self.iam.get_policy(&r)).await;
             (r, p)

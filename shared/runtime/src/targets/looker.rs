@@ -1,7 +1,15 @@
-//! Looker as a [`Target`]: the person is found by email (one `GET /users/search`), the catalog
-//! names groups, roles and attributes; the plan is `plan::diff`; `CreateUser` goes first (the
-//! other calls need its id) and `DeleteUser` last. Without a client (no Looker configured) the
-//! read is `Unknown` and the plan lists every call that may apply (dry run).
+//! Looker as a [`Target`]: the person is found through their durable link first (issue 16:
+//! `GET /users/{id}` for every linked user), else by email (one `GET /users/search`, every
+//! letter case); the catalog names groups, roles and attributes; the plan is `plan::diff` for
+//! the person's user, plus one per other account of theirs when they are offboarded;
+//! `CreateUser` goes first (the other calls need its id) and `DeleteUser` last. Without a client
+//! (no Looker configured) the read is `Unknown` and the plan lists every call that may apply
+//! (dry run).
+//!
+//! Resolution, in order: the linked users that still exist; without one, the users whose email
+//! is the person's (any case). Several candidates and no link: onboarding and updates refuse to
+//! guess (an alert); offboarding closes every one. A linked user whose email differs gets it
+//! updated (`PATCH /users/{id}/credentials_email`), never a second user.
 
 use super::{RetryPolicy, retry_read};
 use chrono::{DateTime, Utc};
@@ -9,10 +17,10 @@ use gatehouse_domain::identity::Identity;
 use gatehouse_domain::looker::{
     Catalog, ErrorKind, HttpCall, LookerError, LookerOp, LookerUser, Method, ReadNeeds, UserRef,
 };
-use gatehouse_domain::plan::{self, Actual, Plan};
+use gatehouse_domain::plan::{self, Actual, Plan, Resolution};
 use gatehouse_domain::policy::{self, DesiredLooker, Policy, Presence};
 use gatehouse_domain::ports::LookerPort;
-use gatehouse_domain::target::{Order, Planned, SendError, Sent, Target, TargetName};
+use gatehouse_domain::target::{Link, Order, Planned, SendError, Sent, Target, TargetName};
 
 /// Looker, through a [`LookerPort`] client (none: dry run).
 pub struct LookerTarget<L> {
@@ -25,6 +33,27 @@ pub struct LookerTarget<L> {
 pub struct LookerActual {
     pub catalog: Option<Catalog>,
     pub user: Actual,
+    /// The person's other Looker accounts (linked or matching their email in another case).
+    pub others: Vec<LookerUser>,
+    /// How `user` was found, in words.
+    pub how: Vec<String>,
+    /// Several candidates and no link: nobody is picked (`user` is `Absent`).
+    pub ambiguous: Vec<String>,
+    /// The person was linked before, and no account of theirs exists now.
+    pub lost_links: Vec<String>,
+}
+
+impl LookerActual {
+    fn of(catalog: Option<Catalog>, user: Actual) -> Self {
+        LookerActual {
+            catalog,
+            user,
+            others: Vec::new(),
+            how: Vec::new(),
+            ambiguous: Vec::new(),
+            lost_links: Vec::new(),
+        }
+    }
 }
 
 fn permanent(message: &str) -> LookerError {
@@ -52,6 +81,60 @@ impl<L: LookerPort> LookerTarget<L> {
             Some(l) => retry_read(&self.retry, |_| false, || l.catalog()).await,
             None => Ok(Catalog::default()),
         }
+    }
+
+    /// Every user with the email in any case, with retries (none without a client).
+    pub async fn find_users(&self, email: &str, needs: &ReadNeeds) -> Result<Vec<LookerUser>, LookerError> {
+        let Some(l) = &self.client else { return Ok(Vec::new()) };
+        retry_read(
+            &self.retry,
+            |e: &LookerError| e.kind == ErrorKind::NotFound,
+            || l.find_users(email, needs),
+        )
+        .await
+    }
+
+    /// One user by id, with retries (`None` when gone, or without a client).
+    pub async fn user(&self, id: &str, needs: &ReadNeeds) -> Result<Option<LookerUser>, LookerError> {
+        let Some(l) = &self.client else { return Ok(None) };
+        retry_read(&self.retry, |_| false, || l.user(id, needs)).await
+    }
+
+    /// Resolve a person (issue 16): their linked users that still exist first; then, when none
+    /// is linked or `every` (offboarding: every account of theirs is closed), the users with
+    /// their email in any case. Returns the accounts found (linked first, each once), how each
+    /// was found, and the linked ids Looker no longer has.
+    pub async fn resolve(
+        &self,
+        email: Option<&str>,
+        link: &Link,
+        needs: &ReadNeeds,
+        every: bool,
+    ) -> Result<(Vec<(LookerUser, String)>, Vec<String>), LookerError> {
+        let linked = futures::future::try_join_all(link.accounts.iter().map(|id| self.user(id, needs))).await?;
+        let mut found: Vec<(LookerUser, String)> = Vec::new();
+        let mut gone = Vec::new();
+        for (id, u) in link.accounts.iter().zip(linked) {
+            match u {
+                Some(u) => found.push((u, format!("linked looker user {id}"))),
+                None => gone.push(id.clone()),
+            }
+        }
+        if let Some(email) = email
+            && (found.is_empty() || every)
+        {
+            for u in self.find_users(email, needs).await? {
+                if !found.iter().any(|(f, _)| f.id == u.id) {
+                    let how = format!(
+                        "looker user {} by its email {}",
+                        u.id,
+                        u.email.as_deref().unwrap_or(email)
+                    );
+                    found.push((u, how));
+                }
+            }
+        }
+        Ok((found, gone))
     }
 
     /// One user search, with retries (`None` without a client).
@@ -84,37 +167,115 @@ impl<L: LookerPort> Target for LookerTarget<L> {
         Some(policy::evaluate(policy, identity))
     }
 
-    async fn read(&self, desired: &DesiredLooker) -> Result<LookerActual, LookerError> {
+    async fn read(&self, desired: &DesiredLooker, link: &Link) -> Result<LookerActual, LookerError> {
         if self.client.is_none() {
-            return Ok(LookerActual {
-                catalog: None,
-                user: Actual::Unknown,
-            });
+            return Ok(LookerActual::of(None, Actual::Unknown));
         }
-        let (catalog, found) = match (&desired.email, &desired.presence) {
-            (None, _) => (self.catalog().await?, None),
-            // Offboarding needs nothing from the catalog to read the user: both reads at once,
-            // so a cold start is login → (catalog ∥ search) → revocations.
-            (Some(email), Presence::Offboarded { .. }) => {
-                let no_needs = ReadNeeds::default();
-                let (c, f) = futures::join!(self.catalog(), self.find_user(email, &no_needs));
-                (c?, f?)
-            }
-            (Some(email), Presence::Active { .. }) => {
-                let c = self.catalog().await?;
-                let needs = plan::read_needs(desired, &c);
-                let f = self.find_user(email, &needs).await?;
-                (c, f)
-            }
+        if desired.email.is_none() && link.accounts.is_empty() {
+            return Ok(LookerActual::of(Some(self.catalog().await?), Actual::Absent));
+        }
+        let email = desired.email.as_deref();
+        let offboarding = matches!(desired.presence, Presence::Offboarded { .. });
+        let (catalog, (found, gone)) = if offboarding {
+            // Offboarding needs nothing from the catalog to read the users: both at once, so a
+            // cold start is login → (catalog ∥ reads) → revocations.
+            let no_needs = ReadNeeds::default();
+            let (c, f) = futures::join!(self.catalog(), self.resolve(email, link, &no_needs, true));
+            (c?, f?)
+        } else {
+            let c = self.catalog().await?;
+            let needs = plan::read_needs(desired, &c);
+            let f = self.resolve(email, link, &needs, false).await?;
+            (c, f)
         };
-        Ok(LookerActual {
-            catalog: Some(catalog),
-            user: found.map(Actual::Present).unwrap_or(Actual::Absent),
-        })
+        let mut actual = LookerActual::of(Some(catalog), Actual::Absent);
+        let linked_found = found.iter().any(|(u, _)| link.accounts.contains(&u.id));
+        if found.is_empty() && !gone.is_empty() && gone.len() == link.accounts.len() {
+            actual.lost_links = gone;
+        }
+        let mut found = found.into_iter();
+        match found.next() {
+            None => {}
+            // Several candidates, none linked: onboarding and updates do not guess.
+            Some((_, how)) if !linked_found && !offboarding && !found.as_slice().is_empty() => {
+                actual.ambiguous = std::iter::once(how).chain(found.map(|(_, h)| h)).collect();
+            }
+            Some((first, how)) => {
+                actual.how.push(how);
+                for (u, how) in found {
+                    actual.how.push(how);
+                    actual.others.push(u);
+                }
+                actual.user = Actual::Present(first);
+            }
+        }
+        Ok(actual)
+    }
+
+    fn linked(&self, actual: &LookerActual) -> Vec<String> {
+        match &actual.user {
+            // The person's user and every account offboarding closed as theirs.
+            Actual::Present(u) => std::iter::once(u.id.clone())
+                .chain(actual.others.iter().map(|o| o.id.clone()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn link_key(&self, account: &UserRef) -> Option<String> {
+        match account {
+            UserRef::Id(id) => Some(id.clone()),
+            _ => None,
+        }
     }
 
     fn diff(&self, desired: &DesiredLooker, actual: &LookerActual) -> Plan {
-        plan::diff(desired, &actual.user, actual.catalog.as_ref())
+        let cat = actual.catalog.as_ref();
+        let offboarding = matches!(desired.presence, Presence::Offboarded { .. });
+        if !actual.ambiguous.is_empty() {
+            let why = format!(
+                "several looker users could be this person and none is linked to them ({}); not guessing: link one (or merge them) and replay",
+                actual.ambiguous.join("; ")
+            );
+            let mut p = plan::diff(desired, &Actual::Absent, cat);
+            p.steps.clear();
+            p.user = UserRef::Email(desired.email.clone().unwrap_or_default());
+            p.notes = vec![why.clone()];
+            p.resolution.refused = Some(why);
+            return p;
+        }
+        let mut p = plan::diff(desired, &actual.user, cat);
+        let mut r = Resolution {
+            how: actual.how.clone(),
+            ..Resolution::default()
+        };
+        if offboarding {
+            r.others = actual
+                .others
+                .iter()
+                .map(|o| plan::diff(desired, &Actual::Present(o.clone()), cat))
+                .collect();
+            if !actual.lost_links.is_empty() {
+                r.unresolved = Some(format!(
+                    "the person was linked to looker user(s) {} and none exists now, nor any user with their email: offboarding cannot be confirmed",
+                    actual.lost_links.join(", ")
+                ));
+            }
+        } else {
+            r.duplicates = actual
+                .others
+                .iter()
+                .map(|o| {
+                    format!(
+                        "looker user {} ({}) also looks like this person; not changed",
+                        o.id,
+                        o.email.as_deref().unwrap_or("no email")
+                    )
+                })
+                .collect();
+        }
+        p.resolution = r;
+        p
     }
 
     fn account(&self, plan: &Plan) -> UserRef {

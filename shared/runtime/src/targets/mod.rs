@@ -23,7 +23,7 @@ use futures::future::join_all;
 use gatehouse_domain::looker::{ErrorKind, HttpCall};
 use gatehouse_domain::ports::{BackendError, LedgerEntry, StateStore};
 use gatehouse_domain::target::{
-    CallOutcome, Failure, Order, Planned, Screen, SendError, Sent, Target, TargetName,
+    CallOutcome, Failure, Link, Order, Planned, Screen, SendError, Sent, Target, TargetName,
 };
 use std::future::Future;
 use std::time::Duration;
@@ -146,6 +146,73 @@ pub fn ledger_row(
     }
 }
 
+/// A read failed: the target's read or the state store's link lookup.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError<E: std::error::Error + 'static> {
+    #[error("{0}")]
+    Target(E),
+    #[error(transparent)]
+    Links(BackendError),
+}
+
+/// What a linked read found: the actual state, the person's link as it was, and the accounts the
+/// read resolved that the link does not hold yet.
+#[derive(Debug)]
+pub struct LinkedRead<A> {
+    pub actual: A,
+    pub link: Link,
+    pub new_links: Vec<String>,
+}
+
+impl<A> LinkedRead<A> {
+    /// Store the new links (issue 16): the next read finds the person by them.
+    pub async fn persist<S: StateStore>(&self, store: &S, target: TargetName) -> Result<(), BackendError> {
+        if self.new_links.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(target_name = %target, subject = %self.link.person, accounts = ?self.new_links,
+            "person linked to accounts");
+        store
+            .link_accounts(target.as_str(), &self.link.person, &self.new_links)
+            .await
+    }
+}
+
+/// Read one person in one target through their durable link (issue 16): the link is loaded from
+/// the store and handed to [`Target::read`]; what the read resolved beyond it is returned to be
+/// persisted (not stored here, so `gatehouse plan` changes nothing).
+pub async fn read_linked<T: Target, S: StateStore>(
+    target: &T,
+    desired: &T::Desired,
+    person: &str,
+    store: &S,
+) -> Result<LinkedRead<T::Actual>, ReadError<T::Error>> {
+    let accounts = store
+        .account_links(target.name().as_str(), person)
+        .await
+        .map_err(ReadError::Links)?;
+    let link = Link {
+        person: person.to_string(),
+        accounts,
+    };
+    let actual = target.read(desired, &link).await.map_err(ReadError::Target)?;
+    let new_links = target
+        .linked(&actual)
+        .into_iter()
+        .filter(|a| !link.accounts.contains(a))
+        .fold(Vec::new(), |mut v, a| {
+            if !v.contains(&a) {
+                v.push(a);
+            }
+            v
+        });
+    Ok(LinkedRead {
+        actual,
+        link,
+        new_links,
+    })
+}
+
 /// Apply (or report, or dry-run) one target's plan for one person. See the module docs.
 pub async fn apply<T: Target, S: StateStore>(
     target: &T,
@@ -223,6 +290,14 @@ pub async fn apply<T: Target, S: StateStore>(
                 let done = send_batch(target, &account, b, run).await.map_err(fail)?;
                 out.writes += done.writes;
                 if let Some(a) = done.account {
+                    // The new account is the person's at once (issue 16): a later event finds it
+                    // by the link, whatever the person's email has become.
+                    if let Some(key) = target.link_key(&a) {
+                        run.store
+                            .link_accounts(name.as_str(), &run.ctx.subject, &[key])
+                            .await
+                            .map_err(ApplyError::Ledger)?;
+                    }
                     account = a;
                 }
             }
@@ -444,11 +519,16 @@ where
             let Some(desired) = self.desired(policy, identity, now) else {
                 return Ok(Applied::default());
             };
-            let actual = self
-                .read(&desired)
+            let read = read_linked(self, &desired, &identity.key, run.store)
                 .await
-                .map_err(|e| TargetFailure::of(name, e))?;
-            let plan = self.diff(&desired, &actual);
+                .map_err(|e| match e {
+                    ReadError::Target(e) => TargetFailure::of(name, e),
+                    ReadError::Links(e) => TargetFailure::Ledger(e),
+                })?;
+            if mode == Mode::Apply {
+                read.persist(run.store, name).await.map_err(TargetFailure::Ledger)?;
+            }
+            let plan = self.diff(&desired, &read.actual);
             apply(self, &plan, mode, run).await.map_err(|e| match e {
                 ApplyError::Target { error, .. } => TargetFailure::of(name, error),
                 ApplyError::Ledger(e) => TargetFailure::Ledger(e),

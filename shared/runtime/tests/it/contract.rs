@@ -7,7 +7,7 @@
 use gatehouse_adapters::sqlite::Sqlite;
 use gatehouse_domain::looker::HttpCall;
 use gatehouse_domain::ports::{LedgerRow, StateStore};
-use gatehouse_domain::target::{Order, Planned, Screen, SendAll, SendError, Sent, Target, TargetName};
+use gatehouse_domain::target::{Link, Order, Planned, Screen, SendAll, SendError, Sent, Target, TargetName};
 use gatehouse_runtime::targets::{self, Applied, Ctx, Mode, RetryPolicy, Run};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -70,8 +70,18 @@ impl<T: Target> Target for Counted<'_, T> {
     ) -> Option<T::Desired> {
         self.inner.desired(policy, identity, now)
     }
-    fn read(&self, d: &T::Desired) -> impl std::future::Future<Output = Result<T::Actual, T::Error>> + Send {
-        self.inner.read(d)
+    fn read(
+        &self,
+        d: &T::Desired,
+        link: &Link,
+    ) -> impl std::future::Future<Output = Result<T::Actual, T::Error>> + Send {
+        self.inner.read(d, link)
+    }
+    fn linked(&self, a: &T::Actual) -> Vec<String> {
+        self.inner.linked(a)
+    }
+    fn link_key(&self, a: &T::Account) -> Option<String> {
+        self.inner.link_key(a)
     }
     fn diff(&self, d: &T::Desired, a: &T::Actual) -> T::Plan {
         self.inner.diff(d, a)
@@ -158,7 +168,7 @@ fn retry() -> RetryPolicy {
 
 async fn plan_of<T: Target>(t: &T, d: &T::Desired) -> T::Plan {
     let actual = t
-        .read(d)
+        .read(d, &Link::unlinked("p"))
         .await
         .unwrap_or_else(|e| panic!("{}: read: {e}", t.name()));
     t.diff(d, &actual)

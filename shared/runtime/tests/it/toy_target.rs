@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::looker::{ErrorKind, HttpCall, Method};
 use gatehouse_domain::policy::Policy;
-use gatehouse_domain::target::{CallOutcome, Failure, Order, Planned, SendError, Sent, Target, TargetName};
+use gatehouse_domain::target::{CallOutcome, Link, Failure, Order, Planned, SendError, Sent, Target, TargetName};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -99,7 +99,7 @@ impl Target for WikiTarget {
         })
     }
 
-    async fn read(&self, d: &WikiDesired) -> Result<Self::Actual, WikiError> {
+    async fn read(&self, d: &WikiDesired, _link: &Link) -> Result<Self::Actual, WikiError> {
         Ok(self.wiki.spaces_of(&d.user))
     }
 

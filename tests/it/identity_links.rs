@@ -1,0 +1,132 @@
+//! Issue 16 end to end: a person is one Looker user whatever their email becomes. Every test
+//! drives the real Okta intake (handbook fixtures, with the renamed person's ids and emails
+//! edited in) against the fake Looker and ends with the person's original Looker user
+//! offboarded and no second user created.
+
+use gatehouse_domain::ports::StateStore;
+use gatehouse_e2e::{Options, example_policy, okta_fixture, seed_catalog, spawn_app};
+use gatehouse_testkit::FakeLooker;
+use serde_json::Value;
+
+const PERSON: &str = "00urenamed01";
+
+/// An Okta hook from a handbook fixture, about `PERSON` with login `email`, as event `uuid` at
+/// `published`.
+fn okta_event(fixture: &str, email: &str, uuid: &str, published: &str) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(&okta_fixture(fixture)).unwrap();
+    let e = &mut v["data"]["events"][0];
+    e["uuid"] = uuid.into();
+    e["published"] = published.into();
+    let user = e["target"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|t| t["type"] == "User")
+        .unwrap();
+    user["id"] = PERSON.into();
+    user["alternateId"] = email.into();
+    serde_json::to_vec(&v).unwrap()
+}
+
+const ACTIVATE: &str = "event-hook.user.lifecycle.activate.constructed.json";
+const UPDATE_PROFILE: &str = "event-hook.user.account.update_profile.constructed.json";
+const DEACTIVATE: &str = "event-hook.user.lifecycle.deactivate.constructed.json";
+
+fn ids(fake: &FakeLooker) -> Vec<String> {
+    let mut v: Vec<String> = fake.users().into_iter().map(|u| u.id).collect();
+    v.sort();
+    v
+}
+
+/// The issue's own reproduction: activate (john.doe@), a profile update to john.d@, deactivate.
+#[tokio::test]
+async fn okta_profile_update_renames_the_linked_user_and_deactivate_closes_it() {
+    let fake = FakeLooker::start().await;
+    seed_catalog(&fake);
+    let uid = fake.add_user("john.doe@example.com", "John", "Doe");
+    for _ in 0..2 {
+        fake.add_session(&uid);
+        fake.add_api3_key(&uid);
+    }
+    let app = spawn_app(Options {
+        looker: Some(fake.clone()),
+        policy: Some(example_policy()),
+        ..Default::default()
+    })
+    .await;
+    let before = ids(&fake);
+
+    app.deliver(&okta_event(ACTIVATE, "john.doe@example.com", "ev-1", "2024-05-01T10:00:00.000Z"))
+        .await;
+    assert_eq!(
+        app.store.account_links("looker", PERSON).await.unwrap(),
+        vec![uid.clone()],
+        "the person is linked to the user their email found"
+    );
+
+    app.deliver(&okta_event(
+        UPDATE_PROFILE,
+        "john.d@example.com",
+        "ev-2",
+        "2024-05-02T10:00:00.000Z",
+    ))
+    .await;
+    assert_eq!(ids(&fake), before, "no second looker user for a new email");
+    assert_eq!(
+        fake.user(&uid).unwrap().email.as_deref(),
+        Some("john.d@example.com"),
+        "the linked user's email credentials follow the directory"
+    );
+    let rows = app.ledger().await;
+    assert!(
+        rows.iter().any(|r| r.entry.rule == "onboarding.email"
+            && r.entry.call.path == format!("/users/{uid}/credentials_email")
+            && r.entry.status == "ok"),
+        "the email change is ledgered: {rows:#?}"
+    );
+
+    app.deliver(&okta_event(DEACTIVATE, "john.d@example.com", "ev-3", "2024-05-03T10:00:00.000Z"))
+        .await;
+    let u = fake.user(&uid).unwrap();
+    assert!(u.is_disabled, "the original user is offboarded");
+    assert!(u.session_ids.is_empty() && u.api3_key_ids.is_empty(), "{u:?}");
+    assert_eq!(ids(&fake), before, "still no second user");
+    app.stop().await;
+}
+
+/// A duplicate left by the old behaviour (the person's old user 101 linked, a second user for
+/// the new email beside it): offboarding closes both, each ledgered.
+#[tokio::test]
+async fn offboarding_closes_every_account_of_the_person() {
+    let fake = FakeLooker::start().await;
+    seed_catalog(&fake);
+    let old = fake.add_user("john.doe@example.com", "John", "Doe");
+    let old_session = fake.add_session(&old);
+    let app = spawn_app(Options {
+        looker: Some(fake.clone()),
+        policy: Some(example_policy()),
+        ..Default::default()
+    })
+    .await;
+    app.deliver(&okta_event(ACTIVATE, "john.doe@example.com", "ev-1", "2024-05-01T10:00:00.000Z"))
+        .await;
+    // Someone made a second user for the person's new email by hand.
+    let dup = fake.add_user("john.d@example.com", "John", "D");
+    let dup_session = fake.add_session(&dup);
+    app.deliver(&okta_event(DEACTIVATE, "john.d@example.com", "ev-3", "2024-05-03T10:00:00.000Z"))
+        .await;
+    for (u, s) in [(&old, &old_session), (&dup, &dup_session)] {
+        let v = fake.user(u).unwrap();
+        assert!(v.is_disabled, "user {u} is offboarded");
+        assert!(!v.session_ids.contains(s), "user {u}'s session is revoked");
+    }
+    let rows = app.ledger().await;
+    for u in [&old, &dup] {
+        assert!(
+            rows.iter()
+                .any(|r| r.entry.call.path == format!("/users/{u}") && r.entry.status == "ok"),
+            "the disable of {u} is ledgered: {rows:#?}"
+        );
+    }
+    app.stop().await;
+}
