@@ -502,7 +502,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         };
         // The grace period runs from when Gatehouse offboarded the person, never from an old event time.
         let deletion = deletion_change(&desired, &identity, Utc::now());
-        let ctx = ctx(env);
+        let ctx = ctx(env, desired.email.as_deref());
         let run = self.run(&ctx);
         let looker_part = async {
             let live = self.looker.client().is_some();
@@ -633,6 +633,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             envelope_id: env.id.0.clone(),
             subject: identity.key.clone(),
             event: env.source_event_type.clone(),
+            email: desired.email.clone(),
         };
         Ok(self.apply_reconcile(&ctx, Some(&plan), &cloud_plan).await?.writes)
     }
@@ -650,6 +651,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                 envelope_id: format!("scheduled-deletion:{}", d.subject),
                 subject: d.subject.clone(),
                 event: "scheduled_deletion".into(),
+                email: Some(d.email.clone()),
             };
             let run = self.run(&ctx);
             let plan = |user| Plan {
@@ -690,11 +692,12 @@ pub struct AppliedCounts {
 }
 
 /// The ledger context of an envelope's calls.
-fn ctx(env: &Envelope) -> Ctx {
+fn ctx(env: &Envelope, email: Option<&str>) -> Ctx {
     Ctx {
         envelope_id: env.id.0.clone(),
         subject: env.subject.key.clone(),
         event: env.source_event_type.clone(),
+        email: email.map(str::to_string),
     }
 }
 

@@ -23,7 +23,7 @@ use futures::future::join_all;
 use gatehouse_domain::looker::{ErrorKind, HttpCall};
 use gatehouse_domain::ports::{BackendError, LedgerEntry, StateStore};
 use gatehouse_domain::target::{
-    CallOutcome, Failure, Order, Planned, Screen, SendError, Sent, Target, TargetName,
+    CallOutcome, Failure, Order, Planned, Screen, Screened, SendError, Sent, Target, TargetName,
 };
 use std::future::Future;
 use std::time::Duration;
@@ -71,6 +71,8 @@ pub struct Ctx {
     pub envelope_id: String,
     pub subject: String,
     pub event: String,
+    /// The person's email, when known (what a [`Screen`] matches protected people by).
+    pub email: Option<String>,
 }
 
 /// What the loop does with a plan.
@@ -184,7 +186,16 @@ pub async fn apply<T: Target, S: StateStore>(
     let mut withheld = Vec::new();
     for s in steps {
         let call = target.call(&account, s.op);
-        match run.screen.withhold(name, &call, s.rule) {
+        let principal = target.principal(&account, s.op);
+        let screened = Screened {
+            target: name,
+            call: &call,
+            rule: s.rule,
+            email: run.ctx.email.as_deref(),
+            principal: principal.as_deref(),
+            revokes: target.revokes(s.op),
+        };
+        match run.screen.withhold(&screened) {
             None => sendable.push(s),
             Some(reason) => {
                 tracing::warn!(target_name = %name, subject = %run.ctx.subject, envelope_id = %run.ctx.envelope_id,
