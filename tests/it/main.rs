@@ -14,6 +14,7 @@ mod ingress;
 mod lifecycle;
 mod replicas;
 mod resilience;
+mod safety;
 mod scim;
 mod scim_names;
 mod trust;

@@ -274,6 +274,32 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         }
     }
 
+    /// The steps of these plans the screen withholds, with the reasons (`gatehouse plan`).
+    pub fn withheld(
+        &self,
+        email: Option<&str>,
+        looker_plan: Option<&Plan>,
+        cloud_plan: &CloudPlan,
+    ) -> Vec<targets::Withheld> {
+        let mut out = Vec::new();
+        if let Some(p) = looker_plan {
+            out.extend(targets::withheld(&self.looker, p, email, &*self.screen));
+        }
+        if let Some(c) = &self.cloud {
+            if let (Some(t), Some(p)) = (&c.aws, &cloud_plan.aws) {
+                out.extend(targets::withheld(t, p, email, &*self.screen));
+            }
+            if let Some(g) = &c.gcp {
+                let p = crate::cloud::GcpPlan {
+                    steps: cloud_plan.gcp.clone(),
+                    notes: Vec::new(),
+                };
+                out.extend(targets::withheld(g, &p, email, &*self.screen));
+            }
+        }
+        out
+    }
+
     pub fn cloud(&self) -> Option<&CloudTargets> {
         self.cloud.as_deref()
     }

@@ -32,7 +32,14 @@ pub enum Protected {
 }
 
 /// GCP member types a binding can name (IAM policy reference).
-const GCP_MEMBER_TYPES: &[&str] = &["user", "serviceAccount", "group", "domain", "principal", "principalSet"];
+const GCP_MEMBER_TYPES: &[&str] = &[
+    "user",
+    "serviceAccount",
+    "group",
+    "domain",
+    "principal",
+    "principalSet",
+];
 
 impl Protected {
     /// Parse one entry; the error says what is wrong (the caller names the field).
@@ -66,23 +73,32 @@ impl Protected {
             let n = nonempty(n, "iam user name")?;
             // IAM user names: 1-64 of [A-Za-z0-9+=,.@_-].
             let ok = n.len() <= 64
-                && n
-                    .bytes()
+                && n.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b));
             if !ok {
-                return Err(format!("{e:?}: not an iam user name (1-64 of A-Z a-z 0-9 + = , . @ _ -)"));
+                return Err(format!(
+                    "{e:?}: not an iam user name (1-64 of A-Z a-z 0-9 + = , . @ _ -)"
+                ));
             }
             return Ok(Protected::AwsUser(n));
         }
         if let Some(m) = e.strip_prefix("gcp:") {
             let Some((kind, id)) = m.split_once(':') else {
-                return Err(format!("{e:?}: a gcp member is gcp:TYPE:ID, e.g. gcp:user:a@example.com"));
+                return Err(format!(
+                    "{e:?}: a gcp member is gcp:TYPE:ID, e.g. gcp:user:a@example.com"
+                ));
             };
             if !GCP_MEMBER_TYPES.contains(&kind) {
-                return Err(format!("{e:?}: {kind:?} is not a gcp member type ({})", GCP_MEMBER_TYPES.join(", ")));
+                return Err(format!(
+                    "{e:?}: {kind:?} is not a gcp member type ({})",
+                    GCP_MEMBER_TYPES.join(", ")
+                ));
             }
             let id = nonempty(id, "gcp member")?;
-            return Ok(Protected::GcpMember(format!("{kind}:{}", id.to_ascii_lowercase())));
+            return Ok(Protected::GcpMember(format!(
+                "{kind}:{}",
+                id.to_ascii_lowercase()
+            )));
         }
         if let Some((local, domain)) = e.split_once('@')
             && !local.is_empty()
@@ -103,7 +119,10 @@ impl Protected {
 impl SafetyConfig {
     /// The parsed entries (valid after [`SafetyConfig::validate`]).
     pub fn protected(&self) -> Vec<Protected> {
-        self.protected.iter().filter_map(|e| Protected::parse(e).ok()).collect()
+        self.protected
+            .iter()
+            .filter_map(|e| Protected::parse(e).ok())
+            .collect()
     }
 
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
@@ -123,7 +142,10 @@ mod tests {
         for (e, want) in [
             ("Alice@Example.com", Protected::Email("alice@example.com".into())),
             ("looker:user:42", Protected::LookerUser("42".into())),
-            ("looker:group:Break glass", Protected::LookerGroup("Break glass".into())),
+            (
+                "looker:group:Break glass",
+                Protected::LookerGroup("Break glass".into()),
+            ),
             ("looker:role:Admin", Protected::LookerRole("Admin".into())),
             ("aws:user:breakglass", Protected::AwsUser("breakglass".into())),
             (

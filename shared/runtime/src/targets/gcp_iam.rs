@@ -111,7 +111,9 @@ impl Target for GcpTarget {
     /// The member the binding change names (`user:a@b.c`, `serviceAccount:...`).
     fn principal(&self, _: &(), op: &GcpIamOp) -> Option<String> {
         match op {
-            GcpIamOp::AddMember { member, .. } | GcpIamOp::RemoveMember { member, .. } => Some(member.clone()),
+            GcpIamOp::AddMember { member, .. } | GcpIamOp::RemoveMember { member, .. } => {
+                Some(member.clone())
+            }
         }
     }
 

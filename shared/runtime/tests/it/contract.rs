@@ -7,7 +7,9 @@
 use gatehouse_adapters::sqlite::Sqlite;
 use gatehouse_domain::looker::HttpCall;
 use gatehouse_domain::ports::{LedgerRow, StateStore};
-use gatehouse_domain::target::{Order, Planned, Screen, Screened, SendAll, SendError, Sent, Target, TargetName};
+use gatehouse_domain::target::{
+    Order, Planned, Screen, Screened, SendAll, SendError, Sent, Target, TargetName,
+};
 use gatehouse_runtime::targets::{self, Applied, Ctx, Mode, RetryPolicy, Run};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
