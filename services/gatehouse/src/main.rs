@@ -291,7 +291,9 @@ async fn print_plans(
             continue;
         }
         let r = engine.plan(env).await?;
-        let withheld = engine.withheld(r.desired.email.as_deref(), Some(&r.plan), &r.cloud);
+        let withheld = engine
+            .withheld(r.desired.email.as_deref(), Some(&r.plan), &r.cloud)
+            .await;
         if json {
             let steps: Vec<_> = r
                 .plan
@@ -355,11 +357,14 @@ async fn plan_all(cfg: &Config, json: bool) -> anyhow::Result<()> {
     let report = report?;
     let modes = cfg.reconcile.mode;
     let mut out = std::io::stdout().lock();
-    let withheld: Vec<_> = report
-        .plans
-        .iter()
-        .map(|p| engine.withheld(p.email.as_deref(), p.looker.as_ref(), &p.cloud))
-        .collect();
+    let mut withheld = Vec::with_capacity(report.plans.len());
+    for p in &report.plans {
+        withheld.push(
+            engine
+                .withheld(p.email.as_deref(), p.looker.as_ref(), &p.cloud)
+                .await,
+        );
+    }
     if json {
         let people: Vec<_> = report
             .plans

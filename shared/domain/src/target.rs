@@ -260,6 +260,13 @@ pub struct Screened<'a> {
 pub trait Screen: Send + Sync {
     /// `Some(reason)` to withhold the step.
     fn withhold(&self, step: &Screened<'_>) -> Option<String>;
+
+    /// Called before a plan's steps are screened, and beside the reads of an event: a screen
+    /// that must learn something from the targets (who Gatehouse itself is) does it here,
+    /// cheaply when it already knows. Default: nothing.
+    fn prepare(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// The screen that sends everything.

@@ -281,35 +281,14 @@ pub async fn check_looker_attributes(cfg: &Config, engine: &AppEngine) -> Result
 }
 
 /// The engine with the cloud targets the configuration enables, every step screened by the
-/// safety rails.
+/// safety rails (which learn who Gatehouse is in Looker and AWS on the first plan that writes).
 pub async fn engine_with_cloud(cfg: &Config, store: AnyState) -> Result<AppEngine, AppError> {
-    Ok(engine_with_safety(cfg, store).await?.0)
-}
-
-/// [`engine_with_cloud`], and its safety screen (to refresh what it knows of Looker).
-pub async fn engine_with_safety(cfg: &Config, store: AnyState) -> Result<(AppEngine, Arc<Safety>), AppError> {
     let cloud = cloud_targets(cfg, &store).await?;
     let engine = engine(cfg, store)?.with_cloud(cloud);
-    let safety = Arc::new(Safety::from_config(cfg));
-    refresh_safety(&safety, &engine).await;
-    if let Some(aws) = engine.cloud().and_then(|c| c.aws.as_ref())
-        && let Err(e) = safety.refresh_aws(&aws.iam).await
-    {
-        tracing::warn!(error = %e, "cannot learn the aws identity gatehouse runs as (sts:GetCallerIdentity); \
-            list it in [cloud_audit] gatehouse_principals to protect it");
-    }
-    Ok((engine.with_screen(safety.clone()), safety))
-}
-
-/// Learn (again) Gatehouse's own Looker user and the holders of protected groups and roles. A
-/// failure is logged; until the own user is known, Looker revocations are withheld.
-pub async fn refresh_safety(safety: &Safety, engine: &AppEngine) {
-    if let Some(looker) = engine.looker()
-        && let Err(e) = safety.refresh_looker(looker).await
-    {
-        tracing::warn!(error = %e, "cannot read gatehouse's own looker user or the protected holders; \
-            looker revocations are withheld until it can");
-    }
+    let safety = Safety::from_config(cfg)
+        .with_looker(engine.looker().cloned())
+        .with_aws(engine.cloud().and_then(|c| c.aws.as_ref()).map(|a| a.iam.clone()));
+    Ok(engine.with_screen(Arc::new(safety)))
 }
 
 pub fn engine(cfg: &Config, store: AnyState) -> Result<AppEngine, AppError> {
@@ -477,8 +456,7 @@ async fn start_on<Q>(
 where
     Q: QueueProducer + QueueConsumer + Clone + 'static,
 {
-    let (engine, safety) = engine_with_safety(cfg, state.clone()).await?;
-    let engine = Arc::new(engine);
+    let engine = Arc::new(engine_with_cloud(cfg, state.clone()).await?);
     let dry_run = engine.is_dry_run();
     if components.processor {
         check_looker_attributes(cfg, &engine).await?;
@@ -543,25 +521,6 @@ where
         );
         let s = shutdown.clone();
         tasks.push(tokio::spawn(worker.run(s)));
-    }
-    if components.processor && engine.looker().is_some() {
-        // Holders of protected Looker groups and roles change: read them again every five
-        // minutes (every 30 s while Gatehouse's own user is not known).
-        let (engine, s) = (engine.clone(), shutdown.clone());
-        let every = std::time::Duration::from_secs(300);
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let wait = if safety.looker_ids().own_user.is_some() {
-                    every
-                } else {
-                    every.min(std::time::Duration::from_secs(30))
-                };
-                tokio::select! {
-                    _ = s.wait() => return,
-                    _ = tokio::time::sleep(wait) => refresh_safety(&safety, &engine).await,
-                }
-            }
-        }));
     }
     if components.processor && cfg.reconcile.scheduled {
         let cron = cfg.reconcile.cron()?;

@@ -275,12 +275,13 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
     }
 
     /// The steps of these plans the screen withholds, with the reasons (`gatehouse plan`).
-    pub fn withheld(
+    pub async fn withheld(
         &self,
         email: Option<&str>,
         looker_plan: Option<&Plan>,
         cloud_plan: &CloudPlan,
     ) -> Vec<targets::Withheld> {
+        self.screen.prepare().await;
         let mut out = Vec::new();
         if let Some(p) = looker_plan {
             out.extend(targets::withheld(&self.looker, p, email, &*self.screen));
@@ -497,11 +498,14 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             looker_steps = tracing::field::Empty,
             cloud_steps = tracing::field::Empty,
         );
+        // The screen learns what it needs (once in a while) beside the reads, not after them.
         let (plan, cloud_plan) = async {
-            futures::join!(
+            let (p, c, ()) = futures::join!(
                 self.compute_plan(&desired),
-                self.compute_cloud_plan(&desired_cloud)
-            )
+                self.compute_cloud_plan(&desired_cloud),
+                self.screen.prepare()
+            );
+            (p, c)
         }
         .instrument(plan_span.clone())
         .await;

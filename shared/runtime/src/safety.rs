@@ -11,8 +11,10 @@
 //!   or role (e.g. `Admin`, direct or through a group), IAM user names, GCP members.
 //!
 //! A withheld step gets a `withheld: REASON` ledger row, a warning and
-//! `gatehouse_steps_withheld_total{target}`; it is never sent. Looker ids are resolved at start
-//! and refreshed ([`Safety::refresh_looker`]); until Gatehouse's own Looker user is known, Looker
+//! `gatehouse_steps_withheld_total{target}`; it is never sent. What only the targets know is
+//! learned in [`Screen::prepare`] (beside an event's reads, before a plan is screened): Gatehouse's
+//! own Looker user and the holders of protected groups and roles (again every
+//! [`LOOKER_REFRESH`]), its AWS identity (once). Until its own Looker user is known, Looker
 //! revocations are withheld (reconcile applies them later).
 
 use gatehouse_adapters::aws_iam::AwsIam;
@@ -23,15 +25,35 @@ use gatehouse_domain::target::{Screen, Screened, TargetName};
 use gatehouse_platform::config::{Config, KindConfig, Protected};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long what Looker said about protected users is trusted.
+pub const LOOKER_REFRESH: Duration = Duration::from_secs(300);
 
 /// The safety screen. Built from the configuration ([`Safety::from_config`]), completed with
 /// what only the targets can say (its own Looker user, its AWS identity).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Safety {
     rules: Rules,
     looker: RwLock<LookerIds>,
     /// IAM user names Gatehouse calls AWS as.
     own_aws: RwLock<BTreeSet<String>>,
+    /// Where [`Screen::prepare`] learns them.
+    looker_client: Option<LookerClient>,
+    aws_client: Option<AwsIam>,
+    /// When Looker was last read, whether AWS was; held while learning (one at a time).
+    learned: tokio::sync::Mutex<(Option<Instant>, bool)>,
+}
+
+impl std::fmt::Debug for Safety {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Safety")
+            .field("rules", &self.rules)
+            .field("looker", &self.looker)
+            .field("own_aws", &self.own_aws)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -101,8 +123,47 @@ impl Safety {
         }
         Safety {
             rules: r,
-            looker: RwLock::default(),
             own_aws: RwLock::new(own_aws),
+            ..Safety::default()
+        }
+    }
+
+    /// Learn Gatehouse's own Looker user and the protected holders through this client.
+    pub fn with_looker(mut self, client: Option<LookerClient>) -> Self {
+        self.looker_client = client;
+        self
+    }
+
+    /// Learn the AWS identity Gatehouse runs as through this client.
+    pub fn with_aws(mut self, iam: Option<AwsIam>) -> Self {
+        self.aws_client = iam;
+        self
+    }
+
+    /// What [`Screen::prepare`] does: read Looker when it was never read or [`LOOKER_REFRESH`]
+    /// ago, AWS once. A failure is logged and tried again next time; until Gatehouse's own Looker
+    /// user is known, Looker revocations are withheld.
+    pub async fn learn(&self) {
+        let mut learned = self.learned.lock().await;
+        if let Some(l) = &self.looker_client
+            && learned.0.is_none_or(|at| at.elapsed() >= LOOKER_REFRESH)
+        {
+            match self.refresh_looker(l).await {
+                Ok(()) => learned.0 = Some(Instant::now()),
+                Err(e) => tracing::warn!(error = %e,
+                    "cannot read gatehouse's own looker user or the protected holders; looker revocations \
+                     are withheld until it can"),
+            }
+        }
+        if let Some(a) = &self.aws_client
+            && !learned.1
+        {
+            match self.refresh_aws(a).await {
+                Ok(()) => learned.1 = true,
+                Err(e) => tracing::warn!(error = %e,
+                    "cannot learn the aws identity gatehouse runs as (sts:GetCallerIdentity); list it in \
+                     [cloud_audit] gatehouse_principals to protect it"),
+            }
         }
     }
 
@@ -238,6 +299,10 @@ impl Safety {
 }
 
 impl Screen for Safety {
+    fn prepare(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(self.learn())
+    }
+
     fn withhold(&self, s: &Screened<'_>) -> Option<String> {
         let reason = match s.target {
             TargetName::LOOKER => self.looker_reason(s),
@@ -311,6 +376,7 @@ mod tests {
         let s = Safety::from_config(&cfg(
             "[looker]\nurl = \"https://x.looker.com\"\nclient_id = \"id\"\nclient_secret = \"s\"\n",
         ));
+        assert!(format!("{s:?}").starts_with("Safety"));
         let del_key = call(Method::Delete, "/users/101/credentials_api3/7001");
         let r = s.withhold(&step(TargetName::LOOKER, &del_key, None, Some("101"), true));
         assert!(

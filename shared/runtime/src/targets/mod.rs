@@ -182,6 +182,7 @@ pub async fn apply<T: Target, S: StateStore>(
         return Ok(out);
     }
 
+    run.screen.prepare().await;
     let mut sendable = Vec::with_capacity(steps.len());
     let mut withheld = Vec::new();
     for s in steps {
