@@ -15,6 +15,7 @@ mod ingress;
 mod lifecycle;
 mod replicas;
 mod resilience;
+mod safety;
 mod scim;
 mod scim_names;
 mod trust;

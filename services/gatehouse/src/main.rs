@@ -30,11 +30,17 @@ struct Cli {
 enum Command {
     /// Run the ingress and the processor in one process over the embedded SQLite queue.
     Standalone,
-    /// Print the exact Looker calls an event would cause, changing nothing.
+    /// Print the exact calls an event (--event) or the first reconcile (--all) would cause, and
+    /// which steps the safety rails withhold and why, changing nothing.
+    #[command(group(ArgGroup::new("what").required(true).args(["event", "all"])))]
     Plan {
         /// An Okta event hook body (JSON).
         #[arg(long)]
-        event: PathBuf,
+        event: Option<PathBuf>,
+        /// Everyone in the directory: what `gatehouse reconcile --apply` would change, per
+        /// target mode (run it before the first reconcile is allowed to write).
+        #[arg(long)]
+        all: bool,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -167,7 +173,14 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             running.until(gatehouse_platform::shutdown::os_signal()).await;
             Ok(())
         }
-        Command::Plan { event, json } => plan(&cfg, &event, json).await,
+        Command::Plan {
+            event: Some(event),
+            json,
+            ..
+        } => plan(&cfg, &event, json).await,
+        Command::Plan {
+            event: None, json, ..
+        } => plan_all(&cfg, json).await,
         Command::Rotate { secret, dry_run } => rotate(&cfg, &secret, dry_run).await,
         Command::Reconcile { apply, json } => reconcile(&cfg, apply, json).await,
         Command::Audit {
@@ -278,6 +291,9 @@ async fn print_plans(
             continue;
         }
         let r = engine.plan(env).await?;
+        let withheld = engine
+            .withheld(r.desired.email.as_deref(), Some(&r.plan), &r.cloud)
+            .await;
         if json {
             let steps: Vec<_> = r
                 .plan
@@ -294,7 +310,7 @@ async fn print_plans(
             reports.push(serde_json::json!({
                 "envelope_id": env.id, "event_type": env.source_event_type, "subject": env.subject.key,
                 "email": r.desired.email, "stale": r.stale, "dry_run": engine.is_dry_run(),
-                "steps": steps, "notes": r.plan.notes, "cloud": r.cloud,
+                "steps": steps, "notes": r.plan.notes, "cloud": r.cloud, "withheld": withheld,
             }));
         } else {
             writeln!(
@@ -312,11 +328,94 @@ async fn print_plans(
             )?;
             write!(out, "{}", r.plan.render_text())?;
             write!(out, "{}", r.cloud.render_text())?;
+            write!(out, "{}", render_withheld(&withheld))?;
         }
     }
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&reports)?)?;
     }
+    Ok(())
+}
+
+/// The steps the safety rails withhold: `  withheld (not sent): CALL — REASON`.
+fn render_withheld(withheld: &[gatehouse_runtime::targets::Withheld]) -> String {
+    withheld
+        .iter()
+        .map(|w| format!("  withheld (not sent): {} {} — {}\n", w.target, w.call, w.reason))
+        .collect()
+}
+
+/// `gatehouse plan --all`: the first reconcile's plan for everyone, changing nothing: what each
+/// target's mode would do with it, and what the safety rails withhold.
+async fn plan_all(cfg: &Config, json: bool) -> anyhow::Result<()> {
+    use gatehouse_runtime::reconcile::{self, LogProgress};
+    let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
+    let store = app::open_state(cfg, &store).await?;
+    let engine = app::engine_with_cloud(cfg, store.clone()).await?;
+    let report = reconcile::run(&engine, &store, false, &LogProgress).await;
+    app::count_looker_calls(cfg, &engine).await;
+    let report = report?;
+    let modes = cfg.reconcile.mode;
+    let mut out = std::io::stdout().lock();
+    let mut withheld = Vec::with_capacity(report.plans.len());
+    for p in &report.plans {
+        withheld.push(
+            engine
+                .withheld(p.email.as_deref(), p.looker.as_ref(), &p.cloud)
+                .await,
+        );
+    }
+    if json {
+        let people: Vec<_> = report
+            .plans
+            .iter()
+            .zip(&withheld)
+            .map(|(p, w)| serde_json::json!({ "plan": p, "withheld": w }))
+            .collect();
+        let v = serde_json::json!({
+            "people": report.people, "reads": report.reads, "modes": {
+                "looker": format!("{:?}", modes.looker).to_lowercase(),
+                "aws": format!("{:?}", modes.aws).to_lowercase(),
+                "gcp": format!("{:?}", modes.gcp).to_lowercase(),
+            },
+            "dry_run": engine.is_dry_run(), "plans": people,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(());
+    }
+    let text = reconcile::render_text(&report);
+    // The per-person blocks of the reconcile report, each followed by what is withheld.
+    let mut lines = text.lines();
+    if let Some(head) = lines.next() {
+        writeln!(out, "{head}")?;
+    }
+    writeln!(
+        out,
+        "modes: looker {:?}, aws {:?}, gcp {:?} (report: ledgered as drift_reported, never written)",
+        modes.looker, modes.aws, modes.gcp
+    )?;
+    for (p, w) in report.plans.iter().zip(&withheld) {
+        writeln!(
+            out,
+            "{} ({}):",
+            p.email.as_deref().unwrap_or("<no email>"),
+            p.subject
+        )?;
+        if let Some(l) = &p.looker
+            && !l.is_empty()
+        {
+            write!(out, "{}", l.render_text())?;
+        }
+        write!(out, "{}", p.cloud.render_text())?;
+        write!(out, "{}", render_withheld(w))?;
+    }
+    let n: usize = withheld.iter().map(Vec::len).sum();
+    writeln!(
+        out,
+        "plan only: nothing changed; {} steps for {} people, {n} withheld by the safety rails",
+        report.plans.iter().map(|p| p.calls()).sum::<usize>(),
+        report.plans.len()
+    )?;
     Ok(())
 }
 

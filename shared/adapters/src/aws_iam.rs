@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 #[derive(Clone, Debug)]
 pub struct AwsIam {
     client: Client,
+    /// STS on the same credentials and endpoint (`None` when built from an IAM client alone).
+    sts: Option<aws_sdk_sts::Client>,
     /// Tag mapping index: tag value → user name (filled by one listing, refreshed on a miss).
     tag_index: Arc<Mutex<Option<BTreeMap<String, String>>>>,
     reads: Arc<AtomicUsize>,
@@ -117,12 +119,30 @@ impl AwsIam {
         let conf = aws_sdk_iam::config::Builder::from(&shared)
             .retry_config(aws_sdk_iam::config::retry::RetryConfig::disabled())
             .build();
-        Self::from_client(Client::from_conf(conf))
+        let sts = aws_sdk_sts::config::Builder::from(&shared)
+            .retry_config(aws_sdk_sts::config::retry::RetryConfig::disabled())
+            .build();
+        AwsIam {
+            sts: Some(aws_sdk_sts::Client::from_conf(sts)),
+            ..Self::from_client(Client::from_conf(conf))
+        }
+    }
+
+    /// The ARN Gatehouse calls AWS as (`sts:GetCallerIdentity`); `None` without an STS client.
+    pub async fn caller_arn(&self) -> Result<Option<String>, CloudError> {
+        let Some(sts) = &self.sts else { return Ok(None) };
+        let out = sts
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(|e| classify("GetCallerIdentity", &e))?;
+        Ok(out.arn().map(str::to_string))
     }
 
     pub fn from_client(client: Client) -> Self {
         AwsIam {
             client,
+            sts: None,
             tag_index: Arc::new(Mutex::new(None)),
             reads: Arc::new(AtomicUsize::new(0)),
         }

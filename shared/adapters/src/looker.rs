@@ -754,6 +754,27 @@ impl LookerClient {
         self.call(Method::Delete, &path, &[], None).await.map(|_| ())
     }
 
+    /// Ids of a group's members (`GET /groups/{group_id}/users`).
+    pub async fn group_user_ids(&self, group_id: &str) -> Result<Vec<String>, LookerError> {
+        check_segment(group_id).map_err(permanent)?;
+        let users: Vec<IdOnly> = self
+            .get_json(&format!("/groups/{group_id}/users"), &[("fields", "id")])
+            .await?;
+        Ok(users.into_iter().map(|u| u.id).collect())
+    }
+
+    /// Ids of the users holding a role, directly or through a group (`GET /roles/{role_id}/users`).
+    pub async fn role_user_ids(&self, role_id: &str) -> Result<Vec<String>, LookerError> {
+        check_segment(role_id).map_err(permanent)?;
+        let users: Vec<IdOnly> = self
+            .get_json(
+                &format!("/roles/{role_id}/users"),
+                &[("fields", "id"), ("direct_association_only", "false")],
+            )
+            .await?;
+        Ok(users.into_iter().map(|u| u.id).collect())
+    }
+
     /// Log in with this client's key and return the id of the user it belongs to (`GET /user`).
     pub async fn whoami(&self) -> Result<String, LookerError> {
         let me: IdOnly = self.get_json("/user", &[("fields", "id")]).await?;

@@ -254,6 +254,18 @@ pub trait Target: Send + Sync {
         0
     }
 
+    /// The account `op` acts on, as a [`Screen`] matches it (a Looker user id, an IAM user
+    /// name, a GCP member such as `user:a@b.c`). `None` (the default): not known.
+    fn principal(&self, _account: &Self::Account, _op: &Self::Op) -> Option<String> {
+        None
+    }
+
+    /// Whether `op` disables, revokes or removes access (a protected principal is never
+    /// subject to one). The default, `true`, is the safe answer for a target that does not say.
+    fn revokes(&self, _op: &Self::Op) -> bool {
+        true
+    }
+
     /// Send one write carrying `ops` (one op unless [`Target::batch_key`] groups them). No retry.
     fn send(
         &self,
@@ -262,12 +274,37 @@ pub trait Target: Send + Sync {
     ) -> impl Future<Output = Result<Sent<Self::Account>, SendError<Self::Error>>> + Send;
 }
 
+/// One step as a [`Screen`] sees it: the call, who it acts on and whether it takes access away.
+#[derive(Debug, Clone, Copy)]
+pub struct Screened<'a> {
+    pub target: TargetName,
+    /// The exact call (as the ledger and `gatehouse plan` show it).
+    pub call: &'a HttpCall,
+    /// The policy element that asks for it.
+    pub rule: &'a str,
+    /// The person the plan is for (their email), when known.
+    pub email: Option<&'a str>,
+    /// The account the step acts on, as the target names it ([`Target::principal`]): a Looker
+    /// user id, an IAM user name, a GCP member (`user:a@b.c`). `None`: not known yet (an
+    /// account the plan creates, an offline dry run).
+    pub principal: Option<&'a str>,
+    /// The step disables, revokes or removes something ([`Target::revokes`]).
+    pub revokes: bool,
+}
+
 /// Looks at every step before it is sent. A step it withholds is never sent: the loop writes a
 /// [`CallOutcome::Withheld`] ledger row with the reason and logs a warning. (Issue 19's
 /// protected principals and its own credentials are checked here, once, for every target.)
 pub trait Screen: Send + Sync {
     /// `Some(reason)` to withhold the step.
-    fn withhold(&self, target: TargetName, call: &HttpCall, rule: &str) -> Option<String>;
+    fn withhold(&self, step: &Screened<'_>) -> Option<String>;
+
+    /// Called before a plan's steps are screened, and beside the reads of an event: a screen
+    /// that must learn something from the targets (who Gatehouse itself is) does it here,
+    /// cheaply when it already knows. Default: nothing.
+    fn prepare(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// The screen that sends everything.
@@ -275,7 +312,7 @@ pub trait Screen: Send + Sync {
 pub struct SendAll;
 
 impl Screen for SendAll {
-    fn withhold(&self, _: TargetName, _: &HttpCall, _: &str) -> Option<String> {
+    fn withhold(&self, _: &Screened<'_>) -> Option<String> {
         None
     }
 }

@@ -6,6 +6,7 @@ use crate::budget::Budget;
 use crate::cloud::{AwsTarget, CloudTargets, GcpTarget};
 use crate::engine::{Engine, RetryPolicy};
 use crate::ingress::{self, Deps};
+use crate::safety::Safety;
 use crate::server::{self, Limits};
 use crate::worker::{Worker, WorkerConfig};
 use futures::future::BoxFuture;
@@ -279,10 +280,15 @@ pub async fn check_looker_attributes(cfg: &Config, engine: &AppEngine) -> Result
     }
 }
 
-/// The engine with the cloud targets the configuration enables.
+/// The engine with the cloud targets the configuration enables, every step screened by the
+/// safety rails (which learn who Gatehouse is in Looker and AWS on the first plan that writes).
 pub async fn engine_with_cloud(cfg: &Config, store: AnyState) -> Result<AppEngine, AppError> {
     let cloud = cloud_targets(cfg, &store).await?;
-    Ok(engine(cfg, store)?.with_cloud(cloud))
+    let engine = engine(cfg, store)?.with_cloud(cloud);
+    let safety = Safety::from_config(cfg)
+        .with_looker(engine.looker().cloned())
+        .with_aws(engine.cloud().and_then(|c| c.aws.as_ref()).map(|a| a.iam.clone()));
+    Ok(engine.with_screen(Arc::new(safety)))
 }
 
 pub fn engine(cfg: &Config, store: AnyState) -> Result<AppEngine, AppError> {

@@ -297,6 +297,33 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         }
     }
 
+    /// The steps of these plans the screen withholds, with the reasons (`gatehouse plan`).
+    pub async fn withheld(
+        &self,
+        email: Option<&str>,
+        looker_plan: Option<&Plan>,
+        cloud_plan: &CloudPlan,
+    ) -> Vec<targets::Withheld> {
+        self.screen.prepare().await;
+        let mut out = Vec::new();
+        if let Some(p) = looker_plan {
+            out.extend(targets::withheld(&self.looker, p, email, &*self.screen));
+        }
+        if let Some(c) = &self.cloud {
+            if let (Some(t), Some(p)) = (&c.aws, &cloud_plan.aws) {
+                out.extend(targets::withheld(t, p, email, &*self.screen));
+            }
+            if let Some(g) = &c.gcp {
+                let p = crate::cloud::GcpPlan {
+                    steps: cloud_plan.gcp.clone(),
+                    notes: Vec::new(),
+                };
+                out.extend(targets::withheld(g, &p, email, &*self.screen));
+            }
+        }
+        out
+    }
+
     pub fn cloud(&self) -> Option<&CloudTargets> {
         self.cloud.as_deref()
     }
@@ -570,11 +597,14 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             looker_steps = tracing::field::Empty,
             cloud_steps = tracing::field::Empty,
         );
+        // The screen learns what it needs (once in a while) beside the reads, not after them.
         let (plan, cloud_plan) = async {
-            futures::join!(
+            let (p, c, ()) = futures::join!(
                 self.compute_plan(&identity.key, &desired, true),
-                self.compute_cloud_plan(&identity.key, &desired_cloud, true)
-            )
+                self.compute_cloud_plan(&identity.key, &desired_cloud, true),
+                self.screen.prepare()
+            );
+            (p, c)
         }
         .instrument(plan_span.clone())
         .await;
@@ -601,7 +631,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         };
         // The grace period runs from when Gatehouse offboarded the person, never from an old event time.
         let deletion = deletion_change(&desired, &identity, Utc::now());
-        let ctx = ctx(env);
+        let ctx = ctx(env, desired.email.as_deref());
         let run = self.run(&ctx);
         let looker_part = async {
             let live = self.looker.client().is_some();
@@ -775,6 +805,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             envelope_id: env.id.0.clone(),
             subject: identity.key.clone(),
             event: env.source_event_type.clone(),
+            email: desired.email.clone(),
         };
         Ok(self.apply_reconcile(&ctx, Some(&plan), &cloud_plan).await?.writes)
     }
@@ -792,6 +823,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                 envelope_id: format!("scheduled-deletion:{}", d.subject),
                 subject: d.subject.clone(),
                 event: "scheduled_deletion".into(),
+                email: Some(d.email.clone()),
             };
             let run = self.run(&ctx);
             let plan = |user| Plan {
@@ -833,11 +865,12 @@ pub struct AppliedCounts {
 }
 
 /// The ledger context of an envelope's calls.
-fn ctx(env: &Envelope) -> Ctx {
+fn ctx(env: &Envelope, email: Option<&str>) -> Ctx {
     Ctx {
         envelope_id: env.id.0.clone(),
         subject: env.subject.key.clone(),
         event: env.source_event_type.clone(),
+        email: email.map(str::to_string),
     }
 }
 

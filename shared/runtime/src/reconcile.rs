@@ -418,6 +418,7 @@ where
             envelope_id: run_id.clone(),
             subject: p.subject.clone(),
             event: "reconcile".into(),
+            email: p.email.clone(),
         };
         let AppliedCounts { writes, reported } =
             engine.apply_reconcile(&ctx, p.looker.as_ref(), &p.cloud).await?;

@@ -8,6 +8,7 @@ mod google;
 mod graph;
 mod queue;
 mod rotator;
+mod safety;
 mod scim;
 mod secret;
 mod server;
@@ -23,6 +24,7 @@ pub use rotator::{
     GCP_IAM_URL, GCP_SECRET_MANAGER_URL, GcpApiConfig, KindConfig, OutOfBand, RotatorConfig, SecretConfig,
     StoreConfig,
 };
+pub use safety::{Protected, SafetyConfig};
 pub use scim::ScimConfig;
 pub use secret::{MIN_SECRET_CHARS, WHSEC_MAX_BYTES, WHSEC_MIN_BYTES, check_token, check_whsec};
 pub use server::ServerConfig;
@@ -102,6 +104,9 @@ pub struct Config {
     /// Who may be onboarded and granted anything (`[identity]`).
     #[serde(default)]
     pub identity: IdentityConfig,
+    /// Safety rails (`[safety]`): protected principals.
+    #[serde(default)]
+    pub safety: SafetyConfig,
 }
 
 /// `[identity]`: limits on the people any intake may bring in.
@@ -636,6 +641,7 @@ impl Config {
         self.rotator.validate()?;
         self.aws.validate()?;
         self.identity.validate(&self.aws)?;
+        self.safety.validate()?;
         self.gcp.validate()?;
         self.reconcile.validate()?;
         self.looker.budget.validate()?;

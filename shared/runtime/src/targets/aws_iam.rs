@@ -100,6 +100,15 @@ impl Target for AwsTarget {
         op.http(user)
     }
 
+    /// The IAM user name (unresolved: a description, which matches nothing).
+    fn principal(&self, user: &String, _op: &AwsIamOp) -> Option<String> {
+        Some(user.clone())
+    }
+
+    fn revokes(&self, op: &AwsIamOp) -> bool {
+        op.is_revoking()
+    }
+
     fn not_found_is_done(&self, op: &AwsIamOp) -> bool {
         op.is_revoking()
     }

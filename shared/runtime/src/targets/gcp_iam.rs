@@ -108,6 +108,19 @@ impl Target for GcpTarget {
         op.http()
     }
 
+    /// The member the binding change names (`user:a@b.c`, `serviceAccount:...`).
+    fn principal(&self, _: &(), op: &GcpIamOp) -> Option<String> {
+        match op {
+            GcpIamOp::AddMember { member, .. } | GcpIamOp::RemoveMember { member, .. } => {
+                Some(member.clone())
+            }
+        }
+    }
+
+    fn revokes(&self, op: &GcpIamOp) -> bool {
+        op.is_revoking()
+    }
+
     fn not_found_is_done(&self, _op: &GcpIamOp) -> bool {
         false
     }

@@ -301,6 +301,19 @@ impl<L: LookerPort> Target for LookerTarget<L> {
         op.http(account)
     }
 
+    /// The Looker user id (`None` for a user the plan creates, or offline).
+    fn principal(&self, account: &UserRef, _op: &LookerOp) -> Option<String> {
+        match account {
+            UserRef::Id(id) => Some(id.clone()),
+            UserRef::New | UserRef::Email(_) => None,
+        }
+    }
+
+    /// Revocations, and what may remove access: replacing the roles, deleting an attribute value.
+    fn revokes(&self, op: &LookerOp) -> bool {
+        op.is_revoking() || matches!(op, LookerOp::SetRoles { .. } | LookerOp::DeleteAttribute { .. })
+    }
+
     /// A 404 on a `DELETE` means it is already gone.
     fn not_found_is_done(&self, op: &LookerOp) -> bool {
         op.http(&UserRef::New).method == Method::Delete

@@ -23,7 +23,7 @@ use futures::future::join_all;
 use gatehouse_domain::looker::{ErrorKind, HttpCall};
 use gatehouse_domain::ports::{BackendError, LedgerEntry, StateStore};
 use gatehouse_domain::target::{
-    CallOutcome, Failure, Link, Order, Planned, Screen, SendError, Sent, Target, TargetName,
+    CallOutcome, Failure, Link, Order, Planned, Screen, Screened, SendError, Sent, Target, TargetName,
 };
 use std::future::Future;
 use std::time::Duration;
@@ -71,6 +71,8 @@ pub struct Ctx {
     pub envelope_id: String,
     pub subject: String,
     pub event: String,
+    /// The person's email, when known (what a [`Screen`] matches protected people by).
+    pub email: Option<String>,
 }
 
 /// What the loop does with a plan.
@@ -247,11 +249,12 @@ pub async fn apply<T: Target, S: StateStore>(
         return Ok(out);
     }
 
+    run.screen.prepare().await;
     let mut sendable = Vec::with_capacity(steps.len());
     let mut withheld = Vec::new();
     for s in steps {
-        let call = target.call(&account, s.op);
-        match run.screen.withhold(name, &call, s.rule) {
+        let (call, verdict) = screen_step(target, &account, &s, run.ctx.email.as_deref(), run.screen);
+        match verdict {
             None => sendable.push(s),
             Some(reason) => {
                 tracing::warn!(target_name = %name, subject = %run.ctx.subject, envelope_id = %run.ctx.envelope_id,
@@ -318,6 +321,60 @@ pub async fn apply<T: Target, S: StateStore>(
         }
     }
     Ok(out)
+}
+
+/// What the screen says of one step: its call, and the reason when it is withheld.
+fn screen_step<T: Target>(
+    target: &T,
+    account: &T::Account,
+    s: &Planned<'_, T::Op>,
+    email: Option<&str>,
+    screen: &dyn Screen,
+) -> (HttpCall, Option<String>) {
+    let call = target.call(account, s.op);
+    let principal = target.principal(account, s.op);
+    let verdict = screen.withhold(&Screened {
+        target: target.name(),
+        call: &call,
+        rule: s.rule,
+        email,
+        principal: principal.as_deref(),
+        revokes: target.revokes(s.op),
+    });
+    (call, verdict)
+}
+
+/// A step a screen withholds, and why (what `gatehouse plan` shows).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Withheld {
+    pub target: &'static str,
+    pub rule: String,
+    pub call: HttpCall,
+    pub reason: String,
+}
+
+/// The steps of a plan that [`apply`] would withhold (in `Mode::Apply`), with the reasons: the
+/// same screen, asked the same way, nothing sent.
+pub fn withheld<T: Target>(
+    target: &T,
+    plan: &T::Plan,
+    email: Option<&str>,
+    screen: &dyn Screen,
+) -> Vec<Withheld> {
+    let account = target.account(plan);
+    target
+        .steps(plan)
+        .iter()
+        .filter_map(|s| {
+            let (call, reason) = screen_step(target, &account, s, email, screen);
+            reason.map(|reason| Withheld {
+                target: target.name().as_str(),
+                rule: s.rule.to_string(),
+                call,
+                reason,
+            })
+        })
+        .collect()
 }
 
 /// Group one phase's steps into writes: steps sharing a batch key go together (first-seen

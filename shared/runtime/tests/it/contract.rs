@@ -7,7 +7,9 @@
 use gatehouse_adapters::sqlite::Sqlite;
 use gatehouse_domain::looker::HttpCall;
 use gatehouse_domain::ports::{LedgerRow, StateStore};
-use gatehouse_domain::target::{Link, Order, Planned, Screen, SendAll, SendError, Sent, Target, TargetName};
+use gatehouse_domain::target::{
+    Link, Order, Planned, Screen, Screened, SendAll, SendError, Sent, Target, TargetName,
+};
 use gatehouse_runtime::targets::{self, Applied, Ctx, Mode, RetryPolicy, Run};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -127,7 +129,7 @@ impl<T: Target> Target for Counted<'_, T> {
 struct WithholdAll;
 
 impl Screen for WithholdAll {
-    fn withhold(&self, _: TargetName, _: &HttpCall, _: &str) -> Option<String> {
+    fn withhold(&self, _: &Screened<'_>) -> Option<String> {
         Some("contract test".into())
     }
 }
@@ -185,6 +187,7 @@ async fn run_plan<T: Target>(
         envelope_id: "contract".into(),
         subject: "person".into(),
         event: "contract".into(),
+        email: None,
     };
     let retry = retry();
     let run = Run {

@@ -210,6 +210,8 @@ struct Attribute {
 #[derive(Debug, Clone)]
 struct Token {
     user_id: u64,
+    /// The API3 key it was issued for: deleting the key ends the token (401), as in Looker.
+    key_id: u64,
     expires_at: Instant,
 }
 
@@ -972,10 +974,13 @@ impl State {
             self.tokens.remove(token);
             return Err(unauthorized());
         }
-        let user = t.user_id;
+        let (user, key) = (t.user_id, t.key_id);
         match self.users.get(&user) {
-            Some(u) if !u.is_disabled => Ok((user, token.to_owned())),
-            _ => Err(unauthorized()),
+            Some(u) if !u.is_disabled && u.api3.iter().any(|k| k.id == key) => Ok((user, token.to_owned())),
+            _ => {
+                self.tokens.remove(token);
+                Err(unauthorized())
+            }
         }
     }
 
@@ -1008,11 +1013,12 @@ impl State {
         match found {
             Some((u, k)) if k.client_secret == secret && !u.is_disabled => {
                 let token = random_token(40);
-                let user_id = u.id;
+                let (user_id, key_id) = (u.id, k.id);
                 self.tokens.insert(
                     token.clone(),
                     Token {
                         user_id,
+                        key_id,
                         expires_at: Instant::now() + self.token_ttl,
                     },
                 );
@@ -1202,6 +1208,33 @@ impl State {
                     // Idempotent: removing a user who is not a member answers 204 too.
                     self.user_mut(uid)?.group_ids.remove(&g);
                     Ok(no_content())
+                }
+                _ => Err(not_allowed(m)),
+            },
+            // role_users: holders of the role, directly or (unless direct_association_only)
+            // through a group that has it.
+            ["roles", rid, "users"] => match m {
+                "GET" => {
+                    let r = parse_id(rid)
+                        .filter(|id| self.roles.contains_key(id))
+                        .ok_or_else(not_found)?;
+                    let direct_only = q.bool("direct_association_only")?.unwrap_or(false);
+                    let via_groups: BTreeSet<u64> = self
+                        .groups
+                        .values()
+                        .filter(|g| g.role_ids.contains(&r))
+                        .map(|g| g.id)
+                        .collect();
+                    let items = self
+                        .users
+                        .values()
+                        .filter(|u| {
+                            u.role_ids.contains(&r)
+                                || (!direct_only && u.group_ids.iter().any(|g| via_groups.contains(g)))
+                        })
+                        .map(|u| self.user_json(u))
+                        .collect();
+                    q.list_response(items)
                 }
                 _ => Err(not_allowed(m)),
             },
