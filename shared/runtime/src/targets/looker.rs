@@ -5,6 +5,7 @@
 
 use super::{RetryPolicy, retry_read};
 use chrono::{DateTime, Utc};
+use gatehouse_domain::handover::{self, ContentNeeds, LookerContent};
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::looker::{
     Catalog, ErrorKind, HttpCall, LookerError, LookerOp, LookerUser, Method, ReadNeeds, UserRef,
@@ -13,11 +14,15 @@ use gatehouse_domain::plan::{self, Actual, Plan};
 use gatehouse_domain::policy::{self, DesiredLooker, Policy, Presence};
 use gatehouse_domain::ports::LookerPort;
 use gatehouse_domain::target::{Order, Planned, SendError, Sent, Target, TargetName};
+use std::collections::BTreeSet;
 
 /// Looker, through a [`LookerPort`] client (none: dry run).
 pub struct LookerTarget<L> {
     client: Option<L>,
     retry: RetryPolicy,
+    /// `[identity] allowed_email_domains`: at offboarding, the person's schedules and alerts
+    /// mailing outside them are disabled (issue 19). `None`: no such reads or steps.
+    delivery_domains: Option<BTreeSet<String>>,
 }
 
 /// What Looker holds for one person: the catalog (`None` in a dry run) and the user.
@@ -25,6 +30,9 @@ pub struct LookerTarget<L> {
 pub struct LookerActual {
     pub catalog: Option<Catalog>,
     pub user: Actual,
+    /// The person's scheduled plans and alerts, read only at offboarding when allowed email
+    /// domains are configured and the user exists.
+    pub deliveries: Option<LookerContent>,
 }
 
 fn permanent(message: &str) -> LookerError {
@@ -38,7 +46,43 @@ fn permanent(message: &str) -> LookerError {
 
 impl<L: LookerPort> LookerTarget<L> {
     pub fn new(client: Option<L>, retry: RetryPolicy) -> Self {
-        LookerTarget { client, retry }
+        LookerTarget {
+            client,
+            retry,
+            delivery_domains: None,
+        }
+    }
+
+    /// Disable, at offboarding, the person's schedules and alerts that mail outside `domains`.
+    pub fn with_delivery_domains(mut self, domains: Option<BTreeSet<String>>) -> Self {
+        self.delivery_domains = domains;
+        self
+    }
+
+    /// What Looker user `user_id` owns, with retries (`None` without a client).
+    pub async fn content(
+        &self,
+        user_id: &str,
+        needs: ContentNeeds,
+    ) -> Result<Option<LookerContent>, LookerError> {
+        let Some(l) = &self.client else { return Ok(None) };
+        retry_read(&self.retry, |_| false, || l.content(user_id, needs))
+            .await
+            .map(Some)
+    }
+
+    /// Offboarding only, and only with allowed domains configured: the person's deliveries.
+    async fn deliveries(
+        &self,
+        desired: &DesiredLooker,
+        found: Option<&LookerUser>,
+    ) -> Result<Option<LookerContent>, LookerError> {
+        match (&desired.presence, found, &self.delivery_domains) {
+            (Presence::Offboarded { .. }, Some(u), Some(_)) => {
+                self.content(&u.id, ContentNeeds::Deliveries).await
+            }
+            _ => Ok(None),
+        }
     }
 
     /// The client, `None` in a dry run.
@@ -89,6 +133,7 @@ impl<L: LookerPort> Target for LookerTarget<L> {
             return Ok(LookerActual {
                 catalog: None,
                 user: Actual::Unknown,
+                deliveries: None,
             });
         }
         let (catalog, found) = match (&desired.email, &desired.presence) {
@@ -107,14 +152,21 @@ impl<L: LookerPort> Target for LookerTarget<L> {
                 (c, f)
             }
         };
+        let deliveries = self.deliveries(desired, found.as_ref()).await?;
         Ok(LookerActual {
             catalog: Some(catalog),
             user: found.map(Actual::Present).unwrap_or(Actual::Absent),
+            deliveries,
         })
     }
 
     fn diff(&self, desired: &DesiredLooker, actual: &LookerActual) -> Plan {
-        plan::diff(desired, &actual.user, actual.catalog.as_ref())
+        let mut plan = plan::diff(desired, &actual.user, actual.catalog.as_ref());
+        if let (Some(content), Some(domains)) = (&actual.deliveries, &self.delivery_domains) {
+            plan.steps
+                .extend(handover::outside_delivery_steps(content, domains));
+        }
+        plan
     }
 
     fn account(&self, plan: &Plan) -> UserRef {
