@@ -9,6 +9,7 @@ mod generic;
 mod google;
 mod graph;
 mod graph_trust;
+mod handover;
 mod http_limits;
 mod identity_links;
 mod ingress;

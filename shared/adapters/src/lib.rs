@@ -8,6 +8,7 @@ pub mod dlq;
 pub mod gcp_iam;
 pub mod graph_state;
 pub mod looker;
+pub mod looker_content;
 pub mod postgres;
 pub mod pubsub;
 pub mod scim_store;

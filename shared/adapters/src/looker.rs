@@ -164,7 +164,7 @@ fn permanent(message: impl Into<String>) -> LookerError {
 }
 
 /// A 2xx answer whose body does not match the spec.
-fn bad_body(endpoint: &str, e: impl fmt::Display) -> LookerError {
+pub(crate) fn bad_body(endpoint: &str, e: impl fmt::Display) -> LookerError {
     permanent(format!("unexpected response body from {endpoint}: {e}"))
 }
 
@@ -425,7 +425,7 @@ impl LookerClient {
         e
     }
 
-    async fn get_json<T: DeserializeOwned>(
+    pub(crate) async fn get_json<T: DeserializeOwned>(
         &self,
         path: &str,
         query: &[(&str, &str)],
@@ -644,6 +644,14 @@ impl LookerPort for LookerClient {
         }
     }
 
+    async fn content(
+        &self,
+        user_id: &str,
+        needs: gatehouse_domain::handover::ContentNeeds,
+    ) -> Result<gatehouse_domain::handover::LookerContent, LookerError> {
+        self.read_content(user_id, needs).await
+    }
+
     async fn execute(&self, user: &UserRef, op: &LookerOp) -> Result<Option<String>, LookerError> {
         if matches!(op, LookerOp::DeleteEverySession | LookerOp::DeleteEveryApiKey) {
             return Err(permanent("delete-every operations exist only in offline plans"));
@@ -675,6 +683,13 @@ impl LookerPort for LookerClient {
             | LookerOp::SetDisabled { .. }
             | LookerOp::AddToGroup { .. }
             | LookerOp::SetAttribute { .. } => false,
+            // `LookWithQuery`, `Dashboard`, `ScheduledPlan`, `Alert`
+            LookerOp::MoveLook { .. }
+            | LookerOp::MoveDashboard { .. }
+            | LookerOp::SetScheduledPlanOwner { .. }
+            | LookerOp::DisableScheduledPlan { .. }
+            | LookerOp::SetAlertOwner { .. }
+            | LookerOp::DisableAlert { .. } => false,
             // 204 No Content (any body is ignored).
             _ => return Ok(None),
         };
@@ -854,7 +869,7 @@ pub fn escape_like(s: &str) -> String {
 }
 
 /// An id that is safe to put in a path segment as is.
-fn check_segment(seg: &str) -> Result<(), String> {
+pub(crate) fn check_segment(seg: &str) -> Result<(), String> {
     if !seg.is_empty()
         && seg
             .chars()

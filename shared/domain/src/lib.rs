@@ -7,6 +7,7 @@
 //! - [`policy`]: policy-as-code and its pure evaluation into a desired Looker state.
 //! - [`looker`]: Looker's model as Gatehouse sees it, and the operations a plan is made of.
 //! - [`plan`]: the diff from actual to desired state.
+//! - [`handover`]: deleting without destroying (hand-over before a deletion, outside deliveries).
 //! - [`ledger_chain`]: the hash chain over the ledger and its verification.
 //! - [`ports`]: traits the adapters implement (queue, state, Looker).
 //! - [`target`]: the one port every changed system implements (read, diff, send, classify).
@@ -20,6 +21,7 @@ mod fuzz;
 pub mod generic;
 pub mod google;
 pub mod graph;
+pub mod handover;
 pub mod identity;
 pub mod ledger_chain;
 pub mod looker;

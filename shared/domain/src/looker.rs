@@ -139,7 +139,39 @@ pub enum LookerOp {
     UpdateEmail {
         email: String,
     },
+    /// `PATCH /looks/{id}` `{"folder_id"}`: hand a Look over before its owner is deleted.
+    MoveLook {
+        look_id: String,
+        folder_id: String,
+    },
+    /// `PATCH /dashboards/{id}` `{"folder_id"}`.
+    MoveDashboard {
+        dashboard_id: String,
+        folder_id: String,
+    },
+    /// `PATCH /scheduled_plans/{id}` `{"user_id"}`: the schedule keeps running under its new owner.
+    SetScheduledPlanOwner {
+        plan_id: String,
+        user_id: String,
+    },
+    /// `PATCH /scheduled_plans/{id}` `{"enabled": false}`: it mails outside the allowed domains.
+    DisableScheduledPlan {
+        plan_id: String,
+    },
+    /// `PATCH /alerts/{id}` `{"owner_id"}` (`AlertPatch`).
+    SetAlertOwner {
+        alert_id: String,
+        owner_id: String,
+    },
+    /// `PATCH /alerts/{id}` `{"is_disabled": true, "disabled_reason"}` (`AlertPatch`).
+    DisableAlert {
+        alert_id: String,
+    },
 }
+
+/// The `disabled_reason` Gatehouse writes on an alert it disables.
+pub const ALERT_DISABLED_REASON: &str =
+    "disabled by gatehouse: its owner was offboarded and it delivers outside the allowed email domains";
 
 impl LookerOp {
     /// Whether this call takes access away (the offboarding latency is measured to the last one).
@@ -153,6 +185,8 @@ impl LookerOp {
                 | LookerOp::DeleteEveryApiKey
                 | LookerOp::RemoveFromGroup { .. }
                 | LookerOp::DeleteUser
+                | LookerOp::DisableScheduledPlan { .. }
+                | LookerOp::DisableAlert { .. }
         )
     }
 
@@ -237,6 +271,39 @@ impl LookerOp {
                 Method::Patch,
                 format!("/users/{u}/credentials_email"),
                 Some(serde_json::json!({ "email": email })),
+            ),
+            LookerOp::MoveLook { look_id, folder_id } => (
+                Method::Patch,
+                format!("/looks/{look_id}"),
+                Some(serde_json::json!({ "folder_id": folder_id })),
+            ),
+            LookerOp::MoveDashboard {
+                dashboard_id,
+                folder_id,
+            } => (
+                Method::Patch,
+                format!("/dashboards/{dashboard_id}"),
+                Some(serde_json::json!({ "folder_id": folder_id })),
+            ),
+            LookerOp::SetScheduledPlanOwner { plan_id, user_id } => (
+                Method::Patch,
+                format!("/scheduled_plans/{plan_id}"),
+                Some(serde_json::json!({ "user_id": user_id })),
+            ),
+            LookerOp::DisableScheduledPlan { plan_id } => (
+                Method::Patch,
+                format!("/scheduled_plans/{plan_id}"),
+                Some(serde_json::json!({ "enabled": false })),
+            ),
+            LookerOp::SetAlertOwner { alert_id, owner_id } => (
+                Method::Patch,
+                format!("/alerts/{alert_id}"),
+                Some(serde_json::json!({ "owner_id": owner_id })),
+            ),
+            LookerOp::DisableAlert { alert_id } => (
+                Method::Patch,
+                format!("/alerts/{alert_id}"),
+                Some(serde_json::json!({ "is_disabled": true, "disabled_reason": ALERT_DISABLED_REASON })),
             ),
         };
         HttpCall { method, path, body }

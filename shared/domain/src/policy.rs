@@ -139,6 +139,11 @@ pub struct Offboarding {
     /// Delete the Looker user this many days after offboarding; absent = never.
     #[serde(default)]
     pub delete_after_days: Option<u32>,
+    /// Before that deletion: where the person's content goes (`handover = { folder_id, owner_id }`
+    /// or `"none"`). Absent: a deletion that would destroy content is withheld
+    /// (`crate::handover::deletion`).
+    #[serde(default)]
+    pub handover: Option<crate::handover::Handover>,
 }
 
 impl Default for Offboarding {
@@ -149,6 +154,7 @@ impl Default for Offboarding {
             revoke_api_keys: true,
             remove_managed_groups: true,
             delete_after_days: None,
+            handover: None,
         }
     }
 }

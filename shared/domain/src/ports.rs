@@ -324,4 +324,11 @@ pub trait LookerPort: Send + Sync {
         user: &UserRef,
         op: &LookerOp,
     ) -> impl Future<Output = Result<Option<String>, LookerError>> + Send;
+    /// What Looker user `user_id` owns (issue 19: hand-over before deletion, outside deliveries
+    /// at offboarding); only the reads `needs` asks for.
+    fn content(
+        &self,
+        user_id: &str,
+        needs: crate::handover::ContentNeeds,
+    ) -> impl Future<Output = Result<crate::handover::LookerContent, LookerError>> + Send;
 }

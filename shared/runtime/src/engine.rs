@@ -220,7 +220,8 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
     pub fn new(store: S, looker: Option<L>, policy: Arc<Policy>, retry: RetryPolicy) -> Self {
         Engine {
             store,
-            looker: LookerTarget::new(looker, retry.clone()),
+            looker: LookerTarget::new(looker, retry.clone())
+                .with_delivery_domains(policy.allowed_email_domains.clone()),
             policy,
             retry,
             cloud: None,
@@ -846,7 +847,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                     let user = self.looker.find_user(&d.email, &ReadNeeds::default()).await?;
                     // Only a user that is still disabled is deleted: a reactivated one is kept.
                     if let Some(u) = user.filter(|u| u.is_disabled) {
-                        targets::apply(&self.looker, &plan(UserRef::Id(u.id)), Mode::Apply, &run).await?;
+                        self.hand_over_and_delete(&u.id, &run).await?;
                     }
                 }
             }
@@ -854,6 +855,43 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             done += 1;
         }
         Ok(done)
+    }
+}
+
+impl<S: StateStore, L: LookerPort> Engine<S, L> {
+    /// Issue 19, deleting without destroying: read what the user owns (nothing with
+    /// `handover = "none"`), hand it over (moves and reassignments, `Order::Change`), then
+    /// `DELETE /users/{id}` (`Order::Last`, sent only after every hand-over step succeeded), all
+    /// through the one apply loop. Without a configured hand-over, a user who owns content is
+    /// not deleted: one `withheld` ledger row and a warning.
+    async fn hand_over_and_delete(&self, user_id: &str, run: &Run<'_, S>) -> Result<(), ProcessError> {
+        use gatehouse_domain::handover::{self, ContentNeeds, Deletion, Handover};
+        let configured = self.policy.offboarding.handover.as_ref();
+        let content = match configured {
+            Some(Handover::Nothing) => None,
+            _ => self.looker.content(user_id, ContentNeeds::Everything).await?,
+        };
+        match handover::deletion(user_id, configured, content.as_ref()) {
+            Deletion::Apply(plan) => {
+                targets::apply(&self.looker, &plan, Mode::Apply, run).await?;
+            }
+            Deletion::Withhold { reason } => {
+                let call = LookerOp::DeleteUser.http(&UserRef::Id(user_id.to_string()));
+                tracing::warn!(subject = %run.ctx.subject, user_id, %reason,
+                    "scheduled looker deletion withheld: set offboarding.handover in the policy");
+                metrics::counter!("gatehouse_steps_withheld_total", "target" => TargetName::LOOKER.as_str())
+                    .increment(1);
+                let row = targets::ledger_row(
+                    run.ctx,
+                    TargetName::LOOKER,
+                    policy::rules::OFFBOARD_DELETE,
+                    call,
+                    &gatehouse_domain::target::CallOutcome::Withheld { reason },
+                );
+                self.store.append_ledger(&[row]).await?;
+            }
+        }
+        Ok(())
     }
 }
 

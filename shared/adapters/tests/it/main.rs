@@ -3,6 +3,7 @@
 mod aws_iam;
 mod gcp_iam;
 mod looker;
+mod looker_content;
 mod postgres;
 mod pubsub;
 mod queue_contract;

@@ -13,6 +13,7 @@
 
 use super::{RetryPolicy, retry_read};
 use chrono::{DateTime, Utc};
+use gatehouse_domain::handover::{self, ContentNeeds, LookerContent};
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::looker::{
     Catalog, ErrorKind, HttpCall, LookerError, LookerOp, LookerUser, Method, ReadNeeds, UserRef,
@@ -21,11 +22,15 @@ use gatehouse_domain::plan::{self, Actual, Plan, Resolution};
 use gatehouse_domain::policy::{self, DesiredLooker, Policy, Presence};
 use gatehouse_domain::ports::LookerPort;
 use gatehouse_domain::target::{Link, Order, Planned, SendError, Sent, Target, TargetName};
+use std::collections::BTreeSet;
 
 /// Looker, through a [`LookerPort`] client (none: dry run).
 pub struct LookerTarget<L> {
     client: Option<L>,
     retry: RetryPolicy,
+    /// `[identity] allowed_email_domains`: at offboarding, the person's schedules and alerts
+    /// mailing outside them are disabled (issue 19). `None`: no such reads or steps.
+    delivery_domains: Option<BTreeSet<String>>,
 }
 
 /// What Looker holds for one person: the catalog (`None` in a dry run) and the user.
@@ -41,6 +46,9 @@ pub struct LookerActual {
     pub ambiguous: Vec<String>,
     /// The person was linked before, and no account of theirs exists now.
     pub lost_links: Vec<String>,
+    /// The person's scheduled plans and alerts, read only at offboarding when allowed email
+    /// domains are configured and the user exists.
+    pub deliveries: Option<LookerContent>,
 }
 
 impl LookerActual {
@@ -52,6 +60,7 @@ impl LookerActual {
             how: Vec::new(),
             ambiguous: Vec::new(),
             lost_links: Vec::new(),
+            deliveries: None,
         }
     }
 }
@@ -67,7 +76,43 @@ fn permanent(message: &str) -> LookerError {
 
 impl<L: LookerPort> LookerTarget<L> {
     pub fn new(client: Option<L>, retry: RetryPolicy) -> Self {
-        LookerTarget { client, retry }
+        LookerTarget {
+            client,
+            retry,
+            delivery_domains: None,
+        }
+    }
+
+    /// Disable, at offboarding, the person's schedules and alerts that mail outside `domains`.
+    pub fn with_delivery_domains(mut self, domains: Option<BTreeSet<String>>) -> Self {
+        self.delivery_domains = domains;
+        self
+    }
+
+    /// What Looker user `user_id` owns, with retries (`None` without a client).
+    pub async fn content(
+        &self,
+        user_id: &str,
+        needs: ContentNeeds,
+    ) -> Result<Option<LookerContent>, LookerError> {
+        let Some(l) = &self.client else { return Ok(None) };
+        retry_read(&self.retry, |_| false, || l.content(user_id, needs))
+            .await
+            .map(Some)
+    }
+
+    /// Offboarding only, and only with allowed domains configured: the person's deliveries.
+    async fn deliveries(
+        &self,
+        desired: &DesiredLooker,
+        found: Option<&LookerUser>,
+    ) -> Result<Option<LookerContent>, LookerError> {
+        match (&desired.presence, found, &self.delivery_domains) {
+            (Presence::Offboarded { .. }, Some(u), Some(_)) => {
+                self.content(&u.id, ContentNeeds::Deliveries).await
+            }
+            _ => Ok(None),
+        }
     }
 
     /// The client, `None` in a dry run.
@@ -209,6 +254,11 @@ impl<L: LookerPort> Target for LookerTarget<L> {
                 actual.user = Actual::Present(first);
             }
         }
+        let primary = match &actual.user {
+            Actual::Present(u) => Some(u),
+            _ => None,
+        };
+        actual.deliveries = self.deliveries(desired, primary).await?;
         Ok(actual)
     }
 
@@ -275,6 +325,9 @@ impl<L: LookerPort> Target for LookerTarget<L> {
                 .collect();
         }
         p.resolution = r;
+        if let (Some(content), Some(domains)) = (&actual.deliveries, &self.delivery_domains) {
+            p.steps.extend(handover::outside_delivery_steps(content, domains));
+        }
         p
     }
 

@@ -29,14 +29,17 @@
 //!   [`FakeLooker::fail_next`]): a fault is decided when the call arrives, before any state is read
 //!   or changed; 429 (and 503) carry `Retry-After` (seconds, [`FakeLooker::set_retry_after_secs`],
 //!   default 0).
+//! * Content (issue 19): personal folders, Looks, dashboards, scheduled plans and alerts, and what
+//!   `DELETE /users/{id}` does to them (Trash, schedules deleted) — see `model/content.rs`.
 //!
 //! # What it does not model
 //! Group-level user attribute values, the `All Users` default group, embed/SAML/OIDC/LDAP/Google
-//! credentials, `sudo`, content, folders, rate limiting other than injected faults, `Link`/
+//! credentials, `sudo`, folder trees, content other than Looks and dashboards, queries, rate limiting other than injected faults, `Link`/
 //! `X-Total-Count` paging headers, and `PATCH /users/{id}/credentials_api3/{id}` (405).
 //! Removing a user from a group it is not in answers 204 (idempotent). Ids are numeric strings
 //! drawn from one counter shared by every object type, so an id of the wrong kind never matches.
 
+mod content;
 mod model;
 mod wire;
 
@@ -51,7 +54,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
 
-pub use model::{ADMIN_EMAIL, ADMIN_ROLE};
+pub use model::{ADMIN_EMAIL, ADMIN_ROLE, DeliveryView, ItemView};
 
 /// One request the fake received.
 #[derive(Debug, Clone)]

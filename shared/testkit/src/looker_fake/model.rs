@@ -10,6 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 use tokio::time::Instant;
 
+mod content;
+pub use content::{DeliveryView, ItemView};
+
 pub(crate) const API_PREFIX: &str = "/api/4.0";
 const DOC_URL: &str = "https://cloud.google.com/looker/docs/r/api/4.0";
 /// Email of the admin user whose API3 key `FakeLooker::client_id` is.
@@ -604,6 +607,8 @@ pub(crate) struct State {
     pub(crate) admin_user: u64,
     pub(crate) admin_client_id: String,
     pub(crate) admin_client_secret: String,
+    /// Folders, Looks, dashboards, scheduled plans and alerts (`content.rs`).
+    content: content::Content,
 }
 
 impl State {
@@ -631,6 +636,7 @@ impl State {
             admin_user: 0,
             admin_client_id: String::new(),
             admin_client_secret: String::new(),
+            content: content::Content::default(),
         };
         st.admin_role = parse_id(&st.add_role(ADMIN_ROLE)).unwrap_or_default();
         let admin = st.add_user(Some(ADMIN_EMAIL), "Gatehouse", "Admin");
@@ -1258,7 +1264,10 @@ impl State {
                 }
                 _ => Err(not_allowed(m)),
             },
-            _ => Err(not_found()),
+            _ => match self.route_content(m, segs, q, req, caller) {
+                Some(handled) => handled,
+                None => Err(not_found()),
+            },
         }
     }
 
@@ -1415,6 +1424,7 @@ impl State {
         if id == caller {
             return Err(error(403, "you cannot delete yourself"));
         }
+        self.content_of_deleted_user(id);
         self.users.remove(&id);
         self.tokens.retain(|_, t| t.user_id != id);
         Ok(no_content())
@@ -1608,7 +1618,7 @@ impl State {
             "locale": u.locale.as_deref().unwrap_or("en"),
             "looker_versions": [],
             "models_dir_validated": extra("models_dir_validated", Value::Null),
-            "personal_folder_id": null,
+            "personal_folder_id": self.personal_folder_of(u.id).map(|f| f.to_string()),
             "presumed_looker_employee": false,
             "role_ids": u.role_ids.iter().map(u64::to_string).collect::<Vec<_>>(),
             "sessions": u.sessions.iter().map(|s| self.session_json(u, s)).collect::<Vec<_>>(),
