@@ -64,10 +64,10 @@ const LOOKER_ROLES: [&str; 3] = ["Viewer", "Developer", "Sales Viewer"];
 const DEPARTMENTS: [&str; 3] = ["engineering", "sales", "operations"];
 
 /// SplitMix64: a tiny deterministic generator, so a failing seed can be replayed.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -75,7 +75,7 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 
@@ -87,7 +87,7 @@ impl Rng {
     }
 }
 
-fn seed() -> u64 {
+pub(crate) fn seed() -> u64 {
     std::env::var("GATEHOUSE_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -100,7 +100,7 @@ fn email(user: usize) -> String {
 
 /// `users` × `per_user` Okta-like envelopes, strictly increasing in time per user, shuffled
 /// across (and within) users.
-fn generate(rng: &mut Rng, run: &str, users: usize, per_user: usize) -> Vec<Envelope> {
+pub(crate) fn generate(rng: &mut Rng, run: &str, users: usize, per_user: usize) -> Vec<Envelope> {
     let base = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
     let mut out = Vec::with_capacity(users * per_user);
     for u in 0..users {
@@ -175,7 +175,7 @@ fn group(i: usize) -> GroupRef {
 }
 
 /// The groups and roles the policy names, in the fake Looker.
-fn seed_looker(fake: &FakeLooker) {
+pub(crate) fn seed_looker(fake: &FakeLooker) {
     for g in LOOKER_GROUPS {
         fake.add_group(g);
     }
@@ -184,7 +184,7 @@ fn seed_looker(fake: &FakeLooker) {
     }
 }
 
-fn oracle(events: &[Envelope]) -> Oracle {
+pub(crate) fn oracle(events: &[Envelope]) -> Oracle {
     Oracle::from_events(&Policy::from_toml(POLICY).unwrap(), events)
 }
 
@@ -200,7 +200,7 @@ fn stderr_log(dir: &Path) -> Stdio {
 }
 
 /// A `gatehouse standalone` child with the given queue settings.
-fn processor(dir: &Path, data: &Path, fake: &FakeLooker, queue_env: &[(&str, String)]) -> Child {
+pub(crate) fn processor(dir: &Path, data: &Path, fake: &FakeLooker, queue_env: &[(&str, String)]) -> Child {
     let mut cmd = tokio::process::Command::from(bin());
     cmd.arg("--config")
         .arg(dir.join("gatehouse.toml"))
@@ -224,7 +224,7 @@ fn processor(dir: &Path, data: &Path, fake: &FakeLooker, queue_env: &[(&str, Str
     cmd.spawn().expect("start gatehouse standalone")
 }
 
-async fn sigkill(child: &mut Child) {
+pub(crate) async fn sigkill(child: &mut Child) {
     child.start_kill().expect("SIGKILL the processor");
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await
@@ -234,7 +234,7 @@ async fn sigkill(child: &mut Child) {
 }
 
 /// Fails the test if a processor died on its own (a crash we did not cause).
-fn still_running(children: &mut [Child], dir: &Path) {
+pub(crate) fn still_running(children: &mut [Child], dir: &Path) {
     for c in children {
         if let Some(status) = c.try_wait().unwrap() {
             panic!(
@@ -246,13 +246,13 @@ fn still_running(children: &mut [Child], dir: &Path) {
 }
 
 /// The last lines the processors wrote to stderr.
-fn log(dir: &Path) -> String {
+pub(crate) fn log(dir: &Path) -> String {
     let text = std::fs::read_to_string(dir.join("processors.log")).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
-fn write_files(dir: &Path, queue_toml: &str) {
+pub(crate) fn write_files(dir: &Path, queue_toml: &str) {
     std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
     std::fs::write(
         dir.join("gatehouse.toml"),
@@ -267,7 +267,7 @@ fn write_files(dir: &Path, queue_toml: &str) {
 // ---------------------------------------------------------------------------------------------
 // SQS
 
-fn moto_url() -> String {
+pub(crate) fn moto_url() -> String {
     std::env::var("GATEHOUSE_TEST_MOTO_URL").unwrap_or_else(|_| {
         panic!(
             "GATEHOUSE_TEST_MOTO_URL is not set: the crash test needs moto. Run `make test`, or \
@@ -276,7 +276,7 @@ fn moto_url() -> String {
     })
 }
 
-fn sqs_client() -> Client {
+pub(crate) fn sqs_client() -> Client {
     let conf = Builder::new()
         .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
         .endpoint_url(moto_url())
@@ -286,7 +286,7 @@ fn sqs_client() -> Client {
     Client::from_conf(conf)
 }
 
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -295,7 +295,7 @@ fn unique(prefix: &str) -> String {
 }
 
 /// A fresh queue (FIFO or standard) with a dead-letter queue; returns (queue url, dlq url).
-async fn sqs_queues(client: &Client, prefix: &str, fifo: bool) -> (String, String) {
+pub(crate) async fn sqs_queues(client: &Client, prefix: &str, fifo: bool) -> (String, String) {
     let base = unique(prefix);
     let (suffix, fifo_attr) = if fifo { (".fifo", "true") } else { ("", "false") };
     let mut dlq_req = client.create_queue().queue_name(format!("{base}-dlq{suffix}"));
@@ -367,11 +367,15 @@ async fn sqs_run(prefix: &str, fifo: bool, users: usize, per_user: usize, rng: &
 }
 
 /// How many envelopes a background publisher has sent so far (a progress counter).
-type Sent = Arc<AtomicU64>;
+pub(crate) type Sent = Arc<AtomicU64>;
 
 /// Publishes the events in chunks of 100, four chunks at a time, while the test goes on (the
 /// processors are started and killed while events still arrive).
-fn publish_in_background<Q>(queue: Q, events: Vec<Envelope>, sent: Sent) -> tokio::task::JoinHandle<Duration>
+pub(crate) fn publish_in_background<Q>(
+    queue: Q,
+    events: Vec<Envelope>,
+    sent: Sent,
+) -> tokio::task::JoinHandle<Duration>
 where
     Q: QueueProducer + Clone + 'static,
 {
@@ -403,7 +407,7 @@ const MOTO_BACKLOG: u64 = 300;
 
 /// [`publish_in_background`] for SQS on moto: chunks of 100 while the queue holds fewer than
 /// [`MOTO_BACKLOG`] messages.
-fn publish_to_sqs_in_background(
+pub(crate) fn publish_to_sqs_in_background(
     queue: SqsQueue,
     events: Vec<Envelope>,
     sent: Sent,
@@ -445,18 +449,18 @@ async fn kill_repeatedly(
 }
 
 /// What a run polls while its processors work.
-struct Watch<'a> {
-    dir: &'a Path,
-    data: &'a Path,
-    fake: &'a FakeLooker,
-    oracle: &'a Oracle,
-    events: &'a [Envelope],
-    sent: &'a Sent,
+pub(crate) struct Watch<'a> {
+    pub(crate) dir: &'a Path,
+    pub(crate) data: &'a Path,
+    pub(crate) fake: &'a FakeLooker,
+    pub(crate) oracle: &'a Oracle,
+    pub(crate) events: &'a [Envelope],
+    pub(crate) sent: &'a Sent,
     /// SQS: "drained" also needs the queue's depth (visible + in flight) at 0. Pub/Sub has no
     /// depth to read; there "drained" is every envelope recorded as processed (Looker alone is
     /// not enough: a message a killed processor held comes back only when its lease lapses, and
     /// Looker may look right without it).
-    queue: Option<&'a SqsQueue>,
+    pub(crate) queue: Option<&'a SqsQueue>,
 }
 
 /// Polls until the publisher is done, every envelope is recorded as processed in the
@@ -466,7 +470,11 @@ struct Watch<'a> {
 /// the window of [`gatehouse_testkit::progress`], so a busy machine makes the test slower, not
 /// red, while a lost event or a stale commit (everything processed, a person still wrong) still
 /// fails it, with the people who differ and the events missing.
-async fn converge(w: &Watch<'_>, children: &mut [Child], publisher: &tokio::task::JoinHandle<Duration>) {
+pub(crate) async fn converge(
+    w: &Watch<'_>,
+    children: &mut [Child],
+    publisher: &tokio::task::JoinHandle<Duration>,
+) {
     let mut progress = Progress::from_env("crash test convergence");
     let mut store = None;
     let mut unprocessed: Vec<EnvelopeId> = w.events.iter().map(|e| e.id.clone()).collect();
@@ -517,14 +525,14 @@ async fn converge(w: &Watch<'_>, children: &mut [Child], publisher: &tokio::task
     }
 }
 
-async fn assert_no_dead_letters(dlq: &SqsQueue) {
+pub(crate) async fn assert_no_dead_letters(dlq: &SqsQueue) {
     assert_eq!(dlq.depth().await.unwrap(), 0, "an event was dead-lettered");
     let got = dlq.receive(10, Duration::from_secs(1)).await.unwrap();
     assert!(got.is_empty(), "dead-lettered: {:?}", got[0].body);
 }
 
 /// Every envelope was recorded as processed in the processor's store (read after it is gone).
-async fn assert_all_processed(data: &Path, events: &[Envelope]) {
+pub(crate) async fn assert_all_processed(data: &Path, events: &[Envelope]) {
     let store = gatehouse_adapters::sqlite::Sqlite::open(data).await.unwrap();
     let mut missing = Vec::new();
     for e in events {
@@ -624,7 +632,7 @@ async fn sqs_two_processors_on_one_queue_converge_without_duplicate_writes() {
 
 const PROJECT: &str = "gatehouse-test";
 
-fn emulator() -> String {
+pub(crate) fn emulator() -> String {
     std::env::var("GATEHOUSE_TEST_PUBSUB_EMULATOR").unwrap_or_else(|_| {
         panic!(
             "GATEHOUSE_TEST_PUBSUB_EMULATOR is not set: run `make test`, or \
@@ -654,7 +662,7 @@ async fn admin_put(path: &str, body: serde_json::Value) {
 }
 
 /// A fresh topic and ordered subscription; returns (topic, subscription).
-async fn pubsub_names(prefix: &str) -> (String, String) {
+pub(crate) async fn pubsub_names(prefix: &str) -> (String, String) {
     let name = unique(prefix);
     let topic = format!("projects/{PROJECT}/topics/{name}");
     let sub = format!("projects/{PROJECT}/subscriptions/{name}");
