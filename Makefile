@@ -1,7 +1,7 @@
 # Gatehouse. The README documents `make run` and `make test`; the rest are for contributors.
 CARGO ?= cargo
 
-.PHONY: run test fuzz bench lint fmt build release image clean
+.PHONY: run test soak fuzz bench lint fmt build release image clean
 
 ## run: build and start `gatehouse standalone` on 127.0.0.1:8080 with the example config (dry run)
 run:
@@ -11,6 +11,12 @@ run:
 ## Pub/Sub emulator on loopback, installing them on first use, and stops them afterwards
 test:
 	scripts/test.sh
+
+## soak: GATEHOUSE_SOAK_EVENTS events (default 100,000) per queue through SQS (moto) and Pub/Sub
+## (the emulator) with 20% Looker faults, SIGKILLed processors and a TCP proxy dropping and
+## stalling the queue connections (issue 17; long, not part of `make test`; bench/soak.md)
+soak:
+	scripts/with-servers.sh $(CARGO) test --locked -p gatehouse --test soak -- soak:: --nocapture --test-threads 1
 
 ## fuzz: the property-based fuzzing of every parser of outside input (Okta, SCIM, Graph, Google,
 ## Standard Webhooks, CloudTrail, GCP audit, Pub/Sub), long: FUZZ_CASES cases per property
