@@ -1427,3 +1427,170 @@ async fn a_scim_claim_of_a_group_reserved_to_okta_grants_nothing() {
     );
     app.stop().await;
 }
+
+/// RFC 7644 §3.4.3: `POST /.search` on /Users, /Groups and the root takes the query in a
+/// SearchRequest body and answers exactly what the same GET answers (scim2-tester checks it).
+#[tokio::test]
+async fn post_search_answers_what_the_same_get_answers() {
+    const SEARCH: &str = "urn:ietf:params:scim:api:messages:2.0:SearchRequest";
+    let app = app_with(None, None).await;
+    for (name, dept) in [
+        ("alice@example.com", "Eng"),
+        ("bob@example.com", "Eng"),
+        ("carol@other.org", "Ops"),
+    ] {
+        let mut b = user_body(name, name, "X", "Y");
+        b[ENTERPRISE]["department"] = json!(dept);
+        post(&app, "/Users", b).await;
+    }
+    post(
+        &app,
+        "/Groups",
+        json!({"schemas": [GROUP], "displayName": "Engineering"}),
+    )
+    .await;
+    let search = |path: &'static str, body: Value| {
+        let app = &app;
+        async move {
+            let r = call(app, Method::POST, path, Some(&body)).await;
+            assert_eq!(r.status, 200, "POST {path} {body}: {}", r.body);
+            r
+        }
+    };
+    let enc = |s: &str| s.replace(' ', "%20").replace('"', "%22");
+
+    // Filter, paging and projection mean the same in the body as in the URL.
+    let filter = format!("{ENTERPRISE}:department eq \"eng\"");
+    let body = json!({
+        "schemas": [SEARCH],
+        "filter": filter,
+        "startIndex": 2,
+        "count": 1,
+        "attributes": ["userName"],
+    });
+    let posted = search("/Users/.search", body).await;
+    let got = call(
+        &app,
+        Method::GET,
+        &format!(
+            "/Users?filter={}&startIndex=2&count=1&attributes=userName",
+            enc(&filter)
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert_eq!(posted.body, got.body);
+    assert_eq!(posted.body["totalResults"], 2);
+    assert_eq!(posted.body["Resources"][0]["userName"], "bob@example.com");
+    assert!(
+        posted.body["Resources"][0].get("emails").is_none(),
+        "{}",
+        posted.body
+    );
+
+    // excludedAttributes, member names in any case, no schemas member.
+    let r = search(
+        "/Users/.search",
+        json!({"FILTER": "userName sw \"carol\"", "excludedAttributes": ["emails", ENTERPRISE]}),
+    )
+    .await;
+    assert_eq!(r.body["totalResults"], 1);
+    let carol = &r.body["Resources"][0];
+    assert_eq!(carol["userName"], "carol@other.org");
+    assert!(
+        carol.get("emails").is_none() && carol.get(ENTERPRISE).is_none(),
+        "{carol}"
+    );
+    assert!(carol.get("name").is_some(), "{carol}");
+
+    let r = search(
+        "/Groups/.search",
+        json!({"schemas": [SEARCH], "filter": "displayName eq \"engineering\""}),
+    )
+    .await;
+    assert_eq!(r.body["totalResults"], 1);
+    assert_eq!(r.body["Resources"][0]["displayName"], "Engineering");
+
+    // At the root: every resource type, Users then Groups.
+    let r = search("/.search", json!({"schemas": [SEARCH]})).await;
+    assert_eq!(r.body["totalResults"], 4);
+    let kinds: Vec<&str> = r.body["Resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["meta"]["resourceType"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["User", "User", "User", "Group"]);
+    let r = search(
+        "/.search",
+        json!({"filter": "displayName eq \"Engineering\"", "attributes": "displayName"}),
+    )
+    .await;
+    assert_eq!(r.body["totalResults"], 1);
+    assert_eq!(r.body["Resources"][0]["schemas"], json!([GROUP]));
+
+    // Bad bodies are refused with the SCIM error types, like bad query strings.
+    for (body, scim_type) in [
+        (json!({"filter": "userName eq"}), "invalidFilter"),
+        (json!({"filter": 3}), "invalidFilter"),
+        (json!({"count": "ten"}), "invalidValue"),
+        (json!({"attributes": [1]}), "invalidValue"),
+        (json!({"schemas": [PATCH_OP]}), "invalidSyntax"),
+        (json!(["userName"]), "invalidSyntax"),
+    ] {
+        let r = call(&app, Method::POST, "/Users/.search", Some(&body)).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert_eq!(r.body["scimType"], scim_type, "{body}: {}", r.body);
+    }
+    // Without a token, nothing.
+    let r = call_with(&app, None, Method::POST, "/.search", Some(&json!({}))).await;
+    assert_eq!(r.status, 401);
+}
+
+/// PATCH with `path` = the enterprise extension's URN: the extension as one complex attribute.
+#[tokio::test]
+async fn patch_of_the_whole_enterprise_extension_over_http() {
+    let app = app_with(None, None).await;
+    let mut b = user_body("dora@example.com", "dora@example.com", "D", "E");
+    b[ENTERPRISE] = json!({"department": "Eng", "costCenter": "C1"});
+    let id = post(&app, "/Users", b).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/Users/{id}");
+
+    let r = patch(
+        &app,
+        &path,
+        json!([{"op": "replace", "path": ENTERPRISE, "value": {"department": "Ops", "employeeNumber": "7"}}]),
+    )
+    .await;
+    let got = call(&app, Method::GET, &path, None).await;
+    assert_eq!(
+        got.body[ENTERPRISE],
+        json!({"department": "Ops", "costCenter": "C1", "employeeNumber": "7"}),
+        "{}",
+        r.body
+    );
+    assert!(
+        got.body["schemas"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(ENTERPRISE))
+    );
+
+    patch(&app, &path, json!([{"op": "remove", "path": ENTERPRISE}])).await;
+    let got = call(&app, Method::GET, &path, None).await;
+    assert!(got.body.get(ENTERPRISE).is_none(), "{}", got.body);
+    assert_eq!(got.body["schemas"], json!([USER]));
+
+    patch(
+        &app,
+        &path,
+        json!([{"op": "add", "path": ENTERPRISE, "value": {"division": "North"}}]),
+    )
+    .await;
+    let got = call(&app, Method::GET, &path, None).await;
+    assert_eq!(got.body[ENTERPRISE], json!({"division": "North"}));
+}

@@ -1,5 +1,6 @@
 //! `gatehouse`: run everything in one process, preview plans, read the ledger and dead letters.
 
+mod ocsf;
 mod ops;
 
 use anyhow::Context;
@@ -83,6 +84,9 @@ enum AuditCommand {
         /// Only rows at or after this RFC 3339 time.
         #[arg(long)]
         since: Option<chrono::DateTime<chrono::Utc>>,
+        /// `json`: the rows as stored; `ocsf`: OCSF 1.1.0 events for a SIEM.
+        #[arg(long, value_enum, default_value = "json")]
+        format: ocsf::ExportFormat,
     },
     /// Check the hash chain: exit 0 when intact, else name the first altered, removed or
     /// reordered row and exit 1.
@@ -184,8 +188,8 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
         Command::Rotate { secret, dry_run } => rotate(&cfg, &secret, dry_run).await,
         Command::Reconcile { apply, json } => reconcile(&cfg, apply, json).await,
         Command::Audit {
-            command: AuditCommand::Export { since },
-        } => ops::audit_export(&cfg, since).await,
+            command: AuditCommand::Export { since, format },
+        } => ocsf::audit_export(&cfg, since, format).await,
         Command::Audit {
             command: AuditCommand::Verify,
         } => ops::audit_verify(&cfg).await,

@@ -15,7 +15,7 @@ use gatehouse_runtime::app::AppError;
 use std::io::Write;
 
 /// The configured state store, without opening SQLite when the state is in PostgreSQL.
-async fn state(cfg: &Config) -> anyhow::Result<AnyState> {
+pub(crate) async fn state(cfg: &Config) -> anyhow::Result<AnyState> {
     Ok(match &cfg.state {
         StateConfig::Sqlite => AnyState::Sqlite(Sqlite::open(&cfg.data_dir).await?),
         StateConfig::Postgres(p) => {

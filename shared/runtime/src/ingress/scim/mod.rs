@@ -23,13 +23,13 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use gatehouse_adapters::scim_store::{ScimChange, ScimKind, ScimRecord, ScimStoreError, ScimWrite};
 use gatehouse_adapters::sqlite::Sqlite;
 use gatehouse_domain::envelope::Envelope;
 use gatehouse_domain::ports::QueueProducer;
-use gatehouse_domain::scim_filter::{AttrPath, matches, parse_filter, parse_path};
+use gatehouse_domain::scim_filter::{AttrPath, Filter, matches, parse_filter, parse_path};
 use gatehouse_platform::shutdown::Shutdown;
 use relay::Relay;
 use schema::{ENTERPRISE_SCHEMA, SchemaCase};
@@ -108,6 +108,7 @@ pub fn router<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Router {
     });
     Router::new()
         .route("/scim/v2/Users", get(list_users::<Q>).post(create_user::<Q>))
+        .route("/scim/v2/Users/.search", post(search_users::<Q>))
         .route(
             "/scim/v2/Users/{id}",
             get(get_user::<Q>)
@@ -116,6 +117,8 @@ pub fn router<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Router {
                 .delete(delete_user::<Q>),
         )
         .route("/scim/v2/Groups", get(list_groups::<Q>).post(create_group::<Q>))
+        .route("/scim/v2/Groups/.search", post(search_groups::<Q>))
+        .route("/scim/v2/.search", post(search_all::<Q>))
         .route(
             "/scim/v2/Groups/{id}",
             get(get_group::<Q>)
@@ -401,6 +404,127 @@ impl Projection {
 }
 
 /// The object a path's attribute lives in (top level, or the extension) and its key there.
+/// The parameters of a query (RFC 7644 §3.4.2), from the URL of a GET or from the SearchRequest
+/// body of a `POST /.search` (§3.4.3): both mean the same and are answered the same way.
+struct Search {
+    projection: Projection,
+    filter: Option<Filter>,
+    start: i64,
+    count: i64,
+}
+
+impl Search {
+    fn new(
+        projection: Projection,
+        filter: Option<&str>,
+        start: Option<i64>,
+        count: Option<i64>,
+        max_results: usize,
+    ) -> Result<Self, Response> {
+        let filter = match filter.map(str::trim).filter(|f| !f.is_empty()) {
+            None => None,
+            Some(f) => Some(parse_filter(f).map_err(|e| bad_request("invalidFilter", e.to_string()))?),
+        };
+        Ok(Search {
+            projection,
+            filter,
+            start: start.unwrap_or(1).max(1),
+            count: count.unwrap_or(max_results as i64).clamp(0, max_results as i64),
+        })
+    }
+
+    fn from_query(q: &HashMap<String, String>, max_results: usize) -> Result<Self, Response> {
+        let number = |name: &str| -> Result<Option<i64>, Response> {
+            q.get(name)
+                .map(|v| {
+                    v.trim().parse::<i64>().map_err(|_| {
+                        bad_request("invalidValue", format!("{name} must be an integer, not {v:?}"))
+                    })
+                })
+                .transpose()
+        };
+        Search::new(
+            Projection::from_query(q)?,
+            q.get("filter").map(String::as_str),
+            number("startindex")?,
+            number("count")?,
+            max_results,
+        )
+    }
+
+    /// A SearchRequest body: member names case-insensitive like the query parameters;
+    /// `attributes` and `excludedAttributes` are arrays of paths (a comma-separated string is
+    /// taken too). `sortBy`/`sortOrder` are ignored: sorting is not offered (see
+    /// /ServiceProviderConfig), as on GET.
+    fn from_body(body: &Value, max_results: usize) -> Result<Self, Response> {
+        let Value::Object(map) = body else {
+            return Err(bad_request(
+                "invalidSyntax",
+                "a SearchRequest body must be a JSON object",
+            ));
+        };
+        let get = |name: &str| {
+            map.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+                .filter(|v| !v.is_null())
+        };
+        if let Some(schemas) = get("schemas")
+            && !schemas
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s.as_str() == Some(schema::SEARCH_REQUEST)))
+        {
+            return Err(bad_request(
+                "invalidSyntax",
+                format!("schemas must contain {}", schema::SEARCH_REQUEST),
+            ));
+        }
+        let paths = |name: &str| -> Result<Option<String>, Response> {
+            match get(name) {
+                None => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .map(|i| {
+                        i.as_str().map(str::to_string).ok_or_else(|| {
+                            bad_request("invalidValue", format!("{name} must be an array of strings"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(|v| Some(v.join(","))),
+                Some(_) => Err(bad_request(
+                    "invalidValue",
+                    format!("{name} must be an array of strings"),
+                )),
+            }
+        };
+        let number = |name: &str| -> Result<Option<i64>, Response> {
+            match get(name) {
+                None => Ok(None),
+                Some(v) => v.as_i64().map(Some).ok_or_else(|| {
+                    bad_request("invalidValue", format!("{name} must be an integer, not {v}"))
+                }),
+            }
+        };
+        let filter = match get("filter") {
+            None => None,
+            Some(Value::String(f)) => Some(f.as_str()),
+            Some(_) => return Err(bad_request("invalidFilter", "filter must be a string")),
+        };
+        let projection = Projection {
+            include: selectors(paths("attributes")?.as_ref())?,
+            exclude: selectors(paths("excludedAttributes")?.as_ref())?,
+        };
+        Search::new(
+            projection,
+            filter,
+            number("startIndex")?,
+            number("count")?,
+            max_results,
+        )
+    }
+}
+
 fn locate<'a>(map: &'a Map<String, Value>, path: &AttrPath) -> Option<(Option<&'static str>, &'a String)> {
     let container = match &path.schema {
         Some(s) if s.eq_ignore_ascii_case(ENTERPRISE_SCHEMA) => Some(ENTERPRISE_SCHEMA),
@@ -693,6 +817,37 @@ handlers!(
     delete_group
 );
 
+async fn search_users<Q: QueueProducer + Clone + 'static>(
+    State(s): State<Arc<Scim<Q>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    s.post_search(&[ScimKind::User], &headers, body)
+        .await
+        .unwrap_or_else(|r| r)
+}
+
+async fn search_groups<Q: QueueProducer + Clone + 'static>(
+    State(s): State<Arc<Scim<Q>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    s.post_search(&[ScimKind::Group], &headers, body)
+        .await
+        .unwrap_or_else(|r| r)
+}
+
+/// `POST /.search` at the root: every resource type at once (RFC 7644 §3.4.3).
+async fn search_all<Q: QueueProducer + Clone + 'static>(
+    State(s): State<Arc<Scim<Q>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    s.post_search(&[ScimKind::User, ScimKind::Group], &headers, body)
+        .await
+        .unwrap_or_else(|r| r)
+}
+
 async fn service_provider_config<Q: Send + Sync + 'static>(State(s): State<Arc<Scim<Q>>>) -> Response {
     scim_response(
         StatusCode::OK,
@@ -766,33 +921,46 @@ impl<Q: QueueProducer + Clone + 'static> Scim<Q> {
     }
 
     async fn list(&self, kind: ScimKind, uri: &Uri) -> Result<Response, Response> {
-        let q = query(uri)?;
-        let projection = Projection::from_query(&q)?;
-        let filter = match q.get("filter").map(|f| f.trim()).filter(|f| !f.is_empty()) {
-            None => None,
-            Some(f) => Some(parse_filter(f).map_err(|e| bad_request("invalidFilter", e.to_string()))?),
-        };
-        let number = |name: &str, default: i64| -> Result<i64, Response> {
-            match q.get(name) {
-                None => Ok(default),
-                Some(v) => v.trim().parse::<i64>().map_err(|_| {
-                    bad_request("invalidValue", format!("{name} must be an integer, not {v:?}"))
-                }),
-            }
-        };
-        let start = number("startindex", 1)?.max(1);
-        let count = number("count", self.max_results as i64)?.clamp(0, self.max_results as i64);
-        let records = self.store.scim_list(kind).await.map_err(internal)?;
-        let groups = match kind {
-            ScimKind::User => Some(self.groups_index().await?),
-            ScimKind::Group => None,
-        };
-        let case = SchemaCase(kind);
-        let matched: Vec<Value> = records
-            .iter()
-            .map(|r| render(r, groups.as_ref()))
-            .filter(|v| filter.as_ref().is_none_or(|f| matches(f, v, &case)))
-            .collect();
+        let search = Search::from_query(&query(uri)?, self.max_results)?;
+        self.search(&[kind], search).await
+    }
+
+    /// `POST [/Users|/Groups]/.search`: the query in a SearchRequest body.
+    async fn post_search(
+        &self,
+        kinds: &[ScimKind],
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Response, Response> {
+        let body = self.read_json(headers, body).await?;
+        let search = Search::from_body(&body, self.max_results)?;
+        self.search(kinds, search).await
+    }
+
+    /// Filter, page and project the resources of `kinds` (all of them for a search at the root:
+    /// Users first, then Groups).
+    async fn search(&self, kinds: &[ScimKind], search: Search) -> Result<Response, Response> {
+        let Search {
+            projection,
+            filter,
+            start,
+            count,
+        } = search;
+        let mut matched: Vec<Value> = Vec::new();
+        for &kind in kinds {
+            let records = self.store.scim_list(kind).await.map_err(internal)?;
+            let groups = match kind {
+                ScimKind::User => Some(self.groups_index().await?),
+                ScimKind::Group => None,
+            };
+            let case = SchemaCase(kind);
+            matched.extend(
+                records
+                    .iter()
+                    .map(|r| render(r, groups.as_ref()))
+                    .filter(|v| filter.as_ref().is_none_or(|f| matches(f, v, &case))),
+            );
+        }
         let total = matched.len();
         let page: Vec<Value> = matched
             .into_iter()

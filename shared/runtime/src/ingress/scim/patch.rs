@@ -122,6 +122,18 @@ pub fn parse(body: &Value) -> Result<Vec<Operation>, PatchError> {
 pub fn apply(kind: ScimKind, body: &mut Map<String, Value>, ops: &[Operation]) -> Result<(), PatchError> {
     for op in ops {
         match &op.path {
+            // RFC 7644 §3.5.2 on the extension as a whole (`path` = its schema URN): add and
+            // replace set the sub-attributes given, the others stay (as for any complex
+            // attribute); remove drops the extension.
+            Some(path) if kind == ScimKind::User && is_whole_extension(path) => match op.op {
+                Op::Remove => {
+                    body.remove(ENTERPRISE_SCHEMA);
+                }
+                Op::Add | Op::Replace => {
+                    let v = op.value.as_ref().unwrap_or(&Value::Null);
+                    apply_extension(kind, body, op.op, ENTERPRISE_SCHEMA, v)?;
+                }
+            },
             Some(path) => apply_path(kind, body, op.op, path, op.value.as_ref(), false)?,
             None => {
                 let Some(Value::Object(value)) = &op.value else {
@@ -132,21 +144,7 @@ pub fn apply(kind: ScimKind, body: &mut Map<String, Value>, ops: &[Operation]) -
                 };
                 for (k, v) in value {
                     if kind == ScimKind::User && k.eq_ignore_ascii_case(ENTERPRISE_SCHEMA) {
-                        let Value::Object(ext) = v else {
-                            return Err(fail("invalidValue", format!("{k} must be an object")));
-                        };
-                        for (k2, v2) in ext {
-                            let path = PatchPath {
-                                path: AttrPath {
-                                    schema: Some(ENTERPRISE_SCHEMA.into()),
-                                    attr: k2.clone(),
-                                    sub_attr: None,
-                                },
-                                value_filter: None,
-                                sub_attr: None,
-                            };
-                            apply_path(kind, body, op.op, &path, Some(v2), true)?;
-                        }
+                        apply_extension(kind, body, op.op, k, v)?;
                         continue;
                     }
                     if ["schemas", "meta"].iter().any(|s| k.eq_ignore_ascii_case(s)) {
@@ -158,6 +156,44 @@ pub fn apply(kind: ScimKind, body: &mut Map<String, Value>, ops: &[Operation]) -
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Whether `pp` names the enterprise extension itself
+/// (`urn:ietf:params:scim:schemas:extension:enterprise:2.0:User`), not one of its attributes.
+fn is_whole_extension(pp: &PatchPath) -> bool {
+    let p = &pp.path;
+    pp.value_filter.is_none()
+        && pp.sub_attr.is_none()
+        && p.sub_attr.is_none()
+        && p.schema
+            .as_deref()
+            .is_some_and(|s| format!("{s}:{}", p.attr).eq_ignore_ascii_case(ENTERPRISE_SCHEMA))
+}
+
+/// Add or replace every sub-attribute of the extension object `v` (named `name` in messages).
+fn apply_extension(
+    kind: ScimKind,
+    body: &mut Map<String, Value>,
+    op: Op,
+    name: &str,
+    v: &Value,
+) -> Result<(), PatchError> {
+    let Value::Object(ext) = v else {
+        return Err(fail("invalidValue", format!("{name} must be an object")));
+    };
+    for (k, v) in ext {
+        let path = PatchPath {
+            path: AttrPath {
+                schema: Some(ENTERPRISE_SCHEMA.into()),
+                attr: k.clone(),
+                sub_attr: None,
+            },
+            value_filter: None,
+            sub_attr: None,
+        };
+        apply_path(kind, body, op, &path, Some(v), true)?;
     }
     Ok(())
 }
@@ -535,6 +571,55 @@ mod tests {
             out[ENTERPRISE_SCHEMA],
             json!({"employeeNumber": "Aklq", "department": "Eng"})
         );
+    }
+
+    /// scim2-tester's PATCH of the extension as a whole: `path` is the schema URN itself.
+    #[test]
+    fn patch_of_the_whole_enterprise_extension_adds_replaces_and_removes_it() {
+        let mut u = user();
+        u[ENTERPRISE_SCHEMA] = json!({"department": "Ops", "costCenter": "C1"});
+        let urn = ENTERPRISE_SCHEMA;
+        let added = run(
+            ScimKind::User,
+            user(),
+            ops(json!([{"op": "add", "path": urn,
+                "value": {"employeeNumber": "42", "manager": {"value": "m1"}}}])),
+        )
+        .unwrap();
+        assert_eq!(
+            added[ENTERPRISE_SCHEMA],
+            json!({"employeeNumber": "42", "manager": {"value": "m1"}})
+        );
+
+        // Replace of a complex target: what is given replaces, the rest stays (RFC 7644 §3.5.2.3).
+        let replaced = run(
+            ScimKind::User,
+            u.clone(),
+            ops(json!([{"op": "Replace", "path": urn.to_ascii_lowercase(),
+                "value": {"department": "Eng", "division": "D"}}])),
+        )
+        .unwrap();
+        assert_eq!(
+            replaced[ENTERPRISE_SCHEMA],
+            json!({"department": "Eng", "costCenter": "C1", "division": "D"})
+        );
+
+        let removed = run(
+            ScimKind::User,
+            u.clone(),
+            ops(json!([{"op": "remove", "path": urn}])),
+        )
+        .unwrap();
+        assert!(removed.get(ENTERPRISE_SCHEMA).is_none(), "{removed}");
+        assert_eq!(removed["userName"], "a@example.com");
+
+        let e = run(
+            ScimKind::User,
+            u,
+            ops(json!([{"op": "replace", "path": urn, "value": "Eng"}])),
+        )
+        .unwrap_err();
+        assert_eq!(e.scim_type, "invalidValue");
     }
 
     #[test]
