@@ -256,6 +256,7 @@ pub fn deletion(user_id: &str, handover: Option<&Handover>, content: Option<&Loo
             user: UserRef::Id(user_id.to_string()),
             steps,
             notes,
+            resolution: Default::default(),
         })
     };
     let empty = LookerContent::default();
