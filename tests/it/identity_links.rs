@@ -59,9 +59,12 @@ async fn okta_profile_update_renames_the_linked_user_and_deactivate_closes_it() 
     app.deliver(&okta_event(ACTIVATE, "john.doe@example.com", "ev-1", "2024-05-01T10:00:00.000Z"))
         .await;
     assert_eq!(
-        app.store.account_links("looker", PERSON).await.unwrap(),
+        app.store
+            .account_links("looker", &format!("okta:{PERSON}"))
+            .await
+            .unwrap(),
         vec![uid.clone()],
-        "the person is linked to the user their email found"
+        "the person (their Okta user id) is linked to the user their email found"
     );
 
     app.deliver(&okta_event(
