@@ -707,4 +707,37 @@ mod tests {
         );
         assert_eq!(plan.user, UserRef::New);
     }
+
+    /// Issue 16: the person's user under another email gets its email credentials updated;
+    /// a difference in letter case only is no change.
+    #[test]
+    fn a_linked_user_under_another_email_follows_the_directory() {
+        let d = desired(Presence::Active { create: true }, &[], &[], &[]);
+        let user = |email: &str| LookerUser {
+            id: "101".into(),
+            is_disabled: false,
+            email: Some(email.into()),
+            group_ids: Default::default(),
+            session_ids: vec![],
+            api3_key_ids: vec![],
+            direct_role_ids: Some(Default::default()),
+            user_attribute_values: Some(Default::default()),
+        };
+        let plan = diff(&d, &Actual::Present(user("old@x.io")), Some(&catalog()));
+        let updates: Vec<_> = plan
+            .steps
+            .iter()
+            .filter(|s| matches!(&s.op, LookerOp::UpdateEmail { email } if email == "p@x.io"))
+            .collect();
+        assert_eq!(updates.len(), 1, "{plan:?}");
+        assert_eq!(updates[0].rule, rules::ONBOARD_EMAIL);
+        assert!(!plan.steps.iter().any(|s| matches!(s.op, LookerOp::CreateUser { .. })));
+        let call = updates[0].op.http(&plan.user);
+        assert_eq!(call.to_string(), r#"PATCH /api/4.0/users/101/credentials_email {"email":"p@x.io"}"#);
+        let same = diff(&d, &Actual::Present(user("P@X.io")), Some(&catalog()));
+        assert!(
+            !same.steps.iter().any(|s| matches!(s.op, LookerOp::UpdateEmail { .. })),
+            "{same:?}"
+        );
+    }
 }

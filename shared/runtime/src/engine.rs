@@ -312,7 +312,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
     /// resolved) and plan (nothing when no cloud target is configured).
     pub async fn compute_cloud_plan(
         &self,
-        person: &str,
+        person: &Identity,
         desired: &DesiredCloud,
         persist: bool,
     ) -> Result<CloudPlan, ProcessError> {
@@ -351,8 +351,8 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let desired = policy::evaluate(&self.policy, &identity);
         let desired_cloud = self.desired_cloud(&identity);
         let (plan, cloud) = futures::join!(
-            self.compute_plan(&identity.key, &desired, false),
-            self.compute_cloud_plan(&identity.key, &desired_cloud, false)
+            self.compute_plan(&identity, &desired, false),
+            self.compute_cloud_plan(&identity, &desired_cloud, false)
         );
         Ok(PlanReport {
             identity,
@@ -368,7 +368,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
     /// `gatehouse plan`, which changes nothing).
     pub async fn compute_plan(
         &self,
-        person: &str,
+        person: &Identity,
         desired: &DesiredLooker,
         persist: bool,
     ) -> Result<Plan, ProcessError> {
@@ -572,8 +572,8 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         );
         let (plan, cloud_plan) = async {
             futures::join!(
-                self.compute_plan(&identity.key, &desired, true),
-                self.compute_cloud_plan(&identity.key, &desired_cloud, true)
+                self.compute_plan(&identity, &desired, true),
+                self.compute_cloud_plan(&identity, &desired_cloud, true)
             )
         }
         .instrument(plan_span.clone())
@@ -696,15 +696,17 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
     /// (reported as duplicates).
     pub async fn resolve_looker(
         &self,
-        person: &str,
+        identity: &Identity,
         email: Option<&str>,
         needs: &ReadNeeds,
     ) -> Result<(Option<LookerUser>, Vec<LookerUser>), ProcessError> {
         let looker = TargetName::LOOKER.as_str();
+        let person = identity.key.as_str();
         let accounts = self.store.account_links(looker, person).await?;
         let link = gatehouse_domain::target::Link {
             person: person.to_string(),
             accounts,
+            previous_emails: identity.previous_emails.clone(),
         };
         let (found, _gone) = self.looker.resolve(email, &link, needs, false).await?;
         let linked = found.iter().any(|(u, _)| link.accounts.contains(&u.id));
@@ -767,8 +769,8 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let desired = policy::evaluate(&self.policy, identity);
         let desired_cloud = self.desired_cloud(identity);
         let (plan, cloud_plan) = futures::join!(
-            self.compute_plan(&identity.key, &desired, true),
-            self.compute_cloud_plan(&identity.key, &desired_cloud, true)
+            self.compute_plan(&identity, &desired, true),
+            self.compute_cloud_plan(&identity, &desired_cloud, true)
         );
         let (plan, cloud_plan) = (plan?, cloud_plan?);
         let ctx = Ctx {
