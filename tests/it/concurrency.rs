@@ -264,7 +264,12 @@ impl StateStore for HeldCommit {
     async fn account_links(&self, target: &str, person: &str) -> Result<Vec<String>, BackendError> {
         self.inner.account_links(target, person).await
     }
-    async fn link_accounts(&self, target: &str, person: &str, accounts: &[String]) -> Result<(), BackendError> {
+    async fn link_accounts(
+        &self,
+        target: &str,
+        person: &str,
+        accounts: &[String],
+    ) -> Result<(), BackendError> {
         self.inner.link_accounts(target, person, accounts).await
     }
 }

@@ -553,19 +553,29 @@ async fn a_graph_mail_and_upn_change_follows_the_linked_looker_user_and_disable_
     settled(&app).await;
     let before: Vec<String> = looker.users().into_iter().map(|u| u.id).collect();
     graph.set_user_field(USER_ID, "mail", json!("john.d@example.com"));
-    graph.set_user_field(USER_ID, "userPrincipalName", json!("john.d@contoso.onmicrosoft.com"));
+    graph.set_user_field(
+        USER_ID,
+        "userPrincipalName",
+        json!("john.d@contoso.onmicrosoft.com"),
+    );
     let r = post_json(&app, &notify()).await;
     assert_eq!(r.status(), 202);
     settled(&app).await;
     let after: Vec<String> = looker.users().into_iter().map(|u| u.id).collect();
     assert_eq!(after, before, "no second looker user");
-    assert_eq!(looker.user(&uid).unwrap().email.as_deref(), Some("john.d@example.com"));
+    assert_eq!(
+        looker.user(&uid).unwrap().email.as_deref(),
+        Some("john.d@example.com")
+    );
     graph.set_account_enabled(USER_ID, false);
     let r = post_json(&app, &notify()).await;
     assert_eq!(r.status(), 202);
     settled(&app).await;
     let u = looker.user(&uid).unwrap();
-    assert!(u.is_disabled && u.session_ids.is_empty(), "the original user is offboarded: {u:?}");
+    assert!(
+        u.is_disabled && u.session_ids.is_empty(),
+        "the original user is offboarded: {u:?}"
+    );
     let after: Vec<String> = looker.users().into_iter().map(|u| u.id).collect();
     assert_eq!(after, before);
 }

@@ -56,8 +56,13 @@ async fn okta_profile_update_renames_the_linked_user_and_deactivate_closes_it() 
     .await;
     let before = ids(&fake);
 
-    app.deliver(&okta_event(ACTIVATE, "john.doe@example.com", "ev-1", "2024-05-01T10:00:00.000Z"))
-        .await;
+    app.deliver(&okta_event(
+        ACTIVATE,
+        "john.doe@example.com",
+        "ev-1",
+        "2024-05-01T10:00:00.000Z",
+    ))
+    .await;
     assert_eq!(
         app.store
             .account_links("looker", &format!("okta:{PERSON}"))
@@ -88,8 +93,13 @@ async fn okta_profile_update_renames_the_linked_user_and_deactivate_closes_it() 
         "the email change is ledgered: {rows:#?}"
     );
 
-    app.deliver(&okta_event(DEACTIVATE, "john.d@example.com", "ev-3", "2024-05-03T10:00:00.000Z"))
-        .await;
+    app.deliver(&okta_event(
+        DEACTIVATE,
+        "john.d@example.com",
+        "ev-3",
+        "2024-05-03T10:00:00.000Z",
+    ))
+    .await;
     let u = fake.user(&uid).unwrap();
     assert!(u.is_disabled, "the original user is offboarded");
     assert!(u.session_ids.is_empty() && u.api3_key_ids.is_empty(), "{u:?}");
@@ -111,13 +121,23 @@ async fn offboarding_closes_every_account_of_the_person() {
         ..Default::default()
     })
     .await;
-    app.deliver(&okta_event(ACTIVATE, "john.doe@example.com", "ev-1", "2024-05-01T10:00:00.000Z"))
-        .await;
+    app.deliver(&okta_event(
+        ACTIVATE,
+        "john.doe@example.com",
+        "ev-1",
+        "2024-05-01T10:00:00.000Z",
+    ))
+    .await;
     // Someone made a second user for the person's new email by hand.
     let dup = fake.add_user("john.d@example.com", "John", "D");
     let dup_session = fake.add_session(&dup);
-    app.deliver(&okta_event(DEACTIVATE, "john.d@example.com", "ev-3", "2024-05-03T10:00:00.000Z"))
-        .await;
+    app.deliver(&okta_event(
+        DEACTIVATE,
+        "john.d@example.com",
+        "ev-3",
+        "2024-05-03T10:00:00.000Z",
+    ))
+    .await;
     for (u, s) in [(&old, &old_session), (&dup, &dup_session)] {
         let v = fake.user(u).unwrap();
         assert!(v.is_disabled, "user {u} is offboarded");
@@ -139,7 +159,10 @@ async fn delete_in_looker(fake: &FakeLooker, uid: &str) {
     let http = reqwest::Client::new();
     let login: Value = http
         .post(format!("{}/api/4.0/login", fake.base_url()))
-        .form(&[("client_id", fake.client_id()), ("client_secret", fake.client_secret())])
+        .form(&[
+            ("client_id", fake.client_id()),
+            ("client_secret", fake.client_secret()),
+        ])
         .send()
         .await
         .unwrap()
@@ -171,11 +194,21 @@ async fn an_unresolved_offboarding_of_a_linked_person_is_dead_lettered_with_the_
         ..Default::default()
     })
     .await;
-    app.deliver(&okta_event(ACTIVATE, "john.doe@example.com", "ev-1", "2024-05-01T10:00:00.000Z"))
-        .await;
+    app.deliver(&okta_event(
+        ACTIVATE,
+        "john.doe@example.com",
+        "ev-1",
+        "2024-05-01T10:00:00.000Z",
+    ))
+    .await;
     delete_in_looker(&fake, &uid).await;
-    app.deliver(&okta_event(DEACTIVATE, "john.d@example.com", "ev-3", "2024-05-03T10:00:00.000Z"))
-        .await;
+    app.deliver(&okta_event(
+        DEACTIVATE,
+        "john.d@example.com",
+        "ev-3",
+        "2024-05-03T10:00:00.000Z",
+    ))
+    .await;
     let dlq = app.store.dead_letters().await.unwrap();
     assert_eq!(dlq.len(), 1, "{dlq:#?}");
     assert!(
@@ -216,7 +249,12 @@ async fn an_unlinked_renamed_person_is_found_by_their_previous_email() {
     })
     .await;
     offline
-        .deliver(&okta_event(ACTIVATE, "john.doe@example.com", "ev-1", "2024-05-01T10:00:00.000Z"))
+        .deliver(&okta_event(
+            ACTIVATE,
+            "john.doe@example.com",
+            "ev-1",
+            "2024-05-01T10:00:00.000Z",
+        ))
         .await;
     offline.stop().await;
     let app = spawn_app(Options {
@@ -237,10 +275,21 @@ async fn an_unlinked_renamed_person_is_found_by_their_previous_email() {
     ))
     .await;
     assert_eq!(ids(&fake), before, "no second looker user");
-    assert_eq!(app.store.account_links("looker", &key).await.unwrap(), vec![uid.clone()]);
-    assert_eq!(fake.user(&uid).unwrap().email.as_deref(), Some("john.d@example.com"));
-    app.deliver(&okta_event(DEACTIVATE, "john.d@example.com", "ev-3", "2024-05-03T10:00:00.000Z"))
-        .await;
+    assert_eq!(
+        app.store.account_links("looker", &key).await.unwrap(),
+        vec![uid.clone()]
+    );
+    assert_eq!(
+        fake.user(&uid).unwrap().email.as_deref(),
+        Some("john.d@example.com")
+    );
+    app.deliver(&okta_event(
+        DEACTIVATE,
+        "john.d@example.com",
+        "ev-3",
+        "2024-05-03T10:00:00.000Z",
+    ))
+    .await;
     assert!(fake.user(&uid).unwrap().is_disabled);
     assert_eq!(ids(&fake), before);
     app.stop().await;

@@ -1443,7 +1443,12 @@ async fn an_okta_scim_rename_follows_the_linked_looker_user_and_deactivation_clo
     seed_catalog(&fake);
     let lid = fake.add_user("jane.doe@example.com", "Jane", "Doe");
     let app = app_with(Some(fake.clone()), Some(example_policy())).await;
-    let r = post(&app, "/Users", user_body("jane.doe@example.com", "jane.doe@example.com", "Jane", "Doe")).await;
+    let r = post(
+        &app,
+        "/Users",
+        user_body("jane.doe@example.com", "jane.doe@example.com", "Jane", "Doe"),
+    )
+    .await;
     let sid = r.body["id"].as_str().unwrap().to_string();
     settled(&app).await;
     let before = looker_ids(&fake);
@@ -1453,10 +1458,21 @@ async fn an_okta_scim_rename_follows_the_linked_looker_user_and_deactivation_clo
     assert_eq!(r.status, 200, "{}", r.body);
     settled(&app).await;
     assert_eq!(looker_ids(&fake), before, "no second looker user");
-    assert_eq!(fake.user(&lid).unwrap().email.as_deref(), Some("jane.d@example.com"));
-    patch(&app, &format!("/Users/{sid}"), json!([{"op": "replace", "value": {"active": false}}])).await;
+    assert_eq!(
+        fake.user(&lid).unwrap().email.as_deref(),
+        Some("jane.d@example.com")
+    );
+    patch(
+        &app,
+        &format!("/Users/{sid}"),
+        json!([{"op": "replace", "value": {"active": false}}]),
+    )
+    .await;
     settled(&app).await;
-    assert!(fake.user(&lid).unwrap().is_disabled, "the original user is offboarded");
+    assert!(
+        fake.user(&lid).unwrap().is_disabled,
+        "the original user is offboarded"
+    );
     assert_eq!(looker_ids(&fake), before);
     app.stop().await;
 }
@@ -1492,10 +1508,16 @@ async fn an_entra_scim_rename_follows_the_linked_looker_user_and_disable_closes_
     .await;
     settled(&app).await;
     assert_eq!(looker_ids(&fake), before, "no second looker user");
-    assert_eq!(fake.user(&lid).unwrap().email.as_deref(), Some("grace.h@example.com"));
+    assert_eq!(
+        fake.user(&lid).unwrap().email.as_deref(),
+        Some("grace.h@example.com")
+    );
     entra_patch(json!([{"op": "Replace", "path": "active", "value": "False"}])).await;
     settled(&app).await;
-    assert!(fake.user(&lid).unwrap().is_disabled, "the original user is offboarded");
+    assert!(
+        fake.user(&lid).unwrap().is_disabled,
+        "the original user is offboarded"
+    );
     assert_eq!(looker_ids(&fake), before);
     app.stop().await;
 }

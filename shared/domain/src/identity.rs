@@ -177,7 +177,10 @@ impl Identity {
                     if name == "email"
                         && let Some(old) = self.profile.get(name)
                         && !old.value.eq_ignore_ascii_case(value)
-                        && !self.previous_emails.iter().any(|p| p.eq_ignore_ascii_case(&old.value))
+                        && !self
+                            .previous_emails
+                            .iter()
+                            .any(|p| p.eq_ignore_ascii_case(&old.value))
                     {
                         self.previous_emails.push(old.value.clone());
                     }

@@ -107,7 +107,11 @@ impl Plan {
             let _ = writeln!(out, "  unresolved: {why}");
         }
         for o in &r.others {
-            let _ = writeln!(out, "  and the person's other looker user {}:", o.user.path_part());
+            let _ = writeln!(
+                out,
+                "  and the person's other looker user {}:",
+                o.user.path_part()
+            );
             out.push_str(&o.render_text());
         }
         out
@@ -260,7 +264,10 @@ pub fn diff(desired: &DesiredLooker, actual: &Actual, catalog: Option<&Catalog>)
                     }
                     // Issue 16: an email change is a change of this user, never a new one.
                     if u.email.as_ref().is_some_and(|e| !e.eq_ignore_ascii_case(&email)) {
-                        b.push(LookerOp::UpdateEmail { email: email.clone() }, rules::ONBOARD_EMAIL);
+                        b.push(
+                            LookerOp::UpdateEmail { email: email.clone() },
+                            rules::ONBOARD_EMAIL,
+                        );
                     }
                     Some(u)
                 }
@@ -731,12 +738,23 @@ mod tests {
             .collect();
         assert_eq!(updates.len(), 1, "{plan:?}");
         assert_eq!(updates[0].rule, rules::ONBOARD_EMAIL);
-        assert!(!plan.steps.iter().any(|s| matches!(s.op, LookerOp::CreateUser { .. })));
+        assert!(
+            !plan
+                .steps
+                .iter()
+                .any(|s| matches!(s.op, LookerOp::CreateUser { .. }))
+        );
         let call = updates[0].op.http(&plan.user);
-        assert_eq!(call.to_string(), r#"PATCH /api/4.0/users/101/credentials_email {"email":"p@x.io"}"#);
+        assert_eq!(
+            call.to_string(),
+            r#"PATCH /api/4.0/users/101/credentials_email {"email":"p@x.io"}"#
+        );
         let same = diff(&d, &Actual::Present(user("P@X.io")), Some(&catalog()));
         assert!(
-            !same.steps.iter().any(|s| matches!(s.op, LookerOp::UpdateEmail { .. })),
+            !same
+                .steps
+                .iter()
+                .any(|s| matches!(s.op, LookerOp::UpdateEmail { .. })),
             "{same:?}"
         );
     }

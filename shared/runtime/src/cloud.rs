@@ -84,7 +84,9 @@ impl CloudTargets {
         };
         let gcp = async {
             match (&self.gcp, &desired.gcp) {
-                (Some(g), Some(d)) => Ok::<_, ProcessError>(targets::read_linked(g, d, person, store).await?.actual),
+                (Some(g), Some(d)) => {
+                    Ok::<_, ProcessError>(targets::read_linked(g, d, person, store).await?.actual)
+                }
                 _ => Ok(BTreeMap::new()),
             }
         };

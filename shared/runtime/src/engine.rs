@@ -411,14 +411,17 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                 looker,
                 RESOLUTION_RULE,
                 search(&email),
-                &CallOutcome::Withheld { reason: reason.clone() },
+                &CallOutcome::Withheld {
+                    reason: reason.clone(),
+                },
             );
             self.store.append_ledger(&[row]).await?;
         }
         if let Some(reason) = &plan.resolution.unresolved {
             tracing::warn!(target_name = %looker, subject = %run.ctx.subject, envelope_id = %run.ctx.envelope_id,
                 %reason, "offboarding not resolved: dead-lettering the event for an operator");
-            metrics::counter!("gatehouse_unresolved_offboardings_total", "target" => looker.as_str()).increment(1);
+            metrics::counter!("gatehouse_unresolved_offboardings_total", "target" => looker.as_str())
+                .increment(1);
             let row = targets::ledger_row(
                 run.ctx,
                 looker,
@@ -721,7 +724,9 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             return Ok((None, std::iter::once(first).chain(others).collect()));
         }
         if !link.accounts.contains(&first.id) {
-            self.store.link_accounts(looker, person, &[first.id.clone()]).await?;
+            self.store
+                .link_accounts(looker, person, &[first.id.clone()])
+                .await?;
         }
         Ok((Some(first), others))
     }

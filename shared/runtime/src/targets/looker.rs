@@ -85,7 +85,9 @@ impl<L: LookerPort> LookerTarget<L> {
 
     /// Every user with the email in any case, with retries (none without a client).
     pub async fn find_users(&self, email: &str, needs: &ReadNeeds) -> Result<Vec<LookerUser>, LookerError> {
-        let Some(l) = &self.client else { return Ok(Vec::new()) };
+        let Some(l) = &self.client else {
+            return Ok(Vec::new());
+        };
         retry_read(
             &self.retry,
             |e: &LookerError| e.kind == ErrorKind::NotFound,
@@ -111,7 +113,8 @@ impl<L: LookerPort> LookerTarget<L> {
         needs: &ReadNeeds,
         every: bool,
     ) -> Result<(Vec<(LookerUser, String)>, Vec<String>), LookerError> {
-        let linked = futures::future::try_join_all(link.accounts.iter().map(|id| self.user(id, needs))).await?;
+        let linked =
+            futures::future::try_join_all(link.accounts.iter().map(|id| self.user(id, needs))).await?;
         let mut found: Vec<(LookerUser, String)> = Vec::new();
         let mut gone = Vec::new();
         for (id, u) in link.accounts.iter().zip(linked) {
@@ -404,22 +407,40 @@ mod tests {
 
     #[test]
     fn offboarding_plans_every_account_of_the_person() {
-        let a = found(&[user("101", "john.doe@example.com"), user("1002", "john.d@example.com")]);
+        let a = found(&[
+            user("101", "john.doe@example.com"),
+            user("1002", "john.d@example.com"),
+        ]);
         let p = plan_for(&desired(offboarded()), &a);
         assert_eq!(p.user, UserRef::Id("101".into()));
         assert_eq!(p.resolution.others.len(), 1);
         let other = &p.resolution.others[0];
         assert_eq!(other.user, UserRef::Id("1002".into()));
         for plan in [&p, other] {
-            assert!(plan.steps.iter().any(|s| s.op == LookerOp::SetDisabled { disabled: true }));
-            assert!(plan.steps.iter().any(|s| matches!(s.op, LookerOp::DeleteSession { .. })));
+            assert!(
+                plan.steps
+                    .iter()
+                    .any(|s| s.op == LookerOp::SetDisabled { disabled: true })
+            );
+            assert!(
+                plan.steps
+                    .iter()
+                    .any(|s| matches!(s.op, LookerOp::DeleteSession { .. }))
+            );
         }
-        assert!(p.render_text().contains("other looker user 1002"), "{}", p.render_text());
+        assert!(
+            p.render_text().contains("other looker user 1002"),
+            "{}",
+            p.render_text()
+        );
     }
 
     #[test]
     fn onboarding_acts_on_the_person_user_and_reports_the_others() {
-        let a = found(&[user("101", "john.d@example.com"), user("1002", "john.d@example.com")]);
+        let a = found(&[
+            user("101", "john.d@example.com"),
+            user("1002", "john.d@example.com"),
+        ]);
         let p = plan_for(&desired(Presence::Active { create: true }), &a);
         assert!(p.resolution.others.is_empty());
         assert_eq!(p.resolution.duplicates.len(), 1, "{p:?}");
@@ -429,7 +450,10 @@ mod tests {
     #[test]
     fn several_candidates_and_no_link_are_refused_not_guessed() {
         let mut a = LookerActual::of(Some(Catalog::default()), Actual::Absent);
-        a.ambiguous = vec!["looker user 101 by its email".into(), "looker user 102 by its email".into()];
+        a.ambiguous = vec![
+            "looker user 101 by its email".into(),
+            "looker user 102 by its email".into(),
+        ];
         let p = plan_for(&desired(Presence::Active { create: true }), &a);
         assert!(p.steps.is_empty(), "no create, no change: {p:?}");
         let why = p.resolution.refused.as_deref().unwrap_or_default();
@@ -441,7 +465,13 @@ mod tests {
         let mut a = LookerActual::of(Some(Catalog::default()), Actual::Absent);
         a.lost_links = vec!["101".into()];
         let p = plan_for(&desired(offboarded()), &a);
-        assert!(p.resolution.unresolved.as_deref().is_some_and(|w| w.contains("101")), "{p:?}");
+        assert!(
+            p.resolution
+                .unresolved
+                .as_deref()
+                .is_some_and(|w| w.contains("101")),
+            "{p:?}"
+        );
         // Never linked: nothing to confirm, a note as before.
         let p = plan_for(
             &desired(offboarded()),

@@ -527,7 +527,9 @@ where
                     ReadError::Links(e) => TargetFailure::Ledger(e),
                 })?;
             if mode == Mode::Apply {
-                read.persist(run.store, name).await.map_err(TargetFailure::Ledger)?;
+                read.persist(run.store, name)
+                    .await
+                    .map_err(TargetFailure::Ledger)?;
             }
             let plan = self.diff(&desired, &read.actual);
             apply(self, &plan, mode, run).await.map_err(|e| match e {
