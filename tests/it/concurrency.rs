@@ -168,8 +168,11 @@ async fn one_processor_handles_one_subject_at_a_time() {
     assert!(ra.is_ok() && rb.is_ok(), "{ra:?} {rb:?}");
     // Within one process the second waits for the first instead of racing it: no commit was
     // refused, so the person's plan ran exactly twice (one search per event, no redo).
-    let searches = fake.calls().iter().filter(|c| c.path == "/users/search").count();
-    assert_eq!(searches, 3, "one user search per handled event, none repeated");
+    assert_eq!(
+        person_reads(&fake),
+        3,
+        "one read of the person per handled event (a search, then by the link), none repeated"
+    );
 }
 
 #[tokio::test]
@@ -261,7 +264,12 @@ impl StateStore for HeldCommit {
     async fn account_links(&self, target: &str, person: &str) -> Result<Vec<String>, BackendError> {
         self.inner.account_links(target, person).await
     }
-    async fn link_accounts(&self, target: &str, person: &str, accounts: &[String]) -> Result<(), BackendError> {
+    async fn link_accounts(
+        &self,
+        target: &str,
+        person: &str,
+        accounts: &[String],
+    ) -> Result<(), BackendError> {
         self.inner.link_accounts(target, person, accounts).await
     }
 }
@@ -318,7 +326,7 @@ async fn a_handler_that_lost_the_race_reads_looker_before_calling_it_converged()
     // desired state is the one Y recorded as converged: after the lost race X reads Looker
     // (and finds nothing left to do) before calling it converged.
     held.release.add_permits(COMMIT_PERMITS);
-    let searches = |fake: &FakeLooker| fake.calls().iter().filter(|c| c.path == "/users/search").count();
+    let searches = person_reads;
     let before_redo = searches(&fake);
     let rx = x_task.await.unwrap().unwrap();
     assert_eq!(rx, Handled::Applied { writes: 0 });
@@ -404,4 +412,19 @@ async fn writes_of_a_handler_killed_before_its_commit_are_not_trusted_as_converg
         (&before.group_ids, &before.direct_role_ids),
         "the killed plan's group and role are undone"
     );
+}
+
+/// Reads of a person in Looker: a user search (the first time) or a read of their linked user
+/// (`GET /users/{id}`, issue 16).
+fn person_reads(fake: &FakeLooker) -> usize {
+    fake.calls()
+        .iter()
+        .filter(|c| {
+            c.method == "GET"
+                && (c.path == "/users/search"
+                    || c.path
+                        .strip_prefix("/users/")
+                        .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())))
+        })
+        .count()
 }

@@ -530,3 +530,52 @@ async fn group_membership_changes_reach_looker_groups() {
     // One listing confirms the members@delta entries, one serves the plain update.
     assert_eq!(graph.count("GET", &format!("/v1.0/groups/{GROUP_ID}/members")), 2);
 }
+
+/// Issue 16: a Graph `mail` / `userPrincipalName` change is a change of the person's linked
+/// Looker user (its email follows), never a second user; the disable then closes the original.
+#[tokio::test]
+async fn a_graph_mail_and_upn_change_follows_the_linked_looker_user_and_disable_closes_it() {
+    let looker = FakeLooker::start().await;
+    let uid = looker.add_user(EMAIL, "John", "Doe");
+    looker.add_session(&uid);
+    let graph = FakeGraph::start().await;
+    graph.add_user(USER_ID, EMAIL, "John Doe");
+    let app = graph_app(&graph, Some(looker.clone()), "").await;
+    let mut seq = 638059995676961300_u64;
+    let mut notify = || {
+        seq += 1;
+        let mut body = delivery(UPDATED, &graph);
+        body["value"][0]["resourceData"]["sequenceNumber"] = json!(seq);
+        body
+    };
+    let r = post_json(&app, &notify()).await;
+    assert_eq!(r.status(), 202);
+    settled(&app).await;
+    let before: Vec<String> = looker.users().into_iter().map(|u| u.id).collect();
+    graph.set_user_field(USER_ID, "mail", json!("john.d@example.com"));
+    graph.set_user_field(
+        USER_ID,
+        "userPrincipalName",
+        json!("john.d@contoso.onmicrosoft.com"),
+    );
+    let r = post_json(&app, &notify()).await;
+    assert_eq!(r.status(), 202);
+    settled(&app).await;
+    let after: Vec<String> = looker.users().into_iter().map(|u| u.id).collect();
+    assert_eq!(after, before, "no second looker user");
+    assert_eq!(
+        looker.user(&uid).unwrap().email.as_deref(),
+        Some("john.d@example.com")
+    );
+    graph.set_account_enabled(USER_ID, false);
+    let r = post_json(&app, &notify()).await;
+    assert_eq!(r.status(), 202);
+    settled(&app).await;
+    let u = looker.user(&uid).unwrap();
+    assert!(
+        u.is_disabled && u.session_ids.is_empty(),
+        "the original user is offboarded: {u:?}"
+    );
+    let after: Vec<String> = looker.users().into_iter().map(|u| u.id).collect();
+    assert_eq!(after, before);
+}

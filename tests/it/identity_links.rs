@@ -56,12 +56,20 @@ async fn okta_profile_update_renames_the_linked_user_and_deactivate_closes_it() 
     .await;
     let before = ids(&fake);
 
-    app.deliver(&okta_event(ACTIVATE, "john.doe@example.com", "ev-1", "2024-05-01T10:00:00.000Z"))
-        .await;
+    app.deliver(&okta_event(
+        ACTIVATE,
+        "john.doe@example.com",
+        "ev-1",
+        "2024-05-01T10:00:00.000Z",
+    ))
+    .await;
     assert_eq!(
-        app.store.account_links("looker", PERSON).await.unwrap(),
+        app.store
+            .account_links("looker", &format!("okta:{PERSON}"))
+            .await
+            .unwrap(),
         vec![uid.clone()],
-        "the person is linked to the user their email found"
+        "the person (their Okta user id) is linked to the user their email found"
     );
 
     app.deliver(&okta_event(
@@ -85,8 +93,13 @@ async fn okta_profile_update_renames_the_linked_user_and_deactivate_closes_it() 
         "the email change is ledgered: {rows:#?}"
     );
 
-    app.deliver(&okta_event(DEACTIVATE, "john.d@example.com", "ev-3", "2024-05-03T10:00:00.000Z"))
-        .await;
+    app.deliver(&okta_event(
+        DEACTIVATE,
+        "john.d@example.com",
+        "ev-3",
+        "2024-05-03T10:00:00.000Z",
+    ))
+    .await;
     let u = fake.user(&uid).unwrap();
     assert!(u.is_disabled, "the original user is offboarded");
     assert!(u.session_ids.is_empty() && u.api3_key_ids.is_empty(), "{u:?}");
@@ -108,13 +121,23 @@ async fn offboarding_closes_every_account_of_the_person() {
         ..Default::default()
     })
     .await;
-    app.deliver(&okta_event(ACTIVATE, "john.doe@example.com", "ev-1", "2024-05-01T10:00:00.000Z"))
-        .await;
+    app.deliver(&okta_event(
+        ACTIVATE,
+        "john.doe@example.com",
+        "ev-1",
+        "2024-05-01T10:00:00.000Z",
+    ))
+    .await;
     // Someone made a second user for the person's new email by hand.
     let dup = fake.add_user("john.d@example.com", "John", "D");
     let dup_session = fake.add_session(&dup);
-    app.deliver(&okta_event(DEACTIVATE, "john.d@example.com", "ev-3", "2024-05-03T10:00:00.000Z"))
-        .await;
+    app.deliver(&okta_event(
+        DEACTIVATE,
+        "john.d@example.com",
+        "ev-3",
+        "2024-05-03T10:00:00.000Z",
+    ))
+    .await;
     for (u, s) in [(&old, &old_session), (&dup, &dup_session)] {
         let v = fake.user(u).unwrap();
         assert!(v.is_disabled, "user {u} is offboarded");
@@ -128,5 +151,146 @@ async fn offboarding_closes_every_account_of_the_person() {
             "the disable of {u} is ledgered: {rows:#?}"
         );
     }
+    app.stop().await;
+}
+
+/// Delete a Looker user outside Gatehouse, through the API as an admin would.
+async fn delete_in_looker(fake: &FakeLooker, uid: &str) {
+    let http = reqwest::Client::new();
+    let login: Value = http
+        .post(format!("{}/api/4.0/login", fake.base_url()))
+        .form(&[
+            ("client_id", fake.client_id()),
+            ("client_secret", fake.client_secret()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().unwrap().to_owned();
+    let r = http
+        .delete(format!("{}/api/4.0/users/{uid}", fake.base_url()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+}
+
+/// The person's linked user is gone and nothing else has their email: the deactivate cannot be
+/// confirmed, so it is an error an operator sees (WARN, counter, ledger row, dead letter), never
+/// a silent "nothing to revoke".
+#[tokio::test]
+async fn an_unresolved_offboarding_of_a_linked_person_is_dead_lettered_with_the_reason() {
+    let fake = FakeLooker::start().await;
+    seed_catalog(&fake);
+    let uid = fake.add_user("john.doe@example.com", "John", "Doe");
+    let app = spawn_app(Options {
+        looker: Some(fake.clone()),
+        policy: Some(example_policy()),
+        max_attempts: 2,
+        ..Default::default()
+    })
+    .await;
+    app.deliver(&okta_event(
+        ACTIVATE,
+        "john.doe@example.com",
+        "ev-1",
+        "2024-05-01T10:00:00.000Z",
+    ))
+    .await;
+    delete_in_looker(&fake, &uid).await;
+    app.deliver(&okta_event(
+        DEACTIVATE,
+        "john.d@example.com",
+        "ev-3",
+        "2024-05-03T10:00:00.000Z",
+    ))
+    .await;
+    let dlq = app.store.dead_letters().await.unwrap();
+    assert_eq!(dlq.len(), 1, "{dlq:#?}");
+    assert!(
+        dlq[0].reason.contains("unresolved offboarding in looker") && dlq[0].reason.contains(&uid),
+        "{}",
+        dlq[0].reason
+    );
+    let rows = app.ledger().await;
+    assert!(
+        rows.iter().any(|r| r.entry.rule == "identity.resolution"
+            && r.entry.envelope_id.ends_with("ev-3")
+            && r.entry.status.starts_with("error: unresolved offboarding")),
+        "{rows:#?}"
+    );
+    let m = app.metrics().await;
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("gatehouse_unresolved_offboardings_total{target=\"looker\"}")),
+        "{m}"
+    );
+    app.stop().await;
+}
+
+/// An install from before the links: the directory knew the person as john.doe@ and no link
+/// exists. The profile update to john.d@ finds their user by the previous email the directory
+/// kept, links it and renames it; the deactivate closes it. No second user.
+#[tokio::test]
+async fn an_unlinked_renamed_person_is_found_by_their_previous_email() {
+    let fake = FakeLooker::start().await;
+    seed_catalog(&fake);
+    let uid = fake.add_user("john.doe@example.com", "John", "Doe");
+    let data = tempfile::tempdir().unwrap();
+    // The directory learns the person without Looker configured (no read, so no link).
+    let offline = spawn_app(Options {
+        policy: Some(example_policy()),
+        data_dir: Some(data.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await;
+    offline
+        .deliver(&okta_event(
+            ACTIVATE,
+            "john.doe@example.com",
+            "ev-1",
+            "2024-05-01T10:00:00.000Z",
+        ))
+        .await;
+    offline.stop().await;
+    let app = spawn_app(Options {
+        looker: Some(fake.clone()),
+        policy: Some(example_policy()),
+        data_dir: Some(data.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await;
+    let key = format!("okta:{PERSON}");
+    assert!(app.store.account_links("looker", &key).await.unwrap().is_empty());
+    let before = ids(&fake);
+    app.deliver(&okta_event(
+        UPDATE_PROFILE,
+        "john.d@example.com",
+        "ev-2",
+        "2024-05-02T10:00:00.000Z",
+    ))
+    .await;
+    assert_eq!(ids(&fake), before, "no second looker user");
+    assert_eq!(
+        app.store.account_links("looker", &key).await.unwrap(),
+        vec![uid.clone()]
+    );
+    assert_eq!(
+        fake.user(&uid).unwrap().email.as_deref(),
+        Some("john.d@example.com")
+    );
+    app.deliver(&okta_event(
+        DEACTIVATE,
+        "john.d@example.com",
+        "ev-3",
+        "2024-05-03T10:00:00.000Z",
+    ))
+    .await;
+    assert!(fake.user(&uid).unwrap().is_disabled);
+    assert_eq!(ids(&fake), before);
     app.stop().await;
 }

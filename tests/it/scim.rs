@@ -1593,4 +1593,97 @@ async fn patch_of_the_whole_enterprise_extension_over_http() {
     .await;
     let got = call(&app, Method::GET, &path, None).await;
     assert_eq!(got.body[ENTERPRISE], json!({"division": "North"}));
+
+// ---------------------------------------------------------------------------------------------
+// Issue 16: a rename over SCIM follows the person's Looker user; no second user.
+
+fn looker_ids(fake: &FakeLooker) -> BTreeSet<String> {
+    fake.users().into_iter().map(|u| u.id).collect()
+}
+
+/// Okta's SCIM client renames with a full `PUT` (`userName` and `emails`) and deactivates with
+/// `PATCH active=false`.
+#[tokio::test]
+async fn an_okta_scim_rename_follows_the_linked_looker_user_and_deactivation_closes_it() {
+    let fake = FakeLooker::start().await;
+    seed_catalog(&fake);
+    let lid = fake.add_user("jane.doe@example.com", "Jane", "Doe");
+    let app = app_with(Some(fake.clone()), Some(example_policy())).await;
+    let r = post(
+        &app,
+        "/Users",
+        user_body("jane.doe@example.com", "jane.doe@example.com", "Jane", "Doe"),
+    )
+    .await;
+    let sid = r.body["id"].as_str().unwrap().to_string();
+    settled(&app).await;
+    let before = looker_ids(&fake);
+    let mut renamed = user_body("jane.d@example.com", "jane.d@example.com", "Jane", "D");
+    renamed["id"] = json!(sid);
+    let r = call(&app, Method::PUT, &format!("/Users/{sid}"), Some(&renamed)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    settled(&app).await;
+    assert_eq!(looker_ids(&fake), before, "no second looker user");
+    assert_eq!(
+        fake.user(&lid).unwrap().email.as_deref(),
+        Some("jane.d@example.com")
+    );
+    patch(
+        &app,
+        &format!("/Users/{sid}"),
+        json!([{"op": "replace", "value": {"active": false}}]),
+    )
+    .await;
+    settled(&app).await;
+    assert!(
+        fake.user(&lid).unwrap().is_disabled,
+        "the original user is offboarded"
+    );
+    assert_eq!(looker_ids(&fake), before);
+    app.stop().await;
+}
+
+/// Entra renames with `PATCH Replace userName` and `emails[type eq "work"].value` (the
+/// handbook's fixtures' shapes) and disables with `Replace active`.
+#[tokio::test]
+async fn an_entra_scim_rename_follows_the_linked_looker_user_and_disable_closes_it() {
+    let fake = FakeLooker::start().await;
+    seed_catalog(&fake);
+    let lid = fake.add_user("grace@example.com", "Grace", "Hopper");
+    let app = app_with(Some(fake.clone()), Some(example_policy())).await;
+    let mut body = user_body("grace@example.com", "grace@example.com", "Grace", "Hopper");
+    body["externalId"] = json!("0a21f0f2-8d2a-4f8e-bf98-7363c4aed4ef");
+    let r = call_with(&app, Some(OTHER_TOKEN), Method::POST, "/Users", Some(&body)).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let sid = r.body["id"].as_str().unwrap().to_string();
+    settled(&app).await;
+    let before = looker_ids(&fake);
+    let entra_patch = |ops: Value| {
+        let app = &app;
+        let path = format!("/Users/{sid}");
+        async move {
+            let body = json!({ "schemas": [PATCH_OP], "Operations": ops });
+            let r = call_with(app, Some(OTHER_TOKEN), Method::PATCH, &path, Some(&body)).await;
+            assert!(r.status == 200 || r.status == 204, "{} {}", r.status, r.body);
+        }
+    };
+    entra_patch(json!([
+        {"op": "Replace", "path": "userName", "value": "grace.h@example.com"},
+        {"op": "Replace", "path": "emails[type eq \"work\"].value", "value": "grace.h@example.com"},
+    ]))
+    .await;
+    settled(&app).await;
+    assert_eq!(looker_ids(&fake), before, "no second looker user");
+    assert_eq!(
+        fake.user(&lid).unwrap().email.as_deref(),
+        Some("grace.h@example.com")
+    );
+    entra_patch(json!([{"op": "Replace", "path": "active", "value": "False"}])).await;
+    settled(&app).await;
+    assert!(
+        fake.user(&lid).unwrap().is_disabled,
+        "the original user is offboarded"
+    );
+    assert_eq!(looker_ids(&fake), before);
+    app.stop().await;
 }

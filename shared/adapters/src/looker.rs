@@ -507,7 +507,12 @@ impl LookerClient {
 
 impl LookerClient {
     /// A user as read (`SEARCH_FIELDS`) plus the reads the plan needs, fetched concurrently.
-    async fn snapshot(&self, u: SearchUser, needs: &ReadNeeds, endpoint: &str) -> Result<LookerUser, LookerError> {
+    async fn snapshot(
+        &self,
+        u: SearchUser,
+        needs: &ReadNeeds,
+        endpoint: &str,
+    ) -> Result<LookerUser, LookerError> {
         check_segment(&u.id).map_err(|m| bad_body(endpoint, m))?;
         let roles = async {
             match needs.direct_roles {
@@ -629,7 +634,9 @@ impl LookerPort for LookerClient {
             .await?;
         let wanted = email.to_lowercase();
         let matching: Vec<SearchUser> = found.into_iter().filter(|u| u.has_email(&wanted)).collect();
-        let reads = matching.into_iter().map(|u| self.snapshot(u, needs, "/users/search"));
+        let reads = matching
+            .into_iter()
+            .map(|u| self.snapshot(u, needs, "/users/search"));
         futures::future::try_join_all(reads).await
     }
 
@@ -637,7 +644,10 @@ impl LookerPort for LookerClient {
         // An id that is not one path segment cannot name a Looker user: refused before the wire.
         check_segment(id).map_err(|m| bad_body("/users/{id}", m))?;
         let path = format!("/users/{id}");
-        match self.get_json::<SearchUser>(&path, &[("fields", SEARCH_FIELDS)]).await {
+        match self
+            .get_json::<SearchUser>(&path, &[("fields", SEARCH_FIELDS)])
+            .await
+        {
             Ok(u) => self.snapshot(u, needs, "/users/{id}").await.map(Some),
             Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),

@@ -722,19 +722,27 @@ impl StateStore for Sqlite {
     }
 
     async fn account_links(&self, target: &str, person: &str) -> Result<Vec<String>, BackendError> {
-        let rows = sqlx::query(
-            "SELECT account FROM account_links WHERE target = ? AND person = ? ORDER BY rowid",
-        )
-        .bind(target)
-        .bind(person)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(err("cannot read account links"))?;
+        let rows =
+            sqlx::query("SELECT account FROM account_links WHERE target = ? AND person = ? ORDER BY rowid")
+                .bind(target)
+                .bind(person)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(err("cannot read account links"))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    async fn link_accounts(&self, target: &str, person: &str, accounts: &[String]) -> Result<(), BackendError> {
-        let mut tx = self.pool.begin().await.map_err(err("cannot write account links"))?;
+    async fn link_accounts(
+        &self,
+        target: &str,
+        person: &str,
+        accounts: &[String],
+    ) -> Result<(), BackendError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(err("cannot write account links"))?;
         for a in accounts {
             sqlx::query(
                 "INSERT INTO account_links (target, person, account, linked_at) VALUES (?, ?, ?, ?)

@@ -105,7 +105,12 @@ impl StateStore for AnyState {
     async fn account_links(&self, target: &str, person: &str) -> Result<Vec<String>, BackendError> {
         forward!(self, s => s.account_links(target, person))
     }
-    async fn link_accounts(&self, target: &str, person: &str, accounts: &[String]) -> Result<(), BackendError> {
+    async fn link_accounts(
+        &self,
+        target: &str,
+        person: &str,
+        accounts: &[String],
+    ) -> Result<(), BackendError> {
         forward!(self, s => s.link_accounts(target, person, accounts))
     }
 }

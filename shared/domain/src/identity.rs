@@ -74,6 +74,10 @@ pub struct Identity {
     pub profile: BTreeMap<String, Stamped<String>>,
     /// IdP group id → membership (kept after removal, so an older add cannot resurrect it).
     pub groups: BTreeMap<String, Membership>,
+    /// Emails the person had before (oldest first, each once, none equal to the current one in
+    /// any case): issue 16 finds a renamed person's unlinked accounts by them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_emails: Vec<String>,
 }
 
 fn asserted_by(source: Option<Source>, allowed: Option<&[Source]>) -> bool {
@@ -99,6 +103,7 @@ impl Identity {
             status_stamp: None,
             profile: BTreeMap::new(),
             groups: BTreeMap::new(),
+            previous_emails: Vec::new(),
         }
     }
 
@@ -169,6 +174,19 @@ impl Identity {
                 }
                 _ => {
                     // A new value, or the same one now asserted by another source.
+                    if name == "email"
+                        && let Some(old) = self.profile.get(name)
+                        && !old.value.eq_ignore_ascii_case(value)
+                        && !self
+                            .previous_emails
+                            .iter()
+                            .any(|p| p.eq_ignore_ascii_case(&old.value))
+                    {
+                        self.previous_emails.push(old.value.clone());
+                    }
+                    if name == "email" {
+                        self.previous_emails.retain(|p| !p.eq_ignore_ascii_case(value));
+                    }
                     self.profile.insert(
                         name.clone(),
                         Stamped {
@@ -437,5 +455,40 @@ mod tests {
             for e in shuffled { other.fold(e); }
             prop_assert_eq!(in_order, other);
         }
+    }
+
+    /// Issue 16: a changed email is kept as a previous one (once, whatever its case), and an
+    /// email that comes back is current again, not previous.
+    #[test]
+    fn previous_emails_are_kept_as_the_email_changes() {
+        use crate::envelope::{Envelope, EnvelopeId, IdentityEvent, Profile, Source, Subject};
+        let ev = |n: i64, email: &str| Envelope {
+            trace_parent: None,
+            version: 1,
+            id: EnvelopeId(format!("e{n}")),
+            source: Source::Manual,
+            subject: Subject {
+                key: "k".into(),
+                email: Some(email.into()),
+                display_name: None,
+            },
+            occurred_at: chrono::DateTime::from_timestamp(n, 0).unwrap(),
+            received_at: chrono::DateTime::from_timestamp(n, 0).unwrap(),
+            event: IdentityEvent::ProfileUpdated,
+            profile: Profile::new(),
+            source_event_type: "t".into(),
+            raw: serde_json::Value::Null,
+        };
+        let mut p = Identity::new("k");
+        p.fold(&ev(1, "john.doe@x.io"));
+        assert!(p.previous_emails.is_empty());
+        p.fold(&ev(2, "John.Doe@x.io"));
+        assert!(p.previous_emails.is_empty(), "a case change is the same email");
+        p.fold(&ev(3, "john.d@x.io"));
+        p.fold(&ev(4, "jd@y.io"));
+        assert_eq!(p.previous_emails, vec!["John.Doe@x.io", "john.d@x.io"]);
+        p.fold(&ev(5, "john.d@x.io"));
+        assert_eq!(p.previous_emails, vec!["John.Doe@x.io", "jd@y.io"]);
+        assert_eq!(p.email(), Some("john.d@x.io"));
     }
 }

@@ -107,7 +107,11 @@ impl Plan {
             let _ = writeln!(out, "  unresolved: {why}");
         }
         for o in &r.others {
-            let _ = writeln!(out, "  and the person's other looker user {}:", o.user.path_part());
+            let _ = writeln!(
+                out,
+                "  and the person's other looker user {}:",
+                o.user.path_part()
+            );
             out.push_str(&o.render_text());
         }
         out
@@ -260,7 +264,10 @@ pub fn diff(desired: &DesiredLooker, actual: &Actual, catalog: Option<&Catalog>)
                     }
                     // Issue 16: an email change is a change of this user, never a new one.
                     if u.email.as_ref().is_some_and(|e| !e.eq_ignore_ascii_case(&email)) {
-                        b.push(LookerOp::UpdateEmail { email: email.clone() }, rules::ONBOARD_EMAIL);
+                        b.push(
+                            LookerOp::UpdateEmail { email: email.clone() },
+                            rules::ONBOARD_EMAIL,
+                        );
                     }
                     Some(u)
                 }
@@ -706,5 +713,49 @@ mod tests {
                 .any(|s| matches!(s.op, LookerOp::CreateEmailCredentials { .. }))
         );
         assert_eq!(plan.user, UserRef::New);
+    }
+
+    /// Issue 16: the person's user under another email gets its email credentials updated;
+    /// a difference in letter case only is no change.
+    #[test]
+    fn a_linked_user_under_another_email_follows_the_directory() {
+        let d = desired(Presence::Active { create: true }, &[], &[], &[]);
+        let user = |email: &str| LookerUser {
+            id: "101".into(),
+            is_disabled: false,
+            email: Some(email.into()),
+            group_ids: Default::default(),
+            session_ids: vec![],
+            api3_key_ids: vec![],
+            direct_role_ids: Some(Default::default()),
+            user_attribute_values: Some(Default::default()),
+        };
+        let plan = diff(&d, &Actual::Present(user("old@x.io")), Some(&catalog()));
+        let updates: Vec<_> = plan
+            .steps
+            .iter()
+            .filter(|s| matches!(&s.op, LookerOp::UpdateEmail { email } if email == "p@x.io"))
+            .collect();
+        assert_eq!(updates.len(), 1, "{plan:?}");
+        assert_eq!(updates[0].rule, rules::ONBOARD_EMAIL);
+        assert!(
+            !plan
+                .steps
+                .iter()
+                .any(|s| matches!(s.op, LookerOp::CreateUser { .. }))
+        );
+        let call = updates[0].op.http(&plan.user);
+        assert_eq!(
+            call.to_string(),
+            r#"PATCH /api/4.0/users/101/credentials_email {"email":"p@x.io"}"#
+        );
+        let same = diff(&d, &Actual::Present(user("P@X.io")), Some(&catalog()));
+        assert!(
+            !same
+                .steps
+                .iter()
+                .any(|s| matches!(s.op, LookerOp::UpdateEmail { .. })),
+            "{same:?}"
+        );
     }
 }

@@ -169,6 +169,10 @@ impl<E> SendError<E> {
 pub struct Link {
     pub person: String,
     pub accounts: Vec<String>,
+    /// The person's earlier emails the directory knows (`Identity::previous_emails`): a target
+    /// that matches on email tries them when neither the link nor the current email finds the
+    /// person.
+    pub previous_emails: Vec<String>,
 }
 
 impl Link {
@@ -176,7 +180,7 @@ impl Link {
     pub fn unlinked(person: impl Into<String>) -> Self {
         Link {
             person: person.into(),
-            accounts: Vec::new(),
+            ..Link::default()
         }
     }
 }

@@ -60,13 +60,13 @@ impl CloudTargets {
         )
     }
 
-    /// Read what the clouds hold for one person (`person`: `Subject.key`): the IAM user and
+    /// Read what the clouds hold for one person: the IAM user and
     /// every managed GCP resource, all at once, each through the person's link (issue 16).
     /// `persist`: store the links the reads resolved (not in `gatehouse plan`).
     pub async fn read<S: StateStore>(
         &self,
         desired: &DesiredCloud,
-        person: &str,
+        person: &Identity,
         store: &S,
         persist: bool,
     ) -> Result<CloudActual, ProcessError> {
@@ -84,7 +84,9 @@ impl CloudTargets {
         };
         let gcp = async {
             match (&self.gcp, &desired.gcp) {
-                (Some(g), Some(d)) => Ok::<_, ProcessError>(targets::read_linked(g, d, person, store).await?.actual),
+                (Some(g), Some(d)) => {
+                    Ok::<_, ProcessError>(targets::read_linked(g, d, person, store).await?.actual)
+                }
                 _ => Ok(BTreeMap::new()),
             }
         };

@@ -340,7 +340,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
     /// resolved) and plan (nothing when no cloud target is configured).
     pub async fn compute_cloud_plan(
         &self,
-        person: &str,
+        person: &Identity,
         desired: &DesiredCloud,
         persist: bool,
     ) -> Result<CloudPlan, ProcessError> {
@@ -379,8 +379,8 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let desired = policy::evaluate(&self.policy, &identity);
         let desired_cloud = self.desired_cloud(&identity);
         let (plan, cloud) = futures::join!(
-            self.compute_plan(&identity.key, &desired, false),
-            self.compute_cloud_plan(&identity.key, &desired_cloud, false)
+            self.compute_plan(&identity, &desired, false),
+            self.compute_cloud_plan(&identity, &desired_cloud, false)
         );
         Ok(PlanReport {
             identity,
@@ -396,7 +396,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
     /// `gatehouse plan`, which changes nothing).
     pub async fn compute_plan(
         &self,
-        person: &str,
+        person: &Identity,
         desired: &DesiredLooker,
         persist: bool,
     ) -> Result<Plan, ProcessError> {
@@ -439,14 +439,17 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                 looker,
                 RESOLUTION_RULE,
                 search(&email),
-                &CallOutcome::Withheld { reason: reason.clone() },
+                &CallOutcome::Withheld {
+                    reason: reason.clone(),
+                },
             );
             self.store.append_ledger(&[row]).await?;
         }
         if let Some(reason) = &plan.resolution.unresolved {
             tracing::warn!(target_name = %looker, subject = %run.ctx.subject, envelope_id = %run.ctx.envelope_id,
                 %reason, "offboarding not resolved: dead-lettering the event for an operator");
-            metrics::counter!("gatehouse_unresolved_offboardings_total", "target" => looker.as_str()).increment(1);
+            metrics::counter!("gatehouse_unresolved_offboardings_total", "target" => looker.as_str())
+                .increment(1);
             let row = targets::ledger_row(
                 run.ctx,
                 looker,
@@ -601,8 +604,8 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         // The screen learns what it needs (once in a while) beside the reads, not after them.
         let (plan, cloud_plan) = async {
             let (p, c, ()) = futures::join!(
-                self.compute_plan(&identity.key, &desired, true),
-                self.compute_cloud_plan(&identity.key, &desired_cloud, true),
+                self.compute_plan(&identity, &desired, true),
+                self.compute_cloud_plan(&identity, &desired_cloud, true),
                 self.screen.prepare()
             );
             (p, c)
@@ -727,15 +730,17 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
     /// (reported as duplicates).
     pub async fn resolve_looker(
         &self,
-        person: &str,
+        identity: &Identity,
         email: Option<&str>,
         needs: &ReadNeeds,
     ) -> Result<(Option<LookerUser>, Vec<LookerUser>), ProcessError> {
         let looker = TargetName::LOOKER.as_str();
+        let person = identity.key.as_str();
         let accounts = self.store.account_links(looker, person).await?;
         let link = gatehouse_domain::target::Link {
             person: person.to_string(),
             accounts,
+            previous_emails: identity.previous_emails.clone(),
         };
         let (found, _gone) = self.looker.resolve(email, &link, needs, false).await?;
         let linked = found.iter().any(|(u, _)| link.accounts.contains(&u.id));
@@ -750,7 +755,9 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             return Ok((None, std::iter::once(first).chain(others).collect()));
         }
         if !link.accounts.contains(&first.id) {
-            self.store.link_accounts(looker, person, &[first.id.clone()]).await?;
+            self.store
+                .link_accounts(looker, person, &[first.id.clone()])
+                .await?;
         }
         Ok((Some(first), others))
     }
@@ -798,8 +805,8 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let desired = policy::evaluate(&self.policy, identity);
         let desired_cloud = self.desired_cloud(identity);
         let (plan, cloud_plan) = futures::join!(
-            self.compute_plan(&identity.key, &desired, true),
-            self.compute_cloud_plan(&identity.key, &desired_cloud, true)
+            self.compute_plan(&identity, &desired, true),
+            self.compute_cloud_plan(&identity, &desired_cloud, true)
         );
         let (plan, cloud_plan) = (plan?, cloud_plan?);
         let ctx = Ctx {

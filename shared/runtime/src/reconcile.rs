@@ -246,20 +246,20 @@ where
         progress.phase("read looker", identities.len());
         let catalog = engine.catalog().await?;
         reads.looker += 1;
-        let emails: Vec<(String, String, Presence, gatehouse_domain::looker::ReadNeeds)> = identities
+        let emails: Vec<(Identity, String, Presence, gatehouse_domain::looker::ReadNeeds)> = identities
             .iter()
             .filter_map(|id| {
                 let d = policy::evaluate(policy, id);
                 let needs = plan::read_needs(&d, &catalog);
-                d.email.map(|e| (id.key.clone(), e, d.presence, needs))
+                d.email.map(|e| (id.clone(), e, d.presence, needs))
             })
             .collect();
         // Each person through their link first (issue 16), linking whom their email finds.
         let found: Vec<Result<Found, ProcessError>> =
-            futures::stream::iter(emails.into_iter().map(|(key, e, _, needs)| async move {
-                let (u, others) = engine.resolve_looker(&key, Some(&e), &needs).await?;
+            futures::stream::iter(emails.into_iter().map(|(id, e, _, needs)| async move {
+                let (u, others) = engine.resolve_looker(&id, Some(&e), &needs).await?;
                 for o in &others {
-                    tracing::warn!(subject = %key, looker_user = %o.id, "duplicate looker user of one person");
+                    tracing::warn!(subject = %id.key, looker_user = %o.id, "duplicate looker user of one person");
                     metrics::counter!("gatehouse_reconcile_duplicate_users_total").increment(1);
                 }
                 progress.advance(1);

@@ -412,9 +412,13 @@ pub(crate) async fn looker_calls_add_up_per_month<S: LookerCallCounts>(s: S) {
 pub(crate) async fn account_links_are_durable_per_target_and_person<S: StateStore>(s: S) {
     assert!(s.account_links("looker", "00u1").await.unwrap().is_empty());
     s.link_accounts("looker", "00u1", &["101".into()]).await.unwrap();
-    s.link_accounts("looker", "00u1", &["101".into(), "7".into()]).await.unwrap();
+    s.link_accounts("looker", "00u1", &["101".into(), "7".into()])
+        .await
+        .unwrap();
     s.link_accounts("looker", "00u1", &[]).await.unwrap();
-    s.link_accounts("aws", "00u1", &["john.doe".into()]).await.unwrap();
+    s.link_accounts("aws", "00u1", &["john.doe".into()])
+        .await
+        .unwrap();
     s.link_accounts("looker", "00u2", &["102".into()]).await.unwrap();
     assert_eq!(s.account_links("looker", "00u1").await.unwrap(), vec!["101", "7"]);
     assert_eq!(s.account_links("aws", "00u1").await.unwrap(), vec!["john.doe"]);

@@ -130,7 +130,9 @@ impl<L: LookerPort> LookerTarget<L> {
 
     /// Every user with the email in any case, with retries (none without a client).
     pub async fn find_users(&self, email: &str, needs: &ReadNeeds) -> Result<Vec<LookerUser>, LookerError> {
-        let Some(l) = &self.client else { return Ok(Vec::new()) };
+        let Some(l) = &self.client else {
+            return Ok(Vec::new());
+        };
         retry_read(
             &self.retry,
             |e: &LookerError| e.kind == ErrorKind::NotFound,
@@ -146,8 +148,8 @@ impl<L: LookerPort> LookerTarget<L> {
     }
 
     /// Resolve a person (issue 16): their linked users that still exist first; then, when none
-    /// is linked or `every` (offboarding: every account of theirs is closed), the users with
-    /// their email in any case. Returns the accounts found (linked first, each once), how each
+    /// is found or `every` (offboarding: every account of theirs is closed), the users with
+    /// their email in any case, then those with one of their previous emails. Returns the accounts found (linked first, each once), how each
     /// was found, and the linked ids Looker no longer has.
     pub async fn resolve(
         &self,
@@ -156,7 +158,8 @@ impl<L: LookerPort> LookerTarget<L> {
         needs: &ReadNeeds,
         every: bool,
     ) -> Result<(Vec<(LookerUser, String)>, Vec<String>), LookerError> {
-        let linked = futures::future::try_join_all(link.accounts.iter().map(|id| self.user(id, needs))).await?;
+        let linked =
+            futures::future::try_join_all(link.accounts.iter().map(|id| self.user(id, needs))).await?;
         let mut found: Vec<(LookerUser, String)> = Vec::new();
         let mut gone = Vec::new();
         for (id, u) in link.accounts.iter().zip(linked) {
@@ -175,6 +178,18 @@ impl<L: LookerPort> LookerTarget<L> {
                         u.id,
                         u.email.as_deref().unwrap_or(email)
                     );
+                    found.push((u, how));
+                }
+            }
+        }
+        // The person's earlier emails the directory knows: a renamed person's unlinked user.
+        for previous in &link.previous_emails {
+            if !(found.is_empty() || every) {
+                break;
+            }
+            for u in self.find_users(previous, needs).await? {
+                if !found.iter().any(|(f, _)| f.id == u.id) {
+                    let how = format!("looker user {} by the person's previous email {previous}", u.id);
                     found.push((u, how));
                 }
             }
@@ -280,51 +295,7 @@ impl<L: LookerPort> Target for LookerTarget<L> {
     }
 
     fn diff(&self, desired: &DesiredLooker, actual: &LookerActual) -> Plan {
-        let cat = actual.catalog.as_ref();
-        let offboarding = matches!(desired.presence, Presence::Offboarded { .. });
-        if !actual.ambiguous.is_empty() {
-            let why = format!(
-                "several looker users could be this person and none is linked to them ({}); not guessing: link one (or merge them) and replay",
-                actual.ambiguous.join("; ")
-            );
-            let mut p = plan::diff(desired, &Actual::Absent, cat);
-            p.steps.clear();
-            p.user = UserRef::Email(desired.email.clone().unwrap_or_default());
-            p.notes = vec![why.clone()];
-            p.resolution.refused = Some(why);
-            return p;
-        }
-        let mut p = plan::diff(desired, &actual.user, cat);
-        let mut r = Resolution {
-            how: actual.how.clone(),
-            ..Resolution::default()
-        };
-        if offboarding {
-            r.others = actual
-                .others
-                .iter()
-                .map(|o| plan::diff(desired, &Actual::Present(o.clone()), cat))
-                .collect();
-            if !actual.lost_links.is_empty() {
-                r.unresolved = Some(format!(
-                    "the person was linked to looker user(s) {} and none exists now, nor any user with their email: offboarding cannot be confirmed",
-                    actual.lost_links.join(", ")
-                ));
-            }
-        } else {
-            r.duplicates = actual
-                .others
-                .iter()
-                .map(|o| {
-                    format!(
-                        "looker user {} ({}) also looks like this person; not changed",
-                        o.id,
-                        o.email.as_deref().unwrap_or("no email")
-                    )
-                })
-                .collect();
-        }
-        p.resolution = r;
+        let mut p = plan_for(desired, actual);
         if let (Some(content), Some(domains)) = (&actual.deliveries, &self.delivery_domains) {
             p.steps.extend(handover::outside_delivery_steps(content, domains));
         }
@@ -396,5 +367,183 @@ impl<L: LookerPort> Target for LookerTarget<L> {
                 status: None,
             }),
         }
+    }
+}
+
+/// The plan for one person from what their resolution found (pure): refused when several
+/// candidates and no link; the person's user's plan, plus one per other account of theirs when
+/// they are offboarded (their duplicates reported otherwise); unresolved when an offboarding
+/// found no account of a person linked before.
+pub fn plan_for(desired: &DesiredLooker, actual: &LookerActual) -> Plan {
+    let cat = actual.catalog.as_ref();
+    let offboarding = matches!(desired.presence, Presence::Offboarded { .. });
+    if !actual.ambiguous.is_empty() {
+        let why = format!(
+            "several looker users could be this person and none is linked to them ({}); not guessing: link one (or merge them) and replay",
+            actual.ambiguous.join("; ")
+        );
+        let mut p = plan::diff(desired, &Actual::Absent, cat);
+        p.steps.clear();
+        p.user = UserRef::Email(desired.email.clone().unwrap_or_default());
+        p.notes = vec![why.clone()];
+        p.resolution.refused = Some(why);
+        return p;
+    }
+    let mut p = plan::diff(desired, &actual.user, cat);
+    let mut r = Resolution {
+        how: actual.how.clone(),
+        ..Resolution::default()
+    };
+    if offboarding {
+        r.others = actual
+            .others
+            .iter()
+            .map(|o| plan::diff(desired, &Actual::Present(o.clone()), cat))
+            .collect();
+        if !actual.lost_links.is_empty() {
+            r.unresolved = Some(format!(
+                "the person was linked to looker user(s) {} and none exists now, nor any user with their email: offboarding cannot be confirmed",
+                actual.lost_links.join(", ")
+            ));
+        }
+    } else {
+        r.duplicates = actual
+            .others
+            .iter()
+            .map(|o| {
+                format!(
+                    "looker user {} ({}) also looks like this person; not changed",
+                    o.id,
+                    o.email.as_deref().unwrap_or("no email")
+                )
+            })
+            .collect();
+    }
+    p.resolution = r;
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn desired(presence: Presence) -> DesiredLooker {
+        DesiredLooker {
+            email: Some("john.d@example.com".into()),
+            first_name: None,
+            last_name: None,
+            presence,
+            groups: Default::default(),
+            roles: Default::default(),
+            attributes: Default::default(),
+            managed_groups: BTreeSet::new(),
+            managed_roles: BTreeSet::new(),
+            managed_attributes: BTreeSet::new(),
+        }
+    }
+
+    fn offboarded() -> Presence {
+        Presence::Offboarded {
+            disable: true,
+            revoke_sessions: true,
+            revoke_api_keys: true,
+            delete_after_days: None,
+        }
+    }
+
+    fn user(id: &str, email: &str) -> LookerUser {
+        LookerUser {
+            id: id.into(),
+            is_disabled: false,
+            email: Some(email.into()),
+            group_ids: Default::default(),
+            session_ids: vec![format!("s{id}")],
+            api3_key_ids: vec![],
+            direct_role_ids: None,
+            user_attribute_values: None,
+        }
+    }
+
+    fn found(users: &[LookerUser]) -> LookerActual {
+        let mut a = LookerActual::of(Some(Catalog::default()), Actual::Present(users[0].clone()));
+        a.others = users[1..].to_vec();
+        a.how = users.iter().map(|u| format!("looker user {}", u.id)).collect();
+        a
+    }
+
+    #[test]
+    fn offboarding_plans_every_account_of_the_person() {
+        let a = found(&[
+            user("101", "john.doe@example.com"),
+            user("1002", "john.d@example.com"),
+        ]);
+        let p = plan_for(&desired(offboarded()), &a);
+        assert_eq!(p.user, UserRef::Id("101".into()));
+        assert_eq!(p.resolution.others.len(), 1);
+        let other = &p.resolution.others[0];
+        assert_eq!(other.user, UserRef::Id("1002".into()));
+        for plan in [&p, other] {
+            assert!(
+                plan.steps
+                    .iter()
+                    .any(|s| s.op == LookerOp::SetDisabled { disabled: true })
+            );
+            assert!(
+                plan.steps
+                    .iter()
+                    .any(|s| matches!(s.op, LookerOp::DeleteSession { .. }))
+            );
+        }
+        assert!(
+            p.render_text().contains("other looker user 1002"),
+            "{}",
+            p.render_text()
+        );
+    }
+
+    #[test]
+    fn onboarding_acts_on_the_person_user_and_reports_the_others() {
+        let a = found(&[
+            user("101", "john.d@example.com"),
+            user("1002", "john.d@example.com"),
+        ]);
+        let p = plan_for(&desired(Presence::Active { create: true }), &a);
+        assert!(p.resolution.others.is_empty());
+        assert_eq!(p.resolution.duplicates.len(), 1, "{p:?}");
+        assert!(p.resolution.duplicates[0].contains("1002"));
+    }
+
+    #[test]
+    fn several_candidates_and_no_link_are_refused_not_guessed() {
+        let mut a = LookerActual::of(Some(Catalog::default()), Actual::Absent);
+        a.ambiguous = vec![
+            "looker user 101 by its email".into(),
+            "looker user 102 by its email".into(),
+        ];
+        let p = plan_for(&desired(Presence::Active { create: true }), &a);
+        assert!(p.steps.is_empty(), "no create, no change: {p:?}");
+        let why = p.resolution.refused.as_deref().unwrap_or_default();
+        assert!(why.contains("101") && why.contains("102"), "{why}");
+    }
+
+    #[test]
+    fn an_offboarding_that_finds_no_account_of_a_linked_person_is_unresolved() {
+        let mut a = LookerActual::of(Some(Catalog::default()), Actual::Absent);
+        a.lost_links = vec!["101".into()];
+        let p = plan_for(&desired(offboarded()), &a);
+        assert!(
+            p.resolution
+                .unresolved
+                .as_deref()
+                .is_some_and(|w| w.contains("101")),
+            "{p:?}"
+        );
+        // Never linked: nothing to confirm, a note as before.
+        let p = plan_for(
+            &desired(offboarded()),
+            &LookerActual::of(Some(Catalog::default()), Actual::Absent),
+        );
+        assert!(p.resolution.unresolved.is_none());
     }
 }

@@ -186,16 +186,17 @@ impl<A> LinkedRead<A> {
 pub async fn read_linked<T: Target, S: StateStore>(
     target: &T,
     desired: &T::Desired,
-    person: &str,
+    person: &gatehouse_domain::identity::Identity,
     store: &S,
 ) -> Result<LinkedRead<T::Actual>, ReadError<T::Error>> {
     let accounts = store
-        .account_links(target.name().as_str(), person)
+        .account_links(target.name().as_str(), &person.key)
         .await
         .map_err(ReadError::Links)?;
     let link = Link {
-        person: person.to_string(),
+        person: person.key.clone(),
         accounts,
+        previous_emails: person.previous_emails.clone(),
     };
     let actual = target.read(desired, &link).await.map_err(ReadError::Target)?;
     let new_links = target
@@ -576,14 +577,16 @@ where
             let Some(desired) = self.desired(policy, identity, now) else {
                 return Ok(Applied::default());
             };
-            let read = read_linked(self, &desired, &identity.key, run.store)
+            let read = read_linked(self, &desired, identity, run.store)
                 .await
                 .map_err(|e| match e {
                     ReadError::Target(e) => TargetFailure::of(name, e),
                     ReadError::Links(e) => TargetFailure::Ledger(e),
                 })?;
             if mode == Mode::Apply {
-                read.persist(run.store, name).await.map_err(TargetFailure::Ledger)?;
+                read.persist(run.store, name)
+                    .await
+                    .map_err(TargetFailure::Ledger)?;
             }
             let plan = self.diff(&desired, &read.actual);
             apply(self, &plan, mode, run).await.map_err(|e| match e {

@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::looker::{ErrorKind, HttpCall, Method};
 use gatehouse_domain::policy::Policy;
-use gatehouse_domain::target::{CallOutcome, Link, Failure, Order, Planned, SendError, Sent, Target, TargetName};
+use gatehouse_domain::target::{
+    CallOutcome, Failure, Link, Order, Planned, SendError, Sent, Target, TargetName,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
