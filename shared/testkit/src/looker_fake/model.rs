@@ -1932,13 +1932,22 @@ mod tests {
         assert_eq!(call(&mut st, &tok, "GET", "/user", None).status, 200);
         let key = st.users[&admin].api3[0].id;
         let other = st.add_api3_key(&admin.to_string());
-        let r = call(&mut st, &tok, "DELETE", &format!("/users/{admin}/credentials_api3/{key}"), None);
+        let r = call(
+            &mut st,
+            &tok,
+            "DELETE",
+            &format!("/users/{admin}/credentials_api3/{key}"),
+            None,
+        );
         assert_eq!(r.status, 204, "{r:?}");
         assert_eq!(call(&mut st, &tok, "GET", "/user", None).status, 401);
         let r = st.dispatch(&Request {
             method: "POST".into(),
             path: "/api/4.0/login".into(),
-            query: format!("client_id={}&client_secret={}", st.admin_client_id, st.admin_client_secret),
+            query: format!(
+                "client_id={}&client_secret={}",
+                st.admin_client_id, st.admin_client_secret
+            ),
             ..Request::default()
         });
         assert_eq!(r.status, 404, "the deleted key cannot log in");
