@@ -1933,6 +1933,44 @@ mod tests {
         assert_eq!(get(&mut st, Some(format!("token {tok}"))).status, 200);
     }
 
+    /// As in Looker: a token lives only as long as the API3 key it was issued for.
+    #[test]
+    fn deleting_the_key_ends_its_tokens_and_its_logins() {
+        let mut st = state();
+        let tok = token(&mut st);
+        let admin = st.admin_user;
+        assert_eq!(call(&mut st, &tok, "GET", "/user", None).status, 200);
+        let key = st.users[&admin].api3[0].id;
+        let other = st.add_api3_key(&admin.to_string());
+        let r = call(
+            &mut st,
+            &tok,
+            "DELETE",
+            &format!("/users/{admin}/credentials_api3/{key}"),
+            None,
+        );
+        assert_eq!(r.status, 204, "{r:?}");
+        assert_eq!(call(&mut st, &tok, "GET", "/user", None).status, 401);
+        let r = st.dispatch(&Request {
+            method: "POST".into(),
+            path: "/api/4.0/login".into(),
+            query: format!(
+                "client_id={}&client_secret={}",
+                st.admin_client_id, st.admin_client_secret
+            ),
+            ..Request::default()
+        });
+        assert_eq!(r.status, 404, "the deleted key cannot log in");
+        let (id, secret) = st.api3_credentials(&other).unwrap();
+        let r = st.dispatch(&Request {
+            method: "POST".into(),
+            path: "/api/4.0/login".into(),
+            query: format!("client_id={id}&client_secret={secret}"),
+            ..Request::default()
+        });
+        assert_eq!(r.status, 200, "another key of the same user still works");
+    }
+
     #[test]
     fn non_admin_keys_log_in_but_get_403() {
         let mut st = state();
