@@ -154,7 +154,7 @@ async fn before_the_deletion_everything_is_handed_over_and_nothing_lands_in_tras
     let calls = fake.calls();
     let delete = calls
         .iter()
-        .find(|c| c.method == "DELETE" && c.path == format!("/api/4.0/users/{}", j.id))
+        .find(|c| c.method == "DELETE" && c.path == format!("/users/{}", j.id))
         .expect("delete sent");
     let handover: Vec<_> = calls
         .iter()
@@ -210,7 +210,7 @@ async fn without_a_configured_handover_the_deletion_is_withheld_and_nothing_is_l
         !fake
             .calls()
             .iter()
-            .any(|c| c.method == "DELETE" && c.path == format!("/api/4.0/users/{}", j.id))
+            .any(|c| c.method == "DELETE" && c.path == format!("/users/{}", j.id))
     );
     app.stop().await;
 }

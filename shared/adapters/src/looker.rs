@@ -159,7 +159,7 @@ fn err(kind: ErrorKind, status: Option<u16>, message: impl Into<String>) -> Look
     }
 }
 
-fn permanent(message: impl Into<String>) -> LookerError {
+pub(crate) fn permanent(message: impl Into<String>) -> LookerError {
     err(ErrorKind::Permanent, None, message)
 }
 

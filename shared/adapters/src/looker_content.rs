@@ -2,7 +2,7 @@
 //! read only when a plan needs it (offboarding: 2 calls; before a deletion: 5 calls; each further
 //! page of 500 alerts one more). Every id read is checked before it can become a path segment.
 
-use crate::looker::{LookerClient, bad_body, check_segment};
+use crate::looker::{LookerClient, bad_body, check_segment, permanent};
 use gatehouse_domain::handover::{AlertInfo, ContentNeeds, LookerContent, ScheduledPlanInfo};
 use gatehouse_domain::looker::LookerError;
 use serde::Deserialize;
@@ -156,7 +156,7 @@ impl LookerClient {
         user_id: &str,
         needs: ContentNeeds,
     ) -> Result<LookerContent, LookerError> {
-        check_segment(user_id).map_err(|m| bad_body("/users/{id}", m))?;
+        check_segment(user_id).map_err(permanent)?;
         let folder = async {
             if needs != ContentNeeds::Everything {
                 return Ok((None, Vec::new(), Vec::new()));
