@@ -1593,6 +1593,8 @@ async fn patch_of_the_whole_enterprise_extension_over_http() {
     .await;
     let got = call(&app, Method::GET, &path, None).await;
     assert_eq!(got.body[ENTERPRISE], json!({"division": "North"}));
+    app.stop().await;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Issue 16: a rename over SCIM follows the person's Looker user; no second user.
