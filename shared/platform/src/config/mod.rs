@@ -2,6 +2,7 @@
 //! environment is injected as a lookup function, so tests never set real variables. Every error
 //! names the field (or variable) at fault; binaries exit 64 on it.
 
+mod breaker;
 mod cloud;
 mod generic;
 mod google;
@@ -14,6 +15,7 @@ mod server;
 mod state;
 mod telemetry;
 
+pub use breaker::{BreakerConfig, Limits as BreakerLimits, SafetyBreaker};
 pub use cloud::{AwsConfig, AwsUserMappingConfig, GcpConfig, GcpTokenSource, Mode, Modes, ReconcileConfig};
 pub use generic::GenericConfig;
 pub use google::GoogleConfig;
@@ -102,6 +104,9 @@ pub struct Config {
     /// Who may be onboarded and granted anything (`[identity]`).
     #[serde(default)]
     pub identity: IdentityConfig,
+    /// Safety rails (`[safety]`); `[safety.breaker]`: the mass-change circuit breaker.
+    #[serde(default)]
+    pub safety: SafetyBreaker,
 }
 
 /// `[identity]`: limits on the people any intake may bring in.
@@ -641,6 +646,9 @@ impl Config {
         self.looker.budget.validate()?;
         self.telemetry.validate()?;
         self.server.validate()?;
+        if let Some(b) = &self.safety.breaker {
+            b.validate()?;
+        }
         if self.admin_listen == self.listen && self.listen.port() != 0 {
             return Err(ConfigError::new(
                 "admin_listen",
