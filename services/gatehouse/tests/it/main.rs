@@ -8,6 +8,7 @@ mod crash;
 mod ops;
 mod queues;
 mod rotate;
+mod safety;
 mod traces;
 
 /// A port free right now on loopback.
