@@ -48,7 +48,10 @@ fn vars(data: &Path, fake: &FakeLooker) -> Vec<(String, String)> {
         ("GATEHOUSE_DATA_DIR".into(), data.display().to_string()),
         ("GATEHOUSE_LOOKER_URL".into(), fake.base_url()),
         ("GATEHOUSE_LOOKER_CLIENT_ID".into(), fake.client_id().into()),
-        ("GATEHOUSE_LOOKER_CLIENT_SECRET".into(), fake.client_secret().into()),
+        (
+            "GATEHOUSE_LOOKER_CLIENT_SECRET".into(),
+            fake.client_secret().into(),
+        ),
     ]
 }
 
@@ -150,13 +153,19 @@ async fn fifty_offboardings_past_a_limit_of_twenty_are_held_across_a_restart_unt
         db.publish(&burst).await.unwrap();
         let fates = process_all(&cfg, &db).await;
         assert_eq!(fates.len(), 50);
-        let held = fates.iter().filter(|f| **f == Disposition::Acked(Handled::Held)).count();
+        let held = fates
+            .iter()
+            .filter(|f| **f == Disposition::Acked(Handled::Held))
+            .count();
         let applied = fates
             .iter()
             .filter(|f| matches!(f, Disposition::Acked(Handled::Applied { .. })))
             .count();
         assert_eq!((applied, held), (20, 30), "{fates:?}");
-        assert!(db.dead_letters().await.unwrap().is_empty(), "nothing dead-lettered");
+        assert!(
+            db.dead_letters().await.unwrap().is_empty(),
+            "nothing dead-lettered"
+        );
         db.close().await;
     }
     let disabled = || users.iter().filter(|u| fake.user(u).unwrap().is_disabled).count();
@@ -169,7 +178,10 @@ async fn fifty_offboardings_past_a_limit_of_twenty_are_held_across_a_restart_unt
     assert_eq!(trips.len(), 1, "{s}");
     assert_eq!(trips[0]["kind"], "offboarding");
     assert_eq!(trips[0]["scope"], "*");
-    assert_eq!((trips[0]["count"].as_u64(), trips[0]["limit"].as_u64()), (Some(21), Some(20)));
+    assert_eq!(
+        (trips[0]["count"].as_u64(), trips[0]["limit"].as_u64()),
+        (Some(21), Some(20))
+    );
     {
         let db = Sqlite::open(&data).await.unwrap();
         assert!(process_all(&cfg, &db).await.is_empty());
@@ -194,6 +206,13 @@ async fn fifty_offboardings_past_a_limit_of_twenty_are_held_across_a_restart_unt
         31
     );
 
+    let held_order: Vec<String> = status(&cfg_file, &vars)["held"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["envelope_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(held_order.len(), 31);
     // A person releases: every held change applied in order, exactly once.
     let (code, out, err) = run(&cfg_file, &vars, &["safety", "release", "--actor", "ops-anna"]);
     assert_eq!(code, Some(0), "{out}{err}");
@@ -215,11 +234,15 @@ async fn fifty_offboardings_past_a_limit_of_twenty_are_held_across_a_restart_unt
         .expect("the release decision is ledgered");
     assert_eq!(decision.entry.call.body.as_ref().unwrap()["actor"], "ops-anna");
     // Release order is hold order: the held changes' writes follow their hold sequence.
-    let first_write = |id: &str| rows.iter().position(|r| r.entry.envelope_id == id && r.entry.target == "looker");
-    let order: Vec<_> = (20..50)
-        .map(|i| first_write(&format!("okta:default:off-{i}")).unwrap())
-        .collect();
-    assert!(order.windows(2).all(|w| w[0] < w[1]), "released in the order held");
+    let first_write = |id: &str| {
+        rows.iter()
+            .position(|r| r.entry.envelope_id == id && r.entry.target == "looker")
+    };
+    let order: Vec<_> = held_order.iter().map(|id| first_write(id).unwrap()).collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "released in the order held"
+    );
 
     // Releasing again finds nothing; nothing is applied twice.
     let (code, out, _) = run(&cfg_file, &vars, &["safety", "release", "--actor", "ops-anna"]);
@@ -260,15 +283,25 @@ async fn discarded_changes_are_never_applied_even_when_delivered_again() {
     assert_eq!(s["trips"][0]["scope"], "okta", "a per-source trip: {s}");
 
     // Discarding another source's changes leaves these held.
-    let (code, out, err) = run(&cfg_file, &vars, &["safety", "discard", "--source", "scim", "--actor", "ops"]);
+    let (code, out, err) = run(
+        &cfg_file,
+        &vars,
+        &["safety", "discard", "--source", "scim", "--actor", "ops"],
+    );
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("0 held change(s) dropped"), "{out}");
-    let (code, out, err) = run(&cfg_file, &vars, &["safety", "discard", "--source", "okta", "--actor", "ops"]);
+    let (code, out, err) = run(
+        &cfg_file,
+        &vars,
+        &["safety", "discard", "--source", "okta", "--actor", "ops"],
+    );
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("3 held change(s) dropped"), "{out}");
     let rows = ledger(&data).await;
     assert_eq!(
-        rows.iter().filter(|r| r.entry.status == "discarded by ops").count(),
+        rows.iter()
+            .filter(|r| r.entry.status == "discarded by ops")
+            .count(),
         3
     );
     let s = status(&cfg_file, &vars);
@@ -278,8 +311,20 @@ async fn discarded_changes_are_never_applied_even_when_delivered_again() {
     let writes = fake.write_calls();
     db.publish(&burst).await.unwrap();
     let fates = process_all(&cfg, &db).await;
-    assert_eq!(fates.iter().filter(|f| **f == Disposition::Acked(Handled::Held)).count(), 3);
-    assert_eq!(fates.iter().filter(|f| **f == Disposition::Acked(Handled::Duplicate)).count(), 2);
+    assert_eq!(
+        fates
+            .iter()
+            .filter(|f| **f == Disposition::Acked(Handled::Held))
+            .count(),
+        3
+    );
+    assert_eq!(
+        fates
+            .iter()
+            .filter(|f| **f == Disposition::Acked(Handled::Duplicate))
+            .count(),
+        2
+    );
     assert_eq!(disabled(), 2);
     assert_eq!(fake.write_calls(), writes);
     db.close().await;
@@ -305,7 +350,11 @@ async fn offboard_closes_a_person_now_and_a_stale_activate_does_not_reopen_them(
         "[offboarding]\nrevoke_sessions = false\nrevoke_api_keys = false\n",
     )
     .unwrap();
-    std::fs::write(&cfg_file, format!("policy = {:?}\n{BREAKER}", policy.display().to_string())).unwrap();
+    std::fs::write(
+        &cfg_file,
+        format!("policy = {:?}\n{BREAKER}", policy.display().to_string()),
+    )
+    .unwrap();
     let vars = vars(&data, &fake);
     let cfg = config(&cfg_file, &vars);
     let t0 = Utc::now() - Span::minutes(10);
@@ -320,7 +369,14 @@ async fn offboard_closes_a_person_now_and_a_stale_activate_does_not_reopen_them(
     let (code, out, err) = run(
         &cfg_file,
         &vars,
-        &["offboard", &email(1).to_uppercase(), "--reason", "stolen laptop", "--actor", "sec-oncall"],
+        &[
+            "offboard",
+            &email(1).to_uppercase(),
+            "--reason",
+            "stolen laptop",
+            "--actor",
+            "sec-oncall",
+        ],
     );
     assert_eq!(code, Some(0), "{out}{err}");
     let u = fake.user(&uid).unwrap();
@@ -334,8 +390,14 @@ async fn offboard_closes_a_person_now_and_a_stale_activate_does_not_reopen_them(
         .find(|r| r.entry.rule == "safety.offboard")
         .expect("the offboarding is ledgered");
     let body = decision.entry.call.body.as_ref().unwrap();
-    assert_eq!((&body["actor"], &body["reason"]), (&"sec-oncall".into(), &"stolen laptop".into()));
-    assert_eq!(decision.entry.subject, "okta:00u1", "the person the directory knows");
+    assert_eq!(
+        (&body["actor"], &body["reason"]),
+        (&"sec-oncall".into(), &"stolen laptop".into())
+    );
+    assert_eq!(
+        decision.entry.subject, "okta:00u1",
+        "the person the directory knows"
+    );
     // Every write went out under the offboarding's own envelope.
     assert!(
         rows.iter()
@@ -345,9 +407,14 @@ async fn offboard_closes_a_person_now_and_a_stale_activate_does_not_reopen_them(
 
     // An IdP "activate" dated before the offboarding (a delayed delivery) does not re-enable.
     let writes = fake.write_calls();
-    db.publish(&[okta(1, "act-late", IdentityEvent::UserActivated, t0 + Span::minutes(5))])
-        .await
-        .unwrap();
+    db.publish(&[okta(
+        1,
+        "act-late",
+        IdentityEvent::UserActivated,
+        t0 + Span::minutes(5),
+    )])
+    .await
+    .unwrap();
     let fates = process_all(&cfg, &db).await;
     assert_eq!(fates.len(), 1);
     assert!(fake.user(&uid).unwrap().is_disabled, "{fates:?}");
