@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use gatehouse_adapters::looker::{LookerClient, LookerConfig};
 use gatehouse_adapters::sqlite::Sqlite;
+use gatehouse_domain::breaker::{AdmitLimits, Change, HeldChange, Settle, Trip, Verdict};
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, GroupRef, IdentityEvent, Profile, Source, Subject};
 use gatehouse_domain::ledger_chain::ChainHead;
 use gatehouse_domain::policy::{self, Policy};
@@ -271,6 +272,21 @@ impl StateStore for HeldCommit {
         accounts: &[String],
     ) -> Result<(), BackendError> {
         self.inner.link_accounts(target, person, accounts).await
+    }
+    async fn breaker_admit(&self, c: &Change, l: &AdmitLimits) -> Result<Verdict, BackendError> {
+        self.inner.breaker_admit(c, l).await
+    }
+    async fn breaker_trips(&self) -> Result<Vec<Trip>, BackendError> {
+        self.inner.breaker_trips().await
+    }
+    async fn breaker_held(&self, source: Option<&str>) -> Result<Vec<HeldChange>, BackendError> {
+        self.inner.breaker_held(source).await
+    }
+    async fn breaker_settle(&self, seq: i64, d: Settle, actor: &str) -> Result<(), BackendError> {
+        self.inner.breaker_settle(seq, d, actor).await
+    }
+    async fn breaker_reset(&self, source: Option<&str>) -> Result<Vec<Trip>, BackendError> {
+        self.inner.breaker_reset(source).await
     }
 }
 

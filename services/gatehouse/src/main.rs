@@ -66,6 +66,26 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// The mass-change circuit breaker (`[safety.breaker]`): what it holds, and a person's decision.
+    Safety {
+        #[command(subcommand)]
+        command: SafetyCommand,
+        /// Who decides (recorded in the ledger); default: the OS user.
+        #[arg(long, global = true)]
+        actor: Option<String>,
+    },
+    /// Offboard a person everywhere now (every target, account, session and key), whatever
+    /// the identity provider says; ledgered with the operator and the reason.
+    Offboard {
+        /// The person's email.
+        email: String,
+        /// Why (recorded in the ledger).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Who runs it (recorded in the ledger); default: the OS user.
+        #[arg(long)]
+        actor: Option<String>,
+    },
     /// Rotate a declared secret now (create → set → test → finish); the old credential is
     /// revoked after its grace period by the running rotator.
     Rotate {
@@ -91,6 +111,28 @@ enum AuditCommand {
     /// Check the hash chain: exit 0 when intact, else name the first altered, removed or
     /// reordered row and exit 1.
     Verify,
+}
+
+#[derive(Subcommand)]
+enum SafetyCommand {
+    /// Trips and held changes, oldest first.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Close the trips and apply the held changes in the order they were held, each once.
+    Release {
+        /// Only this source's trips and changes (e.g. `okta`).
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Close the trips and drop the held changes unapplied.
+    Discard {
+        /// Only this source's trips and changes (e.g. `okta`).
+        #[arg(long)]
+        source: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -185,6 +227,17 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
         Command::Plan {
             event: None, json, ..
         } => plan_all(&cfg, json).await,
+        Command::Safety { command, actor } => {
+            let action = match command {
+                SafetyCommand::Status { json } => ops::SafetyAction::Status { json },
+                SafetyCommand::Release { source } => ops::SafetyAction::Release(source),
+                SafetyCommand::Discard { source } => ops::SafetyAction::Discard(source),
+            };
+            ops::safety(&cfg, action, actor.as_deref()).await
+        }
+        Command::Offboard { email, reason, actor } => {
+            ops::offboard(&cfg, &email, reason.as_deref(), actor.as_deref()).await
+        }
         Command::Rotate { secret, dry_run } => rotate(&cfg, &secret, dry_run).await,
         Command::Reconcile { apply, json } => reconcile(&cfg, apply, json).await,
         Command::Audit {

@@ -161,3 +161,136 @@ async fn run_dlq(dl: &DeadLetters, action: DlqAction) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// What `gatehouse safety` does.
+pub enum SafetyAction {
+    Status { json: bool },
+    Release(Option<String>),
+    Discard(Option<String>),
+}
+
+/// The operator: `--actor`, else the OS user; refused when neither names anyone.
+fn actor(explicit: Option<&str>) -> anyhow::Result<String> {
+    gatehouse_runtime::breaker::actor(explicit, |k| std::env::var(k).ok()).ok_or_else(|| {
+        AppError::Config(ConfigError::new(
+            "--actor",
+            "is required: no OS user (USER, LOGNAME) names who runs this",
+        ))
+        .into()
+    })
+}
+
+/// `gatehouse safety status|release|discard`.
+pub async fn safety(cfg: &Config, action: SafetyAction, actor_flag: Option<&str>) -> anyhow::Result<()> {
+    use gatehouse_runtime::breaker as safety;
+    let mut out = std::io::stdout().lock();
+    match action {
+        SafetyAction::Status { json } => {
+            let store = state(cfg).await?;
+            let s = safety::status(&store).await;
+            store.close().await;
+            let s = s?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?;
+                return Ok(());
+            }
+            if cfg.safety.breaker.is_none() {
+                writeln!(out, "breaker: not configured ([safety.breaker])")?;
+            }
+            if s.trips.is_empty() {
+                writeln!(out, "trips: none")?;
+            }
+            for t in &s.trips {
+                writeln!(
+                    out,
+                    "tripped {} {} (source {}): {} in the window, limit {}",
+                    t.at.to_rfc3339(),
+                    t.kind.as_str(),
+                    t.scope,
+                    t.count,
+                    t.limit
+                )?;
+            }
+            writeln!(out, "held: {}", s.held.len())?;
+            for h in &s.held {
+                writeln!(
+                    out,
+                    "  #{} {} {} {} {} {}",
+                    h.seq,
+                    h.held_at.to_rfc3339(),
+                    h.kind.as_str(),
+                    h.source,
+                    h.subject,
+                    h.envelope_id
+                )?;
+            }
+            Ok(())
+        }
+        SafetyAction::Release(source) => {
+            let who = actor(actor_flag)?;
+            let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
+            let engine = gatehouse_runtime::app::engine_with_cloud(
+                cfg,
+                gatehouse_runtime::app::open_state(cfg, &store).await?,
+            )
+            .await?;
+            let r = safety::release(&engine, source.as_deref(), &who).await;
+            gatehouse_runtime::app::count_looker_calls(cfg, &engine).await;
+            let r = r?;
+            writeln!(
+                out,
+                "released by {who}: {} trip(s) closed, {} held change(s) applied",
+                r.trips_closed, r.changes
+            )?;
+            Ok(())
+        }
+        SafetyAction::Discard(source) => {
+            let who = actor(actor_flag)?;
+            let store = state(cfg).await?;
+            let r = safety::discard(&store, source.as_deref(), &who).await;
+            store.close().await;
+            let r = r?;
+            writeln!(
+                out,
+                "discarded by {who}: {} trip(s) closed, {} held change(s) dropped",
+                r.trips_closed, r.changes
+            )?;
+            Ok(())
+        }
+    }
+}
+
+/// `gatehouse offboard EMAIL [--reason] [--actor]`.
+pub async fn offboard(
+    cfg: &Config,
+    email: &str,
+    reason: Option<&str>,
+    actor_flag: Option<&str>,
+) -> anyhow::Result<()> {
+    if !email.contains('@') || email.trim().len() < 3 {
+        return Err(AppError::Config(ConfigError::new(
+            "EMAIL",
+            format!("{email:?} is not an email address"),
+        ))
+        .into());
+    }
+    let who = actor(actor_flag)?;
+    let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
+    let engine = gatehouse_runtime::app::engine_with_cloud(
+        cfg,
+        gatehouse_runtime::app::open_state(cfg, &store).await?,
+    )
+    .await?
+    .with_full_offboarding();
+    let r = gatehouse_runtime::breaker::offboard(&engine, email, reason.unwrap_or(""), &who).await;
+    gatehouse_runtime::app::count_looker_calls(cfg, &engine).await;
+    let r = r?;
+    writeln!(
+        std::io::stdout().lock(),
+        "offboarded {} ({}) by {who}: {:?}",
+        email.trim().to_lowercase(),
+        r.subject,
+        r.handled
+    )?;
+    Ok(())
+}

@@ -7,6 +7,7 @@
 
 use crate::sqlite::err;
 use chrono::{DateTime, Utc};
+use gatehouse_domain::breaker::{AdmitLimits, Change, HeldChange, Settle, Trip, Verdict};
 use gatehouse_domain::envelope::EnvelopeId;
 use gatehouse_domain::ledger_chain::{self, ChainHead};
 use gatehouse_domain::ports::{
@@ -18,6 +19,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 use std::str::FromStr;
 use std::time::Duration;
+
+mod breaker;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -434,5 +437,20 @@ impl StateStore for Postgres {
             .map_err(err("cannot write account links"))?;
         }
         tx.commit().await.map_err(err("cannot write account links"))
+    }
+    async fn breaker_admit(&self, change: &Change, limits: &AdmitLimits) -> Result<Verdict, BackendError> {
+        self.admit(change, limits).await
+    }
+    async fn breaker_trips(&self) -> Result<Vec<Trip>, BackendError> {
+        self.trips().await
+    }
+    async fn breaker_held(&self, source: Option<&str>) -> Result<Vec<HeldChange>, BackendError> {
+        self.held(source).await
+    }
+    async fn breaker_settle(&self, seq: i64, decision: Settle, actor: &str) -> Result<(), BackendError> {
+        self.settle(seq, decision, actor).await
+    }
+    async fn breaker_reset(&self, source: Option<&str>) -> Result<Vec<Trip>, BackendError> {
+        self.reset(source).await
     }
 }

@@ -2,6 +2,7 @@
 //! so an acknowledged webhook survives a crash or power loss).
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use gatehouse_domain::breaker::{AdmitLimits, Change, HeldChange, Settle, Trip, Verdict};
 use gatehouse_domain::envelope::{Envelope, EnvelopeId};
 use gatehouse_domain::ledger_chain::{self, ChainHead};
 use gatehouse_domain::ports::{
@@ -13,6 +14,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 use std::path::Path;
 use std::time::Duration;
+
+mod breaker;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -766,5 +769,21 @@ impl StateStore for Sqlite {
             .await
             .map_err(err("cannot finish the deletion"))?;
         Ok(())
+    }
+
+    async fn breaker_admit(&self, change: &Change, limits: &AdmitLimits) -> Result<Verdict, BackendError> {
+        self.admit(change, limits).await
+    }
+    async fn breaker_trips(&self) -> Result<Vec<Trip>, BackendError> {
+        self.trips().await
+    }
+    async fn breaker_held(&self, source: Option<&str>) -> Result<Vec<HeldChange>, BackendError> {
+        self.held(source).await
+    }
+    async fn breaker_settle(&self, seq: i64, decision: Settle, actor: &str) -> Result<(), BackendError> {
+        self.settle(seq, decision, actor).await
+    }
+    async fn breaker_reset(&self, source: Option<&str>) -> Result<Vec<Trip>, BackendError> {
+        self.reset(source).await
     }
 }

@@ -4,6 +4,7 @@
 use crate::postgres::Postgres;
 use crate::sqlite::Sqlite;
 use chrono::{DateTime, Utc};
+use gatehouse_domain::breaker::{AdmitLimits, Change, HeldChange, Settle, Trip, Verdict};
 use gatehouse_domain::envelope::EnvelopeId;
 use gatehouse_domain::ledger_chain::ChainHead;
 use gatehouse_domain::ports::{
@@ -112,5 +113,21 @@ impl StateStore for AnyState {
         accounts: &[String],
     ) -> Result<(), BackendError> {
         forward!(self, s => s.link_accounts(target, person, accounts))
+    }
+
+    async fn breaker_admit(&self, change: &Change, limits: &AdmitLimits) -> Result<Verdict, BackendError> {
+        forward!(self, s => s.breaker_admit(change, limits))
+    }
+    async fn breaker_trips(&self) -> Result<Vec<Trip>, BackendError> {
+        forward!(self, s => s.breaker_trips())
+    }
+    async fn breaker_held(&self, source: Option<&str>) -> Result<Vec<HeldChange>, BackendError> {
+        forward!(self, s => s.breaker_held(source))
+    }
+    async fn breaker_settle(&self, seq: i64, decision: Settle, actor: &str) -> Result<(), BackendError> {
+        forward!(self, s => s.breaker_settle(seq, decision, actor))
+    }
+    async fn breaker_reset(&self, source: Option<&str>) -> Result<Vec<Trip>, BackendError> {
+        forward!(self, s => s.breaker_reset(source))
     }
 }

@@ -12,6 +12,7 @@
 //! - [`ports`]: traits the adapters implement (queue, state, Looker).
 //! - [`target`]: the one port every changed system implements (read, diff, send, classify).
 
+pub mod breaker;
 pub mod cloud;
 pub mod cloud_audit;
 pub mod email;

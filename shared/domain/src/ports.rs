@@ -1,6 +1,7 @@
 //! Ports: what the engine needs from the outside world. Adapters implement them (SQLite today;
 //! SQS, Pub/Sub and PostgreSQL plug in behind the same traits).
 
+use crate::breaker::{AdmitLimits, Change, HeldChange, Settle, Trip, Verdict};
 use crate::envelope::{Envelope, EnvelopeId};
 use crate::identity::Identity;
 use crate::ledger_chain::ChainHead;
@@ -273,6 +274,37 @@ pub trait StateStore: Send + Sync {
         person: &str,
         accounts: &[String],
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// The mass-change breaker's decision on one change, in one transaction serialized with
+    /// every other replica's: an envelope held before → `AlreadyHeld`; a trip of its kind (for
+    /// every source or its source) → held; else counted, and held with a new trip if the count
+    /// in the window (since the last release or discard) would exceed a limit. A held envelope
+    /// is stored with its JSON before this returns, so its message may be acked.
+    fn breaker_admit(
+        &self,
+        change: &Change,
+        limits: &AdmitLimits,
+    ) -> impl Future<Output = Result<Verdict, BackendError>> + Send;
+    /// Current trips.
+    fn breaker_trips(&self) -> impl Future<Output = Result<Vec<Trip>, BackendError>> + Send;
+    /// Envelopes held and not yet decided on, in the order they were held (one source or all).
+    fn breaker_held(
+        &self,
+        source: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<HeldChange>, BackendError>> + Send;
+    /// Record a person's decision on one held envelope (`actor` ran it).
+    fn breaker_settle(
+        &self,
+        seq: i64,
+        decision: Settle,
+        actor: &str,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Close the trips of one source (and its counts), or every trip and count (`None`), so
+    /// counting starts afresh. Returns the trips closed.
+    fn breaker_reset(
+        &self,
+        source: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<Trip>, BackendError>> + Send;
 }
 
 /// Looker admin-API calls counted per calendar month (UTC), summed over every process that

@@ -313,6 +313,10 @@ pub fn engine(cfg: &Config, store: AnyState) -> Result<AppEngine, AppError> {
     )
     .with_secret_holders(holders)
     .with_max_clock_skew(p.max_clock_skew))
+    .map(|e| match &cfg.safety.breaker {
+        Some(b) => e.with_breaker(crate::breaker::Breaker::new(b)),
+        None => e,
+    })
 }
 
 #[derive(Debug, Clone, Copy)]

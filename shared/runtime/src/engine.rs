@@ -39,6 +39,21 @@ pub enum Handled {
     DryRun { planned: usize },
     /// Recorded for the rotator.
     RotationRequested,
+    /// Held by the mass-change breaker until a person releases or discards it (nothing applied,
+    /// the envelope kept in the state store).
+    Held,
+}
+
+/// Who hands the engine an envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The queue: the mass-change breaker may hold it.
+    Queue,
+    /// `gatehouse safety release`: a held envelope a person let through.
+    Released,
+    /// An operator's own command (`gatehouse offboard`): never held, and Looker and the clouds
+    /// are read even when the desired state is the one last converged.
+    Operator,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +186,8 @@ pub struct Engine<S, L> {
     held_secrets: Arc<std::collections::HashMap<String, Vec<String>>>,
     /// How far an event's own time may be ahead of its receipt (`processor.max_clock_skew`).
     max_clock_skew: Duration,
+    /// The mass-change circuit breaker (`[safety.breaker]`); off when `None`.
+    breaker: Option<Arc<crate::breaker::Breaker>>,
 }
 
 /// The ledger rule of issue 16's resolution alerts.
@@ -230,7 +247,25 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             subjects: SubjectLocks::default(),
             held_secrets: Arc::default(),
             max_clock_skew: gatehouse_domain::envelope::DEFAULT_MAX_CLOCK_SKEW,
+            breaker: None,
         }
+    }
+
+    /// Count mass changes and hold them past the configured limits (`[safety.breaker]`).
+    pub fn with_breaker(mut self, breaker: crate::breaker::Breaker) -> Self {
+        self.breaker = Some(Arc::new(breaker));
+        self
+    }
+
+    /// Offboard fully whatever the policy says (`gatehouse offboard`): disable, and revoke
+    /// every session and API key.
+    pub fn with_full_offboarding(mut self) -> Self {
+        let mut policy = (*self.policy).clone();
+        policy.offboarding.disable = true;
+        policy.offboarding.revoke_sessions = true;
+        policy.offboarding.revoke_api_keys = true;
+        self.policy = Arc::new(policy);
+        self
     }
 
     /// How far an event's own time may run ahead of its receipt before it is clamped.
@@ -478,6 +513,11 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
     /// store refuses the later commit and the event is handled again from a fresh load, so no
     /// fact is lost and Looker ends as the merged identity wants.
     pub async fn handle(&self, env: &Envelope) -> Result<Handled, ProcessError> {
+        self.handle_via(env, Via::Queue).await
+    }
+
+    /// [`Engine::handle`] for an envelope that did not come from the queue (see [`Via`]).
+    pub async fn handle_via(&self, env: &Envelope, via: Via) -> Result<Handled, ProcessError> {
         let bounded = self.bounded(env);
         let env: &Envelope = &bounded;
         let _turn = self.subjects.lock(&env.subject.key).await;
@@ -486,12 +526,12 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             // After a lost race Looker may hold the losing attempt's writes, made from a plan the
             // winner's state no longer wants: the converged shortcut would trust a stale Looker,
             // so every later attempt reads it.
-            let after_race = attempt > 1;
+            let after_race = attempt > 1 || via == Via::Operator;
             // Boxed: the whole decide-and-apply future (Looker, AWS and GCP reads and writes,
             // the store) nests deep enough that rustc's layout query of the worker's future
             // overflowed its depth limit in release builds of gatehouse-ingress/-processor. One
             // allocation per attempt cuts the nesting at the engine's boundary.
-            match Box::pin(self.handle_once(env, after_race)).await {
+            match Box::pin(self.handle_once(env, after_race, via)).await {
                 Err(e) if e.is_race() && attempt < COMMIT_ATTEMPTS => {
                     tracing::info!(subject = %env.subject.key, envelope_id = %env.id, attempt,
                         "subject changed by another handler; handling the event again");
@@ -503,7 +543,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         }
     }
 
-    async fn handle_once(&self, env: &Envelope, after_race: bool) -> Result<Handled, ProcessError> {
+    async fn handle_once(&self, env: &Envelope, after_race: bool, via: Via) -> Result<Handled, ProcessError> {
         if self.store.is_processed(&env.id).await? {
             return Ok(Handled::Duplicate);
         }
@@ -549,6 +589,9 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             }
             None => (Identity::new(&env.subject.key), None, None),
         };
+        // What the policy wanted before this event, for the breaker to tell what it changes.
+        let before =
+            (via == Via::Queue && self.breaker.is_some()).then(|| policy::evaluate(&self.policy, &identity));
         let fold = identity.fold(env);
         // An offboarded holder's secrets are rotated: one request per secret and offboarding
         // event (keyed by the status stamp, so redeliveries and later events add none).
@@ -615,6 +658,15 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let (plan, cloud_plan) = (plan?, cloud_plan?);
         plan_span.record("looker_steps", plan.steps.len());
         plan_span.record("cloud_steps", cloud_plan.len());
+        // The mass-change breaker decides before anything is written: a held envelope leaves
+        // no trace but its held row (and ledger row), so a release handles it from scratch.
+        if let (Some(breaker), Some(before)) = (&self.breaker, &before)
+            && breaker
+                .admit(&self.store, env, before, &desired, &plan, &cloud_plan)
+                .await?
+        {
+            return Ok(Handled::Held);
+        }
         // Issue 17: the stored fingerprint vouches for what Looker and the clouds held at the
         // last commit, and the writes below make that untrue until this handler commits. Killed
         // (or failing) in between, it would leave the fingerprint vouching for a state its writes

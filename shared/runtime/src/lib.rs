@@ -9,6 +9,7 @@ pub mod cloud;
 pub mod engine;
 pub mod ingress;
 pub mod reconcile;
+pub mod breaker;
 pub mod safety;
 pub mod server;
 pub mod targets;

@@ -208,6 +208,7 @@ where
                     Handled::Applied { .. } => "applied",
                     Handled::DryRun { .. } => "dry_run",
                     Handled::RotationRequested => "rotation_requested",
+                    Handled::Held => "held",
                 };
                 metrics::counter!("gatehouse_events_processed_total", "source" => source, "outcome" => outcome)
                     .increment(1);

@@ -9,6 +9,7 @@ mod crash;
 mod ops;
 mod queues;
 mod rotate;
+mod breaker;
 mod safety;
 mod traces;
 

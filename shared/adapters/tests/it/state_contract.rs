@@ -529,6 +529,81 @@ pub(crate) async fn postgres() -> (Postgres, PgDatabase) {
     (db, PgDatabase(url))
 }
 
+fn change(i: usize, source: &str) -> gatehouse_domain::breaker::Change {
+    gatehouse_domain::breaker::Change {
+        kind: gatehouse_domain::breaker::ChangeKind::Offboarding,
+        source: source.into(),
+        envelope_id: format!("{source}:e{i}"),
+        subject: format!("{source}:s{i}"),
+        at: chrono::Utc::now(),
+        envelope: format!("{{\"n\":{i}}}"),
+    }
+}
+
+/// The breaker counts every writer's changes as one: 30 admitted at once by two clones (two
+/// replicas) with a limit of 10 → exactly 10 admitted, 20 held, one trip; a held envelope is
+/// never admitted again; release (settle + reset) clears the trip and restarts the count.
+pub(crate) async fn breaker_counts_as_one_and_holds_past_the_limit<S: StateStore + Clone + 'static>(s: S) {
+    use gatehouse_domain::breaker::{AdmitLimits, Settle, Verdict};
+    let limits = AdmitLimits {
+        since: chrono::Utc::now() - ChronoDuration::hours(1),
+        max: Some(10),
+        max_percent: None,
+        max_per_source: None,
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..30 {
+        let (s, l) = (s.clone(), limits.clone());
+        tasks.spawn(async move { s.breaker_admit(&change(i, "okta"), &l).await.unwrap() });
+    }
+    let mut verdicts = Vec::new();
+    while let Some(v) = tasks.join_next().await {
+        verdicts.push(v.unwrap());
+    }
+    let admitted = verdicts.iter().filter(|v| **v == Verdict::Admitted).count();
+    let tripped = verdicts
+        .iter()
+        .filter(|v| matches!(v, Verdict::Held { tripped: Some(_) }))
+        .count();
+    assert_eq!((admitted, tripped), (10, 1), "{verdicts:?}");
+    let held = s.breaker_held(None).await.unwrap();
+    assert_eq!(held.len(), 20);
+    assert!(held.windows(2).all(|w| w[0].seq < w[1].seq));
+    let trips = s.breaker_trips().await.unwrap();
+    assert_eq!((trips.len(), trips[0].count, trips[0].limit), (1, 11, 10));
+    // A redelivery of a held envelope is not decided again.
+    let again = gatehouse_domain::breaker::Change {
+        envelope_id: held[0].envelope_id.clone(),
+        ..change(0, "okta")
+    };
+    assert_eq!(
+        s.breaker_admit(&again, &limits).await.unwrap(),
+        Verdict::AlreadyHeld
+    );
+    // Another source's filter sees none of them.
+    assert!(s.breaker_held(Some("scim")).await.unwrap().is_empty());
+    for h in &held {
+        s.breaker_settle(h.seq, Settle::Discarded, "ops").await.unwrap();
+    }
+    assert_eq!(
+        s.breaker_reset(Some("okta")).await.unwrap().len(),
+        0,
+        "the trip is overall"
+    );
+    assert_eq!(s.breaker_reset(None).await.unwrap().len(), 1);
+    assert!(s.breaker_held(None).await.unwrap().is_empty());
+    assert!(s.breaker_trips().await.unwrap().is_empty());
+    // Counting starts afresh, and a discarded envelope stays decided.
+    assert_eq!(
+        s.breaker_admit(&change(100, "okta"), &limits).await.unwrap(),
+        Verdict::Admitted
+    );
+    assert_eq!(
+        s.breaker_admit(&again, &limits).await.unwrap(),
+        Verdict::AlreadyHeld
+    );
+}
+
 /// Instantiate every contract test for both backends.
 macro_rules! both {
     ($($name:ident => $body:expr;)*) => {
@@ -572,6 +647,7 @@ both! {
     verify_reordered => |s, db| Box::pin(verify_names_reordered_rows(s, db));
     looker_calls_per_month => |s, _| Box::pin(looker_calls_add_up_per_month(s));
     account_links => |s, _| Box::pin(account_links_are_durable_per_target_and_person(s));
+    breaker => |s, _| Box::pin(breaker_counts_as_one_and_holds_past_the_limit(s));
 }
 
 /// The count survives a restart (a reopen of the same file), and two processes opening the

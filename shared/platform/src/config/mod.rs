@@ -2,6 +2,7 @@
 //! environment is injected as a lookup function, so tests never set real variables. Every error
 //! names the field (or variable) at fault; binaries exit 64 on it.
 
+mod breaker;
 mod cloud;
 mod generic;
 mod google;
@@ -15,6 +16,7 @@ mod server;
 mod state;
 mod telemetry;
 
+pub use breaker::{BreakerConfig, Limits as BreakerLimits};
 pub use cloud::{AwsConfig, AwsUserMappingConfig, GcpConfig, GcpTokenSource, Mode, Modes, ReconcileConfig};
 pub use generic::GenericConfig;
 pub use google::GoogleConfig;
@@ -104,7 +106,8 @@ pub struct Config {
     /// Who may be onboarded and granted anything (`[identity]`).
     #[serde(default)]
     pub identity: IdentityConfig,
-    /// Safety rails (`[safety]`): protected principals.
+    /// Safety rails (`[safety]`): protected principals; `[safety.breaker]`: the mass-change
+    /// circuit breaker.
     #[serde(default)]
     pub safety: SafetyConfig,
 }
@@ -647,6 +650,9 @@ impl Config {
         self.looker.budget.validate()?;
         self.telemetry.validate()?;
         self.server.validate()?;
+        if let Some(b) = &self.safety.breaker {
+            b.validate()?;
+        }
         if self.admin_listen == self.listen && self.listen.port() != 0 {
             return Err(ConfigError::new(
                 "admin_listen",

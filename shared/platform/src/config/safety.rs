@@ -16,6 +16,9 @@ pub struct SafetyConfig {
     /// is withheld: a `withheld: …` ledger row and a warning, never sent.
     #[serde(default)]
     pub protected: Vec<String>,
+    /// `[safety.breaker]`: the mass-change circuit breaker (off when absent).
+    #[serde(default)]
+    pub breaker: Option<super::breaker::BreakerConfig>,
 }
 
 /// One `[safety] protected` entry, parsed.
