@@ -225,6 +225,7 @@ mod tests {
             user: UserRef::Id("1".into()),
             steps: ops.into_iter().map(|op| Step { op, rule: "r".into() }).collect(),
             notes: Vec::new(),
+            resolution: Default::default(),
         }
     }
 

@@ -4,12 +4,12 @@
 
 pub mod app;
 pub mod audit;
+pub mod breaker;
 pub mod budget;
 pub mod cloud;
 pub mod engine;
 pub mod ingress;
 pub mod reconcile;
-pub mod breaker;
 pub mod safety;
 pub mod server;
 pub mod targets;

@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+mod breaker;
 mod conformance;
 mod crash;
 mod ops;
 mod queues;
 mod rotate;
-mod breaker;
 mod safety;
 mod traces;
 

@@ -100,14 +100,8 @@ async fn content_reads_only_what_is_needed_and_only_the_persons() {
         .map(|c| format!("{} {}", c.method, c.path))
         .collect();
     assert_eq!(paths.len(), 2, "offboarding costs two reads: {paths:?}");
-    assert!(
-        paths.iter().any(|p| p == "GET /scheduled_plans"),
-        "{paths:?}"
-    );
-    assert!(
-        paths.iter().any(|p| p == "GET /alerts/search"),
-        "{paths:?}"
-    );
+    assert!(paths.iter().any(|p| p == "GET /scheduled_plans"), "{paths:?}");
+    assert!(paths.iter().any(|p| p == "GET /alerts/search"), "{paths:?}");
     let plans = fake
         .calls()
         .into_iter()
