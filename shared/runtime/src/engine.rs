@@ -808,7 +808,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         }
         if !link.accounts.contains(&first.id) {
             self.store
-                .link_accounts(looker, person, &[first.id.clone()])
+                .link_accounts(looker, person, std::slice::from_ref(&first.id))
                 .await?;
         }
         Ok((Some(first), others))
@@ -857,8 +857,8 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let desired = policy::evaluate(&self.policy, identity);
         let desired_cloud = self.desired_cloud(identity);
         let (plan, cloud_plan) = futures::join!(
-            self.compute_plan(&identity, &desired, true),
-            self.compute_cloud_plan(&identity, &desired_cloud, true)
+            self.compute_plan(identity, &desired, true),
+            self.compute_cloud_plan(identity, &desired_cloud, true)
         );
         let (plan, cloud_plan) = (plan?, cloud_plan?);
         let ctx = Ctx {

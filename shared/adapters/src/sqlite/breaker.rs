@@ -60,14 +60,13 @@ impl Sqlite {
                 .await
                 .map_err(err("cannot prune counted changes"))?;
             let count = |source: Option<&str>| {
-                let q = sqlx::query(
+                sqlx::query(
                     "SELECT COUNT(*) FROM breaker_changes WHERE kind = ? AND at >= ? AND (? IS NULL OR source = ?)",
                 )
                 .bind(c.kind.as_str())
                 .bind(ts(limits.since))
                 .bind(source)
-                .bind(source);
-                q
+                .bind(source)
             };
             let all: i64 = count(None)
                 .fetch_one(&mut *tx)
