@@ -139,6 +139,15 @@ impl AwsIam {
         Ok(out.arn().map(str::to_string))
     }
 
+    /// With an STS client too, so [`AwsIam::caller_arn`] can say who Gatehouse is (tests give both
+    /// explicit credentials; [`AwsIam::connect`] builds both from the SDK's chain).
+    pub fn from_clients(client: Client, sts: aws_sdk_sts::Client) -> Self {
+        AwsIam {
+            sts: Some(sts),
+            ..Self::from_client(client)
+        }
+    }
+
     pub fn from_client(client: Client) -> Self {
         AwsIam {
             client,

@@ -121,6 +121,12 @@ impl Safety {
                 KindConfig::GcpServiceAccountKey { .. } => {}
             }
         }
+        if cfg.gcp.enabled && r.own_gcp.is_empty() {
+            tracing::warn!(
+                "gcp is enabled and no service account is listed in [cloud_audit] gatehouse_principals: \
+                 list the one gatehouse runs as, or its own bindings are not protected"
+            );
+        }
         Safety {
             rules: r,
             own_aws: RwLock::new(own_aws),

@@ -194,3 +194,36 @@ async fn refusals_from_iam_are_never_retried() {
         .unwrap_err();
     assert!(!e.is_retryable(), "{e:?}");
 }
+
+/// An STS client on moto signing with `key_id` (moto answers GetCallerIdentity with the IAM user
+/// that owns the key, as AWS does).
+pub fn sts_as(key_id: &str, secret: &str) -> aws_sdk_sts::Client {
+    let conf = aws_sdk_sts::config::Builder::new()
+        .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+        .endpoint_url(moto_url())
+        .region(aws_sdk_sts::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sts::config::Credentials::new(
+            key_id, secret, None, None, "test",
+        ))
+        .build();
+    aws_sdk_sts::Client::from_conf(conf)
+}
+
+/// Issue 19: Gatehouse learns which IAM user it runs as (`sts:GetCallerIdentity`) so the safety
+/// screen never offboards it; the answer names the user that owns the signing key.
+#[tokio::test]
+async fn caller_arn_names_the_iam_user_whose_key_signs() {
+    let c = client();
+    let user = unique("gatehouse-svc");
+    c.create_user().user_name(&user).send().await.unwrap();
+    let key = c.create_access_key().user_name(&user).send().await.unwrap();
+    let key = key.access_key().unwrap();
+    let iam = AwsIam::from_clients(client(), sts_as(key.access_key_id(), key.secret_access_key()));
+    let arn = iam.caller_arn().await.unwrap().expect("an sts client answers");
+    assert!(
+        arn.starts_with("arn:aws:iam::") && arn.ends_with(&format!(":user/{user}")),
+        "{arn}"
+    );
+    // Without an STS client there is nothing to ask.
+    assert_eq!(AwsIam::from_client(client()).caller_arn().await.unwrap(), None);
+}
