@@ -1,5 +1,10 @@
 //! `gatehouse`: run everything in one process, preview plans, read the ledger and dead letters.
 
+// The engine's per-event future (reads, breaker, applies across Looker, AWS, GCP and the
+// store) nests deeper than rustc's default query depth (128) when release codegen computes
+// its layout ("queries overflow the depth limit"); debug builds never compute it.
+#![recursion_limit = "256"]
+
 mod ocsf;
 mod ops;
 

@@ -1,5 +1,10 @@
 //! `gatehouse-processor`: applies queued events to Looker. Thin: parses arguments, the rest is `gatehouse_runtime::app`.
 
+// The engine's per-event future (reads, breaker, applies across Looker, AWS, GCP and the
+// store) nests deeper than rustc's default query depth (128) when release codegen computes
+// its layout ("queries overflow the depth limit"); debug builds never compute it.
+#![recursion_limit = "256"]
+
 use clap::Parser;
 use gatehouse_runtime::app::{Components, service_main};
 use std::path::PathBuf;
