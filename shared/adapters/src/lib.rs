@@ -4,6 +4,7 @@
 //! clients (`aws_iam`, `gcp_iam`).
 
 pub mod aws_iam;
+pub mod catchup_state;
 pub mod dlq;
 pub mod gcp_iam;
 pub mod graph_state;

@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use gatehouse_adapters::sqlite::Sqlite;
 use gatehouse_domain::google;
 use gatehouse_domain::ports::QueueProducer;
 use secrecy::{ExposeSecret, SecretString};
@@ -32,6 +33,9 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 struct Intake<Q> {
     queue: Q,
     tokens: Vec<SecretString>,
+    /// Channels Gatehouse made (`google_upkeep`): tokens derived from this secret, accepted
+    /// while the channel is live in the store.
+    channels: Option<(SecretString, Sqlite)>,
     max_body_bytes: usize,
     now: Clock,
 }
@@ -40,20 +44,28 @@ pub fn router<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Router {
     build(
         deps.queue.clone(),
         deps.config.google.channel_tokens.clone(),
+        deps.config
+            .google
+            .channel_secret
+            .clone()
+            .map(|s| (s, deps.store.clone())),
         deps.config.google.max_body_bytes,
         Arc::new(Utc::now),
     )
 }
 
-fn build<Q: QueueProducer + 'static>(
+/// The route with explicit parts (tests inject the clock and the channel store).
+pub fn build<Q: QueueProducer + 'static>(
     queue: Q,
     tokens: Vec<SecretString>,
+    channels: Option<(SecretString, Sqlite)>,
     max_body_bytes: usize,
     now: Clock,
 ) -> Router {
     let state = Arc::new(Intake {
         queue,
         tokens,
+        channels,
         max_body_bytes,
         now,
     });
@@ -81,18 +93,36 @@ async fn notification<Q: QueueProducer>(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if intake.tokens.is_empty() {
+    if intake.tokens.is_empty() && intake.channels.is_none() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_configured",
-            "no google channel token is configured (google.channel_tokens or GATEHOUSE_GOOGLE_CHANNEL_TOKEN)",
+            "no google channel token is configured (google.channel_tokens, google.channel_secret or GATEHOUSE_GOOGLE_CHANNEL_TOKEN)",
         );
     }
     let given = headers
         .get("x-goog-channel-token")
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    if given.is_empty() || !token_matches(&intake.tokens, given) {
+    let mut ok = !given.is_empty() && token_matches(&intake.tokens, given);
+    if !ok && let Some((secret, store)) = &intake.channels {
+        let channel_id = headers
+            .get("x-goog-channel-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        match super::google_upkeep::channel_accepts(secret, store, channel_id, given, (intake.now)()).await {
+            Ok(accepted) => ok = accepted,
+            Err(e) => {
+                tracing::error!(error = %e, "google channel lookup failed; google will retry");
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the channel could not be checked; retry",
+                );
+            }
+        }
+    }
+    if !ok {
         rejected("unauthorized");
         return error(
             StatusCode::UNAUTHORIZED,
@@ -189,6 +219,7 @@ mod tests {
         build(
             queue,
             tokens.iter().map(|t| SecretString::from(t.to_string())).collect(),
+            None,
             4096,
             Arc::new(fixed_now),
         )

@@ -4,6 +4,8 @@
 
 pub mod generic;
 pub mod google;
+pub mod google_reports;
+pub mod google_upkeep;
 pub mod graph;
 pub mod okta;
 pub mod scim;
@@ -132,6 +134,7 @@ pub fn spawn_tasks<Q: QueueProducer + Clone + 'static>(
     let mut tasks = Vec::new();
     tasks.extend(scim::spawn_tasks(deps, shutdown));
     tasks.extend(graph::spawn_tasks(deps, shutdown));
+    tasks.extend(google_upkeep::spawn_tasks(deps, shutdown));
     tasks
 }
 
