@@ -89,7 +89,11 @@ impl CatchupStore for Sqlite {
             .collect()
     }
 
-    async fn google_channel_accepts(&self, channel_id: &str, now: DateTime<Utc>) -> Result<bool, BackendError> {
+    async fn google_channel_accepts(
+        &self,
+        channel_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, BackendError> {
         sqlx::query(
             "SELECT 1 FROM google_channels WHERE channel_id = ? AND stopped_at IS NULL AND expires_at > ?",
         )
@@ -184,7 +188,11 @@ impl CatchupStore for Postgres {
             .collect())
     }
 
-    async fn google_channel_accepts(&self, channel_id: &str, now: DateTime<Utc>) -> Result<bool, BackendError> {
+    async fn google_channel_accepts(
+        &self,
+        channel_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, BackendError> {
         sqlx::query(
             "SELECT 1 FROM google_channels WHERE channel_id = $1 AND stopped_at IS NULL AND expires_at > $2",
         )
@@ -197,12 +205,14 @@ impl CatchupStore for Postgres {
     }
 
     async fn google_channel_stopped(&self, channel_id: &str, at: DateTime<Utc>) -> Result<(), BackendError> {
-        sqlx::query("UPDATE google_channels SET stopped_at = $1 WHERE channel_id = $2 AND stopped_at IS NULL")
-            .bind(millis(at))
-            .bind(channel_id)
-            .execute(self.pool())
-            .await
-            .map_err(err("cannot mark a google channel stopped"))?;
+        sqlx::query(
+            "UPDATE google_channels SET stopped_at = $1 WHERE channel_id = $2 AND stopped_at IS NULL",
+        )
+        .bind(millis(at))
+        .bind(channel_id)
+        .execute(self.pool())
+        .await
+        .map_err(err("cannot mark a google channel stopped"))?;
         Ok(())
     }
 

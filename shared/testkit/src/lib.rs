@@ -16,6 +16,7 @@ pub mod fault_proxy;
 pub mod fuzz;
 pub mod gcp_iam_fake;
 pub mod gcp_sa_keys_fake;
+pub mod google_reports_fake;
 pub mod graph_fake;
 pub mod looker_fake;
 pub mod oracle;

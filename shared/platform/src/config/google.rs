@@ -71,8 +71,6 @@ pub struct GoogleConfig {
     pub timeout: Duration,
 }
 
-
-
 /// Google's ceiling for an Admin SDK channel.
 pub const MAX_CHANNEL_LIFETIME: Duration = Duration::from_secs(6 * 3600);
 
@@ -122,7 +120,10 @@ impl GoogleConfig {
         if let Some(u) = &self.notification_url
             && !(u.starts_with("https://") || u.starts_with("http://"))
         {
-            return Err(ConfigError::new("google.notification_url", "must be an http(s) URL"));
+            return Err(ConfigError::new(
+                "google.notification_url",
+                "must be an http(s) URL",
+            ));
         }
         if self.notification_url.is_some() && self.channel_secret.is_none() {
             return Err(ConfigError::new(
@@ -131,13 +132,22 @@ impl GoogleConfig {
             ));
         }
         if self.channel_lifetime.is_zero() || self.channel_lifetime > MAX_CHANNEL_LIFETIME {
-            return Err(ConfigError::new("google.channel_lifetime", "must be more than 0 and at most 6h"));
+            return Err(ConfigError::new(
+                "google.channel_lifetime",
+                "must be more than 0 and at most 6h",
+            ));
         }
         if self.renew_before >= self.channel_lifetime {
-            return Err(ConfigError::new("google.renew_before", "must be shorter than google.channel_lifetime"));
+            return Err(ConfigError::new(
+                "google.renew_before",
+                "must be shorter than google.channel_lifetime",
+            ));
         }
         if self.channel_overlap >= self.renew_before {
-            return Err(ConfigError::new("google.channel_overlap", "must be shorter than google.renew_before"));
+            return Err(ConfigError::new(
+                "google.channel_overlap",
+                "must be shorter than google.renew_before",
+            ));
         }
         if self.catchup_interval.is_zero() {
             return Err(ConfigError::new("google.catchup_interval", "must be more than 0"));
@@ -157,7 +167,10 @@ impl GoogleConfig {
             return Err(ConfigError::new("google.access_token", "must not be empty"));
         }
         if self.delegated_admin.as_deref().is_some_and(|a| !a.contains('@')) {
-            return Err(ConfigError::new("google.delegated_admin", "must be an email address"));
+            return Err(ConfigError::new(
+                "google.delegated_admin",
+                "must be an email address",
+            ));
         }
         Ok(())
     }

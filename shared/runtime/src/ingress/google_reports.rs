@@ -128,8 +128,12 @@ impl ReportsClient {
         let auth = if let Some(t) = &cfg.access_token {
             Auth::Static(t.clone())
         } else if let Some(path) = &cfg.credentials_file {
-            let text = std::fs::read(path)
-                .map_err(|e| cred(format!("cannot read google.credentials_file {}: {e}", path.display())))?;
+            let text = std::fs::read(path).map_err(|e| {
+                cred(format!(
+                    "cannot read google.credentials_file {}: {e}",
+                    path.display()
+                ))
+            })?;
             let json: Value = serde_json::from_slice(&text)
                 .map_err(|e| cred(format!("google.credentials_file is not JSON: {e}")))?;
             match json.get("type").and_then(Value::as_str) {
@@ -212,7 +216,10 @@ impl ReportsClient {
                 }
                 let (token, ttl) = self.delegated_token(signer, subject, token_url).await?;
                 let out = req.bearer_auth(token.expose_secret());
-                *slot = Some((token, Instant::now() + ttl.saturating_sub(Duration::from_secs(60))));
+                *slot = Some((
+                    token,
+                    Instant::now() + ttl.saturating_sub(Duration::from_secs(60)),
+                ));
                 Ok(out)
             }
         }
@@ -252,7 +259,12 @@ impl ReportsClient {
         let status = resp.status();
         if !status.is_success() {
             let headers = resp.headers().clone();
-            return Err(classify("token", status, &headers, resp.text().await.unwrap_or_default()));
+            return Err(classify(
+                "token",
+                status,
+                &headers,
+                resp.text().await.unwrap_or_default(),
+            ));
         }
         let t: TokenResponse = resp.json().await.map_err(|e| ReportsError::Transient {
             op: "token",
@@ -316,7 +328,11 @@ impl ReportsClient {
             Some(Value::Number(n)) => n.as_i64(),
             _ => None,
         };
-        match (field("id"), field("resourceId"), expiration.and_then(DateTime::from_timestamp_millis)) {
+        match (
+            field("id"),
+            field("resourceId"),
+            expiration.and_then(DateTime::from_timestamp_millis),
+        ) {
             (Some(id), Some(resource_id), Some(expires_at)) => Ok(WatchChannel {
                 id,
                 resource_id,
@@ -356,7 +372,9 @@ impl ReportsClient {
         if let Some(t) = page_token {
             query.push(("pageToken", t.to_string()));
         }
-        let (_, text) = self.send("activities.list", self.http.get(url).query(&query)).await?;
+        let (_, text) = self
+            .send("activities.list", self.http.get(url).query(&query))
+            .await?;
         let v: Value = serde_json::from_str(&text).map_err(|e| ReportsError::Transient {
             op: "activities.list",
             detail: format!("unreadable page: {e}"),
@@ -384,7 +402,12 @@ impl ReportsClient {
 }
 
 /// One place decides what a status means.
-fn classify(op: &'static str, status: StatusCode, headers: &reqwest::header::HeaderMap, body: String) -> ReportsError {
+fn classify(
+    op: &'static str,
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: String,
+) -> ReportsError {
     let detail: String = serde_json::from_str::<Value>(&body)
         .ok()
         .and_then(|v| {
@@ -412,6 +435,10 @@ fn classify(op: &'static str, status: StatusCode, headers: &reqwest::header::Hea
         },
         404 => ReportsError::NotFound { op },
         s if s >= 500 || s == 408 => ReportsError::Transient { op, detail },
-        s => ReportsError::Permanent { op, status: s, detail },
+        s => ReportsError::Permanent {
+            op,
+            status: s,
+            detail,
+        },
     }
 }

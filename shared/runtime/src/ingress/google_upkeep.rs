@@ -211,7 +211,9 @@ impl<Q: QueueProducer, S: CatchupStore> GoogleUpkeep<Q, S> {
         let mut page_token: Option<String> = None;
         for page_no in 0.. {
             if page_no >= super::google_reports::MAX_PAGES {
-                return Err(UpkeepError::NotConfigured("more pages than the loop guard allows"));
+                return Err(UpkeepError::NotConfigured(
+                    "more pages than the loop guard allows",
+                ));
             }
             let page = self.client.list_page(start, end, page_token.as_deref()).await?;
             let mut envs: Vec<Envelope> = Vec::new();
@@ -317,7 +319,13 @@ pub fn spawn_tasks<Q: QueueProducer + Clone + 'static>(
             return Vec::new();
         }
     };
-    let upkeep = GoogleUpkeep::new(client, deps.store.clone(), deps.queue.clone(), cfg, Arc::new(Utc::now));
+    let upkeep = GoogleUpkeep::new(
+        client,
+        deps.store.clone(),
+        deps.queue.clone(),
+        cfg,
+        Arc::new(Utc::now),
+    );
     let s = shutdown.clone();
     vec![tokio::spawn(async move { run(upkeep, s).await })]
 }
@@ -329,6 +337,10 @@ fn retry_wait(e: &UpkeepError) -> Duration {
     }
     .clamp(Duration::from_secs(1), Duration::from_secs(600))
 }
+
+#[cfg(test)]
+#[path = "google_upkeep_tests.rs"]
+mod upkeep_tests;
 
 #[cfg(test)]
 mod tests {
