@@ -468,17 +468,18 @@ fn stop(st: &mut State, body: &[u8]) -> Response {
 
 fn list(st: &State, app: &str, query: &[(String, String)]) -> Response {
     let q = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let time = |k: &str| -> Result<Option<DateTime<Utc>>, Response> {
+    // `Err` names the parameter that is not RFC 3339.
+    let time = |k: &'static str| -> Result<Option<DateTime<Utc>>, &'static str> {
         match q(k) {
             None => Ok(None),
             Some(v) => DateTime::parse_from_rfc3339(v)
                 .map(|t| Some(t.with_timezone(&Utc)))
-                .map_err(|_| bad(&format!("Invalid value for {k}: {v}"))),
+                .map_err(|_| k),
         }
     };
     let (start, end) = match (time("startTime"), time("endTime")) {
         (Ok(s), Ok(e)) => (s, e),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(k), _) | (_, Err(k)) => return bad(&format!("Invalid value for {k}")),
     };
     if let (Some(s), Some(e)) = (start, end)
         && s > e
@@ -517,7 +518,7 @@ fn list(st: &State, app: &str, query: &[(String, String)]) -> Response {
             inside.then_some((t, v))
         })
         .collect();
-    hits.sort_by(|a, b| b.0.cmp(&a.0));
+    hits.sort_by_key(|h| std::cmp::Reverse(h.0));
     let page: Vec<Value> = hits
         .iter()
         .skip(offset)

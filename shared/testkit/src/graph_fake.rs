@@ -21,12 +21,15 @@
 //!   (404), as Graph deletes them.
 //! * Faults: [`FakeGraph::fail_next`] answers the next `/v1.0` calls with a status (429 and 503
 //!   carry `Retry-After`, [`FakeGraph::set_retry_after_secs`], default 0) before any state is read.
+//! * `GET /v1.0/users/delta` and `GET /v1.0/groups/delta` (`graph_delta_fake.rs`): changes made
+//!   through the helpers since a `$deltatoken`, `@odata.nextLink`/`@odata.deltaLink` paging,
+//!   `$deltatoken=latest`, 410 for expired tokens ([`FakeGraph::expire_delta_tokens`]).
 //! * Every request is recorded ([`FakeGraph::calls`]).
 //!
 //! # What it does not model
 //! The validation request Graph sends to `notificationUrl` when a subscription is created (the
 //! e2e tests exercise the handshake directly), delivering notifications (tests post them),
-//! delta queries, `$filter`, `$expand`, `$count`, batching, and permissions/roles of the app.
+//! `$filter`, `$expand`, `$count`, batching, and permissions/roles of the app.
 
 use axum::body::to_bytes;
 use axum::extract::{Request, State as AxState};
@@ -89,7 +92,11 @@ struct State {
     faults: VecDeque<u16>,
     retry_after_secs: u64,
     calls: Vec<GraphCall>,
+    delta: delta::DeltaLog,
 }
+
+#[path = "graph_delta_fake.rs"]
+mod delta;
 
 /// Handle to a running fake Graph. Cheap to clone; the server stops when the last clone drops.
 #[derive(Clone)]
@@ -128,6 +135,7 @@ impl FakeGraph {
             faults: VecDeque::new(),
             retry_after_secs: 0,
             calls: Vec::new(),
+            delta: delta::DeltaLog::default(),
         }));
         let app = axum::Router::new().fallback(serve_one).with_state(state.clone());
         let server = crate::server::spawn("fake graph", listener, app);
@@ -191,14 +199,19 @@ impl FakeGraph {
             "department": null,
         });
         if let Value::Object(m) = user {
-            self.st().users.insert(id.to_string(), m);
+            let mut st = self.st();
+            st.users.insert(id.to_string(), m);
+            st.delta.record("users", id);
         }
     }
 
     /// Set one property of a user (e.g. `department`, `mail`).
     pub fn set_user_field(&self, id: &str, field: &str, value: Value) {
-        if let Some(u) = self.st().users.get_mut(id) {
+        let mut guard = self.st();
+        let st = &mut *guard;
+        if let Some(u) = st.users.get_mut(id) {
             u.insert(field.to_string(), value);
+            st.delta.record("users", id);
         }
     }
 
@@ -208,26 +221,40 @@ impl FakeGraph {
 
     /// Delete a user (it then answers 404 and leaves every group).
     pub fn delete_user(&self, id: &str) {
-        let mut st = self.st();
+        let mut guard = self.st();
+        let st = &mut *guard;
         st.users.remove(id);
-        for g in st.groups.values_mut() {
+        st.delta.record("users", id);
+        let mut left = Vec::new();
+        for (gid, g) in st.groups.iter_mut() {
+            if g.members.iter().any(|m| m == id) {
+                left.push(gid.clone());
+            }
             g.members.retain(|m| m != id);
+        }
+        for gid in left {
+            st.delta.record("groups", &gid);
         }
     }
 
     pub fn add_group(&self, id: &str, name: &str) {
-        self.st().groups.insert(
+        let mut st = self.st();
+        st.groups.insert(
             id.to_string(),
             Group {
                 name: name.to_string(),
                 members: Vec::new(),
             },
         );
+        st.delta.record("groups", id);
     }
 
     pub fn set_members(&self, group_id: &str, user_ids: &[&str]) {
-        if let Some(g) = self.st().groups.get_mut(group_id) {
+        let mut guard = self.st();
+        let st = &mut *guard;
+        if let Some(g) = st.groups.get_mut(group_id) {
             g.members = user_ids.iter().map(|s| s.to_string()).collect();
+            st.delta.record("groups", group_id);
         }
     }
 
@@ -461,6 +488,8 @@ fn handle(
     }
     prune_expired(st);
     match (method, &segs[1..]) {
+        ("GET", ["users", "delta"]) => delta::delta(st, "users", query),
+        ("GET", ["groups", "delta"]) => delta::delta(st, "groups", query),
         ("GET", ["users"]) => {
             let all: Vec<Value> = st
                 .users

@@ -192,7 +192,7 @@ impl GraphClient {
 
     /// One call with the bearer token; a 401 refreshes the token and tries once more.
     /// `Ok(None)` is a 404.
-    async fn call(
+    pub(super) async fn call(
         &self,
         op: &'static str,
         method: Method,
@@ -242,6 +242,11 @@ impl GraphClient {
                     detail: format!("answer is not json: {e}"),
                 });
         }
+    }
+
+    /// The configured Graph base URL (links are followed only on it).
+    pub(super) fn graph_url(&self) -> &str {
+        &self.graph_url
     }
 
     fn decode<T: for<'de> Deserialize<'de>>(op: &'static str, v: Value) -> Result<T, GraphError> {

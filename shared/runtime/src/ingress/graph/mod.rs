@@ -8,11 +8,13 @@
 //! another keeps the subscriptions alive.
 
 mod client;
+mod delta;
 mod service;
 
 /// The time type [`GraphService::renew_due`] and [`GraphService::process_inbox`] take.
 pub use chrono::{DateTime, Utc};
 pub use client::{GRAPH_SCOPE, GraphClient, GraphClientConfig, GraphError, Subscription};
+pub use delta::{DELTA_RESOURCES, DeltaPage, DeltaReport};
 pub use service::{GraphService, GraphServiceError, RenewReport};
 
 use super::{Deps, error};
@@ -245,6 +247,14 @@ pub fn spawn_tasks<Q: QueueProducer + Clone + 'static>(
     let mut tasks = Vec::new();
     let (inbox, s) = (svc.clone(), shutdown.clone());
     tasks.push(tokio::spawn(async move { inbox_loop(inbox, s).await }));
+    // After downtime: what changed since the stored deltaLinks goes to the inbox.
+    let on_start = svc.clone();
+    tasks.push(tokio::spawn(async move {
+        match on_start.delta_catch_up(Utc::now()).await {
+            Ok(r) => tracing::info!(resumed = ?r.resumed, baselined = ?r.baselined, "graph delta catch-up on start"),
+            Err(e) => tracing::warn!(error = %e, "graph delta catch-up on start failed"),
+        }
+    }));
     if svc.config().notification_url.is_some() {
         let s = shutdown.clone();
         tasks.push(tokio::spawn(async move { subscription_loop(svc, s).await }));

@@ -279,8 +279,17 @@ impl<Q: QueueProducer> GraphService<Q> {
                 }
             }
             LifecycleEvent::Missed => {
-                let n_users = self.reconcile(&n.key()).await?;
-                tracing::info!(users = n_users, "full reconcile after missed notifications");
+                // Delta queries from the stored deltaLinks; a full listing only without one.
+                let delta = self.delta_catch_up(Utc::now()).await?;
+                if !delta.baselined.is_empty() {
+                    let n_users = self.reconcile(&n.key()).await?;
+                    tracing::info!(
+                        users = n_users,
+                        "full reconcile after missed notifications (no deltaLink)"
+                    );
+                } else {
+                    tracing::info!(resumed = ?delta.resumed, "delta catch-up after missed notifications");
+                }
             }
             LifecycleEvent::Other(_) => {}
         }
@@ -399,6 +408,10 @@ impl<Q: QueueProducer> GraphService<Q> {
 
     pub(crate) fn store(&self) -> &Sqlite {
         &self.store
+    }
+
+    pub(crate) fn client(&self) -> &GraphClient {
+        &self.client
     }
 }
 
