@@ -7,6 +7,7 @@ mod concurrency;
 mod fixtures;
 mod generic;
 mod google;
+mod google_catchup;
 mod graph;
 mod graph_trust;
 mod handover;

@@ -27,7 +27,7 @@
 //! # What it does not model
 //! Delivering the push itself (tests post what [`FakeGoogleReports::notifications`] returns), the
 //! `sync` message, other applications' parameters, `filters`/`eventName`/`actorIpAddress`,
-//! data lag (an activity is listable the moment it is added) and the 180-day retention.
+//! data lag (an activity is listable the moment it is added) and retention (nothing ages out).
 
 use crate::server;
 use axum::body::to_bytes;
