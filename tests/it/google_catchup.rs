@@ -72,7 +72,12 @@ async fn offboardings_while_down_are_applied_once_after_a_restart_even_with_a_la
     let ids = uids.clone();
     wait_until("every missed offboarding applied", || {
         let (l, ids) = (l.clone(), ids.clone());
-        async move { ids.iter().all(|u| l.user(u).is_some_and(|v| v.is_disabled && v.session_ids.is_empty())) }
+        async move {
+            ids.iter().all(|u| {
+                l.user(u)
+                    .is_some_and(|v| v.is_disabled && v.session_ids.is_empty())
+            })
+        }
     })
     .await;
     app.drained().await;
@@ -89,7 +94,9 @@ async fn offboardings_while_down_are_applied_once_after_a_restart_even_with_a_la
         let disables = looker
             .calls()
             .iter()
-            .filter(|c| c.method == "PATCH" && c.path == format!("/users/{uid}") && c.body.contains("is_disabled"))
+            .filter(|c| {
+                c.method == "PATCH" && c.path == format!("/users/{uid}") && c.body.contains("is_disabled")
+            })
             .count();
         assert_eq!(disables, 1, "user {uid} disabled once");
     }
@@ -110,7 +117,11 @@ async fn offboardings_while_down_are_applied_once_after_a_restart_even_with_a_la
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     app.drained().await;
-    assert_eq!(looker.calls().len(), before, "a late push of a caught-up event makes no Looker call");
+    assert_eq!(
+        looker.calls().len(),
+        before,
+        "a late push of a caught-up event makes no Looker call"
+    );
     let metrics = app.metrics().await;
     assert!(
         metrics.contains("gatehouse_intake_catchup_lag_seconds{source=\"google_workspace\"}"),

@@ -1,6 +1,7 @@
 //! Integration tests of the adapters, linked into one binary.
 
 mod aws_iam;
+mod catchup_contract;
 mod gcp_iam;
 mod looker;
 mod looker_content;

@@ -307,4 +307,60 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("very-s3cret-token"), "{dbg}");
     }
+
+    #[test]
+    fn upkeep_keys_are_validated_and_name_the_field() {
+        let ok = parse(
+            "notification_url = \"https://gh.example.com/hooks/google\"\nchannel_secret = \"a-long-channel-secret-01\"\n\
+             access_token = \"ya29.x\"\ncatchup_interval = \"1m\"\n",
+        );
+        ok.validate().unwrap();
+        assert!(ok.manages_channels() && ok.has_credentials());
+        assert!(!GoogleConfig::default().has_credentials());
+        let cases = [
+            ("notification_url = \"https://h/x\"", "google.channel_secret"),
+            ("channel_secret = \"short\"", "google.channel_secret"),
+            (
+                "notification_url = \"ftp://h\"\nchannel_secret = \"a-long-channel-secret-01\"",
+                "google.notification_url",
+            ),
+            ("channel_lifetime = \"7h\"", "google.channel_lifetime"),
+            ("renew_before = \"6h\"", "google.renew_before"),
+            ("channel_overlap = \"30m\"", "google.channel_overlap"),
+            ("catchup_interval = \"30m\"", "google.catchup_interval"),
+            ("catchup_interval = \"0s\"", "google.catchup_interval"),
+            ("timeout = \"0s\"", "google.timeout"),
+            ("access_token = \" \"", "google.access_token"),
+            ("delegated_admin = \"admin\"", "google.delegated_admin"),
+        ];
+        for (text, field) in cases {
+            let e = parse(text).validate().unwrap_err();
+            assert_eq!(e.field, field, "{text}");
+        }
+        let mut c = GoogleConfig::default();
+        c.apply_env(&|k| match k {
+            "GATEHOUSE_GOOGLE_CHANNEL_SECRET" => Some("env-channel-secret-0001".into()),
+            "GATEHOUSE_GOOGLE_ACCESS_TOKEN" => Some("ya29.env".into()),
+            "GATEHOUSE_GOOGLE_CREDENTIALS_FILE" => Some("/etc/g.json".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(
+            c.channel_secret.as_ref().unwrap().expose_secret(),
+            "env-channel-secret-0001"
+        );
+        assert_eq!(
+            c.credentials_file.as_deref(),
+            Some(std::path::Path::new("/etc/g.json"))
+        );
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains("env-channel-secret-0001") && !dbg.contains("ya29.env"),
+            "{dbg}"
+        );
+        let e = GoogleConfig::default()
+            .apply_env(&|k| (k == "GATEHOUSE_GOOGLE_CHANNEL_SECRET").then(|| "weak".to_string()))
+            .unwrap_err();
+        assert_eq!(e.field, "GATEHOUSE_GOOGLE_CHANNEL_SECRET");
+    }
 }
