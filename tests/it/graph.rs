@@ -1,6 +1,7 @@
 //! Microsoft Graph change notifications end to end: `/hooks/graph` over HTTP → inbox → Graph
 //! read (fake Graph) → embedded queue → processor → fake Looker.
 
+use gatehouse_adapters::catchup_state::CatchupStore;
 use gatehouse_domain::identity::Status;
 use gatehouse_domain::ports::StateStore;
 use gatehouse_e2e::{Options, TestApp, example_policy, fixtures_dir, seed_catalog, spawn_app, wait_until};
@@ -401,8 +402,6 @@ async fn lifecycle_notifications_renew_recreate_and_reconcile_the_tenant() {
         let id = format!("00000000-0000-0000-0000-00000000000{i}");
         graph.add_user(&id, &format!("user{i}@example.com"), &format!("User {i}"));
     }
-    // One person was disabled while notifications were being missed.
-    graph.set_account_enabled("00000000-0000-0000-0000-000000000003", false);
     let uid = looker.add_user("user3@example.com", "User", "3");
     looker.add_session(&uid);
     let extra = format!("notification_url = {NOTIFICATION_URL:?}\n");
@@ -413,6 +412,17 @@ async fn lifecycle_notifications_renew_recreate_and_reconcile_the_tenant() {
         async move { s.graph_subscriptions().await.unwrap().len() == 2 }
     })
     .await;
+    // Creating the subscriptions took a delta baseline (issue 18).
+    wait_until("delta baselines stored", || {
+        let s = store.clone();
+        async move {
+            s.catchup_get("graph:users").await.unwrap().is_some()
+                && s.catchup_get("graph:groups").await.unwrap().is_some()
+        }
+    })
+    .await;
+    // One person was disabled while notifications were being missed.
+    graph.set_account_enabled("00000000-0000-0000-0000-000000000003", false);
     let subs = app.store.graph_subscriptions().await.unwrap();
     let users_sub = subs.iter().find(|s| s.resource == "users").unwrap().clone();
     let groups_sub = subs.iter().find(|s| s.resource == "groups").unwrap().clone();
@@ -426,7 +436,7 @@ async fn lifecycle_notifications_renew_recreate_and_reconcile_the_tenant() {
         }]})
     };
 
-    // missed → every user is read (3 pages of 2) and converged.
+    // missed → a delta round from the stored deltaLink finds the change; no full listing.
     let r = post_json(&app, &lifecycle(&users_sub.subscription_id, "missed")).await;
     assert_eq!(r.status(), 202);
     let fake = looker.clone();
@@ -437,12 +447,20 @@ async fn lifecycle_notifications_renew_recreate_and_reconcile_the_tenant() {
     })
     .await;
     settled(&app).await;
-    assert_eq!(graph.count("GET", "/v1.0/users"), 3, "{:?}", graph.calls());
-    for i in 0..5 {
-        let key = format!("entra:00000000-0000-0000-0000-00000000000{i}");
-        let s = app.store.load_subject(&key).await.unwrap();
-        assert!(s.is_some(), "{key} was reconciled");
-    }
+    let calls = graph.calls();
+    assert!(
+        !calls.iter().any(|c| c.method == "GET" && c.path == "/v1.0/users"),
+        "{calls:?}"
+    );
+    assert!(calls.iter().any(
+        |c| c.path == "/v1.0/users/delta" && c.query_param("$deltatoken").is_some_and(|t| t != "latest")
+    ));
+    let s = app
+        .store
+        .load_subject("entra:00000000-0000-0000-0000-000000000003")
+        .await
+        .unwrap();
+    assert!(s.is_some(), "the missed change was caught up");
 
     // reauthorizationRequired → the subscription is renewed (PATCH).
     let r = post_json(

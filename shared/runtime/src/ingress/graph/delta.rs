@@ -125,8 +125,14 @@ fn row_for(resource: &str, from: &str, item: &Value) -> Option<(String, String)>
 }
 
 impl<Q: QueueProducer> GraphService<Q> {
-    /// One delta round over every subscribed resource among `users` and `groups`.
-    pub async fn delta_catch_up(&self, now: DateTime<Utc>) -> Result<DeltaReport, GraphServiceError> {
+    /// One delta round over every subscribed resource among `users` and `groups`. A resource
+    /// without a stored deltaLink gets a baseline only with `take_baselines` (a `missed`); on
+    /// start it is left alone (its baseline is taken when its subscription is created).
+    pub async fn delta_catch_up(
+        &self,
+        now: DateTime<Utc>,
+        take_baselines: bool,
+    ) -> Result<DeltaReport, GraphServiceError> {
         let mut report = DeltaReport::default();
         let resources: Vec<&str> = DELTA_RESOURCES
             .into_iter()
@@ -140,6 +146,9 @@ impl<Q: QueueProducer> GraphService<Q> {
         for resource in resources {
             let key = cursor_key(resource);
             let stored = self.store().catchup_get(&key).await?;
+            if stored.is_none() && !take_baselines {
+                continue;
+            }
             let resumed = match &stored {
                 Some(c) => match self.resume(resource, c, now).await {
                     Ok(n) => Some(n),
@@ -217,6 +226,23 @@ impl<Q: QueueProducer> GraphService<Q> {
             detail: format!("more than {MAX_PAGES} pages"),
         }
         .into())
+    }
+
+    /// Take a baseline for `resource` unless a deltaLink is stored (called when its
+    /// subscription is created: from then on, what Graph fails to deliver is in the delta).
+    pub(crate) async fn ensure_delta_baseline(&self, resource: &str, now: DateTime<Utc>) {
+        let resource = resource.trim_start_matches('/').to_ascii_lowercase();
+        let Some(r) = DELTA_RESOURCES.into_iter().find(|r| *r == resource) else {
+            return;
+        };
+        let result = match self.store().catchup_get(&cursor_key(r)).await {
+            Ok(Some(_)) => return,
+            Ok(None) => self.baseline(r, now).await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(resource = r, error = %e, "graph delta baseline failed; a missed will list the tenant");
+        }
     }
 
     /// A deltaLink for "now" without listing (`$deltatoken=latest`).

@@ -92,8 +92,12 @@ impl World {
 #[tokio::test]
 async fn missed_resumes_from_the_stored_delta_link_and_applies_each_change_once() {
     let w = world().await;
-    // Start-up: no deltaLink yet, a baseline for now (no listing).
-    let r = w.svc.delta_catch_up(Utc::now()).await.unwrap();
+    // Start-up without a deltaLink: nothing to resume, nothing asked.
+    let r = w.svc.delta_catch_up(Utc::now(), false).await.unwrap();
+    assert_eq!(r, DeltaReport::default());
+    assert!(w.fake.calls().is_empty());
+    // A baseline for now (no listing), as when the subscription is created.
+    let r = w.svc.delta_catch_up(Utc::now(), true).await.unwrap();
     assert_eq!(r.baselined, ["users", "groups"]);
     let before = w.store.catchup_get("graph:users").await.unwrap().unwrap();
     let before_groups = w.store.catchup_get("graph:groups").await.unwrap().unwrap();
@@ -142,7 +146,7 @@ async fn missed_resumes_from_the_stored_delta_link_and_applies_each_change_once(
     // A crash after the rows but before the new deltaLink: the replayed round adds nothing.
     w.store.catchup_put("graph:users", &before).await.unwrap();
     w.store.catchup_put("graph:groups", &before_groups).await.unwrap();
-    let r = w.svc.delta_catch_up(Utc::now()).await.unwrap();
+    let r = w.svc.delta_catch_up(Utc::now(), true).await.unwrap();
     assert!(r.resumed.iter().all(|(_, n)| *n > 0), "{r:?}");
     w.drain().await;
     assert_eq!(w.events().len(), n, "each change once");
@@ -151,10 +155,10 @@ async fn missed_resumes_from_the_stored_delta_link_and_applies_each_change_once(
 #[tokio::test]
 async fn throttling_is_retried_and_an_expired_delta_link_falls_back_to_a_listing() {
     let w = world().await;
-    w.svc.delta_catch_up(Utc::now()).await.unwrap();
+    w.svc.delta_catch_up(Utc::now(), true).await.unwrap();
     w.fake.set_retry_after_secs(3);
     w.fake.fail_next(429, 1);
-    let e = w.svc.delta_catch_up(Utc::now()).await.unwrap_err();
+    let e = w.svc.delta_catch_up(Utc::now(), true).await.unwrap_err();
     assert_eq!(e.to_string(), "graph delta: throttled (retry after Some(3s))");
 
     // Tokens past their lifetime answer 410: a new baseline, and `missed` lists the tenant.

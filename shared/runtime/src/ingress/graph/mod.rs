@@ -250,7 +250,7 @@ pub fn spawn_tasks<Q: QueueProducer + Clone + 'static>(
     // After downtime: what changed since the stored deltaLinks goes to the inbox.
     let on_start = svc.clone();
     tasks.push(tokio::spawn(async move {
-        match on_start.delta_catch_up(Utc::now()).await {
+        match on_start.delta_catch_up(Utc::now(), false).await {
             Ok(r) => tracing::info!(resumed = ?r.resumed, baselined = ?r.baselined, "graph delta catch-up on start"),
             Err(e) => tracing::warn!(error = %e, "graph delta catch-up on start failed"),
         }

@@ -280,7 +280,7 @@ impl<Q: QueueProducer> GraphService<Q> {
             }
             LifecycleEvent::Missed => {
                 // Delta queries from the stored deltaLinks; a full listing only without one.
-                let delta = self.delta_catch_up(Utc::now()).await?;
+                let delta = self.delta_catch_up(Utc::now(), true).await?;
                 if !delta.baselined.is_empty() {
                     let n_users = self.reconcile(&n.key()).await?;
                     tracing::info!(
@@ -337,6 +337,7 @@ impl<Q: QueueProducer> GraphService<Q> {
             .await?;
         tracing::info!(resource, subscription_id = %sub.id, expires_at = %sub.expiration_date_time,
             "graph subscription created");
+        self.ensure_delta_baseline(resource, now).await;
         Ok(sub.id)
     }
 
