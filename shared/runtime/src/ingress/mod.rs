@@ -126,7 +126,8 @@ pub fn record_accepted(n: usize) {
     tracing::Span::current().record("accepted", n);
 }
 
-/// Background work the intakes need (SCIM outbox relay, Graph subscription renewal).
+/// Background work the intakes need (SCIM outbox relay, Graph subscription renewal and delta
+/// catch-up, Google channel upkeep and catch-up).
 pub fn spawn_tasks<Q: QueueProducer + Clone + 'static>(
     deps: &Deps<Q>,
     shutdown: &Shutdown,
