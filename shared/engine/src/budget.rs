@@ -15,10 +15,10 @@
 //! after its tasks have stopped.
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
-use gatehouse_adapters::looker::CallMeter;
 use gatehouse_domain::ports::{BackendError, LookerCallCounts, call_month};
 use gatehouse_platform::config::LookerBudgetConfig;
 use gatehouse_platform::shutdown::Shutdown;
+use gatehouse_targets::client::looker::CallMeter;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 

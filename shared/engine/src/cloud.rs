@@ -3,7 +3,6 @@
 //! independent calls concurrent); and which person a cloud drift event is about.
 
 use crate::engine::ProcessError;
-use crate::targets::{self, Applied, Mode, Run};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use gatehouse_domain::cloud::{
@@ -15,14 +14,15 @@ use gatehouse_domain::policy::Policy;
 use gatehouse_domain::ports::{BackendError, StateStore, SubjectState};
 use gatehouse_domain::target::Target as _;
 use gatehouse_platform::config::{Mode as ConfigMode, Modes};
+use gatehouse_targets::{self as targets, Applied, Mode, Run};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub use crate::targets::Ctx;
-pub use crate::targets::aws_iam::AwsTarget;
-pub use crate::targets::gcp_iam::{GcpPlan, GcpTarget};
 /// Ledger status of a change found but not made (report mode).
 pub use gatehouse_domain::target::REPORTED;
+pub use gatehouse_targets::Ctx;
+pub use gatehouse_targets::aws_iam::AwsTarget;
+pub use gatehouse_targets::gcp_iam::{GcpPlan, GcpTarget};
 
 /// Lists the directory (every subject), for resolving a drift subject to a person.
 pub type DirectoryFn =

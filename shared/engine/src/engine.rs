@@ -3,8 +3,6 @@
 //! → apply → ledger → commit. Only after `commit` may the queue message be acked.
 
 use crate::cloud::{CloudTargets, Ctx};
-use crate::targets::looker::LookerTarget;
-use crate::targets::{self, Applied, ApplyError, Mode, ReadError, Registered, Run, TargetFailure};
 use chrono::{DateTime, Utc};
 use gatehouse_domain::cloud::{CloudError, CloudPlan, DesiredCloud};
 use gatehouse_domain::envelope::{Envelope, IdentityEvent};
@@ -17,12 +15,16 @@ use gatehouse_domain::ports::{
 };
 use gatehouse_domain::target::{CallOutcome, Order, Screen, SendAll, Target as _, TargetName};
 use gatehouse_platform::config::Mode as ConfigMode;
+use gatehouse_targets::looker::LookerTarget;
+use gatehouse_targets::{
+    self as targets, Applied, ApplyError, Mode, ReadError, Registered, Run, TargetFailure,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
-pub use crate::targets::RetryPolicy;
+pub use gatehouse_targets::RetryPolicy;
 
 /// What handling one envelope came to.
 #[derive(Debug, Clone, PartialEq, Eq)]

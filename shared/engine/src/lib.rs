@@ -1,16 +1,11 @@
-//! The parts every Gatehouse binary is assembled from: the ingress router ([`ingress`]), the
-//! processor ([`engine`] decides and applies, [`worker`] drives it from the queue) and the wiring
-//! from configuration ([`app`]).
+//! The processor: the [`engine`] decides and applies, the [`worker`] drives it from the queue,
+//! [`reconcile`] compares the directory with every target, [`budget`] counts Looker calls,
+//! [`breaker`] holds mass changes, and [`app`] wires it from configuration.
 
 pub mod app;
-pub mod audit;
 pub mod breaker;
 pub mod budget;
 pub mod cloud;
 pub mod engine;
-pub mod ingress;
 pub mod reconcile;
-pub mod safety;
-pub mod server;
-pub mod targets;
 pub mod worker;

@@ -3,8 +3,8 @@
 //! step is one IAM call, all at once. A revocation that finds nothing (`NoSuchEntity`) is done.
 
 use super::{RetryPolicy, retry_read};
+use crate::client::aws_iam::AwsIam;
 use chrono::{DateTime, Utc};
-use gatehouse_adapters::aws_iam::AwsIam;
 use gatehouse_domain::cloud::{self, AwsActual, AwsIamOp, AwsPlan, AwsUserMapping, CloudError, DesiredAws};
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::looker::HttpCall;
@@ -21,7 +21,7 @@ pub struct AwsTarget {
 
 impl AwsTarget {
     /// A read with this target's retries.
-    pub(crate) async fn retry<T, F, Fut>(&self, f: F) -> Result<T, CloudError>
+    pub async fn retry<T, F, Fut>(&self, f: F) -> Result<T, CloudError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, CloudError>>,

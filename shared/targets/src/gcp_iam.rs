@@ -5,8 +5,8 @@
 //! read again and re-applied, never overwritten.
 
 use super::{RetryPolicy, retry_read};
+use crate::client::gcp_iam::GcpIam;
 use chrono::{DateTime, Utc};
-use gatehouse_adapters::gcp_iam::GcpIam;
 use gatehouse_domain::cloud::{self, CloudError, DesiredGcp, GcpIamOp, GcpStep, IamPolicy};
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::looker::{ErrorKind, HttpCall};

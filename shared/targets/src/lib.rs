@@ -14,8 +14,10 @@
 //!   tried again at once as often as the target says, a `NotFound` on a revocation is done.
 
 pub mod aws_iam;
+pub mod client;
 pub mod gcp_iam;
 pub mod looker;
+pub mod safety;
 
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use chrono::Utc;
@@ -37,7 +39,7 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    pub(crate) fn backoff(&self) -> ExponentialBuilder {
+    pub fn backoff(&self) -> ExponentialBuilder {
         ExponentialBuilder::default()
             .with_min_delay(self.min_delay)
             .with_max_delay(self.max_delay)

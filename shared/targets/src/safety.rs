@@ -1,5 +1,5 @@
 //! Safety rails (issue 19), as the [`Screen`] every step of every target passes before it is
-//! sent ([`crate::targets::apply`]):
+//! sent ([`crate::apply`]):
 //!
 //! - **Gatehouse never acts on itself.** No step touches the Looker user that owns the API3 key
 //!   Gatehouse logs in with (found with `GET /user`), the IAM user it calls AWS as
@@ -17,8 +17,8 @@
 //! [`LOOKER_REFRESH`]), its AWS identity (once). Until its own Looker user is known, Looker
 //! revocations are withheld (reconcile applies them later).
 
-use gatehouse_adapters::aws_iam::AwsIam;
-use gatehouse_adapters::looker::LookerClient;
+use crate::client::aws_iam::AwsIam;
+use crate::client::looker::LookerClient;
 use gatehouse_domain::looker::LookerError;
 use gatehouse_domain::ports::LookerPort;
 use gatehouse_domain::target::{Screen, Screened, TargetName};

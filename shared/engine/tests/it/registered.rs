@@ -4,13 +4,13 @@
 
 use crate::toy_target::{Wiki, WikiTarget};
 use chrono::DateTime;
-use gatehouse_adapters::looker::LookerClient;
-use gatehouse_adapters::sqlite::Sqlite;
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, GroupRef, IdentityEvent, Profile, Source, Subject};
 use gatehouse_domain::policy::Policy;
 use gatehouse_domain::ports::StateStore;
-use gatehouse_runtime::engine::{Engine, Handled};
-use gatehouse_runtime::targets::RetryPolicy;
+use gatehouse_engine::engine::{Engine, Handled};
+use gatehouse_store::sqlite::Sqlite;
+use gatehouse_targets::RetryPolicy;
+use gatehouse_targets::client::looker::LookerClient;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;

@@ -140,8 +140,8 @@ mod tests {
     use super::*;
     use crate::ingress::test_support::{MemQueue, send};
     use axum::http::Request;
-    use gatehouse_adapters::sqlite::Sqlite;
     use gatehouse_platform::config::Config;
+    use gatehouse_store::sqlite::Sqlite;
 
     const BODY: &[u8] = include_bytes!(
         "../../../../../shared/fixtures/okta/event-hook.user.lifecycle.deactivate.constructed.json"

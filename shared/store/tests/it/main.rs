@@ -1,9 +1,5 @@
-//! Integration tests of the adapters, linked into one binary.
+//! Integration tests of the stores and queues, linked into one binary.
 
-mod aws_iam;
-mod gcp_iam;
-mod looker;
-mod looker_content;
 mod postgres;
 mod pubsub;
 mod queue_contract;

@@ -2,9 +2,9 @@
 //! `state_contract.rs`): several replicas on one database, and the URL's password kept secret.
 
 use crate::state_contract::{entry, postgres};
-use gatehouse_adapters::postgres::Postgres;
 use gatehouse_domain::ledger_chain;
 use gatehouse_domain::ports::StateStore;
+use gatehouse_store::postgres::Postgres;
 use secrecy::SecretString;
 
 /// Replicas start together (each migrates: sqlx serializes that with an advisory lock) and append

@@ -5,12 +5,12 @@
 //! admin endpoint (gRPC port + 1, or `GATEHOUSE_TEST_PUBSUB_ADMIN`), so tests are independent.
 
 use crate::queue_contract::{self, Capabilities, DeadLettered, DeadLetters, envelope};
-use gatehouse_adapters::pubsub::{
+use gatehouse_domain::envelope::Envelope;
+use gatehouse_domain::ports::{Delivery, QueueConsumer, QueueProducer};
+use gatehouse_store::pubsub::{
     DEAD_LETTER_ATTEMPTS_ATTRIBUTE, DEAD_LETTER_REASON_ATTRIBUTE, DEAD_LETTER_SUBSCRIPTION_ATTRIBUTE,
     ENVELOPE_ID_ATTRIBUTE, PubsubOptions, PubsubQueue,
 };
-use gatehouse_domain::envelope::Envelope;
-use gatehouse_domain::ports::{Delivery, QueueConsumer, QueueProducer};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -336,8 +336,8 @@ async fn publish_to_a_missing_topic_fails() {
 /// as an envelope, another body with its original attributes) and acks them on the dead letters.
 #[tokio::test]
 async fn dead_letter_tools_list_and_redrive() {
-    use gatehouse_adapters::dlq::Redrive;
-    use gatehouse_adapters::pubsub::PubsubDeadLetters;
+    use gatehouse_store::dlq::Redrive;
+    use gatehouse_store::pubsub::PubsubDeadLetters;
     let (topic, sub) = fresh("q").await;
     let (dlq_topic, dlq_sub) = fresh("dlq").await;
     let mut o = options(&topic, &sub);

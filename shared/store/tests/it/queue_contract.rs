@@ -7,9 +7,9 @@
 //! being tested.
 
 use chrono::{DateTime, Utc};
-use gatehouse_adapters::sqlite::Sqlite;
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, IdentityEvent, Source, Subject};
 use gatehouse_domain::ports::{Delivery, QueueConsumer, QueueProducer};
+use gatehouse_store::sqlite::Sqlite;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;

@@ -1,13 +1,13 @@
 //! Contract of the embedded SQLite queue and state store.
 
 use chrono::{DateTime, Utc};
-use gatehouse_adapters::sqlite::Sqlite;
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, IdentityEvent, Source, Subject};
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::looker::{HttpCall, Method};
 use gatehouse_domain::ports::{
     DeletionChange, LedgerEntry, Outcome, QueueConsumer, QueueProducer, ScheduledDeletion, StateStore,
 };
+use gatehouse_store::sqlite::Sqlite;
 use std::time::Duration;
 
 fn env(id: &str, subject: &str, secs: i64) -> Envelope {

@@ -5,9 +5,9 @@ use crate::queue_contract::{self, Capabilities, DeadLettered, DeadLetters, envel
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{Builder, Credentials, Region};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use gatehouse_adapters::sqs::{DEAD_LETTER_REASON_ATTRIBUTE, SqsQueue};
 use gatehouse_domain::envelope::Envelope;
 use gatehouse_domain::ports::{QueueConsumer, QueueProducer};
+use gatehouse_store::sqs::{DEAD_LETTER_REASON_ATTRIBUTE, SqsQueue};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -425,8 +425,8 @@ async fn acks_waiting_together_are_deleted_in_one_batch_each_answered() {
 /// source queue and removes them from the dead-letter queue.
 #[tokio::test]
 async fn dead_letter_tools_list_and_redrive() {
-    use gatehouse_adapters::dlq::Redrive;
-    use gatehouse_adapters::sqs::SqsDeadLetters;
+    use gatehouse_store::dlq::Redrive;
+    use gatehouse_store::sqs::SqsDeadLetters;
     let s = setup(false).await;
     let q = s.queue.clone();
     let envs: Vec<_> = (0..3)

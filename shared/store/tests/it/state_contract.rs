@@ -7,8 +7,6 @@
 //! check that `ledger_chain::verify_store` names the first bad row.
 
 use chrono::{DateTime, Duration as ChronoDuration};
-use gatehouse_adapters::postgres::Postgres;
-use gatehouse_adapters::sqlite::Sqlite;
 use gatehouse_domain::envelope::EnvelopeId;
 use gatehouse_domain::identity::{Identity, Stamp, Stamped};
 use gatehouse_domain::ledger_chain::{self, ChainBreak};
@@ -17,6 +15,8 @@ use gatehouse_domain::ports::{
     DELETION_CLAIM, DeletionChange, LedgerEntry, LookerCallCounts, Outcome, RotationRequest,
     ScheduledDeletion, StateStore,
 };
+use gatehouse_store::postgres::Postgres;
+use gatehouse_store::sqlite::Sqlite;
 use secrecy::SecretString;
 use sqlx::Connection;
 use std::collections::BTreeSet;

@@ -2,7 +2,7 @@
 //! read only when a plan needs it (offboarding: 2 calls; before a deletion: 5 calls; each further
 //! page of 500 alerts one more). Every id read is checked before it can become a path segment.
 
-use crate::looker::{LookerClient, bad_body, check_segment, permanent};
+use crate::client::looker::{LookerClient, bad_body, check_segment, permanent};
 use gatehouse_domain::handover::{AlertInfo, ContentNeeds, LookerContent, ScheduledPlanInfo};
 use gatehouse_domain::looker::LookerError;
 use serde::Deserialize;

@@ -3,9 +3,9 @@
 
 use aws_sdk_iam::Client;
 use aws_sdk_iam::config::{Builder, Credentials, Region};
-use gatehouse_adapters::aws_iam::AwsIam;
 use gatehouse_domain::cloud::{AwsIamOp, AwsReadNeeds, AwsUserKey};
 use gatehouse_domain::looker::ErrorKind;
+use gatehouse_targets::client::aws_iam::AwsIam;
 use std::collections::BTreeMap;
 
 const SECRET: &str = "testing-secret-iam-d0-not-leak";

@@ -4,13 +4,13 @@
 //! writing one harness: a person who lacks a grant, the desired states that grant and revoke
 //! it, and a direct look at the backend.
 
-use gatehouse_adapters::sqlite::Sqlite;
 use gatehouse_domain::looker::HttpCall;
 use gatehouse_domain::ports::{LedgerRow, StateStore};
 use gatehouse_domain::target::{
     Link, Order, Planned, Screen, Screened, SendAll, SendError, Sent, Target, TargetName,
 };
-use gatehouse_runtime::targets::{self, Applied, Ctx, Mode, RetryPolicy, Run};
+use gatehouse_store::sqlite::Sqlite;
+use gatehouse_targets::{self as targets, Applied, Ctx, Mode, RetryPolicy, Run};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

@@ -1,8 +1,8 @@
 //! The GCP IAM adapter against the stateful fake (`gatehouse_testkit::gcp_iam_fake`).
 
-use gatehouse_adapters::gcp_iam::{GcpIam, GcpIamConfig, TokenSource};
 use gatehouse_domain::cloud::{GcpIamOp, apply_gcp};
 use gatehouse_domain::looker::ErrorKind;
+use gatehouse_targets::client::gcp_iam::{GcpIam, GcpIamConfig, TokenSource};
 use gatehouse_testkit::gcp_iam_fake::FakeGcpIam;
 use secrecy::SecretString;
 use serde_json::json;

@@ -1,8 +1,8 @@
 //! The Looker client against the stateful fake Looker (`gatehouse_testkit::FakeLooker`).
 
-use gatehouse_adapters::looker::{LookerClient, LookerConfig, SEARCH_FIELDS};
 use gatehouse_domain::looker::{ErrorKind, LookerError, LookerOp, Named, ReadNeeds, UserRef};
 use gatehouse_domain::ports::LookerPort;
+use gatehouse_targets::client::looker::{LookerClient, LookerConfig, SEARCH_FIELDS};
 use gatehouse_testkit::{FakeLooker, RecordedCall};
 use secrecy::SecretString;
 use std::collections::{BTreeMap, BTreeSet};
@@ -768,7 +768,7 @@ fn calls_are_counted_with_templated_endpoints() {
 #[tokio::test]
 async fn the_call_meter_counts_every_request_looker_receives() {
     let fake = FakeLooker::start().await;
-    let meter = gatehouse_adapters::looker::CallMeter::new();
+    let meter = gatehouse_targets::client::looker::CallMeter::new();
     let c = LookerClient::with_meter(config(&fake), meter.clone()).unwrap();
     find(&c, "nobody@x.com").await; // login + search
     c.catalog().await.unwrap(); // three lists

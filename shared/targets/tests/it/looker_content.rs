@@ -1,9 +1,9 @@
 //! The client's content reads and hand-over writes (issue 19) against the fake's spec-shaped JSON.
 
-use gatehouse_adapters::looker::{LookerClient, LookerConfig};
 use gatehouse_domain::handover::{AlertInfo, ContentNeeds, ScheduledPlanInfo};
 use gatehouse_domain::looker::{ErrorKind, LookerOp, UserRef};
 use gatehouse_domain::ports::LookerPort;
+use gatehouse_targets::client::looker::{LookerClient, LookerConfig};
 use gatehouse_testkit::FakeLooker;
 use secrecy::SecretString;
 use std::time::Duration;

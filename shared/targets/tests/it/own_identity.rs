@@ -3,17 +3,17 @@
 
 use aws_sdk_iam::Client;
 use aws_sdk_iam::config::{Builder, Credentials, Region};
-use gatehouse_adapters::aws_iam::AwsIam;
 use gatehouse_domain::looker::{HttpCall, Method};
 use gatehouse_domain::target::{Screen, Screened, TargetName};
 use gatehouse_platform::config::Config;
-use gatehouse_runtime::safety::Safety;
+use gatehouse_targets::client::aws_iam::AwsIam;
+use gatehouse_targets::safety::Safety;
 
 fn moto_url() -> String {
     std::env::var("GATEHOUSE_TEST_MOTO_URL").unwrap_or_else(|_| {
         panic!(
             "GATEHOUSE_TEST_MOTO_URL is not set: this test needs moto. Run \
-             scripts/with-servers.sh cargo test -p gatehouse-runtime --test it"
+             scripts/with-servers.sh cargo test -p gatehouse-targets --test it"
         )
     })
 }

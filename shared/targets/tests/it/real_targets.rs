@@ -5,14 +5,15 @@
 use crate::contract::{Harness, contract};
 use aws_sdk_iam::Client;
 use aws_sdk_iam::config::{Builder, Credentials, Region};
-use gatehouse_adapters::aws_iam::AwsIam;
-use gatehouse_adapters::gcp_iam::{GcpIam, GcpIamConfig, TokenSource};
-use gatehouse_adapters::looker::{LookerClient, LookerConfig};
 use gatehouse_domain::cloud::{AwsUserKey, AwsUserMapping, DesiredAws, DesiredGcp, KeyAction};
 use gatehouse_domain::policy::{DesiredLooker, GcpGrant, Presence};
-use gatehouse_runtime::cloud::{AwsTarget, GcpTarget};
-use gatehouse_runtime::targets::RetryPolicy;
-use gatehouse_runtime::targets::looker::LookerTarget;
+use gatehouse_targets::RetryPolicy;
+use gatehouse_targets::aws_iam::AwsTarget;
+use gatehouse_targets::client::aws_iam::AwsIam;
+use gatehouse_targets::client::gcp_iam::{GcpIam, GcpIamConfig, TokenSource};
+use gatehouse_targets::client::looker::{LookerClient, LookerConfig};
+use gatehouse_targets::gcp_iam::GcpTarget;
+use gatehouse_targets::looker::LookerTarget;
 use gatehouse_testkit::FakeLooker;
 use gatehouse_testkit::gcp_iam_fake::FakeGcpIam;
 use std::collections::{BTreeMap, BTreeSet};
@@ -123,7 +124,7 @@ fn moto_url() -> String {
     std::env::var("GATEHOUSE_TEST_MOTO_URL").unwrap_or_else(|_| {
         panic!(
             "GATEHOUSE_TEST_MOTO_URL is not set: the AWS IAM contract needs moto. Run \
-             scripts/with-servers.sh cargo test -p gatehouse-runtime --test it"
+             scripts/with-servers.sh cargo test -p gatehouse-targets --test it"
         )
     })
 }

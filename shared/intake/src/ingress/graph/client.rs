@@ -3,8 +3,8 @@
 //! (`@odata.nextLink`, followed only on the configured Graph origin) and subscriptions.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use gatehouse_adapters::looker::parse_retry_after;
 use gatehouse_domain::graph::{GraphGroup, GraphUser, USER_SELECT, is_safe_id};
+use gatehouse_platform::http::parse_retry_after;
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;

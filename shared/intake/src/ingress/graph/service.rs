@@ -3,14 +3,14 @@
 
 use super::client::{GraphClient, GraphClientConfig, GraphError};
 use chrono::{DateTime, Utc};
-use gatehouse_adapters::graph_state::{GroupMembers, InboxItem, StoredSubscription};
-use gatehouse_adapters::sqlite::Sqlite;
 use gatehouse_domain::envelope::Envelope;
 use gatehouse_domain::graph::{
     GraphUser, LifecycleEvent, Notification, Target, member_envelope, reconcile_envelope, user_envelope,
 };
 use gatehouse_domain::ports::{BackendError, QueueProducer};
 use gatehouse_platform::config::GraphConfig;
+use gatehouse_store::graph_state::{GroupMembers, InboxItem, StoredSubscription};
+use gatehouse_store::sqlite::Sqlite;
 use secrecy::SecretString;
 use std::collections::BTreeSet;
 use std::sync::Arc;

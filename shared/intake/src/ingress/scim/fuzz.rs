@@ -6,7 +6,7 @@
 //! normalizes to itself. `make test` runs `CASES` cases; `make fuzz` sets `PROPTEST_CASES`.
 
 use super::{patch, schema};
-use gatehouse_adapters::scim_store::ScimKind;
+use gatehouse_store::scim_store::ScimKind;
 use gatehouse_testkit::fuzz::{self as fz, config};
 use proptest::prelude::*;
 use serde_json::{Map, Value};

@@ -1,7 +1,7 @@
 //! SCIM 2.0 server (RFC 7643 / RFC 7644) at `/scim/v2`: the directory Okta or Entra ID pushes.
 //!
 //! Every write stores the directory change and the envelopes it causes in one SQLite transaction
-//! (transactional outbox, see `gatehouse_adapters::scim_store`); the relay publishes the outbox to
+//! (transactional outbox, see `gatehouse_store::scim_store`); the relay publishes the outbox to
 //! the queue and deletes what it published, so Looker follows the directory even across crashes,
 //! and a request that fails leaves neither a change nor an event. Filters are evaluated in memory
 //! on the resources' JSON (`gatehouse_domain::scim_filter`), never turned into SQL.
@@ -25,12 +25,12 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
-use gatehouse_adapters::scim_store::{ScimChange, ScimKind, ScimRecord, ScimStoreError, ScimWrite};
-use gatehouse_adapters::sqlite::Sqlite;
 use gatehouse_domain::envelope::Envelope;
 use gatehouse_domain::ports::QueueProducer;
 use gatehouse_domain::scim_filter::{AttrPath, Filter, matches, parse_filter, parse_path};
 use gatehouse_platform::shutdown::Shutdown;
+use gatehouse_store::scim_store::{ScimChange, ScimKind, ScimRecord, ScimStoreError, ScimWrite};
+use gatehouse_store::sqlite::Sqlite;
 use relay::Relay;
 use schema::{ENTERPRISE_SCHEMA, SchemaCase};
 use secrecy::{ExposeSecret, SecretString};

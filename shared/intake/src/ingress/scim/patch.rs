@@ -8,8 +8,8 @@
 //! [`super::schema::normalize`].
 
 use super::schema::{self, Attr, Container, ENTERPRISE_SCHEMA, Mutability, SchemaCase, Ty};
-use gatehouse_adapters::scim_store::ScimKind;
 use gatehouse_domain::scim_filter::{AttrPath, Filter, PatchPath, matches, parse_path};
+use gatehouse_store::scim_store::ScimKind;
 use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,10 +2,10 @@
 //! published. At-least-once: a crash between publish and delete publishes again, and the
 //! envelope id makes the repeat harmless (the queue and the processor dedupe by it).
 
-use gatehouse_adapters::sqlite::Sqlite;
 use gatehouse_domain::envelope::Envelope;
 use gatehouse_domain::ports::{BackendError, QueueProducer};
 use gatehouse_platform::shutdown::Shutdown;
+use gatehouse_store::sqlite::Sqlite;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

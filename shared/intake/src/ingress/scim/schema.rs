@@ -3,8 +3,8 @@
 //! documents (`/Schemas`, `/ResourceTypes`, `/ServiceProviderConfig`), so what is described is
 //! exactly what is supported.
 
-use gatehouse_adapters::scim_store::ScimKind;
 use gatehouse_domain::scim_filter::{AttrPath, CaseExact};
+use gatehouse_store::scim_store::ScimKind;
 use serde_json::{Map, Value, json};
 
 pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
