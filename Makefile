@@ -23,7 +23,7 @@ soak:
 ## (`make test` runs the same properties with a few hundred cases each)
 FUZZ_CASES ?= 100000
 fuzz:
-	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked -p gatehouse-domain -p gatehouse-runtime --lib -- fuzz
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked -p gatehouse-domain -p gatehouse-intake --lib -- fuzz
 
 ## bench: offboarding latency -> bench/results.md, SCIM throughput -> bench/scim.md, events/s and
 ## peak RSS per queue backend -> bench/queues.md (starts moto and the Pub/Sub emulator)

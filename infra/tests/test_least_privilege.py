@@ -84,7 +84,7 @@ def test_no_aws_role_holds_another_services_permissions():
     def check():
         g = {svc: aws_grants(mocks, svc) for svc in ("ingress", "processor", "rotator")}
         # The one shared grant, on purpose: the processor's audit translator publishes the
-        # envelopes it made onto the events queue, as the ingress does (runtime/src/audit.rs).
+        # envelopes it made onto the events queue, as the ingress does (intake/src/audit.rs).
         shared_on_purpose = {("sqs:SendMessage", sqs_arn("gatehouse-test-events.fifo"))}
         assert g["ingress"] & g["processor"] == shared_on_purpose
         assert g["ingress"] & g["rotator"] == set()

@@ -16,11 +16,11 @@
 
 use aws_sdk_sqs::config::{Builder, Credentials, Region};
 use chrono::{DateTime, Utc};
-use gatehouse_adapters::pubsub::{PubsubOptions, PubsubQueue};
-use gatehouse_adapters::sqs::SqsQueue;
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, IdentityEvent, Source, Subject};
 use gatehouse_domain::ports::QueueProducer;
 use gatehouse_e2e::{Options, spawn_app};
+use gatehouse_store::pubsub::{PubsubOptions, PubsubQueue};
+use gatehouse_store::sqs::SqsQueue;
 use gatehouse_testkit::FakeLooker;
 use serde_json::{Value, json};
 use std::path::Path;

@@ -11,7 +11,7 @@ use gatehouse_domain::envelope::EnvelopeId;
 use gatehouse_domain::identity::{Identity, Membership, Stamp, Stamped, Status};
 use gatehouse_domain::looker::{Catalog, LookerUser};
 use gatehouse_domain::policy::{self, Policy};
-use gatehouse_runtime::reconcile::{CloudShape, Snapshot, plan_all};
+use gatehouse_engine::reconcile::{CloudShape, Snapshot, plan_all};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -125,9 +125,9 @@ async fn budget_gauges_on_metrics_count_every_looker_call_and_survive_a_restart(
 fn readme_lists_the_budget_and_rotation_age_metrics() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     for name in [
-        gatehouse_runtime::budget::METRIC_CALLS_MONTH,
-        gatehouse_runtime::budget::METRIC_REMAINING,
-        gatehouse_runtime::budget::METRIC_LOW,
+        gatehouse_engine::budget::METRIC_CALLS_MONTH,
+        gatehouse_engine::budget::METRIC_REMAINING,
+        gatehouse_engine::budget::METRIC_LOW,
         "gatehouse_secret_age_seconds",
     ] {
         assert!(readme.contains(name), "README does not list {name}");

@@ -8,8 +8,8 @@ use aws_sdk_iam::config::{Builder, Credentials, Region};
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, IdentityEvent, Source, Subject};
 use gatehouse_domain::ports::QueueProducer;
 use gatehouse_e2e::{Options, TestApp, example_policy, okta_fixture, seed_catalog, spawn_app};
+use gatehouse_engine::reconcile::{self, LogProgress, Report};
 use gatehouse_platform::config::Config;
-use gatehouse_runtime::reconcile::{self, LogProgress, Report};
 use gatehouse_testkit::FakeLooker;
 use gatehouse_testkit::gcp_iam_fake::FakeGcpIam;
 use serde_json::json;
@@ -157,10 +157,8 @@ async fn reconcile(app: &TestApp, extra: &str) -> Report {
     let path = app.dir.path().join("reconcile.toml");
     std::fs::write(&path, format!("{text}\n{extra}")).unwrap();
     let cfg = Config::load(Some(&path), |_| None).unwrap();
-    let state = gatehouse_adapters::state::AnyState::Sqlite(app.store.clone());
-    let engine = gatehouse_runtime::app::engine_with_cloud(&cfg, state)
-        .await
-        .unwrap();
+    let state = gatehouse_store::state::AnyState::Sqlite(app.store.clone());
+    let engine = gatehouse_app::engine_with_cloud(&cfg, state).await.unwrap();
     reconcile::run(&engine, &app.store, true, &LogProgress)
         .await
         .unwrap()

@@ -2,8 +2,6 @@
 //! queue redelivering while the first delivery still runs) must not lose each other's facts.
 
 use chrono::{DateTime, Utc};
-use gatehouse_adapters::looker::{LookerClient, LookerConfig};
-use gatehouse_adapters::sqlite::Sqlite;
 use gatehouse_domain::breaker::{AdmitLimits, Change, HeldChange, Settle, Trip, Verdict};
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, GroupRef, IdentityEvent, Profile, Source, Subject};
 use gatehouse_domain::ledger_chain::ChainHead;
@@ -13,7 +11,9 @@ use gatehouse_domain::ports::{
     SubjectState,
 };
 use gatehouse_e2e::{example_policy, seed_catalog};
-use gatehouse_runtime::engine::{Engine, Handled, RetryPolicy};
+use gatehouse_engine::engine::{Engine, Handled, RetryPolicy};
+use gatehouse_store::sqlite::Sqlite;
+use gatehouse_targets::client::looker::{LookerClient, LookerConfig};
 use gatehouse_testkit::FakeLooker;
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 use gatehouse_domain::envelope::EnvelopeId;
 use gatehouse_domain::ports::StateStore;
 use gatehouse_e2e::{Options, TestApp, spawn_app};
-use gatehouse_runtime::ingress::generic::sign;
+use gatehouse_intake::ingress::generic::sign;
 use gatehouse_testkit::FakeLooker;
 use serde_json::{Value, json};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -1,12 +1,12 @@
 //! Microsoft Graph change notifications end to end: `/hooks/graph` over HTTP → inbox → Graph
 //! read (fake Graph) → embedded queue → processor → fake Looker.
 
-use gatehouse_adapters::catchup_state::CatchupStore;
+use gatehouse_store::catchup_state::CatchupStore;
 use gatehouse_domain::identity::Status;
 use gatehouse_domain::ports::StateStore;
 use gatehouse_e2e::{Options, TestApp, example_policy, fixtures_dir, seed_catalog, spawn_app, wait_until};
+use gatehouse_intake::ingress::graph::{DateTime, GraphService, Utc};
 use gatehouse_platform::config::Config;
-use gatehouse_runtime::ingress::graph::{DateTime, GraphService, Utc};
 use gatehouse_testkit::FakeLooker;
 use gatehouse_testkit::graph_fake::FakeGraph;
 use serde_json::{Value, json};
@@ -58,11 +58,7 @@ async fn graph_app(graph: &FakeGraph, looker: Option<FakeLooker>, extra: &str) -
 }
 
 /// The service behind the app's background tasks, driven directly (same database, same config).
-fn service(
-    app: &TestApp,
-    graph: &FakeGraph,
-    extra: &str,
-) -> GraphService<gatehouse_adapters::sqlite::Sqlite> {
+fn service(app: &TestApp, graph: &FakeGraph, extra: &str) -> GraphService<gatehouse_store::sqlite::Sqlite> {
     let path = app.dir.path().join("graph-only.toml");
     std::fs::write(&path, graph_toml(graph, extra)).unwrap();
     let cfg = Config::load(Some(&path), |_| None).unwrap();

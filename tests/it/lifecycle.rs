@@ -351,9 +351,7 @@ async fn shutdown_finishes_the_plan_in_flight_and_loses_nothing() {
     // `stop` returned only once the plan in flight was finished and its message settled.
     let u = fake.user(&uid).unwrap();
     assert!(u.is_disabled && u.session_ids.is_empty(), "{u:?}");
-    let store = gatehouse_adapters::sqlite::Sqlite::open(data.path())
-        .await
-        .unwrap();
+    let store = gatehouse_store::sqlite::Sqlite::open(data.path()).await.unwrap();
     assert_eq!(
         store.queue_depth().await.unwrap(),
         0,

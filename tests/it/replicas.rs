@@ -22,7 +22,7 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{Builder, Credentials, Region};
 use aws_sdk_sqs::types::QueueAttributeName;
 use chrono::{DateTime, Utc};
-use gatehouse_adapters::sqs::SqsQueue;
+use gatehouse_app::{self as app, Components};
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, GroupRef, IdentityEvent, Source, Subject};
 use gatehouse_domain::ledger_chain;
 use gatehouse_domain::policy::Policy;
@@ -34,7 +34,7 @@ use gatehouse_platform::config::Config;
 use gatehouse_rotation::any::AnyRotations;
 use gatehouse_rotation::state::SecretState;
 use gatehouse_rotation::{Phase, Rotation, RotationStore, Rotator, Started, SystemClock};
-use gatehouse_runtime::app::{self, Components};
+use gatehouse_store::sqs::SqsQueue;
 use gatehouse_testkit::FakeLooker;
 use gatehouse_testkit::oracle::{Oracle, assert_no_duplicate_writes};
 use gatehouse_testkit::progress::Progress;
@@ -393,7 +393,7 @@ impl RotationStore for Recorded {
 /// Publish a wave and wait until a replica has processed every envelope of it: no bound on the
 /// total time, only on progress (`gatehouse_testkit::progress`: fails if no further envelope of
 /// the wave is processed for the window), so a busy machine makes it slower, not red.
-async fn send_wave(producer: &SqsQueue, state: &gatehouse_adapters::state::AnyState, wave: &[Envelope]) {
+async fn send_wave(producer: &SqsQueue, state: &gatehouse_store::state::AnyState, wave: &[Envelope]) {
     producer.publish(wave).await.unwrap();
     let mut progress = Progress::from_env("every event of the wave processed by some replica");
     loop {

@@ -113,7 +113,7 @@ async fn a_restart_resumes_from_the_durable_queue() {
     assert_eq!(r.status(), 200);
     app.stop().await;
     assert_eq!(
-        gatehouse_adapters::sqlite::Sqlite::open(&data_dir)
+        gatehouse_store::sqlite::Sqlite::open(&data_dir)
             .await
             .unwrap()
             .queue_depth()

@@ -2,9 +2,9 @@
 //! processor → fake Looker. Also every documented Okta / Entra exchange in
 //! `../shared/fixtures/scim`, replayed against the server.
 
-use gatehouse_adapters::scim_store::{ScimChange, ScimKind, ScimWrite};
 use gatehouse_domain::envelope::Envelope;
 use gatehouse_e2e::{Options, TestApp, example_policy, fixtures_dir, seed_catalog, spawn_app, wait_until};
+use gatehouse_store::scim_store::{ScimChange, ScimKind, ScimWrite};
 use gatehouse_testkit::FakeLooker;
 use reqwest::Method;
 use serde_json::{Value, json};

@@ -1,9 +1,9 @@
 //! Trust boundary (issue 11): row-level security fails closed in Looker's own settings, and a
 //! source may only assert what the policy lets it assert.
 
+use gatehouse_app::{self as app, AppError, Components};
 use gatehouse_e2e::{Options, seed_catalog, spawn_app};
 use gatehouse_platform::config::Config;
-use gatehouse_runtime::app::{self, AppError, Components};
 use gatehouse_testkit::FakeLooker;
 
 const POLICY: &str = "[[rule]]\nname = \"emea\"\nwhen = { idp_group = \"Sales EMEA\" }\n\

@@ -3,7 +3,7 @@
 use gatehouse_domain::envelope::EnvelopeId;
 use gatehouse_domain::ports::StateStore;
 use gatehouse_e2e::{Options, example_policy, okta_fixture, seed_catalog, spawn_app, wait_until};
-use gatehouse_runtime::ingress::generic::sign;
+use gatehouse_intake::ingress::generic::sign;
 use gatehouse_testkit::FakeLooker;
 use serde_json::{Value, json};
 

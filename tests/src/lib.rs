@@ -2,10 +2,10 @@
 //! SQLite) started in-process on `127.0.0.1:0` with a fresh data directory, optionally against
 //! the fake Looker.
 
-use gatehouse_adapters::sqlite::Sqlite;
+use gatehouse_app::{self as app, Components, Running};
 use gatehouse_domain::ports::{LedgerRow, StateStore};
 use gatehouse_platform::config::Config;
-use gatehouse_runtime::app::{self, Components, Running};
+use gatehouse_store::sqlite::Sqlite;
 use gatehouse_testkit::FakeLooker;
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -10,10 +10,10 @@ mod ops;
 
 use anyhow::Context;
 use clap::{ArgGroup, Parser, Subcommand};
-use gatehouse_adapters::dlq::Redrive;
+use gatehouse_app::{self as app, AppError, Components};
 use gatehouse_domain::okta;
 use gatehouse_platform::config::Config;
-use gatehouse_runtime::app::{self, AppError, Components};
+use gatehouse_store::dlq::Redrive;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -322,7 +322,7 @@ async fn plan(cfg: &Config, event: &std::path::Path, json: bool) -> anyhow::Resu
     let body = std::fs::read(event).with_context(|| format!("cannot read {}", event.display()))?;
     let envelopes = okta::parse_hook_body(&cfg.okta.org, &body, chrono::Utc::now())
         .with_context(|| format!("{} is not a supported event", event.display()))?;
-    let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
+    let store = gatehouse_store::sqlite::Sqlite::open(&cfg.data_dir).await?;
     let engine = app::engine_with_cloud(cfg, app::open_state(cfg, &store).await?).await?;
     let result = print_plans(&engine, &envelopes, json).await;
     app::count_looker_calls(cfg, &engine).await;
@@ -400,7 +400,7 @@ async fn print_plans(
 }
 
 /// The steps the safety rails withhold: `  withheld (not sent): CALL — REASON`.
-fn render_withheld(withheld: &[gatehouse_runtime::targets::Withheld]) -> String {
+fn render_withheld(withheld: &[gatehouse_targets::Withheld]) -> String {
     withheld
         .iter()
         .map(|w| format!("  withheld (not sent): {} {} — {}\n", w.target, w.call, w.reason))
@@ -410,8 +410,8 @@ fn render_withheld(withheld: &[gatehouse_runtime::targets::Withheld]) -> String 
 /// `gatehouse plan --all`: the first reconcile's plan for everyone, changing nothing: what each
 /// target's mode would do with it, and what the safety rails withhold.
 async fn plan_all(cfg: &Config, json: bool) -> anyhow::Result<()> {
-    use gatehouse_runtime::reconcile::{self, LogProgress};
-    let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
+    use gatehouse_engine::reconcile::{self, LogProgress};
+    let store = gatehouse_store::sqlite::Sqlite::open(&cfg.data_dir).await?;
     let store = app::open_state(cfg, &store).await?;
     let engine = app::engine_with_cloud(cfg, store.clone()).await?;
     let report = reconcile::run(&engine, &store, false, &LogProgress).await;
@@ -484,7 +484,7 @@ async fn plan_all(cfg: &Config, json: bool) -> anyhow::Result<()> {
 /// A progress bar on a terminal.
 struct Bar(indicatif::ProgressBar);
 
-impl gatehouse_runtime::reconcile::Progress for Bar {
+impl gatehouse_engine::reconcile::Progress for Bar {
     fn phase(&self, name: &str, total: usize) {
         self.0.set_length(total as u64);
         self.0.set_position(0);
@@ -496,9 +496,9 @@ impl gatehouse_runtime::reconcile::Progress for Bar {
 }
 
 async fn reconcile(cfg: &Config, apply: bool, json: bool) -> anyhow::Result<()> {
-    use gatehouse_runtime::reconcile::{self, LogProgress, Progress};
+    use gatehouse_engine::reconcile::{self, LogProgress, Progress};
     use std::io::IsTerminal;
-    let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
+    let store = gatehouse_store::sqlite::Sqlite::open(&cfg.data_dir).await?;
     let store = app::open_state(cfg, &store).await?;
     let engine = app::engine_with_cloud(cfg, store.clone()).await?;
     let bar = std::io::stderr().is_terminal().then(|| {

@@ -2,16 +2,16 @@
 //! `dlq list|show|redrive` on the configured queue backend's dead letters.
 
 use anyhow::{Context, bail};
-use gatehouse_adapters::dlq::{DeadMessage, Redrive};
-use gatehouse_adapters::postgres::Postgres;
-use gatehouse_adapters::pubsub::PubsubDeadLetters;
-use gatehouse_adapters::sqlite::Sqlite;
-use gatehouse_adapters::sqs::{SqsDeadLetters, SqsQueue};
-use gatehouse_adapters::state::AnyState;
+use gatehouse_app::AppError;
 use gatehouse_domain::ledger_chain;
 use gatehouse_domain::ports::StateStore;
 use gatehouse_platform::config::{Config, ConfigError, QueueConfig, StateConfig};
-use gatehouse_runtime::app::AppError;
+use gatehouse_store::dlq::{DeadMessage, Redrive};
+use gatehouse_store::postgres::Postgres;
+use gatehouse_store::pubsub::PubsubDeadLetters;
+use gatehouse_store::sqlite::Sqlite;
+use gatehouse_store::sqs::{SqsDeadLetters, SqsQueue};
+use gatehouse_store::state::AnyState;
 use std::io::Write;
 
 /// The configured state store, without opening SQLite when the state is in PostgreSQL.
@@ -171,7 +171,7 @@ pub enum SafetyAction {
 
 /// The operator: `--actor`, else the OS user; refused when neither names anyone.
 fn actor(explicit: Option<&str>) -> anyhow::Result<String> {
-    gatehouse_runtime::breaker::actor(explicit, |k| std::env::var(k).ok()).ok_or_else(|| {
+    gatehouse_engine::breaker::actor(explicit, |k| std::env::var(k).ok()).ok_or_else(|| {
         AppError::Config(ConfigError::new(
             "--actor",
             "is required: no OS user (USER, LOGNAME) names who runs this",
@@ -182,7 +182,7 @@ fn actor(explicit: Option<&str>) -> anyhow::Result<String> {
 
 /// `gatehouse safety status|release|discard`.
 pub async fn safety(cfg: &Config, action: SafetyAction, actor_flag: Option<&str>) -> anyhow::Result<()> {
-    use gatehouse_runtime::breaker as safety;
+    use gatehouse_engine::breaker as safety;
     let mut out = std::io::stdout().lock();
     match action {
         SafetyAction::Status { json } => {
@@ -228,14 +228,11 @@ pub async fn safety(cfg: &Config, action: SafetyAction, actor_flag: Option<&str>
         }
         SafetyAction::Release(source) => {
             let who = actor(actor_flag)?;
-            let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
-            let engine = gatehouse_runtime::app::engine_with_cloud(
-                cfg,
-                gatehouse_runtime::app::open_state(cfg, &store).await?,
-            )
-            .await?;
+            let store = gatehouse_store::sqlite::Sqlite::open(&cfg.data_dir).await?;
+            let engine =
+                gatehouse_app::engine_with_cloud(cfg, gatehouse_app::open_state(cfg, &store).await?).await?;
             let r = safety::release(&engine, source.as_deref(), &who).await;
-            gatehouse_runtime::app::count_looker_calls(cfg, &engine).await;
+            gatehouse_app::count_looker_calls(cfg, &engine).await;
             let r = r?;
             writeln!(
                 out,
@@ -275,15 +272,12 @@ pub async fn offboard(
         .into());
     }
     let who = actor(actor_flag)?;
-    let store = gatehouse_adapters::sqlite::Sqlite::open(&cfg.data_dir).await?;
-    let engine = gatehouse_runtime::app::engine_with_cloud(
-        cfg,
-        gatehouse_runtime::app::open_state(cfg, &store).await?,
-    )
-    .await?
-    .with_full_offboarding();
-    let r = gatehouse_runtime::breaker::offboard(&engine, email, reason.unwrap_or(""), &who).await;
-    gatehouse_runtime::app::count_looker_calls(cfg, &engine).await;
+    let store = gatehouse_store::sqlite::Sqlite::open(&cfg.data_dir).await?;
+    let engine = gatehouse_app::engine_with_cloud(cfg, gatehouse_app::open_state(cfg, &store).await?)
+        .await?
+        .with_full_offboarding();
+    let r = gatehouse_engine::breaker::offboard(&engine, email, reason.unwrap_or(""), &who).await;
+    gatehouse_app::count_looker_calls(cfg, &engine).await;
     let r = r?;
     writeln!(
         std::io::stdout().lock(),

@@ -1,12 +1,8 @@
-//! `gatehouse-ingress`: verifies webhooks and durably enqueues them. Thin: parses arguments, the rest is `gatehouse_runtime::app`.
-
-// The engine's per-event future (reads, breaker, applies across Looker, AWS, GCP and the
-// store) nests deeper than rustc's default query depth (128) when release codegen computes
-// its layout ("queries overflow the depth limit"); debug builds never compute it.
-#![recursion_limit = "256"]
+//! `gatehouse-ingress`: verifies webhooks and durably enqueues them. Thin: parses arguments, the
+//! rest is `gatehouse_intake::service` (no engine, no target client is linked).
 
 use clap::Parser;
-use gatehouse_runtime::app::{Components, service_main};
+use gatehouse_intake::service::service_main;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -21,13 +17,5 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    service_main(
-        "gatehouse-ingress",
-        cli.config.as_deref(),
-        Components {
-            ingress: true,
-            processor: false,
-        },
-    )
-    .await
+    service_main("gatehouse-ingress", cli.config.as_deref()).await
 }

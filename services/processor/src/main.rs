@@ -1,4 +1,4 @@
-//! `gatehouse-processor`: applies queued events to Looker. Thin: parses arguments, the rest is `gatehouse_runtime::app`.
+//! `gatehouse-processor`: applies queued events to Looker. Thin: parses arguments, the rest is `gatehouse_app`.
 
 // The engine's per-event future (reads, breaker, applies across Looker, AWS, GCP and the
 // store) nests deeper than rustc's default query depth (128) when release codegen computes
@@ -6,7 +6,7 @@
 #![recursion_limit = "256"]
 
 use clap::Parser;
-use gatehouse_runtime::app::{Components, service_main};
+use gatehouse_app::{Components, service_main};
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -1,5 +1,5 @@
 //! `gatehouse-rotator`: rotates the declared secrets (`[rotator]`). Thin: parses arguments, the
-//! rest is `gatehouse_runtime::app::rotator_main`.
+//! rest is `gatehouse_engine::app::rotator_main`.
 
 // The engine's per-event future (reads, breaker, applies across Looker, AWS, GCP and the
 // store) nests deeper than rustc's default query depth (128) when release codegen computes
@@ -21,5 +21,5 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    gatehouse_runtime::app::rotator_main(cli.config.as_deref()).await
+    gatehouse_engine::app::rotator_main(cli.config.as_deref()).await
 }

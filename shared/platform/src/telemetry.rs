@@ -341,7 +341,7 @@ mod tests {
         let sub = tracing_subscriber::registry().with(otel_layer(&provider));
         tracing::subscriber::with_default(sub, || {
             let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-            let span = tracing::info_span!(target: "gatehouse_runtime::worker", "process");
+            let span = tracing::info_span!(target: "gatehouse_engine::worker", "process");
             set_remote_parent(&span, parent);
             let _g = span.enter();
             let child = current_traceparent().expect("sampled span has a traceparent");
@@ -358,7 +358,7 @@ mod tests {
         let provider = SdkTracerProvider::builder().build();
         let sub = tracing_subscriber::registry().with(otel_layer(&provider));
         tracing::subscriber::with_default(sub, || {
-            let span = tracing::info_span!(target: "gatehouse_runtime::worker", "process");
+            let span = tracing::info_span!(target: "gatehouse_engine::worker", "process");
             set_remote_parent(&span, "00-not-a-trace-01");
             let _g = span.enter();
             let tp = current_traceparent().expect("a root span of its own");

@@ -6,8 +6,8 @@ use crate::postgres::PgRotations;
 use crate::sqlite::SqliteRotations;
 use crate::state::{Rotation, RotationStore, SecretState, Started};
 use chrono::{DateTime, Utc};
-use gatehouse_adapters::state::AnyState;
 use gatehouse_domain::ports::{BackendError, LedgerEntry, RotationRequest};
+use gatehouse_store::state::AnyState;
 
 /// The configured rotation store. Cheap to clone.
 #[derive(Clone, Debug)]

@@ -9,9 +9,9 @@ use crate::kinds::{Kind, aws_iam::AwsAccessKey, gcp_sa::GcpServiceAccountKey, lo
 use crate::rotator::{Declared, Rotator, Settings};
 use crate::state::RotationStore;
 use crate::stores::{SecretStore, aws_sm::AwsSecretsManager, gcp_sm::GcpSecretManager};
-use gatehouse_adapters::looker::{LookerClient, LookerConfig};
-use gatehouse_adapters::state::AnyState;
 use gatehouse_platform::config::{Config, KindConfig, RotatorConfig, StoreConfig};
+use gatehouse_store::state::AnyState;
+use gatehouse_targets::client::looker::{LookerClient, LookerConfig};
 use std::sync::Arc;
 
 /// The rotator's timing from `[rotator]`.

@@ -8,8 +8,8 @@
 
 use crate::state::{Phase, Rotation, RotationStore, SecretState, Started};
 use chrono::{DateTime, Utc};
-use gatehouse_adapters::postgres::Postgres;
 use gatehouse_domain::ports::{BackendError, LedgerEntry, RotationRequest, StateStore};
+use gatehouse_store::postgres::Postgres;
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
@@ -348,7 +348,7 @@ mod tests {
             .map(|p| format!("'{}'", p.as_str()))
             .collect();
         assert_eq!(active!(), format!("({})", listed.join(", ")));
-        let migration = include_str!("../../adapters/migrations/postgres/0002_rotations.sql");
+        let migration = include_str!("../../store/migrations/postgres/0002_rotations.sql");
         assert!(
             migration.contains(concat!("WHERE phase IN ", active!())),
             "the partial unique index covers exactly Phase::ACTIVE"

@@ -167,7 +167,7 @@ impl<S: RotationStore> Rotator<S> {
     }
 
     /// The meters of the Looker calls the declared kinds make (for the admin-API budget).
-    pub fn looker_meters(&self) -> Vec<gatehouse_adapters::looker::CallMeter> {
+    pub fn looker_meters(&self) -> Vec<gatehouse_targets::client::looker::CallMeter> {
         self.secrets
             .values()
             .filter_map(|d| d.kind.call_meter())

@@ -1,10 +1,10 @@
-//! [`RotationStore`] on the adapters' SQLite database (migration `0005_rotations.sql`). The
+//! [`RotationStore`] on the store's SQLite database (migration `0005_rotations.sql`). The
 //! ledger and the rotation requests are the processor's own tables.
 
 use crate::state::{Phase, Rotation, RotationStore, SecretState, Started};
 use chrono::{DateTime, SecondsFormat, Utc};
-use gatehouse_adapters::sqlite::Sqlite;
 use gatehouse_domain::ports::{BackendError, LedgerEntry, RotationRequest, StateStore};
+use gatehouse_store::sqlite::Sqlite;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 

@@ -4,13 +4,13 @@
 
 use crate::{bin, text};
 use chrono::{Duration as Span, Utc};
-use gatehouse_adapters::sqlite::Sqlite;
-use gatehouse_adapters::state::AnyState;
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, IdentityEvent, Source, Subject};
 use gatehouse_domain::ports::{LedgerRow, QueueProducer, StateStore};
+use gatehouse_engine::engine::Handled;
+use gatehouse_engine::worker::{Disposition, Worker, WorkerConfig};
 use gatehouse_platform::config::Config;
-use gatehouse_runtime::engine::Handled;
-use gatehouse_runtime::worker::{Disposition, Worker, WorkerConfig};
+use gatehouse_store::sqlite::Sqlite;
+use gatehouse_store::state::AnyState;
 use gatehouse_testkit::FakeLooker;
 use std::path::Path;
 use std::sync::Arc;
@@ -65,7 +65,7 @@ fn config(file: &Path, vars: &[(String, String)]) -> Config {
 /// A processor in this test: the configured engine over the SQLite queue, driven until the
 /// queue is empty. Returns every delivery's fate.
 async fn process_all(cfg: &Config, db: &Sqlite) -> Vec<Disposition> {
-    let engine = Arc::new(gatehouse_runtime::app::engine(cfg, AnyState::Sqlite(db.clone())).unwrap());
+    let engine = Arc::new(gatehouse_app::engine(cfg, AnyState::Sqlite(db.clone())).unwrap());
     let worker = Worker::new(
         db.clone(),
         engine,

@@ -4,9 +4,9 @@
 //! `gatehouse audit export --format ocsf`.
 
 use super::{bin, free_port, repo, wait_ready};
-use gatehouse_adapters::sqlite::Sqlite;
 use gatehouse_domain::looker::{HttpCall, Method};
 use gatehouse_domain::ports::{LedgerEntry, StateStore};
+use gatehouse_store::sqlite::Sqlite;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;

@@ -8,11 +8,11 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{Builder, Credentials, Region};
 use aws_sdk_sqs::types::QueueAttributeName;
 use chrono::{DateTime, Utc};
-use gatehouse_adapters::pubsub::{PubsubOptions, PubsubQueue};
-use gatehouse_adapters::sqs::SqsQueue;
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, GroupRef, IdentityEvent, Profile, Source, Subject};
 use gatehouse_domain::policy::Policy;
 use gatehouse_domain::ports::{QueueConsumer, QueueProducer, StateStore};
+use gatehouse_store::pubsub::{PubsubOptions, PubsubQueue};
+use gatehouse_store::sqs::SqsQueue;
 use gatehouse_testkit::FakeLooker;
 use gatehouse_testkit::oracle::{Oracle, assert_no_duplicate_writes};
 use gatehouse_testkit::progress::Progress;
@@ -482,7 +482,7 @@ pub(crate) async fn converge(
         still_running(children, w.dir);
         let diff = w.oracle.mismatches(w.fake);
         if store.is_none() && w.data.join("gatehouse.db").exists() {
-            store = Some(gatehouse_adapters::sqlite::Sqlite::open(w.data).await.unwrap());
+            store = Some(gatehouse_store::sqlite::Sqlite::open(w.data).await.unwrap());
         }
         if let Some(s) = &store {
             let mut left = Vec::new();
@@ -533,7 +533,7 @@ pub(crate) async fn assert_no_dead_letters(dlq: &SqsQueue) {
 
 /// Every envelope was recorded as processed in the processor's store (read after it is gone).
 pub(crate) async fn assert_all_processed(data: &Path, events: &[Envelope]) {
-    let store = gatehouse_adapters::sqlite::Sqlite::open(data).await.unwrap();
+    let store = gatehouse_store::sqlite::Sqlite::open(data).await.unwrap();
     let mut missing = Vec::new();
     for e in events {
         if !store.is_processed(&e.id).await.unwrap() {

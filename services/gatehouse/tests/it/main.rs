@@ -243,9 +243,7 @@ async fn plan_adds_its_looker_calls_to_the_month_budget() {
             .await
             .unwrap();
         assert!(o.status.success(), "{}", text(&o).1);
-        let db = gatehouse_adapters::sqlite::Sqlite::open(dir.path())
-            .await
-            .unwrap();
+        let db = gatehouse_store::sqlite::Sqlite::open(dir.path()).await.unwrap();
         let counted = db.looker_calls(&month).await.unwrap();
         db.close().await;
         let made = fake.calls().len() as u64;

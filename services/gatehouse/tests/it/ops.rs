@@ -2,10 +2,10 @@
 
 use crate::{bin, text};
 use chrono::{DateTime, Utc};
-use gatehouse_adapters::sqlite::Sqlite;
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, IdentityEvent, Source, Subject};
 use gatehouse_domain::looker::{HttpCall, Method};
 use gatehouse_domain::ports::{LedgerEntry, QueueConsumer, QueueProducer, StateStore};
+use gatehouse_store::sqlite::Sqlite;
 use std::path::Path;
 use std::time::Duration;
 
@@ -132,7 +132,7 @@ async fn audit_verify_sees_removed_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_export_and_verify_on_postgres() {
     let url = gatehouse_testkit::postgres::fresh_database().await;
-    let db = gatehouse_adapters::postgres::Postgres::connect(&url.clone().into(), 2)
+    let db = gatehouse_store::postgres::Postgres::connect(&url.clone().into(), 2)
         .await
         .unwrap();
     db.append_ledger(&(1..=4).map(entry).collect::<Vec<_>>())

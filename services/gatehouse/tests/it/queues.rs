@@ -10,9 +10,9 @@
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{Builder, Credentials, Region};
 use aws_sdk_sqs::types::QueueAttributeName;
-use gatehouse_adapters::sqlite::Sqlite;
 use gatehouse_domain::envelope::EnvelopeId;
 use gatehouse_domain::ports::StateStore;
+use gatehouse_store::sqlite::Sqlite;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -23,7 +23,7 @@ const ACCESS_KEY: &str = "testing";
 /// A secret that must never reach Gatehouse's logs.
 const SECRET_KEY: &str = "moto-secret-d0-not-leak";
 /// Dead-letter reason attribute set by the SQS adapter.
-const REASON_ATTRIBUTE: &str = gatehouse_adapters::sqs::DEAD_LETTER_REASON_ATTRIBUTE;
+const REASON_ATTRIBUTE: &str = gatehouse_store::sqs::DEAD_LETTER_REASON_ATTRIBUTE;
 
 fn moto_url() -> String {
     std::env::var("GATEHOUSE_TEST_MOTO_URL").unwrap_or_else(|_| {

@@ -262,7 +262,7 @@ async fn rotating_a_looker_key_counts_its_calls_against_the_budget() {
     assert!(out.contains("finished"), "{out}");
     let made = fake.calls().len() as u64;
     assert!(made >= 5, "admin login, list, create, test login, whoami: {made}");
-    let db = gatehouse_adapters::sqlite::Sqlite::open(&dir.path().join("data"))
+    let db = gatehouse_store::sqlite::Sqlite::open(&dir.path().join("data"))
         .await
         .unwrap();
     let month = gatehouse_domain::ports::call_month(chrono::Utc::now());

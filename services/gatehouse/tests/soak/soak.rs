@@ -5,9 +5,9 @@ use crate::crash::{
     processor, publish_in_background, publish_to_sqs_in_background, pubsub_names, seed, seed_looker, sigkill,
     sqs_client, sqs_queues, still_running, write_files,
 };
-use gatehouse_adapters::pubsub::{PubsubOptions, PubsubQueue};
-use gatehouse_adapters::sqs::SqsQueue;
 use gatehouse_domain::ports::QueueConsumer;
+use gatehouse_store::pubsub::{PubsubOptions, PubsubQueue};
+use gatehouse_store::sqs::SqsQueue;
 use gatehouse_testkit::FakeLooker;
 use gatehouse_testkit::fault_proxy::{FaultProxy, Faults};
 use gatehouse_testkit::oracle::assert_no_duplicate_writes;

@@ -1,5 +1,5 @@
 //! `[safety]`: who Gatehouse never disables, revokes or removes (issue 19). Gatehouse's own
-//! credentials are protected without being listed (see `gatehouse_runtime::safety`).
+//! credentials are protected without being listed (see `gatehouse_targets::safety`).
 
 use super::ConfigError;
 use serde::Deserialize;

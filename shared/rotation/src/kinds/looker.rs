@@ -6,8 +6,8 @@ use super::{Kind, Res, gone_is_done, parse_json_key};
 use crate::credential::{Credential, KeyInfo};
 use crate::error::{ErrorKind, RotationError};
 use futures::future::BoxFuture;
-use gatehouse_adapters::looker::{CallMeter, LookerClient, LookerConfig};
 use gatehouse_domain::looker::{ErrorKind as LookerKind, LookerError};
+use gatehouse_targets::client::looker::{CallMeter, LookerClient, LookerConfig};
 use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
 

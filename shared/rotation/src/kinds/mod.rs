@@ -21,7 +21,7 @@ pub trait Kind: Send + Sync {
     fn principal(&self) -> &str;
     /// The meter of the Looker calls this kind makes (they count against the Looker admin-API
     /// budget); `None` for kinds that do not call Looker.
-    fn call_meter(&self) -> Option<gatehouse_adapters::looker::CallMeter> {
+    fn call_meter(&self) -> Option<gatehouse_targets::client::looker::CallMeter> {
         None
     }
     /// How many keys the principal may hold at once (AWS: 2), if limited.

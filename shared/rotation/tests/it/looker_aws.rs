@@ -3,10 +3,10 @@
 
 use crate::support::{self, AWS_TEST_SECRET, clock, config, moto_url, phase, run_to_done, unique};
 use aws_sdk_secretsmanager::Client as Sm;
-use gatehouse_adapters::looker::{LookerClient, LookerConfig};
 use gatehouse_rotation::stores::SecretStore;
 use gatehouse_rotation::stores::aws_sm::AwsSecretsManager;
 use gatehouse_rotation::{Clock, Phase, RotationStore, Started};
+use gatehouse_targets::client::looker::{LookerClient, LookerConfig};
 use gatehouse_testkit::FakeLooker;
 use secrecy::SecretString;
 use std::collections::BTreeMap;

@@ -9,8 +9,6 @@
 
 use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
 use futures::future::BoxFuture;
-use gatehouse_adapters::postgres::Postgres;
-use gatehouse_adapters::sqlite::Sqlite;
 use gatehouse_domain::looker::{HttpCall, Method};
 use gatehouse_domain::ports::{LedgerEntry, RotationRequest, StateStore};
 use gatehouse_rotation::memory::MemoryRotations;
@@ -18,6 +16,8 @@ use gatehouse_rotation::postgres::PgRotations;
 use gatehouse_rotation::sqlite::SqliteRotations;
 use gatehouse_rotation::state::SecretState;
 use gatehouse_rotation::{Phase, Rotation, RotationStore, Started};
+use gatehouse_store::postgres::Postgres;
+use gatehouse_store::sqlite::Sqlite;
 use secrecy::SecretString;
 
 /// Records a rotation request the way the processor does (through its `StateStore`).

@@ -1,10 +1,10 @@
 //! Shared setup: moto's SDK configuration, a config file per test, a fresh SQLite database.
 
 use chrono::{TimeZone, Utc};
-use gatehouse_adapters::sqlite::Sqlite;
 use gatehouse_platform::config::Config;
 use gatehouse_rotation::sqlite::SqliteRotations;
 use gatehouse_rotation::{ManualClock, Phase, RotationStore, Rotator};
+use gatehouse_store::sqlite::Sqlite;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,0 +1,359 @@
+//! The processor's wiring from configuration: the policy, the Looker client, the cloud targets
+//! and the safety screen assembled into an [`AppEngine`]; the Looker call budget; and the whole
+//! `main` of `gatehouse-rotator`. One process's assembly (intake + processor) is `gatehouse-app`.
+
+use crate::budget::Budget;
+use crate::cloud::{AwsTarget, CloudTargets, GcpTarget};
+use crate::engine::{Engine, RetryPolicy};
+use gatehouse_domain::cloud::AwsUserMapping;
+use gatehouse_domain::looker::LookerError;
+use gatehouse_domain::policy::{Policy, PolicyError};
+use gatehouse_domain::ports::BackendError;
+use gatehouse_domain::ports::Directory;
+use gatehouse_platform::config::{AttributeCheck, AwsUserMappingConfig, Config, ConfigError, GcpTokenSource};
+use gatehouse_platform::shutdown::Shutdown;
+use gatehouse_store::open::OpenError;
+use gatehouse_store::sqlite::Sqlite;
+use gatehouse_store::state::AnyState;
+use gatehouse_targets::client::aws_iam::{AwsConnect, AwsIam};
+use gatehouse_targets::client::gcp_iam::{GcpIam, GcpIamConfig, TokenSource};
+use gatehouse_targets::client::looker::{CallMeter, LookerClient, LookerConfig};
+use gatehouse_targets::safety::Safety;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("policy file {path}: {source}")]
+    Policy { path: String, source: PolicyError },
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("looker client: {0}")]
+    Looker(#[from] LookerError),
+    #[error("rotator: {0}")]
+    Rotator(#[from] gatehouse_rotation::RotationError),
+    #[error("cloud client: {0}")]
+    Cloud(gatehouse_domain::cloud::CloudError),
+    #[error(
+        "looker user attributes would fail open ([looker] attribute_check = \"warn\" starts anyway): {}",
+        .0.join("; ")
+    )]
+    UnsafeAttributes(Vec<String>),
+}
+
+impl AppError {
+    /// Exit code for binaries: 64 (EX_USAGE) for bad configuration, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AppError::Config(_) | AppError::Policy { .. } => 64,
+            _ => 1,
+        }
+    }
+}
+
+/// The policy file, or the built-in default (full offboarding, no group mappings), with the
+/// configuration's email-domain allow-list. Warns once about what any intake may claim.
+pub fn load_policy(cfg: &Config) -> Result<Policy, AppError> {
+    let mut policy = match &cfg.policy {
+        None => Policy::default(),
+        Some(path) => {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|e| AppError::Policy {
+                path: shown.clone(),
+                source: PolicyError::Parse(format!("cannot read: {e}")),
+            })?;
+            Policy::from_toml(&text).map_err(|source| AppError::Policy { path: shown, source })?
+        }
+    };
+    policy.allowed_email_domains = cfg.identity.allowed_domains();
+    if policy.allowed_email_domains.is_none() {
+        tracing::warn!(
+            "identity.allowed_email_domains is not set: people of any email domain may be onboarded \
+             and granted access by any intake; set it to your own domains"
+        );
+    }
+    let open = policy.any_source_claims();
+    if !open.is_empty() {
+        tracing::warn!(
+            rules = %open.join(", "),
+            "these policy rules accept a group or attribute claim from any intake; add source = \"...\" \
+             to their condition to say which intake may assert it"
+        );
+    }
+    Ok(policy)
+}
+
+/// The Looker client, or `None` (dry-run mode) when no Looker is configured.
+pub fn looker_client(cfg: &Config) -> Result<Option<LookerClient>, AppError> {
+    cfg.looker_connection()?
+        .map(|c| {
+            LookerClient::new(LookerConfig {
+                base_url: c.url,
+                client_id: c.client_id,
+                client_secret: c.client_secret,
+                timeout: c.timeout,
+                catalog_ttl: c.catalog_ttl,
+            })
+        })
+        .transpose()
+        .map_err(AppError::from)
+}
+
+pub type AppEngine = Engine<AnyState, LookerClient>;
+
+/// One-off commands (`plan`, `reconcile`): add the calls `engine`'s Looker client made to the
+/// month's budget count, once, when a quota is configured.
+pub async fn count_looker_calls(cfg: &Config, engine: &AppEngine) {
+    if let Some(client) = engine.looker() {
+        count_calls(cfg, engine.store().clone(), vec![client.meter().clone()]).await;
+    }
+}
+
+/// Add what `meters` counted to the month's budget count in `store`, once, when a quota is
+/// configured. Errors are logged, not returned: the command's own result matters more.
+pub async fn count_calls(cfg: &Config, store: AnyState, meters: Vec<CallMeter>) {
+    let Some(budget) = budget(cfg, store, &meters) else {
+        return;
+    };
+    match budget.flush().await {
+        Ok(s) => tracing::info!(month = %s.month, calls = s.calls, remaining = s.remaining,
+            "looker admin-api budget"),
+        Err(e) => tracing::warn!(error = %e, "cannot store the looker call count"),
+    }
+}
+
+/// The budget of a process counting `meters` into `store`: `None` without a quota or a meter.
+pub fn budget(cfg: &Config, store: AnyState, meters: &[CallMeter]) -> Option<Budget<AnyState>> {
+    let quota = cfg.looker.budget.monthly_call_quota?;
+    let (first, more) = meters.split_first()?;
+    Some(
+        Budget::new(
+            store,
+            first.clone(),
+            quota,
+            &cfg.looker.budget,
+            Arc::new(chrono::Utc::now),
+        )
+        .with_meters(more.iter().cloned()),
+    )
+}
+
+/// The processor's state store as configured: the SQLite database `sqlite` (also the embedded
+
+impl From<OpenError> for AppError {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::Config(e) => AppError::Config(e),
+            OpenError::Backend(e) => AppError::Backend(e),
+        }
+    }
+}
+
+/// The processor's state store as configured: the SQLite database `sqlite` (also the embedded
+/// queue's), or a PostgreSQL pool.
+pub async fn open_state(cfg: &Config, sqlite: &Sqlite) -> Result<AnyState, AppError> {
+    Ok(gatehouse_store::open::open_state(cfg, sqlite).await?)
+}
+
+/// The state store alone, for what needs nothing else of the data directory (the rotator,
+/// `gatehouse rotate`): PostgreSQL without opening SQLite, else the SQLite database.
+pub async fn open_state_alone(cfg: &Config) -> Result<AnyState, AppError> {
+    Ok(gatehouse_store::open::open_state_alone(cfg).await?)
+}
+
+/// The cloud targets the configuration enables (AWS IAM, GCP IAM), with the reconcile modes.
+pub async fn cloud_targets(cfg: &Config, store: &AnyState) -> Result<CloudTargets, AppError> {
+    let p = &cfg.processor;
+    let retry = RetryPolicy {
+        retries: p.call_retries,
+        min_delay: p.retry_min_delay,
+        max_delay: p.retry_max_delay,
+    };
+    let aws = match (&cfg.aws.enabled, &cfg.aws.user_mapping) {
+        (true, Some(m)) => {
+            let iam = AwsIam::connect(&AwsConnect {
+                endpoint_url: cfg.aws.endpoint_url.clone(),
+                region: cfg.aws.region.clone(),
+                profile: cfg.aws.profile.clone(),
+                credentials_file: cfg.aws.credentials_file.clone(),
+            })
+            .await;
+            let mapping = match m {
+                AwsUserMappingConfig::Tag(key) => AwsUserMapping::Tag { key: key.clone() },
+                AwsUserMappingConfig::Template(t) => AwsUserMapping::Template { template: t.clone() },
+            };
+            Some(AwsTarget {
+                iam,
+                mapping,
+                retry: retry.clone(),
+            })
+        }
+        _ => None,
+    };
+    let gcp = if cfg.gcp.enabled {
+        let token = match &cfg.gcp.token {
+            GcpTokenSource::Static { token } => TokenSource::Static(token.clone()),
+            GcpTokenSource::Adc => GcpIam::adc().map_err(AppError::Cloud)?,
+        };
+        let iam = GcpIam::new(GcpIamConfig {
+            resource_manager_url: cfg.gcp.resource_manager_url.clone(),
+            bigquery_url: cfg.gcp.bigquery_url.clone(),
+            iam_url: cfg.gcp.iam_url.clone(),
+            token,
+            timeout: cfg.gcp.timeout,
+        })
+        .map_err(AppError::Cloud)?;
+        Some(GcpTarget {
+            iam,
+            retry: retry.clone(),
+            conflict_retries: cfg.gcp.conflict_retries,
+        })
+    } else {
+        None
+    };
+    let dir = store.clone();
+    Ok(CloudTargets {
+        aws,
+        gcp,
+        modes: cfg.reconcile.mode,
+        directory: Arc::new(move || {
+            let d = dir.clone();
+            Box::pin(async move { d.subjects().await })
+        }),
+    })
+}
+
+/// Row-level security must fail closed in Looker too: each managed user attribute must not be
+/// editable by users, and its default must be empty or the policy's deny value. A problem refuses
+/// the start (or, with `[looker] attribute_check = "warn"`, is logged as an error). If Looker
+/// cannot be read now, a warning is logged and the start goes on (an outage must not stop
+/// offboarding).
+pub async fn check_looker_attributes(cfg: &Config, engine: &AppEngine) -> Result<(), AppError> {
+    let (Some(looker), policy) = (engine.looker(), engine.policy()) else {
+        return Ok(());
+    };
+    if policy.managed_attributes().is_empty() {
+        return Ok(());
+    }
+    let held = match looker.user_attribute_settings().await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read looker user attributes; their settings are not checked");
+            return Ok(());
+        }
+    };
+    let problems = gatehouse_domain::policy::attribute_problems(policy, &held);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    match cfg.looker.attribute_check {
+        AttributeCheck::Refuse => Err(AppError::UnsafeAttributes(problems)),
+        AttributeCheck::Warn => {
+            for problem in &problems {
+                tracing::error!(%problem, "looker user attribute fails open (row-level security)");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The engine with the cloud targets the configuration enables, every step screened by the
+/// safety rails (which learn who Gatehouse is in Looker and AWS on the first plan that writes).
+pub async fn engine_with_cloud(cfg: &Config, store: AnyState) -> Result<AppEngine, AppError> {
+    let cloud = cloud_targets(cfg, &store).await?;
+    let engine = engine(cfg, store)?.with_cloud(cloud);
+    let safety = Safety::from_config(cfg)
+        .with_looker(engine.looker().cloned())
+        .with_aws(engine.cloud().and_then(|c| c.aws.as_ref()).map(|a| a.iam.clone()));
+    Ok(engine.with_screen(Arc::new(safety)))
+}
+
+pub fn engine(cfg: &Config, store: AnyState) -> Result<AppEngine, AppError> {
+    let policy = Arc::new(load_policy(cfg)?);
+    let looker = looker_client(cfg)?;
+    let p = &cfg.processor;
+    let mut holders: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for s in &cfg.rotator.secrets {
+        for h in &s.holders {
+            holders.entry(h.to_lowercase()).or_default().push(s.name.clone());
+        }
+    }
+    Ok(Engine::new(
+        store,
+        looker,
+        policy,
+        RetryPolicy {
+            retries: p.call_retries,
+            min_delay: p.retry_min_delay,
+            max_delay: p.retry_max_delay,
+        },
+    )
+    .with_secret_holders(holders)
+    .with_max_clock_skew(p.max_clock_skew))
+    .map(|e| match &cfg.safety.breaker {
+        Some(b) => e.with_breaker(crate::breaker::Breaker::new(b)),
+        None => e,
+    })
+}
+
+/// The whole `main` of `gatehouse-rotator`: load config (exit 64 if bad), open the database,
+/// run the rotator until SIGINT/SIGTERM.
+pub async fn rotator_main(config: Option<&std::path::Path>) -> std::process::ExitCode {
+    let cfg = match Config::load(config, |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gatehouse-rotator: {e}");
+            return std::process::ExitCode::from(64);
+        }
+    };
+    let telemetry = match gatehouse_platform::telemetry::init(&cfg.log, &cfg.telemetry, "gatehouse-rotator") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("gatehouse-rotator: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let run = async {
+        let state = open_state_alone(&cfg).await?;
+        let rotator = gatehouse_rotation::build::rotator(&cfg, state.clone()).await?;
+        tracing::info!(
+            secrets = cfg.rotator.secrets.len(),
+            state = state.backend(),
+            "gatehouse rotator started"
+        );
+        // Its Looker calls (API3 kind) count against the budget the processors share: one
+        // budget for the process, flushed like the processor's (one warning a month).
+        let meters = rotator.looker_meters();
+        let budget = budget(&cfg, state.clone(), &meters).map(Arc::new);
+        let (trigger, shutdown) = Shutdown::new();
+        let flusher = budget
+            .clone()
+            .map(|b| tokio::spawn(async move { b.run(shutdown).await }));
+        rotator.run(gatehouse_platform::shutdown::os_signal()).await;
+        trigger.trigger();
+        if let (Some(task), Some(budget)) = (flusher, budget) {
+            let _ = task.await;
+            if let Err(e) = budget.flush().await {
+                tracing::error!(error = %e, "cannot store the last looker call count");
+            }
+        }
+        state.close().await;
+        Ok::<(), AppError>(())
+    };
+    let code = match run.await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gatehouse-rotator: {e}");
+            std::process::ExitCode::from(e.exit_code() as u8)
+        }
+    };
+    telemetry.shutdown().await;
+    code
+}

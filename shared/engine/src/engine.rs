@@ -1,0 +1,1071 @@
+//! The processor's decision and effect for one envelope:
+//! dedupe → fold into the directory → policy → (skip if already converged) → read Looker → plan
+//! → apply → ledger → commit. Only after `commit` may the queue message be acked.
+
+use crate::cloud::{CloudTargets, Ctx};
+use chrono::{DateTime, Utc};
+use gatehouse_domain::cloud::{CloudError, CloudPlan, DesiredCloud};
+use gatehouse_domain::envelope::{Envelope, IdentityEvent};
+use gatehouse_domain::identity::{FoldOutcome, Identity};
+use gatehouse_domain::looker::{Catalog, ErrorKind, LookerError, LookerOp, LookerUser, ReadNeeds, UserRef};
+use gatehouse_domain::plan::{Plan, Step};
+use gatehouse_domain::policy::{self, DesiredLooker, Policy, Presence};
+use gatehouse_domain::ports::{
+    BackendError, DeletionChange, LookerPort, Outcome, RotationRequest, ScheduledDeletion, StateStore,
+};
+use gatehouse_domain::target::{CallOutcome, Order, Screen, SendAll, Target as _, TargetName};
+use gatehouse_platform::config::Mode as ConfigMode;
+use gatehouse_targets::looker::LookerTarget;
+use gatehouse_targets::{
+    self as targets, Applied, ApplyError, Mode, ReadError, Registered, Run, TargetFailure,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+
+pub use gatehouse_targets::RetryPolicy;
+
+/// What handling one envelope came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    /// Already processed (a redelivery or replay): nothing done, no call made.
+    Duplicate,
+    /// An event type Gatehouse does not act on.
+    Ignored,
+    /// The desired state is the one already converged: no call made.
+    NoOp { stale: bool },
+    /// Calls were made (possibly zero writes, if Looker was already right).
+    Applied { writes: usize },
+    /// No Looker configured: the plan was recorded in the ledger, nothing sent.
+    DryRun { planned: usize },
+    /// Recorded for the rotator.
+    RotationRequested,
+    /// Held by the mass-change breaker until a person releases or discards it (nothing applied,
+    /// the envelope kept in the state store).
+    Held,
+}
+
+/// Who hands the engine an envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The queue: the mass-change breaker may hold it.
+    Queue,
+    /// `gatehouse safety release`: a held envelope a person let through.
+    Released,
+    /// An operator's own command (`gatehouse offboard`): never held, and Looker and the clouds
+    /// are read even when the desired state is the one last converged.
+    Operator,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Looker(#[from] LookerError),
+    #[error(transparent)]
+    Cloud(#[from] CloudError),
+    /// Looker answered 409 to creating the user: another handler created it meanwhile.
+    #[error("the looker user was created by another handler meanwhile: {0}")]
+    CreateRaced(LookerError),
+    /// A target registered with [`Engine::with_target`] failed.
+    #[error(transparent)]
+    Target(TargetFailure),
+    /// Issue 16: an offboarding found no account of a person who was linked in the target.
+    /// Permanent: the envelope is dead-lettered with this reason so an operator acts.
+    #[error("unresolved offboarding in {target}: {reason}")]
+    UnresolvedOffboarding { target: TargetName, reason: String },
+}
+
+impl<E: std::error::Error + Into<ProcessError> + 'static> From<ReadError<E>> for ProcessError {
+    fn from(e: ReadError<E>) -> Self {
+        match e {
+            ReadError::Target(e) => e.into(),
+            ReadError::Links(e) => ProcessError::Backend(e),
+        }
+    }
+}
+
+impl From<TargetFailure> for ProcessError {
+    fn from(e: TargetFailure) -> Self {
+        match e {
+            TargetFailure::Ledger(e) => ProcessError::Backend(e),
+            other => ProcessError::Target(other),
+        }
+    }
+}
+
+impl ProcessError {
+    /// Retrying this delivery later cannot help.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ProcessError::Looker(e) => matches!(e.kind, ErrorKind::Permanent | ErrorKind::Conflict),
+            // Access denied by a cloud is permanent: the ledger row says so, retrying cannot help.
+            ProcessError::Cloud(e) => matches!(e.kind, ErrorKind::Permanent | ErrorKind::Unauthorized),
+            ProcessError::Target(TargetFailure::Target { kind, .. }) => {
+                matches!(kind, ErrorKind::Permanent | ErrorKind::Unauthorized)
+            }
+            ProcessError::UnresolvedOffboarding { .. } => true,
+            ProcessError::Backend(_) | ProcessError::CreateRaced(_) | ProcessError::Target(_) => false,
+        }
+    }
+
+    /// The server asked for a delay.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProcessError::Looker(e) => e.retry_after,
+            ProcessError::Cloud(e) => e.retry_after,
+            ProcessError::Target(TargetFailure::Target { retry_after, .. }) => *retry_after,
+            ProcessError::Backend(_)
+            | ProcessError::CreateRaced(_)
+            | ProcessError::Target(_)
+            | ProcessError::UnresolvedOffboarding { .. } => None,
+        }
+    }
+
+    /// Another handler of the same person got there first: handling the event again from a
+    /// fresh read resolves it.
+    fn is_race(&self) -> bool {
+        match self {
+            ProcessError::Backend(e) => e.is_subject_changed(),
+            ProcessError::CreateRaced(_) => true,
+            ProcessError::Looker(_)
+            | ProcessError::Cloud(_)
+            | ProcessError::Target(_)
+            | ProcessError::UnresolvedOffboarding { .. } => false,
+        }
+    }
+}
+
+impl From<ApplyError<LookerError>> for ProcessError {
+    fn from(e: ApplyError<LookerError>) -> Self {
+        match e {
+            // Looker answered 409 to creating the user: another handler created it meanwhile.
+            ApplyError::Target {
+                error,
+                order: Order::Create,
+            } if error.kind == ErrorKind::Conflict => ProcessError::CreateRaced(error),
+            ApplyError::Target { error, .. } => ProcessError::Looker(error),
+            ApplyError::Ledger(e) => ProcessError::Backend(e),
+        }
+    }
+}
+
+impl From<ApplyError<CloudError>> for ProcessError {
+    fn from(e: ApplyError<CloudError>) -> Self {
+        match e {
+            ApplyError::Target { error, .. } => ProcessError::Cloud(error),
+            ApplyError::Ledger(e) => ProcessError::Backend(e),
+        }
+    }
+}
+
+/// A plan together with what it was computed from (for `gatehouse plan`).
+#[derive(Debug, Clone)]
+pub struct PlanReport {
+    pub identity: Identity,
+    pub desired: DesiredLooker,
+    pub plan: Plan,
+    /// The AWS and GCP calls (empty when no cloud target is configured).
+    pub cloud: CloudPlan,
+    pub stale: bool,
+}
+
+pub struct Engine<S, L> {
+    store: S,
+    looker: LookerTarget<L>,
+    policy: Arc<Policy>,
+    /// Write retries of the apply loop, for every target.
+    retry: RetryPolicy,
+    cloud: Option<Arc<CloudTargets>>,
+    /// Sees every step before it is sent (withholds none by default).
+    screen: Arc<dyn Screen>,
+    /// Targets registered beside Looker, AWS and GCP ([`Engine::with_target`]).
+    registered: Vec<Arc<dyn Registered<S>>>,
+    subjects: SubjectLocks,
+    /// Holder email (lowercase) → declared secrets they hold (rotated when they are offboarded).
+    held_secrets: Arc<std::collections::HashMap<String, Vec<String>>>,
+    /// How far an event's own time may be ahead of its receipt (`processor.max_clock_skew`).
+    max_clock_skew: Duration,
+    /// The mass-change circuit breaker (`[safety.breaker]`); off when `None`.
+    breaker: Option<Arc<crate::breaker::Breaker>>,
+}
+
+/// The ledger rule of issue 16's resolution alerts.
+pub const RESOLUTION_RULE: &str = "identity.resolution";
+
+/// How often one delivery is handled again after losing a commit race before it is released.
+const COMMIT_ATTEMPTS: u32 = 8;
+
+/// One async lock per subject being handled in this process; entries live only while held.
+#[derive(Default)]
+struct SubjectLocks(std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+/// Holds a subject's turn; the map entry goes when the last holder or waiter is done.
+struct SubjectTurn<'a> {
+    locks: &'a SubjectLocks,
+    key: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl SubjectLocks {
+    async fn lock(&self, key: &str) -> SubjectTurn<'_> {
+        let lock = {
+            let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(key.to_string()).or_default().clone()
+        };
+        let guard = lock.lock_owned().await;
+        SubjectTurn {
+            locks: self,
+            key: key.to_string(),
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Drop for SubjectTurn<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.locks.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map holds it: nobody holds or waits for this subject any more.
+        if map.get(&self.key).is_some_and(|l| Arc::strong_count(l) == 1) {
+            map.remove(&self.key);
+        }
+    }
+}
+
+impl<S: StateStore, L: LookerPort> Engine<S, L> {
+    pub fn new(store: S, looker: Option<L>, policy: Arc<Policy>, retry: RetryPolicy) -> Self {
+        Engine {
+            store,
+            looker: LookerTarget::new(looker, retry.clone())
+                .with_delivery_domains(policy.allowed_email_domains.clone()),
+            policy,
+            retry,
+            cloud: None,
+            screen: Arc::new(SendAll),
+            registered: Vec::new(),
+            subjects: SubjectLocks::default(),
+            held_secrets: Arc::default(),
+            max_clock_skew: gatehouse_domain::envelope::DEFAULT_MAX_CLOCK_SKEW,
+            breaker: None,
+        }
+    }
+
+    /// Count mass changes and hold them past the configured limits (`[safety.breaker]`).
+    pub fn with_breaker(mut self, breaker: crate::breaker::Breaker) -> Self {
+        self.breaker = Some(Arc::new(breaker));
+        self
+    }
+
+    /// Offboard fully whatever the policy says (`gatehouse offboard`): disable, and revoke
+    /// every session and API key.
+    pub fn with_full_offboarding(mut self) -> Self {
+        let mut policy = (*self.policy).clone();
+        policy.offboarding.disable = true;
+        policy.offboarding.revoke_sessions = true;
+        policy.offboarding.revoke_api_keys = true;
+        self.policy = Arc::new(policy);
+        self
+    }
+
+    /// How far an event's own time may run ahead of its receipt before it is clamped.
+    pub fn with_max_clock_skew(mut self, skew: Duration) -> Self {
+        self.max_clock_skew = skew;
+        self
+    }
+
+    /// The envelope as it is folded: its claimed time bounded by its receipt (one place every
+    /// source passes through). A clamp is logged and counted.
+    fn bounded<'a>(&self, env: &'a Envelope) -> std::borrow::Cow<'a, Envelope> {
+        let at = env.bounded_time(self.max_clock_skew);
+        if at == env.occurred_at {
+            return std::borrow::Cow::Borrowed(env);
+        }
+        tracing::warn!(envelope_id = %env.id, source = env.source.as_str(), subject = %env.subject.key,
+            claimed = %env.occurred_at.to_rfc3339(), received_at = %env.received_at.to_rfc3339(),
+            max_clock_skew = ?self.max_clock_skew,
+            "event time is beyond the allowed clock skew of its receipt; ordered by its receipt instead");
+        metrics::counter!("gatehouse_event_time_clamped_total", "source" => env.source.as_str()).increment(1);
+        let mut bounded = env.clone();
+        bounded.occurred_at = at;
+        std::borrow::Cow::Owned(bounded)
+    }
+
+    /// Add the cloud targets (AWS IAM, GCP IAM) to every plan.
+    pub fn with_cloud(mut self, cloud: CloudTargets) -> Self {
+        self.cloud = (!cloud.is_empty()).then(|| Arc::new(cloud));
+        self
+    }
+
+    /// Add a target: every event reads, plans and applies it beside Looker, AWS and GCP, through
+    /// the same loop (ledger, screen, retries). Reconcile does not read it yet.
+    pub fn with_target(mut self, target: impl Registered<S> + 'static) -> Self {
+        self.registered.push(Arc::new(target));
+        self
+    }
+
+    /// Show every step to `screen` before it is sent, in every target.
+    pub fn with_screen(mut self, screen: Arc<dyn Screen>) -> Self {
+        self.screen = screen;
+        self
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn looker(&self) -> Option<&L> {
+        self.looker.client()
+    }
+
+    /// Looker as a target (the one loop applies its plans).
+    pub fn looker_target(&self) -> &LookerTarget<L> {
+        &self.looker
+    }
+
+    /// How the loop runs for one ledger context.
+    fn run<'a>(&'a self, ctx: &'a Ctx) -> Run<'a, S> {
+        Run {
+            store: &self.store,
+            ctx,
+            retry: &self.retry,
+            screen: &*self.screen,
+        }
+    }
+
+    /// The steps of these plans the screen withholds, with the reasons (`gatehouse plan`).
+    pub async fn withheld(
+        &self,
+        email: Option<&str>,
+        looker_plan: Option<&Plan>,
+        cloud_plan: &CloudPlan,
+    ) -> Vec<targets::Withheld> {
+        self.screen.prepare().await;
+        let mut out = Vec::new();
+        if let Some(p) = looker_plan {
+            out.extend(targets::withheld(&self.looker, p, email, &*self.screen));
+        }
+        if let Some(c) = &self.cloud {
+            if let (Some(t), Some(p)) = (&c.aws, &cloud_plan.aws) {
+                out.extend(targets::withheld(t, p, email, &*self.screen));
+            }
+            if let Some(g) = &c.gcp {
+                let p = crate::cloud::GcpPlan {
+                    steps: cloud_plan.gcp.clone(),
+                    notes: Vec::new(),
+                };
+                out.extend(targets::withheld(g, &p, email, &*self.screen));
+            }
+        }
+        out
+    }
+
+    pub fn cloud(&self) -> Option<&CloudTargets> {
+        self.cloud.as_deref()
+    }
+
+    fn desired_cloud(&self, identity: &Identity) -> DesiredCloud {
+        match &self.cloud {
+            Some(c) => c.evaluate(&self.policy, identity, Utc::now()),
+            None => DesiredCloud { aws: None, gcp: None },
+        }
+    }
+
+    /// Read the clouds (through the person's links; `persist`: store the links the reads
+    /// resolved) and plan (nothing when no cloud target is configured).
+    pub async fn compute_cloud_plan(
+        &self,
+        person: &Identity,
+        desired: &DesiredCloud,
+        persist: bool,
+    ) -> Result<CloudPlan, ProcessError> {
+        match &self.cloud {
+            Some(c) if !desired.is_empty() => {
+                let actual = c.read(desired, person, &self.store, persist).await?;
+                Ok(c.plan(desired, &actual))
+            }
+            _ => Ok(CloudPlan::default()),
+        }
+    }
+
+    /// Secrets to rotate when a holder is offboarded: email → secret names.
+    pub fn with_secret_holders(mut self, holders: std::collections::HashMap<String, Vec<String>>) -> Self {
+        self.held_secrets = Arc::new(holders);
+        self
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn is_dry_run(&self) -> bool {
+        self.looker.client().is_none()
+    }
+
+    /// Compute the plan for an envelope without changing anything (reads Looker when configured).
+    pub async fn plan(&self, env: &Envelope) -> Result<PlanReport, ProcessError> {
+        let bounded = self.bounded(env);
+        let env: &Envelope = &bounded;
+        let mut identity = match self.store.load_subject(&env.subject.key).await? {
+            Some(s) => s.identity,
+            None => Identity::new(&env.subject.key),
+        };
+        let stale = identity.fold(env) == FoldOutcome::Stale;
+        let desired = policy::evaluate(&self.policy, &identity);
+        let desired_cloud = self.desired_cloud(&identity);
+        let (plan, cloud) = futures::join!(
+            self.compute_plan(&identity, &desired, false),
+            self.compute_cloud_plan(&identity, &desired_cloud, false)
+        );
+        Ok(PlanReport {
+            identity,
+            desired,
+            plan: plan?,
+            cloud: cloud?,
+            stale,
+        })
+    }
+
+    /// The Looker plan for one person's desired state (reads Looker when configured, through
+    /// the person's link: issue 16). `persist`: store the links the read resolved (not in
+    /// `gatehouse plan`, which changes nothing).
+    pub async fn compute_plan(
+        &self,
+        person: &Identity,
+        desired: &DesiredLooker,
+        persist: bool,
+    ) -> Result<Plan, ProcessError> {
+        let read = targets::read_linked(&self.looker, desired, person, &self.store).await?;
+        if persist && self.looker.client().is_some() {
+            read.persist(&self.store, TargetName::LOOKER).await?;
+        }
+        Ok(self.looker.diff(desired, &read.actual))
+    }
+
+    /// Apply a Looker plan and the plans of the person's other accounts it carries (offboarding
+    /// closes every one: issue 16).
+    async fn apply_looker(&self, plan: &Plan, mode: Mode, run: &Run<'_, S>) -> Result<Applied, ProcessError> {
+        let mut a = targets::apply(&self.looker, plan, mode, run).await?;
+        for other in &plan.resolution.others {
+            a = a + targets::apply(&self.looker, other, mode, run).await?;
+        }
+        Ok(a)
+    }
+
+    /// Issue 16's alerts for one person's Looker plan: a refusal to guess between several
+    /// candidate users (WARN + ledger row), and an offboarding that found no account of a person
+    /// linked before (WARN + counter + ledger row + the error that dead-letters the envelope).
+    async fn resolution_alerts(&self, plan: &Plan, run: &Run<'_, S>) -> Result<(), ProcessError> {
+        let looker = TargetName::LOOKER;
+        let search = |email: &str| gatehouse_domain::looker::HttpCall {
+            method: gatehouse_domain::looker::Method::Get,
+            path: format!("/users/search?email={email}"),
+            body: None,
+        };
+        let email = match &plan.user {
+            UserRef::Email(e) => e.clone(),
+            _ => String::new(),
+        };
+        if let Some(reason) = &plan.resolution.refused {
+            tracing::warn!(target_name = %looker, subject = %run.ctx.subject, envelope_id = %run.ctx.envelope_id,
+                %reason, "looker user not resolved; nothing changed");
+            let row = targets::ledger_row(
+                run.ctx,
+                looker,
+                RESOLUTION_RULE,
+                search(&email),
+                &CallOutcome::Withheld {
+                    reason: reason.clone(),
+                },
+            );
+            self.store.append_ledger(&[row]).await?;
+        }
+        if let Some(reason) = &plan.resolution.unresolved {
+            tracing::warn!(target_name = %looker, subject = %run.ctx.subject, envelope_id = %run.ctx.envelope_id,
+                %reason, "offboarding not resolved: dead-lettering the event for an operator");
+            metrics::counter!("gatehouse_unresolved_offboardings_total", "target" => looker.as_str())
+                .increment(1);
+            let row = targets::ledger_row(
+                run.ctx,
+                looker,
+                RESOLUTION_RULE,
+                search(&email),
+                &CallOutcome::Failed {
+                    kind: ErrorKind::NotFound,
+                    status: None,
+                    detail: Some(format!("unresolved offboarding: {reason}")),
+                },
+            );
+            self.store.append_ledger(&[row]).await?;
+            return Err(ProcessError::UnresolvedOffboarding {
+                target: looker,
+                reason: reason.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Process one envelope. `Ok` means its effects and ledger rows are recorded and the message
+    /// may be acked; `Err` means it must be retried (or dead-lettered).
+    ///
+    /// One subject is handled by one task of this process at a time. Another process (or an
+    /// unordered queue racing a redelivery) can still handle the same subject at once: then the
+    /// store refuses the later commit and the event is handled again from a fresh load, so no
+    /// fact is lost and Looker ends as the merged identity wants.
+    pub async fn handle(&self, env: &Envelope) -> Result<Handled, ProcessError> {
+        self.handle_via(env, Via::Queue).await
+    }
+
+    /// [`Engine::handle`] for an envelope that did not come from the queue (see [`Via`]).
+    pub async fn handle_via(&self, env: &Envelope, via: Via) -> Result<Handled, ProcessError> {
+        let bounded = self.bounded(env);
+        let env: &Envelope = &bounded;
+        let _turn = self.subjects.lock(&env.subject.key).await;
+        let mut attempt = 1;
+        loop {
+            // After a lost race Looker may hold the losing attempt's writes, made from a plan the
+            // winner's state no longer wants: the converged shortcut would trust a stale Looker,
+            // so every later attempt reads it.
+            let after_race = attempt > 1 || via == Via::Operator;
+            // Boxed: the whole decide-and-apply future (Looker, AWS and GCP reads and writes,
+            // the store) nests deep enough that rustc's layout query of the worker's future
+            // overflowed its depth limit in release builds of gatehouse-ingress/-processor. One
+            // allocation per attempt cuts the nesting at the engine's boundary.
+            match Box::pin(self.handle_once(env, after_race, via)).await {
+                Err(e) if e.is_race() && attempt < COMMIT_ATTEMPTS => {
+                    tracing::info!(subject = %env.subject.key, envelope_id = %env.id, attempt,
+                        "subject changed by another handler; handling the event again");
+                    metrics::counter!("gatehouse_subject_conflicts_total").increment(1);
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn handle_once(&self, env: &Envelope, after_race: bool, via: Via) -> Result<Handled, ProcessError> {
+        if self.store.is_processed(&env.id).await? {
+            return Ok(Handled::Duplicate);
+        }
+        if let IdentityEvent::RotationRequested {
+            provider,
+            reason,
+            secret,
+        } = &env.event
+        {
+            self.store
+                .request_rotation(&RotationRequest {
+                    envelope_id: env.id.0.clone(),
+                    subject: env.subject.key.clone(),
+                    provider: provider.clone(),
+                    reason: reason.clone(),
+                    secret: secret.clone(),
+                })
+                .await?;
+            let label = gatehouse_domain::metric_labels::Provider::of(provider).as_str();
+            metrics::counter!("gatehouse_rotation_requests_total", "provider" => label).increment(1);
+            tracing::warn!(subject = %env.subject.key, %provider, %reason, "rotation requested");
+            return Ok(Handled::RotationRequested);
+        }
+        let drift = matches!(env.event, IdentityEvent::CloudDrift { .. });
+        if !env.event.is_actionable() {
+            self.store.commit(Outcome::processed_only(env.id.clone())).await?;
+            return Ok(Handled::Ignored);
+        }
+        if drift
+            && let Some(cloud) = &self.cloud
+            && let Some(state) = cloud.resolve_drift(&env.subject.key).await?
+        {
+            let writes = self.converge_drift(env, &state.identity).await?;
+            self.store.commit(Outcome::processed_only(env.id.clone())).await?;
+            return Ok(Handled::Applied { writes });
+        }
+        let (mut identity, converged, base_version) = match self.store.load_subject(&env.subject.key).await? {
+            Some(s) => (s.identity, s.converged, Some(s.version)),
+            // Drift on an identity the directory does not know is not Gatehouse's to undo.
+            None if drift => {
+                self.store.commit(Outcome::processed_only(env.id.clone())).await?;
+                return Ok(Handled::Ignored);
+            }
+            None => (Identity::new(&env.subject.key), None, None),
+        };
+        // What the policy wanted before this event, for the breaker to tell what it changes.
+        let before =
+            (via == Via::Queue && self.breaker.is_some()).then(|| policy::evaluate(&self.policy, &identity));
+        let fold = identity.fold(env);
+        // An offboarded holder's secrets are rotated: one request per secret and offboarding
+        // event (keyed by the status stamp, so redeliveries and later events add none).
+        if let (true, Some(stamp), Some(email)) = (
+            identity.status.is_offboarded(),
+            &identity.status_stamp,
+            identity.email(),
+        ) {
+            for secret in self.held_secrets.get(&email.to_lowercase()).into_iter().flatten() {
+                let request = RotationRequest {
+                    envelope_id: format!("offboarding:{}:{secret}", stamp.id.0),
+                    subject: identity.key.clone(),
+                    provider: "offboarding".into(),
+                    reason: "holder offboarded".into(),
+                    secret: Some(secret.clone()),
+                };
+                self.store.request_rotation(&request).await?;
+            }
+        }
+        let desired = policy::evaluate(&self.policy, &identity);
+        let desired_cloud = self.desired_cloud(&identity);
+        let now = Utc::now();
+        let desired_registered: Vec<(&str, Option<serde_json::Value>)> = self
+            .registered
+            .iter()
+            .map(|t| (t.name().as_str(), t.desired_json(&self.policy, &identity, now)))
+            .collect();
+        let fingerprint = fingerprint(&desired, &desired_cloud, &desired_registered);
+        // Drift (or a lost race) means the actual state may have moved under us: read and
+        // converge even if the desired state is the one last converged.
+        let live = self.looker.client().is_some() || self.cloud.is_some() || !self.registered.is_empty();
+        if !drift && !after_race && live && converged.as_deref() == Some(fingerprint.as_str()) {
+            self.store
+                .commit(Outcome {
+                    envelope_id: env.id.clone(),
+                    identity: Some(identity),
+                    converged,
+                    deletion: DeletionChange::Keep,
+                    base_version,
+                })
+                .await?;
+            return Ok(Handled::NoOp {
+                stale: fold == FoldOutcome::Stale,
+            });
+        }
+
+        // Looker and the clouds are read at once, then written at once.
+        let plan_span = tracing::info_span!(
+            "plan",
+            looker_steps = tracing::field::Empty,
+            cloud_steps = tracing::field::Empty,
+        );
+        // The screen learns what it needs (once in a while) beside the reads, not after them.
+        let (plan, cloud_plan) = async {
+            let (p, c, ()) = futures::join!(
+                self.compute_plan(&identity, &desired, true),
+                self.compute_cloud_plan(&identity, &desired_cloud, true),
+                self.screen.prepare()
+            );
+            (p, c)
+        }
+        .instrument(plan_span.clone())
+        .await;
+        let (plan, cloud_plan) = (plan?, cloud_plan?);
+        plan_span.record("looker_steps", plan.steps.len());
+        plan_span.record("cloud_steps", cloud_plan.len());
+        // The mass-change breaker decides before anything is written: a held envelope leaves
+        // no trace but its held row (and ledger row), so a release handles it from scratch.
+        if let (Some(breaker), Some(before)) = (&self.breaker, &before)
+            && breaker
+                .admit(&self.store, env, before, &desired, &plan, &cloud_plan)
+                .await?
+        {
+            return Ok(Handled::Held);
+        }
+        // Issue 17: the stored fingerprint vouches for what Looker and the clouds held at the
+        // last commit, and the writes below make that untrue until this handler commits. Killed
+        // (or failing) in between, it would leave the fingerprint vouching for a state its writes
+        // changed, and a later event that undoes this one (events of a person may be handled in
+        // any order) would find its desired state equal to it and trust it: Looker kept the
+        // half-applied plan for good. So the fingerprint is forgotten before the first write, in
+        // a compare-and-set that moves the version (a concurrent handler's commit from the older
+        // load is refused); whoever handles the person next reads Looker.
+        // (A registered target plans inside its own converge, so one counts as writing.)
+        let writes_ahead = (self.looker.client().is_some() && !plan.is_empty())
+            || (self.cloud.is_some() && !cloud_plan.is_empty())
+            || !self.registered.is_empty();
+        let base_version = match base_version {
+            Some(v) if converged.is_some() && writes_ahead => {
+                Some(self.store.forget_converged(&env.subject.key, v).await?)
+            }
+            other => other,
+        };
+        // The grace period runs from when Gatehouse offboarded the person, never from an old event time.
+        let deletion = deletion_change(&desired, &identity, Utc::now());
+        let ctx = ctx(env, desired.email.as_deref());
+        let run = self.run(&ctx);
+        let looker_part = async {
+            let live = self.looker.client().is_some();
+            let mode = if live { Mode::Apply } else { Mode::DryRun };
+            let a = self.apply_looker(&plan, mode, &run).await?;
+            Ok::<_, ProcessError>((live, if live { a.writes } else { a.planned }))
+        };
+        let cloud_part = async {
+            let cloud = async {
+                match &self.cloud {
+                    Some(c) => c.apply(&run, &cloud_plan, None).await.map(|a| a.writes),
+                    None => Ok(0),
+                }
+            };
+            let registered = futures::future::join_all(
+                self.registered
+                    .iter()
+                    .map(|t| t.converge(&self.policy, &identity, now, Mode::Apply, &run)),
+            );
+            let (c, r) = futures::join!(cloud, registered);
+            let mut writes = c?;
+            for a in r {
+                writes += a?.writes;
+            }
+            Ok::<_, ProcessError>(writes)
+        };
+        let apply_span = tracing::info_span!(
+            "apply",
+            dry_run = self.looker.client().is_none(),
+            writes = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let (l, c) = async { futures::join!(looker_part, cloud_part) }
+            .instrument(apply_span.clone())
+            .await;
+        if l.is_err() || c.is_err() {
+            apply_span.record("otel.status_code", "ERROR");
+        }
+        let ((looker_live, n), cloud_writes) = (l?, c?);
+        apply_span.record("writes", n + cloud_writes);
+        for note in &cloud_plan.notes {
+            tracing::info!(envelope_id = %env.id, subject = %env.subject.key, note = %note, "plan note");
+        }
+        let result = if looker_live || self.cloud.is_some() || !self.registered.is_empty() {
+            Handled::Applied {
+                writes: if looker_live { n } else { 0 } + cloud_writes,
+            }
+        } else {
+            Handled::DryRun { planned: n }
+        };
+        for note in &plan.notes {
+            tracing::info!(envelope_id = %env.id, subject = %env.subject.key, note = %note, "plan note");
+        }
+        for d in &plan.resolution.duplicates {
+            tracing::warn!(envelope_id = %env.id, subject = %env.subject.key, duplicate = %d, "duplicate looker user");
+        }
+        // After every target had its turn (an unresolved Looker offboarding must not stop the
+        // clouds'), and before the commit: the envelope is dead-lettered, not marked done.
+        if looker_live {
+            self.resolution_alerts(&plan, &run).await?;
+        }
+        self.store
+            .commit(Outcome {
+                envelope_id: env.id.clone(),
+                identity: Some(identity),
+                converged: live.then_some(fingerprint),
+                deletion,
+                base_version,
+            })
+            .await?;
+        Ok(result)
+    }
+
+    /// The Looker catalog (with retries). Only when Looker is configured.
+    pub async fn catalog(&self) -> Result<Catalog, ProcessError> {
+        Ok(self.looker.catalog().await?)
+    }
+
+    /// One Looker user search (with retries). `None` without Looker.
+    pub async fn find_user(
+        &self,
+        email: &str,
+        needs: &ReadNeeds,
+    ) -> Result<Option<LookerUser>, ProcessError> {
+        Ok(self.looker.find_user(email, needs).await?)
+    }
+
+    /// Reconcile's read of one person in Looker (issue 16): their linked users first, else the
+    /// users with their email (any case). The links found are stored (an existing install's
+    /// links are backfilled by its next reconcile). Returns the person's user (`None`: none, or
+    /// several candidates and no link: not guessed) and the other users that look like theirs
+    /// (reported as duplicates).
+    pub async fn resolve_looker(
+        &self,
+        identity: &Identity,
+        email: Option<&str>,
+        needs: &ReadNeeds,
+    ) -> Result<(Option<LookerUser>, Vec<LookerUser>), ProcessError> {
+        let looker = TargetName::LOOKER.as_str();
+        let person = identity.key.as_str();
+        let accounts = self.store.account_links(looker, person).await?;
+        let link = gatehouse_domain::target::Link {
+            person: person.to_string(),
+            accounts,
+            previous_emails: identity.previous_emails.clone(),
+        };
+        let (found, _gone) = self.looker.resolve(email, &link, needs, false).await?;
+        let linked = found.iter().any(|(u, _)| link.accounts.contains(&u.id));
+        let mut users = found.into_iter().map(|(u, _)| u);
+        let Some(first) = users.next() else {
+            return Ok((None, Vec::new()));
+        };
+        let others: Vec<LookerUser> = users.collect();
+        if !linked && !others.is_empty() {
+            tracing::warn!(subject = %person, candidates = ?std::iter::once(&first).chain(&others).map(|u| &u.id).collect::<Vec<_>>(),
+                "several looker users could be this person and none is linked; not linked, not changed");
+            return Ok((None, std::iter::once(first).chain(others).collect()));
+        }
+        if !link.accounts.contains(&first.id) {
+            self.store
+                .link_accounts(looker, person, std::slice::from_ref(&first.id))
+                .await?;
+        }
+        Ok((Some(first), others))
+    }
+
+    /// Apply one person's reconcile plan: targets in `enforce` mode are written, the others get
+    /// `drift_reported` ledger rows and a metric.
+    pub async fn apply_reconcile(
+        &self,
+        ctx: &Ctx,
+        looker_plan: Option<&Plan>,
+        cloud_plan: &CloudPlan,
+    ) -> Result<AppliedCounts, ProcessError> {
+        let modes = self.cloud.as_ref().map(|c| c.modes).unwrap_or_default();
+        let run = self.run(ctx);
+        let looker_part = async {
+            let Some(plan) = looker_plan else {
+                return Ok::<_, ProcessError>(Applied::default());
+            };
+            let mode = match self.looker.client() {
+                Some(_) if modes.looker == ConfigMode::Enforce => Mode::Apply,
+                _ => Mode::Report,
+            };
+            self.apply_looker(plan, mode, &run).await
+        };
+        let cloud_part = async {
+            match &self.cloud {
+                Some(c) => c.apply(&run, cloud_plan, Some(modes)).await,
+                None => Ok(Applied::default()),
+            }
+        };
+        let (l, c) = futures::join!(looker_part, cloud_part);
+        let a = l? + c?;
+        Ok(AppliedCounts {
+            writes: a.writes,
+            reported: a.reported,
+        })
+    }
+
+    /// Converge one person after a cloud drift event: read every target, plan, and apply to the
+    /// targets in `enforce` mode; the others get `drift_reported` ledger rows.
+    async fn converge_drift(&self, env: &Envelope, identity: &Identity) -> Result<usize, ProcessError> {
+        if self.cloud.is_none() {
+            return Ok(0);
+        }
+        let desired = policy::evaluate(&self.policy, identity);
+        let desired_cloud = self.desired_cloud(identity);
+        let (plan, cloud_plan) = futures::join!(
+            self.compute_plan(identity, &desired, true),
+            self.compute_cloud_plan(identity, &desired_cloud, true)
+        );
+        let (plan, cloud_plan) = (plan?, cloud_plan?);
+        let ctx = Ctx {
+            envelope_id: env.id.0.clone(),
+            subject: identity.key.clone(),
+            event: env.source_event_type.clone(),
+            email: desired.email.clone(),
+        };
+        Ok(self.apply_reconcile(&ctx, Some(&plan), &cloud_plan).await?.writes)
+    }
+
+    /// Delete users whose offboarding grace period is over (policy `delete_after_days`).
+    pub async fn sweep_deletions(&self, now: DateTime<Utc>) -> Result<usize, ProcessError> {
+        let due = self.store.due_deletions(now).await?;
+        let mut done = 0;
+        for d in due {
+            let step = Step {
+                op: LookerOp::DeleteUser,
+                rule: policy::rules::OFFBOARD_DELETE.into(),
+            };
+            let ctx = Ctx {
+                envelope_id: format!("scheduled-deletion:{}", d.subject),
+                subject: d.subject.clone(),
+                event: "scheduled_deletion".into(),
+                email: Some(d.email.clone()),
+            };
+            let run = self.run(&ctx);
+            let plan = |user| Plan {
+                user,
+                steps: vec![step.clone()],
+                notes: Vec::new(),
+                resolution: Default::default(),
+            };
+            match self.looker.client() {
+                None => {
+                    targets::apply(
+                        &self.looker,
+                        &plan(UserRef::Email(d.email.clone())),
+                        Mode::DryRun,
+                        &run,
+                    )
+                    .await?;
+                }
+                Some(_) => {
+                    let user = self.looker.find_user(&d.email, &ReadNeeds::default()).await?;
+                    // Only a user that is still disabled is deleted: a reactivated one is kept.
+                    if let Some(u) = user.filter(|u| u.is_disabled) {
+                        self.hand_over_and_delete(&u.id, &run).await?;
+                    }
+                }
+            }
+            self.store.finish_deletion(&d.subject).await?;
+            done += 1;
+        }
+        Ok(done)
+    }
+}
+
+impl<S: StateStore, L: LookerPort> Engine<S, L> {
+    /// Issue 19, deleting without destroying: read what the user owns (nothing with
+    /// `handover = "none"`), hand it over (moves and reassignments, `Order::Change`), then
+    /// `DELETE /users/{id}` (`Order::Last`, sent only after every hand-over step succeeded), all
+    /// through the one apply loop. Without a configured hand-over, a user who owns content is
+    /// not deleted: one `withheld` ledger row and a warning.
+    async fn hand_over_and_delete(&self, user_id: &str, run: &Run<'_, S>) -> Result<(), ProcessError> {
+        use gatehouse_domain::handover::{self, ContentNeeds, Deletion, Handover};
+        let configured = self.policy.offboarding.handover.as_ref();
+        let content = match configured {
+            Some(Handover::Nothing) => None,
+            _ => self.looker.content(user_id, ContentNeeds::Everything).await?,
+        };
+        match handover::deletion(user_id, configured, content.as_ref()) {
+            Deletion::Apply(plan) => {
+                targets::apply(&self.looker, &plan, Mode::Apply, run).await?;
+            }
+            Deletion::Withhold { reason } => {
+                let call = LookerOp::DeleteUser.http(&UserRef::Id(user_id.to_string()));
+                tracing::warn!(subject = %run.ctx.subject, user_id, %reason,
+                    "scheduled looker deletion withheld: set offboarding.handover in the policy");
+                metrics::counter!("gatehouse_steps_withheld_total", "target" => TargetName::LOOKER.as_str())
+                    .increment(1);
+                let row = targets::ledger_row(
+                    run.ctx,
+                    TargetName::LOOKER,
+                    policy::rules::OFFBOARD_DELETE,
+                    call,
+                    &gatehouse_domain::target::CallOutcome::Withheld { reason },
+                );
+                self.store.append_ledger(&[row]).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes made and changes only reported by one reconcile of one person.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppliedCounts {
+    pub writes: usize,
+    pub reported: usize,
+}
+
+/// The ledger context of an envelope's calls.
+fn ctx(env: &Envelope, email: Option<&str>) -> Ctx {
+    Ctx {
+        envelope_id: env.id.0.clone(),
+        subject: env.subject.key.clone(),
+        event: env.source_event_type.clone(),
+        email: email.map(str::to_string),
+    }
+}
+
+/// The converged fingerprint: Looker's alone when no other target applies (unchanged from before
+/// cloud targets), else Looker's and the clouds' (unchanged from before registered targets), else
+/// every target's.
+fn fingerprint(
+    desired: &DesiredLooker,
+    cloud: &DesiredCloud,
+    registered: &[(&str, Option<serde_json::Value>)],
+) -> String {
+    if cloud.is_empty() && registered.is_empty() {
+        return desired.fingerprint();
+    }
+    use sha2::{Digest, Sha256};
+    let json = if registered.is_empty() {
+        serde_json::to_vec(&(desired, cloud))
+    } else {
+        serde_json::to_vec(&(desired, cloud, registered))
+    }
+    .expect("desired state serializes");
+    Sha256::digest(json).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn deletion_change(desired: &DesiredLooker, identity: &Identity, at: DateTime<Utc>) -> DeletionChange {
+    match (&desired.presence, &desired.email) {
+        (
+            Presence::Offboarded {
+                delete_after_days: Some(days),
+                ..
+            },
+            Some(email),
+        ) => DeletionChange::Schedule(ScheduledDeletion {
+            subject: identity.key.clone(),
+            email: email.clone(),
+            due_at: at + chrono::Duration::days(i64::from(*days)),
+        }),
+        (Presence::Active { .. }, _) => DeletionChange::Cancel,
+        _ => DeletionChange::Keep,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatehouse_domain::policy::Offboarding;
+
+    fn desired(presence: Presence) -> DesiredLooker {
+        DesiredLooker {
+            email: Some("a@b.c".into()),
+            first_name: None,
+            last_name: None,
+            presence,
+            groups: Default::default(),
+            roles: Default::default(),
+            attributes: Default::default(),
+            managed_groups: Default::default(),
+            managed_roles: Default::default(),
+            managed_attributes: Default::default(),
+        }
+    }
+
+    #[test]
+    fn offboarding_schedules_deletion_and_reactivation_cancels_it() {
+        let now = Utc::now();
+        let o = Offboarding {
+            delete_after_days: Some(30),
+            ..Offboarding::default()
+        };
+        let off = Presence::Offboarded {
+            disable: o.disable,
+            revoke_sessions: o.revoke_sessions,
+            revoke_api_keys: o.revoke_api_keys,
+            delete_after_days: o.delete_after_days,
+        };
+        match deletion_change(&desired(off), &Identity::new("k"), now) {
+            DeletionChange::Schedule(d) => assert_eq!(d.due_at, now + chrono::Duration::days(30)),
+            other => panic!("{other:?}"),
+        }
+        let never = Presence::Offboarded {
+            disable: true,
+            revoke_sessions: true,
+            revoke_api_keys: true,
+            delete_after_days: None,
+        };
+        assert_eq!(
+            deletion_change(&desired(never), &Identity::new("k"), now),
+            DeletionChange::Keep
+        );
+        assert_eq!(
+            deletion_change(
+                &desired(Presence::Active { create: true }),
+                &Identity::new("k"),
+                now
+            ),
+            DeletionChange::Cancel
+        );
+    }
+}

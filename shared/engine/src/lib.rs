@@ -1,0 +1,11 @@
+//! The processor: the [`engine`] decides and applies, the [`worker`] drives it from the queue,
+//! [`reconcile`] compares the directory with every target, [`budget`] counts Looker calls,
+//! [`breaker`] holds mass changes, and [`app`] wires it from configuration.
+
+pub mod app;
+pub mod breaker;
+pub mod budget;
+pub mod cloud;
+pub mod engine;
+pub mod reconcile;
+pub mod worker;

@@ -1,0 +1,9 @@
+//! Integration tests of the processor, linked into one binary.
+
+// The engine's per-event future nests deeper than rustc's default query depth (128).
+#![recursion_limit = "256"]
+
+mod registered;
+// The worked example of a new target, shared with the target contract tests of `gatehouse-targets`.
+#[path = "../../../targets/tests/it/toy_target.rs"]
+mod toy_target;

@@ -1,0 +1,366 @@
+//! Google Workspace Admin SDK Reports API push notifications at `/hooks/google`.
+//!
+//! Google signs nothing: the sender is authenticated by the channel token given to
+//! `activities.watch`, echoed in `X-Goog-Channel-Token` and compared here in constant time against
+//! every configured token (several, for rotation). The channel's first message
+//! (`X-Goog-Resource-State: sync`) is answered 200 and enqueues nothing; every other message's body
+//! is one Reports API activity, parsed by `gatehouse_domain::google`.
+
+use super::{Deps, error};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use gatehouse_store::sqlite::Sqlite;
+use gatehouse_domain::google;
+use gatehouse_domain::ports::QueueProducer;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use std::sync::Arc;
+use subtle::{Choice, ConstantTimeEq};
+
+/// The route.
+pub const PATH: &str = "/hooks/google";
+/// `Source::GoogleWorkspace.as_str()`, the `source` label of this intake's metrics.
+const SOURCE: &str = "google_workspace";
+
+/// Where `received_at` comes from (injected so tests control time).
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+struct Intake<Q> {
+    queue: Q,
+    tokens: Vec<SecretString>,
+    /// Channels Gatehouse made (`google_upkeep`): tokens derived from this secret, accepted
+    /// while the channel is live in the store.
+    channels: Option<(SecretString, Sqlite)>,
+    max_body_bytes: usize,
+    now: Clock,
+}
+
+pub fn router<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Router {
+    build(
+        deps.queue.clone(),
+        deps.config.google.channel_tokens.clone(),
+        deps.config
+            .google
+            .channel_secret
+            .clone()
+            .map(|s| (s, deps.store.clone())),
+        deps.config.google.max_body_bytes,
+        Arc::new(Utc::now),
+    )
+}
+
+/// The route with explicit parts (tests inject the clock and the channel store).
+pub fn build<Q: QueueProducer + 'static>(
+    queue: Q,
+    tokens: Vec<SecretString>,
+    channels: Option<(SecretString, Sqlite)>,
+    max_body_bytes: usize,
+    now: Clock,
+) -> Router {
+    let state = Arc::new(Intake {
+        queue,
+        tokens,
+        channels,
+        max_body_bytes,
+        now,
+    });
+    Router::new()
+        .route(PATH, post(notification::<Q>))
+        .with_state(state)
+}
+
+fn rejected(reason: &'static str) {
+    super::count_rejection(SOURCE, reason);
+}
+
+/// Whether `given` equals any token; every token is compared, in constant time each.
+fn token_matches(tokens: &[SecretString], given: &[u8]) -> bool {
+    let mut ok = Choice::from(0);
+    for t in tokens {
+        ok |= given.ct_eq(t.expose_secret().as_bytes());
+    }
+    // An empty header never authenticates, even against an empty token.
+    bool::from(ok) && !given.is_empty()
+}
+
+async fn notification<Q: QueueProducer>(
+    State(intake): State<Arc<Intake<Q>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if intake.tokens.is_empty() && intake.channels.is_none() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_configured",
+            "no google channel token is configured (google.channel_tokens, google.channel_secret or GATEHOUSE_GOOGLE_CHANNEL_TOKEN)",
+        );
+    }
+    let given = headers
+        .get("x-goog-channel-token")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    let mut ok = !given.is_empty() && token_matches(&intake.tokens, given);
+    if !ok && let Some((secret, store)) = &intake.channels {
+        let channel_id = headers
+            .get("x-goog-channel-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        match super::google_upkeep::channel_accepts(secret, store, channel_id, given, (intake.now)()).await {
+            Ok(accepted) => ok = accepted,
+            Err(e) => {
+                tracing::error!(error = %e, "google channel lookup failed; google will retry");
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the channel could not be checked; retry",
+                );
+            }
+        }
+    }
+    if !ok {
+        rejected("unauthorized");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong X-Goog-Channel-Token header",
+        );
+    }
+
+    let bytes = match super::read_body(SOURCE, &headers, body, intake.max_body_bytes).await {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let channel_id = header("x-goog-channel-id");
+    let message_number = header("x-goog-message-number");
+    let Some(state) = headers
+        .get("x-goog-resource-state")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.trim().is_empty())
+    else {
+        rejected("malformed");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "missing X-Goog-Resource-State header",
+        );
+    };
+    if google::is_sync(state) {
+        tracing::info!(
+            channel_id,
+            resource_id = header("x-goog-resource-id"),
+            "google channel sync received"
+        );
+        return Json(json!({ "sync": true, "enqueued": 0 })).into_response();
+    }
+
+    let mut envelopes = match google::parse_activity(&bytes, (intake.now)()) {
+        Ok(e) => e,
+        Err(e) => {
+            rejected("malformed");
+            return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
+        }
+    };
+    if let Err(r) = super::check_emails(SOURCE, &envelopes) {
+        return *r;
+    }
+    super::trace_envelopes(&mut envelopes);
+    if let Err(e) = intake.queue.publish(&envelopes).await {
+        tracing::error!(
+            error = %e, source = ?std::error::Error::source(&e), channel_id, message_number,
+            "enqueue failed; google will retry"
+        );
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "enqueue_failed",
+            "the event could not be stored; retry",
+        );
+    }
+    let mut ignored = 0;
+    for env in &envelopes {
+        let actionable = env.event.is_actionable();
+        ignored += usize::from(!actionable);
+        super::count_received(SOURCE, env);
+        tracing::info!(
+            envelope_id = %env.id, subject = %env.subject.key, event_type = %env.source_event_type,
+            actionable, channel_id, message_number, "event enqueued"
+        );
+    }
+    super::record_accepted(envelopes.len());
+    Json(json!({ "enqueued": envelopes.len(), "ignored": ignored })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingress::test_support::{MemQueue, send};
+    use axum::http::Request;
+    use gatehouse_domain::envelope::{IdentityEvent, Source};
+
+    /// An in-memory queue that records what is published, or fails every publish.
+    const TOKEN: &str = "245t1234tt83trrt333";
+    const BODY: &[u8] = include_bytes!(
+        "../../../../../shared/fixtures/google-workspace/reports.push.admin.CREATE_USER.body.docs.json"
+    );
+
+    fn fixed_now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-05-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn app(queue: MemQueue, tokens: &[&str]) -> Router {
+        build(
+            queue,
+            tokens.iter().map(|t| SecretString::from(t.to_string())).collect(),
+            None,
+            4096,
+            Arc::new(fixed_now),
+        )
+    }
+
+    fn request(token: Option<&str>, state: Option<&str>, body: &[u8]) -> Request<Body> {
+        let mut r = Request::post(PATH)
+            .header("content-type", "application/json; utf-8")
+            .header("x-goog-channel-id", "reportsApiId")
+            .header("x-goog-message-number", "23");
+        if let Some(t) = token {
+            r = r.header("x-goog-channel-token", t);
+        }
+        if let Some(s) = state {
+            r = r.header("x-goog-resource-state", s);
+        }
+        r.body(Body::from(body.to_vec())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn documented_notification_is_enqueued_with_the_injected_clock() {
+        let q = MemQueue::default();
+        let (status, body) = send(
+            app(q.clone(), &["old", TOKEN]),
+            request(Some(TOKEN), Some("CREATE_USER"), BODY),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body, json!({"enqueued": 1, "ignored": 0}));
+        let published = q.published.lock().unwrap();
+        assert_eq!(published.len(), 1);
+        assert_eq!(published[0].event, IdentityEvent::UserCreated);
+        assert_eq!(published[0].received_at, fixed_now());
+    }
+
+    #[tokio::test]
+    async fn sync_is_answered_without_enqueueing() {
+        let q = MemQueue::default();
+        let (status, body) = send(app(q.clone(), &[TOKEN]), request(Some(TOKEN), Some("sync"), b"")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["sync"], true);
+        assert!(q.published.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn rejections_enqueue_nothing() {
+        let q = MemQueue::default();
+        let big = vec![b' '; 5000];
+        let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+            (
+                request(None, Some("CREATE_USER"), BODY),
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+            ),
+            (
+                request(Some(""), Some("CREATE_USER"), BODY),
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+            ),
+            (
+                request(Some("245t1234tt83trrt334"), Some("sync"), b""),
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+            ),
+            (
+                request(Some(TOKEN), Some("CREATE_USER"), &big),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+            ),
+            (
+                request(Some(TOKEN), None, BODY),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                request(Some(TOKEN), Some("CREATE_USER"), b"{not json"),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                request(Some(TOKEN), Some("CREATE_USER"), b""),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                request(
+                    Some(TOKEN),
+                    Some("CREATE_USER"),
+                    br#"{"kind":"admin#reports#activity"}"#,
+                ),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+        ];
+        for (req, want, code) in cases {
+            let (status, body) = send(app(q.clone(), &[TOKEN]), req).await;
+            assert_eq!(status, want, "{body}");
+            assert_eq!(body["error"], code);
+            assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+            assert!(!body.to_string().contains(TOKEN), "the token is never echoed");
+        }
+        assert!(q.published.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn without_a_token_configured_the_hook_is_unavailable() {
+        let (status, body) = send(
+            app(MemQueue::default(), &[]),
+            request(Some(TOKEN), Some("CREATE_USER"), BODY),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["error"], "not_configured");
+    }
+
+    #[tokio::test]
+    async fn a_failed_enqueue_is_503_so_google_retries() {
+        let q = MemQueue {
+            fail: true,
+            ..Default::default()
+        };
+        let (status, body) = send(app(q, &[TOKEN]), request(Some(TOKEN), Some("CREATE_USER"), BODY)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["error"], "enqueue_failed");
+    }
+
+    #[test]
+    fn metrics_label_is_the_source_name() {
+        assert_eq!(SOURCE, Source::GoogleWorkspace.as_str());
+    }
+
+    #[test]
+    fn any_configured_token_matches() {
+        let tokens: Vec<SecretString> = ["a-token", "b-token"]
+            .iter()
+            .map(|t| SecretString::from(t.to_string()))
+            .collect();
+        assert!(token_matches(&tokens, b"a-token"));
+        assert!(token_matches(&tokens, b"b-token"));
+        assert!(!token_matches(&tokens, b"c-token"));
+        assert!(!token_matches(&tokens, b"a-toke"));
+        assert!(!token_matches(&[], b""));
+    }
+}

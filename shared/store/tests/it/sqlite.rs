@@ -1,0 +1,298 @@
+//! Contract of the embedded SQLite queue and state store.
+
+use chrono::{DateTime, Utc};
+use gatehouse_domain::envelope::{Envelope, EnvelopeId, IdentityEvent, Source, Subject};
+use gatehouse_domain::identity::Identity;
+use gatehouse_domain::looker::{HttpCall, Method};
+use gatehouse_domain::ports::{
+    DeletionChange, LedgerEntry, Outcome, QueueConsumer, QueueProducer, ScheduledDeletion, StateStore,
+};
+use gatehouse_store::sqlite::Sqlite;
+use std::time::Duration;
+
+fn env(id: &str, subject: &str, secs: i64) -> Envelope {
+    Envelope {
+        trace_parent: None,
+        version: Envelope::VERSION,
+        id: EnvelopeId(id.into()),
+        source: Source::Manual,
+        subject: Subject {
+            key: subject.into(),
+            email: None,
+            display_name: None,
+        },
+        occurred_at: DateTime::from_timestamp(secs, 0).unwrap(),
+        received_at: Utc::now(),
+        event: IdentityEvent::UserActivated,
+        profile: Default::default(),
+        source_event_type: "test".into(),
+        raw: serde_json::Value::Null,
+    }
+}
+
+async fn open() -> (tempfile::TempDir, Sqlite) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Sqlite::open(dir.path()).await.unwrap();
+    (dir, db)
+}
+
+fn ids(batch: &[gatehouse_domain::ports::Delivery]) -> Vec<String> {
+    batch
+        .iter()
+        .map(|d| Envelope::from_json(&d.body).unwrap().id.0)
+        .collect()
+}
+
+#[tokio::test]
+async fn publish_is_idempotent_per_envelope_id() {
+    let (_d, db) = open().await;
+    db.publish(&[env("a", "s1", 1), env("b", "s2", 1)]).await.unwrap();
+    db.publish(&[env("a", "s1", 1)]).await.unwrap();
+    assert_eq!(db.queue_depth().await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn one_message_per_subject_at_a_time_oldest_first() {
+    let (_d, db) = open().await;
+    db.publish(&[
+        env("late", "s1", 20),
+        env("early", "s1", 10),
+        env("other", "s2", 5),
+    ])
+    .await
+    .unwrap();
+    let first = db.receive(10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(
+        ids(&first),
+        vec!["other", "early"],
+        "s1's newer message waits behind its older one"
+    );
+    assert!(
+        db.receive(10, Duration::from_secs(60)).await.unwrap().is_empty(),
+        "s1 is in flight"
+    );
+    db.ack(&first[1]).await.unwrap();
+    let next = db.receive(10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(ids(&next), vec!["late"]);
+}
+
+#[tokio::test]
+async fn unacked_comes_back_after_visibility_and_ack_removes() {
+    let (_d, db) = open().await;
+    db.publish(&[env("a", "s1", 1)]).await.unwrap();
+    let got = db.receive(1, Duration::from_millis(50)).await.unwrap();
+    assert_eq!(got[0].attempt, 1);
+    assert!(db.receive(1, Duration::from_millis(50)).await.unwrap().is_empty());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let again = loop {
+        let b = db.receive(1, Duration::from_secs(60)).await.unwrap();
+        if !b.is_empty() {
+            break b;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never redelivered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(again[0].attempt, 2);
+    db.ack(&again[0]).await.unwrap();
+    assert_eq!(db.queue_depth().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn release_delays_and_a_stale_receipt_cannot_release() {
+    let (_d, db) = open().await;
+    db.publish(&[env("a", "s1", 1)]).await.unwrap();
+    let first = db.receive(1, Duration::from_millis(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = db.receive(1, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(second[0].attempt, 2);
+    // the first claim's receipt is stale: releasing with it must not make the message visible
+    db.release(&first[0], Duration::ZERO).await.unwrap();
+    assert!(db.receive(1, Duration::from_secs(60)).await.unwrap().is_empty());
+    db.release(&second[0], Duration::from_secs(3600)).await.unwrap();
+    assert!(
+        db.receive(1, Duration::from_secs(60)).await.unwrap().is_empty(),
+        "released with a delay"
+    );
+}
+
+#[tokio::test]
+async fn dead_letter_moves_the_message_with_its_reason() {
+    let (_d, db) = open().await;
+    db.enqueue_raw("x", "s1", "not json").await.unwrap();
+    let got = db.receive(1, Duration::from_secs(60)).await.unwrap();
+    db.dead_letter(&got[0], "not a valid envelope").await.unwrap();
+    assert_eq!(db.queue_depth().await.unwrap(), 0);
+    let dl = db.dead_letters().await.unwrap();
+    assert_eq!(
+        (dl[0].reason.as_str(), dl[0].body.as_str(), dl[0].attempts),
+        ("not a valid envelope", "not json", 1)
+    );
+}
+
+#[tokio::test]
+async fn commit_records_processed_identity_and_deletions_atomically() {
+    let (_d, db) = open().await;
+    let id = EnvelopeId("e1".into());
+    assert!(!db.is_processed(&id).await.unwrap());
+    let due = DateTime::from_timestamp(100, 0).unwrap();
+    db.commit(Outcome {
+        envelope_id: id.clone(),
+        identity: Some(Identity::new("s1")),
+        converged: Some("fp".into()),
+        deletion: DeletionChange::Schedule(ScheduledDeletion {
+            subject: "s1".into(),
+            email: "a@b.c".into(),
+            due_at: due,
+        }),
+        base_version: None,
+    })
+    .await
+    .unwrap();
+    assert!(db.is_processed(&id).await.unwrap());
+    let s = db.load_subject("s1").await.unwrap().unwrap();
+    assert_eq!(s.converged.as_deref(), Some("fp"));
+    assert_eq!(s.version, 1);
+    assert_eq!(db.due_deletions(due).await.unwrap().len(), 1);
+    assert!(
+        db.due_deletions(DateTime::from_timestamp(99, 0).unwrap())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    db.commit(Outcome {
+        envelope_id: EnvelopeId("e2".into()),
+        identity: Some(Identity::new("s1")),
+        converged: None,
+        deletion: DeletionChange::Cancel,
+        base_version: Some(1),
+    })
+    .await
+    .unwrap();
+    assert!(
+        db.due_deletions(due).await.unwrap().is_empty(),
+        "reactivation cancels the deletion"
+    );
+}
+
+#[tokio::test]
+async fn the_ledger_is_append_only() {
+    let (dir, db) = open().await;
+    let entry = LedgerEntry {
+        // the ledger keeps millisecond precision
+        at: DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap(),
+        envelope_id: "e".into(),
+        subject: "s".into(),
+        event: "t".into(),
+        rule: "r".into(),
+        target: "looker".into(),
+        call: HttpCall {
+            method: Method::Delete,
+            path: "/users/1/sessions/2".into(),
+            body: None,
+        },
+        status: "ok".into(),
+    };
+    let aws = LedgerEntry {
+        target: "aws".into(),
+        ..entry.clone()
+    };
+    db.append_ledger(&[entry.clone(), aws.clone()]).await.unwrap();
+    let rows = db.ledger_since(None).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].entry, entry);
+    assert_eq!(rows[1].entry.target, "aws", "the target column round-trips");
+    // A row exported before cloud targets existed (no `target`) reads as a Looker call.
+    let mut old = serde_json::to_value(&rows[0]).unwrap();
+    old.as_object_mut().unwrap().remove("target");
+    let old: gatehouse_domain::ports::LedgerRow = serde_json::from_value(old).unwrap();
+    assert_eq!(old.entry.target, "looker");
+    db.close().await;
+    // Even with direct SQL, rows cannot be changed or removed.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("gatehouse.db").display()))
+        .await
+        .unwrap();
+    let upd = sqlx::query("UPDATE ledger SET status = 'forged'")
+        .execute(&pool)
+        .await;
+    assert!(upd.unwrap_err().to_string().contains("append-only"));
+    let del = sqlx::query("DELETE FROM ledger").execute(&pool).await;
+    assert!(del.unwrap_err().to_string().contains("append-only"));
+}
+
+/// Rows written before the hash chain existed are chained, in order, when the database is opened
+/// with the chain's migration; new rows continue that chain.
+#[tokio::test]
+async fn ledger_rows_from_before_the_chain_are_chained_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("gatehouse.db").display());
+    // The schema as it was before migration 0006: migrations 0001..=0004 only.
+    let old = tempfile::tempdir().unwrap();
+    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    for f in std::fs::read_dir(&migrations).unwrap() {
+        let f = f.unwrap().path();
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        if name.as_str() < "0005" {
+            std::fs::copy(&f, old.path().join(&name)).unwrap();
+        }
+    }
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::migrate::Migrator::new(old.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    for n in 1..=3 {
+        sqlx::query(
+            "INSERT INTO ledger (at, envelope_id, subject, event, rule, call, status)
+             VALUES (?, ?, 's', 'user_deactivated', 'offboarding.disable', ?, 'ok')",
+        )
+        .bind(format!("2025-01-01T00:00:0{n}.000Z"))
+        .bind(format!("old-{n}"))
+        .bind(r#"{"method":"PATCH","path":"/users/1","body":{"is_disabled":true}}"#)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+
+    let db = Sqlite::open(dir.path()).await.unwrap();
+    let ok = gatehouse_domain::ledger_chain::verify_store(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ok.rows, 3);
+    let rows = db.ledger_since(None).await.unwrap();
+    assert_eq!(rows[0].prev_hash, gatehouse_domain::ledger_chain::GENESIS);
+    assert_eq!(rows[2].entry.envelope_id, "old-3");
+    let entry = LedgerEntry {
+        at: DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap(),
+        envelope_id: "new".into(),
+        subject: "s".into(),
+        event: "t".into(),
+        rule: "r".into(),
+        call: HttpCall {
+            method: Method::Delete,
+            path: "/users/1/sessions/2".into(),
+            body: None,
+        },
+        status: "ok".into(),
+        target: "looker".into(),
+    };
+    db.append_ledger(&[entry]).await.unwrap();
+    let rows = db.ledger_since(None).await.unwrap();
+    assert_eq!(rows[3].seq, 4);
+    assert_eq!(rows[3].prev_hash, rows[2].hash);
+    assert_eq!(
+        gatehouse_domain::ledger_chain::verify_store(&db)
+            .await
+            .unwrap()
+            .unwrap()
+            .rows,
+        4
+    );
+    db.close().await;
+    // Opening again changes nothing (the chained rows are final).
+    let db = Sqlite::open(dir.path()).await.unwrap();
+    assert_eq!(db.ledger_since(None).await.unwrap(), rows);
+}

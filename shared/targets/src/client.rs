@@ -1,0 +1,7 @@
+//! The API clients the targets drive: Looker (users, groups, roles, content hand-over), AWS IAM
+//! and GCP IAM.
+
+pub mod aws_iam;
+pub mod gcp_iam;
+pub mod looker;
+pub mod looker_content;

@@ -1,0 +1,600 @@
+//! The targets (Looker, AWS IAM, GCP IAM: each implements [`Target`]) and the ONE loop that
+//! applies, reports or dry-runs a plan for any of them: [`apply`].
+//!
+//! The loop, for every target alike:
+//! - `report` mode / dry run: one ledger row per step (`drift_reported` + a metric / `dry_run`),
+//!   nothing sent;
+//! - every step is shown to the [`Screen`] first; a withheld step is never sent and gets a
+//!   `withheld: REASON` row and a warning;
+//! - steps go out in their [`Order`]: the `Create` step first (its answer names the account the
+//!   others act on), then every `Change` at once, then the `Last` ones;
+//! - one write per step (or per batch, [`Target::batch_key`]), one ledger row per step per
+//!   attempt, so ledger rows are exactly the write calls made;
+//! - throttled and transient failures back off (a `Retry-After` is honoured), a `Conflict` is
+//!   tried again at once as often as the target says, a `NotFound` on a revocation is done.
+
+pub mod aws_iam;
+pub mod client;
+pub mod gcp_iam;
+pub mod looker;
+pub mod safety;
+
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use chrono::Utc;
+use futures::future::join_all;
+use gatehouse_domain::looker::{ErrorKind, HttpCall};
+use gatehouse_domain::ports::{BackendError, LedgerEntry, StateStore};
+use gatehouse_domain::target::{
+    CallOutcome, Failure, Link, Order, Planned, Screen, Screened, SendError, Sent, Target, TargetName,
+};
+use std::future::Future;
+use std::time::Duration;
+
+/// Retry policy for one call within one delivery.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub retries: usize,
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    pub fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_max_times(self.retries)
+            .with_jitter()
+    }
+}
+
+/// A read with retries: throttled and transient failures (and whatever `also` accepts) back
+/// off, at least as long as a `Retry-After` asks; the last failure is returned.
+pub async fn retry_read<T, E, F, Fut>(policy: &RetryPolicy, also: impl Fn(&E) -> bool, f: F) -> Result<T, E>
+where
+    E: Failure,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    f.retry(policy.backoff())
+        .when(|e: &E| e.is_retryable() || also(e))
+        .adjust(|e: &E, d| honour_retry_after(e, d))
+        .await
+}
+
+/// Sleep at least what a 429's `Retry-After` asks; stop when the backoff is exhausted.
+fn honour_retry_after<E: Failure>(e: &E, d: Option<Duration>) -> Option<Duration> {
+    d.map(|d| e.retry_after().map_or(d, |r| r.max(d)))
+}
+
+/// What a call belongs to, for the ledger.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub envelope_id: String,
+    pub subject: String,
+    pub event: String,
+    /// The person's email, when known (what a [`Screen`] matches protected people by).
+    pub email: Option<String>,
+}
+
+/// What the loop does with a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Send it.
+    Apply,
+    /// Ledger every step as `drift_reported` (+ metric); send nothing.
+    Report,
+    /// Ledger every step as `dry_run`; send nothing (no client configured).
+    DryRun,
+}
+
+/// Where the loop ledgers, how it retries and who screens the steps.
+pub struct Run<'a, S> {
+    pub store: &'a S,
+    pub ctx: &'a Ctx,
+    pub retry: &'a RetryPolicy,
+    pub screen: &'a dyn Screen,
+}
+
+/// What one plan came to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Steps whose write took effect (a revocation that found nothing is not counted).
+    pub writes: usize,
+    /// Steps ledgered as `drift_reported`.
+    pub reported: usize,
+    /// Steps ledgered as `dry_run`.
+    pub planned: usize,
+    /// Steps a screen withheld.
+    pub withheld: usize,
+}
+
+impl std::ops::Add for Applied {
+    type Output = Applied;
+    fn add(self, o: Applied) -> Applied {
+        Applied {
+            writes: self.writes + o.writes,
+            reported: self.reported + o.reported,
+            planned: self.planned + o.planned,
+            withheld: self.withheld + o.withheld,
+        }
+    }
+}
+
+/// The loop failed: a step failed for good (`order` says which phase), or the ledger did.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError<E: std::error::Error + 'static> {
+    #[error("{error}")]
+    Target { error: E, order: Order },
+    #[error(transparent)]
+    Ledger(BackendError),
+}
+
+/// One ledger row: what was (or would be) called, on which target, and how it went.
+pub fn ledger_row(
+    ctx: &Ctx,
+    target: TargetName,
+    rule: &str,
+    call: HttpCall,
+    outcome: &CallOutcome,
+) -> LedgerEntry {
+    LedgerEntry {
+        at: Utc::now(),
+        envelope_id: ctx.envelope_id.clone(),
+        subject: ctx.subject.clone(),
+        event: ctx.event.clone(),
+        rule: rule.to_string(),
+        target: target.as_str().to_string(),
+        call,
+        status: outcome.ledger_status(),
+    }
+}
+
+/// A read failed: the target's read or the state store's link lookup.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError<E: std::error::Error + 'static> {
+    #[error("{0}")]
+    Target(E),
+    #[error(transparent)]
+    Links(BackendError),
+}
+
+/// What a linked read found: the actual state, the person's link as it was, and the accounts the
+/// read resolved that the link does not hold yet.
+#[derive(Debug)]
+pub struct LinkedRead<A> {
+    pub actual: A,
+    pub link: Link,
+    pub new_links: Vec<String>,
+}
+
+impl<A> LinkedRead<A> {
+    /// Store the new links (issue 16): the next read finds the person by them.
+    pub async fn persist<S: StateStore>(&self, store: &S, target: TargetName) -> Result<(), BackendError> {
+        if self.new_links.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(target_name = %target, subject = %self.link.person, accounts = ?self.new_links,
+            "person linked to accounts");
+        store
+            .link_accounts(target.as_str(), &self.link.person, &self.new_links)
+            .await
+    }
+}
+
+/// Read one person in one target through their durable link (issue 16): the link is loaded from
+/// the store and handed to [`Target::read`]; what the read resolved beyond it is returned to be
+/// persisted (not stored here, so `gatehouse plan` changes nothing).
+pub async fn read_linked<T: Target, S: StateStore>(
+    target: &T,
+    desired: &T::Desired,
+    person: &gatehouse_domain::identity::Identity,
+    store: &S,
+) -> Result<LinkedRead<T::Actual>, ReadError<T::Error>> {
+    let accounts = store
+        .account_links(target.name().as_str(), &person.key)
+        .await
+        .map_err(ReadError::Links)?;
+    let link = Link {
+        person: person.key.clone(),
+        accounts,
+        previous_emails: person.previous_emails.clone(),
+    };
+    let actual = target.read(desired, &link).await.map_err(ReadError::Target)?;
+    let new_links = target
+        .linked(&actual)
+        .into_iter()
+        .filter(|a| !link.accounts.contains(a))
+        .fold(Vec::new(), |mut v, a| {
+            if !v.contains(&a) {
+                v.push(a);
+            }
+            v
+        });
+    Ok(LinkedRead {
+        actual,
+        link,
+        new_links,
+    })
+}
+
+/// Apply (or report, or dry-run) one target's plan for one person. See the module docs.
+pub async fn apply<T: Target, S: StateStore>(
+    target: &T,
+    plan: &T::Plan,
+    mode: Mode,
+    run: &Run<'_, S>,
+) -> Result<Applied, ApplyError<T::Error>> {
+    let name = target.name();
+    let steps = target.steps(plan);
+    let mut out = Applied::default();
+    if steps.is_empty() {
+        return Ok(out);
+    }
+    let mut account = target.account(plan);
+    if mode != Mode::Apply {
+        let outcome = match mode {
+            Mode::Report => CallOutcome::Reported,
+            _ => CallOutcome::DryRun,
+        };
+        let rows: Vec<LedgerEntry> = steps
+            .iter()
+            .map(|s| ledger_row(run.ctx, name, s.rule, target.call(&account, s.op), &outcome))
+            .collect();
+        run.store.append_ledger(&rows).await.map_err(ApplyError::Ledger)?;
+        if mode == Mode::Report {
+            metrics::counter!("gatehouse_drift_reported_total", "target" => name.as_str())
+                .increment(rows.len() as u64);
+            out.reported = rows.len();
+        } else {
+            out.planned = rows.len();
+        }
+        return Ok(out);
+    }
+
+    run.screen.prepare().await;
+    let mut sendable = Vec::with_capacity(steps.len());
+    let mut withheld = Vec::new();
+    for s in steps {
+        let (call, verdict) = screen_step(target, &account, &s, run.ctx.email.as_deref(), run.screen);
+        match verdict {
+            None => sendable.push(s),
+            Some(reason) => {
+                tracing::warn!(target_name = %name, subject = %run.ctx.subject, envelope_id = %run.ctx.envelope_id,
+                    rule = s.rule, method = %call.method, path = %call.path, %reason, "step withheld; not sent");
+                metrics::counter!("gatehouse_steps_withheld_total", "target" => name.as_str()).increment(1);
+                withheld.push(ledger_row(
+                    run.ctx,
+                    name,
+                    s.rule,
+                    call,
+                    &CallOutcome::Withheld { reason },
+                ));
+            }
+        }
+    }
+    if !withheld.is_empty() {
+        run.store
+            .append_ledger(&withheld)
+            .await
+            .map_err(ApplyError::Ledger)?;
+        out.withheld = withheld.len();
+    }
+
+    for order in Order::ALL {
+        let batches = batches(target, sendable.iter().filter(|s| s.order == order));
+        if batches.is_empty() {
+            continue;
+        }
+        let fail = |e: BatchError<T::Error>| match e {
+            BatchError::Target(error) => ApplyError::Target { error, order },
+            BatchError::Ledger(e) => ApplyError::Ledger(e),
+        };
+        if order == Order::Create {
+            // One at a time: each may name the account the rest act on.
+            for b in &batches {
+                let done = send_batch(target, &account, b, run).await.map_err(fail)?;
+                out.writes += done.writes;
+                if let Some(a) = done.account {
+                    // The new account is the person's at once (issue 16): a later event finds it
+                    // by the link, whatever the person's email has become.
+                    if let Some(key) = target.link_key(&a) {
+                        run.store
+                            .link_accounts(name.as_str(), &run.ctx.subject, &[key])
+                            .await
+                            .map_err(ApplyError::Ledger)?;
+                    }
+                    account = a;
+                }
+            }
+            continue;
+        }
+        let results = join_all(batches.iter().map(|b| send_batch(target, &account, b, run))).await;
+        let mut first_error = None;
+        for r in results {
+            match r {
+                Ok(done) => out.writes += done.writes,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(fail(e));
+        }
+    }
+    Ok(out)
+}
+
+/// What the screen says of one step: its call, and the reason when it is withheld.
+fn screen_step<T: Target>(
+    target: &T,
+    account: &T::Account,
+    s: &Planned<'_, T::Op>,
+    email: Option<&str>,
+    screen: &dyn Screen,
+) -> (HttpCall, Option<String>) {
+    let call = target.call(account, s.op);
+    let principal = target.principal(account, s.op);
+    let verdict = screen.withhold(&Screened {
+        target: target.name(),
+        call: &call,
+        rule: s.rule,
+        email,
+        principal: principal.as_deref(),
+        revokes: target.revokes(s.op),
+    });
+    (call, verdict)
+}
+
+/// A step a screen withholds, and why (what `gatehouse plan` shows).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Withheld {
+    pub target: &'static str,
+    pub rule: String,
+    pub call: HttpCall,
+    pub reason: String,
+}
+
+/// The steps of a plan that [`apply`] would withhold (in `Mode::Apply`), with the reasons: the
+/// same screen, asked the same way, nothing sent.
+pub fn withheld<T: Target>(
+    target: &T,
+    plan: &T::Plan,
+    email: Option<&str>,
+    screen: &dyn Screen,
+) -> Vec<Withheld> {
+    let account = target.account(plan);
+    target
+        .steps(plan)
+        .iter()
+        .filter_map(|s| {
+            let (call, reason) = screen_step(target, &account, s, email, screen);
+            reason.map(|reason| Withheld {
+                target: target.name().as_str(),
+                rule: s.rule.to_string(),
+                call,
+                reason,
+            })
+        })
+        .collect()
+}
+
+/// Group one phase's steps into writes: steps sharing a batch key go together (first-seen
+/// order), the others alone.
+fn batches<'s, 'p, T: Target>(
+    target: &T,
+    steps: impl Iterator<Item = &'s Planned<'p, T::Op>>,
+) -> Vec<Vec<&'s Planned<'p, T::Op>>>
+where
+    'p: 's,
+{
+    let mut out: Vec<Vec<&Planned<'p, T::Op>>> = Vec::new();
+    let mut keyed: Vec<(String, usize)> = Vec::new();
+    for s in steps {
+        match target.batch_key(s.op) {
+            None => out.push(vec![s]),
+            Some(k) => match keyed.iter().find(|(key, _)| *key == k) {
+                Some((_, i)) => out[*i].push(s),
+                None => {
+                    keyed.push((k, out.len()));
+                    out.push(vec![s]);
+                }
+            },
+        }
+    }
+    out
+}
+
+struct BatchDone<A> {
+    writes: usize,
+    account: Option<A>,
+}
+
+enum BatchError<E> {
+    Target(E),
+    Ledger(BackendError),
+}
+
+/// One write (one batch of steps) with retries; every attempt that went out is ledgered once per
+/// step it carries.
+async fn send_batch<T: Target, S: StateStore>(
+    target: &T,
+    account: &T::Account,
+    batch: &[&Planned<'_, T::Op>],
+    run: &Run<'_, S>,
+) -> Result<BatchDone<T::Account>, BatchError<T::Error>> {
+    let name = target.name();
+    let ops: Vec<&T::Op> = batch.iter().map(|s| s.op).collect();
+    let mut backoff = run.retry.backoff().build();
+    let mut conflicts = 0;
+    loop {
+        let r = target.send(account, &ops).await;
+        let gone = matches!(&r, Err(SendError::Write(e))
+            if e.kind() == ErrorKind::NotFound && ops.iter().all(|o| target.not_found_is_done(o)));
+        let outcome = match &r {
+            Ok(Sent::Unchanged) => {
+                return Ok(BatchDone {
+                    writes: 0,
+                    account: None,
+                });
+            }
+            Ok(Sent::Written { status, .. }) => Some(CallOutcome::Done { status: *status }),
+            Err(SendError::Write(_)) if gone => Some(CallOutcome::AlreadyGone),
+            Err(SendError::Write(e)) => Some(e.outcome()),
+            Err(SendError::BeforeWrite(_)) => None,
+        };
+        if let Some(outcome) = outcome {
+            let rows: Vec<LedgerEntry> = batch
+                .iter()
+                .map(|s| ledger_row(run.ctx, name, s.rule, target.call(account, s.op), &outcome))
+                .collect();
+            if let Err(e) = run.store.append_ledger(&rows).await {
+                tracing::error!(error = %e, "ledger append failed");
+                return Err(BatchError::Ledger(e));
+            }
+        }
+        let e = match r {
+            Ok(Sent::Written { account, .. }) => {
+                return Ok(BatchDone {
+                    writes: ops.len(),
+                    account,
+                });
+            }
+            Ok(Sent::Unchanged) => {
+                return Ok(BatchDone {
+                    writes: 0,
+                    account: None,
+                });
+            }
+            Err(SendError::Write(_)) if gone => {
+                return Ok(BatchDone {
+                    writes: 0,
+                    account: None,
+                });
+            }
+            Err(SendError::BeforeWrite(e)) => return Err(BatchError::Target(e)),
+            Err(SendError::Write(e)) => e,
+        };
+        if e.kind() == ErrorKind::Conflict && conflicts + 1 < target.conflict_retries() {
+            conflicts += 1;
+            tracing::info!(target_name = %name, conflicts, "changed concurrently; reading it again");
+            continue;
+        }
+        if !e.is_retryable() {
+            return Err(BatchError::Target(e));
+        }
+        match backoff.next() {
+            Some(d) => {
+                let d = e.retry_after().map_or(d, |r| r.max(d));
+                tracing::warn!(target_name = %name, error = %e, retry_in = ?d, "call failed; retrying");
+                tokio::time::sleep(d).await;
+            }
+            None => return Err(BatchError::Target(e)),
+        }
+    }
+}
+
+/// A target registered with the engine beside Looker, AWS and GCP (`Engine::with_target`):
+/// any [`Target`] whose desired state serializes is one. Event-driven: on every event the
+/// engine asks it for the person's desired state (part of the converged fingerprint, so a
+/// replay or no-op still costs zero calls), then reads, plans and applies it through
+/// [`apply`], beside the other targets.
+pub trait Registered<S>: Send + Sync {
+    fn name(&self) -> TargetName;
+    /// The person's desired state as JSON (`None`: nothing to manage for them).
+    fn desired_json(
+        &self,
+        policy: &gatehouse_domain::policy::Policy,
+        identity: &gatehouse_domain::identity::Identity,
+        now: chrono::DateTime<Utc>,
+    ) -> Option<serde_json::Value>;
+    /// Read, plan and apply (or report / dry-run) for one person.
+    fn converge<'a>(
+        &'a self,
+        policy: &'a gatehouse_domain::policy::Policy,
+        identity: &'a gatehouse_domain::identity::Identity,
+        now: chrono::DateTime<Utc>,
+        mode: Mode,
+        run: &'a Run<'a, S>,
+    ) -> futures::future::BoxFuture<'a, Result<Applied, TargetFailure>>;
+}
+
+/// A registered target failed: classified by its [`Failure`], cause kept.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetFailure {
+    #[error("{target} {kind:?}: {source}")]
+    Target {
+        target: TargetName,
+        kind: ErrorKind,
+        retry_after: Option<Duration>,
+        #[source]
+        source: gatehouse_domain::ports::BoxError,
+    },
+    #[error(transparent)]
+    Ledger(BackendError),
+}
+
+impl TargetFailure {
+    fn of<E: Failure>(target: TargetName, e: E) -> Self {
+        TargetFailure::Target {
+            target,
+            kind: e.kind(),
+            retry_after: e.retry_after(),
+            source: Box::new(e),
+        }
+    }
+}
+
+impl<S, T> Registered<S> for T
+where
+    S: StateStore,
+    T: Target,
+    T::Desired: serde::Serialize,
+{
+    fn name(&self) -> TargetName {
+        Target::name(self)
+    }
+
+    fn desired_json(
+        &self,
+        policy: &gatehouse_domain::policy::Policy,
+        identity: &gatehouse_domain::identity::Identity,
+        now: chrono::DateTime<Utc>,
+    ) -> Option<serde_json::Value> {
+        self.desired(policy, identity, now)
+            .map(|d| serde_json::to_value(d).expect("desired state serializes"))
+    }
+
+    fn converge<'a>(
+        &'a self,
+        policy: &'a gatehouse_domain::policy::Policy,
+        identity: &'a gatehouse_domain::identity::Identity,
+        now: chrono::DateTime<Utc>,
+        mode: Mode,
+        run: &'a Run<'a, S>,
+    ) -> futures::future::BoxFuture<'a, Result<Applied, TargetFailure>> {
+        Box::pin(async move {
+            let name = Target::name(self);
+            let Some(desired) = self.desired(policy, identity, now) else {
+                return Ok(Applied::default());
+            };
+            let read = read_linked(self, &desired, identity, run.store)
+                .await
+                .map_err(|e| match e {
+                    ReadError::Target(e) => TargetFailure::of(name, e),
+                    ReadError::Links(e) => TargetFailure::Ledger(e),
+                })?;
+            if mode == Mode::Apply {
+                read.persist(run.store, name)
+                    .await
+                    .map_err(TargetFailure::Ledger)?;
+            }
+            let plan = self.diff(&desired, &read.actual);
+            apply(self, &plan, mode, run).await.map_err(|e| match e {
+                ApplyError::Target { error, .. } => TargetFailure::of(name, error),
+                ApplyError::Ledger(e) => TargetFailure::Ledger(e),
+            })
+        })
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests of the targets and their clients, linked into one binary.
+
+mod aws_iam;
+mod contract;
+mod gcp_iam;
+mod looker;
+mod looker_content;
+mod own_identity;
+mod real_targets;
+mod toy_target;
+mod toy_target_contract;
