@@ -2275,7 +2275,10 @@ mod tests {
         let found = &users[0];
         let mut keys: Vec<&String> = found.as_object().map(|o| o.keys().collect()).unwrap_or_default();
         keys.sort();
-        assert_eq!(keys, ["credentials_api3", "group_ids", "id", "role_ids", "sessions"]);
+        assert_eq!(
+            keys,
+            ["credentials_api3", "group_ids", "id", "role_ids", "sessions"]
+        );
         assert_eq!(found["role_ids"], json!([r1]), "direct roles only");
         assert_eq!(found["group_ids"], json!([g]));
     }
