@@ -230,7 +230,7 @@ fn main() {
         .filter(|i| {
             let d = policy::evaluate(&p, i);
             let n = gatehouse_domain::plan::read_needs(&d, &snap.looker.as_ref().unwrap().0);
-            n.direct_roles || !n.attribute_ids.is_empty()
+            !n.attribute_ids.is_empty()
         })
         .count();
     let looker_reads = 1 + PEOPLE + needs_extra;

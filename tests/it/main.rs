@@ -2,6 +2,7 @@
 
 mod admin;
 mod budget;
+mod call_floor;
 mod cloud;
 mod concurrency;
 mod fixtures;

@@ -17,7 +17,7 @@ use gatehouse_store::sqlite::Sqlite;
 use gatehouse_store::state::AnyState;
 use gatehouse_targets::client::aws_iam::{AwsConnect, AwsIam};
 use gatehouse_targets::client::gcp_iam::{GcpIam, GcpIamConfig, TokenSource};
-use gatehouse_targets::client::looker::{CallMeter, LookerClient, LookerConfig};
+use gatehouse_targets::client::looker::{CallMeter, CatalogKinds, LookerClient, LookerConfig};
 use gatehouse_targets::safety::Safety;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -275,9 +275,29 @@ pub async fn engine_with_cloud(cfg: &Config, store: AnyState) -> Result<AppEngin
     Ok(engine.with_screen(Arc::new(safety)))
 }
 
+/// Issue 14: the catalog lists only the kinds of Looker object the policy manages, plus the
+/// groups and roles `[safety] protected` names.
+fn catalog_kinds(policy: &gatehouse_domain::policy::Policy, cfg: &Config) -> CatalogKinds {
+    use gatehouse_platform::config::Protected;
+    let protected: Vec<Protected> = cfg
+        .safety
+        .protected
+        .iter()
+        .filter_map(|p| Protected::parse(p).ok())
+        .collect();
+    CatalogKinds {
+        groups: !policy.managed_groups().is_empty()
+            || protected.iter().any(|p| matches!(p, Protected::LookerGroup(_))),
+        roles: !policy.managed_roles().is_empty()
+            || protected.iter().any(|p| matches!(p, Protected::LookerRole(_))),
+        user_attributes: !policy.managed_attributes().is_empty(),
+    }
+}
+
 pub fn engine(cfg: &Config, store: AnyState) -> Result<AppEngine, AppError> {
     let policy = Arc::new(load_policy(cfg)?);
-    let looker = looker_client(cfg)?;
+    let kinds = catalog_kinds(&policy, cfg);
+    let looker = looker_client(cfg)?.map(|c| c.with_catalog_kinds(kinds));
     let p = &cfg.processor;
     let mut holders: std::collections::HashMap<String, Vec<String>> = Default::default();
     for s in &cfg.rotator.secrets {

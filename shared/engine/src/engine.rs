@@ -16,6 +16,7 @@ use gatehouse_domain::ports::{
 use gatehouse_domain::target::{CallOutcome, Order, Screen, SendAll, Target as _, TargetName};
 use gatehouse_platform::config::Mode as ConfigMode;
 use gatehouse_targets::looker::LookerTarget;
+use gatehouse_targets::vouched::Vouched;
 use gatehouse_targets::{
     self as targets, Applied, ApplyError, Mode, ReadError, Registered, Run, TargetFailure,
 };
@@ -437,7 +438,25 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         desired: &DesiredLooker,
         persist: bool,
     ) -> Result<Plan, ProcessError> {
-        let read = targets::read_linked(&self.looker, desired, person, &self.store).await?;
+        self.compute_plan_vouched(person, desired, persist, None).await
+    }
+
+    /// [`Self::compute_plan`], reading only what the converged state does not vouch for
+    /// (issue 14, `targets::vouched`).
+    async fn compute_plan_vouched(
+        &self,
+        person: &Identity,
+        desired: &DesiredLooker,
+        persist: bool,
+        vouched: Option<&Vouched>,
+    ) -> Result<Plan, ProcessError> {
+        let link = targets::load_link(&self.looker, person, &self.store).await?;
+        let actual = self
+            .looker
+            .read_vouched(desired, &link, vouched)
+            .await
+            .map_err(targets::ReadError::Target)?;
+        let read = targets::linked_read(&self.looker, link, actual);
         if persist && self.looker.client().is_some() {
             read.persist(&self.store, TargetName::LOOKER).await?;
         }
@@ -594,6 +613,8 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         // What the policy wanted before this event, for the breaker to tell what it changes.
         let before =
             (via == Via::Queue && self.breaker.is_some()).then(|| policy::evaluate(&self.policy, &identity));
+        // Issue 14: the identity as last converged, to tell what Looker holds without reading.
+        let prior = (converged.is_some() && !drift && !after_race).then(|| identity.clone());
         let fold = identity.fold(env);
         // An offboarded holder's secrets are rotated: one request per secret and offboarding
         // event (keyed by the status stamp, so redeliveries and later events add none).
@@ -640,6 +661,18 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             });
         }
 
+        let vouched = prior.and_then(|old| {
+            let d = policy::evaluate(&self.policy, &old);
+            let registered: Vec<(&str, Option<serde_json::Value>)> = self
+                .registered
+                .iter()
+                .map(|t| (t.name().as_str(), t.desired_json(&self.policy, &old, now)))
+                .collect();
+            let f = self::fingerprint(&d, &self.desired_cloud(&old), &registered);
+            (converged.as_deref() == Some(f.as_str()))
+                .then(|| Vouched::of(&d))
+                .flatten()
+        });
         // Looker and the clouds are read at once, then written at once.
         let plan_span = tracing::info_span!(
             "plan",
@@ -649,7 +682,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         // The screen learns what it needs (once in a while) beside the reads, not after them.
         let (plan, cloud_plan) = async {
             let (p, c, ()) = futures::join!(
-                self.compute_plan(&identity, &desired, true),
+                self.compute_plan_vouched(&identity, &desired, true, vouched.as_ref()),
                 self.compute_cloud_plan(&identity, &desired_cloud, true),
                 self.screen.prepare()
             );

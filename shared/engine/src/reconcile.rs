@@ -266,7 +266,8 @@ where
                 Ok((
                     e.to_ascii_lowercase(),
                     u,
-                    1 + usize::from(needs.direct_roles) + needs.attribute_ids.len(),
+                    // The search carries the direct roles; one read covers every attribute.
+                    1 + usize::from(!needs.attribute_ids.is_empty()),
                     others.len(),
                 ))
             }))

@@ -18,6 +18,7 @@ pub mod client;
 pub mod gcp_iam;
 pub mod looker;
 pub mod safety;
+pub mod vouched;
 
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use chrono::Utc;
@@ -191,16 +192,30 @@ pub async fn read_linked<T: Target, S: StateStore>(
     person: &gatehouse_domain::identity::Identity,
     store: &S,
 ) -> Result<LinkedRead<T::Actual>, ReadError<T::Error>> {
+    let link = load_link(target, person, store).await?;
+    let actual = target.read(desired, &link).await.map_err(ReadError::Target)?;
+    Ok(linked_read(target, link, actual))
+}
+
+/// The person's link in `target`, as the state store holds it.
+pub async fn load_link<T: Target, S: StateStore>(
+    target: &T,
+    person: &gatehouse_domain::identity::Identity,
+    store: &S,
+) -> Result<Link, ReadError<T::Error>> {
     let accounts = store
         .account_links(target.name().as_str(), &person.key)
         .await
         .map_err(ReadError::Links)?;
-    let link = Link {
+    Ok(Link {
         person: person.key.clone(),
         accounts,
         previous_emails: person.previous_emails.clone(),
-    };
-    let actual = target.read(desired, &link).await.map_err(ReadError::Target)?;
+    })
+}
+
+/// What a read through `link` found, with the accounts it resolved that `link` lacks.
+pub fn linked_read<T: Target>(target: &T, link: Link, actual: T::Actual) -> LinkedRead<T::Actual> {
     let new_links = target
         .linked(&actual)
         .into_iter()
@@ -211,11 +226,11 @@ pub async fn read_linked<T: Target, S: StateStore>(
             }
             v
         });
-    Ok(LinkedRead {
+    LinkedRead {
         actual,
         link,
         new_links,
-    })
+    }
 }
 
 /// Apply (or report, or dry-run) one target's plan for one person. See the module docs.

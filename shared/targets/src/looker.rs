@@ -11,6 +11,7 @@
 //! guess (an alert); offboarding closes every one. A linked user whose email differs gets it
 //! updated (`PATCH /users/{id}/credentials_email`), never a second user.
 
+use super::vouched::Vouched;
 use super::{RetryPolicy, retry_read};
 use chrono::{DateTime, Utc};
 use gatehouse_domain::handover::{self, ContentNeeds, LookerContent};
@@ -158,12 +159,21 @@ impl<L: LookerPort> LookerTarget<L> {
         needs: &ReadNeeds,
         every: bool,
     ) -> Result<(Vec<(LookerUser, String)>, Vec<String>), LookerError> {
-        let linked =
-            futures::future::try_join_all(link.accounts.iter().map(|id| self.user(id, needs))).await?;
+        // Offboarding searches by email anyway: the linked users that search finds are not read
+        // again one by one (issue 14); only a linked user under another email is.
+        let mut by_email = match (email, every) {
+            (Some(e), true) => Some(self.find_users(e, needs).await?),
+            _ => None,
+        };
+        let searched = |id: &String| by_email.iter().flatten().find(|u| &u.id == id).cloned();
+        let unsearched: Vec<&String> = link.accounts.iter().filter(|id| searched(id).is_none()).collect();
+        let read = futures::future::try_join_all(unsearched.iter().map(|id| self.user(id, needs))).await?;
+        let mut read: std::collections::HashMap<&String, Option<LookerUser>> =
+            unsearched.into_iter().zip(read).collect();
         let mut found: Vec<(LookerUser, String)> = Vec::new();
         let mut gone = Vec::new();
-        for (id, u) in link.accounts.iter().zip(linked) {
-            match u {
+        for id in &link.accounts {
+            match searched(id).or_else(|| read.remove(id).flatten()) {
                 Some(u) => found.push((u, format!("linked looker user {id}"))),
                 None => gone.push(id.clone()),
             }
@@ -171,7 +181,11 @@ impl<L: LookerPort> LookerTarget<L> {
         if let Some(email) = email
             && (found.is_empty() || every)
         {
-            for u in self.find_users(email, needs).await? {
+            let users = match by_email.take() {
+                Some(users) => users,
+                None => self.find_users(email, needs).await?,
+            };
+            for u in users {
                 if !found.iter().any(|(f, _)| f.id == u.id) {
                     let how = format!(
                         "looker user {} by its email {}",
@@ -195,6 +209,85 @@ impl<L: LookerPort> LookerTarget<L> {
             }
         }
         Ok((found, gone))
+    }
+
+    /// [`Target::read`], with what the last converged state vouches for (issue 14): given
+    /// `vouched` and a linked user, the managed attributes are not read but taken from it.
+    pub async fn read_vouched(
+        &self,
+        desired: &DesiredLooker,
+        link: &Link,
+        vouched: Option<&Vouched>,
+    ) -> Result<LookerActual, LookerError> {
+        let mut vouched = vouched;
+        let mut needs = ReadNeeds::default();
+        if self.client.is_none() {
+            return Ok(LookerActual::of(None, Actual::Unknown));
+        }
+        if desired.email.is_none() && link.accounts.is_empty() {
+            return Ok(LookerActual::of(Some(self.catalog().await?), Actual::Absent));
+        }
+        let email = desired.email.as_deref();
+        let offboarding = matches!(desired.presence, Presence::Offboarded { .. });
+        let (catalog, (found, gone)) = if offboarding {
+            // Offboarding needs nothing from the catalog to read the users: both at once, so a
+            // cold start is login → (catalog ∥ reads) → revocations.
+            let no_needs = ReadNeeds::default();
+            let (c, f) = futures::join!(self.catalog(), self.resolve(email, link, &no_needs, true));
+            (c?, f?)
+        } else {
+            let c = self.catalog().await?;
+            needs = plan::read_needs(desired, &c);
+            // Issue 14: the converged state vouches for a linked user's managed attributes.
+            vouched = vouched.filter(|v| !link.accounts.is_empty() && v.covers(desired));
+            let light = ReadNeeds {
+                attribute_ids: match vouched {
+                    Some(_) => Vec::new(),
+                    None => needs.attribute_ids.clone(),
+                },
+                ..needs.clone()
+            };
+            let f = self.resolve(email, link, &light, false).await?;
+            (c, f)
+        };
+        let mut actual = LookerActual::of(Some(catalog), Actual::Absent);
+        let linked_found = found.iter().any(|(u, _)| link.accounts.contains(&u.id));
+        if found.is_empty() && !gone.is_empty() && gone.len() == link.accounts.len() {
+            actual.lost_links = gone;
+        }
+        let mut found = found.into_iter();
+        match found.next() {
+            None => {}
+            // Several candidates, none linked: onboarding and updates do not guess.
+            Some((_, how)) if !linked_found && !offboarding && !found.as_slice().is_empty() => {
+                actual.ambiguous = std::iter::once(how).chain(found.map(|(_, h)| h)).collect();
+            }
+            Some((first, how)) => {
+                actual.how.push(how);
+                for (u, how) in found {
+                    actual.how.push(how);
+                    actual.others.push(u);
+                }
+                actual.user = Actual::Present(first);
+            }
+        }
+        if let (Some(v), Actual::Present(u)) = (vouched, &mut actual.user)
+            && !needs.attribute_ids.is_empty()
+        {
+            if link.accounts.contains(&u.id) {
+                u.user_attribute_values =
+                    Some(v.values(actual.catalog.as_ref().unwrap_or(&Catalog::default())));
+            } else if let Some(read) = self.user(&u.id, &needs).await? {
+                // Found by email, not through the link the converged state is about: read.
+                *u = read;
+            }
+        }
+        let primary = match &actual.user {
+            Actual::Present(u) => Some(u),
+            _ => None,
+        };
+        actual.deliveries = self.deliveries(desired, primary).await?;
+        Ok(actual)
     }
 
     /// One user search, with retries (`None` without a client).
@@ -228,53 +321,7 @@ impl<L: LookerPort> Target for LookerTarget<L> {
     }
 
     async fn read(&self, desired: &DesiredLooker, link: &Link) -> Result<LookerActual, LookerError> {
-        if self.client.is_none() {
-            return Ok(LookerActual::of(None, Actual::Unknown));
-        }
-        if desired.email.is_none() && link.accounts.is_empty() {
-            return Ok(LookerActual::of(Some(self.catalog().await?), Actual::Absent));
-        }
-        let email = desired.email.as_deref();
-        let offboarding = matches!(desired.presence, Presence::Offboarded { .. });
-        let (catalog, (found, gone)) = if offboarding {
-            // Offboarding needs nothing from the catalog to read the users: both at once, so a
-            // cold start is login → (catalog ∥ reads) → revocations.
-            let no_needs = ReadNeeds::default();
-            let (c, f) = futures::join!(self.catalog(), self.resolve(email, link, &no_needs, true));
-            (c?, f?)
-        } else {
-            let c = self.catalog().await?;
-            let needs = plan::read_needs(desired, &c);
-            let f = self.resolve(email, link, &needs, false).await?;
-            (c, f)
-        };
-        let mut actual = LookerActual::of(Some(catalog), Actual::Absent);
-        let linked_found = found.iter().any(|(u, _)| link.accounts.contains(&u.id));
-        if found.is_empty() && !gone.is_empty() && gone.len() == link.accounts.len() {
-            actual.lost_links = gone;
-        }
-        let mut found = found.into_iter();
-        match found.next() {
-            None => {}
-            // Several candidates, none linked: onboarding and updates do not guess.
-            Some((_, how)) if !linked_found && !offboarding && !found.as_slice().is_empty() => {
-                actual.ambiguous = std::iter::once(how).chain(found.map(|(_, h)| h)).collect();
-            }
-            Some((first, how)) => {
-                actual.how.push(how);
-                for (u, how) in found {
-                    actual.how.push(how);
-                    actual.others.push(u);
-                }
-                actual.user = Actual::Present(first);
-            }
-        }
-        let primary = match &actual.user {
-            Actual::Present(u) => Some(u),
-            _ => None,
-        };
-        actual.deliveries = self.deliveries(desired, primary).await?;
-        Ok(actual)
+        self.read_vouched(desired, link, None).await
     }
 
     fn linked(&self, actual: &LookerActual) -> Vec<String> {

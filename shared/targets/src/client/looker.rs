@@ -3,9 +3,10 @@
 //! * Authentication: `POST /login` with the API3 `client_id`/`client_secret` in a form body; the
 //!   token is reused until shortly before `expires_in`, one login at a time; a 401 on any call
 //!   triggers one re-login and one retry of that call.
-//! * Reads are batched: `find_user` is one `GET /users/search` (plus, only when the plan needs
-//!   them, the direct roles and the user-set attribute values, fetched concurrently); `catalog`
-//!   is three concurrent list calls, cached for `catalog_ttl`.
+//! * Reads are batched: `find_user` is one `GET /users/search` whose `fields` carry the groups,
+//!   the direct roles (`role_ids`), sessions and API3 keys (plus, only when the plan needs them,
+//!   the user-set attribute values); `catalog` is one concurrent list call per kind of object
+//!   the policy names ([`CatalogKinds`]), cached for `catalog_ttl`.
 //! * `execute` performs exactly the call `LookerOp::http` renders, so a printed plan and the
 //!   client cannot disagree. No retries here: the engine owns the retry policy.
 //! * Every failure is classified once into an [`ErrorKind`]; messages come from Looker's
@@ -21,7 +22,7 @@ use gatehouse_domain::ports::LookerPort;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +31,10 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 /// The `fields` of the one search call `find_user` makes.
-pub const SEARCH_FIELDS: &str = "id,email,is_disabled,group_ids,credentials_api3,sessions,credentials_email";
+/// `role_ids` are the user's direct roles (`User.role_ids`; roles held through a group are the
+/// group's), so no `GET /users/{id}/roles` is needed (issue 14).
+pub const SEARCH_FIELDS: &str =
+    "id,email,is_disabled,group_ids,role_ids,credentials_api3,sessions,credentials_email";
 const API_PREFIX: &str = "/api/4.0";
 const METRIC_CALLS: &str = "gatehouse_looker_calls_total";
 /// Longest Looker error message kept in a [`LookerError`].
@@ -130,7 +134,27 @@ struct Inner {
     catalog_ttl: Duration,
     token: Mutex<TokenSlot>,
     catalog: Mutex<Option<(Instant, Catalog)>>,
+    catalog_kinds: CatalogKinds,
     meter: CallMeter,
+}
+
+/// Which lists `catalog()` reads: only the kinds of Looker object something names (the
+/// policy, the `[safety]` protected groups and roles). All three by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatalogKinds {
+    pub groups: bool,
+    pub roles: bool,
+    pub user_attributes: bool,
+}
+
+impl Default for CatalogKinds {
+    fn default() -> Self {
+        CatalogKinds {
+            groups: true,
+            roles: true,
+            user_attributes: true,
+        }
+    }
 }
 
 /// Looker API 4.0 client. Cheap to clone (shared token and catalog cache).
@@ -211,9 +235,20 @@ impl LookerClient {
                 catalog_ttl: cfg.catalog_ttl,
                 token: Mutex::new(TokenSlot::default()),
                 catalog: Mutex::new(None),
+                catalog_kinds: CatalogKinds::default(),
                 meter,
             }),
         })
+    }
+
+    /// Read only these kinds in `catalog()` (the others stay empty). Call before any clone
+    /// (clones share the catalog cache).
+    pub fn with_catalog_kinds(mut self, kinds: CatalogKinds) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.catalog_kinds = kinds,
+            None => tracing::warn!("looker client already shared; catalog kinds not narrowed"),
+        }
+        self
     }
 
     /// The meter this client counts its calls on.
@@ -455,18 +490,6 @@ impl LookerClient {
         Ok(items.into_iter().filter_map(|i| Some((i.name?, i.id))).collect())
     }
 
-    async fn direct_roles(&self, user_id: &str) -> Result<BTreeSet<String>, LookerError> {
-        #[derive(Deserialize)]
-        struct RoleId {
-            id: String,
-        }
-        let path = format!("/users/{user_id}/roles");
-        let roles: Vec<RoleId> = self
-            .get_json(&path, &[("direct_association_only", "true"), ("fields", "id")])
-            .await?;
-        Ok(roles.into_iter().map(|r| r.id).collect())
-    }
-
     async fn user_set_attributes(
         &self,
         user_id: &str,
@@ -514,22 +537,13 @@ impl LookerClient {
         endpoint: &str,
     ) -> Result<LookerUser, LookerError> {
         check_segment(&u.id).map_err(|m| bad_body(endpoint, m))?;
-        let roles = async {
-            match needs.direct_roles {
-                true => self.direct_roles(&u.id).await.map(Some),
-                false => Ok(None),
-            }
+        let direct_role_ids = needs
+            .direct_roles
+            .then(|| u.role_ids.clone().unwrap_or_default().into_iter().collect());
+        let user_attribute_values = match needs.attribute_ids.is_empty() {
+            true => None,
+            false => Some(self.user_set_attributes(&u.id, &needs.attribute_ids).await?),
         };
-        let attributes = async {
-            match needs.attribute_ids.is_empty() {
-                true => Ok(None),
-                false => self
-                    .user_set_attributes(&u.id, &needs.attribute_ids)
-                    .await
-                    .map(Some),
-            }
-        };
-        let (direct_role_ids, user_attribute_values) = tokio::try_join!(roles, attributes)?;
         let email = u
             .email
             .clone()
@@ -573,6 +587,8 @@ struct SearchUser {
     #[serde(default)]
     group_ids: Option<Vec<String>>,
     #[serde(default)]
+    role_ids: Option<Vec<String>>,
+    #[serde(default)]
     credentials_api3: Option<Vec<IdOnly>>,
     #[serde(default)]
     sessions: Option<Vec<IdOnly>>,
@@ -602,10 +618,17 @@ impl LookerPort for LookerClient {
         {
             return Ok(c.clone());
         }
+        let kinds = self.inner.catalog_kinds;
+        let list = |wanted: bool, path: &'static str| async move {
+            match wanted {
+                true => self.named(path).await,
+                false => Ok(BTreeMap::new()),
+            }
+        };
         let (groups, roles, user_attributes) = tokio::try_join!(
-            self.named("/groups"),
-            self.named("/roles"),
-            self.named("/user_attributes")
+            list(kinds.groups, "/groups"),
+            list(kinds.roles, "/roles"),
+            list(kinds.user_attributes, "/user_attributes")
         )?;
         let catalog = Catalog {
             groups,

@@ -2,7 +2,7 @@
 
 use gatehouse_domain::looker::{ErrorKind, LookerError, LookerOp, Named, ReadNeeds, UserRef};
 use gatehouse_domain::ports::LookerPort;
-use gatehouse_targets::client::looker::{LookerClient, LookerConfig, SEARCH_FIELDS};
+use gatehouse_targets::client::looker::{CatalogKinds, LookerClient, LookerConfig, SEARCH_FIELDS};
 use gatehouse_testkit::{FakeLooker, RecordedCall};
 use secrecy::SecretString;
 use std::collections::{BTreeMap, BTreeSet};
@@ -337,17 +337,10 @@ async fn find_user_reads_direct_roles_and_user_set_attributes() {
         user.user_attribute_values,
         Some(BTreeMap::from([(region.clone(), "eu".to_owned())]))
     );
+    // Issue 14: the direct roles come with the search (`role_ids`), not from a read of their own.
     let calls = fake.calls();
-    assert_eq!(calls.len(), 3, "{calls:#?}");
-    let roles = calls
-        .iter()
-        .find(|c| c.path == format!("/users/{u}/roles"))
-        .unwrap_or_else(|| panic!("roles"));
-    assert_eq!(
-        roles.query_param("direct_association_only").as_deref(),
-        Some("true")
-    );
-    assert_eq!(roles.query_param("fields").as_deref(), Some("id"));
+    assert_eq!(calls.len(), 2, "{calls:#?}");
+    assert!(calls.iter().all(|c| !c.path.ends_with("/roles")), "{calls:#?}");
     let attrs = calls
         .iter()
         .find(|c| c.path == format!("/users/{u}/attribute_values"))
@@ -369,6 +362,31 @@ async fn find_user_reads_direct_roles_and_user_set_attributes() {
             .is_none()
     );
     assert_eq!(fake.calls().len(), 1);
+}
+
+#[tokio::test]
+async fn catalog_reads_only_the_kinds_asked_for() {
+    let fake = FakeLooker::start().await;
+    let g = fake.add_group("eng");
+    fake.add_role("viewer");
+    fake.add_user_attribute("region");
+    let c = LookerClient::new(config(&fake))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_catalog_kinds(CatalogKinds {
+            groups: true,
+            roles: false,
+            user_attributes: false,
+        });
+    let cat = c.catalog().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cat.groups, BTreeMap::from([("eng".to_owned(), g)]));
+    assert!(cat.roles.is_empty() && cat.user_attributes.is_empty(), "{cat:?}");
+    let lists: Vec<String> = fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.path != "/login")
+        .map(|c| c.path)
+        .collect();
+    assert_eq!(lists, vec!["/groups".to_owned()]);
 }
 
 #[tokio::test]

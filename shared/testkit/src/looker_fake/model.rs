@@ -2252,6 +2252,37 @@ mod tests {
         );
     }
 
+    /// Issue 14: the one search Gatehouse makes carries what a plan needs, `role_ids` being the
+    /// direct roles (a group's roles are the group's), and `fields` keeps only what is asked.
+    #[test]
+    fn search_fields_carry_direct_role_ids_groups_sessions_and_keys() {
+        let mut st = state();
+        let tok = token(&mut st);
+        let u = st.add_user(Some("f@x.com"), "F", "S");
+        let (r1, r2) = (st.add_role("viewer"), st.add_role("developer"));
+        let g = st.add_group("eng");
+        st.set_group_roles(&g, &[&r2]);
+        st.add_user_to_group(&u, &g);
+        st.set_direct_roles(&u, &[&r1]);
+        let r = call(
+            &mut st,
+            &tok,
+            "GET",
+            "/users/search?email=f%40x.com&fields=id,group_ids,role_ids,sessions(id),credentials_api3",
+            None,
+        );
+        let users = r.body.unwrap_or_default();
+        let found = &users[0];
+        let mut keys: Vec<&String> = found.as_object().map(|o| o.keys().collect()).unwrap_or_default();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["credentials_api3", "group_ids", "id", "role_ids", "sessions"]
+        );
+        assert_eq!(found["role_ids"], json!([r1]), "direct roles only");
+        assert_eq!(found["group_ids"], json!([g]));
+    }
+
     #[test]
     fn tour_of_the_remaining_routes() {
         let mut st = state();
