@@ -6,6 +6,8 @@ pub mod generic;
 pub mod google;
 pub mod graph;
 pub mod okta;
+pub mod okta_api;
+pub mod okta_catchup;
 pub mod scim;
 
 use axum::body::{Body, Bytes, to_bytes};

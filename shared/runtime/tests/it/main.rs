@@ -1,6 +1,7 @@
 //! Integration tests of the runtime, linked into one binary.
 
 mod contract;
+mod okta_catchup;
 mod own_identity;
 mod real_targets;
 mod registered;
