@@ -44,7 +44,11 @@ fn hook_body(events: &[Value]) -> Vec<u8> {
 fn writes_per_user(looker: &FakeLooker) -> BTreeMap<String, usize> {
     let mut per = BTreeMap::new();
     for c in looker.calls().iter().filter(|c| c.is_write) {
-        if let Some(id) = c.path.strip_prefix("/users/").map(|r| r.split('/').next().unwrap_or(r)) {
+        if let Some(id) = c
+            .path
+            .strip_prefix("/users/")
+            .map(|r| r.split('/').next().unwrap_or(r))
+        {
             *per.entry(id.to_string()).or_default() += 1;
         }
     }
@@ -65,7 +69,10 @@ async fn offboardings_while_stopped_are_caught_up_at_restart_once_each_even_with
 
     // First run: the catch-up reads the (empty) log and stores its cursor.
     let app = start(&looker, &okta, data.path()).await;
-    wait_until("the first poll is done", || async { lag(&app).await.is_some_and(|l| l < POLL_SECS) }).await;
+    wait_until("the first poll is done", || async {
+        lag(&app).await.is_some_and(|l| l < POLL_SECS)
+    })
+    .await;
     app.stop().await;
     let calls_before_restart = okta.calls().len();
 
@@ -88,7 +95,9 @@ async fn offboardings_while_stopped_are_caught_up_at_restart_once_each_even_with
     let r = app.post_okta(&hook_body(&events[..10])).await;
     assert_eq!(r.status(), 200);
     wait_until("all 50 are offboarded in Looker", || async {
-        people.iter().all(|(id, _)| looker.user(id).is_some_and(|u| u.is_disabled))
+        people
+            .iter()
+            .all(|(id, _)| looker.user(id).is_some_and(|u| u.is_disabled))
     })
     .await;
     app.drained().await;

@@ -385,7 +385,11 @@ mod tests {
         for t in ACTED_EVENT_TYPES {
             assert!(matches!(map_event_type(t, Some(&group)), Mapped::Act(_)), "{t}");
         }
-        for t in ["user.session.start", "application.user_membership.add", "user.lifecycle.delete.completed"] {
+        for t in [
+            "user.session.start",
+            "application.user_membership.add",
+            "user.lifecycle.delete.completed",
+        ] {
             assert!(matches!(map_event_type(t, Some(&group)), Mapped::Ignore), "{t}");
         }
     }

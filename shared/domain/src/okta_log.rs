@@ -21,8 +21,10 @@ pub struct LogCursor {
 
 /// Durable [`LogCursor`]s, one per Okta org (`okta.org`).
 pub trait LogCursors: Send + Sync {
-    fn load_okta_cursor(&self, org: &str)
-    -> impl Future<Output = Result<Option<LogCursor>, BackendError>> + Send;
+    fn load_okta_cursor(
+        &self,
+        org: &str,
+    ) -> impl Future<Output = Result<Option<LogCursor>, BackendError>> + Send;
     /// Replace the org's cursor (one upsert).
     fn save_okta_cursor(
         &self,

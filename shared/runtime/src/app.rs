@@ -503,7 +503,12 @@ where
     if components.ingress {
         tasks.extend(ingress::spawn_tasks(&deps, &shutdown));
         // The System Log catch-up keeps its cursor in the state store (shared by replicas).
-        tasks.extend(ingress::okta_catchup::spawn(cfg, queue.clone(), state.clone(), &shutdown));
+        tasks.extend(ingress::okta_catchup::spawn(
+            cfg,
+            queue.clone(),
+            state.clone(),
+            &shutdown,
+        ));
     }
     let mut rotator_meters = Vec::new();
     if components.rotator(cfg) {

@@ -34,7 +34,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-const DEACTIVATE_TEMPLATE: &str = include_str!("../fixtures/okta/logevent.user.lifecycle.deactivate.docs.json");
+const DEACTIVATE_TEMPLATE: &str =
+    include_str!("../fixtures/okta/logevent.user.lifecycle.deactivate.docs.json");
 const RATE_LIMIT_BODY: &str = include_str!("../fixtures/okta/error.rate-limit.E0000047.docs.json");
 const RETENTION_DAYS: i64 = 90;
 
@@ -49,7 +50,10 @@ pub struct OktaCall {
 
 impl OktaCall {
     pub fn query_param(&self, name: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -83,7 +87,9 @@ pub struct FakeOkta {
 
 impl std::fmt::Debug for FakeOkta {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FakeOkta").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("FakeOkta")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -160,7 +166,8 @@ impl FakeOkta {
 
     /// Add a user (the Users API's object: `id`, `status`, `profile`).
     pub fn add_user(&self, id: &str, profile: Value) {
-        let user = json!({"id": id, "status": "ACTIVE", "created": "2024-01-01T00:00:00.000Z", "profile": profile});
+        let user =
+            json!({"id": id, "status": "ACTIVE", "created": "2024-01-01T00:00:00.000Z", "profile": profile});
         self.lock().users.insert(id.to_string(), user);
     }
 
@@ -260,13 +267,18 @@ fn admit(
         .is_some_and(|v| v == format!("SSWS {}", s.token));
     if !authorized {
         record(401, s);
-        return Err(okta_error(StatusCode::UNAUTHORIZED, "E0000011", "Invalid token provided"));
+        return Err(okta_error(
+            StatusCode::UNAUTHORIZED,
+            "E0000011",
+            "Invalid token provided",
+        ));
     }
     if let Some(d) = s.throttle.take() {
         // A window that resets `d` from now, already spent.
         let reset = now + chrono::Duration::from_std(d).unwrap_or_default();
         let reset_secs = reset.timestamp() + i64::from(reset.timestamp_subsec_millis() > 0);
-        s.window_start = DateTime::from_timestamp(reset_secs, 0).map(|r| r - chrono::Duration::from_std(s.window).unwrap_or_default());
+        s.window_start = DateTime::from_timestamp(reset_secs, 0)
+            .map(|r| r - chrono::Duration::from_std(s.window).unwrap_or_default());
         s.used = s.window_limit;
     }
     let window = chrono::Duration::from_std(s.window).unwrap_or_default();
@@ -293,7 +305,10 @@ fn admit(
         return Err(r);
     }
     s.used += 1;
-    h.insert("x-rate-limit-remaining", HeaderValue::from(s.window_limit - s.used));
+    h.insert(
+        "x-rate-limit-remaining",
+        HeaderValue::from(s.window_limit - s.used),
+    );
     record(200, s);
     Ok(h)
 }
@@ -321,7 +336,11 @@ fn limit_param(q: &[(String, String)], default: usize) -> Result<usize, Response
     match param(q, "limit") {
         None => Ok(default),
         Some(v) => v.parse::<usize>().ok().filter(|l| *l <= 1000).ok_or_else(|| {
-            okta_error(StatusCode::BAD_REQUEST, "E0000001", "Api validation failed: 'limit': must be between 0 and 1000")
+            okta_error(
+                StatusCode::BAD_REQUEST,
+                "E0000001",
+                "Api validation failed: 'limit': must be between 0 and 1000",
+            )
         }),
     }
 }
@@ -361,7 +380,9 @@ fn encode(pairs: &[(&str, String)]) -> String {
             let v: String = v
                 .bytes()
                 .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                        (b as char).to_string()
+                    }
                     _ => format!("%{b:02X}"),
                 })
                 .collect();
@@ -371,7 +392,11 @@ fn encode(pairs: &[(&str, String)]) -> String {
         .join("&")
 }
 
-async fn logs(AxState(state): AxState<Arc<Mutex<State>>>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+async fn logs(
+    AxState(state): AxState<Arc<Mutex<State>>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
     let q = parse_query(raw.clone());
     let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
     let mut h = match admit(&mut s, &headers, "/api/v1/logs", &q) {
@@ -383,7 +408,11 @@ async fn logs(AxState(state): AxState<Arc<Mutex<State>>>, headers: HeaderMap, Ra
         let until = time_param(&q, "until")?;
         let after = param(&q, "after");
         if since.is_some() && after.is_some() {
-            return Err(okta_error(StatusCode::BAD_REQUEST, "E0000001", "Api validation failed: 'since' and 'after' can't both be specified"));
+            return Err(okta_error(
+                StatusCode::BAD_REQUEST,
+                "E0000001",
+                "Api validation failed: 'since' and 'after' can't both be specified",
+            ));
         }
         let limit = limit_param(&q, 100)?;
         let types = event_types(param(&q, "filter"))?;
@@ -392,7 +421,13 @@ async fn logs(AxState(state): AxState<Arc<Mutex<State>>>, headers: HeaderMap, Ra
         let oldest = now - chrono::Duration::days(RETENTION_DAYS);
         let polling = until.is_none() && ascending;
         let position = match after {
-            Some(a) => a.parse::<usize>().map_err(|_| okta_error(StatusCode::BAD_REQUEST, "E0000001", "Api validation failed: 'after': invalid cursor"))?,
+            Some(a) => a.parse::<usize>().map_err(|_| {
+                okta_error(
+                    StatusCode::BAD_REQUEST,
+                    "E0000001",
+                    "Api validation failed: 'after': invalid cursor",
+                )
+            })?,
             None => {
                 let since = since.unwrap_or(until.unwrap_or(now) - chrono::Duration::days(7));
                 // Polling: persistence order (the fake persists at `published`); bounded: by `published`.
@@ -407,7 +442,10 @@ async fn logs(AxState(state): AxState<Arc<Mutex<State>>>, headers: HeaderMap, Ra
                 break;
             }
             let type_ok = types.as_ref().is_none_or(|t| {
-                e.event.get("eventType").and_then(Value::as_str).is_some_and(|et| t.iter().any(|x| x == et))
+                e.event
+                    .get("eventType")
+                    .and_then(Value::as_str)
+                    .is_some_and(|et| t.iter().any(|x| x == et))
             });
             if type_ok && e.published >= oldest {
                 if out.len() == limit {
@@ -418,7 +456,17 @@ async fn logs(AxState(state): AxState<Arc<Mutex<State>>>, headers: HeaderMap, Ra
                 out.push(e.event.clone());
             }
         }
-        let mut pairs: Vec<(&str, String)> = vec![("limit", limit.to_string()), ("sortOrder", if ascending { "ASCENDING".into() } else { "DESCENDING".into() })];
+        let mut pairs: Vec<(&str, String)> = vec![
+            ("limit", limit.to_string()),
+            (
+                "sortOrder",
+                if ascending {
+                    "ASCENDING".into()
+                } else {
+                    "DESCENDING".into()
+                },
+            ),
+        ];
         if let Some(f) = param(&q, "filter") {
             pairs.push(("filter", f.to_string()));
         }
@@ -433,7 +481,13 @@ async fn logs(AxState(state): AxState<Arc<Mutex<State>>>, headers: HeaderMap, Ra
         Ok(r) => r,
         Err(r) => return r,
     };
-    h.append("link", link(&format!("{}/api/v1/logs?{}", s.base, raw.unwrap_or_default()), "self"));
+    h.append(
+        "link",
+        link(
+            &format!("{}/api/v1/logs?{}", s.base, raw.unwrap_or_default()),
+            "self",
+        ),
+    );
     if let Some(n) = next {
         h.append("link", link(&n, "next"));
     }
@@ -454,12 +508,19 @@ fn page_of(s: &State, path: &str, ids: &[String], q: &[(String, String)], mut h:
     if start + page.len() < ids.len()
         && let Some(last) = page.last()
     {
-        h.append("link", link(&format!("{}{path}?limit={limit}&after={last}", s.base), "next"));
+        h.append(
+            "link",
+            link(&format!("{}{path}?limit={limit}&after={last}", s.base), "next"),
+        );
     }
     (StatusCode::OK, h, axum::Json(Value::Array(items))).into_response()
 }
 
-async fn users(AxState(state): AxState<Arc<Mutex<State>>>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+async fn users(
+    AxState(state): AxState<Arc<Mutex<State>>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
     let q = parse_query(raw);
     let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
     let h = match admit(&mut s, &headers, "/api/v1/users", &q) {
@@ -484,7 +545,11 @@ async fn group_users(
         Err(r) => return r,
     };
     let Some(ids) = s.groups.get(&id).cloned() else {
-        return okta_error(StatusCode::NOT_FOUND, "E0000007", &format!("Not found: Resource not found: {id} (UserGroup)"));
+        return okta_error(
+            StatusCode::NOT_FOUND,
+            "E0000007",
+            &format!("Not found: Resource not found: {id} (UserGroup)"),
+        );
     };
     page_of(&s, &path, &ids, &q, h)
 }

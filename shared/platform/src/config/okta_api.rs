@@ -158,7 +158,11 @@ mod tests {
         assert!(cfg.okta.api.connection().unwrap().is_none());
         let e = load("[okta.api]\nurl = \"https://acme.okta.com\"\n").unwrap_err();
         assert_eq!(e.field, "okta.api.api_token (GATEHOUSE_OKTA_API_TOKEN)");
-        let e = Config::load(None, env(&[("GATEHOUSE_OKTA_API_TOKEN", "00Ab-okta-api-token-123")])).unwrap_err();
+        let e = Config::load(
+            None,
+            env(&[("GATEHOUSE_OKTA_API_TOKEN", "00Ab-okta-api-token-123")]),
+        )
+        .unwrap_err();
         assert_eq!(e.field, "okta.api.url (GATEHOUSE_OKTA_URL)");
         let cfg = Config::load(
             None,
@@ -171,7 +175,10 @@ mod tests {
         let c = cfg.okta.api.connection().unwrap().unwrap();
         assert_eq!(c.url, "https://acme.okta.com");
         assert_eq!(c.api_token.expose_secret(), "00Ab-okta-api-token-123");
-        assert!(!format!("{cfg:?}").contains("00Ab-okta-api-token-123"), "debug hides the token");
+        assert!(
+            !format!("{cfg:?}").contains("00Ab-okta-api-token-123"),
+            "debug hides the token"
+        );
     }
 
     #[test]
@@ -179,7 +186,10 @@ mod tests {
         for weak in ["", "short-token", "aaaaaaaaaaaaaaaaaaaa"] {
             let e = Config::load(None, env(&[("GATEHOUSE_OKTA_API_TOKEN", weak)])).unwrap_err();
             assert_eq!(e.field, "GATEHOUSE_OKTA_API_TOKEN", "{weak:?}");
-            let e = load(&format!("[okta.api]\nurl = \"https://a.okta.com\"\napi_token = {weak:?}\n")).unwrap_err();
+            let e = load(&format!(
+                "[okta.api]\nurl = \"https://a.okta.com\"\napi_token = {weak:?}\n"
+            ))
+            .unwrap_err();
             assert_eq!(e.field, "okta.api.api_token", "{weak:?}");
             if !weak.is_empty() {
                 assert!(!e.to_string().contains(weak), "{e}");
@@ -195,7 +205,8 @@ mod tests {
             let e = load(&format!("[okta.api]\n{ok}{extra}\n")).unwrap_err();
             assert_eq!(e.field, field, "{extra}");
         }
-        let e = load("[okta.api]\nurl = \"acme.okta.com\"\napi_token = \"00Ab-okta-api-token-123\"\n").unwrap_err();
+        let e = load("[okta.api]\nurl = \"acme.okta.com\"\napi_token = \"00Ab-okta-api-token-123\"\n")
+            .unwrap_err();
         assert_eq!(e.field, "okta.api.url (GATEHOUSE_OKTA_URL)");
         assert!(load(&format!("[okta.api]\n{ok}initial_lookback = \"90days\"\n")).is_ok());
     }

@@ -25,7 +25,11 @@ pub enum OktaApiError {
     #[error("okta refused the api token ({status}): check okta.api.api_token and its admin role")]
     Unauthorized { status: u16 },
     #[error("okta answered {status} to GET {path}: {summary}")]
-    Status { status: u16, path: String, summary: String },
+    Status {
+        status: u16,
+        path: String,
+        summary: String,
+    },
     #[error("cannot reach okta at GET {path}: {reason}")]
     Transport { path: String, reason: String },
     #[error("okta's answer to GET {path} is not a json array: {reason}")]
@@ -55,7 +59,9 @@ pub struct OktaApi {
 
 impl std::fmt::Debug for OktaApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OktaApi").field("base", &self.base).finish_non_exhaustive()
+        f.debug_struct("OktaApi")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
     }
 }
 
@@ -148,7 +154,13 @@ impl OktaApi {
             }
             if status >= 500 {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-                tracing::warn!(path, attempt, status, delay_ms = delay.as_millis() as u64, "okta answered a server error; retrying");
+                tracing::warn!(
+                    path,
+                    attempt,
+                    status,
+                    delay_ms = delay.as_millis() as u64,
+                    "okta answered a server error; retrying"
+                );
                 tokio::time::sleep(delay).await;
                 continue;
             }
@@ -194,7 +206,10 @@ impl OktaApi {
         let Some(until) = until else { return };
         let now = Utc::now();
         if until > now {
-            let wait = (until - now).to_std().unwrap_or_default().min(MAX_RATE_LIMIT_WAIT);
+            let wait = (until - now)
+                .to_std()
+                .unwrap_or_default()
+                .min(MAX_RATE_LIMIT_WAIT);
             // The reset is whole seconds: wait for the second to have passed.
             tokio::time::sleep(wait + Duration::from_millis(50)).await;
         }
