@@ -16,6 +16,7 @@ mod http_limits;
 mod identity_links;
 mod ingress;
 mod lifecycle;
+mod okta_catchup;
 mod replicas;
 mod resilience;
 mod safety;

@@ -28,6 +28,7 @@ pub mod ledger_chain;
 pub mod looker;
 pub mod metric_labels;
 pub mod okta;
+pub mod okta_log;
 pub mod plan;
 pub mod policy;
 pub mod ports;

@@ -196,6 +196,22 @@ pub fn parse_event(
     })
 }
 
+/// The System Log event types Gatehouse acts on: exactly those [`parse_event`] maps to an
+/// identity event (the Event Hook intake's set). The System Log catch-up asks Okta for these
+/// alone (`filter=eventType eq "…" or …`).
+pub const ACTED_EVENT_TYPES: &[&str] = &[
+    "user.lifecycle.create",
+    "user.lifecycle.activate",
+    "user.lifecycle.reactivate",
+    "user.lifecycle.unsuspend",
+    "user.lifecycle.deactivate",
+    "user.lifecycle.suspend",
+    "user.lifecycle.delete.initiated",
+    "user.account.update_profile",
+    "group.user_membership.add",
+    "group.user_membership.remove",
+];
+
 enum Mapped {
     Act(IdentityEvent),
     Ignore,
@@ -356,5 +372,25 @@ mod tests {
         let err = parse_hook_body(ORG, &with_uuid(&long), now()).unwrap_err();
         assert!(err.to_string().contains("at most 256"), "{err}");
         assert!(parse_hook_body(ORG, &with_uuid(&"a".repeat(256)), now()).is_ok());
+    }
+
+    #[test]
+    fn acted_event_types_are_exactly_the_ones_mapped() {
+        let group = RawActor {
+            id: Some("00g1".into()),
+            kind: Some("UserGroup".into()),
+            alternate_id: None,
+            display_name: Some("G".into()),
+        };
+        for t in ACTED_EVENT_TYPES {
+            assert!(matches!(map_event_type(t, Some(&group)), Mapped::Act(_)), "{t}");
+        }
+        for t in [
+            "user.session.start",
+            "application.user_membership.add",
+            "user.lifecycle.delete.completed",
+        ] {
+            assert!(matches!(map_event_type(t, Some(&group)), Mapped::Ignore), "{t}");
+        }
     }
 }

@@ -173,6 +173,13 @@ where
     ];
     if ingress {
         tasks.extend(ingress::spawn_tasks(&deps, &shutdown));
+        // The System Log catch-up keeps its cursor in the state store (shared by replicas).
+        tasks.extend(ingress::okta_catchup::spawn(
+            cfg,
+            deps.queue.clone(),
+            state.clone(),
+            &shutdown,
+        ));
     }
     let lag_store = store.clone();
     let s = shutdown.clone();

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use gatehouse_domain::breaker::{AdmitLimits, Change, HeldChange, Settle, Trip, Verdict};
 use gatehouse_domain::envelope::EnvelopeId;
 use gatehouse_domain::ledger_chain::ChainHead;
+use gatehouse_domain::okta_log::{LogCursor, LogCursors};
 use gatehouse_domain::ports::{
     BackendError, LedgerEntry, LedgerRow, LookerCallCounts, Outcome, RotationRequest, ScheduledDeletion,
     StateStore, SubjectState,
@@ -129,5 +130,14 @@ impl StateStore for AnyState {
     }
     async fn breaker_reset(&self, source: Option<&str>) -> Result<Vec<Trip>, BackendError> {
         forward!(self, s => s.breaker_reset(source))
+    }
+}
+
+impl LogCursors for AnyState {
+    async fn load_okta_cursor(&self, org: &str) -> Result<Option<LogCursor>, BackendError> {
+        forward!(self, s => s.load_okta_cursor(org))
+    }
+    async fn save_okta_cursor(&self, org: &str, cursor: &LogCursor) -> Result<(), BackendError> {
+        forward!(self, s => s.save_okta_cursor(org, cursor))
     }
 }

@@ -8,6 +8,7 @@
 //! * [`postgres`]: a fresh database per test on the throwaway PostgreSQL cluster.
 //! * [`gcp_iam_fake`]: getIamPolicy/setIamPolicy of Resource Manager v3, BigQuery and IAM v1.
 //! * [`secret_manager_fake`], [`gcp_sa_keys_fake`]: GCP Secret Manager and service-account keys.
+//! * [`okta_fake`]: the Okta System Log and Users/Groups APIs (`FakeOkta`: SSWS, `next` links, 429).
 //! * [`otlp_fake`]: an OpenTelemetry collector's OTLP/HTTP traces receiver (`FakeCollector`).
 //! * [`fault_proxy`]: a TCP proxy that drops and stalls connections (between Gatehouse and a queue).
 //! * [`fuzz`]: proptest generators for fuzzing parsers of outside input (bytes, JSON, mutations).
@@ -19,6 +20,7 @@ pub mod gcp_sa_keys_fake;
 pub mod google_reports_fake;
 pub mod graph_fake;
 pub mod looker_fake;
+pub mod okta_fake;
 pub mod oracle;
 pub mod otlp_fake;
 pub mod postgres;
@@ -27,4 +29,5 @@ pub mod secret_manager_fake;
 mod server;
 
 pub use looker_fake::{FakeLooker, RecordedCall, UserView};
+pub use okta_fake::FakeOkta;
 pub use otlp_fake::{FakeCollector, ReceivedSpan};

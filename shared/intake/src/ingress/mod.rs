@@ -8,6 +8,8 @@ pub mod google_reports;
 pub mod google_upkeep;
 pub mod graph;
 pub mod okta;
+pub mod okta_api;
+pub mod okta_catchup;
 pub mod scim;
 
 use axum::body::{Body, Bytes, to_bytes};

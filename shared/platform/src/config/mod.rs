@@ -7,6 +7,7 @@ mod cloud;
 mod generic;
 mod google;
 mod graph;
+mod okta_api;
 mod queue;
 mod rotator;
 mod safety;
@@ -21,6 +22,7 @@ pub use cloud::{AwsConfig, AwsUserMappingConfig, GcpConfig, GcpTokenSource, Mode
 pub use generic::GenericConfig;
 pub use google::GoogleConfig;
 pub use graph::GraphConfig;
+pub use okta_api::{MAX_LOG_PAGE, OKTA_LOG_RETENTION, OktaApiConfig, OktaApiConnection};
 pub use queue::{PubsubConfig, QueueConfig, SqsConfig};
 pub use rotator::{
     GCP_IAM_URL, GCP_SECRET_MANAGER_URL, GcpApiConfig, KindConfig, OutOfBand, RotatorConfig, SecretConfig,
@@ -183,6 +185,9 @@ pub struct OktaConfig {
     /// 1 to 128 of `A-Z a-z 0-9 . _ -`. Env: `GATEHOUSE_OKTA_ORG`.
     #[serde(default = "default_okta_org")]
     pub org: String,
+    /// `[okta.api]`: the management API, for the System Log catch-up (off unless set).
+    #[serde(default)]
+    pub api: OktaApiConfig,
 }
 
 impl Default for OktaConfig {
@@ -191,6 +196,7 @@ impl Default for OktaConfig {
             hook_secret: None,
             max_body_bytes: default_max_body(),
             org: default_okta_org(),
+            api: OktaApiConfig::default(),
         }
     }
 }
@@ -495,6 +501,8 @@ pub const ENV_VARS: &[&str] = &[
     "GATEHOUSE_POLICY",
     "GATEHOUSE_OKTA_HOOK_SECRET",
     "GATEHOUSE_OKTA_ORG",
+    "GATEHOUSE_OKTA_URL",
+    "GATEHOUSE_OKTA_API_TOKEN",
     "GATEHOUSE_LOOKER_URL",
     "GATEHOUSE_LOOKER_CLIENT_ID",
     "GATEHOUSE_LOOKER_CLIENT_SECRET",
@@ -577,6 +585,7 @@ impl Config {
         }
         self.scim.apply_env(&env)?;
         self.graph.apply_env(&env)?;
+        self.okta.api.apply_env(&env)?;
         self.google.apply_env(&env)?;
         self.generic.apply_env(&env)?;
         self.rotator.apply_env(&env)?;
@@ -638,6 +647,7 @@ impl Config {
             check_token("okta.hook_secret", secret, None)?;
         }
         self.looker_connection()?;
+        self.okta.api.validate()?;
         self.queue.validate()?;
         self.state.validate()?;
         self.scim.validate()?;

@@ -648,6 +648,7 @@ both! {
     looker_calls_per_month => |s, _| Box::pin(looker_calls_add_up_per_month(s));
     account_links => |s, _| Box::pin(account_links_are_durable_per_target_and_person(s));
     breaker => |s, _| Box::pin(breaker_counts_as_one_and_holds_past_the_limit(s));
+    okta_log_cursor => |s, _| Box::pin(okta_log_cursors_are_kept_per_org(s));
 }
 
 /// The count survives a restart (a reopen of the same file), and two processes opening the
@@ -685,4 +686,28 @@ async fn postgres_looker_calls_survive_a_reconnect_and_two_replicas_sum() {
     let other = Postgres::connect(&url, 4).await.unwrap();
     concurrent_writers_sum_their_calls(reconnected.clone(), other).await;
     assert_eq!(reconnected.looker_calls("2026-01").await.unwrap(), 40);
+}
+
+/// The Okta System Log catch-up's cursor: absent at first, replaced by each save, per org.
+pub(crate) async fn okta_log_cursors_are_kept_per_org<S: gatehouse_domain::okta_log::LogCursors>(s: S) {
+    use gatehouse_domain::okta_log::LogCursor;
+    assert_eq!(s.load_okta_cursor("acme").await.unwrap(), None);
+    let at = chrono::DateTime::parse_from_rfc3339("2026-03-01T10:00:00.123Z")
+        .unwrap()
+        .to_utc();
+    let first = LogCursor {
+        next_url: Some("https://acme.okta.com/api/v1/logs?after=1".into()),
+        filter: "eventType eq \"user.lifecycle.deactivate\"".into(),
+        covered_until: at,
+    };
+    s.save_okta_cursor("acme", &first).await.unwrap();
+    assert_eq!(s.load_okta_cursor("acme").await.unwrap(), Some(first.clone()));
+    let second = LogCursor {
+        next_url: None,
+        covered_until: at + chrono::Duration::seconds(60),
+        ..first.clone()
+    };
+    s.save_okta_cursor("acme", &second).await.unwrap();
+    assert_eq!(s.load_okta_cursor("acme").await.unwrap(), Some(second));
+    assert_eq!(s.load_okta_cursor("globex").await.unwrap(), None, "per org");
 }

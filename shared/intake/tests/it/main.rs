@@ -1,0 +1,3 @@
+//! Integration tests of the intakes, linked into one binary.
+
+mod okta_catchup;
