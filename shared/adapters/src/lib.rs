@@ -9,6 +9,7 @@ pub mod gcp_iam;
 pub mod graph_state;
 pub mod looker;
 pub mod looker_content;
+pub mod looker_pages;
 pub mod postgres;
 pub mod pubsub;
 pub mod scim_store;

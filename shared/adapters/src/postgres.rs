@@ -21,6 +21,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 mod breaker;
+mod schedule;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 

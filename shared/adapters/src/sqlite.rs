@@ -16,6 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 mod breaker;
+mod schedule;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
