@@ -57,7 +57,12 @@ impl PagedUser {
             is_disabled: self.is_disabled,
             email,
             group_ids: self.group_ids.unwrap_or_default().into_iter().collect(),
-            session_ids: self.sessions.unwrap_or_default().into_iter().map(|s| s.id).collect(),
+            session_ids: self
+                .sessions
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| s.id)
+                .collect(),
             api3_key_ids: self
                 .credentials_api3
                 .unwrap_or_default()

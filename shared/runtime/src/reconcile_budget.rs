@@ -62,8 +62,11 @@ pub fn estimate(
         calls
     });
     let gcp = shape.gcp.then(|| {
-        let resources: BTreeSet<String> =
-            policy.managed_gcp_grants().into_iter().map(|g| g.resource).collect();
+        let resources: BTreeSet<String> = policy
+            .managed_gcp_grants()
+            .into_iter()
+            .map(|g| g.resource)
+            .collect();
         resources.len() as u64
     });
     Estimate { looker, aws, gcp }
@@ -111,13 +114,22 @@ impl BudgetCheck {
             self.reserve,
             self.spare(),
             self.needed,
-            if self.covers() { "" } else { ": not covered, skipped" }
+            if self.covers() {
+                ""
+            } else {
+                ": not covered, skipped"
+            }
         )
     }
 }
 
 /// Human-readable estimate (`gatehouse reconcile --estimate`).
-pub fn render_estimate(people: usize, e: &Estimate, opts: &ReadOptions, budget: Option<&BudgetCheck>) -> String {
+pub fn render_estimate(
+    people: usize,
+    e: &Estimate,
+    opts: &ReadOptions,
+    budget: Option<&BudgetCheck>,
+) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(

@@ -34,7 +34,17 @@ pub async fn run_on_schedule_once<S, F, Fut>(
 {
     if let Ok(prev) = cron.find_previous_occurrence(&now(), false) {
         // Only a tick some process claimed and left unfinished: never a fresh run at start.
-        settle(store, &tick_of(prev), holder, lease, &now, &shutdown, true, &mut job).await;
+        settle(
+            store,
+            &tick_of(prev),
+            holder,
+            lease,
+            &now,
+            &shutdown,
+            true,
+            &mut job,
+        )
+        .await;
     }
     loop {
         let at = now();
@@ -47,7 +57,17 @@ pub async fn run_on_schedule_once<S, F, Fut>(
             _ = shutdown.wait() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        settle(store, &tick_of(next), holder, lease, &now, &shutdown, false, &mut job).await;
+        settle(
+            store,
+            &tick_of(next),
+            holder,
+            lease,
+            &now,
+            &shutdown,
+            false,
+            &mut job,
+        )
+        .await;
         if shutdown.is_triggered() {
             return;
         }
@@ -101,7 +121,10 @@ async fn settle<S, F, Fut>(
         }
     }
     if waiting {
-        tracing::warn!(tick, "the leader of this scheduled reconcile stopped renewing; taking it over");
+        tracing::warn!(
+            tick,
+            "the leader of this scheduled reconcile stopped renewing; taking it over"
+        );
     }
     let renew = async {
         loop {

@@ -126,47 +126,50 @@ pub async fn read_looker<S: StateStore, L: LookerPort>(
         Some((id, email, d))
     });
     let people: Vec<_> = people.collect();
-    let reads: Vec<_> = people.into_iter().map(|(id, email, d)| async move {
-        let (user, others) = resolve(engine, id, &email, all, by_id, by_email).await?;
-        let needs = plan::read_needs(&d, catalog_ref);
-        let mut calls = 0;
-        let mut audited = false;
-        let user = match user {
-            Some(mut u) if !needs.attribute_ids.is_empty() => {
-                if opts.audits(&id.key) {
-                    let values = crate::targets::retry_read(
-                        engine.retry_policy(),
-                        |_: &gatehouse_domain::looker::LookerError| false,
-                        || looker.attribute_values(&u.id, &needs.attribute_ids),
-                    )
-                    .await?;
-                    calls += 1;
-                    audited = true;
-                    u.user_attribute_values = Some(values);
-                } else {
-                    // Not audited this run: taken to hold what the policy wants.
-                    u.user_attribute_values = Some(
-                        d.attributes
-                            .iter()
-                            .filter_map(|(name, (value, _))| {
-                                Some((catalog_ref.user_attributes.get(name)?.clone(), value.clone()))
-                            })
-                            .collect(),
-                    );
+    let reads: Vec<_> = people
+        .into_iter()
+        .map(|(id, email, d)| async move {
+            let (user, others) = resolve(engine, id, &email, all, by_id, by_email).await?;
+            let needs = plan::read_needs(&d, catalog_ref);
+            let mut calls = 0;
+            let mut audited = false;
+            let user = match user {
+                Some(mut u) if !needs.attribute_ids.is_empty() => {
+                    if opts.audits(&id.key) {
+                        let values = crate::targets::retry_read(
+                            engine.retry_policy(),
+                            |_: &gatehouse_domain::looker::LookerError| false,
+                            || looker.attribute_values(&u.id, &needs.attribute_ids),
+                        )
+                        .await?;
+                        calls += 1;
+                        audited = true;
+                        u.user_attribute_values = Some(values);
+                    } else {
+                        // Not audited this run: taken to hold what the policy wants.
+                        u.user_attribute_values = Some(
+                            d.attributes
+                                .iter()
+                                .filter_map(|(name, (value, _))| {
+                                    Some((catalog_ref.user_attributes.get(name)?.clone(), value.clone()))
+                                })
+                                .collect(),
+                        );
+                    }
+                    Some(u)
                 }
-                Some(u)
-            }
-            u => u,
-        };
-        progress.advance(1);
-        Ok(Found {
-            email: email.to_ascii_lowercase(),
-            user,
-            calls,
-            duplicates: others,
-            audited,
+                u => u,
+            };
+            progress.advance(1);
+            Ok(Found {
+                email: email.to_ascii_lowercase(),
+                user,
+                calls,
+                duplicates: others,
+                audited,
+            })
         })
-    }).collect();
+        .collect();
     let found: Vec<Result<Found, ProcessError>> =
         futures::stream::iter(reads).buffer_unordered(8).collect().await;
     let mut read = LookerRead {
@@ -208,7 +211,10 @@ async fn resolve<S: StateStore, L: LookerPort>(
     let looker = TargetName::LOOKER.as_str();
     let person = identity.key.as_str();
     let links = engine.store().account_links(looker, person).await?;
-    let mut found: Vec<usize> = links.iter().filter_map(|id| by_id.get(id.as_str()).copied()).collect();
+    let mut found: Vec<usize> = links
+        .iter()
+        .filter_map(|id| by_id.get(id.as_str()).copied())
+        .collect();
     let linked = !found.is_empty();
     for e in std::iter::once(email).chain(identity.previous_emails.iter().map(String::as_str)) {
         if !found.is_empty() {

@@ -47,7 +47,11 @@ impl ReconcileSchedule for Postgres {
             .fetch_one(&self.pool)
             .await
             .map_err(err("cannot read the reconcile tick"))?;
-        Ok(if row.get::<bool, _>(0) { Claim::Finished } else { Claim::Held })
+        Ok(if row.get::<bool, _>(0) {
+            Claim::Finished
+        } else {
+            Claim::Held
+        })
     }
 
     async fn take_over_tick(

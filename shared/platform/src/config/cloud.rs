@@ -237,7 +237,10 @@ impl ReconcileConfig {
         if !(1..=1000).contains(&self.page_size) {
             return Err(ConfigError::new(
                 "reconcile.page_size",
-                format!("{} is not between 1 and 1000 (Looker's largest page)", self.page_size),
+                format!(
+                    "{} is not between 1 and 1000 (Looker's largest page)",
+                    self.page_size
+                ),
             ));
         }
         if self.attribute_audit_runs == 0 {
@@ -342,7 +345,10 @@ mod tests {
         for (toml, field) in [
             ("[reconcile]\npage_size = 1001\n", "reconcile.page_size"),
             ("[reconcile]\npage_size = 0\n", "reconcile.page_size"),
-            ("[reconcile]\nattribute_audit_runs = 0\n", "reconcile.attribute_audit_runs"),
+            (
+                "[reconcile]\nattribute_audit_runs = 0\n",
+                "reconcile.attribute_audit_runs",
+            ),
             ("[reconcile]\nleader_lease = \"1s\"\n", "reconcile.leader_lease"),
         ] {
             assert_eq!(load(toml, &[]).unwrap_err().field, field, "{toml}");

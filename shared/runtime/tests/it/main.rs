@@ -3,6 +3,7 @@
 mod contract;
 mod own_identity;
 mod real_targets;
+mod reconcile_paged;
 mod registered;
 mod toy_target;
 mod toy_target_contract;
