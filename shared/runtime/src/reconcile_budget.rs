@@ -194,3 +194,126 @@ mod tests {
         assert!(!BudgetCheck::new(1_000, 1_200, Some(0), 1).covers(), "over quota");
     }
 }
+
+/// The options a configured reconcile reads Looker with (`run`: the audit's run number).
+pub fn read_options(cfg: &gatehouse_platform::config::ReconcileConfig, run: u64) -> ReadOptions {
+    ReadOptions {
+        page_size: cfg.page_size,
+        audit_every: cfg.attribute_audit_runs,
+        audit_run: run,
+    }
+}
+
+/// The cloud shape of an engine (for the estimate and the planner).
+pub fn shape_of<S, L>(engine: &crate::engine::Engine<S, L>) -> CloudShape
+where
+    S: gatehouse_domain::ports::StateStore,
+    L: gatehouse_domain::ports::LookerPort,
+{
+    CloudShape {
+        aws: engine
+            .cloud()
+            .and_then(|c| c.aws.as_ref().map(|a| a.mapping.clone())),
+        gcp: engine.cloud().is_some_and(|c| c.gcp.is_some()),
+    }
+}
+
+/// The budget check of a reconcile of `identities` (`None` without a Looker budget or Looker).
+pub async fn check<S, L>(
+    engine: &crate::engine::Engine<S, L>,
+    counts: &impl gatehouse_domain::ports::LookerCallCounts,
+    identities: &[Identity],
+    cfg: &gatehouse_platform::config::ReconcileConfig,
+    quota: Option<u64>,
+) -> Result<Option<BudgetCheck>, gatehouse_domain::ports::BackendError>
+where
+    S: gatehouse_domain::ports::StateStore,
+    L: gatehouse_domain::ports::LookerPort,
+{
+    let Some(quota) = quota.filter(|_| engine.looker().is_some()) else {
+        return Ok(None);
+    };
+    let e = estimate(
+        engine.policy(),
+        identities,
+        true,
+        &shape_of(engine),
+        &read_options(cfg, 0),
+        Utc::now(),
+    );
+    let used = counts
+        .looker_calls(&gatehouse_domain::ports::call_month(Utc::now()))
+        .await?;
+    Ok(Some(BudgetCheck::new(
+        quota,
+        used,
+        cfg.event_reserve,
+        e.looker.unwrap_or(0),
+    )))
+}
+
+/// One scheduled reconcile (the leader's job): skipped with one WARN, a metric and a ledger
+/// note when the month's Looker budget minus the events' reserve cannot cover it; else run
+/// with the next slice of the attribute audit.
+pub async fn scheduled_run<S, L, D, C>(
+    engine: &crate::engine::Engine<S, L>,
+    directory: &D,
+    shared: &C,
+    cfg: &gatehouse_platform::config::ReconcileConfig,
+    quota: Option<u64>,
+    tick: &str,
+) where
+    S: gatehouse_domain::ports::StateStore,
+    L: gatehouse_domain::ports::LookerPort,
+    D: gatehouse_domain::ports::Directory,
+    C: gatehouse_domain::ports::LookerCallCounts + gatehouse_domain::schedule::ReconcileSchedule,
+{
+    let identities: Vec<Identity> = match directory.subjects().await {
+        Ok(s) => s.into_iter().map(|s| s.identity).collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "scheduled reconcile failed: cannot read the directory");
+            return;
+        }
+    };
+    match check(engine, shared, &identities, cfg, quota).await {
+        Ok(Some(c)) if !c.covers() => {
+            tracing::warn!(
+                tick,
+                used = c.used,
+                quota = c.quota,
+                reserve = c.reserve,
+                needed = c.needed,
+                "scheduled reconcile skipped: the month's looker budget minus the events' reserve cannot cover it"
+            );
+            metrics::counter!(METRIC_SKIPPED, "reason" => "looker_budget").increment(1);
+            if let Err(e) = engine.store().append_ledger(&[skip_note(tick, &c)]).await {
+                tracing::error!(error = %e, "cannot ledger the skipped reconcile");
+            }
+            return;
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "cannot read the looker call count; reconciling anyway"),
+    }
+    let run = match shared.next_audit_run().await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(error = %e, "scheduled reconcile failed: cannot count the run");
+            return;
+        }
+    };
+    let opts = read_options(cfg, run);
+    match crate::reconcile::run_with(engine, directory, true, &opts, &crate::reconcile::LogProgress).await {
+        Ok(r) => tracing::info!(
+            tick,
+            people = r.people,
+            drift = r.plans.len(),
+            writes = r.writes,
+            reported = r.reported,
+            looker_reads = r.reads.looker,
+            aws_reads = r.reads.aws,
+            gcp_reads = r.reads.gcp,
+            "scheduled reconcile done"
+        ),
+        Err(e) => tracing::error!(tick, error = %e, "scheduled reconcile failed"),
+    }
+}
