@@ -235,3 +235,70 @@ async fn hand_made_drift_is_reverted_within_k_scheduled_reconciles() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_reconcile_the_budget_cannot_cover_is_skipped_and_ledgered() {
+    use gatehouse_domain::ports::{LookerCallCounts, StateStore, call_month};
+    use gatehouse_runtime::reconcile_budget::{estimate, scheduled_run, shape_of};
+    let w = world(50, GROUPS_AND_ROLES).await;
+    let ids: Vec<Identity> = w.people.0.iter().map(|s| s.identity.clone()).collect();
+    let e = estimate(
+        w.engine.policy(),
+        &ids,
+        true,
+        &shape_of(&w.engine),
+        &opts(7, 0),
+        chrono::Utc::now(),
+    );
+    // login + 3 catalog lists + 1 page (51 users).
+    assert_eq!(e.looker, Some(5));
+    assert_eq!((e.aws, e.gcp), (None, None));
+    let cfg = gatehouse_platform::config::ReconcileConfig {
+        event_reserve: Some(100),
+        ..Default::default()
+    };
+    let store = w.engine.store().clone();
+    let month = call_month(chrono::Utc::now());
+    // 1,000 a month, 896 used, 100 kept for events: 4 spare < 5 needed.
+    store.add_looker_calls(&month, 896).await.unwrap();
+    w.fake.reset_calls();
+    scheduled_run(
+        &w.engine,
+        &w.people,
+        &store,
+        &cfg,
+        Some(1000),
+        "2026-12-06T03:00:00Z",
+    )
+    .await;
+    assert_eq!(w.fake.calls().len(), 0, "skipped: no looker call");
+    let rows = store.ledger_since(None).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(
+        rows[0].entry.status.starts_with("skipped: looker budget"),
+        "{}",
+        rows[0].entry.status
+    );
+    // One call less used: covered, and it runs.
+    let w2 = world(50, GROUPS_AND_ROLES).await;
+    let s2 = w2.engine.store().clone();
+    s2.add_looker_calls(&month, 895).await.unwrap();
+    w2.fake.reset_calls();
+    scheduled_run(
+        &w2.engine,
+        &w2.people,
+        &s2,
+        &cfg,
+        Some(1000),
+        "2026-12-06T03:00:00Z",
+    )
+    .await;
+    assert!(
+        w2.fake.calls().iter().any(|c| c.path == "/users"),
+        "covered: it ran"
+    );
+    assert!(
+        s2.ledger_since(None).await.unwrap().is_empty(),
+        "no drift, no skip note"
+    );
+}
