@@ -60,6 +60,9 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Print the expected read calls per target (and the Looker budget), call nothing.
+        #[arg(long, conflicts_with = "apply")]
+        estimate: bool,
     },
     /// Read and verify the hash-chained ledger of write calls.
     Audit {
@@ -244,7 +247,11 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             ops::offboard(&cfg, &email, reason.as_deref(), actor.as_deref()).await
         }
         Command::Rotate { secret, dry_run } => rotate(&cfg, &secret, dry_run).await,
-        Command::Reconcile { apply, json } => reconcile(&cfg, apply, json).await,
+        Command::Reconcile {
+            apply,
+            json,
+            estimate,
+        } => reconcile(&cfg, apply, json, estimate).await,
         Command::Audit {
             command: AuditCommand::Export { since, format },
         } => ocsf::audit_export(&cfg, since, format).await,
@@ -495,12 +502,58 @@ impl gatehouse_engine::reconcile::Progress for Bar {
     }
 }
 
-async fn reconcile(cfg: &Config, apply: bool, json: bool) -> anyhow::Result<()> {
+async fn reconcile(cfg: &Config, apply: bool, json: bool, estimate: bool) -> anyhow::Result<()> {
+    use gatehouse_domain::ports::Directory;
     use gatehouse_engine::reconcile::{self, LogProgress, Progress};
+    use gatehouse_engine::reconcile_budget as rb;
     use std::io::IsTerminal;
     let store = gatehouse_store::sqlite::Sqlite::open(&cfg.data_dir).await?;
     let store = app::open_state(cfg, &store).await?;
     let engine = app::engine_with_cloud(cfg, store.clone()).await?;
+    let identities: Vec<_> = store.subjects().await?.into_iter().map(|s| s.identity).collect();
+    let budget = rb::check(
+        &engine,
+        &store,
+        &identities,
+        &cfg.reconcile,
+        cfg.looker.budget.monthly_call_quota,
+    )
+    .await?;
+    if estimate {
+        let opts = rb::read_options(&cfg.reconcile, 0);
+        let e = rb::estimate(
+            engine.policy(),
+            &identities,
+            engine.looker().is_some(),
+            &rb::shape_of(&engine),
+            &opts,
+            chrono::Utc::now(),
+        );
+        let mut out = std::io::stdout().lock();
+        if json {
+            let v = serde_json::json!({ "people": identities.len(), "calls": e, "budget": budget });
+            writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        } else {
+            write!(
+                out,
+                "{}",
+                rb::render_estimate(identities.len(), &e, &opts, budget.as_ref())
+            )?;
+        }
+        return Ok(());
+    }
+    if let Some(b) = budget.filter(|b| !b.covers()) {
+        // A scheduled reconcile would be skipped; one asked for by hand runs, and says so.
+        eprintln!(
+            "{} (the scheduled reconcile skips; this one runs because it was asked for)",
+            b.render()
+        );
+    }
+    // The next slice of the rolling attribute audit, as a scheduled run would read.
+    let run = rb::read_options(
+        &cfg.reconcile,
+        gatehouse_domain::schedule::ReconcileSchedule::next_audit_run(&store).await?,
+    );
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(0);
         if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:12} {bar:40} {pos}/{len} {elapsed}")
@@ -513,7 +566,7 @@ async fn reconcile(cfg: &Config, apply: bool, json: bool) -> anyhow::Result<()> 
         Some(b) => b,
         None => &LogProgress,
     };
-    let report = reconcile::run(&engine, &store, apply, progress).await;
+    let report = reconcile::run_with(&engine, &store, apply, &run, progress).await;
     app::count_looker_calls(cfg, &engine).await;
     let report = report?;
     if let Some(b) = &bar {

@@ -11,7 +11,6 @@ pub use gatehouse_engine::app::*;
 pub use gatehouse_intake::service::Running;
 
 use gatehouse_domain::ports::{QueueConsumer, QueueProducer};
-use gatehouse_engine::reconcile;
 use gatehouse_engine::worker::{Worker, WorkerConfig};
 use gatehouse_intake::audit::{Kind, Translator, TranslatorConfig};
 use gatehouse_intake::service::{self, ServiceError, WithAttributes};
@@ -154,23 +153,36 @@ where
         let cron = cfg.reconcile.cron()?;
         let engine = engine.clone();
         let dir = store.clone();
+        let shared = state.clone();
         let s = shutdown.clone();
+        let rc = cfg.reconcile.clone();
+        let quota = cfg.looker.budget.monthly_call_quota;
+        // Every processor runs the schedule; one of them (the tick's lease holder) reconciles.
         running.spawn(async move {
-            reconcile::run_on_schedule(&cron, chrono::Utc::now, s, || async {
-                match reconcile::run(&engine, &dir, true, &reconcile::LogProgress).await {
-                    Ok(r) => tracing::info!(
-                        people = r.people,
-                        drift = r.plans.len(),
-                        writes = r.writes,
-                        reported = r.reported,
-                        looker_reads = r.reads.looker,
-                        aws_reads = r.reads.aws,
-                        gcp_reads = r.reads.gcp,
-                        "scheduled reconcile done"
-                    ),
-                    Err(e) => tracing::error!(error = %e, "scheduled reconcile failed"),
-                }
-            })
+            let holder = gatehouse_engine::reconcile_leader::holder_id();
+            let lease = rc.leader_lease;
+            gatehouse_engine::reconcile_leader::run_on_schedule_once(
+                &cron,
+                chrono::Utc::now,
+                s,
+                &shared,
+                &holder,
+                lease,
+                |tick| {
+                    let (engine, dir, shared, rc) = (&engine, &dir, &shared, &rc);
+                    async move {
+                        gatehouse_engine::reconcile_budget::scheduled_run(
+                            engine.as_ref(),
+                            dir,
+                            shared,
+                            rc,
+                            quota,
+                            &tick,
+                        )
+                        .await
+                    }
+                },
+            )
             .await
         });
     }

@@ -10,6 +10,7 @@
 //! - [`handover`]: deleting without destroying (hand-over before a deletion, outside deliveries).
 //! - [`ledger_chain`]: the hash chain over the ledger and its verification.
 //! - [`ports`]: traits the adapters implement (queue, state, Looker).
+//! - [`schedule`]: one leader per scheduled reconcile tick, the rolling audit's run counter.
 //! - [`target`]: the one port every changed system implements (read, diff, send, classify).
 
 pub mod breaker;
@@ -32,5 +33,6 @@ pub mod okta_log;
 pub mod plan;
 pub mod policy;
 pub mod ports;
+pub mod schedule;
 pub mod scim_filter;
 pub mod target;

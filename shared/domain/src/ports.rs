@@ -350,6 +350,22 @@ pub trait LookerPort: Send + Sync {
         id: &str,
         needs: &ReadNeeds,
     ) -> impl Future<Output = Result<Option<LookerUser>, LookerError>> + Send;
+    /// One page of users for reconcile (issue 14): `GET /users` with `limit` (at most 1,000) and
+    /// `offset`, sorted by id, read as `find_user` reads one except that direct roles come from
+    /// the page (`role_ids`) and attribute values are not read (`None`). Shorter than `limit`:
+    /// the last page.
+    fn users_page(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<LookerUser>, LookerError>> + Send;
+    /// The values user `user_id` set on its own (source `user`) of `attribute_ids`: one call
+    /// (`GET /users/{id}/attribute_values`); Looker has no bulk read of them.
+    fn attribute_values(
+        &self,
+        user_id: &str,
+        attribute_ids: &[String],
+    ) -> impl Future<Output = Result<std::collections::BTreeMap<String, String>, LookerError>> + Send;
     /// Perform one write. For `CreateUser` returns the new user's id.
     fn execute(
         &self,

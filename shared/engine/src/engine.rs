@@ -317,6 +317,11 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         &self.policy
     }
 
+    /// The retry policy of one call (reconcile's paged reads use it too).
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
     pub fn looker(&self) -> Option<&L> {
         self.looker.client()
     }

@@ -8,4 +8,7 @@ pub mod budget;
 pub mod cloud;
 pub mod engine;
 pub mod reconcile;
+pub mod reconcile_budget;
+pub mod reconcile_leader;
+pub mod reconcile_paged;
 pub mod worker;

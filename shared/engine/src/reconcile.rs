@@ -7,22 +7,23 @@
 //!   `ListGroupsForUser` per person; `ListUserTags` only when tags are managed (or the mapping is
 //!   by tag); `ListAccessKeys` + `GetLoginProfile` only for offboarded people.
 //! - GCP: one `getIamPolicy` per managed resource (R calls), whatever N is.
-//! - Looker: the catalog once, then one user search per person (Looker has no bulk read of
-//!   group memberships, roles and attribute values together).
+//! - Looker: the catalog once, every user in pages of at most 1,000 (`GET /users`, groups and
+//!   direct roles included), and each user's attribute values only in the rolling audit
+//!   (`reconcile_paged`: everyone every `k` runs; Looker has no bulk read of them).
 //!
 //! [`plan_all`] is the pure part (also what the benchmark measures).
 
 use crate::cloud::Ctx;
 use crate::engine::{AppliedCounts, Engine, ProcessError};
+pub use crate::reconcile_paged::ReadOptions;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use gatehouse_domain::cloud::{
     AwsAccessKey, AwsActual, AwsUser, AwsUserKey, AwsUserMapping, CloudPlan, IamPolicy, Target,
 };
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::looker::{Catalog, LookerUser};
 use gatehouse_domain::plan::{self, Actual, Plan};
-use gatehouse_domain::policy::{self, Policy, Presence};
+use gatehouse_domain::policy::{self, Policy};
 use gatehouse_domain::ports::{Directory, LookerPort, StateStore};
 use gatehouse_platform::config::Mode;
 use serde::Serialize;
@@ -224,11 +225,7 @@ pub struct Report {
     pub looker_duplicates: usize,
 }
 
-/// One Looker read: lowercased email, the person's user, read calls it took, and how many
-/// other users look like theirs.
-type Found = (String, Option<LookerUser>, usize, usize);
-
-/// Read everything with the fewest calls.
+/// Read everything with the fewest calls (Looker: default [`ReadOptions`]).
 pub async fn read_snapshot<S, L>(
     engine: &Engine<S, L>,
     identities: &[Identity],
@@ -238,50 +235,27 @@ where
     S: StateStore,
     L: LookerPort,
 {
+    read_snapshot_with(engine, identities, &ReadOptions::default(), progress).await
+}
+
+/// Read everything with the fewest calls; Looker in pages (`reconcile_paged`).
+pub async fn read_snapshot_with<S, L>(
+    engine: &Engine<S, L>,
+    identities: &[Identity],
+    opts: &ReadOptions,
+    progress: &dyn Progress,
+) -> Result<(Snapshot, ReadCalls), ProcessError>
+where
+    S: StateStore,
+    L: LookerPort,
+{
     let mut snap = Snapshot::default();
     let mut reads = ReadCalls::default();
     let policy = engine.policy();
-    // Looker: catalog once, then one search per person, 8 at a time.
-    if engine.looker().is_some() {
-        progress.phase("read looker", identities.len());
-        let catalog = engine.catalog().await?;
-        reads.looker += 1;
-        let emails: Vec<(Identity, String, Presence, gatehouse_domain::looker::ReadNeeds)> = identities
-            .iter()
-            .filter_map(|id| {
-                let d = policy::evaluate(policy, id);
-                let needs = plan::read_needs(&d, &catalog);
-                d.email.map(|e| (id.clone(), e, d.presence, needs))
-            })
-            .collect();
-        // Each person through their link first (issue 16), linking whom their email finds.
-        let found: Vec<Result<Found, ProcessError>> =
-            futures::stream::iter(emails.into_iter().map(|(id, e, _, needs)| async move {
-                let (u, others) = engine.resolve_looker(&id, Some(&e), &needs).await?;
-                for o in &others {
-                    tracing::warn!(subject = %id.key, looker_user = %o.id, "duplicate looker user of one person");
-                    metrics::counter!("gatehouse_reconcile_duplicate_users_total").increment(1);
-                }
-                progress.advance(1);
-                Ok((
-                    e.to_ascii_lowercase(),
-                    u,
-                    // The search carries the direct roles; one read covers every attribute.
-                    1 + usize::from(!needs.attribute_ids.is_empty()),
-                    others.len(),
-                ))
-            }))
-            .buffer_unordered(8)
-            .collect()
-            .await;
-        let mut users = BTreeMap::new();
-        for f in found {
-            let (e, u, n, dups) = f?;
-            reads.looker += if u.is_some() { n } else { 1 };
-            snap.looker_duplicates += dups;
-            users.insert(e, u);
-        }
-        snap.looker = Some((catalog, users));
+    if let Some(read) = crate::reconcile_paged::read_looker(engine, identities, opts, progress).await? {
+        reads.looker = read.calls;
+        snap.looker_duplicates = read.duplicates;
+        snap.looker = Some((read.catalog, read.users));
     }
     let Some(cloud) = engine.cloud() else {
         return Ok((snap, reads));
@@ -362,13 +336,28 @@ where
     S: StateStore,
     L: LookerPort,
 {
+    run_with(engine, directory, apply, &ReadOptions::default(), progress).await
+}
+
+/// [`run`] with Looker read as `opts` says (page size, attribute audit slice).
+pub async fn run_with<S, L>(
+    engine: &Engine<S, L>,
+    directory: &impl Directory,
+    apply: bool,
+    opts: &ReadOptions,
+    progress: &dyn Progress,
+) -> Result<Report, ProcessError>
+where
+    S: StateStore,
+    L: LookerPort,
+{
     let identities: Vec<Identity> = directory
         .subjects()
         .await?
         .into_iter()
         .map(|s| s.identity)
         .collect();
-    let (snap, reads) = read_snapshot(engine, &identities, progress).await?;
+    let (snap, reads) = read_snapshot_with(engine, &identities, opts, progress).await?;
     let shape = CloudShape {
         aws: engine
             .cloud()

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 mod breaker;
 mod okta_log;
+mod schedule;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 mod breaker;
 mod okta_log;
+mod schedule;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 

@@ -70,6 +70,33 @@ impl LookerCallCounts for AnyState {
     }
 }
 
+impl gatehouse_domain::schedule::ReconcileSchedule for AnyState {
+    async fn claim_tick(
+        &self,
+        tick: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<gatehouse_domain::schedule::Claim, BackendError> {
+        forward!(self, s => s.claim_tick(tick, holder, now, until))
+    }
+    async fn take_over_tick(
+        &self,
+        tick: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<gatehouse_domain::schedule::Claim, BackendError> {
+        forward!(self, s => s.take_over_tick(tick, holder, now, until))
+    }
+    async fn finish_tick(&self, tick: &str, holder: &str) -> Result<bool, BackendError> {
+        forward!(self, s => s.finish_tick(tick, holder))
+    }
+    async fn next_audit_run(&self) -> Result<u64, BackendError> {
+        forward!(self, s => s.next_audit_run())
+    }
+}
+
 impl StateStore for AnyState {
     async fn is_processed(&self, id: &EnvelopeId) -> Result<bool, BackendError> {
         forward!(self, s => s.is_processed(id))

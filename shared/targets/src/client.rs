@@ -5,3 +5,4 @@ pub mod aws_iam;
 pub mod gcp_iam;
 pub mod looker;
 pub mod looker_content;
+pub mod looker_pages;

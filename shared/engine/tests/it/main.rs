@@ -3,6 +3,7 @@
 // The engine's per-event future nests deeper than rustc's default query depth (128).
 #![recursion_limit = "256"]
 
+mod reconcile_paged;
 mod registered;
 // The worked example of a new target, shared with the target contract tests of `gatehouse-targets`.
 #[path = "../../../targets/tests/it/toy_target.rs"]

@@ -95,6 +95,21 @@ pub struct ReconcileConfig {
     /// Per target: `enforce` (revert drift) or `report` (ledger + metric only).
     #[serde(default)]
     pub mode: Modes,
+    /// Looker users per `GET /users` page (1..=1000; issue 14).
+    #[serde(default = "default_page_size")]
+    pub page_size: usize,
+    /// The rolling audit of user attribute values (one call per user, Looker has no bulk read)
+    /// covers everyone every this many reconciles.
+    #[serde(default = "default_attribute_audit_runs")]
+    pub attribute_audit_runs: u32,
+    /// Looker calls of the month kept for events: a scheduled reconcile that would eat into
+    /// them is skipped. Default: 10 % of `[looker.budget] monthly_call_quota`.
+    #[serde(default)]
+    pub event_reserve: Option<u64>,
+    /// How long the leader's claim on a scheduled run lasts without renewal (renewed every
+    /// third of it): a replica takes over a run whose leader stopped after this.
+    #[serde(default = "default_leader_lease", with = "humantime_serde")]
+    pub leader_lease: Duration,
 }
 
 impl Default for ReconcileConfig {
@@ -103,8 +118,22 @@ impl Default for ReconcileConfig {
             scheduled: false,
             schedule: default_schedule(),
             mode: Modes::default(),
+            page_size: default_page_size(),
+            attribute_audit_runs: default_attribute_audit_runs(),
+            event_reserve: None,
+            leader_lease: default_leader_lease(),
         }
     }
+}
+
+fn default_page_size() -> usize {
+    1000
+}
+fn default_attribute_audit_runs() -> u32 {
+    7
+}
+fn default_leader_lease() -> Duration {
+    Duration::from_secs(60)
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -205,6 +234,24 @@ impl ReconcileConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=1000).contains(&self.page_size) {
+            return Err(ConfigError::new(
+                "reconcile.page_size",
+                format!(
+                    "{} is not between 1 and 1000 (Looker's largest page)",
+                    self.page_size
+                ),
+            ));
+        }
+        if self.attribute_audit_runs == 0 {
+            return Err(ConfigError::new(
+                "reconcile.attribute_audit_runs",
+                "must be at least 1 (1: every reconcile reads every user's attribute values)",
+            ));
+        }
+        if self.leader_lease < Duration::from_secs(3) {
+            return Err(ConfigError::new("reconcile.leader_lease", "must be at least 3s"));
+        }
         self.cron().map(|_| ())
     }
 
@@ -295,6 +342,17 @@ mod tests {
         assert_eq!(e.field, "reconcile.schedule", "{e}");
         let e = load("[reconcile]\nmode = { aws = \"ignore\" }\n", &[]).unwrap_err();
         assert!(e.field.starts_with("reconcile"), "{e}");
+        for (toml, field) in [
+            ("[reconcile]\npage_size = 1001\n", "reconcile.page_size"),
+            ("[reconcile]\npage_size = 0\n", "reconcile.page_size"),
+            (
+                "[reconcile]\nattribute_audit_runs = 0\n",
+                "reconcile.attribute_audit_runs",
+            ),
+            ("[reconcile]\nleader_lease = \"1s\"\n", "reconcile.leader_lease"),
+        ] {
+            assert_eq!(load(toml, &[]).unwrap_err().field, field, "{toml}");
+        }
         let e = load("[gcp]\niam_url = \"iam.googleapis.com\"\n", &[]).unwrap_err();
         assert_eq!(e.field, "gcp.iam_url", "{e}");
         let e = load("[gcp]\nenabeld = true\n", &[]).unwrap_err();

@@ -490,7 +490,7 @@ impl LookerClient {
         Ok(items.into_iter().filter_map(|i| Some((i.name?, i.id))).collect())
     }
 
-    async fn user_set_attributes(
+    pub(crate) async fn user_set_attributes(
         &self,
         user_id: &str,
         attribute_ids: &[String],
@@ -675,6 +675,18 @@ impl LookerPort for LookerClient {
             Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    async fn users_page(&self, offset: usize, limit: usize) -> Result<Vec<LookerUser>, LookerError> {
+        self.read_users_page(offset, limit).await
+    }
+
+    async fn attribute_values(
+        &self,
+        user_id: &str,
+        attribute_ids: &[String],
+    ) -> Result<BTreeMap<String, String>, LookerError> {
+        self.read_attribute_values(user_id, attribute_ids).await
     }
 
     async fn content(

@@ -293,6 +293,11 @@ impl FakeLooker {
         self.st().add_user_to_group(user_id, group_id);
     }
 
+    /// A change made by hand in Looker (drift): the user leaves the group.
+    pub fn remove_user_from_group(&self, user_id: &str, group_id: &str) {
+        self.st().remove_user_from_group(user_id, group_id);
+    }
+
     pub fn set_direct_roles(&self, user_id: &str, role_ids: &[&str]) {
         self.st().set_direct_roles(user_id, role_ids);
     }

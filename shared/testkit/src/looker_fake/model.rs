@@ -822,6 +822,11 @@ impl State {
         self.seed_user(user_id).group_ids.insert(g);
     }
 
+    pub(crate) fn remove_user_from_group(&mut self, user_id: &str, group_id: &str) {
+        let g = self.seed_id(group_id, |s, id| s.groups.contains_key(&id), "group");
+        self.seed_user(user_id).group_ids.remove(&g);
+    }
+
     pub(crate) fn set_direct_roles(&mut self, user_id: &str, role_ids: &[&str]) {
         let roles: BTreeSet<u64> = role_ids
             .iter()

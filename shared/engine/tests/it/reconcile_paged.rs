@@ -1,0 +1,304 @@
+//! Issue 14: reconcile reads Looker in pages at the API floor, and hand-made drift is still
+//! reverted within a bounded number of scheduled reconciles.
+
+use chrono::DateTime;
+use gatehouse_targets::client::looker::{LookerClient, LookerConfig};
+use gatehouse_store::sqlite::Sqlite;
+use gatehouse_domain::envelope::EnvelopeId;
+use gatehouse_domain::identity::{Identity, Membership, Stamp, Stamped, Status};
+use gatehouse_domain::policy::Policy;
+use gatehouse_domain::ports::{BackendError, Directory, SubjectState};
+use gatehouse_engine::engine::{Engine, RetryPolicy};
+use gatehouse_engine::reconcile::{self, LogProgress, ReadOptions};
+use gatehouse_testkit::FakeLooker;
+use std::sync::Arc;
+use std::time::Duration;
+
+const POLICY: &str = r#"
+[[rule]]
+name = "eng"
+when = { idp_group = "Engineering" }
+looker_groups = ["Engineers"]
+looker_roles = ["Developer"]
+looker_attributes = { team = "engineering" }
+
+[attributes.team]
+deny_value = "__none__"
+"#;
+
+const GROUPS_AND_ROLES: &str = r#"
+[[rule]]
+name = "eng"
+when = { idp_group = "Engineering" }
+looker_groups = ["Engineers"]
+looker_roles = ["Developer"]
+"#;
+
+struct People(Vec<SubjectState>);
+
+impl Directory for People {
+    async fn subjects(&self) -> Result<Vec<SubjectState>, BackendError> {
+        Ok(self.0.clone())
+    }
+}
+
+fn person(i: usize) -> Identity {
+    let stamp = Stamp {
+        at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+        id: EnvelopeId(format!("e{i}")),
+    };
+    let mut id = Identity::new(format!("00u{i:05}"));
+    id.status = Status::Active;
+    id.status_stamp = Some(stamp.clone());
+    id.profile.insert(
+        "email".into(),
+        Stamped {
+            value: email(i),
+            stamp: stamp.clone(),
+            source: None,
+        },
+    );
+    id.groups.insert(
+        "00gEng".into(),
+        Membership {
+            name: "Engineering".into(),
+            member: true,
+            stamp,
+            source: None,
+        },
+    );
+    id
+}
+
+fn email(i: usize) -> String {
+    format!("p{i}@example.com")
+}
+
+struct World {
+    fake: FakeLooker,
+    engine: Engine<Sqlite, LookerClient>,
+    people: People,
+    _dir: tempfile::TempDir,
+}
+
+/// `n` people in Engineering, each already converged in the fake Looker.
+async fn world(n: usize, policy: &str) -> World {
+    let fake = FakeLooker::start().await;
+    let group = fake.add_group("Engineers");
+    let role = fake.add_role("Developer");
+    let team = fake.add_user_attribute("team");
+    let mut people = Vec::new();
+    for i in 0..n {
+        let u = fake.add_user(&email(i), "P", &i.to_string());
+        fake.add_user_to_group(&u, &group);
+        fake.set_direct_roles(&u, &[&role]);
+        fake.set_user_attribute(&u, &team, "engineering");
+        people.push(SubjectState {
+            identity: person(i),
+            converged: None,
+            version: 0,
+        });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Sqlite::open(dir.path()).await.unwrap();
+    let client = LookerClient::new(LookerConfig {
+        base_url: fake.base_url(),
+        client_id: fake.client_id().to_string(),
+        client_secret: fake.client_secret().to_string().into(),
+        timeout: Duration::from_secs(30),
+        catalog_ttl: Duration::ZERO,
+    })
+    .unwrap();
+    let retry = RetryPolicy {
+        retries: 3,
+        min_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(100),
+    };
+    let policy = Arc::new(Policy::from_toml(policy).unwrap());
+    World {
+        fake,
+        engine: Engine::new(store, Some(client), policy, retry),
+        people: People(people),
+        _dir: dir,
+    }
+}
+
+fn opts(audit_every: u32, run: u64) -> ReadOptions {
+    ReadOptions {
+        page_size: 1000,
+        audit_every,
+        audit_run: run,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_reconcile_of_1000_people_costs_pages_catalog_and_login() {
+    // Groups and roles managed: everything comes with the pages.
+    let w = world(1000, GROUPS_AND_ROLES).await;
+    w.fake.reset_calls();
+    let r = reconcile::run_with(&w.engine, &w.people, false, &opts(7, 1), &LogProgress)
+        .await
+        .unwrap();
+    assert_eq!(r.people, 1000);
+    assert!(r.plans.is_empty(), "converged: no drift, {:?}", r.plans.first());
+    let calls = w.fake.calls();
+    // 1,001 users (the admin too) = 2 pages of 1,000; 3 catalog lists; 1 login.
+    let bound = 1001usize.div_ceil(1000) + 3 + 1;
+    assert!(
+        calls.len() <= bound && bound <= 12,
+        "{} calls: {:?}",
+        calls.len(),
+        calls
+            .iter()
+            .map(|c| format!("{} {}", c.method, c.path))
+            .collect::<Vec<_>>()
+    );
+    let pages: Vec<_> = calls.iter().filter(|c| c.path == "/users").collect();
+    assert_eq!(pages.len(), 2);
+    for p in &pages {
+        assert_eq!(p.query_param("limit").as_deref(), Some("1000"));
+        assert!(p.query_param("fields").unwrap().contains("role_ids"));
+    }
+    assert_eq!(w.fake.write_calls(), 0);
+
+    // Attributes managed too: the audit adds about N / k reads (k = 7), not N.
+    let w = world(1000, POLICY).await;
+    w.fake.reset_calls();
+    let r = reconcile::run_with(&w.engine, &w.people, false, &opts(7, 1), &LogProgress)
+        .await
+        .unwrap();
+    assert!(r.plans.is_empty(), "converged: no drift, {:?}", r.plans.first());
+    let audits = w
+        .fake
+        .calls()
+        .iter()
+        .filter(|c| c.path.ends_with("/attribute_values"))
+        .count();
+    assert!(audits > 0 && audits < 1000 / 7 * 2, "{audits} attribute reads");
+    assert_eq!(w.fake.calls().len(), 2 + 3 + 1 + audits);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_made_drift_is_reverted_within_k_scheduled_reconciles() {
+    const K: u32 = 5;
+    let w = world(40, POLICY).await;
+    let f = &w.fake;
+    let victim = f.user_by_email(&email(3)).unwrap().id;
+    let id_of = |names: std::collections::HashMap<String, String>, want: &str| {
+        names.into_iter().find(|(_, n)| n == want).unwrap().0
+    };
+    let engineers = id_of(f.group_names(), "Engineers");
+    let developer = id_of(f.role_names(), "Developer");
+    let by_hand = f.add_role("Admin-by-hand");
+    let team = f
+        .user(&victim)
+        .unwrap()
+        .attribute_values
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    let mut run = 0u64;
+    for kind in ["attribute", "role", "group"] {
+        match kind {
+            "attribute" => f.set_user_attribute(&victim, &team, "finance"),
+            // The managed role taken away, another one given, by hand.
+            "role" => f.set_direct_roles(&victim, &[&by_hand]),
+            _ => f.remove_user_from_group(&victim, &engineers),
+        }
+        let holds = || {
+            let u = f.user(&victim).unwrap();
+            match kind {
+                "attribute" => u.attribute_values.get(&team).map(String::as_str) == Some("engineering"),
+                // The managed role is back; the unmanaged one given by hand stays (only managed
+                // objects change).
+                "role" => u.direct_role_ids.contains(&developer) && u.direct_role_ids.contains(&by_hand),
+                _ => u.group_ids.contains(&engineers),
+            }
+        };
+        assert!(!holds(), "{kind}: drift injected");
+        let mut runs = 0;
+        while !holds() {
+            assert!(
+                runs < K,
+                "{kind} drift not reverted within {K} scheduled reconciles"
+            );
+            run += 1;
+            runs += 1;
+            reconcile::run_with(&w.engine, &w.people, true, &opts(K, run), &LogProgress)
+                .await
+                .unwrap();
+        }
+        // Groups and direct roles come with every page: the first run reverts them.
+        if kind != "attribute" {
+            assert_eq!(runs, 1, "{kind}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_reconcile_the_budget_cannot_cover_is_skipped_and_ledgered() {
+    use gatehouse_domain::ports::{LookerCallCounts, StateStore, call_month};
+    use gatehouse_engine::reconcile_budget::{estimate, scheduled_run, shape_of};
+    let w = world(50, GROUPS_AND_ROLES).await;
+    let ids: Vec<Identity> = w.people.0.iter().map(|s| s.identity.clone()).collect();
+    let e = estimate(
+        w.engine.policy(),
+        &ids,
+        true,
+        &shape_of(&w.engine),
+        &opts(7, 0),
+        chrono::Utc::now(),
+    );
+    // login + 3 catalog lists + 1 page (51 users).
+    assert_eq!(e.looker, Some(5));
+    assert_eq!((e.aws, e.gcp), (None, None));
+    let cfg = gatehouse_platform::config::ReconcileConfig {
+        event_reserve: Some(100),
+        ..Default::default()
+    };
+    let store = w.engine.store().clone();
+    let month = call_month(chrono::Utc::now());
+    // 1,000 a month, 896 used, 100 kept for events: 4 spare < 5 needed.
+    store.add_looker_calls(&month, 896).await.unwrap();
+    w.fake.reset_calls();
+    scheduled_run(
+        &w.engine,
+        &w.people,
+        &store,
+        &cfg,
+        Some(1000),
+        "2026-12-06T03:00:00Z",
+    )
+    .await;
+    assert_eq!(w.fake.calls().len(), 0, "skipped: no looker call");
+    let rows = store.ledger_since(None).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(
+        rows[0].entry.status.starts_with("skipped: looker budget"),
+        "{}",
+        rows[0].entry.status
+    );
+    // One call less used: covered, and it runs.
+    let w2 = world(50, GROUPS_AND_ROLES).await;
+    let s2 = w2.engine.store().clone();
+    s2.add_looker_calls(&month, 895).await.unwrap();
+    w2.fake.reset_calls();
+    scheduled_run(
+        &w2.engine,
+        &w2.people,
+        &s2,
+        &cfg,
+        Some(1000),
+        "2026-12-06T03:00:00Z",
+    )
+    .await;
+    assert!(
+        w2.fake.calls().iter().any(|c| c.path == "/users"),
+        "covered: it ran"
+    );
+    assert!(
+        s2.ledger_since(None).await.unwrap().is_empty(),
+        "no drift, no skip note"
+    );
+}
