@@ -3,5 +3,6 @@
 
 pub mod config;
 pub mod ops;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;

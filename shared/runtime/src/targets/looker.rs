@@ -71,6 +71,7 @@ fn permanent(message: &str) -> LookerError {
         status: None,
         message: message.into(),
         retry_after: None,
+        source: None,
     }
 }
 

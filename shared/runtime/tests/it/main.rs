@@ -4,5 +4,6 @@ mod contract;
 mod own_identity;
 mod real_targets;
 mod registered;
+mod retry_core;
 mod toy_target;
 mod toy_target_contract;
