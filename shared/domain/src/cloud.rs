@@ -48,23 +48,32 @@ impl Target {
 #[error("{} {kind:?}{}: {message}", target.as_str(), status.map(|s| format!(" (http {s})")).unwrap_or_default())]
 pub struct CloudError {
     pub target: Target,
-    pub kind: crate::looker::ErrorKind,
+    pub kind: crate::error::Kind,
     pub status: Option<u16>,
     pub message: String,
     pub retry_after: Option<std::time::Duration>,
+    /// What failed underneath (the SDK's error, the transport), kept as a value.
+    #[source]
+    pub source: Option<crate::error::Source>,
+}
+
+impl crate::error::Classified for CloudError {
+    fn kind(&self) -> crate::error::Kind {
+        self.kind
+    }
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after
+    }
 }
 
 impl CloudError {
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self.kind,
-            crate::looker::ErrorKind::Throttled | crate::looker::ErrorKind::Transient
-        )
+        self.kind.is_retryable()
     }
 
     /// How the ledger shows this failure (`429`, `404 already gone`, `error: access denied: …`).
     pub fn ledger_status(&self) -> String {
-        use crate::looker::ErrorKind as K;
+        use crate::error::Kind as K;
         match (self.kind, self.status) {
             (K::Unauthorized, _) => format!("error: access denied: {}", self.message),
             (K::Permanent, _) => format!("error: {}", self.message),

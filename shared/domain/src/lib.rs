@@ -18,6 +18,7 @@ pub mod cloud;
 pub mod cloud_audit;
 pub mod email;
 pub mod envelope;
+pub mod error;
 #[cfg(test)]
 mod fuzz;
 pub mod generic;

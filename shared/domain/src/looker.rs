@@ -351,21 +351,8 @@ impl fmt::Display for HttpCall {
     }
 }
 
-/// How a failed call should be treated. One place (the adapter) classifies; everyone else matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
-    /// 429: retry after the server's delay.
-    Throttled,
-    /// 5xx, timeouts, connection errors: retry with backoff.
-    Transient,
-    /// 401 after a fresh login, 403: credentials or permissions are wrong.
-    Unauthorized,
-    NotFound,
-    Conflict,
-    /// Anything else (400, 422, a body that does not match the spec): retrying will not help.
-    Permanent,
-}
+/// How a failed call should be treated: the one [`crate::error::Kind`] every client classifies into.
+pub use crate::error::Kind as ErrorKind;
 
 /// A Looker call failed. Carries no secret: messages come from Looker's `Error.message`.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -375,10 +362,22 @@ pub struct LookerError {
     pub status: Option<u16>,
     pub message: String,
     pub retry_after: Option<Duration>,
+    /// What failed underneath (transport, decoding), kept as a value.
+    #[source]
+    pub source: Option<crate::error::Source>,
 }
 
 impl LookerError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self.kind, ErrorKind::Throttled | ErrorKind::Transient)
+        self.kind.is_retryable()
+    }
+}
+
+impl crate::error::Classified for LookerError {
+    fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
     }
 }

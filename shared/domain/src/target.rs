@@ -11,20 +11,21 @@
 //!   order the loop must keep ([`Order`]: "create before add", "transfer before delete");
 //! - **send**: one write call carrying one step (or, for a read-modify-write target, every step
 //!   on one object: [`Target::batch_key`]), no retry;
-//! - **classify**: its error type implements [`Failure`] (a small [`ErrorKind`], the server's
-//!   `Retry-After`, the ledger outcome), decided once, in the client.
+//! - **classify**: its error type implements [`Failure`] (the error core's [`Classified`]: a
+//!   small [`ErrorKind`] and the server's `Retry-After`; plus the ledger outcome), decided
+//!   once, in the client.
 //!
 //! Before a step is sent, the loop asks a [`Screen`] whether to withhold it (a protected
 //! principal, a held mass change): a withheld step is never sent and gets a ledger row saying why.
 //! Everything here is pure; the loop itself lives with the processor (I/O).
 
+pub use crate::error::Classified;
 use crate::identity::Identity;
 use crate::looker::{ErrorKind, HttpCall};
 use crate::policy::Policy;
 use chrono::{DateTime, Utc};
 use std::fmt;
 use std::future::Future;
-use std::time::Duration;
 
 /// A target's name, as the ledger's `target` column, metric labels and reconcile modes know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -122,15 +123,10 @@ impl CallOutcome {
 }
 
 /// A target call's failure, classified once by the client that made it.
-pub trait Failure: std::error::Error + Send + Sync + 'static {
-    fn kind(&self) -> ErrorKind;
-    /// The delay the server asked for (429 `Retry-After`).
-    fn retry_after(&self) -> Option<Duration>;
+/// Its kind and `Retry-After` are the error core's ([`Classified`]); this adds the ledger's view.
+pub trait Failure: Classified {
     /// How the ledger records an attempt that failed this way.
     fn outcome(&self) -> CallOutcome;
-    fn is_retryable(&self) -> bool {
-        matches!(self.kind(), ErrorKind::Throttled | ErrorKind::Transient)
-    }
 }
 
 /// What a write call achieved.
@@ -322,12 +318,6 @@ impl Screen for SendAll {
 }
 
 impl Failure for crate::looker::LookerError {
-    fn kind(&self) -> ErrorKind {
-        self.kind
-    }
-    fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
-    }
     /// The HTTP status, or `error: Kind` without one.
     fn outcome(&self) -> CallOutcome {
         CallOutcome::Failed {
@@ -339,12 +329,6 @@ impl Failure for crate::looker::LookerError {
 }
 
 impl Failure for crate::cloud::CloudError {
-    fn kind(&self) -> ErrorKind {
-        self.kind
-    }
-    fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
-    }
     /// `error: access denied: …` and `error: …` for what retrying cannot fix, else the status.
     fn outcome(&self) -> CallOutcome {
         let detail = match self.kind {
@@ -373,6 +357,7 @@ mod tests {
             status,
             message: "AddUserToGroup: AccessDenied: no".into(),
             retry_after: None,
+            source: None,
         }
     }
 
@@ -382,6 +367,7 @@ mod tests {
             status,
             message: "m".into(),
             retry_after: None,
+            source: None,
         }
     }
 

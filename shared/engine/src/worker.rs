@@ -5,12 +5,22 @@
 use crate::engine::{Engine, Handled, ProcessError};
 use chrono::Utc;
 use gatehouse_domain::envelope::Envelope;
+use gatehouse_domain::error::chain;
 use gatehouse_domain::ports::{Delivery, LookerPort, QueueConsumer, StateStore};
+use gatehouse_platform::retry::RetryPolicy;
 use gatehouse_platform::shutdown::Shutdown;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tracing::Instrument;
+
+/// When a failed delivery comes back: the one retry policy's schedule, 250 ms doubling per
+/// attempt up to about 4 minutes, never sooner than a `Retry-After`.
+const RELEASE: RetryPolicy = RetryPolicy {
+    retries: 0,
+    min_delay: Duration::from_millis(250),
+    max_delay: Duration::from_millis(250 * 1024),
+};
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -219,7 +229,7 @@ where
                 Ok(Disposition::Acked(handled))
             }
             Err(e) if e.is_permanent() || d.attempt >= cfg.max_attempts => {
-                let reason = format!("after {} attempt(s): {e}", d.attempt);
+                let reason = format!("after {} attempt(s): {}", d.attempt, chain(&e));
                 let span = tracing::Span::current();
                 span.record("outcome", "dead_lettered");
                 span.record("otel.status_code", "ERROR");
@@ -230,10 +240,9 @@ where
                 Ok(Disposition::DeadLettered { reason })
             }
             Err(e) => {
-                let backoff = Duration::from_millis(250u64.saturating_mul(1 << d.attempt.min(10)));
-                let delay = e.retry_after().map_or(backoff, |r| r.max(backoff));
+                let delay = RELEASE.delay(d.attempt, e.retry_after());
                 tracing::Span::current().record("outcome", "retried");
-                tracing::warn!(error = %e, retry_in = ?delay, "processing failed; will retry");
+                tracing::warn!(error = %chain(&e), retry_in = ?delay, "processing failed; will retry");
                 queue.release(&d, delay).await?;
                 metrics::counter!("gatehouse_events_failed_total", "source" => source, "reason" => "retried")
                     .increment(1);

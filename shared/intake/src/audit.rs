@@ -12,6 +12,7 @@
 use chrono::Utc;
 use gatehouse_domain::cloud_audit;
 use gatehouse_domain::ports::{BackendError, Delivery, QueueConsumer, QueueProducer};
+use gatehouse_platform::retry::RetryPolicy;
 use gatehouse_platform::shutdown::Shutdown;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -131,7 +132,7 @@ where
         crate::ingress::trace_envelopes(&mut envelopes);
         if let Err(e) = self.output.publish(&envelopes).await {
             let delay = backoff(d.attempt);
-            tracing::warn!(error = %e, retry_in = ?delay, "publishing audit envelopes failed; will retry");
+            tracing::warn!(error = %gatehouse_domain::error::chain(&e), retry_in = ?delay, "publishing audit envelopes failed; will retry");
             metrics::counter!("gatehouse_events_failed_total", "reason" => "publish").increment(1);
             match self.input.release(d, delay).await {
                 Ok(()) => report.released += 1,
@@ -198,9 +199,14 @@ fn messaging_system(kind: Kind) -> &'static str {
     }
 }
 
-/// 500 ms doubling per attempt, at most about 4 minutes.
+/// 500 ms doubling per attempt, at most about 4 minutes: the one retry policy's schedule.
 fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(250u64.saturating_mul(1 << attempt.clamp(1, 10)))
+    const PUBLISH: RetryPolicy = RetryPolicy {
+        retries: 0,
+        min_delay: Duration::from_millis(250),
+        max_delay: Duration::from_millis(250 * 1024),
+    };
+    PUBLISH.delay(attempt.max(1), None)
 }
 
 #[cfg(test)]

@@ -4,5 +4,6 @@
 pub mod config;
 pub mod http;
 pub mod ops;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;

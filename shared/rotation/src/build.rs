@@ -42,7 +42,13 @@ pub async fn declared(
     });
     let aws = match (aws, needs_aws) {
         (Some(a), _) => Some(a),
-        (None, true) => Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await),
+        // SDK retries off for every client built from it: the rotator's backoff owns retrying.
+        (None, true) => Some(
+            aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .retry_config(aws_config::retry::RetryConfig::disabled())
+                .load()
+                .await,
+        ),
         (None, false) => None,
     };
     let gcp = needs_gcp.then(|| GcpClient::from_config(&r.gcp)).transpose()?;

@@ -60,6 +60,23 @@ impl RotationError {
     }
 }
 
+/// The error core's view: what the one retry policy reads.
+impl gatehouse_domain::error::Classified for RotationError {
+    fn kind(&self) -> gatehouse_domain::error::Kind {
+        use gatehouse_domain::error::Kind;
+        match self.kind {
+            ErrorKind::Throttled { .. } => Kind::Throttled,
+            ErrorKind::Transient => Kind::Transient,
+            ErrorKind::NotFound => Kind::NotFound,
+            ErrorKind::Unauthorized => Kind::Unauthorized,
+            ErrorKind::Permanent => Kind::Permanent,
+        }
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        RotationError::retry_after(self)
+    }
+}
+
 impl From<BackendError> for RotationError {
     fn from(e: BackendError) -> Self {
         RotationError {
@@ -72,12 +89,14 @@ impl From<BackendError> for RotationError {
 
 /// The one place an HTTP status becomes an [`ErrorKind`] (GCP REST, Looker, AWS HTTP status).
 pub fn classify_status(status: u16, retry_after: Option<Duration>) -> ErrorKind {
-    match status {
-        429 => ErrorKind::Throttled { retry_after },
-        401 | 403 => ErrorKind::Unauthorized,
-        404 => ErrorKind::NotFound,
-        408 | 500..=599 => ErrorKind::Transient,
-        _ => ErrorKind::Permanent,
+    use gatehouse_domain::error::Kind;
+    match gatehouse_domain::error::classify_status(status) {
+        Kind::Throttled => ErrorKind::Throttled { retry_after },
+        Kind::Unauthorized => ErrorKind::Unauthorized,
+        Kind::NotFound => ErrorKind::NotFound,
+        Kind::Transient => ErrorKind::Transient,
+        // A rotation step has no read-again: a conflict is as final as any other refusal.
+        Kind::Conflict | Kind::Permanent => ErrorKind::Permanent,
     }
 }
 
@@ -135,23 +154,14 @@ where
         (Some(c), None) => c,
         _ => chain(&e),
     };
-    RotationError::new(kind, format!("{what} failed: {detail}"))
+    RotationError {
+        source: Some(Box::new(e)),
+        ..RotationError::new(kind, format!("{what} failed: {detail}"))
+    }
 }
 
-/// The cause chain of an error, `: `-joined.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let m = s.to_string();
-        if !out.contains(&m) {
-            out.push_str(": ");
-            out.push_str(&m);
-        }
-        cur = s.source();
-    }
-    out
-}
+/// The cause chain of an error, `: `-joined: the error core's one rendering.
+pub use gatehouse_domain::error::chain;
 
 #[cfg(test)]
 mod tests {

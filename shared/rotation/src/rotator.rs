@@ -9,11 +9,11 @@ use crate::error::{ErrorKind, RotationError};
 use crate::kinds::{Kind, Res};
 use crate::state::{Phase, Rotation, RotationStore, Started};
 use crate::stores::SecretStore;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
 use gatehouse_domain::looker::{HttpCall, Method};
 use gatehouse_domain::ports::{LedgerEntry, RotationRequest};
 use gatehouse_platform::config::{KindConfig, OutOfBand, SecretConfig, StoreConfig};
+use gatehouse_platform::retry::RetryPolicy;
 use secrecy::SecretString;
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
@@ -182,14 +182,15 @@ impl<S: RotationStore> Rotator<S> {
         self.clock.now()
     }
 
-    fn backoff(&self, failures: u32) -> Duration {
-        ExponentialBuilder::default()
-            .with_min_delay(self.settings.retry_min_delay)
-            .with_max_delay(self.settings.retry_max_delay)
-            .without_max_times()
-            .build()
-            .nth(failures.saturating_sub(1) as usize)
-            .unwrap_or(self.settings.retry_max_delay)
+    /// The delay after `failures` failures (at least `retry_after`): the one retry policy's
+    /// schedule from `[rotator] retry_min_delay` to `retry_max_delay`.
+    fn backoff(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
+        RetryPolicy {
+            retries: 0,
+            min_delay: self.settings.retry_min_delay,
+            max_delay: self.settings.retry_max_delay,
+        }
+        .delay(failures.saturating_sub(1), retry_after)
     }
 
     async fn ledger(&self, r: &Rotation, step: &str, method: Method, status: &str) {
@@ -584,7 +585,7 @@ impl<S: RotationStore> Rotator<S> {
         let now = self.now();
         // Before promotion, an error retrying cannot fix (a failed test above all) rolls back.
         let bad_credential = before.is_active() && !e.is_retryable();
-        tracing::warn!(secret = %r.secret, rotation = %r.id, phase = before.as_str(), error = %e, "rotation step failed");
+        tracing::warn!(secret = %r.secret, rotation = %r.id, phase = before.as_str(), error = %crate::error::chain(&e), "rotation step failed");
         metrics::counter!("gatehouse_rotation_failures_total", "secret" => r.secret.clone(),
             "step" => self.next_action(d, before).name())
         .increment(1);
@@ -593,13 +594,13 @@ impl<S: RotationStore> Rotator<S> {
                 r,
                 self.next_action(d, before).name(),
                 Method::Post,
-                &format!("error: {e}"),
+                &format!("error: {}", crate::error::chain(&e)),
             )
             .await;
             if let Err(cleanup) = self.roll_back(d, r).await {
                 r.attempts += 1;
                 r.error = Some(format!("rollback: {cleanup}"));
-                r.due_at = now + to_chrono(self.backoff(r.attempts));
+                r.due_at = now + to_chrono(self.backoff(r.attempts, None));
                 return StepOutcome::Deferred;
             }
             let failures = self
@@ -609,7 +610,7 @@ impl<S: RotationStore> Rotator<S> {
                 .map(|s| s.failures)
                 .unwrap_or(0)
                 + 1;
-            let retry_at = now + to_chrono(self.backoff(failures));
+            let retry_at = now + to_chrono(self.backoff(failures, None));
             if let Err(e) = self.db.set_backoff(&r.secret, failures, Some(retry_at)).await {
                 tracing::error!(secret = %r.secret, error = %e, "cannot record the backoff");
             }
@@ -622,13 +623,13 @@ impl<S: RotationStore> Rotator<S> {
         }
         r.attempts += 1;
         r.error = Some(e.message.clone());
-        let delay = e.retry_after().unwrap_or_else(|| self.backoff(r.attempts));
+        let delay = self.backoff(r.attempts, e.retry_after());
         r.due_at = now + to_chrono(delay);
         self.ledger(
             r,
             self.next_action(d, before).name(),
             Method::Post,
-            &format!("error: {e}"),
+            &format!("error: {}", crate::error::chain(&e)),
         )
         .await;
         StepOutcome::Deferred

@@ -507,7 +507,12 @@ fn emulator_endpoint(host: &str) -> String {
 }
 
 async fn build_publisher(topic: &str, endpoint: Option<&str>) -> Result<Publisher, BackendError> {
-    let mut b = Publisher::builder(topic.to_string()).set_delay_threshold(Duration::from_millis(5));
+    // The client's own retries are off: a failed publish goes back to the caller, whose one
+    // retry policy decides (a released delivery, a 503 to the sender), so attempts are never
+    // multiplied. (The subscriber's streaming pull has no retry policy to set; it reconnects.)
+    let mut b = Publisher::builder(topic.to_string())
+        .set_delay_threshold(Duration::from_millis(5))
+        .with_retry_policy(google_cloud_gax::retry_policy::NeverRetry);
     if let Some(ep) = endpoint {
         b = b
             .with_endpoint(ep.to_string())

@@ -115,7 +115,12 @@ impl SqsQueue {
                 "no aws region is configured (set AWS_REGION or a profile region)",
             ));
         }
-        Ok(Self::with_client(Client::new(&shared), queue_url, wait_time))
+        // The SDK's own retries are off: the worker's one retry policy owns retrying (a released
+        // delivery, a failed poll), so attempts are never multiplied.
+        let conf = aws_sdk_sqs::config::Builder::from(&shared)
+            .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled())
+            .build();
+        Ok(Self::with_client(Client::from_conf(conf), queue_url, wait_time))
     }
 
     /// Use an already configured client (tests, custom endpoints).

@@ -20,9 +20,10 @@ pub mod looker;
 pub mod safety;
 pub mod vouched;
 
-use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use backon::BackoffBuilder;
 use chrono::Utc;
 use futures::future::join_all;
+use gatehouse_domain::error::Classified;
 use gatehouse_domain::looker::{ErrorKind, HttpCall};
 use gatehouse_domain::ports::{BackendError, LedgerEntry, StateStore};
 use gatehouse_domain::target::{
@@ -31,23 +32,8 @@ use gatehouse_domain::target::{
 use std::future::Future;
 use std::time::Duration;
 
-/// Retry policy for one call within one delivery.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    pub retries: usize,
-    pub min_delay: Duration,
-    pub max_delay: Duration,
-}
-
-impl RetryPolicy {
-    pub fn backoff(&self) -> ExponentialBuilder {
-        ExponentialBuilder::default()
-            .with_min_delay(self.min_delay)
-            .with_max_delay(self.max_delay)
-            .with_max_times(self.retries)
-            .with_jitter()
-    }
-}
+/// Retry policy for one call within one delivery: the one policy (`gatehouse_platform::retry`).
+pub use gatehouse_platform::retry::RetryPolicy;
 
 /// A read with retries: throttled and transient failures (and whatever `also` accepts) back
 /// off, at least as long as a `Retry-After` asks; the last failure is returned.
@@ -57,15 +43,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    f.retry(policy.backoff())
-        .when(|e: &E| e.is_retryable() || also(e))
-        .adjust(|e: &E, d| honour_retry_after(e, d))
-        .await
-}
-
-/// Sleep at least what a 429's `Retry-After` asks; stop when the backoff is exhausted.
-fn honour_retry_after<E: Failure>(e: &E, d: Option<Duration>) -> Option<Duration> {
-    d.map(|d| e.retry_after().map_or(d, |r| r.max(d)))
+    policy.call_when("read", also, f).await
 }
 
 /// What a call belongs to, for the ledger.
@@ -501,8 +479,8 @@ async fn send_batch<T: Target, S: StateStore>(
         }
         match backoff.next() {
             Some(d) => {
-                let d = e.retry_after().map_or(d, |r| r.max(d));
-                tracing::warn!(target_name = %name, error = %e, retry_in = ?d, "call failed; retrying");
+                let d = run.retry.honour(&e, d);
+                tracing::warn!(target_name = %name, error = %gatehouse_domain::error::chain(&e), retry_in = ?d, "call failed; retrying");
                 tokio::time::sleep(d).await;
             }
             None => return Err(BatchError::Target(e)),

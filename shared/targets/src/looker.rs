@@ -72,6 +72,7 @@ fn permanent(message: &str) -> LookerError {
         status: None,
         message: message.into(),
         retry_after: None,
+        source: None,
     }
 }
 

@@ -39,10 +39,14 @@ pub struct AwsConnect {
 const PAGE: i32 = 1000;
 
 /// The one place IAM failures are classified.
-pub fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(action: &str, e: &SdkError<E>) -> CloudError {
+/// The SDK's error is kept as the cause (`source`): a dispatch failure's chain says why.
+pub fn classify<E>(action: &str, e: SdkError<E>) -> CloudError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
     let status = e.raw_response().map(|r| r.status().as_u16());
     let code = e.code().unwrap_or_default();
-    let kind = match (e, code, status) {
+    let kind = match (&e, code, status) {
         (SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_), _, _) => {
             ErrorKind::Transient
         }
@@ -71,7 +75,7 @@ pub fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(action: &str, e: &Sdk
     let message = match (e.code(), e.message()) {
         (Some(c), Some(m)) => format!("{action}: {c}: {m}"),
         (Some(c), None) => format!("{action}: {c}"),
-        _ => format!("{action}: {}", describe(e)),
+        _ => format!("{action}: {}", describe(&e)),
     };
     CloudError {
         target: Target::Aws,
@@ -79,6 +83,7 @@ pub fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(action: &str, e: &Sdk
         status,
         message,
         retry_after: None,
+        source: Some(Arc::new(e)),
     }
 }
 
@@ -135,7 +140,7 @@ impl AwsIam {
             .get_caller_identity()
             .send()
             .await
-            .map_err(|e| classify("GetCallerIdentity", &e))?;
+            .map_err(|e| classify("GetCallerIdentity", e))?;
         Ok(out.arn().map(str::to_string))
     }
 
@@ -243,7 +248,7 @@ impl AwsIam {
             .send();
         while let Some(page) = pages.next().await {
             self.read();
-            let r = page.map_err(|e| classify("ListGroupsForUser", &e))?;
+            let r = page.map_err(|e| classify("ListGroupsForUser", e))?;
             out.extend(r.groups().iter().map(|g| g.group_name().to_string()));
         }
         Ok(out)
@@ -262,7 +267,7 @@ impl AwsIam {
             .send();
         while let Some(page) = pages.next().await {
             self.read();
-            let r = page.map_err(|e| classify("ListUserTags", &e))?;
+            let r = page.map_err(|e| classify("ListUserTags", e))?;
             out.extend(
                 r.tags()
                     .iter()
@@ -285,7 +290,7 @@ impl AwsIam {
             .send();
         while let Some(page) = pages.next().await {
             self.read();
-            let r = page.map_err(|e| classify("ListAccessKeys", &e))?;
+            let r = page.map_err(|e| classify("ListAccessKeys", e))?;
             out.extend(r.access_key_metadata().iter().filter_map(|k| {
                 Some(AwsAccessKey {
                     id: k.access_key_id()?.to_string(),
@@ -302,7 +307,7 @@ impl AwsIam {
         match self.client.get_login_profile().user_name(name).send().await {
             Ok(_) => Ok(true),
             Err(e) => {
-                let e = classify("GetLoginProfile", &e);
+                let e = classify("GetLoginProfile", e);
                 if e.kind == ErrorKind::NotFound {
                     Ok(false)
                 } else {
@@ -319,7 +324,7 @@ impl AwsIam {
         let mut pages = self.client.list_users().max_items(PAGE).into_paginator().send();
         while let Some(page) = pages.next().await {
             self.read();
-            let r = page.map_err(|e| classify("ListUsers", &e))?;
+            let r = page.map_err(|e| classify("ListUsers", e))?;
             out.extend(r.users().iter().map(|u| u.user_name().to_string()));
         }
         Ok(out)
@@ -340,7 +345,7 @@ impl AwsIam {
             let r = match page {
                 Ok(r) => r,
                 Err(e) => {
-                    let e = classify("GetGroup", &e);
+                    let e = classify("GetGroup", e);
                     return if e.kind == ErrorKind::NotFound {
                         Ok(None)
                     } else {
@@ -368,7 +373,7 @@ impl AwsIam {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| classify(action, &e)),
+                .map_err(|e| classify(action, e)),
             AwsIamOp::RemoveUserFromGroup { group } => c
                 .remove_user_from_group()
                 .user_name(user)
@@ -376,7 +381,7 @@ impl AwsIam {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| classify(action, &e)),
+                .map_err(|e| classify(action, e)),
             AwsIamOp::TagUser { tags } => {
                 let tags: Result<Vec<Tag>, _> = tags
                     .iter()
@@ -388,6 +393,7 @@ impl AwsIam {
                     status: None,
                     message: format!("TagUser: {e}"),
                     retry_after: None,
+                    source: None,
                 })?;
                 c.tag_user()
                     .user_name(user)
@@ -395,7 +401,7 @@ impl AwsIam {
                     .send()
                     .await
                     .map(|_| ())
-                    .map_err(|e| classify(action, &e))
+                    .map_err(|e| classify(action, e))
             }
             AwsIamOp::UntagUser { keys } => c
                 .untag_user()
@@ -404,7 +410,7 @@ impl AwsIam {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| classify(action, &e)),
+                .map_err(|e| classify(action, e)),
             AwsIamOp::DeactivateAccessKey { key_id } => c
                 .update_access_key()
                 .user_name(user)
@@ -413,7 +419,7 @@ impl AwsIam {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| classify(action, &e)),
+                .map_err(|e| classify(action, e)),
             AwsIamOp::DeleteAccessKey { key_id } => c
                 .delete_access_key()
                 .user_name(user)
@@ -421,14 +427,14 @@ impl AwsIam {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| classify(action, &e)),
+                .map_err(|e| classify(action, e)),
             AwsIamOp::DeleteLoginProfile => c
                 .delete_login_profile()
                 .user_name(user)
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| classify(action, &e)),
+                .map_err(|e| classify(action, e)),
         }
     }
 }
@@ -457,7 +463,7 @@ mod tests {
             (409, "LimitExceeded", ErrorKind::Permanent),
             (400, "ValidationError", ErrorKind::Permanent),
         ] {
-            let e = classify("AddUserToGroup", &service_error(status, code));
+            let e = classify("AddUserToGroup", service_error(status, code));
             assert_eq!(e.kind, kind, "{code}");
             assert_eq!(e.status, Some(status));
             assert!(
@@ -466,7 +472,7 @@ mod tests {
                 "{e}"
             );
         }
-        let denied = classify("AddUserToGroup", &service_error(403, "AccessDenied"));
+        let denied = classify("AddUserToGroup", service_error(403, "AccessDenied"));
         assert!(!denied.is_retryable());
         assert!(
             denied

@@ -52,6 +52,7 @@ fn err(kind: ErrorKind, status: Option<u16>, message: impl Into<String>) -> Clou
         status,
         message: message.into(),
         retry_after: None,
+        source: None,
     }
 }
 
@@ -127,8 +128,11 @@ impl GcpIam {
             .authorize(self.http.post(self.url(&parsed, verb)).json(&body))
             .await?;
         let resp = req.send().await.map_err(|e| {
-            // reqwest errors name the URL, never the Authorization header.
-            err(ErrorKind::Transient, None, format!("{verb} {resource}: {e}"))
+            // reqwest errors name the URL, never the Authorization header; the cause is kept.
+            CloudError {
+                source: Some(std::sync::Arc::new(e.without_url())),
+                ..err(ErrorKind::Transient, None, format!("{verb} {resource}"))
+            }
         })?;
         let status = resp.status().as_u16();
         tracing::Span::current().record("http.response.status_code", status);
@@ -198,12 +202,10 @@ fn google_error(text: &str) -> (String, Option<String>) {
 
 /// The one place GCP failures are classified.
 pub fn classify(status: u16, code_name: Option<&str>) -> ErrorKind {
-    match (status, code_name) {
-        (409, _) | (_, Some("ABORTED")) => ErrorKind::Conflict,
-        (429, _) | (_, Some("RESOURCE_EXHAUSTED")) => ErrorKind::Throttled,
-        (401 | 403, _) => ErrorKind::Unauthorized,
-        (404, _) => ErrorKind::NotFound,
-        (500..=599, _) | (408, _) => ErrorKind::Transient,
-        _ => ErrorKind::Permanent,
+    // google.rpc.Code names first (they may come with a 400), then the one status table.
+    match code_name {
+        Some("ABORTED") => ErrorKind::Conflict,
+        Some("RESOURCE_EXHAUSTED") => ErrorKind::Throttled,
+        _ => gatehouse_domain::error::classify_status(status),
     }
 }

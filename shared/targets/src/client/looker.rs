@@ -180,6 +180,7 @@ fn err(kind: ErrorKind, status: Option<u16>, message: impl Into<String>) -> Look
         status,
         message: message.into(),
         retry_after: None,
+        source: None,
     }
 }
 
@@ -995,14 +996,7 @@ fn looker_message(status: u16, body: &[u8]) -> String {
 
 /// The one place a Looker HTTP status becomes an [`ErrorKind`].
 pub fn classify_status(status: u16) -> ErrorKind {
-    match status {
-        429 => ErrorKind::Throttled,
-        500..=599 => ErrorKind::Transient,
-        401 | 403 => ErrorKind::Unauthorized,
-        404 => ErrorKind::NotFound,
-        409 => ErrorKind::Conflict,
-        _ => ErrorKind::Permanent,
-    }
+    gatehouse_domain::error::classify_status(status)
 }
 
 fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> LookerError {
@@ -1016,19 +1010,11 @@ fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> LookerEr
         } else {
             None
         },
+        source: None,
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+use gatehouse_domain::error::chain;
 
 /// Timeouts, connection and body errors are transient; a request that cannot be built or a
 /// body that cannot be decoded is permanent. The URL (it may carry an email) is left out.
@@ -1044,7 +1030,11 @@ fn transport_error(e: reqwest::Error) -> LookerError {
     } else {
         (ErrorKind::Transient, "request failed")
     };
-    err(kind, None, format!("{what}: {}", chain(&e.without_url())))
+    // The cause stays a value (`source`); logs render the chain (`gatehouse_domain::error::chain`).
+    LookerError {
+        source: Some(std::sync::Arc::new(e.without_url())),
+        ..err(kind, None, what)
+    }
 }
 
 #[cfg(test)]

@@ -7,5 +7,6 @@ mod looker;
 mod looker_content;
 mod own_identity;
 mod real_targets;
+mod retry_core;
 mod toy_target;
 mod toy_target_contract;

@@ -13,7 +13,6 @@ use gatehouse_domain::target::{
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// The wiki: account → the spaces it is a member of.
 #[derive(Clone, Default)]
@@ -58,13 +57,13 @@ pub struct WikiError {
     message: String,
 }
 
-impl Failure for WikiError {
+impl gatehouse_domain::error::Classified for WikiError {
     fn kind(&self) -> ErrorKind {
         self.kind
     }
-    fn retry_after(&self) -> Option<Duration> {
-        None
-    }
+}
+
+impl Failure for WikiError {
     fn outcome(&self) -> CallOutcome {
         CallOutcome::Failed {
             kind: self.kind,

@@ -57,6 +57,22 @@ impl GraphError {
     }
 }
 
+impl gatehouse_domain::error::Classified for GraphError {
+    fn kind(&self) -> gatehouse_domain::error::Kind {
+        use gatehouse_domain::error::Kind;
+        match self {
+            GraphError::Throttled { .. } => Kind::Throttled,
+            GraphError::Unauthorized { .. } => Kind::Unauthorized,
+            GraphError::Transient { .. } => Kind::Transient,
+            GraphError::Permanent { status: 404, .. } => Kind::NotFound,
+            GraphError::Permanent { .. } => Kind::Permanent,
+        }
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        GraphError::retry_after(self)
+    }
+}
+
 /// Connection settings (from `[graph]`).
 pub struct GraphClientConfig {
     pub graph_url: String,

@@ -9,6 +9,7 @@ use gatehouse_domain::graph::{
 };
 use gatehouse_domain::ports::{BackendError, QueueProducer};
 use gatehouse_platform::config::GraphConfig;
+use gatehouse_platform::retry::RetryPolicy;
 use gatehouse_store::graph_state::{GroupMembers, InboxItem, StoredSubscription};
 use gatehouse_store::sqlite::Sqlite;
 use secrecy::SecretString;
@@ -416,10 +417,15 @@ impl<Q: QueueProducer> GraphService<Q> {
     }
 }
 
-/// Exponential from 1 s, capped; Graph's `Retry-After`, when given, replaces it.
+/// Exponential from 1 s, capped: the one retry policy's schedule; Graph's `Retry-After`, when
+/// given, is waited for (up to 4 × the cap).
 fn backoff(attempts: u32, retry_after: Option<Duration>) -> Duration {
-    let exp = Duration::from_secs(1u64 << attempts.min(9)).min(MAX_BACKOFF);
-    retry_after.map_or(exp, |r| r.max(Duration::from_millis(1)).min(MAX_BACKOFF * 4))
+    const INBOX: RetryPolicy = RetryPolicy {
+        retries: 0,
+        min_delay: Duration::from_secs(1),
+        max_delay: MAX_BACKOFF,
+    };
+    INBOX.delay(attempts, retry_after)
 }
 
 /// Whether a notification is one Gatehouse stores and acts on.
