@@ -1,6 +1,7 @@
 //! Integration tests of the adapters, linked into one binary.
 
 mod aws_iam;
+mod aws_iam_sweep;
 mod gcp_iam;
 mod looker;
 mod looker_content;

@@ -105,7 +105,11 @@ impl AwsSweep {
         // Whole seconds (the condition's format), rounded up so a token issued in the same
         // second as the offboarding is denied too.
         let floor = at.trunc_subsecs(0);
-        let at = if floor < at { floor + chrono::Duration::seconds(1) } else { floor };
+        let at = if floor < at {
+            floor + chrono::Duration::seconds(1)
+        } else {
+            floor
+        };
         AwsSweep {
             detach_user_policies: o.detach_user_policies,
             delete_inline_policies: o.delete_inline_policies,
@@ -175,7 +179,9 @@ pub fn deny_time(document: &str) -> Option<DateTime<Utc>> {
     let text = if document.trim_start().starts_with('{') {
         document
     } else {
-        decoded = percent_encoding::percent_decode_str(document).decode_utf8().ok()?;
+        decoded = percent_encoding::percent_decode_str(document)
+            .decode_utf8()
+            .ok()?;
         &decoded
     };
     let v: serde_json::Value = serde_json::from_str(text).ok()?;
@@ -183,8 +189,12 @@ pub fn deny_time(document: &str) -> Option<DateTime<Utc>> {
     if s.get("Effect")?.as_str()? != "Deny" {
         return None;
     }
-    let t = s.pointer("/Condition/DateLessThan/aws:TokenIssueTime")?.as_str()?;
-    DateTime::parse_from_rfc3339(t).ok().map(|t| t.with_timezone(&Utc))
+    let t = s
+        .pointer("/Condition/DateLessThan/aws:TokenIssueTime")?
+        .as_str()?;
+    DateTime::parse_from_rfc3339(t)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Query API parameters of a sweep op (besides `Action`, `UserName` and `Version`).
@@ -198,7 +208,10 @@ pub fn params(op: &AwsIamOp) -> Vec<(String, String)> {
         ],
         AwsIamOp::DeleteCredential { kind, id } => vec![(kind.id_param().into(), id.clone())],
         AwsIamOp::DeactivateMfaDevice { serial } => vec![("SerialNumber".into(), serial.clone())],
-        AwsIamOp::PutUserPolicy { policy_name, document } => vec![
+        AwsIamOp::PutUserPolicy {
+            policy_name,
+            document,
+        } => vec![
             ("PolicyName".into(), policy_name.clone()),
             ("PolicyDocument".into(), document.clone()),
         ],
@@ -224,18 +237,27 @@ pub fn plan(s: &AwsSweep, held: Option<&AwsHeld>, offline: bool) -> Vec<AwsStep>
         }
         let each = || "{each}".to_string();
         if s.detach_user_policies {
-            out.push(step(AwsIamOp::DetachUserPolicy { policy_arn: each() }, rules::DETACH_POLICIES));
+            out.push(step(
+                AwsIamOp::DetachUserPolicy { policy_arn: each() },
+                rules::DETACH_POLICIES,
+            ));
         }
         if s.delete_inline_policies {
-            out.push(step(AwsIamOp::DeleteUserPolicy { policy_name: each() }, rules::INLINE_POLICIES));
+            out.push(step(
+                AwsIamOp::DeleteUserPolicy { policy_name: each() },
+                rules::INLINE_POLICIES,
+            ));
         }
         for kind in CredentialKind::ALL {
             match s.action(kind) {
                 KeyAction::Keep => {}
-                KeyAction::Deactivate => {
-                    out.push(step(AwsIamOp::DeactivateCredential { kind, id: each() }, kind.rule()))
+                KeyAction::Deactivate => out.push(step(
+                    AwsIamOp::DeactivateCredential { kind, id: each() },
+                    kind.rule(),
+                )),
+                KeyAction::Delete => {
+                    out.push(step(AwsIamOp::DeleteCredential { kind, id: each() }, kind.rule()))
                 }
-                KeyAction::Delete => out.push(step(AwsIamOp::DeleteCredential { kind, id: each() }, kind.rule())),
             }
         }
         if s.deactivate_mfa_devices {
@@ -342,9 +364,13 @@ mod tests {
     fn deny_document_round_trips_plain_and_url_encoded() {
         let t = at("2026-12-06T10:00:01Z");
         let doc = deny_document(t);
-        assert!(doc.contains(r#""DateLessThan":{"aws:TokenIssueTime":"2026-12-06T10:00:01Z"}"#), "{doc}");
+        assert!(
+            doc.contains(r#""DateLessThan":{"aws:TokenIssueTime":"2026-12-06T10:00:01Z"}"#),
+            "{doc}"
+        );
         assert_eq!(deny_time(&doc), Some(t));
-        let encoded = percent_encoding::utf8_percent_encode(&doc, percent_encoding::NON_ALPHANUMERIC).to_string();
+        let encoded =
+            percent_encoding::utf8_percent_encode(&doc, percent_encoding::NON_ALPHANUMERIC).to_string();
         assert_eq!(deny_time(&encoded), Some(t));
         assert_eq!(deny_time(&doc.replace("Deny", "Allow")), None);
         assert_eq!(deny_time("not json"), None);
@@ -356,8 +382,16 @@ mod tests {
             attached_policies: vec!["arn:aws:iam::aws:policy/ReadOnlyAccess".into()],
             inline_policies: vec!["hand-made".into(), DENY_POLICY_NAME.into()],
             credentials: vec![
-                HeldCredential { kind: CredentialKind::SshPublicKey, id: "APKA1".into(), active: true },
-                HeldCredential { kind: CredentialKind::SigningCertificate, id: "C1".into(), active: false },
+                HeldCredential {
+                    kind: CredentialKind::SshPublicKey,
+                    id: "APKA1".into(),
+                    active: true,
+                },
+                HeldCredential {
+                    kind: CredentialKind::SigningCertificate,
+                    id: "C1".into(),
+                    active: false,
+                },
             ],
             mfa_devices: vec!["arn:aws:iam::123456789012:mfa/pat".into()],
             deny_before: None,
@@ -366,7 +400,13 @@ mod tests {
         let rules: Vec<&str> = steps.iter().map(|s| s.rule.as_str()).collect();
         assert_eq!(
             rules,
-            [rules::DETACH_POLICIES, rules::INLINE_POLICIES, rules::SSH_KEYS, rules::MFA, rules::REVOKE_SESSIONS]
+            [
+                rules::DETACH_POLICIES,
+                rules::INLINE_POLICIES,
+                rules::SSH_KEYS,
+                rules::MFA,
+                rules::REVOKE_SESSIONS
+            ]
         );
         assert!(
             !steps.iter().any(|s| matches!(&s.op, AwsIamOp::DeleteUserPolicy { policy_name } if policy_name == DENY_POLICY_NAME)),
@@ -390,17 +430,23 @@ mod tests {
             prop::collection::vec("arn:aws:iam::1:mfa/[a-z]{3}", 0..2),
             prop::option::of(0i64..100),
         )
-            .prop_map(|(attached_policies, inline_policies, credentials, mfa_devices, deny)| AwsHeld {
-                attached_policies,
-                inline_policies,
-                credentials,
-                mfa_devices,
-                deny_before: deny.map(|s| at("2026-12-06T09:59:00Z") + chrono::Duration::seconds(s)),
-            })
+            .prop_map(
+                |(attached_policies, inline_policies, credentials, mfa_devices, deny)| AwsHeld {
+                    attached_policies,
+                    inline_policies,
+                    credentials,
+                    mfa_devices,
+                    deny_before: deny.map(|s| at("2026-12-06T09:59:00Z") + chrono::Duration::seconds(s)),
+                },
+            )
     }
 
     fn key_action() -> impl Strategy<Value = KeyAction> {
-        prop_oneof![Just(KeyAction::Keep), Just(KeyAction::Deactivate), Just(KeyAction::Delete)]
+        prop_oneof![
+            Just(KeyAction::Keep),
+            Just(KeyAction::Deactivate),
+            Just(KeyAction::Delete)
+        ]
     }
 
     /// What IAM holds after the plan's calls.
@@ -414,7 +460,9 @@ mod tests {
                     .iter_mut()
                     .filter(|c| c.kind == *kind && c.id == *id)
                     .for_each(|c| c.active = false),
-                AwsIamOp::DeleteCredential { kind, id } => h.credentials.retain(|c| !(c.kind == *kind && c.id == *id)),
+                AwsIamOp::DeleteCredential { kind, id } => {
+                    h.credentials.retain(|c| !(c.kind == *kind && c.id == *id))
+                }
                 AwsIamOp::DeactivateMfaDevice { serial } => h.mfa_devices.retain(|m| m != serial),
                 AwsIamOp::PutUserPolicy { document, .. } => h.deny_before = deny_time(document),
                 other => panic!("not a sweep op: {other:?}"),
