@@ -225,7 +225,7 @@ impl AwsIam {
             (Vec::new(), false)
         };
         let held = if needs.sweep {
-            Some(self.read_held(name, needs.service_specific).await?)
+            Some(Box::new(self.read_held(name, needs.service_specific).await?))
         } else {
             None
         };

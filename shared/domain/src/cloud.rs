@@ -195,7 +195,7 @@ pub struct AwsUser {
     pub login_profile: bool,
     /// What the leaver sweep looks at; `None` when not read (no sweep is planned then).
     #[serde(default)]
-    pub held: Option<sweep::AwsHeld>,
+    pub held: Option<Box<sweep::AwsHeld>>,
 }
 
 /// What IAM holds for the person, as far as it is known.
@@ -489,7 +489,7 @@ pub fn diff_aws(desired: &DesiredAws, actual: &AwsActual) -> AwsPlan {
                 if desired.delete_login_profile && u.login_profile {
                     push(&mut steps, AwsIamOp::DeleteLoginProfile, rules::AWS_LOGIN_PROFILE);
                 }
-                steps.extend(sweep::plan(&desired.sweep, u.held.as_ref(), false));
+                steps.extend(sweep::plan(&desired.sweep, u.held.as_deref(), false));
             }
         }
     }

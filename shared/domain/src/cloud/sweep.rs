@@ -361,6 +361,16 @@ mod tests {
     }
 
     #[test]
+    fn the_example_policy_shows_the_defaults_and_bad_values_are_refused() {
+        let p = crate::policy::Policy::from_toml(include_str!("../../../../examples/policy.toml")).unwrap();
+        assert_eq!(p.aws.offboarding, AwsOffboarding::default());
+        let e = crate::policy::Policy::from_toml("[aws.offboarding]\nssh_public_keys = \"remove\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ssh_public_keys") || e.contains("remove"), "{e}");
+    }
+
+    #[test]
     fn deny_document_round_trips_plain_and_url_encoded() {
         let t = at("2026-12-06T10:00:01Z");
         let doc = deny_document(t);
