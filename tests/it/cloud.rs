@@ -211,6 +211,14 @@ async fn one_deactivate_event_closes_looker_aws_and_gcp() {
         .await
         .unwrap();
     c.create_access_key().user_name(&user).send().await.unwrap();
+    c.upload_ssh_public_key()
+        .user_name(&user)
+        .ssh_public_key_body(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIM0Kda1A5NPUjUPUjd+aFBrHpLRqdmc2gUU/QbHOLD5T test",
+        )
+        .send()
+        .await
+        .unwrap();
     let gcp = FakeGcpIam::start().await;
     gcp_resource(&gcp, &w, &["user:john.doe@example.com", "group:all@example.com"]);
     let looker = FakeLooker::start().await;
@@ -236,6 +244,14 @@ async fn one_deactivate_event_closes_looker_aws_and_gcp() {
         c.get_login_profile().user_name(&user).send().await.is_err(),
         "login profile deleted"
     );
+    // The leaver sweep (defaults): SSH key deactivated, older STS sessions denied.
+    let ssh = c.list_ssh_public_keys().user_name(&user).send().await.unwrap();
+    assert_eq!(ssh.ssh_public_keys()[0].status().as_str(), "Inactive");
+    let inline = c.list_user_policies().user_name(&user).send().await.unwrap();
+    assert_eq!(
+        inline.policy_names(),
+        ["gatehouse-offboarding-deny-older-sessions".to_string()]
+    );
     // GCP: only the managed unconditional binding lost the person.
     assert_eq!(
         gcp.members(&w.project, "roles/viewer"),
@@ -258,9 +274,15 @@ async fn one_deactivate_event_closes_looker_aws_and_gcp() {
         .collect();
     assert_eq!(
         aws_actions,
-        ["DeleteLoginProfile", "RemoveUserFromGroup", "UpdateAccessKey"]
-            .map(String::from)
-            .into()
+        [
+            "DeleteLoginProfile",
+            "PutUserPolicy",
+            "RemoveUserFromGroup",
+            "UpdateAccessKey",
+            "UpdateSSHPublicKey"
+        ]
+        .map(String::from)
+        .into()
     );
     assert!(
         ledger

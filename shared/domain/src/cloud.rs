@@ -159,6 +159,9 @@ pub struct DesiredAws {
     pub managed_tags: BTreeSet<String>,
     pub keys: KeyAction,
     pub delete_login_profile: bool,
+    /// The rest of the leaver sweep (policies, other credentials, MFA, live sessions).
+    #[serde(default)]
+    pub sweep: sweep::AwsSweep,
 }
 
 impl DesiredAws {
@@ -167,6 +170,8 @@ impl DesiredAws {
         AwsReadNeeds {
             tags: !self.managed_tags.is_empty() || matches!(self.user, AwsUserKey::Tag { .. }),
             credentials: self.offboarded && (self.keys != KeyAction::Keep || self.delete_login_profile),
+            sweep: self.offboarded && self.sweep.any(),
+            service_specific: self.offboarded && self.sweep.service_specific_credentials != KeyAction::Keep,
         }
     }
 }
@@ -176,6 +181,10 @@ impl DesiredAws {
 pub struct AwsReadNeeds {
     pub tags: bool,
     pub credentials: bool,
+    /// What the leaver sweep looks at ([`sweep::AwsHeld`]).
+    pub sweep: bool,
+    /// Service-specific credentials too (only when that step is on).
+    pub service_specific: bool,
 }
 
 /// One access key as `ListAccessKeys` returns it.
@@ -193,6 +202,9 @@ pub struct AwsUser {
     pub tags: BTreeMap<String, String>,
     pub access_keys: Vec<AwsAccessKey>,
     pub login_profile: bool,
+    /// What the leaver sweep looks at; `None` when not read (no sweep is planned then).
+    #[serde(default)]
+    pub held: Option<Box<sweep::AwsHeld>>,
 }
 
 /// What IAM holds for the person, as far as it is known.
@@ -228,6 +240,30 @@ pub enum AwsIamOp {
         key_id: String,
     },
     DeleteLoginProfile,
+    // The leaver sweep (`cloud::sweep`).
+    DetachUserPolicy {
+        policy_arn: String,
+    },
+    DeleteUserPolicy {
+        policy_name: String,
+    },
+    /// `Update{SSHPublicKey,ServiceSpecificCredential,SigningCertificate} Status=Inactive`.
+    DeactivateCredential {
+        kind: sweep::CredentialKind,
+        id: String,
+    },
+    DeleteCredential {
+        kind: sweep::CredentialKind,
+        id: String,
+    },
+    DeactivateMfaDevice {
+        serial: String,
+    },
+    /// Gatehouse's deny policy for sessions issued before the offboarding.
+    PutUserPolicy {
+        policy_name: String,
+        document: String,
+    },
 }
 
 impl AwsIamOp {
@@ -241,6 +277,12 @@ impl AwsIamOp {
             AwsIamOp::DeactivateAccessKey { .. } => "UpdateAccessKey",
             AwsIamOp::DeleteAccessKey { .. } => "DeleteAccessKey",
             AwsIamOp::DeleteLoginProfile => "DeleteLoginProfile",
+            AwsIamOp::DetachUserPolicy { .. } => "DetachUserPolicy",
+            AwsIamOp::DeleteUserPolicy { .. } => "DeleteUserPolicy",
+            AwsIamOp::DeactivateCredential { kind, .. } => kind.deactivate_action(),
+            AwsIamOp::DeleteCredential { kind, .. } => kind.delete_action(),
+            AwsIamOp::DeactivateMfaDevice { .. } => "DeactivateMFADevice",
+            AwsIamOp::PutUserPolicy { .. } => "PutUserPolicy",
         }
     }
 
@@ -273,6 +315,7 @@ impl AwsIamOp {
             }
             AwsIamOp::DeleteAccessKey { key_id } => params.push(("AccessKeyId".into(), key_id.clone())),
             AwsIamOp::DeleteLoginProfile => {}
+            _ => params.extend(sweep::params(self)),
         }
         params.push(("UserName".into(), user.to_string()));
         params.push(("Version".into(), "2010-05-08".into()));
@@ -386,6 +429,7 @@ pub fn diff_aws(desired: &DesiredAws, actual: &AwsActual) -> AwsPlan {
                 if desired.delete_login_profile {
                     push(&mut steps, AwsIamOp::DeleteLoginProfile, rules::AWS_LOGIN_PROFILE);
                 }
+                steps.extend(sweep::plan(&desired.sweep, None, true));
             }
             notes.push(
                 "aws is not configured: current state unknown, so this lists every call that may apply"
@@ -454,6 +498,7 @@ pub fn diff_aws(desired: &DesiredAws, actual: &AwsActual) -> AwsPlan {
                 if desired.delete_login_profile && u.login_profile {
                     push(&mut steps, AwsIamOp::DeleteLoginProfile, rules::AWS_LOGIN_PROFILE);
                 }
+                steps.extend(sweep::plan(&desired.sweep, u.held.as_deref(), false));
             }
         }
     }
@@ -848,11 +893,16 @@ pub fn evaluate(
             managed_tags: if offboarded { BTreeSet::new() } else { managed_tags },
             keys,
             delete_login_profile: offboarded && o.delete_login_profile,
+            sweep: sweep::AwsSweep::from_policy(
+                o,
+                offboarded.then(|| identity.status_stamp.as_ref().map(|s| s.at).unwrap_or(now)),
+            ),
         };
         let nothing = d.managed_groups.is_empty()
             && d.managed_tags.is_empty()
             && d.keys == KeyAction::Keep
-            && !d.delete_login_profile;
+            && !d.delete_login_profile
+            && !d.sweep.any();
         (!nothing).then_some(d)
     });
     let gcp = identity.email().filter(|_| gcp).and_then(|email| {
@@ -914,5 +964,6 @@ impl CloudPlan {
     }
 }
 
+pub mod sweep;
 #[cfg(test)]
 mod tests;

@@ -62,6 +62,33 @@ pub struct AwsOffboarding {
     /// `DeleteLoginProfile`: no more console password.
     #[serde(default = "yes")]
     pub delete_login_profile: bool,
+    // The rest of the leaver sweep (docs/cloud-iam.md); defaults never lose data.
+    /// `DetachUserPolicy` for every managed policy attached to the user directly.
+    #[serde(default = "yes")]
+    pub detach_user_policies: bool,
+    /// `DeleteUserPolicy` for every inline user policy (the document is lost: off by default).
+    #[serde(default)]
+    pub delete_inline_policies: bool,
+    /// SSH public keys (CodeCommit): `keep`, `deactivate` (default) or `delete`.
+    #[serde(default = "deactivate")]
+    pub ssh_public_keys: crate::cloud::KeyAction,
+    /// Service-specific credentials (CodeCommit/Keyspaces passwords): `keep`, `deactivate`, `delete`.
+    #[serde(default = "deactivate")]
+    pub service_specific_credentials: crate::cloud::KeyAction,
+    /// X.509 signing certificates: `keep`, `deactivate` (default) or `delete`.
+    #[serde(default = "deactivate")]
+    pub signing_certificates: crate::cloud::KeyAction,
+    /// `DeactivateMFADevice` for every MFA device of the user.
+    #[serde(default = "yes")]
+    pub deactivate_mfa_devices: bool,
+    /// `PutUserPolicy`: deny everything to tokens issued before the offboarding time
+    /// (`aws:TokenIssueTime`), so STS sessions already issued die now.
+    #[serde(default = "yes")]
+    pub revoke_sessions: bool,
+}
+
+fn deactivate() -> crate::cloud::KeyAction {
+    crate::cloud::KeyAction::Deactivate
 }
 
 impl Default for AwsOffboarding {
@@ -71,6 +98,13 @@ impl Default for AwsOffboarding {
             deactivate_access_keys: true,
             delete_access_keys_after_days: None,
             delete_login_profile: true,
+            detach_user_policies: true,
+            delete_inline_policies: false,
+            ssh_public_keys: crate::cloud::KeyAction::Deactivate,
+            service_specific_credentials: crate::cloud::KeyAction::Deactivate,
+            signing_certificates: crate::cloud::KeyAction::Deactivate,
+            deactivate_mfa_devices: true,
+            revoke_sessions: true,
         }
     }
 }

@@ -164,6 +164,8 @@ fn plan_one(
                         tags: snap.aws_tags.get(&n).cloned().unwrap_or_default(),
                         access_keys: keys,
                         login_profile: profile,
+                        // Not read by reconcile: the leaver sweep runs on the offboarding event.
+                        held: None,
                         name: n,
                     })
                 }

@@ -15,6 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+mod sweep;
+
 /// The IAM client. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AwsIam {
@@ -227,12 +229,18 @@ impl AwsIam {
         } else {
             (Vec::new(), false)
         };
+        let held = if needs.sweep {
+            Some(Box::new(self.read_held(name, needs.service_specific).await?))
+        } else {
+            None
+        };
         Ok(Some(AwsUser {
             name: name.to_string(),
             groups,
             tags,
             access_keys,
             login_profile,
+            held,
         }))
     }
 
@@ -435,6 +443,7 @@ impl AwsIam {
                 .await
                 .map(|_| ())
                 .map_err(|e| classify(action, e)),
+            _ => self.execute_sweep(user, op).await,
         }
     }
 }

@@ -62,6 +62,7 @@ async fn reads_a_user_and_applies_every_write() {
     let needs = AwsReadNeeds {
         tags: true,
         credentials: true,
+        ..Default::default()
     };
     let u = iam.read_user(&user, needs).await.unwrap().expect("user exists");
     assert_eq!(u.groups, [hand.clone()].into());

@@ -1,6 +1,7 @@
 //! Integration tests of the targets and their clients, linked into one binary.
 
 mod aws_iam;
+mod aws_iam_sweep;
 mod contract;
 mod gcp_iam;
 mod looker;

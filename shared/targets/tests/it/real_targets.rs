@@ -178,6 +178,7 @@ impl Aws {
             managed_tags: BTreeSet::new(),
             keys: KeyAction::Keep,
             delete_login_profile: false,
+            sweep: Default::default(),
         }
     }
 }
