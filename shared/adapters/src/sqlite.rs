@@ -16,6 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 mod breaker;
+mod claim;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -342,20 +343,7 @@ impl QueueConsumer for Sqlite {
     async fn receive(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, BackendError> {
         let now = now_ms();
         let until = now + visibility.as_millis() as i64;
-        let rows = sqlx::query(
-            "UPDATE queue SET attempts = attempts + 1, visible_at = ?1
-             WHERE seq IN (
-                SELECT q.seq FROM queue q
-                WHERE q.visible_at <= ?2
-                  AND NOT EXISTS (
-                    SELECT 1 FROM queue o
-                    WHERE o.subject = q.subject AND o.seq != q.seq
-                      AND ((o.attempts > 0 AND o.visible_at > ?2)
-                           OR (o.occurred_at, o.seq) < (q.occurred_at, q.seq)))
-                ORDER BY q.occurred_at, q.seq
-                LIMIT ?3)
-             RETURNING seq, attempts, body, occurred_at",
-        )
+        let rows = sqlx::query(claim::CLAIM)
         .bind(until)
         .bind(now)
         .bind(max as i64)

@@ -296,3 +296,51 @@ async fn ledger_rows_from_before_the_chain_are_chained_on_open() {
     let db = Sqlite::open(dir.path()).await.unwrap();
     assert_eq!(db.ledger_since(None).await.unwrap(), rows);
 }
+
+/// Issue 13: the claim's cost must not grow with the backlog. Its plan walks `queue_visible` in
+/// order (no sort of every visible row into a temporary b-tree, no full scan) and checks each
+/// candidate with index lookups, so a claim reads about one batch of rows however many wait.
+#[tokio::test]
+async fn claim_walks_the_indexes_and_sorts_nothing() {
+    let (_d, db) = open().await;
+    let backlog: Vec<Envelope> = (0..2_000)
+        .map(|i| env(&format!("e{i}"), &format!("s{}", i % 500), i))
+        .collect();
+    db.publish(&backlog).await.unwrap();
+    let plan = db.claim_query_plan().await.unwrap();
+    let text = plan.join("\n");
+    assert!(
+        plan.iter()
+            .any(|l| l.starts_with("SEARCH q USING") && l.contains("INDEX queue_visible")),
+        "the candidates come from queue_visible in order:\n{text}"
+    );
+    assert!(
+        plan.iter().any(|l| l.contains("INDEX queue_subject ")),
+        "the older-sibling check is an index lookup:\n{text}"
+    );
+    assert!(
+        plan.iter().any(|l| l.contains("INDEX queue_subject_visible")),
+        "the in-flight-sibling check is an index lookup:\n{text}"
+    );
+    assert!(
+        !plan.iter().any(|l| l.contains("TEMP B-TREE") || l.starts_with("SCAN")),
+        "no sort of the visible rows and no full scan:\n{text}"
+    );
+}
+
+/// The batch claim still hands out each subject's oldest message only, one at a time, when a
+/// person has a backlog of their own and an older event arrives after a newer one was claimed.
+#[tokio::test]
+async fn claim_keeps_per_subject_order_with_a_backlog() {
+    let (_d, db) = open().await;
+    let mut batch: Vec<Envelope> = (0..5).map(|i| env(&format!("hot{i}"), "hot", 100 + i)).collect();
+    batch.push(env("cold", "cold", 500));
+    db.publish(&batch).await.unwrap();
+    let first = db.receive(10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(ids(&first), vec!["hot0", "cold"]);
+    // Older than everything, but its subject has a message in flight: it waits.
+    db.publish(&[env("older", "hot", 1)]).await.unwrap();
+    assert!(db.receive(10, Duration::from_secs(60)).await.unwrap().is_empty());
+    db.ack(&first[0]).await.unwrap();
+    assert_eq!(ids(&db.receive(10, Duration::from_secs(60)).await.unwrap()), vec!["older"]);
+}
