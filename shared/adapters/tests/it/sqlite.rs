@@ -323,7 +323,9 @@ async fn claim_walks_the_indexes_and_sorts_nothing() {
         "the in-flight-sibling check is an index lookup:\n{text}"
     );
     assert!(
-        !plan.iter().any(|l| l.contains("TEMP B-TREE") || l.starts_with("SCAN")),
+        !plan
+            .iter()
+            .any(|l| l.contains("TEMP B-TREE") || l.starts_with("SCAN")),
         "no sort of the visible rows and no full scan:\n{text}"
     );
 }
@@ -342,5 +344,45 @@ async fn claim_keeps_per_subject_order_with_a_backlog() {
     db.publish(&[env("older", "hot", 1)]).await.unwrap();
     assert!(db.receive(10, Duration::from_secs(60)).await.unwrap().is_empty());
     db.ack(&first[0]).await.unwrap();
-    assert_eq!(ids(&db.receive(10, Duration::from_secs(60)).await.unwrap()), vec!["older"]);
+    assert_eq!(
+        ids(&db.receive(10, Duration::from_secs(60)).await.unwrap()),
+        vec!["older"]
+    );
+}
+
+/// Issue 13: requests that arrive while an enqueue commits are written together by the next
+/// one, in a single transaction (one WAL fsync), and each returns only once that commit is done.
+#[tokio::test]
+async fn concurrent_enqueues_share_one_group_commit() {
+    let (dir, db) = open().await;
+    let before = db.enqueue_commits();
+    let turn = db.hold_enqueue_turn().await;
+    let requests: Vec<_> = (0..20)
+        .map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move { db.publish(&[env(&format!("g{i}"), &format!("s{i}"), i)]).await })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while db.enqueues_waiting() < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the requests never queued up"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(turn);
+    for r in requests {
+        r.await.unwrap().unwrap();
+    }
+    let after = db.enqueue_commits();
+    assert_eq!(
+        after.commits - before.commits,
+        1,
+        "one transaction for the 20 requests"
+    );
+    assert_eq!(after.rows - before.rows, 20);
+    // Acknowledged means written: another connection to the file sees every message.
+    let reopened = Sqlite::open(dir.path()).await.unwrap();
+    assert_eq!(reopened.queue_depth().await.unwrap(), 20);
 }

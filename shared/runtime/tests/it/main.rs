@@ -6,3 +6,4 @@ mod real_targets;
 mod registered;
 mod toy_target;
 mod toy_target_contract;
+mod wake;
