@@ -146,6 +146,12 @@ where
                 sweep_interval: p.deletion_sweep_interval,
             },
         );
+        // Embedded queue: an enqueue in this process (ingress, redrive) wakes the processor.
+        let worker = if matches!(cfg.queue, QueueConfig::Embedded) {
+            worker.with_wake(store.wake())
+        } else {
+            worker
+        };
         let s = shutdown.clone();
         running.spawn(worker.run(s));
     }

@@ -11,6 +11,7 @@ use gatehouse_platform::retry::RetryPolicy;
 use gatehouse_platform::shutdown::Shutdown;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -44,6 +45,8 @@ pub struct Worker<Q, S, L> {
     queue: Q,
     engine: Arc<Engine<S, L>>,
     cfg: WorkerConfig,
+    /// Rung by an enqueue in this process (embedded queue): claim at once, not at the next poll.
+    wake: Option<Arc<Notify>>,
 }
 
 impl<Q, S, L> Worker<Q, S, L>
@@ -53,7 +56,19 @@ where
     L: LookerPort + 'static,
 {
     pub fn new(queue: Q, engine: Arc<Engine<S, L>>, cfg: WorkerConfig) -> Self {
-        Worker { queue, engine, cfg }
+        Worker {
+            queue,
+            engine,
+            cfg,
+            wake: None,
+        }
+    }
+
+    /// Wake up on `wake` (rung by the queue when this process enqueues) as well as every
+    /// `poll_interval`, which is then only the fallback for delayed retries and other processes.
+    pub fn with_wake(mut self, wake: Arc<Notify>) -> Self {
+        self.wake = Some(wake);
+        self
     }
 
     /// Claim one batch and process it to the end. Returns what became of each delivery.
@@ -121,9 +136,16 @@ where
                 ));
             }
             if got == 0 || set.len() >= self.cfg.concurrency {
+                let woken = async {
+                    match &self.wake {
+                        Some(w) => w.notified().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 // Wait for a slot, new work, or shutdown.
                 tokio::select! {
                     _ = shutdown.wait() => {}
+                    _ = woken, if set.len() < self.cfg.concurrency => {}
                     Some(r) = set.join_next(), if !set.is_empty() => log_result(r),
                     _ = tokio::time::sleep(self.cfg.poll_interval), if set.len() < self.cfg.concurrency => {}
                 }
@@ -225,7 +247,8 @@ where
                 metrics::histogram!("gatehouse_event_processing_seconds")
                     .record(started.elapsed().as_secs_f64());
                 tracing::Span::current().record("outcome", outcome);
-                tracing::info!(outcome, ?handled, "processed");
+                // Debug, not info: one line per event was a synchronous write on the hot path.
+                tracing::debug!(outcome, ?handled, "processed");
                 Ok(Disposition::Acked(handled))
             }
             Err(e) if e.is_permanent() || d.attempt >= cfg.max_attempts => {

@@ -13,11 +13,17 @@ use gatehouse_domain::ports::{
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 
 mod breaker;
 mod okta_log;
 mod schedule;
+mod claim;
+mod enqueue;
+
+pub use enqueue::EnqueueCommits;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -34,7 +40,15 @@ macro_rules! ledger_select {
 /// One SQLite database holding the embedded queue and the state. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Sqlite {
+    /// Reads (WAL: they never wait for the writer) and the store modules built on `pool()`.
     pool: SqlitePool,
+    /// The single writer connection of the queue and state writes (issue 13): they wait their
+    /// turn in this process, in order, instead of sleeping in SQLite's busy handler.
+    writer: SqlitePool,
+    enqueuer: Arc<enqueue::Enqueuer>,
+    /// Rung after every enqueue, so a processor in this process starts at once instead of at
+    /// its next poll (issue 13).
+    wake: Arc<Notify>,
 }
 
 /// Map a sqlx error to a `BackendError` with context (shared by the store modules).
@@ -71,14 +85,27 @@ impl Sqlite {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
-            .connect_with(opts)
+            // A local file does not drop connections: no `SELECT 1` round trip per acquire.
+            .test_before_acquire(false)
+            .connect_with(opts.clone())
             .await
             .map_err(err("cannot open the sqlite database"))?;
         MIGRATOR
             .run(&pool)
             .await
             .map_err(|e| BackendError::new("cannot migrate the sqlite database", e))?;
-        let db = Sqlite { pool };
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
+            .connect_with(opts)
+            .await
+            .map_err(err("cannot open the sqlite database"))?;
+        let db = Sqlite {
+            pool,
+            writer,
+            enqueuer: Arc::default(),
+            wake: Arc::new(Notify::new()),
+        };
         db.chain_legacy_ledger_rows().await?;
         Ok(db)
     }
@@ -87,7 +114,7 @@ impl Sqlite {
     /// seq order, and set the chain head. A no-op once done.
     async fn chain_legacy_ledger_rows(&self) -> Result<(), BackendError> {
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(err("cannot begin chaining the ledger"))?;
@@ -147,7 +174,7 @@ impl Sqlite {
     /// again by the processor.
     pub async fn redrive_dead_letter(&self, id: i64) -> Result<bool, BackendError> {
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(err("cannot begin the redrive"))?;
@@ -175,14 +202,23 @@ impl Sqlite {
             .await
             .map_err(err("cannot remove the redriven dead letter"))?;
         tx.commit().await.map_err(err("cannot commit the redrive"))?;
+        self.wake.notify_one();
         Ok(true)
     }
 
     /// Enqueue a raw message body as-is (dead-letter redrive; tests of poison handling). The
     /// body is not checked: a consumer that cannot decode it dead-letters it with the reason.
     pub async fn enqueue_raw(&self, id: &str, subject: &str, body: &str) -> Result<(), BackendError> {
-        let mut conn = self.pool.acquire().await.map_err(err("cannot enqueue"))?;
-        insert_message(&mut conn, id, subject, &ts(Utc::now()), body, now_ms()).await
+        let mut conn = self.writer.acquire().await.map_err(err("cannot enqueue"))?;
+        insert_message(&mut conn, id, subject, &ts(Utc::now()), body, now_ms()).await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Notified after every enqueue into this database from this process (a `Notify` keeps one
+    /// permit, so a wake-up that comes while the processor is busy is not lost).
+    pub fn wake(&self) -> Arc<Notify> {
+        self.wake.clone()
     }
 
     /// Messages waiting or in flight on the embedded queue.
@@ -225,6 +261,7 @@ impl Sqlite {
     }
 
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 }
@@ -321,20 +358,16 @@ fn parse_receipt(receipt: &str) -> Result<(i64, i64), BackendError> {
 
 impl QueueProducer for Sqlite {
     async fn publish(&self, batch: &[Envelope]) -> Result<(), BackendError> {
-        let mut tx = self.pool.begin().await.map_err(err("cannot begin enqueue"))?;
-        let now = now_ms();
-        for env in batch {
-            insert_message(
-                &mut tx,
-                &env.id.0,
-                &env.subject.key,
-                &ts(env.occurred_at),
-                &env.to_json(),
-                now,
-            )
-            .await?;
-        }
-        tx.commit().await.map_err(err("cannot commit enqueue"))
+        let rows = batch
+            .iter()
+            .map(|env| enqueue::Row {
+                id: env.id.0.clone(),
+                subject: env.subject.key.clone(),
+                occurred_at: ts(env.occurred_at),
+                body: env.to_json(),
+            })
+            .collect();
+        self.enqueue(rows).await
     }
 }
 
@@ -344,26 +377,13 @@ impl QueueConsumer for Sqlite {
     async fn receive(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, BackendError> {
         let now = now_ms();
         let until = now + visibility.as_millis() as i64;
-        let rows = sqlx::query(
-            "UPDATE queue SET attempts = attempts + 1, visible_at = ?1
-             WHERE seq IN (
-                SELECT q.seq FROM queue q
-                WHERE q.visible_at <= ?2
-                  AND NOT EXISTS (
-                    SELECT 1 FROM queue o
-                    WHERE o.subject = q.subject AND o.seq != q.seq
-                      AND ((o.attempts > 0 AND o.visible_at > ?2)
-                           OR (o.occurred_at, o.seq) < (q.occurred_at, q.seq)))
-                ORDER BY q.occurred_at, q.seq
-                LIMIT ?3)
-             RETURNING seq, attempts, body, occurred_at",
-        )
-        .bind(until)
-        .bind(now)
-        .bind(max as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(err("cannot receive from the embedded queue"))?;
+        let rows = sqlx::query(claim::CLAIM)
+            .bind(until)
+            .bind(now)
+            .bind(max as i64)
+            .fetch_all(&self.writer)
+            .await
+            .map_err(err("cannot receive from the embedded queue"))?;
         // RETURNING has no defined order: hand work out oldest first.
         let mut rows = rows;
         rows.sort_by(|a, b| {
@@ -387,7 +407,7 @@ impl QueueConsumer for Sqlite {
         let (seq, _) = parse_receipt(&delivery.receipt)?;
         sqlx::query("DELETE FROM queue WHERE seq = ?")
             .bind(seq)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(err("cannot ack"))?;
         Ok(())
@@ -399,7 +419,7 @@ impl QueueConsumer for Sqlite {
             .bind(now_ms() + delay.as_millis() as i64)
             .bind(seq)
             .bind(attempt)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(err("cannot release"))?;
         Ok(())
@@ -411,7 +431,7 @@ impl QueueConsumer for Sqlite {
             .bind(now_ms() + visibility.as_millis() as i64)
             .bind(seq)
             .bind(attempt)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(err("cannot extend visibility"))?;
         Ok(())
@@ -420,7 +440,7 @@ impl QueueConsumer for Sqlite {
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), BackendError> {
         let (seq, _) = parse_receipt(&delivery.receipt)?;
         let mut tx = self
-            .pool
+            .writer
             .begin()
             .await
             .map_err(err("cannot begin dead-lettering"))?;
@@ -464,7 +484,7 @@ impl LookerCallCounts for Sqlite {
         .bind(month)
         .bind(i64::try_from(delta).unwrap_or(i64::MAX))
         .bind(ts(Utc::now()))
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await
         .map_err(err("cannot add to the looker call count"))?;
         Ok(row.get::<i64, _>(0).max(0) as u64)
@@ -502,7 +522,7 @@ impl StateStore for Sqlite {
 
     async fn commit(&self, outcome: Outcome) -> Result<(), BackendError> {
         let now = ts(Utc::now());
-        let mut tx = self.pool.begin().await.map_err(err("cannot begin commit"))?;
+        let mut tx = self.writer.begin().await.map_err(err("cannot begin commit"))?;
         sqlx::query("INSERT INTO processed (envelope_id, processed_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
             .bind(&outcome.envelope_id.0)
             .bind(&now)
@@ -574,7 +594,7 @@ impl StateStore for Sqlite {
         .bind(key)
         .bind(base_version)
         .bind(ts(Utc::now()))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await
         .map_err(err("cannot forget the converged fingerprint"))?;
         row.map(|r| r.get::<i64, _>(0))
@@ -587,7 +607,7 @@ impl StateStore for Sqlite {
         }
         // IMMEDIATE: take the write lock before reading the head, so appends form one line.
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(err("cannot begin ledger append"))?;
@@ -658,7 +678,7 @@ impl StateStore for Sqlite {
         )
         .bind(ts(until))
         .bind(ts(now))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await
         .map_err(err("cannot claim scheduled deletions"))?;
         let mut due: Vec<ScheduledDeletion> = rows
@@ -678,7 +698,7 @@ impl StateStore for Sqlite {
     async fn request_rotation(&self, r: &RotationRequest) -> Result<(), BackendError> {
         let now = ts(Utc::now());
         let mut tx = self
-            .pool
+            .writer
             .begin()
             .await
             .map_err(err("cannot begin rotation request"))?;
@@ -744,7 +764,7 @@ impl StateStore for Sqlite {
         accounts: &[String],
     ) -> Result<(), BackendError> {
         let mut tx = self
-            .pool
+            .writer
             .begin()
             .await
             .map_err(err("cannot write account links"))?;
@@ -767,7 +787,7 @@ impl StateStore for Sqlite {
     async fn finish_deletion(&self, subject: &str) -> Result<(), BackendError> {
         sqlx::query("DELETE FROM deletions WHERE subject = ?")
             .bind(subject)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(err("cannot finish the deletion"))?;
         Ok(())

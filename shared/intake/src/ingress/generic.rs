@@ -261,7 +261,7 @@ async fn hook<Q: QueueProducer>(
     }
     for env in &envelopes {
         super::count_received(SOURCE, env);
-        tracing::info!(
+        tracing::debug!(
             envelope_id = %env.id, subject = %env.subject.key, event_type = %env.source_event_type,
             webhook_id = verified.webhook_id(), "event enqueued"
         );

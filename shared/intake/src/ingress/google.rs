@@ -187,7 +187,7 @@ async fn notification<Q: QueueProducer>(
         let actionable = env.event.is_actionable();
         ignored += usize::from(!actionable);
         super::count_received(SOURCE, env);
-        tracing::info!(
+        tracing::debug!(
             envelope_id = %env.id, subject = %env.subject.key, event_type = %env.source_event_type,
             actionable, channel_id, message_number, "event enqueued"
         );

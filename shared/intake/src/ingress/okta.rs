@@ -126,7 +126,7 @@ async fn okta_hook<Q: QueueProducer>(
         let actionable = env.event.is_actionable();
         ignored += usize::from(!actionable);
         super::count_received("okta", env);
-        tracing::info!(
+        tracing::debug!(
             envelope_id = %env.id, subject = %env.subject.key, event_type = %env.source_event_type,
             actionable, "event enqueued"
         );

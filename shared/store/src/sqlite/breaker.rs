@@ -25,7 +25,7 @@ fn trip(r: &SqliteRow) -> Result<Trip, BackendError> {
 impl Sqlite {
     pub(super) async fn admit(&self, c: &Change, limits: &AdmitLimits) -> Result<Verdict, BackendError> {
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(err("cannot begin a breaker decision"))?;
@@ -186,7 +186,7 @@ impl Sqlite {
         .bind(ts(chrono::Utc::now()))
         .bind(actor)
         .bind(seq)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(err("cannot record a decision on a held change"))?;
         Ok(())
@@ -194,7 +194,7 @@ impl Sqlite {
 
     pub(super) async fn reset(&self, source: Option<&str>) -> Result<Vec<Trip>, BackendError> {
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(err("cannot begin a breaker reset"))?;

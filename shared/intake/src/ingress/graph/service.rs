@@ -182,7 +182,7 @@ impl<Q: QueueProducer> GraphService<Q> {
                     "actionable" => if env.event.is_actionable() { "true" } else { "false" },
                 )
                 .increment(1);
-                tracing::info!(envelope_id = %env.id, subject = %env.subject.key,
+                tracing::debug!(envelope_id = %env.id, subject = %env.subject.key,
                     event = env.event.kind(), "graph event enqueued");
             }
         }

@@ -1114,7 +1114,7 @@ impl<Q: QueueProducer + Clone + 'static> Scim<Q> {
                 "actionable" => "true",
             )
             .increment(1);
-            tracing::info!(
+            tracing::debug!(
                 envelope_id = %env.id, subject = %env.subject.key, event = env.event.kind(),
                 event_type = %env.source_event_type, "scim change written to the outbox"
             );
