@@ -4,8 +4,8 @@
 //! same events changes nothing.
 
 use chrono::Utc;
-use gatehouse_store::catchup_state::CatchupStore;
 use gatehouse_e2e::{Options, spawn_app, wait_until};
+use gatehouse_store::catchup_state::CatchupStore;
 use gatehouse_testkit::FakeLooker;
 use gatehouse_testkit::google_reports_fake::{FakeGoogleReports, admin_activity};
 

@@ -1,12 +1,12 @@
 //! Microsoft Graph change notifications end to end: `/hooks/graph` over HTTP → inbox → Graph
 //! read (fake Graph) → embedded queue → processor → fake Looker.
 
-use gatehouse_store::catchup_state::CatchupStore;
 use gatehouse_domain::identity::Status;
 use gatehouse_domain::ports::StateStore;
 use gatehouse_e2e::{Options, TestApp, example_policy, fixtures_dir, seed_catalog, spawn_app, wait_until};
 use gatehouse_intake::ingress::graph::{DateTime, GraphService, Utc};
 use gatehouse_platform::config::Config;
+use gatehouse_store::catchup_state::CatchupStore;
 use gatehouse_testkit::FakeLooker;
 use gatehouse_testkit::graph_fake::FakeGraph;
 use serde_json::{Value, json};

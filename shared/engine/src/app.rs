@@ -145,8 +145,6 @@ pub fn budget(cfg: &Config, store: AnyState, meters: &[CallMeter]) -> Option<Bud
     )
 }
 
-/// The processor's state store as configured: the SQLite database `sqlite` (also the embedded
-
 impl From<OpenError> for AppError {
     fn from(e: OpenError) -> Self {
         match e {

@@ -175,26 +175,6 @@ pub fn skip_note(tick: &str, check: &BudgetCheck) -> gatehouse_domain::ports::Le
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_reconcile_is_covered_only_by_what_is_left_beyond_the_reserve() {
-        // Enterprise: 10,000 a month, 1,000 kept for events by default.
-        let c = BudgetCheck::new(10_000, 8_990, None, 10);
-        assert_eq!(c.reserve, 1_000);
-        assert_eq!(c.spare(), 10);
-        assert!(c.covers(), "{}", c.render());
-        let c = BudgetCheck::new(10_000, 8_991, None, 10);
-        assert!(!c.covers(), "{}", c.render());
-        assert!(c.render().contains("not covered, skipped"));
-        let c = BudgetCheck::new(1_000, 100, Some(0), 900);
-        assert!(c.covers());
-        assert!(!BudgetCheck::new(1_000, 1_200, Some(0), 1).covers(), "over quota");
-    }
-}
-
 /// The options a configured reconcile reads Looker with (`run`: the audit's run number).
 pub fn read_options(cfg: &gatehouse_platform::config::ReconcileConfig, run: u64) -> ReadOptions {
     ReadOptions {
@@ -315,5 +295,25 @@ pub async fn scheduled_run<S, L, D, C>(
             "scheduled reconcile done"
         ),
         Err(e) => tracing::error!(tick, error = %e, "scheduled reconcile failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reconcile_is_covered_only_by_what_is_left_beyond_the_reserve() {
+        // Enterprise: 10,000 a month, 1,000 kept for events by default.
+        let c = BudgetCheck::new(10_000, 8_990, None, 10);
+        assert_eq!(c.reserve, 1_000);
+        assert_eq!(c.spare(), 10);
+        assert!(c.covers(), "{}", c.render());
+        let c = BudgetCheck::new(10_000, 8_991, None, 10);
+        assert!(!c.covers(), "{}", c.render());
+        assert!(c.render().contains("not covered, skipped"));
+        let c = BudgetCheck::new(1_000, 100, Some(0), 900);
+        assert!(c.covers());
+        assert!(!BudgetCheck::new(1_000, 1_200, Some(0), 1).covers(), "over quota");
     }
 }

@@ -18,10 +18,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 mod breaker;
-mod okta_log;
-mod schedule;
 mod claim;
 mod enqueue;
+mod okta_log;
+mod schedule;
 
 pub use enqueue::EnqueueCommits;
 

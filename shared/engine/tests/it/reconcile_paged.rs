@@ -2,14 +2,14 @@
 //! reverted within a bounded number of scheduled reconciles.
 
 use chrono::DateTime;
-use gatehouse_targets::client::looker::{LookerClient, LookerConfig};
-use gatehouse_store::sqlite::Sqlite;
 use gatehouse_domain::envelope::EnvelopeId;
 use gatehouse_domain::identity::{Identity, Membership, Stamp, Stamped, Status};
 use gatehouse_domain::policy::Policy;
 use gatehouse_domain::ports::{BackendError, Directory, SubjectState};
 use gatehouse_engine::engine::{Engine, RetryPolicy};
 use gatehouse_engine::reconcile::{self, LogProgress, ReadOptions};
+use gatehouse_store::sqlite::Sqlite;
+use gatehouse_targets::client::looker::{LookerClient, LookerConfig};
 use gatehouse_testkit::FakeLooker;
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,15 +4,15 @@
 //! found the queue empty (so it is waiting, not about to claim anyway).
 
 use chrono::Utc;
-use gatehouse_targets::client::looker::LookerClient;
-use gatehouse_store::sqlite::Sqlite;
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, IdentityEvent, Source, Subject};
 use gatehouse_domain::policy::Policy;
 use gatehouse_domain::ports::{BackendError, Delivery, QueueConsumer, QueueProducer, StateStore};
-use gatehouse_platform::shutdown::Shutdown;
 use gatehouse_engine::engine::Engine;
-use gatehouse_targets::RetryPolicy;
 use gatehouse_engine::worker::{Worker, WorkerConfig};
+use gatehouse_platform::shutdown::Shutdown;
+use gatehouse_store::sqlite::Sqlite;
+use gatehouse_targets::RetryPolicy;
+use gatehouse_targets::client::looker::LookerClient;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

@@ -11,8 +11,8 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SecondsFormat, Utc};
-use gatehouse_platform::http::parse_retry_after;
 use gatehouse_platform::config::GoogleConfig;
+use gatehouse_platform::http::parse_retry_after;
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;

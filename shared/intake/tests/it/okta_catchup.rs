@@ -2,13 +2,13 @@
 //! headers, authentication.
 
 use chrono::{DateTime, Utc};
-use gatehouse_store::sqlite::Sqlite;
 use gatehouse_domain::envelope::Envelope;
 use gatehouse_domain::okta_log::LogCursors;
 use gatehouse_domain::ports::{BackendError, QueueProducer};
-use gatehouse_platform::config::OktaApiConnection;
 use gatehouse_intake::ingress::okta_api::{OktaApi, OktaApiError};
 use gatehouse_intake::ingress::okta_catchup::{Catchup, CatchupConfig, CatchupError, filter};
+use gatehouse_platform::config::OktaApiConnection;
+use gatehouse_store::sqlite::Sqlite;
 use gatehouse_testkit::FakeOkta;
 use secrecy::SecretString;
 use std::sync::{Arc, Mutex};

@@ -102,7 +102,8 @@ impl LookerClient {
         user_id: &str,
         attribute_ids: &[String],
     ) -> Result<BTreeMap<String, String>, LookerError> {
-        crate::client::looker::check_segment(user_id).map_err(|m| bad_body("/users/{id}/attribute_values", m))?;
+        crate::client::looker::check_segment(user_id)
+            .map_err(|m| bad_body("/users/{id}/attribute_values", m))?;
         self.user_set_attributes(user_id, attribute_ids).await
     }
 }

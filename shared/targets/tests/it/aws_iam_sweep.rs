@@ -8,10 +8,10 @@ use super::aws_iam::client;
 use aws_sdk_iam::Client;
 use aws_sdk_iam::types::StatusType;
 use chrono::{DateTime, Utc};
-use gatehouse_targets::client::aws_iam::AwsIam;
 use gatehouse_domain::cloud::sweep::{self, AwsSweep, DENY_POLICY_NAME};
 use gatehouse_domain::cloud::{AwsActual, AwsIamOp, AwsPlan, AwsUserKey, DesiredAws, KeyAction, diff_aws};
 use gatehouse_domain::policy::AwsOffboarding;
+use gatehouse_targets::client::aws_iam::AwsIam;
 use std::collections::{BTreeMap, BTreeSet};
 
 const CERT: &str = include_str!("signing-cert.pem");

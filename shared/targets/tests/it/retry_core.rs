@@ -3,11 +3,11 @@
 //! what is retryable a bounded number of times, no sooner than a `Retry-After`, and never what
 //! is not; the SDKs' own retries are off, so a failure costs exactly the policy's attempts.
 
+use gatehouse_domain::error::{Classified, Kind, chain};
+use gatehouse_targets::RetryPolicy;
 use gatehouse_targets::client::aws_iam::{AwsConnect, AwsIam};
 use gatehouse_targets::client::gcp_iam::{GcpIam, GcpIamConfig, TokenSource};
 use gatehouse_targets::client::looker::{LookerClient, LookerConfig};
-use gatehouse_domain::error::{Classified, Kind, chain};
-use gatehouse_targets::RetryPolicy;
 use gatehouse_testkit::gcp_iam_fake::FakeGcpIam;
 use gatehouse_testkit::looker_fake::FakeLooker;
 use secrecy::SecretString;

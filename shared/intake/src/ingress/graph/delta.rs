@@ -17,8 +17,8 @@
 use super::client::{GraphClient, GraphError};
 use super::service::{GraphService, GraphServiceError};
 use chrono::{DateTime, Utc};
-use gatehouse_store::catchup_state::{CatchupStore, Cursor};
 use gatehouse_domain::ports::QueueProducer;
+use gatehouse_store::catchup_state::{CatchupStore, Cursor};
 use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};

@@ -3,9 +3,9 @@
 
 use super::*;
 use crate::ingress::test_support::MemQueue;
-use gatehouse_store::sqlite::Sqlite;
 use gatehouse_domain::envelope::IdentityEvent;
 use gatehouse_platform::config::GraphConfig;
+use gatehouse_store::sqlite::Sqlite;
 use gatehouse_testkit::graph_fake::FakeGraph;
 
 struct World {
