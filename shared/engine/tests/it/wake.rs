@@ -14,7 +14,7 @@ use gatehouse_store::sqlite::Sqlite;
 use gatehouse_targets::RetryPolicy;
 use gatehouse_targets::client::looker::LookerClient;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -39,23 +39,28 @@ fn envelope(id: &str) -> Envelope {
     }
 }
 
-/// The SQLite queue, counting the claims that found nothing.
+/// The SQLite queue, noting when the worker has found it empty since its last ack: then the
+/// handler of the last event has finished and the worker has gone back to waiting.
 #[derive(Clone)]
 struct Counting {
     inner: Sqlite,
-    empty: Arc<AtomicUsize>,
+    acked: Arc<AtomicUsize>,
+    idle: Arc<AtomicBool>,
 }
 
 impl QueueConsumer for Counting {
     async fn receive(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, BackendError> {
         let got = self.inner.receive(max, visibility).await?;
         if got.is_empty() {
-            self.empty.fetch_add(1, Ordering::SeqCst);
+            self.idle.store(true, Ordering::SeqCst);
         }
         Ok(got)
     }
     async fn ack(&self, d: &Delivery) -> Result<(), BackendError> {
-        self.inner.ack(d).await
+        let r = self.inner.ack(d).await;
+        self.idle.store(false, Ordering::SeqCst);
+        self.acked.fetch_add(1, Ordering::SeqCst);
+        r
     }
     async fn release(&self, d: &Delivery, delay: Duration) -> Result<(), BackendError> {
         self.inner.release(d, delay).await
@@ -91,10 +96,11 @@ async fn an_enqueue_in_this_process_wakes_the_processor() {
         Arc::new(Policy::default()),
         retry,
     ));
-    let empty = Arc::new(AtomicUsize::new(0));
+    let (acked, idle) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
     let queue = Counting {
         inner: store.clone(),
-        empty: empty.clone(),
+        acked: acked.clone(),
+        idle: idle.clone(),
     };
     let worker = Worker::new(
         queue,
@@ -111,11 +117,13 @@ async fn an_enqueue_in_this_process_wakes_the_processor() {
     let (trigger, shutdown) = Shutdown::new();
     let running = tokio::spawn(worker.run(shutdown));
     // Two rounds: each time the worker has just found the queue empty and gone to wait.
-    for id in ["first", "second"] {
-        let seen = empty.load(Ordering::SeqCst);
-        until("the worker never found the queue empty", async || {
-            empty.load(Ordering::SeqCst) > seen
-        })
+    // (A count of empty claims taken before publishing raced with the worker's last claim after
+    // an ack: under load the test could wait for a claim that, rightly, never came.)
+    for (round, id) in ["first", "second"].into_iter().enumerate() {
+        until(
+            "the worker never went back to waiting on an empty queue",
+            async || acked.load(Ordering::SeqCst) >= round && idle.load(Ordering::SeqCst),
+        )
         .await;
         store.publish(&[envelope(id)]).await.unwrap();
         let what = format!("{id}: not processed: the enqueue did not wake the processor");
