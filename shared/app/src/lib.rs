@@ -235,30 +235,12 @@ pub async fn service_main(
     config: Option<&std::path::Path>,
     components: Components,
 ) -> std::process::ExitCode {
-    let cfg = match Config::load(config, |k| std::env::var(k).ok()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{name}: {e}");
-            return std::process::ExitCode::from(64);
-        }
-    };
-    let telemetry = match gatehouse_platform::telemetry::init(&cfg.log, &cfg.telemetry, name) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("{name}: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let code = match start(&cfg, components).await {
-        Ok(running) => {
-            running.until(gatehouse_platform::shutdown::os_signal()).await;
-            std::process::ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{name}: {e}");
-            std::process::ExitCode::from(e.exit_code() as u8)
-        }
-    };
-    telemetry.shutdown().await;
-    code
+    gatehouse_platform::service::main(name, config, |cfg| async move {
+        start(&cfg, components)
+            .await?
+            .until(gatehouse_platform::shutdown::os_signal())
+            .await;
+        Ok::<(), AppError>(())
+    })
+    .await
 }

@@ -324,23 +324,10 @@ pub fn engine(cfg: &Config, store: AnyState) -> Result<AppEngine, AppError> {
 /// The whole `main` of `gatehouse-rotator`: load config (exit 64 if bad), open the database,
 /// run the rotator until SIGINT/SIGTERM.
 pub async fn rotator_main(config: Option<&std::path::Path>) -> std::process::ExitCode {
-    let cfg = match Config::load(config, |k| std::env::var(k).ok()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("gatehouse-rotator: {e}");
-            return std::process::ExitCode::from(64);
-        }
-    };
-    let telemetry = match gatehouse_platform::telemetry::init(&cfg.log, &cfg.telemetry, "gatehouse-rotator") {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("gatehouse-rotator: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let run = async {
-        let state = open_state_alone(&cfg).await?;
-        let rotator = gatehouse_rotation::build::rotator(&cfg, state.clone()).await?;
+    gatehouse_platform::service::main("gatehouse-rotator", config, |cfg| async move {
+        let cfg = &cfg;
+        let state = open_state_alone(cfg).await?;
+        let rotator = gatehouse_rotation::build::rotator(cfg, state.clone()).await?;
         tracing::info!(
             secrets = cfg.rotator.secrets.len(),
             state = state.backend(),
@@ -349,7 +336,7 @@ pub async fn rotator_main(config: Option<&std::path::Path>) -> std::process::Exi
         // Its Looker calls (API3 kind) count against the budget the processors share: one
         // budget for the process, flushed like the processor's (one warning a month).
         let meters = rotator.looker_meters();
-        let budget = budget(&cfg, state.clone(), &meters).map(Arc::new);
+        let budget = budget(cfg, state.clone(), &meters).map(Arc::new);
         let (trigger, shutdown) = Shutdown::new();
         let flusher = budget
             .clone()
@@ -364,14 +351,12 @@ pub async fn rotator_main(config: Option<&std::path::Path>) -> std::process::Exi
         }
         state.close().await;
         Ok::<(), AppError>(())
-    };
-    let code = match run.await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("gatehouse-rotator: {e}");
-            std::process::ExitCode::from(e.exit_code() as u8)
-        }
-    };
-    telemetry.shutdown().await;
-    code
+    })
+    .await
+}
+
+impl gatehouse_platform::service::Stop for AppError {
+    fn exit_code(&self) -> i32 {
+        AppError::exit_code(self)
+    }
 }

@@ -254,32 +254,20 @@ pub async fn start(cfg: &Config) -> Result<Running, ServiceError> {
 /// The whole `main` of `gatehouse-ingress`: load config (exit 64 if bad), log, start, run until
 /// SIGINT/SIGTERM, stop gracefully.
 pub async fn service_main(name: &str, config: Option<&std::path::Path>) -> std::process::ExitCode {
-    let cfg = match Config::load(config, |k| std::env::var(k).ok()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{name}: {e}");
-            return std::process::ExitCode::from(64);
-        }
-    };
-    let telemetry = match gatehouse_platform::telemetry::init(&cfg.log, &cfg.telemetry, name) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("{name}: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let code = match start(&cfg).await {
-        Ok(running) => {
-            running.until(gatehouse_platform::shutdown::os_signal()).await;
-            std::process::ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{name}: {e}");
-            std::process::ExitCode::from(e.exit_code() as u8)
-        }
-    };
-    telemetry.shutdown().await;
-    code
+    gatehouse_platform::service::main(name, config, |cfg| async move {
+        start(&cfg)
+            .await?
+            .until(gatehouse_platform::shutdown::os_signal())
+            .await;
+        Ok::<(), ServiceError>(())
+    })
+    .await
+}
+
+impl gatehouse_platform::service::Stop for ServiceError {
+    fn exit_code(&self) -> i32 {
+        ServiceError::exit_code(self)
+    }
 }
 
 /// A Pub/Sub audit subscription whose deliveries carry the message attributes too: the body

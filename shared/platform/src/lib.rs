@@ -5,5 +5,6 @@ pub mod config;
 pub mod http;
 pub mod ops;
 pub mod retry;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
