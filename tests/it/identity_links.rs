@@ -294,3 +294,169 @@ async fn an_unlinked_renamed_person_is_found_by_their_previous_email() {
     assert_eq!(ids(&fake), before);
     app.stop().await;
 }
+
+/// `[identity.looker_sso]`: the Okta user id is the SAML NameID (`saml_user_id`).
+const SAML_BY_IDP_ID: &str = "[identity.looker_sso]\ncredential = \"saml\"\nid = \"idp_user_id\"\n";
+
+/// A Looker user that has only a SAML credential: its `saml_user_id` is the person's Okta id,
+/// its email (the IdP's, from an old domain) is not the person's.
+fn saml_only_user(fake: &FakeLooker) -> String {
+    let uid = fake.add_user_without_email("John", "Doe");
+    fake.add_sso_credential(&uid, "saml", PERSON, Some("jdoe@legacy.example.org"));
+    uid
+}
+
+/// Issue 16, the SSO step: no link, no user with the person's email, but their SAML credential
+/// names a user: it is the person's. It is linked (no second user is created) and the
+/// deactivate disables it and kills its sessions and keys.
+#[tokio::test]
+async fn an_unlinked_person_is_found_by_their_sso_credential() {
+    let fake = FakeLooker::start().await;
+    seed_catalog(&fake);
+    let uid = saml_only_user(&fake);
+    for _ in 0..2 {
+        fake.add_session(&uid);
+        fake.add_api3_key(&uid);
+    }
+    let app = spawn_app(Options {
+        looker: Some(fake.clone()),
+        policy: Some(example_policy()),
+        extra_toml: SAML_BY_IDP_ID.into(),
+        ..Default::default()
+    })
+    .await;
+    let before = ids(&fake);
+    app.deliver(&okta_event(
+        ACTIVATE,
+        "john.d@example.com",
+        "ev-1",
+        "2024-05-01T10:00:00.000Z",
+    ))
+    .await;
+    assert_eq!(ids(&fake), before, "no second looker user for the person");
+    assert_eq!(
+        app.store
+            .account_links("looker", &format!("okta:{PERSON}"))
+            .await
+            .unwrap(),
+        vec![uid.clone()],
+        "the user found by the sso credential is linked"
+    );
+    assert!(
+        fake.calls().iter().any(|c| c.method == "GET"
+            && c.path == format!("/users/credential/saml/{PERSON}")
+            && c.status == 200),
+        "{:#?}",
+        fake.calls()
+    );
+    app.deliver(&okta_event(
+        DEACTIVATE,
+        "john.d@example.com",
+        "ev-3",
+        "2024-05-03T10:00:00.000Z",
+    ))
+    .await;
+    let u = fake.user(&uid).unwrap();
+    assert!(u.is_disabled, "the sso user is offboarded");
+    assert!(u.session_ids.is_empty() && u.api3_key_ids.is_empty(), "{u:?}");
+    assert_eq!(ids(&fake), before);
+    app.stop().await;
+}
+
+/// The person's email names one user and their SAML credential another: two candidates and no
+/// link, so nobody is guessed: one `withheld` resolution row, no write, no link.
+#[tokio::test]
+async fn email_and_sso_credential_naming_two_users_are_refused() {
+    let fake = FakeLooker::start().await;
+    seed_catalog(&fake);
+    let by_email = fake.add_user("john.d@example.com", "John", "D");
+    let by_saml = saml_only_user(&fake);
+    let app = spawn_app(Options {
+        looker: Some(fake.clone()),
+        policy: Some(example_policy()),
+        extra_toml: SAML_BY_IDP_ID.into(),
+        ..Default::default()
+    })
+    .await;
+    let before = ids(&fake);
+    app.deliver(&okta_event(
+        ACTIVATE,
+        "john.d@example.com",
+        "ev-1",
+        "2024-05-01T10:00:00.000Z",
+    ))
+    .await;
+    let rows = app.ledger().await;
+    let refused: Vec<_> = rows
+        .iter()
+        .filter(|r| r.entry.rule == "identity.resolution" && r.entry.status.starts_with("withheld"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{rows:#?}");
+    let why = &refused[0].entry.status;
+    assert!(
+        why.contains(&by_email) && why.contains(&by_saml) && why.contains("saml credential"),
+        "{why}"
+    );
+    assert!(
+        !fake.calls().iter().any(|c| c.is_write),
+        "no write: {:#?}",
+        fake.calls()
+    );
+    assert_eq!(ids(&fake), before);
+    assert!(
+        app.store
+            .account_links("looker", &format!("okta:{PERSON}"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    app.stop().await;
+}
+
+/// The scheduled deletion finds the person's users through their link (issue 16): the person
+/// was linked to user 101 as john.doe@, the deactivate came with a new email (nobody in Looker
+/// has it), and the deletion due later still deletes user 101.
+#[tokio::test]
+async fn the_deletion_sweep_deletes_the_linked_user_of_a_renamed_person() {
+    let fake = FakeLooker::start().await;
+    seed_catalog(&fake);
+    let uid = fake.add_user("john.doe@example.com", "John", "Doe");
+    let policy = example_policy().replace(
+        "delete_after_days = 30",
+        "delete_after_days = 0\nhandover = \"none\"",
+    );
+    assert!(policy.contains("delete_after_days = 0"));
+    let app = spawn_app(Options {
+        looker: Some(fake.clone()),
+        policy: Some(policy),
+        ..Default::default()
+    })
+    .await;
+    app.deliver(&okta_event(
+        ACTIVATE,
+        "john.doe@example.com",
+        "ev-1",
+        "2024-05-01T10:00:00.000Z",
+    ))
+    .await;
+    app.deliver(&okta_event(
+        DEACTIVATE,
+        "john.d@example.com",
+        "ev-3",
+        "2024-05-03T10:00:00.000Z",
+    ))
+    .await;
+    gatehouse_e2e::wait_until("the linked user is deleted", || async {
+        fake.user(&uid).is_none()
+    })
+    .await;
+    let rows = app.ledger().await;
+    assert!(
+        rows.iter()
+            .any(|r| r.entry.rule == "offboarding.delete_after_days"
+                && r.entry.call.path == format!("/users/{uid}")
+                && r.entry.status == "ok"),
+        "{rows:#?}"
+    );
+    app.stop().await;
+}

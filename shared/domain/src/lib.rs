@@ -36,4 +36,5 @@ pub mod policy;
 pub mod ports;
 pub mod schedule;
 pub mod scim_filter;
+pub mod sso;
 pub mod target;

@@ -36,6 +36,10 @@ pub struct Policy {
     /// allowed_email_domains`), not from the policy file. Offboarding applies to everyone.
     #[serde(skip)]
     pub allowed_email_domains: Option<BTreeSet<String>>,
+    /// Issue 16: the SSO credential unlinked people are looked up by in Looker, after their
+    /// email (`None`: off). Set from the configuration (`[identity.looker_sso]`).
+    #[serde(skip)]
+    pub looker_sso: Option<crate::sso::SsoLookup>,
 }
 
 /// The `[aws]` section of the policy.

@@ -350,6 +350,15 @@ pub trait LookerPort: Send + Sync {
         id: &str,
         needs: &ReadNeeds,
     ) -> impl Future<Output = Result<Option<LookerUser>, LookerError>> + Send;
+    /// The user holding SSO credential `credential` with id `id` (issue 16:
+    /// `GET /users/credential/{type}/{id}`), read as `find_user` reads one; `None` when Looker
+    /// has none (404).
+    fn user_for_credential(
+        &self,
+        credential: crate::sso::SsoCredential,
+        id: &str,
+        needs: &ReadNeeds,
+    ) -> impl Future<Output = Result<Option<LookerUser>, LookerError>> + Send;
     /// One page of users for reconcile (issue 14): `GET /users` with `limit` (at most 1,000) and
     /// `offset`, sorted by id, read as `find_user` reads one except that direct roles come from
     /// the page (`role_ids`) and attribute values are not read (`None`). Shorter than `limit`:

@@ -169,6 +169,9 @@ pub struct Link {
     /// that matches on email tries them when neither the link nor the current email finds the
     /// person.
     pub previous_emails: Vec<String>,
+    /// The person's current IdP profile attributes (`Identity::profile`, values only): a target
+    /// that looks people up by another id (Looker's SSO credential) takes it from here.
+    pub profile: std::collections::BTreeMap<String, String>,
 }
 
 impl Link {

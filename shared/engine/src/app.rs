@@ -73,6 +73,7 @@ pub fn load_policy(cfg: &Config) -> Result<Policy, AppError> {
         }
     };
     policy.allowed_email_domains = cfg.identity.allowed_domains();
+    policy.looker_sso = cfg.identity.looker_sso();
     if policy.allowed_email_domains.is_none() {
         tracing::warn!(
             "identity.allowed_email_domains is not set: people of any email domain may be onboarded \

@@ -241,7 +241,8 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         Engine {
             store,
             looker: LookerTarget::new(looker, retry.clone())
-                .with_delivery_domains(policy.allowed_email_domains.clone()),
+                .with_delivery_domains(policy.allowed_email_domains.clone())
+                .with_sso(policy.looker_sso.clone()),
             policy,
             retry,
             cloud: None,
@@ -828,12 +829,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
     ) -> Result<(Option<LookerUser>, Vec<LookerUser>), ProcessError> {
         let looker = TargetName::LOOKER.as_str();
         let person = identity.key.as_str();
-        let accounts = self.store.account_links(looker, person).await?;
-        let link = gatehouse_domain::target::Link {
-            person: person.to_string(),
-            accounts,
-            previous_emails: identity.previous_emails.clone(),
-        };
+        let link = self.looker_link(identity).await?;
         let (found, _gone) = self.looker.resolve(email, &link, needs, false).await?;
         let linked = found.iter().any(|(u, _)| link.accounts.contains(&u.id));
         let mut users = found.into_iter().map(|(u, _)| u);
@@ -852,6 +848,20 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                 .await?;
         }
         Ok((Some(first), others))
+    }
+
+    /// The person's Looker link as the state store holds it (issue 16).
+    async fn looker_link(&self, identity: &Identity) -> Result<gatehouse_domain::target::Link, ProcessError> {
+        let accounts = self
+            .store
+            .account_links(TargetName::LOOKER.as_str(), &identity.key)
+            .await?;
+        Ok(gatehouse_domain::target::Link {
+            person: identity.key.clone(),
+            accounts,
+            previous_emails: identity.previous_emails.clone(),
+            profile: targets::profile_of(identity),
+        })
     }
 
     /// Apply one person's reconcile plan: targets in `enforce` mode are written, the others get
@@ -910,7 +920,9 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         Ok(self.apply_reconcile(&ctx, Some(&plan), &cloud_plan).await?.writes)
     }
 
-    /// Delete users whose offboarding grace period is over (policy `delete_after_days`).
+    /// Delete users whose offboarding grace period is over (policy `delete_after_days`): every
+    /// Looker user of the person that is still disabled, found as offboarding finds them (their
+    /// links first, then their email, SSO credential and previous emails; issue 16).
     pub async fn sweep_deletions(&self, now: DateTime<Utc>) -> Result<usize, ProcessError> {
         let due = self.store.due_deletions(now).await?;
         let mut done = 0;
@@ -943,10 +955,27 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                     .await?;
                 }
                 Some(_) => {
-                    let user = self.looker.find_user(&d.email, &ReadNeeds::default()).await?;
-                    // Only a user that is still disabled is deleted: a reactivated one is kept.
-                    if let Some(u) = user.filter(|u| u.is_disabled) {
-                        self.hand_over_and_delete(&u.id, &run).await?;
+                    // Issue 16: every account of the person, through their links first (a
+                    // renamed person's old user too), then as offboarding resolves them.
+                    let identity = match self.store.load_subject(&d.subject).await? {
+                        Some(s) => s.identity,
+                        None => Identity::new(d.subject.clone()),
+                    };
+                    let link = self.looker_link(&identity).await?;
+                    let (found, _gone) = self
+                        .looker
+                        .resolve(Some(&d.email), &link, &ReadNeeds::default(), true)
+                        .await?;
+                    // Only users still disabled are deleted: a reactivated one is kept.
+                    for (u, _how) in found {
+                        if u.is_disabled {
+                            tracing::info!(subject = %d.subject, user_id = %u.id,
+                                "deleting the offboarded person's looker user");
+                            self.hand_over_and_delete(&u.id, &run).await?;
+                        } else {
+                            tracing::info!(subject = %d.subject, user_id = %u.id,
+                                "the person's looker user is enabled again; not deleted");
+                        }
                     }
                 }
             }

@@ -189,7 +189,19 @@ pub async fn load_link<T: Target, S: StateStore>(
         person: person.key.clone(),
         accounts,
         previous_emails: person.previous_emails.clone(),
+        profile: profile_of(person),
     })
+}
+
+/// The person's current IdP profile values, for [`Link::profile`].
+pub fn profile_of(
+    person: &gatehouse_domain::identity::Identity,
+) -> std::collections::BTreeMap<String, String> {
+    person
+        .profile
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value.clone()))
+        .collect()
 }
 
 /// What a read through `link` found, with the accounts it resolved that `link` lacks.

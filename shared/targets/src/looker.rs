@@ -22,6 +22,7 @@ use gatehouse_domain::looker::{
 use gatehouse_domain::plan::{self, Actual, Plan, Resolution};
 use gatehouse_domain::policy::{self, DesiredLooker, Policy, Presence};
 use gatehouse_domain::ports::LookerPort;
+use gatehouse_domain::sso::{SsoCredential, SsoLookup};
 use gatehouse_domain::target::{Link, Order, Planned, SendError, Sent, Target, TargetName};
 use std::collections::BTreeSet;
 
@@ -32,6 +33,9 @@ pub struct LookerTarget<L> {
     /// `[identity] allowed_email_domains`: at offboarding, the person's schedules and alerts
     /// mailing outside them are disabled (issue 19). `None`: no such reads or steps.
     delivery_domains: Option<BTreeSet<String>>,
+    /// `[identity.looker_sso]` (issue 16): the SSO credential an unlinked person is looked up
+    /// by after their email. `None`: no such read.
+    sso: Option<SsoLookup>,
 }
 
 /// What Looker holds for one person: the catalog (`None` in a dry run) and the user.
@@ -82,7 +86,31 @@ impl<L: LookerPort> LookerTarget<L> {
             client,
             retry,
             delivery_domains: None,
+            sso: None,
         }
+    }
+
+    /// Look a person with no linked user up by this SSO credential too (after the email).
+    pub fn with_sso(mut self, sso: Option<SsoLookup>) -> Self {
+        self.sso = sso;
+        self
+    }
+
+    /// The user holding SSO credential `credential` `id`, with retries (`None` when none, or
+    /// without a client).
+    pub async fn user_for_credential(
+        &self,
+        credential: SsoCredential,
+        id: &str,
+        needs: &ReadNeeds,
+    ) -> Result<Option<LookerUser>, LookerError> {
+        let Some(l) = &self.client else { return Ok(None) };
+        retry_read(
+            &self.retry,
+            |_| false,
+            || l.user_for_credential(credential, id, needs),
+        )
+        .await
     }
 
     /// Disable, at offboarding, the person's schedules and alerts that mail outside `domains`.
@@ -151,8 +179,14 @@ impl<L: LookerPort> LookerTarget<L> {
 
     /// Resolve a person (issue 16): their linked users that still exist first; then, when none
     /// is found or `every` (offboarding: every account of theirs is closed), the users with
-    /// their email in any case, then those with one of their previous emails. Returns the accounts found (linked first, each once), how each
-    /// was found, and the linked ids Looker no longer has.
+    /// their email in any case, the user holding the configured SSO credential
+    /// (`[identity.looker_sso]`), then those with one of their previous emails. Returns the
+    /// accounts found (linked first, each once), how each was found, and the linked ids Looker
+    /// no longer has.
+    ///
+    /// The SSO read is made only when no linked user was found (or at offboarding), and then
+    /// even when the email found one: a person whose email and SSO credential name two different
+    /// users has several candidates, and nobody is guessed.
     pub async fn resolve(
         &self,
         email: Option<&str>,
@@ -179,6 +213,7 @@ impl<L: LookerPort> LookerTarget<L> {
                 None => gone.push(id.clone()),
             }
         }
+        let linked_found = !found.is_empty();
         if let Some(email) = email
             && (found.is_empty() || every)
         {
@@ -196,6 +231,21 @@ impl<L: LookerPort> LookerTarget<L> {
                     found.push((u, how));
                 }
             }
+        }
+        // The SSO credential the instance uses: a person whose Looker user has another email.
+        if let Some(sso) = &self.sso
+            && (!linked_found || every)
+            && let Some(cid) = sso.credential_id(link, email)
+            && let Some(u) = self.user_for_credential(sso.credential, &cid, needs).await?
+            && !found.iter().any(|(f, _)| f.id == u.id)
+        {
+            let how = format!(
+                "looker user {} via its {} credential ({} {cid})",
+                u.id,
+                sso.credential,
+                sso.credential.id_field()
+            );
+            found.push((u, how));
         }
         // The person's earlier emails the directory knows: a renamed person's unlinked user.
         for previous in &link.previous_emails {

@@ -123,6 +123,43 @@ pub struct IdentityConfig {
     /// warning at start says so). Offboarding applies to everyone.
     #[serde(default)]
     pub allowed_email_domains: Option<Vec<String>>,
+    /// `[identity.looker_sso]` (issue 16): look a person with no linked Looker user up by the
+    /// SSO credential the instance uses, after their email. Off when absent.
+    #[serde(default)]
+    pub looker_sso: Option<LookerSsoConfig>,
+}
+
+/// `[identity.looker_sso]`: `credential` is the Looker credential type (`saml`, `oidc`,
+/// `google`, `ldap`); `id` which of the person's ids the IdP puts in it (`idp_user_id`, `email`,
+/// `login`, `attribute:NAME`). Both required.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookerSsoConfig {
+    #[serde(default)]
+    pub credential: Option<String>,
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+impl LookerSsoConfig {
+    /// The lookup, or the field at fault.
+    pub fn lookup(&self) -> Result<gatehouse_domain::sso::SsoLookup, ConfigError> {
+        use gatehouse_domain::sso::{SsoCredential, SsoId, SsoLookup};
+        let credential = match self.credential.as_deref().map(str::trim) {
+            None => Err("is required: saml, oidc, google or ldap".to_owned()),
+            Some(c) => {
+                SsoCredential::parse(c).ok_or_else(|| format!("{c:?} is not one of saml, oidc, google, ldap"))
+            }
+        }
+        .map_err(|m| ConfigError::new("identity.looker_sso.credential", m))?;
+        let id = match self.id.as_deref().map(str::trim) {
+            None => Err("is required: idp_user_id, email, login or attribute:NAME".to_owned()),
+            Some(i) => SsoId::parse(i)
+                .ok_or_else(|| format!("{i:?} is not one of idp_user_id, email, login, attribute:NAME")),
+        }
+        .map_err(|m| ConfigError::new("identity.looker_sso.id", m))?;
+        Ok(SsoLookup { credential, id })
+    }
 }
 
 impl IdentityConfig {
@@ -133,7 +170,15 @@ impl IdentityConfig {
             .map(|d| d.iter().map(|d| d.trim().to_ascii_lowercase()).collect())
     }
 
+    /// `[identity.looker_sso]` parsed (`None`: off). Validated at load.
+    pub fn looker_sso(&self) -> Option<gatehouse_domain::sso::SsoLookup> {
+        self.looker_sso.as_ref().and_then(|s| s.lookup().ok())
+    }
+
     fn validate(&self, aws: &AwsConfig) -> Result<(), ConfigError> {
+        if let Some(sso) = &self.looker_sso {
+            sso.lookup()?;
+        }
         if let Some(domains) = &self.allowed_email_domains {
             if domains.is_empty() {
                 return Err(ConfigError::new(
@@ -875,6 +920,39 @@ mod tests {
         )
         .unwrap();
         assert!(cfg.okta.hook_secret.is_some());
+    }
+
+    /// Issue 16: `[identity.looker_sso]` is off by default, parsed when set, and a wrong or
+    /// missing value names its field.
+    #[test]
+    fn identity_looker_sso() {
+        use gatehouse_domain::sso::{SsoCredential, SsoId};
+        let cfg = Config::load(None, env(&[])).unwrap();
+        assert!(cfg.identity.looker_sso().is_none(), "off by default");
+        let f = write("[identity.looker_sso]\ncredential = \"oidc\"\nid = \"attribute:externalId\"\n");
+        let sso = Config::load(Some(f.path()), env(&[]))
+            .unwrap()
+            .identity
+            .looker_sso()
+            .unwrap();
+        assert_eq!(sso.credential, SsoCredential::Oidc);
+        assert_eq!(sso.id, SsoId::Attribute("externalId".into()));
+        for (text, field) in [
+            ("id = \"email\"\n", "identity.looker_sso.credential"),
+            (
+                "credential = \"embed\"\nid = \"email\"\n",
+                "identity.looker_sso.credential",
+            ),
+            ("credential = \"saml\"\n", "identity.looker_sso.id"),
+            (
+                "credential = \"saml\"\nid = \"attribute:\"\n",
+                "identity.looker_sso.id",
+            ),
+        ] {
+            let f = write(&format!("[identity.looker_sso]\n{text}"));
+            let e = Config::load(Some(f.path()), env(&[])).unwrap_err();
+            assert_eq!(e.field, field, "{text}: {e}");
+        }
     }
 
     /// Issue 11, finding 3: `{local}` maps alice@a.com and alice@b.com to one IAM user unless

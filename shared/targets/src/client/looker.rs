@@ -36,6 +36,14 @@ use tokio::time::Instant;
 pub const SEARCH_FIELDS: &str =
     "id,email,is_disabled,group_ids,role_ids,credentials_api3,sessions,credentials_email";
 const API_PREFIX: &str = "/api/4.0";
+/// Longest SSO credential id looked up (issue 16); a longer one is refused before the wire.
+const MAX_CREDENTIAL_ID: usize = 512;
+/// What is percent-encoded in a path segment: everything but RFC 3986 unreserved characters.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 const METRIC_CALLS: &str = "gatehouse_looker_calls_total";
 /// Longest Looker error message kept in a [`LookerError`].
 const MAX_MESSAGE: usize = 500;
@@ -673,6 +681,31 @@ impl LookerPort for LookerClient {
             .await
         {
             Ok(u) => self.snapshot(u, needs, "/users/{id}").await.map(Some),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn user_for_credential(
+        &self,
+        credential: gatehouse_domain::sso::SsoCredential,
+        id: &str,
+        needs: &ReadNeeds,
+    ) -> Result<Option<LookerUser>, LookerError> {
+        const ENDPOINT: &str = "/users/credential/{type}/{id}";
+        if id.is_empty() || id.len() > MAX_CREDENTIAL_ID {
+            return Err(permanent(format!(
+                "an sso credential id must be 1 to {MAX_CREDENTIAL_ID} bytes"
+            )));
+        }
+        // The id is the IdP's (an email, `auth0|42`, a DN): one percent-encoded path segment.
+        let encoded = percent_encoding::utf8_percent_encode(id, SEGMENT);
+        let path = format!("/users/credential/{}/{encoded}", credential.as_str());
+        match self
+            .get_json::<SearchUser>(&path, &[("fields", SEARCH_FIELDS)])
+            .await
+        {
+            Ok(u) => self.snapshot(u, needs, ENDPOINT).await.map(Some),
             Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }

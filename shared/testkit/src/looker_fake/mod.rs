@@ -13,7 +13,10 @@
 //! * Permissions: the seeded admin (direct role `Admin`) may call everything; any other user's
 //!   API3 key can log in, call `GET /user`, and gets 403 elsewhere.
 //! * Users (`GET /users/search`, `GET|POST /users`, `GET|PATCH|DELETE /users/{id}`, `GET /user`,
-//!   `GET /users/credential/{email|api3}/{id}`), email credentials, sessions, API3 keys, groups and
+//!   `GET /users/credential/{email|api3|saml|oidc|google|ldap}/{id}`), email credentials, SSO
+//!   credentials (`credentials_saml`, `_oidc`, `_google`, `_ldap`, seeded with
+//!   [`FakeLooker::add_sso_credential`]; their own `/users/{id}/credentials_saml` endpoints are
+//!   not modelled), sessions, API3 keys, groups and
 //!   memberships, roles (direct, and via groups with [`FakeLooker::set_group_roles`]), user
 //!   attributes and per-user values (`source: "user"`, or `"default"` from the attribute's
 //!   default). `fields` (with nested `name(sub)`), `sorts`, `limit`/`offset`, `page`/`per_page`,
@@ -33,7 +36,7 @@
 //!   `DELETE /users/{id}` does to them (Trash, schedules deleted) — see `model/content.rs`.
 //!
 //! # What it does not model
-//! Group-level user attribute values, the `All Users` default group, embed/SAML/OIDC/LDAP/Google
+//! Group-level user attribute values, the `All Users` default group, embed and Looker OpenID
 //! credentials, `sudo`, folder trees, content other than Looks and dashboards, queries, rate limiting other than injected faults, `Link`/
 //! `X-Total-Count` paging headers, and `PATCH /users/{id}/credentials_api3/{id}` (405).
 //! Removing a user from a group it is not in answers 204 (idempotent). Ids are numeric strings
@@ -274,6 +277,16 @@ impl FakeLooker {
     /// A user without email credentials.
     pub fn add_user_without_email(&self, first: &str, last: &str) -> String {
         self.st().add_user(None, first, last)
+    }
+
+    /// Give a user an SSO credential (issue 16): `kind` is `saml`, `oidc`, `google` or `ldap`,
+    /// `id` the IdP's id for the user (`saml_user_id`, `oidc_user_id`, `google_user_id`,
+    /// `ldap_id`), `email` the email the IdP sent. `GET /users/credential/{kind}/{id}` finds it.
+    ///
+    /// # Panics
+    /// On an unknown user or a credential type the fake does not model.
+    pub fn add_sso_credential(&self, user_id: &str, kind: &str, id: &str, email: Option<&str>) {
+        self.st().add_sso_credential(user_id, kind, id, email);
     }
 
     pub fn add_session(&self, user_id: &str) -> String {

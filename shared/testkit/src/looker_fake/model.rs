@@ -127,6 +127,26 @@ pub(crate) struct User {
     attributes: BTreeMap<u64, String>,
     sessions: Vec<Session>,
     api3: Vec<Api3>,
+    /// SSO credentials by type (`saml`, `oidc`, `google`, `ldap`): at most one of each, as the
+    /// spec's `User.credentials_saml` (...) objects.
+    sso: BTreeMap<&'static str, SsoCred>,
+}
+
+/// The SSO credential types the fake models, with the field `user_for_credential` matches on.
+pub(crate) const SSO_KINDS: [(&str, &str); 4] = [
+    ("saml", "saml_user_id"),
+    ("oidc", "oidc_user_id"),
+    ("google", "google_user_id"),
+    ("ldap", "ldap_id"),
+];
+
+/// One SSO credential (`CredentialsSaml`, `CredentialsOIDC`, `CredentialsGoogle`,
+/// `CredentialsLDAP`): the IdP's id for the user and the email the IdP sent.
+#[derive(Debug, Clone)]
+struct SsoCred {
+    id: String,
+    email: Option<String>,
+    created_at: String,
 }
 
 impl User {
@@ -144,6 +164,7 @@ impl User {
             attributes: BTreeMap::new(),
             sessions: Vec::new(),
             api3: Vec::new(),
+            sso: BTreeMap::new(),
         }
     }
 
@@ -855,6 +876,20 @@ impl State {
         }
     }
 
+    /// Give user `user_id` an SSO credential of type `kind` (`saml`, `oidc`, `google`, `ldap`)
+    /// whose IdP id is `id`, replacing one of that type.
+    pub(crate) fn add_sso_credential(&mut self, user_id: &str, kind: &str, id: &str, email: Option<&str>) {
+        let Some(&(kind, _)) = SSO_KINDS.iter().find(|(k, _)| *k == kind) else {
+            panic!("fake looker: {kind:?} is not an sso credential type the fake models");
+        };
+        let cred = SsoCred {
+            id: id.to_owned(),
+            email: email.map(str::to_owned),
+            created_at: now_rfc3339(),
+        };
+        self.seed_user(user_id).sso.insert(kind, cred);
+    }
+
     fn seed_user(&mut self, user_id: &str) -> &mut User {
         match parse_id(user_id).and_then(|id| self.users.get_mut(&id)) {
             Some(u) => u,
@@ -1369,7 +1404,12 @@ impl State {
                 .users
                 .values()
                 .find(|u| u.api3.iter().any(|k| k.client_id == cid)),
-            // Other credential types (google, saml, oidc, ldap, embed, ...) are not modelled.
+            // The id field each type matches on (`saml_user_id`, ...), exactly.
+            _ if SSO_KINDS.iter().any(|(k, _)| *k == kind) => self
+                .users
+                .values()
+                .find(|u| u.sso.get(kind).is_some_and(|c| c.id == cid)),
+            // Other credential types (embed, looker_openid, ...) are not modelled.
             _ => None,
         };
         found
@@ -1604,11 +1644,11 @@ impl State {
             "credentials_api3": u.api3.iter().map(|k| self.api3_json(u, k, false)).collect::<Vec<_>>(),
             "credentials_email": u.email.as_ref().map(|c| self.email_json(u, c)),
             "credentials_embed": [],
-            "credentials_google": null,
-            "credentials_ldap": null,
+            "credentials_google": self.sso_json(u, "google"),
+            "credentials_ldap": self.sso_json(u, "ldap"),
             "credentials_looker_openid": null,
-            "credentials_oidc": null,
-            "credentials_saml": null,
+            "credentials_oidc": self.sso_json(u, "oidc"),
+            "credentials_saml": self.sso_json(u, "saml"),
             "credentials_totp": null,
             "credentials_workforce": null,
             "display_name": display,
@@ -1640,6 +1680,38 @@ impl State {
             "service_account_name": null,
             "url": self.api_url(&format!("/users/{}", u.id)),
         })
+    }
+
+    /// `CredentialsSaml` / `CredentialsOIDC` / `CredentialsGoogle` / `CredentialsLDAP` as the
+    /// spec shapes them (`null` when the user has none of that type).
+    fn sso_json(&self, u: &User, kind: &str) -> Value {
+        let (Some(c), Some((_, id_field))) = (u.sso.get(kind), SSO_KINDS.iter().find(|(k, _)| *k == kind))
+        else {
+            return Value::Null;
+        };
+        let mut v = json!({
+            "can": {},
+            "created_at": c.created_at,
+            "email": c.email,
+            "is_disabled": false,
+            "logged_in_at": null,
+            "type": kind,
+            "url": self.api_url(&format!("/users/{}/credentials_{kind}", u.id)),
+        });
+        v[*id_field] = json!(c.id);
+        match kind {
+            "google" => {
+                let domain = c
+                    .email
+                    .as_deref()
+                    .and_then(|e| e.rsplit_once('@'))
+                    .map(|(_, d)| d);
+                v["domain"] = json!(domain);
+            }
+            "ldap" => v["ldap_dn"] = Value::Null,
+            _ => {}
+        }
+        v
     }
 
     fn email_json(&self, u: &User, c: &EmailCred) -> Value {
@@ -2286,6 +2358,45 @@ mod tests {
         );
         assert_eq!(found["role_ids"], json!([r1]), "direct roles only");
         assert_eq!(found["group_ids"], json!([g]));
+    }
+
+    /// Issue 16: SSO credentials as the spec shapes them, found by `user_for_credential` on
+    /// their id field exactly (a percent-encoded id too), 404 otherwise.
+    #[test]
+    fn sso_credentials_are_found_by_their_idp_id() {
+        let mut st = state();
+        let tok = token(&mut st);
+        let u = st.add_user(None, "Sso", "Only");
+        st.add_sso_credential(&u, "saml", "auth0|J.Doe@idp", Some("jd@other.example.org"));
+        st.add_sso_credential(&u, "google", "1077", Some("jd@example.com"));
+        let get = |st: &mut State, p: &str| call(st, &tok, "GET", p, None);
+        let r = get(
+            &mut st,
+            "/users/credential/saml/auth0%7CJ.Doe%40idp?fields=id,credentials_saml",
+        );
+        assert_eq!(r.status, 200);
+        let body = r.body.unwrap();
+        assert_eq!(body["id"], json!(u));
+        let saml = &body["credentials_saml"];
+        assert_eq!(saml["saml_user_id"], "auth0|J.Doe@idp");
+        assert_eq!(saml["email"], "jd@other.example.org");
+        assert_eq!(saml["type"], "saml");
+        assert_eq!(saml["is_disabled"], false);
+        for p in [
+            "/users/credential/saml/auth0%7Cj.doe%40idp",
+            "/users/credential/oidc/auth0%7CJ.Doe%40idp",
+            "/users/credential/saml/1077",
+        ] {
+            assert_eq!(get(&mut st, p).status, 404, "{p}");
+        }
+        let r = get(&mut st, &format!("/users/{u}"));
+        let body = r.body.unwrap();
+        assert_eq!(body["credentials_google"]["google_user_id"], "1077");
+        assert_eq!(body["credentials_google"]["domain"], "example.com");
+        assert_eq!(body["credentials_oidc"], Value::Null);
+        assert_eq!(body["credentials_email"], Value::Null);
+        let r = get(&mut st, "/users/credential/google/1077?fields=id");
+        assert_eq!(r.body, Some(json!({"id": u})));
     }
 
     #[test]
