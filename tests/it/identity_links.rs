@@ -450,13 +450,14 @@ async fn the_deletion_sweep_deletes_the_linked_user_of_a_renamed_person() {
         fake.user(&uid).is_none()
     })
     .await;
-    let rows = app.ledger().await;
-    assert!(
-        rows.iter()
-            .any(|r| r.entry.rule == "offboarding.delete_after_days"
+    // The ledger row is written once Looker answered the delete.
+    gatehouse_e2e::wait_until("the deletion is ledgered", || async {
+        app.ledger().await.iter().any(|r| {
+            r.entry.rule == "offboarding.delete_after_days"
                 && r.entry.call.path == format!("/users/{uid}")
-                && r.entry.status == "ok"),
-        "{rows:#?}"
-    );
+                && r.entry.status == "ok"
+        })
+    })
+    .await;
     app.stop().await;
 }

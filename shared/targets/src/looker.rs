@@ -7,7 +7,9 @@
 //! (dry run).
 //!
 //! Resolution, in order: the linked users that still exist; without one, the users whose email
-//! is the person's (any case). Several candidates and no link: onboarding and updates refuse to
+//! is the person's (any case), the user holding the SSO credential `[identity.looker_sso]` names
+//! (`GET /users/credential/{type}/{id}`), then the users with a previous email of the person.
+//! Several candidates and no link: onboarding and updates refuse to
 //! guess (an alert); offboarding closes every one. A linked user whose email differs gets it
 //! updated (`PATCH /users/{id}/credentials_email`), never a second user.
 

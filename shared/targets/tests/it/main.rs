@@ -6,6 +6,7 @@ mod contract;
 mod gcp_iam;
 mod looker;
 mod looker_content;
+mod looker_sso;
 mod own_identity;
 mod real_targets;
 mod retry_core;
