@@ -5,6 +5,7 @@
 
 mod reconcile_paged;
 mod registered;
+mod sweep;
 mod wake;
 // The worked example of a new target, shared with the target contract tests of `gatehouse-targets`.
 #[path = "../../../targets/tests/it/toy_target.rs"]
