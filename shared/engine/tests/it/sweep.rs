@@ -55,8 +55,7 @@ async fn the_sweep_deletes_every_linked_user_still_disabled_and_none_enabled_aga
         catalog_ttl: Duration::ZERO,
     })
     .unwrap();
-    let policy =
-        Policy::from_toml("[offboarding]\ndelete_after_days = 1\nhandover = \"none\"\n").unwrap();
+    let policy = Policy::from_toml("[offboarding]\ndelete_after_days = 1\nhandover = \"none\"\n").unwrap();
     let retry = RetryPolicy {
         retries: 2,
         min_delay: Duration::from_millis(5),
@@ -65,22 +64,19 @@ async fn the_sweep_deletes_every_linked_user_still_disabled_and_none_enabled_aga
     let engine = Engine::new(store.clone(), Some(client), Arc::new(policy), retry);
 
     // Renamed at the IdP: nobody in Looker has the new email.
-    engine
-        .handle(&deactivate("jd.new@example.com"))
-        .await
-        .unwrap();
+    engine.handle(&deactivate("jd.new@example.com")).await.unwrap();
     for u in [&old, &dup] {
         assert!(fake.user(u).unwrap().is_disabled, "user {u} offboarded");
     }
     // An admin enables the old account again before the deletion is due.
     fake.set_disabled(&old, false);
 
-    let swept = engine
-        .sweep_deletions(Utc::now() + Days::days(2))
-        .await
-        .unwrap();
+    let swept = engine.sweep_deletions(Utc::now() + Days::days(2)).await.unwrap();
     assert_eq!(swept, 1);
-    assert!(fake.user(&dup).is_none(), "the linked, still disabled user is deleted");
+    assert!(
+        fake.user(&dup).is_none(),
+        "the linked, still disabled user is deleted"
+    );
     assert!(
         fake.user(&old).is_some_and(|u| !u.is_disabled),
         "the user enabled again is kept"
