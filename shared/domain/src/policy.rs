@@ -36,6 +36,9 @@ pub struct Policy {
     /// allowed_email_domains`), not from the policy file. Offboarding applies to everyone.
     #[serde(skip)]
     pub allowed_email_domains: Option<BTreeSet<String>>,
+    /// License reclamation (`[inactivity]`, issue 15); off when absent.
+    #[serde(default)]
+    pub inactivity: Option<crate::inactivity::Inactivity>,
 }
 
 /// The `[aws]` section of the policy.
@@ -465,6 +468,9 @@ impl Policy {
     }
 
     fn validate(&self) -> Result<(), PolicyError> {
+        if let Some(i) = &self.inactivity {
+            i.validate().map_err(PolicyError::Invalid)?;
+        }
         let mut names = BTreeSet::new();
         for rule in &self.rules {
             if rule.name.trim().is_empty() {
