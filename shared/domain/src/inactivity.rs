@@ -122,3 +122,64 @@ impl Inactivity {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policy;
+
+    fn user(last: Option<i64>, created: Option<i64>, groups: &[&str]) -> LookerUser {
+        let at = |d: i64| DateTime::from_timestamp(1_800_000_000 - d * 86_400, 0).unwrap();
+        LookerUser {
+            id: "7".into(),
+            is_disabled: false,
+            email: Some("a@x.io".into()),
+            group_ids: groups.iter().map(|g| g.to_string()).collect(),
+            session_ids: vec![],
+            api3_key_ids: vec![],
+            direct_role_ids: None,
+            user_attribute_values: None,
+            logins: Some(Logins {
+                last_login_at: last.map(at),
+                first_credential_at: created.map(at),
+            }),
+        }
+    }
+
+    #[test]
+    fn inactive_past_the_limit_unless_exempt_or_unknown() {
+        let p = Policy::from_toml(
+            "[inactivity]\ndisable_after_days = 90\nexempt_groups = [\"VIP\"]\n",
+        )
+        .unwrap();
+        let rule = p.inactivity.unwrap();
+        assert_eq!(rule.mode, InactivityMode::Report, "report first");
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let mut catalog = Catalog::default();
+        catalog.groups.insert("VIP".into(), "5".into());
+        let id = Identity::new("okta:1");
+        let check = |u: &LookerUser| rule.check(&id, Some("a@x.io"), u, &catalog, now);
+        assert_eq!(check(&user(Some(120), Some(400), &[])).unwrap().inactive_days, 120);
+        assert!(check(&user(Some(90), Some(400), &[])).is_none(), "exactly the limit is not past it");
+        assert!(check(&user(Some(120), Some(400), &["5"])).is_none(), "looker group exempt");
+        let never = check(&user(None, Some(120), &[])).unwrap();
+        assert_eq!((never.last_login_at, never.inactive_days), (None, 120));
+        assert!(check(&user(None, None, &[])).is_none(), "age unknown: never counted");
+        let mut unread = user(Some(500), None, &[]);
+        unread.logins = None;
+        assert!(check(&unread).is_none(), "not read: never counted");
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        for bad in [
+            "[inactivity]\ndisable_after_days = 0\n",
+            "[inactivity]\ndisable_after_days = 9\nmode = \"delete\"\n",
+            "[inactivity]\ndisable_after_days = 9\nexempt_groups = [\" \"]\n",
+            "[inactivity]\ndisable_after_dayz = 9\n",
+        ] {
+            assert!(Policy::from_toml(bad).is_err(), "{bad}");
+        }
+        assert!(Policy::from_toml("").unwrap().inactivity.is_none(), "off unless set");
+    }
+}

@@ -215,6 +215,8 @@ async fn the_sla_report_gives_percentiles_and_the_breach_as_its_ledger_row() {
     let o = report(&data, &[]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
+    // The example in docs/reports.md (`-- --nocapture`).
+    println!("{out}");
     assert_eq!(out.matches("BREACH").count(), 1, "{out}");
     assert!(
         out.contains(&format!("seq {} hash {}", last_e.seq, last_e.hash)),

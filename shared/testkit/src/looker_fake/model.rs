@@ -121,6 +121,7 @@ pub(crate) struct User {
     /// Other writable `User` fields the fake stores but does not interpret.
     extra: Map<String, Value>,
     email: Option<EmailCred>,
+    saml: Option<SamlCred>,
     group_ids: BTreeSet<u64>,
     role_ids: BTreeSet<u64>,
     /// User attribute id → value set on the user itself.
@@ -139,6 +140,7 @@ impl User {
             is_disabled: false,
             extra: Map::new(),
             email: None,
+            saml: None,
             group_ids: BTreeSet::new(),
             role_ids: BTreeSet::new(),
             attributes: BTreeMap::new(),
@@ -168,6 +170,15 @@ struct EmailCred {
     email: String,
     created_at: String,
     forced_password_reset_at_next_login: bool,
+    /// `logged_in_at`: the last login with this credential (null: never).
+    logged_in_at: Option<String>,
+}
+
+/// `credentials_saml` (`CredentialsSaml`): a user who logs in through a SAML IdP.
+#[derive(Debug, Clone)]
+struct SamlCred {
+    created_at: String,
+    logged_in_at: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -773,6 +784,7 @@ impl State {
             email: e.to_owned(),
             created_at: now_rfc3339(),
             forced_password_reset_at_next_login: false,
+            logged_in_at: None,
         });
         self.users.insert(id, u);
         id.to_string()
@@ -846,6 +858,25 @@ impl State {
 
     pub(crate) fn set_disabled(&mut self, user_id: &str, disabled: bool) {
         self.seed_user(user_id).is_disabled = disabled;
+    }
+
+    pub(crate) fn set_logins(
+        &mut self,
+        user_id: &str,
+        email: Option<chrono::DateTime<chrono::Utc>>,
+        saml: Option<chrono::DateTime<chrono::Utc>>,
+        created_at: chrono::DateTime<chrono::Utc>,
+    ) {
+        let at = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let u = self.seed_user(user_id);
+        if let Some(c) = u.email.as_mut() {
+            c.logged_in_at = email.map(at);
+            c.created_at = at(created_at);
+        }
+        u.saml = saml.map(|t| SamlCred {
+            created_at: at(created_at),
+            logged_in_at: Some(at(t)),
+        });
     }
 
     fn seed_id(&self, id: &str, exists: impl Fn(&State, u64) -> bool, what: &str) -> u64 {
@@ -1397,6 +1428,7 @@ impl State {
                         .get("forced_password_reset_at_next_login")
                         .and_then(Value::as_bool)
                         .unwrap_or(false),
+                    logged_in_at: None,
                 })
             }
             Some(_) => {
@@ -1463,10 +1495,12 @@ impl State {
             .and_then(Value::as_bool)
             .unwrap_or(false);
         let u = self.user_mut(uid)?;
+        let logged_in_at = u.email.as_ref().and_then(|c| c.logged_in_at.clone());
         u.email = Some(EmailCred {
             email: email.to_owned(),
             created_at: now_rfc3339(),
             forced_password_reset_at_next_login: forced,
+            logged_in_at,
         });
         let u = self.user(uid)?;
         let c = u.email.as_ref().ok_or_else(not_found)?;
@@ -1608,7 +1642,16 @@ impl State {
             "credentials_ldap": null,
             "credentials_looker_openid": null,
             "credentials_oidc": null,
-            "credentials_saml": null,
+            "credentials_saml": u.saml.as_ref().map(|c| json!({
+                "can": {},
+                "created_at": c.created_at,
+                "email": u.email(),
+                "is_disabled": false,
+                "logged_in_at": c.logged_in_at,
+                "saml_user_id": format!("saml-{}", u.id),
+                "type": "saml",
+                "url": self.api_url(&format!("/users/{}/credentials_saml", u.id)),
+            })),
             "credentials_totp": null,
             "credentials_workforce": null,
             "display_name": display,
@@ -1650,7 +1693,7 @@ impl State {
             "forced_password_reset_at_next_login": c.forced_password_reset_at_next_login,
             "user_id": u.id.to_string(),
             "is_disabled": false,
-            "logged_in_at": null,
+            "logged_in_at": c.logged_in_at,
             "password_reset_url": null,
             "account_setup_url": null,
             "password_reset_url_expired": false,
