@@ -792,6 +792,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         if looker_live {
             self.resolution_alerts(&plan, &run).await?;
         }
+        let offboarding = offboarding_times(env, &identity);
         self.store
             .commit(Outcome {
                 envelope_id: env.id.clone(),
@@ -799,7 +800,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                 converged: live.then_some(fingerprint),
                 deletion,
                 base_version,
-                offboarding: offboarding_times(env, &identity),
+                offboarding,
             })
             .await?;
         Ok(result)

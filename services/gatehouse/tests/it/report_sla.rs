@@ -32,7 +32,7 @@ fn row(envelope: &str, target: &str, at: DateTime<Utc>, status: &str, path: &str
 
 /// Five offboardings with controlled times (the ledger rows carry their own times): Looker's
 /// last revoking calls come 1, 2, 3, 4 and 40 minutes after the event, AWS's once after 2
-/// minutes; receipts 1..5 s after the events. A sixth offboarding is before `--since`.
+/// minutes; receipts 1..5 s after the events. A sixth offboarding is before `--since` (the evening before).
 async fn fixture(db: &Sqlite) {
     let min = |m: i64| TimeDelta::seconds(m * 60);
     let s = TimeDelta::seconds;
@@ -97,7 +97,7 @@ async fn fixture(db: &Sqlite) {
         .unwrap();
     }
     let early = "okta:default:early";
-    db.append_ledger(&[row(early, "looker", t0() - min(30), "ok", "/users/7")])
+    db.append_ledger(&[row(early, "looker", t0() - min(570), "ok", "/users/7")])
         .await
         .unwrap();
     db.commit(Outcome {
@@ -107,9 +107,10 @@ async fn fixture(db: &Sqlite) {
             email: None,
             source: "okta".into(),
             event: "user_suspended".into(),
-            occurred_at: t0() - min(60),
-            received_at: t0() - min(60),
-            finished_at: t0() - min(30),
+            // The evening before the window.
+            occurred_at: t0() - min(600),
+            received_at: t0() - min(600),
+            finished_at: t0() - min(570),
         }),
         ..Outcome::processed_only(EnvelopeId(early.into()))
     })
