@@ -104,7 +104,7 @@ impl Inactivity {
         catalog: &Catalog,
         now: DateTime<Utc>,
     ) -> Option<InactiveUser> {
-        let logins = user.logins?;
+        let logins = user.logins.as_deref()?;
         let active_at = logins.active_at()?;
         let limit = TimeDelta::days(i64::from(self.disable_after_days));
         let idle = now - active_at;
@@ -139,10 +139,10 @@ mod tests {
             api3_key_ids: vec![],
             direct_role_ids: None,
             user_attribute_values: None,
-            logins: Some(Logins {
+            logins: Some(Box::new(Logins {
                 last_login_at: last.map(at),
                 first_credential_at: created.map(at),
-            }),
+            })),
         }
     }
 

@@ -132,7 +132,7 @@ impl PagedUser {
             // `role_ids` of a User are its direct roles (group roles are not listed there).
             direct_role_ids: Some(self.role_ids.unwrap_or_default().into_iter().collect()),
             user_attribute_values: None,
-            logins,
+            logins: logins.map(Box::new),
         })
     }
 }
