@@ -148,10 +148,8 @@ mod tests {
 
     #[test]
     fn inactive_past_the_limit_unless_exempt_or_unknown() {
-        let p = Policy::from_toml(
-            "[inactivity]\ndisable_after_days = 90\nexempt_groups = [\"VIP\"]\n",
-        )
-        .unwrap();
+        let p =
+            Policy::from_toml("[inactivity]\ndisable_after_days = 90\nexempt_groups = [\"VIP\"]\n").unwrap();
         let rule = p.inactivity.unwrap();
         assert_eq!(rule.mode, InactivityMode::Report, "report first");
         let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
@@ -159,12 +157,24 @@ mod tests {
         catalog.groups.insert("VIP".into(), "5".into());
         let id = Identity::new("okta:1");
         let check = |u: &LookerUser| rule.check(&id, Some("a@x.io"), u, &catalog, now);
-        assert_eq!(check(&user(Some(120), Some(400), &[])).unwrap().inactive_days, 120);
-        assert!(check(&user(Some(90), Some(400), &[])).is_none(), "exactly the limit is not past it");
-        assert!(check(&user(Some(120), Some(400), &["5"])).is_none(), "looker group exempt");
+        assert_eq!(
+            check(&user(Some(120), Some(400), &[])).unwrap().inactive_days,
+            120
+        );
+        assert!(
+            check(&user(Some(90), Some(400), &[])).is_none(),
+            "exactly the limit is not past it"
+        );
+        assert!(
+            check(&user(Some(120), Some(400), &["5"])).is_none(),
+            "looker group exempt"
+        );
         let never = check(&user(None, Some(120), &[])).unwrap();
         assert_eq!((never.last_login_at, never.inactive_days), (None, 120));
-        assert!(check(&user(None, None, &[])).is_none(), "age unknown: never counted");
+        assert!(
+            check(&user(None, None, &[])).is_none(),
+            "age unknown: never counted"
+        );
         let mut unread = user(Some(500), None, &[]);
         unread.logins = None;
         assert!(check(&unread).is_none(), "not read: never counted");
@@ -180,6 +190,9 @@ mod tests {
         ] {
             assert!(Policy::from_toml(bad).is_err(), "{bad}");
         }
-        assert!(Policy::from_toml("").unwrap().inactivity.is_none(), "off unless set");
+        assert!(
+            Policy::from_toml("").unwrap().inactivity.is_none(),
+            "off unless set"
+        );
     }
 }

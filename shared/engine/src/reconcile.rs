@@ -526,7 +526,10 @@ pub fn render_text(r: &Report) -> String {
                 u.looker_user_id,
                 match u.last_login_at {
                     Some(t) => format!("last login {}", t.to_rfc3339()),
-                    None => format!("never logged in (credential created {})", u.active_at.to_rfc3339()),
+                    None => format!(
+                        "never logged in (credential created {})",
+                        u.active_at.to_rfc3339()
+                    ),
                 },
                 u.inactive_days,
                 if u.disabled { ", disabled" } else { "" }

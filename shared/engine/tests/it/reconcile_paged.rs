@@ -315,9 +315,16 @@ async fn reclamation_world(mode: &str) -> World {
     let now = chrono::Utc::now();
     let days = chrono::TimeDelta::days;
     let uid = |i: usize| w.fake.user_by_email(&email(i)).unwrap().id;
-    w.fake.set_logins(&uid(0), Some(now - days(120)), None, now - days(400));
-    w.fake.set_logins(&uid(1), Some(now - days(120)), None, now - days(400));
-    w.fake.set_logins(&uid(2), Some(now - days(200)), Some(now - days(3)), now - days(400));
+    w.fake
+        .set_logins(&uid(0), Some(now - days(120)), None, now - days(400));
+    w.fake
+        .set_logins(&uid(1), Some(now - days(120)), None, now - days(400));
+    w.fake.set_logins(
+        &uid(2),
+        Some(now - days(200)),
+        Some(now - days(3)),
+        now - days(400),
+    );
     w.fake.set_logins(&uid(3), None, None, now - days(120));
     let leave = w.people.0[1].identity.groups["00gEng"].stamp.clone();
     w.people.0[1].identity.groups.insert(
@@ -354,7 +361,11 @@ async fn inactive_users_are_listed_in_report_mode_and_disabled_in_enforce_mode()
     let r = reconcile::run_with(&w.engine, &w.people, true, &opts(1, 1), &LogProgress)
         .await
         .unwrap();
-    assert_eq!(w.fake.calls().len(), baseline, "the login times come with the pages");
+    assert_eq!(
+        w.fake.calls().len(),
+        baseline,
+        "the login times come with the pages"
+    );
     assert_eq!(w.fake.write_calls(), 0);
     let i = r.inactivity.as_ref().expect("inactivity report");
     let listed: Vec<&str> = i.users.iter().map(|u| u.subject.as_str()).collect();

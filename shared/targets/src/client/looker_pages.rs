@@ -80,7 +80,11 @@ struct PagedUser {
 fn logins<'a>(creds: impl Iterator<Item = &'a LoginTimes>) -> Option<Logins> {
     let parse = |t: &Option<String>| -> Result<Option<DateTime<Utc>>, ()> {
         t.as_deref()
-            .map(|s| DateTime::parse_from_rfc3339(s).map(|d| d.to_utc()).map_err(|_| ()))
+            .map(|s| {
+                DateTime::parse_from_rfc3339(s)
+                    .map(|d| d.to_utc())
+                    .map_err(|_| ())
+            })
             .transpose()
     };
     let mut out = Logins::default();
@@ -174,7 +178,10 @@ mod login_tests {
     use super::*;
 
     fn paged(v: serde_json::Value) -> LookerUser {
-        serde_json::from_value::<PagedUser>(v).unwrap().into_user().unwrap()
+        serde_json::from_value::<PagedUser>(v)
+            .unwrap()
+            .into_user()
+            .unwrap()
     }
 
     #[test]
@@ -189,7 +196,10 @@ mod login_tests {
         }));
         let l = u.logins.unwrap();
         assert_eq!(l.last_login_at.unwrap().to_rfc3339(), "2026-06-01T10:00:00+00:00");
-        assert_eq!(l.first_credential_at.unwrap().to_rfc3339(), "2025-01-01T00:00:00+00:00");
+        assert_eq!(
+            l.first_credential_at.unwrap().to_rfc3339(),
+            "2025-01-01T00:00:00+00:00"
+        );
         assert_eq!(u.email.as_deref(), Some("a@x.io"));
 
         let never = paged(serde_json::json!({
