@@ -123,6 +123,7 @@ fn recorded(people: &[Identity], p: &Policy) -> Snapshot {
                 api3_key_ids: vec![],
                 direct_role_ids: None,
                 user_attribute_values: None,
+                logins: None,
             }),
         );
         for g in &gs {

@@ -7,6 +7,7 @@
 
 mod ocsf;
 mod ops;
+mod report_sla;
 
 use anyhow::Context;
 use clap::{ArgGroup, Parser, Subcommand};
@@ -69,6 +70,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Reports for auditors and owners, from the state store alone (no target is called).
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
     /// Inspect and redrive dead-lettered messages of the configured queue backend.
     Dlq {
         #[command(subcommand)]
@@ -119,6 +125,26 @@ enum AuditCommand {
     /// Check the hash chain: exit 0 when intact, else name the first altered, removed or
     /// reordered row and exit 1.
     Verify,
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// The deprovisioning SLA: per offboarding, the IdP's event time, the receive time and each
+    /// target's last revoking call (ledger seq, time, chain hash); p50/p95/max per target; the
+    /// revocations later than the SLA.
+    Deprovisioning {
+        /// Offboardings whose event time is at or after this RFC 3339 time.
+        #[arg(long)]
+        since: chrono::DateTime<chrono::Utc>,
+        /// ... and before this one (default: now).
+        #[arg(long)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// Longest allowed time from the IdP's event to a target's last revoking call.
+        #[arg(long, default_value = "15m", value_parser = report_sla::parse_sla)]
+        sla: std::time::Duration,
+        #[arg(long, value_enum, default_value = "text")]
+        format: report_sla::Format,
+    },
 }
 
 #[derive(Subcommand)]
@@ -258,6 +284,15 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
         Command::Audit {
             command: AuditCommand::Verify,
         } => ops::audit_verify(&cfg).await,
+        Command::Report {
+            command:
+                ReportCommand::Deprovisioning {
+                    since,
+                    until,
+                    sla,
+                    format,
+                },
+        } => report_sla::deprovisioning(&cfg, since, until, sla, format).await,
         Command::Dlq { command } => {
             let action = match command {
                 DlqCommand::List => ops::DlqAction::List,

@@ -8,6 +8,8 @@
 //! - [`looker`]: Looker's model as Gatehouse sees it, and the operations a plan is made of.
 //! - [`plan`]: the diff from actual to desired state.
 //! - [`handover`]: deleting without destroying (hand-over before a deletion, outside deliveries).
+//! - [`deprovisioning`]: the deprovisioning SLA report (event → last revoking call per target).
+//! - [`inactivity`]: license reclamation (`[inactivity]`: managed users with no recent login).
 //! - [`ledger_chain`]: the hash chain over the ledger and its verification.
 //! - [`ports`]: traits the adapters implement (queue, state, Looker).
 //! - [`schedule`]: one leader per scheduled reconcile tick, the rolling audit's run counter.
@@ -16,6 +18,7 @@
 pub mod breaker;
 pub mod cloud;
 pub mod cloud_audit;
+pub mod deprovisioning;
 pub mod email;
 pub mod envelope;
 pub mod error;
@@ -26,6 +29,7 @@ pub mod google;
 pub mod graph;
 pub mod handover;
 pub mod identity;
+pub mod inactivity;
 pub mod ledger_chain;
 pub mod looker;
 pub mod metric_labels;

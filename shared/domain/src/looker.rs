@@ -21,6 +21,9 @@ pub struct LookerUser {
     pub direct_role_ids: Option<BTreeSet<String>>,
     /// User attribute id → value set on the user itself (source `user`); read only when managed.
     pub user_attribute_values: Option<BTreeMap<String, String>>,
+    /// Login times of the credentials; read only by reconcile's paged read (issue 15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logins: Option<Box<crate::inactivity::Logins>>,
 }
 
 /// How a Looker user attribute is set up (`GET /user_attributes`): what decides whether a

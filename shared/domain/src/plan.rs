@@ -473,6 +473,7 @@ mod tests {
                         api3_key_ids: vec![],
                         direct_role_ids: Some(Default::default()),
                         user_attribute_values: Some(Default::default()),
+                        logins: None,
                     })
                 }
                 op => {
@@ -538,6 +539,7 @@ mod tests {
                         .map(|(k, v)| (k.to_string(), v.to_string()))
                         .collect(),
                 ),
+                logins: None,
             })
         })
     }
@@ -664,6 +666,7 @@ mod tests {
                     .into_iter()
                     .collect(),
             ),
+            logins: None,
         };
         for held in [Some("ALL"), None] {
             let plan = diff(&d, &Actual::Present(user(held)), Some(&catalog()));
@@ -729,6 +732,7 @@ mod tests {
             api3_key_ids: vec![],
             direct_role_ids: Some(Default::default()),
             user_attribute_values: Some(Default::default()),
+            logins: None,
         };
         let plan = diff(&d, &Actual::Present(user("old@x.io")), Some(&catalog()));
         let updates: Vec<_> = plan

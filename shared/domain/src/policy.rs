@@ -40,6 +40,9 @@ pub struct Policy {
     /// email (`None`: off). Set from the configuration (`[identity.looker_sso]`).
     #[serde(skip)]
     pub looker_sso: Option<crate::sso::SsoLookup>,
+    /// License reclamation (`[inactivity]`, issue 15); off when absent.
+    #[serde(default)]
+    pub inactivity: Option<crate::inactivity::Inactivity>,
 }
 
 /// The `[aws]` section of the policy.
@@ -469,6 +472,9 @@ impl Policy {
     }
 
     fn validate(&self) -> Result<(), PolicyError> {
+        if let Some(i) = &self.inactivity {
+            i.validate().map_err(PolicyError::Invalid)?;
+        }
         let mut names = BTreeSet::new();
         for rule in &self.rules {
             if rule.name.trim().is_empty() {

@@ -135,6 +135,40 @@ pub struct Outcome {
     /// not this one any more, so two handlers of one subject (two processes, or an unordered
     /// queue) can never lose each other's facts: the loser handles its event again.
     pub base_version: Option<i64>,
+    /// The times of an offboarding envelope (deactivate, suspend, delete, `gatehouse offboard`),
+    /// written in the same transaction (issue 15: the deprovisioning SLA report).
+    pub offboarding: Option<OffboardingTimes>,
+}
+
+/// When one offboarding happened, reached Gatehouse and was finished: one row per processed
+/// offboarding envelope, kept after its message is acked (`gatehouse report deprovisioning`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffboardingTimes {
+    pub envelope_id: String,
+    /// The person (`Subject.key`).
+    pub person: String,
+    pub email: Option<String>,
+    /// `Source::as_str` of the intake.
+    pub source: String,
+    /// `IdentityEvent::kind` (`user_deactivated`, `user_suspended`, `user_deleted`).
+    pub event: String,
+    /// The IdP's own event time (as the engine orders it: bounded by the receipt plus the
+    /// allowed clock skew).
+    pub occurred_at: DateTime<Utc>,
+    /// When the intake accepted the event (`Envelope::received_at`).
+    pub received_at: DateTime<Utc>,
+    /// When the engine finished the envelope (its commit).
+    pub finished_at: DateTime<Utc>,
+}
+
+/// The offboarding times kept per envelope (see [`OffboardingTimes`]).
+pub trait OffboardingLog: Send + Sync {
+    /// Offboardings whose event time is in `[since, until)`, oldest first (ties by envelope id).
+    fn offboardings(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<OffboardingTimes>, BackendError>> + Send;
 }
 
 impl Outcome {
@@ -147,6 +181,7 @@ impl Outcome {
             converged: None,
             deletion: DeletionChange::Keep,
             base_version: None,
+            offboarding: None,
         }
     }
 }

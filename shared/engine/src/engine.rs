@@ -11,7 +11,8 @@ use gatehouse_domain::looker::{Catalog, ErrorKind, LookerError, LookerOp, Looker
 use gatehouse_domain::plan::{Plan, Step};
 use gatehouse_domain::policy::{self, DesiredLooker, Policy, Presence};
 use gatehouse_domain::ports::{
-    BackendError, DeletionChange, LookerPort, Outcome, RotationRequest, ScheduledDeletion, StateStore,
+    BackendError, DeletionChange, LookerPort, OffboardingTimes, Outcome, RotationRequest, ScheduledDeletion,
+    StateStore,
 };
 use gatehouse_domain::target::{CallOutcome, Order, Screen, SendAll, Target as _, TargetName};
 use gatehouse_platform::config::Mode as ConfigMode;
@@ -653,6 +654,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         // converge even if the desired state is the one last converged.
         let live = self.looker.client().is_some() || self.cloud.is_some() || !self.registered.is_empty();
         if !drift && !after_race && live && converged.as_deref() == Some(fingerprint.as_str()) {
+            let offboarding = offboarding_times(env, &identity);
             self.store
                 .commit(Outcome {
                     envelope_id: env.id.clone(),
@@ -660,6 +662,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                     converged,
                     deletion: DeletionChange::Keep,
                     base_version,
+                    offboarding,
                 })
                 .await?;
             return Ok(Handled::NoOp {
@@ -790,6 +793,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         if looker_live {
             self.resolution_alerts(&plan, &run).await?;
         }
+        let offboarding = offboarding_times(env, &identity);
         self.store
             .commit(Outcome {
                 envelope_id: env.id.clone(),
@@ -797,6 +801,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                 converged: live.then_some(fingerprint),
                 deletion,
                 base_version,
+                offboarding,
             })
             .await?;
         Ok(result)
@@ -1038,6 +1043,29 @@ fn ctx(env: &Envelope, email: Option<&str>) -> Ctx {
         event: env.source_event_type.clone(),
         email: email.map(str::to_string),
     }
+}
+
+/// The times of an offboarding envelope (a deactivation, suspension or deletion, the IdP's or
+/// `gatehouse offboard`'s) that leaves the person offboarded, for the deprovisioning SLA report
+/// (issue 15). An offboarding event made stale by a later reactivation offboards nobody: none.
+fn offboarding_times(env: &Envelope, identity: &Identity) -> Option<OffboardingTimes> {
+    let offboarding = matches!(
+        env.event,
+        IdentityEvent::UserDeactivated | IdentityEvent::UserSuspended | IdentityEvent::UserDeleted
+    );
+    (offboarding && identity.status.is_offboarded()).then(|| OffboardingTimes {
+        envelope_id: env.id.0.clone(),
+        person: env.subject.key.clone(),
+        email: identity
+            .email()
+            .map(str::to_string)
+            .or_else(|| env.subject.email.clone()),
+        source: env.source.as_str().to_string(),
+        event: env.event.kind().to_string(),
+        occurred_at: env.occurred_at,
+        received_at: env.received_at,
+        finished_at: Utc::now(),
+    })
 }
 
 /// The converged fingerprint: Looker's alone when no other target applies (unchanged from before

@@ -21,7 +21,8 @@ use gatehouse_domain::cloud::{
     AwsAccessKey, AwsActual, AwsUser, AwsUserKey, AwsUserMapping, CloudPlan, IamPolicy, Target,
 };
 use gatehouse_domain::identity::Identity;
-use gatehouse_domain::looker::{Catalog, LookerUser};
+use gatehouse_domain::inactivity::{InactiveUser, InactivityMode};
+use gatehouse_domain::looker::{Catalog, LookerOp, LookerUser};
 use gatehouse_domain::plan::{self, Actual, Plan};
 use gatehouse_domain::policy::{self, Policy};
 use gatehouse_domain::ports::{Directory, LookerPort, StateStore};
@@ -63,6 +64,9 @@ pub struct SubjectPlan {
     pub email: Option<String>,
     pub looker: Option<Plan>,
     pub cloud: CloudPlan,
+    /// The person's Looker user is inactive past `[inactivity] disable_after_days` (issue 15).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inactive: Option<InactiveUser>,
 }
 
 impl SubjectPlan {
@@ -140,13 +144,33 @@ fn plan_one(
     now: DateTime<Utc>,
 ) -> SubjectPlan {
     let desired = policy::evaluate(policy, id);
+    let mut inactive = None;
     let looker = snap.looker.as_ref().and_then(|(catalog, users)| {
         let email = desired.email.as_ref()?;
         let actual = match users.get(&email.to_ascii_lowercase()) {
             Some(Some(u)) => Actual::Present(u.clone()),
             _ => Actual::Absent,
         };
-        Some(plan::diff(&desired, &actual, Some(catalog)))
+        let mut plan = plan::diff(&desired, &actual, Some(catalog));
+        // License reclamation (issue 15): a managed user of an active person with no login for
+        // too long. Offboarded people are the offboarding's (it disables them anyway).
+        if let (Some(rule), Actual::Present(u)) = (&policy.inactivity, &actual)
+            && !id.status.is_offboarded()
+        {
+            inactive = rule.check(id, Some(email), u, catalog, now);
+            if inactive.is_some() && rule.mode == InactivityMode::Enforce {
+                // Disabled for inactivity stays disabled: no re-enable while still inactive.
+                plan.steps
+                    .retain(|s| s.op != LookerOp::SetDisabled { disabled: false });
+                if !u.is_disabled {
+                    plan.steps.push(plan::Step {
+                        op: LookerOp::SetDisabled { disabled: true },
+                        rule: gatehouse_domain::inactivity::RULE.to_string(),
+                    });
+                }
+            }
+        }
+        Some(plan)
     });
     let dc = gatehouse_domain::cloud::evaluate(policy, id, shape.aws.as_ref(), shape.gcp, now);
     let aws_actual = match (&dc.aws, &snap.aws_users) {
@@ -194,6 +218,7 @@ fn plan_one(
         email: desired.email.clone(),
         looker,
         cloud,
+        inactive,
     }
 }
 
@@ -225,6 +250,22 @@ pub struct Report {
     pub reported: usize,
     /// Looker users that look like a person's beside the one resolved (issue 16).
     pub looker_duplicates: usize,
+    /// License reclamation (`[inactivity]`, issue 15); `None` when off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inactivity: Option<InactivityReport>,
+}
+
+/// Seats of managed users inactive past `[inactivity] disable_after_days`.
+#[derive(Debug, Clone, Serialize)]
+pub struct InactivityReport {
+    pub mode: InactivityMode,
+    pub disable_after_days: u32,
+    /// Still enabled: seats to reclaim (enforce mode: disabled by this run when applied).
+    pub reclaimable: usize,
+    /// Already disabled (by an earlier enforce run or by hand): seats reclaimed.
+    pub reclaimed: usize,
+    /// Every such user, oldest activity first.
+    pub users: Vec<InactiveUser>,
 }
 
 /// Read everything with the fewest calls (Looker: default [`ReadOptions`]).
@@ -366,10 +407,20 @@ where
             .and_then(|c| c.aws.as_ref().map(|a| a.mapping.clone())),
         gcp: engine.cloud().is_some_and(|c| c.gcp.is_some()),
     };
-    let plans: Vec<SubjectPlan> = plan_all(engine.policy(), &identities, &snap, &shape, Utc::now())
-        .into_iter()
-        .filter(|p| !p.is_empty())
-        .collect();
+    let all = plan_all(engine.policy(), &identities, &snap, &shape, Utc::now());
+    let inactivity = engine.policy().inactivity.as_ref().map(|rule| {
+        let mut users: Vec<InactiveUser> = all.iter().filter_map(|p| p.inactive.clone()).collect();
+        users.sort_by(|a, b| (a.active_at, &a.subject).cmp(&(b.active_at, &b.subject)));
+        let reclaimed = users.iter().filter(|u| u.disabled).count();
+        InactivityReport {
+            mode: rule.mode,
+            disable_after_days: rule.disable_after_days,
+            reclaimable: users.len() - reclaimed,
+            reclaimed,
+            users,
+        }
+    });
+    let plans: Vec<SubjectPlan> = all.into_iter().filter(|p| !p.is_empty()).collect();
     let mut report = Report {
         people: identities.len(),
         reads,
@@ -378,6 +429,7 @@ where
         writes: 0,
         reported: 0,
         looker_duplicates: snap.looker_duplicates,
+        inactivity,
     };
     for (target, n) in [
         (
@@ -454,6 +506,35 @@ pub fn render_text(r: &Report) -> String {
             "looker: {} user(s) look like another user of the same person (see the warnings); not changed",
             r.looker_duplicates
         );
+    }
+    if let Some(i) = &r.inactivity {
+        let mode = match i.mode {
+            InactivityMode::Report => "report",
+            InactivityMode::Enforce => "enforce",
+        };
+        let _ = writeln!(
+            out,
+            "inactivity ({mode}, no login for {} days): {} seat(s) reclaimable, {} reclaimed (disabled)",
+            i.disable_after_days, i.reclaimable, i.reclaimed
+        );
+        for u in &i.users {
+            let _ = writeln!(
+                out,
+                "  {} ({}) looker user {}: {}, {} days{}",
+                u.email.as_deref().unwrap_or("<no email>"),
+                u.subject,
+                u.looker_user_id,
+                match u.last_login_at {
+                    Some(t) => format!("last login {}", t.to_rfc3339()),
+                    None => format!(
+                        "never logged in (credential created {})",
+                        u.active_at.to_rfc3339()
+                    ),
+                },
+                u.inactive_days,
+                if u.disabled { ", disabled" } else { "" }
+            );
+        }
     }
     if r.applied {
         let _ = writeln!(out, "applied: {} writes, {} reported only", r.writes, r.reported);

@@ -21,6 +21,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 mod breaker;
+mod offboarding;
 mod okta_log;
 mod schedule;
 
@@ -174,6 +175,9 @@ impl StateStore for Postgres {
         let now = millis(Utc::now());
         let mut tx = self.pool.begin().await.map_err(err("cannot begin commit"))?;
         mark_processed(&mut tx, &outcome.envelope_id.0, now).await?;
+        if let Some(times) = &outcome.offboarding {
+            offboarding::record(&mut tx, times).await?;
+        }
         let Some(identity) = &outcome.identity else {
             return tx.commit().await.map_err(err("cannot commit"));
         };

@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 mod breaker;
 mod claim;
 mod enqueue;
+mod offboarding;
 mod okta_log;
 mod schedule;
 
@@ -529,6 +530,9 @@ impl StateStore for Sqlite {
             .execute(&mut *tx)
             .await
             .map_err(err("cannot record the processed envelope"))?;
+        if let Some(times) = &outcome.offboarding {
+            offboarding::record(&mut tx, times).await?;
+        }
         let Some(identity) = &outcome.identity else {
             return tx.commit().await.map_err(err("cannot commit"));
         };

@@ -70,6 +70,16 @@ impl LookerCallCounts for AnyState {
     }
 }
 
+impl gatehouse_domain::ports::OffboardingLog for AnyState {
+    async fn offboardings(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<gatehouse_domain::ports::OffboardingTimes>, BackendError> {
+        forward!(self, s => s.offboardings(since, until))
+    }
+}
+
 impl gatehouse_domain::schedule::ReconcileSchedule for AnyState {
     async fn claim_tick(
         &self,

@@ -562,6 +562,7 @@ mod tests {
             api3_key_ids: vec![],
             direct_role_ids: None,
             user_attribute_values: None,
+            logins: None,
         }
     }
 

@@ -87,6 +87,7 @@ async fn plan_all_shows_the_first_reconcile_and_what_is_withheld() {
                 converged: None,
                 deletion: DeletionChange::Keep,
                 base_version: None,
+                offboarding: None,
             })
             .await
             .unwrap();

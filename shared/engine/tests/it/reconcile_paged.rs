@@ -5,7 +5,7 @@ use chrono::DateTime;
 use gatehouse_domain::envelope::EnvelopeId;
 use gatehouse_domain::identity::{Identity, Membership, Stamp, Stamped, Status};
 use gatehouse_domain::policy::Policy;
-use gatehouse_domain::ports::{BackendError, Directory, SubjectState};
+use gatehouse_domain::ports::{BackendError, Directory, StateStore, SubjectState};
 use gatehouse_engine::engine::{Engine, RetryPolicy};
 use gatehouse_engine::reconcile::{self, LogProgress, ReadOptions};
 use gatehouse_store::sqlite::Sqlite;
@@ -301,4 +301,108 @@ async fn a_scheduled_reconcile_the_budget_cannot_cover_is_skipped_and_ledgered()
         s2.ledger_since(None).await.unwrap().is_empty(),
         "no drift, no skip note"
     );
+}
+
+/// Issue 15, license reclamation: four people in Engineering, converged in Looker. p0 last
+/// logged in 120 days ago; p1 too, but is in the exempt IdP group; p2 logged in with SAML 3
+/// days ago (by email 200 days ago: the latest credential counts); p3 never logged in and
+/// their credentials were created 120 days ago (counted from then).
+async fn reclamation_world(mode: &str) -> World {
+    let policy = format!(
+        "{GROUPS_AND_ROLES}\n[inactivity]\ndisable_after_days = 90\nmode = \"{mode}\"\nexempt_groups = [\"On leave\"]\n"
+    );
+    let mut w = world(4, &policy).await;
+    let now = chrono::Utc::now();
+    let days = chrono::TimeDelta::days;
+    let uid = |i: usize| w.fake.user_by_email(&email(i)).unwrap().id;
+    w.fake
+        .set_logins(&uid(0), Some(now - days(120)), None, now - days(400));
+    w.fake
+        .set_logins(&uid(1), Some(now - days(120)), None, now - days(400));
+    w.fake.set_logins(
+        &uid(2),
+        Some(now - days(200)),
+        Some(now - days(3)),
+        now - days(400),
+    );
+    w.fake.set_logins(&uid(3), None, None, now - days(120));
+    let leave = w.people.0[1].identity.groups["00gEng"].stamp.clone();
+    w.people.0[1].identity.groups.insert(
+        "00gLeave".into(),
+        Membership {
+            name: "On leave".into(),
+            member: true,
+            stamp: leave,
+            source: None,
+        },
+    );
+    w
+}
+
+fn disabled(w: &World) -> Vec<bool> {
+    (0..4)
+        .map(|i| w.fake.user_by_email(&email(i)).unwrap().is_disabled)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inactive_users_are_listed_in_report_mode_and_disabled_in_enforce_mode() {
+    // Without [inactivity]: the calls a reconcile costs.
+    let plain = world(4, GROUPS_AND_ROLES).await;
+    plain.fake.reset_calls();
+    reconcile::run_with(&plain.engine, &plain.people, false, &opts(1, 1), &LogProgress)
+        .await
+        .unwrap();
+    let baseline = plain.fake.calls().len();
+
+    // Report mode: listed, nothing written, not one call more.
+    let w = reclamation_world("report").await;
+    w.fake.reset_calls();
+    let r = reconcile::run_with(&w.engine, &w.people, true, &opts(1, 1), &LogProgress)
+        .await
+        .unwrap();
+    assert_eq!(
+        w.fake.calls().len(),
+        baseline,
+        "the login times come with the pages"
+    );
+    assert_eq!(w.fake.write_calls(), 0);
+    let i = r.inactivity.as_ref().expect("inactivity report");
+    let listed: Vec<&str> = i.users.iter().map(|u| u.subject.as_str()).collect();
+    assert_eq!(listed, ["00u00000", "00u00003"], "{i:?}");
+    assert_eq!((i.reclaimable, i.reclaimed), (2, 0));
+    assert_eq!(i.users[0].inactive_days, 120);
+    assert!(i.users[0].last_login_at.is_some() && i.users[1].last_login_at.is_none());
+    assert!(r.plans.is_empty(), "report mode plans nothing: {:?}", r.plans);
+    assert_eq!(disabled(&w), [false; 4]);
+    assert!(reconcile::render_text(&r).contains("2 seat(s) reclaimable"));
+
+    // Enforce mode: disabled through the apply loop and ledgered; exempt and active untouched.
+    let w = reclamation_world("enforce").await;
+    w.fake.reset_calls();
+    let r = reconcile::run_with(&w.engine, &w.people, true, &opts(1, 1), &LogProgress)
+        .await
+        .unwrap();
+    assert_eq!(disabled(&w), [true, false, false, true]);
+    assert_eq!(r.writes, 2);
+    let reads = w.fake.calls().len() - w.fake.write_calls();
+    assert_eq!(reads, baseline, "no extra reads in enforce mode either");
+    let rows = w.engine.store().ledger_since(None).await.unwrap();
+    let mut ledgered: Vec<(&str, &str)> = rows
+        .iter()
+        .filter(|r| r.entry.rule == gatehouse_domain::inactivity::RULE)
+        .map(|r| (r.entry.subject.as_str(), r.entry.status.as_str()))
+        .collect();
+    ledgered.sort();
+    assert_eq!(ledgered, [("00u00000", "ok"), ("00u00003", "ok")]);
+    // The next reconcile does not enable them again: the seats stay reclaimed.
+    let r = reconcile::run_with(&w.engine, &w.people, true, &opts(1, 2), &LogProgress)
+        .await
+        .unwrap();
+    assert_eq!(disabled(&w), [true, false, false, true]);
+    assert_eq!(r.writes, 0, "{:?}", r.plans);
+    // The example in docs/reports.md (`-- --nocapture`).
+    println!("{}", reconcile::render_text(&r));
+    let i = r.inactivity.unwrap();
+    assert_eq!((i.reclaimable, i.reclaimed), (0, 2));
 }

@@ -145,6 +145,7 @@ async fn commit_records_processed_identity_and_deletions_atomically() {
             due_at: due,
         }),
         base_version: None,
+        offboarding: None,
     })
     .await
     .unwrap();
@@ -165,6 +166,7 @@ async fn commit_records_processed_identity_and_deletions_atomically() {
         converged: None,
         deletion: DeletionChange::Cancel,
         base_version: Some(1),
+        offboarding: None,
     })
     .await
     .unwrap();

@@ -58,6 +58,7 @@ fn outcome(id: &str, subject: Option<&str>, converged: Option<&str>, deletion: D
         converged: converged.map(str::to_string),
         deletion,
         base_version: None,
+        offboarding: None,
     }
 }
 
@@ -115,6 +116,7 @@ pub(crate) async fn commit_keeps_identity_fingerprint_and_deletions<S: StateStor
         converged: Some("fp1".into()),
         deletion: DeletionChange::Schedule(deletion("okta:1", 100)),
         base_version: None,
+        offboarding: None,
     })
     .await
     .unwrap();
@@ -649,6 +651,7 @@ both! {
     account_links => |s, _| Box::pin(account_links_are_durable_per_target_and_person(s));
     breaker => |s, _| Box::pin(breaker_counts_as_one_and_holds_past_the_limit(s));
     okta_log_cursor => |s, _| Box::pin(okta_log_cursors_are_kept_per_org(s));
+    offboarding_times => |s, _| Box::pin(offboarding_times_are_committed_with_their_envelope(s));
 }
 
 /// The count survives a restart (a reopen of the same file), and two processes opening the
@@ -710,4 +713,78 @@ pub(crate) async fn okta_log_cursors_are_kept_per_org<S: gatehouse_domain::okta_
     s.save_okta_cursor("acme", &second).await.unwrap();
     assert_eq!(s.load_okta_cursor("acme").await.unwrap(), Some(second));
     assert_eq!(s.load_okta_cursor("globex").await.unwrap(), None, "per org");
+}
+
+fn offboarding_times(
+    id: &str,
+    person: &str,
+    occurred_secs: i64,
+) -> gatehouse_domain::ports::OffboardingTimes {
+    let at = |secs: i64| DateTime::from_timestamp_millis(secs * 1000 + 123).unwrap();
+    gatehouse_domain::ports::OffboardingTimes {
+        envelope_id: id.into(),
+        person: person.into(),
+        email: Some(format!("{person}@example.com")),
+        source: "okta".into(),
+        event: "user_deactivated".into(),
+        occurred_at: at(occurred_secs),
+        received_at: at(occurred_secs + 2),
+        finished_at: at(occurred_secs + 9),
+    }
+}
+
+/// Issue 15: an offboarding's times are written by the commit that finishes its envelope (also
+/// one without an identity), once (a redelivery keeps the first), not at all when the commit is
+/// refused (a lost race rolls them back with the processed row), and read back by event time in
+/// `[since, until)`, oldest first, with millisecond precision.
+pub(crate) async fn offboarding_times_are_committed_with_their_envelope<
+    S: StateStore + gatehouse_domain::ports::OffboardingLog,
+>(
+    s: S,
+) {
+    let at = |secs: i64| DateTime::from_timestamp(secs, 0).unwrap();
+    let b = offboarding_times("okta:o:b", "okta:2", 200);
+    s.commit(Outcome {
+        offboarding: Some(b.clone()),
+        ..outcome("okta:o:b", Some("okta:2"), None, DeletionChange::Keep)
+    })
+    .await
+    .unwrap();
+    let a = offboarding_times("manual:offboard:a", "okta:1", 100);
+    s.commit(Outcome {
+        offboarding: Some(a.clone()),
+        ..outcome("manual:offboard:a", None, None, DeletionChange::Keep)
+    })
+    .await
+    .unwrap();
+    // A redelivery's commit does not replace the first times.
+    let mut again = b.clone();
+    again.finished_at = at(999);
+    s.commit(Outcome {
+        offboarding: Some(again),
+        ..outcome("okta:o:b", None, None, DeletionChange::Keep)
+    })
+    .await
+    .unwrap();
+    // A commit from an outdated load is refused: its times are not kept either.
+    let refused = s
+        .commit(Outcome {
+            offboarding: Some(offboarding_times("okta:o:c", "okta:2", 150)),
+            ..based_on(outcome("okta:o:c", Some("okta:2"), None, DeletionChange::Keep), 7)
+        })
+        .await;
+    assert!(refused.unwrap_err().is_subject_changed());
+    assert!(!s.is_processed(&EnvelopeId("okta:o:c".into())).await.unwrap());
+
+    assert_eq!(
+        s.offboardings(at(0), at(1000)).await.unwrap(),
+        vec![a.clone(), b.clone()]
+    );
+    assert_eq!(s.offboardings(at(101), at(1000)).await.unwrap(), vec![b.clone()]);
+    assert_eq!(
+        s.offboardings(at(0), at(200)).await.unwrap(),
+        vec![a],
+        "until is exclusive"
+    );
+    assert!(s.offboardings(at(201), at(1000)).await.unwrap().is_empty());
 }

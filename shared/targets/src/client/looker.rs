@@ -571,6 +571,7 @@ impl LookerClient {
                 .collect(),
             direct_role_ids,
             user_attribute_values,
+            logins: None,
         })
     }
 }

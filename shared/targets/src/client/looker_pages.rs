@@ -5,6 +5,8 @@
 //! `GET /users/{id}/attribute_values` per user, which reconcile spends only on its rolling audit.
 
 use crate::client::looker::{LookerClient, bad_body};
+use chrono::{DateTime, Utc};
+use gatehouse_domain::inactivity::Logins;
 use gatehouse_domain::looker::{LookerError, LookerUser};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -13,7 +15,13 @@ use std::collections::BTreeMap;
 pub const MAX_PAGE: usize = 1000;
 
 /// The `fields` of one page: what a reconcile plan needs, nothing else.
-pub const PAGE_FIELDS: &str = "id,email,is_disabled,group_ids,role_ids,credentials_email(email,logged_in_at),credentials_api3(id),sessions(id)";
+/// The credentials' `logged_in_at` and `created_at` feed license reclamation (issue 15,
+/// `gatehouse_domain::inactivity`) at no extra call.
+pub const PAGE_FIELDS: &str = "id,email,is_disabled,group_ids,role_ids,\
+credentials_email(email,logged_in_at,created_at),credentials_saml(logged_in_at,created_at),\
+credentials_google(logged_in_at,created_at),credentials_oidc(logged_in_at,created_at),\
+credentials_ldap(logged_in_at,created_at),credentials_looker_openid(logged_in_at,created_at),\
+credentials_api3(id),sessions(id)";
 
 #[derive(Deserialize)]
 struct IdOnly {
@@ -24,6 +32,17 @@ struct IdOnly {
 struct EmailCredential {
     #[serde(default)]
     email: Option<String>,
+    #[serde(flatten)]
+    times: LoginTimes,
+}
+
+/// `logged_in_at` and `created_at` of one credential (every kind has both in the 4.0 spec).
+#[derive(Deserialize, Default)]
+struct LoginTimes {
+    #[serde(default)]
+    logged_in_at: Option<String>,
+    #[serde(default)]
+    created_at: Option<String>,
 }
 
 /// A `User` as [`PAGE_FIELDS`] returns it.
@@ -41,14 +60,59 @@ struct PagedUser {
     #[serde(default)]
     credentials_email: Option<EmailCredential>,
     #[serde(default)]
+    credentials_saml: Option<LoginTimes>,
+    #[serde(default)]
+    credentials_google: Option<LoginTimes>,
+    #[serde(default)]
+    credentials_oidc: Option<LoginTimes>,
+    #[serde(default)]
+    credentials_ldap: Option<LoginTimes>,
+    #[serde(default)]
+    credentials_looker_openid: Option<LoginTimes>,
+    #[serde(default)]
     credentials_api3: Option<Vec<IdOnly>>,
     #[serde(default)]
     sessions: Option<Vec<IdOnly>>,
 }
 
+/// The latest login and the first credential over `creds`; `None` when a time does not parse
+/// (an unknown login time must never make a user look inactive).
+fn logins<'a>(creds: impl Iterator<Item = &'a LoginTimes>) -> Option<Logins> {
+    let parse = |t: &Option<String>| -> Result<Option<DateTime<Utc>>, ()> {
+        t.as_deref()
+            .map(|s| {
+                DateTime::parse_from_rfc3339(s)
+                    .map(|d| d.to_utc())
+                    .map_err(|_| ())
+            })
+            .transpose()
+    };
+    let mut out = Logins::default();
+    for c in creds {
+        if let Some(at) = parse(&c.logged_in_at).ok()? {
+            out.last_login_at = out.last_login_at.max(Some(at));
+        }
+        if let Some(at) = parse(&c.created_at).ok()? {
+            out.first_credential_at = Some(out.first_credential_at.map_or(at, |f| f.min(at)));
+        }
+    }
+    Some(out)
+}
+
 impl PagedUser {
     fn into_user(self) -> Result<LookerUser, LookerError> {
         crate::client::looker::check_segment(&self.id).map_err(|m| bad_body("/users", m))?;
+        let logins = logins(
+            self.credentials_email
+                .as_ref()
+                .map(|c| &c.times)
+                .into_iter()
+                .chain(self.credentials_saml.iter())
+                .chain(self.credentials_google.iter())
+                .chain(self.credentials_oidc.iter())
+                .chain(self.credentials_ldap.iter())
+                .chain(self.credentials_looker_openid.iter()),
+        );
         let email = self
             .email
             .or_else(|| self.credentials_email.and_then(|c| c.email));
@@ -72,6 +136,7 @@ impl PagedUser {
             // `role_ids` of a User are its direct roles (group roles are not listed there).
             direct_role_ids: Some(self.role_ids.unwrap_or_default().into_iter().collect()),
             user_attribute_values: None,
+            logins: logins.map(Box::new),
         })
     }
 }
@@ -105,5 +170,45 @@ impl LookerClient {
         crate::client::looker::check_segment(user_id)
             .map_err(|m| bad_body("/users/{id}/attribute_values", m))?;
         self.user_set_attributes(user_id, attribute_ids).await
+    }
+}
+
+#[cfg(test)]
+mod login_tests {
+    use super::*;
+
+    fn paged(v: serde_json::Value) -> LookerUser {
+        serde_json::from_value::<PagedUser>(v)
+            .unwrap()
+            .into_user()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_latest_login_of_any_credential_and_the_first_credential() {
+        let u = paged(serde_json::json!({
+            "id": "1",
+            "credentials_email": {"email": "a@x.io", "logged_in_at": "2026-01-01T00:00:00.000+00:00",
+                                  "created_at": "2025-01-01T00:00:00.000+00:00"},
+            "credentials_saml": {"logged_in_at": "2026-06-01T10:00:00.000+00:00",
+                                 "created_at": "2025-03-01T00:00:00.000+00:00"},
+            "credentials_google": null,
+        }));
+        let l = u.logins.unwrap();
+        assert_eq!(l.last_login_at.unwrap().to_rfc3339(), "2026-06-01T10:00:00+00:00");
+        assert_eq!(
+            l.first_credential_at.unwrap().to_rfc3339(),
+            "2025-01-01T00:00:00+00:00"
+        );
+        assert_eq!(u.email.as_deref(), Some("a@x.io"));
+
+        let never = paged(serde_json::json!({
+            "id": "2", "credentials_email": {"email": "b@x.io", "logged_in_at": null,
+                                             "created_at": "2025-01-01T00:00:00Z"}}));
+        assert_eq!(never.logins.unwrap().last_login_at, None);
+        // A login time that does not parse must not make the user look inactive.
+        let bad = paged(serde_json::json!({
+            "id": "3", "credentials_saml": {"logged_in_at": "yesterday", "created_at": "2020-01-01T00:00:00Z"}}));
+        assert_eq!(bad.logins, None);
     }
 }

@@ -327,6 +327,19 @@ impl FakeLooker {
         self.st().set_disabled(user_id, disabled);
     }
 
+    /// The user's login times as the spec's credentials carry them: `credentials_email.logged_in_at`
+    /// (`None`: never), a `credentials_saml` with `logged_in_at` (`None`: no SAML credential), and
+    /// both credentials' `created_at`.
+    pub fn set_logins(
+        &self,
+        user_id: &str,
+        email: Option<chrono::DateTime<chrono::Utc>>,
+        saml: Option<chrono::DateTime<chrono::Utc>>,
+        created_at: chrono::DateTime<chrono::Utc>,
+    ) {
+        self.st().set_logins(user_id, email, saml, created_at);
+    }
+
     // ---- inspection ----
 
     /// Case-insensitive exact match on the email credentials.

@@ -147,6 +147,8 @@ struct SsoCred {
     id: String,
     email: Option<String>,
     created_at: String,
+    /// `logged_in_at`: the last login with this credential (null: never).
+    logged_in_at: Option<String>,
 }
 
 impl User {
@@ -189,6 +191,8 @@ struct EmailCred {
     email: String,
     created_at: String,
     forced_password_reset_at_next_login: bool,
+    /// `logged_in_at`: the last login with this credential (null: never).
+    logged_in_at: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -794,6 +798,7 @@ impl State {
             email: e.to_owned(),
             created_at: now_rfc3339(),
             forced_password_reset_at_next_login: false,
+            logged_in_at: None,
         });
         self.users.insert(id, u);
         id.to_string()
@@ -869,6 +874,35 @@ impl State {
         self.seed_user(user_id).is_disabled = disabled;
     }
 
+    pub(crate) fn set_logins(
+        &mut self,
+        user_id: &str,
+        email: Option<chrono::DateTime<chrono::Utc>>,
+        saml: Option<chrono::DateTime<chrono::Utc>>,
+        created_at: chrono::DateTime<chrono::Utc>,
+    ) {
+        let at = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let u = self.seed_user(user_id);
+        if let Some(c) = u.email.as_mut() {
+            c.logged_in_at = email.map(at);
+            c.created_at = at(created_at);
+        }
+        match saml {
+            Some(t) => {
+                let cred = SsoCred {
+                    id: format!("saml-{}", u.id),
+                    email: u.email().map(str::to_owned),
+                    created_at: at(created_at),
+                    logged_in_at: Some(at(t)),
+                };
+                u.sso.insert("saml", cred);
+            }
+            None => {
+                u.sso.remove("saml");
+            }
+        }
+    }
+
     fn seed_id(&self, id: &str, exists: impl Fn(&State, u64) -> bool, what: &str) -> u64 {
         match parse_id(id) {
             Some(n) if exists(self, n) => n,
@@ -886,6 +920,7 @@ impl State {
             id: id.to_owned(),
             email: email.map(str::to_owned),
             created_at: now_rfc3339(),
+            logged_in_at: None,
         };
         self.seed_user(user_id).sso.insert(kind, cred);
     }
@@ -1437,6 +1472,7 @@ impl State {
                         .get("forced_password_reset_at_next_login")
                         .and_then(Value::as_bool)
                         .unwrap_or(false),
+                    logged_in_at: None,
                 })
             }
             Some(_) => {
@@ -1503,10 +1539,12 @@ impl State {
             .and_then(Value::as_bool)
             .unwrap_or(false);
         let u = self.user_mut(uid)?;
+        let logged_in_at = u.email.as_ref().and_then(|c| c.logged_in_at.clone());
         u.email = Some(EmailCred {
             email: email.to_owned(),
             created_at: now_rfc3339(),
             forced_password_reset_at_next_login: forced,
+            logged_in_at,
         });
         let u = self.user(uid)?;
         let c = u.email.as_ref().ok_or_else(not_found)?;
@@ -1694,7 +1732,7 @@ impl State {
             "created_at": c.created_at,
             "email": c.email,
             "is_disabled": false,
-            "logged_in_at": null,
+            "logged_in_at": c.logged_in_at,
             "type": kind,
             "url": self.api_url(&format!("/users/{}/credentials_{kind}", u.id)),
         });
@@ -1722,7 +1760,7 @@ impl State {
             "forced_password_reset_at_next_login": c.forced_password_reset_at_next_login,
             "user_id": u.id.to_string(),
             "is_disabled": false,
-            "logged_in_at": null,
+            "logged_in_at": c.logged_in_at,
             "password_reset_url": null,
             "account_setup_url": null,
             "password_reset_url_expired": false,

@@ -1,0 +1,198 @@
+//! License reclamation (issue 15): managed Looker users with no login for `[inactivity]
+//! disable_after_days` are listed (`mode = "report"`, the default) or disabled (`"enforce"`) by
+//! reconcile, from the credentials' `logged_in_at` its paged `GET /users` already reads. Pure.
+//!
+//! - **Last activity** is the latest `logged_in_at` of any of the user's credentials (email,
+//!   SAML, Google, OIDC, LDAP, Looker OpenID, workforce). A user who never logged in counts
+//!   from the earliest `created_at` of those credentials (Looker's `User` has no creation time
+//!   of its own); a user with neither is never counted as inactive (its age is unknown).
+//! - **Exempt**: a person in any of `exempt_groups`, by IdP group name or Looker group name.
+//! - Only users reconcile resolves to a person of the directory (managed users) are considered.
+
+use crate::identity::Identity;
+use crate::looker::{Catalog, LookerUser};
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// The ledger rule of an inactivity disable.
+pub const RULE: &str = "inactivity.disable";
+
+/// `[inactivity]` of the policy. Absent: off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inactivity {
+    /// Days without a login after which a managed user is disabled (at least 1).
+    pub disable_after_days: u32,
+    #[serde(default)]
+    pub mode: InactivityMode,
+    /// IdP or Looker group names whose members are never disabled for inactivity.
+    #[serde(default)]
+    pub exempt_groups: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InactivityMode {
+    /// List the users that would be disabled; change nothing.
+    #[default]
+    Report,
+    /// Disable them through the apply loop (the safety screen applies).
+    Enforce,
+}
+
+/// What the paged read found about a user's logins (`None` on `LookerUser`: not read).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Logins {
+    /// Latest `logged_in_at` over the user's credentials.
+    pub last_login_at: Option<DateTime<Utc>>,
+    /// Earliest `created_at` over the user's credentials.
+    pub first_credential_at: Option<DateTime<Utc>>,
+}
+
+impl Logins {
+    /// The time inactivity counts from: the last login, else the first credential.
+    pub fn active_at(&self) -> Option<DateTime<Utc>> {
+        self.last_login_at.or(self.first_credential_at)
+    }
+}
+
+/// A managed user inactive past the limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InactiveUser {
+    pub subject: String,
+    pub email: Option<String>,
+    pub looker_user_id: String,
+    /// `None`: never logged in (counted from `active_at`, the first credential).
+    pub last_login_at: Option<DateTime<Utc>>,
+    pub active_at: DateTime<Utc>,
+    pub inactive_days: i64,
+    /// Already disabled (by an earlier enforce run, or by hand): a seat already reclaimed.
+    pub disabled: bool,
+}
+
+impl Inactivity {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.disable_after_days == 0 {
+            return Err("[inactivity] disable_after_days must be at least 1".into());
+        }
+        if let Some(g) = self.exempt_groups.iter().find(|g| g.trim().is_empty()) {
+            return Err(format!("[inactivity] exempt_groups has an empty name {g:?}"));
+        }
+        Ok(())
+    }
+
+    /// Whether `identity` (with Looker user `user`) is in an exempt group.
+    pub fn exempt(&self, identity: &Identity, user: &LookerUser, catalog: &Catalog) -> bool {
+        identity
+            .groups
+            .values()
+            .any(|m| m.member && self.exempt_groups.contains(&m.name))
+            || catalog
+                .groups
+                .iter()
+                .any(|(name, id)| self.exempt_groups.contains(name) && user.group_ids.contains(id))
+    }
+
+    /// `user` (the one reconcile resolved to `identity`) when it is inactive past the limit at
+    /// `now` and not exempt. The caller decides whether it is active in the directory.
+    pub fn check(
+        &self,
+        identity: &Identity,
+        email: Option<&str>,
+        user: &LookerUser,
+        catalog: &Catalog,
+        now: DateTime<Utc>,
+    ) -> Option<InactiveUser> {
+        let logins = user.logins.as_deref()?;
+        let active_at = logins.active_at()?;
+        let limit = TimeDelta::days(i64::from(self.disable_after_days));
+        let idle = now - active_at;
+        if idle <= limit || self.exempt(identity, user, catalog) {
+            return None;
+        }
+        Some(InactiveUser {
+            subject: identity.key.clone(),
+            email: email.map(str::to_string),
+            looker_user_id: user.id.clone(),
+            last_login_at: logins.last_login_at,
+            active_at,
+            inactive_days: idle.num_days(),
+            disabled: user.is_disabled,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policy;
+
+    fn user(last: Option<i64>, created: Option<i64>, groups: &[&str]) -> LookerUser {
+        let at = |d: i64| DateTime::from_timestamp(1_800_000_000 - d * 86_400, 0).unwrap();
+        LookerUser {
+            id: "7".into(),
+            is_disabled: false,
+            email: Some("a@x.io".into()),
+            group_ids: groups.iter().map(|g| g.to_string()).collect(),
+            session_ids: vec![],
+            api3_key_ids: vec![],
+            direct_role_ids: None,
+            user_attribute_values: None,
+            logins: Some(Box::new(Logins {
+                last_login_at: last.map(at),
+                first_credential_at: created.map(at),
+            })),
+        }
+    }
+
+    #[test]
+    fn inactive_past_the_limit_unless_exempt_or_unknown() {
+        let p =
+            Policy::from_toml("[inactivity]\ndisable_after_days = 90\nexempt_groups = [\"VIP\"]\n").unwrap();
+        let rule = p.inactivity.unwrap();
+        assert_eq!(rule.mode, InactivityMode::Report, "report first");
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let mut catalog = Catalog::default();
+        catalog.groups.insert("VIP".into(), "5".into());
+        let id = Identity::new("okta:1");
+        let check = |u: &LookerUser| rule.check(&id, Some("a@x.io"), u, &catalog, now);
+        assert_eq!(
+            check(&user(Some(120), Some(400), &[])).unwrap().inactive_days,
+            120
+        );
+        assert!(
+            check(&user(Some(90), Some(400), &[])).is_none(),
+            "exactly the limit is not past it"
+        );
+        assert!(
+            check(&user(Some(120), Some(400), &["5"])).is_none(),
+            "looker group exempt"
+        );
+        let never = check(&user(None, Some(120), &[])).unwrap();
+        assert_eq!((never.last_login_at, never.inactive_days), (None, 120));
+        assert!(
+            check(&user(None, None, &[])).is_none(),
+            "age unknown: never counted"
+        );
+        let mut unread = user(Some(500), None, &[]);
+        unread.logins = None;
+        assert!(check(&unread).is_none(), "not read: never counted");
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        for bad in [
+            "[inactivity]\ndisable_after_days = 0\n",
+            "[inactivity]\ndisable_after_days = 9\nmode = \"delete\"\n",
+            "[inactivity]\ndisable_after_days = 9\nexempt_groups = [\" \"]\n",
+            "[inactivity]\ndisable_after_dayz = 9\n",
+        ] {
+            assert!(Policy::from_toml(bad).is_err(), "{bad}");
+        }
+        assert!(
+            Policy::from_toml("").unwrap().inactivity.is_none(),
+            "off unless set"
+        );
+    }
+}
