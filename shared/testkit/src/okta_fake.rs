@@ -11,8 +11,9 @@
 //!   before `until`/now) and `after` (opaque, from `next` links only) are mutually exclusive
 //!   (400); `limit` 0..=1000 (default 100, else 400); `filter`: `eventType eq "…"` terms joined
 //!   by `or` (anything else 400 `E0000053`); events older than 90 days are never returned.
-//! * `/api/v1/users` and `/api/v1/groups/{id}/users`: `limit` (default 200) and `after` paging
-//!   with `rel="next"` only while more remain; unknown group → 404 `E0000007`.
+//! * `/api/v1/users`, `/api/v1/groups` and `/api/v1/groups/{id}/users`: `limit` (default 200)
+//!   and `after` paging with `rel="next"` only while more remain; unknown group → 404
+//!   `E0000007`. `/api/v1/users/{id}`: the user object, unknown → 404 `E0000007`.
 //! * Rate limits: every answer has `X-Rate-Limit-Limit/-Remaining/-Reset` (UTC epoch seconds)
 //!   for a window of [`FakeOkta::set_rate_limit`] calls (default 600 a minute); past it, 429
 //!   with the `E0000047` body until the reset. [`FakeOkta::throttle_next`] answers the next
@@ -72,6 +73,8 @@ struct State {
     log: Vec<Stored>,
     users: BTreeMap<String, Value>,
     groups: BTreeMap<String, Vec<String>>,
+    /// Group id → name (`profile.name`); a group without one is named by its id.
+    group_names: BTreeMap<String, String>,
     window_limit: u32,
     window: Duration,
     window_start: Option<DateTime<Utc>>,
@@ -109,6 +112,7 @@ impl FakeOkta {
             log: Vec::new(),
             users: BTreeMap::new(),
             groups: BTreeMap::new(),
+            group_names: BTreeMap::new(),
             window_limit: 600,
             window: Duration::from_secs(60),
             window_start: None,
@@ -119,6 +123,8 @@ impl FakeOkta {
         let app = axum::Router::new()
             .route("/api/v1/logs", get(logs))
             .route("/api/v1/users", get(users))
+            .route("/api/v1/users/{id}", get(user))
+            .route("/api/v1/groups", get(groups))
             .route("/api/v1/groups/{id}/users", get(group_users))
             .with_state(state.clone());
         let server = crate::server::spawn("fake okta", listener, app);
@@ -181,6 +187,27 @@ impl FakeOkta {
             .entry(group_id.to_string())
             .or_default()
             .push(user_id.to_string());
+    }
+
+    /// Create (or rename) group `group_id` with `profile.name` = `name`.
+    pub fn add_group(&self, group_id: &str, name: &str) {
+        let mut s = self.lock();
+        s.groups.entry(group_id.to_string()).or_default();
+        s.group_names.insert(group_id.to_string(), name.to_string());
+    }
+
+    /// Take `user_id` out of group `group_id`.
+    pub fn remove_from_group(&self, group_id: &str, user_id: &str) {
+        if let Some(m) = self.lock().groups.get_mut(group_id) {
+            m.retain(|u| u != user_id);
+        }
+    }
+
+    /// Change one attribute of `user_id`'s profile.
+    pub fn set_profile(&self, user_id: &str, attribute: &str, value: Value) {
+        if let Some(u) = self.lock().users.get_mut(user_id) {
+            u["profile"][attribute] = value;
+        }
     }
 
     /// `limit` calls per `window` before 429 (the window starts at its first call).
@@ -532,6 +559,75 @@ async fn users(
     };
     let ids: Vec<String> = s.users.keys().cloned().collect();
     page_of(&s, "/api/v1/users", &ids, &q, h)
+}
+
+/// `GET /api/v1/users/{id}`: the user object, or 404 `E0000007`.
+async fn user(
+    AxState(state): AxState<Arc<Mutex<State>>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/api/v1/users/{id}");
+    let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+    let h = match admit(&mut s, &headers, &path, &[]) {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    match s.users.get(&id) {
+        Some(u) => (StatusCode::OK, h, axum::Json(u.clone())).into_response(),
+        None => okta_error(
+            StatusCode::NOT_FOUND,
+            "E0000007",
+            &format!("Not found: Resource not found: {id} (User)"),
+        ),
+    }
+}
+
+/// `GET /api/v1/groups`: Group objects (`id`, `type`, `profile.name`), paged like the users.
+async fn groups(
+    AxState(state): AxState<Arc<Mutex<State>>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let q = parse_query(raw);
+    let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut h = match admit(&mut s, &headers, "/api/v1/groups", &q) {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    let limit = match limit_param(&q, 200) {
+        Ok(l) => l.max(1),
+        Err(r) => return r,
+    };
+    let ids: Vec<String> = s.groups.keys().cloned().collect();
+    let start = param(&q, "after")
+        .and_then(|a| ids.iter().position(|id| id == a).map(|p| p + 1))
+        .unwrap_or(0);
+    let page: Vec<&String> = ids.iter().skip(start).take(limit).collect();
+    let items: Vec<Value> = page
+        .iter()
+        .map(|id| {
+            let name = s.group_names.get(*id).cloned().unwrap_or_else(|| (*id).clone());
+            json!({"id": id, "created": "2024-01-01T00:00:00.000Z", "type": "OKTA_GROUP",
+                   "objectClass": ["okta:user_group"], "profile": {"name": name, "description": null}})
+        })
+        .collect();
+    h.append(
+        "link",
+        link(&format!("{}/api/v1/groups?limit={limit}", s.base), "self"),
+    );
+    if start + page.len() < ids.len()
+        && let Some(last) = page.last()
+    {
+        h.append(
+            "link",
+            link(
+                &format!("{}/api/v1/groups?limit={limit}&after={last}", s.base),
+                "next",
+            ),
+        );
+    }
+    (StatusCode::OK, h, axum::Json(Value::Array(items))).into_response()
 }
 
 async fn group_users(

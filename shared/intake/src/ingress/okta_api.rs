@@ -32,7 +32,9 @@ pub enum OktaApiError {
     },
     #[error("cannot reach okta at GET {path}: {reason}")]
     Transport { path: String, reason: String },
-    #[error("okta's answer to GET {path} is not a json array: {reason}")]
+    #[error("okta's rate-limit window for GET {path} is spent; not called before its reset")]
+    RateLimited { path: String },
+    #[error("okta's answer to GET {path} is not the json expected: {reason}")]
     Body { path: String, reason: String },
     #[error("okta's next link does not point at the configured org url; not followed")]
     ForeignLink,
@@ -104,6 +106,41 @@ impl OktaApi {
     /// GET one page at `url` (absolute, on this org): waits out a spent rate-limit window
     /// first, retries 429 after `X-Rate-Limit-Reset` and 5xx/transport failures with backoff.
     pub async fn get_page(&self, url: &str) -> Result<Page, OktaApiError> {
+        let (body, next, path) = self.get(url, MAX_ATTEMPTS, true).await?;
+        let items: Vec<Value> = serde_json::from_slice(&body).map_err(|e| OktaApiError::Body {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Page { items, next })
+    }
+
+    /// GET one object at `url` without waiting: one attempt, and none at all while Okta's
+    /// rate-limit window is spent (`Err(RateLimited)`), for a caller that cannot wait (the
+    /// hook's enrichment answers Okta within its 3 s).
+    pub async fn get_object_now(&self, url: &str) -> Result<Value, OktaApiError> {
+        let (body, _, path) = self.get(url, 1, false).await?;
+        serde_json::from_slice(&body).map_err(|e| OktaApiError::Body {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Whether Okta said the rate-limit window is spent and its reset has not come yet.
+    pub fn rate_limited(&self) -> bool {
+        self.paused_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|p| p > Utc::now())
+    }
+
+    /// GET `url`: the 2xx body, the `next` link and the path (for errors). `wait`: wait out a
+    /// spent window; else refuse to call during one.
+    async fn get(
+        &self,
+        url: &str,
+        attempts: usize,
+        wait: bool,
+    ) -> Result<(axum::body::Bytes, Option<String>, String), OktaApiError> {
         if !self.owns(url) {
             return Err(OktaApiError::ForeignLink);
         }
@@ -114,8 +151,12 @@ impl OktaApi {
             .with_jitter()
             .without_max_times()
             .build();
-        for attempt in 1..=MAX_ATTEMPTS {
-            self.wait_for_window().await;
+        for attempt in 1..=attempts {
+            if wait {
+                self.wait_for_window().await;
+            } else if self.rate_limited() {
+                return Err(OktaApiError::RateLimited { path });
+            }
             let sent = self
                 .http
                 .get(url)
@@ -176,16 +217,9 @@ impl OktaApi {
                     summary: error_summary(&body),
                 });
             }
-            let items: Vec<Value> = serde_json::from_slice(&body).map_err(|e| OktaApiError::Body {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            return Ok(Page { items, next });
+            return Ok((body, next, path));
         }
-        Err(OktaApiError::GaveUp {
-            path,
-            attempts: MAX_ATTEMPTS,
-        })
+        Err(OktaApiError::GaveUp { path, attempts })
     }
 
     fn auth_header(&self) -> HeaderValue {

@@ -35,6 +35,17 @@ pub struct OktaApiConfig {
     /// Timeout of one API call (Okta gives a System Log query 30 s).
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// How often the directory (users, the policy's groups and attributes) is imported after
+    /// the import at start (docs/intake-okta.md). Only when the policy names an Okta group or
+    /// profile attribute.
+    #[serde(default = "default_import_interval", with = "humantime_serde")]
+    pub import_interval: Duration,
+    /// How long a person's profile read to enrich a hook event is reused.
+    #[serde(default = "default_enrich_ttl", with = "humantime_serde")]
+    pub enrich_ttl: Duration,
+    /// At most this many people's profiles are cached for enrichment (least recently used go).
+    #[serde(default = "default_enrich_cache")]
+    pub enrich_cache: usize,
 }
 
 impl Default for OktaApiConfig {
@@ -46,6 +57,9 @@ impl Default for OktaApiConfig {
             initial_lookback: default_initial_lookback(),
             page_size: default_page_size(),
             timeout: default_timeout(),
+            import_interval: default_import_interval(),
+            enrich_ttl: default_enrich_ttl(),
+            enrich_cache: default_enrich_cache(),
         }
     }
 }
@@ -58,6 +72,15 @@ fn default_initial_lookback() -> Duration {
 }
 fn default_page_size() -> u32 {
     MAX_LOG_PAGE
+}
+fn default_import_interval() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_enrich_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_enrich_cache() -> usize {
+    10_000
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(35)
@@ -111,6 +134,15 @@ impl OktaApiConfig {
         }
         if self.timeout.is_zero() {
             return Err(ConfigError::new("okta.api.timeout", "must be more than 0"));
+        }
+        if self.import_interval < Duration::from_secs(60) {
+            return Err(ConfigError::new(
+                "okta.api.import_interval",
+                "must be at least 1m",
+            ));
+        }
+        if self.enrich_cache == 0 {
+            return Err(ConfigError::new("okta.api.enrich_cache", "must be at least 1"));
         }
         Ok(())
     }
