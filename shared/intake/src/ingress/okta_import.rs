@@ -396,9 +396,9 @@ pub fn needs_of_config(cfg: &Config) -> Needs {
 
 /// The API client for the import and enrichment, when `[okta.api]` is configured.
 fn api_of(cfg: &Config) -> Option<Arc<OktaApi>> {
-    let conn = cfg.okta.api.connection().ok().flatten()?;
-    match OktaApi::new(&conn, cfg.okta.api.timeout) {
-        Ok(api) => Some(Arc::new(api)),
+    match OktaApi::from_config(&cfg.okta.api) {
+        Ok(Some(api)) => Some(Arc::new(api)),
+        Ok(None) => None,
         Err(e) => {
             tracing::error!(error = %e, "okta api client cannot be built: no directory import or enrichment");
             None

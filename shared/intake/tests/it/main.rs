@@ -3,3 +3,4 @@
 mod catchup_postgres;
 mod okta_catchup;
 mod okta_import;
+mod okta_oauth;

@@ -22,6 +22,21 @@ pub struct OktaApiConfig {
     /// enough for the System Log). At least 16 characters. Env: `GATEHOUSE_OKTA_API_TOKEN`.
     #[serde(default)]
     pub api_token: Option<SecretString>,
+    /// Instead of `api_token`: the client id of an Okta API Services app (OAuth 2.0 client
+    /// credentials with `private_key_jwt`, scopes `okta.logs.read okta.users.read
+    /// okta.groups.read`). Env: `GATEHOUSE_OKTA_CLIENT_ID`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// The service app's RSA private key, PEM (PKCS#8 `BEGIN PRIVATE KEY` or PKCS#1 `BEGIN RSA
+    /// PRIVATE KEY`), in a file readable by Gatehouse only. Env `GATEHOUSE_OKTA_PRIVATE_KEY` (the
+    /// PEM itself) wins over the file.
+    #[serde(default)]
+    pub private_key_file: Option<std::path::PathBuf>,
+    #[serde(skip)]
+    pub private_key: Option<SecretString>,
+    /// The `kid` of the key registered at Okta (sent in the assertion's header), if set.
+    #[serde(default)]
+    pub key_id: Option<String>,
     /// How often the System Log is polled after the catch-up at start.
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
     pub poll_interval: Duration,
@@ -53,6 +68,10 @@ impl Default for OktaApiConfig {
         OktaApiConfig {
             url: None,
             api_token: None,
+            client_id: None,
+            private_key_file: None,
+            private_key: None,
+            key_id: None,
             poll_interval: default_poll_interval(),
             initial_lookback: default_initial_lookback(),
             page_size: default_page_size(),
@@ -86,6 +105,17 @@ fn default_timeout() -> Duration {
     Duration::from_secs(35)
 }
 
+/// An Okta API Services app (OAuth 2.0 client credentials, `private_key_jwt`).
+#[derive(Debug, Clone)]
+pub struct OktaServiceApp {
+    /// Without a trailing `/`.
+    pub url: String,
+    pub client_id: String,
+    /// PEM; never logged (`SecretString`).
+    pub private_key: SecretString,
+    pub key_id: Option<String>,
+}
+
 /// The API connection, when configured.
 #[derive(Debug, Clone)]
 pub struct OktaApiConnection {
@@ -98,6 +128,12 @@ impl OktaApiConfig {
     pub(super) fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = env("GATEHOUSE_OKTA_URL") {
             self.url = Some(v);
+        }
+        if let Some(v) = env("GATEHOUSE_OKTA_CLIENT_ID") {
+            self.client_id = Some(v);
+        }
+        if let Some(v) = env("GATEHOUSE_OKTA_PRIVATE_KEY") {
+            self.private_key = Some(SecretString::from(v));
         }
         if let Some(v) = env("GATEHOUSE_OKTA_API_TOKEN") {
             let token = SecretString::from(v);
@@ -112,6 +148,7 @@ impl OktaApiConfig {
             check_token("okta.api.api_token", t, None)?;
         }
         self.connection()?;
+        self.service_app()?;
         if let Some(url) = &self.url
             && !(url.starts_with("https://") || url.starts_with("http://"))
         {
@@ -147,11 +184,65 @@ impl OktaApiConfig {
         Ok(())
     }
 
+    /// The service app, `None` unless `client_id` is set; it needs `url` and a private key, and
+    /// excludes `api_token`.
+    pub fn service_app(&self) -> Result<Option<OktaServiceApp>, ConfigError> {
+        let Some(client_id) = &self.client_id else {
+            if self.private_key.is_some() || self.private_key_file.is_some() {
+                return Err(ConfigError::new(
+                    "okta.api.client_id (GATEHOUSE_OKTA_CLIENT_ID)",
+                    "is missing: a private key is set for a service app",
+                ));
+            }
+            return Ok(None);
+        };
+        if client_id.trim().is_empty() || !client_id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::new(
+                "okta.api.client_id (GATEHOUSE_OKTA_CLIENT_ID)",
+                "must be the service app's client id (visible characters, no spaces)",
+            ));
+        }
+        if self.api_token.is_some() {
+            return Err(ConfigError::new(
+                "okta.api.client_id (GATEHOUSE_OKTA_CLIENT_ID)",
+                "and okta.api.api_token are both set: use the service app or the api token, not both",
+            ));
+        }
+        let Some(url) = &self.url else {
+            return Err(ConfigError::new(
+                "okta.api.url (GATEHOUSE_OKTA_URL)",
+                "is missing: a service app needs the org url",
+            ));
+        };
+        let private_key = match (&self.private_key, &self.private_key_file) {
+            (Some(k), _) => k.clone(),
+            (None, Some(path)) => SecretString::from(std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(
+                    "okta.api.private_key_file",
+                    format!("cannot read {}: {}", path.display(), e.kind()),
+                )
+            })?),
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "okta.api.private_key_file (GATEHOUSE_OKTA_PRIVATE_KEY)",
+                    "is missing: a service app needs its private key",
+                ));
+            }
+        };
+        Ok(Some(OktaServiceApp {
+            url: url.trim_end_matches('/').to_string(),
+            client_id: client_id.clone(),
+            private_key,
+            key_id: self.key_id.clone(),
+        }))
+    }
+
     /// The connection, `None` when the API is not configured; one of the two alone is an error
     /// naming the missing one.
     pub fn connection(&self) -> Result<Option<OktaApiConnection>, ConfigError> {
         match (&self.url, &self.api_token) {
             (None, None) => Ok(None),
+            (Some(_), None) if self.client_id.is_some() => Ok(None),
             (Some(url), Some(token)) => Ok(Some(OktaApiConnection {
                 url: url.trim_end_matches('/').to_string(),
                 api_token: token.clone(),
