@@ -305,6 +305,57 @@ mod tests {
     }
 
     #[test]
+    fn a_service_app_needs_url_and_key_excludes_the_token_and_hides_the_key() {
+        let pem = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ib2R5LTEyMzQ=\n-----END PRIVATE KEY-----\n";
+        let cfg = Config::load(
+            None,
+            env(&[
+                ("GATEHOUSE_OKTA_URL", "https://acme.okta.com/"),
+                ("GATEHOUSE_OKTA_CLIENT_ID", "0oa1gatehouse"),
+                ("GATEHOUSE_OKTA_PRIVATE_KEY", pem),
+            ]),
+        )
+        .unwrap();
+        assert!(cfg.okta.api.connection().unwrap().is_none(), "no ssws token");
+        let app = cfg.okta.api.service_app().unwrap().unwrap();
+        assert_eq!(
+            (app.url.as_str(), app.client_id.as_str()),
+            ("https://acme.okta.com", "0oa1gatehouse")
+        );
+        assert!(
+            !format!("{cfg:?} {app:?}").contains("c2VjcmV0"),
+            "debug hides the key"
+        );
+
+        let e = Config::load(
+            None,
+            env(&[
+                ("GATEHOUSE_OKTA_URL", "https://acme.okta.com"),
+                ("GATEHOUSE_OKTA_CLIENT_ID", "0oa1"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "okta.api.private_key_file (GATEHOUSE_OKTA_PRIVATE_KEY)");
+        let e = Config::load(
+            None,
+            env(&[
+                ("GATEHOUSE_OKTA_URL", "https://acme.okta.com"),
+                ("GATEHOUSE_OKTA_CLIENT_ID", "0oa1"),
+                ("GATEHOUSE_OKTA_PRIVATE_KEY", pem),
+                ("GATEHOUSE_OKTA_API_TOKEN", "00Ab-okta-api-token-123"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "okta.api.client_id (GATEHOUSE_OKTA_CLIENT_ID)");
+        let e = load("[okta.api]\nurl = \"https://a.okta.com\"\nclient_id = \"0oa1\"\nprivate_key_file = \"/nonexistent/key.pem\"\n")
+            .unwrap_err();
+        assert_eq!(e.field, "okta.api.private_key_file");
+        let e = Config::load(None, env(&[("GATEHOUSE_OKTA_PRIVATE_KEY", pem)])).unwrap_err();
+        assert_eq!(e.field, "okta.api.client_id (GATEHOUSE_OKTA_CLIENT_ID)");
+        assert!(!e.to_string().contains("c2VjcmV0"));
+    }
+
+    #[test]
     fn weak_tokens_and_bad_values_name_the_field_never_the_secret() {
         for weak in ["", "short-token", "aaaaaaaaaaaaaaaaaaaa"] {
             let e = Config::load(None, env(&[("GATEHOUSE_OKTA_API_TOKEN", weak)])).unwrap_err();
