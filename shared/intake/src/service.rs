@@ -150,6 +150,7 @@ where
     let deps = Deps {
         queue,
         store: store.clone(),
+        state: state.clone(),
         config: Arc::new(cfg.clone()),
     };
     if ingress {
@@ -175,6 +176,13 @@ where
         tasks.extend(ingress::spawn_tasks(&deps, &shutdown));
         // The System Log catch-up keeps its cursor in the state store (shared by replicas).
         tasks.extend(ingress::okta_catchup::spawn(
+            cfg,
+            deps.queue.clone(),
+            state.clone(),
+            &shutdown,
+        ));
+        // The directory import compares with the directory the processor folds (state store).
+        tasks.extend(ingress::okta_import::spawn(
             cfg,
             deps.queue.clone(),
             state.clone(),

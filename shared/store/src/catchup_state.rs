@@ -244,3 +244,48 @@ impl CatchupStore for Postgres {
         Ok(())
     }
 }
+
+/// The configured state store: on PostgreSQL, every replica of the ingress sees the same
+/// channels and cursors (issue 18).
+impl CatchupStore for crate::state::AnyState {
+    async fn google_channel_put(&self, c: &GoogleChannel) -> Result<(), BackendError> {
+        match self {
+            Self::Sqlite(s) => s.google_channel_put(c).await,
+            Self::Postgres(p) => p.google_channel_put(c).await,
+        }
+    }
+    async fn google_channels_live(&self) -> Result<Vec<GoogleChannel>, BackendError> {
+        match self {
+            Self::Sqlite(s) => s.google_channels_live().await,
+            Self::Postgres(p) => p.google_channels_live().await,
+        }
+    }
+    async fn google_channel_accepts(
+        &self,
+        channel_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, BackendError> {
+        match self {
+            Self::Sqlite(s) => s.google_channel_accepts(channel_id, now).await,
+            Self::Postgres(p) => p.google_channel_accepts(channel_id, now).await,
+        }
+    }
+    async fn google_channel_stopped(&self, channel_id: &str, at: DateTime<Utc>) -> Result<(), BackendError> {
+        match self {
+            Self::Sqlite(s) => s.google_channel_stopped(channel_id, at).await,
+            Self::Postgres(p) => p.google_channel_stopped(channel_id, at).await,
+        }
+    }
+    async fn catchup_get(&self, source: &str) -> Result<Option<Cursor>, BackendError> {
+        match self {
+            Self::Sqlite(s) => s.catchup_get(source).await,
+            Self::Postgres(p) => p.catchup_get(source).await,
+        }
+    }
+    async fn catchup_put(&self, source: &str, c: &Cursor) -> Result<(), BackendError> {
+        match self {
+            Self::Sqlite(s) => s.catchup_put(source, c).await,
+            Self::Postgres(p) => p.catchup_put(source, c).await,
+        }
+    }
+}

@@ -11,17 +11,22 @@
 //!   before `until`/now) and `after` (opaque, from `next` links only) are mutually exclusive
 //!   (400); `limit` 0..=1000 (default 100, else 400); `filter`: `eventType eq "…"` terms joined
 //!   by `or` (anything else 400 `E0000053`); events older than 90 days are never returned.
-//! * `/api/v1/users` and `/api/v1/groups/{id}/users`: `limit` (default 200) and `after` paging
-//!   with `rel="next"` only while more remain; unknown group → 404 `E0000007`.
+//! * `/api/v1/users`, `/api/v1/groups` and `/api/v1/groups/{id}/users`: `limit` (default 200)
+//!   and `after` paging with `rel="next"` only while more remain; unknown group → 404
+//!   `E0000007`. `/api/v1/users/{id}`: the user object, unknown → 404 `E0000007`.
 //! * Rate limits: every answer has `X-Rate-Limit-Limit/-Remaining/-Reset` (UTC epoch seconds)
 //!   for a window of [`FakeOkta::set_rate_limit`] calls (default 600 a minute); past it, 429
 //!   with the `E0000047` body until the reset. [`FakeOkta::throttle_next`] answers the next
 //!   call 429 with a reset that far ahead.
+//! * `POST /oauth2/v1/token`: client credentials with a `private_key_jwt` assertion of a
+//!   registered service app ([`FakeOkta::add_service_app`]): RS256 signature, `iss`/`sub`/`aud`,
+//!   `exp`, single-use `jti`, granted scopes; the `Bearer` token it issues is accepted like the
+//!   SSWS token (401 `invalid_client`, 400 `invalid_scope` otherwise). No DPoP.
 //! * Every call is recorded ([`FakeOkta::calls`]) with its arrival time.
 //!
 //! # What it does not model
 //! `q` keyword search, other filter operators, `sortOrder=DESCENDING` paging, concurrent-request
-//! limits, OAuth access tokens, and writes.
+//! limits, DPoP, access-token expiry, and writes.
 
 // Handlers return an early `Response` as their error, as the SCIM intake does; its size does not
 // matter in a test server.
@@ -72,6 +77,14 @@ struct State {
     log: Vec<Stored>,
     users: BTreeMap<String, Value>,
     groups: BTreeMap<String, Vec<String>>,
+    /// Group id → name (`profile.name`); a group without one is named by its id.
+    group_names: BTreeMap<String, String>,
+    /// Service apps: client id → (public key, granted scopes).
+    service_apps: BTreeMap<String, (jsonwebtoken::DecodingKey, Vec<String>)>,
+    /// Access tokens issued by `/oauth2/v1/token` (accepted as `Bearer`).
+    access_tokens: Vec<String>,
+    /// Client assertion `jti`s seen (Okta refuses a replayed one).
+    jtis: Vec<String>,
     window_limit: u32,
     window: Duration,
     window_start: Option<DateTime<Utc>>,
@@ -109,6 +122,10 @@ impl FakeOkta {
             log: Vec::new(),
             users: BTreeMap::new(),
             groups: BTreeMap::new(),
+            group_names: BTreeMap::new(),
+            service_apps: BTreeMap::new(),
+            access_tokens: Vec::new(),
+            jtis: Vec::new(),
             window_limit: 600,
             window: Duration::from_secs(60),
             window_start: None,
@@ -119,7 +136,10 @@ impl FakeOkta {
         let app = axum::Router::new()
             .route("/api/v1/logs", get(logs))
             .route("/api/v1/users", get(users))
+            .route("/api/v1/users/{id}", get(user))
+            .route("/api/v1/groups", get(groups))
             .route("/api/v1/groups/{id}/users", get(group_users))
+            .route("/oauth2/v1/token", axum::routing::post(token))
             .with_state(state.clone());
         let server = crate::server::spawn("fake okta", listener, app);
         FakeOkta {
@@ -181,6 +201,37 @@ impl FakeOkta {
             .entry(group_id.to_string())
             .or_default()
             .push(user_id.to_string());
+    }
+
+    /// Register an API Services app: `client_id` with its public key (a JWK's base64url `n`
+    /// and `e`) and the Okta API scopes granted to it.
+    pub fn add_service_app(&self, client_id: &str, n: &str, e: &str, scopes: &[&str]) {
+        let key = jsonwebtoken::DecodingKey::from_rsa_components(n, e).expect("rsa public key components");
+        self.lock().service_apps.insert(
+            client_id.to_string(),
+            (key, scopes.iter().map(|s| s.to_string()).collect()),
+        );
+    }
+
+    /// Create (or rename) group `group_id` with `profile.name` = `name`.
+    pub fn add_group(&self, group_id: &str, name: &str) {
+        let mut s = self.lock();
+        s.groups.entry(group_id.to_string()).or_default();
+        s.group_names.insert(group_id.to_string(), name.to_string());
+    }
+
+    /// Take `user_id` out of group `group_id`.
+    pub fn remove_from_group(&self, group_id: &str, user_id: &str) {
+        if let Some(m) = self.lock().groups.get_mut(group_id) {
+            m.retain(|u| u != user_id);
+        }
+    }
+
+    /// Change one attribute of `user_id`'s profile.
+    pub fn set_profile(&self, user_id: &str, attribute: &str, value: Value) {
+        if let Some(u) = self.lock().users.get_mut(user_id) {
+            u["profile"][attribute] = value;
+        }
     }
 
     /// `limit` calls per `window` before 429 (the window starts at its first call).
@@ -267,7 +318,11 @@ fn admit(
     let authorized = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == format!("SSWS {}", s.token));
+        .is_some_and(|v| {
+            v == format!("SSWS {}", s.token)
+                || v.strip_prefix("Bearer ")
+                    .is_some_and(|t| s.access_tokens.iter().any(|a| a == t))
+        });
     if !authorized {
         record(401, s);
         return Err(okta_error(
@@ -532,6 +587,181 @@ async fn users(
     };
     let ids: Vec<String> = s.users.keys().cloned().collect();
     page_of(&s, "/api/v1/users", &ids, &q, h)
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response()
+}
+
+/// `POST /oauth2/v1/token` (org authorization server): client credentials with a
+/// `private_key_jwt` client assertion, checked as Okta documents it (RS256 signature with the
+/// app's registered key, `iss` = `sub` = client id, `aud` = this endpoint, `exp` in the future,
+/// `jti` not seen before); scopes must be granted to the app. 401 `invalid_client` otherwise.
+async fn token(AxState(state): AxState<Arc<Mutex<State>>>, body: String) -> Response {
+    let form: BTreeMap<String, String> = form_pairs(&body).into_iter().collect();
+    let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+    let answer = (|| -> Result<Value, Response> {
+        let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+        if field("grant_type") != "client_credentials" {
+            return Err(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "The grant_type is not supported.",
+            ));
+        }
+        if field("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" {
+            return Err(oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "Client authentication failed.",
+            ));
+        }
+        let assertion = field("client_assertion");
+        let unverified = jsonwebtoken::dangerous::insecure_decode::<Value>(assertion).map_err(|_| {
+            oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "The client_assertion is not a JWT.",
+            )
+        })?;
+        let client_id = unverified
+            .claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let Some((key, granted)) = s.service_apps.get(&client_id).cloned() else {
+            return Err(oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "Invalid value for 'client_id' parameter.",
+            ));
+        };
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        v.set_audience(&[format!("{}/oauth2/v1/token", s.base)]);
+        v.set_issuer(&[client_id.as_str()]);
+        v.sub = Some(client_id.clone());
+        v.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+        let claims = jsonwebtoken::decode::<Value>(assertion, &key, &v)
+            .map_err(|_| {
+                oauth_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    "The client_assertion signature is invalid.",
+                )
+            })?
+            .claims;
+        if let Some(jti) = claims.get("jti").and_then(Value::as_str) {
+            if s.jtis.iter().any(|j| j == jti) {
+                return Err(oauth_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    "The client_assertion token has already been used.",
+                ));
+            }
+            s.jtis.push(jti.to_string());
+        }
+        let scopes: Vec<&str> = field("scope").split(' ').filter(|x| !x.is_empty()).collect();
+        if scopes.is_empty() || scopes.iter().any(|x| !granted.iter().any(|g| g == x)) {
+            return Err(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                "The following scopes are not allowed or not granted to the client.",
+            ));
+        }
+        let access = format!("fake-okta-access-{}", uuid::Uuid::new_v4().simple());
+        s.access_tokens.push(access.clone());
+        Ok(
+            json!({"token_type": "Bearer", "expires_in": 3600, "access_token": access, "scope": scopes.join(" ")}),
+        )
+    })();
+    let status = match &answer {
+        Ok(_) => 200,
+        Err(r) => r.status().as_u16(),
+    };
+    s.calls.push(OktaCall {
+        path: "/oauth2/v1/token".into(),
+        query: Vec::new(),
+        at: Utc::now(),
+        status,
+    });
+    match answer {
+        Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `GET /api/v1/users/{id}`: the user object, or 404 `E0000007`.
+async fn user(
+    AxState(state): AxState<Arc<Mutex<State>>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/api/v1/users/{id}");
+    let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+    let h = match admit(&mut s, &headers, &path, &[]) {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    match s.users.get(&id) {
+        Some(u) => (StatusCode::OK, h, axum::Json(u.clone())).into_response(),
+        None => okta_error(
+            StatusCode::NOT_FOUND,
+            "E0000007",
+            &format!("Not found: Resource not found: {id} (User)"),
+        ),
+    }
+}
+
+/// `GET /api/v1/groups`: Group objects (`id`, `type`, `profile.name`), paged like the users.
+async fn groups(
+    AxState(state): AxState<Arc<Mutex<State>>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let q = parse_query(raw);
+    let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut h = match admit(&mut s, &headers, "/api/v1/groups", &q) {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    let limit = match limit_param(&q, 200) {
+        Ok(l) => l.max(1),
+        Err(r) => return r,
+    };
+    let ids: Vec<String> = s.groups.keys().cloned().collect();
+    let start = param(&q, "after")
+        .and_then(|a| ids.iter().position(|id| id == a).map(|p| p + 1))
+        .unwrap_or(0);
+    let page: Vec<&String> = ids.iter().skip(start).take(limit).collect();
+    let items: Vec<Value> = page
+        .iter()
+        .map(|id| {
+            let name = s.group_names.get(*id).cloned().unwrap_or_else(|| (*id).clone());
+            json!({"id": id, "created": "2024-01-01T00:00:00.000Z", "type": "OKTA_GROUP",
+                   "objectClass": ["okta:user_group"], "profile": {"name": name, "description": null}})
+        })
+        .collect();
+    h.append(
+        "link",
+        link(&format!("{}/api/v1/groups?limit={limit}", s.base), "self"),
+    );
+    if start + page.len() < ids.len()
+        && let Some(last) = page.last()
+    {
+        h.append(
+            "link",
+            link(
+                &format!("{}/api/v1/groups?limit={limit}&after={last}", s.base),
+                "next",
+            ),
+        );
+    }
+    (StatusCode::OK, h, axum::Json(Value::Array(items))).into_response()
 }
 
 async fn group_users(

@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use gatehouse_domain::google;
 use gatehouse_domain::ports::QueueProducer;
-use gatehouse_store::sqlite::Sqlite;
+use gatehouse_store::state::AnyState;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use std::sync::Arc;
@@ -35,7 +35,7 @@ struct Intake<Q> {
     tokens: Vec<SecretString>,
     /// Channels Gatehouse made (`google_upkeep`): tokens derived from this secret, accepted
     /// while the channel is live in the store.
-    channels: Option<(SecretString, Sqlite)>,
+    channels: Option<(SecretString, AnyState)>,
     max_body_bytes: usize,
     now: Clock,
 }
@@ -48,7 +48,7 @@ pub fn router<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Router {
             .google
             .channel_secret
             .clone()
-            .map(|s| (s, deps.store.clone())),
+            .map(|s| (s, deps.state.clone())),
         deps.config.google.max_body_bytes,
         Arc::new(Utc::now),
     )
@@ -58,7 +58,7 @@ pub fn router<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Router {
 pub fn build<Q: QueueProducer + 'static>(
     queue: Q,
     tokens: Vec<SecretString>,
-    channels: Option<(SecretString, Sqlite)>,
+    channels: Option<(SecretString, AnyState)>,
     max_body_bytes: usize,
     now: Clock,
 ) -> Router {

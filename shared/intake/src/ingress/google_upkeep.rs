@@ -23,6 +23,7 @@ use gatehouse_domain::ports::{BackendError, QueueProducer};
 use gatehouse_platform::config::GoogleConfig;
 use gatehouse_platform::shutdown::Shutdown;
 use gatehouse_store::catchup_state::{CatchupStore, Cursor, GoogleChannel};
+use gatehouse_store::state::AnyState;
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
@@ -307,27 +308,34 @@ pub fn spawn_tasks<Q: QueueProducer + Clone + 'static>(
     deps: &super::Deps<Q>,
     shutdown: &Shutdown,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    let Some(upkeep) = upkeep(deps) else {
+        return Vec::new();
+    };
+    let s = shutdown.clone();
+    vec![tokio::spawn(async move { run(upkeep, s).await })]
+}
+
+/// The upkeep `[google]` asks for, on the configured state store (`[state]`: channels and the
+/// cursor shared by every replica); `None` without credentials.
+pub fn upkeep<Q: QueueProducer + Clone>(deps: &super::Deps<Q>) -> Option<GoogleUpkeep<Q, AnyState>> {
     let cfg = &deps.config.google;
     if !cfg.has_credentials() {
-        return Vec::new();
+        return None;
     }
     let client = match ReportsClient::from_config(cfg) {
-        Ok(Some(c)) => c,
-        Ok(None) => return Vec::new(),
+        Ok(c) => c?,
         Err(e) => {
             tracing::error!(error = %e, "google reports client cannot be built; no channel upkeep or catch-up");
-            return Vec::new();
+            return None;
         }
     };
-    let upkeep = GoogleUpkeep::new(
+    Some(GoogleUpkeep::new(
         client,
-        deps.store.clone(),
+        deps.state.clone(),
         deps.queue.clone(),
         cfg,
         Arc::new(Utc::now),
-    );
-    let s = shutdown.clone();
-    vec![tokio::spawn(async move { run(upkeep, s).await })]
+    ))
 }
 
 fn retry_wait(e: &UpkeepError) -> Duration {

@@ -8,6 +8,7 @@ use crate::ingress::test_support::{MemQueue, send};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use gatehouse_store::sqlite::Sqlite;
+use gatehouse_store::state::AnyState;
 use gatehouse_testkit::google_reports_fake::{FakeGoogleReports, Push, admin_activity};
 use std::sync::Mutex;
 
@@ -60,7 +61,10 @@ impl World {
         let intake = google::build(
             queue.clone(),
             Vec::new(),
-            Some((SecretString::from(SECRET.to_string()), store.clone())),
+            Some((
+                SecretString::from(SECRET.to_string()),
+                AnyState::Sqlite(store.clone()),
+            )),
             65536,
             clock,
         );

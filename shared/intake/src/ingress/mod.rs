@@ -10,6 +10,7 @@ pub mod graph;
 pub mod okta;
 pub mod okta_api;
 pub mod okta_catchup;
+pub mod okta_import;
 pub mod scim;
 
 use axum::body::{Body, Bytes, to_bytes};
@@ -20,17 +21,21 @@ use gatehouse_domain::ports::QueueProducer;
 use gatehouse_platform::config::Config;
 use gatehouse_platform::shutdown::Shutdown;
 use gatehouse_store::sqlite::Sqlite;
+use gatehouse_store::state::AnyState;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
-/// What every intake may use: the queue to publish to, the state store (SCIM's directory and
-/// outbox, Graph's subscriptions) and the validated configuration.
+/// What every intake may use: the queue to publish to, the local SQLite store (SCIM's directory
+/// and outbox, Graph's inbox and subscriptions), the configured state store (`[state]`: the
+/// catch-up cursors, deltaLinks and Google channels every replica must share) and the validated
+/// configuration.
 #[derive(Clone)]
 pub struct Deps<Q> {
     pub queue: Q,
     pub store: Sqlite,
+    pub state: AnyState,
     pub config: Arc<Config>,
 }
 

@@ -25,6 +25,8 @@ struct IngressConfig {
 struct Ingress<Q> {
     queue: Q,
     cfg: IngressConfig,
+    /// Adds the profile attributes the policy names (`okta_import`), when configured.
+    enricher: Option<Arc<super::okta_import::Enricher>>,
 }
 
 pub fn router<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Router {
@@ -36,6 +38,7 @@ pub fn router<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Router {
     let state = Arc::new(Ingress {
         queue: deps.queue.clone(),
         cfg,
+        enricher: super::okta_import::enricher_of_config(&deps.config),
     });
     Router::new()
         .route("/hooks/okta", get(okta_verify::<Q>).post(okta_hook::<Q>))
@@ -112,6 +115,9 @@ async fn okta_hook<Q: QueueProducer>(
     if let Err(r) = super::check_emails("okta", &envelopes) {
         return *r;
     }
+    if let Some(enricher) = &ing.enricher {
+        enricher.enrich(&mut envelopes).await;
+    }
     super::trace_envelopes(&mut envelopes);
     if let Err(e) = ing.queue.publish(&envelopes).await {
         tracing::error!(error = %e, source = ?std::error::Error::source(&e), "enqueue failed; okta will retry");
@@ -152,9 +158,11 @@ mod tests {
         // on its own (defence in depth).
         let mut config = Config::defaults();
         config.okta.hook_secret = Some(SecretString::from(secret.to_string()));
+        let store = Sqlite::open(dir).await.unwrap();
         router(&Deps {
             queue,
-            store: Sqlite::open(dir).await.unwrap(),
+            store: store.clone(),
+            state: gatehouse_store::state::AnyState::Sqlite(store),
             config: Arc::new(config),
         })
     }

@@ -218,10 +218,10 @@ where
     Q: QueueProducer + 'static,
     S: LogCursors + 'static,
 {
-    // `Config::load` validated the pair; a config built otherwise without it means "off".
-    let conn = cfg.okta.api.connection().ok().flatten()?;
-    let api = match OktaApi::new(&conn, cfg.okta.api.timeout) {
-        Ok(api) => api,
+    // `Config::load` validated the settings; a config built otherwise without them means "off".
+    let api = match OktaApi::from_config(&cfg.okta.api) {
+        Ok(Some(api)) => api,
+        Ok(None) => return None,
         Err(e) => {
             tracing::error!(error = %e, "okta catch-up not started");
             return None;
@@ -233,7 +233,7 @@ where
         poll_interval: cfg.okta.api.poll_interval,
         initial_lookback: cfg.okta.api.initial_lookback,
     };
-    tracing::info!(org = %c.org, url = %conn.url, poll_interval_s = c.poll_interval.as_secs_f64(), "okta system log catch-up on");
+    tracing::info!(org = %c.org, url = %api.base_url(), poll_interval_s = c.poll_interval.as_secs_f64(), "okta system log catch-up on");
     let catchup = Catchup::new(api, queue, store, c);
     Some(tokio::spawn(catchup.run(shutdown.clone())))
 }

@@ -52,6 +52,10 @@ pub struct GraphConfig {
     /// How often subscriptions are checked.
     #[serde(default = "default_renew_interval", with = "humantime_serde")]
     pub renew_interval: Duration,
+    /// How often a delta round runs from the stored deltaLinks (besides start-up and `missed`),
+    /// so a change Graph failed to notify is still caught (issue 18). Default 15 minutes.
+    #[serde(default = "default_delta_interval", with = "humantime_serde")]
+    pub delta_interval: Duration,
     /// How often the notification inbox is looked at when idle.
     #[serde(default = "default_inbox_poll", with = "humantime_serde")]
     pub inbox_poll_interval: Duration,
@@ -81,6 +85,7 @@ impl Default for GraphConfig {
             subscription_lifetime: default_lifetime(),
             renew_before: default_renew_before(),
             renew_interval: default_renew_interval(),
+            delta_interval: default_delta_interval(),
             inbox_poll_interval: default_inbox_poll(),
             max_body_bytes: default_max_body(),
             timeout: default_timeout(),
@@ -110,6 +115,9 @@ fn default_renew_before() -> Duration {
 }
 fn default_renew_interval() -> Duration {
     Duration::from_secs(3600)
+}
+fn default_delta_interval() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 fn default_inbox_poll() -> Duration {
     Duration::from_millis(500)
@@ -213,6 +221,9 @@ impl GraphConfig {
                 "graph.renew_interval",
                 "renew_interval and inbox_poll_interval must be above zero",
             ));
+        }
+        if self.delta_interval < Duration::from_secs(1) {
+            return Err(ConfigError::new("graph.delta_interval", "must be at least 1s"));
         }
         Ok(())
     }

@@ -22,7 +22,7 @@ pub use cloud::{AwsConfig, AwsUserMappingConfig, GcpConfig, GcpTokenSource, Mode
 pub use generic::GenericConfig;
 pub use google::GoogleConfig;
 pub use graph::GraphConfig;
-pub use okta_api::{MAX_LOG_PAGE, OKTA_LOG_RETENTION, OktaApiConfig, OktaApiConnection};
+pub use okta_api::{MAX_LOG_PAGE, OKTA_LOG_RETENTION, OktaApiConfig, OktaApiConnection, OktaServiceApp};
 pub use queue::{PubsubConfig, QueueConfig, SqsConfig};
 pub use rotator::{
     GCP_IAM_URL, GCP_SECRET_MANAGER_URL, GcpApiConfig, KindConfig, OutOfBand, RotatorConfig, SecretConfig,

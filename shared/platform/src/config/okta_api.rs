@@ -22,6 +22,21 @@ pub struct OktaApiConfig {
     /// enough for the System Log). At least 16 characters. Env: `GATEHOUSE_OKTA_API_TOKEN`.
     #[serde(default)]
     pub api_token: Option<SecretString>,
+    /// Instead of `api_token`: the client id of an Okta API Services app (OAuth 2.0 client
+    /// credentials with `private_key_jwt`, scopes `okta.logs.read okta.users.read
+    /// okta.groups.read`). Env: `GATEHOUSE_OKTA_CLIENT_ID`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// The service app's RSA private key, PEM (PKCS#8 `BEGIN PRIVATE KEY` or PKCS#1 `BEGIN RSA
+    /// PRIVATE KEY`), in a file readable by Gatehouse only. Env `GATEHOUSE_OKTA_PRIVATE_KEY` (the
+    /// PEM itself) wins over the file.
+    #[serde(default)]
+    pub private_key_file: Option<std::path::PathBuf>,
+    #[serde(skip)]
+    pub private_key: Option<SecretString>,
+    /// The `kid` of the key registered at Okta (sent in the assertion's header), if set.
+    #[serde(default)]
+    pub key_id: Option<String>,
     /// How often the System Log is polled after the catch-up at start.
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
     pub poll_interval: Duration,
@@ -35,6 +50,17 @@ pub struct OktaApiConfig {
     /// Timeout of one API call (Okta gives a System Log query 30 s).
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// How often the directory (users, the policy's groups and attributes) is imported after
+    /// the import at start (docs/intake-okta.md). Only when the policy names an Okta group or
+    /// profile attribute.
+    #[serde(default = "default_import_interval", with = "humantime_serde")]
+    pub import_interval: Duration,
+    /// How long a person's profile read to enrich a hook event is reused.
+    #[serde(default = "default_enrich_ttl", with = "humantime_serde")]
+    pub enrich_ttl: Duration,
+    /// At most this many people's profiles are cached for enrichment (least recently used go).
+    #[serde(default = "default_enrich_cache")]
+    pub enrich_cache: usize,
 }
 
 impl Default for OktaApiConfig {
@@ -42,10 +68,17 @@ impl Default for OktaApiConfig {
         OktaApiConfig {
             url: None,
             api_token: None,
+            client_id: None,
+            private_key_file: None,
+            private_key: None,
+            key_id: None,
             poll_interval: default_poll_interval(),
             initial_lookback: default_initial_lookback(),
             page_size: default_page_size(),
             timeout: default_timeout(),
+            import_interval: default_import_interval(),
+            enrich_ttl: default_enrich_ttl(),
+            enrich_cache: default_enrich_cache(),
         }
     }
 }
@@ -59,8 +92,28 @@ fn default_initial_lookback() -> Duration {
 fn default_page_size() -> u32 {
     MAX_LOG_PAGE
 }
+fn default_import_interval() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_enrich_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_enrich_cache() -> usize {
+    10_000
+}
 fn default_timeout() -> Duration {
     Duration::from_secs(35)
+}
+
+/// An Okta API Services app (OAuth 2.0 client credentials, `private_key_jwt`).
+#[derive(Debug, Clone)]
+pub struct OktaServiceApp {
+    /// Without a trailing `/`.
+    pub url: String,
+    pub client_id: String,
+    /// PEM; never logged (`SecretString`).
+    pub private_key: SecretString,
+    pub key_id: Option<String>,
 }
 
 /// The API connection, when configured.
@@ -76,6 +129,12 @@ impl OktaApiConfig {
         if let Some(v) = env("GATEHOUSE_OKTA_URL") {
             self.url = Some(v);
         }
+        if let Some(v) = env("GATEHOUSE_OKTA_CLIENT_ID") {
+            self.client_id = Some(v);
+        }
+        if let Some(v) = env("GATEHOUSE_OKTA_PRIVATE_KEY") {
+            self.private_key = Some(SecretString::from(v));
+        }
         if let Some(v) = env("GATEHOUSE_OKTA_API_TOKEN") {
             let token = SecretString::from(v);
             check_token("GATEHOUSE_OKTA_API_TOKEN", &token, None)?;
@@ -89,6 +148,7 @@ impl OktaApiConfig {
             check_token("okta.api.api_token", t, None)?;
         }
         self.connection()?;
+        self.service_app()?;
         if let Some(url) = &self.url
             && !(url.starts_with("https://") || url.starts_with("http://"))
         {
@@ -112,7 +172,69 @@ impl OktaApiConfig {
         if self.timeout.is_zero() {
             return Err(ConfigError::new("okta.api.timeout", "must be more than 0"));
         }
+        if self.import_interval < Duration::from_secs(60) {
+            return Err(ConfigError::new(
+                "okta.api.import_interval",
+                "must be at least 1m",
+            ));
+        }
+        if self.enrich_cache == 0 {
+            return Err(ConfigError::new("okta.api.enrich_cache", "must be at least 1"));
+        }
         Ok(())
+    }
+
+    /// The service app, `None` unless `client_id` is set; it needs `url` and a private key, and
+    /// excludes `api_token`.
+    pub fn service_app(&self) -> Result<Option<OktaServiceApp>, ConfigError> {
+        let Some(client_id) = &self.client_id else {
+            if self.private_key.is_some() || self.private_key_file.is_some() {
+                return Err(ConfigError::new(
+                    "okta.api.client_id (GATEHOUSE_OKTA_CLIENT_ID)",
+                    "is missing: a private key is set for a service app",
+                ));
+            }
+            return Ok(None);
+        };
+        if client_id.trim().is_empty() || !client_id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::new(
+                "okta.api.client_id (GATEHOUSE_OKTA_CLIENT_ID)",
+                "must be the service app's client id (visible characters, no spaces)",
+            ));
+        }
+        if self.api_token.is_some() {
+            return Err(ConfigError::new(
+                "okta.api.client_id (GATEHOUSE_OKTA_CLIENT_ID)",
+                "and okta.api.api_token are both set: use the service app or the api token, not both",
+            ));
+        }
+        let Some(url) = &self.url else {
+            return Err(ConfigError::new(
+                "okta.api.url (GATEHOUSE_OKTA_URL)",
+                "is missing: a service app needs the org url",
+            ));
+        };
+        let private_key = match (&self.private_key, &self.private_key_file) {
+            (Some(k), _) => k.clone(),
+            (None, Some(path)) => SecretString::from(std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(
+                    "okta.api.private_key_file",
+                    format!("cannot read {}: {}", path.display(), e.kind()),
+                )
+            })?),
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "okta.api.private_key_file (GATEHOUSE_OKTA_PRIVATE_KEY)",
+                    "is missing: a service app needs its private key",
+                ));
+            }
+        };
+        Ok(Some(OktaServiceApp {
+            url: url.trim_end_matches('/').to_string(),
+            client_id: client_id.clone(),
+            private_key,
+            key_id: self.key_id.clone(),
+        }))
     }
 
     /// The connection, `None` when the API is not configured; one of the two alone is an error
@@ -120,6 +242,7 @@ impl OktaApiConfig {
     pub fn connection(&self) -> Result<Option<OktaApiConnection>, ConfigError> {
         match (&self.url, &self.api_token) {
             (None, None) => Ok(None),
+            (Some(_), None) if self.client_id.is_some() => Ok(None),
             (Some(url), Some(token)) => Ok(Some(OktaApiConnection {
                 url: url.trim_end_matches('/').to_string(),
                 api_token: token.clone(),
@@ -179,6 +302,57 @@ mod tests {
             !format!("{cfg:?}").contains("00Ab-okta-api-token-123"),
             "debug hides the token"
         );
+    }
+
+    #[test]
+    fn a_service_app_needs_url_and_key_excludes_the_token_and_hides_the_key() {
+        let pem = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ib2R5LTEyMzQ=\n-----END PRIVATE KEY-----\n";
+        let cfg = Config::load(
+            None,
+            env(&[
+                ("GATEHOUSE_OKTA_URL", "https://acme.okta.com/"),
+                ("GATEHOUSE_OKTA_CLIENT_ID", "0oa1gatehouse"),
+                ("GATEHOUSE_OKTA_PRIVATE_KEY", pem),
+            ]),
+        )
+        .unwrap();
+        assert!(cfg.okta.api.connection().unwrap().is_none(), "no ssws token");
+        let app = cfg.okta.api.service_app().unwrap().unwrap();
+        assert_eq!(
+            (app.url.as_str(), app.client_id.as_str()),
+            ("https://acme.okta.com", "0oa1gatehouse")
+        );
+        assert!(
+            !format!("{cfg:?} {app:?}").contains("c2VjcmV0"),
+            "debug hides the key"
+        );
+
+        let e = Config::load(
+            None,
+            env(&[
+                ("GATEHOUSE_OKTA_URL", "https://acme.okta.com"),
+                ("GATEHOUSE_OKTA_CLIENT_ID", "0oa1"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "okta.api.private_key_file (GATEHOUSE_OKTA_PRIVATE_KEY)");
+        let e = Config::load(
+            None,
+            env(&[
+                ("GATEHOUSE_OKTA_URL", "https://acme.okta.com"),
+                ("GATEHOUSE_OKTA_CLIENT_ID", "0oa1"),
+                ("GATEHOUSE_OKTA_PRIVATE_KEY", pem),
+                ("GATEHOUSE_OKTA_API_TOKEN", "00Ab-okta-api-token-123"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "okta.api.client_id (GATEHOUSE_OKTA_CLIENT_ID)");
+        let e = load("[okta.api]\nurl = \"https://a.okta.com\"\nclient_id = \"0oa1\"\nprivate_key_file = \"/nonexistent/key.pem\"\n")
+            .unwrap_err();
+        assert_eq!(e.field, "okta.api.private_key_file");
+        let e = Config::load(None, env(&[("GATEHOUSE_OKTA_PRIVATE_KEY", pem)])).unwrap_err();
+        assert_eq!(e.field, "okta.api.client_id (GATEHOUSE_OKTA_CLIENT_ID)");
+        assert!(!e.to_string().contains("c2VjcmV0"));
     }
 
     #[test]

@@ -145,7 +145,7 @@ impl<Q: QueueProducer> GraphService<Q> {
             .collect();
         for resource in resources {
             let key = cursor_key(resource);
-            let stored = self.store().catchup_get(&key).await?;
+            let stored = self.catchup_store().catchup_get(&key).await?;
             if stored.is_none() && !take_baselines {
                 continue;
             }
@@ -196,7 +196,7 @@ impl<Q: QueueProducer> GraphService<Q> {
             match (page.next_link, page.delta_link) {
                 (Some(next), _) => url = next,
                 (None, Some(delta)) => {
-                    self.store()
+                    self.catchup_store()
                         .catchup_put(
                             &cursor_key(resource),
                             &Cursor {
@@ -235,7 +235,7 @@ impl<Q: QueueProducer> GraphService<Q> {
         let Some(r) = DELTA_RESOURCES.into_iter().find(|r| *r == resource) else {
             return;
         };
-        let result = match self.store().catchup_get(&cursor_key(r)).await {
+        let result = match self.catchup_store().catchup_get(&cursor_key(r)).await {
             Ok(Some(_)) => return,
             Ok(None) => self.baseline(r, now).await,
             Err(e) => Err(e.into()),
@@ -255,7 +255,7 @@ impl<Q: QueueProducer> GraphService<Q> {
             match (page.next_link, page.delta_link) {
                 (Some(next), _) => url = next,
                 (None, Some(delta)) => {
-                    self.store()
+                    self.catchup_store()
                         .catchup_put(
                             &cursor_key(resource),
                             &Cursor {

@@ -181,3 +181,50 @@ async fn throttling_is_retried_and_an_expired_delta_link_falls_back_to_a_listing
         handle.render()
     );
 }
+
+/// Issue 18: a change Graph never notified is caught by the periodic round after one interval
+/// (the interval is driven by the test, no waiting), from the stored deltaLink, without a listing.
+#[tokio::test]
+async fn a_change_graph_never_notified_is_applied_after_one_delta_interval() {
+    let w = world().await;
+    w.svc.delta_catch_up(Utc::now(), true).await.unwrap();
+    let delta_calls = |f: &FakeGraph| f.calls().iter().filter(|c| c.path.ends_with("/delta")).count();
+    let baseline_calls = delta_calls(&w.fake);
+    let tick = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (trigger, shutdown) = gatehouse_platform::shutdown::Shutdown::new();
+    let ticks = tick.clone();
+    let task = tokio::spawn(super::super::delta_loop(
+        w.svc.clone(),
+        move || {
+            let t = ticks.clone();
+            async move { t.notified().await }
+        },
+        shutdown,
+    ));
+    // The round at start: nothing changed yet.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while delta_calls(&w.fake) < baseline_calls + 2 {
+        assert!(std::time::Instant::now() < deadline, "no delta round at start");
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    w.drain().await;
+    assert!(w.events().is_empty(), "{:?}", w.events());
+
+    // Graph changes a user and never notifies; one interval passes.
+    w.fake.set_account_enabled("u2", false);
+    tick.notify_one();
+    let want = ("bob@example.com".to_string(), IdentityEvent::UserDeactivated);
+    while !w.events().contains(&want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the change was not applied: {:?}",
+            w.events()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        w.svc.process_inbox(Utc::now()).await.unwrap();
+    }
+    assert_eq!(w.full_listings(), 0, "from the deltaLink, not a listing");
+    trigger.trigger();
+    task.await.unwrap();
+}

@@ -224,7 +224,7 @@ fn check(ing: &Intake, expected: &SecretString, ns: &[Notification], now: DateTi
 /// The service acting on the inbox, when `[graph]` has credentials.
 pub fn service<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Option<GraphService<Q>> {
     match GraphService::new(deps.store.clone(), deps.queue.clone(), &deps.config.graph) {
-        Ok(s) => s,
+        Ok(s) => s.map(|s| s.with_catchup_store(deps.state.clone())),
         Err(e) => {
             tracing::error!(error = %e, "graph client cannot be built; graph notifications will not be acted on");
             None
@@ -247,19 +247,48 @@ pub fn spawn_tasks<Q: QueueProducer + Clone + 'static>(
     let mut tasks = Vec::new();
     let (inbox, s) = (svc.clone(), shutdown.clone());
     tasks.push(tokio::spawn(async move { inbox_loop(inbox, s).await }));
-    // After downtime: what changed since the stored deltaLinks goes to the inbox.
-    let on_start = svc.clone();
+    // After downtime, then every `delta_interval`: what changed since the stored deltaLinks
+    // goes to the inbox.
+    let (rounds, s) = (svc.clone(), shutdown.clone());
+    let every = svc.config().delta_interval;
     tasks.push(tokio::spawn(async move {
-        match on_start.delta_catch_up(Utc::now(), false).await {
-            Ok(r) => tracing::info!(resumed = ?r.resumed, baselined = ?r.baselined, "graph delta catch-up on start"),
-            Err(e) => tracing::warn!(error = %e, "graph delta catch-up on start failed"),
-        }
+        delta_loop(rounds, move || tokio::time::sleep(every), s).await
     }));
     if svc.config().notification_url.is_some() {
         let s = shutdown.clone();
         tasks.push(tokio::spawn(async move { subscription_loop(svc, s).await }));
     }
     tasks
+}
+
+/// Delta rounds from the stored deltaLinks: one at once (what changed while Gatehouse was down),
+/// then one each time `tick` completes (`graph.delta_interval`: what Graph changed without
+/// notifying, or whose notification was lost). A failed round is logged and the next tick tries
+/// again from the same deltaLinks. Tests drive `tick` themselves.
+pub async fn delta_loop<Q, F, T>(svc: GraphService<Q>, mut tick: F, shutdown: Shutdown)
+where
+    Q: QueueProducer,
+    F: FnMut() -> T,
+    T: std::future::Future<Output = ()>,
+{
+    let mut when = "start";
+    while !shutdown.is_triggered() {
+        match svc.delta_catch_up(Utc::now(), false).await {
+            Ok(r) => {
+                tracing::info!(when, resumed = ?r.resumed, baselined = ?r.baselined, "graph delta round done")
+            }
+            Err(e) => {
+                metrics::counter!("gatehouse_intake_catchup_failures_total", "source" => "graph")
+                    .increment(1);
+                tracing::warn!(when, error = %e, "graph delta round failed; trying again at the next interval");
+            }
+        }
+        when = "interval";
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            _ = tick() => {}
+        }
+    }
 }
 
 async fn inbox_loop<Q: QueueProducer>(svc: GraphService<Q>, shutdown: Shutdown) {

@@ -12,6 +12,7 @@ use gatehouse_platform::config::GraphConfig;
 use gatehouse_platform::retry::RetryPolicy;
 use gatehouse_store::graph_state::{GroupMembers, InboxItem, StoredSubscription};
 use gatehouse_store::sqlite::Sqlite;
+use gatehouse_store::state::AnyState;
 use secrecy::SecretString;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -46,6 +47,9 @@ pub struct RenewReport {
 pub struct GraphService<Q> {
     client: Arc<GraphClient>,
     store: Sqlite,
+    /// Where the deltaLinks live: the configured state store (`[state]`), so every replica
+    /// resumes from the same ones; the local SQLite file unless [`GraphService::with_catchup_store`].
+    catchup: AnyState,
     queue: Q,
     cfg: Arc<GraphConfig>,
 }
@@ -78,6 +82,7 @@ impl<Q: QueueProducer> GraphService<Q> {
         })?;
         Ok(Some(GraphService {
             client: Arc::new(client),
+            catchup: AnyState::Sqlite(store.clone()),
             store,
             queue,
             cfg: Arc::new(cfg.clone()),
@@ -410,6 +415,16 @@ impl<Q: QueueProducer> GraphService<Q> {
 
     pub(crate) fn store(&self) -> &Sqlite {
         &self.store
+    }
+
+    /// Keep the delta catch-up's deltaLinks in `state` (the configured state store).
+    pub fn with_catchup_store(mut self, state: AnyState) -> Self {
+        self.catchup = state;
+        self
+    }
+
+    pub(crate) fn catchup_store(&self) -> &AnyState {
+        &self.catchup
     }
 
     pub(crate) fn client(&self) -> &GraphClient {
