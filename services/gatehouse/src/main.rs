@@ -7,6 +7,7 @@
 
 mod ocsf;
 mod ops;
+mod report_access;
 
 use anyhow::Context;
 use clap::{ArgGroup, Parser, Subcommand};
@@ -64,6 +65,11 @@ enum Command {
         #[arg(long, conflicts_with = "apply")]
         estimate: bool,
     },
+    /// Reports for auditors and owners, from the state store.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
     /// Read and verify the hash-chained ledger of write calls.
     Audit {
         #[command(subcommand)]
@@ -102,6 +108,25 @@ enum Command {
         /// Print the steps it would take, changing nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// Access review: per person, IdP status and groups, each managed grant per target with
+    /// the rule that wants it, whether the target has it and the drift; orphan accounts.
+    /// Answers from the state store (snapshots + ledger); calls no target without --refresh.
+    Access {
+        /// Answer for this RFC 3339 time (default: now): the last reconcile snapshot at or
+        /// before it, with the ledger's writes after that snapshot replayed on top.
+        #[arg(long)]
+        as_of: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: report_access::Format,
+        /// Read every target first (reconcile's paged reads, no write; counted against the
+        /// Looker budget) and store that snapshot.
+        #[arg(long, conflicts_with = "as_of")]
+        refresh: bool,
     },
 }
 
@@ -258,6 +283,9 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
         Command::Audit {
             command: AuditCommand::Verify,
         } => ops::audit_verify(&cfg).await,
+        Command::Report {
+            command: ReportCommand::Access { as_of, format, refresh },
+        } => report_access::report_access(&cfg, as_of, format, refresh).await,
         Command::Dlq { command } => {
             let action = match command {
                 DlqCommand::List => ops::DlqAction::List,
@@ -566,9 +594,10 @@ async fn reconcile(cfg: &Config, apply: bool, json: bool, estimate: bool) -> any
         Some(b) => b,
         None => &LogProgress,
     };
-    let report = reconcile::run_with(&engine, &store, apply, &run, progress).await;
+    let report = reconcile::run_full(&engine, &store, apply, &run, cfg.reconcile.orphan_mode()?, progress).await;
     app::count_looker_calls(cfg, &engine).await;
     let report = report?;
+    reconcile::record(&store, &report, cfg.reconcile.snapshot_retention()).await?;
     if let Some(b) = &bar {
         b.0.finish_and_clear();
     }

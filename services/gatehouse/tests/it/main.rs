@@ -9,6 +9,7 @@ mod conformance;
 mod crash;
 mod ops;
 mod queues;
+mod report_access;
 mod rotate;
 mod safety;
 mod traces;
