@@ -284,7 +284,12 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             command: AuditCommand::Verify,
         } => ops::audit_verify(&cfg).await,
         Command::Report {
-            command: ReportCommand::Access { as_of, format, refresh },
+            command:
+                ReportCommand::Access {
+                    as_of,
+                    format,
+                    refresh,
+                },
         } => report_access::report_access(&cfg, as_of, format, refresh).await,
         Command::Dlq { command } => {
             let action = match command {
@@ -594,7 +599,15 @@ async fn reconcile(cfg: &Config, apply: bool, json: bool, estimate: bool) -> any
         Some(b) => b,
         None => &LogProgress,
     };
-    let report = reconcile::run_full(&engine, &store, apply, &run, cfg.reconcile.orphan_mode()?, progress).await;
+    let report = reconcile::run_full(
+        &engine,
+        &store,
+        apply,
+        &run,
+        cfg.reconcile.orphan_mode()?,
+        progress,
+    )
+    .await;
     app::count_looker_calls(cfg, &engine).await;
     let report = report?;
     reconcile::record(&store, &report, cfg.reconcile.snapshot_retention()).await?;

@@ -27,7 +27,9 @@ fn shape(cfg: &Config) -> CloudShape {
     CloudShape {
         aws: match (&cfg.aws.enabled, &cfg.aws.user_mapping) {
             (true, Some(AwsUserMappingConfig::Tag(key))) => Some(AwsUserMapping::Tag { key: key.clone() }),
-            (true, Some(AwsUserMappingConfig::Template(t))) => Some(AwsUserMapping::Template { template: t.clone() }),
+            (true, Some(AwsUserMappingConfig::Template(t))) => {
+                Some(AwsUserMapping::Template { template: t.clone() })
+            }
             _ => None,
         },
         gcp: cfg.gcp.enabled,
@@ -69,7 +71,14 @@ pub async fn report_access(
         Some(s) => store.ledger_since(Some(s.run_at)).await?,
         None => Vec::new(),
     };
-    let review = access::build(&policy, &identities, snapshot.as_ref(), &ledger, &shape(cfg), as_of);
+    let review = access::build(
+        &policy,
+        &identities,
+        snapshot.as_ref(),
+        &ledger,
+        &shape(cfg),
+        as_of,
+    );
     let text = match format {
         Format::Json => serde_json::to_string_pretty(&review)? + "\n",
         Format::Csv => gatehouse_engine::access_render::csv(&review),

@@ -66,7 +66,11 @@ fn reverse(m: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
 
 /// One Looker user's managed state, as stored.
 fn looker_state(u: &LookerUser, catalog: &Catalog) -> Value {
-    let (groups, roles, attrs) = (reverse(&catalog.groups), reverse(&catalog.roles), reverse(&catalog.user_attributes));
+    let (groups, roles, attrs) = (
+        reverse(&catalog.groups),
+        reverse(&catalog.roles),
+        reverse(&catalog.user_attributes),
+    );
     let attributes: BTreeMap<String, String> = u
         .user_attribute_values
         .iter()
@@ -101,7 +105,11 @@ pub fn observe(
     };
     // Looker.
     if let Some((catalog, users)) = &snap.looker {
-        out.rows.push(row(CATALOG_SUBJECT, "looker", serde_json::to_value(catalog).unwrap_or_default()));
+        out.rows.push(row(
+            CATALOG_SUBJECT,
+            "looker",
+            serde_json::to_value(catalog).unwrap_or_default(),
+        ));
         for id in identities {
             let d = policy::evaluate(policy, id);
             let Some(email) = d.email.as_ref() else { continue };
@@ -117,7 +125,10 @@ pub fn observe(
         );
         for u in &snap.looker_unmatched {
             let holds = u.group_ids.iter().any(|g| managed_groups.contains(g.as_str()))
-                || u.direct_role_ids.iter().flatten().any(|r| managed_roles.contains(r.as_str()));
+                || u.direct_role_ids
+                    .iter()
+                    .flatten()
+                    .any(|r| managed_roles.contains(r.as_str()));
             if u.is_disabled || !holds {
                 continue;
             }
@@ -129,7 +140,8 @@ pub fn observe(
             for r in state["roles"].as_array().into_iter().flatten() {
                 grants.push(format!("role:{}", r.as_str().unwrap_or_default()));
             }
-            out.rows.push(row(&orphan_subject("looker", &u.id), "looker", state));
+            out.rows
+                .push(row(&orphan_subject("looker", &u.id), "looker", state));
             out.orphans.push(Orphan {
                 target: "looker".into(),
                 account: u.id.clone(),
@@ -142,7 +154,12 @@ pub fn observe(
     // AWS and GCP.
     let desired: Vec<_> = identities
         .iter()
-        .map(|id| (id, cloud::evaluate(policy, id, shape.aws.as_ref(), shape.gcp, now)))
+        .map(|id| {
+            (
+                id,
+                cloud::evaluate(policy, id, shape.aws.as_ref(), shape.gcp, now),
+            )
+        })
         .collect();
     if let Some(users) = &snap.aws_users {
         let mut groups_of: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
@@ -181,7 +198,11 @@ pub fn observe(
                 continue;
             }
             let groups: Vec<&str> = groups.iter().copied().collect();
-            out.rows.push(row(&orphan_subject("aws", user), "aws", json!({ "user": user, "groups": groups })));
+            out.rows.push(row(
+                &orphan_subject("aws", user),
+                "aws",
+                json!({ "user": user, "groups": groups }),
+            ));
             out.orphans.push(Orphan {
                 target: "aws".into(),
                 account: user.to_string(),
@@ -221,7 +242,11 @@ pub fn observe(
                 .flatten()
                 .map(|(r, role)| json!({ "resource": r, "role": role }))
                 .collect();
-            out.rows.push(row(&id.key, "gcp", json!({ "member": d.member, "bindings": bindings })));
+            out.rows.push(row(
+                &id.key,
+                "gcp",
+                json!({ "member": d.member, "bindings": bindings }),
+            ));
             matched.insert(member);
         }
         for (member, grants) in &held {
@@ -230,14 +255,24 @@ pub fn observe(
             if matched.contains(member) || !member.starts_with("user:") {
                 continue;
             }
-            let bindings: Vec<Value> = grants.iter().map(|(r, role)| json!({ "resource": r, "role": role })).collect();
-            out.rows.push(row(&orphan_subject("gcp", member), "gcp", json!({ "member": member, "bindings": bindings })));
+            let bindings: Vec<Value> = grants
+                .iter()
+                .map(|(r, role)| json!({ "resource": r, "role": role }))
+                .collect();
+            out.rows.push(row(
+                &orphan_subject("gcp", member),
+                "gcp",
+                json!({ "member": member, "bindings": bindings }),
+            ));
             out.orphans.push(Orphan {
                 target: "gcp".into(),
                 account: member.clone(),
                 email: member.strip_prefix("user:").map(str::to_string),
                 enabled: true,
-                grants: grants.iter().map(|(r, role)| format!("binding:{r} {role}")).collect(),
+                grants: grants
+                    .iter()
+                    .map(|(r, role)| format!("binding:{r} {role}"))
+                    .collect(),
             });
         }
     }
@@ -366,7 +401,7 @@ fn replay(states: &mut BTreeMap<(String, String), Value>, rows: &[LedgerRow]) ->
         }
         let parts: Vec<&str> = e.call.path.trim_matches('/').split('/').collect();
         let method = format!("{:?}", e.call.method).to_ascii_uppercase();
-        let set_list = |state: &mut Value, key: &str, name: &str, add: bool| {
+        let set_list = |state: &mut Value, key: &str, name: &str, add: bool| -> Option<()> {
             let mut v = strs(&state[key]);
             if add {
                 v.insert(name.to_string());
@@ -374,25 +409,33 @@ fn replay(states: &mut BTreeMap<(String, String), Value>, rows: &[LedgerRow]) ->
                 v.remove(name);
             }
             state[key] = json!(v);
+            Some(())
         };
         let applied = match (e.target.as_str(), method.as_str(), parts.as_slice()) {
-            ("looker", "POST", ["groups", gid, "users"]) => groups.get(gid).map(|g| set_list(state, "groups", g, true)),
-            ("looker", "DELETE", ["groups", gid, "users", _]) => {
-                groups.get(gid).map(|g| set_list(state, "groups", g, false))
+            ("looker", "POST", ["groups", gid, "users"]) => {
+                groups.get(gid).and_then(|g| set_list(state, "groups", g, true))
             }
-            ("looker", "PATCH", ["users", _]) => e
-                .call
-                .body
-                .as_ref()
-                .and_then(|b| b["is_disabled"].as_bool())
-                .map(|d| state["enabled"] = json!(!d)),
+            ("looker", "DELETE", ["groups", gid, "users", _]) => {
+                groups.get(gid).and_then(|g| set_list(state, "groups", g, false))
+            }
+            ("looker", "PATCH", ["users", _]) => {
+                match e.call.body.as_ref().and_then(|b| b["is_disabled"].as_bool()) {
+                    Some(d) => {
+                        state["enabled"] = json!(!d);
+                        Some(())
+                    }
+                    None => None,
+                }
+            }
             ("looker", "DELETE", ["users", _]) => {
                 *state = json!({ "user_id": null });
                 Some(())
             }
-            ("looker", "PUT", ["users", _, "roles"]) => e.call.body.as_ref().and_then(|b| b.as_array()).map(|ids| {
-                state["roles"] = json!(names_of(ids.iter().filter_map(|i| i.as_str()), &roles));
-            }),
+            ("looker", "PUT", ["users", _, "roles"]) => {
+                e.call.body.as_ref().and_then(|b| b.as_array()).map(|ids| {
+                    state["roles"] = json!(names_of(ids.iter().filter_map(|i| i.as_str()), &roles));
+                })
+            }
             ("looker", "PATCH", ["users", _, "attribute_values", aid]) => {
                 let name = reverse(&catalog.user_attributes).get(aid).map(|s| s.to_string());
                 match (name, e.call.body.as_ref().and_then(|b| b["value"].as_str())) {
@@ -407,8 +450,8 @@ fn replay(states: &mut BTreeMap<(String, String), Value>, rows: &[LedgerRow]) ->
                 let body = e.call.body.clone().unwrap_or_default();
                 let p = |k: &str| body[k].as_str().map(str::to_string);
                 match (p("Action").as_deref(), p("GroupName"), p("AccessKeyId")) {
-                    (Some("AddUserToGroup"), Some(g), _) => Some(set_list(state, "groups", &g, true)),
-                    (Some("RemoveUserFromGroup"), Some(g), _) => Some(set_list(state, "groups", &g, false)),
+                    (Some("AddUserToGroup"), Some(g), _) => set_list(state, "groups", &g, true),
+                    (Some("RemoveUserFromGroup"), Some(g), _) => set_list(state, "groups", &g, false),
                     (Some("UpdateAccessKey"), _, Some(k)) | (Some("DeleteAccessKey"), _, Some(k)) => {
                         let delete = p("Action").as_deref() == Some("DeleteAccessKey");
                         if let Some(keys) = state["access_keys"].as_array_mut() {
@@ -480,7 +523,13 @@ pub fn build(
             idp_status: status.clone(),
             idp_groups,
         });
-        let mut push = |target: &str, kind: &str, name: &str, value: Option<String>, rule: Option<String>, wanted: bool, had: Option<bool>| {
+        let mut push = |target: &str,
+                        kind: &str,
+                        name: &str,
+                        value: Option<String>,
+                        rule: Option<String>,
+                        wanted: bool,
+                        had: Option<bool>| {
             report.grants.push(Grant {
                 subject: id.key.clone(),
                 email: d.email.clone(),
@@ -496,18 +545,33 @@ pub fn build(
             });
         };
         let get = |t: &str| {
-            targets
-                .contains(t)
-                .then(|| states.get(&(id.key.clone(), t.to_string())).cloned().unwrap_or(json!({})))
+            targets.contains(t).then(|| {
+                states
+                    .get(&(id.key.clone(), t.to_string()))
+                    .cloned()
+                    .unwrap_or(json!({}))
+            })
         };
         let gone = id.status.is_offboarded();
         // Looker.
         if d.email.is_some() {
             let st = get("looker");
-            let user = st.as_ref().and_then(|s| s["user_id"].as_str().map(str::to_string));
-            let enabled = st.as_ref().map(|s| user.is_some() && s["enabled"].as_bool().unwrap_or(false));
+            let user = st
+                .as_ref()
+                .and_then(|s| s["user_id"].as_str().map(str::to_string));
+            let enabled = st
+                .as_ref()
+                .map(|s| user.is_some() && s["enabled"].as_bool().unwrap_or(false));
             let wants_account = matches!(d.presence, Presence::Active { .. });
-            push("looker", "account", "enabled", user.clone(), None, wants_account, enabled);
+            push(
+                "looker",
+                "account",
+                "enabled",
+                user.clone(),
+                None,
+                wants_account,
+                enabled,
+            );
             let held_groups = st.as_ref().map(|s| strs(&s["groups"]));
             for g in &d.managed_groups {
                 let rule = d.groups.get(g).map(|r| r.to_string());
@@ -516,7 +580,9 @@ pub fn build(
                     push("looker", "group", g, None, rule.clone(), rule.is_some(), had);
                 }
             }
-            let held_roles = st.as_ref().and_then(|s| s["roles"].is_array().then(|| strs(&s["roles"])));
+            let held_roles = st
+                .as_ref()
+                .and_then(|s| s["roles"].is_array().then(|| strs(&s["roles"])));
             for r in &d.managed_roles {
                 let rule = d.roles.get(r).map(|r| r.to_string());
                 let had = match (&st, &held_roles) {
@@ -530,25 +596,43 @@ pub fn build(
             }
             for a in &d.managed_attributes {
                 let want = d.attributes.get(a);
-                let held = st.as_ref().map(|s| s["attributes"][a].as_str().map(str::to_string));
+                let held = st
+                    .as_ref()
+                    .map(|s| s["attributes"][a].as_str().map(str::to_string));
                 let value = want.map(|(v, _)| v.clone()).or_else(|| held.clone().flatten());
-                let had = held.as_ref().map(|h| h.is_some() && h.as_deref() == want.map(|(v, _)| v.as_str()));
+                let had = held
+                    .as_ref()
+                    .map(|h| h.is_some() && h.as_deref() == want.map(|(v, _)| v.as_str()));
                 let had = match (want, &held) {
                     (None, Some(Some(_))) => Some(true),
                     _ => had,
                 };
                 if want.is_some() || had == Some(true) {
-                    push("looker", "attribute", a, value, want.map(|(_, r)| r.to_string()), want.is_some(), had);
+                    push(
+                        "looker",
+                        "attribute",
+                        a,
+                        value,
+                        want.map(|(_, r)| r.to_string()),
+                        want.is_some(),
+                        had,
+                    );
                 }
             }
-            if gone && user.is_some() && (enabled == Some(true) || held_groups.as_ref().is_some_and(|g| !g.is_empty())) {
+            if gone
+                && user.is_some()
+                && (enabled == Some(true) || held_groups.as_ref().is_some_and(|g| !g.is_empty()))
+            {
                 let s = st.clone().unwrap_or_default();
                 report.orphans.push(OrphanRow {
                     target: "looker".into(),
                     account: user.clone().unwrap_or_default(),
                     email: d.email.clone(),
                     enabled: enabled == Some(true),
-                    grants: strs(&s["groups"]).into_iter().map(|g| format!("group:{g}")).collect(),
+                    grants: strs(&s["groups"])
+                        .into_iter()
+                        .map(|g| format!("group:{g}"))
+                        .collect(),
                     reason: format!("idp status {status}"),
                     subject: Some(id.key.clone()),
                 });
@@ -558,7 +642,15 @@ pub fn build(
         if let Some(a) = &dc.aws {
             let st = get("aws");
             let user = st.as_ref().and_then(|s| s["user"].as_str().map(str::to_string));
-            push("aws", "account", "user", user.clone(), None, !a.offboarded, st.as_ref().map(|_| user.is_some()));
+            push(
+                "aws",
+                "account",
+                "user",
+                user.clone(),
+                None,
+                !a.offboarded,
+                st.as_ref().map(|_| user.is_some()),
+            );
             let held = st.as_ref().map(|s| strs(&s["groups"]));
             for g in &a.managed_groups {
                 let rule = a.groups.get(g).map(|r| r.to_string());
@@ -570,13 +662,28 @@ pub fn build(
             for k in &a.managed_tags {
                 let want = a.tags.get(k);
                 let held = st.as_ref().map(|s| s["tags"][k].as_str().map(str::to_string));
-                let had = held.as_ref().map(|h| h.is_some() && h.as_deref() == want.map(|(v, _)| v.as_str()));
+                let had = held
+                    .as_ref()
+                    .map(|h| h.is_some() && h.as_deref() == want.map(|(v, _)| v.as_str()));
                 if want.is_some() || matches!(held, Some(Some(_))) {
                     let value = want.map(|(v, _)| v.clone()).or_else(|| held.clone().flatten());
-                    push("aws", "tag", k, value, want.map(|(_, r)| r.to_string()), want.is_some(), had);
+                    push(
+                        "aws",
+                        "tag",
+                        k,
+                        value,
+                        want.map(|(_, r)| r.to_string()),
+                        want.is_some(),
+                        had,
+                    );
                 }
             }
-            for key in st.as_ref().and_then(|s| s["access_keys"].as_array().cloned()).into_iter().flatten() {
+            for key in st
+                .as_ref()
+                .and_then(|s| s["access_keys"].as_array().cloned())
+                .into_iter()
+                .flatten()
+            {
                 let status = key["status"].as_str().unwrap_or_default().to_string();
                 push(
                     "aws",
@@ -609,15 +716,30 @@ pub fn build(
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|b| (b["resource"].as_str().unwrap_or_default().to_string(), b["role"].as_str().unwrap_or_default().to_string()))
+                    .map(|b| {
+                        (
+                            b["resource"].as_str().unwrap_or_default().to_string(),
+                            b["role"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
                     .collect()
             });
             for grant in &g.managed {
                 let rule = g.bindings.get(grant).map(|r| r.to_string());
-                let had = held.as_ref().map(|h| h.contains(&(grant.resource.clone(), grant.role.clone())));
+                let had = held
+                    .as_ref()
+                    .map(|h| h.contains(&(grant.resource.clone(), grant.role.clone())));
                 if rule.is_some() || had == Some(true) {
                     let name = format!("{} {}", grant.resource, grant.role);
-                    push("gcp", "binding", &name, Some(g.member.clone()), rule.clone(), rule.is_some(), had);
+                    push(
+                        "gcp",
+                        "binding",
+                        &name,
+                        Some(g.member.clone()),
+                        rule.clone(),
+                        rule.is_some(),
+                        had,
+                    );
                 }
             }
             let held = held.unwrap_or_default();
@@ -627,7 +749,10 @@ pub fn build(
                     account: g.member.clone(),
                     email: d.email.clone(),
                     enabled: true,
-                    grants: held.iter().map(|(r, role)| format!("binding:{r} {role}")).collect(),
+                    grants: held
+                        .iter()
+                        .map(|(r, role)| format!("binding:{r} {role}"))
+                        .collect(),
                     reason: format!("idp status {status}"),
                     subject: Some(id.key.clone()),
                 });
@@ -636,8 +761,12 @@ pub fn build(
     }
     // Orphans recorded with the snapshot (after the ledger's replay: a disabled one is gone).
     for ((subject, target), st) in &states {
-        let Some((t, account)) = parse_orphan_subject(subject) else { continue };
-        let enabled = st["enabled"].as_bool().unwrap_or(true) && !st["user_id"].is_null() || t != "looker";
+        let Some((t, account)) = parse_orphan_subject(subject) else {
+            continue;
+        };
+        // Looker: as read or replayed (a deleted user has no id); IAM users and GCP members
+        // have no disabled state: present means enabled.
+        let enabled = t != "looker" || (st["enabled"].as_bool().unwrap_or(true) && !st["user_id"].is_null());
         let mut grants: Vec<String> = Vec::new();
         match t {
             "looker" => {
@@ -646,7 +775,11 @@ pub fn build(
             }
             "aws" => grants.extend(strs(&st["groups"]).into_iter().map(|g| format!("iam_group:{g}"))),
             _ => grants.extend(st["bindings"].as_array().into_iter().flatten().map(|b| {
-                format!("binding:{} {}", b["resource"].as_str().unwrap_or_default(), b["role"].as_str().unwrap_or_default())
+                format!(
+                    "binding:{} {}",
+                    b["resource"].as_str().unwrap_or_default(),
+                    b["role"].as_str().unwrap_or_default()
+                )
             })),
         }
         if !enabled && t == "looker" {
@@ -729,7 +862,9 @@ mod tests {
             person("bob", "bob@x.com", Status::Deactivated, &["Finance"]),
         ];
         let shape = CloudShape {
-            aws: Some(AwsUserMapping::Template { template: "{local}".into() }),
+            aws: Some(AwsUserMapping::Template {
+                template: "{local}".into(),
+            }),
             gcp: true,
         };
         let snap = Snapshot {
@@ -740,7 +875,14 @@ mod tests {
                     "projects/p1".to_string(),
                     IamPolicy {
                         bindings: vec![
-                            binding("roles/viewer", &["user:ann@x.com", "user:zed@x.com", "serviceAccount:ci@p1.iam.gserviceaccount.com"]),
+                            binding(
+                                "roles/viewer",
+                                &[
+                                    "user:ann@x.com",
+                                    "user:zed@x.com",
+                                    "serviceAccount:ci@p1.iam.gserviceaccount.com",
+                                ],
+                            ),
                             binding("roles/owner", &["user:eve@x.com"]),
                         ],
                         ..Default::default()
@@ -752,9 +894,20 @@ mod tests {
         };
         let now = Utc::now();
         let seen = observe(&policy, &people, &snap, &shape, now);
-        let orphans: Vec<(&str, &str)> = seen.orphans.iter().map(|o| (o.target.as_str(), o.account.as_str())).collect();
-        assert_eq!(orphans, [("aws", "mallory"), ("gcp", "user:zed@x.com")], "only managed grants of nobody");
-        let snapshot = AccessSnapshot { run_at: now, rows: seen.rows };
+        let orphans: Vec<(&str, &str)> = seen
+            .orphans
+            .iter()
+            .map(|o| (o.target.as_str(), o.account.as_str()))
+            .collect();
+        assert_eq!(
+            orphans,
+            [("aws", "mallory"), ("gcp", "user:zed@x.com")],
+            "only managed grants of nobody"
+        );
+        let snapshot = AccessSnapshot {
+            run_at: now,
+            rows: seen.rows,
+        };
         let r = build(&policy, &people, Some(&snapshot), &[], &shape, now);
         let g = |subject: &str, kind: &str| {
             r.grants
@@ -762,12 +915,28 @@ mod tests {
                 .find(|g| g.subject == subject && g.kind == kind)
                 .unwrap_or_else(|| panic!("no {kind} of {subject}: {:#?}", r.grants))
         };
-        assert_eq!((g("ann", "iam_group").drift.as_str(), g("ann", "iam_group").rule.as_deref()), ("wanted-not-had", Some("fin")));
+        assert_eq!(
+            (
+                g("ann", "iam_group").drift.as_str(),
+                g("ann", "iam_group").rule.as_deref()
+            ),
+            ("wanted-not-had", Some("fin"))
+        );
         assert_eq!(g("ann", "binding").drift, "none");
         assert_eq!(g("bob", "iam_group").drift, "had-not-wanted");
-        let listed: Vec<(&str, &str)> = r.orphans.iter().map(|o| (o.account.as_str(), o.reason.as_str())).collect();
+        let listed: Vec<(&str, &str)> = r
+            .orphans
+            .iter()
+            .map(|o| (o.account.as_str(), o.reason.as_str()))
+            .collect();
         assert!(listed.contains(&("bob", "idp status deactivated")), "{listed:?}");
-        assert!(listed.contains(&("mallory", "matches nobody in the directory")), "{listed:?}");
-        assert!(listed.contains(&("user:zed@x.com", "matches nobody in the directory")), "{listed:?}");
+        assert!(
+            listed.contains(&("mallory", "matches nobody in the directory")),
+            "{listed:?}"
+        );
+        assert!(
+            listed.contains(&("user:zed@x.com", "matches nobody in the directory")),
+            "{listed:?}"
+        );
     }
 }

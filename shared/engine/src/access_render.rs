@@ -221,16 +221,26 @@ pub fn html(r: &AccessReport) -> String {
         out,
         "<h1>Access review as of {}</h1>\n<p class=\"meta\">Snapshot: {}; ledger rows replayed on top: {} (seq {}; {} listed, not replayed). {} people, {} grants ({} with drift), {} orphan accounts.</p>\n",
         esc(&r.as_of.to_rfc3339()),
-        esc(&r.snapshot_at.map_or("none (no reconcile yet)".into(), |t| t.to_rfc3339())),
+        esc(&r
+            .snapshot_at
+            .map_or("none (no reconcile yet)".into(), |t| t.to_rfc3339())),
         r.ledger.replayed,
-        esc(&match seqs(r) { s if s.is_empty() => "none".into(), s => s }),
+        esc(&match seqs(r) {
+            s if s.is_empty() => "none".into(),
+            s => s,
+        }),
         r.ledger.not_replayed,
         r.people.len(),
         r.grants.len(),
-        r.grants.iter().filter(|g| g.drift == "wanted-not-had" || g.drift == "had-not-wanted").count(),
+        r.grants
+            .iter()
+            .filter(|g| g.drift == "wanted-not-had" || g.drift == "had-not-wanted")
+            .count(),
         r.orphans.len(),
     );
-    out.push_str("<p><label>Filter: <input id=\"q\" type=\"search\" placeholder=\"text in any column\"></label></p>\n");
+    out.push_str(
+        "<p><label>Filter: <input id=\"q\" type=\"search\" placeholder=\"text in any column\"></label></p>\n",
+    );
     let people: Vec<Vec<String>> = r
         .people
         .iter()
@@ -243,7 +253,13 @@ pub fn html(r: &AccessReport) -> String {
             ]
         })
         .collect();
-    table(&mut out, "people", "People", &["subject", "email", "idp_status", "idp_groups"], &people);
+    table(
+        &mut out,
+        "people",
+        "People",
+        &["subject", "email", "idp_status", "idp_groups"],
+        &people,
+    );
     let grants: Vec<Vec<String>> = r
         .grants
         .iter()
@@ -266,7 +282,18 @@ pub fn html(r: &AccessReport) -> String {
         &mut out,
         "grants",
         "Grants",
-        &["email", "idp_status", "target", "kind", "name", "value", "rule", "wanted", "had", "drift"],
+        &[
+            "email",
+            "idp_status",
+            "target",
+            "kind",
+            "name",
+            "value",
+            "rule",
+            "wanted",
+            "had",
+            "drift",
+        ],
         &grants,
     );
     let orphans: Vec<Vec<String>> = r

@@ -892,7 +892,12 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
     /// it) through the one apply loop in the Looker target's mode, so the safety screen, the
     /// breaker's limits and the ledger apply as to any plan; otherwise it is only reported
     /// (`drift_reported` ledger rows).
-    pub async fn apply_orphan(&self, ctx: &Ctx, plan: &Plan, disable: bool) -> Result<AppliedCounts, ProcessError> {
+    pub async fn apply_orphan(
+        &self,
+        ctx: &Ctx,
+        plan: &Plan,
+        disable: bool,
+    ) -> Result<AppliedCounts, ProcessError> {
         let modes = self.cloud.as_ref().map(|c| c.modes).unwrap_or_default();
         let run = self.run(ctx);
         let mode = match self.looker.client() {

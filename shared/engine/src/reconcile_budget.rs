@@ -286,7 +286,15 @@ pub async fn scheduled_run<S, L, D, C>(
     let opts = read_options(cfg, run);
     // Validated at load: an unknown value never gets here.
     let orphans = cfg.orphan_mode().unwrap_or_default();
-    let result = crate::reconcile::run_full(engine, directory, true, &opts, orphans, &crate::reconcile::LogProgress).await;
+    let result = crate::reconcile::run_full(
+        engine,
+        directory,
+        true,
+        &opts,
+        orphans,
+        &crate::reconcile::LogProgress,
+    )
+    .await;
     if let Ok(r) = &result
         && let Err(e) = crate::reconcile::record(shared, r, cfg.snapshot_retention()).await
     {

@@ -131,7 +131,9 @@ pub async fn read_looker<S: StateStore, L: LookerPort>(
     let people: Vec<_> = people.collect();
     let directory_emails: std::collections::HashSet<String> = people
         .iter()
-        .flat_map(|(id, email, _)| std::iter::once(email.as_str()).chain(id.previous_emails.iter().map(String::as_str)))
+        .flat_map(|(id, email, _)| {
+            std::iter::once(email.as_str()).chain(id.previous_emails.iter().map(String::as_str))
+        })
         .map(str::to_lowercase)
         .collect();
     let reads: Vec<_> = people
@@ -201,7 +203,9 @@ pub async fn read_looker<S: StateStore, L: LookerPort>(
         .iter()
         .filter(|u| {
             !resolved.contains(u.id.as_str())
-                && u.email.as_ref().is_none_or(|e| !directory_emails.contains(&e.to_lowercase()))
+                && u.email
+                    .as_ref()
+                    .is_none_or(|e| !directory_emails.contains(&e.to_lowercase()))
         })
         .cloned()
         .collect();

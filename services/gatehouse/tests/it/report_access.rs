@@ -145,7 +145,11 @@ fn grant<'a>(v: &'a serde_json::Value, email: &str, kind: &str) -> &'a serde_jso
 }
 
 fn orphan<'a>(v: &'a serde_json::Value, account: &str) -> Option<&'a serde_json::Value> {
-    v["orphans"].as_array().unwrap().iter().find(|o| o["account"] == account)
+    v["orphans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["account"] == account)
 }
 
 /// JSON: per person and grant the rule, whether Looker has it and the drift; orphans of both
@@ -156,17 +160,33 @@ async fn json_shows_grants_drift_and_orphans_without_calling_looker() {
     let before_reconcile = Utc::now();
     f.run(&["reconcile"]).await;
     f.fake.reset_calls();
-    let v: serde_json::Value = serde_json::from_str(&f.run(&["report", "access", "--format", "json"]).await).unwrap();
-    assert!(f.fake.calls().is_empty(), "the report called Looker: {:?}", f.fake.calls());
+    let v: serde_json::Value =
+        serde_json::from_str(&f.run(&["report", "access", "--format", "json"]).await).unwrap();
+    assert!(
+        f.fake.calls().is_empty(),
+        "the report called Looker: {:?}",
+        f.fake.calls()
+    );
     let at: DateTime<Utc> = v["snapshot_at"].as_str().unwrap().parse().unwrap();
     assert!(at >= before_reconcile, "the reconcile's snapshot is used");
-    let people: Vec<&str> = v["people"].as_array().unwrap().iter().map(|p| p["email"].as_str().unwrap()).collect();
+    let people: Vec<&str> = v["people"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["email"].as_str().unwrap())
+        .collect();
     assert_eq!(people, ["ann@example.com", "bob@example.com", "carl@example.com"]);
     assert_eq!(v["people"][0]["idp_groups"], serde_json::json!(["Finance"]));
     assert_eq!(v["people"][1]["idp_status"], "deactivated");
     let ann = grant(&v, "ann@example.com", "group");
     assert_eq!(
-        (&ann["name"], &ann["rule"], &ann["wanted"], &ann["had"], &ann["drift"]),
+        (
+            &ann["name"],
+            &ann["rule"],
+            &ann["wanted"],
+            &ann["had"],
+            &ann["drift"]
+        ),
         (
             &"Finance Analysts".into(),
             &"finance".into(),
@@ -176,16 +196,28 @@ async fn json_shows_grants_drift_and_orphans_without_calling_looker() {
         )
     );
     let carl = grant(&v, "carl@example.com", "group");
-    assert_eq!((&carl["rule"], &carl["had"], &carl["drift"]), (&serde_json::Value::Null, &true.into(), &"had-not-wanted".into()));
+    assert_eq!(
+        (&carl["rule"], &carl["had"], &carl["drift"]),
+        (&serde_json::Value::Null, &true.into(), &"had-not-wanted".into())
+    );
     let bob = grant(&v, "bob@example.com", "account");
-    assert_eq!((&bob["wanted"], &bob["had"], &bob["drift"]), (&false.into(), &true.into(), &"had-not-wanted".into()));
+    assert_eq!(
+        (&bob["wanted"], &bob["had"], &bob["drift"]),
+        (&false.into(), &true.into(), &"had-not-wanted".into())
+    );
     let eve = orphan(&v, &f.eve).expect("the hand-made user with a managed group is an orphan");
     assert_eq!(eve["reason"], "matches nobody in the directory");
     assert_eq!(eve["grants"], serde_json::json!(["group:Finance Analysts"]));
     assert_eq!(eve["email"], "eve@contractor.example");
     let gone = orphan(&v, &f.bob).expect("the deactivated person's enabled account is listed");
-    assert_eq!((&gone["reason"], &gone["subject"]), (&"idp status deactivated".into(), &"00uBOB".into()));
-    assert!(orphan(&v, &f.dan).is_none(), "a user with no managed grant is not ours to report");
+    assert_eq!(
+        (&gone["reason"], &gone["subject"]),
+        (&"idp status deactivated".into(), &"00uBOB".into())
+    );
+    assert!(
+        orphan(&v, &f.dan).is_none(),
+        "a user with no managed grant is not ours to report"
+    );
 }
 
 /// CSV: the stable header, one row per grant and per orphan, provenance on every row.
@@ -206,13 +238,36 @@ async fn csv_has_stable_columns_and_a_row_per_grant_and_orphan() {
             .unwrap_or_else(|| panic!("no {section} {kind} row of {email}:\n{out}"))
     };
     let ann = find("grant", "ann@example.com", "group");
-    assert_eq!(&ann[..13], ["grant", "00uANN", "ann@example.com", "active", "Finance", "looker", "group", "Finance Analysts", "", "finance", "true", "false", "wanted-not-had"]);
+    assert_eq!(
+        &ann[..13],
+        [
+            "grant",
+            "00uANN",
+            "ann@example.com",
+            "active",
+            "Finance",
+            "looker",
+            "group",
+            "Finance Analysts",
+            "",
+            "finance",
+            "true",
+            "false",
+            "wanted-not-had"
+        ]
+    );
     assert!(ann[14].starts_with("20"), "snapshot time on the row: {ann:?}");
     let eve = find("orphan", "eve@contractor.example", "account");
     assert_eq!(eve[7], f.eve);
     assert_eq!(eve[13], "matches nobody in the directory");
-    assert_eq!(find("orphan", "bob@example.com", "account")[13], "idp status deactivated");
-    assert!(rows.iter().all(|r| r.len() == 16), "every row has the 16 columns:\n{out}");
+    assert_eq!(
+        find("orphan", "bob@example.com", "account")[13],
+        "idp status deactivated"
+    );
+    assert!(
+        rows.iter().all(|r| r.len() == 16),
+        "every row has the 16 columns:\n{out}"
+    );
 }
 
 /// `--as-of` answers from the snapshot at or before it plus the ledger's writes after it, and
@@ -227,30 +282,57 @@ async fn as_of_uses_the_snapshot_then_replays_the_ledger() {
         tokio::task::yield_now().await;
     }
     f.run(&["reconcile", "--apply"]).await;
-    assert!(!f.fake.user(&f.eve).unwrap().is_disabled, "report mode changes no orphan");
-    let now: serde_json::Value = serde_json::from_str(&f.run(&["report", "access", "--format", "json"]).await).unwrap();
-    assert!(now["ledger"]["replayed"].as_u64().unwrap() >= 1, "{:#}", now["ledger"]);
+    assert!(
+        !f.fake.user(&f.eve).unwrap().is_disabled,
+        "report mode changes no orphan"
+    );
+    let now: serde_json::Value =
+        serde_json::from_str(&f.run(&["report", "access", "--format", "json"]).await).unwrap();
+    assert!(
+        now["ledger"]["replayed"].as_u64().unwrap() >= 1,
+        "{:#}",
+        now["ledger"]
+    );
     assert!(now["ledger"]["first_seq"].as_i64().unwrap() <= now["ledger"]["last_seq"].as_i64().unwrap());
     let ann = grant(&now, "ann@example.com", "group");
-    assert_eq!((&ann["had"], &ann["drift"]), (&true.into(), &"none".into()), "the apply's ledger row is replayed");
+    assert_eq!(
+        (&ann["had"], &ann["drift"]),
+        (&true.into(), &"none".into()),
+        "the apply's ledger row is replayed"
+    );
     let carl = grant(&now, "carl@example.com", "group");
     assert_eq!(carl["had"], false);
     let then: serde_json::Value = serde_json::from_str(
-        &f.run(&["report", "access", "--format", "json", "--as-of", &between.to_rfc3339()])
-            .await,
+        &f.run(&[
+            "report",
+            "access",
+            "--format",
+            "json",
+            "--as-of",
+            &between.to_rfc3339(),
+        ])
+        .await,
     )
     .unwrap();
     let first: DateTime<Utc> = then["snapshot_at"].as_str().unwrap().parse().unwrap();
     assert!(first <= between);
-    assert_eq!(then["ledger"]["replayed"], 0, "no write between the first snapshot and then");
-    assert_eq!(grant(&then, "ann@example.com", "group")["drift"], "wanted-not-had");
+    assert_eq!(
+        then["ledger"]["replayed"], 0,
+        "no write between the first snapshot and then"
+    );
+    assert_eq!(
+        grant(&then, "ann@example.com", "group")["drift"],
+        "wanted-not-had"
+    );
     // The orphan was ledgered (report), not disabled.
     let store = gatehouse_store::sqlite::Sqlite::open(f.path()).await.unwrap();
     let rows = store.ledger_since(None).await.unwrap();
     store.close().await;
     let subject = format!("orphan:looker:{}", f.eve);
     assert!(
-        rows.iter().any(|r| r.entry.subject == subject && r.entry.rule == "reconcile.orphans" && r.entry.status == "drift_reported"),
+        rows.iter().any(|r| r.entry.subject == subject
+            && r.entry.rule == "reconcile.orphans"
+            && r.entry.status == "drift_reported"),
         "no report row for the orphan: {rows:#?}"
     );
 }
@@ -262,7 +344,10 @@ async fn disable_mode_disables_the_orphan_and_ledgers_it() {
     let f = Fixture::new("[reconcile]\norphans = \"disable\"\n").await;
     f.run(&["reconcile", "--apply"]).await;
     assert!(f.fake.user(&f.eve).unwrap().is_disabled, "the orphan is disabled");
-    assert!(!f.fake.user(&f.dan).unwrap().is_disabled, "a user without managed grants is left alone");
+    assert!(
+        !f.fake.user(&f.dan).unwrap().is_disabled,
+        "a user without managed grants is left alone"
+    );
     let store = gatehouse_store::sqlite::Sqlite::open(f.path()).await.unwrap();
     let rows = store.ledger_since(None).await.unwrap();
     store.close().await;
@@ -272,8 +357,13 @@ async fn disable_mode_disables_the_orphan_and_ledgers_it() {
         .expect("the disable is ledgered");
     assert_eq!(row.entry.call.path, format!("/users/{}", f.eve));
     assert!(row.entry.status.starts_with('2'), "{row:?}");
-    let v: serde_json::Value = serde_json::from_str(&f.run(&["report", "access", "--format", "json"]).await).unwrap();
-    assert!(orphan(&v, &f.eve).is_none(), "a disabled orphan is no longer listed: {:#}", v["orphans"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&f.run(&["report", "access", "--format", "json"]).await).unwrap();
+    assert!(
+        orphan(&v, &f.eve).is_none(),
+        "a disabled orphan is no longer listed: {:#}",
+        v["orphans"]
+    );
 }
 
 /// A bad `orphans` value exits 64 naming the field.
@@ -282,7 +372,12 @@ fn a_bad_orphans_value_exits_64_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gatehouse.toml");
     std::fs::write(&cfg, "[reconcile]\norphans = \"delete\"\n").unwrap();
-    let o = bin().args(["report", "access", "--config"]).arg(&cfg).env("GATEHOUSE_DATA_DIR", dir.path()).output().unwrap();
+    let o = bin()
+        .args(["report", "access", "--config"])
+        .arg(&cfg)
+        .env("GATEHOUSE_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(64), "{:?}", text(&o));
     assert!(text(&o).1.contains("reconcile.orphans"), "{:?}", text(&o));
 }
@@ -317,13 +412,19 @@ fn chromium_dom(page: &Path, fragment: &str) -> String {
         .output()
         .unwrap_or_else(|e| panic!("cannot start {browser}: {e}"));
     let (out, err) = text(&o);
-    assert!(o.status.success() && out.contains("data-ready=\"1\""), "{browser} did not render the page (status {:?}):\n{err}", o.status);
+    assert!(
+        o.status.success() && out.contains("data-ready=\"1\""),
+        "{browser} did not render the page (status {:?}):\n{err}",
+        o.status
+    );
     out
 }
 
 /// The rows of table `id` as a person sees them: (visible, cell texts), in DOM order.
 fn rows(dom: &str, id: &str) -> Vec<(bool, Vec<String>)> {
-    let start = dom.find(&format!("<table id=\"{id}\"")).unwrap_or_else(|| panic!("no table {id}"));
+    let start = dom
+        .find(&format!("<table id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no table {id}"));
     let table = &dom[start..start + dom[start..].find("</table>").unwrap()];
     let body = &table[table.find("<tbody>").unwrap()..];
     body.split("<tr")
@@ -333,7 +434,12 @@ fn rows(dom: &str, id: &str) -> Vec<(bool, Vec<String>)> {
             let cells = tr
                 .split("<td>")
                 .skip(1)
-                .map(|c| c[..c.find("</td>").unwrap()].replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
+                .map(|c| {
+                    c[..c.find("</td>").unwrap()]
+                        .replace("&amp;", "&")
+                        .replace("&lt;", "<")
+                        .replace("&gt;", ">")
+                })
                 .collect();
             (!open.contains("hidden"), cells)
         })
@@ -348,40 +454,64 @@ async fn html_page_filters_and_sorts_in_headless_chromium() {
     f.run(&["reconcile"]).await;
     let html = f.run(&["report", "access", "--format", "html"]).await;
     for external in ["http://", "https://", "src=", "href=", "@import", "url("] {
-        assert!(!html.contains(external), "external reference {external:?} in the page");
+        assert!(
+            !html.contains(external),
+            "external reference {external:?} in the page"
+        );
     }
     let page = html_path(&f);
     std::fs::write(&page, &html).unwrap();
 
     let dom = chromium_dom(&page, "");
     let grants = rows(&dom, "grants");
-    assert!(grants.iter().all(|(shown, _)| *shown), "nothing hidden without a filter");
+    assert!(
+        grants.iter().all(|(shown, _)| *shown),
+        "nothing hidden without a filter"
+    );
     let emails: Vec<&str> = grants.iter().map(|(_, c)| c[0].as_str()).collect();
     for e in ["ann@example.com", "bob@example.com", "carl@example.com"] {
         assert!(emails.contains(&e), "{e} missing: {emails:?}");
     }
     let orphans = rows(&dom, "orphans");
-    assert!(orphans.iter().any(|(_, c)| c[1] == f.eve && c[5] == "matches nobody in the directory"), "{orphans:?}");
+    assert!(
+        orphans
+            .iter()
+            .any(|(_, c)| c[1] == f.eve && c[5] == "matches nobody in the directory"),
+        "{orphans:?}"
+    );
 
     // Typing "carl": only carl's rows stay visible, in every table.
     let dom = chromium_dom(&page, "q=carl");
     let grants = rows(&dom, "grants");
-    assert!(grants.iter().any(|(shown, c)| *shown && c[0] == "carl@example.com"));
+    assert!(
+        grants
+            .iter()
+            .any(|(shown, c)| *shown && c[0] == "carl@example.com")
+    );
     for (shown, c) in &grants {
         assert_eq!(*shown, c.join(" ").contains("carl"), "filter wrong for {c:?}");
     }
-    assert!(rows(&dom, "orphans").iter().all(|(shown, _)| !shown), "orphans without carl are hidden");
+    assert!(
+        rows(&dom, "orphans").iter().all(|(shown, _)| !shown),
+        "orphans without carl are hidden"
+    );
 
     // One click on "drift": ascending; two: descending.
     for (clicks, desc) in [("grants:drift", false), ("grants:drift,grants:drift", true)] {
         let dom = chromium_dom(&page, &format!("click={clicks}"));
-        let drift: Vec<String> = rows(&dom, "grants").into_iter().map(|(_, c)| c[9].clone()).collect();
+        let drift: Vec<String> = rows(&dom, "grants")
+            .into_iter()
+            .map(|(_, c)| c[9].clone())
+            .collect();
         let mut want = drift.clone();
         want.sort();
         if desc {
             want.reverse();
         }
         assert_eq!(drift, want, "after {clicks}");
-        assert!(drift.first() != drift.last(), "the fixture has several drift values: {drift:?}");
+        assert!(
+            drift.first() != drift.last(),
+            "the fixture has several drift values: {drift:?}"
+        );
     }
 }

@@ -406,14 +406,25 @@ mod tests {
             ("[reconcile]\nleader_lease = \"1s\"\n", "reconcile.leader_lease"),
             ("[reconcile]\norphans = \"delete\"\n", "reconcile.orphans"),
             ("[reconcile]\norphans = \"Report\"\n", "reconcile.orphans"),
-            ("[reconcile]\nsnapshot_keep_runs = 0\n", "reconcile.snapshot_keep_runs"),
+            (
+                "[reconcile]\nsnapshot_keep_runs = 0\n",
+                "reconcile.snapshot_keep_runs",
+            ),
         ] {
             assert_eq!(load(toml, &[]).unwrap_err().field, field, "{toml}");
         }
-        let c = load("[reconcile]\norphans = \"disable\"\nsnapshot_keep_days = 90\n", &[]).unwrap();
+        let c = load(
+            "[reconcile]\norphans = \"disable\"\nsnapshot_keep_days = 90\n",
+            &[],
+        )
+        .unwrap();
         assert_eq!(c.reconcile.orphan_mode().unwrap(), Orphans::Disable);
         assert_eq!(c.reconcile.snapshot_retention().keep_days, Some(90));
-        assert_eq!(load("", &[]).unwrap().reconcile.orphan_mode().unwrap(), Orphans::Report, "report by default");
+        assert_eq!(
+            load("", &[]).unwrap().reconcile.orphan_mode().unwrap(),
+            Orphans::Report,
+            "report by default"
+        );
         let e = load("[gcp]\niam_url = \"iam.googleapis.com\"\n", &[]).unwrap_err();
         assert_eq!(e.field, "gcp.iam_url", "{e}");
         let e = load("[gcp]\nenabeld = true\n", &[]).unwrap_err();

@@ -16,8 +16,13 @@ pub(crate) fn json_of(state: &serde_json::Value) -> String {
 }
 
 pub(crate) fn row_of(subject: String, target: String, state: &str) -> Result<AccessRow, BackendError> {
-    let state = serde_json::from_str(state).map_err(|e| BackendError::new("cannot read an access snapshot row", e))?;
-    Ok(AccessRow { subject, target, state })
+    let state = serde_json::from_str(state)
+        .map_err(|e| BackendError::new("cannot read an access snapshot row", e))?;
+    Ok(AccessRow {
+        subject,
+        target,
+        state,
+    })
 }
 
 pub(crate) fn time_of(ms: i64) -> Result<DateTime<Utc>, BackendError> {
