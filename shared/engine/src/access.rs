@@ -64,25 +64,44 @@ fn reverse(m: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
     m.iter().map(|(n, id)| (id.as_str(), n.as_str())).collect()
 }
 
+/// Ids → names of the Looker objects the policy manages (the catalog lists every group and
+/// role; only managed ones are recorded: Gatehouse reviews what it governs).
+struct Managed<'a> {
+    groups: BTreeMap<&'a str, &'a str>,
+    roles: BTreeMap<&'a str, &'a str>,
+    attributes: BTreeMap<&'a str, &'a str>,
+}
+
+impl<'a> Managed<'a> {
+    fn of(policy: &Policy, catalog: &'a Catalog) -> Self {
+        let only = |m: &'a BTreeMap<String, String>, names: BTreeSet<String>| {
+            m.iter()
+                .filter(|(n, _)| names.contains(*n))
+                .map(|(n, id)| (id.as_str(), n.as_str()))
+                .collect()
+        };
+        Managed {
+            groups: only(&catalog.groups, policy.managed_groups()),
+            roles: only(&catalog.roles, policy.managed_roles()),
+            attributes: only(&catalog.user_attributes, policy.managed_attributes()),
+        }
+    }
+}
+
 /// One Looker user's managed state, as stored.
-fn looker_state(u: &LookerUser, catalog: &Catalog) -> Value {
-    let (groups, roles, attrs) = (
-        reverse(&catalog.groups),
-        reverse(&catalog.roles),
-        reverse(&catalog.user_attributes),
-    );
+fn looker_state(u: &LookerUser, m: &Managed<'_>) -> Value {
     let attributes: BTreeMap<String, String> = u
         .user_attribute_values
         .iter()
         .flatten()
-        .filter_map(|(id, v)| Some((attrs.get(id.as_str())?.to_string(), v.clone())))
+        .filter_map(|(id, v)| Some((m.attributes.get(id.as_str())?.to_string(), v.clone())))
         .collect();
     json!({
         "user_id": u.id,
         "email": u.email,
         "enabled": !u.is_disabled,
-        "groups": names_of(&u.group_ids, &groups),
-        "roles": u.direct_role_ids.as_ref().map(|r| names_of(r, &roles)),
+        "groups": names_of(&u.group_ids, &m.groups),
+        "roles": u.direct_role_ids.as_ref().map(|r| names_of(r, &m.roles)),
         "attributes": u.user_attribute_values.as_ref().map(|_| attributes),
         "sessions": u.session_ids.len(),
         "api3_keys": u.api3_key_ids.len(),
@@ -105,34 +124,43 @@ pub fn observe(
     };
     // Looker.
     if let Some((catalog, users)) = &snap.looker {
+        let managed = Managed::of(policy, catalog);
+        // The managed part of the catalog: the ledger's replay maps ids back to names with it.
+        let named = |m: &BTreeMap<&str, &str>| -> BTreeMap<String, String> {
+            m.iter().map(|(id, n)| (n.to_string(), id.to_string())).collect()
+        };
+        let recorded = Catalog {
+            groups: named(&managed.groups),
+            roles: named(&managed.roles),
+            user_attributes: named(&managed.attributes),
+        };
         out.rows.push(row(
             CATALOG_SUBJECT,
             "looker",
-            serde_json::to_value(catalog).unwrap_or_default(),
+            serde_json::to_value(&recorded).unwrap_or_default(),
         ));
         for id in identities {
             let d = policy::evaluate(policy, id);
             let Some(email) = d.email.as_ref() else { continue };
             let state = match users.get(&email.to_ascii_lowercase()) {
-                Some(Some(u)) => looker_state(u, catalog),
+                Some(Some(u)) => looker_state(u, &managed),
                 _ => json!({ "user_id": null }),
             };
             out.rows.push(row(&id.key, "looker", state));
         }
-        let (managed_groups, managed_roles): (HashSet<&str>, HashSet<&str>) = (
-            catalog.groups.values().map(String::as_str).collect(),
-            catalog.roles.values().map(String::as_str).collect(),
-        );
         for u in &snap.looker_unmatched {
-            let holds = u.group_ids.iter().any(|g| managed_groups.contains(g.as_str()))
+            let holds = u
+                .group_ids
+                .iter()
+                .any(|g| managed.groups.contains_key(g.as_str()))
                 || u.direct_role_ids
                     .iter()
                     .flatten()
-                    .any(|r| managed_roles.contains(r.as_str()));
+                    .any(|r| managed.roles.contains_key(r.as_str()));
             if u.is_disabled || !holds {
                 continue;
             }
-            let state = looker_state(u, catalog);
+            let state = looker_state(u, &managed);
             let mut grants: Vec<String> = Vec::new();
             for g in state["groups"].as_array().into_iter().flatten() {
                 grants.push(format!("group:{}", g.as_str().unwrap_or_default()));
@@ -376,9 +404,12 @@ fn drift(wanted: bool, had: Option<bool>) -> String {
     .into()
 }
 
-/// A 2xx status (a write that took effect).
+/// A write that took effect: `ok` (Looker), a 2xx status (clouds), or a revocation that
+/// found it already done (`CallOutcome::ledger_status`).
 fn succeeded(status: &str) -> bool {
-    status.parse::<u16>().is_ok_and(|s| (200..300).contains(&s))
+    status == "ok"
+        || status == "404 already gone"
+        || status.parse::<u16>().is_ok_and(|s| (200..300).contains(&s))
 }
 
 /// Replay `rows` (in seq order) onto the snapshot's states. Returns (replayed, not replayed).
