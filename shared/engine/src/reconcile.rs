@@ -530,6 +530,16 @@ pub fn render_text(r: &Report) -> String {
             r.looker_duplicates
         );
     }
+    for o in &r.orphans {
+        let _ = writeln!(
+            out,
+            "orphan {} account {} ({}): holds {}; matches nobody in the directory",
+            o.target,
+            o.account,
+            o.email.as_deref().unwrap_or("no email"),
+            o.grants.join(", ")
+        );
+    }
     if r.applied {
         let _ = writeln!(out, "applied: {} writes, {} reported only", r.writes, r.reported);
     } else if !r.plans.is_empty() {

@@ -166,7 +166,14 @@ fn orphan<'a>(v: &'a serde_json::Value, account: &str) -> Option<&'a serde_json:
 async fn json_shows_grants_drift_and_orphans_without_calling_looker() {
     let f = Fixture::new("").await;
     let before_reconcile = Utc::now();
-    f.run(&["reconcile"]).await;
+    let text = f.run(&["reconcile"]).await;
+    assert!(
+        text.contains(&format!(
+            "orphan looker account {} (eve@contractor.example)",
+            f.eve
+        )),
+        "reconcile lists the orphan:\n{text}"
+    );
     f.fake.reset_calls();
     let out = f.run(&["report", "access", "--format", "json"]).await;
     keep_example("access.json", &out);
