@@ -889,8 +889,9 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
     }
 
     /// Act on an orphan Looker user (issue 15): `disable` sends its plan (a `PATCH` disabling
-    /// it) through the one apply loop in the Looker target's mode, so the safety screen, the
-    /// breaker's limits and the ledger apply as to any plan; otherwise it is only reported
+    /// it) through the one apply loop in the Looker target's mode, so the safety screen and the
+    /// ledger apply as to any reconcile plan (the mass-change breaker admits envelopes; like the
+    /// rest of reconcile, this does not pass through it); otherwise it is only reported
     /// (`drift_reported` ledger rows).
     pub async fn apply_orphan(
         &self,
