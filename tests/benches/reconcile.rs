@@ -159,6 +159,7 @@ fn recorded(people: &[Identity], p: &Policy) -> Snapshot {
         aws_tags: BTreeMap::new(),
         aws_credentials,
         looker_duplicates: 0,
+        looker_unmatched: Vec::new(),
         gcp: Some(
             gcp.into_iter()
                 .map(|(r, roles)| {

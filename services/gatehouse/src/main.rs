@@ -7,6 +7,7 @@
 
 mod ocsf;
 mod ops;
+mod report_access;
 mod report_sla;
 
 use anyhow::Context;
@@ -65,15 +66,15 @@ enum Command {
         #[arg(long, conflicts_with = "apply")]
         estimate: bool,
     },
+    /// Reports for auditors and owners, from the state store.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
     /// Read and verify the hash-chained ledger of write calls.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
-    },
-    /// Reports for auditors and owners, from the state store alone (no target is called).
-    Report {
-        #[command(subcommand)]
-        command: ReportCommand,
     },
     /// Inspect and redrive dead-lettered messages of the configured queue backend.
     Dlq {
@@ -112,23 +113,22 @@ enum Command {
 }
 
 #[derive(Subcommand)]
-enum AuditCommand {
-    /// Write ledger rows (with their chain hashes) as JSON lines to standard output.
-    Export {
-        /// Only rows at or after this RFC 3339 time.
-        #[arg(long)]
-        since: Option<chrono::DateTime<chrono::Utc>>,
-        /// `json`: the rows as stored; `ocsf`: OCSF 1.1.0 events for a SIEM.
-        #[arg(long, value_enum, default_value = "json")]
-        format: ocsf::ExportFormat,
-    },
-    /// Check the hash chain: exit 0 when intact, else name the first altered, removed or
-    /// reordered row and exit 1.
-    Verify,
-}
-
-#[derive(Subcommand)]
 enum ReportCommand {
+    /// Access review: per person, IdP status and groups, each managed grant per target with
+    /// the rule that wants it, whether the target has it and the drift; orphan accounts.
+    /// Answers from the state store (snapshots + ledger); calls no target without --refresh.
+    Access {
+        /// Answer for this RFC 3339 time (default: now): the last reconcile snapshot at or
+        /// before it, with the ledger's writes after that snapshot replayed on top.
+        #[arg(long)]
+        as_of: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: report_access::Format,
+        /// Read every target first (reconcile's paged reads, no write; counted against the
+        /// Looker budget) and store that snapshot.
+        #[arg(long, conflicts_with = "as_of")]
+        refresh: bool,
+    },
     /// The deprovisioning SLA: per offboarding, the IdP's event time, the receive time and each
     /// target's last revoking call (ledger seq, time, chain hash); p50/p95/max per target; the
     /// revocations later than the SLA.
@@ -146,6 +146,23 @@ enum ReportCommand {
         format: report_sla::Format,
     },
 }
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Write ledger rows (with their chain hashes) as JSON lines to standard output.
+    Export {
+        /// Only rows at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// `json`: the rows as stored; `ocsf`: OCSF 1.1.0 events for a SIEM.
+        #[arg(long, value_enum, default_value = "json")]
+        format: ocsf::ExportFormat,
+    },
+    /// Check the hash chain: exit 0 when intact, else name the first altered, removed or
+    /// reordered row and exit 1.
+    Verify,
+}
+
 
 #[derive(Subcommand)]
 enum SafetyCommand {
@@ -293,6 +310,14 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
                     format,
                 },
         } => report_sla::deprovisioning(&cfg, since, until, sla, format).await,
+        Command::Report {
+            command:
+                ReportCommand::Access {
+                    as_of,
+                    format,
+                    refresh,
+                },
+        } => report_access::report_access(&cfg, as_of, format, refresh).await,
         Command::Dlq { command } => {
             let action = match command {
                 DlqCommand::List => ops::DlqAction::List,
@@ -601,9 +626,18 @@ async fn reconcile(cfg: &Config, apply: bool, json: bool, estimate: bool) -> any
         Some(b) => b,
         None => &LogProgress,
     };
-    let report = reconcile::run_with(&engine, &store, apply, &run, progress).await;
+    let report = reconcile::run_full(
+        &engine,
+        &store,
+        apply,
+        &run,
+        cfg.reconcile.orphan_mode()?,
+        progress,
+    )
+    .await;
     app::count_looker_calls(cfg, &engine).await;
     let report = report?;
+    reconcile::record(&store, &report, cfg.reconcile.snapshot_retention()).await?;
     if let Some(b) = &bar {
         b.0.finish_and_clear();
     }

@@ -15,6 +15,7 @@
 //! - [`schedule`]: one leader per scheduled reconcile tick, the rolling audit's run counter.
 //! - [`target`]: the one port every changed system implements (read, diff, send, classify).
 
+pub mod access;
 pub mod breaker;
 pub mod cloud;
 pub mod cloud_audit;

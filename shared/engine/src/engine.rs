@@ -903,6 +903,30 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         })
     }
 
+    /// Act on an orphan Looker user (issue 15): `disable` sends its plan (a `PATCH` disabling
+    /// it) through the one apply loop in the Looker target's mode, so the safety screen and the
+    /// ledger apply as to any reconcile plan (the mass-change breaker admits envelopes; like the
+    /// rest of reconcile, this does not pass through it); otherwise it is only reported
+    /// (`drift_reported` ledger rows).
+    pub async fn apply_orphan(
+        &self,
+        ctx: &Ctx,
+        plan: &Plan,
+        disable: bool,
+    ) -> Result<AppliedCounts, ProcessError> {
+        let modes = self.cloud.as_ref().map(|c| c.modes).unwrap_or_default();
+        let run = self.run(ctx);
+        let mode = match self.looker.client() {
+            Some(_) if disable && modes.looker == ConfigMode::Enforce => Mode::Apply,
+            _ => Mode::Report,
+        };
+        let a = targets::apply(&self.looker, plan, mode, &run).await?;
+        Ok(AppliedCounts {
+            writes: a.writes,
+            reported: a.reported,
+        })
+    }
+
     /// Converge one person after a cloud drift event: read every target, plan, and apply to the
     /// targets in `enforce` mode; the others get `drift_reported` ledger rows.
     async fn converge_drift(&self, env: &Envelope, identity: &Identity) -> Result<usize, ProcessError> {

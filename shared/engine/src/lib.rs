@@ -2,6 +2,8 @@
 //! [`reconcile`] compares the directory with every target, [`budget`] counts Looker calls,
 //! [`breaker`] holds mass changes, and [`app`] wires it from configuration.
 
+pub mod access;
+pub mod access_render;
 pub mod app;
 pub mod breaker;
 pub mod budget;

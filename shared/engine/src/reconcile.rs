@@ -26,7 +26,7 @@ use gatehouse_domain::looker::{Catalog, LookerOp, LookerUser};
 use gatehouse_domain::plan::{self, Actual, Plan};
 use gatehouse_domain::policy::{self, Policy};
 use gatehouse_domain::ports::{Directory, LookerPort, StateStore};
-use gatehouse_platform::config::Mode;
+use gatehouse_platform::config::{Mode, Orphans};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -47,6 +47,8 @@ pub struct Snapshot {
     pub gcp: Option<BTreeMap<String, IamPolicy>>,
     /// Looker users that look like a person's beside the one resolved (issue 16: reported).
     pub looker_duplicates: usize,
+    /// Looker users that are nobody's in the directory (issue 15: orphan candidates).
+    pub looker_unmatched: Vec<LookerUser>,
 }
 
 /// Read calls per target.
@@ -253,6 +255,13 @@ pub struct Report {
     /// License reclamation (`[inactivity]`, issue 15); `None` when off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inactivity: Option<InactivityReport>,
+    /// Accounts holding managed grants that match nobody in the directory (issue 15).
+    pub orphans: Vec<crate::access::Orphan>,
+    /// What every target held, per person, as read (issue 15: stored by [`record`]).
+    #[serde(skip)]
+    pub observed: Vec<gatehouse_domain::access::AccessRow>,
+    /// When the reads were made.
+    pub read_at: DateTime<Utc>,
 }
 
 /// Seats of managed users inactive past `[inactivity] disable_after_days`.
@@ -298,6 +307,7 @@ where
     if let Some(read) = crate::reconcile_paged::read_looker(engine, identities, opts, progress).await? {
         reads.looker = read.calls;
         snap.looker_duplicates = read.duplicates;
+        snap.looker_unmatched = read.unmatched;
         snap.looker = Some((read.catalog, read.users));
     }
     let Some(cloud) = engine.cloud() else {
@@ -394,6 +404,26 @@ where
     S: StateStore,
     L: LookerPort,
 {
+    run_full(engine, directory, apply, opts, Orphans::Report, progress).await
+}
+
+/// [`run_with`] with what to do about orphan accounts (`[reconcile] orphans`, issue 15): with
+/// `apply`, each orphan Looker user is ledgered (`report`) or disabled through the one apply
+/// loop (`disable`, in the Looker target's mode). The report carries what was read
+/// ([`Report::observed`]): store it with [`record`].
+pub async fn run_full<S, L>(
+    engine: &Engine<S, L>,
+    directory: &impl Directory,
+    apply: bool,
+    opts: &ReadOptions,
+    orphans: Orphans,
+    progress: &dyn Progress,
+) -> Result<Report, ProcessError>
+where
+    S: StateStore,
+    L: LookerPort,
+{
+    let read_at = Utc::now();
     let identities: Vec<Identity> = directory
         .subjects()
         .await?
@@ -421,6 +451,7 @@ where
         }
     });
     let plans: Vec<SubjectPlan> = all.into_iter().filter(|p| !p.is_empty()).collect();
+    let observed = crate::access::observe(engine.policy(), &identities, &snap, &shape, read_at);
     let mut report = Report {
         people: identities.len(),
         reads,
@@ -430,7 +461,11 @@ where
         reported: 0,
         looker_duplicates: snap.looker_duplicates,
         inactivity,
+        orphans: observed.orphans,
+        observed: observed.rows,
+        read_at,
     };
+    metrics::gauge!("gatehouse_reconcile_orphans").set(report.orphans.len() as f64);
     for (target, n) in [
         (
             Target::Looker,
@@ -470,7 +505,47 @@ where
         report.reported += reported;
         progress.advance(1);
     }
+    for o in report.orphans.iter().filter(|o| o.target == "looker") {
+        let subject = gatehouse_domain::access::orphan_subject("looker", &o.account);
+        let ctx = Ctx {
+            envelope_id: run_id.clone(),
+            subject: subject.clone(),
+            event: "reconcile".into(),
+            email: o.email.clone(),
+        };
+        let plan = Plan {
+            user: gatehouse_domain::looker::UserRef::Id(o.account.clone()),
+            steps: vec![gatehouse_domain::plan::Step {
+                op: gatehouse_domain::looker::LookerOp::SetDisabled { disabled: true },
+                rule: crate::access::ORPHAN_RULE.into(),
+            }],
+            notes: Vec::new(),
+            resolution: Default::default(),
+        };
+        tracing::warn!(looker_user = %o.account, action = ?orphans, "orphan looker user: holds managed grants, matches nobody in the directory");
+        let AppliedCounts { writes, reported } = engine
+            .apply_orphan(&ctx, &plan, orphans == Orphans::Disable)
+            .await?;
+        report.writes += writes;
+        report.reported += reported;
+    }
     Ok(report)
+}
+
+/// Store what `report`'s reconcile read (issue 15), with its time; `retention` bounds how many
+/// runs are kept.
+pub async fn record<C: gatehouse_domain::access::AccessSnapshots>(
+    store: &C,
+    report: &Report,
+    retention: gatehouse_domain::access::Retention,
+) -> Result<(), ProcessError> {
+    let snapshot = gatehouse_domain::access::AccessSnapshot {
+        run_at: report.read_at,
+        rows: report.observed.clone(),
+    };
+    store.save_access_snapshot(&snapshot, retention).await?;
+    tracing::info!(rows = snapshot.rows.len(), run_at = %snapshot.run_at, "access snapshot stored");
+    Ok(())
 }
 
 /// Human-readable report.
@@ -535,6 +610,16 @@ pub fn render_text(r: &Report) -> String {
                 if u.disabled { ", disabled" } else { "" }
             );
         }
+    }
+    for o in &r.orphans {
+        let _ = writeln!(
+            out,
+            "orphan {} account {} ({}): holds {}; matches nobody in the directory",
+            o.target,
+            o.account,
+            o.email.as_deref().unwrap_or("no email"),
+            o.grants.join(", ")
+        );
     }
     if r.applied {
         let _ = writeln!(out, "applied: {} writes, {} reported only", r.writes, r.reported);

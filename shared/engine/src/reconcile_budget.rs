@@ -246,7 +246,9 @@ pub async fn scheduled_run<S, L, D, C>(
     S: gatehouse_domain::ports::StateStore,
     L: gatehouse_domain::ports::LookerPort,
     D: gatehouse_domain::ports::Directory,
-    C: gatehouse_domain::ports::LookerCallCounts + gatehouse_domain::schedule::ReconcileSchedule,
+    C: gatehouse_domain::ports::LookerCallCounts
+        + gatehouse_domain::schedule::ReconcileSchedule
+        + gatehouse_domain::access::AccessSnapshots,
 {
     let identities: Vec<Identity> = match directory.subjects().await {
         Ok(s) => s.into_iter().map(|s| s.identity).collect(),
@@ -282,8 +284,25 @@ pub async fn scheduled_run<S, L, D, C>(
         }
     };
     let opts = read_options(cfg, run);
-    match crate::reconcile::run_with(engine, directory, true, &opts, &crate::reconcile::LogProgress).await {
+    // Validated at load: an unknown value never gets here.
+    let orphans = cfg.orphan_mode().unwrap_or_default();
+    let result = crate::reconcile::run_full(
+        engine,
+        directory,
+        true,
+        &opts,
+        orphans,
+        &crate::reconcile::LogProgress,
+    )
+    .await;
+    if let Ok(r) = &result
+        && let Err(e) = crate::reconcile::record(shared, r, cfg.snapshot_retention()).await
+    {
+        tracing::error!(tick, error = %e, "cannot store the access snapshot");
+    }
+    match result {
         Ok(r) => tracing::info!(
+            orphans = r.orphans.len(),
             tick,
             people = r.people,
             drift = r.plans.len(),

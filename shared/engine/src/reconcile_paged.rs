@@ -71,6 +71,9 @@ pub struct LookerRead {
     pub duplicates: usize,
     /// People whose attribute values were read this run.
     pub audited: usize,
+    /// Users that are nobody's in the directory: not resolved to a person, and no person's
+    /// email or previous email (issue 15: orphan candidates, found in the same pages).
+    pub unmatched: Vec<LookerUser>,
 }
 
 /// Every user, page by page (with retries per page).
@@ -126,6 +129,13 @@ pub async fn read_looker<S: StateStore, L: LookerPort>(
         Some((id, email, d))
     });
     let people: Vec<_> = people.collect();
+    let directory_emails: std::collections::HashSet<String> = people
+        .iter()
+        .flat_map(|(id, email, _)| {
+            std::iter::once(email.as_str()).chain(id.previous_emails.iter().map(String::as_str))
+        })
+        .map(str::to_lowercase)
+        .collect();
     let reads: Vec<_> = people
         .into_iter()
         .map(|(id, email, d)| async move {
@@ -178,6 +188,7 @@ pub async fn read_looker<S: StateStore, L: LookerPort>(
         calls: CATALOG_CALLS + pages,
         duplicates: 0,
         audited: 0,
+        unmatched: Vec::new(),
     };
     for f in found {
         let f = f?;
@@ -186,6 +197,19 @@ pub async fn read_looker<S: StateStore, L: LookerPort>(
         read.audited += usize::from(f.audited);
         read.users.insert(f.email, f.user);
     }
+    let resolved: std::collections::HashSet<&str> =
+        read.users.values().flatten().map(|u| u.id.as_str()).collect();
+    let unmatched: Vec<LookerUser> = all
+        .iter()
+        .filter(|u| {
+            !resolved.contains(u.id.as_str())
+                && u.email
+                    .as_ref()
+                    .is_none_or(|e| !directory_emails.contains(&e.to_lowercase()))
+        })
+        .cloned()
+        .collect();
+    read.unmatched = unmatched;
     Ok(Some(read))
 }
 

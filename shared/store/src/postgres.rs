@@ -20,6 +20,7 @@ use sqlx::{PgPool, Row};
 use std::str::FromStr;
 use std::time::Duration;
 
+mod access;
 mod breaker;
 mod offboarding;
 mod okta_log;

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
+pub(crate) mod access;
 mod breaker;
 mod claim;
 mod enqueue;

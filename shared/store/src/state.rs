@@ -107,6 +107,25 @@ impl gatehouse_domain::schedule::ReconcileSchedule for AnyState {
     }
 }
 
+impl gatehouse_domain::access::AccessSnapshots for AnyState {
+    async fn save_access_snapshot(
+        &self,
+        snapshot: &gatehouse_domain::access::AccessSnapshot,
+        retention: gatehouse_domain::access::Retention,
+    ) -> Result<(), BackendError> {
+        forward!(self, s => s.save_access_snapshot(snapshot, retention))
+    }
+    async fn access_snapshot_at(
+        &self,
+        as_of: DateTime<Utc>,
+    ) -> Result<Option<gatehouse_domain::access::AccessSnapshot>, BackendError> {
+        forward!(self, s => s.access_snapshot_at(as_of))
+    }
+    async fn access_snapshot_runs(&self) -> Result<Vec<DateTime<Utc>>, BackendError> {
+        forward!(self, s => s.access_snapshot_runs())
+    }
+}
+
 impl StateStore for AnyState {
     async fn is_processed(&self, id: &EnvelopeId) -> Result<bool, BackendError> {
         forward!(self, s => s.is_processed(id))

@@ -10,6 +10,7 @@ mod crash;
 mod ops;
 mod queues;
 mod report_sla;
+mod report_access;
 mod rotate;
 mod safety;
 mod traces;

@@ -110,6 +110,24 @@ pub struct ReconcileConfig {
     /// third of it): a replica takes over a run whose leader stopped after this.
     #[serde(default = "default_leader_lease", with = "humantime_serde")]
     pub leader_lease: Duration,
+    /// Accounts holding managed grants that match nobody in the directory (issue 15):
+    /// `report` (list and ledger them) or `disable` (disable orphan Looker users).
+    #[serde(default = "default_orphans")]
+    pub orphans: String,
+    /// Access snapshots kept (issue 15): the newest this many reconcile runs ...
+    #[serde(default = "default_snapshot_keep_runs")]
+    pub snapshot_keep_runs: u32,
+    /// ... and none older than this many days (unset: no age limit).
+    #[serde(default)]
+    pub snapshot_keep_days: Option<u32>,
+}
+
+/// What reconcile does with orphan accounts (`[reconcile] orphans`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Orphans {
+    #[default]
+    Report,
+    Disable,
 }
 
 impl Default for ReconcileConfig {
@@ -122,6 +140,9 @@ impl Default for ReconcileConfig {
             attribute_audit_runs: default_attribute_audit_runs(),
             event_reserve: None,
             leader_lease: default_leader_lease(),
+            orphans: default_orphans(),
+            snapshot_keep_runs: default_snapshot_keep_runs(),
+            snapshot_keep_days: None,
         }
     }
 }
@@ -131,6 +152,12 @@ fn default_page_size() -> usize {
 }
 fn default_attribute_audit_runs() -> u32 {
     7
+}
+fn default_orphans() -> String {
+    "report".into()
+}
+fn default_snapshot_keep_runs() -> u32 {
+    30
 }
 fn default_leader_lease() -> Duration {
     Duration::from_secs(60)
@@ -249,10 +276,37 @@ impl ReconcileConfig {
                 "must be at least 1 (1: every reconcile reads every user's attribute values)",
             ));
         }
+        self.orphan_mode()?;
+        if self.snapshot_keep_runs == 0 {
+            return Err(ConfigError::new(
+                "reconcile.snapshot_keep_runs",
+                "must be at least 1 (the access review reads the last snapshot)",
+            ));
+        }
         if self.leader_lease < Duration::from_secs(3) {
             return Err(ConfigError::new("reconcile.leader_lease", "must be at least 3s"));
         }
         self.cron().map(|_| ())
+    }
+
+    /// The parsed `orphans` setting.
+    pub fn orphan_mode(&self) -> Result<Orphans, ConfigError> {
+        match self.orphans.as_str() {
+            "report" => Ok(Orphans::Report),
+            "disable" => Ok(Orphans::Disable),
+            other => Err(ConfigError::new(
+                "reconcile.orphans",
+                format!("{other:?} is not one of \"report\", \"disable\""),
+            )),
+        }
+    }
+
+    /// How many access snapshots to keep.
+    pub fn snapshot_retention(&self) -> gatehouse_domain::access::Retention {
+        gatehouse_domain::access::Retention {
+            keep_runs: self.snapshot_keep_runs.max(1),
+            keep_days: self.snapshot_keep_days,
+        }
     }
 
     /// The parsed schedule.
@@ -350,9 +404,27 @@ mod tests {
                 "reconcile.attribute_audit_runs",
             ),
             ("[reconcile]\nleader_lease = \"1s\"\n", "reconcile.leader_lease"),
+            ("[reconcile]\norphans = \"delete\"\n", "reconcile.orphans"),
+            ("[reconcile]\norphans = \"Report\"\n", "reconcile.orphans"),
+            (
+                "[reconcile]\nsnapshot_keep_runs = 0\n",
+                "reconcile.snapshot_keep_runs",
+            ),
         ] {
             assert_eq!(load(toml, &[]).unwrap_err().field, field, "{toml}");
         }
+        let c = load(
+            "[reconcile]\norphans = \"disable\"\nsnapshot_keep_days = 90\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.reconcile.orphan_mode().unwrap(), Orphans::Disable);
+        assert_eq!(c.reconcile.snapshot_retention().keep_days, Some(90));
+        assert_eq!(
+            load("", &[]).unwrap().reconcile.orphan_mode().unwrap(),
+            Orphans::Report,
+            "report by default"
+        );
         let e = load("[gcp]\niam_url = \"iam.googleapis.com\"\n", &[]).unwrap_err();
         assert_eq!(e.field, "gcp.iam_url", "{e}");
         let e = load("[gcp]\nenabeld = true\n", &[]).unwrap_err();

@@ -18,7 +18,9 @@ mod state;
 mod telemetry;
 
 pub use breaker::{BreakerConfig, Limits as BreakerLimits};
-pub use cloud::{AwsConfig, AwsUserMappingConfig, GcpConfig, GcpTokenSource, Mode, Modes, ReconcileConfig};
+pub use cloud::{
+    AwsConfig, AwsUserMappingConfig, GcpConfig, GcpTokenSource, Mode, Modes, Orphans, ReconcileConfig,
+};
 pub use generic::GenericConfig;
 pub use google::GoogleConfig;
 pub use graph::GraphConfig;

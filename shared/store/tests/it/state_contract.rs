@@ -606,6 +606,112 @@ pub(crate) async fn breaker_counts_as_one_and_holds_past_the_limit<S: StateStore
     );
 }
 
+/// Access snapshots (issue 15): a run's rows come back whole for any time at or after it and
+/// before the next run; retention keeps the newest `keep_runs` runs, and `keep_days` deletes
+/// older runs but never the one just saved.
+pub(crate) async fn access_snapshots_answer_as_of_and_are_bounded<
+    S: gatehouse_domain::access::AccessSnapshots,
+>(
+    s: S,
+) {
+    use gatehouse_domain::access::{AccessRow, AccessSnapshot, Retention};
+    let t = |h: i64| {
+        chrono::DateTime::parse_from_rfc3339("2026-10-01T00:00:00Z")
+            .unwrap()
+            .to_utc()
+            + chrono::Duration::hours(h)
+    };
+    let snap = |h: i64, groups: &[&str]| AccessSnapshot {
+        run_at: t(h),
+        rows: vec![
+            AccessRow {
+                subject: "00u2".into(),
+                target: "looker".into(),
+                state: serde_json::json!({"groups": groups}),
+            },
+            AccessRow {
+                subject: "00u1".into(),
+                target: "aws".into(),
+                state: serde_json::json!({"user": "ann"}),
+            },
+            AccessRow {
+                subject: "orphan:looker:77".into(),
+                target: "looker".into(),
+                state: serde_json::json!({"enabled": true}),
+            },
+        ],
+    };
+    let keep3 = Retention {
+        keep_runs: 3,
+        keep_days: None,
+    };
+    assert_eq!(s.access_snapshot_at(t(100)).await.unwrap(), None, "no run yet");
+    s.save_access_snapshot(&snap(0, &["Finance"]), keep3)
+        .await
+        .unwrap();
+    s.save_access_snapshot(&snap(24, &[]), keep3).await.unwrap();
+    assert_eq!(
+        s.access_snapshot_at(t(-1)).await.unwrap(),
+        None,
+        "nothing before the first run"
+    );
+    let first = s.access_snapshot_at(t(23)).await.unwrap().unwrap();
+    assert_eq!(first.run_at, t(0));
+    let mut want = snap(0, &["Finance"]);
+    want.rows
+        .sort_by(|a, b| (&a.subject, &a.target).cmp(&(&b.subject, &b.target)));
+    assert_eq!(first, want, "the whole run, in subject order");
+    assert_eq!(
+        s.access_snapshot_at(t(24)).await.unwrap().unwrap().run_at,
+        t(24),
+        "at the run's time: that run"
+    );
+    // Many rows in one run (more than one insert statement).
+    let big = AccessSnapshot {
+        run_at: t(48),
+        rows: (0..1200)
+            .map(|i| AccessRow {
+                subject: format!("p{i:04}"),
+                target: "gcp".into(),
+                state: serde_json::json!({"bindings": [i]}),
+            })
+            .collect(),
+    };
+    s.save_access_snapshot(&big, keep3).await.unwrap();
+    assert_eq!(
+        s.access_snapshot_at(t(50)).await.unwrap().unwrap().rows.len(),
+        1200
+    );
+    s.save_access_snapshot(&snap(72, &[]), keep3).await.unwrap();
+    assert_eq!(
+        s.access_snapshot_runs().await.unwrap(),
+        vec![t(72), t(48), t(24)],
+        "the oldest run beyond 3 is gone"
+    );
+    assert_eq!(s.access_snapshot_at(t(10)).await.unwrap(), None);
+    // By age: runs older than 1 day before the new one go, the new one stays even with keep_days 0.
+    s.save_access_snapshot(
+        &snap(96, &[]),
+        Retention {
+            keep_runs: 10,
+            keep_days: Some(1),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.access_snapshot_runs().await.unwrap(), vec![t(96), t(72)]);
+    s.save_access_snapshot(
+        &snap(200, &[]),
+        Retention {
+            keep_runs: 10,
+            keep_days: Some(0),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.access_snapshot_runs().await.unwrap(), vec![t(200)]);
+}
+
 /// Instantiate every contract test for both backends.
 macro_rules! both {
     ($($name:ident => $body:expr;)*) => {
@@ -652,6 +758,7 @@ both! {
     breaker => |s, _| Box::pin(breaker_counts_as_one_and_holds_past_the_limit(s));
     okta_log_cursor => |s, _| Box::pin(okta_log_cursors_are_kept_per_org(s));
     offboarding_times => |s, _| Box::pin(offboarding_times_are_committed_with_their_envelope(s));
+    access_snapshots => |s, _| Box::pin(access_snapshots_answer_as_of_and_are_bounded(s));
 }
 
 /// The count survives a restart (a reopen of the same file), and two processes opening the

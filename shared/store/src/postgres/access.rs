@@ -1,0 +1,77 @@
+//! Access snapshots in PostgreSQL (issue 15): the same table and statements as SQLite's.
+
+use super::Postgres;
+use crate::sqlite::access::{CHUNK_PG, cutoff_days, json_of, row_of, time_of};
+use crate::sqlite::err;
+use chrono::{DateTime, Utc};
+use gatehouse_domain::access::{AccessSnapshot, AccessSnapshots, Retention};
+use gatehouse_domain::ports::BackendError;
+use sqlx::{QueryBuilder, Row};
+
+impl AccessSnapshots for Postgres {
+    async fn save_access_snapshot(&self, s: &AccessSnapshot, r: Retention) -> Result<(), BackendError> {
+        const E: &str = "cannot write the access snapshot";
+        let at = s.run_at.timestamp_millis();
+        let mut tx = self.pool.begin().await.map_err(err(E))?;
+        for chunk in s.rows.chunks(CHUNK_PG) {
+            let mut q = QueryBuilder::new("INSERT INTO access_snapshots (run_at, subject, target, state) ");
+            q.push_values(chunk, |mut b, row| {
+                b.push_bind(at)
+                    .push_bind(&row.subject)
+                    .push_bind(&row.target)
+                    .push_bind(json_of(&row.state));
+            });
+            q.push(" ON CONFLICT (run_at, subject, target) DO UPDATE SET state = excluded.state");
+            q.build().execute(&mut *tx).await.map_err(err(E))?;
+        }
+        sqlx::query(
+            "DELETE FROM access_snapshots WHERE run_at < (SELECT run_at FROM
+               (SELECT DISTINCT run_at FROM access_snapshots ORDER BY run_at DESC LIMIT 1 OFFSET $1) t)",
+        )
+        .bind(i64::from(r.keep_runs.max(1) - 1))
+        .execute(&mut *tx)
+        .await
+        .map_err(err(E))?;
+        if let Some(cut) = cutoff_days(s.run_at, r) {
+            sqlx::query("DELETE FROM access_snapshots WHERE run_at < $1 AND run_at <> $2")
+                .bind(cut)
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(err(E))?;
+        }
+        tx.commit().await.map_err(err(E))
+    }
+
+    async fn access_snapshot_at(&self, as_of: DateTime<Utc>) -> Result<Option<AccessSnapshot>, BackendError> {
+        const E: &str = "cannot read the access snapshot";
+        let rows = sqlx::query(
+            "SELECT run_at, subject, target, state FROM access_snapshots
+             WHERE run_at = (SELECT MAX(run_at) FROM access_snapshots WHERE run_at <= $1)
+             ORDER BY subject, target",
+        )
+        .bind(as_of.timestamp_millis())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err(E))?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let run_at = time_of(first.get(0))?;
+        let rows = rows
+            .iter()
+            .map(|r| row_of(r.get(1), r.get(2), r.get::<&str, _>(3)))
+            .collect::<Result<_, _>>()?;
+        Ok(Some(AccessSnapshot { run_at, rows }))
+    }
+
+    async fn access_snapshot_runs(&self) -> Result<Vec<DateTime<Utc>>, BackendError> {
+        sqlx::query("SELECT DISTINCT run_at FROM access_snapshots ORDER BY run_at DESC")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("cannot list the access snapshots"))?
+            .iter()
+            .map(|r| time_of(r.get(0)))
+            .collect()
+    }
+}
