@@ -89,19 +89,33 @@ async fn gcp_bindings_follow_the_member_when_the_email_changes_and_offboarding_l
     );
 
     gcp.reset_calls();
-    app.deliver(&okta_event(UPDATE_PROFILE, NEW, "ev-2", "2024-05-02T10:00:00.000Z"))
-        .await;
+    app.deliver(&okta_event(
+        UPDATE_PROFILE,
+        NEW,
+        "ev-2",
+        "2024-05-02T10:00:00.000Z",
+    ))
+    .await;
     assert_eq!(
         viewers(),
         vec![format!("user:{NEW}")],
         "the old member left the managed binding and the new one holds it"
     );
-    assert_eq!(gcp.count("setIamPolicy"), 1, "one setIamPolicy for the resource: {:?}", gcp.calls());
+    assert_eq!(
+        gcp.count("setIamPolicy"),
+        1,
+        "one setIamPolicy for the resource: {:?}",
+        gcp.calls()
+    );
     let rows = app.ledger().await;
     assert!(
         rows.iter().any(|r| r.entry.target == "gcp"
             && r.entry.rule == "identity.member_changed"
-            && r.entry.call.body.as_ref().is_some_and(|b| b["remove"]["member"] == format!("user:{OLD}"))
+            && r.entry
+                .call
+                .body
+                .as_ref()
+                .is_some_and(|b| b["remove"]["member"] == format!("user:{OLD}"))
             && r.entry.status == "200"),
         "the removal of the old member is ledgered: {rows:#?}"
     );
@@ -242,8 +256,13 @@ async fn a_changed_aws_mapping_is_reported_and_the_linked_iam_user_is_offboarded
         vec![linked.clone()]
     );
 
-    app.deliver(&okta_event(UPDATE_PROFILE, NEW, "ev-2", "2024-05-02T10:00:00.000Z"))
-        .await;
+    app.deliver(&okta_event(
+        UPDATE_PROFILE,
+        NEW,
+        "ev-2",
+        "2024-05-02T10:00:00.000Z",
+    ))
+    .await;
     assert_eq!(user_count(&c, &run).await, 2, "no new iam user");
     assert!(
         groups_of(&c, &other).await.is_empty(),
@@ -266,15 +285,30 @@ async fn a_changed_aws_mapping_is_reported_and_the_linked_iam_user_is_offboarded
     );
     assert!(
         !rows.iter().any(|r| r.entry.target == "aws"
-            && r.entry.call.body.as_ref().is_some_and(|b| b["UserName"] == other.as_str())),
+            && r.entry
+                .call
+                .body
+                .as_ref()
+                .is_some_and(|b| b["UserName"] == other.as_str())),
         "no call names the other iam user: {rows:#?}"
     );
 
     app.deliver(&okta_event(DEACTIVATE, NEW, "ev-3", "2024-05-03T10:00:00.000Z"))
         .await;
-    assert!(groups_of(&c, &linked).await.is_empty(), "the linked user lost the managed group");
-    assert_eq!(key_states(&c, &linked).await, vec!["Inactive"], "its key is deactivated");
-    assert_eq!(key_states(&c, &other).await, vec!["Active"], "the other user is untouched");
+    assert!(
+        groups_of(&c, &linked).await.is_empty(),
+        "the linked user lost the managed group"
+    );
+    assert_eq!(
+        key_states(&c, &linked).await,
+        vec!["Inactive"],
+        "its key is deactivated"
+    );
+    assert_eq!(
+        key_states(&c, &other).await,
+        vec!["Active"],
+        "the other user is untouched"
+    );
     assert_eq!(user_count(&c, &run).await, 2);
     app.stop().await;
     drop(dir);

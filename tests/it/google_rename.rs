@@ -75,7 +75,11 @@ async fn google_rename_user_renames_the_linked_looker_user_and_suspend_closes_it
     let before = ids(&fake);
     let person = format!("google:{OLD}");
 
-    post(&app, &documented("CREATE_USER", OLD, "2013-09-10T18:23:35.808Z", "-1")).await;
+    post(
+        &app,
+        &documented("CREATE_USER", OLD, "2013-09-10T18:23:35.808Z", "-1"),
+    )
+    .await;
     assert_eq!(
         app.store.account_links("looker", &person).await.unwrap(),
         vec![uid.clone()],
@@ -93,10 +97,18 @@ async fn google_rename_user_renames_the_linked_looker_user_and_suspend_closes_it
     );
     let s = app.store.load_subject(&person).await.unwrap().unwrap();
     assert_eq!(s.identity.email(), Some(NEW));
-    assert_eq!(s.identity.previous_emails, vec![OLD.to_string()], "the old address is kept");
+    assert_eq!(
+        s.identity.previous_emails,
+        vec![OLD.to_string()],
+        "the old address is kept"
+    );
 
     // Google names the person by the new address from now on.
-    post(&app, &documented("SUSPEND_USER", NEW, "2013-09-12T08:00:00.000Z", "-3")).await;
+    post(
+        &app,
+        &documented("SUSPEND_USER", NEW, "2013-09-12T08:00:00.000Z", "-3"),
+    )
+    .await;
     let u = fake.user(&uid).unwrap();
     assert!(u.is_disabled, "the original user is offboarded");
     assert!(

@@ -368,18 +368,30 @@ mod tests {
         assert_eq!(e.event, IdentityEvent::ProfileUpdated);
         assert_eq!(e.subject.key, "google:liz@example.com", "the same person");
         assert_eq!(e.subject.email.as_deref(), Some("liz.lemon@example.com"));
-        assert_eq!(e.profile.get("email").map(String::as_str), Some("liz.lemon@example.com"));
+        assert_eq!(
+            e.profile.get("email").map(String::as_str),
+            Some("liz.lemon@example.com")
+        );
         assert_eq!(renamed_to(&e), Some("liz.lemon@example.com"));
         let mut id = crate::identity::Identity::new(&e.subject.key);
-        id.fold(&one("CREATE_USER", r#"{"name":"USER_EMAIL","value":"liz@example.com"}"#));
+        id.fold(&one(
+            "CREATE_USER",
+            r#"{"name":"USER_EMAIL","value":"liz@example.com"}"#,
+        ));
         id.fold(&e);
         assert_eq!(id.email(), Some("liz.lemon@example.com"));
         assert_eq!(id.previous_emails, vec!["liz@example.com"]);
 
-        let no_new = one("RENAME_USER", r#"{"name":"USER_EMAIL","value":"liz@example.com"}"#);
+        let no_new = one(
+            "RENAME_USER",
+            r#"{"name":"USER_EMAIL","value":"liz@example.com"}"#,
+        );
         assert!(!no_new.event.is_actionable(), "{:?}", no_new.event);
         assert_eq!(renamed_to(&no_new), None);
-        let other = one("SUSPEND_USER", r#"{"name":"USER_EMAIL","value":"liz@example.com"}"#);
+        let other = one(
+            "SUSPEND_USER",
+            r#"{"name":"USER_EMAIL","value":"liz@example.com"}"#,
+        );
         assert_eq!(renamed_to(&other), None);
     }
 

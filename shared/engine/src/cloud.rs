@@ -5,9 +5,7 @@
 use crate::engine::ProcessError;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
-use gatehouse_domain::cloud::{
-    self, AwsActual, AwsUserKey, AwsUserMapping, CloudPlan, DesiredCloud,
-};
+use gatehouse_domain::cloud::{self, AwsActual, AwsUserKey, AwsUserMapping, CloudPlan, DesiredCloud};
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::looker::ErrorKind;
 use gatehouse_domain::policy::Policy;
@@ -199,7 +197,10 @@ impl CloudTargets {
 /// Issue 16: the AWS user mapping names another IAM user than the one linked to the person (a
 /// renamed person). The plan acts on the linked user; this says so: WARN, and a `withheld:`
 /// ledger row (rule `identity.mapping_changed`) naming both, for an operator to move or relink.
-async fn report_mapping_change<S: StateStore>(run: &Run<'_, S>, plan: &cloud::AwsPlan) -> Result<(), ProcessError> {
+async fn report_mapping_change<S: StateStore>(
+    run: &Run<'_, S>,
+    plan: &cloud::AwsPlan,
+) -> Result<(), ProcessError> {
     let (Some(now), Some(reason)) = (&plan.mapping_changed, plan.mapping_change_reason()) else {
         return Ok(());
     };
@@ -209,7 +210,9 @@ async fn report_mapping_change<S: StateStore>(run: &Run<'_, S>, plan: &cloud::Aw
     let call = gatehouse_domain::looker::HttpCall {
         method: gatehouse_domain::looker::Method::Post,
         path: "/".into(),
-        body: Some(serde_json::json!({ "Action": "GetUser", "UserName": plan.user, "Version": "2010-05-08" })),
+        body: Some(
+            serde_json::json!({ "Action": "GetUser", "UserName": plan.user, "Version": "2010-05-08" }),
+        ),
     };
     let row = targets::ledger_row(
         run.ctx,

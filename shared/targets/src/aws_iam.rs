@@ -63,7 +63,9 @@ impl Target for AwsTarget {
             .filter(|_| !link.accounts.iter().any(|a| Some(a) == mapped.as_ref()));
         if let Some(linked) = linked {
             if let Some(mut user) = self.retry(|| self.iam.read_user(linked, needs)).await? {
-                let now = mapped.clone().unwrap_or_else(|| format!("no iam user ({})", d.user.describe()));
+                let now = mapped
+                    .clone()
+                    .unwrap_or_else(|| format!("no iam user ({})", d.user.describe()));
                 tracing::warn!(subject = %link.person, iam_user = %linked, mapped = %now,
                     "aws: the person's user mapping now names another iam user than the one linked; acting on the linked user, not splitting: check the mapping");
                 user.remapped = Some(now);

@@ -112,7 +112,9 @@ impl Target for GcpTarget {
             }
         }
         let grants = (!d.offboarded && !d.bindings.is_empty())
-            || d.managed.iter().any(|g| out.get(&g.resource).is_some_and(|p| p.has(&g.role, &d.member)));
+            || d.managed
+                .iter()
+                .any(|g| out.get(&g.resource).is_some_and(|p| p.has(&g.role, &d.member)));
         let linked: Vec<String> = link
             .accounts
             .iter()

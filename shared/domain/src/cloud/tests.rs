@@ -487,7 +487,10 @@ fn gcp_bindings_follow_a_renamed_member() {
         other: Default::default(),
     };
     let actual = BTreeMap::from([
-        ("projects/p1".to_string(), viewer(&["user:pat.old@x.io", "user:someone@x.io"])),
+        (
+            "projects/p1".to_string(),
+            viewer(&["user:pat.old@x.io", "user:someone@x.io"]),
+        ),
         ("projects/p1/datasets/d1".to_string(), IamPolicy::default()),
     ]);
     let (steps, _) = diff_gcp(&d, &actual);
@@ -497,15 +500,30 @@ fn gcp_bindings_follow_a_renamed_member() {
         .collect();
     assert_eq!(on_p1.len(), 1, "{steps:#?}");
     assert!(on_p1[0].op.is_revoking() && on_p1[0].rule == rules::GCP_MEMBER_CHANGED);
-    assert!(steps.iter().any(|s| !s.op.is_revoking() && s.op.member_is("user:pat@x.io")));
     assert!(
-        !steps.iter().any(|s| s.op.resource() != "projects/p1" && s.op.member_is("user:pat.old@x.io")),
+        steps
+            .iter()
+            .any(|s| !s.op.is_revoking() && s.op.member_is("user:pat@x.io"))
+    );
+    assert!(
+        !steps
+            .iter()
+            .any(|s| s.op.resource() != "projects/p1" && s.op.member_is("user:pat.old@x.io")),
         "a binding that does not hold the old member is not touched for it: {steps:#?}"
     );
     let mut policy = actual["projects/p1"].clone();
-    apply_gcp(&mut policy, steps.iter().filter(|s| s.op.resource() == "projects/p1").map(|s| &s.op));
+    apply_gcp(
+        &mut policy,
+        steps
+            .iter()
+            .filter(|s| s.op.resource() == "projects/p1")
+            .map(|s| &s.op),
+    );
     assert!(policy.has("roles/viewer", "user:pat@x.io") && !policy.has("roles/viewer", "user:pat.old@x.io"));
-    assert!(policy.has("roles/viewer", "user:someone@x.io"), "other members are kept");
+    assert!(
+        policy.has("roles/viewer", "user:someone@x.io"),
+        "other members are kept"
+    );
 
     // Offboarded: both members leave, under the offboarding rule.
     let mut gone = identity(IdentityEvent::UserDeactivated, 0, &["Engineering"]);
@@ -548,7 +566,9 @@ fn aws_plan_reports_a_changed_mapping_and_keeps_the_linked_user() {
             .any(|s| s.op == AwsIamOp::RemoveUserFromGroup { group: "eng".into() })
     );
     assert!(
-        plan.notes.iter().any(|n| n.contains("now names pat") && n.contains("linked iam user pat.old")),
+        plan.notes
+            .iter()
+            .any(|n| n.contains("now names pat") && n.contains("linked iam user pat.old")),
         "{:?}",
         plan.notes
     );

@@ -56,7 +56,10 @@ pub const ALIAS_LINKS: &str = "google_workspace.alias";
 /// key when the address is one they were renamed to), and remember the new address of every
 /// `RENAME_USER` (issue 16). In order, so a rename followed by an event about the new address in
 /// one batch lands on one person.
-pub async fn follow_renames<S: StateStore>(store: &S, envelopes: &mut [Envelope]) -> Result<(), BackendError> {
+pub async fn follow_renames<S: StateStore>(
+    store: &S,
+    envelopes: &mut [Envelope],
+) -> Result<(), BackendError> {
     for env in envelopes.iter_mut() {
         if env.source != Source::GoogleWorkspace || !env.event.is_actionable() {
             continue;

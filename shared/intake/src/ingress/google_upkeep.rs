@@ -283,7 +283,10 @@ impl<Q: QueueProducer, S: CatchupStore + StateStore> GoogleUpkeep<Q, S> {
 
 /// The loop: on start and every `catchup_interval`, keep the channels (when managed) and catch
 /// up. A failed pass is retried after `Retry-After` or a minute at most.
-pub async fn run<Q: QueueProducer, S: CatchupStore + StateStore>(upkeep: GoogleUpkeep<Q, S>, shutdown: Shutdown) {
+pub async fn run<Q: QueueProducer, S: CatchupStore + StateStore>(
+    upkeep: GoogleUpkeep<Q, S>,
+    shutdown: Shutdown,
+) {
     let every = upkeep.config().catchup_interval;
     let manage = upkeep.config().manages_channels();
     while !shutdown.is_triggered() {
