@@ -226,7 +226,8 @@ async fn a_changed_aws_mapping_is_reported_and_the_linked_iam_user_is_offboarded
     .unwrap();
     let extra = format!(
         "[aws]\nenabled = true\nuser_mapping = {{ template = \"{{local}}-{run}\" }}\nendpoint_url = {:?}\n\
-         region = \"us-east-1\"\ncredentials_file = {:?}\n",
+         region = \"us-east-1\"\ncredentials_file = {:?}\n\
+         [identity]\nallowed_email_domains = [\"example.com\"]\n",
         moto_url(),
         creds.display().to_string(),
     );
