@@ -374,10 +374,13 @@ mod tests {
         );
         assert_eq!(renamed_to(&e), Some("liz.lemon@example.com"));
         let mut id = crate::identity::Identity::new(&e.subject.key);
-        id.fold(&one(
+        let mut created = one(
             "CREATE_USER",
             r#"{"name":"USER_EMAIL","value":"liz@example.com"}"#,
-        ));
+        );
+        created.occurred_at -= chrono::Duration::days(1);
+        created.id = EnvelopeId("google:earlier".into());
+        id.fold(&created);
         id.fold(&e);
         assert_eq!(id.email(), Some("liz.lemon@example.com"));
         assert_eq!(id.previous_emails, vec!["liz@example.com"]);

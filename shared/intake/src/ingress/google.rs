@@ -306,6 +306,59 @@ mod tests {
         r.body(Body::from(body.to_vec())).unwrap()
     }
 
+    /// Issue 16: a rename keeps the person's subject and the new address's later events follow
+    /// it, through a second rename too; in one batch as across batches.
+    #[tokio::test]
+    async fn renamed_addresses_follow_the_person() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Sqlite::open(dir.path()).await.unwrap();
+        let event = |name: &str, params: &str, n: u32| {
+            let body = format!(
+                r#"{{"kind":"admin#reports#activity","id":{{"time":"2026-01-0{n}T00:00:00Z","uniqueQualifier":"{n}","applicationName":"admin"}},
+                   "actor":{{"email":"admin@example.com","profileId":"1"}},
+                   "events":[{{"type":"USER_SETTINGS","name":"{name}","parameters":[{params}]}}]}}"#
+            );
+            google::parse_activity(body.as_bytes(), fixed_now())
+                .unwrap()
+                .remove(0)
+        };
+        let email = |e: &str| format!(r#"{{"name":"USER_EMAIL","value":"{e}"}}"#);
+        let rename =
+            |from: &str, to: &str| format!(r#"{},{{"name":"NEW_VALUE","value":"{to}"}}"#, email(from));
+        let mut batch = vec![
+            event("CREATE_USER", &email("a@example.com"), 1),
+            event("RENAME_USER", &rename("a@example.com", "b@example.com"), 2),
+            event(
+                "ADD_GROUP_MEMBER",
+                &format!(
+                    r#"{},{{"name":"GROUP_EMAIL","value":"g@example.com"}}"#,
+                    email("b@example.com")
+                ),
+                3,
+            ),
+        ];
+        follow_renames(&store, &mut batch).await.unwrap();
+        let keys: Vec<&str> = batch.iter().map(|e| e.subject.key.as_str()).collect();
+        assert_eq!(keys, ["google:a@example.com"; 3]);
+        assert_eq!(batch[2].subject.email.as_deref(), Some("b@example.com"));
+
+        let mut later = vec![
+            event("RENAME_USER", &rename("b@example.com", "c@example.com"), 4),
+            event("SUSPEND_USER", &email("C@example.com"), 5),
+            event("SUSPEND_USER", &email("someone@example.com"), 6),
+        ];
+        follow_renames(&store, &mut later).await.unwrap();
+        let keys: Vec<&str> = later.iter().map(|e| e.subject.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "google:a@example.com",
+                "google:a@example.com",
+                "google:someone@example.com"
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn documented_notification_is_enqueued_with_the_injected_clock() {
         let q = MemQueue::default();
