@@ -20,6 +20,12 @@ pub mod rules {
     pub const AWS_DELETE_KEYS: &str = "aws.offboarding.delete_access_keys_after_days";
     pub const AWS_LOGIN_PROFILE: &str = "aws.offboarding.delete_login_profile";
     pub const GCP_REMOVE_BINDINGS: &str = "gcp.offboarding.remove_bindings";
+    /// The person's email changed: their earlier `user:` member leaves the managed bindings
+    /// (the new one is granted by the rules that apply), issue 16.
+    pub const GCP_MEMBER_CHANGED: &str = "identity.member_changed";
+    /// The AWS user mapping now names another IAM user than the one linked to the person:
+    /// reported, never acted on (issue 16).
+    pub const AWS_MAPPING_CHANGED: &str = "identity.mapping_changed";
 }
 
 /// A cloud target, as named in the ledger and in reconcile modes.
@@ -205,6 +211,11 @@ pub struct AwsUser {
     /// What the leaver sweep looks at; `None` when not read (no sweep is planned then).
     #[serde(default)]
     pub held: Option<Box<sweep::AwsHeld>>,
+    /// Set when this is the IAM user linked to the person but the user mapping now names
+    /// another (a renamed person): what the mapping names now (an IAM user name, or a
+    /// description when it names none). Reported, never acted on (issue 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remapped: Option<String>,
 }
 
 /// What IAM holds for the person, as far as it is known.
@@ -358,6 +369,22 @@ pub struct AwsPlan {
     pub user: String,
     pub steps: Vec<AwsStep>,
     pub notes: Vec<String>,
+    /// What the user mapping names now when it is not the IAM user linked to the person (a
+    /// renamed person): the plan acts on the linked user and this is reported (issue 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping_changed: Option<String>,
+}
+
+impl AwsPlan {
+    /// The report of a changed mapping: the linked IAM user is kept, nothing is split.
+    pub fn mapping_change_reason(&self) -> Option<String> {
+        self.mapping_changed.as_ref().map(|now| {
+            format!(
+                "the user mapping now names {now}, not the linked iam user {}: gatehouse acts on the linked user and creates or changes no other; move or relink it by hand",
+                self.user
+            )
+        })
+    }
 }
 
 /// Diff desired against actual for one IAM user.
@@ -502,7 +529,20 @@ pub fn diff_aws(desired: &DesiredAws, actual: &AwsActual) -> AwsPlan {
             }
         }
     }
-    AwsPlan { user, steps, notes }
+    let mapping_changed = match actual {
+        AwsActual::Present(u) => u.remapped.clone(),
+        _ => None,
+    };
+    let mut plan = AwsPlan {
+        user,
+        steps,
+        notes,
+        mapping_changed,
+    };
+    if let Some(reason) = plan.mapping_change_reason() {
+        plan.notes.push(reason);
+    }
+    plan
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -634,6 +674,15 @@ impl GcpIamOp {
         matches!(self, GcpIamOp::RemoveMember { .. })
     }
 
+    /// Whether the change names `member` (case-blind).
+    pub fn member_is(&self, member: &str) -> bool {
+        match self {
+            GcpIamOp::AddMember { member: m, .. } | GcpIamOp::RemoveMember { member: m, .. } => {
+                m.eq_ignore_ascii_case(member)
+            }
+        }
+    }
+
     /// The write as the ledger records it: the `setIamPolicy` call and the change it carries.
     pub fn http(&self) -> HttpCall {
         let path = GcpResource::parse(self.resource())
@@ -692,6 +741,11 @@ pub struct DesiredGcp {
     #[serde(with = "pairs")]
     pub bindings: BTreeMap<GcpGrant, RuleName>,
     pub managed: BTreeSet<GcpGrant>,
+    /// The person's earlier members (`user:OLD`, from their previous emails and, once read, the
+    /// members linked to them): removed from every managed binding that still holds them, so
+    /// bindings follow the member string when the email changes (issue 16).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub former_members: Vec<String>,
 }
 
 mod pairs {
@@ -711,6 +765,18 @@ impl DesiredGcp {
     /// The resources whose policies must be read.
     pub fn resources(&self) -> BTreeSet<String> {
         self.managed.iter().map(|g| g.resource.clone()).collect()
+    }
+
+    /// Add earlier members of the person (the members linked to them): every one that is not
+    /// the current member, each once (case-blind).
+    pub fn add_former_members<'a>(&mut self, members: impl IntoIterator<Item = &'a String>) {
+        for m in members {
+            if !m.eq_ignore_ascii_case(&self.member)
+                && !self.former_members.iter().any(|f| f.eq_ignore_ascii_case(m))
+            {
+                self.former_members.push(m.clone());
+            }
+        }
     }
 }
 
@@ -732,7 +798,7 @@ pub fn diff_gcp_with(
     let mut notes = BTreeSet::new();
     for grant in &desired.managed {
         let want = desired.bindings.get(grant);
-        let has = match has(grant, &desired.member) {
+        let holds = match has(grant, &desired.member) {
             Some(h) => Some(h),
             None => {
                 notes.insert(format!(
@@ -743,7 +809,7 @@ pub fn diff_gcp_with(
             }
         };
         let (resource, role, member) = (grant.resource.clone(), grant.role.clone(), desired.member.clone());
-        match (want, has) {
+        match (want, holds) {
             (Some(rule), Some(false) | None) => steps.push(GcpStep {
                 op: GcpIamOp::AddMember {
                     resource,
@@ -765,6 +831,24 @@ pub fn diff_gcp_with(
                 },
             }),
             _ => {}
+        }
+        // A member the person had before (a renamed person) leaves the managed binding: the
+        // binding follows the member string, never keeps the old one beside the new.
+        for former in &desired.former_members {
+            if matches!(has(grant, former), Some(true) | None) {
+                steps.push(GcpStep {
+                    op: GcpIamOp::RemoveMember {
+                        resource: grant.resource.clone(),
+                        role: grant.role.clone(),
+                        member: former.clone(),
+                    },
+                    rule: if desired.offboarded {
+                        rules::GCP_REMOVE_BINDINGS.into()
+                    } else {
+                        rules::GCP_MEMBER_CHANGED.into()
+                    },
+                });
+            }
         }
     }
     (steps, notes.into_iter().collect())
@@ -916,11 +1000,21 @@ pub fn evaluate(
                 bindings.entry(g.clone()).or_insert_with(|| r.name.clone());
             }
         }
-        (!managed.is_empty()).then(|| DesiredGcp {
-            member: format!("user:{}", email.to_ascii_lowercase()),
-            offboarded,
-            bindings,
-            managed,
+        (!managed.is_empty()).then(|| {
+            let mut d = DesiredGcp {
+                member: format!("user:{}", email.to_ascii_lowercase()),
+                offboarded,
+                bindings,
+                managed,
+                former_members: Vec::new(),
+            };
+            let former: Vec<String> = identity
+                .previous_emails
+                .iter()
+                .map(|e| format!("user:{}", e.to_ascii_lowercase()))
+                .collect();
+            d.add_former_members(&former);
+            d
         })
     });
     DesiredCloud { aws, gcp }

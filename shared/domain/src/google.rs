@@ -10,7 +10,15 @@
 //! Google documents `uniqueQualifier` as "unique qualifier if multiple events have the same time",
 //! so the pair (time, uniqueQualifier) names the activity; a redelivered notification yields the
 //! same ids and is a no-op downstream. The subject is `google:<user email, lowercased>`: the Reports
-//! API does not carry the target user's immutable id.
+//! API does not carry the target user's immutable id (an admin event's `actor.profileId` is the
+//! admin who acted, never the user acted on, so it cannot key the person).
+//!
+//! `RENAME_USER` (`USER_EMAIL` = the old address, `NEW_VALUE` = the new one) is an email change of
+//! the person the old address names (issue 16): its envelope keeps that subject's key and carries
+//! the new email, so the directory keeps the old one in `previous_emails` and every target renames
+//! the account linked to the person instead of making a new one. [`renamed_to`] names the new
+//! address, so the intake can send that address's later events to the same subject
+//! (`gatehouse_intake::ingress::google`, an alias kept in the intake's store).
 //!
 //! Sync messages (`X-Goog-Resource-State: sync`) have no body; the HTTP intake answers them
 //! without calling this parser ([`is_sync`]).
@@ -34,6 +42,7 @@ pub const HANDLED_EVENTS: &[&str] = &[
     "REMOVE_GROUP_MEMBER",
     "CHANGE_FIRST_NAME",
     "CHANGE_LAST_NAME",
+    "RENAME_USER",
 ];
 
 /// Why a body is not a Reports API activity Gatehouse can accept.
@@ -190,6 +199,15 @@ fn parse_event(event: Value, ctx: &EventContext<'_>) -> Result<Envelope, String>
         map_admin_event(&name, group_email, |attr| param(attr), &mut profile)
     };
     let (subject, event, profile) = match (user_email, mapped) {
+        (Some(old), Ok(event)) if name == "RENAME_USER" => {
+            // The person the old address names, now with the new one (checked in the mapping).
+            let new = profile.remove("email").unwrap_or_else(|| old.clone());
+            profile.insert("login".into(), new.clone());
+            profile.insert("email".into(), new.clone());
+            let mut subject = subject_for(&old);
+            subject.email = Some(new);
+            (subject, event, profile)
+        }
         (Some(email), Ok(event)) => {
             profile.insert("email".into(), email.clone());
             profile.insert("login".into(), email.clone());
@@ -267,15 +285,37 @@ fn map_admin_event(
             }
             IdentityEvent::ProfileUpdated
         }
+        "RENAME_USER" => {
+            let new = param("NEW_VALUE")
+                .filter(|v| v.contains('@'))
+                .ok_or_else(|| format!("{name} (no NEW_VALUE email)"))?;
+            profile.insert("email".into(), new.to_lowercase());
+            IdentityEvent::ProfileUpdated
+        }
         n if n.starts_with("CHANGE_USER_") => IdentityEvent::ProfileUpdated,
         _ => return Err(name.to_string()),
     };
     Ok(event)
 }
 
+/// The subject key an address names before any rename: `google:<email, lowercased>`.
+pub fn subject_key(email: &str) -> String {
+    format!("google:{}", email.to_lowercase())
+}
+
+/// The new address of a `RENAME_USER` envelope (its subject is the person the old address
+/// named): later events about the new address are about the same person.
+pub fn renamed_to(env: &Envelope) -> Option<&str> {
+    (env.source == Source::GoogleWorkspace
+        && env.source_event_type == "RENAME_USER"
+        && env.event == IdentityEvent::ProfileUpdated)
+        .then_some(env.subject.email.as_deref())
+        .flatten()
+}
+
 fn subject_for(email: &str) -> Subject {
     Subject {
-        key: format!("google:{email}"),
+        key: subject_key(email),
         email: Some(email.to_string()),
         display_name: None,
     }
@@ -315,6 +355,47 @@ mod tests {
         let mut envs = parse_activity(&body, now()).unwrap();
         assert_eq!(envs.len(), 1);
         envs.remove(0)
+    }
+
+    /// Issue 16: a rename is an email change of the person the old address names, not a new
+    /// person; without a usable new address it is not acted on.
+    #[test]
+    fn rename_user_is_an_email_change_of_the_old_address_subject() {
+        let e = one(
+            "RENAME_USER",
+            r#"{"name":"USER_EMAIL","value":"Liz@Example.com"},{"name":"NEW_VALUE","value":"Liz.Lemon@Example.com"}"#,
+        );
+        assert_eq!(e.event, IdentityEvent::ProfileUpdated);
+        assert_eq!(e.subject.key, "google:liz@example.com", "the same person");
+        assert_eq!(e.subject.email.as_deref(), Some("liz.lemon@example.com"));
+        assert_eq!(
+            e.profile.get("email").map(String::as_str),
+            Some("liz.lemon@example.com")
+        );
+        assert_eq!(renamed_to(&e), Some("liz.lemon@example.com"));
+        let mut id = crate::identity::Identity::new(&e.subject.key);
+        let mut created = one(
+            "CREATE_USER",
+            r#"{"name":"USER_EMAIL","value":"liz@example.com"}"#,
+        );
+        created.occurred_at -= chrono::Duration::days(1);
+        created.id = EnvelopeId("google:earlier".into());
+        id.fold(&created);
+        id.fold(&e);
+        assert_eq!(id.email(), Some("liz.lemon@example.com"));
+        assert_eq!(id.previous_emails, vec!["liz@example.com"]);
+
+        let no_new = one(
+            "RENAME_USER",
+            r#"{"name":"USER_EMAIL","value":"liz@example.com"}"#,
+        );
+        assert!(!no_new.event.is_actionable(), "{:?}", no_new.event);
+        assert_eq!(renamed_to(&no_new), None);
+        let other = one(
+            "SUSPEND_USER",
+            r#"{"name":"USER_EMAIL","value":"liz@example.com"}"#,
+        );
+        assert_eq!(renamed_to(&other), None);
     }
 
     #[test]

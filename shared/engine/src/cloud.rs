@@ -5,9 +5,7 @@
 use crate::engine::ProcessError;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
-use gatehouse_domain::cloud::{
-    self, AwsActual, AwsUserKey, AwsUserMapping, CloudPlan, DesiredCloud, IamPolicy,
-};
+use gatehouse_domain::cloud::{self, AwsActual, AwsUserKey, AwsUserMapping, CloudPlan, DesiredCloud};
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::looker::ErrorKind;
 use gatehouse_domain::policy::Policy;
@@ -22,7 +20,7 @@ use std::sync::Arc;
 pub use gatehouse_domain::target::REPORTED;
 pub use gatehouse_targets::Ctx;
 pub use gatehouse_targets::aws_iam::AwsTarget;
-pub use gatehouse_targets::gcp_iam::{GcpPlan, GcpTarget};
+pub use gatehouse_targets::gcp_iam::{GcpActual, GcpPlan, GcpTarget};
 
 /// Lists the directory (every subject), for resolving a drift subject to a person.
 pub type DirectoryFn =
@@ -41,7 +39,7 @@ pub struct CloudTargets {
 #[derive(Debug, Clone)]
 pub struct CloudActual {
     pub aws: AwsActual,
-    pub gcp: BTreeMap<String, IamPolicy>,
+    pub gcp: GcpActual,
 }
 
 impl CloudTargets {
@@ -85,9 +83,13 @@ impl CloudTargets {
         let gcp = async {
             match (&self.gcp, &desired.gcp) {
                 (Some(g), Some(d)) => {
-                    Ok::<_, ProcessError>(targets::read_linked(g, d, person, store).await?.actual)
+                    let r = targets::read_linked(g, d, person, store).await?;
+                    if persist {
+                        r.persist(store, g.name()).await?;
+                    }
+                    Ok::<_, ProcessError>(r.actual)
                 }
-                _ => Ok(BTreeMap::new()),
+                _ => Ok(GcpActual::default()),
             }
         };
         let (aws, gcp) = futures::join!(aws, gcp);
@@ -100,7 +102,7 @@ impl CloudTargets {
         let GcpPlan { steps: gcp, notes } = desired
             .gcp
             .as_ref()
-            .map(|d| targets::gcp_iam::plan(d, &actual.gcp))
+            .map(|d| targets::gcp_iam::plan_linked(d, &actual.gcp))
             .unwrap_or_default();
         CloudPlan { aws, gcp, notes }
     }
@@ -150,6 +152,9 @@ impl CloudTargets {
             }
         };
         let (a, g) = futures::join!(aws, gcp);
+        if let (Some(_), Some(p)) = (&self.aws, &plan.aws) {
+            report_mapping_change(run, p).await?;
+        }
         Ok(a? + g?)
     }
 
@@ -187,6 +192,37 @@ impl CloudTargets {
             DriftKey::IamName(n, m) => m.key_for(&s.identity) == Some(AwsUserKey::Name(n.clone())),
         }))
     }
+}
+
+/// Issue 16: the AWS user mapping names another IAM user than the one linked to the person (a
+/// renamed person). The plan acts on the linked user; this says so: WARN, and a `withheld:`
+/// ledger row (rule `identity.mapping_changed`) naming both, for an operator to move or relink.
+async fn report_mapping_change<S: StateStore>(
+    run: &Run<'_, S>,
+    plan: &cloud::AwsPlan,
+) -> Result<(), ProcessError> {
+    let (Some(now), Some(reason)) = (&plan.mapping_changed, plan.mapping_change_reason()) else {
+        return Ok(());
+    };
+    tracing::warn!(target_name = "aws", subject = %run.ctx.subject, envelope_id = %run.ctx.envelope_id,
+        iam_user = %plan.user, mapped = %now, "aws user mapping changed; the linked iam user is kept, nothing split");
+    metrics::counter!("gatehouse_aws_mapping_changed_total").increment(1);
+    let call = gatehouse_domain::looker::HttpCall {
+        method: gatehouse_domain::looker::Method::Post,
+        path: "/".into(),
+        body: Some(
+            serde_json::json!({ "Action": "GetUser", "UserName": plan.user, "Version": "2010-05-08" }),
+        ),
+    };
+    let row = targets::ledger_row(
+        run.ctx,
+        gatehouse_domain::target::TargetName::AWS,
+        cloud::rules::AWS_MAPPING_CHANGED,
+        call,
+        &gatehouse_domain::target::CallOutcome::Withheld { reason },
+    );
+    run.store.append_ledger(&[row]).await?;
+    Ok(())
 }
 
 enum DriftKey {

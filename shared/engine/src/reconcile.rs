@@ -192,6 +192,7 @@ fn plan_one(
                         login_profile: profile,
                         // Not read by reconcile: the leaver sweep runs on the offboarding event.
                         held: None,
+                        remapped: None,
                         name: n,
                     })
                 }

@@ -47,22 +47,36 @@ impl Target for AwsTarget {
         cloud::evaluate(policy, identity, Some(&self.mapping), false, now).aws
     }
 
-    /// The person is the IAM user the mapping names today. A person linked to another IAM user
-    /// before (the mapping's input changed: a new email) is reported, never silently split:
-    /// the old user keeps what it holds until an operator moves it.
+    /// The person is the IAM user linked to them (issue 16), else the one the mapping names
+    /// today. When the mapping's input changed (a new email) and it now names another IAM user
+    /// (or none), the linked user is still the person's: it is the one read, planned and
+    /// offboarded, no second user is ever acted on, and the change is reported
+    /// ([`AwsUser::remapped`](gatehouse_domain::cloud::AwsUser::remapped): a WARN here, a ledger
+    /// row and a `gatehouse plan` note from the plan).
     async fn read(&self, d: &DesiredAws, link: &Link) -> Result<AwsActual, CloudError> {
-        let Some(name) = self.retry(|| self.iam.resolve(&d.user)).await? else {
-            if !link.accounts.is_empty() {
-                tracing::warn!(subject = %link.person, linked = ?link.accounts,
-                    "aws: the person's mapping names no iam user now, but they were linked to one; not split: check the mapping");
+        let mapped = self.retry(|| self.iam.resolve(&d.user)).await?;
+        let needs = d.needs();
+        // The mapping naming any linked user is the person as linked: nothing changed.
+        let linked = link
+            .accounts
+            .first()
+            .filter(|_| !link.accounts.iter().any(|a| Some(a) == mapped.as_ref()));
+        if let Some(linked) = linked {
+            if let Some(mut user) = self.retry(|| self.iam.read_user(linked, needs)).await? {
+                let now = mapped
+                    .clone()
+                    .unwrap_or_else(|| format!("no iam user ({})", d.user.describe()));
+                tracing::warn!(subject = %link.person, iam_user = %linked, mapped = %now,
+                    "aws: the person's user mapping now names another iam user than the one linked; acting on the linked user, not splitting: check the mapping");
+                user.remapped = Some(now);
+                return Ok(AwsActual::Present(user));
             }
+            tracing::warn!(subject = %link.person, iam_user = %linked, mapped = ?mapped,
+                "aws: the iam user linked to the person no longer exists; using the user mapping");
+        }
+        let Some(name) = mapped else {
             return Ok(AwsActual::Absent);
         };
-        if link.accounts.iter().any(|a| *a != name) {
-            tracing::warn!(subject = %link.person, iam_user = %name, linked = ?link.accounts,
-                "aws: the person's mapping now names another iam user than the one linked; the old user is not changed: move it by hand");
-        }
-        let needs = d.needs();
         Ok(self
             .retry(|| self.iam.read_user(&name, needs))
             .await?

@@ -3,6 +3,10 @@
 //! is `cloud::diff_gcp`. Every change to one resource goes in one read-modify-write:
 //! getIamPolicy → change → setIamPolicy with the etag; a concurrent change (409/ABORTED) is
 //! read again and re-applied, never overwritten.
+//!
+//! Issue 16: the person is linked to the member strings they were granted under, so when their
+//! email changes the old member leaves every managed binding (with the new one granted in the
+//! same setIamPolicy), and an offboarding after a rename removes the linked member too.
 
 use super::{RetryPolicy, retry_read};
 use crate::client::gcp_iam::GcpIam;
@@ -24,11 +28,34 @@ pub struct GcpTarget {
     pub conflict_retries: usize,
 }
 
+/// What GCP holds for one person: the policy of every managed resource that exists, and who
+/// the person is there (their member now and the members linked to them before).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GcpActual {
+    /// Resource name → its policy.
+    pub policies: BTreeMap<String, IamPolicy>,
+    /// The member the person is now (`user:EMAIL`), linked once it is granted something.
+    pub member: String,
+    /// Whether the person is to hold (or holds) a managed binding under `member`: then the
+    /// member is linked to them.
+    pub grants: bool,
+    /// Members linked to the person before (issue 16), other than `member`.
+    pub linked: Vec<String>,
+}
+
 /// The GCP changes for one person, and what could not be planned.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GcpPlan {
     pub steps: Vec<GcpStep>,
     pub notes: Vec<String>,
+}
+
+/// The plan against what was read: the policies, and the members linked to the person before
+/// (removed wherever a managed binding still holds them). Pure.
+pub fn plan_linked(desired: &DesiredGcp, actual: &GcpActual) -> GcpPlan {
+    let mut d = desired.clone();
+    d.add_former_members(&actual.linked);
+    plan(&d, &actual.policies)
 }
 
 /// The plan against the policies read. Pure. Resources that could not be read are skipped (with
@@ -50,8 +77,8 @@ pub fn plan(desired: &DesiredGcp, actual: &BTreeMap<String, IamPolicy>) -> GcpPl
 
 impl Target for GcpTarget {
     type Desired = DesiredGcp;
-    /// Resource name → its policy, for every managed resource that exists.
-    type Actual = BTreeMap<String, IamPolicy>;
+    /// The policy of every managed resource that exists, and the person's members.
+    type Actual = GcpActual;
     type Plan = GcpPlan;
     type Op = GcpIamOp;
     /// Every op names its member and resource itself.
@@ -66,7 +93,7 @@ impl Target for GcpTarget {
         cloud::evaluate(policy, identity, None, true, now).gcp
     }
 
-    async fn read(&self, d: &DesiredGcp, _link: &Link) -> Result<BTreeMap<String, IamPolicy>, CloudError> {
+    async fn read(&self, d: &DesiredGcp, link: &Link) -> Result<GcpActual, CloudError> {
         let reads = d.resources().into_iter().map(|r| async move {
             let p = retry_read(&self.retry, |_| false, || self.iam.get_policy(&r)).await;
             (r, p)
@@ -84,11 +111,39 @@ impl Target for GcpTarget {
                 Err(e) => return Err(e),
             }
         }
-        Ok(out)
+        let grants = (!d.offboarded && !d.bindings.is_empty())
+            || d.managed
+                .iter()
+                .any(|g| out.get(&g.resource).is_some_and(|p| p.has(&g.role, &d.member)));
+        let linked: Vec<String> = link
+            .accounts
+            .iter()
+            .filter(|a| !a.eq_ignore_ascii_case(&d.member))
+            .cloned()
+            .collect();
+        if !linked.is_empty() {
+            tracing::info!(subject = %link.person, member = %d.member, linked = ?linked,
+                "gcp: the person was linked to other members; they leave the managed bindings");
+        }
+        Ok(GcpActual {
+            policies: out,
+            member: d.member.clone(),
+            grants,
+            linked,
+        })
     }
 
-    fn diff(&self, desired: &DesiredGcp, actual: &BTreeMap<String, IamPolicy>) -> GcpPlan {
-        plan(desired, actual)
+    /// The member the person holds (or is granted) managed bindings under.
+    fn linked(&self, actual: &GcpActual) -> Vec<String> {
+        if actual.grants {
+            vec![actual.member.clone()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn diff(&self, desired: &DesiredGcp, actual: &GcpActual) -> GcpPlan {
+        plan_linked(desired, actual)
     }
 
     fn account(&self, _plan: &GcpPlan) {}

@@ -276,6 +276,7 @@ fn arb_user() -> impl Strategy<Value = AwsUser> {
                 .collect(),
             login_profile,
             held: None,
+            remapped: None,
         })
 }
 
@@ -462,4 +463,122 @@ fn no_cloud_grant_outside_the_allowed_email_domains() {
         d.aws
             .is_some_and(|a| a.offboarded && a.keys == KeyAction::Deactivate)
     );
+}
+
+/// Issue 16: a renamed person's bindings follow the member string. Their earlier member leaves
+/// every managed binding that holds it (the new one is granted), and an offboarding removes both.
+#[test]
+fn gcp_bindings_follow_a_renamed_member() {
+    let p = policy();
+    let mut pat = identity(IdentityEvent::UserActivated, 0, &["Engineering"]);
+    pat.previous_emails = vec!["Pat.Old@X.io".into()];
+    let d = evaluate(&p, &pat, None, true, day(1)).gcp.unwrap();
+    assert_eq!(d.member, "user:pat@x.io");
+    assert_eq!(d.former_members, vec!["user:pat.old@x.io"]);
+    let viewer = |members: &[&str]| IamPolicy {
+        version: 3,
+        etag: Some("e".into()),
+        bindings: vec![Binding {
+            role: "roles/viewer".into(),
+            members: members.iter().map(|m| m.to_string()).collect(),
+            condition: None,
+            other: Default::default(),
+        }],
+        other: Default::default(),
+    };
+    let actual = BTreeMap::from([
+        (
+            "projects/p1".to_string(),
+            viewer(&["user:pat.old@x.io", "user:someone@x.io"]),
+        ),
+        ("projects/p1/datasets/d1".to_string(), IamPolicy::default()),
+    ]);
+    let (steps, _) = diff_gcp(&d, &actual);
+    let on_p1: Vec<_> = steps
+        .iter()
+        .filter(|s| s.op.resource() == "projects/p1" && s.op.member_is("user:pat.old@x.io"))
+        .collect();
+    assert_eq!(on_p1.len(), 1, "{steps:#?}");
+    assert!(on_p1[0].op.is_revoking() && on_p1[0].rule == rules::GCP_MEMBER_CHANGED);
+    assert!(
+        steps
+            .iter()
+            .any(|s| !s.op.is_revoking() && s.op.member_is("user:pat@x.io"))
+    );
+    assert!(
+        !steps
+            .iter()
+            .any(|s| s.op.resource() != "projects/p1" && s.op.member_is("user:pat.old@x.io")),
+        "a binding that does not hold the old member is not touched for it: {steps:#?}"
+    );
+    let mut policy = actual["projects/p1"].clone();
+    apply_gcp(
+        &mut policy,
+        steps
+            .iter()
+            .filter(|s| s.op.resource() == "projects/p1")
+            .map(|s| &s.op),
+    );
+    assert!(policy.has("roles/viewer", "user:pat@x.io") && !policy.has("roles/viewer", "user:pat.old@x.io"));
+    assert!(
+        policy.has("roles/viewer", "user:someone@x.io"),
+        "other members are kept"
+    );
+
+    // Offboarded: both members leave, under the offboarding rule.
+    let mut gone = identity(IdentityEvent::UserDeactivated, 0, &["Engineering"]);
+    gone.previous_emails = vec!["pat.old@x.io".into()];
+    let d = evaluate(&p, &gone, None, true, day(1)).gcp.unwrap();
+    let both = BTreeMap::from([(
+        "projects/p1".to_string(),
+        viewer(&["user:pat.old@x.io", "user:pat@x.io"]),
+    )]);
+    let (steps, _) = diff_gcp(&d, &both);
+    let mut policy = both["projects/p1"].clone();
+    apply_gcp(&mut policy, steps.iter().map(|s| &s.op));
+    assert!(policy.bindings.is_empty(), "{policy:?}");
+    assert!(
+        steps
+            .iter()
+            .all(|s| s.op.is_revoking() && s.rule == rules::GCP_REMOVE_BINDINGS)
+    );
+}
+
+/// Issue 16: a linked IAM user the mapping no longer names is planned as the person's, and the
+/// plan says the mapping changed (a note `gatehouse plan` prints, a field its JSON carries).
+#[test]
+fn aws_plan_reports_a_changed_mapping_and_keeps_the_linked_user() {
+    let p = policy();
+    let gone = identity(IdentityEvent::UserDeactivated, 0, &["Engineering"]);
+    let d = evaluate(&p, &gone, Some(&mapping()), true, day(1)).aws.unwrap();
+    let user = AwsUser {
+        name: "pat.old".into(),
+        groups: ["eng".to_string()].into(),
+        remapped: Some("pat".into()),
+        ..Default::default()
+    };
+    let plan = diff_aws(&d, &AwsActual::Present(user));
+    assert_eq!(plan.user, "pat.old");
+    assert_eq!(plan.mapping_changed.as_deref(), Some("pat"));
+    assert!(
+        plan.steps
+            .iter()
+            .any(|s| s.op == AwsIamOp::RemoveUserFromGroup { group: "eng".into() })
+    );
+    assert!(
+        plan.notes
+            .iter()
+            .any(|n| n.contains("now names pat") && n.contains("linked iam user pat.old")),
+        "{:?}",
+        plan.notes
+    );
+    let unchanged = diff_aws(
+        &d,
+        &AwsActual::Present(AwsUser {
+            name: "pat".into(),
+            ..Default::default()
+        }),
+    );
+    assert_eq!(unchanged.mapping_changed, None);
+    assert!(unchanged.mapping_change_reason().is_none());
 }

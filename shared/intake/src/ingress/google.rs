@@ -5,6 +5,11 @@
 //! every configured token (several, for rotation). The channel's first message
 //! (`X-Goog-Resource-State: sync`) is answered 200 and enqueues nothing; every other message's body
 //! is one Reports API activity, parsed by `gatehouse_domain::google`.
+//!
+//! Renames (issue 16): the Reports API names a user by email only, so a `RENAME_USER` leaves an
+//! alias in the intake's store (`google:<new address>` → the person's subject key) and every later
+//! event about the new address is published under the person's key ([`follow_renames`], here and
+//! in the catch-up): one person in the directory, whatever their address becomes.
 
 use super::{Deps, error};
 use axum::body::Body;
@@ -14,8 +19,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use gatehouse_domain::envelope::{Envelope, Source};
 use gatehouse_domain::google;
-use gatehouse_domain::ports::QueueProducer;
+use gatehouse_domain::ports::{BackendError, QueueProducer, StateStore};
 use gatehouse_store::state::AnyState;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
@@ -36,12 +42,50 @@ struct Intake<Q> {
     /// Channels Gatehouse made (`google_upkeep`): tokens derived from this secret, accepted
     /// while the channel is live in the store.
     channels: Option<(SecretString, AnyState)>,
+    /// Where renamed addresses are remembered ([`follow_renames`]): the state store, so every
+    /// ingress replica follows them; `None`: not followed.
+    aliases: Option<AnyState>,
     max_body_bytes: usize,
     now: Clock,
 }
 
+/// The account-links namespace of the intake's rename aliases: person `google:<new address>`,
+/// account the subject key of the person it names (the address they had when first seen).
+pub const ALIAS_LINKS: &str = "google_workspace.alias";
+
+/// Publish each envelope under the subject key of the person its address names (the person's
+/// key when the address is one they were renamed to), and remember the new address of every
+/// `RENAME_USER` (issue 16). In order, so a rename followed by an event about the new address in
+/// one batch lands on one person.
+pub async fn follow_renames<S: StateStore>(
+    store: &S,
+    envelopes: &mut [Envelope],
+) -> Result<(), BackendError> {
+    for env in envelopes.iter_mut() {
+        if env.source != Source::GoogleWorkspace || !env.event.is_actionable() {
+            continue;
+        }
+        // The latest alias of the address wins (an address given to another person later).
+        if let Some(key) = store.account_links(ALIAS_LINKS, &env.subject.key).await?.pop() {
+            tracing::debug!(address_key = %env.subject.key, subject = %key, "google address of a renamed person");
+            env.subject.key = key;
+        }
+        if let Some(new) = google::renamed_to(env) {
+            let alias = google::subject_key(new);
+            if alias != env.subject.key {
+                tracing::info!(subject = %env.subject.key, envelope_id = %env.id,
+                    "google user renamed; the new address's events follow the person");
+                store
+                    .link_accounts(ALIAS_LINKS, &alias, std::slice::from_ref(&env.subject.key))
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn router<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Router {
-    build(
+    build_following_renames(
         deps.queue.clone(),
         deps.config.google.channel_tokens.clone(),
         deps.config
@@ -51,6 +95,7 @@ pub fn router<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Router {
             .map(|s| (s, deps.state.clone())),
         deps.config.google.max_body_bytes,
         Arc::new(Utc::now),
+        Some(deps.state.clone()),
     )
 }
 
@@ -62,10 +107,23 @@ pub fn build<Q: QueueProducer + 'static>(
     max_body_bytes: usize,
     now: Clock,
 ) -> Router {
+    build_following_renames(queue, tokens, channels, max_body_bytes, now, None)
+}
+
+/// [`build`], remembering renames in `aliases` ([`follow_renames`]).
+pub fn build_following_renames<Q: QueueProducer + 'static>(
+    queue: Q,
+    tokens: Vec<SecretString>,
+    channels: Option<(SecretString, AnyState)>,
+    max_body_bytes: usize,
+    now: Clock,
+    aliases: Option<AnyState>,
+) -> Router {
     let state = Arc::new(Intake {
         queue,
         tokens,
         channels,
+        aliases,
         max_body_bytes,
         now,
     });
@@ -170,6 +228,16 @@ async fn notification<Q: QueueProducer>(
     if let Err(r) = super::check_emails(SOURCE, &envelopes) {
         return *r;
     }
+    if let Some(store) = &intake.aliases
+        && let Err(e) = follow_renames(store, &mut envelopes).await
+    {
+        tracing::error!(error = %e, channel_id, message_number, "google rename aliases unavailable; google will retry");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the event could not be stored; retry",
+        );
+    }
     super::trace_envelopes(&mut envelopes);
     if let Err(e) = intake.queue.publish(&envelopes).await {
         tracing::error!(
@@ -237,6 +305,59 @@ mod tests {
             r = r.header("x-goog-resource-state", s);
         }
         r.body(Body::from(body.to_vec())).unwrap()
+    }
+
+    /// Issue 16: a rename keeps the person's subject and the new address's later events follow
+    /// it, through a second rename too; in one batch as across batches.
+    #[tokio::test]
+    async fn renamed_addresses_follow_the_person() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Sqlite::open(dir.path()).await.unwrap();
+        let event = |name: &str, params: &str, n: u32| {
+            let body = format!(
+                r#"{{"kind":"admin#reports#activity","id":{{"time":"2026-01-0{n}T00:00:00Z","uniqueQualifier":"{n}","applicationName":"admin"}},
+                   "actor":{{"email":"admin@example.com","profileId":"1"}},
+                   "events":[{{"type":"USER_SETTINGS","name":"{name}","parameters":[{params}]}}]}}"#
+            );
+            google::parse_activity(body.as_bytes(), fixed_now())
+                .unwrap()
+                .remove(0)
+        };
+        let email = |e: &str| format!(r#"{{"name":"USER_EMAIL","value":"{e}"}}"#);
+        let rename =
+            |from: &str, to: &str| format!(r#"{},{{"name":"NEW_VALUE","value":"{to}"}}"#, email(from));
+        let mut batch = vec![
+            event("CREATE_USER", &email("a@example.com"), 1),
+            event("RENAME_USER", &rename("a@example.com", "b@example.com"), 2),
+            event(
+                "ADD_GROUP_MEMBER",
+                &format!(
+                    r#"{},{{"name":"GROUP_EMAIL","value":"g@example.com"}}"#,
+                    email("b@example.com")
+                ),
+                3,
+            ),
+        ];
+        follow_renames(&store, &mut batch).await.unwrap();
+        let keys: Vec<&str> = batch.iter().map(|e| e.subject.key.as_str()).collect();
+        assert_eq!(keys, ["google:a@example.com"; 3]);
+        assert_eq!(batch[2].subject.email.as_deref(), Some("b@example.com"));
+
+        let mut later = vec![
+            event("RENAME_USER", &rename("b@example.com", "c@example.com"), 4),
+            event("SUSPEND_USER", &email("C@example.com"), 5),
+            event("SUSPEND_USER", &email("someone@example.com"), 6),
+        ];
+        follow_renames(&store, &mut later).await.unwrap();
+        let keys: Vec<&str> = later.iter().map(|e| e.subject.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "google:a@example.com",
+                "google:a@example.com",
+                "google:someone@example.com"
+            ]
+        );
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SecondsFormat, Utc};
 use gatehouse_domain::envelope::Envelope;
 use gatehouse_domain::google;
-use gatehouse_domain::ports::{BackendError, QueueProducer};
+use gatehouse_domain::ports::{BackendError, QueueProducer, StateStore};
 use gatehouse_platform::config::GoogleConfig;
 use gatehouse_platform::shutdown::Shutdown;
 use gatehouse_store::catchup_state::{CatchupStore, Cursor, GoogleChannel};
@@ -117,7 +117,7 @@ impl<Q, S> std::fmt::Debug for GoogleUpkeep<Q, S> {
     }
 }
 
-impl<Q: QueueProducer, S: CatchupStore> GoogleUpkeep<Q, S> {
+impl<Q: QueueProducer, S: CatchupStore + StateStore> GoogleUpkeep<Q, S> {
     pub fn new(client: ReportsClient, store: S, queue: Q, cfg: &GoogleConfig, now: Clock) -> Self {
         GoogleUpkeep {
             client: Arc::new(client),
@@ -245,6 +245,8 @@ impl<Q: QueueProducer, S: CatchupStore> GoogleUpkeep<Q, S> {
                     }
                 }
             }
+            // Renames as the push intake follows them (issue 16).
+            super::google::follow_renames(&self.store, &mut envs).await?;
             for chunk in envs.chunks(PUBLISH_CHUNK) {
                 self.queue.publish(chunk).await?;
                 for env in chunk {
@@ -282,7 +284,10 @@ impl<Q: QueueProducer, S: CatchupStore> GoogleUpkeep<Q, S> {
 
 /// The loop: on start and every `catchup_interval`, keep the channels (when managed) and catch
 /// up. A failed pass is retried after `Retry-After` or a minute at most.
-pub async fn run<Q: QueueProducer, S: CatchupStore>(upkeep: GoogleUpkeep<Q, S>, shutdown: Shutdown) {
+pub async fn run<Q: QueueProducer, S: CatchupStore + StateStore>(
+    upkeep: GoogleUpkeep<Q, S>,
+    shutdown: Shutdown,
+) {
     let every = upkeep.config().catchup_interval;
     let manage = upkeep.config().manages_channels();
     while !shutdown.is_triggered() {

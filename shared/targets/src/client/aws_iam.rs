@@ -241,6 +241,7 @@ impl AwsIam {
             access_keys,
             login_profile,
             held,
+            remapped: None,
         }))
     }
 

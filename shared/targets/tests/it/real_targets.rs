@@ -265,6 +265,7 @@ impl Gcp {
                 BTreeMap::from([(grant.clone(), "eng-cloud".to_string())])
             },
             managed: BTreeSet::from([grant]),
+            former_members: Vec::new(),
         }
     }
 }
@@ -297,4 +298,34 @@ async fn gcp_iam_passes_the_target_contract() {
         ["user:grace@example.com"],
         "other members are kept"
     );
+}
+
+/// Issue 16: a member linked to the person before (an earlier email the directory may no longer
+/// know) leaves the managed binding, in the same setIamPolicy that grants the current member;
+/// the current member is what the read links.
+#[tokio::test]
+async fn gcp_removes_the_member_linked_before_and_links_the_current_one() {
+    use gatehouse_domain::target::{Link, Target};
+    let h = Gcp::new().await;
+    h.fake.add_resource(
+        &h.resource,
+        serde_json::json!([{ "role": ROLE, "members": ["user:ada.old@example.com", "user:grace@example.com"] }]),
+    );
+    let d = h.desired(false);
+    let link = Link {
+        person: "p".into(),
+        accounts: vec!["user:ada.old@example.com".into()],
+        previous_emails: Vec::new(),
+    };
+    let actual = h.target.read(&d, &link).await.unwrap();
+    assert_eq!(h.target.linked(&actual), vec![MEMBER.to_string()]);
+    let plan = h.target.diff(&d, &actual);
+    assert_eq!(plan.steps.len(), 2, "{plan:?}");
+    let ops: Vec<_> = plan.steps.iter().map(|s| &s.op).collect();
+    h.fake.reset_calls();
+    h.target.send(&(), &ops).await.unwrap();
+    assert_eq!(h.fake.count("setIamPolicy"), 1);
+    let mut members = h.fake.members(&h.resource, ROLE);
+    members.sort();
+    assert_eq!(members, ["user:ada@example.com", "user:grace@example.com"]);
 }
