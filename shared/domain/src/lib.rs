@@ -26,6 +26,7 @@ pub mod google;
 pub mod graph;
 pub mod handover;
 pub mod identity;
+pub mod identity_center;
 pub mod ledger_chain;
 pub mod looker;
 pub mod metric_labels;
