@@ -1,4 +1,4 @@
-//! The targets (Looker, AWS IAM, GCP IAM: each implements [`Target`]) and the ONE loop that
+//! The targets (Looker, AWS IAM, GCP IAM, AWS IAM Identity Center: each implements [`Target`]) and the ONE loop that
 //! applies, reports or dry-runs a plan for any of them: [`apply`].
 //!
 //! The loop, for every target alike:
@@ -16,6 +16,7 @@
 pub mod aws_iam;
 pub mod client;
 pub mod gcp_iam;
+pub mod identity_center;
 pub mod looker;
 pub mod safety;
 pub mod vouched;

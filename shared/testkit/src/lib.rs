@@ -26,6 +26,7 @@ pub mod otlp_fake;
 pub mod postgres;
 pub mod progress;
 pub mod secret_manager_fake;
+pub mod sso_admin_fake;
 mod server;
 
 pub use looker_fake::{FakeLooker, RecordedCall, UserView};

@@ -11,3 +11,4 @@ mod real_targets;
 mod retry_core;
 mod toy_target;
 mod toy_target_contract;
+mod identity_center;
