@@ -252,8 +252,8 @@ impl IdentityCenter {
                 .await
                 .map_err(|e| classify("ListGroupMembershipsForMember", e))?;
             for m in page.group_memberships() {
-                if let (Some(g), Some(id)) = (m.group_id(), m.membership_id()) {
-                    out.insert(g.to_string(), id.to_string());
+                if let Some(g) = m.group_id() {
+                    out.insert(g.to_string(), m.membership_id().to_string());
                 }
             }
             match page.next_token() {
