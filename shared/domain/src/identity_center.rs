@@ -80,8 +80,12 @@ impl IdentityCenterPolicy {
                 )));
             }
             if !a.permission_set_arn.starts_with("arn:aws:sso:::permissionSet/")
-                && !a.permission_set_arn.starts_with("arn:aws-us-gov:sso:::permissionSet/")
-                && !a.permission_set_arn.starts_with("arn:aws-cn:sso:::permissionSet/")
+                && !a
+                    .permission_set_arn
+                    .starts_with("arn:aws-us-gov:sso:::permissionSet/")
+                && !a
+                    .permission_set_arn
+                    .starts_with("arn:aws-cn:sso:::permissionSet/")
             {
                 return Err(PolicyError::Invalid(format!(
                     "{at}.permission_set_arn: {:?} is not arn:aws:sso:::permissionSet/ssoins-…/ps-…",
@@ -469,7 +473,11 @@ permission_set_arn = "arn:aws:sso:::permissionSet/ssoins-1/ps-1"
         let plan = diff(&d, &present(&[], false));
         let actions: Vec<_> = plan.steps.iter().map(|s| s.op.action()).collect();
         assert_eq!(actions, ["CreateGroupMembership", "CreateAccountAssignment"]);
-        assert!(diff(&d, &present(&[("Data Analysts", "m-1")], true)).steps.is_empty());
+        assert!(
+            diff(&d, &present(&[("Data Analysts", "m-1")], true))
+                .steps
+                .is_empty()
+        );
     }
 
     #[test]
@@ -501,7 +509,10 @@ permission_set_arn = "arn:aws:sso:::permissionSet/ssoins-1/ps-1"
         let d = evaluate(&p, &gone).unwrap();
         assert!(!d.delete_user);
         assert_eq!(diff(&d, &actual).steps.len(), 2);
-        let p = Policy::from_toml(&format!("{POLICY}\n[identity_center.offboarding]\ndelete_user = true\n")).unwrap();
+        let p = Policy::from_toml(&format!(
+            "{POLICY}\n[identity_center.offboarding]\ndelete_user = true\n"
+        ))
+        .unwrap();
         let d = evaluate(&p, &gone).unwrap();
         let plan = diff(&d, &actual);
         assert_eq!(plan.steps.last().map(|s| &s.op), Some(&IdcOp::DeleteUser));
@@ -510,9 +521,18 @@ permission_set_arn = "arn:aws:sso:::permissionSet/ssoins-1/ps-1"
     #[test]
     fn bad_sections_are_refused_naming_the_field() {
         for (bad, field) in [
-            ("group = \"Nobody\"\naccount_id = \"111122223333\"\npermission_set_arn = \"arn:aws:sso:::permissionSet/a/b\"", "identity_center.assignments[0].group"),
-            ("group = \"Admins\"\naccount_id = \"12\"\npermission_set_arn = \"arn:aws:sso:::permissionSet/a/b\"", "identity_center.assignments[0].account_id"),
-            ("group = \"Admins\"\naccount_id = \"111122223333\"\npermission_set_arn = \"ps-1\"", "identity_center.assignments[0].permission_set_arn"),
+            (
+                "group = \"Nobody\"\naccount_id = \"111122223333\"\npermission_set_arn = \"arn:aws:sso:::permissionSet/a/b\"",
+                "identity_center.assignments[0].group",
+            ),
+            (
+                "group = \"Admins\"\naccount_id = \"12\"\npermission_set_arn = \"arn:aws:sso:::permissionSet/a/b\"",
+                "identity_center.assignments[0].account_id",
+            ),
+            (
+                "group = \"Admins\"\naccount_id = \"111122223333\"\npermission_set_arn = \"ps-1\"",
+                "identity_center.assignments[0].permission_set_arn",
+            ),
         ] {
             let text = format!(
                 "[[rule]]\nname = \"a\"\nwhen = \"everyone\"\nidentity_center.groups = [\"Admins\"]\n\n[[identity_center.assignments]]\n{bad}\n"

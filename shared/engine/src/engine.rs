@@ -319,7 +319,11 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
 
     /// Reconcile one person in every registered target, each in its reconcile mode: read, plan,
     /// apply or report through the one loop.
-    pub async fn reconcile_registered(&self, ctx: &Ctx, identity: &Identity) -> Result<AppliedCounts, ProcessError> {
+    pub async fn reconcile_registered(
+        &self,
+        ctx: &Ctx,
+        identity: &Identity,
+    ) -> Result<AppliedCounts, ProcessError> {
         let run = self.run(ctx);
         let now = Utc::now();
         let results = futures::future::join_all(

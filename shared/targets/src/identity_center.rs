@@ -105,9 +105,11 @@ impl Target for IdentityCenterTarget {
             return Ok(IdcActual::Absent);
         };
         let names = d.groups_to_resolve();
-        let ids = futures::future::join_all(names.iter().map(|g| async move {
-            (g.clone(), self.retry(|| self.client.group_id(g)).await)
-        }));
+        let ids = futures::future::join_all(
+            names
+                .iter()
+                .map(|g| async move { (g.clone(), self.retry(|| self.client.group_id(g)).await) }),
+        );
         let (ids, held) = futures::join!(ids, self.retry(|| self.client.memberships(&user.user_id)));
         let mut group_ids = BTreeMap::new();
         for (g, id) in ids {
@@ -197,10 +199,7 @@ impl Target for IdentityCenterTarget {
 
     async fn send(&self, user_id: &String, ops: &[&IdcOp]) -> Result<Sent<String>, SendError<CloudError>> {
         for op in ops {
-            self.client
-                .execute(user_id, op)
-                .await
-                .map_err(SendError::Write)?;
+            self.client.execute(user_id, op).await.map_err(SendError::Write)?;
         }
         Ok(Sent::Written {
             account: None,

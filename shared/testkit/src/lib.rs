@@ -26,8 +26,8 @@ pub mod otlp_fake;
 pub mod postgres;
 pub mod progress;
 pub mod secret_manager_fake;
-pub mod sso_admin_fake;
 mod server;
+pub mod sso_admin_fake;
 
 pub use looker_fake::{FakeLooker, RecordedCall, UserView};
 pub use okta_fake::FakeOkta;

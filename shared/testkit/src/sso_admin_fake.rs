@@ -125,7 +125,10 @@ impl FakeSsoAdmin {
 fn error(kind: &str, message: &str) -> Response {
     let mut r = (
         StatusCode::BAD_REQUEST,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/x-amz-json-1.1"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-amz-json-1.1"),
+        )],
         json!({ "__type": kind, "message": message }).to_string(),
     )
         .into_response();
@@ -138,7 +141,10 @@ fn error(kind: &str, message: &str) -> Response {
 fn ok(body: Value) -> Response {
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/x-amz-json-1.1"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-amz-json-1.1"),
+        )],
         body.to_string(),
     )
         .into_response()
@@ -226,9 +232,16 @@ async fn serve(AxState(state): AxState<Arc<Mutex<State>>>, req: Request) -> Resp
         }
         "ListAccountAssignments" => {
             let (Some(account), Some(ps)) = (field("AccountId"), field("PermissionSetArn")) else {
-                return error("ValidationException", "AccountId and PermissionSetArn are required");
+                return error(
+                    "ValidationException",
+                    "AccountId and PermissionSetArn are required",
+                );
             };
-            let max = p.get("MaxResults").and_then(Value::as_u64).unwrap_or(20).clamp(1, 100) as usize;
+            let max = p
+                .get("MaxResults")
+                .and_then(Value::as_u64)
+                .unwrap_or(20)
+                .clamp(1, 100) as usize;
             let start: usize = field("NextToken").and_then(|t| t.parse().ok()).unwrap_or(0);
             let all: Vec<Value> = s
                 .provisioned
@@ -245,7 +258,10 @@ async fn serve(AxState(state): AxState<Arc<Mutex<State>>>, req: Request) -> Resp
             }
             ok(body)
         }
-        other => error("UnknownOperationException", &format!("unknown operation {other:?}")),
+        other => error(
+            "UnknownOperationException",
+            &format!("unknown operation {other:?}"),
+        ),
     }
 }
 

@@ -120,8 +120,13 @@ async fn idp_events_drive_identity_center_and_an_unresolved_linked_offboarding_i
         min_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(50),
     };
-    let engine = Engine::new(state.clone(), None::<LookerClient>, Arc::new(policy), retry.clone())
-        .with_target_in(IdentityCenterTarget { client, retry }, Mode::Apply);
+    let engine = Engine::new(
+        state.clone(),
+        None::<LookerClient>,
+        Arc::new(policy),
+        retry.clone(),
+    )
+    .with_target_in(IdentityCenterTarget { client, retry }, Mode::Apply);
 
     let joined = engine
         .handle(&envelope(
@@ -138,7 +143,10 @@ async fn idp_events_drive_identity_center_and_an_unresolved_linked_offboarding_i
         .unwrap();
     assert_eq!(joined, Handled::Applied { writes: 1 });
     assert_eq!(
-        state.account_links("identity_center", "okta:00uada").await.unwrap(),
+        state
+            .account_links("identity_center", "okta:00uada")
+            .await
+            .unwrap(),
         [user_id.clone()]
     );
     let noop = engine

@@ -42,9 +42,7 @@ fn default_assignment_timeout() -> Duration {
 impl IdentityCenterConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let id = self.identity_store_id.trim();
-        let plain = id.len() == 12
-            && id.starts_with("d-")
-            && id[2..].bytes().all(|b| b.is_ascii_hexdigit());
+        let plain = id.len() == 12 && id.starts_with("d-") && id[2..].bytes().all(|b| b.is_ascii_hexdigit());
         let arn = id.starts_with("arn:") && id.contains(":identitystore::") && id.contains("/d-");
         if !plain && !arn {
             return Err(ConfigError::new(
@@ -63,15 +61,24 @@ impl IdentityCenterConfig {
         if let Some(r) = &self.region
             && (r.trim().is_empty() || r.contains(char::is_whitespace))
         {
-            return Err(ConfigError::new("aws.identity_center.region", format!("{r:?} is not a region")));
+            return Err(ConfigError::new(
+                "aws.identity_center.region",
+                format!("{r:?} is not a region"),
+            ));
         }
         if let Some(i) = &self.external_id_issuer
             && i.trim().is_empty()
         {
-            return Err(ConfigError::new("aws.identity_center.external_id_issuer", "is empty"));
+            return Err(ConfigError::new(
+                "aws.identity_center.external_id_issuer",
+                "is empty",
+            ));
         }
         if self.assignment_timeout.is_zero() {
-            return Err(ConfigError::new("aws.identity_center.assignment_timeout", "must be more than 0"));
+            return Err(ConfigError::new(
+                "aws.identity_center.assignment_timeout",
+                "must be more than 0",
+            ));
         }
         super::cloud::check_url("aws.identity_center.endpoint_url", self.endpoint_url.as_deref())
     }
@@ -88,12 +95,18 @@ mod tests {
     #[test]
     fn a_bad_field_is_named() {
         for (text, field) in [
-            ("identity_store_id = \"store\"", "aws.identity_center.identity_store_id"),
+            (
+                "identity_store_id = \"store\"",
+                "aws.identity_center.identity_store_id",
+            ),
             (
                 "identity_store_id = \"d-1234567890\"\ninstance_arn = \"ssoins-1\"",
                 "aws.identity_center.instance_arn",
             ),
-            ("identity_store_id = \"d-1234567890\"\nregion = \"\"", "aws.identity_center.region"),
+            (
+                "identity_store_id = \"d-1234567890\"\nregion = \"\"",
+                "aws.identity_center.region",
+            ),
             (
                 "identity_store_id = \"d-1234567890\"\nendpoint_url = \"localhost\"",
                 "aws.identity_center.endpoint_url",
@@ -108,6 +121,9 @@ mod tests {
         parse("identity_store_id = \"d-1234567890\"\ninstance_arn = \"arn:aws:sso:::instance/ssoins-1\"\nregion = \"eu-west-1\"")
             .validate()
             .unwrap();
-        assert!(toml::from_str::<IdentityCenterConfig>("identity_store_id = \"d-1234567890\"\nbogus = 1").is_err());
+        assert!(
+            toml::from_str::<IdentityCenterConfig>("identity_store_id = \"d-1234567890\"\nbogus = 1")
+                .is_err()
+        );
     }
 }

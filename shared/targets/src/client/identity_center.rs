@@ -53,7 +53,9 @@ where
     match code.as_deref() {
         Some("ResourceNotFoundException") => c.kind = ErrorKind::NotFound,
         Some("ConflictException") => c.kind = ErrorKind::Conflict,
-        Some("InternalServerException" | "ServiceQuotaExceededException") if c.kind == ErrorKind::Permanent => {
+        Some("InternalServerException" | "ServiceQuotaExceededException")
+            if c.kind == ErrorKind::Permanent =>
+        {
             c.kind = ErrorKind::Transient
         }
         _ => {}
@@ -377,12 +379,18 @@ impl IdentityCenter {
                 return Ok(());
             }
             let Some(request) = &request else {
-                return Err(permanent(ACTION, "the creation answer carried no request id".into()));
+                return Err(permanent(
+                    ACTION,
+                    "the creation answer carried no request id".into(),
+                ));
             };
             if tokio::time::Instant::now() >= deadline {
                 return Err(CloudError {
                     kind: ErrorKind::Transient,
-                    ..permanent(ACTION, format!("still in progress after {:?}", self.settings.assignment_timeout))
+                    ..permanent(
+                        ACTION,
+                        format!("still in progress after {:?}", self.settings.assignment_timeout),
+                    )
                 });
             }
             tokio::time::sleep(wait).await;

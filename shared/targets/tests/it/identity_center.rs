@@ -295,7 +295,12 @@ async fn joins_add_memberships_and_assignments_once_and_leaves_remove_only_manag
     let analysts = &w.groups[0].1;
     assert_eq!(
         w.admin.assignments().into_iter().collect::<Vec<_>>(),
-        [(ACCOUNT.to_string(), PS.to_string(), "GROUP".to_string(), analysts.clone())]
+        [(
+            ACCOUNT.to_string(),
+            PS.to_string(),
+            "GROUP".to_string(),
+            analysts.clone()
+        )]
     );
     assert!(
         w.admin
@@ -336,7 +341,10 @@ async fn joins_add_memberships_and_assignments_once_and_leaves_remove_only_manag
     assert_eq!(r.writes, 1);
     assert_eq!(w.groups_of_ada().await, ["Unmanaged"]);
     assert!(w.target.client.user(&w.user_id).await.unwrap().is_some());
-    assert_eq!(w.converge(&p, &gone, Mode::Apply).await.unwrap(), Applied::default());
+    assert_eq!(
+        w.converge(&p, &gone, Mode::Apply).await.unwrap(),
+        Applied::default()
+    );
     // The group's assignment is the group's: offboarding a person leaves it.
     assert_eq!(w.admin.assignments().len(), 1);
 }
@@ -411,11 +419,21 @@ async fn a_failed_assignment_is_a_permanent_error_with_awss_reason_in_the_ledger
     let w = World::new().await;
     w.admin.fail_permission_set(PS);
     let e = w
-        .converge(&policy(false), &person(Status::Active, &["Analysts"]), Mode::Apply)
+        .converge(
+            &policy(false),
+            &person(Status::Active, &["Analysts"]),
+            Mode::Apply,
+        )
         .await
         .unwrap_err();
     assert!(
-        matches!(e, TargetFailure::Target { kind: ErrorKind::Permanent, .. }),
+        matches!(
+            e,
+            TargetFailure::Target {
+                kind: ErrorKind::Permanent,
+                ..
+            }
+        ),
         "{e}"
     );
     let rows = w.rows().await;
