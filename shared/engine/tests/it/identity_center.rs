@@ -147,7 +147,7 @@ async fn idp_events_drive_identity_center_and_an_unresolved_linked_offboarding_i
             .account_links("identity_center", "okta:00uada")
             .await
             .unwrap(),
-        [user_id.clone()]
+        [user_id.as_str()]
     );
     let noop = engine
         .handle(&envelope("e2", 2, IdentityEvent::ProfileUpdated))

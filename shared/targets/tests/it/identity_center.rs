@@ -315,7 +315,7 @@ async fn joins_add_memberships_and_assignments_once_and_leaves_remove_only_manag
     // The person is linked to their Identity Store user.
     assert_eq!(
         w.state.account_links("identity_center", &ada.key).await.unwrap(),
-        [w.user_id.clone()]
+        [w.user_id.as_str()]
     );
     let after_join = w.rows().await.len();
 
