@@ -170,6 +170,8 @@ pub struct PlanReport {
     pub plan: Plan,
     /// The AWS and GCP calls (empty when no cloud target is configured).
     pub cloud: CloudPlan,
+    /// The calls of the registered targets (AWS IAM Identity Center, ...), screened.
+    pub registered: Vec<gatehouse_targets::PlannedCall>,
     pub stale: bool,
 }
 
@@ -461,15 +463,31 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let stale = identity.fold(env) == FoldOutcome::Stale;
         let desired = policy::evaluate(&self.policy, &identity);
         let desired_cloud = self.desired_cloud(&identity);
-        let (plan, cloud) = futures::join!(
+        let now = Utc::now();
+        let registered = async {
+            let calls = futures::future::join_all(
+                self.registered
+                    .iter()
+                    .map(|t| t.plan_calls(&self.policy, &identity, now, &self.store, self.screen.as_ref())),
+            )
+            .await;
+            let mut out = Vec::new();
+            for c in calls {
+                out.extend(c?);
+            }
+            Ok::<_, ProcessError>(out)
+        };
+        let (plan, cloud, registered) = futures::join!(
             self.compute_plan(&identity, &desired, false),
-            self.compute_cloud_plan(&identity, &desired_cloud, false)
+            self.compute_cloud_plan(&identity, &desired_cloud, false),
+            registered
         );
         Ok(PlanReport {
-            identity,
-            desired,
             plan: plan?,
             cloud: cloud?,
+            registered: registered?,
+            identity,
+            desired,
             stale,
         })
     }

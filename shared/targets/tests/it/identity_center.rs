@@ -283,6 +283,38 @@ async fn joins_add_memberships_and_assignments_once_and_leaves_remove_only_manag
     let p = policy(false);
     let ada = person(Status::Active, &["Analysts", "Admins"]);
 
+    // `gatehouse plan`: every call, screened, and nothing changed (no link stored either).
+    let calls = Registered::<Sqlite>::plan_calls(&w.target, &p, &ada, Utc::now(), &w.state, &SendAll)
+        .await
+        .unwrap();
+    let mut actions: Vec<_> = calls
+        .iter()
+        .map(|c| {
+            assert_eq!(c.target, "identity_center");
+            assert_eq!(c.withheld, None);
+            c.call.body.as_ref().unwrap()["X-Amz-Target"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    actions.sort();
+    assert_eq!(
+        actions,
+        [
+            "AWSIdentityStore.CreateGroupMembership",
+            "AWSIdentityStore.CreateGroupMembership",
+            "SWBExternalService.CreateAccountAssignment"
+        ]
+    );
+    assert!(
+        w.state
+            .account_links("identity_center", &ada.key)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
     // Report mode writes nothing and says what it would do.
     let r = w.converge(&p, &ada, Mode::Report).await.unwrap();
     assert_eq!(r.reported, 3);
