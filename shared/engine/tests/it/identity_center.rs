@@ -10,6 +10,7 @@ use gatehouse_domain::envelope::{Envelope, EnvelopeId, GroupRef, IdentityEvent, 
 use gatehouse_domain::policy::Policy;
 use gatehouse_domain::ports::StateStore;
 use gatehouse_engine::engine::{Engine, Handled};
+use gatehouse_engine::reconcile::{self, LogProgress};
 use gatehouse_store::sqlite::Sqlite;
 use gatehouse_targets::client::aws_iam::AwsConnect;
 use gatehouse_targets::client::identity_center::{IdcSettings, IdentityCenter};
@@ -120,13 +121,17 @@ async fn idp_events_drive_identity_center_and_an_unresolved_linked_offboarding_i
         min_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(50),
     };
+    let target = IdentityCenterTarget {
+        client,
+        retry: retry.clone(),
+    };
     let engine = Engine::new(
         state.clone(),
         None::<LookerClient>,
-        Arc::new(policy),
+        Arc::new(policy.clone()),
         retry.clone(),
     )
-    .with_target_in(IdentityCenterTarget { client, retry }, Mode::Apply);
+    .with_target_in(target.clone(), Mode::Apply);
 
     let joined = engine
         .handle(&envelope(
@@ -155,6 +160,51 @@ async fn idp_events_drive_identity_center_and_an_unresolved_linked_offboarding_i
         .unwrap();
     assert_eq!(noop, Handled::NoOp { stale: false }, "converged: no call");
 
+    // Drift by hand (the membership removed in Identity Center): reconcile in report mode
+    // ledgers it and changes nothing; in enforce mode it puts it back.
+    let membership = |raw: aws_sdk_identitystore::Client, store_id: String, user_id: String| async move {
+        raw.list_group_memberships_for_member()
+            .identity_store_id(store_id)
+            .member_id(aws_sdk_identitystore::types::MemberId::UserId(user_id))
+            .send()
+            .await
+            .unwrap()
+            .group_memberships()
+            .first()
+            .map(|m| m.membership_id().to_string())
+    };
+    let m = membership(raw.clone(), store_id.clone(), user_id.clone())
+        .await
+        .unwrap();
+    raw.delete_group_membership()
+        .identity_store_id(&store_id)
+        .membership_id(&m)
+        .send()
+        .await
+        .unwrap();
+    let reporting = Engine::new(
+        state.clone(),
+        None::<LookerClient>,
+        Arc::new(policy.clone()),
+        retry.clone(),
+    )
+    .with_target_in(target.clone(), Mode::Report);
+    let r = reconcile::run(&reporting, &state, true, &LogProgress)
+        .await
+        .unwrap();
+    assert_eq!((r.writes, r.reported), (0, 1));
+    assert_eq!(
+        membership(raw.clone(), store_id.clone(), user_id.clone()).await,
+        None
+    );
+    let r = reconcile::run(&engine, &state, true, &LogProgress).await.unwrap();
+    assert_eq!((r.writes, r.reported), (1, 0));
+    assert!(
+        membership(raw.clone(), store_id.clone(), user_id.clone())
+            .await
+            .is_some()
+    );
+
     // The user is deleted outside Gatehouse; the deactivate cannot find the linked person.
     raw.delete_user()
         .identity_store_id(&store_id)
@@ -168,4 +218,33 @@ async fn idp_events_drive_identity_center_and_an_unresolved_linked_offboarding_i
         .unwrap_err();
     assert!(e.is_permanent(), "dead-lettered, not retried: {e}");
     assert!(e.to_string().contains("unresolved offboarding"), "{e}");
+}
+
+/// Bad `[aws.identity_center]` configuration stops the start with exit 64, naming the field.
+#[tokio::test]
+async fn a_bad_identity_center_configuration_is_refused_naming_the_field() {
+    use gatehouse_platform::config::Config;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(&path, "[aws.identity_center]\nidentity_store_id = \"store-1\"\n").unwrap();
+    let e = Config::load(Some(&path), |_: &str| None).unwrap_err();
+    assert_eq!(e.field, "aws.identity_center.identity_store_id", "{e}");
+
+    std::fs::write(
+        &path,
+        "[aws.identity_center]\nidentity_store_id = \"d-1234567890\"\n",
+    )
+    .unwrap();
+    let cfg = Config::load(Some(&path), |_: &str| None).unwrap();
+    let policy = Policy::from_toml(
+        "[[rule]]\nname = \"a\"\nwhen = \"everyone\"\nidentity_center.groups = [\"Admins\"]\n\n\
+         [[identity_center.assignments]]\ngroup = \"Admins\"\naccount_id = \"111122223333\"\n\
+         permission_set_arn = \"arn:aws:sso:::permissionSet/ssoins-1/ps-1\"\n",
+    )
+    .unwrap();
+    let e = gatehouse_engine::app::identity_center_target(&cfg, &policy)
+        .await
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 64);
+    assert!(e.to_string().contains("aws.identity_center.instance_arn"), "{e}");
 }
