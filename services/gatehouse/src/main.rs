@@ -440,6 +440,7 @@ async fn print_plans(
                 "envelope_id": env.id, "event_type": env.source_event_type, "subject": env.subject.key,
                 "email": r.desired.email, "stale": r.stale, "dry_run": engine.is_dry_run(),
                 "steps": steps, "notes": r.plan.notes, "cloud": r.cloud, "withheld": withheld,
+                "registered": r.registered,
             }));
         } else {
             writeln!(
@@ -458,12 +459,25 @@ async fn print_plans(
             write!(out, "{}", r.plan.render_text())?;
             write!(out, "{}", r.cloud.render_text())?;
             write!(out, "{}", render_withheld(&withheld))?;
+            write!(out, "{}", render_registered(&r.registered))?;
         }
     }
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&reports)?)?;
     }
     Ok(())
+}
+
+/// The registered targets' calls (Identity Center, ...): `  TARGET RULE: CALL`, and what the
+/// safety rails would withhold.
+fn render_registered(calls: &[gatehouse_targets::PlannedCall]) -> String {
+    calls
+        .iter()
+        .map(|c| match &c.withheld {
+            None => format!("  {} [{}]: {}\n", c.target, c.rule, c.call),
+            Some(reason) => format!("  withheld (not sent): {} {} — {}\n", c.target, c.call, reason),
+        })
+        .collect()
 }
 
 /// The steps the safety rails withhold: `  withheld (not sent): CALL — REASON`.

@@ -30,6 +30,7 @@ pub mod google;
 pub mod graph;
 pub mod handover;
 pub mod identity;
+pub mod identity_center;
 pub mod inactivity;
 pub mod ledger_chain;
 pub mod looker;

@@ -31,6 +31,10 @@ pub struct Policy {
     /// What offboarding does in GCP IAM (`[gcp.offboarding]`).
     #[serde(default)]
     pub gcp: GcpPolicy,
+    /// AWS IAM Identity Center: the managed groups' account assignments and offboarding
+    /// (`[identity_center]`, issue 20).
+    #[serde(default)]
+    pub identity_center: crate::identity_center::IdentityCenterPolicy,
     /// Email domains (lowercase) a person must be in to be onboarded or granted anything (Looker
     /// or cloud); `None`: any domain. Set from the configuration (`[identity]
     /// allowed_email_domains`), not from the policy file. Offboarding applies to everyone.
@@ -225,6 +229,9 @@ pub struct Rule {
     /// GCP role bindings the rule grants to `user:EMAIL`.
     #[serde(default)]
     pub gcp_bindings: Vec<GcpGrant>,
+    /// AWS IAM Identity Center groups the rule grants (`identity_center.groups = [...]`).
+    #[serde(default)]
+    pub identity_center: crate::identity_center::IdentityCenterGrant,
     /// Precedence when several rules (or attribute mappings) set the same Looker user attribute
     /// to different values: the applicable one with the highest priority wins. Required (and
     /// distinct) on each of them; without it such a policy is refused.
@@ -497,6 +504,7 @@ impl Policy {
             }
         }
         self.validate_attributes()?;
+        self.identity_center.validate(self)?;
         for rule in &self.rules {
             for g in &rule.gcp_bindings {
                 if crate::cloud::GcpResource::parse(&g.resource).is_none() {
@@ -642,6 +650,15 @@ impl Policy {
         self.rules
             .iter()
             .flat_map(|r| r.aws_tags.keys().cloned())
+            .collect()
+    }
+
+    /// Identity Center groups (DisplayName) the policy manages: only their memberships are ever
+    /// added or removed.
+    pub fn managed_identity_center_groups(&self) -> BTreeSet<String> {
+        self.rules
+            .iter()
+            .flat_map(|r| r.identity_center.groups.iter().cloned())
             .collect()
     }
 

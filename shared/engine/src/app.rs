@@ -10,14 +10,18 @@ use gatehouse_domain::looker::LookerError;
 use gatehouse_domain::policy::{Policy, PolicyError};
 use gatehouse_domain::ports::BackendError;
 use gatehouse_domain::ports::Directory;
+use gatehouse_platform::config::Mode as ConfigMode;
 use gatehouse_platform::config::{AttributeCheck, AwsUserMappingConfig, Config, ConfigError, GcpTokenSource};
 use gatehouse_platform::shutdown::Shutdown;
 use gatehouse_store::open::OpenError;
 use gatehouse_store::sqlite::Sqlite;
 use gatehouse_store::state::AnyState;
+use gatehouse_targets::Mode;
 use gatehouse_targets::client::aws_iam::{AwsConnect, AwsIam};
 use gatehouse_targets::client::gcp_iam::{GcpIam, GcpIamConfig, TokenSource};
+use gatehouse_targets::client::identity_center::{IdcSettings, IdentityCenter};
 use gatehouse_targets::client::looker::{CallMeter, CatalogKinds, LookerClient, LookerConfig};
+use gatehouse_targets::identity_center::IdentityCenterTarget;
 use gatehouse_targets::safety::Safety;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -263,11 +267,69 @@ pub async fn check_looker_attributes(cfg: &Config, engine: &AppEngine) -> Result
     }
 }
 
+/// The Identity Center target when `[aws.identity_center]` is configured (issue 20). A policy
+/// that lists account assignments needs its `instance_arn`.
+pub async fn identity_center_target(
+    cfg: &Config,
+    policy: &Policy,
+) -> Result<Option<IdentityCenterTarget>, AppError> {
+    let Some(ic) = &cfg.aws.identity_center else {
+        if !policy.managed_identity_center_groups().is_empty() {
+            tracing::warn!(
+                "the policy names identity_center groups but [aws.identity_center] is not configured; \
+                 they are not managed"
+            );
+        }
+        return Ok(None);
+    };
+    if !policy.identity_center.assignments.is_empty() && ic.instance_arn.is_none() {
+        return Err(AppError::Config(ConfigError::new(
+            "aws.identity_center.instance_arn",
+            "is required when the policy lists [[identity_center.assignments]]",
+        )));
+    }
+    let p = &cfg.processor;
+    let client = IdentityCenter::connect(
+        &AwsConnect {
+            endpoint_url: ic.endpoint_url.clone().or_else(|| cfg.aws.endpoint_url.clone()),
+            region: ic.region.clone().or_else(|| cfg.aws.region.clone()),
+            profile: cfg.aws.profile.clone(),
+            credentials_file: cfg.aws.credentials_file.clone(),
+        },
+        IdcSettings {
+            identity_store_id: ic.identity_store_id.clone(),
+            instance_arn: ic.instance_arn.clone(),
+            external_id_issuer: ic.external_id_issuer.clone(),
+            assignment_timeout: ic.assignment_timeout,
+            poll_interval: std::time::Duration::from_millis(500),
+        },
+    )
+    .await;
+    Ok(Some(IdentityCenterTarget {
+        client,
+        retry: RetryPolicy {
+            retries: p.call_retries,
+            min_delay: p.retry_min_delay,
+            max_delay: p.retry_max_delay,
+        },
+    }))
+}
+
 /// The engine with the cloud targets the configuration enables, every step screened by the
 /// safety rails (which learn who Gatehouse is in Looker and AWS on the first plan that writes).
 pub async fn engine_with_cloud(cfg: &Config, store: AnyState) -> Result<AppEngine, AppError> {
     let cloud = cloud_targets(cfg, &store).await?;
     let engine = engine(cfg, store)?.with_cloud(cloud);
+    let engine = match identity_center_target(cfg, engine.policy()).await? {
+        Some(t) => {
+            let mode = match cfg.aws.identity_center.as_ref().map(|c| c.mode) {
+                Some(ConfigMode::Report) => Mode::Report,
+                _ => Mode::Apply,
+            };
+            engine.with_target_in(t, mode)
+        }
+        None => engine,
+    };
     let safety = Safety::from_config(cfg)
         .with_looker(engine.looker().cloned())
         .with_aws(engine.cloud().and_then(|c| c.aws.as_ref()).map(|a| a.iam.clone()));

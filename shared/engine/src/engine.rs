@@ -171,6 +171,8 @@ pub struct PlanReport {
     pub plan: Plan,
     /// The AWS and GCP calls (empty when no cloud target is configured).
     pub cloud: CloudPlan,
+    /// The calls of the registered targets (AWS IAM Identity Center, ...), screened.
+    pub registered: Vec<gatehouse_targets::PlannedCall>,
     pub stale: bool,
 }
 
@@ -185,6 +187,8 @@ pub struct Engine<S, L> {
     screen: Arc<dyn Screen>,
     /// Targets registered beside Looker, AWS and GCP ([`Engine::with_target`]).
     registered: Vec<Arc<dyn Registered<S>>>,
+    /// Each registered target's reconcile mode (`Apply`: enforce; `Report`), index for index.
+    registered_modes: Vec<Mode>,
     subjects: SubjectLocks,
     /// Holder email (lowercase) → declared secrets they hold (rotated when they are offboarded).
     held_secrets: Arc<std::collections::HashMap<String, Vec<String>>>,
@@ -249,6 +253,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             cloud: None,
             screen: Arc::new(SendAll),
             registered: Vec::new(),
+            registered_modes: Vec::new(),
             subjects: SubjectLocks::default(),
             held_secrets: Arc::default(),
             max_clock_skew: gatehouse_domain::envelope::DEFAULT_MAX_CLOCK_SKEW,
@@ -303,10 +308,47 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
     }
 
     /// Add a target: every event reads, plans and applies it beside Looker, AWS and GCP, through
-    /// the same loop (ledger, screen, retries). Reconcile does not read it yet.
-    pub fn with_target(mut self, target: impl Registered<S> + 'static) -> Self {
+    /// the same loop (ledger, screen, retries). Reconcile converges it per person, enforcing.
+    pub fn with_target(self, target: impl Registered<S> + 'static) -> Self {
+        self.with_target_in(target, Mode::Apply)
+    }
+
+    /// [`Engine::with_target`] with the reconcile mode: `Mode::Report` ledgers what reconcile
+    /// finds (`drift_reported`) and changes nothing; IdP events always apply.
+    pub fn with_target_in(mut self, target: impl Registered<S> + 'static, reconcile: Mode) -> Self {
         self.registered.push(Arc::new(target));
+        self.registered_modes.push(reconcile);
         self
+    }
+
+    /// Reconcile one person in every registered target, each in its reconcile mode: read, plan,
+    /// apply or report through the one loop.
+    pub async fn reconcile_registered(
+        &self,
+        ctx: &Ctx,
+        identity: &Identity,
+    ) -> Result<AppliedCounts, ProcessError> {
+        let run = self.run(ctx);
+        let now = Utc::now();
+        let results = futures::future::join_all(
+            self.registered
+                .iter()
+                .zip(&self.registered_modes)
+                .map(|(t, mode)| t.converge(&self.policy, identity, now, *mode, &run)),
+        )
+        .await;
+        let mut out = AppliedCounts::default();
+        for r in results {
+            let a = r?;
+            out.writes += a.writes;
+            out.reported += a.reported;
+        }
+        Ok(out)
+    }
+
+    /// Whether any target is registered beside Looker, AWS and GCP.
+    pub fn has_registered(&self) -> bool {
+        !self.registered.is_empty()
     }
 
     /// Show every step to `screen` before it is sent, in every target.
@@ -423,15 +465,31 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let stale = identity.fold(env) == FoldOutcome::Stale;
         let desired = policy::evaluate(&self.policy, &identity);
         let desired_cloud = self.desired_cloud(&identity);
-        let (plan, cloud) = futures::join!(
+        let now = Utc::now();
+        let registered = async {
+            let calls = futures::future::join_all(
+                self.registered
+                    .iter()
+                    .map(|t| t.plan_calls(&self.policy, &identity, now, &self.store, self.screen.as_ref())),
+            )
+            .await;
+            let mut out = Vec::new();
+            for c in calls {
+                out.extend(c?);
+            }
+            Ok::<_, ProcessError>(out)
+        };
+        let (plan, cloud, registered) = futures::join!(
             self.compute_plan(&identity, &desired, false),
-            self.compute_cloud_plan(&identity, &desired_cloud, false)
+            self.compute_cloud_plan(&identity, &desired_cloud, false),
+            registered
         );
         Ok(PlanReport {
-            identity,
-            desired,
             plan: plan?,
             cloud: cloud?,
+            registered: registered?,
+            identity,
+            desired,
             stale,
         })
     }

@@ -530,6 +530,23 @@ where
         report.writes += writes;
         report.reported += reported;
     }
+    // Registered targets (AWS IAM Identity Center, ...) read and plan per person inside their
+    // own converge, in their reconcile mode.
+    if engine.has_registered() {
+        progress.phase("registered targets", identities.len());
+        for identity in &identities {
+            let ctx = Ctx {
+                envelope_id: run_id.clone(),
+                subject: identity.key.clone(),
+                event: "reconcile".into(),
+                email: identity.email().map(str::to_string),
+            };
+            let AppliedCounts { writes, reported } = engine.reconcile_registered(&ctx, identity).await?;
+            report.writes += writes;
+            report.reported += reported;
+            progress.advance(1);
+        }
+    }
     Ok(report)
 }
 

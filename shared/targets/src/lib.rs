@@ -1,4 +1,4 @@
-//! The targets (Looker, AWS IAM, GCP IAM: each implements [`Target`]) and the ONE loop that
+//! The targets (Looker, AWS IAM, GCP IAM, AWS IAM Identity Center: each implements [`Target`]) and the ONE loop that
 //! applies, reports or dry-runs a plan for any of them: [`apply`].
 //!
 //! The loop, for every target alike:
@@ -16,6 +16,7 @@
 pub mod aws_iam;
 pub mod client;
 pub mod gcp_iam;
+pub mod identity_center;
 pub mod looker;
 pub mod safety;
 pub mod vouched;
@@ -514,6 +515,16 @@ pub trait Registered<S>: Send + Sync {
         identity: &gatehouse_domain::identity::Identity,
         now: chrono::DateTime<Utc>,
     ) -> Option<serde_json::Value>;
+    /// Read (changing nothing: links are not stored) and plan for one person: every call the
+    /// plan would make, and the screen's verdict on each (`gatehouse plan`).
+    fn plan_calls<'a>(
+        &'a self,
+        policy: &'a gatehouse_domain::policy::Policy,
+        identity: &'a gatehouse_domain::identity::Identity,
+        now: chrono::DateTime<Utc>,
+        store: &'a S,
+        screen: &'a dyn Screen,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<PlannedCall>, TargetFailure>>;
     /// Read, plan and apply (or report / dry-run) for one person.
     fn converge<'a>(
         &'a self,
@@ -523,6 +534,17 @@ pub trait Registered<S>: Send + Sync {
         mode: Mode,
         run: &'a Run<'a, S>,
     ) -> futures::future::BoxFuture<'a, Result<Applied, TargetFailure>>;
+}
+
+/// One call a registered target's plan would make, as `gatehouse plan` prints it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlannedCall {
+    pub target: &'static str,
+    pub rule: String,
+    pub call: HttpCall,
+    /// The safety screen would withhold it, for this reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<String>,
 }
 
 /// A registered target failed: classified by its [`Failure`], cause kept.
@@ -569,6 +591,43 @@ where
     ) -> Option<serde_json::Value> {
         self.desired(policy, identity, now)
             .map(|d| serde_json::to_value(d).expect("desired state serializes"))
+    }
+
+    fn plan_calls<'a>(
+        &'a self,
+        policy: &'a gatehouse_domain::policy::Policy,
+        identity: &'a gatehouse_domain::identity::Identity,
+        now: chrono::DateTime<Utc>,
+        store: &'a S,
+        screen: &'a dyn Screen,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<PlannedCall>, TargetFailure>> {
+        Box::pin(async move {
+            let name = Target::name(self);
+            let Some(desired) = self.desired(policy, identity, now) else {
+                return Ok(Vec::new());
+            };
+            let read = read_linked(self, &desired, identity, store)
+                .await
+                .map_err(|e| match e {
+                    ReadError::Target(e) => TargetFailure::of(name, e),
+                    ReadError::Links(e) => TargetFailure::Ledger(e),
+                })?;
+            let plan = self.diff(&desired, &read.actual);
+            let account = self.account(&plan);
+            Ok(self
+                .steps(&plan)
+                .iter()
+                .map(|s| {
+                    let (call, withheld) = screen_step(self, &account, s, identity.email(), screen);
+                    PlannedCall {
+                        target: name.as_str(),
+                        rule: s.rule.to_string(),
+                        call,
+                        withheld,
+                    }
+                })
+                .collect())
+        })
     }
 
     fn converge<'a>(

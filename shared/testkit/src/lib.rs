@@ -27,6 +27,7 @@ pub mod postgres;
 pub mod progress;
 pub mod secret_manager_fake;
 mod server;
+pub mod sso_admin_fake;
 
 pub use looker_fake::{FakeLooker, RecordedCall, UserView};
 pub use okta_fake::FakeOkta;

@@ -3,6 +3,7 @@
 // The engine's per-event future nests deeper than rustc's default query depth (128).
 #![recursion_limit = "256"]
 
+mod identity_center;
 mod reconcile_paged;
 mod registered;
 mod sweep;

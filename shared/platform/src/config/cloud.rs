@@ -30,6 +30,10 @@ pub struct AwsConfig {
     /// A shared credentials file other than `~/.aws/credentials`.
     #[serde(default)]
     pub credentials_file: Option<std::path::PathBuf>,
+    /// IAM Identity Center group memberships (`[aws.identity_center]`; issue 20). Independent of
+    /// `enabled` (which is about IAM users).
+    #[serde(default)]
+    pub identity_center: Option<super::IdentityCenterConfig>,
 }
 
 /// `user_mapping = { tag = "KEY" }` (the IAM user whose tag KEY holds the email) or
@@ -223,7 +227,11 @@ impl AwsConfig {
             }
             _ => Ok(()),
         }?;
-        check_url("aws.endpoint_url", self.endpoint_url.as_deref())
+        check_url("aws.endpoint_url", self.endpoint_url.as_deref())?;
+        match &self.identity_center {
+            Some(ic) => ic.validate(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -320,7 +328,7 @@ impl ReconcileConfig {
     }
 }
 
-fn check_url(field: &str, url: Option<&str>) -> Result<(), ConfigError> {
+pub(super) fn check_url(field: &str, url: Option<&str>) -> Result<(), ConfigError> {
     match url {
         Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
             Err(ConfigError::new(field, format!("{u:?} is not an http(s) URL")))

@@ -7,6 +7,7 @@ mod cloud;
 mod generic;
 mod google;
 mod graph;
+mod identity_center;
 mod okta_api;
 mod queue;
 mod rotator;
@@ -24,6 +25,7 @@ pub use cloud::{
 pub use generic::GenericConfig;
 pub use google::GoogleConfig;
 pub use graph::GraphConfig;
+pub use identity_center::IdentityCenterConfig;
 pub use okta_api::{MAX_LOG_PAGE, OKTA_LOG_RETENTION, OktaApiConfig, OktaApiConnection, OktaServiceApp};
 pub use queue::{PubsubConfig, QueueConfig, SqsConfig};
 pub use rotator::{

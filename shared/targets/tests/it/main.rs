@@ -4,6 +4,7 @@ mod aws_iam;
 mod aws_iam_sweep;
 mod contract;
 mod gcp_iam;
+mod identity_center;
 mod looker;
 mod looker_content;
 mod looker_sso;
