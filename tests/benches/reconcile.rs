@@ -158,6 +158,7 @@ fn recorded(people: &[Identity], p: &Policy) -> Snapshot {
         aws_tags: BTreeMap::new(),
         aws_credentials,
         looker_duplicates: 0,
+        gcp_groups: BTreeMap::new(),
         gcp: Some(
             gcp.into_iter()
                 .map(|(r, roles)| {

@@ -6,7 +6,7 @@ use crate::engine::ProcessError;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use gatehouse_domain::cloud::{
-    self, AwsActual, AwsUserKey, AwsUserMapping, CloudPlan, DesiredCloud, IamPolicy,
+    self, AwsActual, AwsUserKey, AwsUserMapping, CloudPlan, DesiredCloud,
 };
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::looker::ErrorKind;
@@ -22,7 +22,7 @@ use std::sync::Arc;
 pub use gatehouse_domain::target::REPORTED;
 pub use gatehouse_targets::Ctx;
 pub use gatehouse_targets::aws_iam::AwsTarget;
-pub use gatehouse_targets::gcp_iam::{GcpPlan, GcpTarget};
+pub use gatehouse_targets::gcp_iam::{GcpActual, GcpPlan, GcpTarget};
 
 /// Lists the directory (every subject), for resolving a drift subject to a person.
 pub type DirectoryFn =
@@ -41,7 +41,7 @@ pub struct CloudTargets {
 #[derive(Debug, Clone)]
 pub struct CloudActual {
     pub aws: AwsActual,
-    pub gcp: BTreeMap<String, IamPolicy>,
+    pub gcp: GcpActual,
 }
 
 impl CloudTargets {
@@ -87,7 +87,7 @@ impl CloudTargets {
                 (Some(g), Some(d)) => {
                     Ok::<_, ProcessError>(targets::read_linked(g, d, person, store).await?.actual)
                 }
-                _ => Ok(BTreeMap::new()),
+                _ => Ok(GcpActual::default()),
             }
         };
         let (aws, gcp) = futures::join!(aws, gcp);
@@ -114,7 +114,13 @@ impl CloudTargets {
         let (gcp, notes) = desired
             .gcp
             .as_ref()
-            .map(|d| cloud::diff_gcp(d, &BTreeMap::new()))
+            .map(|d| {
+                let (mut steps, mut notes) = cloud::diff_gcp(d, &BTreeMap::new());
+                let (g, n) = cloud::diff_gcp_groups(d, None);
+                steps.extend(g);
+                notes.extend(n);
+                (steps, notes)
+            })
             .unwrap_or_default();
         CloudPlan { aws, gcp, notes }
     }

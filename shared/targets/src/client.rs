@@ -1,7 +1,8 @@
 //! The API clients the targets drive: Looker (users, groups, roles, content hand-over), AWS IAM
-//! and GCP IAM.
+//! and GCP IAM (+ Google groups over Cloud Identity).
 
 pub mod aws_iam;
+pub mod cloud_identity;
 pub mod gcp_iam;
 pub mod looker;
 pub mod looker_content;

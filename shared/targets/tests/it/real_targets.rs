@@ -244,6 +244,15 @@ impl Gcp {
             fake,
             resource,
             target: GcpTarget {
+                groups: gatehouse_targets::client::cloud_identity::CloudIdentity::new(
+                    gatehouse_targets::client::cloud_identity::CloudIdentityConfig {
+                        url: fake.base_url(),
+                        token: TokenSource::Static(fake.token().into()),
+                        timeout: Duration::from_secs(10),
+                        page_size: 100,
+                    },
+                )
+                .unwrap(),
                 iam,
                 retry: retry(),
                 conflict_retries: 3,
@@ -265,6 +274,9 @@ impl Gcp {
                 BTreeMap::from([(grant.clone(), "eng-cloud".to_string())])
             },
             managed: BTreeSet::from([grant]),
+            groups: BTreeMap::new(),
+            managed_groups: BTreeSet::new(),
+            previous_emails: Vec::new(),
         }
     }
 }
