@@ -240,19 +240,21 @@ impl Gcp {
             timeout: Duration::from_secs(10),
         })
         .unwrap();
+        // No group is managed here: the groups client is never called.
+        let groups = gatehouse_targets::client::cloud_identity::CloudIdentity::new(
+            gatehouse_targets::client::cloud_identity::CloudIdentityConfig {
+                url: fake.base_url(),
+                token: TokenSource::Static(fake.token().into()),
+                timeout: Duration::from_secs(10),
+                page_size: 100,
+            },
+        )
+        .unwrap();
         Gcp {
             fake,
             resource,
             target: GcpTarget {
-                groups: gatehouse_targets::client::cloud_identity::CloudIdentity::new(
-                    gatehouse_targets::client::cloud_identity::CloudIdentityConfig {
-                        url: fake.base_url(),
-                        token: TokenSource::Static(fake.token().into()),
-                        timeout: Duration::from_secs(10),
-                        page_size: 100,
-                    },
-                )
-                .unwrap(),
+                groups,
                 iam,
                 retry: retry(),
                 conflict_retries: 3,
