@@ -241,3 +241,89 @@ mod tests {
         assert_eq!(s.len(), 2);
     }
 }
+
+#[cfg(test)]
+mod policy_tests {
+    use crate::cloud::evaluate;
+    use crate::identity::Identity;
+    use crate::policy::Policy;
+
+    fn policy(extra: &str) -> Policy {
+        Policy::from_toml(&format!(
+            r#"
+            {extra}
+            [[rule]]
+            name = "analysts"
+            when = "everyone"
+            gcp_groups = ["Data-Analysts@example.com"]
+            "#
+        ))
+        .unwrap()
+    }
+
+    fn person(email: &str, previous: &[&str]) -> Identity {
+        let mut id = Identity::new("k");
+        id.profile.insert(
+            "email".into(),
+            crate::identity::Stamped {
+                value: email.into(),
+                stamp: crate::identity::Stamp {
+                    at: chrono::Utc::now(),
+                    id: crate::envelope::EnvelopeId("e1".into()),
+                },
+                source: None,
+            },
+        );
+        id.previous_emails = previous.iter().map(|p| p.to_string()).collect();
+        id
+    }
+
+    #[test]
+    fn a_rule_grants_group_membership_and_the_offboarding_switch_parses() {
+        let p = policy("");
+        let d = evaluate(&p, &person("Pat@X.io", &["old@x.io"]), None, true, chrono::Utc::now())
+            .gcp
+            .unwrap();
+        assert_eq!(d.groups.keys().collect::<Vec<_>>(), ["data-analysts@example.com"]);
+        assert_eq!(d.managed_groups.len(), 1);
+        assert_eq!(d.previous_emails, ["old@x.io"]);
+        assert!(d.managed.is_empty(), "no per-user binding");
+        // Not a GCP target: nothing.
+        assert!(evaluate(&p, &person("pat@x.io", &[]), None, false, chrono::Utc::now()).gcp.is_none());
+        let kept = policy("[gcp.offboarding]\nremove_group_memberships = false");
+        assert!(!kept.gcp.offboarding.remove_group_memberships);
+    }
+
+    #[test]
+    fn a_policy_without_groups_serializes_as_before() {
+        let p = Policy::from_toml(
+            r#"
+            [[rule]]
+            name = "v"
+            when = "everyone"
+            gcp_bindings = [{ resource = "projects/p1", role = "roles/viewer" }]
+            "#,
+        )
+        .unwrap();
+        let d = evaluate(&p, &person("pat@x.io", &["old@x.io"]), None, true, chrono::Utc::now())
+            .gcp
+            .unwrap();
+        let json = serde_json::to_value(&d).unwrap();
+        assert!(json.get("groups").is_none() && json.get("managed_groups").is_none(), "{json}");
+        assert!(json.get("previous_emails").is_none(), "{json}");
+    }
+
+    #[test]
+    fn a_bad_group_is_refused_naming_the_rule() {
+        let e = Policy::from_toml(
+            r#"
+            [[rule]]
+            name = "analysts"
+            when = "everyone"
+            gcp_groups = ["groups/123"]
+            "#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("analysts") && e.to_string().contains("groups/123"), "{e}");
+    }
+}
