@@ -651,7 +651,10 @@ impl GcpIamOp {
     }
 
     pub fn is_revoking(&self) -> bool {
-        matches!(self, GcpIamOp::RemoveMember { .. } | GcpIamOp::RemoveGroupMember { .. })
+        matches!(
+            self,
+            GcpIamOp::RemoveMember { .. } | GcpIamOp::RemoveGroupMember { .. }
+        )
     }
 
     /// Whether this is a Google group membership call (Cloud Identity), not a policy change.

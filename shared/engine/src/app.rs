@@ -198,9 +198,10 @@ pub async fn cloud_targets(cfg: &Config, store: &AnyState) -> Result<CloudTarget
     };
     let gcp = if cfg.gcp.enabled {
         let (token, groups_token) = match &cfg.gcp.token {
-            GcpTokenSource::Static { token } => {
-                (TokenSource::Static(token.clone()), TokenSource::Static(token.clone()))
-            }
+            GcpTokenSource::Static { token } => (
+                TokenSource::Static(token.clone()),
+                TokenSource::Static(token.clone()),
+            ),
             GcpTokenSource::Adc => (
                 GcpIam::adc().map_err(AppError::Cloud)?,
                 CloudIdentity::adc().map_err(AppError::Cloud)?,

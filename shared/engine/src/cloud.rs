@@ -5,9 +5,7 @@
 use crate::engine::ProcessError;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
-use gatehouse_domain::cloud::{
-    self, AwsActual, AwsUserKey, AwsUserMapping, CloudPlan, DesiredCloud,
-};
+use gatehouse_domain::cloud::{self, AwsActual, AwsUserKey, AwsUserMapping, CloudPlan, DesiredCloud};
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::looker::ErrorKind;
 use gatehouse_domain::policy::Policy;

@@ -19,8 +19,7 @@ use crate::engine::{AppliedCounts, Engine, ProcessError};
 pub use crate::reconcile_paged::ReadOptions;
 use chrono::{DateTime, Utc};
 use gatehouse_domain::cloud::{
-    AwsAccessKey, AwsActual, AwsUser, AwsUserKey, AwsUserMapping, CloudPlan, GroupHeld, IamPolicy,
-    Target,
+    AwsAccessKey, AwsActual, AwsUser, AwsUserKey, AwsUserMapping, CloudPlan, GroupHeld, IamPolicy, Target,
 };
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::looker::{Catalog, LookerUser};

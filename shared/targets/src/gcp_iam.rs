@@ -171,8 +171,16 @@ impl GcpTarget {
 
     /// Every managed group that exists (`groups:lookup`, cached) and the person's memberships
     /// in it: the current email and every earlier one (`memberships:lookup`).
-    async fn read_groups(&self, d: &DesiredGcp, link: &Link) -> Result<BTreeMap<String, GroupHeld>, CloudError> {
-        let email = d.member.strip_prefix("user:").unwrap_or(&d.member).to_ascii_lowercase();
+    async fn read_groups(
+        &self,
+        d: &DesiredGcp,
+        link: &Link,
+    ) -> Result<BTreeMap<String, GroupHeld>, CloudError> {
+        let email = d
+            .member
+            .strip_prefix("user:")
+            .unwrap_or(&d.member)
+            .to_ascii_lowercase();
         let mut emails: Vec<String> = vec![email];
         for e in d.previous_emails.iter().chain(&link.previous_emails) {
             let e = e.to_ascii_lowercase();
@@ -192,7 +200,8 @@ impl GcpTarget {
             };
             let mut memberships = BTreeMap::new();
             for e in emails {
-                let m = retry_read(&self.retry, |_| false, || self.groups.lookup_membership(&name, e)).await?;
+                let m =
+                    retry_read(&self.retry, |_| false, || self.groups.lookup_membership(&name, e)).await?;
                 if let Some(m) = m {
                     memberships.insert(e.clone(), m);
                 }
@@ -230,7 +239,11 @@ impl GcpTarget {
                     .map_err(SendError::Write)?;
                 Ok(Sent::Written {
                     account: None,
-                    status: Some(if created == Created::AlreadyMember { 409 } else { 200 }),
+                    status: Some(if created == Created::AlreadyMember {
+                        409
+                    } else {
+                        200
+                    }),
                 })
             }
             GcpIamOp::RemoveGroupMember {
@@ -241,10 +254,14 @@ impl GcpTarget {
                 let membership = match membership {
                     Some(m) => m.clone(),
                     None => {
-                        let found = retry_read(&self.retry, |_| false, || async {
-                            let name = self.groups.group_name(group).await?;
-                            self.groups.lookup_membership(&name, member).await
-                        })
+                        let found = retry_read(
+                            &self.retry,
+                            |_| false,
+                            || async {
+                                let name = self.groups.group_name(group).await?;
+                                self.groups.lookup_membership(&name, member).await
+                            },
+                        )
                         .await;
                         match found {
                             Ok(Some(m)) => m,

@@ -210,7 +210,11 @@ impl FakeCloudIdentity {
 
     /// Calls of one method (`memberships.create`, ...).
     pub fn count(&self, method: &str) -> usize {
-        self.st().calls.iter().filter(|c| c.method_name() == method).count()
+        self.st()
+            .calls
+            .iter()
+            .filter(|c| c.method_name() == method)
+            .count()
     }
 
     pub fn reset_calls(&self) {
@@ -237,9 +241,7 @@ async fn serve_one(AxState(state): AxState<Arc<Mutex<State>>>, req: Request) -> 
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
-    let query: HashMap<String, String> = Query::try_from_uri(&uri)
-        .map(|Query(q)| q)
-        .unwrap_or_default();
+    let query: HashMap<String, String> = Query::try_from_uri(&uri).map(|Query(q)| q).unwrap_or_default();
     let auth = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -311,7 +313,11 @@ fn handle(
             return google_error(StatusCode::METHOD_NOT_ALLOWED, "INVALID_ARGUMENT", "use GET");
         }
         let Some(key) = query.get("groupKey.id") else {
-            return google_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "groupKey.id is required");
+            return google_error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_ARGUMENT",
+                "groupKey.id is required",
+            );
         };
         return match st.group_by_email(key) {
             Some(id) => axum::Json(json!({ "name": format!("groups/{id}") })).into_response(),
@@ -325,13 +331,21 @@ fn handle(
                 return not_found();
             };
             let Some(key) = query.get("memberKey.id") else {
-                return google_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "memberKey.id is required");
+                return google_error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_ARGUMENT",
+                    "memberKey.id is required",
+                );
             };
             match g.members.iter().find(|(_, e)| e.eq_ignore_ascii_case(key)) {
                 Some((mid, _)) => {
                     axum::Json(json!({ "name": format!("groups/{gid}/memberships/{mid}") })).into_response()
                 }
-                None => google_error(StatusCode::NOT_FOUND, "NOT_FOUND", "Error(2028): Membership not found"),
+                None => google_error(
+                    StatusCode::NOT_FOUND,
+                    "NOT_FOUND",
+                    "Error(2028): Membership not found",
+                ),
             }
         }
         ("GET", ["groups", gid, "memberships"]) => {
@@ -352,7 +366,11 @@ fn handle(
                 Some(t) => match t.strip_prefix("pt.") {
                     Some(mid) => Some(mid.to_string()),
                     None => {
-                        return google_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "invalid page token");
+                        return google_error(
+                            StatusCode::BAD_REQUEST,
+                            "INVALID_ARGUMENT",
+                            "invalid page token",
+                        );
                     }
                 },
             };
@@ -380,16 +398,28 @@ fn handle(
                 return not_found();
             }
             let Ok(m): Result<Value, _> = serde_json::from_str(body) else {
-                return google_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "Invalid JSON payload received.");
+                return google_error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_ARGUMENT",
+                    "Invalid JSON payload received.",
+                );
             };
             let Some(email) = m["preferredMemberKey"]["id"].as_str().filter(|e| e.contains('@')) else {
-                return google_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "preferredMemberKey.id is required");
+                return google_error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_ARGUMENT",
+                    "preferredMemberKey.id is required",
+                );
             };
             let member_role = m["roles"]
                 .as_array()
                 .is_some_and(|r| r.iter().any(|r| r["name"] == "MEMBER"));
             if !member_role {
-                return google_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "a MEMBER role is required");
+                return google_error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_ARGUMENT",
+                    "a MEMBER role is required",
+                );
             }
             let email = email.to_ascii_lowercase();
             let mid = st.id("m");
@@ -397,7 +427,11 @@ fn handle(
                 return not_found();
             };
             if g.members.values().any(|e| *e == email) {
-                return google_error(StatusCode::CONFLICT, "ALREADY_EXISTS", "Error(4003): Cannot create membership: already exists");
+                return google_error(
+                    StatusCode::CONFLICT,
+                    "ALREADY_EXISTS",
+                    "Error(4003): Cannot create membership: already exists",
+                );
             }
             g.members.insert(mid.clone(), email.clone());
             axum::Json(json!({
@@ -414,7 +448,11 @@ fn handle(
                 return not_found();
             };
             if g.members.remove(*mid).is_none() {
-                return google_error(StatusCode::NOT_FOUND, "NOT_FOUND", "Error(2028): Membership not found");
+                return google_error(
+                    StatusCode::NOT_FOUND,
+                    "NOT_FOUND",
+                    "Error(2028): Membership not found",
+                );
             }
             axum::Json(json!({
                 "done": true,
@@ -441,16 +479,38 @@ mod tests {
         let http = reqwest::Client::new();
         let base = fake.base_url();
         let get = |p: String| http.get(format!("{base}{p}")).bearer_auth(fake.token()).send();
-        assert_eq!(get("/v1/groups:lookup?groupKey.id=da@x.io".into()).await.unwrap().status(), 200);
-        let no_token = http.get(format!("{base}/v1/groups:lookup?groupKey.id=da@x.io")).send().await.unwrap();
+        assert_eq!(
+            get("/v1/groups:lookup?groupKey.id=da@x.io".into())
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        let no_token = http
+            .get(format!("{base}/v1/groups:lookup?groupKey.id=da@x.io"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(no_token.status(), 401);
-        let p1: Value = get(format!("/v1/{name}/memberships?pageSize=10")).await.unwrap().json().await.unwrap();
+        let p1: Value = get(format!("/v1/{name}/memberships?pageSize=10"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(p1["memberships"].as_array().unwrap().len(), 2);
         let t = p1["nextPageToken"].as_str().unwrap();
-        let p2: Value = get(format!("/v1/{name}/memberships?pageToken={t}")).await.unwrap().json().await.unwrap();
+        let p2: Value = get(format!("/v1/{name}/memberships?pageToken={t}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(p2["memberships"].as_array().unwrap().len(), 1);
         assert!(p2.get("nextPageToken").is_none());
-        let bad = get(format!("/v1/{name}/memberships?pageToken=forged")).await.unwrap();
+        let bad = get(format!("/v1/{name}/memberships?pageToken=forged"))
+            .await
+            .unwrap();
         assert_eq!(bad.status(), 400);
         let create = |e: &str| {
             http.post(format!("{base}/v1/{name}/memberships"))
@@ -470,7 +530,11 @@ mod tests {
             .await
             .unwrap();
         let m = l["name"].as_str().unwrap().to_string();
-        let del = || http.delete(format!("{base}/v1/{m}")).bearer_auth(fake.token()).send();
+        let del = || {
+            http.delete(format!("{base}/v1/{m}"))
+                .bearer_auth(fake.token())
+                .send()
+        };
         assert_eq!(del().await.unwrap().status(), 200);
         assert_eq!(del().await.unwrap().status(), 404);
         fake.set_retry_after_secs(3);

@@ -132,7 +132,9 @@ pub(super) fn http(op: &GcpIamOp) -> HttpCall {
             method: Method::Post,
             path: format!(
                 "/v1/{}/memberships",
-                group_name.clone().unwrap_or_else(|| format!("groups/{{{group}}}"))
+                group_name
+                    .clone()
+                    .unwrap_or_else(|| format!("groups/{{{group}}}"))
             ),
             body: Some(membership_body(member)),
         },
@@ -189,7 +191,10 @@ mod tests {
             offboarded,
             bindings: BTreeMap::new(),
             managed: BTreeSet::new(),
-            groups: groups.iter().map(|g| (g.to_string(), "analysts".to_string())).collect(),
+            groups: groups
+                .iter()
+                .map(|g| (g.to_string(), "analysts".to_string()))
+                .collect(),
             managed_groups: managed.iter().map(|g| g.to_string()).collect(),
             previous_emails: previous.iter().map(|p| p.to_string()).collect(),
         }
@@ -198,14 +203,26 @@ mod tests {
     fn held(members: &[(&str, &str)]) -> GroupHeld {
         GroupHeld {
             name: "groups/g1".into(),
-            memberships: members.iter().map(|(e, m)| (e.to_string(), m.to_string())).collect(),
+            memberships: members
+                .iter()
+                .map(|(e, m)| (e.to_string(), m.to_string()))
+                .collect(),
         }
     }
 
     #[test]
     fn group_emails_are_checked() {
         assert!(is_group_email("data-analysts@example.com"));
-        for bad in ["", "x", "a@b", "a@@b.c", "a b@c.d", "groups/1@x.io", "a@b.c/d", "@b.c"] {
+        for bad in [
+            "",
+            "x",
+            "a@b",
+            "a@@b.c",
+            "a b@c.d",
+            "groups/1@x.io",
+            "a@b.c/d",
+            "@b.c",
+        ] {
             assert!(!is_group_email(bad), "{bad}");
         }
     }
@@ -218,10 +235,17 @@ mod tests {
         let (s, _) = diff_gcp_groups(&desired(&[g], &[g], false, &[]), Some(&read(held(&[]))));
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].op.http().path, "/v1/groups/g1/memberships");
-        assert_eq!(s[0].op.http().body.unwrap()["preferredMemberKey"]["id"], "pat@x.io");
+        assert_eq!(
+            s[0].op.http().body.unwrap()["preferredMemberKey"]["id"],
+            "pat@x.io"
+        );
         // Held and wanted: nothing.
         let h = held(&[("pat@x.io", "groups/g1/memberships/m1")]);
-        assert!(diff_gcp_groups(&desired(&[g], &[g], false, &[]), Some(&read(h.clone()))).0.is_empty());
+        assert!(
+            diff_gcp_groups(&desired(&[g], &[g], false, &[]), Some(&read(h.clone())))
+                .0
+                .is_empty()
+        );
         // Offboarded: the membership read is deleted by name.
         let (s, _) = diff_gcp_groups(&desired(&[], &[g], true, &[]), Some(&read(h)));
         assert_eq!(s[0].rule, rules::GCP_REMOVE_GROUP_MEMBERSHIPS);
@@ -231,7 +255,10 @@ mod tests {
         let h = held(&[("old@x.io", "groups/g1/memberships/m0")]);
         let (s, _) = diff_gcp_groups(&desired(&[g], &[g], false, &["old@x.io"]), Some(&read(h)));
         let ops: Vec<_> = s.iter().map(|s| (s.op.is_revoking(), s.op.principal())).collect();
-        assert_eq!(ops, vec![(false, "user:pat@x.io".into()), (true, "user:old@x.io".into())]);
+        assert_eq!(
+            ops,
+            vec![(false, "user:pat@x.io".into()), (true, "user:old@x.io".into())]
+        );
         // A group that does not exist is skipped with a note.
         let (s, n) = diff_gcp_groups(&desired(&[g], &[g], false, &[]), Some(&BTreeMap::new()));
         assert!(s.is_empty());
@@ -281,15 +308,25 @@ mod policy_tests {
     #[test]
     fn a_rule_grants_group_membership_and_the_offboarding_switch_parses() {
         let p = policy("");
-        let d = evaluate(&p, &person("Pat@X.io", &["old@x.io"]), None, true, chrono::Utc::now())
-            .gcp
-            .unwrap();
+        let d = evaluate(
+            &p,
+            &person("Pat@X.io", &["old@x.io"]),
+            None,
+            true,
+            chrono::Utc::now(),
+        )
+        .gcp
+        .unwrap();
         assert_eq!(d.groups.keys().collect::<Vec<_>>(), ["data-analysts@example.com"]);
         assert_eq!(d.managed_groups.len(), 1);
         assert_eq!(d.previous_emails, ["old@x.io"]);
         assert!(d.managed.is_empty(), "no per-user binding");
         // Not a GCP target: nothing.
-        assert!(evaluate(&p, &person("pat@x.io", &[]), None, false, chrono::Utc::now()).gcp.is_none());
+        assert!(
+            evaluate(&p, &person("pat@x.io", &[]), None, false, chrono::Utc::now())
+                .gcp
+                .is_none()
+        );
         let kept = policy("[gcp.offboarding]\nremove_group_memberships = false");
         assert!(!kept.gcp.offboarding.remove_group_memberships);
     }
@@ -305,11 +342,20 @@ mod policy_tests {
             "#,
         )
         .unwrap();
-        let d = evaluate(&p, &person("pat@x.io", &["old@x.io"]), None, true, chrono::Utc::now())
-            .gcp
-            .unwrap();
+        let d = evaluate(
+            &p,
+            &person("pat@x.io", &["old@x.io"]),
+            None,
+            true,
+            chrono::Utc::now(),
+        )
+        .gcp
+        .unwrap();
         let json = serde_json::to_value(&d).unwrap();
-        assert!(json.get("groups").is_none() && json.get("managed_groups").is_none(), "{json}");
+        assert!(
+            json.get("groups").is_none() && json.get("managed_groups").is_none(),
+            "{json}"
+        );
         assert!(json.get("previous_emails").is_none(), "{json}");
     }
 
@@ -324,6 +370,9 @@ mod policy_tests {
             "#,
         )
         .unwrap_err();
-        assert!(e.to_string().contains("analysts") && e.to_string().contains("groups/123"), "{e}");
+        assert!(
+            e.to_string().contains("analysts") && e.to_string().contains("groups/123"),
+            "{e}"
+        );
     }
 }

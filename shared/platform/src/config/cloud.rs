@@ -231,7 +231,10 @@ impl GcpConfig {
         check_url("gcp.iam_url", Some(&self.iam_url))?;
         check_url("gcp.cloud_identity_url", Some(&self.cloud_identity_url))?;
         if !(1..=1000).contains(&self.groups_page_size) {
-            return Err(ConfigError::new("gcp.groups_page_size", "must be between 1 and 1000"));
+            return Err(ConfigError::new(
+                "gcp.groups_page_size",
+                "must be between 1 and 1000",
+            ));
         }
         if self.conflict_retries == 0 {
             return Err(ConfigError::new("gcp.conflict_retries", "must be at least 1"));
@@ -374,7 +377,10 @@ mod tests {
         for (toml, field) in [
             ("[gcp]\ngroups_page_size = 0\n", "gcp.groups_page_size"),
             ("[gcp]\ngroups_page_size = 1001\n", "gcp.groups_page_size"),
-            ("[gcp]\ncloud_identity_url = \"cloudidentity\"\n", "gcp.cloud_identity_url"),
+            (
+                "[gcp]\ncloud_identity_url = \"cloudidentity\"\n",
+                "gcp.cloud_identity_url",
+            ),
         ] {
             assert_eq!(load(toml, &[]).unwrap_err().field, field, "{toml}");
         }

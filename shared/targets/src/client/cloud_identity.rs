@@ -71,7 +71,13 @@ impl CloudIdentity {
         let http = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .build()
-            .map_err(|e| err(ErrorKind::Permanent, None, format!("cannot build http client: {e}")))?;
+            .map_err(|e| {
+                err(
+                    ErrorKind::Permanent,
+                    None,
+                    format!("cannot build http client: {e}"),
+                )
+            })?;
         Ok(CloudIdentity {
             http,
             cfg,
@@ -105,13 +111,12 @@ impl CloudIdentity {
     }
 
     /// One request; the JSON answer on 2xx, else the classified error.
-    async fn call(
-        &self,
-        what: &str,
-        req: reqwest::RequestBuilder,
-    ) -> Result<serde_json::Value, CloudError> {
+    async fn call(&self, what: &str, req: reqwest::RequestBuilder) -> Result<serde_json::Value, CloudError> {
         let req = authorize(&self.cfg.token, req).await?;
-        if what.starts_with("groups:lookup") || what.starts_with("memberships:lookup") || what.starts_with("memberships.list") {
+        if what.starts_with("groups:lookup")
+            || what.starts_with("memberships:lookup")
+            || what.starts_with("memberships.list")
+        {
             self.reads.fetch_add(1, Ordering::Relaxed);
         }
         let resp = req.send().await.map_err(|e| CloudError {
@@ -131,8 +136,13 @@ impl CloudIdentity {
             if text.trim().is_empty() {
                 return Ok(serde_json::Value::Null);
             }
-            return serde_json::from_str(&text)
-                .map_err(|e| err(ErrorKind::Permanent, Some(status), format!("{what}: not json: {e}")));
+            return serde_json::from_str(&text).map_err(|e| {
+                err(
+                    ErrorKind::Permanent,
+                    Some(status),
+                    format!("{what}: not json: {e}"),
+                )
+            });
         }
         let (message, code_name) = google_error(&text);
         let kind = match code_name.as_deref() {
@@ -152,13 +162,20 @@ impl CloudIdentity {
     ))]
     pub async fn group_name(&self, group: &str) -> Result<String, CloudError> {
         let key = group.to_ascii_lowercase();
-        if let Some(n) = self.names.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
+        if let Some(n) = self
+            .names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
             return Ok(n.clone());
         }
         let v = self
             .call(
                 &format!("groups:lookup {group}"),
-                self.http.get(self.url("groups:lookup")).query(&[("groupKey.id", &key)]),
+                self.http
+                    .get(self.url("groups:lookup"))
+                    .query(&[("groupKey.id", &key)]),
             )
             .await?;
         let name = name_of(&v, "groups/", &format!("groups:lookup {group}"))?;
@@ -175,7 +192,11 @@ impl CloudIdentity {
         otel.name = "memberships.lookup", otel.kind = "client", group = %group_name,
         http.response.status_code = tracing::field::Empty,
     ))]
-    pub async fn lookup_membership(&self, group_name: &str, member: &str) -> Result<Option<String>, CloudError> {
+    pub async fn lookup_membership(
+        &self,
+        group_name: &str,
+        member: &str,
+    ) -> Result<Option<String>, CloudError> {
         let what = format!("memberships:lookup {group_name}");
         let r = self
             .call(
@@ -219,7 +240,11 @@ impl CloudIdentity {
         let mut out = BTreeMap::new();
         for m in v["memberships"].as_array().into_iter().flatten() {
             let (Some(name), Some(id)) = (m["name"].as_str(), m["preferredMemberKey"]["id"].as_str()) else {
-                return Err(err(ErrorKind::Permanent, None, format!("{what}: a membership without name or member")));
+                return Err(err(
+                    ErrorKind::Permanent,
+                    None,
+                    format!("{what}: a membership without name or member"),
+                ));
             };
             out.insert(id.to_ascii_lowercase(), name.to_string());
         }
@@ -246,7 +271,9 @@ impl CloudIdentity {
             )
             .await;
         match r {
-            Ok(op) => operation_done(&op, &format!("memberships.create {group_name}")).map(|()| Created::Created),
+            Ok(op) => {
+                operation_done(&op, &format!("memberships.create {group_name}")).map(|()| Created::Created)
+            }
             Err(e) if e.status == Some(409) => Ok(Created::AlreadyMember),
             Err(e) => Err(e),
         }
@@ -286,7 +313,13 @@ fn name_of(v: &serde_json::Value, prefix: &str, what: &str) -> Result<String, Cl
         .as_str()
         .filter(|n| n.starts_with(prefix) && n.len() > prefix.len())
         .map(str::to_string)
-        .ok_or_else(|| err(ErrorKind::Permanent, None, format!("{what}: no {prefix}… name in the answer")))
+        .ok_or_else(|| {
+            err(
+                ErrorKind::Permanent,
+                None,
+                format!("{what}: no {prefix}… name in the answer"),
+            )
+        })
 }
 
 /// A long-running `Operation` that ended in an error is a failure; a done one (or one

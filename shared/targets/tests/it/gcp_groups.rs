@@ -57,13 +57,22 @@ fn target(fake: &FakeCloudIdentity) -> GcpTarget {
     }
 }
 
-fn desired(member: &str, groups: &[&str], managed: &[&str], offboarded: bool, previous: &[&str]) -> DesiredGcp {
+fn desired(
+    member: &str,
+    groups: &[&str],
+    managed: &[&str],
+    offboarded: bool,
+    previous: &[&str],
+) -> DesiredGcp {
     DesiredGcp {
         member: format!("user:{member}"),
         offboarded,
         bindings: BTreeMap::new(),
         managed: BTreeSet::new(),
-        groups: groups.iter().map(|g| (g.to_string(), "analysts".to_string())).collect(),
+        groups: groups
+            .iter()
+            .map(|g| (g.to_string(), "analysts".to_string()))
+            .collect(),
         managed_groups: managed.iter().map(|g| g.to_string()).collect(),
         previous_emails: previous.iter().map(|p| p.to_string()).collect(),
     }
@@ -93,7 +102,13 @@ impl Screen for Allow {
 }
 
 /// read → diff → apply, as the engine does for one person.
-async fn converge(t: &GcpTarget, d: &DesiredGcp, ledger: &Ledger, mode: Mode, screen: &dyn Screen) -> Applied {
+async fn converge(
+    t: &GcpTarget,
+    d: &DesiredGcp,
+    ledger: &Ledger,
+    mode: Mode,
+    screen: &dyn Screen,
+) -> Applied {
     let actual = t.read(d, &Link::unlinked("p")).await.unwrap();
     let plan = t.diff(d, &actual);
     let ctx = Ctx {
@@ -157,11 +172,22 @@ async fn a_group_removed_from_the_rule_removes_only_that_membership() {
     let t = target(&fake);
     let ledger = Ledger::new().await;
     // The rule now grants ENG only; DA is still managed (another rule names it).
-    let a = converge(&t, &desired(PAT, &[ENG], &[DA, ENG], false, &[]), &ledger, Mode::Apply, &Allow).await;
+    let a = converge(
+        &t,
+        &desired(PAT, &[ENG], &[DA, ENG], false, &[]),
+        &ledger,
+        Mode::Apply,
+        &Allow,
+    )
+    .await;
     assert_eq!(a.writes, 1);
     assert_eq!(fake.members(DA), ["sam@example.com"]);
     assert_eq!(fake.members(ENG), ["pat@example.com", "sam@example.com"]);
-    assert_eq!(fake.members(OTHER), ["pat@example.com", "sam@example.com"], "unmanaged group untouched");
+    assert_eq!(
+        fake.members(OTHER),
+        ["pat@example.com", "sam@example.com"],
+        "unmanaged group untouched"
+    );
     let rows = ledger.rows().await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].entry.call.method.to_string(), "DELETE");
@@ -181,7 +207,11 @@ async fn offboarding_removes_every_managed_membership_and_leaves_other_groups() 
     let a = converge(&t, &d, &ledger, Mode::Apply, &Allow).await;
     assert_eq!(a.writes, 2);
     assert!(fake.members(DA).is_empty() && fake.members(ENG).is_empty());
-    assert_eq!(fake.members(OTHER), [PAT], "a group no rule names is never touched");
+    assert_eq!(
+        fake.members(OTHER),
+        [PAT],
+        "a group no rule names is never touched"
+    );
     let rows = ledger.rows().await;
     assert!(
         rows.iter()
@@ -189,7 +219,10 @@ async fn offboarding_removes_every_managed_membership_and_leaves_other_groups() 
         "{rows:?}"
     );
     // Converged: nothing more.
-    assert_eq!(converge(&t, &d, &ledger, Mode::Apply, &Allow).await, Applied::default());
+    assert_eq!(
+        converge(&t, &d, &ledger, Mode::Apply, &Allow).await,
+        Applied::default()
+    );
 }
 
 #[tokio::test]
@@ -289,10 +322,17 @@ async fn a_stale_removal_is_done_and_a_missing_group_is_skipped() {
     let d = desired(PAT, &[], &[DA, "gone@example.com"], true, &[]);
     let actual = t.read(&d, &Link::unlinked("p")).await.unwrap();
     let plan = t.diff(&d, &actual);
-    assert!(plan.notes.iter().any(|n| n.contains("gone@example.com")), "{:?}", plan.notes);
+    assert!(
+        plan.notes.iter().any(|n| n.contains("gone@example.com")),
+        "{:?}",
+        plan.notes
+    );
     // Someone removed the membership by hand between the read and the write.
     let m = actual.groups[DA].memberships[PAT].clone();
-    groups_client(&fake, &fake.token(), 200).delete_membership(&m).await.unwrap();
+    groups_client(&fake, &fake.token(), 200)
+        .delete_membership(&m)
+        .await
+        .unwrap();
     let ctx = Ctx {
         envelope_id: "e1".into(),
         subject: "p".into(),
@@ -336,7 +376,10 @@ async fn listing_a_group_follows_next_page_tokens() {
 async fn no_or_a_wrong_token_is_unauthorized() {
     let fake = FakeCloudIdentity::start().await;
     fake.add_group(DA);
-    let e = groups_client(&fake, "ya29.wrong", 100).group_name(DA).await.unwrap_err();
+    let e = groups_client(&fake, "ya29.wrong", 100)
+        .group_name(DA)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unauthorized);
     assert!(!e.to_string().contains("ya29.wrong"), "{e}");
     let e = groups_client(&fake, &fake.token(), 100)
