@@ -4,6 +4,7 @@ mod admin;
 mod budget;
 mod call_floor;
 mod cloud;
+mod gcp_groups;
 mod concurrency;
 mod fixtures;
 mod generic;

@@ -150,6 +150,11 @@ impl FakeCloudIdentity {
         self.st().token.clone()
     }
 
+    /// Accept this bearer token instead (one static `[gcp.token]` serves the IAM fake too).
+    pub fn set_token(&self, token: &str) {
+        self.st().token = token.to_string();
+    }
+
     /// Create a Google group; returns its resource name (`groups/ID`).
     pub fn add_group(&self, email: &str) -> String {
         let mut st = self.st();
