@@ -2,8 +2,8 @@
 //! managed Google group through the processor (and from no other group), and reconcile lists the
 //! managed groups page by page, finds a membership added by hand and removes it (enforce).
 
-use gatehouse_engine::reconcile::{self, LogProgress};
 use gatehouse_e2e::{Options, okta_fixture, spawn_app};
+use gatehouse_engine::reconcile::{self, LogProgress};
 use gatehouse_platform::config::Config;
 use gatehouse_testkit::cloud_identity_fake::FakeCloudIdentity;
 use gatehouse_testkit::gcp_iam_fake::FakeGcpIam;
@@ -43,7 +43,11 @@ async fn offboarding_and_reconcile_keep_managed_google_groups_only() {
 
     app.deliver(&okta_fixture(DEACTIVATE)).await;
     assert_eq!(groups.members(DA), ["ann@example.com", "bob@example.com"]);
-    assert_eq!(groups.members(ALL).len(), 3, "a group no rule names is never touched");
+    assert_eq!(
+        groups.members(ALL).len(),
+        3,
+        "a group no rule names is never touched"
+    );
     let ledger = app.ledger().await;
     let gcp: Vec<_> = ledger.iter().filter(|r| r.entry.target == "gcp").collect();
     assert_eq!(gcp.len(), 1, "{ledger:#?}");
@@ -56,7 +60,9 @@ async fn offboarding_and_reconcile_keep_managed_google_groups_only() {
     let cfg = Config::load(Some(&app.dir.path().join("gatehouse.toml")), |_| None).unwrap();
     let state = gatehouse_store::state::AnyState::Sqlite(app.store.clone());
     let engine = gatehouse_app::engine_with_cloud(&cfg, state).await.unwrap();
-    let report = reconcile::run(&engine, &app.store, true, &LogProgress).await.unwrap();
+    let report = reconcile::run(&engine, &app.store, true, &LogProgress)
+        .await
+        .unwrap();
     assert!(groups.count("memberships.list") >= 3, "{:?}", groups.calls());
     assert!(report.reads.gcp >= 3, "{:?}", report.reads);
     assert_eq!(groups.members(DA), ["ann@example.com", "bob@example.com"]);
