@@ -289,6 +289,18 @@ def deploy(s: Settings, now: Optional[dt.datetime] = None) -> GcpStack:
             )
         )
 
+    # People's access through Google groups: one binding per (group, project, role), declared once;
+    # Gatehouse manages only the memberships (docs/cloud-iam.md "Google groups").
+    for b in s.gcp_group_bindings:
+        grants.append(
+            gcp.projects.IAMMember(
+                f"group-binding-{b.project}-{b.role.rsplit('/', 1)[-1]}-{b.group.split('@')[0]}",
+                project=b.project,
+                role=b.role,
+                member=f"group:{b.group}",
+            )
+        )
+
     return GcpStack(
         events=events_c,
         audit=audit_c,

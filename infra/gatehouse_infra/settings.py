@@ -33,6 +33,7 @@ KEYS = (
     "gcpManagedProjects",
     "gcpManagedServiceAccounts",
     "gcpRotatedServiceAccounts",
+    "gcpGroupBindings",
 )
 
 
@@ -51,6 +52,16 @@ class GcpSecret:
     name: str
     #: Seconds between SECRET_ROTATE notifications (Secret Manager: at least 3600).
     rotation_period_seconds: int = 30 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class GroupBinding:
+    """A role bound once to a Google group on a project (`group:EMAIL`): Gatehouse manages who is
+    in the group (rules' `gcp_groups`), never this binding (docs/cloud-iam.md "Google groups")."""
+
+    group: str
+    project: str
+    role: str
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,7 @@ class Settings:
     gcp_managed_projects: tuple[str, ...] = ()
     gcp_managed_service_accounts: tuple[str, ...] = ()
     gcp_rotated_service_accounts: tuple[str, ...] = ()
+    gcp_group_bindings: tuple[GroupBinding, ...] = ()
 
     def name(self, suffix: str) -> str:
         """A resource name prefixed per stack: `gatehouse-prod-events`."""
@@ -197,6 +209,7 @@ class Settings:
             gcp_managed_projects=names("gcpManagedProjects", (), r"[a-z][a-z0-9-]{4,28}[a-z0-9]"),
             gcp_managed_service_accounts=names("gcpManagedServiceAccounts", (), sa_email),
             gcp_rotated_service_accounts=names("gcpRotatedServiceAccounts", (), sa_email),
+            gcp_group_bindings=_group_bindings(get("gcpGroupBindings")),
         )
 
 
@@ -215,6 +228,29 @@ def _json_list(key: str, raw: str) -> list[Any]:
     if not isinstance(value, list):
         raise SettingsError(key, "must be a list")
     return value
+
+
+def _group_bindings(raw: Optional[str]) -> tuple[GroupBinding, ...]:
+    if raw is None:
+        return ()
+    key = "gcpGroupBindings"
+    out = []
+    for item in _json_list(key, raw):
+        if not isinstance(item, dict) or set(item) != {"group", "project", "role"}:
+            raise SettingsError(key, f"{item!r} is not an object with exactly group, project and role")
+        group, project, role = item["group"], item["project"], item["role"]
+        if not isinstance(group, str) or not re.fullmatch(r"[\w.'+-]+@[\w-]+(\.[\w-]+)+", group):
+            raise SettingsError(key, f"group {group!r} is not a group email")
+        if not isinstance(project, str) or not re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", project):
+            raise SettingsError(key, f"project {project!r} is not a project id")
+        if not isinstance(role, str) or not re.fullmatch(r"(roles|projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/roles)/[\w.]+", role):
+            raise SettingsError(key, f"role {role!r} is not roles/NAME or projects/P/roles/NAME")
+        if role in ("roles/owner", "roles/editor"):
+            raise SettingsError(key, f"{role} is a basic role: bind a predefined or custom role")
+        out.append(GroupBinding(group=group.lower(), project=project, role=role))
+    if len(set(out)) != len(out):
+        raise SettingsError(key, "has duplicates")
+    return tuple(out)
 
 
 def _gcp_secret(item: Any) -> GcpSecret:

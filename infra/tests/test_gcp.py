@@ -4,7 +4,11 @@ log sink and its writer identity, Secret Manager secrets with rotation and notif
 from __future__ import annotations
 
 import pulumi
+import dataclasses
+
 from conftest import FULL, declare, settled
+from gatehouse_infra.settings import GroupBinding
+from privilege import violations
 from helpers import all_of, one
 from mocks import PROJECT_NUMBER
 
@@ -130,5 +134,27 @@ def test_one_service_account_per_service():
         ids = sorted(a.inputs["accountId"] for a in all_of(mocks, "gcp:serviceaccount/account:Account"))
         assert ids == ["gh-test-ingress", "gh-test-processor", "gh-test-rotator"]
         assert all(6 <= len(i) <= 30 for i in ids)
+
+    return settled(stack, check)
+
+
+@pulumi.runtime.test
+def test_a_google_group_is_bound_once_per_project_and_role():
+    """Issue 20: people reach a resource through a group Gatehouse keeps the members of; the
+    binding names the group, never a person, and grants nothing to Gatehouse's accounts."""
+    binding = GroupBinding(group="data-analysts@example.com", project="analytics-prod", role="roles/bigquery.dataViewer")
+    stack, mocks = declare(dataclasses.replace(FULL, gcp_group_bindings=(binding,)))
+
+    def check():
+        grants = [
+            r.inputs
+            for r in all_of(mocks, "gcp:projects/iAMMember:IAMMember")
+            if r.inputs["member"].startswith("group:")
+        ]
+        assert grants == [
+            {"project": "analytics-prod", "role": "roles/bigquery.dataViewer", "member": "group:data-analysts@example.com"}
+        ]
+        # The stack's own identities keep exactly their grants: only the group binding is new.
+        assert [v for v in violations(mocks.resources) if "group-binding" not in v] == []
 
     return settled(stack, check)

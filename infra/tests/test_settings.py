@@ -62,6 +62,19 @@ def test_values_are_read_and_typed():
         ({}, {"gcp:project": "acme-prod"}, "aws:region", "required"),
         ({"enableAws": "false", "enableGcp": "false"}, None, "enableAws", "nothing to declare"),
         ({"namePrefix": "Gatehouse_Prod"}, None, "namePrefix", "does not match"),
+        ({"gcpGroupBindings": '[{"group": "da@x.io", "project": "acme-prod"}]'}, None, "gcpGroupBindings", "exactly"),
+        (
+            {"gcpGroupBindings": '[{"group": "da", "project": "acme-prod", "role": "roles/viewer"}]'},
+            None,
+            "gcpGroupBindings",
+            "not a group email",
+        ),
+        (
+            {"gcpGroupBindings": '[{"group": "da@x.io", "project": "acme-prod", "role": "roles/owner"}]'},
+            None,
+            "gcpGroupBindings",
+            "basic role",
+        ),
     ],
 )
 def test_bad_values_are_rejected_naming_the_key(own, other, key, words):

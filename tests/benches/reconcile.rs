@@ -160,6 +160,7 @@ fn recorded(people: &[Identity], p: &Policy) -> Snapshot {
         aws_credentials,
         looker_duplicates: 0,
         looker_unmatched: Vec::new(),
+        gcp_groups: BTreeMap::new(),
         gcp: Some(
             gcp.into_iter()
                 .map(|(r, roles)| {

@@ -7,6 +7,7 @@ mod cloud;
 mod cloud_rename;
 mod concurrency;
 mod fixtures;
+mod gcp_groups;
 mod generic;
 mod google;
 mod google_catchup;

@@ -26,6 +26,9 @@ pub mod rules {
     /// The AWS user mapping now names another IAM user than the one linked to the person:
     /// reported, never acted on (issue 16).
     pub const AWS_MAPPING_CHANGED: &str = "identity.mapping_changed";
+    pub const GCP_REMOVE_GROUP_MEMBERSHIPS: &str = "gcp.offboarding.remove_group_memberships";
+    /// A Google group membership held under an email the person no longer has (issue 16).
+    pub const GCP_PREVIOUS_EMAIL: &str = "identity.previous_email";
 }
 
 /// A cloud target, as named in the ledger and in reconcile modes.
@@ -661,30 +664,67 @@ pub enum GcpIamOp {
         role: String,
         member: String,
     },
+    /// Cloud Identity `groups.memberships.create` (role MEMBER) of `member` (an email) in the
+    /// Google group `group` (its email); `group_name` is its resource name (`groups/ID`) once
+    /// looked up (`None` in an offline plan).
+    AddGroupMember {
+        group: String,
+        group_name: Option<String>,
+        member: String,
+    },
+    /// Cloud Identity `groups.memberships.delete`; `membership` is its resource name
+    /// (`groups/ID/memberships/ID`) as read (`None` in an offline plan: looked up first).
+    RemoveGroupMember {
+        group: String,
+        membership: Option<String>,
+        member: String,
+    },
 }
 
 impl GcpIamOp {
+    /// The resource the op changes: the IAM resource, or the Google group's email.
     pub fn resource(&self) -> &str {
         match self {
             GcpIamOp::AddMember { resource, .. } | GcpIamOp::RemoveMember { resource, .. } => resource,
+            GcpIamOp::AddGroupMember { group, .. } | GcpIamOp::RemoveGroupMember { group, .. } => group,
         }
     }
 
     pub fn is_revoking(&self) -> bool {
-        matches!(self, GcpIamOp::RemoveMember { .. })
+        matches!(
+            self,
+            GcpIamOp::RemoveMember { .. } | GcpIamOp::RemoveGroupMember { .. }
+        )
     }
 
-    /// Whether the change names `member` (case-blind).
-    pub fn member_is(&self, member: &str) -> bool {
+    /// Whether this is a Google group membership call (Cloud Identity), not a policy change.
+    pub fn is_group_membership(&self) -> bool {
+        matches!(
+            self,
+            GcpIamOp::AddGroupMember { .. } | GcpIamOp::RemoveGroupMember { .. }
+        )
+    }
+
+    /// The IAM principal the op is about (`user:EMAIL` for a group member), for the screen.
+    pub fn principal(&self) -> String {
         match self {
-            GcpIamOp::AddMember { member: m, .. } | GcpIamOp::RemoveMember { member: m, .. } => {
-                m.eq_ignore_ascii_case(member)
+            GcpIamOp::AddMember { member, .. } | GcpIamOp::RemoveMember { member, .. } => member.clone(),
+            GcpIamOp::AddGroupMember { member, .. } | GcpIamOp::RemoveGroupMember { member, .. } => {
+                format!("user:{member}")
             }
         }
     }
 
+    /// Whether the change names `member` (case-blind).
+    pub fn member_is(&self, member: &str) -> bool {
+        self.principal().eq_ignore_ascii_case(member)
+    }
+
     /// The write as the ledger records it: the `setIamPolicy` call and the change it carries.
     pub fn http(&self) -> HttpCall {
+        if self.is_group_membership() {
+            return groups::http(self);
+        }
         let path = GcpResource::parse(self.resource())
             .map(|r| format!("{}:setIamPolicy", r.path()))
             .unwrap_or_else(|| format!("/{}:setIamPolicy", self.resource()));
@@ -695,6 +735,7 @@ impl GcpIamOp {
             GcpIamOp::RemoveMember { role, member, .. } => {
                 serde_json::json!({ "remove": { "role": role, "member": member } })
             }
+            GcpIamOp::AddGroupMember { .. } | GcpIamOp::RemoveGroupMember { .. } => serde_json::Value::Null,
         };
         HttpCall {
             method: Method::Post,
@@ -720,6 +761,7 @@ impl GcpIamOp {
             } => {
                 format!("gcp {resource}: getIamPolicy → remove {member} from {role} → setIamPolicy")
             }
+            GcpIamOp::AddGroupMember { .. } | GcpIamOp::RemoveGroupMember { .. } => groups::render(self),
         }
     }
 }
@@ -746,6 +788,16 @@ pub struct DesiredGcp {
     /// bindings follow the member string when the email changes (issue 16).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub former_members: Vec<String>,
+    /// Google group email → rule that makes the person a member (empty: none; not serialized
+    /// then, so fingerprints of policies without groups are unchanged).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, RuleName>,
+    /// Google groups whose memberships Gatehouse manages.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub managed_groups: BTreeSet<String>,
+    /// Earlier emails of the person (issue 16): memberships under them are removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_emails: Vec<String>,
 }
 
 mod pairs {
@@ -880,6 +932,7 @@ pub fn apply_gcp<'a>(policy: &mut IamPolicy, ops: impl IntoIterator<Item = &'a G
                 }
                 changed = true;
             }
+            GcpIamOp::AddGroupMember { .. } | GcpIamOp::RemoveGroupMember { .. } => {}
             GcpIamOp::RemoveMember { role, member, .. } => {
                 for b in policy
                     .bindings
@@ -994,19 +1047,44 @@ pub fn evaluate(
         if offboarded && !policy.gcp.offboarding.remove_bindings {
             managed.clear();
         }
+        let mut managed_groups = policy.managed_gcp_groups();
+        if offboarded && !policy.gcp.offboarding.remove_group_memberships {
+            managed_groups.clear();
+        }
         let mut bindings = BTreeMap::new();
+        let mut groups = BTreeMap::new();
         for r in &active_rules {
             for g in &r.gcp_bindings {
                 bindings.entry(g.clone()).or_insert_with(|| r.name.clone());
             }
+            for g in &r.gcp_groups {
+                groups
+                    .entry(g.to_ascii_lowercase())
+                    .or_insert_with(|| r.name.clone());
+            }
         }
-        (!managed.is_empty()).then(|| {
+        let previous_emails = if managed_groups.is_empty() {
+            Vec::new()
+        } else {
+            identity
+                .previous_emails
+                .iter()
+                .map(|e| e.to_ascii_lowercase())
+                .filter(|e| !e.eq_ignore_ascii_case(email))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        };
+        (!managed.is_empty() || !managed_groups.is_empty()).then(|| {
             let mut d = DesiredGcp {
                 member: format!("user:{}", email.to_ascii_lowercase()),
                 offboarded,
                 bindings,
                 managed,
                 former_members: Vec::new(),
+                groups,
+                managed_groups,
+                previous_emails,
             };
             let former: Vec<String> = identity
                 .previous_emails
@@ -1058,6 +1136,8 @@ impl CloudPlan {
     }
 }
 
+pub mod groups;
+pub use groups::{GroupHeld, diff_gcp_groups, is_group_email};
 pub mod sweep;
 #[cfg(test)]
 mod tests;

@@ -135,12 +135,16 @@ pub struct GcpOffboarding {
     /// Remove `user:EMAIL` from every managed binding on every resource the policy names.
     #[serde(default = "yes")]
     pub remove_bindings: bool,
+    /// Remove the person from every Google group the policy manages (`gcp_groups`).
+    #[serde(default = "yes")]
+    pub remove_group_memberships: bool,
 }
 
 impl Default for GcpOffboarding {
     fn default() -> Self {
         GcpOffboarding {
             remove_bindings: true,
+            remove_group_memberships: true,
         }
     }
 }
@@ -232,6 +236,10 @@ pub struct Rule {
     /// AWS IAM Identity Center groups the rule grants (`identity_center.groups = [...]`).
     #[serde(default)]
     pub identity_center: crate::identity_center::IdentityCenterGrant,
+    /// Google groups (Cloud Identity, by group email) the rule makes the person a MEMBER of;
+    /// the resources bind `group:EMAIL` once (docs/cloud-iam.md "Google groups").
+    #[serde(default)]
+    pub gcp_groups: Vec<String>,
     /// Precedence when several rules (or attribute mappings) set the same Looker user attribute
     /// to different values: the applicable one with the highest priority wins. Required (and
     /// distinct) on each of them; without it such a policy is refused.
@@ -506,6 +514,14 @@ impl Policy {
         self.validate_attributes()?;
         self.identity_center.validate(self)?;
         for rule in &self.rules {
+            for g in &rule.gcp_groups {
+                if !crate::cloud::is_group_email(g) {
+                    return Err(PolicyError::Invalid(format!(
+                        "rule {:?}: gcp group {:?} is not a group email (name@domain)",
+                        rule.name, g
+                    )));
+                }
+            }
             for g in &rule.gcp_bindings {
                 if crate::cloud::GcpResource::parse(&g.resource).is_none() {
                     return Err(PolicyError::Invalid(format!(
@@ -670,11 +686,22 @@ impl Policy {
             .collect()
     }
 
-    /// Whether any rule names a cloud target (AWS or GCP).
-    pub fn manages_cloud(&self) -> bool {
+    /// Google groups the policy manages (lowercased emails): only their memberships change.
+    pub fn managed_gcp_groups(&self) -> BTreeSet<String> {
         self.rules
             .iter()
-            .any(|r| !r.aws_groups.is_empty() || !r.aws_tags.is_empty() || !r.gcp_bindings.is_empty())
+            .flat_map(|r| r.gcp_groups.iter().map(|g| g.to_ascii_lowercase()))
+            .collect()
+    }
+
+    /// Whether any rule names a cloud target (AWS or GCP).
+    pub fn manages_cloud(&self) -> bool {
+        self.rules.iter().any(|r| {
+            !r.aws_groups.is_empty()
+                || !r.aws_tags.is_empty()
+                || !r.gcp_bindings.is_empty()
+                || !r.gcp_groups.is_empty()
+        })
     }
 
     /// Looker groups the policy manages: only these are ever added or removed.

@@ -18,6 +18,7 @@ use gatehouse_store::sqlite::Sqlite;
 use gatehouse_store::state::AnyState;
 use gatehouse_targets::Mode;
 use gatehouse_targets::client::aws_iam::{AwsConnect, AwsIam};
+use gatehouse_targets::client::cloud_identity::{CloudIdentity, CloudIdentityConfig};
 use gatehouse_targets::client::gcp_iam::{GcpIam, GcpIamConfig, TokenSource};
 use gatehouse_targets::client::identity_center::{IdcSettings, IdentityCenter};
 use gatehouse_targets::client::looker::{CallMeter, CatalogKinds, LookerClient, LookerConfig};
@@ -201,10 +202,23 @@ pub async fn cloud_targets(cfg: &Config, store: &AnyState) -> Result<CloudTarget
         _ => None,
     };
     let gcp = if cfg.gcp.enabled {
-        let token = match &cfg.gcp.token {
-            GcpTokenSource::Static { token } => TokenSource::Static(token.clone()),
-            GcpTokenSource::Adc => GcpIam::adc().map_err(AppError::Cloud)?,
+        let (token, groups_token) = match &cfg.gcp.token {
+            GcpTokenSource::Static { token } => (
+                TokenSource::Static(token.clone()),
+                TokenSource::Static(token.clone()),
+            ),
+            GcpTokenSource::Adc => (
+                GcpIam::adc().map_err(AppError::Cloud)?,
+                CloudIdentity::adc().map_err(AppError::Cloud)?,
+            ),
         };
+        let groups = CloudIdentity::new(CloudIdentityConfig {
+            url: cfg.gcp.cloud_identity_url.clone(),
+            token: groups_token,
+            timeout: cfg.gcp.timeout,
+            page_size: cfg.gcp.groups_page_size,
+        })
+        .map_err(AppError::Cloud)?;
         let iam = GcpIam::new(GcpIamConfig {
             resource_manager_url: cfg.gcp.resource_manager_url.clone(),
             bigquery_url: cfg.gcp.bigquery_url.clone(),
@@ -215,6 +229,7 @@ pub async fn cloud_targets(cfg: &Config, store: &AnyState) -> Result<CloudTarget
         .map_err(AppError::Cloud)?;
         Some(GcpTarget {
             iam,
+            groups,
             retry: retry.clone(),
             conflict_retries: cfg.gcp.conflict_retries,
         })

@@ -116,7 +116,13 @@ impl CloudTargets {
         let (gcp, notes) = desired
             .gcp
             .as_ref()
-            .map(|d| cloud::diff_gcp(d, &BTreeMap::new()))
+            .map(|d| {
+                let (mut steps, mut notes) = cloud::diff_gcp(d, &BTreeMap::new());
+                let (g, n) = cloud::diff_gcp_groups(d, None);
+                steps.extend(g);
+                notes.extend(n);
+                (steps, notes)
+            })
             .unwrap_or_default();
         CloudPlan { aws, gcp, notes }
     }

@@ -6,7 +6,8 @@
 //! - AWS: `ListUsers` (N/1000 calls) + `GetGroup` per managed group (G × members/1000) instead of
 //!   `ListGroupsForUser` per person; `ListUserTags` only when tags are managed (or the mapping is
 //!   by tag); `ListAccessKeys` + `GetLoginProfile` only for offboarded people.
-//! - GCP: one `getIamPolicy` per managed resource (R calls), whatever N is.
+//! - GCP: one `getIamPolicy` per managed resource (R calls), whatever N is; per managed Google
+//!   group, one `groups:lookup` (cached) and its members in pages (`memberships.list`).
 //! - Looker: the catalog once, every user in pages of at most 1,000 (`GET /users`, groups and
 //!   direct roles included), and each user's attribute values only in the rolling audit
 //!   (`reconcile_paged`: everyone every `k` runs; Looker has no bulk read of them).
@@ -18,7 +19,7 @@ use crate::engine::{AppliedCounts, Engine, ProcessError};
 pub use crate::reconcile_paged::ReadOptions;
 use chrono::{DateTime, Utc};
 use gatehouse_domain::cloud::{
-    AwsAccessKey, AwsActual, AwsUser, AwsUserKey, AwsUserMapping, CloudPlan, IamPolicy, Target,
+    AwsAccessKey, AwsActual, AwsUser, AwsUserKey, AwsUserMapping, CloudPlan, GroupHeld, IamPolicy, Target,
 };
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::inactivity::{InactiveUser, InactivityMode};
@@ -45,6 +46,8 @@ pub struct Snapshot {
     pub aws_credentials: BTreeMap<String, (Vec<AwsAccessKey>, bool)>,
     /// `None` when GCP is not configured.
     pub gcp: Option<BTreeMap<String, IamPolicy>>,
+    /// Managed Google groups that exist, with every membership (read only when GCP is).
+    pub gcp_groups: BTreeMap<String, GroupHeld>,
     /// Looker users that look like a person's beside the one resolved (issue 16: reported).
     pub looker_duplicates: usize,
     /// Looker users that are nobody's in the directory (issue 15: orphan candidates).
@@ -215,6 +218,11 @@ fn plan_one(
         });
         cloud.gcp = steps;
         cloud.notes = notes;
+        if snap.gcp.is_some() {
+            let (steps, notes) = gatehouse_domain::cloud::diff_gcp_groups(d, Some(&snap.gcp_groups));
+            cloud.gcp.extend(steps);
+            cloud.notes.extend(notes);
+        }
     }
     SubjectPlan {
         subject: id.key.clone(),
@@ -375,6 +383,22 @@ where
             progress.advance(1);
         }
         snap.gcp = Some(policies);
+        let groups = policy.managed_gcp_groups();
+        progress.phase("read google groups", groups.len());
+        let before = gcp.groups.read_calls();
+        for g in groups {
+            match gcp.groups.list_group(&g).await {
+                Ok(h) => {
+                    snap.gcp_groups.insert(g, h);
+                }
+                Err(e) if e.kind == gatehouse_domain::looker::ErrorKind::NotFound => {
+                    tracing::warn!(group = %g, "google group not found; skipped");
+                }
+                Err(e) => return Err(e.into()),
+            }
+            progress.advance(1);
+        }
+        reads.gcp += gcp.groups.read_calls() - before;
     }
     Ok((snap, reads))
 }

@@ -67,7 +67,8 @@ pub fn estimate(
             .into_iter()
             .map(|g| g.resource)
             .collect();
-        resources.len() as u64
+        // Google groups: a lookup and at least one page of members each.
+        resources.len() as u64 + 2 * policy.managed_gcp_groups().len() as u64
     });
     Estimate { looker, aws, gcp }
 }

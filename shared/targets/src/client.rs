@@ -1,7 +1,8 @@
 //! The API clients the targets drive: Looker (users, groups, roles, content hand-over), AWS IAM,
-//! GCP IAM and AWS IAM Identity Center.
+//! GCP IAM (+ Google groups over Cloud Identity) and AWS IAM Identity Center.
 
 pub mod aws_iam;
+pub mod cloud_identity;
 pub mod gcp_iam;
 pub mod identity_center;
 pub mod looker;

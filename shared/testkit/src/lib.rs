@@ -13,6 +13,7 @@
 //! * [`fault_proxy`]: a TCP proxy that drops and stalls connections (between Gatehouse and a queue).
 //! * [`fuzz`]: proptest generators for fuzzing parsers of outside input (bytes, JSON, mutations).
 
+pub mod cloud_identity_fake;
 pub mod fault_proxy;
 pub mod fuzz;
 pub mod gcp_iam_fake;

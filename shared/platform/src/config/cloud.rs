@@ -58,6 +58,12 @@ pub struct GcpConfig {
     pub bigquery_url: String,
     #[serde(default = "default_iam")]
     pub iam_url: String,
+    /// The Cloud Identity Groups API (rules' `gcp_groups`).
+    #[serde(default = "default_cloud_identity")]
+    pub cloud_identity_url: String,
+    /// Memberships per `groups.memberships.list` page in reconcile (1..=1000).
+    #[serde(default = "default_groups_page_size")]
+    pub groups_page_size: u32,
     /// Where the OAuth access token comes from.
     #[serde(default)]
     pub token: GcpTokenSource,
@@ -195,6 +201,12 @@ fn default_bigquery() -> String {
 fn default_iam() -> String {
     "https://iam.googleapis.com".into()
 }
+fn default_cloud_identity() -> String {
+    "https://cloudidentity.googleapis.com".into()
+}
+fn default_groups_page_size() -> u32 {
+    200
+}
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -252,6 +264,13 @@ impl GcpConfig {
         check_url("gcp.resource_manager_url", Some(&self.resource_manager_url))?;
         check_url("gcp.bigquery_url", Some(&self.bigquery_url))?;
         check_url("gcp.iam_url", Some(&self.iam_url))?;
+        check_url("gcp.cloud_identity_url", Some(&self.cloud_identity_url))?;
+        if !(1..=1000).contains(&self.groups_page_size) {
+            return Err(ConfigError::new(
+                "gcp.groups_page_size",
+                "must be between 1 and 1000",
+            ));
+        }
         if self.conflict_retries == 0 {
             return Err(ConfigError::new("gcp.conflict_retries", "must be at least 1"));
         }
@@ -435,6 +454,16 @@ mod tests {
         );
         let e = load("[gcp]\niam_url = \"iam.googleapis.com\"\n", &[]).unwrap_err();
         assert_eq!(e.field, "gcp.iam_url", "{e}");
+        for (toml, field) in [
+            ("[gcp]\ngroups_page_size = 0\n", "gcp.groups_page_size"),
+            ("[gcp]\ngroups_page_size = 1001\n", "gcp.groups_page_size"),
+            (
+                "[gcp]\ncloud_identity_url = \"cloudidentity\"\n",
+                "gcp.cloud_identity_url",
+            ),
+        ] {
+            assert_eq!(load(toml, &[]).unwrap_err().field, field, "{toml}");
+        }
         let e = load("[gcp]\nenabeld = true\n", &[]).unwrap_err();
         assert_eq!(e.field, "gcp.enabeld", "{e}");
     }

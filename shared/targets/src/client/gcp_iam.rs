@@ -95,20 +95,7 @@ impl GcpIam {
     }
 
     async fn authorize(&self, req: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, CloudError> {
-        match &self.cfg.token {
-            TokenSource::Static(t) => Ok(req.bearer_auth(t.expose_secret())),
-            TokenSource::Adc(creds) => {
-                use google_cloud_auth::credentials::CacheableResource;
-                match creds.headers(Default::default()).await {
-                    Ok(CacheableResource::New { data, .. }) => Ok(req.headers(data)),
-                    Ok(CacheableResource::NotModified) => {
-                        Err(err(ErrorKind::Transient, None, "credentials returned no headers"))
-                    }
-                    Err(e) if e.is_transient() => Err(err(ErrorKind::Transient, None, format!("token: {e}"))),
-                    Err(e) => Err(err(ErrorKind::Unauthorized, None, format!("token: {e}"))),
-                }
-            }
-        }
+        authorize(&self.cfg.token, req).await
     }
 
     async fn post(
@@ -190,8 +177,29 @@ impl GcpIam {
     }
 }
 
+/// The bearer token (or ADC headers) on a request to a Google API.
+pub(crate) async fn authorize(
+    token: &TokenSource,
+    req: reqwest::RequestBuilder,
+) -> Result<reqwest::RequestBuilder, CloudError> {
+    match token {
+        TokenSource::Static(t) => Ok(req.bearer_auth(t.expose_secret())),
+        TokenSource::Adc(creds) => {
+            use google_cloud_auth::credentials::CacheableResource;
+            match creds.headers(Default::default()).await {
+                Ok(CacheableResource::New { data, .. }) => Ok(req.headers(data)),
+                Ok(CacheableResource::NotModified) => {
+                    Err(err(ErrorKind::Transient, None, "credentials returned no headers"))
+                }
+                Err(e) if e.is_transient() => Err(err(ErrorKind::Transient, None, format!("token: {e}"))),
+                Err(e) => Err(err(ErrorKind::Unauthorized, None, format!("token: {e}"))),
+            }
+        }
+    }
+}
+
 /// Google's `{"error": {"message", "status"}}`.
-fn google_error(text: &str) -> (String, Option<String>) {
+pub(crate) fn google_error(text: &str) -> (String, Option<String>) {
     let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
     let message = v["error"]["message"]
         .as_str()

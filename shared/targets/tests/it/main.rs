@@ -3,6 +3,7 @@
 mod aws_iam;
 mod aws_iam_sweep;
 mod contract;
+mod gcp_groups;
 mod gcp_iam;
 mod identity_center;
 mod looker;

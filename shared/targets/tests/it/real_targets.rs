@@ -240,10 +240,21 @@ impl Gcp {
             timeout: Duration::from_secs(10),
         })
         .unwrap();
+        // No group is managed here: the groups client is never called.
+        let groups = gatehouse_targets::client::cloud_identity::CloudIdentity::new(
+            gatehouse_targets::client::cloud_identity::CloudIdentityConfig {
+                url: fake.base_url(),
+                token: TokenSource::Static(fake.token().into()),
+                timeout: Duration::from_secs(10),
+                page_size: 100,
+            },
+        )
+        .unwrap();
         Gcp {
             fake,
             resource,
             target: GcpTarget {
+                groups,
                 iam,
                 retry: retry(),
                 conflict_retries: 3,
@@ -266,6 +277,9 @@ impl Gcp {
             },
             managed: BTreeSet::from([grant]),
             former_members: Vec::new(),
+            groups: BTreeMap::new(),
+            managed_groups: BTreeSet::new(),
+            previous_emails: Vec::new(),
         }
     }
 }
