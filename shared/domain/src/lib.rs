@@ -13,6 +13,7 @@
 //! - [`schedule`]: one leader per scheduled reconcile tick, the rolling audit's run counter.
 //! - [`target`]: the one port every changed system implements (read, diff, send, classify).
 
+pub mod actor;
 pub mod breaker;
 pub mod cloud;
 pub mod cloud_audit;
@@ -33,6 +34,7 @@ pub mod okta;
 pub mod okta_log;
 pub mod plan;
 pub mod policy;
+pub mod policy_review;
 pub mod ports;
 pub mod schedule;
 pub mod scim_filter;

@@ -11,6 +11,7 @@ mod okta_api;
 mod queue;
 mod rotator;
 mod safety;
+mod audit;
 mod scim;
 mod secret;
 mod server;
@@ -29,6 +30,7 @@ pub use rotator::{
     StoreConfig,
 };
 pub use safety::{Protected, SafetyConfig};
+pub use audit::{AuditConfig, HeadExportConfig, HeadSinkKind};
 pub use scim::ScimConfig;
 pub use secret::{MIN_SECRET_CHARS, WHSEC_MAX_BYTES, WHSEC_MIN_BYTES, check_token, check_whsec};
 pub use server::ServerConfig;
@@ -112,6 +114,9 @@ pub struct Config {
     /// circuit breaker.
     #[serde(default)]
     pub safety: SafetyConfig,
+    /// `[audit.head_export]`: export the ledger's chain head on a schedule (issue 15).
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 /// `[identity]`: limits on the people any intake may bring in.
@@ -658,6 +663,7 @@ impl Config {
         self.aws.validate()?;
         self.identity.validate(&self.aws)?;
         self.safety.validate()?;
+        self.audit.validate()?;
         self.gcp.validate()?;
         self.reconcile.validate()?;
         self.looker.budget.validate()?;
