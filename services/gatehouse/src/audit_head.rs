@@ -39,7 +39,9 @@ pub async fn head(cfg: &Config, export: bool) -> anyhow::Result<()> {
 fn read_exported(from: &str) -> anyhow::Result<ExportedHead> {
     let text = if from == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("cannot read the exported head from stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read the exported head from stdin")?;
         s
     } else if from.starts_with("s3://") {
         bail!("s3:// exported heads are not supported yet: copy the object to a file and pass its path");

@@ -474,7 +474,10 @@ mod tests {
     fn the_policy_digest_and_the_actor_are_carried() {
         let e = event(&row("looker", Method::Delete, "/users/7", None, "ok"));
         let labels = e["metadata"]["labels"].as_array().unwrap();
-        assert!(labels.contains(&json!(format!("policy_digest:{}", "d".repeat(64)))), "{e}");
+        assert!(
+            labels.contains(&json!(format!("policy_digest:{}", "d".repeat(64)))),
+            "{e}"
+        );
         assert!(labels.contains(&json!("actor:event:okta:e1")), "{e}");
         assert_eq!(e["unmapped"]["policy_digest"], "d".repeat(64));
         assert_eq!(e["unmapped"]["actor"], "event:okta:e1");

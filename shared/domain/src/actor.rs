@@ -57,8 +57,14 @@ mod tests {
     #[test]
     fn an_event_names_its_envelope_and_a_manual_one_its_operator() {
         let raw = serde_json::json!({"actor": "alice"});
-        assert_eq!(of_envelope(&env(Source::Okta, "okta:abc", raw.clone())), "event:okta:abc");
-        assert_eq!(of_envelope(&env(Source::Manual, "manual:offboard:1", raw)), "operator:alice");
+        assert_eq!(
+            of_envelope(&env(Source::Okta, "okta:abc", raw.clone())),
+            "event:okta:abc"
+        );
+        assert_eq!(
+            of_envelope(&env(Source::Manual, "manual:offboard:1", raw)),
+            "operator:alice"
+        );
         assert_eq!(
             of_envelope(&env(Source::Manual, "manual:1", serde_json::json!({}))),
             "event:manual:1"

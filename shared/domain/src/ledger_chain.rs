@@ -182,8 +182,14 @@ pub enum AnchorBreak {
     #[error("the exported head names ledger row {seq}, which the ledger no longer holds")]
     Missing { seq: i64 },
     /// The row is there but its hash differs: history up to it was rewritten.
-    #[error("ledger row {seq} has hash {found}, but the exported head recorded {exported}: the ledger was rewritten")]
-    HashMismatch { seq: i64, exported: String, found: String },
+    #[error(
+        "ledger row {seq} has hash {found}, but the exported head recorded {exported}: the ledger was rewritten"
+    )]
+    HashMismatch {
+        seq: i64,
+        exported: String,
+        found: String,
+    },
     /// The chain from the exported head on is broken.
     #[error(transparent)]
     Chain(#[from] ChainBreak),

@@ -253,7 +253,12 @@ pub fn review<'a>(
 /// The review as a reviewer reads it (what `gatehouse plan --policy` prints).
 pub fn render_text(r: &PolicyReview) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "policy {} -> {}", short(&r.current_digest), short(&r.new_digest));
+    let _ = writeln!(
+        s,
+        "policy {} -> {}",
+        short(&r.current_digest),
+        short(&r.new_digest)
+    );
     if r.is_unchanged() {
         let _ = writeln!(
             s,
@@ -282,12 +287,7 @@ pub fn render_text(r: &PolicyReview) -> String {
     for (rule, c) in &r.per_rule {
         let _ = writeln!(s, "  {rule}: {}", counts(c));
     }
-    let _ = writeln!(
-        s,
-        "{} of {} people affected",
-        r.people.len(),
-        r.evaluated
-    );
+    let _ = writeln!(s, "{} of {} people affected", r.people.len(), r.evaluated);
     s
 }
 
@@ -456,7 +456,12 @@ looker_roles = ["Viewer"]
                 people: 2
             }
         );
-        assert_eq!(r.per_target.len(), 1, "nothing changes in aws: {:?}", r.per_target);
+        assert_eq!(
+            r.per_target.len(),
+            1,
+            "nothing changes in aws: {:?}",
+            r.per_target
+        );
         assert_eq!(r.per_target["looker"].people, 3);
         let text = render_text(&r);
         assert!(text.contains("  + looker group Oncall  [engineers]"), "{text}");
@@ -471,7 +476,10 @@ looker_roles = ["Viewer"]
         let new = Policy::from_toml(
             &CURRENT
                 .replace("looker_roles = [\"Developer\"]", "looker_roles = []")
-                .replace("[\"Viewer\", \"Finance Analyst\"]", "[\"Viewer\", \"Finance Analyst\", \"Developer\"]"),
+                .replace(
+                    "[\"Viewer\", \"Finance Analyst\"]",
+                    "[\"Viewer\", \"Finance Analyst\", \"Developer\"]",
+                ),
         )
         .unwrap();
         let ppl = people();

@@ -702,7 +702,15 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         // no trace but its held row (and ledger row), so a release handles it from scratch.
         if let (Some(breaker), Some(before)) = (&self.breaker, &before)
             && breaker
-                .admit(&self.store, env, before, &desired, &plan, &cloud_plan, self.policy.digest.as_str())
+                .admit(
+                    &self.store,
+                    env,
+                    before,
+                    &desired,
+                    &plan,
+                    &cloud_plan,
+                    self.policy.digest.as_str(),
+                )
                 .await?
         {
             return Ok(Handled::Held);

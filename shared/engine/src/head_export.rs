@@ -48,7 +48,10 @@ pub enum HeadExportError {
 }
 
 /// The store's chain head now (`None`: an empty ledger).
-pub async fn current<S: StateStore>(store: &S, now: DateTime<Utc>) -> Result<Option<ExportedHead>, BackendError> {
+pub async fn current<S: StateStore>(
+    store: &S,
+    now: DateTime<Utc>,
+) -> Result<Option<ExportedHead>, BackendError> {
     Ok(store.ledger_head().await?.map(|h| ExportedHead {
         seq: h.seq,
         hash: h.hash,
@@ -178,8 +181,18 @@ mod tests {
     #[test]
     fn a_bad_exported_head_is_refused_with_a_reason() {
         assert!(parse_exported("").unwrap_err().to_string().contains("empty"));
-        assert!(parse_exported("{\"seq\":1}").unwrap_err().to_string().contains("not valid"));
+        assert!(
+            parse_exported("{\"seq\":1}")
+                .unwrap_err()
+                .to_string()
+                .contains("not valid")
+        );
         let bad_hash = r#"{"seq":1,"hash":"xyz","time":"2026-01-01T00:00:00Z"}"#;
-        assert!(parse_exported(bad_hash).unwrap_err().to_string().contains("64 hex"));
+        assert!(
+            parse_exported(bad_hash)
+                .unwrap_err()
+                .to_string()
+                .contains("64 hex")
+        );
     }
 }

@@ -112,7 +112,11 @@ fn ledger_entry(
         },
         status: status.into(),
         policy_digest: Some("d".repeat(64)),
-        actor: Some(if n % 2 == 0 { format!("event:okta:env-{n}") } else { "operator:alice".into() }),
+        actor: Some(if n % 2 == 0 {
+            format!("event:okta:env-{n}")
+        } else {
+            "operator:alice".into()
+        }),
     }
 }
 

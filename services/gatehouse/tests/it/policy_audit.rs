@@ -46,13 +46,16 @@ async fn rewrite(data: &Path, seq: i64) {
     let db = Sqlite::open(data).await.unwrap();
     let rows = db.ledger_since(None).await.unwrap();
     db.close().await;
-    let mut sql = String::from("DROP TRIGGER IF EXISTS ledger_no_update; DROP TRIGGER IF EXISTS ledger_no_delete;");
+    let mut sql =
+        String::from("DROP TRIGGER IF EXISTS ledger_no_update; DROP TRIGGER IF EXISTS ledger_no_delete;");
     let mut prev = ledger_chain::GENESIS.to_string();
     for r in &rows {
         let mut e = r.entry.clone();
         if r.seq == seq {
             e.status = "skipped".into();
-            sql.push_str(&format!("UPDATE ledger SET status = 'skipped' WHERE seq = {seq};"));
+            sql.push_str(&format!(
+                "UPDATE ledger SET status = 'skipped' WHERE seq = {seq};"
+            ));
         }
         let hash = ledger_chain::row_hash(r.seq, &e, &prev);
         sql.push_str(&format!(
@@ -65,7 +68,10 @@ async fn rewrite(data: &Path, seq: i64) {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", data.join("gatehouse.db").display()))
         .await
         .unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&pool)
+        .await
+        .unwrap();
     pool.close().await;
 }
 
@@ -77,12 +83,17 @@ async fn an_exported_head_catches_a_rewritten_ledger_that_plain_verify_passes() 
     let cfg = dir.path().join("gatehouse.toml");
     std::fs::write(
         &cfg,
-        format!("[audit.head_export]\nsink = \"file\"\npath = {:?}\n", heads.display().to_string()),
+        format!(
+            "[audit.head_export]\nsink = \"file\"\npath = {:?}\n",
+            heads.display().to_string()
+        ),
     )
     .unwrap();
     let cfg = cfg.to_str().unwrap();
     let db = Sqlite::open(&data).await.unwrap();
-    db.append_ledger(&(1..=4).map(entry).collect::<Vec<_>>()).await.unwrap();
+    db.append_ledger(&(1..=4).map(entry).collect::<Vec<_>>())
+        .await
+        .unwrap();
     db.close().await;
 
     // Export: the CLI prints the head and appends it to the file sink.
@@ -102,7 +113,10 @@ async fn an_exported_head_catches_a_rewritten_ledger_that_plain_verify_passes() 
     let heads_arg = heads.to_str().unwrap();
     let (code, out, err) = run(&data, &["audit", "verify", "--against", heads_arg], &[]);
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains("ledger ok: 6 rows") && out.contains("(seq 4)"), "{out}");
+    assert!(
+        out.contains("ledger ok: 6 rows") && out.contains("(seq 4)"),
+        "{out}"
+    );
     let o = bin()
         .args(["audit", "verify", "--against", "-"])
         .env("GATEHOUSE_DATA_DIR", &data)
@@ -127,7 +141,12 @@ async fn an_exported_head_catches_a_rewritten_ledger_that_plain_verify_passes() 
     std::fs::write(dir.path().join("bad.json"), "{\"seq\": 4}\n").unwrap();
     let (code, _, err) = run(
         &data,
-        &["audit", "verify", "--against", dir.path().join("bad.json").to_str().unwrap()],
+        &[
+            "audit",
+            "verify",
+            "--against",
+            dir.path().join("bad.json").to_str().unwrap(),
+        ],
         &[],
     );
     assert_eq!(code, Some(1));
@@ -149,7 +168,9 @@ async fn standalone_exports_the_head_to_the_log_on_its_interval() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let db = Sqlite::open(&data).await.unwrap();
-    db.append_ledger(&(1..=3).map(entry).collect::<Vec<_>>()).await.unwrap();
+    db.append_ledger(&(1..=3).map(entry).collect::<Vec<_>>())
+        .await
+        .unwrap();
     let head = db.ledger_head().await.unwrap().unwrap();
     db.close().await;
     let cfg = dir.path().join("gatehouse.toml");
@@ -182,7 +203,11 @@ async fn standalone_exports_the_head_to_the_log_on_its_interval() {
         }
     };
     let v: serde_json::Value = serde_json::from_str(&found).unwrap();
-    let fields = if v.get("fields").is_some() { &v["fields"] } else { &v };
+    let fields = if v.get("fields").is_some() {
+        &v["fields"]
+    } else {
+        &v
+    };
     assert_eq!(fields["seq"], head.seq, "{found}");
     assert_eq!(fields["hash"], head.hash, "{found}");
     child.kill().await.unwrap();
@@ -284,12 +309,19 @@ async fn plan_policy_shows_exactly_the_people_and_grants_a_change_affects() {
     std::fs::write(
         &new,
         CURRENT
-            .replace("looker_groups = [\"Engineers\"]", "looker_groups = [\"Engineers\", \"Oncall\"]")
+            .replace(
+                "looker_groups = [\"Engineers\"]",
+                "looker_groups = [\"Engineers\", \"Oncall\"]",
+            )
             .replace("[\"Viewer\", \"Finance Analyst\"]", "[\"Viewer\"]"),
     )
     .unwrap();
     let vars = [("GATEHOUSE_POLICY", current.to_str().unwrap())];
-    let (code, out, err) = run(&data, &["plan", "--policy", new.to_str().unwrap(), "--json"], &vars);
+    let (code, out, err) = run(
+        &data,
+        &["plan", "--policy", new.to_str().unwrap(), "--json"],
+        &vars,
+    );
     assert_eq!(code, Some(0), "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["evaluated"], 4, "{out}");
@@ -302,10 +334,17 @@ async fn plan_policy_shows_exactly_the_people_and_grants_a_change_affects() {
                 p[k].as_array()
                     .unwrap()
                     .iter()
-                    .map(|g| format!("{} {} {} [{}]", g["target"], g["kind"], g["name"], g["rule"]).replace('"', ""))
+                    .map(|g| {
+                        format!("{} {} {} [{}]", g["target"], g["kind"], g["name"], g["rule"])
+                            .replace('"', "")
+                    })
                     .collect::<Vec<_>>()
             };
-            (p["subject"].as_str().unwrap().to_string(), names("added"), names("removed"))
+            (
+                p["subject"].as_str().unwrap().to_string(),
+                names("added"),
+                names("removed"),
+            )
         })
         .collect();
     assert_eq!(
@@ -334,10 +373,17 @@ async fn plan_policy_shows_exactly_the_people_and_grants_a_change_affects() {
 
     let (code, out, err) = run(&data, &["plan", "--policy", current.to_str().unwrap()], &vars);
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains("no change: the new policy grants the same to all 4 people"), "{out}");
+    assert!(
+        out.contains("no change: the new policy grants the same to all 4 people"),
+        "{out}"
+    );
 
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[[rule]]\nname = \"x\"\nwhen = \"everyone\"\nlooker_grups = [\"A\"]\n").unwrap();
+    std::fs::write(
+        &bad,
+        "[[rule]]\nname = \"x\"\nwhen = \"everyone\"\nlooker_grups = [\"A\"]\n",
+    )
+    .unwrap();
     let (code, _, err) = run(&data, &["plan", "--policy", bad.to_str().unwrap()], &vars);
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("looker_grups"), "{err}");

@@ -57,7 +57,10 @@ impl AuditConfig {
             ));
         }
         if h.interval < Duration::from_secs(1) {
-            return Err(ConfigError::new("audit.head_export.interval", "must be at least 1s"));
+            return Err(ConfigError::new(
+                "audit.head_export.interval",
+                "must be at least 1s",
+            ));
         }
         Ok(())
     }

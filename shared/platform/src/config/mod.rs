@@ -2,6 +2,7 @@
 //! environment is injected as a lookup function, so tests never set real variables. Every error
 //! names the field (or variable) at fault; binaries exit 64 on it.
 
+mod audit;
 mod breaker;
 mod cloud;
 mod generic;
@@ -11,13 +12,13 @@ mod okta_api;
 mod queue;
 mod rotator;
 mod safety;
-mod audit;
 mod scim;
 mod secret;
 mod server;
 mod state;
 mod telemetry;
 
+pub use audit::{AuditConfig, HeadExportConfig, HeadSinkKind};
 pub use breaker::{BreakerConfig, Limits as BreakerLimits};
 pub use cloud::{AwsConfig, AwsUserMappingConfig, GcpConfig, GcpTokenSource, Mode, Modes, ReconcileConfig};
 pub use generic::GenericConfig;
@@ -30,7 +31,6 @@ pub use rotator::{
     StoreConfig,
 };
 pub use safety::{Protected, SafetyConfig};
-pub use audit::{AuditConfig, HeadExportConfig, HeadSinkKind};
 pub use scim::ScimConfig;
 pub use secret::{MIN_SECRET_CHARS, WHSEC_MAX_BYTES, WHSEC_MIN_BYTES, check_token, check_whsec};
 pub use server::ServerConfig;

@@ -372,10 +372,18 @@ pub(crate) async fn verify_names_a_changed_digest_or_actor<S: StateStore, T: Tam
     let rows = s.ledger_since(None).await.unwrap();
     assert_eq!(rows[0].entry.actor.as_deref(), Some("event:okta:1"));
     assert_eq!(rows[0].entry.policy_digest, Some(format!("{:064x}", 1)));
-    assert_eq!((rows[3].entry.actor.as_deref(), rows[3].entry.policy_digest.as_deref()), (None, None));
-    db.tamper("UPDATE ledger SET actor = 'operator:mallory' WHERE seq = 5").await;
+    assert_eq!(
+        (
+            rows[3].entry.actor.as_deref(),
+            rows[3].entry.policy_digest.as_deref()
+        ),
+        (None, None)
+    );
+    db.tamper("UPDATE ledger SET actor = 'operator:mallory' WHERE seq = 5")
+        .await;
     assert_eq!(broken(&s).await, ChainBreak::Altered { seq: 5 });
-    db.tamper("UPDATE ledger SET actor = 'event:okta:5' WHERE seq = 5").await;
+    db.tamper("UPDATE ledger SET actor = 'event:okta:5' WHERE seq = 5")
+        .await;
     assert!(ledger_chain::verify_store(&s).await.unwrap().is_ok());
     db.tamper(&format!(
         "UPDATE ledger SET policy_digest = '{}' WHERE seq = 2",
@@ -383,7 +391,8 @@ pub(crate) async fn verify_names_a_changed_digest_or_actor<S: StateStore, T: Tam
     ))
     .await;
     assert_eq!(broken(&s).await, ChainBreak::Altered { seq: 2 });
-    db.tamper("UPDATE ledger SET policy_digest = NULL, actor = NULL WHERE seq = 2").await;
+    db.tamper("UPDATE ledger SET policy_digest = NULL, actor = NULL WHERE seq = 2")
+        .await;
     assert_eq!(broken(&s).await, ChainBreak::Altered { seq: 2 });
 }
 
@@ -407,7 +416,8 @@ pub(crate) async fn verify_against_an_exported_head_sees_a_rewritten_chain<S: St
         "rows appended after the export are fine"
     );
     // The rewrite.
-    db.tamper("UPDATE ledger SET status = 'skipped' WHERE seq = 3").await;
+    db.tamper("UPDATE ledger SET status = 'skipped' WHERE seq = 3")
+        .await;
     let mut prev = rows[1].hash.clone();
     for r in &rows[2..] {
         let mut e = r.entry.clone();
@@ -422,8 +432,12 @@ pub(crate) async fn verify_against_an_exported_head_sees_a_rewritten_chain<S: St
         .await;
         prev = hash;
     }
-    db.tamper(&format!("UPDATE ledger_head SET hash = '{prev}' WHERE id = 1")).await;
-    assert!(ledger_chain::verify_store(&s).await.unwrap().is_ok(), "the rewrite passes plain verify");
+    db.tamper(&format!("UPDATE ledger_head SET hash = '{prev}' WHERE id = 1"))
+        .await;
+    assert!(
+        ledger_chain::verify_store(&s).await.unwrap().is_ok(),
+        "the rewrite passes plain verify"
+    );
     let rows = s.ledger_since(None).await.unwrap();
     let head = s.ledger_head().await.unwrap();
     let e = ledger_chain::verify_against(&rows, head.as_ref(), &exported).unwrap_err();
