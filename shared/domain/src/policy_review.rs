@@ -395,6 +395,9 @@ looker_roles = ["Viewer"]
         }
     }
 
+    /// Subject, added, removed, released (each `grant [rule]`).
+    type Summary = (String, Vec<String>, Vec<String>, Vec<String>);
+
     #[test]
     fn an_added_group_and_a_removed_role_show_exactly_those_people_and_grants() {
         let current = Policy::from_toml(CURRENT).unwrap();
@@ -402,7 +405,7 @@ looker_roles = ["Viewer"]
         let ppl = people();
         let r = review(&current, &new, &ppl, &targets(), Utc::now());
         assert_eq!(r.evaluated, 4);
-        let summary: Vec<(String, Vec<String>, Vec<String>, Vec<String>)> = r
+        let summary: Vec<Summary> = r
             .people
             .iter()
             .map(|p| {

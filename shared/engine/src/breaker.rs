@@ -63,6 +63,7 @@ impl Breaker {
 
     /// Count the changes `env`'s plans make; `true` when the envelope is held (or was before)
     /// and must not be applied.
+    #[allow(clippy::too_many_arguments)] // the plans to classify, and the ledger row's digest
     pub(crate) async fn admit<S: StateStore>(
         &self,
         store: &S,
@@ -116,8 +117,10 @@ impl Breaker {
                             "hold",
                             serde_json::json!({ "source": source, "trip": tripped }),
                             "held",
-                            gatehouse_domain::actor::of_envelope(env),
-                            Some(policy_digest),
+                            By {
+                                actor: gatehouse_domain::actor::of_envelope(env),
+                                policy_digest: Some(policy_digest),
+                            },
                         )])
                         .await?;
                     return Ok(true);
@@ -128,6 +131,7 @@ impl Breaker {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one breaker row's fields
 fn ledger(
     envelope_id: &str,
     subject: &str,
@@ -136,8 +140,7 @@ fn ledger(
     action: &str,
     body: serde_json::Value,
     status: &str,
-    actor: String,
-    policy_digest: Option<&str>,
+    by: By<'_>,
 ) -> LedgerEntry {
     LedgerEntry {
         at: Utc::now(),
@@ -152,9 +155,15 @@ fn ledger(
             body: Some(body),
         },
         status: status.into(),
-        policy_digest: policy_digest.map(str::to_string),
-        actor: Some(actor),
+        policy_digest: by.policy_digest.map(str::to_string),
+        actor: Some(by.actor),
     }
+}
+
+/// Who a breaker row is by (issue 15): the actor and the policy digest it records.
+struct By<'a> {
+    actor: String,
+    policy_digest: Option<&'a str>,
 }
 
 /// The decision row of a `safety release|discard` (one per run, naming who ran it).
@@ -251,8 +260,10 @@ pub async fn release<S: StateStore, L: LookerPort>(
                 "release",
                 serde_json::json!({ "actor": actor, "source": h.source, "handled": format!("{handled:?}") }),
                 &format!("released by {actor}"),
-                gatehouse_domain::actor::operator(actor),
-                Some(engine.policy().digest.as_str()),
+                By {
+                    actor: gatehouse_domain::actor::operator(actor),
+                    policy_digest: Some(engine.policy().digest.as_str()),
+                },
             )])
             .await?;
     }
@@ -293,8 +304,10 @@ pub async fn discard<S: StateStore>(
                 "discard",
                 serde_json::json!({ "actor": actor, "source": h.source }),
                 &format!("discarded by {actor}"),
-                gatehouse_domain::actor::operator(actor),
-                None,
+                By {
+                    actor: gatehouse_domain::actor::operator(actor),
+                    policy_digest: None,
+                },
             )])
             .await?;
     }

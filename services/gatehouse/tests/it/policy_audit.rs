@@ -253,6 +253,9 @@ fn person(n: u32, groups: &[&str]) -> Vec<Envelope> {
     out
 }
 
+/// Subject, added, removed (each `target kind name [rule]`).
+type Person = (String, Vec<String>, Vec<String>);
+
 const CURRENT: &str = r#"
 [[rule]]
 name = "engineers"
@@ -325,7 +328,7 @@ async fn plan_policy_shows_exactly_the_people_and_grants_a_change_affects() {
     assert_eq!(code, Some(0), "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["evaluated"], 4, "{out}");
-    let people: Vec<(String, Vec<String>, Vec<String>)> = v["people"]
+    let people: Vec<Person> = v["people"]
         .as_array()
         .unwrap()
         .iter()
