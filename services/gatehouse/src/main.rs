@@ -5,8 +5,10 @@
 // its layout ("queries overflow the depth limit"); debug builds never compute it.
 #![recursion_limit = "256"]
 
+mod audit_head;
 mod ocsf;
 mod ops;
+mod policy_plan;
 mod report_access;
 mod report_sla;
 
@@ -40,7 +42,7 @@ enum Command {
     Standalone,
     /// Print the exact calls an event (--event) or the first reconcile (--all) would cause, and
     /// which steps the safety rails withhold and why, changing nothing.
-    #[command(group(ArgGroup::new("what").required(true).args(["event", "all"])))]
+    #[command(group(ArgGroup::new("what").required(true).args(["event", "all", "policy"])))]
     Plan {
         /// An Okta event hook body (JSON).
         #[arg(long)]
@@ -49,6 +51,10 @@ enum Command {
         /// target mode (run it before the first reconcile is allowed to write).
         #[arg(long)]
         all: bool,
+        /// A changed policy file: the grants it adds and removes, per target, person and rule,
+        /// for everyone in the directory, against the running policy (no target is called).
+        #[arg(long)]
+        policy: Option<PathBuf>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -160,7 +166,19 @@ enum AuditCommand {
     },
     /// Check the hash chain: exit 0 when intact, else name the first altered, removed or
     /// reordered row and exit 1.
-    Verify,
+    Verify {
+        /// A chain head exported earlier (`audit head --export`): a file of JSON lines (the
+        /// last line counts), `-` for standard input, or `s3://BUCKET/KEY`. The ledger must
+        /// still hold that seq with that hash.
+        #[arg(long)]
+        against: Option<String>,
+    },
+    /// Print the chain head (seq, hash, time) as JSON; `--export` also writes it to the
+    /// configured sink (`[audit.head_export]`).
+    Head {
+        #[arg(long)]
+        export: bool,
+    },
 }
 
 
@@ -271,6 +289,11 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plan {
+            policy: Some(new),
+            json,
+            ..
+        } => policy_plan::plan_policy(&cfg, &new, json).await,
+        Command::Plan {
             event: Some(event),
             json,
             ..
@@ -299,7 +322,7 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             command: AuditCommand::Export { since, format },
         } => ocsf::audit_export(&cfg, since, format).await,
         Command::Audit {
-            command: AuditCommand::Verify,
+            command: AuditCommand::Verify { against: None },
         } => ops::audit_verify(&cfg).await,
         Command::Report {
             command:
@@ -318,6 +341,12 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
                     refresh,
                 },
         } => report_access::report_access(&cfg, as_of, format, refresh).await,
+        Command::Audit {
+            command: AuditCommand::Verify { against: Some(from) },
+        } => audit_head::verify_against(&cfg, &from).await,
+        Command::Audit {
+            command: AuditCommand::Head { export },
+        } => audit_head::head(&cfg, export).await,
         Command::Dlq { command } => {
             let action = match command {
                 DlqCommand::List => ops::DlqAction::List,

@@ -214,6 +214,33 @@ fn status_id(status: &str) -> u32 {
     }
 }
 
+/// `metadata.labels`: the row's policy digest and actor (issue 15), in every class.
+fn labels(e: &gatehouse_domain::ports::LedgerEntry) -> Vec<String> {
+    let mut l = Vec::new();
+    if let Some(d) = &e.policy_digest {
+        l.push(format!("policy_digest:{d}"));
+    }
+    if let Some(a) = &e.actor {
+        l.push(format!("actor:{a}"));
+    }
+    l
+}
+
+/// OCSF `actor` of an Account Change: the operator who ran a command as a user, else Gatehouse
+/// (the service) invoked by the event or the reconcile named in `invoked_by`.
+fn actor(row_actor: Option<&str>) -> Value {
+    match row_actor {
+        Some(a) if a.starts_with("operator:") => json!({
+            "invoked_by": "gatehouse",
+            "user": {"name": &a["operator:".len()..], "type_id": 1, "type": "User"},
+        }),
+        other => json!({
+            "invoked_by": other.unwrap_or("gatehouse"),
+            "user": {"name": "gatehouse", "type_id": 99, "type": "Service"},
+        }),
+    }
+}
+
 /// One ledger row as one OCSF event.
 pub fn event(row: &LedgerRow) -> Value {
     let e = &row.entry;
@@ -252,22 +279,23 @@ pub fn event(row: &LedgerRow) -> Value {
             "event_code": e.event,
             "log_name": "ledger",
             "log_provider": "gatehouse",
+            "labels": labels(e),
         },
         "unmapped": {
             "rule": e.rule,
             "target": e.target,
             "ledger": {"seq": row.seq, "prev_hash": row.prev_hash, "hash": row.hash},
+            "policy_digest": e.policy_digest,
+            "actor": e.actor,
         },
     });
     let user = json!({"uid": e.subject, "name": e.subject});
     match map(row) {
         Mapped::Account(_) => {
             ev["user"] = user;
-            // Entity Management (1.1.0) has no `actor`: there the entity's type and data say it.
-            ev["actor"] = json!({
-                "invoked_by": "gatehouse",
-                "user": {"name": "gatehouse", "type_id": 99, "type": "Service"},
-            });
+            // Entity Management (1.1.0) has no `actor`: there `metadata.labels` and
+            // `unmapped.actor` carry who caused the row.
+            ev["actor"] = actor(e.actor.as_deref());
         }
         Mapped::Entity(_, kind) => {
             let mut entity = json!({"type": kind, "uid": e.call.path, "name": e.call.path});
@@ -309,6 +337,8 @@ mod tests {
                     body,
                 },
                 status: status.into(),
+                policy_digest: Some("d".repeat(64)),
+                actor: Some("event:okta:e1".into()),
             },
             prev_hash: "p".repeat(64),
             hash: "h".repeat(64),
@@ -438,5 +468,30 @@ mod tests {
         ] {
             assert_eq!(status_id(status), want, "{status}");
         }
+    }
+
+    #[test]
+    fn the_policy_digest_and_the_actor_are_carried() {
+        let e = event(&row("looker", Method::Delete, "/users/7", None, "ok"));
+        let labels = e["metadata"]["labels"].as_array().unwrap();
+        assert!(
+            labels.contains(&json!(format!("policy_digest:{}", "d".repeat(64)))),
+            "{e}"
+        );
+        assert!(labels.contains(&json!("actor:event:okta:e1")), "{e}");
+        assert_eq!(e["unmapped"]["policy_digest"], "d".repeat(64));
+        assert_eq!(e["unmapped"]["actor"], "event:okta:e1");
+        assert_eq!(e["actor"]["invoked_by"], "event:okta:e1");
+        let mut r = row("looker", Method::Delete, "/users/7", None, "ok");
+        r.entry.actor = Some("operator:alice".into());
+        let e = event(&r);
+        assert_eq!(e["actor"]["user"]["name"], "alice");
+        assert_eq!(e["actor"]["user"]["type"], "User");
+        // An old row without them: no labels, no actor beyond the service.
+        r.entry.actor = None;
+        r.entry.policy_digest = None;
+        let e = event(&r);
+        assert_eq!(e["metadata"]["labels"], json!([]));
+        assert_eq!(e["actor"]["invoked_by"], "gatehouse");
     }
 }

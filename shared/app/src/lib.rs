@@ -155,6 +155,12 @@ where
         let s = shutdown.clone();
         running.spawn(worker.run(s));
     }
+    if components.processor
+        && let Some(export) = cfg.audit.head_export.clone()
+    {
+        let s = shutdown.clone();
+        running.spawn(gatehouse_engine::head_export::run(state.clone(), export, s));
+    }
     if components.processor && cfg.reconcile.scheduled {
         let cron = cfg.reconcile.cron()?;
         let engine = engine.clone();

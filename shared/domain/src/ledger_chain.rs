@@ -21,12 +21,34 @@ pub struct ChainHead {
 
 /// The canonical encoding hashed for one row: a JSON array of the row's fields in a fixed order
 /// (time as RFC 3339 with milliseconds and `Z`, the call as its JSON), then `prev_hash`.
+///
+/// Versioned: a row with a policy digest or an actor is encoded as `gatehouse-ledger-v2`, which
+/// adds both (so changing either breaks the chain); a row with neither (written before they were
+/// recorded) keeps its `gatehouse-ledger-v1` encoding and still verifies. Removing both from a
+/// v2 row changes its encoding, so that is seen too.
 pub fn canonical(seq: i64, entry: &LedgerEntry, prev_hash: &str) -> String {
     let call = serde_json::to_value(&entry.call).unwrap_or(serde_json::Value::Null);
+    let at = entry.at.to_rfc3339_opts(SecondsFormat::Millis, true);
+    if entry.policy_digest.is_none() && entry.actor.is_none() {
+        return serde_json::json!([
+            "gatehouse-ledger-v1",
+            seq,
+            at,
+            entry.envelope_id,
+            entry.subject,
+            entry.event,
+            entry.rule,
+            call,
+            entry.status,
+            entry.target,
+            prev_hash,
+        ])
+        .to_string();
+    }
     serde_json::json!([
-        "gatehouse-ledger-v1",
+        "gatehouse-ledger-v2",
         seq,
-        entry.at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        at,
         entry.envelope_id,
         entry.subject,
         entry.event,
@@ -34,6 +56,8 @@ pub fn canonical(seq: i64, entry: &LedgerEntry, prev_hash: &str) -> String {
         call,
         entry.status,
         entry.target,
+        entry.policy_digest,
+        entry.actor,
         prev_hash,
     ])
     .to_string()
@@ -151,6 +175,50 @@ pub fn verify(rows: &[LedgerRow], head: Option<&ChainHead>) -> Result<Verified, 
     })
 }
 
+/// What `verify --against` found wrong: the ledger no longer holds an exported chain head.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnchorBreak {
+    /// No row has the exported head's seq (rows removed, or the ledger rebuilt shorter).
+    #[error("the exported head names ledger row {seq}, which the ledger no longer holds")]
+    Missing { seq: i64 },
+    /// The row is there but its hash differs: history up to it was rewritten.
+    #[error(
+        "ledger row {seq} has hash {found}, but the exported head recorded {exported}: the ledger was rewritten"
+    )]
+    HashMismatch {
+        seq: i64,
+        exported: String,
+        found: String,
+    },
+    /// The chain from the exported head on is broken.
+    #[error(transparent)]
+    Chain(#[from] ChainBreak),
+}
+
+/// Check `rows` against a chain head exported earlier: the row with the head's seq must still
+/// have the head's hash, and the chain from there to the last row (and the store's `head`)
+/// must be intact. A ledger rewritten wholesale (a row altered and every hash after it
+/// recomputed) passes [`verify`] but fails this.
+pub fn verify_against(
+    rows: &[LedgerRow],
+    head: Option<&ChainHead>,
+    exported: &ChainHead,
+) -> Result<Verified, AnchorBreak> {
+    let ok = verify(rows, head)?;
+    let row = rows
+        .iter()
+        .find(|r| r.seq == exported.seq)
+        .ok_or(AnchorBreak::Missing { seq: exported.seq })?;
+    if row.hash != exported.hash {
+        return Err(AnchorBreak::HashMismatch {
+            seq: row.seq,
+            exported: exported.hash.clone(),
+            found: row.hash.clone(),
+        });
+    }
+    Ok(ok)
+}
+
 /// Read a store's whole ledger and chain head and verify them. The outer error is the store
 /// failing; the inner one is the chain being broken.
 ///
@@ -192,6 +260,8 @@ mod tests {
             },
             status: "ok".into(),
             target: "looker".into(),
+            policy_digest: Some("ab".repeat(32)),
+            actor: Some("event:okta:e1".into()),
         }
     }
 
@@ -239,6 +309,14 @@ mod tests {
             |e| e.call.method = Method::Delete,
             |e| e.status = "dry_run".into(),
             |e| e.target = "aws".into(),
+            |e| e.policy_digest = Some("cd".repeat(32)),
+            |e| e.policy_digest = None,
+            |e| e.actor = Some("operator:mallory".into()),
+            |e| e.actor = None,
+            |e| {
+                e.policy_digest = None;
+                e.actor = None;
+            },
         ];
         for edit in edits {
             let mut changed = e.clone();
@@ -248,6 +326,86 @@ mod tests {
         for v in variants {
             assert_ne!(v, base);
         }
+    }
+
+    /// Rows written before the digest and the actor were recorded (neither set) keep their v1
+    /// encoding: a ledger mixing them with v2 rows verifies.
+    #[test]
+    fn rows_without_digest_or_actor_keep_the_v1_encoding_and_verify() {
+        let mut old = entry(1);
+        old.policy_digest = None;
+        old.actor = None;
+        assert!(canonical(1, &old, GENESIS).starts_with("[\"gatehouse-ledger-v1\""));
+        // The v1 encoding as it was hashed before v2 existed: unchanged.
+        assert_eq!(
+            canonical(1, &old, GENESIS),
+            format!(
+                "[\"gatehouse-ledger-v1\",1,\"2023-11-14T22:13:20.001Z\",\"e1\",\"okta:1\",\"user_deactivated\",\"offboarding.disable\",{},\"ok\",\"looker\",\"{GENESIS}\"]",
+                serde_json::to_value(&old.call).unwrap()
+            )
+        );
+        assert!(canonical(1, &entry(1), GENESIS).starts_with("[\"gatehouse-ledger-v2\""));
+        let (mut rows, _) = chain(3);
+        let h1 = row_hash(1, &old, GENESIS);
+        rows[0] = LedgerRow {
+            seq: 1,
+            entry: old,
+            prev_hash: GENESIS.into(),
+            hash: h1.clone(),
+        };
+        let h2 = row_hash(2, &rows[1].entry, &h1);
+        rows[1].prev_hash = h1;
+        rows[1].hash = h2.clone();
+        let h3 = row_hash(3, &rows[2].entry, &h2);
+        rows[2].prev_hash = h2;
+        rows[2].hash = h3.clone();
+        let head = ChainHead { seq: 3, hash: h3 };
+        assert_eq!(verify(&rows, Some(&head)).unwrap().rows, 3);
+        // A v2 row whose actor was changed is seen.
+        rows[1].entry.actor = Some("operator:mallory".into());
+        assert_eq!(verify(&rows, Some(&head)), Err(ChainBreak::Altered { seq: 2 }));
+    }
+
+    #[test]
+    fn an_exported_head_catches_a_rewritten_history() {
+        let (rows, head) = chain(5);
+        let exported = ChainHead {
+            seq: 3,
+            hash: rows[2].hash.clone(),
+        };
+        assert_eq!(verify_against(&rows, Some(&head), &exported).unwrap().rows, 5);
+        // Rewrite: alter row 2 and recompute every hash after it (and the head).
+        let mut forged = rows.clone();
+        forged[1].entry.status = "forged".into();
+        let mut prev = forged[0].hash.clone();
+        for r in forged.iter_mut().skip(1) {
+            r.prev_hash = prev.clone();
+            r.hash = row_hash(r.seq, &r.entry, &prev);
+            prev = r.hash.clone();
+        }
+        let forged_head = ChainHead { seq: 5, hash: prev };
+        assert!(verify(&forged, Some(&forged_head)).is_ok());
+        let e = verify_against(&forged, Some(&forged_head), &exported).unwrap_err();
+        assert!(matches!(e, AnchorBreak::HashMismatch { seq: 3, .. }), "{e}");
+        assert!(e.to_string().contains("ledger row 3"), "{e}");
+        // Truncated below the exported seq, chain and head rebuilt: the row is missing.
+        let mut short = rows.clone();
+        short.truncate(2);
+        let short_head = ChainHead {
+            seq: 2,
+            hash: short[1].hash.clone(),
+        };
+        assert_eq!(
+            verify_against(&short, Some(&short_head), &exported),
+            Err(AnchorBreak::Missing { seq: 3 })
+        );
+        // A broken chain after the exported head is reported as such.
+        let mut broken = rows.clone();
+        broken[4].entry.status = "forged".into();
+        assert_eq!(
+            verify_against(&broken, Some(&head), &exported),
+            Err(AnchorBreak::Chain(ChainBreak::Altered { seq: 5 }))
+        );
     }
 
     #[test]

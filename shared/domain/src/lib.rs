@@ -16,6 +16,7 @@
 //! - [`target`]: the one port every changed system implements (read, diff, send, classify).
 
 pub mod access;
+pub mod actor;
 pub mod breaker;
 pub mod cloud;
 pub mod cloud_audit;
@@ -39,6 +40,7 @@ pub mod okta;
 pub mod okta_log;
 pub mod plan;
 pub mod policy;
+pub mod policy_review;
 pub mod ports;
 pub mod schedule;
 pub mod scim_filter;

@@ -47,6 +47,39 @@ pub struct Policy {
     /// License reclamation (`[inactivity]`, issue 15); off when absent.
     #[serde(default)]
     pub inactivity: Option<crate::inactivity::Inactivity>,
+    /// SHA-256 of the policy file's bytes (what every ledger row of a decision records). The
+    /// built-in default policy has the digest of an empty file, which it equals.
+    #[serde(skip)]
+    pub digest: PolicyDigest,
+}
+
+/// SHA-256 (lower-case hex) of a policy file's bytes, exactly as read: `sha256sum policy.toml`
+/// gives the same value, so a reviewer can match a ledger row to a commit of the policy.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyDigest(pub String);
+
+impl PolicyDigest {
+    pub fn of(bytes: &[u8]) -> Self {
+        use sha2::{Digest, Sha256};
+        PolicyDigest(Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for PolicyDigest {
+    /// The digest of an empty file (the built-in default policy).
+    fn default() -> Self {
+        PolicyDigest::of(b"")
+    }
+}
+
+impl std::fmt::Display for PolicyDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// The `[aws]` section of the policy.
@@ -481,8 +514,9 @@ pub enum PolicyError {
 
 impl Policy {
     pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
-        let policy: Policy = toml::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))?;
+        let mut policy: Policy = toml::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))?;
         policy.validate()?;
+        policy.digest = PolicyDigest::of(text.as_bytes());
         Ok(policy)
     }
 
@@ -950,9 +984,24 @@ mod tests {
     }
 
     #[test]
+    fn the_digest_is_the_sha256_of_the_file_bytes() {
+        let text = "[[rule]]\nname='a'\nwhen='everyone'\nlooker_groups=['G']\n";
+        let a = Policy::from_toml(text).unwrap();
+        let b = Policy::from_toml(&format!("{text}\n")).unwrap();
+        assert_eq!(a.digest, PolicyDigest::of(text.as_bytes()));
+        assert_eq!(a.digest.as_str().len(), 64);
+        // The same rules in different bytes: a different file, a different digest.
+        assert_ne!(a.digest, b.digest);
+    }
+
+    #[test]
     fn default_policy_offboards_fully_and_maps_nothing() {
         let p = Policy::from_toml("").unwrap();
         assert_eq!(p, Policy::default());
+        assert_eq!(
+            p.digest.as_str(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
         assert_eq!(p.offboarding, Offboarding::default());
         assert!(p.offboarding.disable && p.offboarding.revoke_sessions && p.offboarding.revoke_api_keys);
         assert!(p.managed_groups().is_empty());

@@ -201,6 +201,14 @@ pub struct LedgerEntry {
     pub call: HttpCall,
     /// `200`, `204`, `dry_run`, `429`, `error: ...`
     pub status: String,
+    /// SHA-256 (hex) of the policy file the decision was made with (`Policy::digest`); `None`
+    /// for rows written before it was recorded and for rows no policy decided (rotations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_digest: Option<String>,
+    /// Who caused the row: `event:<source>:<envelope id>`, `reconcile`, `operator:<name>` (a CLI
+    /// command), `rotator`, `scheduler`; `None` for rows written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
 }
 
 fn looker_target() -> String {

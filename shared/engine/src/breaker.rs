@@ -63,6 +63,7 @@ impl Breaker {
 
     /// Count the changes `env`'s plans make; `true` when the envelope is held (or was before)
     /// and must not be applied.
+    #[allow(clippy::too_many_arguments)] // the plans to classify, and the ledger row's digest
     pub(crate) async fn admit<S: StateStore>(
         &self,
         store: &S,
@@ -71,6 +72,7 @@ impl Breaker {
         after: &DesiredLooker,
         looker: &Plan,
         cloud: &CloudPlan,
+        policy_digest: &str,
     ) -> Result<bool, BackendError> {
         let now = Utc::now();
         let source = env.source.as_str();
@@ -115,6 +117,10 @@ impl Breaker {
                             "hold",
                             serde_json::json!({ "source": source, "trip": tripped }),
                             "held",
+                            By {
+                                actor: gatehouse_domain::actor::of_envelope(env),
+                                policy_digest: Some(policy_digest),
+                            },
                         )])
                         .await?;
                     return Ok(true);
@@ -125,6 +131,7 @@ impl Breaker {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one breaker row's fields
 fn ledger(
     envelope_id: &str,
     subject: &str,
@@ -133,6 +140,7 @@ fn ledger(
     action: &str,
     body: serde_json::Value,
     status: &str,
+    by: By<'_>,
 ) -> LedgerEntry {
     LedgerEntry {
         at: Utc::now(),
@@ -147,11 +155,26 @@ fn ledger(
             body: Some(body),
         },
         status: status.into(),
+        policy_digest: by.policy_digest.map(str::to_string),
+        actor: Some(by.actor),
     }
 }
 
+/// Who a breaker row is by (issue 15): the actor and the policy digest it records.
+struct By<'a> {
+    actor: String,
+    policy_digest: Option<&'a str>,
+}
+
 /// The decision row of a `safety release|discard` (one per run, naming who ran it).
-fn decision_row(action: &str, actor: &str, source: Option<&str>, trips: &[Trip], held: usize) -> LedgerEntry {
+fn decision_row(
+    action: &str,
+    actor: &str,
+    source: Option<&str>,
+    trips: &[Trip],
+    held: usize,
+    policy_digest: Option<&str>,
+) -> LedgerEntry {
     LedgerEntry {
         at: Utc::now(),
         envelope_id: format!("safety:{action}:{}", Utc::now().timestamp_millis()),
@@ -167,6 +190,8 @@ fn decision_row(action: &str, actor: &str, source: Option<&str>, trips: &[Trip],
             })),
         },
         status: format!("ok: by {actor}"),
+        policy_digest: policy_digest.map(str::to_string),
+        actor: Some(gatehouse_domain::actor::operator(actor)),
     }
 }
 
@@ -205,7 +230,14 @@ pub async fn release<S: StateStore, L: LookerPort>(
     let trips = store.breaker_reset(source).await?;
     let held = store.breaker_held(source).await?;
     store
-        .append_ledger(&[decision_row("release", actor, source, &trips, held.len())])
+        .append_ledger(&[decision_row(
+            "release",
+            actor,
+            source,
+            &trips,
+            held.len(),
+            Some(engine.policy().digest.as_str()),
+        )])
         .await?;
     tracing::warn!(
         actor,
@@ -228,6 +260,10 @@ pub async fn release<S: StateStore, L: LookerPort>(
                 "release",
                 serde_json::json!({ "actor": actor, "source": h.source, "handled": format!("{handled:?}") }),
                 &format!("released by {actor}"),
+                By {
+                    actor: gatehouse_domain::actor::operator(actor),
+                    policy_digest: Some(engine.policy().digest.as_str()),
+                },
             )])
             .await?;
     }
@@ -248,7 +284,7 @@ pub async fn discard<S: StateStore>(
     let trips = store.breaker_reset(source).await?;
     let held = store.breaker_held(source).await?;
     store
-        .append_ledger(&[decision_row("discard", actor, source, &trips, held.len())])
+        .append_ledger(&[decision_row("discard", actor, source, &trips, held.len(), None)])
         .await?;
     tracing::warn!(
         actor,
@@ -268,6 +304,10 @@ pub async fn discard<S: StateStore>(
                 "discard",
                 serde_json::json!({ "actor": actor, "source": h.source }),
                 &format!("discarded by {actor}"),
+                By {
+                    actor: gatehouse_domain::actor::operator(actor),
+                    policy_digest: None,
+                },
             )])
             .await?;
     }
@@ -343,6 +383,8 @@ pub async fn offboard<S: StateStore + Directory, L: LookerPort>(
                 body: Some(serde_json::json!({ "actor": actor, "reason": reason, "email": wanted })),
             },
             status: format!("ok: by {actor}"),
+            policy_digest: Some(engine.policy().digest.to_string()),
+            actor: Some(gatehouse_domain::actor::operator(actor)),
         }])
         .await?;
     tracing::warn!(actor, reason, subject = %subject, envelope_id = %id, "emergency offboarding");

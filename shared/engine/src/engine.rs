@@ -764,7 +764,15 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         // no trace but its held row (and ledger row), so a release handles it from scratch.
         if let (Some(breaker), Some(before)) = (&self.breaker, &before)
             && breaker
-                .admit(&self.store, env, before, &desired, &plan, &cloud_plan)
+                .admit(
+                    &self.store,
+                    env,
+                    before,
+                    &desired,
+                    &plan,
+                    &cloud_plan,
+                    self.policy.digest.as_str(),
+                )
                 .await?
         {
             return Ok(Handled::Held);
@@ -789,7 +797,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         };
         // The grace period runs from when Gatehouse offboarded the person, never from an old event time.
         let deletion = deletion_change(&desired, &identity, Utc::now());
-        let ctx = ctx(env, desired.email.as_deref());
+        let ctx = ctx(env, desired.email.as_deref(), &self.policy);
         let run = self.run(&ctx);
         let looker_part = async {
             let live = self.looker.client().is_some();
@@ -1003,6 +1011,8 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             subject: identity.key.clone(),
             event: env.source_event_type.clone(),
             email: desired.email.clone(),
+            actor: gatehouse_domain::actor::of_envelope(env),
+            policy_digest: Some(self.policy.digest.to_string()),
         };
         Ok(self.apply_reconcile(&ctx, Some(&plan), &cloud_plan).await?.writes)
     }
@@ -1023,6 +1033,8 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                 subject: d.subject.clone(),
                 event: "scheduled_deletion".into(),
                 email: Some(d.email.clone()),
+                actor: gatehouse_domain::actor::SCHEDULER.into(),
+                policy_digest: Some(self.policy.digest.to_string()),
             };
             let run = self.run(&ctx);
             let plan = |user| Plan {
@@ -1118,12 +1130,14 @@ pub struct AppliedCounts {
 }
 
 /// The ledger context of an envelope's calls.
-fn ctx(env: &Envelope, email: Option<&str>) -> Ctx {
+fn ctx(env: &Envelope, email: Option<&str>, policy: &Policy) -> Ctx {
     Ctx {
         envelope_id: env.id.0.clone(),
         subject: env.subject.key.clone(),
         event: env.source_event_type.clone(),
         email: email.map(str::to_string),
+        actor: gatehouse_domain::actor::of_envelope(env),
+        policy_digest: Some(policy.digest.to_string()),
     }
 }
 

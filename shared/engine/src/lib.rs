@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod budget;
 pub mod cloud;
 pub mod engine;
+pub mod head_export;
 pub mod reconcile;
 pub mod reconcile_budget;
 pub mod reconcile_leader;

@@ -523,6 +523,8 @@ where
             subject: p.subject.clone(),
             event: "reconcile".into(),
             email: p.email.clone(),
+            actor: gatehouse_domain::actor::RECONCILE.into(),
+            policy_digest: Some(engine.policy().digest.to_string()),
         };
         let AppliedCounts { writes, reported } =
             engine.apply_reconcile(&ctx, p.looker.as_ref(), &p.cloud).await?;

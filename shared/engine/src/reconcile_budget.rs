@@ -173,6 +173,8 @@ pub fn skip_note(tick: &str, check: &BudgetCheck) -> gatehouse_domain::ports::Le
             body: None,
         },
         status: format!("skipped: {}", check.render()),
+        policy_digest: None,
+        actor: Some(gatehouse_domain::actor::SCHEDULER.into()),
     }
 }
 

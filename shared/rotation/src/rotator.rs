@@ -203,6 +203,8 @@ impl<S: RotationStore> Rotator<S> {
             call: ledger_call(&r.secret, step, method, r),
             status: status.to_string(),
             target: "rotator".into(),
+            policy_digest: None,
+            actor: Some(gatehouse_domain::actor::ROTATOR.into()),
         };
         if let Err(e) = self.db.append_ledger(&[entry]).await {
             tracing::error!(secret = %r.secret, rotation = %r.id, error = %e, "cannot write the ledger");

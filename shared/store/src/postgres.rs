@@ -91,6 +91,8 @@ fn ledger_row(r: &PgRow) -> Result<LedgerRow, BackendError> {
                 .map_err(|e| BackendError::new("stored call is not valid json", e))?,
             status: r.get(7),
             target: r.get(10),
+            policy_digest: r.get(11),
+            actor: r.get(12),
         },
         prev_hash: r.get(8),
         hash: r.get(9),
@@ -275,8 +277,9 @@ impl StateStore for Postgres {
             let call =
                 serde_json::to_string(&e.call).map_err(|e| BackendError::new("cannot serialize call", e))?;
             sqlx::query(
-                "INSERT INTO ledger (seq, at, envelope_id, subject, event, rule, call, status, prev_hash, hash, target)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11)",
+                "INSERT INTO ledger (seq, at, envelope_id, subject, event, rule, call, status, prev_hash, hash, target,
+                                     policy_digest, actor)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13)",
             )
             .bind(seq)
             .bind(e.at)
@@ -289,6 +292,8 @@ impl StateStore for Postgres {
             .bind(&prev)
             .bind(&hash)
             .bind(&e.target)
+            .bind(&e.policy_digest)
+            .bind(&e.actor)
             .execute(&mut *tx)
             .await
             .map_err(err("cannot append to the ledger"))?;
@@ -316,7 +321,8 @@ impl StateStore for Postgres {
 
     async fn ledger_since(&self, since: Option<DateTime<Utc>>) -> Result<Vec<LedgerRow>, BackendError> {
         let rows = sqlx::query(
-            "SELECT seq, at, envelope_id, subject, event, rule, call::text, status, prev_hash, hash, target
+            "SELECT seq, at, envelope_id, subject, event, rule, call::text, status, prev_hash, hash, target,
+                    policy_digest, actor
              FROM ledger WHERE $1::timestamptz IS NULL OR at >= $1 ORDER BY seq",
         )
         .bind(since.map(millis))

@@ -33,7 +33,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 macro_rules! ledger_select {
     ($rest:literal) => {
         concat!(
-            "SELECT seq, at, envelope_id, subject, event, rule, call, status, prev_hash, hash, target FROM ledger ",
+            "SELECT seq, at, envelope_id, subject, event, rule, call, status, prev_hash, hash, target, policy_digest, actor FROM ledger ",
             $rest
         )
     };
@@ -305,6 +305,8 @@ fn ledger_row(r: &sqlx::sqlite::SqliteRow) -> Result<LedgerRow, BackendError> {
                 .map_err(|e| BackendError::new("stored call is not valid json", e))?,
             status: r.get(7),
             target: r.get(10),
+            policy_digest: r.get(11),
+            actor: r.get(12),
         },
         prev_hash: r.get::<Option<String>, _>(8).unwrap_or_default(),
         hash: r.get::<Option<String>, _>(9).unwrap_or_default(),
@@ -630,8 +632,9 @@ impl StateStore for Sqlite {
             let call =
                 serde_json::to_string(&e.call).map_err(|e| BackendError::new("cannot serialize call", e))?;
             sqlx::query(
-                "INSERT INTO ledger (seq, at, envelope_id, subject, event, rule, call, status, prev_hash, hash, target)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO ledger (seq, at, envelope_id, subject, event, rule, call, status, prev_hash, hash, target,
+                                     policy_digest, actor)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(seq)
             .bind(ts(e.at))
@@ -644,6 +647,8 @@ impl StateStore for Sqlite {
             .bind(&prev)
             .bind(&hash)
             .bind(&e.target)
+            .bind(&e.policy_digest)
+            .bind(&e.actor)
             .execute(&mut *tx)
             .await
             .map_err(err("cannot append to the ledger"))?;

@@ -55,6 +55,10 @@ pub struct Ctx {
     pub event: String,
     /// The person's email, when known (what a [`Screen`] matches protected people by).
     pub email: Option<String>,
+    /// Who caused these calls (see `gatehouse_domain::actor`), recorded on every ledger row.
+    pub actor: String,
+    /// The digest of the policy the plan was made with, recorded on every ledger row.
+    pub policy_digest: Option<String>,
 }
 
 /// What the loop does with a plan.
@@ -127,6 +131,8 @@ pub fn ledger_row(
         target: target.as_str().to_string(),
         call,
         status: outcome.ledger_status(),
+        policy_digest: ctx.policy_digest.clone(),
+        actor: Some(ctx.actor.clone()),
     }
 }
 

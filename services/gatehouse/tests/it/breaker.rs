@@ -404,6 +404,18 @@ async fn offboard_closes_a_person_now_and_a_stale_activate_does_not_reopen_them(
             .filter(|r| r.entry.target == "looker")
             .all(|r| r.entry.envelope_id == decision.entry.envelope_id)
     );
+    // Issue 15: the decision and every call name the operator and the policy's digest (the
+    // SHA-256 of the policy file's bytes).
+    let digest = gatehouse_domain::policy::PolicyDigest::of(&std::fs::read(&policy).unwrap()).0;
+    let mine: Vec<_> = rows
+        .iter()
+        .filter(|r| r.entry.envelope_id == decision.entry.envelope_id)
+        .collect();
+    assert!(mine.len() >= 4, "decision, disable, session, key: {mine:?}");
+    for r in mine {
+        assert_eq!(r.entry.actor.as_deref(), Some("operator:sec-oncall"), "{r:?}");
+        assert_eq!(r.entry.policy_digest.as_deref(), Some(digest.as_str()), "{r:?}");
+    }
 
     // An IdP "activate" dated before the offboarding (a delayed delivery) does not re-enable.
     let writes = fake.write_calls();

@@ -111,6 +111,12 @@ fn ledger_entry(
             body,
         },
         status: status.into(),
+        policy_digest: Some("d".repeat(64)),
+        actor: Some(if n % 2 == 0 {
+            format!("event:okta:env-{n}")
+        } else {
+            "operator:alice".into()
+        }),
     }
 }
 

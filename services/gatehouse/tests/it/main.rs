@@ -8,6 +8,7 @@ mod breaker;
 mod conformance;
 mod crash;
 mod ops;
+mod policy_audit;
 mod queues;
 mod report_sla;
 mod report_access;
@@ -299,6 +300,18 @@ async fn standalone_accepts_a_hook_records_the_plan_and_stops_on_sigterm() {
     }
     assert!(rows.iter().all(|r| r["status"] == "dry_run"
         && r["envelope_id"] == "okta:default:ab62c0bc-2837-11eb-9823-9fb8f750c5a9"));
+    // Issue 15: each row names the event that caused it and the policy it was decided with
+    // (the built-in default: the digest of an empty file).
+    for r in &rows {
+        assert_eq!(
+            r["actor"], "event:okta:default:ab62c0bc-2837-11eb-9823-9fb8f750c5a9",
+            "{r}"
+        );
+        assert_eq!(
+            r["policy_digest"], "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "{r}"
+        );
+    }
 
     let pid = child.id().unwrap().to_string();
     assert!(

@@ -23,6 +23,8 @@ fn entry(n: i64) -> LedgerEntry {
         },
         status: "ok".into(),
         target: "looker".into(),
+        policy_digest: Some("d".repeat(64)),
+        actor: Some("reconcile".into()),
     }
 }
 

@@ -2,6 +2,7 @@
 //! environment is injected as a lookup function, so tests never set real variables. Every error
 //! names the field (or variable) at fault; binaries exit 64 on it.
 
+mod audit;
 mod breaker;
 mod cloud;
 mod generic;
@@ -18,6 +19,7 @@ mod server;
 mod state;
 mod telemetry;
 
+pub use audit::{AuditConfig, HeadExportConfig, HeadSinkKind};
 pub use breaker::{BreakerConfig, Limits as BreakerLimits};
 pub use cloud::{
     AwsConfig, AwsUserMappingConfig, GcpConfig, GcpTokenSource, Mode, Modes, Orphans, ReconcileConfig,
@@ -116,6 +118,9 @@ pub struct Config {
     /// circuit breaker.
     #[serde(default)]
     pub safety: SafetyConfig,
+    /// `[audit.head_export]`: export the ledger's chain head on a schedule (issue 15).
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 /// `[identity]`: limits on the people any intake may bring in.
@@ -707,6 +712,7 @@ impl Config {
         self.aws.validate()?;
         self.identity.validate(&self.aws)?;
         self.safety.validate()?;
+        self.audit.validate()?;
         self.gcp.validate()?;
         self.reconcile.validate()?;
         self.looker.budget.validate()?;

@@ -367,6 +367,8 @@ fn ledger_entry(n: usize, subject: &str) -> LedgerEntry {
         },
         status: "ok".into(),
         target: "rotator".into(),
+        policy_digest: None,
+        actor: Some("rotator".into()),
     }
 }
 

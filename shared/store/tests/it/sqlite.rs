@@ -193,6 +193,8 @@ async fn the_ledger_is_append_only() {
             body: None,
         },
         status: "ok".into(),
+        policy_digest: Some("ab".repeat(32)),
+        actor: Some("operator:alice".into()),
     };
     let aws = LedgerEntry {
         target: "aws".into(),
@@ -280,6 +282,8 @@ async fn ledger_rows_from_before_the_chain_are_chained_on_open() {
         },
         status: "ok".into(),
         target: "looker".into(),
+        policy_digest: None,
+        actor: Some("reconcile".into()),
     };
     db.append_ledger(&[entry]).await.unwrap();
     let rows = db.ledger_since(None).await.unwrap();

@@ -48,6 +48,9 @@ pub(crate) fn entry(n: usize) -> LedgerEntry {
         },
         status: "ok".into(),
         target: if n.is_multiple_of(3) { "aws" } else { "looker" }.into(),
+        // Every fourth row as written before the digest and actor were recorded (v1).
+        policy_digest: (!n.is_multiple_of(4)).then(|| format!("{:064x}", n % 2)),
+        actor: (!n.is_multiple_of(4)).then(|| format!("event:okta:{n}")),
     }
 }
 
@@ -361,6 +364,89 @@ pub(crate) async fn verify_names_an_altered_row<S: StateStore, T: Tamper>(s: S, 
     db.tamper("UPDATE ledger SET status = '404 already gone' WHERE seq = 3")
         .await;
     assert_eq!(broken(&s).await, ChainBreak::Altered { seq: 3 });
+}
+
+/// Issue 15: the policy digest and the actor are stored, read back and covered by the chain:
+/// changing either (or clearing them, to pass a row off as written before they existed) is
+/// named by the row's seq.
+pub(crate) async fn verify_names_a_changed_digest_or_actor<S: StateStore, T: Tamper>(s: S, db: &T) {
+    chained(&s, 6).await;
+    let rows = s.ledger_since(None).await.unwrap();
+    assert_eq!(rows[0].entry.actor.as_deref(), Some("event:okta:1"));
+    assert_eq!(rows[0].entry.policy_digest, Some(format!("{:064x}", 1)));
+    assert_eq!(
+        (
+            rows[3].entry.actor.as_deref(),
+            rows[3].entry.policy_digest.as_deref()
+        ),
+        (None, None)
+    );
+    db.tamper("UPDATE ledger SET actor = 'operator:mallory' WHERE seq = 5")
+        .await;
+    assert_eq!(broken(&s).await, ChainBreak::Altered { seq: 5 });
+    db.tamper("UPDATE ledger SET actor = 'event:okta:5' WHERE seq = 5")
+        .await;
+    assert!(ledger_chain::verify_store(&s).await.unwrap().is_ok());
+    db.tamper(&format!(
+        "UPDATE ledger SET policy_digest = '{}' WHERE seq = 2",
+        "f".repeat(64)
+    ))
+    .await;
+    assert_eq!(broken(&s).await, ChainBreak::Altered { seq: 2 });
+    db.tamper("UPDATE ledger SET policy_digest = NULL, actor = NULL WHERE seq = 2")
+        .await;
+    assert_eq!(broken(&s).await, ChainBreak::Altered { seq: 2 });
+}
+
+/// Issue 15: the attack a head export defends against. Rewrite history (alter a row and
+/// recompute every hash after it, and the head, as the database's owner can): plain `verify`
+/// passes, `verify_against` the head exported before names the row.
+pub(crate) async fn verify_against_an_exported_head_sees_a_rewritten_chain<S: StateStore, T: Tamper>(
+    s: S,
+    db: &T,
+) {
+    chained(&s, 6).await;
+    let exported = s.ledger_head().await.unwrap().unwrap();
+    let rows = s.ledger_since(None).await.unwrap();
+    let head = s.ledger_head().await.unwrap();
+    assert!(ledger_chain::verify_against(&rows, head.as_ref(), &exported).is_ok());
+    s.append_ledger(&[entry(7)]).await.unwrap();
+    let rows = s.ledger_since(None).await.unwrap();
+    let head = s.ledger_head().await.unwrap();
+    assert!(
+        ledger_chain::verify_against(&rows, head.as_ref(), &exported).is_ok(),
+        "rows appended after the export are fine"
+    );
+    // The rewrite.
+    db.tamper("UPDATE ledger SET status = 'skipped' WHERE seq = 3")
+        .await;
+    let mut prev = rows[1].hash.clone();
+    for r in &rows[2..] {
+        let mut e = r.entry.clone();
+        if r.seq == 3 {
+            e.status = "skipped".into();
+        }
+        let hash = ledger_chain::row_hash(r.seq, &e, &prev);
+        db.tamper(&format!(
+            "UPDATE ledger SET prev_hash = '{prev}', hash = '{hash}' WHERE seq = {}",
+            r.seq
+        ))
+        .await;
+        prev = hash;
+    }
+    db.tamper(&format!("UPDATE ledger_head SET hash = '{prev}' WHERE id = 1"))
+        .await;
+    assert!(
+        ledger_chain::verify_store(&s).await.unwrap().is_ok(),
+        "the rewrite passes plain verify"
+    );
+    let rows = s.ledger_since(None).await.unwrap();
+    let head = s.ledger_head().await.unwrap();
+    let e = ledger_chain::verify_against(&rows, head.as_ref(), &exported).unwrap_err();
+    assert!(
+        matches!(&e, ledger_chain::AnchorBreak::HashMismatch { seq: 6, .. }),
+        "{e}"
+    );
 }
 
 /// Deleting a row in the middle is named by the row after the gap; deleting the last rows is
@@ -753,6 +839,8 @@ both! {
     verify_altered => |s, db| Box::pin(verify_names_an_altered_row(s, db));
     verify_removed => |s, db| Box::pin(verify_names_a_removed_row(s, db));
     verify_reordered => |s, db| Box::pin(verify_names_reordered_rows(s, db));
+    verify_digest_actor => |s, db| Box::pin(verify_names_a_changed_digest_or_actor(s, db));
+    verify_against_head => |s, db| Box::pin(verify_against_an_exported_head_sees_a_rewritten_chain(s, db));
     looker_calls_per_month => |s, _| Box::pin(looker_calls_add_up_per_month(s));
     account_links => |s, _| Box::pin(account_links_are_durable_per_target_and_person(s));
     breaker => |s, _| Box::pin(breaker_counts_as_one_and_holds_past_the_limit(s));

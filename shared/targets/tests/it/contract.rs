@@ -188,6 +188,8 @@ async fn run_plan<T: Target>(
         subject: "person".into(),
         event: "contract".into(),
         email: None,
+        actor: "event:contract".into(),
+        policy_digest: Some("ab".repeat(32)),
     };
     let retry = retry();
     let run = Run {
