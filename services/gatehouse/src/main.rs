@@ -181,7 +181,6 @@ enum AuditCommand {
     },
 }
 
-
 #[derive(Subcommand)]
 enum SafetyCommand {
     /// Trips and held changes, oldest first.

@@ -539,6 +539,8 @@ where
             subject: subject.clone(),
             event: "reconcile".into(),
             email: o.email.clone(),
+            actor: gatehouse_domain::actor::RECONCILE.into(),
+            policy_digest: Some(engine.policy().digest.to_string()),
         };
         let plan = Plan {
             user: gatehouse_domain::looker::UserRef::Id(o.account.clone()),
@@ -566,6 +568,8 @@ where
                 subject: identity.key.clone(),
                 event: "reconcile".into(),
                 email: identity.email().map(str::to_string),
+                actor: gatehouse_domain::actor::RECONCILE.into(),
+                policy_digest: Some(engine.policy().digest.to_string()),
             };
             let AppliedCounts { writes, reported } = engine.reconcile_registered(&ctx, identity).await?;
             report.writes += writes;

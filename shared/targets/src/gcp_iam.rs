@@ -110,9 +110,11 @@ impl Target for GcpTarget {
         let (policies, groups) = futures::join!(self.read_policies(d), self.read_groups(d, link));
         let (policies, groups) = (policies?, groups?);
         let grants = (!d.offboarded && !d.bindings.is_empty())
-            || d.managed
-                .iter()
-                .any(|g| policies.get(&g.resource).is_some_and(|p| p.has(&g.role, &d.member)));
+            || d.managed.iter().any(|g| {
+                policies
+                    .get(&g.resource)
+                    .is_some_and(|p| p.has(&g.role, &d.member))
+            });
         let linked: Vec<String> = link
             .accounts
             .iter()

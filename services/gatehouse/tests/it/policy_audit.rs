@@ -300,6 +300,7 @@ async fn plan_policy_shows_exactly_the_people_and_grants_a_change_affects() {
                 converged: None,
                 deletion: gatehouse_domain::ports::DeletionChange::Keep,
                 base_version,
+                offboarding: None,
             })
             .await
             .unwrap();

@@ -96,6 +96,7 @@ impl Fixture {
                     converged: None,
                     deletion: DeletionChange::Keep,
                     base_version: None,
+                    offboarding: None,
                 })
                 .await
                 .unwrap();

@@ -27,6 +27,8 @@ fn row(envelope: &str, target: &str, at: DateTime<Utc>, status: &str, path: &str
             body: None,
         },
         status: status.into(),
+        policy_digest: None,
+        actor: Some(format!("event:{envelope}")),
     }
 }
 

@@ -191,6 +191,7 @@ mod tests {
             offboarded,
             bindings: BTreeMap::new(),
             managed: BTreeSet::new(),
+            former_members: Vec::new(),
             groups: groups
                 .iter()
                 .map(|g| (g.to_string(), "analysts".to_string()))

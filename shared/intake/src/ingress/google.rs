@@ -312,7 +312,7 @@ mod tests {
     #[tokio::test]
     async fn renamed_addresses_follow_the_person() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Sqlite::open(dir.path()).await.unwrap();
+        let store = gatehouse_store::sqlite::Sqlite::open(dir.path()).await.unwrap();
         let event = |name: &str, params: &str, n: u32| {
             let body = format!(
                 r#"{{"kind":"admin#reports#activity","id":{{"time":"2026-01-0{n}T00:00:00Z","uniqueQualifier":"{n}","applicationName":"admin"}},

@@ -69,6 +69,7 @@ fn desired(
         offboarded,
         bindings: BTreeMap::new(),
         managed: BTreeSet::new(),
+        former_members: Vec::new(),
         groups: groups
             .iter()
             .map(|g| (g.to_string(), "analysts".to_string()))
@@ -116,6 +117,8 @@ async fn converge(
         subject: "p".into(),
         event: "test".into(),
         email: None,
+        actor: "event:test".into(),
+        policy_digest: None,
     };
     let retry = retry();
     let run = Run {
@@ -287,6 +290,8 @@ async fn a_429_is_retried_through_the_retry_policy_and_a_duplicate_is_done() {
         subject: "p".into(),
         event: "test".into(),
         email: None,
+        actor: "event:test".into(),
+        policy_digest: None,
     };
     let retry = retry();
     let run = Run {
@@ -338,6 +343,8 @@ async fn a_stale_removal_is_done_and_a_missing_group_is_skipped() {
         subject: "p".into(),
         event: "test".into(),
         email: None,
+        actor: "event:test".into(),
+        policy_digest: None,
     };
     let retry = retry();
     let run = Run {

@@ -215,6 +215,8 @@ impl World {
             subject: who.key.clone(),
             event: "test".into(),
             email: Some(ADA.into()),
+            actor: "event:test".into(),
+            policy_digest: None,
         };
         let run = Run {
             store: &self.state,

@@ -330,6 +330,7 @@ async fn gcp_removes_the_member_linked_before_and_links_the_current_one() {
         person: "p".into(),
         accounts: vec!["user:ada.old@example.com".into()],
         previous_emails: Vec::new(),
+        profile: Default::default(),
     };
     let actual = h.target.read(&d, &link).await.unwrap();
     assert_eq!(h.target.linked(&actual), vec![MEMBER.to_string()]);
