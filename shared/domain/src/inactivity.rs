@@ -8,9 +8,19 @@
 //!   of its own); a user with neither is never counted as inactive (its age is unknown).
 //! - **Exempt**: a person in any of `exempt_groups`, by IdP group name or Looker group name.
 //! - Only users reconcile resolves to a person of the directory (managed users) are considered.
+//! - **One rule for every plan**: [`hold`] is applied to reconcile's plans and to each IdP
+//!   event's plan (the per-event search reads the same login times when `[inactivity]` is set),
+//!   so an event about an inactivity-disabled person never enables their user again.
+//! - **Ending a hold**: nothing records that a user was disabled for inactivity; the rule is
+//!   re-evaluated from the login times on every plan. A user stays held (and is disabled again
+//!   if enabled) until it is no longer inactive past the limit: raise `disable_after_days`, add
+//!   the person to an `exempt_groups` group, or let them log in once (an admin enables the user
+//!   in Looker and the person logs in before the next reconcile or event about them; until that
+//!   login the next plan disables the user again).
 
 use crate::identity::Identity;
-use crate::looker::{Catalog, LookerUser};
+use crate::looker::{Catalog, LookerOp, LookerUser};
+use crate::plan::{Actual, Plan, Step};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -121,6 +131,41 @@ impl Inactivity {
             disabled: user.is_disabled,
         })
     }
+}
+
+/// The inactivity rule of one Looker plan, reconcile's or an event's (the one place both apply
+/// it): `actual` is the person's user as read with its login times. In enforce mode, a user of
+/// an active (not offboarded) person inactive past the limit and not exempt is never enabled by
+/// `plan`, and is disabled (rule [`RULE`]) if enabled; every other step of the plan stays.
+/// Returns the inactive user (in either mode), `None` when the rule is off or does not apply.
+pub fn hold(
+    rule: Option<&Inactivity>,
+    plan: &mut Plan,
+    identity: &Identity,
+    email: Option<&str>,
+    actual: &Actual,
+    catalog: &Catalog,
+    now: DateTime<Utc>,
+) -> Option<InactiveUser> {
+    let (Some(rule), Actual::Present(user)) = (rule, actual) else {
+        return None;
+    };
+    // Offboarded people are the offboarding's (it disables them anyway).
+    if identity.status.is_offboarded() {
+        return None;
+    }
+    let inactive = rule.check(identity, email, user, catalog, now)?;
+    if rule.mode == InactivityMode::Enforce {
+        plan.steps
+            .retain(|s| s.op != LookerOp::SetDisabled { disabled: false });
+        if !user.is_disabled {
+            plan.steps.push(Step {
+                op: LookerOp::SetDisabled { disabled: true },
+                rule: RULE.to_string(),
+            });
+        }
+    }
+    Some(inactive)
 }
 
 #[cfg(test)]

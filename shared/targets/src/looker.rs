@@ -32,6 +32,9 @@ pub struct LookerTarget<L> {
     /// `[identity] allowed_email_domains`: at offboarding, the person's schedules and alerts
     /// mailing outside them are disabled (issue 19). `None`: no such reads or steps.
     delivery_domains: Option<BTreeSet<String>>,
+    /// `[inactivity]` is set: an active person's user is read with its login times, so the
+    /// event's plan can apply `gatehouse_domain::inactivity::hold` like reconcile's.
+    login_times: bool,
 }
 
 /// What Looker holds for one person: the catalog (`None` in a dry run) and the user.
@@ -82,7 +85,14 @@ impl<L: LookerPort> LookerTarget<L> {
             client,
             retry,
             delivery_domains: None,
+            login_times: false,
         }
+    }
+
+    /// Read an active person's user with its login times (`[inactivity]` is set).
+    pub fn with_login_times(mut self, login_times: bool) -> Self {
+        self.login_times = login_times;
+        self
     }
 
     /// Disable, at offboarding, the person's schedules and alerts that mail outside `domains`.
@@ -239,6 +249,7 @@ impl<L: LookerPort> LookerTarget<L> {
         } else {
             let c = self.catalog().await?;
             needs = plan::read_needs(desired, &c);
+            needs.logins = self.login_times;
             // Issue 14: the converged state vouches for a linked user's managed attributes.
             vouched = vouched.filter(|v| !link.accounts.is_empty() && v.covers(desired));
             let light = ReadNeeds {
