@@ -15,10 +15,10 @@
 //!   `endpoint` is the templated path (`/users/{id}/sessions/{id}`), and the client's
 //!   [`CallMeter`] (what the monthly admin-API budget counts; login included).
 
+use crate::client::looker_pages::{EmailCredential, OtherCredentials};
 use gatehouse_domain::looker::{
     Catalog, ErrorKind, LookerError, LookerOp, LookerUser, Method, ReadNeeds, UserAttributeSettings, UserRef,
 };
-use crate::client::looker_pages::{EmailCredential, OtherCredentials};
 use gatehouse_domain::ports::LookerPort;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -39,8 +39,7 @@ pub const SEARCH_FIELDS: &str =
 /// [`SEARCH_FIELDS`] plus every credential's `logged_in_at` and `created_at` (the ones
 /// `PAGE_FIELDS` reads for reconcile), when the plan needs the login times (`[inactivity]`,
 /// issue 15): the same one search call, a few more fields.
-pub const SEARCH_FIELDS_WITH_LOGINS: &str =
-    "id,email,is_disabled,group_ids,role_ids,credentials_api3,sessions,credentials_email,\
+pub const SEARCH_FIELDS_WITH_LOGINS: &str = "id,email,is_disabled,group_ids,role_ids,credentials_api3,sessions,credentials_email,\
 credentials_saml(logged_in_at,created_at),credentials_google(logged_in_at,created_at),\
 credentials_oidc(logged_in_at,created_at),credentials_ldap(logged_in_at,created_at),\
 credentials_looker_openid(logged_in_at,created_at)";
@@ -594,7 +593,6 @@ struct IdOnly {
     id: String,
 }
 
-
 /// A `User` as `SEARCH_FIELDS` returns it.
 #[derive(Deserialize)]
 struct SearchUser {
@@ -675,7 +673,10 @@ impl LookerPort for LookerClient {
     async fn find_users(&self, email: &str, needs: &ReadNeeds) -> Result<Vec<LookerUser>, LookerError> {
         let escaped = escape_like(email);
         let found: Vec<SearchUser> = self
-            .get_json("/users/search", &[("email", &escaped), ("fields", search_fields(needs))])
+            .get_json(
+                "/users/search",
+                &[("email", &escaped), ("fields", search_fields(needs))],
+            )
             .await?;
         let wanted = email.to_lowercase();
         let matching: Vec<SearchUser> = found.into_iter().filter(|u| u.has_email(&wanted)).collect();

@@ -226,4 +226,23 @@ mod login_tests {
             "id": "3", "credentials_saml": {"logged_in_at": "yesterday", "created_at": "2020-01-01T00:00:00Z"}}));
         assert_eq!(bad.logins, None);
     }
+
+    #[test]
+    fn the_per_event_search_reads_the_login_times_the_pages_read() {
+        use crate::client::looker::{SEARCH_FIELDS, SEARCH_FIELDS_WITH_LOGINS};
+        let with = SEARCH_FIELDS_WITH_LOGINS;
+        assert!(with.starts_with(&format!("{SEARCH_FIELDS},")), "{with}");
+        let kinds = ["saml", "google", "oidc", "ldap", "looker_openid"];
+        for k in kinds {
+            let f = format!("credentials_{k}(logged_in_at,created_at)");
+            assert!(PAGE_FIELDS.contains(&f) && with.contains(&f), "{f}");
+        }
+        // No other kind in the pages (plus `credentials_email`, read whole by the search).
+        assert_eq!(PAGE_FIELDS.matches("logged_in_at").count(), kinds.len() + 1);
+        assert_eq!(with.matches("logged_in_at").count(), kinds.len());
+        assert!(
+            !SEARCH_FIELDS.contains("logged_in_at"),
+            "without [inactivity] nothing more"
+        );
+    }
 }
