@@ -226,6 +226,74 @@ mod tests {
     }
 
     #[test]
+    fn hold_keeps_an_inactive_user_disabled_in_enforce_mode_only() {
+        use crate::identity::Status;
+        use crate::looker::UserRef;
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let step = |disabled: bool, rule: &str| Step {
+            op: LookerOp::SetDisabled { disabled },
+            rule: rule.into(),
+        };
+        let add = Step {
+            op: LookerOp::AddToGroup {
+                group: crate::looker::Named {
+                    name: "Analysts".into(),
+                    id: Some("11".into()),
+                },
+            },
+            rule: "analytics".into(),
+        };
+        let plan = || Plan {
+            user: UserRef::Id("7".into()),
+            steps: vec![step(false, "policy.active"), add.clone()],
+            notes: vec![],
+            resolution: Default::default(),
+        };
+        let mut id = Identity::new("okta:1");
+        let catalog = Catalog::default();
+        let mut idle = user(Some(120), Some(400), &[]);
+        idle.is_disabled = true;
+        let held = |rule: &Inactivity, id: &Identity, u: &LookerUser| {
+            let mut p = plan();
+            let inactive = hold(
+                Some(rule),
+                &mut p,
+                id,
+                None,
+                &Actual::Present(u.clone()),
+                &catalog,
+                now,
+            );
+            (inactive.is_some(), p.steps)
+        };
+        let enforce =
+            Policy::from_toml("[inactivity]\ndisable_after_days = 90\nmode = \"enforce\"\n").unwrap();
+        let enforce = enforce.inactivity.unwrap();
+        // Disabled and inactive: not enabled; the other steps stay.
+        assert_eq!(held(&enforce, &id, &idle), (true, vec![add.clone()]));
+        // Enabled (by hand) and still inactive: disabled again.
+        let mut enabled = idle.clone();
+        enabled.is_disabled = false;
+        assert_eq!(
+            held(&enforce, &id, &enabled),
+            (true, vec![add.clone(), step(true, RULE)])
+        );
+        // Logged in recently: the plan is untouched.
+        let mut recent = idle.clone();
+        recent.logins = user(Some(3), Some(400), &[]).logins;
+        assert_eq!(held(&enforce, &id, &recent), (false, plan().steps));
+        // Report mode lists it and changes nothing.
+        let report = Inactivity {
+            mode: InactivityMode::Report,
+            ..enforce.clone()
+        };
+        assert_eq!(held(&report, &id, &idle), (true, plan().steps));
+        // Offboarded: the offboarding's, not this rule's.
+        id.status = Status::Deactivated;
+        assert_eq!(held(&enforce, &id, &idle), (false, plan().steps));
+    }
+
+    #[test]
     fn bad_settings_are_refused() {
         for bad in [
             "[inactivity]\ndisable_after_days = 0\n",
