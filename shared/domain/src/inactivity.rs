@@ -8,9 +8,19 @@
 //!   of its own); a user with neither is never counted as inactive (its age is unknown).
 //! - **Exempt**: a person in any of `exempt_groups`, by IdP group name or Looker group name.
 //! - Only users reconcile resolves to a person of the directory (managed users) are considered.
+//! - **One rule for every plan**: [`hold`] is applied to reconcile's plans and to each IdP
+//!   event's plan (the per-event search reads the same login times when `[inactivity]` is set),
+//!   so an event about an inactivity-disabled person never enables their user again.
+//! - **Ending a hold**: nothing records that a user was disabled for inactivity; the rule is
+//!   re-evaluated from the login times on every plan. A user stays held (and is disabled again
+//!   if enabled) until it is no longer inactive past the limit: raise `disable_after_days`, add
+//!   the person to an `exempt_groups` group, or let them log in once (an admin enables the user
+//!   in Looker and the person logs in before the next reconcile or event about them; until that
+//!   login the next plan disables the user again).
 
 use crate::identity::Identity;
-use crate::looker::{Catalog, LookerUser};
+use crate::looker::{Catalog, LookerOp, LookerUser};
+use crate::plan::{Actual, Plan, Step};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -123,6 +133,41 @@ impl Inactivity {
     }
 }
 
+/// The inactivity rule of one Looker plan, reconcile's or an event's (the one place both apply
+/// it): `actual` is the person's user as read with its login times. In enforce mode, a user of
+/// an active (not offboarded) person inactive past the limit and not exempt is never enabled by
+/// `plan`, and is disabled (rule [`RULE`]) if enabled; every other step of the plan stays.
+/// Returns the inactive user (in either mode), `None` when the rule is off or does not apply.
+pub fn hold(
+    rule: Option<&Inactivity>,
+    plan: &mut Plan,
+    identity: &Identity,
+    email: Option<&str>,
+    actual: &Actual,
+    catalog: &Catalog,
+    now: DateTime<Utc>,
+) -> Option<InactiveUser> {
+    let (Some(rule), Actual::Present(user)) = (rule, actual) else {
+        return None;
+    };
+    // Offboarded people are the offboarding's (it disables them anyway).
+    if identity.status.is_offboarded() {
+        return None;
+    }
+    let inactive = rule.check(identity, email, user, catalog, now)?;
+    if rule.mode == InactivityMode::Enforce {
+        plan.steps
+            .retain(|s| s.op != LookerOp::SetDisabled { disabled: false });
+        if !user.is_disabled {
+            plan.steps.push(Step {
+                op: LookerOp::SetDisabled { disabled: true },
+                rule: RULE.to_string(),
+            });
+        }
+    }
+    Some(inactive)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +223,74 @@ mod tests {
         let mut unread = user(Some(500), None, &[]);
         unread.logins = None;
         assert!(check(&unread).is_none(), "not read: never counted");
+    }
+
+    #[test]
+    fn hold_keeps_an_inactive_user_disabled_in_enforce_mode_only() {
+        use crate::identity::Status;
+        use crate::looker::UserRef;
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let step = |disabled: bool, rule: &str| Step {
+            op: LookerOp::SetDisabled { disabled },
+            rule: rule.into(),
+        };
+        let add = Step {
+            op: LookerOp::AddToGroup {
+                group: crate::looker::Named {
+                    name: "Analysts".into(),
+                    id: Some("11".into()),
+                },
+            },
+            rule: "analytics".into(),
+        };
+        let plan = || Plan {
+            user: UserRef::Id("7".into()),
+            steps: vec![step(false, "policy.active"), add.clone()],
+            notes: vec![],
+            resolution: Default::default(),
+        };
+        let mut id = Identity::new("okta:1");
+        let catalog = Catalog::default();
+        let mut idle = user(Some(120), Some(400), &[]);
+        idle.is_disabled = true;
+        let held = |rule: &Inactivity, id: &Identity, u: &LookerUser| {
+            let mut p = plan();
+            let inactive = hold(
+                Some(rule),
+                &mut p,
+                id,
+                None,
+                &Actual::Present(u.clone()),
+                &catalog,
+                now,
+            );
+            (inactive.is_some(), p.steps)
+        };
+        let enforce =
+            Policy::from_toml("[inactivity]\ndisable_after_days = 90\nmode = \"enforce\"\n").unwrap();
+        let enforce = enforce.inactivity.unwrap();
+        // Disabled and inactive: not enabled; the other steps stay.
+        assert_eq!(held(&enforce, &id, &idle), (true, vec![add.clone()]));
+        // Enabled (by hand) and still inactive: disabled again.
+        let mut enabled = idle.clone();
+        enabled.is_disabled = false;
+        assert_eq!(
+            held(&enforce, &id, &enabled),
+            (true, vec![add.clone(), step(true, RULE)])
+        );
+        // Logged in recently: the plan is untouched.
+        let mut recent = idle.clone();
+        recent.logins = user(Some(3), Some(400), &[]).logins;
+        assert_eq!(held(&enforce, &id, &recent), (false, plan().steps));
+        // Report mode lists it and changes nothing.
+        let report = Inactivity {
+            mode: InactivityMode::Report,
+            ..enforce.clone()
+        };
+        assert_eq!(held(&report, &id, &idle), (true, plan().steps));
+        // Offboarded: the offboarding's, not this rule's.
+        id.status = Status::Deactivated;
+        assert_eq!(held(&enforce, &id, &idle), (false, plan().steps));
     }
 
     #[test]

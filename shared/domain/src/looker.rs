@@ -52,6 +52,9 @@ pub struct Catalog {
 pub struct ReadNeeds {
     pub direct_roles: bool,
     pub attribute_ids: Vec<String>,
+    /// The credentials' login times (`LookerUser::logins`), for `[inactivity]`: more fields on
+    /// the same search, never another call.
+    pub logins: bool,
 }
 
 /// A Looker object referenced by name in the policy and by id in the API. The id is unknown in

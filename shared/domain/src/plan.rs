@@ -132,6 +132,7 @@ pub fn read_needs(desired: &DesiredLooker, catalog: &Catalog) -> ReadNeeds {
         } else {
             Vec::new()
         },
+        logins: false,
     }
 }
 

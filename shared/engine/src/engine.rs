@@ -247,7 +247,8 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             store,
             looker: LookerTarget::new(looker, retry.clone())
                 .with_delivery_domains(policy.allowed_email_domains.clone())
-                .with_sso(policy.looker_sso.clone()),
+                .with_sso(policy.looker_sso.clone())
+                .with_login_times(policy.inactivity.is_some()),
             policy,
             retry,
             cloud: None,
@@ -525,7 +526,21 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         if persist && self.looker.client().is_some() {
             read.persist(&self.store, TargetName::LOOKER).await?;
         }
-        Ok(self.looker.diff(desired, &read.actual))
+        let mut plan = self.looker.diff(desired, &read.actual);
+        // License reclamation (issue 15): the rule reconcile applies, so an event about a person
+        // disabled for inactivity does not enable their user again.
+        if let Some(catalog) = &read.actual.catalog {
+            gatehouse_domain::inactivity::hold(
+                self.policy.inactivity.as_ref(),
+                &mut plan,
+                person,
+                desired.email.as_deref(),
+                &read.actual.user,
+                catalog,
+                Utc::now(),
+            );
+        }
+        Ok(plan)
     }
 
     /// Apply a Looker plan and the plans of the person's other accounts it carries (offboarding

@@ -23,7 +23,7 @@ use gatehouse_domain::cloud::{
 };
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::inactivity::{InactiveUser, InactivityMode};
-use gatehouse_domain::looker::{Catalog, LookerOp, LookerUser};
+use gatehouse_domain::looker::{Catalog, LookerUser};
 use gatehouse_domain::plan::{self, Actual, Plan};
 use gatehouse_domain::policy::{self, Policy};
 use gatehouse_domain::ports::{Directory, LookerPort, StateStore};
@@ -157,24 +157,16 @@ fn plan_one(
             _ => Actual::Absent,
         };
         let mut plan = plan::diff(&desired, &actual, Some(catalog));
-        // License reclamation (issue 15): a managed user of an active person with no login for
-        // too long. Offboarded people are the offboarding's (it disables them anyway).
-        if let (Some(rule), Actual::Present(u)) = (&policy.inactivity, &actual)
-            && !id.status.is_offboarded()
-        {
-            inactive = rule.check(id, Some(email), u, catalog, now);
-            if inactive.is_some() && rule.mode == InactivityMode::Enforce {
-                // Disabled for inactivity stays disabled: no re-enable while still inactive.
-                plan.steps
-                    .retain(|s| s.op != LookerOp::SetDisabled { disabled: false });
-                if !u.is_disabled {
-                    plan.steps.push(plan::Step {
-                        op: LookerOp::SetDisabled { disabled: true },
-                        rule: gatehouse_domain::inactivity::RULE.to_string(),
-                    });
-                }
-            }
-        }
+        // License reclamation (issue 15): the same rule as every event's plan.
+        inactive = gatehouse_domain::inactivity::hold(
+            policy.inactivity.as_ref(),
+            &mut plan,
+            id,
+            Some(email),
+            &actual,
+            catalog,
+            now,
+        );
         Some(plan)
     });
     let dc = gatehouse_domain::cloud::evaluate(policy, id, shape.aws.as_ref(), shape.gcp, now);

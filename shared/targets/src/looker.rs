@@ -38,6 +38,9 @@ pub struct LookerTarget<L> {
     /// `[identity.looker_sso]` (issue 16): the SSO credential an unlinked person is looked up
     /// by after their email. `None`: no such read.
     sso: Option<SsoLookup>,
+    /// `[inactivity]` is set: an active person's user is read with its login times, so the
+    /// event's plan can apply `gatehouse_domain::inactivity::hold` like reconcile's.
+    login_times: bool,
 }
 
 /// What Looker holds for one person: the catalog (`None` in a dry run) and the user.
@@ -89,6 +92,7 @@ impl<L: LookerPort> LookerTarget<L> {
             retry,
             delivery_domains: None,
             sso: None,
+            login_times: false,
         }
     }
 
@@ -113,6 +117,12 @@ impl<L: LookerPort> LookerTarget<L> {
             || l.user_for_credential(credential, id, needs),
         )
         .await
+    }
+
+    /// Read an active person's user with its login times (`[inactivity]` is set).
+    pub fn with_login_times(mut self, login_times: bool) -> Self {
+        self.login_times = login_times;
+        self
     }
 
     /// Disable, at offboarding, the person's schedules and alerts that mail outside `domains`.
@@ -291,6 +301,7 @@ impl<L: LookerPort> LookerTarget<L> {
         } else {
             let c = self.catalog().await?;
             needs = plan::read_needs(desired, &c);
+            needs.logins = self.login_times;
             // Issue 14: the converged state vouches for a linked user's managed attributes.
             vouched = vouched.filter(|v| !link.accounts.is_empty() && v.covers(desired));
             let light = ReadNeeds {

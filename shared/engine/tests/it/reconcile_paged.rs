@@ -2,14 +2,16 @@
 //! reverted within a bounded number of scheduled reconciles.
 
 use chrono::DateTime;
-use gatehouse_domain::envelope::EnvelopeId;
+use gatehouse_domain::envelope::{Envelope, EnvelopeId, GroupRef, IdentityEvent, Profile, Source, Subject};
 use gatehouse_domain::identity::{Identity, Membership, Stamp, Stamped, Status};
 use gatehouse_domain::policy::Policy;
 use gatehouse_domain::ports::{BackendError, Directory, StateStore, SubjectState};
 use gatehouse_engine::engine::{Engine, RetryPolicy};
 use gatehouse_engine::reconcile::{self, LogProgress, ReadOptions};
 use gatehouse_store::sqlite::Sqlite;
-use gatehouse_targets::client::looker::{LookerClient, LookerConfig};
+use gatehouse_targets::client::looker::{
+    LookerClient, LookerConfig, SEARCH_FIELDS, SEARCH_FIELDS_WITH_LOGINS,
+};
 use gatehouse_testkit::FakeLooker;
 use std::sync::Arc;
 use std::time::Duration;
@@ -308,8 +310,13 @@ async fn a_scheduled_reconcile_the_budget_cannot_cover_is_skipped_and_ledgered()
 /// days ago (by email 200 days ago: the latest credential counts); p3 never logged in and
 /// their credentials were created 120 days ago (counted from then).
 async fn reclamation_world(mode: &str) -> World {
+    reclamation_world_with(mode, "").await
+}
+
+/// [`reclamation_world`] with more policy (before `[inactivity]`).
+async fn reclamation_world_with(mode: &str, extra: &str) -> World {
     let policy = format!(
-        "{GROUPS_AND_ROLES}\n[inactivity]\ndisable_after_days = 90\nmode = \"{mode}\"\nexempt_groups = [\"On leave\"]\n"
+        "{GROUPS_AND_ROLES}\n{extra}\n[inactivity]\ndisable_after_days = 90\nmode = \"{mode}\"\nexempt_groups = [\"On leave\"]\n"
     );
     let mut w = world(4, &policy).await;
     let now = chrono::Utc::now();
@@ -405,4 +412,151 @@ async fn inactive_users_are_listed_in_report_mode_and_disabled_in_enforce_mode()
     println!("{}", reconcile::render_text(&r));
     let i = r.inactivity.unwrap();
     assert_eq!((i.reclaimable, i.reclaimed), (0, 2));
+}
+
+/// An IdP event about person `i` (as the Okta intake makes it: key and email of the subject).
+fn event(i: usize, id: &str, secs: i64, event: IdentityEvent) -> Envelope {
+    let at = DateTime::from_timestamp(1_700_000_100 + secs, 0).unwrap();
+    Envelope {
+        trace_parent: None,
+        version: Envelope::VERSION,
+        id: EnvelopeId(id.into()),
+        source: Source::Okta,
+        subject: Subject {
+            key: format!("00u{i:05}"),
+            email: Some(email(i)),
+            display_name: None,
+        },
+        occurred_at: at,
+        received_at: at,
+        source_event_type: "test".into(),
+        event,
+        profile: Profile::from([("email".to_string(), email(i))]),
+        raw: serde_json::Value::Null,
+    }
+}
+
+fn joined(name: &str) -> IdentityEvent {
+    IdentityEvent::GroupMemberAdded {
+        group: GroupRef {
+            id: format!("00g{name}"),
+            name: name.into(),
+        },
+    }
+}
+
+/// `PATCH /users/{id}` calls that enable a user.
+fn enables(w: &World) -> usize {
+    w.fake
+        .calls()
+        .iter()
+        .filter(|c| c.method == "PATCH" && c.path.starts_with("/users/"))
+        .filter(|c| {
+            serde_json::from_str::<serde_json::Value>(&c.body)
+                .is_ok_and(|b| b["is_disabled"] == serde_json::Value::Bool(false))
+        })
+        .count()
+}
+
+/// Method, path and body of every write since the last reset (no token in a failure message).
+fn writes(w: &World) -> Vec<(String, String, String)> {
+    w.fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.is_write)
+        .map(|c| (c.method, c.path, c.body))
+        .collect()
+}
+
+/// The `fields` of every user read (`GET /users/search`, `GET /users/{id}`) since the last reset.
+fn search_fields(w: &World) -> Vec<String> {
+    w.fake
+        .calls()
+        .iter()
+        .filter(|c| c.method == "GET" && c.path.starts_with("/users/"))
+        .filter(|c| c.path == "/users/search" || c.path.matches('/').count() == 2)
+        .map(|c| c.query_param("fields").unwrap_or_default())
+        .collect()
+}
+
+/// Issue 15: an IdP event about a person reconcile disabled for inactivity (a group change, an
+/// activate replayed) does not enable their user again; its other steps apply; a recently
+/// active person's event is not held; without `[inactivity]` the search reads what it did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idp_event_does_not_undo_an_inactivity_disable() {
+    const ANALYTICS: &str = r#"
+[[rule]]
+name = "analytics"
+when = { idp_group = "Analytics" }
+looker_groups = ["Analysts"]
+"#;
+    let w = reclamation_world_with("enforce", ANALYTICS).await;
+    let analysts = w.fake.add_group("Analysts");
+    reconcile::run_with(&w.engine, &w.people, true, &opts(1, 1), &LogProgress)
+        .await
+        .unwrap();
+    assert_eq!(disabled(&w), [true, false, false, true]);
+
+    // p0 (inactive, disabled): a group change the policy already matches, a new group, an
+    // activate replayed. The new group is added; the user is never enabled.
+    w.fake.reset_calls();
+    for (id, secs, e) in [
+        ("g0", 0, joined("Engineering")),
+        ("g1", 1, joined("Analytics")),
+        ("a0", 2, IdentityEvent::UserActivated),
+        ("p0", 3, IdentityEvent::ProfileUpdated),
+    ] {
+        w.engine.handle(&event(0, id, secs, e)).await.unwrap();
+    }
+    assert_eq!(enables(&w), 0, "{:?}", writes(&w));
+    assert_eq!(disabled(&w), [true, false, false, true]);
+    let p0 = w.fake.user_by_email(&email(0)).unwrap();
+    assert!(
+        p0.group_ids.contains(&analysts),
+        "the event's other steps apply: {p0:?}"
+    );
+    let fields = search_fields(&w);
+    assert!(!fields.is_empty());
+    assert!(
+        fields.iter().all(|f| f == SEARCH_FIELDS_WITH_LOGINS),
+        "the linked user's read carries the login times: {fields:?}"
+    );
+
+    // Not linked yet (no reconcile ran): found by the one search, which carries the login times.
+    let fresh = reclamation_world("enforce").await;
+    let f0 = fresh.fake.user_by_email(&email(0)).unwrap().id;
+    fresh.fake.set_disabled(&f0, true);
+    fresh.fake.reset_calls();
+    fresh
+        .engine
+        .handle(&event(0, "g0", 0, joined("Engineering")))
+        .await
+        .unwrap();
+    assert_eq!(enables(&fresh), 0, "{:?}", writes(&fresh));
+    assert_eq!(search_fields(&fresh), [SEARCH_FIELDS_WITH_LOGINS]);
+    assert!(fresh.fake.user_by_email(&email(0)).unwrap().is_disabled);
+
+    // p2 logged in 3 days ago: disabled by hand, an event about them enables the user (not held).
+    let p2 = w.fake.user_by_email(&email(2)).unwrap().id;
+    w.fake.set_disabled(&p2, true);
+    w.fake.reset_calls();
+    w.engine
+        .handle(&event(2, "g2", 0, joined("Engineering")))
+        .await
+        .unwrap();
+    assert_eq!(enables(&w), 1);
+    assert_eq!(disabled(&w), [true, false, false, true]);
+
+    // Without [inactivity]: the same event reads the same fields as before, and enables.
+    let plain = world(1, GROUPS_AND_ROLES).await;
+    let p = plain.fake.user_by_email(&email(0)).unwrap().id;
+    plain.fake.set_disabled(&p, true);
+    plain.fake.reset_calls();
+    plain
+        .engine
+        .handle(&event(0, "g0", 0, joined("Engineering")))
+        .await
+        .unwrap();
+    assert_eq!(search_fields(&plain), [SEARCH_FIELDS]);
+    assert_eq!(enables(&plain), 1);
 }

@@ -15,6 +15,7 @@
 //!   `endpoint` is the templated path (`/users/{id}/sessions/{id}`), and the client's
 //!   [`CallMeter`] (what the monthly admin-API budget counts; login included).
 
+use crate::client::looker_pages::{EmailCredential, OtherCredentials};
 use gatehouse_domain::looker::{
     Catalog, ErrorKind, LookerError, LookerOp, LookerUser, Method, ReadNeeds, UserAttributeSettings, UserRef,
 };
@@ -35,6 +36,21 @@ use tokio::time::Instant;
 /// group's), so no `GET /users/{id}/roles` is needed (issue 14).
 pub const SEARCH_FIELDS: &str =
     "id,email,is_disabled,group_ids,role_ids,credentials_api3,sessions,credentials_email";
+/// [`SEARCH_FIELDS`] plus every credential's `logged_in_at` and `created_at` (the ones
+/// `PAGE_FIELDS` reads for reconcile), when the plan needs the login times (`[inactivity]`,
+/// issue 15): the same one search call, a few more fields.
+pub const SEARCH_FIELDS_WITH_LOGINS: &str = "id,email,is_disabled,group_ids,role_ids,credentials_api3,sessions,credentials_email,\
+credentials_saml(logged_in_at,created_at),credentials_google(logged_in_at,created_at),\
+credentials_oidc(logged_in_at,created_at),credentials_ldap(logged_in_at,created_at),\
+credentials_looker_openid(logged_in_at,created_at)";
+
+/// The `fields` of a user read for `needs`.
+fn search_fields(needs: &ReadNeeds) -> &'static str {
+    match needs.logins {
+        true => SEARCH_FIELDS_WITH_LOGINS,
+        false => SEARCH_FIELDS,
+    }
+}
 const API_PREFIX: &str = "/api/4.0";
 /// Longest SSO credential id looked up (issue 16); a longer one is refused before the wire.
 const MAX_CREDENTIAL_ID: usize = 512;
@@ -557,6 +573,10 @@ impl LookerClient {
             .email
             .clone()
             .or_else(|| u.credentials_email.as_ref().and_then(|c| c.email.clone()));
+        let logins = match needs.logins {
+            true => u.logins.logins(u.credentials_email.as_ref()),
+            false => None,
+        };
         Ok(LookerUser {
             id: u.id,
             is_disabled: u.is_disabled,
@@ -571,7 +591,7 @@ impl LookerClient {
                 .collect(),
             direct_role_ids,
             user_attribute_values,
-            logins: None,
+            logins: logins.map(Box::new),
         })
     }
 }
@@ -579,12 +599,6 @@ impl LookerClient {
 #[derive(Deserialize)]
 struct IdOnly {
     id: String,
-}
-
-#[derive(Deserialize)]
-struct EmailOnly {
-    #[serde(default)]
-    email: Option<String>,
 }
 
 /// A `User` as `SEARCH_FIELDS` returns it.
@@ -602,8 +616,12 @@ struct SearchUser {
     credentials_api3: Option<Vec<IdOnly>>,
     #[serde(default)]
     sessions: Option<Vec<IdOnly>>,
+    /// `email`, and the login times when read ([`SEARCH_FIELDS_WITH_LOGINS`]).
     #[serde(default)]
-    credentials_email: Option<EmailOnly>,
+    credentials_email: Option<EmailCredential>,
+    /// The other credentials' login times ([`SEARCH_FIELDS_WITH_LOGINS`] only).
+    #[serde(flatten)]
+    logins: OtherCredentials,
 }
 
 impl SearchUser {
@@ -663,7 +681,10 @@ impl LookerPort for LookerClient {
     async fn find_users(&self, email: &str, needs: &ReadNeeds) -> Result<Vec<LookerUser>, LookerError> {
         let escaped = escape_like(email);
         let found: Vec<SearchUser> = self
-            .get_json("/users/search", &[("email", &escaped), ("fields", SEARCH_FIELDS)])
+            .get_json(
+                "/users/search",
+                &[("email", &escaped), ("fields", search_fields(needs))],
+            )
             .await?;
         let wanted = email.to_lowercase();
         let matching: Vec<SearchUser> = found.into_iter().filter(|u| u.has_email(&wanted)).collect();
@@ -678,7 +699,7 @@ impl LookerPort for LookerClient {
         check_segment(id).map_err(|m| bad_body("/users/{id}", m))?;
         let path = format!("/users/{id}");
         match self
-            .get_json::<SearchUser>(&path, &[("fields", SEARCH_FIELDS)])
+            .get_json::<SearchUser>(&path, &[("fields", search_fields(needs))])
             .await
         {
             Ok(u) => self.snapshot(u, needs, "/users/{id}").await.map(Some),

@@ -28,12 +28,45 @@ struct IdOnly {
     id: String,
 }
 
+/// `credentials_email` of a user: its email and login times.
 #[derive(Deserialize)]
-struct EmailCredential {
+pub(crate) struct EmailCredential {
     #[serde(default)]
-    email: Option<String>,
+    pub(crate) email: Option<String>,
     #[serde(flatten)]
     times: LoginTimes,
+}
+
+/// The login times of a user's credentials other than `credentials_email` (reconcile's pages
+/// and, with `[inactivity]`, the per-event search read the same ones).
+#[derive(Deserialize, Default)]
+pub(crate) struct OtherCredentials {
+    #[serde(default)]
+    credentials_saml: Option<LoginTimes>,
+    #[serde(default)]
+    credentials_google: Option<LoginTimes>,
+    #[serde(default)]
+    credentials_oidc: Option<LoginTimes>,
+    #[serde(default)]
+    credentials_ldap: Option<LoginTimes>,
+    #[serde(default)]
+    credentials_looker_openid: Option<LoginTimes>,
+}
+
+impl OtherCredentials {
+    /// The user's logins over `email` and these credentials (see [`logins`]).
+    pub(crate) fn logins(&self, email: Option<&EmailCredential>) -> Option<Logins> {
+        logins(
+            email
+                .map(|c| &c.times)
+                .into_iter()
+                .chain(self.credentials_saml.iter())
+                .chain(self.credentials_google.iter())
+                .chain(self.credentials_oidc.iter())
+                .chain(self.credentials_ldap.iter())
+                .chain(self.credentials_looker_openid.iter()),
+        )
+    }
 }
 
 /// `logged_in_at` and `created_at` of one credential (every kind has both in the 4.0 spec).
@@ -59,16 +92,8 @@ struct PagedUser {
     role_ids: Option<Vec<String>>,
     #[serde(default)]
     credentials_email: Option<EmailCredential>,
-    #[serde(default)]
-    credentials_saml: Option<LoginTimes>,
-    #[serde(default)]
-    credentials_google: Option<LoginTimes>,
-    #[serde(default)]
-    credentials_oidc: Option<LoginTimes>,
-    #[serde(default)]
-    credentials_ldap: Option<LoginTimes>,
-    #[serde(default)]
-    credentials_looker_openid: Option<LoginTimes>,
+    #[serde(flatten)]
+    others: OtherCredentials,
     #[serde(default)]
     credentials_api3: Option<Vec<IdOnly>>,
     #[serde(default)]
@@ -102,17 +127,7 @@ fn logins<'a>(creds: impl Iterator<Item = &'a LoginTimes>) -> Option<Logins> {
 impl PagedUser {
     fn into_user(self) -> Result<LookerUser, LookerError> {
         crate::client::looker::check_segment(&self.id).map_err(|m| bad_body("/users", m))?;
-        let logins = logins(
-            self.credentials_email
-                .as_ref()
-                .map(|c| &c.times)
-                .into_iter()
-                .chain(self.credentials_saml.iter())
-                .chain(self.credentials_google.iter())
-                .chain(self.credentials_oidc.iter())
-                .chain(self.credentials_ldap.iter())
-                .chain(self.credentials_looker_openid.iter()),
-        );
+        let logins = self.others.logins(self.credentials_email.as_ref());
         let email = self
             .email
             .or_else(|| self.credentials_email.and_then(|c| c.email));
@@ -210,5 +225,24 @@ mod login_tests {
         let bad = paged(serde_json::json!({
             "id": "3", "credentials_saml": {"logged_in_at": "yesterday", "created_at": "2020-01-01T00:00:00Z"}}));
         assert_eq!(bad.logins, None);
+    }
+
+    #[test]
+    fn the_per_event_search_reads_the_login_times_the_pages_read() {
+        use crate::client::looker::{SEARCH_FIELDS, SEARCH_FIELDS_WITH_LOGINS};
+        let with = SEARCH_FIELDS_WITH_LOGINS;
+        assert!(with.starts_with(&format!("{SEARCH_FIELDS},")), "{with}");
+        let kinds = ["saml", "google", "oidc", "ldap", "looker_openid"];
+        for k in kinds {
+            let f = format!("credentials_{k}(logged_in_at,created_at)");
+            assert!(PAGE_FIELDS.contains(&f) && with.contains(&f), "{f}");
+        }
+        // No other kind in the pages (plus `credentials_email`, read whole by the search).
+        assert_eq!(PAGE_FIELDS.matches("logged_in_at").count(), kinds.len() + 1);
+        assert_eq!(with.matches("logged_in_at").count(), kinds.len());
+        assert!(
+            !SEARCH_FIELDS.contains("logged_in_at"),
+            "without [inactivity] nothing more"
+        );
     }
 }

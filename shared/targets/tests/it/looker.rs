@@ -326,6 +326,7 @@ async fn find_user_reads_direct_roles_and_user_set_attributes() {
     let needs = ReadNeeds {
         direct_roles: true,
         attribute_ids: vec![region.clone(), team.clone()],
+        logins: false,
     };
     let user = c
         .find_user("eve@x.com", &needs)
