@@ -724,7 +724,7 @@ impl LookerPort for LookerClient {
         let encoded = percent_encoding::utf8_percent_encode(id, SEGMENT);
         let path = format!("/users/credential/{}/{encoded}", credential.as_str());
         match self
-            .get_json::<SearchUser>(&path, &[("fields", SEARCH_FIELDS)])
+            .get_json::<SearchUser>(&path, &[("fields", search_fields(needs))])
             .await
         {
             Ok(u) => self.snapshot(u, needs, ENDPOINT).await.map(Some),
