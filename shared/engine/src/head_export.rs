@@ -96,11 +96,7 @@ impl S3Location {
 
     /// `<prefix>/<seq>-<time>.json`, seq zero-padded so that keys sort in export order.
     pub fn key_for(&self, head: &ExportedHead) -> String {
-        let name = format!(
-            "{:020}-{}.json",
-            head.seq,
-            head.time.format("%Y%m%dT%H%M%S%.3fZ")
-        );
+        let name = format!("{:020}-{}.json", head.seq, head.time.format("%Y%m%dT%H%M%S%.3fZ"));
         if self.prefix.is_empty() {
             name
         } else {

@@ -458,24 +458,33 @@ async fn the_s3_sink_writes_locked_objects_and_verify_against_s3_catches_a_rewri
         first[0].starts_with("audit/heads/00000000000000000004-") && first[0].ends_with(".json"),
         "{first:?}"
     );
-    let obj = s3.get_object().bucket(&bucket).key(&first[0]).send().await.unwrap();
-    let body: serde_json::Value =
-        serde_json::from_slice(&obj.body.collect().await.unwrap().into_bytes()).unwrap();
-    assert_eq!(body, printed, "the same JSON as the file sink");
-    let retention = s3
-        .get_object_retention()
+    let obj = s3
+        .get_object()
         .bucket(&bucket)
         .key(&first[0])
         .send()
         .await
-        .unwrap()
-        .retention
-        .expect("the exported head is under retention");
+        .unwrap();
+    let body: serde_json::Value =
+        serde_json::from_slice(&obj.body.collect().await.unwrap().into_bytes()).unwrap();
+    assert_eq!(body, printed, "the same JSON as the file sink");
+    // The object's retention (HeadObject: moto 5.2 answers GetObjectRetention on a path-style
+    // URL with the object itself).
+    let retention = s3
+        .head_object()
+        .bucket(&bucket)
+        .key(&first[0])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
-        retention.mode,
-        Some(aws_sdk_s3::types::ObjectLockRetentionMode::Compliance)
+        retention.object_lock_mode,
+        Some(aws_sdk_s3::types::ObjectLockMode::Compliance)
     );
-    let until = retention.retain_until_date.expect("a retain-until date").secs();
+    let until = retention
+        .object_lock_retain_until_date
+        .expect("the exported head is under retention")
+        .secs();
     let in_30_days = chrono::Utc::now().timestamp() + 30 * 86_400;
     assert!(
         (in_30_days - 3600..=in_30_days).contains(&until),
@@ -500,7 +509,10 @@ async fn the_s3_sink_writes_locked_objects_and_verify_against_s3_catches_a_rewri
         &AWS_VARS,
     );
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains("ledger ok: 6 rows") && out.contains("(seq 6)"), "{out}");
+    assert!(
+        out.contains("ledger ok: 6 rows") && out.contains("(seq 6)"),
+        "{out}"
+    );
 
     rewrite(&data, 2).await;
     let (code, _, err) = run(
@@ -514,7 +526,14 @@ async fn the_s3_sink_writes_locked_objects_and_verify_against_s3_catches_a_rewri
     // An empty prefix is a clear failure, not a pass.
     let (code, _, err) = run(
         &data,
-        &["--config", cfg, "audit", "verify", "--against", &format!("s3://{bucket}/nothing")],
+        &[
+            "--config",
+            cfg,
+            "audit",
+            "verify",
+            "--against",
+            &format!("s3://{bucket}/nothing"),
+        ],
         &AWS_VARS,
     );
     assert_eq!(code, Some(1), "{err}");

@@ -144,10 +144,7 @@ impl AuditConfig {
                 ));
             }
             if matches!(&h.region, Some(r) if r.trim().is_empty()) {
-                return Err(ConfigError::new(
-                    "audit.head_export.region",
-                    "must not be empty",
-                ));
+                return Err(ConfigError::new("audit.head_export.region", "must not be empty"));
             }
             if let Some(d) = h.retain_days
                 && !(1..=36_500).contains(&d)
@@ -214,7 +211,10 @@ mod tests {
         assert_eq!(h.s3_prefix(), DEFAULT_HEAD_PREFIX);
         assert_eq!(h.lock_mode, ObjectLockMode::Governance);
         let field = |t: &str| parse(t).validate().unwrap_err().field;
-        assert_eq!(field("[head_export]\nsink = \"s3\"\n"), "audit.head_export.bucket");
+        assert_eq!(
+            field("[head_export]\nsink = \"s3\"\n"),
+            "audit.head_export.bucket"
+        );
         assert_eq!(
             field("[head_export]\nsink = \"s3\"\nbucket = \"Bad_Bucket\"\n"),
             "audit.head_export.bucket"
