@@ -4,7 +4,7 @@ use anyhow::{Context, bail};
 use gatehouse_app::AppError;
 use gatehouse_domain::ledger_chain;
 use gatehouse_domain::ports::StateStore;
-use gatehouse_engine::head_export::{self, ExportedHead};
+use gatehouse_engine::head_export::{self, ExportedHead, S3Location};
 use gatehouse_platform::config::{Config, ConfigError};
 use std::io::{Read, Write};
 
@@ -15,7 +15,7 @@ pub async fn head(cfg: &Config, export: bool) -> anyhow::Result<()> {
         (true, None) => {
             return Err(AppError::Config(ConfigError::new(
                 "audit.head_export",
-                "is required for --export (sink = \"file\" or \"log\")",
+                "is required for --export (sink = \"file\", \"s3\" or \"log\")",
             ))
             .into());
         }
@@ -29,14 +29,16 @@ pub async fn head(cfg: &Config, export: bool) -> anyhow::Result<()> {
         bail!("the ledger is empty: there is no chain head to export");
     };
     if let Some(sink) = sink {
-        head_export::write(sink, &head)?;
+        head_export::write(sink, &head).await?;
     }
     writeln!(std::io::stdout().lock(), "{}", serde_json::to_string(&head)?)?;
     Ok(())
 }
 
-/// Read an exported head: a file path (the last line counts) or `-` for standard input.
-fn read_exported(from: &str) -> anyhow::Result<ExportedHead> {
+/// Read an exported head: a file path (the last line counts), `-` for standard input, or
+/// `s3://bucket/prefix` (the newest object the `s3` sink wrote there; region and endpoint from
+/// `[audit.head_export]` when configured, else the SDK's default chain).
+async fn read_exported(cfg: &Config, from: &str) -> anyhow::Result<ExportedHead> {
     let text = if from == "-" {
         let mut s = String::new();
         std::io::stdin()
@@ -44,7 +46,10 @@ fn read_exported(from: &str) -> anyhow::Result<ExportedHead> {
             .context("cannot read the exported head from stdin")?;
         s
     } else if from.starts_with("s3://") {
-        bail!("s3:// exported heads are not supported yet: copy the object to a file and pass its path");
+        let loc = S3Location::parse(from, cfg.audit.head_export.as_ref())?;
+        let (key, head) = head_export::read_s3(&loc.client().await, &loc).await?;
+        tracing::info!(bucket = %loc.bucket, key = %key, seq = head.seq, "exported head read from s3");
+        return Ok(head);
     } else {
         std::fs::read_to_string(from).with_context(|| format!("cannot read the exported head {from}"))?
     };
@@ -54,7 +59,7 @@ fn read_exported(from: &str) -> anyhow::Result<ExportedHead> {
 /// `gatehouse audit verify --against HEAD`: the chain must be intact and still hold the
 /// exported seq with the exported hash; exit 1 naming the mismatch.
 pub async fn verify_against(cfg: &Config, from: &str) -> anyhow::Result<()> {
-    let exported = read_exported(from)?;
+    let exported = read_exported(cfg, from).await?;
     let store = crate::ops::state(cfg).await?;
     let rows = store.ledger_since(None).await;
     let head = store.ledger_head().await;

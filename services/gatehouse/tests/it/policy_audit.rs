@@ -392,3 +392,173 @@ async fn plan_policy_shows_exactly_the_people_and_grants_a_change_affects() {
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("looker_grups"), "{err}");
 }
+
+fn s3_client() -> aws_sdk_s3::Client {
+    use aws_sdk_s3::config::{BehaviorVersion, Builder, Credentials, Region};
+    let conf = Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(crate::crash::moto_url())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+async fn keys(s3: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
+    let page = s3.list_objects_v2().bucket(bucket).send().await.unwrap();
+    page.contents()
+        .iter()
+        .filter_map(|o| o.key().map(String::from))
+        .collect()
+}
+
+const AWS_VARS: [(&str, &str); 3] = [
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_REGION", "us-east-1"),
+];
+
+/// The `s3` sink against moto: one new Object Lock'ed object per export, read back (the newest)
+/// by `verify --against s3://…`, which catches a re-hashed ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_s3_sink_writes_locked_objects_and_verify_against_s3_catches_a_rewrite() {
+    let s3 = s3_client();
+    let bucket = crate::crash::unique("heads");
+    s3.create_bucket()
+        .bucket(&bucket)
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[audit.head_export]\nsink = \"s3\"\nbucket = \"{bucket}\"\nprefix = \"audit/heads\"\n\
+             endpoint_url = \"{}\"\nregion = \"us-east-1\"\nretain_days = 30\n",
+            crate::crash::moto_url()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let db = Sqlite::open(&data).await.unwrap();
+    db.append_ledger(&(1..=4).map(entry).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    db.close().await;
+
+    let (code, out, err) = run(&data, &["--config", cfg, "audit", "head", "--export"], &AWS_VARS);
+    assert_eq!(code, Some(0), "{err}");
+    let printed: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let first = keys(&s3, &bucket).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(
+        first[0].starts_with("audit/heads/00000000000000000004-") && first[0].ends_with(".json"),
+        "{first:?}"
+    );
+    let obj = s3
+        .get_object()
+        .bucket(&bucket)
+        .key(&first[0])
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value =
+        serde_json::from_slice(&obj.body.collect().await.unwrap().into_bytes()).unwrap();
+    assert_eq!(body, printed, "the same JSON as the file sink");
+    // The object's retention (HeadObject: moto 5.2 answers GetObjectRetention on a path-style
+    // URL with the object itself).
+    let retention = s3
+        .head_object()
+        .bucket(&bucket)
+        .key(&first[0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        retention.object_lock_mode,
+        Some(aws_sdk_s3::types::ObjectLockMode::Compliance)
+    );
+    let until = retention
+        .object_lock_retain_until_date
+        .expect("the exported head is under retention")
+        .secs();
+    let in_30_days = chrono::Utc::now().timestamp() + 30 * 86_400;
+    assert!(
+        (in_30_days - 3600..=in_30_days).contains(&until),
+        "retain until {until}, expected about {in_30_days}"
+    );
+
+    // A second export (after more rows) is a second object; the first one is untouched.
+    let db = Sqlite::open(&data).await.unwrap();
+    db.append_ledger(&[entry(5), entry(6)]).await.unwrap();
+    db.close().await;
+    let (code, _, err) = run(&data, &["--config", cfg, "audit", "head", "--export"], &AWS_VARS);
+    assert_eq!(code, Some(0), "{err}");
+    let both = keys(&s3, &bucket).await;
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert!(both.contains(&first[0]), "{both:?}");
+
+    // The newest head (seq 6) is the one checked; the unaltered ledger passes.
+    let against = format!("s3://{bucket}/audit/heads");
+    let (code, out, err) = run(
+        &data,
+        &["--config", cfg, "audit", "verify", "--against", &against],
+        &AWS_VARS,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("ledger ok: 6 rows") && out.contains("(seq 6)"),
+        "{out}"
+    );
+
+    rewrite(&data, 2).await;
+    let (code, _, err) = run(
+        &data,
+        &["--config", cfg, "audit", "verify", "--against", &against],
+        &AWS_VARS,
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("the ledger was rewritten"), "{err}");
+
+    // An empty prefix is a clear failure, not a pass.
+    let (code, _, err) = run(
+        &data,
+        &[
+            "--config",
+            cfg,
+            "audit",
+            "verify",
+            "--against",
+            &format!("s3://{bucket}/nothing"),
+        ],
+        &AWS_VARS,
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no exported head under"), "{err}");
+}
+
+#[test]
+fn a_bad_s3_sink_config_exits_64_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    for (toml_text, field) in [
+        ("[audit.head_export]\nsink = \"s3\"\n", "audit.head_export.bucket"),
+        (
+            "[audit.head_export]\nsink = \"s3\"\nbucket = \"heads\"\nretain_days = 0\n",
+            "audit.head_export.retain_days",
+        ),
+    ] {
+        let cfg = dir.path().join("gatehouse.toml");
+        std::fs::write(&cfg, toml_text).unwrap();
+        let (code, _, err) = run(
+            &dir.path().join("data"),
+            &["--config", cfg.to_str().unwrap(), "audit", "head", "--export"],
+            &[],
+        );
+        assert_eq!(code, Some(64), "{err}");
+        assert!(err.contains(field), "{field}: {err}");
+    }
+}

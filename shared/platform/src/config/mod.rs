@@ -19,7 +19,7 @@ mod server;
 mod state;
 mod telemetry;
 
-pub use audit::{AuditConfig, HeadExportConfig, HeadSinkKind};
+pub use audit::{AuditConfig, HeadExportConfig, HeadSinkKind, ObjectLockMode, valid_bucket_name};
 pub use breaker::{BreakerConfig, Limits as BreakerLimits};
 pub use cloud::{
     AwsConfig, AwsUserMappingConfig, GcpConfig, GcpTokenSource, Mode, Modes, Orphans, ReconcileConfig,
