@@ -37,6 +37,34 @@ pub struct AwsConnect {
     pub credentials_file: Option<std::path::PathBuf>,
 }
 
+impl AwsConnect {
+    /// The SDK's shared configuration: its default chain (region, credentials) with these
+    /// overrides. Each client then turns the SDK's own retries off.
+    pub async fn load(&self) -> aws_config::SdkConfig {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(url) = &self.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        if let Some(r) = &self.region {
+            loader = loader.region(aws_config::Region::new(r.clone()));
+        }
+        if let Some(p) = &self.profile {
+            loader = loader.profile_name(p);
+        }
+        if let Some(f) = &self.credentials_file {
+            // The replacement types live in aws-runtime, which aws-config does not re-export.
+            #[allow(deprecated)]
+            use aws_config::profile::profile_file::{ProfileFileKind, ProfileFiles};
+            #[allow(deprecated)]
+            let files = ProfileFiles::builder()
+                .with_file(ProfileFileKind::Credentials, f)
+                .build();
+            loader = loader.profile_files(files);
+        }
+        loader.load().await
+    }
+}
+
 /// Page size of every listing (IAM's maximum).
 const PAGE: i32 = 1000;
 
@@ -102,27 +130,7 @@ fn describe<E>(e: &SdkError<E>) -> &'static str {
 impl AwsIam {
     /// From the SDK's default chain (region, credentials), with optional overrides.
     pub async fn connect(o: &AwsConnect) -> Self {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(url) = &o.endpoint_url {
-            loader = loader.endpoint_url(url);
-        }
-        if let Some(r) = &o.region {
-            loader = loader.region(aws_config::Region::new(r.clone()));
-        }
-        if let Some(p) = &o.profile {
-            loader = loader.profile_name(p);
-        }
-        if let Some(f) = &o.credentials_file {
-            // The replacement types live in aws-runtime, which aws-config does not re-export.
-            #[allow(deprecated)]
-            use aws_config::profile::profile_file::{ProfileFileKind, ProfileFiles};
-            #[allow(deprecated)]
-            let files = ProfileFiles::builder()
-                .with_file(ProfileFileKind::Credentials, f)
-                .build();
-            loader = loader.profile_files(files);
-        }
-        let shared = loader.load().await;
+        let shared = o.load().await;
         let conf = aws_sdk_iam::config::Builder::from(&shared)
             .retry_config(aws_sdk_iam::config::retry::RetryConfig::disabled())
             .build();

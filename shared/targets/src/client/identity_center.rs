@@ -85,26 +85,7 @@ fn permanent(action: &str, message: String) -> CloudError {
 impl IdentityCenter {
     /// From the SDK's default chain (region, credentials), with optional overrides; retries off.
     pub async fn connect(o: &AwsConnect, settings: IdcSettings) -> Self {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(url) = &o.endpoint_url {
-            loader = loader.endpoint_url(url);
-        }
-        if let Some(r) = &o.region {
-            loader = loader.region(aws_config::Region::new(r.clone()));
-        }
-        if let Some(p) = &o.profile {
-            loader = loader.profile_name(p);
-        }
-        if let Some(f) = &o.credentials_file {
-            #[allow(deprecated)]
-            use aws_config::profile::profile_file::{ProfileFileKind, ProfileFiles};
-            #[allow(deprecated)]
-            let files = ProfileFiles::builder()
-                .with_file(ProfileFileKind::Credentials, f)
-                .build();
-            loader = loader.profile_files(files);
-        }
-        let shared = loader.load().await;
+        let shared = o.load().await;
         let store = aws_sdk_identitystore::config::Builder::from(&shared)
             .retry_config(aws_sdk_identitystore::config::retry::RetryConfig::disabled())
             .build();
