@@ -10,6 +10,11 @@
 //! a time (like the embedded queue does per subject) and keeps the group's next messages back
 //! until the one in flight is acked or dead-lettered.
 //!
+//! A held message is leased like the one in flight: extending the one in flight extends the
+//! held messages of its group in the same step, and a held message whose lease ends, or is too
+//! close to its end to be renewed safely, is never handed out (SQS hands it to someone else once
+//! its lease ends; handing it out here as well would run it twice, in parallel).
+//!
 //! Bodies are handed out as they are (an EventBridge event on the audit queue is not an
 //! envelope): decoding is the consumer's job.
 //!
@@ -26,8 +31,8 @@ use tokio::time::Instant;
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
-    SendMessageBatchRequestEntry,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageAttributeValue,
+    MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
@@ -76,8 +81,9 @@ struct Groups {
     /// yet settled. A lease that ends unsettled (the consumer gave up without a word) frees its
     /// group: SQS hands that message out again.
     in_flight: HashMap<String, (String, Instant)>,
-    /// message group id -> messages received but not yet handed out, in group order.
-    held: HashMap<String, VecDeque<Delivery>>,
+    /// message group id -> messages received but not yet handed out, in group order, each with
+    /// the end of its lease.
+    held: HashMap<String, VecDeque<(Delivery, Instant)>>,
 }
 
 impl Groups {
@@ -268,6 +274,77 @@ impl SqsQueue {
         self.groups.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// FIFO: record the in-flight delivery's new lease end and list the held messages of its
+    /// group that can still be renewed. A held message too close to the end of its lease is
+    /// dropped with every message behind it (SQS redelivers them in order); renewing it could
+    /// reach SQS after another consumer got it.
+    fn lease_held_behind(&self, receipt: &str, until: Instant, visibility: Duration) -> Vec<String> {
+        let mut g = self.lock_groups();
+        let Some((group, lease)) = g.in_flight.get_mut(receipt) else {
+            return Vec::new();
+        };
+        *lease = until;
+        let group = group.clone();
+        let Some(queue) = g.held.get_mut(&group) else {
+            return Vec::new();
+        };
+        let horizon = Instant::now() + renew_margin(visibility);
+        if let Some(ending) = queue.iter().position(|(_, end)| *end <= horizon) {
+            tracing::debug!(group = %group, "held sqs message's lease is ending; sqs will redeliver its group");
+            queue.truncate(ending);
+        }
+        let receipts = queue.iter().map(|(d, _)| d.receipt.clone()).collect();
+        g.held.retain(|_, q| !q.is_empty());
+        receipts
+    }
+
+    /// Renew held messages' leases (`ChangeMessageVisibilityBatch`, ten per request); a message
+    /// that was renewed gets the new lease end, one that was not keeps its old one (and is
+    /// dropped before that ends).
+    async fn renew_held(&self, receipts: Vec<String>, visibility: Duration, until: Instant) {
+        for chunk in receipts.chunks(BATCH) {
+            let entries: Vec<_> = chunk
+                .iter()
+                .enumerate()
+                .filter_map(|(i, receipt)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(receipt)
+                        .visibility_timeout(secs(visibility, MAX_VISIBILITY_SECS))
+                        .build()
+                        .ok()
+                })
+                .collect();
+            let renewed: Vec<&String> = match self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(&*self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+            {
+                Ok(out) => out
+                    .successful
+                    .iter()
+                    .filter_map(|ok| ok.id.parse::<usize>().ok())
+                    .filter_map(|i| chunk.get(i))
+                    .collect(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "held sqs messages not renewed; they keep their lease");
+                    Vec::new()
+                }
+            };
+            let mut g = self.lock_groups();
+            for queue in g.held.values_mut() {
+                for (d, end) in queue.iter_mut() {
+                    if renewed.contains(&&d.receipt) {
+                        *end = until;
+                    }
+                }
+            }
+        }
+    }
+
     /// FIFO: held messages whose group has nothing in flight, each re-leased for `visibility`
     /// before it is handed out (one that timed out meanwhile is dropped: SQS hands it out again).
     async fn take_held(&self, max: usize, visibility: Duration) -> Vec<Delivery> {
@@ -278,11 +355,20 @@ impl SqsQueue {
             let free: Vec<String> = g.held.keys().filter(|k| !g.busy(k)).take(max).cloned().collect();
             let mut ready = Vec::new();
             for group in free {
-                if let Some(d) = g.held.get_mut(&group).and_then(VecDeque::pop_front) {
-                    g.in_flight
-                        .insert(d.receipt.clone(), (group.clone(), now + visibility));
-                    ready.push((group, d));
+                let Some((d, until)) = g.held.get_mut(&group).and_then(VecDeque::pop_front) else {
+                    continue;
+                };
+                if until <= now + renew_margin(visibility) {
+                    // Its lease ends (or ended) before a renewal surely reaches SQS, which may
+                    // already have handed it to another consumer: drop it and its successors,
+                    // SQS redelivers them in order.
+                    tracing::debug!(group = %group, "held sqs message's lease is ending; sqs will redeliver its group");
+                    g.held.remove(&group);
+                    continue;
                 }
+                g.in_flight
+                    .insert(d.receipt.clone(), (group.clone(), now + visibility));
+                ready.push((group, d));
             }
             g.held.retain(|_, q| !q.is_empty());
             ready
@@ -445,7 +531,10 @@ impl QueueConsumer for SqsQueue {
                 .or(m.message_id)
                 .unwrap_or_else(|| delivery.receipt.clone());
             if g.busy(&group) || g.held.contains_key(&group) {
-                g.held.entry(group).or_default().push_back(delivery);
+                g.held
+                    .entry(group)
+                    .or_default()
+                    .push_back((delivery, leased_at + visibility));
             } else {
                 g.in_flight
                     .insert(delivery.receipt.clone(), (group, leased_at + visibility));
@@ -475,7 +564,7 @@ impl QueueConsumer for SqsQueue {
                     .and_then(|(group, _)| g.held.remove(&group))
                     .unwrap_or_default()
             };
-            for d in held {
+            for (d, _) in held {
                 if let Err(e) = self
                     .change_visibility(&d.receipt, Duration::ZERO, "cannot give back a held sqs message")
                     .await
@@ -495,10 +584,9 @@ impl QueueConsumer for SqsQueue {
             "cannot extend the sqs message visibility",
         )
         .await?;
-        if self.fifo
-            && let Some((_, lease)) = self.lock_groups().in_flight.get_mut(&delivery.receipt)
-        {
-            *lease = until;
+        if self.fifo {
+            let held = self.lease_held_behind(&delivery.receipt, until, visibility);
+            self.renew_held(held, visibility, until).await;
         }
         Ok(())
     }
@@ -768,6 +856,12 @@ fn dead_message(m: &aws_sdk_sqs::types::Message) -> crate::dlq::DeadMessage {
 
 /// Whole seconds for an SQS timeout: rounded up (a sub-second wish is not shortened to zero),
 /// capped at what SQS accepts.
+/// How much of a held message's lease must be left to renew it: a renewal that reaches SQS after
+/// the lease ended may come after another consumer received the message.
+fn renew_margin(visibility: Duration) -> Duration {
+    (visibility / 4).min(Duration::from_secs(10))
+}
+
 fn secs(d: Duration, max: u64) -> i32 {
     let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
     s.min(max) as i32

@@ -293,6 +293,65 @@ async fn fifo_holds_back_a_groups_next_messages_until_the_first_is_settled() {
     assert!(third[0].body.contains("\"g-3\""), "{}", third[0].body);
 }
 
+/// Two processes on one FIFO queue: `a` receives a group's two messages at once, hands out the
+/// first and holds the second. Returns (`a`, a second consumer `b` with its own bookkeeping,
+/// the first delivery).
+async fn two_consumers_one_held(
+    visibility: Duration,
+) -> (SqsQueue, SqsQueue, gatehouse_domain::ports::Delivery) {
+    let s = setup_with(true, 10).await;
+    let a = s.queue;
+    let b = SqsQueue::with_client(client(), a.queue_url(), Duration::from_secs(1));
+    let batch: Vec<_> = (1..=2)
+        .map(|i| envelope(&format!("h-{i}"), "okta:held", i))
+        .collect();
+    a.publish(&batch).await.unwrap();
+    let first = receive_some(&a, visibility).await;
+    assert_eq!(first.len(), 1, "one message of the group at a time");
+    assert!(first[0].body.contains("\"h-1\""), "{}", first[0].body);
+    (a, b, first.into_iter().next().unwrap())
+}
+
+fn second_of_group(got: &[gatehouse_domain::ports::Delivery]) -> usize {
+    got.iter().filter(|d| d.body.contains("\"h-2\"")).count()
+}
+
+#[tokio::test]
+async fn fifo_held_messages_are_leased_with_the_one_in_flight() {
+    let (a, b, first) = two_consumers_one_held(Duration::from_secs(4)).await;
+    let t0 = Instant::now();
+    // The work outlasts the first lease; the worker extends the delivery in flight, which must
+    // extend the message held behind it too.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.extend(&first, Duration::from_secs(10)).await.unwrap();
+    tokio::time::sleep_until(t0 + Duration::from_secs(5)).await;
+    a.ack(&first).await.unwrap();
+    let other = b.receive(10, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(
+        second_of_group(&other),
+        0,
+        "the held message's lease ended while it was held: another consumer got it"
+    );
+    let mine = receive_some(&a, Duration::from_secs(30)).await;
+    assert_eq!(second_of_group(&mine), 1, "the held message comes next: {mine:?}");
+}
+
+#[tokio::test]
+async fn fifo_a_held_message_whose_lease_ended_is_never_handed_out() {
+    let (a, b, first) = two_consumers_one_held(Duration::from_secs(2)).await;
+    // No extension: the held message's lease ends and SQS gives it to the other consumer.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    a.ack(&first).await.unwrap();
+    let other = receive_some(&b, Duration::from_secs(30)).await;
+    assert_eq!(second_of_group(&other), 1, "{other:?}");
+    let mine = a.receive(10, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(
+        second_of_group(&mine),
+        0,
+        "a message another consumer holds was handed out again (it would run twice in parallel)"
+    );
+}
+
 #[tokio::test]
 async fn depth_counts_waiting_and_in_flight_messages() {
     let s = setup(false).await;
