@@ -354,7 +354,9 @@ async fn drift_is_reverted_in_enforce_mode_and_only_reported_in_report_mode() {
     )
     .await;
     assert_eq!(r.plans.len(), 1, "{r:#?}");
-    assert_eq!((r.writes, r.reported), (0, 3), "{r:#?}");
+    // Three drifts of isaac's, and the orphan member hand@example.com's managed editor binding
+    // (issue 15: ledgered as an orphan, `[reconcile] orphans = "report"` by default).
+    assert_eq!((r.writes, r.reported), (0, 4), "{r:#?}");
     assert_eq!(
         groups_of(&c, &isaac).await,
         [w.ops.clone(), w.hand.clone()].into()
@@ -367,7 +369,7 @@ async fn drift_is_reverted_in_enforce_mode_and_only_reported_in_report_mode() {
         .ledger()
         .await
         .into_iter()
-        .filter(|r| r.entry.status == "drift_reported")
+        .filter(|r| r.entry.status == "drift_reported" && r.entry.rule != "reconcile.orphans")
         .collect();
     assert_eq!(reported.len(), 3, "{reported:#?}");
     assert!(app.metrics().await.contains("gatehouse_drift_reported_total"));
@@ -481,4 +483,165 @@ async fn a_cloud_drift_envelope_reconciles_just_that_person() {
             && drift_rows.iter().any(|r| r.entry.status == "200")
     );
     app.stop().await;
+}
+
+/// Issue 15: orphan accounts in the clouds — an IAM user made by hand in a managed group, a GCP
+/// member bound to managed roles, both matching nobody in the directory. `report` (the default)
+/// ledgers each orphan's offboarding plan as `drift_reported` and changes nothing; `disable`
+/// sends it through the apply loop (the IAM user loses its managed group and its key is
+/// deactivated, as an offboarding does; the member loses its managed bindings), and each disable
+/// counts as an offboarding in the mass-change breaker: past its limit the rest is held until
+/// released.
+#[tokio::test]
+async fn orphan_iam_users_and_gcp_members_are_reported_or_disabled_through_the_breaker() {
+    use gatehouse_domain::ports::StateStore as _;
+    let w = World::new();
+    let c = iam();
+    for g in [&w.eng, &w.ops, &w.hand] {
+        c.create_group().group_name(g).send().await.unwrap();
+    }
+    let ghost = w.create_user(&c, "ghost", &[&w.eng, &w.hand]).await;
+    let key = c
+        .create_access_key()
+        .user_name(&ghost)
+        .send()
+        .await
+        .unwrap()
+        .access_key()
+        .unwrap()
+        .access_key_id()
+        .to_string();
+    // In an unmanaged group only: not an orphan of ours.
+    let stray = w.create_user(&c, "stray", &[&w.hand]).await;
+    c.create_access_key().user_name(&stray).send().await.unwrap();
+    let member = "user:ghost@elsewhere.example";
+    let gcp = FakeGcpIam::start().await;
+    gcp_resource(&gcp, &w, &["group:all@example.com", member]);
+    gcp.grant_by_hand(&w.project, "roles/editor", member);
+    let app = spawn(&w, &gcp, None).await;
+    let key_status = |c: Client, user: String| async move {
+        c.list_access_keys()
+            .user_name(&user)
+            .send()
+            .await
+            .unwrap()
+            .access_key_metadata()
+            .iter()
+            .map(|k| k.status().map(|s| s.as_str().to_string()).unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    let orphan_rows = |ledger: &[gatehouse_domain::ports::LedgerRow], subject: &str, status: &str| {
+        ledger
+            .iter()
+            .filter(|r| r.entry.subject == subject && r.entry.status == status)
+            .map(|r| {
+                assert_eq!(r.entry.rule, "reconcile.orphans", "{r:#?}");
+                assert_eq!(r.entry.actor.as_deref(), Some("reconcile"), "{r:#?}");
+                r.entry.call.body.clone().unwrap_or_default().to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    let aws_subject = format!("orphan:aws:{ghost}");
+    let gcp_subject = format!("orphan:gcp:{member}");
+
+    // Report (the default): each orphan's plan is ledgered, nothing is changed.
+    let (r, _) = reconcile_as_configured(&app, "").await;
+    assert_eq!(r.writes, 0, "{r:#?}");
+    assert_eq!(
+        groups_of(&c, &ghost).await,
+        [w.eng.clone(), w.hand.clone()].into()
+    );
+    assert_eq!(key_status(c.clone(), ghost.clone()).await, ["Active"]);
+    assert!(
+        gcp.members(&w.project, "roles/editor")
+            .contains(&member.to_string())
+    );
+    let ledger = app.ledger().await;
+    let aws = orphan_rows(&ledger, &aws_subject, "drift_reported");
+    assert!(
+        aws.len() == 1 && aws[0].contains("RemoveUserFromGroup") && aws[0].contains(&w.eng),
+        "{aws:#?}"
+    );
+    assert_eq!(
+        orphan_rows(&ledger, &gcp_subject, "drift_reported").len(),
+        2,
+        "{ledger:#?}"
+    );
+    assert!(
+        ledger.iter().all(|r| !r.entry.subject.contains(&stray)),
+        "{ledger:#?}"
+    );
+
+    // Disable, with a breaker that admits one offboarding: the IAM user is disabled, the GCP
+    // member (found after it) is held and only reported.
+    let breaker =
+        "[reconcile]\norphans = \"disable\"\n[safety.breaker]\nwindow = \"1h\"\noffboardings = { max = 1 }\n";
+    let (r, engine) = reconcile_as_configured(&app, breaker).await;
+    assert_eq!(groups_of(&c, &ghost).await, [w.hand.clone()].into(), "{r:#?}");
+    assert_eq!(key_status(c.clone(), ghost.clone()).await, ["Inactive"]);
+    assert_eq!(key_status(c.clone(), stray.clone()).await, ["Active"]);
+    let ledger = app.ledger().await;
+    let written = orphan_rows(&ledger, &aws_subject, "200");
+    assert!(
+        written.iter().any(|b| b.contains("RemoveUserFromGroup"))
+            && written
+                .iter()
+                .any(|b| b.contains("UpdateAccessKey") && b.contains(&key)),
+        "{written:#?}"
+    );
+    assert!(
+        gcp.members(&w.project, "roles/editor")
+            .contains(&member.to_string())
+    );
+    let held = app.store.breaker_held(None).await.unwrap();
+    assert_eq!(
+        held.iter()
+            .map(|h| (h.subject.as_str(), h.source.as_str()))
+            .collect::<Vec<_>>(),
+        [(gcp_subject.as_str(), "reconcile")]
+    );
+    assert!(
+        ledger
+            .iter()
+            .any(|r| r.entry.subject == gcp_subject && r.entry.status == "held"),
+        "{ledger:#?}"
+    );
+    assert_eq!(orphan_rows(&ledger, &gcp_subject, "drift_reported").len(), 4);
+
+    // A person releases: the trip closes, and the next reconcile disables the member.
+    gatehouse_engine::breaker::release(&engine, None, "tester")
+        .await
+        .unwrap();
+    assert!(app.store.breaker_held(None).await.unwrap().is_empty());
+    let (r, _) = reconcile_as_configured(&app, breaker).await;
+    assert!(r.writes >= 1, "{r:#?}");
+    assert_eq!(gcp.members(&w.project, "roles/editor"), Vec::<String>::new());
+    assert_eq!(
+        gcp.members(&w.project, "roles/viewer"),
+        vec!["group:all@example.com"]
+    );
+    unmanaged_intact(&gcp, &w);
+    app.stop().await;
+}
+
+/// `gatehouse reconcile --apply` as the CLI runs it: the orphan mode from the config, the engine
+/// (with its breaker) returned for what follows.
+async fn reconcile_as_configured(app: &TestApp, extra: &str) -> (Report, gatehouse_app::AppEngine) {
+    let text = std::fs::read_to_string(app.dir.path().join("gatehouse.toml")).unwrap();
+    let path = app.dir.path().join("reconcile.toml");
+    std::fs::write(&path, format!("{text}\n{extra}")).unwrap();
+    let cfg = Config::load(Some(&path), |_| None).unwrap();
+    let state = gatehouse_store::state::AnyState::Sqlite(app.store.clone());
+    let engine = gatehouse_app::engine_with_cloud(&cfg, state).await.unwrap();
+    let r = reconcile::run_full(
+        &engine,
+        &app.store,
+        true,
+        &reconcile::ReadOptions::default(),
+        cfg.reconcile.orphan_mode().unwrap(),
+        &LogProgress,
+    )
+    .await
+    .unwrap();
+    (r, engine)
 }

@@ -26,6 +26,12 @@ use std::time::Duration;
 /// The ledger's `target` for decisions Gatehouse or its operators made (no call was sent).
 pub const LEDGER_TARGET: &str = "gatehouse";
 
+/// The breaker's source for reconcile's orphan disables (issue 15).
+pub const RECONCILE_SOURCE: &str = "reconcile";
+
+/// The event type of a held orphan disable.
+pub const ORPHAN_DISABLE: &str = "reconcile.orphan_disable";
+
 /// The configured breaker.
 #[derive(Debug, Clone)]
 pub struct Breaker {
@@ -74,9 +80,63 @@ impl Breaker {
         cloud: &CloudPlan,
         policy_digest: &str,
     ) -> Result<bool, BackendError> {
+        let kinds = breaker::classify(before, after, looker, cloud, &self.privileged);
+        let by = By {
+            actor: gatehouse_domain::actor::of_envelope(env),
+            policy_digest: Some(policy_digest),
+        };
+        self.admit_kinds(store, env, env.source.as_str(), kinds, by).await
+    }
+
+    /// Count an orphan account's disable (issue 15) as an offboarding from the source
+    /// [`RECONCILE_SOURCE`]; `true` when it is held and must not be applied. What is held is an
+    /// envelope Gatehouse does not act on (`reconcile.orphan_disable`): `safety release` closes
+    /// the trip and the next reconcile disables the orphan (counted afresh), `discard` drops it
+    /// (the next reconcile finds the orphan again).
+    pub(crate) async fn admit_orphan<S: StateStore>(
+        &self,
+        store: &S,
+        ctx: &gatehouse_targets::Ctx,
+        policy_digest: &str,
+    ) -> Result<bool, BackendError> {
         let now = Utc::now();
-        let source = env.source.as_str();
-        for kind in breaker::classify(before, after, looker, cloud, &self.privileged) {
+        let env = Envelope {
+            version: Envelope::VERSION,
+            id: EnvelopeId(format!("{}:{}", ctx.envelope_id, ctx.subject)),
+            source: Source::Manual,
+            subject: Subject {
+                key: ctx.subject.clone(),
+                email: ctx.email.clone(),
+                display_name: None,
+            },
+            occurred_at: now,
+            received_at: now,
+            event: IdentityEvent::Ignored {
+                event_type: ORPHAN_DISABLE.into(),
+            },
+            profile: Default::default(),
+            source_event_type: ORPHAN_DISABLE.into(),
+            raw: serde_json::Value::Null,
+            trace_parent: None,
+        };
+        let kinds = [ChangeKind::Offboarding].into();
+        let by = By {
+            actor: ctx.actor.clone(),
+            policy_digest: Some(policy_digest),
+        };
+        self.admit_kinds(store, &env, RECONCILE_SOURCE, kinds, by).await
+    }
+
+    async fn admit_kinds<S: StateStore>(
+        &self,
+        store: &S,
+        env: &Envelope,
+        source: &str,
+        kinds: std::collections::BTreeSet<ChangeKind>,
+        by: By<'_>,
+    ) -> Result<bool, BackendError> {
+        let now = Utc::now();
+        for kind in kinds {
             let Some(limits) = self.limits(kind, now) else {
                 continue;
             };
@@ -106,7 +166,7 @@ impl Breaker {
                     }
                     tracing::warn!(kind = kind.as_str(), source, envelope_id = %env.id,
                         subject = %env.subject.key, "change held by the mass-change breaker");
-                    metrics::counter!("gatehouse_breaker_held_total", "kind" => kind.as_str(), "source" => source)
+                    metrics::counter!("gatehouse_breaker_held_total", "kind" => kind.as_str(), "source" => source.to_string())
                         .increment(1);
                     store
                         .append_ledger(&[ledger(
@@ -117,10 +177,7 @@ impl Breaker {
                             "hold",
                             serde_json::json!({ "source": source, "trip": tripped }),
                             "held",
-                            By {
-                                actor: gatehouse_domain::actor::of_envelope(env),
-                                policy_digest: Some(policy_digest),
-                            },
+                            by,
                         )])
                         .await?;
                     return Ok(true);

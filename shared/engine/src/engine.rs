@@ -984,24 +984,48 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         })
     }
 
-    /// Act on an orphan Looker user (issue 15): `disable` sends its plan (a `PATCH` disabling
-    /// it) through the one apply loop in the Looker target's mode, so the safety screen and the
-    /// ledger apply as to any reconcile plan (the mass-change breaker admits envelopes; like the
-    /// rest of reconcile, this does not pass through it); otherwise it is only reported
-    /// (`drift_reported` ledger rows).
+    /// Act on an orphan account (issue 15): with `disable`, its plan (a Looker `PATCH` disabling
+    /// the user; an IAM user's or GCP member's offboarding steps) goes through the one apply loop
+    /// in its target's mode, so the safety screen and the ledger apply as to any reconcile plan;
+    /// otherwise it is only reported (`drift_reported` ledger rows). A disable that would write
+    /// counts as an offboarding in the mass-change breaker (`[safety.breaker]`, source
+    /// `reconcile`): past its limits it is held and only reported, so a bad directory read cannot
+    /// mass-disable.
     pub async fn apply_orphan(
         &self,
         ctx: &Ctx,
-        plan: &Plan,
+        plan: &crate::reconcile_orphans::OrphanPlan,
         disable: bool,
     ) -> Result<AppliedCounts, ProcessError> {
+        use crate::reconcile_orphans::OrphanPlan;
         let modes = self.cloud.as_ref().map(|c| c.modes).unwrap_or_default();
-        let run = self.run(ctx);
-        let mode = match self.looker.client() {
-            Some(_) if disable && modes.looker == ConfigMode::Enforce => Mode::Apply,
-            _ => Mode::Report,
+        let cloud = self.cloud.as_deref();
+        let enforce = match plan {
+            OrphanPlan::Looker(_) => self.looker.client().is_some() && modes.looker == ConfigMode::Enforce,
+            OrphanPlan::Aws(_) => cloud.is_some_and(|c| c.aws.is_some()) && modes.aws == ConfigMode::Enforce,
+            OrphanPlan::Gcp(_) => cloud.is_some_and(|c| c.gcp.is_some()) && modes.gcp == ConfigMode::Enforce,
         };
-        let a = targets::apply(&self.looker, plan, mode, &run).await?;
+        let mut write = disable && enforce && !plan.is_empty();
+        if write
+            && let Some(breaker) = &self.breaker
+            && breaker
+                .admit_orphan(&self.store, ctx, self.policy.digest.as_str())
+                .await?
+        {
+            write = false;
+        }
+        let mode = if write { Mode::Apply } else { Mode::Report };
+        let run = self.run(ctx);
+        let a = match (plan, cloud) {
+            (OrphanPlan::Looker(p), _) => targets::apply(&self.looker, p, mode, &run).await?,
+            (OrphanPlan::Aws(p), Some(CloudTargets { aws: Some(t), .. })) => {
+                targets::apply(t, p, mode, &run).await?
+            }
+            (OrphanPlan::Gcp(p), Some(CloudTargets { gcp: Some(g), .. })) => {
+                targets::apply(g, p, mode, &run).await?
+            }
+            _ => targets::Applied::default(),
+        };
         Ok(AppliedCounts {
             writes: a.writes,
             reported: a.reported,

@@ -13,5 +13,6 @@ pub mod head_export;
 pub mod reconcile;
 pub mod reconcile_budget;
 pub mod reconcile_leader;
+pub mod reconcile_orphans;
 pub mod reconcile_paged;
 pub mod worker;

@@ -425,8 +425,8 @@ where
 }
 
 /// [`run_with`] with what to do about orphan accounts (`[reconcile] orphans`, issue 15): with
-/// `apply`, each orphan Looker user is ledgered (`report`) or disabled through the one apply
-/// loop (`disable`, in the Looker target's mode). The report carries what was read
+/// `apply`, each orphan Looker user, IAM user or GCP member is ledgered (`report`) or disabled
+/// through the one apply loop (`disable`, in its target's mode; see [`crate::reconcile_orphans`]). The report carries what was read
 /// ([`Report::observed`]): store it with [`record`].
 pub async fn run_full<S, L>(
     engine: &Engine<S, L>,
@@ -524,32 +524,10 @@ where
         report.reported += reported;
         progress.advance(1);
     }
-    for o in report.orphans.iter().filter(|o| o.target == "looker") {
-        let subject = gatehouse_domain::access::orphan_subject("looker", &o.account);
-        let ctx = Ctx {
-            envelope_id: run_id.clone(),
-            subject: subject.clone(),
-            event: "reconcile".into(),
-            email: o.email.clone(),
-            actor: gatehouse_domain::actor::RECONCILE.into(),
-            policy_digest: Some(engine.policy().digest.to_string()),
-        };
-        let plan = Plan {
-            user: gatehouse_domain::looker::UserRef::Id(o.account.clone()),
-            steps: vec![gatehouse_domain::plan::Step {
-                op: gatehouse_domain::looker::LookerOp::SetDisabled { disabled: true },
-                rule: crate::access::ORPHAN_RULE.into(),
-            }],
-            notes: Vec::new(),
-            resolution: Default::default(),
-        };
-        tracing::warn!(looker_user = %o.account, action = ?orphans, "orphan looker user: holds managed grants, matches nobody in the directory");
-        let AppliedCounts { writes, reported } = engine
-            .apply_orphan(&ctx, &plan, orphans == Orphans::Disable)
-            .await?;
-        report.writes += writes;
-        report.reported += reported;
-    }
+    let AppliedCounts { writes, reported } =
+        crate::reconcile_orphans::act(engine, &run_id, &report.orphans, &snap, orphans).await?;
+    report.writes += writes;
+    report.reported += reported;
     // Registered targets (AWS IAM Identity Center, ...) read and plan per person inside their
     // own converge, in their reconcile mode.
     if engine.has_registered() {

@@ -375,6 +375,17 @@ async fn plan_policy_shows_exactly_the_people_and_grants_a_change_affects() {
         gatehouse_domain::policy::PolicyDigest::of(&std::fs::read(&new).unwrap()).0
     );
 
+    // The text form, as docs/audit-ledger.md shows it (kept with GATEHOUSE_REPORT_EXAMPLES).
+    let (code, out, err) = run(&data, &["plan", "--policy", new.to_str().unwrap()], &vars);
+    assert_eq!(code, Some(0), "{err}");
+    crate::report_access::keep_example("plan-policy.txt", &out);
+    assert!(
+        out.contains("+ looker group Oncall  [engineers]")
+            && out.contains("- looker role Finance Analyst  [finance]")
+            && out.contains("2 of 4 people affected"),
+        "{out}"
+    );
+
     let (code, out, err) = run(&data, &["plan", "--policy", current.to_str().unwrap()], &vars);
     assert_eq!(code, Some(0), "{err}");
     assert!(

@@ -138,7 +138,7 @@ impl Fixture {
 
 /// With `GATEHOUSE_REPORT_EXAMPLES=DIR`, the outputs are written there (docs/reports.md pastes
 /// them: real output of the fixture).
-fn keep_example(name: &str, text: &str) {
+pub(crate) fn keep_example(name: &str, text: &str) {
     if let Ok(dir) = std::env::var("GATEHOUSE_REPORT_EXAMPLES") {
         std::fs::write(Path::new(&dir).join(name), text).unwrap();
     }
@@ -234,6 +234,73 @@ async fn json_shows_grants_drift_and_orphans_without_calling_looker() {
     assert!(
         orphan(&v, &f.dan).is_none(),
         "a user with no managed grant is not ours to report"
+    );
+}
+
+/// `--refresh` runs reconcile's paged Looker reads first (pages of `[reconcile] page_size`, no
+/// write), counts every call against the month's Looker budget, and the review shows a change made
+/// in Looker since the last snapshot; without `--refresh` the report calls nothing and still
+/// shows the snapshot's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_reads_looker_in_pages_counts_the_budget_and_shows_a_new_change() {
+    let f = Fixture::new("[reconcile]\npage_size = 2\n[looker.budget]\nmonthly_call_quota = 100000\n").await;
+    f.run(&["reconcile"]).await;
+    // Since that snapshot, ann was put in Finance Analysts by hand in Looker.
+    let ann = f.fake.user_by_email("ann@example.com").unwrap().id;
+    let finance = f
+        .fake
+        .group_names()
+        .into_iter()
+        .find(|(_, n)| n == "Finance Analysts")
+        .unwrap()
+        .0;
+    f.fake.add_user_to_group(&ann, &finance);
+    let drift = |out: &str| {
+        let v: serde_json::Value = serde_json::from_str(out).unwrap();
+        let g = grant(&v, "ann@example.com", "group");
+        (g["had"].clone(), g["drift"].clone())
+    };
+    let budget = || async {
+        use gatehouse_domain::ports::LookerCallCounts;
+        let db = gatehouse_store::sqlite::Sqlite::open(f.path()).await.unwrap();
+        let n = db
+            .looker_calls(&gatehouse_domain::ports::call_month(Utc::now()))
+            .await
+            .unwrap();
+        db.close().await;
+        n
+    };
+
+    f.fake.reset_calls();
+    let stale = f.run(&["report", "access", "--format", "json"]).await;
+    assert!(f.fake.calls().is_empty(), "{:?}", f.fake.calls());
+    assert_eq!(drift(&stale), (false.into(), "wanted-not-had".into()));
+
+    let counted = budget().await;
+    let fresh = f
+        .run(&["report", "access", "--refresh", "--format", "json"])
+        .await;
+    let calls = f.fake.calls();
+    assert_eq!(drift(&fresh), (true.into(), "none".into()), "{fresh}");
+    let pages: Vec<(String, String)> = calls
+        .iter()
+        .filter(|c| c.method == "GET" && c.path == "/users")
+        .map(|c| {
+            (
+                c.query_param("limit").unwrap_or_default(),
+                c.query_param("offset").unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        pages.len() >= 3 && pages.iter().all(|(limit, _)| limit == "2"),
+        "every user read in pages of 2: {pages:?}"
+    );
+    assert_eq!(f.fake.write_calls(), 0, "a refresh reads, it never writes");
+    assert_eq!(
+        budget().await - counted,
+        calls.len() as u64,
+        "every call the refresh made is counted against the budget"
     );
 }
 

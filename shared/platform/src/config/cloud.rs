@@ -121,7 +121,8 @@ pub struct ReconcileConfig {
     #[serde(default = "default_leader_lease", with = "humantime_serde")]
     pub leader_lease: Duration,
     /// Accounts holding managed grants that match nobody in the directory (issue 15):
-    /// `report` (list and ledger them) or `disable` (disable orphan Looker users).
+    /// `report` (list and ledger them) or `disable` (offboard orphan Looker users, IAM users and
+    /// GCP members through the apply loop, counted by the mass-change breaker).
     #[serde(default = "default_orphans")]
     pub orphans: String,
     /// Access snapshots kept (issue 15): the newest this many reconcile runs ...
