@@ -47,7 +47,12 @@ async fn estimate_prints_the_documented_arithmetic_and_calls_nothing() {
             Status::Deactivated
         };
         let groups: &[&str] = if i % 3 == 0 { &["Finance"] } else { &[] };
-        let id = person(&format!("00uEST{i}"), &format!("est-{i}@example.com"), status, groups);
+        let id = person(
+            &format!("00uEST{i}"),
+            &format!("est-{i}@example.com"),
+            status,
+            groups,
+        );
         store
             .commit(Outcome {
                 envelope_id: EnvelopeId(format!("seed-est-{i}")),

@@ -115,7 +115,10 @@ async fn ticks(pool: &PgPool) -> BTreeMap<String, (String, bool)> {
 }
 
 fn finished(t: &BTreeMap<String, (String, bool)>) -> Vec<String> {
-    t.iter().filter(|(_, (_, d))| *d).map(|(k, _)| k.clone()).collect()
+    t.iter()
+        .filter(|(_, (_, d))| *d)
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 async fn count(pool: &PgPool, sql: &'static str) -> i64 {
@@ -148,7 +151,11 @@ fn done_counts(replicas: &[&Replica]) -> BTreeMap<String, usize> {
 
 async fn until<F: AsyncFnMut() -> bool>(what: &str, deadline: Instant, mut f: F, logs: &dyn Fn() -> String) {
     while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}\n{}", logs());
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            logs()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -171,7 +178,15 @@ async fn two_replicas_reconcile_each_tick_once_and_a_survivor_finishes_a_killed_
     let a = Replica::start(&fake, &db, &cfg, &dir.path().join("a")).await;
     let b = Replica::start(&fake, &db, &cfg, &dir.path().join("b")).await;
     let pool = PgPool::connect(&db).await.unwrap();
-    let logs = || format!("--- a (pid {}):\n{}--- b (pid {}):\n{}", a.pid, a.dump(), b.pid, b.dump());
+    let logs = || {
+        format!(
+            "--- a (pid {}):\n{}--- b (pid {}):\n{}",
+            a.pid,
+            a.dump(),
+            b.pid,
+            b.dump()
+        )
+    };
     let deadline = Instant::now() + Duration::from_secs(180);
 
     // Several ticks with both replicas competing: each one is claimed by one and reconciled once.
@@ -185,7 +200,13 @@ async fn two_replicas_reconcile_each_tick_once_and_a_survivor_finishes_a_killed_
     .await;
     // Stop the next run at its page read: a stable point to count at, and the run to kill.
     fake.hold("GET", "/users");
-    until("a run held at its page read", deadline, async || fake.held_calls() == 1, &logs).await;
+    until(
+        "a run held at its page read",
+        deadline,
+        async || fake.held_calls() == 1,
+        &logs,
+    )
+    .await;
     let t = ticks(&pool).await;
     let done = finished(&t);
     let open: Vec<_> = t.iter().filter(|(_, (_, d))| !*d).collect();
@@ -204,15 +225,27 @@ async fn two_replicas_reconcile_each_tick_once_and_a_survivor_finishes_a_killed_
     for d in &done {
         assert_eq!(per_tick.get(d), Some(&1), "tick {d} reconciled once\n{}", logs());
     }
-    assert_eq!(per_tick.len(), done.len(), "no run outside a finished tick: {per_tick:?}");
-    assert_eq!(page_reads(&fake), done.len(), "one page read per tick (5 users, pages of 1000)");
+    assert_eq!(
+        per_tick.len(),
+        done.len(),
+        "no run outside a finished tick: {per_tick:?}"
+    );
+    assert_eq!(
+        page_reads(&fake),
+        done.len(),
+        "one page read per tick (5 users, pages of 1000)"
+    );
     assert_eq!(
         count(&pool, "SELECT count(*) FROM access_snapshots").await,
         done.len() as i64,
         "one snapshot per tick"
     );
     assert_eq!(
-        count(&pool, "SELECT value FROM reconcile_counters WHERE name = 'attribute_audit'").await,
+        count(
+            &pool,
+            "SELECT value FROM reconcile_counters WHERE name = 'attribute_audit'"
+        )
+        .await,
         done.len() as i64 + 1,
         "one audit run per finished tick, plus the held one"
     );
@@ -265,7 +298,10 @@ async fn two_replicas_reconcile_each_tick_once_and_a_survivor_finishes_a_killed_
     )
     .await;
     assert!(survivor.ticks(TAKING_OVER).contains(&tick), "{}", logs());
-    assert!(!leader.ticks(DONE).contains(&tick), "the killed leader never finished it");
+    assert!(
+        !leader.ticks(DONE).contains(&tick),
+        "the killed leader never finished it"
+    );
     // The schedule goes on with the survivor alone.
     until(
         "a tick after the taken-over one",
@@ -275,12 +311,21 @@ async fn two_replicas_reconcile_each_tick_once_and_a_survivor_finishes_a_killed_
     )
     .await;
     fake.hold("GET", "/users");
-    until("the next run held", deadline, async || fake.held_calls() == 1, &logs).await;
+    until(
+        "the next run held",
+        deadline,
+        async || fake.held_calls() == 1,
+        &logs,
+    )
+    .await;
     let done = finished(&ticks(&pool).await);
     until(
         "a done line for every finished tick",
         deadline,
-        async || done.iter().all(|d| done_counts(&[&leader, &survivor]).contains_key(d)),
+        async || {
+            done.iter()
+                .all(|d| done_counts(&[&leader, &survivor]).contains_key(d))
+        },
         &logs,
     )
     .await;
@@ -295,7 +340,11 @@ async fn two_replicas_reconcile_each_tick_once_and_a_survivor_finishes_a_killed_
         "one snapshot per finished tick: the killed run stored none"
     );
     assert_eq!(
-        count(&pool, "SELECT value FROM reconcile_counters WHERE name = 'attribute_audit'").await,
+        count(
+            &pool,
+            "SELECT value FROM reconcile_counters WHERE name = 'attribute_audit'"
+        )
+        .await,
         done.len() as i64 + 2,
         "the killed run and the held one started, every other run finished"
     );

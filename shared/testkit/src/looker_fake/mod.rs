@@ -469,10 +469,8 @@ async fn serve_one(AxState(state): AxState<Arc<Mutex<State>>>, req: Request) -> 
 async fn wait_while_held(state: &Arc<Mutex<State>>, req: &model::Request) {
     let lock = || state.lock().unwrap_or_else(PoisonError::into_inner);
     let path = model::strip_api(&req.path).unwrap_or(&req.path).to_owned();
-    let matches = |h: &Option<(String, String)>| {
-        h.as_ref()
-            .is_some_and(|(m, p)| *m == req.method && *p == path)
-    };
+    let matches =
+        |h: &Option<(String, String)>| h.as_ref().is_some_and(|(m, p)| *m == req.method && *p == path);
     let mut rx = lock().hold.subscribe();
     if !matches(&rx.borrow_and_update()) {
         return;
@@ -614,7 +612,11 @@ mod server_tests {
         let api = format!("{}/api/4.0", fake.base_url());
         fake.hold("GET", "/users");
         let held = tokio::spawn({
-            let (http, url, tok) = (http.clone(), format!("{api}/users?limit=10&fields=id"), tok.clone());
+            let (http, url, tok) = (
+                http.clone(),
+                format!("{api}/users?limit=10&fields=id"),
+                tok.clone(),
+            );
             async move {
                 let r = http
                     .get(url)
