@@ -7,6 +7,8 @@ use std::time::Duration;
 mod breaker;
 mod conformance;
 mod crash;
+mod estimate;
+mod leader;
 mod ops;
 mod policy_audit;
 mod queues;

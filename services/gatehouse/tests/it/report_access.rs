@@ -22,7 +22,7 @@ when = { idp_group = "Finance" }
 looker_groups = ["Finance Analysts"]
 "#;
 
-fn person(key: &str, email: &str, status: Status, groups: &[&str]) -> Identity {
+pub(crate) fn person(key: &str, email: &str, status: Status, groups: &[&str]) -> Identity {
     let stamp = Stamp {
         at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
         id: EnvelopeId(format!("seed-{key}")),

@@ -31,7 +31,8 @@
 //! * Latency ([`FakeLooker::set_latency`]) and faults ([`FakeLooker::set_fault_rate`],
 //!   [`FakeLooker::fail_next`]): a fault is decided when the call arrives, before any state is read
 //!   or changed; 429 (and 503) carry `Retry-After` (seconds, [`FakeLooker::set_retry_after_secs`],
-//!   default 0).
+//!   default 0). [`FakeLooker::hold`] keeps the calls of one method and path unanswered until
+//!   [`FakeLooker::release`] (a process can be killed in the middle of a call).
 //! * Content (issue 19): personal folders, Looks, dashboards, scheduled plans and alerts, and what
 //!   `DELETE /users/{id}` does to them (Trash, schedules deleted) — see `model/content.rs`.
 //!
@@ -201,6 +202,25 @@ impl FakeLooker {
     /// Added to every call (including `/login` and faulted calls).
     pub fn set_latency(&self, d: Duration) {
         self.st().latency = d;
+    }
+
+    /// Hold every call of `method` on `path` (relative to `/api/4.0`, without the query, e.g.
+    /// `GET` `/users`) unanswered until [`Self::release`]; [`Self::held_calls`] counts them.
+    /// A held call is recorded once it is answered (a client that gives up is never answered).
+    pub fn hold(&self, method: &str, path: &str) {
+        self.st()
+            .hold
+            .send_replace(Some((method.to_owned(), path.to_owned())));
+    }
+
+    /// Answer the held calls and hold no more.
+    pub fn release(&self) {
+        self.st().hold.send_replace(None);
+    }
+
+    /// How many calls are being held right now.
+    pub fn held_calls(&self) -> usize {
+        self.st().holding
     }
 
     /// Answer this fraction of calls (0.0..=1.0) with a fault drawn from
@@ -419,6 +439,7 @@ async fn serve_one(AxState(state): AxState<Arc<Mutex<State>>>, req: Request) -> 
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
+    wait_while_held(&state, &req).await;
     let fault_injected = fault.is_some();
     let mut st = state.lock().unwrap_or_else(PoisonError::into_inner);
     let resp = match fault {
@@ -441,6 +462,29 @@ async fn serve_one(AxState(state): AxState<Arc<Mutex<State>>>, req: Request) -> 
     });
     drop(st);
     into_http(resp)
+}
+
+/// Holds the call while [`FakeLooker::hold`] matches it (counted in `holding`, also when the
+/// client hangs up and the call is dropped).
+async fn wait_while_held(state: &Arc<Mutex<State>>, req: &model::Request) {
+    let lock = || state.lock().unwrap_or_else(PoisonError::into_inner);
+    let path = model::strip_api(&req.path).unwrap_or(&req.path).to_owned();
+    let matches =
+        |h: &Option<(String, String)>| h.as_ref().is_some_and(|(m, p)| *m == req.method && *p == path);
+    let mut rx = lock().hold.subscribe();
+    if !matches(&rx.borrow_and_update()) {
+        return;
+    }
+    struct Holding<'a>(&'a Arc<Mutex<State>>);
+    impl Drop for Holding<'_> {
+        fn drop(&mut self) {
+            self.0.lock().unwrap_or_else(PoisonError::into_inner).holding -= 1;
+        }
+    }
+    lock().holding += 1;
+    let _holding = Holding(state);
+    // The sender lives in the state as long as the server: no error to handle.
+    let _ = rx.wait_for(|h| !matches(h)).await;
 }
 
 fn into_http(r: model::Response) -> Response {
@@ -558,5 +602,49 @@ mod server_tests {
         assert!(fake.user(&u).is_none());
         fake.reset_calls();
         assert!(fake.calls().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_call_is_answered_only_after_release_and_others_pass() {
+        let fake = FakeLooker::start().await;
+        let http = reqwest::Client::new();
+        let tok = login(&http, &fake).await;
+        let api = format!("{}/api/4.0", fake.base_url());
+        fake.hold("GET", "/users");
+        let held = tokio::spawn({
+            let (http, url, tok) = (
+                http.clone(),
+                format!("{api}/users?limit=10&fields=id"),
+                tok.clone(),
+            );
+            async move {
+                let r = http
+                    .get(url)
+                    .header("Authorization", format!("token {tok}"))
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                r.status().as_u16()
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while fake.held_calls() != 1 {
+            assert!(Instant::now() < deadline, "the call is never held");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Another path is answered meanwhile; the held call is not answered (nor recorded).
+        let r = http
+            .get(format!("{api}/user"))
+            .header("Authorization", format!("token {tok}"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status(), 200);
+        assert!(!held.is_finished());
+        assert!(!fake.calls().iter().any(|c| c.path == "/users"));
+        fake.release();
+        assert_eq!(held.await.unwrap_or_else(|e| panic!("{e}")), 200);
+        assert_eq!(fake.held_calls(), 0);
+        assert!(fake.calls().iter().any(|c| c.path == "/users" && c.status == 200));
     }
 }

@@ -627,6 +627,10 @@ pub(crate) struct State {
     pub(crate) token_ttl: Duration,
     pub(crate) faults: Faults,
     pub(crate) latency: Duration,
+    /// Calls (method, path under `/api/4.0`) held unanswered until released.
+    pub(crate) hold: tokio::sync::watch::Sender<Option<(String, String)>>,
+    /// How many calls are being held right now.
+    pub(crate) holding: usize,
     pub(crate) calls: Vec<RecordedCall>,
     admin_role: u64,
     pub(crate) admin_user: u64,
@@ -656,6 +660,8 @@ impl State {
                 retry_after_secs: 0,
             },
             latency: Duration::ZERO,
+            hold: tokio::sync::watch::Sender::new(None),
+            holding: 0,
             calls: Vec::new(),
             admin_role: 0,
             admin_user: 0,
