@@ -45,6 +45,32 @@ impl BackendError {
     }
 }
 
+/// A backend failure is classified by the [`crate::error::Error`] in its cause chain (the queue
+/// backends classify SQS and Pub/Sub answers into one); one without a classified cause (a
+/// database or I/O failure) is transient, as it always was: retried, never given up on at once.
+impl crate::error::Classified for BackendError {
+    fn kind(&self) -> crate::error::Kind {
+        self.classified()
+            .map_or(crate::error::Kind::Transient, |e| e.kind)
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        self.classified().and_then(|e| e.retry_after)
+    }
+}
+
+impl BackendError {
+    fn classified(&self) -> Option<&crate::error::Error> {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&*self.source);
+        while let Some(e) = cur {
+            if let Some(c) = e.downcast_ref::<crate::error::Error>() {
+                return Some(c);
+            }
+            cur = e.source();
+        }
+        None
+    }
+}
+
 /// The cause of [`BackendError::subject_changed`].
 #[derive(Debug, thiserror::Error)]
 #[error("subject {0} was committed by another handler since it was loaded")]

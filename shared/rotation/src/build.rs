@@ -72,7 +72,7 @@ pub async fn declared(
                     timeout: c.timeout,
                     catalog_ttl: c.catalog_ttl,
                 })
-                .map_err(|e| RotationError::permanent(format!("looker client: {e}")))?;
+                .map_err(|e| RotationError::permanent("cannot build the looker client").caused_by(e))?;
                 Arc::new(LookerApi3::new(admin, &c.url, user_id, c.timeout))
             }
             KindConfig::AwsAccessKey { user_name } => Arc::new(AwsAccessKey::new(aws_of(&aws)?, user_name)),

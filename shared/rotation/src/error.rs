@@ -42,6 +42,13 @@ impl RotationError {
         Self::new(ErrorKind::Permanent, message)
     }
 
+    /// Keep `cause` as this error's source: the message says what was being done, the cause
+    /// why (rendered whole only at the edge, by [`chain`]).
+    pub fn caused_by(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(cause));
+        self
+    }
+
     /// Another try later may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self.kind, ErrorKind::Throttled { .. } | ErrorKind::Transient)
@@ -81,7 +88,7 @@ impl From<BackendError> for RotationError {
     fn from(e: BackendError) -> Self {
         RotationError {
             kind: ErrorKind::Transient,
-            message: format!("state store: {e}"),
+            message: "state store failed".into(),
             source: Some(Box::new(e)),
         }
     }

@@ -2,8 +2,9 @@
 //! bearer authentication (a fixed token, or Application Default Credentials), JSON bodies, and
 //! Google's error shape `{"error":{"code","message","status"}}` classified once.
 
-use crate::error::{ErrorKind, RotationError, chain, classify_status};
+use crate::error::{ErrorKind, RotationError, classify_status};
 use gatehouse_platform::config::GcpApiConfig;
+use gatehouse_platform::http::parse_retry_after;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use std::fmt;
@@ -39,7 +40,7 @@ impl GcpClient {
             None => GcpAuth::Adc(
                 google_cloud_auth::credentials::Builder::default()
                     .build_access_token_credentials()
-                    .map_err(|e| RotationError::permanent(format!("gcp credentials: {}", chain(&e))))?,
+                    .map_err(|e| RotationError::permanent("no gcp credentials").caused_by(e))?,
             ),
         };
         Self::new(auth)
@@ -50,7 +51,7 @@ impl GcpClient {
             .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
             .timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| RotationError::permanent(format!("cannot build http client: {}", chain(&e))))?;
+            .map_err(|e| RotationError::permanent("cannot build http client").caused_by(e))?;
         Ok(GcpClient { http, auth })
     }
 
@@ -67,7 +68,7 @@ impl GcpClient {
                     } else {
                         ErrorKind::Unauthorized
                     };
-                    RotationError::new(kind, format!("gcp access token: {}", chain(&e)))
+                    RotationError::new(kind, "cannot get a gcp access token").caused_by(e)
                 }),
         }
     }
@@ -88,27 +89,27 @@ impl GcpClient {
             rb = rb.json(b);
         }
         let what = format!("gcp {method} {}", path_of(url));
+        // reqwest errors never hold request headers (the token); the URL is dropped too.
         let resp = rb.send().await.map_err(|e| {
-            let mut e = RotationError::new(ErrorKind::Transient, format!("{what}: {}", chain(&e)));
-            e.message = e.message.replace(token.expose_secret(), "[redacted]");
-            e
+            RotationError::new(ErrorKind::Transient, format!("{what}: cannot reach gcp"))
+                .caused_by(e.without_url())
         })?;
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| RotationError::new(ErrorKind::Transient, format!("{what}: {}", chain(&e))))?;
+            .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
+        let bytes = resp.bytes().await.map_err(|e| {
+            RotationError::new(ErrorKind::Transient, format!("{what}: cannot read the answer"))
+                .caused_by(e.without_url())
+        })?;
         let json: Value = if bytes.is_empty() {
             Value::Object(Default::default())
         } else {
-            serde_json::from_slice(&bytes)
-                .map_err(|e| RotationError::permanent(format!("{what}: unexpected response body: {e}")))?
+            serde_json::from_slice(&bytes).map_err(|e| {
+                RotationError::permanent(format!("{what}: unexpected response body")).caused_by(e)
+            })?
         };
         if (200..300).contains(&status) {
             return Ok(json);
@@ -139,4 +140,102 @@ fn path_of(url: &str) -> &str {
 /// `base` + `path` without doubled slashes.
 pub(crate) fn join(base: &str, path: &str) -> String {
     format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers every request with `response` (raw HTTP/1.1).
+    async fn answering(response: String) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let response = response.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 2048];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let _ = sock.write_all(response.as_bytes()).await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        url
+    }
+
+    fn client() -> GcpClient {
+        GcpClient::new(GcpAuth::Token(SecretString::from("ya29.rotation-test-token"))).unwrap()
+    }
+
+    #[tokio::test]
+    async fn no_answer_keeps_the_http_error_as_the_source_and_never_the_token() {
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let e = client()
+            .call(
+                reqwest::Method::GET,
+                &format!("{closed}/v1/projects/p/secrets/s"),
+                None,
+            )
+            .await
+            .expect_err("nothing listens");
+        assert!(e.is_retryable(), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "gcp GET /v1/projects/p/secrets/s: cannot reach gcp"
+        );
+        assert!(std::error::Error::source(&e).is_some(), "the cause is kept");
+        let text = crate::error::chain(&e);
+        assert!(text.len() > e.to_string().len(), "{text}");
+        assert!(!format!("{text} {e:?}").contains("rotation-test-token"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_429_retry_after_as_an_http_date_is_honoured() {
+        let date = (chrono::Utc::now() + chrono::Duration::seconds(60))
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string();
+        let body = r#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED"}}"#;
+        let url = answering(format!(
+            "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: {date}\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        ))
+        .await;
+        let e = client()
+            .call(reqwest::Method::GET, &format!("{url}/v1/x"), None)
+            .await
+            .expect_err("429");
+        let wait = e.retry_after().expect("the date form is read");
+        assert!(
+            wait > Duration::from_secs(30) && wait <= Duration::from_secs(60),
+            "{wait:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_body_keeps_the_parse_error_as_the_source() {
+        let url = answering(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 3\r\nconnection: close\r\n\r\n{x}"
+                .into(),
+        )
+        .await;
+        let e = client()
+            .call(reqwest::Method::GET, &format!("{url}/v1/x"), None)
+            .await
+            .expect_err("not json");
+        assert_eq!(e.to_string(), "gcp GET /v1/x: unexpected response body");
+        let cause = std::error::Error::source(&e).expect("the parse error is kept");
+        assert!(cause.is::<serde_json::Error>(), "{cause}");
+    }
 }

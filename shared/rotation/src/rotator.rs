@@ -256,7 +256,7 @@ impl<S: RotationStore> Rotator<S> {
                 Ok(n) => report.steps += n,
                 Err(RotatorError::Busy(_)) => {}
                 Err(e) => {
-                    tracing::warn!(secret = %r.secret, rotation = %r.id, error = %e, "rotation step failed")
+                    tracing::warn!(secret = %r.secret, rotation = %r.id, error = %crate::error::chain(&e), "rotation step failed")
                 }
             }
         }

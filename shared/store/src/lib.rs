@@ -3,6 +3,7 @@
 //! store, the SQS and Pub/Sub queues and their dead-letter tools.
 
 pub mod catchup_state;
+pub mod classify;
 pub mod dlq;
 pub mod graph_state;
 pub mod open;

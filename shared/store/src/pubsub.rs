@@ -264,7 +264,7 @@ impl PubsubQueue {
             }
         }
         match first_err {
-            Some(e) => Err(BackendError::new("pubsub publish failed", e)),
+            Some(e) => Err(crate::classify::pubsub_publish("pubsub publish failed", e)),
             None => Ok(ids),
         }
     }
@@ -615,7 +615,7 @@ impl QueueConsumer for PubsubQueue {
                     // The stream gives up only on a permanent error: open a new one next time.
                     slot.take();
                     if out.is_empty() {
-                        return Err(BackendError::new("pubsub streaming pull failed", e));
+                        return Err(crate::classify::pubsub("pubsub streaming pull failed", e));
                     }
                     tracing::warn!(error = %e, "pubsub streaming pull failed; returning what was received");
                     break;
@@ -678,7 +678,7 @@ impl QueueConsumer for PubsubQueue {
         tokio::time::timeout(self.inner.opts.publish_timeout, dlq.publish(msg))
             .await
             .map_err(|e| BackendError::new("pubsub dead-letter publish timed out", e))?
-            .map_err(|e| BackendError::new("pubsub dead-letter publish failed", e))?;
+            .map_err(|e| crate::classify::pubsub_publish("pubsub dead-letter publish failed", e))?;
         self.ack(delivery).await
     }
 

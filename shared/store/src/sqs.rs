@@ -241,7 +241,7 @@ impl SqsQueue {
             .visibility_timeout(secs(visibility, MAX_VISIBILITY_SECS))
             .send()
             .await
-            .map_err(|e| BackendError::new(context, e))?;
+            .map_err(|e| crate::classify::sqs(context, e))?;
         Ok(())
     }
 
@@ -411,7 +411,7 @@ impl QueueProducer for SqsQueue {
                     .set_entries(Some(pending.clone()))
                     .send()
                     .await
-                    .map_err(|e| BackendError::new("cannot publish to sqs", e))?;
+                    .map_err(|e| crate::classify::sqs("cannot publish to sqs", e))?;
                 let failed = out.failed;
                 if failed.is_empty() {
                     break;
@@ -500,7 +500,7 @@ impl QueueConsumer for SqsQueue {
         let messages = req
             .send()
             .await
-            .map_err(|e| BackendError::new("cannot receive from sqs", e))?
+            .map_err(|e| crate::classify::sqs("cannot receive from sqs", e))?
             .messages
             .unwrap_or_default();
         let mut groups = self.fifo.then(|| self.lock_groups());
@@ -621,7 +621,7 @@ impl QueueConsumer for SqsQueue {
         }
         req.send()
             .await
-            .map_err(|e| BackendError::new("cannot send the message to the sqs dead-letter queue", e))?;
+            .map_err(|e| crate::classify::sqs("cannot send the message to the sqs dead-letter queue", e))?;
         let done = self
             .delete(&delivery.receipt, "cannot remove the dead-lettered sqs message")
             .await;

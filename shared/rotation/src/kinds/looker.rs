@@ -42,7 +42,7 @@ pub fn from_looker(what: &str, e: LookerError) -> RotationError {
         LookerKind::NotFound => ErrorKind::NotFound,
         LookerKind::Conflict | LookerKind::Permanent => ErrorKind::Permanent,
     };
-    RotationError::new(kind, format!("{what}: {e}"))
+    RotationError::new(kind, what).caused_by(e)
 }
 
 impl Kind for LookerApi3 {

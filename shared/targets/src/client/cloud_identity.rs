@@ -7,6 +7,7 @@
 use super::gcp_iam::{TokenSource, authorize, classify, google_error};
 use gatehouse_domain::cloud::{CloudError, GroupHeld, Target, groups::membership_body};
 use gatehouse_domain::looker::ErrorKind;
+use gatehouse_platform::http::parse_retry_after;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -129,8 +130,7 @@ impl CloudIdentity {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
         let text = resp.text().await.unwrap_or_default();
         if (200..300).contains(&status) {
             if text.trim().is_empty() {

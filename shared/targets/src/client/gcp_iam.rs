@@ -5,6 +5,7 @@
 
 use gatehouse_domain::cloud::{CloudError, GcpApi, GcpResource, IamPolicy, Target};
 use gatehouse_domain::looker::ErrorKind;
+use gatehouse_platform::http::parse_retry_after;
 use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
 
@@ -127,8 +128,7 @@ impl GcpIam {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
         let text = resp.text().await.unwrap_or_default();
         if (200..300).contains(&status) {
             return serde_json::from_str(&text).map_err(|e| {

@@ -6,8 +6,10 @@
 use gatehouse_domain::error::{Classified, Kind, chain};
 use gatehouse_targets::RetryPolicy;
 use gatehouse_targets::client::aws_iam::{AwsConnect, AwsIam};
+use gatehouse_targets::client::cloud_identity::{CloudIdentity, CloudIdentityConfig};
 use gatehouse_targets::client::gcp_iam::{GcpIam, GcpIamConfig, TokenSource};
 use gatehouse_targets::client::looker::{LookerClient, LookerConfig};
+use gatehouse_testkit::cloud_identity_fake::FakeCloudIdentity;
 use gatehouse_testkit::gcp_iam_fake::FakeGcpIam;
 use gatehouse_testkit::looker_fake::FakeLooker;
 use secrecy::SecretString;
@@ -189,4 +191,122 @@ async fn looker_429_waits_for_retry_after_5xx_is_bounded_403_and_404_are_not_ret
         assert!(!e.is_retryable(), "{status}: {e}");
         assert_eq!(calls(&fake), 1, "{status} is not retried");
     }
+}
+
+/// A stand-in for a Google REST API that answers every request 429 `RESOURCE_EXHAUSTED` with
+/// `retry_after` as the `Retry-After` header.
+async fn throttling_google(retry_after: String) -> String {
+    let app = axum::Router::new().fallback(move || {
+        let retry_after = retry_after.clone();
+        async move {
+            (
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                [
+                    ("content-type", "application/json".to_owned()),
+                    ("retry-after", retry_after),
+                ],
+                r#"{"error":{"code":429,"message":"quota exceeded","status":"RESOURCE_EXHAUSTED"}}"#,
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// `Retry-After` as an HTTP date (RFC 9110 allows it) a minute from now.
+fn http_date_in_a_minute() -> String {
+    (chrono::Utc::now() + chrono::Duration::seconds(60))
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string()
+}
+
+/// The wait a date-form `Retry-After` a minute ahead yields, allowing a busy machine's delay.
+fn assert_about_a_minute(got: Option<Duration>, who: &str) {
+    let got = got.unwrap_or_else(|| panic!("{who}: a date-form Retry-After is honoured"));
+    assert!(
+        got > Duration::from_secs(30) && got <= Duration::from_secs(60),
+        "{who}: {got:?}"
+    );
+}
+
+#[tokio::test]
+async fn gcp_iam_and_cloud_identity_read_retry_after_with_the_one_parser() {
+    // Seconds and HTTP dates alike (the shared `parse_retry_after`; a hand-parsed copy read
+    // only seconds and dropped the date form, so the policy retried at once).
+    let url = throttling_google(http_date_in_a_minute()).await;
+    let token = TokenSource::Static(SecretString::from("token".to_owned()));
+    let iam = GcpIam::new(GcpIamConfig {
+        resource_manager_url: url.clone(),
+        bigquery_url: url.clone(),
+        iam_url: url.clone(),
+        token: token.clone(),
+        timeout: Duration::from_secs(10),
+    })
+    .unwrap();
+    let e = iam.get_policy("projects/p1").await.expect_err("429");
+    assert_eq!(e.kind(), Kind::Throttled, "{e}");
+    assert_about_a_minute(e.retry_after(), "gcp iam");
+
+    let groups = CloudIdentity::new(CloudIdentityConfig {
+        url: url.clone(),
+        token: token.clone(),
+        timeout: Duration::from_secs(10),
+        page_size: 100,
+    })
+    .unwrap();
+    let e = groups.group_name("eng@example.com").await.expect_err("429");
+    assert_eq!(e.kind(), Kind::Throttled, "{e}");
+    assert_about_a_minute(e.retry_after(), "cloud identity");
+
+    // The delay-seconds form too.
+    let url = throttling_google("7".into()).await;
+    let groups = CloudIdentity::new(CloudIdentityConfig {
+        url,
+        token,
+        timeout: Duration::from_secs(10),
+        page_size: 100,
+    })
+    .unwrap();
+    let e = groups.group_name("eng@example.com").await.expect_err("429");
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+}
+
+#[tokio::test]
+async fn cloud_identity_429_is_retried_by_the_policy_and_a_403_is_not() {
+    let fake = FakeCloudIdentity::start().await;
+    fake.add_group("eng@example.com");
+    let c = CloudIdentity::new(CloudIdentityConfig {
+        url: fake.base_url(),
+        token: TokenSource::Static(SecretString::from(fake.token())),
+        timeout: Duration::from_secs(10),
+        page_size: 100,
+    })
+    .unwrap();
+    let p = policy();
+
+    fake.set_retry_after_secs(0);
+    fake.fail_next(429, 1);
+    p.call("groups.lookup", || c.group_name("eng@example.com"))
+        .await
+        .expect("retried after the 429");
+    assert_eq!(fake.count("groups.lookup"), 2);
+
+    let other = FakeCloudIdentity::start().await;
+    other.add_group("eng@example.com");
+    other.fail_next(403, 5);
+    let c = CloudIdentity::new(CloudIdentityConfig {
+        url: other.base_url(),
+        token: TokenSource::Static(SecretString::from(other.token())),
+        timeout: Duration::from_secs(10),
+        page_size: 100,
+    })
+    .unwrap();
+    let e = p
+        .call("groups.lookup", || c.group_name("eng@example.com"))
+        .await
+        .expect_err("refused");
+    assert_eq!(e.kind(), Kind::Unauthorized, "{e}");
+    assert_eq!(other.count("groups.lookup"), 1, "a refusal is not retried");
 }
