@@ -26,7 +26,8 @@ fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked -p gatehouse-domain -p gatehouse-intake --lib -- fuzz
 
 ## bench: offboarding latency -> bench/results.md, SCIM throughput -> bench/scim.md, events/s and
-## peak RSS per queue backend -> bench/queues.md (starts moto and the Pub/Sub emulator)
+## peak RSS per queue backend -> bench/queues.md (starts moto and the Pub/Sub emulator), events/s
+## end to end next to a bare axum handler -> bench/throughput.md
 bench:
 	scripts/bench.sh
 

@@ -1,0 +1,468 @@
+//! Bench `throughput` (issue 13): events per second end to end on the embedded default
+//! (HTTP intake → SQLite queue → processor → fake Looker), next to a bare axum handler that
+//! accepts the same requests and does nothing with them, measured in the same run so the ratio
+//! means something on a busy machine. Writes `bench/throughput.json` and `bench/throughput.md`
+//! at the repository root.
+//!
+//! Each side runs in a fresh child process (this bench binary re-executed with
+//! `--throughput-child gatehouse|bare`) on a 2-worker tokio runtime, with the load generator
+//! in the same process: `CLIENTS` concurrent connections post `EVENTS` Okta event hooks (one
+//! `user.lifecycle.deactivate` per request, spread over `PEOPLE` people, each a Looker user
+//! of the fake). The child reports:
+//! - events/s accepted: 2xx answers over the time from the first request to the last answer;
+//! - events/s converged (Gatehouse only): accepted events over the time from the first request
+//!   until the embedded queue is empty (every event processed and acked, or dead-lettered);
+//! - p50/p99 of the accept latency (request sent → answer read);
+//! - its own peak RSS (`VmHWM`), read at the end.
+//!
+//! Sizes: `GATEHOUSE_BENCH_TPUT_EVENTS` (20,000), `GATEHOUSE_BENCH_TPUT_PEOPLE` (2,000).
+//! No servers needed; `make bench` runs it with the others.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use gatehouse_e2e::{OKTA_SECRET, Options, okta_fixture, spawn_app};
+use gatehouse_testkit::FakeLooker;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+const EVENTS: usize = 20_000;
+const PEOPLE: usize = 2_000;
+/// Concurrent client connections (below the intake's `per_source_concurrency` of 64, so no
+/// request is shed with 429).
+const CLIENTS: usize = 32;
+const SIDES: [&str; 2] = ["bare", "gatehouse"];
+const CHILD_FLAG: &str = "--throughput-child";
+const RESULT_PREFIX: &str = "THROUGHPUT-BENCH-RESULT ";
+
+fn env_size(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(default)
+}
+
+fn events() -> usize {
+    env_size("GATEHOUSE_BENCH_TPUT_EVENTS", EVENTS)
+}
+
+fn people() -> usize {
+    env_size("GATEHOUSE_BENCH_TPUT_PEOPLE", PEOPLE)
+}
+
+fn email(p: usize) -> String {
+    format!("tput{p}@example.com")
+}
+
+/// Event `i`: a deactivation of person `i % people`, with its own uuid and time.
+fn bodies(n: usize, people: usize) -> Vec<Vec<u8>> {
+    let template: Value = serde_json::from_slice(&okta_fixture(
+        "event-hook.user.lifecycle.deactivate.constructed.json",
+    ))
+    .unwrap();
+    let run = std::process::id();
+    let start = chrono::Utc::now();
+    (0..n)
+        .map(|i| {
+            let p = i % people;
+            let mut v = template.clone();
+            let e = &mut v["data"]["events"][0];
+            e["uuid"] = json!(format!("tput-{run}-{i}"));
+            e["published"] = json!((start + chrono::Duration::milliseconds(i as i64)).to_rfc3339());
+            e["target"][0]["id"] = json!(format!("00utput{p}"));
+            e["target"][0]["alternateId"] = json!(email(p));
+            serde_json::to_vec(&v).unwrap()
+        })
+        .collect()
+}
+
+/// `VmHWM` (peak resident set) of this process, in KiB.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/self/status")
+}
+
+/// What the load generator saw.
+struct Load {
+    accepted: usize,
+    refused: usize,
+    /// From the first request to the last answer.
+    elapsed: Duration,
+    /// Accept latencies of the 2xx answers, sorted.
+    latencies: Vec<Duration>,
+}
+
+/// Post every body to `url` from `CLIENTS` concurrent tasks.
+async fn load(url: &str, bodies: Vec<Vec<u8>>) -> Load {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENTS)
+        .build()
+        .unwrap();
+    let bodies = Arc::new(bodies);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (http, bodies, url) = (http.clone(), bodies.clone(), url.to_string());
+            tokio::spawn(async move {
+                let mut ok = Vec::new();
+                let mut refused = 0usize;
+                let mut i = c;
+                while i < bodies.len() {
+                    let sent = Instant::now();
+                    let r = http
+                        .post(&url)
+                        .header("authorization", OKTA_SECRET)
+                        .header("content-type", "application/json")
+                        .body(bodies[i].clone())
+                        .send()
+                        .await
+                        .expect("the server answers");
+                    let status = r.status();
+                    let _ = r.bytes().await;
+                    if status.is_success() {
+                        ok.push(sent.elapsed());
+                    } else {
+                        refused += 1;
+                    }
+                    i += CLIENTS;
+                }
+                (ok, refused)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        let (ok, r) = t.await.expect("client task");
+        latencies.extend(ok);
+        refused += r;
+    }
+    let elapsed = start.elapsed();
+    latencies.sort();
+    Load {
+        accepted: latencies.len(),
+        refused,
+        elapsed,
+        latencies,
+    }
+}
+
+fn pct_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    round2(sorted[idx].as_secs_f64() * 1000.0)
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn per_second(n: usize, d: Duration) -> u64 {
+    (n as f64 / d.as_secs_f64()).round() as u64
+}
+
+fn load_json(side: &str, n: usize, l: &Load) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("side".into(), json!(side));
+    m.insert("requests".into(), json!(n));
+    m.insert("accepted".into(), json!(l.accepted));
+    m.insert("refused".into(), json!(l.refused));
+    m.insert("accept_seconds".into(), json!(round2(l.elapsed.as_secs_f64())));
+    m.insert(
+        "accepted_per_second".into(),
+        json!(per_second(l.accepted, l.elapsed)),
+    );
+    m.insert("accept_p50_ms".into(), json!(pct_ms(&l.latencies, 0.50)));
+    m.insert("accept_p99_ms".into(), json!(pct_ms(&l.latencies, 0.99)));
+    m
+}
+
+// ---------------------------------------------------------------------------------------------
+// Children.
+
+/// The reference: a bare axum handler that checks the same header, reads the same body and
+/// keeps only its length.
+async fn bare_child() {
+    let n = events();
+    let bodies = bodies(n, people());
+    let kept: Arc<Mutex<Vec<usize>>> = Arc::default();
+    async fn accept(
+        State(kept): State<Arc<Mutex<Vec<usize>>>>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> StatusCode {
+        if headers
+            .get("authorization")
+            .is_none_or(|v| v.as_bytes() != OKTA_SECRET.as_bytes())
+        {
+            return StatusCode::UNAUTHORIZED;
+        }
+        kept.lock().unwrap().push(body.len());
+        StatusCode::OK
+    }
+    let app = Router::new()
+        .route("/hooks/okta", post(accept))
+        .with_state(kept.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let l = load(&format!("http://{addr}/hooks/okta"), bodies).await;
+    assert_eq!(kept.lock().unwrap().len(), l.accepted, "every 2xx was kept");
+    let mut m = load_json("bare", n, &l);
+    m.insert(
+        "peak_rss_mib".into(),
+        json!(round1(peak_rss_kib() as f64 / 1024.0)),
+    );
+    println!("{RESULT_PREFIX}{}", Value::Object(m));
+    server.abort();
+}
+
+/// Sum of the Prometheus samples of `name`, by the value of `label`.
+fn samples_by(metrics: &str, name: &str, label: &str) -> serde_json::Map<String, Value> {
+    let mut out = serde_json::Map::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let Some(rest) = rest.strip_prefix('{') else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let Ok(v) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let key = labels
+            .split(',')
+            .find_map(|kv| kv.strip_prefix(&format!("{label}=\"")))
+            .map(|v| v.trim_end_matches('"').to_string())
+            .unwrap_or_default();
+        let sum = out.get(&key).and_then(Value::as_f64).unwrap_or(0.0) + v;
+        out.insert(key, json!(sum as u64));
+    }
+    out
+}
+
+async fn gatehouse_child() {
+    let (n, people) = (events(), people());
+    let fake = FakeLooker::start().await;
+    for p in 0..people {
+        fake.add_user(&email(p), "Tput", &format!("User{p}"));
+    }
+    let bodies = bodies(n, people);
+    let app = spawn_app(Options {
+        looker: Some(fake.clone()),
+        ..Default::default()
+    })
+    .await;
+    let start = Instant::now();
+    let l = load(&format!("{}/hooks/okta", app.base), bodies).await;
+    let commits = app.store.enqueue_commits();
+    // Converged: the embedded queue is empty (each event processed and acked, or
+    // dead-lettered). Polled every 25 ms, so the end time is at most that late.
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut next_report = Instant::now() + Duration::from_secs(10);
+    loop {
+        let depth = app.store.queue_depth().await.expect("queue depth");
+        if depth == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{depth} events still queued after 30 minutes"
+        );
+        if Instant::now() > next_report {
+            next_report += Duration::from_secs(10);
+            eprintln!("bench throughput: gatehouse: {depth} events still queued");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let converged = start.elapsed();
+    let peak_kib = peak_rss_kib();
+    let dead = app.store.dead_letters().await.expect("dead letters").len();
+    let metrics = app.metrics().await;
+    let disabled = fake.users().iter().filter(|u| u.is_disabled).count();
+
+    let mut m = load_json("gatehouse", n, &l);
+    m.insert("converged_seconds".into(), json!(round2(converged.as_secs_f64())));
+    m.insert(
+        "converged_per_second".into(),
+        json!(per_second(l.accepted, converged)),
+    );
+    m.insert("dead_lettered".into(), json!(dead));
+    m.insert(
+        "processed_by_outcome".into(),
+        Value::Object(samples_by(
+            &metrics,
+            "gatehouse_events_processed_total",
+            "outcome",
+        )),
+    );
+    m.insert("enqueue_commits".into(), json!(commits.commits));
+    m.insert("looker_users_disabled".into(), json!(disabled));
+    m.insert("looker_writes".into(), json!(fake.write_calls()));
+    m.insert("peak_rss_mib".into(), json!(round1(peak_kib as f64 / 1024.0)));
+    println!("{RESULT_PREFIX}{}", Value::Object(m));
+    app.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parent: one child per side, then the results files.
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn run_child(side: &str) -> Value {
+    let exe = std::env::current_exe().expect("the bench's own path");
+    eprintln!("bench throughput: running {side} ...");
+    let out = Command::new(exe)
+        .args([CHILD_FLAG, side])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run the bench child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{side} run failed ({}):\n{stdout}",
+        out.status
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(RESULT_PREFIX))
+        .unwrap_or_else(|| panic!("{side} run printed no result:\n{stdout}"));
+    serde_json::from_str(line).expect("child result is json")
+}
+
+fn parent() {
+    let (n, people) = (events(), people());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let load_before = loadavg();
+    let results: Vec<Value> = SIDES.iter().map(|s| run_child(s)).collect();
+    let load_after = loadavg();
+    let (bare, gh) = (&results[0], &results[1]);
+    let ratio = |k: &str| {
+        let (g, b) = (gh[k].as_f64().unwrap_or(0.0), bare[k].as_f64().unwrap_or(0.0));
+        if b > 0.0 {
+            (g / b * 1000.0).round() / 1000.0
+        } else {
+            0.0
+        }
+    };
+    let accept_ratio = ratio("accepted_per_second");
+    let note = std::env::var("GATEHOUSE_BENCH_NOTE").unwrap_or_default();
+    let all = json!({
+        "runtime": "one child process per side: tokio multi-thread, 2 worker threads, the load \
+                    generator in the same process; gatehouse = ingress + processor (8 workers, \
+                    embedded SQLite queue, synchronous=FULL) + fake Looker (no added latency)",
+        "events": n,
+        "people": people,
+        "clients": CLIENTS,
+        "event": "Okta event hook, one user.lifecycle.deactivate per request, person i % people \
+                  (the first per person disables the Looker user, the rest converge to no-ops)",
+        "cores": cores,
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "note": note,
+        "accept_ratio_gatehouse_to_bare": accept_ratio,
+        "sides": results,
+    });
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::create_dir_all(root.join("bench")).unwrap();
+    std::fs::write(
+        root.join("bench/throughput.json"),
+        serde_json::to_string_pretty(&all).unwrap() + "\n",
+    )
+    .unwrap();
+    let cell = |v: &Value, k: &str| match &v[k] {
+        Value::Null => "–".to_string(),
+        x => x.to_string(),
+    };
+    let rows: String = results
+        .iter()
+        .map(|r| {
+            format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                r["side"].as_str().unwrap(),
+                cell(r, "accepted"),
+                cell(r, "accepted_per_second"),
+                cell(r, "accept_p50_ms"),
+                cell(r, "accept_p99_ms"),
+                cell(r, "converged_per_second"),
+                cell(r, "converged_seconds"),
+                cell(r, "dead_lettered"),
+                cell(r, "peak_rss_mib"),
+            )
+        })
+        .collect();
+    let note_line = if note.is_empty() {
+        String::new()
+    } else {
+        format!("\n**Run note:** {note}\n")
+    };
+    let md = format!(
+        "# Throughput benchmark (issue 13)\n\n\
+         Written by `tests/benches/throughput.rs` (`make bench`). {n} Okta event hooks, one \
+         `user.lifecycle.deactivate` per request over {people} people (each a user of the fake \
+         Looker: the first event per person disables it, the others converge to no-ops), posted \
+         from {CLIENTS} concurrent connections. Each side runs in its own child process on a \
+         2-worker tokio runtime with the load generator in the same process:\n\n\
+         - **gatehouse**: ingress and processor in one process as `gatehouse standalone` wires them, with the e2e \
+         harness's config (HTTP intake → \
+         embedded SQLite queue, `synchronous=FULL` → processor with 8 workers → fake Looker with no \
+         added latency);\n\
+         - **bare**: an axum handler that checks the same header, reads the same body and keeps \
+         only its length (the ceiling for the HTTP part on this machine, in the same run).\n\n\
+         | side | accepted (2xx) | accepted events/s | accept p50 (ms) | accept p99 (ms) | converged events/s | converged after (s) | dead-lettered | peak RSS (MiB) |\n\
+         |---|---|---|---|---|---|---|---|---|\n{rows}\n\
+         Gatehouse accepts at **{accept_ratio}** × the bare handler's rate. *Converged* is accepted \
+         events over the time from the first request until the embedded queue is empty (every \
+         event processed and acked). Peak RSS is the child's `VmHWM`: for gatehouse it includes \
+         the fake Looker and the load generator. Machine: {cores} cores, load average {load_before} \
+         before and {load_after} after the run.\n{note_line}"
+    );
+    std::fs::write(root.join("bench/throughput.md"), &md).unwrap();
+    println!("{md}");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == CHILD_FLAG) {
+        let side = args.get(i + 1).expect("--throughput-child SIDE").clone();
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                match side.as_str() {
+                    "bare" => bare_child().await,
+                    "gatehouse" => gatehouse_child().await,
+                    other => panic!("unknown side {other:?}"),
+                }
+            });
+    } else {
+        parent();
+    }
+}
