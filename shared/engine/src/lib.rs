@@ -14,4 +14,5 @@ pub mod reconcile;
 pub mod reconcile_budget;
 pub mod reconcile_leader;
 pub mod reconcile_paged;
+pub mod reconcile_plan;
 pub mod worker;
