@@ -325,6 +325,7 @@ fn main() {
         "setup_cpu_seconds": setup_cpu,
         "plan_cpu_seconds": plan_cpu, "plan_wall_seconds": plan_wall,
         "peak_rss_mib": rss,
+        "release_build": !cfg!(debug_assertions),
         "reference": { "people": REFERENCE_PEOPLE, "plan_cpu_seconds": ref_cpu,
                        "plan_wall_seconds": ref_wall, "peak_rss_mib": ref_rss,
                        "people_with_drift": ref_drift, "same_plans_as_compiled": true },
@@ -342,9 +343,15 @@ fn main() {
     )
     .unwrap();
     let per_ref = ref_cpu / REFERENCE_PEOPLE as f64 * PEOPLE as f64;
+    // `make bench` builds with the release profile; a debug build says so in the result.
+    let build = if cfg!(debug_assertions) {
+        "**debug build (unoptimized)**: figures are not comparable with a release run"
+    } else {
+        "release build"
+    };
     let md = format!(
-        "# Reconcile benchmark\n\n`cargo bench -p gatehouse-e2e --bench reconcile` (part of `make bench`; \
-         release build). The pure reconcile planner (`reconcile::plan_all`, the compiled planner of \
+        "# Reconcile benchmark\n\n`cargo bench -p gatehouse-e2e --bench reconcile` (part of `make bench`); \
+         this run: {build}. The pure reconcile planner (`reconcile::plan_all`, the compiled planner of \
          `reconcile_plan`) over {PEOPLE} people × {GROUPS} IdP groups \
          (each person in {GROUPS_PER_PERSON}; each group maps to a Looker group, an IAM group and a GCP \
          binding on one of {RESOURCES} projects), against recorded state in memory: 1% of people \

@@ -472,19 +472,29 @@ mod tests {
             )
     }
 
-    /// Grant `k` of 16: Looker group LG0..LG4 (LG4 not in Looker), IAM group ag0..ag3 (ag3 not
-    /// in IAM), GCP binding on p0 (read) or p1 (read or not), Google group gg0..gg2 (gg2 missing).
-    fn grant(k: u8) -> String {
-        match k {
-            0..=4 => format!("looker_groups = [\"LG{k}\"]\n"),
-            5..=8 => format!("aws_groups = [\"ag{}\"]\n", k - 5),
-            9..=12 => format!(
-                "gcp_bindings = [{{ resource = \"projects/p{}\", role = \"roles/r{}\" }}]\n",
-                (k - 9) / 2,
-                k % 2
-            ),
-            _ => format!("gcp_groups = [\"GG{}@x.io\"]\n", k - 13),
+    /// Grants `ks` (each of 16): Looker group LG0..LG4 (LG4 not in Looker), IAM group ag0..ag3
+    /// (ag3 not in IAM), GCP binding on p0 (read) or p1 (read or not), Google group gg0..gg2
+    /// (gg2 missing). One TOML key per kind.
+    fn grants(ks: &[u8]) -> String {
+        let mut kinds: [BTreeSet<String>; 4] = Default::default();
+        for &k in ks {
+            match k {
+                0..=4 => kinds[0].insert(format!("\"LG{k}\"")),
+                5..=8 => kinds[1].insert(format!("\"ag{}\"", k - 5)),
+                9..=12 => kinds[2].insert(format!(
+                    "{{ resource = \"projects/p{}\", role = \"roles/r{}\" }}",
+                    (k - 9) / 2,
+                    k % 2
+                )),
+                _ => kinds[3].insert(format!("\"GG{}@x.io\"", k - 13)),
+            };
         }
+        ["looker_groups", "aws_groups", "gcp_bindings", "gcp_groups"]
+            .iter()
+            .zip(kinds)
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(key, v)| format!("{key} = [{}]\n", v.into_iter().collect::<Vec<_>>().join(", ")))
+            .collect()
     }
 
     fn policy(w: &World) -> Policy {
@@ -505,9 +515,7 @@ mod tests {
                 ),
             };
             text.push_str(&format!("[[rule]]\nname = \"r{i}\"\nwhen = {when}\n"));
-            for g in grants {
-                text.push_str(&grant(*g));
-            }
+            text.push_str(&self::grants(grants));
         }
         Policy::from_toml(&text).unwrap()
     }
