@@ -22,7 +22,7 @@ use std::path::Path;
 
 const PEOPLE: usize = 100_000;
 /// People the reference planner is measured on (same groups, same shape).
-const REFERENCE_PEOPLE: usize = 10_000;
+const REFERENCE_PEOPLE: usize = 5_000;
 const GROUPS: usize = 1_000;
 const GROUPS_PER_PERSON: usize = 3;
 const RESOURCES: usize = 10;
