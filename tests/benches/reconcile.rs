@@ -1,9 +1,13 @@
 //! `make bench` (bench `reconcile`): the reconcile plan for 100,000 people × 1,000 IdP groups
 //! against recorded state (Looker, AWS IAM and GCP IAM snapshots held in memory, 1% of people
-//! drifted by hand), timed on the pure planner `reconcile::plan_all`: CPU time, peak memory (RSS),
-//! and the number of read calls each target needs for that reconcile, from the read strategy of
-//! `reconcile::read_snapshot` (IAM pages of 1,000). Writes `bench/reconcile.json` and
-//! `bench/reconcile.md` at the repository root. Linux only (reads /proc/self).
+//! drifted by hand), timed on the pure planner `reconcile::plan_all` (the compiled planner):
+//! CPU time, peak memory (RSS), and the number of read calls each target needs for that
+//! reconcile, from the read strategy of `reconcile::read_snapshot` (IAM pages of 1,000). In the
+//! same run, the reference planner it replaced (`reconcile::plan_all_reference`) on
+//! `REFERENCE_PEOPLE` people (it takes minutes at 100,000), whose plans must equal the compiled
+//! planner's on the same input. Writes `bench/reconcile.json` and `bench/reconcile.md` at the
+//! repository root. Linux only (reads /proc/self; peak RSS is reset between the two runs through
+//! /proc/self/clear_refs).
 
 use chrono::{DateTime, Utc};
 use gatehouse_domain::cloud::{AwsUserMapping, Binding, IamPolicy};
@@ -11,12 +15,14 @@ use gatehouse_domain::envelope::EnvelopeId;
 use gatehouse_domain::identity::{Identity, Membership, Stamp, Stamped, Status};
 use gatehouse_domain::looker::{Catalog, LookerUser};
 use gatehouse_domain::policy::{self, Policy};
-use gatehouse_engine::reconcile::{CloudShape, Snapshot, plan_all};
+use gatehouse_engine::reconcile::{CloudShape, Snapshot, SubjectPlan, plan_all, plan_all_reference};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 const PEOPLE: usize = 100_000;
+/// People the reference planner is measured on (same groups, same shape).
+const REFERENCE_PEOPLE: usize = 5_000;
 const GROUPS: usize = 1_000;
 const GROUPS_PER_PERSON: usize = 3;
 const RESOURCES: usize = 10;
@@ -29,6 +35,11 @@ fn cpu_seconds() -> f64 {
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // fields 14 and 15 (utime, stime) are at 11 and 12 after the command name; 100 ticks/s.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Start a new peak-RSS measurement (Linux: writing 5 to clear_refs resets VmHWM).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 fn peak_rss_mib() -> f64 {
@@ -188,11 +199,24 @@ fn recorded(people: &[Identity], p: &Policy) -> Snapshot {
     }
 }
 
-fn main() {
+struct Run {
+    people: Vec<Identity>,
+    snap: Snapshot,
+    plans: Vec<SubjectPlan>,
+    setup_cpu: f64,
+    plan_cpu: f64,
+    plan_wall: f64,
+    rss: f64,
+}
+
+type Planner = fn(&Policy, &[Identity], &Snapshot, &CloudShape, DateTime<Utc>) -> Vec<SubjectPlan>;
+
+/// Build `n` people and their recorded state, then plan them with `planner`.
+fn run(p: &Policy, n: usize, planner: Planner) -> Run {
+    reset_peak_rss();
     let build_cpu = cpu_seconds();
-    let p = policy();
-    let people: Vec<Identity> = (0..PEOPLE).map(identity).collect();
-    let snap = recorded(&people, &p);
+    let people: Vec<Identity> = (0..n).map(identity).collect();
+    let snap = recorded(&people, p);
     let shape = CloudShape {
         aws: Some(AwsUserMapping::Template {
             template: "{local}".into(),
@@ -203,9 +227,59 @@ fn main() {
     let now: DateTime<Utc> = DateTime::from_timestamp(1_700_000_000 + 86_400, 0).unwrap();
     let t0 = cpu_seconds();
     let wall = std::time::Instant::now();
-    let plans = plan_all(&p, &people, &snap, &shape, now);
+    let plans = planner(p, &people, &snap, &shape, now);
     let plan_cpu = cpu_seconds() - t0;
     let plan_wall = wall.elapsed().as_secs_f64();
+    Run {
+        rss: peak_rss_mib(),
+        people,
+        snap,
+        plans,
+        setup_cpu,
+        plan_cpu,
+        plan_wall,
+    }
+}
+
+fn main() {
+    let p = policy();
+    // The reference first, on fewer people; then the compiled planner on the same input must
+    // plan the same (a bench of a wrong planner is worthless).
+    let reference = run(&p, REFERENCE_PEOPLE, plan_all_reference);
+    let check = plan_all(
+        &p,
+        &reference.people,
+        &reference.snap,
+        &CloudShape {
+            aws: Some(AwsUserMapping::Template {
+                template: "{local}".into(),
+            }),
+            gcp: true,
+        },
+        DateTime::from_timestamp(1_700_000_000 + 86_400, 0).unwrap(),
+    );
+    assert_eq!(
+        serde_json::to_value(&check).unwrap(),
+        serde_json::to_value(&reference.plans).unwrap(),
+        "the compiled planner and the reference disagree"
+    );
+    let (ref_cpu, ref_wall, ref_rss, ref_drift) = (
+        reference.plan_cpu,
+        reference.plan_wall,
+        reference.rss,
+        reference.plans.iter().filter(|p| !p.is_empty()).count(),
+    );
+    drop((reference, check));
+
+    let Run {
+        people,
+        snap,
+        plans,
+        setup_cpu,
+        plan_cpu,
+        plan_wall,
+        rss,
+    } = run(&p, PEOPLE, plan_all);
     let drifted: Vec<_> = plans.iter().filter(|p| !p.is_empty()).collect();
     let looker_calls: usize = drifted
         .iter()
@@ -244,7 +318,6 @@ fn main() {
         .collect::<BTreeSet<_>>()
         .len();
     let naive_aws = PEOPLE + 2 * offboarded; // ListGroupsForUser per person
-    let rss = peak_rss_mib();
 
     let result = json!({
         "people": PEOPLE, "idp_groups": GROUPS, "groups_per_person": GROUPS_PER_PERSON,
@@ -252,6 +325,10 @@ fn main() {
         "setup_cpu_seconds": setup_cpu,
         "plan_cpu_seconds": plan_cpu, "plan_wall_seconds": plan_wall,
         "peak_rss_mib": rss,
+        "release_build": !cfg!(debug_assertions),
+        "reference": { "people": REFERENCE_PEOPLE, "plan_cpu_seconds": ref_cpu,
+                       "plan_wall_seconds": ref_wall, "peak_rss_mib": ref_rss,
+                       "people_with_drift": ref_drift, "same_plans_as_compiled": true },
         "people_with_drift": drifted.len(),
         "planned_writes": { "looker": looker_calls, "aws": aws_calls, "gcp_changes": gcp_changes,
                             "gcp_set_iam_policy": gcp_resources_written.len() },
@@ -265,24 +342,43 @@ fn main() {
         serde_json::to_string_pretty(&result).unwrap(),
     )
     .unwrap();
+    let per_ref = ref_cpu / REFERENCE_PEOPLE as f64 * PEOPLE as f64;
+    // `make bench` builds with the release profile; a debug build says so in the result.
+    let build = if cfg!(debug_assertions) {
+        "**debug build (unoptimized)**: figures are not comparable with a release run"
+    } else {
+        "release build"
+    };
     let md = format!(
-        "# Reconcile benchmark\n\n`cargo bench -p gatehouse-e2e --bench reconcile` (part of `make bench`). \
-         The pure reconcile planner (`reconcile::plan_all`) over {PEOPLE} people × {GROUPS} IdP groups \
+        "# Reconcile benchmark\n\n`cargo bench -p gatehouse-e2e --bench reconcile` (part of `make bench`); \
+         this run: {build}. The pure reconcile planner (`reconcile::plan_all`, the compiled planner of \
+         `reconcile_plan`) over {PEOPLE} people × {GROUPS} IdP groups \
          (each person in {GROUPS_PER_PERSON}; each group maps to a Looker group, an IAM group and a GCP \
          binding on one of {RESOURCES} projects), against recorded state in memory: 1% of people \
          drifted by hand, {offboarded} offboarded people not yet closed.\n\n\
          | measure | value |\n|---|---|\n\
          | CPU time of the plan | {plan_cpu:.2} s ({plan_wall:.2} s wall) |\n\
          | CPU time to build the recorded state | {setup_cpu:.2} s |\n\
-         | peak memory (RSS, whole process) | {rss:.0} MiB |\n\
+         | peak memory (RSS, whole process: recorded state + plans) | {rss:.0} MiB |\n\
          | people with drift | {} |\n\
          | planned writes: Looker / AWS / GCP changes (setIamPolicy calls) | {looker_calls} / {aws_calls} / {gcp_changes} ({}) |\n\
          | read calls: Looker | {looker_reads} (catalog + one search per person) |\n\
          | read calls: AWS | {aws_reads} (ListUsers pages + GetGroup per managed group + 2 per offboarded person) — {naive_aws} if read per person |\n\
          | read calls: GCP | {gcp_reads} (one getIamPolicy per managed resource) |\n\n\
+         ## The reference planner, same run\n\n\
+         `reconcile::plan_all_reference` (every rule and every managed name for every person: \
+         O(people × policy)), measured first on {REFERENCE_PEOPLE} people × {GROUPS} groups (it takes \
+         minutes at {PEOPLE}); the compiled planner's plans for those people are checked equal to it \
+         before anything is measured.\n\n\
+         | measure | value |\n|---|---|\n\
+         | CPU time of the plan, {REFERENCE_PEOPLE} people | {ref_cpu:.2} s ({ref_wall:.2} s wall) |\n\
+         | the same, scaled linearly to {PEOPLE} people | {per_ref:.0} s |\n\
+         | peak memory (RSS, whole process) | {ref_rss:.0} MiB |\n\
+         | people with drift | {ref_drift} |\n\n\
          Read calls follow the read strategy of `reconcile::read_snapshot` (IAM pages of 1,000); the \
          end-to-end test `cloud::drift_is_reverted_in_enforce_mode_and_only_reported_in_report_mode` \
-         checks the GCP figure against the fake. CPU time and RSS from /proc/self (Linux).\n",
+         checks the GCP figure against the fake. CPU time and RSS from /proc/self (Linux); peak RSS \
+         is reset between the two runs.\n",
         drifted.len(),
         gcp_resources_written.len(),
     );

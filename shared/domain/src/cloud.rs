@@ -980,21 +980,73 @@ pub fn evaluate(
     gcp: bool,
     now: DateTime<Utc>,
 ) -> DesiredCloud {
+    let managed = CloudManaged::of(policy);
+    evaluate_scoped(
+        policy,
+        identity,
+        aws,
+        gcp,
+        now,
+        policy.rules.iter(),
+        &managed,
+        managed.clone(),
+    )
+}
+
+/// The managed cloud names an evaluation puts into [`DesiredCloud`].
+#[derive(Debug, Clone, Default)]
+pub struct CloudManaged {
+    pub aws_groups: BTreeSet<String>,
+    pub aws_tags: BTreeSet<String>,
+    pub gcp_grants: BTreeSet<GcpGrant>,
+    pub gcp_groups: BTreeSet<String>,
+}
+
+impl CloudManaged {
+    /// Everything the policy manages.
+    pub fn of(policy: &Policy) -> Self {
+        CloudManaged {
+            aws_groups: policy.managed_aws_groups(),
+            aws_tags: policy.managed_aws_tags(),
+            gcp_grants: policy.managed_gcp_grants(),
+            gcp_groups: policy.managed_gcp_groups(),
+        }
+    }
+}
+
+/// [`evaluate`] over `rules` (in policy order; rules that cannot match may be left out).
+/// `all` is everything the policy manages (decides whether a part applies at all); `narrowed`
+/// is what goes into the desired state: `all`, or (reconcile's compiled planner) a subset that
+/// still holds every managed name the person is granted or holds, or whose state was not read
+/// (the diff is then the same). Tags are never narrowed.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_scoped<'r>(
+    policy: &Policy,
+    identity: &Identity,
+    aws: Option<&AwsUserMapping>,
+    gcp: bool,
+    now: DateTime<Utc>,
+    rules: impl IntoIterator<Item = &'r crate::policy::Rule>,
+    all: &CloudManaged,
+    narrowed: CloudManaged,
+) -> DesiredCloud {
     let offboarded = identity.status.is_offboarded();
     // Outside the allowed email domains nothing is granted (offboarding still applies).
     let active_rules: Vec<_> = if offboarded || !policy.email_allowed(identity.email()) {
         Vec::new()
     } else {
-        policy
-            .rules
-            .iter()
-            .filter(|r| applies(&r.when, identity))
-            .collect()
+        rules.into_iter().filter(|r| applies(&r.when, identity)).collect()
     };
+    let CloudManaged {
+        aws_groups: narrowed_aws_groups,
+        aws_tags: managed_tags,
+        gcp_grants: narrowed_grants,
+        gcp_groups: narrowed_gcp_groups,
+    } = narrowed;
     let aws = aws.and_then(|m| m.key_for(identity)).and_then(|user| {
-        let managed_groups = policy.managed_aws_groups();
-        let managed_tags = policy.managed_aws_tags();
         let o = &policy.aws.offboarding;
+        let groups_cleared = all.aws_groups.is_empty() || (offboarded && !o.remove_groups);
+        let managed_groups = narrowed_aws_groups;
         let mut groups = BTreeMap::new();
         let mut tags = BTreeMap::new();
         for r in &active_rules {
@@ -1035,7 +1087,7 @@ pub fn evaluate(
                 offboarded.then(|| identity.status_stamp.as_ref().map(|s| s.at).unwrap_or(now)),
             ),
         };
-        let nothing = d.managed_groups.is_empty()
+        let nothing = groups_cleared
             && d.managed_tags.is_empty()
             && d.keys == KeyAction::Keep
             && !d.delete_login_profile
@@ -1043,12 +1095,16 @@ pub fn evaluate(
         (!nothing).then_some(d)
     });
     let gcp = identity.email().filter(|_| gcp).and_then(|email| {
-        let mut managed = policy.managed_gcp_grants();
-        if offboarded && !policy.gcp.offboarding.remove_bindings {
+        let mut managed = narrowed_grants;
+        let grants_cleared =
+            all.gcp_grants.is_empty() || (offboarded && !policy.gcp.offboarding.remove_bindings);
+        if grants_cleared {
             managed.clear();
         }
-        let mut managed_groups = policy.managed_gcp_groups();
-        if offboarded && !policy.gcp.offboarding.remove_group_memberships {
+        let mut managed_groups = narrowed_gcp_groups;
+        let groups_cleared =
+            all.gcp_groups.is_empty() || (offboarded && !policy.gcp.offboarding.remove_group_memberships);
+        if groups_cleared {
             managed_groups.clear();
         }
         let mut bindings = BTreeMap::new();
@@ -1063,7 +1119,7 @@ pub fn evaluate(
                     .or_insert_with(|| r.name.clone());
             }
         }
-        let previous_emails = if managed_groups.is_empty() {
+        let previous_emails = if groups_cleared {
             Vec::new()
         } else {
             identity
@@ -1075,7 +1131,7 @@ pub fn evaluate(
                 .into_iter()
                 .collect()
         };
-        (!managed.is_empty() || !managed_groups.is_empty()).then(|| {
+        (!grants_cleared || !groups_cleared).then(|| {
             let mut d = DesiredGcp {
                 member: format!("user:{}", email.to_ascii_lowercase()),
                 offboarded,

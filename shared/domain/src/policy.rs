@@ -849,9 +849,40 @@ pub mod rules {
 
 /// Evaluate the policy for one person. Pure.
 pub fn evaluate(policy: &Policy, identity: &Identity) -> DesiredLooker {
-    let managed_groups = policy.managed_groups();
-    let managed_roles = policy.managed_roles();
-    let managed_attributes = policy.managed_attributes();
+    let managed = LookerManaged {
+        groups: policy.managed_groups(),
+        roles: policy.managed_roles(),
+        attributes: policy.managed_attributes(),
+    };
+    evaluate_scoped(policy, identity, policy.rules.iter(), managed)
+}
+
+/// The managed Looker names an evaluation puts into [`DesiredLooker`].
+#[derive(Debug, Clone, Default)]
+pub struct LookerManaged {
+    /// Every managed group, or (reconcile's compiled planner) a subset that still holds every
+    /// managed group the person is granted, holds, or that Looker lacks (the diff is then the same).
+    pub groups: BTreeSet<String>,
+    /// Every managed role.
+    pub roles: BTreeSet<String>,
+    /// Every managed attribute (fail-closed: each one gets a value or its deny value).
+    pub attributes: BTreeSet<String>,
+}
+
+/// [`evaluate`] over `rules` (in policy order; rules that cannot match may be left out) with
+/// `managed` computed by the caller: reconcile's compiled planner evaluates 100,000 people
+/// without recomputing the policy's managed sets or testing every rule for each of them.
+pub fn evaluate_scoped<'r>(
+    policy: &Policy,
+    identity: &Identity,
+    rules: impl IntoIterator<Item = &'r Rule>,
+    managed: LookerManaged,
+) -> DesiredLooker {
+    let LookerManaged {
+        groups: managed_groups,
+        roles: managed_roles,
+        attributes: managed_attributes,
+    } = managed;
     let mut groups = BTreeMap::new();
     let mut roles = BTreeMap::new();
     let mut attributes: BTreeMap<String, (String, RuleName, Option<i64>)> = BTreeMap::new();
@@ -867,7 +898,7 @@ pub fn evaluate(policy: &Policy, identity: &Identity) -> DesiredLooker {
     } else {
         // Outside the allowed email domains: no user is created and nothing is granted.
         let allowed = policy.email_allowed(identity.email());
-        for rule in &policy.rules {
+        for rule in rules {
             if !allowed || !applies(&rule.when, identity) {
                 continue;
             }

@@ -15,4 +15,5 @@ pub mod reconcile_budget;
 pub mod reconcile_leader;
 pub mod reconcile_orphans;
 pub mod reconcile_paged;
+pub mod reconcile_plan;
 pub mod worker;
