@@ -2,7 +2,8 @@
 //! against recorded state (Looker, AWS IAM and GCP IAM snapshots held in memory, 1% of people
 //! drifted by hand), timed on the pure planner `reconcile::plan_all` (the compiled planner):
 //! CPU time, peak memory (RSS), and the number of read calls each target needs for that
-//! reconcile, from the read strategy of `reconcile::read_snapshot` (IAM pages of 1,000). In the
+//! reconcile, from the read strategies of `reconcile_paged::read_looker` (pages of 1,000 users,
+//! a rolling attribute audit) and `reconcile::read_snapshot` (IAM pages of 1,000). In the
 //! same run, the reference planner it replaced (`reconcile::plan_all_reference`) on
 //! `REFERENCE_PEOPLE` people (it takes minutes at 100,000), whose plans must equal the compiled
 //! planner's on the same input. Writes `bench/reconcile.json` and `bench/reconcile.md` at the
@@ -27,6 +28,10 @@ const GROUPS: usize = 1_000;
 const GROUPS_PER_PERSON: usize = 3;
 const RESOURCES: usize = 10;
 const IAM_PAGE: usize = 1_000;
+/// Reconcile's Looker page size and attribute-audit slices (`[reconcile] page_size`,
+/// `attribute_audit_runs`: their defaults).
+const LOOKER_PAGE: usize = 1_000;
+const ATTRIBUTE_AUDIT_RUNS: usize = 7;
 
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -310,7 +315,9 @@ fn main() {
             !n.attribute_ids.is_empty()
         })
         .count();
-    let looker_reads = 1 + PEOPLE + needs_extra;
+    // docs/looker-budget.md: login + 3 catalog lists + floor(U / page) + 1 pages + the audit's
+    // slice of the people with managed attributes.
+    let looker_reads = 1 + 3 + PEOPLE / LOOKER_PAGE + 1 + needs_extra.div_ceil(ATTRIBUTE_AUDIT_RUNS);
     let gcp_reads = p
         .managed_gcp_grants()
         .iter()
@@ -318,6 +325,7 @@ fn main() {
         .collect::<BTreeSet<_>>()
         .len();
     let naive_aws = PEOPLE + 2 * offboarded; // ListGroupsForUser per person
+    let naive_looker = 1 + PEOPLE + needs_extra; // the design before paged reads
 
     let result = json!({
         "people": PEOPLE, "idp_groups": GROUPS, "groups_per_person": GROUPS_PER_PERSON,
@@ -334,6 +342,7 @@ fn main() {
                             "gcp_set_iam_policy": gcp_resources_written.len() },
         "read_calls": { "looker": looker_reads, "aws": aws_reads, "gcp": gcp_reads },
         "aws_reads_if_listed_per_person": naive_aws,
+        "looker_reads_if_searched_per_person": naive_looker,
     });
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     std::fs::create_dir_all(root.join("bench")).unwrap();
@@ -362,7 +371,7 @@ fn main() {
          | peak memory (RSS, whole process: recorded state + plans) | {rss:.0} MiB |\n\
          | people with drift | {} |\n\
          | planned writes: Looker / AWS / GCP changes (setIamPolicy calls) | {looker_calls} / {aws_calls} / {gcp_changes} ({}) |\n\
-         | read calls: Looker | {looker_reads} (catalog + one search per person) |\n\
+         | read calls: Looker | {looker_reads} (login, 3 catalog lists, pages of {LOOKER_PAGE} users, 1/{ATTRIBUTE_AUDIT_RUNS} of the people with managed attributes) — {naive_looker} if searched per person |\n\
          | read calls: AWS | {aws_reads} (ListUsers pages + GetGroup per managed group + 2 per offboarded person) — {naive_aws} if read per person |\n\
          | read calls: GCP | {gcp_reads} (one getIamPolicy per managed resource) |\n\n\
          ## The reference planner, same run\n\n\
@@ -375,7 +384,8 @@ fn main() {
          | the same, scaled linearly to {PEOPLE} people | {per_ref:.0} s |\n\
          | peak memory (RSS, whole process) | {ref_rss:.0} MiB |\n\
          | people with drift | {ref_drift} |\n\n\
-         Read calls follow the read strategy of `reconcile::read_snapshot` (IAM pages of 1,000); the \
+         Read calls follow the read strategies of `reconcile_paged::read_looker` (Looker, as in \
+         docs/looker-budget.md) and `reconcile::read_snapshot` (IAM pages of 1,000); the \
          end-to-end test `cloud::drift_is_reverted_in_enforce_mode_and_only_reported_in_report_mode` \
          checks the GCP figure against the fake. CPU time and RSS from /proc/self (Linux); peak RSS \
          is reset between the two runs.\n",
