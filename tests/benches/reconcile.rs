@@ -231,7 +231,7 @@ fn run(p: &Policy, n: usize, planner: Planner) -> Run {
     let setup_cpu = cpu_seconds() - build_cpu;
     let now: DateTime<Utc> = DateTime::from_timestamp(1_700_000_000 + 86_400, 0).unwrap();
     let t0 = cpu_seconds();
-    let wall = std::time::Instant::now();
+    let wall = tokio::time::Instant::now();
     let plans = planner(p, &people, &snap, &shape, now);
     let plan_cpu = cpu_seconds() - t0;
     let plan_wall = wall.elapsed().as_secs_f64();

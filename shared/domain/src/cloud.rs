@@ -342,6 +342,45 @@ impl AwsIamOp {
         }
     }
 
+    /// The op a ledger row records (the inverse of [`AwsIamOp::http`]) and the user it names,
+    /// for the ops whose effect the access review replays: group membership, tags, access-key
+    /// state and the console password. `None` for any other call.
+    pub fn from_ledger(call: &HttpCall) -> Option<(String, AwsIamOp)> {
+        let params = call.body.as_ref()?.as_object()?;
+        let p = |k: &str| params.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        // `Prefix.member.1`, `Prefix.member.2`, ... in order, until one is missing.
+        let list = |prefix: &str, suffix: &str| -> Vec<String> {
+            (1..)
+                .map_while(|i| p(&format!("{prefix}.member.{i}{suffix}")))
+                .collect()
+        };
+        let op = match p("Action")?.as_str() {
+            "AddUserToGroup" => AwsIamOp::AddUserToGroup { group: p("GroupName")? },
+            "RemoveUserFromGroup" => AwsIamOp::RemoveUserFromGroup { group: p("GroupName")? },
+            "TagUser" => {
+                let (keys, values) = (list("Tags", ".Key"), list("Tags", ".Value"));
+                if keys.len() != values.len() {
+                    return None;
+                }
+                AwsIamOp::TagUser {
+                    tags: keys.into_iter().zip(values).collect(),
+                }
+            }
+            "UntagUser" => AwsIamOp::UntagUser {
+                keys: list("TagKeys", ""),
+            },
+            "UpdateAccessKey" if p("Status").as_deref() == Some("Inactive") => AwsIamOp::DeactivateAccessKey {
+                key_id: p("AccessKeyId")?,
+            },
+            "DeleteAccessKey" => AwsIamOp::DeleteAccessKey {
+                key_id: p("AccessKeyId")?,
+            },
+            "DeleteLoginProfile" => AwsIamOp::DeleteLoginProfile,
+            _ => return None,
+        };
+        Some((p("UserName")?, op))
+    }
+
     /// One line for `gatehouse plan`: `aws iam AddUserToGroup GroupName=x UserName=y`.
     pub fn render(&self, user: &str) -> String {
         let call = self.http(user);
@@ -742,6 +781,29 @@ impl GcpIamOp {
             path,
             body: Some(body),
         }
+    }
+
+    /// The binding change a ledger row records (the inverse of [`GcpIamOp::http`] for
+    /// `AddMember`/`RemoveMember`), for the access review's replay. `None` for a group
+    /// membership or any other call.
+    pub fn from_ledger(call: &HttpCall) -> Option<GcpIamOp> {
+        let target = call.path.strip_suffix(":setIamPolicy")?;
+        // `GcpResource::path` puts the API's version before the resource name; a resource it
+        // cannot parse is recorded as `/{resource}`.
+        let resource = ["/v3/", "/bigquery/v2/", "/v1/"]
+            .iter()
+            .find_map(|prefix| target.strip_prefix(prefix).filter(|r| GcpResource::parse(r).is_some()))
+            .or_else(|| target.strip_prefix('/'))?
+            .to_string();
+        let body = call.body.as_ref()?;
+        let change = |c: &serde_json::Value| -> Option<(String, String)> {
+            Some((c["role"].as_str()?.to_string(), c["member"].as_str()?.to_string()))
+        };
+        if let Some((role, member)) = body.get("add").and_then(change) {
+            return Some(GcpIamOp::AddMember { resource, role, member });
+        }
+        let (role, member) = body.get("remove").and_then(change)?;
+        Some(GcpIamOp::RemoveMember { resource, role, member })
     }
 
     /// One line for `gatehouse plan`.

@@ -366,7 +366,8 @@ pub struct LedgerRange {
     /// Successful writes replayed onto the snapshot.
     pub replayed: usize,
     /// Rows in the range that are not writes that succeeded (reported, withheld, failed,
-    /// dry run) or whose effect is not replayed (e.g. GCP setIamPolicy): listed, not applied.
+    /// dry run) or whose effect the review does not show (a Google group membership, the AWS
+    /// leaver sweep's policy and credential calls): listed, not applied.
     pub not_replayed: usize,
 }
 
@@ -410,6 +411,17 @@ fn succeeded(status: &str) -> bool {
     status == "ok"
         || status == "404 already gone"
         || status.parse::<u16>().is_ok_and(|s| (200..300).contains(&s))
+}
+
+/// An access key deactivated (kept, `Inactive`) or deleted (gone) in a replayed AWS state.
+fn access_key(state: &mut Value, key_id: &str, delete: bool) -> Option<()> {
+    if let Some(keys) = state["access_keys"].as_array_mut() {
+        keys.retain(|x| !(delete && x["id"] == key_id));
+        for x in keys.iter_mut().filter(|x| x["id"] == key_id) {
+            x["status"] = json!("Inactive");
+        }
+    }
+    Some(())
 }
 
 /// Replay `rows` (in seq order) onto the snapshot's states. Returns (replayed, not replayed).
@@ -477,24 +489,68 @@ fn replay(states: &mut BTreeMap<(String, String), Value>, rows: &[LedgerRow]) ->
                     _ => None,
                 }
             }
-            ("aws", _, _) => {
-                let body = e.call.body.clone().unwrap_or_default();
-                let p = |k: &str| body[k].as_str().map(str::to_string);
-                match (p("Action").as_deref(), p("GroupName"), p("AccessKeyId")) {
-                    (Some("AddUserToGroup"), Some(g), _) => set_list(state, "groups", &g, true),
-                    (Some("RemoveUserFromGroup"), Some(g), _) => set_list(state, "groups", &g, false),
-                    (Some("UpdateAccessKey"), _, Some(k)) | (Some("DeleteAccessKey"), _, Some(k)) => {
-                        let delete = p("Action").as_deref() == Some("DeleteAccessKey");
-                        if let Some(keys) = state["access_keys"].as_array_mut() {
-                            keys.retain(|x| !(delete && x["id"] == k.as_str()));
-                            for x in keys.iter_mut().filter(|x| x["id"] == k.as_str()) {
-                                x["status"] = json!("Inactive");
+            ("aws", _, _) => cloud::AwsIamOp::from_ledger(&e.call).and_then(|(_, op)| {
+                use cloud::AwsIamOp as Op;
+                match op {
+                    Op::AddUserToGroup { group } => set_list(state, "groups", &group, true),
+                    Op::RemoveUserFromGroup { group } => set_list(state, "groups", &group, false),
+                    Op::TagUser { tags } => {
+                        if !state["tags"].is_object() {
+                            state["tags"] = json!({});
+                        }
+                        for (k, v) in tags {
+                            state["tags"][k] = json!(v);
+                        }
+                        Some(())
+                    }
+                    Op::UntagUser { keys } => {
+                        if let Some(held) = state["tags"].as_object_mut() {
+                            for k in &keys {
+                                held.remove(k);
                             }
                         }
                         Some(())
                     }
+                    Op::DeactivateAccessKey { key_id } => access_key(state, &key_id, false),
+                    Op::DeleteAccessKey { key_id } => access_key(state, &key_id, true),
+                    Op::DeleteLoginProfile => {
+                        state["login_profile"] = json!(false);
+                        Some(())
+                    }
                     _ => None,
                 }
+            }),
+            // A binding of the member the state is about (a change of another member, e.g. a
+            // linked one after a rename, is not this state's: listed, not applied).
+            ("gcp", _, _) => {
+                let change = match cloud::GcpIamOp::from_ledger(&e.call) {
+                    Some(cloud::GcpIamOp::AddMember {
+                        resource,
+                        role,
+                        member,
+                    }) => Some((resource, role, member, true)),
+                    Some(cloud::GcpIamOp::RemoveMember {
+                        resource,
+                        role,
+                        member,
+                    }) => Some((resource, role, member, false)),
+                    _ => None,
+                };
+                change
+                    .filter(|(_, _, member, _)| {
+                        state["member"]
+                            .as_str()
+                            .is_some_and(|m| m.eq_ignore_ascii_case(member))
+                    })
+                    .map(|(resource, role, _, add)| {
+                        let binding = json!({ "resource": resource, "role": role });
+                        let mut held = state["bindings"].as_array().cloned().unwrap_or_default();
+                        held.retain(|b| b != &binding);
+                        if add {
+                            held.push(binding);
+                        }
+                        state["bindings"] = json!(held);
+                    })
             }
             _ => None,
         };
@@ -696,6 +752,11 @@ pub fn build(
                 let had = held
                     .as_ref()
                     .map(|h| h.is_some() && h.as_deref() == want.map(|(v, _)| v.as_str()));
+                // A managed tag nothing wants is held whatever its value (as for attributes).
+                let had = match (want, &held) {
+                    (None, Some(Some(_))) => Some(true),
+                    _ => had,
+                };
                 if want.is_some() || matches!(held, Some(Some(_))) {
                     let value = want.map(|(v, _)| v.clone()).or_else(|| held.clone().flatten());
                     push(
@@ -835,6 +896,8 @@ mod tests {
     use gatehouse_domain::cloud::{AwsUserMapping, Binding, IamPolicy};
     use gatehouse_domain::envelope::EnvelopeId;
     use gatehouse_domain::identity::{Membership, Stamp, Stamped, Status};
+    use gatehouse_domain::looker::HttpCall;
+    use gatehouse_domain::ports::LedgerEntry;
 
     const POLICY: &str = r#"
         [[rule]]
@@ -969,5 +1032,202 @@ mod tests {
             listed.contains(&("user:zed@x.com", "matches nobody in the directory")),
             "{listed:?}"
         );
+    }
+
+    fn row(seq: i64, at: DateTime<Utc>, subject: &str, target: &str, call: HttpCall, status: &str) -> LedgerRow {
+        LedgerRow {
+            seq,
+            entry: LedgerEntry {
+                at,
+                envelope_id: format!("e{seq}"),
+                subject: subject.into(),
+                event: "user.deactivated".into(),
+                rule: "fin".into(),
+                target: target.into(),
+                call,
+                status: status.into(),
+                policy_digest: None,
+                actor: Some("reconcile".into()),
+            },
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    /// `--as-of` after the snapshot: the AWS group, tag and access-key writes and the GCP
+    /// binding changes of the ledger (as the targets record them) are replayed onto it, a
+    /// failed write and a change the review does not show are counted, not applied, and a row
+    /// after `as_of` is ignored.
+    #[test]
+    fn as_of_replays_aws_and_gcp_writes_onto_the_snapshot() {
+        use gatehouse_domain::cloud::{AwsAccessKey, AwsIamOp, GcpIamOp};
+        let policy = Policy::from_toml(
+            r#"
+            [[rule]]
+            name = "fin"
+            when = { idp_group = "Finance" }
+            aws_groups = ["fin"]
+            aws_tags = { cost = "finance" }
+            gcp_bindings = [{ resource = "projects/p1/datasets/d1", role = "roles/bigquery.dataViewer" }]
+            "#,
+        )
+        .unwrap();
+        let people = [
+            person("ann", "ann@x.com", Status::Active, &["Finance"]),
+            person("bob", "bob@x.com", Status::Deactivated, &["Finance"]),
+        ];
+        let shape = CloudShape {
+            aws: Some(AwsUserMapping::Template {
+                template: "{local}".into(),
+            }),
+            gcp: true,
+        };
+        let key = |id: &str| AwsAccessKey {
+            id: id.into(),
+            active: true,
+        };
+        let snap = Snapshot {
+            aws_users: Some(["ann", "bob"].map(String::from).into()),
+            aws_groups: [("fin".to_string(), ["bob".to_string()].into())].into(),
+            aws_tags: [(
+                "bob".to_string(),
+                [("cost".to_string(), "finance".to_string())].into(),
+            )]
+            .into(),
+            aws_credentials: [("bob".to_string(), (vec![key("AKIABOB1"), key("AKIABOB2")], true))].into(),
+            gcp: Some(
+                [(
+                    "projects/p1/datasets/d1".to_string(),
+                    IamPolicy {
+                        bindings: vec![binding("roles/bigquery.dataViewer", &["user:bob@x.com"])],
+                        ..Default::default()
+                    },
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let at = |s: i64| t0 + chrono::Duration::seconds(s);
+        let snapshot = AccessSnapshot {
+            run_at: t0,
+            rows: observe(&policy, &people, &snap, &shape, t0).rows,
+        };
+        let dataset = "projects/p1/datasets/d1".to_string();
+        let viewer = "roles/bigquery.dataViewer".to_string();
+        let gcp = |add: bool, member: &str| {
+            let (resource, role, member) = (dataset.clone(), viewer.clone(), member.to_string());
+            if add {
+                GcpIamOp::AddMember { resource, role, member }.http()
+            } else {
+                GcpIamOp::RemoveMember { resource, role, member }.http()
+            }
+        };
+        let ledger = vec![
+            row(1, at(1), "ann", "aws", AwsIamOp::AddUserToGroup { group: "fin".into() }.http("ann"), "200"),
+            row(
+                2,
+                at(2),
+                "ann",
+                "aws",
+                AwsIamOp::TagUser {
+                    tags: [("cost".to_string(), "finance".to_string())].into(),
+                }
+                .http("ann"),
+                "200",
+            ),
+            row(3, at(3), "ann", "gcp", gcp(true, "user:ann@x.com"), "200"),
+            row(4, at(4), "bob", "aws", AwsIamOp::RemoveUserFromGroup { group: "fin".into() }.http("bob"), "200"),
+            row(5, at(5), "bob", "aws", AwsIamOp::UntagUser { keys: vec!["cost".into()] }.http("bob"), "200"),
+            row(
+                6,
+                at(6),
+                "bob",
+                "aws",
+                AwsIamOp::DeactivateAccessKey {
+                    key_id: "AKIABOB1".into(),
+                }
+                .http("bob"),
+                "200",
+            ),
+            row(
+                7,
+                at(7),
+                "bob",
+                "aws",
+                AwsIamOp::DeleteAccessKey {
+                    key_id: "AKIABOB2".into(),
+                }
+                .http("bob"),
+                "200",
+            ),
+            row(8, at(8), "bob", "gcp", gcp(false, "user:bob@x.com"), "200"),
+            // Not applied: a failed write, a Google group membership, another member's binding.
+            row(9, at(9), "bob", "gcp", gcp(true, "user:bob@x.com"), "429"),
+            row(
+                10,
+                at(10),
+                "ann",
+                "gcp",
+                GcpIamOp::AddGroupMember {
+                    group: "fin@x.com".into(),
+                    group_name: Some("groups/1".into()),
+                    member: "ann@x.com".into(),
+                }
+                .http(),
+                "200",
+            ),
+            row(11, at(11), "ann", "gcp", gcp(false, "user:ann.old@x.com"), "200"),
+            // After `as_of`.
+            row(12, at(100), "ann", "aws", AwsIamOp::RemoveUserFromGroup { group: "fin".into() }.http("ann"), "200"),
+        ];
+        let grant = |r: &AccessReport, subject: &str, kind: &str| {
+            r.grants
+                .iter()
+                .find(|g| g.subject == subject && g.kind == kind)
+                .map(|g| (g.had, g.drift.clone(), g.value.clone()))
+        };
+
+        // At the snapshot: ann has nothing yet, bob (gone) still holds all of it.
+        let before = build(&policy, &people, Some(&snapshot), &ledger, &shape, t0);
+        assert_eq!((before.ledger.replayed, before.ledger.not_replayed), (0, 0));
+        for kind in ["iam_group", "tag", "binding"] {
+            assert_eq!(
+                grant(&before, "ann", kind).map(|g| g.1),
+                Some("wanted-not-had".to_string()),
+                "{kind}"
+            );
+            assert_eq!(
+                grant(&before, "bob", kind).map(|g| g.1),
+                Some("had-not-wanted".to_string()),
+                "{kind}"
+            );
+        }
+        let gone: Vec<&str> = before.orphans.iter().map(|o| o.target.as_str()).collect();
+        assert_eq!(gone, ["aws", "gcp"], "bob's AWS user and GCP member are listed");
+
+        // After the ledger: ann has what she is granted, bob has nothing left.
+        let after = build(&policy, &people, Some(&snapshot), &ledger, &shape, at(50));
+        assert_eq!(
+            (after.ledger.first_seq, after.ledger.last_seq),
+            (Some(1), Some(11))
+        );
+        assert_eq!((after.ledger.replayed, after.ledger.not_replayed), (8, 3));
+        for kind in ["iam_group", "tag", "binding"] {
+            assert_eq!(
+                grant(&after, "ann", kind).map(|g| (g.0, g.1)),
+                Some((Some(true), "none".to_string())),
+                "{kind}"
+            );
+            assert_eq!(grant(&after, "bob", kind), None, "bob's {kind} is gone");
+        }
+        let keys: Vec<(&str, Option<&str>)> = after
+            .grants
+            .iter()
+            .filter(|g| g.kind == "access_key")
+            .map(|g| (g.name.as_str(), g.value.as_deref()))
+            .collect();
+        assert_eq!(keys, [("AKIABOB1", Some("Inactive"))], "one key deactivated, one deleted");
+        assert!(after.orphans.is_empty(), "{:#?}", after.orphans);
     }
 }

@@ -582,3 +582,71 @@ fn aws_plan_reports_a_changed_mapping_and_keeps_the_linked_user() {
     assert_eq!(unchanged.mapping_changed, None);
     assert!(unchanged.mapping_change_reason().is_none());
 }
+
+/// The access review replays the ledger through `from_ledger`: each replayed op must come back
+/// from the call its target records, and the ops it does not replay must not be mistaken for one.
+#[test]
+fn ledger_calls_parse_back_into_the_ops_that_wrote_them() {
+    let aws = [
+        AwsIamOp::AddUserToGroup { group: "fin".into() },
+        AwsIamOp::RemoveUserFromGroup { group: "eng".into() },
+        AwsIamOp::TagUser {
+            tags: [("cost", "finance"), ("team", "data")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+        },
+        AwsIamOp::UntagUser {
+            keys: vec!["cost".into(), "team".into()],
+        },
+        AwsIamOp::DeactivateAccessKey {
+            key_id: "AKIA1".into(),
+        },
+        AwsIamOp::DeleteAccessKey {
+            key_id: "AKIA2".into(),
+        },
+        AwsIamOp::DeleteLoginProfile,
+    ];
+    for op in aws {
+        assert_eq!(
+            AwsIamOp::from_ledger(&op.http("ann")),
+            Some(("ann".to_string(), op.clone())),
+            "{op:?}"
+        );
+    }
+    let not_replayed = [
+        AwsIamOp::DetachUserPolicy {
+            policy_arn: "arn:aws:iam::aws:policy/ReadOnlyAccess".into(),
+        },
+        AwsIamOp::DeactivateMfaDevice { serial: "mfa".into() },
+    ];
+    for op in not_replayed {
+        assert_eq!(AwsIamOp::from_ledger(&op.http("ann")), None, "{op:?}");
+    }
+    for resource in [
+        "projects/p1",
+        "projects/p1/datasets/d1",
+        "projects/p1/serviceAccounts/ci@p1.iam.gserviceaccount.com",
+        "organizations/42",
+    ] {
+        for op in [
+            GcpIamOp::AddMember {
+                resource: resource.into(),
+                role: "roles/viewer".into(),
+                member: "user:ann@x.com".into(),
+            },
+            GcpIamOp::RemoveMember {
+                resource: resource.into(),
+                role: "roles/editor".into(),
+                member: "user:ann@x.com".into(),
+            },
+        ] {
+            assert_eq!(GcpIamOp::from_ledger(&op.http()), Some(op.clone()), "{op:?}");
+        }
+    }
+    let membership = GcpIamOp::AddGroupMember {
+        group: "fin@x.com".into(),
+        group_name: Some("groups/1".into()),
+        member: "ann@x.com".into(),
+    };
+    assert_eq!(GcpIamOp::from_ledger(&membership.http()), None);
+}

@@ -82,7 +82,7 @@ struct ServiceApp {
     /// `{org}/oauth2/v1/token`: the token endpoint and the assertion's `aud`.
     token_url: String,
     /// The access token and when to stop using it.
-    token: tokio::sync::Mutex<Option<(SecretString, std::time::Instant)>>,
+    token: tokio::sync::Mutex<Option<(SecretString, tokio::time::Instant)>>,
 }
 
 /// The Okta API of one org.
@@ -312,7 +312,7 @@ impl OktaApi {
     async fn access_token(&self, app: &ServiceApp) -> Result<SecretString, OktaApiError> {
         let mut slot = app.token.lock().await;
         if let Some((token, until)) = &*slot
-            && std::time::Instant::now() < *until
+            && tokio::time::Instant::now() < *until
         {
             return Ok(token.clone());
         }
@@ -380,7 +380,7 @@ impl OktaApi {
             });
         }
         let lifetime = Duration::from_secs(body.get("expires_in").and_then(Value::as_u64).unwrap_or(3600));
-        let until = std::time::Instant::now() + lifetime.saturating_sub(TOKEN_MARGIN);
+        let until = tokio::time::Instant::now() + lifetime.saturating_sub(TOKEN_MARGIN);
         metrics::counter!("gatehouse_okta_token_requests_total", "result" => "issued").increment(1);
         tracing::info!(
             expires_in_s = lifetime.as_secs(),

@@ -369,10 +369,10 @@ async fn concurrent_enqueues_share_one_group_commit() {
             tokio::spawn(async move { db.publish(&[env(&format!("g{i}"), &format!("s{i}"), i)]).await })
         })
         .collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while db.enqueues_waiting() < 20 {
         assert!(
-            std::time::Instant::now() < deadline,
+            tokio::time::Instant::now() < deadline,
             "the requests never queued up"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;

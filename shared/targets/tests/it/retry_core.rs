@@ -16,7 +16,8 @@ use secrecy::SecretString;
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Two retries, short delays (a `Retry-After` still wins).
 fn policy() -> RetryPolicy {

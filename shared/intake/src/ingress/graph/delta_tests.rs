@@ -202,9 +202,9 @@ async fn a_change_graph_never_notified_is_applied_after_one_delta_interval() {
         shutdown,
     ));
     // The round at start: nothing changed yet.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     while delta_calls(&w.fake) < baseline_calls + 2 {
-        assert!(std::time::Instant::now() < deadline, "no delta round at start");
+        assert!(tokio::time::Instant::now() < deadline, "no delta round at start");
         tokio::task::yield_now().await;
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
@@ -217,7 +217,7 @@ async fn a_change_graph_never_notified_is_applied_after_one_delta_interval() {
     let want = ("bob@example.com".to_string(), IdentityEvent::UserDeactivated);
     while !w.events().contains(&want) {
         assert!(
-            std::time::Instant::now() < deadline,
+            tokio::time::Instant::now() < deadline,
             "the change was not applied: {:?}",
             w.events()
         );
