@@ -545,8 +545,8 @@ async fn orphan_iam_users_and_gcp_members_are_reported_or_disabled_through_the_b
     let gcp_subject = format!("orphan:gcp:{member}");
 
     // Report (the default): each orphan's plan is ledgered, nothing is changed.
-    let (r, _) = reconcile_as_configured(&app, "").await;
-    assert_eq!(r.writes, 0, "{r:#?}");
+    let (first, _) = reconcile_as_configured(&app, "").await;
+    assert_eq!(first.writes, 0, "{first:#?}");
     assert_eq!(
         groups_of(&c, &ghost).await,
         [w.eng.clone(), w.hand.clone()].into()
@@ -621,6 +621,38 @@ async fn orphan_iam_users_and_gcp_members_are_reported_or_disabled_through_the_b
         vec!["group:all@example.com"]
     );
     unmanaged_intact(&gcp, &w);
+
+    // Issue 15, `report access --as-of`: on the first reconcile's snapshot both orphans hold
+    // managed grants; at a later time the ledger rows the AWS and GCP targets wrote since
+    // (RemoveUserFromGroup, setIamPolicy removals) are replayed onto that same snapshot, and
+    // neither holds anything any more.
+    let snapshot = gatehouse_domain::access::AccessSnapshot {
+        run_at: first.read_at,
+        rows: first.observed.clone(),
+    };
+    let ledger = app.ledger().await;
+    let policy = gatehouse_domain::policy::Policy::from_toml(&w.policy()).unwrap();
+    let shape = gatehouse_engine::reconcile::CloudShape {
+        aws: None,
+        gcp: false,
+    };
+    let review =
+        |as_of| gatehouse_engine::access::build(&policy, &[], Some(&snapshot), &ledger, &shape, as_of);
+    let grants = |r: &gatehouse_engine::access::AccessReport, account: &str| {
+        r.orphans
+            .iter()
+            .find(|o| o.account == account)
+            .unwrap_or_else(|| panic!("{account} is not listed: {:#?}", r.orphans))
+            .grants
+            .clone()
+    };
+    let then = review(first.read_at);
+    assert_eq!(grants(&then, &ghost), [format!("iam_group:{}", w.eng)]);
+    assert!(!grants(&then, member).is_empty(), "{:#?}", then.orphans);
+    let now = review(chrono::Utc::now());
+    assert!(now.ledger.replayed >= 3, "{:#?}", now.ledger);
+    assert_eq!(grants(&now, &ghost), Vec::<String>::new(), "{:#?}", now.orphans);
+    assert_eq!(grants(&now, member), Vec::<String>::new(), "{:#?}", now.orphans);
     app.stop().await;
 }
 

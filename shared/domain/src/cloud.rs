@@ -355,8 +355,12 @@ impl AwsIamOp {
                 .collect()
         };
         let op = match p("Action")?.as_str() {
-            "AddUserToGroup" => AwsIamOp::AddUserToGroup { group: p("GroupName")? },
-            "RemoveUserFromGroup" => AwsIamOp::RemoveUserFromGroup { group: p("GroupName")? },
+            "AddUserToGroup" => AwsIamOp::AddUserToGroup {
+                group: p("GroupName")?,
+            },
+            "RemoveUserFromGroup" => AwsIamOp::RemoveUserFromGroup {
+                group: p("GroupName")?,
+            },
             "TagUser" => {
                 let (keys, values) = (list("Tags", ".Key"), list("Tags", ".Value"));
                 if keys.len() != values.len() {
@@ -369,9 +373,11 @@ impl AwsIamOp {
             "UntagUser" => AwsIamOp::UntagUser {
                 keys: list("TagKeys", ""),
             },
-            "UpdateAccessKey" if p("Status").as_deref() == Some("Inactive") => AwsIamOp::DeactivateAccessKey {
-                key_id: p("AccessKeyId")?,
-            },
+            "UpdateAccessKey" if p("Status").as_deref() == Some("Inactive") => {
+                AwsIamOp::DeactivateAccessKey {
+                    key_id: p("AccessKeyId")?,
+                }
+            }
             "DeleteAccessKey" => AwsIamOp::DeleteAccessKey {
                 key_id: p("AccessKeyId")?,
             },
@@ -792,7 +798,11 @@ impl GcpIamOp {
         // cannot parse is recorded as `/{resource}`.
         let resource = ["/v3/", "/bigquery/v2/", "/v1/"]
             .iter()
-            .find_map(|prefix| target.strip_prefix(prefix).filter(|r| GcpResource::parse(r).is_some()))
+            .find_map(|prefix| {
+                target
+                    .strip_prefix(prefix)
+                    .filter(|r| GcpResource::parse(r).is_some())
+            })
             .or_else(|| target.strip_prefix('/'))?
             .to_string();
         let body = call.body.as_ref()?;
@@ -800,10 +810,18 @@ impl GcpIamOp {
             Some((c["role"].as_str()?.to_string(), c["member"].as_str()?.to_string()))
         };
         if let Some((role, member)) = body.get("add").and_then(change) {
-            return Some(GcpIamOp::AddMember { resource, role, member });
+            return Some(GcpIamOp::AddMember {
+                resource,
+                role,
+                member,
+            });
         }
         let (role, member) = body.get("remove").and_then(change)?;
-        Some(GcpIamOp::RemoveMember { resource, role, member })
+        Some(GcpIamOp::RemoveMember {
+            resource,
+            role,
+            member,
+        })
     }
 
     /// One line for `gatehouse plan`.

@@ -33,8 +33,8 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::time::Instant;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 const USERS: &str = "/api/v1/users";
 const GROUPS: &str = "/api/v1/groups";
