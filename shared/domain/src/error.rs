@@ -35,6 +35,18 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The metric label (`kind`), as serde names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Throttled => "throttled",
+            Kind::Transient => "transient",
+            Kind::Unauthorized => "unauthorized",
+            Kind::NotFound => "not_found",
+            Kind::Conflict => "conflict",
+            Kind::Permanent => "permanent",
+        }
+    }
+
     /// Another try of the same call may succeed.
     pub fn is_retryable(self) -> bool {
         matches!(self, Kind::Throttled | Kind::Transient)

@@ -5,8 +5,8 @@
 use crate::engine::{Engine, Handled, ProcessError};
 use chrono::Utc;
 use gatehouse_domain::envelope::Envelope;
-use gatehouse_domain::error::chain;
-use gatehouse_domain::ports::{Delivery, LookerPort, QueueConsumer, StateStore};
+use gatehouse_domain::error::{Classified, chain};
+use gatehouse_domain::ports::{BackendError, Delivery, LookerPort, QueueConsumer, StateStore};
 use gatehouse_platform::retry::RetryPolicy;
 use gatehouse_platform::shutdown::Shutdown;
 use std::sync::Arc;
@@ -22,6 +22,34 @@ const RELEASE: RetryPolicy = RetryPolicy {
     min_delay: Duration::from_millis(250),
     max_delay: Duration::from_millis(250 * 1024),
 };
+
+/// How long the worker waits after a failed receive: the one retry policy's schedule, 250 ms
+/// doubling up to 30 s per consecutive failure, never sooner than a `Retry-After`. A failure
+/// retrying cannot fix (access denied, no such queue, a refused request) waits the longest at
+/// once: it needs a person, not a hammering, and the worker keeps trying so that the fix takes
+/// effect without a restart.
+pub const RECEIVE_BACKOFF: RetryPolicy = RetryPolicy {
+    retries: 0,
+    min_delay: Duration::from_millis(250),
+    max_delay: Duration::from_secs(30),
+};
+
+/// Settling a delivery (ack, release, dead letter): a throttled or transient failure is retried
+/// in place, since a delivery left unsettled comes back and is handled again.
+pub const SETTLE: RetryPolicy = RetryPolicy {
+    retries: 3,
+    min_delay: Duration::from_millis(100),
+    max_delay: Duration::from_secs(2),
+};
+
+/// The wait before the next receive after `failures` consecutive failed ones, the last `e`.
+pub fn receive_delay(e: &impl Classified, failures: u32) -> Duration {
+    if e.is_retryable() {
+        RECEIVE_BACKOFF.delay(failures.saturating_sub(1), e.retry_after())
+    } else {
+        RECEIVE_BACKOFF.delay(u32::MAX, e.retry_after())
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -102,6 +130,9 @@ where
     pub async fn run(self, shutdown: Shutdown) {
         let mut set: JoinSet<Result<Disposition, ProcessError>> = JoinSet::new();
         let mut last_sweep: Option<tokio::time::Instant> = None;
+        // Consecutive failed receives, and no receive before this instant.
+        let mut receive_failures: u32 = 0;
+        let mut backoff_until: Option<tokio::time::Instant> = None;
         loop {
             if shutdown.is_triggered() {
                 break;
@@ -115,11 +146,28 @@ where
                 }
             }
             let free = self.cfg.concurrency.saturating_sub(set.len());
-            let received = if free > 0 {
+            let backing_off = backoff_until.is_some_and(|t| tokio::time::Instant::now() < t);
+            let received = if free > 0 && !backing_off {
                 match self.queue.receive(free, self.cfg.visibility_timeout).await {
-                    Ok(b) => b,
+                    Ok(b) => {
+                        receive_failures = 0;
+                        backoff_until = None;
+                        b
+                    }
                     Err(e) => {
-                        tracing::error!(error = %e, "queue receive failed");
+                        receive_failures = receive_failures.saturating_add(1);
+                        let delay = receive_delay(&e, receive_failures);
+                        backoff_until = Some(tokio::time::Instant::now() + delay);
+                        let kind = e.kind();
+                        metrics::counter!("gatehouse_queue_errors_total", "operation" => "receive", "kind" => kind.as_str())
+                            .increment(1);
+                        if kind.is_retryable() {
+                            tracing::warn!(error = %chain(&e), kind = kind.as_str(), failures = receive_failures,
+                                retry_in = ?delay, "queue receive failed; will retry");
+                        } else {
+                            tracing::error!(error = %chain(&e), kind = kind.as_str(), retry_in = ?delay,
+                                "queue receive refused; retrying will not help until the queue's configuration or permissions are fixed");
+                        }
                         Vec::new()
                     }
                 }
@@ -142,12 +190,16 @@ where
                         None => std::future::pending().await,
                     }
                 };
+                // After a failed receive, the backoff replaces the poll and a wake-up does not
+                // cut it short.
+                let backoff = backoff_until.filter(|t| tokio::time::Instant::now() < *t);
+                let next = backoff.unwrap_or_else(|| tokio::time::Instant::now() + self.cfg.poll_interval);
                 // Wait for a slot, new work, or shutdown.
                 tokio::select! {
                     _ = shutdown.wait() => {}
-                    _ = woken, if set.len() < self.cfg.concurrency => {}
+                    _ = woken, if set.len() < self.cfg.concurrency && backoff.is_none() => {}
                     Some(r) = set.join_next(), if !set.is_empty() => log_result(r),
-                    _ = tokio::time::sleep(self.cfg.poll_interval), if set.len() < self.cfg.concurrency => {}
+                    _ = tokio::time::sleep_until(next), if set.len() < self.cfg.concurrency => {}
                 }
             }
             while let Some(r) = set.try_join_next() {
@@ -159,6 +211,27 @@ where
             log_result(r);
         }
     }
+}
+
+/// Settle a delivery with the [`SETTLE`] policy: a throttled or transient failure is retried in
+/// place (counted in `gatehouse_queue_errors_total{operation}`); one retrying cannot fix, or the
+/// last, is returned (the delivery then comes back after its visibility timeout).
+async fn settle<F, Fut>(operation: &'static str, mut f: F) -> Result<(), BackendError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), BackendError>>,
+{
+    SETTLE
+        .call(operation, || {
+            let attempt = f();
+            async move {
+                attempt.await.inspect_err(|e| {
+                    metrics::counter!("gatehouse_queue_errors_total", "operation" => operation, "kind" => e.kind().as_str())
+                        .increment(1);
+                })
+            }
+        })
+        .await
 }
 
 fn log_result(r: Result<Result<Disposition, ProcessError>, tokio::task::JoinError>) {
@@ -231,7 +304,7 @@ where
         };
         match handled {
             Ok(handled) => {
-                queue.ack(&d).await?;
+                settle("ack", || queue.ack(&d)).await?;
                 let outcome = match &handled {
                     Handled::Duplicate => "duplicate",
                     Handled::Ignored => "ignored",
@@ -257,7 +330,7 @@ where
                 span.record("outcome", "dead_lettered");
                 span.record("otel.status_code", "ERROR");
                 tracing::warn!(reason = %reason, "dead-lettering");
-                queue.dead_letter(&d, &reason).await?;
+                settle("dead_letter", || queue.dead_letter(&d, &reason)).await?;
                 metrics::counter!("gatehouse_events_failed_total", "source" => source, "reason" => "dead_lettered")
                     .increment(1);
                 Ok(Disposition::DeadLettered { reason })
@@ -266,7 +339,7 @@ where
                 let delay = RELEASE.delay(d.attempt, e.retry_after());
                 tracing::Span::current().record("outcome", "retried");
                 tracing::warn!(error = %chain(&e), retry_in = ?delay, "processing failed; will retry");
-                queue.release(&d, delay).await?;
+                settle("release", || queue.release(&d, delay)).await?;
                 metrics::counter!("gatehouse_events_failed_total", "source" => source, "reason" => "retried")
                     .increment(1);
                 Ok(Disposition::Released { delay })

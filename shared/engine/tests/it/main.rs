@@ -4,6 +4,7 @@
 #![recursion_limit = "256"]
 
 mod identity_center;
+mod queue_errors;
 mod reconcile_paged;
 mod registered;
 mod sweep;
