@@ -485,13 +485,18 @@ pub(crate) async fn converge(
             store = Some(gatehouse_store::sqlite::Sqlite::open(w.data).await.unwrap());
         }
         if let Some(s) = &store {
-            let mut left = Vec::new();
-            for id in unprocessed {
+            // A rotating window of at most CHECK_PER_ROUND lookups per round (those still
+            // unprocessed go to the back): with 100,000 events a full pass every round kept a
+            // core busy on point queries, slowing the processors it watches.
+            const CHECK_PER_ROUND: usize = 2_000;
+            let n = unprocessed.len().min(CHECK_PER_ROUND);
+            let mut still = Vec::new();
+            for id in unprocessed.drain(..n) {
                 if !s.is_processed(&id).await.unwrap() {
-                    left.push(id);
+                    still.push(id);
                 }
             }
-            unprocessed = left;
+            unprocessed.extend(still);
         }
         let depth = match w.queue {
             Some(q) => q.depth().await.unwrap(),
