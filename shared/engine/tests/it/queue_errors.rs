@@ -6,8 +6,8 @@
 //! The time checks are lower bounds on the gaps between calls: a slow machine only makes the
 //! gaps longer, so they cannot fail for want of speed.
 
-use chrono::Utc;
-use gatehouse_domain::envelope::{Envelope, EnvelopeId, IdentityEvent, Source, Subject};
+use crate::envelope;
+use gatehouse_domain::envelope::EnvelopeId;
 use gatehouse_domain::error::{Error, Kind};
 use gatehouse_domain::policy::Policy;
 use gatehouse_domain::ports::{BackendError, Delivery, QueueConsumer, QueueProducer, StateStore};
@@ -21,27 +21,6 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
-
-fn envelope(id: &str) -> Envelope {
-    let now = Utc::now();
-    Envelope {
-        trace_parent: None,
-        version: Envelope::VERSION,
-        id: EnvelopeId(id.into()),
-        source: Source::Okta,
-        subject: Subject {
-            key: format!("okta:{id}"),
-            email: Some(format!("{id}@example.com")),
-            display_name: None,
-        },
-        occurred_at: now,
-        received_at: now,
-        source_event_type: "test".into(),
-        event: IdentityEvent::UserDeactivated,
-        profile: Default::default(),
-        raw: serde_json::Value::Null,
-    }
-}
 
 fn failure(kind: Kind) -> BackendError {
     BackendError::new(

@@ -3,8 +3,8 @@
 //! handle the event before the deadline. Each event is published only once the worker has
 //! found the queue empty (so it is waiting, not about to claim anyway).
 
-use chrono::Utc;
-use gatehouse_domain::envelope::{Envelope, EnvelopeId, IdentityEvent, Source, Subject};
+use crate::envelope;
+use gatehouse_domain::envelope::EnvelopeId;
 use gatehouse_domain::policy::Policy;
 use gatehouse_domain::ports::{BackendError, Delivery, QueueConsumer, QueueProducer, StateStore};
 use gatehouse_engine::engine::Engine;
@@ -17,27 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
-
-fn envelope(id: &str) -> Envelope {
-    let now = Utc::now();
-    Envelope {
-        trace_parent: None,
-        version: Envelope::VERSION,
-        id: EnvelopeId(id.into()),
-        source: Source::Okta,
-        subject: Subject {
-            key: format!("okta:{id}"),
-            email: Some(format!("{id}@example.com")),
-            display_name: None,
-        },
-        occurred_at: now,
-        received_at: now,
-        source_event_type: "test".into(),
-        event: IdentityEvent::UserDeactivated,
-        profile: Default::default(),
-        raw: serde_json::Value::Null,
-    }
-}
 
 /// The SQLite queue, noting when the worker has found it empty since its last ack: then the
 /// handler of the last event has finished and the worker has gone back to waiting.
