@@ -936,6 +936,24 @@ mod tests {
         id
     }
 
+    /// ann (active) and bob (deactivated), both in the IdP group Finance.
+    fn ann_and_bob() -> [Identity; 2] {
+        [
+            person("ann", "ann@x.com", Status::Active, &["Finance"]),
+            person("bob", "bob@x.com", Status::Deactivated, &["Finance"]),
+        ]
+    }
+
+    /// IAM users named by the email's local part; GCP configured.
+    fn iam_user_by_local_part() -> CloudShape {
+        CloudShape {
+            aws: Some(AwsUserMapping::Template {
+                template: "{local}".into(),
+            }),
+            gcp: true,
+        }
+    }
+
     fn binding(role: &str, members: &[&str]) -> Binding {
         Binding {
             role: role.into(),
@@ -951,16 +969,7 @@ mod tests {
     #[test]
     fn cloud_grants_drift_and_orphans() {
         let policy = Policy::from_toml(POLICY).unwrap();
-        let people = [
-            person("ann", "ann@x.com", Status::Active, &["Finance"]),
-            person("bob", "bob@x.com", Status::Deactivated, &["Finance"]),
-        ];
-        let shape = CloudShape {
-            aws: Some(AwsUserMapping::Template {
-                template: "{local}".into(),
-            }),
-            gcp: true,
-        };
+        let (people, shape) = (ann_and_bob(), iam_user_by_local_part());
         let snap = Snapshot {
             aws_users: Some(["ann", "bob", "mallory"].map(String::from).into()),
             aws_groups: [("fin".to_string(), ["bob", "mallory"].map(String::from).into())].into(),
@@ -1083,16 +1092,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let people = [
-            person("ann", "ann@x.com", Status::Active, &["Finance"]),
-            person("bob", "bob@x.com", Status::Deactivated, &["Finance"]),
-        ];
-        let shape = CloudShape {
-            aws: Some(AwsUserMapping::Template {
-                template: "{local}".into(),
-            }),
-            gcp: true,
-        };
+        let (people, shape) = (ann_and_bob(), iam_user_by_local_part());
         let key = |id: &str| AwsAccessKey {
             id: id.into(),
             active: true,
