@@ -200,10 +200,7 @@ where
     }
     // Looker (Google Cloud core): converge people as soon as their first login creates their
     // user (one search call a run when nothing is new); one replica per interval.
-    if components.processor
-        && cfg.looker_core().is_some()
-        && engine.looker().is_some()
-    {
+    if components.processor && cfg.looker_core().is_some() && engine.looker().is_some() {
         let engine = engine.clone();
         let shared = state.clone();
         let s = shutdown.clone();

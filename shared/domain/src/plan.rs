@@ -158,7 +158,12 @@ pub fn is_pending_first_login(desired: &DesiredLooker, plan: &Plan, platform: Pl
 /// (its account appears at its first login through the identity provider) and its email is
 /// never changed (names and emails are the identity provider's): a person the policy gives an
 /// account and Looker does not have yet is pending first login, with no step.
-pub fn diff_on(desired: &DesiredLooker, actual: &Actual, catalog: Option<&Catalog>, platform: Platform) -> Plan {
+pub fn diff_on(
+    desired: &DesiredLooker,
+    actual: &Actual,
+    catalog: Option<&Catalog>,
+    platform: Platform,
+) -> Plan {
     let mut b = Builder {
         steps: Vec::new(),
         notes: Vec::new(),
@@ -822,15 +827,18 @@ mod tests {
         );
         let pending = diff_on(&d, &Actual::Absent, Some(&catalog()), Platform::Core);
         assert!(pending.steps.is_empty(), "{pending:?}");
-        assert!(pending.notes.iter().any(|n| n.starts_with(PENDING_FIRST_LOGIN)), "{pending:?}");
+        assert!(
+            pending.notes.iter().any(|n| n.starts_with(PENDING_FIRST_LOGIN)),
+            "{pending:?}"
+        );
         assert!(is_pending_first_login(&d, &pending, Platform::Core));
         assert!(!is_pending_first_login(&d, &pending, Platform::Original));
         let offline = diff_on(&d, &Actual::Unknown, None, Platform::Core);
         assert!(
-            !offline
-                .steps
-                .iter()
-                .any(|s| matches!(s.op, LookerOp::CreateUser { .. } | LookerOp::CreateEmailCredentials { .. })),
+            !offline.steps.iter().any(|s| matches!(
+                s.op,
+                LookerOp::CreateUser { .. } | LookerOp::CreateEmailCredentials { .. }
+            )),
             "{offline:?}"
         );
         let mut held = LookerUser {
@@ -844,7 +852,12 @@ mod tests {
             user_attribute_values: Some(Default::default()),
             logins: None,
         };
-        let plan = diff_on(&d, &Actual::Present(held.clone()), Some(&catalog()), Platform::Core);
+        let plan = diff_on(
+            &d,
+            &Actual::Present(held.clone()),
+            Some(&catalog()),
+            Platform::Core,
+        );
         assert!(
             !plan
                 .steps
@@ -855,8 +868,16 @@ mod tests {
         assert!(!is_pending_first_login(&d, &plan, Platform::Core));
         held.email = Some("p@x.io".into());
         let converged = simulate(Some(held), &plan);
-        let again = diff_on(&d, &Actual::Present(converged.unwrap()), Some(&catalog()), Platform::Core);
-        assert!(again.steps.is_empty(), "groups, roles and attributes converged: {again:?}");
+        let again = diff_on(
+            &d,
+            &Actual::Present(converged.unwrap()),
+            Some(&catalog()),
+            Platform::Core,
+        );
+        assert!(
+            again.steps.is_empty(),
+            "groups, roles and attributes converged: {again:?}"
+        );
         assert_eq!(plan.steps.len(), 3, "group, roles, attribute: {plan:?}");
     }
 }

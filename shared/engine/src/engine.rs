@@ -898,7 +898,11 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
     /// groups, roles and attributes, and apply through the one loop (screen, retries, one ledger
     /// row per call; envelope `looker-core:first-login:{user_id}`, actor `scheduler`). Applied
     /// like the onboarding event it completes, whatever the reconcile mode. Returns the writes.
-    pub async fn converge_first_login(&self, identity: &Identity, user_id: &str) -> Result<usize, ProcessError> {
+    pub async fn converge_first_login(
+        &self,
+        identity: &Identity,
+        user_id: &str,
+    ) -> Result<usize, ProcessError> {
         if self.looker.client().is_none() {
             return Ok(0);
         }

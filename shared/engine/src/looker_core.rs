@@ -210,7 +210,10 @@ pub async fn run_every<S, L, D, C>(
         );
         let affordable = match quota {
             None => true,
-            Some(q) => match schedule.looker_calls(&gatehouse_domain::ports::call_month(at)).await {
+            Some(q) => match schedule
+                .looker_calls(&gatehouse_domain::ports::call_month(at))
+                .await
+            {
                 Ok(used) => crate::reconcile_budget::BudgetCheck::new(q, used, reserve, 1).covers(),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the looker call count; first-login run goes ahead");
@@ -220,7 +223,9 @@ pub async fn run_every<S, L, D, C>(
         };
         if !affordable {
             if !warned {
-                tracing::warn!("looker (google cloud core) first-login runs skipped: the month's looker budget minus the events' reserve is spent");
+                tracing::warn!(
+                    "looker (google cloud core) first-login runs skipped: the month's looker budget minus the events' reserve is spent"
+                );
                 warned = true;
             }
             tracing::debug!(tick, "first-login run skipped: looker budget");
@@ -234,9 +239,15 @@ pub async fn run_every<S, L, D, C>(
         match claim {
             Ok(Claim::Won) => {
                 match state.run(engine, directory).await {
-                    Ok(r) if r.new_users > 0 => tracing::info!(pages = r.pages, new_users = r.new_users,
-                        converged = r.converged.len(), writes = r.writes, unmatched = r.unmatched,
-                        failed = r.failed, "looker (google cloud core) first-login run"),
+                    Ok(r) if r.new_users > 0 => tracing::info!(
+                        pages = r.pages,
+                        new_users = r.new_users,
+                        converged = r.converged.len(),
+                        writes = r.writes,
+                        unmatched = r.unmatched,
+                        failed = r.failed,
+                        "looker (google cloud core) first-login run"
+                    ),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "looker (google cloud core) first-login run failed"),
                 }

@@ -495,7 +495,9 @@ impl<L: LookerPort> Target for LookerTarget<L> {
         if self.platform.is_core()
             && matches!(
                 op,
-                LookerOp::CreateUser { .. } | LookerOp::CreateEmailCredentials { .. } | LookerOp::UpdateEmail { .. }
+                LookerOp::CreateUser { .. }
+                    | LookerOp::CreateEmailCredentials { .. }
+                    | LookerOp::UpdateEmail { .. }
             )
         {
             return Err(SendError::Write(permanent(

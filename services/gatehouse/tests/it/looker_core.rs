@@ -75,9 +75,13 @@ impl World {
         )
         .unwrap();
         let cfg = gatehouse_platform::config::Config::load(Some(&cfg), |_| None).unwrap();
-        let sqlite = gatehouse_store::sqlite::Sqlite::open(&cfg.data_dir).await.unwrap();
+        let sqlite = gatehouse_store::sqlite::Sqlite::open(&cfg.data_dir)
+            .await
+            .unwrap();
         let state = gatehouse_app::open_state(&cfg, &sqlite).await.unwrap();
-        let engine = gatehouse_app::engine_with_cloud(&cfg, state.clone()).await.unwrap();
+        let engine = gatehouse_app::engine_with_cloud(&cfg, state.clone())
+            .await
+            .unwrap();
         World {
             looker,
             gcp,
@@ -154,11 +158,21 @@ async fn core_onboarding_grants_the_login_binding_and_creates_no_looker_user() {
     w.onboard().await;
 
     assert_eq!(w.forbidden_calls(), Vec::<String>::new());
-    assert!(w.looker.user_by_email(ANA).is_none(), "no user exists before the first login");
-    assert_eq!(w.looker.write_calls(), 0, "nothing is written in Looker while pending");
+    assert!(
+        w.looker.user_by_email(ANA).is_none(),
+        "no user exists before the first login"
+    );
+    assert_eq!(
+        w.looker.write_calls(),
+        0,
+        "nothing is written in Looker while pending"
+    );
     assert_eq!(w.login_members(), vec![format!("user:{ANA}")]);
     // Other bindings of the project are kept.
-    assert_eq!(w.gcp.members(PROJECT, "roles/owner"), vec!["user:owner@example.com"]);
+    assert_eq!(
+        w.gcp.members(PROJECT, "roles/owner"),
+        vec!["user:owner@example.com"]
+    );
     let rows = w.state.ledger_since(None).await.unwrap();
     let grant: Vec<_> = rows
         .iter()
@@ -183,13 +197,20 @@ async fn the_first_login_run_converges_the_new_user_and_costs_one_call_when_noth
     let mut run = FirstLogins::new(2);
     // A process's first run reads one page (only the admin exists: nobody of the directory).
     let first = run.run(&w.engine, &w.state).await.unwrap();
-    assert_eq!((first.pages, first.converged.len(), first.unmatched), (1, 0, 1), "{first:?}");
+    assert_eq!(
+        (first.pages, first.converged.len(), first.unmatched),
+        (1, 0, 1),
+        "{first:?}"
+    );
 
     w.looker.reset_calls();
     let idle = run.run(&w.engine, &w.state).await.unwrap();
     let calls = w.looker.calls();
     assert_eq!(calls.len(), 1, "nothing new: one call: {calls:#?}");
-    assert_eq!((calls[0].method.as_str(), calls[0].path.as_str()), ("GET", "/users/search"));
+    assert_eq!(
+        (calls[0].method.as_str(), calls[0].path.as_str()),
+        ("GET", "/users/search")
+    );
     for (k, v) in [
         ("is_service_account", "false"),
         ("sorts", "id desc"),
@@ -197,7 +218,12 @@ async fn the_first_login_run_converges_the_new_user_and_costs_one_call_when_noth
         ("limit", "2"),
         ("offset", "0"),
     ] {
-        assert_eq!(calls[0].query_param(k).as_deref(), Some(v), "{k}: {}", calls[0].query);
+        assert_eq!(
+            calls[0].query_param(k).as_deref(),
+            Some(v),
+            "{k}: {}",
+            calls[0].query
+        );
     }
     assert_eq!((idle.new_users, idle.writes), (0, 0));
 
@@ -208,17 +234,25 @@ async fn the_first_login_run_converges_the_new_user_and_costs_one_call_when_noth
     w.looker.first_login("guest2@example.com", "G", "Two");
     let converged = run.run(&w.engine, &w.state).await.unwrap();
     assert_eq!(converged.converged, vec![ANA_KEY.to_string()], "{converged:?}");
-    assert_eq!((converged.new_users, converged.unmatched, converged.pages), (3, 2, 2));
+    assert_eq!(
+        (converged.new_users, converged.unmatched, converged.pages),
+        (3, 2, 2)
+    );
     let ana = w.looker.user(&uid).unwrap();
     assert!(ana.group_ids.contains(&w.group), "{ana:?}");
     assert!(ana.direct_role_ids.contains(&w.role), "{ana:?}");
-    assert_eq!(ana.attribute_values.get(&w.region).map(String::as_str), Some("emea"));
+    assert_eq!(
+        ana.attribute_values.get(&w.region).map(String::as_str),
+        Some("emea")
+    );
     assert_eq!(w.forbidden_calls(), Vec::<String>::new());
     let rows = w.state.ledger_since(None).await.unwrap();
     assert!(
-        rows.iter().any(|r| r.entry.envelope_id == format!("looker-core:first-login:{uid}")
-            && r.entry.actor.as_deref() == Some("scheduler")
-            && r.entry.rule == "analysts"),
+        rows.iter().any(
+            |r| r.entry.envelope_id == format!("looker-core:first-login:{uid}")
+                && r.entry.actor.as_deref() == Some("scheduler")
+                && r.entry.rule == "analysts"
+        ),
         "{rows:#?}"
     );
 
@@ -247,17 +281,34 @@ async fn core_offboarding_removes_the_binding_and_closes_the_looker_user() {
 
     w.handle(IdentityEvent::UserDeactivated).await;
 
-    assert_eq!(w.login_members(), Vec::<String>::new(), "the login binding is removed");
+    assert_eq!(
+        w.login_members(),
+        Vec::<String>::new(),
+        "the login binding is removed"
+    );
     let ana = w.looker.user(&uid).unwrap();
-    assert!(ana.is_disabled, "removing the binding leaves the account active: disabled too");
-    assert!(ana.session_ids.is_empty() && ana.api3_key_ids.is_empty(), "{ana:?}");
+    assert!(
+        ana.is_disabled,
+        "removing the binding leaves the account active: disabled too"
+    );
+    assert!(
+        ana.session_ids.is_empty() && ana.api3_key_ids.is_empty(),
+        "{ana:?}"
+    );
     assert!(!ana.group_ids.contains(&w.group), "{ana:?}");
-    assert_eq!(w.gcp.members(PROJECT, "roles/owner"), vec!["user:owner@example.com"]);
+    assert_eq!(
+        w.gcp.members(PROJECT, "roles/owner"),
+        vec!["user:owner@example.com"]
+    );
     let rows = w.state.ledger_since(None).await.unwrap();
     assert!(
         rows.iter().any(|r| r.entry.target == "gcp"
             && r.entry.rule == "gcp.offboarding.remove_bindings"
-            && r.entry.call.body.as_ref().is_some_and(|b| b["remove"]["role"] == ROLE)),
+            && r.entry
+                .call
+                .body
+                .as_ref()
+                .is_some_and(|b| b["remove"]["role"] == ROLE)),
         "{rows:#?}"
     );
     assert_eq!(w.forbidden_calls(), Vec::<String>::new());
@@ -302,5 +353,8 @@ fn a_core_config_without_its_project_or_gcp_exits_64_naming_the_field() {
     ]);
     assert_eq!(o.status.code(), Some(64), "{}", text(&o).1);
     let err = text(&o).1;
-    assert!(err.contains("looker.platform") && err.contains("[gcp] enabled = true"), "{err}");
+    assert!(
+        err.contains("looker.platform") && err.contains("[gcp] enabled = true"),
+        "{err}"
+    );
 }

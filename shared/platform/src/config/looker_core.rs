@@ -76,7 +76,10 @@ impl LookerCoreConfig {
     ) -> Result<(), ConfigError> {
         if let Some(v) = env("GATEHOUSE_LOOKER_PLATFORM") {
             *platform = LookerPlatform::parse(&v).ok_or_else(|| {
-                ConfigError::new("GATEHOUSE_LOOKER_PLATFORM", format!("{v:?} is not original or core"))
+                ConfigError::new(
+                    "GATEHOUSE_LOOKER_PLATFORM",
+                    format!("{v:?} is not original or core"),
+                )
             })?;
         }
         if let Some(v) = env("GATEHOUSE_LOOKER_CORE_PROJECT") {
@@ -86,11 +89,7 @@ impl LookerCoreConfig {
     }
 
     /// A core platform needs the project (and a GCP target to write the binding with).
-    pub(super) fn validate(
-        &self,
-        platform: LookerPlatform,
-        gcp_enabled: bool,
-    ) -> Result<(), ConfigError> {
+    pub(super) fn validate(&self, platform: LookerPlatform, gcp_enabled: bool) -> Result<(), ConfigError> {
         if platform == LookerPlatform::Original {
             return match self.project {
                 Some(_) => Err(ConfigError::new(
@@ -127,10 +126,10 @@ impl LookerCoreConfig {
                 "\"core\" needs the GCP target ([gcp] enabled = true): the login binding (roles/looker.instanceUser) is granted and removed through it",
             ));
         }
-        if self.first_login_interval.is_zero() {
+        if self.first_login_interval.is_zero() || self.first_login_interval > Duration::from_secs(86_400) {
             return Err(ConfigError::new(
                 "looker.core.first_login_interval",
-                "must be more than 0",
+                "must be more than 0 and at most 1 day",
             ));
         }
         if !(1..=1000).contains(&self.first_login_page_size) {

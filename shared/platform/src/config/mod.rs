@@ -26,10 +26,10 @@ pub use cloud::{
     AwsConfig, AwsUserMappingConfig, GcpConfig, GcpTokenSource, Mode, Modes, Orphans, ReconcileConfig,
 };
 pub use generic::GenericConfig;
-pub use looker_core::{LookerCoreConfig, LookerPlatform};
 pub use google::GoogleConfig;
 pub use graph::GraphConfig;
 pub use identity_center::IdentityCenterConfig;
+pub use looker_core::{LookerCoreConfig, LookerPlatform};
 pub use okta_api::{MAX_LOG_PAGE, OKTA_LOG_RETENTION, OktaApiConfig, OktaApiConnection, OktaServiceApp};
 pub use queue::{PubsubConfig, QueueConfig, SqsConfig};
 pub use rotator::{
@@ -360,8 +360,6 @@ impl LookerBudgetConfig {
             self.warning_remaining = v.trim().parse().map_err(|_| {
                 ConfigError::new(
                     "GATEHOUSE_LOOKER_BUDGET_WARNING_REMAINING",
-    "GATEHOUSE_LOOKER_PLATFORM",
-    "GATEHOUSE_LOOKER_CORE_PROJECT",
                     format!("{v:?} is not a fraction such as 0.1"),
                 )
             })?;
@@ -578,6 +576,8 @@ pub const ENV_VARS: &[&str] = &[
     "GATEHOUSE_LOOKER_CLIENT_SECRET",
     "GATEHOUSE_LOOKER_MONTHLY_CALL_QUOTA",
     "GATEHOUSE_LOOKER_BUDGET_WARNING_REMAINING",
+    "GATEHOUSE_LOOKER_PLATFORM",
+    "GATEHOUSE_LOOKER_CORE_PROJECT",
     "GATEHOUSE_LOG_FORMAT",
     "GATEHOUSE_QUEUE",
     "GATEHOUSE_STATE",
@@ -733,7 +733,9 @@ impl Config {
         self.gcp.validate()?;
         self.reconcile.validate()?;
         self.looker.budget.validate()?;
-        self.looker.core.validate(self.looker.platform, self.gcp.enabled)?;
+        self.looker
+            .core
+            .validate(self.looker.platform, self.gcp.enabled)?;
         self.telemetry.validate()?;
         self.server.validate()?;
         if let Some(b) = &self.safety.breaker {
@@ -1156,7 +1158,9 @@ mod tests {
         let f = write("[looker.core]\nproject = \"projects/lk\"\n");
         let e = Config::load(Some(f.path()), env(&[])).unwrap_err();
         assert_eq!(e.field, "looker.core.project");
-        let f = write("[looker]\nplatform = \"core\"\n[looker.core]\nproject = \"projects/lk/datasets/d\"\n[gcp]\nenabled = true\n");
+        let f = write(
+            "[looker]\nplatform = \"core\"\n[looker.core]\nproject = \"projects/lk/datasets/d\"\n[gcp]\nenabled = true\n",
+        );
         let e = Config::load(Some(f.path()), env(&[])).unwrap_err();
         assert_eq!(e.field, "looker.core.project");
         let f = write("[gcp]\nenabled = true\n");
