@@ -358,3 +358,62 @@ fn a_core_config_without_its_project_or_gcp_exits_64_naming_the_field() {
         "{err}"
     );
 }
+
+/// Two replicas on one state store: each interval is claimed as a tick, so one of them runs the
+/// first-login search and the other skips it (one search call, not two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_run_one_first_login_search_per_interval() {
+    use gatehouse_engine::looker_core::{Every, run_every};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let w = World::start("core").await;
+    let (trigger, shutdown) = gatehouse_platform::shutdown::Shutdown::new();
+    let at = chrono::Utc::now();
+    // Each replica's clock counts its reads: the second read comes after its claim (and run).
+    let clocks = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let replica = |i: usize| {
+        let clock = clocks[i].clone();
+        let (engine, state, shutdown) = (&w.engine, &w.state, shutdown.clone());
+        async move {
+            let every = Every {
+                interval: std::time::Duration::from_secs(3600),
+                page_size: 100,
+                quota: None,
+                reserve: None,
+            };
+            let now = move || {
+                clock.fetch_add(1, Ordering::SeqCst);
+                at
+            };
+            run_every(
+                engine,
+                state,
+                state,
+                &format!("replica-{i}"),
+                every,
+                now,
+                shutdown,
+            )
+            .await
+        }
+    };
+    let stop = async {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        while clocks.iter().any(|c| c.load(Ordering::SeqCst) < 2) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the replicas did not both settle the tick"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        trigger.trigger();
+    };
+    tokio::join!(replica(0), replica(1), stop);
+    let searches = w
+        .looker
+        .calls()
+        .iter()
+        .filter(|c| c.path == "/users/search" && c.query_param("sorts").as_deref() == Some("id desc"))
+        .count();
+    assert_eq!(searches, 1, "one replica ran the tick: {:#?}", w.looker.calls());
+}
