@@ -22,6 +22,7 @@ pub fn load_new(cfg: &Config, path: &Path) -> Result<Policy, AppError> {
     })?;
     let mut policy = Policy::from_toml(&text).map_err(|source| AppError::Policy { path: shown, source })?;
     policy.allowed_email_domains = cfg.identity.allowed_domains();
+    policy.set_looker_core(cfg.looker_core());
     Ok(policy)
 }
 

@@ -198,6 +198,33 @@ where
             .await
         });
     }
+    // Looker (Google Cloud core): converge people as soon as their first login creates their
+    // user (one search call a run when nothing is new); one replica per interval.
+    if components.processor && cfg.looker_core().is_some() && engine.looker().is_some() {
+        let engine = engine.clone();
+        let shared = state.clone();
+        let s = shutdown.clone();
+        let core = cfg.looker.core.clone();
+        let (quota, reserve) = (cfg.looker.budget.monthly_call_quota, cfg.reconcile.event_reserve);
+        running.spawn(async move {
+            let holder = gatehouse_engine::reconcile_leader::holder_id();
+            gatehouse_engine::looker_core::run_every(
+                engine.as_ref(),
+                &shared,
+                &shared,
+                &holder,
+                gatehouse_engine::looker_core::Every {
+                    interval: core.first_login_interval,
+                    page_size: core.first_login_page_size,
+                    quota,
+                    reserve,
+                },
+                chrono::Utc::now,
+                s,
+            )
+            .await
+        });
+    }
     // The processor's budget also counts the Looker calls of a rotator in the same process.
     let processor_meter = engine
         .looker()

@@ -6,6 +6,7 @@
 //! - [`identity`]: the directory record of one person, folded from events (last writer wins per field).
 //! - [`policy`]: policy-as-code and its pure evaluation into a desired Looker state.
 //! - [`looker`]: Looker's model as Gatehouse sees it, and the operations a plan is made of.
+//! - [`looker_core`]: Looker (Google Cloud core): the IAM login binding, what core forbids.
 //! - [`plan`]: the diff from actual to desired state.
 //! - [`handover`]: deleting without destroying (hand-over before a deletion, outside deliveries).
 //! - [`deprovisioning`]: the deprovisioning SLA report (event → last revoking call per target).
@@ -35,6 +36,7 @@ pub mod identity_center;
 pub mod inactivity;
 pub mod ledger_chain;
 pub mod looker;
+pub mod looker_core;
 pub mod metric_labels;
 pub mod okta;
 pub mod okta_log;

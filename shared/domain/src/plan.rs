@@ -2,6 +2,7 @@
 //! A replayed or no-op event yields an empty plan. Pure.
 
 use crate::looker::{Catalog, LookerOp, LookerUser, Named, ReadNeeds, UserRef};
+pub use crate::looker_core::Platform;
 use crate::policy::{DesiredLooker, Presence, RuleName, rules};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -138,6 +139,31 @@ pub fn read_needs(desired: &DesiredLooker, catalog: &Catalog) -> ReadNeeds {
 
 /// Diff desired against actual. `catalog` is `None` only in an offline dry run.
 pub fn diff(desired: &DesiredLooker, actual: &Actual, catalog: Option<&Catalog>) -> Plan {
+    diff_on(desired, actual, catalog, Platform::Original)
+}
+
+/// The note of a person whose Looker (Google Cloud core) user does not exist yet.
+pub const PENDING_FIRST_LOGIN: &str = "pending first login";
+
+/// Whether `plan` is that of a person the policy gives a Looker (Google Cloud core) account
+/// whose user does not exist yet: nothing is written in Looker until they sign in once.
+pub fn is_pending_first_login(desired: &DesiredLooker, plan: &Plan, platform: Platform) -> bool {
+    platform.is_core()
+        && matches!(desired.presence, Presence::Active { .. })
+        && plan.user == UserRef::New
+        && plan.resolution.refused.is_none()
+}
+
+/// [`diff`] for one Looker platform. In Looker (Google Cloud core) a user is never created
+/// (its account appears at its first login through the identity provider) and its email is
+/// never changed (names and emails are the identity provider's): a person the policy gives an
+/// account and Looker does not have yet is pending first login, with no step.
+pub fn diff_on(
+    desired: &DesiredLooker,
+    actual: &Actual,
+    catalog: Option<&Catalog>,
+    platform: Platform,
+) -> Plan {
     let mut b = Builder {
         steps: Vec::new(),
         notes: Vec::new(),
@@ -229,6 +255,17 @@ pub fn diff(desired: &DesiredLooker, actual: &Actual, catalog: Option<&Catalog>)
         }
         Presence::Active { create } => {
             let present = match actual {
+                Actual::Absent if platform.is_core() => {
+                    b.notes.push(format!(
+                        "{PENDING_FIRST_LOGIN}: no Looker user has the email {email}; Looker (Google Cloud core) creates it when the person first signs in, and Gatehouse converges it then"
+                    ));
+                    return Plan {
+                        user,
+                        steps: b.steps,
+                        notes: b.notes,
+                        resolution: Resolution::default(),
+                    };
+                }
                 Actual::Absent if !create => {
                     b.notes.push(format!(
                         "no Looker user has the email {email} and onboarding.create_users is false"
@@ -251,6 +288,12 @@ pub fn diff(desired: &DesiredLooker, actual: &Actual, catalog: Option<&Catalog>)
                     );
                     None
                 }
+                Actual::Unknown if platform.is_core() => {
+                    b.notes.push(format!(
+                        "looker (google cloud core): if no Looker user has the email {email}, nothing is done in Looker until the person first signs in"
+                    ));
+                    None
+                }
                 Actual::Unknown => {
                     if *create {
                         b.notes.push(format!(
@@ -263,8 +306,15 @@ pub fn diff(desired: &DesiredLooker, actual: &Actual, catalog: Option<&Catalog>)
                     if u.is_disabled {
                         b.push(LookerOp::SetDisabled { disabled: false }, rules::ONBOARD_ENABLE);
                     }
-                    // Issue 16: an email change is a change of this user, never a new one.
-                    if u.email.as_ref().is_some_and(|e| !e.eq_ignore_ascii_case(&email)) {
+                    // Issue 16: an email change is a change of this user, never a new one. In
+                    // core the identity provider owns the email: noted, never written.
+                    let moved = u.email.as_ref().filter(|e| !e.eq_ignore_ascii_case(&email));
+                    if let (Some(held), true) = (moved, platform.is_core()) {
+                        b.notes.push(format!(
+                            "looker user {} has the email {held}, the directory says {email}: in Looker (Google Cloud core) emails are changed in the identity provider, not by Gatehouse",
+                            u.id
+                        ));
+                    } else if moved.is_some() {
                         b.push(
                             LookerOp::UpdateEmail { email: email.clone() },
                             rules::ONBOARD_EMAIL,
@@ -762,5 +812,72 @@ mod tests {
                 .any(|s| matches!(s.op, LookerOp::UpdateEmail { .. })),
             "{same:?}"
         );
+    }
+
+    /// Looker (Google Cloud core): no user is ever created and no email ever changed; a person
+    /// whose user does not exist yet is pending first login (no step); once it exists, groups,
+    /// roles and attributes converge as in original.
+    #[test]
+    fn core_never_creates_a_user_nor_changes_an_email() {
+        let d = desired(
+            Presence::Active { create: true },
+            &["G1"],
+            &["R1"],
+            &[("a1", "x")],
+        );
+        let pending = diff_on(&d, &Actual::Absent, Some(&catalog()), Platform::Core);
+        assert!(pending.steps.is_empty(), "{pending:?}");
+        assert!(
+            pending.notes.iter().any(|n| n.starts_with(PENDING_FIRST_LOGIN)),
+            "{pending:?}"
+        );
+        assert!(is_pending_first_login(&d, &pending, Platform::Core));
+        assert!(!is_pending_first_login(&d, &pending, Platform::Original));
+        let offline = diff_on(&d, &Actual::Unknown, None, Platform::Core);
+        assert!(
+            !offline.steps.iter().any(|s| matches!(
+                s.op,
+                LookerOp::CreateUser { .. } | LookerOp::CreateEmailCredentials { .. }
+            )),
+            "{offline:?}"
+        );
+        let mut held = LookerUser {
+            id: "101".into(),
+            is_disabled: false,
+            email: Some("old@x.io".into()),
+            group_ids: Default::default(),
+            session_ids: vec![],
+            api3_key_ids: vec![],
+            direct_role_ids: Some(Default::default()),
+            user_attribute_values: Some(Default::default()),
+            logins: None,
+        };
+        let plan = diff_on(
+            &d,
+            &Actual::Present(held.clone()),
+            Some(&catalog()),
+            Platform::Core,
+        );
+        assert!(
+            !plan
+                .steps
+                .iter()
+                .any(|s| matches!(s.op, LookerOp::UpdateEmail { .. } | LookerOp::CreateUser { .. })),
+            "{plan:?}"
+        );
+        assert!(!is_pending_first_login(&d, &plan, Platform::Core));
+        held.email = Some("p@x.io".into());
+        let converged = simulate(Some(held), &plan);
+        let again = diff_on(
+            &d,
+            &Actual::Present(converged.unwrap()),
+            Some(&catalog()),
+            Platform::Core,
+        );
+        assert!(
+            again.steps.is_empty(),
+            "groups, roles and attributes converged: {again:?}"
+        );
+        assert_eq!(plan.steps.len(), 3, "group, roles, attribute: {plan:?}");
     }
 }

@@ -44,6 +44,11 @@ pub struct Policy {
     /// email (`None`: off). Set from the configuration (`[identity.looker_sso]`).
     #[serde(skip)]
     pub looker_sso: Option<crate::sso::SsoLookup>,
+    /// Looker (Google Cloud core): the IAM grant that lets people sign in (`None`: Looker
+    /// (original)). Set from the configuration (`[looker] platform = "core"`) with
+    /// [`Policy::set_looker_core`], which also adds the rule granting it.
+    #[serde(skip)]
+    pub looker_core: Option<crate::looker_core::LookerCore>,
     /// License reclamation (`[inactivity]`, issue 15); off when absent.
     #[serde(default)]
     pub inactivity: Option<crate::inactivity::Inactivity>,

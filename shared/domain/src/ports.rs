@@ -437,6 +437,14 @@ pub trait LookerPort: Send + Sync {
         offset: usize,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<LookerUser>, LookerError>> + Send;
+    /// Looker (Google Cloud core), issue 14: one page of the people's users, newest first —
+    /// one `GET /users/search?is_service_account=false&sorts=id desc&fields=id,email` with
+    /// `limit` (at most 1,000) and `offset`. Shorter than `limit`: the last page.
+    fn newest_users(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<crate::looker_core::SeenUser>, LookerError>> + Send;
     /// The values user `user_id` set on its own (source `user`) of `attribute_ids`: one call
     /// (`GET /users/{id}/attribute_values`); Looker has no bulk read of them.
     fn attribute_values(

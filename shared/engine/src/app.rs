@@ -79,6 +79,14 @@ pub fn load_policy(cfg: &Config) -> Result<Policy, AppError> {
     };
     policy.allowed_email_domains = cfg.identity.allowed_domains();
     policy.looker_sso = cfg.identity.looker_sso();
+    // Looker (Google Cloud core): the login binding becomes one more managed GCP grant.
+    policy.set_looker_core(cfg.looker_core());
+    if policy.looker_core.is_some() && !policy.onboarding.create_users {
+        tracing::warn!(
+            "looker.platform is \"core\" and onboarding.create_users is false: gatehouse neither grants \
+             nor removes the login role (roles/looker.instanceUser); grant it some other way"
+        );
+    }
     if policy.allowed_email_domains.is_none() {
         tracing::warn!(
             "identity.allowed_email_domains is not set: people of any email domain may be onboarded \

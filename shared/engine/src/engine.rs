@@ -248,7 +248,8 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             looker: LookerTarget::new(looker, retry.clone())
                 .with_delivery_domains(policy.allowed_email_domains.clone())
                 .with_sso(policy.looker_sso.clone())
-                .with_login_times(policy.inactivity.is_some()),
+                .with_login_times(policy.inactivity.is_some())
+                .with_platform(policy.looker_platform()),
             policy,
             retry,
             cloud: None,
@@ -874,18 +875,68 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         if looker_live {
             self.resolution_alerts(&plan, &run).await?;
         }
+        // Looker (Google Cloud core): the person's account does not exist until they first
+        // sign in. Nothing is written in Looker and nothing fails; the fingerprint is not kept,
+        // so the first-login run (`looker_core`) or the person's next event converges them.
+        let pending = looker_live && self.pending_first_login(&desired, &plan, &identity);
         let offboarding = offboarding_times(env, &identity);
         self.store
             .commit(Outcome {
                 envelope_id: env.id.clone(),
                 identity: Some(identity),
-                converged: live.then_some(fingerprint),
+                converged: live.then_some(fingerprint).filter(|_| !pending),
                 deletion,
                 base_version,
                 offboarding,
             })
             .await?;
         Ok(result)
+    }
+
+    /// Looker (Google Cloud core): converge a person whose Looker user `user_id` just appeared
+    /// (their first login): read them in Looker (the read links the user to them), plan their
+    /// groups, roles and attributes, and apply through the one loop (screen, retries, one ledger
+    /// row per call; envelope `looker-core:first-login:{user_id}`, actor `scheduler`). Applied
+    /// like the onboarding event it completes, whatever the reconcile mode. Returns the writes.
+    pub async fn converge_first_login(
+        &self,
+        identity: &Identity,
+        user_id: &str,
+    ) -> Result<usize, ProcessError> {
+        if self.looker.client().is_none() {
+            return Ok(0);
+        }
+        let desired = policy::evaluate(&self.policy, identity);
+        let plan = self.compute_plan(identity, &desired, true).await?;
+        let ctx = Ctx {
+            envelope_id: format!("looker-core:first-login:{user_id}"),
+            subject: identity.key.clone(),
+            event: "looker_core_first_login".into(),
+            email: desired.email.clone(),
+            actor: gatehouse_domain::actor::SCHEDULER.into(),
+            policy_digest: Some(self.policy.digest.to_string()),
+        };
+        let run = self.run(&ctx);
+        self.screen.prepare().await;
+        let a = self.apply_looker(&plan, Mode::Apply, &run).await?;
+        for note in &plan.notes {
+            tracing::info!(subject = %identity.key, user_id, note = %note, "plan note");
+        }
+        self.resolution_alerts(&plan, &run).await?;
+        Ok(a.writes)
+    }
+
+    /// Whether `plan` leaves the person pending their first Looker (Google Cloud core) login:
+    /// logged at debug and counted (`gatehouse_looker_core_pending_first_login_total`).
+    fn pending_first_login(&self, desired: &DesiredLooker, plan: &Plan, identity: &Identity) -> bool {
+        let pending =
+            gatehouse_domain::plan::is_pending_first_login(desired, plan, self.policy.looker_platform());
+        if pending {
+            tracing::debug!(subject = %identity.key, email = desired.email.as_deref().unwrap_or_default(),
+                "looker (google cloud core) user pending first login; converged once it appears");
+            metrics::counter!("gatehouse_looker_core_pending_first_login_total").increment(1);
+        }
+        pending
     }
 
     /// The Looker catalog (with retries). Only when Looker is configured.

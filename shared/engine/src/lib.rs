@@ -10,6 +10,7 @@ pub mod budget;
 pub mod cloud;
 pub mod engine;
 pub mod head_export;
+pub mod looker_core;
 pub mod reconcile;
 pub mod reconcile_budget;
 pub mod reconcile_leader;

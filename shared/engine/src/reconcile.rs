@@ -171,7 +171,7 @@ fn plan_one(
             Some(Some(u)) => Actual::Present(u.clone()),
             _ => Actual::Absent,
         };
-        let mut plan = plan::diff(&desired, &actual, Some(catalog));
+        let mut plan = plan::diff_on(&desired, &actual, Some(catalog), policy.looker_platform());
         // License reclamation (issue 15): the same rule as every event's plan.
         inactive = gatehouse_domain::inactivity::hold(
             policy.inactivity.as_ref(),

@@ -236,7 +236,7 @@ fn plan_one(
             Some(u) => Actual::Present(u.clone()),
             None => Actual::Absent,
         };
-        let mut plan = plan::diff(&desired, &actual, Some(catalog));
+        let mut plan = plan::diff_on(&desired, &actual, Some(catalog), policy.looker_platform());
         inactive = gatehouse_domain::inactivity::hold(
             policy.inactivity.as_ref(),
             &mut plan,

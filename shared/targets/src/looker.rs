@@ -21,7 +21,7 @@ use gatehouse_domain::identity::Identity;
 use gatehouse_domain::looker::{
     Catalog, ErrorKind, HttpCall, LookerError, LookerOp, LookerUser, Method, ReadNeeds, UserRef,
 };
-use gatehouse_domain::plan::{self, Actual, Plan, Resolution};
+use gatehouse_domain::plan::{self, Actual, Plan, Platform, Resolution};
 use gatehouse_domain::policy::{self, DesiredLooker, Policy, Presence};
 use gatehouse_domain::ports::LookerPort;
 use gatehouse_domain::sso::{SsoCredential, SsoLookup};
@@ -41,6 +41,8 @@ pub struct LookerTarget<L> {
     /// `[inactivity]` is set: an active person's user is read with its login times, so the
     /// event's plan can apply `gatehouse_domain::inactivity::hold` like reconcile's.
     login_times: bool,
+    /// Looker (Google Cloud core) plans no user creation and no email change (issue 14).
+    platform: Platform,
 }
 
 /// What Looker holds for one person: the catalog (`None` in a dry run) and the user.
@@ -93,7 +95,19 @@ impl<L: LookerPort> LookerTarget<L> {
             delivery_domains: None,
             sso: None,
             login_times: false,
+            platform: Platform::Original,
         }
+    }
+
+    /// Plan for this Looker platform (`[looker] platform`).
+    pub fn with_platform(mut self, platform: Platform) -> Self {
+        self.platform = platform;
+        self
+    }
+
+    /// The Looker platform plans are made for.
+    pub fn platform(&self) -> Platform {
+        self.platform
     }
 
     /// Look a person with no linked user up by this SSO credential too (after the email).
@@ -181,6 +195,19 @@ impl<L: LookerPort> LookerTarget<L> {
             || l.find_users(email, needs),
         )
         .await
+    }
+
+    /// One page of the people's users, newest first (Looker (Google Cloud core)'s first-login
+    /// run), with retries (none without a client).
+    pub async fn newest_users(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<gatehouse_domain::looker_core::SeenUser>, LookerError> {
+        let Some(l) = &self.client else {
+            return Ok(Vec::new());
+        };
+        retry_read(&self.retry, |_| false, || l.newest_users(offset, limit)).await
     }
 
     /// One user by id, with retries (`None` when gone, or without a client).
@@ -406,7 +433,7 @@ impl<L: LookerPort> Target for LookerTarget<L> {
     }
 
     fn diff(&self, desired: &DesiredLooker, actual: &LookerActual) -> Plan {
-        let mut p = plan_for(desired, actual);
+        let mut p = plan_for_on(desired, actual, self.platform);
         if let (Some(content), Some(domains)) = (&actual.deliveries, &self.delivery_domains) {
             p.steps.extend(handover::outside_delivery_steps(content, domains));
         }
@@ -464,6 +491,19 @@ impl<L: LookerPort> Target for LookerTarget<L> {
                 "one looker call per write, and only with a client",
             )));
         };
+        // Defence in depth (the plan never holds them in core): what core forbids is not sent.
+        if self.platform.is_core()
+            && matches!(
+                op,
+                LookerOp::CreateUser { .. }
+                    | LookerOp::CreateEmailCredentials { .. }
+                    | LookerOp::UpdateEmail { .. }
+            )
+        {
+            return Err(SendError::Write(permanent(
+                "looker (google cloud core) creates users at their first login and takes emails from the identity provider: not sent",
+            )));
+        }
         let id = l.execute(account, op).await.map_err(SendError::Write)?;
         match (op, id) {
             (LookerOp::CreateUser { .. }, Some(id)) => Ok(Sent::Written {
@@ -486,6 +526,11 @@ impl<L: LookerPort> Target for LookerTarget<L> {
 /// they are offboarded (their duplicates reported otherwise); unresolved when an offboarding
 /// found no account of a person linked before.
 pub fn plan_for(desired: &DesiredLooker, actual: &LookerActual) -> Plan {
+    plan_for_on(desired, actual, Platform::Original)
+}
+
+/// [`plan_for`] for one Looker platform (`plan::diff_on`).
+pub fn plan_for_on(desired: &DesiredLooker, actual: &LookerActual, platform: Platform) -> Plan {
     let cat = actual.catalog.as_ref();
     let offboarding = matches!(desired.presence, Presence::Offboarded { .. });
     if !actual.ambiguous.is_empty() {
@@ -493,14 +538,14 @@ pub fn plan_for(desired: &DesiredLooker, actual: &LookerActual) -> Plan {
             "several looker users could be this person and none is linked to them ({}); not guessing: link one (or merge them) and replay",
             actual.ambiguous.join("; ")
         );
-        let mut p = plan::diff(desired, &Actual::Absent, cat);
+        let mut p = plan::diff_on(desired, &Actual::Absent, cat, platform);
         p.steps.clear();
         p.user = UserRef::Email(desired.email.clone().unwrap_or_default());
         p.notes = vec![why.clone()];
         p.resolution.refused = Some(why);
         return p;
     }
-    let mut p = plan::diff(desired, &actual.user, cat);
+    let mut p = plan::diff_on(desired, &actual.user, cat, platform);
     let mut r = Resolution {
         how: actual.how.clone(),
         ..Resolution::default()
@@ -509,7 +554,7 @@ pub fn plan_for(desired: &DesiredLooker, actual: &LookerActual) -> Plan {
         r.others = actual
             .others
             .iter()
-            .map(|o| plan::diff(desired, &Actual::Present(o.clone()), cat))
+            .map(|o| plan::diff_on(desired, &Actual::Present(o.clone()), cat, platform))
             .collect();
         if !actual.lost_links.is_empty() {
             r.unresolved = Some(format!(

@@ -9,6 +9,7 @@ mod conformance;
 mod crash;
 mod estimate;
 mod leader;
+mod looker_core;
 mod ops;
 mod policy_audit;
 mod queues;

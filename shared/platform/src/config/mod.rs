@@ -9,6 +9,7 @@ mod generic;
 mod google;
 mod graph;
 mod identity_center;
+mod looker_core;
 mod okta_api;
 mod queue;
 mod rotator;
@@ -28,6 +29,7 @@ pub use generic::GenericConfig;
 pub use google::GoogleConfig;
 pub use graph::GraphConfig;
 pub use identity_center::IdentityCenterConfig;
+pub use looker_core::{LookerCoreConfig, LookerPlatform};
 pub use okta_api::{MAX_LOG_PAGE, OKTA_LOG_RETENTION, OktaApiConfig, OktaApiConnection, OktaServiceApp};
 pub use queue::{PubsubConfig, QueueConfig, SqsConfig};
 pub use rotator::{
@@ -279,6 +281,14 @@ pub struct LookerSection {
     /// (default): the processor does not start; `warn`: it starts and logs an error per problem.
     #[serde(default)]
     pub attribute_check: AttributeCheck,
+    /// `original` (default) or `core`: Looker (Google Cloud core), whose users appear at their
+    /// first login and sign in through `roles/looker.instanceUser` (README "Looker (Google
+    /// Cloud core)").
+    #[serde(default)]
+    pub platform: LookerPlatform,
+    /// `[looker.core]`: the project the login binding is set on, and the first-login run.
+    #[serde(default)]
+    pub core: LookerCoreConfig,
 }
 
 /// What an unsafe Looker user attribute setting does at start (see [`LookerSection::attribute_check`]).
@@ -300,6 +310,8 @@ impl Default for LookerSection {
             catalog_ttl: default_catalog_ttl(),
             budget: LookerBudgetConfig::default(),
             attribute_check: AttributeCheck::default(),
+            platform: LookerPlatform::default(),
+            core: LookerCoreConfig::default(),
         }
     }
 }
@@ -564,6 +576,8 @@ pub const ENV_VARS: &[&str] = &[
     "GATEHOUSE_LOOKER_CLIENT_SECRET",
     "GATEHOUSE_LOOKER_MONTHLY_CALL_QUOTA",
     "GATEHOUSE_LOOKER_BUDGET_WARNING_REMAINING",
+    "GATEHOUSE_LOOKER_PLATFORM",
+    "GATEHOUSE_LOOKER_CORE_PROJECT",
     "GATEHOUSE_LOG_FORMAT",
     "GATEHOUSE_QUEUE",
     "GATEHOUSE_STATE",
@@ -648,6 +662,7 @@ impl Config {
         self.gcp.apply_env(&env)?;
         self.reconcile.apply_env(&env)?;
         self.looker.budget.apply_env(&env)?;
+        LookerCoreConfig::apply_env(&mut self.looker.platform, &mut self.looker.core, &env)?;
         self.telemetry.apply_env(&env)?;
         if let Some(v) = env("GATEHOUSE_LISTEN") {
             self.listen = v
@@ -718,6 +733,9 @@ impl Config {
         self.gcp.validate()?;
         self.reconcile.validate()?;
         self.looker.budget.validate()?;
+        self.looker
+            .core
+            .validate(self.looker.platform, self.gcp.enabled)?;
         self.telemetry.validate()?;
         self.server.validate()?;
         if let Some(b) = &self.safety.breaker {
@@ -770,6 +788,17 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Looker (Google Cloud core)'s login grant (`None`: Looker (original)). Validated at load.
+    pub fn looker_core(&self) -> Option<gatehouse_domain::looker_core::LookerCore> {
+        match (self.looker.platform, &self.looker.core.project) {
+            (LookerPlatform::Core, Some(project)) => Some(gatehouse_domain::looker_core::LookerCore {
+                project: project.clone(),
+                role: self.looker.core.role.clone(),
+            }),
+            _ => None,
+        }
     }
 
     /// The Looker connection, or `None` for dry-run mode. Partial settings are an error.
@@ -1110,5 +1139,46 @@ mod tests {
     fn missing_policy_file_is_named() {
         let e = Config::load(None, env(&[("GATEHOUSE_POLICY", "/no/such/policy.toml")])).unwrap_err();
         assert_eq!(e.field, "policy");
+    }
+
+    /// Issue 14 item 5: `platform = "core"` needs the instance's project and the GCP target; the
+    /// default is original, with no login grant.
+    #[test]
+    fn looker_core_needs_its_project_and_the_gcp_target() {
+        let cfg = Config::load(None, env(&[])).unwrap();
+        assert_eq!(cfg.looker.platform, LookerPlatform::Original);
+        assert!(cfg.looker_core().is_none());
+        let f = write("[looker]\nplatform = \"core\"\n[gcp]\nenabled = true\n");
+        let e = Config::load(Some(f.path()), env(&[])).unwrap_err();
+        assert_eq!(e.field, "looker.core.project (GATEHOUSE_LOOKER_CORE_PROJECT)");
+        let f = write("[looker]\nplatform = \"core\"\n[looker.core]\nproject = \"projects/lk\"\n");
+        let e = Config::load(Some(f.path()), env(&[])).unwrap_err();
+        assert_eq!(e.field, "looker.platform");
+        assert!(e.message.contains("[gcp] enabled = true"), "{}", e.message);
+        let f = write("[looker.core]\nproject = \"projects/lk\"\n");
+        let e = Config::load(Some(f.path()), env(&[])).unwrap_err();
+        assert_eq!(e.field, "looker.core.project");
+        let f = write(
+            "[looker]\nplatform = \"core\"\n[looker.core]\nproject = \"projects/lk/datasets/d\"\n[gcp]\nenabled = true\n",
+        );
+        let e = Config::load(Some(f.path()), env(&[])).unwrap_err();
+        assert_eq!(e.field, "looker.core.project");
+        let f = write("[gcp]\nenabled = true\n");
+        let cfg = Config::load(
+            Some(f.path()),
+            env(&[
+                ("GATEHOUSE_LOOKER_PLATFORM", "core"),
+                ("GATEHOUSE_LOOKER_CORE_PROJECT", "projects/lk"),
+            ]),
+        )
+        .unwrap();
+        let core = cfg.looker_core().unwrap();
+        assert_eq!(
+            (core.project.as_str(), core.role.as_str()),
+            ("projects/lk", "roles/looker.instanceUser")
+        );
+        assert_eq!(cfg.looker.core.first_login_interval, Duration::from_secs(300));
+        let e = Config::load(None, env(&[("GATEHOUSE_LOOKER_PLATFORM", "cloud")])).unwrap_err();
+        assert_eq!(e.field, "GATEHOUSE_LOOKER_PLATFORM");
     }
 }

@@ -737,6 +737,42 @@ impl LookerPort for LookerClient {
         self.read_users_page(offset, limit).await
     }
 
+    async fn newest_users(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<gatehouse_domain::looker_core::SeenUser>, LookerError> {
+        #[derive(Deserialize)]
+        struct Seen {
+            id: String,
+            #[serde(default)]
+            email: Option<String>,
+        }
+        let limit = limit.clamp(1, 1000).to_string();
+        let offset = offset.to_string();
+        let page: Vec<Seen> = self
+            .get_json(
+                "/users/search",
+                &[
+                    ("is_service_account", "false"),
+                    ("sorts", "id desc"),
+                    ("fields", "id,email"),
+                    ("limit", &limit),
+                    ("offset", &offset),
+                ],
+            )
+            .await?;
+        page.into_iter()
+            .map(|u| {
+                check_segment(&u.id).map_err(|m| bad_body("/users/search", m))?;
+                Ok(gatehouse_domain::looker_core::SeenUser {
+                    id: u.id,
+                    email: u.email,
+                })
+            })
+            .collect()
+    }
+
     async fn attribute_values(
         &self,
         user_id: &str,

@@ -309,6 +309,20 @@ impl FakeLooker {
         self.st().add_sso_credential(user_id, kind, id, email);
     }
 
+    /// Looker (Google Cloud core): what a person's first login through Google OAuth does — a
+    /// user is created with the identity's email and a `credentials_google` (id
+    /// `google-{email}`), in no group, with no role, attribute value, session or API3 key.
+    /// Returns its id. (Looker answers the user's `email` from it; the fake keeps it as the
+    /// user's email credentials, the field its searches match on.)
+    ///
+    /// # Panics
+    /// If another user already has that email (case-insensitive).
+    pub fn first_login(&self, email: &str, first: &str, last: &str) -> String {
+        let id = self.add_user(email, first, last);
+        self.add_sso_credential(&id, "google", &format!("google-{email}"), Some(email));
+        id
+    }
+
     pub fn add_session(&self, user_id: &str) -> String {
         self.st().add_session(user_id)
     }

@@ -2653,4 +2653,62 @@ mod tests {
         assert_eq!(call(&mut st, &tok, "DELETE", "/logout", None).status, 204);
         assert_eq!(get(&mut st, "/roles").status, 401);
     }
+    /// What Looker (Google Cloud core)'s first-login run asks (issue 14): the people's users
+    /// newest first, ids compared as numbers (`9` before `10`), paged with `limit`/`offset`,
+    /// `is_service_account=false` keeping every user (the fake has no service accounts).
+    #[test]
+    fn users_newest_first_by_numeric_id() {
+        let mut st = state();
+        let tok = token(&mut st);
+        let ids: Vec<String> = (0..12)
+            .map(|i| st.add_user(Some(&format!("u{i}@x.com")), "U", "N"))
+            .collect();
+        let newest: Vec<u64> = ids.iter().map(|i| i.parse().unwrap()).collect();
+        assert!(
+            newest.iter().any(|i| *i < 10) && newest.iter().any(|i| *i >= 10),
+            "{ids:?}"
+        );
+        let r = call(
+            &mut st,
+            &tok,
+            "GET",
+            "/users/search?is_service_account=false&sorts=id+desc&fields=id,email&limit=2&offset=1",
+            None,
+        );
+        assert_eq!(
+            r.body,
+            Some(json!([
+                {"id": ids[10], "email": "u10@x.com"},
+                {"id": ids[9], "email": "u9@x.com"},
+            ]))
+        );
+        let r = call(
+            &mut st,
+            &tok,
+            "GET",
+            "/users/search?sorts=id+desc&fields=id",
+            None,
+        );
+        let all: Vec<u64> = r
+            .body
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["id"].as_str().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(all.len(), 13, "the admin and the 12: {all:?}");
+        assert!(
+            all.windows(2).all(|w| w[0] > w[1]),
+            "numeric, descending: {all:?}"
+        );
+        let r = call(
+            &mut st,
+            &tok,
+            "GET",
+            "/users/search?is_service_account=true&fields=id",
+            None,
+        );
+        assert_eq!(r.body, Some(json!([])));
+    }
 }
