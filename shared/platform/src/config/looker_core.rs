@@ -37,7 +37,8 @@ pub struct LookerCoreConfig {
     #[serde(default = "default_role")]
     pub role: String,
     /// How often the first-login run looks for users created since its last run (one Looker
-    /// call a run when nothing is new: 8,640 a month at the default 5 min; docs/looker-budget.md).
+    /// call a run when nothing is new: 720 a month at the default 1 h, within every edition's
+    /// quota; docs/looker-budget.md).
     #[serde(default = "default_interval", with = "humantime_serde")]
     pub first_login_interval: Duration,
     /// Users per search call of the first-login run (1..=1000).
@@ -50,7 +51,7 @@ fn default_role() -> String {
 }
 
 fn default_interval() -> Duration {
-    Duration::from_secs(300)
+    Duration::from_secs(3600)
 }
 
 fn default_page_size() -> usize {

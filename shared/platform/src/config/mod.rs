@@ -1177,7 +1177,7 @@ mod tests {
             (core.project.as_str(), core.role.as_str()),
             ("projects/lk", "roles/looker.instanceUser")
         );
-        assert_eq!(cfg.looker.core.first_login_interval, Duration::from_secs(300));
+        assert_eq!(cfg.looker.core.first_login_interval, Duration::from_secs(3600));
         let e = Config::load(None, env(&[("GATEHOUSE_LOOKER_PLATFORM", "cloud")])).unwrap_err();
         assert_eq!(e.field, "GATEHOUSE_LOOKER_PLATFORM");
     }
