@@ -255,21 +255,16 @@ pub fn diff_on(
         }
         Presence::Active { create } => {
             let present = match actual {
-                Actual::Absent if platform.is_core() => {
-                    b.notes.push(format!(
-                        "{PENDING_FIRST_LOGIN}: no Looker user has the email {email}; Looker (Google Cloud core) creates it when the person first signs in, and Gatehouse converges it then"
-                    ));
-                    return Plan {
-                        user,
-                        steps: b.steps,
-                        notes: b.notes,
-                        resolution: Resolution::default(),
-                    };
-                }
-                Actual::Absent if !create => {
-                    b.notes.push(format!(
-                        "no Looker user has the email {email} and onboarding.create_users is false"
-                    ));
+                // Nobody to converge yet: core creates the user at the first sign-in; with
+                // `create_users = false` nobody creates it.
+                Actual::Absent if platform.is_core() || !create => {
+                    b.notes.push(if platform.is_core() {
+                        format!(
+                            "{PENDING_FIRST_LOGIN}: no Looker user has the email {email}; Looker (Google Cloud core) creates it when the person first signs in, and Gatehouse converges it then"
+                        )
+                    } else {
+                        format!("no Looker user has the email {email} and onboarding.create_users is false")
+                    });
                     return Plan {
                         user,
                         steps: b.steps,
