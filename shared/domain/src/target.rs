@@ -302,6 +302,14 @@ pub trait Screen: Send + Sync {
     /// `Some(reason)` to withhold the step.
     fn withhold(&self, step: &Screened<'_>) -> Option<String>;
 
+    /// `Some(reason)` when the screen cannot judge this step yet because it has not learned what
+    /// it needs (who Gatehouse itself is): the apply then fails with a transient error before
+    /// anything is sent, and the event is tried again later, instead of the step being withheld
+    /// and the event finished without it. Default: always ready.
+    fn not_ready(&self, _step: &Screened<'_>) -> Option<String> {
+        None
+    }
+
     /// Called before a plan's steps are screened, and beside the reads of an event: a screen
     /// that must learn something from the targets (who Gatehouse itself is) does it here,
     /// cheaply when it already knows. Default: nothing.

@@ -150,6 +150,28 @@ impl From<ApplyError<LookerError>> for ProcessError {
             } if error.kind == ErrorKind::Conflict => ProcessError::CreateRaced(error),
             ApplyError::Target { error, .. } => ProcessError::Looker(error),
             ApplyError::Ledger(e) => ProcessError::Backend(e),
+            ApplyError::NotReady(reason) => ProcessError::Backend(targets::not_ready_error(reason)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod not_ready_tests {
+    use super::*;
+
+    /// A screen that is not ready makes the event transient: released and tried again, never
+    /// dead-lettered at once nor acked without its revocations.
+    #[test]
+    fn a_screen_that_is_not_ready_is_a_transient_failure() {
+        for e in [
+            ProcessError::from(ApplyError::<LookerError>::NotReady("own user unknown".into())),
+            ProcessError::from(ApplyError::<CloudError>::NotReady("own user unknown".into())),
+        ] {
+            assert!(!e.is_permanent(), "{e}");
+            assert!(
+                gatehouse_domain::error::chain(&e).contains("own user unknown"),
+                "the reason reaches the log and the dead-letter reason: {e}"
+            );
         }
     }
 }
@@ -159,6 +181,7 @@ impl From<ApplyError<CloudError>> for ProcessError {
         match e {
             ApplyError::Target { error, .. } => ProcessError::Cloud(error),
             ApplyError::Ledger(e) => ProcessError::Backend(e),
+            ApplyError::NotReady(reason) => ProcessError::Backend(targets::not_ready_error(reason)),
         }
     }
 }

@@ -112,6 +112,9 @@ pub enum ApplyError<E: std::error::Error + 'static> {
     Target { error: E, order: Order },
     #[error(transparent)]
     Ledger(BackendError),
+    /// The screen cannot judge a step yet ([`Screen::not_ready`]): nothing was sent; try again.
+    #[error("the safety screen cannot judge a step yet: {0}")]
+    NotReady(String),
 }
 
 /// One ledger row: what was (or would be) called, on which target, and how it went.
@@ -265,6 +268,16 @@ pub async fn apply<T: Target, S: StateStore>(
     }
 
     run.screen.prepare().await;
+    if mode == Mode::Apply
+        && let Some(reason) = steps
+            .iter()
+            .find_map(|s| not_ready(target, &account, s, run.ctx.email.as_deref(), run.screen))
+    {
+        tracing::warn!(target_name = %name, subject = %run.ctx.subject, envelope_id = %run.ctx.envelope_id,
+            %reason, "the safety screen is not ready; nothing sent, the event is tried again");
+        metrics::counter!("gatehouse_steps_deferred_total", "target" => name.as_str()).increment(1);
+        return Err(ApplyError::NotReady(reason));
+    }
     let mut sendable = Vec::with_capacity(steps.len());
     let mut withheld = Vec::new();
     for s in steps {
@@ -336,6 +349,32 @@ pub async fn apply<T: Target, S: StateStore>(
         }
     }
     Ok(out)
+}
+
+/// [`ApplyError::NotReady`] as the transient backend failure the worker retries with backoff
+/// (and dead-letters with the reason after `max_attempts`).
+pub fn not_ready_error(reason: String) -> BackendError {
+    BackendError::new("the safety screen cannot judge a step yet", reason)
+}
+
+/// Why the screen cannot judge `s` yet, if it cannot.
+fn not_ready<T: Target>(
+    target: &T,
+    account: &T::Account,
+    s: &Planned<'_, T::Op>,
+    email: Option<&str>,
+    screen: &dyn Screen,
+) -> Option<String> {
+    let call = target.call(account, s.op);
+    let principal = target.principal(account, s.op);
+    screen.not_ready(&Screened {
+        target: target.name(),
+        call: &call,
+        rule: s.rule,
+        email,
+        principal: principal.as_deref(),
+        revokes: target.revokes(s.op),
+    })
 }
 
 /// What the screen says of one step: its call, and the reason when it is withheld.
@@ -664,6 +703,7 @@ where
             apply(self, &plan, mode, run).await.map_err(|e| match e {
                 ApplyError::Target { error, .. } => TargetFailure::of(name, error),
                 ApplyError::Ledger(e) => TargetFailure::Ledger(e),
+                ApplyError::NotReady(reason) => TargetFailure::Ledger(not_ready_error(reason)),
             })
         })
     }

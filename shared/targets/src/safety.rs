@@ -252,11 +252,6 @@ impl Safety {
         if !s.revokes {
             return None;
         }
-        if self.rules.looker_live && ids.own_user.is_none() {
-            return Some(
-                "gatehouse's own looker user is not known yet (GET /user failed); revocations wait".into(),
-            );
-        }
         let p = s.principal?;
         if self.rules.looker_users.contains(p) {
             return Some(format!("protected principal: looker user {p}"));
@@ -307,6 +302,16 @@ impl Safety {
 impl Screen for Safety {
     fn prepare(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(self.learn())
+    }
+
+    /// A Looker revocation while Gatehouse's own Looker user is unknown (`GET /user` failed):
+    /// it might be the one that locks Gatehouse out, so it waits, and the event is tried again.
+    fn not_ready(&self, s: &Screened<'_>) -> Option<String> {
+        let ids = self.looker.read().unwrap_or_else(|p| p.into_inner());
+        (s.target == TargetName::LOOKER && s.revokes && self.rules.looker_live && ids.own_user.is_none())
+            .then(|| {
+                "gatehouse's own looker user is not known yet (GET /user failed); revocations wait".into()
+            })
     }
 
     fn withhold(&self, s: &Screened<'_>) -> Option<String> {
@@ -384,10 +389,15 @@ mod tests {
         ));
         assert!(format!("{s:?}").starts_with("Safety"));
         let del_key = call(Method::Delete, "/users/101/credentials_api3/7001");
-        let r = s.withhold(&step(TargetName::LOOKER, &del_key, None, Some("101"), true));
+        let r = s.not_ready(&step(TargetName::LOOKER, &del_key, None, Some("101"), true));
         assert!(
             r.unwrap().contains("not known yet"),
             "unresolved: revocations wait"
+        );
+        assert_eq!(
+            s.withhold(&step(TargetName::LOOKER, &del_key, None, Some("101"), true)),
+            None,
+            "waiting is not withholding for good"
         );
         s.set_looker(LookerIds {
             own_user: Some("101".into()),

@@ -134,6 +134,18 @@ impl Screen for WithholdAll {
     }
 }
 
+/// Cannot judge any step yet (Gatehouse's own identity not learned).
+struct NotReadyAll;
+
+impl Screen for NotReadyAll {
+    fn withhold(&self, _: &Screened<'_>) -> Option<String> {
+        None
+    }
+    fn not_ready(&self, _: &Screened<'_>) -> Option<String> {
+        Some("contract test: not ready".into())
+    }
+}
+
 struct Ledger {
     _dir: tempfile::TempDir,
     store: Sqlite,
@@ -183,6 +195,18 @@ async fn run_plan<T: Target>(
     ledger: &Ledger,
     screen: &dyn Screen,
 ) -> Applied {
+    try_run_plan(t, plan, mode, ledger, screen)
+        .await
+        .unwrap_or_else(|e| panic!("{}: apply: {e}", t.name()))
+}
+
+async fn try_run_plan<T: Target>(
+    t: &T,
+    plan: &T::Plan,
+    mode: Mode,
+    ledger: &Ledger,
+    screen: &dyn Screen,
+) -> Result<Applied, targets::ApplyError<T::Error>> {
     let ctx = Ctx {
         envelope_id: "contract".into(),
         subject: "person".into(),
@@ -198,9 +222,7 @@ async fn run_plan<T: Target>(
         retry: &retry,
         screen,
     };
-    targets::apply(t, plan, mode, &run)
-        .await
-        .unwrap_or_else(|e| panic!("{}: apply: {e}", t.name()))
+    targets::apply(t, plan, mode, &run).await
 }
 
 /// Steps of an earlier order all ended before any step of a later order started.
@@ -279,6 +301,18 @@ pub async fn contract<H: Harness>(h: &H) {
         "{name}: {rows:#?}"
     );
     assert!(!h.holds().await, "{name}: nothing withheld reached the target");
+
+    // 3b. A screen that cannot judge a step yet fails the apply before anything is sent, and
+    //     ledgers nothing: the event is tried again, not finished without the step.
+    let e = try_run_plan(&t, &plan, Mode::Apply, &ledger, &NotReadyAll)
+        .await
+        .expect_err("a screen that is not ready fails the apply");
+    assert!(
+        matches!(&e, targets::ApplyError::NotReady(r) if r.contains("not ready")),
+        "{name}: {e}"
+    );
+    assert_eq!(t.sends(), 0, "{name}: nothing sent while the screen is not ready");
+    assert!(ledger.new_rows().await.is_empty(), "{name}: nothing ledgered");
 
     // 4. Apply converges, in order; one ledger row per step per write call.
     let a = run_plan(&t, &plan, Mode::Apply, &ledger, &SendAll).await;
