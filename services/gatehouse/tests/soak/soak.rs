@@ -137,6 +137,15 @@ fn publish_to_pubsub_bounded(
     })
 }
 
+/// The soak's directory (config, the processors' SQLite state and `processors.log`), kept after
+/// the run so that a failure can be looked into; its path is printed.
+fn kept_dir() -> tempfile::TempDir {
+    let mut dir = tempfile::tempdir().unwrap();
+    dir.disable_cleanup(true);
+    eprintln!("soak directory (kept): {}", dir.path().display());
+    dir
+}
+
 /// One line of figures for bench/soak.md.
 fn report(
     queue: &str,
@@ -186,7 +195,7 @@ async fn soak_sqs_with_looker_faults_network_faults_and_kills() {
     let events = generate(&mut rng, "soak", n / PER_USER, PER_USER);
     let oracle = oracle(&events);
     let proxy = FaultProxy::start(addr_of(&crate::crash::moto_url()), network_faults(), rng.next()).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = kept_dir();
     write_files(
         dir.path(),
         &format!("backend = \"sqs\"\nqueue_url = \"{url}\"\nwait_time = \"1s\"\n"),
@@ -251,7 +260,7 @@ async fn soak_pubsub_with_looker_faults_network_faults_and_kills() {
     let events = generate(&mut rng, "psoak", n / PER_USER, PER_USER);
     let oracle = oracle(&events);
     let proxy = FaultProxy::start(addr_of(&emulator()), network_faults(), rng.next()).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = kept_dir();
     write_files(
         dir.path(),
         &format!(
