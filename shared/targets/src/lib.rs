@@ -357,6 +357,27 @@ pub fn not_ready_error(reason: String) -> BackendError {
     BackendError::new("the safety screen cannot judge a step yet", reason)
 }
 
+/// The step as a screen sees it, handed to `judge`; returns the step's call and the verdict.
+fn screened<T: Target, R>(
+    target: &T,
+    account: &T::Account,
+    s: &Planned<'_, T::Op>,
+    email: Option<&str>,
+    judge: impl FnOnce(&Screened<'_>) -> R,
+) -> (HttpCall, R) {
+    let call = target.call(account, s.op);
+    let principal = target.principal(account, s.op);
+    let verdict = judge(&Screened {
+        target: target.name(),
+        call: &call,
+        rule: s.rule,
+        email,
+        principal: principal.as_deref(),
+        revokes: target.revokes(s.op),
+    });
+    (call, verdict)
+}
+
 /// Why the screen cannot judge `s` yet, if it cannot.
 fn not_ready<T: Target>(
     target: &T,
@@ -365,16 +386,7 @@ fn not_ready<T: Target>(
     email: Option<&str>,
     screen: &dyn Screen,
 ) -> Option<String> {
-    let call = target.call(account, s.op);
-    let principal = target.principal(account, s.op);
-    screen.not_ready(&Screened {
-        target: target.name(),
-        call: &call,
-        rule: s.rule,
-        email,
-        principal: principal.as_deref(),
-        revokes: target.revokes(s.op),
-    })
+    screened(target, account, s, email, |step| screen.not_ready(step)).1
 }
 
 /// What the screen says of one step: its call, and the reason when it is withheld.
@@ -385,17 +397,7 @@ fn screen_step<T: Target>(
     email: Option<&str>,
     screen: &dyn Screen,
 ) -> (HttpCall, Option<String>) {
-    let call = target.call(account, s.op);
-    let principal = target.principal(account, s.op);
-    let verdict = screen.withhold(&Screened {
-        target: target.name(),
-        call: &call,
-        rule: s.rule,
-        email,
-        principal: principal.as_deref(),
-        revokes: target.revokes(s.op),
-    });
-    (call, verdict)
+    screened(target, account, s, email, |step| screen.withhold(step))
 }
 
 /// A step a screen withholds, and why (what `gatehouse plan` shows).
