@@ -20,12 +20,13 @@ use tokio::sync::Notify;
 pub(crate) mod access;
 mod breaker;
 mod claim;
-mod enqueue;
+mod group;
 mod offboarding;
 mod okta_log;
 mod schedule;
 
-pub use enqueue::EnqueueCommits;
+pub use group::WriterCommits;
+use group::{Done, Op};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -47,7 +48,9 @@ pub struct Sqlite {
     /// The single writer connection of the queue and state writes (issue 13): they wait their
     /// turn in this process, in order, instead of sleeping in SQLite's busy handler.
     writer: SqlitePool,
-    enqueuer: Arc<enqueue::Enqueuer>,
+    /// The hot writes (enqueue, claim, ledger append, outcome commit, ack), group-committed on
+    /// `writer`: many writes, one transaction, one fsync.
+    group: Arc<group::GroupWriter>,
     /// Rung after every enqueue, so a processor in this process starts at once instead of at
     /// its next poll (issue 13).
     wake: Arc<Notify>,
@@ -105,7 +108,7 @@ impl Sqlite {
         let db = Sqlite {
             pool,
             writer,
-            enqueuer: Arc::default(),
+            group: Arc::default(),
             wake: Arc::new(Notify::new()),
         };
         db.chain_legacy_ledger_rows().await?;
@@ -351,6 +354,142 @@ async fn insert_message(
     Ok(())
 }
 
+/// Forget `key`'s converged fingerprint if its version is still `base_version`; the new version.
+async fn forget_converged_on(
+    conn: &mut sqlx::SqliteConnection,
+    key: &str,
+    base_version: i64,
+) -> Result<i64, BackendError> {
+    let row = sqlx::query(
+        "UPDATE subjects SET converged = NULL, updated_at = ?3, version = ?2 + 1
+         WHERE key = ?1 AND version = ?2 RETURNING version",
+    )
+    .bind(key)
+    .bind(base_version)
+    .bind(ts(Utc::now()))
+    .fetch_optional(conn)
+    .await
+    .map_err(err("cannot forget the converged fingerprint"))?;
+    row.map(|r| r.get::<i64, _>(0))
+        .ok_or_else(|| BackendError::subject_changed(key))
+}
+
+/// Record an event's outcome on the writer's connection (inside the group commit's savepoint).
+async fn commit_outcome(tx: &mut sqlx::SqliteConnection, outcome: &Outcome) -> Result<(), BackendError> {
+    let now = ts(Utc::now());
+    sqlx::query("INSERT INTO processed (envelope_id, processed_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
+        .bind(&outcome.envelope_id.0)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await
+        .map_err(err("cannot record the processed envelope"))?;
+    if let Some(times) = &outcome.offboarding {
+        offboarding::record(tx, times).await?;
+    }
+    let Some(identity) = &outcome.identity else {
+        return Ok(());
+    };
+    let json =
+        serde_json::to_string(identity).map_err(|e| BackendError::new("cannot serialize the identity", e))?;
+    // Compare-and-set on the version the handler loaded; the error on a conflict rolls back
+    // this write's savepoint, the `processed` row too, so the event is handled again from a
+    // fresh load.
+    let written = match outcome.base_version {
+        None => sqlx::query(
+            "INSERT INTO subjects (key, identity, converged, updated_at, version) VALUES (?1, ?2, ?3, ?4, 1)
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(&identity.key)
+        .bind(&json)
+        .bind(&outcome.converged)
+        .bind(&now),
+        Some(v) => sqlx::query(
+            "UPDATE subjects SET identity = ?2, converged = ?3, updated_at = ?4, version = ?5 + 1
+             WHERE key = ?1 AND version = ?5",
+        )
+        .bind(&identity.key)
+        .bind(&json)
+        .bind(&outcome.converged)
+        .bind(&now)
+        .bind(v),
+    }
+    .execute(&mut *tx)
+    .await
+    .map_err(err("cannot write the identity"))?;
+    if written.rows_affected() != 1 {
+        return Err(BackendError::subject_changed(&identity.key));
+    }
+    match &outcome.deletion {
+        DeletionChange::Keep => {}
+        DeletionChange::Schedule(d) => {
+            sqlx::query(
+                "INSERT INTO deletions (subject, email, due_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (subject) DO NOTHING",
+            )
+            .bind(&d.subject)
+            .bind(&d.email)
+            .bind(ts(d.due_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(err("cannot schedule the deletion"))?;
+        }
+        DeletionChange::Cancel => {
+            sqlx::query("DELETE FROM deletions WHERE subject = ?")
+                .bind(&identity.key)
+                .execute(&mut *tx)
+                .await
+                .map_err(err("cannot cancel the deletion"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Append `entries` to the ledger chain on the writer's connection (inside the group commit's
+/// savepoint; the group's `BEGIN IMMEDIATE` holds the write lock, so the head read here is the
+/// head, and appends form one line).
+async fn append_ledger_rows(
+    tx: &mut sqlx::SqliteConnection,
+    entries: &[LedgerEntry],
+) -> Result<(), BackendError> {
+    let head = sqlx::query("SELECT seq, hash FROM ledger_head WHERE id = 1")
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(err("cannot read the ledger chain head"))?;
+    let (mut seq, mut prev) = match head {
+        Some(r) => (r.get::<i64, _>(0), r.get::<String, _>(1)),
+        None => (0, ledger_chain::GENESIS.to_string()),
+    };
+    for e in entries {
+        seq += 1;
+        let hash = ledger_chain::row_hash(seq, e, &prev);
+        let call =
+            serde_json::to_string(&e.call).map_err(|e| BackendError::new("cannot serialize call", e))?;
+        sqlx::query(
+            "INSERT INTO ledger (seq, at, envelope_id, subject, event, rule, call, status, prev_hash, hash, target,
+                                 policy_digest, actor)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(seq)
+        .bind(ts(e.at))
+        .bind(&e.envelope_id)
+        .bind(&e.subject)
+        .bind(&e.event)
+        .bind(&e.rule)
+        .bind(call)
+        .bind(&e.status)
+        .bind(&prev)
+        .bind(&hash)
+        .bind(&e.target)
+        .bind(&e.policy_digest)
+        .bind(&e.actor)
+        .execute(&mut *tx)
+        .await
+        .map_err(err("cannot append to the ledger"))?;
+        prev = hash;
+    }
+    set_head(tx, seq, &prev).await
+}
+
 fn parse_receipt(receipt: &str) -> Result<(i64, i64), BackendError> {
     let bad = || BackendError::new("malformed embedded-queue receipt", receipt.to_string());
     let (seq, attempt) = receipt.split_once(':').ok_or_else(bad)?;
@@ -364,14 +503,17 @@ impl QueueProducer for Sqlite {
     async fn publish(&self, batch: &[Envelope]) -> Result<(), BackendError> {
         let rows = batch
             .iter()
-            .map(|env| enqueue::Row {
+            .map(|env| group::Row {
                 id: env.id.0.clone(),
                 subject: env.subject.key.clone(),
                 occurred_at: ts(env.occurred_at),
                 body: env.to_json(),
             })
-            .collect();
-        self.enqueue(rows).await
+            .collect::<Vec<_>>();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.write(Op::Enqueue(rows)).await.map(drop)
     }
 }
 
@@ -381,40 +523,35 @@ impl QueueConsumer for Sqlite {
     async fn receive(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, BackendError> {
         let now = now_ms();
         let until = now + visibility.as_millis() as i64;
-        let rows = sqlx::query(claim::CLAIM)
-            .bind(until)
-            .bind(now)
-            .bind(max as i64)
-            .fetch_all(&self.writer)
+        let Done::Claimed(mut rows) = self
+            .write(Op::Claim {
+                until,
+                now,
+                max: max as i64,
+            })
             .await
-            .map_err(err("cannot receive from the embedded queue"))?;
+            .map_err(|e| BackendError::new("cannot receive from the embedded queue", e))?
+        else {
+            return Err(BackendError::new(
+                "cannot receive from the embedded queue",
+                "the claim returned no rows",
+            ));
+        };
         // RETURNING has no defined order: hand work out oldest first.
-        let mut rows = rows;
-        rows.sort_by(|a, b| {
-            (a.get::<&str, _>(3), a.get::<i64, _>(0)).cmp(&(b.get::<&str, _>(3), b.get::<i64, _>(0)))
-        });
+        rows.sort_by(|a, b| (&a.3, a.0).cmp(&(&b.3, b.0)));
         Ok(rows
-            .iter()
-            .map(|r| {
-                let seq: i64 = r.get(0);
-                let attempts: i64 = r.get(1);
-                Delivery {
-                    receipt: format!("{seq}:{attempts}"),
-                    attempt: attempts as u32,
-                    body: r.get(2),
-                }
+            .into_iter()
+            .map(|(seq, attempts, body, _)| Delivery {
+                receipt: format!("{seq}:{attempts}"),
+                attempt: attempts as u32,
+                body,
             })
             .collect())
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), BackendError> {
         let (seq, _) = parse_receipt(&delivery.receipt)?;
-        sqlx::query("DELETE FROM queue WHERE seq = ?")
-            .bind(seq)
-            .execute(&self.writer)
-            .await
-            .map_err(err("cannot ack"))?;
-        Ok(())
+        self.write(Op::Ack { seq }).await.map(drop)
     }
 
     async fn release(&self, delivery: &Delivery, delay: Duration) -> Result<(), BackendError> {
@@ -525,137 +662,30 @@ impl StateStore for Sqlite {
     }
 
     async fn commit(&self, outcome: Outcome) -> Result<(), BackendError> {
-        let now = ts(Utc::now());
-        let mut tx = self.writer.begin().await.map_err(err("cannot begin commit"))?;
-        sqlx::query("INSERT INTO processed (envelope_id, processed_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
-            .bind(&outcome.envelope_id.0)
-            .bind(&now)
-            .execute(&mut *tx)
-            .await
-            .map_err(err("cannot record the processed envelope"))?;
-        if let Some(times) = &outcome.offboarding {
-            offboarding::record(&mut tx, times).await?;
-        }
-        let Some(identity) = &outcome.identity else {
-            return tx.commit().await.map_err(err("cannot commit"));
-        };
-        let json = serde_json::to_string(identity)
-            .map_err(|e| BackendError::new("cannot serialize the identity", e))?;
-        // Compare-and-set on the version the handler loaded; dropping `tx` on a conflict rolls
-        // back the `processed` row too, so the event is handled again from a fresh load.
-        let written = match outcome.base_version {
-            None => sqlx::query(
-                "INSERT INTO subjects (key, identity, converged, updated_at, version) VALUES (?1, ?2, ?3, ?4, 1)
-                 ON CONFLICT (key) DO NOTHING",
-            )
-            .bind(&identity.key)
-            .bind(&json)
-            .bind(&outcome.converged)
-            .bind(&now),
-            Some(v) => sqlx::query(
-                "UPDATE subjects SET identity = ?2, converged = ?3, updated_at = ?4, version = ?5 + 1
-                 WHERE key = ?1 AND version = ?5",
-            )
-            .bind(&identity.key)
-            .bind(&json)
-            .bind(&outcome.converged)
-            .bind(&now)
-            .bind(v),
-        }
-        .execute(&mut *tx)
-        .await
-        .map_err(err("cannot write the identity"))?;
-        if written.rows_affected() != 1 {
-            return Err(BackendError::subject_changed(&identity.key));
-        }
-        match &outcome.deletion {
-            DeletionChange::Keep => {}
-            DeletionChange::Schedule(d) => {
-                sqlx::query(
-                    "INSERT INTO deletions (subject, email, due_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (subject) DO NOTHING",
-                )
-                .bind(&d.subject)
-                .bind(&d.email)
-                .bind(ts(d.due_at))
-                .execute(&mut *tx)
-                .await
-                .map_err(err("cannot schedule the deletion"))?;
-            }
-            DeletionChange::Cancel => {
-                sqlx::query("DELETE FROM deletions WHERE subject = ?")
-                    .bind(&identity.key)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(err("cannot cancel the deletion"))?;
-            }
-        }
-        tx.commit().await.map_err(err("cannot commit"))
+        self.write(Op::Commit(Box::new(outcome))).await.map(drop)
     }
 
     async fn forget_converged(&self, key: &str, base_version: i64) -> Result<i64, BackendError> {
-        let row = sqlx::query(
-            "UPDATE subjects SET converged = NULL, updated_at = ?3, version = ?2 + 1
-             WHERE key = ?1 AND version = ?2 RETURNING version",
-        )
-        .bind(key)
-        .bind(base_version)
-        .bind(ts(Utc::now()))
-        .fetch_optional(&self.writer)
-        .await
-        .map_err(err("cannot forget the converged fingerprint"))?;
-        row.map(|r| r.get::<i64, _>(0))
-            .ok_or_else(|| BackendError::subject_changed(key))
+        match self
+            .write(Op::ForgetConverged {
+                key: key.to_string(),
+                base_version,
+            })
+            .await?
+        {
+            Done::Version(v) => Ok(v),
+            _ => Err(BackendError::new(
+                "cannot forget the converged fingerprint",
+                "the write returned no version",
+            )),
+        }
     }
 
     async fn append_ledger(&self, entries: &[LedgerEntry]) -> Result<(), BackendError> {
         if entries.is_empty() {
             return Ok(());
         }
-        // IMMEDIATE: take the write lock before reading the head, so appends form one line.
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(err("cannot begin ledger append"))?;
-        let head = sqlx::query("SELECT seq, hash FROM ledger_head WHERE id = 1")
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(err("cannot read the ledger chain head"))?;
-        let (mut seq, mut prev) = match head {
-            Some(r) => (r.get::<i64, _>(0), r.get::<String, _>(1)),
-            None => (0, ledger_chain::GENESIS.to_string()),
-        };
-        for e in entries {
-            seq += 1;
-            let hash = ledger_chain::row_hash(seq, e, &prev);
-            let call =
-                serde_json::to_string(&e.call).map_err(|e| BackendError::new("cannot serialize call", e))?;
-            sqlx::query(
-                "INSERT INTO ledger (seq, at, envelope_id, subject, event, rule, call, status, prev_hash, hash, target,
-                                     policy_digest, actor)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(seq)
-            .bind(ts(e.at))
-            .bind(&e.envelope_id)
-            .bind(&e.subject)
-            .bind(&e.event)
-            .bind(&e.rule)
-            .bind(call)
-            .bind(&e.status)
-            .bind(&prev)
-            .bind(&hash)
-            .bind(&e.target)
-            .bind(&e.policy_digest)
-            .bind(&e.actor)
-            .execute(&mut *tx)
-            .await
-            .map_err(err("cannot append to the ledger"))?;
-            prev = hash;
-        }
-        set_head(&mut tx, seq, &prev).await?;
-        tx.commit().await.map_err(err("cannot commit the ledger"))
+        self.write(Op::AppendLedger(entries.to_vec())).await.map(drop)
     }
 
     async fn ledger_head(&self) -> Result<Option<ChainHead>, BackendError> {

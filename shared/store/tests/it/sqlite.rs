@@ -361,8 +361,8 @@ async fn claim_keeps_per_subject_order_with_a_backlog() {
 #[tokio::test]
 async fn concurrent_enqueues_share_one_group_commit() {
     let (dir, db) = open().await;
-    let before = db.enqueue_commits();
-    let turn = db.hold_enqueue_turn().await;
+    let before = db.writer_commits();
+    let turn = db.hold_write_turn().await;
     let requests: Vec<_> = (0..20)
         .map(|i| {
             let db = db.clone();
@@ -370,7 +370,7 @@ async fn concurrent_enqueues_share_one_group_commit() {
         })
         .collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while db.enqueues_waiting() < 20 {
+    while db.writes_waiting() < 20 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the requests never queued up"
@@ -381,14 +381,146 @@ async fn concurrent_enqueues_share_one_group_commit() {
     for r in requests {
         r.await.unwrap().unwrap();
     }
-    let after = db.enqueue_commits();
+    let after = db.writer_commits();
     assert_eq!(
         after.commits - before.commits,
         1,
         "one transaction for the 20 requests"
     );
-    assert_eq!(after.rows - before.rows, 20);
+    assert_eq!(after.enqueued - before.enqueued, 20);
+    assert_eq!(after.writes - before.writes, 20);
     // Acknowledged means written: another connection to the file sees every message.
     let reopened = Sqlite::open(dir.path()).await.unwrap();
     assert_eq!(reopened.queue_depth().await.unwrap(), 20);
+}
+
+fn ledger_entry(envelope: &str) -> LedgerEntry {
+    LedgerEntry {
+        at: DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap(),
+        envelope_id: envelope.into(),
+        subject: "s".into(),
+        event: "t".into(),
+        rule: "r".into(),
+        target: "looker".into(),
+        call: HttpCall {
+            method: Method::Patch,
+            path: "/users/1".into(),
+            body: None,
+        },
+        status: "ok".into(),
+        policy_digest: None,
+        actor: None,
+    }
+}
+
+/// Issue 13: the processor's writes (claim, forgotten fingerprint, ledger appends, outcome
+/// commits, acks) join the same group commit as the enqueues: one transaction, one fsync for
+/// all. A write that fails in the group (an outcome losing its compare-and-set) rolls back
+/// alone, with its own error, while the others commit; the ledger appends of one group form one
+/// chain.
+#[tokio::test]
+async fn a_group_commit_carries_every_kind_of_write_and_a_failing_one_rolls_back_alone() {
+    let (dir, db) = open().await;
+    db.publish(&[env("queued", "q", 1)]).await.unwrap();
+    let claimed = db.receive(1, Duration::from_secs(60)).await.unwrap();
+    db.commit(Outcome {
+        envelope_id: EnvelopeId("first".into()),
+        identity: Some(Identity::new("s1")),
+        converged: Some("fp".into()),
+        deletion: DeletionChange::Keep,
+        base_version: None,
+        offboarding: None,
+    })
+    .await
+    .unwrap();
+    let before = db.writer_commits();
+    let turn = db.hold_write_turn().await;
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move {
+            db.append_ledger(&[ledger_entry(&format!("a{i}")), ledger_entry(&format!("b{i}"))])
+                .await
+                .map(|_| "ledger")
+        }));
+    }
+    {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move {
+            db.publish(&[env("new", "n", 2)]).await.map(|_| "enqueue")
+        }));
+    }
+    {
+        let (db, d) = (db.clone(), claimed[0].clone());
+        tasks.push(tokio::spawn(async move { db.ack(&d).await.map(|_| "ack") }));
+    }
+    // Stale: s1 is at version 1, this handler loaded it at version 0.
+    let stale = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.commit(Outcome {
+                envelope_id: EnvelopeId("stale".into()),
+                identity: Some(Identity::new("s1")),
+                converged: Some("other".into()),
+                deletion: DeletionChange::Keep,
+                base_version: Some(0),
+                offboarding: None,
+            })
+            .await
+        })
+    };
+    let forgot = {
+        let db = db.clone();
+        tokio::spawn(async move { db.forget_converged("s1", 1).await })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while db.writes_waiting() < 7 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the writes never queued up"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(turn);
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let err = stale.await.unwrap().unwrap_err();
+    assert!(
+        err.is_subject_changed(),
+        "the stale commit lost its compare-and-set: {err}"
+    );
+    assert_eq!(forgot.await.unwrap().unwrap(), 2, "the fingerprint was forgotten");
+    let after = db.writer_commits();
+    assert_eq!(
+        after.commits - before.commits,
+        1,
+        "one transaction for the seven writes"
+    );
+    assert_eq!(after.writes - before.writes, 7);
+    // The stale commit's `processed` row was rolled back with it; the rest is on disk.
+    assert!(!db.is_processed(&EnvelopeId("stale".into())).await.unwrap());
+    let reopened = Sqlite::open(dir.path()).await.unwrap();
+    let s = reopened.load_subject("s1").await.unwrap().unwrap();
+    assert_eq!((s.version, s.converged), (2, None));
+    assert_eq!(
+        reopened.queue_depth().await.unwrap(),
+        1,
+        "acked one, enqueued one"
+    );
+    let rows = reopened.ledger_since(None).await.unwrap();
+    assert_eq!(rows.len(), 6);
+    assert_eq!(
+        gatehouse_domain::ledger_chain::verify_store(&reopened)
+            .await
+            .unwrap()
+            .unwrap()
+            .rows,
+        6,
+        "the three appends of the group form one chain"
+    );
+    for pair in rows.chunks(2) {
+        let (a, b) = (&pair[0].entry.envelope_id, &pair[1].entry.envelope_id);
+        assert_eq!(a[1..], b[1..], "an append's rows stay together: {a} {b}");
+    }
 }
