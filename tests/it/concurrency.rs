@@ -85,6 +85,7 @@ fn processor<S: StateStore + Clone>(
         client_secret: fake.client_secret().to_string().into(),
         timeout: Duration::from_secs(10),
         catalog_ttl: Duration::from_secs(300),
+        max_concurrent_calls: gatehouse_targets::client::looker::DEFAULT_MAX_CONCURRENT_CALLS,
     })
     .unwrap();
     let retry = RetryPolicy {

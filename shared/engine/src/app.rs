@@ -114,6 +114,7 @@ pub fn looker_client(cfg: &Config) -> Result<Option<LookerClient>, AppError> {
                 client_secret: c.client_secret,
                 timeout: c.timeout,
                 catalog_ttl: c.catalog_ttl,
+                max_concurrent_calls: c.max_concurrent_calls,
             })
         })
         .transpose()

@@ -71,6 +71,7 @@ pub async fn declared(
                     client_secret: c.client_secret.clone(),
                     timeout: c.timeout,
                     catalog_ttl: c.catalog_ttl,
+                    max_concurrent_calls: c.max_concurrent_calls,
                 })
                 .map_err(|e| RotationError::permanent("cannot build the looker client").caused_by(e))?;
                 Arc::new(LookerApi3::new(admin, &c.url, user_id, c.timeout))

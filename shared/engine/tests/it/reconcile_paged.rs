@@ -109,6 +109,7 @@ async fn world(n: usize, policy: &str) -> World {
         client_secret: fake.client_secret().to_string().into(),
         timeout: Duration::from_secs(30),
         catalog_ttl: Duration::ZERO,
+        max_concurrent_calls: gatehouse_targets::client::looker::DEFAULT_MAX_CONCURRENT_CALLS,
     })
     .unwrap();
     let retry = RetryPolicy {

@@ -53,6 +53,7 @@ async fn the_sweep_deletes_every_linked_user_still_disabled_and_none_enabled_aga
         client_secret: fake.client_secret().to_string().into(),
         timeout: Duration::from_secs(10),
         catalog_ttl: Duration::ZERO,
+        max_concurrent_calls: gatehouse_targets::client::looker::DEFAULT_MAX_CONCURRENT_CALLS,
     })
     .unwrap();
     let policy = Policy::from_toml("[offboarding]\ndelete_after_days = 1\nhandover = \"none\"\n").unwrap();

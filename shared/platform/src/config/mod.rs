@@ -273,6 +273,11 @@ pub struct LookerSection {
     /// How long names → ids of groups, roles and user attributes are cached.
     #[serde(default = "default_catalog_ttl", with = "humantime_serde")]
     pub catalog_ttl: Duration,
+    /// Looker calls in flight at once, per process, whatever `[processor] workers` is (most
+    /// events make no call: a replay, a no-op): Looker is spared bursts, the pipeline is not
+    /// held to Looker's pace.
+    #[serde(default = "default_looker_max_concurrent_calls")]
+    pub max_concurrent_calls: usize,
     /// The monthly admin-API budget (`[looker.budget]`).
     #[serde(default)]
     pub budget: LookerBudgetConfig,
@@ -308,6 +313,7 @@ impl Default for LookerSection {
             client_secret: None,
             timeout: default_timeout(),
             catalog_ttl: default_catalog_ttl(),
+            max_concurrent_calls: default_looker_max_concurrent_calls(),
             budget: LookerBudgetConfig::default(),
             attribute_check: AttributeCheck::default(),
             platform: LookerPlatform::default(),
@@ -408,6 +414,7 @@ pub struct LookerConnection {
     pub client_secret: SecretString,
     pub timeout: Duration,
     pub catalog_ttl: Duration,
+    pub max_concurrent_calls: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -501,7 +508,13 @@ fn default_timeout() -> Duration {
 fn default_catalog_ttl() -> Duration {
     Duration::from_secs(300)
 }
+/// 32: the embedded queue's group commit answers a write after one fsync shared by every
+/// write waiting, so throughput grows with the events in flight (issue 13, bench/throughput.md);
+/// Looker is held to `[looker] max_concurrent_calls` whatever this is.
 fn default_workers() -> usize {
+    32
+}
+fn default_looker_max_concurrent_calls() -> usize {
     8
 }
 fn default_max_attempts() -> u32 {
@@ -758,6 +771,12 @@ impl Config {
         if self.processor.workers == 0 {
             return Err(ConfigError::new("processor.workers", "must be at least 1"));
         }
+        if self.looker.max_concurrent_calls == 0 {
+            return Err(ConfigError::new(
+                "looker.max_concurrent_calls",
+                "must be at least 1",
+            ));
+        }
         if self.processor.max_attempts == 0 {
             return Err(ConfigError::new("processor.max_attempts", "must be at least 1"));
         }
@@ -812,6 +831,7 @@ impl Config {
                 client_secret: secret.clone(),
                 timeout: l.timeout,
                 catalog_ttl: l.catalog_ttl,
+                max_concurrent_calls: l.max_concurrent_calls,
             })),
             _ => {
                 let missing = [

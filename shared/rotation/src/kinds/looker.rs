@@ -112,6 +112,7 @@ impl Kind for LookerApi3 {
                     client_secret: SecretString::from(field("client_secret")),
                     timeout: self.timeout,
                     catalog_ttl: Duration::ZERO,
+                    max_concurrent_calls: gatehouse_targets::client::looker::DEFAULT_MAX_CONCURRENT_CALLS,
                 },
                 self.admin.meter().clone(),
             )

@@ -99,6 +99,7 @@ async fn assert_current_works(s: &Setup) {
         client_secret: SecretString::from(doc["client_secret"].as_str().unwrap().to_string()),
         timeout: Duration::from_secs(5),
         catalog_ttl: Duration::ZERO,
+        max_concurrent_calls: gatehouse_targets::client::looker::DEFAULT_MAX_CONCURRENT_CALLS,
     })
     .unwrap();
     assert_eq!(

@@ -88,6 +88,18 @@ pub struct LookerConfig {
     /// How long `catalog()` answers from its cache; zero disables the cache.
     #[serde(with = "humantime_serde", default = "default_catalog_ttl")]
     pub catalog_ttl: Duration,
+    /// Calls in flight at once on this client and its clones (at least 1); the others wait
+    /// their turn before they are sent (and counted).
+    #[serde(default = "default_max_concurrent_calls")]
+    pub max_concurrent_calls: usize,
+}
+
+/// The default of [`LookerConfig::max_concurrent_calls`]: the processor's old worker count,
+/// which bounded Looker calls before the two were separate.
+pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 8;
+
+fn default_max_concurrent_calls() -> usize {
+    DEFAULT_MAX_CONCURRENT_CALLS
 }
 
 impl fmt::Debug for LookerConfig {
@@ -98,6 +110,7 @@ impl fmt::Debug for LookerConfig {
             .field("client_secret", &"[redacted]")
             .field("timeout", &self.timeout)
             .field("catalog_ttl", &self.catalog_ttl)
+            .field("max_concurrent_calls", &self.max_concurrent_calls)
             .finish()
     }
 }
@@ -160,6 +173,8 @@ struct Inner {
     catalog: Mutex<Option<(Instant, Catalog)>>,
     catalog_kinds: CatalogKinds,
     meter: CallMeter,
+    /// One permit per call in flight ([`LookerConfig::max_concurrent_calls`]).
+    in_flight: tokio::sync::Semaphore,
 }
 
 /// Which lists `catalog()` reads: only the kinds of Looker object something names (the
@@ -262,6 +277,7 @@ impl LookerClient {
                 catalog: Mutex::new(None),
                 catalog_kinds: CatalogKinds::default(),
                 meter,
+                in_flight: tokio::sync::Semaphore::new(cfg.max_concurrent_calls.max(1)),
             }),
         })
     }
@@ -436,6 +452,8 @@ impl LookerClient {
         token: Option<&SecretString>,
     ) -> Result<Vec<u8>, LookerError> {
         let endpoint = endpoint_template(path);
+        // Held until the answer is read; the semaphore is never closed.
+        let _permit = self.inner.in_flight.acquire().await;
         // Counted before the outcome is known: a request that timed out may still have been
         // metered by Looker, so the budget errs on the side of too many.
         self.inner.meter.record();
@@ -1238,6 +1256,7 @@ mod tests {
             client_secret: SecretString::from("hunter2-secret".to_owned()),
             timeout: Duration::from_secs(5),
             catalog_ttl: Duration::from_secs(60),
+            max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
         };
         assert!(!format!("{cfg:?}").contains("hunter2"));
         let client = LookerClient::new(cfg).unwrap_or_else(|e| panic!("{e}"));
@@ -1254,6 +1273,7 @@ mod tests {
             client_secret: SecretString::from(secret.to_owned()),
             timeout: Duration::from_secs(5),
             catalog_ttl: Duration::ZERO,
+            max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
         };
         assert!(LookerClient::new(cfg("ftp://x", "s")).is_err());
         assert!(LookerClient::new(cfg("not a url", "s")).is_err());

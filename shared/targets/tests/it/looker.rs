@@ -15,6 +15,7 @@ fn config(fake: &FakeLooker) -> LookerConfig {
         client_secret: SecretString::from(fake.client_secret().to_owned()),
         timeout: Duration::from_secs(5),
         catalog_ttl: Duration::from_secs(60),
+        max_concurrent_calls: gatehouse_targets::client::looker::DEFAULT_MAX_CONCURRENT_CALLS,
     }
 }
 
@@ -701,6 +702,7 @@ async fn unreachable_looker_is_transient() {
         client_secret: SecretString::from("s3cr3t-value".to_owned()),
         timeout: Duration::from_secs(2),
         catalog_ttl: Duration::ZERO,
+        max_concurrent_calls: gatehouse_targets::client::looker::DEFAULT_MAX_CONCURRENT_CALLS,
     })
     .unwrap_or_else(|e| panic!("{e}"));
     let e = expect_err(c.catalog().await);
@@ -803,4 +805,57 @@ async fn the_call_meter_counts_every_request_looker_receives() {
     assert_eq!(meter.pending(), 0, "take resets the count");
     meter.give_back(3);
     assert_eq!(meter.take(), 3, "a failed flush's calls come back");
+}
+
+/// Most calls in flight at once at the fake: the largest number of recorded calls whose
+/// [started_at, finished_at) intervals overlap.
+fn most_in_flight(calls: &[RecordedCall]) -> usize {
+    let mut edges: Vec<(tokio::time::Instant, i32)> = calls
+        .iter()
+        .flat_map(|c| [(c.started_at, 1), (c.finished_at, -1)])
+        .collect();
+    // An answer at the same instant as a new request ends first.
+    edges.sort_by_key(|&(t, d)| (t, d));
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, d) in edges {
+        now += d;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+async fn concurrent_finds(max_concurrent_calls: usize) -> usize {
+    let fake = FakeLooker::start().await;
+    let c = LookerClient::new(LookerConfig {
+        max_concurrent_calls,
+        ..config(&fake)
+    })
+    .unwrap();
+    find(&c, "warm@x.com").await;
+    fake.reset_calls();
+    fake.set_latency(Duration::from_millis(300));
+    let finds: Vec<_> = (0..12)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { find(&c, &format!("p{i}@x.com")).await })
+        })
+        .collect();
+    for f in finds {
+        f.await.unwrap();
+    }
+    let calls = fake.calls();
+    assert_eq!(calls.len(), 12, "every search reached Looker once");
+    most_in_flight(&calls)
+}
+
+/// Issue 13: the processor runs many events at once (`[processor] workers`), but Looker sees
+/// at most `[looker] max_concurrent_calls` calls in flight from one client and its clones; the
+/// others wait their turn. Without the limit the same twelve searches overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_are_held_to_max_concurrent_calls() {
+    assert!(concurrent_finds(3).await <= 3, "at most 3 calls in flight");
+    assert!(
+        concurrent_finds(12).await > 3,
+        "with room for twelve, more than three overlap (the check can fail)"
+    );
 }

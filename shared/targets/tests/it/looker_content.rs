@@ -15,6 +15,7 @@ fn client(fake: &FakeLooker) -> LookerClient {
         client_secret: SecretString::from(fake.client_secret().to_owned()),
         timeout: Duration::from_secs(5),
         catalog_ttl: Duration::from_secs(60),
+        max_concurrent_calls: gatehouse_targets::client::looker::DEFAULT_MAX_CONCURRENT_CALLS,
     })
     .unwrap_or_else(|e| panic!("client: {e}"))
 }

@@ -50,6 +50,7 @@ impl Looker {
             client_secret: fake.client_secret().to_string().into(),
             timeout: Duration::from_secs(10),
             catalog_ttl: Duration::ZERO,
+            max_concurrent_calls: gatehouse_targets::client::looker::DEFAULT_MAX_CONCURRENT_CALLS,
         })
         .unwrap();
         Looker {

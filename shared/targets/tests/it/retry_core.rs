@@ -162,6 +162,7 @@ async fn looker_429_waits_for_retry_after_5xx_is_bounded_403_and_404_are_not_ret
         client_secret: SecretString::from(fake.client_secret().to_owned()),
         timeout: Duration::from_secs(10),
         catalog_ttl: Duration::from_secs(60),
+        max_concurrent_calls: gatehouse_targets::client::looker::DEFAULT_MAX_CONCURRENT_CALLS,
     })
     .unwrap();
     c.whoami().await.expect("logged in");
