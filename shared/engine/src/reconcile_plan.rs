@@ -1,6 +1,7 @@
-//! The compiled reconcile planner (issue 14): the same plans as
+//! The compiled reconcile planner (issue 14): the same kept plans (drift or an inactive user) as
 //! [`reconcile::plan_all_reference`](crate::reconcile::plan_all_reference), at 100,000 people ×
-//! 1,000 groups in about a second instead of minutes.
+//! 1,000 groups in about a second instead of minutes, holding only those plans and compact
+//! reverse indexes (figures per stage in bench/reconcile.md).
 //!
 //! The reference evaluates every rule for every person and diffs every managed group, binding
 //! and Google group of the policy for each of them (O(people × policy)). Here, once per
