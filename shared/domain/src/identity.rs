@@ -6,9 +6,9 @@
 //! gives the same record — an older event never undoes a newer one.
 
 use crate::envelope::{Envelope, EnvelopeId, IdentityEvent, Source};
+use crate::vec_map::VecMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// Orders facts: the event's time, then its id to break ties deterministically.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -70,10 +70,11 @@ pub struct Identity {
     pub key: String,
     pub status: Status,
     pub status_stamp: Option<Stamp>,
-    /// IdP profile attributes (`email`, `login`, `displayName`, `firstName`, ...).
-    pub profile: BTreeMap<String, Stamped<String>>,
+    /// IdP profile attributes (`email`, `login`, `displayName`, `firstName`, ...). A [`VecMap`]
+    /// (sorted pairs), not a `BTreeMap`: a directory holds one per person (bench/reconcile.md).
+    pub profile: VecMap<String, Stamped<String>>,
     /// IdP group id → membership (kept after removal, so an older add cannot resurrect it).
-    pub groups: BTreeMap<String, Membership>,
+    pub groups: VecMap<String, Membership>,
     /// Emails the person had before (oldest first, each once, none equal to the current one in
     /// any case): issue 16 finds a renamed person's unlinked accounts by them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -101,8 +102,8 @@ impl Identity {
             key: key.into(),
             status: Status::Unknown,
             status_stamp: None,
-            profile: BTreeMap::new(),
-            groups: BTreeMap::new(),
+            profile: VecMap::new(),
+            groups: VecMap::new(),
             previous_emails: Vec::new(),
         }
     }

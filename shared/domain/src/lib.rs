@@ -48,3 +48,4 @@ pub mod schedule;
 pub mod scim_filter;
 pub mod sso;
 pub mod target;
+pub mod vec_map;

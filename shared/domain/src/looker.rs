@@ -3,6 +3,7 @@
 //! (method, path, JSON body) from the official OpenAPI spec, so `gatehouse plan` prints what the
 //! client will send.
 
+use crate::vec_map::VecSet;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -14,7 +15,9 @@ pub struct LookerUser {
     pub id: String,
     pub is_disabled: bool,
     pub email: Option<String>,
-    pub group_ids: BTreeSet<String>,
+    /// A [`VecSet`] (sorted `Vec`), not a `BTreeSet`: a reconcile holds one per Looker user
+    /// (bench/reconcile.md).
+    pub group_ids: VecSet<String>,
     pub session_ids: Vec<String>,
     pub api3_key_ids: Vec<String>,
     /// Direct role ids; read only when the plan manages roles.

@@ -80,6 +80,12 @@ impl SubjectPlan {
         self.looker.as_ref().is_none_or(Plan::is_empty) && self.cloud.is_empty()
     }
 
+    /// Whether a reconcile keeps this plan: something to change, or an inactive Looker user to
+    /// report (issue 15). [`plan_all`] returns only these.
+    pub fn is_kept(&self) -> bool {
+        !self.is_empty() || self.inactive.is_some()
+    }
+
     pub fn calls(&self) -> usize {
         self.looker.as_ref().map_or(0, |p| p.steps.len()) + self.cloud.len()
     }
@@ -92,7 +98,9 @@ pub struct CloudShape {
     pub gcp: bool,
 }
 
-/// Plan every person against the snapshot. Pure. The compiled planner
+/// Plan every person against the snapshot and keep the plans a reconcile acts on or reports
+/// ([`SubjectPlan::is_kept`]: drift, or an inactive Looker user), in directory order; a person
+/// with nothing to change yields nothing kept. Pure. The compiled planner
 /// ([`crate::reconcile_plan`]): O(what each person is granted or holds), not O(policy) per person.
 pub fn plan_all(
     policy: &Policy,
@@ -106,6 +114,7 @@ pub fn plan_all(
 
 /// The straightforward planner [`plan_all`] replaced (every rule and every managed name for
 /// every person): kept as the reference the property test and the benchmark compare against.
+/// Returns every person's plan, kept or not (filter with [`SubjectPlan::is_kept`] to compare).
 #[doc(hidden)]
 pub fn plan_all_reference(
     policy: &Policy,

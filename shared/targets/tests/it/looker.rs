@@ -299,7 +299,7 @@ async fn find_user_is_one_call_when_needs_are_empty() {
     assert_eq!(user.id, u);
     assert!(user.is_disabled);
     assert_eq!(user.email.as_deref(), Some("dana@x.com"));
-    assert_eq!(user.group_ids, BTreeSet::from([g]));
+    assert_eq!(user.group_ids, BTreeSet::from([g]).into());
     assert_eq!(user.session_ids, vec![s]);
     assert_eq!(user.api3_key_ids, vec![k]);
     assert_eq!(user.direct_role_ids, None);
