@@ -17,7 +17,7 @@
 //! and the ledger chain stays one line (the appends of a group run in order, each reading the
 //! head the previous one wrote; `BEGIN IMMEDIATE` holds the file's write lock from the start).
 
-use super::{Sqlite, err, insert_message, now_ms};
+use super::{Sqlite, err, now_ms};
 use gatehouse_domain::ports::{BackendError, LedgerEntry, Outcome};
 use sqlx::{Acquire, SqliteConnection};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,7 +56,8 @@ impl Op {
     /// Whether the write is a single SQL statement (so needs no savepoint of its own).
     fn is_one_statement(&self) -> bool {
         match self {
-            Op::Enqueue(rows) => rows.len() == 1,
+            // A group runs its enqueues and acks as shared statements before anything else.
+            Op::Enqueue(rows) => rows.len() <= ROWS_PER_STATEMENT,
             Op::Claim { .. } | Op::Ack { .. } | Op::ForgetConverged { .. } => true,
             Op::Commit(_) | Op::AppendLedger(_) => false,
         }
@@ -168,36 +169,70 @@ impl Sqlite {
         }
     }
 
-    /// Every job in one transaction, each in a savepoint; the per-job results once committed.
+    /// Every job in one transaction; the per-job results once committed.
+    ///
+    /// Each SQL statement is a round trip to the connection's thread, and the writer is the one
+    /// serial resource, so the group spends as few statements as it can: every enqueue's rows in
+    /// one multi-row insert and every ack in one delete, first (an ack's outcome committed in an
+    /// earlier group, since the worker awaits the one before it sends the other, so running acks
+    /// first changes nothing but lets this group's claims see the freed subjects and the new
+    /// messages); then the other writes in order, a write of several statements in a savepoint
+    /// of its own (one statement is atomic by itself: SQLite undoes a failing statement).
     async fn write_jobs(&self, jobs: &[Job]) -> Result<Vec<Result<Done, BackendError>>, BackendError> {
         let mut tx = self
             .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(err("cannot begin a write"))?;
-        let mut results = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            // One statement is atomic on its own (SQLite undoes a failing statement's changes):
-            // only a write of several statements needs a savepoint to roll back alone. Each
-            // statement is a round trip to the connection's thread, so this saves two a write.
+        let mut results: Vec<Option<Result<Done, BackendError>>> = jobs.iter().map(|_| None).collect();
+        let (mut enqueues, mut acks) = (Vec::new(), Vec::new());
+        let (mut rows, mut seqs) = (Vec::new(), Vec::new());
+        for (i, job) in jobs.iter().enumerate() {
+            match &job.op {
+                Op::Enqueue(r) => {
+                    enqueues.push(i);
+                    rows.extend(r);
+                }
+                Op::Ack { seq } => {
+                    acks.push(i);
+                    seqs.push(*seq);
+                }
+                _ => {}
+            }
+        }
+        if !rows.is_empty() {
+            let r = insert_messages(&mut tx, &rows).await;
+            share(&mut results, &enqueues, r, "cannot enqueue");
+        }
+        if !seqs.is_empty() {
+            let r = delete_messages(&mut tx, &seqs).await;
+            share(&mut results, &acks, r, "cannot ack");
+        }
+        for (job, slot) in jobs.iter().zip(results.iter_mut()) {
+            if slot.is_some() {
+                continue;
+            }
             if job.op.is_one_statement() {
-                results.push(run(&mut tx, &job.op).await);
+                *slot = Some(run(&mut tx, &job.op).await);
                 continue;
             }
             let mut sp = (&mut tx).begin().await.map_err(err("cannot open a savepoint"))?;
             match run(&mut sp, &job.op).await {
                 Ok(done) => {
                     sp.commit().await.map_err(err("cannot release a savepoint"))?;
-                    results.push(Ok(done));
+                    *slot = Some(Ok(done));
                 }
                 Err(e) => {
                     sp.rollback().await.map_err(err("cannot roll back a savepoint"))?;
-                    results.push(Err(e));
+                    *slot = Some(Err(e));
                 }
             }
         }
         tx.commit().await.map_err(err("cannot commit a write"))?;
-        Ok(results)
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(abandoned())))
+            .collect())
     }
 
     /// Write transactions committed by this process so far, and what they carried (the bench
@@ -227,26 +262,75 @@ impl Sqlite {
     }
 }
 
+/// Rows per multi-row insert and seqs per delete: 6 and 1 bound parameters each, well under
+/// SQLite's limit on bound parameters in one statement.
+const ROWS_PER_STATEMENT: usize = 100;
+const SEQS_PER_STATEMENT: usize = 500;
+
+/// The rows of every enqueue of a group, in order (so `seq` follows arrival), in as few
+/// statements as the parameter limit allows; a message already queued is left as it is.
+async fn insert_messages(conn: &mut SqliteConnection, rows: &[&Row]) -> Result<(), BackendError> {
+    let now = now_ms();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO queue (envelope_id, subject, occurred_at, body, visible_at, enqueued_at) ",
+        );
+        q.push_values(chunk, |mut b, r| {
+            b.push_bind(&r.id)
+                .push_bind(&r.subject)
+                .push_bind(&r.occurred_at)
+                .push_bind(&r.body)
+                .push_bind(now)
+                .push_bind(now);
+        });
+        q.push(" ON CONFLICT (envelope_id) DO NOTHING");
+        q.build()
+            .execute(&mut *conn)
+            .await
+            .map_err(err("cannot enqueue"))?;
+    }
+    Ok(())
+}
+
+/// Every ack of a group: the processed messages leave the queue.
+async fn delete_messages(conn: &mut SqliteConnection, seqs: &[i64]) -> Result<(), BackendError> {
+    for chunk in seqs.chunks(SEQS_PER_STATEMENT) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM queue WHERE seq IN (");
+        let mut list = q.separated(", ");
+        for seq in chunk {
+            list.push_bind(*seq);
+        }
+        q.push(")");
+        q.build().execute(&mut *conn).await.map_err(err("cannot ack"))?;
+    }
+    Ok(())
+}
+
+/// One statement's outcome for every write it carried (`slots` indexes `results`).
+fn share(
+    results: &mut [Option<Result<Done, BackendError>>],
+    slots: &[usize],
+    r: Result<(), BackendError>,
+    context: &'static str,
+) {
+    let r = r.map_err(|e| GroupFailed(Arc::new(e)));
+    for &i in slots {
+        results[i] = Some(match &r {
+            Ok(()) => Ok(Done::Unit),
+            Err(e) => Err(BackendError::new(context, e.clone())),
+        });
+    }
+}
+
 async fn run(conn: &mut SqliteConnection, op: &Op) -> Result<Done, BackendError> {
     match op {
-        Op::Enqueue(rows) => {
-            let now = now_ms();
-            for r in rows {
-                insert_message(conn, &r.id, &r.subject, &r.occurred_at, &r.body, now).await?;
-            }
-            Ok(Done::Unit)
-        }
+        Op::Enqueue(rows) => insert_messages(conn, &rows.iter().collect::<Vec<_>>())
+            .await
+            .map(|()| Done::Unit),
         Op::Claim { until, now, max } => super::claim::claim(conn, *until, *now, *max)
             .await
             .map(Done::Claimed),
-        Op::Ack { seq } => {
-            sqlx::query("DELETE FROM queue WHERE seq = ?")
-                .bind(seq)
-                .execute(conn)
-                .await
-                .map_err(err("cannot ack"))?;
-            Ok(Done::Unit)
-        }
+        Op::Ack { seq } => delete_messages(conn, &[*seq]).await.map(|()| Done::Unit),
         Op::Commit(outcome) => super::commit_outcome(conn, outcome).await.map(|()| Done::Unit),
         Op::ForgetConverged { key, base_version } => super::forget_converged_on(conn, key, *base_version)
             .await
@@ -257,7 +341,8 @@ async fn run(conn: &mut SqliteConnection, op: &Op) -> Result<Done, BackendError>
     }
 }
 
-/// The group's transaction failed: every write in it gets this, with the one cause chain.
+/// A statement or a transaction shared by several writes failed: each of them gets this, with
+/// the one cause chain.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("the group commit holding this write failed")]
 struct GroupFailed(#[source] Arc<BackendError>);

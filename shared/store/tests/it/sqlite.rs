@@ -356,6 +356,19 @@ async fn claim_keeps_per_subject_order_with_a_backlog() {
     );
 }
 
+/// Waits (up to a minute, the writes being spawned tasks) until `n` writes wait for the turn.
+async fn writes_queue_up(db: &Sqlite, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while db.writes_waiting() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the writes never queued up: {} of {n}",
+            db.writes_waiting()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Issue 13: requests that arrive while an enqueue commits are written together by the next
 /// one, in a single transaction (one WAL fsync), and each returns only once that commit is done.
 #[tokio::test]
@@ -369,14 +382,7 @@ async fn concurrent_enqueues_share_one_group_commit() {
             tokio::spawn(async move { db.publish(&[env(&format!("g{i}"), &format!("s{i}"), i)]).await })
         })
         .collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while db.writes_waiting() < 20 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the requests never queued up"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    writes_queue_up(&db, 20).await;
     drop(turn);
     for r in requests {
         r.await.unwrap().unwrap();
@@ -473,14 +479,7 @@ async fn a_group_commit_carries_every_kind_of_write_and_a_failing_one_rolls_back
         let db = db.clone();
         tokio::spawn(async move { db.forget_converged("s1", 1).await })
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while db.writes_waiting() < 7 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the writes never queued up"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    writes_queue_up(&db, 7).await;
     drop(turn);
     for t in tasks {
         t.await.unwrap().unwrap();
