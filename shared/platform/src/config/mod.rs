@@ -1086,6 +1086,24 @@ mod tests {
         assert_eq!(e.field, "processor.workers", "{e}");
     }
 
+    /// Issue 13: workers and Looker's concurrency are separate; neither may be zero.
+    #[test]
+    fn the_processor_runs_32_events_and_looker_sees_8_calls_at_once_by_default() {
+        let cfg = Config::load(None, env(&[])).unwrap();
+        assert_eq!((cfg.processor.workers, cfg.looker.max_concurrent_calls), (32, 8));
+        let f = write("[looker]\nmax_concurrent_calls = 0\n");
+        let e = Config::load(Some(f.path()), env(&[])).unwrap_err();
+        assert_eq!(e.field, "looker.max_concurrent_calls", "{e}");
+        let f = write("[looker]\nmax_concurrent_calls = 2\n");
+        assert_eq!(
+            Config::load(Some(f.path()), env(&[]))
+                .unwrap()
+                .looker
+                .max_concurrent_calls,
+            2
+        );
+    }
+
     #[test]
     fn partial_looker_names_the_missing_field() {
         let e = Config::load(None, env(&[("GATEHOUSE_LOOKER_URL", "https://x")])).unwrap_err();
