@@ -146,14 +146,8 @@ impl AwsUserKey {
     }
 }
 
-/// What to do with the access keys of an offboarded person.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyAction {
-    Keep,
-    Deactivate,
-    Delete,
-}
+/// What to do with the access keys of an offboarded person (the policy file's type).
+pub use crate::policy::KeyAction;
 
 /// What AWS IAM should look like for one person.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -597,67 +591,7 @@ pub fn diff_aws(desired: &DesiredAws, actual: &AwsActual) -> AwsPlan {
 // GCP
 // ---------------------------------------------------------------------------------------------
 
-/// A resource whose IAM policy Gatehouse edits.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum GcpResource {
-    /// Resource Manager v3: `projects/{id}`.
-    Project { project: String },
-    /// BigQuery v2: `projects/{p}/datasets/{d}`.
-    Dataset { project: String, dataset: String },
-    /// IAM v1: `projects/{p}/serviceAccounts/{email}`.
-    ServiceAccount { project: String, email: String },
-}
-
-/// Which Google API serves a resource's IAM policy (each has its own base URL).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GcpApi {
-    ResourceManager,
-    BigQuery,
-    Iam,
-}
-
-impl GcpResource {
-    /// Parse `projects/P`, `projects/P/datasets/D` or `projects/P/serviceAccounts/EMAIL`.
-    pub fn parse(name: &str) -> Option<Self> {
-        let parts: Vec<&str> = name.split('/').collect();
-        let ok = |s: &str| !s.is_empty() && !s.contains([':', '?', '#', ' ']);
-        match parts.as_slice() {
-            ["projects", p] if ok(p) => Some(GcpResource::Project {
-                project: p.to_string(),
-            }),
-            ["projects", p, "datasets", d] if ok(p) && ok(d) => Some(GcpResource::Dataset {
-                project: p.to_string(),
-                dataset: d.to_string(),
-            }),
-            ["projects", p, "serviceAccounts", e] if ok(p) && ok(e) => Some(GcpResource::ServiceAccount {
-                project: p.to_string(),
-                email: e.to_string(),
-            }),
-            _ => None,
-        }
-    }
-
-    pub fn api(&self) -> GcpApi {
-        match self {
-            GcpResource::Project { .. } => GcpApi::ResourceManager,
-            GcpResource::Dataset { .. } => GcpApi::BigQuery,
-            GcpResource::ServiceAccount { .. } => GcpApi::Iam,
-        }
-    }
-
-    /// Path below the API's base URL, without the `:getIamPolicy` / `:setIamPolicy` verb.
-    pub fn path(&self) -> String {
-        match self {
-            GcpResource::Project { project } => format!("/v3/projects/{project}"),
-            GcpResource::Dataset { project, dataset } => {
-                format!("/bigquery/v2/projects/{project}/datasets/{dataset}")
-            }
-            GcpResource::ServiceAccount { project, email } => {
-                format!("/v1/projects/{project}/serviceAccounts/{email}")
-            }
-        }
-    }
-}
+pub use crate::gcp::{GcpApi, GcpResource};
 
 /// One role binding of an IAM policy. Fields Gatehouse does not know are kept as they are.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1277,3 +1211,18 @@ pub use groups::{GroupHeld, diff_gcp_groups, is_group_email};
 pub mod sweep;
 #[cfg(test)]
 mod tests;
+impl crate::target::Failure for CloudError {
+    /// `error: access denied: …` and `error: …` for what retrying cannot fix, else the status.
+    fn outcome(&self) -> crate::target::CallOutcome {
+        let detail = match self.kind {
+            crate::looker::ErrorKind::Unauthorized => Some(format!("access denied: {}", self.message)),
+            crate::looker::ErrorKind::Permanent => Some(self.message.clone()),
+            _ => None,
+        };
+        crate::target::CallOutcome::Failed {
+            kind: self.kind,
+            status: self.status,
+            detail,
+        }
+    }
+}

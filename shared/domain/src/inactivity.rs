@@ -22,50 +22,13 @@ use crate::identity::Identity;
 use crate::looker::{Catalog, LookerOp, LookerUser};
 use crate::plan::{Actual, Plan, Step};
 use chrono::{DateTime, TimeDelta, Utc};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use serde::Serialize;
 
 /// The ledger rule of an inactivity disable.
 pub const RULE: &str = "inactivity.disable";
 
-/// `[inactivity]` of the policy. Absent: off.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Inactivity {
-    /// Days without a login after which a managed user is disabled (at least 1).
-    pub disable_after_days: u32,
-    #[serde(default)]
-    pub mode: InactivityMode,
-    /// IdP or Looker group names whose members are never disabled for inactivity.
-    #[serde(default)]
-    pub exempt_groups: BTreeSet<String>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InactivityMode {
-    /// List the users that would be disabled; change nothing.
-    #[default]
-    Report,
-    /// Disable them through the apply loop (the safety screen applies).
-    Enforce,
-}
-
-/// What the paged read found about a user's logins (`None` on `LookerUser`: not read).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Logins {
-    /// Latest `logged_in_at` over the user's credentials.
-    pub last_login_at: Option<DateTime<Utc>>,
-    /// Earliest `created_at` over the user's credentials.
-    pub first_credential_at: Option<DateTime<Utc>>,
-}
-
-impl Logins {
-    /// The time inactivity counts from: the last login, else the first credential.
-    pub fn active_at(&self) -> Option<DateTime<Utc>> {
-        self.last_login_at.or(self.first_credential_at)
-    }
-}
+pub use crate::looker::Logins;
+pub use crate::policy::inactivity::{Inactivity, InactivityMode};
 
 /// A managed user inactive past the limit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -12,12 +12,7 @@ use std::fmt;
 /// `prev_hash` of the first row.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// The last row of the chain as the chain head records it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChainHead {
-    pub seq: i64,
-    pub hash: String,
-}
+pub use crate::ports::ChainHead;
 
 /// The canonical encoding hashed for one row: a JSON array of the row's fields in a fixed order
 /// (time as RFC 3339 with milliseconds and `Z`, the call as its JSON), then `prev_hash`.

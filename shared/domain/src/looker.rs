@@ -26,7 +26,7 @@ pub struct LookerUser {
     pub user_attribute_values: Option<BTreeMap<String, String>>,
     /// Login times of the credentials; read only by reconcile's paged read (issue 15).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub logins: Option<Box<crate::inactivity::Logins>>,
+    pub logins: Option<Box<Logins>>,
 }
 
 /// How a Looker user attribute is set up (`GET /user_attributes`): what decides whether a
@@ -388,5 +388,21 @@ impl crate::error::Classified for LookerError {
     }
     fn retry_after(&self) -> Option<Duration> {
         self.retry_after
+    }
+}
+
+/// What the paged read found about a user's logins (`None` on `LookerUser`: not read).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Logins {
+    /// Latest `logged_in_at` over the user's credentials.
+    pub last_login_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Earliest `created_at` over the user's credentials.
+    pub first_credential_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Logins {
+    /// The time inactivity counts from: the last login, else the first credential.
+    pub fn active_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.last_login_at.or(self.first_credential_at)
     }
 }

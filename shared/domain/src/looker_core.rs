@@ -21,7 +21,7 @@
 //! authorization with OAuth and IAM",
 //! <https://cloud.google.com/looker/docs/looker-core-oauth-authentication>.
 
-use crate::policy::{Condition, GcpGrant, Policy, Rule};
+use crate::policy::{Condition, Policy, Rule};
 
 /// The predefined role that lets a principal sign in to Looker (Google Cloud core) instances
 /// (`looker.instances.get` + `looker.instances.login`).
@@ -46,22 +46,7 @@ impl Platform {
     }
 }
 
-/// The GCP grant that lets people sign in to the core instance: `role` on `project`
-/// (`projects/P`, the project that holds the instance).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LookerCore {
-    pub project: String,
-    pub role: String,
-}
-
-impl LookerCore {
-    pub fn grant(&self) -> GcpGrant {
-        GcpGrant {
-            resource: self.project.clone(),
-            role: self.role.clone(),
-        }
-    }
-}
+pub use crate::policy::LookerCore;
 
 /// A Looker user as the first-login run reads it (`fields=id,email`).
 #[derive(Debug, Clone, PartialEq, Eq)]

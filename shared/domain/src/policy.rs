@@ -2,6 +2,10 @@
 //! user-attribute values, and says what offboarding does. [`evaluate`] is a pure function of
 //! (policy, identity) → desired state.
 
+pub mod handover;
+pub mod identity_center;
+pub mod inactivity;
+
 use crate::envelope::Source;
 use crate::identity::Identity;
 use serde::{Deserialize, Serialize};
@@ -34,7 +38,7 @@ pub struct Policy {
     /// AWS IAM Identity Center: the managed groups' account assignments and offboarding
     /// (`[identity_center]`, issue 20).
     #[serde(default)]
-    pub identity_center: crate::identity_center::IdentityCenterPolicy,
+    pub identity_center: identity_center::IdentityCenterPolicy,
     /// Email domains (lowercase) a person must be in to be onboarded or granted anything (Looker
     /// or cloud); `None`: any domain. Set from the configuration (`[identity]
     /// allowed_email_domains`), not from the policy file. Offboarding applies to everyone.
@@ -48,10 +52,10 @@ pub struct Policy {
     /// (original)). Set from the configuration (`[looker] platform = "core"`) with
     /// [`Policy::set_looker_core`], which also adds the rule granting it.
     #[serde(skip)]
-    pub looker_core: Option<crate::looker_core::LookerCore>,
+    pub looker_core: Option<LookerCore>,
     /// License reclamation (`[inactivity]`, issue 15); off when absent.
     #[serde(default)]
-    pub inactivity: Option<crate::inactivity::Inactivity>,
+    pub inactivity: Option<inactivity::Inactivity>,
     /// SHA-256 of the policy file's bytes (what every ledger row of a decision records). The
     /// built-in default policy has the digest of an empty file, which it equals.
     #[serde(skip)]
@@ -120,13 +124,13 @@ pub struct AwsOffboarding {
     pub delete_inline_policies: bool,
     /// SSH public keys (CodeCommit): `keep`, `deactivate` (default) or `delete`.
     #[serde(default = "deactivate")]
-    pub ssh_public_keys: crate::cloud::KeyAction,
+    pub ssh_public_keys: KeyAction,
     /// Service-specific credentials (CodeCommit/Keyspaces passwords): `keep`, `deactivate`, `delete`.
     #[serde(default = "deactivate")]
-    pub service_specific_credentials: crate::cloud::KeyAction,
+    pub service_specific_credentials: KeyAction,
     /// X.509 signing certificates: `keep`, `deactivate` (default) or `delete`.
     #[serde(default = "deactivate")]
-    pub signing_certificates: crate::cloud::KeyAction,
+    pub signing_certificates: KeyAction,
     /// `DeactivateMFADevice` for every MFA device of the user.
     #[serde(default = "yes")]
     pub deactivate_mfa_devices: bool,
@@ -136,8 +140,17 @@ pub struct AwsOffboarding {
     pub revoke_sessions: bool,
 }
 
-fn deactivate() -> crate::cloud::KeyAction {
-    crate::cloud::KeyAction::Deactivate
+/// What to do with the access keys of an offboarded person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyAction {
+    Keep,
+    Deactivate,
+    Delete,
+}
+
+fn deactivate() -> KeyAction {
+    KeyAction::Deactivate
 }
 
 impl Default for AwsOffboarding {
@@ -149,9 +162,9 @@ impl Default for AwsOffboarding {
             delete_login_profile: true,
             detach_user_policies: true,
             delete_inline_policies: false,
-            ssh_public_keys: crate::cloud::KeyAction::Deactivate,
-            service_specific_credentials: crate::cloud::KeyAction::Deactivate,
-            signing_certificates: crate::cloud::KeyAction::Deactivate,
+            ssh_public_keys: KeyAction::Deactivate,
+            service_specific_credentials: KeyAction::Deactivate,
+            signing_certificates: KeyAction::Deactivate,
             deactivate_mfa_devices: true,
             revoke_sessions: true,
         }
@@ -230,7 +243,7 @@ pub struct Offboarding {
     /// or `"none"`). Absent: a deletion that would destroy content is withheld
     /// (`crate::handover::deletion`).
     #[serde(default)]
-    pub handover: Option<crate::handover::Handover>,
+    pub handover: Option<handover::Handover>,
 }
 
 impl Default for Offboarding {
@@ -273,7 +286,7 @@ pub struct Rule {
     pub gcp_bindings: Vec<GcpGrant>,
     /// AWS IAM Identity Center groups the rule grants (`identity_center.groups = [...]`).
     #[serde(default)]
-    pub identity_center: crate::identity_center::IdentityCenterGrant,
+    pub identity_center: identity_center::IdentityCenterGrant,
     /// Google groups (Cloud Identity, by group email) the rule makes the person a MEMBER of;
     /// the resources bind `group:EMAIL` once (docs/cloud-iam.md "Google groups").
     #[serde(default)]
@@ -554,7 +567,7 @@ impl Policy {
         self.identity_center.validate(self)?;
         for rule in &self.rules {
             for g in &rule.gcp_groups {
-                if !crate::cloud::is_group_email(g) {
+                if !crate::gcp::is_group_email(g) {
                     return Err(PolicyError::Invalid(format!(
                         "rule {:?}: gcp group {:?} is not a group email (name@domain)",
                         rule.name, g
@@ -562,7 +575,7 @@ impl Policy {
                 }
             }
             for g in &rule.gcp_bindings {
-                if crate::cloud::GcpResource::parse(&g.resource).is_none() {
+                if crate::gcp::GcpResource::parse(&g.resource).is_none() {
                     return Err(PolicyError::Invalid(format!(
                         "rule {:?}: gcp resource {:?} is not projects/P, projects/P/datasets/D or \
                          projects/P/serviceAccounts/EMAIL",
@@ -838,19 +851,25 @@ impl DesiredLooker {
     }
 }
 
-/// Rule names used for facts that come from the offboarding section rather than a `[[rule]]`.
-pub mod rules {
-    pub const OFFBOARD_DISABLE: &str = "offboarding.disable";
-    pub const OFFBOARD_SESSIONS: &str = "offboarding.revoke_sessions";
-    pub const OFFBOARD_API_KEYS: &str = "offboarding.revoke_api_keys";
-    pub const OFFBOARD_GROUPS: &str = "offboarding.remove_managed_groups";
-    pub const OFFBOARD_DELETE: &str = "offboarding.delete_after_days";
-    pub const ONBOARD_CREATE: &str = "onboarding.create_users";
-    pub const ONBOARD_ENABLE: &str = "onboarding.enable";
-    /// The person's email changed in the directory: their linked Looker user follows (issue 16).
-    pub const ONBOARD_EMAIL: &str = "onboarding.email";
-    pub const UNMANAGED: &str = "policy.unmanaged";
+/// The GCP grant that lets people sign in to the core instance: `role` on `project`
+/// (`projects/P`, the project that holds the instance).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookerCore {
+    pub project: String,
+    pub role: String,
 }
+
+impl LookerCore {
+    pub fn grant(&self) -> GcpGrant {
+        GcpGrant {
+            resource: self.project.clone(),
+            role: self.role.clone(),
+        }
+    }
+}
+
+/// Rule names used for facts that come from the offboarding section rather than a `[[rule]]`.
+pub use crate::rules;
 
 /// Evaluate the policy for one person. Pure.
 pub fn evaluate(policy: &Policy, identity: &Identity) -> DesiredLooker {

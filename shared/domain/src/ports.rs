@@ -4,7 +4,6 @@
 use crate::breaker::{AdmitLimits, Change, HeldChange, Settle, Trip, Verdict};
 use crate::envelope::{Envelope, EnvelopeId};
 use crate::identity::Identity;
-use crate::ledger_chain::ChainHead;
 use crate::looker::{Catalog, HttpCall, LookerError, LookerOp, LookerUser, ReadNeeds, UserRef};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -465,4 +464,11 @@ pub trait LookerPort: Send + Sync {
         user_id: &str,
         needs: crate::handover::ContentNeeds,
     ) -> impl Future<Output = Result<crate::handover::LookerContent, LookerError>> + Send;
+}
+
+/// The last row of the chain as the chain head records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHead {
+    pub seq: i64,
+    pub hash: String,
 }

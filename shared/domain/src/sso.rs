@@ -3,7 +3,7 @@
 //! (`GET /users/credential/{type}/{id}` in the 4.0 API). Which credential, and which of the
 //! person's ids is its id, is configured (`[identity.looker_sso]`); off by default.
 
-use crate::target::Link;
+use crate::link::Link;
 use std::fmt;
 
 /// The Looker credential types an SSO login creates (the spec's `user_for_credential` table).

@@ -159,30 +159,7 @@ impl<E> SendError<E> {
     }
 }
 
-/// Who a read is for (issue 16): the person (the IdP's stable id, `Subject.key`) and the
-/// accounts the state store links them to in this target, first linked first.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Link {
-    pub person: String,
-    pub accounts: Vec<String>,
-    /// The person's earlier emails the directory knows (`Identity::previous_emails`): a target
-    /// that matches on email tries them when neither the link nor the current email finds the
-    /// person.
-    pub previous_emails: Vec<String>,
-    /// The person's current IdP profile attributes (`Identity::profile`, values only): a target
-    /// that looks people up by another id (Looker's SSO credential) takes it from here.
-    pub profile: std::collections::BTreeMap<String, String>,
-}
-
-impl Link {
-    /// A person with no link yet.
-    pub fn unlinked(person: impl Into<String>) -> Self {
-        Link {
-            person: person.into(),
-            ..Link::default()
-        }
-    }
-}
+pub use crate::link::Link;
 
 /// One system Gatehouse changes. Implement this (one module) and the processor reads, plans,
 /// applies, reports, screens and ledgers it like every other target.
@@ -335,22 +312,6 @@ impl Failure for crate::looker::LookerError {
             kind: self.kind,
             status: self.status,
             detail: None,
-        }
-    }
-}
-
-impl Failure for crate::cloud::CloudError {
-    /// `error: access denied: …` and `error: …` for what retrying cannot fix, else the status.
-    fn outcome(&self) -> CallOutcome {
-        let detail = match self.kind {
-            ErrorKind::Unauthorized => Some(format!("access denied: {}", self.message)),
-            ErrorKind::Permanent => Some(self.message.clone()),
-            _ => None,
-        };
-        CallOutcome::Failed {
-            kind: self.kind,
-            status: self.status,
-            detail,
         }
     }
 }

@@ -12,19 +12,7 @@ use crate::looker::{HttpCall, Method};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Whether `s` is usable as a Google group key: `name@domain`, no spaces, slashes or colons.
-pub fn is_group_email(s: &str) -> bool {
-    let mut parts = s.split('@');
-    let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
-        return false;
-    };
-    let ok = |p: &str| {
-        !p.is_empty()
-            && p.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+' | '\''))
-    };
-    ok(local) && ok(domain) && domain.contains('.')
-}
+pub use crate::gcp::is_group_email;
 
 /// A managed Google group as read: its resource name (`groups/ID`, from `groups:lookup`) and
 /// the memberships found, member email (lowercased) → membership resource name
