@@ -1,5 +1,6 @@
 //! Issue 19: the safety screen learns the IAM user Gatehouse runs as from AWS itself
-//! (`sts:GetCallerIdentity`, moto) and withholds every step on it — nothing to configure.
+//! (`sts:GetCallerIdentity`, moto) and withholds every step on it — nothing to configure. Its
+//! own Looker user is read once per process (issue 14: every call counts against the quota).
 
 use aws_sdk_iam::Client;
 use aws_sdk_iam::config::{Builder, Credentials, Region};
@@ -7,7 +8,11 @@ use gatehouse_domain::looker::{HttpCall, Method};
 use gatehouse_domain::target::{Screen, Screened, TargetName};
 use gatehouse_platform::config::Config;
 use gatehouse_targets::client::aws_iam::AwsIam;
+use gatehouse_targets::client::looker::{LookerClient, LookerConfig};
 use gatehouse_targets::safety::Safety;
+use gatehouse_testkit::FakeLooker;
+use secrecy::SecretString;
+use std::time::Duration;
 
 fn moto_url() -> String {
     std::env::var("GATEHOUSE_TEST_MOTO_URL").unwrap_or_else(|_| {
@@ -79,4 +84,94 @@ async fn the_iam_user_gatehouse_runs_as_is_learned_from_sts_and_never_offboarded
     let why = step(&me).expect("its own iam user is withheld");
     assert!(why.contains("own aws identity") && why.contains(&me), "{why}");
     assert_eq!(step(&other), None, "another person is offboarded as usual");
+}
+
+fn looker_client(fake: &FakeLooker) -> LookerClient {
+    LookerClient::new(LookerConfig {
+        base_url: fake.base_url(),
+        client_id: fake.client_id().to_owned(),
+        client_secret: SecretString::from(fake.client_secret().to_owned()),
+        timeout: Duration::from_secs(5),
+        catalog_ttl: Duration::from_secs(3600),
+        max_concurrent_calls: gatehouse_targets::client::looker::DEFAULT_MAX_CONCURRENT_CALLS,
+    })
+    .unwrap_or_else(|e| panic!("client: {e}"))
+}
+
+/// Whether the screen withholds disabling Looker user `p`, and why.
+fn disable(screen: &Safety, p: &str) -> Option<String> {
+    let call = HttpCall {
+        method: Method::Patch,
+        path: format!("/users/{p}"),
+        body: Some(serde_json::json!({ "is_disabled": true })),
+    };
+    screen.withhold(&Screened {
+        target: TargetName::LOOKER,
+        call: &call,
+        rule: "offboarding.disable",
+        email: None,
+        principal: Some(p),
+        revokes: true,
+    })
+}
+
+/// `(GET /user calls, GET /groups/{id}/users calls)` the fake saw.
+fn own_and_holder_reads(fake: &FakeLooker) -> (usize, usize) {
+    let calls = fake.calls();
+    let count = |f: &dyn Fn(&str) -> bool| calls.iter().filter(|c| c.method == "GET" && f(&c.path)).count();
+    (
+        count(&|p| p == "/user"),
+        count(&|p| p.starts_with("/groups/") && p.ends_with("/users")),
+    )
+}
+
+/// Issue 14: `GET /user` was made again every five minutes an event came in (up to 8,640 calls a
+/// month for one process). The owner of the API3 key Gatehouse logs in with does not change, so
+/// it is read once; the holders of protected groups change, so they are read again once the
+/// refresh interval has passed (zero here: at every event).
+#[tokio::test]
+async fn its_own_looker_user_is_read_once_and_protected_holders_at_every_refresh() {
+    let fake = FakeLooker::start().await;
+    let me = fake.admin_user_id().to_string();
+    let admins = fake.add_group("Admins");
+    let admin = fake.add_user("admin@example.com", "Ad", "Min");
+    fake.add_user_to_group(&admin, &admins);
+    let cfg = |extra: &str| -> Config {
+        toml::from_str(&format!(
+            "[looker]\nurl = \"{}\"\nclient_id = \"id\"\nclient_secret = \"secret\"\n{extra}",
+            fake.base_url()
+        ))
+        .unwrap()
+    };
+    // No protected groups or roles: one GET /user, however many events.
+    let plain = Safety::from_config(&cfg(""))
+        .with_looker(Some(looker_client(&fake)))
+        .with_looker_refresh(Duration::ZERO);
+    fake.reset_calls();
+    for _ in 0..3 {
+        plain.prepare().await;
+    }
+    assert_eq!(own_and_holder_reads(&fake), (1, 0));
+    assert!(
+        disable(&plain, &me).is_some_and(|w| w.contains("own looker user")),
+        "its own user is still known and withheld"
+    );
+
+    // A protected group: GET /user still once, the group's members at every refresh.
+    let guarded = Safety::from_config(&cfg("[safety]\nprotected = [\"looker:group:Admins\"]\n"))
+        .with_looker(Some(looker_client(&fake)))
+        .with_looker_refresh(Duration::ZERO);
+    fake.reset_calls();
+    for _ in 0..3 {
+        guarded.prepare().await;
+    }
+    assert_eq!(own_and_holder_reads(&fake), (1, 3));
+    let newcomer = fake.add_user("new-admin@example.com", "New", "Admin");
+    fake.add_user_to_group(&newcomer, &admins);
+    assert_eq!(disable(&guarded, &newcomer), None, "not read yet");
+    guarded.prepare().await;
+    assert!(
+        disable(&guarded, &newcomer).is_some_and(|w| w.contains("member of looker group Admins")),
+        "a holder added since is protected after the next refresh"
+    );
 }
