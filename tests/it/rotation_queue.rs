@@ -205,3 +205,249 @@ async fn the_rotator_learns_of_a_request_only_from_the_rotation_queue() {
     assert!(rotator.tick().await.unwrap().started.is_empty());
     processor.stop().await;
 }
+
+/// A rotation queue that refuses every publish (the backend is down).
+#[derive(Clone)]
+struct Down;
+
+impl QueueProducer for Down {
+    async fn publish(&self, _batch: &[Envelope]) -> Result<(), gatehouse_domain::ports::BackendError> {
+        Err(gatehouse_domain::ports::BackendError::new(
+            "cannot publish to the rotation queue",
+            "connection refused",
+        ))
+    }
+}
+
+/// The processor acks a rotation request only once its publish to the rotation queue is
+/// durable: while the queue refuses it, the event is released (not acked, not marked processed)
+/// and comes back; once the queue takes it, the request is there and the event is acked.
+#[tokio::test]
+async fn the_processor_acks_a_request_only_once_it_is_published() {
+    use gatehouse_engine::worker::{Disposition, Worker, WorkerConfig};
+    use gatehouse_store::state::AnyState;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = {:?}\n[processor]\nretry_min_delay = \"5ms\"\nretry_max_delay = \"50ms\"\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let cfg = Config::load(Some(&path), |_| None).unwrap();
+    let db = Sqlite::open(&cfg.data_dir).await.unwrap();
+    let request = Envelope {
+        event: IdentityEvent::RotationRequested {
+            provider: "aws".into(),
+            reason: "access key created outside gatehouse".into(),
+            secret: None,
+        },
+        subject: Subject {
+            key: "aws:iam-user:alice".into(),
+            email: None,
+            display_name: None,
+        },
+        ..okta("aws:cloudtrail:evt-1", 1, IdentityEvent::UserActivated)
+    };
+    db.publish(std::slice::from_ref(&request)).await.unwrap();
+    let worker_config = WorkerConfig {
+        concurrency: 4,
+        max_attempts: 5,
+        visibility_timeout: std::time::Duration::from_secs(60),
+        poll_interval: std::time::Duration::from_millis(10),
+        sweep_interval: std::time::Duration::from_secs(3600),
+    };
+
+    let down = app::engine(&cfg, AnyState::Sqlite(db.clone()))
+        .unwrap()
+        .with_rotation_queue(Arc::new(Down));
+    let worker = Worker::new(db.clone(), Arc::new(down), worker_config.clone());
+    let out = worker.run_once().await.unwrap();
+    assert!(
+        matches!(out.as_slice(), [Disposition::Released { .. }]),
+        "{out:?}"
+    );
+    assert!(!db.is_processed(&request.id).await.unwrap());
+    assert_eq!(db.queue_depth().await.unwrap(), 1, "the event is kept");
+    assert_eq!(db.rotation_queue().depth().await.unwrap(), 0);
+
+    let up = app::engine(&cfg, AnyState::Sqlite(db.clone()))
+        .unwrap()
+        .with_rotation_queue(Arc::new(db.rotation_queue()));
+    let worker = Worker::new(db.clone(), Arc::new(up), worker_config);
+    // Released with a retry delay (milliseconds here): claimed again once it is visible.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let out = loop {
+        let out = worker.run_once().await.unwrap();
+        if !out.is_empty() {
+            break out;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the released event never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert!(
+        matches!(
+            out.as_slice(),
+            [Disposition::Acked(
+                gatehouse_engine::engine::Handled::RotationRequested
+            )]
+        ),
+        "{out:?}"
+    );
+    assert!(db.is_processed(&request.id).await.unwrap());
+    assert_eq!(db.queue_depth().await.unwrap(), 0);
+    let published = gatehouse_domain::ports::QueueConsumer::receive(
+        &db.rotation_queue(),
+        10,
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let bodies: Vec<Envelope> = published
+        .iter()
+        .map(|d| Envelope::from_json(&d.body).unwrap())
+        .collect();
+    assert_eq!(bodies, vec![request]);
+}
+
+/// The Pub/Sub emulator's `host:port` (gRPC) and its REST admin port (the next one).
+fn pubsub_emulator() -> (String, String) {
+    let grpc = std::env::var("GATEHOUSE_TEST_PUBSUB_EMULATOR").unwrap_or_else(|_| {
+        panic!(
+            "GATEHOUSE_TEST_PUBSUB_EMULATOR is not set: run this under scripts/with-servers.sh \
+             (or `make test`)"
+        )
+    });
+    let (host, port) = grpc.rsplit_once(':').expect("host:port");
+    let admin = std::env::var("GATEHOUSE_TEST_PUBSUB_ADMIN")
+        .unwrap_or_else(|_| format!("{host}:{}", port.parse::<u16>().unwrap() + 1));
+    (grpc, admin)
+}
+
+/// Create `projects/gatehouse-test/topics/NAME` and a subscription of the same name on it
+/// (Pub/Sub REST: `PUT /v1/projects/P/topics/T`, `PUT /v1/projects/P/subscriptions/S`).
+async fn pubsub_channel(admin: &str, name: &str) -> (String, String) {
+    let topic = format!("projects/gatehouse-test/topics/{name}");
+    let sub = format!("projects/gatehouse-test/subscriptions/{name}");
+    let http = reqwest::Client::new();
+    for (path, body) in [
+        (&topic, serde_json::json!({})),
+        (
+            &sub,
+            serde_json::json!({"topic": topic, "ackDeadlineSeconds": 10}),
+        ),
+    ] {
+        let res = http
+            .put(format!("http://{admin}/v1/{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            res.status().is_success(),
+            "PUT {path}: {}",
+            res.text().await.unwrap_or_default()
+        );
+    }
+    (topic, sub)
+}
+
+/// `[queue] backend = "pubsub"` with `rotation_topic` + `rotation_subscription` (the emulator):
+/// what the processor's side of `app::rotation_queue` publishes, the rotator's side receives and
+/// records; poison goes to the configured dead-letter topic with its reason.
+#[tokio::test]
+async fn the_pubsub_rotation_topic_carries_requests_and_dead_letters_poison() {
+    use gatehouse_store::pubsub::{DEAD_LETTER_REASON_ATTRIBUTE, PubsubOptions, PubsubQueue};
+    let (grpc, admin) = pubsub_emulator();
+    let run = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    let (events_topic, events_sub) = pubsub_channel(&admin, &format!("events-{run}")).await;
+    let (rotation_topic, rotation_sub) = pubsub_channel(&admin, &format!("rotation-{run}")).await;
+    let (dlq_topic, dlq_sub) = pubsub_channel(&admin, &format!("dlq-{run}")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = {:?}\n[queue]\nbackend = \"pubsub\"\ntopic = {events_topic:?}\nsubscription = {events_sub:?}\n\
+             rotation_topic = {rotation_topic:?}\nrotation_subscription = {rotation_sub:?}\n\
+             dead_letter_topic = {dlq_topic:?}\nemulator_host = {grpc:?}\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let cfg = Config::load(Some(&path), |_| None).unwrap();
+    let queue = app::rotation_queue(&cfg, None)
+        .await
+        .unwrap()
+        .expect("a rotation queue");
+
+    let request = Envelope {
+        event: IdentityEvent::RotationRequested {
+            provider: "gcp".into(),
+            reason: "SECRET_ROTATE".into(),
+            secret: Some("projects/p/secrets/s".into()),
+        },
+        ..okta("gcp:pubsub:rot-1", 1, IdentityEvent::UserActivated)
+    };
+    queue
+        .publisher
+        .publish(std::slice::from_ref(&request))
+        .await
+        .unwrap();
+    let poison = PubsubQueue::connect_with({
+        let mut o = PubsubOptions::new(&rotation_topic, &rotation_sub);
+        o.emulator_host = Some(grpc.clone());
+        o
+    })
+    .await
+    .unwrap();
+    poison.publish_raw("{\"truncated\":", &[]).await.unwrap();
+
+    let store = MemoryRotations::default();
+    let rotator = gatehouse_rotation::build::rotator_with(&cfg, store.clone(), None, Arc::new(SystemClock))
+        .await
+        .unwrap()
+        .with_requests(queue.requests.clone());
+    let (mut received, mut dead) = (0, 0);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while received + dead < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "received {received}, dead-lettered {dead}"
+        );
+        let report = rotator.tick().await.unwrap();
+        received += report.received;
+        dead += report.poison;
+    }
+    assert_eq!((received, dead), (1, 1));
+    // Recorded, then matched against no declared secret (none here) and marked handled.
+    assert!(store.pending_requests().await.unwrap().is_empty());
+    assert!(!store.add_request(gatehouse_domain::ports::RotationRequest::from_envelope(&request).unwrap()));
+
+    let reader = PubsubQueue::connect_with({
+        let mut o = PubsubOptions::new(&dlq_topic, &dlq_sub);
+        o.emulator_host = Some(grpc.clone());
+        o
+    })
+    .await
+    .unwrap();
+    let mut letters = Vec::new();
+    while letters.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no dead letter");
+        letters =
+            gatehouse_domain::ports::QueueConsumer::receive(&reader, 10, std::time::Duration::from_secs(30))
+                .await
+                .unwrap();
+    }
+    assert_eq!(letters[0].body, "{\"truncated\":");
+    let reason = reader.attributes(&letters[0]).unwrap()[DEAD_LETTER_REASON_ATTRIBUTE].clone();
+    assert!(reason.starts_with("not an envelope: "), "{reason}");
+    queue.shutdown().await;
+    poison.shutdown().await;
+    reader.shutdown().await;
+}
