@@ -3,8 +3,8 @@
 //! Each function takes a fresh, empty queue and panics when the backend breaks the property it
 //! documents. Backends instantiate the suite in their own test module (the embedded SQLite queue
 //! below; SQS standard and FIFO in `sqs.rs`; Pub/Sub in `pubsub.rs`), describing what they
-//! support with [`Capabilities`]. Waits poll with deadlines; no sleep goes beyond the timeout
-//! being tested.
+//! support with [`Capabilities`] (the embedded rotation queue, processor → rotator, runs it too).
+//! Waits poll with deadlines; no sleep goes beyond the timeout being tested.
 
 use chrono::{DateTime, Utc};
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, IdentityEvent, Source, Subject};
