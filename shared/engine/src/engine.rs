@@ -350,12 +350,6 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         if requests.is_empty() {
             return Ok(());
         }
-        for r in requests {
-            if let IdentityEvent::RotationRequested { provider, .. } = &r.event {
-                let label = gatehouse_domain::metric_labels::Provider::of(provider).as_str();
-                metrics::counter!("gatehouse_rotation_requests_total", "provider" => label).increment(1);
-            }
-        }
         match &self.rotation_queue {
             Some(q) => q.publish(requests).await,
             None => {
@@ -764,6 +758,8 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             // delivery is acked only after the publish is durable.
             self.publish_rotations(std::slice::from_ref(env)).await?;
             self.store.commit(Outcome::processed_only(env.id.clone())).await?;
+            let label = gatehouse_domain::metric_labels::Provider::of(provider).as_str();
+            metrics::counter!("gatehouse_rotation_requests_total", "provider" => label).increment(1);
             tracing::warn!(subject = %env.subject.key, %provider, %reason, "rotation requested");
             return Ok(Handled::RotationRequested);
         }
