@@ -432,6 +432,12 @@ async fn rotate_until(
     // only move forward) restarts the window of `gatehouse_testkit::progress`.
     let mut progress = Progress::from_env("rotating");
     loop {
+        // Requests arrive on the rotation queue and one rotator or the other records each in
+        // the shared inbox; both then drain the inbox at once, so they meet on every request
+        // (as they would on requests recorded while both were busy).
+        let (a, b) = tokio::join!(rotators[0].take_requests(), rotators[1].take_requests());
+        a.expect("rotator 0 takes requests");
+        b.expect("rotator 1 takes requests");
         let (a, b) = tokio::join!(rotators[0].tick(), rotators[1].tick());
         a.expect("rotator 0 tick");
         b.expect("rotator 1 tick");

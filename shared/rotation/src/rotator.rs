@@ -373,6 +373,14 @@ impl<S: RotationStore> Rotator<S> {
         ages
     }
 
+    /// Take what the rotation queue holds into the inbox now, without acting on it (what
+    /// [`Rotator::tick`] does first): `received` and `poison` of the report are set.
+    pub async fn take_requests(&self) -> Result<TickReport, RotatorError> {
+        let mut report = TickReport::default();
+        self.receive_requests(&mut report).await?;
+        Ok(report)
+    }
+
     /// Move what the rotation queue holds into the inbox: each request is recorded (once per
     /// envelope id) before its delivery is acked, so a crash in between redelivers it and the
     /// inbox deduplicates; poison is dead-lettered with the reason at once.
