@@ -127,3 +127,54 @@ fn the_standalone_binary_links_everything() {
         &[],
     );
 }
+
+/// Every `.rs` file under `dir`, recursively.
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Issue 12, item 4: the processor and the rotator meet through the rotation queue, never a
+/// shared table. The rotator's inbox of requests (`rotation_inbox`, formerly the processor's
+/// `rotation_requests`) is named in no source file outside the rotator's crate: no processor,
+/// store or intake code reads or writes it, so a request can only reach the rotator as a message.
+#[test]
+fn only_the_rotator_touches_its_inbox_of_rotation_requests() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = Vec::new();
+    for base in ["shared", "services"] {
+        for krate in std::fs::read_dir(root.join(base)).unwrap() {
+            let src = krate.unwrap().path().join("src");
+            if src.is_dir() {
+                rust_files(&src, &mut files);
+            }
+        }
+    }
+    assert!(files.len() > 50, "found the sources: {}", files.len());
+    let rotator = root.join("shared/rotation/src");
+    let mut rotator_files = 0;
+    let mut offenders = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let names = text.contains("rotation_inbox") || text.contains("rotation_requests ");
+        if f.starts_with(&rotator) {
+            rotator_files += usize::from(names);
+        } else if names {
+            offenders.push(f.display().to_string());
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "outside the rotator, these name its inbox table: {offenders:?}"
+    );
+    assert!(
+        rotator_files >= 2,
+        "the rotator's SQLite and PostgreSQL stores keep the inbox"
+    );
+}

@@ -31,6 +31,8 @@ class AwsStack:
 
     events: Queue
     audit: Queue
+    #: Rotation requests, processor → rotator (issue 12, item 4).
+    rotation: Queue
     audit_rule: aws.cloudwatch.EventRule
     audit_target: aws.cloudwatch.EventTarget
     audit_queue_policy: aws.sqs.QueuePolicy
@@ -42,7 +44,7 @@ class AwsStack:
     def resources(self) -> list[pulumi.Resource]:
         """All of them, for tests that wait for every registration."""
         out: list[pulumi.Resource] = []
-        for q in (self.events, self.audit):
+        for q in (self.events, self.audit, self.rotation):
             out += [q.queue, q.dlq, q.redrive_allow]
         out += [self.audit_rule, self.audit_target, self.audit_queue_policy]
         out += [*self.secrets.values(), *self.roles.values(), *self.role_policies.values(), *self.forward]
@@ -101,6 +103,9 @@ def deploy(s: Settings) -> AwsStack:
     events_q = _queue(s, "events", fifo=True, content_dedup=False, tags=tags)
     # CloudTrail via EventBridge: a FIFO target needs content-based deduplication.
     audit_q = _queue(s, "audit", fifo=s.audit_queue_fifo, content_dedup=True, tags=tags)
+    # Rotation requests, processor → rotator: the two services meet only here (issue 12, item 4).
+    # FIFO like the events queue: dedup id = envelope id, so a republished request is dropped.
+    rotation_q = _queue(s, "rotation", fifo=True, content_dedup=False, tags=tags)
 
     rule = aws.cloudwatch.EventRule(
         "audit-rule",
@@ -161,6 +166,7 @@ def deploy(s: Settings) -> AwsStack:
             audit_q.dlq.arn,
             managed_users,
             arns("group", s.aws_managed_groups),
+            rotation_q.queue.arn,
         ).apply(
             lambda a: permissions.processor_policy(
                 events_queue=a[0],
@@ -168,12 +174,22 @@ def deploy(s: Settings) -> AwsStack:
                 dead_letter_queues=[a[2], a[3]],
                 managed_users=[a[4]],
                 managed_groups=a[5],
+                rotation_queue=a[6],
             )
         ),
         "rotator": pulumi.Output.all(
             pulumi.Output.all(*[sec.arn for sec in secrets.values()]),
             arns("user", s.aws_rotated_users),
-        ).apply(lambda a: permissions.rotator_policy(secrets=list(a[0]), rotated_users=a[1])),
+            rotation_q.queue.arn,
+            rotation_q.dlq.arn,
+        ).apply(
+            lambda a: permissions.rotator_policy(
+                secrets=list(a[0]),
+                rotated_users=a[1],
+                rotation_queue=a[2],
+                rotation_dead_letter_queue=a[3],
+            )
+        ),
     }
 
     roles: dict[str, aws.iam.Role] = {}
@@ -197,6 +213,7 @@ def deploy(s: Settings) -> AwsStack:
     return AwsStack(
         events=events_q,
         audit=audit_q,
+        rotation=rotation_q,
         audit_rule=rule,
         audit_target=target,
         audit_queue_policy=queue_policy,
@@ -253,6 +270,8 @@ def exports(st: AwsStack, export: Optional[callable] = None) -> None:
     export("sqsAuditQueueUrl", st.audit.queue.url)
     export("sqsDeadLetterQueueUrl", st.events.dlq.url)
     export("sqsAuditDeadLetterQueueUrl", st.audit.dlq.url)
+    export("sqsRotationQueueUrl", st.rotation.queue.url)
+    export("sqsRotationDeadLetterQueueUrl", st.rotation.dlq.url)
     for svc, role in st.roles.items():
         export(f"{svc}RoleArn", role.arn)
     export("awsSecretArns", {k: v.arn for k, v in st.secrets.items()})

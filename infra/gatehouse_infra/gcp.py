@@ -37,6 +37,8 @@ class GcpStack:
 
     events: Channel
     audit: Channel
+    #: Rotation requests, processor → rotator (issue 12, item 4).
+    rotation: Channel
     sink: gcp.logging.ProjectSink
     secrets: dict[str, gcp.secretmanager.Secret]
     accounts: dict[str, gcp.serviceaccount.Account]
@@ -48,7 +50,7 @@ class GcpStack:
     def resources(self) -> list[pulumi.Resource]:
         """All of them, for tests that wait for every registration."""
         out: list[pulumi.Resource] = []
-        for c in (self.events, self.audit):
+        for c in (self.events, self.audit, self.rotation):
             out += [c.topic, c.subscription, c.dead_letter_topic, c.dead_letter_subscription]
         out += [self.sink, *self.secrets.values(), *self.accounts.values(), *self.custom_roles.values()]
         return out + [*self.agents.values(), *self.grants]
@@ -92,6 +94,9 @@ def deploy(s: Settings, now: Optional[dt.datetime] = None) -> GcpStack:
 
     events_c = _channel(s, "events", project, ordering=True, labels=labels)
     audit_c = _channel(s, "audit", project, ordering=True, labels=labels)
+    # Rotation requests, processor → rotator: the two services meet only here (issue 12, item 4).
+    # Published without ordering keys: a request stands alone.
+    rotation_c = _channel(s, "rotation", project, ordering=False, labels=labels)
 
     # Google's service agents: Pub/Sub moves dead letters, Secret Manager publishes notifications.
     agents = {
@@ -101,7 +106,7 @@ def deploy(s: Settings, now: Optional[dt.datetime] = None) -> GcpStack:
         ),
     }
     pubsub_agent = agents["pubsub"].member
-    for c, base in ((events_c, "events"), (audit_c, "audit")):
+    for c, base in ((events_c, "events"), (audit_c, "audit"), (rotation_c, "rotation")):
         grants.append(
             gcp.pubsub.TopicIAMMember(
                 f"{base}-dlq-pubsub-agent-publish",
@@ -201,6 +206,10 @@ def deploy(s: Settings, now: Optional[dt.datetime] = None) -> GcpStack:
             "processor-publish", permissions.PUBLISH_PERMISSIONS, "processor: publish translated events, dead letters"
         ),
         "processor-consume": role("processor-consume", permissions.CONSUME_PERMISSIONS, "processor: consume"),
+        "rotator-consume": role(
+            "rotator-consume", permissions.CONSUME_PERMISSIONS, "rotator: consume rotation requests"
+        ),
+        "rotator-publish": role("rotator-publish", permissions.PUBLISH_PERMISSIONS, "rotator: dead letters"),
     }
     if secrets:
         roles["rotator-secrets"] = role(
@@ -240,7 +249,12 @@ def deploy(s: Settings, now: Optional[dt.datetime] = None) -> GcpStack:
                 member=member["processor"],
             )
         )
-    for topic, key in ((events_c.topic, "events"), (events_c.dead_letter_topic, "events-dlq")):
+    for topic, key in (
+        (events_c.topic, "events"),
+        (events_c.dead_letter_topic, "events-dlq"),
+        # Rotation requests (issue 12, item 4): publish only, never consume.
+        (rotation_c.topic, "rotation"),
+    ):
         grants.append(
             gcp.pubsub.TopicIAMMember(
                 f"processor-publish-{key}",
@@ -250,6 +264,26 @@ def deploy(s: Settings, now: Optional[dt.datetime] = None) -> GcpStack:
                 member=member["processor"],
             )
         )
+    # rotator: consume the rotation subscription; poison goes to the configured dead-letter
+    # topic (queue.dead_letter_topic, the events' one, where `gatehouse dlq` looks).
+    grants.append(
+        gcp.pubsub.SubscriptionIAMMember(
+            "rotator-consume-rotation",
+            project=project,
+            subscription=rotation_c.subscription.name,
+            role=roles["rotator-consume"].name,
+            member=member["rotator"],
+        )
+    )
+    grants.append(
+        gcp.pubsub.TopicIAMMember(
+            "rotator-publish-events-dlq",
+            project=project,
+            topic=events_c.dead_letter_topic.name,
+            role=roles["rotator-publish"].name,
+            member=member["rotator"],
+        )
+    )
     for p in s.gcp_managed_projects:
         grants.append(
             gcp.projects.IAMMember(
@@ -304,6 +338,7 @@ def deploy(s: Settings, now: Optional[dt.datetime] = None) -> GcpStack:
     return GcpStack(
         events=events_c,
         audit=audit_c,
+        rotation=rotation_c,
         sink=sink,
         secrets=secrets,
         accounts=accounts,
@@ -332,5 +367,7 @@ def exports(st: GcpStack, export=None) -> None:
     export("pubsubSubscription", st.events.subscription.id)
     export("pubsubDeadLetterTopic", st.events.dead_letter_topic.id)
     export("pubsubAuditSubscription", st.audit.subscription.id)
+    export("pubsubRotationTopic", st.rotation.topic.id)
+    export("pubsubRotationSubscription", st.rotation.subscription.id)
     for svc, acct in st.accounts.items():
         export(f"{svc}ServiceAccount", acct.email)

@@ -24,6 +24,20 @@ PROCESSOR_REPUBLISH_ACTIONS = ("sqs:SendMessage",)
 #: processor → DLQs: `dead_letter` finds the DLQ by name (GetQueueUrl) and sends the message
 #: there itself with the reason attribute (SendMessage).
 PROCESSOR_DLQ_ACTIONS = ("sqs:GetQueueUrl", "sqs:SendMessage")
+#: processor → rotation queue (issue 12, item 4): `Engine::publish_rotations` = SendMessageBatch.
+#: The processor never reads it.
+PROCESSOR_ROTATION_PUBLISH_ACTIONS = ("sqs:SendMessage",)
+#: rotator on the rotation queue: `Rotator::receive_requests` receives (ReceiveMessage), acks
+#: once the request is in its inbox (DeleteMessage), releases a request it could not record
+#: (ChangeMessageVisibility), and finds the DLQ from the RedrivePolicy (GetQueueAttributes).
+ROTATOR_CONSUME_ACTIONS = (
+    "sqs:ChangeMessageVisibility",
+    "sqs:DeleteMessage",
+    "sqs:GetQueueAttributes",
+    "sqs:ReceiveMessage",
+)
+#: rotator → the rotation DLQ: poison is dead-lettered with the reason (GetQueueUrl, SendMessage).
+ROTATOR_DLQ_ACTIONS = ("sqs:GetQueueUrl", "sqs:SendMessage")
 
 # --- AWS: IAM (issue 5) and Secrets Manager / access keys (issue 6) ----------------------------
 
@@ -64,9 +78,11 @@ ROTATOR_ACCESS_KEY_ACTIONS = (
 # --- GCP custom roles -------------------------------------------------------------------------
 
 #: ingress on the events topic (`PubsubQueue::publish`); processor on the events topic (audit
-#: translator) and the dead-letter topic (`dead_letter`).
+#: translator), the rotation topic (rotation requests) and the dead-letter topic (`dead_letter`);
+#: rotator on the dead-letter topic (poison on the rotation subscription).
 PUBLISH_PERMISSIONS = ("pubsub.topics.publish",)
-#: processor on the events and audit subscriptions: streaming pull, ack, modifyAckDeadline.
+#: processor on the events and audit subscriptions, rotator on the rotation subscription:
+#: streaming pull, ack, modifyAckDeadline.
 CONSUME_PERMISSIONS = ("pubsub.subscriptions.consume",)
 #: processor on each managed project (issue 5: getIamPolicy → modify → setIamPolicy with etag).
 PROJECT_IAM_PERMISSIONS = ("resourcemanager.projects.getIamPolicy", "resourcemanager.projects.setIamPolicy")
@@ -116,24 +132,31 @@ def processor_policy(
     dead_letter_queues: list[str],
     managed_users: list[str],
     managed_groups: list[str],
+    rotation_queue: str,
 ) -> dict:
     """The processor role: consume both queues, re-publish translated audit events, dead-letter,
-    and change the managed IAM users and groups."""
+    publish rotation requests, and change the managed IAM users and groups."""
     return document(
         [
             statement("ConsumeQueues", PROCESSOR_CONSUME_ACTIONS, [events_queue, audit_queue]),
             statement("PublishTranslatedAuditEvents", PROCESSOR_REPUBLISH_ACTIONS, [events_queue]),
             statement("DeadLetter", PROCESSOR_DLQ_ACTIONS, dead_letter_queues),
+            statement("PublishRotationRequests", PROCESSOR_ROTATION_PUBLISH_ACTIONS, [rotation_queue]),
             statement("ManagedUsers", PROCESSOR_IAM_USER_ACTIONS, managed_users),
             statement("ManagedGroups", PROCESSOR_IAM_GROUP_ACTIONS, managed_groups),
         ]
     )
 
 
-def rotator_policy(secrets: list[str], rotated_users: list[str]) -> dict:
-    """The rotator role: the declared secrets and the access keys of the declared users."""
+def rotator_policy(
+    secrets: list[str], rotated_users: list[str], rotation_queue: str, rotation_dead_letter_queue: str
+) -> dict:
+    """The rotator role: consume the rotation queue (dead-letter poison), the declared secrets
+    and the access keys of the declared users."""
     return document(
         [
+            statement("ConsumeRotationRequests", ROTATOR_CONSUME_ACTIONS, [rotation_queue]),
+            statement("DeadLetterRotationRequests", ROTATOR_DLQ_ACTIONS, [rotation_dead_letter_queue]),
             statement("RotateSecrets", ROTATOR_SECRET_ACTIONS, secrets),
             statement("RotateAccessKeys", ROTATOR_ACCESS_KEY_ACTIONS, rotated_users),
         ]

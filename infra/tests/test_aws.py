@@ -16,7 +16,7 @@ TARGET = "aws:cloudwatch/eventTarget:EventTarget"
 
 
 @pulumi.runtime.test
-def test_events_and_audit_queues_are_fifo_with_a_fifo_dlq_and_redrive_to_its_arn():
+def test_events_audit_and_rotation_queues_are_fifo_with_a_fifo_dlq_and_redrive_to_its_arn():
     stack, mocks = declare()
 
     def check():
@@ -26,8 +26,10 @@ def test_events_and_audit_queues_are_fifo_with_a_fifo_dlq_and_redrive_to_its_arn
             "gatehouse-test-audit.fifo",
             "gatehouse-test-events-dlq.fifo",
             "gatehouse-test-events.fifo",
+            "gatehouse-test-rotation-dlq.fifo",
+            "gatehouse-test-rotation.fifo",
         ]
-        for base in ("events", "audit"):
+        for base in ("events", "audit", "rotation"):
             q, dlq = one(mocks, QUEUE, base).inputs, one(mocks, QUEUE, f"{base}-dlq").inputs
             assert q["fifoQueue"] is True and dlq["fifoQueue"] is True
             assert q["sqsManagedSseEnabled"] is True and dlq["sqsManagedSseEnabled"] is True
@@ -48,6 +50,8 @@ def test_events_and_audit_queues_are_fifo_with_a_fifo_dlq_and_redrive_to_its_arn
         # deduplication on a FIFO target.
         assert one(mocks, QUEUE, "events").inputs["contentBasedDeduplication"] is False
         assert one(mocks, QUEUE, "audit").inputs["contentBasedDeduplication"] is True
+        # Rotation requests (issue 12, item 4): dedup id = envelope id, set by the adapter.
+        assert one(mocks, QUEUE, "rotation").inputs["contentBasedDeduplication"] is False
 
     return settled(stack, check)
 

@@ -37,12 +37,15 @@ def test_topics_and_subscriptions_with_ordering_dead_letters_and_ack_deadline():
             "gatehouse-test-audit-dlq",
             "gatehouse-test-events",
             "gatehouse-test-events-dlq",
+            "gatehouse-test-rotation",
+            "gatehouse-test-rotation-dlq",
         ]
-        for base in ("events", "audit"):
+        for base in ("events", "audit", "rotation"):
             sub = one(mocks, SUB, f"{base}-subscription").inputs
             assert sub["name"] == f"gatehouse-test-{base}"
             assert sub["topic"] == topic_id(base)
-            assert sub["enableMessageOrdering"] is True
+            # Rotation requests stand alone: published without ordering keys (issue 12, item 4).
+            assert sub["enableMessageOrdering"] is (base != "rotation")
             assert sub["ackDeadlineSeconds"] == FULL.ack_deadline_seconds
             assert sub["deadLetterPolicy"] == {
                 "deadLetterTopic": topic_id(f"{base}-dlq"),
@@ -66,6 +69,7 @@ def test_pubsub_service_agent_may_move_dead_letters_and_nothing_more():
         assert publish == {
             ("gatehouse-test-events-dlq", "roles/pubsub.publisher"),
             ("gatehouse-test-audit-dlq", "roles/pubsub.publisher"),
+            ("gatehouse-test-rotation-dlq", "roles/pubsub.publisher"),
         }
         subscribe = {
             (m.inputs["subscription"], m.inputs["role"]) for m in all_of(mocks, SUB_MEMBER) if m.inputs["member"] == PUBSUB_AGENT
@@ -73,6 +77,7 @@ def test_pubsub_service_agent_may_move_dead_letters_and_nothing_more():
         assert subscribe == {
             ("gatehouse-test-events", "roles/pubsub.subscriber"),
             ("gatehouse-test-audit", "roles/pubsub.subscriber"),
+            ("gatehouse-test-rotation", "roles/pubsub.subscriber"),
         }
 
     return settled(stack, check)

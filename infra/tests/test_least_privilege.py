@@ -22,6 +22,7 @@ def aws_grants(mocks, svc: str) -> set[tuple[str, str]]:
 
 def expected_aws() -> dict[str, set[tuple[str, str]]]:
     events, audit = sqs_arn("gatehouse-test-events.fifo"), sqs_arn("gatehouse-test-audit.fifo")
+    rotation, rotation_dlq = sqs_arn("gatehouse-test-rotation.fifo"), sqs_arn("gatehouse-test-rotation-dlq.fifo")
     dlqs = [sqs_arn("gatehouse-test-events-dlq.fifo"), sqs_arn("gatehouse-test-audit-dlq.fifo")]
     users = f"arn:aws:iam::{ACCOUNT}:user/people/*"
     groups = [f"arn:aws:iam::{ACCOUNT}:group/looker-admins", f"arn:aws:iam::{ACCOUNT}:group/analysts"]
@@ -56,9 +57,15 @@ def expected_aws() -> dict[str, set[tuple[str, str]]]:
         "processor": {(a, q) for a in consume for q in (events, audit)}
         | {("sqs:SendMessage", events)}
         | {(a, q) for a in ("sqs:SendMessage", "sqs:GetQueueUrl") for q in dlqs}
+        # Rotation requests: publish only (issue 12, item 4).
+        | {("sqs:SendMessage", rotation)}
         | {(a, users) for a in user_actions}
         | {(a, g) for a in ("iam:AddUserToGroup", "iam:RemoveUserFromGroup", "iam:GetGroup") for g in groups},
-        "rotator": {(a, s) for a in secret_actions for s in secrets} | {(a, rotated) for a in key_actions},
+        "rotator": {(a, s) for a in secret_actions for s in secrets}
+        | {(a, rotated) for a in key_actions}
+        # The rotation queue: consume, and dead-letter poison to its DLQ.
+        | {(a, rotation) for a in consume}
+        | {(a, rotation_dlq) for a in ("sqs:SendMessage", "sqs:GetQueueUrl")},
     }
 
 
@@ -89,8 +96,14 @@ def test_no_aws_role_holds_another_services_permissions():
         assert g["ingress"] & g["processor"] == shared_on_purpose
         assert g["ingress"] & g["rotator"] == set()
         assert g["processor"] & g["rotator"] == set()
-        # Only the processor reads queues; only the rotator touches secrets or creates keys.
-        assert not any(a == "sqs:ReceiveMessage" for a, _ in g["ingress"] | g["rotator"])
+        # Only the processor reads the events and audit queues, the rotator only the rotation
+        # queue, which the processor may only publish to: the two meet through it, nothing else
+        # (issue 12, item 4). Only the rotator touches secrets or creates keys.
+        rotation = sqs_arn("gatehouse-test-rotation.fifo")
+        assert not any(a == "sqs:ReceiveMessage" for a, _ in g["ingress"])
+        assert {q for a, q in g["rotator"] if a == "sqs:ReceiveMessage"} == {rotation}
+        assert {a for a, q in g["processor"] if q == rotation} == {"sqs:SendMessage"}
+        assert not any(q == rotation for _, q in g["ingress"])
         assert not any(a.startswith("secretsmanager:") for a, _ in g["ingress"] | g["processor"])
         assert not any(a == "iam:CreateAccessKey" for a, _ in g["ingress"] | g["processor"])
         assert not any(a.startswith(("sqs:", "iam:")) and "Group" in a for a, _ in g["rotator"])
@@ -141,13 +154,20 @@ def test_each_service_account_holds_exactly_what_its_service_calls_on_single_res
                 ("pubsub.subscriptions.consume", "subscription/gatehouse-test-audit"),
                 ("pubsub.topics.publish", "topic/gatehouse-test-events"),
                 ("pubsub.topics.publish", "topic/gatehouse-test-events-dlq"),
+                # Rotation requests: publish only (issue 12, item 4).
+                ("pubsub.topics.publish", "topic/gatehouse-test-rotation"),
                 ("resourcemanager.projects.getIamPolicy", "project/analytics-prod"),
                 ("resourcemanager.projects.setIamPolicy", "project/analytics-prod"),
                 ("iam.serviceAccounts.getIamPolicy", etl),
                 ("iam.serviceAccounts.setIamPolicy", etl),
             },
             sa("rotator"): {(p, f"secret/gatehouse-test-{s}") for p in secret_perms for s in ("looker-api3-key", "bq-sa-key")}
-            | {(p, sync) for p in key_perms},
+            | {(p, sync) for p in key_perms}
+            # The rotation subscription, and poison to the dead-letter topic `gatehouse dlq` reads.
+            | {
+                ("pubsub.subscriptions.consume", "subscription/gatehouse-test-rotation"),
+                ("pubsub.topics.publish", "topic/gatehouse-test-events-dlq"),
+            },
         }
         for member, want in expected.items():
             have = got.get(member, set())

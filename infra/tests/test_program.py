@@ -59,10 +59,15 @@ def test_outputs_are_what_gatehouse_config_needs():
         got = dict(zip(keys, values))
         assert got["sqsQueueUrl"] == sqs_url("gatehouse-test-events.fifo")  # GATEHOUSE_SQS_QUEUE_URL
         assert got["sqsAuditQueueUrl"] == sqs_url("gatehouse-test-audit.fifo")  # GATEHOUSE_SQS_AUDIT_QUEUE_URL
+        # GATEHOUSE_SQS_ROTATION_QUEUE_URL
+        assert got["sqsRotationQueueUrl"] == sqs_url("gatehouse-test-rotation.fifo")
         p = "projects/gh-test-project"
         assert got["pubsubTopic"] == f"{p}/topics/gatehouse-test-events"  # GATEHOUSE_PUBSUB_TOPIC
         assert got["pubsubSubscription"] == f"{p}/subscriptions/gatehouse-test-events"
         assert got["pubsubAuditSubscription"] == f"{p}/subscriptions/gatehouse-test-audit"
+        # GATEHOUSE_PUBSUB_ROTATION_TOPIC, GATEHOUSE_PUBSUB_ROTATION_SUBSCRIPTION
+        assert got["pubsubRotationTopic"] == f"{p}/topics/gatehouse-test-rotation"
+        assert got["pubsubRotationSubscription"] == f"{p}/subscriptions/gatehouse-test-rotation"
         assert got["pubsubDeadLetterTopic"] == f"{p}/topics/gatehouse-test-events-dlq"
         assert got["processorRoleArn"].endswith(":role/gatehouse-test-processor")
         assert got["rotatorServiceAccount"] == "gh-test-rotator@gh-test-project.iam.gserviceaccount.com"

@@ -7,8 +7,7 @@ use gatehouse_domain::envelope::{Envelope, EnvelopeId, GroupRef, IdentityEvent, 
 use gatehouse_domain::ledger_chain::ChainHead;
 use gatehouse_domain::policy::{self, Policy};
 use gatehouse_domain::ports::{
-    BackendError, LedgerEntry, LedgerRow, Outcome, RotationRequest, ScheduledDeletion, StateStore,
-    SubjectState,
+    BackendError, LedgerEntry, LedgerRow, Outcome, ScheduledDeletion, StateStore, SubjectState,
 };
 use gatehouse_e2e::{example_policy, seed_catalog};
 use gatehouse_engine::engine::{Engine, Handled, RetryPolicy};
@@ -256,12 +255,6 @@ impl StateStore for HeldCommit {
     }
     async fn finish_deletion(&self, subject: &str) -> Result<(), BackendError> {
         self.inner.finish_deletion(subject).await
-    }
-    async fn request_rotation(&self, request: &RotationRequest) -> Result<(), BackendError> {
-        self.inner.request_rotation(request).await
-    }
-    async fn pending_rotations(&self) -> Result<Vec<RotationRequest>, BackendError> {
-        self.inner.pending_rotations().await
     }
     async fn account_links(&self, target: &str, person: &str) -> Result<Vec<String>, BackendError> {
         self.inner.account_links(target, person).await

@@ -22,6 +22,7 @@ mod lifecycle;
 mod okta_catchup;
 mod replicas;
 mod resilience;
+mod rotation_queue;
 mod safety;
 mod scim;
 mod scim_names;

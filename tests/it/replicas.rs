@@ -382,6 +382,9 @@ impl RotationStore for Recorded {
     async fn ledger(&self) -> Result<Vec<LedgerEntry>, BackendError> {
         self.inner.ledger().await
     }
+    async fn record_request(&self, r: &RotationRequest, at: DateTime<Utc>) -> Result<bool, BackendError> {
+        self.inner.record_request(r, at).await
+    }
     async fn pending_requests(&self) -> Result<Vec<RotationRequest>, BackendError> {
         self.inner.pending_requests().await
     }
@@ -429,6 +432,12 @@ async fn rotate_until(
     // only move forward) restarts the window of `gatehouse_testkit::progress`.
     let mut progress = Progress::from_env("rotating");
     loop {
+        // Requests arrive on the rotation queue and one rotator or the other records each in
+        // the shared inbox; both then drain the inbox at once, so they meet on every request
+        // (as they would on requests recorded while both were busy).
+        let (a, b) = tokio::join!(rotators[0].take_requests(), rotators[1].take_requests());
+        a.expect("rotator 0 takes requests");
+        b.expect("rotator 1 takes requests");
         let (a, b) = tokio::join!(rotators[0].tick(), rotators[1].tick());
         a.expect("rotator 0 tick");
         b.expect("rotator 1 tick");
@@ -482,6 +491,8 @@ const STEPS: [(&str, Phase); 7] = [
 async fn three_processors_and_two_rotators_on_one_queue_and_database_apply_every_change_once() {
     let client = sqs();
     let queue_url = fifo_queue(&client).await;
+    // Issue 12, item 4: the processors publish rotation requests here, the rotators consume it.
+    let rotation_url = fifo_queue(&client).await;
     let database = gatehouse_testkit::postgres::fresh_database().await;
     let fake = FakeLooker::start().await;
     seed_catalog(&fake);
@@ -501,7 +512,7 @@ async fn three_processors_and_two_rotators_on_one_queue_and_database_apply_every
             "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\npolicy = {:?}\n\
              [looker]\nurl = {:?}\nclient_id = {:?}\nclient_secret = {:?}\n\
              [processor]\nworkers = 4\npoll_interval = \"20ms\"\nretry_min_delay = \"5ms\"\nretry_max_delay = \"50ms\"\n\
-             [queue]\nbackend = \"sqs\"\nqueue_url = {queue_url:?}\nwait_time = \"1s\"\n\
+             [queue]\nbackend = \"sqs\"\nqueue_url = {queue_url:?}\nrotation_queue_url = {rotation_url:?}\nwait_time = \"1s\"\n\
              [state]\nbackend = \"postgres\"\nurl = {database:?}\nmax_connections = 4\n{}",
             dir.path().join(name).display().to_string(),
             policy.display().to_string(),
@@ -519,13 +530,15 @@ async fn three_processors_and_two_rotators_on_one_queue_and_database_apply_every
     for r in 0..REPLICAS {
         let cfg = config(&format!("replica-{r}"));
         let queue = SqsQueue::with_client(client.clone(), &queue_url, Duration::from_secs(1));
-        let running = app::start_with_queue(
+        let rotation = SqsQueue::with_client(client.clone(), &rotation_url, Duration::from_secs(1));
+        let running = app::start_with_queues(
             &cfg,
             Components {
                 ingress: false,
                 processor: true,
             },
             queue,
+            app::RotationQueue::of(rotation),
         )
         .await
         .expect("replica starts");
@@ -549,7 +562,16 @@ async fn three_processors_and_two_rotators_on_one_queue_and_database_apply_every
         rotators.push(
             gatehouse_rotation::build::rotator_with(&cfg, store, Some(sdk.clone()), Arc::new(SystemClock))
                 .await
-                .expect("rotator builds"),
+                .expect("rotator builds")
+                // Requests reach the rotators only through the rotation queue. Short polls: a
+                // rotator that finds the queue empty goes on at once to the requests and steps
+                // the other one recorded, so the two meet on them (a long poll would keep it
+                // waiting while the other does all the work).
+                .with_requests(Arc::new(SqsQueue::with_client(
+                    client.clone(),
+                    &rotation_url,
+                    Duration::ZERO,
+                ))),
         );
     }
 

@@ -52,10 +52,10 @@ pub async fn start(cfg: &Config, components: Components) -> Result<Running, AppE
     let state = open_state(cfg, &store).await?;
     let principals = cfg.cloud_audit.gatehouse_principals.clone();
     match &cfg.queue {
-        QueueConfig::Embedded => start_on(cfg, components, store.clone(), store, state).await,
+        QueueConfig::Embedded => start_on(cfg, components, store.clone(), store, state, None).await,
         QueueConfig::Sqs(s) => {
             let queue = SqsQueue::connect(&s.queue_url, s.wait_time).await?;
-            let mut running = start_on(cfg, components, queue.clone(), store, state).await?;
+            let mut running = start_on(cfg, components, queue.clone(), store, state, None).await?;
             if let (true, Some(url)) = (components.processor, &s.audit_queue_url) {
                 let audit = SqsQueue::connect(url, s.wait_time).await?;
                 let t = Translator::new(audit, queue, TranslatorConfig::new(Kind::Aws, principals));
@@ -68,7 +68,7 @@ pub async fn start(cfg: &Config, components: Components) -> Result<Running, AppE
             opts.emulator_host = p.emulator_host.clone();
             opts.dead_letter_topic = p.dead_letter_topic.clone();
             let queue = PubsubQueue::connect_with(opts.clone()).await?;
-            let mut running = start_on(cfg, components, queue.clone(), store, state).await?;
+            let mut running = start_on(cfg, components, queue.clone(), store, state, None).await?;
             let q = queue.clone();
             running.on_stop(Box::new(move || Box::pin(async move { q.shutdown().await })));
             if let (true, Some(sub)) = (components.processor, &p.audit_subscription) {
@@ -96,7 +96,22 @@ where
 {
     let store = Sqlite::open(&cfg.data_dir).await?;
     let state = open_state(cfg, &store).await?;
-    start_on(cfg, components, queue, store, state).await
+    start_on(cfg, components, queue, store, state, None).await
+}
+
+/// [`start_with_queue`] with an already built rotation queue too (tests: both on moto).
+pub async fn start_with_queues<Q>(
+    cfg: &Config,
+    components: Components,
+    queue: Q,
+    rotation: RotationQueue,
+) -> Result<Running, AppError>
+where
+    Q: QueueProducer + QueueConsumer + Clone + 'static,
+{
+    let store = Sqlite::open(&cfg.data_dir).await?;
+    let state = open_state(cfg, &store).await?;
+    start_on(cfg, components, queue, store, state, Some(rotation)).await
 }
 
 /// Start on a given queue backend.
@@ -106,11 +121,23 @@ async fn start_on<Q>(
     queue: Q,
     store: Sqlite,
     state: AnyState,
+    rotation: Option<RotationQueue>,
 ) -> Result<Running, AppError>
 where
     Q: QueueProducer + QueueConsumer + Clone + 'static,
 {
-    let engine = Arc::new(engine_with_cloud(cfg, state.clone()).await?);
+    // Issue 12, item 4: rotation requests leave the processor as envelopes on the rotation
+    // queue, and the rotator takes them only from there.
+    let rotation = match rotation {
+        Some(q) => Some(q),
+        None if components.processor || components.rotator(cfg) => rotation_queue(cfg, Some(&store)).await?,
+        None => None,
+    };
+    let engine = engine_with_cloud(cfg, state.clone()).await?;
+    let engine = Arc::new(match &rotation {
+        Some(q) => engine.with_rotation_queue(q.publisher.clone()),
+        None => engine,
+    });
     let dry_run = engine.is_dry_run();
     if components.processor {
         check_looker_attributes(cfg, &engine).await?;
@@ -129,6 +156,10 @@ where
     let mut rotator_meters = Vec::new();
     if components.rotator(cfg) {
         let rotator = gatehouse_rotation::build::rotator(cfg, state.clone()).await?;
+        let rotator = match &rotation {
+            Some(q) => rotator.with_requests(q.requests.clone()),
+            None => rotator,
+        };
         rotator_meters = rotator.looker_meters();
         let s = shutdown.clone();
         running.spawn(async move { rotator.run(s.wait()).await });
@@ -160,6 +191,9 @@ where
     {
         let s = shutdown.clone();
         running.spawn(gatehouse_engine::head_export::run(state.clone(), export, s));
+    }
+    if let Some(q) = rotation {
+        running.on_stop(Box::new(move || Box::pin(async move { q.shutdown().await })));
     }
     if components.processor && cfg.reconcile.scheduled {
         let cron = cfg.reconcile.cron()?;

@@ -276,6 +276,28 @@ pub struct RotationRequest {
     pub secret: Option<String>,
 }
 
+impl RotationRequest {
+    /// The request an envelope on the rotation queue carries (issue 12, item 4: the processor
+    /// publishes rotation requests as envelopes, the rotator consumes them); `None` when the
+    /// envelope is not a [`crate::envelope::IdentityEvent::RotationRequested`].
+    pub fn from_envelope(env: &Envelope) -> Option<Self> {
+        match &env.event {
+            crate::envelope::IdentityEvent::RotationRequested {
+                provider,
+                reason,
+                secret,
+            } => Some(RotationRequest {
+                envelope_id: env.id.0.clone(),
+                subject: env.subject.key.clone(),
+                provider: provider.clone(),
+                reason: reason.clone(),
+                secret: secret.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// The directory as a whole, for reconcile (every known person).
 pub trait Directory: Send + Sync {
     /// Every subject with its identity, in key order.
@@ -318,13 +340,6 @@ pub trait StateStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<ScheduledDeletion>, BackendError>> + Send;
     fn finish_deletion(&self, subject: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
-    /// Record a rotation request and mark its envelope processed, in one transaction.
-    fn request_rotation(
-        &self,
-        request: &RotationRequest,
-    ) -> impl Future<Output = Result<(), BackendError>> + Send;
-    /// Rotation requests not yet handled, oldest first.
-    fn pending_rotations(&self) -> impl Future<Output = Result<Vec<RotationRequest>, BackendError>> + Send;
     /// The accounts `person` (the IdP's stable id, `Subject.key`) was ever linked to in `target`
     /// (`looker`: user ids; `aws`: IAM user names; `gcp`: members), first linked first. Issue 16:
     /// a target finds the person by these before anything else, so a new email is not a new

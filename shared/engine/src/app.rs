@@ -11,10 +11,14 @@ use gatehouse_domain::policy::{Policy, PolicyError};
 use gatehouse_domain::ports::BackendError;
 use gatehouse_domain::ports::Directory;
 use gatehouse_platform::config::Mode as ConfigMode;
-use gatehouse_platform::config::{AttributeCheck, AwsUserMappingConfig, Config, ConfigError, GcpTokenSource};
+use gatehouse_platform::config::{
+    AttributeCheck, AwsUserMappingConfig, Config, ConfigError, GcpTokenSource, QueueConfig,
+};
 use gatehouse_platform::shutdown::Shutdown;
 use gatehouse_store::open::OpenError;
+use gatehouse_store::pubsub::{PubsubOptions, PubsubQueue};
 use gatehouse_store::sqlite::Sqlite;
+use gatehouse_store::sqs::SqsQueue;
 use gatehouse_store::state::AnyState;
 use gatehouse_targets::Mode;
 use gatehouse_targets::client::aws_iam::{AwsConnect, AwsIam};
@@ -408,13 +412,96 @@ pub fn engine(cfg: &Config, store: AnyState) -> Result<AppEngine, AppError> {
     })
 }
 
+/// The rotation queue `[queue]` names (issue 12, item 4): the processors publish rotation
+/// requests to it and the rotator consumes it, so the two never meet through a table. Both sides
+/// of one queue; a process uses the side it needs (a Pub/Sub subscriber pulls only on the first
+/// receive).
+pub struct RotationQueue {
+    /// What the engine publishes to ([`Engine::with_rotation_queue`]).
+    pub publisher: Arc<dyn crate::engine::RotationPublisher>,
+    /// What the rotator takes requests from (`Rotator::with_requests`).
+    pub requests: Arc<dyn gatehouse_rotation::requests::RequestQueue>,
+    pubsub: Option<PubsubQueue>,
+}
+
+impl RotationQueue {
+    /// Both sides of one already built queue (tests: an SQS client pointed at moto).
+    pub fn of<Q>(q: Q) -> Self
+    where
+        Q: gatehouse_domain::ports::QueueProducer + gatehouse_domain::ports::QueueConsumer + Clone + 'static,
+    {
+        RotationQueue {
+            publisher: Arc::new(q.clone()),
+            requests: Arc::new(q),
+            pubsub: None,
+        }
+    }
+
+    /// Stop the Pub/Sub clients, if any (after the last publish or receive).
+    pub async fn shutdown(&self) {
+        if let Some(q) = &self.pubsub {
+            q.shutdown().await;
+        }
+    }
+}
+
+/// Open the rotation queue: in the embedded default, the `rotation_queue` of the SQLite
+/// database `sqlite` (opened from `data_dir` when `None`); on SQS, `rotation_queue_url`; on
+/// Pub/Sub, `rotation_topic` + `rotation_subscription`. `None` when SQS or Pub/Sub name none
+/// (allowed only when no secret is declared: the config refuses it otherwise).
+pub async fn rotation_queue(
+    cfg: &Config,
+    sqlite: Option<&Sqlite>,
+) -> Result<Option<RotationQueue>, AppError> {
+    match &cfg.queue {
+        QueueConfig::Embedded => {
+            let db = match sqlite {
+                Some(db) => db.clone(),
+                None => Sqlite::open(&cfg.data_dir).await?,
+            };
+            Ok(Some(RotationQueue::of(db.rotation_queue())))
+        }
+        QueueConfig::Sqs(s) => match &s.rotation_queue_url {
+            // A short long-poll: the rotator receives once per tick and must not sit 20 s on an
+            // empty queue before it drives its due steps.
+            Some(url) => Ok(Some(RotationQueue::of(
+                SqsQueue::connect(url, s.wait_time.min(ROTATION_RECEIVE_WAIT)).await?,
+            ))),
+            None => Ok(None),
+        },
+        QueueConfig::Pubsub(p) => match (&p.rotation_topic, &p.rotation_subscription) {
+            (Some(topic), sub) => {
+                // A topic without a rotator subscription still serves the processors' side; its
+                // receive fails with the backend's error, named in the rotator's log.
+                let mut opts = PubsubOptions::new(topic, sub.clone().unwrap_or_default());
+                opts.emulator_host = p.emulator_host.clone();
+                opts.dead_letter_topic = p.dead_letter_topic.clone();
+                opts.ordering_keys = false;
+                let q = PubsubQueue::connect_with(opts).await?;
+                let mut queue = RotationQueue::of(q.clone());
+                queue.pubsub = Some(q);
+                Ok(Some(queue))
+            }
+            (None, _) => Ok(None),
+        },
+    }
+}
+
+/// The longest an SQS receive of the rotator waits for a request.
+const ROTATION_RECEIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The whole `main` of `gatehouse-rotator`: load config (exit 64 if bad), open the database,
 /// run the rotator until SIGINT/SIGTERM.
 pub async fn rotator_main(config: Option<&std::path::Path>) -> std::process::ExitCode {
     gatehouse_platform::service::main("gatehouse-rotator", config, |cfg| async move {
         let cfg = &cfg;
         let state = open_state_alone(cfg).await?;
+        let queue = rotation_queue(cfg, state.sqlite()).await?;
         let rotator = gatehouse_rotation::build::rotator(cfg, state.clone()).await?;
+        let rotator = match &queue {
+            Some(q) => rotator.with_requests(q.requests.clone()),
+            None => rotator,
+        };
         tracing::info!(
             secrets = cfg.rotator.secrets.len(),
             state = state.backend(),
@@ -435,6 +522,9 @@ pub async fn rotator_main(config: Option<&std::path::Path>) -> std::process::Exi
             if let Err(e) = budget.flush().await {
                 tracing::error!(error = %e, "cannot store the last looker call count");
             }
+        }
+        if let Some(q) = &queue {
+            q.shutdown().await;
         }
         state.close().await;
         Ok::<(), AppError>(())

@@ -11,7 +11,7 @@ use gatehouse_domain::looker::{Catalog, ErrorKind, LookerError, LookerOp, Looker
 use gatehouse_domain::plan::{Plan, Step};
 use gatehouse_domain::policy::{self, DesiredLooker, Policy, Presence};
 use gatehouse_domain::ports::{
-    BackendError, DeletionChange, LookerPort, OffboardingTimes, Outcome, RotationRequest, ScheduledDeletion,
+    BackendError, DeletionChange, LookerPort, OffboardingTimes, Outcome, QueueProducer, ScheduledDeletion,
     StateStore,
 };
 use gatehouse_domain::target::{CallOutcome, Order, Screen, SendAll, Target as _, TargetName};
@@ -41,7 +41,7 @@ pub enum Handled {
     Applied { writes: usize },
     /// No Looker configured: the plan was recorded in the ledger, nothing sent.
     DryRun { planned: usize },
-    /// Recorded for the rotator.
+    /// Published to the rotation queue for the rotator.
     RotationRequested,
     /// Held by the mass-change breaker until a person releases or discards it (nothing applied,
     /// the envelope kept in the state store).
@@ -219,6 +219,54 @@ pub struct Engine<S, L> {
     max_clock_skew: Duration,
     /// The mass-change circuit breaker (`[safety.breaker]`); off when `None`.
     breaker: Option<Arc<crate::breaker::Breaker>>,
+    /// The rotation queue the rotator consumes (issue 12, item 4): rotation requests leave the
+    /// processor only as envelopes published here, never as rows of a table the rotator reads.
+    rotation_queue: Option<Arc<dyn RotationPublisher>>,
+}
+
+/// The producer side of the rotation queue, object-safe (any [`QueueProducer`]: the embedded
+/// SQLite rotation queue, SQS, Pub/Sub). `publish` returns once the envelopes are durable.
+pub trait RotationPublisher: Send + Sync {
+    fn publish<'a>(
+        &'a self,
+        batch: &'a [Envelope],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BackendError>> + Send + 'a>>;
+}
+
+impl<Q: QueueProducer> RotationPublisher for Q {
+    fn publish<'a>(
+        &'a self,
+        batch: &'a [Envelope],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BackendError>> + Send + 'a>> {
+        Box::pin(QueueProducer::publish(self, batch))
+    }
+}
+
+/// The rotation request for `secret` when its holder `person` is offboarded by `env`: one per
+/// secret and offboarding event (the id is keyed by the status stamp's envelope id, so
+/// redeliveries and later events publish the same request again, which the rotator dedupes).
+fn holder_offboarded(env: &Envelope, person: &str, stamp: &str, secret: &str) -> Envelope {
+    Envelope {
+        version: Envelope::VERSION,
+        id: gatehouse_domain::envelope::EnvelopeId(format!("offboarding:{stamp}:{secret}")),
+        source: env.source,
+        subject: gatehouse_domain::envelope::Subject {
+            key: person.to_string(),
+            email: None,
+            display_name: None,
+        },
+        occurred_at: env.occurred_at,
+        received_at: env.received_at,
+        event: IdentityEvent::RotationRequested {
+            provider: "offboarding".into(),
+            reason: "holder offboarded".into(),
+            secret: Some(secret.to_string()),
+        },
+        profile: Default::default(),
+        source_event_type: "holder_offboarded".into(),
+        raw: serde_json::Value::Null,
+        trace_parent: env.trace_parent.clone(),
+    }
 }
 
 /// The ledger rule of issue 16's resolution alerts.
@@ -283,6 +331,39 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             held_secrets: Arc::default(),
             max_clock_skew: gatehouse_domain::envelope::DEFAULT_MAX_CLOCK_SKEW,
             breaker: None,
+            rotation_queue: None,
+        }
+    }
+
+    /// Publish rotation requests (`RotationRequested` envelopes, offboarded holders of declared
+    /// secrets) to the rotation queue the rotator consumes. Without one, a request is logged and
+    /// counted as unmatched: no rotator can be reached to act on it.
+    pub fn with_rotation_queue(mut self, queue: Arc<dyn RotationPublisher>) -> Self {
+        self.rotation_queue = Some(queue);
+        self
+    }
+
+    /// Publish rotation requests durably before the envelope that caused them is committed
+    /// (and so before its delivery is acked). A redelivery publishes them again under the same
+    /// envelope ids; the rotator's inbox keeps one of each.
+    async fn publish_rotations(&self, requests: &[Envelope]) -> Result<(), BackendError> {
+        if requests.is_empty() {
+            return Ok(());
+        }
+        match &self.rotation_queue {
+            Some(q) => q.publish(requests).await,
+            None => {
+                for r in requests {
+                    if let IdentityEvent::RotationRequested { provider, .. } = &r.event {
+                        let label = gatehouse_domain::metric_labels::Provider::of(provider).as_str();
+                        metrics::counter!("gatehouse_rotation_requests_unmatched_total", "provider" => label)
+                            .increment(1);
+                    }
+                    tracing::warn!(envelope_id = %r.id, subject = %r.subject.key,
+                        "no rotation queue is configured: the rotation request reaches no rotator");
+                }
+                Ok(())
+            }
         }
     }
 
@@ -672,21 +753,11 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         if self.store.is_processed(&env.id).await? {
             return Ok(Handled::Duplicate);
         }
-        if let IdentityEvent::RotationRequested {
-            provider,
-            reason,
-            secret,
-        } = &env.event
-        {
-            self.store
-                .request_rotation(&RotationRequest {
-                    envelope_id: env.id.0.clone(),
-                    subject: env.subject.key.clone(),
-                    provider: provider.clone(),
-                    reason: reason.clone(),
-                    secret: secret.clone(),
-                })
-                .await?;
+        if let IdentityEvent::RotationRequested { provider, reason, .. } = &env.event {
+            // Forwarded to the rotator through the rotation queue, then marked processed: the
+            // delivery is acked only after the publish is durable.
+            self.publish_rotations(std::slice::from_ref(env)).await?;
+            self.store.commit(Outcome::processed_only(env.id.clone())).await?;
             let label = gatehouse_domain::metric_labels::Provider::of(provider).as_str();
             metrics::counter!("gatehouse_rotation_requests_total", "provider" => label).increment(1);
             tracing::warn!(subject = %env.subject.key, %provider, %reason, "rotation requested");
@@ -721,22 +792,21 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let prior = (converged.is_some() && !drift && !after_race).then(|| identity.clone());
         let fold = identity.fold(env);
         // An offboarded holder's secrets are rotated: one request per secret and offboarding
-        // event (keyed by the status stamp, so redeliveries and later events add none).
+        // event, published to the rotation queue (keyed by the status stamp, so redeliveries and
+        // later events publish the same ids again, which the rotator's inbox keeps once).
         if let (true, Some(stamp), Some(email)) = (
             identity.status.is_offboarded(),
             &identity.status_stamp,
             identity.email(),
         ) {
-            for secret in self.held_secrets.get(&email.to_lowercase()).into_iter().flatten() {
-                let request = RotationRequest {
-                    envelope_id: format!("offboarding:{}:{secret}", stamp.id.0),
-                    subject: identity.key.clone(),
-                    provider: "offboarding".into(),
-                    reason: "holder offboarded".into(),
-                    secret: Some(secret.clone()),
-                };
-                self.store.request_rotation(&request).await?;
-            }
+            let requests: Vec<Envelope> = self
+                .held_secrets
+                .get(&email.to_lowercase())
+                .into_iter()
+                .flatten()
+                .map(|secret| holder_offboarded(env, &identity.key, &stamp.id.0, secret))
+                .collect();
+            self.publish_rotations(&requests).await?;
         }
         let desired = policy::evaluate(&self.policy, &identity);
         let desired_cloud = self.desired_cloud(&identity);

@@ -109,6 +109,9 @@ impl RotationStore for AnyRotations {
     async fn ledger(&self) -> Result<Vec<LedgerEntry>, BackendError> {
         forward!(self, s => s.ledger())
     }
+    async fn record_request(&self, r: &RotationRequest, at: DateTime<Utc>) -> Result<bool, BackendError> {
+        forward!(self, s => s.record_request(r, at))
+    }
     async fn pending_requests(&self) -> Result<Vec<RotationRequest>, BackendError> {
         forward!(self, s => s.pending_requests())
     }

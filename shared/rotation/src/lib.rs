@@ -19,6 +19,7 @@ pub mod gcp;
 pub mod kinds;
 pub mod memory;
 pub mod postgres;
+pub mod requests;
 pub mod rotator;
 pub mod sqlite;
 pub mod state;

@@ -25,12 +25,15 @@ impl MemoryRotations {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Record a rotation request (what the processor does through `StateStore`).
-    pub fn add_request(&self, r: RotationRequest) {
+    /// Record a rotation request (what [`RotationStore::record_request`] does for a request
+    /// received from the rotation queue); `true` if it was new.
+    pub fn add_request(&self, r: RotationRequest) -> bool {
         let mut st = self.st();
-        if !st.requests.iter().any(|(q, _)| q.envelope_id == r.envelope_id) {
+        let new = !st.requests.iter().any(|(q, _)| q.envelope_id == r.envelope_id);
+        if new {
             st.requests.push((r, false));
         }
+        new
     }
 
     /// Make a handled request pending again: what a second rotator that read the requests just
@@ -187,6 +190,10 @@ impl RotationStore for MemoryRotations {
             .filter(|e| e.subject.starts_with("secret:"))
             .cloned()
             .collect())
+    }
+
+    async fn record_request(&self, r: &RotationRequest, _at: DateTime<Utc>) -> Result<bool, BackendError> {
+        Ok(self.add_request(r.clone()))
     }
 
     async fn pending_requests(&self) -> Result<Vec<RotationRequest>, BackendError> {

@@ -4,7 +4,8 @@
 //! one active rotation per secret; `claim`, `save` and `claim_fire` are single conditional
 //! `UPDATE`s, which PostgreSQL re-checks on the latest row version after waiting for a
 //! concurrent writer, so two instances never both win. The ledger is the processor's
-//! hash-chained one; rotation requests are the processor's `rotation_requests` table.
+//! hash-chained one; the rotation inbox (`rotation_inbox`, migration `postgres/0015`) is the
+//! rotator's own: requests arrive through the rotation queue, never from a processor's write.
 
 use crate::state::{Phase, Rotation, RotationStore, SecretState, Started};
 use chrono::{DateTime, Utc};
@@ -320,13 +321,46 @@ impl RotationStore for PgRotations {
             .collect())
     }
 
+    async fn record_request(&self, r: &RotationRequest, at: DateTime<Utc>) -> Result<bool, BackendError> {
+        let done = sqlx::query(
+            "INSERT INTO rotation_inbox (at, envelope_id, subject, provider, reason, secret)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (envelope_id) DO NOTHING",
+        )
+        .bind(ms(at))
+        .bind(&r.envelope_id)
+        .bind(&r.subject)
+        .bind(&r.provider)
+        .bind(&r.reason)
+        .bind(&r.secret)
+        .execute(self.db.pool())
+        .await
+        .map_err(err("cannot record the rotation request"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn pending_requests(&self) -> Result<Vec<RotationRequest>, BackendError> {
-        self.db.pending_rotations().await
+        let rows = sqlx::query(
+            "SELECT envelope_id, subject, provider, reason, secret FROM rotation_inbox
+             WHERE handled_at IS NULL ORDER BY id",
+        )
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(err("cannot read rotation requests"))?;
+        Ok(rows
+            .iter()
+            .map(|r| RotationRequest {
+                envelope_id: r.get(0),
+                subject: r.get(1),
+                provider: r.get(2),
+                reason: r.get(3),
+                secret: r.get(4),
+            })
+            .collect())
     }
 
     async fn mark_handled(&self, envelope_id: &str, at: DateTime<Utc>) -> Result<(), BackendError> {
         sqlx::query(
-            "UPDATE rotation_requests SET handled_at = $1 WHERE envelope_id = $2 AND handled_at IS NULL",
+            "UPDATE rotation_inbox SET handled_at = $1 WHERE envelope_id = $2 AND handled_at IS NULL",
         )
         .bind(ms(at))
         .bind(envelope_id)

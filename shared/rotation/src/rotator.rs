@@ -1,4 +1,5 @@
-//! The rotator: drains rotation requests, fires schedules, and drives each rotation through its
+//! The rotator: receives rotation requests from the rotation queue into its own inbox, drains
+//! them, fires schedules, and drives each rotation through its
 //! persisted steps. Every step is idempotent and saved before the next one starts, so a crash
 //! anywhere resumes; readers always get a credential that works (the old one stays current until
 //! the new one is tested and promoted, and is revoked only after the grace period).
@@ -7,6 +8,7 @@ use crate::clock::Clock;
 use crate::credential::Credential;
 use crate::error::{ErrorKind, RotationError};
 use crate::kinds::{Kind, Res};
+use crate::requests::RequestQueue;
 use crate::state::{Phase, Rotation, RotationStore, Started};
 use crate::stores::SecretStore;
 use chrono::{DateTime, Utc};
@@ -100,6 +102,11 @@ pub struct TickReport {
     pub started: Vec<(String, String)>,
     /// Requests that matched no declared secret.
     pub unmatched: usize,
+    /// Requests received from the rotation queue, recorded in the inbox and acked (a redelivery
+    /// counts again; the inbox keeps one).
+    pub received: usize,
+    /// Deliveries of the rotation queue that were not rotation requests (dead-lettered).
+    pub poison: usize,
     /// Out-of-band keys only alerted on (secret).
     pub alerted: Vec<String>,
     /// Steps executed.
@@ -130,7 +137,16 @@ pub struct Rotator<S> {
     /// Never-rotated secrets: when their current credential was created (the provider's key
     /// creation time), or when this process first looked if that cannot be read. Read once.
     unrotated_since: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// The rotation queue the processor publishes requests to (none: requests only from the
+    /// inbox, e.g. `gatehouse rotate`).
+    requests: Option<Arc<dyn RequestQueue>>,
 }
+
+/// Deliveries taken from the rotation queue per receive, and receives per tick at most.
+const REQUEST_BATCH: usize = 10;
+const REQUEST_BATCHES_PER_TICK: usize = 10;
+/// How long a received request stays invisible to other rotators while it is recorded.
+const REQUEST_VISIBILITY: Duration = Duration::from_secs(60);
 
 fn ledger_call(secret: &str, step: &str, method: Method, r: &Rotation) -> HttpCall {
     HttpCall {
@@ -154,7 +170,15 @@ impl<S: RotationStore> Rotator<S> {
             settings,
             fresh: Mutex::new(HashMap::new()),
             unrotated_since: Mutex::new(HashMap::new()),
+            requests: None,
         }
+    }
+
+    /// Take rotation requests from `queue` (the rotation queue the processors publish to) on
+    /// every tick.
+    pub fn with_requests(mut self, queue: Arc<dyn RequestQueue>) -> Self {
+        self.requests = Some(queue);
+        self
     }
 
     pub fn store(&self) -> &S {
@@ -249,6 +273,10 @@ impl<S: RotationStore> Rotator<S> {
     /// Look at requests, schedules and retries, then run every due step.
     pub async fn tick(&self) -> Result<TickReport, RotatorError> {
         let mut report = TickReport::default();
+        // A queue that fails now is tried again next tick; schedules and due steps go on.
+        if let Err(e) = self.receive_requests(&mut report).await {
+            tracing::warn!(error = %crate::error::chain(&e), "cannot receive rotation requests");
+        }
         self.drain_requests(&mut report).await?;
         self.fire_schedules(&mut report).await?;
         for r in self.db.due(self.now()).await? {
@@ -343,6 +371,50 @@ impl<S: RotationStore> Rotator<S> {
             }
         }
         ages
+    }
+
+    /// Take what the rotation queue holds into the inbox now, without acting on it (what
+    /// [`Rotator::tick`] does first): `received` and `poison` of the report are set.
+    pub async fn take_requests(&self) -> Result<TickReport, RotatorError> {
+        let mut report = TickReport::default();
+        self.receive_requests(&mut report).await?;
+        Ok(report)
+    }
+
+    /// Move what the rotation queue holds into the inbox: each request is recorded (once per
+    /// envelope id) before its delivery is acked, so a crash in between redelivers it and the
+    /// inbox deduplicates; poison is dead-lettered with the reason at once.
+    async fn receive_requests(&self, report: &mut TickReport) -> Result<(), RotatorError> {
+        let Some(queue) = &self.requests else {
+            return Ok(());
+        };
+        for _ in 0..REQUEST_BATCHES_PER_TICK {
+            let batch = queue.receive(REQUEST_BATCH, REQUEST_VISIBILITY).await?;
+            for d in &batch {
+                match crate::requests::request_of(&d.body) {
+                    Err(reason) => {
+                        tracing::warn!(attempt = d.attempt, %reason, "rotation queue: dead-lettering a message that is not a rotation request");
+                        metrics::counter!("gatehouse_rotation_requests_poison_total").increment(1);
+                        queue.dead_letter(d, &reason).await?;
+                        report.poison += 1;
+                    }
+                    Ok(req) => {
+                        if let Err(e) = self.db.record_request(&req, self.now()).await {
+                            // Not acked: it comes back once released (or after its visibility).
+                            let _ = queue.release(d, Duration::ZERO).await;
+                            return Err(e.into());
+                        }
+                        // Recorded: a lost ack only redelivers a request the inbox already has.
+                        queue.ack(d).await?;
+                        report.received += 1;
+                    }
+                }
+            }
+            if batch.len() < REQUEST_BATCH {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Match requests to declared secrets and start (or alert on) them.

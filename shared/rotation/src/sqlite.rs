@@ -1,5 +1,7 @@
-//! [`RotationStore`] on the store's SQLite database (migration `0005_rotations.sql`). The
-//! ledger and the rotation requests are the processor's own tables.
+//! [`RotationStore`] on the store's SQLite database (migrations `0005_rotations.sql`,
+//! `0021_rotation_queue.sql`). The ledger is the processor's hash-chained one; the rotation
+//! inbox (`rotation_inbox`) is the rotator's own: requests arrive through the rotation queue and
+//! are recorded there before they are acked, never written by the processor.
 
 use crate::state::{Phase, Rotation, RotationStore, SecretState, Started};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -303,19 +305,50 @@ impl RotationStore for SqliteRotations {
             .collect())
     }
 
+    async fn record_request(&self, r: &RotationRequest, at: DateTime<Utc>) -> Result<bool, BackendError> {
+        let done = sqlx::query(
+            "INSERT INTO rotation_inbox (at, envelope_id, subject, provider, reason, secret)
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (envelope_id) DO NOTHING",
+        )
+        .bind(ts(at))
+        .bind(&r.envelope_id)
+        .bind(&r.subject)
+        .bind(&r.provider)
+        .bind(&r.reason)
+        .bind(&r.secret)
+        .execute(self.db.pool())
+        .await
+        .map_err(err("cannot record the rotation request"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn pending_requests(&self) -> Result<Vec<RotationRequest>, BackendError> {
-        self.db.pending_rotations().await
+        let rows = sqlx::query(
+            "SELECT envelope_id, subject, provider, reason, secret FROM rotation_inbox
+             WHERE handled_at IS NULL ORDER BY id",
+        )
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(err("cannot read rotation requests"))?;
+        Ok(rows
+            .iter()
+            .map(|r| RotationRequest {
+                envelope_id: r.get(0),
+                subject: r.get(1),
+                provider: r.get(2),
+                reason: r.get(3),
+                secret: r.get(4),
+            })
+            .collect())
     }
 
     async fn mark_handled(&self, envelope_id: &str, at: DateTime<Utc>) -> Result<(), BackendError> {
-        sqlx::query(
-            "UPDATE rotation_requests SET handled_at = ? WHERE envelope_id = ? AND handled_at IS NULL",
-        )
-        .bind(ts(at))
-        .bind(envelope_id)
-        .execute(self.db.pool())
-        .await
-        .map_err(err("cannot mark the rotation request handled"))?;
+        sqlx::query("UPDATE rotation_inbox SET handled_at = ? WHERE envelope_id = ? AND handled_at IS NULL")
+            .bind(ts(at))
+            .bind(envelope_id)
+            .execute(self.db.pool())
+            .await
+            .map_err(err("cannot mark the rotation request handled"))?;
         Ok(())
     }
 }

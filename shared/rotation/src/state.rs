@@ -194,6 +194,14 @@ pub trait RotationStore: Send + Sync + 'static {
     -> impl Future<Output = Result<(), BackendError>> + Send;
     /// Ledger rows of rotations (subject `secret:NAME`), oldest first.
     fn ledger(&self) -> impl Future<Output = Result<Vec<LedgerEntry>, BackendError>> + Send;
+    /// Record a request received from the rotation queue in the rotator's own inbox, once per
+    /// envelope id (a redelivery or a republished request adds nothing): `true` if it was new.
+    /// The rotator acks the delivery only after this returns.
+    fn record_request(
+        &self,
+        request: &RotationRequest,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send;
     /// Rotation requests not yet handled, oldest first.
     fn pending_requests(&self) -> impl Future<Output = Result<Vec<RotationRequest>, BackendError>> + Send;
     fn mark_handled(

@@ -12,7 +12,7 @@ use gatehouse_domain::envelope::EnvelopeId;
 use gatehouse_domain::ledger_chain::{self, ChainHead};
 use gatehouse_domain::ports::{
     BackendError, DELETION_CLAIM, DeletionChange, LedgerEntry, LedgerRow, LookerCallCounts, Outcome,
-    RotationRequest, ScheduledDeletion, StateStore, SubjectState,
+    ScheduledDeletion, StateStore, SubjectState,
 };
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -367,52 +367,6 @@ impl StateStore for Postgres {
             .await
             .map_err(err("cannot finish the deletion"))?;
         Ok(())
-    }
-
-    async fn request_rotation(&self, r: &RotationRequest) -> Result<(), BackendError> {
-        let now = millis(Utc::now());
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(err("cannot begin rotation request"))?;
-        sqlx::query(
-            "INSERT INTO rotation_requests (at, envelope_id, subject, provider, reason, secret)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (envelope_id) DO NOTHING",
-        )
-        .bind(now)
-        .bind(&r.envelope_id)
-        .bind(&r.subject)
-        .bind(&r.provider)
-        .bind(&r.reason)
-        .bind(&r.secret)
-        .execute(&mut *tx)
-        .await
-        .map_err(err("cannot record the rotation request"))?;
-        mark_processed(&mut tx, &r.envelope_id, now).await?;
-        tx.commit()
-            .await
-            .map_err(err("cannot commit the rotation request"))
-    }
-
-    async fn pending_rotations(&self) -> Result<Vec<RotationRequest>, BackendError> {
-        let rows = sqlx::query(
-            "SELECT envelope_id, subject, provider, reason, secret FROM rotation_requests
-             WHERE handled_at IS NULL ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(err("cannot read rotation requests"))?;
-        Ok(rows
-            .iter()
-            .map(|r| RotationRequest {
-                envelope_id: r.get(0),
-                subject: r.get(1),
-                provider: r.get(2),
-                reason: r.get(3),
-                secret: r.get(4),
-            })
-            .collect())
     }
 
     async fn account_links(&self, target: &str, person: &str) -> Result<Vec<String>, BackendError> {

@@ -7,8 +7,7 @@ use gatehouse_domain::envelope::{Envelope, EnvelopeId};
 use gatehouse_domain::ledger_chain::{self, ChainHead};
 use gatehouse_domain::ports::{
     BackendError, DELETION_CLAIM, DeadLetter, DeletionChange, Delivery, Directory, LedgerEntry, LedgerRow,
-    LookerCallCounts, Outcome, QueueConsumer, QueueProducer, RotationRequest, ScheduledDeletion, StateStore,
-    SubjectState,
+    LookerCallCounts, Outcome, QueueConsumer, QueueProducer, ScheduledDeletion, StateStore, SubjectState,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -23,7 +22,10 @@ mod claim;
 mod group;
 mod offboarding;
 mod okta_log;
+mod rotation_queue;
 mod schedule;
+
+pub use rotation_queue::RotationQueue;
 
 pub use group::WriterCommits;
 use group::{Done, Op};
@@ -733,57 +735,6 @@ impl StateStore for Sqlite {
             .collect::<Result<_, BackendError>>()?;
         due.sort_by(|a, b| (a.due_at, &a.subject).cmp(&(b.due_at, &b.subject)));
         Ok(due)
-    }
-
-    async fn request_rotation(&self, r: &RotationRequest) -> Result<(), BackendError> {
-        let now = ts(Utc::now());
-        let mut tx = self
-            .writer
-            .begin()
-            .await
-            .map_err(err("cannot begin rotation request"))?;
-        sqlx::query(
-            "INSERT INTO rotation_requests (at, envelope_id, subject, provider, reason, secret)
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (envelope_id) DO NOTHING",
-        )
-        .bind(&now)
-        .bind(&r.envelope_id)
-        .bind(&r.subject)
-        .bind(&r.provider)
-        .bind(&r.reason)
-        .bind(&r.secret)
-        .execute(&mut *tx)
-        .await
-        .map_err(err("cannot record the rotation request"))?;
-        sqlx::query("INSERT INTO processed (envelope_id, processed_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
-            .bind(&r.envelope_id)
-            .bind(&now)
-            .execute(&mut *tx)
-            .await
-            .map_err(err("cannot record the processed envelope"))?;
-        tx.commit()
-            .await
-            .map_err(err("cannot commit the rotation request"))
-    }
-
-    async fn pending_rotations(&self) -> Result<Vec<RotationRequest>, BackendError> {
-        let rows = sqlx::query(
-            "SELECT envelope_id, subject, provider, reason, secret FROM rotation_requests
-             WHERE handled_at IS NULL ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(err("cannot read rotation requests"))?;
-        Ok(rows
-            .iter()
-            .map(|r| RotationRequest {
-                envelope_id: r.get(0),
-                subject: r.get(1),
-                provider: r.get(2),
-                reason: r.get(3),
-                secret: r.get(4),
-            })
-            .collect())
     }
 
     async fn account_links(&self, target: &str, person: &str) -> Result<Vec<String>, BackendError> {

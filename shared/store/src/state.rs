@@ -9,8 +9,8 @@ use gatehouse_domain::envelope::EnvelopeId;
 use gatehouse_domain::ledger_chain::ChainHead;
 use gatehouse_domain::okta_log::{LogCursor, LogCursors};
 use gatehouse_domain::ports::{
-    BackendError, LedgerEntry, LedgerRow, LookerCallCounts, Outcome, RotationRequest, ScheduledDeletion,
-    StateStore, SubjectState,
+    BackendError, LedgerEntry, LedgerRow, LookerCallCounts, Outcome, ScheduledDeletion, StateStore,
+    SubjectState,
 };
 
 /// The configured state store. Cheap to clone.
@@ -30,6 +30,14 @@ impl AnyState {
     }
 
     /// Whether the database answers (for `/readyz`).
+    /// The SQLite database, when it is the state store.
+    pub fn sqlite(&self) -> Option<&Sqlite> {
+        match self {
+            AnyState::Sqlite(s) => Some(s),
+            AnyState::Postgres(_) => None,
+        }
+    }
+
     pub async fn ping(&self) -> bool {
         match self {
             AnyState::Sqlite(s) => s.ping().await,
@@ -153,12 +161,6 @@ impl StateStore for AnyState {
     }
     async fn finish_deletion(&self, subject: &str) -> Result<(), BackendError> {
         forward!(self, s => s.finish_deletion(subject))
-    }
-    async fn request_rotation(&self, request: &RotationRequest) -> Result<(), BackendError> {
-        forward!(self, s => s.request_rotation(request))
-    }
-    async fn pending_rotations(&self) -> Result<Vec<RotationRequest>, BackendError> {
-        forward!(self, s => s.pending_rotations())
     }
     async fn account_links(&self, target: &str, person: &str) -> Result<Vec<String>, BackendError> {
         forward!(self, s => s.account_links(target, person))

@@ -10,9 +10,10 @@
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{Builder, Credentials, Region};
 use aws_sdk_sqs::types::QueueAttributeName;
-use gatehouse_domain::envelope::EnvelopeId;
-use gatehouse_domain::ports::StateStore;
+use gatehouse_domain::envelope::{Envelope, EnvelopeId};
+use gatehouse_domain::ports::{QueueConsumer, RotationRequest, StateStore};
 use gatehouse_store::sqlite::Sqlite;
+use gatehouse_store::sqs::SqsQueue;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -153,6 +154,8 @@ async fn eventbridge_events_sent_with_boto3_to_moto_are_processed() {
     let main = create_queue(&sqs, "gh-main", Some(&main_dlq)).await;
     let audit_dlq = create_queue(&sqs, "gh-audit-dlq", None).await;
     let audit = create_queue(&sqs, "gh-audit", Some(&audit_dlq)).await;
+    let rotation_dlq = create_queue(&sqs, "gh-rotation-dlq", None).await;
+    let rotation = create_queue(&sqs, "gh-rotation", Some(&rotation_dlq)).await;
 
     let fake = gatehouse_testkit::FakeLooker::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -166,7 +169,8 @@ async fn eventbridge_events_sent_with_boto3_to_moto_are_processed() {
              [okta]\nhook_secret = \"hook-secret-0123456789\"\n\
              [looker]\nurl = {:?}\nclient_id = {:?}\nclient_secret = {:?}\n\
              [processor]\npoll_interval = \"20ms\"\n\
-             [queue]\nbackend = \"sqs\"\nqueue_url = {main:?}\naudit_queue_url = {audit:?}\nwait_time = \"1s\"\n",
+             [queue]\nbackend = \"sqs\"\nqueue_url = {main:?}\naudit_queue_url = {audit:?}\n\
+             rotation_queue_url = {rotation:?}\nwait_time = \"1s\"\n",
             data_dir.display().to_string(),
             fake.base_url(),
             fake.client_id(),
@@ -212,20 +216,35 @@ async fn eventbridge_events_sent_with_boto3_to_moto_are_processed() {
 
     // Gatehouse's own store, opened beside the running process (SQLite WAL).
     let store = Sqlite::open(&data_dir).await.unwrap();
-    // CreateAccessKey for alice → a rotation request for the IAM user.
-    wait_until("rotation request recorded", || {
-        let s = store.clone();
-        async move { !s.pending_rotations().await.unwrap().is_empty() }
-    })
-    .await;
-    let rotations = store.pending_rotations().await.unwrap();
-    assert_eq!(rotations.len(), 1, "{rotations:?}");
-    assert_eq!(rotations[0].subject, "aws:iam-user:alice");
-    assert_eq!(rotations[0].provider, "aws");
+    // CreateAccessKey for alice → a rotation request for the IAM user, published to the
+    // rotation queue the rotator consumes (issue 12, item 4: no table between them).
+    let rotation_queue = SqsQueue::with_client(sqs.clone(), &rotation, Duration::from_secs(1));
+    let mut requests = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while requests.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no rotation request reached the rotation queue"
+        );
+        for d in rotation_queue.receive(10, Duration::from_secs(30)).await.unwrap() {
+            let env = Envelope::from_json(&d.body).unwrap();
+            requests.push(RotationRequest::from_envelope(&env).expect("a rotation request"));
+        }
+    }
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].subject, "aws:iam-user:alice");
+    assert_eq!(requests[0].provider, "aws");
     assert_eq!(
-        rotations[0].envelope_id,
+        requests[0].envelope_id,
         "aws:cloudtrail:e1d2c3b4-0002-4a5b-8c9d-222222220002"
     );
+    // The processor marks it processed after the publish (then acks it).
+    let request_id = EnvelopeId(requests[0].envelope_id.clone());
+    wait_until("rotation request processed", || {
+        let (s, id) = (store.clone(), request_id.clone());
+        async move { s.is_processed(&id).await.unwrap() }
+    })
+    .await;
 
     // AddUserToGroup on alice, an identity no directory told Gatehouse about → drift processed
     // as ignored: recorded as processed, no identity, no ledger row, no Looker call.

@@ -597,9 +597,12 @@ pub const ENV_VARS: &[&str] = &[
     "GATEHOUSE_DATABASE_URL",
     "GATEHOUSE_SQS_QUEUE_URL",
     "GATEHOUSE_SQS_AUDIT_QUEUE_URL",
+    "GATEHOUSE_SQS_ROTATION_QUEUE_URL",
     "GATEHOUSE_PUBSUB_TOPIC",
     "GATEHOUSE_PUBSUB_SUBSCRIPTION",
     "GATEHOUSE_PUBSUB_AUDIT_SUBSCRIPTION",
+    "GATEHOUSE_PUBSUB_ROTATION_TOPIC",
+    "GATEHOUSE_PUBSUB_ROTATION_SUBSCRIPTION",
     "GATEHOUSE_AUDIT_PRINCIPALS",
     "GATEHOUSE_SCIM_TOKEN",
     "GATEHOUSE_GRAPH_CLIENT_STATE",
@@ -733,6 +736,7 @@ impl Config {
         self.looker_connection()?;
         self.okta.api.validate()?;
         self.queue.validate()?;
+        self.queue.validate_rotation(!self.rotator.secrets.is_empty())?;
         self.state.validate()?;
         self.scim.validate()?;
         self.graph.validate()?;

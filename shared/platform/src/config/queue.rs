@@ -33,6 +33,11 @@ pub struct SqsConfig {
     /// `RedrivePolicy` names.
     #[serde(default)]
     pub dead_letter_queue_url: Option<String>,
+    /// The rotation queue: the processors publish rotation requests to it, the rotator consumes
+    /// it (issue 12, item 4: the two meet through this queue, not a shared table). Required
+    /// when `[[rotator.secrets]]` are declared.
+    #[serde(default)]
+    pub rotation_queue_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +59,13 @@ pub struct PubsubConfig {
     /// A subscription on the dead-letter topic: what `gatehouse dlq` lists and redrives.
     #[serde(default)]
     pub dead_letter_subscription: Option<String>,
+    /// The rotation topic the processors publish rotation requests to, and the rotator's
+    /// subscription on it (issue 12, item 4). Both required when `[[rotator.secrets]]` are
+    /// declared.
+    #[serde(default)]
+    pub rotation_topic: Option<String>,
+    #[serde(default)]
+    pub rotation_subscription: Option<String>,
 }
 
 fn default_wait() -> Duration {
@@ -78,6 +90,7 @@ impl QueueConfig {
                         audit_queue_url: None,
                         wait_time: default_wait(),
                         dead_letter_queue_url: None,
+                        rotation_queue_url: None,
                     }),
                     "pubsub" => QueueConfig::Pubsub(PubsubConfig {
                         topic: String::new(),
@@ -86,6 +99,8 @@ impl QueueConfig {
                         emulator_host: None,
                         dead_letter_topic: None,
                         dead_letter_subscription: None,
+                        rotation_topic: None,
+                        rotation_subscription: None,
                     }),
                     other => {
                         return Err(ConfigError::new(
@@ -105,6 +120,9 @@ impl QueueConfig {
                 if let Some(v) = env("GATEHOUSE_SQS_AUDIT_QUEUE_URL") {
                     s.audit_queue_url = Some(v);
                 }
+                if let Some(v) = env("GATEHOUSE_SQS_ROTATION_QUEUE_URL") {
+                    s.rotation_queue_url = Some(v);
+                }
             }
             QueueConfig::Pubsub(p) => {
                 if let Some(v) = env("GATEHOUSE_PUBSUB_TOPIC") {
@@ -115,6 +133,12 @@ impl QueueConfig {
                 }
                 if let Some(v) = env("GATEHOUSE_PUBSUB_AUDIT_SUBSCRIPTION") {
                     p.audit_subscription = Some(v);
+                }
+                if let Some(v) = env("GATEHOUSE_PUBSUB_ROTATION_TOPIC") {
+                    p.rotation_topic = Some(v);
+                }
+                if let Some(v) = env("GATEHOUSE_PUBSUB_ROTATION_SUBSCRIPTION") {
+                    p.rotation_subscription = Some(v);
                 }
                 if let Some(v) = env("PUBSUB_EMULATOR_HOST") {
                     p.emulator_host = Some(v);
@@ -154,6 +178,62 @@ impl QueueConfig {
                         "queue.subscription (GATEHOUSE_PUBSUB_SUBSCRIPTION)",
                         "is required for the pubsub backend: projects/PROJECT/subscriptions/SUB",
                     ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The rotation queue (issue 12, item 4): the embedded queue always has one (a second named
+    /// queue in the same database); SQS and Pub/Sub need it named when secrets are declared
+    /// (`rotation_needed`), and a named one must look like what it is.
+    pub fn validate_rotation(&self, rotation_needed: bool) -> Result<(), ConfigError> {
+        match self {
+            QueueConfig::Embedded => Ok(()),
+            QueueConfig::Sqs(s) => match &s.rotation_queue_url {
+                Some(url) if !url.starts_with("http") => Err(ConfigError::new(
+                    "queue.rotation_queue_url (GATEHOUSE_SQS_ROTATION_QUEUE_URL)",
+                    "must be the rotation queue's URL",
+                )),
+                None if rotation_needed => Err(ConfigError::new(
+                    "queue.rotation_queue_url (GATEHOUSE_SQS_ROTATION_QUEUE_URL)",
+                    "is required when [[rotator.secrets]] are declared: rotation requests travel \
+                     from the processor to the rotator on their own queue",
+                )),
+                _ => Ok(()),
+            },
+            QueueConfig::Pubsub(p) => {
+                let checks = [
+                    (
+                        &p.rotation_topic,
+                        "queue.rotation_topic (GATEHOUSE_PUBSUB_ROTATION_TOPIC)",
+                        "/topics/",
+                        "projects/PROJECT/topics/TOPIC",
+                    ),
+                    (
+                        &p.rotation_subscription,
+                        "queue.rotation_subscription (GATEHOUSE_PUBSUB_ROTATION_SUBSCRIPTION)",
+                        "/subscriptions/",
+                        "projects/PROJECT/subscriptions/SUB",
+                    ),
+                ];
+                for (value, field, part, shape) in checks {
+                    match value {
+                        Some(v) if !v.starts_with("projects/") || !v.contains(part) => {
+                            return Err(ConfigError::new(field, format!("must be {shape}")));
+                        }
+                        None if rotation_needed => {
+                            return Err(ConfigError::new(
+                                field,
+                                format!(
+                                    "is required when [[rotator.secrets]] are declared ({shape}): \
+                                     rotation requests travel from the processor to the rotator \
+                                     on their own topic"
+                                ),
+                            ));
+                        }
+                        _ => {}
+                    }
                 }
                 Ok(())
             }
@@ -214,5 +294,52 @@ mod tests {
         let e = toml::from_str::<QueueConfig>("backend = \"sqs\"\nqueue_url = \"x\"\ntopic = \"t\"\n")
             .unwrap_err();
         assert!(e.to_string().contains("topic"), "{e}");
+    }
+
+    #[test]
+    fn the_rotation_queue_is_required_with_declared_secrets_on_sqs_and_pubsub() {
+        QueueConfig::Embedded.validate_rotation(true).unwrap();
+        let mut q = QueueConfig::default();
+        q.apply_env(&env(&[
+            ("GATEHOUSE_QUEUE", "sqs"),
+            ("GATEHOUSE_SQS_QUEUE_URL", "http://127.0.0.1:5000/1/q.fifo"),
+        ]))
+        .unwrap();
+        q.validate_rotation(false).unwrap();
+        let e = q.validate_rotation(true).unwrap_err();
+        assert!(e.field.contains("GATEHOUSE_SQS_ROTATION_QUEUE_URL"), "{e}");
+        q.apply_env(&env(&[(
+            "GATEHOUSE_SQS_ROTATION_QUEUE_URL",
+            "http://127.0.0.1:5000/1/r.fifo",
+        )]))
+        .unwrap();
+        q.validate_rotation(true).unwrap();
+        assert!(
+            matches!(&q, QueueConfig::Sqs(s) if s.rotation_queue_url.as_deref() == Some("http://127.0.0.1:5000/1/r.fifo"))
+        );
+
+        let mut q = QueueConfig::default();
+        q.apply_env(&env(&[
+            ("GATEHOUSE_QUEUE", "pubsub"),
+            ("GATEHOUSE_PUBSUB_TOPIC", "projects/p/topics/t"),
+            ("GATEHOUSE_PUBSUB_SUBSCRIPTION", "projects/p/subscriptions/s"),
+            ("GATEHOUSE_PUBSUB_ROTATION_TOPIC", "projects/p/topics/rotation"),
+        ]))
+        .unwrap();
+        let e = q.validate_rotation(true).unwrap_err();
+        assert!(e.field.contains("GATEHOUSE_PUBSUB_ROTATION_SUBSCRIPTION"), "{e}");
+        q.apply_env(&env(&[(
+            "GATEHOUSE_PUBSUB_ROTATION_SUBSCRIPTION",
+            "projects/p/topics/not-a-subscription",
+        )]))
+        .unwrap();
+        let e = q.validate_rotation(false).unwrap_err();
+        assert!(e.field.contains("rotation_subscription"), "{e}");
+        q.apply_env(&env(&[(
+            "GATEHOUSE_PUBSUB_ROTATION_SUBSCRIPTION",
+            "projects/p/subscriptions/rotation",
+        )]))
+        .unwrap();
+        q.validate_rotation(true).unwrap();
     }
 }

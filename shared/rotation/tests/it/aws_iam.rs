@@ -4,7 +4,7 @@
 use crate::support::{self, clock, config, moto_url, run_to_done, unique};
 use aws_sdk_iam::Client as Iam;
 use aws_sdk_secretsmanager::Client as Sm;
-use gatehouse_domain::ports::{RotationRequest, StateStore};
+use gatehouse_domain::ports::RotationRequest;
 use gatehouse_rotation::{Phase, RotationStore, Started};
 use std::time::Duration;
 
@@ -105,17 +105,18 @@ async fn aws_key_rotation_makes_room_without_touching_the_current_key() {
     let clock = clock();
     let r = support::rotator(&cfg, &clock, Some(sdk.clone())).await;
     // The out-of-band key's audit event is the trigger (rotate per config).
-    r.store()
-        .db()
-        .request_rotation(&RotationRequest {
+    support::publish_request(
+        r.store().db(),
+        &RotationRequest {
             envelope_id: unique("aws:evt"),
             subject: format!("aws:iam-user:{user}"),
             provider: "aws".into(),
             reason: "access key created outside gatehouse".into(),
             secret: None,
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await
+    .unwrap();
     let report = r.tick().await.unwrap();
     assert_eq!(
         report.started,

@@ -2,7 +2,7 @@
 //! destroy, crash safety, and the SECRET_ROTATE / out-of-band / unknown triggers.
 
 use crate::support::{self, clock, config, run_to_done, unique};
-use gatehouse_domain::ports::{RotationRequest, StateStore};
+use gatehouse_domain::ports::RotationRequest;
 use gatehouse_platform::config::Config;
 use gatehouse_rotation::{Clock, Phase, RotationStore, Started};
 use gatehouse_testkit::gcp_sa_keys_fake::FakeSaKeys;
@@ -155,23 +155,29 @@ async fn requests_secret_rotate_and_out_of_band_rotate_or_alert_and_unknown_is_c
         secret: secret.map(str::to_string),
     };
     // Out of band, configured to alert: no rotation, a ledger row.
-    db.request_rotation(&req(
-        "gcp:1",
-        &format!("gcp:sa:{SA}"),
-        "gcp",
-        "service account key created outside gatehouse",
-        None,
-    ))
+    support::publish_request(
+        &db,
+        &req(
+            "gcp:1",
+            &format!("gcp:sa:{SA}"),
+            "gcp",
+            "service account key created outside gatehouse",
+            None,
+        ),
+    )
     .await
     .unwrap();
     // A subject no secret is declared for.
-    db.request_rotation(&req(
-        "gcp:2",
-        "gcp:sa:other@x.iam.gserviceaccount.com",
-        "gcp",
-        "key",
-        None,
-    ))
+    support::publish_request(
+        &db,
+        &req(
+            "gcp:2",
+            "gcp:sa:other@x.iam.gserviceaccount.com",
+            "gcp",
+            "key",
+            None,
+        ),
+    )
     .await
     .unwrap();
     let report = r.tick().await.unwrap();
@@ -189,9 +195,12 @@ async fn requests_secret_rotate_and_out_of_band_rotate_or_alert_and_unknown_is_c
     );
     assert!(r.store().pending_requests().await.unwrap().is_empty());
     // SECRET_ROTATE for the secret's name.
-    db.request_rotation(&req("gcp:pubsub:3", SECRET, "gcp", "SECRET_ROTATE", Some(SECRET)))
-        .await
-        .unwrap();
+    support::publish_request(
+        &db,
+        &req("gcp:pubsub:3", SECRET, "gcp", "SECRET_ROTATE", Some(SECRET)),
+    )
+    .await
+    .unwrap();
     let report = r.tick().await.unwrap();
     assert_eq!(
         report.started,
@@ -206,34 +215,36 @@ async fn requests_secret_rotate_and_out_of_band_rotate_or_alert_and_unknown_is_c
     // Same out-of-band event with `rotate`: a rotation.
     let s2 = setup("rotate").await;
     let r2 = support::rotator(&s2.cfg, &clock, None).await;
-    r2.store()
-        .db()
-        .request_rotation(&req(
+    support::publish_request(
+        r2.store().db(),
+        &req(
             &unique("gcp"),
             &format!("gcp:sa:{SA}"),
             "gcp",
             "key created",
             None,
-        ))
-        .await
-        .unwrap();
+        ),
+    )
+    .await
+    .unwrap();
     let report = r2.tick().await.unwrap();
     assert_eq!(
         report.started,
         vec![("export".to_string(), "out_of_band".to_string())]
     );
     // An offboarded holder's request (what the engine records).
-    r2.store()
-        .db()
-        .request_rotation(&req(
+    support::publish_request(
+        r2.store().db(),
+        &req(
             "offboarding:evt-1:export",
             "okta:00u1",
             "offboarding",
             "holder offboarded",
             Some("export"),
-        ))
-        .await
-        .unwrap();
+        ),
+    )
+    .await
+    .unwrap();
     let report = r2.tick().await.unwrap();
     assert_eq!(
         report.started,

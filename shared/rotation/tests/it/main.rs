@@ -6,6 +6,7 @@
 mod aws_iam;
 mod gcp;
 mod looker_aws;
+mod queue;
 mod schedule;
 mod store_contract;
 mod support;

@@ -8,9 +8,8 @@
 //! property it documents.
 
 use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
-use futures::future::BoxFuture;
 use gatehouse_domain::looker::{HttpCall, Method};
-use gatehouse_domain::ports::{LedgerEntry, RotationRequest, StateStore};
+use gatehouse_domain::ports::{LedgerEntry, RotationRequest};
 use gatehouse_rotation::memory::MemoryRotations;
 use gatehouse_rotation::postgres::PgRotations;
 use gatehouse_rotation::sqlite::SqliteRotations;
@@ -20,14 +19,10 @@ use gatehouse_store::postgres::Postgres;
 use gatehouse_store::sqlite::Sqlite;
 use secrecy::SecretString;
 
-/// Records a rotation request the way the processor does (through its `StateStore`).
-type AddRequest = Box<dyn Fn(RotationRequest) -> BoxFuture<'static, ()> + Send + Sync>;
-
-/// Two instances of one store, and the processor's way in.
+/// Two instances of one store.
 pub(crate) struct Fixture<S> {
     a: S,
     b: S,
-    add_request: AddRequest,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -325,12 +320,23 @@ fn request(n: usize) -> RotationRequest {
     }
 }
 
-/// Requests the processor recorded are pending, oldest first, on every instance, until one
-/// marks them handled; marking again changes nothing.
+/// Requests a rotator recorded from the rotation queue are pending, oldest first, on every
+/// instance, until one marks them handled; marking again changes nothing. Recording is once per
+/// envelope id, whichever instance records (a redelivery, or two rotators receiving one
+/// request), and a handled request recorded again stays handled.
 pub(crate) async fn requests_are_pending_until_handled<S: RotationStore>(f: Fixture<S>) {
     assert!(f.a.pending_requests().await.unwrap().is_empty());
-    for n in [1, 2, 3, 2] {
-        (f.add_request)(request(n)).await;
+    for (n, by, new) in [
+        (1, &f.a, true),
+        (2, &f.b, true),
+        (3, &f.a, true),
+        (2, &f.a, false),
+    ] {
+        assert_eq!(
+            by.record_request(&request(n), t(1)).await.unwrap(),
+            new,
+            "request {n}"
+        );
     }
     assert_eq!(
         f.b.pending_requests().await.unwrap(),
@@ -345,7 +351,7 @@ pub(crate) async fn requests_are_pending_until_handled<S: RotationStore>(f: Fixt
     f.b.mark_handled("env-unknown", t(20)).await.unwrap();
     f.b.mark_handled("env-1", t(20)).await.unwrap();
     assert_eq!(f.a.pending_requests().await.unwrap(), vec![request(3)]);
-    (f.add_request)(request(1)).await;
+    assert!(!f.b.record_request(&request(1), t(30)).await.unwrap());
     assert_eq!(
         f.a.pending_requests().await.unwrap(),
         vec![request(3)],
@@ -468,14 +474,9 @@ macro_rules! all_stores {
 
 fn memory() -> Fixture<MemoryRotations> {
     let a = MemoryRotations::default();
-    let shared = a.clone();
     Fixture {
         b: a.clone(),
         a,
-        add_request: Box::new(move |r| {
-            shared.add_request(r);
-            Box::pin(async {})
-        }),
         _dir: None,
     }
 }
@@ -484,14 +485,9 @@ async fn sqlite() -> Fixture<SqliteRotations> {
     let dir = tempfile::tempdir().unwrap();
     let a = Sqlite::open(dir.path()).await.unwrap();
     let b = Sqlite::open(dir.path()).await.unwrap();
-    let processor = a.clone();
     Fixture {
         a: SqliteRotations::new(a),
         b: SqliteRotations::new(b),
-        add_request: Box::new(move |r| {
-            let p = processor.clone();
-            Box::pin(async move { p.request_rotation(&r).await.unwrap() })
-        }),
         _dir: Some(dir),
     }
 }
@@ -502,14 +498,9 @@ pub(crate) async fn postgres() -> Fixture<PgRotations> {
         .await
         .expect("connect to the fresh database");
     let b = Postgres::connect(&url, 4).await.expect("connect again");
-    let processor = a.clone();
     Fixture {
         a: PgRotations::new(a),
         b: PgRotations::new(b),
-        add_request: Box::new(move |r| {
-            let p = processor.clone();
-            Box::pin(async move { p.request_rotation(&r).await.unwrap() })
-        }),
         _dir: None,
     }
 }

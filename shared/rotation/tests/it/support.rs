@@ -1,6 +1,7 @@
 //! Shared setup: moto's SDK configuration, a config file per test, a fresh SQLite database.
 
 use chrono::{TimeZone, Utc};
+use gatehouse_domain::ports::{BackendError, RotationRequest};
 use gatehouse_platform::config::Config;
 use gatehouse_rotation::sqlite::SqliteRotations;
 use gatehouse_rotation::{ManualClock, Phase, RotationStore, Rotator};
@@ -62,12 +63,44 @@ pub async fn rotator(
     clock: &ManualClock,
     aws: Option<aws_config::SdkConfig>,
 ) -> Rotator<SqliteRotations> {
-    let store = SqliteRotations::new(db(cfg).await);
+    let db = db(cfg).await;
+    let queue = Arc::new(db.rotation_queue());
+    let store = SqliteRotations::new(db);
+    // Requests reach it only as the services' do: through the rotation queue.
     let mut r = gatehouse_rotation::build::rotator_with(cfg, store, aws, Arc::new(clock.clone()))
         .await
-        .unwrap();
+        .unwrap()
+        .with_requests(queue);
     r.settings_mut().test_delay = Duration::from_millis(10);
     r
+}
+
+/// Publish `request` to the embedded rotation queue of `db`, as the processor does: an envelope
+/// carrying `IdentityEvent::RotationRequested` under the request's envelope id.
+pub async fn publish_request(db: &Sqlite, request: &RotationRequest) -> Result<(), BackendError> {
+    use gatehouse_domain::envelope::{Envelope, EnvelopeId, IdentityEvent, Source, Subject};
+    let env = Envelope {
+        version: Envelope::VERSION,
+        id: EnvelopeId(request.envelope_id.clone()),
+        source: Source::Manual,
+        subject: Subject {
+            key: request.subject.clone(),
+            email: None,
+            display_name: None,
+        },
+        occurred_at: Utc::now(),
+        received_at: Utc::now(),
+        event: IdentityEvent::RotationRequested {
+            provider: request.provider.clone(),
+            reason: request.reason.clone(),
+            secret: request.secret.clone(),
+        },
+        profile: Default::default(),
+        source_event_type: "test".into(),
+        raw: serde_json::Value::Null,
+        trace_parent: None,
+    };
+    gatehouse_domain::ports::QueueProducer::publish(&db.rotation_queue(), &[env]).await
 }
 
 /// Run every due step (advancing the clock over grace periods) until the rotation is done,

@@ -3,8 +3,8 @@
 //! Each function takes a fresh, empty queue and panics when the backend breaks the property it
 //! documents. Backends instantiate the suite in their own test module (the embedded SQLite queue
 //! below; SQS standard and FIFO in `sqs.rs`; Pub/Sub in `pubsub.rs`), describing what they
-//! support with [`Capabilities`]. Waits poll with deadlines; no sleep goes beyond the timeout
-//! being tested.
+//! support with [`Capabilities`] (the embedded rotation queue, processor → rotator, runs it too).
+//! Waits poll with deadlines; no sleep goes beyond the timeout being tested.
 
 use chrono::{DateTime, Utc};
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, IdentityEvent, Source, Subject};
@@ -460,4 +460,61 @@ async fn embedded_release_with_delay() {
 async fn embedded_dead_letter_moves_with_reason() {
     let (_d, q) = embedded().await;
     dead_letter_moves_with_reason(q.clone(), EMBEDDED, &q).await;
+}
+
+/// Issue 12, item 4: the embedded rotation queue (processor → rotator) keeps the same
+/// contract; a request stands alone, so no per-subject order is promised.
+const EMBEDDED_ROTATION: Capabilities = Capabilities {
+    ordered: false,
+    ..EMBEDDED
+};
+
+#[tokio::test]
+async fn embedded_rotation_queue_delivers_every_published_message() {
+    let (_d, db) = embedded().await;
+    delivers_every_published_message(db.rotation_queue(), EMBEDDED_ROTATION).await;
+}
+
+#[tokio::test]
+async fn embedded_rotation_queue_ack_removes() {
+    let (_d, db) = embedded().await;
+    ack_removes(db.rotation_queue(), EMBEDDED_ROTATION).await;
+}
+
+#[tokio::test]
+async fn embedded_rotation_queue_unacked_comes_back_after_visibility() {
+    let (_d, db) = embedded().await;
+    unacked_comes_back_after_visibility(db.rotation_queue(), EMBEDDED_ROTATION).await;
+}
+
+#[tokio::test]
+async fn embedded_rotation_queue_extend_prevents_redelivery() {
+    let (_d, db) = embedded().await;
+    extend_prevents_redelivery(db.rotation_queue(), EMBEDDED_ROTATION).await;
+}
+
+#[tokio::test]
+async fn embedded_rotation_queue_release_with_delay() {
+    let (_d, db) = embedded().await;
+    release_with_delay(db.rotation_queue(), EMBEDDED_ROTATION).await;
+}
+
+#[tokio::test]
+async fn embedded_rotation_queue_dead_letter_moves_with_reason() {
+    let (_d, db) = embedded().await;
+    dead_letter_moves_with_reason(db.rotation_queue(), EMBEDDED_ROTATION, &db).await;
+}
+
+/// The rotation queue is its own queue: what is published to it never reaches the events
+/// queue the processor consumes, and the other way round.
+#[tokio::test]
+async fn embedded_rotation_queue_is_separate_from_the_events_queue() {
+    let (_d, db) = embedded().await;
+    let rotation = db.rotation_queue();
+    rotation.publish(&[envelope("rot-1", "s", 1)]).await.unwrap();
+    db.publish(&[envelope("evt-1", "s", 1)]).await.unwrap();
+    let events = db.receive(10, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(events.iter().map(id_of).collect::<Vec<_>>(), ["evt-1"]);
+    let requests = rotation.receive(10, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(requests.iter().map(id_of).collect::<Vec<_>>(), ["rot-1"]);
 }

@@ -12,8 +12,7 @@ use gatehouse_domain::identity::{Identity, Stamp, Stamped};
 use gatehouse_domain::ledger_chain::{self, ChainBreak};
 use gatehouse_domain::looker::{HttpCall, Method};
 use gatehouse_domain::ports::{
-    DELETION_CLAIM, DeletionChange, LedgerEntry, LookerCallCounts, Outcome, RotationRequest,
-    ScheduledDeletion, StateStore,
+    DELETION_CLAIM, DeletionChange, LedgerEntry, LookerCallCounts, Outcome, ScheduledDeletion, StateStore,
 };
 use gatehouse_store::postgres::Postgres;
 use gatehouse_store::sqlite::Sqlite;
@@ -258,23 +257,6 @@ pub(crate) async fn due_deletions_are_claimed<S: StateStore + Clone + 'static>(s
     let again = s.due_deletions(lapsed).await.unwrap();
     assert_eq!(again.len(), 19, "claims lapse; the finished one is gone");
     assert!(again.iter().all(|d| d.subject != "okta:0"));
-}
-
-/// A rotation request is recorded once, marks its envelope processed, and stays pending in
-/// arrival order.
-pub(crate) async fn rotation_requests_are_recorded_once<S: StateStore>(s: S) {
-    let req = |n: u32| RotationRequest {
-        envelope_id: format!("aws:{n}"),
-        subject: format!("aws:iam-user:u{n}"),
-        provider: "aws".into(),
-        reason: "access key created outside gatehouse".into(),
-        secret: (n == 2).then(|| "arn:aws:secretsmanager:us-east-1:1:secret:x".into()),
-    };
-    s.request_rotation(&req(1)).await.unwrap();
-    s.request_rotation(&req(2)).await.unwrap();
-    s.request_rotation(&req(1)).await.unwrap();
-    assert!(s.is_processed(&EnvelopeId("aws:1".into())).await.unwrap());
-    assert_eq!(s.pending_rotations().await.unwrap(), vec![req(1), req(2)]);
 }
 
 /// Appended entries come back in order with consecutive seqs, filtered by time with `since`,
@@ -832,7 +814,6 @@ both! {
     stale_commit => |s, _| Box::pin(a_commit_from_an_outdated_load_is_refused(s));
     forget_converged => |s, _| Box::pin(forgetting_the_fingerprint_is_a_compare_and_set(s));
     deletion_claims => |s, _| Box::pin(due_deletions_are_claimed(s));
-    rotation_requests => |s, _| Box::pin(rotation_requests_are_recorded_once(s));
     ledger_chain => |s, _| Box::pin(ledger_round_trips_and_chains(s));
     concurrent_ledger_appends => |s, _| Box::pin(concurrent_appends_form_one_chain(s));
     ledger_append_only => |s, db| Box::pin(ledger_refuses_update_and_delete(s, db));
