@@ -2,7 +2,7 @@
 //! and apply or report each through the one loop of [`crate::targets`] (every call ledgered,
 //! independent calls concurrent); and which person a cloud drift event is about.
 
-use crate::engine::ProcessError;
+use crate::error::ProcessError;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use gatehouse_domain::cloud::{self, AwsActual, AwsUserKey, AwsUserMapping, CloudPlan, DesiredCloud};

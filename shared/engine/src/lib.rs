@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod budget;
 pub mod cloud;
 pub mod engine;
+pub mod error;
 pub mod head_export;
 pub mod looker_core;
 pub mod reconcile;
