@@ -375,7 +375,7 @@ impl LookerClient {
         body: Option<&serde_json::Value>,
     ) -> Result<Vec<u8>, LookerError> {
         let (token, generation) = self.token().await?;
-        match self.call_with(&token, method, path, query, body).await {
+        let r = match self.call_with(&token, method, path, query, body).await {
             Err(e) if e.status == Some(401) => {
                 tracing::debug!(endpoint = %endpoint_template(path), "looker answered 401, logging in again");
                 self.invalidate(generation).await;
@@ -383,7 +383,18 @@ impl LookerClient {
                 self.call_with(&token, method, path, query, body).await
             }
             other => other,
+        };
+        // A write answered 404 may have used a catalog id that no longer exists (a group
+        // deleted, or deleted and made again under the same name): the cached catalog is
+        // dropped, so the retry resolves names afresh instead of waiting out `catalog_ttl`.
+        if let Err(e) = &r
+            && e.status == Some(404)
+            && method != Method::Get
+        {
+            tracing::debug!(endpoint = %endpoint_template(path), "looker answered 404 to a write; the catalog is read again");
+            *self.inner.catalog.lock().await = None;
         }
+        r
     }
 
     async fn call_with(

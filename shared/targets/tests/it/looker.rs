@@ -391,6 +391,52 @@ async fn catalog_reads_only_the_kinds_asked_for() {
     assert_eq!(lists, vec!["/groups".to_owned()]);
 }
 
+/// Issue 14: the catalog is cached for an hour by default, so a group deleted in Looker and
+/// made again under the same name has a new id the cache does not know. The write that uses the
+/// old id is answered 404; that drops the cache, and the next read resolves the new id. A 404
+/// to a read (a user gone) keeps it.
+#[tokio::test]
+async fn a_write_answered_404_drops_the_cached_catalog() {
+    let (fake, c) = warm().await;
+    let old = fake.add_group("Engineers");
+    let user = fake.add_user("ada@example.com", "Ada", "L");
+    let cat = c.catalog().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cat.groups.get("Engineers"), Some(&old));
+    fake.remove_group(&old);
+    let new = fake.add_group("Engineers");
+    assert_ne!(old, new);
+
+    // A read answered 404 leaves the cache alone.
+    assert!(
+        c.user("999999", &ReadNeeds::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none()
+    );
+    fake.reset_calls();
+    let cached = c.catalog().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cached.groups.get("Engineers"), Some(&old), "still cached");
+    assert!(fake.calls().is_empty(), "no call while the catalog is fresh");
+
+    let stale = LookerOp::AddToGroup {
+        group: named("Engineers", &old),
+    };
+    let e = expect_err(c.execute(&id(&user), &stale).await);
+    assert_eq!(e.status, Some(404), "{e}");
+    fake.reset_calls();
+    let fresh = c.catalog().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(fresh.groups.get("Engineers"), Some(&new));
+    assert!(
+        fake.calls().iter().any(|c| c.path == "/groups"),
+        "the catalog was read again"
+    );
+    let again = LookerOp::AddToGroup {
+        group: named("Engineers", &new),
+    };
+    exec(&fake, &c, &id(&user), &again).await;
+    assert!(fake.user(&user).unwrap().group_ids.contains(&new));
+}
+
 #[tokio::test]
 async fn catalog_is_cached_while_fresh() {
     let (fake, c) = warm().await;

@@ -260,6 +260,11 @@ impl FakeLooker {
         self.st().add_group(name)
     }
 
+    /// Delete a group (an admin deleting it in Looker): its id answers 404 from then on.
+    pub fn remove_group(&self, group_id: &str) {
+        self.st().remove_group(group_id)
+    }
+
     pub fn add_role(&self, name: &str) -> String {
         self.st().add_role(name)
     }

@@ -728,6 +728,15 @@ impl State {
         id.to_string()
     }
 
+    /// `DELETE /groups/{id}` as Looker does it: the group and every membership in it go.
+    pub(crate) fn remove_group(&mut self, group_id: &str) {
+        let id: u64 = group_id.parse().expect("a group id");
+        assert!(self.groups.remove(&id).is_some(), "no group {group_id}");
+        for u in self.users.values_mut() {
+            u.group_ids.remove(&id);
+        }
+    }
+
     pub(crate) fn add_role(&mut self, name: &str) -> String {
         let id = self.next();
         self.roles.insert(
