@@ -519,6 +519,75 @@ impl QueueProducer for Sqlite {
     }
 }
 
+/// The embedded queue tables: the events queue and the rotation queue (issue 12, item 4), which
+/// settle deliveries alike.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum QueueTable {
+    Events,
+    Rotation,
+}
+
+impl QueueTable {
+    /// Static SQL per table (no statement is built from strings).
+    fn set_visible_sql(self) -> &'static str {
+        match self {
+            QueueTable::Events => "UPDATE queue SET visible_at = ? WHERE seq = ? AND attempts = ?",
+            QueueTable::Rotation => "UPDATE rotation_queue SET visible_at = ? WHERE seq = ? AND attempts = ?",
+        }
+    }
+
+    fn delete_sql(self) -> &'static str {
+        match self {
+            QueueTable::Events => "DELETE FROM queue WHERE seq = ?",
+            QueueTable::Rotation => "DELETE FROM rotation_queue WHERE seq = ?",
+        }
+    }
+}
+
+/// Make a delivery of `table` visible again at `now + by`, if it is still the attempt handed out.
+pub(crate) async fn set_visible(
+    writer: &SqlitePool,
+    table: QueueTable,
+    delivery: &Delivery,
+    by: Duration,
+    context: &'static str,
+) -> Result<(), BackendError> {
+    let (seq, attempt) = parse_receipt(&delivery.receipt)?;
+    sqlx::query(table.set_visible_sql())
+        .bind(now_ms() + by.as_millis() as i64)
+        .bind(seq)
+        .bind(attempt)
+        .execute(writer)
+        .await
+        .map_err(err(context))?;
+    Ok(())
+}
+
+/// Move a delivery of `table` to `dead_letters` with its reason, in one transaction.
+pub(crate) async fn dead_letter_from(
+    writer: &SqlitePool,
+    table: QueueTable,
+    delivery: &Delivery,
+    reason: &str,
+) -> Result<(), BackendError> {
+    let (seq, _) = parse_receipt(&delivery.receipt)?;
+    let mut tx = writer.begin().await.map_err(err("cannot begin dead-lettering"))?;
+    sqlx::query("INSERT INTO dead_letters (at, attempts, reason, body) VALUES (?, ?, ?, ?)")
+        .bind(ts(Utc::now()))
+        .bind(delivery.attempt as i64)
+        .bind(reason)
+        .bind(&delivery.body)
+        .execute(&mut *tx)
+        .await
+        .map_err(err("cannot write the dead letter"))?;
+    sqlx::query(table.delete_sql())
+        .bind(seq)
+        .execute(&mut *tx)
+        .await
+        .map_err(err("cannot remove the dead-lettered message"))?;
+    tx.commit().await.map_err(err("cannot commit dead-lettering"))
+}
+
 impl QueueConsumer for Sqlite {
     /// Claims up to `max` visible messages, at most one per subject and always a subject's oldest,
     /// so work on one person is serialized and in order while different people run in parallel.
@@ -557,50 +626,29 @@ impl QueueConsumer for Sqlite {
     }
 
     async fn release(&self, delivery: &Delivery, delay: Duration) -> Result<(), BackendError> {
-        let (seq, attempt) = parse_receipt(&delivery.receipt)?;
-        sqlx::query("UPDATE queue SET visible_at = ? WHERE seq = ? AND attempts = ?")
-            .bind(now_ms() + delay.as_millis() as i64)
-            .bind(seq)
-            .bind(attempt)
-            .execute(&self.writer)
-            .await
-            .map_err(err("cannot release"))?;
-        Ok(())
+        set_visible(
+            &self.writer,
+            QueueTable::Events,
+            delivery,
+            delay,
+            "cannot release",
+        )
+        .await
     }
 
     async fn extend(&self, delivery: &Delivery, visibility: Duration) -> Result<(), BackendError> {
-        let (seq, attempt) = parse_receipt(&delivery.receipt)?;
-        sqlx::query("UPDATE queue SET visible_at = ? WHERE seq = ? AND attempts = ?")
-            .bind(now_ms() + visibility.as_millis() as i64)
-            .bind(seq)
-            .bind(attempt)
-            .execute(&self.writer)
-            .await
-            .map_err(err("cannot extend visibility"))?;
-        Ok(())
+        set_visible(
+            &self.writer,
+            QueueTable::Events,
+            delivery,
+            visibility,
+            "cannot extend visibility",
+        )
+        .await
     }
 
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), BackendError> {
-        let (seq, _) = parse_receipt(&delivery.receipt)?;
-        let mut tx = self
-            .writer
-            .begin()
-            .await
-            .map_err(err("cannot begin dead-lettering"))?;
-        sqlx::query("INSERT INTO dead_letters (at, attempts, reason, body) VALUES (?, ?, ?, ?)")
-            .bind(ts(Utc::now()))
-            .bind(delivery.attempt as i64)
-            .bind(reason)
-            .bind(&delivery.body)
-            .execute(&mut *tx)
-            .await
-            .map_err(err("cannot write the dead letter"))?;
-        sqlx::query("DELETE FROM queue WHERE seq = ?")
-            .bind(seq)
-            .execute(&mut *tx)
-            .await
-            .map_err(err("cannot remove the dead-lettered message"))?;
-        tx.commit().await.map_err(err("cannot commit dead-lettering"))
+        dead_letter_from(&self.writer, QueueTable::Events, delivery, reason).await
     }
 }
 

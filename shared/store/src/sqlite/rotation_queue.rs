@@ -7,8 +7,7 @@
 //! the processor publishes a valid request here again). No per-subject ordering: a request
 //! stands alone.
 
-use super::{Sqlite, err, now_ms, parse_receipt, ts};
-use chrono::Utc;
+use super::{QueueTable, Sqlite, dead_letter_from, err, now_ms, parse_receipt, set_visible};
 use gatehouse_domain::envelope::Envelope;
 use gatehouse_domain::ports::{BackendError, Delivery, QueueConsumer, QueueProducer};
 use sqlx::Row;
@@ -43,7 +42,7 @@ impl RotationQueue {
     }
 }
 
-async fn insert(writer: &sqlx::SqlitePool, id: &str, body: &str) -> Result<(), BackendError> {
+async fn insert<'e>(writer: impl sqlx::SqliteExecutor<'e>, id: &str, body: &str) -> Result<(), BackendError> {
     let now = now_ms();
     sqlx::query(
         "INSERT INTO rotation_queue (envelope_id, body, visible_at, enqueued_at)
@@ -71,19 +70,8 @@ impl QueueProducer for RotationQueue {
             .begin()
             .await
             .map_err(err("cannot begin publishing to the rotation queue"))?;
-        let now = now_ms();
         for env in batch {
-            sqlx::query(
-                "INSERT INTO rotation_queue (envelope_id, body, visible_at, enqueued_at)
-                 VALUES (?, ?, ?, ?) ON CONFLICT (envelope_id) DO NOTHING",
-            )
-            .bind(&env.id.0)
-            .bind(env.to_json())
-            .bind(now)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(err("cannot publish to the rotation queue"))?;
+            insert(&mut *tx, &env.id.0, &env.to_json()).await?;
         }
         tx.commit()
             .await
@@ -133,56 +121,16 @@ impl QueueConsumer for RotationQueue {
     }
 
     async fn release(&self, delivery: &Delivery, delay: Duration) -> Result<(), BackendError> {
-        self.set_visible(delivery, delay, "cannot release on the rotation queue")
-            .await
+        let why = "cannot release on the rotation queue";
+        set_visible(&self.db.writer, QueueTable::Rotation, delivery, delay, why).await
     }
 
     async fn extend(&self, delivery: &Delivery, visibility: Duration) -> Result<(), BackendError> {
-        self.set_visible(delivery, visibility, "cannot extend on the rotation queue")
-            .await
+        let why = "cannot extend on the rotation queue";
+        set_visible(&self.db.writer, QueueTable::Rotation, delivery, visibility, why).await
     }
 
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), BackendError> {
-        let (seq, _) = parse_receipt(&delivery.receipt)?;
-        let mut tx = self
-            .db
-            .writer
-            .begin()
-            .await
-            .map_err(err("cannot begin dead-lettering"))?;
-        sqlx::query("INSERT INTO dead_letters (at, attempts, reason, body) VALUES (?, ?, ?, ?)")
-            .bind(ts(Utc::now()))
-            .bind(delivery.attempt as i64)
-            .bind(reason)
-            .bind(&delivery.body)
-            .execute(&mut *tx)
-            .await
-            .map_err(err("cannot write the dead letter"))?;
-        sqlx::query("DELETE FROM rotation_queue WHERE seq = ?")
-            .bind(seq)
-            .execute(&mut *tx)
-            .await
-            .map_err(err("cannot remove the dead-lettered message"))?;
-        tx.commit().await.map_err(err("cannot commit dead-lettering"))
-    }
-}
-
-impl RotationQueue {
-    /// Move a delivery's visibility to `now + by`, if it is still the attempt handed out.
-    async fn set_visible(
-        &self,
-        delivery: &Delivery,
-        by: Duration,
-        context: &'static str,
-    ) -> Result<(), BackendError> {
-        let (seq, attempt) = parse_receipt(&delivery.receipt)?;
-        sqlx::query("UPDATE rotation_queue SET visible_at = ? WHERE seq = ? AND attempts = ?")
-            .bind(now_ms() + by.as_millis() as i64)
-            .bind(seq)
-            .bind(attempt)
-            .execute(&self.db.writer)
-            .await
-            .map_err(err(context))?;
-        Ok(())
+        dead_letter_from(&self.db.writer, QueueTable::Rotation, delivery, reason).await
     }
 }
