@@ -16,10 +16,14 @@ use gatehouse_domain::envelope::EnvelopeId;
 use gatehouse_domain::identity::{Identity, Membership, Stamp, Stamped, Status};
 use gatehouse_domain::looker::{Catalog, LookerUser};
 use gatehouse_domain::policy::{self, Policy};
-use gatehouse_engine::reconcile::{CloudShape, Snapshot, SubjectPlan, plan_all, plan_all_reference};
+use gatehouse_domain::vec_map::VecSet;
+use gatehouse_engine::reconcile::{
+    CloudShape, Snapshot, SubjectPlan, looker_users, plan_all, plan_all_reference,
+};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 
 const PEOPLE: usize = 100_000;
 /// People the reference planner is measured on (same groups, same shape).
@@ -134,8 +138,13 @@ fn recorded(people: &[Identity], p: &Policy) -> Snapshot {
         groups: (0..GROUPS).map(|g| (format!("LG{g}"), g.to_string())).collect(),
         ..Default::default()
     };
-    let mut looker = BTreeMap::new();
-    let mut aws_groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    // (email, user) as `reconcile_paged::read_looker` gathers them, then sorted into the map.
+    let mut looker = Vec::with_capacity(people.len());
+    // IAM users and group members as `read_snapshot` holds them: a member's name is the IAM
+    // user's (`reconcile::iam_members`; it interns each group as it is read, here each
+    // membership as it is made).
+    let aws_users: BTreeSet<Arc<str>> = (0..people.len()).map(|i| Arc::from(format!("p{i}"))).collect();
+    let mut aws_groups: BTreeMap<String, Vec<Arc<str>>> = BTreeMap::new();
     let mut aws_credentials = BTreeMap::new();
     let mut gcp: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
     for (i, id) in people.iter().enumerate() {
@@ -145,7 +154,7 @@ fn recorded(people: &[Identity], p: &Policy) -> Snapshot {
         }
         let name = format!("p{i}");
         let email = format!("p{i}@example.com");
-        looker.insert(
+        looker.push((
             email.clone(),
             Some(LookerUser {
                 id: i.to_string(),
@@ -158,12 +167,15 @@ fn recorded(people: &[Identity], p: &Policy) -> Snapshot {
                 user_attribute_values: None,
                 logins: None,
             }),
-        );
+        ));
         for g in &gs {
+            let member = aws_users
+                .get(name.as_str())
+                .expect("every person has an IAM user");
             aws_groups
                 .entry(format!("ag{g}"))
                 .or_default()
-                .insert(name.clone());
+                .push(member.clone());
             gcp.entry(format!("projects/p{}", g % RESOURCES))
                 .or_default()
                 .entry(format!("roles/custom.r{g}"))
@@ -184,9 +196,13 @@ fn recorded(people: &[Identity], p: &Policy) -> Snapshot {
         }
     }
     let _ = p;
-    Snapshot {
-        looker: Some((catalog, looker)),
-        aws_users: Some((0..people.len()).map(|i| format!("p{i}")).collect()),
+    let aws_groups = aws_groups
+        .into_iter()
+        .map(|(g, m)| (g, m.into_iter().collect::<VecSet<_>>()))
+        .collect();
+    let mut snap = Snapshot {
+        looker: Some((catalog, looker_users(looker))),
+        aws_users: Some(aws_users),
         aws_tag_index: BTreeMap::new(),
         aws_groups,
         aws_tags: BTreeMap::new(),
@@ -218,7 +234,10 @@ fn recorded(people: &[Identity], p: &Policy) -> Snapshot {
                 })
                 .collect(),
         ),
-    }
+    };
+    // As `read_snapshot` leaves it.
+    snap.shrink_to_fit();
+    snap
 }
 
 struct Run {
@@ -450,13 +469,32 @@ fn main() {
          | + held by the planner only while planning (peak − after the plan) | {:.0} |\n\
          | = peak | {rss:.0} |\n\n\
          The planner itself holds little: the kept plans (people with drift) and, while planning, \
-         its reverse indexes (IAM user → groups, GCP member → bindings: sorted pairs of borrowed \
-         names and indexes). The bulk is the input every reconcile holds: the directory (per \
-         person a record whose profile and groups are sorted vectors, and some 13 small strings — \
-         key, email, group ids and names, the envelope id of every stamp — at 32 bytes of heap \
-         each) and the recorded state (per Looker user about 650 bytes in the map by email, per \
-         IAM group membership and GCP binding member one owned string).\n\n\
-         Before (commit 84fb2f4, the reference run first): 505 MiB peak: 49 MiB the reference run \
+         its reverse indexes (IAM user → groups, GCP member → bindings: one sorted vector each of \
+         8-byte (list, position) references to the names the recorded state holds). The bulk is \
+         the input every reconcile holds: the directory (per person a record whose profile and \
+         groups are sorted vectors, and some 13 small strings — key, email, group ids and names, \
+         the envelope id of every stamp — at 32 bytes of heap each) and the recorded state (per \
+         Looker user about 480 bytes: a slot of one sorted vector by email (`litemap`), the email \
+         key, and the user's id, email and group ids; per IAM group membership a 16-byte `Arc<str>` \
+         sharing the IAM user's name; per GCP binding member one owned string, the member lists \
+         shrunk to fit once read).\n\n\
+         Before (commit 4a204d1, issue 14's memory half; same machine, fresh process): 239 MiB \
+         peak: 7 before + 94 the directory + 115 the recorded state (Looker users in a `BTreeMap` \
+         by email, whose nodes are a third empty; an owned string per IAM group member in a \
+         `BTreeSet`; GCP member lists with the room their growth left) + 7 the plans kept + 16 \
+         the planner (pairs of a borrowed name or `Cow` and an index: 24 and 32 bytes each for \
+         300,000 memberships); 1.39 s CPU (1.20 to 1.69 s in reruns on the shared machine). Then \
+         218 MiB with the Looker users in a `litemap`, the IAM member names shared and the GCP \
+         member lists shrunk (recorded state 115 → 97 MiB); then 190 MiB with the planner's \
+         indexes as 8-byte references (plans kept + planner 19 → 7 MiB), the Looker vector sorted \
+         in place (no second vector of 100,000 users), and this bench making each IAM membership \
+         as `read_snapshot` leaves it (shared with the user) instead of first building 300,000 \
+         owned names (recorded state 97 → 81 MiB). The directory is unchanged. The planner's \
+         8-byte references cost some CPU (a name is two lookups away): 1.28 and 1.34 s against \
+         1.22 and 1.20 s before, run alternately at a load average of 2.5. The planner's row \
+         reads 0 because its indexes fit in memory the building of the recorded state freed and \
+         the allocator kept; once freed they stay resident, in the plans-kept row.\n\n\
+         Earlier still (commit 84fb2f4, the reference run first): 505 MiB peak: 49 MiB the reference run \
          left resident, + 221 MiB the directory (`BTreeMap` profile and groups: an 11-slot node \
          each, about 2.2 KiB per person; 262 MiB in a fresh process), + 134 MiB the recorded state \
          (a `BTreeSet` node per Looker user's group ids), + 90 MiB the plan (every person's plan \

@@ -8,6 +8,13 @@
 //! slots. Same order (by key), same lookups (binary search), same serialized form (a JSON
 //! object, keys in order; a duplicate key read keeps the last value, as a `BTreeMap` does). Inserts
 //! and removals shift the slots after them: fine for maps of tens of entries, not for large ones.
+//!
+//! Not `litemap::LiteMap` (ICU4X), though it is the same idea and reconcile uses it for its
+//! Looker users: its serde writes an empty map as `[]` where a `BTreeMap` (and the stored
+//! directory) has `{}`, and reads a sequence of pairs as a map too; its `insert` grows by
+//! doubling (4 slots for a person's 3 groups, where this holds 3); and it has no set (a
+//! `LiteMap<T, ()>` is a JSON object, not the array a `BTreeSet` is). Checked against litemap
+//! 0.8.3; `an_empty_map_and_set_write_what_a_btreemap_and_btreeset_write` pins the first.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::Borrow;
@@ -271,6 +278,12 @@ impl<T> VecSet<T> {
     pub fn iter(&self) -> std::slice::Iter<'_, T> {
         self.items.iter()
     }
+
+    /// Values in order, as a slice (indexable: reconcile's planner refers to a member by its
+    /// position).
+    pub fn as_slice(&self) -> &[T] {
+        &self.items
+    }
 }
 
 impl<T: Ord> FromIterator<T> for VecSet<T> {
@@ -401,6 +414,25 @@ mod tests {
                 .collect::<Vec<_>>(),
             [&"a", &"c"]
         );
+    }
+
+    #[test]
+    fn an_empty_map_and_set_write_what_a_btreemap_and_btreeset_write() {
+        let (v, b) = (VecMap::<String, u32>::new(), BTreeMap::<String, u32>::new());
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            serde_json::to_string(&b).unwrap()
+        );
+        assert_eq!(serde_json::to_string(&v).unwrap(), "{}");
+        let (v, b) = (VecSet::<String>::new(), BTreeSet::<String>::new());
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            serde_json::to_string(&b).unwrap()
+        );
+        assert_eq!(serde_json::to_string(&v).unwrap(), "[]");
+        // A map is an object: a sequence of pairs is refused, as by a BTreeMap.
+        assert!(serde_json::from_str::<VecMap<String, u32>>(r#"[["a",1]]"#).is_err());
+        assert!(serde_json::from_str::<BTreeMap<String, u32>>(r#"[["a",1]]"#).is_err());
     }
 
     #[test]

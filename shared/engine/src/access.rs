@@ -193,14 +193,14 @@ pub fn observe(
         let mut groups_of: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
         for (g, members) in &snap.aws_groups {
             for m in members {
-                groups_of.entry(m.as_str()).or_default().insert(g.as_str());
+                groups_of.entry(&**m).or_default().insert(g.as_str());
             }
         }
         let mut matched = HashSet::new();
         for (id, dc) in &desired {
             let Some(d) = &dc.aws else { continue };
             let name = match &d.user {
-                AwsUserKey::Name(n) => users.contains(n).then(|| n.clone()),
+                AwsUserKey::Name(n) => users.contains(n.as_str()).then(|| n.clone()),
                 AwsUserKey::Tag { value, .. } => snap.aws_tag_index.get(value).cloned(),
             };
             let state = match &name {
@@ -898,6 +898,7 @@ mod tests {
     use gatehouse_domain::identity::{Membership, Stamp, Stamped, Status};
     use gatehouse_domain::looker::HttpCall;
     use gatehouse_domain::ports::LedgerEntry;
+    use std::sync::Arc;
 
     const POLICY: &str = r#"
         [[rule]]
@@ -971,8 +972,12 @@ mod tests {
         let policy = Policy::from_toml(POLICY).unwrap();
         let (people, shape) = (ann_and_bob(), iam_user_by_local_part());
         let snap = Snapshot {
-            aws_users: Some(["ann", "bob", "mallory"].map(String::from).into()),
-            aws_groups: [("fin".to_string(), ["bob", "mallory"].map(String::from).into())].into(),
+            aws_users: Some(["ann", "bob", "mallory"].map(Arc::from).into()),
+            aws_groups: [(
+                "fin".to_string(),
+                ["bob", "mallory"].map(Arc::from).into_iter().collect(),
+            )]
+            .into(),
             gcp: Some(
                 [(
                     "projects/p1".to_string(),
@@ -1098,8 +1103,8 @@ mod tests {
             active: true,
         };
         let snap = Snapshot {
-            aws_users: Some(["ann", "bob"].map(String::from).into()),
-            aws_groups: [("fin".to_string(), ["bob".to_string()].into())].into(),
+            aws_users: Some(["ann", "bob"].map(Arc::from).into()),
+            aws_groups: [("fin".to_string(), [Arc::from("bob")].into_iter().collect())].into(),
             // ann still carries a managed tag from a team she left.
             aws_tags: [(
                 "ann".to_string(),

@@ -28,21 +28,55 @@ use gatehouse_domain::looker::{Catalog, LookerUser};
 use gatehouse_domain::plan::{self, Actual, Plan};
 use gatehouse_domain::policy::{self, Policy};
 use gatehouse_domain::ports::{Directory, LookerPort, StateStore};
+use gatehouse_domain::vec_map::VecSet;
 use gatehouse_platform::config::{Mode, Orphans};
+use litemap::LiteMap;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+/// Looker users by the person's email (lowercase), `None` for a person with none: a
+/// [`LiteMap`] (one sorted `Vec`), not a `BTreeMap`, whose nodes leave a third of their slots
+/// empty; a reconcile holds one entry per person (bench/reconcile.md). Build it with
+/// [`looker_users`], not `insert` out of order (each shifts the slots after it).
+pub type LookerUsers = LiteMap<String, Option<LookerUser>>;
+
+/// [`LookerUsers`] from (email, user) pairs in any order, sorted in place (no second vector
+/// of 100,000 users); a repeated email keeps its last user, as `BTreeMap::insert` would.
+pub fn looker_users(mut users: Vec<(String, Option<LookerUser>)>) -> LookerUsers {
+    // Reversed, then a stable sort: among equal emails the last given comes first, and `dedup`
+    // keeps the first of each run.
+    users.reverse();
+    users.sort_by(|a, b| a.0.cmp(&b.0));
+    users.dedup_by(|a, b| a.0 == b.0);
+    LiteMap::from_sorted_store_unchecked(users)
+}
+
+/// The members of an IAM group as held in a [`Snapshot`]: each name shared with
+/// [`Snapshot::aws_users`] (one string per IAM user, however many groups hold them; a name
+/// `ListUsers` did not return gets its own), sorted.
+pub fn iam_members(
+    users: &BTreeSet<Arc<str>>,
+    members: impl IntoIterator<Item = String>,
+) -> VecSet<Arc<str>> {
+    members
+        .into_iter()
+        .map(|m| users.get(m.as_str()).cloned().unwrap_or_else(|| Arc::from(m)))
+        .collect()
+}
 
 /// What every target holds, as read in one reconcile.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// `None` when Looker is not configured.
-    pub looker: Option<(Catalog, BTreeMap<String, Option<LookerUser>>)>,
+    pub looker: Option<(Catalog, LookerUsers)>,
     /// IAM user names that exist (`None` when AWS is not configured).
-    pub aws_users: Option<BTreeSet<String>>,
+    pub aws_users: Option<BTreeSet<Arc<str>>>,
     /// Tag-mapping index: tag value → user name.
     pub aws_tag_index: BTreeMap<String, String>,
-    /// Managed group → member user names (a group IAM does not have is absent).
-    pub aws_groups: BTreeMap<String, BTreeSet<String>>,
+    /// Managed group → member user names (a group IAM does not have is absent), built with
+    /// [`iam_members`].
+    pub aws_groups: BTreeMap<String, VecSet<Arc<str>>>,
     pub aws_tags: BTreeMap<String, BTreeMap<String, String>>,
     pub aws_credentials: BTreeMap<String, (Vec<AwsAccessKey>, bool)>,
     /// `None` when GCP is not configured.
@@ -53,6 +87,19 @@ pub struct Snapshot {
     pub looker_duplicates: usize,
     /// Looker users that are nobody's in the directory (issue 15: orphan candidates).
     pub looker_unmatched: Vec<LookerUser>,
+}
+
+impl Snapshot {
+    /// Give back the spare room of the GCP binding member lists: read from JSON one member at a
+    /// time, each list's capacity doubles as it grows (up to twice the members held, for the
+    /// length of the reconcile). `read_snapshot` calls it once everything is read.
+    pub fn shrink_to_fit(&mut self) {
+        for p in self.gcp.iter_mut().flat_map(BTreeMap::values_mut) {
+            for b in &mut p.bindings {
+                b.members.shrink_to_fit();
+            }
+        }
+    }
 }
 
 /// Read calls per target.
@@ -143,7 +190,7 @@ impl<'a> Index<'a> {
         let mut user_groups: HashMap<&str, BTreeSet<String>> = HashMap::new();
         for (g, members) in &snap.aws_groups {
             for m in members {
-                user_groups.entry(m.as_str()).or_default().insert(g.clone());
+                user_groups.entry(&**m).or_default().insert(g.clone());
             }
         }
         let mut gcp: HashMap<(&str, &str), HashSet<String>> = HashMap::new();
@@ -197,7 +244,7 @@ fn plan_one(
     let aws_actual = match (&dc.aws, &snap.aws_users) {
         (Some(d), Some(users)) => {
             let name = match &d.user {
-                AwsUserKey::Name(n) => users.contains(n).then(|| n.clone()),
+                AwsUserKey::Name(n) => users.contains(n.as_str()).then(|| n.clone()),
                 AwsUserKey::Tag { value, .. } => snap.aws_tag_index.get(value).cloned(),
             };
             match name {
@@ -346,19 +393,19 @@ where
     if let Some(aws) = &cloud.aws {
         progress.phase("read aws", policy.managed_aws_groups().len() + 1);
         let before = aws.iam.read_calls();
-        let users: BTreeSet<String> = aws.iam.list_users().await?.into_iter().collect();
+        let users: BTreeSet<Arc<str>> = aws.iam.list_users().await?.into_iter().map(Arc::from).collect();
         if let AwsUserMapping::Tag { key } = &aws.mapping {
             snap.aws_tag_index = aws.iam.tag_index_of(key).await?;
         }
         for g in policy.managed_aws_groups() {
             if let Some(m) = aws.iam.group_members(&g).await? {
-                snap.aws_groups.insert(g, m.into_iter().collect());
+                snap.aws_groups.insert(g, iam_members(&users, m));
             }
             progress.advance(1);
         }
         for d in desired.iter().filter_map(|d| d.aws.as_ref()) {
             let name = match &d.user {
-                AwsUserKey::Name(n) if users.contains(n) => n.clone(),
+                AwsUserKey::Name(n) if users.contains(n.as_str()) => n.clone(),
                 AwsUserKey::Tag { value, .. } if snap.aws_tag_index.contains_key(value) => {
                     snap.aws_tag_index[value].clone()
                 }
@@ -416,6 +463,7 @@ where
         }
         reads.gcp += gcp.groups.read_calls() - before;
     }
+    snap.shrink_to_fit();
     Ok((snap, reads))
 }
 
@@ -705,6 +753,87 @@ pub async fn run_on_schedule<F, Fut>(
             _ = tokio::time::sleep(wait) => {}
         }
         job().await;
+    }
+}
+
+#[cfg(test)]
+mod snapshot_tests {
+    use super::*;
+
+    fn user(id: &str) -> Option<LookerUser> {
+        Some(LookerUser {
+            id: id.into(),
+            is_disabled: false,
+            email: None,
+            group_ids: Default::default(),
+            session_ids: vec![],
+            api3_key_ids: vec![],
+            direct_role_ids: None,
+            user_attribute_values: None,
+            logins: None,
+        })
+    }
+
+    #[test]
+    fn looker_users_hold_what_a_btreemap_of_the_same_inserts_holds() {
+        let pairs: Vec<(String, Option<LookerUser>)> = (0..50u32)
+            .map(|i| {
+                (
+                    format!("p{}@x.io", (i * 7) % 13),
+                    (i % 4 != 0).then(|| i.to_string()),
+                )
+            })
+            .map(|(e, id)| (e, id.and_then(|id| user(&id))))
+            .collect();
+        let mut b = BTreeMap::new();
+        for (e, u) in pairs.clone() {
+            b.insert(e, u);
+        }
+        let m = looker_users(pairs);
+        assert_eq!(m.len(), b.len());
+        assert!(
+            m.iter().eq(b.iter()),
+            "same entries, same order, the last user of each email"
+        );
+        assert_eq!(m.get("p3@x.io"), b.get("p3@x.io"));
+        assert_eq!(m.get("nobody@x.io"), None);
+    }
+
+    #[test]
+    fn shrink_to_fit_leaves_no_spare_room_in_gcp_member_lists() {
+        let mut members = Vec::with_capacity(64);
+        members.extend(["user:a@x.io".to_string(), "user:b@x.io".into()]);
+        let binding = gatehouse_domain::cloud::Binding {
+            role: "roles/viewer".into(),
+            members,
+            condition: None,
+            other: Default::default(),
+        };
+        let policy = IamPolicy {
+            bindings: vec![binding],
+            ..Default::default()
+        };
+        let mut snap = Snapshot {
+            gcp: Some([("projects/p".to_string(), policy)].into()),
+            ..Default::default()
+        };
+        snap.shrink_to_fit();
+        let b = &snap.gcp.as_ref().unwrap()["projects/p"].bindings[0];
+        assert_eq!(b.members, ["user:a@x.io", "user:b@x.io"]);
+        assert_eq!(b.members.capacity(), 2);
+    }
+
+    #[test]
+    fn iam_group_members_share_the_user_names_and_keep_strangers() {
+        let users: BTreeSet<Arc<str>> = ["ann", "bob"].map(Arc::from).into();
+        let m = iam_members(
+            &users,
+            ["bob".to_string(), "zed".into(), "ann".into(), "bob".into()],
+        );
+        assert_eq!(m.iter().map(|n| &**n).collect::<Vec<_>>(), ["ann", "bob", "zed"]);
+        let bob = users.get("bob").unwrap();
+        assert!(Arc::ptr_eq(&m.as_slice()[1], bob), "one string per IAM user");
+        assert_eq!(Arc::strong_count(bob), 2);
     }
 }
 

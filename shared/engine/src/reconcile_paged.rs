@@ -18,7 +18,7 @@ use gatehouse_domain::plan;
 use gatehouse_domain::policy;
 use gatehouse_domain::ports::{LookerPort, StateStore};
 use gatehouse_domain::target::TargetName;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// Calls the catalog costs (`/groups`, `/roles`, `/user_attributes`).
 pub const CATALOG_CALLS: usize = 3;
@@ -65,7 +65,7 @@ fn fnv1a(s: &str) -> u64 {
 pub struct LookerRead {
     pub catalog: Catalog,
     /// Lowercased email → the person's user.
-    pub users: BTreeMap<String, Option<LookerUser>>,
+    pub users: crate::reconcile::LookerUsers,
     /// Looker calls made (login not included: the client logs in when its token is old).
     pub calls: usize,
     pub duplicates: usize,
@@ -184,19 +184,21 @@ pub async fn read_looker<S: StateStore, L: LookerPort>(
         futures::stream::iter(reads).buffer_unordered(8).collect().await;
     let mut read = LookerRead {
         catalog: catalog.clone(),
-        users: BTreeMap::new(),
+        users: Default::default(),
         calls: CATALOG_CALLS + pages,
         duplicates: 0,
         audited: 0,
         unmatched: Vec::new(),
     };
+    let mut users = Vec::with_capacity(found.len());
     for f in found {
         let f = f?;
         read.calls += f.calls;
         read.duplicates += f.duplicates;
         read.audited += usize::from(f.audited);
-        read.users.insert(f.email, f.user);
+        users.push((f.email, f.user));
     }
+    read.users = crate::reconcile::looker_users(users);
     let resolved: std::collections::HashSet<&str> =
         read.users.values().flatten().map(|u| u.id.as_str()).collect();
     let unmatched: Vec<LookerUser> = all

@@ -27,6 +27,7 @@ use gatehouse_domain::plan::{self, Actual};
 use gatehouse_domain::policy::{self, Condition, GcpGrant, LookerManaged, Policy, Rule};
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 /// The policy, compiled once per reconcile.
 struct Compiled<'p> {
@@ -84,19 +85,18 @@ struct Held<'a> {
     looker_names: HashMap<&'a str, Vec<&'a str>>,
     /// Managed Looker groups the catalog lacks (a note for everyone).
     looker_missing: Vec<&'a str>,
-    /// (IAM user, group) for every group read, sorted: a user's groups are one run. Flat pairs,
-    /// not a map of vectors: one allocation for 300,000 memberships instead of one per person.
-    aws_groups: Pairs<&'a str, u32>,
+    /// IAM user → the groups read that hold them (indexes into `aws_group_names`), sorted: a
+    /// user's groups are one run.
+    aws_groups: Refs<'a, Arc<str>>,
     /// The groups read, in snapshot order (`aws_groups` holds indexes into it).
     aws_group_names: Vec<&'a str>,
     /// Resources whose policy was read.
     gcp_read: HashSet<&'a str>,
     /// (resource, role) of every unconditional binding read, sorted and unique.
     gcp_bindings: Vec<(&'a str, &'a str)>,
-    /// (member, lowercase; index into `gcp_bindings`) for every member of those bindings, sorted
-    /// and unique. The member is borrowed from the snapshot when already lowercase (the usual
-    /// case), so the index allocates nothing per member.
-    gcp_member: Pairs<Cow<'a, str>, u32>,
+    /// Member (lowercase) → the unconditional bindings holding it (indexes into
+    /// `gcp_bindings`).
+    gcp_member: Refs<'a, String>,
     /// The managed grant each of `gcp_bindings` is, if it is one.
     gcp_managed: Vec<Option<&'a GcpGrant>>,
     /// Managed grants on resources not read (calls for everyone).
@@ -108,7 +108,20 @@ struct Held<'a> {
 }
 
 impl<'a> Held<'a> {
-    fn of(snap: &'a Snapshot, c: &'a Compiled<'_>) -> Self {
+    /// The members of the snapshot's unconditional GCP bindings that are not lowercase, in
+    /// ASCII lowercase, in snapshot order: what [`Held::of`] indexes them by.
+    fn lowered(snap: &Snapshot) -> Vec<String> {
+        snap.gcp
+            .iter()
+            .flatten()
+            .flat_map(|(_, p)| p.bindings.iter().filter(|b| b.condition.is_none()))
+            .flat_map(|b| b.members.iter().filter(|m| has_uppercase(m)))
+            .map(|m| m.to_ascii_lowercase())
+            .collect()
+    }
+
+    /// `lowered`: [`Held::lowered`] of `snap`.
+    fn of(snap: &'a Snapshot, c: &'a Compiled<'_>, lowered: &'a [String]) -> Self {
         let mut looker_names: HashMap<&str, Vec<&str>> = HashMap::new();
         let mut looker_missing = Vec::new();
         if let Some((catalog, _)) = &snap.looker {
@@ -120,12 +133,12 @@ impl<'a> Held<'a> {
             }
         }
         let aws_group_names: Vec<&str> = snap.aws_groups.keys().map(String::as_str).collect();
-        let aws_groups = Pairs::build(
-            snap.aws_groups.values().map(BTreeSet::len).sum(),
+        let aws_groups = Refs::build(
             snap.aws_groups
                 .values()
                 .zip(0u32..)
-                .flat_map(|(members, g)| members.iter().map(move |m| (m.as_str(), g))),
+                .map(|(members, g)| (members.as_slice(), g))
+                .collect(),
         );
         let mut gcp_read = HashSet::new();
         let mut gcp_bindings = Vec::new();
@@ -138,24 +151,31 @@ impl<'a> Held<'a> {
         gcp_bindings.sort_unstable();
         gcp_bindings.dedup();
         let binding = |r: &str, role: &str| gcp_bindings.binary_search(&(r, role)).ok();
-        let members = snap
-            .gcp
-            .iter()
-            .flatten()
-            .flat_map(|(_, p)| p.bindings.iter().filter(|b| b.condition.is_none()))
-            .map(|b| b.members.len())
-            .sum();
-        let gcp_member = Pairs::build(
-            members,
+        let unconditional = || {
             snap.gcp.iter().flatten().flat_map(|(r, p)| {
-                p.bindings
-                    .iter()
-                    .filter(|b| b.condition.is_none())
-                    .flat_map(move |b| {
-                        let i = binding(r, &b.role).expect("every unconditional binding is listed") as u32;
-                        b.members.iter().map(move |m| (lowercase(m), i))
-                    })
-            }),
+                p.bindings.iter().filter(|b| b.condition.is_none()).map(move |b| {
+                    (
+                        b,
+                        binding(r, &b.role).expect("every unconditional binding is listed") as u32,
+                    )
+                })
+            })
+        };
+        // Members not already lowercase (rare) are listed lowercased (`lowered`, in the same
+        // order), one list each.
+        let uppercase =
+            unconditional().flat_map(|(b, i)| b.members.iter().filter(|m| has_uppercase(m)).map(move |_| i));
+        let gcp_member = Refs::build_with(
+            unconditional()
+                .map(|(b, i)| (b.members.as_slice(), i))
+                .chain(
+                    lowered
+                        .iter()
+                        .zip(uppercase)
+                        .map(|(m, i)| (std::slice::from_ref(m), i)),
+                )
+                .collect(),
+            |m| !has_uppercase(m),
         );
         let gcp_managed = gcp_bindings
             .iter()
@@ -204,7 +224,7 @@ impl<'a> Held<'a> {
     fn aws_groups_of<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a str> + 's {
         self.aws_groups
             .get(name)
-            .map(|g| self.aws_group_names[*g as usize])
+            .map(|g| self.aws_group_names[g as usize])
     }
 
     /// Whether the unconditional binding of `grant` holds `member`; `None` when not read.
@@ -212,7 +232,7 @@ impl<'a> Held<'a> {
         self.gcp_read.contains(grant.resource.as_str()).then(|| {
             self.gcp_bindings
                 .binary_search(&(grant.resource.as_str(), grant.role.as_str()))
-                .is_ok_and(|i| self.gcp_member.get(&lowercase(member)).any(|b| *b as usize == i))
+                .is_ok_and(|i| self.gcp_member.get(&lowercase(member)).any(|b| b as usize == i))
         })
     }
 
@@ -220,44 +240,79 @@ impl<'a> Held<'a> {
     fn gcp_managed_held<'s>(&'s self, member: &'s str) -> impl Iterator<Item = &'a GcpGrant> + 's {
         self.gcp_member
             .get(member)
-            .filter_map(|b| self.gcp_managed[*b as usize])
+            .filter_map(|b| self.gcp_managed[b as usize])
     }
+}
+
+fn has_uppercase(s: &str) -> bool {
+    s.bytes().any(|b| b.is_ascii_uppercase())
 }
 
 /// `s` in ASCII lowercase, borrowed when it already is.
 fn lowercase(s: &str) -> Cow<'_, str> {
-    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+    if has_uppercase(s) {
         Cow::Owned(s.to_ascii_lowercase())
     } else {
         Cow::Borrowed(s)
     }
 }
 
-/// A read-only multimap as one sorted, deduplicated `Vec` of (key, value): the values of a key
-/// are one run, found by binary search.
-struct Pairs<K, V>(Vec<(K, V)>);
+/// A read-only multimap name → `u32` over names the snapshot already holds: `lists` of names,
+/// each with the value its names map to, and one sorted, deduplicated `Vec` of (list, position)
+/// references, so the values of a name are one run, found by binary search. 8 bytes per name
+/// (a (name, value) pair would take 24, or 32 with a `Cow`: 7 to 10 MB more for 300,000
+/// memberships, all held while planning; bench/reconcile.md).
+struct Refs<'a, S> {
+    lists: Vec<(&'a [S], u32)>,
+    refs: Vec<(u32, u32)>,
+}
 
-impl<K: Ord + std::ops::Deref<Target = str>, V: Ord> Pairs<K, V> {
-    /// From `len` pairs (sized up front: growing a vector of 300,000 pairs by doubling would
-    /// hold the old and the new buffer at once).
-    fn build(len: usize, pairs: impl Iterator<Item = (K, V)>) -> Self {
-        let mut v: Vec<(K, V)> = Vec::with_capacity(len);
-        v.extend(pairs);
-        v.sort_unstable();
-        v.dedup();
-        if v.len() < v.capacity() / 2 {
-            v.shrink_to_fit();
-        }
-        Pairs(v)
+impl<'a, S: std::ops::Deref<Target = str>> Refs<'a, S> {
+    fn build(lists: Vec<(&'a [S], u32)>) -> Self {
+        Self::build_with(lists, |_| true)
     }
 
-    /// The values of `key`, in order.
-    fn get(&self, key: &str) -> impl Iterator<Item = &V> {
-        let start = self.0.partition_point(|(k, _)| &**k < key);
-        self.0[start..]
+    /// Every name of `lists` that `keep` keeps.
+    fn build_with(lists: Vec<(&'a [S], u32)>, keep: impl Fn(&str) -> bool) -> Self {
+        // Sized up front: growing a vector of 300,000 references by doubling would hold the old
+        // and the new buffer at once.
+        let mut refs = Vec::with_capacity(lists.iter().map(|(l, _)| l.len()).sum());
+        for (l, (names, _)) in (0u32..).zip(&lists) {
+            refs.extend(
+                (0u32..)
+                    .zip(names.iter())
+                    .filter(|(_, n)| keep(n))
+                    .map(|(p, _)| (l, p)),
+            );
+        }
+        let mut index = Refs {
+            lists,
+            refs: Vec::new(),
+        };
+        refs.sort_unstable_by(|a, b| index.key(*a).cmp(&index.key(*b)));
+        refs.dedup_by(|a, b| index.key(*a) == index.key(*b));
+        if refs.len() < refs.capacity() / 2 {
+            refs.shrink_to_fit();
+        }
+        index.refs = refs;
+        index
+    }
+
+    fn name(&self, (l, p): (u32, u32)) -> &'a str {
+        &self.lists[l as usize].0[p as usize]
+    }
+
+    fn key(&self, r: (u32, u32)) -> (&'a str, u32) {
+        (self.name(r), self.lists[r.0 as usize].1)
+    }
+
+    /// The values of `name`, in order.
+    fn get<'s>(&'s self, name: &'s str) -> impl Iterator<Item = u32> + 's {
+        let start = self.refs.partition_point(|r| self.name(*r) < name);
+        self.refs[start..]
             .iter()
-            .take_while(move |(k, _)| &**k == key)
-            .map(|(_, v)| v)
+            .take_while(move |r| self.name(**r) == name)
+            .map(|r| self.lists[r.0 as usize].1)
     }
 }
 
@@ -273,7 +328,8 @@ pub fn plan_all(
     now: DateTime<Utc>,
 ) -> Vec<SubjectPlan> {
     let compiled = Compiled::of(policy);
-    let held = Held::of(snapshot, &compiled);
+    let lowered = Held::lowered(snapshot);
+    let held = Held::of(snapshot, &compiled, &lowered);
     identities
         .iter()
         .map(|id| plan_one(&compiled, &held, id, snapshot, shape, now))
@@ -282,9 +338,9 @@ pub fn plan_all(
 }
 
 /// The IAM user name `key` resolves to in the snapshot.
-fn aws_name(snap: &Snapshot, users: &BTreeSet<String>, key: &AwsUserKey) -> Option<String> {
+fn aws_name(snap: &Snapshot, users: &BTreeSet<Arc<str>>, key: &AwsUserKey) -> Option<String> {
     match key {
-        AwsUserKey::Name(n) => users.contains(n).then(|| n.clone()),
+        AwsUserKey::Name(n) => users.contains(n.as_str()).then(|| n.clone()),
         AwsUserKey::Tag { value, .. } => snap.aws_tag_index.get(value).cloned(),
     }
 }
@@ -791,11 +847,11 @@ mod tests {
             gcp.remove("projects/p1");
         }
         // Map each person's IAM name from the template below ({local}) to the name used here.
-        let aws_users: BTreeSet<String> = people
+        let aws_users: BTreeSet<Arc<str>> = people
             .iter()
             .zip(&w.people)
             .filter(|(_, p)| p.iam_user)
-            .filter_map(|(id, _)| id.email().map(|e| e.split('@').next().unwrap().to_string()))
+            .filter_map(|(id, _)| id.email().map(|e| Arc::from(e.split('@').next().unwrap())))
             .collect();
         let rename = |n: &str| {
             let i: usize = n[1..].parse().unwrap_or(usize::MAX);
@@ -807,7 +863,12 @@ mod tests {
         };
         let aws_groups = aws_groups
             .into_iter()
-            .map(|(g, m)| (g, m.iter().map(|n| rename(n)).collect()))
+            .map(|(g, m)| {
+                (
+                    g,
+                    crate::reconcile::iam_members(&aws_users, m.iter().map(|n| rename(n))),
+                )
+            })
             .collect();
         let aws_tag_index = people
             .iter()
@@ -821,7 +882,10 @@ mod tests {
             .collect();
         Snapshot {
             aws_tag_index,
-            looker: w.read[0].then_some((catalog, looker)),
+            looker: w.read[0].then_some((
+                catalog,
+                crate::reconcile::looker_users(looker.into_iter().collect()),
+            )),
             aws_users: w.read[1].then_some(aws_users),
             aws_groups,
             gcp: w.gcp.then_some(gcp),
