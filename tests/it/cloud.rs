@@ -609,7 +609,7 @@ async fn orphan_iam_users_and_gcp_members_are_reported_or_disabled_through_the_b
     assert_eq!(orphan_rows(&ledger, &gcp_subject, "drift_reported").len(), 4);
 
     // A person releases: the trip closes, and the next reconcile disables the member.
-    gatehouse_engine::breaker::release(&engine, None, "tester")
+    gatehouse_engine::operator::release(&engine, None, "tester")
         .await
         .unwrap();
     assert!(app.store.breaker_held(None).await.unwrap().is_empty());

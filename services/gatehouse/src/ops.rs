@@ -231,7 +231,7 @@ pub async fn safety(cfg: &Config, action: SafetyAction, actor_flag: Option<&str>
             let store = gatehouse_store::sqlite::Sqlite::open(&cfg.data_dir).await?;
             let engine =
                 gatehouse_app::engine_with_cloud(cfg, gatehouse_app::open_state(cfg, &store).await?).await?;
-            let r = safety::release(&engine, source.as_deref(), &who).await;
+            let r = gatehouse_engine::operator::release(&engine, source.as_deref(), &who).await;
             gatehouse_app::count_looker_calls(cfg, &engine).await;
             let r = r?;
             writeln!(
@@ -244,7 +244,7 @@ pub async fn safety(cfg: &Config, action: SafetyAction, actor_flag: Option<&str>
         SafetyAction::Discard(source) => {
             let who = actor(actor_flag)?;
             let store = state(cfg).await?;
-            let r = safety::discard(&store, source.as_deref(), &who).await;
+            let r = gatehouse_engine::operator::discard(&store, source.as_deref(), &who).await;
             store.close().await;
             let r = r?;
             writeln!(
@@ -276,7 +276,7 @@ pub async fn offboard(
     let engine = gatehouse_app::engine_with_cloud(cfg, gatehouse_app::open_state(cfg, &store).await?)
         .await?
         .with_full_offboarding();
-    let r = gatehouse_engine::breaker::offboard(&engine, email, reason.unwrap_or(""), &who).await;
+    let r = gatehouse_engine::operator::offboard(&engine, email, reason.unwrap_or(""), &who).await;
     gatehouse_app::count_looker_calls(cfg, &engine).await;
     let r = r?;
     writeln!(

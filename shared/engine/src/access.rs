@@ -11,7 +11,7 @@
 //! per person and grant, the rule that wants it, whether the target has it, and the drift. Pure:
 //! it never calls a target.
 
-use crate::reconcile::{CloudShape, Snapshot};
+use crate::reconcile_model::{CloudShape, Snapshot};
 use chrono::{DateTime, Utc};
 use gatehouse_domain::access::{AccessRow, AccessSnapshot, orphan_subject, parse_orphan_subject};
 use gatehouse_domain::cloud::{self, AwsUserKey};

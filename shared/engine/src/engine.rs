@@ -1058,10 +1058,10 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
     pub async fn apply_orphan(
         &self,
         ctx: &Ctx,
-        plan: &crate::reconcile_orphans::OrphanPlan,
+        plan: &crate::reconcile_model::OrphanPlan,
         disable: bool,
     ) -> Result<AppliedCounts, ProcessError> {
-        use crate::reconcile_orphans::OrphanPlan;
+        use crate::reconcile_model::OrphanPlan;
         let modes = self.cloud.as_ref().map(|c| c.modes).unwrap_or_default();
         let cloud = self.cloud.as_deref();
         let enforce = match plan {

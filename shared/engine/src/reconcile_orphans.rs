@@ -15,10 +15,10 @@
 use crate::access::{ORPHAN_RULE, Orphan};
 use crate::cloud::Ctx;
 use crate::engine::{AppliedCounts, Engine, ProcessError};
-use crate::reconcile::Snapshot;
+use crate::reconcile_model::Snapshot;
 use chrono::{DateTime, Utc};
 use gatehouse_domain::access::orphan_subject;
-use gatehouse_domain::cloud::{self, AwsActual, AwsPlan, AwsUser, AwsUserKey, AwsUserMapping, DesiredAws};
+use gatehouse_domain::cloud::{self, AwsActual, AwsUser, AwsUserKey, AwsUserMapping, DesiredAws};
 use gatehouse_domain::envelope::EnvelopeId;
 use gatehouse_domain::identity::{Identity, Stamp, Stamped, Status};
 use gatehouse_domain::looker::{LookerOp, UserRef};
@@ -29,23 +29,7 @@ use gatehouse_domain::target::{Link, Target as _};
 use gatehouse_platform::config::Orphans;
 use gatehouse_targets::gcp_iam::GcpPlan;
 
-/// One orphan's plan, in its target.
-#[derive(Debug, Clone)]
-pub enum OrphanPlan {
-    Looker(Plan),
-    Aws(AwsPlan),
-    Gcp(GcpPlan),
-}
-
-impl OrphanPlan {
-    pub fn is_empty(&self) -> bool {
-        match self {
-            OrphanPlan::Looker(p) => p.steps.is_empty(),
-            OrphanPlan::Aws(p) => p.steps.is_empty(),
-            OrphanPlan::Gcp(p) => p.steps.is_empty(),
-        }
-    }
-}
+pub use crate::reconcile_model::OrphanPlan;
 
 /// An offboarded stand-in for an orphan account, so its plan is the offboarding plan.
 fn offboarded(subject: &str, email: &str, now: DateTime<Utc>) -> Identity {

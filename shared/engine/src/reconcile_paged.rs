@@ -10,7 +10,7 @@
 //! direct roles, sessions, API3 keys and the disabled flag are read for everyone every run.
 
 use crate::engine::{Engine, ProcessError};
-use crate::reconcile::Progress;
+use crate::reconcile_model::Progress;
 use futures::StreamExt;
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::looker::{Catalog, LookerUser};
@@ -65,7 +65,7 @@ fn fnv1a(s: &str) -> u64 {
 pub struct LookerRead {
     pub catalog: Catalog,
     /// Lowercased email → the person's user.
-    pub users: crate::reconcile::LookerUsers,
+    pub users: crate::reconcile_model::LookerUsers,
     /// Looker calls made (login not included: the client logs in when its token is old).
     pub calls: usize,
     pub duplicates: usize,
@@ -198,7 +198,7 @@ pub async fn read_looker<S: StateStore, L: LookerPort>(
         read.audited += usize::from(f.audited);
         users.push((f.email, f.user));
     }
-    read.users = crate::reconcile::looker_users(users);
+    read.users = crate::reconcile_model::looker_users(users);
     let resolved: std::collections::HashSet<&str> =
         read.users.values().flatten().map(|u| u.id.as_str()).collect();
     let unmatched: Vec<LookerUser> = all

@@ -19,7 +19,7 @@
 //! in any diff, so the plans are the same; the property test in this module checks it against
 //! the reference on random directories, policies and held states.
 
-use crate::reconcile::{CloudShape, Snapshot, SubjectPlan};
+use crate::reconcile_model::{CloudShape, Snapshot, SubjectPlan};
 use chrono::{DateTime, Utc};
 use gatehouse_domain::cloud::{AwsActual, AwsUser, AwsUserKey, CloudManaged, CloudPlan};
 use gatehouse_domain::identity::Identity;
