@@ -12,7 +12,7 @@ use gatehouse_rotation::memory::MemoryRotations;
 use gatehouse_rotation::sqlite::SqliteRotations;
 use gatehouse_rotation::{Phase, Rotation, RotationStore, SystemClock};
 use gatehouse_store::sqlite::Sqlite;
-use gatehouse_testkit::gcp_sa_keys_fake::FakeSaKeys;
+use gatehouse_testkit::gcp_sa_keys_fake::{FakeSaKeys, SaKeyInSecret};
 use gatehouse_testkit::secret_manager_fake::FakeSecretManager;
 use std::sync::Arc;
 
@@ -30,14 +30,7 @@ struct Gcp {
 
 impl Gcp {
     async fn start() -> Gcp {
-        let sm = FakeSecretManager::start().await;
-        let iam = FakeSaKeys::start().await;
-        iam.set_token(&sm.token());
-        iam.add_service_account(SA);
-        let file = iam.add_key(SA);
-        let old_key = iam.keys(SA)[0].0.clone();
-        sm.create_secret(SECRET);
-        sm.add_version(SECRET, &file);
+        let SaKeyInSecret { sm, iam, old_key } = SaKeyInSecret::start(SA, SECRET).await;
         Gcp { sm, iam, old_key }
     }
 

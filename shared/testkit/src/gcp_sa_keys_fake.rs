@@ -44,6 +44,30 @@ struct State {
     seq: u64,
 }
 
+/// What the rotator's GCP tests start from: service account `sa` with one key, whose JSON key
+/// file is the only version of Secret Manager secret `secret`; the fake IAM accepts the fake
+/// Secret Manager's token.
+pub struct SaKeyInSecret {
+    pub sm: crate::secret_manager_fake::FakeSecretManager,
+    pub iam: FakeSaKeys,
+    /// The id of the key the secret holds before any rotation.
+    pub old_key: String,
+}
+
+impl SaKeyInSecret {
+    pub async fn start(sa: &str, secret: &str) -> SaKeyInSecret {
+        let sm = crate::secret_manager_fake::FakeSecretManager::start().await;
+        let iam = FakeSaKeys::start().await;
+        iam.set_token(&sm.token());
+        iam.add_service_account(sa);
+        let file = iam.add_key(sa);
+        let old_key = iam.keys(sa)[0].0.clone();
+        sm.create_secret(secret);
+        sm.add_version(secret, &file);
+        SaKeyInSecret { sm, iam, old_key }
+    }
+}
+
 /// Handle to a running fake IAM keys API. Cheap to clone.
 #[derive(Clone)]
 pub struct FakeSaKeys {

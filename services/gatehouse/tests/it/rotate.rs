@@ -1,7 +1,7 @@
 //! `gatehouse rotate SECRET [--dry-run]` against the GCP fakes, on SQLite and on PostgreSQL state.
 
 use super::{bin, text};
-use gatehouse_testkit::gcp_sa_keys_fake::FakeSaKeys;
+use gatehouse_testkit::gcp_sa_keys_fake::{FakeSaKeys, SaKeyInSecret};
 use gatehouse_testkit::secret_manager_fake::FakeSecretManager;
 
 const SA: &str = "svc-cli@gatehouse-test.iam.gserviceaccount.com";
@@ -9,14 +9,7 @@ const SECRET: &str = "projects/gatehouse-test/secrets/svc-cli-key";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_dry_run_prints_the_plan_and_changes_nothing_then_rotates() {
-    let sm = FakeSecretManager::start().await;
-    let iam = FakeSaKeys::start().await;
-    iam.set_token(&sm.token());
-    iam.add_service_account(SA);
-    let file = iam.add_key(SA);
-    let old_key = iam.keys(SA)[0].0.clone();
-    sm.create_secret(SECRET);
-    sm.add_version(SECRET, &file);
+    let SaKeyInSecret { sm, iam, old_key } = SaKeyInSecret::start(SA, SECRET).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gatehouse.toml");
     std::fs::write(

@@ -5,7 +5,7 @@ use crate::support::{self, clock, config, run_to_done, unique};
 use gatehouse_domain::ports::RotationRequest;
 use gatehouse_platform::config::Config;
 use gatehouse_rotation::{Clock, Phase, RotationStore, Started};
-use gatehouse_testkit::gcp_sa_keys_fake::FakeSaKeys;
+use gatehouse_testkit::gcp_sa_keys_fake::{FakeSaKeys, SaKeyInSecret};
 use gatehouse_testkit::secret_manager_fake::FakeSecretManager;
 use std::time::Duration;
 
@@ -21,14 +21,7 @@ struct Setup {
 }
 
 async fn setup(on_out_of_band: &str) -> Setup {
-    let sm = FakeSecretManager::start().await;
-    let iam = FakeSaKeys::start().await;
-    iam.set_token(&sm.token());
-    iam.add_service_account(SA);
-    let file = iam.add_key(SA);
-    let old_key = iam.keys(SA)[0].0.clone();
-    sm.create_secret(SECRET);
-    sm.add_version(SECRET, &file);
+    let SaKeyInSecret { sm, iam, old_key } = SaKeyInSecret::start(SA, SECRET).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(
         dir.path(),
