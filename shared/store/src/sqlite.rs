@@ -492,6 +492,16 @@ async fn append_ledger_rows(
     set_head(tx, seq, &prev).await
 }
 
+/// The delivery of a claimed row: its receipt is `seq:attempts` ([`parse_receipt`] reads it
+/// back), the same for the events queue and the rotation queue.
+pub(crate) fn delivery(seq: i64, attempts: i64, body: String) -> Delivery {
+    Delivery {
+        receipt: format!("{seq}:{attempts}"),
+        attempt: attempts as u32,
+        body,
+    }
+}
+
 fn parse_receipt(receipt: &str) -> Result<(i64, i64), BackendError> {
     let bad = || BackendError::new("malformed embedded-queue receipt", receipt.to_string());
     let (seq, attempt) = receipt.split_once(':').ok_or_else(bad)?;
@@ -612,11 +622,7 @@ impl QueueConsumer for Sqlite {
         rows.sort_by(|a, b| (&a.3, a.0).cmp(&(&b.3, b.0)));
         Ok(rows
             .into_iter()
-            .map(|(seq, attempts, body, _)| Delivery {
-                receipt: format!("{seq}:{attempts}"),
-                attempt: attempts as u32,
-                body,
-            })
+            .map(|(seq, attempts, body, _)| delivery(seq, attempts, body))
             .collect())
     }
 

@@ -7,7 +7,7 @@
 //! the processor publishes a valid request here again). No per-subject ordering: a request
 //! stands alone.
 
-use super::{QueueTable, Sqlite, dead_letter_from, err, now_ms, parse_receipt, set_visible};
+use super::{QueueTable, Sqlite, dead_letter_from, delivery, err, now_ms, parse_receipt, set_visible};
 use gatehouse_domain::envelope::Envelope;
 use gatehouse_domain::ports::{BackendError, Delivery, QueueConsumer, QueueProducer};
 use sqlx::Row;
@@ -102,11 +102,7 @@ impl QueueConsumer for RotationQueue {
         rows.sort_by_key(|r| r.0);
         Ok(rows
             .into_iter()
-            .map(|(seq, attempts, body)| Delivery {
-                receipt: format!("{seq}:{attempts}"),
-                attempt: attempts as u32,
-                body,
-            })
+            .map(|(seq, attempts, body)| delivery(seq, attempts, body))
             .collect())
     }
 
