@@ -59,10 +59,9 @@ fn events() -> usize {
 }
 
 fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
+    let nanos = gatehouse_domain::clock::now()
+        .timestamp_nanos_opt()
+        .unwrap_or_default() as u128;
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
@@ -193,7 +192,7 @@ async fn child(backend: &str) {
     })
     .await;
     let run = unique(backend);
-    let now = Utc::now();
+    let now = gatehouse_domain::clock::now();
     let envelopes: Vec<Envelope> = (0..n).map(|i| envelope(&run, i, now)).collect();
 
     let start = Instant::now();

@@ -68,7 +68,7 @@ fn bodies(n: usize, people: usize) -> Vec<Vec<u8>> {
     ))
     .unwrap();
     let run = std::process::id();
-    let start = chrono::Utc::now();
+    let start = gatehouse_domain::clock::now();
     (0..n)
         .map(|i| {
             let p = i % people;

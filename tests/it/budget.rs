@@ -52,7 +52,7 @@ async fn budget_gauges_on_metrics_count_every_looker_call_and_survive_a_restart(
     .await;
     // The start checked the managed attributes' settings (login, GET /user_attributes); the
     // budget flushes that once as it starts.
-    let month = call_month(chrono::Utc::now());
+    let month = call_month(gatehouse_domain::clock::now());
     let at_start = fake.calls().len() as u64;
     let store = app.store.clone();
     wait_until("the flush at start", || {

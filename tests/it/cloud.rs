@@ -116,10 +116,9 @@ fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
+        gatehouse_domain::clock::now()
+            .timestamp_nanos_opt()
+            .unwrap_or_default() as u128,
     );
     h.finish() as u32
 }
@@ -434,8 +433,8 @@ async fn a_cloud_drift_envelope_reconciles_just_that_person() {
             email: Some("isaac.brock@example.com".into()),
             display_name: None,
         },
-        occurred_at: chrono::Utc::now(),
-        received_at: chrono::Utc::now(),
+        occurred_at: gatehouse_domain::clock::now(),
+        received_at: gatehouse_domain::clock::now(),
         event: IdentityEvent::CloudDrift {
             provider: "gcp".into(),
             action: "SetIamPolicy".into(),
@@ -649,7 +648,7 @@ async fn orphan_iam_users_and_gcp_members_are_reported_or_disabled_through_the_b
     let then = review(first.read_at);
     assert_eq!(grants(&then, &ghost), [format!("iam_group:{}", w.eng)]);
     assert!(!grants(&then, member).is_empty(), "{:#?}", then.orphans);
-    let now = review(chrono::Utc::now());
+    let now = review(gatehouse_domain::clock::now());
     assert!(now.ledger.replayed >= 3, "{:#?}", now.ledger);
     assert_eq!(grants(&now, &ghost), Vec::<String>::new(), "{:#?}", now.orphans);
     assert_eq!(grants(&now, member), Vec::<String>::new(), "{:#?}", now.orphans);

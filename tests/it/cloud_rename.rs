@@ -43,10 +43,9 @@ fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
+        gatehouse_domain::clock::now()
+            .timestamp_nanos_opt()
+            .unwrap_or_default() as u128,
     );
     h.finish() as u32
 }

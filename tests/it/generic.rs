@@ -7,7 +7,6 @@ use gatehouse_e2e::{Options, TestApp, spawn_app};
 use gatehouse_intake::ingress::generic::sign;
 use gatehouse_testkit::FakeLooker;
 use serde_json::{Value, json};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The Standard Webhooks specification's example secret, and a second one (rotation).
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -16,7 +15,7 @@ const NEW_SECRET: &str = "whsec_c2Vjb25kIHNlY3JldCBrZXkgaGVyZSwgcm90YXRlZCE=";
 const FORGER_SECRET: &str = "whsec_Zm9yZ2VkIGJ5IHNvbWVvbmUgZWxzZSBlbnRpcmVseQ==";
 
 fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    gatehouse_domain::clock::now().timestamp()
 }
 
 async fn start(fake: Option<FakeLooker>) -> TestApp {

@@ -3,7 +3,6 @@
 //! the stored cursor → every one offboarded in Looker, each once, and a late push of one of the
 //! same events changes nothing.
 
-use chrono::Utc;
 use gatehouse_e2e::{Options, spawn_app, wait_until};
 use gatehouse_store::catchup_state::CatchupStore;
 use gatehouse_testkit::FakeLooker;
@@ -49,7 +48,7 @@ async fn offboardings_while_down_are_applied_once_after_a_restart_even_with_a_la
     app.stop().await;
 
     // Down: N people suspended or deleted in Google.
-    let now = Utc::now();
+    let now = gatehouse_domain::clock::now();
     let mut activities = Vec::new();
     for i in 0..N {
         let ev = if i % 2 == 0 { "SUSPEND_USER" } else { "DELETE_USER" };

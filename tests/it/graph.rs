@@ -4,7 +4,7 @@
 use gatehouse_domain::identity::Status;
 use gatehouse_domain::ports::StateStore;
 use gatehouse_e2e::{Options, TestApp, example_policy, fixtures_dir, seed_catalog, spawn_app, wait_until};
-use gatehouse_intake::ingress::graph::{DateTime, GraphService, Utc};
+use gatehouse_intake::ingress::graph::{DateTime, GraphService};
 use gatehouse_platform::config::Config;
 use gatehouse_store::catchup_state::CatchupStore;
 use gatehouse_testkit::FakeLooker;
@@ -31,7 +31,7 @@ fn fixture(name: &str) -> Value {
 /// subscription that has not expired.
 fn delivery(name: &str, graph: &FakeGraph) -> Value {
     let mut body = fixture(name);
-    let expires = (Utc::now() + Duration::from_secs(86_400)).to_rfc3339();
+    let expires = (gatehouse_domain::clock::now() + Duration::from_secs(86_400)).to_rfc3339();
     for n in body["value"].as_array_mut().unwrap() {
         n["clientState"] = json!(CLIENT_STATE);
         n["tenantId"] = json!(graph.tenant_id());
@@ -346,22 +346,22 @@ async fn subscriptions_are_created_then_renewed_before_expiry_and_recreated_when
 
     let svc = service(&app, &graph, &extra);
     // Fresh subscriptions: nothing to do.
-    let r = svc.renew_due(Utc::now()).await.unwrap();
+    let r = svc.renew_due(gatehouse_domain::clock::now()).await.unwrap();
     assert!(r.created.is_empty() && r.renewed.is_empty(), "{r:?}");
     assert_eq!(graph.count("PATCH", "/v1.0/subscriptions"), 0);
 
     // 27 days on, both are within a day of expiring: renewed in place.
-    let soon = Utc::now() + Duration::from_secs(3600);
+    let soon = gatehouse_domain::clock::now() + Duration::from_secs(3600);
     for mut s in app.store.graph_subscriptions().await.unwrap() {
         graph.set_subscription_expiry(&s.subscription_id, soon);
         s.expires_at = soon;
         app.store.graph_subscription_put(&s).await.unwrap();
     }
-    let r = svc.renew_due(Utc::now()).await.unwrap();
+    let r = svc.renew_due(gatehouse_domain::clock::now()).await.unwrap();
     assert_eq!(r.renewed.len(), 2, "{r:?}");
     assert!(r.created.is_empty());
     assert_eq!(graph.count("PATCH", "/v1.0/subscriptions/"), 2);
-    let renewed_until = Utc::now() + Duration::from_secs(27 * 86_400);
+    let renewed_until = gatehouse_domain::clock::now() + Duration::from_secs(27 * 86_400);
     for s in app.store.graph_subscriptions().await.unwrap() {
         assert!(s.expires_at > renewed_until, "{s:?}");
         let at_graph = graph.subscription(&s.subscription_id).unwrap();
@@ -383,7 +383,7 @@ async fn subscriptions_are_created_then_renewed_before_expiry_and_recreated_when
     let mut s = users.clone();
     s.expires_at = soon;
     app.store.graph_subscription_put(&s).await.unwrap();
-    let r = svc.renew_due(Utc::now()).await.unwrap();
+    let r = svc.renew_due(gatehouse_domain::clock::now()).await.unwrap();
     assert_eq!(r.created.len(), 1, "{r:?}");
     assert_ne!(r.created[0], users.subscription_id);
     assert_eq!(graph.subscriptions().len(), 2);
@@ -425,7 +425,7 @@ async fn lifecycle_notifications_renew_recreate_and_reconcile_the_tenant() {
     let lifecycle = |sub: &str, event: &str| {
         json!({"value": [{
             "subscriptionId": sub,
-            "subscriptionExpirationDateTime": (Utc::now() + Duration::from_secs(86_400)).to_rfc3339(),
+            "subscriptionExpirationDateTime": (gatehouse_domain::clock::now() + Duration::from_secs(86_400)).to_rfc3339(),
             "tenantId": graph.tenant_id(),
             "clientState": CLIENT_STATE,
             "lifecycleEvent": event,

@@ -18,7 +18,7 @@ const EMAIL: &str = "john.doe@example.com";
 fn delivery(name: &str, graph: &FakeGraph) -> Value {
     let p = fixtures_dir().join("entra").join(name);
     let mut body: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
-    let expires = (chrono::Utc::now() + Duration::from_secs(86_400)).to_rfc3339();
+    let expires = (gatehouse_domain::clock::now() + Duration::from_secs(86_400)).to_rfc3339();
     for n in body["value"].as_array_mut().unwrap() {
         n["clientState"] = json!(CLIENT_STATE);
         n["tenantId"] = json!(graph.tenant_id());

@@ -74,7 +74,9 @@ async fn fifo_queue(client: &Client) -> String {
     let base = format!(
         "gh-replicas-{}-{}",
         std::process::id(),
-        Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        gatehouse_domain::clock::now()
+            .timestamp_nanos_opt()
+            .unwrap_or_default()
     );
     let dlq = client
         .create_queue()
@@ -133,7 +135,7 @@ fn event(i: usize, n: i64, event: IdentityEvent) -> Envelope {
             display_name: None,
         },
         occurred_at: DateTime::from_timestamp(1_700_000_000 + n, 0).unwrap(),
-        received_at: Utc::now(),
+        received_at: gatehouse_domain::clock::now(),
         event,
         profile,
         source_event_type: "replica-test".into(),
@@ -273,8 +275,8 @@ fn rotation_failed(a: &ServiceAccount) -> Envelope {
             email: None,
             display_name: None,
         },
-        occurred_at: Utc::now(),
-        received_at: Utc::now(),
+        occurred_at: gatehouse_domain::clock::now(),
+        received_at: gatehouse_domain::clock::now(),
         event: IdentityEvent::RotationRequested {
             provider: "aws".into(),
             reason: "secrets manager rotation failed".into(),
@@ -499,7 +501,9 @@ async fn three_processors_and_two_rotators_on_one_queue_and_database_apply_every
     let sdk = aws_sdk().await;
     let run = format!(
         "replicas-{}",
-        Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        gatehouse_domain::clock::now()
+            .timestamp_nanos_opt()
+            .unwrap_or_default()
     );
     let accounts = service_accounts(&sdk, &run).await;
     let dir = tempfile::tempdir().unwrap();

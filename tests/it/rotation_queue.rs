@@ -108,7 +108,7 @@ fn okta(id: &str, secs: i64, event: IdentityEvent) -> Envelope {
             display_name: None,
         },
         occurred_at: chrono::DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap(),
-        received_at: chrono::Utc::now(),
+        received_at: gatehouse_domain::clock::now(),
         event,
         profile: [("email".to_string(), HOLDER.to_string())].into_iter().collect(),
         source_event_type: "test".into(),
@@ -187,7 +187,7 @@ async fn the_rotator_learns_of_a_request_only_from_the_rotation_queue() {
         "export",
         "holder_offboarded",
         "offboarding:okta:acme:deactivate-1:export",
-        chrono::Utc::now(),
+        gatehouse_domain::clock::now(),
     );
     assert_eq!(history[0].id, expected.id);
     assert!(gcp.rotated(), "the holder's secret has a new working key");
@@ -357,7 +357,9 @@ async fn pubsub_channel(admin: &str, name: &str) -> (String, String) {
 async fn the_pubsub_rotation_topic_carries_requests_and_dead_letters_poison() {
     use gatehouse_store::pubsub::{DEAD_LETTER_REASON_ATTRIBUTE, PubsubOptions, PubsubQueue};
     let (grpc, admin) = pubsub_emulator();
-    let run = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    let run = gatehouse_domain::clock::now()
+        .timestamp_nanos_opt()
+        .unwrap_or_default();
     let (events_topic, events_sub) = pubsub_channel(&admin, &format!("events-{run}")).await;
     let (rotation_topic, rotation_sub) = pubsub_channel(&admin, &format!("rotation-{run}")).await;
     let (dlq_topic, dlq_sub) = pubsub_channel(&admin, &format!("dlq-{run}")).await;

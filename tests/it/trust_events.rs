@@ -41,7 +41,7 @@ async fn an_okta_activate_dated_2099_does_not_stop_a_later_real_deactivate() {
     .await;
     assert!(!fake.user(&uid).unwrap().is_disabled);
     // Then the person really leaves: Okta sends the deactivate with its own (real) time.
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let now = gatehouse_domain::clock::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     app.deliver(&okta_event("real-deactivate", "user.lifecycle.deactivate", &now))
         .await;
     assert!(
@@ -92,7 +92,7 @@ async fn an_okta_uuid_naming_a_generic_event_does_not_suppress_it() {
         "user": {"id": "auth0|6543", "email": "jo.doe@example.com"}
     })
     .to_string();
-    let ts = chrono::Utc::now().timestamp().to_string();
+    let ts = gatehouse_domain::clock::now().timestamp().to_string();
     let r = app
         .http
         .post(format!("{}/hooks/generic", app.base))

@@ -23,7 +23,7 @@ pub async fn head(cfg: &Config, export: bool) -> anyhow::Result<()> {
         (false, _) => None,
     };
     let store = crate::ops::state(cfg).await?;
-    let head = head_export::current(&store, chrono::Utc::now()).await;
+    let head = head_export::current(&store, gatehouse_domain::clock::now()).await;
     store.close().await;
     let Some(head) = head? else {
         bail!("the ledger is empty: there is no chain head to export");

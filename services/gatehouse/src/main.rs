@@ -415,7 +415,7 @@ async fn rotate_with(
 
 async fn plan(cfg: &Config, event: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let body = std::fs::read(event).with_context(|| format!("cannot read {}", event.display()))?;
-    let envelopes = okta::parse_hook_body(&cfg.okta.org, &body, chrono::Utc::now())
+    let envelopes = okta::parse_hook_body(&cfg.okta.org, &body, gatehouse_domain::clock::now())
         .with_context(|| format!("{} is not a supported event", event.display()))?;
     let store = gatehouse_store::sqlite::Sqlite::open(&cfg.data_dir).await?;
     let engine = app::engine_with_cloud(cfg, app::open_state(cfg, &store).await?).await?;
@@ -629,7 +629,7 @@ async fn reconcile(cfg: &Config, apply: bool, json: bool, estimate: bool) -> any
             engine.looker().is_some(),
             &rb::shape_of(&engine),
             &opts,
-            chrono::Utc::now(),
+            gatehouse_domain::clock::now(),
         );
         let mut out = std::io::stdout().lock();
         if json {

@@ -47,7 +47,13 @@ pub async fn plan_policy(cfg: &Config, new: &Path, json: bool) -> anyhow::Result
     let subjects = store.subjects().await.context("cannot read the directory");
     store.close().await;
     let people: Vec<_> = subjects?.into_iter().map(|s| s.identity).collect();
-    let review = policy_review::review(&current, &new, &people, &targets(cfg), chrono::Utc::now());
+    let review = policy_review::review(
+        &current,
+        &new,
+        &people,
+        &targets(cfg),
+        gatehouse_domain::clock::now(),
+    );
     let mut out = std::io::stdout().lock();
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&review)?)?;

@@ -63,7 +63,7 @@ pub async fn report_access(
         app::count_looker_calls(cfg, &engine).await;
         reconcile::record(&store, &report?, cfg.reconcile.snapshot_retention()).await?;
     }
-    let as_of = as_of.unwrap_or_else(Utc::now);
+    let as_of = as_of.unwrap_or_else(gatehouse_domain::clock::now);
     let policy = app::load_policy(cfg)?;
     let identities: Vec<_> = store.subjects().await?.into_iter().map(|s| s.identity).collect();
     let snapshot = store.access_snapshot_at(as_of).await?;

@@ -37,7 +37,7 @@ pub async fn deprovisioning(
     sla: Duration,
     format: Format,
 ) -> anyhow::Result<()> {
-    let until = until.unwrap_or_else(Utc::now);
+    let until = until.unwrap_or_else(gatehouse_domain::clock::now);
     if since >= until {
         return Err(AppError::Config(ConfigError::new("--since", "must be before --until")).into());
     }

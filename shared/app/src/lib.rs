@@ -209,7 +209,7 @@ where
             let lease = rc.leader_lease;
             gatehouse_engine::reconcile_leader::run_on_schedule_once(
                 &cron,
-                chrono::Utc::now,
+                gatehouse_domain::clock::SystemClock,
                 s,
                 &shared,
                 &holder,
@@ -253,7 +253,7 @@ where
                     quota,
                     reserve,
                 },
-                chrono::Utc::now,
+                gatehouse_domain::clock::SystemClock,
                 s,
             )
             .await

@@ -32,7 +32,6 @@ pub fn of_envelope(env: &Envelope) -> String {
 mod tests {
     use super::*;
     use crate::envelope::{EnvelopeId, IdentityEvent, Subject};
-    use chrono::Utc;
 
     fn env(source: Source, id: &str, raw: serde_json::Value) -> Envelope {
         Envelope {
@@ -44,8 +43,8 @@ mod tests {
                 email: None,
                 display_name: None,
             },
-            occurred_at: Utc::now(),
-            received_at: Utc::now(),
+            occurred_at: crate::clock::now(),
+            received_at: crate::clock::now(),
             event: IdentityEvent::UserDeactivated,
             profile: Default::default(),
             source_event_type: "x".into(),

@@ -294,7 +294,7 @@ mod tests {
     #[test]
     fn overall_limit_is_the_lower_of_count_and_percentage() {
         let l = AdmitLimits {
-            since: Utc::now(),
+            since: crate::clock::now(),
             max: Some(500),
             max_percent: Some(10.0),
             max_per_source: None,

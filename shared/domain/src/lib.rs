@@ -12,6 +12,7 @@
 //! - [`deprovisioning`]: the deprovisioning SLA report (event → last revoking call per target).
 //! - [`inactivity`]: license reclamation (`[inactivity]`: managed users with no recent login).
 //! - [`ledger_chain`]: the hash chain over the ledger and its verification.
+//! - [`clock`]: the one wall clock ([`clock::now`], or an injected [`clock::Clock`]).
 //! - [`ports`]: traits the adapters implement (queue, state, Looker).
 //! - [`schedule`]: one leader per scheduled reconcile tick, the rolling audit's run counter.
 //! - [`target`]: the one port every changed system implements (read, diff, send, classify).
@@ -19,6 +20,7 @@
 pub mod access;
 pub mod actor;
 pub mod breaker;
+pub mod clock;
 pub mod cloud;
 pub mod cloud_audit;
 pub mod deprovisioning;

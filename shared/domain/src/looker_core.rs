@@ -115,7 +115,7 @@ mod tests {
         let mut id = Identity::new("00u1");
         id.status = crate::identity::Status::Active;
         let stamp = crate::identity::Stamp {
-            at: chrono::Utc::now(),
+            at: crate::clock::now(),
             id: crate::envelope::EnvelopeId("e1".into()),
         };
         id.profile.insert(
@@ -136,13 +136,13 @@ mod tests {
         assert_eq!(p.looker_platform(), Platform::Core);
         let grant = core().grant();
         assert!(p.managed_gcp_grants().contains(&grant));
-        let d = crate::cloud::evaluate(&p, &person("a@x.io"), None, true, chrono::Utc::now());
+        let d = crate::cloud::evaluate(&p, &person("a@x.io"), None, true, crate::clock::now());
         let gcp = d.gcp.expect("gcp part");
         assert_eq!(gcp.bindings.get(&grant).map(String::as_str), Some(RULE));
         assert_eq!(gcp.member, "user:a@x.io");
         // Outside the allowed domains: managed, not granted.
         p.allowed_email_domains = Some(["corp.io".to_string()].into());
-        let d = crate::cloud::evaluate(&p, &person("a@x.io"), None, true, chrono::Utc::now());
+        let d = crate::cloud::evaluate(&p, &person("a@x.io"), None, true, crate::clock::now());
         let gcp = d.gcp.expect("gcp part");
         assert!(gcp.managed.contains(&grant) && gcp.bindings.is_empty());
     }

@@ -403,7 +403,7 @@ looker_roles = ["Viewer"]
         let current = Policy::from_toml(CURRENT).unwrap();
         let new = Policy::from_toml(NEW).unwrap();
         let ppl = people();
-        let r = review(&current, &new, &ppl, &targets(), Utc::now());
+        let r = review(&current, &new, &ppl, &targets(), crate::clock::now());
         assert_eq!(r.evaluated, 4);
         let summary: Vec<Summary> = r
             .people
@@ -486,7 +486,7 @@ looker_roles = ["Viewer"]
         )
         .unwrap();
         let ppl = people();
-        let r = review(&current, &new, &ppl, &targets(), Utc::now());
+        let r = review(&current, &new, &ppl, &targets(), crate::clock::now());
         let ann = r.people.iter().find(|p| p.subject == "okta:1").unwrap();
         assert_eq!(ann.removed.len(), 1);
         assert_eq!(ann.removed[0].grant.render(), "looker role Developer");
@@ -505,7 +505,7 @@ looker_roles = ["Viewer"]
         let same = Policy::from_toml(&format!("# reformatted\n{CURRENT}")).unwrap();
         assert_ne!(current.digest, same.digest);
         let ppl = people();
-        let r = review(&current, &same, &ppl, &targets(), Utc::now());
+        let r = review(&current, &same, &ppl, &targets(), crate::clock::now());
         assert!(r.is_unchanged());
         assert!(r.per_rule.is_empty() && r.per_target.is_empty());
         assert!(render_text(&r).contains("no change"), "{}", render_text(&r));
@@ -524,7 +524,7 @@ looker_roles = ["Viewer"]
             gcp: true,
             ..targets()
         };
-        let r = review(&current, &new, &ppl, &t, Utc::now());
+        let r = review(&current, &new, &ppl, &t, crate::clock::now());
         let ann = r.people.iter().find(|p| p.subject == "okta:1").unwrap();
         let added: Vec<String> = ann.added.iter().map(|g| g.grant.render()).collect();
         assert_eq!(

@@ -1000,7 +1000,7 @@ mod tests {
             ),
             ..Default::default()
         };
-        let now = Utc::now();
+        let now = gatehouse_domain::clock::now();
         let seen = observe(&policy, &people, &snap, &shape, now);
         let orphans: Vec<(&str, &str)> = seen
             .orphans

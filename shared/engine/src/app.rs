@@ -158,7 +158,7 @@ pub fn budget(cfg: &Config, store: AnyState, meters: &[CallMeter]) -> Option<Bud
             first.clone(),
             quota,
             &cfg.looker.budget,
-            Arc::new(chrono::Utc::now),
+            gatehouse_domain::clock::system(),
         )
         .with_meters(more.iter().cloned()),
     )

@@ -98,7 +98,7 @@ impl Breaker {
         ctx: &gatehouse_targets::Ctx,
         policy_digest: &str,
     ) -> Result<bool, BackendError> {
-        let now = Utc::now();
+        let now = gatehouse_domain::clock::now();
         let env = Envelope {
             version: Envelope::VERSION,
             id: EnvelopeId(format!("{}:{}", ctx.envelope_id, ctx.subject)),
@@ -134,7 +134,7 @@ impl Breaker {
         kinds: std::collections::BTreeSet<ChangeKind>,
         by: By<'_>,
     ) -> Result<bool, BackendError> {
-        let now = Utc::now();
+        let now = gatehouse_domain::clock::now();
         for kind in kinds {
             let Some(limits) = self.limits(kind, now) else {
                 continue;
@@ -199,7 +199,7 @@ pub(crate) fn ledger(
     by: By<'_>,
 ) -> LedgerEntry {
     LedgerEntry {
-        at: Utc::now(),
+        at: gatehouse_domain::clock::now(),
         envelope_id: envelope_id.into(),
         subject: subject.into(),
         event: event.into(),
@@ -232,8 +232,11 @@ pub(crate) fn decision_row(
     policy_digest: Option<&str>,
 ) -> LedgerEntry {
     LedgerEntry {
-        at: Utc::now(),
-        envelope_id: format!("safety:{action}:{}", Utc::now().timestamp_millis()),
+        at: gatehouse_domain::clock::now(),
+        envelope_id: format!(
+            "safety:{action}:{}",
+            gatehouse_domain::clock::now().timestamp_millis()
+        ),
         subject: source.unwrap_or(ALL_SOURCES).into(),
         event: format!("safety_{action}"),
         rule: "safety.breaker".into(),

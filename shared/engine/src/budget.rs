@@ -19,7 +19,7 @@ use gatehouse_domain::ports::{BackendError, LookerCallCounts, call_month};
 use gatehouse_platform::config::LookerBudgetConfig;
 use gatehouse_platform::shutdown::Shutdown;
 use gatehouse_targets::client::looker::CallMeter;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 /// Calls this UTC month, every process sharing the state store.
@@ -30,7 +30,7 @@ pub const METRIC_REMAINING: &str = "gatehouse_looker_api_budget_remaining";
 pub const METRIC_LOW: &str = "gatehouse_looker_api_budget_low";
 
 /// Wall-clock time for month boundaries (injected: tests use a fixed or tokio-paused clock).
-pub type Now = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+pub type Now = gatehouse_domain::clock::SharedClock;
 
 /// What one flush found.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,7 +98,7 @@ impl<S: LookerCallCounts> Budget<S> {
 
     /// Flush at the clock's now.
     pub async fn flush(&self) -> Result<BudgetStatus, BackendError> {
-        self.flush_at((self.now)()).await
+        self.flush_at(self.now.now()).await
     }
 
     /// Add the calls counted since the last flush to the store, read back the month's total,
@@ -171,7 +171,7 @@ impl<S: LookerCallCounts> Budget<S> {
                 let pending = self.meter.pending() + self.more.iter().map(CallMeter::pending).sum::<u64>();
                 tracing::warn!(error = %e, pending, "cannot flush the looker call count");
             }
-            let wait = self.next_wait((self.now)());
+            let wait = self.next_wait(self.now.now());
             tokio::select! {
                 _ = stop.wait() => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -196,6 +196,7 @@ fn next_month_start(now: DateTime<Utc>) -> DateTime<Utc> {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     /// The store in memory (unit tests do no I/O); `fail` makes every call an error.
@@ -414,7 +415,7 @@ mod tests {
                 flush_interval: Duration::from_secs(3600),
                 ..cfg(0.1)
             },
-            Arc::new(Utc::now),
+            gatehouse_domain::clock::system(),
         );
         assert_eq!(
             b.next_wait(at("2026-12-31T23:59:50Z")),

@@ -355,7 +355,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         identity: &Identity,
     ) -> Result<AppliedCounts, ProcessError> {
         let run = self.run(ctx);
-        let now = Utc::now();
+        let now = gatehouse_domain::clock::now();
         let results = futures::future::join_all(
             self.registered
                 .iter()
@@ -444,7 +444,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
 
     fn desired_cloud(&self, identity: &Identity) -> DesiredCloud {
         match &self.cloud {
-            Some(c) => c.evaluate(&self.policy, identity, Utc::now()),
+            Some(c) => c.evaluate(&self.policy, identity, gatehouse_domain::clock::now()),
             None => DesiredCloud { aws: None, gcp: None },
         }
     }
@@ -491,7 +491,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let stale = identity.fold(env) == FoldOutcome::Stale;
         let desired = policy::evaluate(&self.policy, &identity);
         let desired_cloud = self.desired_cloud(&identity);
-        let now = Utc::now();
+        let now = gatehouse_domain::clock::now();
         let registered = async {
             let calls = futures::future::join_all(
                 self.registered
@@ -562,7 +562,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                 desired.email.as_deref(),
                 &read.actual.user,
                 catalog,
-                Utc::now(),
+                gatehouse_domain::clock::now(),
             );
         }
         Ok(plan)
@@ -730,7 +730,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         }
         let desired = policy::evaluate(&self.policy, &identity);
         let desired_cloud = self.desired_cloud(&identity);
-        let now = Utc::now();
+        let now = gatehouse_domain::clock::now();
         let desired_registered: Vec<(&str, Option<serde_json::Value>)> = self
             .registered
             .iter()
@@ -825,7 +825,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             other => other,
         };
         // The grace period runs from when Gatehouse offboarded the person, never from an old event time.
-        let deletion = deletion_change(&desired, &identity, Utc::now());
+        let deletion = deletion_change(&desired, &identity, gatehouse_domain::clock::now());
         let ctx = ctx(env, desired.email.as_deref(), &self.policy);
         let run = self.run(&ctx);
         let looker_part = async {
@@ -1263,7 +1263,7 @@ fn offboarding_times(env: &Envelope, identity: &Identity) -> Option<OffboardingT
         event: env.event.kind().to_string(),
         occurred_at: env.occurred_at,
         received_at: env.received_at,
-        finished_at: Utc::now(),
+        finished_at: gatehouse_domain::clock::now(),
     })
 }
 
@@ -1328,7 +1328,7 @@ mod tests {
 
     #[test]
     fn offboarding_schedules_deletion_and_reactivation_cancels_it() {
-        let now = Utc::now();
+        let now = gatehouse_domain::clock::now();
         let o = Offboarding {
             delete_after_days: Some(30),
             ..Offboarding::default()

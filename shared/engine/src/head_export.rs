@@ -184,7 +184,7 @@ pub async fn put_s3(
         .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
         .body(body.into());
     if let Some(days) = cfg.retain_days {
-        let until = Utc::now() + chrono::Duration::days(i64::from(days));
+        let until = gatehouse_domain::clock::now() + chrono::Duration::days(i64::from(days));
         put = put
             .object_lock_mode(match cfg.lock_mode {
                 ObjectLockMode::Compliance => aws_sdk_s3::types::ObjectLockMode::Compliance,
@@ -318,7 +318,7 @@ pub async fn export_once<S: StateStore>(
     store: &S,
     cfg: &HeadExportConfig,
 ) -> Result<Option<ExportedHead>, HeadExportError> {
-    let Some(head) = current(store, Utc::now()).await? else {
+    let Some(head) = current(store, gatehouse_domain::clock::now()).await? else {
         return Ok(None);
     };
     write(cfg, &head).await?;

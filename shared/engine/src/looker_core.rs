@@ -180,7 +180,7 @@ pub async fn run_every<S, L, D, C>(
     schedule: &C,
     holder: &str,
     every: Every,
-    now: impl Fn() -> chrono::DateTime<chrono::Utc>,
+    clock: impl gatehouse_domain::clock::Clock,
     shutdown: gatehouse_platform::shutdown::Shutdown,
 ) where
     S: StateStore,
@@ -201,7 +201,7 @@ pub async fn run_every<S, L, D, C>(
     let millis = interval.as_millis().max(1) as i64;
     loop {
         // The tick is the interval's start: every replica names it alike.
-        let at = now();
+        let at = clock.now();
         let start = at.timestamp_millis() - at.timestamp_millis().rem_euclid(millis);
         let tick_at = chrono::DateTime::from_timestamp_millis(start).unwrap_or(at);
         let tick = format!(
@@ -259,7 +259,7 @@ pub async fn run_every<S, L, D, C>(
             Err(e) => tracing::warn!(tick, error = %e, "cannot claim the first-login run"),
         }
         let next = tick_at + step;
-        let wait = (next - now()).to_std().unwrap_or_default();
+        let wait = (next - clock.now()).to_std().unwrap_or_default();
         tokio::select! {
             _ = shutdown.wait() => return,
             _ = tokio::time::sleep(wait) => {}

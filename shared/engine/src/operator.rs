@@ -6,7 +6,6 @@
 
 use crate::breaker::{By, LEDGER_TARGET, decision_row, ledger};
 use crate::engine::{Engine, Handled, ProcessError, Via};
-use chrono::Utc;
 use gatehouse_domain::breaker::{ALL_SOURCES, Settle};
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, IdentityEvent, Source, Subject};
 use gatehouse_domain::looker::{HttpCall, Method};
@@ -152,7 +151,7 @@ pub async fn offboard<S: StateStore + Directory, L: LookerPort>(
         .find(|s| s.identity.email().is_some_and(|e| e.to_lowercase() == wanted))
         .map(|s| s.identity.key)
         .unwrap_or_else(|| format!("manual:{wanted}"));
-    let now = Utc::now();
+    let now = gatehouse_domain::clock::now();
     let id = format!("manual:offboard:{}", uuid::Uuid::new_v4());
     let env = Envelope {
         version: Envelope::VERSION,

@@ -23,6 +23,7 @@ pub use crate::reconcile_model::{
 };
 pub use crate::reconcile_paged::ReadOptions;
 use chrono::{DateTime, Utc};
+use gatehouse_domain::clock::Clock;
 use gatehouse_domain::cloud::{AwsActual, AwsUser, AwsUserKey, AwsUserMapping, CloudPlan, Target};
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::inactivity::{InactiveUser, InactivityMode};
@@ -258,7 +259,7 @@ where
     let Some(cloud) = engine.cloud() else {
         return Ok((snap, reads));
     };
-    let now = Utc::now();
+    let now = gatehouse_domain::clock::now();
     let desired: Vec<_> = identities
         .iter()
         .map(|id| cloud.evaluate(policy, id, now))
@@ -385,7 +386,7 @@ where
     S: StateStore,
     L: LookerPort,
 {
-    let read_at = Utc::now();
+    let read_at = gatehouse_domain::clock::now();
     let identities: Vec<Identity> = directory
         .subjects()
         .await?
@@ -399,7 +400,13 @@ where
             .and_then(|c| c.aws.as_ref().map(|a| a.mapping.clone())),
         gcp: engine.cloud().is_some_and(|c| c.gcp.is_some()),
     };
-    let all = plan_all(engine.policy(), &identities, &snap, &shape, Utc::now());
+    let all = plan_all(
+        engine.policy(),
+        &identities,
+        &snap,
+        &shape,
+        gatehouse_domain::clock::now(),
+    );
     let inactivity = engine.policy().inactivity.as_ref().map(|rule| {
         let mut users: Vec<InactiveUser> = all.iter().filter_map(|p| p.inactive.clone()).collect();
         users.sort_by(|a, b| (a.active_at, &a.subject).cmp(&(b.active_at, &b.subject)));
@@ -453,7 +460,7 @@ where
         return Ok(report);
     }
     progress.phase("apply", report.plans.len());
-    let run_id = format!("reconcile:{}", Utc::now().to_rfc3339());
+    let run_id = format!("reconcile:{}", gatehouse_domain::clock::now().to_rfc3339());
     for p in &report.plans {
         let ctx = Ctx {
             envelope_id: run_id.clone(),
@@ -601,13 +608,13 @@ pub fn mode_of(modes: &gatehouse_platform::config::Modes, t: Target) -> Mode {
     }
 }
 
-/// Run `job` at every occurrence of `cron` until `shutdown` fires. `now` is the wall clock (a
+/// Run `job` at every occurrence of `cron` until `shutdown` fires. `clock` is the wall clock (a
 /// parameter so tests can drive the schedule with tokio's paused clock); waiting uses tokio time.
 /// Each run starts after the previous one ended: a run longer than the period skips the
 /// occurrences it overlapped instead of piling up.
 pub async fn run_on_schedule<F, Fut>(
     cron: &croner::Cron,
-    now: impl Fn() -> DateTime<Utc>,
+    clock: impl Clock,
     shutdown: gatehouse_platform::shutdown::Shutdown,
     mut job: F,
 ) where
@@ -615,7 +622,7 @@ pub async fn run_on_schedule<F, Fut>(
     Fut: std::future::Future<Output = ()>,
 {
     loop {
-        let at = now();
+        let at = clock.now();
         let Ok(next) = cron.find_next_occurrence(&at, false) else {
             tracing::error!("reconcile schedule has no next occurrence; scheduled reconcile stops");
             return;

@@ -161,7 +161,7 @@ pub const METRIC_SKIPPED: &str = "gatehouse_reconcile_skipped_total";
 /// The ledger note of a skipped scheduled reconcile (no call was made: a `GET` of nothing).
 pub fn skip_note(tick: &str, check: &BudgetCheck) -> gatehouse_domain::ports::LedgerEntry {
     gatehouse_domain::ports::LedgerEntry {
-        at: Utc::now(),
+        at: gatehouse_domain::clock::now(),
         envelope_id: format!("reconcile:{tick}"),
         subject: "*".into(),
         event: "reconcile".into(),
@@ -222,10 +222,12 @@ where
         true,
         &shape_of(engine),
         &read_options(cfg, 0),
-        Utc::now(),
+        gatehouse_domain::clock::now(),
     );
     let used = counts
-        .looker_calls(&gatehouse_domain::ports::call_month(Utc::now()))
+        .looker_calls(&gatehouse_domain::ports::call_month(
+            gatehouse_domain::clock::now(),
+        ))
         .await?;
     Ok(Some(BudgetCheck::new(
         quota,

@@ -6,6 +6,7 @@
 //! process starting also takes over the schedule's previous tick if it was left unfinished.
 
 use chrono::{DateTime, Utc};
+use gatehouse_domain::clock::Clock;
 use gatehouse_domain::schedule::{Claim, ReconcileSchedule};
 use gatehouse_platform::shutdown::Shutdown;
 use std::future::Future;
@@ -18,10 +19,10 @@ pub fn holder_id() -> String {
 }
 
 /// Run `job(tick)` at every occurrence of `cron`, on one of the processes that share `store`.
-/// `now` is the wall clock (injected for tests); waiting uses tokio time.
+/// `clock` is the wall clock (injected for tests); waiting uses tokio time.
 pub async fn run_on_schedule_once<S, F, Fut>(
     cron: &croner::Cron,
-    now: impl Fn() -> DateTime<Utc>,
+    clock: impl Clock,
     shutdown: Shutdown,
     store: &S,
     holder: &str,
@@ -32,14 +33,14 @@ pub async fn run_on_schedule_once<S, F, Fut>(
     F: FnMut(String) -> Fut,
     Fut: Future<Output = ()>,
 {
-    if let Ok(prev) = cron.find_previous_occurrence(&now(), false) {
+    if let Ok(prev) = cron.find_previous_occurrence(&clock.now(), false) {
         // Only a tick some process claimed and left unfinished: never a fresh run at start.
         settle(
             store,
             &tick_of(prev),
             holder,
             lease,
-            &now,
+            &clock,
             &shutdown,
             true,
             &mut job,
@@ -47,7 +48,7 @@ pub async fn run_on_schedule_once<S, F, Fut>(
         .await;
     }
     loop {
-        let at = now();
+        let at = clock.now();
         let Ok(next) = cron.find_next_occurrence(&at, false) else {
             tracing::error!("reconcile schedule has no next occurrence; scheduled reconcile stops");
             return;
@@ -62,7 +63,7 @@ pub async fn run_on_schedule_once<S, F, Fut>(
             &tick_of(next),
             holder,
             lease,
-            &now,
+            &clock,
             &shutdown,
             false,
             &mut job,
@@ -86,7 +87,7 @@ async fn settle<S, F, Fut>(
     tick: &str,
     holder: &str,
     lease: Duration,
-    now: &impl Fn() -> DateTime<Utc>,
+    clock: &impl Clock,
     shutdown: &Shutdown,
     existing_only: bool,
     job: &mut F,
@@ -99,7 +100,7 @@ async fn settle<S, F, Fut>(
     let poll = lease / 3;
     let mut waiting = false;
     loop {
-        let at = now();
+        let at = clock.now();
         let claim = match existing_only {
             true => store.take_over_tick(tick, holder, at, until(at)).await,
             false => store.claim_tick(tick, holder, at, until(at)).await,
@@ -129,7 +130,7 @@ async fn settle<S, F, Fut>(
     let renew = async {
         loop {
             tokio::time::sleep(poll).await;
-            let at = now();
+            let at = clock.now();
             match store.claim_tick(tick, holder, at, until(at)).await {
                 Ok(Claim::Won) => {}
                 Ok(_) => return,

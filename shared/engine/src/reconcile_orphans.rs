@@ -120,7 +120,7 @@ where
 {
     let disable = mode == Orphans::Disable;
     let policy = engine.policy();
-    let now = Utc::now();
+    let now = gatehouse_domain::clock::now();
     let mut total = AppliedCounts::default();
     for o in orphans {
         let subject = orphan_subject(&o.target, &o.account);

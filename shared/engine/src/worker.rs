@@ -3,7 +3,6 @@
 //! reason. `run_once` is the step tests drive without sleeping.
 
 use crate::engine::{Engine, Handled, ProcessError};
-use chrono::Utc;
 use gatehouse_domain::envelope::Envelope;
 use gatehouse_domain::error::{Classified, chain};
 use gatehouse_domain::ports::{BackendError, Delivery, LookerPort, QueueConsumer, StateStore};
@@ -139,7 +138,7 @@ where
             }
             if last_sweep.is_none_or(|t| t.elapsed() >= self.cfg.sweep_interval) {
                 last_sweep = Some(tokio::time::Instant::now());
-                match self.engine.sweep_deletions(Utc::now()).await {
+                match self.engine.sweep_deletions(gatehouse_domain::clock::now()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(deleted = n, "scheduled deletions done"),
                     Err(e) => tracing::warn!(error = %e, "scheduled deletions failed; will retry"),
@@ -284,7 +283,7 @@ where
     async move {
         let started = tokio::time::Instant::now();
         // Queue lag, whatever the backend: from the intake accepting the event to work starting.
-        let age = (Utc::now() - env.received_at).num_milliseconds().max(0) as f64 / 1000.0;
+        let age = (gatehouse_domain::clock::now() - env.received_at).num_milliseconds().max(0) as f64 / 1000.0;
         metrics::histogram!("gatehouse_event_age_seconds", "source" => source).record(age);
         // Keep the lease while the work runs, so slow work is not redelivered to another worker.
         let handled = {

@@ -9,7 +9,6 @@
 //! clouds' own event ids, so a delivery that comes back after a publish whose ack was lost is
 //! deduplicated by the processor.
 
-use chrono::Utc;
 use gatehouse_domain::cloud_audit;
 use gatehouse_domain::ports::{BackendError, Delivery, QueueConsumer, QueueProducer};
 use gatehouse_platform::retry::RetryPolicy;
@@ -110,7 +109,7 @@ where
         let mut envelopes = match cloud_audit::parse(
             kind,
             d.body.as_bytes(),
-            Utc::now(),
+            gatehouse_domain::clock::now(),
             &self.cfg.gatehouse_principals,
         ) {
             Ok(envelopes) => envelopes,

@@ -1,6 +1,7 @@
 //! What every Gatehouse service shares: configuration, telemetry, the shutdown signal and the
 //! admin router (`/healthz`, `/readyz`, `/metrics`).
 
+pub mod clock;
 pub mod config;
 pub mod http;
 pub mod ops;

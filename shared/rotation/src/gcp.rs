@@ -99,7 +99,7 @@ impl GcpClient {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
+            .and_then(|v| parse_retry_after(v, gatehouse_domain::clock::now()));
         let bytes = resp.bytes().await.map_err(|e| {
             RotationError::new(ErrorKind::Transient, format!("{what}: cannot read the answer"))
                 .caused_by(e.without_url())
@@ -202,7 +202,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_429_retry_after_as_an_http_date_is_honoured() {
-        let date = (chrono::Utc::now() + chrono::Duration::seconds(60))
+        let date = (gatehouse_domain::clock::now() + chrono::Duration::seconds(60))
             .format("%a, %d %b %Y %H:%M:%S GMT")
             .to_string();
         let body = r#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED"}}"#;

@@ -228,7 +228,7 @@ impl RotationStore for PgRotations {
         .bind(ms(r.due_at))
         .bind(attempts)
         .bind(&r.error)
-        .bind(ms(Utc::now()))
+        .bind(ms(gatehouse_domain::clock::now()))
         .bind(&r.id)
         .bind(owner)
         .execute(self.db.pool())

@@ -218,7 +218,7 @@ impl RotationStore for SqliteRotations {
         .bind(ts(r.due_at))
         .bind(r.attempts as i64)
         .bind(&r.error)
-        .bind(ts(Utc::now()))
+        .bind(ts(gatehouse_domain::clock::now()))
         .bind(&r.id)
         .bind(owner)
         .execute(self.db.pool())

@@ -139,7 +139,7 @@ impl CatchupStore for Sqlite {
         .bind(source)
         .bind(&c.position)
         .bind(ts(c.covered_until))
-        .bind(ts(Utc::now()))
+        .bind(ts(gatehouse_domain::clock::now()))
         .execute(self.pool())
         .await
         .map_err(err("cannot store a catch-up cursor"))?;
@@ -237,7 +237,7 @@ impl CatchupStore for Postgres {
         .bind(source)
         .bind(&c.position)
         .bind(millis(c.covered_until))
-        .bind(millis(Utc::now()))
+        .bind(millis(gatehouse_domain::clock::now()))
         .execute(self.pool())
         .await
         .map_err(err("cannot store a catch-up cursor"))?;

@@ -140,7 +140,7 @@ impl Sqlite {
             }
         }
         sqlx::query("UPDATE graph_inbox SET status = 'done', done_at = ?, last_error = NULL WHERE seq = ?")
-            .bind(Utc::now().timestamp_millis())
+            .bind(gatehouse_domain::clock::now().timestamp_millis())
             .bind(seq)
             .execute(&mut *tx)
             .await
@@ -176,7 +176,7 @@ impl Sqlite {
              WHERE seq = ?",
         )
         .bind(error)
-        .bind(Utc::now().timestamp_millis())
+        .bind(gatehouse_domain::clock::now().timestamp_millis())
         .bind(seq)
         .execute(self.pool())
         .await
@@ -262,7 +262,7 @@ impl Sqlite {
         .bind(&sub.resource)
         .bind(&sub.subscription_id)
         .bind(ts(sub.expires_at))
-        .bind(ts(Utc::now()))
+        .bind(ts(gatehouse_domain::clock::now()))
         .execute(&mut *tx)
         .await
         .map_err(err("cannot store a graph subscription"))?;

@@ -175,7 +175,7 @@ impl StateStore for Postgres {
     }
 
     async fn commit(&self, outcome: Outcome) -> Result<(), BackendError> {
-        let now = millis(Utc::now());
+        let now = millis(gatehouse_domain::clock::now());
         let mut tx = self.pool.begin().await.map_err(err("cannot begin commit"))?;
         mark_processed(&mut tx, &outcome.envelope_id.0, now).await?;
         if let Some(times) = &outcome.offboarding {
@@ -245,7 +245,7 @@ impl StateStore for Postgres {
         )
         .bind(key)
         .bind(base_version)
-        .bind(millis(Utc::now()))
+        .bind(millis(gatehouse_domain::clock::now()))
         .fetch_optional(&self.pool)
         .await
         .map_err(err("cannot forget the converged fingerprint"))?;

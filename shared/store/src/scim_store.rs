@@ -295,8 +295,8 @@ mod tests {
                 email: Some("a@example.com".into()),
                 display_name: None,
             },
-            occurred_at: Utc::now(),
-            received_at: Utc::now(),
+            occurred_at: gatehouse_domain::clock::now(),
+            received_at: gatehouse_domain::clock::now(),
             event: IdentityEvent::UserCreated,
             profile: Default::default(),
             source_event_type: "scim.user.create".into(),
@@ -317,7 +317,7 @@ mod tests {
     async fn write_is_atomic_with_its_outbox_and_checks_versions() {
         let dir = tempfile::tempdir().unwrap();
         let db = Sqlite::open(dir.path()).await.unwrap();
-        let at = Utc::now();
+        let at = gatehouse_domain::clock::now();
         db.scim_write(&ScimWrite {
             at,
             changes: vec![insert("u1", "Alice@Example.com")],

@@ -75,7 +75,7 @@ pub(crate) fn parse_ts(s: &str) -> Result<DateTime<Utc>, BackendError> {
 }
 
 fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
+    gatehouse_domain::clock::now().timestamp_millis()
 }
 
 impl Sqlite {
@@ -199,7 +199,7 @@ impl Sqlite {
             Err(_) => (
                 format!("dead-letter:{id}"),
                 format!("dead-letter:{id}"),
-                ts(Utc::now()),
+                ts(gatehouse_domain::clock::now()),
             ),
         };
         insert_message(&mut tx, &envelope_id, &subject, &occurred_at, &body, now_ms()).await?;
@@ -217,7 +217,15 @@ impl Sqlite {
     /// body is not checked: a consumer that cannot decode it dead-letters it with the reason.
     pub async fn enqueue_raw(&self, id: &str, subject: &str, body: &str) -> Result<(), BackendError> {
         let mut conn = self.writer.acquire().await.map_err(err("cannot enqueue"))?;
-        insert_message(&mut conn, id, subject, &ts(Utc::now()), body, now_ms()).await?;
+        insert_message(
+            &mut conn,
+            id,
+            subject,
+            &ts(gatehouse_domain::clock::now()),
+            body,
+            now_ms(),
+        )
+        .await?;
         self.wake.notify_one();
         Ok(())
     }
@@ -368,7 +376,7 @@ async fn forget_converged_on(
     )
     .bind(key)
     .bind(base_version)
-    .bind(ts(Utc::now()))
+    .bind(ts(gatehouse_domain::clock::now()))
     .fetch_optional(conn)
     .await
     .map_err(err("cannot forget the converged fingerprint"))?;
@@ -378,7 +386,7 @@ async fn forget_converged_on(
 
 /// Record an event's outcome on the writer's connection (inside the group commit's savepoint).
 async fn commit_outcome(tx: &mut sqlx::SqliteConnection, outcome: &Outcome) -> Result<(), BackendError> {
-    let now = ts(Utc::now());
+    let now = ts(gatehouse_domain::clock::now());
     sqlx::query("INSERT INTO processed (envelope_id, processed_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
         .bind(&outcome.envelope_id.0)
         .bind(&now)
@@ -583,7 +591,7 @@ pub(crate) async fn dead_letter_from(
     let (seq, _) = parse_receipt(&delivery.receipt)?;
     let mut tx = writer.begin().await.map_err(err("cannot begin dead-lettering"))?;
     sqlx::query("INSERT INTO dead_letters (at, attempts, reason, body) VALUES (?, ?, ?, ?)")
-        .bind(ts(Utc::now()))
+        .bind(ts(gatehouse_domain::clock::now()))
         .bind(delivery.attempt as i64)
         .bind(reason)
         .bind(&delivery.body)
@@ -680,7 +688,7 @@ impl LookerCallCounts for Sqlite {
         )
         .bind(month)
         .bind(i64::try_from(delta).unwrap_or(i64::MAX))
-        .bind(ts(Utc::now()))
+        .bind(ts(gatehouse_domain::clock::now()))
         .fetch_one(&self.writer)
         .await
         .map_err(err("cannot add to the looker call count"))?;
@@ -821,7 +829,7 @@ impl StateStore for Sqlite {
             .bind(target)
             .bind(person)
             .bind(a)
-            .bind(ts(Utc::now()))
+            .bind(ts(gatehouse_domain::clock::now()))
             .execute(&mut *tx)
             .await
             .map_err(err("cannot write account links"))?;

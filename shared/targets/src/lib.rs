@@ -126,7 +126,7 @@ pub fn ledger_row(
     outcome: &CallOutcome,
 ) -> LedgerEntry {
     LedgerEntry {
-        at: Utc::now(),
+        at: gatehouse_domain::clock::now(),
         envelope_id: ctx.envelope_id.clone(),
         subject: ctx.subject.clone(),
         event: ctx.event.clone(),

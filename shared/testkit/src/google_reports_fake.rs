@@ -179,7 +179,7 @@ impl FakeGoogleReports {
     }
 
     fn now(&self) -> DateTime<Utc> {
-        lock(&self.state).now.unwrap_or_else(Utc::now)
+        lock(&self.state).now.unwrap_or_else(gatehouse_domain::clock::now)
     }
 
     /// Record an activity of the `admin` application (listable at once).
@@ -351,7 +351,7 @@ fn route(
             "Request had invalid authentication credentials.",
         );
     }
-    let now = st.now.unwrap_or_else(Utc::now);
+    let now = st.now.unwrap_or_else(gatehouse_domain::clock::now);
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, segs.as_slice()) {
         (

@@ -335,7 +335,7 @@ fn graph_time(t: DateTime<Utc>) -> String {
 }
 
 fn prune_expired(st: &mut State) {
-    let now = Utc::now();
+    let now = gatehouse_domain::clock::now();
     st.subscriptions.retain(|_, s| {
         s.get("expirationDateTime")
             .and_then(Value::as_str)
@@ -629,7 +629,7 @@ fn check_expiry(v: Option<&Value>) -> Result<DateTime<Utc>, String> {
     let t = DateTime::parse_from_rfc3339(s)
         .map_err(|_| bad("expirationDateTime is not a valid date."))?
         .with_timezone(&Utc);
-    let now = Utc::now();
+    let now = gatehouse_domain::clock::now();
     if t <= now {
         return Err(bad("Subscription expiration must be in the future."));
     }

@@ -170,7 +170,7 @@ impl FakeOkta {
             .and_then(Value::as_str)
             .and_then(|p| DateTime::parse_from_rfc3339(p).ok())
             .map(|p| p.with_timezone(&Utc))
-            .unwrap_or_else(Utc::now);
+            .unwrap_or_else(gatehouse_domain::clock::now);
         self.lock().log.push(Stored { event, published });
     }
 
@@ -179,7 +179,7 @@ impl FakeOkta {
     pub fn deactivate(&self, user_id: &str, login: &str) -> Value {
         let mut e: Value = serde_json::from_str(DEACTIVATE_TEMPLATE).expect("fixture is json");
         e["uuid"] = json!(uuid::Uuid::new_v4().to_string());
-        e["published"] = json!(Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true));
+        e["published"] = json!(gatehouse_domain::clock::now().to_rfc3339_opts(SecondsFormat::Millis, true));
         e["target"][0]["id"] = json!(user_id);
         e["target"][0]["alternateId"] = json!(login);
         e["target"][0]["displayName"] = json!(login.split('@').next().unwrap_or(login));
@@ -306,7 +306,7 @@ fn admit(
     path: &str,
     query: &[(String, String)],
 ) -> Result<HeaderMap, Response> {
-    let now = Utc::now();
+    let now = gatehouse_domain::clock::now();
     let record = |status: u16, s: &mut State| {
         s.calls.push(OktaCall {
             path: path.to_string(),
@@ -475,7 +475,7 @@ async fn logs(
         let limit = limit_param(&q, 100)?;
         let types = event_types(param(&q, "filter"))?;
         let ascending = param(&q, "sortOrder").is_none_or(|o| o == "ASCENDING");
-        let now = Utc::now();
+        let now = gatehouse_domain::clock::now();
         let oldest = now - chrono::Duration::days(RETENTION_DAYS);
         let polling = until.is_none() && ascending;
         let position = match after {
@@ -686,7 +686,7 @@ async fn token(AxState(state): AxState<Arc<Mutex<State>>>, body: String) -> Resp
     s.calls.push(OktaCall {
         path: "/oauth2/v1/token".into(),
         query: Vec::new(),
-        at: Utc::now(),
+        at: gatehouse_domain::clock::now(),
         status,
     });
     match answer {

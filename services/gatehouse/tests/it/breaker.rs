@@ -136,7 +136,7 @@ async fn fifty_offboardings_past_a_limit_of_twenty_are_held_across_a_restart_unt
     std::fs::write(&cfg_file, BREAKER).unwrap();
     let vars = vars(&data, &fake);
     let cfg = config(&cfg_file, &vars);
-    let now = Utc::now();
+    let now = gatehouse_domain::clock::now();
     // A minute of deactivations (a catch-up burst counts when handled, whatever its dates).
     let burst: Vec<Envelope> = (0..50)
         .map(|i| {
@@ -272,7 +272,14 @@ async fn discarded_changes_are_never_applied_even_when_delivered_again() {
     let vars = vars(&data, &fake);
     let cfg = config(&cfg_file, &vars);
     let burst: Vec<Envelope> = (0..5)
-        .map(|i| okta(i, &format!("d-{i}"), IdentityEvent::UserDeactivated, Utc::now()))
+        .map(|i| {
+            okta(
+                i,
+                &format!("d-{i}"),
+                IdentityEvent::UserDeactivated,
+                gatehouse_domain::clock::now(),
+            )
+        })
         .collect();
     let db = Sqlite::open(&data).await.unwrap();
     db.publish(&burst).await.unwrap();
@@ -357,7 +364,7 @@ async fn offboard_closes_a_person_now_and_a_stale_activate_does_not_reopen_them(
     .unwrap();
     let vars = vars(&data, &fake);
     let cfg = config(&cfg_file, &vars);
-    let t0 = Utc::now() - Span::minutes(10);
+    let t0 = gatehouse_domain::clock::now() - Span::minutes(10);
     // The IdP knows Alice as active.
     let db = Sqlite::open(&data).await.unwrap();
     db.publish(&[okta(1, "act-1", IdentityEvent::UserActivated, t0)])

@@ -7,7 +7,7 @@ use super::bin;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{Builder, Credentials, Region};
 use aws_sdk_sqs::types::QueueAttributeName;
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, GroupRef, IdentityEvent, Profile, Source, Subject};
 use gatehouse_domain::policy::Policy;
 use gatehouse_domain::ports::{QueueConsumer, QueueProducer, StateStore};
@@ -155,7 +155,7 @@ pub(crate) fn generate(rng: &mut Rng, run: &str, users: usize, per_user: usize) 
                     display_name: Some(format!("First{u} Last{u}")),
                 },
                 occurred_at: at,
-                received_at: Utc::now(),
+                received_at: gatehouse_domain::clock::now(),
                 event,
                 profile,
                 source_event_type: source_event_type.into(),
@@ -287,10 +287,9 @@ pub(crate) fn sqs_client() -> Client {
 }
 
 pub(crate) fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
+    let nanos = gatehouse_domain::clock::now()
+        .timestamp_nanos_opt()
+        .unwrap_or_default() as u128;
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
 

@@ -98,7 +98,7 @@ impl World {
     async fn handle(&self, event: IdentityEvent) -> Handled {
         let n = self.events.get() + 1;
         self.events.set(n);
-        let at = chrono::Utc::now() + chrono::Duration::milliseconds(i64::from(n));
+        let at = gatehouse_domain::clock::now() + chrono::Duration::milliseconds(i64::from(n));
         let profile = [
             ("email".to_string(), ANA.to_string()),
             ("firstName".to_string(), "Ana".to_string()),
@@ -368,7 +368,7 @@ async fn two_replicas_run_one_first_login_search_per_interval() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let w = World::start("core").await;
     let (trigger, shutdown) = gatehouse_platform::shutdown::Shutdown::new();
-    let at = chrono::Utc::now();
+    let at = gatehouse_domain::clock::now();
     // Each replica's clock counts its reads: the second read comes after its claim (and run).
     let clocks = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
     let replica = |i: usize| {

@@ -235,7 +235,7 @@ async fn plan_adds_its_looker_calls_to_the_month_budget() {
     let fake = gatehouse_testkit::FakeLooker::start().await;
     fake.add_user("john.doe@example.com", "John", "Doe");
     let dir = tempfile::tempdir().unwrap();
-    let month = gatehouse_domain::ports::call_month(chrono::Utc::now());
+    let month = gatehouse_domain::ports::call_month(gatehouse_domain::clock::now());
     for round in 1..=2u64 {
         let o = tokio::process::Command::from(bin())
             .args(["plan", "--event"])

@@ -1,7 +1,7 @@
 //! `gatehouse audit export|verify` and `gatehouse dlq list|show|redrive` as an operator runs them.
 
 use crate::{bin, text};
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, IdentityEvent, Source, Subject};
 use gatehouse_domain::looker::{HttpCall, Method};
 use gatehouse_domain::ports::{LedgerEntry, QueueConsumer, QueueProducer, StateStore};
@@ -39,8 +39,8 @@ fn envelope(id: &str, subject: &str) -> Envelope {
             email: None,
             display_name: None,
         },
-        occurred_at: Utc::now(),
-        received_at: Utc::now(),
+        occurred_at: gatehouse_domain::clock::now(),
+        received_at: gatehouse_domain::clock::now(),
         event: IdentityEvent::UserActivated,
         profile: Default::default(),
         source_event_type: "test".into(),

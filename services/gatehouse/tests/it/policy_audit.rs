@@ -497,7 +497,7 @@ async fn the_s3_sink_writes_locked_objects_and_verify_against_s3_catches_a_rewri
         .object_lock_retain_until_date
         .expect("the exported head is under retention")
         .secs();
-    let in_30_days = chrono::Utc::now().timestamp() + 30 * 86_400;
+    let in_30_days = gatehouse_domain::clock::now().timestamp() + 30 * 86_400;
     assert!(
         (in_30_days - 3600..=in_30_days).contains(&until),
         "retain until {until}, expected about {in_30_days}"

@@ -75,10 +75,9 @@ async fn create_queue(client: &Client, name: &str, dlq_url: Option<&str>) -> Str
     let name = format!("{name}-{}", std::process::id());
     let name = format!(
         "{name}-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
+        (gatehouse_domain::clock::now()
+            .timestamp_nanos_opt()
+            .unwrap_or_default() as u128)
     );
     let mut req = client.create_queue().queue_name(name);
     if let Some(dlq) = dlq_url {

@@ -166,7 +166,7 @@ fn orphan<'a>(v: &'a serde_json::Value, account: &str) -> Option<&'a serde_json:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_shows_grants_drift_and_orphans_without_calling_looker() {
     let f = Fixture::new("").await;
-    let before_reconcile = Utc::now();
+    let before_reconcile = gatehouse_domain::clock::now();
     let text = f.run(&["reconcile"]).await;
     assert!(
         text.contains(&format!(
@@ -264,7 +264,9 @@ async fn refresh_reads_looker_in_pages_counts_the_budget_and_shows_a_new_change(
         use gatehouse_domain::ports::LookerCallCounts;
         let db = gatehouse_store::sqlite::Sqlite::open(f.path()).await.unwrap();
         let n = db
-            .looker_calls(&gatehouse_domain::ports::call_month(Utc::now()))
+            .looker_calls(&gatehouse_domain::ports::call_month(
+                gatehouse_domain::clock::now(),
+            ))
             .await
             .unwrap();
         db.close().await;
@@ -361,9 +363,9 @@ async fn csv_has_stable_columns_and_a_row_per_grant_and_orphan() {
 async fn as_of_uses_the_snapshot_then_replays_the_ledger() {
     let f = Fixture::new("").await;
     f.run(&["reconcile"]).await;
-    let between = Utc::now();
+    let between = gatehouse_domain::clock::now();
     // Poll until the clock has moved past `between` (snapshot times are milliseconds).
-    while Utc::now().timestamp_millis() <= between.timestamp_millis() {
+    while gatehouse_domain::clock::now().timestamp_millis() <= between.timestamp_millis() {
         tokio::task::yield_now().await;
     }
     f.run(&["reconcile", "--apply"]).await;

@@ -270,7 +270,7 @@ async fn an_offboarding_the_engine_finishes_is_in_the_report() {
     let uid = fake.add_user("john.doe@example.com", "John", "Doe");
     fake.add_session(&uid);
     let dir = tempfile::tempdir().unwrap();
-    let since = (Utc::now() - TimeDelta::hours(1)).to_rfc3339();
+    let since = (gatehouse_domain::clock::now() - TimeDelta::hours(1)).to_rfc3339();
     let o = tokio::process::Command::from(bin())
         .args([
             "offboard",

@@ -258,7 +258,7 @@ async fn rotating_a_looker_key_counts_its_calls_against_the_budget() {
     let db = gatehouse_store::sqlite::Sqlite::open(&dir.path().join("data"))
         .await
         .unwrap();
-    let month = gatehouse_domain::ports::call_month(chrono::Utc::now());
+    let month = gatehouse_domain::ports::call_month(gatehouse_domain::clock::now());
     assert_eq!(
         db.looker_calls(&month).await.unwrap(),
         made,

@@ -73,7 +73,8 @@ async fn plan_all_shows_the_first_reconcile_and_what_is_withheld() {
     let (uid, cfg) = setup(&fake, dir.path());
     // John is offboarded in the directory, as after an Okta deactivate.
     let body = std::fs::read(fixture(DEACTIVATE)).unwrap();
-    let envs = gatehouse_domain::okta::parse_hook_body("default", &body, chrono::Utc::now()).unwrap();
+    let envs =
+        gatehouse_domain::okta::parse_hook_body("default", &body, gatehouse_domain::clock::now()).unwrap();
     let store = gatehouse_store::sqlite::Sqlite::open(&dir.path().join("data"))
         .await
         .unwrap();

@@ -284,7 +284,7 @@ mod policy_tests {
             crate::identity::Stamped {
                 value: email.into(),
                 stamp: crate::identity::Stamp {
-                    at: chrono::Utc::now(),
+                    at: crate::clock::now(),
                     id: crate::envelope::EnvelopeId("e1".into()),
                 },
                 source: None,
@@ -302,7 +302,7 @@ mod policy_tests {
             &person("Pat@X.io", &["old@x.io"]),
             None,
             true,
-            chrono::Utc::now(),
+            crate::clock::now(),
         )
         .gcp
         .unwrap();
@@ -312,7 +312,7 @@ mod policy_tests {
         assert!(d.managed.is_empty(), "no per-user binding");
         // Not a GCP target: nothing.
         assert!(
-            evaluate(&p, &person("pat@x.io", &[]), None, false, chrono::Utc::now())
+            evaluate(&p, &person("pat@x.io", &[]), None, false, crate::clock::now())
                 .gcp
                 .is_none()
         );
@@ -336,7 +336,7 @@ mod policy_tests {
             &person("pat@x.io", &["old@x.io"]),
             None,
             true,
-            chrono::Utc::now(),
+            crate::clock::now(),
         )
         .gcp
         .unwrap();

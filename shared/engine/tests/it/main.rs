@@ -3,12 +3,11 @@
 // The engine's per-event future nests deeper than rustc's default query depth (128).
 #![recursion_limit = "256"]
 
-use chrono::Utc;
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, IdentityEvent, Source, Subject};
 
 /// A deactivation of person `id` (`okta:ID`, `ID@example.com`), dated now.
 pub(crate) fn envelope(id: &str) -> Envelope {
-    let now = Utc::now();
+    let now = gatehouse_domain::clock::now();
     Envelope {
         trace_parent: None,
         version: Envelope::VERSION,

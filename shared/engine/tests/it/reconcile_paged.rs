@@ -251,7 +251,7 @@ async fn a_scheduled_reconcile_the_budget_cannot_cover_is_skipped_and_ledgered()
         true,
         &shape_of(&w.engine),
         &opts(7, 0),
-        chrono::Utc::now(),
+        gatehouse_domain::clock::now(),
     );
     // login + 3 catalog lists + 1 page (51 users).
     assert_eq!(e.looker, Some(5));
@@ -261,7 +261,7 @@ async fn a_scheduled_reconcile_the_budget_cannot_cover_is_skipped_and_ledgered()
         ..Default::default()
     };
     let store = w.engine.store().clone();
-    let month = call_month(chrono::Utc::now());
+    let month = call_month(gatehouse_domain::clock::now());
     // 1,000 a month, 896 used, 100 kept for events: 4 spare < 5 needed.
     store.add_looker_calls(&month, 896).await.unwrap();
     w.fake.reset_calls();
@@ -320,7 +320,7 @@ async fn reclamation_world_with(mode: &str, extra: &str) -> World {
         "{GROUPS_AND_ROLES}\n{extra}\n[inactivity]\ndisable_after_days = 90\nmode = \"{mode}\"\nexempt_groups = [\"On leave\"]\n"
     );
     let mut w = world(4, &policy).await;
-    let now = chrono::Utc::now();
+    let now = gatehouse_domain::clock::now();
     let days = chrono::TimeDelta::days;
     let uid = |i: usize| w.fake.user_by_email(&email(i)).unwrap().id;
     w.fake

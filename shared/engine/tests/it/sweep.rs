@@ -1,7 +1,7 @@
 //! Issue 16: the scheduled deletion finds the person's Looker users through their links first,
 //! and deletes every one still disabled and none that was enabled again.
 
-use chrono::{Duration as Days, Utc};
+use chrono::Duration as Days;
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, IdentityEvent, Source, Subject};
 use gatehouse_domain::policy::Policy;
 use gatehouse_domain::ports::StateStore;
@@ -15,7 +15,7 @@ use std::time::Duration;
 const PERSON: &str = "okta:00usweep1";
 
 fn deactivate(email: &str) -> Envelope {
-    let now = Utc::now();
+    let now = gatehouse_domain::clock::now();
     Envelope {
         trace_parent: None,
         version: Envelope::VERSION,
@@ -72,7 +72,10 @@ async fn the_sweep_deletes_every_linked_user_still_disabled_and_none_enabled_aga
     // An admin enables the old account again before the deletion is due.
     fake.set_disabled(&old, false);
 
-    let swept = engine.sweep_deletions(Utc::now() + Days::days(2)).await.unwrap();
+    let swept = engine
+        .sweep_deletions(gatehouse_domain::clock::now() + Days::days(2))
+        .await
+        .unwrap();
     assert_eq!(swept, 1);
     assert!(
         fake.user(&dup).is_none(),

@@ -38,7 +38,7 @@ const B64: GeneralPurpose = GeneralPurpose::new(
 );
 
 /// Where "now" comes from (injected so tests of the timestamp window do not depend on wall time).
-pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+pub type Clock = gatehouse_domain::clock::SharedClock;
 
 /// HMAC keys: the decoded part of each `whsec_...` secret.
 pub struct Keys(Vec<SecretSlice<u8>>);
@@ -174,7 +174,7 @@ pub fn router<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Router {
         Keys::from_secrets(cfg.secrets.iter().map(|s| s.expose_secret())),
         cfg.tolerance,
         cfg.max_body_bytes,
-        Arc::new(Utc::now),
+        gatehouse_domain::clock::system(),
     )
 }
 
@@ -216,7 +216,7 @@ async fn hook<Q: QueueProducer>(
         Err(r) => return *r,
     };
 
-    let now = (intake.now)();
+    let now = intake.now.now();
     let verified = match verify(&intake.keys, &headers, bytes, now, intake.tolerance) {
         Ok(v) => v,
         Err(Rejection::Malformed(e)) => {

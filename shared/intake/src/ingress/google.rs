@@ -18,7 +18,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
 use gatehouse_domain::envelope::{Envelope, Source};
 use gatehouse_domain::google;
 use gatehouse_domain::ports::{BackendError, QueueProducer, StateStore};
@@ -34,7 +33,7 @@ pub const PATH: &str = "/hooks/google";
 const SOURCE: &str = "google_workspace";
 
 /// Where `received_at` comes from (injected so tests control time).
-pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+pub type Clock = gatehouse_domain::clock::SharedClock;
 
 struct Intake<Q> {
     queue: Q,
@@ -94,7 +93,7 @@ pub fn router<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Router {
             .clone()
             .map(|s| (s, deps.state.clone())),
         deps.config.google.max_body_bytes,
-        Arc::new(Utc::now),
+        gatehouse_domain::clock::system(),
         Some(deps.state.clone()),
     )
 }
@@ -168,7 +167,8 @@ async fn notification<Q: QueueProducer>(
             .get("x-goog-channel-id")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        match super::google_upkeep::channel_accepts(secret, store, channel_id, given, (intake.now)()).await {
+        match super::google_upkeep::channel_accepts(secret, store, channel_id, given, intake.now.now()).await
+        {
             Ok(accepted) => ok = accepted,
             Err(e) => {
                 tracing::error!(error = %e, "google channel lookup failed; google will retry");
@@ -218,7 +218,7 @@ async fn notification<Q: QueueProducer>(
         return Json(json!({ "sync": true, "enqueued": 0 })).into_response();
     }
 
-    let mut envelopes = match google::parse_activity(&bytes, (intake.now)()) {
+    let mut envelopes = match google::parse_activity(&bytes, intake.now.now()) {
         Ok(e) => e,
         Err(e) => {
             rejected("malformed");
@@ -269,6 +269,7 @@ mod tests {
     use super::*;
     use crate::ingress::test_support::{MemQueue, send};
     use axum::http::Request;
+    use chrono::{DateTime, Utc};
     use gatehouse_domain::envelope::{IdentityEvent, Source};
 
     /// An in-memory queue that records what is published, or fails every publish.

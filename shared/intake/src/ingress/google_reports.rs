@@ -233,7 +233,7 @@ impl ReportsClient {
         token_url: &str,
     ) -> Result<(SecretString, Duration), ReportsError> {
         let iss = signer.client_email().await.map_err(cred)?;
-        let now = Utc::now().timestamp();
+        let now = gatehouse_domain::clock::now().timestamp();
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","typ":"JWT"}"#);
         let claims = json!({
             "iss": iss, "sub": subject, "scope": REPORTS_SCOPE, "aud": token_url,
@@ -426,7 +426,7 @@ fn classify(
             retry_after: headers
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v, Utc::now())),
+                .and_then(|v| parse_retry_after(v, gatehouse_domain::clock::now())),
         },
         401 | 403 => ReportsError::Unauthorized {
             op,

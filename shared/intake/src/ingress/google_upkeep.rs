@@ -37,7 +37,7 @@ pub const SOURCE: &str = "google_workspace";
 const PUBLISH_CHUNK: usize = 500;
 
 /// Where "now" comes from (injected so tests move time).
-pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+pub type Clock = gatehouse_domain::clock::SharedClock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpkeepError {
@@ -140,7 +140,7 @@ impl<Q: QueueProducer, S: CatchupStore + StateStore> GoogleUpkeep<Q, S> {
                 "channels need google.notification_url and google.channel_secret",
             ));
         };
-        let now = (self.now)();
+        let now = self.now.now();
         let renew_before = chrono::Duration::from_std(self.cfg.renew_before).unwrap_or_default();
         let mut live = self.store.google_channels_live().await?;
         let mut report = ChannelReport::default();
@@ -185,7 +185,7 @@ impl<Q: QueueProducer, S: CatchupStore + StateStore> GoogleUpkeep<Q, S> {
 
     /// List the admin activities since the resume point, publish them, move the cursor.
     pub async fn catch_up(&self) -> Result<CatchupReport, UpkeepError> {
-        let end = (self.now)();
+        let end = self.now.now();
         let overlap = chrono::Duration::from_std(self.cfg.catchup_overlap).unwrap_or_default();
         let cursor = self.store.catchup_get(SOURCE).await?;
         let (start, lag) = match &cursor {
@@ -339,7 +339,7 @@ pub fn upkeep<Q: QueueProducer + Clone>(deps: &super::Deps<Q>) -> Option<GoogleU
         deps.state.clone(),
         deps.queue.clone(),
         cfg,
-        Arc::new(Utc::now),
+        gatehouse_domain::clock::system(),
     ))
 }
 

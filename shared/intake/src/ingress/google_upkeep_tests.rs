@@ -54,7 +54,7 @@ impl World {
         ))
         .unwrap();
         cfg.validate().unwrap();
-        let clock_now = now.clone();
+        let (clock_now, intake_now) = (now.clone(), now.clone());
         let clock: Clock = Arc::new(move || *clock_now.lock().unwrap());
         let client = ReportsClient::from_config(&cfg).unwrap().unwrap();
         let upkeep = GoogleUpkeep::new(client, store.clone(), queue.clone(), &cfg, clock.clone());
@@ -66,7 +66,7 @@ impl World {
                 AnyState::Sqlite(store.clone()),
             )),
             65536,
-            clock,
+            Arc::new(move || *intake_now.lock().unwrap()),
         );
         World {
             fake,

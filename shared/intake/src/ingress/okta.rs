@@ -7,7 +7,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::Utc;
 use gatehouse_domain::okta;
 use gatehouse_domain::ports::QueueProducer;
 use secrecy::{ExposeSecret, SecretString};
@@ -105,7 +104,7 @@ async fn okta_hook<Q: QueueProducer>(
         Ok(b) => b,
         Err(r) => return *r,
     };
-    let mut envelopes = match okta::parse_hook_body(&ing.cfg.org, &bytes, Utc::now()) {
+    let mut envelopes = match okta::parse_hook_body(&ing.cfg.org, &bytes, gatehouse_domain::clock::now()) {
         Ok(e) => e,
         Err(e) => {
             super::count_rejection("okta", "malformed");

@@ -200,7 +200,7 @@ impl OktaApi {
         self.paused_until
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|p| p > Utc::now())
+            .is_some_and(|p| p > gatehouse_domain::clock::now())
     }
 
     /// GET `url`: the 2xx body, the `next` link and the path (for errors). `wait`: wait out a
@@ -249,7 +249,7 @@ impl OktaApi {
             let remaining = header_i64(resp.headers(), "x-rate-limit-remaining");
             if status == 429 {
                 metrics::counter!("gatehouse_okta_api_rate_limited_total").increment(1);
-                let until = reset.unwrap_or_else(|| Utc::now() + MIN_RATE_LIMIT_WAIT);
+                let until = reset.unwrap_or_else(|| gatehouse_domain::clock::now() + MIN_RATE_LIMIT_WAIT);
                 tracing::warn!(path, attempt, reset = %until, "okta rate limit hit (429); waiting for the reset");
                 self.pause_until(until);
                 continue;
@@ -316,7 +316,7 @@ impl OktaApi {
         {
             return Ok(token.clone());
         }
-        let now = Utc::now().timestamp();
+        let now = gatehouse_domain::clock::now().timestamp();
         let claims = serde_json::json!({
             "aud": app.token_url, "iss": app.client_id, "sub": app.client_id,
             "iat": now, "exp": now + 300, "jti": uuid::Uuid::new_v4().to_string(),
@@ -400,7 +400,7 @@ impl OktaApi {
     async fn wait_for_window(&self) {
         let until = *self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
         let Some(until) = until else { return };
-        let now = Utc::now();
+        let now = gatehouse_domain::clock::now();
         if until > now {
             let wait = (until - now)
                 .to_std()
@@ -410,7 +410,7 @@ impl OktaApi {
             tokio::time::sleep(wait + Duration::from_millis(50)).await;
         }
         let mut p = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-        if p.is_some_and(|p| p <= Utc::now()) {
+        if p.is_some_and(|p| p <= gatehouse_domain::clock::now()) {
             *p = None;
         }
     }

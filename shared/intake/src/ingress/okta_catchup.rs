@@ -115,17 +115,17 @@ impl<Q: QueueProducer, S: LogCursors> Catchup<Q, S> {
     pub async fn poll_once(&self) -> Result<PollReport, CatchupError> {
         let org = &self.cfg.org;
         let cursor = self.store.load_okta_cursor(org).await?;
-        let (mut url, mut covered) = self.start(cursor, Utc::now());
+        let (mut url, mut covered) = self.start(cursor, gatehouse_domain::clock::now());
         set_lag(covered);
         let mut report = PollReport::default();
         loop {
-            let asked_at = Utc::now();
+            let asked_at = gatehouse_domain::clock::now();
             let page = self.api.get_page(&url).await?;
             report.pages += 1;
             report.events += page.items.len();
             let mut envelopes = Vec::with_capacity(page.items.len());
             for event in &page.items {
-                match okta::parse_event(org, event.clone(), event.clone(), Utc::now()) {
+                match okta::parse_event(org, event.clone(), event.clone(), gatehouse_domain::clock::now()) {
                     Ok(env) => {
                         if let Some(email) = &env.subject.email
                             && let Err(e) = gatehouse_domain::email::validate(email)
@@ -203,7 +203,10 @@ impl<Q: QueueProducer, S: LogCursors> Catchup<Q, S> {
 }
 
 fn set_lag(covered: DateTime<Utc>) {
-    let lag = (Utc::now() - covered).num_milliseconds().max(0) as f64 / 1000.0;
+    let lag = (gatehouse_domain::clock::now() - covered)
+        .num_milliseconds()
+        .max(0) as f64
+        / 1000.0;
     metrics::gauge!("gatehouse_intake_catchup_lag_seconds", "source" => "okta").set(lag);
 }
 

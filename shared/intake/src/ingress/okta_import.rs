@@ -360,7 +360,7 @@ impl<Q: QueueProducer, D: Directory> DirectoryImport<Q, D> {
     pub async fn run(self, every: Duration, shutdown: Shutdown) {
         loop {
             tokio::select! {
-                r = self.import_once(Utc::now()) => match r {
+                r = self.import_once(gatehouse_domain::clock::now()) => match r {
                     Ok(r) => tracing::info!(org = %self.org, users = r.users, groups = r.groups, calls = r.calls, published = r.published, skipped = r.skipped, "okta directory imported"),
                     Err(e) => {
                         metrics::counter!("gatehouse_okta_import_failures_total").increment(1);

@@ -3,7 +3,6 @@
 //! file. Needs the throwaway cluster: `scripts/with-servers.sh cargo test -p gatehouse-intake
 //! --test it catchup_postgres`.
 
-use chrono::Utc;
 use gatehouse_domain::envelope::Envelope;
 use gatehouse_domain::ports::{BackendError, QueueProducer};
 use gatehouse_intake::ingress::{Deps, google_upkeep, graph};
@@ -36,7 +35,7 @@ async fn graph_delta_links_and_google_channels_land_in_postgres() {
     let graph_fake = FakeGraph::start().await;
     graph_fake.add_user("u1", "ann@example.com", "Ann Example");
     let google_fake = FakeGoogleReports::start("ya29.fake-access-token").await;
-    google_fake.set_now(Utc::now());
+    google_fake.set_now(gatehouse_domain::clock::now());
     let mut config = Config::defaults();
     config.graph = toml::from_str(&graph_fake.toml()).unwrap();
     config.google = toml::from_str(&format!(
@@ -53,7 +52,9 @@ async fn graph_delta_links_and_google_channels_land_in_postgres() {
     };
 
     let svc = graph::service(&deps).expect("graph configured");
-    svc.delta_catch_up(Utc::now(), true).await.unwrap();
+    svc.delta_catch_up(gatehouse_domain::clock::now(), true)
+        .await
+        .unwrap();
     let link = pg
         .catchup_get("graph:users")
         .await

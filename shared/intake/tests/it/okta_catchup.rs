@@ -77,7 +77,7 @@ async fn follows_next_links_to_the_empty_page_and_resumes_from_the_stored_cursor
         "../../../testkit/fixtures/okta/system-log.logevent.docs.json"
     ))
     .unwrap();
-    session["published"] = serde_json::json!(Utc::now().to_rfc3339());
+    session["published"] = serde_json::json!(gatehouse_domain::clock::now().to_rfc3339());
     fake.push_event(session);
     let first = offboard(&fake, 5);
     let q = Recorded::default();

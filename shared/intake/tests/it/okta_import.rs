@@ -4,7 +4,6 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use chrono::Utc;
 use gatehouse_domain::envelope::{Envelope, IdentityEvent};
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::policy::{Policy, evaluate};
@@ -145,7 +144,7 @@ async fn a_fresh_install_imports_users_groups_and_attributes_and_the_next_round_
         2,
     );
 
-    let r = import.import_once(Utc::now()).await.unwrap();
+    let r = import.import_once(gatehouse_domain::clock::now()).await.unwrap();
     assert_eq!((r.users, r.groups, r.skipped), (5, 1, 0), "{r:?}");
     let calls = fake.calls();
     let user_pages = calls.iter().filter(|c| c.path == "/api/v1/users").count();
@@ -172,14 +171,14 @@ async fn a_fresh_install_imports_users_groups_and_attributes_and_the_next_round_
     assert_eq!(world.person("okta:00u4").email(), Some("eve@example.com"));
 
     // Nothing changed at Okta: nothing is published.
-    let r = import.import_once(Utc::now()).await.unwrap();
+    let r = import.import_once(gatehouse_domain::clock::now()).await.unwrap();
     assert_eq!(r.published, 0, "{r:?}");
 
     // dee leaves Engineering, bob joins it, ann moves to Sales: exactly those are published.
     fake.remove_from_group("00gEng", "00u3");
     fake.add_to_group("00gEng", "00u1");
     fake.set_profile("00u0", "department", json!("Sales"));
-    let r = import.import_once(Utc::now()).await.unwrap();
+    let r = import.import_once(gatehouse_domain::clock::now()).await.unwrap();
     assert_eq!(r.published, 3, "{r:?}");
     world.fold();
     assert!(!desired("okta:00u3").groups.contains_key("Engineers"));
@@ -208,7 +207,7 @@ async fn the_import_waits_out_a_rate_limit() {
         1,
     );
     fake.throttle_next(Duration::from_millis(200));
-    let r = import.import_once(Utc::now()).await.unwrap();
+    let r = import.import_once(gatehouse_domain::clock::now()).await.unwrap();
     assert_eq!(r.users, 3);
     let statuses: Vec<u16> = fake.calls().iter().map(|c| c.status).collect();
     assert_eq!(statuses.first(), Some(&429), "{statuses:?}");

@@ -2,7 +2,6 @@
 //! an SSWS token: the System Log catch-up and the directory import work with it, the access
 //! token is reused, and a wrong key fails with a clear error that does not contain the key.
 
-use chrono::Utc;
 use gatehouse_domain::envelope::Envelope;
 use gatehouse_domain::okta_log::{LogCursor, LogCursors};
 use gatehouse_domain::ports::{BackendError, Directory, QueueProducer, SubjectState};
@@ -109,9 +108,9 @@ async fn the_catch_up_and_the_import_work_with_a_service_app_and_reuse_its_token
         groups: Default::default(),
     };
     let import = DirectoryImport::new(api.clone(), sink.clone(), sink.clone(), "acme".into(), needs, 200);
-    let r = import.import_once(Utc::now()).await.unwrap();
+    let r = import.import_once(gatehouse_domain::clock::now()).await.unwrap();
     assert_eq!(r.users, 1);
-    let r = import.import_once(Utc::now()).await.unwrap();
+    let r = import.import_once(gatehouse_domain::clock::now()).await.unwrap();
     assert_eq!(r.users, 1);
     let published = sink.published.lock().unwrap().clone();
     assert!(

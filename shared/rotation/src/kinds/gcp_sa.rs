@@ -134,7 +134,7 @@ impl Kind for GcpServiceAccountKey {
                     "the new key is disabled",
                 ));
             }
-            let now = chrono::Utc::now();
+            let now = gatehouse_domain::clock::now();
             let within = |f: &str, after: bool| {
                 key[f]
                     .as_str()

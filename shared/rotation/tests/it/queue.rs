@@ -108,8 +108,8 @@ async fn poison_on_the_rotation_queue_is_dead_lettered_with_its_reason() {
             email: None,
             display_name: None,
         },
-        occurred_at: chrono::Utc::now(),
-        received_at: chrono::Utc::now(),
+        occurred_at: gatehouse_domain::clock::now(),
+        received_at: gatehouse_domain::clock::now(),
         event: IdentityEvent::UserActivated,
         profile: Default::default(),
         source_event_type: "user.lifecycle.activate".into(),
@@ -240,12 +240,12 @@ async fn postgres_upgrade_keeps_the_pending_requests_of_the_old_table() {
     );
     assert!(
         !store
-            .record_request(&request("aws:handled-1"), chrono::Utc::now())
+            .record_request(&request("aws:handled-1"), gatehouse_domain::clock::now())
             .await
             .unwrap()
     );
     store
-        .mark_handled("aws:pending-1", chrono::Utc::now())
+        .mark_handled("aws:pending-1", gatehouse_domain::clock::now())
         .await
         .unwrap();
     assert!(store.pending_requests().await.unwrap().is_empty());

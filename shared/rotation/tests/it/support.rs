@@ -88,8 +88,8 @@ pub async fn publish_request(db: &Sqlite, request: &RotationRequest) -> Result<(
             email: None,
             display_name: None,
         },
-        occurred_at: Utc::now(),
-        received_at: Utc::now(),
+        occurred_at: gatehouse_domain::clock::now(),
+        received_at: gatehouse_domain::clock::now(),
         event: IdentityEvent::RotationRequested {
             provider: request.provider.clone(),
             reason: request.reason.clone(),

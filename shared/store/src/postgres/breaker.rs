@@ -185,7 +185,7 @@ impl Postgres {
             "UPDATE breaker_held SET state = $1, decided_at = $2, decided_by = $3 WHERE seq = $4 AND state = 'held'",
         )
         .bind(decision.as_str())
-        .bind(millis(Utc::now()))
+        .bind(millis(gatehouse_domain::clock::now()))
         .bind(actor)
         .bind(seq)
         .execute(&self.pool)

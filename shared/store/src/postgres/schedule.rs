@@ -87,7 +87,7 @@ impl ReconcileSchedule for Postgres {
         let done = sqlx::query(FINISH)
             .bind(tick)
             .bind(holder)
-            .bind(Utc::now().timestamp_millis())
+            .bind(gatehouse_domain::clock::now().timestamp_millis())
             .execute(&self.pool)
             .await
             .map_err(err("cannot finish the reconcile tick"))?;

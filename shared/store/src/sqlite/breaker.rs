@@ -183,7 +183,7 @@ impl Sqlite {
             "UPDATE breaker_held SET state = ?, decided_at = ?, decided_by = ? WHERE seq = ? AND state = 'held'",
         )
         .bind(decision.as_str())
-        .bind(ts(chrono::Utc::now()))
+        .bind(ts(gatehouse_domain::clock::now()))
         .bind(actor)
         .bind(seq)
         .execute(&self.writer)

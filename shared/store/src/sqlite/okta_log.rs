@@ -33,7 +33,7 @@ impl LogCursors for Sqlite {
         .bind(&c.next_url)
         .bind(&c.filter)
         .bind(ts(c.covered_until))
-        .bind(ts(chrono::Utc::now()))
+        .bind(ts(gatehouse_domain::clock::now()))
         .execute(&self.pool)
         .await
         .map_err(err("cannot store the okta log cursor"))?;

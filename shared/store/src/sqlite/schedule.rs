@@ -70,7 +70,7 @@ impl ReconcileSchedule for Sqlite {
         let done = sqlx::query(FINISH)
             .bind(tick)
             .bind(holder)
-            .bind(Utc::now().timestamp_millis())
+            .bind(gatehouse_domain::clock::now().timestamp_millis())
             .execute(&self.pool)
             .await
             .map_err(err("cannot finish the reconcile tick"))?;

@@ -6,7 +6,7 @@
 //! support with [`Capabilities`] (the embedded rotation queue, processor → rotator, runs it too).
 //! Waits poll with deadlines; no sleep goes beyond the timeout being tested.
 
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, IdentityEvent, Source, Subject};
 use gatehouse_domain::ports::{Delivery, QueueConsumer, QueueProducer};
 use gatehouse_store::sqlite::Sqlite;
@@ -60,7 +60,7 @@ pub(crate) fn envelope(id: &str, subject: &str, secs: i64) -> Envelope {
             display_name: None,
         },
         occurred_at: DateTime::from_timestamp(secs, 0).unwrap(),
-        received_at: Utc::now(),
+        received_at: gatehouse_domain::clock::now(),
         event: IdentityEvent::UserActivated,
         profile: Default::default(),
         source_event_type: "contract".into(),

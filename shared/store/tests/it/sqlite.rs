@@ -1,6 +1,6 @@
 //! Contract of the embedded SQLite queue and state store.
 
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, IdentityEvent, Source, Subject};
 use gatehouse_domain::identity::Identity;
 use gatehouse_domain::looker::{HttpCall, Method};
@@ -22,7 +22,7 @@ fn env(id: &str, subject: &str, secs: i64) -> Envelope {
             display_name: None,
         },
         occurred_at: DateTime::from_timestamp(secs, 0).unwrap(),
-        received_at: Utc::now(),
+        received_at: gatehouse_domain::clock::now(),
         event: IdentityEvent::UserActivated,
         profile: Default::default(),
         source_event_type: "test".into(),
@@ -181,7 +181,7 @@ async fn the_ledger_is_append_only() {
     let (dir, db) = open().await;
     let entry = LedgerEntry {
         // the ledger keeps millisecond precision
-        at: DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap(),
+        at: DateTime::from_timestamp_millis(gatehouse_domain::clock::now().timestamp_millis()).unwrap(),
         envelope_id: "e".into(),
         subject: "s".into(),
         event: "t".into(),
@@ -270,7 +270,7 @@ async fn ledger_rows_from_before_the_chain_are_chained_on_open() {
     assert_eq!(rows[0].prev_hash, gatehouse_domain::ledger_chain::GENESIS);
     assert_eq!(rows[2].entry.envelope_id, "old-3");
     let entry = LedgerEntry {
-        at: DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap(),
+        at: DateTime::from_timestamp_millis(gatehouse_domain::clock::now().timestamp_millis()).unwrap(),
         envelope_id: "new".into(),
         subject: "s".into(),
         event: "t".into(),
@@ -402,7 +402,7 @@ async fn concurrent_enqueues_share_one_group_commit() {
 
 fn ledger_entry(envelope: &str) -> LedgerEntry {
     LedgerEntry {
-        at: DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap(),
+        at: DateTime::from_timestamp_millis(gatehouse_domain::clock::now().timestamp_millis()).unwrap(),
         envelope_id: envelope.into(),
         subject: "s".into(),
         event: "t".into(),

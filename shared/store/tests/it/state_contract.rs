@@ -605,7 +605,7 @@ fn change(i: usize, source: &str) -> gatehouse_domain::breaker::Change {
         source: source.into(),
         envelope_id: format!("{source}:e{i}"),
         subject: format!("{source}:s{i}"),
-        at: chrono::Utc::now(),
+        at: gatehouse_domain::clock::now(),
         envelope: format!("{{\"n\":{i}}}"),
     }
 }
@@ -616,7 +616,7 @@ fn change(i: usize, source: &str) -> gatehouse_domain::breaker::Change {
 pub(crate) async fn breaker_counts_as_one_and_holds_past_the_limit<S: StateStore + Clone + 'static>(s: S) {
     use gatehouse_domain::breaker::{AdmitLimits, Settle, Verdict};
     let limits = AdmitLimits {
-        since: chrono::Utc::now() - ChronoDuration::hours(1),
+        since: gatehouse_domain::clock::now() - ChronoDuration::hours(1),
         max: Some(10),
         max_percent: None,
         max_per_source: None,

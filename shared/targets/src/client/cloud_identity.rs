@@ -130,7 +130,7 @@ impl CloudIdentity {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
+            .and_then(|v| parse_retry_after(v, gatehouse_domain::clock::now()));
         let text = resp.text().await.unwrap_or_default();
         if (200..300).contains(&status) {
             if text.trim().is_empty() {

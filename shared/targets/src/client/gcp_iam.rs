@@ -128,7 +128,7 @@ impl GcpIam {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
+            .and_then(|v| parse_retry_after(v, gatehouse_domain::clock::now()));
         let text = resp.text().await.unwrap_or_default();
         if (200..300).contains(&status) {
             return serde_json::from_str(&text).map_err(|e| {

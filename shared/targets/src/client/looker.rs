@@ -491,7 +491,7 @@ impl LookerClient {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
+            .and_then(|v| parse_retry_after(v, gatehouse_domain::clock::now()));
         let bytes = resp
             .bytes()
             .await

@@ -231,7 +231,12 @@ async fn a_disabled_step_is_left_alone() {
         service_specific_credentials: KeyAction::Keep,
         ..AwsOffboarding::default()
     };
-    let plan = offboard(&iam, &offboarded(&user, &policy, Utc::now()), &user).await;
+    let plan = offboard(
+        &iam,
+        &offboarded(&user, &policy, gatehouse_domain::clock::now()),
+        &user,
+    )
+    .await;
     // Only the signing certificate is deactivated (the default); inline deletion is off by default.
     assert_eq!(plan.steps.len(), 1, "{:#?}", plan.steps);
     assert!(matches!(plan.steps[0].op, AwsIamOp::DeactivateCredential { .. }));

@@ -224,7 +224,7 @@ impl World {
             retry: &retry(),
             screen: &SendAll,
         };
-        let now: DateTime<Utc> = Utc::now();
+        let now: DateTime<Utc> = gatehouse_domain::clock::now();
         Registered::<Sqlite>::converge(&self.target, policy, who, now, mode, &run).await
     }
 
@@ -286,9 +286,16 @@ async fn joins_add_memberships_and_assignments_once_and_leaves_remove_only_manag
     let ada = person(Status::Active, &["Analysts", "Admins"]);
 
     // `gatehouse plan`: every call, screened, and nothing changed (no link stored either).
-    let calls = Registered::<Sqlite>::plan_calls(&w.target, &p, &ada, Utc::now(), &w.state, &SendAll)
-        .await
-        .unwrap();
+    let calls = Registered::<Sqlite>::plan_calls(
+        &w.target,
+        &p,
+        &ada,
+        gatehouse_domain::clock::now(),
+        &w.state,
+        &SendAll,
+    )
+    .await
+    .unwrap();
     let mut actions: Vec<_> = calls
         .iter()
         .map(|c| {

@@ -219,7 +219,7 @@ async fn throttling_google(retry_after: String) -> String {
 
 /// `Retry-After` as an HTTP date (RFC 9110 allows it) a minute from now.
 fn http_date_in_a_minute() -> String {
-    (chrono::Utc::now() + chrono::Duration::seconds(60))
+    (gatehouse_domain::clock::now() + chrono::Duration::seconds(60))
         .format("%a, %d %b %Y %H:%M:%S GMT")
         .to_string()
 }

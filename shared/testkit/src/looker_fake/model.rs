@@ -99,7 +99,7 @@ fn invalid(field: &str, code: &str, message: impl Into<String>) -> Response {
 }
 
 fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    gatehouse_domain::clock::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 fn random_token(len: usize) -> String {
@@ -821,7 +821,7 @@ impl State {
 
     pub(crate) fn add_session(&mut self, user_id: &str) -> String {
         let id = self.next();
-        let created = chrono::Utc::now();
+        let created = gatehouse_domain::clock::now();
         let expires = created + chrono::Duration::days(30);
         let s = Session {
             id,

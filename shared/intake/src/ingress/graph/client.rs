@@ -401,7 +401,7 @@ fn retry_after_of(resp: &reqwest::Response) -> Option<Duration> {
     resp.headers()
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, Utc::now()))
+        .and_then(|v| parse_retry_after(v, gatehouse_domain::clock::now()))
 }
 
 /// One place that decides what a status means.

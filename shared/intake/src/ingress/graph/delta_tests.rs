@@ -50,7 +50,7 @@ impl World {
             .unwrap()
             .key();
         self.store
-            .graph_inbox_put(&[(key, body.to_string())], Utc::now())
+            .graph_inbox_put(&[(key, body.to_string())], gatehouse_domain::clock::now())
             .await
             .unwrap();
         self.drain().await;
@@ -58,7 +58,13 @@ impl World {
 
     async fn drain(&self) {
         for _ in 0..20 {
-            if self.svc.process_inbox(Utc::now()).await.unwrap() == 0 {
+            if self
+                .svc
+                .process_inbox(gatehouse_domain::clock::now())
+                .await
+                .unwrap()
+                == 0
+            {
                 return;
             }
         }
@@ -93,11 +99,19 @@ impl World {
 async fn missed_resumes_from_the_stored_delta_link_and_applies_each_change_once() {
     let w = world().await;
     // Start-up without a deltaLink: nothing to resume, nothing asked.
-    let r = w.svc.delta_catch_up(Utc::now(), false).await.unwrap();
+    let r = w
+        .svc
+        .delta_catch_up(gatehouse_domain::clock::now(), false)
+        .await
+        .unwrap();
     assert_eq!(r, DeltaReport::default());
     assert!(w.fake.calls().is_empty());
     // A baseline for now (no listing), as when the subscription is created.
-    let r = w.svc.delta_catch_up(Utc::now(), true).await.unwrap();
+    let r = w
+        .svc
+        .delta_catch_up(gatehouse_domain::clock::now(), true)
+        .await
+        .unwrap();
     assert_eq!(r.baselined, ["users", "groups"]);
     let before = w.store.catchup_get("graph:users").await.unwrap().unwrap();
     let before_groups = w.store.catchup_get("graph:groups").await.unwrap().unwrap();
@@ -146,7 +160,11 @@ async fn missed_resumes_from_the_stored_delta_link_and_applies_each_change_once(
     // A crash after the rows but before the new deltaLink: the replayed round adds nothing.
     w.store.catchup_put("graph:users", &before).await.unwrap();
     w.store.catchup_put("graph:groups", &before_groups).await.unwrap();
-    let r = w.svc.delta_catch_up(Utc::now(), true).await.unwrap();
+    let r = w
+        .svc
+        .delta_catch_up(gatehouse_domain::clock::now(), true)
+        .await
+        .unwrap();
     assert!(r.resumed.iter().all(|(_, n)| *n > 0), "{r:?}");
     w.drain().await;
     assert_eq!(w.events().len(), n, "each change once");
@@ -155,10 +173,17 @@ async fn missed_resumes_from_the_stored_delta_link_and_applies_each_change_once(
 #[tokio::test]
 async fn throttling_is_retried_and_an_expired_delta_link_falls_back_to_a_listing() {
     let w = world().await;
-    w.svc.delta_catch_up(Utc::now(), true).await.unwrap();
+    w.svc
+        .delta_catch_up(gatehouse_domain::clock::now(), true)
+        .await
+        .unwrap();
     w.fake.set_retry_after_secs(3);
     w.fake.fail_next(429, 1);
-    let e = w.svc.delta_catch_up(Utc::now(), true).await.unwrap_err();
+    let e = w
+        .svc
+        .delta_catch_up(gatehouse_domain::clock::now(), true)
+        .await
+        .unwrap_err();
     assert_eq!(e.to_string(), "graph delta: throttled (retry after Some(3s))");
 
     // Tokens past their lifetime answer 410: a new baseline, and `missed` lists the tenant.
@@ -187,7 +212,10 @@ async fn throttling_is_retried_and_an_expired_delta_link_falls_back_to_a_listing
 #[tokio::test]
 async fn a_change_graph_never_notified_is_applied_after_one_delta_interval() {
     let w = world().await;
-    w.svc.delta_catch_up(Utc::now(), true).await.unwrap();
+    w.svc
+        .delta_catch_up(gatehouse_domain::clock::now(), true)
+        .await
+        .unwrap();
     let delta_calls = |f: &FakeGraph| f.calls().iter().filter(|c| c.path.ends_with("/delta")).count();
     let baseline_calls = delta_calls(&w.fake);
     let tick = std::sync::Arc::new(tokio::sync::Notify::new());
@@ -222,7 +250,7 @@ async fn a_change_graph_never_notified_is_applied_after_one_delta_interval() {
             w.events()
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        w.svc.process_inbox(Utc::now()).await.unwrap();
+        w.svc.process_inbox(gatehouse_domain::clock::now()).await.unwrap();
     }
     assert_eq!(w.full_listings(), 0, "from the deltaLink, not a listing");
     trigger.trigger();

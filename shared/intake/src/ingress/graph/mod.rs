@@ -94,7 +94,7 @@ async fn graph_hook(
         Ok(b) => b,
         Err(r) => return *r,
     };
-    let now = Utc::now();
+    let now = gatehouse_domain::clock::now();
     let notifications = match graph::parse_collection(&bytes) {
         Ok(n) => n,
         Err(e) => return reject(StatusCode::BAD_REQUEST, "malformed", "bad_request", e.to_string()),
@@ -273,7 +273,7 @@ where
 {
     let mut when = "start";
     while !shutdown.is_triggered() {
-        match svc.delta_catch_up(Utc::now(), false).await {
+        match svc.delta_catch_up(gatehouse_domain::clock::now(), false).await {
             Ok(r) => {
                 tracing::info!(when, resumed = ?r.resumed, baselined = ?r.baselined, "graph delta round done")
             }
@@ -295,7 +295,7 @@ async fn inbox_loop<Q: QueueProducer>(svc: GraphService<Q>, shutdown: Shutdown) 
     let poll = svc.config().inbox_poll_interval;
     let mut next_prune = tokio::time::Instant::now();
     while !shutdown.is_triggered() {
-        let handled = match svc.process_inbox(Utc::now()).await {
+        let handled = match svc.process_inbox(gatehouse_domain::clock::now()).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "graph inbox pass failed");
@@ -304,7 +304,8 @@ async fn inbox_loop<Q: QueueProducer>(svc: GraphService<Q>, shutdown: Shutdown) 
         };
         if tokio::time::Instant::now() >= next_prune {
             next_prune = tokio::time::Instant::now() + Duration::from_secs(3600);
-            let before = Utc::now() - chrono::Duration::from_std(KEEP_DONE).unwrap_or_default();
+            let before =
+                gatehouse_domain::clock::now() - chrono::Duration::from_std(KEEP_DONE).unwrap_or_default();
             if let Err(e) = svc.store().graph_inbox_prune(before).await {
                 tracing::warn!(error = %e, "graph inbox prune failed");
             }
@@ -322,7 +323,7 @@ async fn inbox_loop<Q: QueueProducer>(svc: GraphService<Q>, shutdown: Shutdown) 
 async fn subscription_loop<Q: QueueProducer>(svc: GraphService<Q>, shutdown: Shutdown) {
     let every = svc.config().renew_interval;
     while !shutdown.is_triggered() {
-        let wait = match svc.renew_due(Utc::now()).await {
+        let wait = match svc.renew_due(gatehouse_domain::clock::now()).await {
             Ok(r) => {
                 if !r.created.is_empty() || !r.renewed.is_empty() {
                     tracing::info!(created = ?r.created, renewed = ?r.renewed, "graph subscriptions kept");

@@ -122,7 +122,7 @@ impl<Q: QueueProducer> GraphService<Q> {
             }
             Err(GraphServiceError::Backend(e)) => {
                 tracing::warn!(key = %item.key, error = %e, "graph notification not finished; will retry");
-                let next = Utc::now() + backoff(item.attempts, None);
+                let next = gatehouse_domain::clock::now() + backoff(item.attempts, None);
                 self.store.graph_inbox_retry(item.seq, next, &e.to_string()).await
             }
             Err(e) => {
@@ -140,7 +140,7 @@ impl<Q: QueueProducer> GraphService<Q> {
                     tracing::warn!(key = %item.key, error = %reason, delay_ms = delay.as_millis() as u64,
                         "graph read failed; notification will be retried");
                     self.store
-                        .graph_inbox_retry(item.seq, Utc::now() + delay, &reason)
+                        .graph_inbox_retry(item.seq, gatehouse_domain::clock::now() + delay, &reason)
                         .await
                 } else {
                     tracing::error!(key = %item.key, error = %reason, attempts = item.attempts + 1,
@@ -167,7 +167,7 @@ impl<Q: QueueProducer> GraphService<Q> {
                     tracing::warn!(user_id = %id, subscription_id = %n.subscription_id,
                         "graph notification says deleted but graph still has the user; acting on what graph reads");
                 }
-                let env = user_envelope(n, id, user.as_ref(), Utc::now());
+                let env = user_envelope(n, id, user.as_ref(), gatehouse_domain::clock::now());
                 self.publish(&[env]).await?;
                 Ok(Outcome::Done(None))
             }
@@ -205,7 +205,7 @@ impl<Q: QueueProducer> GraphService<Q> {
             tracing::warn!(group_id = %id, subscription_id = %n.subscription_id,
                 "graph notification says deleted but graph still has the group; acting on what graph reads");
         }
-        let now = Utc::now();
+        let now = gatehouse_domain::clock::now();
         let Some(group) = group else {
             // Gone: everyone we knew as a member is no longer one.
             let name = stored_name.unwrap_or_else(|| id.to_string());
@@ -274,11 +274,12 @@ impl<Q: QueueProducer> GraphService<Q> {
             "graph lifecycle notification");
         match event {
             LifecycleEvent::ReauthorizationRequired => {
-                self.renew_one(&n.subscription_id, Utc::now()).await?;
+                self.renew_one(&n.subscription_id, gatehouse_domain::clock::now())
+                    .await?;
             }
             LifecycleEvent::SubscriptionRemoved => {
                 if let Some(sub) = self.store.graph_subscription_by_id(&n.subscription_id).await? {
-                    self.create(&sub.resource, Utc::now()).await?;
+                    self.create(&sub.resource, gatehouse_domain::clock::now()).await?;
                 } else {
                     tracing::warn!(subscription_id = %n.subscription_id,
                         "subscriptionRemoved for a subscription gatehouse does not manage");
@@ -286,7 +287,7 @@ impl<Q: QueueProducer> GraphService<Q> {
             }
             LifecycleEvent::Missed => {
                 // Delta queries from the stored deltaLinks; a full listing only without one.
-                let delta = self.delta_catch_up(Utc::now(), true).await?;
+                let delta = self.delta_catch_up(gatehouse_domain::clock::now(), true).await?;
                 if !delta.baselined.is_empty() {
                     let n_users = self.reconcile(&n.key()).await?;
                     tracing::info!(
@@ -306,7 +307,7 @@ impl<Q: QueueProducer> GraphService<Q> {
     /// reconcile; the same `run` yields the same envelope ids. Returns the number of users.
     pub async fn reconcile(&self, run: &str) -> Result<usize, GraphServiceError> {
         let users: Vec<GraphUser> = self.client.list_users().await?;
-        let now = Utc::now();
+        let now = gatehouse_domain::clock::now();
         let envs: Vec<Envelope> = users.iter().map(|u| reconcile_envelope(run, u, now)).collect();
         self.publish(&envs).await?;
         Ok(users.len())

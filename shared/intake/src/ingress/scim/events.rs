@@ -109,7 +109,7 @@ fn envelope(
         source: Source::Scim,
         subject,
         occurred_at: at,
-        received_at: Utc::now(),
+        received_at: gatehouse_domain::clock::now(),
         event,
         profile,
         source_event_type: source_event_type.to_string(),
@@ -221,7 +221,7 @@ mod tests {
     use super::*;
 
     fn at() -> DateTime<Utc> {
-        Utc::now()
+        gatehouse_domain::clock::now()
     }
 
     fn user(active: bool) -> Value {

@@ -256,7 +256,10 @@ async fn authenticate<Q: Send + Sync + 'static>(
     let Some(token) = found else {
         return unauthorized("unauthorized", "unknown or revoked bearer token");
     };
-    if token.expires_at.is_some_and(|at| at <= Utc::now()) {
+    if token
+        .expires_at
+        .is_some_and(|at| at <= gatehouse_domain::clock::now())
+    {
         tracing::warn!(token = %token.name, "expired scim token presented");
         return unauthorized("expired", "the bearer token has expired");
     }
@@ -1136,7 +1139,7 @@ impl<Q: QueueProducer + Clone + 'static> Scim<Q> {
         let input = self.read_json(headers, body).await?;
         let body = schema::normalize(kind, &input).map_err(|e| bad_request("invalidValue", e.0))?;
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let at = Utc::now();
+        let at = gatehouse_domain::clock::now();
         let event_type = match kind {
             ScimKind::User => "scim.user.create",
             ScimKind::Group => "scim.group.create",
@@ -1199,7 +1202,7 @@ impl<Q: QueueProducer + Clone + 'static> Scim<Q> {
                 return Ok(rec); // nothing changed: no write, no event
             }
             // Strictly after the previous write, so per-resource event times are ordered.
-            let at = Utc::now().max(rec.last_modified + TimeDelta::microseconds(1));
+            let at = gatehouse_domain::clock::now().max(rec.last_modified + TimeDelta::microseconds(1));
             let planned = self
                 .plan(kind, id, at, Some(&rec), Some(&body), event_type)
                 .await?;
@@ -1315,7 +1318,7 @@ impl<Q: QueueProducer + Clone + 'static> Scim<Q> {
             if !precondition_holds(headers, rec.version) {
                 return Err(precondition_failed(rec.version));
             }
-            let at = Utc::now().max(rec.last_modified + TimeDelta::microseconds(1));
+            let at = gatehouse_domain::clock::now().max(rec.last_modified + TimeDelta::microseconds(1));
             let planned = self.plan(kind, id, at, Some(&rec), None, event_type).await?;
             match self.commit(at, planned).await {
                 Ok(()) => return Ok(StatusCode::NO_CONTENT.into_response()),
