@@ -293,6 +293,17 @@ pub trait Screen: Send + Sync {
     fn prepare(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(std::future::ready(()))
     }
+
+    /// Called after [`Screen::prepare`], before the steps of `target` are screened, only when at
+    /// least one of them revokes: a screen whose knowledge matters only for revocations (who
+    /// holds a protected Looker role) learns it here, so a plan that only grants never pays
+    /// for it. Default: nothing.
+    fn prepare_revocations(
+        &self,
+        _target: TargetName,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// The screen that sends everything.

@@ -419,6 +419,11 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         cloud_plan: &CloudPlan,
     ) -> Vec<targets::Withheld> {
         self.screen.prepare().await;
+        if looker_plan.is_some_and(|p| !p.steps.is_empty()) {
+            self.screen
+                .prepare_revocations(gatehouse_domain::target::TargetName::LOOKER)
+                .await;
+        }
         let mut out = Vec::new();
         if let Some(p) = looker_plan {
             out.extend(targets::withheld(&self.looker, p, email, &*self.screen));

@@ -268,6 +268,9 @@ pub async fn apply<T: Target, S: StateStore>(
     }
 
     run.screen.prepare().await;
+    if steps.iter().any(|s| target.revokes(s.op)) {
+        run.screen.prepare_revocations(name).await;
+    }
     if mode == Mode::Apply
         && let Some(reason) = steps
             .iter()

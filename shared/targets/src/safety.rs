@@ -13,9 +13,11 @@
 //! A withheld step gets a `withheld: REASON` ledger row, a warning and
 //! `gatehouse_steps_withheld_total{target}`; it is never sent. What only the targets know is
 //! learned in [`Screen::prepare`] (beside an event's reads, before a plan is screened): Gatehouse's
-//! own Looker user (once) and the holders of protected groups and roles (again every
-//! [`LOOKER_REFRESH`]), its AWS identity (once). Until its own Looker user is known, Looker
-//! revocations are withheld (reconcile applies them later).
+//! own Looker user and its AWS identity (once each). The holders of protected groups and roles
+//! are learned in [`Screen::prepare_revocations`], only before a plan that revokes something in
+//! Looker, and again at most every [`LOOKER_REFRESH`]: an event that only grants never pays for
+//! them (issue 14: every call counts). Until its own Looker user, and the holders if any group or
+//! role is protected, are known, Looker revocations wait (the event is tried again).
 
 use crate::client::aws_iam::AwsIam;
 use crate::client::looker::LookerClient;
@@ -42,8 +44,8 @@ pub struct Safety {
     /// Where [`Screen::prepare`] learns them.
     looker_client: Option<LookerClient>,
     aws_client: Option<AwsIam>,
-    /// When Looker was last read, whether AWS was; held while learning (one at a time).
-    learned: tokio::sync::Mutex<(Option<Instant>, bool)>,
+    /// What has been learned; held while learning (one at a time).
+    learned: tokio::sync::Mutex<Learned>,
     /// How long the protected holders read from Looker are trusted ([`LOOKER_REFRESH`]).
     looker_refresh: Duration,
 }
@@ -83,6 +85,18 @@ pub struct LookerIds {
     pub own_user: Option<String>,
     /// Holder user id → what makes them protected (`looker role Admin`).
     pub holders: BTreeMap<String, String>,
+    /// The holders were read at least once (or none are protected): until then a Looker
+    /// revocation cannot be judged.
+    pub holders_known: bool,
+}
+
+/// When each thing the screen learns from the targets was last learned.
+#[derive(Debug, Default)]
+struct Learned {
+    /// The protected Looker holders were read then.
+    holders_at: Option<Instant>,
+    /// The AWS identity was read.
+    aws: bool,
 }
 
 impl Safety {
@@ -155,30 +169,30 @@ impl Safety {
         self
     }
 
-    /// What [`Screen::prepare`] does: learn from Looker when it was never read or
-    /// [`LOOKER_REFRESH`] ago, AWS once. From Looker: its own user while it is not known (one
-    /// `GET /user` a process: the owner of the API3 key Gatehouse logs in with does not change;
-    /// read again at every refresh it was up to 8,640 calls a month, most of Enterprise's
-    /// 10,000), and the holders of protected Looker groups and roles at every refresh (they do
-    /// change; none listed, no call). A failure is logged and tried again next time; until
-    /// Gatehouse's own Looker user is known, Looker revocations wait.
+    /// What [`Screen::prepare`] does, before every event: Gatehouse's own Looker user while it is
+    /// not known (one `GET /user` a process: the owner of the API3 key Gatehouse logs in with
+    /// does not change; read at every refresh it was up to 8,640 calls a month, most of
+    /// Enterprise's 10,000) and its AWS identity once. A failure is logged and tried again next
+    /// time; until Gatehouse's own Looker user is known, Looker revocations wait.
     pub async fn learn(&self) {
         let mut learned = self.learned.lock().await;
         if let Some(l) = &self.looker_client
-            && learned.0.is_none_or(|at| at.elapsed() >= self.looker_refresh)
+            && self
+                .looker
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .own_user
+                .is_none()
+            && let Err(e) = self.refresh_own_looker_user(l).await
         {
-            match self.refresh_looker(l).await {
-                Ok(()) => learned.0 = Some(Instant::now()),
-                Err(e) => tracing::warn!(error = %e,
-                    "cannot read gatehouse's own looker user or the protected holders; looker revocations \
-                     are withheld until it can"),
-            }
+            tracing::warn!(error = %e,
+                "cannot read gatehouse's own looker user; looker revocations are withheld until it can");
         }
         if let Some(a) = &self.aws_client
-            && !learned.1
+            && !learned.aws
         {
             match self.refresh_aws(a).await {
-                Ok(()) => learned.1 = true,
+                Ok(()) => learned.aws = true,
                 Err(e) => tracing::warn!(error = %e,
                     "cannot learn the aws identity gatehouse runs as (sts:GetCallerIdentity); list it in \
                      [cloud_audit] gatehouse_principals to protect it"),
@@ -186,15 +200,56 @@ impl Safety {
         }
     }
 
-    /// Learn Gatehouse's own Looker user (`GET /user`, only while it is not known) and the
-    /// holders of the protected groups and roles. On failure what was known stays.
-    pub async fn refresh_looker(&self, client: &LookerClient) -> Result<(), LookerError> {
-        let own = match self.looker_ids().own_user {
-            Some(own) => own,
-            None => client.whoami().await?,
+    /// What [`Screen::prepare_revocations`] does for Looker, before a plan that revokes there:
+    /// read the holders of the protected groups and roles when they were never read or
+    /// [`LOOKER_REFRESH`] ago (the catalog, cached by the client, then one member list per
+    /// protected group or role; none listed, no call). On failure what was known stays.
+    pub async fn learn_holders(&self) {
+        let Some(l) = &self.looker_client else {
+            return;
         };
+        if !self.protects_holders() {
+            return;
+        }
+        let mut learned = self.learned.lock().await;
+        if learned
+            .holders_at
+            .is_some_and(|at| at.elapsed() < self.looker_refresh)
+        {
+            return;
+        }
+        match self.refresh_looker_holders(l).await {
+            Ok(()) => learned.holders_at = Some(Instant::now()),
+            Err(e) => tracing::warn!(error = %e,
+                "cannot read the holders of the protected looker groups and roles; looker revocations \
+                 wait until it can, or go on judged by the holders read before"),
+        }
+    }
+
+    /// Some Looker group or role is protected: its holders must be read before a revocation.
+    fn protects_holders(&self) -> bool {
+        !(self.rules.looker_groups.is_empty() && self.rules.looker_roles.is_empty())
+    }
+
+    /// Learn Gatehouse's own Looker user and the holders of the protected groups and roles (what
+    /// both `prepare`s learn, at once).
+    pub async fn refresh_looker(&self, client: &LookerClient) -> Result<(), LookerError> {
+        self.refresh_own_looker_user(client).await?;
+        self.refresh_looker_holders(client).await
+    }
+
+    /// `GET /user`: the owner of the API3 key Gatehouse logs in with.
+    async fn refresh_own_looker_user(&self, client: &LookerClient) -> Result<(), LookerError> {
+        let own = client.whoami().await?;
+        tracing::info!(own_user = %own, "gatehouse's own looker user resolved");
+        self.looker.write().unwrap_or_else(|p| p.into_inner()).own_user = Some(own);
+        Ok(())
+    }
+
+    /// The holders of the protected groups and roles (the catalog, then their member lists).
+    async fn refresh_looker_holders(&self, client: &LookerClient) -> Result<(), LookerError> {
         let mut holders = BTreeMap::new();
-        if !(self.rules.looker_groups.is_empty() && self.rules.looker_roles.is_empty()) {
+        if self.protects_holders() {
             let catalog = client.catalog().await?;
             for g in &self.rules.looker_groups {
                 match catalog.groups.get(g) {
@@ -221,11 +276,13 @@ impl Safety {
                 }
             }
         }
-        tracing::info!(own_user = %own, protected_holders = holders.len(), "looker safety ids resolved");
-        self.set_looker(LookerIds {
-            own_user: Some(own),
-            holders,
-        });
+        tracing::info!(
+            protected_holders = holders.len(),
+            "protected looker holders resolved"
+        );
+        let mut ids = self.looker.write().unwrap_or_else(|p| p.into_inner());
+        ids.holders = holders;
+        ids.holders_known = true;
         Ok(())
     }
 
@@ -320,14 +377,35 @@ impl Screen for Safety {
         Box::pin(self.learn())
     }
 
-    /// A Looker revocation while Gatehouse's own Looker user is unknown (`GET /user` failed):
-    /// it might be the one that locks Gatehouse out, so it waits, and the event is tried again.
+    fn prepare_revocations(
+        &self,
+        target: TargetName,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            if target == TargetName::LOOKER {
+                self.learn_holders().await;
+            }
+        })
+    }
+
+    /// A Looker revocation while Gatehouse's own Looker user (`GET /user` failed) or the holders
+    /// of a protected group or role were never read: it might be the one that locks Gatehouse
+    /// out, or offboard a protected admin, so it waits, and the event is tried again.
     fn not_ready(&self, s: &Screened<'_>) -> Option<String> {
+        if !(s.target == TargetName::LOOKER && s.revokes && self.rules.looker_live) {
+            return None;
+        }
         let ids = self.looker.read().unwrap_or_else(|p| p.into_inner());
-        (s.target == TargetName::LOOKER && s.revokes && self.rules.looker_live && ids.own_user.is_none())
-            .then(|| {
-                "gatehouse's own looker user is not known yet (GET /user failed); revocations wait".into()
-            })
+        if ids.own_user.is_none() {
+            return Some(
+                "gatehouse's own looker user is not known yet (GET /user failed); revocations wait".into(),
+            );
+        }
+        (self.protects_holders() && !ids.holders_known).then(|| {
+            "the holders of the protected looker groups and roles are not known yet (reading them \
+             failed); revocations wait"
+                .into()
+        })
     }
 
     fn withhold(&self, s: &Screened<'_>) -> Option<String> {
@@ -418,6 +496,7 @@ mod tests {
         s.set_looker(LookerIds {
             own_user: Some("101".into()),
             holders: BTreeMap::new(),
+            holders_known: true,
         });
         let r = s.withhold(&step(TargetName::LOOKER, &del_key, None, Some("101"), true));
         assert!(r.unwrap().contains("own looker user 101"));
@@ -445,6 +524,7 @@ mod tests {
         s.set_looker(LookerIds {
             own_user: Some("1".into()),
             holders,
+            holders_known: true,
         });
         let disable = call(Method::Patch, "/users/8");
         for (target, c, email, principal) in [

@@ -98,21 +98,31 @@ fn looker_client(fake: &FakeLooker) -> LookerClient {
     .unwrap_or_else(|e| panic!("client: {e}"))
 }
 
-/// Whether the screen withholds disabling Looker user `p`, and why.
-fn disable(screen: &Safety, p: &str) -> Option<String> {
-    let call = HttpCall {
+/// The call that disables Looker user `p`.
+fn disable_call(p: &str) -> HttpCall {
+    HttpCall {
         method: Method::Patch,
         path: format!("/users/{p}"),
         body: Some(serde_json::json!({ "is_disabled": true })),
-    };
-    screen.withhold(&Screened {
+    }
+}
+
+/// Disabling Looker user `p`, as the screen sees it (the call leaked: tests only).
+fn disable_step(p: &str) -> Screened<'static> {
+    let call: &'static HttpCall = Box::leak(Box::new(disable_call(p)));
+    Screened {
         target: TargetName::LOOKER,
-        call: &call,
+        call,
         rule: "offboarding.disable",
         email: None,
-        principal: Some(p),
+        principal: Some(Box::leak(p.to_string().into_boxed_str())),
         revokes: true,
-    })
+    }
+}
+
+/// Whether the screen withholds disabling Looker user `p`, and why.
+fn disable(screen: &Safety, p: &str) -> Option<String> {
+    screen.withhold(&disable_step(p))
 }
 
 /// `(GET /user calls, GET /groups/{id}/users calls)` the fake saw.
@@ -127,10 +137,11 @@ fn own_and_holder_reads(fake: &FakeLooker) -> (usize, usize) {
 
 /// Issue 14: `GET /user` was made again every five minutes an event came in (up to 8,640 calls a
 /// month for one process). The owner of the API3 key Gatehouse logs in with does not change, so
-/// it is read once; the holders of protected groups change, so they are read again once the
-/// refresh interval has passed (zero here: at every event).
+/// it is read once. The holders of protected groups change, so they are read again once the
+/// refresh interval has passed (zero here), but only before a plan that revokes in Looker: an
+/// event that only grants never reads them.
 #[tokio::test]
-async fn its_own_looker_user_is_read_once_and_protected_holders_at_every_refresh() {
+async fn its_own_looker_user_is_read_once_and_protected_holders_only_before_revocations() {
     let fake = FakeLooker::start().await;
     let me = fake.admin_user_id().to_string();
     let admins = fake.add_group("Admins");
@@ -143,13 +154,14 @@ async fn its_own_looker_user_is_read_once_and_protected_holders_at_every_refresh
         ))
         .unwrap()
     };
-    // No protected groups or roles: one GET /user, however many events.
+    // No protected groups or roles: one GET /user, however many events, revoking or not.
     let plain = Safety::from_config(&cfg(""))
         .with_looker(Some(looker_client(&fake)))
         .with_looker_refresh(Duration::ZERO);
     fake.reset_calls();
     for _ in 0..3 {
         plain.prepare().await;
+        plain.prepare_revocations(TargetName::LOOKER).await;
     }
     assert_eq!(own_and_holder_reads(&fake), (1, 0));
     assert!(
@@ -157,21 +169,50 @@ async fn its_own_looker_user_is_read_once_and_protected_holders_at_every_refresh
         "its own user is still known and withheld"
     );
 
-    // A protected group: GET /user still once, the group's members at every refresh.
+    // A protected group: GET /user still once; the group's members never for plans that only
+    // grant, and at every refresh before a revocation.
     let guarded = Safety::from_config(&cfg("[safety]\nprotected = [\"looker:group:Admins\"]\n"))
         .with_looker(Some(looker_client(&fake)))
         .with_looker_refresh(Duration::ZERO);
     fake.reset_calls();
     for _ in 0..3 {
         guarded.prepare().await;
+        guarded.prepare_revocations(TargetName::AWS).await;
+    }
+    assert_eq!(
+        own_and_holder_reads(&fake),
+        (1, 0),
+        "no Looker revocation, no member read"
+    );
+    assert!(
+        guarded
+            .not_ready(&disable_step(&admin))
+            .is_some_and(|w| w.contains("holders")),
+        "a Looker revocation waits while the holders were never read"
+    );
+    for _ in 0..3 {
+        guarded.prepare().await;
+        guarded.prepare_revocations(TargetName::LOOKER).await;
     }
     assert_eq!(own_and_holder_reads(&fake), (1, 3));
+    assert_eq!(guarded.not_ready(&disable_step(&admin)), None);
+    assert!(disable(&guarded, &admin).is_some_and(|w| w.contains("member of looker group Admins")));
     let newcomer = fake.add_user("new-admin@example.com", "New", "Admin");
     fake.add_user_to_group(&newcomer, &admins);
     assert_eq!(disable(&guarded, &newcomer), None, "not read yet");
-    guarded.prepare().await;
+    guarded.prepare_revocations(TargetName::LOOKER).await;
     assert!(
         disable(&guarded, &newcomer).is_some_and(|w| w.contains("member of looker group Admins")),
         "a holder added since is protected after the next refresh"
     );
+
+    // Within the refresh interval the holders read before are trusted: no read per revocation.
+    let cached = Safety::from_config(&cfg("[safety]\nprotected = [\"looker:group:Admins\"]\n"))
+        .with_looker(Some(looker_client(&fake)));
+    fake.reset_calls();
+    for _ in 0..3 {
+        cached.prepare().await;
+        cached.prepare_revocations(TargetName::LOOKER).await;
+    }
+    assert_eq!(own_and_holder_reads(&fake), (1, 1));
 }
