@@ -11,6 +11,7 @@ pub mod okta;
 pub mod okta_api;
 pub mod okta_catchup;
 pub mod okta_import;
+pub mod pipeline;
 pub mod scim;
 
 use axum::body::{Body, Bytes, to_bytes};
