@@ -119,13 +119,28 @@ pub fn build_following_renames<Q: QueueProducer + 'static>(
     aliases: Option<AnyState>,
 ) -> Router {
     let intake = GoogleIntake {
-        tokens,
-        channels,
         aliases,
-        max_body_bytes,
-        now,
+        ..GoogleIntake::new(tokens, channels, max_body_bytes, now)
     };
     Pipeline::route(intake, Queue(queue), PATH)
+}
+
+impl GoogleIntake {
+    /// The intake with explicit parts, following no renames.
+    pub fn new(
+        tokens: Vec<SecretString>,
+        channels: Option<(SecretString, AnyState)>,
+        max_body_bytes: usize,
+        now: Clock,
+    ) -> GoogleIntake {
+        GoogleIntake {
+            tokens,
+            channels,
+            aliases: None,
+            max_body_bytes,
+            now,
+        }
+    }
 }
 
 /// Whether `given` equals any token; every token is compared, in constant time each.

@@ -12,6 +12,8 @@ pub mod okta_api;
 pub mod okta_catchup;
 pub mod okta_import;
 pub mod pipeline;
+#[cfg(test)]
+mod pipeline_tests;
 pub mod scim;
 
 use axum::body::{Body, Bytes, to_bytes};
