@@ -15,6 +15,8 @@ pub mod pipeline;
 #[cfg(test)]
 mod pipeline_tests;
 pub mod scim;
+#[cfg(test)]
+mod toy;
 
 use axum::body::{Body, Bytes, to_bytes};
 use axum::http::{HeaderMap, StatusCode, header};
