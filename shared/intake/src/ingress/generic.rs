@@ -12,11 +12,11 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use gatehouse_domain::envelope::Envelope;
 use base64::Engine;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::{DecodePaddingMode, general_purpose::STANDARD};
 use chrono::{DateTime, Utc};
+use gatehouse_domain::envelope::Envelope;
 use gatehouse_domain::generic::{self, WebhookError};
 use gatehouse_domain::ports::QueueProducer;
 use hmac::{Hmac, Mac};
@@ -179,8 +179,13 @@ impl pipeline::Intake for GenericIntake {
             ),
         })
     }
-    fn normalize(&self, request: &Verified<Request<String>>, now: DateTime<Utc>) -> Result<Vec<Envelope>, Refusal> {
-        generic::parse_body(request.proof(), request.body(), now).map_err(|e| Refusal::malformed(e.to_string()))
+    fn normalize(
+        &self,
+        request: &Verified<Request<String>>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Envelope>, Refusal> {
+        generic::parse_body(request.proof(), request.body(), now)
+            .map_err(|e| Refusal::malformed(e.to_string()))
     }
     fn context(&self, request: &Verified<Request<String>>) -> String {
         format!("webhook_id={}", request.proof())
@@ -224,8 +229,8 @@ pub fn intake(keys: Keys, tolerance: Duration, max_body_bytes: usize, now: Clock
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::body::Body;
     use crate::ingress::test_support::{MemQueue, send};
+    use axum::body::Body;
     use axum::http::Request;
     use gatehouse_domain::envelope::{IdentityEvent, Source};
 
@@ -290,27 +295,11 @@ mod tests {
         assert_eq!(sign("whsec_%%", SPEC_ID, SPEC_TS, SPEC_BODY), None);
         let keys = Keys::from_secrets([SPEC_SECRET]);
         let tol = Duration::from_secs(300);
-        let v = verify(
-            &keys,
-            &spec_headers(SPEC_SIG),
-            SPEC_BODY,
-            at(1614265330),
-            tol,
-        )
-        .unwrap();
+        let v = verify(&keys, &spec_headers(SPEC_SIG), SPEC_BODY, at(1614265330), tol).unwrap();
         assert_eq!(v, SPEC_ID);
         // a bare base64 secret (no whsec_ prefix) is the same key
         let bare = Keys::from_secrets(["MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]);
-        assert!(
-            verify(
-                &bare,
-                &spec_headers(SPEC_SIG),
-                SPEC_BODY,
-                at(1614265330),
-                tol
-            )
-            .is_ok()
-        );
+        assert!(verify(&bare, &spec_headers(SPEC_SIG), SPEC_BODY, at(1614265330), tol).is_ok());
     }
 
     #[test]

@@ -209,7 +209,11 @@ impl pipeline::Intake for GoogleIntake {
         }
     }
     /// The channel's first message (`sync`) yields nothing; any other is one activity.
-    fn normalize(&self, request: &Verified<Request<()>>, now: DateTime<Utc>) -> Result<Vec<Envelope>, Refusal> {
+    fn normalize(
+        &self,
+        request: &Verified<Request<()>>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Envelope>, Refusal> {
         if google::is_sync(resource_state(request)?) {
             tracing::info!(
                 channel_id = request.header("x-goog-channel-id"),
@@ -220,7 +224,11 @@ impl pipeline::Intake for GoogleIntake {
         }
         google::parse_activity(request.body(), now).map_err(|e| Refusal::malformed(e.to_string()))
     }
-    async fn enrich(&self, request: &Verified<Request<()>>, items: &mut Vec<Envelope>) -> Result<(), Refusal> {
+    async fn enrich(
+        &self,
+        request: &Verified<Request<()>>,
+        items: &mut Vec<Envelope>,
+    ) -> Result<(), Refusal> {
         if let Some(store) = &self.aliases
             && let Err(e) = follow_renames(store, items).await
         {
@@ -251,10 +259,10 @@ impl pipeline::Intake for GoogleIntake {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::body::Body;
-    use axum::http::StatusCode;
     use crate::ingress::test_support::{MemQueue, send};
+    use axum::body::Body;
     use axum::http::Request;
+    use axum::http::StatusCode;
     use gatehouse_domain::envelope::{IdentityEvent, Source};
 
     /// An in-memory queue that records what is published, or fails every publish.

@@ -64,9 +64,9 @@ impl pipeline::Intake for OktaIntake {
     type Item = Envelope;
 
     fn not_configured(&self) -> Option<&'static str> {
-        self.okta_secret.is_none().then_some(
-            "no okta hook secret is configured (okta.hook_secret or GATEHOUSE_OKTA_HOOK_SECRET)",
-        )
+        self.okta_secret
+            .is_none()
+            .then_some("no okta hook secret is configured (okta.hook_secret or GATEHOUSE_OKTA_HOOK_SECRET)")
     }
     fn max_body_bytes(&self) -> usize {
         self.max_body_bytes
@@ -74,7 +74,11 @@ impl pipeline::Intake for OktaIntake {
     async fn verify(&self, headers: &HeaderMap, _: &Bytes, _: DateTime<Utc>) -> Result<(), Refusal> {
         self.authenticate(headers)
     }
-    fn normalize(&self, request: &Verified<Request<()>>, now: DateTime<Utc>) -> Result<Vec<Envelope>, Refusal> {
+    fn normalize(
+        &self,
+        request: &Verified<Request<()>>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Envelope>, Refusal> {
         okta::parse_hook_body(&self.org, request.body(), now).map_err(|e| Refusal::malformed(e.to_string()))
     }
     async fn enrich(&self, _: &Verified<Request<()>>, items: &mut Vec<Envelope>) -> Result<(), Refusal> {
@@ -129,8 +133,8 @@ async fn okta_verify<Q: QueueProducer + 'static>(State(p): State<State_<Q>>, hea
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::body::Body;
     use crate::ingress::test_support::{MemQueue, send};
+    use axum::body::Body;
     use axum::http::Request;
     use gatehouse_platform::config::Config;
     use gatehouse_store::sqlite::Sqlite;

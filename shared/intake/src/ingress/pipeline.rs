@@ -56,7 +56,9 @@
 //! parse with the same domain functions as their webhook twin ([`Intake::normalize`] calls
 //! them too) and publish the envelopes they fetched with `QueueProducer::publish` directly.
 
-use super::{check_emails, count_received, count_rejection, error, read_body, record_accepted, trace_envelopes};
+use super::{
+    check_emails, count_received, count_rejection, error, read_body, record_accepted, trace_envelopes,
+};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -112,10 +114,7 @@ impl<P> Request<P> {
     }
     /// A header as text; `""` when absent or not visible ASCII (for logs and optional headers).
     pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
     }
     pub fn body(&self) -> &Bytes {
         &self.body
@@ -138,7 +137,12 @@ pub struct Refusal {
 
 impl Refusal {
     /// Any refusal, counted under `reason`.
-    pub fn new(status: StatusCode, reason: &'static str, code: &'static str, detail: impl Into<String>) -> Refusal {
+    pub fn new(
+        status: StatusCode,
+        reason: &'static str,
+        code: &'static str,
+        detail: impl Into<String>,
+    ) -> Refusal {
         Refusal {
             status,
             reason: Some(reason),
@@ -216,7 +220,11 @@ pub trait Sink<T: Item>: Send + Sync + 'static {
     /// The `detail` of the 503 when [`Sink::put`] fails.
     const FAILED: &'static str = "the event could not be stored; retry";
     /// Store the whole batch durably (one call); `Ok` is how many were new (a queue: all).
-    fn put(&self, batch: &Verified<Vec<T>>, now: DateTime<Utc>) -> impl Future<Output = Result<u64, BackendError>> + Send;
+    fn put(
+        &self,
+        batch: &Verified<Vec<T>>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64, BackendError>> + Send;
 }
 
 /// The queue as a [`Sink`] of envelopes.
@@ -231,7 +239,10 @@ impl<Q: QueueProducer + 'static> Sink<Envelope> for Queue<Q> {
 }
 
 /// Enqueue a verified batch: the only place the request path calls [`QueueProducer::publish`].
-pub async fn publish<Q: QueueProducer>(queue: &Q, batch: &Verified<Vec<Envelope>>) -> Result<(), BackendError> {
+pub async fn publish<Q: QueueProducer>(
+    queue: &Q,
+    batch: &Verified<Vec<Envelope>>,
+) -> Result<(), BackendError> {
     queue.publish(batch.get()).await
 }
 
@@ -263,7 +274,11 @@ pub trait Intake: Send + Sync + Sized + 'static {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Self::Proof, Refusal>> + Send;
     /// A pure parse of the verified request; the pipeline wraps the result in [`Verified`].
-    fn normalize(&self, request: &Verified<Request<Self::Proof>>, now: DateTime<Utc>) -> Result<Vec<Self::Item>, Refusal>;
+    fn normalize(
+        &self,
+        request: &Verified<Request<Self::Proof>>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Self::Item>, Refusal>;
     /// Add what the source's payload lacks before storing (Okta: profile attributes; Google:
     /// rename aliases). Runs after [`Item::check`]; a refusal here is usually a 503.
     fn enrich(
@@ -278,7 +293,12 @@ pub trait Intake: Send + Sync + Sized + 'static {
         String::new()
     }
     /// The 2xx answer once the batch is stored (`stored`: how many the sink found new).
-    fn respond(&self, request: &Verified<Request<Self::Proof>>, batch: &Verified<Vec<Self::Item>>, stored: u64) -> Response;
+    fn respond(
+        &self,
+        request: &Verified<Request<Self::Proof>>,
+        batch: &Verified<Vec<Self::Item>>,
+        stored: u64,
+    ) -> Response;
 }
 
 /// An intake and where its batches go: the state of [`handle`].
@@ -313,7 +333,11 @@ pub async fn handle<I: Intake, S: Sink<I::Item>>(
     }
 }
 
-async fn run<I: Intake, S: Sink<I::Item>>(p: &Pipeline<I, S>, headers: HeaderMap, body: Body) -> Result<Response, Response> {
+async fn run<I: Intake, S: Sink<I::Item>>(
+    p: &Pipeline<I, S>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Response> {
     let (intake, source) = (&p.intake, I::SOURCE);
     if let Some(detail) = intake.not_configured() {
         return Err(error(StatusCode::SERVICE_UNAVAILABLE, "not_configured", detail));
@@ -346,7 +370,11 @@ async fn run<I: Intake, S: Sink<I::Item>>(p: &Pipeline<I, S>, headers: HeaderMap
                     error = %e, source = ?std::error::Error::source(&e), intake = source, context,
                     "enqueue failed; the sender will retry"
                 );
-                return Err(error(StatusCode::SERVICE_UNAVAILABLE, "enqueue_failed", S::FAILED));
+                return Err(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "enqueue_failed",
+                    S::FAILED,
+                ));
             }
         }
     };

@@ -63,7 +63,7 @@ async fn send<I: Intake<Item: Clone>>(
     let resp = app.oneshot(req).await.unwrap();
     let status = resp.status();
     let bytes = to_bytes(resp.into_body(), usize::MAX).await.unwrap();
-    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::json!(null));
+    let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
     let keys = items.lock().unwrap().iter().map(Item::key).collect();
     (status, body, keys)
 }
@@ -73,23 +73,47 @@ pub(crate) async fn contract<F: Fixture>(f: &F) {
     let name = F::I::SOURCE;
     let refused = |want: StatusCode, code: &str, got: (StatusCode, serde_json::Value, Vec<String>)| {
         let (status, body, published) = got;
-        assert_eq!((status, body["error"].as_str()), (want, Some(code)), "{name}: {body}");
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (want, Some(code)),
+            "{name}: {body}"
+        );
         assert!(published.is_empty(), "{name}: {code} published {published:?}");
     };
     for req in f.unauthenticated() {
-        refused(StatusCode::UNAUTHORIZED, "unauthorized", send(f.intake(), false, req).await);
+        refused(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            send(f.intake(), false, req).await,
+        );
     }
     let limit = f.intake().max_body_bytes();
     let (parts, _) = f.valid().0.into_parts();
     let over = Request::from_parts(parts, Body::from(vec![b' '; limit + 1]));
-    refused(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", send(f.intake(), false, over).await);
+    refused(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        send(f.intake(), false, over).await,
+    );
     let (mut parts, body) = f.valid().0.into_parts();
     parts.headers.insert(header::CONTENT_LENGTH, (limit + 1).into());
     let declared = Request::from_parts(parts, body);
-    refused(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", send(f.intake(), false, declared).await);
-    refused(StatusCode::BAD_REQUEST, "bad_request", send(f.intake(), false, f.malformed()).await);
+    refused(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        send(f.intake(), false, declared).await,
+    );
+    refused(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        send(f.intake(), false, f.malformed()).await,
+    );
     if let Some(req) = f.invalid_email() {
-        refused(StatusCode::BAD_REQUEST, "invalid_email", send(f.intake(), false, req).await);
+        refused(
+            StatusCode::BAD_REQUEST,
+            "invalid_email",
+            send(f.intake(), false, req).await,
+        );
     }
     let (req, expected) = f.valid();
     assert!(!expected.is_empty(), "{name}: the valid request yields something");
@@ -97,7 +121,11 @@ pub(crate) async fn contract<F: Fixture>(f: &F) {
     assert!(status.is_success(), "{name}: {status} {body}");
     assert_eq!(published, expected, "{name}: exactly its items, once");
     let (status, body, _) = send(f.intake(), true, f.valid().0).await;
-    assert_eq!((status, body["error"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("enqueue_failed")), "{name}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("enqueue_failed")),
+        "{name}"
+    );
 }
 
 fn post(path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Request<Body> {
@@ -133,13 +161,21 @@ mod okta {
             OktaIntake::new(Some(SecretString::from(SECRET)), "example".into(), 8192)
         }
         fn valid(&self) -> (Request<Body>, Vec<String>) {
-            let want = gatehouse_domain::okta::parse_hook_body("example", BODY.as_bytes(), Utc::now()).unwrap();
-            (post("/hooks/okta", &[("authorization", SECRET)], BODY), keys(want))
+            let want =
+                gatehouse_domain::okta::parse_hook_body("example", BODY.as_bytes(), Utc::now()).unwrap();
+            (
+                post("/hooks/okta", &[("authorization", SECRET)], BODY),
+                keys(want),
+            )
         }
         fn unauthenticated(&self) -> Vec<Request<Body>> {
             vec![
                 post("/hooks/okta", &[], BODY),
-                post("/hooks/okta", &[("authorization", "okta-hook-s3cret-0123456780")], BODY),
+                post(
+                    "/hooks/okta",
+                    &[("authorization", "okta-hook-s3cret-0123456780")],
+                    BODY,
+                ),
             ]
         }
         fn malformed(&self) -> Request<Body> {
@@ -163,13 +199,16 @@ mod generic {
     use std::time::Duration;
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    const EVENT: &str =
-        r#"{"type":"user.suspended","occurred_at":"2026-01-01T00:00:00Z","user":{"id":"u1","email":"jo@example.com"}}"#;
+    const EVENT: &str = r#"{"type":"user.suspended","occurred_at":"2026-01-01T00:00:00Z","user":{"id":"u1","email":"jo@example.com"}}"#;
 
     fn signed(secret: &str, body: &str) -> Request<Body> {
         let ts = fixed_now().timestamp().to_string();
         let sig = sign(secret, "msg_1", &ts, body.as_bytes()).unwrap();
-        let headers = [("webhook-id", "msg_1"), ("webhook-timestamp", ts.as_str()), ("webhook-signature", sig.as_str())];
+        let headers = [
+            ("webhook-id", "msg_1"),
+            ("webhook-timestamp", ts.as_str()),
+            ("webhook-signature", sig.as_str()),
+        ];
         post("/hooks/generic", &headers, body.to_string())
     }
 
@@ -177,7 +216,12 @@ mod generic {
     impl Fixture for Generic {
         type I = crate::ingress::generic::GenericIntake;
         fn intake(&self) -> Self::I {
-            intake(Keys::from_secrets([SECRET]), Duration::from_secs(300), 4096, Arc::new(fixed_now))
+            intake(
+                Keys::from_secrets([SECRET]),
+                Duration::from_secs(300),
+                4096,
+                Arc::new(fixed_now),
+            )
         }
         fn valid(&self) -> (Request<Body>, Vec<String>) {
             (signed(SECRET, EVENT), vec!["generic:msg_1".into()])
@@ -191,7 +235,10 @@ mod generic {
             signed(SECRET, "{nope")
         }
         fn invalid_email(&self) -> Option<Request<Body>> {
-            Some(signed(SECRET, &EVENT.replace("jo@example.com", "jo..x@example.com")))
+            Some(signed(
+                SECRET,
+                &EVENT.replace("jo@example.com", "jo..x@example.com"),
+            ))
         }
     }
 
@@ -212,7 +259,10 @@ mod google {
     );
 
     fn notification(token: Option<&str>, body: &str) -> Request<Body> {
-        let mut headers = vec![("x-goog-channel-id", "reportsApiId"), ("x-goog-resource-state", "CREATE_USER")];
+        let mut headers = vec![
+            ("x-goog-channel-id", "reportsApiId"),
+            ("x-goog-resource-state", "CREATE_USER"),
+        ];
         headers.extend(token.map(|t| ("x-goog-channel-token", t)));
         post("/hooks/google", &headers, body.to_string())
     }
@@ -228,13 +278,19 @@ mod google {
             (notification(Some(TOKEN), BODY), keys(want))
         }
         fn unauthenticated(&self) -> Vec<Request<Body>> {
-            vec![notification(None, BODY), notification(Some("245t1234tt83trrt334"), BODY)]
+            vec![
+                notification(None, BODY),
+                notification(Some("245t1234tt83trrt334"), BODY),
+            ]
         }
         fn malformed(&self) -> Request<Body> {
             notification(Some(TOKEN), "{not json")
         }
         fn invalid_email(&self) -> Option<Request<Body>> {
-            Some(notification(Some(TOKEN), &BODY.replace("liz@example.com", "liz @example.com")))
+            Some(notification(
+                Some(TOKEN),
+                &BODY.replace("liz@example.com", "liz @example.com"),
+            ))
         }
     }
 
@@ -251,7 +307,9 @@ mod graph {
 
     const CLIENT_STATE: &str = "c2VjcmV0Q2xpZW50U3RhdGUtdXNlcnM";
     const TENANT: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
-    const BODY: &str = include_str!("../../../../../shared/fixtures/entra/graph.notification.users.updated.constructed.json");
+    const BODY: &str = include_str!(
+        "../../../../../shared/fixtures/entra/graph.notification.users.updated.constructed.json"
+    );
 
     /// The fixture with a subscription that has not expired.
     fn body() -> String {
@@ -266,11 +324,18 @@ mod graph {
         }
         fn valid(&self) -> (Request<Body>, Vec<String>) {
             let want = gatehouse_domain::graph::parse_collection(body().as_bytes()).unwrap();
-            (post("/hooks/graph", &[], body()), want.iter().map(Item::key).collect())
+            (
+                post("/hooks/graph", &[], body()),
+                want.iter().map(Item::key).collect(),
+            )
         }
         fn unauthenticated(&self) -> Vec<Request<Body>> {
             vec![
-                post("/hooks/graph", &[], body().replace(&format!(r#""clientState": "{CLIENT_STATE}","#), "")),
+                post(
+                    "/hooks/graph",
+                    &[],
+                    body().replace(&format!(r#""clientState": "{CLIENT_STATE}","#), ""),
+                ),
                 post("/hooks/graph", &[], body().replace(CLIENT_STATE, "guessed")),
             ]
         }
@@ -325,7 +390,14 @@ async fn nothing_is_normalized_or_enqueued_unless_verify_passed() {
         normalized: normalized.clone(),
     };
     let (status, body, published) = send(intake, false, post("/", &[], "{}")).await;
-    assert_eq!((status, body["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")));
-    assert_eq!(normalized.load(Ordering::SeqCst), 0, "normalize ran on an unverified request");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+    );
+    assert_eq!(
+        normalized.load(Ordering::SeqCst),
+        0,
+        "normalize ran on an unverified request"
+    );
     assert!(published.is_empty());
 }

@@ -39,7 +39,10 @@ impl pipeline::Intake for ToyIntake {
         4096
     }
     async fn verify(&self, headers: &HeaderMap, body: &Bytes, _: DateTime<Utc>) -> Result<String, Refusal> {
-        let given = headers.get("x-toy-signature").map(|v| v.as_bytes()).unwrap_or_default();
+        let given = headers
+            .get("x-toy-signature")
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
         let expected = sign(&self.key, body);
         if bool::from(given.ct_eq(expected.as_bytes())) {
             Ok(expected["sha256=".len()..][..32].to_string())
@@ -47,7 +50,11 @@ impl pipeline::Intake for ToyIntake {
             Err(Refusal::unauthorized("missing or wrong X-Toy-Signature header"))
         }
     }
-    fn normalize(&self, request: &Verified<Request<String>>, now: DateTime<Utc>) -> Result<Vec<Envelope>, Refusal> {
+    fn normalize(
+        &self,
+        request: &Verified<Request<String>>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Envelope>, Refusal> {
         gatehouse_domain::generic::parse_body(request.proof(), request.body(), now)
             .map_err(|e| Refusal::malformed(e.to_string()))
     }

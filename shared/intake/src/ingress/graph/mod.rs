@@ -60,7 +60,11 @@ pub struct GraphIntake {
 }
 
 impl GraphIntake {
-    pub fn new(client_state: Option<SecretString>, tenant_id: Option<String>, max_body_bytes: usize) -> GraphIntake {
+    pub fn new(
+        client_state: Option<SecretString>,
+        tenant_id: Option<String>,
+        max_body_bytes: usize,
+    ) -> GraphIntake {
         GraphIntake {
             client_state,
             tenant_id,
@@ -74,7 +78,11 @@ pub struct GraphInbox(pub Sqlite);
 
 impl Sink<Notification> for GraphInbox {
     const FAILED: &'static str = "the notifications could not be stored; retry";
-    async fn put(&self, batch: &Verified<Vec<Notification>>, now: DateTime<Utc>) -> Result<u64, BackendError> {
+    async fn put(
+        &self,
+        batch: &Verified<Vec<Notification>>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, BackendError> {
         let rows: Vec<(String, String)> = batch.iter().map(|n| (n.key(), n.raw.to_string())).collect();
         self.0.graph_inbox_put(&rows, now).await
     }
@@ -107,14 +115,28 @@ impl pipeline::Intake for GraphIntake {
     fn max_body_bytes(&self) -> usize {
         self.max_body_bytes
     }
-    async fn verify(&self, _: &HeaderMap, body: &Bytes, now: DateTime<Utc>) -> Result<Vec<Notification>, Refusal> {
+    async fn verify(
+        &self,
+        _: &HeaderMap,
+        body: &Bytes,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Notification>, Refusal> {
         let notifications = graph::parse_collection(body).map_err(|e| Refusal::malformed(e.to_string()))?;
         check(self, &notifications, now)?;
         Ok(notifications)
     }
     /// The notifications Gatehouse acts on; the others are answered as `ignored`.
-    fn normalize(&self, request: &Verified<Request<Vec<Notification>>>, _: DateTime<Utc>) -> Result<Vec<Notification>, Refusal> {
-        Ok(request.proof().iter().filter(|n| service::is_stored(n)).cloned().collect())
+    fn normalize(
+        &self,
+        request: &Verified<Request<Vec<Notification>>>,
+        _: DateTime<Utc>,
+    ) -> Result<Vec<Notification>, Refusal> {
+        Ok(request
+            .proof()
+            .iter()
+            .filter(|n| service::is_stored(n))
+            .cloned()
+            .collect())
     }
     fn respond(
         &self,
@@ -180,8 +202,10 @@ async fn graph_hook(
 /// The subscription validation handshake: 200, `text/plain`, the decoded token.
 fn validation(token: &str) -> Response {
     if token.is_empty() || token.len() > MAX_VALIDATION_TOKEN {
-        return Refusal::malformed(format!("validationToken must be 1 to {MAX_VALIDATION_TOKEN} bytes"))
-            .answer(GraphIntake::SOURCE);
+        return Refusal::malformed(format!(
+            "validationToken must be 1 to {MAX_VALIDATION_TOKEN} bytes"
+        ))
+        .answer(GraphIntake::SOURCE);
     }
     tracing::info!("graph subscription validation answered");
     (
