@@ -1,6 +1,7 @@
 //! HTTP intake. A request is answered 2xx only after every envelope it carries is durably
 //! enqueued; a request that fails authentication, is too large or malformed enqueues nothing.
-//! Each source lives in its own module with a `router` (and, if it needs one, `spawn_tasks`).
+//! Each source lives in its own module with a `router` (and, if it needs one, `spawn_tasks`);
+//! the webhook sources implement [`pipeline::Intake`] and share its one request path.
 
 pub mod generic;
 pub mod google;
