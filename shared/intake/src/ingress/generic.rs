@@ -2,7 +2,7 @@
 //!
 //! A request is verified (HMAC-SHA256 over `{webhook-id}.{webhook-timestamp}.{body}` with any
 //! configured secret, then the timestamp window) before its body is read as canonical events:
-//! [`GenericIntake`] runs through [`pipeline`](super::pipeline), so only a request [`verify`]
+//! [`GenericIntake`] runs through [`pipeline`], so only a request [`verify`]
 //! accepted can be parsed and enqueued.
 //! Envelope ids derive from `webhook-id`, so a replay within the window is harmless downstream.
 

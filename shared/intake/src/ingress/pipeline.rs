@@ -9,13 +9,16 @@
 //! | step | refusal |
 //! |---|---|
 //! | [`Intake::not_configured`] | 503 `not_configured` (not counted) |
-//! | [`read_body`](super::read_body) within [`Intake::max_body_bytes`] | 413 `payload_too_large` |
+//! | [`read_body`] within [`Intake::max_body_bytes`] | 413 `payload_too_large` |
 //! | [`Intake::verify`]: authentication and freshness, nothing else | 401 `unauthorized` (or the intake's own code) |
 //! | [`Intake::normalize`]: a pure parse of the verified request | 400 `bad_request` |
-//! | [`Item::check`] ([`check_emails`](super::check_emails) for envelopes) | 400 `invalid_email` |
+//! | [`Item::check`] ([`check_emails`] for envelopes) | 400 `invalid_email` |
 //! | [`Intake::enrich`] (Okta profile attributes, Google rename aliases) | 503 when it cannot |
 //! | [`Sink::put`]: one call with the whole batch ([`publish`] for the queue) | 503 `enqueue_failed` |
-//! | [`count_received`](super::count_received), [`record_accepted`](super::record_accepted), [`Intake::respond`] | — |
+//! | [`count_received`], [`record_accepted`], [`Intake::respond`] | — |
+//!
+//! An empty batch (a Google `sync` message, an Okta hook carrying no events) is answered without
+//! calling the sink.
 //!
 //! **Only a verified value can be enqueued.** [`Verified<T>`]'s field is private and its only
 //! constructors are in this module: [`handle`] wraps the request after `verify` returned `Ok`,

@@ -1,7 +1,7 @@
 //! Microsoft Graph change notifications (Entra ID users and groups) at `/hooks/graph`.
 //!
 //! The request path only verifies and stores: the validation handshake is echoed as
-//! `text/plain`; a notification collection goes through [`pipeline`](super::pipeline)
+//! `text/plain`; a notification collection goes through [`pipeline`]
 //! ([`GraphIntake`]): it is parsed, every `clientState` is compared in constant time with
 //! `graph.client_state`, and the notifications Gatehouse acts on are written to the inbox table
 //! ([`GraphInbox`], the pipeline's sink) in one transaction before the 202. The background task ([`spawn_tasks`])
