@@ -2,27 +2,27 @@
 //!
 //! A request is verified (HMAC-SHA256 over `{webhook-id}.{webhook-timestamp}.{body}` with any
 //! configured secret, then the timestamp window) before its body is read as canonical events:
-//! only a [`Verified`] request — which [`verify`] alone constructs — can be parsed and enqueued.
+//! [`GenericIntake`] runs through [`pipeline`], so only a request [`verify`]
+//! accepted can be parsed and enqueued.
 //! Envelope ids derive from `webhook-id`, so a replay within the window is harmless downstream.
 
-use super::{Deps, error};
-use axum::body::{Body, Bytes};
-use axum::extract::State;
+use super::Deps;
+use super::pipeline::{self, Pipeline, Queue, Refusal, Request, Verified};
+use axum::Router;
+use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::{DecodePaddingMode, general_purpose::STANDARD};
 use chrono::{DateTime, Utc};
+use gatehouse_domain::envelope::Envelope;
 use gatehouse_domain::generic::{self, WebhookError};
 use gatehouse_domain::ports::QueueProducer;
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretSlice};
 use serde_json::json;
 use sha2::Sha256;
-use std::sync::Arc;
 use std::time::Duration;
 use subtle::{Choice, ConstantTimeEq};
 
@@ -83,20 +83,6 @@ pub fn sign(secret: &str, id: &str, timestamp: &str, body: &[u8]) -> Option<Stri
     Some(format!("v1,{}", STANDARD.encode(mac)))
 }
 
-/// A request whose signature matched a configured key and whose timestamp is in the window.
-/// Only [`verify`] constructs one; only a `Verified` body is parsed and enqueued.
-#[derive(Debug)]
-pub struct Verified {
-    webhook_id: String,
-    body: Bytes,
-}
-
-impl Verified {
-    pub fn webhook_id(&self) -> &str {
-        &self.webhook_id
-    }
-}
-
 /// Why a request was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Rejection {
@@ -112,14 +98,14 @@ pub enum Rejection {
 }
 
 /// Verify a Standard Webhooks request: headers, signature (any `v1` entry against any key, each
-/// comparison constant-time), then the timestamp window around `now`.
+/// comparison constant-time), then the timestamp window around `now`. `Ok` is the `webhook-id`.
 pub fn verify(
     keys: &Keys,
     headers: &HeaderMap,
-    body: Bytes,
+    body: &[u8],
     now: DateTime<Utc>,
     tolerance: Duration,
-) -> Result<Verified, Rejection> {
+) -> Result<String, Rejection> {
     // A value that is not visible ASCII reads as "" and then fails its own check below.
     let header = |name: &'static str| headers.get(name).map(|v| v.to_str().unwrap_or(""));
     let missing = |name| Rejection::Malformed(WebhookError::MissingHeader(name));
@@ -132,7 +118,7 @@ pub fn verify(
     let candidates =
         generic::v1_signatures(sig_header).map_err(|e| Rejection::Unauthorized(e.to_string()))?;
 
-    let content = generic::signed_content(id, ts_raw, &body);
+    let content = generic::signed_content(id, ts_raw, body);
     let expected: Vec<[u8; 32]> = keys
         .0
         .iter()
@@ -153,18 +139,59 @@ pub fn verify(
         ));
     }
     generic::check_timestamp(ts, now, tolerance).map_err(Rejection::OutOfTolerance)?;
-    Ok(Verified {
-        webhook_id: id.to_string(),
-        body,
-    })
+    Ok(id.to_string())
 }
 
-struct Intake<Q> {
-    queue: Q,
+/// The Standard Webhooks intake as a [`pipeline::Intake`]: the proof is the `webhook-id`.
+pub struct GenericIntake {
     keys: Keys,
     tolerance: Duration,
     max_body_bytes: usize,
     now: Clock,
+}
+
+impl pipeline::Intake for GenericIntake {
+    const SOURCE: &'static str = SOURCE;
+    type Proof = String;
+    type Item = Envelope;
+
+    fn not_configured(&self) -> Option<&'static str> {
+        self.keys.is_empty().then_some(
+            "no generic webhook secret is configured (generic.secrets or GATEHOUSE_GENERIC_SECRET)",
+        )
+    }
+    fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+    fn now(&self) -> DateTime<Utc> {
+        self.now.now()
+    }
+    async fn verify(&self, headers: &HeaderMap, body: &Bytes, now: DateTime<Utc>) -> Result<String, Refusal> {
+        verify(&self.keys, headers, body, now, self.tolerance).map_err(|r| match r {
+            Rejection::Malformed(e) => Refusal::malformed(e.to_string()),
+            Rejection::Unauthorized(detail) => Refusal::unauthorized(detail),
+            Rejection::OutOfTolerance(e) => Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "expired",
+                "timestamp_out_of_tolerance",
+                e.to_string(),
+            ),
+        })
+    }
+    fn normalize(
+        &self,
+        request: &Verified<Request<String>>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Envelope>, Refusal> {
+        generic::parse_body(request.proof(), request.body(), now)
+            .map_err(|e| Refusal::malformed(e.to_string()))
+    }
+    fn context(&self, request: &Verified<Request<String>>) -> String {
+        format!("webhook_id={}", request.proof())
+    }
+    fn respond(&self, _: &Verified<Request<String>>, batch: &Verified<Vec<Envelope>>, _: u64) -> Response {
+        axum::Json(json!({ "enqueued": batch.len() })).into_response()
+    }
 }
 
 pub fn router<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Router {
@@ -185,97 +212,27 @@ fn build<Q: QueueProducer + 'static>(
     max_body_bytes: usize,
     now: Clock,
 ) -> Router {
-    let state = Arc::new(Intake {
-        queue,
+    Pipeline::route(intake(keys, tolerance, max_body_bytes, now), Queue(queue), PATH)
+}
+
+/// The intake with explicit parts (tests inject the clock).
+pub fn intake(keys: Keys, tolerance: Duration, max_body_bytes: usize, now: Clock) -> GenericIntake {
+    GenericIntake {
         keys,
         tolerance,
         max_body_bytes,
         now,
-    });
-    Router::new().route(PATH, post(hook::<Q>)).with_state(state)
-}
-
-fn rejected(reason: &'static str) {
-    super::count_rejection(SOURCE, reason);
-}
-
-async fn hook<Q: QueueProducer>(
-    State(intake): State<Arc<Intake<Q>>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    if intake.keys.is_empty() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_configured",
-            "no generic webhook secret is configured (generic.secrets or GATEHOUSE_GENERIC_SECRET)",
-        );
     }
-    let bytes = match super::read_body(SOURCE, &headers, body, intake.max_body_bytes).await {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-
-    let now = intake.now.now();
-    let verified = match verify(&intake.keys, &headers, bytes, now, intake.tolerance) {
-        Ok(v) => v,
-        Err(Rejection::Malformed(e)) => {
-            rejected("malformed");
-            return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
-        }
-        Err(Rejection::Unauthorized(detail)) => {
-            rejected("unauthorized");
-            return error(StatusCode::UNAUTHORIZED, "unauthorized", detail);
-        }
-        Err(Rejection::OutOfTolerance(e)) => {
-            rejected("expired");
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "timestamp_out_of_tolerance",
-                e.to_string(),
-            );
-        }
-    };
-
-    let mut envelopes = match generic::parse_body(&verified.webhook_id, &verified.body, now) {
-        Ok(e) => e,
-        Err(e) => {
-            rejected("malformed");
-            return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
-        }
-    };
-    if let Err(r) = super::check_emails(SOURCE, &envelopes) {
-        return *r;
-    }
-    super::trace_envelopes(&mut envelopes);
-    if let Err(e) = intake.queue.publish(&envelopes).await {
-        tracing::error!(
-            error = %e, source = ?std::error::Error::source(&e), webhook_id = verified.webhook_id(),
-            "enqueue failed; the sender will retry"
-        );
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "enqueue_failed",
-            "the event could not be stored; retry",
-        );
-    }
-    for env in &envelopes {
-        super::count_received(SOURCE, env);
-        tracing::debug!(
-            envelope_id = %env.id, subject = %env.subject.key, event_type = %env.source_event_type,
-            webhook_id = verified.webhook_id(), "event enqueued"
-        );
-    }
-    super::record_accepted(envelopes.len());
-    Json(json!({ "enqueued": envelopes.len() })).into_response()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ingress::test_support::{MemQueue, send};
+    use axum::body::Body;
     use axum::http::Request;
     use gatehouse_domain::envelope::{IdentityEvent, Source};
+    use std::sync::Arc;
 
     /// The Standard Webhooks specification's published test vector.
     const SPEC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -338,34 +295,18 @@ mod tests {
         assert_eq!(sign("whsec_%%", SPEC_ID, SPEC_TS, SPEC_BODY), None);
         let keys = Keys::from_secrets([SPEC_SECRET]);
         let tol = Duration::from_secs(300);
-        let v = verify(
-            &keys,
-            &spec_headers(SPEC_SIG),
-            Bytes::from_static(SPEC_BODY),
-            at(1614265330),
-            tol,
-        )
-        .unwrap();
-        assert_eq!(v.webhook_id(), SPEC_ID);
+        let v = verify(&keys, &spec_headers(SPEC_SIG), SPEC_BODY, at(1614265330), tol).unwrap();
+        assert_eq!(v, SPEC_ID);
         // a bare base64 secret (no whsec_ prefix) is the same key
         let bare = Keys::from_secrets(["MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]);
-        assert!(
-            verify(
-                &bare,
-                &spec_headers(SPEC_SIG),
-                Bytes::from_static(SPEC_BODY),
-                at(1614265330),
-                tol
-            )
-            .is_ok()
-        );
+        assert!(verify(&bare, &spec_headers(SPEC_SIG), SPEC_BODY, at(1614265330), tol).is_ok());
     }
 
     #[test]
     fn any_entry_against_any_key_verifies_and_everything_else_does_not() {
         let tol = Duration::from_secs(300);
         let now = at(1614265330);
-        let body = || Bytes::from_static(SPEC_BODY);
+        let body = || SPEC_BODY;
         let rotated = Keys::from_secrets([OTHER_SECRET, SPEC_SECRET]);
         let several = format!("v1a,AAAA v1,{} {SPEC_SIG}", STANDARD.encode([0u8; 32]));
         assert!(verify(&rotated, &spec_headers(&several), body(), now, tol).is_ok());
@@ -397,7 +338,7 @@ mod tests {
         let e = verify(
             &rotated,
             &spec_headers(SPEC_SIG),
-            Bytes::from_static(b"{\"test\": 2432232315}"),
+            b"{\"test\": 2432232315}",
             now,
             tol,
         );
@@ -420,7 +361,7 @@ mod tests {
     fn the_window_is_checked_after_the_signature_both_ways() {
         let keys = Keys::from_secrets([SPEC_SECRET]);
         let tol = Duration::from_secs(300);
-        let body = || Bytes::from_static(SPEC_BODY);
+        let body = || SPEC_BODY;
         let ts = 1614265330;
         assert!(verify(&keys, &spec_headers(SPEC_SIG), body(), at(ts + 300), tol).is_ok());
         assert!(verify(&keys, &spec_headers(SPEC_SIG), body(), at(ts - 300), tol).is_ok());
@@ -731,10 +672,10 @@ mod fuzz {
                 }
             }
             let at = DateTime::from_timestamp(NOW, 0).unwrap();
-            match verify(&keys, &headers, Bytes::from(body.clone()), at, Duration::from_secs(300)) {
-                Ok(v) => {
+            match verify(&keys, &headers, &body, at, Duration::from_secs(300)) {
+                Ok(webhook_id) => {
                     prop_assert!(sign_it, "an unsigned request was verified");
-                    let _ = generic::parse_body(v.webhook_id(), &v.body, at);
+                    let _ = generic::parse_body(&webhook_id, &body, at);
                 }
                 Err(Rejection::Unauthorized(_)) => prop_assert!(!sign_it || id.is_none() || ts.is_none()
                     || headers.get(generic::HEADER_SIGNATURE).is_none()),

@@ -11,20 +11,19 @@
 //! event about the new address is published under the person's key ([`follow_renames`], here and
 //! in the catch-up): one person in the directory, whatever their address becomes.
 
-use super::{Deps, error};
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use super::Deps;
+use super::pipeline::{self, Pipeline, Queue, Refusal, Request, Verified};
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use chrono::{DateTime, Utc};
 use gatehouse_domain::envelope::{Envelope, Source};
 use gatehouse_domain::google;
 use gatehouse_domain::ports::{BackendError, QueueProducer, StateStore};
 use gatehouse_store::state::AnyState;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
-use std::sync::Arc;
 use subtle::{Choice, ConstantTimeEq};
 
 /// The route.
@@ -35,8 +34,8 @@ const SOURCE: &str = "google_workspace";
 /// Where `received_at` comes from (injected so tests control time).
 pub type Clock = gatehouse_domain::clock::SharedClock;
 
-struct Intake<Q> {
-    queue: Q,
+/// Reports push notifications as a [`pipeline::Intake`].
+pub struct GoogleIntake {
     tokens: Vec<SecretString>,
     /// Channels Gatehouse made (`google_upkeep`): tokens derived from this secret, accepted
     /// while the channel is live in the store.
@@ -118,21 +117,29 @@ pub fn build_following_renames<Q: QueueProducer + 'static>(
     now: Clock,
     aliases: Option<AnyState>,
 ) -> Router {
-    let state = Arc::new(Intake {
-        queue,
-        tokens,
-        channels,
+    let intake = GoogleIntake {
         aliases,
-        max_body_bytes,
-        now,
-    });
-    Router::new()
-        .route(PATH, post(notification::<Q>))
-        .with_state(state)
+        ..GoogleIntake::new(tokens, channels, max_body_bytes, now)
+    };
+    Pipeline::route(intake, Queue(queue), PATH)
 }
 
-fn rejected(reason: &'static str) {
-    super::count_rejection(SOURCE, reason);
+impl GoogleIntake {
+    /// The intake with explicit parts, following no renames.
+    pub fn new(
+        tokens: Vec<SecretString>,
+        channels: Option<(SecretString, AnyState)>,
+        max_body_bytes: usize,
+        now: Clock,
+    ) -> GoogleIntake {
+        GoogleIntake {
+            tokens,
+            channels,
+            aliases: None,
+            max_body_bytes,
+            now,
+        }
+    }
 }
 
 /// Whether `given` equals any token; every token is compared, in constant time each.
@@ -145,132 +152,120 @@ fn token_matches(tokens: &[SecretString], given: &[u8]) -> bool {
     bool::from(ok) && !given.is_empty()
 }
 
-async fn notification<Q: QueueProducer>(
-    State(intake): State<Arc<Intake<Q>>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    if intake.tokens.is_empty() && intake.channels.is_none() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_configured",
+/// `X-Goog-Resource-State`, required on every message.
+fn resource_state(request: &Request<()>) -> Result<&str, Refusal> {
+    Some(request.header("x-goog-resource-state"))
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| Refusal::malformed("missing X-Goog-Resource-State header"))
+}
+
+impl pipeline::Intake for GoogleIntake {
+    const SOURCE: &'static str = SOURCE;
+    /// The shared secret is a header: refused before the body is read.
+    const BODY_SIGNED: bool = false;
+    type Proof = ();
+    type Item = Envelope;
+
+    fn not_configured(&self) -> Option<&'static str> {
+        (self.tokens.is_empty() && self.channels.is_none()).then_some(
             "no google channel token is configured (google.channel_tokens, google.channel_secret or GATEHOUSE_GOOGLE_CHANNEL_TOKEN)",
-        );
+        )
     }
-    let given = headers
-        .get("x-goog-channel-token")
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
-    let mut ok = !given.is_empty() && token_matches(&intake.tokens, given);
-    if !ok && let Some((secret, store)) = &intake.channels {
-        let channel_id = headers
-            .get("x-goog-channel-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        match super::google_upkeep::channel_accepts(secret, store, channel_id, given, intake.now.now()).await
-        {
-            Ok(accepted) => ok = accepted,
-            Err(e) => {
-                tracing::error!(error = %e, "google channel lookup failed; google will retry");
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the channel could not be checked; retry",
-                );
+    fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+    fn now(&self) -> DateTime<Utc> {
+        self.now.now()
+    }
+    /// A configured token, or the token of a live channel Gatehouse made (looked up in the
+    /// state store: 503 `unavailable` when it cannot be).
+    async fn verify(&self, headers: &HeaderMap, _: &Bytes, now: DateTime<Utc>) -> Result<(), Refusal> {
+        let given = headers
+            .get("x-goog-channel-token")
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        let mut ok = !given.is_empty() && token_matches(&self.tokens, given);
+        if !ok && let Some((secret, store)) = &self.channels {
+            let channel_id = headers
+                .get("x-goog-channel-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            match super::google_upkeep::channel_accepts(secret, store, channel_id, given, now).await {
+                Ok(accepted) => ok = accepted,
+                Err(e) => {
+                    tracing::error!(error = %e, "google channel lookup failed; google will retry");
+                    return Err(Refusal::unavailable(
+                        "unavailable",
+                        "the channel could not be checked; retry",
+                    ));
+                }
             }
         }
-    }
-    if !ok {
-        rejected("unauthorized");
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong X-Goog-Channel-Token header",
-        );
-    }
-
-    let bytes = match super::read_body(SOURCE, &headers, body, intake.max_body_bytes).await {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let channel_id = header("x-goog-channel-id");
-    let message_number = header("x-goog-message-number");
-    let Some(state) = headers
-        .get("x-goog-resource-state")
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.trim().is_empty())
-    else {
-        rejected("malformed");
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "missing X-Goog-Resource-State header",
-        );
-    };
-    if google::is_sync(state) {
-        tracing::info!(
-            channel_id,
-            resource_id = header("x-goog-resource-id"),
-            "google channel sync received"
-        );
-        return Json(json!({ "sync": true, "enqueued": 0 })).into_response();
-    }
-
-    let mut envelopes = match google::parse_activity(&bytes, intake.now.now()) {
-        Ok(e) => e,
-        Err(e) => {
-            rejected("malformed");
-            return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
+        if ok {
+            Ok(())
+        } else {
+            Err(Refusal::unauthorized(
+                "missing or wrong X-Goog-Channel-Token header",
+            ))
         }
-    };
-    if let Err(r) = super::check_emails(SOURCE, &envelopes) {
-        return *r;
     }
-    if let Some(store) = &intake.aliases
-        && let Err(e) = follow_renames(store, &mut envelopes).await
-    {
-        tracing::error!(error = %e, channel_id, message_number, "google rename aliases unavailable; google will retry");
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the event could not be stored; retry",
-        );
+    /// The channel's first message (`sync`) yields nothing; any other is one activity.
+    fn normalize(
+        &self,
+        request: &Verified<Request<()>>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Envelope>, Refusal> {
+        if google::is_sync(resource_state(request)?) {
+            tracing::info!(
+                channel_id = request.header("x-goog-channel-id"),
+                resource_id = request.header("x-goog-resource-id"),
+                "google channel sync received"
+            );
+            return Ok(Vec::new());
+        }
+        google::parse_activity(request.body(), now).map_err(|e| Refusal::malformed(e.to_string()))
     }
-    super::trace_envelopes(&mut envelopes);
-    if let Err(e) = intake.queue.publish(&envelopes).await {
-        tracing::error!(
-            error = %e, source = ?std::error::Error::source(&e), channel_id, message_number,
-            "enqueue failed; google will retry"
-        );
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "enqueue_failed",
-            "the event could not be stored; retry",
-        );
+    async fn enrich(
+        &self,
+        request: &Verified<Request<()>>,
+        items: &mut Vec<Envelope>,
+    ) -> Result<(), Refusal> {
+        if let Some(store) = &self.aliases
+            && let Err(e) = follow_renames(store, items).await
+        {
+            tracing::error!(error = %e, context = self.context(request),
+                "google rename aliases unavailable; google will retry");
+            return Err(Refusal::unavailable(
+                "unavailable",
+                "the event could not be stored; retry",
+            ));
+        }
+        Ok(())
     }
-    let mut ignored = 0;
-    for env in &envelopes {
-        let actionable = env.event.is_actionable();
-        ignored += usize::from(!actionable);
-        super::count_received(SOURCE, env);
-        tracing::debug!(
-            envelope_id = %env.id, subject = %env.subject.key, event_type = %env.source_event_type,
-            actionable, channel_id, message_number, "event enqueued"
-        );
+    fn context(&self, request: &Verified<Request<()>>) -> String {
+        format!(
+            "channel_id={} message_number={}",
+            request.header("x-goog-channel-id"),
+            request.header("x-goog-message-number")
+        )
     }
-    super::record_accepted(envelopes.len());
-    Json(json!({ "enqueued": envelopes.len(), "ignored": ignored })).into_response()
+    fn respond(&self, request: &Verified<Request<()>>, batch: &Verified<Vec<Envelope>>, _: u64) -> Response {
+        if resource_state(request).is_ok_and(google::is_sync) {
+            return axum::Json(json!({ "sync": true, "enqueued": 0 })).into_response();
+        }
+        pipeline::enqueued_and_ignored(batch)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ingress::test_support::{MemQueue, send};
+    use axum::body::Body;
     use axum::http::Request;
-    use chrono::{DateTime, Utc};
+    use axum::http::StatusCode;
     use gatehouse_domain::envelope::{IdentityEvent, Source};
+    use std::sync::Arc;
 
     /// An in-memory queue that records what is published, or fails every publish.
     const TOKEN: &str = "245t1234tt83trrt333";

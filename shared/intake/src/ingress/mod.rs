@@ -1,6 +1,7 @@
 //! HTTP intake. A request is answered 2xx only after every envelope it carries is durably
 //! enqueued; a request that fails authentication, is too large or malformed enqueues nothing.
-//! Each source lives in its own module with a `router` (and, if it needs one, `spawn_tasks`).
+//! Each source lives in its own module with a `router` (and, if it needs one, `spawn_tasks`);
+//! the webhook sources implement [`pipeline::Intake`] and share its one request path.
 
 pub mod generic;
 pub mod google;
@@ -11,7 +12,12 @@ pub mod okta;
 pub mod okta_api;
 pub mod okta_catchup;
 pub mod okta_import;
+pub mod pipeline;
+#[cfg(test)]
+mod pipeline_tests;
 pub mod scim;
+#[cfg(test)]
+mod toy;
 
 use axum::body::{Body, Bytes, to_bytes};
 use axum::http::{HeaderMap, StatusCode, header};

@@ -1,89 +1,129 @@
 //! Okta Event Hooks at `/hooks/okta`.
 
+use super::pipeline::{self, Intake as _, Pipeline, Queue, Refusal, Request, Verified};
 use super::{Deps, error};
-use axum::body::Body;
+use axum::Router;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use gatehouse_domain::envelope::Envelope;
 use gatehouse_domain::okta;
 use gatehouse_domain::ports::QueueProducer;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::json;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
-struct IngressConfig {
+/// The Okta Event Hook as an [`pipeline::Intake`].
+pub struct OktaIntake {
     okta_secret: Option<SecretString>,
     /// The org the secret belongs to: namespaces envelope ids.
     org: String,
     max_body_bytes: usize,
-}
-
-struct Ingress<Q> {
-    queue: Q,
-    cfg: IngressConfig,
     /// Adds the profile attributes the policy names (`okta_import`), when configured.
     enricher: Option<Arc<super::okta_import::Enricher>>,
 }
 
-pub fn router<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Router {
-    let cfg = IngressConfig {
-        okta_secret: deps.config.okta.hook_secret.clone(),
-        org: deps.config.okta.org.clone(),
-        max_body_bytes: deps.config.okta.max_body_bytes,
-    };
-    let state = Arc::new(Ingress {
-        queue: deps.queue.clone(),
-        cfg,
-        enricher: super::okta_import::enricher_of_config(&deps.config),
-    });
-    Router::new()
-        .route("/hooks/okta", get(okta_verify::<Q>).post(okta_hook::<Q>))
-        .with_state(state)
-}
+impl OktaIntake {
+    pub fn new(okta_secret: Option<SecretString>, org: String, max_body_bytes: usize) -> OktaIntake {
+        OktaIntake {
+            okta_secret,
+            org,
+            max_body_bytes,
+            enricher: None,
+        }
+    }
 
-impl<Q> Ingress<Q> {
-    /// Constant-time check of Okta's shared secret (sent verbatim in `Authorization`); `Some` is
-    /// the rejection to send.
-    fn reject_unauthorized(&self, headers: &HeaderMap) -> Option<Response> {
-        let Some(secret) = &self.cfg.okta_secret else {
-            return Some(error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_configured",
-                "no okta hook secret is configured (okta.hook_secret or GATEHOUSE_OKTA_HOOK_SECRET)",
-            ));
-        };
+    /// Constant-time check of Okta's shared secret (sent verbatim in `Authorization`).
+    fn authenticate(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        let secret = self
+            .okta_secret
+            .as_ref()
+            .map(|s| s.expose_secret().as_bytes())
+            .unwrap_or_default();
         let given = headers
             .get("authorization")
             .map(|v| v.as_bytes())
             .unwrap_or_default();
         // An absent or empty header never authenticates: not even against an empty secret
         // (`Config::load` refuses one; this holds whatever built the router).
-        let matches = bool::from(given.ct_eq(secret.expose_secret().as_bytes()));
+        let matches = bool::from(given.ct_eq(secret));
         if matches && !given.is_empty() {
-            None
+            Ok(())
         } else {
-            super::count_rejection("okta", "unauthorized");
-            Some(error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong Authorization header",
-            ))
+            Err(Refusal::unauthorized("missing or wrong Authorization header"))
         }
     }
 }
 
-async fn okta_verify<Q>(State(ing): State<Arc<Ingress<Q>>>, headers: HeaderMap) -> Response {
-    if let Some(r) = ing.reject_unauthorized(&headers) {
-        return r;
+impl pipeline::Intake for OktaIntake {
+    const SOURCE: &'static str = "okta";
+    /// The shared secret is a header: refused before the body is read.
+    const BODY_SIGNED: bool = false;
+    type Proof = ();
+    type Item = Envelope;
+
+    fn not_configured(&self) -> Option<&'static str> {
+        self.okta_secret
+            .is_none()
+            .then_some("no okta hook secret is configured (okta.hook_secret or GATEHOUSE_OKTA_HOOK_SECRET)")
+    }
+    fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+    async fn verify(&self, headers: &HeaderMap, _: &Bytes, _: DateTime<Utc>) -> Result<(), Refusal> {
+        self.authenticate(headers)
+    }
+    fn normalize(
+        &self,
+        request: &Verified<Request<()>>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Envelope>, Refusal> {
+        okta::parse_hook_body(&self.org, request.body(), now).map_err(|e| Refusal::malformed(e.to_string()))
+    }
+    async fn enrich(&self, _: &Verified<Request<()>>, items: &mut Vec<Envelope>) -> Result<(), Refusal> {
+        if let Some(enricher) = &self.enricher {
+            enricher.enrich(items).await;
+        }
+        Ok(())
+    }
+    fn respond(&self, _: &Verified<Request<()>>, batch: &Verified<Vec<Envelope>>, _: u64) -> Response {
+        pipeline::enqueued_and_ignored(batch)
+    }
+}
+
+type State_<Q> = Arc<Pipeline<OktaIntake, Queue<Q>>>;
+
+pub fn router<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Router {
+    let mut intake = OktaIntake::new(
+        deps.config.okta.hook_secret.clone(),
+        deps.config.okta.org.clone(),
+        deps.config.okta.max_body_bytes,
+    );
+    intake.enricher = super::okta_import::enricher_of_config(&deps.config);
+    Router::new()
+        .route(
+            "/hooks/okta",
+            get(okta_verify::<Q>).post(pipeline::handle::<OktaIntake, Queue<Q>>),
+        )
+        .with_state(Pipeline::new(intake, Queue(deps.queue.clone())))
+}
+
+/// Okta's one-time verification challenge (`GET`, outside the pipeline: no event is read).
+async fn okta_verify<Q: QueueProducer + 'static>(State(p): State<State_<Q>>, headers: HeaderMap) -> Response {
+    if let Some(detail) = p.intake().not_configured() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "not_configured", detail);
+    }
+    if let Err(refusal) = p.intake().authenticate(&headers) {
+        return refusal.answer(OktaIntake::SOURCE);
     }
     match headers
         .get("x-okta-verification-challenge")
         .and_then(|v| v.to_str().ok())
     {
-        Some(challenge) => Json(okta::verification_response(challenge)).into_response(),
+        Some(challenge) => axum::Json(okta::verification_response(challenge)).into_response(),
         None => error(
             StatusCode::BAD_REQUEST,
             "bad_request",
@@ -92,58 +132,11 @@ async fn okta_verify<Q>(State(ing): State<Arc<Ingress<Q>>>, headers: HeaderMap) 
     }
 }
 
-async fn okta_hook<Q: QueueProducer>(
-    State(ing): State<Arc<Ingress<Q>>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    if let Some(r) = ing.reject_unauthorized(&headers) {
-        return r;
-    }
-    let bytes = match super::read_body("okta", &headers, body, ing.cfg.max_body_bytes).await {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-    let mut envelopes = match okta::parse_hook_body(&ing.cfg.org, &bytes, gatehouse_domain::clock::now()) {
-        Ok(e) => e,
-        Err(e) => {
-            super::count_rejection("okta", "malformed");
-            return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
-        }
-    };
-    if let Err(r) = super::check_emails("okta", &envelopes) {
-        return *r;
-    }
-    if let Some(enricher) = &ing.enricher {
-        enricher.enrich(&mut envelopes).await;
-    }
-    super::trace_envelopes(&mut envelopes);
-    if let Err(e) = ing.queue.publish(&envelopes).await {
-        tracing::error!(error = %e, source = ?std::error::Error::source(&e), "enqueue failed; okta will retry");
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "enqueue_failed",
-            "the event could not be stored; retry",
-        );
-    }
-    let mut ignored = 0;
-    for env in &envelopes {
-        let actionable = env.event.is_actionable();
-        ignored += usize::from(!actionable);
-        super::count_received("okta", env);
-        tracing::debug!(
-            envelope_id = %env.id, subject = %env.subject.key, event_type = %env.source_event_type,
-            actionable, "event enqueued"
-        );
-    }
-    super::record_accepted(envelopes.len());
-    Json(json!({ "enqueued": envelopes.len(), "ignored": ignored })).into_response()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ingress::test_support::{MemQueue, send};
+    use axum::body::Body;
     use axum::http::Request;
     use gatehouse_platform::config::Config;
     use gatehouse_store::sqlite::Sqlite;

@@ -1,9 +1,10 @@
 //! Microsoft Graph change notifications (Entra ID users and groups) at `/hooks/graph`.
 //!
 //! The request path only verifies and stores: the validation handshake is echoed as
-//! `text/plain`; a notification collection is parsed, every `clientState` is compared in
-//! constant time with `graph.client_state`, and the notifications Gatehouse acts on are written
-//! to the inbox table in one transaction before the 202. The background task ([`spawn_tasks`])
+//! `text/plain`; a notification collection goes through [`pipeline`]
+//! ([`GraphIntake`]): it is parsed, every `clientState` is compared in constant time with
+//! `graph.client_state`, and the notifications Gatehouse acts on are written to the inbox table
+//! ([`GraphInbox`], the pipeline's sink) in one transaction before the 202. The background task ([`spawn_tasks`])
 //! reads each changed user or group from Graph, publishes envelopes and finishes the inbox row;
 //! another keeps the subscriptions alive.
 
@@ -17,16 +18,17 @@ pub use client::{GRAPH_SCOPE, GraphClient, GraphClientConfig, GraphError, Subscr
 pub use delta::{DELTA_RESOURCES, DeltaPage, DeltaReport};
 pub use service::{GraphService, GraphServiceError, RenewReport};
 
+use super::pipeline::{self, Intake as _, Pipeline, Refusal, Request, Sink, Verified};
 use super::{Deps, error};
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use gatehouse_domain::graph::{self, Notification};
-use gatehouse_domain::ports::QueueProducer;
+use gatehouse_domain::ports::{BackendError, QueueProducer};
 use gatehouse_platform::shutdown::Shutdown;
 use gatehouse_store::sqlite::Sqlite;
 use secrecy::{ExposeSecret, SecretString};
@@ -45,113 +47,165 @@ const EXPIRED_AFTER: Duration = Duration::from_secs(4 * 3600 + 300);
 /// Finished inbox rows are kept this long so a redelivery stays a no-op.
 const KEEP_DONE: Duration = Duration::from_secs(24 * 3600);
 
-struct Intake {
-    store: Sqlite,
+/// Graph change notifications as a [`pipeline::Intake`]. Graph puts its `clientState` inside the
+/// body, one per notification, so [`verify`](pipeline::Intake::verify) parses the collection to
+/// authenticate it: the proof is the authenticated collection, and a body that is not one is
+/// refused 400 there (before authentication could be judged). The items are the notifications
+/// Gatehouse acts on, not envelopes: the inbox worker reads each changed object from Graph and
+/// publishes its envelopes later.
+pub struct GraphIntake {
     client_state: Option<SecretString>,
     tenant_id: Option<String>,
     max_body_bytes: usize,
 }
 
+impl GraphIntake {
+    pub fn new(
+        client_state: Option<SecretString>,
+        tenant_id: Option<String>,
+        max_body_bytes: usize,
+    ) -> GraphIntake {
+        GraphIntake {
+            client_state,
+            tenant_id,
+            max_body_bytes,
+        }
+    }
+}
+
+/// The inbox table as the pipeline's [`Sink`] of notifications.
+pub struct GraphInbox(pub Sqlite);
+
+impl Sink<Notification> for GraphInbox {
+    const FAILED: &'static str = "the notifications could not be stored; retry";
+    async fn put(
+        &self,
+        batch: &Verified<Vec<Notification>>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, BackendError> {
+        let rows: Vec<(String, String)> = batch.iter().map(|n| (n.key(), n.raw.to_string())).collect();
+        self.0.graph_inbox_put(&rows, now).await
+    }
+}
+
+impl pipeline::Item for Notification {
+    /// Notifications name no subject email (the worker's envelopes are checked when it reads
+    /// the user from Graph).
+    fn check(_: &'static str, _: &[Self]) -> Result<(), Box<Response>> {
+        Ok(())
+    }
+    fn stamp(_: &mut [Self]) {}
+    /// Counted in [`GraphIntake::respond`], which sees the ignored notifications too.
+    fn accepted(_: &'static str, _: &[Self], _: &str) {}
+    fn key(&self) -> String {
+        Notification::key(self)
+    }
+}
+
+impl pipeline::Intake for GraphIntake {
+    const SOURCE: &'static str = "graph";
+    type Proof = Vec<Notification>;
+    type Item = Notification;
+
+    fn not_configured(&self) -> Option<&'static str> {
+        self.client_state.is_none().then_some(
+            "no graph client state is configured (graph.client_state or GATEHOUSE_GRAPH_CLIENT_STATE)",
+        )
+    }
+    fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+    async fn verify(
+        &self,
+        _: &HeaderMap,
+        body: &Bytes,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Notification>, Refusal> {
+        let notifications = graph::parse_collection(body).map_err(|e| Refusal::malformed(e.to_string()))?;
+        check(self, &notifications, now)?;
+        Ok(notifications)
+    }
+    /// The notifications Gatehouse acts on; the others are answered as `ignored`.
+    fn normalize(
+        &self,
+        request: &Verified<Request<Vec<Notification>>>,
+        _: DateTime<Utc>,
+    ) -> Result<Vec<Notification>, Refusal> {
+        Ok(request
+            .proof()
+            .iter()
+            .filter(|n| service::is_stored(n))
+            .cloned()
+            .collect())
+    }
+    fn respond(
+        &self,
+        request: &Verified<Request<Vec<Notification>>>,
+        batch: &Verified<Vec<Notification>>,
+        added: u64,
+    ) -> Response {
+        let all = request.proof();
+        for n in all {
+            let actionable = service::is_stored(n);
+            metrics::counter!(
+                "gatehouse_graph_notifications_received_total",
+                "kind" => gatehouse_domain::metric_labels::GraphKind::of(n.kind()).as_str(),
+                "actionable" => if actionable { "true" } else { "false" },
+            )
+            .increment(1);
+            tracing::info!(key = %n.key(), subscription_id = %n.subscription_id, kind = n.kind(),
+                resource = n.resource.as_deref().unwrap_or(""), actionable, "graph notification accepted");
+        }
+        let stored = batch.len() as u64;
+        (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({
+                "accepted": stored,
+                "duplicates": stored - added.min(stored),
+                "ignored": all.len() - batch.len(),
+            })),
+        )
+            .into_response()
+    }
+}
+
+type GraphPipeline = Pipeline<GraphIntake, GraphInbox>;
+
 pub fn router<Q: QueueProducer + Clone + 'static>(deps: &Deps<Q>) -> Router {
     let g = &deps.config.graph;
-    let state = Arc::new(Intake {
-        store: deps.store.clone(),
-        client_state: g.client_state.clone(),
-        tenant_id: g.tenant_id.clone(),
-        max_body_bytes: g.max_body_bytes,
-    });
+    let intake = GraphIntake::new(g.client_state.clone(), g.tenant_id.clone(), g.max_body_bytes);
     Router::new()
         .route("/hooks/graph", post(graph_hook))
-        .with_state(state)
+        .with_state(Pipeline::new(intake, GraphInbox(deps.store.clone())))
 }
 
-fn reject(status: StatusCode, reason: &'static str, code: &str, detail: impl Into<String>) -> Response {
-    crate::ingress::count_rejection("graph", reason);
-    error(status, code, detail)
-}
-
+/// The validation handshake (`?validationToken=`) beside the pipeline; everything else through it.
 async fn graph_hook(
-    State(ing): State<Arc<Intake>>,
+    State(p): State<Arc<GraphPipeline>>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(client_state) = &ing.client_state else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_configured",
-            "no graph client state is configured (graph.client_state or GATEHOUSE_GRAPH_CLIENT_STATE)",
-        );
-    };
+    if let Some(detail) = p.intake().not_configured() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "not_configured", detail);
+    }
     let query = match query {
         Ok(Query(q)) => q,
-        Err(e) => return reject(StatusCode::BAD_REQUEST, "malformed", "bad_request", e.body_text()),
+        Err(e) => return Refusal::malformed(e.body_text()).answer(GraphIntake::SOURCE),
     };
     if let Some(token) = query.get("validationToken") {
         return validation(token);
     }
-    let bytes = match crate::ingress::read_body("graph", &headers, body, ing.max_body_bytes).await {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-    let now = gatehouse_domain::clock::now();
-    let notifications = match graph::parse_collection(&bytes) {
-        Ok(n) => n,
-        Err(e) => return reject(StatusCode::BAD_REQUEST, "malformed", "bad_request", e.to_string()),
-    };
-    if let Some(r) = check(&ing, client_state, &notifications, now) {
-        return r;
-    }
-    let (stored, ignored): (Vec<&Notification>, Vec<&Notification>) =
-        notifications.iter().partition(|n| service::is_stored(n));
-    let rows: Vec<(String, String)> = stored.iter().map(|n| (n.key(), n.raw.to_string())).collect();
-    let added = if rows.is_empty() {
-        0
-    } else {
-        match ing.store.graph_inbox_put(&rows, now).await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::error!(error = %e, source = ?std::error::Error::source(&e),
-                    "graph inbox write failed; graph will retry");
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "enqueue_failed",
-                    "the notifications could not be stored; retry",
-                );
-            }
-        }
-    };
-    for n in &notifications {
-        let actionable = service::is_stored(n);
-        metrics::counter!(
-            "gatehouse_graph_notifications_received_total",
-            "kind" => gatehouse_domain::metric_labels::GraphKind::of(n.kind()).as_str(),
-            "actionable" => if actionable { "true" } else { "false" },
-        )
-        .increment(1);
-        tracing::info!(key = %n.key(), subscription_id = %n.subscription_id, kind = n.kind(),
-            resource = n.resource.as_deref().unwrap_or(""), actionable, "graph notification accepted");
-    }
-    (
-        StatusCode::ACCEPTED,
-        axum::Json(json!({
-            "accepted": stored.len(),
-            "duplicates": stored.len() as u64 - added.min(stored.len() as u64),
-            "ignored": ignored.len(),
-        })),
-    )
-        .into_response()
+    pipeline::handle(State(p), headers, body).await
 }
 
 /// The subscription validation handshake: 200, `text/plain`, the decoded token.
 fn validation(token: &str) -> Response {
     if token.is_empty() || token.len() > MAX_VALIDATION_TOKEN {
-        return reject(
-            StatusCode::BAD_REQUEST,
-            "malformed",
-            "bad_request",
-            format!("validationToken must be 1 to {MAX_VALIDATION_TOKEN} bytes"),
-        );
+        return Refusal::malformed(format!(
+            "validationToken must be 1 to {MAX_VALIDATION_TOKEN} bytes"
+        ))
+        .answer(GraphIntake::SOURCE);
     }
     tracing::info!("graph subscription validation answered");
     (
@@ -172,21 +226,22 @@ fn validation(token: &str) -> Response {
 }
 
 /// Every notification must carry our `clientState` (constant time), name our tenant, and
-/// not belong to a subscription that expired longer ago than Graph retries. `Some` is the answer.
-fn check(ing: &Intake, expected: &SecretString, ns: &[Notification], now: DateTime<Utc>) -> Option<Response> {
-    let expected = expected.expose_secret().as_bytes();
+/// not belong to a subscription that expired longer ago than Graph retries.
+fn check(ing: &GraphIntake, ns: &[Notification], now: DateTime<Utc>) -> Result<(), Refusal> {
+    let expected = ing
+        .client_state
+        .as_ref()
+        .map(|s| s.expose_secret().as_bytes())
+        .unwrap_or_default();
     for (i, n) in ns.iter().enumerate() {
         let given = n.client_state.as_deref().unwrap_or("").as_bytes();
         // Evaluate both so a missing value costs the same as a wrong one.
         // An empty value never matches, even an empty configured one.
         let ok = bool::from(given.ct_eq(expected)) & !given.is_empty();
         if !ok {
-            return Some(reject(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "unauthorized",
-                format!("value[{i}]: clientState is missing or does not match"),
-            ));
+            return Err(Refusal::unauthorized(format!(
+                "value[{i}]: clientState is missing or does not match"
+            )));
         }
     }
     for (i, n) in ns.iter().enumerate() {
@@ -197,7 +252,7 @@ fn check(ing: &Intake, expected: &SecretString, ns: &[Notification], now: DateTi
             _ => false,
         };
         if !ours {
-            return Some(reject(
+            return Err(Refusal::new(
                 StatusCode::FORBIDDEN,
                 "wrong_tenant",
                 "forbidden",
@@ -210,7 +265,7 @@ fn check(ing: &Intake, expected: &SecretString, ns: &[Notification], now: DateTi
                 .to_std()
                 .is_ok_and(|late| late > EXPIRED_AFTER)
         {
-            return Some(reject(
+            return Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
                 "expired",
                 "expired",
@@ -218,7 +273,7 @@ fn check(ing: &Intake, expected: &SecretString, ns: &[Notification], now: DateTi
             ));
         }
     }
-    None
+    Ok(())
 }
 
 /// The service acting on the inbox, when `[graph]` has credentials.
