@@ -6,8 +6,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-/// Every package `package` links (normal dependencies, transitively, itself included).
-fn linked(package: &str) -> BTreeSet<String> {
+/// Every package `package` links (normal dependencies, transitively, itself included), built
+/// with `features` (none: its default features; or `--no-default-features`, `--features sqs`).
+fn linked_with(package: &str, features: &[&str]) -> BTreeSet<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let out = Command::new(cargo)
@@ -23,6 +24,7 @@ fn linked(package: &str) -> BTreeSet<String> {
             "--manifest-path",
         ])
         .arg(&manifest)
+        .args(features)
         .output()
         .expect("cargo tree runs");
     assert!(
@@ -39,12 +41,20 @@ fn linked(package: &str) -> BTreeSet<String> {
 
 /// `package` links each of `required` and none of `forbidden`.
 fn check(package: &str, required: &[&str], forbidden: &[&str]) {
-    let deps = linked(package);
+    check_with(package, &[], required, forbidden);
+}
+
+/// [`check`] with `features` arguments.
+fn check_with(package: &str, features: &[&str], required: &[&str], forbidden: &[&str]) {
+    let deps = linked_with(package, features);
     for r in required {
-        assert!(deps.contains(*r), "{package} must link {r}; links: {deps:?}");
+        assert!(
+            deps.contains(*r),
+            "{package} {features:?} must link {r}; links: {deps:?}"
+        );
     }
     let found: Vec<_> = forbidden.iter().filter(|f| deps.contains(**f)).collect();
-    assert!(found.is_empty(), "{package} must not link {found:?}");
+    assert!(found.is_empty(), "{package} {features:?} must not link {found:?}");
 }
 
 /// What only the processor may hold: the engine, the target clients (Looker, AWS IAM, GCP IAM),
@@ -126,6 +136,58 @@ fn the_standalone_binary_links_everything() {
         ],
         &[],
     );
+}
+
+/// Issue 12, item 1: the optional backends are cargo features (`postgres`, `sqs`, `pubsub`), on
+/// in every service's defaults. The feature and the client library it brings in.
+const OPTIONAL_BACKENDS: &[(&str, &str)] = &[
+    ("postgres", "sqlx-postgres"),
+    ("sqs", "aws-sdk-sqs"),
+    ("pubsub", "google-cloud-pubsub"),
+];
+
+const SERVICES: &[&str] = &[
+    "gatehouse-ingress",
+    "gatehouse-processor",
+    "gatehouse-rotator",
+    "gatehouse",
+];
+
+fn backend_crates() -> Vec<&'static str> {
+    OPTIONAL_BACKENDS.iter().map(|(_, c)| *c).collect()
+}
+
+#[test]
+fn without_default_features_no_service_links_postgres_sqs_or_pubsub() {
+    for service in SERVICES {
+        check_with(
+            service,
+            &["--no-default-features"],
+            &["gatehouse-store", "sqlx-sqlite"],
+            &backend_crates(),
+        );
+    }
+}
+
+#[test]
+fn by_default_every_service_links_every_backend() {
+    for service in SERVICES {
+        check(service, &backend_crates(), &[]);
+    }
+}
+
+/// One feature brings in its own client library and no other (the slim ingress as the example).
+#[test]
+fn each_backend_feature_links_its_client_alone() {
+    for (feature, client) in OPTIONAL_BACKENDS {
+        let others: Vec<_> = backend_crates().into_iter().filter(|c| c != client).collect();
+        check_with(
+            "gatehouse-ingress",
+            &["--no-default-features", "--features", feature],
+            &[client],
+            &others,
+        );
+    }
 }
 
 /// Every `.rs` file under `dir`, recursively.

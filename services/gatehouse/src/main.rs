@@ -225,7 +225,10 @@ enum DlqCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let cfg = match Config::load(cli.config.as_deref(), |k| std::env::var(k).ok()) {
+    // A backend this build lacks (cargo features) is a configuration error too.
+    let cfg = match Config::load(cli.config.as_deref(), |k| std::env::var(k).ok())
+        .and_then(|c| gatehouse_store::backends::check(&c).map(|()| c))
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("gatehouse: {e}");

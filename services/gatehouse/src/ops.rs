@@ -7,9 +7,12 @@ use gatehouse_domain::ledger_chain;
 use gatehouse_domain::ports::StateStore;
 use gatehouse_platform::config::{Config, ConfigError, QueueConfig, StateConfig};
 use gatehouse_store::dlq::{DeadMessage, Redrive};
+#[cfg(feature = "postgres")]
 use gatehouse_store::postgres::Postgres;
+#[cfg(feature = "pubsub")]
 use gatehouse_store::pubsub::PubsubDeadLetters;
 use gatehouse_store::sqlite::Sqlite;
+#[cfg(feature = "sqs")]
 use gatehouse_store::sqs::{SqsDeadLetters, SqsQueue};
 use gatehouse_store::state::AnyState;
 use std::io::Write;
@@ -18,6 +21,7 @@ use std::io::Write;
 pub(crate) async fn state(cfg: &Config) -> anyhow::Result<AnyState> {
     Ok(match &cfg.state {
         StateConfig::Sqlite => AnyState::Sqlite(Sqlite::open(&cfg.data_dir).await?),
+        #[cfg(feature = "postgres")]
         StateConfig::Postgres(p) => {
             let url = p.url.as_ref().ok_or_else(|| {
                 AppError::Config(ConfigError::new(
@@ -26,6 +30,10 @@ pub(crate) async fn state(cfg: &Config) -> anyhow::Result<AnyState> {
                 ))
             })?;
             AnyState::Postgres(Postgres::connect(url, p.max_connections.min(2)).await?)
+        }
+        #[cfg(not(feature = "postgres"))]
+        StateConfig::Postgres(_) => {
+            return Err(AppError::Config(gatehouse_store::backends::POSTGRES.missing()).into());
         }
     })
 }
@@ -59,7 +67,9 @@ pub async fn audit_verify(cfg: &Config) -> anyhow::Result<()> {
 /// The dead letters of the configured queue backend.
 enum DeadLetters {
     Embedded(Sqlite),
+    #[cfg(feature = "sqs")]
     Sqs(SqsDeadLetters),
+    #[cfg(feature = "pubsub")]
     Pubsub(PubsubDeadLetters),
 }
 
@@ -67,10 +77,16 @@ impl DeadLetters {
     async fn open(cfg: &Config) -> anyhow::Result<Self> {
         Ok(match &cfg.queue {
             QueueConfig::Embedded => DeadLetters::Embedded(Sqlite::open(&cfg.data_dir).await?),
+            #[cfg(feature = "sqs")]
             QueueConfig::Sqs(s) => {
                 let queue = SqsQueue::connect(&s.queue_url, s.wait_time).await?;
                 DeadLetters::Sqs(SqsDeadLetters::new(queue, s.dead_letter_queue_url.clone()).await?)
             }
+            #[cfg(not(feature = "sqs"))]
+            QueueConfig::Sqs(_) => {
+                return Err(AppError::Config(gatehouse_store::backends::SQS.missing()).into());
+            }
+            #[cfg(feature = "pubsub")]
             QueueConfig::Pubsub(p) => {
                 let sub = p.dead_letter_subscription.as_deref().ok_or_else(|| {
                     AppError::Config(ConfigError::new(
@@ -82,13 +98,19 @@ impl DeadLetters {
                     PubsubDeadLetters::connect(&p.topic, sub, p.emulator_host.as_deref()).await?,
                 )
             }
+            #[cfg(not(feature = "pubsub"))]
+            QueueConfig::Pubsub(_) => {
+                return Err(AppError::Config(gatehouse_store::backends::PUBSUB.missing()).into());
+            }
         })
     }
 
     async fn list(&self) -> anyhow::Result<Vec<DeadMessage>> {
         Ok(match self {
             DeadLetters::Embedded(s) => s.dlq_list().await?,
+            #[cfg(feature = "sqs")]
             DeadLetters::Sqs(s) => s.list().await?,
+            #[cfg(feature = "pubsub")]
             DeadLetters::Pubsub(p) => p.list().await?,
         })
     }
@@ -96,7 +118,9 @@ impl DeadLetters {
     async fn redrive(&self, which: &Redrive) -> anyhow::Result<usize> {
         Ok(match self {
             DeadLetters::Embedded(s) => s.dlq_redrive(which).await?,
+            #[cfg(feature = "sqs")]
             DeadLetters::Sqs(s) => s.redrive(which).await?,
+            #[cfg(feature = "pubsub")]
             DeadLetters::Pubsub(p) => p.redrive(which).await?,
         })
     }
@@ -104,7 +128,9 @@ impl DeadLetters {
     async fn close(self) {
         match self {
             DeadLetters::Embedded(s) => s.close().await,
+            #[cfg(feature = "sqs")]
             DeadLetters::Sqs(_) => {}
+            #[cfg(feature = "pubsub")]
             DeadLetters::Pubsub(p) => p.shutdown().await,
         }
     }

@@ -12,11 +12,16 @@ pub use gatehouse_intake::service::Running;
 
 use gatehouse_domain::ports::{QueueConsumer, QueueProducer};
 use gatehouse_engine::worker::{Worker, WorkerConfig};
+#[cfg(any(feature = "sqs", feature = "pubsub"))]
 use gatehouse_intake::audit::{Kind, Translator, TranslatorConfig};
-use gatehouse_intake::service::{self, ServiceError, WithAttributes};
+#[cfg(feature = "pubsub")]
+use gatehouse_intake::service::WithAttributes;
+use gatehouse_intake::service::{self, ServiceError};
 use gatehouse_platform::config::{Config, QueueConfig};
+#[cfg(feature = "pubsub")]
 use gatehouse_store::pubsub::{PubsubOptions, PubsubQueue};
 use gatehouse_store::sqlite::Sqlite;
+#[cfg(feature = "sqs")]
 use gatehouse_store::sqs::SqsQueue;
 use gatehouse_store::state::AnyState;
 use std::sync::Arc;
@@ -48,11 +53,14 @@ impl Components {
 
 /// Validate everything (config, policy, Looker settings, database), bind the port, then start.
 pub async fn start(cfg: &Config, components: Components) -> Result<Running, AppError> {
+    gatehouse_store::backends::check(cfg)?;
     let store = Sqlite::open(&cfg.data_dir).await?;
     let state = open_state(cfg, &store).await?;
+    #[cfg(any(feature = "sqs", feature = "pubsub"))]
     let principals = cfg.cloud_audit.gatehouse_principals.clone();
     match &cfg.queue {
         QueueConfig::Embedded => start_on(cfg, components, store.clone(), store, state, None).await,
+        #[cfg(feature = "sqs")]
         QueueConfig::Sqs(s) => {
             let queue = SqsQueue::connect(&s.queue_url, s.wait_time).await?;
             let mut running = start_on(cfg, components, queue.clone(), store, state, None).await?;
@@ -63,6 +71,9 @@ pub async fn start(cfg: &Config, components: Components) -> Result<Running, AppE
             }
             Ok(running)
         }
+        #[cfg(not(feature = "sqs"))]
+        QueueConfig::Sqs(_) => Err(gatehouse_store::backends::SQS.missing().into()),
+        #[cfg(feature = "pubsub")]
         QueueConfig::Pubsub(p) => {
             let mut opts = PubsubOptions::new(&p.topic, &p.subscription);
             opts.emulator_host = p.emulator_host.clone();
@@ -85,6 +96,8 @@ pub async fn start(cfg: &Config, components: Components) -> Result<Running, AppE
             }
             Ok(running)
         }
+        #[cfg(not(feature = "pubsub"))]
+        QueueConfig::Pubsub(_) => Err(gatehouse_store::backends::PUBSUB.missing().into()),
     }
 }
 

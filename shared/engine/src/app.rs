@@ -16,8 +16,10 @@ use gatehouse_platform::config::{
 };
 use gatehouse_platform::shutdown::Shutdown;
 use gatehouse_store::open::OpenError;
+#[cfg(feature = "pubsub")]
 use gatehouse_store::pubsub::{PubsubOptions, PubsubQueue};
 use gatehouse_store::sqlite::Sqlite;
+#[cfg(feature = "sqs")]
 use gatehouse_store::sqs::SqsQueue;
 use gatehouse_store::state::AnyState;
 use gatehouse_targets::Mode;
@@ -421,6 +423,7 @@ pub struct RotationQueue {
     pub publisher: Arc<dyn crate::engine::RotationPublisher>,
     /// What the rotator takes requests from (`Rotator::with_requests`).
     pub requests: Arc<dyn gatehouse_rotation::requests::RequestQueue>,
+    #[cfg(feature = "pubsub")]
     pubsub: Option<PubsubQueue>,
 }
 
@@ -433,12 +436,14 @@ impl RotationQueue {
         RotationQueue {
             publisher: Arc::new(q.clone()),
             requests: Arc::new(q),
+            #[cfg(feature = "pubsub")]
             pubsub: None,
         }
     }
 
     /// Stop the Pub/Sub clients, if any (after the last publish or receive).
     pub async fn shutdown(&self) {
+        #[cfg(feature = "pubsub")]
         if let Some(q) = &self.pubsub {
             q.shutdown().await;
         }
@@ -461,6 +466,7 @@ pub async fn rotation_queue(
             };
             Ok(Some(RotationQueue::of(db.rotation_queue())))
         }
+        #[cfg(feature = "sqs")]
         QueueConfig::Sqs(s) => match &s.rotation_queue_url {
             // A short long-poll: the rotator receives once per tick and must not sit 20 s on an
             // empty queue before it drives its due steps.
@@ -469,6 +475,9 @@ pub async fn rotation_queue(
             ))),
             None => Ok(None),
         },
+        #[cfg(not(feature = "sqs"))]
+        QueueConfig::Sqs(_) => Err(gatehouse_store::backends::SQS.missing().into()),
+        #[cfg(feature = "pubsub")]
         QueueConfig::Pubsub(p) => match (&p.rotation_topic, &p.rotation_subscription) {
             (Some(topic), sub) => {
                 // A topic without a rotator subscription still serves the processors' side; its
@@ -484,10 +493,13 @@ pub async fn rotation_queue(
             }
             (None, _) => Ok(None),
         },
+        #[cfg(not(feature = "pubsub"))]
+        QueueConfig::Pubsub(_) => Err(gatehouse_store::backends::PUBSUB.missing().into()),
     }
 }
 
 /// The longest an SQS receive of the rotator waits for a request.
+#[cfg(feature = "sqs")]
 const ROTATION_RECEIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The whole `main` of `gatehouse-rotator`: load config (exit 64 if bad), open the database,
@@ -495,6 +507,7 @@ const ROTATION_RECEIVE_WAIT: std::time::Duration = std::time::Duration::from_sec
 pub async fn rotator_main(config: Option<&std::path::Path>) -> std::process::ExitCode {
     gatehouse_platform::service::main("gatehouse-rotator", config, |cfg| async move {
         let cfg = &cfg;
+        gatehouse_store::backends::check(cfg)?;
         let state = open_state_alone(cfg).await?;
         let queue = rotation_queue(cfg, state.sqlite()).await?;
         let rotator = gatehouse_rotation::build::rotator(cfg, state.clone()).await?;

@@ -6,13 +6,17 @@ use crate::ingress::{self, Deps};
 use crate::server::{self, Limits};
 use futures::future::BoxFuture;
 use gatehouse_domain::ports::BackendError;
-use gatehouse_domain::ports::{Delivery, QueueConsumer, QueueProducer};
+use gatehouse_domain::ports::QueueProducer;
+#[cfg(feature = "pubsub")]
+use gatehouse_domain::ports::{Delivery, QueueConsumer};
 use gatehouse_platform::config::{Config, ConfigError, QueueConfig};
 use gatehouse_platform::ops;
 use gatehouse_platform::shutdown::{Shutdown, ShutdownTrigger};
 use gatehouse_store::open::{OpenError, open_state};
+#[cfg(feature = "pubsub")]
 use gatehouse_store::pubsub::{PubsubOptions, PubsubQueue};
 use gatehouse_store::sqlite::Sqlite;
+#[cfg(feature = "sqs")]
 use gatehouse_store::sqs::SqsQueue;
 use gatehouse_store::state::AnyState;
 use std::net::SocketAddr;
@@ -225,16 +229,21 @@ where
 /// The intake process (`gatehouse-ingress`): validate the configuration, open the database and
 /// the configured queue, bind, then serve every intake. It builds no engine and no target client.
 pub async fn start(cfg: &Config) -> Result<Running, ServiceError> {
+    gatehouse_store::backends::check(cfg)?;
     let store = Sqlite::open(&cfg.data_dir).await?;
     let state = open_state(cfg, &store).await?;
     // The processors' mode, reported like theirs: without Looker nothing is ever sent.
     let dry_run = cfg.looker_connection()?.is_none();
     let running = match &cfg.queue {
         QueueConfig::Embedded => listen(cfg, true, store.clone(), store, state, dry_run).await?,
+        #[cfg(feature = "sqs")]
         QueueConfig::Sqs(s) => {
             let queue = SqsQueue::connect(&s.queue_url, s.wait_time).await?;
             listen(cfg, true, queue, store, state, dry_run).await?
         }
+        #[cfg(not(feature = "sqs"))]
+        QueueConfig::Sqs(_) => return Err(gatehouse_store::backends::SQS.missing().into()),
+        #[cfg(feature = "pubsub")]
         QueueConfig::Pubsub(p) => {
             let mut opts = PubsubOptions::new(&p.topic, &p.subscription);
             opts.emulator_host = p.emulator_host.clone();
@@ -244,6 +253,8 @@ pub async fn start(cfg: &Config) -> Result<Running, ServiceError> {
             running.on_stop(Box::new(move || Box::pin(async move { queue.shutdown().await })));
             running
         }
+        #[cfg(not(feature = "pubsub"))]
+        QueueConfig::Pubsub(_) => return Err(gatehouse_store::backends::PUBSUB.missing().into()),
     };
     tracing::info!(
         addr = %running.addr,
@@ -281,9 +292,11 @@ impl gatehouse_platform::service::Stop for ServiceError {
 /// A Pub/Sub audit subscription whose deliveries carry the message attributes too: the body
 /// becomes the Pub/Sub message shape `{"data": base64, "attributes": {...}}`, which the audit
 /// parser reads (Secret Manager puts `eventType` and `secretId` only in attributes).
+#[cfg(feature = "pubsub")]
 #[derive(Clone)]
 pub struct WithAttributes(pub PubsubQueue);
 
+#[cfg(feature = "pubsub")]
 impl QueueConsumer for WithAttributes {
     async fn receive(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, BackendError> {
         use base64::Engine as _;

@@ -2,6 +2,7 @@
 //! PostgreSQL database (several rotator instances). One type, so the binaries need not be
 //! generic over it.
 
+#[cfg(feature = "postgres")]
 use crate::postgres::PgRotations;
 use crate::sqlite::SqliteRotations;
 use crate::state::{Rotation, RotationStore, SecretState, Started};
@@ -13,6 +14,7 @@ use gatehouse_store::state::AnyState;
 #[derive(Clone, Debug)]
 pub enum AnyRotations {
     Sqlite(SqliteRotations),
+    #[cfg(feature = "postgres")]
     Postgres(PgRotations),
 }
 
@@ -20,6 +22,7 @@ impl From<AnyState> for AnyRotations {
     fn from(state: AnyState) -> Self {
         match state {
             AnyState::Sqlite(s) => AnyRotations::Sqlite(SqliteRotations::new(s)),
+            #[cfg(feature = "postgres")]
             AnyState::Postgres(p) => AnyRotations::Postgres(PgRotations::new(p)),
         }
     }
@@ -30,6 +33,7 @@ impl AnyRotations {
     pub fn backend(&self) -> &'static str {
         match self {
             AnyRotations::Sqlite(_) => "sqlite",
+            #[cfg(feature = "postgres")]
             AnyRotations::Postgres(_) => "postgres",
         }
     }
@@ -38,6 +42,7 @@ impl AnyRotations {
     pub fn state(&self) -> AnyState {
         match self {
             AnyRotations::Sqlite(s) => AnyState::Sqlite(s.db().clone()),
+            #[cfg(feature = "postgres")]
             AnyRotations::Postgres(p) => AnyState::Postgres(p.db().clone()),
         }
     }
@@ -48,6 +53,7 @@ macro_rules! forward {
     ($self:ident, $s:ident => $call:expr) => {
         match $self {
             AnyRotations::Sqlite($s) => $call.await,
+            #[cfg(feature = "postgres")]
             AnyRotations::Postgres($s) => $call.await,
         }
     };

@@ -18,6 +18,7 @@ pub mod error;
 pub mod gcp;
 pub mod kinds;
 pub mod memory;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod requests;
 pub mod rotator;

@@ -5,6 +5,7 @@
 //!
 //! No secret is stored: a channel's token is derived from `google.channel_secret` and its id.
 
+#[cfg(feature = "postgres")]
 use crate::postgres::Postgres;
 use crate::sqlite::{Sqlite, err, parse_ts, ts};
 use chrono::{DateTime, Utc};
@@ -148,10 +149,12 @@ impl CatchupStore for Sqlite {
 }
 
 /// Millisecond precision, like the SQLite store.
+#[cfg(feature = "postgres")]
 fn millis(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
 }
 
+#[cfg(feature = "postgres")]
 impl CatchupStore for Postgres {
     async fn google_channel_put(&self, c: &GoogleChannel) -> Result<(), BackendError> {
         sqlx::query(
@@ -251,12 +254,14 @@ impl CatchupStore for crate::state::AnyState {
     async fn google_channel_put(&self, c: &GoogleChannel) -> Result<(), BackendError> {
         match self {
             Self::Sqlite(s) => s.google_channel_put(c).await,
+            #[cfg(feature = "postgres")]
             Self::Postgres(p) => p.google_channel_put(c).await,
         }
     }
     async fn google_channels_live(&self) -> Result<Vec<GoogleChannel>, BackendError> {
         match self {
             Self::Sqlite(s) => s.google_channels_live().await,
+            #[cfg(feature = "postgres")]
             Self::Postgres(p) => p.google_channels_live().await,
         }
     }
@@ -267,24 +272,28 @@ impl CatchupStore for crate::state::AnyState {
     ) -> Result<bool, BackendError> {
         match self {
             Self::Sqlite(s) => s.google_channel_accepts(channel_id, now).await,
+            #[cfg(feature = "postgres")]
             Self::Postgres(p) => p.google_channel_accepts(channel_id, now).await,
         }
     }
     async fn google_channel_stopped(&self, channel_id: &str, at: DateTime<Utc>) -> Result<(), BackendError> {
         match self {
             Self::Sqlite(s) => s.google_channel_stopped(channel_id, at).await,
+            #[cfg(feature = "postgres")]
             Self::Postgres(p) => p.google_channel_stopped(channel_id, at).await,
         }
     }
     async fn catchup_get(&self, source: &str) -> Result<Option<Cursor>, BackendError> {
         match self {
             Self::Sqlite(s) => s.catchup_get(source).await,
+            #[cfg(feature = "postgres")]
             Self::Postgres(p) => p.catchup_get(source).await,
         }
     }
     async fn catchup_put(&self, source: &str, c: &Cursor) -> Result<(), BackendError> {
         match self {
             Self::Sqlite(s) => s.catchup_put(source, c).await,
+            #[cfg(feature = "postgres")]
             Self::Postgres(p) => p.catchup_put(source, c).await,
         }
     }

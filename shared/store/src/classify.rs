@@ -4,14 +4,18 @@
 //! [`gatehouse_domain::error::Error`] with that kind as its source (the SDK error kept as the
 //! cause), so `Classified for BackendError` — and the one retry policy — read it.
 
+#[cfg(feature = "sqs")]
 use aws_sdk_sqs::config::http::HttpResponse;
+#[cfg(feature = "sqs")]
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use gatehouse_domain::error::{Error, Kind, classify_status};
 use gatehouse_domain::ports::BackendError;
+#[cfg(feature = "pubsub")]
 use google_cloud_gax::error::rpc::Code;
 
 /// An SQS error code (JSON protocol `__type` without its namespace, or the query protocol's
 /// code) and HTTP status to a [`Kind`]. Codes win; an unknown code falls back to the status.
+#[cfg(feature = "sqs")]
 pub fn sqs_kind(code: Option<&str>, status: Option<u16>) -> Kind {
     let code = code.map(|c| c.rsplit('#').next().unwrap_or(c));
     match code {
@@ -50,6 +54,7 @@ pub fn sqs_kind(code: Option<&str>, status: Option<u16>) -> Kind {
 
 /// An SQS SDK failure as a classified [`BackendError`]: `context` says what was being done.
 /// No answer at all (dispatch failure, timeout, an unreadable response) is transient.
+#[cfg(feature = "sqs")]
 pub fn sqs<E>(context: &'static str, e: SdkError<E, HttpResponse>) -> BackendError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -75,6 +80,7 @@ where
 }
 
 /// A gRPC status code (Pub/Sub) to a [`Kind`].
+#[cfg(feature = "pubsub")]
 pub fn grpc_kind(code: Code) -> Kind {
     match code {
         Code::ResourceExhausted => Kind::Throttled,
@@ -92,6 +98,7 @@ pub fn grpc_kind(code: Code) -> Kind {
 /// timeout, a connection or transport failure is transient; a credentials failure
 /// unauthorized; anything else (a request that cannot be built or an answer that cannot be
 /// read) permanent.
+#[cfg(feature = "pubsub")]
 pub fn pubsub_kind(e: &google_cloud_gax::error::Error) -> Kind {
     if let Some(s) = e.status() {
         grpc_kind(s.code)
@@ -107,6 +114,7 @@ pub fn pubsub_kind(e: &google_cloud_gax::error::Error) -> Kind {
 }
 
 /// A Pub/Sub client failure as a classified [`BackendError`].
+#[cfg(feature = "pubsub")]
 pub fn pubsub(context: &'static str, e: google_cloud_gax::error::Error) -> BackendError {
     let kind = pubsub_kind(&e);
     let what = match e.status() {
@@ -118,6 +126,7 @@ pub fn pubsub(context: &'static str, e: google_cloud_gax::error::Error) -> Backe
 
 /// A failed publish as a classified [`BackendError`]: the RPC's status; a paused ordering key
 /// (an earlier message of the key failed) is transient, a shut-down publisher permanent.
+#[cfg(feature = "pubsub")]
 pub fn pubsub_publish(context: &'static str, e: google_cloud_pubsub::error::PublishError) -> BackendError {
     use google_cloud_pubsub::error::PublishError;
     let (kind, what) = match &e {

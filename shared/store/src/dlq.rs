@@ -42,6 +42,7 @@ pub enum Redrive {
 }
 
 impl Redrive {
+    #[cfg(any(feature = "sqs", feature = "pubsub"))]
     pub(crate) fn wants(&self, id: &str) -> bool {
         match self {
             Redrive::One(want) => want == id,

@@ -1,11 +1,14 @@
 //! Open the state store `[state]` names: the SQLite database of the data directory or a
 //! PostgreSQL pool.
 
+#[cfg(feature = "postgres")]
 use crate::postgres::Postgres;
 use crate::sqlite::Sqlite;
 use crate::state::AnyState;
 use gatehouse_domain::ports::BackendError;
-use gatehouse_platform::config::{Config, ConfigError, PostgresConfig, StateConfig};
+#[cfg(feature = "postgres")]
+use gatehouse_platform::config::PostgresConfig;
+use gatehouse_platform::config::{Config, ConfigError, StateConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -20,7 +23,10 @@ pub enum OpenError {
 pub async fn open_state(cfg: &Config, sqlite: &Sqlite) -> Result<AnyState, OpenError> {
     Ok(match &cfg.state {
         StateConfig::Sqlite => AnyState::Sqlite(sqlite.clone()),
+        #[cfg(feature = "postgres")]
         StateConfig::Postgres(p) => AnyState::Postgres(connect_postgres(p).await?),
+        #[cfg(not(feature = "postgres"))]
+        StateConfig::Postgres(_) => return Err(crate::backends::POSTGRES.missing().into()),
     })
 }
 
@@ -29,10 +35,14 @@ pub async fn open_state(cfg: &Config, sqlite: &Sqlite) -> Result<AnyState, OpenE
 pub async fn open_state_alone(cfg: &Config) -> Result<AnyState, OpenError> {
     Ok(match &cfg.state {
         StateConfig::Sqlite => AnyState::Sqlite(Sqlite::open(&cfg.data_dir).await?),
+        #[cfg(feature = "postgres")]
         StateConfig::Postgres(p) => AnyState::Postgres(connect_postgres(p).await?),
+        #[cfg(not(feature = "postgres"))]
+        StateConfig::Postgres(_) => return Err(crate::backends::POSTGRES.missing().into()),
     })
 }
 
+#[cfg(feature = "postgres")]
 async fn connect_postgres(p: &PostgresConfig) -> Result<Postgres, OpenError> {
     let url = p
         .url

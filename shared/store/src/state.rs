@@ -1,6 +1,7 @@
 //! The state store chosen in configuration: SQLite (one machine) or PostgreSQL (several
 //! replicas). One type, so the engine and the CLI need not be generic over it.
 
+#[cfg(feature = "postgres")]
 use crate::postgres::Postgres;
 use crate::sqlite::Sqlite;
 use chrono::{DateTime, Utc};
@@ -17,6 +18,7 @@ use gatehouse_domain::ports::{
 #[derive(Clone, Debug)]
 pub enum AnyState {
     Sqlite(Sqlite),
+    #[cfg(feature = "postgres")]
     Postgres(Postgres),
 }
 
@@ -25,6 +27,7 @@ impl AnyState {
     pub fn backend(&self) -> &'static str {
         match self {
             AnyState::Sqlite(_) => "sqlite",
+            #[cfg(feature = "postgres")]
             AnyState::Postgres(_) => "postgres",
         }
     }
@@ -34,6 +37,7 @@ impl AnyState {
     pub fn sqlite(&self) -> Option<&Sqlite> {
         match self {
             AnyState::Sqlite(s) => Some(s),
+            #[cfg(feature = "postgres")]
             AnyState::Postgres(_) => None,
         }
     }
@@ -41,6 +45,7 @@ impl AnyState {
     pub async fn ping(&self) -> bool {
         match self {
             AnyState::Sqlite(s) => s.ping().await,
+            #[cfg(feature = "postgres")]
             AnyState::Postgres(p) => p.ping().await,
         }
     }
@@ -48,6 +53,7 @@ impl AnyState {
     pub async fn close(&self) {
         match self {
             AnyState::Sqlite(s) => s.close().await,
+            #[cfg(feature = "postgres")]
             AnyState::Postgres(p) => p.close().await,
         }
     }
@@ -58,6 +64,7 @@ macro_rules! forward {
     ($self:ident, $s:ident => $call:expr) => {
         match $self {
             AnyState::Sqlite($s) => $call.await,
+            #[cfg(feature = "postgres")]
             AnyState::Postgres($s) => $call.await,
         }
     };

@@ -9,6 +9,7 @@ use sqlx::{QueryBuilder, Row};
 /// Rows per INSERT (SQLite allows 32,766 bound parameters; four per row).
 const CHUNK: usize = 500;
 /// PostgreSQL allows 65,535 bound parameters.
+#[cfg(feature = "postgres")]
 pub(crate) const CHUNK_PG: usize = 1000;
 
 pub(crate) fn json_of(state: &serde_json::Value) -> String {
