@@ -2,6 +2,7 @@
 //! admin router (`/healthz`, `/readyz`, `/metrics`).
 
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod ops;
 pub mod retry;
