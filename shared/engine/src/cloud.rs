@@ -212,7 +212,7 @@ async fn report_mapping_change<S: StateStore>(
     };
     tracing::warn!(target_name = "aws", subject = %run.ctx.subject, envelope_id = %run.ctx.envelope_id,
         iam_user = %plan.user, mapped = %now, "aws user mapping changed; the linked iam user is kept, nothing split");
-    metrics::counter!("gatehouse_aws_mapping_changed_total").increment(1);
+    gatehouse_platform::events::aws_mapping_changed();
     let call = gatehouse_domain::looker::HttpCall {
         method: gatehouse_domain::looker::Method::Post,
         path: "/".into(),

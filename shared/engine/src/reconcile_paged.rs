@@ -253,7 +253,7 @@ async fn resolve<S: StateStore, L: LookerPort>(
     };
     for &o in others {
         tracing::warn!(subject = %person, looker_user = %all[o].id, "duplicate looker user of one person");
-        metrics::counter!("gatehouse_reconcile_duplicate_users_total").increment(1);
+        gatehouse_platform::events::reconcile_duplicate_user();
     }
     if !linked && !others.is_empty() {
         tracing::warn!(subject = %person, candidates = ?found.iter().map(|&i| &all[i].id).collect::<Vec<_>>(),
