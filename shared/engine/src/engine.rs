@@ -316,11 +316,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         if at == env.occurred_at {
             return std::borrow::Cow::Borrowed(env);
         }
-        tracing::warn!(envelope_id = %env.id, source = env.source.as_str(), subject = %env.subject.key,
-            claimed = %env.occurred_at.to_rfc3339(), received_at = %env.received_at.to_rfc3339(),
-            max_clock_skew = ?self.max_clock_skew,
-            "event time is beyond the allowed clock skew of its receipt; ordered by its receipt instead");
-        events::event_time_clamped(env.source);
+        events::event_time_clamped(env, self.max_clock_skew);
         let mut bounded = env.clone();
         bounded.occurred_at = at;
         std::borrow::Cow::Owned(bounded)
@@ -657,9 +653,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             // allocation per attempt cuts the nesting at the engine's boundary.
             match Box::pin(self.handle_once(env, after_race, via)).await {
                 Err(e) if e.is_race() && attempt < COMMIT_ATTEMPTS => {
-                    tracing::info!(subject = %env.subject.key, envelope_id = %env.id, attempt,
-                        "subject changed by another handler; handling the event again");
-                    events::subject_conflict();
+                    events::subject_conflict(env, attempt);
                     attempt += 1;
                 }
                 other => return other,

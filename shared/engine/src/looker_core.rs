@@ -99,16 +99,12 @@ impl FirstLogins {
             }
             match engine.converge_first_login(identity, &u.id).await {
                 Ok(writes) => {
-                    tracing::info!(subject = %identity.key, user_id = %u.id, writes,
-                        "looker (google cloud core) user appeared; person converged");
-                    events::looker_core_first_login();
+                    events::looker_core_first_login(&identity.key, &u.id, writes);
                     out.writes += writes;
                     out.converged.push(identity.key.clone());
                 }
                 Err(e) => {
-                    tracing::warn!(subject = %identity.key, user_id = %u.id, error = %e,
-                        "cannot converge the person of a new looker user; tried again next run");
-                    events::looker_core_first_login_failed();
+                    events::looker_core_first_login_failed(&identity.key, &u.id, &e);
                     out.failed += 1;
                 }
             }

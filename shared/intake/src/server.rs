@@ -73,9 +73,7 @@ pub async fn serve(
         };
         while conns.try_join_next().is_some() {}
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            gatehouse_platform::events::http_connection_refused(name);
-            tracing::warn!(listener = name, %peer, max = limits.max_connections,
-                "connection limit reached; closing the new connection");
+            gatehouse_platform::events::http_connection_refused(name, &peer, limits.max_connections);
             drop(stream);
             continue;
         };

@@ -16,11 +16,12 @@
 #![allow(clippy::disallowed_macros)]
 
 use gatehouse_domain::breaker::ChangeKind;
-use gatehouse_domain::envelope::{IdentityEvent, Source};
+use gatehouse_domain::envelope::{Envelope, IdentityEvent, Source};
 use gatehouse_domain::error::Kind as ErrorKind;
 use gatehouse_domain::metric_labels::{GraphKind, Provider};
 use gatehouse_domain::target::TargetName;
 use metrics::{Label, SharedString};
+use std::fmt::Display;
 
 /// What a metric is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -409,9 +410,11 @@ pub fn ingress_rejected(source: &'static str, reason: &'static str) {
     INGRESS_REJECTED.add([s(source), s(reason)], 1);
 }
 
-/// The listener `listener` closed a connection at its limit.
-pub fn http_connection_refused(listener: &'static str) {
+/// The listener `listener` closed a connection from `peer` at its limit of `max` (WARN).
+pub fn http_connection_refused(listener: &'static str, peer: &dyn Display, max: usize) {
     HTTP_CONNECTIONS_REFUSED.add([s(listener)], 1);
+    tracing::warn!(target: "gatehouse_intake::server", listener, %peer, max,
+        "connection limit reached; closing the new connection");
 }
 
 /// A Graph notification of `kind` arrived.
@@ -474,9 +477,11 @@ pub fn okta_enrich(result: EnrichResult) {
     OKTA_ENRICH.add([result.into()], 1);
 }
 
-/// Okta answered 429.
-pub fn okta_api_rate_limited() {
+/// Okta answered 429 to attempt `attempt` on `path`; calls wait until `reset` (WARN).
+pub fn okta_api_rate_limited(path: &str, attempt: usize, reset: &dyn Display) {
     OKTA_API_RATE_LIMITED.add([], 1);
+    tracing::warn!(target: "gatehouse_intake::ingress::okta_api", path, attempt, reset = %reset,
+        "okta rate limit hit (429); waiting for the reset");
 }
 
 /// An Okta service app token request ended with `result`.
@@ -526,13 +531,19 @@ pub fn event_age(source: Source, seconds: f64) {
     EVENT_AGE.record([s(source.as_str())], seconds);
 }
 
-/// An event of `source` dated beyond the clock skew was ordered by its receipt.
-pub fn event_time_clamped(source: Source) {
-    EVENT_TIME_CLAMPED.add([s(source.as_str())], 1);
+/// `env`, dated beyond `max_clock_skew` after its receipt, is ordered by its receipt (WARN).
+pub fn event_time_clamped(env: &Envelope, max_clock_skew: std::time::Duration) {
+    tracing::warn!(target: "gatehouse_engine::engine", envelope_id = %env.id, source = env.source.as_str(), subject = %env.subject.key,
+        claimed = %env.occurred_at.to_rfc3339(), received_at = %env.received_at.to_rfc3339(),
+        max_clock_skew = ?max_clock_skew,
+        "event time is beyond the allowed clock skew of its receipt; ordered by its receipt instead");
+    EVENT_TIME_CLAMPED.add([s(env.source.as_str())], 1);
 }
 
-/// A subject changed under the handler; the event is handled again.
-pub fn subject_conflict() {
+/// A subject changed under the handler; the event is handled again (logged at INFO).
+pub fn subject_conflict(env: &Envelope, attempt: u32) {
+    tracing::info!(target: "gatehouse_engine::engine", subject = %env.subject.key, envelope_id = %env.id, attempt,
+        "subject changed by another handler; handling the event again");
     SUBJECT_CONFLICTS.add([], 1);
 }
 
@@ -546,8 +557,15 @@ pub fn step_withheld(target: TargetName) {
     STEPS_WITHHELD.add([s(target.as_str())], 1);
 }
 
-/// The safety screen was not ready; nothing was sent to `target`.
-pub fn step_deferred(target: TargetName) {
+/// The safety screen was not ready; nothing was sent to `target` (logged at WARN).
+pub fn step_deferred(
+    target: TargetName,
+    subject: &dyn Display,
+    envelope_id: &dyn Display,
+    reason: &dyn Display,
+) {
+    tracing::warn!(target: "gatehouse_targets", target_name = %target, subject = %subject, envelope_id = %envelope_id,
+        %reason, "the safety screen is not ready; nothing sent, the event is tried again");
     STEPS_DEFERRED.add([s(target.as_str())], 1);
 }
 
@@ -566,14 +584,23 @@ pub fn breaker_held(kind: ChangeKind, source: &str) {
     BREAKER_HELD.add([s(kind.as_str()), source.to_string().into()], 1);
 }
 
-/// The AWS user mapping of a linked person changed.
-pub fn aws_mapping_changed() {
+/// The AWS user mapping of a linked person changed: `iam_user` (linked) is kept although the
+/// mapping now says `mapped` (logged at WARN).
+pub fn aws_mapping_changed(
+    subject: &dyn Display,
+    envelope_id: &dyn Display,
+    iam_user: &dyn Display,
+    mapped: &dyn Display,
+) {
+    tracing::warn!(target: "gatehouse_engine::cloud", target_name = "aws", subject = %subject, envelope_id = %envelope_id,
+        iam_user = %iam_user, mapped = %mapped, "aws user mapping changed; the linked iam user is kept, nothing split");
     AWS_MAPPING_CHANGED.add([], 1);
 }
 
-/// Exporting the ledger chain head failed.
-pub fn head_export_failed() {
+/// Exporting the ledger chain head failed (logged at ERROR).
+pub fn head_export_failed(error: &dyn Display) {
     HEAD_EXPORT_FAILURES.add([], 1);
+    tracing::error!(target: "gatehouse_engine::head_export", error = %error, "cannot export the ledger chain head");
 }
 
 /// A processor forwarded a rotation request of `provider` (as the event named it).
@@ -613,13 +640,17 @@ pub fn looker_core_pending_first_login() {
     LOOKER_CORE_PENDING_FIRST_LOGIN.add([], 1);
 }
 
-/// A new Looker (Google Cloud core) user's person was converged.
-pub fn looker_core_first_login() {
+/// A new Looker (Google Cloud core) user's person was converged with `writes` calls (INFO).
+pub fn looker_core_first_login(subject: &dyn Display, user_id: &dyn Display, writes: usize) {
+    tracing::info!(target: "gatehouse_engine::looker_core", subject = %subject, user_id = %user_id, writes,
+        "looker (google cloud core) user appeared; person converged");
     LOOKER_CORE_FIRST_LOGINS.add([], 1);
 }
 
-/// A new Looker (Google Cloud core) user's person could not be converged.
-pub fn looker_core_first_login_failed() {
+/// A new Looker (Google Cloud core) user's person could not be converged (WARN).
+pub fn looker_core_first_login_failed(subject: &dyn Display, user_id: &dyn Display, error: &dyn Display) {
+    tracing::warn!(target: "gatehouse_engine::looker_core", subject = %subject, user_id = %user_id, error = %error,
+        "cannot converge the person of a new looker user; tried again next run");
     LOOKER_CORE_FIRST_LOGIN_FAILURES.add([], 1);
 }
 
@@ -640,8 +671,10 @@ pub fn reconcile_drift(target: gatehouse_domain::cloud::Target, n: usize) {
     RECONCILE_DRIFT.set([s(target.as_str())], n as f64);
 }
 
-/// A Looker user looks like another user of one person.
-pub fn reconcile_duplicate_user() {
+/// The Looker user `looker_user` looks like another user of the person `subject` (WARN).
+pub fn reconcile_duplicate_user(subject: &dyn Display, looker_user: &dyn Display) {
+    tracing::warn!(target: "gatehouse_engine::reconcile_paged", subject = %subject, looker_user = %looker_user,
+        "duplicate looker user of one person");
     RECONCILE_DUPLICATE_USERS.add([], 1);
 }
 
@@ -659,8 +692,10 @@ pub fn rotation_finished(secret: &str, outcome: RotationOutcome) {
     ROTATIONS.add([secret.to_string().into(), outcome.into()], 1);
 }
 
-/// A rotation of `secret` started because of `trigger`.
-pub fn rotation_started(secret: &str, trigger: &str) {
+/// The rotation `rotation` of `secret` started because of `trigger` (INFO).
+pub fn rotation_started(secret: &str, trigger: &str, rotation: &dyn Display) {
+    tracing::info!(target: "gatehouse_rotation::rotator", secret = %secret, trigger = %trigger, rotation = %rotation,
+        "rotation started");
     ROTATIONS_STARTED.add([secret.to_string().into(), trigger.to_string().into()], 1);
 }
 
@@ -669,13 +704,17 @@ pub fn rotation_failed(secret: &str, step: &'static str) {
     ROTATION_FAILURES.add([secret.to_string().into(), s(step)], 1);
 }
 
-/// A key of `secret` was created outside Gatehouse (and the secret says alert).
-pub fn rotation_alert(secret: &str) {
+/// A key of `secret` was created outside Gatehouse by `subject`, and the secret says alert (WARN).
+pub fn rotation_alert(secret: &str, subject: &dyn Display) {
     ROTATION_ALERTS.add([secret.to_string().into()], 1);
+    tracing::warn!(target: "gatehouse_rotation::rotator", secret = %secret, subject = %subject,
+        "a key was created outside gatehouse");
 }
 
-/// A rotation-queue message was not a rotation request.
-pub fn rotation_request_poison() {
+/// A rotation-queue message (delivery `attempt`) was not a rotation request (WARN).
+pub fn rotation_request_poison(attempt: u32, reason: &dyn Display) {
+    tracing::warn!(target: "gatehouse_rotation::rotator", attempt, %reason,
+        "rotation queue: dead-lettering a message that is not a rotation request");
     ROTATION_REQUESTS_POISON.add([], 1);
 }
 

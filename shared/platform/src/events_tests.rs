@@ -44,7 +44,7 @@ fn emit_every_event() {
     let event = IdentityEvent::UserDeactivated;
     event_received(Source::Okta, &event, true);
     ingress_rejected("okta", "unauthorized");
-    http_connection_refused("intake");
+    http_connection_refused("intake", &"127.0.0.1:1", 10);
     graph_notification_received(GraphKind::Updated, false);
     graph_notification(GraphOutcome::Done);
     catchup_events(Source::Okta, 2);
@@ -57,7 +57,7 @@ fn emit_every_event() {
     okta_import_failed();
     okta_api_calls(OktaApiUse::Import, 5);
     okta_enrich(EnrichResult::Cached);
-    okta_api_rate_limited();
+    okta_api_rate_limited("/api/v1/logs", 1, &"2026-01-01T00:00:00Z");
     okta_token_request(TokenResult::Issued);
     queue_error(QueueOp::Receive, ErrorKind::Throttled);
     queue_lag(QueueName::Embedded, 0.5);
@@ -67,33 +67,51 @@ fn emit_every_event() {
     events_failed(None, FailReason::Poison);
     events_failed(Some(Source::Okta), FailReason::Retried);
     event_age(Source::Okta, 0.2);
-    event_time_clamped(Source::Generic);
-    subject_conflict();
+    let now = chrono::Utc::now();
+    let env = Envelope {
+        version: Envelope::VERSION,
+        id: gatehouse_domain::envelope::EnvelopeId("generic:1".into()),
+        source: Source::Generic,
+        subject: gatehouse_domain::envelope::Subject {
+            key: "u1".into(),
+            email: None,
+            display_name: None,
+        },
+        occurred_at: now + chrono::Duration::days(1),
+        received_at: now,
+        event: event.clone(),
+        profile: Default::default(),
+        source_event_type: "user.deactivated".into(),
+        raw: Default::default(),
+        trace_parent: None,
+    };
+    event_time_clamped(&env, std::time::Duration::from_secs(300));
+    subject_conflict(&env, 1);
     unresolved_offboarding(TargetName::LOOKER);
     step_withheld(TargetName::AWS);
-    step_deferred(TargetName::GCP);
+    step_deferred(TargetName::GCP, &"u1", &"generic:1", &"screen not ready");
     drift_reported(TargetName::LOOKER, 2);
     breaker_tripped(ChangeKind::Offboarding, BreakerScope::All);
     breaker_held(ChangeKind::Offboarding, "okta");
-    aws_mapping_changed();
-    head_export_failed();
+    aws_mapping_changed(&"u1", &"generic:1", &"alice", &"alice2");
+    head_export_failed(&"disk full");
     rotation_requested("aws");
     rotation_request_unmatched("somewhere");
     looker_call("GET", "/api/4.0/users/{user_id}", "200".to_string());
     looker_budget(10, 90, false);
     looker_core_pending_first_login();
-    looker_core_first_login();
-    looker_core_first_login_failed();
+    looker_core_first_login(&"u1", &"42", 2);
+    looker_core_first_login_failed(&"u1", &"42", &"timeout");
     looker_core_first_login_skipped(SkipReason::LookerBudget);
     reconcile_orphans(1);
     reconcile_drift(gatehouse_domain::cloud::Target::Looker, 3);
-    reconcile_duplicate_user();
+    reconcile_duplicate_user(&"u1", &"43");
     reconcile_skipped(SkipReason::LookerBudget);
     rotation_finished("looker-api", RotationOutcome::Rotated);
-    rotation_started("looker-api", "schedule");
+    rotation_started("looker-api", "schedule", &"r1");
     rotation_failed("looker-api", "create");
-    rotation_alert("looker-api");
-    rotation_request_poison();
+    rotation_alert("looker-api", &"u1");
+    rotation_request_poison(1, &"not json");
     secret_age("looker-api", 86400.0);
 }
 
@@ -339,4 +357,62 @@ fn the_scan_finds_a_metric_macro_where_there_is_one() {
     assert_eq!(found.len(), 2, "{found:#?}");
     assert!(found[0].starts_with("shared/demo/src/lib.rs:3:"), "{found:#?}");
     assert!(found[1].starts_with("shared/demo/src/lib.rs:5:"), "{found:#?}");
+}
+
+/// What a text subscriber writes while `f` runs (targets shown).
+fn logged(f: impl FnOnce()) -> String {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let out = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .without_time()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || out.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+}
+
+#[test]
+fn an_event_writes_its_log_line_once_under_the_call_sites_target() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let log = metrics::with_local_recorder(&recorder, || {
+        logged(|| {
+            head_export_failed(&"disk full");
+            http_connection_refused("intake", &"127.0.0.1:9", 4);
+        })
+    });
+    let lines: Vec<_> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(
+        lines[0].contains(
+            "ERROR gatehouse_engine::head_export: cannot export the ledger chain head error=disk full"
+        ),
+        "{log}"
+    );
+    assert!(
+        lines[1].contains(
+            "WARN gatehouse_intake::server: connection limit reached; closing the new connection listener=\"intake\" peer=127.0.0.1:9 max=4"
+        ),
+        "{log}"
+    );
+    let text = handle.render();
+    assert!(text.contains("gatehouse_head_export_failures_total 1"), "{text}");
+    assert!(
+        text.contains("gatehouse_http_connections_refused_total{listener=\"intake\"} 1"),
+        "{text}"
+    );
 }

@@ -264,8 +264,7 @@ impl<S: RotationStore> Rotator<S> {
         }
         let started = self.db.start(&r).await?;
         if let Started::New(id) = &started {
-            tracing::info!(secret = %r.secret, trigger = %r.trigger, rotation = %id, "rotation started");
-            events::rotation_started(&r.secret, &r.trigger);
+            events::rotation_started(&r.secret, &r.trigger, id);
         }
         Ok(Some(started))
     }
@@ -393,8 +392,7 @@ impl<S: RotationStore> Rotator<S> {
             for d in &batch {
                 match crate::requests::request_of(&d.body) {
                     Err(reason) => {
-                        tracing::warn!(attempt = d.attempt, %reason, "rotation queue: dead-lettering a message that is not a rotation request");
-                        events::rotation_request_poison();
+                        events::rotation_request_poison(d.attempt, &reason);
                         queue.dead_letter(d, &reason).await?;
                         report.poison += 1;
                     }
@@ -434,8 +432,7 @@ impl<S: RotationStore> Rotator<S> {
                 let d = &self.secrets[&name];
                 if trigger == "out_of_band" && d.config.on_out_of_band == OutOfBand::Alert {
                     report.alerted.push(name.clone());
-                    events::rotation_alert(&name);
-                    tracing::warn!(secret = %name, subject = %req.subject, "a key was created outside gatehouse");
+                    events::rotation_alert(&name, &req.subject);
                     let mut r = Rotation::new(&name, "out_of_band", self.now());
                     r.id = req.envelope_id.clone();
                     self.ledger(&r, "out_of_band_key", Method::Post, "alert").await;

@@ -272,9 +272,7 @@ pub async fn apply<T: Target, S: StateStore>(
             .iter()
             .find_map(|s| not_ready(target, &account, s, run.ctx.email.as_deref(), run.screen))
     {
-        tracing::warn!(target_name = %name, subject = %run.ctx.subject, envelope_id = %run.ctx.envelope_id,
-            %reason, "the safety screen is not ready; nothing sent, the event is tried again");
-        gatehouse_platform::events::step_deferred(name);
+        gatehouse_platform::events::step_deferred(name, &run.ctx.subject, &run.ctx.envelope_id, &reason);
         return Err(ApplyError::NotReady(reason));
     }
     let mut sendable = Vec::with_capacity(steps.len());

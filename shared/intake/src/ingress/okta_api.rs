@@ -249,9 +249,8 @@ impl OktaApi {
                 .and_then(|s| DateTime::<Utc>::from_timestamp(s, 0));
             let remaining = header_i64(resp.headers(), "x-rate-limit-remaining");
             if status == 429 {
-                events::okta_api_rate_limited();
                 let until = reset.unwrap_or_else(|| Utc::now() + MIN_RATE_LIMIT_WAIT);
-                tracing::warn!(path, attempt, reset = %until, "okta rate limit hit (429); waiting for the reset");
+                events::okta_api_rate_limited(&path, attempt, &until);
                 self.pause_until(until);
                 continue;
             }
