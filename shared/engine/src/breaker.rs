@@ -167,9 +167,7 @@ impl Breaker {
                         };
                         events::breaker_tripped(kind, scope);
                     }
-                    tracing::warn!(kind = kind.as_str(), source, envelope_id = %env.id,
-                        subject = %env.subject.key, "change held by the mass-change breaker");
-                    events::breaker_held(kind, source);
+                    events::breaker_held(kind, source, env);
                     store
                         .append_ledger(&[ledger(
                             &env.id.0,

@@ -670,8 +670,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             // delivery is acked only after the publish is durable.
             self.publish_rotations(std::slice::from_ref(env)).await?;
             self.store.commit(Outcome::processed_only(env.id.clone())).await?;
-            events::rotation_requested(provider);
-            tracing::warn!(subject = %env.subject.key, %provider, %reason, "rotation requested");
+            events::rotation_requested(env, provider, reason);
             return Ok(Handled::RotationRequested);
         }
         let drift = matches!(env.event, IdentityEvent::CloudDrift { .. });
@@ -936,9 +935,10 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let pending =
             gatehouse_domain::plan::is_pending_first_login(desired, plan, self.policy.looker_platform());
         if pending {
-            tracing::debug!(subject = %identity.key, email = desired.email.as_deref().unwrap_or_default(),
-                "looker (google cloud core) user pending first login; converged once it appears");
-            events::looker_core_pending_first_login();
+            events::looker_core_pending_first_login(
+                &identity.key,
+                desired.email.as_deref().unwrap_or_default(),
+            );
         }
         pending
     }

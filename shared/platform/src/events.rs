@@ -462,9 +462,11 @@ pub fn okta_import_published(n: u64) {
     OKTA_IMPORT_PUBLISHED.add([], n);
 }
 
-/// An Okta directory import failed.
-pub fn okta_import_failed() {
+/// An Okta directory import of `org` failed (ERROR).
+pub fn okta_import_failed(org: &dyn Display, error: &dyn Display) {
     OKTA_IMPORT_FAILURES.add([], 1);
+    tracing::error!(target: "gatehouse_intake::ingress::okta_import", org = %org, error = %error,
+        "okta directory import failed; trying again at the next interval");
 }
 
 /// `n` Okta management API calls were made for `use_`.
@@ -579,8 +581,11 @@ pub fn breaker_tripped(kind: ChangeKind, scope: BreakerScope) {
     BREAKER_TRIPS.add([s(kind.as_str()), scope.into()], 1);
 }
 
-/// The breaker held a change of `kind` from `source` (an envelope source or `reconcile`).
-pub fn breaker_held(kind: ChangeKind, source: &str) {
+/// The breaker held `env`, a change of `kind` from `source` (an envelope source or
+/// `reconcile`) (WARN).
+pub fn breaker_held(kind: ChangeKind, source: &str, env: &Envelope) {
+    tracing::warn!(target: "gatehouse_engine::breaker", kind = kind.as_str(), source, envelope_id = %env.id,
+        subject = %env.subject.key, "change held by the mass-change breaker");
     BREAKER_HELD.add([s(kind.as_str()), source.to_string().into()], 1);
 }
 
@@ -603,9 +608,11 @@ pub fn head_export_failed(error: &dyn Display) {
     tracing::error!(target: "gatehouse_engine::head_export", error = %error, "cannot export the ledger chain head");
 }
 
-/// A processor forwarded a rotation request of `provider` (as the event named it).
-pub fn rotation_requested(provider: &str) {
+/// A processor forwarded `env`, a rotation request of `provider` (as the event named it), for
+/// `reason` (WARN).
+pub fn rotation_requested(env: &Envelope, provider: &str, reason: &str) {
     ROTATION_REQUESTS.add([s(Provider::of(provider).as_str())], 1);
+    tracing::warn!(target: "gatehouse_engine::engine", subject = %env.subject.key, %provider, %reason, "rotation requested");
 }
 
 /// A rotation request of `provider` reaches no rotator or matches no declared secret.
@@ -635,8 +642,10 @@ pub fn looker_budget(calls_month: u64, remaining: i64, low: bool) {
     LOOKER_API_BUDGET_LOW.set([], if low { 1.0 } else { 0.0 });
 }
 
-/// A Looker (Google Cloud core) person's plan waits for their first login.
-pub fn looker_core_pending_first_login() {
+/// A Looker (Google Cloud core) person's plan waits for their first login (DEBUG).
+pub fn looker_core_pending_first_login(subject: &dyn Display, email: &str) {
+    tracing::debug!(target: "gatehouse_engine::engine", subject = %subject, email,
+        "looker (google cloud core) user pending first login; converged once it appears");
     LOOKER_CORE_PENDING_FIRST_LOGIN.add([], 1);
 }
 

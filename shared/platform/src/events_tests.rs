@@ -54,7 +54,7 @@ fn emit_every_event() {
     scim_outbox_published(3);
     google_channel(ChannelAction::Created);
     okta_import_published(4);
-    okta_import_failed();
+    okta_import_failed(&"example.okta.com", &"401");
     okta_api_calls(OktaApiUse::Import, 5);
     okta_enrich(EnrichResult::Cached);
     okta_api_rate_limited("/api/v1/logs", 1, &"2026-01-01T00:00:00Z");
@@ -92,14 +92,14 @@ fn emit_every_event() {
     step_deferred(TargetName::GCP, &"u1", &"generic:1", &"screen not ready");
     drift_reported(TargetName::LOOKER, 2);
     breaker_tripped(ChangeKind::Offboarding, BreakerScope::All);
-    breaker_held(ChangeKind::Offboarding, "okta");
+    breaker_held(ChangeKind::Offboarding, "okta", &env);
     aws_mapping_changed(&"u1", &"generic:1", &"alice", &"alice2");
     head_export_failed(&"disk full");
-    rotation_requested("aws");
+    rotation_requested(&env, "aws", "key leaked");
     rotation_request_unmatched("somewhere");
     looker_call("GET", "/api/4.0/users/{user_id}", "200".to_string());
     looker_budget(10, 90, false);
-    looker_core_pending_first_login();
+    looker_core_pending_first_login(&"u1", "a@example.com");
     looker_core_first_login(&"u1", &"42", 2);
     looker_core_first_login_failed(&"u1", &"42", &"timeout");
     looker_core_first_login_skipped(SkipReason::LookerBudget);

@@ -364,8 +364,7 @@ impl<Q: QueueProducer, D: Directory> DirectoryImport<Q, D> {
                 r = self.import_once(Utc::now()) => match r {
                     Ok(r) => tracing::info!(org = %self.org, users = r.users, groups = r.groups, calls = r.calls, published = r.published, skipped = r.skipped, "okta directory imported"),
                     Err(e) => {
-                        events::okta_import_failed();
-                        tracing::error!(org = %self.org, error = %e, "okta directory import failed; trying again at the next interval");
+                        events::okta_import_failed(&self.org, &e);
                     }
                 },
                 _ = shutdown.wait() => return,
