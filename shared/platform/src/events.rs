@@ -7,8 +7,11 @@
 //! `disallowed-macros` (clippy.toml) and `tests::no_metric_macro_outside_the_events_module`
 //! refuse them anywhere else.
 //!
-//! Where the call site wrote a log line with the counter, the function writes it too, with the
-//! call site's own target (`target: "gatehouse_engine::engine"`), so log filters stay as they were.
+//! Where a counter and a log line are one internal event (a refused connection, a clamped event
+//! time, a rotation started, ...), the function writes the line too, under the call site's own
+//! target (`target: "gatehouse_engine::engine"`), so log filters and the text stay as they were;
+//! its doc says at which level. Call sites whose line differs per site (e.g. the two
+//! `rotation_request_unmatched` ones) or carries many site-local fields still log themselves.
 //!
 //! [`describe`] registers the help texts with the recorder; [`crate::telemetry::metrics_handle`]
 //! calls it once when it installs the Prometheus recorder. `docs/metrics.md` lists [`ALL`]; a test
