@@ -85,5 +85,11 @@ async fn payload_event_types_and_paths_do_not_become_metric_labels() {
     );
     // Bounded by the closed label sets (sources x kinds x actionable), not by the 300 types.
     assert!(received.len() < 100, "{} series: {received:#?}", received.len());
+    // The help text registered when the recorder was installed (gatehouse_platform::events).
+    let help = format!(
+        "# HELP gatehouse_events_received_total {}\n",
+        gatehouse_platform::events::EVENTS_RECEIVED.help
+    );
+    assert!(m.contains(&help), "no {help:?} in /metrics");
     app.stop().await;
 }

@@ -20,6 +20,7 @@ use gatehouse_domain::plan::Plan;
 use gatehouse_domain::policy::DesiredLooker;
 use gatehouse_domain::ports::{BackendError, LedgerEntry, StateStore};
 use gatehouse_platform::config::{BreakerConfig, BreakerLimits};
+use gatehouse_platform::events;
 use std::time::Duration;
 
 /// The ledger's `target` for decisions Gatehouse or its operators made (no call was sent).
@@ -159,14 +160,14 @@ impl Breaker {
                         tracing::warn!(kind = kind.as_str(), scope = %t.scope, count = t.count, limit = t.limit,
                             window = ?self.window,
                             "mass-change breaker tripped: holding these changes until `gatehouse safety release` or `discard`");
-                        metrics::counter!("gatehouse_breaker_trips_total", "kind" => kind.as_str(),
-                            "scope" => if t.scope == ALL_SOURCES { "all" } else { "source" })
-                        .increment(1);
+                        let scope = if t.scope == ALL_SOURCES {
+                            events::BreakerScope::All
+                        } else {
+                            events::BreakerScope::Source
+                        };
+                        events::breaker_tripped(kind, scope);
                     }
-                    tracing::warn!(kind = kind.as_str(), source, envelope_id = %env.id,
-                        subject = %env.subject.key, "change held by the mass-change breaker");
-                    metrics::counter!("gatehouse_breaker_held_total", "kind" => kind.as_str(), "source" => source.to_string())
-                        .increment(1);
+                    events::breaker_held(kind, source, env);
                     store
                         .append_ledger(&[ledger(
                             &env.id.0,

@@ -23,9 +23,9 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 /// Calls this UTC month, every process sharing the state store.
-pub const METRIC_CALLS_MONTH: &str = "gatehouse_looker_api_calls_month";
+pub const METRIC_CALLS_MONTH: &str = gatehouse_platform::events::LOOKER_API_CALLS_MONTH.name;
 /// The monthly quota minus [`METRIC_CALLS_MONTH`].
-pub const METRIC_REMAINING: &str = "gatehouse_looker_api_budget_remaining";
+pub const METRIC_REMAINING: &str = gatehouse_platform::events::LOOKER_API_BUDGET_REMAINING.name;
 /// 1 when the calls left are at or below the warning threshold, else 0.
 pub const METRIC_LOW: &str = "gatehouse_looker_api_budget_low";
 
@@ -132,9 +132,7 @@ impl<S: LookerCallCounts> Budget<S> {
             .unwrap_or(i64::MAX)
             .saturating_sub(i64::try_from(calls).unwrap_or(i64::MAX));
         let low = (remaining as f64) <= self.quota as f64 * self.warning_remaining;
-        metrics::gauge!(METRIC_CALLS_MONTH).set(calls as f64);
-        metrics::gauge!(METRIC_REMAINING).set(remaining as f64);
-        metrics::gauge!(METRIC_LOW).set(if low { 1.0 } else { 0.0 });
+        gatehouse_platform::events::looker_budget(calls, remaining, low);
         let mut seen = self.seen();
         if low && seen.warned.as_deref() != Some(month.as_str()) {
             tracing::warn!(

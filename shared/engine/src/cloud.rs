@@ -210,9 +210,7 @@ async fn report_mapping_change<S: StateStore>(
     let (Some(now), Some(reason)) = (&plan.mapping_changed, plan.mapping_change_reason()) else {
         return Ok(());
     };
-    tracing::warn!(target_name = "aws", subject = %run.ctx.subject, envelope_id = %run.ctx.envelope_id,
-        iam_user = %plan.user, mapped = %now, "aws user mapping changed; the linked iam user is kept, nothing split");
-    metrics::counter!("gatehouse_aws_mapping_changed_total").increment(1);
+    gatehouse_platform::events::aws_mapping_changed(&run.ctx.subject, &run.ctx.envelope_id, &plan.user, &now);
     let call = gatehouse_domain::looker::HttpCall {
         method: gatehouse_domain::looker::Method::Post,
         path: "/".into(),

@@ -16,6 +16,7 @@ use gatehouse_domain::ports::{
 };
 use gatehouse_domain::target::{CallOutcome, Order, Screen, SendAll, Target as _, TargetName};
 use gatehouse_platform::config::Mode as ConfigMode;
+use gatehouse_platform::events;
 use gatehouse_targets::looker::LookerTarget;
 use gatehouse_targets::vouched::Vouched;
 use gatehouse_targets::{self as targets, Applied, ApplyError, Mode, Registered, Run};
@@ -275,9 +276,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             None => {
                 for r in requests {
                     if let IdentityEvent::RotationRequested { provider, .. } = &r.event {
-                        let label = gatehouse_domain::metric_labels::Provider::of(provider).as_str();
-                        metrics::counter!("gatehouse_rotation_requests_unmatched_total", "provider" => label)
-                            .increment(1);
+                        events::rotation_request_unmatched(provider);
                     }
                     tracing::warn!(envelope_id = %r.id, subject = %r.subject.key,
                         "no rotation queue is configured: the rotation request reaches no rotator");
@@ -317,11 +316,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         if at == env.occurred_at {
             return std::borrow::Cow::Borrowed(env);
         }
-        tracing::warn!(envelope_id = %env.id, source = env.source.as_str(), subject = %env.subject.key,
-            claimed = %env.occurred_at.to_rfc3339(), received_at = %env.received_at.to_rfc3339(),
-            max_clock_skew = ?self.max_clock_skew,
-            "event time is beyond the allowed clock skew of its receipt; ordered by its receipt instead");
-        metrics::counter!("gatehouse_event_time_clamped_total", "source" => env.source.as_str()).increment(1);
+        events::event_time_clamped(env, self.max_clock_skew);
         let mut bounded = env.clone();
         bounded.occurred_at = at;
         std::borrow::Cow::Owned(bounded)
@@ -614,8 +609,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         if let Some(reason) = &plan.resolution.unresolved {
             tracing::warn!(target_name = %looker, subject = %run.ctx.subject, envelope_id = %run.ctx.envelope_id,
                 %reason, "offboarding not resolved: dead-lettering the event for an operator");
-            metrics::counter!("gatehouse_unresolved_offboardings_total", "target" => looker.as_str())
-                .increment(1);
+            events::unresolved_offboarding(looker);
             let row = targets::ledger_row(
                 run.ctx,
                 looker,
@@ -664,9 +658,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             // allocation per attempt cuts the nesting at the engine's boundary.
             match Box::pin(self.handle_once(env, after_race, via)).await {
                 Err(e) if e.is_race() && attempt < COMMIT_ATTEMPTS => {
-                    tracing::info!(subject = %env.subject.key, envelope_id = %env.id, attempt,
-                        "subject changed by another handler; handling the event again");
-                    metrics::counter!("gatehouse_subject_conflicts_total").increment(1);
+                    events::subject_conflict(env, attempt);
                     attempt += 1;
                 }
                 other => return other,
@@ -683,9 +675,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             // delivery is acked only after the publish is durable.
             self.publish_rotations(std::slice::from_ref(env)).await?;
             self.store.commit(Outcome::processed_only(env.id.clone())).await?;
-            let label = gatehouse_domain::metric_labels::Provider::of(provider).as_str();
-            metrics::counter!("gatehouse_rotation_requests_total", "provider" => label).increment(1);
-            tracing::warn!(subject = %env.subject.key, %provider, %reason, "rotation requested");
+            events::rotation_requested(env, provider, reason);
             return Ok(Handled::RotationRequested);
         }
         let drift = matches!(env.event, IdentityEvent::CloudDrift { .. });
@@ -950,9 +940,10 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         let pending =
             gatehouse_domain::plan::is_pending_first_login(desired, plan, self.policy.looker_platform());
         if pending {
-            tracing::debug!(subject = %identity.key, email = desired.email.as_deref().unwrap_or_default(),
-                "looker (google cloud core) user pending first login; converged once it appears");
-            metrics::counter!("gatehouse_looker_core_pending_first_login_total").increment(1);
+            events::looker_core_pending_first_login(
+                &identity.key,
+                desired.email.as_deref().unwrap_or_default(),
+            );
         }
         pending
     }
@@ -1214,8 +1205,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                 let call = LookerOp::DeleteUser.http(&UserRef::Id(user_id.to_string()));
                 tracing::warn!(subject = %run.ctx.subject, user_id, %reason,
                     "scheduled looker deletion withheld: set offboarding.handover in the policy");
-                metrics::counter!("gatehouse_steps_withheld_total", "target" => TargetName::LOOKER.as_str())
-                    .increment(1);
+                events::step_withheld(TargetName::LOOKER);
                 let row = targets::ledger_row(
                     run.ctx,
                     TargetName::LOOKER,

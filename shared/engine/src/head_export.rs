@@ -357,8 +357,7 @@ pub async fn run<S: StateStore>(store: S, cfg: HeadExportConfig, shutdown: Shutd
             Ok(Some(h)) => tracing::debug!(seq = h.seq, "ledger chain head exported"),
             Ok(None) => {}
             Err(e) => {
-                metrics::counter!("gatehouse_head_export_failures_total").increment(1);
-                tracing::error!(error = %e, "cannot export the ledger chain head");
+                gatehouse_platform::events::head_export_failed(&e);
             }
         }
     }

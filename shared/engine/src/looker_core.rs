@@ -20,6 +20,7 @@ use gatehouse_domain::identity::Identity;
 use gatehouse_domain::looker_core::SeenUser;
 use gatehouse_domain::ports::{Directory, LookerPort, StateStore};
 use gatehouse_domain::target::TargetName;
+use gatehouse_platform::events;
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -98,16 +99,12 @@ impl FirstLogins {
             }
             match engine.converge_first_login(identity, &u.id).await {
                 Ok(writes) => {
-                    tracing::info!(subject = %identity.key, user_id = %u.id, writes,
-                        "looker (google cloud core) user appeared; person converged");
-                    metrics::counter!("gatehouse_looker_core_first_logins_total").increment(1);
+                    events::looker_core_first_login(&identity.key, &u.id, writes);
                     out.writes += writes;
                     out.converged.push(identity.key.clone());
                 }
                 Err(e) => {
-                    tracing::warn!(subject = %identity.key, user_id = %u.id, error = %e,
-                        "cannot converge the person of a new looker user; tried again next run");
-                    metrics::counter!("gatehouse_looker_core_first_login_failures_total").increment(1);
+                    events::looker_core_first_login_failed(&identity.key, &u.id, &e);
                     out.failed += 1;
                 }
             }
@@ -229,8 +226,7 @@ pub async fn run_every<S, L, D, C>(
                 warned = true;
             }
             tracing::debug!(tick, "first-login run skipped: looker budget");
-            metrics::counter!("gatehouse_looker_core_first_login_skipped_total", "reason" => "looker_budget")
-                .increment(1);
+            events::looker_core_first_login_skipped(events::SkipReason::LookerBudget);
         }
         let claim = match affordable {
             true => schedule.claim_tick(&tick, holder, at, at + step).await,

@@ -434,7 +434,7 @@ where
         observed: observed.rows,
         read_at,
     };
-    metrics::gauge!("gatehouse_reconcile_orphans").set(report.orphans.len() as f64);
+    gatehouse_platform::events::reconcile_orphans(report.orphans.len());
     for (target, n) in [
         (
             Target::Looker,
@@ -454,7 +454,7 @@ where
         ),
         (Target::Gcp, report.plans.iter().map(|p| p.cloud.gcp.len()).sum()),
     ] {
-        metrics::gauge!("gatehouse_reconcile_drift", "target" => target.as_str()).set(n as f64);
+        gatehouse_platform::events::reconcile_drift(target, n);
     }
     if !apply {
         return Ok(report);

@@ -156,7 +156,7 @@ pub fn render_estimate(
 }
 
 /// The counter a budget skip increments.
-pub const METRIC_SKIPPED: &str = "gatehouse_reconcile_skipped_total";
+pub const METRIC_SKIPPED: &str = gatehouse_platform::events::RECONCILE_SKIPPED.name;
 
 /// The ledger note of a skipped scheduled reconcile (no call was made: a `GET` of nothing).
 pub fn skip_note(tick: &str, check: &BudgetCheck) -> gatehouse_domain::ports::LedgerEntry {
@@ -272,7 +272,9 @@ pub async fn scheduled_run<S, L, D, C>(
                 needed = c.needed,
                 "scheduled reconcile skipped: the month's looker budget minus the events' reserve cannot cover it"
             );
-            metrics::counter!(METRIC_SKIPPED, "reason" => "looker_budget").increment(1);
+            gatehouse_platform::events::reconcile_skipped(
+                gatehouse_platform::events::SkipReason::LookerBudget,
+            );
             if let Err(e) = engine.store().append_ledger(&[skip_note(tick, &c)]).await {
                 tracing::error!(error = %e, "cannot ledger the skipped reconcile");
             }

@@ -252,8 +252,7 @@ async fn resolve<S: StateStore, L: LookerPort>(
         return Ok((None, 0));
     };
     for &o in others {
-        tracing::warn!(subject = %person, looker_user = %all[o].id, "duplicate looker user of one person");
-        metrics::counter!("gatehouse_reconcile_duplicate_users_total").increment(1);
+        gatehouse_platform::events::reconcile_duplicate_user(&person, &all[o].id);
     }
     if !linked && !others.is_empty() {
         tracing::warn!(subject = %person, candidates = ?found.iter().map(|&i| &all[i].id).collect::<Vec<_>>(),

@@ -6,6 +6,7 @@ use crate::engine::{Engine, Handled, ProcessError};
 use gatehouse_domain::envelope::Envelope;
 use gatehouse_domain::error::{Classified, chain};
 use gatehouse_domain::ports::{BackendError, Delivery, LookerPort, QueueConsumer, StateStore};
+use gatehouse_platform::events::{self, FailReason, ProcessedOutcome, QueueOp};
 use gatehouse_platform::retry::RetryPolicy;
 use gatehouse_platform::shutdown::Shutdown;
 use std::sync::Arc;
@@ -158,8 +159,7 @@ where
                         let delay = receive_delay(&e, receive_failures);
                         backoff_until = Some(tokio::time::Instant::now() + delay);
                         let kind = e.kind();
-                        metrics::counter!("gatehouse_queue_errors_total", "operation" => "receive", "kind" => kind.as_str())
-                            .increment(1);
+                        events::queue_error(QueueOp::Receive, kind);
                         if kind.is_retryable() {
                             tracing::warn!(error = %chain(&e), kind = kind.as_str(), failures = receive_failures,
                                 retry_in = ?delay, "queue receive failed; will retry");
@@ -215,18 +215,17 @@ where
 /// Settle a delivery with the [`SETTLE`] policy: a throttled or transient failure is retried in
 /// place (counted in `gatehouse_queue_errors_total{operation}`); one retrying cannot fix, or the
 /// last, is returned (the delivery then comes back after its visibility timeout).
-async fn settle<F, Fut>(operation: &'static str, mut f: F) -> Result<(), BackendError>
+async fn settle<F, Fut>(operation: QueueOp, mut f: F) -> Result<(), BackendError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), BackendError>>,
 {
     SETTLE
-        .call(operation, || {
+        .call(operation.as_str(), || {
             let attempt = f();
             async move {
                 attempt.await.inspect_err(|e| {
-                    metrics::counter!("gatehouse_queue_errors_total", "operation" => operation, "kind" => e.kind().as_str())
-                        .increment(1);
+                    events::queue_error(operation, e.kind());
                 })
             }
         })
@@ -258,7 +257,7 @@ where
             let reason = format!("not a valid envelope: {e}");
             tracing::warn!(receipt = %d.receipt, reason = %reason, "dead-lettering poison message");
             queue.dead_letter(&d, &reason).await?;
-            metrics::counter!("gatehouse_events_failed_total", "reason" => "poison").increment(1);
+            events::events_failed(None, FailReason::Poison);
             return Ok(Disposition::DeadLettered { reason });
         }
     };
@@ -284,7 +283,7 @@ where
         let started = tokio::time::Instant::now();
         // Queue lag, whatever the backend: from the intake accepting the event to work starting.
         let age = (gatehouse_domain::clock::now() - env.received_at).num_milliseconds().max(0) as f64 / 1000.0;
-        metrics::histogram!("gatehouse_event_age_seconds", "source" => source).record(age);
+        events::event_age(env.source, age);
         // Keep the lease while the work runs, so slow work is not redelivered to another worker.
         let handled = {
             let work = engine.handle(&env);
@@ -303,21 +302,19 @@ where
         };
         match handled {
             Ok(handled) => {
-                settle("ack", || queue.ack(&d)).await?;
+                settle(QueueOp::Ack, || queue.ack(&d)).await?;
                 let outcome = match &handled {
-                    Handled::Duplicate => "duplicate",
-                    Handled::Ignored => "ignored",
-                    Handled::NoOp { stale: true } => "stale",
-                    Handled::NoOp { stale: false } => "noop",
-                    Handled::Applied { .. } => "applied",
-                    Handled::DryRun { .. } => "dry_run",
-                    Handled::RotationRequested => "rotation_requested",
-                    Handled::Held => "held",
+                    Handled::Duplicate => ProcessedOutcome::Duplicate,
+                    Handled::Ignored => ProcessedOutcome::Ignored,
+                    Handled::NoOp { stale: true } => ProcessedOutcome::Stale,
+                    Handled::NoOp { stale: false } => ProcessedOutcome::NoOp,
+                    Handled::Applied { .. } => ProcessedOutcome::Applied,
+                    Handled::DryRun { .. } => ProcessedOutcome::DryRun,
+                    Handled::RotationRequested => ProcessedOutcome::RotationRequested,
+                    Handled::Held => ProcessedOutcome::Held,
                 };
-                metrics::counter!("gatehouse_events_processed_total", "source" => source, "outcome" => outcome)
-                    .increment(1);
-                metrics::histogram!("gatehouse_event_processing_seconds")
-                    .record(started.elapsed().as_secs_f64());
+                events::event_processed(env.source, outcome, started.elapsed().as_secs_f64());
+                let outcome = outcome.as_str();
                 tracing::Span::current().record("outcome", outcome);
                 // Debug, not info: one line per event was a synchronous write on the hot path.
                 tracing::debug!(outcome, ?handled, "processed");
@@ -329,18 +326,16 @@ where
                 span.record("outcome", "dead_lettered");
                 span.record("otel.status_code", "ERROR");
                 tracing::warn!(reason = %reason, "dead-lettering");
-                settle("dead_letter", || queue.dead_letter(&d, &reason)).await?;
-                metrics::counter!("gatehouse_events_failed_total", "source" => source, "reason" => "dead_lettered")
-                    .increment(1);
+                settle(QueueOp::DeadLetter, || queue.dead_letter(&d, &reason)).await?;
+                events::events_failed(Some(env.source), FailReason::DeadLettered);
                 Ok(Disposition::DeadLettered { reason })
             }
             Err(e) => {
                 let delay = RELEASE.delay(d.attempt, e.retry_after());
                 tracing::Span::current().record("outcome", "retried");
                 tracing::warn!(error = %chain(&e), retry_in = ?delay, "processing failed; will retry");
-                settle("release", || queue.release(&d, delay)).await?;
-                metrics::counter!("gatehouse_events_failed_total", "source" => source, "reason" => "retried")
-                    .increment(1);
+                settle(QueueOp::Release, || queue.release(&d, delay)).await?;
+                events::events_failed(Some(env.source), FailReason::Retried);
                 Ok(Disposition::Released { delay })
             }
         }

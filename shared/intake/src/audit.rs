@@ -11,6 +11,7 @@
 
 use gatehouse_domain::cloud_audit;
 use gatehouse_domain::ports::{BackendError, Delivery, QueueConsumer, QueueProducer};
+use gatehouse_platform::events::{self, FailReason};
 use gatehouse_platform::retry::RetryPolicy;
 use gatehouse_platform::shutdown::Shutdown;
 use std::collections::BTreeMap;
@@ -105,7 +106,7 @@ where
 
     async fn translate(&self, d: &Delivery, report: &mut TranslateReport) {
         let kind = self.cfg.kind;
-        let source = kind.source().as_str();
+        let source = kind.source();
         let mut envelopes = match cloud_audit::parse(
             kind,
             d.body.as_bytes(),
@@ -116,7 +117,7 @@ where
             Err(e) => {
                 let reason = format!("unparseable {} audit event: {e}", kind.as_str());
                 tracing::warn!(reason = %reason, "dead-lettering audit delivery");
-                metrics::counter!("gatehouse_events_failed_total", "reason" => "unparseable").increment(1);
+                events::events_failed(Some(source), FailReason::Unparseable);
                 match self.input.dead_letter(d, &reason).await {
                     Ok(()) => report.dead_lettered.push(reason),
                     Err(e) => {
@@ -132,7 +133,7 @@ where
         if let Err(e) = self.output.publish(&envelopes).await {
             let delay = backoff(d.attempt);
             tracing::warn!(error = %gatehouse_domain::error::chain(&e), retry_in = ?delay, "publishing audit envelopes failed; will retry");
-            metrics::counter!("gatehouse_events_failed_total", "reason" => "publish").increment(1);
+            events::events_failed(Some(source), FailReason::Publish);
             match self.input.release(d, delay).await {
                 Ok(()) => report.released += 1,
                 Err(e) => {
@@ -144,13 +145,7 @@ where
         }
         for env in &envelopes {
             let actionable = env.event.is_actionable();
-            metrics::counter!(
-                "gatehouse_events_received_total",
-                "source" => source,
-                "kind" => gatehouse_domain::metric_labels::event_kind(&env.event),
-                "actionable" => if actionable { "true" } else { "false" },
-            )
-            .increment(1);
+            events::event_received(source, &env.event, actionable);
             *report.by_kind.entry(env.event.kind().to_string()).or_default() += 1;
             tracing::info!(
                 envelope_id = %env.id, subject = %env.subject.key, event_type = %env.source_event_type,
@@ -570,7 +565,11 @@ mod tests {
         assert_eq!(
             counts,
             BTreeMap::from([
-                ("gatehouse_events_failed_total{reason=unparseable}".to_string(), 1),
+                // `source` too: every sample of a metric carries its declared label keys.
+                (
+                    "gatehouse_events_failed_total{reason=unparseable,source=aws_cloudtrail}".to_string(),
+                    1
+                ),
                 (
                     "gatehouse_events_received_total{actionable=false,kind=ignored,source=aws_cloudtrail}"
                         .to_string(),

@@ -73,9 +73,7 @@ pub async fn serve(
         };
         while conns.try_join_next().is_some() {}
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics::counter!("gatehouse_http_connections_refused_total", "listener" => name).increment(1);
-            tracing::warn!(listener = name, %peer, max = limits.max_connections,
-                "connection limit reached; closing the new connection");
+            gatehouse_platform::events::http_connection_refused(name, &peer, limits.max_connections);
             drop(stream);
             continue;
         };

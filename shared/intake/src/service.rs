@@ -10,6 +10,7 @@ use gatehouse_domain::ports::QueueProducer;
 #[cfg(feature = "pubsub")]
 use gatehouse_domain::ports::{Delivery, QueueConsumer};
 use gatehouse_platform::config::{Config, ConfigError, QueueConfig};
+use gatehouse_platform::events::{self, QueueName};
 use gatehouse_platform::ops;
 use gatehouse_platform::shutdown::{Shutdown, ShutdownTrigger};
 use gatehouse_store::open::{OpenError, open_state};
@@ -202,10 +203,10 @@ where
         }
         loop {
             if let Ok(lag) = lag_store.queue_lag_seconds().await {
-                metrics::gauge!("gatehouse_queue_lag_seconds", "queue" => "embedded").set(lag);
+                events::queue_lag(QueueName::Embedded, lag);
             }
             if let Ok(depth) = lag_store.queue_depth().await {
-                metrics::gauge!("gatehouse_queue_depth", "queue" => "embedded").set(depth as f64);
+                events::queue_depth(QueueName::Embedded, depth);
             }
             tokio::select! {
                 _ = s.wait() => break,

@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod ops;
 pub mod retry;

@@ -235,7 +235,8 @@ pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) {
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// The process-wide Prometheus recorder, installed on first use.
+/// The process-wide Prometheus recorder, installed on first use, with every metric's help text
+/// ([`crate::events::describe`]).
 pub fn metrics_handle() -> PrometheusHandle {
     PROMETHEUS
         .get_or_init(|| {
@@ -243,7 +244,9 @@ pub fn metrics_handle() -> PrometheusHandle {
             let handle = recorder.handle();
             // Fails only if another recorder is installed; then ours renders nothing, which
             // tests would notice.
-            let _ = metrics::set_global_recorder(recorder);
+            if metrics::set_global_recorder(recorder).is_ok() {
+                crate::events::describe();
+            }
             handle
         })
         .clone()

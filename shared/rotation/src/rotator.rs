@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use gatehouse_domain::looker::{HttpCall, Method};
 use gatehouse_domain::ports::{LedgerEntry, RotationRequest};
 use gatehouse_platform::config::{KindConfig, OutOfBand, SecretConfig, StoreConfig};
+use gatehouse_platform::events::{self, RotationOutcome};
 use gatehouse_platform::retry::RetryPolicy;
 use secrecy::SecretString;
 use std::collections::{BTreeMap, HashMap};
@@ -23,7 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// Seconds since the current credential of a declared secret came to be (label `secret`).
-pub const METRIC_SECRET_AGE: &str = "gatehouse_secret_age_seconds";
+pub const METRIC_SECRET_AGE: &str = events::SECRET_AGE.name;
 
 /// One declared secret with its kind and store.
 pub struct Declared {
@@ -263,9 +264,7 @@ impl<S: RotationStore> Rotator<S> {
         }
         let started = self.db.start(&r).await?;
         if let Started::New(id) = &started {
-            tracing::info!(secret = %r.secret, trigger = %r.trigger, rotation = %id, "rotation started");
-            metrics::counter!("gatehouse_rotations_started_total", "secret" => r.secret.clone(), "trigger" => r.trigger.clone())
-                .increment(1);
+            events::rotation_started(&r.secret, &r.trigger, id);
         }
         Ok(Some(started))
     }
@@ -364,7 +363,7 @@ impl<S: RotationStore> Rotator<S> {
             match self.current_since(name).await {
                 Ok(since) => {
                     let age = (self.now() - since).num_milliseconds().max(0) as f64 / 1000.0;
-                    metrics::gauge!(METRIC_SECRET_AGE, "secret" => name.clone()).set(age);
+                    events::secret_age(name, age);
                     ages.insert(name.clone(), age);
                 }
                 Err(e) => tracing::warn!(secret = %name, error = %e, "cannot tell the secret's age"),
@@ -393,8 +392,7 @@ impl<S: RotationStore> Rotator<S> {
             for d in &batch {
                 match crate::requests::request_of(&d.body) {
                     Err(reason) => {
-                        tracing::warn!(attempt = d.attempt, %reason, "rotation queue: dead-lettering a message that is not a rotation request");
-                        metrics::counter!("gatehouse_rotation_requests_poison_total").increment(1);
+                        events::rotation_request_poison(d.attempt, &reason);
                         queue.dead_letter(d, &reason).await?;
                         report.poison += 1;
                     }
@@ -423,9 +421,7 @@ impl<S: RotationStore> Rotator<S> {
             let matched = self.match_request(&req);
             if matched.is_empty() {
                 report.unmatched += 1;
-                let label = gatehouse_domain::metric_labels::Provider::of(&req.provider).as_str();
-                metrics::counter!("gatehouse_rotation_requests_unmatched_total", "provider" => label)
-                    .increment(1);
+                events::rotation_request_unmatched(&req.provider);
                 tracing::warn!(subject = %req.subject, provider = %req.provider, reason = %req.reason,
                     "rotation request matches no declared secret");
                 self.db.mark_handled(&req.envelope_id, self.now()).await?;
@@ -436,9 +432,7 @@ impl<S: RotationStore> Rotator<S> {
                 let d = &self.secrets[&name];
                 if trigger == "out_of_band" && d.config.on_out_of_band == OutOfBand::Alert {
                     report.alerted.push(name.clone());
-                    metrics::counter!("gatehouse_rotation_alerts_total", "secret" => name.clone())
-                        .increment(1);
-                    tracing::warn!(secret = %name, subject = %req.subject, "a key was created outside gatehouse");
+                    events::rotation_alert(&name, &req.subject);
                     let mut r = Rotation::new(&name, "out_of_band", self.now());
                     r.id = req.envelope_id.clone();
                     self.ledger(&r, "out_of_band_key", Method::Post, "alert").await;
@@ -645,10 +639,9 @@ impl<S: RotationStore> Rotator<S> {
                 "rotation step done");
             if p == Phase::Finished {
                 self.db.set_backoff(&r.secret, 0, None).await?;
-                metrics::counter!("gatehouse_rotations_total", "secret" => r.secret.clone(), "outcome" => "rotated")
-                    .increment(1);
+                events::rotation_finished(&r.secret, RotationOutcome::Rotated);
                 let age = (self.now() - r.started_at).num_milliseconds().max(0) as f64 / 1000.0;
-                metrics::gauge!(METRIC_SECRET_AGE, "secret" => r.secret.clone()).set(age);
+                events::secret_age(&r.secret, age);
             }
         }
         Ok(outcome)
@@ -660,9 +653,7 @@ impl<S: RotationStore> Rotator<S> {
         // Before promotion, an error retrying cannot fix (a failed test above all) rolls back.
         let bad_credential = before.is_active() && !e.is_retryable();
         tracing::warn!(secret = %r.secret, rotation = %r.id, phase = before.as_str(), error = %crate::error::chain(&e), "rotation step failed");
-        metrics::counter!("gatehouse_rotation_failures_total", "secret" => r.secret.clone(),
-            "step" => self.next_action(d, before).name())
-        .increment(1);
+        events::rotation_failed(&r.secret, self.next_action(d, before).name());
         if bad_credential {
             self.ledger(
                 r,
@@ -691,8 +682,7 @@ impl<S: RotationStore> Rotator<S> {
             r.phase = Phase::RolledBack;
             r.error = Some(e.message.clone());
             self.ledger(r, "rolled_back", Method::Delete, "rolled_back").await;
-            metrics::counter!("gatehouse_rotations_total", "secret" => r.secret.clone(), "outcome" => "rolled_back")
-                .increment(1);
+            events::rotation_finished(&r.secret, RotationOutcome::RolledBack);
             return StepOutcome::Advanced(Phase::RolledBack);
         }
         r.attempts += 1;

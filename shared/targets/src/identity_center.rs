@@ -98,8 +98,7 @@ impl Target for IdentityCenterTarget {
             if d.offboarded && !link.accounts.is_empty() && !d.delete_user {
                 tracing::warn!(subject = %link.person, linked = ?link.accounts,
                     "identity center: offboarding found no identity store user of a linked person");
-                metrics::counter!("gatehouse_unresolved_offboardings_total", "target" => IDENTITY_CENTER.as_str())
-                    .increment(1);
+                gatehouse_platform::events::unresolved_offboarding(IDENTITY_CENTER);
                 return Err(unresolved(link));
             }
             return Ok(IdcActual::Absent);

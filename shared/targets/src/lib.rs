@@ -258,8 +258,7 @@ pub async fn apply<T: Target, S: StateStore>(
             .collect();
         run.store.append_ledger(&rows).await.map_err(ApplyError::Ledger)?;
         if mode == Mode::Report {
-            metrics::counter!("gatehouse_drift_reported_total", "target" => name.as_str())
-                .increment(rows.len() as u64);
+            gatehouse_platform::events::drift_reported(name, rows.len() as u64);
             out.reported = rows.len();
         } else {
             out.planned = rows.len();
@@ -276,9 +275,7 @@ pub async fn apply<T: Target, S: StateStore>(
             .iter()
             .find_map(|s| not_ready(target, &account, s, run.ctx.email.as_deref(), run.screen))
     {
-        tracing::warn!(target_name = %name, subject = %run.ctx.subject, envelope_id = %run.ctx.envelope_id,
-            %reason, "the safety screen is not ready; nothing sent, the event is tried again");
-        metrics::counter!("gatehouse_steps_deferred_total", "target" => name.as_str()).increment(1);
+        gatehouse_platform::events::step_deferred(name, &run.ctx.subject, &run.ctx.envelope_id, &reason);
         return Err(ApplyError::NotReady(reason));
     }
     let mut sendable = Vec::with_capacity(steps.len());
@@ -290,7 +287,7 @@ pub async fn apply<T: Target, S: StateStore>(
             Some(reason) => {
                 tracing::warn!(target_name = %name, subject = %run.ctx.subject, envelope_id = %run.ctx.envelope_id,
                     rule = s.rule, method = %call.method, path = %call.path, %reason, "step withheld; not sent");
-                metrics::counter!("gatehouse_steps_withheld_total", "target" => name.as_str()).increment(1);
+                gatehouse_platform::events::step_withheld(name);
                 withheld.push(ledger_row(
                     run.ctx,
                     name,

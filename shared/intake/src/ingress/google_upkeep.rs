@@ -18,9 +18,11 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SecondsFormat, Utc};
 use gatehouse_domain::envelope::Envelope;
+use gatehouse_domain::envelope::Source;
 use gatehouse_domain::google;
 use gatehouse_domain::ports::{BackendError, QueueProducer, StateStore};
 use gatehouse_platform::config::GoogleConfig;
+use gatehouse_platform::events::{self, ChannelAction};
 use gatehouse_platform::shutdown::Shutdown;
 use gatehouse_store::catchup_state::{CatchupStore, Cursor, GoogleChannel};
 use gatehouse_store::state::AnyState;
@@ -159,7 +161,7 @@ impl<Q: QueueProducer, S: CatchupStore + StateStore> GoogleUpkeep<Q, S> {
             self.store.google_channel_put(&stored).await?;
             tracing::info!(channel_id = %stored.channel_id, expires_at = %stored.expires_at,
                 "google watch channel created");
-            metrics::counter!("gatehouse_google_channels_total", "action" => "created").increment(1);
+            events::google_channel(ChannelAction::Created);
             report.created.push(stored.channel_id.clone());
             live.push(stored);
         }
@@ -177,7 +179,7 @@ impl<Q: QueueProducer, S: CatchupStore + StateStore> GoogleUpkeep<Q, S> {
             }
             self.store.google_channel_stopped(&old.channel_id, now).await?;
             tracing::info!(channel_id = %old.channel_id, expired, "google watch channel stopped");
-            metrics::counter!("gatehouse_google_channels_total", "action" => "stopped").increment(1);
+            events::google_channel(ChannelAction::Stopped);
             report.stopped.push(old.channel_id.clone());
         }
         Ok(report)
@@ -201,7 +203,7 @@ impl<Q: QueueProducer, S: CatchupStore + StateStore> GoogleUpkeep<Q, S> {
                 Duration::ZERO,
             ),
         };
-        metrics::gauge!("gatehouse_intake_catchup_lag_seconds", "source" => SOURCE).set(lag.as_secs_f64());
+        events::catchup_lag(Source::GoogleWorkspace, lag.as_secs_f64());
         let mut report = CatchupReport {
             start: Some(start),
             end: Some(end),
@@ -273,8 +275,7 @@ impl<Q: QueueProducer, S: CatchupStore + StateStore> GoogleUpkeep<Q, S> {
                 },
             )
             .await?;
-        metrics::counter!("gatehouse_intake_catchup_events_total", "source" => SOURCE)
-            .increment(report.envelopes as u64);
+        events::catchup_events(Source::GoogleWorkspace, report.envelopes as u64);
         tracing::info!(start = %start, end = %end, activities = report.activities,
             envelopes = report.envelopes, skipped = report.skipped, lag_s = lag.as_secs(),
             "google catch-up pass done");

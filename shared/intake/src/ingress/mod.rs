@@ -25,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use gatehouse_domain::ports::QueueProducer;
 use gatehouse_platform::config::Config;
+use gatehouse_platform::events;
 use gatehouse_platform::shutdown::Shutdown;
 use gatehouse_store::sqlite::Sqlite;
 use gatehouse_store::state::AnyState;
@@ -160,24 +161,13 @@ pub fn error(status: StatusCode, error: &str, detail: impl Into<String>) -> Resp
 /// Count accepted envelopes (`gatehouse_events_received_total{source,kind,actionable}`): the
 /// normalized kind, never the payload's own event type (labels come from closed sets).
 pub fn count_received(source: &'static str, env: &gatehouse_domain::envelope::Envelope) {
-    let actionable = if env.event.is_actionable() {
-        "true"
-    } else {
-        "false"
-    };
-    metrics::counter!(
-        "gatehouse_events_received_total",
-        "source" => source,
-        "kind" => gatehouse_domain::metric_labels::event_kind(&env.event),
-        "actionable" => actionable,
-    )
-    .increment(1);
+    debug_assert_eq!(source, env.source.as_str(), "an intake counts its own envelopes");
+    events::event_received(env.source, &env.event, env.event.is_actionable());
 }
 
 /// Count a refused request (`gatehouse_ingress_rejected_total{source,reason}`).
 pub fn count_rejection(source: &'static str, reason: &'static str) {
-    metrics::counter!("gatehouse_ingress_rejected_total", "source" => source, "reason" => reason)
-        .increment(1);
+    events::ingress_rejected(source, reason);
 }
 
 /// Refuse a request whose events name a subject email outside the email rule

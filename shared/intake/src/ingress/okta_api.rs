@@ -6,6 +6,7 @@
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
 use gatehouse_platform::config::{OktaApiConfig, OktaApiConnection, OktaServiceApp};
+use gatehouse_platform::events::{self, TokenResult};
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue, LINK};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
@@ -248,9 +249,8 @@ impl OktaApi {
                 .and_then(|s| DateTime::<Utc>::from_timestamp(s, 0));
             let remaining = header_i64(resp.headers(), "x-rate-limit-remaining");
             if status == 429 {
-                metrics::counter!("gatehouse_okta_api_rate_limited_total").increment(1);
                 let until = reset.unwrap_or_else(|| gatehouse_domain::clock::now() + MIN_RATE_LIMIT_WAIT);
-                tracing::warn!(path, attempt, reset = %until, "okta rate limit hit (429); waiting for the reset");
+                events::okta_api_rate_limited(&path, attempt, &until);
                 self.pause_until(until);
                 continue;
             }
@@ -356,7 +356,7 @@ impl OktaApi {
                 .collect::<String>()
         };
         if !(200..300).contains(&status) {
-            metrics::counter!("gatehouse_okta_token_requests_total", "result" => "refused").increment(1);
+            events::okta_token_request(TokenResult::Refused);
             let (error, mut description) = (field("error"), field("error_description"));
             if error.contains("dpop") || description.to_ascii_lowercase().contains("dpop") {
                 description.push_str(
@@ -381,7 +381,7 @@ impl OktaApi {
         }
         let lifetime = Duration::from_secs(body.get("expires_in").and_then(Value::as_u64).unwrap_or(3600));
         let until = tokio::time::Instant::now() + lifetime.saturating_sub(TOKEN_MARGIN);
-        metrics::counter!("gatehouse_okta_token_requests_total", "result" => "issued").increment(1);
+        events::okta_token_request(TokenResult::Issued);
         tracing::info!(
             expires_in_s = lifetime.as_secs(),
             "okta service app access token obtained"

@@ -12,10 +12,12 @@
 
 use super::okta_api::{OktaApi, OktaApiError};
 use chrono::{DateTime, SecondsFormat, Utc};
+use gatehouse_domain::envelope::Source;
 use gatehouse_domain::okta;
 use gatehouse_domain::okta_log::{LogCursor, LogCursors};
 use gatehouse_domain::ports::{BackendError, QueueProducer};
 use gatehouse_platform::config::{Config, OKTA_LOG_RETENTION};
+use gatehouse_platform::events;
 use gatehouse_platform::shutdown::Shutdown;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -150,8 +152,7 @@ impl<Q: QueueProducer, S: LogCursors> Catchup<Q, S> {
                     .await
                     .map_err(|e| CatchupError::Enqueue(e.to_string()))?;
                 report.enqueued += envelopes.len();
-                metrics::counter!("gatehouse_intake_catchup_events_total", "source" => "okta")
-                    .increment(envelopes.len() as u64);
+                events::catchup_events(Source::Okta, envelopes.len() as u64);
                 for env in &envelopes {
                     tracing::info!(envelope_id = %env.id, subject = %env.subject.key, event_type = %env.source_event_type, "okta log event enqueued");
                 }
@@ -188,7 +189,7 @@ impl<Q: QueueProducer, S: LogCursors> Catchup<Q, S> {
                 r = self.poll_once() => match r {
                     Ok(r) => tracing::info!(org = %self.cfg.org, pages = r.pages, events = r.events, enqueued = r.enqueued, skipped = r.skipped, "okta system log read"),
                     Err(e) => {
-                        metrics::counter!("gatehouse_intake_catchup_failures_total", "source" => "okta").increment(1);
+                        events::catchup_failed(Source::Okta);
                         tracing::error!(org = %self.cfg.org, error = %e, "okta catch-up failed; trying again at the next interval");
                     }
                 },
@@ -207,12 +208,11 @@ fn set_lag(covered: DateTime<Utc>) {
         .num_milliseconds()
         .max(0) as f64
         / 1000.0;
-    metrics::gauge!("gatehouse_intake_catchup_lag_seconds", "source" => "okta").set(lag);
+    events::catchup_lag(Source::Okta, lag);
 }
 
 fn skipped(reason: &'static str) {
-    metrics::counter!("gatehouse_intake_catchup_skipped_total", "source" => "okta", "reason" => reason)
-        .increment(1);
+    events::catchup_skipped(Source::Okta, reason);
 }
 
 /// Start the poller when `[okta.api]` is configured.

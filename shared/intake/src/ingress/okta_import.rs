@@ -27,6 +27,7 @@ use gatehouse_domain::identity::Identity;
 use gatehouse_domain::policy::{Condition, Policy};
 use gatehouse_domain::ports::{BackendError, Directory, QueueProducer};
 use gatehouse_platform::config::Config;
+use gatehouse_platform::events::{self, EnrichResult, OktaApiUse};
 use gatehouse_platform::shutdown::Shutdown;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -351,8 +352,8 @@ impl<Q: QueueProducer, D: Directory> DirectoryImport<Q, D> {
                 .map_err(|e| ImportError::Enqueue(e.to_string()))?;
         }
         report.published = out.len();
-        metrics::counter!("gatehouse_okta_import_published_total").increment(out.len() as u64);
-        metrics::counter!("gatehouse_okta_api_calls_total", "use" => "import").increment(report.calls as u64);
+        events::okta_import_published(out.len() as u64);
+        events::okta_api_calls(OktaApiUse::Import, report.calls as u64);
         Ok(report)
     }
 
@@ -363,8 +364,7 @@ impl<Q: QueueProducer, D: Directory> DirectoryImport<Q, D> {
                 r = self.import_once(gatehouse_domain::clock::now()) => match r {
                     Ok(r) => tracing::info!(org = %self.org, users = r.users, groups = r.groups, calls = r.calls, published = r.published, skipped = r.skipped, "okta directory imported"),
                     Err(e) => {
-                        metrics::counter!("gatehouse_okta_import_failures_total").increment(1);
-                        tracing::error!(org = %self.org, error = %e, "okta directory import failed; trying again at the next interval");
+                        events::okta_import_failed(&self.org, &e);
                     }
                 },
                 _ = shutdown.wait() => return,
@@ -502,7 +502,7 @@ impl Enricher {
     /// The named attributes of the person, from the cache or `GET /api/v1/users/{id}`.
     async fn profile_of(&self, key: &str) -> Result<Profile, OktaApiError> {
         if let Some(p) = self.cached(key) {
-            metrics::counter!("gatehouse_okta_enrich_total", "result" => "cached").increment(1);
+            events::okta_enrich(EnrichResult::Cached);
             return Ok(p);
         }
         let id = key.trim_start_matches("okta:");
@@ -510,7 +510,7 @@ impl Enricher {
         url.push('/');
         url.push_str(&percent_encoding_path(id));
         let user = self.api.get_object_now(&url).await?;
-        metrics::counter!("gatehouse_okta_api_calls_total", "use" => "enrich").increment(1);
+        events::okta_api_calls(OktaApiUse::Enrich, 1);
         let facts = user_facts(&user, &self.attributes)
             .map(|(_, p)| p)
             .unwrap_or_default();
@@ -522,7 +522,7 @@ impl Enricher {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key.to_string(), (Instant::now(), profile.clone()));
-        metrics::counter!("gatehouse_okta_enrich_total", "result" => "fetched").increment(1);
+        events::okta_enrich(EnrichResult::Fetched);
         Ok(profile)
     }
 
@@ -540,7 +540,7 @@ impl Enricher {
                     }
                 }
                 Err(e) => {
-                    metrics::counter!("gatehouse_okta_enrich_total", "result" => "failed").increment(1);
+                    events::okta_enrich(EnrichResult::Failed);
                     tracing::warn!(envelope_id = %env.id, subject = %env.subject.key, error = %e, "okta hook event not enriched; the next import fills the profile");
                 }
             }

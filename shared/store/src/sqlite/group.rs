@@ -153,7 +153,7 @@ impl Sqlite {
             self.group.commits.fetch_add(1, Ordering::Relaxed);
             self.group.writes.fetch_add(jobs.len() as u64, Ordering::Relaxed);
             self.group.enqueued.fetch_add(enqueued as u64, Ordering::Relaxed);
-            metrics::counter!("gatehouse_store_group_commits_total").increment(1);
+            gatehouse_platform::events::store_group_commit();
             if enqueued > 0 {
                 self.wake.notify_one();
             }

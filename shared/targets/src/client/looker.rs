@@ -60,7 +60,6 @@ const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'.')
     .remove(b'~');
-const METRIC_CALLS: &str = "gatehouse_looker_calls_total";
 /// Longest Looker error message kept in a [`LookerError`].
 const MAX_MESSAGE: usize = 500;
 
@@ -981,13 +980,7 @@ fn reqwest_method(m: Method) -> reqwest::Method {
 }
 
 fn count(method: Method, endpoint: &str, status: String) {
-    metrics::counter!(
-        METRIC_CALLS,
-        "method" => method.to_string(),
-        "endpoint" => endpoint.to_owned(),
-        "status" => status
-    )
-    .increment(1);
+    gatehouse_platform::events::looker_call(method, endpoint, status);
 }
 
 /// Path segments that are API words, not ids.

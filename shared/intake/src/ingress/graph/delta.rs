@@ -17,7 +17,9 @@
 use super::client::{GraphClient, GraphError};
 use super::service::{GraphService, GraphServiceError};
 use chrono::{DateTime, Utc};
+use gatehouse_domain::envelope::Source;
 use gatehouse_domain::ports::QueueProducer;
+use gatehouse_platform::events;
 use gatehouse_store::catchup_state::{CatchupStore, Cursor};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -179,7 +181,7 @@ impl<Q: QueueProducer> GraphService<Q> {
         now: DateTime<Utc>,
     ) -> Result<usize, GraphServiceError> {
         let lag = (now - c.covered_until).to_std().unwrap_or_default();
-        metrics::gauge!("gatehouse_intake_catchup_lag_seconds", "source" => "graph").set(lag.as_secs_f64());
+        events::catchup_lag(Source::Graph, lag.as_secs_f64());
         let mut url = c.position.clone();
         let mut changed = 0;
         for _ in 0..MAX_PAGES {
@@ -205,8 +207,7 @@ impl<Q: QueueProducer> GraphService<Q> {
                             },
                         )
                         .await?;
-                    metrics::counter!("gatehouse_intake_catchup_events_total", "source" => "graph")
-                        .increment(changed as u64);
+                    events::catchup_events(Source::Graph, changed as u64);
                     tracing::info!(resource, changed, lag_s = lag.as_secs(), "graph delta round done");
                     return Ok(changed);
                 }
@@ -264,7 +265,7 @@ impl<Q: QueueProducer> GraphService<Q> {
                             },
                         )
                         .await?;
-                    metrics::gauge!("gatehouse_intake_catchup_lag_seconds", "source" => "graph").set(0.0);
+                    events::catchup_lag(Source::Graph, 0.0);
                     tracing::info!(resource, "graph delta baseline taken");
                     return Ok(());
                 }

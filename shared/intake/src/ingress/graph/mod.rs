@@ -147,12 +147,10 @@ impl pipeline::Intake for GraphIntake {
         let all = request.proof();
         for n in all {
             let actionable = service::is_stored(n);
-            metrics::counter!(
-                "gatehouse_graph_notifications_received_total",
-                "kind" => gatehouse_domain::metric_labels::GraphKind::of(n.kind()).as_str(),
-                "actionable" => if actionable { "true" } else { "false" },
-            )
-            .increment(1);
+            gatehouse_platform::events::graph_notification_received(
+                gatehouse_domain::metric_labels::GraphKind::of(n.kind()),
+                actionable,
+            );
             tracing::info!(key = %n.key(), subscription_id = %n.subscription_id, kind = n.kind(),
                 resource = n.resource.as_deref().unwrap_or(""), actionable, "graph notification accepted");
         }
@@ -333,8 +331,7 @@ where
                 tracing::info!(when, resumed = ?r.resumed, baselined = ?r.baselined, "graph delta round done")
             }
             Err(e) => {
-                metrics::counter!("gatehouse_intake_catchup_failures_total", "source" => "graph")
-                    .increment(1);
+                gatehouse_platform::events::catchup_failed(gatehouse_domain::envelope::Source::Graph);
                 tracing::warn!(when, error = %e, "graph delta round failed; trying again at the next interval");
             }
         }

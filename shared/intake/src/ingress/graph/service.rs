@@ -4,11 +4,13 @@
 use super::client::{GraphClient, GraphClientConfig, GraphError};
 use chrono::{DateTime, Utc};
 use gatehouse_domain::envelope::Envelope;
+use gatehouse_domain::envelope::Source;
 use gatehouse_domain::graph::{
     GraphUser, LifecycleEvent, Notification, Target, member_envelope, reconcile_envelope, user_envelope,
 };
 use gatehouse_domain::ports::{BackendError, QueueProducer};
 use gatehouse_platform::config::GraphConfig;
+use gatehouse_platform::events::{self, GraphOutcome};
 use gatehouse_platform::retry::RetryPolicy;
 use gatehouse_store::graph_state::{GroupMembers, InboxItem, StoredSubscription};
 use gatehouse_store::sqlite::Sqlite;
@@ -117,7 +119,7 @@ impl<Q: QueueProducer> GraphService<Q> {
                     member_ids: ids,
                 });
                 self.store.graph_inbox_done(item.seq, members).await?;
-                metrics::counter!("gatehouse_graph_notifications_total", "outcome" => "done").increment(1);
+                events::graph_notification(GraphOutcome::Done);
                 Ok(())
             }
             Err(GraphServiceError::Backend(e)) => {
@@ -145,8 +147,7 @@ impl<Q: QueueProducer> GraphService<Q> {
                 } else {
                     tracing::error!(key = %item.key, error = %reason, attempts = item.attempts + 1,
                         "graph notification given up");
-                    metrics::counter!("gatehouse_graph_notifications_total", "outcome" => "failed")
-                        .increment(1);
+                    events::graph_notification(GraphOutcome::Failed);
                     self.store.graph_inbox_fail(item.seq, &reason).await
                 }
             }
@@ -180,13 +181,7 @@ impl<Q: QueueProducer> GraphService<Q> {
         for chunk in envs.chunks(PUBLISH_CHUNK) {
             self.queue.publish(chunk).await?;
             for env in chunk {
-                metrics::counter!(
-                    "gatehouse_events_received_total",
-                    "source" => "graph",
-                    "kind" => gatehouse_domain::metric_labels::event_kind(&env.event),
-                    "actionable" => if env.event.is_actionable() { "true" } else { "false" },
-                )
-                .increment(1);
+                events::event_received(Source::Graph, &env.event, env.event.is_actionable());
                 tracing::debug!(envelope_id = %env.id, subject = %env.subject.key,
                     event = env.event.kind(), "graph event enqueued");
             }

@@ -26,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use gatehouse_domain::envelope::Envelope;
+use gatehouse_domain::envelope::Source;
 use gatehouse_domain::ports::QueueProducer;
 use gatehouse_domain::scim_filter::{AttrPath, Filter, matches, parse_filter, parse_path};
 use gatehouse_platform::shutdown::Shutdown;
@@ -167,8 +168,7 @@ fn reject(
     scim_type: Option<&str>,
     detail: impl Into<String>,
 ) -> Response {
-    metrics::counter!("gatehouse_ingress_rejected_total", "source" => "scim", "reason" => reason)
-        .increment(1);
+    gatehouse_platform::events::ingress_rejected("scim", reason);
     scim_error(status, scim_type, detail)
 }
 
@@ -1110,13 +1110,7 @@ impl<Q: QueueProducer + Clone + 'static> Scim<Q> {
         self.store.scim_write(&write).await?;
         super::record_accepted(write.outbox.len());
         for env in &write.outbox {
-            metrics::counter!(
-                "gatehouse_events_received_total",
-                "source" => "scim",
-                "kind" => gatehouse_domain::metric_labels::event_kind(&env.event),
-                "actionable" => "true",
-            )
-            .increment(1);
+            gatehouse_platform::events::event_received(Source::Scim, &env.event, true);
             tracing::debug!(
                 envelope_id = %env.id, subject = %env.subject.key, event = env.event.kind(),
                 event_type = %env.source_event_type, "scim change written to the outbox"

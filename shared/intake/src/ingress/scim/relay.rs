@@ -44,7 +44,7 @@ impl<Q: QueueProducer + Clone + 'static> Relay<Q> {
             self.queue.publish(&batch).await?;
             self.store.scim_outbox_delete_through(last).await?;
             sent += batch.len();
-            metrics::counter!("gatehouse_scim_outbox_published_total").increment(batch.len() as u64);
+            gatehouse_platform::events::scim_outbox_published(batch.len() as u64);
         }
     }
 
