@@ -265,23 +265,11 @@ mod tests {
 
     /// Log lines at WARN, captured.
     #[derive(Clone, Default)]
-    struct Logs(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Logs {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    struct Logs(gatehouse_testkit::logs::LogBuffer);
 
     impl Logs {
         fn warnings(&self) -> usize {
-            String::from_utf8_lossy(&self.0.lock().unwrap())
-                .matches("looker admin-api budget is low")
-                .count()
+            self.0.text().matches("looker admin-api budget is low").count()
         }
     }
 
@@ -292,7 +280,7 @@ mod tests {
         let handle = recorder.handle();
         let logs = logs.clone();
         let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || logs.clone())
+            .with_writer(move || logs.0.clone())
             .with_ansi(false)
             .with_max_level(tracing::Level::WARN)
             .finish();

@@ -361,19 +361,7 @@ fn the_scan_finds_a_metric_macro_where_there_is_one() {
 
 /// What a text subscriber writes while `f` runs (targets shown).
 fn logged(f: impl FnOnce()) -> String {
-    use std::sync::{Arc, Mutex};
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buf = Buf::default();
+    let buf = gatehouse_testkit::logs::LogBuffer::default();
     let out = buf.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_ansi(false)
@@ -382,7 +370,7 @@ fn logged(f: impl FnOnce()) -> String {
         .with_writer(move || out.clone())
         .finish();
     tracing::subscriber::with_default(subscriber, f);
-    String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    buf.text()
 }
 
 #[test]

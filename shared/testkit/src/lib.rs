@@ -11,6 +11,7 @@
 //! * [`okta_fake`]: the Okta System Log and Users/Groups APIs (`FakeOkta`: SSWS, `next` links, 429).
 //! * [`otlp_fake`]: an OpenTelemetry collector's OTLP/HTTP traces receiver (`FakeCollector`).
 //! * [`fault_proxy`]: a TCP proxy that drops and stalls connections (between Gatehouse and a queue).
+//! * [`logs`]: `LogBuffer`, what a tracing subscriber writes, for a test to read.
 //! * [`fuzz`]: proptest generators for fuzzing parsers of outside input (bytes, JSON, mutations).
 
 pub mod cloud_identity_fake;
@@ -20,6 +21,7 @@ pub mod gcp_iam_fake;
 pub mod gcp_sa_keys_fake;
 pub mod google_reports_fake;
 pub mod graph_fake;
+pub mod logs;
 pub mod looker_fake;
 pub mod okta_fake;
 pub mod oracle;

@@ -316,23 +316,9 @@ async fn a_failed_test_rolls_back_leaves_the_old_key_current_and_backs_off() {
     assert_eq!(r.store().secret_state("looker-etl").await.unwrap().failures, 0);
 }
 
-/// Captures what tracing writes.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn secret_values_never_reach_logs_debug_errors_or_the_ledger() {
-    let logs = Captured::default();
+    let logs = gatehouse_testkit::logs::LogBuffer::default();
     let w = logs.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
@@ -375,7 +361,7 @@ async fn secret_values_never_reach_logs_debug_errors_or_the_ledger() {
     let failing_secret = pending_doc["client_secret"].as_str().unwrap().to_string();
     s.fake.set_disabled(&s.uid, true);
     r.drive(&failing).await.unwrap();
-    let mut seen = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let mut seen = logs.text();
     assert!(seen.contains("rotation step done"), "logs were captured");
     for row in r.store().history("looker-etl").await.unwrap() {
         seen.push_str(&format!("{row:?}"));
