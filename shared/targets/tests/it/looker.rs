@@ -8,7 +8,8 @@ use secrecy::SecretString;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-fn config(fake: &FakeLooker) -> LookerConfig {
+/// The client's settings for `fake` (catalog cached 60 s).
+pub(crate) fn config(fake: &FakeLooker) -> LookerConfig {
     LookerConfig {
         base_url: fake.base_url(),
         client_id: fake.client_id().to_owned(),
@@ -19,7 +20,8 @@ fn config(fake: &FakeLooker) -> LookerConfig {
     }
 }
 
-fn client(fake: &FakeLooker) -> LookerClient {
+/// A Looker client of `fake` ([`config`]); the other Looker tests use it too.
+pub(crate) fn client(fake: &FakeLooker) -> LookerClient {
     LookerClient::new(config(fake)).unwrap_or_else(|e| panic!("client: {e}"))
 }
 

@@ -3,22 +3,9 @@
 use gatehouse_domain::handover::{AlertInfo, ContentNeeds, ScheduledPlanInfo};
 use gatehouse_domain::looker::{ErrorKind, LookerOp, UserRef};
 use gatehouse_domain::ports::LookerPort;
-use gatehouse_targets::client::looker::{LookerClient, LookerConfig};
 use gatehouse_testkit::FakeLooker;
-use secrecy::SecretString;
-use std::time::Duration;
 
-fn client(fake: &FakeLooker) -> LookerClient {
-    LookerClient::new(LookerConfig {
-        base_url: fake.base_url(),
-        client_id: fake.client_id().to_owned(),
-        client_secret: SecretString::from(fake.client_secret().to_owned()),
-        timeout: Duration::from_secs(5),
-        catalog_ttl: Duration::from_secs(60),
-        max_concurrent_calls: gatehouse_targets::client::looker::DEFAULT_MAX_CONCURRENT_CALLS,
-    })
-    .unwrap_or_else(|e| panic!("client: {e}"))
-}
+use crate::looker::client;
 
 /// A leaver with a personal folder (2 Looks, 1 dashboard), 2 scheduled plans (one mailing an
 /// outside address) and 1 alert mailing outside; plus someone else's schedule and alert.

@@ -8,10 +8,8 @@ use gatehouse_domain::looker::{HttpCall, Method};
 use gatehouse_domain::target::{Screen, Screened, TargetName};
 use gatehouse_platform::config::Config;
 use gatehouse_targets::client::aws_iam::AwsIam;
-use gatehouse_targets::client::looker::{LookerClient, LookerConfig};
 use gatehouse_targets::safety::Safety;
 use gatehouse_testkit::FakeLooker;
-use secrecy::SecretString;
 use std::time::Duration;
 
 fn moto_url() -> String {
@@ -86,18 +84,6 @@ async fn the_iam_user_gatehouse_runs_as_is_learned_from_sts_and_never_offboarded
     assert_eq!(step(&other), None, "another person is offboarded as usual");
 }
 
-fn looker_client(fake: &FakeLooker) -> LookerClient {
-    LookerClient::new(LookerConfig {
-        base_url: fake.base_url(),
-        client_id: fake.client_id().to_owned(),
-        client_secret: SecretString::from(fake.client_secret().to_owned()),
-        timeout: Duration::from_secs(5),
-        catalog_ttl: Duration::from_secs(3600),
-        max_concurrent_calls: gatehouse_targets::client::looker::DEFAULT_MAX_CONCURRENT_CALLS,
-    })
-    .unwrap_or_else(|e| panic!("client: {e}"))
-}
-
 /// The call that disables Looker user `p`.
 fn disable_call(p: &str) -> HttpCall {
     HttpCall {
@@ -156,7 +142,7 @@ async fn its_own_looker_user_is_read_once_and_protected_holders_only_before_revo
     };
     // No protected groups or roles: one GET /user, however many events, revoking or not.
     let plain = Safety::from_config(&cfg(""))
-        .with_looker(Some(looker_client(&fake)))
+        .with_looker(Some(crate::looker::client(&fake)))
         .with_looker_refresh(Duration::ZERO);
     fake.reset_calls();
     for _ in 0..3 {
@@ -172,7 +158,7 @@ async fn its_own_looker_user_is_read_once_and_protected_holders_only_before_revo
     // A protected group: GET /user still once; the group's members never for plans that only
     // grant, and at every refresh before a revocation.
     let guarded = Safety::from_config(&cfg("[safety]\nprotected = [\"looker:group:Admins\"]\n"))
-        .with_looker(Some(looker_client(&fake)))
+        .with_looker(Some(crate::looker::client(&fake)))
         .with_looker_refresh(Duration::ZERO);
     fake.reset_calls();
     for _ in 0..3 {
@@ -208,7 +194,7 @@ async fn its_own_looker_user_is_read_once_and_protected_holders_only_before_revo
 
     // Within the refresh interval the holders read before are trusted: no read per revocation.
     let cached = Safety::from_config(&cfg("[safety]\nprotected = [\"looker:group:Admins\"]\n"))
-        .with_looker(Some(looker_client(&fake)));
+        .with_looker(Some(crate::looker::client(&fake)));
     fake.reset_calls();
     for _ in 0..3 {
         cached.prepare().await;
