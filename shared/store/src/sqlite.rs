@@ -6,8 +6,8 @@ use gatehouse_domain::breaker::{AdmitLimits, Change, HeldChange, Settle, Trip, V
 use gatehouse_domain::envelope::{Envelope, EnvelopeId};
 use gatehouse_domain::ledger_chain::{self, ChainHead};
 use gatehouse_domain::ports::{
-    BackendError, DELETION_CLAIM, DeadLetter, DeletionChange, Delivery, Directory, LedgerEntry, LedgerRow,
-    LookerCallCounts, Outcome, QueueConsumer, QueueProducer, ScheduledDeletion, StateStore, SubjectState,
+    BackendError, DELETION_CLAIM, DeadLetter, Delivery, Directory, LedgerEntry, LedgerRow, LookerCallCounts,
+    Outcome, QueueConsumer, QueueProducer, ScheduledDeletion, StateStore, SubjectState,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -24,6 +24,7 @@ mod offboarding;
 mod okta_log;
 mod rotation_queue;
 mod schedule;
+mod writer;
 
 pub use rotation_queue::RotationQueue;
 
@@ -47,12 +48,16 @@ macro_rules! ledger_select {
 pub struct Sqlite {
     /// Reads (WAL: they never wait for the writer) and the store modules built on `pool()`.
     pool: SqlitePool,
-    /// The single writer connection of the queue and state writes (issue 13): they wait their
-    /// turn in this process, in order, instead of sleeping in SQLite's busy handler.
-    writer: SqlitePool,
+    /// The connection of the writes outside the group commit (dead letters, releases, the
+    /// breaker, schedules...). Reached only through [`Sqlite::writer`], which holds the group's
+    /// write turn, so these writes and the group's thread take turns in this process, in order,
+    /// instead of one sleeping in SQLite's busy handler while the other holds the lock.
+    cold: SqlitePool,
     /// The hot writes (enqueue, claim, ledger append, outcome commit, ack), group-committed on
     /// `writer`: many writes, one transaction, one fsync.
     group: Arc<group::GroupWriter>,
+    /// The thread that owns the group commit's connection and runs each group there.
+    thread: Arc<writer::WriterThread>,
     /// Rung after every enqueue, so a processor in this process starts at once instead of at
     /// its next poll (issue 13).
     wake: Arc<Notify>,
@@ -107,10 +112,12 @@ impl Sqlite {
             .connect_with(opts)
             .await
             .map_err(err("cannot open the sqlite database"))?;
+        let thread = Arc::new(writer::WriterThread::start(&data_dir.join("gatehouse.db"))?);
         let db = Sqlite {
             pool,
-            writer,
+            cold: writer,
             group: Arc::default(),
+            thread,
             wake: Arc::new(Notify::new()),
         };
         db.chain_legacy_ledger_rows().await?;
@@ -120,8 +127,8 @@ impl Sqlite {
     /// Chain the ledger rows written before the hash chain existed (they have no hash yet), in
     /// seq order, and set the chain head. A no-op once done.
     async fn chain_legacy_ledger_rows(&self) -> Result<(), BackendError> {
-        let mut tx = self
-            .writer
+        let writer = self.writer().await;
+        let mut tx = writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(err("cannot begin chaining the ledger"))?;
@@ -180,8 +187,8 @@ impl Sqlite {
     /// A body that is not an envelope goes back as it is, under its own id, and is dead-lettered
     /// again by the processor.
     pub async fn redrive_dead_letter(&self, id: i64) -> Result<bool, BackendError> {
-        let mut tx = self
-            .writer
+        let writer = self.writer().await;
+        let mut tx = writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(err("cannot begin the redrive"))?;
@@ -216,7 +223,8 @@ impl Sqlite {
     /// Enqueue a raw message body as-is (dead-letter redrive; tests of poison handling). The
     /// body is not checked: a consumer that cannot decode it dead-letters it with the reason.
     pub async fn enqueue_raw(&self, id: &str, subject: &str, body: &str) -> Result<(), BackendError> {
-        let mut conn = self.writer.acquire().await.map_err(err("cannot enqueue"))?;
+        let writer = self.writer().await;
+        let mut conn = writer.acquire().await.map_err(err("cannot enqueue"))?;
         insert_message(
             &mut conn,
             id,
@@ -276,7 +284,8 @@ impl Sqlite {
     }
 
     pub async fn close(&self) {
-        self.writer.close().await;
+        self.thread.close().await;
+        self.cold.close().await;
         self.pool.close().await;
     }
 }
@@ -362,142 +371,6 @@ async fn insert_message(
     .await
     .map_err(err("cannot enqueue"))?;
     Ok(())
-}
-
-/// Forget `key`'s converged fingerprint if its version is still `base_version`; the new version.
-async fn forget_converged_on(
-    conn: &mut sqlx::SqliteConnection,
-    key: &str,
-    base_version: i64,
-) -> Result<i64, BackendError> {
-    let row = sqlx::query(
-        "UPDATE subjects SET converged = NULL, updated_at = ?3, version = ?2 + 1
-         WHERE key = ?1 AND version = ?2 RETURNING version",
-    )
-    .bind(key)
-    .bind(base_version)
-    .bind(ts(gatehouse_domain::clock::now()))
-    .fetch_optional(conn)
-    .await
-    .map_err(err("cannot forget the converged fingerprint"))?;
-    row.map(|r| r.get::<i64, _>(0))
-        .ok_or_else(|| BackendError::subject_changed(key))
-}
-
-/// Record an event's outcome on the writer's connection (inside the group commit's savepoint).
-async fn commit_outcome(tx: &mut sqlx::SqliteConnection, outcome: &Outcome) -> Result<(), BackendError> {
-    let now = ts(gatehouse_domain::clock::now());
-    sqlx::query("INSERT INTO processed (envelope_id, processed_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
-        .bind(&outcome.envelope_id.0)
-        .bind(&now)
-        .execute(&mut *tx)
-        .await
-        .map_err(err("cannot record the processed envelope"))?;
-    if let Some(times) = &outcome.offboarding {
-        offboarding::record(tx, times).await?;
-    }
-    let Some(identity) = &outcome.identity else {
-        return Ok(());
-    };
-    let json =
-        serde_json::to_string(identity).map_err(|e| BackendError::new("cannot serialize the identity", e))?;
-    // Compare-and-set on the version the handler loaded; the error on a conflict rolls back
-    // this write's savepoint, the `processed` row too, so the event is handled again from a
-    // fresh load.
-    let written = match outcome.base_version {
-        None => sqlx::query(
-            "INSERT INTO subjects (key, identity, converged, updated_at, version) VALUES (?1, ?2, ?3, ?4, 1)
-             ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(&identity.key)
-        .bind(&json)
-        .bind(&outcome.converged)
-        .bind(&now),
-        Some(v) => sqlx::query(
-            "UPDATE subjects SET identity = ?2, converged = ?3, updated_at = ?4, version = ?5 + 1
-             WHERE key = ?1 AND version = ?5",
-        )
-        .bind(&identity.key)
-        .bind(&json)
-        .bind(&outcome.converged)
-        .bind(&now)
-        .bind(v),
-    }
-    .execute(&mut *tx)
-    .await
-    .map_err(err("cannot write the identity"))?;
-    if written.rows_affected() != 1 {
-        return Err(BackendError::subject_changed(&identity.key));
-    }
-    match &outcome.deletion {
-        DeletionChange::Keep => {}
-        DeletionChange::Schedule(d) => {
-            sqlx::query(
-                "INSERT INTO deletions (subject, email, due_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (subject) DO NOTHING",
-            )
-            .bind(&d.subject)
-            .bind(&d.email)
-            .bind(ts(d.due_at))
-            .execute(&mut *tx)
-            .await
-            .map_err(err("cannot schedule the deletion"))?;
-        }
-        DeletionChange::Cancel => {
-            sqlx::query("DELETE FROM deletions WHERE subject = ?")
-                .bind(&identity.key)
-                .execute(&mut *tx)
-                .await
-                .map_err(err("cannot cancel the deletion"))?;
-        }
-    }
-    Ok(())
-}
-
-/// Append `entries` to the ledger chain on the writer's connection (inside the group commit's
-/// savepoint; the group's `BEGIN IMMEDIATE` holds the write lock, so the head read here is the
-/// head, and appends form one line).
-async fn append_ledger_rows(
-    tx: &mut sqlx::SqliteConnection,
-    entries: &[LedgerEntry],
-) -> Result<(), BackendError> {
-    let head = sqlx::query("SELECT seq, hash FROM ledger_head WHERE id = 1")
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(err("cannot read the ledger chain head"))?;
-    let (mut seq, mut prev) = match head {
-        Some(r) => (r.get::<i64, _>(0), r.get::<String, _>(1)),
-        None => (0, ledger_chain::GENESIS.to_string()),
-    };
-    for e in entries {
-        seq += 1;
-        let hash = ledger_chain::row_hash(seq, e, &prev);
-        let call =
-            serde_json::to_string(&e.call).map_err(|e| BackendError::new("cannot serialize call", e))?;
-        sqlx::query(
-            "INSERT INTO ledger (seq, at, envelope_id, subject, event, rule, call, status, prev_hash, hash, target,
-                                 policy_digest, actor)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(seq)
-        .bind(ts(e.at))
-        .bind(&e.envelope_id)
-        .bind(&e.subject)
-        .bind(&e.event)
-        .bind(&e.rule)
-        .bind(call)
-        .bind(&e.status)
-        .bind(&prev)
-        .bind(&hash)
-        .bind(&e.target)
-        .bind(&e.policy_digest)
-        .bind(&e.actor)
-        .execute(&mut *tx)
-        .await
-        .map_err(err("cannot append to the ledger"))?;
-        prev = hash;
-    }
-    set_head(tx, seq, &prev).await
 }
 
 /// The delivery of a claimed row: its receipt is `seq:attempts` ([`parse_receipt`] reads it
@@ -634,14 +507,25 @@ impl QueueConsumer for Sqlite {
             .collect())
     }
 
+    /// Deletes the message, unless the commit of its outcome already did (the usual case: the
+    /// engine committed before the worker acks); then there is nothing to wait for.
     async fn ack(&self, delivery: &Delivery) -> Result<(), BackendError> {
         let (seq, _) = parse_receipt(&delivery.receipt)?;
+        let finished = self
+            .group
+            .finished
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&seq);
+        if finished {
+            return Ok(());
+        }
         self.write(Op::Ack { seq }).await.map(drop)
     }
 
     async fn release(&self, delivery: &Delivery, delay: Duration) -> Result<(), BackendError> {
         set_visible(
-            &self.writer,
+            &*self.writer().await,
             QueueTable::Events,
             delivery,
             delay,
@@ -652,7 +536,7 @@ impl QueueConsumer for Sqlite {
 
     async fn extend(&self, delivery: &Delivery, visibility: Duration) -> Result<(), BackendError> {
         set_visible(
-            &self.writer,
+            &*self.writer().await,
             QueueTable::Events,
             delivery,
             visibility,
@@ -662,7 +546,7 @@ impl QueueConsumer for Sqlite {
     }
 
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), BackendError> {
-        dead_letter_from(&self.writer, QueueTable::Events, delivery, reason).await
+        dead_letter_from(&*self.writer().await, QueueTable::Events, delivery, reason).await
     }
 }
 
@@ -689,7 +573,7 @@ impl LookerCallCounts for Sqlite {
         .bind(month)
         .bind(i64::try_from(delta).unwrap_or(i64::MAX))
         .bind(ts(gatehouse_domain::clock::now()))
-        .fetch_one(&self.writer)
+        .fetch_one(&*self.writer().await)
         .await
         .map_err(err("cannot add to the looker call count"))?;
         Ok(row.get::<i64, _>(0).max(0) as u64)
@@ -725,8 +609,17 @@ impl StateStore for Sqlite {
             .transpose()
     }
 
+    /// The transaction that finishes an event: its outcome, and its message leaving the
+    /// embedded queue (so the worker's ack that follows has nothing left to write).
     async fn commit(&self, outcome: Outcome) -> Result<(), BackendError> {
-        self.write(Op::Commit(Box::new(outcome))).await.map(drop)
+        if let Done::Finished(Some(seq)) = self.write(Op::Commit(Box::new(outcome))).await? {
+            self.group
+                .finished
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(seq);
+        }
+        Ok(())
     }
 
     async fn forget_converged(&self, key: &str, base_version: i64) -> Result<i64, BackendError> {
@@ -782,7 +675,7 @@ impl StateStore for Sqlite {
         )
         .bind(ts(until))
         .bind(ts(now))
-        .fetch_all(&self.writer)
+        .fetch_all(&*self.writer().await)
         .await
         .map_err(err("cannot claim scheduled deletions"))?;
         let mut due: Vec<ScheduledDeletion> = rows
@@ -816,11 +709,8 @@ impl StateStore for Sqlite {
         person: &str,
         accounts: &[String],
     ) -> Result<(), BackendError> {
-        let mut tx = self
-            .writer
-            .begin()
-            .await
-            .map_err(err("cannot write account links"))?;
+        let writer = self.writer().await;
+        let mut tx = writer.begin().await.map_err(err("cannot write account links"))?;
         for a in accounts {
             sqlx::query(
                 "INSERT INTO account_links (target, person, account, linked_at) VALUES (?, ?, ?, ?)
@@ -840,7 +730,7 @@ impl StateStore for Sqlite {
     async fn finish_deletion(&self, subject: &str) -> Result<(), BackendError> {
         sqlx::query("DELETE FROM deletions WHERE subject = ?")
             .bind(subject)
-            .execute(&self.writer)
+            .execute(&*self.writer().await)
             .await
             .map_err(err("cannot finish the deletion"))?;
         Ok(())

@@ -46,7 +46,8 @@ impl AccessSnapshots for Sqlite {
     async fn save_access_snapshot(&self, s: &AccessSnapshot, r: Retention) -> Result<(), BackendError> {
         const E: &str = "cannot write the access snapshot";
         let at = s.run_at.timestamp_millis();
-        let mut tx = self.writer.begin().await.map_err(err(E))?;
+        let writer = self.writer().await;
+        let mut tx = writer.begin().await.map_err(err(E))?;
         for chunk in s.rows.chunks(CHUNK) {
             let mut q = QueryBuilder::new("INSERT INTO access_snapshots (run_at, subject, target, state) ");
             q.push_values(chunk, |mut b, row| {

@@ -24,8 +24,8 @@ fn trip(r: &SqliteRow) -> Result<Trip, BackendError> {
 
 impl Sqlite {
     pub(super) async fn admit(&self, c: &Change, limits: &AdmitLimits) -> Result<Verdict, BackendError> {
-        let mut tx = self
-            .writer
+        let writer = self.writer().await;
+        let mut tx = writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(err("cannot begin a breaker decision"))?;
@@ -186,15 +186,15 @@ impl Sqlite {
         .bind(ts(gatehouse_domain::clock::now()))
         .bind(actor)
         .bind(seq)
-        .execute(&self.writer)
+        .execute(&*self.writer().await)
         .await
         .map_err(err("cannot record a decision on a held change"))?;
         Ok(())
     }
 
     pub(super) async fn reset(&self, source: Option<&str>) -> Result<Vec<Trip>, BackendError> {
-        let mut tx = self
-            .writer
+        let writer = self.writer().await;
+        let mut tx = writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(err("cannot begin a breaker reset"))?;

@@ -32,28 +32,7 @@ macro_rules! claim_sql {
     };
 }
 
-const CLAIM: &str = claim_sql!();
-
-/// Claim up to `max` visible messages until `until` (inside the group commit): `(seq, attempts,
-/// body, occurred_at)` each, in no defined order.
-pub(super) async fn claim(
-    conn: &mut sqlx::SqliteConnection,
-    until: i64,
-    now: i64,
-    max: i64,
-) -> Result<Vec<super::group::Claimed>, BackendError> {
-    let rows = sqlx::query(CLAIM)
-        .bind(until)
-        .bind(now)
-        .bind(max)
-        .fetch_all(conn)
-        .await
-        .map_err(err("cannot receive from the embedded queue"))?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .collect())
-}
+pub(super) const CLAIM: &str = claim_sql!();
 
 impl Sqlite {
     /// SQLite's plan for the claim (`EXPLAIN QUERY PLAN`, one line per step), so a test can tell

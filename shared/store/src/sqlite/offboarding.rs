@@ -6,30 +6,6 @@ use chrono::{DateTime, Utc};
 use gatehouse_domain::ports::{BackendError, OffboardingLog, OffboardingTimes};
 use sqlx::Row;
 
-/// Record `t` in the commit's transaction (a redelivered envelope keeps its first row).
-pub(super) async fn record(
-    conn: &mut sqlx::SqliteConnection,
-    t: &OffboardingTimes,
-) -> Result<(), BackendError> {
-    sqlx::query(
-        "INSERT INTO offboarding_times
-             (envelope_id, person, email, source, event, occurred_at, received_at, finished_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (envelope_id) DO NOTHING",
-    )
-    .bind(&t.envelope_id)
-    .bind(&t.person)
-    .bind(&t.email)
-    .bind(&t.source)
-    .bind(&t.event)
-    .bind(ts(t.occurred_at))
-    .bind(ts(t.received_at))
-    .bind(ts(t.finished_at))
-    .execute(conn)
-    .await
-    .map_err(err("cannot record the offboarding times"))?;
-    Ok(())
-}
-
 impl OffboardingLog for Sqlite {
     async fn offboardings(
         &self,

@@ -38,7 +38,7 @@ impl RotationQueue {
 
     /// Enqueue a raw body as-is (tests of poison handling).
     pub async fn enqueue_raw(&self, id: &str, body: &str) -> Result<(), BackendError> {
-        insert(&self.db.writer, id, body).await
+        insert(&*self.db.writer().await, id, body).await
     }
 }
 
@@ -64,9 +64,8 @@ impl QueueProducer for RotationQueue {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut tx = self
-            .db
-            .writer
+        let writer = self.db.writer().await;
+        let mut tx = writer
             .begin()
             .await
             .map_err(err("cannot begin publishing to the rotation queue"))?;
@@ -93,7 +92,7 @@ impl QueueConsumer for RotationQueue {
         .bind(until)
         .bind(now)
         .bind(max as i64)
-        .fetch_all(&self.db.writer)
+        .fetch_all(&*self.db.writer().await)
         .await
         .map_err(err("cannot receive from the rotation queue"))?
         .iter()
@@ -110,7 +109,7 @@ impl QueueConsumer for RotationQueue {
         let (seq, _) = parse_receipt(&delivery.receipt)?;
         sqlx::query("DELETE FROM rotation_queue WHERE seq = ?")
             .bind(seq)
-            .execute(&self.db.writer)
+            .execute(&*self.db.writer().await)
             .await
             .map_err(err("cannot ack on the rotation queue"))?;
         Ok(())
@@ -118,15 +117,29 @@ impl QueueConsumer for RotationQueue {
 
     async fn release(&self, delivery: &Delivery, delay: Duration) -> Result<(), BackendError> {
         let why = "cannot release on the rotation queue";
-        set_visible(&self.db.writer, QueueTable::Rotation, delivery, delay, why).await
+        set_visible(
+            &*self.db.writer().await,
+            QueueTable::Rotation,
+            delivery,
+            delay,
+            why,
+        )
+        .await
     }
 
     async fn extend(&self, delivery: &Delivery, visibility: Duration) -> Result<(), BackendError> {
         let why = "cannot extend on the rotation queue";
-        set_visible(&self.db.writer, QueueTable::Rotation, delivery, visibility, why).await
+        set_visible(
+            &*self.db.writer().await,
+            QueueTable::Rotation,
+            delivery,
+            visibility,
+            why,
+        )
+        .await
     }
 
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), BackendError> {
-        dead_letter_from(&self.db.writer, QueueTable::Rotation, delivery, reason).await
+        dead_letter_from(&*self.db.writer().await, QueueTable::Rotation, delivery, reason).await
     }
 }

@@ -523,3 +523,109 @@ async fn a_group_commit_carries_every_kind_of_write_and_a_failing_one_rolls_back
         assert_eq!(a[1..], b[1..], "an append's rows stay together: {a} {b}");
     }
 }
+
+/// Issue 13: a write outside the group commit (here a release, on the sqlx connection) takes the
+/// same write turn as the group's thread: while a group holds the turn it waits in this process,
+/// not in SQLite's busy handler, and it is done once the turn comes.
+#[tokio::test]
+async fn a_write_outside_the_group_waits_for_the_write_turn() {
+    let (_d, db) = open().await;
+    db.publish(&[env("e1", "s", 1)]).await.unwrap();
+    let claimed = db.receive(1, Duration::from_secs(60)).await.unwrap();
+    let turn = db.hold_write_turn().await;
+    let release = {
+        let (db, d) = (db.clone(), claimed[0].clone());
+        tokio::spawn(async move { db.release(&d, Duration::ZERO).await })
+    };
+    // Long enough for a release that did not wait for the turn to have committed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !release.is_finished(),
+        "the release ran while a group held the turn"
+    );
+    drop(turn);
+    release.await.unwrap().unwrap();
+    assert_eq!(
+        ids(&db.receive(1, Duration::from_secs(60)).await.unwrap()),
+        vec!["e1"],
+        "released: visible again"
+    );
+}
+
+/// Issue 13: closing the store stops its writer thread; a write after that fails with a clear
+/// error instead of hanging, and what was committed before is on disk.
+#[tokio::test]
+async fn a_write_after_close_fails_and_earlier_writes_are_on_disk() {
+    let (dir, db) = open().await;
+    db.publish(&[env("before", "s", 1)]).await.unwrap();
+    db.close().await;
+    let e = db.publish(&[env("after", "s", 2)]).await.unwrap_err();
+    let chain: Vec<String> = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        chain.iter().any(|m| m.contains("the sqlite writer is closed")),
+        "{chain:?}"
+    );
+    let reopened = Sqlite::open(dir.path()).await.unwrap();
+    assert_eq!(reopened.queue_depth().await.unwrap(), 1);
+}
+
+/// Issue 13: the outcome's commit finishes the event: its message leaves the embedded queue in
+/// the same transaction, so the worker's ack that follows writes nothing (no second group wait),
+/// and a commit refused by its compare-and-set leaves the message queued for the next try.
+#[tokio::test]
+async fn the_outcome_commit_removes_its_message_and_the_ack_writes_nothing() {
+    let (dir, db) = open().await;
+    db.publish(&[env("done", "a", 1), env("refused", "b", 2)])
+        .await
+        .unwrap();
+    let claimed = db.receive(2, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(ids(&claimed), vec!["done", "refused"]);
+    db.commit(Outcome {
+        envelope_id: EnvelopeId("done".into()),
+        identity: Some(Identity::new("a")),
+        converged: None,
+        deletion: DeletionChange::Keep,
+        base_version: None,
+        offboarding: None,
+    })
+    .await
+    .unwrap();
+    // Committed: on disk without the message, before any ack.
+    let other = Sqlite::open(dir.path()).await.unwrap();
+    assert_eq!(other.queue_depth().await.unwrap(), 1);
+    let before = db.writer_commits();
+    db.ack(&claimed[0]).await.unwrap();
+    assert_eq!(db.writer_commits(), before, "the ack had nothing left to write");
+
+    // Subject b is at version 1; a handler that loaded version 0 loses the compare-and-set.
+    db.commit(Outcome {
+        envelope_id: EnvelopeId("other".into()),
+        identity: Some(Identity::new("b")),
+        converged: None,
+        deletion: DeletionChange::Keep,
+        base_version: None,
+        offboarding: None,
+    })
+    .await
+    .unwrap();
+    let refused = db
+        .commit(Outcome {
+            envelope_id: EnvelopeId("refused".into()),
+            identity: Some(Identity::new("b")),
+            converged: None,
+            deletion: DeletionChange::Keep,
+            base_version: Some(0),
+            offboarding: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(refused.is_subject_changed(), "{refused:?}");
+    assert_eq!(other.queue_depth().await.unwrap(), 1, "still queued");
+    assert!(!db.is_processed(&EnvelopeId("refused".into())).await.unwrap());
+    // Its ack, if a worker sent one anyway, is a real write.
+    db.ack(&claimed[1]).await.unwrap();
+    assert_eq!(db.writer_commits().commits, before.commits + 3);
+    assert_eq!(other.queue_depth().await.unwrap(), 0);
+}
