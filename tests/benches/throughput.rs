@@ -37,7 +37,7 @@ const PEOPLE: usize = 2_000;
 /// Concurrent client connections (below the intake's `per_source_concurrency` of 64, so no
 /// request is shed with 429).
 const CLIENTS: usize = 32;
-const SIDES: [&str; 2] = ["bare", "gatehouse"];
+const SIDES: [&str; 3] = ["bare", "gatehouse", "gatehouse-dry"];
 const CHILD_FLAG: &str = "--throughput-child";
 const RESULT_PREFIX: &str = "THROUGHPUT-BENCH-RESULT ";
 
@@ -91,6 +91,78 @@ fn peak_rss_kib() -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM in /proc/self/status")
+}
+
+/// CPU seconds (user + system) of this whole process, exited threads included, and of its live
+/// threads by name (`/proc/self/stat`, `/proc/self/task/*/stat`; Linux reports both in
+/// USER_HZ, 100 per second).
+fn cpu_seconds() -> (f64, std::collections::BTreeMap<String, f64>) {
+    fn times(stat: &str) -> Option<(String, f64)> {
+        let (head, rest) = stat.rsplit_once(')')?;
+        let name = head.split_once('(')?.1.to_string();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // After the name: state is field 3, utime field 14, stime field 15.
+        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some((name, ticks as f64 / 100.0))
+    }
+    let total = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| times(&s))
+        .map_or(0.0, |(_, t)| t);
+    let mut by_name = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir("/proc/self/task")
+        .expect("read /proc/self/task")
+        .flatten()
+    {
+        if let Some((name, t)) = std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .and_then(|s| times(&s))
+        {
+            *by_name.entry(name).or_insert(0.0) += t;
+        }
+    }
+    (total, by_name)
+}
+
+/// Threads of the fake Looker and of the load generator (their own runtimes, so their CPU can
+/// be told apart from Gatehouse's).
+const FAKE_THREAD: &str = "fake-looker";
+const LOAD_THREAD: &str = "load-gen";
+
+/// The fake Looker, served by a single-threaded runtime on a thread of its own that lives as
+/// long as the process.
+fn fake_on_its_own_thread() -> FakeLooker {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(FAKE_THREAD.into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                tx.send(FakeLooker::start().await).unwrap();
+                std::future::pending::<()>().await;
+            });
+        })
+        .unwrap();
+    rx.recv().expect("the fake looker started")
+}
+
+/// [`load`] on a single-threaded runtime on a thread of its own.
+async fn load_on_its_own_thread(url: String, bodies: Vec<Vec<u8>>) -> Load {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(LOAD_THREAD.into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let _ = tx.send(rt.block_on(load(&url, bodies)));
+        })
+        .unwrap();
+    rx.await.expect("the load generator finished")
 }
 
 /// What the load generator saw.
@@ -223,7 +295,7 @@ async fn bare_child() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    let l = load(&format!("http://{addr}/hooks/okta"), bodies).await;
+    let l = load_on_its_own_thread(format!("http://{addr}/hooks/okta"), bodies).await;
     assert_eq!(kept.lock().unwrap().len(), l.accepted, "every 2xx was kept");
     let mut m = load_json("bare", n, &l);
     m.insert(
@@ -261,21 +333,26 @@ fn samples_by(metrics: &str, name: &str, label: &str) -> serde_json::Map<String,
     out
 }
 
-async fn gatehouse_child() {
+/// Gatehouse with the fake Looker, or (`dry`) with no Looker at all: dry-run mode, each plan
+/// goes to the ledger and no call is made, so the run measures the pipeline alone.
+async fn gatehouse_child(dry: bool) {
     let (n, people) = (events(), people());
-    let fake = FakeLooker::start().await;
+    let fake = (!dry).then(fake_on_its_own_thread);
     for p in 0..people {
-        fake.add_user(&email(p), "Tput", &format!("User{p}"));
+        if let Some(fake) = &fake {
+            fake.add_user(&email(p), "Tput", &format!("User{p}"));
+        }
     }
     let bodies = bodies(n, people);
     let app = spawn_app(Options {
-        looker: Some(fake.clone()),
+        looker: fake.clone(),
         workers: 32,
         ..Default::default()
     })
     .await;
     let start = Instant::now();
-    let l = load(&format!("{}/hooks/okta", app.base), bodies).await;
+    let (cpu_before, _) = cpu_seconds();
+    let l = load_on_its_own_thread(format!("{}/hooks/okta", app.base), bodies).await;
     let commits = app.store.writer_commits();
     // Converged: the embedded queue is empty (each event processed and acked, or
     // dead-lettered). Polled every 25 ms, so the end time is at most that late.
@@ -297,13 +374,13 @@ async fn gatehouse_child() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let converged = start.elapsed();
+    let (cpu_after, threads) = cpu_seconds();
     let end_commits = app.store.writer_commits();
     let peak_kib = peak_rss_kib();
     let dead = app.store.dead_letters().await.expect("dead letters").len();
     let metrics = app.metrics().await;
-    let disabled = fake.users().iter().filter(|u| u.is_disabled).count();
 
-    let mut m = load_json("gatehouse", n, &l);
+    let mut m = load_json(if dry { "gatehouse-dry" } else { "gatehouse" }, n, &l);
     m.insert("converged_seconds".into(), json!(round2(converged.as_secs_f64())));
     m.insert(
         "converged_per_second".into(),
@@ -326,9 +403,29 @@ async fn gatehouse_child() {
         "fsyncs_per_event".into(),
         json!((end_commits.commits as f64 / n.max(1) as f64 * 1000.0).round() / 1000.0),
     );
-    m.insert("looker_users_disabled".into(), json!(disabled));
-    m.insert("looker_writes".into(), json!(fake.write_calls()));
+    if let Some(fake) = &fake {
+        let disabled = fake.users().iter().filter(|u| u.is_disabled).count();
+        m.insert("looker_users_disabled".into(), json!(disabled));
+        m.insert("looker_writes".into(), json!(fake.write_calls()));
+    }
     m.insert("peak_rss_mib".into(), json!(round1(peak_kib as f64 / 1024.0)));
+    // The run's CPU, split by thread: the fake's and the load generator's threads only ran
+    // during the run (the fake's seeding aside, which is before `cpu_before`).
+    let thread = |name: &str| threads.get(name).copied().unwrap_or(0.0);
+    let (fake_cpu, load_cpu) = (thread(FAKE_THREAD), thread(LOAD_THREAD));
+    let gatehouse_cpu = (cpu_after - cpu_before - fake_cpu - load_cpu).max(0.0);
+    m.insert(
+        "cpu_seconds".into(),
+        json!({
+            "gatehouse": round2(gatehouse_cpu),
+            "fake_looker": round2(fake_cpu),
+            "load_generator": round2(load_cpu),
+        }),
+    );
+    m.insert(
+        "gatehouse_cpu_ms_per_event".into(),
+        json!(round2(gatehouse_cpu * 1000.0 / n.max(1) as f64)),
+    );
     println!("{RESULT_PREFIX}{}", Value::Object(m));
     app.stop().await;
 }
@@ -370,7 +467,7 @@ fn parent() {
     let load_before = loadavg();
     let results: Vec<Value> = SIDES.iter().map(|s| run_child(s)).collect();
     let load_after = loadavg();
-    let (bare, gh) = (&results[0], &results[1]);
+    let (bare, gh, dry) = (&results[0], &results[1], &results[2]);
     let ratio = |k: &str| {
         let (g, b) = (gh[k].as_f64().unwrap_or(0.0), bare[k].as_f64().unwrap_or(0.0));
         if b > 0.0 {
@@ -382,8 +479,8 @@ fn parent() {
     let accept_ratio = ratio("accepted_per_second");
     let note = std::env::var("GATEHOUSE_BENCH_NOTE").unwrap_or_default();
     let all = json!({
-        "runtime": "one child process per side: tokio multi-thread, 2 worker threads, the load \
-                    generator in the same process; gatehouse = ingress + processor (32 workers, the default, \
+        "runtime": "one child process per side: tokio multi-thread, 2 worker threads; the load \
+                    generator in the same process on a single-threaded runtime of its own, as is the fake Looker; gatehouse = ingress + processor (32 workers, the default, \
                     embedded SQLite queue, synchronous=FULL) + fake Looker (no added latency)",
         "events": n,
         "people": people,
@@ -434,6 +531,23 @@ fn parent() {
         cell(gh, "writes"),
         cell(gh, "write_commits_while_accepting"),
     );
+    let cpu = format!(
+        "CPU of the gatehouse child during the run (user + system, by thread): Gatehouse {} s \
+         (**{} ms per event**), the fake Looker {} s, the load generator {} s (each on a \
+         single-threaded runtime of its own, so they can be told apart; the bare child's load \
+         generator runs the same way).",
+        gh["cpu_seconds"]["gatehouse"],
+        cell(gh, "gatehouse_cpu_ms_per_event"),
+        gh["cpu_seconds"]["fake_looker"],
+        gh["cpu_seconds"]["load_generator"],
+    );
+    let dry_line = format!(
+        "**gatehouse-dry** is the same run with no Looker configured (dry-run mode: each plan goes \
+         to the ledger, no call is made): the pipeline alone, intake → queue → processor → \
+         ledger. It converged at **{} events/s**; its CPU: {} ms per event.",
+        cell(dry, "converged_per_second"),
+        cell(dry, "gatehouse_cpu_ms_per_event"),
+    );
     let note_line = if note.is_empty() {
         String::new()
     } else {
@@ -445,7 +559,7 @@ fn parent() {
          `user.lifecycle.deactivate` per request over {people} people (each a user of the fake \
          Looker: the first event per person disables it, the others converge to no-ops), posted \
          from {CLIENTS} concurrent connections. Each side runs in its own child process on a \
-         2-worker tokio runtime with the load generator in the same process:\n\n\
+         2-worker tokio runtime, with the load generator in the same process on a thread of its own:\n\n\
          - **gatehouse**: ingress and processor in one process as `gatehouse standalone` wires them, with the e2e \
          harness's config (HTTP intake → \
          embedded SQLite queue, `synchronous=FULL` → processor with 32 workers (the default) → fake Looker with no \
@@ -458,7 +572,7 @@ fn parent() {
          events over the time from the first request until the embedded queue is empty (every \
          event processed and acked). Peak RSS is the child's `VmHWM`: for gatehouse it includes \
          the fake Looker and the load generator. Machine: {cores} cores, load average {load_before} \
-         before and {load_after} after the run.\n\n{fsyncs}\n{note_line}"
+         before and {load_after} after the run.\n\n{fsyncs}\n\n{cpu}\n\n{dry_line}\n{note_line}"
     );
     std::fs::write(root.join("bench/throughput.md"), &md).unwrap();
     println!("{md}");
@@ -476,7 +590,8 @@ fn main() {
             .block_on(async {
                 match side.as_str() {
                     "bare" => bare_child().await,
-                    "gatehouse" => gatehouse_child().await,
+                    "gatehouse" => gatehouse_child(false).await,
+                    "gatehouse-dry" => gatehouse_child(true).await,
                     other => panic!("unknown side {other:?}"),
                 }
             });

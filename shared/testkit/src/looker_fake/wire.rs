@@ -66,6 +66,14 @@ enum Tok {
 /// characters, `_` exactly one, and a backslash makes the next character literal (`\%`, `\_`,
 /// `\\`). A trailing lone backslash matches a backslash.
 pub(crate) fn like(pattern: &str, text: &str) -> bool {
+    // No wildcard and no escape (an exact email, the common search): a case-insensitive
+    // comparison, without building the token and character lists for every user searched.
+    if !pattern.contains(['%', '_', '\\']) {
+        return pattern
+            .chars()
+            .flat_map(char::to_lowercase)
+            .eq(text.chars().flat_map(char::to_lowercase));
+    }
     let mut toks = Vec::new();
     let mut chars = pattern.chars().flat_map(char::to_lowercase);
     while let Some(c) = chars.next() {
@@ -179,6 +187,10 @@ mod tests {
 
     #[test]
     fn like_wildcards_and_case() {
+        assert!(like("Ada@Example.com", "ada@example.COM"));
+        assert!(!like("ada@example.com", "ada@example.co"));
+        assert!(!like("ada@example.co", "ada@example.com"));
+        assert!(like("ÉLODIE@x.fr", "élodie@X.FR"));
         assert!(like("dan%", "danger"));
         assert!(like("dan%", "Danzig"));
         assert!(!like("dan%", "David"));
