@@ -19,6 +19,11 @@
 //! policy (only then does Pub/Sub count); otherwise this process counts the deliveries of each
 //! message id it saw, so a message redelivered to another process starts again at 1.
 //!
+//! A lease that passes anyway (the worker's extension came late) hands the message back, and
+//! Pub/Sub may give it, or with ordering keys the key's next one, to another subscriber: so
+//! this queue says its leases can lapse, `extend` of a delivery no longer held fails, and the
+//! worker fences every write with the lease it last confirmed (`gatehouse_targets::lease`).
+//!
 //! Always call [`PubsubQueue::shutdown`] before exit: acks are sent in the background and are
 //! only flushed by a clean shutdown of the stream.
 
@@ -682,11 +687,28 @@ impl QueueConsumer for PubsubQueue {
         self.ack(delivery).await
     }
 
+    /// A delivery no longer held (its deadline passed and it was handed back) is an error: the
+    /// worker must not count it as leased (`gatehouse_targets::lease`).
     async fn extend(&self, delivery: &Delivery, visibility: Duration) -> Result<(), BackendError> {
-        if !self.set_deadline(&delivery.receipt, Instant::now() + visibility) {
-            tracing::debug!(receipt = %delivery.receipt, "extend of a delivery no longer held; ignored");
+        if self.set_deadline(&delivery.receipt, Instant::now() + visibility) {
+            Ok(())
+        } else {
+            Err(BackendError::new(
+                "cannot extend the pubsub ack deadline",
+                "the delivery is no longer held: its deadline passed and it was handed back",
+            ))
         }
-        Ok(())
+    }
+
+    fn leases_can_lapse(&self) -> bool {
+        true
+    }
+
+    /// Nacked if still held (Pub/Sub redelivers it at once); one already handed back is left.
+    async fn abandon(&self, delivery: &Delivery) {
+        if let Some(h) = self.take(&delivery.receipt) {
+            h.handler.nack();
+        }
     }
 }
 

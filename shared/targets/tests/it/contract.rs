@@ -214,6 +214,7 @@ async fn try_run_plan<T: Target>(
         email: None,
         actor: "event:contract".into(),
         policy_digest: Some("ab".repeat(32)),
+        lease: None,
     };
     let retry = retry();
     let run = Run {
