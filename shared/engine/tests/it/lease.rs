@@ -46,6 +46,8 @@ struct FifoState {
     receipts: u64,
     dead_letters: Vec<String>,
     abandoned: Vec<String>,
+    /// Extensions that got through.
+    extended: usize,
 }
 
 struct Message {
@@ -163,6 +165,7 @@ impl QueueConsumer for Fifo {
         let mut s = self.lock();
         let m = s.in_flight(&d.receipt, now).ok_or_else(|| invalid(&d.receipt))?;
         m.lease = Some((d.receipt.clone(), now + visibility));
+        s.extended += 1;
         Ok(())
     }
 
@@ -316,4 +319,56 @@ async fn a_processor_whose_lease_lapsed_writes_nothing_for_the_person_the_other_
         store.is_processed(&env.id).await.unwrap(),
         "B's commit is the envelope's"
     );
+}
+
+/// The other side: work that outlives its first lease but whose extensions get through keeps
+/// writing. A is held before its first write until three extensions got through (past the end
+/// of the lease of its receive), then writes and acks. (Its last extension leaves it three
+/// quarters of a visibility before a write would be refused: a machine stalled that long between
+/// the third extension and A's write would rightly refuse it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_whose_extensions_get_through_writes_after_its_first_lease_ended() {
+    const LONGER: Duration = Duration::from_secs(2);
+    let fake = FakeLooker::start().await;
+    let user = fake.add_user("lease2@example.com", "Lea", "Se");
+    let dir = tempfile::tempdir().unwrap();
+    let store = Sqlite::open(dir.path()).await.unwrap();
+    let retry = RetryPolicy {
+        retries: 1,
+        min_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(5),
+    };
+    let gate = Gate::new();
+    let a = Engine::new(store.clone(), Some(looker(&fake)), Arc::new(Policy::default()), retry)
+        .with_screen(Arc::new(gate.clone()));
+    let queue = Fifo::new();
+    let env = envelope("lease2");
+    queue.send(&env);
+    let cfg = WorkerConfig {
+        visibility_timeout: LONGER,
+        ..config()
+    };
+    let a = Worker::new(queue.handle(false), Arc::new(a), cfg);
+    let received = Instant::now();
+    let a = tokio::spawn(async move { a.run_once().await });
+    let mut arrived = gate.arrived.subscribe();
+    arrived.wait_for(|a| *a).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while queue.lock().extended < 3 {
+        assert!(Instant::now() < deadline, "A never extended its lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        Instant::now() >= received + LONGER,
+        "three extensions, each when half the lease is left, end after the first lease"
+    );
+    gate.open.send_replace(true);
+    let done = a.await.expect("A's task").expect("A's queue calls");
+    assert!(
+        matches!(done.as_slice(), [Disposition::Acked(Handled::Applied { writes })] if *writes > 0),
+        "A wrote under its extended lease: {done:?}"
+    );
+    assert!(fake.user(&user).unwrap().is_disabled);
+    assert!(queue.lock().messages.is_empty(), "acked");
+    assert!(queue.lock().abandoned.is_empty());
 }
