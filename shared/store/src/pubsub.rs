@@ -611,7 +611,9 @@ impl QueueConsumer for PubsubQueue {
         let Some(stream) = slot.as_mut() else {
             return Ok(out);
         };
-        let mut wait = self.inner.opts.receive_wait;
+        // At most a third of the visibility: the worker counts a delivery's lease from before
+        // this call.
+        let mut wait = self.inner.opts.receive_wait.min(visibility / 3);
         while out.len() < max {
             match tokio::time::timeout(wait, stream.next()).await {
                 Err(_elapsed) => break,

@@ -485,9 +485,12 @@ impl QueueConsumer for SqsQueue {
         if out.len() >= max {
             return Ok(out);
         }
-        // Do not block on a long poll when held work was just handed out.
+        // Do not block on a long poll when held work was just handed out. A long poll waits at
+        // most a third of the visibility: the worker counts a delivery's lease from before this
+        // request (it cannot know when SQS picked the message), so a message found late in a
+        // long poll would start with a lease too short to work under.
         let wait = if out.is_empty() {
-            secs(self.wait_time, MAX_WAIT_SECS)
+            secs(self.wait_time, MAX_WAIT_SECS).min((visibility / 3).as_secs() as i32)
         } else {
             0
         };

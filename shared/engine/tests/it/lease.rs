@@ -339,8 +339,13 @@ async fn a_processor_whose_extensions_get_through_writes_after_its_first_lease_e
         max_delay: Duration::from_millis(5),
     };
     let gate = Gate::new();
-    let a = Engine::new(store.clone(), Some(looker(&fake)), Arc::new(Policy::default()), retry)
-        .with_screen(Arc::new(gate.clone()));
+    let a = Engine::new(
+        store.clone(),
+        Some(looker(&fake)),
+        Arc::new(Policy::default()),
+        retry,
+    )
+    .with_screen(Arc::new(gate.clone()));
     let queue = Fifo::new();
     let env = envelope("lease2");
     queue.send(&env);
