@@ -310,11 +310,12 @@ async fn a_processor_whose_lease_lapsed_writes_nothing_for_the_person_the_other_
         ),
         Err(e) => panic!("A's delivery was not let go: {e}"),
     }
-    let s = queue.lock();
-    assert!(s.messages.is_empty(), "B's ack removed the message");
-    assert!(s.dead_letters.is_empty(), "nothing dead-lettered");
-    assert_eq!(s.abandoned, ["r1"], "A abandoned its own receipt, nothing else");
-    drop(s);
+    {
+        let s = queue.lock();
+        assert!(s.messages.is_empty(), "B's ack removed the message");
+        assert!(s.dead_letters.is_empty(), "nothing dead-lettered");
+        assert_eq!(s.abandoned, ["r1"], "A abandoned its own receipt, nothing else");
+    }
     assert!(
         store.is_processed(&env.id).await.unwrap(),
         "B's commit is the envelope's"
