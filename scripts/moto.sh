@@ -52,8 +52,9 @@ start() {
     fi
     install
     mkdir -p "$TOOLS_DIR"
-    # scripts/moto_server.py: moto_server with a faster (same-behaviour) SQS visibility check and
-    # deletes that cannot lose a concurrent send.
+    # scripts/moto_server.py: moto_server with a faster (same-behaviour) SQS visibility check,
+    # deletes that cannot lose a concurrent send, and FIFO receives that never hand out a group
+    # with a message in flight.
     nohup "$VENV/bin/python" "$(dirname "$0")/moto_server.py" -H 127.0.0.1 -p "$PORT" >"$LOG" 2>&1 </dev/null &
     echo $! >"$PIDFILE"
     for _ in $(seq 1 300); do

@@ -114,12 +114,31 @@ pub trait QueueConsumer: Send + Sync {
         reason: &str,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
     /// Still working on it: keep it invisible for another `visibility` (SQS visibility
-    /// timeout, Pub/Sub ack deadline).
+    /// timeout, Pub/Sub ack deadline). `Ok` means the backend holds it for this consumer for
+    /// at least `visibility` from when the call was made; a delivery no longer held is an error.
     fn extend(
         &self,
         delivery: &Delivery,
         visibility: Duration,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Whether a delivery's lease can lapse while it is worked on, the backend then handing it
+    /// (or, with FIFO message groups / ordering keys, the subject's next message) to another
+    /// consumer: SQS and Pub/Sub. The worker then fences every write with the lease it last
+    /// confirmed (`gatehouse_targets::lease`). Default: no — the embedded queue hands out one
+    /// message per subject and the engine handles one subject in one task per process.
+    fn leases_can_lapse(&self) -> bool {
+        false
+    }
+
+    /// Let go of a delivery whose lease may have lapsed, without settling it: it may already be
+    /// another consumer's, so nothing goes out under its receipt that could change another
+    /// consumer's lease (moto, for one, accepts an old SQS receipt handle); it comes back when
+    /// its lease ends. SQS: local bookkeeping only; Pub/Sub: nacked if this process's stream
+    /// still holds it. Default: nothing to drop.
+    fn abandon(&self, _delivery: &Delivery) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 }
 
 /// What the store keeps per subject.

@@ -17,6 +17,7 @@ use gatehouse_domain::ports::{
 use gatehouse_domain::target::{CallOutcome, Order, Screen, SendAll, Target as _, TargetName};
 use gatehouse_platform::config::Mode as ConfigMode;
 use gatehouse_platform::events;
+use gatehouse_targets::lease::Lease;
 use gatehouse_targets::looker::LookerTarget;
 use gatehouse_targets::vouched::Vouched;
 use gatehouse_targets::{self as targets, Applied, ApplyError, Mode, Registered, Run};
@@ -72,6 +73,7 @@ impl From<ApplyError<LookerError>> for ProcessError {
             ApplyError::Target { error, .. } => ProcessError::Looker(error),
             ApplyError::Ledger(e) => ProcessError::Backend(e),
             ApplyError::NotReady(reason) => ProcessError::Backend(targets::not_ready_error(reason)),
+            ApplyError::LeaseLost(e) => ProcessError::LeaseLost(e),
         }
     }
 }
@@ -103,6 +105,7 @@ impl From<ApplyError<CloudError>> for ProcessError {
             ApplyError::Target { error, .. } => ProcessError::Cloud(error),
             ApplyError::Ledger(e) => ProcessError::Backend(e),
             ApplyError::NotReady(reason) => ProcessError::Backend(targets::not_ready_error(reason)),
+            ApplyError::LeaseLost(e) => ProcessError::LeaseLost(e),
         }
     }
 }
@@ -643,6 +646,22 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
 
     /// [`Engine::handle`] for an envelope that did not come from the queue (see [`Via`]).
     pub async fn handle_via(&self, env: &Envelope, via: Via) -> Result<Handled, ProcessError> {
+        self.handle_under(env, via, None).await
+    }
+
+    /// [`Engine::handle`] for a delivery of a queue whose lease can lapse (SQS, Pub/Sub): every
+    /// write is fenced by `lease` (`gatehouse_targets::lease`), and once it may have lapsed
+    /// nothing more is written: [`ProcessError::LeaseLost`].
+    pub async fn handle_leased(&self, env: &Envelope, lease: &Lease) -> Result<Handled, ProcessError> {
+        self.handle_under(env, Via::Queue, Some(lease)).await
+    }
+
+    async fn handle_under(
+        &self,
+        env: &Envelope,
+        via: Via,
+        lease: Option<&Lease>,
+    ) -> Result<Handled, ProcessError> {
         let bounded = self.bounded(env);
         let env: &Envelope = &bounded;
         let _turn = self.subjects.lock(&env.subject.key).await;
@@ -656,7 +675,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             // the store) nests deep enough that rustc's layout query of the worker's future
             // overflowed its depth limit in release builds of gatehouse-ingress/-processor. One
             // allocation per attempt cuts the nesting at the engine's boundary.
-            match Box::pin(self.handle_once(env, after_race, via)).await {
+            match Box::pin(self.handle_once(env, after_race, via, lease)).await {
                 Err(e) if e.is_race() && attempt < COMMIT_ATTEMPTS => {
                     events::subject_conflict(env, attempt);
                     attempt += 1;
@@ -666,7 +685,13 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         }
     }
 
-    async fn handle_once(&self, env: &Envelope, after_race: bool, via: Via) -> Result<Handled, ProcessError> {
+    async fn handle_once(
+        &self,
+        env: &Envelope,
+        after_race: bool,
+        via: Via,
+        lease: Option<&Lease>,
+    ) -> Result<Handled, ProcessError> {
         if self.store.is_processed(&env.id).await? {
             return Ok(Handled::Duplicate);
         }
@@ -687,7 +712,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             && let Some(cloud) = &self.cloud
             && let Some(state) = cloud.resolve_drift(&env.subject.key).await?
         {
-            let writes = self.converge_drift(env, &state.identity).await?;
+            let writes = self.converge_drift(env, &state.identity, lease).await?;
             self.store.commit(Outcome::processed_only(env.id.clone())).await?;
             return Ok(Handled::Applied { writes });
         }
@@ -821,7 +846,10 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
         };
         // The grace period runs from when Gatehouse offboarded the person, never from an old event time.
         let deletion = deletion_change(&desired, &identity, gatehouse_domain::clock::now());
-        let ctx = ctx(env, desired.email.as_deref(), &self.policy);
+        let ctx = Ctx {
+            lease: lease.cloned(),
+            ..ctx(env, desired.email.as_deref(), &self.policy)
+        };
         let run = self.run(&ctx);
         let looker_part = async {
             let live = self.looker.client().is_some();
@@ -923,6 +951,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             email: desired.email.clone(),
             actor: gatehouse_domain::actor::SCHEDULER.into(),
             policy_digest: Some(self.policy.digest.to_string()),
+            lease: None,
         };
         let run = self.run(&ctx);
         self.screen.prepare().await;
@@ -1094,7 +1123,12 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
 
     /// Converge one person after a cloud drift event: read every target, plan, and apply to the
     /// targets in `enforce` mode; the others get `drift_reported` ledger rows.
-    async fn converge_drift(&self, env: &Envelope, identity: &Identity) -> Result<usize, ProcessError> {
+    async fn converge_drift(
+        &self,
+        env: &Envelope,
+        identity: &Identity,
+        lease: Option<&Lease>,
+    ) -> Result<usize, ProcessError> {
         if self.cloud.is_none() {
             return Ok(0);
         }
@@ -1112,6 +1146,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
             email: desired.email.clone(),
             actor: gatehouse_domain::actor::of_envelope(env),
             policy_digest: Some(self.policy.digest.to_string()),
+            lease: lease.cloned(),
         };
         Ok(self.apply_reconcile(&ctx, Some(&plan), &cloud_plan).await?.writes)
     }
@@ -1134,6 +1169,7 @@ impl<S: StateStore, L: LookerPort> Engine<S, L> {
                 email: Some(d.email.clone()),
                 actor: gatehouse_domain::actor::SCHEDULER.into(),
                 policy_digest: Some(self.policy.digest.to_string()),
+                lease: None,
             };
             let run = self.run(&ctx);
             let plan = |user| Plan {
@@ -1236,6 +1272,7 @@ fn ctx(env: &Envelope, email: Option<&str>, policy: &Policy) -> Ctx {
         email: email.map(str::to_string),
         actor: gatehouse_domain::actor::of_envelope(env),
         policy_digest: Some(policy.digest.to_string()),
+        lease: None,
     }
 }
 

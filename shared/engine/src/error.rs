@@ -6,6 +6,7 @@ use gatehouse_domain::cloud::CloudError;
 use gatehouse_domain::looker::{ErrorKind, LookerError};
 use gatehouse_domain::ports::BackendError;
 use gatehouse_domain::target::TargetName;
+use gatehouse_targets::lease::LeaseLost;
 use gatehouse_targets::{ReadError, TargetFailure};
 use std::time::Duration;
 
@@ -27,6 +28,11 @@ pub enum ProcessError {
     /// Permanent: the envelope is dead-lettered with this reason so an operator acts.
     #[error("unresolved offboarding in {target}: {reason}")]
     UnresolvedOffboarding { target: TargetName, reason: String },
+    /// The queue lease the work ran under may have lapsed, so another processor may have the
+    /// message (or the person's next one): nothing more was written. Not the envelope's fault:
+    /// the worker lets the delivery go without settling it, never dead-letters it.
+    #[error(transparent)]
+    LeaseLost(#[from] LeaseLost),
 }
 
 impl<E: std::error::Error + Into<ProcessError> + 'static> From<ReadError<E>> for ProcessError {
@@ -42,6 +48,7 @@ impl From<TargetFailure> for ProcessError {
     fn from(e: TargetFailure) -> Self {
         match e {
             TargetFailure::Ledger(e) => ProcessError::Backend(e),
+            TargetFailure::LeaseLost(e) => ProcessError::LeaseLost(e),
             other => ProcessError::Target(other),
         }
     }
@@ -58,7 +65,10 @@ impl ProcessError {
                 matches!(kind, ErrorKind::Permanent | ErrorKind::Unauthorized)
             }
             ProcessError::UnresolvedOffboarding { .. } => true,
-            ProcessError::Backend(_) | ProcessError::CreateRaced(_) | ProcessError::Target(_) => false,
+            ProcessError::Backend(_)
+            | ProcessError::CreateRaced(_)
+            | ProcessError::Target(_)
+            | ProcessError::LeaseLost(_) => false,
         }
     }
 
@@ -71,7 +81,8 @@ impl ProcessError {
             ProcessError::Backend(_)
             | ProcessError::CreateRaced(_)
             | ProcessError::Target(_)
-            | ProcessError::UnresolvedOffboarding { .. } => None,
+            | ProcessError::UnresolvedOffboarding { .. }
+            | ProcessError::LeaseLost(_) => None,
         }
     }
 
@@ -84,7 +95,8 @@ impl ProcessError {
             ProcessError::Looker(_)
             | ProcessError::Cloud(_)
             | ProcessError::Target(_)
-            | ProcessError::UnresolvedOffboarding { .. } => false,
+            | ProcessError::UnresolvedOffboarding { .. }
+            | ProcessError::LeaseLost(_) => false,
         }
     }
 }

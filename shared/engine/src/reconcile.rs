@@ -469,6 +469,7 @@ where
             email: p.email.clone(),
             actor: gatehouse_domain::actor::RECONCILE.into(),
             policy_digest: Some(engine.policy().digest.to_string()),
+            lease: None,
         };
         let AppliedCounts { writes, reported } =
             engine.apply_reconcile(&ctx, p.looker.as_ref(), &p.cloud).await?;
@@ -492,6 +493,7 @@ where
                 email: identity.email().map(str::to_string),
                 actor: gatehouse_domain::actor::RECONCILE.into(),
                 policy_digest: Some(engine.policy().digest.to_string()),
+                lease: None,
             };
             let AppliedCounts { writes, reported } = engine.reconcile_registered(&ctx, identity).await?;
             report.writes += writes;

@@ -166,6 +166,7 @@ where
             email: o.email.clone(),
             actor: gatehouse_domain::actor::RECONCILE.into(),
             policy_digest: Some(policy.digest.to_string()),
+            lease: None,
         };
         let AppliedCounts { writes, reported } = engine.apply_orphan(&ctx, &plan, disable).await?;
         total.writes += writes;

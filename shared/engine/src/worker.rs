@@ -1,6 +1,13 @@
 //! Drives the engine from a queue: claim, process (at most one message per subject at a time),
 //! then ack; release with backoff on transient failure; dead-letter poison messages with the
 //! reason. `run_once` is the step tests drive without sleeping.
+//!
+//! On a queue whose leases can lapse (SQS, Pub/Sub: `QueueConsumer::leases_can_lapse`), each
+//! delivery is worked on under a [`Lease`]: taken from before the receive was sent, extended
+//! when half of it is left, and handed to the engine, whose one apply loop checks it before
+//! every write. Work whose lease may have lapsed stops before its next write and the delivery is
+//! abandoned (`QueueConsumer::abandon`), never settled nor dead-lettered: another processor may
+//! already have it.
 
 use crate::engine::{Engine, Handled, ProcessError};
 use gatehouse_domain::envelope::Envelope;
@@ -9,6 +16,7 @@ use gatehouse_domain::ports::{BackendError, Delivery, LookerPort, QueueConsumer,
 use gatehouse_platform::events::{self, FailReason, ProcessedOutcome, QueueOp};
 use gatehouse_platform::retry::RetryPolicy;
 use gatehouse_platform::shutdown::Shutdown;
+use gatehouse_targets::lease::Lease;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -65,8 +73,17 @@ pub struct WorkerConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disposition {
     Acked(Handled),
-    Released { delay: Duration },
-    DeadLettered { reason: String },
+    Released {
+        delay: Duration,
+    },
+    DeadLettered {
+        reason: String,
+    },
+    /// The delivery's lease may have lapsed: the work stopped before its next write and the
+    /// delivery was let go unsettled (it comes back, perhaps to another processor).
+    Abandoned {
+        reason: String,
+    },
 }
 
 pub struct Worker<Q, S, L> {
@@ -99,8 +116,17 @@ where
         self
     }
 
+    /// The lease of a delivery received by a request sent at `leased_at`, when the queue's
+    /// leases can lapse (`None`: the embedded queue, which pays nothing for it).
+    fn lease(&self, leased_at: tokio::time::Instant) -> Option<Lease> {
+        self.queue
+            .leases_can_lapse()
+            .then(|| Lease::new(leased_at, self.cfg.visibility_timeout))
+    }
+
     /// Claim one batch and process it to the end. Returns what became of each delivery.
     pub async fn run_once(&self) -> Result<Vec<Disposition>, ProcessError> {
+        let leased_at = tokio::time::Instant::now();
         let batch = self
             .queue
             .receive(self.cfg.concurrency, self.cfg.visibility_timeout)
@@ -112,6 +138,7 @@ where
                 self.engine.clone(),
                 self.cfg.clone(),
                 d,
+                self.lease(leased_at),
             ));
         }
         let mut out = Vec::new();
@@ -147,6 +174,7 @@ where
             }
             let free = self.cfg.concurrency.saturating_sub(set.len());
             let backing_off = backoff_until.is_some_and(|t| tokio::time::Instant::now() < t);
+            let leased_at = tokio::time::Instant::now();
             let received = if free > 0 && !backing_off {
                 match self.queue.receive(free, self.cfg.visibility_timeout).await {
                     Ok(b) => {
@@ -180,6 +208,7 @@ where
                     self.engine.clone(),
                     self.cfg.clone(),
                     d,
+                    self.lease(leased_at),
                 ));
             }
             if got == 0 || set.len() >= self.cfg.concurrency {
@@ -245,6 +274,7 @@ async fn process<Q, S, L>(
     engine: Arc<Engine<S, L>>,
     cfg: WorkerConfig,
     d: Delivery,
+    lease: Option<Lease>,
 ) -> Result<Disposition, ProcessError>
 where
     Q: QueueConsumer,
@@ -284,18 +314,43 @@ where
         // Queue lag, whatever the backend: from the intake accepting the event to work starting.
         let age = (gatehouse_domain::clock::now() - env.received_at).num_milliseconds().max(0) as f64 / 1000.0;
         events::event_age(env.source, age);
-        // Keep the lease while the work runs, so slow work is not redelivered to another worker.
+        // Keep the lease while the work runs, so slow work is not redelivered to another worker:
+        // extended when half of it is left; after a failed extension, tried again soon. A lease
+        // that may have lapsed is not extended any more (its receipt may be another's now).
         let handled = {
-            let work = engine.handle(&env);
+            let work = async {
+                match &lease {
+                    Some(l) => engine.handle_leased(&env, l).await,
+                    None => engine.handle(&env).await,
+                }
+            };
             tokio::pin!(work);
             let every = (cfg.visibility_timeout / 2).max(Duration::from_millis(100));
+            let again = (cfg.visibility_timeout / 10).max(Duration::from_millis(100));
+            let mut next = match &lease {
+                Some(l) => l.renew_at(),
+                None => tokio::time::Instant::now() + every,
+            };
             loop {
                 tokio::select! {
                     r = &mut work => break r,
-                    _ = tokio::time::sleep(every) => {
-                        if let Err(e) = queue.extend(&d, cfg.visibility_timeout).await {
-                            tracing::warn!(error = %e, "could not extend the lease; the message may be redelivered");
+                    _ = tokio::time::sleep_until(next), if !lease.as_ref().is_some_and(Lease::is_lost) => {
+                        let sent = tokio::time::Instant::now();
+                        match queue.extend(&d, cfg.visibility_timeout).await {
+                            Ok(()) => {
+                                if let Some(l) = &lease {
+                                    l.extended(sent, tokio::time::Instant::now());
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %chain(&e), "could not extend the lease; the message may be redelivered");
+                            }
                         }
+                        let now = tokio::time::Instant::now();
+                        next = match &lease {
+                            Some(l) => l.renew_at().max(now + again),
+                            None => now + every,
+                        };
                     }
                 }
             }
@@ -319,6 +374,16 @@ where
                 // Debug, not info: one line per event was a synchronous write on the hot path.
                 tracing::debug!(outcome, ?handled, "processed");
                 Ok(Disposition::Acked(handled))
+            }
+            Err(ProcessError::LeaseLost(e)) => {
+                // Not the envelope's fault, and the message may be another processor's already:
+                // neither released nor dead-lettered under a receipt that may be stale.
+                let reason = e.to_string();
+                tracing::Span::current().record("outcome", "lease_lost");
+                tracing::warn!(reason = %reason, "lease may have lapsed; work stopped before its next write, the message comes back");
+                queue.abandon(&d).await;
+                events::events_failed(Some(env.source), FailReason::LeaseLost);
+                Ok(Disposition::Abandoned { reason })
             }
             Err(e) if e.is_permanent() || d.attempt >= cfg.max_attempts => {
                 let reason = format!("after {} attempt(s): {}", d.attempt, chain(&e));

@@ -324,4 +324,10 @@ impl QueueConsumer for WithAttributes {
     async fn extend(&self, d: &Delivery, visibility: Duration) -> Result<(), BackendError> {
         self.0.extend(d, visibility).await
     }
+    fn leases_can_lapse(&self) -> bool {
+        self.0.leases_can_lapse()
+    }
+    async fn abandon(&self, d: &Delivery) {
+        self.0.abandon(d).await
+    }
 }

@@ -169,7 +169,7 @@ registry! {
     EVENTS_PROCESSED: Counter = "gatehouse_events_processed_total" ["source", "outcome"]
         "Envelopes the processor handled and acked, by source and outcome.";
     EVENTS_FAILED: Counter = "gatehouse_events_failed_total" ["source", "reason"]
-        "Envelopes or deliveries that failed, by source and reason (retried, dead_lettered, poison, unparseable, publish).";
+        "Envelopes or deliveries that failed, by source and reason (retried, dead_lettered, poison, unparseable, publish, lease_lost).";
     EVENT_AGE: Histogram = "gatehouse_event_age_seconds" ["source"]
         "Queue lag: from the intake accepting an event to work starting, in seconds.";
     EVENT_PROCESSING: Histogram = "gatehouse_event_processing_seconds" []
@@ -285,6 +285,7 @@ label_values!(
         Poison = "poison",
         Unparseable = "unparseable",
         Publish = "publish",
+        LeaseLost = "lease_lost",
     }
 );
 

@@ -19,6 +19,11 @@
 //! policy (only then does Pub/Sub count); otherwise this process counts the deliveries of each
 //! message id it saw, so a message redelivered to another process starts again at 1.
 //!
+//! A lease that passes anyway (the worker's extension came late) hands the message back, and
+//! Pub/Sub may give it, or with ordering keys the key's next one, to another subscriber: so
+//! this queue says its leases can lapse, `extend` of a delivery no longer held fails, and the
+//! worker fences every write with the lease it last confirmed (`gatehouse_targets::lease`).
+//!
 //! Always call [`PubsubQueue::shutdown`] before exit: acks are sent in the background and are
 //! only flushed by a clean shutdown of the stream.
 
@@ -606,7 +611,9 @@ impl QueueConsumer for PubsubQueue {
         let Some(stream) = slot.as_mut() else {
             return Ok(out);
         };
-        let mut wait = self.inner.opts.receive_wait;
+        // At most a third of the visibility: the worker counts a delivery's lease from before
+        // this call.
+        let mut wait = self.inner.opts.receive_wait.min(visibility / 3);
         while out.len() < max {
             match tokio::time::timeout(wait, stream.next()).await {
                 Err(_elapsed) => break,
@@ -682,11 +689,28 @@ impl QueueConsumer for PubsubQueue {
         self.ack(delivery).await
     }
 
+    /// A delivery no longer held (its deadline passed and it was handed back) is an error: the
+    /// worker must not count it as leased (`gatehouse_targets::lease`).
     async fn extend(&self, delivery: &Delivery, visibility: Duration) -> Result<(), BackendError> {
-        if !self.set_deadline(&delivery.receipt, Instant::now() + visibility) {
-            tracing::debug!(receipt = %delivery.receipt, "extend of a delivery no longer held; ignored");
+        if self.set_deadline(&delivery.receipt, Instant::now() + visibility) {
+            Ok(())
+        } else {
+            Err(BackendError::new(
+                "cannot extend the pubsub ack deadline",
+                "the delivery is no longer held: its deadline passed and it was handed back",
+            ))
         }
-        Ok(())
+    }
+
+    fn leases_can_lapse(&self) -> bool {
+        true
+    }
+
+    /// Nacked if still held (Pub/Sub redelivers it at once); one already handed back is left.
+    async fn abandon(&self, delivery: &Delivery) {
+        if let Some(h) = self.take(&delivery.receipt) {
+            h.handler.nack();
+        }
     }
 }
 

@@ -15,6 +15,12 @@
 //! close to its end to be renewed safely, is never handed out (SQS hands it to someone else once
 //! its lease ends; handing it out here as well would run it twice, in parallel).
 //!
+//! A lease that lapses anyway (an extension came late) lets SQS hand the message, or on a FIFO
+//! queue the group's next one, to another consumer: so this queue says its leases can lapse
+//! (`leases_can_lapse`), the worker fences every write with the lease it last confirmed
+//! (`gatehouse_targets::lease`), and a delivery whose lease may have lapsed is `abandon`ed: its
+//! bookkeeping is dropped and nothing is sent under its receipt handle, which may be stale.
+//!
 //! Bodies are handed out as they are (an EventBridge event on the audit queue is not an
 //! envelope): decoding is the consumer's job.
 //!
@@ -479,9 +485,12 @@ impl QueueConsumer for SqsQueue {
         if out.len() >= max {
             return Ok(out);
         }
-        // Do not block on a long poll when held work was just handed out.
+        // Do not block on a long poll when held work was just handed out. A long poll waits at
+        // most a third of the visibility: the worker counts a delivery's lease from before this
+        // request (it cannot know when SQS picked the message), so a message found late in a
+        // long poll would start with a lease too short to work under.
         let wait = if out.is_empty() {
-            secs(self.wait_time, MAX_WAIT_SECS)
+            secs(self.wait_time, MAX_WAIT_SECS).min((visibility / 3).as_secs() as i32)
         } else {
             0
         };
@@ -589,6 +598,22 @@ impl QueueConsumer for SqsQueue {
             self.renew_held(held, visibility, until).await;
         }
         Ok(())
+    }
+
+    fn leases_can_lapse(&self) -> bool {
+        true
+    }
+
+    /// Forget the delivery and the group's messages held behind it (they come back from SQS in
+    /// order once their leases end); its group is free here at once, SQS keeps it locked while
+    /// the message is invisible.
+    async fn abandon(&self, delivery: &Delivery) {
+        if self.fifo {
+            let mut g = self.lock_groups();
+            if let Some((group, _)) = g.in_flight.remove(&delivery.receipt) {
+                g.held.remove(&group);
+            }
+        }
     }
 
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), BackendError> {

@@ -11,12 +11,17 @@
 //! - one write per step (or per batch, [`Target::batch_key`]), one ledger row per step per
 //!   attempt, so ledger rows are exactly the write calls made;
 //! - throttled and transient failures back off (a `Retry-After` is honoured), a `Conflict` is
-//!   tried again at once as often as the target says, a `NotFound` on a revocation is done.
+//!   tried again at once as often as the target says, a `NotFound` on a revocation is done;
+//! - before every write (every attempt), the queue lease the work runs under, if any
+//!   ([`Ctx::lease`]), is checked ([`lease::Lease::check`], no I/O): a lease that may have
+//!   lapsed stops the plan with [`ApplyError::LeaseLost`], so two processors never both write
+//!   for one person.
 
 pub mod aws_iam;
 pub mod client;
 pub mod gcp_iam;
 pub mod identity_center;
+pub mod lease;
 pub mod looker;
 pub mod safety;
 pub mod vouched;
@@ -59,6 +64,10 @@ pub struct Ctx {
     pub actor: String,
     /// The digest of the policy the plan was made with, recorded on every ledger row.
     pub policy_digest: Option<String>,
+    /// The queue lease the calls run under (an event from SQS or Pub/Sub): every write is
+    /// fenced by it ([`lease::Lease::check`]). `None`: nothing can take the work away (the
+    /// embedded queue, reconcile, an operator's command).
+    pub lease: Option<lease::Lease>,
 }
 
 /// What the loop does with a plan.
@@ -115,6 +124,10 @@ pub enum ApplyError<E: std::error::Error + 'static> {
     /// The screen cannot judge a step yet ([`Screen::not_ready`]): nothing was sent; try again.
     #[error("the safety screen cannot judge a step yet: {0}")]
     NotReady(String),
+    /// The queue lease the work runs under may have lapsed ([`Ctx::lease`]): nothing more was
+    /// sent; the delivery is let go, not retried here.
+    #[error(transparent)]
+    LeaseLost(lease::LeaseLost),
 }
 
 /// One ledger row: what was (or would be) called, on which target, and how it went.
@@ -314,6 +327,7 @@ pub async fn apply<T: Target, S: StateStore>(
         let fail = |e: BatchError<T::Error>| match e {
             BatchError::Target(error) => ApplyError::Target { error, order },
             BatchError::Ledger(e) => ApplyError::Ledger(e),
+            BatchError::LeaseLost(e) => ApplyError::LeaseLost(e),
         };
         if order == Order::Create {
             // One at a time: each may name the account the rest act on.
@@ -467,6 +481,7 @@ struct BatchDone<A> {
 enum BatchError<E> {
     Target(E),
     Ledger(BackendError),
+    LeaseLost(lease::LeaseLost),
 }
 
 /// One write (one batch of steps) with retries; every attempt that went out is ledgered once per
@@ -482,6 +497,14 @@ async fn send_batch<T: Target, S: StateStore>(
     let mut backoff = run.retry.backoff().build();
     let mut conflicts = 0;
     loop {
+        // The fence: the one place every write of every target passes (see `lease`).
+        if let Some(lease) = &run.ctx.lease {
+            lease.check().map_err(|e| {
+                tracing::warn!(target_name = %name, subject = %run.ctx.subject, envelope_id = %run.ctx.envelope_id,
+                    error = %e, "queue lease may have lapsed; not sent");
+                BatchError::LeaseLost(e)
+            })?;
+        }
         let r = target.send(account, &ops).await;
         let gone = matches!(&r, Err(SendError::Write(e))
             if e.kind() == ErrorKind::NotFound && ops.iter().all(|o| target.not_found_is_done(o)));
@@ -607,6 +630,9 @@ pub enum TargetFailure {
     },
     #[error(transparent)]
     Ledger(BackendError),
+    /// The queue lease the work runs under may have lapsed: nothing more was sent.
+    #[error(transparent)]
+    LeaseLost(lease::LeaseLost),
 }
 
 impl TargetFailure {
@@ -706,6 +732,7 @@ where
                 ApplyError::Target { error, .. } => TargetFailure::of(name, error),
                 ApplyError::Ledger(e) => TargetFailure::Ledger(e),
                 ApplyError::NotReady(reason) => TargetFailure::Ledger(not_ready_error(reason)),
+                ApplyError::LeaseLost(e) => TargetFailure::LeaseLost(e),
             })
         })
     }

@@ -28,6 +28,7 @@ pub(crate) fn envelope(id: &str) -> Envelope {
 }
 
 mod identity_center;
+mod lease;
 mod queue_errors;
 mod reconcile_paged;
 mod registered;

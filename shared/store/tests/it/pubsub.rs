@@ -311,6 +311,32 @@ async fn a_stale_receipt_does_not_ack_the_redelivery() {
     q.shutdown().await;
 }
 
+/// The worker fences writes with the lease it confirmed: an extension of a delivery that is no
+/// longer held (its deadline passed and it was handed back) must fail, not answer `Ok`. An
+/// abandoned delivery is handed back at once and comes again.
+#[tokio::test]
+async fn extending_a_delivery_no_longer_held_fails_and_an_abandoned_one_comes_back() {
+    let (topic, sub) = fresh("lease").await;
+    let q = PubsubQueue::connect_with(options(&topic, &sub)).await.unwrap();
+    assert!(q.leases_can_lapse());
+    q.publish(&[envelope("lease", "s1", 1)]).await.unwrap();
+    let first = receive_one(&q, Duration::from_secs(60), "first").await;
+    q.extend(&first, Duration::from_secs(60))
+        .await
+        .expect("a held delivery is extended");
+    q.abandon(&first).await;
+    assert_eq!(q.in_flight(), 0, "abandoned: handed back");
+    let e = q
+        .extend(&first, Duration::from_secs(60))
+        .await
+        .expect_err("no longer held");
+    assert!(e.to_string().contains("extend"), "{e}");
+    let again = receive_one(&q, Duration::from_secs(60), "after the abandon").await;
+    assert_ne!(again.receipt, first.receipt);
+    q.ack(&again).await.unwrap();
+    q.shutdown().await;
+}
+
 /// `publish` succeeds only once the server confirmed every message: a topic that does not
 /// exist is an error, not a silent drop.
 #[tokio::test]

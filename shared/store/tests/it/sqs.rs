@@ -316,6 +316,26 @@ fn second_of_group(got: &[gatehouse_domain::ports::Delivery]) -> usize {
     got.iter().filter(|d| d.body.contains("\"h-2\"")).count()
 }
 
+/// A delivery whose lease may have lapsed is abandoned: no call under its receipt (the message
+/// stays invisible: nobody receives it before its lease ends), and the group's messages held
+/// behind it are not handed out (SQS redelivers them in order after it).
+#[tokio::test]
+async fn fifo_an_abandoned_delivery_is_left_to_its_lease_and_its_group_is_not_handed_out() {
+    let (a, b, first) = two_consumers_one_held(Duration::from_secs(30)).await;
+    assert!(a.leases_can_lapse(), "the worker fences writes with the lease");
+    a.abandon(&first).await;
+    let mine = a.receive(10, Duration::from_secs(30)).await.unwrap();
+    assert!(
+        mine.is_empty(),
+        "nothing of the group handed out after the abandon: {mine:?}"
+    );
+    let other = b.receive(10, Duration::from_secs(30)).await.unwrap();
+    assert!(
+        other.is_empty(),
+        "the abandoned message is still invisible (nothing was sent under its receipt): {other:?}"
+    );
+}
+
 #[tokio::test]
 async fn fifo_held_messages_are_leased_with_the_one_in_flight() {
     let (a, b, first) = two_consumers_one_held(Duration::from_secs(4)).await;

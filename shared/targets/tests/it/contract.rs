@@ -10,10 +10,12 @@ use gatehouse_domain::target::{
     Link, Order, Planned, Screen, Screened, SendAll, SendError, Sent, Target, TargetName,
 };
 use gatehouse_store::sqlite::Sqlite;
+use gatehouse_targets::lease::Lease;
 use gatehouse_targets::{self as targets, Applied, Ctx, Mode, RetryPolicy, Run};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// One target under test, with a person and a grant it manages.
 pub trait Harness {
@@ -207,6 +209,18 @@ async fn try_run_plan<T: Target>(
     ledger: &Ledger,
     screen: &dyn Screen,
 ) -> Result<Applied, targets::ApplyError<T::Error>> {
+    try_run_plan_under(t, plan, mode, ledger, screen, None).await
+}
+
+/// [`try_run_plan`] under a queue delivery's lease.
+async fn try_run_plan_under<T: Target>(
+    t: &T,
+    plan: &T::Plan,
+    mode: Mode,
+    ledger: &Ledger,
+    screen: &dyn Screen,
+    lease: Option<Lease>,
+) -> Result<Applied, targets::ApplyError<T::Error>> {
     let ctx = Ctx {
         envelope_id: "contract".into(),
         subject: "person".into(),
@@ -214,6 +228,7 @@ async fn try_run_plan<T: Target>(
         email: None,
         actor: "event:contract".into(),
         policy_digest: Some("ab".repeat(32)),
+        lease,
     };
     let retry = retry();
     let run = Run {
@@ -314,8 +329,23 @@ pub async fn contract<H: Harness>(h: &H) {
     assert_eq!(t.sends(), 0, "{name}: nothing sent while the screen is not ready");
     assert!(ledger.new_rows().await.is_empty(), "{name}: nothing ledgered");
 
-    // 4. Apply converges, in order; one ledger row per step per write call.
-    let a = run_plan(&t, &plan, Mode::Apply, &ledger, &SendAll).await;
+    // 3c. Under a queue lease that may have lapsed (another processor may have the person's
+    //     message now), nothing is sent and nothing ledgered: the apply fails with LeaseLost.
+    let lapsed = Lease::new(Instant::now(), Duration::ZERO);
+    let e = try_run_plan_under(&t, &plan, Mode::Apply, &ledger, &SendAll, Some(lapsed))
+        .await
+        .expect_err("a lapsed lease fails the apply");
+    assert!(matches!(&e, targets::ApplyError::LeaseLost(_)), "{name}: {e}");
+    assert_eq!(t.sends(), 0, "{name}: nothing sent under a lapsed lease");
+    assert!(ledger.new_rows().await.is_empty(), "{name}: nothing ledgered");
+    assert!(!h.holds().await, "{name}: nothing reached the target");
+
+    // 4. Apply converges, in order; one ledger row per step per write call. (Under a lease
+    //    held for an hour: a held lease lets every write through.)
+    let held = Lease::new(Instant::now(), Duration::from_secs(3600));
+    let a = try_run_plan_under(&t, &plan, Mode::Apply, &ledger, &SendAll, Some(held))
+        .await
+        .unwrap_or_else(|e| panic!("{name}: apply: {e}"));
     assert!(h.holds().await, "{name}: applied plan grants");
     assert_eq!(a.writes, steps, "{name}: every step took effect");
     let rows = ledger.new_rows().await;

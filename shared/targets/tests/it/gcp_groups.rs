@@ -119,6 +119,7 @@ async fn converge(
         email: None,
         actor: "event:test".into(),
         policy_digest: None,
+        lease: None,
     };
     let retry = retry();
     let run = Run {
@@ -292,6 +293,7 @@ async fn a_429_is_retried_through_the_retry_policy_and_a_duplicate_is_done() {
         email: None,
         actor: "event:test".into(),
         policy_digest: None,
+        lease: None,
     };
     let retry = retry();
     let run = Run {
@@ -345,6 +347,7 @@ async fn a_stale_removal_is_done_and_a_missing_group_is_skipped() {
         email: None,
         actor: "event:test".into(),
         policy_digest: None,
+        lease: None,
     };
     let retry = retry();
     let run = Run {

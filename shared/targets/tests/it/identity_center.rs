@@ -217,6 +217,7 @@ impl World {
             email: Some(ADA.into()),
             actor: "event:test".into(),
             policy_digest: None,
+            lease: None,
         };
         let run = Run {
             store: &self.state,
