@@ -93,21 +93,24 @@ fn peak_rss_kib() -> u64 {
         .expect("VmHWM in /proc/self/status")
 }
 
+/// A `stat` line's name and CPU seconds (user + system; Linux reports them in USER_HZ, 100 per
+/// second).
+fn stat_times(stat: &str) -> Option<(String, f64)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_string();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, utime field 14, stime field 15.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some((name, ticks as f64 / 100.0))
+}
+
 /// CPU seconds (user + system) of this whole process, exited threads included, and of its live
 /// threads by name (`/proc/self/stat`, `/proc/self/task/*/stat`; Linux reports both in
 /// USER_HZ, 100 per second).
 fn cpu_seconds() -> (f64, std::collections::BTreeMap<String, f64>) {
-    fn times(stat: &str) -> Option<(String, f64)> {
-        let (head, rest) = stat.rsplit_once(')')?;
-        let name = head.split_once('(')?.1.to_string();
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // After the name: state is field 3, utime field 14, stime field 15.
-        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        Some((name, ticks as f64 / 100.0))
-    }
     let total = std::fs::read_to_string("/proc/self/stat")
         .ok()
-        .and_then(|s| times(&s))
+        .and_then(|s| stat_times(&s))
         .map_or(0.0, |(_, t)| t);
     let mut by_name = std::collections::BTreeMap::new();
     for task in std::fs::read_dir("/proc/self/task")
@@ -116,7 +119,7 @@ fn cpu_seconds() -> (f64, std::collections::BTreeMap<String, f64>) {
     {
         if let Some((name, t)) = std::fs::read_to_string(task.path().join("stat"))
             .ok()
-            .and_then(|s| times(&s))
+            .and_then(|s| stat_times(&s))
         {
             *by_name.entry(name).or_insert(0.0) += t;
         }
@@ -149,8 +152,10 @@ fn fake_on_its_own_thread() -> FakeLooker {
     rx.recv().expect("the fake looker started")
 }
 
-/// [`load`] on a single-threaded runtime on a thread of its own.
-async fn load_on_its_own_thread(url: String, bodies: Vec<Vec<u8>>) -> Load {
+/// [`load`] on a single-threaded runtime on a thread of its own; also the CPU seconds that
+/// thread used (read by the thread itself before it ends: an ended thread leaves
+/// `/proc/self/task`).
+async fn load_on_its_own_thread(url: String, bodies: Vec<Vec<u8>>) -> (Load, f64) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(LOAD_THREAD.into())
@@ -159,7 +164,12 @@ async fn load_on_its_own_thread(url: String, bodies: Vec<Vec<u8>>) -> Load {
                 .enable_all()
                 .build()
                 .unwrap();
-            let _ = tx.send(rt.block_on(load(&url, bodies)));
+            let load = rt.block_on(load(&url, bodies));
+            let cpu = std::fs::read_to_string("/proc/thread-self/stat")
+                .ok()
+                .and_then(|s| stat_times(&s))
+                .map_or(0.0, |(_, t)| t);
+            let _ = tx.send((load, cpu));
         })
         .unwrap();
     rx.await.expect("the load generator finished")
@@ -295,7 +305,7 @@ async fn bare_child() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    let l = load_on_its_own_thread(format!("http://{addr}/hooks/okta"), bodies).await;
+    let (l, _) = load_on_its_own_thread(format!("http://{addr}/hooks/okta"), bodies).await;
     assert_eq!(kept.lock().unwrap().len(), l.accepted, "every 2xx was kept");
     let mut m = load_json("bare", n, &l);
     m.insert(
@@ -352,7 +362,7 @@ async fn gatehouse_child(dry: bool) {
     .await;
     let start = Instant::now();
     let (cpu_before, _) = cpu_seconds();
-    let l = load_on_its_own_thread(format!("{}/hooks/okta", app.base), bodies).await;
+    let (l, load_cpu) = load_on_its_own_thread(format!("{}/hooks/okta", app.base), bodies).await;
     let commits = app.store.writer_commits();
     // Converged: the embedded queue is empty (each event processed and acked, or
     // dead-lettered). Polled every 25 ms, so the end time is at most that late.
@@ -412,7 +422,7 @@ async fn gatehouse_child(dry: bool) {
     // The run's CPU, split by thread: the fake's and the load generator's threads only ran
     // during the run (the fake's seeding aside, which is before `cpu_before`).
     let thread = |name: &str| threads.get(name).copied().unwrap_or(0.0);
-    let (fake_cpu, load_cpu) = (thread(FAKE_THREAD), thread(LOAD_THREAD));
+    let fake_cpu = thread(FAKE_THREAD);
     let gatehouse_cpu = (cpu_after - cpu_before - fake_cpu - load_cpu).max(0.0);
     m.insert(
         "cpu_seconds".into(),
