@@ -632,6 +632,65 @@ async fn sqs_two_processors_on_one_queue_converge_without_duplicate_writes() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Embedded SQLite queue (the default): the test publishes into the same database file the
+// processors claim from, as a separate `gatehouse-ingress` would.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice() {
+    let mut rng = Rng(seed() ^ 0x4);
+    let fake = FakeLooker::start().await;
+    seed_looker(&fake);
+    let events = generate(&mut rng, "ecrash", CRASH_USERS, CRASH_EVENTS_PER_USER);
+    let oracle = oracle(&events);
+    let dir = tempfile::tempdir().unwrap();
+    // The embedded queue in the data directory (the default, named).
+    write_files(dir.path(), "backend = \"embedded\"\n");
+    let data = dir.path().join("data");
+    let db = gatehouse_store::sqlite::Sqlite::open(&data).await.unwrap();
+    let started = Instant::now();
+    let sent = Sent::default();
+    let publisher = publish_in_background(db.clone(), events.clone(), sent.clone());
+    let last = kill_repeatedly(&mut rng, KILLS, &fake, dir.path(), || {
+        processor(dir.path(), &data, &fake, &[])
+    })
+    .await;
+    let mut last = [last];
+    let watch = Watch {
+        dir: dir.path(),
+        data: &data,
+        fake: &fake,
+        oracle: &oracle,
+        events: &events,
+        sent: &sent,
+        queue: None,
+    };
+    converge(&watch, &mut last, &publisher).await;
+    publisher.await.expect("the publisher finished");
+    eprintln!("converged after {:?}", started.elapsed());
+    // Every event finished: the transaction that recorded its outcome also took its message
+    // off the queue, so nothing is left for a later processor to redo.
+    let mut drained = Progress::from_env("the embedded queue emptying");
+    loop {
+        let depth = db.queue_depth().await.unwrap();
+        if depth == 0 {
+            break;
+        }
+        still_running(&mut last, dir.path());
+        let gone = (events.len() as i64 - depth).max(0) as u64;
+        drained.note(&[gone], || format!("{depth} messages still queued"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    oracle.assert_converged(&fake);
+    sigkill(&mut last[0]).await;
+
+    assert!(db.dead_letters().await.unwrap().is_empty(), "dead letters");
+    assert_all_processed(&data, &events).await;
+    assert_no_duplicate_writes(&fake);
+    oracle.assert_mixed();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Pub/Sub
 
 const PROJECT: &str = "gatehouse-test";
