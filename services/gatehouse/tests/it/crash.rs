@@ -631,6 +631,43 @@ async fn sqs_two_processors_on_one_queue_converge_without_duplicate_writes() {
     run.oracle.assert_mixed();
 }
 
+/// A run with a queue the processors read and nothing else watches (embedded, Pub/Sub): the
+/// events are published in the background while [`KILLS`] processors are SIGKILLed in turn,
+/// then the last one (returned, still running) works until [`converge`] says done.
+#[allow(clippy::too_many_arguments)]
+async fn kill_and_converge<Q>(
+    rng: &mut Rng,
+    fake: &FakeLooker,
+    dir: &Path,
+    data: &Path,
+    oracle: &Oracle,
+    events: &[Envelope],
+    queue: Q,
+    queue_env: &[(&str, String)],
+) -> Child
+where
+    Q: QueueProducer + Clone + 'static,
+{
+    let sent = Sent::default();
+    let publisher = publish_in_background(queue, events.to_vec(), sent.clone());
+    let last = kill_repeatedly(rng, KILLS, fake, dir, || processor(dir, data, fake, queue_env)).await;
+    let mut last = [last];
+    let watch = Watch {
+        dir,
+        data,
+        fake,
+        oracle,
+        events,
+        sent: &sent,
+        queue: None,
+    };
+    converge(&watch, &mut last, &publisher).await;
+    let published = publisher.await.expect("the publisher finished");
+    eprintln!("published {} envelopes in {published:?}", events.len());
+    let [last] = last;
+    last
+}
+
 // ---------------------------------------------------------------------------------------------
 // Embedded SQLite queue (the default): the test publishes into the same database file the
 // processors claim from, as a separate `gatehouse-ingress` would.
@@ -648,24 +685,18 @@ async fn embedded_sigkill_at_random_points_loses_nothing_and_applies_nothing_twi
     let data = dir.path().join("data");
     let db = gatehouse_store::sqlite::Sqlite::open(&data).await.unwrap();
     let started = Instant::now();
-    let sent = Sent::default();
-    let publisher = publish_in_background(db.clone(), events.clone(), sent.clone());
-    let last = kill_repeatedly(&mut rng, KILLS, &fake, dir.path(), || {
-        processor(dir.path(), &data, &fake, &[])
-    })
+    let last = kill_and_converge(
+        &mut rng,
+        &fake,
+        dir.path(),
+        &data,
+        &oracle,
+        &events,
+        db.clone(),
+        &[],
+    )
     .await;
     let mut last = [last];
-    let watch = Watch {
-        dir: dir.path(),
-        data: &data,
-        fake: &fake,
-        oracle: &oracle,
-        events: &events,
-        sent: &sent,
-        queue: None,
-    };
-    converge(&watch, &mut last, &publisher).await;
-    publisher.await.expect("the publisher finished");
     eprintln!("converged after {:?}", started.elapsed());
     // Every event finished: the transaction that recorded its outcome also took its message
     // off the queue, so nothing is left for a later processor to redo.
@@ -770,25 +801,18 @@ async fn pubsub_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice
     );
     let data = dir.path().join("data");
     let env = vec![("PUBSUB_EMULATOR_HOST", emulator())];
-    let sent = Sent::default();
-    let publisher = publish_in_background(queue.clone(), events.clone(), sent.clone());
-    let last = kill_repeatedly(&mut rng, KILLS, &fake, dir.path(), || {
-        processor(dir.path(), &data, &fake, &env)
-    })
+    let last = kill_and_converge(
+        &mut rng,
+        &fake,
+        dir.path(),
+        &data,
+        &oracle,
+        &events,
+        queue.clone(),
+        &env,
+    )
     .await;
     let mut last = [last];
-    let watch = Watch {
-        dir: dir.path(),
-        data: &data,
-        fake: &fake,
-        oracle: &oracle,
-        events: &events,
-        sent: &sent,
-        queue: None,
-    };
-    converge(&watch, &mut last, &publisher).await;
-    let published = publisher.await.expect("the publisher finished");
-    eprintln!("published {} envelopes to pubsub in {published:?}", events.len());
     eprintln!("converged after {:?}", started.elapsed());
     sigkill(&mut last[0]).await;
     let dead = dlq.receive(10, Duration::from_secs(30)).await.unwrap();

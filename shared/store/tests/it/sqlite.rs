@@ -571,6 +571,18 @@ async fn a_write_after_close_fails_and_earlier_writes_are_on_disk() {
     assert_eq!(reopened.queue_depth().await.unwrap(), 1);
 }
 
+/// The outcome of envelope `id`: subject `key`'s identity written, loaded at `base_version`.
+fn identity_outcome(id: &str, key: &str, base_version: Option<i64>) -> Outcome {
+    Outcome {
+        envelope_id: EnvelopeId(id.into()),
+        identity: Some(Identity::new(key)),
+        converged: None,
+        deletion: DeletionChange::Keep,
+        base_version,
+        offboarding: None,
+    }
+}
+
 /// Issue 13: the outcome's commit finishes the event: its message leaves the embedded queue in
 /// the same transaction, so the worker's ack that follows writes nothing (no second group wait),
 /// and a commit refused by its compare-and-set leaves the message queued for the next try.
@@ -582,16 +594,7 @@ async fn the_outcome_commit_removes_its_message_and_the_ack_writes_nothing() {
         .unwrap();
     let claimed = db.receive(2, Duration::from_secs(60)).await.unwrap();
     assert_eq!(ids(&claimed), vec!["done", "refused"]);
-    db.commit(Outcome {
-        envelope_id: EnvelopeId("done".into()),
-        identity: Some(Identity::new("a")),
-        converged: None,
-        deletion: DeletionChange::Keep,
-        base_version: None,
-        offboarding: None,
-    })
-    .await
-    .unwrap();
+    db.commit(identity_outcome("done", "a", None)).await.unwrap();
     // Committed: on disk without the message, before any ack.
     let other = Sqlite::open(dir.path()).await.unwrap();
     assert_eq!(other.queue_depth().await.unwrap(), 1);
@@ -600,25 +603,9 @@ async fn the_outcome_commit_removes_its_message_and_the_ack_writes_nothing() {
     assert_eq!(db.writer_commits(), before, "the ack had nothing left to write");
 
     // Subject b is at version 1; a handler that loaded version 0 loses the compare-and-set.
-    db.commit(Outcome {
-        envelope_id: EnvelopeId("other".into()),
-        identity: Some(Identity::new("b")),
-        converged: None,
-        deletion: DeletionChange::Keep,
-        base_version: None,
-        offboarding: None,
-    })
-    .await
-    .unwrap();
+    db.commit(identity_outcome("other", "b", None)).await.unwrap();
     let refused = db
-        .commit(Outcome {
-            envelope_id: EnvelopeId("refused".into()),
-            identity: Some(Identity::new("b")),
-            converged: None,
-            deletion: DeletionChange::Keep,
-            base_version: Some(0),
-            offboarding: None,
-        })
+        .commit(identity_outcome("refused", "b", Some(0)))
         .await
         .unwrap_err();
     assert!(refused.is_subject_changed(), "{refused:?}");
