@@ -37,7 +37,9 @@ const PEOPLE: usize = 2_000;
 /// Concurrent client connections (below the intake's `per_source_concurrency` of 64, so no
 /// request is shed with 429).
 const CLIENTS: usize = 32;
-const SIDES: [&str; 3] = ["bare", "gatehouse", "gatehouse-dry"];
+const SIDES: [&str; 4] = ["bare", "gatehouse", "gatehouse-dry", "backlog"];
+/// Messages already queued in the backlog side's deep run (`GATEHOUSE_BENCH_TPUT_BACKLOG`).
+const BACKLOG: usize = 100_000;
 const CHILD_FLAG: &str = "--throughput-child";
 const RESULT_PREFIX: &str = "THROUGHPUT-BENCH-RESULT ";
 
@@ -440,6 +442,89 @@ async fn gatehouse_child(dry: bool) {
     app.stop().await;
 }
 
+/// One envelope of the backlog side: a deactivation of person `i % people`, one millisecond
+/// after the previous envelope.
+fn backlog_envelope(i: usize, people: usize) -> gatehouse_domain::envelope::Envelope {
+    use gatehouse_domain::envelope::{Envelope, EnvelopeId, IdentityEvent, Profile, Source, Subject};
+    let p = i % people;
+    let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap()
+        + chrono::Duration::milliseconds(i as i64);
+    Envelope {
+        trace_parent: None,
+        version: Envelope::VERSION,
+        id: EnvelopeId(format!("backlog-{i}")),
+        source: Source::Okta,
+        subject: Subject {
+            key: format!("okta:00u{p:06}"),
+            email: Some(email(p)),
+            display_name: None,
+        },
+        occurred_at: at,
+        received_at: gatehouse_domain::clock::now(),
+        event: IdentityEvent::UserDeactivated,
+        profile: Profile::from([("email".to_string(), email(p))]),
+        source_event_type: "user.lifecycle.deactivate".into(),
+        raw: Value::Null,
+    }
+}
+
+/// The processor alone (dry run) on a queue filled before it starts: `n` envelopes queued in a
+/// fresh data directory, then Gatehouse started on it; events/s until the queue is empty.
+async fn drain_prequeued(n: usize, people: usize) -> f64 {
+    use gatehouse_domain::ports::QueueProducer;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let db = gatehouse_store::sqlite::Sqlite::open(&data).await.unwrap();
+    let envelopes: Vec<_> = (0..n).map(|i| backlog_envelope(i, people)).collect();
+    for chunk in envelopes.chunks(500) {
+        db.publish(chunk).await.unwrap();
+    }
+    assert_eq!(db.queue_depth().await.unwrap(), n as i64, "all queued");
+    db.close().await;
+    drop(envelopes);
+    let start = Instant::now();
+    let app = spawn_app(Options {
+        data_dir: Some(data),
+        workers: 32,
+        ..Default::default()
+    })
+    .await;
+    loop {
+        if app.store.queue_depth().await.expect("queue depth") == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    assert!(app.store.dead_letters().await.expect("dead letters").is_empty());
+    app.stop().await;
+    rate
+}
+
+/// Issue 13: the processor's rate with a deep queue against a shallow one, same process, same
+/// people (the claim's cost must not grow with the backlog).
+async fn backlog_child() {
+    let (n, people) = (events(), people());
+    let deep = env_size("GATEHOUSE_BENCH_TPUT_BACKLOG", BACKLOG);
+    let shallow_rate = drain_prequeued(n, people).await;
+    let deep_rate = drain_prequeued(deep, people).await;
+    let mut m = serde_json::Map::new();
+    m.insert("side".into(), json!("backlog"));
+    m.insert("shallow_queued".into(), json!(n));
+    m.insert("shallow_per_second".into(), json!(shallow_rate.round() as u64));
+    m.insert("deep_queued".into(), json!(deep));
+    m.insert("deep_per_second".into(), json!(deep_rate.round() as u64));
+    m.insert(
+        "deep_to_shallow".into(),
+        json!((deep_rate / shallow_rate * 1000.0).round() / 1000.0),
+    );
+    m.insert(
+        "peak_rss_mib".into(),
+        json!(round1(peak_rss_kib() as f64 / 1024.0)),
+    );
+    println!("{RESULT_PREFIX}{}", Value::Object(m));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Parent: one child per side, then the results files.
 
@@ -477,7 +562,7 @@ fn parent() {
     let load_before = loadavg();
     let results: Vec<Value> = SIDES.iter().map(|s| run_child(s)).collect();
     let load_after = loadavg();
-    let (bare, gh, dry) = (&results[0], &results[1], &results[2]);
+    let (bare, gh, dry, backlog) = (&results[0], &results[1], &results[2], &results[3]);
     let ratio = |k: &str| {
         let (g, b) = (gh[k].as_f64().unwrap_or(0.0), bare[k].as_f64().unwrap_or(0.0));
         if b > 0.0 {
@@ -517,6 +602,7 @@ fn parent() {
     };
     let rows: String = results
         .iter()
+        .filter(|r| r["side"] != "backlog")
         .map(|r| {
             format!(
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
@@ -558,6 +644,17 @@ fn parent() {
         cell(dry, "converged_per_second"),
         cell(dry, "gatehouse_cpu_ms_per_event"),
     );
+    let backlog_line = format!(
+        "**backlog** is the processor alone (dry run, no HTTP) on a queue filled before it \
+         starts, in a fresh data directory each: {} queued drained at {} events/s, {} queued at \
+         {} events/s: **{}** × the shallow rate (the claim's cost must not grow with the backlog; \
+         issue 13 asks at least 0.9).",
+        cell(backlog, "shallow_queued"),
+        cell(backlog, "shallow_per_second"),
+        cell(backlog, "deep_queued"),
+        cell(backlog, "deep_per_second"),
+        cell(backlog, "deep_to_shallow"),
+    );
     let note_line = if note.is_empty() {
         String::new()
     } else {
@@ -582,7 +679,7 @@ fn parent() {
          events over the time from the first request until the embedded queue is empty (every \
          event processed and acked). Peak RSS is the child's `VmHWM`: for gatehouse it includes \
          the fake Looker and the load generator. Machine: {cores} cores, load average {load_before} \
-         before and {load_after} after the run.\n\n{fsyncs}\n\n{cpu}\n\n{dry_line}\n{note_line}"
+         before and {load_after} after the run.\n\n{fsyncs}\n\n{cpu}\n\n{dry_line}\n\n{backlog_line}\n{note_line}"
     );
     std::fs::write(root.join("bench/throughput.md"), &md).unwrap();
     println!("{md}");
@@ -602,6 +699,7 @@ fn main() {
                     "bare" => bare_child().await,
                     "gatehouse" => gatehouse_child(false).await,
                     "gatehouse-dry" => gatehouse_child(true).await,
+                    "backlog" => backlog_child().await,
                     other => panic!("unknown side {other:?}"),
                 }
             });
