@@ -63,8 +63,11 @@ pub struct Sqlite {
     wake: Arc<Notify>,
 }
 
-/// Map a sqlx error to a `BackendError` with context (shared by the store modules).
-pub(crate) fn err(context: &'static str) -> impl FnOnce(sqlx::Error) -> BackendError {
+/// Map a sqlx (or, on the writer thread, rusqlite) error to a `BackendError` with context
+/// (shared by the store modules).
+pub(crate) fn err<E: std::error::Error + Send + Sync + 'static>(
+    context: &'static str,
+) -> impl FnOnce(E) -> BackendError {
     move |e| BackendError::new(context, e)
 }
 

@@ -17,7 +17,6 @@ use gatehouse_domain::target::{Screen, Screened, TargetName};
 use gatehouse_engine::engine::{Engine, Handled, RetryPolicy};
 use gatehouse_engine::worker::{Disposition, Worker, WorkerConfig};
 use gatehouse_store::sqlite::Sqlite;
-use gatehouse_targets::client::looker::{LookerClient, LookerConfig};
 use gatehouse_testkit::FakeLooker;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -212,18 +211,6 @@ impl Screen for Gate {
     }
 }
 
-fn looker(fake: &FakeLooker) -> LookerClient {
-    LookerClient::new(LookerConfig {
-        base_url: fake.base_url(),
-        client_id: fake.client_id().to_string(),
-        client_secret: fake.client_secret().to_string().into(),
-        timeout: Duration::from_secs(10),
-        catalog_ttl: Duration::ZERO,
-        max_concurrent_calls: gatehouse_targets::client::looker::DEFAULT_MAX_CONCURRENT_CALLS,
-    })
-    .unwrap()
-}
-
 fn config() -> WorkerConfig {
     WorkerConfig {
         concurrency: 1,
@@ -249,9 +236,14 @@ async fn a_processor_whose_lease_lapsed_writes_nothing_for_the_person_the_other_
     };
     let policy = Arc::new(Policy::default());
     let gate = Gate::new();
-    let a = Engine::new(store.clone(), Some(looker(&fake)), policy.clone(), retry.clone())
-        .with_screen(Arc::new(gate.clone()));
-    let b = Engine::new(store.clone(), Some(looker(&fake)), policy, retry);
+    let a = Engine::new(
+        store.clone(),
+        Some(crate::looker_client(&fake)),
+        policy.clone(),
+        retry.clone(),
+    )
+    .with_screen(Arc::new(gate.clone()));
+    let b = Engine::new(store.clone(), Some(crate::looker_client(&fake)), policy, retry);
     let queue = Fifo::new();
     let env = envelope("lease1");
     queue.send(&env);
@@ -342,7 +334,7 @@ async fn a_processor_whose_extensions_get_through_writes_after_its_first_lease_e
     let gate = Gate::new();
     let a = Engine::new(
         store.clone(),
-        Some(looker(&fake)),
+        Some(crate::looker_client(&fake)),
         Arc::new(Policy::default()),
         retry,
     )

@@ -27,6 +27,21 @@ pub(crate) fn envelope(id: &str) -> Envelope {
     }
 }
 
+/// A Looker client of `fake` (no catalog cache, so each test sees the fake's catalog as it is).
+pub(crate) fn looker_client(
+    fake: &gatehouse_testkit::FakeLooker,
+) -> gatehouse_targets::client::looker::LookerClient {
+    gatehouse_targets::client::looker::LookerClient::new(gatehouse_targets::client::looker::LookerConfig {
+        base_url: fake.base_url(),
+        client_id: fake.client_id().to_string(),
+        client_secret: fake.client_secret().to_string().into(),
+        timeout: std::time::Duration::from_secs(30),
+        catalog_ttl: std::time::Duration::ZERO,
+        max_concurrent_calls: gatehouse_targets::client::looker::DEFAULT_MAX_CONCURRENT_CALLS,
+    })
+    .unwrap()
+}
+
 mod identity_center;
 mod lease;
 mod queue_errors;

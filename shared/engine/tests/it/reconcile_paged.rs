@@ -9,9 +9,7 @@ use gatehouse_domain::ports::{BackendError, Directory, StateStore, SubjectState}
 use gatehouse_engine::engine::{Engine, RetryPolicy};
 use gatehouse_engine::reconcile::{self, LogProgress, ReadOptions};
 use gatehouse_store::sqlite::Sqlite;
-use gatehouse_targets::client::looker::{
-    LookerClient, LookerConfig, SEARCH_FIELDS, SEARCH_FIELDS_WITH_LOGINS,
-};
+use gatehouse_targets::client::looker::{LookerClient, SEARCH_FIELDS, SEARCH_FIELDS_WITH_LOGINS};
 use gatehouse_testkit::FakeLooker;
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,15 +101,7 @@ async fn world(n: usize, policy: &str) -> World {
     }
     let dir = tempfile::tempdir().unwrap();
     let store = Sqlite::open(dir.path()).await.unwrap();
-    let client = LookerClient::new(LookerConfig {
-        base_url: fake.base_url(),
-        client_id: fake.client_id().to_string(),
-        client_secret: fake.client_secret().to_string().into(),
-        timeout: Duration::from_secs(30),
-        catalog_ttl: Duration::ZERO,
-        max_concurrent_calls: gatehouse_targets::client::looker::DEFAULT_MAX_CONCURRENT_CALLS,
-    })
-    .unwrap();
+    let client = crate::looker_client(&fake);
     let retry = RetryPolicy {
         retries: 3,
         min_delay: Duration::from_millis(10),

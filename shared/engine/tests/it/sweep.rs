@@ -7,7 +7,6 @@ use gatehouse_domain::policy::Policy;
 use gatehouse_domain::ports::StateStore;
 use gatehouse_engine::engine::{Engine, RetryPolicy};
 use gatehouse_store::sqlite::Sqlite;
-use gatehouse_targets::client::looker::{LookerClient, LookerConfig};
 use gatehouse_testkit::FakeLooker;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,15 +46,7 @@ async fn the_sweep_deletes_every_linked_user_still_disabled_and_none_enabled_aga
         .link_accounts("looker", PERSON, &[old.clone(), dup.clone()])
         .await
         .unwrap();
-    let client = LookerClient::new(LookerConfig {
-        base_url: fake.base_url(),
-        client_id: fake.client_id().to_string(),
-        client_secret: fake.client_secret().to_string().into(),
-        timeout: Duration::from_secs(10),
-        catalog_ttl: Duration::ZERO,
-        max_concurrent_calls: gatehouse_targets::client::looker::DEFAULT_MAX_CONCURRENT_CALLS,
-    })
-    .unwrap();
+    let client = crate::looker_client(&fake);
     let policy = Policy::from_toml("[offboarding]\ndelete_after_days = 1\nhandover = \"none\"\n").unwrap();
     let retry = RetryPolicy {
         retries: 2,

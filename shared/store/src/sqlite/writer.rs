@@ -16,7 +16,7 @@
 //! WAL was fsync'd.
 
 use super::group::{Claimed, Done, Op, Row};
-use super::{now_ms, ts};
+use super::{err, now_ms, ts};
 use gatehouse_domain::ledger_chain;
 use gatehouse_domain::ports::{BackendError, DeletionChange, LedgerEntry, OffboardingTimes, Outcome};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -46,17 +46,17 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 impl WriterThread {
     /// Open the writer connection on `path` (migrations already applied) and start its thread.
     pub(super) fn start(path: &Path) -> Result<Self, BackendError> {
-        let conn = Connection::open(path).map_err(e("cannot open the sqlite writer"))?;
+        let conn = Connection::open(path).map_err(err("cannot open the sqlite writer"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(e("cannot set the sqlite busy timeout"))?;
+            .map_err(err("cannot set the sqlite busy timeout"))?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
-            .map_err(e("cannot set the sqlite writer's pragmas"))?;
+            .map_err(err("cannot set the sqlite writer's pragmas"))?;
         // A 2xx means on disk only if this connection fsyncs the WAL at every commit: read the
         // settings back rather than trust that the pragmas took.
         let (journal, synchronous): (String, i64) = conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .and_then(|j| Ok((j, conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?)))
-            .map_err(e("cannot read the sqlite writer's pragmas"))?;
+            .map_err(err("cannot read the sqlite writer's pragmas"))?;
         if !journal.eq_ignore_ascii_case("wal") || synchronous != 2 {
             return Err(BackendError::new(
                 "cannot open the sqlite writer",
@@ -78,7 +78,7 @@ impl WriterThread {
                 drop(conn);
                 let _ = closed_tx.send(());
             })
-            .map_err(e("cannot start the sqlite writer thread"))?;
+            .map_err(err("cannot start the sqlite writer thread"))?;
         Ok(WriterThread {
             requests: std::sync::Mutex::new(Some(tx)),
             closed: tokio::sync::Mutex::new(Some(closed_rx)),
@@ -119,10 +119,6 @@ impl WriterThread {
     }
 }
 
-fn e<E: std::error::Error + Send + Sync + 'static>(context: &'static str) -> impl FnOnce(E) -> BackendError {
-    move |err| BackendError::new(context, err)
-}
-
 /// Every op in one transaction; the per-op results once committed.
 ///
 /// Every enqueue and every ack first (an ack's outcome committed in an earlier group, since the
@@ -132,18 +128,18 @@ fn e<E: std::error::Error + Send + Sync + 'static>(context: &'static str) -> imp
 /// itself: SQLite undoes a failing statement). A failure of the transaction itself (`BEGIN`,
 /// `COMMIT`, a savepoint that cannot be released) rolls everything back and fails every op.
 fn run_group(conn: &mut Connection, ops: &[Op]) -> GroupResult {
-    control(conn, "BEGIN IMMEDIATE").map_err(e("cannot begin a write"))?;
+    control(conn, "BEGIN IMMEDIATE").map_err(err("cannot begin a write"))?;
     match run_ops(conn, ops) {
         Ok(results) => match control(conn, "COMMIT") {
             Ok(()) => Ok(results),
-            Err(err) => {
+            Err(failed) => {
                 rollback(conn);
-                Err(BackendError::new("cannot commit a write", err))
+                Err(BackendError::new("cannot commit a write", failed))
             }
         },
-        Err(err) => {
+        Err(failed) => {
             rollback(conn);
-            Err(err)
+            Err(failed)
         }
     }
 }
@@ -156,9 +152,9 @@ fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 
 fn rollback(conn: &Connection) {
     if !conn.is_autocommit()
-        && let Err(err) = conn.execute_batch("ROLLBACK")
+        && let Err(failed) = conn.execute_batch("ROLLBACK")
     {
-        tracing::error!(error = %err, "cannot roll back a failed group commit");
+        tracing::error!(error = %failed, "cannot roll back a failed group commit");
     }
 }
 
@@ -204,16 +200,16 @@ fn in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, BackendError>,
 ) -> Result<Result<T, BackendError>, BackendError> {
-    control(conn, "SAVEPOINT op").map_err(e("cannot open a savepoint"))?;
+    control(conn, "SAVEPOINT op").map_err(err("cannot open a savepoint"))?;
     match f(conn) {
         Ok(done) => {
-            control(conn, "RELEASE op").map_err(e("cannot release a savepoint"))?;
+            control(conn, "RELEASE op").map_err(err("cannot release a savepoint"))?;
             Ok(Ok(done))
         }
-        Err(err) => {
+        Err(failed) => {
             conn.execute_batch("ROLLBACK TO op; RELEASE op")
-                .map_err(e("cannot roll back a savepoint"))?;
-            Ok(Err(err))
+                .map_err(err("cannot roll back a savepoint"))?;
+            Ok(Err(failed))
         }
     }
 }
@@ -225,10 +221,10 @@ fn insert_messages(conn: &Connection, rows: &[Row], now: i64) -> Result<(), Back
             "INSERT INTO queue (envelope_id, subject, occurred_at, body, visible_at, enqueued_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT (envelope_id) DO NOTHING",
         )
-        .map_err(e("cannot enqueue"))?;
+        .map_err(err("cannot enqueue"))?;
     for r in rows {
         stmt.execute(params![r.id, r.subject, r.occurred_at, r.body, now])
-            .map_err(e("cannot enqueue"))?;
+            .map_err(err("cannot enqueue"))?;
     }
     Ok(())
 }
@@ -236,21 +232,21 @@ fn insert_messages(conn: &Connection, rows: &[Row], now: i64) -> Result<(), Back
 fn delete_message(conn: &Connection, seq: i64) -> Result<(), BackendError> {
     conn.prepare_cached("DELETE FROM queue WHERE seq = ?1")
         .and_then(|mut s| s.execute([seq]))
-        .map_err(e("cannot ack"))?;
+        .map_err(err("cannot ack"))?;
     Ok(())
 }
 
 fn claim(conn: &Connection, until: i64, now: i64, max: i64) -> Result<Vec<Claimed>, BackendError> {
     let mut stmt = conn
         .prepare_cached(super::claim::CLAIM)
-        .map_err(e("cannot receive from the embedded queue"))?;
+        .map_err(err("cannot receive from the embedded queue"))?;
     let rows = stmt
         .query_map(params![until, now, max], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })
-        .map_err(e("cannot receive from the embedded queue"))?;
+        .map_err(err("cannot receive from the embedded queue"))?;
     rows.collect::<Result<Vec<_>, _>>()
-        .map_err(e("cannot receive from the embedded queue"))
+        .map_err(err("cannot receive from the embedded queue"))
 }
 
 /// Forget `key`'s converged fingerprint if its version is still `base_version`; the new version.
@@ -266,7 +262,7 @@ fn forget_converged(conn: &Connection, key: &str, base_version: i64) -> Result<i
         )
         .optional()
     })
-    .map_err(e("cannot forget the converged fingerprint"))?
+    .map_err(err("cannot forget the converged fingerprint"))?
     .ok_or_else(|| BackendError::subject_changed(key))
 }
 
@@ -282,7 +278,7 @@ fn commit_outcome(conn: &Connection, outcome: &Outcome) -> Result<Option<i64>, B
         "INSERT INTO processed (envelope_id, processed_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
     )
     .and_then(|mut s| s.execute(params![outcome.envelope_id.0, now]))
-    .map_err(e("cannot record the processed envelope"))?;
+    .map_err(err("cannot record the processed envelope"))?;
     if let Some(times) = &outcome.offboarding {
         record_offboarding(conn, times)?;
     }
@@ -292,12 +288,11 @@ fn commit_outcome(conn: &Connection, outcome: &Outcome) -> Result<Option<i64>, B
             s.query_row([&outcome.envelope_id.0], |r| r.get::<_, i64>(0))
                 .optional()
         })
-        .map_err(e("cannot remove the finished message from the queue"))?;
+        .map_err(err("cannot remove the finished message from the queue"))?;
     let Some(identity) = &outcome.identity else {
         return Ok(finished);
     };
-    let json =
-        serde_json::to_string(identity).map_err(|e| BackendError::new("cannot serialize the identity", e))?;
+    let json = serde_json::to_string(identity).map_err(err("cannot serialize the identity"))?;
     let written = match outcome.base_version {
         None => conn
             .prepare_cached(
@@ -312,7 +307,7 @@ fn commit_outcome(conn: &Connection, outcome: &Outcome) -> Result<Option<i64>, B
             )
             .and_then(|mut s| s.execute(params![identity.key, json, outcome.converged, now, v])),
     }
-    .map_err(e("cannot write the identity"))?;
+    .map_err(err("cannot write the identity"))?;
     if written != 1 {
         return Err(BackendError::subject_changed(&identity.key));
     }
@@ -324,12 +319,12 @@ fn commit_outcome(conn: &Connection, outcome: &Outcome) -> Result<Option<i64>, B
                  ON CONFLICT (subject) DO NOTHING",
             )
             .and_then(|mut s| s.execute(params![d.subject, d.email, ts(d.due_at)]))
-            .map_err(e("cannot schedule the deletion"))?;
+            .map_err(err("cannot schedule the deletion"))?;
         }
         DeletionChange::Cancel => {
             conn.prepare_cached("DELETE FROM deletions WHERE subject = ?1")
                 .and_then(|mut s| s.execute([&identity.key]))
-                .map_err(e("cannot cancel the deletion"))?;
+                .map_err(err("cannot cancel the deletion"))?;
         }
     }
     Ok(finished)
@@ -355,7 +350,7 @@ fn record_offboarding(conn: &Connection, t: &OffboardingTimes) -> Result<(), Bac
             ts(t.finished_at)
         ])
     })
-    .map_err(e("cannot record the offboarding times"))?;
+    .map_err(err("cannot record the offboarding times"))?;
     Ok(())
 }
 
@@ -368,7 +363,7 @@ fn append_ledger(conn: &Connection, entries: &[LedgerEntry]) -> Result<(), Backe
             s.query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
                 .optional()
         })
-        .map_err(e("cannot read the ledger chain head"))?;
+        .map_err(err("cannot read the ledger chain head"))?;
     let (mut seq, mut prev) = head.unwrap_or_else(|| (0, ledger_chain::GENESIS.to_string()));
     let mut insert = conn
         .prepare_cached(
@@ -376,12 +371,11 @@ fn append_ledger(conn: &Connection, entries: &[LedgerEntry]) -> Result<(), Backe
                                  policy_digest, actor)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )
-        .map_err(e("cannot append to the ledger"))?;
+        .map_err(err("cannot append to the ledger"))?;
     for entry in entries {
         seq += 1;
         let hash = ledger_chain::row_hash(seq, entry, &prev);
-        let call =
-            serde_json::to_string(&entry.call).map_err(|e| BackendError::new("cannot serialize call", e))?;
+        let call = serde_json::to_string(&entry.call).map_err(err("cannot serialize call"))?;
         insert
             .execute(params![
                 seq,
@@ -398,7 +392,7 @@ fn append_ledger(conn: &Connection, entries: &[LedgerEntry]) -> Result<(), Backe
                 entry.policy_digest,
                 entry.actor
             ])
-            .map_err(e("cannot append to the ledger"))?;
+            .map_err(err("cannot append to the ledger"))?;
         prev = hash;
     }
     conn.prepare_cached(
@@ -406,6 +400,6 @@ fn append_ledger(conn: &Connection, entries: &[LedgerEntry]) -> Result<(), Backe
          ON CONFLICT (id) DO UPDATE SET seq = ?1, hash = ?2",
     )
     .and_then(|mut s| s.execute(params![seq, prev]))
-    .map_err(e("cannot move the ledger chain head"))?;
+    .map_err(err("cannot move the ledger chain head"))?;
     Ok(())
 }
