@@ -6,6 +6,7 @@
 //! change and the envelopes it causes are committed in one transaction (transactional outbox); the
 //! relay then publishes the outbox to the queue and deletes what it published.
 
+use crate::sqlite::group::{Done, Op};
 use crate::sqlite::{Sqlite, err, parse_ts, ts};
 use chrono::{DateTime, Utc};
 use gatehouse_domain::envelope::Envelope;
@@ -107,8 +108,160 @@ pub fn uniqueness_key(user_name: &str) -> String {
     lower.nfkc().collect()
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error().is_some_and(|d| d.is_unique_violation())
+/// A [`ScimWrite`] with its JSON rendered, as the writer thread runs it.
+pub(crate) struct ScimRows {
+    at: String,
+    changes: Vec<RowChange>,
+    /// `(envelope_id, body)`.
+    outbox: Vec<(String, String)>,
+}
+
+enum RowChange {
+    Insert {
+        id: String,
+        kind: ScimKind,
+        user_name_key: Option<String>,
+        body: String,
+    },
+    Update {
+        id: String,
+        expected_version: i64,
+        user_name_key: Option<String>,
+        body: String,
+    },
+    Delete {
+        id: String,
+        expected_version: i64,
+    },
+}
+
+impl ScimRows {
+    fn new(write: &ScimWrite) -> Self {
+        let changes = write
+            .changes
+            .iter()
+            .map(|change| match change {
+                ScimChange::Insert {
+                    id,
+                    kind,
+                    user_name,
+                    body,
+                } => RowChange::Insert {
+                    id: id.clone(),
+                    kind: *kind,
+                    user_name_key: user_name_key(user_name),
+                    body: body.to_string(),
+                },
+                ScimChange::Update {
+                    id,
+                    expected_version,
+                    user_name,
+                    body,
+                } => RowChange::Update {
+                    id: id.clone(),
+                    expected_version: *expected_version,
+                    user_name_key: user_name_key(user_name),
+                    body: body.to_string(),
+                },
+                ScimChange::Delete { id, expected_version } => RowChange::Delete {
+                    id: id.clone(),
+                    expected_version: *expected_version,
+                },
+            })
+            .collect();
+        ScimRows {
+            at: ts(write.at),
+            changes,
+            outbox: write
+                .outbox
+                .iter()
+                .map(|e| (e.id.0.clone(), e.to_json()))
+                .collect(),
+        }
+    }
+}
+
+/// Run one SCIM write's statements (on the writer thread, inside the write's savepoint: any
+/// error here rolls the whole write back, outbox rows included).
+pub(crate) fn write_rows(conn: &rusqlite::Connection, rows: &ScimRows) -> Result<(), ScimStoreError> {
+    for change in &rows.changes {
+        match change {
+            RowChange::Insert {
+                id,
+                kind,
+                user_name_key,
+                body,
+            } => {
+                conn.prepare_cached(
+                    "INSERT INTO scim_resources (id, kind, user_name_key, body, version, created, last_modified)
+                     VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5)",
+                )
+                .and_then(|mut s| s.execute(rusqlite::params![id, kind.as_str(), user_name_key, body, rows.at]))
+                .map_err(refused_or("cannot insert a scim resource"))?;
+            }
+            RowChange::Update {
+                id,
+                expected_version,
+                user_name_key,
+                body,
+            } => {
+                let changed = conn
+                    .prepare_cached(
+                        "UPDATE scim_resources SET body = ?1, user_name_key = ?2, version = version + 1,
+                         last_modified = ?3 WHERE id = ?4 AND version = ?5",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(rusqlite::params![
+                            body,
+                            user_name_key,
+                            rows.at,
+                            id,
+                            expected_version
+                        ])
+                    })
+                    .map_err(refused_or("cannot update a scim resource"))?;
+                if changed != 1 {
+                    return Err(ScimStoreError::Stale);
+                }
+            }
+            RowChange::Delete { id, expected_version } => {
+                let changed = conn
+                    .prepare_cached("DELETE FROM scim_resources WHERE id = ?1 AND version = ?2")
+                    .and_then(|mut s| s.execute(rusqlite::params![id, expected_version]))
+                    .map_err(err("cannot delete a scim resource"))?;
+                if changed != 1 {
+                    return Err(ScimStoreError::Stale);
+                }
+            }
+        }
+    }
+    let mut insert = conn
+        .prepare_cached("INSERT INTO scim_outbox (envelope_id, body) VALUES (?1, ?2)")
+        .map_err(err("cannot write the scim outbox"))?;
+    for (id, body) in &rows.outbox {
+        insert
+            .execute(rusqlite::params![id, body])
+            .map_err(err("cannot write the scim outbox"))?;
+    }
+    Ok(())
+}
+
+/// A unique index refusing the row (the userName's key, or an id already used) is the
+/// client's conflict; anything else is the store's failure.
+fn refused_or(context: &'static str) -> impl FnOnce(rusqlite::Error) -> ScimStoreError {
+    move |e| {
+        let unique = matches!(
+            &e,
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+        );
+        if unique {
+            ScimStoreError::Uniqueness
+        } else {
+            ScimStoreError::Backend(BackendError::new(context, e))
+        }
+    }
 }
 
 fn record(r: &sqlx::sqlite::SqliteRow) -> Result<ScimRecord, BackendError> {
@@ -151,86 +304,18 @@ impl Sqlite {
         rows.iter().map(record).collect()
     }
 
-    /// Commit directory changes and their outbox envelopes in one transaction.
+    /// Commit directory changes and their outbox envelopes in one transaction: a write of the
+    /// group commit (issue 13), so many SCIM requests share one transaction and one fsync, each
+    /// in a savepoint of its own (a refused write rolls back alone). It used to be a
+    /// transaction of its own on the read pool, taking SQLite's write lock against the group's
+    /// thread and sleeping in the busy handler whenever the queue was busy.
     pub async fn scim_write(&self, write: &ScimWrite) -> Result<(), ScimStoreError> {
-        let at = ts(write.at);
-        let mut tx = self
-            .pool()
-            .begin()
-            .await
-            .map_err(err("cannot begin a scim write"))?;
-        for change in &write.changes {
-            match change {
-                ScimChange::Insert {
-                    id,
-                    kind,
-                    user_name,
-                    body,
-                } => {
-                    let r = sqlx::query(
-                        "INSERT INTO scim_resources (id, kind, user_name_key, body, version, created, last_modified)
-                         VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5)",
-                    )
-                    .bind(id)
-                    .bind(kind.as_str())
-                    .bind(user_name_key(user_name))
-                    .bind(body.to_string())
-                    .bind(&at)
-                    .execute(&mut *tx)
-                    .await;
-                    match r {
-                        Ok(_) => {}
-                        Err(e) if is_unique_violation(&e) => return Err(ScimStoreError::Uniqueness),
-                        Err(e) => return Err(err("cannot insert a scim resource")(e).into()),
-                    }
-                }
-                ScimChange::Update {
-                    id,
-                    expected_version,
-                    user_name,
-                    body,
-                } => {
-                    let r = sqlx::query(
-                        "UPDATE scim_resources SET body = ?1, user_name_key = ?2, version = version + 1,
-                         last_modified = ?3 WHERE id = ?4 AND version = ?5",
-                    )
-                    .bind(body.to_string())
-                    .bind(user_name_key(user_name))
-                    .bind(&at)
-                    .bind(id)
-                    .bind(expected_version)
-                    .execute(&mut *tx)
-                    .await;
-                    match r {
-                        Ok(done) if done.rows_affected() == 1 => {}
-                        Ok(_) => return Err(ScimStoreError::Stale),
-                        Err(e) if is_unique_violation(&e) => return Err(ScimStoreError::Uniqueness),
-                        Err(e) => return Err(err("cannot update a scim resource")(e).into()),
-                    }
-                }
-                ScimChange::Delete { id, expected_version } => {
-                    let done = sqlx::query("DELETE FROM scim_resources WHERE id = ? AND version = ?")
-                        .bind(id)
-                        .bind(expected_version)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(err("cannot delete a scim resource"))?;
-                    if done.rows_affected() != 1 {
-                        return Err(ScimStoreError::Stale);
-                    }
-                }
-            }
+        // Rendered here, on the caller's task: the writer thread is the one every write waits for.
+        let rows = ScimRows::new(write);
+        match self.write(Op::Scim(Box::new(rows))).await? {
+            Done::Scim(result) => result,
+            _ => Err(BackendError::new("cannot write the scim directory", "unexpected writer answer").into()),
         }
-        for env in &write.outbox {
-            sqlx::query("INSERT INTO scim_outbox (envelope_id, body) VALUES (?, ?)")
-                .bind(&env.id.0)
-                .bind(env.to_json())
-                .execute(&mut *tx)
-                .await
-                .map_err(err("cannot write the scim outbox"))?;
-        }
-        tx.commit().await.map_err(err("cannot commit a scim write"))?;
-        Ok(())
     }
 
     /// Up to `limit` unpublished envelopes, oldest first, with their outbox sequence numbers.
@@ -251,9 +336,10 @@ impl Sqlite {
 
     /// Forget published envelopes (every outbox row up to and including `seq`).
     pub async fn scim_outbox_delete_through(&self, seq: i64) -> Result<(), BackendError> {
+        let writer = self.writer().await;
         sqlx::query("DELETE FROM scim_outbox WHERE seq <= ?")
             .bind(seq)
-            .execute(self.pool())
+            .execute(&*writer)
             .await
             .map_err(err("cannot trim the scim outbox"))?;
         Ok(())
@@ -375,5 +461,69 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(db.scim_resource_count().await.unwrap(), 0);
+    }
+
+    /// Many SCIM requests share one transaction (one fsync), and a refused one (its second
+    /// change takes a userName already held) rolls back alone: its first change and its outbox
+    /// row included.
+    #[tokio::test]
+    async fn concurrent_writes_share_one_commit_and_a_refused_one_rolls_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Sqlite::open(dir.path()).await.unwrap();
+        let at = gatehouse_domain::clock::now();
+        db.scim_write(&ScimWrite {
+            at,
+            changes: vec![insert("held", "taken@example.com")],
+            outbox: vec![envelope("e-held")],
+        })
+        .await
+        .unwrap();
+        let before = db.writer_commits();
+        let turn = db.hold_write_turn().await;
+        let mut writes = Vec::new();
+        for i in 0..8 {
+            let mut changes = vec![insert(&format!("u{i}"), &format!("user{i}@example.com"))];
+            if i == 7 {
+                changes.push(insert("u7b", "TAKEN@example.com"));
+            }
+            let db = db.clone();
+            writes.push(tokio::spawn(async move {
+                db.scim_write(&ScimWrite {
+                    at,
+                    changes,
+                    outbox: vec![envelope(&format!("e{i}"))],
+                })
+                .await
+            }));
+        }
+        while db.writes_waiting() < 8 {
+            tokio::task::yield_now().await;
+        }
+        drop(turn);
+        let mut answers = Vec::new();
+        for w in writes {
+            answers.push(w.await.unwrap());
+        }
+        for (i, a) in answers.iter().enumerate() {
+            match (i, a) {
+                (7, Err(ScimStoreError::Uniqueness)) | (0..7, Ok(())) => {}
+                (i, a) => panic!("write {i}: {a:?}"),
+            }
+        }
+        let after = db.writer_commits();
+        assert_eq!(after.commits - before.commits, 1, "eight writes, one transaction");
+        assert_eq!(after.writes - before.writes, 8);
+        assert!(db.scim_get(ScimKind::User, "u7").await.unwrap().is_none());
+        assert_eq!(db.scim_resource_count().await.unwrap(), 8, "held + u0..u6");
+        // In whatever order the writes queued for the turn: compare as sets.
+        let mut outbox: Vec<String> = db
+            .scim_outbox_pending(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.id.0)
+            .collect();
+        outbox.sort();
+        assert_eq!(outbox, ["e-held", "e0", "e1", "e2", "e3", "e4", "e5", "e6"]);
     }
 }

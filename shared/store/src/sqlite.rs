@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 pub(crate) mod access;
 mod breaker;
 mod claim;
-mod group;
+pub(crate) mod group;
 mod offboarding;
 mod okta_log;
 mod rotation_queue;

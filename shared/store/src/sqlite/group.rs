@@ -2,8 +2,8 @@
 //!
 //! Every write on the event path (an accepted webhook's enqueue, the processor's claim, the
 //! forgetting of a converged fingerprint before a plan's first write, its ledger appends, the
-//! commit of an event's outcome, the ack) used to commit a transaction of
-//! its own: one WAL fsync each (about 1.5 ms on the CI machine's disk), so four or five per
+//! commit of an event's outcome, the ack; and a SCIM request's directory change with its
+//! outbox) used to commit a transaction of its own: one WAL fsync each (about 1.5 ms on the CI machine's disk), so four or five per
 //! event, and the fsyncs, not the CPU, set the pace (132 events/s). Now a write adds itself to a
 //! shared list and waits for its turn; whoever gets the turn runs every waiting write in ONE
 //! transaction on the single writer connection (on its own thread: `writer.rs`), each write of
@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::oneshot;
 
 /// One queue row to write.
-pub(super) struct Row {
+pub(crate) struct Row {
     pub(super) id: String,
     pub(super) subject: String,
     pub(super) occurred_at: String,
@@ -34,10 +34,10 @@ pub(super) struct Row {
 }
 
 /// One claimed queue row: `(seq, attempts, body, occurred_at)`.
-pub(super) type Claimed = (i64, i64, String, String);
+pub(crate) type Claimed = (i64, i64, String, String);
 
 /// A write the group writer runs.
-pub(super) enum Op {
+pub(crate) enum Op {
     /// Enqueue messages (one accepted request's envelopes).
     Enqueue(Vec<Row>),
     /// Claim up to `max` visible messages until `until` (`now` decides what is visible).
@@ -51,6 +51,8 @@ pub(super) enum Op {
     ForgetConverged { key: String, base_version: i64 },
     /// Append rows to the ledger chain.
     AppendLedger(Vec<LedgerEntry>),
+    /// A SCIM directory change and its outbox envelopes.
+    Scim(Box<crate::scim_store::ScimRows>),
 }
 
 /// The cold writes' connection, with the write turn held ([`Sqlite::writer`]).
@@ -67,12 +69,14 @@ impl std::ops::Deref for ColdWriter<'_> {
 }
 
 /// What a write returns.
-pub(super) enum Done {
+pub(crate) enum Done {
     Unit,
     /// An outcome committed; the `seq` of its message, which left the embedded queue with it.
     Finished(Option<i64>),
     Claimed(Vec<Claimed>),
     Version(i64),
+    /// A SCIM write: committed, or refused (rolled back alone) and why.
+    Scim(Result<(), crate::scim_store::ScimStoreError>),
 }
 
 /// One write and where its outcome goes.
@@ -119,7 +123,7 @@ pub struct WriterCommits {
 
 impl Sqlite {
     /// Run `op` in the next group commit; returns once that transaction has committed.
-    pub(super) async fn write(&self, op: Op) -> Result<Done, BackendError> {
+    pub(crate) async fn write(&self, op: Op) -> Result<Done, BackendError> {
         let (done, mut outcome) = oneshot::channel();
         self.group
             .pending

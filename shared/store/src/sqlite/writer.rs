@@ -185,6 +185,11 @@ fn run_ops(conn: &Connection, ops: &[Op]) -> Result<Vec<Result<Done, BackendErro
             Op::AppendLedger(entries) => {
                 in_savepoint(conn, |c| append_ledger(c, entries))?.map(|()| Done::Unit)
             }
+            // A refused SCIM write (a taken userName, a stale version) is an answer for its
+            // client, not a failure of the group.
+            Op::Scim(rows) => Ok(Done::Scim(in_savepoint(conn, |c| {
+                crate::scim_store::write_rows(c, rows)
+            })?)),
             Op::Enqueue(_) | Op::Ack { .. } => unreachable!("run above"),
         });
     }
@@ -196,10 +201,10 @@ fn run_ops(conn: &Connection, ops: &[Op]) -> Result<Vec<Result<Done, BackendErro
 
 /// `f` inside a savepoint: its failure rolls back its own statements alone and is its result;
 /// a savepoint that cannot be opened or released fails the whole group (the outer `Err`).
-fn in_savepoint<T>(
+fn in_savepoint<T, E>(
     conn: &Connection,
-    f: impl FnOnce(&Connection) -> Result<T, BackendError>,
-) -> Result<Result<T, BackendError>, BackendError> {
+    f: impl FnOnce(&Connection) -> Result<T, E>,
+) -> Result<Result<T, E>, BackendError> {
     control(conn, "SAVEPOINT op").map_err(err("cannot open a savepoint"))?;
     match f(conn) {
         Ok(done) => {
