@@ -13,8 +13,17 @@ use tokio::time::Instant;
 const TOKEN: &str = "scim-bench-token-0123456789";
 const PATCH_OP: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 const CLIENTS: usize = 16;
-const REQUESTS: usize = 1_000;
 const SEQUENCES: usize = 10;
+
+/// Requests of each kind in the throughput part (`GATEHOUSE_BENCH_SCIM_REQUESTS`, default 5,000:
+/// at a few thousand per second a thousand is over before the rate settles).
+fn requests() -> usize {
+    std::env::var("GATEHOUSE_BENCH_SCIM_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(5_000)
+}
 
 async fn send(app: &TestApp, method: reqwest::Method, path: &str, body: &Value) -> Value {
     let r = app
@@ -60,8 +69,8 @@ async fn settled(app: &TestApp) {
     app.drained().await;
 }
 
-/// Run `REQUESTS` requests from `CLIENTS` concurrent clients; requests per second.
-async fn throughput<F, Fut>(make: F) -> f64
+/// Run `requests` requests from `CLIENTS` concurrent clients; requests per second.
+async fn throughput<F, Fut>(requests: usize, make: F) -> f64
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
@@ -73,7 +82,7 @@ where
             let make = make.clone();
             tokio::spawn(async move {
                 let mut i = c;
-                while i < REQUESTS {
+                while i < requests {
                     make(i).await;
                     i += CLIENTS;
                 }
@@ -83,7 +92,7 @@ where
     for t in tasks {
         t.await.unwrap();
     }
-    REQUESTS as f64 / start.elapsed().as_secs_f64()
+    requests as f64 / start.elapsed().as_secs_f64()
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -103,9 +112,11 @@ async fn main() {
     );
 
     // Throughput: POST /Users, then PATCH (a real change each time) on those users.
-    let ids = Arc::new(std::sync::Mutex::new(vec![String::new(); REQUESTS]));
+    let n = requests();
+    let ids = Arc::new(std::sync::Mutex::new(vec![String::new(); n]));
     let (a, i2) = (app.clone(), ids.clone());
-    let create_rps = throughput(move |i| {
+    let commits_before = app.store.writer_commits();
+    let create_rps = throughput(n, move |i| {
         let (app, ids) = (a.clone(), i2.clone());
         async move {
             let r = send(
@@ -119,8 +130,9 @@ async fn main() {
         }
     })
     .await;
+    let commits_created = app.store.writer_commits();
     let (a, i2) = (app.clone(), ids.clone());
-    let patch_rps = throughput(move |i| {
+    let patch_rps = throughput(n, move |i| {
         let (app, ids) = (a.clone(), i2.clone());
         async move {
             let id = ids.lock().unwrap()[i].clone();
@@ -134,6 +146,11 @@ async fn main() {
         }
     })
     .await;
+    let commits_patched = app.store.writer_commits();
+    // Every write transaction of the process while the requests ran (SCIM writes, the relay's
+    // enqueues, the processor's claims and commits), each one WAL fsync.
+    let fsyncs_per_create = (commits_created.commits - commits_before.commits) as f64 / n as f64;
+    let fsyncs_per_patch = (commits_patched.commits - commits_created.commits) as f64 / n as f64;
     let drain_start = Instant::now();
     settled(&app).await;
     let drain_secs = drain_start.elapsed().as_secs_f64();
@@ -227,9 +244,12 @@ async fn main() {
     let results = json!({
         "runtime": "tokio multi-thread, 2 worker threads (whole app + fake Looker + clients in-process)",
         "clients": CLIENTS,
-        "requests": REQUESTS,
+        "requests": n,
         "create_requests_per_second": create_rps.round() as u64,
         "patch_requests_per_second": patch_rps.round() as u64,
+        "write_transactions_per_create": (fsyncs_per_create * 1000.0).round() / 1000.0,
+        "write_transactions_per_patch": (fsyncs_per_patch * 1000.0).round() / 1000.0,
+        "load_average": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         "drain_after_load_seconds": (drain_secs * 100.0).round() / 100.0,
         "looker_calls_per_operation": per_op,
     });
@@ -257,19 +277,25 @@ async fn main() {
         "# SCIM benchmark\n\nWritten by `make bench` (tests/benches/scim.rs): the whole Gatehouse \
          in-process on a 2-worker tokio runtime (SCIM server, outbox relay, processor, fake Looker \
          with no added latency), SQLite with `synchronous=FULL`.\n\n\
-         ## Throughput ({CLIENTS} concurrent clients, {REQUESTS} requests of each kind)\n\n\
-         | request | requests/s |\n|---|---|\n\
-         | `POST /Users` | {} |\n| `PATCH /Users/{{id}}` (title) | {} |\n\n\
-         Every request commits the directory change and its outbox envelope in one transaction; \
-         the processor (sharing the same 2 threads) had converged Looker for all of them {} s after the \
-         last PATCH.\n\n\
+         ## Throughput ({CLIENTS} concurrent clients, {n} requests of each kind)\n\n\
+         | request | requests/s | write transactions (fsyncs) per request |\n|---|---|---|\n\
+         | `POST /Users` | {} | {} |\n| `PATCH /Users/{{id}}` (title) | {} | {} |\n\n\
+         Every request commits the directory change and its outbox envelope in one write of the \
+         group commit (issue 13): the requests waiting for the writer share one transaction and \
+         one fsync. The transactions counted are all of the process's while the requests ran: the \
+         SCIM writes, the relay's enqueues and the processor's claims and commits. The processor \
+         and the clients share the same 2 threads; the processor had converged Looker for all of \
+         them {} s after the last PATCH. Load average at the end: {}.\n\n\
          ## Looker calls per SCIM operation (mean of {SEQUENCES} users, warm)\n\n\
          | operation | Looker calls | of which writes |\n|---|---|---|\n{rows}\n\
          A PATCH that changes nothing is not written (no outbox row); one that changes only \
          attributes Looker does not use is relayed and costs zero Looker calls (fingerprint check).\n",
         results["create_requests_per_second"],
+        results["write_transactions_per_create"],
         results["patch_requests_per_second"],
+        results["write_transactions_per_patch"],
         results["drain_after_load_seconds"],
+        results["load_average"].as_str().unwrap_or_default(),
     );
     std::fs::write(root.join("bench/scim.md"), &md).unwrap();
     println!("{md}");

@@ -33,6 +33,9 @@ pub struct Options {
     pub data_dir: Option<PathBuf>,
     /// Appended to the generated config file (e.g. a `[scim]` or `[graph]` section).
     pub extra_toml: String,
+    /// Run the intake alone, as `gatehouse-ingress` does (no processor: what is accepted stays
+    /// queued).
+    pub ingress_only: bool,
 }
 
 impl Default for Options {
@@ -45,6 +48,7 @@ impl Default for Options {
             call_retries: 6,
             data_dir: None,
             extra_toml: String::new(),
+            ingress_only: false,
         }
     }
 }
@@ -96,7 +100,7 @@ pub async fn spawn_app(opts: Options) -> TestApp {
         &cfg,
         Components {
             ingress: true,
-            processor: true,
+            processor: !opts.ingress_only,
         },
     )
     .await
