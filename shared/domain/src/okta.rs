@@ -32,7 +32,9 @@ struct HookBody {
 
 #[derive(Deserialize)]
 struct HookData {
-    events: Option<Vec<Value>>,
+    /// Only checked to be an array here: the events are read from the body's `Value`, each
+    /// once (issue 13: no copy of the body per request).
+    events: Option<Vec<serde::de::IgnoredAny>>,
 }
 
 #[derive(Deserialize)]
@@ -75,9 +77,8 @@ pub fn parse_hook_body(
     body: &[u8],
     received_at: DateTime<Utc>,
 ) -> Result<Vec<Envelope>, OktaParseError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| OktaParseError::Json(e.to_string()))?;
-    let hook: HookBody =
-        serde_json::from_value(value.clone()).map_err(|e| OktaParseError::NotAHook(e.to_string()))?;
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| OktaParseError::Json(e.to_string()))?;
+    let hook = HookBody::deserialize(&value).map_err(|e| OktaParseError::NotAHook(e.to_string()))?;
     match hook.event_type.as_deref() {
         Some("com.okta.event_hook") => {}
         Some(other) => {
@@ -91,23 +92,21 @@ pub fn parse_hook_body(
             ));
         }
     }
-    let events = hook
-        .data
-        .and_then(|d| d.events)
-        .ok_or_else(|| OktaParseError::NotAHook("missing data.events array".into()))?;
-    let raw_events = value
-        .get("data")
-        .and_then(|d| d.get("events"))
-        .and_then(Value::as_array)
-        .cloned()
+    if hook.data.and_then(|d| d.events).is_none() {
+        return Err(OktaParseError::NotAHook("missing data.events array".into()));
+    }
+    // Checked above to be an array: moved out of the body, not copied.
+    let events = value
+        .get_mut("data")
+        .and_then(|d| d.get_mut("events"))
+        .and_then(Value::as_array_mut)
+        .map(std::mem::take)
         .unwrap_or_default();
     events
         .into_iter()
-        .zip(raw_events)
         .enumerate()
-        .map(|(index, (event, raw))| {
-            parse_event(org, event, raw, received_at)
-                .map_err(|reason| OktaParseError::Event { index, reason })
+        .map(|(index, raw)| {
+            parse_event(org, raw, received_at).map_err(|reason| OktaParseError::Event { index, reason })
         })
         .collect()
 }
@@ -118,14 +117,10 @@ pub fn envelope_id(org: &str, uuid: &str) -> Result<EnvelopeId, String> {
     EnvelopeId::namespaced(Source::Okta, org, "uuid", uuid)
 }
 
-/// Parse one `data.events[]` element (an Okta System Log event object) of `org`.
-pub fn parse_event(
-    org: &str,
-    event: Value,
-    raw: Value,
-    received_at: DateTime<Utc>,
-) -> Result<Envelope, String> {
-    let ev: RawEvent = serde_json::from_value(event).map_err(|e| format!("not an okta log event: {e}"))?;
+/// Parse one `data.events[]` element (an Okta System Log event object) of `org`; the event is
+/// kept whole as the envelope's `raw`.
+pub fn parse_event(org: &str, raw: Value, received_at: DateTime<Utc>) -> Result<Envelope, String> {
+    let ev = RawEvent::deserialize(&raw).map_err(|e| format!("not an okta log event: {e}"))?;
     let uuid = ev.uuid.filter(|u| !u.is_empty()).ok_or("missing uuid")?;
     let id = envelope_id(org, &uuid)?;
     let event_type = ev

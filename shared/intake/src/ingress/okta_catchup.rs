@@ -127,7 +127,7 @@ impl<Q: QueueProducer, S: LogCursors> Catchup<Q, S> {
             report.events += page.items.len();
             let mut envelopes = Vec::with_capacity(page.items.len());
             for event in &page.items {
-                match okta::parse_event(org, event.clone(), event.clone(), gatehouse_domain::clock::now()) {
+                match okta::parse_event(org, event.clone(), gatehouse_domain::clock::now()) {
                     Ok(env) => {
                         if let Some(email) = &env.subject.email
                             && let Err(e) = gatehouse_domain::email::validate(email)
