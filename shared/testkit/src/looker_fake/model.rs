@@ -950,10 +950,9 @@ impl State {
     // ---- inspection ----
 
     fn user_id_by_email(&self, email: &str) -> Option<u64> {
-        let email = email.to_lowercase();
         self.users
             .values()
-            .find(|u| u.email().is_some_and(|e| e.to_lowercase() == email))
+            .find(|u| u.email().is_some_and(|e| super::wire::eq_caseless(e, email)))
             .map(|u| u.id)
     }
 
