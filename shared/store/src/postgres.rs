@@ -3,13 +3,14 @@
 //! as the SQLite store (`tests/it/state_contract.rs` runs both); safe with any number of replicas:
 //! every change is one transaction, inserts are `ON CONFLICT`, deletions are claimed with
 //! `FOR UPDATE SKIP LOCKED`, and ledger appends take the chain head's row lock so the chain stays
-//! one line.
+//! one line. Outcome commits and ledger appends are group-committed per process
+//! (`postgres/group.rs`): many writes, one transaction, each in a savepoint of its own.
 
 use crate::sqlite::err;
 use chrono::{DateTime, Utc};
 use gatehouse_domain::breaker::{AdmitLimits, Change, HeldChange, Settle, Trip, Verdict};
 use gatehouse_domain::envelope::EnvelopeId;
-use gatehouse_domain::ledger_chain::{self, ChainHead};
+use gatehouse_domain::ledger_chain::ChainHead;
 use gatehouse_domain::ports::{
     BackendError, DELETION_CLAIM, DeletionChange, LedgerEntry, LedgerRow, LookerCallCounts, Outcome,
     ScheduledDeletion, StateStore, SubjectState,
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 mod access;
 mod breaker;
+mod group;
 mod offboarding;
 mod okta_log;
 mod schedule;
@@ -32,7 +34,11 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 #[derive(Clone, Debug)]
 pub struct Postgres {
     pool: PgPool,
+    /// Outcome commits and ledger appends, group-committed (`postgres/group.rs`).
+    group: std::sync::Arc<group::Group>,
 }
+
+pub use group::GroupCommits;
 
 /// Timestamps keep millisecond precision, like the SQLite store (and the ledger's hash).
 fn millis(t: DateTime<Utc>) -> DateTime<Utc> {
@@ -60,7 +66,10 @@ impl Postgres {
             .run(&pool)
             .await
             .map_err(|e| BackendError::new("cannot migrate the postgresql database", e))?;
-        Ok(Postgres { pool })
+        Ok(Postgres {
+            pool,
+            group: Default::default(),
+        })
     }
 
     /// The pool (for the rotator's tables on the same database).
@@ -113,6 +122,74 @@ async fn mark_processed(
     .execute(conn)
     .await
     .map_err(err("cannot record the processed envelope"))?;
+    Ok(())
+}
+
+/// An event's outcome, on the group's transaction: the processed row, the offboarding times,
+/// the identity (compare-and-set on the version the handler loaded: a conflict fails this write,
+/// whose savepoint rolls back, processed row too, and the handler handles its event again) and
+/// the deletion schedule.
+async fn commit_on(
+    tx: &mut sqlx::PgConnection,
+    outcome: &Outcome,
+    now: DateTime<Utc>,
+) -> Result<(), BackendError> {
+    mark_processed(&mut *tx, &outcome.envelope_id.0, now).await?;
+    if let Some(times) = &outcome.offboarding {
+        offboarding::record(&mut *tx, times).await?;
+    }
+    let Some(identity) = &outcome.identity else {
+        return Ok(());
+    };
+    let json =
+        serde_json::to_string(identity).map_err(|e| BackendError::new("cannot serialize the identity", e))?;
+    let written = match outcome.base_version {
+        None => sqlx::query(
+            "INSERT INTO subjects (key, identity, converged, updated_at, version)
+                 VALUES ($1, $2::jsonb, $3, $4, 1) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(&identity.key)
+        .bind(&json)
+        .bind(&outcome.converged)
+        .bind(now),
+        Some(v) => sqlx::query(
+            "UPDATE subjects SET identity = $2::jsonb, converged = $3, updated_at = $4, version = $5 + 1
+                 WHERE key = $1 AND version = $5",
+        )
+        .bind(&identity.key)
+        .bind(&json)
+        .bind(&outcome.converged)
+        .bind(now)
+        .bind(v),
+    }
+    .execute(&mut *tx)
+    .await
+    .map_err(err("cannot write the identity"))?;
+    if written.rows_affected() != 1 {
+        return Err(BackendError::subject_changed(&identity.key));
+    }
+    match &outcome.deletion {
+        DeletionChange::Keep => {}
+        DeletionChange::Schedule(d) => {
+            sqlx::query(
+                "INSERT INTO deletions (subject, email, due_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (subject) DO NOTHING",
+            )
+            .bind(&d.subject)
+            .bind(&d.email)
+            .bind(millis(d.due_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(err("cannot schedule the deletion"))?;
+        }
+        DeletionChange::Cancel => {
+            sqlx::query("DELETE FROM deletions WHERE subject = $1")
+                .bind(&identity.key)
+                .execute(&mut *tx)
+                .await
+                .map_err(err("cannot cancel the deletion"))?;
+        }
+    }
     Ok(())
 }
 
@@ -175,67 +252,7 @@ impl StateStore for Postgres {
     }
 
     async fn commit(&self, outcome: Outcome) -> Result<(), BackendError> {
-        let now = millis(gatehouse_domain::clock::now());
-        let mut tx = self.pool.begin().await.map_err(err("cannot begin commit"))?;
-        mark_processed(&mut tx, &outcome.envelope_id.0, now).await?;
-        if let Some(times) = &outcome.offboarding {
-            offboarding::record(&mut tx, times).await?;
-        }
-        let Some(identity) = &outcome.identity else {
-            return tx.commit().await.map_err(err("cannot commit"));
-        };
-        let json = serde_json::to_string(identity)
-            .map_err(|e| BackendError::new("cannot serialize the identity", e))?;
-        // Compare-and-set on the version the handler loaded: a conflict rolls the whole
-        // transaction back (processed row too) and the handler handles its event again.
-        let written = match outcome.base_version {
-            None => sqlx::query(
-                "INSERT INTO subjects (key, identity, converged, updated_at, version)
-                 VALUES ($1, $2::jsonb, $3, $4, 1) ON CONFLICT (key) DO NOTHING",
-            )
-            .bind(&identity.key)
-            .bind(&json)
-            .bind(&outcome.converged)
-            .bind(now),
-            Some(v) => sqlx::query(
-                "UPDATE subjects SET identity = $2::jsonb, converged = $3, updated_at = $4, version = $5 + 1
-                 WHERE key = $1 AND version = $5",
-            )
-            .bind(&identity.key)
-            .bind(&json)
-            .bind(&outcome.converged)
-            .bind(now)
-            .bind(v),
-        }
-        .execute(&mut *tx)
-        .await
-        .map_err(err("cannot write the identity"))?;
-        if written.rows_affected() != 1 {
-            return Err(BackendError::subject_changed(&identity.key));
-        }
-        match &outcome.deletion {
-            DeletionChange::Keep => {}
-            DeletionChange::Schedule(d) => {
-                sqlx::query(
-                    "INSERT INTO deletions (subject, email, due_at) VALUES ($1, $2, $3)
-                     ON CONFLICT (subject) DO NOTHING",
-                )
-                .bind(&d.subject)
-                .bind(&d.email)
-                .bind(millis(d.due_at))
-                .execute(&mut *tx)
-                .await
-                .map_err(err("cannot schedule the deletion"))?;
-            }
-            DeletionChange::Cancel => {
-                sqlx::query("DELETE FROM deletions WHERE subject = $1")
-                    .bind(&identity.key)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(err("cannot cancel the deletion"))?;
-            }
-        }
-        tx.commit().await.map_err(err("cannot commit"))
+        self.write(group::Op::Commit(Box::new(outcome))).await
     }
 
     async fn forget_converged(&self, key: &str, base_version: i64) -> Result<i64, BackendError> {
@@ -257,55 +274,7 @@ impl StateStore for Postgres {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(err("cannot begin ledger append"))?;
-        // The head's row lock makes appends from every replica one line.
-        let head = sqlx::query("SELECT seq, hash FROM ledger_head WHERE id = 1 FOR UPDATE")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(err("cannot lock the ledger chain head"))?;
-        let mut seq: i64 = head.get(0);
-        let mut prev: String = head.get(1);
-        for e in entries {
-            seq += 1;
-            let mut e = e.clone();
-            e.at = millis(e.at);
-            let hash = ledger_chain::row_hash(seq, &e, &prev);
-            let call =
-                serde_json::to_string(&e.call).map_err(|e| BackendError::new("cannot serialize call", e))?;
-            sqlx::query(
-                "INSERT INTO ledger (seq, at, envelope_id, subject, event, rule, call, status, prev_hash, hash, target,
-                                     policy_digest, actor)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13)",
-            )
-            .bind(seq)
-            .bind(e.at)
-            .bind(&e.envelope_id)
-            .bind(&e.subject)
-            .bind(&e.event)
-            .bind(&e.rule)
-            .bind(call)
-            .bind(&e.status)
-            .bind(&prev)
-            .bind(&hash)
-            .bind(&e.target)
-            .bind(&e.policy_digest)
-            .bind(&e.actor)
-            .execute(&mut *tx)
-            .await
-            .map_err(err("cannot append to the ledger"))?;
-            prev = hash;
-        }
-        sqlx::query("UPDATE ledger_head SET seq = $1, hash = $2 WHERE id = 1")
-            .bind(seq)
-            .bind(&prev)
-            .execute(&mut *tx)
-            .await
-            .map_err(err("cannot move the ledger chain head"))?;
-        tx.commit().await.map_err(err("cannot commit the ledger"))
+        self.write(group::Op::AppendLedger(entries.to_vec())).await
     }
 
     async fn ledger_head(&self) -> Result<Option<ChainHead>, BackendError> {

@@ -2,8 +2,10 @@
 //! `state_contract.rs`): several replicas on one database, and the URL's password kept secret.
 
 use crate::state_contract::{entry, postgres};
+use gatehouse_domain::envelope::EnvelopeId;
+use gatehouse_domain::identity::Identity;
 use gatehouse_domain::ledger_chain;
-use gatehouse_domain::ports::StateStore;
+use gatehouse_domain::ports::{DeletionChange, Outcome, StateStore};
 use gatehouse_store::postgres::Postgres;
 use secrecy::SecretString;
 
@@ -32,6 +34,72 @@ async fn replicas_migrate_together_and_append_one_chain() {
     let ok = ledger_chain::verify_store(&replicas[0]).await.unwrap().unwrap();
     assert_eq!(ok.rows, 30);
     assert_eq!(ok.head.unwrap().seq, 30);
+}
+
+fn identity_outcome(id: &str, key: &str, base_version: Option<i64>) -> Outcome {
+    Outcome {
+        envelope_id: EnvelopeId(id.into()),
+        identity: Some(Identity::new(key)),
+        converged: None,
+        deletion: DeletionChange::Keep,
+        base_version,
+        offboarding: None,
+    }
+}
+
+/// Issue 13: the outcome commits and ledger appends waiting for a replica's turn share one
+/// transaction; a commit losing its compare-and-set rolls back alone (its processed row too);
+/// and the group's appends and another replica's, made while the group waited, are one chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_commit_carries_commits_and_appends_and_a_failing_one_rolls_back_alone() {
+    let url = SecretString::from(gatehouse_testkit::postgres::fresh_database().await);
+    let a = Postgres::connect(&url, 4).await.expect("connect");
+    let b = Postgres::connect(&url, 4).await.expect("connect");
+    a.commit(identity_outcome("e0", "k", None)).await.unwrap();
+    let version = a.load_subject("k").await.unwrap().unwrap().version;
+    let before = a.group_commits();
+    let turn = a.hold_write_turn().await;
+    let mut writes = Vec::new();
+    for n in 0..5 {
+        let a = a.clone();
+        writes.push(tokio::spawn(async move { a.append_ledger(&[entry(n)]).await }));
+    }
+    for (id, key, base) in [
+        ("e1", "k2", None),
+        ("e2", "k", Some(version + 7)),
+        ("e3", "k", Some(version)),
+    ] {
+        let a = a.clone();
+        writes.push(tokio::spawn(async move {
+            a.commit(identity_outcome(id, key, base)).await
+        }));
+    }
+    while a.writes_waiting() < 8 {
+        tokio::task::yield_now().await;
+    }
+    // Another replica appends while the group waits: the group starts from the head it left.
+    b.append_ledger(&[entry(900)]).await.unwrap();
+    drop(turn);
+    let mut results = Vec::new();
+    for w in writes {
+        results.push(w.await.unwrap());
+    }
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r.is_ok(), i != 6, "write {i}: {r:?}");
+    }
+    let after = a.group_commits();
+    assert_eq!(after.commits - before.commits, 1, "eight writes, one transaction");
+    assert_eq!(after.writes - before.writes, 8);
+    assert!(a.is_processed(&EnvelopeId("e1".into())).await.unwrap());
+    assert!(a.is_processed(&EnvelopeId("e3".into())).await.unwrap());
+    assert!(
+        !a.is_processed(&EnvelopeId("e2".into())).await.unwrap(),
+        "the refused commit's processed row rolled back with it"
+    );
+    assert_eq!(a.load_subject("k").await.unwrap().unwrap().version, version + 1);
+    let ok = ledger_chain::verify_store(&a).await.unwrap().unwrap();
+    assert_eq!(ok.rows, 6);
+    assert_eq!(ok.head.unwrap().seq, 6);
 }
 
 /// A wrong password or an unreachable server: the error says so without the password or URL.
