@@ -144,8 +144,14 @@ impl Postgres {
         let now = millis(gatehouse_domain::clock::now());
         // One write alone needs no savepoint: its failure rolls back the transaction.
         let alone = ops.len() == 1;
-        let mut results = Vec::with_capacity(ops.len());
-        for op in ops {
+        // The appends first, then the outcomes by subject and envelope: two replicas' groups
+        // lock rows in one order (head, then subjects, then processed rows by key), so they
+        // wait for each other instead of deadlocking when they touch the same people.
+        let mut order: Vec<usize> = (0..ops.len()).collect();
+        order.sort_by(|&x, &y| lock_order(&ops[x]).cmp(&lock_order(&ops[y])));
+        let mut results: Vec<Option<Result<(), BackendError>>> = ops.iter().map(|_| None).collect();
+        for i in order {
+            let op = &ops[i];
             if !alone {
                 control(&mut tx, "SAVEPOINT op").await?;
             }
@@ -168,7 +174,7 @@ impl Postgres {
             if !alone {
                 control(&mut tx, "RELEASE SAVEPOINT op").await?;
             }
-            results.push(r);
+            results[i] = Some(r);
         }
         if let Some(h) = head.filter(|h| Some(h) != start.as_ref()) {
             sqlx::query("UPDATE ledger_head SET seq = $1, hash = $2 WHERE id = 1")
@@ -179,7 +185,10 @@ impl Postgres {
                 .map_err(err("cannot move the ledger chain head"))?;
         }
         tx.commit().await.map_err(err("cannot commit a write"))?;
-        Ok(results)
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(BackendError::new("cannot write", "not run"))))
+            .collect())
     }
 
     /// Transactions the group committed in this process so far (tests, the bench).
@@ -204,6 +213,19 @@ impl Postgres {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
+    }
+}
+
+/// Where a write runs in its group: appends (the head is locked before anything else), then
+/// outcomes by subject, then by envelope.
+fn lock_order(op: &Op) -> (u8, &str, &str) {
+    match op {
+        Op::AppendLedger(_) => (0, "", ""),
+        Op::Commit(o) => (
+            1,
+            o.identity.as_ref().map_or("", |i| i.key.as_str()),
+            o.envelope_id.0.as_str(),
+        ),
     }
 }
 
