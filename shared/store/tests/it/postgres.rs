@@ -102,6 +102,69 @@ async fn a_group_commit_carries_commits_and_appends_and_a_failing_one_rolls_back
     assert_eq!(ok.head.unwrap().seq, 6);
 }
 
+/// A group updates several people in one transaction, so it locks their rows in one order
+/// (by subject), whatever order its writes came in: a transaction elsewhere that locks the same
+/// people in that order waits for the group instead of deadlocking with it. Here the group's
+/// writes arrive as `k-b` then `k-a`; another connection holds `k-a`, then (once the group waits
+/// for it) asks for `k-b`. Taken in arrival order, the group would hold `k-b` by then and
+/// PostgreSQL would abort one of the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_locks_people_in_subject_order_whatever_order_its_writes_came_in() {
+    use sqlx::Connection;
+    let raw_url = gatehouse_testkit::postgres::fresh_database().await;
+    let a = Postgres::connect(&SecretString::from(raw_url.clone()), 4)
+        .await
+        .expect("connect");
+    a.commit(identity_outcome("a0", "k-a", None)).await.unwrap();
+    a.commit(identity_outcome("b0", "k-b", None)).await.unwrap();
+    let mut other = sqlx::PgConnection::connect(&raw_url).await.unwrap();
+    let mut held = other.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM subjects WHERE key = 'k-a' FOR UPDATE")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let turn = a.hold_write_turn().await;
+    let mut writes = Vec::new();
+    for (id, key) in [("b1", "k-b"), ("a1", "k-a")] {
+        let version = a.load_subject(key).await.unwrap().unwrap().version;
+        let writer = a.clone();
+        writes.push(tokio::spawn(async move {
+            writer.commit(identity_outcome(id, key, Some(version))).await
+        }));
+        while a.writes_waiting() < writes.len() {
+            tokio::task::yield_now().await;
+        }
+    }
+    drop(turn);
+    // Wait until the group waits for the row `held` holds.
+    let mut watch = sqlx::PgConnection::connect(&raw_url).await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut watch)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the group never waited for k-a"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    sqlx::query("SELECT 1 FROM subjects WHERE key = 'k-b' FOR UPDATE")
+        .execute(&mut *held)
+        .await
+        .expect("k-b is free: the group has not taken it before k-a");
+    held.commit().await.unwrap();
+    for w in writes {
+        w.await.unwrap().expect("both outcomes commit once k-a is free");
+    }
+}
+
 /// A wrong password or an unreachable server: the error says so without the password or URL.
 #[tokio::test]
 async fn connection_errors_never_contain_the_password() {
