@@ -18,7 +18,6 @@ use tokio::sync::Notify;
 
 pub(crate) mod access;
 mod breaker;
-mod checkpoint;
 mod claim;
 pub(crate) mod group;
 mod offboarding;
@@ -29,7 +28,6 @@ mod writer;
 
 pub use rotation_queue::RotationQueue;
 
-pub use checkpoint::Checkpoints;
 pub use group::WriterCommits;
 use group::{Done, Op};
 
@@ -60,8 +58,6 @@ pub struct Sqlite {
     group: Arc<group::GroupWriter>,
     /// The thread that owns the group commit's connection and runs each group there.
     thread: Arc<writer::WriterThread>,
-    /// The thread that checkpoints the WAL, so the writer thread never does.
-    checkpoint: Arc<checkpoint::Checkpointer>,
     /// Rung after every enqueue, so a processor in this process starts at once instead of at
     /// its next poll (issue 13).
     wake: Arc<Notify>,
@@ -113,22 +109,18 @@ impl Sqlite {
             .run(&pool)
             .await
             .map_err(|e| BackendError::new("cannot migrate the sqlite database", e))?;
-        // The cold writes hold the write turn: a checkpoint in one of their commits would hold
-        // up the group behind it (the checkpoint thread does them).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
-            .connect_with(opts.pragma("wal_autocheckpoint", "0"))
+            .connect_with(opts)
             .await
             .map_err(err("cannot open the sqlite database"))?;
         let thread = Arc::new(writer::WriterThread::start(&data_dir.join("gatehouse.db"))?);
-        let checkpoint = Arc::new(checkpoint::Checkpointer::start(&data_dir.join("gatehouse.db"))?);
         let db = Sqlite {
             pool,
             cold: writer,
             group: Arc::default(),
             thread,
-            checkpoint,
             wake: Arc::new(Notify::new()),
         };
         db.chain_legacy_ledger_rows().await?;
@@ -294,22 +286,8 @@ impl Sqlite {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
-    /// WAL checkpoint passes run by this process's checkpoint thread, and the frames they copied
-    /// back into the database file (tests, the bench).
-    pub fn wal_checkpoints(&self) -> Checkpoints {
-        self.checkpoint.counts()
-    }
-
-    /// Stop the checkpoint thread (tests: show that nothing else checkpoints).
-    #[doc(hidden)]
-    pub async fn stop_checkpoints(&self) {
-        let checkpoint = self.checkpoint.clone();
-        let _ = tokio::task::spawn_blocking(move || checkpoint.close()).await;
-    }
-
     pub async fn close(&self) {
         self.thread.close().await;
-        self.stop_checkpoints().await;
         self.cold.close().await;
         self.pool.close().await;
     }

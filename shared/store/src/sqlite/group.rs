@@ -160,7 +160,6 @@ impl Sqlite {
         let writes = ops.len() as u64;
         let committed = self.thread.run(ops).await;
         if committed.is_ok() {
-            self.checkpoint.committed();
             self.group.commits.fetch_add(1, Ordering::Relaxed);
             self.group.writes.fetch_add(writes, Ordering::Relaxed);
             self.group.enqueued.fetch_add(enqueued as u64, Ordering::Relaxed);

@@ -49,13 +49,8 @@ impl WriterThread {
         let conn = Connection::open(path).map_err(err("cannot open the sqlite writer"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(err("cannot set the sqlite busy timeout"))?;
-        // No checkpoint in this thread's commits: the checkpoint thread does them
-        // (`checkpoint.rs`).
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;
-             PRAGMA wal_autocheckpoint = 0;",
-        )
-        .map_err(err("cannot set the sqlite writer's pragmas"))?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+            .map_err(err("cannot set the sqlite writer's pragmas"))?;
         // A 2xx means on disk only if this connection fsyncs the WAL at every commit: read the
         // settings back rather than trust that the pragmas took.
         let (journal, synchronous): (String, i64) = conn

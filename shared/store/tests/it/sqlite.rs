@@ -571,46 +571,6 @@ async fn a_write_after_close_fails_and_earlier_writes_are_on_disk() {
     assert_eq!(reopened.queue_depth().await.unwrap(), 1);
 }
 
-/// Issue 13: the WAL is checkpointed by a thread of its own, never inside the writer thread's
-/// commits (a checkpoint there held up every request queued behind it: accept p99 71 ms at
-/// 1,000 requests/s where p50 was 0.7 ms).
-#[tokio::test]
-async fn the_checkpoint_thread_checkpoints_the_wal_and_the_writer_never_does() {
-    let (dir, db) = open().await;
-    db.publish(&[env("first", "s", 1)]).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while db.wal_checkpoints().frames == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no checkpoint in 60 s: {:?}",
-            db.wal_checkpoints()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // With the checkpoint thread stopped, nothing checkpoints: the writer's commits grow the
-    // WAL well past SQLite's own 1,000-page threshold (a writer checkpointing at it would start
-    // the WAL over, and the file would stay near 1,000 pages).
-    db.stop_checkpoints().await;
-    let filler = serde_json::Value::String("x".repeat(3_000));
-    for batch in 0..300 {
-        let envelopes: Vec<Envelope> = (0..10)
-            .map(|i| {
-                let mut e = env(&format!("e{batch}-{i}"), &format!("s{batch}-{i}"), 2);
-                e.raw = filler.clone();
-                e
-            })
-            .collect();
-        db.publish(&envelopes).await.unwrap();
-    }
-    let wal = std::fs::metadata(dir.path().join("gatehouse.db-wal"))
-        .unwrap()
-        .len();
-    assert!(
-        wal > 1_500 * 4_096,
-        "the WAL is {wal} bytes: something checkpointed it"
-    );
-}
-
 /// The outcome of envelope `id`: subject `key`'s identity written, loaded at `base_version`.
 fn identity_outcome(id: &str, key: &str, base_version: Option<i64>) -> Outcome {
     Outcome {
