@@ -9,6 +9,7 @@ pub mod catchup_state;
 pub mod classify;
 pub mod dlq;
 pub mod graph_state;
+mod group_commit;
 pub mod open;
 #[cfg(feature = "postgres")]
 pub mod postgres;

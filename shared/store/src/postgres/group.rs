@@ -17,13 +17,12 @@
 //! together.
 
 use super::{Postgres, commit_on, millis};
+use crate::group_commit::{GroupResult, Turns};
 use crate::sqlite::err;
 use gatehouse_domain::ledger_chain;
 use gatehouse_domain::ports::{BackendError, LedgerEntry, Outcome};
 use sqlx::{PgConnection, Row};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use tokio::sync::oneshot;
 
 /// A write the group runs.
 pub(super) enum Op {
@@ -33,28 +32,12 @@ pub(super) enum Op {
     AppendLedger(Vec<LedgerEntry>),
 }
 
-struct Job {
-    op: Op,
-    done: oneshot::Sender<Result<(), BackendError>>,
-}
-
 /// The waiting writes and the turn to run them.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub(super) struct Group {
-    pending: Mutex<Vec<Job>>,
-    turn: tokio::sync::Mutex<()>,
+    turns: Turns<Op, ()>,
     commits: AtomicU64,
     writes: AtomicU64,
-}
-
-impl std::fmt::Debug for Group {
-    // Counts only: the pending writes carry people's outcomes.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Group")
-            .field("commits", &self.commits.load(Ordering::Relaxed))
-            .field("writes", &self.writes.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
-    }
 }
 
 /// Transactions the group committed in this process, and the writes they carried.
@@ -74,54 +57,20 @@ struct Head {
 impl Postgres {
     /// Run `op` in the next group commit; returns once that transaction has committed.
     pub(super) async fn write(&self, op: Op) -> Result<(), BackendError> {
-        let (done, mut outcome) = oneshot::channel();
-        self.group
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Job { op, done });
-        let _turn = self.group.turn.lock().await;
-        // An earlier turn took this write: it finished (and said how) before handing the turn on.
-        match outcome.try_recv() {
-            Ok(r) => return r,
-            Err(oneshot::error::TryRecvError::Closed) => return Err(abandoned()),
-            Err(oneshot::error::TryRecvError::Empty) => {}
-        }
-        let jobs = std::mem::take(&mut *self.group.pending.lock().unwrap_or_else(PoisonError::into_inner));
-        // On a task of its own, so a caller dropped mid-commit does not abandon the other
-        // writes half-done: the group commits or rolls back as a whole.
         let db = self.clone();
-        if tokio::spawn(async move { db.run_group(jobs).await })
+        self.group
+            .turns
+            .submit(op, move |ops| async move {
+                let results = db.run_ops(&ops).await?;
+                db.group.commits.fetch_add(1, Ordering::Relaxed);
+                db.group.writes.fetch_add(ops.len() as u64, Ordering::Relaxed);
+                Ok(results)
+            })
             .await
-            .is_err()
-        {
-            return Err(abandoned());
-        }
-        outcome.await.unwrap_or_else(|_| Err(abandoned()))
-    }
-
-    async fn run_group(&self, jobs: Vec<Job>) {
-        let (ops, dones): (Vec<Op>, Vec<_>) = jobs.into_iter().map(|j| (j.op, j.done)).unzip();
-        match self.run_ops(&ops).await {
-            Ok(results) => {
-                self.group.commits.fetch_add(1, Ordering::Relaxed);
-                self.group.writes.fetch_add(ops.len() as u64, Ordering::Relaxed);
-                for (done, r) in dones.into_iter().zip(results) {
-                    // A caller that went away no longer needs its answer.
-                    let _ = done.send(r);
-                }
-            }
-            Err(e) => {
-                let e = GroupFailed(Arc::new(e));
-                for done in dones {
-                    let _ = done.send(Err(BackendError::new("cannot commit the write", e.clone())));
-                }
-            }
-        }
     }
 
     /// Every op in one transaction; the per-op results once committed, or why nothing was.
-    async fn run_ops(&self, ops: &[Op]) -> Result<Vec<Result<(), BackendError>>, BackendError> {
+    async fn run_ops(&self, ops: &[Op]) -> GroupResult<()> {
         let mut tx = self.pool.begin().await.map_err(err("cannot begin a write"))?;
         let appends = ops
             .iter()
@@ -202,17 +151,13 @@ impl Postgres {
     /// Hold the write turn (tests: let writes gather, then release them into one commit).
     #[doc(hidden)]
     pub async fn hold_write_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.group.turn.lock().await
+        self.group.turns.hold().await
     }
 
     /// Writes waiting for a turn (tests).
     #[doc(hidden)]
     pub fn writes_waiting(&self) -> usize {
-        self.group
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.group.turns.waiting()
     }
 }
 
@@ -274,17 +219,4 @@ async fn append_on(
         *head = Head { seq, hash };
     }
     Ok(())
-}
-
-/// A statement or the transaction shared by several writes failed: each of them gets this,
-/// with the one cause chain.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("the group commit holding this write failed")]
-struct GroupFailed(#[source] Arc<BackendError>);
-
-fn abandoned() -> BackendError {
-    BackendError::new(
-        "cannot write",
-        "the group commit holding this write was abandoned",
-    )
 }

@@ -20,10 +20,10 @@
 //! head the previous one wrote; `BEGIN IMMEDIATE` holds the file's write lock from the start).
 
 use super::Sqlite;
+use crate::group_commit::{GroupResult, Turns};
 use gatehouse_domain::ports::{BackendError, LedgerEntry, Outcome};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use tokio::sync::oneshot;
 
 /// One queue row to write.
 pub(crate) struct Row {
@@ -79,20 +79,13 @@ pub(crate) enum Done {
     Scim(Result<(), crate::scim_store::ScimStoreError>),
 }
 
-/// One write and where its outcome goes.
-struct Job {
-    op: Op,
-    done: oneshot::Sender<Result<Done, BackendError>>,
-}
-
 /// The waiting writes and the turn to run them.
 #[derive(Default)]
 pub(super) struct GroupWriter {
-    pending: Mutex<Vec<Job>>,
+    turns: Turns<Op, Done>,
     /// Messages whose outcome commit already removed them from the queue: their ack has
     /// nothing left to write (taken out by the ack).
     pub(super) finished: Mutex<std::collections::HashSet<i64>>,
-    turn: tokio::sync::Mutex<()>,
     commits: AtomicU64,
     writes: AtomicU64,
     enqueued: AtomicU64,
@@ -124,65 +117,32 @@ pub struct WriterCommits {
 impl Sqlite {
     /// Run `op` in the next group commit; returns once that transaction has committed.
     pub(crate) async fn write(&self, op: Op) -> Result<Done, BackendError> {
-        let (done, mut outcome) = oneshot::channel();
-        self.group
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Job { op, done });
-        let _turn = self.group.turn.lock().await;
-        // An earlier turn took this write: it finished (and said how) before handing the turn on.
-        match outcome.try_recv() {
-            Ok(r) => return r,
-            Err(oneshot::error::TryRecvError::Closed) => return Err(abandoned()),
-            Err(oneshot::error::TryRecvError::Empty) => {}
-        }
-        let jobs = std::mem::take(&mut *self.group.pending.lock().unwrap_or_else(PoisonError::into_inner));
-        // On a task of its own, so a caller dropped mid-commit (a client gone, a shutdown) does
-        // not abandon the other writes half-done: the group commits or rolls back as a whole.
         let db = self.clone();
-        let group = tokio::spawn(async move { db.run_group(jobs).await });
-        if group.await.is_err() {
-            return Err(abandoned());
-        }
-        outcome.await.unwrap_or_else(|_| Err(abandoned()))
+        self.group
+            .turns
+            .submit(op, move |ops| async move { db.run_group(ops).await })
+            .await
     }
 
-    async fn run_group(&self, jobs: Vec<Job>) {
-        let enqueued: usize = jobs
+    /// One group, on the writer thread; the counters once it committed.
+    async fn run_group(&self, ops: Vec<Op>) -> GroupResult<Done> {
+        let enqueued: usize = ops
             .iter()
-            .map(|j| match &j.op {
+            .map(|op| match op {
                 Op::Enqueue(rows) => rows.len(),
                 _ => 0,
             })
             .sum();
-        let (ops, dones): (Vec<Op>, Vec<_>) = jobs.into_iter().map(|j| (j.op, j.done)).unzip();
         let writes = ops.len() as u64;
-        let committed = self.thread.run(ops).await;
-        if committed.is_ok() {
-            self.group.commits.fetch_add(1, Ordering::Relaxed);
-            self.group.writes.fetch_add(writes, Ordering::Relaxed);
-            self.group.enqueued.fetch_add(enqueued as u64, Ordering::Relaxed);
-            gatehouse_platform::events::store_group_commit();
-            if enqueued > 0 {
-                self.wake.notify_one();
-            }
+        let results = self.thread.run(ops).await?;
+        self.group.commits.fetch_add(1, Ordering::Relaxed);
+        self.group.writes.fetch_add(writes, Ordering::Relaxed);
+        self.group.enqueued.fetch_add(enqueued as u64, Ordering::Relaxed);
+        gatehouse_platform::events::store_group_commit();
+        if enqueued > 0 {
+            self.wake.notify_one();
         }
-        match committed {
-            Ok(results) => {
-                let mut results = results.into_iter();
-                for done in dones {
-                    // A caller that went away no longer needs its answer.
-                    let _ = done.send(results.next().unwrap_or_else(|| Err(abandoned())));
-                }
-            }
-            Err(e) => {
-                let e = GroupFailed(Arc::new(e));
-                for done in dones {
-                    let _ = done.send(Err(BackendError::new("cannot commit the write", e.clone())));
-                }
-            }
-        }
+        Ok(results)
     }
 
     /// The connection of the writes outside the group commit, with the write turn held for as
@@ -191,7 +151,7 @@ impl Sqlite {
     /// self.writer().await;` first).
     pub(crate) async fn writer(&self) -> ColdWriter<'_> {
         ColdWriter {
-            _turn: self.group.turn.lock().await,
+            _turn: self.group.turns.hold().await,
             pool: &self.cold,
         }
     }
@@ -209,29 +169,12 @@ impl Sqlite {
     /// Hold the write turn (tests: let writes gather, then release them into one commit).
     #[doc(hidden)]
     pub async fn hold_write_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.group.turn.lock().await
+        self.group.turns.hold().await
     }
 
     /// Writes waiting for a turn (tests).
     #[doc(hidden)]
     pub fn writes_waiting(&self) -> usize {
-        self.group
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.group.turns.waiting()
     }
-}
-
-/// A statement or a transaction shared by several writes failed: each of them gets this, with
-/// the one cause chain.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("the group commit holding this write failed")]
-struct GroupFailed(#[source] Arc<BackendError>);
-
-fn abandoned() -> BackendError {
-    BackendError::new(
-        "cannot write",
-        "the group commit holding this write was abandoned",
-    )
 }

@@ -17,6 +17,7 @@
 
 use super::group::{Claimed, Done, Op, Row};
 use super::{err, now_ms, ts};
+use crate::group_commit::GroupResult;
 use gatehouse_domain::ledger_chain;
 use gatehouse_domain::ports::{BackendError, DeletionChange, LedgerEntry, OffboardingTimes, Outcome};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -25,11 +26,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// The results of one group: per op, in order, once committed; or why nothing was committed.
-pub(super) type GroupResult = Result<Vec<Result<Done, BackendError>>, BackendError>;
-
 /// One group for the thread: its ops and where the results go.
-type Request = (Vec<Op>, oneshot::Sender<GroupResult>);
+type Request = (Vec<Op>, oneshot::Sender<GroupResult<Done>>);
 
 /// The sending side of the writer thread. Dropping the last one ends the thread once it has
 /// finished the group in hand (the connection closes there).
@@ -86,7 +84,7 @@ impl WriterThread {
     }
 
     /// Run `ops` as one transaction on the writer thread.
-    pub(super) async fn run(&self, ops: Vec<Op>) -> GroupResult {
+    pub(super) async fn run(&self, ops: Vec<Op>) -> GroupResult<Done> {
         let (reply, answer) = oneshot::channel();
         let sent = self
             .requests
@@ -127,7 +125,7 @@ impl WriterThread {
 /// in order, a write of several statements in a savepoint of its own (one statement is atomic by
 /// itself: SQLite undoes a failing statement). A failure of the transaction itself (`BEGIN`,
 /// `COMMIT`, a savepoint that cannot be released) rolls everything back and fails every op.
-fn run_group(conn: &mut Connection, ops: &[Op]) -> GroupResult {
+fn run_group(conn: &mut Connection, ops: &[Op]) -> GroupResult<Done> {
     control(conn, "BEGIN IMMEDIATE").map_err(err("cannot begin a write"))?;
     match run_ops(conn, ops) {
         Ok(results) => match control(conn, "COMMIT") {
