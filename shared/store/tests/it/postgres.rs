@@ -1,11 +1,10 @@
 //! What is specific to the PostgreSQL state store (the shared contract is in
 //! `state_contract.rs`): several replicas on one database, and the URL's password kept secret.
 
-use crate::state_contract::{entry, postgres};
+use crate::state_contract::{entry, identity_outcome, postgres};
 use gatehouse_domain::envelope::EnvelopeId;
-use gatehouse_domain::identity::Identity;
 use gatehouse_domain::ledger_chain;
-use gatehouse_domain::ports::{DeletionChange, Outcome, StateStore};
+use gatehouse_domain::ports::StateStore;
 use gatehouse_store::postgres::Postgres;
 use secrecy::SecretString;
 
@@ -34,17 +33,6 @@ async fn replicas_migrate_together_and_append_one_chain() {
     let ok = ledger_chain::verify_store(&replicas[0]).await.unwrap().unwrap();
     assert_eq!(ok.rows, 30);
     assert_eq!(ok.head.unwrap().seq, 30);
-}
-
-fn identity_outcome(id: &str, key: &str, base_version: Option<i64>) -> Outcome {
-    Outcome {
-        envelope_id: EnvelopeId(id.into()),
-        identity: Some(Identity::new(key)),
-        converged: None,
-        deletion: DeletionChange::Keep,
-        base_version,
-        offboarding: None,
-    }
 }
 
 /// Issue 13: the outcome commits and ledger appends waiting for a replica's turn share one

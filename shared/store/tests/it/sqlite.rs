@@ -1,5 +1,6 @@
 //! Contract of the embedded SQLite queue and state store.
 
+use crate::state_contract::identity_outcome;
 use chrono::DateTime;
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, IdentityEvent, Source, Subject};
 use gatehouse_domain::identity::Identity;
@@ -569,18 +570,6 @@ async fn a_write_after_close_fails_and_earlier_writes_are_on_disk() {
     );
     let reopened = Sqlite::open(dir.path()).await.unwrap();
     assert_eq!(reopened.queue_depth().await.unwrap(), 1);
-}
-
-/// The outcome of envelope `id`: subject `key`'s identity written, loaded at `base_version`.
-fn identity_outcome(id: &str, key: &str, base_version: Option<i64>) -> Outcome {
-    Outcome {
-        envelope_id: EnvelopeId(id.into()),
-        identity: Some(Identity::new(key)),
-        converged: None,
-        deletion: DeletionChange::Keep,
-        base_version,
-        offboarding: None,
-    }
 }
 
 /// Issue 13: the outcome's commit finishes the event: its message leaves the embedded queue in

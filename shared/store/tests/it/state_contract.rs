@@ -30,6 +30,18 @@ pub(crate) trait Tamper: Sync {
     fn try_exec(&self, sql: &str) -> impl Future<Output = Result<(), String>> + Send;
 }
 
+/// The outcome of envelope `id`: subject `key`'s identity written, loaded at `base_version`.
+pub(crate) fn identity_outcome(id: &str, key: &str, base_version: Option<i64>) -> Outcome {
+    Outcome {
+        envelope_id: EnvelopeId(id.into()),
+        identity: Some(Identity::new(key)),
+        converged: None,
+        deletion: DeletionChange::Keep,
+        base_version,
+        offboarding: None,
+    }
+}
+
 pub(crate) fn entry(n: usize) -> LedgerEntry {
     LedgerEntry {
         // Stores keep millisecond precision.
