@@ -18,7 +18,7 @@
 use chrono::DateTime;
 use gatehouse_domain::envelope::{Envelope, EnvelopeId, IdentityEvent, Profile, Source, Subject};
 use gatehouse_domain::policy::Policy;
-use gatehouse_e2e::example_policy;
+use gatehouse_e2e::{env_size, example_policy, loadavg};
 use gatehouse_engine::engine::{Engine, RetryPolicy};
 use gatehouse_store::postgres::Postgres;
 use gatehouse_targets::client::looker::LookerClient;
@@ -31,14 +31,6 @@ use tokio::time::Instant;
 
 const PROCESSORS: usize = 3;
 const TASKS: usize = 32;
-
-fn env_size(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(default)
-}
 
 /// Event `k` of person `p`: deactivated when `k` is even, activated when odd, each later than
 /// the one before, so every event changes the person and plans something.
@@ -105,17 +97,7 @@ async fn main() {
         // A replica's default pool size.
         stores.push(Postgres::connect(&secret, 10).await.expect("connect"));
     }
-    let before = {
-        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
-        let n: i64 =
-            sqlx::query("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
-                .fetch_one(&mut conn)
-                .await
-                .expect("pg_stat_database")
-                .get(0);
-        conn.close().await.ok();
-        n
-    };
+    let before = xact_commit(&url).await;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (r, store) in stores.iter().enumerate() {
@@ -172,9 +154,7 @@ async fn main() {
     );
     let rate = events as f64 / elapsed.as_secs_f64();
     let per_event = (after - before - 1) as f64 / events as f64;
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
+    let load = loadavg();
     let results = json!({
         "processors": PROCESSORS,
         "tasks_per_processor": TASKS,

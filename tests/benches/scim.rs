@@ -18,11 +18,7 @@ const SEQUENCES: usize = 10;
 /// Requests of each kind in the throughput part (`GATEHOUSE_BENCH_SCIM_REQUESTS`, default 5,000:
 /// at a few thousand per second a thousand is over before the rate settles).
 fn requests() -> usize {
-    std::env::var("GATEHOUSE_BENCH_SCIM_REQUESTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(5_000)
+    gatehouse_e2e::env_size("GATEHOUSE_BENCH_SCIM_REQUESTS", 5_000)
 }
 
 async fn send(app: &TestApp, method: reqwest::Method, path: &str, body: &Value) -> Value {
@@ -249,7 +245,7 @@ async fn main() {
         "patch_requests_per_second": patch_rps.round() as u64,
         "write_transactions_per_create": (fsyncs_per_create * 1000.0).round() / 1000.0,
         "write_transactions_per_patch": (fsyncs_per_patch * 1000.0).round() / 1000.0,
-        "load_average": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        "load_average": gatehouse_e2e::loadavg(),
         "drain_after_load_seconds": (drain_secs * 100.0).round() / 100.0,
         "looker_calls_per_operation": per_op,
     });

@@ -26,7 +26,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use gatehouse_e2e::{OKTA_SECRET, Options, okta_fixture, spawn_app};
+use gatehouse_e2e::{OKTA_SECRET, Options, env_size, loadavg, okta_fixture, spawn_app};
 use gatehouse_testkit::FakeLooker;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -51,14 +51,6 @@ const CHILD_FLAG: &str = "--throughput-child";
 /// The data directory the `drain` child starts on.
 const DRAIN_DIR: &str = "GATEHOUSE_BENCH_DRAIN_DIR";
 const RESULT_PREFIX: &str = "THROUGHPUT-BENCH-RESULT ";
-
-fn env_size(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(default)
-}
 
 fn events() -> usize {
     env_size("GATEHOUSE_BENCH_TPUT_EVENTS", EVENTS)
@@ -210,6 +202,22 @@ struct Load {
     latencies: Vec<Duration>,
 }
 
+/// Post one hook body; its accept latency (sent → answer read) if the answer was a 2xx.
+async fn post_hook(http: &reqwest::Client, url: &str, body: Vec<u8>) -> Option<Duration> {
+    let sent = Instant::now();
+    let r = http
+        .post(url)
+        .header("authorization", OKTA_SECRET)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("the server answers");
+    let status = r.status();
+    let _ = r.bytes().await;
+    status.is_success().then(|| sent.elapsed())
+}
+
 /// Post every body to `url` from `CLIENTS` concurrent tasks.
 async fn load(url: &str, bodies: Vec<Vec<u8>>) -> Load {
     let http = reqwest::Client::builder()
@@ -226,21 +234,9 @@ async fn load(url: &str, bodies: Vec<Vec<u8>>) -> Load {
                 let mut refused = 0usize;
                 let mut i = c;
                 while i < bodies.len() {
-                    let sent = Instant::now();
-                    let r = http
-                        .post(&url)
-                        .header("authorization", OKTA_SECRET)
-                        .header("content-type", "application/json")
-                        .body(bodies[i].clone())
-                        .send()
-                        .await
-                        .expect("the server answers");
-                    let status = r.status();
-                    let _ = r.bytes().await;
-                    if status.is_success() {
-                        ok.push(sent.elapsed());
-                    } else {
-                        refused += 1;
+                    match post_hook(&http, &url, bodies[i].clone()).await {
+                        Some(latency) => ok.push(latency),
+                        None => refused += 1,
                     }
                     i += CLIENTS;
                 }
@@ -278,20 +274,7 @@ async fn paced(url: &str, bodies: Vec<Vec<u8>>, rate: f64) -> Load {
     for (i, body) in bodies.into_iter().enumerate() {
         tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
         let (http, url) = (http.clone(), url.to_string());
-        tasks.push(tokio::spawn(async move {
-            let sent = Instant::now();
-            let r = http
-                .post(&url)
-                .header("authorization", OKTA_SECRET)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .expect("the server answers");
-            let status = r.status();
-            let _ = r.bytes().await;
-            status.is_success().then(|| sent.elapsed())
-        }));
+        tasks.push(tokio::spawn(async move { post_hook(&http, &url, body).await }));
     }
     let mut latencies = Vec::new();
     let mut refused = 0;
@@ -686,12 +669,6 @@ async fn backlog_child() {
 
 // ---------------------------------------------------------------------------------------------
 // Parent: one child per side, then the results files.
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
 
 fn run_child(side: &str) -> Value {
     run_child_with(side, &[])
