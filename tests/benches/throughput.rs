@@ -202,6 +202,18 @@ struct Load {
     latencies: Vec<Duration>,
 }
 
+impl Load {
+    fn new(mut latencies: Vec<Duration>, refused: usize, elapsed: Duration) -> Self {
+        latencies.sort();
+        Load {
+            accepted: latencies.len(),
+            refused,
+            elapsed,
+            latencies,
+        }
+    }
+}
+
 /// Post one hook body; its accept latency (sent → answer read) if the answer was a 2xx.
 async fn post_hook(http: &reqwest::Client, url: &str, body: Vec<u8>) -> Option<Duration> {
     let sent = Instant::now();
@@ -251,14 +263,7 @@ async fn load(url: &str, bodies: Vec<Vec<u8>>) -> Load {
         latencies.extend(ok);
         refused += r;
     }
-    let elapsed = start.elapsed();
-    latencies.sort();
-    Load {
-        accepted: latencies.len(),
-        refused,
-        elapsed,
-        latencies,
-    }
+    Load::new(latencies, refused, start.elapsed())
 }
 
 /// Post every body to `url` at `rate` per second, an open loop: each request leaves at its
@@ -284,14 +289,7 @@ async fn paced(url: &str, bodies: Vec<Vec<u8>>, rate: f64) -> Load {
             None => refused += 1,
         }
     }
-    let elapsed = start.elapsed();
-    latencies.sort();
-    Load {
-        accepted: latencies.len(),
-        refused,
-        elapsed,
-        latencies,
-    }
+    Load::new(latencies, refused, start.elapsed())
 }
 
 /// The paced run's figures, into a side's result.
