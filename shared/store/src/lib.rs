@@ -15,7 +15,8 @@ pub mod open;
 pub mod postgres;
 #[cfg(feature = "pubsub")]
 pub mod pubsub;
-pub mod scim_store;
+/// The SCIM directory and outbox, part of the SQLite store (its writes are group-committed).
+pub use sqlite::scim as scim_store;
 pub mod sqlite;
 #[cfg(feature = "sqs")]
 pub mod sqs;

@@ -24,6 +24,7 @@ mod offboarding;
 mod okta_log;
 mod rotation_queue;
 mod schedule;
+pub mod scim;
 mod writer;
 
 pub use rotation_queue::RotationQueue;

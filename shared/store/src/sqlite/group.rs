@@ -52,7 +52,7 @@ pub(crate) enum Op {
     /// Append rows to the ledger chain.
     AppendLedger(Vec<LedgerEntry>),
     /// A SCIM directory change and its outbox envelopes.
-    Scim(Box<crate::scim_store::ScimRows>),
+    Scim(Box<super::scim::ScimRows>),
 }
 
 /// The cold writes' connection, with the write turn held ([`Sqlite::writer`]).
@@ -76,7 +76,7 @@ pub(crate) enum Done {
     Claimed(Vec<Claimed>),
     Version(i64),
     /// A SCIM write: committed, or refused (rolled back alone) and why.
-    Scim(Result<(), crate::scim_store::ScimStoreError>),
+    Scim(Result<(), super::scim::ScimStoreError>),
 }
 
 /// The waiting writes and the turn to run them.

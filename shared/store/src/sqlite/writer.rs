@@ -186,7 +186,7 @@ fn run_ops(conn: &Connection, ops: &[Op]) -> Result<Vec<Result<Done, BackendErro
             // A refused SCIM write (a taken userName, a stale version) is an answer for its
             // client, not a failure of the group.
             Op::Scim(rows) => Ok(Done::Scim(in_savepoint(conn, |c| {
-                crate::scim_store::write_rows(c, rows)
+                super::scim::write_rows(c, rows)
             })?)),
             Op::Enqueue(_) | Op::Ack { .. } => unreachable!("run above"),
         });

@@ -6,8 +6,8 @@
 //! change and the envelopes it causes are committed in one transaction (transactional outbox); the
 //! relay then publishes the outbox to the queue and deletes what it published.
 
-use crate::sqlite::group::{Done, Op};
-use crate::sqlite::{Sqlite, err, parse_ts, ts};
+use super::group::{Done, Op};
+use super::{Sqlite, err, parse_ts, ts};
 use chrono::{DateTime, Utc};
 use gatehouse_domain::envelope::Envelope;
 use gatehouse_domain::ports::BackendError;
