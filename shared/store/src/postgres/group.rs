@@ -5,9 +5,10 @@
 //! `BEGIN`, the statements and a `COMMIT`, each a round trip, and every append held the ledger
 //! head's row lock, the one lock all replicas share, for its whole transaction. Now a write
 //! adds itself to this process's list and waits for its turn; whoever gets the turn runs every
-//! waiting write in ONE transaction: the head locked once (first, before any other row, so every
-//! replica takes its locks in the same order), each write in a savepoint of its own when there
-//! are several (a write that fails, such as an outcome losing its compare-and-set, rolls back
+//! waiting write in ONE transaction (the turn-taking is `group_commit::Turns`, shared with the
+//! SQLite store): the head locked once (first, before any other row), then the outcomes in
+//! subject order, so every replica takes its locks in one order and two groups cannot deadlock;
+//! each write in a savepoint of its own when there are several (a write that fails, such as an outcome losing its compare-and-set, rolls back
 //! alone and reports its own error), the head moved once, one `COMMIT`.
 //!
 //! What a caller sees is unchanged: `Ok` only once the transaction holding its write has
