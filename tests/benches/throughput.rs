@@ -136,6 +136,14 @@ fn cpu_seconds() -> (f64, std::collections::BTreeMap<String, f64>) {
 const FAKE_THREAD: &str = "fake-looker";
 const LOAD_THREAD: &str = "load-gen";
 
+/// A single-threaded runtime for a thread of its own (the fake Looker's, the load generator's).
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime")
+}
+
 /// The fake Looker, served by a single-threaded runtime on a thread of its own that lives as
 /// long as the process.
 fn fake_on_its_own_thread() -> FakeLooker {
@@ -143,10 +151,7 @@ fn fake_on_its_own_thread() -> FakeLooker {
     std::thread::Builder::new()
         .name(FAKE_THREAD.into())
         .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = current_thread_runtime();
             rt.block_on(async move {
                 tx.send(FakeLooker::start().await).unwrap();
                 std::future::pending::<()>().await;
@@ -177,10 +182,7 @@ async fn on_the_load_thread<T: Send + 'static>(
     std::thread::Builder::new()
         .name(LOAD_THREAD.into())
         .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = current_thread_runtime();
             let load = rt.block_on(work);
             let cpu = std::fs::read_to_string("/proc/thread-self/stat")
                 .ok()
