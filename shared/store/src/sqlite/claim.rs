@@ -4,7 +4,8 @@
 //! message, and the scan stops after `LIMIT` eligible ones: no sort of every visible row, no
 //! correlated subquery run over the whole backlog. A candidate is eligible when it is its
 //! subject's oldest message (one `queue_subject` lookup) and no sibling is in flight or waiting out
-//! a retry delay (one `queue_subject_visible` lookup), so one person's events are still handled one
+//! a retry delay (one `queue_subject_claimed` lookup: that index holds claimed rows only, so an
+//! enqueue does not write it), so one person's events are still handled one
 //! at a time and in order, while different people run in parallel. The only rows the scan skips are
 //! newer messages of a subject whose older one is queued (a person's own backlog).
 
@@ -24,7 +25,7 @@ macro_rules! claim_sql {
             WHERE o.subject = q.subject
               AND (o.occurred_at < q.occurred_at OR (o.occurred_at = q.occurred_at AND o.seq < q.seq)))
           AND NOT EXISTS (
-            SELECT 1 FROM queue b INDEXED BY queue_subject_visible
+            SELECT 1 FROM queue b INDEXED BY queue_subject_claimed
             WHERE b.subject = q.subject AND b.visible_at > ?2 AND b.attempts > 0)
         ORDER BY q.visible_at, q.seq
         LIMIT ?3)

@@ -326,7 +326,7 @@ async fn claim_walks_the_indexes_and_sorts_nothing() {
         "the older-sibling check is an index lookup:\n{text}"
     );
     assert!(
-        plan.iter().any(|l| l.contains("INDEX queue_subject_visible")),
+        plan.iter().any(|l| l.contains("INDEX queue_subject_claimed")),
         "the in-flight-sibling check is an index lookup:\n{text}"
     );
     assert!(
