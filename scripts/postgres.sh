@@ -9,6 +9,9 @@
 # `gatehouse`; each test creates its own database. Prints nothing on stdout; the URL is
 #   postgres://gatehouse:gatehouse@127.0.0.1:PORT/postgres
 #   GATEHOUSE_TOOLS_DIR  where the state file lives (default ~/.cache/gatehouse-tools)
+#   POSTGRES_DURABLE=1   keep PostgreSQL's durability defaults (fsync, synchronous_commit,
+#                        full_page_writes on), as a production server runs: for measuring what
+#                        commits cost on disk (bench/pg_state.md); the tests do not need it
 set -euo pipefail
 
 TOOLS_DIR="${GATEHOUSE_TOOLS_DIR:-$HOME/.cache/gatehouse-tools}"
@@ -84,9 +87,14 @@ start() {
         stop
         exit 1
     }
-    # Throwaway data: durability off for speed, enough connections for parallel tests.
+    # Throwaway data: durability off for speed (unless asked for), enough connections for
+    # parallel tests.
+    local durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    if [ "${POSTGRES_DURABLE:-0}" = 1 ]; then
+        durability="-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
+    fi
     as_owner "$pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 \
-        -o "-k $dir -p $PORT -h 127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+        -o "-k $dir -p $PORT -h 127.0.0.1 $durability -c max_connections=300" \
         start >/dev/null || {
         echo "postgres: the server did not start; its log:" >&2
         cat "$dir/server.log" >&2

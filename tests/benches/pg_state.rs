@@ -9,7 +9,9 @@
 //!
 //! Needs the PostgreSQL cluster `make bench` starts (`GATEHOUSE_TEST_POSTGRES_URL`). That
 //! cluster runs with `fsync=off` (it is the test suite's): the figures are round trips, locks
-//! and CPU, not disk flushes. Sizes: `GATEHOUSE_BENCH_PG_PEOPLE` (600) people,
+//! and CPU, not disk flushes. A cluster started with `POSTGRES_DURABLE=1 scripts/postgres.sh
+//! start` keeps the durability defaults, so its figures include the commits' flushes; the
+//! report names the server's `fsync` and `synchronous_commit` as read from it. Sizes: `GATEHOUSE_BENCH_PG_PEOPLE` (600) people,
 //! `GATEHOUSE_BENCH_PG_EVENTS_PER_PERSON` (10) events each.
 
 // The engine's future on PostgreSQL is deeper than the default limit lets rustc lay out.
@@ -58,6 +60,21 @@ fn event(p: usize, k: usize) -> Envelope {
         source_event_type: "bench".into(),
         raw: serde_json::Value::Null,
     }
+}
+
+/// The server's `fsync` and `synchronous_commit` settings, as it reports them.
+async fn durability(url: &str) -> (String, String) {
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+    let mut show = async |statement: &'static str| -> String {
+        sqlx::query(statement)
+            .fetch_one(&mut conn)
+            .await
+            .expect("SHOW")
+            .get(0)
+    };
+    let settings = (show("SHOW fsync").await, show("SHOW synchronous_commit").await);
+    conn.close().await.ok();
+    settings
 }
 
 /// Transactions committed in the bench's database so far (every backend that ended has
@@ -155,7 +172,15 @@ async fn main() {
     let rate = events as f64 / elapsed.as_secs_f64();
     let per_event = (after - before - 1) as f64 / events as f64;
     let load = loadavg();
+    let (fsync, synchronous_commit) = durability(&url).await;
+    let flushes = if fsync == "on" && synchronous_commit == "on" {
+        "a durable server: each commit waits for its WAL flush"
+    } else {
+        "so these are round trips, locks and CPU, not disk flushes"
+    };
     let results = json!({
+        "fsync": fsync,
+        "synchronous_commit": synchronous_commit,
         "processors": PROCESSORS,
         "tasks_per_processor": TASKS,
         "people": people,
@@ -181,8 +206,8 @@ async fn main() {
          {per_person}, deactivated and activated in turn) from {TASKS} tasks each, every person \
          handled by one task in order, in dry-run mode: each plan goes to the one ledger chain the \
          replicas share, and each event commits its outcome. On a 2-worker runtime, the database \
-         server on the same machine (the test cluster: `fsync=off`, so these are round trips, \
-         locks and CPU, not disk flushes).\n\n\
+         server on the same machine (`fsync={fsync}`, `synchronous_commit={synchronous_commit}`: \
+         {flushes}).\n\n\
          | events/s | seconds | database transactions per event | ledger rows |\n|---|---|---|---|\n\
          | {} | {} | {} | {} |\n\n\
          Transactions are `pg_stat_database.xact_commit` of the bench's database over the run \
