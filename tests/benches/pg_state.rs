@@ -11,8 +11,9 @@
 //! cluster runs with `fsync=off` (it is the test suite's): the figures are round trips, locks
 //! and CPU, not disk flushes. A cluster started with `POSTGRES_DURABLE=1 scripts/postgres.sh
 //! start` keeps the durability defaults, so its figures include the commits' flushes; the
-//! report names the server's `fsync` and `synchronous_commit` as read from it. Sizes: `GATEHOUSE_BENCH_PG_PEOPLE` (600) people,
-//! `GATEHOUSE_BENCH_PG_EVENTS_PER_PERSON` (10) events each.
+//! report names the server's `fsync` and `synchronous_commit` as read from it.
+//! Sizes: `GATEHOUSE_BENCH_PG_PEOPLE` (600) people, `GATEHOUSE_BENCH_PG_EVENTS_PER_PERSON` (10)
+//! events each.
 
 // The engine's future on PostgreSQL is deeper than the default limit lets rustc lay out.
 #![recursion_limit = "256"]
