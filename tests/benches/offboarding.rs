@@ -7,7 +7,6 @@
 use gatehouse_e2e::{Options, TestApp, example_policy, okta_fixture, seed_catalog, spawn_app, wait_until};
 use gatehouse_testkit::FakeLooker;
 use serde_json::{Value, json};
-use std::path::Path;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -153,13 +152,6 @@ async fn main() {
             "noop": per(&noop, 1),
         },
     });
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    std::fs::create_dir_all(root.join("bench")).unwrap();
-    std::fs::write(
-        root.join("bench/results.json"),
-        serde_json::to_string_pretty(&results).unwrap() + "\n",
-    )
-    .unwrap();
     let l = &results["offboard_latency_ms"];
     let k = &results["looker_calls_per_scenario"];
     let row = |name: &str, v: &Value| {
@@ -190,6 +182,6 @@ async fn main() {
         row("replay of a processed body", &k["replay"]),
         row("no-op event", &k["noop"]),
     );
-    std::fs::write(root.join("bench/results.md"), &md).unwrap();
+    gatehouse_e2e::write_bench_results("results", &results, &md);
     print!("{md}");
 }

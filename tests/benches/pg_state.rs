@@ -27,7 +27,6 @@ use gatehouse_store::postgres::Postgres;
 use gatehouse_targets::client::looker::LookerClient;
 use serde_json::json;
 use sqlx::{Connection, Row};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -193,13 +192,6 @@ async fn main() {
         "load_average_after": load,
         "note": std::env::var("GATEHOUSE_BENCH_NOTE").unwrap_or_default(),
     });
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    std::fs::create_dir_all(root.join("bench")).unwrap();
-    std::fs::write(
-        root.join("bench/pg_state.json"),
-        serde_json::to_string_pretty(&results).unwrap() + "\n",
-    )
-    .unwrap();
     let md = format!(
         "# PostgreSQL state, 3 processors (issue 13)\n\n\
          Written by `tests/benches/pg_state.rs` (`make bench`). {PROCESSORS} engines, each with a \
@@ -218,6 +210,6 @@ async fn main() {
         results["transactions_per_event"],
         results["ledger_rows"],
     );
-    std::fs::write(root.join("bench/pg_state.md"), &md).unwrap();
+    gatehouse_e2e::write_bench_results("pg_state", &results, &md);
     println!("{md}");
 }

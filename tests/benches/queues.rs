@@ -23,7 +23,6 @@ use gatehouse_store::pubsub::{PubsubOptions, PubsubQueue};
 use gatehouse_store::sqs::SqsQueue;
 use gatehouse_testkit::FakeLooker;
 use serde_json::{Value, json};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -312,13 +311,6 @@ fn parent() {
         "pubsub_emulator": emulator,
         "backends": results,
     });
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    std::fs::create_dir_all(root.join("bench")).unwrap();
-    std::fs::write(
-        root.join("bench/queues.json"),
-        serde_json::to_string_pretty(&all).unwrap() + "\n",
-    )
-    .unwrap();
     let rows: String = results
         .iter()
         .map(|r| {
@@ -348,7 +340,7 @@ fn parent() {
          converged: Gatehouse's processor and ingress, plus the fake Looker holding {n} users and the \
          {n} envelopes the publisher built, so it is an upper bound for the processor alone.\n"
     );
-    std::fs::write(root.join("bench/queues.md"), &md).unwrap();
+    gatehouse_e2e::write_bench_results("queues", &all, &md);
     println!("{md}");
 }
 

@@ -22,7 +22,6 @@ use gatehouse_engine::reconcile::{
 };
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::sync::Arc;
 
 const PEOPLE: usize = 100_000;
@@ -420,13 +419,6 @@ fn main() {
         "aws_reads_if_listed_per_person": naive_aws,
         "looker_reads_if_searched_per_person": naive_looker,
     });
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    std::fs::create_dir_all(root.join("bench")).unwrap();
-    std::fs::write(
-        root.join("bench/reconcile.json"),
-        serde_json::to_string_pretty(&result).unwrap(),
-    )
-    .unwrap();
     let per_ref = ref_cpu / REFERENCE_PEOPLE as f64 * PEOPLE as f64;
     let (cores, load) = (
         std::thread::available_parallelism().map_or(0, usize::from),
@@ -516,6 +508,6 @@ fn main() {
          is reset between the two runs.\n",
         stages.before, stages.people, stages.snapshot, stages.plans_kept, stages.planner_transient,
     );
-    std::fs::write(root.join("bench/reconcile.md"), md).unwrap();
+    gatehouse_e2e::write_bench_results("reconcile", &result, &md);
     println!("{}", serde_json::to_string_pretty(&result).unwrap());
 }

@@ -6,7 +6,6 @@
 use gatehouse_e2e::{Options, TestApp, example_policy, seed_catalog, spawn_app, wait_until};
 use gatehouse_testkit::FakeLooker;
 use serde_json::{Value, json};
-use std::path::Path;
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -249,13 +248,6 @@ async fn main() {
         "drain_after_load_seconds": (drain_secs * 100.0).round() / 100.0,
         "looker_calls_per_operation": per_op,
     });
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    std::fs::create_dir_all(root.join("bench")).unwrap();
-    std::fs::write(
-        root.join("bench/scim.json"),
-        serde_json::to_string_pretty(&results).unwrap() + "\n",
-    )
-    .unwrap();
     let rows: String = results["looker_calls_per_operation"]
         .as_array()
         .unwrap()
@@ -293,7 +285,7 @@ async fn main() {
         results["drain_after_load_seconds"],
         results["load_average"].as_str().unwrap_or_default(),
     );
-    std::fs::write(root.join("bench/scim.md"), &md).unwrap();
+    gatehouse_e2e::write_bench_results("scim", &results, &md);
     println!("{md}");
     Arc::try_unwrap(app).ok().expect("no other handle").stop().await;
 }

@@ -29,7 +29,6 @@ use axum::routing::post;
 use gatehouse_e2e::{OKTA_SECRET, Options, env_size, loadavg, okta_fixture, spawn_app};
 use gatehouse_testkit::FakeLooker;
 use serde_json::{Value, json};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -732,13 +731,6 @@ fn parent() {
         "accept_ratio_ingress_to_bare": ingress_ratio,
         "sides": results,
     });
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    std::fs::create_dir_all(root.join("bench")).unwrap();
-    std::fs::write(
-        root.join("bench/throughput.json"),
-        serde_json::to_string_pretty(&all).unwrap() + "\n",
-    )
-    .unwrap();
     let cell = |v: &Value, k: &str| match &v[k] {
         Value::Null => "–".to_string(),
         x => x.to_string(),
@@ -850,7 +842,7 @@ fn parent() {
          the fake Looker and the load generator. Machine: {cores} cores, load average {load_before} \
          before and {load_after} after the run.\n\n{ingress_line}\n\n{fsyncs}\n\n{cpu}\n\n{dry_line}\n\n{backlog_line}\n{note_line}"
     );
-    std::fs::write(root.join("bench/throughput.md"), &md).unwrap();
+    gatehouse_e2e::write_bench_results("throughput", &all, &md);
     println!("{md}");
 }
 

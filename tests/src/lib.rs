@@ -34,6 +34,16 @@ pub fn loadavg() -> String {
         .unwrap_or_default()
 }
 
+/// Write a bench's results at the repository root: `bench/<stem>.json` (pretty, one trailing
+/// newline) and `bench/<stem>.md`.
+pub fn write_bench_results(stem: &str, json: &serde_json::Value, md: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench");
+    std::fs::create_dir_all(&dir).expect("create bench/");
+    let text = serde_json::to_string_pretty(json).expect("bench results as JSON") + "\n";
+    std::fs::write(dir.join(format!("{stem}.json")), text).expect("write the bench's JSON");
+    std::fs::write(dir.join(format!("{stem}.md")), md).expect("write the bench's report");
+}
+
 pub fn okta_fixture(name: &str) -> Vec<u8> {
     let p = fixtures_dir().join("okta").join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", p.display()))
